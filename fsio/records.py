@@ -1,0 +1,48 @@
+"""Records of a restore stream.
+
+A stream is a sequence of records: `EntryMeta` opens an entry; a regular file's content
+follows as `Data` (bytes appended at the current offset) and `Hole` (length skipped, left as a
+hole) records until the next `EntryMeta` or the end. Paths are bytes relative to the restore
+root, '/'-separated, never absolute and never containing '..' (the writer refuses them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KINDS = ("file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev", "socket")
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """One entry to restore. `link_to` (kind 'hardlink') names an earlier path of the stream."""
+
+    path: bytes
+    kind: str
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    target: bytes = b""
+    link_to: bytes = b""
+    rdev: int = 0
+    sparse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """File content appended at the current offset of the open file."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """A run of zero bytes of the open file, restored as a hole (seek, not write)."""
+
+    length: int
+
+
+Record = EntryMeta | Data | Hole

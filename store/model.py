@@ -1,0 +1,184 @@
+"""Domain types of the repository API: requests, backup sets, progress, reports.
+
+All are frozen dataclasses so they can cross threads and queues safely. Levels are the
+three of ARCHITECTURE.md: 'full' (no base, read everything), 'differential' (base = latest
+full of the same source) and 'incremental' (base = latest set of any level of the source).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+LEVELS = ("full", "differential", "incremental")
+
+
+def check_level(level: str) -> str:
+    """Return `level` if it is one of LEVELS, else raise InvalidArgumentError."""
+    if level not in LEVELS:
+        raise InvalidArgumentError(f"unknown level '{level}': expected one of full, differential, incremental")
+    return level
+
+
+@dataclass(frozen=True)
+class ChangeHint:
+    """What an outside observer (the daemon's change journal) knows changed since the base.
+
+    `paths` are absolute paths that may have changed (created, written, deleted, moved, or
+    metadata); `rescan` are absolute directories whose whole subtree must be walked and
+    compared against the base tree. Everything else is carried over from the base unread.
+    """
+
+    paths: frozenset[str] = frozenset()
+    rescan: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """Everything the store needs to take one backup set of one source."""
+
+    source: str
+    paths: tuple[str, ...]
+    level: str = "full"
+    excludes: tuple[str, ...] = ()
+    one_file_system: bool = False
+    changes: ChangeHint | None = None
+    tags: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    hostname: str = ""
+    fuzzy_retries: int = 3
+
+
+@dataclass(frozen=True)
+class SetStats:
+    """What a set holds and what changed against its base."""
+
+    files: int = 0
+    dirs: int = 0
+    bytes_total: int = 0
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    chunks_added: int = 0
+    added_paths: tuple[str, ...] = ()
+    modified_paths: tuple[str, ...] = ()
+    deleted_paths: tuple[str, ...] = ()
+    fuzzy_paths: tuple[str, ...] = ()
+    paths_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    """One committed backup set. `id` is the hex blake3 of its stored object."""
+
+    id: str
+    source: str
+    level: str
+    requested_level: str
+    base: str | None
+    time_start: float
+    time_end: float
+    hostname: str
+    paths: tuple[str, ...]
+    tree: str
+    stats: SetStats
+    tags: tuple[str, ...] = ()
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event of a long operation (backup, restore, check)."""
+
+    phase: str
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    current_path: str = ""
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a set's tree, as listed by `ls`. `path` is relative to the set root."""
+
+    path: str
+    name: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class SetDiff:
+    """Paths added, modified and deleted going from set A to set B."""
+
+    added: tuple[str, ...]
+    modified: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckProblem:
+    """One finding of a check: what, where (pack/object), and which sets and paths it hurts."""
+
+    message: str
+    object_id: str = ""
+    sets: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Result of a check: errors make it fail, warnings (e.g. leftovers of an interrupted write) do not."""
+
+    errors: tuple[CheckProblem, ...]
+    warnings: tuple[CheckProblem, ...]
+    sets_checked: int = 0
+    packs_checked: int = 0
+    chunks_checked: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class RestoreStats:
+    """What a restore wrote."""
+
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrunePolicy:
+    """How many sets of each level to keep per source (None keeps all of that level)."""
+
+    keep_full: int | None = None
+    keep_differential: int | None = None
+    keep_incremental: int | None = None
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """Sets forgotten and space freed by a prune (or what a dry run would do)."""
+
+    forgotten: tuple[str, ...]
+    kept: tuple[str, ...]
+    packs_deleted: int = 0
+    packs_rewritten: int = 0
+    bytes_freed: int = 0
+    dry_run: bool = False
