@@ -2,7 +2,8 @@
 
 A stream is a sequence of records: `EntryMeta` opens an entry; a regular file's content
 follows as `Data` (bytes appended at the current offset) and `Hole` (length skipped, left as a
-hole) records until the next `EntryMeta` or the end. Paths are bytes relative to the restore
+hole) records until the next `EntryMeta` or the end; a `Failed` record says the open file
+could not be restored (it is removed and reported; the restore goes on). Paths are bytes relative to the restore
 root, '/'-separated, never absolute and never containing '..' (the writer refuses them).
 """
 
@@ -45,4 +46,12 @@ class Hole:
     length: int
 
 
-Record = EntryMeta | Data | Hole
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The open file could not be restored completely (e.g. a damaged chunk); the writer removes
+    the partial file and records `message`, and the stream goes on with the next entry."""
+
+    message: str
+
+
+Record = EntryMeta | Data | Hole | Failed

@@ -1,106 +1,19 @@
-"""The one error hierarchy of Cairn.
+"""Re-export of cairn.errors, the one error hierarchy, for code inside and above the store."""
 
-Every failure a user can see is a `CairnError` with a one-line message in the style
-"unable to read pack 'ab12..': checksum mismatch" and a stable `code` that the gRPC layer
-maps to a status code and the client to an exit status. Nothing here imports beyond the
-standard library, so the daemon may extend it freely.
-"""
-
-from __future__ import annotations
-
-
-class CairnError(Exception):
-    """Base of every Cairn error. `code` is a stable machine-readable kind."""
-
-    code = "internal"
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class InvalidArgumentError(CairnError):
-    """The caller asked for something malformed (bad level, bad path, bad option)."""
-
-    code = "invalid_argument"
-
-
-class NotFoundError(CairnError):
-    """An unknown set, path, source, object or WAL segment."""
-
-    code = "not_found"
-
-
-class AlreadyExistsError(CairnError):
-    """Something that must be unique already exists (WAL segment with other content, ...)."""
-
-    code = "already_exists"
-
-
-class FailedPreconditionError(CairnError):
-    """The system is not in a state where the request can run (target not empty, read-only, ...)."""
-
-    code = "failed_precondition"
-
-
-class BusyError(FailedPreconditionError):
-    """A job of the same kind is already running (one backup per source)."""
-
-    code = "busy"
-
-
-class LockedError(FailedPreconditionError):
-    """The repository is locked by another process in a conflicting mode."""
-
-    code = "locked"
-
-
-class RepositoryError(CairnError):
-    """The repository cannot be used: missing, not a repository, unsupported version."""
-
-    code = "repository"
-
-
-class NotARepositoryError(RepositoryError):
-    """A path or backend that holds no Cairn repository."""
-
-    code = "not_a_repository"
-
-
-class FormatVersionError(RepositoryError):
-    """The repository was written by a newer Cairn and has a format this one cannot read."""
-
-    code = "format_version"
-
-
-class CorruptionError(CairnError):
-    """Stored data failed its checksum or could not be parsed."""
-
-    code = "corruption"
-
-
-class BackendError(CairnError):
-    """The storage backend failed an operation (I/O error, injected fault, ...)."""
-
-    code = "backend"
-
-
-class AbortedError(CairnError):
-    """An operation was cancelled (shutdown, deadline, client went away)."""
-
-    code = "aborted"
-
-
-class DeadlineError(AbortedError):
-    """An operation ran past its deadline (quiesce window, hook timeout)."""
-
-    code = "deadline"
-
-
-def short(hex_id: str) -> str:
-    """Return the short form of an object id used in messages: 'ab12cd34..'."""
-    return hex_id[:8] + ".." if len(hex_id) > 8 else hex_id
+from cairn.errors import (  # noqa: F401
+    AbortedError,
+    AlreadyExistsError,
+    BackendError,
+    BusyError,
+    CairnError,
+    CorruptionError,
+    DeadlineError,
+    FailedPreconditionError,
+    FormatVersionError,
+    InvalidArgumentError,
+    LockedError,
+    NotARepositoryError,
+    NotFoundError,
+    RepositoryError,
+    short,
+)

@@ -1,15 +1,40 @@
 """The repository facade: open/init, backup, browse, diff, restore, check, prune, WAL.
 
-(skeleton: the bodies are being written; the signatures are the contract)
+What always holds (see docs/format.md): objects are written packs -> index -> set, so a set
+that is listed is complete; a failed or cancelled operation leaves only unreferenced data,
+which check reports as warnings and prune removes. One Repository object may be used from many
+threads: reads run concurrently; each backup runs its own write session.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
 
 from cairn.fsio.records import Record
+from cairn.fsio.writer import TreeWriter
 
+from . import check as checkmod
+from . import prune as prunemod
+from . import wal as walmod
+from .backend import Backend, LocalBackend
+from .backup import Tally, Walker, entry_from_stat
+from .blobs import BlobReader, BlobWriter
+from .errors import (
+    CorruptionError,
+    FailedPreconditionError,
+    NotARepositoryError,
+    NotFoundError,
+    RepositoryError,
+)
+from .index import Index, decode_index
+from .locks import Locks
 from .model import (
     BackupRequest,
     BackupSet,
@@ -19,33 +44,341 @@ from .model import (
     PruneReport,
     RestoreStats,
     SetDiff,
+    SetStats,
     TreeEntry,
+    check_level,
 )
+from .packs import TYPE_TREE
+from .repoconfig import RepoConfig
+from .restore import StreamBuilder, find_entry
+from .sets import decode_set, encode_set, resolve
+from .trees import Entry, decode_tree, encode_tree
 
 ProgressFn = Callable[[Progress], None]
+TREE_CACHE = 4096
+WORKERS = max(2, (os.cpu_count() or 2)) + 1
 
 
 class Repository:
-    """A Cairn repository on a Backend. Thread-safe for concurrent reads and one writer per source."""
+    """A Cairn repository on a Backend."""
+
+    def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False) -> None:
+        self.backend = backend
+        self.config = config
+        self.read_only = read_only
+        self.index = Index()
+        self.index_problems: list[str] = []
+        self.reader = BlobReader(backend, self.index)
+        self.locks = Locks(backend)
+        self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self._tree_lock = threading.Lock()
+        self._sets: dict[str, BackupSet] = {}
+        self._sets_lock = threading.Lock()
+        self.load_index()
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def init(cls, backend: Backend, config: RepoConfig | None = None) -> Repository:
+        try:
+            backend.get("config", "config")
+            raise RepositoryError(f"a repository already exists at '{backend.location()}'")
+        except NotFoundError:
+            pass
+        config = config or RepoConfig.new()
+        backend.put("config", "config", config.encode())
+        return cls(backend, config)
 
     @classmethod
-    def init_local(cls, path: str) -> Repository: ...
-    @classmethod
-    def open_local(cls, path: str, *, create: bool = False, read_only: bool = False) -> Repository: ...
+    def open(cls, backend: Backend, *, read_only: bool = False) -> Repository:
+        try:
+            data = backend.get("config", "config")
+        except NotFoundError:
+            raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
+        return cls(backend, RepoConfig.decode(data, backend.location()), read_only=read_only)
 
-    def list_sets(self, source: str | None = None) -> list[BackupSet]: ...
-    def get_set(self, ref: str, source: str | None = None) -> BackupSet: ...
+    @classmethod
+    def init_local(cls, path: str) -> Repository:
+        return cls.init(LocalBackend(path))
+
+    @classmethod
+    def open_local(cls, path: str, *, create: bool = False, read_only: bool = False) -> Repository:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotARepositoryError(f"'{path}' is not a Cairn repository: not a directory")
+        if create and (not os.path.exists(path) or not os.listdir(path)):
+            return cls.init_local(path)
+        if not os.path.isdir(path):
+            raise NotARepositoryError(f"'{path}' is not a Cairn repository: no such directory")
+        return cls.open(LocalBackend(path), read_only=read_only)
+
+    def load_index(self) -> None:
+        """(Re)load every index file. Unreadable ones are noted, not fatal (see check)."""
+        index, problems = Index(), []
+        for name in list(self.backend.list("index")):
+            try:
+                for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                    index.add_pack(pack, entries)
+            except (CorruptionError, NotFoundError) as e:
+                problems.append(str(e))
+        self.index = index
+        self.reader = BlobReader(self.backend, index)
+        self.index_problems = problems
+
+    def close(self) -> None:
+        with self._tree_lock:
+            self._trees.clear()
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FailedPreconditionError("repository is open read-only")
+
+    def _writer(self) -> BlobWriter:
+        return BlobWriter(self.backend, self.index, pack_size=self.config.pack_size,
+                          level=self.config.compression_level)
+
+    # -- trees and sets ----------------------------------------------------------
+    def load_tree(self, tree_id: bytes) -> list[Entry]:
+        with self._tree_lock:
+            hit = self._trees.get(tree_id)
+            if hit is not None:
+                self._trees.move_to_end(tree_id)
+                return hit
+        entries = decode_tree(tree_id, self.reader.read(tree_id))
+        with self._tree_lock:
+            self._trees[tree_id] = entries
+            if len(self._trees) > TREE_CACHE:
+                self._trees.popitem(last=False)
+        return entries
+
+    def list_sets(self, source: str | None = None) -> list[BackupSet]:
+        names = set(self.backend.list("sets"))
+        with self._sets_lock:
+            for gone in set(self._sets) - names:
+                del self._sets[gone]
+            for name in names - set(self._sets):
+                try:
+                    self._sets[name] = decode_set(name, self.backend.get("sets", name))
+                except (CorruptionError, NotFoundError):
+                    continue
+            sets = list(self._sets.values())
+        sets = [s for s in sets if source is None or s.source == source]
+        return sorted(sets, key=lambda s: (s.time_end, s.id))
+
+    def get_set(self, ref: str, source: str | None = None) -> BackupSet:
+        return resolve(self.list_sets(), ref, source)
+
+    # -- backup --------------------------------------------------------------------
+    def choose_base(self, source: str, level: str) -> tuple[str, BackupSet | None, str]:
+        """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md."""
+        check_level(level)
+        if level == "full":
+            return "full", None, ""
+        sets = self.list_sets(source)
+        if level == "differential":
+            sets = [s for s in sets if s.level == "full"]
+        sets = [s for s in sets if bytes.fromhex(s.tree) in self.index]
+        if not sets:
+            want = "full set" if level == "differential" else "set"
+            return "full", None, f"no {want} of source '{source}' to base a {level} on: taken as full"
+        return level, sets[-1], ""
+
     def backup(self, req: BackupRequest, progress: ProgressFn | None = None,
-               cancel: threading.Event | None = None) -> BackupSet: ...
-    def list_tree(self, s: BackupSet, path: str = "", recursive: bool = False) -> list[TreeEntry]: ...
-    def diff(self, a: BackupSet, b: BackupSet) -> SetDiff: ...
-    def restore_stream(self, s: BackupSet, paths: list[str] | None = None) -> Iterator[Record]: ...
+               cancel: threading.Event | None = None) -> BackupSet:
+        """Take one set. Raises AbortedError on cancel; nothing partial becomes visible."""
+        self._writable()
+        level, base, note = self.choose_base(req.source, req.level)
+        if base is not None and tuple(base.paths) != tuple(req.paths):
+            req = _replace(req, changes=None)
+        started = time.time()
+        with self.locks.hold(f"backup {req.source}"):
+            tree, tally, writer = self._take(_replace(req, level=level), base, progress, cancel)
+            fields = _set_fields(req, level, base, note, started, tree, tally, writer)
+            set_id, data = encode_set(fields)
+            self.backend.put("sets", set_id, data)
+        self._emit(progress, Progress("done", tally.files, tally.files, tally.bytes_total, tally.bytes_total))
+        return self.get_set(set_id)
+
+    def _take(self, req: BackupRequest, base: BackupSet | None, progress: ProgressFn | None,
+              cancel: threading.Event | None) -> tuple[bytes, Tally, BlobWriter]:
+        writer, tally = self._writer(), Tally()
+        tick = _ticker(progress, tally)
+        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="backup-read")
+        try:
+            walker = Walker(req, writer, self.config.chunker, self.load_tree, pool, tally, tick, cancel)
+            base_tree = bytes.fromhex(base.tree) if base else None
+            if len(req.paths) == 1:
+                tree, _ = walker.walk_root(req.paths[0], base_tree)
+            else:
+                tree = self._multi_root(walker, req, base_tree, writer)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return tree, tally, writer
+
+    def _multi_root(self, walker: Walker, req: BackupRequest, base_tree: bytes | None,
+                    writer: BlobWriter) -> bytes:
+        base = {e.name: e for e in self.load_tree(base_tree)} if base_tree else {}
+        entries = []
+        for p in req.paths:
+            name = os.fsencode(os.path.basename(os.path.normpath(p)))
+            old = base.get(name)
+            sub, st = walker.walk_root(p, old.subtree if old is not None and old.kind == "dir" else None)
+            e = entry_from_stat(name, st, "dir")
+            e.subtree = sub
+            entries.append(e)
+        return writer.put_data(TYPE_TREE, encode_tree(entries))
+
+    @staticmethod
+    def _emit(progress: ProgressFn | None, p: Progress) -> None:
+        if progress is not None:
+            progress(p)
+
+    # -- browsing ------------------------------------------------------------------
+    def list_tree(self, s: BackupSet, path: str = "", recursive: bool = False) -> list[TreeEntry]:
+        chain, entry = find_entry(self.load_tree, bytes.fromhex(s.tree), path)
+        base = path.strip("/")
+        if entry is not None and entry.kind != "dir":
+            return [_tree_entry(base, entry)]
+        tree = bytes.fromhex(s.tree) if entry is None else entry.subtree
+        out: list[TreeEntry] = []
+        self._list(tree, base, recursive, out)
+        return out
+
+    def _list(self, tree: bytes, prefix: str, recursive: bool, out: list[TreeEntry]) -> None:
+        for e in self.load_tree(tree) if tree else []:
+            path = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
+            out.append(_tree_entry(path, e))
+            if recursive and e.kind == "dir":
+                self._list(e.subtree, path, recursive, out)
+
+    def diff(self, a: BackupSet, b: BackupSet) -> SetDiff:
+        added: list[str] = []
+        modified: list[str] = []
+        deleted: list[str] = []
+        self._diff(bytes.fromhex(a.tree), bytes.fromhex(b.tree), "", added, modified, deleted)
+        return SetDiff(tuple(added), tuple(modified), tuple(deleted))
+
+    def _diff(self, ta: bytes, tb: bytes, prefix: str, added: list, modified: list, deleted: list) -> None:
+        if ta == tb:
+            return
+        ea = {e.name: e for e in self.load_tree(ta)} if ta else {}
+        eb = {e.name: e for e in self.load_tree(tb)} if tb else {}
+        for name in sorted(set(ea) | set(eb)):
+            path = f"{prefix}{os.fsdecode(name)}"
+            x, y = ea.get(name), eb.get(name)
+            if x is None or y is None or (x.kind == "dir") != (y.kind == "dir"):
+                for side, lst in ((x, deleted), (y, added)):
+                    if side is not None:
+                        self._collect(side, path, lst)
+            elif x.kind == "dir":
+                if x.mode != y.mode or x.uid != y.uid or x.gid != y.gid:
+                    modified.append(path + "/")
+                self._diff(x.subtree, y.subtree, path + "/", added, modified, deleted)
+            elif not x.same_content_and_meta(y):
+                modified.append(path)
+
+    def _collect(self, e: Entry, path: str, out: list) -> None:
+        out.append(path + "/" if e.kind == "dir" else path)
+        if e.kind == "dir" and e.subtree:
+            for sub in self.load_tree(e.subtree):
+                self._collect(sub, f"{path}/{os.fsdecode(sub.name)}", out)
+
+    # -- restore -------------------------------------------------------------------
+    def restore_stream(self, s: BackupSet, paths: list[str] | None = None) -> Iterator[Record]:
+        """The records that restore `s` (or chosen paths of it), content verified."""
+        root = bytes.fromhex(s.tree)
+        for p in paths or ():
+            find_entry(self.load_tree, root, p)
+        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
+        try:
+            yield from StreamBuilder(self.load_tree, self.reader.read, pool).records(root, paths)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
-                progress: ProgressFn | None = None) -> RestoreStats: ...
+                progress: ProgressFn | None = None) -> RestoreStats:
+        writer = TreeWriter(target, overwrite=overwrite)
+        total = s.stats.bytes_total
+        done = 0
+        last = 0.0
+        for rec in self.restore_stream(s, paths):
+            writer.apply(rec)
+            if progress is not None and time.monotonic() - last > 0.2:
+                last = time.monotonic()
+                done = writer.stats.bytes
+                progress(Progress("restore", writer.stats.files, s.stats.files, done, total))
+        st = writer.finish()
+        return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors))
+
+    # -- maintenance -----------------------------------------------------------------
     def check(self, *, read_data: bool = False, set_ref: str | None = None,
-              progress: ProgressFn | None = None) -> CheckReport: ...
-    def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None) -> PruneReport: ...
-    def put_wal(self, name: str, data: bytes) -> bool: ...
-    def get_wal(self, name: str) -> bytes: ...
-    def list_wal(self) -> list[str]: ...
-    def close(self) -> None: ...
+              progress: ProgressFn | None = None) -> CheckReport:
+        self.load_index()
+        return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
+
+    def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None) -> PruneReport:
+        if not dry_run:
+            self._writable()
+        with self.locks.hold("prune", exclusive=not dry_run):
+            report = prunemod.Pruner(self).run(policy, dry_run=dry_run, source=source)
+        if not dry_run:
+            self.load_index()
+        return report
+
+    # -- WAL -------------------------------------------------------------------------
+    def put_wal(self, name: str, data: bytes) -> bool:
+        self._writable()
+        with self.locks.hold("wal-push"):
+            return walmod.put(self, name, data)
+
+    def get_wal(self, name: str) -> bytes:
+        return walmod.get(self, name)
+
+    def list_wal(self) -> list[str]:
+        return sorted(self.backend.list("wal"))
+
+
+def _replace(req: BackupRequest, **kw) -> BackupRequest:
+    return replace(req, **kw)
+
+
+def _ticker(progress: ProgressFn | None, tally: Tally) -> Callable[[], None]:
+    last = [0.0]
+
+    def tick() -> None:
+        if progress is None:
+            return
+        now = time.monotonic()
+        if now - last[0] >= 0.2:
+            last[0] = now
+            progress(Progress("backup", tally.files, 0, tally.bytes_read, 0))
+    return tick
+
+
+def _tree_entry(path: str, e: Entry) -> TreeEntry:
+    return TreeEntry(path=path, name=os.fsdecode(e.name), kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid,
+                     mtime_ns=e.mtime_ns, size=e.size, target=os.fsdecode(e.target))
+
+
+def _set_fields(req: BackupRequest, level: str, base: BackupSet | None, note: str, started: float,
+                tree: bytes, tally: Tally, writer: BlobWriter) -> dict:
+    stats = SetStats(
+        files=tally.files, dirs=tally.dirs, bytes_total=tally.bytes_total, added=tally.n_added,
+        modified=tally.n_modified, deleted=tally.n_deleted, bytes_read=tally.bytes_read,
+        bytes_added=writer.bytes_added, chunks_added=writer.blobs_added, added_paths=tuple(tally.added),
+        modified_paths=tuple(tally.modified), deleted_paths=tuple(tally.deleted),
+        fuzzy_paths=tuple(tally.fuzzy),
+        paths_truncated=(tally.n_added > len(tally.added) or tally.n_modified > len(tally.modified)
+                         or tally.n_deleted > len(tally.deleted)))
+    extra = dict(req.extra)
+    if tally.errors:
+        extra["errors"] = tally.errors[:100]
+    fields = {
+        "source": req.source, "level": level, "requested_level": req.level,
+        "base": base.id if base else None, "time_start": started, "time_end": time.time(),
+        "hostname": req.hostname or socket.gethostname(), "paths": list(req.paths), "tree": tree.hex(),
+        "stats": asdict(stats), "tags": list(req.tags), "note": note, "extra": extra,
+    }
+    return fields

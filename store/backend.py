@@ -1,0 +1,209 @@
+"""Storage backends: where repository objects live.
+
+A backend stores immutable objects under a few kinds ("config", "packs", "index", "sets",
+"locks", "wal") by name. What always holds:
+- `put` is atomic: a reader sees the whole object or none of it (the local backend writes a
+  temp file, fsyncs it, renames it into place and fsyncs the directory);
+- nothing above this interface relies on rename, so object stores fit behind it;
+- `get` of a missing object raises NotFoundError, any I/O failure raises BackendError.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Protocol
+
+from .errors import BackendError, NotFoundError
+
+KINDS = ("config", "packs", "index", "sets", "locks", "wal")
+
+
+class Backend(Protocol):
+    """The narrow interface the repository needs from storage."""
+
+    def get(self, kind: str, name: str) -> bytes: ...
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes: ...
+    def put(self, kind: str, name: str, data: bytes) -> None: ...
+    def list(self, kind: str) -> Iterator[str]: ...
+    def delete(self, kind: str, name: str) -> None: ...
+    def stat(self, kind: str, name: str) -> int: ...
+    def location(self) -> str: ...
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise BackendError(f"unknown object kind '{kind}'")
+
+
+class LocalBackend:
+    """A repository in a local directory. Packs are fanned out by the first two hex digits."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._made: set[str] = set()
+
+    def location(self) -> str:
+        return self.root
+
+    def _dir(self, kind: str, name: str) -> str:
+        _check_kind(kind)
+        if kind == "packs":
+            return os.path.join(self.root, kind, name[:2])
+        return os.path.join(self.root, kind)
+
+    def _path(self, kind: str, name: str) -> str:
+        if "/" in name or name in ("", ".", ".."):
+            raise BackendError(f"invalid object name '{name}'")
+        return os.path.join(self._dir(kind, name), name)
+
+    def get(self, kind: str, name: str) -> bytes:
+        path = self._path(kind, name)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
+        except OSError as e:
+            raise BackendError(f"unable to read '{path}': {e.strerror}") from e
+
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        path = self._path(kind, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
+        except OSError as e:
+            raise BackendError(f"unable to open '{path}' for read: {e.strerror}") from e
+        try:
+            data = os.pread(fd, length, offset)
+        except OSError as e:
+            raise BackendError(f"unable to read '{path}': {e.strerror}") from e
+        finally:
+            os.close(fd)
+        return data
+
+    def _ensure_dir(self, d: str) -> None:
+        if d in self._made:
+            return
+        os.makedirs(d, exist_ok=True)
+        self._made.add(d)
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        path = self._path(kind, name)
+        d = os.path.dirname(path)
+        tmp = os.path.join(d, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
+        try:
+            self._ensure_dir(d)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            _fsync_dir(d)
+        except OSError as e:
+            _unlink_quiet(tmp)
+            raise BackendError(f"unable to write '{path}': {e.strerror or e}") from e
+
+    def list(self, kind: str) -> Iterator[str]:
+        _check_kind(kind)
+        base = os.path.join(self.root, kind)
+        dirs = [base]
+        if kind == "packs":
+            try:
+                dirs = [os.path.join(base, d) for d in sorted(os.listdir(base))]
+            except FileNotFoundError:
+                return
+        for d in dirs:
+            try:
+                names = sorted(os.listdir(d))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for n in names:
+                if not n.startswith(".tmp-"):
+                    yield n
+
+    def delete(self, kind: str, name: str) -> None:
+        path = self._path(kind, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            raise NotFoundError(f"unable to delete {kind} object '{name}': not found") from None
+        except OSError as e:
+            raise BackendError(f"unable to delete '{path}': {e.strerror}") from e
+        _fsync_dir(os.path.dirname(path))
+
+    def stat(self, kind: str, name: str) -> int:
+        path = self._path(kind, name)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"{kind} object '{name}' not found") from None
+        except OSError as e:
+            raise BackendError(f"unable to stat '{path}': {e.strerror}") from e
+
+
+def _fsync_dir(d: str) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class MemoryBackend:
+    """Objects in a dict: for unit tests and fault injection."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def location(self) -> str:
+        return "memory:"
+
+    def get(self, kind: str, name: str) -> bytes:
+        _check_kind(kind)
+        try:
+            return self.objects[(kind, name)]
+        except KeyError:
+            raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
+
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        return self.get(kind, name)[offset:offset + length]
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        _check_kind(kind)
+        with self._lock:
+            self.objects[(kind, name)] = bytes(data)
+
+    def list(self, kind: str) -> Iterator[str]:
+        _check_kind(kind)
+        with self._lock:
+            names = sorted(n for k, n in self.objects if k == kind)
+        yield from names
+
+    def delete(self, kind: str, name: str) -> None:
+        _check_kind(kind)
+        with self._lock:
+            if self.objects.pop((kind, name), None) is None:
+                raise NotFoundError(f"unable to delete {kind} object '{name}': not found")
+
+    def stat(self, kind: str, name: str) -> int:
+        return len(self.get(kind, name))

@@ -1,0 +1,311 @@
+"""Taking one backup set: walk, detect changes against the base, read what changed.
+
+Levels (ARCHITECTURE.md): a full reads every file and trusts no metadata; an incremental or
+differential compares each file's stat data (kind, size, mtime_ns, ctime_ns, inode) with the
+base tree and carries unchanged files over by reference. With a ChangeHint from the daemon's
+change journal only directories on the way to a hinted path (and rescan subtrees) are listed;
+every other directory is carried over from the base tree unread and unlisted.
+
+What always holds: every file's chunks are durable before the tree naming them is stored,
+trees before their parents, and the caller writes the set only after `finish` of the writer;
+a cancel or error leaves nothing referenced that is not stored.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .blobs import BlobWriter
+from .errors import AbortedError, InvalidArgumentError
+from .excludes import Excluder
+from .filereader import FileReader, ReadResult
+from .model import BackupRequest, ChangeHint
+from .packs import TYPE_TREE
+from .repoconfig import ChunkerParams
+from .trees import Entry, encode_tree
+
+MAX_LISTED = 1000
+TreeLoader = Callable[[bytes], list[Entry]]
+PendingFile = tuple[Entry, Future | None, Entry | None]
+
+
+@dataclass
+class Tally:
+    """Running counts of one backup (guarded by the GIL: only the walk thread writes)."""
+
+    files: int = 0
+    dirs: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    n_added: int = 0
+    n_modified: int = 0
+    n_deleted: int = 0
+    fuzzy: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def note(self, kind: str, path: str) -> None:
+        lst = {"added": self.added, "modified": self.modified, "deleted": self.deleted}[kind]
+        setattr(self, "n_" + kind, getattr(self, "n_" + kind) + 1)
+        if len(lst) < MAX_LISTED:
+            lst.append(path)
+
+
+def entry_from_stat(name: bytes, st: os.stat_result, kind: str) -> Entry:
+    e = Entry(name=name, kind=kind, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+              ctime_ns=st.st_ctime_ns, ino=st.st_ino, size=st.st_size if kind == "file" else 0)
+    if kind == "file" and st.st_nlink > 1:
+        e.hardlink = f"{st.st_dev}:{st.st_ino}"
+    if kind == "file" and st.st_blocks * 512 < st.st_size:
+        e.sparse = True
+    if kind in ("chardev", "blockdev"):
+        e.rdev = st.st_rdev
+    return e
+
+
+def kind_of(mode: int) -> str | None:
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "chardev"), (stat.S_ISBLK, "blockdev")):
+        if test(mode):
+            return kind
+    return None
+
+
+def read_xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in names:
+        try:
+            out[os.fsencode(n)] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+class Plan:
+    """Which directories a hinted walk must list: ancestors of hinted paths and rescan subtrees."""
+
+    def __init__(self, root: bytes, hint: ChangeHint | None) -> None:
+        self.hinted = hint is not None
+        self.dirty: set[bytes] = set()
+        self.rescan: set[bytes] = set()
+        if hint is None:
+            return
+        for p in hint.paths:
+            rel = self._rel(root, os.fsencode(p))
+            if rel is not None:
+                self._mark(rel)
+        for p in hint.rescan:
+            rel = self._rel(root, os.fsencode(p))
+            if rel is not None:
+                self.rescan.add(rel)
+                self._mark(rel)
+
+    @staticmethod
+    def _rel(root: bytes, p: bytes) -> bytes | None:
+        p = os.path.normpath(p)
+        if p == root:
+            return b""
+        if p.startswith(root.rstrip(b"/") + b"/"):
+            return p[len(root.rstrip(b"/")) + 1:]
+        return None
+
+    def _mark(self, rel: bytes) -> None:
+        self.dirty.add(rel)
+        while rel:
+            rel = rel.rpartition(b"/")[0]
+            if rel in self.dirty:
+                break
+            self.dirty.add(rel)
+
+    def must_list(self, rel: bytes, under_rescan: bool) -> bool:
+        return not self.hinted or under_rescan or rel in self.dirty
+
+
+class Walker:
+    """Walks one source path and produces its tree, reading files through a thread pool."""
+
+    def __init__(self, req: BackupRequest, writer: BlobWriter, params: ChunkerParams, load_tree: TreeLoader,
+                 pool: ThreadPoolExecutor, tally: Tally, progress: Callable[[], None],
+                 cancel: threading.Event | None) -> None:
+        self.req = req
+        self.full = req.level == "full"
+        self.writer = writer
+        self.load_tree = load_tree
+        self.pool = pool
+        self.tally = tally
+        self.progress = progress
+        self.cancel = cancel
+        self.excluder = Excluder(req.excludes)
+        self.reader = FileReader(writer, params, cancel, req.fuzzy_retries)
+        self._links: dict[str, Future] = {}
+
+    def walk_root(self, root: str, base_tree: bytes | None) -> tuple[bytes, os.stat_result]:
+        """Return (tree id, stat of the root directory)."""
+        broot = os.path.normpath(os.fsencode(os.path.abspath(root)))
+        try:
+            st = os.stat(broot)
+        except OSError as e:
+            raise InvalidArgumentError(f"unable to read source path '{root}': {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgumentError(f"source path '{root}' is not a directory")
+        plan = Plan(broot, None if self.full or base_tree is None else self.req.changes)
+        self.root_dev = st.st_dev
+        if base_tree is not None and not self.full and not plan.must_list(b"", False):
+            return base_tree, st
+        tree = self._dir(broot, b"", base_tree if not self.full else None, plan, False)
+        return tree, st
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise AbortedError("backup cancelled")
+
+    def _base_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
+        if not tree_id:
+            return {}
+        return {e.name: e for e in self.load_tree(tree_id)}
+
+    def _dir(self, path: bytes, rel: bytes, base_tree: bytes | None, plan: Plan, under_rescan: bool) -> bytes:
+        """Walk one directory; return its tree id."""
+        self._check_cancel()
+        under_rescan = under_rescan or rel in plan.rescan
+        base = self._base_entries(base_tree)
+        try:
+            scan = sorted(os.scandir(path), key=lambda d: d.name)
+        except OSError as e:
+            self.tally.errors.append(f"unable to list '{os.fsdecode(path)}': {e.strerror}")
+            scan = []
+        pending: list[tuple[Entry, Future | None, Entry | None]] = []
+        entries: list[Entry] = []
+        seen: set[bytes] = set()
+        for d in scan:
+            self._check_cancel()
+            name = os.fsencode(d.name)
+            child = path + b"/" + name if path != b"/" else b"/" + name
+            crel = rel + b"/" + name if rel else name
+            try:
+                st = d.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            kind = kind_of(st.st_mode)
+            if kind is None or self.excluder.excluded(crel, kind == "dir"):
+                continue
+            seen.add(name)
+            old = base.get(name)
+            e = entry_from_stat(name, st, kind)
+            if kind == "dir":
+                self._child_dir(e, child, crel, old, plan, under_rescan, st)
+                entries.append(e)
+            elif kind == "file":
+                pending.append(self._file(e, child, crel, old))
+            else:
+                self._special(e, child, crel, old)
+                entries.append(e)
+        for e, fut, old in pending:
+            entries.append(self._finish_file(e, fut, old, path + b"/" + e.name, rel))
+        for name, old in base.items():
+            if name not in seen:
+                self._count_deleted(rel + b"/" + name if rel else name, old)
+        self.tally.dirs += 1
+        self.progress()
+        return self.writer.put_data(TYPE_TREE, encode_tree(entries))
+
+    def _child_dir(self, e: Entry, child: bytes, crel: bytes, old: Entry | None, plan: Plan,
+                   under_rescan: bool, st: os.stat_result) -> None:
+        e.xattrs = old.xattrs if old is not None and old.kind == "dir" and old.ctime_ns == e.ctime_ns \
+            else read_xattrs(child)
+        if old is None or old.kind != "dir":
+            self.tally.note("added", os.fsdecode(crel) + "/")
+            if old is not None:
+                self._count_deleted(crel, old)
+        old_tree = old.subtree if old is not None and old.kind == "dir" else None
+        if self.req.one_file_system and st.st_dev != self.root_dev:
+            e.subtree = self.writer.put_data(TYPE_TREE, encode_tree([]))
+        elif old_tree and not plan.must_list(crel, under_rescan or crel in plan.rescan):
+            e.subtree = old_tree
+        else:
+            e.subtree = self._dir(child, crel, old_tree, plan, under_rescan)
+
+    def _file(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> PendingFile:
+        self.tally.files += 1
+        self.tally.bytes_total += e.size
+        if not self.full and old is not None and old.kind == "file" and old.same_meta(e):
+            e.chunks, e.xattrs = old.chunks, old.xattrs
+            return e, None, old
+        if e.hardlink and e.hardlink in self._links:
+            return e, self._links[e.hardlink], old
+        fut = self.pool.submit(self._read_file, child)
+        if e.hardlink:
+            self._links[e.hardlink] = fut
+        return e, fut, old
+
+    def _read_file(self, child: bytes) -> tuple[ReadResult | None, dict[bytes, bytes], str]:
+        try:
+            res = self.reader.read(child)
+        except AbortedError:
+            raise
+        except OSError as e:
+            return None, {}, e.strerror or str(e)
+        return res, read_xattrs(child), ""
+
+    def _finish_file(self, e: Entry, fut: Future | None, old: Entry | None, child: bytes, rel: bytes) -> Entry:
+        crel = os.fsdecode(rel + b"/" + e.name if rel else e.name)
+        if fut is None:
+            return e
+        res, xattrs, err = fut.result()
+        if res is None:
+            self.tally.errors.append(f"unable to read '{os.fsdecode(child)}': {err}")
+            e.chunks = old.chunks if old is not None and old.kind == "file" else []
+            if old is None:
+                e.size = 0
+            return e
+        fresh = entry_from_stat(e.name, res.st, "file")
+        fresh.chunks, fresh.xattrs = res.chunks, xattrs
+        self.tally.bytes_read += res.bytes_read
+        if res.fuzzy:
+            self.tally.fuzzy.append(crel)
+        if old is None or old.kind != "file":
+            self.tally.note("added", crel)
+        elif not old.same_content_and_meta(fresh):
+            self.tally.note("modified", crel)
+        self.progress()
+        return fresh
+
+    def _special(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> None:
+        if e.kind == "symlink":
+            try:
+                e.target = os.readlink(child)
+            except OSError:
+                e.target = b""
+        if old is not None and old.kind == e.kind and old.same_meta(e):
+            e.xattrs = old.xattrs
+        else:
+            e.xattrs = read_xattrs(child)
+        name = os.fsdecode(crel)
+        if old is None or old.kind != e.kind:
+            self.tally.note("added", name)
+        elif not old.same_content_and_meta(e):
+            self.tally.note("modified", name)
+
+    def _count_deleted(self, rel: bytes, old: Entry) -> None:
+        if old.kind == "dir":
+            self.tally.note("deleted", os.fsdecode(rel) + "/")
+            for sub in self.load_tree(old.subtree) if old.subtree else []:
+                self._count_deleted(rel + b"/" + sub.name, sub)
+        else:
+            self.tally.note("deleted", os.fsdecode(rel))
+
+
+def now() -> float:
+    return time.time()

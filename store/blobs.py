@@ -1,0 +1,236 @@
+"""Blob storage: writing new blobs into packs and reading blobs back, verified.
+
+What always holds:
+- a blob id is blake3 of its plaintext; a read returns bytes whose blake3 equals the id or
+  raises CorruptionError naming the pack;
+- a blob enters the shared index only after its pack AND an index file naming it are durably
+  written, so dedup never points at data that a restart would not find; within one write
+  session (`BlobWriter`) its own blobs dedup from the moment they are accepted;
+- a session that fails leaves packs (and perhaps index files) that nothing references, never
+  a reference to a missing pack;
+- at most `max_pending` packs are in memory waiting for upload (bounded memory).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+import blake3
+import zstandard
+
+from .backend import Backend
+from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from .index import Index, encode_index
+from .packs import CODEC_RAW, CODEC_ZSTD, PackBuilder, PackEntry
+
+_tls = threading.local()
+
+
+def blob_id(data: bytes | memoryview) -> bytes:
+    """The id of a blob: blake3 of its plaintext."""
+    return blake3.blake3(data).digest()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    c = getattr(_tls, "zc", None)
+    if c is None or _tls.zl != level:
+        c = _tls.zc = zstandard.ZstdCompressor(level=level)
+        _tls.zl = level
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_tls, "zd", None)
+    if d is None:
+        d = _tls.zd = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode_blob(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
+    """Compress with zstd, or store raw where compression does not save at least 3%."""
+    if len(data) < 64:
+        return CODEC_RAW, bytes(data)
+    z = _compressor(level).compress(data)
+    if len(z) < len(data) * 0.97:
+        return CODEC_ZSTD, z
+    return CODEC_RAW, bytes(data)
+
+
+def decode_blob(stored: bytes, codec: int, raw_len: int) -> bytes:
+    if codec == CODEC_RAW:
+        return stored
+    if codec == CODEC_ZSTD:
+        return _decompressor().decompress(stored, max_output_size=raw_len)
+    raise CorruptionError(f"unknown codec {codec}")
+
+
+class BlobReader:
+    """Reads blobs by id through the index, verifying each against its id."""
+
+    def __init__(self, backend: Backend, index: Index) -> None:
+        self.backend = backend
+        self.index = index
+
+    def read(self, bid: bytes) -> bytes:
+        loc = self.index.get(bid)
+        if loc is None:
+            raise NotFoundError(f"blob '{short(bid.hex())}' is not in the index")
+        try:
+            stored = self.backend.get_range("packs", loc.pack, loc.offset, loc.stored_len)
+        except NotFoundError:
+            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': pack is missing") from None
+        if len(stored) != loc.stored_len:
+            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
+        try:
+            data = decode_blob(stored, loc.codec, loc.raw_len)
+        except zstandard.ZstdError:
+            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': blob "
+                                  f"'{short(bid.hex())}' does not decompress") from None
+        if len(data) != loc.raw_len or blake3.blake3(data).digest() != bid:
+            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': checksum mismatch "
+                                  f"in blob '{short(bid.hex())}'")
+        return data
+
+
+class BlobWriter:
+    """One write session: dedups against the index, fills packs, uploads them in a thread.
+
+    Call `put` from any number of threads, then `finish()` which flushes, waits for every
+    upload and writes the index file naming the new packs. `abort()` stops without an index.
+    """
+
+    def __init__(self, backend: Backend, index: Index, *, pack_size: int, level: int,
+                 max_pending: int = 2, index_every: int = 32) -> None:
+        self.backend = backend
+        self.index = index
+        self.pack_size = pack_size
+        self.level = level
+        self.index_every = index_every
+        self._lock = threading.Lock()
+        self._inflight: set[bytes] = set()
+        self._builder = PackBuilder()
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._unindexed: dict[str, list[PackEntry]] = {}
+        self._error: BaseException | None = None
+        self.bytes_added = 0
+        self.blobs_added = 0
+        self.packs_written = 0
+        self._uploader = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
+        self._uploader.start()
+
+    def has(self, bid: bytes) -> bool:
+        return bid in self.index or bid in self._inflight
+
+    def put(self, bid: bytes, btype: int, data: bytes | memoryview) -> bool:
+        """Store a blob unless known. Returns True if it was new."""
+        with self._lock:
+            if bid in self._inflight or bid in self.index:
+                return False
+            self._inflight.add(bid)
+        self._add(bid, btype, data)
+        return True
+
+    def put_forced(self, bid: bytes, btype: int, data: bytes) -> None:
+        """Store a blob even if the index knows it (prune copying live blobs out of a pack)."""
+        with self._lock:
+            if bid in self._inflight:
+                return
+            self._inflight.add(bid)
+        self._add(bid, btype, data)
+
+    def _add(self, bid: bytes, btype: int, data: bytes | memoryview) -> None:
+        codec, stored = encode_blob(data, self.level)
+        full = None
+        with self._lock:
+            self._raise_if_failed()
+            self._builder.add(bid, btype, codec, len(data), stored)
+            self.bytes_added += len(stored)
+            self.blobs_added += 1
+            if len(self._builder) >= self.pack_size:
+                full, self._builder = self._builder, PackBuilder()
+        if full is not None:
+            self._enqueue(full)
+
+    def put_data(self, btype: int, data: bytes | memoryview) -> bytes:
+        bid = blob_id(data)
+        self.put(bid, btype, data)
+        return bid
+
+    def _enqueue(self, builder: PackBuilder | None) -> None:
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(builder, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, BackendError | AbortedError):
+                raise self._error
+            raise BackendError(f"unable to write pack: {self._error}")
+
+    def _upload_loop(self) -> None:
+        while True:
+            builder = self._queue.get()
+            if builder is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._upload(builder)
+            except BaseException as e:  # recorded, re-raised in the producer threads
+                self._error = e
+
+    def _upload(self, builder: PackBuilder) -> None:
+        name, data, entries = builder.finish()
+        self.backend.put("packs", name, data)
+        if self.backend.stat("packs", name) != len(data):
+            raise BackendError(f"unable to write pack '{short(name)}': size mismatch after write")
+        with self._lock:
+            self._unindexed[name] = entries
+            self.packs_written += 1
+            flush = len(self._unindexed) >= self.index_every
+        if flush:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        with self._lock:
+            packs, self._unindexed = self._unindexed, {}
+        if packs:
+            name, data = encode_index(packs)
+            self.backend.put("index", name, data)
+            for pack, entries in packs.items():
+                self.index.add_pack(pack, entries)
+
+    def finish(self) -> None:
+        """Flush the last pack, wait for uploads, write the index. Raises the first failure."""
+        with self._lock:
+            last, self._builder = self._builder, PackBuilder()
+        if last.entries:
+            self._enqueue(last)
+        self._queue.put(None)
+        self._uploader.join()
+        self._raise_if_failed()
+        self._write_index()
+
+    def abort(self) -> None:
+        """Stop uploading; blobs not yet durable are dropped (they were never indexed)."""
+        if self._error is None:
+            self._error = AbortedError("write session aborted")
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+        self._uploader.join(timeout=60)
+
+
+ProgressHook = Callable[[int], None]

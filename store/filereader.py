@@ -1,0 +1,132 @@
+"""Reading one file into chunks: open, cut (FastCDC), hash, hand new chunks to the writer.
+
+What always holds: the entry recorded for a file describes the attempt whose content was
+stored (its fstat at open); a file whose size or times change while it is read is read again
+up to `retries` times and, if it never holds still, stored as read and flagged fuzzy. Memory
+per reader is bounded by one segment plus one maximal chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+from .blobs import BlobWriter, blob_id
+from .chunker import Chunker
+from .errors import AbortedError
+from .packs import TYPE_DATA
+from .repoconfig import ChunkerParams
+
+SEGMENT = 8 * 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_tls = threading.local()
+
+
+@dataclass(slots=True)
+class ReadResult:
+    """Chunks of a file and the stat data they correspond to."""
+
+    chunks: list[bytes]
+    st: os.stat_result
+    bytes_read: int
+    fuzzy: bool
+
+
+def _chunker(params: ChunkerParams) -> Chunker:
+    c = getattr(_tls, "chunker", None)
+    if c is None or c.params != params:
+        c = _tls.chunker = Chunker(params)
+    return c
+
+
+def _open(path: bytes) -> int:
+    try:
+        return os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, _OPEN_FLAGS)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+class FileReader:
+    """Reads files for one backup; shared by the worker threads."""
+
+    def __init__(self, writer: BlobWriter, params: ChunkerParams, cancel: threading.Event | None,
+                 retries: int = 3) -> None:
+        self.writer = writer
+        self.params = params
+        self.cancel = cancel
+        self.retries = retries
+
+    def read(self, path: bytes) -> ReadResult:
+        """Read `path`; raises OSError if it cannot be opened (vanished, denied)."""
+        fd = _open(path)
+        try:
+            total = 0
+            for attempt in range(self.retries + 1):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise IsADirectoryError(f"'{os.fsdecode(path)}' is no longer a regular file")
+                chunks, n = self._read_fd(fd)
+                total += n
+                after = os.fstat(fd)
+                if _stamp(after) == _stamp(st):
+                    return ReadResult(chunks, st, total, fuzzy=False)
+                if attempt < self.retries:
+                    os.lseek(fd, 0, os.SEEK_SET)
+            return ReadResult(chunks, after, total, fuzzy=True)
+        finally:
+            os.close(fd)
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise AbortedError("backup cancelled")
+
+    def _store(self, view: memoryview) -> bytes:
+        bid = blob_id(view)
+        if not self.writer.has(bid):
+            self.writer.put(bid, TYPE_DATA, view)
+        return bid
+
+    def _read_fd(self, fd: int) -> tuple[list[bytes], int]:
+        first = os.read(fd, self.params.min_size + 1)
+        if len(first) <= self.params.min_size:
+            rest = os.read(fd, 1) if first else b""
+            if not rest:
+                return ([self._store(memoryview(first))] if first else []), len(first)
+            first += rest
+        return self._read_large(fd, first)
+
+    def _read_large(self, fd: int, head: bytes) -> tuple[list[bytes], int]:
+        cut = _chunker(self.params)
+        seg = max(SEGMENT, 2 * self.params.max_size)
+        buf = bytearray(seg + self.params.max_size)
+        buf[: len(head)] = head
+        filled, total, eof = len(head), len(head), False
+        chunks: list[bytes] = []
+        while filled:
+            self._check_cancel()
+            while not eof and filled < seg:
+                n = os.readv(fd, [memoryview(buf)[filled:]])
+                if n == 0:
+                    eof = True
+                filled += n
+                total += n
+            view = memoryview(buf)[:filled]
+            consumed = 0
+            for off, length in cut.cut(view):
+                if not eof and off + length == filled:
+                    break
+                chunks.append(self._store(view[off:off + length]))
+                consumed = off + length
+            del view
+            rest = filled - consumed
+            buf[:rest] = buf[consumed:filled]
+            filled = rest
+            if eof and filled == 0:
+                break
+        return chunks, total

@@ -1,0 +1,92 @@
+"""Pack files: many stored blobs in one object, self-describing.
+
+Layout (all integers little-endian):
+    header   8 bytes  b"CAIRNPK1"
+    blobs    stored bytes of each blob, back to back
+    trailer  per blob: id (32) | type u8 | codec u8 | raw_len u32 | stored_len u32 | offset u64
+    footer   trailer_offset u64 | count u32 | blake3(trailer) (32) | b"CAIRNPKE"
+A pack is named by the blake3 of its whole content, so any damage is detectable, and the
+index can be rebuilt from packs alone by reading footers and trailers.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import blake3
+
+from .errors import CorruptionError, short
+
+HEADER = b"CAIRNPK1"
+FOOTER_MAGIC = b"CAIRNPKE"
+ENTRY = struct.Struct("<32sBBIIQ")
+FOOTER = struct.Struct("<QI32s8s")
+
+TYPE_DATA = 0
+TYPE_TREE = 1
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    """Where one blob lives inside its pack."""
+
+    id: bytes
+    type: int
+    codec: int
+    raw_len: int
+    stored_len: int
+    offset: int
+
+
+class PackBuilder:
+    """Accumulates blobs for one pack; `finish` returns (name, bytes, entries)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(HEADER)
+        self.entries: list[PackEntry] = []
+
+    def add(self, blob_id: bytes, btype: int, codec: int, raw_len: int, stored: bytes) -> None:
+        self.entries.append(PackEntry(blob_id, btype, codec, raw_len, len(stored), len(self.buf)))
+        self.buf += stored
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def finish(self) -> tuple[str, bytes, list[PackEntry]]:
+        trailer = b"".join(ENTRY.pack(e.id, e.type, e.codec, e.raw_len, e.stored_len, e.offset)
+                           for e in self.entries)
+        trailer_offset = len(self.buf)
+        self.buf += trailer
+        self.buf += FOOTER.pack(trailer_offset, len(self.entries), blake3.blake3(trailer).digest(), FOOTER_MAGIC)
+        data = bytes(self.buf)
+        return blake3.blake3(data, max_threads=1).hexdigest(), data, self.entries
+
+
+def parse_footer(name: str, tail: bytes) -> tuple[int, int, bytes]:
+    """Return (trailer_offset, count, trailer_hash) from a pack's last FOOTER.size bytes."""
+    if len(tail) < FOOTER.size:
+        raise CorruptionError(f"unable to read pack '{short(name)}': too short for a footer")
+    off, count, th, magic = FOOTER.unpack(tail[-FOOTER.size:])
+    if magic != FOOTER_MAGIC:
+        raise CorruptionError(f"unable to read pack '{short(name)}': bad footer magic")
+    return off, count, th
+
+
+def parse_trailer(name: str, trailer: bytes, count: int, trailer_hash: bytes) -> list[PackEntry]:
+    """Parse and verify a pack trailer into its entries."""
+    if len(trailer) != count * ENTRY.size or blake3.blake3(trailer).digest() != trailer_hash:
+        raise CorruptionError(f"unable to read pack '{short(name)}': trailer checksum mismatch")
+    return [PackEntry(*ENTRY.unpack_from(trailer, i * ENTRY.size)) for i in range(count)]
+
+
+def parse_pack(name: str, data: bytes) -> list[PackEntry]:
+    """Verify a whole pack against its name and return its entries."""
+    if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != name:
+        raise CorruptionError(f"unable to read pack '{short(name)}': checksum mismatch")
+    if not data.startswith(HEADER):
+        raise CorruptionError(f"unable to read pack '{short(name)}': bad header magic")
+    off, count, th = parse_footer(name, data)
+    return parse_trailer(name, data[off:len(data) - FOOTER.size], count, th)

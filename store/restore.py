@@ -1,0 +1,141 @@
+"""Turning a set's tree into a restore stream (records of cairn.fsio.records).
+
+Entries come in pre-order: a directory before its contents. File content is read ahead by a
+thread pool (a bounded window of chunks, so memory stays bounded) and verified against its id;
+a chunk that cannot be read turns into a `Failed` record for that file, naming the file and
+the pack, and the stream goes on with the next entry. Hardlinked files are sent once and then
+as links to the first path restored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+
+from .errors import CairnError, NotFoundError
+from .trees import Entry
+
+WINDOW = 24
+
+
+def entry_meta(path: bytes, e: Entry) -> EntryMeta:
+    return EntryMeta(path=path, kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, mtime_ns=e.mtime_ns,
+                     size=e.size, xattrs=dict(e.xattrs), target=e.target, rdev=e.rdev, sparse=e.sparse)
+
+
+def split_path(path: str) -> list[bytes]:
+    return [p for p in os.fsencode(path).split(b"/") if p and p != b"."]
+
+
+def find_entry(load_tree: Callable[[bytes], list[Entry]], root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
+    """Walk `path` from tree `root`: returns (ancestor dir entries, entry); entry None for the root."""
+    parts = split_path(path)
+    tree, chain = root, []
+    entry: Entry | None = None
+    for i, part in enumerate(parts):
+        if not tree:
+            raise NotFoundError(f"path '{path}' is not in the set")
+        found = next((e for e in load_tree(tree) if e.name == part), None)
+        if found is None:
+            raise NotFoundError(f"path '{path}' is not in the set")
+        if i < len(parts) - 1:
+            if found.kind != "dir":
+                raise NotFoundError(f"path '{path}' is not in the set")
+            chain.append(found)
+        entry, tree = found, found.subtree
+    return chain, entry
+
+
+class StreamBuilder:
+    """Produces the record stream of one restore."""
+
+    def __init__(self, load_tree: Callable[[bytes], list[Entry]], read_blob: Callable[[bytes], bytes],
+                 pool: ThreadPoolExecutor) -> None:
+        self.load_tree = load_tree
+        self.read_blob = read_blob
+        self.pool = pool
+        self._links: dict[str, bytes] = {}
+
+    def items(self, root: bytes, paths: list[str] | None) -> Iterator[tuple]:
+        """Yield ('meta', EntryMeta) and ('chunk', id, sparse, path) in stream order."""
+        if not paths:
+            yield from self._tree(root, b"")
+            return
+        made: set[bytes] = set()
+        for path in paths:
+            chain, entry = find_entry(self.load_tree, root, path)
+            rel = b""
+            for d in chain:
+                rel = rel + b"/" + d.name if rel else d.name
+                if rel not in made:
+                    made.add(rel)
+                    yield "meta", entry_meta(rel, d)
+            if entry is None:
+                yield from self._tree(root, b"")
+            else:
+                yield from self._entry(rel + b"/" + entry.name if rel else entry.name, entry)
+
+    def _tree(self, tree: bytes, rel: bytes) -> Iterator[tuple]:
+        for e in self.load_tree(tree):
+            yield from self._entry(rel + b"/" + e.name if rel else e.name, e)
+
+    def _entry(self, path: bytes, e: Entry) -> Iterator[tuple]:
+        if e.kind == "file" and e.hardlink:
+            first = self._links.get(e.hardlink)
+            if first is not None:
+                yield "meta", EntryMeta(path=path, kind="hardlink", link_to=first)
+                return
+            self._links[e.hardlink] = path
+        yield "meta", entry_meta(path, e)
+        if e.kind == "dir" and e.subtree:
+            yield from self._tree(e.subtree, path)
+        elif e.kind == "file":
+            for c in e.chunks:
+                yield "chunk", c, e.sparse, path
+
+    def records(self, root: bytes, paths: list[str] | None) -> Iterator[Record]:
+        """The restore stream, with chunk reads running ahead in the pool."""
+        window: deque = deque()
+        failed: bytes | None = None
+        for item in self.items(root, paths):
+            if item[0] == "meta":
+                window.append(item)
+            else:
+                window.append(("fut", self.pool.submit(self.read_blob, item[1]), item[2], item[3]))
+            while len(window) > WINDOW:
+                rec, failed = self._pop(window, failed)
+                if rec is not None:
+                    yield rec
+        while window:
+            rec, failed = self._pop(window, failed)
+            if rec is not None:
+                yield rec
+
+    @staticmethod
+    def _pop(window: deque, failed: bytes | None) -> tuple[Record | None, bytes | None]:
+        item = window.popleft()
+        if item[0] == "meta":
+            return item[1], None
+        _, fut, sparse, path = item
+        if failed == path:
+            fut.cancel()
+            return None, failed
+        try:
+            data = fut.result()
+        except CairnError as e:
+            return Failed(f"{e.message}"), path
+        if sparse and data.count(0) == len(data):
+            return Hole(len(data)), None
+        return Data(data), None
+
+
+def drain(fut: Future) -> None:
+    """Wait for a future, ignoring its outcome (used when a stream is abandoned)."""
+    try:
+        fut.result()
+    except Exception:  # noqa: BLE001 - outcome irrelevant once abandoned
+        pass

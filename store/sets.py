@@ -1,0 +1,66 @@
+"""Backup set objects: one small JSON object per committed set, named by its blake3.
+
+A set object is written last, after every pack and index it depends on, so a set that can be
+listed is complete. Set objects are never modified; forgetting a set deletes its object.
+Unreadable set objects (an interrupted write on a non-atomic store) are skipped when listing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import blake3
+
+from .errors import CorruptionError, InvalidArgumentError, NotFoundError, short
+from .model import BackupSet, SetStats
+
+MAGIC = "cairn-set"
+SET_VERSION = 1
+
+
+def encode_set(fields: dict) -> tuple[str, bytes]:
+    """Serialise set fields (everything but the id) and return (id, bytes)."""
+    doc = {"magic": MAGIC, "version": SET_VERSION, **fields}
+    data = (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    return blake3.blake3(data).hexdigest(), data
+
+
+def set_fields(s: BackupSet) -> dict:
+    d = asdict(s)
+    d.pop("id")
+    return d
+
+
+def decode_set(name: str, data: bytes) -> BackupSet:
+    """Parse and verify a set object against its name."""
+    if blake3.blake3(data).hexdigest() != name:
+        raise CorruptionError(f"unable to read set '{short(name)}': checksum mismatch")
+    try:
+        doc = json.loads(data)
+        if doc.pop("magic") != MAGIC or doc.pop("version") > SET_VERSION:
+            raise ValueError("magic")
+        stats = SetStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.pop("stats").items()})
+        doc["paths"] = tuple(doc["paths"])
+        doc["tags"] = tuple(doc.get("tags", ()))
+        return BackupSet(id=name, stats=stats, **doc)
+    except (ValueError, KeyError, TypeError):
+        raise CorruptionError(f"unable to read set '{short(name)}': not a valid set object") from None
+
+
+def resolve(sets: list[BackupSet], ref: str, source: str | None = None) -> BackupSet:
+    """Find a set by full id, unique prefix or 'latest' (optionally within one source)."""
+    pool = [s for s in sets if source is None or s.source == source]
+    if ref == "latest":
+        if not pool:
+            where = f" of source '{source}'" if source else ""
+            raise NotFoundError(f"no set{where} in the repository")
+        return max(pool, key=lambda s: (s.time_end, s.id))
+    if not ref or any(c not in "0123456789abcdef" for c in ref.lower()):
+        raise NotFoundError(f"unknown set '{ref}'")
+    hits = [s for s in pool if s.id.startswith(ref.lower())]
+    if not hits:
+        raise NotFoundError(f"unknown set '{ref}'")
+    if len(hits) > 1:
+        raise InvalidArgumentError(f"set prefix '{ref}' is ambiguous: it matches {len(hits)} sets")
+    return hits[0]
