@@ -138,8 +138,9 @@ class Walker:
 
     def __init__(self, req: BackupRequest, writer: BlobWriter, params: ChunkerParams, load_tree: TreeLoader,
                  pool: ThreadPoolExecutor, tally: Tally, progress: Callable[[], None],
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None, strict_since_ns: int | None = None) -> None:
         self.req = req
+        self.strict_since_ns = strict_since_ns
         self.full = req.level == "full"
         self.writer = writer
         self.load_tree = load_tree
@@ -240,7 +241,7 @@ class Walker:
     def _file(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> PendingFile:
         self.tally.files += 1
         self.tally.bytes_total += e.size
-        if not self.full and old is not None and old.kind == "file" and old.same_meta(e):
+        if not self.full and old is not None and old.kind == "file" and old.same_meta(e) and not self._recent(e):
             e.chunks, e.xattrs = old.chunks, old.xattrs
             return e, None, old
         if e.hardlink and e.hardlink in self._links:
@@ -249,6 +250,10 @@ class Walker:
         if e.hardlink:
             self._links[e.hardlink] = fut
         return e, fut, old
+
+    def _recent(self, e: Entry) -> bool:
+        """True when strict timestamps demand a read: modified in the set's start second or later."""
+        return self.strict_since_ns is not None and e.mtime_ns >= self.strict_since_ns
 
     def _read_file(self, child: bytes) -> tuple[ReadResult | None, dict[bytes, bytes], str]:
         try:

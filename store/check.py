@@ -20,6 +20,7 @@ from .blobs import decode_blob
 from .errors import CairnError, CorruptionError, NotFoundError, short
 from .model import BackupSet, CheckProblem, CheckReport, Progress
 from .packs import parse_pack
+from .sets import set_trees
 from .trees import decode_tree
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Checker:
     def _read_blobs_of(self, sets: list[BackupSet]) -> None:
         seen: set[bytes] = set()
         for s in sets:
-            for bid in self._blobs_of_tree(bytes.fromhex(s.tree), seen):
+            for bid in (b for t in set_trees(s) for b in self._blobs_of_tree(bytes.fromhex(t), seen)):
                 self.chunks_checked += 1
                 try:
                     self.bytes_read += len(self.repo.reader.read(bid))
@@ -150,7 +151,9 @@ class Checker:
     def _walk_sets(self, sets: list[BackupSet]) -> None:
         grouped: dict[str, tuple[str, list[str], list[str]]] = {}
         for s in sets:
-            for rel, obj, msg in self._tree(bytes.fromhex(s.tree)):
+            problems = [(f"{name}:{rel}" if name else rel, obj, msg) for name, t in _named_trees(s)
+                        for rel, obj, msg in self._tree(bytes.fromhex(t))]
+            for rel, obj, msg in problems:
                 key = msg
                 entry = grouped.setdefault(key, (obj.hex(), [], []))
                 if s.id not in entry[1]:
@@ -189,3 +192,7 @@ class Checker:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
         self._tree_problems[tree] = out
         return out
+
+
+def _named_trees(s: BackupSet) -> list[tuple[str, str]]:
+    return [("", s.tree)] + [(name, a["tree"]) for name, a in s.attachments.items()]

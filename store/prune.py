@@ -20,6 +20,7 @@ from .errors import CorruptionError, NotFoundError
 from .index import decode_index, encode_index
 from .model import BackupSet, PrunePolicy, PruneReport
 from .packs import PackEntry
+from .sets import set_trees
 
 if TYPE_CHECKING:
     from .repository import Repository
@@ -84,7 +85,7 @@ class Pruner:
 
     def _live(self, sets: list[BackupSet]) -> set[bytes]:
         live: set[bytes] = walmod.referenced_chunks(self.repo)
-        stack = [bytes.fromhex(s.tree) for s in sets]
+        stack = [bytes.fromhex(t) for s in sets for t in set_trees(s)]
         while stack:
             tree = stack.pop()
             if tree in live:

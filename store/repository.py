@@ -9,13 +9,11 @@ threads: reads run concurrently; each backup runs its own write session.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
 
 from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
@@ -24,7 +22,6 @@ from . import check as checkmod
 from . import prune as prunemod
 from . import wal as walmod
 from .backend import Backend, LocalBackend
-from .backup import Tally, Walker, entry_from_stat
 from .blobs import BlobReader, BlobWriter
 from .errors import (
     CorruptionError,
@@ -44,15 +41,14 @@ from .model import (
     PruneReport,
     RestoreStats,
     SetDiff,
-    SetStats,
     TreeEntry,
     check_level,
 )
-from .packs import TYPE_TREE
 from .repoconfig import RepoConfig
 from .restore import StreamBuilder, find_entry
-from .sets import decode_set, encode_set, resolve
-from .trees import Entry, decode_tree, encode_tree
+from .session import BackupSession
+from .sets import decode_set, resolve
+from .trees import Entry, decode_tree
 
 ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
@@ -181,54 +177,17 @@ class Repository:
             return "full", None, f"no {want} of source '{source}' to base a {level} on: taken as full"
         return level, sets[-1], ""
 
+    def session(self, req: BackupRequest, progress: ProgressFn | None = None,
+                cancel: threading.Event | None = None) -> BackupSession:
+        """Open a backup session to capture a set step by step (see store/session.py)."""
+        return BackupSession(self, req, progress, cancel, workers=WORKERS)
+
     def backup(self, req: BackupRequest, progress: ProgressFn | None = None,
                cancel: threading.Event | None = None) -> BackupSet:
         """Take one set. Raises AbortedError on cancel; nothing partial becomes visible."""
-        self._writable()
-        level, base, note = self.choose_base(req.source, req.level)
-        if base is not None and tuple(base.paths) != tuple(req.paths):
-            req = _replace(req, changes=None)
-        started = time.time()
-        with self.locks.hold(f"backup {req.source}"):
-            tree, tally, writer = self._take(_replace(req, level=level), base, progress, cancel)
-            fields = _set_fields(req, level, base, note, started, tree, tally, writer)
-            set_id, data = encode_set(fields)
-            self.backend.put("sets", set_id, data)
-        self._emit(progress, Progress("done", tally.files, tally.files, tally.bytes_total, tally.bytes_total))
-        return self.get_set(set_id)
-
-    def _take(self, req: BackupRequest, base: BackupSet | None, progress: ProgressFn | None,
-              cancel: threading.Event | None) -> tuple[bytes, Tally, BlobWriter]:
-        writer, tally = self._writer(), Tally()
-        tick = _ticker(progress, tally)
-        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="backup-read")
-        try:
-            walker = Walker(req, writer, self.config.chunker, self.load_tree, pool, tally, tick, cancel)
-            base_tree = bytes.fromhex(base.tree) if base else None
-            if len(req.paths) == 1:
-                tree, _ = walker.walk_root(req.paths[0], base_tree)
-            else:
-                tree = self._multi_root(walker, req, base_tree, writer)
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return tree, tally, writer
-
-    def _multi_root(self, walker: Walker, req: BackupRequest, base_tree: bytes | None,
-                    writer: BlobWriter) -> bytes:
-        base = {e.name: e for e in self.load_tree(base_tree)} if base_tree else {}
-        entries = []
-        for p in req.paths:
-            name = os.fsencode(os.path.basename(os.path.normpath(p)))
-            old = base.get(name)
-            sub, st = walker.walk_root(p, old.subtree if old is not None and old.kind == "dir" else None)
-            e = entry_from_stat(name, st, "dir")
-            e.subtree = sub
-            entries.append(e)
-        return writer.put_data(TYPE_TREE, encode_tree(entries))
+        with self.session(req, progress, cancel) as sess:
+            sess.walk_all()
+            return sess.commit()
 
     @staticmethod
     def _emit(progress: ProgressFn | None, p: Progress) -> None:
@@ -286,9 +245,18 @@ class Repository:
                 self._collect(sub, f"{path}/{os.fsdecode(sub.name)}", out)
 
     # -- restore -------------------------------------------------------------------
-    def restore_stream(self, s: BackupSet, paths: list[str] | None = None) -> Iterator[Record]:
-        """The records that restore `s` (or chosen paths of it), content verified."""
-        root = bytes.fromhex(s.tree)
+    def root_tree(self, s: BackupSet, attachment: str | None = None) -> bytes:
+        """The root tree of a set, or of one of its attachments (e.g. 'db:appdb')."""
+        if attachment is None:
+            return bytes.fromhex(s.tree)
+        if attachment not in s.attachments:
+            raise NotFoundError(f"set '{s.id[:8]}' holds no '{attachment}'")
+        return bytes.fromhex(s.attachments[attachment]["tree"])
+
+    def restore_stream(self, s: BackupSet, paths: list[str] | None = None, *,
+                       attachment: str | None = None) -> Iterator[Record]:
+        """The records that restore `s` (or chosen paths of it, or an attachment), content verified."""
+        root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.load_tree, root, p)
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
@@ -298,12 +266,12 @@ class Repository:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
-                progress: ProgressFn | None = None) -> RestoreStats:
+                progress: ProgressFn | None = None, attachment: str | None = None) -> RestoreStats:
         writer = TreeWriter(target, overwrite=overwrite)
         total = s.stats.bytes_total
         done = 0
         last = 0.0
-        for rec in self.restore_stream(s, paths):
+        for rec in self.restore_stream(s, paths, attachment=attachment):
             writer.apply(rec)
             if progress is not None and time.monotonic() - last > 0.2:
                 last = time.monotonic()
@@ -340,45 +308,6 @@ class Repository:
         return sorted(self.backend.list("wal"))
 
 
-def _replace(req: BackupRequest, **kw) -> BackupRequest:
-    return replace(req, **kw)
-
-
-def _ticker(progress: ProgressFn | None, tally: Tally) -> Callable[[], None]:
-    last = [0.0]
-
-    def tick() -> None:
-        if progress is None:
-            return
-        now = time.monotonic()
-        if now - last[0] >= 0.2:
-            last[0] = now
-            progress(Progress("backup", tally.files, 0, tally.bytes_read, 0))
-    return tick
-
-
 def _tree_entry(path: str, e: Entry) -> TreeEntry:
     return TreeEntry(path=path, name=os.fsdecode(e.name), kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid,
                      mtime_ns=e.mtime_ns, size=e.size, target=os.fsdecode(e.target))
-
-
-def _set_fields(req: BackupRequest, level: str, base: BackupSet | None, note: str, started: float,
-                tree: bytes, tally: Tally, writer: BlobWriter) -> dict:
-    stats = SetStats(
-        files=tally.files, dirs=tally.dirs, bytes_total=tally.bytes_total, added=tally.n_added,
-        modified=tally.n_modified, deleted=tally.n_deleted, bytes_read=tally.bytes_read,
-        bytes_added=writer.bytes_added, chunks_added=writer.blobs_added, added_paths=tuple(tally.added),
-        modified_paths=tuple(tally.modified), deleted_paths=tuple(tally.deleted),
-        fuzzy_paths=tuple(tally.fuzzy),
-        paths_truncated=(tally.n_added > len(tally.added) or tally.n_modified > len(tally.modified)
-                         or tally.n_deleted > len(tally.deleted)))
-    extra = dict(req.extra)
-    if tally.errors:
-        extra["errors"] = tally.errors[:100]
-    fields = {
-        "source": req.source, "level": level, "requested_level": req.level,
-        "base": base.id if base else None, "time_start": started, "time_end": time.time(),
-        "hostname": req.hostname or socket.gethostname(), "paths": list(req.paths), "tree": tree.hex(),
-        "stats": asdict(stats), "tags": list(req.tags), "note": note, "extra": extra,
-    }
-    return fields

@@ -48,6 +48,11 @@ def decode_set(name: str, data: bytes) -> BackupSet:
         raise CorruptionError(f"unable to read set '{short(name)}': not a valid set object") from None
 
 
+def set_trees(s: BackupSet) -> list[str]:
+    """Every root tree a set references: its main tree and its attachments' trees."""
+    return [s.tree] + [a["tree"] for a in s.attachments.values()]
+
+
 def resolve(sets: list[BackupSet], ref: str, source: str | None = None) -> BackupSet:
     """Find a set by full id, unique prefix or 'latest' (optionally within one source)."""
     pool = [s for s in sets if source is None or s.source == source]

@@ -1,0 +1,192 @@
+"""A backup session: one write session that becomes exactly one set, or nothing.
+
+`Repository.backup` runs a whole session for plain file sources. The daemon drives sessions
+step by step when a set must be captured in a particular order inside a quiesce window:
+walk some roots, capture a database directory as a named attachment between
+pg_backup_start and pg_backup_stop, walk the remaining roots, then commit.
+
+What always holds: nothing is visible until `commit`, which finishes the write session
+(packs, then index) before it writes the set object; `abort` (or leaving the `with` block by
+an exception) leaves only unreferenced data behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
+
+from .backup import Tally, Walker, entry_from_stat
+from .blobs import BlobWriter
+from .errors import InvalidArgumentError
+from .model import BackupRequest, BackupSet, Progress, SetStats
+from .packs import TYPE_TREE
+from .sets import encode_set
+from .trees import Entry, encode_tree
+
+if TYPE_CHECKING:
+    from .repository import Repository
+
+ProgressFn = Callable[[Progress], None]
+
+
+class BackupSession:
+    """Builds one set. Use as a context manager; call walk()/attach() then commit()."""
+
+    def __init__(self, repo: Repository, req: BackupRequest, progress: ProgressFn | None = None,
+                 cancel: threading.Event | None = None, workers: int = 3) -> None:
+        repo._writable()
+        self.repo = repo
+        self.level, self.base, self.note = repo.choose_base(req.source, req.level)
+        if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
+            req = replace(req, changes=None)
+        self.req = replace(req, level=self.level)
+        self.requested_level = req.level
+        self.progress = progress
+        self.cancel = cancel
+        self.started = time.time()
+        self.tally = Tally()
+        self._roots: dict[str, Entry] = {}
+        self._single: bytes | None = None
+        self._attachments: dict[str, dict[str, Any]] = {}
+        self._lock_cm = repo.locks.hold(f"backup {req.source}")
+        self._lock_cm.__enter__()
+        self.writer: BlobWriter = repo._writer()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
+        self._walker = self._make_walker(self.req, self.tally)
+        self._closed = False
+
+    def __enter__(self) -> BackupSession:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._closed:
+            self.abort()
+
+    # -- capture ---------------------------------------------------------------------
+    def _make_walker(self, req: BackupRequest, tally: Tally, strict_since_ns: int | None = None) -> Walker:
+        tick = _ticker(self.progress, tally)
+        return Walker(req, self.writer, self.repo.config.chunker, self.repo.load_tree, self.pool, tally, tick,
+                      self.cancel, strict_since_ns=strict_since_ns)
+
+    def _base_root(self, path: str) -> bytes | None:
+        if self.base is None:
+            return None
+        tree = bytes.fromhex(self.base.tree)
+        if len(self.req.paths) == 1:
+            return tree
+        name = os.fsencode(os.path.basename(os.path.normpath(path)))
+        old = next((e for e in self.repo.load_tree(tree) if e.name == name), None)
+        return old.subtree if old is not None and old.kind == "dir" else None
+
+    def walk(self, path: str) -> None:
+        """Capture one of the request's source paths."""
+        if path not in self.req.paths:
+            raise InvalidArgumentError(f"'{path}' is not a path of source '{self.req.source}'")
+        tree, st = self._walker.walk_root(path, self._base_root(path))
+        if len(self.req.paths) == 1:
+            self._single = tree
+            return
+        name = os.fsencode(os.path.basename(os.path.normpath(path)))
+        e = entry_from_stat(name, st, "dir")
+        e.subtree = tree
+        self._roots[path] = e
+
+    def walk_all(self) -> None:
+        """Capture every source path not captured yet, in configured order."""
+        for p in self.req.paths:
+            if p not in self._roots and not (len(self.req.paths) == 1 and self._single is not None):
+                self.walk(p)
+
+    def attach(self, name: str, path: str, excludes: tuple[str, ...] = (), *, strict_times: bool = True) -> None:
+        """Capture directory `path` as attachment `name` (e.g. 'db:appdb'), compared against the
+        base set's attachment of the same name. With strict_times, files modified in the second
+        the set started (or later) are read even when their stat data matches the base."""
+        old = self.base.attachments.get(name) if self.base is not None else None
+        base_tree = bytes.fromhex(old["tree"]) if old else None
+        tally = Tally()
+        req = replace(self.req, paths=(path,), excludes=tuple(excludes), changes=None)
+        strict = (int(self.started) - 1) * 1_000_000_000 if strict_times else None
+        tree, _ = self._make_walker(req, tally, strict).walk_root(path, base_tree)
+        self._attachments[name] = {
+            "tree": tree.hex(), "path": path, "files": tally.files, "bytes_total": tally.bytes_total,
+            "bytes_read": tally.bytes_read, "added": tally.n_added, "modified": tally.n_modified,
+            "deleted": tally.n_deleted, "fuzzy_paths": tally.fuzzy[:100],
+        }
+
+    # -- end -------------------------------------------------------------------------
+    def commit(self, extra: dict[str, Any] | None = None) -> BackupSet:
+        """Finish the write session and write the set object; returns the committed set."""
+        self.walk_all()
+        if self._single is not None:
+            tree = self._single
+        else:
+            tree = self.writer.put_data(TYPE_TREE, encode_tree([self._roots[p] for p in self.req.paths]))
+        try:
+            self.writer.finish()
+        finally:
+            self._shutdown()
+        fields = self._fields(tree, extra or {})
+        set_id, data = encode_set(fields)
+        try:
+            self.repo.backend.put("sets", set_id, data)
+        finally:
+            self._release()
+        t = self.tally
+        if self.progress is not None:
+            self.progress(Progress("done", t.files, t.files, t.bytes_total, t.bytes_total))
+        return self.repo.get_set(set_id)
+
+    def abort(self) -> None:
+        """Drop the session: nothing becomes visible."""
+        if self._closed:
+            return
+        self.writer.abort()
+        self._shutdown()
+        self._release()
+
+    def _shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _release(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._lock_cm.__exit__(None, None, None)
+
+    def _fields(self, tree: bytes, extra: dict[str, Any]) -> dict:
+        t, w = self.tally, self.writer
+        stats = SetStats(
+            files=t.files, dirs=t.dirs, bytes_total=t.bytes_total, added=t.n_added, modified=t.n_modified,
+            deleted=t.n_deleted, bytes_read=t.bytes_read, bytes_added=w.bytes_added, chunks_added=w.blobs_added,
+            added_paths=tuple(t.added), modified_paths=tuple(t.modified), deleted_paths=tuple(t.deleted),
+            fuzzy_paths=tuple(t.fuzzy),
+            paths_truncated=(t.n_added > len(t.added) or t.n_modified > len(t.modified)
+                             or t.n_deleted > len(t.deleted)))
+        extra = {**self.req.extra, **extra}
+        if t.errors:
+            extra["errors"] = t.errors[:100]
+        return {
+            "source": self.req.source, "level": self.level, "requested_level": self.requested_level,
+            "base": self.base.id if self.base else None, "time_start": self.started, "time_end": time.time(),
+            "hostname": self.req.hostname or socket.gethostname(), "paths": list(self.req.paths),
+            "tree": tree.hex(), "stats": asdict(stats), "tags": list(self.req.tags), "note": self.note,
+            "extra": extra, "attachments": self._attachments,
+        }
+
+
+def _ticker(progress: ProgressFn | None, tally: Tally) -> Callable[[], None]:
+    last = [0.0]
+
+    def tick() -> None:
+        if progress is None:
+            return
+        now = time.monotonic()
+        if now - last[0] >= 0.2:
+            last[0] = now
+            progress(Progress("backup", tally.files, 0, tally.bytes_read, 0))
+    return tick
