@@ -1,0 +1,281 @@
+"""The change journal: a durable record, per source, of what changed and what is protected.
+
+One SQLite database in the daemon's state directory (WAL mode, synchronous=NORMAL: a
+committed batch survives a crash of the daemon; on power loss the newest batches may be lost,
+which the restart rule below covers). Tables:
+
+- `entries(source, path, kind, seq, first_seen, reason)`, one row per (source, kind, path):
+  kind 'path' (the entry at `path` may have changed), 'tree' (the directory at `path` is new:
+  walk all of it), 'rescan' (events under `path` were lost: walk all of it) and 'source'
+  (`path` empty: the whole source must be walked). Recording the same (source, kind, path)
+  again keeps one row: `seq` becomes the newest, `first_seen` stays the time it was first
+  seen unprotected.
+- `sources(name, ...)`: per source the sequence numbers and ids of the last committed set
+  (`set_seq`, `set_id`) and of the last committed full (`full_seq`, `full_id`), and a
+  fingerprint of its watched configuration.
+- `meta`: format version, the sequence counter and the current daemon session.
+
+What always holds:
+- Sequence numbers grow strictly over the life of the database; every recorded batch gets
+  numbers greater than any `set_seq`/`full_seq` already stored.
+- An entry is unprotected while its seq > its source's set_seq; a set commit only moves the
+  marks to the seq its caller read before the set started, so what arrived later stays.
+- Entries with seq <= full_seq are deleted: no usable base (latest full, latest set) can need
+  them. Entries between full_seq and set_seq are kept for the next differential.
+- Paths are stored as bytes (file names need not be UTF-8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+KINDS = ("path", "tree", "rescan", "source")
+FORMAT_VERSION = 1
+TRUST_KINDS = ("rescan", "source")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL DEFAULT '',
+    set_id TEXT, set_seq INTEGER NOT NULL DEFAULT 0, set_time REAL,
+    full_id TEXT, full_seq INTEGER NOT NULL DEFAULT 0, full_time REAL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    source TEXT NOT NULL, kind TEXT NOT NULL, path BLOB NOT NULL,
+    seq INTEGER NOT NULL, first_seen REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (source, kind, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_seq ON entries (source, seq);
+"""
+
+_UPSERT = """
+INSERT INTO entries (source, kind, path, seq, first_seen, reason) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (source, kind, path) DO UPDATE SET
+    first_seen = CASE WHEN entries.seq <= ? THEN excluded.first_seen ELSE entries.first_seen END,
+    reason = CASE WHEN entries.seq <= ? THEN excluded.reason ELSE entries.reason END,
+    seq = excluded.seq
+"""
+
+
+class JournalError(Exception):
+    """The journal database cannot be used (unreadable, newer format)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One fact to record: `path` ('' for kind 'source') of `source` changed at `time`."""
+
+    source: str
+    kind: str
+    path: str
+    time: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal row."""
+
+    source: str
+    kind: str
+    path: str
+    seq: int
+    first_seen: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What the journal knows of a source's committed sets."""
+
+    name: str
+    known: bool = False
+    fingerprint: str = ""
+    set_id: str | None = None
+    set_seq: int = 0
+    set_time: float | None = None
+    full_id: str | None = None
+    full_seq: int = 0
+    full_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Unprotected entries of a source (seq > set_seq)."""
+
+    count: int
+    oldest: float | None
+    trust: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Session:
+    """The previous daemon session as recorded in the journal."""
+
+    started: float
+    stopped: float | None
+    pid: int
+
+    @property
+    def clean(self) -> bool:
+        return self.stopped is not None
+
+
+def _enc(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def _dec(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+class Journal:
+    """The journal database; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"unable to open change journal '{path}': {e}") from None
+        version = self._meta("format")
+        if version is None:
+            self._set_meta("format", str(FORMAT_VERSION))
+        elif int(version) > FORMAT_VERSION:
+            raise JournalError(f"unable to open change journal '{path}': format {version} is newer than "
+                               f"{FORMAT_VERSION}")
+        self._seq = int(self._meta("seq") or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- meta ------------------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value", (key, value))
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the newest recorded entry (0 if none yet)."""
+        with self._lock:
+            return self._seq
+
+    def begin_session(self, now: float | None = None) -> Session | None:
+        """Record that a daemon session started; return the previous one (None if first)."""
+        with self._lock:
+            raw = self._meta("session")
+            self._set_meta("session", json.dumps({"started": now or time.time(), "stopped": None,
+                                                  "pid": os.getpid()}))
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return Session(started=d["started"], stopped=d.get("stopped"), pid=d.get("pid", 0))
+
+    def end_session(self, now: float | None = None) -> None:
+        """Record that the current session stopped cleanly."""
+        with self._lock:
+            raw = self._meta("session")
+            d = json.loads(raw) if raw else {"started": now or time.time(), "pid": os.getpid()}
+            d["stopped"] = now or time.time()
+            self._set_meta("session", json.dumps(d))
+
+    # -- recording -------------------------------------------------------------------------------
+    def record(self, changes: Iterable[Change]) -> dict[str, int]:
+        """Record a batch in one transaction; return per source how many rows it touched."""
+        touched: dict[str, int] = {}
+        with self._lock:
+            protected = dict(self._db.execute("SELECT name, set_seq FROM sources").fetchall())
+            rows = []
+            for c in changes:
+                if c.kind not in KINDS:
+                    raise ValueError(f"unknown journal entry kind '{c.kind}'")
+                self._seq += 1
+                p = protected.get(c.source, 0)
+                rows.append((c.source, c.kind, _enc(c.path), self._seq, c.time, c.reason, p, p))
+                touched[c.source] = touched.get(c.source, 0) + 1
+            if not rows:
+                return touched
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(_UPSERT, rows)
+                self._set_meta("seq", str(self._seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return touched
+
+    # -- reading ---------------------------------------------------------------------------------
+    def marks(self, source: str) -> Marks:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT fingerprint, set_id, set_seq, set_time, full_id, full_seq, full_time "
+                "FROM sources WHERE name = ?", (source,)).fetchone()
+        if row is None:
+            return Marks(name=source)
+        return Marks(source, True, *row)
+
+    def entries_after(self, source: str, seq: int, upto: int | None = None) -> list[Entry]:
+        """Entries of `source` with seq in (seq, upto]."""
+        q = "SELECT kind, path, seq, first_seen, reason FROM entries WHERE source = ? AND seq > ?"
+        args: list[object] = [source, seq]
+        if upto is not None:
+            q += " AND seq <= ?"
+            args.append(upto)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY seq", args).fetchall()
+        return [Entry(source, k, _dec(p), s, f, r) for k, p, s, f, r in rows]
+
+    def pending(self, source: str) -> Pending:
+        """The unprotected entries of `source` in summary."""
+        with self._lock:
+            row = self._db.execute("SELECT set_seq FROM sources WHERE name = ?", (source,)).fetchone()
+            after = row[0] if row else 0
+            count, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(first_seen) FROM entries WHERE source = ? AND seq > ?",
+                (source, after)).fetchone()
+            trust = self._db.execute(
+                "SELECT kind, path, seq, first_seen, reason FROM entries WHERE source = ? AND seq > ? "
+                "AND kind IN ('rescan', 'source') ORDER BY seq LIMIT 50", (source, after)).fetchall()
+        return Pending(count, oldest, tuple(Entry(source, k, _dec(p), s, f, r) for k, p, s, f, r in trust))
+
+    # -- sources and commits -----------------------------------------------------------------------
+    def set_fingerprint(self, source: str, fingerprint: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO sources (name, fingerprint) VALUES (?, ?) ON CONFLICT (name) "
+                             "DO UPDATE SET fingerprint = excluded.fingerprint", (source, fingerprint))
+
+    def commit(self, source: str, level: str, set_id: str, seq: int, now: float | None = None) -> None:
+        """Mark entries up to `seq` protected by set `set_id`; a full also drops what it made moot."""
+        now = now or time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO sources (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                                 (source,))
+                self._db.execute("UPDATE sources SET set_id = ?, set_seq = ?, set_time = ? WHERE name = ?",
+                                 (set_id, seq, now, source))
+                if level == "full":
+                    self._db.execute("UPDATE sources SET full_id = ?, full_seq = ?, full_time = ? "
+                                     "WHERE name = ?", (set_id, seq, now, source))
+                    self._db.execute("DELETE FROM entries WHERE source = ? AND seq <= ?", (source, seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise

@@ -1,0 +1,442 @@
+"""The change tracker on real inotify: every kind of change lands in the journal, every loss of
+trust is marked, prepare/committed keep exactly what they must, and a hinted store backup
+equals a full walk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from cairn.daemon.changes import ChangeTracker
+
+
+def incremental(tracker: ChangeTracker, base: str = "F1", source: str = "app"):
+    hint, token = tracker.prepare(source, "incremental", base, None)
+    return hint, token
+
+
+def changed_paths(tracker: ChangeTracker, base: str = "F1") -> set[str]:
+    hint, _ = incremental(tracker, base)
+    assert hint is not None, "journal unexpectedly untrusted"
+    return set(hint.paths)
+
+
+def rescans(tracker: ChangeTracker, base: str = "F1") -> set[str]:
+    hint, _ = incremental(tracker, base)
+    assert hint is not None, "journal unexpectedly untrusted"
+    return set(hint.rescan)
+
+
+def write(path: str, data: bytes = b"x", mode: str = "wb") -> None:
+    with open(path, mode) as f:
+        f.write(data)
+
+
+@pytest.fixture
+def tracked(env):
+    os.makedirs(env.p("sub", "deep"))
+    write(env.p("a"), b"a")
+    write(env.p("sub", "b"), b"b")
+    write(env.p("sub", "deep", "c"), b"c")
+    t = env.tracker()
+    env.trust(t)
+    return env, t
+
+
+# -- each kind of change ---------------------------------------------------------------------
+
+def test_nothing_changed_gives_empty_hint(tracked):
+    env, t = tracked
+    hint, _ = incremental(t)
+    assert hint is not None and hint.paths == frozenset() and hint.rescan == frozenset()
+    assert t.status("app")["state"] == "complete"
+
+
+def test_create_write_append_truncate_delete(tracked):
+    env, t = tracked
+    write(env.p("new"), b"1")
+    write(env.p("sub", "b"), b"more", "ab")
+    os.truncate(env.p("sub", "deep", "c"), 0)
+    os.unlink(env.p("a"))
+    paths = changed_paths(t)
+    assert {env.p("new"), env.p("sub", "b"), env.p("sub", "deep", "c"), env.p("a")} <= paths
+    # parents of appearing/vanishing names are listed as well
+    assert env.src in paths
+
+
+def test_file_rename_records_old_and_new(tracked):
+    env, t = tracked
+    os.rename(env.p("sub", "b"), env.p("sub", "deep", "b2"))
+    paths = changed_paths(t)
+    assert {env.p("sub", "b"), env.p("sub", "deep", "b2")} <= paths
+
+
+def test_dir_rename_inside_source(tracked):
+    env, t = tracked
+    os.rename(env.p("sub"), env.p("moved"))
+    hint, _ = incremental(t)
+    assert env.p("sub") in hint.paths
+    assert env.p("moved") in hint.rescan
+    # the moved directory keeps being watched under its new name
+    write(env.p("moved", "deep", "later"))
+    assert env.p("moved") in rescans(t)
+
+
+def test_dir_moved_in_from_outside_is_rescanned(tracked):
+    env, t = tracked
+    outside = os.path.join(env.root, "outside")
+    os.makedirs(os.path.join(outside, "x", "y"))
+    write(os.path.join(outside, "x", "y", "f"))
+    os.rename(outside, env.p("inside"))
+    assert env.p("inside") in rescans(t)
+    write(env.p("inside", "x", "y", "g"))
+    hint, _ = incremental(t)
+    # now watched: a new file below it is seen (and lies within the rescanned subtree)
+    assert env.p("inside") in hint.rescan
+
+
+def test_dir_moved_out_records_old_path(tracked):
+    env, t = tracked
+    os.rename(env.p("sub"), os.path.join(env.root, "gone"))
+    assert env.p("sub") in changed_paths(t)
+
+
+def test_new_dir_with_content_before_watch_is_rescanned(tracked):
+    env, t = tracked
+    os.makedirs(env.p("n1", "n2", "n3"))
+    write(env.p("n1", "n2", "n3", "f"))
+    hint, _ = incremental(t)
+    assert hint.rescan == frozenset({env.p("n1")})
+
+
+def test_rmtree_records_deleted_dir(tracked):
+    env, t = tracked
+    shutil.rmtree(env.p("sub"))
+    assert env.p("sub") in changed_paths(t)
+
+
+def test_metadata_only_changes(tracked):
+    env, t = tracked
+    os.chmod(env.p("a"), 0o600)
+    os.chown(env.p("sub", "b"), 1234, 1234)
+    os.setxattr(env.p("sub", "deep", "c"), "user.tag", b"v")
+    os.utime(env.p("sub", "deep"), ns=(1_000_000_000, 1_000_000_000))
+    paths = changed_paths(t)
+    assert {env.p("a"), env.p("sub", "b"), env.p("sub", "deep", "c"), env.p("sub", "deep")} <= paths
+
+
+def test_symlink_create_and_retarget(tracked):
+    env, t = tracked
+    os.symlink("a", env.p("link"))
+    assert env.p("link") in changed_paths(t)
+    hint, token = incremental(t)
+    t.committed("app", "incremental", "I1", token)
+    tmp = env.p(".link.tmp")
+    os.symlink("sub/b", tmp)
+    os.replace(tmp, env.p("link"))
+    assert env.p("link") in changed_paths(t, "I1")
+
+
+def test_hardlink_distrusts_the_source(tracked):
+    env, t = tracked
+    os.link(env.p("a"), env.p("sub", "a-again"))
+    hint, _ = incremental(t)
+    assert hint is None
+    status = t.status("app")
+    assert status["state"] == "rescan"
+    assert any("hard links" in r for r in status["reasons"])
+
+
+# -- excludes ----------------------------------------------------------------------------------
+
+def test_excludes_apply_to_events_and_watches(env):
+    os.makedirs(env.p("cache", "x", "y"))
+    os.makedirs(env.p("keep"))
+    t = env.tracker([env.source("app", (env.src,), ("*.tmp", "cache/"))])
+    env.trust(t)
+    assert t.status("app")["watches"] == 2          # root and keep/, not cache/ and below
+    write(env.p("junk.tmp"))
+    write(env.p("keep", "junk.tmp"))
+    write(env.p("cache", "x", "y", "f"))
+    write(env.p("keep", "real"))
+    hint, _ = incremental(t)
+    assert hint.paths == frozenset({env.p("keep", "real"), env.p("keep")})
+    assert hint.rescan == frozenset()
+
+
+# -- prepare / committed ------------------------------------------------------------------------
+
+def test_changes_after_prepare_stay_pending(tracked):
+    env, t = tracked
+    write(env.p("before"))
+    hint, token = incremental(t)
+    assert env.p("before") in hint.paths
+    write(env.p("during"))
+    env.wait_until(lambda: t.status("app")["pending_paths"] >= 3, what="'during' journaled")
+    t.committed("app", "incremental", "I1", token)
+    paths = changed_paths(t, "I1")
+    assert env.p("during") in paths and env.p("before") not in paths
+
+
+def test_failed_set_loses_nothing(tracked):
+    env, t = tracked
+    write(env.p("x1"))
+    hint, token = incremental(t)          # the set fails: committed() is never called
+    write(env.p("x2"))
+    paths = changed_paths(t)
+    assert {env.p("x1"), env.p("x2")} <= paths
+
+
+def test_rewrite_of_protected_path_is_pending_again(tracked):
+    env, t = tracked
+    write(env.p("a"), b"1")
+    hint, token = incremental(t)
+    t.committed("app", "incremental", "I1", token)
+    assert t.oldest_unprotected("app") is None
+    write(env.p("a"), b"2")
+    assert env.p("a") in changed_paths(t, "I1")
+    assert env.wait_until(lambda: t.oldest_unprotected("app"), what="unprotected change") >= token.prepared_at
+
+
+def test_differential_is_union_since_full(tracked):
+    env, t = tracked
+    write(env.p("one"))
+    _, tok = incremental(t, "F1")
+    t.committed("app", "incremental", "I1", tok)
+    write(env.p("two"))
+    _, tok = incremental(t, "I1")
+    t.committed("app", "incremental", "I2", tok)
+    write(env.p("three"))
+    diff, dtok = t.prepare("app", "differential", "F1", "full")
+    assert {env.p("one"), env.p("two"), env.p("three")} <= diff.paths
+    inc, _ = t.prepare("app", "incremental", "I2", "incremental")
+    assert env.p("three") in inc.paths and not {env.p("one"), env.p("two")} & inc.paths
+    t.committed("app", "differential", "D1", dtok)
+    # a differential does not move the full: the next one still sees everything since F1
+    diff2, _ = t.prepare("app", "differential", "F1", "full")
+    assert {env.p("one"), env.p("two"), env.p("three")} <= diff2.paths
+    # a new full consumes it all
+    _, ftok = t.prepare("app", "full", None, None)
+    t.committed("app", "full", "F2", ftok)
+    assert t.prepare("app", "differential", "F2", "full")[0] == t.prepare("app", "incremental", "F2", "full")[0]
+    assert changed_paths(t, "F2") == set()
+
+
+def test_unknown_base_or_full_gives_no_hint(tracked):
+    env, t = tracked
+    assert t.prepare("app", "incremental", "not-a-set-we-saw", "full")[0] is None
+    assert t.prepare("app", "incremental", None, None)[0] is None
+    assert t.prepare("app", "full", "F1", "full")[0] is None
+
+
+def test_on_change_and_oldest_unprotected(tracked):
+    env, t = tracked
+    seen: list[str] = []
+    t.on_change = seen.append
+    assert t.oldest_unprotected("app") is None
+    write(env.p("new"))
+    env.wait_until(lambda: "app" in seen, what="on_change callback")
+    oldest = t.oldest_unprotected("app")
+    assert oldest is not None
+    status = t.status("app")
+    assert status["oldest_unprotected_age"] is not None and status["pending_paths"] >= 1
+
+
+def test_unwatched_source_has_no_hint(env):
+    db = os.path.join(env.root, "pgdata")
+    os.makedirs(db)
+    t = env.tracker([env.source("app", (env.src,)), env.source("db", (db,), watch=False)])
+    env.trust(t, "db")
+    write(os.path.join(db, "f"))
+    assert t.prepare("db", "incremental", "F1", "full")[0] is None
+    status = t.status("db")
+    assert status["state"] == "rescan" and status["watches"] == 0
+    assert t.oldest_unprotected("db") is None
+
+
+# -- loss of trust ------------------------------------------------------------------------------
+
+def test_injected_overflow_marks_every_source(tracked):
+    env, t = tracked
+    t.watcher.simulate_overflow()
+    env.wait_until(lambda: t.status("app")["state"] == "rescan", what="overflow noticed")
+    assert any("overflow" in r for r in t.status("app")["reasons"])
+    assert incremental(t)[0] is None
+    # the watches were rebuilt: after the next set the journal is trusted and complete again
+    _, tok = incremental(t)
+    t.committed("app", "incremental", "I1", tok)
+    write(env.p("sub", "deep", "after"))
+    assert env.p("sub", "deep", "after") in changed_paths(t, "I1")
+    assert t.status("app")["state"] == "complete"
+
+
+def test_real_overflow_while_reader_is_held(tracked):
+    env, t = tracked
+    with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        limit = int(f.read())
+    if limit > 200_000:
+        pytest.skip(f"max_queued_events is {limit}: too many events to overflow quickly")
+    a, b = env.p("a"), env.p("sub", "b")
+    assert t.watcher.pause()
+    try:
+        for i in range(limit // 2 + 100):   # alternate names so the kernel cannot merge events
+            os.utime(a, ns=(i, i))
+            os.utime(env.p("sub", "deep", "c"), ns=(i, i))
+            os.utime(b, ns=(i, i))
+    finally:
+        t.watcher.resume()
+    env.wait_until(lambda: any("overflow" in r for r in t.status("app")["reasons"]), what="real overflow")
+    assert incremental(t)[0] is None
+
+
+def test_watch_cap_marks_unwatched_subtrees(env):
+    for d in ("d1/x", "d2/y", "d3/z"):
+        os.makedirs(env.p(d))
+    t = env.tracker(max_watches=4)
+    env.trust(t)
+    status = t.status("app")
+    assert status["watches"] == 4
+    assert status["state"] == "rescan"
+    assert any("watch limit" in r for r in status["reasons"])
+    hint, _ = incremental(t)
+    assert hint is not None and hint.rescan           # the unwatched subtrees are always walked
+    unwatched = set(hint.rescan)
+    write(env.p("d1", "x", "f"))
+    write(env.p("d3", "z", "f"))
+    hint2, tok = incremental(t)
+    assert unwatched <= set(hint2.rescan)
+    t.committed("app", "incremental", "I1", tok)
+    assert unwatched <= rescans(t, "I1")              # sticky until watched again
+
+
+def test_watch_cap_at_root_leaves_source_unwatched(env):
+    other = os.path.join(env.root, "other")
+    os.makedirs(other)
+    t = env.tracker([env.source("app", (env.src,)), env.source("other", (other,))], max_watches=1)
+    env.trust(t)
+    env.trust(t, "other", "O1")
+    assert t.prepare("app", "incremental", "F1", "full")[0] is not None
+    assert t.prepare("other", "incremental", "O1", "full")[0] is None
+    assert any("watch" in r for r in t.status("other")["reasons"])
+
+
+def test_restart_marks_rescan_then_trusts(env):
+    write(env.p("a"))
+    t = env.tracker()
+    env.trust(t)
+    t.stop()
+    write(env.p("while-down"))
+    t2 = env.tracker()
+    status = t2.status("app")
+    assert status["state"] == "rescan" and any("restarted" in r for r in status["reasons"])
+    hint, tok = t2.prepare("app", "incremental", "F1", "full")
+    assert hint is None
+    t2.committed("app", "incremental", "I1", tok)
+    write(env.p("after"))
+    assert changed_paths(t2, "I1") >= {env.p("after")}
+    # a differential against the old full still cannot trust the journal (gap since F1)
+    assert t2.prepare("app", "differential", "F1", "full")[0] is None
+
+
+def test_unclean_stop_is_named(env):
+    t = env.tracker()
+    env.trust(t)
+    # the process "dies": threads end, no clean end of session is written
+    t.watcher.stop()
+    t._flusher.stop()
+    t._journal.close()
+    env.trackers.remove(t)
+    t2 = env.tracker()
+    assert any("unclean" in r for r in t2.status("app")["reasons"])
+
+
+def test_root_deleted_then_recreated(env):
+    root = os.path.join(env.root, "vol")
+    os.makedirs(root)
+    t = env.tracker([env.source("vol", (root,))])
+    env.trust(t, "vol")
+    shutil.rmtree(root)
+    env.wait_until(lambda: t.status("vol")["state"] == "rescan", what="root loss noticed")
+    assert t.prepare("vol", "incremental", "F1", "full")[0] is None
+    os.makedirs(root)
+    hint, tok = t.prepare("vol", "incremental", "F1", "full")     # watched again, gap unknown
+    assert hint is None
+    t.committed("vol", "incremental", "I1", tok)
+    write(os.path.join(root, "f"))
+    hint, _ = t.prepare("vol", "incremental", "I1", "incremental")
+    assert hint is not None and os.path.join(root, "f") in hint.paths
+
+
+def test_mark_rescan_and_reload(tracked):
+    env, t = tracked
+    t.mark_rescan("app", env.p("sub"), "backstop scan found a missed change")
+    assert env.p("sub") in rescans(t)
+    assert any("backstop" in r for r in t.status("app")["reasons"])
+    # changing excludes: whole source rescan; new sources start untrusted
+    other = os.path.join(env.root, "other")
+    os.makedirs(other)
+    t.reload([env.source("app", (env.src,), ("*.log",)), env.source("other", (other,))])
+    assert incremental(t)[0] is None
+    assert t.prepare("other", "incremental", "X", None)[0] is None
+    assert t.status("other")["watches"] == 1
+    t.reload([env.source("app", (env.src,), ("*.log",))])
+    assert t.status("other")["watches"] == 0
+
+
+# -- a hinted store backup equals a full walk -------------------------------------------------------
+
+store_repo = pytest.importorskip("cairn.store.repository")
+
+
+def _tree(repo, s) -> list[tuple]:
+    entries = repo.list_tree(s, "", recursive=True)
+    return [(e.path, e.kind, e.mode, e.uid, e.size, e.mtime_ns, e.target) for e in entries]
+
+
+def test_hinted_backup_equals_full_walk(env, tmp_path):
+    from cairn.store.model import BackupRequest
+
+    os.makedirs(env.p("docs", "old"))
+    for i in range(20):
+        write(env.p("docs", f"f{i}"), os.urandom(100))
+    write(env.p("docs", "old", "keep"), b"keep")
+    os.makedirs(env.p("untouched", "deep"))
+    write(env.p("untouched", "deep", "u"), b"u")
+    repo = store_repo.Repository.open_local(str(tmp_path / "repo"), create=True)
+    t = env.tracker()
+    hint, tok = t.prepare("app", "full", None, None)
+    full = repo.backup(BackupRequest("app", (env.src,), "full", changes=hint))
+    t.committed("app", full.level, full.id, tok)
+
+    # one of each change
+    write(env.p("docs", "f1"), b"rewritten")
+    write(env.p("docs", "f2"), b"appended", "ab")
+    os.unlink(env.p("docs", "f3"))
+    os.rename(env.p("docs", "f4"), env.p("docs", "f4-renamed"))
+    os.rename(env.p("docs", "old"), env.p("archive"))
+    os.chmod(env.p("docs", "f5"), 0o600)
+    os.symlink("docs/f6", env.p("ln"))
+    os.makedirs(env.p("fresh", "a", "b"))
+    write(env.p("fresh", "a", "b", "deep-file"), b"deep")
+    outside = tmp_path / "incoming"
+    (outside / "x").mkdir(parents=True)
+    (outside / "x" / "y").write_bytes(b"y")
+    os.rename(outside, env.p("incoming"))
+
+    hint, tok = t.prepare("app", "incremental", full.id, full.level)
+    assert hint is not None and env.p("untouched") not in hint.paths | hint.rescan
+    inc = repo.backup(BackupRequest("app", (env.src,), "incremental", changes=hint))
+    t.committed("app", inc.level, inc.id, tok)
+    walked = repo.backup(BackupRequest("app", (env.src,), "full"))
+    assert _tree(repo, inc) == _tree(repo, walked)
+    assert inc.tree == walked.tree
+
+    # a differential from the union since the full also equals the walk
+    write(env.p("docs", "f7"), b"later")
+    dhint, dtok = t.prepare("app", "differential", full.id, "full")
+    assert env.p("docs", "f1") in dhint.paths and env.p("docs", "f7") in dhint.paths
+    diff = repo.backup(BackupRequest("app", (env.src,), "differential", changes=dhint))
+    walked2 = repo.backup(BackupRequest("app", (env.src,), "full"))
+    assert diff.tree == walked2.tree
+    repo.close()
