@@ -1,0 +1,154 @@
+"""Durable records of open quiesce windows: `<state_dir>/windows/<source>.json`.
+
+A record is written (temp file, fsync, rename, fsync of the directory) before a window's first
+freeze hook runs and removed after its thaw hooks ran. It carries the thaw hooks themselves, so
+a daemon that died inside a window can thaw at its next start even if the configuration
+changed meanwhile. A record that exists therefore always means "thaw may not have run".
+
+    write_record(state_dir, WindowRecord(...)); read_records(state_dir); remove_record(state_dir, source)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn.errors import CorruptionError
+
+RECORD_VERSION = 1
+SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """A hook as recorded: its argv, timeout in seconds and whether failure fails the set."""
+
+    argv: tuple[str, ...]
+    timeout: float = 60.0
+    required: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"argv": list(self.argv), "timeout": self.timeout, "required": self.required}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HookSpec:
+        argv = d.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError("hook argv must be a non-empty list of strings")
+        return cls(tuple(argv), float(d.get("timeout", 60.0)), bool(d.get("required", True)))
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """What a window leaves on disk while it is open."""
+
+    source: str
+    mode: str
+    pid: int
+    started: float  # wall-clock seconds since the epoch
+    max_window: float
+    thaw: tuple[HookSpec, ...] = ()
+    freeze: tuple[HookSpec, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": RECORD_VERSION,
+            "source": self.source,
+            "mode": self.mode,
+            "pid": self.pid,
+            "started": self.started,
+            "max_window": self.max_window,
+            "freeze": [h.to_dict() for h in self.freeze],
+            "thaw": [h.to_dict() for h in self.thaw],
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WindowRecord:
+        if d.get("version") != RECORD_VERSION:
+            raise ValueError(f"unsupported window record version {d.get('version')!r}")
+        return cls(
+            source=str(d["source"]),
+            mode=str(d["mode"]),
+            pid=int(d["pid"]),
+            started=float(d["started"]),
+            max_window=float(d["max_window"]),
+            freeze=tuple(HookSpec.from_dict(h) for h in d.get("freeze", [])),
+            thaw=tuple(HookSpec.from_dict(h) for h in d.get("thaw", [])),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+def windows_dir(state_dir: str) -> str:
+    """The directory holding window records."""
+    return os.path.join(state_dir, "windows")
+
+
+def record_path(state_dir: str, source: str) -> str:
+    """File name of a source's window record (the name is percent-encoded to be a safe file name)."""
+    return os.path.join(windows_dir(state_dir), urllib.parse.quote(source, safe="") + SUFFIX)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_record(state_dir: str, record: WindowRecord) -> str:
+    """Durably write `record` and return its path."""
+    d = windows_dir(state_dir)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = record_path(state_dir, record.source)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record.to_dict(), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(d)
+    return path
+
+
+def remove_record(state_dir: str, source: str) -> None:
+    """Durably remove a source's window record (no error when it is already gone)."""
+    try:
+        os.unlink(record_path(state_dir, source))
+    except FileNotFoundError:
+        return
+    _fsync_dir(windows_dir(state_dir))
+
+
+def read_record(path: str) -> WindowRecord:
+    """Parse one record file; CorruptionError names the file when it cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return WindowRecord.from_dict(json.load(f))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptionError(f"unable to read window record '{path}': {e}") from None
+
+
+def list_record_paths(state_dir: str) -> list[str]:
+    """Paths of all window records, sorted; leftover temp files are removed on the way."""
+    d = windows_dir(state_dir)
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(d, name)
+        if name.endswith(".tmp"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        elif name.endswith(SUFFIX):
+            out.append(path)
+    return out
