@@ -1,0 +1,514 @@
+"""The `cairn` command line: one subcommand per RPC of cairn.v1.Cairn.
+
+Exit status: 0 success, 1 failure, 2 usage error (also INVALID_ARGUMENT from the daemon),
+3 not found (unknown set, path or source). Errors go to stderr as one line
+"cairn: error: <message>", optionally followed by "hint: <hint>"; everything else goes to
+stdout. `--json` (before or after the command) prints data as JSON for scripts. A restore
+is written here, by the client, from the records the daemon streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+from cairn import __version__
+from cairn.client import render
+from cairn.client.connection import Connection, Endpoint, resolve_endpoint
+from cairn.client.progress import ProgressView, choose_mode
+from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.writer import TreeWriter
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+HINT_KEY = "cairn-hint"
+WAL_PIECE = 1 << 20
+LEVELS = ("full", "differential", "incremental")
+
+_STATUS_EXIT = {grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE}
+_ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors in the client's style."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"cairn: error: {message}", file=sys.stderr)
+        print(f"hint: see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def fail(message: str, hint: str | None = None, code: int = EXIT_FAILURE) -> int:
+    print(f"cairn: error: {' '.join(message.split())}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    return code
+
+
+def out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# ---- commands ----
+
+
+def cmd_status(conn: Connection, args: argparse.Namespace) -> int:
+    reply = conn.stub.Status(pb.StatusRequest())
+    if args.json:
+        out(render.dumps(render.status_dict(reply)))
+    else:
+        for line in render.status_lines(reply, time.time()):
+            out(line)
+    return EXIT_OK
+
+
+def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
+    request = pb.BackupRequest(source=args.source or "", level=args.level or "", tags=args.tag or [])
+    call = conn.stub.Backup(request)
+    result = None
+    try:
+        with ProgressView(choose_mode(args.json), "backup") as view:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "started":
+                    view.title = f"{event.started.level} backup of '{event.started.source}'"
+                    if view.mode == "plain":
+                        out(f"started {view.title}")
+                elif kind == "progress":
+                    p = event.progress
+                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+                elif kind == "set":
+                    result = event.set
+    except KeyboardInterrupt:
+        call.cancel()
+        return fail("interrupted", hint="the backup goes on in the daemon; `cairn status` shows it", code=130)
+    if result is None:
+        return fail("the daemon ended the backup without a set")
+    if args.json:
+        out(render.dumps(render.set_dict(result)))
+    else:
+        out(render.set_summary(result))
+        if result.note:
+            out(f"note: {result.note}")
+        if result.stats.fuzzy:
+            out(f"warning: {result.stats.fuzzy} files changed while they were read (stored as read)")
+        out(result.id)
+    return EXIT_FAILURE if result.status == "failed" else EXIT_OK
+
+
+def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
+    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    if args.json:
+        out(render.dumps([render.set_dict(s) for s in reply.sets]))
+        return EXIT_OK
+    if not reply.sets:
+        out("no sets")
+        return EXIT_OK
+    for line in render.table(render.SET_COLUMNS, (render.set_row(s) for s in reply.sets)):
+        out(line)
+    return EXIT_OK
+
+
+def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
+    request = pb.ListTreeRequest(
+        set=args.set, source=args.source or "", path=os.fsencode(args.path or ""), recursive=args.recursive
+    )
+    entries = [e for reply in conn.stub.ListTree(request) for e in reply.entries]
+    if args.json:
+        out(render.dumps([render.entry_dict(e) for e in entries]))
+        return EXIT_OK
+    rows = [render.entry_row(e, full_path=args.recursive) for e in entries]
+    for line in render.table(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"), rows)[1:]:
+        out(line)
+    return EXIT_OK
+
+
+def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
+    a = b = None
+    added: list[bytes] = []
+    modified: list[bytes] = []
+    deleted: list[bytes] = []
+    for reply in conn.stub.Diff(pb.DiffRequest(a=args.set_a, b=args.set_b, source=args.source or "")):
+        if reply.HasField("a"):
+            a, b = reply.a, reply.b
+        added += reply.added
+        modified += reply.modified
+        deleted += reply.deleted
+    if args.json:
+        out(
+            render.dumps(
+                {
+                    "a": a.id if a else None,
+                    "b": b.id if b else None,
+                    "added": [render.json_path(p) for p in added],
+                    "modified": [render.json_path(p) for p in modified],
+                    "deleted": [render.json_path(p) for p in deleted],
+                }
+            )
+        )
+        return EXIT_OK
+    marked = [("+", p) for p in added] + [("~", p) for p in modified] + [("-", p) for p in deleted]
+    for mark, path in sorted(marked, key=lambda mp: mp[1]):
+        out(f"{mark} {render.show_path(path)}")
+    out(f"{len(added)} added, {len(modified)} modified, {len(deleted)} deleted")
+    return EXIT_OK
+
+
+def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
+    check_target(args.target, args.overwrite)
+    request = pb.RestoreRequest(set=args.set, source=args.source or "", paths=[os.fsencode(p) for p in args.paths])
+    return _write_stream(conn.stub.Restore(request), args.target, args.overwrite, args.json, whole=not args.paths)
+
+
+def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
+    check_target(args.target, overwrite=False)
+    request = pb.RestoreDbRequest(
+        set=args.set,
+        source=args.source or "",
+        database=args.database,
+        target_time=args.target_time or "",
+        target_lsn=args.target_lsn or "",
+    )
+    return _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
+
+
+def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
+    request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data)
+    report = None
+    with ProgressView(choose_mode(args.json), "verify") as view:
+        for event in conn.stub.Verify(request):
+            if event.WhichOneof("event") == "progress":
+                p = event.progress
+                view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+            else:
+                report = event.report
+    if report is None:
+        return fail("the daemon ended the check without a report")
+    if args.json:
+        out(render.dumps(render.report_dict(report)))
+        return EXIT_OK if report.ok else EXIT_FAILURE
+    for p in report.errors:
+        out(f"error: {p.message}")
+    for p in report.warnings:
+        out(f"warning: {p.message}")
+    counts = (
+        f"{report.sets_checked} sets, {report.packs_checked} packs, {report.chunks_checked} chunks checked"
+        + (f", {render.human_bytes(report.bytes_read)} read" if report.bytes_read else "")
+    )
+    if report.ok:
+        out(f"repository ok: {counts}")
+        return EXIT_OK
+    return fail(f"repository has {len(report.errors)} errors: {counts}", hint="the lines above name what is damaged")
+
+
+def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
+    request = pb.PruneRequest(dry_run=args.dry_run, source=args.source or "")
+    given = False
+    for level in LEVELS:
+        value = getattr(args, f"keep_{level}")
+        if value is not None:
+            setattr(request, f"keep_{level}", value)
+            given = True
+    if not given:
+        raise InvalidArgumentError("prune needs a policy: give --keep-full, --keep-differential or --keep-incremental")
+    reply = conn.stub.Prune(request)
+    if args.json:
+        out(render.dumps(render.prune_dict(reply)))
+        return EXIT_OK
+    verb = "would forget" if reply.dry_run else "forgot"
+    for set_id in reply.forgotten:
+        out(f"{verb} {set_id}")
+    freed = "would free" if reply.dry_run else "freed"
+    out(
+        f"{verb} {len(reply.forgotten)} sets, kept {len(reply.kept)}; {freed} {render.human_bytes(reply.bytes_freed)}"
+        f" ({reply.packs_deleted} packs deleted, {reply.packs_rewritten} rewritten)"
+    )
+    return EXIT_OK
+
+
+def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
+    name = os.path.basename(args.path)
+    try:
+        with open(args.path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InvalidArgumentError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc
+
+    def pieces() -> Iterator[pb.WalPushRequest]:
+        yield pb.WalPushRequest(name=name, data=data[:WAL_PIECE])
+        for start in range(WAL_PIECE, len(data), WAL_PIECE):
+            yield pb.WalPushRequest(data=data[start : start + WAL_PIECE])
+
+    reply = conn.stub.WalPush(pieces())
+    if args.json:
+        out(render.dumps({"name": name, "stored": reply.stored}))
+    else:
+        out(f"archived {name}" if reply.stored else f"{name} was already archived (identical)")
+    return EXIT_OK
+
+
+def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
+    tmp = f"{args.dest}.cairn-tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=args.name)):
+                f.write(reply.data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, args.dest)
+    except OSError as exc:
+        raise FailedPreconditionError(f"unable to write '{args.dest}': {exc.strerror}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return EXIT_OK
+
+
+# ---- restore writing ----
+
+
+def check_target(target: str, overwrite: bool) -> None:
+    """Refuse a target that is not a directory, or is not empty unless overwrite (before any RPC)."""
+    if not os.path.lexists(target):
+        return
+    if not os.path.isdir(target):
+        raise InvalidArgumentError(f"restore target '{target}' is not a directory")
+    if not overwrite and os.listdir(target):
+        raise FailedPreconditionError(
+            f"restore target '{target}' is not empty", hint="choose an empty directory or pass --overwrite"
+        )
+
+
+def to_record(r: pb.RestoreRecord) -> Record:
+    """The fsio record of one wire record."""
+    kind = r.WhichOneof("record")
+    if kind == "data":
+        return Data(r.data)
+    if kind == "entry":
+        e = r.entry
+        return EntryMeta(
+            path=e.path,
+            kind=e.kind,
+            mode=e.mode,
+            uid=e.uid,
+            gid=e.gid,
+            mtime_ns=e.mtime_ns,
+            size=e.size,
+            xattrs={x.name: x.value for x in e.xattrs},
+            target=e.target,
+            link_to=e.link_to,
+            rdev=e.rdev,
+            sparse=e.sparse,
+        )
+    if kind == "hole":
+        return Hole(r.hole)
+    if kind == "failed":
+        return Failed(r.failed)
+    raise InvalidArgumentError("the daemon sent an empty restore record")
+
+
+def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool) -> int:
+    """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written."""
+    writer: TreeWriter | None = None
+    set_info = None
+    files = done = total = 0
+    try:
+        with ProgressView(choose_mode(json_output), "restore") as view:
+            for batch in call:
+                if writer is None:
+                    set_info = batch.set if batch.HasField("set") else None
+                    total = set_info.stats.bytes_total if set_info is not None and whole else 0
+                    writer = TreeWriter(target, overwrite=overwrite)
+                path = b""
+                for r in batch.records:
+                    rec = to_record(r)
+                    if isinstance(rec, Data):
+                        done += len(rec.data)
+                    elif isinstance(rec, EntryMeta):
+                        path = rec.path
+                        files += rec.kind == "file"
+                    writer.apply(rec)
+                view.update("", files, 0, done, total, path)
+    except KeyboardInterrupt:
+        call.cancel()
+        return fail("interrupted: the restore is incomplete", code=130)
+    if writer is None:
+        return fail("the daemon sent no restore data")
+    stats = writer.finish()
+    for problem in stats.errors:
+        print(f"cairn: warning: {problem}", file=sys.stderr)
+    set_id = set_info.id if set_info is not None else ""
+    if json_output:
+        out(
+            render.dumps(
+                {
+                    "set": set_id or None,
+                    "target": os.path.abspath(target),
+                    "files": stats.files,
+                    "dirs": stats.dirs,
+                    "links": stats.links,
+                    "bytes": stats.bytes,
+                    "errors": list(stats.errors),
+                }
+            )
+        )
+    else:
+        out(
+            f"restored set {render.short_id(set_id)} into {target}: {stats.files} files, {stats.dirs} dirs, "
+            f"{stats.links} links, {render.human_bytes(stats.bytes)}"
+        )
+    if stats.errors:
+        return fail(f"{len(stats.errors)} entries could not be restored (see the warnings above)")
+    return EXIT_OK
+
+
+# ---- parser ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cairn", description="Talk to the Cairn backup daemon (cairnd).")
+    parser.add_argument("--version", action="version", version=f"cairn {__version__}")
+    parser.add_argument(
+        "--socket", metavar="PATH", help="cairnd's Unix socket (default: $CAIRN_SOCKET or the daemon's default)"
+    )
+    parser.add_argument("--address", metavar="HOST:PORT", help="a remote cairnd over TLS")
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) that signed the daemon's certificate")
+    parser.add_argument("--tls-server-name", metavar="NAME", help="expect this name in the daemon's certificate")
+    parser.add_argument("--token", help="the daemon's access token (default: $CAIRN_TOKEN)")
+    parser.add_argument("--token-file", metavar="FILE", help="read the access token from FILE")
+    parser.add_argument("--json", action="store_true", help="print data as JSON")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[Connection, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=text, description=text)
+        p.set_defaults(func=fn)
+        return p
+
+    command("status", cmd_status, "daemon, sources, running jobs, last set per level, next runs")
+
+    p = command("backup", cmd_backup, "take a backup set, show progress, print its id")
+    p.add_argument("--source", metavar="NAME", help="the source (needed when several are configured)")
+    p.add_argument("--level", metavar="LEVEL", help="full, differential or incremental (default)")
+    p.add_argument("--tag", action="append", metavar="T", help="tag the set (repeatable)")
+
+    p = command("sets", cmd_sets, "list backup sets")
+    p.add_argument("--source", metavar="NAME")
+
+    p = command("ls", cmd_ls, "browse a set's tree")
+    p.add_argument("set", metavar="SET", help="set id, unique prefix, or 'latest'")
+    p.add_argument("path", metavar="PATH", nargs="?", default="", help="a directory of the set (default: its root)")
+    p.add_argument("-r", "--recursive", action="store_true", help="list the whole subtree")
+    p.add_argument("--source", metavar="NAME", help="the source 'latest' refers to")
+
+    p = command("diff", cmd_diff, "paths added, modified and deleted from SET_A to SET_B")
+    p.add_argument("set_a", metavar="SET_A")
+    p.add_argument("set_b", metavar="SET_B")
+    p.add_argument("--source", metavar="NAME")
+
+    p = command("restore", cmd_restore, "restore a set (or some of its paths) into a directory")
+    p.add_argument("set", metavar="SET")
+    p.add_argument("paths", metavar="PATH", nargs="*", help="restore only these paths of the set")
+    p.add_argument("--target", required=True, metavar="DIR", help="where to write (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
+    p.add_argument("--source", metavar="NAME")
+
+    p = command("restore-db", cmd_restore_db, "prepare a PostgreSQL data directory from a set")
+    p.add_argument("set", metavar="SET")
+    p.add_argument("--database", required=True, metavar="NAME")
+    p.add_argument("--target", required=True, metavar="DIR")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--target-time", metavar="T")
+    when.add_argument("--target-lsn", metavar="L")
+    p.add_argument("--source", metavar="NAME")
+
+    p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
+    p.add_argument("--set", metavar="SET", help="check only this set")
+    p.add_argument("--read-data", action="store_true")
+    p.add_argument("--source", metavar="NAME")
+
+    p = command("prune", cmd_prune, "forget sets by policy, then free unreferenced data")
+    p.add_argument("--dry-run", action="store_true")
+    for level in LEVELS:
+        p.add_argument(f"--keep-{level}", type=_count, metavar="N", help=f"keep the newest N {level} sets")
+    p.add_argument("--source", metavar="NAME")
+
+    p = command("wal-push", cmd_wal_push, "archive a WAL segment (archive_command = 'cairn wal-push %%p')")
+    p.add_argument("path", metavar="PATH")
+
+    p = command("wal-fetch", cmd_wal_fetch, "fetch a WAL segment (restore_command = 'cairn wal-fetch %%f %%p')")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("dest", metavar="DEST")
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+# ---- entry point ----
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.error("no command given")
+    endpoint: Endpoint | None = None
+    try:
+        endpoint = resolve_endpoint(
+            socket=args.socket,
+            address=args.address,
+            tls_ca=args.tls_ca,
+            tls_server_name=args.tls_server_name,
+            token=args.token,
+            token_file=args.token_file,
+        )
+        with Connection(endpoint) as conn:
+            return args.func(conn, args)
+    except grpc.RpcError as exc:
+        return _rpc_failure(exc, endpoint)
+    except CairnError as exc:
+        return fail(exc.message, exc.hint, _ERROR_EXIT.get(exc.code, EXIT_FAILURE))
+    except KeyboardInterrupt:
+        return fail("interrupted", code=130)
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or code.name.lower()
+    hint = None
+    for key, value in (exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None) or ():
+        if key == HINT_KEY:
+            hint = value
+    where = endpoint.describe() if endpoint else "the daemon"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return fail(
+            f"unable to reach cairnd at {where}: {details}",
+            hint or "is cairnd running? name its socket with --socket or $CAIRN_SOCKET",
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return fail(f"cairnd at {where} refused the call: {details}", hint or "pass --token or --token-file")
+    if code == grpc.StatusCode.CANCELLED:
+        return fail("the call was cancelled", hint)
+    return fail(details, hint, _STATUS_EXIT.get(code, EXIT_FAILURE))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""How the client reaches cairnd: a Unix socket by default, or TCP with TLS and a token.
+
+The socket is --socket, else $CAIRN_SOCKET, else the daemon's own default rule (duplicated
+here on purpose, the client does not import the daemon): $XDG_RUNTIME_DIR/cairn/cairnd.sock,
+/run/cairn/cairnd.sock for root, else cairnd.sock in the daemon's home ($CAIRN_HOME, systemd's
+$STATE_DIRECTORY, ~/.local/share/cairn). A remote daemon (--address HOST:PORT) is always
+reached over TLS; the token (--token, --token-file or $CAIRN_TOKEN) rides on every call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import grpc
+from cairn.errors import InvalidArgumentError
+from cairn.proto.cairn.v1 import cairn_pb2_grpc
+
+SOCKET_NAME = "cairnd.sock"
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+def default_socket(env: dict[str, str] | None = None) -> str:
+    """The socket path cairnd uses when its configuration names none."""
+    environ = os.environ if env is None else env
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "cairn", SOCKET_NAME)
+    if os.geteuid() == 0:
+        return os.path.join("/run/cairn", SOCKET_NAME)
+    home = (
+        environ.get("CAIRN_HOME")
+        or environ.get("STATE_DIRECTORY", "").split(":")[0]
+        or os.path.join(os.path.expanduser("~"), ".local", "share", "cairn")
+    )
+    return os.path.join(os.path.abspath(os.path.expanduser(home)), SOCKET_NAME)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect: a socket path, or an address with TLS settings and a token."""
+
+    socket: str | None = None
+    address: str | None = None
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    token: str | None = None
+
+    def describe(self) -> str:
+        return self.address if self.address else f"unix socket '{self.socket}'"
+
+
+def resolve_endpoint(
+    socket: str | None = None,
+    address: str | None = None,
+    tls_ca: str | None = None,
+    tls_server_name: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Endpoint:
+    """Apply the precedence rules of the module docstring to the given options."""
+    environ = os.environ if env is None else env
+    if address:
+        if socket:
+            raise InvalidArgumentError("--socket and --address exclude each other")
+        if token_file:
+            token = _read_token(token_file)
+        token = token or environ.get("CAIRN_TOKEN") or None
+        return Endpoint(address=address, tls_ca=tls_ca, tls_server_name=tls_server_name, token=token)
+    path = socket or environ.get("CAIRN_SOCKET") or default_socket(environ)
+    return Endpoint(socket=os.path.abspath(path))
+
+
+def open_channel(endpoint: Endpoint) -> grpc.Channel:
+    """A channel to the endpoint (connects lazily, on the first call)."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if endpoint.socket:
+        return grpc.insecure_channel("unix:" + endpoint.socket, options=options)
+    root = _read_file(endpoint.tls_ca) if endpoint.tls_ca else None
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    if endpoint.token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(endpoint.token))
+    if endpoint.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", endpoint.tls_server_name))
+    return grpc.secure_channel(endpoint.address, creds, options=options)
+
+
+class Connection:
+    """A channel and the Cairn stub on it; use as a context manager."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.channel = open_channel(endpoint)
+        self.stub = cairn_pb2_grpc.CairnStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidArgumentError(f"unable to read '{path}': {exc.strerror}") from exc
+
+
+def _read_token(path: str) -> str:
+    token = _read_file(path).decode("utf-8", "replace").strip()
+    if not token:
+        raise InvalidArgumentError(f"token file '{path}' is empty")
+    return token

@@ -1,0 +1,302 @@
+"""How the client shows API messages: tables and lines for people, plain dicts for --json.
+
+Paths arrive as bytes; people see them decoded as UTF-8 with undecodable bytes escaped
+(\\xNN), JSON carries them as os.fsdecode strings, which round-trip to the same bytes.
+Times are local, "YYYY-MM-DD HH:MM:SS".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+SHORT_ID = 12
+
+
+def show_path(path: bytes) -> str:
+    """A path for people: UTF-8, undecodable bytes as \\xNN."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def json_path(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def short_id(set_id: str) -> str:
+    return set_id[:SHORT_ID]
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fmt_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def fmt_age(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)
+
+
+# ---- sets ----
+
+
+def changed(s: pb.SetInfo) -> int:
+    return s.stats.added + s.stats.modified + s.stats.deleted
+
+
+def set_dict(s: pb.SetInfo) -> dict[str, Any]:
+    st = s.stats
+    try:
+        extra = json.loads(s.extra_json) if s.extra_json else {}
+    except ValueError:
+        extra = {}
+    return {
+        "id": s.id,
+        "source": s.source,
+        "level": s.level,
+        "requested_level": s.requested_level,
+        "base": s.base or None,
+        "time_start": s.time_start,
+        "time_end": s.time_end,
+        "hostname": s.hostname,
+        "paths": [json_path(p) for p in s.paths],
+        "tags": list(s.tags),
+        "note": s.note,
+        "status": s.status,
+        "stats": {
+            "files": st.files,
+            "dirs": st.dirs,
+            "bytes_total": st.bytes_total,
+            "added": st.added,
+            "modified": st.modified,
+            "deleted": st.deleted,
+            "bytes_read": st.bytes_read,
+            "bytes_added": st.bytes_added,
+            "chunks_added": st.chunks_added,
+            "fuzzy": st.fuzzy,
+        },
+        "fuzzy_paths": [json_path(p) for p in s.fuzzy_paths],
+        "extra": extra,
+    }
+
+
+SET_COLUMNS = ("ID", "TIME", "SOURCE", "LEVEL", "BASE", "CHANGED", "ADDED", "STATUS")
+
+
+def set_row(s: pb.SetInfo) -> tuple[str, ...]:
+    return (
+        short_id(s.id),
+        fmt_time(s.time_start),
+        s.source,
+        s.level,
+        short_id(s.base) if s.base else "-",
+        str(changed(s)),
+        human_bytes(s.stats.bytes_added),
+        s.status,
+    )
+
+
+def table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns separated by two spaces."""
+    rows = list(rows)
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return lines
+
+
+def set_summary(s: pb.SetInfo) -> str:
+    """One line about a finished set."""
+    base = f", base {short_id(s.base)}" if s.base else ""
+    took = max(0.0, s.time_end - s.time_start)
+    return (
+        f"{s.level} set of source '{s.source}'{base} done in {took:.1f}s: "
+        f"{s.stats.added} added, {s.stats.modified} modified, {s.stats.deleted} deleted; "
+        f"{s.stats.files} files, {human_bytes(s.stats.bytes_total)}, {human_bytes(s.stats.bytes_added)} new"
+    )
+
+
+# ---- trees ----
+
+_KIND_CHAR = {"dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev": "b", "socket": "s"}
+
+
+def mode_string(kind: str, mode: int) -> str:
+    """'drwxr-xr-x' style, from the entry kind and its permission bits."""
+    return _KIND_CHAR.get(kind, "-") + stat.filemode(stat.S_IFREG | (mode & 0o7777))[1:]
+
+
+def entry_dict(e: pb.TreeEntry) -> dict[str, Any]:
+    return {
+        "path": json_path(e.path),
+        "name": json_path(e.name),
+        "kind": e.kind,
+        "mode": e.mode & 0o7777,
+        "uid": e.uid,
+        "gid": e.gid,
+        "mtime_ns": e.mtime_ns,
+        "size": e.size,
+        "target": json_path(e.target) if e.target else None,
+    }
+
+
+def entry_row(e: pb.TreeEntry, full_path: bool) -> tuple[str, ...]:
+    name = show_path(e.path if full_path else e.name)
+    if e.kind == "dir":
+        name += "/"
+    if e.target:
+        name += " -> " + show_path(e.target)
+    mtime = fmt_time(e.mtime_ns / 1e9)
+    return (mode_string(e.kind, e.mode), str(e.uid), str(e.gid), str(e.size), mtime, name)
+
+
+# ---- status ----
+
+
+def status_dict(reply: pb.StatusReply) -> dict[str, Any]:
+    d = reply.daemon
+    return {
+        "daemon": {
+            "version": d.version,
+            "pid": d.pid,
+            "started": d.started,
+            "repository": d.repository,
+            "read_only": d.read_only,
+            "config": d.config_path or None,
+            "hostname": d.hostname,
+        },
+        "sources": [
+            {
+                "name": s.name,
+                "paths": [json_path(p) for p in s.paths],
+                "configured": s.configured,
+                "watch": s.watch,
+                "journal": s.journal,
+                "sets": s.sets,
+                "last": {ls.level: set_dict(ls.set) for ls in s.last},
+                "running": job_dict(s.running) if s.HasField("running") else None,
+                "next_runs": {n.level: n.time for n in s.next_runs},
+            }
+            for s in reply.sources
+        ],
+    }
+
+
+def job_dict(j: pb.JobInfo) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "source": j.source,
+        "level": j.level,
+        "reason": j.reason,
+        "started": j.started,
+        "progress": progress_dict(j.progress) if j.HasField("progress") else None,
+    }
+
+
+def progress_dict(p: pb.Progress) -> dict[str, Any]:
+    return {
+        "phase": p.phase,
+        "files_done": p.files_done,
+        "files_total": p.files_total,
+        "bytes_done": p.bytes_done,
+        "bytes_total": p.bytes_total,
+        "current_path": json_path(p.current_path),
+    }
+
+
+def progress_text(p: pb.Progress) -> str:
+    files = f"{p.files_done}/{p.files_total}" if p.files_total else str(p.files_done)
+    size = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else human_bytes(p.bytes_done)
+    return f"{p.phase}: {files} files, {size}"
+
+
+def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
+    d = reply.daemon
+    mode = " (read-only)" if d.read_only else ""
+    lines = [
+        f"cairnd {d.version} on {d.hostname}, pid {d.pid}, up {fmt_age(now - d.started)}",
+        f"repository: {d.repository}{mode}",
+    ]
+    if d.config_path:
+        lines.append(f"config: {d.config_path}")
+    if not reply.sources:
+        lines.append("no sources")
+    for s in reply.sources:
+        paths = ", ".join(show_path(p) for p in s.paths) or "-"
+        where = "" if s.configured else " (not configured; known from its sets)"
+        lines.append("")
+        lines.append(f"source {s.name}{where}: {paths}")
+        if s.journal:
+            lines.append(f"  journal: {s.journal}")
+        if s.HasField("running"):
+            j = s.running
+            text = f"  running: {j.level} backup ({j.reason}) for {fmt_age(now - j.started)}"
+            if j.HasField("progress"):
+                text += f", {progress_text(j.progress)}"
+            lines.append(text)
+        lines.append(f"  sets: {s.sets}")
+        for ls in s.last:
+            lines.append(
+                f"  last {ls.level + ':':<13} {short_id(ls.set.id)}  {fmt_time(ls.set.time_start)}  {ls.set.status}"
+            )
+        for n in s.next_runs:
+            lines.append(f"  next {n.level + ':':<13} {fmt_time(n.time)}")
+    return lines
+
+
+# ---- verify / prune ----
+
+
+def report_dict(r: pb.CheckReport) -> dict[str, Any]:
+    def problem(p: pb.CheckProblem) -> dict[str, Any]:
+        return {
+            "message": p.message,
+            "object_id": p.object_id or None,
+            "sets": list(p.sets),
+            "paths": [json_path(x) for x in p.paths],
+        }
+
+    return {
+        "ok": r.ok,
+        "errors": [problem(p) for p in r.errors],
+        "warnings": [problem(p) for p in r.warnings],
+        "sets_checked": r.sets_checked,
+        "packs_checked": r.packs_checked,
+        "chunks_checked": r.chunks_checked,
+        "bytes_read": r.bytes_read,
+    }
+
+
+def prune_dict(r: pb.PruneReply) -> dict[str, Any]:
+    return {
+        "dry_run": r.dry_run,
+        "forgotten": list(r.forgotten),
+        "kept": list(r.kept),
+        "packs_deleted": r.packs_deleted,
+        "packs_rewritten": r.packs_rewritten,
+        "bytes_freed": r.bytes_freed,
+    }

@@ -1,0 +1,284 @@
+"""`cairnd`: the entry point that assembles the daemon and runs it until SIGTERM.
+
+Start-up order: arguments and configuration (exit 2 for bad arguments, 1 for a bad config
+or repository, one line on stderr either way), logging, repository, metrics endpoint, the
+service core, scheduler, the RPC endpoints, then READY=1 and watchdog pings. The main
+thread only waits for signals: SIGHUP reloads the configuration (an invalid file is logged
+and the running configuration kept), SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs,
+running backups cancelled (the store abandons an unfinished set safely), and the process
+exits within daemon.shutdown_timeout whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import NoReturn
+
+from cairn import __version__
+from cairn.daemon.config import Config, config_from_args, load_config
+from cairn.daemon.logs import setup_logging
+from cairn.daemon.metrics import Metrics
+from cairn.daemon.rpc.server import RpcServer
+from cairn.daemon.rpc.servicer import CairnServicer
+from cairn.daemon.scheduler import Scheduler
+from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
+from cairn.daemon.service import CairnService
+from cairn.errors import CairnError
+from cairn.store.repository import Repository
+
+log = logging.getLogger("cairn.daemon")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+STATUS_INTERVAL = 5.0
+# Keys that are bound when the daemon starts; a reload that changes them only warns.
+RESTART_KEYS = (
+    "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
+    "metrics", "read_only",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"cairnd: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="cairnd", description="The Cairn backup daemon.")
+    parser.add_argument("--version", action="version", version=f"cairnd {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="run with a TOML configuration")
+    parser.add_argument("--repo", metavar="DIR", help="run without a config file on this repository")
+    parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
+                        help="back up these directories (with --repo)")
+    parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.repo):
+        parser.error("give either --config FILE or --repo DIR")
+    if args.config and args.source:
+        parser.error("--source goes with --repo; a config file names its sources itself")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The configuration the arguments describe, with command-line overrides applied."""
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = config_from_args(args.repo, args.source, args.read_only)
+    return _overrides(config, args)
+
+
+def _overrides(config: Config, args: argparse.Namespace) -> Config:
+    changes = {}
+    if args.read_only:
+        changes["read_only"] = True
+    if args.socket:
+        changes["socket"] = os.path.abspath(args.socket)
+    if args.log_level:
+        changes["log_level"] = args.log_level
+    if not changes:
+        return config
+    return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, **changes))
+
+
+class Daemon:
+    """The running daemon: its parts, the signal loop, reload and shutdown."""
+
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        self.config = config
+        self.args = args
+        self.notifier = Notifier()
+        self.repo: Repository | None = None
+        self.metrics: Metrics | None = None
+        self.service: CairnService | None = None
+        self.scheduler: Scheduler | None = None
+        self.server: RpcServer | None = None
+        self.pinger: WatchdogPinger | None = None
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake = threading.Event()
+        self._last_status = ""
+
+    # ---- start ----
+
+    def start(self) -> None:
+        cfg = self.config
+        read_only = cfg.daemon.read_only
+        # The repository first: without it there is nothing to serve.
+        self.repo = Repository.open_local(cfg.repository.path, create=not read_only, read_only=read_only)
+        # Metrics next, so the first set is counted.
+        if cfg.daemon.metrics:
+            self.metrics = Metrics()
+            host, port = self.metrics.start_http(cfg.daemon.metrics)
+            log.info("metrics on http://%s:%d/metrics", host, port)
+        self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        # Timed backups only where something may be written; they start once we serve.
+        if not read_only:
+            self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
+            self.service.set_next_runs(self.scheduler.next_runs)
+        # Serve, then tell systemd we are ready.
+        self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
+        self.server.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
+        interval = watchdog_interval()
+        if interval:
+            self.pinger = WatchdogPinger(self.notifier, interval, healthy=self.healthy)
+            self.pinger.start()
+        self.notifier.ready(self.status_text())
+        log.info(
+            "cairnd %s serving %s%s on %s",
+            __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
+        )
+
+    def healthy(self) -> bool:
+        return self.scheduler is None or self.scheduler.healthy
+
+    def status_text(self) -> str:
+        cfg = self.config
+        mode = "read-only, " if cfg.daemon.read_only else ""
+        text = f"serving {mode}{len(cfg.sources)} sources"
+        if self.service is not None:
+            for source, job in sorted(self.service.jobs.running().items()):
+                text += f"; {job.level} backup of '{source}' running {job.age():.0f}s"
+                p = job.progress
+                if p is not None:
+                    text += f" ({p.phase}, {p.files_done} files)"
+        return text
+
+    # ---- run ----
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+        self._wake.set()
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def run(self) -> int:
+        """Wait for signals; return the exit status once stopped."""
+        while True:
+            self._wake.wait(STATUS_INTERVAL)
+            self._wake.clear()
+            while self._signals:
+                signum = self._signals.popleft()
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    return self.stop()
+            text = self.status_text()
+            if text != self._last_status:
+                self._last_status = text
+                self.notifier.status(text)
+
+    # ---- reload ----
+
+    def reload(self) -> None:
+        """Load the config file again; keep the running configuration if it is invalid."""
+        if self.config.path is None:
+            log.info("SIGHUP: no configuration file to reload (started with --repo)")
+            return
+        self.notifier.reloading("reloading configuration")
+        try:
+            new = _overrides(load_config(self.config.path), self.args)
+            new = self._keep_bound(new)
+            if self.scheduler is not None:
+                self.scheduler.reload(new.schedules())
+        except CairnError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc.message)
+            self.notifier.ready(f"reload failed: {exc.message}")
+            return
+        self.config = new
+        self.service.reload(new)
+        setup_logging(new.daemon.log_level)
+        log.info("configuration reloaded from %s: %d sources", new.path, len(new.sources))
+        self.notifier.ready(self.status_text())
+
+    def _keep_bound(self, new: Config) -> Config:
+        """Keep what was bound at start (repository, sockets, ...), warning where the file changed it."""
+        old = self.config
+        if new.repository != old.repository:
+            log.warning("repository.path changed: takes effect at the next start")
+        kept = {}
+        for key in RESTART_KEYS:
+            if getattr(new.daemon, key) != getattr(old.daemon, key):
+                log.warning("daemon.%s changed: takes effect at the next start", key)
+            kept[key] = getattr(old.daemon, key)
+        return dataclasses.replace(new, repository=old.repository, daemon=dataclasses.replace(new.daemon, **kept))
+
+    # ---- stop ----
+
+    def stop(self) -> int:
+        """Stop within shutdown_timeout: no new calls or jobs, cancel backups, close the repository."""
+        deadline = time.monotonic() + self.config.daemon.shutdown_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self.notifier.stopping("stopping")
+        if self.scheduler is not None:
+            self.scheduler.request_stop()
+        # Cancel the backups first, so their clients still get an answer before the server closes.
+        if self.service is not None:
+            self.service.shutdown()
+        stopped = self.server.stop(grace=min(5.0, left())) if self.server else threading.Event()
+        idle = self.service.wait_idle(left()) if self.service else True
+        if self.server is not None:
+            stopped.wait(left())
+        if self.pinger is not None:
+            self.pinger.stop(timeout=1.0)
+        if self.metrics is not None:
+            self.metrics.stop_http()
+        if not idle:
+            log.error("a backup did not stop within %.0fs; exiting anyway (its set is abandoned, the "
+                      "repository stays consistent)", self.config.daemon.shutdown_timeout)
+            return EXIT_FAILURE
+        if self.repo is not None:
+            self.repo.close()
+        log.info("stopped")
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    setup_logging(config.daemon.log_level)
+    daemon = Daemon(config, args)
+    daemon.install_signals()
+    try:
+        daemon.start()
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"cairnd: error: {exc}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_FAILURE
+    code = daemon.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code != EXIT_OK:
+        os._exit(code)  # a job thread is stuck: do not wait for it
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

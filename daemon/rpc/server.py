@@ -1,0 +1,234 @@
+"""The daemon's gRPC endpoints: a Unix socket, and TCP only with TLS and a token.
+
+What always holds: the Unix socket is created with a restrictive umask and then given mode
+`socket_mode` (default 0660) and, if configured, the group `socket_group`, so only its owner
+and that group may call; an existing socket is replaced only if no daemon answers on it. The
+TCP endpoint exists only with a certificate, a key and a token file, and every call on it must
+carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED. Both endpoints serve
+cairn.v1.Cairn, grpc.health.v1 (SERVING while up) and server reflection, with messages capped
+at MAX_MESSAGE_BYTES. Requests that do not parse get INVALID_ARGUMENT, not INTERNAL.
+"""
+
+from __future__ import annotations
+
+import grp
+import hmac
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from cairn.daemon.config import DaemonConfig
+from cairn.daemon.rpc.servicer import CairnServicer, Malformed
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.store.errors import FailedPreconditionError, InvalidArgumentError
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 << 20
+WORKERS = 16
+SERVICE = pb.DESCRIPTOR.services_by_name["Cairn"]
+TOKEN_KEY = "authorization"
+
+
+def _tolerant(cls: Any, method: str) -> Callable[[bytes], Any]:
+    """A deserializer that turns an unparseable message into a Malformed placeholder."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            return Malformed(method, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def cairn_handler(servicer: CairnServicer) -> grpc.GenericRpcHandler:
+    """The method handlers of cairn.v1.Cairn, built from the service descriptor."""
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for m in SERVICE.methods:
+        request_cls = getattr(pb, m.input_type.name)
+        reply_cls = getattr(pb, m.output_type.name)
+        make = kinds[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = make(
+            getattr(servicer, m.name),
+            request_deserializer=_tolerant(request_cls, f"/{SERVICE.full_name}/{m.name}"),
+            response_serializer=reply_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call that does not carry `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token: pass --token or --token-file")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        for key, value in details.invocation_metadata or ():
+            if key == TOKEN_KEY:
+                got = value.encode() if isinstance(value, str) else value
+                if hmac.compare_digest(got, self._expected):
+                    return continuation(details)
+        return self._deny
+
+
+def read_token(path: str) -> str:
+    """The token of a token file (surrounding whitespace ignored); it must not be empty."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise InvalidArgumentError(f"unable to read token file '{path}': {exc.strerror}") from exc
+    if not token:
+        raise InvalidArgumentError(f"token file '{path}' is empty")
+    return token
+
+
+class RpcServer:
+    """The gRPC server(s) of the daemon: Unix socket always, TCP with TLS + token if configured."""
+
+    def __init__(self, servicer: CairnServicer, config: DaemonConfig) -> None:
+        self._servicer = servicer
+        self._config = config
+        self._health = health.HealthServicer()
+        self._servers: list[grpc.Server] = []
+        self._bound_socket: str | None = None  # only a socket this server created is removed
+        self.tcp_port: int | None = None
+
+    def start(self) -> None:
+        """Bind the endpoints and start serving; the health service then answers SERVING."""
+        self._servers.append(self._start_unix(self._config.socket))
+        if self._config.listen:
+            self._servers.append(self._start_tcp(self._config.listen))
+        for name in ("", SERVICE.full_name):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float) -> threading.Event:
+        """Stop accepting calls; running ones get `grace` seconds. Returns an Event set when done."""
+        self._health.enter_graceful_shutdown()
+        events = [s.stop(grace) for s in self._servers]
+        done = threading.Event()
+
+        def wait_all() -> None:
+            for e in events:
+                e.wait()
+            if self._bound_socket:
+                _unlink_socket(self._bound_socket)
+            done.set()
+
+        threading.Thread(target=wait_all, name="rpc-stop", daemon=True).start()
+        return done
+
+    # ---- endpoints ----
+
+    def _new_server(self, interceptors: tuple = ()) -> grpc.Server:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        server.add_generic_rpc_handlers((cairn_handler(self._servicer),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (SERVICE.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        return server
+
+    def _start_unix(self, path: str) -> grpc.Server:
+        _prepare_socket_path(path)
+        server = self._new_server()
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port("unix:" + path)
+            server.start()
+        finally:
+            os.umask(old_umask)
+        self._bound_socket = path
+        gid = _group_id(self._config.socket_group) if self._config.socket_group else -1
+        if gid != -1:
+            os.chown(path, -1, gid)
+        os.chmod(path, self._config.socket_mode)
+        log.info("listening on unix socket %s (mode %o)", path, self._config.socket_mode)
+        return server
+
+    def _start_tcp(self, address: str) -> grpc.Server:
+        cfg = self._config
+        if not (cfg.tls_cert and cfg.tls_key and cfg.token_file):
+            raise InvalidArgumentError(f"daemon.listen '{address}' needs tls_cert, tls_key and token_file")
+        token = read_token(cfg.token_file)
+        key, cert = _read_bytes(cfg.tls_key), _read_bytes(cfg.tls_cert)
+        server = self._new_server(interceptors=(TokenInterceptor(token),))
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        if not port:
+            raise FailedPreconditionError(f"unable to listen on '{address}'")
+        server.start()
+        self.tcp_port = port
+        log.info("listening on %s (TLS, token required)", address)
+        return server
+
+
+def _prepare_socket_path(path: str) -> None:
+    """Create the socket's directory; remove a stale socket, refuse a live one or a non-socket."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FailedPreconditionError(f"unable to listen on '{path}': a file that is not a socket is in the way")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: a leftover of a daemon that died
+        return
+    finally:
+        probe.close()
+    raise FailedPreconditionError(f"unable to listen on '{path}': another cairnd is serving it")
+
+
+def _unlink_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise InvalidArgumentError(f"unknown socket group '{name}'") from None
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidArgumentError(f"unable to read '{path}': {exc.strerror}") from exc

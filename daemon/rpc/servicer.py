@@ -1,0 +1,422 @@
+"""The Cairn gRPC servicer: the one place where wire messages meet domain types.
+
+Each RPC converts its request to arguments of `CairnService`, calls it, and converts the
+domain result back. Every failure leaves through `errors.status_for`, so status codes are
+decided in one place. Paths cross the wire as bytes (os.fsencode/os.fsdecode), so names that
+are not UTF-8 survive. Streams are batched: a restore batch carries at most about 1 MiB of
+file data, and no data record is larger than 1 MiB.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from cairn.daemon.jobs import BackupJob
+from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
+from cairn.daemon.service import CairnService, set_status
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairn.store.errors import InvalidArgumentError
+from cairn.store.model import BackupSet, CheckProblem, CheckReport, Progress, PrunePolicy, TreeEntry
+
+log = logging.getLogger(__name__)
+
+DATA_PIECE = 1 << 20  # largest data record of a restore or WAL fetch
+BATCH_BYTES = 1 << 20  # a restore batch is flushed once it holds about this much
+BATCH_RECORDS = 2048
+LIST_BATCH = 1000
+MAX_WAL_BYTES = 1 << 30
+PROGRESS_INTERVAL = 0.1
+
+
+class Malformed:
+    """Stands in for a request message that could not be parsed (see server.tolerant)."""
+
+    def __init__(self, method: str, error: str) -> None:
+        self.method = method
+        self.error = error
+
+    def raise_error(self) -> None:
+        raise InvalidArgumentError(f"malformed request message for {self.method}: {self.error}")
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("rpc %s failed", method, exc_info=exc)
+    hint = hint_for(exc)
+    if hint:
+        context.set_trailing_metadata(((HINT_KEY, hint.encode("ascii", "backslashreplace").decode()),))
+    context.abort(code, message)
+
+
+def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map any failure of an RPC method (plain or streaming) to its status code."""
+    name = fn.__name__
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                if isinstance(request, Malformed):
+                    request.raise_error()
+                yield from fn(self, request, context)
+            except Exception as exc:
+                _abort(context, exc, name)
+
+        return streaming
+
+    @functools.wraps(fn)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            if isinstance(request, Malformed):
+                request.raise_error()
+            return fn(self, request, context)
+        except Exception as exc:
+            _abort(context, exc, name)
+
+    return unary
+
+
+class CairnServicer(pb_grpc.CairnServicer):
+    """Implements cairn.v1.Cairn on top of a CairnService."""
+
+    def __init__(self, service: CairnService) -> None:
+        self.service = service
+
+    @rpc
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        daemon, sources = self.service.status()
+        reply = pb.StatusReply(
+            daemon=pb.DaemonInfo(
+                version=daemon.version,
+                pid=daemon.pid,
+                started=daemon.started,
+                repository=daemon.repository,
+                read_only=daemon.read_only,
+                config_path=daemon.config_path,
+                hostname=daemon.hostname,
+            )
+        )
+        for src in sources:
+            out = reply.sources.add(
+                name=src.name,
+                paths=[os.fsencode(p) for p in src.paths],
+                configured=src.configured,
+                watch=src.watch,
+                journal=src.journal,
+                sets=src.sets,
+            )
+            for level, s in src.last.items():
+                out.last.add(level=level, set=set_info(s))
+            for level, when in sorted(src.next_runs.items(), key=lambda kv: kv[1]):
+                out.next_runs.add(level=level, time=when)
+            if src.running is not None:
+                out.running.CopyFrom(job_info(src.running))
+        return reply
+
+    @rpc
+    def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> Iterator[pb.BackupEvent]:
+        job = self.service.start_backup(request.source, request.level, tuple(request.tags), reason="client")
+        yield pb.BackupEvent(started=job_info(job))
+        version = 0
+        while True:
+            snap = job.wait_update(version, timeout=1.0)
+            if not context.is_active():
+                log.info("client stopped following the backup of '%s'; it goes on", job.source)
+                return
+            if snap.version != version and snap.progress is not None and not snap.done:
+                yield pb.BackupEvent(progress=progress_msg(snap.progress))
+                job.cancel.wait(PROGRESS_INTERVAL)
+            version = snap.version
+            if snap.done:
+                break
+        if job.error is not None:
+            raise job.error
+        yield pb.BackupEvent(set=set_info(job.result))
+
+    @rpc
+    def ListSets(self, request: pb.ListSetsRequest, context: grpc.ServicerContext) -> pb.ListSetsReply:
+        return pb.ListSetsReply(sets=[set_info(s) for s in self.service.list_sets(request.source)])
+
+    @rpc
+    def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:
+        s, entries = self.service.list_tree(request.set, request.source, os.fsdecode(request.path), request.recursive)
+        first = True
+        for start in range(0, max(len(entries), 1), LIST_BATCH):
+            reply = pb.ListTreeReply(entries=[tree_entry(e) for e in entries[start : start + LIST_BATCH]])
+            if first:
+                reply.set.CopyFrom(set_info(s))
+                first = False
+            yield reply
+
+    @rpc
+    def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> Iterator[pb.DiffReply]:
+        sa, sb, diff = self.service.diff(request.a, request.b, request.source)
+        yield pb.DiffReply(a=set_info(sa), b=set_info(sb))
+        for field, paths in (("added", diff.added), ("modified", diff.modified), ("deleted", diff.deleted)):
+            for start in range(0, len(paths), LIST_BATCH):
+                yield pb.DiffReply(**{field: [os.fsencode(p) for p in paths[start : start + LIST_BATCH]]})
+
+    @rpc
+    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        paths = [os.fsdecode(p) for p in request.paths]
+        s, records = self.service.restore_stream(request.set, request.source, paths)
+        yield from restore_batches(set_info(s), records)
+
+    @rpc
+    def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        s, records = self.service.restore_db(
+            request.set, request.source, request.database, request.target_time, request.target_lsn
+        )
+        yield from restore_batches(set_info(s), records)
+
+    @rpc
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> Iterator[pb.VerifyEvent]:
+        def check(progress: Callable[[Progress], None]) -> CheckReport:
+            return self.service.verify(request.set, request.source, request.read_data, progress)
+
+        for item in run_with_progress(check, context):
+            if isinstance(item, Progress):
+                yield pb.VerifyEvent(progress=progress_msg(item))
+            else:
+                yield pb.VerifyEvent(report=check_report(item))
+
+    @rpc
+    def Prune(self, request: pb.PruneRequest, context: grpc.ServicerContext) -> pb.PruneReply:
+        policy = PrunePolicy(
+            keep_full=request.keep_full if request.HasField("keep_full") else None,
+            keep_differential=request.keep_differential if request.HasField("keep_differential") else None,
+            keep_incremental=request.keep_incremental if request.HasField("keep_incremental") else None,
+        )
+        report = self.service.prune(policy, request.dry_run, request.source)
+        return pb.PruneReply(
+            forgotten=list(report.forgotten),
+            kept=list(report.kept),
+            packs_deleted=report.packs_deleted,
+            packs_rewritten=report.packs_rewritten,
+            bytes_freed=report.bytes_freed,
+            dry_run=report.dry_run,
+        )
+
+    def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
+        try:
+            name, data = _collect_wal(request_iterator)
+            return pb.WalPushReply(stored=self.service.put_wal(name, data))
+        except Exception as exc:
+            _abort(context, exc, "WalPush")
+
+    @rpc
+    def WalFetch(self, request: pb.WalFetchRequest, context: grpc.ServicerContext) -> Iterator[pb.WalFetchReply]:
+        data = self.service.get_wal(request.name)
+        for start in range(0, max(len(data), 1), DATA_PIECE):
+            yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
+
+
+def _collect_wal(requests: Iterator[Any]) -> tuple[str, bytes]:
+    """The name (from the first message) and the joined data of a WalPush stream."""
+    name, parts, size = "", [], 0
+    for req in requests:
+        if isinstance(req, Malformed):
+            req.raise_error()
+        if req.name and not name:
+            name = req.name
+        size += len(req.data)
+        if size > MAX_WAL_BYTES:
+            raise InvalidArgumentError(f"WAL segment '{name}' is larger than {MAX_WAL_BYTES} bytes")
+        parts.append(req.data)
+    if not name:
+        raise InvalidArgumentError("WalPush without a segment name: the first message must name it")
+    return name, b"".join(parts)
+
+
+def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    """Run fn(progress) in a thread; yield its latest Progress while it runs, then its result."""
+    cond = threading.Condition()
+    state: dict[str, Any] = {"progress": None, "version": 0, "done": False, "result": None, "error": None}
+
+    def publish(p: Progress) -> None:
+        with cond:
+            state["progress"] = p
+            state["version"] += 1
+            cond.notify_all()
+
+    def work() -> None:
+        try:
+            result, error = fn(publish), None
+        except BaseException as exc:  # handed to the RPC thread
+            result, error = None, exc
+        with cond:
+            state.update(result=result, error=error, done=True)
+            state["version"] += 1
+            cond.notify_all()
+
+    threading.Thread(target=work, name="rpc-work", daemon=True).start()
+    seen = 0
+    while True:
+        with cond:
+            cond.wait_for(functools.partial(_changed, state, seen), timeout=1.0)
+            seen, done, progress = state["version"], state["done"], state["progress"]
+        if done:
+            break
+        if not context.is_active():
+            return
+        if progress is not None:
+            yield progress
+            threading.Event().wait(PROGRESS_INTERVAL)
+    if state["error"] is not None:
+        raise state["error"]
+    yield state["result"]
+
+
+def _changed(state: dict[str, Any], seen: int) -> bool:
+    return state["version"] != seen
+
+
+# ---- domain -> wire ----
+
+
+def progress_msg(p: Progress) -> pb.Progress:
+    return pb.Progress(
+        phase=p.phase,
+        files_done=p.files_done,
+        files_total=p.files_total,
+        bytes_done=p.bytes_done,
+        bytes_total=p.bytes_total,
+        current_path=os.fsencode(p.current_path),
+    )
+
+
+def set_info(s: BackupSet) -> pb.SetInfo:
+    st = s.stats
+    return pb.SetInfo(
+        id=s.id,
+        source=s.source,
+        level=s.level,
+        requested_level=s.requested_level,
+        base=s.base or "",
+        time_start=s.time_start,
+        time_end=s.time_end,
+        hostname=s.hostname,
+        paths=[os.fsencode(p) for p in s.paths],
+        stats=pb.SetStats(
+            files=st.files,
+            dirs=st.dirs,
+            bytes_total=st.bytes_total,
+            added=st.added,
+            modified=st.modified,
+            deleted=st.deleted,
+            bytes_read=st.bytes_read,
+            bytes_added=st.bytes_added,
+            chunks_added=st.chunks_added,
+            fuzzy=len(st.fuzzy_paths),
+        ),
+        tags=list(s.tags),
+        note=s.note,
+        status=set_status(s),
+        extra_json=json.dumps(s.extra, sort_keys=True, default=str),
+        fuzzy_paths=[os.fsencode(p) for p in st.fuzzy_paths],
+    )
+
+
+def job_info(job: BackupJob) -> pb.JobInfo:
+    info = pb.JobInfo(id=job.id, source=job.source, level=job.level, reason=job.reason, started=job.started)
+    progress = job.progress
+    if progress is not None:
+        info.progress.CopyFrom(progress_msg(progress))
+    return info
+
+
+def tree_entry(e: TreeEntry) -> pb.TreeEntry:
+    return pb.TreeEntry(
+        path=os.fsencode(e.path),
+        name=os.fsencode(e.name),
+        kind=e.kind,
+        mode=e.mode,
+        uid=e.uid,
+        gid=e.gid,
+        mtime_ns=e.mtime_ns,
+        size=e.size,
+        target=os.fsencode(e.target),
+    )
+
+
+def _problem(p: CheckProblem) -> pb.CheckProblem:
+    return pb.CheckProblem(
+        message=p.message, object_id=p.object_id, sets=list(p.sets), paths=[os.fsencode(x) for x in p.paths]
+    )
+
+
+def check_report(r: CheckReport) -> pb.CheckReport:
+    return pb.CheckReport(
+        ok=r.ok,
+        errors=[_problem(p) for p in r.errors],
+        warnings=[_problem(p) for p in r.warnings],
+        sets_checked=r.sets_checked,
+        packs_checked=r.packs_checked,
+        chunks_checked=r.chunks_checked,
+        bytes_read=r.bytes_read,
+    )
+
+
+def restore_batches(first: pb.SetInfo, records: Iterator[Record]) -> Iterator[pb.RestoreBatch]:
+    """Pack restore records into batches of about BATCH_BYTES; the first batch names the set."""
+    batch, size = pb.RestoreBatch(set=first), 0
+    try:
+        for rec in records:
+            if isinstance(rec, Data):
+                pieces = [rec.data[i : i + DATA_PIECE] for i in range(0, len(rec.data), DATA_PIECE)]
+                for piece in pieces:
+                    if size and size + len(piece) > BATCH_BYTES:
+                        yield batch
+                        batch, size = pb.RestoreBatch(), 0
+                    batch.records.add(data=piece)
+                    size += len(piece) + 8
+                continue
+            if size >= BATCH_BYTES or len(batch.records) >= BATCH_RECORDS:
+                yield batch
+                batch, size = pb.RestoreBatch(), 0
+            size += _add_record(batch, rec)
+        yield batch
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+
+
+def _add_record(batch: pb.RestoreBatch, rec: Record) -> int:
+    """Append a non-data record to `batch`; return its approximate wire size."""
+    if isinstance(rec, EntryMeta):
+        batch.records.add(
+            entry=pb.EntryMeta(
+                path=rec.path,
+                kind=rec.kind,
+                mode=rec.mode,
+                uid=rec.uid,
+                gid=rec.gid,
+                mtime_ns=rec.mtime_ns,
+                size=rec.size,
+                xattrs=[pb.Xattr(name=k, value=v) for k, v in rec.xattrs.items()],
+                target=rec.target,
+                link_to=rec.link_to,
+                rdev=rec.rdev,
+                sparse=rec.sparse,
+            )
+        )
+        return 64 + len(rec.path) + len(rec.target) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
+    if isinstance(rec, Hole):
+        batch.records.add(hole=rec.length)
+        return 12
+    if isinstance(rec, Failed):
+        batch.records.add(failed=rec.message)
+        return 16 + len(rec.message)
+    raise TypeError(f"unknown restore record {type(rec).__name__}")

@@ -1,0 +1,342 @@
+"""The daemon's service core: the domain operations that the RPC layer exposes.
+
+`CairnService` holds the current `Config`, the open `Repository` and the `JobManager`, and
+speaks only domain types (BackupSet, TreeEntry, Progress, ...); it knows nothing of gRPC.
+What always holds: a backup runs as a job (one per source, in its own thread); reads run in
+the caller's thread alongside it; a read-only daemon refuses every write with
+FAILED_PRECONDITION; the configuration is swapped whole on reload, never edited in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cairn import __version__
+from cairn.daemon.config import Config
+from cairn.daemon.jobs import BackupJob, JobManager
+from cairn.fsio.records import Data, Record
+from cairn.store.errors import (
+    BusyError,
+    CairnError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from cairn.store.model import (
+    BackupRequest,
+    BackupSet,
+    CheckReport,
+    Progress,
+    PrunePolicy,
+    PruneReport,
+    SetDiff,
+    TreeEntry,
+    check_level,
+)
+from cairn.store.repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEVEL = "incremental"
+ProgressFn = Callable[[Progress], None]
+NextRunsFn = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    version: str
+    pid: int
+    started: float
+    repository: str
+    read_only: bool
+    config_path: str
+    hostname: str
+
+
+@dataclass(frozen=True)
+class SourceState:
+    name: str
+    paths: tuple[str, ...]
+    configured: bool
+    watch: bool
+    journal: str
+    last: dict[str, BackupSet]
+    running: BackupJob | None
+    next_runs: dict[str, float]
+    sets: int
+
+
+def set_status(s: BackupSet) -> str:
+    """The one-word status of a committed set: what it records, else 'fuzzy' or 'ok'."""
+    status = s.extra.get("status") if isinstance(s.extra, dict) else None
+    if isinstance(status, str) and status:
+        return status
+    return "fuzzy" if s.stats.fuzzy_paths else "ok"
+
+
+class CairnService:
+    """Domain operations of the daemon over one repository and the current configuration."""
+
+    def __init__(
+        self,
+        config: Config,
+        repo: Repository,
+        *,
+        next_runs: NextRunsFn | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self._config = config
+        self.repo = repo
+        self.jobs = JobManager(on_done=self._job_done)
+        self._next_runs = next_runs
+        self._metrics = metrics  # a cairn.daemon.metrics.Metrics, or None
+        self._started = time.time()
+        self._hostname = socket.gethostname()
+        self._lock = threading.Lock()
+
+    # ---- configuration ----
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def reload(self, config: Config) -> None:
+        """Use `config` from now on; running jobs keep the request they started with."""
+        with self._lock:
+            self._config = config
+
+    def set_next_runs(self, next_runs: NextRunsFn | None) -> None:
+        self._next_runs = next_runs
+
+    # ---- status ----
+
+    def status(self) -> tuple[DaemonState, list[SourceState]]:
+        """The daemon and every source: configured ones first, then those only known from sets."""
+        config = self._config
+        daemon = DaemonState(
+            version=__version__,
+            pid=os.getpid(),
+            started=self._started,
+            repository=config.repository.path,
+            read_only=config.daemon.read_only,
+            config_path=config.path or "",
+            hostname=self._hostname,
+        )
+        sets = self.repo.list_sets()
+        running = self.jobs.running()
+        next_runs = self._collect_next_runs()
+        names = [s.name for s in config.sources]
+        names += sorted({s.source for s in sets} - set(names))
+        configured = {s.name: s for s in config.sources}
+        states = []
+        for name in names:
+            own = [s for s in sets if s.source == name]
+            src = configured.get(name)
+            states.append(
+                SourceState(
+                    name=name,
+                    paths=src.paths if src else (own[-1].paths if own else ()),
+                    configured=src is not None,
+                    watch=bool(src and src.watch),
+                    journal="not tracked (full walk against the base)" if src else "",
+                    last={s.level: s for s in own},  # oldest first, so the latest per level wins
+                    running=running.get(name),
+                    next_runs=next_runs.get(name, {}),
+                    sets=len(own),
+                )
+            )
+        return daemon, states
+
+    def _collect_next_runs(self) -> dict[str, dict[str, float]]:
+        """The scheduler's next runs as {source: {level: epoch seconds}}."""
+        if self._next_runs is None:
+            return {}
+        try:
+            raw = self._next_runs() or {}
+        except Exception:
+            log.exception("unable to compute next scheduled runs")
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for source, levels in raw.items():
+            for level, when in (levels or {}).items():
+                if isinstance(when, datetime):
+                    out.setdefault(source, {})[level] = when.timestamp()
+                elif isinstance(when, int | float):
+                    out.setdefault(source, {})[level] = float(when)
+        return out
+
+    # ---- backups ----
+
+    def start_backup(self, source: str, level: str, tags: tuple[str, ...] = (), reason: str = "request") -> BackupJob:
+        """Start a backup job of `source` (or of the only source when empty)."""
+        config = self._config
+        self._require_writable("a backup")
+        level = check_level(level or DEFAULT_LEVEL)
+        src = config.source(source) if source else self._only_source(config)
+        for tag in tags:
+            if not tag or any(c.isspace() for c in tag):
+                raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
+        request = BackupRequest(
+            source=src.name,
+            paths=tuple(src.paths),
+            level=level,
+            excludes=tuple(src.exclude),
+            one_file_system=src.one_file_system,
+            tags=tuple(tags),
+            extra={"reason": reason},
+            hostname=self._hostname,
+        )
+
+        def run(progress: ProgressFn, cancel: threading.Event) -> BackupSet:
+            return self.repo.backup(request, progress=progress, cancel=cancel)
+
+        return self.jobs.start_backup(src.name, level, reason, run)
+
+    def submit(self, source: str, level: str, reason: str) -> None:
+        """Scheduler entry point: start a backup unless one of that source runs already."""
+        try:
+            self.start_backup(source, level, reason=reason)
+        except BusyError as exc:
+            log.info("skipped %s backup of source '%s' (%s): %s", level, source, reason, exc.message)
+        except CairnError as exc:
+            log.error("unable to start %s backup of source '%s' (%s): %s", level, source, reason, exc.message)
+
+    def _only_source(self, config: Config):
+        if len(config.sources) == 1:
+            return config.sources[0]
+        if not config.sources:
+            raise FailedPreconditionError("no source is configured: there is nothing to back up")
+        names = ", ".join(s.name for s in config.sources)
+        raise InvalidArgumentError(f"several sources are configured ({names}): name one with --source")
+
+    def _job_done(self, job: BackupJob) -> None:
+        if self._metrics is None:
+            return
+        if job.result is not None:
+            status, added, level = "success", job.result.stats.bytes_added, job.result.level
+        else:
+            status, added, level = ("aborted" if job.cancel.is_set() else "failed"), 0, job.level
+        self._metrics.record_set(job.source, level, status, added, job.age())
+
+    # ---- reading ----
+
+    def list_sets(self, source: str = "") -> list[BackupSet]:
+        sets = self.repo.list_sets(source or None)
+        if source and not sets:
+            self._require_known_source(source)
+        return sets
+
+    def resolve(self, ref: str, source: str = "") -> BackupSet:
+        """The set named by a full id, a unique prefix or 'latest' (per source)."""
+        if not ref:
+            raise InvalidArgumentError("no set given: name a set id, a unique prefix or 'latest'")
+        if source:
+            self._require_known_source(source)
+        return self.repo.get_set(ref, source or None)
+
+    def list_tree(self, ref: str, source: str, path: str, recursive: bool) -> tuple[BackupSet, list[TreeEntry]]:
+        s = self.resolve(ref, source)
+        return s, self.repo.list_tree(s, _rel(path), recursive=recursive)
+
+    def diff(self, a: str, b: str, source: str = "") -> tuple[BackupSet, BackupSet, SetDiff]:
+        sa, sb = self.resolve(a, source), self.resolve(b, source)
+        return sa, sb, self.repo.diff(sa, sb)
+
+    def restore_stream(self, ref: str, source: str, paths: list[str]) -> tuple[BackupSet, Iterator[Record]]:
+        s = self.resolve(ref, source)
+        rels = [_rel(p) for p in paths]
+        if any(not p for p in rels):
+            rels = []
+        return s, self._counted(self.repo.restore_stream(s, rels or None))
+
+    def _counted(self, records: Iterator[Record]) -> Iterator[Record]:
+        """Pass records through, counting the file bytes sent for the metrics."""
+        sent = 0
+        try:
+            for rec in records:
+                if isinstance(rec, Data):
+                    sent += len(rec.data)
+                yield rec
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+            if self._metrics is not None and sent:
+                self._metrics.record_restore(sent)
+
+    def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str):
+        self.resolve(ref, source)
+        raise NotImplementedError("database restore is not available in this version of cairnd")
+
+    def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
+        set_id = self.resolve(set_ref, source).id if set_ref else None
+        return self.repo.check(read_data=read_data, set_ref=set_id, progress=progress)
+
+    # ---- writing outside backups ----
+
+    def prune(self, policy: PrunePolicy, dry_run: bool, source: str = "") -> PruneReport:
+        if not dry_run:
+            self._require_writable("pruning")
+        if source:
+            self._require_known_source(source)
+        return self.repo.prune(policy, dry_run=dry_run, source=source or None)
+
+    def put_wal(self, name: str, data: bytes) -> bool:
+        self._require_writable("archiving WAL")
+        _check_wal_name(name)
+        try:
+            stored = self.repo.put_wal(name, data)
+        except CairnError:
+            if self._metrics is not None:
+                self._metrics.record_wal(False)
+            raise
+        if self._metrics is not None:
+            self._metrics.record_wal(True)
+        return stored
+
+    def get_wal(self, name: str) -> bytes:
+        _check_wal_name(name)
+        return self.repo.get_wal(name)
+
+    # ---- lifecycle ----
+
+    def shutdown(self) -> None:
+        """Refuse new jobs and cancel the running ones."""
+        self.jobs.shutdown()
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self.jobs.wait_idle(timeout)
+
+    def _require_writable(self, what: str) -> None:
+        if self._config.daemon.read_only:
+            raise FailedPreconditionError(
+                f"the daemon serves the repository read-only: {what} is not possible",
+                hint="restart cairnd without --read-only",
+            )
+
+    def _require_known_source(self, source: str) -> None:
+        if any(s.name == source for s in self._config.sources):
+            return
+        if self.repo.list_sets(source):
+            return
+        raise NotFoundError(f"unknown source '{source}'")
+
+
+def _rel(path: str) -> str:
+    """A set path from user input: '/'-separated, relative to the set root."""
+    return path.strip("/")
+
+
+def _check_wal_name(name: str) -> None:
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise InvalidArgumentError(
+            f"invalid WAL segment name '{name}': expected a file name like 000000010000000000000001"
+        )

@@ -1,0 +1,1 @@
+"""Namespace of the cairn protobuf packages (cairn.v1)."""

@@ -1,0 +1,447 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Progress(_message.Message):
+    __slots__ = ("phase", "files_done", "files_total", "bytes_done", "bytes_total", "current_path")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    FILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PATH_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    current_path: bytes
+    def __init__(self, phase: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_path: _Optional[bytes] = ...) -> None: ...
+
+class SetStats(_message.Message):
+    __slots__ = ("files", "dirs", "bytes_total", "added", "modified", "deleted", "bytes_read", "bytes_added", "chunks_added", "fuzzy")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    DIRS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    BYTES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    FUZZY_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    dirs: int
+    bytes_total: int
+    added: int
+    modified: int
+    deleted: int
+    bytes_read: int
+    bytes_added: int
+    chunks_added: int
+    fuzzy: int
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., bytes_total: _Optional[int] = ..., added: _Optional[int] = ..., modified: _Optional[int] = ..., deleted: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_added: _Optional[int] = ..., chunks_added: _Optional[int] = ..., fuzzy: _Optional[int] = ...) -> None: ...
+
+class SetInfo(_message.Message):
+    __slots__ = ("id", "source", "level", "requested_level", "base", "time_start", "time_end", "hostname", "paths", "stats", "tags", "note", "status", "extra_json", "fuzzy_paths")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    TIME_START_FIELD_NUMBER: _ClassVar[int]
+    TIME_END_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    FUZZY_PATHS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    source: str
+    level: str
+    requested_level: str
+    base: str
+    time_start: float
+    time_end: float
+    hostname: str
+    paths: _containers.RepeatedScalarFieldContainer[bytes]
+    stats: SetStats
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    note: str
+    status: str
+    extra_json: str
+    fuzzy_paths: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., level: _Optional[str] = ..., requested_level: _Optional[str] = ..., base: _Optional[str] = ..., time_start: _Optional[float] = ..., time_end: _Optional[float] = ..., hostname: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., stats: _Optional[_Union[SetStats, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ..., status: _Optional[str] = ..., extra_json: _Optional[str] = ..., fuzzy_paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DaemonInfo(_message.Message):
+    __slots__ = ("version", "pid", "started", "repository", "read_only", "config_path", "hostname")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    pid: int
+    started: float
+    repository: str
+    read_only: bool
+    config_path: str
+    hostname: str
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started: _Optional[float] = ..., repository: _Optional[str] = ..., read_only: _Optional[bool] = ..., config_path: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("id", "source", "level", "reason", "started", "progress")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    source: str
+    level: str
+    reason: str
+    started: float
+    progress: Progress
+    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., level: _Optional[str] = ..., reason: _Optional[str] = ..., started: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class LevelSet(_message.Message):
+    __slots__ = ("level", "set")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    set: SetInfo
+    def __init__(self, level: _Optional[str] = ..., set: _Optional[_Union[SetInfo, _Mapping]] = ...) -> None: ...
+
+class NextRun(_message.Message):
+    __slots__ = ("level", "time")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    time: float
+    def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
+
+class SourceStatus(_message.Message):
+    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUNS_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paths: _containers.RepeatedScalarFieldContainer[bytes]
+    configured: bool
+    watch: bool
+    journal: str
+    last: _containers.RepeatedCompositeFieldContainer[LevelSet]
+    running: JobInfo
+    next_runs: _containers.RepeatedCompositeFieldContainer[NextRun]
+    sets: int
+    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("daemon", "sources")
+    DAEMON_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    daemon: DaemonInfo
+    sources: _containers.RepeatedCompositeFieldContainer[SourceStatus]
+    def __init__(self, daemon: _Optional[_Union[DaemonInfo, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ("source", "level", "tags")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    level: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source: _Optional[str] = ..., level: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BackupEvent(_message.Message):
+    __slots__ = ("started", "progress", "set")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    started: JobInfo
+    progress: Progress
+    set: SetInfo
+    def __init__(self, started: _Optional[_Union[JobInfo, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., set: _Optional[_Union[SetInfo, _Mapping]] = ...) -> None: ...
+
+class ListSetsRequest(_message.Message):
+    __slots__ = ("source",)
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    def __init__(self, source: _Optional[str] = ...) -> None: ...
+
+class ListSetsReply(_message.Message):
+    __slots__ = ("sets",)
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    sets: _containers.RepeatedCompositeFieldContainer[SetInfo]
+    def __init__(self, sets: _Optional[_Iterable[_Union[SetInfo, _Mapping]]] = ...) -> None: ...
+
+class TreeEntry(_message.Message):
+    __slots__ = ("path", "name", "kind", "mode", "uid", "gid", "mtime_ns", "size", "target")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    path: bytes
+    name: bytes
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    target: bytes
+    def __init__(self, path: _Optional[bytes] = ..., name: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., target: _Optional[bytes] = ...) -> None: ...
+
+class ListTreeRequest(_message.Message):
+    __slots__ = ("set", "source", "path", "recursive")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    path: bytes
+    recursive: bool
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[bytes] = ..., recursive: _Optional[bool] = ...) -> None: ...
+
+class ListTreeReply(_message.Message):
+    __slots__ = ("set", "entries")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    set: SetInfo
+    entries: _containers.RepeatedCompositeFieldContainer[TreeEntry]
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ...) -> None: ...
+
+class DiffRequest(_message.Message):
+    __slots__ = ("a", "b", "source")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    source: str
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class DiffReply(_message.Message):
+    __slots__ = ("a", "b", "added", "modified", "deleted")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    a: SetInfo
+    b: SetInfo
+    added: _containers.RepeatedScalarFieldContainer[bytes]
+    modified: _containers.RepeatedScalarFieldContainer[bytes]
+    deleted: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, a: _Optional[_Union[SetInfo, _Mapping]] = ..., b: _Optional[_Union[SetInfo, _Mapping]] = ..., added: _Optional[_Iterable[bytes]] = ..., modified: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("set", "source", "paths")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    paths: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RestoreDbRequest(_message.Message):
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    database: str
+    target_time: str
+    target_lsn: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ...) -> None: ...
+
+class Xattr(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: bytes
+    value: bytes
+    def __init__(self, name: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class EntryMeta(_message.Message):
+    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    XATTRS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    LINK_TO_FIELD_NUMBER: _ClassVar[int]
+    RDEV_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    path: bytes
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    xattrs: _containers.RepeatedCompositeFieldContainer[Xattr]
+    target: bytes
+    link_to: bytes
+    rdev: int
+    sparse: bool
+    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ...) -> None: ...
+
+class RestoreRecord(_message.Message):
+    __slots__ = ("entry", "data", "hole", "failed")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HOLE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    entry: EntryMeta
+    data: bytes
+    hole: int
+    failed: str
+    def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
+
+class RestoreBatch(_message.Message):
+    __slots__ = ("set", "records")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    set: SetInfo
+    records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ...) -> None: ...
+
+class CheckProblem(_message.Message):
+    __slots__ = ("message", "object_id", "sets", "paths")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    object_id: str
+    sets: _containers.RepeatedScalarFieldContainer[str]
+    paths: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, message: _Optional[str] = ..., object_id: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CheckReport(_message.Message):
+    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    SETS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PACKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    errors: _containers.RepeatedCompositeFieldContainer[CheckProblem]
+    warnings: _containers.RepeatedCompositeFieldContainer[CheckProblem]
+    sets_checked: int
+    packs_checked: int
+    chunks_checked: int
+    bytes_read: int
+    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("set", "source", "read_data")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    read_data: bool
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., read_data: _Optional[bool] = ...) -> None: ...
+
+class VerifyEvent(_message.Message):
+    __slots__ = ("progress", "report")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    report: CheckReport
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., report: _Optional[_Union[CheckReport, _Mapping]] = ...) -> None: ...
+
+class PruneRequest(_message.Message):
+    __slots__ = ("dry_run", "source", "keep_full", "keep_differential", "keep_incremental")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FULL_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DIFFERENTIAL_FIELD_NUMBER: _ClassVar[int]
+    KEEP_INCREMENTAL_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    source: str
+    keep_full: int
+    keep_differential: int
+    keep_incremental: int
+    def __init__(self, dry_run: _Optional[bool] = ..., source: _Optional[str] = ..., keep_full: _Optional[int] = ..., keep_differential: _Optional[int] = ..., keep_incremental: _Optional[int] = ...) -> None: ...
+
+class PruneReply(_message.Message):
+    __slots__ = ("forgotten", "kept", "packs_deleted", "packs_rewritten", "bytes_freed", "dry_run")
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    PACKS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    PACKS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    forgotten: _containers.RepeatedScalarFieldContainer[str]
+    kept: _containers.RepeatedScalarFieldContainer[str]
+    packs_deleted: int
+    packs_rewritten: int
+    bytes_freed: int
+    dry_run: bool
+    def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class WalPushRequest(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WalPushReply(_message.Message):
+    __slots__ = ("stored",)
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    def __init__(self, stored: _Optional[bool] = ...) -> None: ...
+
+class WalFetchRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class WalFetchReply(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

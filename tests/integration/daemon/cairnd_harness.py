@@ -1,0 +1,180 @@
+"""The harness of the daemon tests: a stand-in for systemd's notify socket, a handle on a
+running cairnd process, config files, and tree snapshots that say what a restore must reproduce."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+
+BIN = os.path.dirname(sys.executable)
+CAIRND = os.path.join(BIN, "cairnd")
+CAIRN = os.path.join(BIN, "cairn")
+READY_TIMEOUT = 20.0
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notification socket; records every message."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._cond = threading.Condition()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(path)
+        os.chmod(path, 0o777)  # a daemon running as another user must reach it too
+        self._sock.settimeout(0.2)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.extend(data.decode("utf-8", "replace").split("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, line: str, timeout: float, after: int = 0) -> bool:
+        """Wait until a message line equal to (or starting with, for 'KEY=') `line` arrives."""
+
+        def seen() -> bool:
+            return any(m == line or (line.endswith("=") and m.startswith(line)) for m in self.messages[after:])
+
+        with self._cond:
+            return self._cond.wait_for(seen, timeout)
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.messages)
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(1)
+        self._sock.close()
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen
+    socket: str
+    notify: NotifyListener
+    workdir: str
+    stderr_path: str
+
+    def cli(self, *args: str, timeout: float = 60, input: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run `cairn --socket S ARGS...`; stdout and stderr as text."""
+        return subprocess.run(
+            [CAIRN, "--socket", self.socket, *args],
+            capture_output=True,
+            timeout=timeout,
+            text=True,
+            env=env_for(),
+            input=input,
+        )
+
+    def ok(self, *args: str, timeout: float = 60) -> str:
+        """Run cairn and insist on exit status 0; return stdout."""
+        r = self.cli(*args, timeout=timeout)
+        assert r.returncode == 0, f"cairn {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def channel(self, **options: int) -> grpc.Channel:
+        return grpc.insecure_channel("unix:" + self.socket, options=list(options.items()))
+
+    def log(self) -> str:
+        with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def terminate(self, timeout: float) -> tuple[int, float]:
+        """SIGTERM; return (exit status, seconds it took)."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - start
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env.pop("CAIRN_SOCKET", None)
+    env.update(extra or {})
+    return env
+
+
+def write_config(path: str, repo: str, socket_path: str, sources: dict[str, str],
+                 schedules: dict[str, dict[str, str]] | None = None, **daemon: object) -> str:
+    """A TOML config with one [[source]] per name -> directory and extra [daemon] keys."""
+    lines = ["[repository]", f'path = "{repo}"', "", "[daemon]", f'socket = "{socket_path}"',
+             f'state_dir = "{os.path.join(os.path.dirname(socket_path), "state")}"']
+    for key, value in daemon.items():
+        lines.append(f"{key} = {_toml(value)}")
+    for name, directory in sources.items():
+        lines += ["", "[[source]]", f'name = "{name}"', f'paths = ["{directory}"]', "watch = false"]
+        if schedules and name in schedules:
+            cron = ", ".join(f'{level} = "{expr}"' for level, expr in schedules[name].items())
+            lines.append(f"schedule = {{ {cron} }}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return f'"{value}"'
+
+
+# ---- trees ----
+
+
+def snapshot(root: str) -> dict[str, tuple]:
+    """Everything a restore must reproduce: per path kind, mode, owner, mtime, content hash or target."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+            else:
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                out[rel] = ("file", mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, digest)
+    return out
+
+
+def random_tree(root: str, total_bytes: int, file_bytes: int, seed: int = 0) -> None:
+    """Files of incompressible bytes in a few directories (for the large-tree tests)."""
+    os.makedirs(root, exist_ok=True)
+    n = max(1, total_bytes // file_bytes)
+    for i in range(n):
+        d = os.path.join(root, f"d{i % 8}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:04d}.bin"), "wb") as f:
+            f.write(os.urandom(file_bytes))
+
+

@@ -1,0 +1,180 @@
+"""Bad input gets the right status or a clear one-line error, and the daemon serves on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import grpc
+import pytest
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairnd_harness import CAIRN, CAIRND, env_for, write_config
+
+
+def run_cairnd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([CAIRND, *args], capture_output=True, text=True, timeout=timeout, env=env_for())
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('[[source]]\nname = "app"\npaths = ["/srv"]\nrpo = "soon"\n', "source[0].rpo"),
+        ('[daemon]\nsockt = "/x"\n', "daemon.sockt"),
+        ('[[source]]\nname = "app"\npaths = ["/srv"]\nschedule = { weekly = "0 3 * * 0" }\n', "source[0].schedule"),
+    ],
+)
+def test_malformed_config_exits_1_with_one_line_naming_the_key(tmp_path, body, key):
+    path = tmp_path / "cairn.toml"
+    path.write_text(f'[repository]\npath = "{tmp_path / "repo"}"\n' + body)
+    r = run_cairnd("--config", str(path))
+    assert r.returncode == 1
+    line = one_line(r.stderr)
+    assert line.startswith("cairnd: error: invalid config") and key in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--config", "a.toml", "--repo", "r"), ("--bogus",), ("--config", "a.toml", "--source", "s")],
+)
+def test_bad_arguments_exit_2_with_one_line(args):
+    r = run_cairnd(*args)
+    assert r.returncode == 2
+    assert one_line(r.stderr).startswith("cairnd: error: ")
+
+
+def test_read_only_daemon_needs_an_existing_repository(tmp_path, rundir):
+    r = run_cairnd("--repo", str(tmp_path / "missing"), "--read-only", "--socket", os.path.join(rundir, "s"))
+    assert r.returncode == 1
+    assert "is not a Cairn repository" in r.stderr
+    assert not os.path.exists(tmp_path / "missing")
+
+
+def test_unreachable_daemon_is_one_clear_line(rundir):
+    r = subprocess.run([CAIRN, "--socket", os.path.join(rundir, "nobody.sock"), "status"],
+                       capture_output=True, text=True, timeout=30, env=env_for())
+    assert r.returncode == 1
+    assert r.stderr.startswith("cairn: error: unable to reach cairnd at unix socket")
+    assert "hint: is cairnd running?" in r.stderr
+
+
+@pytest.fixture
+def served(start_daemon, rundir, tmp_path):
+    """A daemon on a config with one source 'app' holding one full set."""
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "file.txt").write_bytes(b"content\n")
+    (src / "big.bin").write_bytes(os.urandom(24 << 20))
+    sock = os.path.join(rundir, "bad.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)})
+    daemon = start_daemon("--config", config, socket_path=sock)
+    daemon.ok("backup", "--level", "full")
+    return daemon
+
+
+def still_serves(daemon) -> None:
+    """The daemon answers and a backup still works."""
+    assert "source app" in daemon.ok("status")
+    out = daemon.ok("backup", "--source", "app")
+    assert len(out.strip().splitlines()[-1]) == 64
+
+
+def test_unknown_set_path_source_and_level(served, tmp_path):
+    cases = [
+        (("ls", "deadbeef"), 3, "deadbeef"),
+        (("diff", "deadbeef", "latest"), 3, "deadbeef"),
+        (("restore", "deadbeef", "--target", str(tmp_path / "t1")), 3, "deadbeef"),
+        (("ls", "latest", "no/such/dir"), 3, "no/such/dir"),
+        (("restore", "latest", "no/such/file", "--target", str(tmp_path / "t2")), 3, "no/such/file"),
+        (("sets", "--source", "nope"), 3, "unknown source 'nope'"),
+        (("backup", "--source", "nope"), 3, "unknown source 'nope'"),
+        (("backup", "--level", "weekly"), 2, "unknown level 'weekly'"),
+        (("verify", "--set", "deadbeef"), 3, "deadbeef"),
+        (("restore-db", "latest", "--database", "db", "--target", str(tmp_path / "t3")), 1, "not available"),
+        (("bogus",), 2, "invalid choice"),
+    ]
+    for args, code, text in cases:
+        r = served.cli(*args)
+        assert r.returncode == code, (args, r.stdout, r.stderr)
+        assert r.stderr.startswith("cairn: error: ") and text in r.stderr.splitlines()[0], (args, r.stderr)
+    # Nothing was written for refused restores.
+    assert not os.path.exists(tmp_path / "t1") and not os.path.exists(tmp_path / "t2")
+    still_serves(served)
+
+
+def test_daemon_validates_what_the_client_does_not(served):
+    stub = pb_grpc.CairnStub(served.channel())
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Backup(pb.BackupRequest(source="app", level="weekly")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WalPush(iter([pb.WalPushRequest(name="../etc/passwd", data=b"x")]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WalPush(iter([pb.WalPushRequest(data=b"no name")]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    still_serves(served)
+
+
+def test_oversized_and_malformed_messages(served):
+    channel = served.channel(**{"grpc.max_send_message_length": 64 << 20})
+    stub = pb_grpc.CairnStub(channel)
+    huge = "x" * (5 << 20)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListSets(pb.ListSetsRequest(source=huge))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WalPush(iter([pb.WalPushRequest(name="000000010000000000000001", data=os.urandom(5 << 20))]))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    garbage = b"\x0a\xff\xff\xff\xff\x0f\x01"  # a length-delimited field longer than the message
+    unary = channel.unary_unary("/cairn.v1.Cairn/ListSets")
+    with pytest.raises(grpc.RpcError) as err:
+        unary(garbage)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in err.value.details()
+    streaming = channel.unary_stream("/cairn.v1.Cairn/Restore")
+    with pytest.raises(grpc.RpcError) as err:
+        list(streaming(b"\xff\xff\xff"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/cairn.v1.Cairn/NoSuchMethod")(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    channel.close()
+    still_serves(served)
+
+
+def test_client_that_disconnects_mid_restore(served, tmp_path):
+    channel = served.channel()
+    stub = pb_grpc.CairnStub(channel)
+    call = stub.Restore(pb.RestoreRequest(set="latest", source="app"))
+    first = next(call)
+    assert first.set.source == "app"
+    next(call)
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    channel.close()
+
+    # A client process killed in the middle of a restore.
+    proc = subprocess.Popen([CAIRN, "--socket", served.socket, "restore", "latest", "--target", str(tmp_path / "k")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for())
+    while not os.path.exists(tmp_path / "k"):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(10)
+
+    still_serves(served)
+    served.ok("restore", "latest", "--target", str(tmp_path / "full"))
+    assert (tmp_path / "full" / "dir" / "file.txt").read_bytes() == b"content\n"
+    assert os.path.getsize(tmp_path / "full" / "big.bin") == 24 << 20

@@ -1,0 +1,89 @@
+"""The remaining client commands through the real daemon: verify, prune, wal-push/wal-fetch,
+status, and the output forms of backup (plain lines, --json, tags)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+
+@pytest.fixture
+def daemon(start_daemon, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.src = src
+    return d
+
+
+def test_backup_output_forms_and_status(daemon):
+    plain = daemon.ok("backup", "--level", "full", "--tag", "first").splitlines()
+    assert plain[0] == "started full backup of 'src'"
+    assert plain[-2].startswith("full set of source 'src' done in ")
+    first = json.loads(daemon.ok("backup", "--json", "--level", "full", "--tag", "again"))
+    assert first["level"] == "full" and first["tags"] == ["again"] and first["stats"]["files"] == 1
+    (daemon.src / "b.txt").write_text("b\n")
+    second = json.loads(daemon.ok("--json", "backup"))
+    assert second["level"] == "incremental" and second["base"] == first["id"]
+    assert second["stats"]["added"] == 1 and second["stats"]["modified"] == 0
+
+    status = json.loads(daemon.ok("--json", "status"))
+    src = status["sources"][0]
+    assert src["name"] == "src" and src["sets"] == 3 and src["running"] is None
+    assert src["last"]["full"]["id"] == first["id"] and src["last"]["incremental"]["id"] == second["id"]
+    text = daemon.ok("status")
+    assert re.search(rf"last incremental:\s+{second['id'][:12]}\s", text)
+    assert "sets: 3" in text
+
+    r = daemon.cli("backup", "--tag", "has space")
+    assert r.returncode == 2 and "invalid tag" in r.stderr
+
+
+def test_verify_and_prune(daemon):
+    ids = []
+    for i in range(3):
+        (daemon.src / f"f{i}.txt").write_text(f"{i}\n" * 1000)
+        ids.append(daemon.ok("backup", "--level", "full").strip().splitlines()[-1])
+    out = daemon.ok("verify")
+    assert out.startswith("repository ok: 3 sets")
+    report = json.loads(daemon.ok("--json", "verify", "--set", ids[0][:10], "--read-data"))
+    assert report["ok"] is True and report["chunks_checked"] > 0
+
+    r = daemon.cli("prune")
+    assert r.returncode == 2 and "prune needs a policy" in r.stderr
+    dry = json.loads(daemon.ok("--json", "prune", "--dry-run", "--keep-full", "1"))
+    assert dry["dry_run"] is True and sorted(dry["forgotten"]) == sorted(ids[:2])
+    assert len(json.loads(daemon.ok("--json", "sets"))) == 3
+    done = json.loads(daemon.ok("--json", "prune", "--keep-full", "1"))
+    assert sorted(done["forgotten"]) == sorted(ids[:2]) and done["kept"] == [ids[2]]
+    assert [s["id"] for s in json.loads(daemon.ok("--json", "sets"))] == [ids[2]]
+    assert daemon.ok("verify").startswith("repository ok: 1 sets")
+    assert daemon.cli("ls", ids[0]).returncode == 3
+
+
+def test_wal_push_and_fetch(daemon, tmp_path):
+    seg = tmp_path / "000000010000000000000001"
+    data = os.urandom(3 << 20)  # more than one message
+    seg.write_bytes(data)
+    assert daemon.ok("wal-push", str(seg)).strip() == "archived 000000010000000000000001"
+    again = daemon.ok("wal-push", str(seg)).strip()
+    assert again == "000000010000000000000001 was already archived (identical)"
+    other = tmp_path / "other" / "000000010000000000000001"
+    other.parent.mkdir()
+    other.write_bytes(b"different")
+    r = daemon.cli("wal-push", str(other))
+    assert r.returncode == 1 and r.stderr.startswith("cairn: error: ")
+
+    dest = tmp_path / "restored" / "RECOVERYXLOG"
+    dest.parent.mkdir()
+    daemon.ok("wal-fetch", "000000010000000000000001", str(dest))
+    assert dest.read_bytes() == data
+    missing = daemon.cli("wal-fetch", "000000010000000000000009", str(tmp_path / "x"))
+    assert missing.returncode == 3
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(str(tmp_path / "x") + ".cairn-tmp")
+    r = daemon.cli("wal-push", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "unable to read WAL file" in r.stderr

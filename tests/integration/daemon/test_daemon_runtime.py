@@ -1,0 +1,200 @@
+"""The daemon as systemd and operators see it: readiness and watchdog notifications, health,
+socket permissions, reload on SIGHUP, TCP with TLS and a token, a clean stop."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import grpc
+import pytest
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairnd_harness import CAIRN, env_for, write_config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+
+def test_ready_watchdog_health_reflection_socket_mode_and_stop(start_daemon, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    daemon = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src), watchdog_usec=400_000)
+    assert daemon.notify.wait_for("READY=1", 0)
+    assert daemon.notify.wait_for("STATUS=", 0)
+    assert daemon.notify.wait_for("WATCHDOG=1", 5)
+
+    mode = os.stat(daemon.socket).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+    channel = daemon.channel()
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "cairn.v1.Cairn"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    # Reflection lists the API, so generic tools (grpcurl) can talk to the daemon.
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"cairn.v1.Cairn", "grpc.health.v1.Health"} <= names
+    channel.close()
+
+    before = daemon.notify.count()
+    code, took = daemon.terminate(timeout=30)
+    assert code == 0 and took < 10
+    assert daemon.notify.wait_for("STOPPING=1", 1, after=before)
+    assert not os.path.exists(daemon.socket)
+
+
+def test_second_daemon_on_the_same_socket_is_refused(start_daemon, tmp_path):
+    first = start_daemon("--repo", str(tmp_path / "repo"))
+    r = subprocess.run(
+        [os.path.join(os.path.dirname(CAIRN), "cairnd"), "--repo", str(tmp_path / "repo2"), "--socket", first.socket],
+        capture_output=True, text=True, timeout=20, env=env_for(),
+    )
+    assert r.returncode == 1 and "another cairnd is serving it" in r.stderr
+    assert str(tmp_path / "repo") + "\n" in first.ok("status")
+
+
+def test_sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid(start_daemon, rundir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (b / "f").write_text("b")
+    sock = os.path.join(rundir, "hup.sock")
+    config = str(tmp_path / "cairn.toml")
+    write_config(config, str(tmp_path / "repo"), sock, {"one": str(a)})
+    daemon = start_daemon("--config", config, socket_path=sock)
+
+    def names() -> list[str]:
+        return [s["name"] for s in json.loads(daemon.ok("--json", "status"))["sources"]]
+
+    assert names() == ["one"]
+    write_config(config, str(tmp_path / "repo"), sock, {"one": str(a), "two": str(b)})
+    before = daemon.notify.count()
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert daemon.notify.wait_for("RELOADING=1", 5, after=before)
+    assert daemon.notify.wait_for("READY=1", 5, after=before)
+    assert names() == ["one", "two"]
+    daemon.ok("backup", "--source", "two", "--level", "full")
+
+    with open(config, "a", encoding="utf-8") as f:
+        f.write('\n[[source]]\nname = "three"\npaths = ["/srv"]\nrpo = "soon"\n')
+    before = daemon.notify.count()
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert daemon.notify.wait_for("READY=1", 5, after=before)
+    assert names() == ["one", "two"]
+    deadline = time.monotonic() + 5
+    while "reload failed" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "source[2].rpo" in daemon.log()
+    assert daemon.alive
+    daemon.ok("backup", "--source", "two")
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    """A CA and a server certificate for 127.0.0.1 / localhost signed by it."""
+    d = str(tmp_path)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "2", "-subj", "/CN=cairn test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost", cwd=d)
+    with open(os.path.join(d, "san.ext"), "w", encoding="utf-8") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
+            "key": os.path.join(d, "server.key"), "token": str(token)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_needs_tls_and_the_token(start_daemon, rundir, tmp_path, tls_files):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("remote\n")
+    port = _free_port()
+    sock = os.path.join(rundir, "tcp.sock")
+    config = write_config(
+        str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
+        listen=f"127.0.0.1:{port}", tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+        token_file=tls_files["token"],
+    )
+    daemon = start_daemon("--config", config, socket_path=sock)
+    daemon.ok("backup", "--level", "full")
+    ca = open(tls_files["ca"], "rb").read()
+    address = f"127.0.0.1:{port}"
+
+    # TLS without the token, and with a wrong one: refused.
+    for creds in (
+        grpc.ssl_channel_credentials(ca),
+        grpc.composite_channel_credentials(grpc.ssl_channel_credentials(ca), grpc.access_token_call_credentials("no")),
+    ):
+        with grpc.secure_channel(address, creds) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.CairnStub(channel).ListSets(pb.ListSetsRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                list(pb_grpc.CairnStub(channel).Restore(pb.RestoreRequest(set="latest"), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Plain text on the TCP port: no answer at all.
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.CairnStub(channel).ListSets(pb.ListSetsRequest(), timeout=5)
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    # The client with the CA and the token file: works, restores from "another host".
+    remote = [CAIRN, "--address", address, "--tls-ca", tls_files["ca"]]
+    r = subprocess.run([*remote, "sets"], capture_output=True, text=True, timeout=30, env=env_for())
+    assert r.returncode == 1 and "refused the call" in r.stderr
+    ok = subprocess.run([*remote, "--token-file", tls_files["token"], "restore", "latest",
+                         "--target", str(tmp_path / "out")], capture_output=True, text=True, timeout=30, env=env_for())
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "f.txt").read_text() == "remote\n"
+
+
+def test_metrics_endpoint_counts_sets_and_the_socket_gets_its_group(start_daemon, rundir, tmp_path):
+    import urllib.request
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    port = _free_port()
+    sock = os.path.join(rundir, "metrics.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
+                          schedules={"app": {"full": "0 3 * * 0", "incremental": "*/5 * * * *"}},
+                          metrics=f"127.0.0.1:{port}", socket_group="nogroup")
+    daemon = start_daemon("--config", config, socket_path=sock)
+    st = os.stat(sock)
+    assert st.st_gid == grp.getgrnam("nogroup").gr_gid and stat.S_IMODE(st.st_mode) == 0o660
+    daemon.ok("backup", "--level", "full")
+    assert daemon.cli("backup", "--source", "app", "--level", "full").returncode == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    assert 'cairn_sets_total{level="full",source="app",status="success"} 2.0' in text
+    assert 'cairn_last_success_timestamp_seconds{level="full",source="app"}' in text
+
+    # Status shows the scheduler's next runs, soonest first.
+    source = json.loads(daemon.ok("--json", "status"))["sources"][0]
+    runs = source["next_runs"]
+    assert set(runs) == {"full", "incremental"} and list(runs) == ["incremental", "full"]
+    assert time.time() < runs["incremental"] <= time.time() + 300
+    assert "next incremental:" in daemon.ok("status")

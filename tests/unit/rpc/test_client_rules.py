@@ -1,0 +1,88 @@
+"""Client rules that must agree with the daemon: the default socket, exit codes, argument errors."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cairn.client import cli
+from cairn.client.connection import default_socket, resolve_endpoint
+from cairn.daemon import config as daemon_config
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"XDG_RUNTIME_DIR": "/run/user/1000"},
+        {"CAIRN_HOME": "/var/lib/cairn-home"},
+        {"STATE_DIRECTORY": "/var/lib/cairn:/other"},
+        {},
+    ],
+)
+def test_client_default_socket_is_the_daemons(monkeypatch, env):
+    for key in ("XDG_RUNTIME_DIR", "CAIRN_HOME", "STATE_DIRECTORY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    daemon_side = daemon_config.default_socket(daemon_config.default_home())
+    assert default_socket() == daemon_side
+
+
+def test_socket_precedence_and_remote_endpoint(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAIRN_SOCKET", "/env/s.sock")
+    assert resolve_endpoint().socket == "/env/s.sock"
+    assert resolve_endpoint(socket="/flag.sock").socket == "/flag.sock"
+    token = tmp_path / "t"
+    token.write_text("abc\n")
+    remote = resolve_endpoint(address="host:7443", tls_ca="/ca.pem", token_file=str(token))
+    assert (remote.address, remote.socket, remote.token) == ("host:7443", None, "abc")
+    with pytest.raises(Exception, match="exclude each other"):
+        resolve_endpoint(socket="/x", address="host:1")
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details, hint=None):
+        self._code, self._details, self._hint = code, details, hint
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return (("cairn-hint", self._hint),) if self._hint else ()
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (grpc.StatusCode.NOT_FOUND, 3),
+        (grpc.StatusCode.INVALID_ARGUMENT, 2),
+        (grpc.StatusCode.FAILED_PRECONDITION, 1),
+        (grpc.StatusCode.DATA_LOSS, 1),
+        (grpc.StatusCode.UNAVAILABLE, 1),
+    ],
+)
+def test_status_codes_become_exit_codes_and_one_error_line(capsys, code, exit_code):
+    err = FakeRpcError(code, "unknown set 'ab12'\nsecond line", hint="try cairn sets")
+    assert cli._rpc_failure(err, resolve_endpoint(socket="/s.sock")) == exit_code
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("cairn: error: ") and "\n" not in lines[0]
+    assert lines[1].startswith("hint: ")
+
+
+def test_usage_errors_exit_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["restore", "latest"])  # --target missing
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("cairn: error: ") and "--target" in err[0]
+
+
+def test_restore_refuses_a_non_empty_target_before_calling_the_daemon(tmp_path, capsys):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "keep").write_text("x")
+    code = cli.main(["--socket", str(tmp_path / "no.sock"), "restore", "latest", "--target", str(tmp_path / "t")])
+    assert code == 1
+    assert "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "t" / "keep").read_text() == "x"

@@ -1,0 +1,109 @@
+"""How the servicer frames streams: restore batches, tolerant parsing, progress coalescing."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from cairn.daemon.jobs import JobManager
+from cairn.daemon.rpc.server import _tolerant
+from cairn.daemon.rpc.servicer import BATCH_BYTES, DATA_PIECE, Malformed, restore_batches
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.store.errors import BusyError, InvalidArgumentError
+from cairn.store.model import Progress
+
+
+def test_restore_batches_split_data_keep_order_and_name_the_set_first():
+    big = os.urandom(3 * DATA_PIECE + 123)
+    records = [
+        EntryMeta(path=b"dir", kind="dir", mode=0o755),
+        EntryMeta(path=b"dir/\xff-not-utf8", kind="file", size=len(big) + 10, xattrs={b"user.k": b"v"}),
+        Data(big),
+        Hole(10),
+        EntryMeta(path=b"broken", kind="file", size=5),
+        Failed("unable to read chunk 'ab12..': checksum mismatch"),
+        EntryMeta(path=b"link", kind="symlink", target=b"dir/\xff-not-utf8"),
+    ]
+    batches = list(restore_batches(pb.SetInfo(id="s1"), iter(records)))
+    assert batches[0].set.id == "s1"
+    assert all(not b.HasField("set") for b in batches[1:])
+    flat = [r for b in batches for r in b.records]
+    data = [r.data for r in flat if r.WhichOneof("record") == "data"]
+    assert b"".join(data) == big
+    assert max(len(d) for d in data) <= DATA_PIECE
+    assert all(b.ByteSize() <= BATCH_BYTES + 4096 for b in batches)
+    kinds = [r.WhichOneof("record") for r in flat]
+    assert kinds == ["entry", "entry"] + ["data"] * len(data) + ["hole", "entry", "failed", "entry"]
+    assert flat[1].entry.path == b"dir/\xff-not-utf8"
+    assert {(x.name, x.value) for x in flat[1].entry.xattrs} == {(b"user.k", b"v")}
+    assert flat[-1].entry.target == b"dir/\xff-not-utf8"
+
+
+def test_restore_batches_close_the_source_iterator_when_the_client_goes_away():
+    closed = threading.Event()
+
+    def records():
+        try:
+            while True:
+                yield Data(b"x" * 1000)
+        finally:
+            closed.set()
+
+    stream = restore_batches(pb.SetInfo(id="s"), records())
+    next(stream)
+    stream.close()
+    assert closed.is_set()
+
+
+def test_an_empty_restore_still_sends_one_batch_with_the_set():
+    assert [b.set.id for b in restore_batches(pb.SetInfo(id="e"), iter(()))] == ["e"]
+
+
+def test_unparseable_requests_become_malformed_placeholders_that_raise_invalid_argument():
+    parse = _tolerant(pb.ListSetsRequest, "/cairn.v1.Cairn/ListSets")
+    assert parse(pb.ListSetsRequest(source="app").SerializeToString()).source == "app"
+    bad = parse(b"\x0a\xff\xff\xff\xff\x0f")
+    assert isinstance(bad, Malformed)
+    with pytest.raises(InvalidArgumentError, match="malformed request message for /cairn.v1.Cairn/ListSets"):
+        bad.raise_error()
+
+
+def test_one_backup_per_source_and_the_busy_message_says_since_when():
+    jobs = JobManager()
+    release = threading.Event()
+
+    def slow(progress, cancel):
+        progress(Progress(phase="scan", files_done=1))
+        release.wait(5)
+        return None
+
+    job = jobs.start_backup("app", "full", "test", slow)
+    with pytest.raises(BusyError, match=r"^a backup of source 'app' is already running \(started \d+s ago\)$"):
+        jobs.start_backup("app", "incremental", "test", slow)
+    other = jobs.start_backup("db", "full", "test", lambda p, c: None)  # other sources are free
+    assert other.wait(5)
+    snap = job.wait_update(0, timeout=5)
+    assert snap.progress is not None and snap.progress.phase == "scan"
+    release.set()
+    assert job.wait(5) and job.error is None
+    again = jobs.start_backup("app", "full", "test", lambda p, c: None)  # free again once done
+    assert again.wait(5)
+
+
+def test_shutdown_cancels_running_jobs_and_refuses_new_ones():
+    jobs = JobManager()
+    seen_cancel = threading.Event()
+
+    def until_cancelled(progress, cancel):
+        cancel.wait(5)
+        seen_cancel.set()
+        raise InvalidArgumentError("stopped")
+
+    job = jobs.start_backup("app", "full", "test", until_cancelled)
+    jobs.shutdown()
+    assert jobs.wait_idle(5)
+    assert seen_cancel.is_set() and job.done and isinstance(job.error, InvalidArgumentError)
+    with pytest.raises(Exception, match="shutting down"):
+        jobs.start_backup("app", "full", "test", until_cancelled)
