@@ -15,12 +15,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from cairn import __version__
-from cairn.daemon.config import Config
+from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
 from cairn.store.errors import (
@@ -33,6 +33,7 @@ from cairn.store.errors import (
 from cairn.store.model import (
     BackupRequest,
     BackupSet,
+    ChangeHint,
     CheckReport,
     Progress,
     PrunePolicy,
@@ -196,9 +197,30 @@ class CairnService:
         )
 
         def run(progress: ProgressFn, cancel: threading.Event) -> BackupSet:
-            return self.repo.backup(request, progress=progress, cancel=cancel)
+            return self._take_set(src, request, progress, cancel)
 
         return self.jobs.start_backup(src.name, level, reason, run)
+
+    def _take_set(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
+                  cancel: threading.Event) -> BackupSet:
+        """One set of a source: ask the change journal what changed since the base, capture
+        (plain, or inside a quiesce window with its database), then tell the journal."""
+        hint, token = self._change_hint(src, request)
+        s = self._capture(src, replace(request, changes=hint), progress, cancel)
+        self._set_committed(src, s, token)
+        return s
+
+    def _change_hint(self, src: SourceConfig, request: BackupRequest) -> tuple[ChangeHint | None, Any]:
+        """The journal's hint for this set (None: walk and compare against the base)."""
+        return None, None
+
+    def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
+                 cancel: threading.Event) -> BackupSet:
+        """Capture the set: a plain backup of the source paths."""
+        return self.repo.backup(request, progress=progress, cancel=cancel)
+
+    def _set_committed(self, src: SourceConfig, s: BackupSet, token: Any) -> None:
+        """Tell the change journal that `s` is committed, so it consumes what the set covers."""
 
     def submit(self, source: str, level: str, reason: str) -> None:
         """Scheduler entry point: start a backup unless one of that source runs already."""
