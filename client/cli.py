@@ -174,8 +174,23 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         database=args.database,
         target_time=args.target_time or "",
         target_lsn=args.target_lsn or "",
+        target_path=os.fsencode(os.path.abspath(args.target)),
     )
-    return _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
+    code = _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
+    if code == EXIT_OK:
+        own_data_directory(args.target)
+    return code
+
+
+def own_data_directory(target: str) -> None:
+    """Give the restored data directory what PostgreSQL demands of it: mode 0700 and the owner of
+    its PG_VERSION (a stream carries no entry for its root, so the writer sets those itself)."""
+    os.chmod(target, 0o700)
+    st = os.stat(os.path.join(target, "PG_VERSION"))
+    try:
+        os.chown(target, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # not root: the files are ours and so is the directory
 
 
 def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:

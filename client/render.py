@@ -196,6 +196,11 @@ def status_dict(reply: pb.StatusReply) -> dict[str, Any]:
                 "configured": s.configured,
                 "watch": s.watch,
                 "journal": s.journal,
+                "journal_state": s.journal_state or None,
+                "journal_reasons": list(s.journal_reasons),
+                "oldest_unprotected_age": s.oldest_unprotected_age if s.HasField("oldest_unprotected_age") else None,
+                "pending_paths": s.pending_paths,
+                "watches": s.watches,
                 "sets": s.sets,
                 "last": {ls.level: set_dict(ls.set) for ls in s.last},
                 "running": job_dict(s.running) if s.HasField("running") else None,
@@ -203,7 +208,59 @@ def status_dict(reply: pb.StatusReply) -> dict[str, Any]:
             }
             for s in reply.sources
         ],
+        "archive": archive_dict(reply.archive) if reply.HasField("archive") else None,
     }
+
+
+def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
+    """WAL archiving health for --json."""
+    return {
+        "last_segment": a.last_segment or None,
+        "last_time": a.last_time or None,
+        "pushed": a.pushed,
+        "failures": a.failures,
+        "last_failure": a.last_failure or None,
+        "last_failure_time": a.last_failure_time or None,
+        "segments": a.segments,
+        "databases": [
+            {
+                "name": d.name,
+                "error": d.error or None,
+                "current_segment": d.current_segment or None,
+                "last_archived": d.last_archived or None,
+                "last_archived_time": d.last_archived_time or None,
+                "failed_count": d.failed_count,
+                "last_failed": d.last_failed or None,
+                "last_failed_time": d.last_failed_time or None,
+                "lag_segments": d.lag_segments,
+            }
+            for d in a.databases
+        ],
+    }
+
+
+def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
+    """The WAL archiving lines of `cairn status` (none when nothing was ever archived or configured)."""
+    if not a.segments and not a.pushed and not a.failures and not a.databases:
+        return []
+    last = a.last_segment or "none"
+    if a.last_time:
+        last += f" ({fmt_age(now - a.last_time)} ago)"
+    lines = ["", f"WAL archive: {a.segments} segments, last {last}; {a.pushed} stored, {a.failures} failed "
+                 "since start"]
+    if a.last_failure:
+        lines.append(f"  last failure {fmt_age(now - a.last_failure_time)} ago: {a.last_failure}")
+    for d in a.databases:
+        if d.error:
+            lines.append(f"  database {d.name}: unable to ask the server: {d.error}")
+            continue
+        when = f" ({fmt_age(now - d.last_archived_time)} ago)" if d.last_archived_time else ""
+        text = (f"  database {d.name}: writing {d.current_segment}, archived {d.last_archived or 'none'}{when}, "
+                f"lag {d.lag_segments} segments, {d.failed_count} failures")
+        if d.last_failed:
+            text += f" (last {d.last_failed}, {fmt_age(now - d.last_failed_time)} ago)"
+        lines.append(text)
+    return lines
 
 
 def job_dict(j: pb.JobInfo) -> dict[str, Any]:
@@ -252,6 +309,11 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
         lines.append(f"source {s.name}{where}: {paths}")
         if s.journal:
             lines.append(f"  journal: {s.journal}")
+        if s.journal_state:
+            pending = "nothing"
+            if s.HasField("oldest_unprotected_age"):
+                pending = f"{s.pending_paths} pending paths, oldest change {fmt_age(s.oldest_unprotected_age)} old"
+            lines.append(f"  unprotected: {pending}; watches: {s.watches}")
         if s.HasField("running"):
             j = s.running
             text = f"  running: {j.level} backup ({j.reason}) for {fmt_age(now - j.started)}"
@@ -265,6 +327,8 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
             )
         for n in s.next_runs:
             lines.append(f"  next {n.level + ':':<13} {fmt_time(n.time)}")
+    if reply.HasField("archive"):
+        lines += archive_lines(reply.archive, now)
     return lines
 
 

@@ -1,7 +1,8 @@
 """`cairnd`: the entry point that assembles the daemon and runs it until SIGTERM.
 
 Start-up order: arguments and configuration (exit 2 for bad arguments, 1 for a bad config
-or repository, one line on stderr either way), logging, repository, metrics endpoint, the
+or repository, one line on stderr either way), logging, the thaw of quiesce windows a
+previous run died inside, repository, metrics endpoint, the
 service core, scheduler, the RPC endpoints, then READY=1 and watchdog pings. The main
 thread only waits for signals: SIGHUP reloads the configuration (an invalid file is logged
 and the running configuration kept), SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs,
@@ -23,11 +24,15 @@ import time
 from typing import NoReturn
 
 from cairn import __version__
+from cairn.daemon.backstop import Backstop
+from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
+from cairn.daemon.quiesce import recover_windows
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
+from cairn.daemon.rpo import RpoKeeper
 from cairn.daemon.scheduler import Scheduler
 from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 from cairn.daemon.service import CairnService
@@ -104,6 +109,9 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.server: RpcServer | None = None
         self.pinger: WatchdogPinger | None = None
+        self.tracker: ChangeTracker | None = None
+        self.rpo: RpoKeeper | None = None
+        self.backstop: Backstop | None = None
         self._signals: collections.deque[int] = collections.deque()
         self._wake = threading.Event()
         self._last_status = ""
@@ -113,6 +121,8 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         read_only = cfg.daemon.read_only
+        # Before anything else: thaw every quiesce window a previous run died inside.
+        self.thaw_leftover_windows()
         # The repository first: without it there is nothing to serve.
         self.repo = Repository.open_local(cfg.repository.path, create=not read_only, read_only=read_only)
         # Metrics next, so the first set is counted.
@@ -121,6 +131,9 @@ class Daemon:
             host, port = self.metrics.start_http(cfg.daemon.metrics)
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        # The change journal watches before we serve, so the first set can already use it.
+        if not read_only:
+            self._start_journal(cfg)
         # Timed backups only where something may be written; they start once we serve.
         if not read_only:
             self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
@@ -130,6 +143,9 @@ class Daemon:
         self.server.start()
         if self.scheduler is not None:
             self.scheduler.start()
+        for thread in (self.rpo, self.backstop):
+            if thread is not None:
+                thread.start()
         interval = watchdog_interval()
         if interval:
             self.pinger = WatchdogPinger(self.notifier, interval, healthy=self.healthy)
@@ -140,8 +156,44 @@ class Daemon:
             __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
         )
 
+    def _start_journal(self, cfg: Config) -> None:
+        """The change tracker (watches every watched source), RPO protection and the backstop scan."""
+        service = self.service
+        self.rpo = RpoKeeper(
+            lambda: {s.name: s.rpo for s in service.config.sources if s.rpo and s.watch},
+            self._oldest_unprotected, self._running_sources, service.submit,
+        )
+        self.tracker = ChangeTracker(cfg.daemon.state_dir, cfg.sources, max_watches=cfg.daemon.max_watches,
+                                     on_change=self.rpo.poke)
+        self.tracker.start()
+        service.tracker = self.tracker
+        self.backstop = Backstop(self.repo, self.tracker, lambda: service.config.sources,
+                                 lambda: service.config.daemon.backstop_interval, self._running_sources,
+                                 self.metrics)
+
+    def _oldest_unprotected(self, source: str) -> float | None:
+        return self.tracker.oldest_unprotected(source) if self.tracker is not None else None
+
+    def _running_sources(self) -> set[str]:
+        return set(self.service.jobs.running()) if self.service is not None else set()
+
+    def backstop_now(self) -> dict:
+        """Run the backstop scan now: {source: differences the journal missed} (empty when not watching)."""
+        return self.backstop.run_now() if self.backstop is not None else {}
+
+    def thaw_leftover_windows(self) -> None:
+        """Run the thaw hooks of windows left open by a daemon that died inside them (and log it)."""
+        for rec in recover_windows(self.config.daemon.state_dir):
+            if rec.ok:
+                log.warning("source '%s': thawed the %s window left open since %s (%d thaw hooks ran)",
+                            rec.source, rec.mode, rec.to_dict()["started"], len(rec.results))
+            else:
+                log.error("source '%s': thaw of the %s window left open since %s failed: %s",
+                          rec.source, rec.mode, rec.to_dict()["started"], rec.error or "a thaw hook failed")
+
     def healthy(self) -> bool:
-        return self.scheduler is None or self.scheduler.healthy
+        threads = (self.scheduler, self.rpo, self.backstop)
+        return all(t is None or t.healthy for t in threads)
 
     def status_text(self) -> str:
         cfg = self.config
@@ -201,6 +253,10 @@ class Daemon:
             return
         self.config = new
         self.service.reload(new)
+        if self.tracker is not None:
+            self.tracker.reload(new.sources)
+        if self.rpo is not None:
+            self.rpo.poke()
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s: %d sources", new.path, len(new.sources))
         self.notifier.ready(self.status_text())
@@ -229,6 +285,9 @@ class Daemon:
         self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
+        for thread in (self.rpo, self.backstop):
+            if thread is not None:
+                thread.request_stop()
         # Cancel the backups first, so their clients still get an answer before the server closes.
         if self.service is not None:
             self.service.shutdown()
@@ -244,6 +303,8 @@ class Daemon:
             log.error("a backup did not stop within %.0fs; exiting anyway (its set is abandoned, the "
                       "repository stays consistent)", self.config.daemon.shutdown_timeout)
             return EXIT_FAILURE
+        if self.tracker is not None:
+            self.tracker.stop()  # flushes the journal and records a clean stop
         if self.repo is not None:
             self.repo.close()
         log.info("stopped")

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn import __version__
+from cairn.daemon import capture, restoredb, walarchive
 from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
@@ -73,6 +74,11 @@ class SourceState:
     running: BackupJob | None
     next_runs: dict[str, float]
     sets: int
+    journal_state: str = ""  # complete, rescan, or empty when the source is not tracked
+    journal_reasons: tuple[str, ...] = ()
+    oldest_unprotected_age: float | None = None
+    pending_paths: int = 0
+    watches: int = 0
 
 
 def set_status(s: BackupSet) -> str:
@@ -102,6 +108,8 @@ class CairnService:
         self._started = time.time()
         self._hostname = socket.gethostname()
         self._lock = threading.Lock()
+        self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
+        self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes) when it watches
 
     # ---- configuration ----
 
@@ -147,7 +155,7 @@ class CairnService:
                     paths=src.paths if src else (own[-1].paths if own else ()),
                     configured=src is not None,
                     watch=bool(src and src.watch),
-                    journal="not tracked (full walk against the base)" if src else "",
+                    **self._journal_view(src),
                     last={s.level: s for s in own},  # oldest first, so the latest per level wins
                     running=running.get(name),
                     next_runs=next_runs.get(name, {}),
@@ -155,6 +163,29 @@ class CairnService:
                 )
             )
         return daemon, states
+
+    def _journal_view(self, src: SourceConfig | None) -> dict[str, Any]:
+        """The change journal's state of a configured source, as SourceState fields."""
+        if src is None:
+            return {"journal": ""}
+        if self.tracker is None or not src.watch:
+            why = "read-only daemon" if self._config.daemon.read_only else "watch = false"
+            return {"journal": f"not tracked ({why}): sets walk and compare with the base"}
+        try:
+            st = self.tracker.status(src.name)
+        except Exception:
+            log.exception("unable to read the change journal state of source '%s'", src.name)
+            return {"journal": "unknown (the change journal could not be read)"}
+        reasons = tuple(st["reasons"])
+        text = "complete" if st["state"] == "complete" else "rescan pending: " + "; ".join(reasons)
+        return {
+            "journal": text,
+            "journal_state": st["state"],
+            "journal_reasons": reasons,
+            "oldest_unprotected_age": st["oldest_unprotected_age"],
+            "pending_paths": int(st["pending_paths"]),
+            "watches": int(st["watches"]),
+        }
 
     def _collect_next_runs(self) -> dict[str, dict[str, float]]:
         """The scheduler's next runs as {source: {level: epoch seconds}}."""
@@ -206,21 +237,43 @@ class CairnService:
         """One set of a source: ask the change journal what changed since the base, capture
         (plain, or inside a quiesce window with its database), then tell the journal."""
         hint, token = self._change_hint(src, request)
-        s = self._capture(src, replace(request, changes=hint), progress, cancel)
+        marker = {"changes": "journal" if hint is not None else "walk"}
+        s = self._capture(src, replace(request, changes=hint, extra={**request.extra, **marker}), progress, cancel)
         self._set_committed(src, s, token)
         return s
 
     def _change_hint(self, src: SourceConfig, request: BackupRequest) -> tuple[ChangeHint | None, Any]:
         """The journal's hint for this set (None: walk and compare against the base)."""
-        return None, None
+        tracker = self.tracker
+        if tracker is None:
+            return None, None
+        level, base, _note = self.repo.choose_base(src.name, request.level)
+        hint, token = tracker.prepare(src.name, level, base.id if base else None, base.level if base else None)
+        return hint, _JournalToken(token, base.id if base else None, hint is not None)
 
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
                  cancel: threading.Event) -> BackupSet:
-        """Capture the set: a plain backup of the source paths."""
-        return self.repo.backup(request, progress=progress, cancel=cancel)
+        """Capture the set: a plain backup of the source paths, or a consistent set of files and
+        database inside the source's quiesce window (daemon/capture.py)."""
+        if not capture.needs_capture(src):
+            return self.repo.backup(request, progress=progress, cancel=cancel)
+        db = self._config.database(src.database) if src.database else None
+        return capture.capture_set(self.repo, self._config.daemon.state_dir, src, db, request, progress, cancel)
 
     def _set_committed(self, src: SourceConfig, s: BackupSet, token: Any) -> None:
         """Tell the change journal that `s` is committed, so it consumes what the set covers."""
+        tracker = self.tracker
+        if tracker is None or not isinstance(token, _JournalToken):
+            return
+        try:
+            if token.hinted and s.base != token.base_id:
+                # The store chose another base than the hint was made for (pruned meanwhile):
+                # what lies between is not in this set, so the next set walks the whole source.
+                tracker.mark_rescan(src.name, None, f"set '{s.id[:12]}' was taken against another base "
+                                                    "than its change hint")
+            tracker.committed(src.name, s.level, s.id, token.token)
+        except Exception:
+            log.exception("unable to record set '%s' in the change journal of source '%s'", s.id, src.name)
 
     def submit(self, source: str, level: str, reason: str) -> None:
         """Scheduler entry point: start a backup unless one of that source runs already."""
@@ -294,13 +347,27 @@ class CairnService:
             if self._metrics is not None and sent:
                 self._metrics.record_restore(sent)
 
-    def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str):
-        self.resolve(ref, source)
-        raise NotImplementedError("database restore is not available in this version of cairnd")
+    def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
+                   target_path: str = "") -> tuple[BackupSet, Iterator[Record]]:
+        """A set's database as records of a data directory that recovers to the target, then promotes."""
+        s = self.resolve(ref, source)
+        records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
+                                               self._config.daemon.socket, target_path)
+        return s, self._counted(records)
 
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
-        set_id = self.resolve(set_ref, source).id if set_ref else None
-        return self.repo.check(read_data=read_data, set_ref=set_id, progress=progress)
+        chosen = self.resolve(set_ref, source) if set_ref else None
+        report = self.repo.check(read_data=read_data, set_ref=chosen.id if chosen else None, progress=progress)
+        # WAL continuity per timeline from each database set's start onward (daemon/walarchive.py)
+        gaps = walarchive.continuity_problems(self.repo, [chosen] if chosen else self.repo.list_sets())
+        return replace(report, errors=report.errors + tuple(gaps)) if gaps else report
+
+    def archive_status(self) -> walarchive.ArchiveSnapshot:
+        """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
+        snap = self.archive.snapshot(self.repo.list_wal())
+        for db in self._config.databases:
+            snap.databases.append({"name": db.name, **walarchive.database_archiver(db)})
+        return snap
 
     # ---- writing outside backups ----
 
@@ -316,10 +383,12 @@ class CairnService:
         _check_wal_name(name)
         try:
             stored = self.repo.put_wal(name, data)
-        except CairnError:
+        except CairnError as exc:
+            self.archive.failed(name, exc.message)
             if self._metrics is not None:
                 self._metrics.record_wal(False)
             raise
+        self.archive.stored(name)
         if self._metrics is not None:
             self._metrics.record_wal(True)
         return stored
@@ -350,6 +419,15 @@ class CairnService:
         if self.repo.list_sets(source):
             return
         raise NotFoundError(f"unknown source '{source}'")
+
+
+@dataclass(frozen=True)
+class _JournalToken:
+    """What `_change_hint` hands to `_set_committed`: the tracker's token and the hint's base."""
+
+    token: Any
+    base_id: str | None
+    hinted: bool
 
 
 def _rel(path: str) -> str:

@@ -22,6 +22,8 @@ from cairn.errors import FailedPreconditionError, InvalidArgumentError
 from .records import Data, EntryMeta, Failed, Hole, Record
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_SPARSE_BLOCK = 64 * 1024
+_ZEROS = bytes(_SPARSE_BLOCK)
 
 
 @dataclass
@@ -141,7 +143,11 @@ class TreeWriter:
             os.symlink(m.target, p)
             self._meta_link(p, m)
         elif m.kind == "hardlink":
-            src = self._abs(check_rel(m.link_to))
+            src_rel = check_rel(m.link_to)
+            self._parent_ok(src_rel)  # the link source must not be reached through a symlink either
+            src = self._abs(src_rel)
+            if not stat.S_ISREG(os.lstat(src).st_mode):
+                raise InvalidArgumentError(f"refusing to link to '{os.fsdecode(src_rel)}': not a regular file")
             os.link(src, p, follow_symlinks=False)
             self.stats.links += 1
         elif m.kind == "fifo":
@@ -181,12 +187,11 @@ class TreeWriter:
         if self._fd is None:
             return
         try:
-            view = memoryview(data)
-            off = self._offset
-            while view:
-                n = os.pwrite(self._fd, view, off)
-                view, off = view[n:], off + n
-            self._offset = off
+            if self._cur is not None and self._cur.sparse:
+                _write_sparse(self._fd, bytes(data), self._offset)
+            else:
+                _write_all(self._fd, memoryview(data), self._offset)
+            self._offset += len(data)
             self.stats.bytes += len(data)
         except OSError as e:
             self._fail(f"write failed: {e.strerror}")
@@ -251,6 +256,26 @@ class TreeWriter:
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview, off: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
+
+
+def _write_sparse(fd: int, data: bytes, off: int) -> None:
+    """Write `data` at `off` but skip all-zero blocks: the file is fresh, so they stay holes."""
+    start = None
+    for i in range(0, len(data), _SPARSE_BLOCK):
+        zero = data[i:i + _SPARSE_BLOCK] == _ZEROS[:min(_SPARSE_BLOCK, len(data) - i)]
+        if zero and start is not None:
+            _write_all(fd, memoryview(data)[start:i], off + start)
+            start = None
+        elif not zero and start is None:
+            start = i
+    if start is not None:
+        _write_all(fd, memoryview(data)[start:], off + start)
 
 
 def _setxattr(target: int | bytes, name: bytes, value: bytes) -> None:

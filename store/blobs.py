@@ -13,9 +13,12 @@ What always holds:
 
 from __future__ import annotations
 
+import ctypes
+import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import blake3
 import zstandard
@@ -26,6 +29,24 @@ from .index import Index, encode_index
 from .packs import CODEC_RAW, CODEC_ZSTD, PackBuilder, PackEntry
 
 _tls = threading.local()
+COMPRESS_THREADS = max(2, os.cpu_count() or 2)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by finished chunks back to the OS (glibc keeps it per thread arena
+    otherwise, which with several busy threads adds tens of MB of resident memory)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def blob_id(data: bytes | memoryview) -> bytes:
@@ -102,7 +123,7 @@ class BlobWriter:
     """
 
     def __init__(self, backend: Backend, index: Index, *, pack_size: int, level: int,
-                 max_pending: int = 2, index_every: int = 32) -> None:
+                 max_pending: int = 1, index_every: int = 32) -> None:
         self.backend = backend
         self.index = index
         self.pack_size = pack_size
@@ -114,6 +135,8 @@ class BlobWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._unindexed: dict[str, list[PackEntry]] = {}
         self._error: BaseException | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._spare: list[bytearray] = []  # buffers of uploaded packs, reused by new builders
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_written = 0
@@ -140,16 +163,52 @@ class BlobWriter:
             self._inflight.add(bid)
         self._add(bid, btype, data)
 
+    def put_many(self, btype: int, items: list[tuple[bytes, memoryview]]) -> None:
+        """Store each (id, data) unless known, compressing in parallel. Returns once every new
+        blob is in a pack builder, so the caller may then reuse the memory behind `items`."""
+        new = []
+        with self._lock:
+            for bid, data in items:
+                if bid not in self._inflight and bid not in self.index:
+                    self._inflight.add(bid)
+                    new.append((bid, data))
+        if len(new) < 2:
+            for bid, data in new:
+                self._add(bid, btype, data)
+            return
+        futs = [self._compress_pool().submit(encode_blob, data, self.level) for _, data in new[1:]]
+        try:
+            encoded = [encode_blob(new[0][1], self.level)] + [f.result() for f in futs]
+        finally:
+            wait(futs)  # nothing may still read the caller's buffer after we return
+        for (bid, data), (codec, stored) in zip(new, encoded, strict=True):
+            self._append(bid, btype, len(data), codec, stored)
+
+    def _compress_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="blob-compress")
+            return self._pool
+
+    def _stop_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def _add(self, bid: bytes, btype: int, data: bytes | memoryview) -> None:
         codec, stored = encode_blob(data, self.level)
+        self._append(bid, btype, len(data), codec, stored)
+
+    def _append(self, bid: bytes, btype: int, raw_len: int, codec: int, stored: bytes) -> None:
         full = None
         with self._lock:
             self._raise_if_failed()
-            self._builder.add(bid, btype, codec, len(data), stored)
+            self._builder.add(bid, btype, codec, raw_len, stored)
             self.bytes_added += len(stored)
             self.blobs_added += 1
             if len(self._builder) >= self.pack_size:
-                full, self._builder = self._builder, PackBuilder()
+                full, self._builder = self._builder, self._new_builder()
         if full is not None:
             self._enqueue(full)
 
@@ -184,6 +243,11 @@ class BlobWriter:
                 self._upload(builder)
             except BaseException as e:  # recorded, re-raised in the producer threads
                 self._error = e
+            builder = None  # free the pack's memory while waiting for the next one
+
+    def _new_builder(self) -> PackBuilder:
+        """A builder on a recycled buffer if one is free (caller holds the lock)."""
+        return PackBuilder(self._spare.pop() if self._spare else None)
 
     def _upload(self, builder: PackBuilder) -> None:
         name, data, entries = builder.finish()
@@ -191,11 +255,14 @@ class BlobWriter:
         if self.backend.stat("packs", name) != len(data):
             raise BackendError(f"unable to write pack '{short(name)}': size mismatch after write")
         with self._lock:
+            if len(self._spare) < self._queue.maxsize + 2:
+                self._spare.append(data)  # the backend is done with it: put has returned
             self._unindexed[name] = entries
             self.packs_written += 1
             flush = len(self._unindexed) >= self.index_every
         if flush:
             self._write_index()
+        release_free_memory()
 
     def _write_index(self) -> None:
         with self._lock:
@@ -208,8 +275,9 @@ class BlobWriter:
 
     def finish(self) -> None:
         """Flush the last pack, wait for uploads, write the index. Raises the first failure."""
+        self._stop_pool()
         with self._lock:
-            last, self._builder = self._builder, PackBuilder()
+            last, self._builder = self._builder, self._new_builder()
         if last.entries:
             self._enqueue(last)
         self._queue.put(None)
@@ -219,6 +287,7 @@ class BlobWriter:
 
     def abort(self) -> None:
         """Stop uploading; blobs not yet durable are dropped (they were never indexed)."""
+        self._stop_pool()
         if self._error is None:
             self._error = AbortedError("write session aborted")
         while True:

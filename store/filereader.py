@@ -3,7 +3,7 @@
 What always holds: the entry recorded for a file describes the attempt whose content was
 stored (its fstat at open); a file whose size or times change while it is read is read again
 up to `retries` times and, if it never holds still, stored as read and flagged fuzzy. Memory
-per reader is bounded by one segment plus one maximal chunk.
+per reader thread is one reused segment buffer.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class FileReader:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     raise IsADirectoryError(f"'{os.fsdecode(path)}' is no longer a regular file")
-                chunks, n = self._read_fd(fd)
+                chunks, n = self._read_fd(fd, st.st_size)
                 total += n
                 after = os.fstat(fd)
                 if _stamp(after) == _stamp(st):
@@ -92,10 +92,11 @@ class FileReader:
             self.writer.put(bid, TYPE_DATA, view)
         return bid
 
-    def _read_fd(self, fd: int) -> tuple[list[bytes], int]:
-        first = os.read(fd, self.params.min_size + 1)
+    def _read_fd(self, fd: int, size_hint: int) -> tuple[list[bytes], int]:
+        want = min(size_hint, self.params.min_size) + 1
+        first = os.read(fd, want)
         if len(first) <= self.params.min_size:
-            rest = os.read(fd, 1) if first else b""
+            rest = os.read(fd, 1) if len(first) == want else b""  # a short read was the end
             if not rest:
                 return ([self._store(memoryview(first))] if first else []), len(first)
             first += rest
@@ -104,7 +105,7 @@ class FileReader:
     def _read_large(self, fd: int, head: bytes) -> tuple[list[bytes], int]:
         cut = _chunker(self.params)
         seg = max(SEGMENT, 2 * self.params.max_size)
-        buf = bytearray(seg + self.params.max_size)
+        buf = _buffer(seg)  # a read never goes past seg; a segment always holds >= 1 whole chunk
         buf[: len(head)] = head
         filled, total, eof = len(head), len(head), False
         chunks: list[bytes] = []
@@ -118,15 +119,29 @@ class FileReader:
                 total += n
             view = memoryview(buf)[:filled]
             consumed = 0
+            pieces = []
             for off, length in cut.cut(view):
                 if not eof and off + length == filled:
                     break
-                chunks.append(self._store(view[off:off + length]))
+                piece = view[off:off + length]
+                pieces.append((blob_id(piece), piece))
                 consumed = off + length
-            del view
+            self.writer.put_many(TYPE_DATA, pieces)
+            chunks.extend(bid for bid, _ in pieces)
+            del pieces
             rest = filled - consumed
-            buf[:rest] = buf[consumed:filled]
+            view = memoryview(buf)
+            view[:rest] = view[consumed:filled]  # memmove, no temporary copy
+            view.release()
             filled = rest
             if eof and filled == 0:
                 break
         return chunks, total
+
+
+def _buffer(size: int) -> bytearray:
+    """This thread's read buffer, reused across files (no fresh zeroed allocation per file)."""
+    buf = getattr(_tls, "buf", None)
+    if buf is None or len(buf) != size:
+        buf = _tls.buf = bytearray(size)
+    return buf

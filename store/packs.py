@@ -42,27 +42,43 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Accumulates blobs for one pack; `finish` returns (name, bytes, entries)."""
+    """Accumulates blobs for one pack; `finish` returns (name, bytes, entries).
 
-    def __init__(self) -> None:
-        self.buf = bytearray(HEADER)
+    `buf` may be the buffer of an earlier, uploaded pack: it is overwritten in place, so a
+    writer that recycles buffers allocates pack memory once instead of once per pack.
+    """
+
+    def __init__(self, buf: bytearray | None = None) -> None:
+        self.buf = buf if buf is not None else bytearray()
+        self.size = 0
         self.entries: list[PackEntry] = []
+        self._put(HEADER)
+
+    def _put(self, data: bytes) -> None:
+        end = self.size + len(data)
+        if end <= len(self.buf):
+            self.buf[self.size:end] = data
+        else:
+            del self.buf[self.size:]
+            self.buf += data
+        self.size = end
 
     def add(self, blob_id: bytes, btype: int, codec: int, raw_len: int, stored: bytes) -> None:
-        self.entries.append(PackEntry(blob_id, btype, codec, raw_len, len(stored), len(self.buf)))
-        self.buf += stored
+        self.entries.append(PackEntry(blob_id, btype, codec, raw_len, len(stored), self.size))
+        self._put(stored)
 
     def __len__(self) -> int:
-        return len(self.buf)
+        return self.size
 
-    def finish(self) -> tuple[str, bytes, list[PackEntry]]:
+    def finish(self) -> tuple[str, bytearray, list[PackEntry]]:
+        """Close the pack. The bytes returned are `self.buf` itself (no copy of the pack)."""
         trailer = b"".join(ENTRY.pack(e.id, e.type, e.codec, e.raw_len, e.stored_len, e.offset)
                            for e in self.entries)
-        trailer_offset = len(self.buf)
-        self.buf += trailer
-        self.buf += FOOTER.pack(trailer_offset, len(self.entries), blake3.blake3(trailer).digest(), FOOTER_MAGIC)
-        data = bytes(self.buf)
-        return blake3.blake3(data, max_threads=1).hexdigest(), data, self.entries
+        trailer_offset = self.size
+        self._put(trailer)
+        self._put(FOOTER.pack(trailer_offset, len(self.entries), blake3.blake3(trailer).digest(), FOOTER_MAGIC))
+        del self.buf[self.size:]
+        return blake3.blake3(self.buf, max_threads=1).hexdigest(), self.buf, self.entries
 
 
 def parse_footer(name: str, tail: bytes) -> tuple[int, int, bytes]:

@@ -53,6 +53,7 @@ from .trees import Entry, decode_tree
 ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
+BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 
 
 class Repository:
@@ -180,7 +181,7 @@ class Repository:
     def session(self, req: BackupRequest, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None) -> BackupSession:
         """Open a backup session to capture a set step by step (see store/session.py)."""
-        return BackupSession(self, req, progress, cancel, workers=WORKERS)
+        return BackupSession(self, req, progress, cancel, workers=BACKUP_WORKERS)
 
     def backup(self, req: BackupRequest, progress: ProgressFn | None = None,
                cancel: threading.Event | None = None) -> BackupSet:
@@ -267,6 +268,9 @@ class Repository:
 
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
                 progress: ProgressFn | None = None, attachment: str | None = None) -> RestoreStats:
+        root = self.root_tree(s, attachment)
+        for p in paths or ():  # unknown paths (or attachment) fail before the target is touched
+            find_entry(self.load_tree, root, p)
         writer = TreeWriter(target, overwrite=overwrite)
         total = s.stats.bytes_total
         done = 0

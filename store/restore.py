@@ -3,8 +3,9 @@
 Entries come in pre-order: a directory before its contents. File content is read ahead by a
 thread pool (a bounded window of chunks, so memory stays bounded) and verified against its id;
 a chunk that cannot be read turns into a `Failed` record for that file, naming the file and
-the pack, and the stream goes on with the next entry. Hardlinked files are sent once and then
-as links to the first path restored.
+the pack, and the stream goes on with the next entry; so does a directory whose tree cannot be
+read, and an entry whose name could reach outside its directory ('..', '/' in it) is refused.
+Hardlinked files are sent once and then as links to the first path restored.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def entry_meta(path: bytes, e: Entry) -> EntryMeta:
 
 def split_path(path: str) -> list[bytes]:
     return [p for p in os.fsencode(path).split(b"/") if p and p != b"."]
+
+
+def safe_name(name: bytes) -> bool:
+    """A directory entry name that cannot reach outside its directory."""
+    return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
 
 
 def find_entry(load_tree: Callable[[bytes], list[Entry]], root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
@@ -61,8 +67,8 @@ class StreamBuilder:
         self._links: dict[str, bytes] = {}
 
     def items(self, root: bytes, paths: list[str] | None) -> Iterator[tuple]:
-        """Yield ('meta', EntryMeta) and ('chunk', id, sparse, path) in stream order."""
-        if not paths:
+        """Yield ('meta', EntryMeta | Failed) and ('chunk', id, sparse, path) in stream order."""
+        if not paths or any(not split_path(p) for p in paths):
             yield from self._tree(root, b"")
             return
         made: set[bytes] = set()
@@ -80,8 +86,18 @@ class StreamBuilder:
                 yield from self._entry(rel + b"/" + entry.name if rel else entry.name, entry)
 
     def _tree(self, tree: bytes, rel: bytes) -> Iterator[tuple]:
-        for e in self.load_tree(tree):
-            yield from self._entry(rel + b"/" + e.name if rel else e.name, e)
+        yield from self._children(self.load_tree(tree), rel)
+
+    def _children(self, entries: list[Entry], rel: bytes) -> Iterator[tuple]:
+        """Entries of one directory. Unsafe names are refused first, while no file is open,
+        because a Failed record otherwise applies to the file being written."""
+        bad = [e for e in entries if not safe_name(e.name)]
+        for e in bad:
+            yield "meta", Failed(f"refusing unsafe entry name '{os.fsdecode(e.name)}' in "
+                                 f"'{os.fsdecode(rel) or '.'}'")
+        for e in entries:
+            if safe_name(e.name):
+                yield from self._entry(rel + b"/" + e.name if rel else e.name, e)
 
     def _entry(self, path: bytes, e: Entry) -> Iterator[tuple]:
         if e.kind == "file" and e.hardlink:
@@ -92,7 +108,12 @@ class StreamBuilder:
             self._links[e.hardlink] = path
         yield "meta", entry_meta(path, e)
         if e.kind == "dir" and e.subtree:
-            yield from self._tree(e.subtree, path)
+            try:
+                entries = self.load_tree(e.subtree)
+            except CairnError as err:  # a damaged directory: report it, restore everything else
+                yield "meta", Failed(f"unable to restore the contents of '{os.fsdecode(path)}/': {err.message}")
+                return
+            yield from self._children(entries, path)
         elif e.kind == "file":
             for c in e.chunks:
                 yield "chunk", c, e.sparse, path

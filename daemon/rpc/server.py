@@ -170,6 +170,12 @@ class RpcServer:
         gid = _group_id(self._config.socket_group) if self._config.socket_group else -1
         if gid != -1:
             os.chown(path, -1, gid)
+            # The group must also reach the socket: give it search (x) on the directory we own.
+            parent = os.path.dirname(path)
+            st = os.stat(parent)
+            if st.st_uid == os.geteuid():
+                os.chown(parent, -1, gid)
+                os.chmod(parent, (st.st_mode & 0o7777) | 0o010)
         os.chmod(path, self._config.socket_mode)
         log.info("listening on unix socket %s (mode %o)", path, self._config.socket_mode)
         return server

@@ -115,13 +115,20 @@ class CairnServicer(pb_grpc.CairnServicer):
                 watch=src.watch,
                 journal=src.journal,
                 sets=src.sets,
+                journal_state=src.journal_state,
+                journal_reasons=list(src.journal_reasons),
+                pending_paths=src.pending_paths,
+                watches=src.watches,
             )
+            if src.oldest_unprotected_age is not None:
+                out.oldest_unprotected_age = src.oldest_unprotected_age
             for level, s in src.last.items():
                 out.last.add(level=level, set=set_info(s))
             for level, when in sorted(src.next_runs.items(), key=lambda kv: kv[1]):
                 out.next_runs.add(level=level, time=when)
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
+        reply.archive.CopyFrom(archive_status(self.service.archive_status()))
         return reply
 
     @rpc
@@ -176,7 +183,8 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         s, records = self.service.restore_db(
-            request.set, request.source, request.database, request.target_time, request.target_lsn
+            request.set, request.source, request.database, request.target_time, request.target_lsn,
+            os.fsdecode(request.target_path),
         )
         yield from restore_batches(set_info(s), records)
 
@@ -326,6 +334,22 @@ def set_info(s: BackupSet) -> pb.SetInfo:
         extra_json=json.dumps(s.extra, sort_keys=True, default=str),
         fuzzy_paths=[os.fsencode(p) for p in st.fuzzy_paths],
     )
+
+
+def archive_status(a: Any) -> pb.ArchiveStatus:
+    """walarchive.ArchiveSnapshot -> wire."""
+    msg = pb.ArchiveStatus(
+        last_segment=a.last_segment,
+        last_time=a.last_time,
+        pushed=a.pushed,
+        failures=a.failures,
+        last_failure=a.last_failure,
+        last_failure_time=a.last_failure_time,
+        segments=a.segments,
+    )
+    for d in a.databases:
+        msg.databases.add(**{k: v for k, v in d.items() if k in pb.DatabaseArchive.DESCRIPTOR.fields_by_name})
+    return msg
 
 
 def job_info(job: BackupJob) -> pb.JobInfo:

@@ -135,7 +135,7 @@ class NextRun(_message.Message):
     def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets")
+    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,11 @@ class SourceStatus(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     NEXT_RUNS_FIELD_NUMBER: _ClassVar[int]
     SETS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_STATE_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_REASONS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_UNPROTECTED_AGE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_PATHS_FIELD_NUMBER: _ClassVar[int]
+    WATCHES_FIELD_NUMBER: _ClassVar[int]
     name: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
     configured: bool
@@ -154,15 +159,64 @@ class SourceStatus(_message.Message):
     running: JobInfo
     next_runs: _containers.RepeatedCompositeFieldContainer[NextRun]
     sets: int
-    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ...) -> None: ...
+    journal_state: str
+    journal_reasons: _containers.RepeatedScalarFieldContainer[str]
+    oldest_unprotected_age: float
+    pending_paths: int
+    watches: int
+    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("daemon", "sources")
+    __slots__ = ("daemon", "sources", "archive")
     DAEMON_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     daemon: DaemonInfo
     sources: _containers.RepeatedCompositeFieldContainer[SourceStatus]
-    def __init__(self, daemon: _Optional[_Union[DaemonInfo, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ...) -> None: ...
+    archive: ArchiveStatus
+    def __init__(self, daemon: _Optional[_Union[DaemonInfo, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., archive: _Optional[_Union[ArchiveStatus, _Mapping]] = ...) -> None: ...
+
+class ArchiveStatus(_message.Message):
+    __slots__ = ("last_segment", "last_time", "pushed", "failures", "last_failure", "last_failure_time", "segments", "databases")
+    LAST_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIME_FIELD_NUMBER: _ClassVar[int]
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    DATABASES_FIELD_NUMBER: _ClassVar[int]
+    last_segment: str
+    last_time: float
+    pushed: int
+    failures: int
+    last_failure: str
+    last_failure_time: float
+    segments: int
+    databases: _containers.RepeatedCompositeFieldContainer[DatabaseArchive]
+    def __init__(self, last_segment: _Optional[str] = ..., last_time: _Optional[float] = ..., pushed: _Optional[int] = ..., failures: _Optional[int] = ..., last_failure: _Optional[str] = ..., last_failure_time: _Optional[float] = ..., segments: _Optional[int] = ..., databases: _Optional[_Iterable[_Union[DatabaseArchive, _Mapping]]] = ...) -> None: ...
+
+class DatabaseArchive(_message.Message):
+    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ARCHIVED_TIME_FIELD_NUMBER: _ClassVar[int]
+    FAILED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILED_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILED_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAG_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    error: str
+    current_segment: str
+    last_archived: str
+    last_archived_time: float
+    failed_count: int
+    last_failed: str
+    last_failed_time: float
+    lag_segments: int
+    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("source", "level", "tags")
@@ -273,18 +327,20 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
     TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
     target_time: str
     target_lsn: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ...) -> None: ...
+    target_path: bytes
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
 
 class Xattr(_message.Message):
     __slots__ = ("name", "value")

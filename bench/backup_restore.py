@@ -1,0 +1,312 @@
+"""Full backup and restore of the standard corpus with Cairn, restic and borg, in one run.
+
+  python -m bench.backup_restore [--workdir DIR] [--corpus-script PATH] [--big-mib N]
+                                 [--tools cairn,restic,borg] [--runs N] [--rebuild-corpus]
+
+Builds the corpus once (../shared/bench/build_corpus.py beside the project root unless
+--corpus-script says otherwise) into the work dir (default bench/out/), reads it once so every
+tool starts from a warm page cache (caches cannot be dropped here), then for each tool: a fresh
+repository, a full backup, a restore into an empty directory. Every tool, Cairn too, runs as a
+child process; time is wall time, memory is the child's peak RSS from wait4. Cairn's restore is
+compared with the corpus (content, mode, file mtime). Prints a table and the Cairn/peer ratios
+against the target of issue 2 (backup and restore >= 1.5x restic, peak memory <= restic).
+With --runs N (default 3) the tools take turns N times, each on a fresh repository; the table
+shows the best speed of the N runs (other work on the machine only ever slows a run down) and
+the highest peak memory; results.json in the work dir holds every run and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    DEFAULT_CORPUS_SCRIPT,
+    DEFAULT_WORKDIR,
+    MB,
+    PROJECT_ROOT,
+    Measured,
+    build_corpus,
+    compare_trees,
+    dir_size,
+    fresh_dir,
+    run_measured,
+    tree_bytes,
+    warm,
+)
+
+TARGET_SPEEDUP = 1.5
+
+
+@dataclass
+class ToolResult:
+    """Measurements of one tool over one or more runs."""
+
+    name: str
+    version: str = ""
+    backup_s: list[float] = field(default_factory=list)
+    restore_s: list[float] = field(default_factory=list)
+    backup_rss: list[int] = field(default_factory=list)
+    restore_rss: list[int] = field(default_factory=list)
+    repo_bytes: int = 0
+    verified: str = "not checked"
+
+    def median(self, xs: list[float]) -> float:
+        return statistics.median(xs) if xs else float("nan")
+
+
+class Tool:
+    """One backup program: how to init a repository, back up the corpus and restore it."""
+
+    name = ""
+    binary = ""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.logs = work / "logs"
+
+    def available(self) -> bool:
+        return shutil.which(self.binary) is not None
+
+    def version(self) -> str:
+        try:
+            return subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "?"
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def run(self, cmd: list[str], step: str, cwd: Path | None = None) -> Measured:
+        return run_measured(cmd, env=self.env(), cwd=cwd, logdir=self.logs, name=f"{self.name}-{step}").check()
+
+    def init(self, repo: Path) -> None:
+        pass
+
+    def backup(self, repo: Path, corpus: Path) -> Measured:
+        raise NotImplementedError
+
+    def restore(self, repo: Path, target: Path) -> Measured:
+        raise NotImplementedError
+
+    def restored_root(self, target: Path, corpus: Path) -> Path:
+        return target
+
+
+class Cairn(Tool):
+    name = "cairn"
+    binary = sys.executable
+
+    def available(self) -> bool:
+        return subprocess.run([sys.executable, "-c", "import cairn.store.repository"], cwd=PROJECT_ROOT,
+                              capture_output=True).returncode == 0
+
+    def version(self) -> str:
+        code = "import importlib.metadata as m; print(m.version('cairn-backup'))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+
+    def backup(self, repo: Path, corpus: Path) -> Measured:
+        return self.run([sys.executable, "-m", "bench.cairn_run", "backup", str(repo), str(corpus)], "backup",
+                        cwd=PROJECT_ROOT)
+
+    def restore(self, repo: Path, target: Path) -> Measured:
+        return self.run([sys.executable, "-m", "bench.cairn_run", "restore", str(repo), str(target)], "restore",
+                        cwd=PROJECT_ROOT)
+
+
+class Restic(Tool):
+    name = "restic"
+    binary = "restic"
+
+    def version(self) -> str:
+        return subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
+
+    def env(self) -> dict[str, str]:
+        return {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(self.work / "restic-cache")}
+
+    def init(self, repo: Path) -> None:
+        help_text = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True).stdout
+        extra = ["--insecure-no-password"] if "--insecure-no-password" in help_text else []
+        self.run(["restic", "-r", str(repo), "init", *extra], "init")
+
+    def backup(self, repo: Path, corpus: Path) -> Measured:
+        return self.run(["restic", "-r", str(repo), "backup", "--quiet", str(corpus)], "backup")
+
+    def restore(self, repo: Path, target: Path) -> Measured:
+        return self.run(["restic", "-r", str(repo), "restore", "latest", "--target", str(target)], "restore")
+
+    def restored_root(self, target: Path, corpus: Path) -> Path:
+        return target / str(corpus).lstrip("/")
+
+
+class Borg(Tool):
+    name = "borg"
+    binary = "borg"
+
+    def env(self) -> dict[str, str]:
+        return {"BORG_BASE_DIR": str(self.work / "borg-base"), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+                "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+    def init(self, repo: Path) -> None:
+        self.run(["borg", "init", "--encryption=none", str(repo)], "init")
+
+    def backup(self, repo: Path, corpus: Path) -> Measured:
+        return self.run(["borg", "create", f"{repo}::bench", corpus.name], "backup", cwd=corpus.parent)
+
+    def restore(self, repo: Path, target: Path) -> Measured:
+        return self.run(["borg", "extract", f"{repo}::bench"], "restore", cwd=target)
+
+    def restored_root(self, target: Path, corpus: Path) -> Path:
+        return target / corpus.name
+
+
+TOOLS = {"cairn": Cairn, "restic": Restic, "borg": Borg}
+
+
+def prepare_corpus(args: argparse.Namespace, work: Path) -> Path:
+    corpus = work / "corpus"
+    stamp = work / "corpus.stamp"
+    want = json.dumps({"script": str(args.corpus_script), "big_mib": args.big_mib})
+    if args.rebuild_corpus or not corpus.is_dir() or not stamp.exists() or stamp.read_text() != want:
+        print(f"building corpus in {corpus} ...", flush=True)
+        build_corpus(args.corpus_script, corpus, big_mib=args.big_mib)
+        stamp.write_text(want)
+    return corpus
+
+
+def bench_once(tool: Tool, res: ToolResult, corpus: Path, run: int, verify: bool) -> None:
+    """One fresh repository, one full backup, one restore into an empty directory."""
+    repo = tool.work / f"repo-{tool.name}"
+    target = tool.work / f"restore-{tool.name}"
+    if repo.exists():
+        shutil.rmtree(repo)
+    fresh_dir(target)
+    tool.init(repo)
+    settle(corpus)
+    b = tool.backup(repo, corpus)
+    res.backup_s.append(b.seconds)
+    res.backup_rss.append(b.peak_rss)
+    settle(None)
+    r = tool.restore(repo, target)
+    res.restore_s.append(r.seconds)
+    res.restore_rss.append(r.peak_rss)
+    print(f"  run {run}: {tool.name:7} backup {b.seconds:6.2f} s  peak {b.peak_rss / MB:5.0f} MB | "
+          f"restore {r.seconds:6.2f} s  peak {r.peak_rss / MB:5.0f} MB", flush=True)
+    res.repo_bytes = dir_size(repo)
+    if verify:
+        problems = compare_trees(corpus, tool.restored_root(target, corpus))
+        res.verified = "restore equals corpus" if not problems else \
+            f"{len(problems)} differences, first: {problems[:3]}"
+    shutil.rmtree(target)
+    shutil.rmtree(repo)
+    os.sync()
+
+
+def settle(corpus: Path | None) -> None:
+    """Flush dirty pages left by earlier steps and (re)warm the corpus, so each step starts alike."""
+    os.sync()
+    if corpus is not None:
+        warm(corpus)
+    time.sleep(0.5)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def report(results: list[ToolResult], corpus_bytes: int, files: int) -> dict:
+    runs = max(len(r.backup_s) for r in results)
+    print(f"\ncorpus: {files} files, {corpus_bytes / MB:.0f} MB (MB = 10^6 bytes); speed is the best of "
+          f"{runs} run(s), peak RSS the highest\n")
+    hdr = f"{'tool':8} {'backup MB/s':>12} {'restore MB/s':>13} {'peak RSS MB (b/r)':>18} {'repo MB':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    rows = {}
+    for r in results:
+        bs, rs = min(r.backup_s), min(r.restore_s)
+        row = {"backup_mbps": corpus_bytes / bs / MB, "restore_mbps": corpus_bytes / rs / MB,
+               "backup_s": bs, "restore_s": rs, "backup_rss_mb": max(r.backup_rss) / MB,
+               "restore_rss_mb": max(r.restore_rss) / MB, "repo_mb": r.repo_bytes / MB,
+               "backup_s_all": r.backup_s, "restore_s_all": r.restore_s,
+               "backup_mbps_median": corpus_bytes / r.median(r.backup_s) / MB,
+               "restore_mbps_median": corpus_bytes / r.median(r.restore_s) / MB,
+               "version": r.version, "verified": r.verified}
+        rows[r.name] = row
+        rss = f"{row['backup_rss_mb']:.0f}/{row['restore_rss_mb']:.0f}"
+        print(f"{r.name:8} {row['backup_mbps']:12.1f} {row['restore_mbps']:13.1f} {rss:>18} {row['repo_mb']:9.0f}")
+    if "cairn" in rows:
+        print(f"\ncairn restore check: {rows['cairn']['verified']}")
+        c = rows["cairn"]
+        for peer in ("restic", "borg"):
+            if peer not in rows:
+                continue
+            p = rows[peer]
+            c_rss = max(c["backup_rss_mb"], c["restore_rss_mb"])
+            p_rss = max(p["backup_rss_mb"], p["restore_rss_mb"])
+            print(f"cairn/{peer}: backup {ratio(c['backup_mbps'], p['backup_mbps'])}, "
+                  f"restore {ratio(c['restore_mbps'], p['restore_mbps'])}, "
+                  f"peak RSS {ratio(c_rss, p_rss)}, "
+                  f"repo size {ratio(c['repo_mb'], p['repo_mb'])}")
+        if "restic" in rows:
+            p = rows["restic"]
+            ok = (c["backup_mbps"] >= TARGET_SPEEDUP * p["backup_mbps"]
+                  and c["restore_mbps"] >= TARGET_SPEEDUP * p["restore_mbps"]
+                  and max(c["backup_rss_mb"], c["restore_rss_mb"]) <= max(p["backup_rss_mb"], p["restore_rss_mb"]))
+            print(f"target (>= {TARGET_SPEEDUP}x restic backup and restore, peak RSS <= restic): "
+                  f"{'MET' if ok else 'NOT MET'}")
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    ap.add_argument("--corpus-script", type=Path, default=DEFAULT_CORPUS_SCRIPT)
+    ap.add_argument("--big-mib", type=int, default=None, help="size of the big mixed file (script default 512)")
+    ap.add_argument("--tools", default="cairn,restic,borg")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rebuild-corpus", action="store_true")
+    ap.add_argument("--no-verify", action="store_true", help="skip comparing Cairn's restore with the corpus")
+    args = ap.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = prepare_corpus(args, work)
+    files, corpus_bytes = tree_bytes(corpus)
+    tools: list[Tool] = []
+    for name in [t.strip() for t in args.tools.split(",") if t.strip()]:
+        if name not in TOOLS:
+            print(f"unknown tool '{name}' (known: {', '.join(TOOLS)})", file=sys.stderr)
+            return 2
+        tool = TOOLS[name](work)
+        if not tool.available():
+            print(f"{name}: not installed, skipped (Debian package '{name}')", flush=True)
+            continue
+        print(f"{name}: {(tool.version().splitlines() or [''])[0]}", flush=True)
+        tools.append(tool)
+    if not tools:
+        print("no tool ran", file=sys.stderr)
+        return 1
+    results = {t.name: ToolResult(t.name, version=t.version()) for t in tools}
+    for run in range(1, args.runs + 1):  # interleaved, so background load hits every tool alike
+        for tool in tools:
+            verify = tool.name == "cairn" and not args.no_verify and run == args.runs
+            bench_once(tool, results[tool.name], corpus, run, verify)
+    results = list(results.values())
+    rows = report(results, corpus_bytes, files)
+    (work / "results.json").write_text(json.dumps({"corpus_bytes": corpus_bytes, "files": files, "tools": rows},
+                                                  indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Benchmark helpers: measured child processes, the corpus, tree digests and sizes.
+
+Every tool (Cairn included) runs as a child process, and its wall time and peak resident
+memory come from the same place: `os.wait4` on that child (ru_maxrss, which covers the child
+and any descendants it waited for). Nothing here imports Cairn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+DEFAULT_CORPUS_SCRIPT = PROJECT_ROOT.parent / "shared" / "bench" / "build_corpus.py"
+DEFAULT_WORKDIR = BENCH_DIR / "out"
+MB = 1_000_000
+
+
+@dataclass
+class Measured:
+    """One finished child process: wall seconds, peak RSS in bytes, exit code, output tails."""
+
+    cmd: list[str]
+    seconds: float
+    peak_rss: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Measured:
+        if self.returncode != 0:
+            tail = (self.stderr or self.stdout).strip().splitlines()[-15:]
+            raise RuntimeError(f"command failed ({self.returncode}): {' '.join(self.cmd)}\n" + "\n".join(tail))
+        return self
+
+
+def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+                 logdir: Path | None = None, name: str = "run") -> Measured:
+    """Run `cmd` to completion; time it and read its peak RSS through wait4."""
+    logdir = logdir or Path(os.environ.get("TMPDIR", "/tmp"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logdir / f"{name}.stdout", logdir / f"{name}.stderr"
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(cmd=cmd, seconds=seconds, peak_rss=usage.ru_maxrss * 1024, returncode=proc.returncode,
+                    stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"))
+
+
+def build_corpus(script: Path, out: Path, *, big_mib: int | None = None) -> None:
+    """Build the corpus with the shared script (same Python, so the same stdlib copy)."""
+    if not script.is_file():
+        raise SystemExit(f"corpus script not found: {script} (pass --corpus-script)")
+    cmd = [sys.executable, str(script), str(out)]
+    if big_mib is not None:
+        cmd += ["--big-mib", str(big_mib)]
+    subprocess.run(cmd, check=True)
+
+
+def walk_files(root: Path):
+    """Yield (relative path, lstat) for every entry under root, sorted, root excluded."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            yield os.path.relpath(p, root), os.lstat(p)
+
+
+def tree_bytes(root: Path) -> tuple[int, int]:
+    """(number of regular files, total bytes of regular files) under root."""
+    files = size = 0
+    for _, st in walk_files(root):
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            size += st.st_size
+    return files, size
+
+
+def warm(root: Path) -> None:
+    """Read every file once so that each tool starts from the same (warm) page cache."""
+    buf = bytearray(4 << 20)
+    for rel, st in walk_files(root):
+        if stat.S_ISREG(st.st_mode):
+            with open(root / rel, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+
+def tree_digest(root: Path) -> dict[str, tuple]:
+    """Per entry: kind, mode, size, mtime_ns, content sha256 (files) or link target."""
+    out: dict[str, tuple] = {}
+    for rel, st in walk_files(root):
+        p = root / rel
+        if stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            with open(p, "rb", buffering=0) as f:
+                while chunk := f.read(4 << 20):
+                    h.update(chunk)
+            out[rel] = ("file", st.st_mode, st.st_size, st.st_mtime_ns, h.hexdigest())
+        elif stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", st.st_mode)
+        else:
+            out[rel] = ("other", st.st_mode)
+    return out
+
+
+def compare_trees(a: Path, b: Path) -> list[str]:
+    """Differences between two trees (content, mode, file mtime); empty when equal."""
+    da, db = tree_digest(a), tree_digest(b)
+    problems = [f"missing in restore: {p}" for p in sorted(set(da) - set(db))]
+    problems += [f"extra in restore: {p}" for p in sorted(set(db) - set(da))]
+    problems += [f"differs: {p}" for p in sorted(set(da) & set(db)) if da[p] != db[p]]
+    return problems
+
+
+def dir_size(root: Path) -> int:
+    """Allocated-independent size: sum of st_size of regular files under root."""
+    return tree_bytes(root)[1]
+
+
+def fresh_dir(p: Path) -> Path:
+    if p.exists():
+        shutil.rmtree(p)
+    p.mkdir(parents=True)
+    return p

@@ -1,0 +1,213 @@
+"""WAL archive health and continuity: what `cairn status` and `cairn verify` say about WAL.
+
+- `ArchiveHealth` counts the daemon's WAL pushes (stored, refused or failed) and remembers the
+  newest segment and the last failure; `snapshot(repo)` adds what the repository holds.
+- `server_archiver(conn)` reads pg_stat_archiver and the server's current segment (the lag
+  in segments between what the server writes and what reached the archive).
+- `continuity_problems(repo, sets)` checks, for each set holding a database, that WAL is
+  archived without gaps on the set's timeline from its first segment onward, and on each
+  later timeline that branched off it (from its switch point, per the timeline's .history
+  file); a gap inside a set's own range (first..last) means the set cannot be restored.
+
+What always holds: names are compared as (timeline, segment number) with the segment size
+each set recorded; no WAL content is read.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn.store.errors import CairnError
+from cairn.store.model import BackupSet, CheckProblem
+
+SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+MAX_GAPS_REPORTED = 20
+
+
+@dataclass
+class ArchiveSnapshot:
+    """Archiving health as status shows it."""
+
+    last_segment: str = ""
+    last_time: float = 0.0
+    pushed: int = 0
+    failures: int = 0
+    last_failure: str = ""
+    last_failure_time: float = 0.0
+    segments: int = 0
+    databases: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ArchiveHealth:
+    """Counts of WAL pushes seen by this daemon (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_segment = ""
+        self._last_time = 0.0
+        self._pushed = 0
+        self._failures = 0
+        self._last_failure = ""
+        self._last_failure_time = 0.0
+
+    def stored(self, name: str) -> None:
+        with self._lock:
+            self._pushed += 1
+            if SEGMENT_RE.match(name) and name >= self._last_segment:
+                self._last_segment, self._last_time = name, time.time()
+
+    def failed(self, name: str, message: str) -> None:
+        with self._lock:
+            self._failures += 1
+            self._last_failure = f"{name}: {message}"
+            self._last_failure_time = time.time()
+
+    def snapshot(self, wal_names: list[str]) -> ArchiveSnapshot:
+        segs = [n for n in wal_names if SEGMENT_RE.match(n)]
+        newest = max(segs, default="")
+        with self._lock:
+            last, when = self._last_segment, self._last_time
+            if newest > last:
+                last, when = newest, 0.0  # archived before this daemon started
+            return ArchiveSnapshot(last_segment=last, last_time=when, pushed=self._pushed,
+                                   failures=self._failures, last_failure=self._last_failure,
+                                   last_failure_time=self._last_failure_time, segments=len(segs))
+
+
+def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
+    """server_archiver() of a configured database, or {'error': ...} when it cannot be asked."""
+    from cairn.daemon.postgres import PgConnection  # psycopg2 only when a database is configured
+
+    try:
+        with PgConnection.open(db.dsn, name=db.name, connect_timeout=connect_timeout, check_rights=False,
+                               require_archiving=False) as conn:
+            return server_archiver(conn)
+    except CairnError as exc:
+        return {"error": exc.message}
+
+
+def server_archiver(conn: Any) -> dict[str, Any]:
+    """pg_stat_archiver of a server and its current segment; `conn` is a PgConnection."""
+    row = conn.query_one(
+        "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, ''), "
+        "coalesce(extract(epoch FROM last_archived_time), 0)::float8, failed_count, "
+        "coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time), 0)::float8 "
+        "FROM pg_stat_archiver")
+    current, archived, archived_time, failed, last_failed, failed_time = row
+    lag = 0
+    cur, arc = parse_segment(current), parse_segment(archived)
+    if cur is not None and arc is not None and cur[0] == arc[0]:
+        lag = max(0, cur[1] - arc[1] - 1)  # the current segment is still being written
+    elif cur is not None and arc is None:
+        lag = 1
+    return {"current_segment": current, "last_archived": archived, "last_archived_time": float(archived_time),
+            "failed_count": int(failed), "last_failed": last_failed, "last_failed_time": float(failed_time),
+            "lag_segments": lag}
+
+
+def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
+    """(timeline, absolute segment number) of a WAL segment name, None for other names."""
+    m = SEGMENT_RE.match(name)
+    if m is None:
+        return None
+    per = 0x100000000 // segment_size
+    return int(m.group(1), 16), int(m.group(2), 16) * per + int(m.group(3), 16)
+
+
+def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    per = 0x100000000 // segment_size
+    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int]]]:
+    """timeline -> [(ancestor timeline, LSN where the next timeline branched off it)], oldest first."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for tli, text in histories.items():
+        steps = []
+        for line in text.decode("utf-8", "replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].isdigit() and "/" in parts[1]:
+                hi, lo = parts[1].split("/", 1)
+                try:
+                    steps.append((int(parts[0]), (int(hi, 16) << 32) | int(lo, 16)))
+                except ValueError:
+                    continue
+        out[tli] = steps
+    return out
+
+
+def continuity_problems(repo: Any, sets: list[BackupSet]) -> list[CheckProblem]:
+    """Gaps in archived WAL that sets depend on (see the module docstring)."""
+    names = repo.list_wal()
+    db_sets = [s for s in sets if isinstance(s.extra, dict) and isinstance(s.extra.get("database"), dict)]
+    if not db_sets:
+        return []
+    histories: dict[int, bytes] = {}
+    for n in names:
+        m = HISTORY_RE.match(n)
+        if m:
+            try:
+                histories[int(m.group(1), 16)] = repo.get_wal(n)
+            except Exception:  # noqa: BLE001 - an unreadable history file is reported by the data check
+                continue
+    switches = _switch_points(histories)
+    problems: dict[tuple[int, int], tuple[str, list[str]]] = {}
+    for s in db_sets:
+        rec = s.extra["database"]
+        size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+        have = _segments_by_timeline(names, size)
+        first = parse_segment(str(rec.get("wal", {}).get("first", "")), size)
+        last = parse_segment(str(rec.get("wal", {}).get("last", "")), size)
+        if first is None:
+            continue
+        tli = first[0]
+        ranges = [(tli, first[1])]
+        for later, steps in switches.items():
+            for ancestor, lsn in steps:
+                # `later` descends from the set's timeline when it branched off it after the set began
+                if ancestor == tli and lsn // size >= first[1]:
+                    ranges.append((later, lsn // size))
+        for t, start in ranges:
+            segs = have.get(t, set())
+            top = max(segs, default=start - 1)
+            if last is not None and t == last[0]:
+                top = max(top, last[1])
+            gap_start = None
+            for segno in range(start, top + 2):
+                missing = segno <= top and segno not in segs
+                if missing and gap_start is None:
+                    gap_start = segno
+                elif not missing and gap_start is not None:
+                    key = (t, gap_start)
+                    fatal = last is not None and t == last[0] and gap_start <= last[1]
+                    msg = _gap_message(t, gap_start, segno - 1, size, fatal)
+                    old = problems.get(key)
+                    problems[key] = (msg if old is None or fatal else old[0], (old[1] if old else []) + [s.id])
+                    gap_start = None
+    out = [CheckProblem(message=msg, object_id=segment_name(t, g), sets=tuple(ids))
+           for (t, g), (msg, ids) in sorted(problems.items())]
+    return out[:MAX_GAPS_REPORTED]
+
+
+def _segments_by_timeline(names: list[str], size: int) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for n in names:
+        p = parse_segment(n, size)
+        if p is not None:
+            out.setdefault(p[0], set()).add(p[1])
+    return out
+
+
+def _gap_message(tli: int, first: int, last: int, size: int, fatal: bool) -> str:
+    what = segment_name(tli, first, size)
+    if last > first:
+        what += f" .. {segment_name(tli, last, size)} ({last - first + 1} segments)"
+    effect = ("the set cannot be restored" if fatal
+              else "point-in-time recovery past the gap is impossible")
+    return f"WAL is not continuous on timeline {tli}: {what} missing from the archive; {effect}"

@@ -1,0 +1,77 @@
+"""The real cairnd, plus test hooks reached by SIGUSR1 (tests only; nothing here ships).
+
+The test writes one command into `$CAIRN_TEST_HOOKS/cmd` and sends SIGUSR1; the hook runs in
+its own thread and writes `$CAIRN_TEST_HOOKS/done` (JSON) when finished. Commands:
+  overflow     the watcher sees an inotify queue overflow at this point of its event stream
+  deaf         the change tracker drops every event from now on (a change the journal misses)
+  hear         wait until every event so far was handled (dropped), then record events again
+  backstop     run the backstop scan now; the result is {source: [[path, what], ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+
+from cairn.daemon import main as cairnd
+
+HOOKS = os.environ["CAIRN_TEST_HOOKS"]
+SINK_METHODS = ("changed", "new_directory", "unwatched", "rescan")
+
+
+def _drop(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _run(daemon: cairnd.Daemon, cmd: str) -> object:
+    tracker = daemon.tracker
+    if cmd == "overflow":
+        tracker.watcher.simulate_overflow()
+        return "ok"
+    if cmd == "deaf":
+        for name in SINK_METHODS:
+            setattr(tracker, name, _drop)
+        return "ok"
+    if cmd == "hear":
+        ok = tracker.watcher.barrier(5.0)
+        for name in SINK_METHODS:
+            tracker.__dict__.pop(name, None)
+        return "ok" if ok else "barrier timed out"
+    if cmd == "backstop":
+        found = daemon.backstop_now()
+        return {src: [[d.path, d.what] for d in diffs] for src, diffs in found.items()}
+    return f"unknown command {cmd!r}"
+
+
+def _install(daemon: cairnd.Daemon) -> None:
+    def work() -> None:
+        with open(os.path.join(HOOKS, "cmd"), encoding="utf-8") as f:
+            cmd = f.read().strip()
+        try:
+            result = {"ok": True, "result": _run(daemon, cmd)}
+        except Exception as exc:  # the test wants to see it
+            result = {"ok": False, "result": repr(exc)}
+        tmp = os.path.join(HOOKS, "done.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        os.rename(tmp, os.path.join(HOOKS, "done"))
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=work, daemon=True).start())
+
+
+_start = cairnd.Daemon.start
+
+
+def _hooked_start(self: cairnd.Daemon) -> None:
+    _install(self)  # before READY=1: a test may signal as soon as it sees it
+    _start(self)
+
+
+cairnd.Daemon.start = _hooked_start
+
+if __name__ == "__main__":
+    sys.argv[0] = "cairnd"
+    sys.exit(cairnd.main())

@@ -1,0 +1,106 @@
+"""Prune: forget sets by retention policy, free what nothing references, keep the rest whole."""
+
+from __future__ import annotations
+
+import pytest
+from cairn.store.model import PrunePolicy
+from storekit import backup, differences, listing, snapshot, write_random
+
+MIB = 1024 * 1024
+
+
+def chunks_of(repo, s, name: str) -> list[bytes]:
+    return next(e for e in repo.load_tree(bytes.fromhex(s.tree)) if e.name == name.encode()).chunks
+
+
+@pytest.fixture
+def history(repo, src, rng):
+    """full1, inc1, inc2, full2, inc3 of source 'src' and one full of 'other', with snapshots."""
+    write_random(src / "shared", 500_000, rng)
+    write_random(src / "gone-early", 2 * MIB, rng)
+    sets, snaps = {}, {}
+    sets["full1"] = backup(repo, src, "full")
+    snaps["full1"] = snapshot(src)
+    (src / "gone-early").unlink()
+    write_random(src / "inc1-data", 1 * MIB, rng)
+    sets["inc1"] = backup(repo, src, "incremental")
+    (src / "inc1-data").unlink()
+    write_random(src / "inc2-data", 300_000, rng)
+    sets["inc2"] = backup(repo, src, "incremental")
+    sets["full2"] = backup(repo, src, "full")
+    snaps["full2"] = snapshot(src)
+    write_random(src / "inc3-data", 200_000, rng)
+    sets["inc3"] = backup(repo, src, "incremental")
+    snaps["inc3"] = snapshot(src)
+    other = src.parent / "other"
+    other.mkdir()
+    write_random(other / "o", 100_000, rng)
+    sets["other"] = backup(repo, other, "full", source="other")
+    return sets, snaps
+
+
+def test_prune_forgets_by_level_and_frees_chunks(repo, history, tmp_path):
+    sets, snaps = history
+    gone_chunks = chunks_of(repo, sets["full1"], "gone-early") + chunks_of(repo, sets["inc1"], "inc1-data")
+    assert all(c in repo.index for c in gone_chunks)
+    report = repo.prune(PrunePolicy(keep_full=1, keep_incremental=1), source="src")
+    assert set(report.forgotten) == {sets[k].id for k in ("full1", "inc1", "inc2")}
+    assert set(report.kept) == {sets["full2"].id, sets["inc3"].id}
+    assert report.bytes_freed >= 3 * MIB and not report.dry_run
+    assert [s.id for s in repo.list_sets()] == [sets[k].id for k in ("full2", "inc3", "other")]
+    assert not any(c in repo.index for c in gone_chunks)
+    check = repo.check(read_data=True)
+    assert check.ok and check.warnings == ()
+    for k in ("full2", "inc3"):
+        stats = repo.restore(sets[k], str(tmp_path / k))
+        assert stats.errors == ()
+        assert not differences(snaps[k], snapshot(tmp_path / k))
+    assert repo.restore(sets["other"], str(tmp_path / "other-out")).errors == ()
+
+
+def test_prune_dry_run_changes_nothing(repo, history, tmp_path):
+    sets, _ = history
+    before = listing(str(tmp_path / "repo"))
+    report = repo.prune(PrunePolicy(keep_full=1, keep_incremental=0), dry_run=True)
+    assert report.dry_run
+    assert set(report.forgotten) == {sets[k].id for k in ("full1", "inc1", "inc2", "inc3")}
+    assert report.bytes_freed > 0
+    assert listing(str(tmp_path / "repo")) == before
+    assert len(repo.list_sets()) == 6
+
+
+def test_prune_with_nothing_to_forget_keeps_all(repo, history):
+    sets, _ = history
+    index_size = len(repo.index)
+    report = repo.prune(PrunePolicy())
+    assert report.forgotten == () and report.packs_deleted == 0
+    assert len(repo.list_sets()) == 6 and len(repo.index) == index_size
+    assert repo.check(read_data=True).ok
+
+
+def test_prune_is_scoped_to_a_source(repo, history):
+    sets, _ = history
+    report = repo.prune(PrunePolicy(keep_full=0, keep_incremental=0, keep_differential=0), source="other")
+    assert report.forgotten == (sets["other"].id,)
+    assert len(repo.list_sets("src")) == 5 and repo.list_sets("other") == []
+    assert repo.check(read_data=True).ok
+
+
+def test_prune_everything_leaves_an_empty_consistent_repository(repo, history, src, tmp_path):
+    repo.prune(PrunePolicy(keep_full=0, keep_incremental=0, keep_differential=0))
+    assert repo.list_sets() == []
+    assert len(repo.index) == 0
+    report = repo.check(read_data=True)
+    assert report.ok and report.warnings == ()
+    s = backup(repo, src, "incremental")
+    assert s.level == "full" and "taken as full" in s.note
+    assert repo.restore(s, str(tmp_path / "out")).errors == ()
+    assert not differences(snapshot(src), snapshot(tmp_path / "out"))
+
+
+def test_prune_keeps_wal_chunks(repo, history):
+    wal = bytes(range(256)) * 4096
+    repo.put_wal("000000010000000000000001", wal)
+    repo.prune(PrunePolicy(keep_full=0, keep_incremental=0, keep_differential=0))
+    assert repo.get_wal("000000010000000000000001") == wal
+    assert repo.check(read_data=True).ok
