@@ -137,6 +137,9 @@ class BlobWriter:
         self._error: BaseException | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._spare: list[bytearray] = []  # buffers of uploaded packs, reused by new builders
+        self._spare_cv = threading.Condition()
+        self._buffers = 1  # pack buffers in existence: at most max_pending + 2 (filling, queued, uploading)
+        self._max_buffers = max_pending + 2
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_written = 0
@@ -246,17 +249,27 @@ class BlobWriter:
             builder = None  # free the pack's memory while waiting for the next one
 
     def _new_builder(self) -> PackBuilder:
-        """A builder on a recycled buffer if one is free (caller holds the lock)."""
-        return PackBuilder(self._spare.pop() if self._spare else None)
+        """A builder on a recycled buffer; waits for an upload to free one when the limit is
+        reached, so pack memory stays bounded however slow the backend (caller holds the lock;
+        the uploader recycles without it)."""
+        with self._spare_cv:
+            while not self._spare and self._buffers >= self._max_buffers:
+                self._raise_if_failed()
+                self._spare_cv.wait(0.2)
+            if self._spare:
+                return PackBuilder(self._spare.pop())
+            self._buffers += 1
+            return PackBuilder()
 
     def _upload(self, builder: PackBuilder) -> None:
         name, data, entries = builder.finish()
         self.backend.put("packs", name, data)
         if self.backend.stat("packs", name) != len(data):
             raise BackendError(f"unable to write pack '{short(name)}': size mismatch after write")
+        with self._spare_cv:
+            self._spare.append(data)  # the backend is done with it: put has returned
+            self._spare_cv.notify()
         with self._lock:
-            if len(self._spare) < self._queue.maxsize + 2:
-                self._spare.append(data)  # the backend is done with it: put has returned
             self._unindexed[name] = entries
             self.packs_written += 1
             flush = len(self._unindexed) >= self.index_every
@@ -277,7 +290,7 @@ class BlobWriter:
         """Flush the last pack, wait for uploads, write the index. Raises the first failure."""
         self._stop_pool()
         with self._lock:
-            last, self._builder = self._builder, self._new_builder()
+            last, self._builder = self._builder, PackBuilder()
         if last.entries:
             self._enqueue(last)
         self._queue.put(None)

@@ -41,6 +41,7 @@ class BackupSession:
     def __init__(self, repo: Repository, req: BackupRequest, progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None, workers: int = 3) -> None:
         repo._writable()
+        check_paths(req.paths)
         self.repo = repo
         self.level, self.base, self.note = repo.choose_base(req.source, req.level)
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
@@ -177,6 +178,18 @@ class BackupSession:
             "tree": tree.hex(), "stats": asdict(stats), "tags": list(self.req.tags), "note": self.note,
             "extra": extra, "attachments": self._attachments,
         }
+
+
+def check_paths(paths: tuple[str, ...]) -> None:
+    """A request needs at least one path; with several, each names its own subtree of the root
+    by basename, so the basenames must be distinct (and not empty, as for '/')."""
+    if not paths:
+        raise InvalidArgumentError("a backup needs at least one source path")
+    if len(paths) > 1:
+        names = [os.path.basename(os.path.normpath(p)) for p in paths]
+        clash = next((n for n in names if not n or names.count(n) > 1), None)
+        if clash is not None:
+            raise InvalidArgumentError(f"source paths must have distinct names: '{clash or '/'}' is ambiguous")
 
 
 def _ticker(progress: ProgressFn | None, tally: Tally) -> Callable[[], None]:

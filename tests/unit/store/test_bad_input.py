@@ -148,3 +148,14 @@ def test_read_only_repository_refuses_writes(tmp_path, src, rng):
     with pytest.raises(FailedPreconditionError):
         ro.put_wal("000000010000000000000001", b"x")
     assert listing(str(where)) == before
+
+
+@pytest.mark.parametrize("paths", [(), ("{t}/one/data", "{t}/two/data"), ("/", "{t}/one/data"),
+                                   ("{t}/one/data/", "{t}/two/data")])
+def test_bad_source_path_lists(repo, tmp_path, paths):
+    for d in ("one/data", "two/data"):
+        (tmp_path / d).mkdir(parents=True)
+    before = listing(str(tmp_path / "repo"))
+    with pytest.raises(InvalidArgumentError):
+        repo.backup(BackupRequest(source="s", paths=tuple(p.format(t=tmp_path) for p in paths)))
+    assert listing(str(tmp_path / "repo")) == before

@@ -139,3 +139,20 @@ def test_same_repository_object_recovers_after_a_fault(mode, trees, tmp_path):
         assert not differences(snap_b, _restored(repo, after, tmp_path / f"out{n}"))
         report = Repository.open(inner).check(read_data=True)
         assert report.ok, f"put {n} ({mode}): {[p.message for p in report.errors]}"
+
+
+def test_cancelled_backup_leaves_nothing_visible(trees, tmp_path):
+    import threading
+
+    from cairn.store.errors import AbortedError
+    a, b, snap_a, _ = trees
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), RepoConfig.new(**CONFIG))
+    first = repo.backup(BackupRequest(source="s", paths=(str(a),)))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(AbortedError):
+        repo.backup(_req(b), cancel=cancel)
+    assert [s.id for s in repo.list_sets()] == [first.id]
+    assert list(repo.backend.list("locks")) == []
+    assert repo.check(read_data=True).ok
+    assert not differences(snap_a, _restored(repo, first, tmp_path / "out"))

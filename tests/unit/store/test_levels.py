@@ -221,3 +221,22 @@ def test_unknown_level_is_refused(repo, src):
     with pytest.raises(InvalidArgumentError, match="unknown level"):
         backup(repo, src, "weekly")
     assert repo.list_sets() == []
+
+
+def test_incremental_of_edge_cases_restores_exactly(repo, src, tmp_path, rng):
+    from test_roundtrip import build_edge_cases
+    build_edge_cases(str(src), rng)
+    backup(repo, src, "full")
+    os.link(src / "plain.bin", src / "dir" / "new-hardlink")
+    os.unlink(src / "pair-2")
+    edit(src / "hl-a", rng.randbytes(1000))
+    os.chmod(src / "readonly", 0o755)
+    write_random(src / "readonly" / "added", 10, rng)
+    os.chmod(src / "readonly", 0o555)
+    os.unlink(src / "dangling")
+    os.symlink("still/dangling", src / "dangling")
+    s = backup(repo, src, "incremental")
+    assert {"dir/new-hardlink", "readonly/added"} <= set(s.stats.added_paths)
+    assert {"hl-a", "dir/hl-b", "dir/nested/hl-c", "dangling"} <= set(s.stats.modified_paths)
+    assert s.stats.deleted_paths == ("pair-2",)
+    assert_restores_to(repo, s, snapshot(src), tmp_path / "out")
