@@ -14,17 +14,18 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from cairn import __version__
 from cairn.client import render
 from cairn.client.connection import Connection, Endpoint, resolve_endpoint
-from cairn.client.progress import ProgressView, choose_mode
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
-from cairn.fsio.writer import TreeWriter
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+if TYPE_CHECKING:
+    from cairn.fsio.writer import TreeWriter
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 HINT_KEY = "cairn-hint"
@@ -55,6 +56,13 @@ def out(line: str = "") -> None:
     print(line, flush=True)
 
 
+def progress_view(json_output: bool, title: str) -> Any:
+    """A ProgressView for a long command (imported here: short commands like wal-push skip it)."""
+    from cairn.client.progress import ProgressView, choose_mode
+
+    return ProgressView(choose_mode(json_output), title)
+
+
 # ---- commands ----
 
 
@@ -73,7 +81,7 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
     call = conn.stub.Backup(request)
     result = None
     try:
-        with ProgressView(choose_mode(args.json), "backup") as view:
+        with progress_view(args.json, "backup") as view:
             for event in call:
                 kind = event.WhichOneof("event")
                 if kind == "started":
@@ -196,7 +204,7 @@ def own_data_directory(target: str) -> None:
 def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
     request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data)
     report = None
-    with ProgressView(choose_mode(args.json), "verify") as view:
+    with progress_view(args.json, "verify") as view:
         for event in conn.stub.Verify(request):
             if event.WhichOneof("event") == "progress":
                 p = event.progress
@@ -330,11 +338,13 @@ def to_record(r: pb.RestoreRecord) -> Record:
 
 def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool) -> int:
     """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written."""
+    from cairn.fsio.writer import TreeWriter  # only restores write trees: wal-push stays light
+
     writer: TreeWriter | None = None
     set_info = None
     files = done = total = 0
     try:
-        with ProgressView(choose_mode(json_output), "restore") as view:
+        with progress_view(json_output, "restore") as view:
             for batch in call:
                 if writer is None:
                     set_info = batch.set if batch.HasField("set") else None

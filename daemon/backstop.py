@@ -2,8 +2,10 @@
 
 Every `daemon.backstop_interval` (and on demand, `Backstop.run_now`) each watched source is
 walked and compared by metadata with the tree of its latest set: entries present or absent,
-kind, size, mtime_ns, ctime_ns, inode and symlink target (`compare_tree`, a pure dry compare:
-it reads directories and stat data, never file content, and stores nothing). A difference is
+kind, size, mtime_ns, ctime_ns, inode, mode, owner and symlink target (`compare_tree`, a dry compare:
+it reads directories and stat data, never file content, and stores nothing; a ctime that moved
+on a file with several names is not a difference: a link count change, or a rename of another
+name, touches every name's ctime and inotify reports it for one name only). A difference is
 expected when the journal holds a pending change that covers it (the path itself, or a
 directory pending a walk above it); every other difference is a change the journal missed.
 Those are counted in `cairn_journal_backstop_found_total` and their directories are marked
@@ -122,7 +124,7 @@ def _what_differs(old: Any, st: os.stat_result, kind: str, path: bytes) -> str:
         return "size"
     if old.mtime_ns != st.st_mtime_ns:
         return "mtime"
-    if old.ctime_ns != st.st_ctime_ns:
+    if old.ctime_ns != st.st_ctime_ns and not _link_count_only(old, st, kind):
         return "ctime"
     if old.ino != st.st_ino:
         return "inode"
@@ -134,7 +136,16 @@ def _what_differs(old: Any, st: os.stat_result, kind: str, path: bytes) -> str:
             return ""
     if stat.S_IMODE(st.st_mode) != stat.S_IMODE(old.mode):
         return "mode"
+    if (old.uid, old.gid) != (st.st_uid, st.st_gid):
+        return "owner"
     return ""
+
+
+def _link_count_only(old: Any, st: os.stat_result, kind: str) -> bool:
+    """True for a file with several names whose ctime moved (its link count changed, or another
+    name was renamed): inotify reports that only for the name used, and nothing a restore shows
+    changed (content, size, mtime, mode and owner are compared on their own)."""
+    return kind == "file" and (bool(old.hardlink) or st.st_nlink > 1)
 
 
 def _has_ancestor_in(path: str, dirs: frozenset[str] | set[str]) -> bool:

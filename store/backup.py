@@ -138,9 +138,11 @@ class Walker:
 
     def __init__(self, req: BackupRequest, writer: BlobWriter, params: ChunkerParams, load_tree: TreeLoader,
                  pool: ThreadPoolExecutor, tally: Tally, progress: Callable[[], None],
-                 cancel: threading.Event | None, strict_since_ns: int | None = None) -> None:
+                 cancel: threading.Event | None, strict_since_ns: int | None = None,
+                 racy_since_ns: int | None = None) -> None:
         self.req = req
         self.strict_since_ns = strict_since_ns
+        self.racy_since_ns = racy_since_ns
         self.full = req.level == "full"
         self.writer = writer
         self.load_tree = load_tree
@@ -241,7 +243,8 @@ class Walker:
     def _file(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> PendingFile:
         self.tally.files += 1
         self.tally.bytes_total += e.size
-        if not self.full and old is not None and old.kind == "file" and old.same_meta(e) and not self._recent(e):
+        if (not self.full and old is not None and old.kind == "file" and old.same_meta(e)
+                and not self._recent(e) and not self._racy(old)):
             e.chunks, e.xattrs = old.chunks, old.xattrs
             return e, None, old
         if e.hardlink and e.hardlink in self._links:
@@ -250,6 +253,12 @@ class Walker:
         if e.hardlink:
             self._links[e.hardlink] = fut
         return e, fut, old
+
+    def _racy(self, old: Entry) -> bool:
+        """True when the base recorded a file modified within a second of the base set's start:
+        a same-size rewrite in the same timestamp tick after the base read it would leave its
+        stat data unchanged, so such a file is read again (git's "racy" rule)."""
+        return self.racy_since_ns is not None and old.mtime_ns >= self.racy_since_ns
 
     def _recent(self, e: Entry) -> bool:
         """True when strict timestamps demand a read: modified in the set's start second or later."""

@@ -138,6 +138,7 @@ class BlobWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._spare: list[bytearray] = []  # buffers of uploaded packs, reused by new builders
         self._spare_cv = threading.Condition()
+        self._index_lock = threading.Lock()  # the uploader never takes _lock: it must always progress
         self._buffers = 1  # pack buffers in existence: at most max_pending + 2 (filling, queued, uploading)
         self._max_buffers = max_pending + 2
         self.bytes_added = 0
@@ -269,7 +270,7 @@ class BlobWriter:
         with self._spare_cv:
             self._spare.append(data)  # the backend is done with it: put has returned
             self._spare_cv.notify()
-        with self._lock:
+        with self._index_lock:
             self._unindexed[name] = entries
             self.packs_written += 1
             flush = len(self._unindexed) >= self.index_every
@@ -278,7 +279,7 @@ class BlobWriter:
         release_free_memory()
 
     def _write_index(self) -> None:
-        with self._lock:
+        with self._index_lock:
             packs, self._unindexed = self._unindexed, {}
         if packs:
             name, data = encode_index(packs)
@@ -300,9 +301,9 @@ class BlobWriter:
 
     def abort(self) -> None:
         """Stop uploading; blobs not yet durable are dropped (they were never indexed)."""
-        self._stop_pool()
-        if self._error is None:
+        if self._error is None:  # first, so a producer waiting for a pack buffer gives up
             self._error = AbortedError("write session aborted")
+        self._stop_pool()
         while True:
             try:
                 self._queue.put_nowait(None)

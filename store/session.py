@@ -72,8 +72,9 @@ class BackupSession:
     # -- capture ---------------------------------------------------------------------
     def _make_walker(self, req: BackupRequest, tally: Tally, strict_since_ns: int | None = None) -> Walker:
         tick = _ticker(self.progress, tally)
+        racy = (int(self.base.time_start) - 1) * 1_000_000_000 if self.base is not None else None
         return Walker(req, self.writer, self.repo.config.chunker, self.repo.load_tree, self.pool, tally, tick,
-                      self.cancel, strict_since_ns=strict_since_ns)
+                      self.cancel, strict_since_ns=strict_since_ns, racy_since_ns=racy)
 
     def _base_root(self, path: str) -> bytes | None:
         if self.base is None:

@@ -143,7 +143,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 return
             if snap.version != version and snap.progress is not None and not snap.done:
                 yield pb.BackupEvent(progress=progress_msg(snap.progress))
-                job.cancel.wait(PROGRESS_INTERVAL)
+                job.wait(PROGRESS_INTERVAL)  # throttles progress; returns at once when the job ends
             version = snap.version
             if snap.done:
                 break

@@ -97,7 +97,7 @@ def test_unknown_set_path_source_and_level(served, tmp_path):
         (("backup", "--source", "nope"), 3, "unknown source 'nope'"),
         (("backup", "--level", "weekly"), 2, "unknown level 'weekly'"),
         (("verify", "--set", "deadbeef"), 3, "deadbeef"),
-        (("restore-db", "latest", "--database", "db", "--target", str(tmp_path / "t3")), 1, "not available"),
+        (("restore-db", "latest", "--database", "db", "--target", str(tmp_path / "t3")), 3, "holds no database 'db'"),
         (("bogus",), 2, "invalid choice"),
     ]
     for args, code, text in cases:

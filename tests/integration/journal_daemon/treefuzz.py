@@ -52,8 +52,8 @@ class TreeFuzzer:
     def step(self) -> str:
         ops = [(self.create, 10), (self.write, 8), (self.append, 6), (self.truncate, 4), (self.rename_file, 6),
                (self.rename_dir, 3), (self.delete, 5), (self.mkdir, 4), (self.mkdir_with_content, 3),
-               (self.rmdir, 2), (self.chmod, 4), (self.touch, 3), (self.symlink, 4), (self.hardlink, 2),
-               (self.move_in, 2), (self.move_out, 1)]
+               (self.rmdir, 2), (self.chmod, 4), (self.chown, 2), (self.touch, 3), (self.symlink, 4),
+               (self.hardlink, 2), (self.move_in, 2), (self.move_out, 1)]
         fns, weights = zip(*ops, strict=True)
         return self.rng.choices(fns, weights)[0]()
 
@@ -163,6 +163,13 @@ class TreeFuzzer:
             mode = self.rng.choice((0o600, 0o644, 0o640, 0o755))
         os.chmod(p, mode)
         return f"chmod {oct(mode)} {p}"
+
+    def chown(self) -> str:
+        dirs, files, _ = self._entries()
+        p = self.rng.choice(files + dirs[1:]) if files or dirs[1:] else self.root
+        uid, gid = self.rng.choice((0, 1000, 65534)), self.rng.choice((0, 1000, 65534))
+        os.chown(p, uid, gid)
+        return f"chown {uid}:{gid} {p}"
 
     def touch(self) -> str:
         p = self._file()
