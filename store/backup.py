@@ -139,7 +139,8 @@ class Walker:
     def __init__(self, req: BackupRequest, writer: BlobWriter, params: ChunkerParams, load_tree: TreeLoader,
                  pool: ThreadPoolExecutor, tally: Tally, progress: Callable[[], None],
                  cancel: threading.Event | None, strict_since_ns: int | None = None,
-                 racy_since_ns: int | None = None) -> None:
+                 racy_since_ns: int | None = None, fixed_size: int | None = None,
+                 delta_base: Callable[[bytes], tuple[bytes, bytes] | None] | None = None) -> None:
         self.req = req
         self.strict_since_ns = strict_since_ns
         self.racy_since_ns = racy_since_ns
@@ -151,7 +152,9 @@ class Walker:
         self.progress = progress
         self.cancel = cancel
         self.excluder = Excluder(req.excludes)
-        self.reader = FileReader(writer, params, cancel, req.fuzzy_retries)
+        self.reader = FileReader(writer, params, cancel, req.fuzzy_retries, fixed_size=fixed_size,
+                                 delta_base=delta_base)
+        self.delta = delta_base is not None
         self._links: dict[str, Future] = {}
 
     def walk_root(self, root: str, base_tree: bytes | None) -> tuple[bytes, os.stat_result]:
@@ -249,7 +252,8 @@ class Walker:
             return e, None, old
         if e.hardlink and e.hardlink in self._links:
             return e, self._links[e.hardlink], old
-        fut = self.pool.submit(self._read_file, child)
+        base_chunks = old.chunks if self.delta and old is not None and old.kind == "file" else None
+        fut = self.pool.submit(self._read_file, child, base_chunks)
         if e.hardlink:
             self._links[e.hardlink] = fut
         return e, fut, old
@@ -264,9 +268,10 @@ class Walker:
         """True when strict timestamps demand a read: modified in the set's start second or later."""
         return self.strict_since_ns is not None and e.mtime_ns >= self.strict_since_ns
 
-    def _read_file(self, child: bytes) -> tuple[ReadResult | None, dict[bytes, bytes], str]:
+    def _read_file(self, child: bytes, base_chunks: list[bytes] | None = None
+                   ) -> tuple[ReadResult | None, dict[bytes, bytes], str]:
         try:
-            res = self.reader.read(child)
+            res = self.reader.read(child, base_chunks)
         except AbortedError:
             raise
         except OSError as e:

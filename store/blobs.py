@@ -26,7 +26,7 @@ import zstandard
 from .backend import Backend
 from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
 from .index import Index, encode_index
-from .packs import CODEC_RAW, CODEC_ZSTD, PackBuilder, PackEntry
+from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
 
 _tls = threading.local()
 COMPRESS_THREADS = max(2, os.cpu_count() or 2)
@@ -79,11 +79,31 @@ def encode_blob(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
     return CODEC_RAW, bytes(data)
 
 
-def decode_blob(stored: bytes, codec: int, raw_len: int) -> bytes:
+DELTA_LEVEL = 3  # level 1 hardly uses a dictionary; 3 does (measured on PostgreSQL relation files)
+
+
+def encode_blob_ref(data: bytes | memoryview, ref_id: bytes, ref_data: bytes, level: int) -> tuple[int, bytes]:
+    """Compress `data` with zstd using the plaintext of blob `ref_id` as a raw-content dictionary.
+
+    For a chunk that is a modified version of the reference (a database page range rewritten
+    in place) only the differences cost space. Falls back to raw where nothing is saved."""
+    if len(data) < 64:
+        return CODEC_RAW, bytes(data)
+    d = zstandard.ZstdCompressionDict(ref_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    z = zstandard.ZstdCompressor(level=max(level, DELTA_LEVEL), dict_data=d).compress(data)
+    if len(z) + len(ref_id) < len(data) * 0.97:
+        return CODEC_ZSTD_REF, ref_id + z
+    return CODEC_RAW, bytes(data)
+
+
+def decode_blob(stored: bytes, codec: int, raw_len: int, ref_data: bytes | None = None) -> bytes:
     if codec == CODEC_RAW:
         return stored
     if codec == CODEC_ZSTD:
         return _decompressor().decompress(stored, max_output_size=raw_len)
+    if codec == CODEC_ZSTD_REF and ref_data is not None:
+        d = zstandard.ZstdCompressionDict(ref_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        return zstandard.ZstdDecompressor(dict_data=d).decompress(stored[32:], max_output_size=raw_len)
     raise CorruptionError(f"unknown codec {codec}")
 
 
@@ -104,8 +124,9 @@ class BlobReader:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': pack is missing") from None
         if len(stored) != loc.stored_len:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
+        ref_data = self._reference(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
         try:
-            data = decode_blob(stored, loc.codec, loc.raw_len)
+            data = decode_blob(stored, loc.codec, loc.raw_len, ref_data)
         except zstandard.ZstdError:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': blob "
                                   f"'{short(bid.hex())}' does not decompress") from None
@@ -113,6 +134,35 @@ class BlobReader:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': checksum mismatch "
                                   f"in blob '{short(bid.hex())}'")
         return data
+
+
+    def _reference(self, pack: str, bid: bytes, stored: bytes) -> bytes:
+        """The plaintext of the blob a delta blob was compressed against (never itself a delta)."""
+        ref = stored[:32]
+        loc = self.index.get(ref)
+        if loc is None or loc.codec == CODEC_ZSTD_REF:
+            why = "is missing" if loc is None else "is itself a delta"
+            raise CorruptionError(f"unable to read pack '{short(pack)}': reference blob '{short(ref.hex())}' "
+                                  f"of blob '{short(bid.hex())}' {why}")
+        return self.read(ref)
+
+    def reference_of(self, bid: bytes) -> bytes | None:
+        """The reference blob id of a delta blob, None for any other blob."""
+        loc = self.index.get(bid)
+        if loc is None or loc.codec != CODEC_ZSTD_REF:
+            return None
+        return self.backend.get_range("packs", loc.pack, loc.offset, 32)
+
+    def delta_base(self, bid: bytes) -> tuple[bytes, bytes] | None:
+        """(id, plaintext) of a committed blob usable as a delta reference for a new version of
+        `bid`: `bid` itself, or the reference of `bid` when `bid` is a delta (depth stays 1)."""
+        try:
+            root = self.reference_of(bid) or bid
+            if root not in self.index:
+                return None
+            return root, self.read(root)
+        except (CorruptionError, NotFoundError, BackendError):
+            return None
 
 
 class BlobWriter:
@@ -167,25 +217,32 @@ class BlobWriter:
             self._inflight.add(bid)
         self._add(bid, btype, data)
 
-    def put_many(self, btype: int, items: list[tuple[bytes, memoryview]]) -> None:
+    def put_many(self, btype: int, items: list[tuple[bytes, memoryview]],
+                 delta_base: Callable[[int], tuple[bytes, bytes] | None] | None = None) -> None:
         """Store each (id, data) unless known, compressing in parallel. Returns once every new
-        blob is in a pack builder, so the caller may then reuse the memory behind `items`."""
+        blob is in a pack builder, so the caller may then reuse the memory behind `items`.
+        `delta_base(i)` may name a committed (id, plaintext) to delta-compress item i against."""
         new = []
         with self._lock:
-            for bid, data in items:
+            for i, (bid, data) in enumerate(items):
                 if bid not in self._inflight and bid not in self.index:
                     self._inflight.add(bid)
-                    new.append((bid, data))
-        if len(new) < 2:
-            for bid, data in new:
-                self._add(bid, btype, data)
+                    new.append((i, bid, data))
+        if not new:
             return
-        futs = [self._compress_pool().submit(encode_blob, data, self.level) for _, data in new[1:]]
+
+        def encode(i: int, data: memoryview) -> tuple[int, bytes]:
+            ref = delta_base(i) if delta_base is not None else None
+            if ref is not None:
+                return encode_blob_ref(data, ref[0], ref[1], self.level)
+            return encode_blob(data, self.level)
+
+        futs = [self._compress_pool().submit(encode, i, data) for i, _, data in new[1:]]
         try:
-            encoded = [encode_blob(new[0][1], self.level)] + [f.result() for f in futs]
+            encoded = [encode(new[0][0], new[0][2])] + [f.result() for f in futs]
         finally:
             wait(futs)  # nothing may still read the caller's buffer after we return
-        for (bid, data), (codec, stored) in zip(new, encoded, strict=True):
+        for (_, bid, data), (codec, stored) in zip(new, encoded, strict=True):
             self._append(bid, btype, len(data), codec, stored)
 
     def _compress_pool(self) -> ThreadPoolExecutor:

@@ -19,7 +19,7 @@ import blake3
 from .blobs import decode_blob
 from .errors import CairnError, CorruptionError, NotFoundError, short
 from .model import BackupSet, CheckProblem, CheckReport, Progress
-from .packs import parse_pack
+from .packs import CODEC_ZSTD_REF, parse_pack
 from .sets import set_trees
 from .trees import decode_tree
 
@@ -52,6 +52,7 @@ class Checker:
                 self._read_all_packs()
             else:
                 self._read_blobs_of(sets)
+        self._check_references()
         self._walk_sets(sets)
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
@@ -114,11 +115,31 @@ class Checker:
             loc = self.repo.index.get(bid)
             stored = data[loc.offset:loc.offset + loc.stored_len]
             try:
-                ok = blake3.blake3(decode_blob(stored, loc.codec, loc.raw_len)).digest() == bid
+                if loc.codec == CODEC_ZSTD_REF:
+                    ref = self.repo.reader._reference(pack, bid, stored)
+                    plain = decode_blob(stored, loc.codec, loc.raw_len, ref)
+                else:
+                    plain = decode_blob(stored, loc.codec, loc.raw_len)
+                ok = blake3.blake3(plain).digest() == bid
             except Exception:  # noqa: BLE001 - any decode failure means damaged
                 ok = False
             if not ok:
                 self.bad[bid] = f"unable to read pack '{short(pack)}': checksum mismatch in blob '{short(bid.hex())}'"
+
+    def _check_references(self) -> None:
+        """A delta blob is only as good as its reference: missing or damaged reference -> bad."""
+        for bid, loc in self.repo.index.items():
+            if loc.codec != CODEC_ZSTD_REF or bid in self.bad:
+                continue
+            try:
+                ref = self.repo.reader.reference_of(bid)
+            except CairnError as e:
+                self.bad[bid] = str(e)
+                continue
+            if ref in self.bad or ref not in self.repo.index:
+                why = "is damaged" if ref in self.bad else "is missing"
+                self.bad[bid] = (f"reference blob '{short(ref.hex())}' of blob '{short(bid.hex())}' in pack "
+                                 f"'{short(loc.pack)}' {why}")
 
     def _read_blobs_of(self, sets: list[BackupSet]) -> None:
         seen: set[bytes] = set()

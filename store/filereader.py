@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .blobs import BlobWriter, blob_id
@@ -56,14 +57,20 @@ class FileReader:
     """Reads files for one backup; shared by the worker threads."""
 
     def __init__(self, writer: BlobWriter, params: ChunkerParams, cancel: threading.Event | None,
-                 retries: int = 3) -> None:
+                 retries: int = 3, *, fixed_size: int | None = None,
+                 delta_base: Callable[[bytes], tuple[bytes, bytes] | None] | None = None) -> None:
         self.writer = writer
         self.params = params
         self.cancel = cancel
         self.retries = retries
+        self.fixed_size = fixed_size
+        self.delta_base = delta_base
 
-    def read(self, path: bytes) -> ReadResult:
-        """Read `path`; raises OSError if it cannot be opened (vanished, denied)."""
+    def read(self, path: bytes, base_chunks: list[bytes] | None = None) -> ReadResult:
+        """Read `path`; raises OSError if it cannot be opened (vanished, denied).
+
+        With fixed-size chunking and `base_chunks` (the same file's chunks in the base set), a
+        new chunk is delta-compressed against the base chunk at the same position."""
         fd = _open(path)
         try:
             total = 0
@@ -71,7 +78,7 @@ class FileReader:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     raise IsADirectoryError(f"'{os.fsdecode(path)}' is no longer a regular file")
-                chunks, n = self._read_fd(fd, st.st_size)
+                chunks, n = self._read_fd(fd, st.st_size, base_chunks)
                 total += n
                 after = os.fstat(fd)
                 if _stamp(after) == _stamp(st):
@@ -86,25 +93,42 @@ class FileReader:
         if self.cancel is not None and self.cancel.is_set():
             raise AbortedError("backup cancelled")
 
-    def _store(self, view: memoryview) -> bytes:
+    def _store(self, view: memoryview, base_chunks: list[bytes] | None) -> bytes:
         bid = blob_id(view)
         if not self.writer.has(bid):
-            self.writer.put(bid, TYPE_DATA, view)
+            self.writer.put_many(TYPE_DATA, [(bid, view)], self._bases(base_chunks, 0))
         return bid
 
-    def _read_fd(self, fd: int, size_hint: int) -> tuple[list[bytes], int]:
-        want = min(size_hint, self.params.min_size) + 1
+    def _bases(self, base_chunks: list[bytes] | None, first: int) -> Callable[[int], tuple[bytes, bytes] | None] | None:
+        """Delta references for pieces numbered from chunk `first` of the file (or None)."""
+        if not base_chunks or self.delta_base is None or self.fixed_size is None:
+            return None
+        source = self.delta_base
+
+        def base(i: int) -> tuple[bytes, bytes] | None:
+            k = first + i
+            return source(base_chunks[k]) if k < len(base_chunks) else None
+        return base
+
+    def _cuts(self, view: memoryview) -> Iterator[tuple[int, int]]:
+        if self.fixed_size is None:
+            return _chunker(self.params).cut(view)
+        n, size = len(view), self.fixed_size
+        return ((off, min(size, n - off)) for off in range(0, n, size))
+
+    def _read_fd(self, fd: int, size_hint: int, base_chunks: list[bytes] | None) -> tuple[list[bytes], int]:
+        single = self.fixed_size or self.params.min_size
+        want = min(size_hint, single) + 1
         first = os.read(fd, want)
-        if len(first) <= self.params.min_size:
+        if len(first) <= single:
             rest = os.read(fd, 1) if len(first) == want else b""  # a short read was the end
             if not rest:
-                return ([self._store(memoryview(first))] if first else []), len(first)
+                return ([self._store(memoryview(first), base_chunks)] if first else []), len(first)
             first += rest
-        return self._read_large(fd, first)
+        return self._read_large(fd, first, base_chunks)
 
-    def _read_large(self, fd: int, head: bytes) -> tuple[list[bytes], int]:
-        cut = _chunker(self.params)
-        seg = max(SEGMENT, 2 * self.params.max_size)
+    def _read_large(self, fd: int, head: bytes, base_chunks: list[bytes] | None) -> tuple[list[bytes], int]:
+        seg = max(SEGMENT, 2 * self.params.max_size, 2 * (self.fixed_size or 0))
         buf = _buffer(seg)  # a read never goes past seg; a segment always holds >= 1 whole chunk
         buf[: len(head)] = head
         filled, total, eof = len(head), len(head), False
@@ -120,13 +144,13 @@ class FileReader:
             view = memoryview(buf)[:filled]
             consumed = 0
             pieces = []
-            for off, length in cut.cut(view):
+            for off, length in self._cuts(view):
                 if not eof and off + length == filled:
                     break
                 piece = view[off:off + length]
                 pieces.append((blob_id(piece), piece))
                 consumed = off + length
-            self.writer.put_many(TYPE_DATA, pieces)
+            self.writer.put_many(TYPE_DATA, pieces, self._bases(base_chunks, len(chunks)))
             chunks.extend(bid for bid, _ in pieces)
             del pieces
             rest = filled - consumed

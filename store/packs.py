@@ -27,6 +27,7 @@ TYPE_DATA = 0
 TYPE_TREE = 1
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+CODEC_ZSTD_REF = 2  # 32-byte reference blob id, then zstd using that blob's plaintext as dictionary
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from . import wal as walmod
 from .errors import CorruptionError, NotFoundError
 from .index import decode_index, encode_index
 from .model import BackupSet, PrunePolicy, PruneReport
-from .packs import PackEntry
+from .packs import CODEC_ZSTD_REF, PackEntry
 from .sets import set_trees
 
 if TYPE_CHECKING:
@@ -95,7 +95,18 @@ class Pruner:
                 if e.subtree:
                     stack.append(e.subtree)
                 live.update(e.chunks)
-        return live
+        return live | self._references(live)
+
+    def _references(self, live: set[bytes]) -> set[bytes]:
+        """Reference blobs of live delta blobs: they stay live too."""
+        refs = set()
+        for bid in live:
+            loc = self.repo.index.get(bid)
+            if loc is not None and loc.codec == CODEC_ZSTD_REF:
+                ref = self.repo.reader.reference_of(bid)
+                if ref is not None:
+                    refs.add(ref)
+        return refs
 
     def _by_pack(self) -> dict[str, list[PackEntry]]:
         out: dict[str, list[PackEntry]] = defaultdict(list)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .repository import Repository
 
 ProgressFn = Callable[[Progress], None]
+DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (page aligned)
 
 
 class BackupSession:
@@ -70,11 +71,14 @@ class BackupSession:
             self.abort()
 
     # -- capture ---------------------------------------------------------------------
-    def _make_walker(self, req: BackupRequest, tally: Tally, strict_since_ns: int | None = None) -> Walker:
+    def _make_walker(self, req: BackupRequest, tally: Tally, strict_since_ns: int | None = None,
+                     delta: bool = False) -> Walker:
         tick = _ticker(self.progress, tally)
         racy = (int(self.base.time_start) - 1) * 1_000_000_000 if self.base is not None else None
         return Walker(req, self.writer, self.repo.config.chunker, self.repo.load_tree, self.pool, tally, tick,
-                      self.cancel, strict_since_ns=strict_since_ns, racy_since_ns=racy)
+                      self.cancel, strict_since_ns=strict_since_ns, racy_since_ns=racy,
+                      fixed_size=DELTA_CHUNK if delta else None,
+                      delta_base=self.repo.reader.delta_base if delta else None)
 
     def _base_root(self, path: str) -> bytes | None:
         if self.base is None:
@@ -105,16 +109,20 @@ class BackupSession:
             if p not in self._roots and not (len(self.req.paths) == 1 and self._single is not None):
                 self.walk(p)
 
-    def attach(self, name: str, path: str, excludes: tuple[str, ...] = (), *, strict_times: bool = True) -> None:
+    def attach(self, name: str, path: str, excludes: tuple[str, ...] = (), *, strict_times: bool = True,
+               delta: bool = True) -> None:
         """Capture directory `path` as attachment `name` (e.g. 'db:appdb'), compared against the
         base set's attachment of the same name. With strict_times, files modified in the second
-        the set started (or later) are read even when their stat data matches the base."""
+        the set started (or later) are read even when their stat data matches the base. With
+        delta (for database files, which are rewritten in place), files are cut into fixed
+        1 MiB chunks and a changed chunk is stored compressed against the base's chunk at the
+        same position, so only the changed pages cost space."""
         old = self.base.attachments.get(name) if self.base is not None else None
         base_tree = bytes.fromhex(old["tree"]) if old else None
         tally = Tally()
         req = replace(self.req, paths=(path,), excludes=tuple(excludes), changes=None)
         strict = (int(self.started) - 1) * 1_000_000_000 if strict_times else None
-        tree, _ = self._make_walker(req, tally, strict).walk_root(path, base_tree)
+        tree, _ = self._make_walker(req, tally, strict, delta).walk_root(path, base_tree)
         self._attachments[name] = {
             "tree": tree.hex(), "path": path, "files": tally.files, "bytes_total": tally.bytes_total,
             "bytes_read": tally.bytes_read, "added": tally.n_added, "modified": tally.n_modified,

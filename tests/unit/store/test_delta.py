@@ -1,0 +1,119 @@
+"""Delta-compressed attachments: database files rewritten in place cost only their changes."""
+
+from __future__ import annotations
+
+import os
+
+from cairn.store.model import BackupRequest, PrunePolicy
+from cairn.store.packs import CODEC_ZSTD_REF
+from storekit import assert_same_tree
+
+PAGE = 8192
+MIB = 1024 * 1024
+
+
+def page_file(path, rng, pages: int) -> None:
+    """A relation-like file: pages of compressible rows with some random bytes in each."""
+    with open(path, "wb") as f:
+        for p in range(pages):
+            row = b"%08d|" % p + rng.randbytes(40).hex().encode() + b" " * 300
+            f.write((row * (PAGE // len(row) + 1))[:PAGE])
+
+
+def touch_pages(path, rng, pages: list[int]) -> None:
+    """Rewrite 100 bytes inside each given page, in place (as PostgreSQL does)."""
+    with open(path, "r+b") as f:
+        for p in pages:
+            f.seek(p * PAGE + 1000)
+            f.write(rng.randbytes(100))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 5_000_000_000))
+
+
+def take(repo, files_dir, db_dir, level: str):
+    req = BackupRequest(source="app", paths=(str(files_dir),), level=level)
+    with repo.session(req) as sess:
+        sess.attach("db:main", str(db_dir))
+        return sess.commit()
+
+
+def setup_db(tmp_path, rng):
+    files, db = tmp_path / "files", tmp_path / "db"
+    (db / "base").mkdir(parents=True)
+    files.mkdir()
+    (files / "a.txt").write_text("hello")
+    page_file(db / "base" / "rel", rng, 512)  # 4 MiB
+    old = os.stat(db / "base" / "rel").st_mtime_ns - 10_000_000_000
+    os.utime(db / "base" / "rel", ns=(old, old))
+    return files, db
+
+
+def delta_blobs(repo) -> list[bytes]:
+    return [bid for bid, loc in repo.index.items() if loc.codec == CODEC_ZSTD_REF]
+
+
+def test_incremental_of_an_attachment_stores_only_changed_pages(repo, tmp_path, rng):
+    files, db = setup_db(tmp_path, rng)
+    full = take(repo, files, db, "full")
+    assert full.attachments["db:main"]["files"] == 1
+    touch_pages(db / "base" / "rel", rng, [3, 200, 201, 400])  # chunks 0, 1 and 3 of four 1 MiB chunks
+    inc = take(repo, files, db, "incremental")
+    assert inc.base == full.id and inc.attachments["db:main"]["modified"] == 1
+    assert inc.stats.chunks_added == 5  # three data chunks, the trees of db/ and db/base/
+    assert inc.stats.bytes_added < 16 * 1024, inc.stats.bytes_added
+    assert len(delta_blobs(repo)) == 3
+    out = tmp_path / "out"
+    stats = repo.restore(inc, str(out), attachment="db:main")
+    assert stats.errors == ()
+    assert (out / "base" / "rel").read_bytes() == (db / "base" / "rel").read_bytes()
+    assert repo.check(read_data=True).ok
+
+
+def test_delta_references_stay_one_level_deep_and_survive_prune(repo, tmp_path, rng):
+    files, db = setup_db(tmp_path, rng)
+    take(repo, files, db, "full")
+    touch_pages(db / "base" / "rel", rng, [5])
+    take(repo, files, db, "incremental")
+    touch_pages(db / "base" / "rel", rng, [6])
+    inc2 = take(repo, files, db, "incremental")
+    for bid in delta_blobs(repo):
+        ref = repo.reader.reference_of(bid)
+        assert repo.reader.reference_of(ref) is None  # a reference is never itself a delta
+    expect = (db / "base" / "rel").read_bytes()
+    report = repo.prune(PrunePolicy(keep_full=0, keep_incremental=1))
+    assert report.forgotten and inc2.id in report.kept
+    assert repo.check(read_data=True).ok
+    out = tmp_path / "out"
+    assert repo.restore(repo.get_set(inc2.id), str(out), attachment="db:main").errors == ()
+    assert (out / "base" / "rel").read_bytes() == expect
+
+
+def test_damaged_reference_is_reported_for_the_delta_set(repo, tmp_path, rng):
+    files, db = setup_db(tmp_path, rng)
+    full = take(repo, files, db, "full")
+    touch_pages(db / "base" / "rel", rng, [10])
+    inc = take(repo, files, db, "incremental")
+    ref = repo.reader.reference_of(delta_blobs(repo)[0])
+    pack = repo.index.get(ref).pack
+    path = os.path.join(repo.backend.location(), "packs", pack[:2], pack)
+    with open(path, "r+b") as f:
+        f.seek(repo.index.get(ref).offset + 10)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+    report = repo.check(read_data=True)
+    assert not report.ok
+    hurt = {s for p in report.errors for s in p.sets}
+    assert {full.id, inc.id} <= hurt
+    assert any("db:main:base/rel" in path for p in report.errors for path in p.paths)
+    out = tmp_path / "out"
+    stats = repo.restore(inc, str(out), attachment="db:main")
+    assert stats.errors and "base/rel" in stats.errors[0]
+
+
+def test_plain_restore_of_the_set_leaves_the_attachment_out(repo, tmp_path, rng):
+    files, db = setup_db(tmp_path, rng)
+    s = take(repo, files, db, "full")
+    out = tmp_path / "out"
+    assert repo.restore(s, str(out)).errors == ()
+    assert_same_tree(files, out)
