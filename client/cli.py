@@ -5,34 +5,56 @@ Exit status: 0 success, 1 failure, 2 usage error (also INVALID_ARGUMENT from the
 "cairn: error: <message>", optionally followed by "hint: <hint>"; everything else goes to
 stdout. `--json` (before or after the command) prints data as JSON for scripts. A restore
 is written here, by the client, from the records the daemon streams.
+
+grpc, the protobuf messages and the renderers are imported on first use: `cairn wal-fetch` runs
+once per WAL file during recovery, and for a file restore-db placed in pg_wal/ it answers
+without them (see cmd_wal_fetch).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import grpc
 from cairn import __version__
-from cairn.client import render
-from cairn.client.connection import Connection, Endpoint, resolve_endpoint
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
-from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
 if TYPE_CHECKING:
+    from cairn.client.connection import Connection, Endpoint
     from cairn.fsio.writer import TreeWriter
+
+
+class _OnFirstUse:
+    """A module imported when one of its attributes is first used."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+grpc: Any = _OnFirstUse("grpc")
+pb: Any = _OnFirstUse("cairn.proto.cairn.v1.cairn_pb2")
+render: Any = _OnFirstUse("cairn.client.render")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 HINT_KEY = "cairn-hint"
 WAL_PIECE = 1 << 20
 LEVELS = ("full", "differential", "incremental")
 
-_STATUS_EXIT = {grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE}
+WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
+NO_HISTORY = "00000001.history"
+RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
+_STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
 _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
 
 
@@ -276,6 +298,25 @@ def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def answered_locally(name: str, dest: str) -> bool:
+    """True when recovery needs nothing from the archive for WAL file `name` fetched to `dest`.
+
+    restore-db lists the WAL files it placed in pg_wal/ in WAL_MARKER there; those copies are
+    the archived files, so recovery may read them from pg_wal/, where PostgreSQL looks once
+    restore_command fails. And timeline 1 never has a history file (PostgreSQL asks for it
+    anyway when it promotes from timeline 1).
+    """
+    if name == NO_HISTORY:
+        return True
+    wal_dir = os.path.dirname(os.path.abspath(dest))
+    try:
+        with open(os.path.join(wal_dir, WAL_MARKER), encoding="ascii") as f:
+            placed = f.read().split()
+    except (OSError, ValueError):
+        return False
+    return name in placed and os.path.isfile(os.path.join(wal_dir, name))
+
+
 def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
     tmp = f"{args.dest}.cairn-tmp"
     try:
@@ -336,6 +377,40 @@ def to_record(r: pb.RestoreRecord) -> Record:
     raise InvalidArgumentError("the daemon sent an empty restore record")
 
 
+def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:
+    """The messages of a streaming call, received by a thread up to `depth` messages ahead, so
+    the daemon keeps sending while this thread writes. The call's error is raised here; the
+    call is cancelled when the consumer stops early."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    end = object()
+
+    def receive() -> None:
+        try:
+            for message in call:
+                q.put(message)
+            q.put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            q.put(exc)
+
+    threading.Thread(target=receive, name="restore-receive", daemon=True).start()
+    finished = False
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                finished = True
+                return
+            if isinstance(item, BaseException):
+                finished = True
+                raise item
+            yield item
+    finally:
+        if not finished:
+            call.cancel()
+            while not q.empty():  # unblock the receiver so it sees the cancellation
+                q.get_nowait()
+
+
 def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool) -> int:
     """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written."""
     from cairn.fsio.writer import TreeWriter  # only restores write trees: wal-push stays light
@@ -345,7 +420,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     files = done = total = 0
     try:
         with progress_view(json_output, "restore") as view:
-            for batch in call:
+            for batch in received_ahead(call):
                 if writer is None:
                     set_info = batch.set if batch.HasField("set") else None
                     total = set_info.stats.bytes_total if set_info is not None and whole else 0
@@ -493,6 +568,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.command:
         parser.error("no command given")
+    if args.command == "wal-fetch" and answered_locally(args.name, args.dest):
+        # exit status 3, not fetched: nothing to fetch, or recovery reads the copy in pg_wal/
+        where = "never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
+        print(f"cairn: {args.name} {where}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    from cairn.client.connection import Connection, resolve_endpoint
+
     endpoint: Endpoint | None = None
     try:
         endpoint = resolve_endpoint(
@@ -532,7 +614,7 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
         return fail(f"cairnd at {where} refused the call: {details}", hint or "pass --token or --token-file")
     if code == grpc.StatusCode.CANCELLED:
         return fail("the call was cancelled", hint)
-    return fail(details, hint, _STATUS_EXIT.get(code, EXIT_FAILURE))
+    return fail(details, hint, _STATUS_EXIT.get(getattr(code, "name", ""), EXIT_FAILURE))
 
 
 if __name__ == "__main__":

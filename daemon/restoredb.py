@@ -10,6 +10,14 @@ the target — the set's own consistent point ('immediate') unless a time or an 
 then promotion. Tablespaces follow under `cairn_tablespaces/<oid>/` of the target, and the
 tablespace map points there (the client sends its absolute target directory for that).
 
+The WAL the set needs to reach its consistent point — its start segment through the segment of
+its restore point, and the history file of its timeline — is placed in pg_wal/ as part of the
+stream, together with WAL_MARKER listing those names. PostgreSQL asks restore_command for every
+file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name the marker lists
+and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
+recovery to the set's own point needs no round trip to the daemon. Later WAL (a time or LSN
+beyond the set) still comes from the archive.
+
 What always holds: every check runs before the first record is produced; errors are
 NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
 """
@@ -21,17 +29,19 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
-from cairn.fsio.records import EntryMeta, Record
+from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
+WAL_MARKER = "cairn-restore-db.wal"  # in pg_wal/: the WAL files restore-db placed there, one a line
 
 
 def cairn_executable() -> str:
@@ -111,15 +121,49 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     main = recovery_stream(repo.restore_stream(s, attachment=rec["attachment"]), labelfile, spcmapfile,
                            restore_command(socket_path), target_time or None, target_lsn or None,
                            tablespace_remap=remap)
-    return _chain(main, repo, s, spaces)
+    return _chain(main, repo, s, spaces, consistency_wal(repo, rec))
 
 
-def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[dict[str, Any]]) -> Iterator[Record]:
+def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
+    """The archived WAL files recovery reads to reach the set's consistent point, oldest first.
+
+    The history file of the set's timeline (none for timeline 1), then the segments from the
+    set's first WAL file through the one holding its restore point (else its last WAL file),
+    up to the first the archive lacks: recovery asks the archive for that one as usual.
+    """
+    wal = rec.get("wal") or {}
+    first, last = wal.get("first") or "", wal.get("last") or ""
+    if len(first) != 24 or len(last) != 24:
+        return []
+    size = int(rec.get("wal_segment_size") or 16 * 1024 * 1024)
+    per_xlogid = 0x100000000 // size
+    tli = first[:8]
+    end = _segno(last, per_xlogid)
+    point = (rec.get("restore_point") or {}).get("lsn") or ""
+    if point:
+        end = max(end, lsn_to_int(point) // size)
+    held = set(repo.list_wal())
+    names = [f"{int(tli, 16):08X}.history"] if int(tli, 16) > 1 and f"{int(tli, 16):08X}.history" in held else []
+    for segno in range(_segno(first, per_xlogid), end + 1):
+        name = f"{tli}{segno // per_xlogid:08X}{segno % per_xlogid:08X}"
+        if name not in held:
+            break
+        names.append(name)
+    return names
+
+
+def _segno(name: str, per_xlogid: int) -> int:
+    return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
+
+
+def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[dict[str, Any]],
+           wal: list[str]) -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
         if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
             owner = (r.uid, r.gid)
         yield r
+    yield from _placed_wal(repo, wal, owner)
     if not spaces:
         return
     top = TABLESPACE_DIR.encode()
@@ -134,3 +178,18 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
                               mtime_ns=r.mtime_ns, size=r.size, xattrs=r.xattrs, target=r.target,
                               link_to=link, rdev=r.rdev, sparse=r.sparse)
             yield r
+
+
+def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int]) -> Iterator[Record]:
+    """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them."""
+    if not names:
+        return
+    for name in names:
+        data = repo.get_wal(name)
+        yield EntryMeta(path=b"pg_wal/" + name.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
+                        mtime_ns=time.time_ns(), size=len(data))
+        yield Data(data)
+    listing = "".join(f"{n}\n" for n in names).encode()
+    yield EntryMeta(path=b"pg_wal/" + WAL_MARKER.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
+                    mtime_ns=time.time_ns(), size=len(listing))
+    yield Data(listing)
