@@ -13,7 +13,6 @@ What always holds:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import threading
@@ -26,27 +25,11 @@ import zstandard
 from .backend import Backend
 from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
 from .index import Index, encode_index
+from .memory import release_free_memory
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
 
 _tls = threading.local()
 COMPRESS_THREADS = max(2, os.cpu_count() or 2)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand memory freed by finished chunks back to the OS (glibc keeps it per thread arena
-    otherwise, which with several busy threads adds tens of MB of resident memory)."""
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 def blob_id(data: bytes | memoryview) -> bytes:

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .index import Index, decode_index
 from .locks import Locks
+from .memory import limit_arenas
 from .model import (
     BackupRequest,
     BackupSet,
@@ -60,6 +61,7 @@ class Repository:
     """A Cairn repository on a Backend."""
 
     def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False) -> None:
+        limit_arenas()
         self.backend = backend
         self.config = config
         self.read_only = read_only
