@@ -13,6 +13,7 @@ a cancel or error leaves nothing referenced that is not stored.
 
 from __future__ import annotations
 
+import copy
 import os
 import stat
 import threading
@@ -51,6 +52,7 @@ class Tally:
     n_deleted: int = 0
     fuzzy: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def note(self, kind: str, path: str) -> None:
         lst = {"added": self.added, "modified": self.modified, "deleted": self.deleted}[kind]
@@ -156,6 +158,7 @@ class Walker:
                                  delta_base=delta_base)
         self.delta = delta_base is not None
         self._links: dict[str, Future] = {}
+        self.linked_change = False  # a file with several names was read during a hinted walk
 
     def walk_root(self, root: str, base_tree: bytes | None) -> tuple[bytes, os.stat_result]:
         """Return (tree id, stat of the root directory)."""
@@ -170,7 +173,15 @@ class Walker:
         self.root_dev = st.st_dev
         if base_tree is not None and not self.full and not plan.must_list(b"", False):
             return base_tree, st
+        before = copy.deepcopy(self.tally)
+        self.linked_change = False
         tree = self._dir(broot, b"", base_tree if not self.full else None, plan, False)
+        if plan.hinted and self.linked_change:
+            # A file with several names changed: its other names, which no hint mentions,
+            # changed too. Walk the whole root and compare with the base instead.
+            self.tally.__dict__.update(copy.deepcopy(before).__dict__)
+            self.tally.notes.append(f"'{root}': a file with several hard links changed; walked instead of the hint")
+            tree = self._dir(broot, b"", base_tree, Plan(broot, None), False)
         return tree, st
 
     def _check_cancel(self) -> None:
@@ -252,6 +263,8 @@ class Walker:
             return e, None, old
         if e.hardlink and e.hardlink in self._links:
             return e, self._links[e.hardlink], old
+        if e.hardlink or (old is not None and old.hardlink):
+            self.linked_change = True
         base_chunks = old.chunks if self.delta and old is not None and old.kind == "file" else None
         fut = self.pool.submit(self._read_file, child, base_chunks)
         if e.hardlink:

@@ -180,6 +180,8 @@ class BackupSession:
         extra = {**self.req.extra, **extra}
         if t.errors:
             extra["errors"] = t.errors[:100]
+        if t.notes:
+            extra["notes"] = t.notes[:100]
         return {
             "source": self.req.source, "level": self.level, "requested_level": self.requested_level,
             "base": self.base.id if self.base else None, "time_start": self.started, "time_end": time.time(),

@@ -257,3 +257,20 @@ def test_file_written_just_before_its_base_is_read_again(repo, src, rng):
     assert inc.tree == full.tree
     inc2 = backup(repo, src, "incremental")
     assert inc2.stats.bytes_read in (0, 3000)  # re-read only while still within a second of its base
+
+
+def test_hint_naming_one_name_of_a_hardlinked_file_still_updates_the_others(repo, src, tmp_path, rng):
+    """A write through one name changes every name; a hint that names only the written one
+    must not leave the others stale: the walk falls back to a full compare and says so."""
+    populate(src, rng)
+    (src / "media" / "alias").hardlink_to(src / "docs" / "a.txt")
+    full = backup(repo, src, "full")
+    with open(src / "docs" / "a.txt", "r+b") as f:
+        f.write(b"changed through one name")
+    touch_new_mtime(src / "docs" / "a.txt")
+    hint = ChangeHint(paths=frozenset({str(src / "docs" / "a.txt")}))
+    inc = backup(repo, src, "incremental", changes=hint)
+    assert inc.base == full.id
+    assert any("hard links" in n for n in inc.extra.get("notes", ()))
+    assert set(inc.stats.modified_paths) == {"docs/a.txt", "media/alias"}
+    assert_restores_to(repo, inc, snapshot(src), tmp_path / "out")
