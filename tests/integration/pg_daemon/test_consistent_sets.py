@@ -154,13 +154,15 @@ def test_point_in_time_and_the_sets_own_point(stack: Stack) -> None:
 
     load = subprocess.Popen([stack.pg.bin("pgbench"), "-T", "4", "-c", "2", *bench], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    noted = ""
+    noted = noted_lsn = ""
     for i in range(10, 20):
         stack.psql(f"INSERT INTO markers (id, note) VALUES ({i}, 'under load')")
         time.sleep(0.15)
         if i == 14:
             noted = stack.psql("SELECT clock_timestamp()")
             time.sleep(0.15)
+        if i == 16:
+            noted_lsn = stack.psql("SELECT pg_current_wal_insert_lsn()")
     assert load.wait(60) == 0, load.stderr.read() if load.stderr else ""
     transactions = int(stack.psql("SELECT count(*) FROM pgbench_history"))
     assert transactions > 0
@@ -172,6 +174,10 @@ def test_point_in_time_and_the_sets_own_point(stack: Stack) -> None:
     assert 0 < int(srv.psql("SELECT count(*) FROM pgbench_history")) < transactions
     noted_at = datetime.fromisoformat(noted)
     assert srv.psql(f"SELECT count(*) FROM markers WHERE t > '{noted_at.isoformat()}'") == "0"
+
+    # exactly the markers committed before the noted LSN (markers 10..16 were committed first)
+    at_lsn = stack.restore_db(s["id"], "--target-lsn", noted_lsn)
+    assert at_lsn.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM markers") == "1,2,3,10,11,12,13,14,15,16"
 
     # the set's own point: what was committed when the window closed (frozen, not thawed)
     own = stack.restore_db(s["id"])
