@@ -217,6 +217,19 @@ class _Group(InotifyWatchGroup):
                 if self.root_info is not None:
                     self.owner.sink.rescan(self.root_info.source, None, "the watcher failed on an event")
         super().on_event(event)
+        if active and event.is_moved_to and event.is_directory and self.is_recursive:
+            self._watch_moved_tree(event)
+
+    def _watch_moved_tree(self, event: InotifyEvent) -> None:
+        """Watch every directory under a directory moved to here that is not watched yet.
+
+        watchdog moves the watches of a tree moved within the source, but a directory inside it
+        that could not be watched at its old path (moved in, then its parent renamed before the
+        event was read: the old path no longer existed) would stay unwatched for good."""
+        with self._lock:
+            dst = self._build_event_source_path(event) if self.is_active else None
+            if dst is not None and os.path.isdir(dst):
+                self._add_all_callbacks(dst)
 
 
 class _Emitter(InotifyEmitter):

@@ -96,6 +96,24 @@ def test_dir_moved_in_from_outside_is_rescanned(tracked):
     assert env.p("inside") in hint.rescan
 
 
+def test_dir_moved_in_then_parent_renamed_before_the_event_is_read_stays_watched(tracked):
+    """Found by the fuzz test (seed 62117700): a directory moved in from outside whose parent is
+    renamed before the watcher reads the event could not be watched at its old path; its new
+    content must still be seen once the parent's move is read."""
+    env, t = tracked
+    outside = os.path.join(env.root, "outside")
+    os.makedirs(os.path.join(outside, "in"))
+    assert t.watcher.pause()
+    try:
+        os.rename(outside, env.p("sub", "deep", "o"))
+        os.rename(env.p("sub"), env.p("moved"))
+    finally:
+        t.watcher.resume()
+    env.trust(t, set_id="F2")  # a set walked the rescan subtrees and is committed
+    write(env.p("moved", "deep", "o", "in", "late"))
+    assert env.p("moved", "deep", "o", "in", "late") in changed_paths(t, base="F2")
+
+
 def test_dir_moved_out_records_old_path(tracked):
     env, t = tracked
     os.rename(env.p("sub"), os.path.join(env.root, "gone"))
