@@ -5,7 +5,9 @@ A backend stores immutable objects under a few kinds ("config", "packs", "index"
 - `put` is atomic: a reader sees the whole object or none of it (the local backend writes a
   temp file, fsyncs it, renames it into place and fsyncs the directory);
 - nothing above this interface relies on rename, so object stores fit behind it;
-- `get` of a missing object raises NotFoundError, any I/O failure raises BackendError.
+- `get` of a missing object raises NotFoundError, any I/O failure raises BackendError;
+- packs never change once written, so the local backend keeps a few open for ranged reads
+  (restores read thousands of small ranges) and closes a descriptor only when no read uses it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import errno
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Protocol
 
 from .errors import BackendError, NotFoundError
 
 KINDS = ("config", "packs", "index", "sets", "locks", "wal")
+OPEN_PACKS = 32  # pack descriptors a local backend keeps open for ranged reads
 
 
 class Backend(Protocol):
@@ -34,6 +38,17 @@ class Backend(Protocol):
     def location(self) -> str: ...
 
 
+class _OpenPack:
+    """A pack descriptor kept open by a local backend, with the number of reads using it."""
+
+    __slots__ = ("fd", "users", "dropped")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 0
+        self.dropped = False
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise BackendError(f"unknown object kind '{kind}'")
@@ -45,6 +60,8 @@ class LocalBackend:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self._made: set[str] = set()
+        self._fds: OrderedDict[str, _OpenPack] = OrderedDict()  # open packs for ranged reads
+        self._fd_lock = threading.Lock()
 
     def location(self) -> str:
         return self.root
@@ -72,19 +89,76 @@ class LocalBackend:
 
     def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
         path = self._path(kind, name)
+        if kind != "packs":
+            fd = self._open(kind, name, path)
+            try:
+                return self._pread(fd, path, offset, length)
+            finally:
+                os.close(fd)
+        handle = self._acquire(name)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            return self._pread(handle.fd, path, offset, length)
+        finally:
+            self._release(handle)
+
+    @staticmethod
+    def _pread(fd: int, path: str, offset: int, length: int) -> bytes:
+        try:
+            return os.pread(fd, length, offset)
+        except OSError as e:
+            raise BackendError(f"unable to read '{path}': {e.strerror}") from e
+
+    @staticmethod
+    def _open(kind: str, name: str, path: str) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
         except OSError as e:
             raise BackendError(f"unable to open '{path}' for read: {e.strerror}") from e
-        try:
-            data = os.pread(fd, length, offset)
-        except OSError as e:
-            raise BackendError(f"unable to read '{path}': {e.strerror}") from e
-        finally:
-            os.close(fd)
-        return data
+
+    def _acquire(self, name: str) -> _OpenPack:
+        """An open descriptor of pack `name`, kept for later reads (packs never change). A
+        descriptor is closed only when no reader holds it, so it is never reused under one."""
+        with self._fd_lock:
+            handle = self._fds.get(name)
+            if handle is None:
+                handle = _OpenPack(self._open("packs", name, self._path("packs", name)))
+                self._fds[name] = handle
+                self._evict()
+            self._fds.move_to_end(name)
+            handle.users += 1
+            return handle
+
+    def _release(self, handle: _OpenPack) -> None:
+        with self._fd_lock:
+            handle.users -= 1
+            if handle.users == 0 and handle.dropped:
+                os.close(handle.fd)
+
+    def _evict(self) -> None:
+        while len(self._fds) > OPEN_PACKS:
+            self._drop(self._fds.popitem(last=False)[1])
+
+    @staticmethod
+    def _drop(handle: _OpenPack) -> None:
+        handle.dropped = True
+        if handle.users == 0:
+            os.close(handle.fd)
+
+    def _forget_fd(self, kind: str, name: str) -> None:
+        if kind == "packs":
+            with self._fd_lock:
+                handle = self._fds.pop(name, None)
+                if handle is not None:
+                    self._drop(handle)
+
+    def close(self) -> None:
+        """Close the descriptors kept open for reads."""
+        with self._fd_lock:
+            for handle in self._fds.values():
+                self._drop(handle)
+            self._fds.clear()
 
     def _ensure_dir(self, d: str) -> None:
         if d in self._made:
@@ -94,6 +168,7 @@ class LocalBackend:
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         path = self._path(kind, name)
+        self._forget_fd(kind, name)
         d = os.path.dirname(path)
         tmp = os.path.join(d, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
         try:
@@ -132,6 +207,7 @@ class LocalBackend:
 
     def delete(self, kind: str, name: str) -> None:
         path = self._path(kind, name)
+        self._forget_fd(kind, name)
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -125,6 +125,9 @@ class Repository:
     def close(self) -> None:
         with self._tree_lock:
             self._trees.clear()
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
     def _writable(self) -> None:
         if self.read_only:

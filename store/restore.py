@@ -20,7 +20,10 @@ from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from .errors import CairnError, NotFoundError
 from .trees import Entry
 
-WINDOW = 24
+BATCH_CHUNKS = 64  # chunks read by one pool task
+BATCH_BYTES = 2 * 1024 * 1024  # or this much data
+MAX_BATCHES = 4  # batches read ahead
+MAX_ENTRIES = 8192  # records waiting in the window
 
 
 def entry_meta(path: bytes, e: Entry) -> EntryMeta:
@@ -115,20 +118,32 @@ class StreamBuilder:
                 return
             yield from self._children(entries, path)
         elif e.kind == "file":
+            each = e.size // len(e.chunks) if e.chunks else 0
             for c in e.chunks:
-                yield "chunk", c, e.sparse, path
+                yield "chunk", c, e.sparse, path, each
 
     def records(self, root: bytes, paths: list[str] | None) -> Iterator[Record]:
-        """The restore stream, with chunk reads running ahead in the pool."""
+        """The restore stream. Chunk reads run ahead in the pool in batches (many small files'
+        chunks in one task, so threads hand over work rarely), at most MAX_BATCHES at once."""
         window: deque = deque()
+        batch, inflight = _Batch(), deque()
         failed: bytes | None = None
         for item in self.items(root, paths):
             if item[0] == "meta":
                 window.append(item)
             else:
-                window.append(("fut", self.pool.submit(self.read_blob, item[1]), item[2], item[3]))
-            while len(window) > WINDOW:
+                _, bid, sparse, path, size = item
+                window.append(("chunk", batch, batch.add(bid, size), sparse, path))
+                if batch.full():
+                    inflight.append(self._submit(batch))
+                    batch = _Batch()
+            while len(inflight) > MAX_BATCHES or len(window) > MAX_ENTRIES:
+                head = window[0]
                 rec, failed = self._pop(window, failed)
+                if head[0] == "chunk" and head[2] == len(head[1].ids) - 1 and inflight and inflight[0] is head[1]:
+                    inflight.popleft()  # the last chunk of the oldest batch was handed on
+                if batch.future is not None:  # the open batch had to be read early: start another
+                    batch = _Batch()
                 if rec is not None:
                     yield rec
         while window:
@@ -136,22 +151,53 @@ class StreamBuilder:
             if rec is not None:
                 yield rec
 
-    @staticmethod
-    def _pop(window: deque, failed: bytes | None) -> tuple[Record | None, bytes | None]:
+    def _submit(self, batch: _Batch) -> _Batch:
+        batch.future = self.pool.submit(self._read_batch, batch.ids)
+        return batch
+
+    def _read_batch(self, ids: list[bytes]) -> list[bytes | CairnError]:
+        out: list[bytes | CairnError] = []
+        for bid in ids:
+            try:
+                out.append(self.read_blob(bid))
+            except CairnError as e:
+                out.append(e)
+        return out
+
+    def _pop(self, window: deque, failed: bytes | None) -> tuple[Record | None, bytes | None]:
         item = window.popleft()
         if item[0] == "meta":
             return item[1], None
-        _, fut, sparse, path = item
+        _, batch, i, sparse, path = item
         if failed == path:
-            fut.cancel()
             return None, failed
-        try:
-            data = fut.result()
-        except CairnError as e:
-            return Failed(f"{e.message}"), path
+        if batch.future is None:  # a batch not submitted yet (the last one, or read early)
+            self._submit(batch)
+        data = batch.future.result()[i]
+        if isinstance(data, CairnError):
+            return Failed(f"{data.message}"), path
         if sparse and data.count(0) == len(data):
             return Hole(len(data)), None
         return Data(data), None
+
+
+class _Batch:
+    """Chunk ids read by one pool task, in stream order."""
+
+    __slots__ = ("ids", "size", "future")
+
+    def __init__(self) -> None:
+        self.ids: list[bytes] = []
+        self.size = 0
+        self.future: Future | None = None
+
+    def add(self, bid: bytes, size: int) -> int:
+        self.ids.append(bid)
+        self.size += size
+        return len(self.ids) - 1
+
+    def full(self) -> bool:
+        return len(self.ids) >= BATCH_CHUNKS or self.size >= BATCH_BYTES
 
 
 def drain(fut: Future) -> None:
