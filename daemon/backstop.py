@@ -32,6 +32,7 @@ from cairn.store.backup import kind_of
 from cairn.store.excludes import Excluder
 from cairn.store.model import BackupSet, ChangeHint
 
+from .changes import has_ancestor_in
 from .threads import ServiceThread
 
 log = logging.getLogger(__name__)
@@ -148,19 +149,9 @@ def _link_count_only(old: Any, st: os.stat_result, kind: str) -> bool:
     return kind == "file" and (bool(old.hardlink) or st.st_nlink > 1)
 
 
-def _has_ancestor_in(path: str, dirs: frozenset[str] | set[str]) -> bool:
-    while True:
-        if path in dirs:
-            return True
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
-
-
 def unexplained(diffs: Iterable[Difference], hint: ChangeHint) -> list[Difference]:
     """The differences no pending journal entry covers (the path, or a rescan directory above it)."""
-    return [d for d in diffs if d.path not in hint.paths and not _has_ancestor_in(d.path, hint.rescan)]
+    return [d for d in diffs if d.path not in hint.paths and not has_ancestor_in(d.path, hint.rescan)]
 
 
 def rescan_dirs(missed: Iterable[Difference], roots: Sequence[str]) -> list[str]:
@@ -170,7 +161,7 @@ def rescan_dirs(missed: Iterable[Difference], roots: Sequence[str]) -> list[str]
     for d in missed:
         parent = d.path if d.path in absroots else os.path.dirname(d.path)
         dirs.add(parent)
-    return sorted(d for d in dirs if not _has_ancestor_in(os.path.dirname(d), dirs - {d}))
+    return sorted(d for d in dirs if not has_ancestor_in(os.path.dirname(d), dirs - {d}))
 
 
 class Backstop(ServiceThread):

@@ -105,12 +105,13 @@ def _minimal_dirs(dirs: Iterable[str]) -> list[str]:
 
     def covered(d: str) -> bool:
         parent = os.path.dirname(d)
-        return parent != d and _has_ancestor_in(parent, every)
+        return parent != d and has_ancestor_in(parent, every)
 
     return sorted(d for d in every if not covered(d))
 
 
-def _has_ancestor_in(path: str, dirs: set[str]) -> bool:
+def has_ancestor_in(path: str, dirs: set[str] | frozenset[str]) -> bool:
+    """True when `path` or one of its ancestors is in `dirs`."""
     """True if `path` or one of its ancestors is in `dirs`."""
     while True:
         if path in dirs:
@@ -368,7 +369,7 @@ class ChangeTracker:
         with self._state_lock:
             dirs.update(self._unwatched.get(src.name, {}))
         rescan = {d for d in _minimal_dirs(dirs) if any(_under(d, r) for r in roots)}
-        keep = {p for p in paths if any(_under(p, r) for r in roots) and not _has_ancestor_in(p, rescan)}
+        keep = {p for p in paths if any(_under(p, r) for r in roots) and not has_ancestor_in(p, rescan)}
         return ChangeHint(paths=frozenset(keep), rescan=frozenset(rescan))
 
     def committed(self, source: str | SourceLike, level: str, set_id: str, token: ChangeToken) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cairn.errors import InvalidArgumentError
+from cairn.fsio.durable import fsync_dir, write_atomic
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 
 RECOVERY_KEYS = (
@@ -141,13 +142,7 @@ def _check_label(labelfile: bytes) -> None:
 
 
 def _write_file(path: str, data: bytes, mode: int = 0o600) -> None:
-    tmp = path + ".cairn-tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode)
 
 
 def _reset_pg_wal(target_dir: str) -> None:
@@ -166,14 +161,6 @@ def _reset_pg_wal(target_dir: str) -> None:
     os.makedirs(status, exist_ok=True)
     for name in os.listdir(status):
         os.unlink(os.path.join(status, name))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_recovery(
@@ -243,7 +230,7 @@ def write_recovery(
     os.chown(target_dir, uid, gid)
     for rel in ("", "pg_wal", "pg_wal/archive_status"):
         os.chmod(os.path.join(target_dir, rel), 0o700)
-    _fsync_dir(target_dir)
+    fsync_dir(target_dir)
     return RecoveryPlan(target_dir=target_dir, target=describe_target(settings), settings=settings,
                         files=tuple(written))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.errors import CorruptionError
+from cairn.fsio.durable import fsync_dir, write_atomic
 
 RECORD_VERSION = 1
 SUFFIX = ".json"
@@ -93,26 +94,12 @@ def record_path(state_dir: str, source: str) -> str:
     return os.path.join(windows_dir(state_dir), urllib.parse.quote(source, safe="") + SUFFIX)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_record(state_dir: str, record: WindowRecord) -> str:
     """Durably write `record` and return its path."""
     d = windows_dir(state_dir)
     os.makedirs(d, mode=0o700, exist_ok=True)
     path = record_path(state_dir, record.source)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record.to_dict(), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(d)
+    write_atomic(path, json.dumps(record.to_dict(), indent=1).encode())
     return path
 
 
@@ -122,7 +109,7 @@ def remove_record(state_dir: str, source: str) -> None:
         os.unlink(record_path(state_dir, source))
     except FileNotFoundError:
         return
-    _fsync_dir(windows_dir(state_dir))
+    fsync_dir(windows_dir(state_dir))
 
 
 def read_record(path: str) -> WindowRecord:

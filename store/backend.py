@@ -12,13 +12,14 @@ A backend stores immutable objects under a few kinds ("config", "packs", "index"
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Protocol
+
+from cairn.fsio.durable import fsync_dir
 
 from .errors import BackendError, NotFoundError
 
@@ -182,7 +183,7 @@ class LocalBackend:
             finally:
                 os.close(fd)
             os.rename(tmp, path)
-            _fsync_dir(d)
+            fsync_dir(d)
         except OSError as e:
             _unlink_quiet(tmp)
             raise BackendError(f"unable to write '{path}': {e.strerror or e}") from e
@@ -214,7 +215,7 @@ class LocalBackend:
             raise NotFoundError(f"unable to delete {kind} object '{name}': not found") from None
         except OSError as e:
             raise BackendError(f"unable to delete '{path}': {e.strerror}") from e
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
     def stat(self, kind: str, name: str) -> int:
         path = self._path(kind, name)
@@ -224,17 +225,6 @@ class LocalBackend:
             raise NotFoundError(f"{kind} object '{name}' not found") from None
         except OSError as e:
             raise BackendError(f"unable to stat '{path}': {e.strerror}") from e
-
-
-def _fsync_dir(d: str) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _unlink_quiet(path: str) -> None:
