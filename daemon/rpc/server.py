@@ -6,7 +6,9 @@ and that group may call; an existing socket is replaced only if no daemon answer
 TCP endpoint exists only with a certificate, a key and a token file, and every call on it must
 carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED. Both endpoints serve
 cairn.v1.Cairn, grpc.health.v1 (SERVING while up) and server reflection, with messages capped
-at MAX_MESSAGE_BYTES. Requests that do not parse get INVALID_ARGUMENT, not INTERNAL.
+at MAX_MESSAGE_BYTES. Requests that do not parse get INVALID_ARGUMENT, not INTERNAL. Health
+and reflection are served by `health`: their long-lived streams share a few slots, so they
+can take at most AUX_STREAMS of the WORKERS threads (see that module).
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ from typing import Any
 
 import grpc
 from cairn.daemon.config import DaemonConfig
+from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflection, Slots
 from cairn.daemon.rpc.servicer import CairnServicer, Malformed
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 << 20
-WORKERS = 16
+WORKERS = 16 + AUX_STREAMS  # health watches and reflection streams never get more than AUX_STREAMS
+MAX_CONCURRENT_RPCS = 512  # calls running or queued; beyond, RESOURCE_EXHAUSTED (bounds a flood's memory)
 SERVICE = pb.DESCRIPTOR.services_by_name["Cairn"]
 TOKEN_KEY = "authorization"
 
@@ -110,7 +114,8 @@ class RpcServer:
     def __init__(self, servicer: CairnServicer, config: DaemonConfig) -> None:
         self._servicer = servicer
         self._config = config
-        self._health = health.HealthServicer()
+        self._aux_slots = Slots(AUX_STREAMS)
+        self._health = HealthService(self._aux_slots)
         self._servers: list[grpc.Server] = []
         self._bound_socket: str | None = None  # only a socket this server created is removed
         self.tcp_port: int | None = None
@@ -145,6 +150,7 @@ class RpcServer:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
             interceptors=interceptors,
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -154,7 +160,7 @@ class RpcServer:
         server.add_generic_rpc_handlers((cairn_handler(self._servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (SERVICE.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(LimitedReflection(names, self._aux_slots), server)
         return server
 
     def _start_unix(self, path: str) -> grpc.Server:
