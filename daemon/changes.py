@@ -168,7 +168,7 @@ class ChangeTracker:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Open the journal, mark every watched source for rescan (gap unknown), start watching."""
-        os.makedirs(self.state_dir, exist_ok=True)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self._journal = Journal(os.path.join(self.state_dir, JOURNAL_FILE))
         previous = self._journal.begin_session()
         if previous is None:

@@ -1,6 +1,7 @@
 """The change journal: a durable record, per source, of what changed and what is protected.
 
-One SQLite database in the daemon's state directory (WAL mode, synchronous=NORMAL: a
+One SQLite database in the daemon's state directory, readable by its owner only (0600, and
+so its -wal and -shm files: it names every changed path), in WAL mode (synchronous=NORMAL: a
 committed batch survives a crash of the daemon; on power loss the newest batches may be lost,
 which the restart rule below covers). Tables:
 
@@ -128,6 +129,23 @@ class Session:
         return self.stopped is not None
 
 
+def make_private(path: str) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm files the database's mode)
+    and take group and other access from an existing database and its -wal/-shm files."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            if os.lstat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _enc(path: str) -> bytes:
     return os.fsencode(path)
 
@@ -143,12 +161,15 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
         try:
+            make_private(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise JournalError(f"unable to open change journal '{path}': {e}") from None
+        except OSError as e:
+            raise JournalError(f"unable to open change journal '{path}': {e.strerror or e}") from None
         version = self._meta("format")
         if version is None:
             self._set_meta("format", str(FORMAT_VERSION))

@@ -1,8 +1,9 @@
 """`cairnd`: the entry point that assembles the daemon and runs it until SIGTERM.
 
 Start-up order: arguments and configuration (exit 2 for bad arguments, 1 for a bad config
-or repository, one line on stderr either way), logging, the thaw of quiesce windows a
-previous run died inside, repository, metrics endpoint, the
+or repository, one line on stderr either way), logging, the lock of the state directory
+(a second daemon on it exits 1 before touching anything, see `instance`), the thaw of
+quiesce windows a previous run died inside, repository and its lock, metrics endpoint, the
 service core, scheduler, the RPC endpoints, then READY=1 and watchdog pings. The main
 thread only waits for signals: SIGHUP reloads the configuration (an invalid file is logged
 and the running configuration kept), SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs,
@@ -27,6 +28,7 @@ from cairn import __version__
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
+from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
@@ -115,16 +117,26 @@ class Daemon:
         self._signals: collections.deque[int] = collections.deque()
         self._wake = threading.Event()
         self._last_status = ""
+        self._locks: list[InstanceLock] = []
 
     # ---- start ----
 
     def start(self) -> None:
         cfg = self.config
         read_only = cfg.daemon.read_only
-        # Before anything else: thaw every quiesce window a previous run died inside.
+        # Before anything else: this daemon alone may use its state directory.
+        self._locks.append(lock_state_dir(cfg.daemon.state_dir))
+        # Then thaw every quiesce window a previous run died inside.
         self.thaw_leftover_windows()
-        # The repository first: without it there is nothing to serve.
-        self.repo = Repository.open_local(cfg.repository.path, create=not read_only, read_only=read_only)
+        # The repository first: without it there is nothing to serve. It is locked before it
+        # is read when it exists, else as soon as it is created.
+        path = cfg.repository.path
+        repo_lock = lock_local_repository(path, shared=read_only) if os.path.isdir(path) else None
+        if repo_lock is not None:
+            self._locks.append(repo_lock)
+        self.repo = Repository.open_local(path, create=not read_only, read_only=read_only)
+        if repo_lock is None:
+            self._locks.append(lock_local_repository(path, shared=read_only))
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()
@@ -273,6 +285,11 @@ class Daemon:
             kept[key] = getattr(old.daemon, key)
         return dataclasses.replace(new, repository=old.repository, daemon=dataclasses.replace(new.daemon, **kept))
 
+    def release_locks(self) -> None:
+        """Let another daemon have the repository and the state directory."""
+        while self._locks:
+            self._locks.pop().release()
+
     # ---- stop ----
 
     def stop(self) -> int:
@@ -307,7 +324,9 @@ class Daemon:
             self.tracker.stop()  # flushes the journal and records a clean stop
         if self.repo is not None:
             self.repo.close()
-        log.info("stopped")
+        self.release_locks()
+        if self.repo is not None:  # a daemon refused at start says only why (see main)
+            log.info("stopped")
         return EXIT_OK
 
 
