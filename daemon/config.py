@@ -34,6 +34,7 @@ REPOSITORY_KEYS = ("path",)
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
+    "max_wal_size",
 )
 SOURCE_KEYS = (
     "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
@@ -77,6 +78,7 @@ class DaemonConfig:
     backstop_interval: float = 86400.0
     max_watches: int | None = None
     log_level: str = "info"
+    max_wal_size: int = 1 << 30  # largest WAL file a push may carry (PostgreSQL's largest segment)
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,7 @@ class _Loader:
             ),
             "max_watches": self.positive_int("daemon.max_watches", table.get("max_watches")),
             "log_level": self.choice("daemon.log_level", table.get("log_level", "info"), LOG_LEVELS),
+            "max_wal_size": self.positive_int("daemon.max_wal_size", table.get("max_wal_size", 1 << 30)),
         }
         if values["listen"] is not None:
             self.address("daemon.listen", values["listen"])

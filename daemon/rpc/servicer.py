@@ -4,19 +4,23 @@ Each RPC converts its request to arguments of `CairnService`, calls it, and conv
 domain result back. Every failure leaves through `errors.status_for`, so status codes are
 decided in one place. Paths cross the wire as bytes (os.fsencode/os.fsdecode), so names that
 are not UTF-8 survive. Streams are batched: a restore batch carries at most about 1 MiB of
-file data, and no data record is larger than 1 MiB.
+file data, and no data record is larger than 1 MiB. A WalPush is spooled to disk, never held
+in memory, and refused once it passes daemon.max_wal_size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
+import mmap
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 from cairn.daemon.jobs import BackupJob
@@ -34,7 +38,6 @@ DATA_PIECE = 1 << 20  # largest data record of a restore or WAL fetch
 BATCH_BYTES = 1 << 20  # a restore batch is flushed once it holds about this much
 BATCH_RECORDS = 2048
 LIST_BATCH = 1000
-MAX_WAL_BYTES = 1 << 30
 PROGRESS_INTERVAL = 0.1
 
 
@@ -217,9 +220,15 @@ class CairnServicer(pb_grpc.CairnServicer):
         )
 
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
+        daemon = self.service.config.daemon
         try:
-            name, data = _collect_wal(request_iterator)
-            return pb.WalPushReply(stored=self.service.put_wal(name, data))
+            # Spooled to an unnamed file in the private state directory (gone with the process,
+            # even on kill -9) and handed to the store as a read-only mapping: the pushed bytes
+            # live in the page cache, not in the daemon's heap, whatever the segment size.
+            with tempfile.TemporaryFile(dir=daemon.state_dir, prefix="walpush-") as spool:
+                name, size = spool_wal(request_iterator, spool, daemon.max_wal_size)
+                with _mapped(spool, size) as data:
+                    return pb.WalPushReply(stored=self.service.put_wal(name, data))
         except Exception as exc:
             _abort(context, exc, "WalPush")
 
@@ -230,21 +239,42 @@ class CairnServicer(pb_grpc.CairnServicer):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
 
 
-def _collect_wal(requests: Iterator[Any]) -> tuple[str, bytes]:
-    """The name (from the first message) and the joined data of a WalPush stream."""
-    name, parts, size = "", [], 0
+def spool_wal(requests: Iterator[Any], spool: BinaryIO, limit: int) -> tuple[str, int]:
+    """Write the data of a WalPush stream to `spool`; return the name (from the first message)
+    and the size. More than `limit` bytes is refused as soon as the stream passes it."""
+    name, size = "", 0
     for req in requests:
         if isinstance(req, Malformed):
             req.raise_error()
         if req.name and not name:
             name = req.name
         size += len(req.data)
-        if size > MAX_WAL_BYTES:
-            raise InvalidArgumentError(f"WAL segment '{name}' is larger than {MAX_WAL_BYTES} bytes")
-        parts.append(req.data)
+        if size > limit:
+            raise InvalidArgumentError(
+                f"WAL file '{name}' is larger than daemon.max_wal_size ({limit} bytes)",
+                hint="raise daemon.max_wal_size to the server's wal_segment_size",
+            )
+        spool.write(req.data)
     if not name:
         raise InvalidArgumentError("WalPush without a segment name: the first message must name it")
-    return name, b"".join(parts)
+    spool.flush()
+    return name, size
+
+
+@contextlib.contextmanager
+def _mapped(f: BinaryIO, size: int) -> Iterator[Any]:
+    """The first `size` bytes of `f` as a read-only buffer (a file mapping; b"" when empty)."""
+    if size == 0:
+        yield b""
+        return
+    view = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    try:
+        yield view
+    finally:
+        try:
+            view.close()
+        except BufferError:
+            pass  # a slice is still referenced somewhere: unmapped when it is released
 
 
 def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: grpc.ServicerContext) -> Iterator[Any]:
