@@ -60,6 +60,11 @@ class Metrics:
             "cairn_wal_last_archived_timestamp_seconds", "Unix time the last WAL segment was archived.",
             registry=registry,
         )
+        self.verifies = Counter(
+            "cairn_verifies", "Verify runs finished, by outcome (ok, damaged, failed, cancelled).",
+            ("outcome",), registry=registry,
+        )
+        self.verify_running = Gauge("cairn_verify_running", "Verify runs in progress.", registry=registry)
         self._server = None
         self._server_thread: threading.Thread | None = None
 
@@ -94,6 +99,15 @@ class Metrics:
             self.wal_last_archived.set(time.time() if when is None else when)
         else:
             self.wal_archive_failures.inc()
+
+    def record_verify_start(self) -> None:
+        """One more verify is running."""
+        self.verify_running.inc()
+
+    def record_verify(self, outcome: str) -> None:
+        """A verify ended: "ok", "damaged" (it found errors), "failed" or "cancelled"."""
+        self.verify_running.dec()
+        self.verifies.labels(outcome).inc()
 
     def render(self) -> bytes:
         """The metrics in the Prometheus text format."""

@@ -25,6 +25,7 @@ from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
 from cairn.store.errors import (
+    AbortedError,
     BusyError,
     CairnError,
     FailedPreconditionError,
@@ -356,11 +357,26 @@ class CairnService:
         return s, self._counted(records)
 
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
+        """Check the repository (or one set). A `progress` that raises AbortedError stops it."""
         chosen = self.resolve(set_ref, source) if set_ref else None
-        report = self.repo.check(read_data=read_data, set_ref=chosen.id if chosen else None, progress=progress)
-        # WAL continuity per timeline from each database set's start onward (daemon/walarchive.py)
-        gaps = walarchive.continuity_problems(self.repo, [chosen] if chosen else self.repo.list_sets())
-        return replace(report, errors=report.errors + tuple(gaps)) if gaps else report
+        if self._metrics is not None:
+            self._metrics.record_verify_start()
+        outcome = "failed"
+        try:
+            report = self.repo.check(read_data=read_data, set_ref=chosen.id if chosen else None,
+                                     progress=progress)
+            # WAL continuity per timeline from each database set's start onward (daemon/walarchive.py)
+            gaps = walarchive.continuity_problems(self.repo, [chosen] if chosen else self.repo.list_sets())
+            report = replace(report, errors=report.errors + tuple(gaps)) if gaps else report
+            outcome = "ok" if report.ok else "damaged"
+            return report
+        except AbortedError as exc:
+            outcome = "cancelled"
+            log.info("verify stopped: %s", exc.message)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.record_verify(outcome)
 
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""

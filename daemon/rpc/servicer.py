@@ -29,7 +29,7 @@ from cairn.daemon.service import CairnService, set_status
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairn.store.errors import InvalidArgumentError
+from cairn.store.errors import AbortedError, InvalidArgumentError
 from cairn.store.model import BackupSet, CheckProblem, CheckReport, Progress, PrunePolicy, TreeEntry
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class CairnServicer(pb_grpc.CairnServicer):
         def check(progress: Callable[[Progress], None]) -> CheckReport:
             return self.service.verify(request.set, request.source, request.read_data, progress)
 
-        for item in run_with_progress(check, context):
+        for item in run_with_progress(check, context, what="verify"):
             if isinstance(item, Progress):
                 yield pb.VerifyEvent(progress=progress_msg(item))
             else:
@@ -277,12 +277,29 @@ def _mapped(f: BinaryIO, size: int) -> Iterator[Any]:
             pass  # a slice is still referenced somewhere: unmapped when it is released
 
 
-def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: grpc.ServicerContext) -> Iterator[Any]:
-    """Run fn(progress) in a thread; yield its latest Progress while it runs, then its result."""
+def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: grpc.ServicerContext,
+                      what: str = "call") -> Iterator[Any]:
+    """Run fn(progress) in a thread; yield its latest Progress while it runs, then its result.
+
+    When the call ends first (the client went away, cancelled, or its deadline passed), the
+    next progress report raises AbortedError inside fn, so the work stops at its next
+    progress point instead of running on for nobody.
+    """
     cond = threading.Condition()
     state: dict[str, Any] = {"progress": None, "version": 0, "done": False, "result": None, "error": None}
+    gone = threading.Event()
+
+    def ended() -> None:  # runs when the call ends, for whatever reason
+        with cond:
+            if state["done"]:
+                return
+            gone.set()
+            cond.notify_all()
+        log.info("the client of a running %s went away: stopping it", what)
 
     def publish(p: Progress) -> None:
+        if gone.is_set():
+            raise AbortedError(f"{what} cancelled: its client went away")
         with cond:
             state["progress"] = p
             state["version"] += 1
@@ -298,15 +315,18 @@ def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: 
             state["version"] += 1
             cond.notify_all()
 
+    if not context.add_callback(ended):
+        return  # the call ended before it started: nothing to run
     threading.Thread(target=work, name="rpc-work", daemon=True).start()
     seen = 0
     while True:
         with cond:
-            cond.wait_for(functools.partial(_changed, state, seen), timeout=1.0)
+            cond.wait_for(functools.partial(_changed, state, seen, gone), timeout=1.0)
             seen, done, progress = state["version"], state["done"], state["progress"]
         if done:
             break
-        if not context.is_active():
+        if gone.is_set() or not context.is_active():
+            gone.set()
             return
         if progress is not None:
             yield progress
@@ -316,8 +336,8 @@ def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: 
     yield state["result"]
 
 
-def _changed(state: dict[str, Any], seen: int) -> bool:
-    return state["version"] != seen
+def _changed(state: dict[str, Any], seen: int, gone: threading.Event) -> bool:
+    return state["version"] != seen or gone.is_set()
 
 
 # ---- domain -> wire ----
