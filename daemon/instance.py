@@ -20,7 +20,7 @@ import errno
 import fcntl
 import os
 
-from cairn.errors import InvalidArgumentError, LockedError
+from cairn.errors import FailedPreconditionError, InvalidArgumentError, LockedError
 
 LOCK_FILE = "cairnd.lock"
 STOP_IT = "stop it first: two daemons on one repository or state directory are not safe"
@@ -47,6 +47,8 @@ def make_state_dir(path: str) -> None:
         if not os.path.isdir(path):
             raise InvalidArgumentError(f"state directory '{path}' is not a directory") from None
         return
+    except OSError as exc:
+        raise FailedPreconditionError(f"unable to create state directory '{path}': {exc.strerror or exc}") from exc
     os.chmod(path, 0o700)  # makedirs' mode passes through the umask
 
 
@@ -54,9 +56,9 @@ def lock_state_dir(path: str) -> InstanceLock:
     """Take the state directory's lock or raise LockedError naming the daemon that holds it."""
     make_state_dir(path)
     lock_path = os.path.join(path, LOCK_FILE)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = _open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        if not _try_flock(fd, exclusive=True):
+        if not _try_flock(fd, lock_path, exclusive=True):
             holder = _read_pid(fd)
             who = f" (pid {holder})" if holder else ""
             raise LockedError(f"state directory '{path}' is in use by another cairnd{who}; {STOP_IT}")
@@ -71,9 +73,9 @@ def lock_state_dir(path: str) -> InstanceLock:
 
 def lock_local_repository(path: str, *, shared: bool) -> InstanceLock:
     """Lock a local repository's directory (shared for a read-only daemon) or raise LockedError."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = _open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if not _try_flock(fd, exclusive=not shared):
+        if not _try_flock(fd, path, exclusive=not shared):
             raise LockedError(f"repository '{path}' is in use by another cairnd; {STOP_IT}")
     except BaseException:
         os.close(fd)
@@ -81,13 +83,20 @@ def lock_local_repository(path: str, *, shared: bool) -> InstanceLock:
     return InstanceLock(fd, path)
 
 
-def _try_flock(fd: int, *, exclusive: bool) -> bool:
+def _open(path: str, flags: int, mode: int = 0o600) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise FailedPreconditionError(f"unable to open '{path}' to lock it: {exc.strerror or exc}") from exc
+
+
+def _try_flock(fd: int, path: str, *, exclusive: bool) -> bool:
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return False
-        raise
+        raise FailedPreconditionError(f"unable to lock '{path}': {exc.strerror or exc}") from exc
     return True
 
 

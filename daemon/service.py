@@ -394,6 +394,10 @@ class CairnService:
             self._require_known_source(source)
         return self.repo.prune(policy, dry_run=dry_run, source=source or None)
 
+    def require_wal_writable(self) -> None:
+        """Raise unless WAL pushes are accepted (checked before a push is received)."""
+        self._require_writable("archiving WAL")
+
     def put_wal(self, name: str, data: bytes) -> bool:
         self._require_writable("archiving WAL")
         _check_wal_name(name)

@@ -29,7 +29,7 @@ from cairn.daemon.service import CairnService, set_status
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairn.store.errors import AbortedError, InvalidArgumentError
+from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.model import BackupSet, CheckProblem, CheckReport, Progress, PrunePolicy, TreeEntry
 
 log = logging.getLogger(__name__)
@@ -222,10 +222,11 @@ class CairnServicer(pb_grpc.CairnServicer):
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon
         try:
+            self.service.require_wal_writable()
             # Spooled to an unnamed file in the private state directory (gone with the process,
             # even on kill -9) and handed to the store as a read-only mapping: the pushed bytes
             # live in the page cache, not in the daemon's heap, whatever the segment size.
-            with tempfile.TemporaryFile(dir=daemon.state_dir, prefix="walpush-") as spool:
+            with _spool_file(daemon.state_dir) as spool:
                 name, size = spool_wal(request_iterator, spool, daemon.max_wal_size)
                 with _mapped(spool, size) as data:
                     return pb.WalPushReply(stored=self.service.put_wal(name, data))
@@ -237,6 +238,18 @@ class CairnServicer(pb_grpc.CairnServicer):
         data = self.service.get_wal(request.name)
         for start in range(0, max(len(data), 1), DATA_PIECE):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
+
+
+@contextlib.contextmanager
+def _spool_file(directory: str) -> Iterator[BinaryIO]:
+    """An unnamed temporary file in `directory`; an OSError while spooling is one clear error."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix="walpush-") as spool:
+            yield spool
+    except OSError as exc:
+        raise FailedPreconditionError(
+            f"unable to spool a WAL push in '{directory}': {exc.strerror or exc}"
+        ) from exc
 
 
 def spool_wal(requests: Iterator[Any], spool: BinaryIO, limit: int) -> tuple[str, int]:

@@ -96,3 +96,17 @@ def test_a_push_over_max_wal_size_is_refused_and_stores_nothing(capped, tmp_path
     assert (tmp_path / "back").read_bytes() == exact.read_bytes()
     assert not [n for n in os.listdir(os.path.join(os.path.dirname(capped.socket), "state"))
                 if n.startswith("walpush-")]
+
+
+def test_a_read_only_daemon_refuses_a_push_before_taking_it_in(start_daemon, tmp_path):
+    repo = str(tmp_path / "repo")
+    writer = start_daemon("--repo", repo)
+    assert writer.terminate(timeout=30)[0] == 0
+    daemon = start_daemon("--repo", repo, "--read-only")
+    stub = pb_grpc.CairnStub(daemon.channel())
+    pulled = [0]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.WalPush(_pieces("000000010000000000000005", 10_000, pulled), timeout=120)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "read-only" in err.value.details()
+    assert pulled[0] < 1000
