@@ -43,6 +43,14 @@ def daemon(start_daemon, tmp_path):
     return d
 
 
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc status")
+
+
 def _flood(sock: str, seed: int, counts: dict[str, int], lock: threading.Lock, stop_at: float) -> None:
     rng = random.Random(seed)
     channel = grpc.insecure_channel("unix:" + sock)
@@ -103,6 +111,7 @@ def test_health_and_malformed_flood_leaves_backup_and_wal_push_working(daemon, t
             except grpc.RpcError as exc:
                 outcomes.append(exc.code())
 
+        rss_before = _rss(daemon.proc.pid)
         counts: dict[str, int] = {}
         lock = threading.Lock()
         stop_at = time.monotonic() + LOAD_BUDGET
@@ -113,6 +122,8 @@ def test_health_and_malformed_flood_leaves_backup_and_wal_push_working(daemon, t
         for t in threads:
             t.join(LOAD_BUDGET + 30)
         assert not any(t.is_alive() for t in threads)
+        grown = _rss(daemon.proc.pid) - rss_before
+        assert grown < 64 << 20, f"the flood left the daemon {grown >> 20} MiB larger"  # measured: 1 MiB
 
         seg = tmp_path / "000000010000000000000001"
         seg.write_bytes(os.urandom(1 << 20))
