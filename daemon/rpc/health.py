@@ -38,13 +38,6 @@ class Slots:
     def __init__(self, count: int) -> None:
         self.count = count
         self._free = threading.BoundedSemaphore(count)
-        self._lock = threading.Lock()
-        self._held = 0
-
-    @property
-    def held(self) -> int:
-        with self._lock:
-            return self._held
 
     def take(self, context: grpc.ServicerContext, what: str) -> Callable[[], None]:
         """A slot, or abort the call with RESOURCE_EXHAUSTED; returns its release (safe to call twice)."""
@@ -53,8 +46,6 @@ class Slots:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many open {what} streams (at most {self.count} at a time); try again later",
             )
-        with self._lock:
-            self._held += 1
         released = threading.Event()
         once = threading.Lock()
 
@@ -63,8 +54,6 @@ class Slots:
                 if released.is_set():
                     return
                 released.set()
-            with self._lock:
-                self._held -= 1
             self._free.release()
 
         return release

@@ -14,6 +14,7 @@ import time
 
 import grpc
 import pytest
+from cairn.daemon.rpc.health import AUX_STREAMS  # open watch + reflection streams admitted at once
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -21,7 +22,6 @@ THREADS = 4
 CALLS_PER_THREAD = 600
 LOAD_BUDGET = 12.0  # seconds the flood may take on a loaded machine; what it got done is checked
 AFTER_BOUND = 20.0  # a backup and a wal-push after the flood must each finish within this
-AUX_STREAMS = 4  # daemon/rpc/health.py: open watch + reflection streams admitted at once
 
 GARBAGE = (b"\xff\xff\xff", b"\x0a\xff", b"\x08" + b"\xff" * 11, os.urandom(64))
 RAW_METHODS = (
