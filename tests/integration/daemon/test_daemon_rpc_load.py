@@ -2,7 +2,8 @@
 
 A flood of grpc.health.v1 Check/Watch calls with short deadlines, cancelled streams, watches
 left open, reflection streams and undecodable requests from several threads; afterwards (with
-the open watches still open) `cairn backup` and `cairn wal-push` must succeed within a bound.
+the open watches still open) `cairn backup`, `cairn wal-push`, `status` and `verify` must
+succeed within a bound.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def test_health_and_malformed_flood_leaves_backup_and_wal_push_working(daemon, t
         assert "full set of source 'src' done" in out
         assert daemon.ok("wal-push", str(seg), timeout=AFTER_BOUND).strip() == f"archived {seg.name}"
         assert daemon.ok("status", timeout=AFTER_BOUND)
+        assert daemon.ok("verify", timeout=AFTER_BOUND).startswith("repository ok: 1 sets")
         assert time.monotonic() - start < 2 * AFTER_BOUND
         assert daemon.alive
         total = sum(counts.values())
