@@ -298,11 +298,13 @@ class Repository:
     def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None) -> PruneReport:
         if not dry_run:
             self._writable()
-        with self.locks.hold("prune", exclusive=not dry_run):
-            report = prunemod.Pruner(self).run(policy, dry_run=dry_run, source=source)
-        if not dry_run:
-            self.load_index()
-        return report
+        try:
+            with self.locks.hold("prune", exclusive=not dry_run):
+                self.load_index()  # plan from the durable index, not from what this handle saw
+                return prunemod.Pruner(self).run(policy, dry_run=dry_run, source=source)
+        finally:
+            if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
+                self.load_index()
 
     # -- WAL -------------------------------------------------------------------------
     def put_wal(self, name: str, data: bytes) -> bool:
