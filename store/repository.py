@@ -45,6 +45,7 @@ from .model import (
     TreeEntry,
     check_level,
 )
+from .packs import PackEntry
 from .repoconfig import RepoConfig
 from .restore import StreamBuilder, find_entry
 from .session import BackupSession
@@ -67,6 +68,10 @@ class Repository:
         self.read_only = read_only
         self.index = Index()
         self.index_problems: list[str] = []
+        self._index_files: set[str] = set()  # index files whose entries self.index holds
+        self._index_mutex = threading.Lock()  # swapping self.index vs publishing into it
+        self._load_mutex = threading.Lock()  # one (re)load at a time
+        self._recording: list[dict[str, list[PackEntry]]] | None = None  # published during a load
         self.reader = BlobReader(backend, self.index)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -110,17 +115,72 @@ class Repository:
         return cls.open(LocalBackend(path), read_only=read_only)
 
     def load_index(self) -> None:
-        """(Re)load every index file. Unreadable ones are noted, not fatal (see check)."""
-        index, problems = Index(), []
-        for name in list(self.backend.list("index")):
-            try:
-                for pack, entries in decode_index(name, self.backend.get("index", name)).items():
-                    index.add_pack(pack, entries)
-            except (CorruptionError, NotFoundError) as e:
-                problems.append(str(e))
-        self.index = index
-        self.reader = BlobReader(self.backend, index)
-        self.index_problems = problems
+        """(Re)load every index file. Unreadable ones are noted, not fatal (see check).
+
+        What write sessions publish while the files are read is added to the new index before
+        it replaces the old one, so a reload (by check, prune or refresh) never loses the blobs
+        of a session in progress."""
+        with self._load_mutex:
+            self._load_all()
+
+    def refresh_index(self) -> None:
+        """Bring this handle's index up to the durable one: add index files that appeared; if
+        any file it had loaded is gone (a prune, maybe by another handle, rewrote the index),
+        reload everything, so blobs of deleted packs are forgotten."""
+        with self._load_mutex:
+            names = set(self.backend.list("index"))
+            if not self._index_files <= names:
+                self._load_all()
+                return
+            for name in sorted(names - self._index_files):
+                try:
+                    packs = decode_index(name, self.backend.get("index", name))
+                except NotFoundError:  # deleted since the listing: a prune ran, start over
+                    self._load_all()
+                    return
+                except CorruptionError as e:
+                    self.index_problems.append(str(e))
+                    packs = {}
+                for pack, entries in packs.items():
+                    self.index.add_pack(pack, entries)
+                self._index_files.add(name)
+
+    def _load_all(self) -> None:
+        with self._index_mutex:
+            self._recording = []
+        try:
+            index, problems, loaded = Index(), [], set()
+            for name in list(self.backend.list("index")):
+                try:
+                    for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                        index.add_pack(pack, entries)
+                    loaded.add(name)
+                except NotFoundError:
+                    continue
+                except CorruptionError as e:
+                    problems.append(str(e))
+                    loaded.add(name)
+            with self._index_mutex:
+                for packs in self._recording:
+                    for pack, entries in packs.items():
+                        index.add_pack(pack, entries)
+                self.index = index
+                self.reader = BlobReader(self.backend, index)
+                self.index_problems = problems
+                self._index_files = loaded
+        finally:
+            with self._index_mutex:
+                self._recording = None
+
+    def _publish(self, name: str, packs: dict[str, list[PackEntry]]) -> None:
+        """A write session's index file `name` is durable: its blobs join the current index."""
+        with self._index_mutex:
+            for pack, entries in packs.items():
+                self.index.add_pack(pack, entries)
+            if self._recording is not None:
+                self._recording.append(packs)
+            else:
+                self._index_files.add(name)
 
     def close(self) -> None:
         with self._tree_lock:
@@ -134,8 +194,23 @@ class Repository:
             raise FailedPreconditionError("repository is open read-only")
 
     def _writer(self) -> BlobWriter:
-        return BlobWriter(self.backend, self.index, pack_size=self.config.pack_size,
-                          level=self.config.compression_level)
+        return BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
+                          level=self.config.compression_level, publish=self._publish)
+
+    def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None) -> None:
+        """Before a write session commits: refresh the index and make sure every blob it used
+        without writing it (and its base set) is still there. Raises FailedPreconditionError
+        if something was removed meanwhile (a prune by another handle): nothing is committed."""
+        self.refresh_index()
+        gone = next((b for b in writer.deduped if b not in self.index), None)
+        if gone is None and base is not None:
+            listed = {s.id for s in self.list_sets()}
+            if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
+                gone = bytes.fromhex(base.tree)
+        if gone is not None:
+            raise FailedPreconditionError(
+                f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
+                "repository while it ran (a prune?)", hint="run the backup again")
 
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
@@ -317,6 +392,19 @@ class Repository:
 
     def list_wal(self) -> list[str]:
         return sorted(self.backend.list("wal"))
+
+
+class _CurrentIndex:
+    """Membership in whatever index its repository holds now (write sessions dedup against
+    this, so a reload during a session is seen by it)."""
+
+    __slots__ = ("_repo",)
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+
+    def __contains__(self, bid: object) -> bool:
+        return bid in self._repo.index
 
 
 def _tree_entry(path: str, e: Entry) -> TreeEntry:

@@ -7,7 +7,11 @@ pg_backup_start and pg_backup_stop, walk the remaining roots, then commit.
 
 What always holds: nothing is visible until `commit`, which finishes the write session
 (packs, then index) before it writes the set object; `abort` (or leaving the `with` block by
-an exception) leaves only unreferenced data behind.
+an exception) leaves only unreferenced data behind. A session refreshes the repository's
+index after taking its lock and before choosing its base, and again before it writes the set
+object, which it refuses to write if a blob it deduplicated against (or its base set) was
+removed meanwhile: a set never references a blob it has not seen in a durable index or
+written itself.
 """
 
 from __future__ import annotations
@@ -44,7 +48,24 @@ class BackupSession:
         repo._writable()
         check_paths(req.paths)
         self.repo = repo
-        self.level, self.base, self.note = repo.choose_base(req.source, req.level)
+        self._closed = True  # until the lock is held
+        self._lock_cm = repo.locks.hold(f"backup {req.source}")
+        self._lock_cm.__enter__()
+        self._closed = False
+        try:
+            self._start(req, progress, cancel, workers)
+        except BaseException:
+            if getattr(self, "writer", None) is not None:
+                self.writer.abort()
+            if getattr(self, "pool", None) is not None:
+                self.pool.shutdown(wait=False)
+            self._release()
+            raise
+
+    def _start(self, req: BackupRequest, progress: ProgressFn | None, cancel: threading.Event | None,
+               workers: int) -> None:
+        self.repo.refresh_index()  # dedup only against what is durable now (a prune may have run)
+        self.level, self.base, self.note = self.repo.choose_base(req.source, req.level)
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
             req = replace(req, changes=None)
         self.req = replace(req, level=self.level)
@@ -56,12 +77,9 @@ class BackupSession:
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
         self._attachments: dict[str, dict[str, Any]] = {}
-        self._lock_cm = repo.locks.hold(f"backup {req.source}")
-        self._lock_cm.__enter__()
-        self.writer: BlobWriter = repo._writer()
+        self.writer: BlobWriter = self.repo._writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
         self._walker = self._make_walker(self.req, self.tally)
-        self._closed = False
 
     def __enter__(self) -> BackupSession:
         return self
@@ -144,6 +162,7 @@ class BackupSession:
         fields = self._fields(tree, extra or {})
         set_id, data = encode_set(fields)
         try:
+            self.repo.confirm_deduped(self.writer, self.base)
             self.repo.backend.put("sets", set_id, data)
         finally:
             self._release()

@@ -49,6 +49,7 @@ def put(repo: Repository, name: str, data: bytes) -> bool:
         if have.get("hash") == digest and have.get("size") == len(data):
             return False
         raise AlreadyExistsError(f"WAL file '{name}' is already archived with different content")
+    repo.refresh_index()
     writer = repo._writer()
     try:
         chunks = []
@@ -60,6 +61,7 @@ def put(repo: Repository, name: str, data: bytes) -> bool:
     except BaseException:
         writer.abort()
         raise
+    repo.confirm_deduped(writer)
     doc = {"size": len(data), "hash": digest, "chunks": chunks}
     repo.backend.put("wal", name, json.dumps(doc).encode())
     return True
