@@ -56,6 +56,7 @@ ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
+PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for running backups and WAL pushes
 
 
 class Repository:
@@ -370,13 +371,16 @@ class Repository:
         self.load_index()
         return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
 
-    def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None) -> PruneReport:
+    def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
+              lock_wait: float = PRUNE_LOCK_WAIT) -> PruneReport:
+        """Forget sets by `policy` and free what nothing references (see store/prune.py). Waits
+        up to `lock_wait` seconds (retrying with backoff) for backups and WAL pushes to end."""
         if not dry_run:
             self._writable()
         try:
-            with self.locks.hold("prune", exclusive=not dry_run):
+            with self.locks.hold("prune", exclusive=not dry_run, wait=lock_wait) as lock:
                 self.load_index()  # plan from the durable index, not from what this handle saw
-                return prunemod.Pruner(self).run(policy, dry_run=dry_run, source=source)
+                return prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
                 self.load_index()
@@ -384,8 +388,8 @@ class Repository:
     # -- WAL -------------------------------------------------------------------------
     def put_wal(self, name: str, data: bytes) -> bool:
         self._writable()
-        with self.locks.hold("wal-push"):
-            return walmod.put(self, name, data)
+        with self.locks.hold("wal-push") as lock:
+            return walmod.put(self, name, data, check_lock=lock.check)
 
     def get_wal(self, name: str) -> bytes:
         return walmod.get(self, name)

@@ -11,7 +11,8 @@ an exception) leaves only unreferenced data behind. A session refreshes the repo
 index after taking its lock and before choosing its base, and again before it writes the set
 object, which it refuses to write if a blob it deduplicated against (or its base set) was
 removed meanwhile: a set never references a blob it has not seen in a durable index or
-written itself.
+written itself. A session whose shared lock is lost (cannot be refreshed) stops like a
+cancelled one and commits nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backup import Tally, Walker, entry_from_stat
 from .blobs import BlobWriter
-from .errors import InvalidArgumentError
+from .errors import AbortedError, InvalidArgumentError
 from .model import BackupRequest, BackupSet, Progress, SetStats
 from .packs import TYPE_TREE
 from .sets import encode_set
@@ -49,8 +50,9 @@ class BackupSession:
         check_paths(req.paths)
         self.repo = repo
         self._closed = True  # until the lock is held
-        self._lock_cm = repo.locks.hold(f"backup {req.source}")
-        self._lock_cm.__enter__()
+        self._lock_lost = threading.Event()
+        self._lock_cm = repo.locks.hold(f"backup of source '{req.source}'", on_lost=lambda _: self._lock_lost.set())
+        self._lock = self._lock_cm.__enter__()
         self._closed = False
         try:
             self._start(req, progress, cancel, workers)
@@ -71,7 +73,7 @@ class BackupSession:
         self.req = replace(req, level=self.level)
         self.requested_level = req.level
         self.progress = progress
-        self.cancel = cancel
+        self.cancel = _Either(cancel, self._lock_lost)  # a lost lock stops the walk like a cancel
         self.started = time.time()
         self.tally = Tally()
         self._roots: dict[str, Entry] = {}
@@ -112,7 +114,11 @@ class BackupSession:
         """Capture one of the request's source paths."""
         if path not in self.req.paths:
             raise InvalidArgumentError(f"'{path}' is not a path of source '{self.req.source}'")
-        tree, st = self._walker.walk_root(path, self._base_root(path))
+        try:
+            tree, st = self._walker.walk_root(path, self._base_root(path))
+        except AbortedError:
+            self._lock.check()
+            raise
         if len(self.req.paths) == 1:
             self._single = tree
             return
@@ -140,7 +146,11 @@ class BackupSession:
         tally = Tally()
         req = replace(self.req, paths=(path,), excludes=tuple(excludes), changes=None)
         strict = (int(self.started) - 1) * 1_000_000_000 if strict_times else None
-        tree, _ = self._make_walker(req, tally, strict, delta).walk_root(path, base_tree)
+        try:
+            tree, _ = self._make_walker(req, tally, strict, delta).walk_root(path, base_tree)
+        except AbortedError:
+            self._lock.check()
+            raise
         self._attachments[name] = {
             "tree": tree.hex(), "path": path, "files": tally.files, "bytes_total": tally.bytes_total,
             "bytes_read": tally.bytes_read, "added": tally.n_added, "modified": tally.n_modified,
@@ -162,7 +172,9 @@ class BackupSession:
         fields = self._fields(tree, extra or {})
         set_id, data = encode_set(fields)
         try:
+            self._lock.check()
             self.repo.confirm_deduped(self.writer, self.base)
+            self._lock.check()
             self.repo.backend.put("sets", set_id, data)
         finally:
             self._release()
@@ -220,6 +232,16 @@ def check_paths(paths: tuple[str, ...]) -> None:
         clash = next((n for n in names if not n or names.count(n) > 1), None)
         if clash is not None:
             raise InvalidArgumentError(f"source paths must have distinct names: '{clash or '/'}' is ambiguous")
+
+
+class _Either:
+    """Set when any of its events is set (the caller's cancel, or the session's lost lock)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 def _ticker(progress: ProgressFn | None, tally: Tally) -> Callable[[], None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import blake3
@@ -80,7 +81,7 @@ def _catalog(repo: Repository, name: str) -> dict | None:
     return decode_catalog(name, data)
 
 
-def put(repo: Repository, name: str, data: bytes) -> bool:
+def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None) -> bool:
     """Store WAL file `name`; True if new, False if identical content was already there."""
     check_name(name)
     digest = blake3.blake3(data).hexdigest()
@@ -102,6 +103,8 @@ def put(repo: Repository, name: str, data: bytes) -> bool:
         writer.abort()
         raise
     repo.confirm_deduped(writer)
+    if check_lock is not None:
+        check_lock()
     repo.backend.put("wal", name, encode_catalog(len(data), digest, chunks))
     return True
 
