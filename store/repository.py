@@ -99,7 +99,15 @@ class Repository:
             data = backend.get("config", "config")
         except NotFoundError:
             raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
-        return cls(backend, RepoConfig.decode(data, backend.location()), read_only=read_only)
+        repo = cls(backend, RepoConfig.decode(data, backend.location()), read_only=read_only)
+        if not read_only:
+            repo.sweep_temp()
+        return repo
+
+    def sweep_temp(self) -> int:
+        """Remove temp files of interrupted writes (local backend; see LocalBackend.sweep_temp)."""
+        sweep = getattr(self.backend, "sweep_temp", None)
+        return sweep() if sweep is not None else 0
 
     @classmethod
     def init_local(cls, path: str) -> Repository:
@@ -380,6 +388,8 @@ class Repository:
         try:
             with self.locks.hold("prune", exclusive=not dry_run, wait=lock_wait) as lock:
                 self.load_index()  # plan from the durable index, not from what this handle saw
+                if not dry_run:
+                    self.sweep_temp()
                 return prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
