@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from cairn.store.backend import LocalBackend, MemoryBackend
-from cairn.store.errors import CairnError, FailedPreconditionError
+from cairn.store.errors import BackendError, CairnError, FailedPreconditionError
 from cairn.store.faults import FaultyBackend
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repoconfig import ChunkerParams, RepoConfig
@@ -139,3 +139,36 @@ def test_reload_racing_a_session_publish_keeps_its_blobs(src, tmp_path, rng):
     assert s.base == first.id
     _restores(repo, s, src, tmp_path / "out")
     assert repo.choose_base("src", "incremental")[1].id == s.id
+
+
+def test_failed_prune_whose_reload_fails_too_reloads_at_the_next_backup(tmp_path, src):
+    """The handle keeps an index naming a deleted pack; the next session sees that index files it
+    had read are gone (prune removes them before it deletes any pack) and reloads them all."""
+    make_tree(str(src), random.Random(8), files=12, max_size=80_000)
+    inner = MemoryBackend()
+    Repository.init(inner, RepoConfig.new(**CONFIG))
+    state = {"armed": False, "deletes": 0, "fail_list": False}
+
+    def hook(op, kind, name):
+        if not state["armed"]:
+            return
+        if (op, kind) == ("delete", "packs"):
+            state["deletes"] += 1
+            if state["deletes"] == 2:  # one pack is gone, the next cannot be deleted
+                state["fail_list"] = True
+                raise BackendError("injected delete fault")
+        if state["fail_list"] and (op, kind) == ("list", "index"):  # and the reload after it fails
+            state["fail_list"] = False
+            raise BackendError("injected list fault")
+
+    repo = Repository.open(FaultyBackend(inner, hook=hook))
+    repo.backup(_req(src))
+    state["armed"] = True
+    with pytest.raises(CairnError, match="injected"):
+        repo.prune(FORGET_ALL)
+    state["armed"] = False
+    assert state["deletes"] == 2 and not state["fail_list"]
+    s = repo.backup(_req(src))
+    assert s.stats.bytes_added > 0
+    _restores(repo, s, src, tmp_path / "out")
+    assert Repository.open(inner).check(read_data=True).ok
