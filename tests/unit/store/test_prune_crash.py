@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from cairn.store.backend import MemoryBackend
+from cairn.store.backend import LocalBackend, MemoryBackend
 from cairn.store.errors import CairnError
 from cairn.store.faults import FaultyBackend
 from cairn.store.model import BackupRequest, PrunePolicy
@@ -73,10 +73,16 @@ def built(tmp_path_factory):
     return dict(inner.objects), sets, snaps, wal
 
 
-def _copy(objects) -> MemoryBackend:
-    inner = MemoryBackend()
-    inner.objects = dict(objects)
-    return inner
+def _copy(objects, where=None) -> MemoryBackend | LocalBackend:
+    """The repository's objects in a fresh memory backend, or in a local directory `where`."""
+    if where is None:
+        inner = MemoryBackend()
+        inner.objects = dict(objects)
+        return inner
+    local = LocalBackend(str(where))
+    for (kind, name), data in objects.items():
+        local.put(kind, name, data)
+    return local
 
 
 def _verify(inner, sets, snaps, wal, keep: tuple[str, ...], tmp, tag: str) -> None:
@@ -106,12 +112,13 @@ def test_prune_makes_every_kind_of_step(built):
             ("delete", "packs")} <= kinds, calls
 
 
-def test_prune_interrupted_before_each_write_and_delete_then_rerun(built, tmp_path):
+@pytest.mark.parametrize("kind", ["memory", pytest.param("local", marks=pytest.mark.slow)])
+def test_prune_interrupted_before_each_write_and_delete_then_rerun(built, tmp_path, kind):
     objects, sets, snaps, wal = built
     total = len(_prune_calls(objects))
     assert total >= 10, total
     for n in range(1, total + 1):
-        inner = _copy(objects)
+        inner = _copy(objects, tmp_path / f"repo{n}" if kind == "local" else None)
         faulty = FaultyBackend(inner, fail_at=n, mode="stop", ops=("put", "delete"), kind=DATA_KINDS)
         with pytest.raises(CairnError):
             Repository.open(faulty).prune(FIRST)
