@@ -67,6 +67,7 @@ class Locks:
         self.host = socket.gethostname()
         self.refresh_every = refresh_every
         self.stale_after = stale_after
+        self.held: list[LockHandle] = []  # locks this object holds now
 
     def _read(self, name: str) -> dict | None:
         try:
@@ -124,9 +125,11 @@ class Locks:
         refresher = threading.Thread(target=self._refresh, args=(handle, doc, stop, on_lost), daemon=True,
                                      name="lock-refresh")
         refresher.start()
+        self.held.append(handle)
         try:
             yield handle
         finally:
+            self.held.remove(handle)
             stop.set()
             refresher.join(timeout=5)
             self._remove(name)

@@ -171,3 +171,27 @@ def test_a_backup_whose_lock_refresh_fails_commits_nothing(src, rng):
             sess.walk_all()
             sess.commit()
     assert list(inner.list("sets")) == []
+
+
+def test_prune_whose_lock_is_lost_stops_before_its_next_write(src, rng):
+    make_tree(str(src), rng, files=5)
+    inner = MemoryBackend()
+    repo = Repository.init(inner, RepoConfig.new())
+    for level in ("full", "full", "full"):
+        make_tree(str(src), rng, files=2, dirs=(level,))
+        repo.backup(BackupRequest(source="src", paths=(str(src),), level=level))
+
+    def hook(op, kind, name):
+        if (op, kind) == ("delete", "sets"):  # prune is under way: now its lock goes
+            faulty.fail_at, faulty.mode, faulty.puts = 1, "fail-from", 0
+            wait_for(lambda: any(h.lost.is_set() for h in pruner.locks.held))
+
+    faulty = FaultyBackend(inner, kind="locks", hook=hook)
+    pruner = Repository.open(faulty)
+    pruner.locks.refresh_every = 0.02
+    index_before = sorted(inner.list("index"))
+    packs_before = sorted(inner.list("packs"))
+    with pytest.raises(LockedError, match="refresh"):
+        pruner.prune(PrunePolicy(keep_full=0))
+    assert len(list(inner.list("sets"))) == 2  # the one delete under way finished, nothing after it
+    assert sorted(inner.list("index")) == index_before and sorted(inner.list("packs")) == packs_before
