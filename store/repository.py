@@ -3,7 +3,10 @@
 What always holds (see docs/format.md): objects are written packs -> index -> set, so a set
 that is listed is complete; a failed or cancelled operation leaves only unreferenced data,
 which check reports as warnings and prune removes. One Repository object may be used from many
-threads: reads run concurrently; each backup runs its own write session.
+threads: reads run concurrently; each backup runs its own write session. The in-memory index
+is refreshed from the durable index files when a session starts and before it commits, and
+reloaded by check and after every prune (also a failed one); what sessions publish while a
+reload runs is kept, so a reload never hides blobs of a session in progress.
 """
 
 from __future__ import annotations
