@@ -3,7 +3,10 @@
 A backend stores immutable objects under a few kinds ("config", "packs", "index", "sets",
 "locks", "wal") by name. What always holds:
 - `put` is atomic: a reader sees the whole object or none of it (the local backend writes a
-  temp file, fsyncs it, renames it into place and fsyncs the directory);
+  temp file, fsyncs it, renames it into place and fsyncs the directory; a directory it
+  creates is fsynced in its parent; directories are 0700 and files 0600);
+- temp files of interrupted local writes are named `.tmp-<name>-<pid>-<host tag>-<random>`,
+  never listed, and removed by `sweep_temp` once their writer is gone or they are old;
 - nothing above this interface relies on rename, so object stores fit behind it;
 - `get` of a missing object raises NotFoundError, any I/O failure raises BackendError;
 - packs never change once written, so the local backend keeps a few open for ranged reads
@@ -13,18 +16,26 @@ A backend stores immutable objects under a few kinds ("config", "packs", "index"
 from __future__ import annotations
 
 import os
+import re
+import socket
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Protocol
 
+import blake3
 from cairn.fsio.durable import fsync_dir
 
 from .errors import BackendError, NotFoundError
 
 KINDS = ("config", "packs", "index", "sets", "locks", "wal")
 OPEN_PACKS = 32  # pack descriptors a local backend keeps open for ranged reads
+DIR_MODE = 0o700  # repository directories and files are private: they hold every backed-up path
+FILE_MODE = 0o600
+TEMP_MAX_AGE = 6 * 3600  # a temp file not written for this long belongs to no write in progress
+HOST_TAG = blake3.blake3(socket.gethostname().encode()).hexdigest()[:8]
 
 
 class Backend(Protocol):
@@ -162,19 +173,66 @@ class LocalBackend:
             self._fds.clear()
 
     def _ensure_dir(self, d: str) -> None:
+        """Create `d` and missing parents, private (0700), each made durable in its parent."""
         if d in self._made:
             return
-        os.makedirs(d, exist_ok=True)
+        missing = []
+        p = d
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        for p in reversed(missing):
+            try:
+                os.mkdir(p, DIR_MODE)
+            except FileExistsError:
+                pass  # made by a concurrent writer: sync its entry anyway, that writer may die first
+            fsync_dir(os.path.dirname(p))
         self._made.add(d)
+
+    def sweep_temp(self, max_age: float = TEMP_MAX_AGE) -> int:
+        """Remove temporary files that interrupted writes left; returns how many.
+
+        A temp file is removed when the process that wrote it is known to be gone (this host,
+        pid not alive) or when it was last written more than `max_age` seconds ago. A write in
+        progress keeps its temp file fresh (it writes, then fsyncs and renames at once), so a
+        concurrent writer's temp file is never removed."""
+        removed = 0
+        now = time.time()
+        dirs = [os.path.join(self.root, k) for k in KINDS]
+        try:
+            dirs += [os.path.join(self.root, "packs", d) for d in os.listdir(os.path.join(self.root, "packs"))]
+        except OSError:
+            pass
+        for d in dirs:
+            try:
+                names = [n for n in os.listdir(d) if n.startswith(".tmp-")]
+            except OSError:
+                continue
+            for n in names:
+                path = os.path.join(d, n)
+                try:
+                    age = now - os.lstat(path).st_mtime
+                except OSError:
+                    continue
+                if age > max_age or _writer_gone(n):
+                    try:
+                        os.unlink(path)
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         path = self._path(kind, name)
         self._forget_fd(kind, name)
         d = os.path.dirname(path)
-        tmp = os.path.join(d, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
+        tmp = os.path.join(d, f".tmp-{name}-{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:8]}")
         try:
             self._ensure_dir(d)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
                 view = memoryview(data)
                 while view:
@@ -225,6 +283,23 @@ class LocalBackend:
             raise NotFoundError(f"{kind} object '{name}' not found") from None
         except OSError as e:
             raise BackendError(f"unable to stat '{path}': {e.strerror}") from e
+
+
+_TEMP = re.compile(r"^\.tmp-.+-(\d+)-([0-9a-f]{8})-[0-9a-f]{8}$")
+
+
+def _writer_gone(temp_name: str) -> bool:
+    """True when the temp file's writer ran on this host and its process no longer exists."""
+    m = _TEMP.match(temp_name)
+    if m is None or m.group(2) != HOST_TAG:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 def _unlink_quiet(path: str) -> None:

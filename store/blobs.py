@@ -4,8 +4,10 @@ What always holds:
 - a blob id is blake3 of its plaintext; a read returns bytes whose blake3 equals the id or
   raises CorruptionError naming the pack;
 - a blob enters the shared index only after its pack AND an index file naming it are durably
-  written, so dedup never points at data that a restart would not find; within one write
-  session (`BlobWriter`) its own blobs dedup from the moment they are accepted;
+  written (then it is handed to `publish`, which adds it to whatever index is current), so
+  dedup never points at data that a restart would not find; within one write session
+  (`BlobWriter`) its own blobs dedup from the moment they are accepted; the blobs it dedups
+  against without writing them are remembered in `deduped`, for the check before commit;
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
 - at most `max_pending` packs are in memory waiting for upload (bounded memory).
@@ -18,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Protocol
 
 import blake3
 import zstandard
@@ -150,6 +153,12 @@ class BlobReader:
             return None
 
 
+class KnownBlobs(Protocol):
+    """What a writer dedups against: the blobs of the durable index as its owner sees it now."""
+
+    def __contains__(self, bid: object) -> bool: ...
+
+
 class BlobWriter:
     """One write session: dedups against the index, fills packs, uploads them in a thread.
 
@@ -157,10 +166,13 @@ class BlobWriter:
     upload and writes the index file naming the new packs. `abort()` stops without an index.
     """
 
-    def __init__(self, backend: Backend, index: Index, *, pack_size: int, level: int,
-                 max_pending: int = 1, index_every: int = 32) -> None:
+    def __init__(self, backend: Backend, index: Index | KnownBlobs, *, pack_size: int, level: int,
+                 max_pending: int = 1, index_every: int = 32,
+                 publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None) -> None:
         self.backend = backend
         self.index = index
+        self.publish = publish
+        self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
         self.pack_size = pack_size
         self.level = level
         self.index_every = index_every
@@ -188,7 +200,10 @@ class BlobWriter:
     def put(self, bid: bytes, btype: int, data: bytes | memoryview) -> bool:
         """Store a blob unless known. Returns True if it was new."""
         with self._lock:
-            if bid in self._inflight or bid in self.index:
+            if bid in self._inflight:
+                return False
+            if bid in self.index:
+                self.deduped.add(bid)
                 return False
             self._inflight.add(bid)
         self._add(bid, btype, data)
@@ -210,9 +225,13 @@ class BlobWriter:
         new = []
         with self._lock:
             for i, (bid, data) in enumerate(items):
-                if bid not in self._inflight and bid not in self.index:
-                    self._inflight.add(bid)
-                    new.append((i, bid, data))
+                if bid in self._inflight:
+                    continue
+                if bid in self.index:
+                    self.deduped.add(bid)
+                    continue
+                self._inflight.add(bid)
+                new.append((i, bid, data))
         if not new:
             return
 
@@ -326,8 +345,11 @@ class BlobWriter:
         if packs:
             name, data = encode_index(packs)
             self.backend.put("index", name, data)
-            for pack, entries in packs.items():
-                self.index.add_pack(pack, entries)
+            if self.publish is not None:
+                self.publish(name, packs)
+            else:
+                for pack, entries in packs.items():
+                    self.index.add_pack(pack, entries)
 
     def finish(self) -> None:
         """Flush the last pack, wait for uploads, write the index. Raises the first failure."""

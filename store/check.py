@@ -1,10 +1,12 @@
 """Repository check: structure, and with read_data every byte of every pack.
 
 Structure: every set parses, every tree is indexed and parses, every chunk a file names is
-indexed, every indexed pack exists. Read-data: every pack is read whole and verified against
-its name; in a damaged pack each blob is verified on its own so the report names exactly the
-blobs, and through them the sets and paths, that are hurt. Leftovers of interrupted writes
-(packs no index names, unreadable index or set objects) are warnings: they hurt nothing.
+indexed, every indexed pack exists, every WAL catalog entry verifies and names indexed
+chunks; a set object that does not verify is an error naming it. Read-data: every pack is
+read whole and verified against its name; in a damaged pack each blob is verified on its own
+so the report names exactly the blobs, and through them the sets and paths, that are hurt.
+Leftovers of interrupted writes (packs no index names, unreadable index files) are
+warnings: they hurt nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from . import wal as walmod
 from .blobs import decode_blob
 from .errors import CairnError, CorruptionError, NotFoundError, short
 from .model import BackupSet, CheckProblem, CheckReport, Progress
 from .packs import CODEC_ZSTD_REF, parse_pack
-from .sets import set_trees
+from .sets import decode_set, set_trees
 from .trees import decode_tree
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ class Checker:
                 self._read_blobs_of(sets)
         self._check_references()
         self._walk_sets(sets)
+        self._check_wal(read_data)
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
                            bytes_read=self.bytes_read)
@@ -62,10 +66,16 @@ class Checker:
     def _sets(self, set_ref: str | None) -> list[BackupSet]:
         sets = self.repo.list_sets()
         listed = {s.id for s in sets}
-        for name in self.repo.backend.list("sets"):
-            if name not in listed:
-                self.warnings.append(CheckProblem(f"set object '{short(name)}' is unreadable (interrupted "
-                                                  "write?) and is ignored", object_id=name))
+        for name in list(self.repo.backend.list("sets")):
+            if name in listed:
+                continue
+            try:  # writes are atomic: a set object that does not verify is damage, not a torn write
+                decode_set(name, self.repo.backend.get("sets", name))
+            except NotFoundError:
+                continue
+            except CorruptionError as e:
+                self.errors.append(CheckProblem(f"set '{short(name)}' is damaged and is not listed: {e}",
+                                                object_id=name, sets=(name,)))
         if set_ref is not None:
             return [self.repo.get_set(set_ref)]
         return sets
@@ -213,6 +223,33 @@ class Checker:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
         self._tree_problems[tree] = out
         return out
+
+
+    # -- WAL -------------------------------------------------------------------------
+    def _check_wal(self, read_data: bool) -> None:
+        """Every catalog entry decodes and every chunk it names is indexed and undamaged; with
+        read_data, entries without a checksum of their own are verified against their content."""
+        for name in sorted(self.repo.backend.list("wal")):
+            try:
+                data = self.repo.backend.get("wal", name)
+                doc = walmod.decode_catalog(name, data)
+            except NotFoundError:
+                continue
+            except CorruptionError as e:
+                self.errors.append(CheckProblem(str(e), object_id=name))
+                continue
+            for c in (bytes.fromhex(h) for h in doc["chunks"]):
+                why = self.bad.get(c) or (None if c in self.repo.index else
+                                          f"chunk '{short(c.hex())}' is missing from the index")
+                if why is not None:
+                    self.errors.append(CheckProblem(f"WAL file '{name}': {why}", object_id=c.hex()))
+                    break
+            else:
+                if read_data and "sum" not in doc:
+                    try:
+                        walmod.get(self.repo, name)
+                    except CairnError as e:
+                        self.errors.append(CheckProblem(str(e), object_id=name))
 
 
 def _named_trees(s: BackupSet) -> list[tuple[str, str]]:

@@ -4,6 +4,10 @@ A lock is a small object under "locks/" naming host, pid, mode and time. A lock 
 its process is gone (same host) or it has not been refreshed for STALE_AFTER seconds (any
 host); stale locks are removed by whoever finds them. Adds take shared locks and never block
 each other (content addressing makes them idempotent); only prune excludes everything else.
+Taking a lock may wait for a conflicting one, retrying with bounded exponential backoff. A
+held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
+lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
+handle's `lost` event) and must stop before its next write.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .backend import Backend
-from .errors import LockedError, NotFoundError
+from .errors import CairnError, LockedError, NotFoundError
 
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
+REFRESH_TRIES = 3  # failed refreshes in a row before the lock counts as lost
+REFRESH_RETRY = 10.0  # seconds between refresh attempts after a failure
+BACKOFF_FIRST = 0.05  # seconds before the first retry of a conflicting lock; doubles each time
+BACKOFF_MAX = 2.0
 
 
 def _alive(pid: int) -> bool:
@@ -33,12 +41,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class LockHandle:
+    """A lock being held. `lost` is set (and the holder's `on_lost` called) when the lock could
+    not be refreshed or was removed by someone else: the operation holding it must stop."""
+
+    def __init__(self, name: str, purpose: str) -> None:
+        self.name = name
+        self.purpose = purpose
+        self.lost = threading.Event()
+        self.reason = ""
+
+    def check(self) -> None:
+        """Raise LockedError if the lock was lost."""
+        if self.lost.is_set():
+            raise LockedError(f"{self.purpose} stopped: {self.reason}",
+                              hint="the repository lock could not be kept; run it again")
+
+
 class Locks:
     """Takes and releases locks on one backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, refresh_every: float = REFRESH_EVERY,
+                 stale_after: float = STALE_AFTER) -> None:
         self.backend = backend
         self.host = socket.gethostname()
+        self.refresh_every = refresh_every
+        self.stale_after = stale_after
+        self.held: list[LockHandle] = []  # locks this object holds now
 
     def _read(self, name: str) -> dict | None:
         try:
@@ -47,21 +76,28 @@ class Locks:
         except (NotFoundError, ValueError):
             return None
 
-    def _stale(self, doc: dict | None) -> bool:
+    def stale(self, doc: dict | None) -> bool:
+        """A lock is stale when unreadable, when its process is gone (same host), or when it
+        was not refreshed for `stale_after` seconds (any host)."""
         if doc is None:
             return True
-        if doc.get("host") == self.host and not _alive(int(doc.get("pid", 0))):
+        try:
+            if doc.get("host") == self.host and not _alive(int(doc.get("pid", 0))):
+                return True
+            return time.time() - float(doc.get("time", 0)) > self.stale_after
+        except (TypeError, ValueError):
             return True
-        return time.time() - float(doc.get("time", 0)) > STALE_AFTER
+
+    _stale = stale
 
     def others(self, mine: str = "") -> list[dict]:
-        """Live locks held by others; stale ones are removed on the way."""
+        """Live locks held by others; stale ones are removed (broken) on the way."""
         out = []
         for name in list(self.backend.list("locks")):
             if name == mine:
                 continue
             doc = self._read(name)
-            if self._stale(doc):
+            if self.stale(doc):
                 try:
                     self.backend.delete("locks", name)
                 except NotFoundError:
@@ -77,38 +113,85 @@ class Locks:
         return None
 
     @contextmanager
-    def hold(self, purpose: str, exclusive: bool = False) -> Iterator[None]:
-        """Hold a lock for the duration of the block; LockedError on conflict."""
-        self._raise_conflict(self._conflict(exclusive, ""))
-        name = os.urandom(16).hex()
+    def hold(self, purpose: str, exclusive: bool = False, *, wait: float = 0.0,
+             on_lost: Callable[[str], None] | None = None) -> Iterator[LockHandle]:
+        """Hold a lock for the duration of the block. On conflict, retry with backoff for up to
+        `wait` seconds, then raise LockedError. If the lock is lost while held, the handle's
+        `lost` is set and `on_lost(reason)` is called (from the refresher thread)."""
+        name = self._acquire(purpose, exclusive, wait)
+        handle = LockHandle(name, purpose)
         doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
-        self._write(name, doc)
-        clash = self._conflict(exclusive, name)
-        if clash is not None:
-            self._remove(name)
-            self._raise_conflict(clash)
         stop = threading.Event()
-        refresher = threading.Thread(target=self._refresh, args=(name, doc, stop), daemon=True)
+        refresher = threading.Thread(target=self._refresh, args=(handle, doc, stop, on_lost), daemon=True,
+                                     name="lock-refresh")
         refresher.start()
+        self.held.append(handle)
         try:
-            yield
+            yield handle
         finally:
+            self.held.remove(handle)
             stop.set()
             refresher.join(timeout=5)
             self._remove(name)
 
+    def _acquire(self, purpose: str, exclusive: bool, wait: float) -> str:
+        deadline = time.monotonic() + wait
+        delay = BACKOFF_FIRST
+        while True:
+            clash = self._conflict(exclusive, "")
+            if clash is None:
+                name = os.urandom(16).hex()
+                doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
+                self._write(name, doc)
+                clash = self._conflict(exclusive, name)
+                if clash is None:
+                    return name
+                self._remove(name)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._raise_conflict(clash)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, BACKOFF_MAX)
+
     def _write(self, name: str, doc: dict) -> None:
         self.backend.put("locks", name, json.dumps({**doc, "time": time.time()}).encode())
 
-    def _refresh(self, name: str, doc: dict, stop: threading.Event) -> None:
-        while not stop.wait(REFRESH_EVERY):
-            self._write(name, doc)
+    def _refresh(self, handle: LockHandle, doc: dict, stop: threading.Event,
+                 on_lost: Callable[[str], None] | None) -> None:
+        failures = 0
+        pause = self.refresh_every
+        while not stop.wait(pause):
+            try:
+                self.backend.stat("locks", handle.name)
+            except NotFoundError:
+                self._lose(handle, "its repository lock was removed by another process", on_lost)
+                return
+            except CairnError:
+                pass  # the write below tells
+            try:
+                self._write(handle.name, doc)
+                failures, pause = 0, self.refresh_every
+            except CairnError as e:
+                failures += 1
+                if failures >= REFRESH_TRIES:
+                    self._lose(handle, f"unable to refresh its repository lock: {e}", on_lost)
+                    return
+                pause = min(self.refresh_every, REFRESH_RETRY)
+
+    @staticmethod
+    def _lose(handle: LockHandle, reason: str, on_lost: Callable[[str], None] | None) -> None:
+        handle.reason = reason
+        handle.lost.set()
+        if on_lost is not None:
+            on_lost(reason)
 
     def _remove(self, name: str) -> None:
         try:
             self.backend.delete("locks", name)
         except NotFoundError:
             pass
+        except CairnError:
+            pass  # left behind: it goes stale
 
     @staticmethod
     def _raise_conflict(doc: dict | None) -> None:

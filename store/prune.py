@@ -1,18 +1,26 @@
 """Forgetting sets by retention policy and freeing what no remaining set references.
 
-Order, so that a crash at any step leaves a consistent repository:
+Order, so that a crash before any write or delete leaves a consistent repository and the
+same (or any other) prune can simply run again:
 1. delete the set objects being forgotten (nothing else refers to a set object);
 2. copy the live blobs of mostly-dead packs into new packs, with their own index file;
-3. write one index file for every pack that stays, then delete the older index files;
-4. delete packs that no index names any more.
-A crash after 1 leaves unreferenced data; after 2 or 3, blobs indexed twice; after 3 but
-before 4, packs no index names: all harmless, and the next prune finishes the job.
-WAL chunks stay live while their catalog entry exists.
+3. write one index file naming every blob of every pack that stays, then delete the older
+   index files (only those read whole: an unreadable one is damage and stays for check);
+4. read back the index files now present and delete only the stored packs none of them
+   names (a pack any index file names is never deleted; while an index file is unreadable,
+   only packs this run dropped from the index are deleted).
+What to delete is decided from the durable index, never from a list made before writing:
+packs are named by content, so a rerun may write a pack identical to a leftover of the
+interrupted run, and that pack is then named and kept. A crash after 1 leaves unreferenced
+data; after 2 or 3, blobs indexed twice; after 3, packs no index names: all harmless, and
+the next prune finishes the job. WAL chunks stay live while their catalog entry exists; an
+unreadable catalog entry stops prune (its chunks cannot be known).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import wal as walmod
@@ -45,10 +53,11 @@ def choose(sets: list[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet],
 
 
 class Pruner:
-    """One prune run (the caller holds the exclusive lock)."""
+    """One prune run (the caller holds the exclusive lock and has just reloaded the index)."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, check_lock: Callable[[], None] | None = None) -> None:
         self.repo = repo
+        self.check_lock = check_lock or (lambda: None)
 
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None) -> PruneReport:
         scope = self.repo.list_sets(source)
@@ -59,22 +68,24 @@ class Pruner:
         by_pack = self._by_pack()
         stored = set(self.repo.backend.list("packs"))
         dead_packs = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
-        dead_packs += sorted(stored - set(by_pack))
+        orphans = sorted(stored - set(by_pack))
         rewrite = sorted(p for p, es in by_pack.items() if p not in dead_packs and self._mostly_dead(es, live))
-        freed = sum(self._size(p) for p in dead_packs)
+        freed = sum(self._size(p) for p in dead_packs + orphans)
+        deleted = len(dead_packs) + len(orphans)
         if not dry_run:
             for s in forget:
-                self.repo.backend.delete("sets", s.id)
-            self._rewrite(rewrite, by_pack, live)
-            self._reindex(set(dead_packs) | set(rewrite))
-            for p in dead_packs + rewrite:
+                self.check_lock()
                 try:
-                    self.repo.backend.delete("packs", p)
+                    self.repo.backend.delete("sets", s.id)
                 except NotFoundError:
                     pass
+            self._rewrite(rewrite, by_pack, live)
+            dropped = set(dead_packs) | set(rewrite)
+            self._reindex(dropped)
+            deleted = self._delete_unnamed(dropped)
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
-                           packs_deleted=len(dead_packs), packs_rewritten=len(rewrite), bytes_freed=freed,
+                           packs_deleted=deleted, packs_rewritten=len(rewrite), bytes_freed=freed,
                            dry_run=dry_run)
 
     def _size(self, pack: str) -> int:
@@ -140,14 +151,18 @@ class Pruner:
         return loc is not None and loc.pack not in doomed
 
     def _reindex(self, gone: set[str]) -> None:
+        """Write one index file naming every blob of every pack not in `gone`, then delete the
+        older index files that were read whole (an unreadable one stays: check reports it)."""
         old = list(self.repo.backend.list("index"))
         keep: dict[str, list[PackEntry]] = defaultdict(list)
         seen: set[bytes] = set()
+        readable = []
         for n in old:
             try:
                 packs = decode_index(n, self.repo.backend.get("index", n))
             except (CorruptionError, NotFoundError):
                 continue
+            readable.append(n)
             for pack, entries in packs.items():
                 if pack in gone:
                     continue
@@ -155,11 +170,39 @@ class Pruner:
                     if e.id not in seen:
                         seen.add(e.id)
                         keep[pack].append(e)
+        self.check_lock()
         name, data = encode_index(dict(keep))
         self.repo.backend.put("index", name, data)
-        for n in old:
+        for n in readable:
             if n != name:
+                self.check_lock()
                 try:
                     self.repo.backend.delete("index", n)
                 except NotFoundError:
                     pass
+
+    def _delete_unnamed(self, dropped: set[str]) -> int:
+        """Delete the stored packs that no index file present now names; returns how many.
+
+        Decided from the index files as they are after `_reindex` wrote its own, so a pack
+        that a rerun wrote again (same content, same name) is named and stays."""
+        named: set[str] = set()
+        complete = True
+        for n in list(self.repo.backend.list("index")):
+            try:
+                named.update(decode_index(n, self.repo.backend.get("index", n)))
+            except NotFoundError:
+                continue
+            except CorruptionError:
+                complete = False
+        count = 0
+        for p in sorted(self.repo.backend.list("packs")):
+            if p in named or not (complete or p in dropped):
+                continue
+            self.check_lock()
+            try:
+                self.repo.backend.delete("packs", p)
+                count += 1
+            except NotFoundError:
+                pass
+        return count

@@ -1,7 +1,9 @@
 """The repository's `config` object: identity, format version and data parameters.
 
 Written once at init and never changed. A reader refuses a repository whose format version
-is newer than it understands, and anything that is not a Cairn config. Room is left for the
+is newer than it understands, and anything that is not a Cairn config. New configs carry
+"checksum" (blake3 of the canonical JSON without it) and must be in canonical form, so any
+changed byte is a CorruptionError; configs written before it existed are still read. Room is left for the
 encryption layer: `encryption` names the codec step and key reference (None = plaintext).
 """
 
@@ -12,7 +14,9 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from .errors import FormatVersionError, NotARepositoryError
+import blake3
+
+from .errors import CorruptionError, FormatVersionError, NotARepositoryError
 
 MAGIC = "cairn-repository"
 FORMAT_VERSION = 1
@@ -43,8 +47,10 @@ class RepoConfig:
     encryption: dict | None = None
 
     def encode(self) -> bytes:
+        """The config object, with "checksum": blake3 of the same document without it."""
         doc = {"magic": MAGIC, **asdict(self)}
-        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        doc["checksum"] = blake3.blake3(_canonical(doc)).hexdigest()
+        return _canonical(doc)
 
     @classmethod
     def new(cls, **kw) -> RepoConfig:
@@ -58,12 +64,33 @@ class RepoConfig:
             raise NotARepositoryError(f"'{where}' is not a Cairn repository: config is not readable") from None
         if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
             raise NotARepositoryError(f"'{where}' is not a Cairn repository: bad config magic")
+        damaged = f"unable to read the config of repository '{where}'"
         version = doc.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CorruptionError(f"{damaged}: no valid format version")
+        if version > FORMAT_VERSION:
             raise FormatVersionError(
                 f"repository '{where}' has format version {version}, newer than this Cairn supports "
                 f"({FORMAT_VERSION})", hint="upgrade Cairn to read it")
-        ch = ChunkerParams(**doc["chunker"])
-        return cls(id=doc["id"], version=version, created=doc.get("created", 0.0), chunker=ch,
-                   compression=doc["compression"], compression_level=doc["compression_level"],
-                   pack_size=doc["pack_size"], encryption=doc.get("encryption"))
+        unknown = sorted(set(doc) - KEYS - {"checksum"})
+        if unknown:
+            raise CorruptionError(f"{damaged}: unexpected key '{unknown[0]}'")
+        if "checksum" in doc:
+            rest = {k: v for k, v in doc.items() if k != "checksum"}
+            if doc["checksum"] != blake3.blake3(_canonical(rest)).hexdigest() or data != _canonical(doc):
+                raise CorruptionError(f"{damaged}: checksum mismatch")
+        try:
+            ch = ChunkerParams(**doc["chunker"])
+            return cls(id=doc["id"], version=version, created=doc.get("created", 0.0), chunker=ch,
+                       compression=doc["compression"], compression_level=doc["compression_level"],
+                       pack_size=doc["pack_size"], encryption=doc.get("encryption"))
+        except (KeyError, TypeError) as e:
+            raise CorruptionError(f"{damaged}: malformed ({e})") from None
+
+
+KEYS = {"magic", "id", "version", "created", "chunker", "compression", "compression_level", "pack_size",
+        "encryption"}
+
+
+def _canonical(doc: dict) -> bytes:
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()

@@ -3,7 +3,10 @@
 What always holds (see docs/format.md): objects are written packs -> index -> set, so a set
 that is listed is complete; a failed or cancelled operation leaves only unreferenced data,
 which check reports as warnings and prune removes. One Repository object may be used from many
-threads: reads run concurrently; each backup runs its own write session.
+threads: reads run concurrently; each backup runs its own write session. The in-memory index
+is refreshed from the durable index files when a session starts and before it commits, and
+reloaded by check and after every prune (also a failed one); what sessions publish while a
+reload runs is kept, so a reload never hides blobs of a session in progress.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .model import (
     TreeEntry,
     check_level,
 )
+from .packs import PackEntry
 from .repoconfig import RepoConfig
 from .restore import StreamBuilder, find_entry
 from .session import BackupSession
@@ -55,6 +59,7 @@ ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
+PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for running backups and WAL pushes
 
 
 class Repository:
@@ -67,6 +72,10 @@ class Repository:
         self.read_only = read_only
         self.index = Index()
         self.index_problems: list[str] = []
+        self._index_files: set[str] = set()  # index files whose entries self.index holds
+        self._index_mutex = threading.Lock()  # swapping self.index vs publishing into it
+        self._load_mutex = threading.Lock()  # one (re)load at a time
+        self._recording: list[dict[str, list[PackEntry]]] | None = None  # published during a load
         self.reader = BlobReader(backend, self.index)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -93,7 +102,15 @@ class Repository:
             data = backend.get("config", "config")
         except NotFoundError:
             raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
-        return cls(backend, RepoConfig.decode(data, backend.location()), read_only=read_only)
+        repo = cls(backend, RepoConfig.decode(data, backend.location()), read_only=read_only)
+        if not read_only:
+            repo.sweep_temp()
+        return repo
+
+    def sweep_temp(self) -> int:
+        """Remove temp files of interrupted writes (local backend; see LocalBackend.sweep_temp)."""
+        sweep = getattr(self.backend, "sweep_temp", None)
+        return sweep() if sweep is not None else 0
 
     @classmethod
     def init_local(cls, path: str) -> Repository:
@@ -110,17 +127,72 @@ class Repository:
         return cls.open(LocalBackend(path), read_only=read_only)
 
     def load_index(self) -> None:
-        """(Re)load every index file. Unreadable ones are noted, not fatal (see check)."""
-        index, problems = Index(), []
-        for name in list(self.backend.list("index")):
-            try:
-                for pack, entries in decode_index(name, self.backend.get("index", name)).items():
-                    index.add_pack(pack, entries)
-            except (CorruptionError, NotFoundError) as e:
-                problems.append(str(e))
-        self.index = index
-        self.reader = BlobReader(self.backend, index)
-        self.index_problems = problems
+        """(Re)load every index file. Unreadable ones are noted, not fatal (see check).
+
+        What write sessions publish while the files are read is added to the new index before
+        it replaces the old one, so a reload (by check, prune or refresh) never loses the blobs
+        of a session in progress."""
+        with self._load_mutex:
+            self._load_all()
+
+    def refresh_index(self) -> None:
+        """Bring this handle's index up to the durable one: add index files that appeared; if
+        any file it had loaded is gone (a prune, maybe by another handle, rewrote the index),
+        reload everything, so blobs of deleted packs are forgotten."""
+        with self._load_mutex:
+            names = set(self.backend.list("index"))
+            if not self._index_files <= names:
+                self._load_all()
+                return
+            for name in sorted(names - self._index_files):
+                try:
+                    packs = decode_index(name, self.backend.get("index", name))
+                except NotFoundError:  # deleted since the listing: a prune ran, start over
+                    self._load_all()
+                    return
+                except CorruptionError as e:
+                    self.index_problems.append(str(e))
+                    packs = {}
+                for pack, entries in packs.items():
+                    self.index.add_pack(pack, entries)
+                self._index_files.add(name)
+
+    def _load_all(self) -> None:
+        with self._index_mutex:
+            self._recording = []
+        try:
+            index, problems, loaded = Index(), [], set()
+            for name in list(self.backend.list("index")):
+                try:
+                    for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                        index.add_pack(pack, entries)
+                    loaded.add(name)
+                except NotFoundError:
+                    continue
+                except CorruptionError as e:
+                    problems.append(str(e))
+                    loaded.add(name)
+            with self._index_mutex:
+                for packs in self._recording:
+                    for pack, entries in packs.items():
+                        index.add_pack(pack, entries)
+                self.index = index
+                self.reader = BlobReader(self.backend, index)
+                self.index_problems = problems
+                self._index_files = loaded
+        finally:
+            with self._index_mutex:
+                self._recording = None
+
+    def _publish(self, name: str, packs: dict[str, list[PackEntry]]) -> None:
+        """A write session's index file `name` is durable: its blobs join the current index."""
+        with self._index_mutex:
+            for pack, entries in packs.items():
+                self.index.add_pack(pack, entries)
+            if self._recording is not None:
+                self._recording.append(packs)
+            else:
+                self._index_files.add(name)
 
     def close(self) -> None:
         with self._tree_lock:
@@ -134,8 +206,23 @@ class Repository:
             raise FailedPreconditionError("repository is open read-only")
 
     def _writer(self) -> BlobWriter:
-        return BlobWriter(self.backend, self.index, pack_size=self.config.pack_size,
-                          level=self.config.compression_level)
+        return BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
+                          level=self.config.compression_level, publish=self._publish)
+
+    def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None) -> None:
+        """Before a write session commits: refresh the index and make sure every blob it used
+        without writing it (and its base set) is still there. Raises FailedPreconditionError
+        if something was removed meanwhile (a prune by another handle): nothing is committed."""
+        self.refresh_index()
+        gone = next((b for b in writer.deduped if b not in self.index), None)
+        if gone is None and base is not None:
+            listed = {s.id for s in self.list_sets()}
+            if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
+                gone = bytes.fromhex(base.tree)
+        if gone is not None:
+            raise FailedPreconditionError(
+                f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
+                "repository while it ran (a prune?)", hint="run the backup again")
 
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
@@ -295,26 +382,46 @@ class Repository:
         self.load_index()
         return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
 
-    def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None) -> PruneReport:
+    def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
+              lock_wait: float = PRUNE_LOCK_WAIT) -> PruneReport:
+        """Forget sets by `policy` and free what nothing references (see store/prune.py). Waits
+        up to `lock_wait` seconds (retrying with backoff) for backups and WAL pushes to end."""
         if not dry_run:
             self._writable()
-        with self.locks.hold("prune", exclusive=not dry_run):
-            report = prunemod.Pruner(self).run(policy, dry_run=dry_run, source=source)
-        if not dry_run:
-            self.load_index()
-        return report
+        try:
+            with self.locks.hold("prune", exclusive=not dry_run, wait=lock_wait) as lock:
+                self.load_index()  # plan from the durable index, not from what this handle saw
+                if not dry_run:
+                    self.sweep_temp()
+                return prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
+        finally:
+            if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
+                self.load_index()
 
     # -- WAL -------------------------------------------------------------------------
     def put_wal(self, name: str, data: bytes) -> bool:
         self._writable()
-        with self.locks.hold("wal-push"):
-            return walmod.put(self, name, data)
+        with self.locks.hold("wal-push") as lock:
+            return walmod.put(self, name, data, check_lock=lock.check)
 
     def get_wal(self, name: str) -> bytes:
         return walmod.get(self, name)
 
     def list_wal(self) -> list[str]:
         return sorted(self.backend.list("wal"))
+
+
+class _CurrentIndex:
+    """Membership in whatever index its repository holds now (write sessions dedup against
+    this, so a reload during a session is seen by it)."""
+
+    __slots__ = ("_repo",)
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+
+    def __contains__(self, bid: object) -> bool:
+        return bid in self._repo.index
 
 
 def _tree_entry(path: str, e: Entry) -> TreeEntry:

@@ -7,7 +7,12 @@ pg_backup_start and pg_backup_stop, walk the remaining roots, then commit.
 
 What always holds: nothing is visible until `commit`, which finishes the write session
 (packs, then index) before it writes the set object; `abort` (or leaving the `with` block by
-an exception) leaves only unreferenced data behind.
+an exception) leaves only unreferenced data behind. A session refreshes the repository's
+index after taking its lock and before choosing its base, and again before it writes the set
+object, which it refuses to write if a blob it deduplicated against (or its base set) was
+removed meanwhile: a set never references a blob it has not seen in a durable index or
+written itself. A session whose shared lock is lost (cannot be refreshed) stops like a
+cancelled one and commits nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backup import Tally, Walker, entry_from_stat
 from .blobs import BlobWriter
-from .errors import InvalidArgumentError
+from .errors import AbortedError, InvalidArgumentError
 from .model import BackupRequest, BackupSet, Progress, SetStats
 from .packs import TYPE_TREE
 from .sets import encode_set
@@ -44,24 +49,39 @@ class BackupSession:
         repo._writable()
         check_paths(req.paths)
         self.repo = repo
-        self.level, self.base, self.note = repo.choose_base(req.source, req.level)
+        self._closed = True  # until the lock is held
+        self._lock_lost = threading.Event()
+        self._lock_cm = repo.locks.hold(f"backup of source '{req.source}'", on_lost=lambda _: self._lock_lost.set())
+        self._lock = self._lock_cm.__enter__()
+        self._closed = False
+        try:
+            self._start(req, progress, cancel, workers)
+        except BaseException:
+            if getattr(self, "writer", None) is not None:
+                self.writer.abort()
+            if getattr(self, "pool", None) is not None:
+                self.pool.shutdown(wait=False)
+            self._release()
+            raise
+
+    def _start(self, req: BackupRequest, progress: ProgressFn | None, cancel: threading.Event | None,
+               workers: int) -> None:
+        self.repo.refresh_index()  # dedup only against what is durable now (a prune may have run)
+        self.level, self.base, self.note = self.repo.choose_base(req.source, req.level)
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
             req = replace(req, changes=None)
         self.req = replace(req, level=self.level)
         self.requested_level = req.level
         self.progress = progress
-        self.cancel = cancel
+        self.cancel = _Either(cancel, self._lock_lost)  # a lost lock stops the walk like a cancel
         self.started = time.time()
         self.tally = Tally()
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
         self._attachments: dict[str, dict[str, Any]] = {}
-        self._lock_cm = repo.locks.hold(f"backup {req.source}")
-        self._lock_cm.__enter__()
-        self.writer: BlobWriter = repo._writer()
+        self.writer: BlobWriter = self.repo._writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
         self._walker = self._make_walker(self.req, self.tally)
-        self._closed = False
 
     def __enter__(self) -> BackupSession:
         return self
@@ -94,7 +114,11 @@ class BackupSession:
         """Capture one of the request's source paths."""
         if path not in self.req.paths:
             raise InvalidArgumentError(f"'{path}' is not a path of source '{self.req.source}'")
-        tree, st = self._walker.walk_root(path, self._base_root(path))
+        try:
+            tree, st = self._walker.walk_root(path, self._base_root(path))
+        except AbortedError:
+            self._lock.check()
+            raise
         if len(self.req.paths) == 1:
             self._single = tree
             return
@@ -122,7 +146,11 @@ class BackupSession:
         tally = Tally()
         req = replace(self.req, paths=(path,), excludes=tuple(excludes), changes=None)
         strict = (int(self.started) - 1) * 1_000_000_000 if strict_times else None
-        tree, _ = self._make_walker(req, tally, strict, delta).walk_root(path, base_tree)
+        try:
+            tree, _ = self._make_walker(req, tally, strict, delta).walk_root(path, base_tree)
+        except AbortedError:
+            self._lock.check()
+            raise
         self._attachments[name] = {
             "tree": tree.hex(), "path": path, "files": tally.files, "bytes_total": tally.bytes_total,
             "bytes_read": tally.bytes_read, "added": tally.n_added, "modified": tally.n_modified,
@@ -144,6 +172,9 @@ class BackupSession:
         fields = self._fields(tree, extra or {})
         set_id, data = encode_set(fields)
         try:
+            self._lock.check()
+            self.repo.confirm_deduped(self.writer, self.base)
+            self._lock.check()
             self.repo.backend.put("sets", set_id, data)
         finally:
             self._release()
@@ -201,6 +232,16 @@ def check_paths(paths: tuple[str, ...]) -> None:
         clash = next((n for n in names if not n or names.count(n) > 1), None)
         if clash is not None:
             raise InvalidArgumentError(f"source paths must have distinct names: '{clash or '/'}' is ambiguous")
+
+
+class _Either:
+    """Set when any of its events is set (the caller's cancel, or the session's lost lock)."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 def _ticker(progress: ProgressFn | None, tally: Tally) -> Callable[[], None]:

@@ -1,7 +1,9 @@
 """Archived PostgreSQL WAL files: content as chunks, one catalog object per file name.
 
-The catalog object "wal/<name>" is JSON {"size", "hash" (blake3 of the content), "chunks"}.
-It is written after the pack and index holding the chunks, so a listed segment is complete.
+The catalog object "wal/<name>" is compact sorted JSON {"size", "hash" (blake3 of the
+content), "chunks", "sum" (blake3 of the same JSON without "sum")}; entries written before
+"sum" existed lack it and are still read. It is written after the pack and index holding the
+chunks, so a listed segment is complete. A damaged entry is a CorruptionError naming it.
 Pushing identical content again is a no-op; different content under an archived name is an
 error (PostgreSQL's archive_command contract). Names are checked to be plain WAL file names.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import blake3
@@ -31,16 +34,54 @@ def check_name(name: str) -> str:
     return name
 
 
+CATALOG_KEYS = {"size", "hash", "chunks"}
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def encode_catalog(size: int, digest: str, chunks: list[str]) -> bytes:
+    """A catalog entry: compact sorted JSON with "sum", the blake3 of the same JSON without it."""
+    doc = {"size": size, "hash": digest, "chunks": chunks}
+    doc["sum"] = blake3.blake3(_compact(doc)).hexdigest()
+    return _compact(doc)
+
+
+def _compact(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_catalog(name: str, data: bytes) -> dict:
+    """Parse and verify a catalog entry. Entries written before "sum" existed are accepted
+    when well-formed; an entry with "sum" must match it and be in canonical form, so any
+    changed byte is found. Raises CorruptionError naming the entry."""
+    def bad(why: str) -> CorruptionError:
+        return CorruptionError(f"unable to read WAL catalog entry '{name}': {why}")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise bad("not valid JSON") from None
+    if not isinstance(doc, dict) or not set(doc) <= CATALOG_KEYS | {"sum"} or not CATALOG_KEYS <= set(doc):
+        raise bad("not a catalog entry")
+    size, digest, chunks = doc["size"], doc["hash"], doc["chunks"]
+    if (not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str)
+            or not HEX64.match(digest) or not isinstance(chunks, list)
+            or not all(isinstance(c, str) and HEX64.match(c) for c in chunks)):
+        raise bad("malformed fields")
+    if "sum" in doc:
+        rest = {k: v for k, v in doc.items() if k != "sum"}
+        if doc["sum"] != blake3.blake3(_compact(rest)).hexdigest() or data != _compact(doc):
+            raise bad("checksum mismatch")
+    return doc
+
+
 def _catalog(repo: Repository, name: str) -> dict | None:
     try:
-        return json.loads(repo.backend.get("wal", name))
+        data = repo.backend.get("wal", name)
     except NotFoundError:
         return None
-    except ValueError:
-        raise CorruptionError(f"unable to read WAL catalog entry '{name}': not valid JSON") from None
+    return decode_catalog(name, data)
 
 
-def put(repo: Repository, name: str, data: bytes) -> bool:
+def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None) -> bool:
     """Store WAL file `name`; True if new, False if identical content was already there."""
     check_name(name)
     digest = blake3.blake3(data).hexdigest()
@@ -49,6 +90,7 @@ def put(repo: Repository, name: str, data: bytes) -> bool:
         if have.get("hash") == digest and have.get("size") == len(data):
             return False
         raise AlreadyExistsError(f"WAL file '{name}' is already archived with different content")
+    repo.refresh_index()
     writer = repo._writer()
     try:
         chunks = []
@@ -60,8 +102,10 @@ def put(repo: Repository, name: str, data: bytes) -> bool:
     except BaseException:
         writer.abort()
         raise
-    doc = {"size": len(data), "hash": digest, "chunks": chunks}
-    repo.backend.put("wal", name, json.dumps(doc).encode())
+    repo.confirm_deduped(writer)
+    if check_lock is not None:
+        check_lock()
+    repo.backend.put("wal", name, encode_catalog(len(data), digest, chunks))
     return True
 
 
@@ -81,7 +125,7 @@ def referenced_chunks(repo: Repository) -> set[bytes]:
     """Every chunk id any WAL catalog entry names (for prune)."""
     out: set[bytes] = set()
     for name in list(repo.backend.list("wal")):
-        doc = _catalog(repo, name)
+        doc = _catalog(repo, name)  # a damaged entry raises: its chunks cannot be known
         if doc:
-            out.update(bytes.fromhex(c) for c in doc.get("chunks", ()))
+            out.update(bytes.fromhex(c) for c in doc["chunks"])
     return out

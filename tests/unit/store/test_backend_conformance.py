@@ -172,3 +172,58 @@ def test_faulty_backend_counts_only_its_kind():
     f.put("index", "i", b"x")
     with pytest.raises(BackendError):
         f.put("packs", PACK, b"x")
+
+
+CALLS = {
+    "get": lambda b: b.get("sets", "s"),
+    "get_range": lambda b: b.get_range("sets", "s", 0, 1),
+    "put": lambda b: b.put("sets", "t", b"x"),
+    "list": lambda b: list(b.list("sets")),
+    "delete": lambda b: b.delete("sets", "s"),
+    "stat": lambda b: b.stat("sets", "s"),
+}
+
+
+@pytest.mark.parametrize("op", sorted(CALLS))
+def test_faulty_backend_fails_each_method_in_turn(op):
+    inner = MemoryBackend()
+    inner.put("sets", "s", b"data")
+    f = FaultyBackend(inner, fail_at=2, ops=(op,))
+    CALLS[op](f)
+    before = dict(inner.objects)
+    with pytest.raises(BackendError, match="injected fail"):
+        CALLS[op](f)
+    assert f.fired and inner.objects == before  # nothing reached the storage
+    inner.put("sets", "s", b"data")
+    f2 = FaultyBackend(inner, fail_at=1, ops=(op,), kind="index")
+    CALLS[op](f2)  # another kind: not counted
+    assert not f2.fired
+
+
+def test_faulty_backend_stop_fails_every_later_call_and_fail_from_only_counted_ones():
+    inner = MemoryBackend()
+    f = FaultyBackend(inner, fail_at=2, mode="stop", ops=("delete",))
+    f.put("sets", "a", b"1")
+    f.put("sets", "b", b"2")
+    f.delete("sets", "a")
+    with pytest.raises(BackendError, match="stop"):
+        f.delete("sets", "b")
+    for call in (lambda: f.get("sets", "b"), lambda: f.put("sets", "c", b"3"), lambda: list(f.list("sets"))):
+        with pytest.raises(BackendError):
+            call()
+    assert sorted(inner.list("sets")) == ["b"]
+    g = FaultyBackend(inner, fail_at=1, mode="fail-from", kind="locks")
+    for name in ("l1", "l2"):
+        with pytest.raises(BackendError):
+            g.put("locks", name, b"x")
+    g.put("sets", "c", b"3")
+    assert list(inner.list("locks")) == [] and g.calls == [("put", "locks", "l1"), ("put", "locks", "l2")]
+
+
+def test_faulty_backend_hook_sees_every_call_first():
+    seen = []
+    f = FaultyBackend(MemoryBackend(), hook=lambda op, kind, name: seen.append((op, kind, name)))
+    f.put("sets", "a", b"1")
+    f.get("sets", "a")
+    list(f.list("packs"))
+    assert seen == [("put", "sets", "a"), ("get", "sets", "a"), ("list", "packs", "")]

@@ -62,6 +62,14 @@ def _scenario(kind: str, path, trees, fail_at: int | None, mode: str):
     return inner, set_a, faulty, error
 
 
+def _ok_but_a_torn_set(report, mode: str) -> bool:
+    """Check passes, except that a set object torn by "truncate" (which only a non-atomic store
+    could leave; backends promise atomic puts) is damage: an error naming that set."""
+    if report.ok:
+        return True
+    return mode == "truncate" and all(p.sets == (p.object_id,) and "damaged" in p.message for p in report.errors)
+
+
 def _restored(repo, s, target):
     stats = repo.restore(s, str(target))
     assert stats.errors == ()
@@ -87,7 +95,7 @@ def test_fault_at_each_put_of_a_backup(kind, mode, trees, tmp_path):
 
         repo = Repository.open(_new_backend(kind, where) if kind == "local" else inner)
         report = repo.check(read_data=True)
-        assert report.ok, f"put {n} ({mode}): {[p.message for p in report.errors]}"
+        assert _ok_but_a_torn_set(report, mode), f"put {n} ({mode}): {[p.message for p in report.errors]}"
         sets = repo.list_sets()
         assert sets[0].id == set_a.id and len(sets) <= 2
         if len(sets) == 2:  # only possible if the set object itself was whole
@@ -98,7 +106,7 @@ def test_fault_at_each_put_of_a_backup(kind, mode, trees, tmp_path):
         assert after.base == sets[-1].id
         assert not differences(snap_b, _restored(repo, after, where / "out-b"))
         report = repo.check(read_data=True)
-        assert report.ok, f"after put {n} ({mode}): {[p.message for p in report.errors]}"
+        assert _ok_but_a_torn_set(report, mode), f"after put {n} ({mode}): {[p.message for p in report.errors]}"
         assert {s.id for s in repo.list_sets()} >= {set_a.id, after.id}
         repo.close()
         if kind == "local":
@@ -138,7 +146,7 @@ def test_same_repository_object_recovers_after_a_fault(mode, trees, tmp_path):
         after = repo.backup(_req(b))
         assert not differences(snap_b, _restored(repo, after, tmp_path / f"out{n}"))
         report = Repository.open(inner).check(read_data=True)
-        assert report.ok, f"put {n} ({mode}): {[p.message for p in report.errors]}"
+        assert _ok_but_a_torn_set(report, mode), f"put {n} ({mode}): {[p.message for p in report.errors]}"
 
 
 def test_cancelled_backup_leaves_nothing_visible(trees, tmp_path):

@@ -117,3 +117,28 @@ def test_plain_restore_of_the_set_leaves_the_attachment_out(repo, tmp_path, rng)
     out = tmp_path / "out"
     assert repo.restore(s, str(out)).errors == ()
     assert_same_tree(files, out)
+
+
+def test_prune_keeps_a_reference_that_only_a_delta_needs(repo, tmp_path, rng):
+    """The full's version of a changed chunk is referenced by no tree after the full is
+    forgotten, only by the incremental's delta blob: prune must keep it."""
+    files, db = tmp_path / "files", tmp_path / "db"
+    files.mkdir()
+    db.mkdir()
+    (files / "a.txt").write_text("hello")
+    page_file(db / "rel", rng, MIB // PAGE)  # exactly one 1 MiB chunk
+    old = os.stat(db / "rel").st_mtime_ns - 10_000_000_000
+    os.utime(db / "rel", ns=(old, old))
+    full = take(repo, files, db, "full")
+    touch_pages(db / "rel", rng, [7])
+    inc = take(repo, files, db, "incremental")
+    (delta,) = delta_blobs(repo)
+    ref = repo.reader.reference_of(delta)
+    expect = (db / "rel").read_bytes()
+    report = repo.prune(PrunePolicy(keep_full=0, keep_incremental=1))
+    assert report.forgotten == (full.id,)
+    assert ref in repo.index, "prune dropped the reference of a live delta blob"
+    assert repo.check(read_data=True).ok
+    out = tmp_path / "out"
+    assert repo.restore(repo.get_set(inc.id), str(out), attachment="db:main").errors == ()
+    assert (out / "rel").read_bytes() == expect

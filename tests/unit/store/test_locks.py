@@ -1,0 +1,197 @@
+"""Repository locks: conflicts, staleness, waiting with backoff, and losing a lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+from cairn.store.backend import MemoryBackend
+from cairn.store.errors import CairnError, LockedError
+from cairn.store.faults import FaultyBackend
+from cairn.store.locks import Locks
+from cairn.store.model import BackupRequest, PrunePolicy
+from cairn.store.repoconfig import RepoConfig
+from cairn.store.repository import Repository
+from storekit import make_tree
+
+
+def wait_for(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def backend():
+    return MemoryBackend()
+
+
+def test_two_exclusive_locks_conflict(backend):
+    with Locks(backend).hold("prune", exclusive=True):
+        with pytest.raises(LockedError, match="exclusive, prune"):
+            with Locks(backend).hold("prune", exclusive=True):
+                pass
+    with Locks(backend).hold("prune", exclusive=True):
+        pass
+
+
+def test_exclusive_and_shared_conflict_both_ways(backend):
+    with Locks(backend).hold("backup"):
+        with pytest.raises(LockedError, match="shared, backup"):
+            with Locks(backend).hold("prune", exclusive=True):
+                pass
+    with Locks(backend).hold("prune", exclusive=True):
+        with pytest.raises(LockedError, match="exclusive, prune"):
+            with Locks(backend).hold("backup"):
+                pass
+    assert list(backend.list("locks")) == []
+
+
+def test_shared_locks_do_not_conflict(backend):
+    with Locks(backend).hold("backup a"), Locks(backend).hold("wal-push"):
+        assert len(list(backend.list("locks"))) == 2
+
+
+def _plant(backend, name: str, **doc) -> None:
+    backend.put("locks", name, json.dumps({"host": "elsewhere", "pid": 1, "exclusive": True,
+                                           "purpose": "prune", "time": time.time(), **doc}).encode())
+
+
+def test_a_lock_not_refreshed_is_stale_and_broken(backend):
+    _plant(backend, "old", time=time.time() - 31 * 60)
+    locks = Locks(backend)
+    assert locks.stale(json.loads(backend.get("locks", "old")))
+    with locks.hold("prune", exclusive=True):
+        assert "old" not in list(backend.list("locks"))
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_stale(backend):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    locks = Locks(backend)
+    _plant(backend, "dead", host=locks.host, pid=proc.pid)
+    assert locks.stale(json.loads(backend.get("locks", "dead")))
+    with locks.hold("prune", exclusive=True):
+        assert "dead" not in list(backend.list("locks"))
+
+
+def test_a_live_lock_is_not_stale_and_not_broken(backend):
+    import os
+    locks = Locks(backend)
+    _plant(backend, "live-here", host=locks.host, pid=os.getpid())
+    _plant(backend, "live-elsewhere", exclusive=False, purpose="backup")
+    for name in ("live-here", "live-elsewhere"):
+        assert not locks.stale(json.loads(backend.get("locks", name)))
+    with pytest.raises(LockedError):
+        with locks.hold("prune", exclusive=True):
+            pass
+    assert sorted(backend.list("locks")) == ["live-elsewhere", "live-here"]
+
+
+def test_waiting_for_a_lock_retries_until_it_is_released(backend):
+    attempts = []
+    faulty = FaultyBackend(backend, hook=lambda op, kind, name: attempts.append(1) if (op, kind) == ("list", "locks")
+                           else None)
+    holder = Locks(backend).hold("backup")
+    holder.__enter__()
+    done = {}
+
+    def prune_lock():
+        with Locks(faulty).hold("prune", exclusive=True, wait=60):
+            done["at"] = time.monotonic()
+
+    t = threading.Thread(target=prune_lock)
+    t.start()
+    wait_for(lambda: len(attempts) >= 3)  # it retried (with backoff) instead of failing at once
+    assert "at" not in done
+    holder.__exit__(None, None, None)
+    t.join(30)
+    assert "at" in done
+
+
+def test_waiting_for_a_lock_is_bounded(backend):
+    with Locks(backend).hold("backup"):
+        start = time.monotonic()
+        with pytest.raises(LockedError):
+            with Locks(backend).hold("prune", exclusive=True, wait=0.5):
+                pass
+        assert 0.5 <= time.monotonic() - start < 15
+
+
+def test_prune_waits_for_a_running_backup(tmp_path, src, rng):
+    make_tree(str(src), rng, files=3)
+    inner = MemoryBackend()
+    repo = Repository.init(inner, RepoConfig.new())
+    repo.backup(BackupRequest(source="src", paths=(str(src),)))
+    sess = repo.session(BackupRequest(source="src", paths=(str(src),), level="incremental"))
+    result, attempts = {}, []
+    pruner = Repository.open(FaultyBackend(inner, hook=lambda op, kind, name: attempts.append(1)
+                                           if (op, kind) == ("list", "locks") else None))
+    t = threading.Thread(target=lambda: result.setdefault("r", pruner.prune(PrunePolicy(keep_full=1))))
+    t.start()
+    wait_for(lambda: len(attempts) >= 3)
+    assert "r" not in result and t.is_alive()
+    s = sess.commit()
+    t.join(60)
+    assert result["r"].kept and s.id in {x.id for x in repo.list_sets()}
+
+
+def test_a_lock_whose_refresh_fails_is_lost(backend):
+    faulty = FaultyBackend(backend, fail_at=2, mode="fail-from", kind="locks")
+    lost = []
+    with Locks(faulty, refresh_every=0.02).hold("backup", on_lost=lost.append) as lock:
+        wait_for(lock.lost.is_set)
+        assert lost and "refresh" in lost[0]
+        with pytest.raises(LockedError, match="refresh"):
+            lock.check()
+
+
+def test_a_lock_removed_by_someone_else_is_lost(backend):
+    with Locks(backend, refresh_every=0.02).hold("backup") as lock:
+        backend.delete("locks", lock.name)
+        wait_for(lock.lost.is_set)
+        assert "removed" in lock.reason
+
+
+def test_a_backup_whose_lock_refresh_fails_commits_nothing(src, rng):
+    make_tree(str(src), rng, files=5)
+    inner = MemoryBackend()
+    Repository.init(inner, RepoConfig.new())
+    faulty = FaultyBackend(inner, kind="locks")
+    repo = Repository.open(faulty)
+    repo.locks.refresh_every = 0.02
+    with repo.session(BackupRequest(source="src", paths=(str(src),))) as sess:
+        faulty.fail_at, faulty.mode, faulty.puts = 1, "fail-from", 0
+        wait_for(sess._lock_lost.is_set)
+        with pytest.raises(CairnError, match="refresh"):
+            sess.walk_all()
+            sess.commit()
+    assert list(inner.list("sets")) == []
+
+
+def test_prune_whose_lock_is_lost_stops_before_its_next_write(src, rng):
+    make_tree(str(src), rng, files=5)
+    inner = MemoryBackend()
+    repo = Repository.init(inner, RepoConfig.new())
+    for level in ("full", "full", "full"):
+        make_tree(str(src), rng, files=2, dirs=(level,))
+        repo.backup(BackupRequest(source="src", paths=(str(src),), level=level))
+
+    def hook(op, kind, name):
+        if (op, kind) == ("delete", "sets"):  # prune is under way: now its lock goes
+            faulty.fail_at, faulty.mode, faulty.puts = 1, "fail-from", 0
+            wait_for(lambda: any(h.lost.is_set() for h in pruner.locks.held))
+
+    faulty = FaultyBackend(inner, kind="locks", hook=hook)
+    pruner = Repository.open(faulty)
+    pruner.locks.refresh_every = 0.02
+    index_before = sorted(inner.list("index"))
+    packs_before = sorted(inner.list("packs"))
+    with pytest.raises(LockedError, match="refresh"):
+        pruner.prune(PrunePolicy(keep_full=0))
+    assert len(list(inner.list("sets"))) == 2  # the one delete under way finished, nothing after it
+    assert sorted(inner.list("index")) == index_before and sorted(inner.list("packs")) == packs_before
