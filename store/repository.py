@@ -14,12 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
 
 from . import check as checkmod
 from . import prune as prunemod
+from . import retention
 from . import wal as walmod
 from .backend import Backend, LocalBackend
 from .blobs import BlobReader, BlobWriter
@@ -299,10 +301,30 @@ class Repository:
         if not dry_run:
             self._writable()
         with self.locks.hold("prune", exclusive=not dry_run):
+            before = self.list_sets()
             report = prunemod.Pruner(self).run(policy, dry_run=dry_run, source=source)
-        if not dry_run:
-            self.load_index()
+            decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
+            report = replace(report, decisions=tuple(decisions))
+            if not dry_run:
+                self.load_index()
+            if policy.wal_keep is not None:
+                report = self._wal_retention(policy.wal_keep, before, report, dry_run)
         return report
+
+    def _wal_retention(self, window: float, before: list[BackupSet], report: PruneReport,
+                       dry_run: bool) -> PruneReport:
+        """Forget the WAL files WAL retention lets go (after the sets), then free their chunks."""
+        gone = set(report.forgotten)
+        names = retention.wal_forget(self.list_wal(), walmod.archived_times(self),
+                                     [s for s in before if s.id not in gone], before, time.time(), window)
+        if not names or dry_run:
+            return replace(report, wal_forgotten=tuple(names))
+        walmod.forget(self, names)
+        freed = prunemod.Pruner(self).run(PrunePolicy(), dry_run=False, source=None)
+        self.load_index()
+        return replace(report, wal_forgotten=tuple(names), packs_deleted=report.packs_deleted + freed.packs_deleted,
+                       packs_rewritten=report.packs_rewritten + freed.packs_rewritten,
+                       bytes_freed=report.bytes_freed + freed.bytes_freed)
 
     # -- WAL -------------------------------------------------------------------------
     def put_wal(self, name: str, data: bytes) -> bool:

@@ -1,15 +1,19 @@
 """Archived PostgreSQL WAL files: content as chunks, one catalog object per file name.
 
-The catalog object "wal/<name>" is JSON {"size", "hash" (blake3 of the content), "chunks"}.
+The catalog object "wal/<name>" is JSON {"size", "hash" (blake3 of the content), "chunks",
+"time" (when it was archived, seconds since the epoch; absent in entries of older versions)}.
 It is written after the pack and index holding the chunks, so a listed segment is complete.
 Pushing identical content again is a no-op; different content under an archived name is an
 error (PostgreSQL's archive_command contract). Names are checked to be plain WAL file names.
+WAL retention forgets a file by deleting its catalog entry; the next garbage collection frees
+its chunks.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from typing import TYPE_CHECKING
 
 import blake3
@@ -60,7 +64,7 @@ def put(repo: Repository, name: str, data: bytes) -> bool:
     except BaseException:
         writer.abort()
         raise
-    doc = {"size": len(data), "hash": digest, "chunks": chunks}
+    doc = {"size": len(data), "hash": digest, "chunks": chunks, "time": time.time()}
     repo.backend.put("wal", name, json.dumps(doc).encode())
     return True
 
@@ -85,3 +89,25 @@ def referenced_chunks(repo: Repository) -> set[bytes]:
         if doc:
             out.update(bytes.fromhex(c) for c in doc.get("chunks", ()))
     return out
+
+
+def archived_times(repo: Repository) -> dict[str, float | None]:
+    """Every catalog entry's archive time (None where the entry does not record one)."""
+    out: dict[str, float | None] = {}
+    for name in list(repo.backend.list("wal")):
+        try:
+            doc = _catalog(repo, name)
+        except CorruptionError:
+            doc = None
+        when = doc.get("time") if isinstance(doc, dict) else None
+        out[name] = float(when) if isinstance(when, int | float) else None
+    return out
+
+
+def forget(repo: Repository, names: list[str]) -> None:
+    """Delete the catalog entries of `names` (already gone ones are skipped)."""
+    for name in names:
+        try:
+            repo.backend.delete("wal", check_name(name))
+        except NotFoundError:
+            pass
