@@ -576,8 +576,8 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    if value < 0 or value > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 4294967295, got {value}")
     return value
 
 

@@ -183,3 +183,14 @@ def test_wal_retention_through_the_client(start_daemon, tmp_path):
     assert r.returncode == 3
     bad = d.cli("prune", "--wal-keep", "forever")
     assert bad.returncode == 2 and "invalid --wal-keep 'forever'" in bad.stderr
+
+
+def test_prune_counts_out_of_range_are_usage_errors(tmp_path):
+    import subprocess
+
+    from cairnd_harness import CAIRN, env_for
+
+    for value in ("-1", "4294967296", "many"):
+        r = subprocess.run([CAIRN, "--socket", str(tmp_path / "none.sock"), "prune", "--keep-daily", value],
+                           capture_output=True, text=True, env=env_for(), timeout=30)
+        assert r.returncode == 2 and r.stderr.startswith("cairn: error: argument --keep-daily"), r.stderr
