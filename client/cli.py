@@ -50,6 +50,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 HINT_KEY = "cairn-hint"
 WAL_PIECE = 1 << 20
 LEVELS = ("full", "differential", "incremental")
+KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
 NO_HISTORY = "00000001.history"
@@ -133,7 +134,7 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
-    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or "", host=args.host or ""))
     if args.json:
         out(render.dumps([render.set_dict(s) for s in reply.sets]))
         return EXIT_OK
@@ -253,22 +254,30 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
-    request = pb.PruneRequest(dry_run=args.dry_run, source=args.source or "")
-    given = False
-    for level in LEVELS:
-        value = getattr(args, f"keep_{level}")
+    """Forget sets by the policy given (none: forget nothing, only free unreferenced data)."""
+    request = pb.PruneRequest(dry_run=args.dry_run, source=args.source or "", host=args.host or "",
+                              keep_within=args.keep_within or "", keep_tags=args.keep_tag or [],
+                              wal_keep=args.wal_keep or "")
+    for rule in (*LEVELS, *KEEP_COUNTS):
+        value = getattr(args, f"keep_{rule}")
         if value is not None:
-            setattr(request, f"keep_{level}", value)
-            given = True
-    if not given:
-        raise InvalidArgumentError("prune needs a policy: give --keep-full, --keep-differential or --keep-incremental")
+            setattr(request, f"keep_{rule}", value)
     reply = conn.stub.Prune(request)
     if args.json:
         out(render.dumps(render.prune_dict(reply)))
         return EXIT_OK
     verb = "would forget" if reply.dry_run else "forgot"
-    for set_id in reply.forgotten:
+    forgotten = set(reply.forgotten)
+    for d in reply.decisions:
+        if d.keep:
+            out(f"keep {d.set}  {render.decision_where(d)}: {', '.join(d.reasons)}")
+    for d in reply.decisions:
+        if d.set in forgotten:
+            out(f"{verb} {d.set}  {render.decision_where(d)}: matched no rule")
+    for set_id in sorted(forgotten - {d.set for d in reply.decisions}):
         out(f"{verb} {set_id}")
+    for name in reply.wal_forgotten:
+        out(f"{verb} WAL {name}: before the oldest kept set and outside the WAL window")
     freed = "would free" if reply.dry_run else "freed"
     out(
         f"{verb} {len(reply.forgotten)} sets, kept {len(reply.kept)}; {freed} {render.human_bytes(reply.bytes_freed)}"
@@ -502,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sets", cmd_sets, "list backup sets")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help="only the sets this host took")
 
     p = command("ls", cmd_ls, "browse a set's tree")
     p.add_argument("set", metavar="SET", help="set id, unique prefix, or 'latest'")
@@ -535,11 +545,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-data", action="store_true")
     p.add_argument("--source", metavar="NAME")
 
-    p = command("prune", cmd_prune, "forget sets by policy, then free unreferenced data")
-    p.add_argument("--dry-run", action="store_true")
+    p = command("prune", cmd_prune, "forget sets by policy (per host and source; a set is kept when any rule "
+                                    "keeps it), then free unreferenced data; no policy: only free unreferenced data")
+    p.add_argument("--dry-run", action="store_true", help="show what would be forgotten and which rule keeps each set")
+    p.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N sets")
+    for rule, unit in (("hourly", "hour"), ("daily", "day"), ("weekly", "week"), ("monthly", "month"),
+                       ("yearly", "year")):
+        p.add_argument(f"--keep-{rule}", type=_count, metavar="N",
+                       help=f"keep the newest set of each of the last N {unit}s that have sets (local time)")
+    p.add_argument("--keep-within", metavar="DURATION", help="keep sets this close to the newest set (e.g. 2d, 36h)")
     for level in LEVELS:
         p.add_argument(f"--keep-{level}", type=_count, metavar="N", help=f"keep the newest N {level} sets")
+    p.add_argument("--keep-tag", action="append", metavar="T", help="keep every set with this tag (repeatable)")
+    p.add_argument("--wal-keep", metavar="DURATION",
+                   help="WAL retention window (default: the daemon's [repository] wal_keep; unset keeps all WAL)")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help="only the sets this host took")
 
     p = command("wal-push", cmd_wal_push, "archive a WAL segment (archive_command = 'cairn wal-push %%p')")
     p.add_argument("path", metavar="PATH")
@@ -555,8 +576,8 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    if value < 0 or value > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 4294967295, got {value}")
     return value
 
 

@@ -103,13 +103,14 @@ def set_dict(s: pb.SetInfo) -> dict[str, Any]:
     }
 
 
-SET_COLUMNS = ("ID", "TIME", "SOURCE", "LEVEL", "BASE", "CHANGED", "ADDED", "STATUS")
+SET_COLUMNS = ("ID", "TIME", "HOST", "SOURCE", "LEVEL", "BASE", "CHANGED", "ADDED", "STATUS")
 
 
 def set_row(s: pb.SetInfo) -> tuple[str, ...]:
     return (
         short_id(s.id),
         fmt_time(s.time_start),
+        s.hostname or "-",
         s.source,
         s.level,
         short_id(s.base) if s.base else "-",
@@ -209,6 +210,13 @@ def status_dict(reply: pb.StatusReply) -> dict[str, Any]:
             for s in reply.sources
         ],
         "archive": archive_dict(reply.archive) if reply.HasField("archive") else None,
+        "retention": {
+            "schedule": reply.retention.schedule,
+            "host": reply.retention.host,
+            "next_run": reply.retention.next_run,
+            "last_run": reply.retention.last_run or None,
+            "last_result": reply.retention.last_result or None,
+        } if reply.HasField("retention") else None,
     }
 
 
@@ -329,6 +337,8 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
             lines.append(f"  next {n.level + ':':<13} {fmt_time(n.time)}")
     if reply.HasField("archive"):
         lines += archive_lines(reply.archive, now)
+    if reply.HasField("retention"):
+        lines += retention_lines(reply.retention, now)
     return lines
 
 
@@ -363,4 +373,23 @@ def prune_dict(r: pb.PruneReply) -> dict[str, Any]:
         "packs_deleted": r.packs_deleted,
         "packs_rewritten": r.packs_rewritten,
         "bytes_freed": r.bytes_freed,
+        "decisions": [
+            {"set": d.set, "keep": d.keep, "reasons": list(d.reasons), "host": d.host, "source": d.source,
+             "level": d.level, "time": d.time}
+            for d in r.decisions
+        ],
+        "wal_forgotten": list(r.wal_forgotten),
     }
+
+
+def decision_where(d: pb.RetentionDecision) -> str:
+    """host/source, level and time of a retention decision, for people."""
+    return f"{d.host or '-'}/{d.source} {d.level} {fmt_time(d.time)}"
+
+
+def retention_lines(r: pb.RetentionStatus, now: float) -> list[str]:
+    """The scheduled retention lines of `cairn status`."""
+    lines = ["", f"retention + gc: \"{r.schedule}\" for host {r.host}, next {fmt_time(r.next_run)}"]
+    if r.last_run:
+        lines.append(f"  last run {fmt_age(now - r.last_run)} ago: {r.last_result}")
+    return lines

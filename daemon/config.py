@@ -20,8 +20,9 @@ from typing import Any
 
 from cairn.daemon.cron import CronExpr
 from cairn.daemon.durations import parse_duration
+from cairn.daemon.retention import keep_policy
 from cairn.store.errors import InvalidArgumentError, NotFoundError
-from cairn.store.model import LEVELS
+from cairn.store.model import LEVELS, PrunePolicy
 
 DEFAULT_SOCKET_NAME = "cairnd.sock"
 ROOT_RUNTIME_DIR = "/run/cairn"
@@ -30,15 +31,15 @@ QUIESCE_MODES = ("cold", "hot")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
-REPOSITORY_KEYS = ("path",)
+REPOSITORY_KEYS = ("path", "gc", "wal_keep")
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
-    "max_wal_size",
+    "max_wal_size", "host",
 )
 SOURCE_KEYS = (
     "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
-    "aux_paths",
+    "aux_paths", "keep",
 )
 QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required")
 DATABASE_KEYS = ("name", "dsn", "pgdata")
@@ -60,6 +61,8 @@ class ConfigError(InvalidArgumentError):
 @dataclass(frozen=True)
 class RepositoryConfig:
     path: str
+    gc: str | None = None  # cron of scheduled retention + garbage collection
+    wal_keep: float | None = None  # seconds of WAL kept for point-in-time recovery (None: all)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class DaemonConfig:
     max_watches: int | None = None
     log_level: str = "info"
     max_wal_size: int = 1 << 30  # largest WAL file a push may carry (PostgreSQL's largest segment)
+    host: str | None = None  # the host name recorded in sets (None: the machine's)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class SourceConfig:
     quiesce: QuiesceConfig | None = None
     one_file_system: bool = False
     aux_paths: tuple[str, ...] = ()
+    keep: PrunePolicy | None = None  # retention policy of the source's sets
 
 
 @dataclass(frozen=True)
@@ -275,7 +280,15 @@ class _Loader:
 
     def repository(self, table: Mapping[str, Any]) -> RepositoryConfig:
         self.keys("repository", table, REPOSITORY_KEYS)
-        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True))
+        gc = self.string("repository.gc", table.get("gc"))
+        if gc is not None:
+            try:
+                CronExpr.parse(gc)
+            except InvalidArgumentError as exc:
+                raise self.fail("repository.gc", exc.message) from exc
+        wal_keep = table.get("wal_keep")
+        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True), gc=gc,
+                                wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep))
 
     def daemon(self, table: Mapping[str, Any]) -> DaemonConfig:
         self.keys("daemon", table, DAEMON_KEYS)
@@ -298,7 +311,10 @@ class _Loader:
             "max_watches": self.positive_int("daemon.max_watches", table.get("max_watches")),
             "log_level": self.choice("daemon.log_level", table.get("log_level", "info"), LOG_LEVELS),
             "max_wal_size": self.positive_int("daemon.max_wal_size", table.get("max_wal_size", 1 << 30)),
+            "host": self.string("daemon.host", table.get("host")),
         }
+        if values["host"] is not None and any(c.isspace() for c in values["host"]):
+            raise self.fail("daemon.host", f"expected a host name without spaces, got {_show(values['host'])}")
         if values["listen"] is not None:
             self.address("daemon.listen", values["listen"])
             for key in ("tls_cert", "tls_key", "token_file"):
@@ -346,6 +362,7 @@ class _Loader:
             quiesce=quiesce,
             one_file_system=self.boolean(f"{key}.one_file_system", table.get("one_file_system", False)),
             aux_paths=aux_paths,
+            keep=self.keep(f"{key}.keep", table.get("keep")),
         )
 
     def quiesce(self, key: str, table: Mapping[str, Any]) -> QuiesceConfig:
@@ -368,6 +385,16 @@ class _Loader:
             dsn=self.string(f"{key}.dsn", table.get("dsn"), required=True),
             pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=True),
         )
+
+    def keep(self, key: str, value: Any) -> PrunePolicy | None:
+        if value is None:
+            return None
+        try:
+            return keep_policy(self.table(key, value))
+        except ConfigError:
+            raise
+        except InvalidArgumentError as exc:
+            raise self.fail(key, exc.message) from None
 
     def schedule(self, key: str, value: Any) -> dict[str, str]:
         table = self.table(key, value)

@@ -32,6 +32,7 @@ from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_stat
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
+from cairn.daemon.retention import RetentionRunner
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.rpo import RpoKeeper
@@ -114,6 +115,7 @@ class Daemon:
         self.tracker: ChangeTracker | None = None
         self.rpo: RpoKeeper | None = None
         self.backstop: Backstop | None = None
+        self.retention: RetentionRunner | None = None
         self._signals: collections.deque[int] = collections.deque()
         self._wake = threading.Event()
         self._last_status = ""
@@ -150,12 +152,15 @@ class Daemon:
         if not read_only:
             self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
             self.service.set_next_runs(self.scheduler.next_runs)
+            if cfg.repository.gc:
+                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
+                self.service.retention = self.retention
         # Serve, then tell systemd we are ready.
         self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
         self.server.start()
         if self.scheduler is not None:
             self.scheduler.start()
-        for thread in (self.rpo, self.backstop):
+        for thread in (self.rpo, self.backstop, self.retention):
             if thread is not None:
                 thread.start()
         interval = watchdog_interval()
@@ -204,7 +209,7 @@ class Daemon:
                           rec.source, rec.mode, rec.to_dict()["started"], rec.error or "a thaw hook failed")
 
     def healthy(self) -> bool:
-        threads = (self.scheduler, self.rpo, self.backstop)
+        threads = (self.scheduler, self.rpo, self.backstop, self.retention)
         return all(t is None or t.healthy for t in threads)
 
     def status_text(self) -> str:
@@ -259,6 +264,7 @@ class Daemon:
             new = self._keep_bound(new)
             if self.scheduler is not None:
                 self.scheduler.reload(new.schedules())
+            self._reload_retention(new)
         except CairnError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc.message)
             self.notifier.ready(f"reload failed: {exc.message}")
@@ -273,17 +279,32 @@ class Daemon:
         log.info("configuration reloaded from %s: %d sources", new.path, len(new.sources))
         self.notifier.ready(self.status_text())
 
+    def _reload_retention(self, new: Config) -> None:
+        """Follow a changed [repository] gc: reschedule, start or stop the retention thread."""
+        if self.scheduler is None:  # read-only: nothing is ever forgotten
+            return
+        if new.repository.gc and self.retention is not None:
+            self.retention.reload(new.repository.gc)
+        elif new.repository.gc:
+            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention)
+            self.service.retention = self.retention
+            self.retention.start()
+        elif self.retention is not None:
+            self.retention.request_stop()
+            self.retention = self.service.retention = None
+
     def _keep_bound(self, new: Config) -> Config:
         """Keep what was bound at start (repository, sockets, ...), warning where the file changed it."""
         old = self.config
-        if new.repository != old.repository:
+        if new.repository.path != old.repository.path:
             log.warning("repository.path changed: takes effect at the next start")
         kept = {}
         for key in RESTART_KEYS:
             if getattr(new.daemon, key) != getattr(old.daemon, key):
                 log.warning("daemon.%s changed: takes effect at the next start", key)
             kept[key] = getattr(old.daemon, key)
-        return dataclasses.replace(new, repository=old.repository, daemon=dataclasses.replace(new.daemon, **kept))
+        repository = dataclasses.replace(new.repository, path=old.repository.path)
+        return dataclasses.replace(new, repository=repository, daemon=dataclasses.replace(new.daemon, **kept))
 
     def release_locks(self) -> None:
         """Let another daemon have the repository and the state directory."""
@@ -302,7 +323,7 @@ class Daemon:
         self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
-        for thread in (self.rpo, self.backstop):
+        for thread in (self.rpo, self.backstop, self.retention):
             if thread is not None:
                 thread.request_stop()
         # Cancel the backups first, so their clients still get an answer before the server closes.

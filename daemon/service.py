@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn import __version__
-from cairn.daemon import capture, restoredb, walarchive
+from cairn.daemon import capture, restoredb, retention, walarchive
 from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
@@ -107,7 +107,8 @@ class CairnService:
         self._next_runs = next_runs
         self._metrics = metrics  # a cairn.daemon.metrics.Metrics, or None
         self._started = time.time()
-        self._hostname = socket.gethostname()
+        self._machine = socket.gethostname()
+        self.retention: Any = None  # the daemon's RetentionRunner (cairn.daemon.retention) when gc is scheduled
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
         self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes) when it watches
@@ -125,6 +126,11 @@ class CairnService:
 
     def set_next_runs(self, next_runs: NextRunsFn | None) -> None:
         self._next_runs = next_runs
+
+    @property
+    def _hostname(self) -> str:
+        """The host name sets record: [daemon] host, else the machine's."""
+        return self._config.daemon.host or self._machine
 
     # ---- status ----
 
@@ -304,11 +310,11 @@ class CairnService:
 
     # ---- reading ----
 
-    def list_sets(self, source: str = "") -> list[BackupSet]:
+    def list_sets(self, source: str = "", host: str = "") -> list[BackupSet]:
         sets = self.repo.list_sets(source or None)
         if source and not sets:
             self._require_known_source(source)
-        return sets
+        return [s for s in sets if s.hostname == host] if host else sets
 
     def resolve(self, ref: str, source: str = "") -> BackupSet:
         """The set named by a full id, a unique prefix or 'latest' (per source)."""
@@ -387,12 +393,35 @@ class CairnService:
 
     # ---- writing outside backups ----
 
-    def prune(self, policy: PrunePolicy, dry_run: bool, source: str = "") -> PruneReport:
+    def prune(self, policy: PrunePolicy, dry_run: bool, source: str = "", wal_keep: str = "") -> PruneReport:
+        """Forget sets by `policy` (no rule: only free unreferenced data). WAL retention uses
+        `wal_keep` if given, else the configured [repository] wal_keep."""
         if not dry_run:
             self._require_writable("pruning")
         if source:
             self._require_known_source(source)
-        return self.repo.prune(policy, dry_run=dry_run, source=source or None)
+        window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
+                  else self._config.repository.wal_keep)
+        return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)
+
+    def retention_policy(self) -> PrunePolicy:
+        """What scheduled retention applies: each source's `keep`, only to this host's sets."""
+        config = self._config
+        return PrunePolicy(host=self._hostname, sources={s.name: s.keep for s in config.sources if s.keep},
+                           wal_keep=config.repository.wal_keep)
+
+    def run_retention(self) -> PruneReport:
+        """Scheduled retention + garbage collection (the RetentionRunner's job)."""
+        self._require_writable("retention")
+        return self.repo.prune(self.retention_policy())
+
+    def retention_status(self) -> dict[str, Any] | None:
+        """The gc schedule, its next and last run, for status (None when not scheduled)."""
+        runner = self.retention
+        if runner is None:
+            return None
+        return {"schedule": runner.schedule, "next_run": runner.next_run(), "last_run": runner.last_run,
+                "last_result": runner.last_result, "host": self._hostname}
 
     def require_wal_writable(self) -> None:
         """Raise unless WAL pushes are accepted (checked before a push is received)."""

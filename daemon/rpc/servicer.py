@@ -24,13 +24,22 @@ from typing import Any, BinaryIO
 
 import grpc
 from cairn.daemon.jobs import BackupJob
+from cairn.daemon.retention import parse_option_duration
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.service import CairnService, set_status
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
-from cairn.store.model import BackupSet, CheckProblem, CheckReport, Progress, PrunePolicy, TreeEntry
+from cairn.store.model import (
+    BackupSet,
+    CheckProblem,
+    CheckReport,
+    Progress,
+    PrunePolicy,
+    PruneReport,
+    TreeEntry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +141,9 @@ class CairnServicer(pb_grpc.CairnServicer):
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
         reply.archive.CopyFrom(archive_status(self.service.archive_status()))
+        gc = self.service.retention_status()
+        if gc is not None:
+            reply.retention.CopyFrom(pb.RetentionStatus(**gc))
         return reply
 
     @rpc
@@ -156,7 +168,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def ListSets(self, request: pb.ListSetsRequest, context: grpc.ServicerContext) -> pb.ListSetsReply:
-        return pb.ListSetsReply(sets=[set_info(s) for s in self.service.list_sets(request.source)])
+        sets = self.service.list_sets(request.source, host=request.host)
+        return pb.ListSetsReply(sets=[set_info(s) for s in sets])
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:
@@ -208,16 +221,10 @@ class CairnServicer(pb_grpc.CairnServicer):
             keep_full=request.keep_full if request.HasField("keep_full") else None,
             keep_differential=request.keep_differential if request.HasField("keep_differential") else None,
             keep_incremental=request.keep_incremental if request.HasField("keep_incremental") else None,
+            **retention_rules(request),
         )
-        report = self.service.prune(policy, request.dry_run, request.source)
-        return pb.PruneReply(
-            forgotten=list(report.forgotten),
-            kept=list(report.kept),
-            packs_deleted=report.packs_deleted,
-            packs_rewritten=report.packs_rewritten,
-            bytes_freed=report.bytes_freed,
-            dry_run=report.dry_run,
-        )
+        report = self.service.prune(policy, request.dry_run, request.source, wal_keep=request.wal_keep)
+        return prune_reply(report)
 
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon
@@ -364,6 +371,36 @@ def progress_msg(p: Progress) -> pb.Progress:
         bytes_done=p.bytes_done,
         bytes_total=p.bytes_total,
         current_path=os.fsencode(p.current_path),
+    )
+
+
+def retention_rules(request: pb.PruneRequest) -> dict[str, Any]:
+    """The retention rules of a PruneRequest as PrunePolicy fields (durations parsed here)."""
+    rules: dict[str, Any] = {}
+    for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        if request.HasField(f"keep_{name}"):
+            rules[f"keep_{name}"] = getattr(request, f"keep_{name}")
+    if request.keep_within:
+        rules["keep_within"] = parse_option_duration("--keep-within", request.keep_within)
+    for tag in request.keep_tags:
+        if not tag or any(c.isspace() for c in tag):
+            raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
+    rules["keep_tags"] = tuple(request.keep_tags)
+    rules["host"] = request.host
+    return rules
+
+
+def prune_reply(report: PruneReport) -> pb.PruneReply:
+    return pb.PruneReply(
+        forgotten=list(report.forgotten),
+        kept=list(report.kept),
+        packs_deleted=report.packs_deleted,
+        packs_rewritten=report.packs_rewritten,
+        bytes_freed=report.bytes_freed,
+        dry_run=report.dry_run,
+        decisions=[pb.RetentionDecision(set=d.set_id, keep=d.keep, reasons=list(d.reasons), host=d.host,
+                                        source=d.source, level=d.level, time=d.time) for d in report.decisions],
+        wal_forgotten=list(report.wal_forgotten),
     )
 
 
