@@ -24,6 +24,7 @@ import time
 from typing import NoReturn
 
 from cairn import __version__
+from cairn.daemon import preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
                         help="back up these directories (with --repo)")
     parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    parser.add_argument("--init", action="store_true",
+                        help="create the repository (--repo, or the one --config names), then exit")
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
@@ -71,7 +74,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give either --config FILE or --repo DIR")
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
+    _check_init_args(parser, args)
     return args
+
+
+def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
+    if not args.init:
+        return
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket)):
+        if given:
+            parser.error(f"--init creates the repository and exits; {flag} does not go with it")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -121,10 +134,13 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         read_only = cfg.daemon.read_only
-        # Before anything else: thaw every quiesce window a previous run died inside.
+        # Check everything the configuration names before anything is created or changed.
+        preflight.check_start(cfg)
+        # Then thaw every quiesce window a previous run died inside.
         self.thaw_leftover_windows()
-        # The repository first: without it there is nothing to serve.
-        self.repo = Repository.open_local(cfg.repository.path, create=not read_only, read_only=read_only)
+        preflight.warn_unreachable_databases(cfg)
+        # The repository first: without it there is nothing to serve (never created here).
+        self.repo = Repository.open_local(cfg.repository.path, create=False, read_only=read_only)
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()
@@ -307,8 +323,19 @@ class Daemon:
             self.tracker.stop()  # flushes the journal and records a clean stop
         if self.repo is not None:
             self.repo.close()
-        log.info("stopped")
+            log.info("stopped")  # after a start that failed its checks there is nothing to report
         return EXIT_OK
+
+
+def init_repository(config: Config) -> int:
+    """`cairnd --init`: create the configured repository and exit (refusing an existing one)."""
+    try:
+        path = preflight.init_repository(config)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"created repository at {path}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     except CairnError as exc:
         print(f"cairnd: error: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.init:
+        return init_repository(config)
     setup_logging(config.daemon.log_level)
     daemon = Daemon(config, args)
     daemon.install_signals()
