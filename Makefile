@@ -61,7 +61,7 @@ install:
 	if [ -n '$(DESTDIR)' ]; then \
 	  grep -rlF --exclude-dir=__pycache__ '$(DESTDIR)$(OPTDIR)' '$(DESTDIR)$(OPTDIR)' | \
 	    xargs -r sed -i 's|$(DESTDIR)$(OPTDIR)|$(OPTDIR)|g'; \
-	  '$(DESTDIR)$(OPTDIR)/bin/python' -m compileall -q -s '$(DESTDIR)' -p / '$(DESTDIR)$(OPTDIR)/lib'; \
+	  '$(DESTDIR)$(OPTDIR)/bin/python' -m compileall -q -f -s '$(DESTDIR)' -p / '$(DESTDIR)$(OPTDIR)/lib'; \
 	else \
 	  '$(OPTDIR)/bin/python' -m compileall -q '$(OPTDIR)/lib'; \
 	fi
