@@ -62,13 +62,21 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors in the client's style."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"cairn: error: {message}", file=sys.stderr)
-        print(f"hint: see '{self.prog} --help'", file=sys.stderr)
+        fail(message, f"see '{self.prog} --help'", EXIT_USAGE)
         raise SystemExit(EXIT_USAGE)
 
 
+_JSON_ERRORS = [False]  # set by main() under --json: errors become one JSON object on stderr
+
+
 def fail(message: str, hint: str | None = None, code: int = EXIT_FAILURE) -> int:
-    print(f"cairn: error: {' '.join(message.split())}", file=sys.stderr)
+    message = " ".join(message.split())
+    if _JSON_ERRORS[0]:
+        import json
+
+        print(json.dumps({"error": {"message": message, "hint": hint, "exit_status": code}}), file=sys.stderr)
+        return code
+    print(f"cairn: error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
     return code
@@ -134,15 +142,29 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
 
 def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
     reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    known = {s.id for s in reply.sets}  # every set of the source(s) listed: a base not here was pruned
+    sets = [s for s in reply.sets if not args.host or s.hostname == args.host]
     if args.json:
-        out(render.dumps([render.set_dict(s) for s in reply.sets]))
+        out(render.dumps([{**render.set_dict(s), "base_pruned": bool(s.base) and s.base not in known}
+                          for s in sets]))
         return EXIT_OK
-    if not reply.sets:
+    if not sets:
         out("no sets")
         return EXIT_OK
-    for line in render.table(render.SET_COLUMNS, (render.set_row(s) for s in reply.sets)):
+    for line in render.table(render.SET_COLUMNS, (render.set_row(s, known) for s in sets)):
         out(line)
     return EXIT_OK
+
+
+def cmd_check_db(conn: Connection, args: argparse.Namespace) -> int:
+    reply = conn.stub.CheckDb(pb.CheckDbRequest(database=args.name, timeout=args.timeout or 0.0),
+                              timeout=(args.timeout or 60.0) + 60.0)
+    if args.json:
+        out(render.dumps(render.check_db_dict(reply)))
+    else:
+        for line in render.check_db_lines(args.name, reply):
+            out(line)
+    return EXIT_OK if reply.ok else EXIT_FAILURE
 
 
 def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
@@ -242,14 +264,12 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(f"error: {p.message}")
     for p in report.warnings:
         out(f"warning: {p.message}")
-    counts = (
-        f"{report.sets_checked} sets, {report.packs_checked} packs, {report.chunks_checked} chunks checked"
-        + (f", {render.human_bytes(report.bytes_read)} read" if report.bytes_read else "")
-    )
+    counts = render.verify_counts(report)
     if report.ok:
         out(f"repository ok: {counts}")
         return EXIT_OK
-    return fail(f"repository has {len(report.errors)} errors: {counts}", hint="the lines above name what is damaged")
+    return fail(f"repository has {render.plural(len(report.errors), 'error')}: {counts}",
+                hint="the lines above name what is damaged")
 
 
 def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
@@ -502,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sets", cmd_sets, "list backup sets")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help="only sets taken on host H")
+
+    p = command("check-db", cmd_check_db, "check a database's connection and WAL archiving (like pgBackRest's check)")
+    p.add_argument("name", metavar="NAME", help="a configured [[database]]")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="how long the forced WAL segment switch may take to arrive (default 60)")
 
     p = command("ls", cmd_ls, "browse a set's tree")
     p.add_argument("set", metavar="SET", help="set id, unique prefix, or 'latest'")
@@ -564,6 +590,7 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _JSON_ERRORS[0] = "--json" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -28,6 +28,7 @@ from cairn.daemon import preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
+from cairn.daemon.health import restore_metrics
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
@@ -147,6 +148,7 @@ class Daemon:
             host, port = self.metrics.start_http(cfg.daemon.metrics)
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        self.restore_metrics()
         # The change journal watches before we serve, so the first set can already use it.
         if not read_only:
             self._start_journal(cfg)
@@ -171,6 +173,11 @@ class Daemon:
             "cairnd %s serving %s%s on %s",
             __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
         )
+
+    def restore_metrics(self) -> None:
+        """Gauges a restart would reset, from the repository's sets and the health record."""
+        if self.metrics is not None and self.service is not None:
+            restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
 
     def _start_journal(self, cfg: Config) -> None:
         """The change tracker (watches every watched source), RPO protection and the backstop scan."""

@@ -128,6 +128,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 out.next_runs.add(level=level, time=when)
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
+            _add_health(out, src)
         reply.archive.CopyFrom(archive_status(self.service.archive_status()))
         return reply
 
@@ -224,10 +225,26 @@ class CairnServicer(pb_grpc.CairnServicer):
             _abort(context, exc, "WalPush")
 
     @rpc
+    def CheckDb(self, request: pb.CheckDbRequest, context: grpc.ServicerContext) -> pb.CheckDbReply:
+        result = self.service.check_db(request.database, request.timeout or None)
+        return pb.CheckDbReply(ok=result.ok, segment=result.segment, seconds=result.seconds,
+                               steps=[pb.CheckDbStep(name=s.name, ok=s.ok, detail=s.detail) for s in result.steps])
+
+    @rpc
     def WalFetch(self, request: pb.WalFetchRequest, context: grpc.ServicerContext) -> Iterator[pb.WalFetchReply]:
         data = self.service.get_wal(request.name)
         for start in range(0, max(len(data), 1), DATA_PIECE):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
+
+
+def _add_health(out: pb.SourceStatus, src: Any) -> None:
+    """The last failure, RPO and last success of a source (daemon/health.py)."""
+    failure = getattr(src, "last_failure", None)
+    if failure is not None:
+        out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,
+                                                   message=failure.message, status=failure.status))
+    out.rpo = getattr(src, "rpo", None) or 0.0
+    out.last_success = getattr(src, "last_success", 0.0)
 
 
 def _collect_wal(requests: Iterator[Any]) -> tuple[str, bytes]:
