@@ -313,7 +313,8 @@ class CairnService:
             status, added, level = "success", job.result.stats.bytes_added, job.result.level
         else:
             status, added, level = ("aborted" if job.cancel.is_set() else "failed"), 0, job.level
-        self._metrics.record_set(job.source, level, status, added, job.age())
+        finished = job.result.time_end if job.result is not None else None  # as restored at start
+        self._metrics.record_set(job.source, level, status, added, job.age(), finished_at=finished)
 
     # ---- reading ----
 
