@@ -74,6 +74,8 @@ install:
 	chmod 0644 '$(DESTDIR)$(UNITDIR)/cairnd.service'
 	install -d '$(DESTDIR)$(DOCDIR)'
 	install -m 0644 $(DOCS) '$(DESTDIR)$(DOCDIR)/'
+	install -d '$(DESTDIR)$(DOCDIR)/monitoring'
+	install -m 0644 monitoring/cairn.rules.yml monitoring/grafana-dashboard.json '$(DESTDIR)$(DOCDIR)/monitoring/'
 	install -d -m 0755 '$(DESTDIR)$(SYSCONFDIR)'
 	install -m 0644 systemd/cairnd.toml.example '$(DESTDIR)$(SYSCONFDIR)/cairnd.toml.example'
 	install -m 0644 systemd/cairnd-minimal.toml '$(DESTDIR)$(SYSCONFDIR)/cairnd-minimal.toml.example'

@@ -178,6 +178,7 @@ class Daemon:
         """Gauges a restart would reset, from the repository's sets and the health record."""
         if self.metrics is not None and self.service is not None:
             restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
+            self.metrics.set_rpos({s.name: s.rpo for s in self.config.sources if s.rpo})
 
     def _start_journal(self, cfg: Config) -> None:
         """The change tracker (watches every watched source), RPO protection and the backstop scan."""
@@ -276,6 +277,8 @@ class Daemon:
             return
         self.config = new
         self.service.reload(new)
+        if self.metrics is not None:
+            self.metrics.set_rpos({s.name: s.rpo for s in new.sources if s.rpo})
         if self.tracker is not None:
             self.tracker.reload(new.sources)
         if self.rpo is not None:
