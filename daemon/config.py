@@ -35,6 +35,7 @@ REPOSITORY_KEYS = ("path",)
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
+    "skip_unchanged",
 )
 SOURCE_KEYS = (
     "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
@@ -78,6 +79,7 @@ class DaemonConfig:
     backstop_interval: float = 86400.0
     max_watches: int | None = None
     log_level: str = "info"
+    skip_unchanged: bool = True  # daemon/skip.py
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,7 @@ class _Loader:
             ),
             "max_watches": self.positive_int("daemon.max_watches", table.get("max_watches")),
             "log_level": self.choice("daemon.log_level", table.get("log_level", "info"), LOG_LEVELS),
+            "skip_unchanged": self.boolean("daemon.skip_unchanged", table.get("skip_unchanged", True)),
         }
         if values["listen"] is not None:
             self.address("daemon.listen", values["listen"])

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn import __version__
-from cairn.daemon import capture, checkdb, restoredb, walarchive
+from cairn.daemon import capture, checkdb, restoredb, skip, walarchive
 from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
@@ -285,6 +285,12 @@ class CairnService:
 
     def submit(self, source: str, level: str, reason: str) -> None:
         """Scheduler entry point: start a backup unless one of that source runs already."""
+        if reason == "schedule":
+            newest = skip.unchanged_since(self._config, self.tracker, self.repo, source, level)
+            if newest is not None:
+                log.info("skipped scheduled %s set of source '%s': nothing changed since set %s", level, source,
+                         newest[:12])
+                return
         try:
             self.start_backup(source, level, reason=reason)
         except BusyError as exc:
