@@ -120,7 +120,8 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
                         out(f"started {view.title}")
                 elif kind == "progress":
                     p = event.progress
-                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path,
+                                estimated=p.totals_estimated)
                 elif kind == "set":
                     result = event.set
     except KeyboardInterrupt:

@@ -136,6 +136,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> Iterator[pb.BackupEvent]:
         job = self.service.start_backup(request.source, request.level, tuple(request.tags), reason="client")
         yield pb.BackupEvent(started=job_info(job))
+        estimate = backup_estimate(job.level, self.service.list_sets(job.source))
         version = 0
         while True:
             snap = job.wait_update(version, timeout=1.0)
@@ -143,7 +144,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 log.info("client stopped following the backup of '%s'; it goes on", job.source)
                 return
             if snap.version != version and snap.progress is not None and not snap.done:
-                yield pb.BackupEvent(progress=progress_msg(snap.progress))
+                yield pb.BackupEvent(progress=with_estimate(progress_msg(snap.progress), estimate))
                 job.wait(PROGRESS_INTERVAL)  # throttles progress; returns at once when the job ends
             version = snap.version
             if snap.done:
@@ -308,6 +309,27 @@ def _changed(state: dict[str, Any], seen: int) -> bool:
 
 
 # ---- domain -> wire ----
+
+
+def backup_estimate(level: str, sets: list[BackupSet]) -> tuple[int, int] | None:
+    """(files, bytes) a full set of a source will walk and read, from its newest set; None otherwise.
+
+    Only a full set reads every file, so only its progress can be measured against the size of
+    the source; an incremental reads what changed, which no earlier set predicts.
+    """
+    if level != "full" or not sets:
+        return None
+    newest = sets[-1].stats
+    return (newest.files, newest.bytes_total) if newest.files and newest.bytes_total else None
+
+
+def with_estimate(p: pb.Progress, estimate: tuple[int, int] | None) -> pb.Progress:
+    """`p` with estimated totals where the store reported none (never below what is done)."""
+    if estimate is not None and not p.files_total and not p.bytes_total:
+        p.files_total = max(estimate[0], p.files_done)
+        p.bytes_total = max(estimate[1], p.bytes_done)
+        p.totals_estimated = True
+    return p
 
 
 def progress_msg(p: Progress) -> pb.Progress:

@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "files_done", "files_total", "bytes_done", "bytes_total", "current_path")
+    __slots__ = ("phase", "files_done", "files_total", "bytes_done", "bytes_total", "current_path", "totals_estimated")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     CURRENT_PATH_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     phase: str
     files_done: int
     files_total: int
     bytes_done: int
     bytes_total: int
     current_path: bytes
-    def __init__(self, phase: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_path: _Optional[bytes] = ...) -> None: ...
+    totals_estimated: bool
+    def __init__(self, phase: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_path: _Optional[bytes] = ..., totals_estimated: _Optional[bool] = ...) -> None: ...
 
 class SetStats(_message.Message):
     __slots__ = ("files", "dirs", "bytes_total", "added", "modified", "deleted", "bytes_read", "bytes_added", "chunks_added", "fuzzy")
