@@ -228,6 +228,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_time=args.target_time or "",
         target_lsn=args.target_lsn or "",
         target_path=os.fsencode(os.path.abspath(args.target)),
+        restore_command=args.restore_command or "",
     )
     code = _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
     if code == EXIT_OK:
@@ -340,6 +341,15 @@ def answered_locally(name: str, dest: str) -> bool:
 
 def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
     tmp = f"{args.dest}.cairn-tmp"
+    try:
+        return _wal_fetch(conn, args, tmp)
+    except grpc.RpcError as exc:
+        if args.name.endswith(".history") and exc.code() == grpc.StatusCode.NOT_FOUND:
+            return EXIT_NOT_FOUND  # PostgreSQL probes for timeline histories that need not exist: no error
+        raise
+
+
+def _wal_fetch(conn: Connection, args: argparse.Namespace, tmp: str) -> int:
     try:
         with open(tmp, "wb") as f:
             for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=args.name)):
@@ -555,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")
+    p.add_argument("--restore-command", metavar="CMD",
+                   help="restore_command for recovery, runnable by the database's user "
+                        "(default: cairn --socket S wal-fetch %%f %%p)")
     p.add_argument("--source", metavar="NAME")
 
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")

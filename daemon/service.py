@@ -369,11 +369,11 @@ class CairnService:
                 self._metrics.record_restore(sent)
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
-                   target_path: str = "") -> tuple[BackupSet, Iterator[Record]]:
+                   target_path: str = "", restore_command: str = "") -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target, then promotes."""
         s = self.resolve(ref, source)
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
-                                               self._config.daemon.socket, target_path)
+                                               self._config.daemon.socket, target_path, restore_command)
         return s, self._counted(records)
 
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:

@@ -186,7 +186,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
-            os.fsdecode(request.target_path),
+            os.fsdecode(request.target_path), request.restore_command,
         )
         yield from restore_batches(set_info(s), records)
 

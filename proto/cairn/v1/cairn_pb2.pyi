@@ -347,20 +347,22 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
     TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_COMMAND_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
     target_time: str
     target_lsn: str
     target_path: bytes
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
+    restore_command: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., restore_command: _Optional[str] = ...) -> None: ...
 
 class Xattr(_message.Message):
     __slots__ = ("name", "value")

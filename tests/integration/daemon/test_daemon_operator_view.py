@@ -141,3 +141,14 @@ def test_json_errors_are_json_objects(start_daemon, tmp_path):
     assert r.returncode == 2 and json.loads(r.stderr)["error"]["exit_status"] == 2
     r = d.cli("ls", "nosuchset")
     assert r.returncode == 3 and r.stderr.startswith("cairn: error: ")
+
+
+def test_wal_fetch_is_quiet_for_a_missing_timeline_history(start_daemon, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    r = d.cli("wal-fetch", "00000002.history", str(tmp_path / "h"))
+    assert r.returncode == 3 and r.stderr == "" and not (tmp_path / "h").exists()
+    # A missing segment is still an error PostgreSQL's log shows.
+    r = d.cli("wal-fetch", "000000010000000000000009", str(tmp_path / "s"))
+    assert r.returncode == 3 and r.stderr.startswith("cairn: error: ")

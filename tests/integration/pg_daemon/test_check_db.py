@@ -78,3 +78,20 @@ def test_broken_archive_command_fails_fast_and_shows_in_status(stack):
 def test_unknown_database_is_not_found(stack):
     r = stack.cli("check-db", "nosuchdb")
     assert r.returncode == 3 and "unknown database 'nosuchdb'" in r.stderr
+
+
+def test_restore_db_writes_the_restore_command_given(stack, tmp_path):
+    (stack.root / "files" / "a.txt").write_text("a\n")
+    stack.backup("app", "full")
+    command = "/usr/local/bin/fetch-wal --from backup1 %f %p"
+    target = tmp_path / "pgdata"
+    stack.ok("restore-db", "latest", "--source", "app", "--database", "appdb", "--target", str(target),
+             "--restore-command", command, timeout=300)
+    conf = (target / "postgresql.auto.conf").read_text()
+    assert f"restore_command = '{command}'" in conf
+    # Without %p recovery could not place the file: refused before anything is written.
+    bad = tmp_path / "bad"
+    r = stack.cli("restore-db", "latest", "--source", "app", "--database", "appdb", "--target", str(bad),
+                  "--restore-command", "fetch %f")
+    assert r.returncode == 2 and "invalid restore_command 'fetch %f'" in r.stderr
+    assert not bad.exists() or not os.listdir(bad)
