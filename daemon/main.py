@@ -275,6 +275,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc.message)
             self.notifier.ready(f"reload failed: {exc.message}")
             return
+        preflight.warn_missing_sources(new)
         self.config = new
         self.service.reload(new)
         if self.metrics is not None:

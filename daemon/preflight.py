@@ -189,6 +189,22 @@ def check_source_path(source: str, path: str) -> None:
         raise FailedPreconditionError(f"source '{source}': path '{path}' is not a directory")
 
 
+def warn_missing_sources(config: Config) -> list[str]:
+    """After a reload: one warning per source path that is missing or not a directory (the start
+    refuses them; a running daemon keeps serving the other sources)."""
+    problems = []
+    if config.daemon.read_only:
+        return problems
+    for source in config.sources:
+        for path in (*source.paths, *source.aux_paths):
+            try:
+                check_source_path(source.name, path)
+            except CairnError as exc:
+                log.warning("%s: its sets fail until it is back", exc.message)
+                problems.append(exc.message)
+    return problems
+
+
 def warn_unreachable_databases(config: Config) -> list[str]:
     """Connect to each database a source names and log one warning per problem; return them.
 

@@ -4,6 +4,7 @@ daemon creates anything (one line on stderr naming the key, path or address; exi
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -196,3 +197,22 @@ def test_valid_start_then_creates_state_and_socket(tmp_path, start_daemon):
     d = start_daemon("--config", config, socket_path=str(tmp_path / "run" / "c.sock"))
     assert (tmp_path / "state").is_dir()
     assert oct(os.stat(d.socket).st_mode & 0o777) == "0o640"
+
+
+def test_reload_with_a_missing_source_path_warns_once_naming_it(tmp_path, start_daemon):
+    import signal
+    import time
+
+    config = write_config(tmp_path, [])
+    d = start_daemon("--config", config, socket_path=str(tmp_path / "run" / "c.sock"))
+    gone = tmp_path / "not-mounted"
+    with open(config, "a", encoding="utf-8") as f:
+        f.write(f'[[source]]\nname = "b"\npaths = ["{gone}"]\n')
+    d.proc.send_signal(signal.SIGHUP)
+    expected = f"source 'b': path '{gone}' does not exist: its sets fail until it is back"
+    end = time.monotonic() + 20
+    while "configuration reloaded" not in d.log():
+        assert time.monotonic() < end, d.log()
+        time.sleep(0.05)
+    assert d.log().count(expected) == 1
+    assert [s["name"] for s in json.loads(d.ok("--json", "status"))["sources"]] == ["app", "b"]

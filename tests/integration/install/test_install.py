@@ -102,6 +102,10 @@ def check_installed() -> None:
     exec_start = unit_value(unit, "Service", "ExecStart").split()
     assert exec_start[0] == str(INSTALLED["cairnd"]) and os.access(exec_start[0], os.X_OK)
     assert Path(exec_start[2]) == INSTALLED["config"] and INSTALLED["config"].is_file()
+    for name in ("operations.md", "monitoring/cairn.rules.yml", "monitoring/grafana-dashboard.json"):
+        assert (INSTALLED["docs"] / name).is_file(), name
+    for name in ("cairnd.toml.example", "cairnd-minimal.toml.example"):
+        assert (INSTALLED["config"].parent / name).is_file(), name
     # The environment runs on the system's interpreter, not on anything in this checkout.
     out = subprocess.run([str(INSTALLED["venv"] / "bin" / "python"), "-c", "import cairn; print(cairn.__file__)"],
                          capture_output=True, text=True, timeout=60, cwd="/")
