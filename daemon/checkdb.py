@@ -7,8 +7,9 @@ archive_command (set at all), and the archiver working end to end: a WAL segment
 forced and the completed segment must arrive in the repository within a bound. A failing
 archiver is reported as soon as PostgreSQL counts the forced segment as failed, with its
 statistics and the last failure this daemon saw from `cairn wal-push`; otherwise after the
-bound. What always holds: the check writes nothing but one WAL switch (and the transaction
-id that makes the switch complete a segment).
+bound. `raise_if_archiver_failing` is what a set runs before its window opens: the same forced
+switch, but only when PostgreSQL's archiver failed on its latest attempt. What always holds: the check writes nothing
+but one WAL switch (and the transaction id that makes the switch complete a segment).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.daemon.walarchive import server_archiver
-from cairn.store.errors import CairnError
+from cairn.store.errors import CairnError, FailedPreconditionError
 
 DEFAULT_TIMEOUT = 60.0
+PRE_WINDOW_TIMEOUT = 30.0  # a set's own check, when the archiver's latest attempt failed
+ROUND = 3  # PostgreSQL's archiver tries a segment this often before it pauses
 POLL = 0.2
 
 
@@ -86,17 +89,37 @@ def _archiver(conn: Any, wal_names: Callable[[], list[str]], last_push_failure: 
             return CheckStep("archiver", True, f"segment {segment} arrived in the repository in "
                                                f"{result.seconds:.1f}s")
         stats = server_archiver(conn)
-        failed_now = stats["last_failed"] == segment and stats["failed_count"] > before["failed_count"]
+        failures = stats["failed_count"] - before["failed_count"]
+        failed_now = failures >= ROUND  # a whole round of attempts failed since the switch
         waited = time.monotonic() - started
         if failed_now or waited >= bound:
             result.seconds = waited
-            why = "PostgreSQL's archiver failed to archive it" if failed_now else f"not within {bound:.0f}s"
+            why = (f"PostgreSQL's archiver failed {failures} times since the switch" if failed_now
+                   else f"not within {bound:.0f}s")
             detail = f"segment {segment} did not arrive in the repository: {why}; " + _archiver_text(stats)
             push = last_push_failure()
             if push:
                 detail += f"; the daemon's last wal-push failure: {push}"
             return CheckStep("archiver", False, detail)
         time.sleep(POLL)
+
+
+def archiver_failing(stats: dict[str, Any]) -> bool:
+    """PostgreSQL's archiver failed on its most recent attempt (pg_stat_archiver, server_archiver())."""
+    return stats["failed_count"] > 0 and stats["last_failed_time"] >= stats["last_archived_time"]
+
+
+def raise_if_archiver_failing(conn: Any, name: str, wal_names: Callable[[], list[str]],
+                              bound: float = PRE_WINDOW_TIMEOUT) -> None:
+    """Before a set's window opens: when PostgreSQL's archiver failed on its latest attempt, force a
+    segment switch (which also wakes a pausing archiver) and require it in the repository within
+    `bound`; else fail now rather than in pg_backup_stop, up to max_window later."""
+    if not archiver_failing(server_archiver(conn)):
+        return
+    step = _archiver(conn, wal_names, lambda: "", bound, CheckResult())
+    if not step.ok:
+        raise FailedPreconditionError(f"database '{name}': WAL archiving is failing: {step.detail}",
+                                      hint=f"fix archive_command, then `cairn check-db {name}`")
 
 
 def _archiver_text(stats: dict[str, Any]) -> str:
