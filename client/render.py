@@ -264,8 +264,8 @@ def health_lines(s: pb.SourceStatus, now: float) -> list[str]:
     lines = [text]
     if s.HasField("last_failure"):
         f = s.last_failure
-        newer = " (after the last success)" if f.time > s.last_success else ""
-        lines.append(f"  last failure: {fmt_time(f.time)} ({fmt_age(now - f.time)} ago){newer}, "
+        newer = ", after the last success" if f.time > s.last_success else ""
+        lines.append(f"  last failure: {fmt_time(f.time)} ({fmt_age(now - f.time)} ago{newer}), "
                      f"{f.level} {f.status}: {f.message}")
     return lines
 
@@ -370,7 +370,8 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
         if s.journal_state:
             pending = "nothing"
             if s.HasField("oldest_unprotected_age"):
-                pending = f"{s.pending_paths} pending paths, oldest change {fmt_age(s.oldest_unprotected_age)} old"
+                pending = (f"{plural(s.pending_paths, 'pending path')}, "
+                           f"oldest change {fmt_age(s.oldest_unprotected_age)} old")
             lines.append(f"  unprotected: {pending}; watches: {s.watches}")
         if s.HasField("running"):
             j = s.running
