@@ -63,13 +63,21 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors in the client's style."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"cairn: error: {message}", file=sys.stderr)
-        print(f"hint: see '{self.prog} --help'", file=sys.stderr)
+        fail(message, f"see '{self.prog} --help'", EXIT_USAGE)
         raise SystemExit(EXIT_USAGE)
 
 
+_JSON_ERRORS = [False]  # set by main() under --json: errors become one JSON object on stderr
+
+
 def fail(message: str, hint: str | None = None, code: int = EXIT_FAILURE) -> int:
-    print(f"cairn: error: {' '.join(message.split())}", file=sys.stderr)
+    message = " ".join(message.split())
+    if _JSON_ERRORS[0]:
+        import json
+
+        print(json.dumps({"error": {"message": message, "hint": hint, "exit_status": code}}), file=sys.stderr)
+        return code
+    print(f"cairn: error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
     return code
@@ -113,7 +121,8 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
                         out(f"started {view.title}")
                 elif kind == "progress":
                     p = event.progress
-                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path,
+                                estimated=p.totals_estimated)
                 elif kind == "set":
                     result = event.set
     except KeyboardInterrupt:
@@ -134,16 +143,30 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
-    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or "", host=args.host or ""))
+    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    known = {s.id for s in reply.sets}  # every set of the source(s) listed: a base not here was pruned
+    sets = [s for s in reply.sets if not args.host or s.hostname == args.host]
     if args.json:
-        out(render.dumps([render.set_dict(s) for s in reply.sets]))
+        out(render.dumps([{**render.set_dict(s), "base_pruned": bool(s.base) and s.base not in known}
+                          for s in sets]))
         return EXIT_OK
-    if not reply.sets:
+    if not sets:
         out("no sets")
         return EXIT_OK
-    for line in render.table(render.SET_COLUMNS, (render.set_row(s) for s in reply.sets)):
+    for line in render.table(render.SET_COLUMNS, (render.set_row(s, known) for s in sets)):
         out(line)
     return EXIT_OK
+
+
+def cmd_check_db(conn: Connection, args: argparse.Namespace) -> int:
+    reply = conn.stub.CheckDb(pb.CheckDbRequest(database=args.name, timeout=args.timeout or 0.0),
+                              timeout=(args.timeout or 60.0) + 60.0)
+    if args.json:
+        out(render.dumps(render.check_db_dict(reply)))
+    else:
+        for line in render.check_db_lines(args.name, reply):
+            out(line)
+    return EXIT_OK if reply.ok else EXIT_FAILURE
 
 
 def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
@@ -206,6 +229,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_time=args.target_time or "",
         target_lsn=args.target_lsn or "",
         target_path=os.fsencode(os.path.abspath(args.target)),
+        restore_command=args.restore_command or "",
     )
     code = _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
     if code == EXIT_OK:
@@ -243,14 +267,12 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(f"error: {p.message}")
     for p in report.warnings:
         out(f"warning: {p.message}")
-    counts = (
-        f"{report.sets_checked} sets, {report.packs_checked} packs, {report.chunks_checked} chunks checked"
-        + (f", {render.human_bytes(report.bytes_read)} read" if report.bytes_read else "")
-    )
+    counts = render.verify_counts(report)
     if report.ok:
         out(f"repository ok: {counts}")
         return EXIT_OK
-    return fail(f"repository has {len(report.errors)} errors: {counts}", hint="the lines above name what is damaged")
+    return fail(f"repository has {render.plural(len(report.errors), 'error')}: {counts}",
+                hint="the lines above name what is damaged")
 
 
 def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
@@ -328,6 +350,15 @@ def answered_locally(name: str, dest: str) -> bool:
 
 def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
     tmp = f"{args.dest}.cairn-tmp"
+    try:
+        return _wal_fetch(conn, args, tmp)
+    except grpc.RpcError as exc:
+        if args.name.endswith(".history") and exc.code() == grpc.StatusCode.NOT_FOUND:
+            return EXIT_NOT_FOUND  # PostgreSQL probes for timeline histories that need not exist: no error
+        raise
+
+
+def _wal_fetch(conn: Connection, args: argparse.Namespace, tmp: str) -> int:
     try:
         with open(tmp, "wb") as f:
             for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=args.name)):
@@ -511,7 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sets", cmd_sets, "list backup sets")
     p.add_argument("--source", metavar="NAME")
-    p.add_argument("--host", metavar="H", help="only the sets this host took")
+    p.add_argument("--host", metavar="H", help="only sets taken on host H")
+
+    p = command("check-db", cmd_check_db, "check a database's connection and WAL archiving (like pgBackRest's check)")
+    p.add_argument("name", metavar="NAME", help="a configured [[database]]")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="how long the forced WAL segment switch may take to arrive (default 60)")
 
     p = command("ls", cmd_ls, "browse a set's tree")
     p.add_argument("set", metavar="SET", help="set id, unique prefix, or 'latest'")
@@ -538,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")
+    p.add_argument("--restore-command", metavar="CMD",
+                   help="restore_command for recovery, runnable by the database's user "
+                        "(default: cairn --socket S wal-fetch %%f %%p)")
     p.add_argument("--source", metavar="NAME")
 
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
@@ -585,6 +624,7 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _JSON_ERRORS[0] = "--json" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -33,6 +33,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from cairn.daemon.checkdb import raise_if_archiver_failing
 from cairn.daemon.config import DatabaseConfig, SourceConfig
 from cairn.daemon.postgres import EXCLUDES, BackupStop, PgConnection, PgInfo
 from cairn.daemon.quiesce import Window
@@ -90,6 +91,8 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig, db: Databas
     conn = connect(db) if db is not None else None
     with conn if conn is not None else contextlib.nullcontext():
         info = conn.info() if conn is not None else None
+        if conn is not None:  # archiving that fails now would stall pg_backup_stop inside the window
+            raise_if_archiver_failing(conn, db.name, repo.list_wal)
         window = (Window.from_config(state_dir, src.name, src.quiesce, cancel=cancel,
                                      on_expire=conn.cancel if conn is not None else None)
                   if src.quiesce is not None else None)

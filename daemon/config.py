@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pathspec
 from cairn.daemon.cron import CronExpr
 from cairn.daemon.durations import parse_duration
 from cairn.daemon.retention import keep_policy
@@ -36,6 +37,7 @@ DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
     "max_wal_size", "host",
+    "skip_unchanged",
 )
 SOURCE_KEYS = (
     "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
@@ -83,6 +85,7 @@ class DaemonConfig:
     log_level: str = "info"
     max_wal_size: int = 1 << 30  # largest WAL file a push may carry (PostgreSQL's largest segment)
     host: str | None = None  # the host name recorded in sets (None: the machine's)
+    skip_unchanged: bool = True  # daemon/skip.py
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,7 @@ class _Loader:
             "log_level": self.choice("daemon.log_level", table.get("log_level", "info"), LOG_LEVELS),
             "max_wal_size": self.positive_int("daemon.max_wal_size", table.get("max_wal_size", 1 << 30)),
             "host": self.string("daemon.host", table.get("host")),
+            "skip_unchanged": self.boolean("daemon.skip_unchanged", table.get("skip_unchanged", True)),
         }
         if values["host"] is not None and any(c.isspace() for c in values["host"]):
             raise self.fail("daemon.host", f"expected a host name without spaces, got {_show(values['host'])}")
@@ -354,7 +358,7 @@ class _Loader:
         return SourceConfig(
             name=name,
             paths=paths,
-            exclude=self.strings(f"{key}.exclude", table.get("exclude", [])),
+            exclude=self.excludes(f"{key}.exclude", table.get("exclude", [])),
             watch=watch,
             rpo=rpo,
             schedule=self.schedule(f"{key}.schedule", table.get("schedule", {})),
@@ -501,12 +505,29 @@ class _Loader:
         return value
 
     def mode(self, key: str, value: Any) -> int:
-        # TOML writes octal as 0o660; a string "0660" is accepted too.
-        if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
-            value = int(value.replace("o", ""), 8)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
-            raise self.fail(key, f"expected a file mode like 0o660 or \"0660\", got {_show(value)}")
+        # A string of octal digits ("0660", "660", "0o660") or a TOML octal integer (0o660). A
+        # decimal integer like 660 is refused rather than read as mode 0o1224: TOML cannot tell
+        # 0o660 from 432, so integers are accepted only as permission bits (at most 0o777).
+        if isinstance(value, str):
+            if not re.fullmatch(r"(0o|0)?[0-7]{3}", value):
+                raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
+            return int(value[2:] if value.startswith("0o") else value, 8)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
+        if value > 0o777:
+            raise self.fail(key, f"{value} is not a file mode (read as decimal it is {oct(value)}): "
+                                 "write it as a string like \"0660\" or as octal 0o660")
         return value
+
+    def excludes(self, key: str, value: Any) -> tuple[str, ...]:
+        # Each pattern compiled alone, so an error names the one that does not parse.
+        patterns = self.strings(key, value)
+        for index, pattern in enumerate(patterns):
+            try:
+                pathspec.GitIgnoreSpec.from_lines([pattern])
+            except Exception as exc:  # pathspec raises several types for malformed patterns
+                raise self.fail(f"{key}[{index}]", f"pattern {_show(pattern)} does not parse: {exc}") from None
+        return patterns
 
     def duration(self, key: str, value: Any, positive: bool = False) -> float:
         try:

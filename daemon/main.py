@@ -25,9 +25,11 @@ import time
 from typing import NoReturn
 
 from cairn import __version__
+from cairn.daemon import preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
+from cairn.daemon.health import restore_metrics
 from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
                         help="back up these directories (with --repo)")
     parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    parser.add_argument("--init", action="store_true",
+                        help="create the repository (--repo, or the one --config names), then exit")
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
@@ -74,7 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give either --config FILE or --repo DIR")
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
+    _check_init_args(parser, args)
     return args
+
+
+def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
+    if not args.init:
+        return
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket)):
+        if given:
+            parser.error(f"--init creates the repository and exits; {flag} does not go with it")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -126,25 +140,26 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         read_only = cfg.daemon.read_only
-        # Before anything else: this daemon alone may use its state directory.
+        # Check everything the configuration names before anything is created or changed.
+        preflight.check_start(cfg)
+        # Then: this daemon alone may use its state directory.
         self._locks.append(lock_state_dir(cfg.daemon.state_dir))
         # Then thaw every quiesce window a previous run died inside.
         self.thaw_leftover_windows()
-        # The repository first: without it there is nothing to serve. It is locked before it
-        # is read when it exists, else as soon as it is created.
+        preflight.warn_unreachable_databases(cfg)
+        # The repository first: without it there is nothing to serve (never created here). It
+        # is locked before it is read, so a second daemon on it is refused.
         path = cfg.repository.path
-        repo_lock = lock_local_repository(path, shared=read_only) if os.path.isdir(path) else None
-        if repo_lock is not None:
-            self._locks.append(repo_lock)
-        self.repo = Repository.open_local(path, create=not read_only, read_only=read_only)
-        if repo_lock is None:
+        if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
+        self.repo = Repository.open_local(path, create=False, read_only=read_only)
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()
             host, port = self.metrics.start_http(cfg.daemon.metrics)
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        self.restore_metrics()
         # The change journal watches before we serve, so the first set can already use it.
         if not read_only:
             self._start_journal(cfg)
@@ -172,6 +187,12 @@ class Daemon:
             "cairnd %s serving %s%s on %s",
             __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
         )
+
+    def restore_metrics(self) -> None:
+        """Gauges a restart would reset, from the repository's sets and the health record."""
+        if self.metrics is not None and self.service is not None:
+            restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
+            self.metrics.set_rpos({s.name: s.rpo for s in self.config.sources if s.rpo})
 
     def _start_journal(self, cfg: Config) -> None:
         """The change tracker (watches every watched source), RPO protection and the backstop scan."""
@@ -269,8 +290,11 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc.message)
             self.notifier.ready(f"reload failed: {exc.message}")
             return
+        preflight.warn_missing_sources(new)
         self.config = new
         self.service.reload(new)
+        if self.metrics is not None:
+            self.metrics.set_rpos({s.name: s.rpo for s in new.sources if s.rpo})
         if self.tracker is not None:
             self.tracker.reload(new.sources)
         if self.rpo is not None:
@@ -346,9 +370,20 @@ class Daemon:
         if self.repo is not None:
             self.repo.close()
         self.release_locks()
-        if self.repo is not None:  # a daemon refused at start says only why (see main)
+        if self.repo is not None:  # after a start that failed its checks there is nothing to report
             log.info("stopped")
         return EXIT_OK
+
+
+def init_repository(config: Config) -> int:
+    """`cairnd --init`: create the configured repository and exit (refusing an existing one)."""
+    try:
+        path = preflight.init_repository(config)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"created repository at {path}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     except CairnError as exc:
         print(f"cairnd: error: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.init:
+        return init_repository(config)
     setup_logging(config.daemon.log_level)
     daemon = Daemon(config, args)
     daemon.install_signals()

@@ -105,8 +105,13 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> None
 
 
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
-                       socket_path: str, target_path: str = "") -> Iterator[Record]:
-    """The checked, recovery-ready record stream of `database` in set `s` (module docstring)."""
+                       socket_path: str, target_path: str = "", command: str = "") -> Iterator[Record]:
+    """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
+
+    `command` replaces the default restore_command (a client the database's OS user can run)."""
+    if command and ("%p" not in command or "\n" in command):
+        raise InvalidArgumentError(f"invalid restore_command '{command}': it must name the target file "
+                                   "with %p (and the WAL file with %f), on one line")
     rec = database_of(s, database)
     check_target(rec, target_time, target_lsn)
     spaces = rec.get("tablespaces") or []
@@ -119,7 +124,7 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     labelfile = base64.b64decode(rec["labelfile"])
     spcmapfile = base64.b64decode(rec.get("spcmapfile") or "")
     main = recovery_stream(repo.restore_stream(s, attachment=rec["attachment"]), labelfile, spcmapfile,
-                           restore_command(socket_path), target_time or None, target_lsn or None,
+                           command or restore_command(socket_path), target_time or None, target_lsn or None,
                            tablespace_remap=remap)
     return _chain(main, repo, s, spaces, consistency_wal(repo, rec))
 

@@ -20,8 +20,9 @@ from datetime import datetime
 from typing import Any
 
 from cairn import __version__
-from cairn.daemon import capture, restoredb, retention, walarchive
+from cairn.daemon import capture, checkdb, restoredb, retention, skip, walarchive
 from cairn.daemon.config import Config, SourceConfig
+from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
 from cairn.store.errors import (
@@ -80,6 +81,9 @@ class SourceState:
     oldest_unprotected_age: float | None = None
     pending_paths: int = 0
     watches: int = 0
+    last_failure: Failure | None = None  # daemon/health.py
+    rpo: float | None = None
+    last_success: float = 0.0
 
 
 def set_status(s: BackupSet) -> str:
@@ -112,6 +116,7 @@ class CairnService:
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
         self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes) when it watches
+        self.health = HealthRecord(None if config.daemon.read_only else config.daemon.state_dir)
 
     # ---- configuration ----
 
@@ -167,6 +172,9 @@ class CairnService:
                     running=running.get(name),
                     next_runs=next_runs.get(name, {}),
                     sets=len(own),
+                    last_failure=self.health.failure(name),
+                    rpo=src.rpo if src else None,
+                    last_success=max((s.time_end for s in own if set_status(s) != "failed"), default=0.0),
                 )
             )
         return daemon, states
@@ -284,6 +292,12 @@ class CairnService:
 
     def submit(self, source: str, level: str, reason: str) -> None:
         """Scheduler entry point: start a backup unless one of that source runs already."""
+        if reason == "schedule":
+            newest = skip.unchanged_since(self._config, self.tracker, self.repo, source, level)
+            if newest is not None:
+                log.info("skipped scheduled %s set of source '%s': nothing changed since set %s", level, source,
+                         newest[:12])
+                return
         try:
             self.start_backup(source, level, reason=reason)
         except BusyError as exc:
@@ -300,13 +314,20 @@ class CairnService:
         raise InvalidArgumentError(f"several sources are configured ({names}): name one with --source")
 
     def _job_done(self, job: BackupJob) -> None:
+        if job.result is None:
+            status = "aborted" if job.cancel.is_set() else "failed"
+            message = job.error.message if isinstance(job.error, CairnError) else str(job.error or status)
+            self.health.set_failed(job.source, job.level, message, status)
+        elif set_status(job.result) == "failed":  # committed, but records that it failed
+            self.health.set_failed(job.source, job.result.level, job.result.note or "the set records a failure")
         if self._metrics is None:
             return
         if job.result is not None:
             status, added, level = "success", job.result.stats.bytes_added, job.result.level
         else:
             status, added, level = ("aborted" if job.cancel.is_set() else "failed"), 0, job.level
-        self._metrics.record_set(job.source, level, status, added, job.age())
+        finished = job.result.time_end if job.result is not None else None  # as restored at start
+        self._metrics.record_set(job.source, level, status, added, job.age(), finished_at=finished)
 
     # ---- reading ----
 
@@ -355,11 +376,11 @@ class CairnService:
                 self._metrics.record_restore(sent)
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
-                   target_path: str = "") -> tuple[BackupSet, Iterator[Record]]:
+                   target_path: str = "", restore_command: str = "") -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target, then promotes."""
         s = self.resolve(ref, source)
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
-                                               self._config.daemon.socket, target_path)
+                                               self._config.daemon.socket, target_path, restore_command)
         return s, self._counted(records)
 
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
@@ -387,9 +408,17 @@ class CairnService:
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
         snap = self.archive.snapshot(self.repo.list_wal())
+        if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
+            snap.last_time = self.health.wal_time  # archived before this daemon started
         for db in self._config.databases:
             snap.databases.append({"name": db.name, **walarchive.database_archiver(db)})
         return snap
+
+    def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
+        """`cairn check-db`: connection, archive_command and a forced segment switch (daemon/checkdb.py)."""
+        db = self._config.database(name)
+        return checkdb.check_database(db, self.repo.list_wal, lambda: self.archive.snapshot([]).last_failure,
+                                      timeout)
 
     # ---- writing outside backups ----
 
@@ -438,6 +467,7 @@ class CairnService:
                 self._metrics.record_wal(False)
             raise
         self.archive.stored(name)
+        self.health.wal_stored(name)
         if self._metrics is not None:
             self._metrics.record_wal(True)
         return stored

@@ -140,6 +140,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 out.next_runs.add(level=level, time=when)
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
+            _add_health(out, src)
         reply.archive.CopyFrom(archive_status(self.service.archive_status()))
         gc = self.service.retention_status()
         if gc is not None:
@@ -150,6 +151,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> Iterator[pb.BackupEvent]:
         job = self.service.start_backup(request.source, request.level, tuple(request.tags), reason="client")
         yield pb.BackupEvent(started=job_info(job))
+        estimate = backup_estimate(job.level, self.service.list_sets(job.source))
         version = 0
         while True:
             snap = job.wait_update(version, timeout=1.0)
@@ -157,7 +159,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 log.info("client stopped following the backup of '%s'; it goes on", job.source)
                 return
             if snap.version != version and snap.progress is not None and not snap.done:
-                yield pb.BackupEvent(progress=progress_msg(snap.progress))
+                yield pb.BackupEvent(progress=with_estimate(progress_msg(snap.progress), estimate))
                 job.wait(PROGRESS_INTERVAL)  # throttles progress; returns at once when the job ends
             version = snap.version
             if snap.done:
@@ -200,7 +202,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
-            os.fsdecode(request.target_path),
+            os.fsdecode(request.target_path), request.restore_command,
         )
         yield from restore_batches(set_info(s), records)
 
@@ -241,10 +243,26 @@ class CairnServicer(pb_grpc.CairnServicer):
             _abort(context, exc, "WalPush")
 
     @rpc
+    def CheckDb(self, request: pb.CheckDbRequest, context: grpc.ServicerContext) -> pb.CheckDbReply:
+        result = self.service.check_db(request.database, request.timeout or None)
+        return pb.CheckDbReply(ok=result.ok, segment=result.segment, seconds=result.seconds,
+                               steps=[pb.CheckDbStep(name=s.name, ok=s.ok, detail=s.detail) for s in result.steps])
+
+    @rpc
     def WalFetch(self, request: pb.WalFetchRequest, context: grpc.ServicerContext) -> Iterator[pb.WalFetchReply]:
         data = self.service.get_wal(request.name)
         for start in range(0, max(len(data), 1), DATA_PIECE):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
+
+
+def _add_health(out: pb.SourceStatus, src: Any) -> None:
+    """The last failure, RPO and last success of a source (daemon/health.py)."""
+    failure = getattr(src, "last_failure", None)
+    if failure is not None:
+        out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,
+                                                   message=failure.message, status=failure.status))
+    out.rpo = getattr(src, "rpo", None) or 0.0
+    out.last_success = getattr(src, "last_success", 0.0)
 
 
 @contextlib.contextmanager
@@ -361,6 +379,27 @@ def _changed(state: dict[str, Any], seen: int, gone: threading.Event) -> bool:
 
 
 # ---- domain -> wire ----
+
+
+def backup_estimate(level: str, sets: list[BackupSet]) -> tuple[int, int] | None:
+    """(files, bytes) a full set of a source will walk and read, from its newest set; None otherwise.
+
+    Only a full set reads every file, so only its progress can be measured against the size of
+    the source; an incremental reads what changed, which no earlier set predicts.
+    """
+    if level != "full" or not sets:
+        return None
+    newest = sets[-1].stats
+    return (newest.files, newest.bytes_total) if newest.files and newest.bytes_total else None
+
+
+def with_estimate(p: pb.Progress, estimate: tuple[int, int] | None) -> pb.Progress:
+    """`p` with estimated totals where the store reported none (never below what is done)."""
+    if estimate is not None and not p.files_total and not p.bytes_total:
+        p.files_total = max(estimate[0], p.files_done)
+        p.bytes_total = max(estimate[1], p.bytes_done)
+        p.totals_estimated = True
+    return p
 
 
 def progress_msg(p: Progress) -> pb.Progress:

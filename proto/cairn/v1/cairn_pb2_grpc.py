@@ -89,6 +89,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.WalFetchRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.WalFetchReply.FromString,
                 _registered_method=True)
+        self.CheckDb = channel.unary_unary(
+                '/cairn.v1.Cairn/CheckDb',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.CheckDbReply.FromString,
+                _registered_method=True)
 
 
 class CairnServicer:
@@ -171,6 +176,13 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDb(self, request, context):
+        """Connection and WAL archiving checks of one configured database (like pgBackRest's check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CairnServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +240,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.WalFetch,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.WalFetchRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.WalFetchReply.SerializeToString,
+            ),
+            'CheckDb': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDb,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.CheckDbReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +544,33 @@ class Cairn:
             '/cairn.v1.Cairn/WalFetch',
             cairn_dot_v1_dot_cairn__pb2.WalFetchRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.WalFetchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDb(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/CheckDb',
+            cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.CheckDbReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,7 +61,7 @@ def test_verify_and_prune(daemon):
     done = json.loads(daemon.ok("--json", "prune", "--keep-full", "1"))
     assert sorted(done["forgotten"]) == sorted(ids[:2]) and done["kept"] == [ids[2]]
     assert [s["id"] for s in json.loads(daemon.ok("--json", "sets"))] == [ids[2]]
-    assert daemon.ok("verify").startswith("repository ok: 1 sets")
+    assert daemon.ok("verify").startswith("repository ok: 1 set ")
     assert daemon.cli("ls", ids[0]).returncode == 3
 
 

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "daemon"))
 
-from cairnd_harness import CAIRN, CAIRND, Daemon, NotifyListener, env_for  # noqa: E402
+from cairnd_harness import CAIRN, CAIRND, Daemon, NotifyListener, env_for, init_repo  # noqa: E402
 from pgserver import PG_BIN, PG_USER, PgServer, make_pg_dir, pg_available  # noqa: E402, F401
 
 WRITER = os.path.join(HERE, "writer.py")
@@ -110,6 +110,7 @@ class Stack:
     # -- processes --------------------------------------------------------------------------
 
     def start_daemon(self) -> Daemon:
+        init_repo(self.repo)
         n = len(self.daemons)
         notify = NotifyListener(str(self.root / f"notify{n}"))
         stderr_path = str(self.root / f"cairnd{n}.log")
