@@ -55,6 +55,12 @@ def stack() -> Iterator[Stack]:
                          "capture_first": [str(root / "hot/alf_data/solr4Backup")],
                          "exclude": [str(root / "hot/alf_data/contentstore") + "/**/*.part"],
                          "quiesce": {"mode": "hot"}}
+    (root / "walwait").mkdir()
+    (root / "walwait/a.txt").write_text("a\n")
+    st.databases["slowwal"] = {"dsn": st.pg.dsn, "pgdata": str(st.pg.pgdata), "wal_timeout": "4s"}
+    st.sources["walwait"] = {"paths": [str(root / "walwait")], "database": "slowwal", "quiesce": {
+        "mode": "cold", "freeze": ["sh", "-c", f"date +%s.%N > {root}/frozen"],
+        "thaw": ["sh", "-c", f"date +%s.%N > {root}/thawed"]}}
     st.write_config()
     try:
         st.start()
@@ -239,3 +245,24 @@ def test_verify_during_a_backup_leaves_the_next_incremental_on_the_newest_set(st
     wait_more_rows(dsn, count_rows(dsn) + 20)
     after = stack.backup("one", "incremental")
     assert after["base"] == middle["id"]
+
+
+def test_the_set_waits_for_its_wal_after_the_thaw_and_is_never_visible_without_it(stack: Stack) -> None:
+    root = stack.root
+    os.chmod(stack.sock, 0o600)  # the server's wal-push can no longer reach the daemon
+    try:
+        r = stack.cli("backup", "--source", "walwait", "--level", "full", timeout=120)
+        failed_at = time.time()
+    finally:
+        os.chmod(stack.sock, 0o660)
+    assert r.returncode == 1
+    assert "of database 'slowwal' did not reach the archive within 4s" in r.stderr
+    assert "WAL segment 0000000" in r.stderr
+    # pg_backup_stop did not wait inside the window: thaw ran before the WAL wait began
+    thawed = float((root / "thawed").read_text())
+    frozen = float((root / "frozen").read_text())
+    assert thawed - frozen < failed_at - thawed and failed_at - thawed >= 3.5
+    assert stack.sets("walwait") == []
+    stack.wait_archived()
+    s = stack.backup("walwait", "full")
+    assert s["extra"]["capture"]["wal_wait_s"] < 60 and s["extra"]["database"]["name"] == "slowwal"
