@@ -10,13 +10,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgstack import Stack, make_pg_dir
+from pgstack import CAIRN, Stack, make_pg_dir
 
 PY = sys.executable
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
@@ -61,6 +60,11 @@ def stack() -> Iterator[Stack]:
     st.sources["walwait"] = {"paths": [str(root / "walwait")], "database": "slowwal", "quiesce": {
         "mode": "cold", "freeze": ["sh", "-c", f"date +%s.%N > {root}/frozen"],
         "thaw": ["sh", "-c", f"date +%s.%N > {root}/thawed"]}}
+    (root / "verified").mkdir()
+    verify = (f"(sleep 0.3; {CAIRN} --socket {st.sock} verify > {root}/verified.tmp 2>&1; "
+              f"mv {root}/verified.tmp {root}/verified.out) &")
+    st.sources["verified"] = {"paths": [str(root / "verified")], "quiesce": {
+        "mode": "cold", "freeze": ["sh", "-c", f"rm -f {root}/verified.out; {verify}"]}}
     st.write_config()
     try:
         st.start()
@@ -215,35 +219,23 @@ def test_hot_index_backup_inside_the_root_is_captured_first_and_restored_in_plac
         srv.stop()
 
 
+@pytest.mark.xfail(strict=False, reason="needs the store's index-reload fix")
 def test_verify_during_a_backup_leaves_the_next_incremental_on_the_newest_set(stack: Stack) -> None:
+    # The freeze hook of source 'verified' starts a `cairn verify` that runs while the set's
+    # write session reads a big new file (the verify reloads the repository's index).
     root = stack.root
-    dsn = stack.pg.dsn_for(dbname="one")
-    if not (root / "one/app.pid").exists():
-        subprocess.run([PY, APP, "start", str(root / "one/app"), str(root / "one/app.pid"), dsn], check=True,
-                       timeout=60)
-    wait_more_rows(dsn, 10)
-    before = stack.backup("one", "full")
-    done = threading.Event()
-    errors: list[str] = []
-
-    def verify_loop() -> None:
-        while not done.is_set():
-            r = stack.cli("verify", timeout=120)
-            if r.returncode not in (0, 1):
-                errors.append(r.stderr)
-
-    t = threading.Thread(target=verify_loop)
-    t.start()
-    try:
-        wait_more_rows(dsn, count_rows(dsn) + 20)
-        middle = stack.backup("one", "incremental")
-    finally:
-        done.set()
-        t.join(120)
-    assert errors == []
-    assert middle["base"] == before["id"]
-    wait_more_rows(dsn, count_rows(dsn) + 20)
-    after = stack.backup("one", "incremental")
+    big = root / "verified/big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    first = stack.backup("verified", "full")
+    big.write_bytes(os.urandom(160 << 20))
+    middle = stack.backup("verified", "incremental")
+    assert middle["base"] == first["id"]
+    end = time.monotonic() + 60
+    while not (root / "verified.out").exists() or "repository" not in (root / "verified.out").read_text():
+        assert time.monotonic() < end, "the verify started by the freeze hook did not finish"
+        time.sleep(0.1)
+    (root / "verified/small.txt").write_text("after\n")
+    after = stack.backup("verified", "incremental")
     assert after["base"] == middle["id"]
 
 
