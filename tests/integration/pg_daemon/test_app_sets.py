@@ -59,7 +59,9 @@ def stack() -> Iterator[Stack]:
     st.databases["slowwal"] = {"dsn": st.pg.dsn, "pgdata": str(st.pg.pgdata), "wal_timeout": "4s"}
     st.sources["walwait"] = {"paths": [str(root / "walwait")], "database": "slowwal", "quiesce": {
         "mode": "cold", "freeze": ["sh", "-c", f"date +%s.%N > {root}/frozen"],
-        "thaw": ["sh", "-c", f"date +%s.%N > {root}/thawed"]}}
+        "thaw": ["sh", "-c", f"date +%s.%N > {root}/thawed"],
+        "on_success": ["sh", "-c", f'echo "$CAIRN_SET_ID" > {root}/succeeded'],
+        "on_failure": [["sh", "-c", f'echo "$CAIRN_ERROR" > {root}/failed']]}}
     (root / "verified").mkdir()
     verify = (f"(sleep 0.3; {CAIRN} --socket {st.sock} verify > {root}/verified.tmp 2>&1; "
               f"mv {root}/verified.tmp {root}/verified.out) &")
@@ -153,6 +155,9 @@ def test_cold_full_incremental_differential_match_the_freeze(stack: Stack) -> No
         assert w["levels"] == 2 and w["levels_started"] == 2
         assert [h["exit_code"] for h in w["freeze"]] == [0, 0] and [h["exit_code"] for h in w["thaw"]] == [0]
         assert s["extra"]["database"]["name"] == "appdb" and s["status"] == "ok"
+        # the base backup (and its checkpoint) started before the freeze, not inside the window
+        # (the window's start is recorded to the millisecond; its freeze hooks take far longer)
+        assert s["extra"]["database"]["started"] < w_started(w) + 0.001
     check_sets_match_snapshots(stack, "one", [("appdb", "one")], sets)
 
 
@@ -255,6 +260,9 @@ def test_the_set_waits_for_its_wal_after_the_thaw_and_is_never_visible_without_i
     frozen = float((root / "frozen").read_text())
     assert thawed - frozen < failed_at - thawed and failed_at - thawed >= 3.5
     assert stack.sets("walwait") == []
+    assert "did not reach the archive" in (root / "failed").read_text()
+    assert not (root / "succeeded").exists()
     stack.wait_archived()
     s = stack.backup("walwait", "full")
+    assert (root / "succeeded").read_text().strip() == s["id"]
     assert s["extra"]["capture"]["wal_wait_s"] < 60 and s["extra"]["database"]["name"] == "slowwal"

@@ -121,3 +121,20 @@ def test_an_exclude_anchored_to_one_path_applies_under_that_path_only(tmp_path: 
     names = {e.path for e in repo.list_tree(s, "", recursive=True)}
     assert "b/cache/x" in names and "a/cache" not in names
     assert not any(n.endswith(".tmp") for n in names)
+
+
+def test_a_scheduled_set_carries_its_tags_and_a_requested_one_does_not(tmp_path: Path) -> None:
+    from cairn.daemon.service import CairnService
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_text("x")
+    cfg = load_config(write(tmp_path, f'[daemon]\nstate_dir = "{tmp_path}/state"\n\n[[source]]\nname = "a"\n'
+                                      f'paths = ["{tmp_path}/data"]\ntags = {{ full = ["daily-%Y-%m-%d"] }}\n'))
+    repo = Repository.init_local(cfg.repository.path)
+    service = CairnService(cfg, repo)
+    service.submit("a", "full", "schedule")
+    assert service.wait_idle(60)
+    service.start_backup("a", "full", reason="request").wait(60)
+    scheduled, requested = repo.list_sets("a")
+    assert scheduled.tags == (time.strftime("daily-%Y-%m-%d"),)
+    assert requested.tags == ()
