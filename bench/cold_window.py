@@ -78,7 +78,7 @@ def bench_size(work: Path, files: int, edits: int, runs: int) -> dict:
         w = full["extra"]["window"]
         result["full"] = {"window_s": w["window_s"], "held_s": w["held_s"],
                           "wal_wait_s": full["extra"]["capture"].get("wal_wait_s"),
-                          "files": full["stats"]["files"]}
+                          "files": full["stats"]["files"], "capture": full["extra"]["capture"]}
         print(f"[{files}] full: window {w['window_s']:.3f}s (held {w['held_s']:.3f}s)", flush=True)
         for i in range(runs):
             edit(tree, files, edits, rng)
@@ -87,7 +87,7 @@ def bench_size(work: Path, files: int, edits: int, runs: int) -> dict:
             peer = restic_time(work, tree, f"n{files}")
             run = {"window_s": w["window_s"], "held_s": w["held_s"], "changes": s["extra"].get("changes"),
                    "modified": s["stats"]["modified"], "wal_wait_s": s["extra"]["capture"].get("wal_wait_s"),
-                   "restic_s": peer}
+                   "restic_s": peer, "capture": s["extra"]["capture"]}
             result["runs"].append(run)
             print(f"[{files}] incremental {i}: window {w['window_s']:.3f}s ({run['changes']}, "
                   f"{run['modified']} modified; WAL wait after the thaw {run['wal_wait_s']:.3f}s)"

@@ -209,7 +209,9 @@ class _Capture:
             self._start_backups()  # the checkpoint happens before the freeze
         with self.window if self.window is not None else contextlib.nullcontext():
             # Inside the window, after every freeze hook: base and hint, decided once.
+            t = time.monotonic()
             plan = self.planner.plan()
+            self._lap("plan_s", t)
             sess = self.stack.enter_context(self.repo.session(
                 replace(self.request, changes=plan.hint), self.progress, self.cancel, decision=plan.decision))
             self.extra["changes"] = "journal" if plan.hint is not None else "walk"
@@ -236,14 +238,23 @@ class _Capture:
 
     # -- orders ---------------------------------------------------------------------------
 
+    def _lap(self, key: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings[key] = round(self.timings.get(key, 0.0) + now - since, 3)
+        return now
+
     def _cold(self, sess: BackupSession) -> None:
         # Everything stands still: databases and files in one go between freeze and thaw.
+        t = time.monotonic()
         for d in self.dbs:
             self._attach(sess, d)
+        t = self._lap("databases_s", t)
         self._walk_first(sess)
         self._check()
         sess.walk_all()
+        t = self._lap("files_s", t)
         self._stop_backups()
+        self._lap("stop_s", t)
 
     def _hot(self, sess: BackupSession) -> None:
         # Auxiliary paths and capture_first sub-paths, then every database, then the content.
