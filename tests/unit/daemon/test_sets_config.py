@@ -138,3 +138,17 @@ def test_a_scheduled_set_carries_its_tags_and_a_requested_one_does_not(tmp_path:
     scheduled, requested = repo.list_sets("a")
     assert scheduled.tags == (time.strftime("daily-%Y-%m-%d"),)
     assert requested.tags == ()
+
+
+def test_cairn_sets_shows_databases_and_tags() -> None:
+    import json
+
+    from cairn.client import render
+    from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+    s = pb.SetInfo(id="ab" * 32, source="a", level="full", tags=["daily-2026-03-04"],
+                   extra_json=json.dumps({"databases": [{"name": "jcr"}, {"name": "idm"}], "database": {"name": "jcr"}}))
+    row = dict(zip(render.SET_COLUMNS, render.set_row(s), strict=True))
+    assert row["DATABASES"] == "jcr,idm" and row["TAGS"] == "daily-2026-03-04"
+    old = pb.SetInfo(id="cd" * 32, extra_json=json.dumps({"database": {"name": "appdb"}}))
+    assert render.set_databases(old) == ["appdb"]
