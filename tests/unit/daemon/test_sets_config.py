@@ -147,7 +147,8 @@ def test_cairn_sets_shows_databases_and_tags() -> None:
     from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
     s = pb.SetInfo(id="ab" * 32, source="a", level="full", tags=["daily-2026-03-04"],
-                   extra_json=json.dumps({"databases": [{"name": "jcr"}, {"name": "idm"}], "database": {"name": "jcr"}}))
+                   extra_json=json.dumps({"databases": [{"name": "jcr"}, {"name": "idm"}],
+                                          "database": {"name": "jcr"}}))
     row = dict(zip(render.SET_COLUMNS, render.set_row(s), strict=True))
     assert row["DATABASES"] == "jcr,idm" and row["TAGS"] == "daily-2026-03-04"
     old = pb.SetInfo(id="cd" * 32, extra_json=json.dumps({"database": {"name": "appdb"}}))
