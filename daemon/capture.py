@@ -226,6 +226,8 @@ class _Capture:
                 self.repo, [self._record(d) for d in self.dbs],
                 {d.cfg.name: d.cfg.wal_timeout for d in self.dbs}, self.cancel, self._diagnose)
             self.timings["wal_wait_s"] = round(waited, 3)
+            for d in self.dbs:
+                walarchive.check_wal_owner(self.repo, self._record(d))
         records = [self._record(d) for d in self.dbs]
         if records:
             self.extra["databases"] = records

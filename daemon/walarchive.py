@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.store.errors import AbortedError, CairnError, DeadlineError
+from cairn.store.errors import AbortedError, CairnError, DeadlineError, FailedPreconditionError
 from cairn.store.model import BackupSet, CheckProblem
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
@@ -162,6 +162,33 @@ def wait_for_wal(repo: Any, recs: list[dict[str, Any]], timeouts: dict[str, floa
         else:
             time.sleep(pause)
         delay = min(WAL_POLL_MAX, delay * 1.5)
+
+
+SYSID_OFFSET = 24  # XLogLongPageHeaderData.xlp_sysid, after the 24-byte (aligned) short header
+
+
+def wal_system_identifier(data: bytes) -> int | None:
+    """The system identifier in a WAL segment's first (long) page header; None if too short."""
+    if len(data) < SYSID_OFFSET + 8:
+        return None
+    return int.from_bytes(data[SYSID_OFFSET:SYSID_OFFSET + 8], "little")
+
+
+def check_wal_owner(repo: Any, rec: dict[str, Any]) -> None:
+    """Refuse a set whose first or last WAL segment in the repository was written by another server.
+
+    The repository holds one flat namespace of segment names, so two clusters archiving into
+    it produce the same names; the segment found under the name then belongs to the other one
+    and the set could never be restored. Raises FailedPreconditionError naming both servers."""
+    wal = rec.get("wal") or {}
+    want = str(rec.get("system_identifier", ""))
+    for name in dict.fromkeys(str(n) for n in (wal.get("last"), wal.get("first")) if n):
+        found = wal_system_identifier(repo.get_wal(name))
+        if found is not None and want and str(found) != want:
+            raise FailedPreconditionError(
+                f"WAL segment {name} in the repository belongs to another server (system identifier {found}, "
+                f"database '{rec.get('name', '?')}' is {want}): servers archiving into one repository must "
+                "not produce the same WAL file names; the set is not committed")
 
 
 def server_archiver(conn: Any) -> dict[str, Any]:

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cairn.daemon import capture
+from cairn.daemon import capture, walarchive
 from cairn.daemon.config import DatabaseConfig, QuiesceConfig, SourceConfig
 from cairn.daemon.postgres import BackupStart, BackupStop, PgInfo
-from cairn.errors import DeadlineError
+from cairn.errors import DeadlineError, FailedPreconditionError
 from cairn.store.model import BackupRequest, ChangeHint
 from cairn.store.repository import Repository
 
@@ -172,3 +172,18 @@ def test_capture_first_keeps_its_place_and_is_taken_before_the_database(tmp_path
     repo.restore(s, str(out))
     assert (out / "index/snapshot.txt").read_text() == "before"
     assert (out / "a/one.txt").read_text() == "1"
+
+
+def test_a_segment_of_another_server_under_the_same_name_fails_the_set(tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    repo, src, db = setup(tmp_path, "cold", log)
+    header = bytes(24) + (7).to_bytes(8, "little") + bytes(32)  # xlp_sysid 7; the server is 42
+    repo.put_wal(SEG1, header)
+    repo.put_wal(SEG2, header)
+    with pytest.raises(FailedPreconditionError) as e:
+        take(repo, src, db, tmp_path, Planner(repo, None, None, log), FakeConn())
+    assert (f"WAL segment {SEG2} in the repository belongs to another server (system identifier 7, "
+            "database 'db' is 42)") in e.value.message
+    assert repo.list_sets() == []
+    ok = bytes(24) + (42).to_bytes(8, "little") + bytes(32)
+    assert walarchive.wal_system_identifier(ok) == 42
