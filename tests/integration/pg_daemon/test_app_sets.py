@@ -161,6 +161,7 @@ def test_cold_full_incremental_differential_match_the_freeze(stack: Stack) -> No
     check_sets_match_snapshots(stack, "one", [("appdb", "one")], sets)
 
 
+@pytest.mark.slow
 def test_three_databases_in_one_cold_window(stack: Stack) -> None:
     root = stack.root
     dsns = [stack.databases["jcr"]["dsn"], stack.databases["idm"]["dsn"], stack.databases["jpa"]["dsn"]]
