@@ -4,8 +4,8 @@ shutdown that flushes index commits and values while it is being stopped.
     app.py run ROOT PIDFILE DSN...    loop: write ROOT/data/<bucket>/dNNNNNN.bin, then INSERT a
                                       row (path, sha256) naming it into `files` of one database
                                       (round robin over the DSNs). On SIGTERM (the freeze hook
-                                      stops it) it flushes: a new commit directory
-                                      ROOT/index/commit-<k>/ with segment files, a rewritten
+                                      stops it) it flushes: segment files into the next of
+                                      the shard directories ROOT/index/shard-<g % 3>/, a rewritten
                                       ROOT/index/segments.gen, new files under ROOT/values/<k>/
                                       — every one with its row in every database — deletes the
                                       oldest data file and its row, and only then exits.
@@ -31,6 +31,7 @@ import time
 
 import psycopg2
 
+SHARDS = 3
 SCHEMA = "CREATE TABLE IF NOT EXISTS files (path text PRIMARY KEY, sha256 text NOT NULL, n bigint NOT NULL)"
 
 
@@ -57,6 +58,8 @@ def run(root: str, pidfile: str, *dsns: str) -> int:
         c.autocommit = True
         c.cursor().execute(SCHEMA)
         conns.append(c)
+    for i in range(SHARDS):  # the index shards exist from the start
+        os.makedirs(os.path.join(root, "index", f"shard-{i}"), exist_ok=True)
     cur0 = conns[0].cursor()
     cur0.execute("SELECT coalesce(max(n), 0) FROM files")
     n = max([cur0.fetchone()[0]] + [_max_n(c) for c in conns[1:]])
@@ -86,17 +89,26 @@ def _max_n(conn) -> int:
 def _flush(root: str, conns: list, n: int) -> None:
     """What the application does while it is being stopped (see the module docstring)."""
     k = n  # unique per flush: n only grows
+    gen_path = os.path.join(root, "index", "segments.gen")
+    try:
+        with open(gen_path) as f:
+            generation = int(f.read().split()[1]) + 1
+    except (FileNotFoundError, IndexError, ValueError):
+        generation = 1
+    # Each flush commits into the next shard: a directory that existed, untouched, since the
+    # flush three generations ago (so only a walk after the freeze finds what changed in it).
+    shard = f"index/shard-{generation % SHARDS}"
     for i, c in enumerate(conns):
         cur = c.cursor()
         rows = []
         for j in range(3):
-            rel = f"index/commit-{k:06d}/db{i}-seg{j}.idx"
+            rel = f"{shard}/g{generation:04d}-db{i}-seg{j}.idx"
             rows.append((rel, _write(root, rel, os.urandom(1500 + j * 100)), k))
         rel = f"values/{k:06d}/db{i}.val"
         rows.append((rel, _write(root, rel, f"value of {k} in db{i}\n".encode()), k))
         cur.executemany("INSERT INTO files (path, sha256, n) VALUES (%s, %s, %s)", rows)
     gen = "index/segments.gen"
-    digest = _write(root, gen, f"generation {k}\n".encode())
+    digest = _write(root, gen, f"generation {generation}\n".encode())
     cur = conns[0].cursor()
     cur.execute("INSERT INTO files (path, sha256, n) VALUES (%s, %s, %s) "
                 "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, n = excluded.n", (gen, digest, k))
