@@ -173,13 +173,21 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
     request = pb.ListTreeRequest(
         set=args.set, source=args.source or "", path=os.fsencode(args.path or ""), recursive=args.recursive
     )
-    entries = [e for reply in conn.stub.ListTree(request) for e in reply.entries]
+    entries: list[pb.TreeEntry] = []
+    info = None
+    for reply in conn.stub.ListTree(request):
+        if reply.HasField("set"):
+            info = reply.set
+        entries.extend(reply.entries)
     if args.json:
         out(render.dumps([render.entry_dict(e) for e in entries]))
         return EXIT_OK
     rows = [render.entry_row(e, full_path=args.recursive) for e in entries]
     for line in render.table(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"), rows)[1:]:
         out(line)
+    if not (args.path or "").strip("/") and info is not None:
+        for name in render.set_databases(info):  # beside the tree: restore-db SET --database NAME
+            out(f"database {name}  (db:{name}: cairn restore-db {render.short_id(info.id)} --database {name})")
     return EXIT_OK
 
 

@@ -117,7 +117,22 @@ def set_dict(s: pb.SetInfo) -> dict[str, Any]:
     }
 
 
-SET_COLUMNS = ("ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "CHANGED", "ADDED", "STATUS", "TAGS")
+SET_COLUMNS = ("ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "CHANGED", "ADDED", "STATUS", "DATABASES",
+               "TAGS")
+
+
+def set_databases(s: pb.SetInfo) -> list[str]:
+    """Names of the databases a set holds (restorable one by one with restore-db)."""
+    try:
+        extra = json.loads(s.extra_json) if s.extra_json else {}
+    except ValueError:
+        return []
+    if not isinstance(extra, dict):
+        return []
+    recs = extra.get("databases")
+    if not isinstance(recs, list):
+        recs = [extra["database"]] if isinstance(extra.get("database"), dict) else []
+    return [str(r["name"]) for r in recs if isinstance(r, dict) and r.get("name")]
 
 
 def set_row(s: pb.SetInfo, known: set[str] | None = None) -> tuple[str, ...]:
@@ -136,6 +151,7 @@ def set_row(s: pb.SetInfo, known: set[str] | None = None) -> tuple[str, ...]:
         str(changed(s)),
         human_bytes(s.stats.bytes_added),
         s.status,
+        ",".join(set_databases(s)) or "-",
         ",".join(s.tags) or "-",
     )
 

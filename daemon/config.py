@@ -16,6 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pathspec
@@ -41,10 +42,12 @@ DAEMON_KEYS = (
 )
 SOURCE_KEYS = (
     "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
-    "aux_paths", "keep",
+    "aux_paths", "keep", "capture_first", "tags",
 )
-QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required")
-DATABASE_KEYS = ("name", "dsn", "pgdata")
+QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required", "hooks", "on_success",
+                "on_failure")
+HOOK_KEYS = ("freeze", "thaw", "timeout", "required")
+DATABASE_KEYS = ("name", "dsn", "pgdata", "wal_timeout")
 TOP_KEYS = ("repository", "daemon", "source", "database")
 
 
@@ -89,6 +92,17 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class HookLevel:
+    """One level of a window's hook stack: its freeze commands run in order when the window
+    opens; if any of them ran, its thaw commands run (in order) when the window closes."""
+
+    freeze: tuple[tuple[str, ...], ...] = ()
+    thaw: tuple[tuple[str, ...], ...] = ()
+    timeout: float = 60.0
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class QuiesceConfig:
     mode: str
     freeze: tuple[tuple[str, ...], ...] = ()
@@ -96,6 +110,24 @@ class QuiesceConfig:
     timeout: float = 60.0
     max_window: float = 900.0
     required: bool = True
+    hooks: tuple[HookLevel, ...] = ()          # the explicit stack form (quiesce.hooks)
+    on_success: tuple[tuple[str, ...], ...] = ()
+    on_failure: tuple[tuple[str, ...], ...] = ()
+
+    def levels(self) -> tuple[HookLevel, ...]:
+        """The hook stack, lowest level first: levels freeze in this order and thaw in reverse.
+
+        `hooks` gives it explicitly. From `freeze`/`thaw`: with as many freeze as thaw commands
+        (more than one), freeze[i] pairs with thaw[i]; otherwise they form one level (its thaw
+        commands run in the order written)."""
+        if self.hooks:
+            return self.hooks
+        if not self.freeze and not self.thaw:
+            return ()
+        if len(self.freeze) == len(self.thaw) > 1:
+            return tuple(HookLevel((f,), (t,), self.timeout, self.required)
+                         for f, t in zip(self.freeze, self.thaw, strict=True))
+        return (HookLevel(self.freeze, self.thaw, self.timeout, self.required),)
 
 
 @dataclass(frozen=True)
@@ -106,11 +138,45 @@ class SourceConfig:
     watch: bool = True
     rpo: float | None = None
     schedule: dict[str, str] = field(default_factory=dict, hash=False)
-    database: str | None = None
+    database: str | None = None                # the first of `databases` (kept for older callers)
     quiesce: QuiesceConfig | None = None
     one_file_system: bool = False
     aux_paths: tuple[str, ...] = ()
     keep: PrunePolicy | None = None  # retention policy of the source's sets
+    databases: tuple[str, ...] = ()            # every database captured with the source, in order
+    capture_first: tuple[str, ...] = ()        # sub-paths captured first, kept at their place
+    tags: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # level -> strftime tags
+
+    def path_excludes(self) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+        """(patterns for every path, ((path, patterns anchored to that path), ...)).
+
+        A pattern that starts with one of the source's paths and a '/' applies under that path
+        only, anchored at it ('/srv/app/data/cache/' is '/cache/' under '/srv/app/data')."""
+        common: list[str] = []
+        anchored: dict[str, list[str]] = {}
+        for pattern in self.exclude:
+            neg, body = ("!", pattern[1:]) if pattern.startswith("!") else ("", pattern)
+            root = anchor_of(body, self.paths)
+            if root is None:
+                common.append(pattern)
+            else:
+                anchored.setdefault(root, []).append(neg + body[len(root.rstrip("/")):])
+        return tuple(common), tuple((p, tuple(v)) for p, v in anchored.items())
+
+    def scheduled_tags(self, level: str, when: float) -> tuple[str, ...]:
+        """The tags of a set taken by the schedule at `level`, strftime fields filled in (local time)."""
+        stamp = datetime.fromtimestamp(when)
+        return tuple(stamp.strftime(t) for t in self.tags.get(level, ()))
+
+
+def anchor_of(pattern: str, paths: Sequence[str]) -> str | None:
+    """The source path an exclude pattern is anchored to, or None for an unanchored pattern."""
+    if not pattern.startswith("/"):
+        return None
+    for path in sorted(paths, key=len, reverse=True):
+        if pattern.startswith(path.rstrip("/") + "/") and len(pattern) > len(path.rstrip("/")) + 1:
+            return path
+    return None
 
 
 @dataclass(frozen=True)
@@ -118,6 +184,7 @@ class DatabaseConfig:
     name: str
     dsn: str
     pgdata: str
+    wal_timeout: float = 600.0  # how long a set waits after the window for its WAL to be archived
 
 
 @dataclass(frozen=True)
@@ -276,6 +343,16 @@ class _Loader:
             for i, table in enumerate(self.array_of_tables("source", data.get("source", [])))
         )
         self.unique("source", [source.name for source in sources])
+        pgdata = {database.name: database.pgdata for database in databases}
+        for index, source in enumerate(sources):
+            seen: dict[str, str] = {}
+            for name in source.databases:
+                other = seen.get(os.path.realpath(pgdata[name]))
+                if other is not None:
+                    raise self.fail(f"source[{index}].database",
+                                    f"databases '{other}' and '{name}' are the same server (pgdata "
+                                    f"'{pgdata[name]}'): a [[database]] captures its whole cluster, name it once")
+                seen[os.path.realpath(pgdata[name])] = name
         return Config(repository=repository, daemon=daemon, sources=sources, databases=databases,
                       path=os.path.abspath(self.origin) if self.origin else None)
 
@@ -344,17 +421,20 @@ class _Loader:
             rpo = self.duration(f"{key}.rpo", rpo, positive=True)
             if not watch:
                 raise self.fail(f"{key}.rpo", "needs watch = true (the change journal measures the wait)")
-        database = table.get("database")
-        if database is not None:
-            database = self.string(f"{key}.database", database)
-            if database not in databases:
-                raise self.fail(f"{key}.database", f"no [[database]] is named '{database}'")
+        names = self.database_names(f"{key}.database", table.get("database"), databases)
         quiesce = table.get("quiesce")
         if quiesce is not None:
             quiesce = self.quiesce(f"{key}.quiesce", self.table(f"{key}.quiesce", quiesce))
         aux_paths = self.paths(f"{key}.aux_paths", table.get("aux_paths", []))
         if aux_paths and (quiesce is None or quiesce.mode != "hot"):
             raise self.fail(f"{key}.aux_paths", "only used with quiesce mode 'hot'")
+        first = self.paths(f"{key}.capture_first", table.get("capture_first", []))
+        for index, sub in enumerate(first):
+            if not any(sub.startswith(p.rstrip("/") + "/") for p in paths):
+                raise self.fail(f"{key}.capture_first[{index}]",
+                                f"'{sub}' is not below one of the source's paths")
+        if first and not (names or quiesce):
+            raise self.fail(f"{key}.capture_first", "needs a database or a quiesce window to be captured before")
         return SourceConfig(
             name=name,
             paths=paths,
@@ -362,24 +442,82 @@ class _Loader:
             watch=watch,
             rpo=rpo,
             schedule=self.schedule(f"{key}.schedule", table.get("schedule", {})),
-            database=database,
+            database=names[0] if names else None,
             quiesce=quiesce,
             one_file_system=self.boolean(f"{key}.one_file_system", table.get("one_file_system", False)),
             aux_paths=aux_paths,
             keep=self.keep(f"{key}.keep", table.get("keep")),
+            databases=names,
+            capture_first=first,
+            tags=self.tags(f"{key}.tags", table.get("tags", [])),
         )
+
+    def database_names(self, key: str, value: Any, databases: set[str]) -> tuple[str, ...]:
+        # One name, or a list of names (captured in that order).
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.fail(key, f"expected a database name or a list of names, got {_show(value)}")
+        names = tuple(self.string(f"{key}[{i}]" if isinstance(value, list) else key, item, required=True)
+                      for i, item in enumerate(items))
+        for index, name in enumerate(names):
+            where = f"{key}[{index}]" if isinstance(value, list) else key
+            if name not in databases:
+                raise self.fail(where, f"no [[database]] is named '{name}'")
+            if name in names[:index]:
+                raise self.fail(where, f"database '{name}' is named twice")
+        return names
+
+    def tags(self, key: str, value: Any) -> dict[str, tuple[str, ...]]:
+        # A list of tags for every scheduled set, or a table of lists per level.
+        table = {level: value for level in LEVELS} if isinstance(value, list) else self.table(key, value)
+        out: dict[str, tuple[str, ...]] = {}
+        for level, items in table.items():
+            where = key if isinstance(value, list) else f"{key}.{level}"
+            if level not in LEVELS:
+                raise self.fail(where, "unknown level: expected full, differential or incremental")
+            tags = self.strings(where, items)
+            for index, tag in enumerate(tags):
+                try:
+                    text = datetime(2001, 2, 3, 4, 5, 6).strftime(tag)
+                except ValueError as exc:
+                    raise self.fail(f"{where}[{index}]", f"invalid strftime pattern '{tag}': {exc}") from None
+                if not text or any(c.isspace() for c in text):
+                    raise self.fail(f"{where}[{index}]", f"a tag must not be empty or hold spaces, got '{tag}'")
+            if tags:
+                out[level] = tags
+        return out
 
     def quiesce(self, key: str, table: Mapping[str, Any]) -> QuiesceConfig:
         self.keys(key, table, QUIESCE_KEYS)
         if "mode" not in table:
             raise self.fail(f"{key}.mode", "required: 'cold' or 'hot'")
+        timeout = self.duration(f"{key}.timeout", table.get("timeout", 60.0), positive=True)
+        required = self.boolean(f"{key}.required", table.get("required", True))
+        hooks = []
+        for index, level in enumerate(self.array_of_tables(f"{key}.hooks", table.get("hooks", []))):
+            where = f"{key}.hooks[{index}]"
+            self.keys(where, level, HOOK_KEYS)
+            hooks.append(HookLevel(
+                freeze=self.commands(f"{where}.freeze", level.get("freeze", [])),
+                thaw=self.commands(f"{where}.thaw", level.get("thaw", [])),
+                timeout=self.duration(f"{where}.timeout", level.get("timeout", timeout), positive=True),
+                required=self.boolean(f"{where}.required", level.get("required", required))))
+        freeze = self.commands(f"{key}.freeze", table.get("freeze", []))
+        thaw = self.commands(f"{key}.thaw", table.get("thaw", []))
+        if hooks and (freeze or thaw):
+            raise self.fail(f"{key}.hooks", "give either hooks or freeze/thaw, not both")
         return QuiesceConfig(
             mode=self.choice(f"{key}.mode", table["mode"], QUIESCE_MODES),
-            freeze=self.commands(f"{key}.freeze", table.get("freeze", [])),
-            thaw=self.commands(f"{key}.thaw", table.get("thaw", [])),
-            timeout=self.duration(f"{key}.timeout", table.get("timeout", 60.0), positive=True),
+            freeze=freeze,
+            thaw=thaw,
+            timeout=timeout,
             max_window=self.duration(f"{key}.max_window", table.get("max_window", 900.0), positive=True),
-            required=self.boolean(f"{key}.required", table.get("required", True)),
+            required=required,
+            hooks=tuple(hooks),
+            on_success=self.commands(f"{key}.on_success", table.get("on_success", [])),
+            on_failure=self.commands(f"{key}.on_failure", table.get("on_failure", [])),
         )
 
     def database(self, key: str, table: Mapping[str, Any]) -> DatabaseConfig:
@@ -388,6 +526,7 @@ class _Loader:
             name=self.name(f"{key}.name", table.get("name")),
             dsn=self.string(f"{key}.dsn", table.get("dsn"), required=True),
             pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=True),
+            wal_timeout=self.duration(f"{key}.wal_timeout", table.get("wal_timeout", 600.0), positive=True),
         )
 
     def keep(self, key: str, value: Any) -> PrunePolicy | None:

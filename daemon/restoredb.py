@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
+from cairn.daemon.walarchive import database_records
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
@@ -66,9 +67,11 @@ def database_of(s: BackupSet, database: str) -> dict[str, Any]:
     """The set's extra['database'] record for `database`; NotFoundError if it holds none."""
     if not database:
         raise InvalidArgumentError("no database given: name one with --database")
-    rec = s.extra.get("database") if isinstance(s.extra, dict) else None
-    if not isinstance(rec, dict) or rec.get("name") != database:
-        held = f" (it holds database '{rec['name']}')" if isinstance(rec, dict) and rec.get("name") else ""
+    recs = database_records(s.extra)  # several databases per source: extra['databases']
+    rec = next((r for r in recs if r.get("name") == database), None)
+    if rec is None:
+        names = ", ".join(f"'{r['name']}'" for r in recs if r.get("name"))
+        held = f" (it holds database {names})" if names else ""
         raise NotFoundError(f"set '{s.id[:8]}' holds no database '{database}'{held}")
     if rec.get("attachment") not in s.attachments:
         raise NotFoundError(f"set '{s.id[:8]}' holds no data directory of database '{database}'")

@@ -231,11 +231,13 @@ class CairnService:
         for tag in tags:
             if not tag or any(c.isspace() for c in tag):
                 raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
+        common, anchored = src.path_excludes()
         request = BackupRequest(
             source=src.name,
             paths=tuple(src.paths),
             level=level,
-            excludes=tuple(src.exclude),
+            excludes=common,
+            root_excludes=anchored,
             one_file_system=src.one_file_system,
             tags=tuple(tags),
             extra={"reason": reason},
@@ -249,31 +251,28 @@ class CairnService:
 
     def _take_set(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
                   cancel: threading.Event) -> BackupSet:
-        """One set of a source: ask the change journal what changed since the base, capture
-        (plain, or inside a quiesce window with its database), then tell the journal."""
-        hint, token = self._change_hint(src, request)
-        marker = {"changes": "journal" if hint is not None else "walk"}
-        s = self._capture(src, replace(request, changes=hint, extra={**request.extra, **marker}), progress, cancel)
-        self._set_committed(src, s, token)
+        """One set of a source: capture it (plain, or inside a quiesce window with its databases),
+        then tell the journal. The base and the change hint are decided once, by the planner,
+        at the moment the capture begins — inside the window, after every freeze hook."""
+        planner = _JournalPlanner(self.repo, self.tracker, src.name, request.level)
+        s = self._capture(src, request, progress, cancel, planner)
+        self._set_committed(src, s, planner.token)
         return s
 
-    def _change_hint(self, src: SourceConfig, request: BackupRequest) -> tuple[ChangeHint | None, Any]:
-        """The journal's hint for this set (None: walk and compare against the base)."""
-        tracker = self.tracker
-        if tracker is None:
-            return None, None
-        level, base, _note = self.repo.choose_base(src.name, request.level)
-        hint, token = tracker.prepare(src.name, level, base.id if base else None, base.level if base else None)
-        return hint, _JournalToken(token, base.id if base else None, hint is not None)
-
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
-                 cancel: threading.Event) -> BackupSet:
+                 cancel: threading.Event, planner: capture.Planner) -> BackupSet:
         """Capture the set: a plain backup of the source paths, or a consistent set of files and
-        database inside the source's quiesce window (daemon/capture.py)."""
+        databases inside the source's quiesce window (daemon/capture.py)."""
         if not capture.needs_capture(src):
-            return self.repo.backup(request, progress=progress, cancel=cancel)
-        db = self._config.database(src.database) if src.database else None
-        return capture.capture_set(self.repo, self._config.daemon.state_dir, src, db, request, progress, cancel)
+            plan = planner.plan()
+            req = replace(request, changes=plan.hint,
+                          extra={**request.extra, "changes": "journal" if plan.hint is not None else "walk"})
+            with self.repo.session(req, progress, cancel, decision=plan.decision) as sess:
+                sess.walk_all()
+                return sess.commit()
+        dbs = [self._config.database(name) for name in capture.source_databases(src)]
+        return capture.capture_set(self.repo, self._config.daemon.state_dir, src, dbs, request, progress, cancel,
+                                   planner=planner)
 
     def _set_committed(self, src: SourceConfig, s: BackupSet, token: Any) -> None:
         """Tell the change journal that `s` is committed, so it consumes what the set covers."""
@@ -291,7 +290,11 @@ class CairnService:
             log.exception("unable to record set '%s' in the change journal of source '%s'", s.id, src.name)
 
     def submit(self, source: str, level: str, reason: str) -> None:
-        """Scheduler entry point: start a backup unless one of that source runs already."""
+        """Scheduler entry point: start a backup unless one of that source runs already.
+
+        A set the schedule takes carries the source's `tags` for its level, strftime fields
+        filled in with the local time of the run; a scheduled set of an unchanged source is
+        skipped (daemon/skip.py)."""
         if reason == "schedule":
             newest = skip.unchanged_since(self._config, self.tracker, self.repo, source, level)
             if newest is not None:
@@ -299,7 +302,11 @@ class CairnService:
                          newest[:12])
                 return
         try:
-            self.start_backup(source, level, reason=reason)
+            tags: tuple[str, ...] = ()
+            if reason == "schedule":
+                src = next((s for s in self._config.sources if s.name == source), None)
+                tags = src.scheduled_tags(level, time.time()) if src is not None else ()
+            self.start_backup(source, level, tags, reason=reason)
         except BusyError as exc:
             log.info("skipped %s backup of source '%s' (%s): %s", level, source, reason, exc.message)
         except CairnError as exc:
@@ -502,11 +509,44 @@ class CairnService:
 
 @dataclass(frozen=True)
 class _JournalToken:
-    """What `_change_hint` hands to `_set_committed`: the tracker's token and the hint's base."""
+    """What the planner hands to `_set_committed`: the tracker's token and the hint's base."""
 
     token: Any
     base_id: str | None
     hinted: bool
+
+
+class _JournalPlanner:
+    """Decides a set's base once and asks the change journal for the hint against it.
+
+    `plan()` runs when the capture begins (inside a window: after every freeze hook), so the
+    hint holds what the application wrote while it was being stopped. `refresh()` asks again
+    against the same base (hot mode, before the content walk); the token stays the first one,
+    so what arrived after it stays pending for the next set even if this set saw it too.
+    """
+
+    def __init__(self, repo: Repository, tracker: Any, source: str, level: str) -> None:
+        self.repo, self.tracker, self.source, self.level = repo, tracker, source, level
+        self.token: _JournalToken | None = None
+        self._plan: capture.SetPlan | None = None
+
+    def plan(self) -> capture.SetPlan:
+        level, base, note = self.repo.choose_base(self.source, self.level)
+        hint = None
+        if self.tracker is not None:
+            hint, token = self.tracker.prepare(self.source, level, base.id if base else None,
+                                               base.level if base else None)
+            self.token = _JournalToken(token, base.id if base else None, hint is not None)
+        self._plan = capture.SetPlan(level, base, note, hint)
+        return self._plan
+
+    def refresh(self) -> ChangeHint | None:
+        p = self._plan
+        if self.tracker is None or p is None or p.hint is None:
+            return None
+        hint, _token = self.tracker.prepare(self.source, p.level, p.base.id if p.base else None,
+                                            p.base.level if p.base else None)
+        return hint
 
 
 def _rel(path: str) -> str:

@@ -49,6 +49,8 @@ class BackupRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     hostname: str = ""
     fuzzy_retries: int = 3
+    # Patterns that apply under one path only: ((path, (pattern, ...)), ...), relative to that path.
+    root_excludes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

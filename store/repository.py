@@ -273,9 +273,11 @@ class Repository:
         return level, sets[-1], ""
 
     def session(self, req: BackupRequest, progress: ProgressFn | None = None,
-                cancel: threading.Event | None = None) -> BackupSession:
-        """Open a backup session to capture a set step by step (see store/session.py)."""
-        return BackupSession(self, req, progress, cancel, workers=BACKUP_WORKERS)
+                cancel: threading.Event | None = None,
+                decision: tuple[str, BackupSet | None, str] | None = None) -> BackupSession:
+        """Open a backup session to capture a set step by step (see store/session.py);
+        `decision` is a (level, base, note) from choose_base the caller made already."""
+        return BackupSession(self, req, progress, cancel, workers=BACKUP_WORKERS, decision=decision)
 
     def backup(self, req: BackupRequest, progress: ProgressFn | None = None,
                cancel: threading.Event | None = None) -> BackupSet:

@@ -68,6 +68,8 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(v)
 
 
@@ -93,6 +95,7 @@ class Stack:
         self.daemon: Daemon | None = None
         self.daemons: list[Daemon] = []
         self.restored: list[PgServer] = []
+        self.servers: list[PgServer] = []  # more archiving servers (more databases) to clean up
         self.holders: list[Path] = []
 
     def write_config(self) -> None:
@@ -100,10 +103,11 @@ class Stack:
                  f"socket = {json.dumps(self.sock)}", f"state_dir = {json.dumps(self.state)}",
                  'socket_group = "postgres"']
         for name, db in self.databases.items():
-            lines += ["", "[[database]]", f"name = {json.dumps(name)}", f"dsn = {json.dumps(db['dsn'])}",
-                      f"pgdata = {json.dumps(db['pgdata'])}"]
+            lines += ["", "[[database]]", f"name = {json.dumps(name)}"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in db.items()]
         for name, table in self.sources.items():
-            lines += ["", "[[source]]", f"name = {json.dumps(name)}", "watch = false"]
+            lines += ["", "[[source]]", f"name = {json.dumps(name)}"]
+            lines += [] if "watch" in table else ["watch = false"]
             lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         Path(self.config).write_text("\n".join(lines) + "\n")
 
@@ -142,6 +146,8 @@ class Stack:
             srv.cleanup()
         for holder in self.holders:
             shutil.rmtree(holder, ignore_errors=True)
+        for srv in self.servers:
+            srv.cleanup()
         try:
             self.pg.cleanup()
         finally:
@@ -190,11 +196,21 @@ class Stack:
         self.ok("restore", set_id, "--target", str(target))
         return target
 
-    def restore_db(self, set_id: str, *extra: str) -> PgServer:
+    def archiving_server(self) -> ArchivingServer:
+        """One more server archiving into this stack's daemon (start it after the daemon)."""
+        srv = ArchivingServer(settings={
+            "archive_mode": "on",
+            "archive_command": f"{CAIRN} --socket {self.sock} wal-push %p",
+            "archive_timeout": "0",
+        })
+        self.servers.append(srv)
+        return srv
+
+    def restore_db(self, set_id: str, *extra: str, database: str = "appdb") -> PgServer:
         """restore-db into a fresh directory, start a server on it and wait for promotion."""
         holder = make_pg_dir("cairn-rdb-")
         target = holder / "data"
-        self.ok("restore-db", set_id, "--database", "appdb", "--target", str(target), *extra)
+        self.ok("restore-db", set_id, "--database", database, "--target", str(target), *extra)
         srv = ArchivingServer(pgdata=target)
         self.restored.append(srv)
         self.holders.append(holder)
