@@ -197,6 +197,11 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
+    if bool(args.target) == bool(args.target_dsn):
+        return fail("give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)",
+                    code=EXIT_USAGE)
+    if args.target_dsn:
+        return restore_db_to_dsn(conn, args)
     check_target(args.target, overwrite=False)
     request = pb.RestoreDbRequest(
         set=args.set,
@@ -210,6 +215,31 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     if code == EXIT_OK:
         own_data_directory(args.target)
     return code
+
+
+def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
+    """restore-db of a dump (kinds pg_dump, command): the daemon restores it into the DSN's database."""
+    if args.target_time or args.target_lsn:
+        return fail("--target-time and --target-lsn need a base backup restored with --target DIR", code=EXIT_USAGE)
+    request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
+                                       target_dsn=args.target_dsn)
+    result = None
+    with progress_view(args.json, "restore-db") as view:
+        for event in conn.stub.RestoreDbToDsn(request):
+            if event.WhichOneof("event") == "progress":
+                p = event.progress
+                view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+            else:
+                result = event.result
+    if result is None:
+        return fail("the daemon ended the restore without a result")
+    if args.json:
+        out(render.dumps({"set": result.set.id, "database": result.database, "kind": result.kind,
+                          "tool": result.tool, "bytes": result.bytes, "seconds": result.seconds}))
+    else:
+        out(f"restored database '{result.database}' of set {result.set.id[:12]} with {result.tool} "
+            f"({result.bytes} bytes of dump, {result.seconds:.1f}s)")
+    return EXIT_OK
 
 
 def own_data_directory(target: str) -> None:
@@ -521,10 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--source", metavar="NAME")
 
-    p = command("restore-db", cmd_restore_db, "prepare a PostgreSQL data directory from a set")
+    p = command("restore-db", cmd_restore_db,
+                "prepare a PostgreSQL data directory from a set, or restore a dump into a database")
     p.add_argument("set", metavar="SET")
     p.add_argument("--database", required=True, metavar="NAME")
-    p.add_argument("--target", required=True, metavar="DIR")
+    p.add_argument("--target", metavar="DIR", help="base backups (kind postgres): the data directory to write")
+    p.add_argument("--target-dsn", metavar="DSN",
+                   help="dumps (kinds pg_dump, command): the database the daemon restores into, on its host")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")

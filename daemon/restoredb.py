@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from cairn.daemon.databases.engine import records_of
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.daemon.walarchive import database_records
 from cairn.fsio.records import Data, EntryMeta, Record
@@ -69,6 +70,9 @@ def database_of(s: BackupSet, database: str) -> dict[str, Any]:
         raise InvalidArgumentError("no database given: name one with --database")
     recs = database_records(s.extra)  # several databases per source: extra['databases']
     rec = next((r for r in recs if r.get("name") == database), None)
+    if rec is None and any(d.name == database for d in records_of(s)):
+        raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: restore it into a "
+                                   "database with --target-dsn DSN")
     if rec is None:
         names = ", ".join(f"'{r['name']}'" for r in recs if r.get("name"))
         held = f" (it holds database {names})" if names else ""

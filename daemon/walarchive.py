@@ -99,14 +99,11 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
 
 
 def database_records(extra: Any) -> list[dict[str, Any]]:
-    """Every database a set holds, as recorded by capture.py, in capture order."""
-    if not isinstance(extra, dict):
-        return []
-    many = extra.get("databases")
-    if isinstance(many, list):
-        return [r for r in many if isinstance(r, dict)]
-    one = extra.get("database")
-    return [one] if isinstance(one, dict) else []
+    """Every physical database record of a set (base backup + WAL), in capture order; dumps
+    (daemon/databases/dump.py) need no WAL and are left out."""
+    from cairn.daemon.databases.engine import KIND_POSTGRES, record_dicts
+
+    return [r for r in record_dicts(extra) if (r.get("kind") or KIND_POSTGRES) == KIND_POSTGRES]
 
 
 def segments_needed(rec: dict[str, Any]) -> list[str]:

@@ -75,7 +75,7 @@ class Stack:
     """PostgreSQL + cairnd + client for one test module (see the module docstring)."""
 
     def __init__(self, root: Path, sources: dict[str, dict[str, Any]],
-                 databases: dict[str, dict[str, str]] | None = None) -> None:
+                 databases: dict[str, dict[str, Any]] | None = None) -> None:
         self.root = root
         self.sock = str(root / "run" / "cairnd.sock")
         (root / "run").mkdir(mode=0o755)
@@ -100,8 +100,8 @@ class Stack:
                  f"socket = {json.dumps(self.sock)}", f"state_dir = {json.dumps(self.state)}",
                  'socket_group = "postgres"']
         for name, db in self.databases.items():
-            lines += ["", "[[database]]", f"name = {json.dumps(name)}", f"dsn = {json.dumps(db['dsn'])}",
-                      f"pgdata = {json.dumps(db['pgdata'])}"]
+            lines += ["", "[[database]]", f"name = {json.dumps(name)}"]
+            lines += [f"{k} = {toml_value(v)}" for k, v in db.items()]
         for name, table in self.sources.items():
             lines += ["", "[[source]]", f"name = {json.dumps(name)}", "watch = false"]
             lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
