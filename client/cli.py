@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cairn import __version__
+from cairn import __version__, walnames
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 
@@ -51,8 +51,8 @@ HINT_KEY = "cairn-hint"
 WAL_PIECE = 1 << 20
 LEVELS = ("full", "differential", "incremental")
 
-WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
-NO_HISTORY = "00000001.history"
+WAL_MARKER = walnames.WAL_MARKER  # written by restore-db into pg_wal/: the WAL files it placed there
+NO_HISTORY = walnames.NO_HISTORY
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
 _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import NoReturn
 
-from cairn import __version__
+from cairn import __version__, walnames
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
@@ -125,6 +125,7 @@ class Daemon:
         self.thaw_leftover_windows()
         # The repository first: without it there is nothing to serve.
         self.repo = Repository.open_local(cfg.repository.path, create=not read_only, read_only=read_only)
+        self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()

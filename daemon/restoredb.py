@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from cairn import walnames
 from cairn.daemon.databases.engine import records_of
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.daemon.walarchive import database_records
@@ -43,7 +44,7 @@ from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
-WAL_MARKER = "cairn-restore-db.wal"  # in pg_wal/: the WAL files restore-db placed there, one a line
+WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 
 
 def cairn_executable() -> str:
@@ -139,28 +140,24 @@ def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
     up to the first the archive lacks: recovery asks the archive for that one as usual.
     """
     wal = rec.get("wal") or {}
-    first, last = wal.get("first") or "", wal.get("last") or ""
-    if len(first) != 24 or len(last) != 24:
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    first = walnames.parse_segment(wal.get("first") or "", size)
+    last = walnames.parse_segment(wal.get("last") or "", size)
+    if first is None or last is None:
         return []
-    size = int(rec.get("wal_segment_size") or 16 * 1024 * 1024)
-    per_xlogid = 0x100000000 // size
-    tli = first[:8]
-    end = _segno(last, per_xlogid)
+    tli, end = first[0], last[1]
     point = (rec.get("restore_point") or {}).get("lsn") or ""
     if point:
         end = max(end, lsn_to_int(point) // size)
     held = set(repo.list_wal())
-    names = [f"{int(tli, 16):08X}.history"] if int(tli, 16) > 1 and f"{int(tli, 16):08X}.history" in held else []
-    for segno in range(_segno(first, per_xlogid), end + 1):
-        name = f"{tli}{segno // per_xlogid:08X}{segno % per_xlogid:08X}"
+    history = walnames.history_name(tli)
+    names = [history] if tli > 1 and history in held else []
+    for segno in range(first[1], end + 1):
+        name = walnames.segment_name(tli, segno, size)
         if name not in held:
             break
         names.append(name)
     return names
-
-
-def _segno(name: str, per_xlogid: int) -> int:
-    return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
 
 
 def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[dict[str, Any]],
