@@ -33,11 +33,12 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
     if reason:
         pytest.skip(reason)
     root = make_pg_dir("cairn-dump-")
-    for d in ("both/files", "fail/files", "slow/files"):
+    for d in ("both/files", "fail/files", "slow/files", "expire/files"):
         (root / d).mkdir(parents=True)
     (root / "both/files/readme.txt").write_text("shop files\n")
     (root / "fail/files/a.txt").write_text("a\n")
     (root / "slow/files/a.txt").write_text("a\n")
+    (root / "expire/files/a.txt").write_text("a\n")
     maria = MariaDbServer().start()
     stack = Stack(root, {})
     maria_sql = [shutil.which("mariadb") or "mariadb", *maria.client_args(), "shop", "-e"]
@@ -63,6 +64,11 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
             "quiesce": {"mode": "cold", "freeze": [["sh", "-c", f"touch {root}/slow/frozen"]],
                         "thaw": [["sh", "-c", f"touch {root}/slow/thawed"]]},
         },
+        "expire": {
+            "paths": [str(root / "expire/files")], "database": "hangdb",
+            "quiesce": {"mode": "cold", "max_window": "2s", "freeze": [["sh", "-c", f"touch {root}/expire/frozen"]],
+                        "thaw": [["sh", "-c", f"touch {root}/expire/thawed"]]},
+        },
     }
     stack.databases.update({
         "shopmaria": {"kind": "command",
@@ -74,6 +80,8 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
                                           "echo 'mariadb-dump: Got error: 1049: \"Unknown database nosuch\"' >&2; "
                                           "exit 2"],
                      "restore": ["true"]},
+        "hangdb": {"kind": "command", "dump": ["sh", "-c", f"echo $$ > {root}/expire/dump.pid; exec sleep 60"],
+                   "restore": ["true"]},
         "slowdb": {"kind": "command", "dump": ["sh", "-c", f"echo $$ > {root}/slow/dump.pid; exec sleep 60"],
                    "restore": ["true"], "timeout": "1s"},
     })
@@ -153,4 +161,16 @@ def test_dump_past_its_timeout_is_killed_fails_the_set_and_thaws(env) -> None:
     assert stack.sets("slow") == []
     pid = int((stack.root / "slow/dump.pid").read_text())
     with pytest.raises(ProcessLookupError):  # the tool was killed (and reaped), not left running
+        os.kill(pid, 0)
+
+
+def test_window_deadline_kills_a_running_dump_fails_the_set_and_thaws(env) -> None:
+    stack, _ = env
+    r = stack.cli("backup", "--source", "expire", "--level", "full")
+    assert r.returncode == 1
+    assert "quiesce window of source 'expire' passed its max_window of 2s" in r.stderr
+    assert (stack.root / "expire/thawed").exists()
+    assert stack.sets("expire") == []
+    pid = int((stack.root / "expire/dump.pid").read_text())
+    with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
