@@ -49,7 +49,12 @@ from typing import Any, Protocol
 from cairn.daemon import walarchive
 from cairn.daemon.config import DatabaseConfig, SourceConfig
 from cairn.daemon.databases import engine_for
-from cairn.daemon.databases.engine import DatabaseEngine, PhysicalRecord
+from cairn.daemon.databases.engine import (  # noqa: F401 - attachment names re-exported
+    DatabaseEngine,
+    PhysicalRecord,
+    attachment_name,
+    tablespace_attachment,
+)
 from cairn.daemon.databases.physical import PhysicalEngine
 from cairn.daemon.postgres import PgConnection
 from cairn.daemon.quiesce import Window, run_after
@@ -64,16 +69,6 @@ ProgressFn = Callable[[Progress], None]
 NO_WINDOW_STOP_TIMEOUT = 600.0  # bound of pg_backup_stop's statement without a window deadline
 MIN_STOP_TIMEOUT = 1.0
 AFTER_HOOK_TIMEOUT = 60.0
-
-
-def attachment_name(database: str) -> str:
-    """The set attachment holding a database's data directory."""
-    return f"db:{database}"
-
-
-def tablespace_attachment(database: str, oid: int) -> str:
-    """The set attachment holding one tablespace directory of a database."""
-    return f"db:{database}:tblspc:{oid}"
 
 
 def capture_paths(src: SourceConfig) -> tuple[str, ...]:

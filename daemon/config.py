@@ -518,8 +518,6 @@ class _Loader:
         if kind == "postgres" and "timeout" in table:
             raise self.fail(f"{key}.timeout", "only used with the dump kinds 'pg_dump' and 'command'")
         dump = self.argv(f"{key}.dump", table.get("dump"), required=kind == "command")
-        if sum(a.count("{dir}") for a in dump) > 1:
-            raise self.fail(f"{key}.dump", "name the dump directory {dir} at most once")
         return DatabaseConfig(
             name=self.name(f"{key}.name", table.get("name")),
             dsn=self.string(f"{key}.dsn", table.get("dsn"), required=kind != "command") or "",

@@ -139,6 +139,17 @@ def test_mariadb_and_remote_postgres_in_one_cold_set_restore_to_the_rows_before_
     r = stack.cli("restore-db", s["id"], "--database", "nosuch", "--target-dsn", target)
     assert r.returncode == 3 and "holds no database 'nosuch'" in r.stderr
     assert not os.listdir(os.path.join(stack.state, "restores"))  # scratch directories are removed
+    # the typed records are also in the metadata of each database's attachment
+    from cairn.store.repository import Repository
+
+    repo = Repository.open_local(stack.repo, read_only=True)
+    try:
+        stored = repo.get_set(s["id"])
+        assert stored.attachments["db:shopmaria"]["database"] == recs["shopmaria"]
+        assert stored.attachments["db:shoppg"]["database"] == recs["shoppg"]
+        assert stored.attachments["db:shopmaria"]["bytes_total"] == recs["shopmaria"]["bytes"]
+    finally:
+        repo.close()
 
 
 def test_failing_dump_fails_the_set_with_the_tools_message_and_thaws(env) -> None:

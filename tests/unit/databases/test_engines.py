@@ -83,7 +83,6 @@ def test_dump_kinds_load_with_their_keys(tmp_path):
     ('kind = "command"\nrestore = ["r"]', "database[0].dump: required: a command as a list of strings"),
     ('kind = "command"\ndump = ["d"]', "database[0].restore: required: a command as a list of strings"),
     ('kind = "command"\ndump = []\nrestore = ["r"]', "database[0].dump: expected a command as a non-empty list"),
-    ('kind = "command"\ndump = ["d", "{dir}", "{dir}"]\nrestore = ["r"]', "name the dump directory {dir} at most once"),
     ('kind = "command"\ndsn = "x"\ndump = ["d"]\nrestore = ["r"]', "database[0].dsn: not used with kind = 'command'"),
     ('dsn = "x"\npgdata = "/d"\ntimeout = "5m"', "database[0].timeout: only used with the dump kinds"),
     ('dsn = "x"\npgdata = "/d"\njobs = 2', "database[0].jobs: only used with kind = 'pg_dump'"),
@@ -238,3 +237,78 @@ def test_replace_keeps_records_frozen():
     with pytest.raises(AttributeError):
         physical().name = "other"  # type: ignore[misc]
     assert replace(physical(), name="b").name == "b"
+
+
+# -- the command engine and its restore, with real processes and a real repository -----------
+
+
+def _config(tmp_path: Path, dump: list[str], restore: list[str]):
+    import json
+
+    return load(tmp_path, f"""
+        [[database]]
+        name = "db"
+        kind = "command"
+        dump = {json.dumps(dump)}
+        restore = {json.dumps(restore)}
+    """)
+
+
+def _capture(tmp_path: Path, cfg, repo: Repository):
+    from cairn.daemon.databases import engine_for
+
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    eng = engine_for(cfg.database("db"), "app", str(tmp_path / "state"))
+    eng.prepare()
+    eng.start("label")
+    try:
+        with repo.session(BackupRequest(source="app", paths=(str(src),), level="full")) as sess:
+            eng.capture(sess, lambda: None)
+            eng.stop(10)
+            rec = eng.describe()
+            sess.describe_attachment(rec.attachment, "database", rec.to_dict())
+            s = sess.commit({"databases": [rec.to_dict()]})
+    finally:
+        eng.close()
+    return rec, s
+
+
+def test_directory_dump_is_stored_as_a_tree_and_restored_through_dir(tmp_path):
+    from cairn.daemon.databases.restore import restore_dump
+
+    out = tmp_path / "restored.txt"
+    dump = ["sh", "-c", "echo one > {dir}/one.txt; mkdir {dir}/sub; echo two > {dir}/sub/two.txt"]
+    restore = ["sh", "-c", f"cat {{dir}}/one.txt {{dir}}/sub/two.txt > {out}; echo $CAIRN_TARGET_DSN >> {out}"]
+    cfg = _config(tmp_path, dump, restore)
+    cfg = replace(cfg, daemon=replace(cfg.daemon, state_dir=str(tmp_path / "state")))
+    repo = Repository.open_local(str(tmp_path / "repo"), create=True)
+    rec, s = _capture(tmp_path, cfg, repo)
+    assert rec.layout == "directory" and rec.bytes == len("one\ntwo\n")
+    assert {e.path for e in repo.list_tree(s)} == set()  # the source itself was empty
+    assert not os.path.exists(tmp_path / "state" / "dumps" / "app.db")  # the work directory is gone
+    assert s.attachments["db:db"]["database"]["layout"] == "directory"
+    result = restore_dump(repo, cfg, s, "db", "target-x")
+    assert out.read_text() == "one\ntwo\ntarget-x\n" and result.tool == "sh"
+    assert os.listdir(tmp_path / "state" / "restores") == []
+    repo.close()
+
+
+def test_stream_restore_feeds_the_stored_dump_and_a_failing_restore_says_why(tmp_path):
+    from cairn.daemon.databases.restore import restore_dump
+
+    out = tmp_path / "fed.bin"
+    payload = os.urandom(3 << 20)
+    (tmp_path / "payload.bin").write_bytes(payload)
+    cfg = _config(tmp_path, ["cat", str(tmp_path / "payload.bin")], ["sh", "-c", f"cat > {out}"])
+    cfg = replace(cfg, daemon=replace(cfg.daemon, state_dir=str(tmp_path / "state")))
+    repo = Repository.open_local(str(tmp_path / "repo"), create=True)
+    rec, s = _capture(tmp_path, cfg, repo)
+    assert rec.layout == "stream" and rec.bytes == len(payload)
+    result = restore_dump(repo, cfg, s, "db", "ignored")
+    assert out.read_bytes() == payload and result.bytes == len(payload)
+
+    bad = replace(cfg, databases=(replace(cfg.databases[0], restore=("sh", "-c", "echo 'access denied' >&2; exit 7")),))
+    with pytest.raises(DumpFailedError, match="restore of database 'db' failed: sh exited with status 7: access"):
+        restore_dump(repo, bad, s, "db", "x")
+    repo.close()
