@@ -33,7 +33,7 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
     if reason:
         pytest.skip(reason)
     root = make_pg_dir("cairn-dump-")
-    for d in ("both/files", "fail/files", "slow/files", "expire/files"):
+    for d in ("both/files", "fail/files", "slow/files", "expire/files", "hot/content/index"):
         (root / d).mkdir(parents=True)
     (root / "both/files/readme.txt").write_text("shop files\n")
     (root / "fail/files/a.txt").write_text("a\n")
@@ -64,6 +64,11 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
             "quiesce": {"mode": "cold", "freeze": [["sh", "-c", f"touch {root}/slow/frozen"]],
                         "thaw": [["sh", "-c", f"touch {root}/slow/thawed"]]},
         },
+        "hot": {
+            "paths": [str(root / "hot/content")], "database": "hotdb",
+            "capture_first": [str(root / "hot/content/index")],
+            "quiesce": {"mode": "hot"},
+        },
         "expire": {
             "paths": [str(root / "expire/files")], "database": "hangdb",
             "quiesce": {"mode": "cold", "max_window": "2s", "freeze": [["sh", "-c", f"touch {root}/expire/frozen"]],
@@ -80,6 +85,11 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
                                           "echo 'mariadb-dump: Got error: 1049: \"Unknown database nosuch\"' >&2; "
                                           "exit 2"],
                      "restore": ["true"]},
+        # the dump leaves a file in the index (walked before it) and in the content (walked after)
+        "hotdb": {"kind": "command",
+                  "dump": ["sh", "-c", f"touch {root}/hot/content/index/by-dump {root}/hot/content/by-dump; "
+                                       "echo 'dump data'"],
+                  "restore": ["true"]},
         "hangdb": {"kind": "command", "dump": ["sh", "-c", f"echo $$ > {root}/expire/dump.pid; exec sleep 60"],
                    "restore": ["true"]},
         "slowdb": {"kind": "command", "dump": ["sh", "-c", f"echo $$ > {root}/slow/dump.pid; exec sleep 60"],
@@ -185,3 +195,14 @@ def test_window_deadline_kills_a_running_dump_fails_the_set_and_thaws(env) -> No
     pid = int((stack.root / "expire/dump.pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_hot_mode_dumps_after_capture_first_and_before_the_content(env) -> None:
+    stack, _ = env
+    s = stack.backup("hot")
+    (rec,) = s["extra"]["databases"]
+    assert rec["name"] == "hotdb" and rec["bytes"] == len("dump data\n")
+    listed = {e["path"] for e in json.loads(stack.ok("--json", "ls", s["id"], "-r"))}
+    assert "by-dump" in listed                # the content walk came after the dump
+    assert "index/by-dump" not in listed      # capture_first came before it
+    assert "index" in listed
