@@ -24,7 +24,6 @@ NotFoundError (no such database in the set) or InvalidArgumentError (bad time or
 
 from __future__ import annotations
 
-import base64
 import os
 import shlex
 import shutil
@@ -35,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn import walnames
-from cairn.daemon.databases.engine import records_of
+from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.daemon.walarchive import database_records
 from cairn.fsio.records import Data, EntryMeta, Record
@@ -117,16 +116,15 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring)."""
     rec = database_of(s, database)
     check_target(rec, target_time, target_lsn)
-    spaces = rec.get("tablespaces") or []
+    typed = PhysicalRecord.from_dict(rec)
+    spaces = list(typed.tablespaces)
     remap: dict[int, str] = {}
     if spaces:
         if not target_path or not os.path.isabs(target_path):
             raise InvalidArgumentError(
                 f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
-        remap = {int(t["oid"]): os.path.join(target_path, TABLESPACE_DIR, str(t["oid"])) for t in spaces}
-    labelfile = base64.b64decode(rec["labelfile"])
-    spcmapfile = base64.b64decode(rec.get("spcmapfile") or "")
-    main = recovery_stream(repo.restore_stream(s, attachment=rec["attachment"]), labelfile, spcmapfile,
+        remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
+    main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
                            restore_command(socket_path), target_time or None, target_lsn or None,
                            tablespace_remap=remap)
     return _chain(main, repo, s, spaces, consistency_wal(repo, rec))
@@ -160,7 +158,7 @@ def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
     return names
 
 
-def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[dict[str, Any]],
+def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
            wal: list[str]) -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
@@ -173,9 +171,9 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
     top = TABLESPACE_DIR.encode()
     yield EntryMeta(path=top, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
     for t in spaces:
-        prefix = top + b"/" + str(t["oid"]).encode()
+        prefix = top + b"/" + str(t.oid).encode()
         yield EntryMeta(path=prefix, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
-        for r in repo.restore_stream(s, attachment=t["attachment"]):
+        for r in repo.restore_stream(s, attachment=t.attachment):
             if isinstance(r, EntryMeta):
                 link = prefix + b"/" + r.link_to if r.link_to else b""
                 r = EntryMeta(path=prefix + b"/" + r.path, kind=r.kind, mode=r.mode, uid=r.uid, gid=r.gid,
