@@ -312,3 +312,17 @@ def test_stream_restore_feeds_the_stored_dump_and_a_failing_restore_says_why(tmp
     with pytest.raises(DumpFailedError, match="restore of database 'db' failed: sh exited with status 7: access"):
         restore_dump(repo, bad, s, "db", "x")
     repo.close()
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)"),
+    (("--target", "/tmp/x", "--target-dsn", "db"), "give one of --target DIR"),
+    (("--target-dsn", "db", "--target-lsn", "0/1"), "--target-time and --target-lsn need a base backup"),
+])
+def test_restore_db_usage_errors_exit_2_before_any_call(tmp_path, args, message):
+    import sys
+
+    cairn = os.path.join(os.path.dirname(sys.executable), "cairn")
+    r = subprocess.run([cairn, "--socket", str(tmp_path / "none.sock"), "restore-db", "latest", "--database", "d",
+                        *args], capture_output=True, text=True, check=False, timeout=60)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
