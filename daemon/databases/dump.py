@@ -40,7 +40,7 @@ from cairn.daemon.databases.engine import (
     DumpRecord,
     attachment_name,
 )
-from cairn.errors import BackendError, DeadlineError, FailedPreconditionError
+from cairn.errors import DeadlineError, FailedPreconditionError
 from cairn.store.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
@@ -51,8 +51,9 @@ STDERR_TAIL = 2000  # characters of a tool's stderr kept for its error message
 PARALLEL_DUMP_VERSION = 90200  # synchronized snapshots: pg_dump --jobs against 9.2 or later
 
 
-class DumpFailedError(BackendError):
-    """A dump or restore tool failed (exit status, signal); the message carries its stderr tail."""
+class DumpFailedError(FailedPreconditionError):
+    """A dump or restore tool failed (exit status, signal); the message carries its stderr tail.
+    (A failed precondition on the wire: the tool's database or target refused, not Cairn.)"""
 
     code = "dump_failed"
 
