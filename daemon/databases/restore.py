@@ -5,7 +5,8 @@ the repository); `cairn restore-db SET --database NAME --target-dsn DSN` asks fo
 
 - kind 'pg_dump': the set's dump directory is restored into a fresh scratch directory under the
   daemon's state directory, then `pg_restore --dbname=DSN --jobs=N --exit-on-error` reads it;
-  the scratch directory is removed afterwards, also on failure.
+  the scratch directory is removed afterwards, also on failure (and, should the daemon have
+  been killed meanwhile, by the next restore of a daemon with another pid).
 - kind 'command': the configured `restore = [...]` runs with `{target}` replaced by the DSN
   (and CAIRN_TARGET_DSN, CAIRN_DATABASE in its environment). A stream dump is fed to its stdin
   straight from the repository (chunks verified as they are read; nothing spooled); a
@@ -107,7 +108,8 @@ def restore_dump(repo: Repository, config: Config, s: BackupSet, database: str, 
     else:
         raise InvalidArgumentError(f"database '{database}' has a dump of unknown kind '{rec.kind}'")
     os.makedirs(scratch_root, mode=0o700, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f"{database}.", dir=scratch_root)
+    _remove_stale(scratch_root)
+    scratch = tempfile.mkdtemp(prefix=f"{database}.{os.getpid()}.", dir=scratch_root)
     try:
         stats = repo.restore(s, os.path.join(scratch, "dump"), attachment=rec.attachment, progress=progress)
         if stats.errors:
@@ -122,6 +124,15 @@ def restore_dump(repo: Repository, config: Config, s: BackupSet, database: str, 
         return DumpRestoreResult(database, rec.kind, tool, stats.bytes, round(time.monotonic() - t0, 3))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stale(scratch_root: str) -> None:
+    """Remove scratch directories a daemon that is gone left behind (killed during a restore):
+    each is named '<database>.<pid of its daemon>.<random>'."""
+    for name in os.listdir(scratch_root):
+        parts = name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid():
+            shutil.rmtree(os.path.join(scratch_root, name), ignore_errors=True)
 
 
 def _feed_stream(repo: Repository, s: BackupSet, rec: DumpRecord, argv: list[str], env: dict[str, str],

@@ -288,6 +288,8 @@ def test_directory_dump_is_stored_as_a_tree_and_restored_through_dir(tmp_path):
     assert {e.path for e in repo.list_tree(s)} == set()  # the source itself was empty
     assert not os.path.exists(tmp_path / "state" / "dumps" / "app.db")  # the work directory is gone
     assert s.attachments["db:db"]["database"]["layout"] == "directory"
+    stale = tmp_path / "state" / "restores" / "db.999999999.abc"  # left by a daemon killed mid-restore
+    (stale / "dump").mkdir(parents=True)
     result = restore_dump(repo, cfg, s, "db", "target-x")
     assert out.read_text() == "one\ntwo\ntarget-x\n" and result.tool == "sh"
     assert os.listdir(tmp_path / "state" / "restores") == []
