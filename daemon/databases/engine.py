@@ -21,15 +21,15 @@ database's main attachment (`attachments[name]['database']`). `records_of(s)` re
 back as typed records — the one place that knows the stored shape; older sets (one
 `extra['database']`, no kind) read as physical records.
 
-What always holds: `to_dict(from_dict(d)) == d` for every record an engine wrote; a record's
-`kind` says which engine restores it.
+What always holds: `from_dict(r.to_dict()) == r` for every record; a record's `kind` says which
+engine restores it.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cairn.errors import CorruptionError
@@ -150,14 +150,12 @@ class DumpRecord:
     stream_file: str = ""
     server_version: str = ""
     jobs: int = 1
-    details: dict[str, str] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "kind": self.kind, "attachment": self.attachment, "layout": self.layout,
             "tool": self.tool, "started": self.started, "stopped": self.stopped, "bytes": self.bytes,
             "stream_file": self.stream_file, "server_version": self.server_version, "jobs": self.jobs,
-            "details": dict(self.details),
         }
 
     @classmethod
@@ -167,7 +165,7 @@ class DumpRecord:
             tool=str(d.get("tool") or ""), started=float(d.get("started") or 0.0),
             stopped=float(d.get("stopped") or 0.0), bytes=int(d.get("bytes") or 0),
             stream_file=str(d.get("stream_file") or ""), server_version=str(d.get("server_version") or ""),
-            jobs=int(d.get("jobs") or 1), details={str(k): str(v) for k, v in (d.get("details") or {}).items()},
+            jobs=int(d.get("jobs") or 1),
         )
 
 
