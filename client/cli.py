@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cairn import __version__
+from cairn import __version__, walnames
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 
@@ -52,8 +52,8 @@ WAL_PIECE = 1 << 20
 LEVELS = ("full", "differential", "incremental")
 KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
-WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
-NO_HISTORY = "00000001.history"
+WAL_MARKER = walnames.WAL_MARKER  # written by restore-db into pg_wal/: the WAL files it placed there
+NO_HISTORY = walnames.NO_HISTORY
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
 _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
@@ -229,6 +229,11 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
+    if bool(args.target) == bool(args.target_dsn):
+        return fail("give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)",
+                    code=EXIT_USAGE)
+    if args.target_dsn:
+        return restore_db_to_dsn(conn, args)
     check_target(args.target, overwrite=False)
     request = pb.RestoreDbRequest(
         set=args.set,
@@ -243,6 +248,31 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     if code == EXIT_OK:
         own_data_directory(args.target)
     return code
+
+
+def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
+    """restore-db of a dump (kinds pg_dump, command): the daemon restores it into the DSN's database."""
+    if args.target_time or args.target_lsn:
+        return fail("--target-time and --target-lsn need a base backup restored with --target DIR", code=EXIT_USAGE)
+    request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
+                                       target_dsn=args.target_dsn)
+    result = None
+    with progress_view(args.json, "restore-db") as view:
+        for event in conn.stub.RestoreDbToDsn(request):
+            if event.WhichOneof("event") == "progress":
+                p = event.progress
+                view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+            else:
+                result = event.result
+    if result is None:
+        return fail("the daemon ended the restore without a result")
+    if args.json:
+        out(render.dumps({"set": result.set.id, "database": result.database, "kind": result.kind,
+                          "tool": result.tool, "bytes": result.bytes, "seconds": result.seconds}))
+    else:
+        out(f"restored database '{result.database}' of set {result.set.id[:12]} with {result.tool} "
+            f"({result.bytes} bytes of dump, {result.seconds:.1f}s)")
+    return EXIT_OK
 
 
 def own_data_directory(target: str) -> None:
@@ -575,10 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--source", metavar="NAME")
 
-    p = command("restore-db", cmd_restore_db, "prepare a PostgreSQL data directory from a set")
+    p = command("restore-db", cmd_restore_db,
+                "prepare a PostgreSQL data directory from a set, or restore a dump into a database")
     p.add_argument("set", metavar="SET")
     p.add_argument("--database", required=True, metavar="NAME")
-    p.add_argument("--target", required=True, metavar="DIR")
+    p.add_argument("--target", metavar="DIR", help="base backups (kind postgres): the data directory to write")
+    p.add_argument("--target-dsn", metavar="DSN",
+                   help="dumps (kinds pg_dump, command): the database the daemon restores into, on its host")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")

@@ -20,10 +20,12 @@ BackupSession:
 - after the window: wait (bounded by each database's wal_timeout) until the repository holds
   every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks.
 
-The set records `extra['databases']` (per database: name, LSNs, timeline, system identifier,
-server version, labelfile and spcmapfile base64 byte-exact, restore point, WAL range,
-tablespaces), `extra['database']` (the first of them, as older readers expect) and
-`extra['window']` (Window.record(): timings, hook results and exit codes, errors).
+Every database is captured by its engine (daemon/databases/: the physical 'postgres' engine
+above, or a dump engine — 'pg_dump', 'command' — whose dump runs inside the window at the
+place the base backup takes in either order). The set records `extra['databases']` (each
+engine's typed record, `DatabaseRecord.to_dict()`, in capture order; also in the metadata of
+the database's attachment), `extra['database']` (the first physical record, as older readers
+expect) and `extra['window']` (Window.record(): timings, hook results and exit codes, errors).
 
 What always holds: thaw runs for every freeze level that began (quiesce.Window guarantees
 it, also at the max_window deadline, which cancels the session and the running statements);
@@ -47,7 +49,15 @@ from typing import Any, Protocol
 from cairn.daemon import walarchive
 from cairn.daemon.checkdb import raise_if_archiver_failing
 from cairn.daemon.config import DatabaseConfig, SourceConfig
-from cairn.daemon.postgres import EXCLUDES, BackupStart, BackupStop, BaseBackup, PgConnection, PgInfo
+from cairn.daemon.databases import engine_for
+from cairn.daemon.databases.engine import (  # noqa: F401 - attachment names re-exported
+    DatabaseEngine,
+    PhysicalRecord,
+    attachment_name,
+    tablespace_attachment,
+)
+from cairn.daemon.databases.physical import PhysicalEngine
+from cairn.daemon.postgres import PgConnection
 from cairn.daemon.quiesce import Window, run_after
 from cairn.store.errors import AbortedError, CairnError, InvalidArgumentError
 from cairn.store.model import BackupRequest, BackupSet, ChangeHint, Progress
@@ -60,16 +70,6 @@ ProgressFn = Callable[[Progress], None]
 NO_WINDOW_STOP_TIMEOUT = 600.0  # bound of pg_backup_stop's statement without a window deadline
 MIN_STOP_TIMEOUT = 1.0
 AFTER_HOOK_TIMEOUT = 60.0
-
-
-def attachment_name(database: str) -> str:
-    """The set attachment holding a database's data directory."""
-    return f"db:{database}"
-
-
-def tablespace_attachment(database: str, oid: int) -> str:
-    """The set attachment holding one tablespace directory of a database."""
-    return f"db:{database}:tblspc:{oid}"
 
 
 def capture_paths(src: SourceConfig) -> tuple[str, ...]:
@@ -138,19 +138,6 @@ class BasePlanner:
         return None
 
 
-@dataclass
-class _Db:
-    """One database of the set while it is captured."""
-
-    cfg: DatabaseConfig
-    conn: PgConnection
-    info: PgInfo
-    bb: BaseBackup | None = None
-    start: BackupStart | None = None
-    stop: BackupStop | None = None
-    point: tuple[str, str] | None = None
-
-
 def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
                 dbs: DatabaseConfig | Sequence[DatabaseConfig] | None,
                 request: BackupRequest, progress: ProgressFn | None, cancel: threading.Event, *,
@@ -162,17 +149,20 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
     planner = planner or BasePlanner(repo, src.name, request.level)
     with contextlib.ExitStack() as stack:
         # Step 1: preflight — a database that cannot be backed up fails the set before any freeze.
-        opened: list[_Db] = []
+        opened: list[DatabaseEngine] = []
         for cfg in configs:
-            conn = stack.enter_context(connect(cfg))
-            opened.append(_Db(cfg, conn, conn.info()))
-            # archiving that fails now would stall the set's WAL wait: fail fast instead
-            raise_if_archiver_failing(conn, cfg.name, repo.list_wal)
-        conns = [d.conn for d in opened]
+            eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
+                engine_for(cfg, src.name, state_dir)
+            stack.callback(eng.close)
+            eng.prepare()
+            if isinstance(eng, PhysicalEngine) and eng.conn is not None:
+                # archiving that fails now would stall the set's WAL wait: fail fast instead
+                raise_if_archiver_failing(eng.conn, cfg.name, repo.list_wal)
+            opened.append(eng)
 
         def on_expire() -> None:
-            for c in conns:
-                c.cancel()
+            for e in opened:
+                e.cancel()
 
         window = (Window.from_config(state_dir, src.name, src.quiesce, cancel=cancel, on_expire=on_expire)
                   if src.quiesce is not None else None)
@@ -189,7 +179,7 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
 class _Capture:
     """One run of capture_set; holds what the steps share."""
 
-    def __init__(self, repo: Repository, src: SourceConfig, dbs: list[_Db], window: Window | None,
+    def __init__(self, repo: Repository, src: SourceConfig, dbs: list[DatabaseEngine], window: Window | None,
                  request: BackupRequest, progress: ProgressFn | None, cancel: threading.Event,
                  planner: Planner, stack: contextlib.ExitStack) -> None:
         self.repo = repo
@@ -209,7 +199,7 @@ class _Capture:
     def take(self) -> BackupSet:
         t0 = time.monotonic()
         if self.mode == "cold":
-            self._start_backups()  # the checkpoint happens before the freeze
+            self._start_backups(late=False)  # the checkpoint happens before the freeze
         with self.window if self.window is not None else contextlib.nullcontext():
             # Inside the window, after every freeze hook: base and hint, decided once.
             t = time.monotonic()
@@ -224,17 +214,22 @@ class _Capture:
                 self._hot(sess)
         t_closed = time.monotonic()
         # After the thaw: the set is committed only once its WAL is in the repository.
-        if self.dbs:
+        physical = [d for d in self.dbs if isinstance(d, PhysicalEngine)]
+        if physical:
             waited = walarchive.wait_for_wal(
-                self.repo, [self._record(d) for d in self.dbs],
-                {d.cfg.name: d.cfg.wal_timeout for d in self.dbs}, self.cancel, self._diagnose)
+                self.repo, [d.describe().to_dict() for d in physical],
+                {d.cfg.name: d.cfg.wal_timeout for d in physical}, self.cancel, self._diagnose)
             self.timings["wal_wait_s"] = round(waited, 3)
-            for d in self.dbs:
-                walarchive.check_wal_owner(self.repo, self._record(d))
-        records = [self._record(d) for d in self.dbs]
+            for d in physical:
+                walarchive.check_wal_owner(self.repo, d.describe().to_dict())
+        records = [d.describe() for d in self.dbs]
         if records:
-            self.extra["databases"] = records
-            self.extra["database"] = records[0]
+            self.extra["databases"] = [r.to_dict() for r in records]
+            first = next((r for r in records if isinstance(r, PhysicalRecord)), None)
+            if first is not None:
+                self.extra["database"] = first.to_dict()
+            for r in records:
+                sess.describe_attachment(r.attachment, "database", r.to_dict())
         if self.window is not None:
             self.extra["window"] = self._window_record(sess)
         self.timings["capture_s"] = round(t_closed - t0, 3)
@@ -251,6 +246,7 @@ class _Capture:
     def _cold(self, sess: BackupSession) -> None:
         # Everything stands still: databases and files in one go between freeze and thaw.
         t = time.monotonic()
+        self._start_backups(late=True)  # dump engines start inside the window
         for d in self.dbs:
             self._attach(sess, d)
         t = self._lap("databases_s", t)
@@ -284,22 +280,18 @@ class _Capture:
 
     # -- databases ------------------------------------------------------------------------
 
-    def _start_backups(self) -> None:
+    def _start_backups(self, late: bool | None = None) -> None:
+        # cold mode starts the engines that may start before the freeze (pg_backup_start's
+        # checkpoint) ahead of the window (late=False) and the others inside it (late=True).
         for d in self.dbs:
+            if late is not None and d.starts_early == late:
+                continue
             self._check()
-            d.bb = self.stack.enter_context(d.conn.base_backup())
-            # pg_backup_start — immediate checkpoint; start LSN and timeline recorded.
-            d.start = d.bb.start(f"cairn {self.src.name} {self.stamp}", fast=True)
-            log.info("source '%s': base backup of database '%s' started at %s",
-                     self.src.name, d.cfg.name, d.start.lsn)
+            d.start(f"cairn {self.src.name} {self.stamp}")
 
-    def _attach(self, sess: BackupSession, d: _Db) -> None:
-        # The data directory and each tablespace through the chunk store.
-        self._check()
-        sess.attach(attachment_name(d.cfg.name), d.cfg.pgdata, EXCLUDES)
-        for ts in d.info.tablespaces:
-            self._check()
-            sess.attach(tablespace_attachment(d.cfg.name, ts.oid), ts.location, EXCLUDES)
+    def _attach(self, sess: BackupSession, d: DatabaseEngine) -> None:
+        # The engine stores the database as attachments (data directory and tablespaces, or a dump).
+        d.capture(sess, self._check)
 
     def _stop_backups(self) -> None:
         # pg_backup_stop without waiting for the archive (the wait comes after the thaw), then
@@ -307,49 +299,15 @@ class _Capture:
         # segment holding it to the archive without waiting for it.
         for d in self.dbs:
             self._check()
-            assert d.bb is not None
-            d.stop = d.bb.stop(timeout=self._stop_timeout(), wait_for_archive=False)
+            d.stop(self._stop_timeout())
         for d in self.dbs:
-            name = f"cairn-{self.stamp}"
-            d.point = (name, d.conn.create_restore_point(name))
-            d.conn.switch_wal()
-            assert d.stop is not None
-            log.info("source '%s': base backup of database '%s' stopped at %s",
-                     self.src.name, d.cfg.name, d.stop.lsn)
-
-    def _record(self, d: _Db) -> dict[str, Any]:
-        assert d.start is not None and d.stop is not None and d.point is not None
-        info = d.info.to_dict()
-        return {
-            "name": d.cfg.name,
-            "attachment": attachment_name(d.cfg.name),
-            "start_lsn": d.start.lsn,
-            "stop_lsn": d.stop.lsn,
-            "timeline": d.start.timeline,
-            "system_identifier": info["system_identifier"],
-            "server_version": info["server_version"],
-            "server_version_num": info["server_version_num"],
-            "wal_segment_size": info["wal_segment_size"],
-            "labelfile": base64.b64encode(d.stop.labelfile).decode("ascii"),
-            "spcmapfile": base64.b64encode(d.stop.spcmapfile).decode("ascii"),
-            "restore_point": {"name": d.point[0], "lsn": d.point[1]},
-            "wal": {"first": d.start.wal_file, "last": d.stop.wal_file},
-            "started": d.start.time,
-            "stopped": d.stop.time,
-            "tablespaces": [{"oid": t.oid, "name": t.name, "location": t.location,
-                             "attachment": tablespace_attachment(d.cfg.name, t.oid)}
-                            for t in d.info.tablespaces],
-        }
+            if isinstance(d, PhysicalEngine):
+                d.mark(f"cairn-{self.stamp}")
 
     def _diagnose(self, name: str) -> str:
         """The server's own archiver view, for the error of a WAL wait that timed out."""
-        d = next((d for d in self.dbs if d.cfg.name == name), None)
-        if d is None or d.conn.closed:
-            return ""
-        a = walarchive.server_archiver(d.conn)
-        if a.get("last_failed"):
-            return f"the server's last failed archive was {a['last_failed']} ({a['failed_count']} failures)"
-        return f"the server last archived {a.get('last_archived') or 'nothing'}"
+        d = next((d for d in self.dbs if isinstance(d, PhysicalEngine) and d.name == name), None)
+        return d.diagnose() if d is not None else ""
 
     # -- window ---------------------------------------------------------------------------
 

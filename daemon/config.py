@@ -47,7 +47,8 @@ SOURCE_KEYS = (
 QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required", "hooks", "on_success",
                 "on_failure")
 HOOK_KEYS = ("freeze", "thaw", "timeout", "required")
-DATABASE_KEYS = ("name", "dsn", "pgdata", "wal_timeout")
+DATABASE_KEYS = ("name", "dsn", "pgdata", "wal_timeout", "kind", "dump", "restore", "timeout", "jobs")
+DATABASE_KINDS = ("postgres", "pg_dump", "command")  # base backup + WAL; pg_dump over the network; any dump tool
 TOP_KEYS = ("repository", "daemon", "source", "database")
 
 
@@ -182,9 +183,14 @@ def anchor_of(pattern: str, paths: Sequence[str]) -> str | None:
 @dataclass(frozen=True)
 class DatabaseConfig:
     name: str
-    dsn: str
-    pgdata: str
+    dsn: str = ""
+    pgdata: str = ""            # kind 'postgres' only
     wal_timeout: float = 600.0  # how long a set waits after the window for its WAL to be archived
+    kind: str = "postgres"      # one of DATABASE_KINDS (the engine that captures it: daemon/databases/)
+    dump: tuple[str, ...] = ()     # kind 'command': argv of the dump ({dir}: the dump is that directory)
+    restore: tuple[str, ...] = ()  # kind 'command': argv of the restore ({target}: the --target-dsn text)
+    timeout: float = 3600.0     # dump engines: bound of one dump (the window's max_window bounds it too)
+    jobs: int = 2               # kind 'pg_dump': parallel jobs of pg_dump and pg_restore
 
 
 @dataclass(frozen=True)
@@ -343,10 +349,12 @@ class _Loader:
             for i, table in enumerate(self.array_of_tables("source", data.get("source", [])))
         )
         self.unique("source", [source.name for source in sources])
-        pgdata = {database.name: database.pgdata for database in databases}
+        pgdata = {database.name: database.pgdata for database in databases if database.kind == "postgres"}
         for index, source in enumerate(sources):
             seen: dict[str, str] = {}
             for name in source.databases:
+                if name not in pgdata:
+                    continue  # a dump engine: no data directory of its own
                 other = seen.get(os.path.realpath(pgdata[name]))
                 if other is not None:
                     raise self.fail(f"source[{index}].database",
@@ -522,11 +530,28 @@ class _Loader:
 
     def database(self, key: str, table: Mapping[str, Any]) -> DatabaseConfig:
         self.keys(key, table, DATABASE_KEYS)
+        kind = self.choice(f"{key}.kind", table.get("kind", "postgres"), DATABASE_KINDS)
+        only = {"postgres": ("pgdata", "wal_timeout"), "command": ("dump", "restore"), "pg_dump": ("jobs",)}
+        for other, keys in only.items():
+            for k in keys:
+                if other != kind and k in table:
+                    raise self.fail(f"{key}.{k}", f"only used with kind = '{other}' (this database is '{kind}')")
+        if kind == "command" and "dsn" in table:
+            raise self.fail(f"{key}.dsn", "not used with kind = 'command': the dump and restore commands "
+                                          "name their server ({target} is the --target-dsn of a restore)")
+        if kind == "postgres" and "timeout" in table:
+            raise self.fail(f"{key}.timeout", "only used with the dump kinds 'pg_dump' and 'command'")
+        dump = self.argv(f"{key}.dump", table.get("dump"), required=kind == "command")
         return DatabaseConfig(
             name=self.name(f"{key}.name", table.get("name")),
-            dsn=self.string(f"{key}.dsn", table.get("dsn"), required=True),
-            pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=True),
+            dsn=self.string(f"{key}.dsn", table.get("dsn"), required=kind != "command") or "",
+            pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=kind == "postgres") or "",
             wal_timeout=self.duration(f"{key}.wal_timeout", table.get("wal_timeout", 600.0), positive=True),
+            kind=kind,
+            dump=dump,
+            restore=self.argv(f"{key}.restore", table.get("restore"), required=kind == "command"),
+            timeout=self.duration(f"{key}.timeout", table.get("timeout", 3600.0), positive=True),
+            jobs=self.positive_int(f"{key}.jobs", table.get("jobs", 2)) or 2,
         )
 
     def keep(self, key: str, value: Any) -> PrunePolicy | None:
@@ -538,6 +563,16 @@ class _Loader:
             raise
         except InvalidArgumentError as exc:
             raise self.fail(key, exc.message) from None
+    def argv(self, key: str, value: Any, required: bool) -> tuple[str, ...]:
+        # One command as a non-empty list of strings.
+        if value is None:
+            if required:
+                raise self.fail(key, "required: a command as a list of strings")
+            return ()
+        valid = isinstance(value, list) and value and all(isinstance(a, str) and a for a in value)
+        if not valid:
+            raise self.fail(key, f"expected a command as a non-empty list of strings, got {_show(value)}")
+        return tuple(value)
 
     def schedule(self, key: str, value: Any) -> dict[str, str]:
         table = self.table(key, value)

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import NoReturn
 
-from cairn import __version__
+from cairn import __version__, walnames
 from cairn.daemon import preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
@@ -153,6 +153,7 @@ class Daemon:
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = Repository.open_local(path, create=False, read_only=read_only)
+        self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()

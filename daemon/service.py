@@ -22,6 +22,7 @@ from typing import Any
 from cairn import __version__
 from cairn.daemon import capture, checkdb, restoredb, retention, skip, walarchive
 from cairn.daemon.config import Config, SourceConfig
+from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
@@ -390,6 +391,14 @@ class CairnService:
                                                self._config.daemon.socket, target_path, restore_command)
         return s, self._counted(records)
 
+    def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
+                          progress: ProgressFn | None = None, cancel: threading.Event | None = None
+                          ) -> tuple[BackupSet, DumpRestoreResult]:
+        """A set's dump of `database` restored into the database `target_dsn` names, on this host
+        (pg_restore, or the configured restore command: daemon/databases/restore.py)."""
+        s = self.resolve(ref, source)
+        return s, restore_dump(self.repo, self._config, s, database, target_dsn, progress, cancel)
+
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
         """Check the repository (or one set). A `progress` that raises AbortedError stops it."""
         chosen = self.resolve(set_ref, source) if set_ref else None
@@ -418,6 +427,8 @@ class CairnService:
         if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
             snap.last_time = self.health.wal_time  # archived before this daemon started
         for db in self._config.databases:
+            if db.kind != "postgres":
+                continue  # dump engines archive no WAL
             snap.databases.append({"name": db.name, **walarchive.database_archiver(db)})
         return snap
 

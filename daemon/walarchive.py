@@ -21,18 +21,18 @@ each set recorded; no WAL content is read.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cairn import walnames
 from cairn.store.errors import AbortedError, CairnError, DeadlineError, FailedPreconditionError
 from cairn.store.model import BackupSet, CheckProblem
 
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+SEGMENT_RE, HISTORY_RE = walnames.SEGMENT_RE, walnames.HISTORY_RE  # WAL names: cairn.walnames
+DEFAULT_SEGMENT_SIZE = walnames.DEFAULT_SEGMENT_SIZE
+parse_segment, segment_name = walnames.parse_segment, walnames.segment_name
 MAX_GAPS_REPORTED = 20
 
 
@@ -99,14 +99,11 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
 
 
 def database_records(extra: Any) -> list[dict[str, Any]]:
-    """Every database a set holds, as recorded by capture.py, in capture order."""
-    if not isinstance(extra, dict):
-        return []
-    many = extra.get("databases")
-    if isinstance(many, list):
-        return [r for r in many if isinstance(r, dict)]
-    one = extra.get("database")
-    return [one] if isinstance(one, dict) else []
+    """Every physical database record of a set (base backup + WAL), in capture order; dumps
+    (daemon/databases/dump.py) need no WAL and are left out."""
+    from cairn.daemon.databases.engine import KIND_POSTGRES, record_dicts
+
+    return [r for r in record_dicts(extra) if (r.get("kind") or KIND_POSTGRES) == KIND_POSTGRES]
 
 
 def segments_needed(rec: dict[str, Any]) -> list[str]:
@@ -208,20 +205,6 @@ def server_archiver(conn: Any) -> dict[str, Any]:
     return {"current_segment": current, "last_archived": archived, "last_archived_time": float(archived_time),
             "failed_count": int(failed), "last_failed": last_failed, "last_failed_time": float(failed_time),
             "lag_segments": lag}
-
-
-def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
-    """(timeline, absolute segment number) of a WAL segment name, None for other names."""
-    m = SEGMENT_RE.match(name)
-    if m is None:
-        return None
-    per = 0x100000000 // segment_size
-    return int(m.group(1), 16), int(m.group(2), 16) * per + int(m.group(3), 16)
-
-
-def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
-    per = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
 
 
 def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int]]]:

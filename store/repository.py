@@ -426,6 +426,12 @@ class Repository:
                        bytes_freed=report.bytes_freed + freed.bytes_freed)
 
     # -- WAL -------------------------------------------------------------------------
+    segment_rule: Callable[[str], bool] = staticmethod(walmod.plain_name)
+
+    def set_segment_rule(self, rule: Callable[[str], bool]) -> None:
+        """The rule an archive segment name must follow (the store itself knows no engine's)."""
+        self.segment_rule = rule
+
     def put_wal(self, name: str, data: bytes) -> bool:
         self._writable()
         with self.locks.hold("wal-push") as lock:

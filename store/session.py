@@ -177,6 +177,26 @@ class BackupSession:
             "deleted": tally.n_deleted, "fuzzy_paths": tally.fuzzy[:100],
         }
 
+    def attach_stream(self, name: str, fd: int, filename: str) -> int:
+        """Capture everything readable from `fd` (a pipe) as attachment `name` holding one file
+        `filename`, chunked like files (store/stream.py); returns the bytes read."""
+        from .stream import read_stream, stream_tree
+
+        chunks, size = read_stream(self.writer, self.repo.config.chunker, self.cancel, fd)
+        tree = self.writer.put_data(TYPE_TREE, stream_tree(filename, chunks, size))
+        self._attachments[name] = {
+            "tree": tree.hex(), "path": "", "files": 1, "bytes_total": size, "bytes_read": size,
+            "added": 1, "modified": 0, "deleted": 0, "fuzzy_paths": [],
+        }
+        return size
+
+    def describe_attachment(self, name: str, key: str, value: Any) -> None:
+        """Record `value` under `key` in the metadata of attachment `name` (e.g. what a database
+        capture recorded); the attachment must have been captured in this session."""
+        if name not in self._attachments:
+            raise InvalidArgumentError(f"no attachment '{name}' was captured in this set")
+        self._attachments[name][key] = value
+
     # -- end -------------------------------------------------------------------------
     def commit(self, extra: dict[str, Any] | None = None) -> BackupSet:
         """Finish the write session and write the set object; returns the committed set."""

@@ -6,7 +6,9 @@ the same JSON without "sum")}; entries written before "sum" or "time" existed la
 are still read. It is written after the pack and index holding the chunks, so a listed
 segment is complete. A damaged entry is a CorruptionError naming it.
 Pushing identical content again is a no-op; different content under an archived name is an
-error (PostgreSQL's archive_command contract). Names are checked to be plain WAL file names.
+error (PostgreSQL's archive_command contract). The store is engine-neutral: what a valid name
+is, is the rule the repository was given (Repository.set_segment_rule; the daemon gives it
+PostgreSQL's, cairn.walnames.is_wal_file_name); without one, any plain file name is accepted.
 WAL retention forgets a file by deleting its catalog entry; the next garbage collection frees
 its chunks.
 """
@@ -29,11 +31,16 @@ from .packs import TYPE_DATA
 if TYPE_CHECKING:
     from .repository import Repository
 
-NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # a safe object name, any engine's
 
 
-def check_name(name: str) -> str:
-    if not NAME.match(name):
+def plain_name(name: str) -> bool:
+    """The rule without an engine's: a plain file name (no '/', not '.' or '..')."""
+    return bool(PLAIN_NAME.match(name))
+
+
+def check_name(name: str, rule: Callable[[str], bool] = plain_name) -> str:
+    if not (plain_name(name) and rule(name)):
         raise InvalidArgumentError(f"'{name}' is not a WAL file name")
     return name
 
@@ -91,7 +98,7 @@ def _catalog(repo: Repository, name: str) -> dict | None:
 
 def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None) -> bool:
     """Store WAL file `name`; True if new, False if identical content was already there."""
-    check_name(name)
+    check_name(name, repo.segment_rule)
     digest = blake3.blake3(data).hexdigest()
     have = _catalog(repo, name)
     if have is not None:
@@ -119,7 +126,7 @@ def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None]
 
 def get(repo: Repository, name: str) -> bytes:
     """Return the archived content of WAL file `name`, verified."""
-    check_name(name)
+    check_name(name, repo.segment_rule)
     doc = _catalog(repo, name)
     if doc is None:
         raise NotFoundError(f"WAL file '{name}' is not in the archive")

@@ -207,6 +207,25 @@ class CairnServicer(pb_grpc.CairnServicer):
         yield from restore_batches(set_info(s), records)
 
     @rpc
+    def RestoreDbToDsn(self, request: pb.RestoreDbToDsnRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.RestoreDbToDsnEvent]:
+        cancel = threading.Event()
+        context.add_callback(cancel.set)  # the client went away: stop the restore tool
+
+        def run(progress: Callable[[Progress], None]) -> Any:
+            return self.service.restore_db_to_dsn(request.set, request.source, request.database,
+                                                  request.target_dsn, progress, cancel)
+
+        for item in run_with_progress(run, context):
+            if isinstance(item, Progress):
+                yield pb.RestoreDbToDsnEvent(progress=progress_msg(item))
+            else:
+                s, r = item
+                yield pb.RestoreDbToDsnEvent(result=pb.RestoreDbToDsnResult(
+                    set=set_info(s), database=r.database, kind=r.kind, tool=r.tool, bytes=r.bytes,
+                    seconds=r.seconds))
+
+    @rpc
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> Iterator[pb.VerifyEvent]:
         def check(progress: Callable[[Progress], None]) -> CheckReport:
             return self.service.verify(request.set, request.source, request.read_data, progress)

@@ -382,6 +382,42 @@ class RestoreDbRequest(_message.Message):
     restore_command: str
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., restore_command: _Optional[str] = ...) -> None: ...
 
+class RestoreDbToDsnRequest(_message.Message):
+    __slots__ = ("set", "source", "database", "target_dsn")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DSN_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    database: str
+    target_dsn: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_dsn: _Optional[str] = ...) -> None: ...
+
+class RestoreDbToDsnResult(_message.Message):
+    __slots__ = ("set", "database", "kind", "tool", "bytes", "seconds")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    set: SetInfo
+    database: str
+    kind: str
+    tool: str
+    bytes: int
+    seconds: float
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., database: _Optional[str] = ..., kind: _Optional[str] = ..., tool: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RestoreDbToDsnEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: RestoreDbToDsnResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreDbToDsnResult, _Mapping]] = ...) -> None: ...
+
 class Xattr(_message.Message):
     __slots__ = ("name", "value")
     NAME_FIELD_NUMBER: _ClassVar[int]

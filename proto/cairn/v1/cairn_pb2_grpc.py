@@ -69,6 +69,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreBatch.FromString,
                 _registered_method=True)
+        self.RestoreDbToDsn = channel.unary_stream(
+                '/cairn.v1.Cairn/RestoreDbToDsn',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnEvent.FromString,
+                _registered_method=True)
         self.Verify = channel.unary_stream(
                 '/cairn.v1.Cairn/Verify',
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.VerifyRequest.SerializeToString,
@@ -148,6 +153,14 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreDbToDsn(self, request, context):
+        """A set's dump of a database (kinds pg_dump and command) restored into the database a DSN
+        names, by the daemon on its host: progress events, then the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Verify(self, request, context):
         """Structure check of the repository; with read_data every chunk is read and hashed.
         """
@@ -220,6 +233,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.RestoreDb,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreBatch.SerializeToString,
+            ),
+            'RestoreDbToDsn': grpc.unary_stream_rpc_method_handler(
+                    servicer.RestoreDbToDsn,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnEvent.SerializeToString,
             ),
             'Verify': grpc.unary_stream_rpc_method_handler(
                     servicer.Verify,
@@ -436,6 +454,33 @@ class Cairn:
             '/cairn.v1.Cairn/RestoreDb',
             cairn_dot_v1_dot_cairn__pb2.RestoreDbRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.RestoreBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreDbToDsn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cairn.v1.Cairn/RestoreDbToDsn',
+            cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnEvent.FromString,
             options,
             channel_credentials,
             insecure,

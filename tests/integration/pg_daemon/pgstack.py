@@ -77,7 +77,7 @@ class Stack:
     """PostgreSQL + cairnd + client for one test module (see the module docstring)."""
 
     def __init__(self, root: Path, sources: dict[str, dict[str, Any]],
-                 databases: dict[str, dict[str, str]] | None = None) -> None:
+                 databases: dict[str, dict[str, Any]] | None = None) -> None:
         self.root = root
         self.sock = str(root / "run" / "cairnd.sock")
         (root / "run").mkdir(mode=0o755)
@@ -104,7 +104,7 @@ class Stack:
                  'socket_group = "postgres"']
         for name, db in self.databases.items():
             lines += ["", "[[database]]", f"name = {json.dumps(name)}"]
-            lines += [f"{k} = {json.dumps(v)}" for k, v in db.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in db.items()]
         for name, table in self.sources.items():
             lines += ["", "[[source]]", f"name = {json.dumps(name)}"]
             lines += [] if "watch" in table else ["watch = false"]
