@@ -69,6 +69,11 @@ class FakeConn:
     def cancel(self) -> None:
         pass
 
+    def query_one(self, sql: str, *args: object) -> tuple:
+        # pg_stat_archiver of a server whose archiver has never failed
+        assert "pg_stat_archiver" in sql
+        return ("000000010000000000000002", "", 0.0, 0, "", 0.0)
+
 
 class Planner:
     """Records when it was asked; `plan` gives hint1, `refresh` hint2."""
