@@ -41,7 +41,7 @@ def test_prune_policies_per_host_with_reasons(start_daemon, rundir, tmp_path):
 
     d = _daemon_for_host(start_daemon, rundir, repo, str(src), "alpha")
     rows = d.ok("sets").splitlines()
-    assert rows[0].split()[:5] == ["ID", "TIME", "HOST", "SOURCE", "LEVEL"]
+    assert rows[0].split()[:7] == ["ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST"]
     assert sum(" alpha " in r for r in rows[1:]) == 3 and sum(" beta " in r for r in rows[1:]) == 3
     only_beta = json.loads(d.ok("--json", "sets", "--host", "beta"))
     assert [s["id"] for s in only_beta] == ids["beta"] and {s["hostname"] for s in only_beta} == {"beta"}

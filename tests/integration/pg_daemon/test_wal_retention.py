@@ -54,7 +54,7 @@ def test_wal_before_the_kept_set_goes_and_pitr_after_it_still_works(stack: Stack
     assert done["wal_forgotten"] == before["wal_forgotten"] and done["bytes_freed"] > 0
     fetch = stack.cli("wal-fetch", done["wal_forgotten"][0], str(stack.root / "gone"))
     assert fetch.returncode == 3
-    assert "repository ok: 1 sets" in stack.ok("verify", "--read-data")
+    assert "repository ok: 1 set" in stack.ok("verify", "--read-data")
 
     srv = stack.restore_db(kept["id"], "--target-time", target_time)
     assert srv.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM markers") == "1,2,3,4,100"
