@@ -191,9 +191,61 @@ def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
-    check_target(args.target, args.overwrite)
-    request = pb.RestoreRequest(set=args.set, source=args.source or "", paths=[os.fsencode(p) for p in args.paths])
-    return _write_stream(conn.stub.Restore(request), args.target, args.overwrite, args.json, whole=not args.paths)
+    from cairn.client import restoring
+
+    if args.delete and not args.delta:
+        raise InvalidArgumentError("--delete only goes with --delta")
+    if args.delete and (args.include or args.exclude):
+        raise InvalidArgumentError("--delete removes what the set does not hold: it cannot be combined with "
+                                   "--include or --exclude")
+    if args.dry_run and args.verify:
+        raise InvalidArgumentError("--dry-run writes nothing, so there is nothing to --verify")
+    if args.db_target and not args.databases:
+        raise InvalidArgumentError("--db-target only goes with --databases")
+    if not args.delta:
+        check_target(args.target, args.overwrite)
+    elif os.path.lexists(args.target) and not os.path.isdir(args.target):
+        raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
+    places: dict[str, str] = {}
+    if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
+        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
+        args.set = first.set.id
+        if args.databases:
+            names = restoring.databases_of(first.set)
+            if not names:
+                return fail(f"set '{render.short_id(args.set)}' holds no database", code=EXIT_NOT_FOUND)
+            places = restoring.database_targets(args.target, names, args.db_target)
+    if args.dry_run:
+        if args.delta:
+            code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
+        else:
+            code = restoring.dry_run_listing(conn, args, out, render, to_record)
+        for name, where in places.items():
+            out(f"would lay down database '{name}' in {where} (ready for recovery)")
+        return code
+    if args.delta:
+        code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
+    else:
+        code = _write_stream(conn.stub.Restore(restoring.restore_request(args)), args.target, args.overwrite,
+                             args.json, whole=not args.paths and not args.include and not args.exclude)
+    if code == EXIT_OK and args.verify:
+        code = restoring.verify_target(conn, args, out, render, to_record)
+    if code != EXIT_OK or not places:
+        return code
+    for name, where in places.items():
+        request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
+                                      target_path=os.fsencode(where))
+        code = _write_stream(conn.stub.RestoreDb(request), where, False, args.json, whole=True)
+        if code != EXIT_OK:
+            return fail(f"database '{name}' could not be laid down in {where}")
+        own_data_directory(where)
+    if not args.json:
+        out("start in this order:")
+        for i, (name, where) in enumerate(places.items(), 1):
+            out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
+                "start); it replays WAL from the archive through cairn wal-fetch, then promotes")
+        out(f"  {len(places) + 1}. the application, on {args.target}, once the databases accept connections")
+    return EXIT_OK
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
@@ -369,6 +421,8 @@ def to_record(r: pb.RestoreRecord) -> Record:
             link_to=e.link_to,
             rdev=e.rdev,
             sparse=e.sparse,
+            chunks=tuple(e.chunks),
+            chunk_sizes=tuple(e.chunk_sizes),
         )
     if kind == "hole":
         return Hole(r.hole)
@@ -520,6 +574,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="DIR", help="where to write (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--include", action="append", metavar="P",
+                   help="restore only paths matching this gitignore-style pattern (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="P", help="skip paths matching this pattern (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be written; write nothing")
+    p.add_argument("--delta", action="store_true",
+                   help="restore over an existing tree: read it, write only what differs from the set")
+    p.add_argument("--delete", action="store_true", help="with --delta: remove entries the set does not hold")
+    p.add_argument("--verify", action="store_true",
+                   help="afterwards re-read what was restored and check it against the set (content hashes)")
+    p.add_argument("--databases", action="store_true",
+                   help="also lay down each database of the set, ready for recovery (beside the target)")
+    p.add_argument("--db-target", action="append", metavar="NAME=DIR",
+                   help="with --databases: put database NAME in DIR (default <TARGET>-db-<NAME>)")
 
     p = command("restore-db", cmd_restore_db, "prepare a PostgreSQL data directory from a set")
     p.add_argument("set", metavar="SET")

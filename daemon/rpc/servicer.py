@@ -177,8 +177,20 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         paths = [os.fsdecode(p) for p in request.paths]
-        s, records = self.service.restore_stream(request.set, request.source, paths)
+        s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
+                                                 tuple(request.exclude), request.manifest)
         yield from restore_batches(set_info(s), records)
+
+    @rpc
+    def RestoreChunks(self, request: pb.RestoreChunksRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.RestoreChunksReply]:
+        chunks = self.service.restore_chunks(request.set, request.source, list(request.ids))
+        try:
+            for i, data in enumerate(chunks):
+                for start in range(0, max(len(data), 1), DATA_PIECE):
+                    yield pb.RestoreChunksReply(index=i, data=data[start : start + DATA_PIECE])
+        finally:
+            chunks.close()
 
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
@@ -434,9 +446,12 @@ def _add_record(batch: pb.RestoreBatch, rec: Record) -> int:
                 link_to=rec.link_to,
                 rdev=rec.rdev,
                 sparse=rec.sparse,
+                chunks=rec.chunks,
+                chunk_sizes=rec.chunk_sizes,
             )
         )
-        return 64 + len(rec.path) + len(rec.target) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
+        extra = 40 * len(rec.chunks) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
+        return 64 + len(rec.path) + len(rec.target) + extra
     if isinstance(rec, Hole):
         batch.records.add(hole=rec.length)
         return 12

@@ -317,14 +317,20 @@ class DiffReply(_message.Message):
     def __init__(self, a: _Optional[_Union[SetInfo, _Mapping]] = ..., b: _Optional[_Union[SetInfo, _Mapping]] = ..., added: _Optional[_Iterable[bytes]] = ..., modified: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("set", "source", "paths")
+    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    manifest: bool
+    include: _containers.RepeatedScalarFieldContainer[str]
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path")
@@ -351,7 +357,7 @@ class Xattr(_message.Message):
     def __init__(self, name: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class EntryMeta(_message.Message):
-    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse")
+    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse", "chunks", "chunk_sizes")
     PATH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +370,8 @@ class EntryMeta(_message.Message):
     LINK_TO_FIELD_NUMBER: _ClassVar[int]
     RDEV_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZES_FIELD_NUMBER: _ClassVar[int]
     path: bytes
     kind: str
     mode: int
@@ -376,7 +384,9 @@ class EntryMeta(_message.Message):
     link_to: bytes
     rdev: int
     sparse: bool
-    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ...) -> None: ...
+    chunks: _containers.RepeatedScalarFieldContainer[bytes]
+    chunk_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ..., chunks: _Optional[_Iterable[bytes]] = ..., chunk_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RestoreRecord(_message.Message):
     __slots__ = ("entry", "data", "hole", "failed")
@@ -501,3 +511,21 @@ class WalFetchReply(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class RestoreChunksRequest(_message.Message):
+    __slots__ = ("set", "source", "ids")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RestoreChunksReply(_message.Message):
+    __slots__ = ("index", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
