@@ -207,6 +207,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
     places: dict[str, str] = {}
+    files_report: dict[str, Any] = {}
     if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
         first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
         args.set = first.set.id
@@ -227,19 +228,26 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
     else:
         code = _write_stream(conn.stub.Restore(restoring.restore_request(args)), args.target, args.overwrite,
-                             args.json, whole=not args.paths and not args.include and not args.exclude)
+                             args.json, whole=not args.paths and not args.include and not args.exclude,
+                             report=files_report if places and args.json else None)
     if code == EXIT_OK and args.verify:
         code = restoring.verify_target(conn, args, out, render, to_record)
     if code != EXIT_OK or not places:
         return code
+    dbs = []
     for name, where in places.items():
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
                                       target_path=os.fsencode(where))
-        code = _write_stream(conn.stub.RestoreDb(request), where, False, args.json, whole=True)
+        doc: dict[str, Any] = {}
+        code = _write_stream(conn.stub.RestoreDb(request), where, False, args.json, whole=True, report=doc)
         if code != EXIT_OK:
             return fail(f"database '{name}' could not be laid down in {where}")
         own_data_directory(where)
-    if not args.json:
+        dbs.append(dict(doc, name=name, start=f"pg_ctl -D {where} start"))
+    if args.json:
+        out(render.dumps(dict(files_report, databases=dbs,
+                              start_order=[f"database {d['name']}" for d in dbs] + ["application"])))
+    else:
         out("start in this order:")
         for i, (name, where) in enumerate(places.items(), 1):
             out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
@@ -465,8 +473,10 @@ def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:
                 q.get_nowait()
 
 
-def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool) -> int:
-    """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written."""
+def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool,
+                  report: dict[str, Any] | None = None) -> int:
+    """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written
+    (into `report` instead of stdout when one is given, for --json)."""
     from cairn.fsio.writer import TreeWriter  # only restores write trees: wal-push stays light
 
     writer: TreeWriter | None = None
@@ -499,19 +509,19 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
         print(f"cairn: warning: {problem}", file=sys.stderr)
     set_id = set_info.id if set_info is not None else ""
     if json_output:
-        out(
-            render.dumps(
-                {
-                    "set": set_id or None,
-                    "target": os.path.abspath(target),
-                    "files": stats.files,
-                    "dirs": stats.dirs,
-                    "links": stats.links,
-                    "bytes": stats.bytes,
-                    "errors": list(stats.errors),
-                }
-            )
-        )
+        doc = {
+            "set": set_id or None,
+            "target": os.path.abspath(target),
+            "files": stats.files,
+            "dirs": stats.dirs,
+            "links": stats.links,
+            "bytes": stats.bytes,
+            "errors": list(stats.errors),
+        }
+        if report is not None:
+            report.update(doc)
+        else:
+            out(render.dumps(doc))
     else:
         out(
             f"restored set {render.short_id(set_id)} into {target}: {stats.files} files, {stats.dirs} dirs, "
