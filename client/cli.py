@@ -378,6 +378,36 @@ def answered_locally(name: str, dest: str) -> bool:
 
 
 def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
+    """Fetch one WAL file; for a segment, keep the next ones coming into the spool (walfetch)."""
+    _fetch_direct(conn, args)
+    from cairn.client import walfetch
+
+    if args.prefetch > 0 and walfetch.is_segment(args.name):
+        try:
+            walfetch.note_request(args.name, args.dest, os.path.getsize(args.dest))
+            walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+        except OSError as exc:  # prefetch is an optimisation: recovery goes on without it
+            print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
+    from cairn.client import walfetch
+
+    return walfetch.run_prefetcher(args.spool, args.count, walfetch.grpc_fetcher(conn, pb, grpc))
+
+
+def _global_args(args: argparse.Namespace) -> list[str]:
+    """The connection options of this command, for a child command (the token goes by environment)."""
+    out: list[str] = []
+    for opt, value in (("--socket", args.socket), ("--address", args.address), ("--tls-ca", args.tls_ca),
+                       ("--tls-server-name", args.tls_server_name), ("--token-file", args.token_file)):
+        if value:
+            out += [opt, os.path.abspath(value) if opt in ("--socket", "--tls-ca", "--token-file") else value]
+    return out
+
+
+def _fetch_direct(conn: Connection, args: argparse.Namespace) -> None:
     tmp = f"{args.dest}.cairn-tmp"
     try:
         with open(tmp, "wb") as f:
@@ -391,7 +421,6 @@ def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return EXIT_OK
 
 
 # ---- restore writing ----
@@ -624,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("wal-fetch", cmd_wal_fetch, "fetch a WAL segment (restore_command = 'cairn wal-fetch %%f %%p')")
     p.add_argument("name", metavar="NAME")
     p.add_argument("dest", metavar="DEST")
+    p.add_argument("--prefetch", type=_count, default=8, metavar="N",
+                   help="keep the next N segments coming in the background (default 8; 0: off)")
+
+    p = command("wal-prefetch", cmd_wal_prefetch, "the background prefetcher wal-fetch starts (not for people)")
+    p.add_argument("spool", metavar="SPOOL")
+    p.add_argument("--count", type=_count, default=8, metavar="N")
     return parser
 
 
@@ -650,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         where = "never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
         print(f"cairn: {args.name} {where}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    if args.command == "wal-fetch" and args.prefetch > 0 and _from_spool(args):
+        return EXIT_OK
     from cairn.client.connection import Connection, resolve_endpoint
 
     endpoint: Endpoint | None = None
@@ -672,6 +709,24 @@ def main(argv: list[str] | None = None) -> int:
         return fail("interrupted", code=130)
     except BrokenPipeError:
         return EXIT_FAILURE
+
+
+def _from_spool(args: argparse.Namespace) -> bool:
+    """wal-fetch answered from the prefetch spool (no daemon round trip, no grpc import)."""
+    from cairn.client import walfetch
+
+    if not walfetch.is_segment(args.name):
+        return False
+    try:
+        if not walfetch.take(args.name, args.dest):
+            return False
+    except OSError:
+        return False
+    try:
+        walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+    except OSError as exc:  # the segment is in place; prefetch is an optimisation
+        print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
+    return True
 
 
 def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
