@@ -52,6 +52,7 @@ WAL_PIECE = 1 << 20
 LEVELS = ("full", "differential", "incremental")
 
 WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
+OWN_POINT = "cairn-restore-db.own-point"  # beside WAL_MARKER: recovery stops inside the placed WAL
 NO_HISTORY = "00000001.history"
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
@@ -364,7 +365,8 @@ def answered_locally(name: str, dest: str) -> bool:
     restore-db lists the WAL files it placed in pg_wal/ in WAL_MARKER there; those copies are
     the archived files, so recovery may read them from pg_wal/, where PostgreSQL looks once
     restore_command fails. And timeline 1 never has a history file (PostgreSQL asks for it
-    anyway when it promotes from timeline 1).
+    anyway when it promotes from timeline 1). When pg_wal/ holds OWN_POINT, a segment after
+    the last one placed (same timeline) is never needed: recovery stops before it.
     """
     if name == NO_HISTORY:
         return True
@@ -374,6 +376,10 @@ def answered_locally(name: str, dest: str) -> bool:
             placed = f.read().split()
     except (OSError, ValueError):
         return False
+    segments = [n for n in placed if len(n) == 24]
+    if segments and len(name) == 24 and name[:8] == segments[-1][:8] and name > segments[-1] \
+            and os.path.exists(os.path.join(wal_dir, OWN_POINT)):
+        return True  # recovery stops at the set's own point, inside the placed WAL
     return name in placed and os.path.isfile(os.path.join(wal_dir, name))
 
 
@@ -682,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given")
     if args.command == "wal-fetch" and answered_locally(args.name, args.dest):
         # exit status 3, not fetched: nothing to fetch, or recovery reads the copy in pg_wal/
-        where = "never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
+        where = ("never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
+                 if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(args.dest)), args.name))
+                 else "is past the set's own point, where this recovery stops")
         print(f"cairn: {args.name} {where}", file=sys.stderr)
         return EXIT_NOT_FOUND
     if args.command == "wal-fetch" and args.prefetch > 0 and _from_spool(args):

@@ -16,7 +16,12 @@ stream, together with WAL_MARKER listing those names. PostgreSQL asks restore_co
 file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name the marker lists
 and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
 recovery to the set's own point needs no round trip to the daemon. Later WAL (a time or LSN
-beyond the set) still comes from the archive.
+beyond the set) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
+recovery then stops within the placed WAL, so wal-fetch answers at once for any later segment
+(PostgreSQL reads ahead one segment) instead of asking the daemon; history files still come from
+the archive (a new timeline must not collide with one archived there). recovery_end_command
+removes OWN_POINT when recovery ends, so a later recovery of the same directory (a standby made
+from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced; errors are
 NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
@@ -42,6 +47,7 @@ from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
 WAL_MARKER = "cairn-restore-db.wal"  # in pg_wal/: the WAL files restore-db placed there, one a line
+OWN_POINT = "cairn-restore-db.own-point"  # in pg_wal/: recovery stops at the set's consistent point
 
 
 def cairn_executable() -> str:
@@ -120,8 +126,10 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     spcmapfile = base64.b64decode(rec.get("spcmapfile") or "")
     main = recovery_stream(repo.restore_stream(s, attachment=rec["attachment"]), labelfile, spcmapfile,
                            restore_command(socket_path), target_time or None, target_lsn or None,
-                           tablespace_remap=remap)
-    return _chain(main, repo, s, spaces, consistency_wal(repo, rec))
+                           tablespace_remap=remap,
+                           extra_settings=None if (target_time or target_lsn) else
+                           {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
+    return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn))
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
@@ -157,13 +165,13 @@ def _segno(name: str, per_xlogid: int) -> int:
 
 
 def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[dict[str, Any]],
-           wal: list[str]) -> Iterator[Record]:
+           wal: list[str], own_point: bool = False) -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
         if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
             owner = (r.uid, r.gid)
         yield r
-    yield from _placed_wal(repo, wal, owner)
+    yield from _placed_wal(repo, wal, owner, own_point)
     if not spaces:
         return
     top = TABLESPACE_DIR.encode()
@@ -180,8 +188,11 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
             yield r
 
 
-def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int]) -> Iterator[Record]:
-    """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them."""
+def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
+                own_point: bool = False) -> Iterator[Record]:
+    """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them (and,
+    when recovery stops at the set's own point, the empty file OWN_POINT: no later segment is
+    ever needed)."""
     if not names:
         return
     for name in names:
@@ -193,3 +204,6 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int]) -> I
     yield EntryMeta(path=b"pg_wal/" + WAL_MARKER.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
                     mtime_ns=time.time_ns(), size=len(listing))
     yield Data(listing)
+    if own_point:
+        yield EntryMeta(path=b"pg_wal/" + OWN_POINT.encode(), kind="file", mode=0o600, uid=owner[0],
+                        gid=owner[1], mtime_ns=time.time_ns(), size=0)

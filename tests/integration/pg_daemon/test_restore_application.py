@@ -63,10 +63,19 @@ def test_restore_files_and_database_with_one_command(stack: Stack) -> None:
     assert "verified" in out
     assert tree(str(target)) == captured_files
 
+    # recovery stops at the set's own point: a segment after the placed WAL is answered at once
+    placed = (dbdir / "pg_wal" / "cairn-restore-db.wal").read_text().split()
+    last = placed[-1]
+    after = f"{last[:16]}{int(last[16:], 16) + 1:08X}"
+    r = stack.cli("wal-fetch", after, str(dbdir / "pg_wal" / "RECOVERYXLOG"))
+    assert r.returncode == 3 and "own point" in r.stderr
+    assert (dbdir / "pg_wal" / "cairn-restore-db.own-point").exists()
+
     srv = ArchivingServer(pgdata=dbdir)
     stack.restored.append(srv)
     srv.start(timeout=120)
     srv.wait_promoted()
+    assert not (dbdir / "pg_wal" / "cairn-restore-db.own-point").exists()  # recovery_end_command
     assert srv.psql("SELECT string_agg(id || ':' || path || ':' || digest, ',' ORDER BY id) FROM docs") == \
         captured_rows
     # every row's file is there with the content the row describes
