@@ -194,8 +194,8 @@ def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
 def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import restoring
 
-    if args.delete and not args.delta:
-        raise InvalidArgumentError("--delete only goes with --delta")
+    if (args.delete or args.quick) and not args.delta:
+        raise InvalidArgumentError(f"{'--delete' if args.delete else '--quick'} only goes with --delta")
     if args.delete and (args.include or args.exclude):
         raise InvalidArgumentError("--delete removes what the set does not hold: it cannot be combined with "
                                    "--include or --exclude")
@@ -626,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", action="store_true",
                    help="restore over an existing tree: read it, write only what differs from the set")
     p.add_argument("--delete", action="store_true", help="with --delta: remove entries the set does not hold")
+    p.add_argument("--quick", action="store_true",
+                   help="with --delta: take files whose size and mtime match the set as unchanged (not read)")
     p.add_argument("--verify", action="store_true",
                    help="afterwards re-read what was restored and check it against the set (content hashes)")
     p.add_argument("--databases", action="store_true",

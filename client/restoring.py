@@ -7,7 +7,9 @@ host too).
   differences from the target) and writes nothing.
 - --delta compares the target with the manifest (cairn.fsio.delta: each chunk's byte range is
   hashed), fetches only the chunks that differ (RestoreChunks), writes them in place, fixes
-  metadata and, with --delete, removes what the set does not hold. Its cost is what differs.
+  metadata and, with --delete, removes what the set does not hold. Its cost is what differs
+  plus reading the tree once; with --quick, files whose size and mtime match the set are not
+  read (rsync's quick check).
 - --verify re-reads what was restored and compares content hashes and metadata with a fresh
   manifest; any difference is printed and the command fails (exit 1).
 - --databases lays down each database of the set (its attachments 'db:NAME') as a data
@@ -88,7 +90,7 @@ def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     """--delta (and --delta --dry-run). Returns (exit code, set id)."""
     set_info, entries, problems = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
-    p = plan(args.target, entries, extras_under=extras_roots(args))
+    p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick)
     problems += p.errors
     if args.dry_run:
         return _report_dry_run(p, args, out, render, set_id, problems), set_id

@@ -191,9 +191,11 @@ def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
 
 
 def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | None = None,
-         extras_under: list[bytes] | None = None, workers: int = HASH_WORKERS) -> DeltaPlan:
+         extras_under: list[bytes] | None = None, workers: int = HASH_WORKERS, quick: bool = False) -> DeltaPlan:
     """Compare `target` with `manifest` (read only). Extras are looked for below each path of
-    `extras_under` (b"" is the whole target); None: extras are not looked for."""
+    `extras_under` (b"" is the whole target); None: extras are not looked for. With `quick` a
+    regular file whose size and mtime equal the set's is taken as unchanged without reading
+    it (rsync's quick check; a change that keeps both is then missed)."""
     root = os.path.abspath(os.fsencode(target))
     own = os.geteuid() == 0 if owner is None else owner
     t = _Target(root, own)
@@ -224,6 +226,9 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             out.checked_bytes += m.size
             if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink > links.get(m.path, 1):
                 out.files.append(FilePlan(m, fresh=True, writes=_all_chunks(m), resize=True, fix_meta=True))
+            elif quick and st.st_size == m.size and st.st_mtime_ns == m.mtime_ns:
+                if not _meta_same(st, m, own, t.abs(m.path)):
+                    out.files.append(FilePlan(m, fresh=False, fix_meta=True))
             else:
                 hashing.append((m, st))
             continue

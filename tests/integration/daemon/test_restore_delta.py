@@ -214,3 +214,24 @@ def test_bad_restore_options_are_usage_errors(daemon_with_set, rundir: str) -> N
         assert r.stderr.startswith("cairn: error:") and not os.path.exists(target)
     r = d.cli("restore", set_id, "--target", target, "--databases")
     assert r.returncode == 3 and "holds no database" in r.stderr
+
+
+def test_quick_check_trusts_size_and_mtime_and_the_default_reads_content(daemon_with_set, rundir: str) -> None:
+    d, set_id, _, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    sneaky = os.path.join(target, "docs", "n07.txt")  # same size and mtime, other content
+    st = os.stat(sneaky)
+    with open(sneaky, "r+b") as f:
+        f.write(b"#")
+    os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
+    touched = os.path.join(target, "docs", "n08.txt")  # content and mtime changed
+    with open(touched, "r+b") as f:
+        f.write(b"#")
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--quick"))
+    assert r["files_written"] == 1  # n08 only: the quick check does not read n07
+    assert snapshot(target)["docs/n08.txt"] == want["docs/n08.txt"]
+    assert snapshot(target)["docs/n07.txt"] != want["docs/n07.txt"]
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
+    assert r["files_written"] == 1 and snapshot(target) == want
+    assert d.cli("restore", set_id, "--target", target, "--quick").returncode == 2
