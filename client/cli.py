@@ -240,7 +240,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
                                       target_path=os.fsencode(where))
         doc: dict[str, Any] = {}
-        code = _write_stream(conn.stub.RestoreDb(request), where, False, args.json, whole=True, report=doc)
+        code = restore_db_into(conn, request, where, args.json, report=doc)
         if code != EXIT_OK:
             return fail(f"database '{name}' could not be laid down in {where}")
         own_data_directory(where)
@@ -267,10 +267,60 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_lsn=args.target_lsn or "",
         target_path=os.fsencode(os.path.abspath(args.target)),
     )
-    code = _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
+    code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
         own_data_directory(args.target)
     return code
+
+
+def restore_db_into(conn: Connection, request: Any, target: str, json_output: bool,
+                    report: dict[str, Any] | None = None, local: bool = True) -> int:
+    """RestoreDb into `target`. Over a Unix socket the daemon is first asked to write the data
+    directory itself (no data crosses gRPC; see restoredb.write_local): the client proves the
+    empty target is its own with a claim file. If the daemon refuses, the stream is written here."""
+    if local and conn.endpoint.socket:
+        import secrets
+
+        nonce = secrets.token_hex(16)
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        claim = os.path.join(target, f".cairn-claim-{nonce}")
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, nonce.encode())
+        finally:
+            os.close(fd)
+        request.local_claim = nonce
+        try:
+            batches = list(conn.stub.RestoreDb(request))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "local write" not in (exc.details() or ""):
+                raise
+            batches = []
+        finally:
+            request.local_claim = ""
+            if os.path.lexists(claim):
+                os.unlink(claim)
+        if batches and batches[0].HasField("local"):
+            return _local_report(batches[0], target, json_output, report)
+    return _write_stream(conn.stub.RestoreDb(request), target, False, json_output, whole=True, report=report)
+
+
+def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
+    st = batch.local
+    for problem in st.errors:
+        print(f"cairn: warning: {problem}", file=sys.stderr)
+    doc = {"set": batch.set.id or None, "target": os.path.abspath(target), "files": st.files, "dirs": st.dirs,
+           "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "written_by": "daemon"}
+    if json_output and report is not None:
+        report.update(doc)
+    elif json_output:
+        out(render.dumps(doc))
+    else:
+        out(f"restored set {render.short_id(batch.set.id)} into {target}: {st.files} files, {st.dirs} dirs, "
+            f"{st.links} links, {render.human_bytes(st.bytes)} (written by the daemon on this host)")
+    if st.errors:
+        return fail(f"{len(st.errors)} entries could not be restored (see the warnings above)")
+    return EXIT_OK
 
 
 def own_data_directory(target: str) -> None:
@@ -643,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--stream", action="store_true",
+                   help="always stream the data to this client (default: a daemon on this host writes it)")
 
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
     p.add_argument("--set", metavar="SET", help="check only this set")

@@ -25,14 +25,23 @@ from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced; errors are
 NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
+
+Local restores (`write_local`): when the client runs on the daemon's host it may ask the daemon
+to write the data directory itself, so the data never crosses gRPC. The client proves the
+target is its own: the target directory holds exactly one file, `.cairn-claim-<nonce>` with
+the nonce as content, made by root or by the daemon's own user (so the daemon never writes
+anywhere on behalf of a less privileged user). Anything else is refused with
+FailedPreconditionError "local write ..." before anything is written, and the client streams.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import shlex
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -41,7 +50,8 @@ from typing import Any
 
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.fsio.records import Data, EntryMeta, Record
-from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.fsio.writer import TreeWriter, WriteStats
+from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
 
@@ -207,3 +217,58 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
     if own_point:
         yield EntryMeta(path=b"pg_wal/" + OWN_POINT.encode(), kind="file", mode=0o600, uid=owner[0],
                         gid=owner[1], mtime_ns=time.time_ns(), size=0)
+
+
+CLAIM_PREFIX = ".cairn-claim-"
+_NONCE = re.compile(r"^[0-9a-f]{32,128}$")
+
+
+def check_claim(target_path: str, nonce: str) -> str:
+    """The claim file of a local restore, checked (module docstring); FailedPreconditionError."""
+    def refuse(why: str) -> FailedPreconditionError:
+        return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
+
+    if not _NONCE.match(nonce or ""):
+        raise refuse("malformed claim")
+    if not os.path.isabs(target_path):
+        raise refuse("not an absolute path")
+    try:
+        st = os.lstat(target_path)
+        names = os.listdir(target_path)
+    except OSError as exc:
+        raise refuse(exc.strerror or "not reachable from the daemon") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("not a directory")
+    claim = CLAIM_PREFIX + nonce
+    if names != [claim]:
+        raise refuse("the directory must hold only the client's claim file")
+    path = os.path.join(target_path, claim)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(exc.strerror or "claim unreadable") from None
+    try:
+        cst = os.fstat(fd)
+        content = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(cst.st_mode) or content != nonce.encode():
+        raise refuse("claim does not match")
+    if cst.st_uid not in (0, os.geteuid()) or st.st_uid not in (0, os.geteuid()):
+        raise refuse("the client is neither root nor the daemon's user")
+    return path
+
+
+def write_local(records: Iterator[Record], target_path: str, nonce: str) -> WriteStats:
+    """Write a restore-db stream into the client's target directory (after check_claim)."""
+    claim = check_claim(target_path, nonce)
+    os.unlink(claim)
+    writer = TreeWriter(target_path, overwrite=False)
+    try:
+        for rec in records:
+            writer.apply(rec)
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    return writer.finish()

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from cairn.daemon import restoredb
 from cairn.daemon.jobs import BackupJob
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.service import CairnService, set_status
@@ -194,10 +195,17 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.local_claim:
+            restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim)
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path),
         )
+        if request.local_claim:
+            st = restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim)
+            yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
+                files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
+            return
         yield from restore_batches(set_info(s), records)
 
     @rpc

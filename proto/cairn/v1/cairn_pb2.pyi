@@ -333,20 +333,22 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "local_claim")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
     TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
     target_time: str
     target_lsn: str
     target_path: bytes
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
+    local_claim: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., local_claim: _Optional[str] = ...) -> None: ...
 
 class Xattr(_message.Message):
     __slots__ = ("name", "value")
@@ -401,12 +403,28 @@ class RestoreRecord(_message.Message):
     def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
-    __slots__ = ("set", "records")
+    __slots__ = ("set", "records", "local")
     SET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ...) -> None: ...
+    local: LocalWriteResult
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ...) -> None: ...
+
+class LocalWriteResult(_message.Message):
+    __slots__ = ("files", "dirs", "links", "bytes", "errors")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    DIRS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    dirs: int
+    links: int
+    bytes: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckProblem(_message.Message):
     __slots__ = ("message", "object_id", "sets", "paths")

@@ -102,6 +102,22 @@ def test_databases_at_a_chosen_place_and_refusals(stack: Stack) -> None:
     assert (place / "PG_VERSION").is_file() and (place / "recovery.signal").is_file()
     doc = json.loads(out)
     assert doc["target"] == str(target) and doc["files"] >= 20
+    assert doc["databases"][0]["written_by"] == "daemon"  # same host: the daemon wrote it
     assert [d["target"] for d in doc["databases"]] == [str(place)]
     assert doc["start_order"] == ["database appdb", "application"]
     assert (holder / "files-db-appdb" / "keep").read_text() == "mine"
+
+
+def test_restore_db_written_by_the_daemon_equals_the_streamed_one(stack: Stack) -> None:
+    s = stack.sets("app")[-1]
+    holder = make_pg_dir("cairn-app-target3-")
+    stack.holders.append(holder)
+    local, streamed = holder / "local", holder / "streamed"
+    out = stack.ok("restore-db", s["id"], "--database", "appdb", "--target", str(local), timeout=300)
+    assert "written by the daemon" in out
+    out = stack.ok("restore-db", s["id"], "--database", "appdb", "--target", str(streamed), "--stream", timeout=300)
+    assert "written by the daemon" not in out
+    a, b = tree(str(local)), tree(str(streamed))
+    assert set(a) == set(b) and all(a[k] == b[k] for k in a)
+    assert oct(os.stat(local).st_mode & 0o777) == oct(os.stat(streamed).st_mode & 0o777) == "0o700"
+    assert os.stat(local / "PG_VERSION").st_uid == os.stat(streamed / "PG_VERSION").st_uid
