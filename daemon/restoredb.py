@@ -262,7 +262,11 @@ def check_claim(target_path: str, nonce: str) -> str:
 def write_local(records: Iterator[Record], target_path: str, nonce: str) -> WriteStats:
     """Write a restore-db stream into the client's target directory (after check_claim)."""
     claim = check_claim(target_path, nonce)
-    os.unlink(claim)
+    try:
+        os.unlink(claim)  # the first write: a daemon that may not write there (a sandbox) stops here
+    except OSError as exc:
+        raise FailedPreconditionError(
+            f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
     writer = TreeWriter(target_path, overwrite=False)
     try:
         for rec in records:

@@ -60,3 +60,14 @@ def test_a_claim_by_a_less_privileged_user_is_refused(tmp_path) -> None:
     with pytest.raises(FailedPreconditionError, match="neither root nor"):
         restoredb.check_claim(d, NONCE)
     assert os.listdir(d) == [f".cairn-claim-{NONCE}"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_target_the_daemon_cannot_write_is_refused_before_writing(tmp_path) -> None:
+    d = claim_dir(tmp_path)
+    os.chmod(d, 0o500)
+    try:
+        with pytest.raises(FailedPreconditionError, match="cannot write there"):
+            restoredb.write_local(iter([]), d, NONCE)
+    finally:
+        os.chmod(d, 0o700)
