@@ -164,8 +164,12 @@ def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
         print(f"cairn: error: verify failed: {len(diffs)} entries of {args.target} differ from set "
               f"{render.short_id(set_info.id if set_info else '')}", file=sys.stderr)
         return 1
-    out(f"verified {args.target}: {p.checked_files} files, {render.human_bytes(p.checked_bytes)} re-read, "
-        "content hashes and metadata match the set")
+    if args.json:
+        out(render.dumps({"verified": True, "target": os.path.abspath(args.target), "files": p.checked_files,
+                          "bytes": p.checked_bytes}))
+    else:
+        out(f"verified {args.target}: {p.checked_files} files, {render.human_bytes(p.checked_bytes)} re-read, "
+            "content hashes and metadata match the set")
     return 0
 
 

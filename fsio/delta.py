@@ -432,7 +432,8 @@ class DeltaWriter:
             raise OSError(20, f"refusing to write through '{os.fsdecode(rel.rpartition(b'/')[0])}': not a directory")
 
     def _remove(self, rel: bytes) -> None:
-        self._parent(rel)
+        if not self.t.parent_real(rel):
+            return  # below a non-directory (replaced meanwhile) or a link: nothing of ours is there
         p = self.t.abs(rel)
         try:
             st = os.lstat(p)

@@ -152,7 +152,9 @@ def test_delta_restore_fixes_kinds_and_an_emptied_target(daemon_with_set, rundir
         f.write(b"in the way")
     shutil.rmtree(os.path.join(target, "cache"))
     os.symlink("/", os.path.join(target, "cache"))  # must never be written through
-    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
+    with open(os.path.join(p, "inner", "x"), "wb") as f:  # extras below what is replaced
+        f.write(b"x")
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete"))
     assert r["errors"] == []
     assert snapshot(target) == want
     assert stat.S_ISDIR(os.lstat(os.path.join(target, "cache")).st_mode)
