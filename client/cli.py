@@ -54,6 +54,7 @@ LEVELS = ("full", "differential", "incremental")
 WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
 OWN_POINT = "cairn-restore-db.own-point"  # beside WAL_MARKER: recovery stops inside the placed WAL
 NO_HISTORY = "00000001.history"
+SPOOL_WAIT = 10.0  # seconds wal-fetch waits for a segment the prefetcher is fetching right now
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
 _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
@@ -780,7 +781,7 @@ def _from_spool(args: argparse.Namespace) -> bool:
     if not walfetch.is_segment(args.name):
         return False
     try:
-        if not walfetch.take(args.name, args.dest):
+        if not walfetch.take(args.name, args.dest, wait=SPOOL_WAIT):
             return False
     except OSError:
         return False

@@ -5,7 +5,8 @@ S, `cairn wal-fetch` also makes sure a prefetcher runs: one background process p
 keeps the next `--prefetch` segments after the latest one asked for (same timeline) in
 `pg_wal/cairn-prefetch/`, fetching several at once over one channel. A later `wal-fetch` whose
 segment is in the spool moves it into place with a rename and never talks to the daemon (nor
-imports grpc).
+imports grpc); the restore_command restore-db writes tries a plain `mv` from the spool even
+before starting the client. The prefetcher notices segments taken from the spool either way.
 
 What always holds:
 - the spool is bounded: it holds at most `count` segments, those right after the latest one
@@ -73,17 +74,26 @@ def _read_wanted(spool: str) -> tuple[str, int] | None:
         return None
 
 
-def take(name: str, dest: str) -> bool:
-    """Move spooled segment `name` to `dest`; False when the spool does not hold it."""
+def take(name: str, dest: str, wait: float = 0.0) -> bool:
+    """Move spooled segment `name` to `dest`; False when the spool does not hold it. With
+    `wait`, a segment the prefetcher is fetching right now is waited for (up to that long)."""
     spool = spool_of(dest)
     src = os.path.join(spool, name)
+    end = time.monotonic() + wait
+    while True:
+        try:
+            size = os.stat(src).st_size
+            break
+        except FileNotFoundError:
+            if time.monotonic() >= end or not os.path.exists(os.path.join(spool, f".{name}.tmp")):
+                return False
+            time.sleep(POLL_SECONDS)
+    with contextlib.suppress(OSError):  # first, so the prefetcher never fetches `name` again
+        _write_wanted(spool, name, size)
     try:
-        size = os.stat(src).st_size
         os.replace(src, dest)
     except FileNotFoundError:
         return False
-    with contextlib.suppress(OSError):
-        _write_wanted(spool, name, size)
     return True
 
 
@@ -137,9 +147,18 @@ def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float
     last_change = time.monotonic()
     seen: tuple[str, int] | None = None
     exhausted: str | None = None  # the first name the archive lacked, for the current window
+    placed: set[str] = set()  # segments this prefetcher put in the spool
     with ThreadPoolExecutor(PARALLEL, thread_name_prefix="wal-prefetch") as pool:
         while True:
             wanted = _read_wanted(spool)
+            # a placed segment that is gone was taken (also by restore_command's own `mv`): the
+            # window moves past the newest one taken
+            taken = sorted(n for n in placed if not os.path.exists(os.path.join(spool, n)))
+            placed.difference_update(taken)
+            if taken and wanted is not None and taken[-1][:8] == wanted[0][:8] and taken[-1] > wanted[0]:
+                wanted = (taken[-1], wanted[1])
+                with contextlib.suppress(OSError):
+                    _write_wanted(spool, *wanted)
             if wanted != seen:
                 seen, last_change, exhausted = wanted, time.monotonic(), None
             if seen is None or time.monotonic() - last_change > idle:
@@ -154,6 +173,7 @@ def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float
             if missing:
                 size = seen[1]
                 results = list(pool.map(lambda n, size=size: _fetch_one(spool, n, size, fetch), missing))
+                placed.update(n for n, ok in zip(missing, results, strict=True) if ok)
                 lacking = [n for n, ok in zip(missing, results, strict=True) if not ok]
                 if lacking:
                     exhausted = min(lacking)

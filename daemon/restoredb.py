@@ -78,6 +78,12 @@ def restore_command(socket_path: str, executable: str | None = None) -> str:
     return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch %f %p"
 
 
+def prefetching_restore_command(socket_path: str, executable: str | None = None) -> str:
+    """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
+    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command)."""
+    return f"mv -f pg_wal/cairn-prefetch/%f %p 2>/dev/null || {restore_command(socket_path, executable)}"
+
+
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:
     """The set's extra['database'] record for `database`; NotFoundError if it holds none."""
     if not database:
@@ -135,7 +141,7 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     labelfile = base64.b64decode(rec["labelfile"])
     spcmapfile = base64.b64decode(rec.get("spcmapfile") or "")
     main = recovery_stream(repo.restore_stream(s, attachment=rec["attachment"]), labelfile, spcmapfile,
-                           restore_command(socket_path), target_time or None, target_lsn or None,
+                           prefetching_restore_command(socket_path), target_time or None, target_lsn or None,
                            tablespace_remap=remap,
                            extra_settings=None if (target_time or target_lsn) else
                            {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})

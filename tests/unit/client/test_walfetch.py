@@ -50,7 +50,10 @@ def test_loop_keeps_the_window_stops_at_the_end_and_cleans_up(tmp_path) -> None:
         time.sleep(0.01)
     assert walfetch.prefetcher_running(spool)
     for n in (2, 3, 4, 5):
-        assert walfetch.take(name(n), dest)
+        if n == 3:  # taken by restore_command's plain `mv`, which tells nobody: the window moves anyway
+            os.replace(os.path.join(spool, name(n)), dest)
+        else:
+            assert walfetch.take(name(n), dest)
         assert open(dest, "rb").read() == archive[name(n)]
         end = time.monotonic() + 10
         while True:
