@@ -85,7 +85,8 @@ def take(name: str, dest: str, wait: float = 0.0) -> bool:
             size = os.stat(src).st_size
             break
         except FileNotFoundError:
-            if time.monotonic() >= end or not os.path.exists(os.path.join(spool, f".{name}.tmp")):
+            if time.monotonic() >= end or not os.path.exists(os.path.join(spool, f".{name}.tmp")) \
+                    or not prefetcher_running(spool):  # a leftover of a killed prefetcher is no promise
                 return False
             time.sleep(POLL_SECONDS)
     with contextlib.suppress(OSError):  # first, so the prefetcher never fetches `name` again

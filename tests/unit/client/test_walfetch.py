@@ -67,3 +67,15 @@ def test_loop_keeps_the_window_stops_at_the_end_and_cleans_up(tmp_path) -> None:
     t.join(10)
     assert done.is_set() and not os.path.exists(spool)  # idle: the spool is gone
     assert len(fetched) == len(set(fetched))  # each segment fetched once
+
+
+def test_a_leftover_partial_file_is_not_waited_for(tmp_path) -> None:
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    dest = str(pg_wal / "RECOVERYXLOG")
+    walfetch.note_request(name(1), dest, SIZE)
+    spool = walfetch.spool_of(dest)
+    open(os.path.join(spool, f".{name(2)}.tmp"), "wb").close()  # a prefetcher killed mid-fetch
+    t0 = time.monotonic()
+    assert not walfetch.take(name(2), dest, wait=5.0)
+    assert time.monotonic() - t0 < 2.0
