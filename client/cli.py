@@ -14,6 +14,7 @@ without them (see cmd_wal_fetch).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import queue
@@ -283,6 +284,7 @@ def restore_db_into(conn: Connection, request: Any, target: str, json_output: bo
         import secrets
 
         nonce = secrets.token_hex(16)
+        created = not os.path.lexists(target)
         os.makedirs(target, mode=0o700, exist_ok=True)
         claim = os.path.join(target, f".cairn-claim-{nonce}")
         fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -295,6 +297,11 @@ def restore_db_into(conn: Connection, request: Any, target: str, json_output: bo
             batches = list(conn.stub.RestoreDb(request))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "local write" not in (exc.details() or ""):
+                if os.path.lexists(claim):
+                    os.unlink(claim)
+                if created:  # refused before anything was written: leave no trace
+                    with contextlib.suppress(OSError):
+                        os.rmdir(target)
                 raise
             batches = []
         finally:

@@ -97,6 +97,8 @@ def test_databases_at_a_chosen_place_and_refusals(stack: Stack) -> None:
     (holder / "files-db-appdb" / "keep").write_text("mine")
     r = stack.cli("restore", s["id"], "--target", str(target), "--databases")
     assert r.returncode == 1 and "not an empty directory" in r.stderr and not target.exists()
+    r = stack.cli("restore-db", s["id"], "--database", "nosuch", "--target", str(holder / "x"))
+    assert r.returncode == 3 and not (holder / "x").exists()  # refused: nothing left behind
     out = stack.ok("--json", "restore", s["id"], "--target", str(target), "--databases", "--db-target",
                    f"appdb={place}", timeout=300)
     assert (place / "PG_VERSION").is_file() and (place / "recovery.signal").is_file()
