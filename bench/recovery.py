@@ -1,11 +1,13 @@
 """Recovery benchmark: Cairn's restore-db + recovery against pgBackRest's restore + recovery, side
 by side in one run, to the set's own point and to a point in time >= --wal-gb of WAL later.
 
-    .venv/bin/python bench/recovery.py [--scale 50] [--wal-gb 1.0] [--keep]
+    .venv/bin/python bench/recovery.py [--scale 50] [--wal-gb 1.0] [--load-seconds 30] [--keep]
 
 One PostgreSQL 15 server (tests/pgserver.py) with a pgbench database archives every WAL segment
 to both Cairn (`cairn wal-push` into a real cairnd) and pgBackRest (`archive-push`). A Cairn
-full set and a pgBackRest full backup are taken one after the other. Then:
+full set and a pgBackRest full backup are taken one after the other; then, after
+--load-seconds of pgbench, an incremental of each (the restores use these: Cairn's relation
+chunks are then mostly deltas against the full set). Then:
 
   (a) restore to the backup's consistent point: `cairn restore-db` vs `pgbackrest restore
       --type=immediate`, then a server started on each result until it has promoted;
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--wal-gb", type=float, default=1.0)
+    ap.add_argument("--load-seconds", type=int, default=30,
+                    help="pgbench load before an incremental backup that the restores use (0: restore the full)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
     root = make_pg_dir("cairn-recovery-")
@@ -79,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         t_c, s_full = timed(stack.backup, "db", "full")
         t_b, _ = timed(br.run, "--type=full", "backup")
         fig["setup"] = {"scale": args.scale, "database_bytes": db_bytes, "cairn_full_s": t_c, "pgbackrest_full_s": t_b}
+        if args.load_seconds:  # restore an incremental: most of Cairn's relation chunks are then deltas
+            run([*pgb, "-T", str(args.load_seconds), "-c", "2", "-j", "2", "postgres"])
+            stack.psql("CHECKPOINT")
+            stack.wait_archived(timeout=900)
+            t_c, s_full = timed(stack.backup, "db", "incremental")
+            t_b, _ = timed(br.run, "--type=incr", "backup")
+            fig["setup"].update(load_seconds=args.load_seconds, cairn_incremental_s=t_c, pgbackrest_incr_s=t_b)
         print("setup:", json.dumps(fig["setup"]), flush=True)
 
         def cairn(target: Path, *extra: str) -> float:
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             fig[name] = out
 
         # (a) the backup's own point
-        side_by_side("own_point", "SELECT count(*) FROM pgbench_accounts", (), ("--type=immediate",))
+        side_by_side("own_point", "SELECT count(*) FROM pgbench_history", (), ("--type=immediate",))
 
         # (b) >= wal-gb of WAL, then a point-in-time recovery to its end
         stack.psql("CREATE TABLE wal_fill (id bigint, pad text)")
