@@ -44,7 +44,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -265,8 +265,10 @@ def check_claim(target_path: str, nonce: str) -> str:
     return path
 
 
-def write_local(records: Iterator[Record], target_path: str, nonce: str) -> WriteStats:
-    """Write a restore-db stream into the client's target directory (after check_claim)."""
+def write_local(records: Iterator[Record], target_path: str, nonce: str,
+                cancelled: Callable[[], bool] | None = None) -> WriteStats:
+    """Write a restore-db stream into the client's target directory (after check_claim); stop
+    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`."""
     claim = check_claim(target_path, nonce)
     try:
         os.unlink(claim)  # the first write: a daemon that may not write there (a sandbox) stops here
@@ -275,8 +277,11 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str) -> Writ
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
     writer = TreeWriter(target_path, overwrite=False)
     try:
-        for rec in records:
+        for i, rec in enumerate(records):
             writer.apply(rec)
+            if cancelled is not None and i % 256 == 255 and cancelled():
+                writer.stats.errors.append("the client went away: the restore is incomplete")
+                break
     finally:
         close = getattr(records, "close", None)
         if close is not None:

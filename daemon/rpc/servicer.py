@@ -202,7 +202,8 @@ class CairnServicer(pb_grpc.CairnServicer):
             os.fsdecode(request.target_path),
         )
         if request.local_claim:
-            st = restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim)
+            st = restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
+                                       cancelled=lambda: not context.is_active())
             yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
                 files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
             return

@@ -71,3 +71,18 @@ def test_a_target_the_daemon_cannot_write_is_refused_before_writing(tmp_path) ->
             restoredb.write_local(iter([]), d, NONCE)
     finally:
         os.chmod(d, 0o700)
+
+
+def test_write_local_stops_when_the_client_goes_away(tmp_path) -> None:
+    from cairn.fsio.records import Data, EntryMeta
+
+    d = claim_dir(tmp_path)
+
+    def records():
+        for i in range(1000):
+            yield EntryMeta(path=f"f{i}".encode(), kind="file", mode=0o600, size=1)
+            yield Data(b"x")
+
+    st = restoredb.write_local(records(), d, NONCE, cancelled=lambda: True)
+    assert st.errors == ["the client went away: the restore is incomplete"]
+    assert 0 < len(os.listdir(d)) < 1000
