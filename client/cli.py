@@ -14,6 +14,7 @@ without them (see cmd_wal_fetch).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import queue
@@ -54,6 +55,8 @@ KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 WAL_MARKER = walnames.WAL_MARKER  # written by restore-db into pg_wal/: the WAL files it placed there
 NO_HISTORY = walnames.NO_HISTORY
+OWN_POINT = "cairn-restore-db.own-point"  # beside WAL_MARKER: recovery stops inside the placed WAL
+SPOOL_WAIT = 10.0  # seconds wal-fetch waits for a segment the prefetcher is fetching right now
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
 _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
@@ -223,9 +226,69 @@ def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
-    check_target(args.target, args.overwrite)
-    request = pb.RestoreRequest(set=args.set, source=args.source or "", paths=[os.fsencode(p) for p in args.paths])
-    return _write_stream(conn.stub.Restore(request), args.target, args.overwrite, args.json, whole=not args.paths)
+    from cairn.client import restoring
+
+    if (args.delete or args.quick) and not args.delta:
+        raise InvalidArgumentError(f"{'--delete' if args.delete else '--quick'} only goes with --delta")
+    if args.delete and (args.include or args.exclude):
+        raise InvalidArgumentError("--delete removes what the set does not hold: it cannot be combined with "
+                                   "--include or --exclude")
+    if args.dry_run and args.verify:
+        raise InvalidArgumentError("--dry-run writes nothing, so there is nothing to --verify")
+    if args.db_target and not args.databases:
+        raise InvalidArgumentError("--db-target only goes with --databases")
+    if not args.delta:
+        check_target(args.target, args.overwrite)
+    elif os.path.lexists(args.target) and not os.path.isdir(args.target):
+        raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
+    places: dict[str, str] = {}
+    files_report: dict[str, Any] = {}
+    if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
+        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
+        args.set = first.set.id
+        if args.databases:
+            names = restoring.databases_of(first.set)
+            if not names:
+                return fail(f"set '{render.short_id(args.set)}' holds no database", code=EXIT_NOT_FOUND)
+            places = restoring.database_targets(args.target, names, args.db_target)
+    if args.dry_run:
+        if args.delta:
+            code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
+        else:
+            code = restoring.dry_run_listing(conn, args, out, render, to_record)
+        for name, where in places.items():
+            out(f"would lay down database '{name}' in {where} (ready for recovery)")
+        return code
+    if args.delta:
+        code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
+    else:
+        code = _write_stream(conn.stub.Restore(restoring.restore_request(args)), args.target, args.overwrite,
+                             args.json, whole=not args.paths and not args.include and not args.exclude,
+                             report=files_report if places and args.json else None)
+    if code == EXIT_OK and args.verify:
+        code = restoring.verify_target(conn, args, out, render, to_record)
+    if code != EXIT_OK or not places:
+        return code
+    dbs = []
+    for name, where in places.items():
+        request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
+                                      target_path=os.fsencode(where))
+        doc: dict[str, Any] = {}
+        code = restore_db_into(conn, request, where, args.json, report=doc)
+        if code != EXIT_OK:
+            return fail(f"database '{name}' could not be laid down in {where}")
+        own_data_directory(where)
+        dbs.append(dict(doc, name=name, start=f"pg_ctl -D {where} start"))
+    if args.json:
+        out(render.dumps(dict(files_report, databases=dbs,
+                              start_order=[f"database {d['name']}" for d in dbs] + ["application"])))
+    else:
+        out("start in this order:")
+        for i, (name, where) in enumerate(places.items(), 1):
+            out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
+                "start); it replays WAL from the archive through cairn wal-fetch, then promotes")
+        out(f"  {len(places) + 1}. the application, on {args.target}, once the databases accept connections")
+    return EXIT_OK
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
@@ -244,7 +307,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_path=os.fsencode(os.path.abspath(args.target)),
         restore_command=args.restore_command or "",
     )
-    code = _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
+    code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
         own_data_directory(args.target)
     return code
@@ -272,6 +335,62 @@ def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
     else:
         out(f"restored database '{result.database}' of set {result.set.id[:12]} with {result.tool} "
             f"({result.bytes} bytes of dump, {result.seconds:.1f}s)")
+    return EXIT_OK
+
+
+def restore_db_into(conn: Connection, request: Any, target: str, json_output: bool,
+                    report: dict[str, Any] | None = None, local: bool = True) -> int:
+    """RestoreDb into `target`. Over a Unix socket the daemon is first asked to write the data
+    directory itself (no data crosses gRPC; see restoredb.write_local): the client proves the
+    empty target is its own with a claim file. If the daemon refuses, the stream is written here."""
+    if local and conn.endpoint.socket:
+        import secrets
+
+        nonce = secrets.token_hex(16)
+        created = not os.path.lexists(target)
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        claim = os.path.join(target, f".cairn-claim-{nonce}")
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, nonce.encode())
+        finally:
+            os.close(fd)
+        request.local_claim = nonce
+        try:
+            batches = list(conn.stub.RestoreDb(request))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "local write" not in (exc.details() or ""):
+                if os.path.lexists(claim):
+                    os.unlink(claim)
+                if created:  # refused before anything was written: leave no trace
+                    with contextlib.suppress(OSError):
+                        os.rmdir(target)
+                raise
+            batches = []
+        finally:
+            request.local_claim = ""
+            if os.path.lexists(claim):
+                os.unlink(claim)
+        if batches and batches[0].HasField("local"):
+            return _local_report(batches[0], target, json_output, report)
+    return _write_stream(conn.stub.RestoreDb(request), target, False, json_output, whole=True, report=report)
+
+
+def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
+    st = batch.local
+    for problem in st.errors:
+        print(f"cairn: warning: {problem}", file=sys.stderr)
+    doc = {"set": batch.set.id or None, "target": os.path.abspath(target), "files": st.files, "dirs": st.dirs,
+           "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "written_by": "daemon"}
+    if json_output and report is not None:
+        report.update(doc)
+    elif json_output:
+        out(render.dumps(doc))
+    else:
+        out(f"restored set {render.short_id(batch.set.id)} into {target}: {st.files} files, {st.dirs} dirs, "
+            f"{st.links} links, {render.human_bytes(st.bytes)} (written by the daemon on this host)")
+    if st.errors:
+        return fail(f"{len(st.errors)} entries could not be restored (see the warnings above)")
     return EXIT_OK
 
 
@@ -373,7 +492,8 @@ def answered_locally(name: str, dest: str) -> bool:
     restore-db lists the WAL files it placed in pg_wal/ in WAL_MARKER there; those copies are
     the archived files, so recovery may read them from pg_wal/, where PostgreSQL looks once
     restore_command fails. And timeline 1 never has a history file (PostgreSQL asks for it
-    anyway when it promotes from timeline 1).
+    anyway when it promotes from timeline 1). When pg_wal/ holds OWN_POINT, a segment after
+    the last one placed (same timeline) is never needed: recovery stops before it.
     """
     if name == NO_HISTORY:
         return True
@@ -383,10 +503,46 @@ def answered_locally(name: str, dest: str) -> bool:
             placed = f.read().split()
     except (OSError, ValueError):
         return False
+    segments = [n for n in placed if len(n) == 24]
+    if segments and len(name) == 24 and name[:8] == segments[-1][:8] and name > segments[-1] \
+            and os.path.exists(os.path.join(wal_dir, OWN_POINT)):
+        return True  # recovery stops at the set's own point, inside the placed WAL
     return name in placed and os.path.isfile(os.path.join(wal_dir, name))
 
 
 def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
+    """Fetch one WAL file; for a segment, keep the next ones coming into the spool (walfetch)."""
+    code = _fetch_direct(conn, args)
+    if code != EXIT_OK:
+        return code
+    from cairn.client import walfetch
+
+    if args.prefetch > 0 and walfetch.is_segment(args.name):
+        try:
+            walfetch.note_request(args.name, args.dest, os.path.getsize(args.dest))
+            walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+        except OSError as exc:  # prefetch is an optimisation: recovery goes on without it
+            print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
+    from cairn.client import walfetch
+
+    return walfetch.run_prefetcher(args.spool, args.count, walfetch.grpc_fetcher(conn, pb, grpc))
+
+
+def _global_args(args: argparse.Namespace) -> list[str]:
+    """The connection options of this command, for a child command (the token goes by environment)."""
+    out: list[str] = []
+    for opt, value in (("--socket", args.socket), ("--address", args.address), ("--tls-ca", args.tls_ca),
+                       ("--tls-server-name", args.tls_server_name), ("--token-file", args.token_file)):
+        if value:
+            out += [opt, os.path.abspath(value) if opt in ("--socket", "--tls-ca", "--token-file") else value]
+    return out
+
+
+def _fetch_direct(conn: Connection, args: argparse.Namespace) -> int:
     tmp = f"{args.dest}.cairn-tmp"
     try:
         return _wal_fetch(conn, args, tmp)
@@ -447,6 +603,8 @@ def to_record(r: pb.RestoreRecord) -> Record:
             link_to=e.link_to,
             rdev=e.rdev,
             sparse=e.sparse,
+            chunks=tuple(e.chunks),
+            chunk_sizes=tuple(e.chunk_sizes),
         )
     if kind == "hole":
         return Hole(r.hole)
@@ -489,8 +647,10 @@ def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:
                 q.get_nowait()
 
 
-def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool) -> int:
-    """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written."""
+def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool,
+                  report: dict[str, Any] | None = None) -> int:
+    """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written
+    (into `report` instead of stdout when one is given, for --json)."""
     from cairn.fsio.writer import TreeWriter  # only restores write trees: wal-push stays light
 
     writer: TreeWriter | None = None
@@ -523,19 +683,19 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
         print(f"cairn: warning: {problem}", file=sys.stderr)
     set_id = set_info.id if set_info is not None else ""
     if json_output:
-        out(
-            render.dumps(
-                {
-                    "set": set_id or None,
-                    "target": os.path.abspath(target),
-                    "files": stats.files,
-                    "dirs": stats.dirs,
-                    "links": stats.links,
-                    "bytes": stats.bytes,
-                    "errors": list(stats.errors),
-                }
-            )
-        )
+        doc = {
+            "set": set_id or None,
+            "target": os.path.abspath(target),
+            "files": stats.files,
+            "dirs": stats.dirs,
+            "links": stats.links,
+            "bytes": stats.bytes,
+            "errors": list(stats.errors),
+        }
+        if report is not None:
+            report.update(doc)
+        else:
+            out(render.dumps(doc))
     else:
         out(
             f"restored set {render.short_id(set_id)} into {target}: {stats.files} files, {stats.dirs} dirs, "
@@ -604,6 +764,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="DIR", help="where to write (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--include", action="append", metavar="P",
+                   help="restore only paths matching this gitignore-style pattern (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="P", help="skip paths matching this pattern (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be written; write nothing")
+    p.add_argument("--delta", action="store_true",
+                   help="restore over an existing tree: read it, write only what differs from the set")
+    p.add_argument("--delete", action="store_true", help="with --delta: remove entries the set does not hold")
+    p.add_argument("--quick", action="store_true",
+                   help="with --delta: take files whose size and mtime match the set as unchanged (not read)")
+    p.add_argument("--verify", action="store_true",
+                   help="afterwards re-read what was restored and check it against the set (content hashes)")
+    p.add_argument("--databases", action="store_true",
+                   help="also lay down each database of the set, ready for recovery (beside the target)")
+    p.add_argument("--db-target", action="append", metavar="NAME=DIR",
+                   help="with --databases: put database NAME in DIR (default <TARGET>-db-<NAME>)")
 
     p = command("restore-db", cmd_restore_db,
                 "prepare a PostgreSQL data directory from a set, or restore a dump into a database")
@@ -619,6 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore_command for recovery, runnable by the database's user "
                         "(default: cairn --socket S wal-fetch %%f %%p)")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--stream", action="store_true",
+                   help="always stream the data to this client (default: a daemon on this host writes it)")
 
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
     p.add_argument("--set", metavar="SET", help="check only this set")
@@ -648,6 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("wal-fetch", cmd_wal_fetch, "fetch a WAL segment (restore_command = 'cairn wal-fetch %%f %%p')")
     p.add_argument("name", metavar="NAME")
     p.add_argument("dest", metavar="DEST")
+    p.add_argument("--prefetch", type=_count, default=8, metavar="N",
+                   help="keep the next N segments coming in the background (default 8; 0: off)")
+
+    p = command("wal-prefetch", cmd_wal_prefetch, "the background prefetcher wal-fetch starts (not for people)")
+    p.add_argument("spool", metavar="SPOOL")
+    p.add_argument("--count", type=_count, default=8, metavar="N")
     return parser
 
 
@@ -672,9 +855,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given")
     if args.command == "wal-fetch" and answered_locally(args.name, args.dest):
         # exit status 3, not fetched: nothing to fetch, or recovery reads the copy in pg_wal/
-        where = "never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
+        where = ("never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
+                 if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(args.dest)), args.name))
+                 else "is past the set's own point, where this recovery stops")
         print(f"cairn: {args.name} {where}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    if args.command == "wal-fetch" and args.prefetch > 0 and _from_spool(args):
+        return EXIT_OK
     from cairn.client.connection import Connection, resolve_endpoint
 
     endpoint: Endpoint | None = None
@@ -697,6 +884,24 @@ def main(argv: list[str] | None = None) -> int:
         return fail("interrupted", code=130)
     except BrokenPipeError:
         return EXIT_FAILURE
+
+
+def _from_spool(args: argparse.Namespace) -> bool:
+    """wal-fetch answered from the prefetch spool (no daemon round trip, no grpc import)."""
+    from cairn.client import walfetch
+
+    if not walfetch.is_segment(args.name):
+        return False
+    try:
+        if not walfetch.take(args.name, args.dest, wait=SPOOL_WAIT):
+            return False
+    except OSError:
+        return False
+    try:
+        walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+    except OSError as exc:  # the segment is in place; prefetch is an optimisation
+        print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
+    return True
 
 
 def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:

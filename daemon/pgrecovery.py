@@ -250,6 +250,7 @@ def recovery_stream(
     *,
     root: bytes = b"",
     tablespace_remap: dict[int, str] | None = None,
+    extra_settings: dict[str, str] | None = None,
 ) -> Iterator[Record]:
     """Transform a set's restore stream of a data directory into a recoverable one.
 
@@ -263,6 +264,7 @@ def recovery_stream(
     """
     _check_label(labelfile)
     settings = recovery_settings(restore_command, target_time, target_lsn, target)
+    settings.update(extra_settings or {})
     return _recovery_records(records, labelfile, remap_spcmap(spcmapfile, tablespace_remap) if spcmapfile
                              else b"", settings, root)
 

@@ -16,20 +16,34 @@ stream, together with WAL_MARKER listing those names. PostgreSQL asks restore_co
 file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name the marker lists
 and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
 recovery to the set's own point needs no round trip to the daemon. Later WAL (a time or LSN
-beyond the set) still comes from the archive.
+beyond the set) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
+recovery then stops within the placed WAL, so wal-fetch answers at once for any later segment
+(PostgreSQL reads ahead one segment) instead of asking the daemon; history files still come from
+the archive (a new timeline must not collide with one archived there). recovery_end_command
+removes OWN_POINT when recovery ends, so a later recovery of the same directory (a standby made
+from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced; errors are
 NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
+
+Local restores (`write_local`): when the client runs on the daemon's host it may ask the daemon
+to write the data directory itself, so the data never crosses gRPC. The client proves the
+target is its own: the target directory holds exactly one file, `.cairn-claim-<nonce>` with
+the nonce as content, made by root or by the daemon's own user (so the daemon never writes
+anywhere on behalf of a less privileged user). Anything else is refused with
+FailedPreconditionError "local write ..." before anything is written, and the client streams.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -38,12 +52,14 @@ from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, reco
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.daemon.walarchive import database_records
 from cairn.fsio.records import Data, EntryMeta, Record
-from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.fsio.writer import TreeWriter, WriteStats
+from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
+OWN_POINT = "cairn-restore-db.own-point"  # in pg_wal/: recovery stops at the set's consistent point
 
 
 def cairn_executable() -> str:
@@ -62,6 +78,12 @@ def restore_command(socket_path: str, executable: str | None = None) -> str:
     """
     exe = executable or cairn_executable()
     return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch %f %p"
+
+
+def prefetching_restore_command(socket_path: str, executable: str | None = None) -> str:
+    """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
+    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command)."""
+    return f"mv -f pg_wal/cairn-prefetch/%f %p 2>/dev/null || {restore_command(socket_path, executable)}"
 
 
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:
@@ -130,9 +152,11 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                 f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
         remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
     main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
-                           command or restore_command(socket_path), target_time or None, target_lsn or None,
-                           tablespace_remap=remap)
-    return _chain(main, repo, s, spaces, consistency_wal(repo, rec))
+                           command or prefetching_restore_command(socket_path), target_time or None,
+                           target_lsn or None, tablespace_remap=remap,
+                           extra_settings=None if (target_time or target_lsn) else
+                           {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
+    return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn))
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
@@ -163,14 +187,18 @@ def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
     return names
 
 
+def _segno(name: str, per_xlogid: int) -> int:
+    return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
+
+
 def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
-           wal: list[str]) -> Iterator[Record]:
+           wal: list[str], own_point: bool = False) -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
         if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
             owner = (r.uid, r.gid)
         yield r
-    yield from _placed_wal(repo, wal, owner)
+    yield from _placed_wal(repo, wal, owner, own_point)
     if not spaces:
         return
     top = TABLESPACE_DIR.encode()
@@ -187,8 +215,11 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
             yield r
 
 
-def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int]) -> Iterator[Record]:
-    """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them."""
+def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
+                own_point: bool = False) -> Iterator[Record]:
+    """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them (and,
+    when recovery stops at the set's own point, the empty file OWN_POINT: no later segment is
+    ever needed)."""
     if not names:
         return
     for name in names:
@@ -200,3 +231,70 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int]) -> I
     yield EntryMeta(path=b"pg_wal/" + WAL_MARKER.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
                     mtime_ns=time.time_ns(), size=len(listing))
     yield Data(listing)
+    if own_point:
+        yield EntryMeta(path=b"pg_wal/" + OWN_POINT.encode(), kind="file", mode=0o600, uid=owner[0],
+                        gid=owner[1], mtime_ns=time.time_ns(), size=0)
+
+
+CLAIM_PREFIX = ".cairn-claim-"
+_NONCE = re.compile(r"^[0-9a-f]{32,128}$")
+
+
+def check_claim(target_path: str, nonce: str) -> str:
+    """The claim file of a local restore, checked (module docstring); FailedPreconditionError."""
+    def refuse(why: str) -> FailedPreconditionError:
+        return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
+
+    if not _NONCE.match(nonce or ""):
+        raise refuse("malformed claim")
+    if not os.path.isabs(target_path):
+        raise refuse("not an absolute path")
+    try:
+        st = os.lstat(target_path)
+        names = os.listdir(target_path)
+    except OSError as exc:
+        raise refuse(exc.strerror or "not reachable from the daemon") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("not a directory")
+    claim = CLAIM_PREFIX + nonce
+    if names != [claim]:
+        raise refuse("the directory must hold only the client's claim file")
+    path = os.path.join(target_path, claim)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(exc.strerror or "claim unreadable") from None
+    try:
+        cst = os.fstat(fd)
+        content = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(cst.st_mode) or content != nonce.encode():
+        raise refuse("claim does not match")
+    if cst.st_uid not in (0, os.geteuid()) or st.st_uid not in (0, os.geteuid()):
+        raise refuse("the client is neither root nor the daemon's user")
+    return path
+
+
+def write_local(records: Iterator[Record], target_path: str, nonce: str,
+                cancelled: Callable[[], bool] | None = None) -> WriteStats:
+    """Write a restore-db stream into the client's target directory (after check_claim); stop
+    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`."""
+    claim = check_claim(target_path, nonce)
+    try:
+        os.unlink(claim)  # the first write: a daemon that may not write there (a sandbox) stops here
+    except OSError as exc:
+        raise FailedPreconditionError(
+            f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
+    writer = TreeWriter(target_path, overwrite=False)
+    try:
+        for i, rec in enumerate(records):
+            writer.apply(rec)
+            if cancelled is not None and i % 256 == 255 and cancelled():
+                writer.stats.errors.append("the client went away: the restore is incomplete")
+                break
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    return writer.finish()

@@ -47,6 +47,7 @@ from cairn.store.model import (
     check_level,
 )
 from cairn.store.repository import Repository
+from cairn.store.restore import RestoreFilter
 
 log = logging.getLogger(__name__)
 
@@ -361,12 +362,19 @@ class CairnService:
         sa, sb = self.resolve(a, source), self.resolve(b, source)
         return sa, sb, self.repo.diff(sa, sb)
 
-    def restore_stream(self, ref: str, source: str, paths: list[str]) -> tuple[BackupSet, Iterator[Record]]:
+    def restore_stream(self, ref: str, source: str, paths: list[str], include: tuple[str, ...] = (),
+                       exclude: tuple[str, ...] = (), manifest: bool = False) -> tuple[BackupSet, Iterator[Record]]:
         s = self.resolve(ref, source)
         rels = [_rel(p) for p in paths]
         if any(not p for p in rels):
             rels = []
-        return s, self._counted(self.repo.restore_stream(s, rels or None))
+        select = RestoreFilter(include, exclude)
+        return s, self._counted(self.repo.restore_stream(s, rels or None, select=select, manifest=manifest))
+
+    def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes]:
+        """The content of chunks of a set's files, in the order asked (delta restores)."""
+        s = self.resolve(ref, source)
+        return self.repo.read_chunks(s, ids)
 
     def _counted(self, records: Iterator[Record]) -> Iterator[Record]:
         """Pass records through, counting the file bytes sent for the metrics."""

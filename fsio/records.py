@@ -16,7 +16,9 @@ KINDS = ("file", "dir", "symlink", "hardlink", "fifo", "chardev", "blockdev", "s
 
 @dataclass(frozen=True, slots=True)
 class EntryMeta:
-    """One entry to restore. `link_to` (kind 'hardlink') names an earlier path of the stream."""
+    """One entry to restore. `link_to` (kind 'hardlink') names an earlier path of the stream.
+    In a manifest (no content follows), a file's `chunks` are its chunk ids (blake3 of the
+    plaintext) in order and `chunk_sizes` their lengths, so a tree on disk can be compared."""
 
     path: bytes
     kind: str
@@ -30,6 +32,8 @@ class EntryMeta:
     link_to: bytes = b""
     rdev: int = 0
     sparse: bool = False
+    chunks: tuple[bytes, ...] = ()
+    chunk_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

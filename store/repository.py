@@ -52,7 +52,7 @@ from .model import (
 )
 from .packs import PackEntry
 from .repoconfig import RepoConfig
-from .restore import StreamBuilder, find_entry
+from .restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .session import BackupSession
 from .sets import decode_set, resolve
 from .trees import Entry, decode_tree
@@ -351,14 +351,33 @@ class Repository:
         return bytes.fromhex(s.attachments[attachment]["tree"])
 
     def restore_stream(self, s: BackupSet, paths: list[str] | None = None, *,
-                       attachment: str | None = None) -> Iterator[Record]:
-        """The records that restore `s` (or chosen paths of it, or an attachment), content verified."""
+                       attachment: str | None = None, select: RestoreFilter | None = None,
+                       manifest: bool = False) -> Iterator[Record]:
+        """The records that restore `s` (or chosen paths of it, or an attachment), content verified;
+        `select` filters by pattern; `manifest` lists files' chunks instead of their content."""
         root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.load_tree, root, p)
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
-            yield from StreamBuilder(self.load_tree, self.reader.read, pool).records(root, paths)
+            yield from StreamBuilder(self.load_tree, self.reader.read, pool, select=select,
+                                     chunk_size=self._chunk_size if manifest else None).records(root, paths)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _chunk_size(self, bid: bytes) -> int:
+        loc = self.index.get(bid)
+        if loc is None:
+            raise NotFoundError(f"blob '{bid.hex()[:12]}' is not in the index")
+        return loc.raw_len
+
+    def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None) -> Iterator[bytes]:
+        """The content of chunks `ids` of set `s` (or its attachment), in order; NotFoundError
+        before anything is read if one is not part of it."""
+        allowed = set_chunks(self.load_tree, [self.root_tree(s, attachment)])
+        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
+        try:
+            yield from read_chunks(ids, allowed, self.reader.read, pool)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

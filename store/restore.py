@@ -6,6 +6,14 @@ a chunk that cannot be read turns into a `Failed` record for that file, naming t
 the pack, and the stream goes on with the next entry; so does a directory whose tree cannot be
 read, and an entry whose name could reach outside its directory ('..', '/' in it) is refused.
 Hardlinked files are sent once and then as links to the first path restored.
+
+A `RestoreFilter` (gitignore-style --include / --exclude patterns, matched like the store's
+excludes against paths relative to the restore root) prunes the stream: an excluded directory
+is never entered; with includes, a directory appears only when something below it (or itself)
+is included, and always before its contents. In manifest mode no content is read: each file's
+`EntryMeta` carries its chunk ids and sizes instead, which is what a delta restore or a
+verification compares a tree on disk against; `read_chunks` then serves the chunks that differ,
+only from among those the set references.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 
-from .errors import CairnError, NotFoundError
+from .errors import CairnError, InvalidArgumentError, NotFoundError
+from .excludes import Excluder
 from .trees import Entry
 
 BATCH_CHUNKS = 64  # chunks read by one pool task
@@ -26,9 +35,35 @@ MAX_BATCHES = 4  # batches read ahead
 MAX_ENTRIES = 8192  # records waiting in the window
 
 
-def entry_meta(path: bytes, e: Entry) -> EntryMeta:
+def entry_meta(path: bytes, e: Entry, chunk_size: Callable[[bytes], int] | None = None) -> EntryMeta:
+    """The record of entry `e` at `path`; with `chunk_size`, a file's record lists its chunks."""
+    if chunk_size is not None and e.kind == "file":
+        return EntryMeta(path=path, kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, mtime_ns=e.mtime_ns,
+                         size=e.size, xattrs=dict(e.xattrs), target=e.target, rdev=e.rdev, sparse=e.sparse,
+                         chunks=tuple(e.chunks), chunk_sizes=tuple(chunk_size(c) for c in e.chunks))
     return EntryMeta(path=path, kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, mtime_ns=e.mtime_ns,
                      size=e.size, xattrs=dict(e.xattrs), target=e.target, rdev=e.rdev, sparse=e.sparse)
+
+
+class RestoreFilter:
+    """--include / --exclude patterns (gitignore-style) over paths relative to the restore root."""
+
+    def __init__(self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()) -> None:
+        for p in (*include, *exclude):
+            if not p.strip() or "\0" in p:
+                raise InvalidArgumentError(f"invalid restore pattern '{p}'")
+        self._include = Excluder(tuple(include))
+        self._exclude = Excluder(tuple(exclude))
+
+    def __bool__(self) -> bool:
+        return bool(self._include) or bool(self._exclude)
+
+    def excluded(self, rel: bytes, is_dir: bool) -> bool:
+        return self._exclude.excluded(rel, is_dir)
+
+    def included(self, rel: bytes, is_dir: bool) -> bool:
+        """True when `rel` is selected by itself (no includes: everything is)."""
+        return not self._include or self._include.excluded(rel, is_dir)
 
 
 def split_path(path: str) -> list[bytes]:
@@ -63,11 +98,16 @@ class StreamBuilder:
     """Produces the record stream of one restore."""
 
     def __init__(self, load_tree: Callable[[bytes], list[Entry]], read_blob: Callable[[bytes], bytes],
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, *, select: RestoreFilter | None = None,
+                 chunk_size: Callable[[bytes], int] | None = None) -> None:
+        """`select` prunes the stream; with `chunk_size` the stream is a manifest (no content)."""
         self.load_tree = load_tree
         self.read_blob = read_blob
         self.pool = pool
+        self.select = select if select else None
+        self.chunk_size = chunk_size
         self._links: dict[str, bytes] = {}
+        self._pending: list[tuple[bytes, Entry]] = []  # directories not emitted yet (includes)
 
     def items(self, root: bytes, paths: list[str] | None) -> Iterator[tuple]:
         """Yield ('meta', EntryMeta | Failed) and ('chunk', id, sparse, path) in stream order."""
@@ -82,7 +122,7 @@ class StreamBuilder:
                 rel = rel + b"/" + d.name if rel else d.name
                 if rel not in made:
                     made.add(rel)
-                    yield "meta", entry_meta(rel, d)
+                    yield "meta", entry_meta(rel, d, self.chunk_size)
             if entry is None:
                 yield from self._tree(root, b"")
             else:
@@ -102,25 +142,61 @@ class StreamBuilder:
             if safe_name(e.name):
                 yield from self._entry(rel + b"/" + e.name if rel else e.name, e)
 
-    def _entry(self, path: bytes, e: Entry) -> Iterator[tuple]:
+
+    def _entry(self, path: bytes, e: Entry, selected: bool = False) -> Iterator[tuple]:
+        """One entry and what it holds. `selected`: an ancestor matched an include pattern."""
+        is_dir = e.kind == "dir"
+        if self.select is not None:
+            if self.select.excluded(path, is_dir):
+                return
+            selected = selected or self.select.included(path, is_dir)
+            if not selected and not is_dir:
+                return
+            if not selected:  # a directory shown only if something below it is selected
+                self._pending.append((path, e))
+                try:
+                    yield from self._subtree(path, e, selected)
+                finally:
+                    if self._pending and self._pending[-1][0] == path:
+                        self._pending.pop()
+                return
+            yield from self._flush_pending()
         if e.kind == "file" and e.hardlink:
             first = self._links.get(e.hardlink)
             if first is not None:
                 yield "meta", EntryMeta(path=path, kind="hardlink", link_to=first)
                 return
             self._links[e.hardlink] = path
-        yield "meta", entry_meta(path, e)
-        if e.kind == "dir" and e.subtree:
-            try:
-                entries = self.load_tree(e.subtree)
-            except CairnError as err:  # a damaged directory: report it, restore everything else
-                yield "meta", Failed(f"unable to restore the contents of '{os.fsdecode(path)}/': {err.message}")
-                return
-            yield from self._children(entries, path)
-        elif e.kind == "file":
+        yield "meta", entry_meta(path, e, self.chunk_size)
+        if is_dir:
+            yield from self._subtree(path, e, selected)
+        elif e.kind == "file" and self.chunk_size is None:
             each = e.size // len(e.chunks) if e.chunks else 0
             for c in e.chunks:
                 yield "chunk", c, e.sparse, path, each
+
+    def _flush_pending(self) -> Iterator[tuple]:
+        for p, d in self._pending:
+            yield "meta", entry_meta(p, d)
+        self._pending.clear()
+
+    def _subtree(self, path: bytes, e: Entry, selected: bool) -> Iterator[tuple]:
+        if not e.subtree:
+            return
+        try:
+            entries = self.load_tree(e.subtree)
+        except CairnError as err:  # a damaged directory: report it, restore everything else
+            yield from self._flush_pending()
+            yield "meta", Failed(f"unable to restore the contents of '{os.fsdecode(path)}/': {err.message}")
+            return
+        bad = [x for x in entries if not safe_name(x.name)]
+        if bad:
+            yield from self._flush_pending()
+        for x in bad:
+            yield "meta", Failed(f"refusing unsafe entry name '{os.fsdecode(x.name)}' in '{os.fsdecode(path)}'")
+        for x in entries:
+            if safe_name(x.name):
+                yield from self._entry(path + b"/" + x.name, x, selected)
 
     def records(self, root: bytes, paths: list[str] | None) -> Iterator[Record]:
         """The restore stream. Chunk reads run ahead in the pool in batches (many small files'
@@ -206,3 +282,41 @@ def drain(fut: Future) -> None:
         fut.result()
     except Exception:  # noqa: BLE001 - outcome irrelevant once abandoned
         pass
+
+
+def set_chunks(load_tree: Callable[[bytes], list[Entry]], roots: list[bytes]) -> set[bytes]:
+    """Every chunk id the trees under `roots` reference (for read_chunks' membership check)."""
+    out: set[bytes] = set()
+    todo, seen = [r for r in roots if r], set()
+    while todo:
+        tree = todo.pop()
+        if tree in seen:
+            continue
+        seen.add(tree)
+        for e in load_tree(tree):
+            if e.kind == "file":
+                out.update(e.chunks)
+            elif e.subtree:
+                todo.append(e.subtree)
+    return out
+
+
+def read_chunks(ids: list[bytes], allowed: set[bytes], read_blob: Callable[[bytes], bytes],
+                pool: ThreadPoolExecutor, ahead: int = 8) -> Iterator[bytes]:
+    """The plaintext of each of `ids`, in order, read `ahead` at a time in `pool`.
+
+    Every id must be one of `allowed` (the set's chunks), checked before anything is read."""
+    for bid in ids:
+        if bid not in allowed:
+            raise NotFoundError(f"chunk '{bid.hex()[:12]}' is not part of the set")
+    futures: deque[Future] = deque()
+    try:
+        for bid in ids:
+            futures.append(pool.submit(read_blob, bid))
+            if len(futures) > ahead:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
+    finally:
+        for f in futures:
+            f.cancel()

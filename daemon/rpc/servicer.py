@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import grpc
+from cairn.daemon import restoredb
 from cairn.daemon.jobs import BackupJob
 from cairn.daemon.retention import parse_option_duration
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
@@ -195,15 +196,35 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         paths = [os.fsdecode(p) for p in request.paths]
-        s, records = self.service.restore_stream(request.set, request.source, paths)
+        s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
+                                                 tuple(request.exclude), request.manifest)
         yield from restore_batches(set_info(s), records)
 
     @rpc
+    def RestoreChunks(self, request: pb.RestoreChunksRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.RestoreChunksReply]:
+        chunks = self.service.restore_chunks(request.set, request.source, list(request.ids))
+        try:
+            for i, data in enumerate(chunks):
+                for start in range(0, max(len(data), 1), DATA_PIECE):
+                    yield pb.RestoreChunksReply(index=i, data=data[start : start + DATA_PIECE])
+        finally:
+            chunks.close()
+
+    @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.local_claim:
+            restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim)
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command,
         )
+        if request.local_claim:
+            st = restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
+                                       cancelled=lambda: not context.is_active())
+            yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
+                files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
+            return
         yield from restore_batches(set_info(s), records)
 
     @rpc
@@ -592,9 +613,12 @@ def _add_record(batch: pb.RestoreBatch, rec: Record) -> int:
                 link_to=rec.link_to,
                 rdev=rec.rdev,
                 sparse=rec.sparse,
+                chunks=rec.chunks,
+                chunk_sizes=rec.chunk_sizes,
             )
         )
-        return 64 + len(rec.path) + len(rec.target) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
+        extra = 40 * len(rec.chunks) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
+        return 64 + len(rec.path) + len(rec.target) + extra
     if isinstance(rec, Hole):
         batch.records.add(hole=rec.length)
         return 12

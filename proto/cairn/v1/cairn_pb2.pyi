@@ -355,17 +355,23 @@ class DiffReply(_message.Message):
     def __init__(self, a: _Optional[_Union[SetInfo, _Mapping]] = ..., b: _Optional[_Union[SetInfo, _Mapping]] = ..., added: _Optional[_Iterable[bytes]] = ..., modified: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("set", "source", "paths")
+    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    manifest: bool
+    include: _containers.RepeatedScalarFieldContainer[str]
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command", "local_claim")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +379,7 @@ class RestoreDbRequest(_message.Message):
     TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     RESTORE_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
@@ -380,7 +387,8 @@ class RestoreDbRequest(_message.Message):
     target_lsn: str
     target_path: bytes
     restore_command: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., restore_command: _Optional[str] = ...) -> None: ...
+    local_claim: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ...) -> None: ...
 
 class RestoreDbToDsnRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_dsn")
@@ -427,7 +435,7 @@ class Xattr(_message.Message):
     def __init__(self, name: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class EntryMeta(_message.Message):
-    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse")
+    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse", "chunks", "chunk_sizes")
     PATH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -440,6 +448,8 @@ class EntryMeta(_message.Message):
     LINK_TO_FIELD_NUMBER: _ClassVar[int]
     RDEV_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZES_FIELD_NUMBER: _ClassVar[int]
     path: bytes
     kind: str
     mode: int
@@ -452,7 +462,9 @@ class EntryMeta(_message.Message):
     link_to: bytes
     rdev: int
     sparse: bool
-    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ...) -> None: ...
+    chunks: _containers.RepeatedScalarFieldContainer[bytes]
+    chunk_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ..., chunks: _Optional[_Iterable[bytes]] = ..., chunk_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RestoreRecord(_message.Message):
     __slots__ = ("entry", "data", "hole", "failed")
@@ -467,12 +479,28 @@ class RestoreRecord(_message.Message):
     def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
-    __slots__ = ("set", "records")
+    __slots__ = ("set", "records", "local")
     SET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ...) -> None: ...
+    local: LocalWriteResult
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ...) -> None: ...
+
+class LocalWriteResult(_message.Message):
+    __slots__ = ("files", "dirs", "links", "bytes", "errors")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    DIRS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    dirs: int
+    links: int
+    bytes: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckProblem(_message.Message):
     __slots__ = ("message", "object_id", "sets", "paths")
@@ -649,3 +677,21 @@ class CheckDbReply(_message.Message):
     segment: str
     seconds: float
     def __init__(self, ok: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[CheckDbStep, _Mapping]]] = ..., segment: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RestoreChunksRequest(_message.Message):
+    __slots__ = ("set", "source", "ids")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RestoreChunksReply(_message.Message):
+    __slots__ = ("index", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

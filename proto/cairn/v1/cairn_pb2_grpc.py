@@ -99,6 +99,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.CheckDbReply.FromString,
                 _registered_method=True)
+        self.RestoreChunks = channel.unary_stream(
+                '/cairn.v1.Cairn/RestoreChunks',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksReply.FromString,
+                _registered_method=True)
 
 
 class CairnServicer:
@@ -196,6 +201,13 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreChunks(self, request, context):
+        """The content of chosen chunks of a set (a delta restore fetches what differs on disk).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CairnServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +275,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.CheckDb,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.CheckDbReply.SerializeToString,
+            ),
+            'RestoreChunks': grpc.unary_stream_rpc_method_handler(
+                    servicer.RestoreChunks,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -616,6 +633,33 @@ class Cairn:
             '/cairn.v1.Cairn/CheckDb',
             cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.CheckDbReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cairn.v1.Cairn/RestoreChunks',
+            cairn_dot_v1_dot_cairn__pb2.RestoreChunksRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.RestoreChunksReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,157 @@
+"""Recovery benchmark: Cairn's restore-db + recovery against pgBackRest's restore + recovery, side
+by side in one run, to the set's own point and to a point in time >= --wal-gb of WAL later.
+
+    .venv/bin/python bench/recovery.py [--scale 50] [--wal-gb 1.0] [--load-seconds 30] [--keep]
+
+One PostgreSQL 15 server (tests/pgserver.py) with a pgbench database archives every WAL segment
+to both Cairn (`cairn wal-push` into a real cairnd) and pgBackRest (`archive-push`). A Cairn
+full set and a pgBackRest full backup are taken one after the other; then, after
+--load-seconds of pgbench, an incremental of each (the restores use these: Cairn's relation
+chunks are then mostly deltas against the full set). Then:
+
+  (a) restore to the backup's consistent point: `cairn restore-db` vs `pgbackrest restore
+      --type=immediate`, then a server started on each result until it has promoted;
+  (b) bulk inserts write >= --wal-gb of WAL, archived by both; the LSN at the end is the target.
+      `cairn restore-db --target-lsn` (wal-fetch with its prefetch spool) vs `pgbackrest restore
+      --type=lsn` with archive-get in asynchronous mode (archive-async, its spool), each until
+      the server has replayed to the target and promoted; the rows are compared.
+
+Each tool's time is split into writing the data directory and recovery (server start until
+promotion). `sync` runs before each restore; each step runs once (the machine may be shared:
+the load average is printed). Needs root. Figures go to out/recovery.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+for where in (BENCH, BENCH.parent / "tests", BENCH.parent / "tests" / "integration" / "pg_daemon"):
+    sys.path.insert(0, str(where))
+from pgstack import ArchivingServer, Stack, make_pg_dir  # noqa: E402
+from postgres import PgBackRest, run, timed  # noqa: E402
+
+MB = 1_000_000
+
+
+def recover(pgdata: Path, count_sql: str) -> tuple[float, str]:
+    """Start a server on a restored data directory; seconds until promoted, and count_sql's answer."""
+    srv = ArchivingServer(pgdata=pgdata)
+    try:
+        t0 = time.perf_counter()
+        srv.start(timeout=900)
+        srv.wait_promoted(timeout=900)
+        elapsed = time.perf_counter() - t0
+        return elapsed, srv.psql(count_sql)
+    finally:
+        srv.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=int, default=50)
+    ap.add_argument("--wal-gb", type=float, default=1.0)
+    ap.add_argument("--load-seconds", type=int, default=30,
+                    help="pgbench load before an incremental backup that the restores use (0: restore the full)")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+    root = make_pg_dir("cairn-recovery-")
+    (root / "files").mkdir()
+    stack = Stack(root, {"db": {"paths": [str(root / "files")], "database": "appdb"}})
+    br = PgBackRest(root / "pgbackrest", stack.pg)
+    stack.pg.settings.update({
+        "archive_command": f"{stack.pg.settings['archive_command']} && {br.archive_command()}",
+        "shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "30min",
+    })
+    fig: dict[str, dict] = {"load": {"loadavg_start": os.getloadavg()}}
+    try:
+        stack.start()
+        br.run("stanza-create")
+        pgb = [stack.pg.bin("pgbench"), "-h", str(stack.pg.sockdir), "-p", str(stack.pg.port), "-U", "postgres"]
+        t, _ = timed(run, [*pgb, "-i", "-s", str(args.scale), "-q", "postgres"])
+        stack.psql("CHECKPOINT")
+        stack.wait_archived(timeout=900)
+        db_bytes = int(stack.psql("SELECT pg_database_size('postgres')"))
+        print(f"pgbench -i -s {args.scale}: {t:.1f}s, database {db_bytes / MB:.0f} MB", flush=True)
+        t_c, s_full = timed(stack.backup, "db", "full")
+        t_b, _ = timed(br.run, "--type=full", "backup")
+        fig["setup"] = {"scale": args.scale, "database_bytes": db_bytes, "cairn_full_s": t_c, "pgbackrest_full_s": t_b}
+        if args.load_seconds:  # restore an incremental: most of Cairn's relation chunks are then deltas
+            run([*pgb, "-T", str(args.load_seconds), "-c", "2", "-j", "2", "postgres"])
+            stack.psql("CHECKPOINT")
+            stack.wait_archived(timeout=900)
+            t_c, s_full = timed(stack.backup, "db", "incremental")
+            t_b, _ = timed(br.run, "--type=incr", "backup")
+            fig["setup"].update(load_seconds=args.load_seconds, cairn_incremental_s=t_c, pgbackrest_incr_s=t_b)
+        print("setup:", json.dumps(fig["setup"]), flush=True)
+
+        def cairn(target: Path, *extra: str) -> float:
+            return timed(stack.ok, "restore-db", s_full["id"], "--database", "appdb", "--target", str(target),
+                         *extra, timeout=900)[0]
+
+        def pgbr(target: Path, *extra: str) -> float:
+            target.mkdir(mode=0o700)
+            run(["chown", "postgres:postgres", str(target)])
+            get = " ".join(br.cmd(f"--pg1-path={target}", "--archive-async", "archive-get", "%f", '"%p"'))
+            return timed(br.run, f"--pg1-path={target}", "--target-action=promote",
+                         f"--recovery-option=restore_command={get}", *extra, "restore")[0]
+
+        def side_by_side(name: str, count_sql: str, cairn_args: tuple[str, ...], br_args: tuple[str, ...]) -> None:
+            out: dict[str, float | str] = {}
+            for tool, fn, extra in (("cairn", cairn, cairn_args), ("pgbackrest", pgbr, br_args)):
+                run(["sync"])
+                holder = make_pg_dir(f"cairn-{tool}-{name}-")
+                try:
+                    write = fn(holder / "data", *extra)
+                    recovery, rows = recover(holder / "data", count_sql)
+                finally:
+                    shutil.rmtree(holder, ignore_errors=True)
+                out.update({f"{tool}_write_s": write, f"{tool}_recovery_s": recovery,
+                            f"{tool}_s": write + recovery, f"{tool}_rows": rows})
+                print(f"{name} {tool}: write {write:.2f}s, recovery {recovery:.2f}s, rows {rows}", flush=True)
+            out["ratio_cairn_over_pgbackrest"] = out["cairn_s"] / out["pgbackrest_s"]
+            out["loadavg"] = os.getloadavg()
+            fig[name] = out
+
+        # (a) the backup's own point
+        side_by_side("own_point", "SELECT count(*) FROM pgbench_history", (), ("--type=immediate",))
+
+        # (b) >= wal-gb of WAL, then a point-in-time recovery to its end
+        stack.psql("CREATE TABLE wal_fill (id bigint, pad text)")
+        start = stack.psql("SELECT pg_current_wal_lsn()")
+        goal = int(args.wal_gb * 1e9)
+        n = 0
+        t0 = time.perf_counter()
+        while int(stack.psql(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')")) < goal:
+            stack.psql("INSERT INTO wal_fill SELECT g, repeat(md5(g::text), 8) "
+                       f"FROM generate_series({n}, {n + 199999}) g")
+            n += 200000
+        target = stack.psql("SELECT pg_current_wal_lsn()")
+        wal_bytes = int(stack.psql(f"SELECT pg_wal_lsn_diff('{target}', '{start}')"))
+        stack.psql("SELECT pg_switch_wal()")
+        stack.wait_archived(timeout=1800)
+        print(f"wrote {wal_bytes / MB:.0f} MB of WAL ({n} rows) in {time.perf_counter() - t0:.0f}s, "
+              f"archived by both; target LSN {target}", flush=True)
+        fig["wal"] = {"bytes": wal_bytes, "rows": n, "target_lsn": target}
+        side_by_side("pitr", "SELECT count(*) FROM wal_fill", ("--target-lsn", target),
+                     ("--type=lsn", f"--target={target}"))
+        fig["load"]["loadavg_end"] = os.getloadavg()
+    finally:
+        stack.close()
+        if not args.keep:
+            subprocess.run(["rm", "-rf", str(root)], check=False)
+    (BENCH / "out").mkdir(exist_ok=True)
+    (BENCH / "out" / "recovery.json").write_text(json.dumps(fig, indent=2))
+    print(json.dumps(fig, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""cairn restore --delta/--delete, --include/--exclude, --dry-run and --verify through the real
+daemon and client: after random damage a delta restore makes the tree equal to the set again,
+writing as many bytes as were damaged, not the size of the tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import stat
+from collections.abc import Callable
+
+import pytest
+from cairnd_harness import Daemon, snapshot
+
+CHUNKY = 3 << 20  # big files: several content-defined chunks each
+
+
+def make_tree(root: str, rng: random.Random) -> None:
+    os.makedirs(os.path.join(root, "docs", "deep"))
+    os.makedirs(os.path.join(root, "media"))
+    os.makedirs(os.path.join(root, "cache"))
+    for i in range(30):
+        with open(os.path.join(root, "docs", f"n{i:02d}.txt"), "wb") as f:
+            f.write(rng.randbytes(rng.randrange(10, 40_000)))
+    for i in range(4):
+        with open(os.path.join(root, "media", f"big{i}.bin"), "wb") as f:
+            f.write(rng.randbytes(CHUNKY))
+    with open(os.path.join(root, "docs", "deep", "leaf.txt"), "wb") as f:
+        f.write(b"leaf\n")
+    with open(os.path.join(root, "cache", "tmp.bin"), "wb") as f:
+        f.write(rng.randbytes(5000))
+    os.symlink("docs/deep/leaf.txt", os.path.join(root, "link"))
+    os.chmod(os.path.join(root, "docs", "n03.txt"), 0o600)
+
+
+def chunk_spans(d: Daemon, set_id: str, rel: str) -> list[tuple[int, int]]:
+    """(offset, size) of each chunk of file `rel` in the set, from a dry-run manifest."""
+    from cairn.proto.cairn.v1 import cairn_pb2 as pb
+    from cairn.proto.cairn.v1 import cairn_pb2_grpc
+
+    with d.channel() as ch:
+        stub = cairn_pb2_grpc.CairnStub(ch)
+        for batch in stub.Restore(pb.RestoreRequest(set=set_id, paths=[rel.encode()], manifest=True)):
+            for r in batch.records:
+                if r.WhichOneof("record") == "entry" and r.entry.path == rel.encode():
+                    spans, off = [], 0
+                    for size in r.entry.chunk_sizes:
+                        spans.append((off, size))
+                        off += size
+                    assert not any(x.WhichOneof("record") == "data" for x in batch.records)
+                    return spans
+    raise AssertionError(f"{rel} not in the manifest")
+
+
+def damage(root: str, d: Daemon, set_id: str, rng: random.Random) -> tuple[int, set[str]]:
+    """Random damage; returns (bytes a delta restore must write, paths to be deleted as extras)."""
+    owed = 0
+    docs = sorted(os.listdir(os.path.join(root, "docs")))
+    docs.remove("deep")
+    rng.shuffle(docs)
+    gone, trunc, rewrite, modes = docs[:3], docs[3:6], docs[6:9], docs[9:12]
+    for name in gone:
+        p = os.path.join(root, "docs", name)
+        owed += os.path.getsize(p)
+        os.unlink(p)
+    for name in rewrite:
+        p = os.path.join(root, "docs", name)
+        size = os.path.getsize(p)
+        with open(p, "r+b") as f:
+            f.write(rng.randbytes(size))
+        owed += size  # small files are one chunk each
+    for name in trunc:
+        p = os.path.join(root, "docs", name)
+        size = os.path.getsize(p)
+        spans = chunk_spans(d, set_id, f"docs/{name}")
+        cut = rng.randrange(0, size)
+        os.truncate(p, cut)
+        owed += sum(sz for off, sz in spans if off + sz > cut)
+    for name in modes:
+        os.chmod(os.path.join(root, "docs", name), 0o640 if rng.random() < 0.5 else 0o604)
+    # one chunk in the middle of a big file rewritten in place, another big file truncated
+    spans = chunk_spans(d, set_id, "media/big1.bin")
+    off, size = spans[len(spans) // 2]
+    with open(os.path.join(root, "media", "big1.bin"), "r+b") as f:
+        f.seek(off + size // 3)
+        f.write(b"\xff" * 100)
+    owed += size
+    spans = chunk_spans(d, set_id, "media/big2.bin")
+    cut = spans[-1][0] + 7
+    os.truncate(os.path.join(root, "media", "big2.bin"), cut)
+    owed += spans[-1][1]
+    # extras: a file, a directory with contents; and the symlink pointed elsewhere
+    with open(os.path.join(root, "docs", "extra.txt"), "wb") as f:
+        f.write(b"not in the set")
+    os.makedirs(os.path.join(root, "junk", "sub"))
+    with open(os.path.join(root, "junk", "sub", "x"), "wb") as f:
+        f.write(b"x")
+    os.unlink(os.path.join(root, "link"))
+    os.symlink("elsewhere", os.path.join(root, "link"))
+    return owed, {"docs/extra.txt", "junk"}
+
+
+@pytest.fixture
+def daemon_with_set(start_daemon: Callable[..., Daemon], rundir: str) -> tuple[Daemon, str, str, dict]:
+    src = os.path.join(rundir, "src")
+    make_tree(src, random.Random(1234))
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    s = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))
+    return d, s["id"], src, snapshot(src)
+
+
+def test_delta_restore_after_random_damage_writes_only_the_damage(daemon_with_set, rundir: str) -> None:
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    assert snapshot(target) == want
+    for seed in (7, 8):
+        rng = random.Random(seed)
+        owed, extras = damage(target, d, set_id, rng)
+        assert snapshot(target) != want
+
+        dry = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete", "--dry-run"))
+        assert dry["bytes_to_write"] == owed
+        assert {x for x in dry["extras"]} == extras
+        assert os.path.exists(os.path.join(target, "docs", "extra.txt"))  # dry run wrote nothing
+
+        # without --delete the extras stay, everything else is mended
+        r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
+        assert r["bytes_written"] == owed, r
+        assert r["extras_kept"] == 2 and os.path.exists(os.path.join(target, "junk", "sub", "x"))
+        got = snapshot(target)
+        assert {k: v for k, v in got.items() if not k.startswith("junk") and k != "docs/extra.txt"} == want
+
+        out = d.ok("restore", set_id, "--target", target, "--delta", "--delete", "--verify")
+        assert "wrote 0 B" in out and "deleted 2" in out and "verified" in out
+        assert snapshot(target) == want
+
+
+def test_delta_restore_fixes_kinds_and_an_emptied_target(daemon_with_set, rundir: str) -> None:
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target, "--delta")  # a missing target: everything is written
+    assert snapshot(target) == want
+    # a directory where a file was, a file where a directory was, a symlink where a directory was
+    p = os.path.join(target, "docs", "n05.txt")
+    os.unlink(p)
+    os.makedirs(os.path.join(p, "inner"))
+    shutil.rmtree(os.path.join(target, "docs", "deep"))
+    with open(os.path.join(target, "docs", "deep"), "wb") as f:
+        f.write(b"in the way")
+    shutil.rmtree(os.path.join(target, "cache"))
+    os.symlink("/", os.path.join(target, "cache"))  # must never be written through
+    with open(os.path.join(p, "inner", "x"), "wb") as f:  # extras below what is replaced
+        f.write(b"x")
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete"))
+    assert r["errors"] == []
+    assert snapshot(target) == want
+    assert stat.S_ISDIR(os.lstat(os.path.join(target, "cache")).st_mode)
+
+
+def test_verify_detects_a_difference_and_fails(daemon_with_set, rundir: str) -> None:
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    out = d.ok("restore", set_id, "--target", target, "--verify")
+    assert "verified" in out and "content hashes" in out
+    with open(os.path.join(target, "media", "big3.bin"), "r+b") as f:
+        f.seek(CHUNKY - 10)
+        f.write(b"X")
+    r = d.cli("restore", set_id, "--target", target, "--delta", "--dry-run")
+    assert r.returncode == 0 and "media/big3.bin" in r.stdout
+    # verify alone (after a restore that wrote nothing new) reports the damage
+    r = d.cli("restore", set_id, "--target", target, "--overwrite", "--include", "docs/deep/", "--verify")
+    assert r.returncode == 0, r.stderr  # only docs/deep was restored and checked
+    r = d.cli("restore", set_id, "--target", target, "--overwrite", "--include", "media/big3.bin", "--verify",
+              "--exclude", "nothing")
+    assert r.returncode == 0, r.stderr  # it rewrote the damaged file, then checked it
+    with open(os.path.join(target, "media", "big3.bin"), "r+b") as f:
+        f.write(b"Y")
+    from cairn.client import cli, restoring
+    from cairn.client.connection import Connection, resolve_endpoint
+
+    args = cli.build_parser().parse_args(["restore", set_id, "--target", target, "--verify"])
+    with Connection(resolve_endpoint(socket=d.socket)) as conn:
+        assert restoring.verify_target(conn, args, lambda *_: None, cli.render, cli.to_record) == 1
+
+
+def test_include_exclude_and_dry_run(daemon_with_set, rundir: str) -> None:
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "some")
+    out = d.ok("restore", set_id, "--target", target, "--include", "docs/", "--exclude", "n1*.txt", "--dry-run")
+    assert not os.path.exists(target)
+    listed = [line.split()[3] for line in out.splitlines() if line.startswith("would write")]
+    assert "docs/n00.txt" in listed and "docs/deep/leaf.txt" in listed
+    assert not any("n1" in p for p in listed) and not any(p.startswith(("media", "cache")) for p in listed)
+    d.ok("restore", set_id, "--target", target, "--include", "docs/", "--exclude", "n1*.txt")
+    got = snapshot(target)
+    expect = {k: v for k, v in want.items() if k.startswith("docs") and not os.path.basename(k).startswith("n1")}
+    assert {k: v for k, v in got.items() if k != "docs"} == {k: v for k, v in expect.items() if k != "docs"}
+    assert set(got) == set(expect)
+    # an include below directories brings those directories (with their metadata), nothing else
+    t2 = os.path.join(rundir, "leaf")
+    d.ok("restore", set_id, "--target", t2, "--include", "leaf.txt")
+    assert set(snapshot(t2)) == {"docs", "docs/deep", "docs/deep/leaf.txt"}
+    assert snapshot(t2)["docs/deep"] == want["docs/deep"]
+
+
+def test_bad_restore_options_are_usage_errors(daemon_with_set, rundir: str) -> None:
+    d, set_id, _, _ = daemon_with_set
+    target = os.path.join(rundir, "t")
+    for extra in (["--delete"], ["--delta", "--delete", "--include", "x"], ["--dry-run", "--verify"],
+                  ["--db-target", "a=/tmp/x"]):
+        r = d.cli("restore", set_id, "--target", target, *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert r.stderr.startswith("cairn: error:") and not os.path.exists(target)
+    r = d.cli("restore", set_id, "--target", target, "--databases")
+    assert r.returncode == 3 and "holds no database" in r.stderr
+
+
+def test_quick_check_trusts_size_and_mtime_and_the_default_reads_content(daemon_with_set, rundir: str) -> None:
+    d, set_id, _, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    sneaky = os.path.join(target, "docs", "n07.txt")  # same size and mtime, other content
+    st = os.stat(sneaky)
+    with open(sneaky, "r+b") as f:
+        f.write(b"#")
+    os.utime(sneaky, ns=(st.st_atime_ns, st.st_mtime_ns))
+    touched = os.path.join(target, "docs", "n08.txt")  # content and mtime changed
+    with open(touched, "r+b") as f:
+        f.write(b"#")
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--quick"))
+    assert r["files_written"] == 1  # n08 only: the quick check does not read n07
+    assert snapshot(target)["docs/n08.txt"] == want["docs/n08.txt"]
+    assert snapshot(target)["docs/n07.txt"] != want["docs/n07.txt"]
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
+    assert r["files_written"] == 1 and snapshot(target) == want
+    assert d.cli("restore", set_id, "--target", target, "--quick").returncode == 2

@@ -1,0 +1,65 @@
+"""wal-fetch's prefetch spool through the real client and daemon: after one fetch the next
+segments arrive in the spool in the background, the spool stays within its bound, and later
+fetches are served from it without the daemon (it is killed first)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from cairnd_harness import Daemon
+
+SEG = 1 << 20  # segment size of this test's archive (the spool learns it from the first fetch)
+
+
+def name(n: int) -> str:
+    return f"00000001{0:08X}{n:08X}"
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_prefetch_fills_a_bounded_spool_and_serves_without_the_daemon(start_daemon, rundir: str) -> None:
+    d: Daemon = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", rundir)
+    src = os.path.join(rundir, "wal")
+    os.makedirs(src)
+    bodies = {}
+    for n in range(1, 13):
+        bodies[n] = os.urandom(SEG)
+        path = os.path.join(src, name(n))
+        with open(path, "wb") as f:
+            f.write(bodies[n])
+        d.ok("wal-push", path)
+    pg_wal = os.path.join(rundir, "data", "pg_wal")
+    os.makedirs(pg_wal)
+    dest = os.path.join(pg_wal, "RECOVERYXLOG")
+    spool = os.path.join(pg_wal, "cairn-prefetch")
+
+    def spooled() -> set[str]:
+        return {e for e in os.listdir(spool) if not e.startswith(".")} if os.path.isdir(spool) else set()
+
+    d.ok("wal-fetch", name(1), dest, "--prefetch", "4")
+    assert open(dest, "rb").read() == bodies[1]
+    wait_for(lambda: spooled() == {name(n) for n in range(2, 6)}, 30, "segments 2-5 in the spool")
+    d.ok("wal-fetch", name(2), dest, "--prefetch", "4")
+    assert open(dest, "rb").read() == bodies[2]
+    wait_for(lambda: spooled() == {name(n) for n in range(3, 7)}, 30, "the window to move to 3-6")
+    assert len(spooled()) <= 4
+
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    for n in (3, 4):
+        d.ok("wal-fetch", name(n), dest, "--prefetch", "4")  # served from the spool
+        assert open(dest, "rb").read() == bodies[n]
+    r = d.cli("wal-fetch", name(9), dest, "--prefetch", "4")  # not spooled: needs the daemon
+    assert r.returncode == 1 and "unable to reach cairnd" in r.stderr
+    # without prefetch the spool is never used
+    r = d.cli("wal-fetch", name(5), dest, "--prefetch", "0")
+    assert r.returncode == 1

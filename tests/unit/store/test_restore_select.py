@@ -1,0 +1,70 @@
+"""Restore selection and manifests in the store: --include/--exclude patterns prune the stream
+(directories on the way come first, excluded directories are not entered), a manifest lists
+every file's chunks with their sizes and carries no content, and read_chunks serves only
+chunks of the set."""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import pytest
+from cairn.fsio.records import Data, EntryMeta
+from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.store.restore import RestoreFilter
+from storekit import backup
+
+
+def make(src) -> None:
+    for rel, size in (("a/keep.txt", 10), ("a/drop.tmp", 10), ("a/b/deep.txt", 3000), ("c/other.txt", 5),
+                      ("cache/x.bin", 100), ("big.bin", 3 << 20)):
+        p = src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(size))
+
+
+def paths(records) -> list[bytes]:
+    return [r.path for r in records if isinstance(r, EntryMeta)]
+
+
+def test_include_and_exclude_prune_the_stream(repo, src) -> None:
+    make(src)
+    s = backup(repo, str(src))
+    got = paths(repo.restore_stream(s, select=RestoreFilter(["*.txt"], ["cache/", "c/"])))
+    assert got == [b"a", b"a/b", b"a/b/deep.txt", b"a/keep.txt"]
+    got = paths(repo.restore_stream(s, select=RestoreFilter([], ["*.tmp", "cache/"])))
+    assert b"a/drop.tmp" not in got and not any(p.startswith(b"cache") for p in got) and b"big.bin" in got
+    got = paths(repo.restore_stream(s, select=RestoreFilter(["a/b/"])))
+    assert got == [b"a", b"a/b", b"a/b/deep.txt"]
+    with pytest.raises(InvalidArgumentError):
+        RestoreFilter(["  "])
+
+
+def test_manifest_lists_chunks_and_no_content(repo, src) -> None:
+    make(src)
+    s = backup(repo, str(src))
+    recs = list(repo.restore_stream(s, manifest=True))
+    assert not any(isinstance(r, Data) for r in recs)
+    big = next(r for r in recs if isinstance(r, EntryMeta) and r.path == b"big.bin")
+    assert len(big.chunks) >= 2 and sum(big.chunk_sizes) == big.size == 3 << 20
+    content = (src / "big.bin").read_bytes()
+    off = 0
+    for cid, size in zip(big.chunks, big.chunk_sizes, strict=True):
+        assert blake3.blake3(content[off:off + size]).digest() == cid
+        off += size
+    assert list(repo.read_chunks(s, list(big.chunks))) == [
+        content[o:o + n] for o, n in zip([sum(big.chunk_sizes[:i]) for i in range(len(big.chunks))],
+                                         big.chunk_sizes, strict=True)]
+
+
+def test_read_chunks_refuses_a_chunk_of_another_set(repo, src, tmp_path) -> None:
+    make(src)
+    s = backup(repo, str(src))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "secret").write_bytes(os.urandom(5000))
+    s2 = backup(repo, str(other), source="other")
+    secret = next(r for r in repo.restore_stream(s2, manifest=True) if isinstance(r, EntryMeta)
+                  and r.path == b"secret")
+    with pytest.raises(NotFoundError, match="not part of the set"):
+        list(repo.read_chunks(s, list(secret.chunks)))
