@@ -37,6 +37,7 @@ from cairn.daemon.scheduler import Scheduler
 from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 from cairn.daemon.service import CairnService
 from cairn.errors import CairnError
+from cairn.store.locations import open_repository
 from cairn.store.repository import Repository
 
 log = logging.getLogger("cairn.daemon")
@@ -124,7 +125,8 @@ class Daemon:
         # Before anything else: thaw every quiesce window a previous run died inside.
         self.thaw_leftover_windows()
         # The repository first: without it there is nothing to serve.
-        self.repo = Repository.open_local(cfg.repository.path, create=not read_only, read_only=read_only)
+        self.repo = open_repository(cfg.repository.path, cfg.repository.s3_options(),
+                                    create=not read_only, read_only=read_only)
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()
