@@ -43,6 +43,7 @@ from .errors import BackendError, NotFoundError
 T = TypeVar("T")
 
 DEFAULT_ATTEMPTS = 4  # whole-operation attempts (each with botocore's own retries inside)
+SDK_ATTEMPTS = 3  # botocore's own attempts per request (its "standard" retry mode)
 DEFAULT_BACKOFF = 0.25  # seconds before the second attempt; doubles each time
 MAX_BACKOFF = 8.0
 PROBE_DIR = "probe"  # under the prefix, beside the kinds; holds only short-lived probe objects
@@ -122,7 +123,7 @@ class S3Backend:
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None,
                  region: str | None = None, path_style: bool | None = None,
                  credentials_file: str | None = None, attempts: int = DEFAULT_ATTEMPTS,
-                 backoff: float = DEFAULT_BACKOFF, connect_timeout: float = 10.0,
+                 backoff: float = DEFAULT_BACKOFF, sdk_attempts: int = SDK_ATTEMPTS, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, max_connections: int = 16,
                  probe_conditional: bool = True) -> None:
         if not bucket:
@@ -143,7 +144,7 @@ class S3Backend:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_connections,
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "total_max_attempts": sdk_attempts},
             s3={"addressing_style": "path" if path_style else "auto"},
         )
         try:
