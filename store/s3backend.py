@@ -19,7 +19,11 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
   which is atomic only against writers of this process: two hosts creating the same
   create-once object at once may both believe they won, and the last writer's content stays.
   Content-addressed objects (packs, index, trees) are unaffected, since both writers store the
-  same bytes; lock and other create-once objects written by several hosts are not safe then.
+  same bytes; lock and other create-once objects written by several hosts are not safe then;
+- a small read of a pack fetches the aligned 2 MiB block around it and keeps the last 16 blocks
+  (packs never change once written): a restore's thousands of chunk reads become a few GETs.
+  A pack deleted by another host may still be served from those blocks for a short while;
+  garbage collection's grace period is what makes that harmless.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -46,6 +51,8 @@ DEFAULT_ATTEMPTS = 4  # whole-operation attempts (each with botocore's own retri
 SDK_ATTEMPTS = 3  # botocore's own attempts per request (its "standard" retry mode)
 DEFAULT_BACKOFF = 0.25  # seconds before the second attempt; doubles each time
 MAX_BACKOFF = 8.0
+READ_BLOCK = 2 * 1024 * 1024  # small pack reads fetch the aligned block around them ...
+CACHED_BLOCKS = 16  # ... and keep this many blocks (32 MiB) for the reads that follow
 PROBE_DIR = "probe"  # under the prefix, beside the kinds; holds only short-lived probe objects
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({
@@ -125,7 +132,8 @@ class S3Backend:
                  credentials_file: str | None = None, attempts: int = DEFAULT_ATTEMPTS,
                  backoff: float = DEFAULT_BACKOFF, sdk_attempts: int = SDK_ATTEMPTS, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, max_connections: int = 16,
-                 probe_conditional: bool = True) -> None:
+                 probe_conditional: bool = True, read_block: int = READ_BLOCK,
+                 cached_blocks: int = CACHED_BLOCKS) -> None:
         if not bucket:
             raise BackendError("invalid S3 location: no bucket name")
         if attempts < 1:
@@ -136,6 +144,8 @@ class S3Backend:
         self.attempts = attempts
         self.backoff = backoff
         self._lock = threading.Lock()
+        self.read_block = read_block
+        self._blocks = _BlockCache(cached_blocks)
         keys = read_credentials_file(credentials_file) if credentials_file else {}
         if path_style is None:
             path_style = self.endpoint is not None  # S3-compatible stores rarely do virtual hosts
@@ -282,10 +292,31 @@ class S3Backend:
                           missing=f"unable to read {kind} object '{name}': not found")
 
     def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
-        key = self._key(kind, name)
+        """Bytes [offset, offset+length) of the object, fewer at its end, b"" past it.
+
+        Packs never change once written, so a small read of a pack fetches the aligned
+        `read_block` around it and keeps it: a restore reads a pack's chunks in order, and one
+        GET per block instead of one per chunk is what makes that fast over HTTP."""
+        self._key(kind, name)
         if length <= 0:
             self.stat(kind, name)
             return b""
+        block = self.read_block
+        if kind != "packs" or block <= 0 or length >= block:
+            return self._ranged_get(kind, name, offset, length)
+        first, last = offset // block, (offset + length - 1) // block
+        parts = []
+        for i in range(first, last + 1):
+            data = self._blocks.get((name, i), lambda i=i: self._ranged_get(kind, name, i * block, block))
+            lo = offset - i * block if i == first else 0
+            hi = offset + length - i * block
+            parts.append(data[max(lo, 0):hi])
+            if len(data) < block:
+                break  # the object ends in this block
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _ranged_get(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        key = self._key(kind, name)
 
         def op() -> bytes:
             try:
@@ -306,6 +337,8 @@ class S3Backend:
     def put(self, kind: str, name: str, data: bytes) -> None:
         key = self._key(kind, name)
         body = bytes(data)
+        if kind == "packs":
+            self._blocks.forget(name)
 
         def op() -> None:
             resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)
@@ -377,6 +410,8 @@ class S3Backend:
 
     def delete(self, kind: str, name: str) -> None:
         key = self._key(kind, name)
+        if kind == "packs":
+            self._blocks.forget(name)
         self.stat(kind, name)  # S3 deletes of missing keys succeed; the protocol says NotFoundError
         self._call(f"delete {kind} object '{name}'",
                    lambda: self._s3.delete_object(Bucket=self.bucket, Key=key))
@@ -389,8 +424,66 @@ class S3Backend:
         return int(resp["ContentLength"])
 
     def close(self) -> None:
-        """Release the client's connection pool."""
+        """Release the client's connection pool and the cached blocks."""
+        self._blocks.forget(None)
         try:
             self._s3.close()
         except (AttributeError, bexc.BotoCoreError):
             pass
+
+
+class _Loading:
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data = b""
+        self.error: BaseException | None = None
+
+
+class _BlockCache:
+    """At most `size` blocks of packs, least recently used dropped first. Concurrent readers of
+    one block wait for a single fetch; a failed fetch is not kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._loading: dict[tuple[str, int], _Loading] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int], fetch: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            data = self._blocks.get(key)
+            if data is not None:
+                self._blocks.move_to_end(key)
+                return data
+            loading = self._loading.get(key)
+            owner = loading is None
+            if owner:
+                loading = self._loading[key] = _Loading()
+        assert loading is not None
+        if not owner:
+            loading.done.wait()
+            if loading.error is not None:
+                raise loading.error
+            return loading.data
+        try:
+            loading.data = fetch()
+        except BaseException as e:
+            loading.error = e
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+                if loading.error is None and self.size > 0:
+                    self._blocks[key] = loading.data
+                    while len(self._blocks) > self.size:
+                        self._blocks.popitem(last=False)
+            loading.done.set()
+        return loading.data
+
+    def forget(self, pack: str | None) -> None:
+        """Drop the blocks of `pack` (of every pack for None)."""
+        with self._lock:
+            for key in [k for k in self._blocks if pack is None or k[0] == pack]:
+                del self._blocks[key]
