@@ -108,3 +108,40 @@ def test_the_probe_object_is_removed(faulty):
                      region_name="us-east-1")
     keys = [o["Key"] for o in c.list_objects_v2(Bucket=b.bucket).get("Contents", [])]
     assert not [k for k in keys if "/probe/" in k]
+
+
+def test_small_pack_reads_share_block_gets_and_stay_exact(faulty):
+    import random
+
+    proxy, make = faulty
+    b = make(read_block=4096, cached_blocks=4)
+    data = random.Random(7).randbytes(5 * 4096 + 123)
+    b.put("packs", PACK, data)
+    proxy.seen.clear()
+    # A restore reads a pack's chunks in order: one GET per block, not per chunk.
+    pos = 0
+    while pos < len(data):
+        assert b.get_range("packs", PACK, pos, 100) == data[pos:pos + 100]
+        pos += 100
+    assert proxy.seen["GET"] == 6
+    # Reads across block boundaries, at the end and past it are exact.
+    rng = random.Random(8)
+    for _ in range(60):
+        off, n = rng.randrange(0, len(data) + 50), rng.randrange(1, 9000)
+        assert b.get_range("packs", PACK, off, n) == data[off:off + n]
+    # Rewriting or deleting a pack drops its blocks.
+    b.put("packs", PACK, data[::-1])
+    assert b.get_range("packs", PACK, 10, 20) == data[::-1][10:30]
+    b.delete("packs", PACK)
+    with pytest.raises(NotFoundError):
+        b.get_range("packs", PACK, 10, 20)
+
+
+def test_a_failed_block_read_is_not_kept(faulty):
+    proxy, make = faulty
+    b = make(read_block=4096, attempts=1, sdk_attempts=1)
+    b.put("packs", PACK, b"x" * 5000)
+    proxy.add("GET", "status", times=1, status=500, code="InternalError")
+    with pytest.raises(BackendError):
+        b.get_range("packs", PACK, 0, 10)
+    assert b.get_range("packs", PACK, 0, 10) == b"x" * 10
