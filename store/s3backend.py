@@ -162,7 +162,7 @@ class S3Backend:
             self._s3 = session.client("s3", endpoint_url=self.endpoint, config=config, **keys)
         except (bexc.BotoCoreError, ValueError) as e:
             raise BackendError(f"unable to set up S3 client for {self.location()}: {_reason(e)}") from e
-        self.where = self.endpoint or f"the AWS endpoint of region {self._s3.meta.region_name or 'us-east-1'}"
+        self.where = self._s3.meta.endpoint_url  # as resolved: config, AWS_ENDPOINT_URL*, or AWS's
         self._probe_bucket()
         self.conditional_writes: bool | None = None  # unknown until probed
         if probe_conditional:
@@ -215,7 +215,7 @@ class S3Backend:
     def _failure(self, what: str, e: BaseException, attempt: int) -> str:
         tries = f" (after {attempt} attempts)" if attempt > 1 else ""
         if isinstance(e, bexc.EndpointConnectionError):
-            return f"unable to {what}: S3 endpoint '{self.endpoint or self.where}' is unreachable{tries}"
+            return f"unable to {what}: S3 endpoint '{self.where}' is unreachable{tries}"
         return f"unable to {what} at {self.location()}: {_reason(e)}{tries}"
 
     def _no_bucket(self) -> str:
@@ -250,7 +250,7 @@ class S3Backend:
         except bexc.NoCredentialsError:
             raise BackendError(self._no_credentials()) from None
         except bexc.EndpointConnectionError:
-            raise BackendError(f"S3 endpoint '{self.endpoint or self.where}' is unreachable") from None
+            raise BackendError(f"S3 endpoint '{self.where}' is unreachable") from None
         except bexc.BotoCoreError as e:
             raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
 
