@@ -151,6 +151,12 @@ def main() -> int:
         build_corpus(args.corpus_script, corpus, big_mib=args.big_mib)
         stamp.write_text(want)
     files, size = tree_bytes(corpus)
+    # Outputs of an earlier invocation go now, before anything is timed (ext4 scans recently
+    # deleted inodes when creating files: deleting them just before a restore would slow it).
+    for old in work.iterdir():
+        if old.name.startswith(("restore-", "repo-", "local-", "s3-")) and old.is_dir():
+            shutil.rmtree(old)
+    settle()
     restic = not args.no_restic and shutil.which("restic") is not None
     weed_dir = work / "weed"
     if weed_dir.exists():
@@ -185,7 +191,9 @@ def main() -> int:
                 print(f"run {run + 1}: {name:12} backup {size / out[0] / MB:7.1f} MB/s   "
                       f"restore {size / out[1] / MB:7.1f} MB/s", flush=True)
     med = {n: {k: size / statistics.median(v) / MB for k, v in t.items()} for n, t in times.items()}
-    print(f"\nmedians of {args.runs} run(s), MB/s (corpus {size / MB:.0f} MB, {files} files):")
+    load = os.getloadavg()
+    print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+    print(f"medians of {args.runs} run(s), MB/s (corpus {size / MB:.0f} MB, {files} files):")
     for n, m in med.items():
         print(f"  {n:12} backup {m['backup']:7.1f}   restore {m['restore']:7.1f}"
               + (f"   restore verified: {verified[n]}" if n in verified else ""))
