@@ -21,7 +21,8 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
   Content-addressed objects (packs, index, trees) are unaffected, since both writers store the
   same bytes; lock and other create-once objects written by several hosts are not safe then;
 - a small read of a pack fetches the aligned 2 MiB block around it and keeps the last 16 blocks
-  (packs never change once written): a restore's thousands of chunk reads become a few GETs.
+  (packs never change once written), and starts fetching the next block in the background: a
+  restore's thousands of chunk reads become a few GETs, overlapped with its work.
   A pack deleted by another host may still be served from those blocks for a short while;
   garbage collection's grace period is what makes that harmless.
 """
@@ -35,6 +36,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -43,7 +45,7 @@ import urllib3.exceptions
 from botocore.config import Config as BotoConfig
 
 from .backend import KINDS
-from .errors import BackendError, NotFoundError
+from .errors import BackendError, CairnError, NotFoundError
 
 T = TypeVar("T")
 
@@ -133,7 +135,7 @@ class S3Backend:
                  backoff: float = DEFAULT_BACKOFF, sdk_attempts: int = SDK_ATTEMPTS, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, max_connections: int = 16,
                  probe_conditional: bool = True, read_block: int = READ_BLOCK,
-                 cached_blocks: int = CACHED_BLOCKS) -> None:
+                 cached_blocks: int = CACHED_BLOCKS, readahead: bool = True) -> None:
         if not bucket:
             raise BackendError("invalid S3 location: no bucket name")
         if attempts < 1:
@@ -146,6 +148,8 @@ class S3Backend:
         self._lock = threading.Lock()
         self.read_block = read_block
         self._blocks = _BlockCache(cached_blocks)
+        self.readahead = readahead and read_block > 0 and cached_blocks > 1
+        self._ahead: ThreadPoolExecutor | None = None
         keys = read_credentials_file(credentials_file) if credentials_file else {}
         if path_style is None:
             path_style = self.endpoint is not None  # S3-compatible stores rarely do virtual hosts
@@ -313,7 +317,31 @@ class S3Backend:
             parts.append(data[max(lo, 0):hi])
             if len(data) < block:
                 break  # the object ends in this block
+        else:
+            if self.readahead:
+                self._read_ahead(kind, name, last + 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, kind: str, name: str, index: int) -> None:
+        """Start fetching block `index` of a pack in the background (reads go on in order)."""
+        key = (name, index)
+        if self._blocks.has(key):
+            return
+        with self._lock:
+            if self._ahead is None:
+                self._ahead = ThreadPoolExecutor(max_workers=2, thread_name_prefix="s3-readahead")
+            pool = self._ahead
+
+        def fetch() -> None:
+            try:
+                self._blocks.get(key, lambda: self._ranged_get(kind, name, index * self.read_block, self.read_block))
+            except CairnError:
+                pass  # a failed read-ahead is not kept; the read that needs the block retries
+
+        try:
+            pool.submit(fetch)
+        except RuntimeError:
+            pass  # closed
 
     def _ranged_get(self, kind: str, name: str, offset: int, length: int) -> bytes:
         key = self._key(kind, name)
@@ -425,6 +453,10 @@ class S3Backend:
 
     def close(self) -> None:
         """Release the client's connection pool and the cached blocks."""
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
         self._blocks.forget(None)
         try:
             self._s3.close()
@@ -481,6 +513,11 @@ class _BlockCache:
                         self._blocks.popitem(last=False)
             loading.done.set()
         return loading.data
+
+    def has(self, key: tuple[str, int]) -> bool:
+        """Whether the block is kept or being fetched."""
+        with self._lock:
+            return key in self._blocks or key in self._loading
 
     def forget(self, pack: str | None) -> None:
         """Drop the blocks of `pack` (of every pack for None)."""

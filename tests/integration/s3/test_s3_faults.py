@@ -145,3 +145,33 @@ def test_a_failed_block_read_is_not_kept(faulty):
     with pytest.raises(BackendError):
         b.get_range("packs", PACK, 0, 10)
     assert b.get_range("packs", PACK, 0, 10) == b"x" * 10
+
+
+def test_the_next_block_is_read_ahead(faulty):
+    proxy, make = faulty
+    b = make(read_block=4096, cached_blocks=8)
+    data = bytes(range(256)) * 40  # 10240 bytes: blocks 0, 1 full, 2 partial
+    b.put("packs", PACK, data)
+    proxy.seen.clear()
+    assert b.get_range("packs", PACK, 0, 10) == data[:10]
+    deadline = time.monotonic() + 30
+    while proxy.seen["GET"] < 2:  # block 1 comes without being asked for
+        assert time.monotonic() < deadline, "block 1 was not read ahead"
+        time.sleep(0.01)
+    while not b._blocks.has((PACK, 2)):  # reading ahead goes on only as blocks are used
+        assert proxy.seen["GET"] == 2 and time.monotonic() < deadline
+        b.get_range("packs", PACK, 4096, 10)
+        time.sleep(0.01)
+    assert b.get_range("packs", PACK, 8192, 100) == data[8192:8292]
+    assert proxy.seen["GET"] == 3  # block 2 is short: the pack ends there, nothing more is read
+    b.close()
+
+
+def test_no_read_ahead_when_turned_off(faulty):
+    proxy, make = faulty
+    b = make(read_block=4096, readahead=False)
+    b.put("packs", PACK, bytes(10240))
+    proxy.seen.clear()
+    b.get_range("packs", PACK, 0, 10)
+    b.close()
+    assert proxy.seen["GET"] == 1
