@@ -7,7 +7,8 @@ environment. What always holds: `start()` returns only once the S3 API has creat
 and stored and deleted an object (or raises with the log's tail after a deadline); `stop()`
 ends the process by PID (SIGTERM, then SIGKILL after a grace period) and waits for it, so its
 ports are free again afterwards; `kill()` is a SIGKILL and a wait; a stopped server restarts on
-the same directory and ports, keeping its data.
+the same directory and ports, keeping its data (SeaweedFS names its master's metadata after the
+master port: the same directory on other ports shows an empty store).
 
     with WeedServer(tmp_path / "weed") as s3:
         client = s3.client()
