@@ -89,7 +89,7 @@ class WeedServer:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(args, cwd=self.dir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL)
         finally:
             log.close()
         try:
