@@ -29,13 +29,29 @@ def rundir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def config(rundir: str, repository: str, source: str) -> str:
-    path = os.path.join(rundir, "cairnd.toml")
+def config(rundir: str, repository: str, source: str, state: str = "state", read_only: bool = False) -> str:
+    path = os.path.join(rundir, f"{state}.toml")
     with open(path, "w") as f:
         f.write(f'[repository]\n{repository}\n[daemon]\nsocket = "{rundir}/s.sock"\n'
-                f'state_dir = "{rundir}/state"\n\n[[source]]\nname = "data"\npaths = ["{source}"]\n'
-                "watch = false\n")
+                f'state_dir = "{rundir}/{state}"\nread_only = {"true" if read_only else "false"}\n\n'
+                f'[[source]]\nname = "data"\npaths = ["{source}"]\nwatch = false\n')
     return path
+
+
+def start(rundir: str, cfg: str) -> subprocess.Popen:
+    with open(os.path.join(rundir, "err.log"), "wb") as err:
+        proc = subprocess.Popen([CAIRND, "--config", cfg], stdout=subprocess.DEVNULL, stderr=err, env=env())
+    deadline = time.monotonic() + 60
+    while cli(rundir, "status").returncode != 0:
+        assert proc.poll() is None, open(os.path.join(rundir, "err.log")).read()
+        assert time.monotonic() < deadline, "cairnd did not answer in time"
+        time.sleep(0.1)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
 
 
 def env() -> dict[str, str]:
@@ -58,15 +74,9 @@ def repository(weed, creds: str, bucket: str | None = None, endpoint: str | None
 def test_daemon_backs_up_to_and_restores_from_a_bucket(weed, creds, rundir, rng):
     src = os.path.join(rundir, "src")
     make_tree(src, rng, files=15, max_size=128 * 1024)
-    cfg = config(rundir, repository(weed, creds), src)
-    with open(os.path.join(rundir, "err.log"), "wb") as err:
-        proc = subprocess.Popen([CAIRND, "--config", cfg], stdout=subprocess.DEVNULL, stderr=err, env=env())
+    repo = repository(weed, creds)
+    proc = start(rundir, config(rundir, repo, src))
     try:
-        deadline = time.monotonic() + 60
-        while cli(rundir, "status").returncode != 0:
-            assert proc.poll() is None, open(os.path.join(rundir, "err.log")).read()
-            assert time.monotonic() < deadline, "cairnd did not answer in time"
-            time.sleep(0.1)
         r = cli(rundir, "--json", "backup", "--level", "full")
         assert r.returncode == 0, r.stderr
         set_id = json.loads(r.stdout)["id"]
@@ -77,8 +87,19 @@ def test_daemon_backs_up_to_and_restores_from_a_bucket(weed, creds, rundir, rng)
         assert_same_tree(src, restored)
         assert set_id[:12] in cli(rundir, "sets").stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        stop(proc)
+    # Another host: an empty state directory, the bucket read-only; everything restores.
+    proc = start(rundir, config(rundir, repo, src, state="fresh-state", read_only=True))
+    try:
+        assert set_id[:12] in cli(rundir, "sets").stdout
+        target = os.path.join(rundir, "restored-elsewhere")
+        r = cli(rundir, "restore", set_id, "--target", target)
+        assert r.returncode == 0, r.stderr
+        restored = os.path.join(target, "src") if os.path.isdir(os.path.join(target, "src")) else target
+        assert_same_tree(src, restored)
+        assert cli(rundir, "backup", "--level", "full").returncode != 0  # read-only
+    finally:
+        stop(proc)
 
 
 def start_fails(rundir: str, repo: str, src: str) -> str:
