@@ -8,9 +8,13 @@ directory. The object-store options are accepted only for `s3://` locations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .backend import Backend, LocalBackend
 from .errors import InvalidArgumentError, NotARepositoryError, NotFoundError
+
+if TYPE_CHECKING:
+    from .repository import Repository
 
 S3_SCHEME = "s3://"
 
@@ -26,6 +30,7 @@ class S3Options:
 
 
 def is_s3(location: str) -> bool:
+    """Whether `location` names an object-store repository."""
     return location.startswith(S3_SCHEME)
 
 
@@ -59,9 +64,9 @@ def open_backend(location: str, options: S3Options | None = None, *, probe_condi
 
 
 def open_repository(location: str, options: S3Options | None = None, *, create: bool = False,
-                    read_only: bool = False):  # -> Repository (imported lazily: no import cycle)
+                    read_only: bool = False) -> Repository:
     """Open the repository at `location`; with `create`, initialise an empty location first."""
-    from .repository import Repository
+    from .repository import Repository  # imported here: repository.py may come to use this module
 
     if not is_s3(location):
         return Repository.open_local(location, create=create, read_only=read_only)

@@ -67,3 +67,13 @@ def test_repo_argument_keeps_an_s3_url(tmp_path):
 def test_parse_s3():
     assert parse_s3("s3://bkt") == ("bkt", "")
     assert parse_s3("s3://bkt/a/b/") == ("bkt", "a/b")
+
+
+def test_open_backend_of_a_local_path_takes_no_object_store_options(tmp_path):
+    from cairn.store.backend import LocalBackend
+    from cairn.store.errors import InvalidArgumentError
+    from cairn.store.locations import open_backend
+
+    assert isinstance(open_backend(str(tmp_path / "repo")), LocalBackend)
+    with pytest.raises(InvalidArgumentError, match="need an s3:// repository"):
+        open_backend(str(tmp_path / "repo"), S3Options(endpoint="http://127.0.0.1:1"))
