@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from cairn.daemon.cron import CronExpr
 from cairn.daemon.durations import parse_duration
 from cairn.daemon.retention import keep_policy
 from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.store.locations import S3Options, is_s3, parse_s3
 from cairn.store.model import LEVELS, PrunePolicy
 
 DEFAULT_SOCKET_NAME = "cairnd.sock"
@@ -33,7 +34,8 @@ QUIESCE_MODES = ("cold", "hot")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
-REPOSITORY_KEYS = ("path", "gc", "wal_keep")
+S3_KEYS = ("endpoint", "region", "path_style", "credentials_file")  # only with an s3:// path
+REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "wal_keep")
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
@@ -66,9 +68,18 @@ class ConfigError(InvalidArgumentError):
 
 @dataclass(frozen=True)
 class RepositoryConfig:
-    path: str
+    path: str  # a local directory (absolute) or s3://bucket/prefix
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool | None = None
+    credentials_file: str | None = None
     gc: str | None = None  # cron of scheduled retention + garbage collection
     wal_keep: float | None = None  # seconds of WAL kept for point-in-time recovery (None: all)
+
+    def s3_options(self) -> S3Options | None:
+        """The object-store options, None when none was given."""
+        options = S3Options(self.endpoint, self.region, self.path_style, self.credentials_file)
+        return None if options == S3Options() else options
 
 
 @dataclass(frozen=True)
@@ -261,7 +272,7 @@ def config_from_args(repo: str, sources: Sequence[str], read_only: bool, home: s
         built.append(SourceConfig(name=name, paths=(path,)))
     if not repo:
         raise ConfigError(None, "--repo", "expected a repository directory")
-    repository = RepositoryConfig(path=os.path.abspath(os.path.expanduser(repo)))
+    repository = RepositoryConfig(path=repo if is_s3(repo) else os.path.abspath(os.path.expanduser(repo)))
     return Config(repository=repository, daemon=daemon, sources=tuple(built), databases=(), path=None)
 
 
@@ -375,8 +386,35 @@ class _Loader:
             except InvalidArgumentError as exc:
                 raise self.fail("repository.gc", exc.message) from exc
         wal_keep = table.get("wal_keep")
-        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True), gc=gc,
-                                wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep))
+        location = self.repository_location(table) or RepositoryConfig(
+            path=self.path("repository.path", table.get("path"), required=True))
+        return replace(location, gc=gc,
+                       wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep))
+
+    def repository_location(self, table: Mapping[str, Any]) -> RepositoryConfig | None:
+        """An s3:// repository with its object-store keys; None for a local directory (which
+        takes none of them)."""
+        path = table.get("path")
+        s3_keys = [k for k in S3_KEYS if k in table]
+        if not (isinstance(path, str) and is_s3(path)):
+            if s3_keys:
+                raise self.fail(f"repository.{s3_keys[0]}", "needs an s3:// repository.path")
+            return None
+        try:
+            parse_s3(path)
+        except InvalidArgumentError as exc:
+            raise self.fail("repository.path", str(exc)) from None
+        endpoint = self.string("repository.endpoint", table.get("endpoint"))
+        if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
+            raise self.fail("repository.endpoint", f"expected a URL like 'http://127.0.0.1:8333', got '{endpoint}'")
+        path_style = table.get("path_style")
+        return RepositoryConfig(
+            path=path,
+            endpoint=endpoint,
+            region=self.string("repository.region", table.get("region")),
+            path_style=None if path_style is None else self.boolean("repository.path_style", path_style),
+            credentials_file=self.path("repository.credentials_file", table.get("credentials_file")),
+        )
 
     def daemon(self, table: Mapping[str, Any]) -> DaemonConfig:
         self.keys("daemon", table, DAEMON_KEYS)

@@ -42,6 +42,7 @@ from cairn.daemon.scheduler import Scheduler
 from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 from cairn.daemon.service import CairnService
 from cairn.errors import CairnError
+from cairn.store.locations import open_repository
 from cairn.store.repository import Repository
 
 log = logging.getLogger("cairn.daemon")
@@ -148,11 +149,12 @@ class Daemon:
         self.thaw_leftover_windows()
         preflight.warn_unreachable_databases(cfg)
         # The repository first: without it there is nothing to serve (never created here). It
-        # is locked before it is read, so a second daemon on it is refused.
+        # is locked before it is read, so a second daemon on it is refused (a local one; on
+        # object storage the repository's own locks are all there is).
         path = cfg.repository.path
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
-        self.repo = Repository.open_local(path, create=False, read_only=read_only)
+        self.repo = open_repository(path, cfg.repository.s3_options(), create=False, read_only=read_only)
         self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:

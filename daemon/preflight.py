@@ -28,6 +28,7 @@ from cairn.store.errors import (
     NotARepositoryError,
     NotFoundError,
 )
+from cairn.store.locations import is_s3, open_backend
 from cairn.store.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,22 @@ def check_start(config: Config) -> None:
 
 
 def check_repository(config: Config) -> None:
-    """The configured repository exists; its absence is an error that says how to create one."""
+    """The configured repository exists; its absence is an error that says how to create one.
+    On object storage this connects (a missing bucket, wrong credentials or an unreachable
+    endpoint is one line now, not at the first backup)."""
     path = config.repository.path
+    if is_s3(path):
+        backend = open_backend(path, config.repository.s3_options(), probe_conditional=False)
+        try:
+            backend.get("config", "config")
+        except NotFoundError:
+            what = f"'{backend.location()}' is not a Cairn repository: no config"
+            if not config.daemon.read_only:
+                what += f"; {init_hint(config)}"
+            raise NotARepositoryError(what) from None
+        finally:
+            backend.close()
+        return
     if not os.path.exists(path):
         what = f"'{path}' is not a Cairn repository: no such directory"
         if not config.daemon.read_only:
@@ -92,6 +107,18 @@ def init_repository(config: Config) -> str:
     Refuses a path that holds a repository already, a file, and a non-empty directory.
     """
     path = config.repository.path
+    if is_s3(path):
+        backend = open_backend(path, config.repository.s3_options())
+        try:
+            backend.get("config", "config")
+            raise AlreadyExistsError(f"a repository already exists at '{backend.location()}'")
+        except NotFoundError:
+            pass
+        if any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
+            raise AlreadyExistsError(f"unable to create a repository at '{backend.location()}': "
+                                     "the prefix holds objects already")
+        Repository.init(backend).close()
+        return path
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise AlreadyExistsError(f"unable to create a repository at '{path}': a file is in the way")

@@ -221,13 +221,23 @@ def test_hot_mode_with_aux_paths(tmp_path):
     assert cfg.source("app").quiesce.freeze == ()
 
 
-def test_example_config_loads_and_covers_every_key():
+def test_example_config_loads_and_covers_every_key(tmp_path):
     cfg = load_config(str(EXAMPLE))
     assert cfg.daemon.listen and cfg.daemon.metrics and cfg.daemon.socket_group
     with open(EXAMPLE, "rb") as handle:
         data = tomllib.load(handle)
     assert set(data) == set(config_module.TOP_KEYS)
-    assert set(data["repository"]) == set(config_module.REPOSITORY_KEYS)
+    # the object-store keys are shown commented out (they go only with an s3:// path)
+    assert set(data["repository"]) == set(config_module.REPOSITORY_KEYS) - set(config_module.S3_KEYS)
+    text = EXAMPLE.read_text()
+    s3_lines = [line[2:] for line in text.splitlines()
+                if line.startswith("# ") and line[2:].split(" = ")[0] in ("path", *config_module.S3_KEYS)]
+    assert {line.split(" = ")[0] for line in s3_lines} == {"path", *config_module.S3_KEYS}
+    local_path = next(line for line in text.splitlines() if line.startswith("path = "))
+    s3_variant = tmp_path / "s3.toml"
+    s3_variant.write_text(text.replace(local_path, "\n".join(s3_lines)))
+    s3_cfg = load_config(str(s3_variant))
+    assert s3_cfg.repository.path.startswith("s3://") and s3_cfg.repository.s3_options() is not None
     assert set(data["daemon"]) == set(config_module.DAEMON_KEYS)
     assert set().union(*(source.keys() for source in data["source"])) == set(config_module.SOURCE_KEYS)
     quiesce_keys = set().union(*(source.get("quiesce", {}).keys() for source in data["source"]))

@@ -1,24 +1,40 @@
-"""One conformance suite over every Backend: local directory, memory, and the fault injector."""
+"""One conformance suite over every Backend: local directory, memory, the fault injector, and
+S3 on a real SeaweedFS started for the session (tests/s3server.py)."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from cairn.store.backend import KINDS, LocalBackend, MemoryBackend
 from cairn.store.errors import BackendError, NotFoundError
 from cairn.store.faults import FaultyBackend
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from s3server import shared_server  # noqa: E402
+
 PACK = "ab" + "cd" * 31
 
 
-@pytest.fixture(params=["local", "memory", "faulty"])
+@pytest.fixture(scope="session")
+def weed(request, tmp_path_factory):
+    return shared_server(request.config, tmp_path_factory.mktemp("weed"))
+
+
+@pytest.fixture(params=["local", "memory", "faulty", "s3"])
 def backend(request, tmp_path):
+    if request.param == "s3":
+        b = request.getfixturevalue("weed").backend()
+        yield b
+        b.close()
+        return
     if request.param == "local":
-        return LocalBackend(str(tmp_path / "repo"))
-    if request.param == "memory":
-        return MemoryBackend()
-    return FaultyBackend(MemoryBackend())
+        yield LocalBackend(str(tmp_path / "repo"))
+    elif request.param == "memory":
+        yield MemoryBackend()
+    else:
+        yield FaultyBackend(MemoryBackend())
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,0 +1,81 @@
+"""Repository locations: a local directory or `s3://bucket/prefix`, turned into a Backend.
+
+What always holds: `s3://` locations give an `S3Backend` that has already probed its bucket
+(so a bad bucket, credentials or endpoint fails here, in one line); anything else is a local
+directory. The object-store options are accepted only for `s3://` locations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .backend import Backend, LocalBackend
+from .errors import InvalidArgumentError, NotARepositoryError, NotFoundError
+
+if TYPE_CHECKING:
+    from .repository import Repository
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an object store; None means "boto3's usual sources" (environment, files)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool | None = None
+    credentials_file: str | None = None
+
+
+def is_s3(location: str) -> bool:
+    """Whether `location` names an object-store repository."""
+    return location.startswith(S3_SCHEME)
+
+
+def parse_s3(location: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket[/prefix]`; InvalidArgumentError if malformed."""
+    if not is_s3(location):
+        raise InvalidArgumentError(f"expected a location like 's3://bucket/prefix', got '{location}'")
+    bucket, _, prefix = location[len(S3_SCHEME):].partition("/")
+    if not bucket:
+        raise InvalidArgumentError(f"invalid repository location '{location}': no bucket name")
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise InvalidArgumentError(f"invalid repository location '{location}': empty or dot path segment")
+    return bucket, prefix
+
+
+def open_backend(location: str, options: S3Options | None = None, *, probe_conditional: bool = True) -> Backend:
+    """The backend of `location`. For S3 this connects and probes (see s3backend.py)."""
+    if is_s3(location):
+        from .s3backend import S3Backend  # boto3 is imported only when a bucket is used
+
+        opts = options or S3Options()
+        bucket, prefix = parse_s3(location)
+        return S3Backend(bucket, prefix, endpoint=opts.endpoint, region=opts.region,
+                         path_style=opts.path_style, credentials_file=opts.credentials_file,
+                         probe_conditional=probe_conditional)
+    if options is not None and options != S3Options():
+        raise InvalidArgumentError(f"endpoint, region, path_style and credentials_file need an s3:// "
+                                   f"repository, not '{location}'")
+    return LocalBackend(location)
+
+
+def open_repository(location: str, options: S3Options | None = None, *, create: bool = False,
+                    read_only: bool = False) -> Repository:
+    """Open the repository at `location`; with `create`, initialise an empty location first."""
+    from .repository import Repository  # imported here: repository.py may come to use this module
+
+    if not is_s3(location):
+        return Repository.open_local(location, create=create, read_only=read_only)
+    backend = open_backend(location, options, probe_conditional=not read_only)
+    try:
+        backend.get("config", "config")
+    except NotFoundError:
+        if create and not any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
+            return Repository.init(backend)
+        raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
+    return Repository.open(backend, read_only=read_only)
+

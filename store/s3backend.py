@@ -1,0 +1,526 @@
+"""A repository in an S3-compatible object store (AWS S3, Ceph RGW, SeaweedFS, MinIO), on boto3.
+
+`S3Backend` implements the `Backend` protocol of backend.py over one bucket and key prefix.
+Object keys mirror the local layout: `<prefix>/<kind>/<name>`, packs fanned out by the first
+two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
+- the backend is usable once constructed: the constructor probes the bucket, so a missing
+  bucket, wrong credentials or an unreachable endpoint is one clear line at open
+  (BackendError, or NotFoundError for a missing bucket), never at the first backup;
+- `put` returns only after the object store answered the PUT with success (S3 makes an object
+  visible whole or not at all, so there is no temp-and-rename);
+- every operation is retried as a whole on transient failures (connection errors, timeouts,
+  500/502/503/504, throttling), at most `attempts` times with capped exponential backoff and
+  jitter, on top of botocore's own retries; the last failure is raised as BackendError;
+- `get` / `get_range` / `stat` / `delete` of a missing object raise NotFoundError;
+- `put_if_absent` creates an object only if none exists, with a conditional write
+  (`If-None-Match: *`) when the store honours it. Whether it does is probed at open (a probe
+  object is written twice; the second write must be refused with 412) and exposed as
+  `conditional_writes`. When it is False, `put_if_absent` falls back to "stat, then put",
+  which is atomic only against writers of this process: two hosts creating the same
+  create-once object at once may both believe they won, and the last writer's content stays.
+  Content-addressed objects (packs, index, trees) are unaffected, since both writers store the
+  same bytes; lock and other create-once objects written by several hosts are not safe then;
+- a small read of a pack fetches the aligned 2 MiB block around it and keeps the last 16 blocks
+  (packs never change once written), and starts fetching the next block in the background: a
+  restore's thousands of chunk reads become a few GETs, overlapped with its work.
+  A pack deleted by another host may still be served from those blocks for a short while;
+  garbage collection's grace period is what makes that harmless.
+"""
+
+from __future__ import annotations
+
+import configparser
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import boto3
+import botocore.exceptions as bexc
+import urllib3.exceptions
+from botocore.config import Config as BotoConfig
+
+from .backend import KINDS
+from .errors import BackendError, CairnError, NotFoundError
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS = 4  # whole-operation attempts (each with botocore's own retries inside)
+SDK_ATTEMPTS = 3  # botocore's own attempts per request (its "standard" retry mode)
+DEFAULT_BACKOFF = 0.25  # seconds before the second attempt; doubles each time
+MAX_BACKOFF = 8.0
+READ_BLOCK = 2 * 1024 * 1024  # small pack reads fetch the aligned block around them ...
+CACHED_BLOCKS = 16  # ... and keep this many blocks (32 MiB) for the reads that follow
+PROBE_DIR = "probe"  # under the prefix, beside the kinds; holds only short-lived probe objects
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests",
+})
+TRANSIENT_EXC = (
+    bexc.ConnectionError,  # EndpointConnectionError, ConnectionClosedError, timeouts, proxy errors
+    bexc.HTTPClientError,
+    bexc.IncompleteReadError,
+    bexc.ResponseStreamingError,
+    urllib3.exceptions.HTTPError,  # a body read cut short
+    OSError,
+)
+
+
+def _status(e: bexc.ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _code(e: bexc.ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code") or "")
+
+
+def _is_missing(e: bexc.ClientError) -> bool:
+    return _status(e) == 404 or _code(e) in ("NoSuchKey", "NotFound", "404")
+
+
+def _is_transient(e: BaseException) -> bool:
+    if isinstance(e, TRANSIENT_EXC):
+        return True
+    if isinstance(e, bexc.ClientError):
+        return _status(e) in TRANSIENT_STATUS or _code(e) in TRANSIENT_CODES
+    return False
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying what went wrong, without botocore's operation boilerplate."""
+    if isinstance(e, bexc.ClientError):
+        code, status = _code(e), _status(e)
+        msg = str(e.response.get("Error", {}).get("Message") or "").strip()
+        head = f"{code} (HTTP {status})" if code and code != str(status) else f"HTTP {status}"
+        return f"{head}: {msg}" if msg and msg != code else head
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def read_credentials_file(path: str, profile: str = "default") -> dict[str, str]:
+    """Keys for boto3 from an AWS-style credentials file (INI, [profile] with aws_access_key_id
+    and aws_secret_access_key, optionally aws_session_token). BackendError if unusable."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise BackendError(f"unable to read credentials file '{path}': {e.strerror or e}") from e
+    except configparser.Error as e:
+        raise BackendError(f"unable to read credentials file '{path}': not an INI file") from e
+    if not parser.has_section(profile):
+        raise BackendError(f"credentials file '{path}' has no [{profile}] section")
+    section = parser[profile]
+    out: dict[str, str] = {}
+    for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+        value = section.get(key, "").strip()
+        if value:
+            out[key] = value
+    for key in ("aws_access_key_id", "aws_secret_access_key"):
+        if key not in out:
+            raise BackendError(f"credentials file '{path}' has no {key} in [{profile}]")
+    return out
+
+
+class S3Backend:
+    """Objects under `s3://bucket/prefix`. Thread-safe: boto3 clients may be shared by threads."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None,
+                 region: str | None = None, path_style: bool | None = None,
+                 credentials_file: str | None = None, attempts: int = DEFAULT_ATTEMPTS,
+                 backoff: float = DEFAULT_BACKOFF, sdk_attempts: int = SDK_ATTEMPTS, connect_timeout: float = 10.0,
+                 read_timeout: float = 60.0, max_connections: int = 16,
+                 probe_conditional: bool = True, read_block: int = READ_BLOCK,
+                 cached_blocks: int = CACHED_BLOCKS, readahead: bool = True) -> None:
+        if not bucket:
+            raise BackendError("invalid S3 location: no bucket name")
+        if attempts < 1:
+            raise BackendError(f"invalid S3 retry attempts {attempts}: expected at least 1")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint = endpoint or None
+        self.attempts = attempts
+        self.backoff = backoff
+        self._lock = threading.Lock()
+        self.read_block = read_block
+        self._blocks = _BlockCache(cached_blocks)
+        self.readahead = readahead and read_block > 0 and cached_blocks > 1
+        self._ahead: ThreadPoolExecutor | None = None
+        keys = read_credentials_file(credentials_file) if credentials_file else {}
+        if path_style is None:
+            path_style = self.endpoint is not None  # S3-compatible stores rarely do virtual hosts
+        config = BotoConfig(
+            region_name=region or None,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_connections,
+            retries={"mode": "standard", "total_max_attempts": sdk_attempts},
+            s3={"addressing_style": "path" if path_style else "auto"},
+        )
+        try:
+            session = boto3.session.Session(region_name=region or None)
+            self._s3 = session.client("s3", endpoint_url=self.endpoint, config=config, **keys)
+        except (bexc.BotoCoreError, ValueError) as e:
+            raise BackendError(f"unable to set up S3 client for {self.location()}: {_reason(e)}") from e
+        self.where = self._s3.meta.endpoint_url  # as resolved: config, AWS_ENDPOINT_URL*, or AWS's
+        self._probe_bucket()
+        self.conditional_writes: bool | None = None  # unknown until probed
+        if probe_conditional:
+            self.conditional_writes = self._probe_conditional()
+
+    # -- naming ------------------------------------------------------------------------------
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _base(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise BackendError(f"unknown object kind '{kind}'")
+        return f"{self.prefix}/{kind}/" if self.prefix else f"{kind}/"
+
+    def _key(self, kind: str, name: str) -> str:
+        base = self._base(kind)
+        if "/" in name or name in ("", ".", ".."):
+            raise BackendError(f"invalid object name '{name}'")
+        return f"{base}{name[:2]}/{name}" if kind == "packs" else base + name
+
+    # -- retries -----------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T], *, missing: str | None = None,
+              attempts: int | None = None) -> T:
+        """Run `fn` (one whole operation), retrying transient failures with backoff.
+
+        A 404 becomes NotFoundError(`missing`) when `missing` is given; other failures become
+        BackendError naming `what`, the location and the reason."""
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except bexc.ClientError as e:
+                if missing is not None and _is_missing(e):
+                    if _code(e) == "NoSuchBucket":
+                        raise NotFoundError(self._no_bucket()) from None
+                    raise NotFoundError(missing) from None
+                if not _is_transient(e) or attempt == attempts:
+                    raise BackendError(self._failure(what, e, attempt)) from e
+            except bexc.NoCredentialsError as e:
+                raise BackendError(self._no_credentials()) from e
+            except (bexc.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as e:
+                if not _is_transient(e) or attempt == attempts:
+                    raise BackendError(self._failure(what, e, attempt)) from e
+            delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
+            time.sleep(delay * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")
+
+    def _failure(self, what: str, e: BaseException, attempt: int) -> str:
+        tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+        if isinstance(e, bexc.EndpointConnectionError):
+            return f"unable to {what}: S3 endpoint '{self.where}' is unreachable{tries}"
+        return f"unable to {what} at {self.location()}: {_reason(e)}{tries}"
+
+    def _no_bucket(self) -> str:
+        return f"bucket '{self.bucket}' does not exist at endpoint {self.where}"
+
+    def _no_credentials(self) -> str:
+        return ("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a shared "
+                "credentials file, or repository.credentials_file")
+
+    # -- probes at open ----------------------------------------------------------------------
+
+    def _probe_bucket(self) -> None:
+        """List one key under the prefix: proves the endpoint answers, the bucket exists and
+        the credentials are accepted. One line per failure, raised now rather than later."""
+        try:
+            self._s3.list_objects_v2(Bucket=self.bucket, Prefix=self._base("config"), MaxKeys=1)
+        except bexc.ClientError as e:
+            code, status = _code(e), _status(e)
+            if code == "NoSuchBucket" or (status == 404 and code in ("", "404", "NotFound")):
+                raise NotFoundError(self._no_bucket()) from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                        "AuthorizationHeaderMalformed") or status == 401:
+                raise BackendError(
+                    f"S3 credentials were refused by {self.where} for bucket '{self.bucket}': {code or status}"
+                ) from None
+            if code == "AccessDenied" or status == 403:
+                raise BackendError(
+                    f"access denied to bucket '{self.bucket}' at endpoint {self.where}: "
+                    "the credentials lack permission to list it"
+                ) from None
+            raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
+        except bexc.NoCredentialsError:
+            raise BackendError(self._no_credentials()) from None
+        except bexc.EndpointConnectionError:
+            raise BackendError(f"S3 endpoint '{self.where}' is unreachable") from None
+        except bexc.BotoCoreError as e:
+            raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
+
+    def _probe_conditional(self) -> bool:
+        """Whether the store refuses a second `If-None-Match: *` write of one key (412)."""
+        key = f"{self.prefix}/{PROBE_DIR}/conditional-{uuid.uuid4().hex}".lstrip("/")
+
+        def write(body: bytes) -> bool:
+            """True if stored, False if refused as a failed precondition or an unknown header."""
+            try:
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                return True
+            except bexc.ClientError as e:
+                if _status(e) in (412, 409) or _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                if _status(e) in (400, 501) or _code(e) in ("NotImplemented", "InvalidArgument"):
+                    return False
+                raise
+
+        try:
+            if not self._call("write a probe object", lambda: write(b"1")):
+                return False  # the header itself is refused: no conditional writes
+            return not self._call("write a probe object", lambda: write(b"2"))
+        finally:
+            try:
+                self._s3.delete_object(Bucket=self.bucket, Key=key)
+            except (bexc.ClientError, bexc.BotoCoreError):
+                pass
+
+    # -- the Backend protocol ----------------------------------------------------------------
+
+    def get(self, kind: str, name: str) -> bytes:
+        key = self._key(kind, name)
+
+        def op() -> bytes:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+        return self._call(f"read {kind} object '{name}'", op,
+                          missing=f"unable to read {kind} object '{name}': not found")
+
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the object, fewer at its end, b"" past it.
+
+        Packs never change once written, so a small read of a pack fetches the aligned
+        `read_block` around it and keeps it: a restore reads a pack's chunks in order, and one
+        GET per block instead of one per chunk is what makes that fast over HTTP."""
+        self._key(kind, name)
+        if length <= 0:
+            self.stat(kind, name)
+            return b""
+        block = self.read_block
+        if kind != "packs" or block <= 0 or length >= block:
+            return self._ranged_get(kind, name, offset, length)
+        first, last = offset // block, (offset + length - 1) // block
+        parts = []
+        for i in range(first, last + 1):
+            data = self._blocks.get((name, i), lambda i=i: self._ranged_get(kind, name, i * block, block))
+            lo = offset - i * block if i == first else 0
+            hi = offset + length - i * block
+            parts.append(data[max(lo, 0):hi])
+            if len(data) < block:
+                break  # the object ends in this block
+        else:
+            if self.readahead:
+                self._read_ahead(kind, name, last + 1)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, kind: str, name: str, index: int) -> None:
+        """Start fetching block `index` of a pack in the background (reads go on in order)."""
+        key = (name, index)
+        if self._blocks.has(key):
+            return
+        with self._lock:
+            if self._ahead is None:
+                self._ahead = ThreadPoolExecutor(max_workers=2, thread_name_prefix="s3-readahead")
+            pool = self._ahead
+
+        def fetch() -> None:
+            try:
+                self._blocks.get(key, lambda: self._ranged_get(kind, name, index * self.read_block, self.read_block))
+            except CairnError:
+                pass  # a failed read-ahead is not kept; the read that needs the block retries
+
+        try:
+            pool.submit(fetch)
+        except RuntimeError:
+            pass  # closed
+
+    def _ranged_get(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        key = self._key(kind, name)
+
+        def op() -> bytes:
+            try:
+                resp = self._s3.get_object(Bucket=self.bucket, Key=key,
+                                           Range=f"bytes={offset}-{offset + length - 1}")
+            except bexc.ClientError as e:
+                if _status(e) == 416 or _code(e) == "InvalidRange":
+                    return b""  # the object exists and ends before `offset`
+                raise
+            data = resp["Body"].read()
+            if resp.get("ContentRange") is None and len(data) > length:
+                data = data[offset:offset + length]  # a store that ignored the Range header
+            return data
+
+        return self._call(f"read {kind} object '{name}'", op,
+                          missing=f"unable to read {kind} object '{name}': not found")
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        key = self._key(kind, name)
+        body = bytes(data)
+        if kind == "packs":
+            self._blocks.forget(name)
+
+        def op() -> None:
+            resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+            self._require_success(resp)
+
+        self._call(f"write {kind} object '{name}'", op)
+
+    def put_if_absent(self, kind: str, name: str, data: bytes) -> bool:
+        """Create the object only if none exists: True if this call created it, False if an
+        object of that name was already there (its content is left as it was)."""
+        key = self._key(kind, name)
+        body = bytes(data)
+        if not self.conditional_writes:
+            with self._lock:  # only atomic within this process; see the module docstring
+                try:
+                    self.stat(kind, name)
+                    return False
+                except NotFoundError:
+                    self.put(kind, name, body)
+                    return True
+        tries = [0]
+
+        def op() -> bool:
+            tries[0] += 1
+            try:
+                resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            except bexc.ClientError as e:
+                if _status(e) == 412 or _code(e) == "PreconditionFailed":
+                    if tries[0] > 1:
+                        # An earlier attempt may have been stored before its answer was lost:
+                        # identical content means that attempt won.
+                        return self.get(kind, name) == body
+                    return False
+                if _status(e) == 409 or _code(e) == "ConditionalRequestConflict":
+                    return False
+                raise
+            self._require_success(resp)
+            return True
+
+        return self._call(f"create {kind} object '{name}'", op)
+
+    @staticmethod
+    def _require_success(resp: dict[str, Any]) -> None:
+        status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if not 200 <= status < 300:
+            raise bexc.ClientError({"Error": {"Code": str(status), "Message": "unexpected answer to PUT"},
+                                    "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    def list(self, kind: str) -> Iterator[str]:
+        base = self._base(kind)
+        names: list[str] = []
+
+        def op() -> None:
+            names.clear()
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    rest = obj["Key"][len(base):]
+                    if kind == "packs":
+                        fan, _, rest = rest.partition("/")
+                        if not rest or "/" in rest or not rest.startswith(fan):
+                            continue
+                    elif not rest or "/" in rest:
+                        continue
+                    names.append(rest)
+
+        self._call(f"list {kind} objects", op, missing=f"unable to list {kind} objects: not found")
+        yield from sorted(names)
+
+    def delete(self, kind: str, name: str) -> None:
+        key = self._key(kind, name)
+        if kind == "packs":
+            self._blocks.forget(name)
+        self.stat(kind, name)  # S3 deletes of missing keys succeed; the protocol says NotFoundError
+        self._call(f"delete {kind} object '{name}'",
+                   lambda: self._s3.delete_object(Bucket=self.bucket, Key=key))
+
+    def stat(self, kind: str, name: str) -> int:
+        key = self._key(kind, name)
+        resp = self._call(f"stat {kind} object '{name}'",
+                          lambda: self._s3.head_object(Bucket=self.bucket, Key=key),
+                          missing=f"{kind} object '{name}' not found")
+        return int(resp["ContentLength"])
+
+    def close(self) -> None:
+        """Release the client's connection pool and the cached blocks."""
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
+        self._blocks.forget(None)
+        try:
+            self._s3.close()
+        except (AttributeError, bexc.BotoCoreError):
+            pass
+
+
+class _Loading:
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data = b""
+        self.error: BaseException | None = None
+
+
+class _BlockCache:
+    """At most `size` blocks of packs, least recently used dropped first. Concurrent readers of
+    one block wait for a single fetch; a failed fetch is not kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._loading: dict[tuple[str, int], _Loading] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int], fetch: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            data = self._blocks.get(key)
+            if data is not None:
+                self._blocks.move_to_end(key)
+                return data
+            loading = self._loading.get(key)
+            owner = loading is None
+            if owner:
+                loading = self._loading[key] = _Loading()
+        assert loading is not None
+        if not owner:
+            loading.done.wait()
+            if loading.error is not None:
+                raise loading.error
+            return loading.data
+        try:
+            loading.data = fetch()
+        except BaseException as e:
+            loading.error = e
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+                if loading.error is None and self.size > 0:
+                    self._blocks[key] = loading.data
+                    while len(self._blocks) > self.size:
+                        self._blocks.popitem(last=False)
+            loading.done.set()
+        return loading.data
+
+    def has(self, key: tuple[str, int]) -> bool:
+        """Whether the block is kept or being fetched."""
+        with self._lock:
+            return key in self._blocks or key in self._loading
+
+    def forget(self, pack: str | None) -> None:
+        """Drop the blocks of `pack` (of every pack for None)."""
+        with self._lock:
+            for key in [k for k in self._blocks if pack is None or k[0] == pack]:
+                del self._blocks[key]

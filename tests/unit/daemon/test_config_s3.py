@@ -1,0 +1,79 @@
+"""The [repository] keys of an object-store repository: accepted with s3:// paths, validated,
+refused with a local directory, and handed to the store as S3Options."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from cairn.daemon.config import ConfigError, config_from_args, load_config
+from cairn.store.locations import S3Options, parse_s3
+
+DAEMON = """
+[daemon]
+socket = "/run/cairn/cairnd.sock"
+state_dir = "/var/lib/cairn/state"
+"""
+
+
+def load(tmp_path: Path, repository: str):
+    path = tmp_path / "cairn.toml"
+    path.write_text(textwrap.dedent("[repository]\n" + repository) + DAEMON)
+    return load_config(str(path))
+
+
+def test_s3_repository_with_every_key(tmp_path):
+    cfg = load(tmp_path, """
+        path = "s3://bkt/some/prefix"
+        endpoint = "http://127.0.0.1:8333"
+        region = "eu-west-1"
+        path_style = false
+        credentials_file = "creds"
+    """)
+    repo = cfg.repository
+    assert repo.path == "s3://bkt/some/prefix"  # a URL is not made a local path
+    assert repo.s3_options() == S3Options("http://127.0.0.1:8333", "eu-west-1", False, str(tmp_path / "creds"))
+
+
+def test_s3_repository_without_options_uses_boto3_defaults(tmp_path):
+    cfg = load(tmp_path, 'path = "s3://bkt"\n')
+    assert cfg.repository.path == "s3://bkt" and cfg.repository.s3_options() is None
+
+
+@pytest.mark.parametrize("repository,key,detail", [
+    ('path = "/srv/repo"\nendpoint = "http://127.0.0.1:8333"\n', "repository.endpoint", "needs an s3://"),
+    ('path = "/srv/repo"\ncredentials_file = "c"\n', "repository.credentials_file", "needs an s3://"),
+    ('path = "s3://bkt"\nendpoint = "127.0.0.1:8333"\n', "repository.endpoint", "expected a URL"),
+    ('path = "s3://bkt"\npath_style = "yes"\n', "repository.path_style", "expected true or false"),
+    ('path = "s3://bkt"\nregion = 3\n', "repository.region", "expected a non-empty string"),
+    ('path = "s3:///prefix"\n', "repository.path", "no bucket name"),
+    ('path = "s3://bkt/a/../b"\n', "repository.path", "dot path segment"),
+    ('path = "s3://bkt"\nbucket = "x"\n', "", "unknown key 'repository.bucket'"),
+])
+def test_bad_repository_keys_name_the_key(tmp_path, repository, key, detail):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, repository)
+    assert info.value.key == key and detail in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_repo_argument_keeps_an_s3_url(tmp_path):
+    cfg = config_from_args("s3://bkt/p", [], read_only=True, home=str(tmp_path))
+    assert cfg.repository.path == "s3://bkt/p"
+    assert config_from_args("rel", [], read_only=True, home=str(tmp_path)).repository.path.startswith("/")
+
+
+def test_parse_s3():
+    assert parse_s3("s3://bkt") == ("bkt", "")
+    assert parse_s3("s3://bkt/a/b/") == ("bkt", "a/b")
+
+
+def test_open_backend_of_a_local_path_takes_no_object_store_options(tmp_path):
+    from cairn.store.backend import LocalBackend
+    from cairn.store.errors import InvalidArgumentError
+    from cairn.store.locations import open_backend
+
+    assert isinstance(open_backend(str(tmp_path / "repo")), LocalBackend)
+    with pytest.raises(InvalidArgumentError, match="need an s3:// repository"):
+        open_backend(str(tmp_path / "repo"), S3Options(endpoint="http://127.0.0.1:1"))
