@@ -16,8 +16,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import blake3
-
 from . import wal as walmod
 from .blobs import decode_blob
 from .errors import CairnError, CorruptionError, NotFoundError, short
@@ -125,12 +123,13 @@ class Checker:
             loc = self.repo.index.get(bid)
             stored = data[loc.offset:loc.offset + loc.stored_len]
             try:
+                stored = self.repo.reader.unseal(pack, bid, stored)
                 if loc.codec == CODEC_ZSTD_REF:
                     ref = self.repo.reader._reference(pack, bid, stored)
                     plain = decode_blob(stored, loc.codec, loc.raw_len, ref)
                 else:
                     plain = decode_blob(stored, loc.codec, loc.raw_len)
-                ok = blake3.blake3(plain).digest() == bid
+                ok = self.repo.reader.blob_id(plain) == bid
             except Exception:  # noqa: BLE001 - any decode failure means damaged
                 ok = False
             if not ok:
