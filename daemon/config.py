@@ -30,7 +30,7 @@ QUIESCE_MODES = ("cold", "hot")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
-REPOSITORY_KEYS = ("path",)
+REPOSITORY_KEYS = ("path", "passphrase_file", "key_file")
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
@@ -60,6 +60,8 @@ class ConfigError(InvalidArgumentError):
 @dataclass(frozen=True)
 class RepositoryConfig:
     path: str
+    passphrase_file: str | None = None  # what opens an encrypted (format 2) repository:
+    key_file: str | None = None  # at most one of the two
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,12 @@ class _Loader:
 
     def repository(self, table: Mapping[str, Any]) -> RepositoryConfig:
         self.keys("repository", table, REPOSITORY_KEYS)
-        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True))
+        passphrase_file = self.path("repository.passphrase_file", table.get("passphrase_file"))
+        key_file = self.path("repository.key_file", table.get("key_file"))
+        if passphrase_file and key_file:
+            raise self.fail("repository.key_file", "give passphrase_file or key_file, not both")
+        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True),
+                                passphrase_file=passphrase_file, key_file=key_file)
 
     def daemon(self, table: Mapping[str, Any]) -> DaemonConfig:
         self.keys("daemon", table, DAEMON_KEYS)

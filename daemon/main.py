@@ -32,6 +32,7 @@ from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_stat
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
+from cairn.daemon.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.rpo import RpoKeeper
@@ -66,11 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
                         help="back up these directories (with --repo)")
     parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    add_key_arguments(parser)
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.repo):
         parser.error("give either --config FILE or --repo DIR")
+    check_key_arguments(parser, args)
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
     return args
@@ -86,6 +89,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def _overrides(config: Config, args: argparse.Namespace) -> Config:
+    config = key_overrides(config, args)
     changes = {}
     if args.read_only:
         changes["read_only"] = True
@@ -134,7 +138,7 @@ class Daemon:
         repo_lock = lock_local_repository(path, shared=read_only) if os.path.isdir(path) else None
         if repo_lock is not None:
             self._locks.append(repo_lock)
-        self.repo = Repository.open_local(path, create=not read_only, read_only=read_only)
+        self.repo = open_repository(cfg.repository, create=not read_only, read_only=read_only)
         if repo_lock is None:
             self._locks.append(lock_local_repository(path, shared=read_only))
         # Metrics next, so the first set is counted.
