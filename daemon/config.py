@@ -60,8 +60,8 @@ class ConfigError(InvalidArgumentError):
 @dataclass(frozen=True)
 class RepositoryConfig:
     path: str
-    passphrase_file: str | None = None  # what opens an encrypted (format 2) repository:
-    key_file: str | None = None  # at most one of the two
+    passphrase_file: str | None = None  # what opens an encrypted (format 2) repository;
+    key_file: str | None = None  # with both, the passphrase is tried first
 
 
 @dataclass(frozen=True)
@@ -279,8 +279,6 @@ class _Loader:
         self.keys("repository", table, REPOSITORY_KEYS)
         passphrase_file = self.path("repository.passphrase_file", table.get("passphrase_file"))
         key_file = self.path("repository.key_file", table.get("key_file"))
-        if passphrase_file and key_file:
-            raise self.fail("repository.key_file", "give passphrase_file or key_file, not both")
         return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True),
                                 passphrase_file=passphrase_file, key_file=key_file)
 
