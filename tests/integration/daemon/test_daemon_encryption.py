@@ -132,3 +132,9 @@ def test_flipped_byte_in_a_pack_fails_verify_and_restore_of_that_file(start_daem
     r = again.cli("restore", set_id, "--target", str(tmp_path / "out"))
     assert r.returncode != 0
     assert "only.bin" in r.stdout + r.stderr and "authentication failed" in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+
+def test_passphrase_file_and_key_file_together_on_the_command_line_is_a_usage_error(tmp_path):
+    r = _run_cairnd("--repo", str(tmp_path / "r"), "--passphrase-file", "a", "--key-file", "b")
+    assert r.returncode == 2 and r.stderr.startswith("cairnd: error: give --passphrase-file or --key-file")
+    assert not os.path.exists(tmp_path / "r")
