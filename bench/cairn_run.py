@@ -15,7 +15,6 @@ import os
 import sys
 
 from cairn.store.crypto import Secret
-
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
 
