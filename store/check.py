@@ -56,11 +56,21 @@ class Checker:
         self._check_references()
         self._walk_sets(sets)
         self._check_wal(read_data)
+        self._check_keys()
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
                            bytes_read=self.bytes_read)
 
     # -- objects ---------------------------------------------------------------------
+    def _check_keys(self) -> None:
+        """Format 2: an unreadable key object opens nothing; it is a warning while another key
+        works (this handle was opened with one)."""
+        if getattr(self.repo, "key", None) is None:
+            return
+        for _info, key_id, problem in self.repo.list_keys():
+            if problem:
+                self.warnings.append(CheckProblem(problem, object_id=key_id))
+
     def _sets(self, set_ref: str | None) -> list[BackupSet]:
         sets = self.repo.list_sets()
         listed = {s.id for s in sets}

@@ -228,6 +228,8 @@ def test_a_damaged_key_object_does_not_count_as_usable(tmp_path):
     backend.put("keys", spare, b"{broken")
     problems = [p for _i, k, p in repo.list_keys() if k == spare]
     assert problems and "not a valid key object" in problems[0]
+    report = repo.check()
+    assert report.ok and [w.object_id for w in report.warnings] == [spare]
     with pytest.raises(FailedPreconditionError, match="last usable key"):
         Repository.open(backend, secret=_secret()).remove_key(repo.key_id)
 
@@ -273,3 +275,21 @@ def test_encrypted_repository_size_is_within_two_percent(tmp_path):
         repo.backup(BackupRequest(source="s", paths=(str(src),)))
         sizes.append(sum(len(backend.get(k, n)) for k, n in _objects(backend) if k != "keys"))
     assert sizes[1] <= sizes[0] * 1.02, sizes
+
+
+def test_a_sealed_object_moved_to_another_name_does_not_open(tmp_path):
+    backend = MemoryBackend()
+    repo = Repository.init(backend, secret=_secret(), argon2=FAST)
+    repo.put_wal(WAL_NAME, b"first segment" * 100)
+    other = "000000010000000000000008"
+    backend.put("wal", other, backend.get("wal", WAL_NAME))  # a valid catalog entry, wrong place
+    with pytest.raises(CorruptionError, match="authentication failed"):
+        Repository.open(backend, secret=_secret()).get_wal(other)
+    key_id = repo.key_id  # a key object of another repository does not open this one
+    elsewhere = MemoryBackend()
+    Repository.init(elsewhere, secret=_secret(), argon2=FAST)
+    for k in list(elsewhere.list("keys")):
+        elsewhere.delete("keys", k)
+    elsewhere.put("keys", key_id, backend.get("keys", key_id))
+    with pytest.raises(WrongKeyError):
+        Repository.open(elsewhere, secret=_secret())
