@@ -36,7 +36,14 @@ def _marked_tree(root, rng: random.Random) -> None:
 
 
 def _fill(repo: Repository, src, host: str) -> None:
-    repo.backup(BackupRequest(source=f"db-{MARK}", paths=(str(src),), hostname=host, tags=(f"tag-{MARK}",)))
+    """A set of `src` with a database attachment named after the marker, and a WAL file."""
+    db = src.parent / f"pgdata-{MARK}"
+    (db / "base").mkdir(parents=True, exist_ok=True)
+    (db / "base" / f"rel-{MARK}").write_bytes(random.Random(5).randbytes(5000) + f"row-{MARK}".encode())
+    req = BackupRequest(source=f"db-{MARK}", paths=(str(src),), hostname=host, tags=(f"tag-{MARK}",))
+    with repo.session(req) as sess:
+        sess.attach(f"db:{MARK}db", str(db))
+        sess.commit()
     repo.put_wal(WAL_NAME, f"wal-{MARK}".encode() + bytes(1000))
 
 
