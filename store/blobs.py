@@ -188,6 +188,7 @@ class BlobWriter:
         self.backend = backend
         self.key = key
         self.blob_id = key.blob_id if key is not None else blob_id
+        self._trailer_seal = key.seal_trailer if key is not None else None
         self.index = index
         self.publish = publish
         self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
@@ -196,7 +197,7 @@ class BlobWriter:
         self.index_every = index_every
         self._lock = threading.Lock()
         self._inflight: set[bytes] = set()
-        self._builder = PackBuilder()
+        self._builder = PackBuilder(seal=self._trailer_seal)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._unindexed: dict[str, list[PackEntry]] = {}
         self._error: BaseException | None = None
@@ -343,9 +344,9 @@ class BlobWriter:
                 self._raise_if_failed()
                 self._spare_cv.wait(0.2)
             if self._spare:
-                return PackBuilder(self._spare.pop())
+                return PackBuilder(self._spare.pop(), self._trailer_seal)
             self._buffers += 1
-            return PackBuilder()
+            return PackBuilder(seal=self._trailer_seal)
 
     def _upload(self, builder: PackBuilder) -> None:
         name, data, entries = builder.finish()
@@ -379,7 +380,7 @@ class BlobWriter:
         """Flush the last pack, wait for uploads, write the index. Raises the first failure."""
         self._stop_pool()
         with self._lock:
-            last, self._builder = self._builder, PackBuilder()
+            last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal)
         if last.entries:
             self._enqueue(last)
         self._queue.put(None)

@@ -123,7 +123,7 @@ class Checker:
             self.bytes_read += len(data)
             self.chunks_checked += len(by_pack[pack])
             try:
-                parse_pack(pack, data)
+                parse_pack(pack, data, self.repo.key.open_trailer if getattr(self.repo, "key", None) else None)
             except CorruptionError as e:
                 self.errors.append(CheckProblem(str(e), object_id=pack))
                 self._find_bad_blobs(pack, data, by_pack[pack])

@@ -138,6 +138,16 @@ class RepoKey:
                                   f"for blob '{short(bid.hex())}'")
         return plain
 
+    # pack trailers: the associated data is b"pack-trailer"
+    def seal_trailer(self, trailer: bytes) -> bytes:
+        return self.seal(trailer, b"pack-trailer")
+
+    def open_trailer(self, pack: str, sealed: bytes) -> bytes:
+        plain = self.open(sealed, b"pack-trailer")
+        if plain is None:
+            raise CorruptionError(f"unable to read pack '{short(pack)}': authentication failed for its trailer")
+        return plain
+
     # small objects: the associated data is b"object:" + kind + b"/" + name
     def seal_object(self, kind: str, name: str, data: bytes) -> bytes:
         return self.seal(data, f"object:{kind}/{name}".encode())

@@ -300,3 +300,16 @@ def test_a_sealed_object_moved_to_another_name_does_not_open(tmp_path):
     elsewhere.put("keys", key_id, backend.get("keys", key_id))
     with pytest.raises(WrongKeyError):
         Repository.open(elsewhere, secret=_secret())
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_pack_trailers_name_no_blob_in_an_encrypted_repository(tmp_path, encrypted):
+    src = tmp_path / "src"
+    _marked_tree(src, random.Random(10))
+    backend = MemoryBackend()
+    repo = Repository.init(backend, secret=_secret() if encrypted else None, argon2=FAST)
+    repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    packs = b"".join(backend.get("packs", n) for n in backend.list("packs"))
+    shown = [bid for bid, _ in repo.index.items() if bid in packs]
+    assert (shown == []) if encrypted else len(shown) == len(repo.index)
+    assert repo.check(read_data=True).ok
