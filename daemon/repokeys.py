@@ -67,7 +67,7 @@ def secret_of(repo: RepositoryConfig) -> Secret | None:
 def open_repository(repo: RepositoryConfig, *, create: bool, read_only: bool) -> Repository:
     """Open (or, with `create`, create when missing or empty) the configured repository."""
     path = repo.path
-    if create and (not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))):
+    if create and Repository.uninitialised_local(path):
         opened = Repository.open_local(path, create=True, read_only=read_only, secret=secret_of(repo))
         if opened.encrypted:
             log.info("created an encrypted repository (format 2) at %s", path)
@@ -97,6 +97,6 @@ def init_repository(repo: RepositoryConfig, *, plaintext: bool = False) -> Repos
     secret = secret_of(repo)
     if secret is None and not plaintext:
         raise InvalidArgumentError("a new repository is encrypted: give --passphrase-file F or --key-file F")
-    if os.path.exists(repo.path) and (not os.path.isdir(repo.path) or os.listdir(repo.path)):
+    if not Repository.uninitialised_local(repo.path):
         raise RepositoryError(f"a repository already exists at '{repo.path}'")
     return Repository.init_local(repo.path, secret=secret)

@@ -112,6 +112,8 @@ class Repository:
             raise RepositoryError(f"a repository already exists at '{backend.location()}'")
         except NotFoundError:
             pass
+        for leftover in list(backend.list("keys")):  # of an init killed before its config
+            backend.delete("keys", leftover)
         if secret is None:
             config = config or RepoConfig.new()
             backend.put("config", "config", config.encode())
@@ -207,11 +209,25 @@ class Repository:
         return cls.init(LocalBackend(path), secret=secret)
 
     @classmethod
+    def uninitialised_local(cls, path: str) -> bool:
+        """True when `path` is missing, empty, or holds only what an init killed before it
+        wrote the config left behind (key objects, temp files): a place to create one."""
+        if not os.path.exists(path):
+            return True
+        if not os.path.isdir(path):
+            return False
+        for dirpath, _dirs, files in os.walk(path):
+            rel = os.path.relpath(dirpath, path)
+            if any(rel != "keys" and not f.startswith(".tmp-") for f in files):
+                return False
+        return True
+
+    @classmethod
     def open_local(cls, path: str, *, create: bool = False, read_only: bool = False,
                    secret: crypto.Secret | None = None) -> Repository:
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotARepositoryError(f"'{path}' is not a Cairn repository: not a directory")
-        if create and (not os.path.exists(path) or not os.listdir(path)):
+        if create and cls.uninitialised_local(path):
             return cls.init_local(path, secret=secret)
         if not os.path.isdir(path):
             raise NotARepositoryError(f"'{path}' is not a Cairn repository: no such directory")

@@ -313,3 +313,19 @@ def test_pack_trailers_name_no_blob_in_an_encrypted_repository(tmp_path, encrypt
     shown = [bid for bid, _ in repo.index.items() if bid in packs]
     assert (shown == []) if encrypted else len(shown) == len(repo.index)
     assert repo.check(read_data=True).ok
+
+
+def test_an_init_killed_between_key_and_config_is_created_afresh(tmp_path):
+    path = str(tmp_path / "repo")
+    first = Repository.init_local(path, secret=_secret())
+    os.unlink(os.path.join(path, "config", "config"))  # as if killed before the config was written
+    assert Repository.uninitialised_local(path)
+    repo = Repository.open_local(path, create=True, secret=_secret("new one"))
+    assert repo.encrypted and repo.config.id != first.config.id
+    assert [k for _i, k, _p in repo.list_keys()] == [repo.key_id]  # the orphan key is gone
+    with pytest.raises(FailedPreconditionError, match="last usable key"):
+        repo.remove_key(repo.key_id)
+    src = tmp_path / "src"
+    _marked_tree(src, random.Random(12))
+    repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    assert not Repository.uninitialised_local(path)
