@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cairn import __version__
+from cairn import __version__, walnames
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 
@@ -50,9 +50,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 HINT_KEY = "cairn-hint"
 WAL_PIECE = 1 << 20
 LEVELS = ("full", "differential", "incremental")
+KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
-WAL_MARKER = "cairn-restore-db.wal"  # written by restore-db into pg_wal/: the WAL files it placed there
-NO_HISTORY = "00000001.history"
+WAL_MARKER = walnames.WAL_MARKER  # written by restore-db into pg_wal/: the WAL files it placed there
+NO_HISTORY = walnames.NO_HISTORY
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
 _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
@@ -62,13 +63,21 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors in the client's style."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"cairn: error: {message}", file=sys.stderr)
-        print(f"hint: see '{self.prog} --help'", file=sys.stderr)
+        fail(message, f"see '{self.prog} --help'", EXIT_USAGE)
         raise SystemExit(EXIT_USAGE)
 
 
+_JSON_ERRORS = [False]  # set by main() under --json: errors become one JSON object on stderr
+
+
 def fail(message: str, hint: str | None = None, code: int = EXIT_FAILURE) -> int:
-    print(f"cairn: error: {' '.join(message.split())}", file=sys.stderr)
+    message = " ".join(message.split())
+    if _JSON_ERRORS[0]:
+        import json
+
+        print(json.dumps({"error": {"message": message, "hint": hint, "exit_status": code}}), file=sys.stderr)
+        return code
+    print(f"cairn: error: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
     return code
@@ -112,7 +121,8 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
                         out(f"started {view.title}")
                 elif kind == "progress":
                     p = event.progress
-                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+                    view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path,
+                                estimated=p.totals_estimated)
                 elif kind == "set":
                     result = event.set
     except KeyboardInterrupt:
@@ -134,28 +144,50 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
 
 def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
     reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    known = {s.id for s in reply.sets}  # every set of the source(s) listed: a base not here was pruned
+    sets = [s for s in reply.sets if not args.host or s.hostname == args.host]
     if args.json:
-        out(render.dumps([render.set_dict(s) for s in reply.sets]))
+        out(render.dumps([{**render.set_dict(s), "base_pruned": bool(s.base) and s.base not in known}
+                          for s in sets]))
         return EXIT_OK
-    if not reply.sets:
+    if not sets:
         out("no sets")
         return EXIT_OK
-    for line in render.table(render.SET_COLUMNS, (render.set_row(s) for s in reply.sets)):
+    for line in render.table(render.SET_COLUMNS, (render.set_row(s, known) for s in sets)):
         out(line)
     return EXIT_OK
+
+
+def cmd_check_db(conn: Connection, args: argparse.Namespace) -> int:
+    reply = conn.stub.CheckDb(pb.CheckDbRequest(database=args.name, timeout=args.timeout or 0.0),
+                              timeout=(args.timeout or 60.0) + 60.0)
+    if args.json:
+        out(render.dumps(render.check_db_dict(reply)))
+    else:
+        for line in render.check_db_lines(args.name, reply):
+            out(line)
+    return EXIT_OK if reply.ok else EXIT_FAILURE
 
 
 def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
     request = pb.ListTreeRequest(
         set=args.set, source=args.source or "", path=os.fsencode(args.path or ""), recursive=args.recursive
     )
-    entries = [e for reply in conn.stub.ListTree(request) for e in reply.entries]
+    entries: list[pb.TreeEntry] = []
+    info = None
+    for reply in conn.stub.ListTree(request):
+        if reply.HasField("set"):
+            info = reply.set
+        entries.extend(reply.entries)
     if args.json:
         out(render.dumps([render.entry_dict(e) for e in entries]))
         return EXIT_OK
     rows = [render.entry_row(e, full_path=args.recursive) for e in entries]
     for line in render.table(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"), rows)[1:]:
         out(line)
+    if not (args.path or "").strip("/") and info is not None:
+        for name in render.set_databases(info):  # beside the tree: restore-db SET --database NAME
+            out(f"database {name}  (db:{name}: cairn restore-db {render.short_id(info.id)} --database {name})")
     return EXIT_OK
 
 
@@ -197,6 +229,11 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
+    if bool(args.target) == bool(args.target_dsn):
+        return fail("give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)",
+                    code=EXIT_USAGE)
+    if args.target_dsn:
+        return restore_db_to_dsn(conn, args)
     check_target(args.target, overwrite=False)
     request = pb.RestoreDbRequest(
         set=args.set,
@@ -205,11 +242,37 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_time=args.target_time or "",
         target_lsn=args.target_lsn or "",
         target_path=os.fsencode(os.path.abspath(args.target)),
+        restore_command=args.restore_command or "",
     )
     code = _write_stream(conn.stub.RestoreDb(request), args.target, False, args.json, whole=True)
     if code == EXIT_OK:
         own_data_directory(args.target)
     return code
+
+
+def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
+    """restore-db of a dump (kinds pg_dump, command): the daemon restores it into the DSN's database."""
+    if args.target_time or args.target_lsn:
+        return fail("--target-time and --target-lsn need a base backup restored with --target DIR", code=EXIT_USAGE)
+    request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
+                                       target_dsn=args.target_dsn)
+    result = None
+    with progress_view(args.json, "restore-db") as view:
+        for event in conn.stub.RestoreDbToDsn(request):
+            if event.WhichOneof("event") == "progress":
+                p = event.progress
+                view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
+            else:
+                result = event.result
+    if result is None:
+        return fail("the daemon ended the restore without a result")
+    if args.json:
+        out(render.dumps({"set": result.set.id, "database": result.database, "kind": result.kind,
+                          "tool": result.tool, "bytes": result.bytes, "seconds": result.seconds}))
+    else:
+        out(f"restored database '{result.database}' of set {result.set.id[:12]} with {result.tool} "
+            f"({result.bytes} bytes of dump, {result.seconds:.1f}s)")
+    return EXIT_OK
 
 
 def own_data_directory(target: str) -> None:
@@ -242,33 +305,39 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(f"error: {p.message}")
     for p in report.warnings:
         out(f"warning: {p.message}")
-    counts = (
-        f"{report.sets_checked} sets, {report.packs_checked} packs, {report.chunks_checked} chunks checked"
-        + (f", {render.human_bytes(report.bytes_read)} read" if report.bytes_read else "")
-    )
+    counts = render.verify_counts(report)
     if report.ok:
         out(f"repository ok: {counts}")
         return EXIT_OK
-    return fail(f"repository has {len(report.errors)} errors: {counts}", hint="the lines above name what is damaged")
+    return fail(f"repository has {render.plural(len(report.errors), 'error')}: {counts}",
+                hint="the lines above name what is damaged")
 
 
 def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
-    request = pb.PruneRequest(dry_run=args.dry_run, source=args.source or "")
-    given = False
-    for level in LEVELS:
-        value = getattr(args, f"keep_{level}")
+    """Forget sets by the policy given (none: forget nothing, only free unreferenced data)."""
+    request = pb.PruneRequest(dry_run=args.dry_run, source=args.source or "", host=args.host or "",
+                              keep_within=args.keep_within or "", keep_tags=args.keep_tag or [],
+                              wal_keep=args.wal_keep or "")
+    for rule in (*LEVELS, *KEEP_COUNTS):
+        value = getattr(args, f"keep_{rule}")
         if value is not None:
-            setattr(request, f"keep_{level}", value)
-            given = True
-    if not given:
-        raise InvalidArgumentError("prune needs a policy: give --keep-full, --keep-differential or --keep-incremental")
+            setattr(request, f"keep_{rule}", value)
     reply = conn.stub.Prune(request)
     if args.json:
         out(render.dumps(render.prune_dict(reply)))
         return EXIT_OK
     verb = "would forget" if reply.dry_run else "forgot"
-    for set_id in reply.forgotten:
+    forgotten = set(reply.forgotten)
+    for d in reply.decisions:
+        if d.keep:
+            out(f"keep {d.set}  {render.decision_where(d)}: {', '.join(d.reasons)}")
+    for d in reply.decisions:
+        if d.set in forgotten:
+            out(f"{verb} {d.set}  {render.decision_where(d)}: matched no rule")
+    for set_id in sorted(forgotten - {d.set for d in reply.decisions}):
         out(f"{verb} {set_id}")
+    for name in reply.wal_forgotten:
+        out(f"{verb} WAL {name}: before the oldest kept set and outside the WAL window")
     freed = "would free" if reply.dry_run else "freed"
     out(
         f"{verb} {len(reply.forgotten)} sets, kept {len(reply.kept)}; {freed} {render.human_bytes(reply.bytes_freed)}"
@@ -381,6 +450,15 @@ def answered_locally(name: str, dest: str) -> bool:
 
 def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
     tmp = f"{args.dest}.cairn-tmp"
+    try:
+        return _wal_fetch(conn, args, tmp)
+    except grpc.RpcError as exc:
+        if args.name.endswith(".history") and exc.code() == grpc.StatusCode.NOT_FOUND:
+            return EXIT_NOT_FOUND  # PostgreSQL probes for timeline histories that need not exist: no error
+        raise
+
+
+def _wal_fetch(conn: Connection, args: argparse.Namespace, tmp: str) -> int:
     try:
         with open(tmp, "wb") as f:
             for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=args.name)):
@@ -564,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sets", cmd_sets, "list backup sets")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help="only sets taken on host H")
+
+    p = command("check-db", cmd_check_db, "check a database's connection and WAL archiving (like pgBackRest's check)")
+    p.add_argument("name", metavar="NAME", help="a configured [[database]]")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="how long the forced WAL segment switch may take to arrive (default 60)")
 
     p = command("ls", cmd_ls, "browse a set's tree")
     p.add_argument("set", metavar="SET", help="set id, unique prefix, or 'latest'")
@@ -583,13 +667,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--source", metavar="NAME")
 
-    p = command("restore-db", cmd_restore_db, "prepare a PostgreSQL data directory from a set")
+    p = command("restore-db", cmd_restore_db,
+                "prepare a PostgreSQL data directory from a set, or restore a dump into a database")
     p.add_argument("set", metavar="SET")
     p.add_argument("--database", required=True, metavar="NAME")
-    p.add_argument("--target", required=True, metavar="DIR")
+    p.add_argument("--target", metavar="DIR", help="base backups (kind postgres): the data directory to write")
+    p.add_argument("--target-dsn", metavar="DSN",
+                   help="dumps (kinds pg_dump, command): the database the daemon restores into, on its host")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")
+    p.add_argument("--restore-command", metavar="CMD",
+                   help="restore_command for recovery, runnable by the database's user "
+                        "(default: cairn --socket S wal-fetch %%f %%p)")
     p.add_argument("--source", metavar="NAME")
 
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
@@ -597,11 +687,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-data", action="store_true")
     p.add_argument("--source", metavar="NAME")
 
-    p = command("prune", cmd_prune, "forget sets by policy, then free unreferenced data")
-    p.add_argument("--dry-run", action="store_true")
+    p = command("prune", cmd_prune, "forget sets by policy (per host and source; a set is kept when any rule "
+                                    "keeps it), then free unreferenced data; no policy: only free unreferenced data")
+    p.add_argument("--dry-run", action="store_true", help="show what would be forgotten and which rule keeps each set")
+    p.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N sets")
+    for rule, unit in (("hourly", "hour"), ("daily", "day"), ("weekly", "week"), ("monthly", "month"),
+                       ("yearly", "year")):
+        p.add_argument(f"--keep-{rule}", type=_count, metavar="N",
+                       help=f"keep the newest set of each of the last N {unit}s that have sets (local time)")
+    p.add_argument("--keep-within", metavar="DURATION", help="keep sets this close to the newest set (e.g. 2d, 36h)")
     for level in LEVELS:
         p.add_argument(f"--keep-{level}", type=_count, metavar="N", help=f"keep the newest N {level} sets")
+    p.add_argument("--keep-tag", action="append", metavar="T", help="keep every set with this tag (repeatable)")
+    p.add_argument("--wal-keep", metavar="DURATION",
+                   help="WAL retention window (default: the daemon's [repository] wal_keep; unset keeps all WAL)")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help="only the sets this host took")
 
     p = command("key", cmd_key, "list, add or remove keys of the encrypted repository")
     keys = p.add_subparsers(dest="key_command", metavar="ACTION", required=True, parser_class=_Parser)
@@ -627,8 +728,8 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    if value < 0 or value > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 4294967295, got {value}")
     return value
 
 
@@ -636,6 +737,7 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _JSON_ERRORS[0] = "--json" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

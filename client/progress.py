@@ -2,7 +2,9 @@
 
 `ProgressView.update` may be called as often as events arrive; plain mode prints at most one
 line every PLAIN_INTERVAL seconds (and on every phase change), quiet mode (--json) nothing.
-Everything goes to stdout, which is where people look.
+Everything goes to stdout, which is where people look. A line never exceeds WIDTH columns:
+the sizes, counts and ETA are kept and the title is shortened. Estimated totals are marked "~";
+the ETA follows from the byte rate so far.
 """
 
 from __future__ import annotations
@@ -11,9 +13,40 @@ import sys
 import time
 from typing import IO
 
-from cairn.client.render import human_bytes, show_path
+from cairn.client.render import fmt_age, human_bytes
 
 PLAIN_INTERVAL = 2.0
+WIDTH = 80
+BAR_WIDTH = 14
+
+
+def progress_figures(files_done: int, files_total: int, bytes_done: int, bytes_total: int, estimated: bool,
+                     eta: float | None) -> str:
+    """'1234/~5678 files, 1.2 GiB/~4.0 GiB, ETA 3m' (totals and ETA only when known)."""
+    mark = "~" if estimated else ""
+    files = f"{files_done}/{mark}{files_total}" if files_total else str(files_done)
+    files += " file" if (files_total or files_done) == 1 else " files"
+    size = f"{human_bytes(bytes_done)}/{mark}{human_bytes(bytes_total)}" if bytes_total else human_bytes(bytes_done)
+    text = f"{files}, {size}"
+    if eta is not None:
+        text += f", ETA {fmt_age(eta)}"
+    return text
+
+
+def fit(label: str, figures: str, width: int = WIDTH) -> str:
+    """'label: figures' within `width` columns, shortening the label (never the figures)."""
+    line = f"{label}: {figures}"
+    if len(line) <= width:
+        return line
+    room = width - len(figures) - 3
+    return f"{label[:max(room, 0)]}…: {figures}"[-width:] if room > 0 else figures[:width]
+
+
+def estimate_eta(elapsed: float, done: int, total: int) -> float | None:
+    """Seconds left at the rate so far; None before there is a rate or past the (estimated) total."""
+    if done <= 0 or total <= done or elapsed <= 0.5:
+        return None
+    return (total - done) * elapsed / done
 
 
 def choose_mode(json_output: bool, out: IO[str] | None = None) -> str:
@@ -33,6 +66,7 @@ class ProgressView:
         self.out = out or sys.stdout
         self._phase = ""
         self._last_line = 0.0
+        self._started = time.monotonic()
         self._rich = None
         self._task = None
         if mode == "tty":
@@ -40,28 +74,18 @@ class ProgressView:
 
     def _start_rich(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn
 
+        # The label, a short bar and the figures; together within WIDTH columns.
         self._rich = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[files]} files"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[path]}", style="dim"),
+            BarColumn(bar_width=BAR_WIDTH),
+            TextColumn("{task.fields[figures]}"),
             console=Console(file=self.out),
             transient=True,
         )
         self._rich.start()
-        self._task = self._rich.add_task(self.title, total=None, files="0", path="")
+        self._task = self._rich.add_task(self.title, total=None, figures="")
 
     def update(
         self,
@@ -71,28 +95,28 @@ class ProgressView:
         bytes_done: int = 0,
         bytes_total: int = 0,
         current_path: bytes = b"",
+        estimated: bool = False,
     ) -> None:
         if self.mode == "quiet":
             return
-        files = f"{files_done}/{files_total}" if files_total else str(files_done)
+        now = time.monotonic()
+        eta = estimate_eta(now - self._started, bytes_done, bytes_total)
+        figures = progress_figures(files_done, files_total, bytes_done, bytes_total, estimated, eta)
+        label = f"{self.title}: {phase}" if phase else self.title
         if self._rich is not None:
-            path = show_path(current_path)
+            room = WIDTH - BAR_WIDTH - len(figures) - 3  # rich puts one space between columns
             self._rich.update(
                 self._task,
-                description=f"{self.title}: {phase}" if phase else self.title,
+                description=label if len(label) <= room else label[: max(room - 1, 1)] + "…",
                 total=bytes_total or None,
-                completed=bytes_done,
-                files=files,
-                path=path[-40:],
+                completed=min(bytes_done, bytes_total) if bytes_total else bytes_done,
+                figures=figures,
             )
             return
-        now = time.monotonic()
         if phase == self._phase and now - self._last_line < PLAIN_INTERVAL:
             return
         self._phase, self._last_line = phase, now
-        size = f"{human_bytes(bytes_done)}/{human_bytes(bytes_total)}" if bytes_total else human_bytes(bytes_done)
-        label = f"{self.title}: {phase}" if phase else self.title
-        print(f"{label}: {files} files, {size}", file=self.out, flush=True)
+        print(fit(label, figures), file=self.out, flush=True)
 
     def close(self) -> None:
         if self._rich is not None:

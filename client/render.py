@@ -56,6 +56,20 @@ def fmt_age(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files', '0 files' (`many` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def fmt_duration(seconds: float) -> str:
+    """A configured duration for people: 300 -> '5m', 90 -> '90s', 7200 -> '2h'."""
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False)
 
@@ -103,19 +117,42 @@ def set_dict(s: pb.SetInfo) -> dict[str, Any]:
     }
 
 
-SET_COLUMNS = ("ID", "TIME", "SOURCE", "LEVEL", "BASE", "CHANGED", "ADDED", "STATUS")
+SET_COLUMNS = ("ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "CHANGED", "ADDED", "STATUS", "DATABASES",
+               "TAGS")
 
 
-def set_row(s: pb.SetInfo) -> tuple[str, ...]:
+def set_databases(s: pb.SetInfo) -> list[str]:
+    """Names of the databases a set holds (restorable one by one with restore-db)."""
+    try:
+        extra = json.loads(s.extra_json) if s.extra_json else {}
+    except ValueError:
+        return []
+    if not isinstance(extra, dict):
+        return []
+    recs = extra.get("databases")
+    if not isinstance(recs, list):
+        recs = [extra["database"]] if isinstance(extra.get("database"), dict) else []
+    return [str(r["name"]) for r in recs if isinstance(r, dict) and r.get("name")]
+
+
+def set_row(s: pb.SetInfo, known: set[str] | None = None) -> tuple[str, ...]:
+    """One row of `cairn sets`; a base not among `known` set ids is shown as pruned."""
+    base = "-"
+    if s.base:
+        base = short_id(s.base) + (" (pruned)" if known is not None and s.base not in known else "")
     return (
         short_id(s.id),
         fmt_time(s.time_start),
+        time.strftime("%H:%M:%S", time.localtime(s.time_end)) if s.time_end else "-",
         s.source,
         s.level,
-        short_id(s.base) if s.base else "-",
+        base,
+        s.hostname or "-",
         str(changed(s)),
         human_bytes(s.stats.bytes_added),
         s.status,
+        ",".join(set_databases(s)) or "-",
+        ",".join(s.tags) or "-",
     )
 
 
@@ -136,7 +173,7 @@ def set_summary(s: pb.SetInfo) -> str:
     return (
         f"{s.level} set of source '{s.source}'{base} done in {took:.1f}s: "
         f"{s.stats.added} added, {s.stats.modified} modified, {s.stats.deleted} deleted; "
-        f"{s.stats.files} files, {human_bytes(s.stats.bytes_total)}, {human_bytes(s.stats.bytes_added)} new"
+        f"{plural(s.stats.files, 'file')}, {human_bytes(s.stats.bytes_total)}, {human_bytes(s.stats.bytes_added)} new"
     )
 
 
@@ -177,7 +214,8 @@ def entry_row(e: pb.TreeEntry, full_path: bool) -> tuple[str, ...]:
 # ---- status ----
 
 
-def status_dict(reply: pb.StatusReply) -> dict[str, Any]:
+def status_dict(reply: pb.StatusReply, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
     d = reply.daemon
     return {
         "daemon": {
@@ -205,11 +243,54 @@ def status_dict(reply: pb.StatusReply) -> dict[str, Any]:
                 "last": {ls.level: set_dict(ls.set) for ls in s.last},
                 "running": job_dict(s.running) if s.HasField("running") else None,
                 "next_runs": {n.level: n.time for n in s.next_runs},
+                **health_dict(s, now),
             }
             for s in reply.sources
         ],
         "archive": archive_dict(reply.archive) if reply.HasField("archive") else None,
+        "retention": {
+            "schedule": reply.retention.schedule,
+            "host": reply.retention.host,
+            "next_run": reply.retention.next_run,
+            "last_run": reply.retention.last_run or None,
+            "last_result": reply.retention.last_result or None,
+        } if reply.HasField("retention") else None,
     }
+
+
+def health_dict(s: pb.SourceStatus, now: float) -> dict[str, Any]:
+    """A source's last success and failure and its RPO, for --json."""
+    f = s.last_failure
+    age = now - s.last_success if s.last_success else None
+    return {
+        "last_success": s.last_success or None,
+        "last_success_age": age,
+        "rpo": s.rpo or None,
+        "rpo_exceeded": (age is None or age > s.rpo) if s.rpo else None,
+        "last_failure": {"time": f.time, "level": f.level, "status": f.status, "message": f.message}
+        if s.HasField("last_failure") else None,
+    }
+
+
+def health_lines(s: pb.SourceStatus, now: float) -> list[str]:
+    """The last success against the RPO, and the last failure, of one source."""
+    if s.last_success:
+        text = f"  last success: {fmt_time(s.last_success)} ({fmt_age(now - s.last_success)} ago)"
+    else:
+        text = "  last success: none"
+    if s.rpo:
+        age = now - s.last_success if s.last_success else None
+        if age is None or age > s.rpo:
+            text += f"; RPO {fmt_duration(s.rpo)} EXCEEDED"
+        else:
+            text += f"; within RPO {fmt_duration(s.rpo)}"
+    lines = [text]
+    if s.HasField("last_failure"):
+        f = s.last_failure
+        newer = ", after the last success" if f.time > s.last_success else ""
+        lines.append(f"  last failure: {fmt_time(f.time)} ({fmt_age(now - f.time)} ago{newer}), "
+                     f"{f.level} {f.status}: {f.message}")
+    return lines
 
 
 def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
@@ -246,8 +327,8 @@ def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
     last = a.last_segment or "none"
     if a.last_time:
         last += f" ({fmt_age(now - a.last_time)} ago)"
-    lines = ["", f"WAL archive: {a.segments} segments, last {last}; {a.pushed} stored, {a.failures} failed "
-                 "since start"]
+    lines = ["", f"WAL archive: {plural(a.segments, 'segment')}, last {last}; {a.pushed} stored, "
+                 f"{a.failures} failed since start"]
     if a.last_failure:
         lines.append(f"  last failure {fmt_age(now - a.last_failure_time)} ago: {a.last_failure}")
     for d in a.databases:
@@ -256,7 +337,7 @@ def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
             continue
         when = f" ({fmt_age(now - d.last_archived_time)} ago)" if d.last_archived_time else ""
         text = (f"  database {d.name}: writing {d.current_segment}, archived {d.last_archived or 'none'}{when}, "
-                f"lag {d.lag_segments} segments, {d.failed_count} failures")
+                f"lag {plural(d.lag_segments, 'segment')}, {plural(d.failed_count, 'failure')}")
         if d.last_failed:
             text += f" (last {d.last_failed}, {fmt_age(now - d.last_failed_time)} ago)"
         lines.append(text)
@@ -312,7 +393,8 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
         if s.journal_state:
             pending = "nothing"
             if s.HasField("oldest_unprotected_age"):
-                pending = f"{s.pending_paths} pending paths, oldest change {fmt_age(s.oldest_unprotected_age)} old"
+                pending = (f"{plural(s.pending_paths, 'pending path')}, "
+                           f"oldest change {fmt_age(s.oldest_unprotected_age)} old")
             lines.append(f"  unprotected: {pending}; watches: {s.watches}")
         if s.HasField("running"):
             j = s.running
@@ -321,6 +403,7 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
                 text += f", {progress_text(j.progress)}"
             lines.append(text)
         lines.append(f"  sets: {s.sets}")
+        lines += health_lines(s, now)
         for ls in s.last:
             lines.append(
                 f"  last {ls.level + ':':<13} {short_id(ls.set.id)}  {fmt_time(ls.set.time_start)}  {ls.set.status}"
@@ -329,6 +412,8 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
             lines.append(f"  next {n.level + ':':<13} {fmt_time(n.time)}")
     if reply.HasField("archive"):
         lines += archive_lines(reply.archive, now)
+    if reply.HasField("retention"):
+        lines += retention_lines(reply.retention, now)
     return lines
 
 
@@ -363,4 +448,48 @@ def prune_dict(r: pb.PruneReply) -> dict[str, Any]:
         "packs_deleted": r.packs_deleted,
         "packs_rewritten": r.packs_rewritten,
         "bytes_freed": r.bytes_freed,
+        "decisions": [
+            {"set": d.set, "keep": d.keep, "reasons": list(d.reasons), "host": d.host, "source": d.source,
+             "level": d.level, "time": d.time}
+            for d in r.decisions
+        ],
+        "wal_forgotten": list(r.wal_forgotten),
     }
+
+
+def decision_where(d: pb.RetentionDecision) -> str:
+    """host/source, level and time of a retention decision, for people."""
+    return f"{d.host or '-'}/{d.source} {d.level} {fmt_time(d.time)}"
+
+
+def retention_lines(r: pb.RetentionStatus, now: float) -> list[str]:
+    """The scheduled retention lines of `cairn status`."""
+    lines = ["", f"retention + gc: \"{r.schedule}\" for host {r.host}, next {fmt_time(r.next_run)}"]
+    if r.last_run:
+        lines.append(f"  last run {fmt_age(now - r.last_run)} ago: {r.last_result}")
+    return lines
+# ---- check-db ----
+
+
+def check_db_dict(r: pb.CheckDbReply) -> dict[str, Any]:
+    return {"ok": r.ok, "segment": r.segment or None, "seconds": r.seconds,
+            "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in r.steps]}
+
+
+def check_db_lines(name: str, r: pb.CheckDbReply) -> list[str]:
+    lines = [f"{'ok  ' if s.ok else 'FAIL'} {s.name}: {s.detail}" for s in r.steps]
+    lines.append(f"database {name}: " + ("ready for consistent sets" if r.ok else "NOT ready"))
+    return lines
+
+
+def verify_counts(r: pb.CheckReport) -> str:
+    """What a check covered, without the counts that are zero because they were not checked."""
+    parts = [plural(r.sets_checked, "set")]
+    if r.packs_checked:
+        parts.append(plural(r.packs_checked, "pack"))
+    if r.chunks_checked:
+        parts.append(plural(r.chunks_checked, "chunk"))
+    text = ", ".join(parts) + " checked"
+    if r.bytes_read:
+        text += f", {human_bytes(r.bytes_read)} read"
+    return text

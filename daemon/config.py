@@ -16,12 +16,15 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import pathspec
 from cairn.daemon.cron import CronExpr
 from cairn.daemon.durations import parse_duration
+from cairn.daemon.retention import keep_policy
 from cairn.store.errors import InvalidArgumentError, NotFoundError
-from cairn.store.model import LEVELS
+from cairn.store.model import LEVELS, PrunePolicy
 
 DEFAULT_SOCKET_NAME = "cairnd.sock"
 ROOT_RUNTIME_DIR = "/run/cairn"
@@ -30,18 +33,22 @@ QUIESCE_MODES = ("cold", "hot")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
-REPOSITORY_KEYS = ("path", "passphrase_file", "key_file")
+REPOSITORY_KEYS = ("path", "gc", "wal_keep", "passphrase_file", "key_file")
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
-    "max_wal_size",
+    "max_wal_size", "host",
+    "skip_unchanged",
 )
 SOURCE_KEYS = (
     "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
-    "aux_paths",
+    "aux_paths", "keep", "capture_first", "tags",
 )
-QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required")
-DATABASE_KEYS = ("name", "dsn", "pgdata")
+QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required", "hooks", "on_success",
+                "on_failure")
+HOOK_KEYS = ("freeze", "thaw", "timeout", "required")
+DATABASE_KEYS = ("name", "dsn", "pgdata", "wal_timeout", "kind", "dump", "restore", "timeout", "jobs")
+DATABASE_KINDS = ("postgres", "pg_dump", "command")  # base backup + WAL; pg_dump over the network; any dump tool
 TOP_KEYS = ("repository", "daemon", "source", "database")
 
 
@@ -60,6 +67,8 @@ class ConfigError(InvalidArgumentError):
 @dataclass(frozen=True)
 class RepositoryConfig:
     path: str
+    gc: str | None = None  # cron of scheduled retention + garbage collection
+    wal_keep: float | None = None  # seconds of WAL kept for point-in-time recovery (None: all)
     passphrase_file: str | None = None  # what opens an encrypted (format 2) repository;
     key_file: str | None = None  # with both, the passphrase is tried first
 
@@ -81,6 +90,19 @@ class DaemonConfig:
     max_watches: int | None = None
     log_level: str = "info"
     max_wal_size: int = 1 << 30  # largest WAL file a push may carry (PostgreSQL's largest segment)
+    host: str | None = None  # the host name recorded in sets (None: the machine's)
+    skip_unchanged: bool = True  # daemon/skip.py
+
+
+@dataclass(frozen=True)
+class HookLevel:
+    """One level of a window's hook stack: its freeze commands run in order when the window
+    opens; if any of them ran, its thaw commands run (in order) when the window closes."""
+
+    freeze: tuple[tuple[str, ...], ...] = ()
+    thaw: tuple[tuple[str, ...], ...] = ()
+    timeout: float = 60.0
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,24 @@ class QuiesceConfig:
     timeout: float = 60.0
     max_window: float = 900.0
     required: bool = True
+    hooks: tuple[HookLevel, ...] = ()          # the explicit stack form (quiesce.hooks)
+    on_success: tuple[tuple[str, ...], ...] = ()
+    on_failure: tuple[tuple[str, ...], ...] = ()
+
+    def levels(self) -> tuple[HookLevel, ...]:
+        """The hook stack, lowest level first: levels freeze in this order and thaw in reverse.
+
+        `hooks` gives it explicitly. From `freeze`/`thaw`: with as many freeze as thaw commands
+        (more than one), freeze[i] pairs with thaw[i]; otherwise they form one level (its thaw
+        commands run in the order written)."""
+        if self.hooks:
+            return self.hooks
+        if not self.freeze and not self.thaw:
+            return ()
+        if len(self.freeze) == len(self.thaw) > 1:
+            return tuple(HookLevel((f,), (t,), self.timeout, self.required)
+                         for f, t in zip(self.freeze, self.thaw, strict=True))
+        return (HookLevel(self.freeze, self.thaw, self.timeout, self.required),)
 
 
 @dataclass(frozen=True)
@@ -101,17 +141,58 @@ class SourceConfig:
     watch: bool = True
     rpo: float | None = None
     schedule: dict[str, str] = field(default_factory=dict, hash=False)
-    database: str | None = None
+    database: str | None = None                # the first of `databases` (kept for older callers)
     quiesce: QuiesceConfig | None = None
     one_file_system: bool = False
     aux_paths: tuple[str, ...] = ()
+    keep: PrunePolicy | None = None  # retention policy of the source's sets
+    databases: tuple[str, ...] = ()            # every database captured with the source, in order
+    capture_first: tuple[str, ...] = ()        # sub-paths captured first, kept at their place
+    tags: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # level -> strftime tags
+
+    def path_excludes(self) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+        """(patterns for every path, ((path, patterns anchored to that path), ...)).
+
+        A pattern that starts with one of the source's paths and a '/' applies under that path
+        only, anchored at it ('/srv/app/data/cache/' is '/cache/' under '/srv/app/data')."""
+        common: list[str] = []
+        anchored: dict[str, list[str]] = {}
+        for pattern in self.exclude:
+            neg, body = ("!", pattern[1:]) if pattern.startswith("!") else ("", pattern)
+            root = anchor_of(body, self.paths)
+            if root is None:
+                common.append(pattern)
+            else:
+                anchored.setdefault(root, []).append(neg + body[len(root.rstrip("/")):])
+        return tuple(common), tuple((p, tuple(v)) for p, v in anchored.items())
+
+    def scheduled_tags(self, level: str, when: float) -> tuple[str, ...]:
+        """The tags of a set taken by the schedule at `level`, strftime fields filled in (local time)."""
+        stamp = datetime.fromtimestamp(when)
+        return tuple(stamp.strftime(t) for t in self.tags.get(level, ()))
+
+
+def anchor_of(pattern: str, paths: Sequence[str]) -> str | None:
+    """The source path an exclude pattern is anchored to, or None for an unanchored pattern."""
+    if not pattern.startswith("/"):
+        return None
+    for path in sorted(paths, key=len, reverse=True):
+        if pattern.startswith(path.rstrip("/") + "/") and len(pattern) > len(path.rstrip("/")) + 1:
+            return path
+    return None
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     name: str
-    dsn: str
-    pgdata: str
+    dsn: str = ""
+    pgdata: str = ""            # kind 'postgres' only
+    wal_timeout: float = 600.0  # how long a set waits after the window for its WAL to be archived
+    kind: str = "postgres"      # one of DATABASE_KINDS (the engine that captures it: daemon/databases/)
+    dump: tuple[str, ...] = ()     # kind 'command': argv of the dump ({dir}: the dump is that directory)
+    restore: tuple[str, ...] = ()  # kind 'command': argv of the restore ({target}: the --target-dsn text)
+    timeout: float = 3600.0     # dump engines: bound of one dump (the window's max_window bounds it too)
+    jobs: int = 2               # kind 'pg_dump': parallel jobs of pg_dump and pg_restore
 
 
 @dataclass(frozen=True)
@@ -270,6 +351,18 @@ class _Loader:
             for i, table in enumerate(self.array_of_tables("source", data.get("source", [])))
         )
         self.unique("source", [source.name for source in sources])
+        pgdata = {database.name: database.pgdata for database in databases if database.kind == "postgres"}
+        for index, source in enumerate(sources):
+            seen: dict[str, str] = {}
+            for name in source.databases:
+                if name not in pgdata:
+                    continue  # a dump engine: no data directory of its own
+                other = seen.get(os.path.realpath(pgdata[name]))
+                if other is not None:
+                    raise self.fail(f"source[{index}].database",
+                                    f"databases '{other}' and '{name}' are the same server (pgdata "
+                                    f"'{pgdata[name]}'): a [[database]] captures its whole cluster, name it once")
+                seen[os.path.realpath(pgdata[name])] = name
         return Config(repository=repository, daemon=daemon, sources=sources, databases=databases,
                       path=os.path.abspath(self.origin) if self.origin else None)
 
@@ -277,9 +370,17 @@ class _Loader:
 
     def repository(self, table: Mapping[str, Any]) -> RepositoryConfig:
         self.keys("repository", table, REPOSITORY_KEYS)
+        gc = self.string("repository.gc", table.get("gc"))
+        if gc is not None:
+            try:
+                CronExpr.parse(gc)
+            except InvalidArgumentError as exc:
+                raise self.fail("repository.gc", exc.message) from exc
+        wal_keep = table.get("wal_keep")
         passphrase_file = self.path("repository.passphrase_file", table.get("passphrase_file"))
         key_file = self.path("repository.key_file", table.get("key_file"))
-        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True),
+        return RepositoryConfig(path=self.path("repository.path", table.get("path"), required=True), gc=gc,
+                                wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep),
                                 passphrase_file=passphrase_file, key_file=key_file)
 
     def daemon(self, table: Mapping[str, Any]) -> DaemonConfig:
@@ -303,7 +404,11 @@ class _Loader:
             "max_watches": self.positive_int("daemon.max_watches", table.get("max_watches")),
             "log_level": self.choice("daemon.log_level", table.get("log_level", "info"), LOG_LEVELS),
             "max_wal_size": self.positive_int("daemon.max_wal_size", table.get("max_wal_size", 1 << 30)),
+            "host": self.string("daemon.host", table.get("host")),
+            "skip_unchanged": self.boolean("daemon.skip_unchanged", table.get("skip_unchanged", True)),
         }
+        if values["host"] is not None and any(c.isspace() for c in values["host"]):
+            raise self.fail("daemon.host", f"expected a host name without spaces, got {_show(values['host'])}")
         if values["listen"] is not None:
             self.address("daemon.listen", values["listen"])
             for key in ("tls_cert", "tls_key", "token_file"):
@@ -329,50 +434,150 @@ class _Loader:
             rpo = self.duration(f"{key}.rpo", rpo, positive=True)
             if not watch:
                 raise self.fail(f"{key}.rpo", "needs watch = true (the change journal measures the wait)")
-        database = table.get("database")
-        if database is not None:
-            database = self.string(f"{key}.database", database)
-            if database not in databases:
-                raise self.fail(f"{key}.database", f"no [[database]] is named '{database}'")
+        names = self.database_names(f"{key}.database", table.get("database"), databases)
         quiesce = table.get("quiesce")
         if quiesce is not None:
             quiesce = self.quiesce(f"{key}.quiesce", self.table(f"{key}.quiesce", quiesce))
         aux_paths = self.paths(f"{key}.aux_paths", table.get("aux_paths", []))
         if aux_paths and (quiesce is None or quiesce.mode != "hot"):
             raise self.fail(f"{key}.aux_paths", "only used with quiesce mode 'hot'")
+        first = self.paths(f"{key}.capture_first", table.get("capture_first", []))
+        for index, sub in enumerate(first):
+            if not any(sub.startswith(p.rstrip("/") + "/") for p in paths):
+                raise self.fail(f"{key}.capture_first[{index}]",
+                                f"'{sub}' is not below one of the source's paths")
+        if first and not (names or quiesce):
+            raise self.fail(f"{key}.capture_first", "needs a database or a quiesce window to be captured before")
         return SourceConfig(
             name=name,
             paths=paths,
-            exclude=self.strings(f"{key}.exclude", table.get("exclude", [])),
+            exclude=self.excludes(f"{key}.exclude", table.get("exclude", [])),
             watch=watch,
             rpo=rpo,
             schedule=self.schedule(f"{key}.schedule", table.get("schedule", {})),
-            database=database,
+            database=names[0] if names else None,
             quiesce=quiesce,
             one_file_system=self.boolean(f"{key}.one_file_system", table.get("one_file_system", False)),
             aux_paths=aux_paths,
+            keep=self.keep(f"{key}.keep", table.get("keep")),
+            databases=names,
+            capture_first=first,
+            tags=self.tags(f"{key}.tags", table.get("tags", [])),
         )
+
+    def database_names(self, key: str, value: Any, databases: set[str]) -> tuple[str, ...]:
+        # One name, or a list of names (captured in that order).
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.fail(key, f"expected a database name or a list of names, got {_show(value)}")
+        names = tuple(self.string(f"{key}[{i}]" if isinstance(value, list) else key, item, required=True)
+                      for i, item in enumerate(items))
+        for index, name in enumerate(names):
+            where = f"{key}[{index}]" if isinstance(value, list) else key
+            if name not in databases:
+                raise self.fail(where, f"no [[database]] is named '{name}'")
+            if name in names[:index]:
+                raise self.fail(where, f"database '{name}' is named twice")
+        return names
+
+    def tags(self, key: str, value: Any) -> dict[str, tuple[str, ...]]:
+        # A list of tags for every scheduled set, or a table of lists per level.
+        table = {level: value for level in LEVELS} if isinstance(value, list) else self.table(key, value)
+        out: dict[str, tuple[str, ...]] = {}
+        for level, items in table.items():
+            where = key if isinstance(value, list) else f"{key}.{level}"
+            if level not in LEVELS:
+                raise self.fail(where, "unknown level: expected full, differential or incremental")
+            tags = self.strings(where, items)
+            for index, tag in enumerate(tags):
+                try:
+                    text = datetime(2001, 2, 3, 4, 5, 6).strftime(tag)
+                except ValueError as exc:
+                    raise self.fail(f"{where}[{index}]", f"invalid strftime pattern '{tag}': {exc}") from None
+                if not text or any(c.isspace() for c in text):
+                    raise self.fail(f"{where}[{index}]", f"a tag must not be empty or hold spaces, got '{tag}'")
+            if tags:
+                out[level] = tags
+        return out
 
     def quiesce(self, key: str, table: Mapping[str, Any]) -> QuiesceConfig:
         self.keys(key, table, QUIESCE_KEYS)
         if "mode" not in table:
             raise self.fail(f"{key}.mode", "required: 'cold' or 'hot'")
+        timeout = self.duration(f"{key}.timeout", table.get("timeout", 60.0), positive=True)
+        required = self.boolean(f"{key}.required", table.get("required", True))
+        hooks = []
+        for index, level in enumerate(self.array_of_tables(f"{key}.hooks", table.get("hooks", []))):
+            where = f"{key}.hooks[{index}]"
+            self.keys(where, level, HOOK_KEYS)
+            hooks.append(HookLevel(
+                freeze=self.commands(f"{where}.freeze", level.get("freeze", [])),
+                thaw=self.commands(f"{where}.thaw", level.get("thaw", [])),
+                timeout=self.duration(f"{where}.timeout", level.get("timeout", timeout), positive=True),
+                required=self.boolean(f"{where}.required", level.get("required", required))))
+        freeze = self.commands(f"{key}.freeze", table.get("freeze", []))
+        thaw = self.commands(f"{key}.thaw", table.get("thaw", []))
+        if hooks and (freeze or thaw):
+            raise self.fail(f"{key}.hooks", "give either hooks or freeze/thaw, not both")
         return QuiesceConfig(
             mode=self.choice(f"{key}.mode", table["mode"], QUIESCE_MODES),
-            freeze=self.commands(f"{key}.freeze", table.get("freeze", [])),
-            thaw=self.commands(f"{key}.thaw", table.get("thaw", [])),
-            timeout=self.duration(f"{key}.timeout", table.get("timeout", 60.0), positive=True),
+            freeze=freeze,
+            thaw=thaw,
+            timeout=timeout,
             max_window=self.duration(f"{key}.max_window", table.get("max_window", 900.0), positive=True),
-            required=self.boolean(f"{key}.required", table.get("required", True)),
+            required=required,
+            hooks=tuple(hooks),
+            on_success=self.commands(f"{key}.on_success", table.get("on_success", [])),
+            on_failure=self.commands(f"{key}.on_failure", table.get("on_failure", [])),
         )
 
     def database(self, key: str, table: Mapping[str, Any]) -> DatabaseConfig:
         self.keys(key, table, DATABASE_KEYS)
+        kind = self.choice(f"{key}.kind", table.get("kind", "postgres"), DATABASE_KINDS)
+        only = {"postgres": ("pgdata", "wal_timeout"), "command": ("dump", "restore"), "pg_dump": ("jobs",)}
+        for other, keys in only.items():
+            for k in keys:
+                if other != kind and k in table:
+                    raise self.fail(f"{key}.{k}", f"only used with kind = '{other}' (this database is '{kind}')")
+        if kind == "command" and "dsn" in table:
+            raise self.fail(f"{key}.dsn", "not used with kind = 'command': the dump and restore commands "
+                                          "name their server ({target} is the --target-dsn of a restore)")
+        if kind == "postgres" and "timeout" in table:
+            raise self.fail(f"{key}.timeout", "only used with the dump kinds 'pg_dump' and 'command'")
+        dump = self.argv(f"{key}.dump", table.get("dump"), required=kind == "command")
         return DatabaseConfig(
             name=self.name(f"{key}.name", table.get("name")),
-            dsn=self.string(f"{key}.dsn", table.get("dsn"), required=True),
-            pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=True),
+            dsn=self.string(f"{key}.dsn", table.get("dsn"), required=kind != "command") or "",
+            pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=kind == "postgres") or "",
+            wal_timeout=self.duration(f"{key}.wal_timeout", table.get("wal_timeout", 600.0), positive=True),
+            kind=kind,
+            dump=dump,
+            restore=self.argv(f"{key}.restore", table.get("restore"), required=kind == "command"),
+            timeout=self.duration(f"{key}.timeout", table.get("timeout", 3600.0), positive=True),
+            jobs=self.positive_int(f"{key}.jobs", table.get("jobs", 2)) or 2,
         )
+
+    def keep(self, key: str, value: Any) -> PrunePolicy | None:
+        if value is None:
+            return None
+        try:
+            return keep_policy(self.table(key, value))
+        except ConfigError:
+            raise
+        except InvalidArgumentError as exc:
+            raise self.fail(key, exc.message) from None
+    def argv(self, key: str, value: Any, required: bool) -> tuple[str, ...]:
+        # One command as a non-empty list of strings.
+        if value is None:
+            if required:
+                raise self.fail(key, "required: a command as a list of strings")
+            return ()
+        valid = isinstance(value, list) and value and all(isinstance(a, str) and a for a in value)
+        if not valid:
+            raise self.fail(key, f"expected a command as a non-empty list of strings, got {_show(value)}")
+        return tuple(value)
 
     def schedule(self, key: str, value: Any) -> dict[str, str]:
         table = self.table(key, value)
@@ -479,12 +684,29 @@ class _Loader:
         return value
 
     def mode(self, key: str, value: Any) -> int:
-        # TOML writes octal as 0o660; a string "0660" is accepted too.
-        if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
-            value = int(value.replace("o", ""), 8)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
-            raise self.fail(key, f"expected a file mode like 0o660 or \"0660\", got {_show(value)}")
+        # A string of octal digits ("0660", "660", "0o660") or a TOML octal integer (0o660). A
+        # decimal integer like 660 is refused rather than read as mode 0o1224: TOML cannot tell
+        # 0o660 from 432, so integers are accepted only as permission bits (at most 0o777).
+        if isinstance(value, str):
+            if not re.fullmatch(r"(0o|0)?[0-7]{3}", value):
+                raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
+            return int(value[2:] if value.startswith("0o") else value, 8)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
+        if value > 0o777:
+            raise self.fail(key, f"{value} is not a file mode (read as decimal it is {oct(value)}): "
+                                 "write it as a string like \"0660\" or as octal 0o660")
         return value
+
+    def excludes(self, key: str, value: Any) -> tuple[str, ...]:
+        # Each pattern compiled alone, so an error names the one that does not parse.
+        patterns = self.strings(key, value)
+        for index, pattern in enumerate(patterns):
+            try:
+                pathspec.GitIgnoreSpec.from_lines([pattern])
+            except Exception as exc:  # pathspec raises several types for malformed patterns
+                raise self.fail(f"{key}[{index}]", f"pattern {_show(pattern)} does not parse: {exc}") from None
+        return patterns
 
     def duration(self, key: str, value: Any, positive: bool = False) -> float:
         try:

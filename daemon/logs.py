@@ -2,8 +2,10 @@
 
 A line reads `level=info logger=cairn.daemon.scheduler msg="scheduled full set due" source=app`:
 the level, the logger, the message, then every `extra={...}` field of the record. Values
-with spaces, quotes or '=' are quoted; newlines (tracebacks) are escaped, so one record is
-always one line. A timestamp leads the line except when stderr is already the journal.
+with spaces, quotes or '=' are quoted; newlines are escaped, so one record is always one line.
+An exception shows as its cause (`error="OSError: [Errno 5] ..."`); its traceback is added
+(`exc=...`) only at debug level. A timestamp leads the line except when stderr is already the
+journal.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def logfmt_value(value: Any) -> str:
 class LogfmtFormatter(logging.Formatter):
     """Formats records as logfmt lines."""
 
-    def __init__(self, timestamps: bool = True) -> None:
+    def __init__(self, timestamps: bool = True, tracebacks: bool = False) -> None:
         super().__init__()
         self.timestamps = timestamps
+        self.tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
         pairs: list[tuple[str, Any]] = []
@@ -49,9 +52,12 @@ class LogfmtFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 pairs.append((key, value))
-        if record.exc_info:
-            pairs.append(("exc", self.formatException(record.exc_info)))
-        elif record.exc_text:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            pairs.append(("error", " ".join(f"{type(exc).__name__}: {exc}".split())))
+            if self.tracebacks:
+                pairs.append(("exc", self.formatException(record.exc_info)))
+        elif record.exc_text and self.tracebacks:
             pairs.append(("exc", record.exc_text))
         return " ".join(f"{key}={logfmt_value(value)}" for key, value in pairs)
 
@@ -70,7 +76,8 @@ def setup_logging(level: str | int = "info", stream: IO[str] | None = None) -> l
         root.removeHandler(_handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     # systemd sets JOURNAL_STREAM when stderr is the journal, which stamps lines itself.
-    handler.setFormatter(LogfmtFormatter(timestamps=not os.environ.get("JOURNAL_STREAM")))
+    handler.setFormatter(LogfmtFormatter(timestamps=not os.environ.get("JOURNAL_STREAM"),
+                                         tracebacks=numeric <= logging.DEBUG))
     root.addHandler(handler)
     root.setLevel(numeric)
     _handler = handler

@@ -24,15 +24,18 @@ import threading
 import time
 from typing import NoReturn
 
-from cairn import __version__
+from cairn import __version__, walnames
+from cairn.daemon import preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
+from cairn.daemon.health import restore_metrics
 from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
 from cairn.daemon.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
+from cairn.daemon.retention import RetentionRunner
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.rpo import RpoKeeper
@@ -67,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
                         help="back up these directories (with --repo)")
     parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    parser.add_argument("--init", action="store_true",
+                        help="create the repository (--repo, or the one --config names), then exit")
     add_key_arguments(parser)
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
@@ -76,7 +81,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_key_arguments(parser, args)
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
+    _check_init_args(parser, args)
     return args
+
+
+def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
+    if not args.init:
+        return
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket)):
+        if given:
+            parser.error(f"--init creates the repository and exits; {flag} does not go with it")
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -118,6 +133,7 @@ class Daemon:
         self.tracker: ChangeTracker | None = None
         self.rpo: RpoKeeper | None = None
         self.backstop: Backstop | None = None
+        self.retention: RetentionRunner | None = None
         self._signals: collections.deque[int] = collections.deque()
         self._wake = threading.Event()
         self._last_status = ""
@@ -128,25 +144,27 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         read_only = cfg.daemon.read_only
-        # Before anything else: this daemon alone may use its state directory.
+        # Check everything the configuration names before anything is created or changed.
+        preflight.check_start(cfg)
+        # Then: this daemon alone may use its state directory.
         self._locks.append(lock_state_dir(cfg.daemon.state_dir))
         # Then thaw every quiesce window a previous run died inside.
         self.thaw_leftover_windows()
-        # The repository first: without it there is nothing to serve. It is locked before it
-        # is read when it exists, else as soon as it is created.
+        preflight.warn_unreachable_databases(cfg)
+        # The repository first: without it there is nothing to serve (never created here). It
+        # is locked before it is read, so a second daemon on it is refused.
         path = cfg.repository.path
-        repo_lock = lock_local_repository(path, shared=read_only) if os.path.isdir(path) else None
-        if repo_lock is not None:
-            self._locks.append(repo_lock)
-        self.repo = open_repository(cfg.repository, create=not read_only, read_only=read_only)
-        if repo_lock is None:
+        if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
+        self.repo = open_repository(cfg.repository, read_only=read_only)
+        self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()
             host, port = self.metrics.start_http(cfg.daemon.metrics)
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        self.restore_metrics()
         # The change journal watches before we serve, so the first set can already use it.
         if not read_only:
             self._start_journal(cfg)
@@ -154,12 +172,15 @@ class Daemon:
         if not read_only:
             self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
             self.service.set_next_runs(self.scheduler.next_runs)
+            if cfg.repository.gc:
+                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
+                self.service.retention = self.retention
         # Serve, then tell systemd we are ready.
         self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
         self.server.start()
         if self.scheduler is not None:
             self.scheduler.start()
-        for thread in (self.rpo, self.backstop):
+        for thread in (self.rpo, self.backstop, self.retention):
             if thread is not None:
                 thread.start()
         interval = watchdog_interval()
@@ -171,6 +192,12 @@ class Daemon:
             "cairnd %s serving %s%s on %s",
             __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
         )
+
+    def restore_metrics(self) -> None:
+        """Gauges a restart would reset, from the repository's sets and the health record."""
+        if self.metrics is not None and self.service is not None:
+            restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
+            self.metrics.set_rpos({s.name: s.rpo for s in self.config.sources if s.rpo})
 
     def _start_journal(self, cfg: Config) -> None:
         """The change tracker (watches every watched source), RPO protection and the backstop scan."""
@@ -208,7 +235,7 @@ class Daemon:
                           rec.source, rec.mode, rec.to_dict()["started"], rec.error or "a thaw hook failed")
 
     def healthy(self) -> bool:
-        threads = (self.scheduler, self.rpo, self.backstop)
+        threads = (self.scheduler, self.rpo, self.backstop, self.retention)
         return all(t is None or t.healthy for t in threads)
 
     def status_text(self) -> str:
@@ -263,12 +290,16 @@ class Daemon:
             new = self._keep_bound(new)
             if self.scheduler is not None:
                 self.scheduler.reload(new.schedules())
+            self._reload_retention(new)
         except CairnError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc.message)
             self.notifier.ready(f"reload failed: {exc.message}")
             return
+        preflight.warn_missing_sources(new)
         self.config = new
         self.service.reload(new)
+        if self.metrics is not None:
+            self.metrics.set_rpos({s.name: s.rpo for s in new.sources if s.rpo})
         if self.tracker is not None:
             self.tracker.reload(new.sources)
         if self.rpo is not None:
@@ -277,17 +308,32 @@ class Daemon:
         log.info("configuration reloaded from %s: %d sources", new.path, len(new.sources))
         self.notifier.ready(self.status_text())
 
+    def _reload_retention(self, new: Config) -> None:
+        """Follow a changed [repository] gc: reschedule, start or stop the retention thread."""
+        if self.scheduler is None:  # read-only: nothing is ever forgotten
+            return
+        if new.repository.gc and self.retention is not None:
+            self.retention.reload(new.repository.gc)
+        elif new.repository.gc:
+            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention)
+            self.service.retention = self.retention
+            self.retention.start()
+        elif self.retention is not None:
+            self.retention.request_stop()
+            self.retention = self.service.retention = None
+
     def _keep_bound(self, new: Config) -> Config:
         """Keep what was bound at start (repository, sockets, ...), warning where the file changed it."""
         old = self.config
-        if new.repository != old.repository:
+        if new.repository.path != old.repository.path:
             log.warning("repository.path changed: takes effect at the next start")
         kept = {}
         for key in RESTART_KEYS:
             if getattr(new.daemon, key) != getattr(old.daemon, key):
                 log.warning("daemon.%s changed: takes effect at the next start", key)
             kept[key] = getattr(old.daemon, key)
-        return dataclasses.replace(new, repository=old.repository, daemon=dataclasses.replace(new.daemon, **kept))
+        repository = dataclasses.replace(new.repository, path=old.repository.path)
+        return dataclasses.replace(new, repository=repository, daemon=dataclasses.replace(new.daemon, **kept))
 
     def release_locks(self) -> None:
         """Let another daemon have the repository and the state directory."""
@@ -306,7 +352,7 @@ class Daemon:
         self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
-        for thread in (self.rpo, self.backstop):
+        for thread in (self.rpo, self.backstop, self.retention):
             if thread is not None:
                 thread.request_stop()
         # Cancel the backups first, so their clients still get an answer before the server closes.
@@ -329,9 +375,20 @@ class Daemon:
         if self.repo is not None:
             self.repo.close()
         self.release_locks()
-        if self.repo is not None:  # a daemon refused at start says only why (see main)
+        if self.repo is not None:  # after a start that failed its checks there is nothing to report
             log.info("stopped")
         return EXIT_OK
+
+
+def init_repository(config: Config, plaintext: bool = False) -> int:
+    """`cairnd --init`: create the configured repository and exit (refusing an existing one)."""
+    try:
+        path = preflight.init_repository(config, plaintext=plaintext)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == "invalid_argument" else EXIT_FAILURE
+    print(f"created {'a plaintext' if plaintext else 'an encrypted'} repository at {path}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     except CairnError as exc:
         print(f"cairnd: error: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.init:
+        return init_repository(config, plaintext=args.no_encryption)
     setup_logging(config.daemon.log_level)
     daemon = Daemon(config, args)
     daemon.install_signals()

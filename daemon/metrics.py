@@ -65,6 +65,15 @@ class Metrics:
             ("outcome",), registry=registry,
         )
         self.verify_running = Gauge("cairn_verify_running", "Verify runs in progress.", registry=registry)
+        self.started = Gauge(
+            "cairn_daemon_start_timestamp_seconds", "Unix time this daemon started (absent: no daemon).",
+            registry=registry,
+        )
+        self.started.set(time.time())
+        self.rpo = Gauge(
+            "cairn_source_rpo_seconds", "The configured RPO of a source (sources without one are absent).",
+            ("source",), registry=registry,
+        )
         self._server = None
         self._server_thread: threading.Thread | None = None
 
@@ -82,6 +91,12 @@ class Metrics:
             self.last_success.labels(source, level).set(time.time() if finished_at is None else finished_at)
         else:
             self.set_failures.labels(source, level).inc()
+
+    def set_rpos(self, rpos: dict[str, float]) -> None:
+        """The configured RPO per source, replacing the previous set (after a reload)."""
+        self.rpo.clear()
+        for source, seconds in rpos.items():
+            self.rpo.labels(source).set(seconds)
 
     def record_restore(self, nbytes: int) -> None:
         """Count bytes of file data sent to a restore."""

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cairn import walnames
 from cairn.errors import InvalidArgumentError
 from cairn.fsio.durable import fsync_dir, write_atomic
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
@@ -382,11 +383,7 @@ def int_to_lsn(pos: int) -> str:
 
 def wal_segment_name(timeline: int, lsn: str, segment_size: int = 16 * 1024 * 1024) -> str:
     """Name of the WAL segment file holding `lsn` on `timeline` (as pg_walfile_name, no server)."""
-    segno = lsn_to_int(lsn) // segment_size
-    per_xlogid = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per_xlogid:08X}{segno % per_xlogid:08X}"
+    return walnames.segment_of_lsn(timeline, lsn_to_int(lsn), segment_size)
 
 
-def is_wal_file_name(name: str) -> bool:
-    """True for names the archiver hands over: segments, .history, .backup and .partial files."""
-    return bool(re.fullmatch(r"[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history", name))
+is_wal_file_name = walnames.is_wal_file_name  # the rule lives in cairn.walnames

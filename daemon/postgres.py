@@ -394,26 +394,29 @@ class BaseBackup:
         self._require_active()
         self._abortable(lambda: self.conn.query_one("SELECT 1"))
 
-    def stop(self, timeout: float = 600.0, force_switch: bool = True) -> BackupStop:
-        """Finish the backup: switch WAL, pg_backup_stop(wait_for_archive => true) within `timeout`.
+    def stop(self, timeout: float = 600.0, force_switch: bool = True, wait_for_archive: bool = True) -> BackupStop:
+        """Finish the backup: switch WAL, pg_backup_stop(wait_for_archive) within `timeout`.
 
         Raises DeadlineError when archiving of the last segment takes longer than `timeout`
         (the backup is then over server-side but unusable) and BackupAbortedError when the
-        session was lost.
+        session was lost. Without `wait_for_archive` it returns as soon as the backup-end record
+        is written (the server still switches to a new segment, so the last one is archived
+        soon): the caller must then make sure the WAL up to the stop LSN is archived before it
+        relies on the backup (capture.py waits for it in the repository).
         """
         self._require_active()
 
         def run() -> BackupStop:
             # The server switches WAL in pg_backup_stop itself; the explicit switch first also
             # closes a start segment on an idle server so it is archived without waiting.
-            if force_switch:
+            if force_switch and wait_for_archive:
                 self.conn.query("SELECT pg_switch_wal()")
             self.conn.query("SELECT set_config('statement_timeout', %s, false)", (f"{int(timeout * 1000)}",))
             try:
                 enc = self.conn.query_one("SELECT current_setting('server_encoding')")[0]
                 lsn, label, spcmap = self.conn.query_one(
                     "SELECT lsn::text, convert_to(labelfile, %s), convert_to(spcmapfile, %s) "
-                    "FROM pg_backup_stop(true)", (enc, enc))
+                    "FROM pg_backup_stop(%s)", (enc, enc, wait_for_archive))
             finally:
                 if not self.conn.closed:
                     try:

@@ -11,8 +11,12 @@
           ...capture, calling w.check_deadline() between steps and passing w.cancel on...
       set_extra["window"] = w.record()
 
+  Hooks form a stack of levels (`levels=[(freeze hooks, thaw hooks), ...]`; `freeze`/`thaw`
+  alone are one level): levels freeze in order, and on exit the thaw hooks of every level whose
+  freeze began run, the last level first.
   On enter it durably writes the window record (daemon/windows.py), starts a watchdog timer
-  for max_window and runs the freeze hooks in order. A required freeze hook that fails raises
+  for max_window and runs the freeze hooks in order (the record is rewritten before each
+  further level begins, so a crash thaws exactly the levels that began). A required freeze hook that fails raises
   `HookError` (message holds the hook's stderr) after the thaw hooks ran; an optional one is
   only recorded. On exit the thaw hooks ALWAYS run — after the body, on exceptions, and when
   the watchdog fires at the deadline: it sets `cancel` (a backup in progress aborts), calls the
@@ -22,7 +26,10 @@
   if an earlier one failed, and the record is removed only after thaw. A failing thaw hook is
   recorded in `errors` (the captured data is still consistent); it never hides the body's error.
 - `recover_windows(state_dir)` runs first at daemon start: for every leftover record (the
-  daemon died inside a window) it runs the recorded thaw hooks and removes the record.
+  daemon died inside a window) it runs the recorded thaw hooks of every level that began to
+  freeze (last level first) and removes the record.
+- `run_after(argvs, ...)` runs a window's on_success / on_failure hooks (optional: a failure
+  is logged and returned, never raised).
 
 What always holds: while a window record exists, thaw may not have run; after `__exit__`
 returns or raises, thaw has completed and the record is gone.
@@ -206,6 +213,24 @@ def hooks_from_config(argvs: Iterable[Sequence[str]], timeout: float, required: 
     return tuple(Hook(tuple(a), float(timeout), bool(required)) for a in argvs)
 
 
+def levels_from_config(quiesce: Any) -> tuple[tuple[tuple[Hook, ...], tuple[Hook, ...]], ...]:
+    """The hook stack of a QuiesceConfig as (freeze hooks, thaw hooks) per level."""
+    return tuple((hooks_from_config(lv.freeze, lv.timeout, lv.required),
+                  hooks_from_config(lv.thaw, lv.timeout, lv.required)) for lv in quiesce.levels())
+
+
+def run_after(argvs: Iterable[Sequence[str]], source: str, mode: str, phase: str, timeout: float,
+              env: dict[str, str] | None = None) -> list[HookResult]:
+    """Run on_success / on_failure hooks in order; failures are logged, never raised."""
+    results = []
+    for argv in argvs:
+        res = Hook(tuple(argv), float(timeout), False).run(env=_hook_env(source, mode, phase, env))
+        if not res.ok:
+            log.warning("source '%s': optional %s", source, res.failure(phase))
+        results.append(res)
+    return results
+
+
 def _hook_env(source: str, mode: str, phase: str, base: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update({"CAIRN_SOURCE": source, "CAIRN_WINDOW_MODE": mode, "CAIRN_HOOK_PHASE": phase})
@@ -231,6 +256,7 @@ class Window:
         cancel: threading.Event | None = None,
         on_expire: Callable[[], None] | None = None,
         env: dict[str, str] | None = None,
+        levels: Sequence[tuple[Sequence[HookSpec], Sequence[HookSpec]]] | None = None,
     ) -> None:
         if mode not in MODES:
             raise InvalidArgumentError(f"unknown quiesce mode '{mode}': expected cold or hot")
@@ -239,8 +265,12 @@ class Window:
         self.state_dir = state_dir
         self.source = source
         self.mode = mode
-        self.freeze_hooks = tuple(Hook.of(h) for h in freeze)
-        self.thaw_hooks = tuple(Hook.of(h) for h in thaw)
+        if levels is None:
+            levels = ((freeze, thaw),) if freeze or thaw else ()
+        self.levels = tuple((tuple(Hook.of(h) for h in f), tuple(Hook.of(h) for h in t)) for f, t in levels)
+        self.freeze_hooks = tuple(h for f, _ in self.levels for h in f)
+        self.thaw_hooks = tuple(h for _, t in reversed(self.levels) for h in t)
+        self.started_levels = 0
         self.max_window = float(max_window)
         self.cancel = cancel if cancel is not None else threading.Event()
         self.on_expire = on_expire
@@ -262,9 +292,7 @@ class Window:
     @classmethod
     def from_config(cls, state_dir: str, source: str, quiesce: Any, **kwargs: Any) -> Window:
         """A Window for a SourceConfig's QuiesceConfig (mode, freeze, thaw, timeout, max_window, required)."""
-        return cls(state_dir, source, quiesce.mode,
-                   freeze=hooks_from_config(quiesce.freeze, quiesce.timeout, quiesce.required),
-                   thaw=hooks_from_config(quiesce.thaw, quiesce.timeout, quiesce.required),
+        return cls(state_dir, source, quiesce.mode, levels=levels_from_config(quiesce),
                    max_window=quiesce.max_window, **kwargs)
 
     # -- context manager --------------------------------------------------------------------
@@ -276,9 +304,8 @@ class Window:
         self._wall_start = time.time()
         self._t["open"] = time.monotonic()
         self.deadline = self._t["open"] + self.max_window
-        write_record(self.state_dir, WindowRecord(
-            source=self.source, mode=self.mode, pid=os.getpid(), started=self._wall_start,
-            max_window=self.max_window, freeze=self.freeze_hooks, thaw=self.thaw_hooks))
+        self.started_levels = 1 if self.levels else 0  # the first level freezes right away
+        self._write_record()
         self._timer = threading.Timer(self.max_window, self._expire)
         self._timer.daemon = True
         self._timer.name = f"window-{self.source}"
@@ -302,6 +329,12 @@ class Window:
         aborted = isinstance(exc, AbortedError) and not isinstance(exc, DeadlineError)
         if self.expired and (exc is None or aborted):
             raise self._deadline_error() from exc
+
+    def _write_record(self) -> None:
+        write_record(self.state_dir, WindowRecord(
+            source=self.source, mode=self.mode, pid=os.getpid(), started=self._wall_start,
+            max_window=self.max_window, freeze=self.freeze_hooks, thaw=self.thaw_hooks,
+            levels=self.levels, levels_started=self.started_levels))
 
     # -- deadline ---------------------------------------------------------------------------
 
@@ -338,19 +371,27 @@ class Window:
 
     def _run_freeze(self) -> HookError | None:
         with self._hook_lock:
-            for hook in self.freeze_hooks:
+            for index, (freeze, _thaw) in enumerate(self.levels):
                 if self.cancel.is_set():
                     return None
-                res = hook.run(env=_hook_env(self.source, self.mode, "freeze", self.env), cancel=self.cancel)
-                self.freeze_results.append(res)
-                if res.ok or res.cancelled:
-                    continue
-                msg = res.failure("freeze")
-                if hook.required:
-                    log.error("source '%s': %s", self.source, msg)
-                    return HookError(msg, res)
-                log.warning("source '%s': optional %s", self.source, msg)
-                self.errors.append(f"optional {msg}")
+                if index + 1 > self.started_levels:
+                    # durably, before this level freezes: a crash from now on thaws it too
+                    with self._state_lock:
+                        self.started_levels = index + 1
+                    self._write_record()
+                for hook in freeze:
+                    if self.cancel.is_set():
+                        return None
+                    res = hook.run(env=_hook_env(self.source, self.mode, "freeze", self.env), cancel=self.cancel)
+                    self.freeze_results.append(res)
+                    if res.ok or res.cancelled:
+                        continue
+                    msg = res.failure("freeze")
+                    if hook.required:
+                        log.error("source '%s': %s", self.source, msg)
+                        return HookError(msg, res)
+                    log.warning("source '%s': optional %s", self.source, msg)
+                    self.errors.append(f"optional {msg}")
         return None
 
     def _close(self) -> None:
@@ -366,7 +407,9 @@ class Window:
             if self._thawed:
                 return
             self._t["thaw_start"] = time.monotonic()
-            for hook in self.thaw_hooks:
+            with self._state_lock:
+                started = self.levels[:self.started_levels]
+            for hook in (h for _freeze, thaw in reversed(started) for h in thaw):
                 res = hook.run(env=_hook_env(self.source, self.mode, "thaw", self.env))
                 self.thaw_results.append(res)
                 if not res.ok:
@@ -402,6 +445,8 @@ class Window:
             "held_s": span("frozen", "thaw_start"),
             "thaw_s": span("thaw_start", "thawed"),
             "window_s": span("open", "thawed"),
+            "levels": len(self.levels),
+            "levels_started": self.started_levels,
             "freeze": [r.to_dict() for r in self.freeze_results],
             "thaw": [r.to_dict() for r in self.thaw_results],
             "errors": list(self.errors),
@@ -446,7 +491,7 @@ def recover_windows(state_dir: str, *, env: dict[str, str] | None = None) -> lis
         log.warning("source '%s': quiesce window opened %s by pid %d was left open; running thaw",
                     rec.source, _iso(rec.started), rec.pid)
         results = []
-        for spec in rec.thaw:
+        for spec in rec.thaw_order():
             res = Hook.of(spec).run(env=_hook_env(rec.source, rec.mode, "thaw", env))
             if not res.ok:
                 log.error("source '%s': %s", rec.source, res.failure("thaw"))

@@ -3,38 +3,42 @@
 
 What always holds: an encrypted (format 2) repository opens only with a passphrase or key
 file that unwraps one of its keys; anything else is one WrongKeyError line ("unable to open
-repository: wrong passphrase or key file") and the daemon exits 1. A repository the daemon
-creates is encrypted (format 2) whenever a passphrase or key file is given (else plaintext,
-with a warning in the log); a config may name both, tried passphrase first. `init_repository`
-(for `cairnd --init`) refuses to create a plaintext one unless asked to explicitly. Plaintext
-(format 1) repositories open as before; a secret given for one is ignored.
+repository: wrong passphrase or key file") and the daemon exits 1. A config may name both,
+tried passphrase first; files are read only when needed. `cairnd --init` (daemon/preflight.py)
+creates an encrypted repository under the first secret named, and a plaintext one only when
+`--no-encryption` asks for it. Plaintext (format 1) repositories open as before; a secret
+given for one is ignored.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 
 from cairn.daemon.config import Config, RepositoryConfig
 from cairn.store.crypto import Secret
-from cairn.store.errors import InvalidArgumentError, RepositoryError, WrongKeyError
+from cairn.store.errors import WrongKeyError
 from cairn.store.repository import Repository
-
-log = logging.getLogger("cairn.daemon")
 
 
 def add_key_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passphrase-file", metavar="F",
                         help="the passphrase of the encrypted repository (first line of F)")
     parser.add_argument("--key-file", metavar="F", help="a key file of the encrypted repository")
+    parser.add_argument("--no-encryption", action="store_true",
+                        help="with --init: create a plaintext (format 1) repository")
 
 
 def check_key_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if getattr(args, "passphrase_file", None) and getattr(args, "key_file", None):
         parser.error("give --passphrase-file or --key-file, not both")
+    if getattr(args, "no_encryption", False):
+        if not getattr(args, "init", False):
+            parser.error("--no-encryption goes with --init")
+        if args.passphrase_file or args.key_file:
+            parser.error("--no-encryption does not go with --passphrase-file or --key-file")
 
 
 def key_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -64,17 +68,9 @@ def secret_of(repo: RepositoryConfig) -> Secret | None:
     return loaders[0]() if loaders else None
 
 
-def open_repository(repo: RepositoryConfig, *, create: bool, read_only: bool) -> Repository:
-    """Open (or, with `create`, create when missing or empty) the configured repository."""
+def open_repository(repo: RepositoryConfig, *, read_only: bool) -> Repository:
+    """Open the configured repository (never create it: that is `cairnd --init`)."""
     path = repo.path
-    if create and Repository.uninitialised_local(path):
-        opened = Repository.open_local(path, create=True, read_only=read_only, secret=secret_of(repo))
-        if opened.encrypted:
-            log.info("created an encrypted repository (format 2) at %s", path)
-        else:
-            log.warning("created a repository WITHOUT encryption (format 1) at %s: "
-                        "give --passphrase-file or --key-file to encrypt a new repository", path)
-        return opened
     loaders = _loaders(repo)
     try:  # format 1 needs no secret; format 2 refuses at once, before reading anything else
         return Repository.open_local(path, read_only=read_only)
@@ -89,14 +85,3 @@ def open_repository(repo: RepositoryConfig, *, create: bool, read_only: bool) ->
             failure = e
     assert failure is not None
     raise failure
-
-
-def init_repository(repo: RepositoryConfig, *, plaintext: bool = False) -> Repository:
-    """Create a new repository and its first key (for `cairnd --init`): encrypted unless
-    `plaintext`; refuses an existing repository and a missing secret."""
-    secret = secret_of(repo)
-    if secret is None and not plaintext:
-        raise InvalidArgumentError("a new repository is encrypted: give --passphrase-file F or --key-file F")
-    if not Repository.uninitialised_local(repo.path):
-        raise RepositoryError(f"a repository already exists at '{repo.path}'")
-    return Repository.init_local(repo.path, secret=secret)

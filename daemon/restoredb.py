@@ -24,7 +24,6 @@ NotFoundError (no such database in the set) or InvalidArgumentError (bad time or
 
 from __future__ import annotations
 
-import base64
 import os
 import shlex
 import shutil
@@ -34,14 +33,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from cairn import walnames
+from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
+from cairn.daemon.walarchive import database_records
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
-WAL_MARKER = "cairn-restore-db.wal"  # in pg_wal/: the WAL files restore-db placed there, one a line
+WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 
 
 def cairn_executable() -> str:
@@ -66,9 +68,14 @@ def database_of(s: BackupSet, database: str) -> dict[str, Any]:
     """The set's extra['database'] record for `database`; NotFoundError if it holds none."""
     if not database:
         raise InvalidArgumentError("no database given: name one with --database")
-    rec = s.extra.get("database") if isinstance(s.extra, dict) else None
-    if not isinstance(rec, dict) or rec.get("name") != database:
-        held = f" (it holds database '{rec['name']}')" if isinstance(rec, dict) and rec.get("name") else ""
+    recs = database_records(s.extra)  # several databases per source: extra['databases']
+    rec = next((r for r in recs if r.get("name") == database), None)
+    if rec is None and any(d.name == database for d in records_of(s)):
+        raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: restore it into a "
+                                   "database with --target-dsn DSN")
+    if rec is None:
+        names = ", ".join(f"'{r['name']}'" for r in recs if r.get("name"))
+        held = f" (it holds database {names})" if names else ""
         raise NotFoundError(f"set '{s.id[:8]}' holds no database '{database}'{held}")
     if rec.get("attachment") not in s.attachments:
         raise NotFoundError(f"set '{s.id[:8]}' holds no data directory of database '{database}'")
@@ -105,21 +112,25 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> None
 
 
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
-                       socket_path: str, target_path: str = "") -> Iterator[Record]:
-    """The checked, recovery-ready record stream of `database` in set `s` (module docstring)."""
+                       socket_path: str, target_path: str = "", command: str = "") -> Iterator[Record]:
+    """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
+
+    `command` replaces the default restore_command (a client the database's OS user can run)."""
+    if command and ("%p" not in command or "\n" in command):
+        raise InvalidArgumentError(f"invalid restore_command '{command}': it must name the target file "
+                                   "with %p (and the WAL file with %f), on one line")
     rec = database_of(s, database)
     check_target(rec, target_time, target_lsn)
-    spaces = rec.get("tablespaces") or []
+    typed = PhysicalRecord.from_dict(rec)
+    spaces = list(typed.tablespaces)
     remap: dict[int, str] = {}
     if spaces:
         if not target_path or not os.path.isabs(target_path):
             raise InvalidArgumentError(
                 f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
-        remap = {int(t["oid"]): os.path.join(target_path, TABLESPACE_DIR, str(t["oid"])) for t in spaces}
-    labelfile = base64.b64decode(rec["labelfile"])
-    spcmapfile = base64.b64decode(rec.get("spcmapfile") or "")
-    main = recovery_stream(repo.restore_stream(s, attachment=rec["attachment"]), labelfile, spcmapfile,
-                           restore_command(socket_path), target_time or None, target_lsn or None,
+        remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
+    main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
+                           command or restore_command(socket_path), target_time or None, target_lsn or None,
                            tablespace_remap=remap)
     return _chain(main, repo, s, spaces, consistency_wal(repo, rec))
 
@@ -132,31 +143,27 @@ def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
     up to the first the archive lacks: recovery asks the archive for that one as usual.
     """
     wal = rec.get("wal") or {}
-    first, last = wal.get("first") or "", wal.get("last") or ""
-    if len(first) != 24 or len(last) != 24:
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    first = walnames.parse_segment(wal.get("first") or "", size)
+    last = walnames.parse_segment(wal.get("last") or "", size)
+    if first is None or last is None:
         return []
-    size = int(rec.get("wal_segment_size") or 16 * 1024 * 1024)
-    per_xlogid = 0x100000000 // size
-    tli = first[:8]
-    end = _segno(last, per_xlogid)
+    tli, end = first[0], last[1]
     point = (rec.get("restore_point") or {}).get("lsn") or ""
     if point:
         end = max(end, lsn_to_int(point) // size)
     held = set(repo.list_wal())
-    names = [f"{int(tli, 16):08X}.history"] if int(tli, 16) > 1 and f"{int(tli, 16):08X}.history" in held else []
-    for segno in range(_segno(first, per_xlogid), end + 1):
-        name = f"{tli}{segno // per_xlogid:08X}{segno % per_xlogid:08X}"
+    history = walnames.history_name(tli)
+    names = [history] if tli > 1 and history in held else []
+    for segno in range(first[1], end + 1):
+        name = walnames.segment_name(tli, segno, size)
         if name not in held:
             break
         names.append(name)
     return names
 
 
-def _segno(name: str, per_xlogid: int) -> int:
-    return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
-
-
-def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[dict[str, Any]],
+def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
            wal: list[str]) -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
@@ -169,9 +176,9 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
     top = TABLESPACE_DIR.encode()
     yield EntryMeta(path=top, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
     for t in spaces:
-        prefix = top + b"/" + str(t["oid"]).encode()
+        prefix = top + b"/" + str(t.oid).encode()
         yield EntryMeta(path=prefix, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
-        for r in repo.restore_stream(s, attachment=t["attachment"]):
+        for r in repo.restore_stream(s, attachment=t.attachment):
             if isinstance(r, EntryMeta):
                 link = prefix + b"/" + r.link_to if r.link_to else b""
                 r = EntryMeta(path=prefix + b"/" + r.path, kind=r.kind, mode=r.mode, uid=r.uid, gid=r.gid,

@@ -20,8 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from cairn import __version__
-from cairn.daemon import capture, restoredb, walarchive
+from cairn.daemon import capture, checkdb, restoredb, retention, skip, walarchive
 from cairn.daemon.config import Config, SourceConfig
+from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
+from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
 from cairn.store.crypto import Secret
@@ -81,6 +83,9 @@ class SourceState:
     oldest_unprotected_age: float | None = None
     pending_paths: int = 0
     watches: int = 0
+    last_failure: Failure | None = None  # daemon/health.py
+    rpo: float | None = None
+    last_success: float = 0.0
 
 
 def set_status(s: BackupSet) -> str:
@@ -108,10 +113,12 @@ class CairnService:
         self._next_runs = next_runs
         self._metrics = metrics  # a cairn.daemon.metrics.Metrics, or None
         self._started = time.time()
-        self._hostname = socket.gethostname()
+        self._machine = socket.gethostname()
+        self.retention: Any = None  # the daemon's RetentionRunner (cairn.daemon.retention) when gc is scheduled
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
         self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes) when it watches
+        self.health = HealthRecord(None if config.daemon.read_only else config.daemon.state_dir)
 
     # ---- configuration ----
 
@@ -126,6 +133,11 @@ class CairnService:
 
     def set_next_runs(self, next_runs: NextRunsFn | None) -> None:
         self._next_runs = next_runs
+
+    @property
+    def _hostname(self) -> str:
+        """The host name sets record: [daemon] host, else the machine's."""
+        return self._config.daemon.host or self._machine
 
     # ---- status ----
 
@@ -162,6 +174,9 @@ class CairnService:
                     running=running.get(name),
                     next_runs=next_runs.get(name, {}),
                     sets=len(own),
+                    last_failure=self.health.failure(name),
+                    rpo=src.rpo if src else None,
+                    last_success=max((s.time_end for s in own if set_status(s) != "failed"), default=0.0),
                 )
             )
         return daemon, states
@@ -218,11 +233,13 @@ class CairnService:
         for tag in tags:
             if not tag or any(c.isspace() for c in tag):
                 raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
+        common, anchored = src.path_excludes()
         request = BackupRequest(
             source=src.name,
             paths=tuple(src.paths),
             level=level,
-            excludes=tuple(src.exclude),
+            excludes=common,
+            root_excludes=anchored,
             one_file_system=src.one_file_system,
             tags=tuple(tags),
             extra={"reason": reason},
@@ -236,31 +253,28 @@ class CairnService:
 
     def _take_set(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
                   cancel: threading.Event) -> BackupSet:
-        """One set of a source: ask the change journal what changed since the base, capture
-        (plain, or inside a quiesce window with its database), then tell the journal."""
-        hint, token = self._change_hint(src, request)
-        marker = {"changes": "journal" if hint is not None else "walk"}
-        s = self._capture(src, replace(request, changes=hint, extra={**request.extra, **marker}), progress, cancel)
-        self._set_committed(src, s, token)
+        """One set of a source: capture it (plain, or inside a quiesce window with its databases),
+        then tell the journal. The base and the change hint are decided once, by the planner,
+        at the moment the capture begins — inside the window, after every freeze hook."""
+        planner = _JournalPlanner(self.repo, self.tracker, src.name, request.level)
+        s = self._capture(src, request, progress, cancel, planner)
+        self._set_committed(src, s, planner.token)
         return s
 
-    def _change_hint(self, src: SourceConfig, request: BackupRequest) -> tuple[ChangeHint | None, Any]:
-        """The journal's hint for this set (None: walk and compare against the base)."""
-        tracker = self.tracker
-        if tracker is None:
-            return None, None
-        level, base, _note = self.repo.choose_base(src.name, request.level)
-        hint, token = tracker.prepare(src.name, level, base.id if base else None, base.level if base else None)
-        return hint, _JournalToken(token, base.id if base else None, hint is not None)
-
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
-                 cancel: threading.Event) -> BackupSet:
+                 cancel: threading.Event, planner: capture.Planner) -> BackupSet:
         """Capture the set: a plain backup of the source paths, or a consistent set of files and
-        database inside the source's quiesce window (daemon/capture.py)."""
+        databases inside the source's quiesce window (daemon/capture.py)."""
         if not capture.needs_capture(src):
-            return self.repo.backup(request, progress=progress, cancel=cancel)
-        db = self._config.database(src.database) if src.database else None
-        return capture.capture_set(self.repo, self._config.daemon.state_dir, src, db, request, progress, cancel)
+            plan = planner.plan()
+            req = replace(request, changes=plan.hint,
+                          extra={**request.extra, "changes": "journal" if plan.hint is not None else "walk"})
+            with self.repo.session(req, progress, cancel, decision=plan.decision) as sess:
+                sess.walk_all()
+                return sess.commit()
+        dbs = [self._config.database(name) for name in capture.source_databases(src)]
+        return capture.capture_set(self.repo, self._config.daemon.state_dir, src, dbs, request, progress, cancel,
+                                   planner=planner)
 
     def _set_committed(self, src: SourceConfig, s: BackupSet, token: Any) -> None:
         """Tell the change journal that `s` is committed, so it consumes what the set covers."""
@@ -278,9 +292,23 @@ class CairnService:
             log.exception("unable to record set '%s' in the change journal of source '%s'", s.id, src.name)
 
     def submit(self, source: str, level: str, reason: str) -> None:
-        """Scheduler entry point: start a backup unless one of that source runs already."""
+        """Scheduler entry point: start a backup unless one of that source runs already.
+
+        A set the schedule takes carries the source's `tags` for its level, strftime fields
+        filled in with the local time of the run; a scheduled set of an unchanged source is
+        skipped (daemon/skip.py)."""
+        if reason == "schedule":
+            newest = skip.unchanged_since(self._config, self.tracker, self.repo, source, level)
+            if newest is not None:
+                log.info("skipped scheduled %s set of source '%s': nothing changed since set %s", level, source,
+                         newest[:12])
+                return
         try:
-            self.start_backup(source, level, reason=reason)
+            tags: tuple[str, ...] = ()
+            if reason == "schedule":
+                src = next((s for s in self._config.sources if s.name == source), None)
+                tags = src.scheduled_tags(level, time.time()) if src is not None else ()
+            self.start_backup(source, level, tags, reason=reason)
         except BusyError as exc:
             log.info("skipped %s backup of source '%s' (%s): %s", level, source, reason, exc.message)
         except CairnError as exc:
@@ -295,21 +323,28 @@ class CairnService:
         raise InvalidArgumentError(f"several sources are configured ({names}): name one with --source")
 
     def _job_done(self, job: BackupJob) -> None:
+        if job.result is None:
+            status = "aborted" if job.cancel.is_set() else "failed"
+            message = job.error.message if isinstance(job.error, CairnError) else str(job.error or status)
+            self.health.set_failed(job.source, job.level, message, status)
+        elif set_status(job.result) == "failed":  # committed, but records that it failed
+            self.health.set_failed(job.source, job.result.level, job.result.note or "the set records a failure")
         if self._metrics is None:
             return
         if job.result is not None:
             status, added, level = "success", job.result.stats.bytes_added, job.result.level
         else:
             status, added, level = ("aborted" if job.cancel.is_set() else "failed"), 0, job.level
-        self._metrics.record_set(job.source, level, status, added, job.age())
+        finished = job.result.time_end if job.result is not None else None  # as restored at start
+        self._metrics.record_set(job.source, level, status, added, job.age(), finished_at=finished)
 
     # ---- reading ----
 
-    def list_sets(self, source: str = "") -> list[BackupSet]:
+    def list_sets(self, source: str = "", host: str = "") -> list[BackupSet]:
         sets = self.repo.list_sets(source or None)
         if source and not sets:
             self._require_known_source(source)
-        return sets
+        return [s for s in sets if s.hostname == host] if host else sets
 
     def resolve(self, ref: str, source: str = "") -> BackupSet:
         """The set named by a full id, a unique prefix or 'latest' (per source)."""
@@ -350,12 +385,20 @@ class CairnService:
                 self._metrics.record_restore(sent)
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
-                   target_path: str = "") -> tuple[BackupSet, Iterator[Record]]:
+                   target_path: str = "", restore_command: str = "") -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target, then promotes."""
         s = self.resolve(ref, source)
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
-                                               self._config.daemon.socket, target_path)
+                                               self._config.daemon.socket, target_path, restore_command)
         return s, self._counted(records)
+
+    def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
+                          progress: ProgressFn | None = None, cancel: threading.Event | None = None
+                          ) -> tuple[BackupSet, DumpRestoreResult]:
+        """A set's dump of `database` restored into the database `target_dsn` names, on this host
+        (pg_restore, or the configured restore command: daemon/databases/restore.py)."""
+        s = self.resolve(ref, source)
+        return s, restore_dump(self.repo, self._config, s, database, target_dsn, progress, cancel)
 
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
         """Check the repository (or one set). A `progress` that raises AbortedError stops it."""
@@ -382,18 +425,51 @@ class CairnService:
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
         snap = self.archive.snapshot(self.repo.list_wal())
+        if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
+            snap.last_time = self.health.wal_time  # archived before this daemon started
         for db in self._config.databases:
+            if db.kind != "postgres":
+                continue  # dump engines archive no WAL
             snap.databases.append({"name": db.name, **walarchive.database_archiver(db)})
         return snap
 
+    def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
+        """`cairn check-db`: connection, archive_command and a forced segment switch (daemon/checkdb.py)."""
+        db = self._config.database(name)
+        return checkdb.check_database(db, self.repo.list_wal, lambda: self.archive.snapshot([]).last_failure,
+                                      timeout)
+
     # ---- writing outside backups ----
 
-    def prune(self, policy: PrunePolicy, dry_run: bool, source: str = "") -> PruneReport:
+    def prune(self, policy: PrunePolicy, dry_run: bool, source: str = "", wal_keep: str = "") -> PruneReport:
+        """Forget sets by `policy` (no rule: only free unreferenced data). WAL retention uses
+        `wal_keep` if given, else the configured [repository] wal_keep."""
         if not dry_run:
             self._require_writable("pruning")
         if source:
             self._require_known_source(source)
-        return self.repo.prune(policy, dry_run=dry_run, source=source or None)
+        window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
+                  else self._config.repository.wal_keep)
+        return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)
+
+    def retention_policy(self) -> PrunePolicy:
+        """What scheduled retention applies: each source's `keep`, only to this host's sets."""
+        config = self._config
+        return PrunePolicy(host=self._hostname, sources={s.name: s.keep for s in config.sources if s.keep},
+                           wal_keep=config.repository.wal_keep)
+
+    def run_retention(self) -> PruneReport:
+        """Scheduled retention + garbage collection (the RetentionRunner's job)."""
+        self._require_writable("retention")
+        return self.repo.prune(self.retention_policy())
+
+    def retention_status(self) -> dict[str, Any] | None:
+        """The gc schedule, its next and last run, for status (None when not scheduled)."""
+        runner = self.retention
+        if runner is None:
+            return None
+        return {"schedule": runner.schedule, "next_run": runner.next_run(), "last_run": runner.last_run,
+                "last_result": runner.last_result, "host": self._hostname}
 
     # -- repository keys (format 2) --
 
@@ -430,6 +506,7 @@ class CairnService:
                 self._metrics.record_wal(False)
             raise
         self.archive.stored(name)
+        self.health.wal_stored(name)
         if self._metrics is not None:
             self._metrics.record_wal(True)
         return stored
@@ -464,11 +541,44 @@ class CairnService:
 
 @dataclass(frozen=True)
 class _JournalToken:
-    """What `_change_hint` hands to `_set_committed`: the tracker's token and the hint's base."""
+    """What the planner hands to `_set_committed`: the tracker's token and the hint's base."""
 
     token: Any
     base_id: str | None
     hinted: bool
+
+
+class _JournalPlanner:
+    """Decides a set's base once and asks the change journal for the hint against it.
+
+    `plan()` runs when the capture begins (inside a window: after every freeze hook), so the
+    hint holds what the application wrote while it was being stopped. `refresh()` asks again
+    against the same base (hot mode, before the content walk); the token stays the first one,
+    so what arrived after it stays pending for the next set even if this set saw it too.
+    """
+
+    def __init__(self, repo: Repository, tracker: Any, source: str, level: str) -> None:
+        self.repo, self.tracker, self.source, self.level = repo, tracker, source, level
+        self.token: _JournalToken | None = None
+        self._plan: capture.SetPlan | None = None
+
+    def plan(self) -> capture.SetPlan:
+        level, base, note = self.repo.choose_base(self.source, self.level)
+        hint = None
+        if self.tracker is not None:
+            hint, token = self.tracker.prepare(self.source, level, base.id if base else None,
+                                               base.level if base else None)
+            self.token = _JournalToken(token, base.id if base else None, hint is not None)
+        self._plan = capture.SetPlan(level, base, note, hint)
+        return self._plan
+
+    def refresh(self) -> ChangeHint | None:
+        p = self._plan
+        if self.tracker is None or p is None or p.hint is None:
+            return None
+        hint, _token = self.tracker.prepare(self.source, p.level, p.base.id if p.base else None,
+                                            p.base.level if p.base else None)
+        return hint
 
 
 def _rel(path: str) -> str:

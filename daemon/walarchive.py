@@ -8,6 +8,12 @@
   archived without gaps on the set's timeline from its first segment onward, and on each
   later timeline that branched off it (from its switch point, per the timeline's .history
   file); a gap inside a set's own range (first..last) means the set cannot be restored.
+- `database_records(extra)` lists what a set records per database (`extra['databases']`, or
+  the single `extra['database']` of older sets).
+- `wait_for_wal(repo, records, timeouts, cancel)` waits until the repository holds every
+  segment of each record's range (first..last, the segment holding the stop LSN): a set is
+  committed only after that, so no set is ever visible without the WAL it needs. Past the
+  bound it raises DeadlineError naming the first missing segment.
 
 What always holds: names are compared as (timeline, segment number) with the segment size
 each set recorded; no WAL content is read.
@@ -15,18 +21,18 @@ each set recorded; no WAL content is read.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.store.errors import CairnError
+from cairn import walnames
+from cairn.store.errors import AbortedError, CairnError, DeadlineError, FailedPreconditionError
 from cairn.store.model import BackupSet, CheckProblem
 
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+SEGMENT_RE, HISTORY_RE = walnames.SEGMENT_RE, walnames.HISTORY_RE  # WAL names: cairn.walnames
+DEFAULT_SEGMENT_SIZE = walnames.DEFAULT_SEGMENT_SIZE
+parse_segment, segment_name = walnames.parse_segment, walnames.segment_name
 MAX_GAPS_REPORTED = 20
 
 
@@ -92,6 +98,96 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
         return {"error": exc.message}
 
 
+def database_records(extra: Any) -> list[dict[str, Any]]:
+    """Every physical database record of a set (base backup + WAL), in capture order; dumps
+    (daemon/databases/dump.py) need no WAL and are left out."""
+    from cairn.daemon.databases.engine import KIND_POSTGRES, record_dicts
+
+    return [r for r in record_dicts(extra) if (r.get("kind") or KIND_POSTGRES) == KIND_POSTGRES]
+
+
+def segments_needed(rec: dict[str, Any]) -> list[str]:
+    """The segment names from a database record's first WAL segment to its last (inclusive)."""
+    size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+    wal = rec.get("wal") or {}
+    first, last = parse_segment(str(wal.get("first", "")), size), parse_segment(str(wal.get("last", "")), size)
+    if first is None or last is None or first[0] != last[0] or last[1] < first[1]:
+        return [str(n) for n in (wal.get("first"), wal.get("last")) if n]
+    return [segment_name(first[0], n, size) for n in range(first[1], last[1] + 1)]
+
+
+def missing_segments(names: set[str], recs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """(record, segment) for every needed segment that is not among `names`."""
+    return [(rec, seg) for rec in recs for seg in segments_needed(rec) if seg not in names]
+
+
+WAL_POLL = 0.05
+WAL_POLL_MAX = 0.5
+
+
+def wait_for_wal(repo: Any, recs: list[dict[str, Any]], timeouts: dict[str, float],
+                 cancel: threading.Event | None = None, diagnose: Any = None) -> float:
+    """Block until `repo` holds every segment `recs` need; return the seconds waited.
+
+    `timeouts` maps a database name to its bound (wal_timeout); `diagnose(name)` may return a
+    short text about the server's archiver for the error message."""
+    start = time.monotonic()
+    delay = WAL_POLL
+    while True:
+        missing = missing_segments(set(repo.list_wal()), recs)
+        if not missing:
+            return time.monotonic() - start
+        rec, seg = missing[0]
+        name = str(rec.get("name", "?"))
+        waited = time.monotonic() - start
+        bound = timeouts.get(name, 600.0)
+        if waited >= bound:
+            why = ""
+            if diagnose is not None:
+                try:
+                    why = diagnose(name) or ""
+                except Exception:  # noqa: BLE001 - the diagnosis is a courtesy
+                    why = ""
+            raise DeadlineError(
+                f"WAL segment {seg} of database '{name}' did not reach the archive within {bound:g}s "
+                f"(the set needs every segment up to its stop LSN {rec.get('stop_lsn', '?')}); the set is "
+                f"not committed: check that archive_command runs 'cairn wal-push %p'{'; ' + why if why else ''}")
+        pause = min(delay, max(0.0, bound - waited))
+        if cancel is not None:
+            if cancel.wait(pause):
+                raise AbortedError(f"backup cancelled while waiting for WAL segment {seg} of database '{name}'")
+        else:
+            time.sleep(pause)
+        delay = min(WAL_POLL_MAX, delay * 1.5)
+
+
+SYSID_OFFSET = 24  # XLogLongPageHeaderData.xlp_sysid, after the 24-byte (aligned) short header
+
+
+def wal_system_identifier(data: bytes) -> int | None:
+    """The system identifier in a WAL segment's first (long) page header; None if too short."""
+    if len(data) < SYSID_OFFSET + 8:
+        return None
+    return int.from_bytes(data[SYSID_OFFSET:SYSID_OFFSET + 8], "little")
+
+
+def check_wal_owner(repo: Any, rec: dict[str, Any]) -> None:
+    """Refuse a set whose first or last WAL segment in the repository was written by another server.
+
+    The repository holds one flat namespace of segment names, so two clusters archiving into
+    it produce the same names; the segment found under the name then belongs to the other one
+    and the set could never be restored. Raises FailedPreconditionError naming both servers."""
+    wal = rec.get("wal") or {}
+    want = str(rec.get("system_identifier", ""))
+    for name in dict.fromkeys(str(n) for n in (wal.get("last"), wal.get("first")) if n):
+        found = wal_system_identifier(repo.get_wal(name))
+        if found is not None and want and str(found) != want:
+            raise FailedPreconditionError(
+                f"WAL segment {name} in the repository belongs to another server (system identifier {found}, "
+                f"database '{rec.get('name', '?')}' is {want}): servers archiving into one repository must "
+                "not produce the same WAL file names; the set is not committed")
+
+
 def server_archiver(conn: Any) -> dict[str, Any]:
     """pg_stat_archiver of a server and its current segment; `conn` is a PgConnection."""
     row = conn.query_one(
@@ -109,20 +205,6 @@ def server_archiver(conn: Any) -> dict[str, Any]:
     return {"current_segment": current, "last_archived": archived, "last_archived_time": float(archived_time),
             "failed_count": int(failed), "last_failed": last_failed, "last_failed_time": float(failed_time),
             "lag_segments": lag}
-
-
-def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
-    """(timeline, absolute segment number) of a WAL segment name, None for other names."""
-    m = SEGMENT_RE.match(name)
-    if m is None:
-        return None
-    per = 0x100000000 // segment_size
-    return int(m.group(1), 16), int(m.group(2), 16) * per + int(m.group(3), 16)
-
-
-def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
-    per = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
 
 
 def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int]]]:
@@ -145,8 +227,8 @@ def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int
 def continuity_problems(repo: Any, sets: list[BackupSet]) -> list[CheckProblem]:
     """Gaps in archived WAL that sets depend on (see the module docstring)."""
     names = repo.list_wal()
-    db_sets = [s for s in sets if isinstance(s.extra, dict) and isinstance(s.extra.get("database"), dict)]
-    if not db_sets:
+    db_recs = [(s, rec) for s in sets for rec in database_records(s.extra)]
+    if not db_recs:
         return []
     histories: dict[int, bytes] = {}
     for n in names:
@@ -158,8 +240,7 @@ def continuity_problems(repo: Any, sets: list[BackupSet]) -> list[CheckProblem]:
                 continue
     switches = _switch_points(histories)
     problems: dict[tuple[int, int], tuple[str, list[str]]] = {}
-    for s in db_sets:
-        rec = s.extra["database"]
+    for s, rec in db_recs:
         size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
         have = _segments_by_timeline(names, size)
         first = parse_segment(str(rec.get("wal", {}).get("first", "")), size)

@@ -1,9 +1,12 @@
 """Durable records of open quiesce windows: `<state_dir>/windows/<source>.json`.
 
 A record is written (temp file, fsync, rename, fsync of the directory) before a window's first
-freeze hook runs and removed after its thaw hooks ran. It carries the thaw hooks themselves, so
-a daemon that died inside a window can thaw at its next start even if the configuration
-changed meanwhile. A record that exists therefore always means "thaw may not have run".
+freeze hook runs and removed after its thaw hooks ran. It carries the hook stack itself (the
+`levels`, each with its freeze and thaw hooks) and how many levels have begun to freeze
+(`levels_started`, rewritten durably before each further level freezes), so a daemon that died inside
+a window thaws, at its next start, every level whose freeze ran — in reverse order — even if
+the configuration changed meanwhile. A record that exists therefore always means "thaw may not
+have run". Version 1 records (one flat thaw list) are still read: their thaw hooks all run.
 
     write_record(state_dir, WindowRecord(...)); read_records(state_dir); remove_record(state_dir, source)
 """
@@ -19,7 +22,8 @@ from typing import Any
 from cairn.errors import CorruptionError
 from cairn.fsio.durable import fsync_dir, write_atomic
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".json"
 
 
@@ -54,6 +58,17 @@ class WindowRecord:
     thaw: tuple[HookSpec, ...] = ()
     freeze: tuple[HookSpec, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    levels: tuple[tuple[tuple[HookSpec, ...], tuple[HookSpec, ...]], ...] = ()  # (freeze, thaw) per level
+    levels_started: int = 0  # levels whose freeze has begun
+
+    def thaw_order(self) -> list[HookSpec]:
+        """The thaw hooks a recovery runs: those of every started level, the last level first."""
+        if not self.levels:
+            return list(self.thaw)
+        out: list[HookSpec] = []
+        for _freeze, thaw in reversed(self.levels[:self.levels_started]):
+            out.extend(thaw)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,11 +81,14 @@ class WindowRecord:
             "freeze": [h.to_dict() for h in self.freeze],
             "thaw": [h.to_dict() for h in self.thaw],
             "extra": self.extra,
+            "levels": [{"freeze": [h.to_dict() for h in f], "thaw": [h.to_dict() for h in t]}
+                       for f, t in self.levels],
+            "levels_started": self.levels_started,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WindowRecord:
-        if d.get("version") != RECORD_VERSION:
+        if d.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"unsupported window record version {d.get('version')!r}")
         return cls(
             source=str(d["source"]),
@@ -81,6 +99,10 @@ class WindowRecord:
             freeze=tuple(HookSpec.from_dict(h) for h in d.get("freeze", [])),
             thaw=tuple(HookSpec.from_dict(h) for h in d.get("thaw", [])),
             extra=dict(d.get("extra", {})),
+            levels=tuple((tuple(HookSpec.from_dict(h) for h in lv.get("freeze", [])),
+                          tuple(HookSpec.from_dict(h) for h in lv.get("thaw", [])))
+                         for lv in d.get("levels", [])),
+            levels_started=int(d.get("levels_started", 0)),
         )
 
 

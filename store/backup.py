@@ -157,6 +157,7 @@ class Walker:
         self.reader = FileReader(writer, params, cancel, req.fuzzy_retries, fixed_size=fixed_size,
                                  delta_base=delta_base)
         self.delta = delta_base is not None
+        self.presets: dict[bytes, bytes] = {}  # absolute dir -> subtree captured earlier (walk_sub)
         self._links: dict[str, Future] = {}
         self.linked_change = False  # a file with several names was read during a hinted walk
 
@@ -169,7 +170,12 @@ class Walker:
             raise InvalidArgumentError(f"unable to read source path '{root}': {e.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidArgumentError(f"source path '{root}' is not a directory")
+        self.use_root_excludes(root)
         plan = Plan(broot, None if self.full or base_tree is None else self.req.changes)
+        for sub in self.presets:  # subtrees captured ahead must be put at their place
+            rel = Plan._rel(broot, sub)
+            if rel and plan.hinted:
+                plan._mark(rel)
         self.root_dev = st.st_dev
         if base_tree is not None and not self.full and not plan.must_list(b"", False):
             return base_tree, st
@@ -183,6 +189,40 @@ class Walker:
             self.tally.notes.append(f"'{root}': a file with several hard links changed; walked instead of the hint")
             tree = self._dir(broot, b"", base_tree, Plan(broot, None), False)
         return tree, st
+
+    def use_root_excludes(self, root: str) -> None:
+        """Match the request's excludes plus those anchored to `root` (BackupRequest.root_excludes)."""
+        own = next((pats for path, pats in self.req.root_excludes
+                    if os.path.normpath(path) == os.path.normpath(root)), ())
+        self.excluder = Excluder(tuple(self.req.excludes) + tuple(own))
+
+    def walk_sub(self, root: str, sub: str, base_root: bytes | None) -> bytes:
+        """Capture directory `sub` (below `root`) now, ahead of the rest of `root`; the later
+        walk_root(root) puts this subtree at its place instead of walking it again."""
+        broot = os.path.normpath(os.fsencode(os.path.abspath(root)))
+        bsub = os.path.normpath(os.fsencode(os.path.abspath(sub)))
+        rel = Plan._rel(broot, bsub)
+        if not rel:
+            raise InvalidArgumentError(f"'{sub}' is not a directory below source path '{root}'")
+        try:
+            st = os.stat(bsub, follow_symlinks=False)
+        except OSError as e:
+            raise InvalidArgumentError(f"unable to read path '{sub}': {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgumentError(f"path '{sub}' is not a directory")
+        self.use_root_excludes(root)
+        base = None if self.full else base_root
+        for part in rel.split(b"/"):
+            old = self._base_entries(base).get(part) if base else None
+            base = old.subtree if old is not None and old.kind == "dir" else None
+        plan = Plan(broot, None if self.full or base is None else self.req.changes)
+        self.root_dev = os.stat(broot).st_dev
+        if base is not None and not plan.must_list(rel, False):
+            tree = base
+        else:
+            tree = self._dir(bsub, rel, base, plan, False)
+        self.presets[bsub] = tree
+        return tree
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -247,7 +287,9 @@ class Walker:
             if old is not None:
                 self._count_deleted(crel, old)
         old_tree = old.subtree if old is not None and old.kind == "dir" else None
-        if self.req.one_file_system and st.st_dev != self.root_dev:
+        if child in self.presets:
+            e.subtree = self.presets[child]  # captured ahead of the rest (walk_sub)
+        elif self.req.one_file_system and st.st_dev != self.root_dev:
             e.subtree = self.writer.put_data(TYPE_TREE, encode_tree([]))
         elif old_tree and not plan.must_list(crel, under_rescan or crel in plan.rescan):
             e.subtree = old_tree

@@ -49,6 +49,8 @@ class BackupRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     hostname: str = ""
     fuzzy_retries: int = 3
+    # Patterns that apply under one path only: ((path, (pattern, ...)), ...), relative to that path.
+    root_excludes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,31 @@ class RestoreStats:
 
 @dataclass(frozen=True)
 class PrunePolicy:
-    """How many sets of each level to keep per source (None keeps all of that level)."""
+    """Which sets to keep, applied to each (host, source) group apart (see store/retention.py).
+
+    A set is kept when at least one rule keeps it (the rules are a union); a policy with no
+    rule keeps every set. Counts of None mean "no such rule"; 0 is a rule that keeps nothing.
+    `keep_within` is seconds before the newest set of the group. `host` limits the prune to
+    the sets one host took ("" = every host). `sources` gives some sources their own rules
+    instead of this policy's (the daemon's per-source `keep`); a source it does not name keeps
+    all its sets when `sources` is given. `wal_keep` (seconds) turns WAL retention on: the
+    window of point-in-time recovery kept before now (None keeps all WAL, as before).
+    """
 
     keep_full: int | None = None
     keep_differential: int | None = None
     keep_incremental: int | None = None
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: float | None = None
+    keep_tags: tuple[str, ...] = ()
+    host: str = ""
+    sources: dict[str, PrunePolicy] = field(default_factory=dict, hash=False)
+    wal_keep: float | None = None
 
 
 @dataclass(frozen=True)
@@ -183,3 +205,18 @@ class PruneReport:
     packs_rewritten: int = 0
     bytes_freed: int = 0
     dry_run: bool = False
+    decisions: tuple[RetentionDecision, ...] = ()
+    wal_forgotten: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    """Whether one set is kept, and which rules keep it (none: it matched no rule)."""
+
+    set_id: str
+    host: str
+    source: str
+    level: str
+    time: float
+    keep: bool
+    reasons: tuple[str, ...] = ()

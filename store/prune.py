@@ -28,6 +28,7 @@ from .errors import CorruptionError, NotFoundError
 from .index import decode_index, encode_index
 from .model import BackupSet, PrunePolicy, PruneReport
 from .packs import CODEC_ZSTD_REF, PackEntry
+from .retention import split as retention_split
 from .sets import set_trees
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Pruner:
 
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None) -> PruneReport:
         scope = self.repo.list_sets(source)
-        keep, forget = choose(scope, policy)
+        keep, forget = retention_split(scope, policy)  # store/retention.py: per (host, source), union of rules
         forgotten = {s.id for s in forget}
         remaining = [s for s in self.repo.list_sets() if s.id not in forgotten]
         live = self._live(remaining)

@@ -23,12 +23,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
 
 from . import check as checkmod
-from . import crypto
+from . import crypto, retention
 from . import prune as prunemod
 from . import wal as walmod
 from .backend import Backend, LocalBackend
@@ -378,9 +379,11 @@ class Repository:
         return level, sets[-1], ""
 
     def session(self, req: BackupRequest, progress: ProgressFn | None = None,
-                cancel: threading.Event | None = None) -> BackupSession:
-        """Open a backup session to capture a set step by step (see store/session.py)."""
-        return BackupSession(self, req, progress, cancel, workers=BACKUP_WORKERS)
+                cancel: threading.Event | None = None,
+                decision: tuple[str, BackupSet | None, str] | None = None) -> BackupSession:
+        """Open a backup session to capture a set step by step (see store/session.py);
+        `decision` is a (level, base, note) from choose_base the caller made already."""
+        return BackupSession(self, req, progress, cancel, workers=BACKUP_WORKERS, decision=decision)
 
     def backup(self, req: BackupRequest, progress: ProgressFn | None = None,
                cancel: threading.Event | None = None) -> BackupSet:
@@ -500,12 +503,41 @@ class Repository:
                 self.load_index()  # plan from the durable index, not from what this handle saw
                 if not dry_run:
                     self.sweep_temp()
-                return prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
+                before = self.list_sets()
+                report = prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
+                decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
+                report = replace(report, decisions=tuple(decisions))
+                if policy.wal_keep is not None:
+                    if not dry_run:
+                        self.load_index()
+                    report = self._wal_retention(policy.wal_keep, before, report, dry_run, lock.check)
+                return report
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
                 self.load_index()
 
+    def _wal_retention(self, window: float, before: list[BackupSet], report: PruneReport,
+                       dry_run: bool, check_lock: Callable[[], None] | None = None) -> PruneReport:
+        """Forget the WAL files WAL retention lets go (after the sets), then free their chunks."""
+        gone = set(report.forgotten)
+        names = retention.wal_forget(self.list_wal(), walmod.archived_times(self),
+                                     [s for s in before if s.id not in gone], before, time.time(), window)
+        if not names or dry_run:
+            return replace(report, wal_forgotten=tuple(names))
+        walmod.forget(self, names)
+        freed = prunemod.Pruner(self, check_lock).run(PrunePolicy(), dry_run=False, source=None)
+        self.load_index()
+        return replace(report, wal_forgotten=tuple(names), packs_deleted=report.packs_deleted + freed.packs_deleted,
+                       packs_rewritten=report.packs_rewritten + freed.packs_rewritten,
+                       bytes_freed=report.bytes_freed + freed.bytes_freed)
+
     # -- WAL -------------------------------------------------------------------------
+    segment_rule: Callable[[str], bool] = staticmethod(walmod.plain_name)
+
+    def set_segment_rule(self, rule: Callable[[str], bool]) -> None:
+        """The rule an archive segment name must follow (the store itself knows no engine's)."""
+        self.segment_rule = rule
+
     def put_wal(self, name: str, data: bytes) -> bool:
         self._writable()
         with self.locks.hold("wal-push") as lock:

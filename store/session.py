@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .backup import Tally, Walker, entry_from_stat
 from .blobs import BlobWriter
 from .errors import AbortedError, InvalidArgumentError
-from .model import BackupRequest, BackupSet, Progress, SetStats
+from .model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
 from .packs import TYPE_TREE
 from .sets import encode_set
 from .trees import Entry, encode_tree
@@ -45,7 +45,8 @@ class BackupSession:
     """Builds one set. Use as a context manager; call walk()/attach() then commit()."""
 
     def __init__(self, repo: Repository, req: BackupRequest, progress: ProgressFn | None = None,
-                 cancel: threading.Event | None = None, workers: int = 3) -> None:
+                 cancel: threading.Event | None = None, workers: int = 3,
+                 decision: tuple[str, BackupSet | None, str] | None = None) -> None:
         repo._writable()
         check_paths(req.paths)
         self.repo = repo
@@ -55,7 +56,7 @@ class BackupSession:
         self._lock = self._lock_cm.__enter__()
         self._closed = False
         try:
-            self._start(req, progress, cancel, workers)
+            self._start(req, progress, cancel, workers, decision)
         except BaseException:
             if getattr(self, "writer", None) is not None:
                 self.writer.abort()
@@ -65,9 +66,12 @@ class BackupSession:
             raise
 
     def _start(self, req: BackupRequest, progress: ProgressFn | None, cancel: threading.Event | None,
-               workers: int) -> None:
+               workers: int, decision: tuple[str, BackupSet | None, str] | None = None) -> None:
         self.repo.refresh_index()  # dedup only against what is durable now (a prune may have run)
-        self.level, self.base, self.note = self.repo.choose_base(req.source, req.level)
+        # The caller may have decided the base already (the daemon does, once, inside the
+        # window, so that its change hint and the base belong together): use it as given.
+        self.level, self.base, self.note = decision if decision is not None else \
+            self.repo.choose_base(req.source, req.level)
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
             req = replace(req, changes=None)
         self.req = replace(req, level=self.level)
@@ -127,6 +131,22 @@ class BackupSession:
         e.subtree = tree
         self._roots[path] = e
 
+    def set_changes(self, hint: ChangeHint | None) -> None:
+        """Use `hint` for the walks from now on (a newer hint against the same base)."""
+        if self.base is not None and tuple(self.base.paths) != tuple(self.req.paths):
+            hint = None
+        self.req = replace(self.req, changes=hint)
+        self._walker.req = self.req
+
+    def walk_sub(self, path: str) -> None:
+        """Capture directory `path`, inside one of the request's source paths, ahead of the rest
+        of that path; it keeps its place in the set's tree."""
+        root = next((p for p in self.req.paths
+                     if os.path.abspath(path).startswith(os.path.abspath(p).rstrip("/") + "/")), None)
+        if root is None:
+            raise InvalidArgumentError(f"'{path}' is not below a path of source '{self.req.source}'")
+        self._walker.walk_sub(root, path, self._base_root(root))
+
     def walk_all(self) -> None:
         """Capture every source path not captured yet, in configured order."""
         for p in self.req.paths:
@@ -144,7 +164,7 @@ class BackupSession:
         old = self.base.attachments.get(name) if self.base is not None else None
         base_tree = bytes.fromhex(old["tree"]) if old else None
         tally = Tally()
-        req = replace(self.req, paths=(path,), excludes=tuple(excludes), changes=None)
+        req = replace(self.req, paths=(path,), excludes=tuple(excludes), changes=None, root_excludes=())
         strict = (int(self.started) - 1) * 1_000_000_000 if strict_times else None
         try:
             tree, _ = self._make_walker(req, tally, strict, delta).walk_root(path, base_tree)
@@ -156,6 +176,26 @@ class BackupSession:
             "bytes_read": tally.bytes_read, "added": tally.n_added, "modified": tally.n_modified,
             "deleted": tally.n_deleted, "fuzzy_paths": tally.fuzzy[:100],
         }
+
+    def attach_stream(self, name: str, fd: int, filename: str) -> int:
+        """Capture everything readable from `fd` (a pipe) as attachment `name` holding one file
+        `filename`, chunked like files (store/stream.py); returns the bytes read."""
+        from .stream import read_stream, stream_tree
+
+        chunks, size = read_stream(self.writer, self.repo.config.chunker, self.cancel, fd)
+        tree = self.writer.put_data(TYPE_TREE, stream_tree(filename, chunks, size))
+        self._attachments[name] = {
+            "tree": tree.hex(), "path": "", "files": 1, "bytes_total": size, "bytes_read": size,
+            "added": 1, "modified": 0, "deleted": 0, "fuzzy_paths": [],
+        }
+        return size
+
+    def describe_attachment(self, name: str, key: str, value: Any) -> None:
+        """Record `value` under `key` in the metadata of attachment `name` (e.g. what a database
+        capture recorded); the attachment must have been captured in this session."""
+        if name not in self._attachments:
+            raise InvalidArgumentError(f"no attachment '{name}' was captured in this set")
+        self._attachments[name][key] = value
 
     # -- end -------------------------------------------------------------------------
     def commit(self, extra: dict[str, Any] | None = None) -> BackupSet:

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import grpc
 from cairn.daemon.jobs import BackupJob
+from cairn.daemon.retention import parse_option_duration
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.service import CairnService, set_status
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
@@ -31,7 +32,15 @@ from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairn.store.crypto import KEYFILE_LEN, Secret
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
-from cairn.store.model import BackupSet, CheckProblem, CheckReport, Progress, PrunePolicy, TreeEntry
+from cairn.store.model import (
+    BackupSet,
+    CheckProblem,
+    CheckReport,
+    Progress,
+    PrunePolicy,
+    PruneReport,
+    TreeEntry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +141,18 @@ class CairnServicer(pb_grpc.CairnServicer):
                 out.next_runs.add(level=level, time=when)
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
+            _add_health(out, src)
         reply.archive.CopyFrom(archive_status(self.service.archive_status()))
+        gc = self.service.retention_status()
+        if gc is not None:
+            reply.retention.CopyFrom(pb.RetentionStatus(**gc))
         return reply
 
     @rpc
     def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> Iterator[pb.BackupEvent]:
         job = self.service.start_backup(request.source, request.level, tuple(request.tags), reason="client")
         yield pb.BackupEvent(started=job_info(job))
+        estimate = backup_estimate(job.level, self.service.list_sets(job.source))
         version = 0
         while True:
             snap = job.wait_update(version, timeout=1.0)
@@ -146,7 +160,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 log.info("client stopped following the backup of '%s'; it goes on", job.source)
                 return
             if snap.version != version and snap.progress is not None and not snap.done:
-                yield pb.BackupEvent(progress=progress_msg(snap.progress))
+                yield pb.BackupEvent(progress=with_estimate(progress_msg(snap.progress), estimate))
                 job.wait(PROGRESS_INTERVAL)  # throttles progress; returns at once when the job ends
             version = snap.version
             if snap.done:
@@ -157,7 +171,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def ListSets(self, request: pb.ListSetsRequest, context: grpc.ServicerContext) -> pb.ListSetsReply:
-        return pb.ListSetsReply(sets=[set_info(s) for s in self.service.list_sets(request.source)])
+        sets = self.service.list_sets(request.source, host=request.host)
+        return pb.ListSetsReply(sets=[set_info(s) for s in sets])
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:
@@ -188,9 +203,28 @@ class CairnServicer(pb_grpc.CairnServicer):
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
-            os.fsdecode(request.target_path),
+            os.fsdecode(request.target_path), request.restore_command,
         )
         yield from restore_batches(set_info(s), records)
+
+    @rpc
+    def RestoreDbToDsn(self, request: pb.RestoreDbToDsnRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.RestoreDbToDsnEvent]:
+        cancel = threading.Event()
+        context.add_callback(cancel.set)  # the client went away: stop the restore tool
+
+        def run(progress: Callable[[Progress], None]) -> Any:
+            return self.service.restore_db_to_dsn(request.set, request.source, request.database,
+                                                  request.target_dsn, progress, cancel)
+
+        for item in run_with_progress(run, context):
+            if isinstance(item, Progress):
+                yield pb.RestoreDbToDsnEvent(progress=progress_msg(item))
+            else:
+                s, r = item
+                yield pb.RestoreDbToDsnEvent(result=pb.RestoreDbToDsnResult(
+                    set=set_info(s), database=r.database, kind=r.kind, tool=r.tool, bytes=r.bytes,
+                    seconds=r.seconds))
 
     @rpc
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> Iterator[pb.VerifyEvent]:
@@ -209,16 +243,10 @@ class CairnServicer(pb_grpc.CairnServicer):
             keep_full=request.keep_full if request.HasField("keep_full") else None,
             keep_differential=request.keep_differential if request.HasField("keep_differential") else None,
             keep_incremental=request.keep_incremental if request.HasField("keep_incremental") else None,
+            **retention_rules(request),
         )
-        report = self.service.prune(policy, request.dry_run, request.source)
-        return pb.PruneReply(
-            forgotten=list(report.forgotten),
-            kept=list(report.kept),
-            packs_deleted=report.packs_deleted,
-            packs_rewritten=report.packs_rewritten,
-            bytes_freed=report.bytes_freed,
-            dry_run=report.dry_run,
-        )
+        report = self.service.prune(policy, request.dry_run, request.source, wal_keep=request.wal_keep)
+        return prune_reply(report)
 
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon
@@ -233,6 +261,12 @@ class CairnServicer(pb_grpc.CairnServicer):
                     return pb.WalPushReply(stored=self.service.put_wal(name, data))
         except Exception as exc:
             _abort(context, exc, "WalPush")
+
+    @rpc
+    def CheckDb(self, request: pb.CheckDbRequest, context: grpc.ServicerContext) -> pb.CheckDbReply:
+        result = self.service.check_db(request.database, request.timeout or None)
+        return pb.CheckDbReply(ok=result.ok, segment=result.segment, seconds=result.seconds,
+                               steps=[pb.CheckDbStep(name=s.name, ok=s.ok, detail=s.detail) for s in result.steps])
 
     @rpc
     def WalFetch(self, request: pb.WalFetchRequest, context: grpc.ServicerContext) -> Iterator[pb.WalFetchReply]:
@@ -258,6 +292,16 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def KeyRemove(self, request: pb.KeyRemoveRequest, context: grpc.ServicerContext) -> pb.KeyRemoveReply:
         return pb.KeyRemoveReply(id=self.service.remove_key(request.id))
+
+
+def _add_health(out: pb.SourceStatus, src: Any) -> None:
+    """The last failure, RPO and last success of a source (daemon/health.py)."""
+    failure = getattr(src, "last_failure", None)
+    if failure is not None:
+        out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,
+                                                   message=failure.message, status=failure.status))
+    out.rpo = getattr(src, "rpo", None) or 0.0
+    out.last_success = getattr(src, "last_success", 0.0)
 
 
 @contextlib.contextmanager
@@ -376,6 +420,27 @@ def _changed(state: dict[str, Any], seen: int, gone: threading.Event) -> bool:
 # ---- domain -> wire ----
 
 
+def backup_estimate(level: str, sets: list[BackupSet]) -> tuple[int, int] | None:
+    """(files, bytes) a full set of a source will walk and read, from its newest set; None otherwise.
+
+    Only a full set reads every file, so only its progress can be measured against the size of
+    the source; an incremental reads what changed, which no earlier set predicts.
+    """
+    if level != "full" or not sets:
+        return None
+    newest = sets[-1].stats
+    return (newest.files, newest.bytes_total) if newest.files and newest.bytes_total else None
+
+
+def with_estimate(p: pb.Progress, estimate: tuple[int, int] | None) -> pb.Progress:
+    """`p` with estimated totals where the store reported none (never below what is done)."""
+    if estimate is not None and not p.files_total and not p.bytes_total:
+        p.files_total = max(estimate[0], p.files_done)
+        p.bytes_total = max(estimate[1], p.bytes_done)
+        p.totals_estimated = True
+    return p
+
+
 def progress_msg(p: Progress) -> pb.Progress:
     return pb.Progress(
         phase=p.phase,
@@ -384,6 +449,36 @@ def progress_msg(p: Progress) -> pb.Progress:
         bytes_done=p.bytes_done,
         bytes_total=p.bytes_total,
         current_path=os.fsencode(p.current_path),
+    )
+
+
+def retention_rules(request: pb.PruneRequest) -> dict[str, Any]:
+    """The retention rules of a PruneRequest as PrunePolicy fields (durations parsed here)."""
+    rules: dict[str, Any] = {}
+    for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        if request.HasField(f"keep_{name}"):
+            rules[f"keep_{name}"] = getattr(request, f"keep_{name}")
+    if request.keep_within:
+        rules["keep_within"] = parse_option_duration("--keep-within", request.keep_within)
+    for tag in request.keep_tags:
+        if not tag or any(c.isspace() for c in tag):
+            raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
+    rules["keep_tags"] = tuple(request.keep_tags)
+    rules["host"] = request.host
+    return rules
+
+
+def prune_reply(report: PruneReport) -> pb.PruneReply:
+    return pb.PruneReply(
+        forgotten=list(report.forgotten),
+        kept=list(report.kept),
+        packs_deleted=report.packs_deleted,
+        packs_rewritten=report.packs_rewritten,
+        bytes_freed=report.bytes_freed,
+        dry_run=report.dry_run,
+        decisions=[pb.RetentionDecision(set=d.set_id, keep=d.keep, reasons=list(d.reasons), host=d.host,
+                                        source=d.source, level=d.level, time=d.time) for d in report.decisions],
+        wal_forgotten=list(report.wal_forgotten),
     )
 
 

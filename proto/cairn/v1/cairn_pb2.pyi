@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "files_done", "files_total", "bytes_done", "bytes_total", "current_path")
+    __slots__ = ("phase", "files_done", "files_total", "bytes_done", "bytes_total", "current_path", "totals_estimated")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     CURRENT_PATH_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     phase: str
     files_done: int
     files_total: int
     bytes_done: int
     bytes_total: int
     current_path: bytes
-    def __init__(self, phase: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_path: _Optional[bytes] = ...) -> None: ...
+    totals_estimated: bool
+    def __init__(self, phase: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_path: _Optional[bytes] = ..., totals_estimated: _Optional[bool] = ...) -> None: ...
 
 class SetStats(_message.Message):
     __slots__ = ("files", "dirs", "bytes_total", "added", "modified", "deleted", "bytes_read", "bytes_added", "chunks_added", "fuzzy")
@@ -135,7 +137,7 @@ class NextRun(_message.Message):
     def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches")
+    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +152,9 @@ class SourceStatus(_message.Message):
     OLDEST_UNPROTECTED_AGE_FIELD_NUMBER: _ClassVar[int]
     PENDING_PATHS_FIELD_NUMBER: _ClassVar[int]
     WATCHES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RPO_FIELD_NUMBER: _ClassVar[int]
+    LAST_SUCCESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
     configured: bool
@@ -164,17 +169,48 @@ class SourceStatus(_message.Message):
     oldest_unprotected_age: float
     pending_paths: int
     watches: int
-    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ...) -> None: ...
+    last_failure: SourceFailure
+    rpo: float
+    last_success: float
+    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ...) -> None: ...
+
+class SourceFailure(_message.Message):
+    __slots__ = ("level", "time", "message", "status")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    time: float
+    message: str
+    status: str
+    def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ..., message: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("daemon", "sources", "archive")
+    __slots__ = ("daemon", "sources", "archive", "retention")
     DAEMON_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     daemon: DaemonInfo
     sources: _containers.RepeatedCompositeFieldContainer[SourceStatus]
     archive: ArchiveStatus
-    def __init__(self, daemon: _Optional[_Union[DaemonInfo, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., archive: _Optional[_Union[ArchiveStatus, _Mapping]] = ...) -> None: ...
+    retention: RetentionStatus
+    def __init__(self, daemon: _Optional[_Union[DaemonInfo, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[SourceStatus, _Mapping]]] = ..., archive: _Optional[_Union[ArchiveStatus, _Mapping]] = ..., retention: _Optional[_Union[RetentionStatus, _Mapping]] = ...) -> None: ...
+
+class RetentionStatus(_message.Message):
+    __slots__ = ("schedule", "next_run", "last_run", "last_result", "host")
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESULT_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    schedule: str
+    next_run: float
+    last_run: float
+    last_result: str
+    host: str
+    def __init__(self, schedule: _Optional[str] = ..., next_run: _Optional[float] = ..., last_run: _Optional[float] = ..., last_result: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ArchiveStatus(_message.Message):
     __slots__ = ("last_segment", "last_time", "pushed", "failures", "last_failure", "last_failure_time", "segments", "databases")
@@ -239,10 +275,12 @@ class BackupEvent(_message.Message):
     def __init__(self, started: _Optional[_Union[JobInfo, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., set: _Optional[_Union[SetInfo, _Mapping]] = ...) -> None: ...
 
 class ListSetsRequest(_message.Message):
-    __slots__ = ("source",)
+    __slots__ = ("source", "host")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     source: str
-    def __init__(self, source: _Optional[str] = ...) -> None: ...
+    host: str
+    def __init__(self, source: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListSetsReply(_message.Message):
     __slots__ = ("sets",)
@@ -327,20 +365,58 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
     TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_COMMAND_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
     target_time: str
     target_lsn: str
     target_path: bytes
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
+    restore_command: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., restore_command: _Optional[str] = ...) -> None: ...
+
+class RestoreDbToDsnRequest(_message.Message):
+    __slots__ = ("set", "source", "database", "target_dsn")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DSN_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    source: str
+    database: str
+    target_dsn: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_dsn: _Optional[str] = ...) -> None: ...
+
+class RestoreDbToDsnResult(_message.Message):
+    __slots__ = ("set", "database", "kind", "tool", "bytes", "seconds")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    set: SetInfo
+    database: str
+    kind: str
+    tool: str
+    bytes: int
+    seconds: float
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., database: _Optional[str] = ..., kind: _Optional[str] = ..., tool: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RestoreDbToDsnEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: RestoreDbToDsnResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[RestoreDbToDsnResult, _Mapping]] = ...) -> None: ...
 
 class Xattr(_message.Message):
     __slots__ = ("name", "value")
@@ -447,34 +523,76 @@ class VerifyEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., report: _Optional[_Union[CheckReport, _Mapping]] = ...) -> None: ...
 
 class PruneRequest(_message.Message):
-    __slots__ = ("dry_run", "source", "keep_full", "keep_differential", "keep_incremental")
+    __slots__ = ("dry_run", "source", "keep_full", "keep_differential", "keep_incremental", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags", "host", "wal_keep")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     KEEP_FULL_FIELD_NUMBER: _ClassVar[int]
     KEEP_DIFFERENTIAL_FIELD_NUMBER: _ClassVar[int]
     KEEP_INCREMENTAL_FIELD_NUMBER: _ClassVar[int]
+    KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    KEEP_HOURLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DAILY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WEEKLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_MONTHLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_YEARLY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WITHIN_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TAGS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    WAL_KEEP_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     source: str
     keep_full: int
     keep_differential: int
     keep_incremental: int
-    def __init__(self, dry_run: _Optional[bool] = ..., source: _Optional[str] = ..., keep_full: _Optional[int] = ..., keep_differential: _Optional[int] = ..., keep_incremental: _Optional[int] = ...) -> None: ...
+    keep_last: int
+    keep_hourly: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    keep_yearly: int
+    keep_within: str
+    keep_tags: _containers.RepeatedScalarFieldContainer[str]
+    host: str
+    wal_keep: str
+    def __init__(self, dry_run: _Optional[bool] = ..., source: _Optional[str] = ..., keep_full: _Optional[int] = ..., keep_differential: _Optional[int] = ..., keep_incremental: _Optional[int] = ..., keep_last: _Optional[int] = ..., keep_hourly: _Optional[int] = ..., keep_daily: _Optional[int] = ..., keep_weekly: _Optional[int] = ..., keep_monthly: _Optional[int] = ..., keep_yearly: _Optional[int] = ..., keep_within: _Optional[str] = ..., keep_tags: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., wal_keep: _Optional[str] = ...) -> None: ...
+
+class RetentionDecision(_message.Message):
+    __slots__ = ("set", "keep", "reasons", "host", "source", "level", "time")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    keep: bool
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    host: str
+    source: str
+    level: str
+    time: float
+    def __init__(self, set: _Optional[str] = ..., keep: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., source: _Optional[str] = ..., level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class PruneReply(_message.Message):
-    __slots__ = ("forgotten", "kept", "packs_deleted", "packs_rewritten", "bytes_freed", "dry_run")
+    __slots__ = ("forgotten", "kept", "packs_deleted", "packs_rewritten", "bytes_freed", "dry_run", "decisions", "wal_forgotten")
     FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
     PACKS_DELETED_FIELD_NUMBER: _ClassVar[int]
     PACKS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
     BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    WAL_FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     forgotten: _containers.RepeatedScalarFieldContainer[str]
     kept: _containers.RepeatedScalarFieldContainer[str]
     packs_deleted: int
     packs_rewritten: int
     bytes_freed: int
     dry_run: bool
-    def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[RetentionDecision]
+    wal_forgotten: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[RetentionDecision, _Mapping]]] = ..., wal_forgotten: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WalPushRequest(_message.Message):
     __slots__ = ("name", "data")
@@ -501,6 +619,36 @@ class WalFetchReply(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class CheckDbRequest(_message.Message):
+    __slots__ = ("database", "timeout")
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    database: str
+    timeout: float
+    def __init__(self, database: _Optional[str] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class CheckDbStep(_message.Message):
+    __slots__ = ("name", "ok", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CheckDbReply(_message.Message):
+    __slots__ = ("ok", "steps", "segment", "seconds")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    steps: _containers.RepeatedCompositeFieldContainer[CheckDbStep]
+    segment: str
+    seconds: float
+    def __init__(self, ok: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[CheckDbStep, _Mapping]]] = ..., segment: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class KeyListRequest(_message.Message):
     __slots__ = ()

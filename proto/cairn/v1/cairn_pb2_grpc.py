@@ -69,6 +69,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreBatch.FromString,
                 _registered_method=True)
+        self.RestoreDbToDsn = channel.unary_stream(
+                '/cairn.v1.Cairn/RestoreDbToDsn',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnEvent.FromString,
+                _registered_method=True)
         self.Verify = channel.unary_stream(
                 '/cairn.v1.Cairn/Verify',
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.VerifyRequest.SerializeToString,
@@ -88,6 +93,11 @@ class CairnStub:
                 '/cairn.v1.Cairn/WalFetch',
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.WalFetchRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.WalFetchReply.FromString,
+                _registered_method=True)
+        self.CheckDb = channel.unary_unary(
+                '/cairn.v1.Cairn/CheckDb',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.CheckDbReply.FromString,
                 _registered_method=True)
         self.KeyList = channel.unary_unary(
                 '/cairn.v1.Cairn/KeyList',
@@ -158,6 +168,14 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreDbToDsn(self, request, context):
+        """A set's dump of a database (kinds pg_dump and command) restored into the database a DSN
+        names, by the daemon on its host: progress events, then the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Verify(self, request, context):
         """Structure check of the repository; with read_data every chunk is read and hashed.
         """
@@ -181,6 +199,13 @@ class CairnServicer:
 
     def WalFetch(self, request, context):
         """Fetch one archived WAL segment in pieces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckDb(self, request, context):
+        """Connection and WAL archiving checks of one configured database (like pgBackRest's check).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +269,11 @@ def add_CairnServicer_to_server(servicer, server):
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreBatch.SerializeToString,
             ),
+            'RestoreDbToDsn': grpc.unary_stream_rpc_method_handler(
+                    servicer.RestoreDbToDsn,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnEvent.SerializeToString,
+            ),
             'Verify': grpc.unary_stream_rpc_method_handler(
                     servicer.Verify,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.VerifyRequest.FromString,
@@ -263,6 +293,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.WalFetch,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.WalFetchRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.WalFetchReply.SerializeToString,
+            ),
+            'CheckDb': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDb,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.CheckDbReply.SerializeToString,
             ),
             'KeyList': grpc.unary_unary_rpc_method_handler(
                     servicer.KeyList,
@@ -480,6 +515,33 @@ class Cairn:
             _registered_method=True)
 
     @staticmethod
+    def RestoreDbToDsn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cairn.v1.Cairn/RestoreDbToDsn',
+            cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.RestoreDbToDsnEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Verify(request,
             target,
             options=(),
@@ -577,6 +639,33 @@ class Cairn:
             '/cairn.v1.Cairn/WalFetch',
             cairn_dot_v1_dot_cairn__pb2.WalFetchRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.WalFetchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDb(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/CheckDb',
+            cairn_dot_v1_dot_cairn__pb2.CheckDbRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.CheckDbReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,9 +119,21 @@ def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def init_repo(path: str) -> str:
+    """Create a repository at `path` the documented way (`cairnd --init`) unless one is there;
+    plaintext (format 1): the tests of encryption make their own."""
+    if not os.path.exists(path):
+        r = subprocess.run([CAIRND, "--repo", path, "--init", "--no-encryption"], capture_output=True, text=True,
+                           timeout=60, env=env_for())
+        assert r.returncode == 0, f"cairnd --init failed: {r.stderr}"
+    return path
+
+
 def write_config(path: str, repo: str, socket_path: str, sources: dict[str, str],
                  schedules: dict[str, dict[str, str]] | None = None, **daemon: object) -> str:
-    """A TOML config with one [[source]] per name -> directory and extra [daemon] keys."""
+    """A TOML config with one [[source]] per name -> directory and extra [daemon] keys; the
+    repository is initialised if missing."""
+    init_repo(repo)
     lines = ["[repository]", f'path = "{repo}"', "", "[daemon]", f'socket = "{socket_path}"',
              f'state_dir = "{os.path.join(os.path.dirname(socket_path), "state")}"']
     for key, value in daemon.items():

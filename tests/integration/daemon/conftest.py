@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from cairnd_harness import CAIRND, READY_TIMEOUT, Daemon, NotifyListener, env_for, random_tree
+from cairnd_harness import CAIRND, READY_TIMEOUT, Daemon, NotifyListener, env_for, init_repo, random_tree
 
 
 @pytest.fixture
@@ -52,6 +52,8 @@ def start_daemon(rundir: str) -> Iterator[Callable[..., Daemon]]:
             "WATCHDOG_USEC": str(watchdog_usec),
             "CAIRN_HOME": home or os.path.join(workdir, "home"),
         })
+        if "--repo" in args and "--read-only" not in args:
+            init_repo(args[args.index("--repo") + 1])  # a missing repository is an error now
         argv = [*prefix, CAIRND, *args]
         if socket_path is None:
             argv += ["--socket", sock]

@@ -46,6 +46,8 @@ def test_encrypted_repository_end_to_end(start_daemon, rundir, tmp_path):
     repo = str(tmp_path / "repo")
     pw = tmp_path / "pass"
     pw.write_text("a long and secret passphrase\n")
+    r = _run_cairnd("--repo", repo, "--init", "--passphrase-file", str(pw))
+    assert r.returncode == 0 and "created an encrypted repository" in r.stdout, r.stderr
     daemon = start_daemon("--repo", repo, "--source", src, "--passphrase-file", str(pw))
     set_id = daemon.ok("backup").strip().splitlines()[-1]
     with open(os.path.join(repo, "config", "config"), "rb") as f:
@@ -116,6 +118,7 @@ def test_flipped_byte_in_a_pack_fails_verify_and_restore_of_that_file(start_daem
     repo = str(tmp_path / "repo")
     kf = tmp_path / "k"
     kf.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    assert _run_cairnd("--repo", repo, "--init", "--key-file", str(kf)).returncode == 0
     daemon = start_daemon("--repo", repo, "--source", src, "--key-file", str(kf))
     set_id = daemon.ok("backup").strip().splitlines()[-1]
     assert daemon.terminate(30)[0] == 0

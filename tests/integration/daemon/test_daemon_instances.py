@@ -13,7 +13,7 @@ import signal
 import stat
 import subprocess
 
-from cairnd_harness import CAIRND, env_for
+from cairnd_harness import CAIRND, env_for, init_repo
 
 UMASK_000 = ("sh", "-c", 'umask 000; exec "$0" "$@"')
 
@@ -64,13 +64,14 @@ def test_second_daemon_on_the_same_state_directory_is_refused(start_daemon, rund
     assert os.path.exists(journal)
     before = os.stat(journal).st_mtime_ns
 
-    other_repo = str(tmp_path / "repo2")
+    other_repo = init_repo(str(tmp_path / "repo2"))
+    other_entries = sorted(os.listdir(other_repo))
     r = _second(rundir, "--repo", other_repo, "--source", src, home=home)
     assert r.returncode == 1
     line = _one_line(r.stderr)
     assert line.startswith(f"cairnd: error: state directory '{home}' is in use by another cairnd "
                            f"(pid {first.proc.pid})")
-    assert not os.path.exists(other_repo)  # refused before it touched anything
+    assert sorted(os.listdir(other_repo)) == other_entries  # refused before it touched anything
     assert os.stat(journal).st_mtime_ns == before
     assert first.alive
     first.ok("backup", "--level", "full")

@@ -133,7 +133,7 @@ def test_health_and_malformed_flood_leaves_backup_and_wal_push_working(daemon, t
         assert "full set of source 'src' done" in out
         assert daemon.ok("wal-push", str(seg), timeout=AFTER_BOUND).strip() == f"archived {seg.name}"
         assert daemon.ok("status", timeout=AFTER_BOUND)
-        assert daemon.ok("verify", timeout=AFTER_BOUND).startswith("repository ok: 1 sets")
+        assert daemon.ok("verify", timeout=AFTER_BOUND).startswith("repository ok: 1 set")
         assert time.monotonic() - start < 2 * AFTER_BOUND
         assert daemon.alive
         total = sum(counts.values())

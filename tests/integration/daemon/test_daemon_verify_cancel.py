@@ -125,5 +125,5 @@ def test_verify_stops_when_its_client_is_killed(served, tmp_path):
                 f.write(data)
 
     # The daemon serves on, and a verify that is followed to its end still reads everything.
-    assert "repository ok: 1 sets, 3 packs" in served.ok("verify", "--read-data")
+    assert "repository ok: 1 set, 3 packs" in served.ok("verify", "--read-data")
     assert _metric(served.port, 'cairn_verifies_total{outcome="ok"}') == 1.0

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "daemon"))
-from cairnd_harness import READY_TIMEOUT, Daemon, NotifyListener, env_for, snapshot  # noqa: E402
+from cairnd_harness import READY_TIMEOUT, Daemon, NotifyListener, env_for, init_repo, snapshot  # noqa: E402
 
 HOOKED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooked_cairnd.py")
 
@@ -53,6 +53,7 @@ class JournalDaemon:
 
     def start(self) -> Daemon:
         self.stop()
+        init_repo(self.repo)
         self.starts += 1
         workdir = os.path.join(self.base, f"run{self.starts}")
         os.makedirs(workdir)

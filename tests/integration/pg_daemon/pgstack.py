@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "daemon"))
 
-from cairnd_harness import CAIRN, CAIRND, Daemon, NotifyListener, env_for  # noqa: E402
+from cairnd_harness import CAIRN, CAIRND, Daemon, NotifyListener, env_for, init_repo  # noqa: E402
 from pgserver import PG_BIN, PG_USER, PgServer, make_pg_dir, pg_available  # noqa: E402, F401
 
 WRITER = os.path.join(HERE, "writer.py")
@@ -68,6 +68,8 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(v)
 
 
@@ -75,7 +77,7 @@ class Stack:
     """PostgreSQL + cairnd + client for one test module (see the module docstring)."""
 
     def __init__(self, root: Path, sources: dict[str, dict[str, Any]],
-                 databases: dict[str, dict[str, str]] | None = None) -> None:
+                 databases: dict[str, dict[str, Any]] | None = None) -> None:
         self.root = root
         self.sock = str(root / "run" / "cairnd.sock")
         (root / "run").mkdir(mode=0o755)
@@ -93,6 +95,7 @@ class Stack:
         self.daemon: Daemon | None = None
         self.daemons: list[Daemon] = []
         self.restored: list[PgServer] = []
+        self.servers: list[PgServer] = []  # more archiving servers (more databases) to clean up
         self.holders: list[Path] = []
 
     def write_config(self) -> None:
@@ -100,16 +103,18 @@ class Stack:
                  f"socket = {json.dumps(self.sock)}", f"state_dir = {json.dumps(self.state)}",
                  'socket_group = "postgres"']
         for name, db in self.databases.items():
-            lines += ["", "[[database]]", f"name = {json.dumps(name)}", f"dsn = {json.dumps(db['dsn'])}",
-                      f"pgdata = {json.dumps(db['pgdata'])}"]
+            lines += ["", "[[database]]", f"name = {json.dumps(name)}"]
+            lines += [f"{k} = {toml_value(v)}" for k, v in db.items()]
         for name, table in self.sources.items():
-            lines += ["", "[[source]]", f"name = {json.dumps(name)}", "watch = false"]
+            lines += ["", "[[source]]", f"name = {json.dumps(name)}"]
+            lines += [] if "watch" in table else ["watch = false"]
             lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         Path(self.config).write_text("\n".join(lines) + "\n")
 
     # -- processes --------------------------------------------------------------------------
 
     def start_daemon(self) -> Daemon:
+        init_repo(self.repo)
         n = len(self.daemons)
         notify = NotifyListener(str(self.root / f"notify{n}"))
         stderr_path = str(self.root / f"cairnd{n}.log")
@@ -141,6 +146,8 @@ class Stack:
             srv.cleanup()
         for holder in self.holders:
             shutil.rmtree(holder, ignore_errors=True)
+        for srv in self.servers:
+            srv.cleanup()
         try:
             self.pg.cleanup()
         finally:
@@ -189,11 +196,21 @@ class Stack:
         self.ok("restore", set_id, "--target", str(target))
         return target
 
-    def restore_db(self, set_id: str, *extra: str) -> PgServer:
+    def archiving_server(self) -> ArchivingServer:
+        """One more server archiving into this stack's daemon (start it after the daemon)."""
+        srv = ArchivingServer(settings={
+            "archive_mode": "on",
+            "archive_command": f"{CAIRN} --socket {self.sock} wal-push %p",
+            "archive_timeout": "0",
+        })
+        self.servers.append(srv)
+        return srv
+
+    def restore_db(self, set_id: str, *extra: str, database: str = "appdb") -> PgServer:
         """restore-db into a fresh directory, start a server on it and wait for promotion."""
         holder = make_pg_dir("cairn-rdb-")
         target = holder / "data"
-        self.ok("restore-db", set_id, "--database", "appdb", "--target", str(target), *extra)
+        self.ok("restore-db", set_id, "--database", database, "--target", str(target), *extra)
         srv = ArchivingServer(pgdata=target)
         self.restored.append(srv)
         self.holders.append(holder)

@@ -42,7 +42,7 @@ def test_exceptions_stay_on_one_line_and_journal_drops_timestamps(restore_root_l
         logging.getLogger("x").exception("failed")
     line = stream.getvalue()
     assert line.count("\n") == 1
-    assert line.startswith("level=error logger=x msg=failed exc=\"Traceback")
+    assert line.startswith("level=error logger=x msg=failed error=\"ValueError: bad thing\" exc=\"Traceback")
     assert "ValueError: bad\\nthing" in line
 
 

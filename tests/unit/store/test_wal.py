@@ -7,6 +7,7 @@ import os
 import pytest
 from cairn.store.errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
 from cairn.store.repository import Repository
+from cairn.walnames import is_wal_file_name
 
 SEG = "000000010000000A000000FF"
 
@@ -47,11 +48,26 @@ def test_other_wal_file_names(repo):
 @pytest.mark.parametrize("name", ["../etc/passwd", "000000010000000000000001/x", "short", "",
                                   "lowercase0000000000000001"])
 def test_bad_names_are_refused(repo, name):
+    repo.set_segment_rule(is_wal_file_name)  # the daemon gives the store PostgreSQL's rule
     with pytest.raises(InvalidArgumentError):
         repo.put_wal(name, b"x")
     with pytest.raises(InvalidArgumentError):
         repo.get_wal(name)
     assert repo.list_wal() == []
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/b", "", ".", "..", "x\0y"])
+def test_without_a_rule_only_plain_names_pass(repo, name):
+    with pytest.raises(InvalidArgumentError):
+        repo.put_wal(name, b"x")
+    assert repo.put_wal("dump-0001.part", b"x")  # the store itself knows no engine's names
+
+
+def test_the_given_rule_is_the_one_applied(repo):
+    repo.set_segment_rule(lambda n: n.startswith("seg-"))
+    assert repo.put_wal("seg-1", b"x")
+    with pytest.raises(InvalidArgumentError):
+        repo.put_wal(SEG, b"x")
 
 
 def test_missing_segment(repo):

@@ -1,0 +1,69 @@
+"""PostgreSQL WAL file names and their rules: the one module that knows them.
+
+Names the archiver hands over (`archive_command`'s %f): segments ('000000010000000A000000FF':
+timeline, then the segment number split in two 8-digit halves), '<timeline>.history',
+'<segment>.partial' and '<segment>.<offset>.backup'. Also the names restore-db and
+`cairn wal-fetch` share: WAL_MARKER (the list of WAL files restore-db placed in pg_wal/) and
+NO_HISTORY (timeline 1 has no history file; recovery asks for it anyway).
+
+The repository is engine-neutral: the daemon gives it `is_wal_file_name` as the rule an
+archive segment name must follow (Repository.set_segment_rule). Standard library only, so
+the daemon and the client share it.
+
+    parse_segment('000000010000000000000003') == (1, 3)
+    segment_name(1, 3) == '000000010000000000000003'
+"""
+
+from __future__ import annotations
+
+import re
+
+from cairn.errors import InvalidArgumentError
+
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
+FILE_NAME_RE = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
+WAL_MARKER = "cairn-restore-db.wal"  # in pg_wal/: the WAL files restore-db placed there, one a line
+NO_HISTORY = "00000001.history"      # the first timeline has no history file
+
+
+def is_wal_file_name(name: str) -> bool:
+    """True for names the archiver hands over: segments, .history, .backup and .partial files."""
+    return bool(FILE_NAME_RE.match(name))
+
+
+def check_wal_file_name(name: str) -> str:
+    """`name` if it is a WAL file name, else InvalidArgumentError."""
+    if not is_wal_file_name(name):
+        raise InvalidArgumentError(f"'{name}' is not a WAL file name")
+    return name
+
+
+def per_xlogid(segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """Segments per 4 GiB 'xlogid' (the upper half of a segment name's number)."""
+    return 0x100000000 // segment_size
+
+
+def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
+    """(timeline, absolute segment number) of a WAL segment name, None for other names."""
+    m = SEGMENT_RE.match(name)
+    if m is None:
+        return None
+    return int(m.group(1), 16), int(m.group(2), 16) * per_xlogid(segment_size) + int(m.group(3), 16)
+
+
+def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    """The name of segment `segno` on `timeline`."""
+    per = per_xlogid(segment_size)
+    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def segment_of_lsn(timeline: int, lsn_pos: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    """The name of the segment holding the 64-bit WAL position `lsn_pos` (as pg_walfile_name)."""
+    return segment_name(timeline, lsn_pos // segment_size, segment_size)
+
+
+def history_name(timeline: int) -> str:
+    """The history file of `timeline`."""
+    return f"{timeline:08X}.history"

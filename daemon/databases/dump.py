@@ -1,0 +1,323 @@
+"""Dump engines: a database captured by a dump tool inside the set's window.
+
+- `CommandEngine` (kind 'command'): any tool. `dump = [...]` is run as given (no shell); its
+  stdout is fed straight from the pipe into the store (store/stream.py: content-defined
+  chunks, deduplicated against every earlier set; never spooled to disk) as attachment
+  'db:<name>' holding one file '<name>.dump'. An argument holding `{dir}` instead names an
+  empty directory the tool fills (`mongodump --out {dir}`); that directory is stored as the
+  attachment's tree, then removed.
+- `PgDumpEngine` (kind 'pg_dump'): a PostgreSQL database reached only over the network.
+  prepare connects (libpq, the dsn) and reads the server's version; inside the window
+  `pg_dump --format=directory --compress=0 --jobs=N` writes a directory (uncompressed, so
+  each table's data file dedups against the last set's; parallel jobs need a server of 9.2 or
+  later and are 1 otherwise), stored as the attachment's tree. No archive_command, no data
+  directory.
+
+A dump that fails — non-zero exit status, killed, or still running at its `timeout` or at the
+window's deadline — raises DumpFailedError (or DeadlineError) with the tool's name, its exit
+status and the tail of its stderr; the set fails and the window still thaws (quiesce.Window).
+
+What always holds: the tool runs in its own process group and is killed with it (cancel(),
+timeout, close()); a work directory exists only while its dump is being stored.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from cairn.daemon.config import DatabaseConfig
+from cairn.daemon.databases.engine import (
+    KIND_COMMAND,
+    KIND_PG_DUMP,
+    DumpRecord,
+    attachment_name,
+)
+from cairn.errors import DeadlineError, FailedPreconditionError
+from cairn.store.session import BackupSession
+
+log = logging.getLogger("cairn.capture")
+
+DIR_PLACEHOLDER = "{dir}"
+TARGET_PLACEHOLDER = "{target}"
+STDERR_TAIL = 2000  # characters of a tool's stderr kept for its error message
+PARALLEL_DUMP_VERSION = 90200  # synchronized snapshots: pg_dump --jobs against 9.2 or later
+
+
+class DumpFailedError(FailedPreconditionError):
+    """A dump or restore tool failed (exit status, signal); the message carries its stderr tail.
+    (A failed precondition on the wire: the tool's database or target refused, not Cairn.)"""
+
+    code = "dump_failed"
+
+
+def stream_file(database: str) -> str:
+    """The name of the one file a stream dump's attachment holds."""
+    return f"{database}.dump"
+
+
+def find_tool(name: str, database: str) -> str:
+    """The path of executable `name` (as given when it holds a '/', else from PATH)."""
+    path = name if "/" in name else shutil.which(name)
+    if not path or not os.access(path, os.X_OK):
+        raise FailedPreconditionError(f"database '{database}': the tool '{name}' is not installed (not found"
+                                      f"{'' if '/' in name else ' on PATH'})")
+    return path
+
+
+class ToolRun:
+    """One run of a dump or restore tool in its own process group, its stderr tail collected.
+
+    `start()` spawns it; `finish(what)` waits for the exit and raises DumpFailedError /
+    DeadlineError unless it exited with status 0. `kill()` is safe from any thread.
+    """
+
+    def __init__(self, argv: Sequence[str], database: str, timeout: float | None, *,
+                 stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.DEVNULL,
+                 env: dict[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.tool = os.path.basename(self.argv[0])
+        self.database = database
+        self.timeout = timeout
+        self._stdin, self._stdout = stdin, stdout
+        self._env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tail: collections.deque[str] = collections.deque()
+        self._tail_len = 0
+        self._reader: threading.Thread | None = None
+        self._timer: threading.Timer | None = None
+        self.timed_out = False
+        self.killed = False
+        self._lock = threading.Lock()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=self._stdin, stdout=self._stdout, stderr=subprocess.PIPE,
+                                         start_new_session=True, env=self._env, cwd="/")
+        except OSError as exc:
+            raise DumpFailedError(f"database '{self.database}': unable to run {self.tool}: "
+                                  f"{exc.strerror or exc}") from None
+        self._reader = threading.Thread(target=self._read_stderr, name=f"{self.tool}-stderr", daemon=True)
+        self._reader.start()
+        if self.timeout is not None:
+            self._timer = threading.Timer(self.timeout, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self.proc
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in iter(lambda: self.proc.stderr.readline(65536), b""):  # type: ignore[union-attr]
+            line = raw.decode("utf-8", "replace")
+            with self._lock:
+                self._tail.append(line)
+                self._tail_len += len(line)
+                while self._tail_len > STDERR_TAIL and len(self._tail) > 1:
+                    self._tail_len -= len(self._tail.popleft())
+
+    def stderr_tail(self) -> str:
+        with self._lock:
+            text = "".join(self._tail)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return " | ".join(lines)[-STDERR_TAIL:]
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the tool's whole process group (no error when it is gone)."""
+        self.killed = True
+        p = self.proc
+        if p is None or p.returncode is not None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def finish(self, what: str) -> None:
+        """Wait for the exit; raise unless the tool succeeded. `what`: 'dump' or 'restore'."""
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._reader is not None:
+                self._reader.join(10)
+        if rc == 0 and not self.timed_out:
+            return
+        tail = self.stderr_tail()
+        said = f": {tail}" if tail else " (nothing on stderr)"
+        if self.timed_out:
+            raise DeadlineError(f"{what} of database '{self.database}' did not finish within {self.timeout:g}s: "
+                                f"{self.tool} was stopped{said}")
+        status = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        raise DumpFailedError(f"{what} of database '{self.database}' failed: {self.tool} {status}{said}")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.kill()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._timer is not None:
+            self._timer.cancel()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr) if self.proc is not None else ():
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+
+class _DumpBase:
+    """What both dump engines share: the work directory, the running tool, the record."""
+
+    kind = ""
+    starts_early = False
+
+    def __init__(self, cfg: DatabaseConfig, source: str, work_dir: str) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.source = source
+        self.work = os.path.join(work_dir, "dumps", f"{source}.{cfg.name}")
+        self.run: ToolRun | None = None
+        self.cancelled = threading.Event()
+        self.started = 0.0
+        self.stopped = 0.0
+        self.size = 0
+        self.layout = ""
+        self.jobs = 1
+        self.server_version = ""
+        self.tool = ""
+
+    def start(self, label: str) -> None:
+        self.started = time.time()
+
+    def stop(self, timeout: float) -> None:
+        return None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.run is not None:
+            self.run.kill()
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def describe(self) -> DumpRecord:
+        return DumpRecord(name=self.name, kind=self.kind, attachment=attachment_name(self.name),
+                          layout=self.layout, tool=self.tool, started=self.started, stopped=self.stopped,
+                          bytes=self.size, stream_file=stream_file(self.name) if self.layout == "stream" else "",
+                          server_version=self.server_version, jobs=self.jobs)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "CAIRN_DATABASE": self.name, "CAIRN_SOURCE": self.source}
+
+    def _fresh_dir(self) -> str:
+        shutil.rmtree(self.work, ignore_errors=True)
+        os.makedirs(self.work, mode=0o700)
+        return self.work
+
+    def _dump_dir(self, argv: list[str], out_dir: str, sess: BackupSession, check: Callable[[], None]) -> None:
+        """Run a tool that writes `out_dir`, then store that directory as the attachment."""
+        check()
+        self.run = ToolRun(argv, self.name, self.cfg.timeout, env=self._env())
+        self.run.start()
+        try:
+            self.run.finish("dump")
+        except BaseException:
+            check()  # a window deadline that killed the tool says so itself
+            raise
+        check()
+        self.layout = "directory"
+        sess.attach(attachment_name(self.name), out_dir, (), strict_times=True, delta=False)
+        self.size = _dir_size(out_dir)
+        self.stopped = time.time()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class CommandEngine(_DumpBase):
+    """kind 'command': any dump tool, stdout stream or a directory (see the module docstring)."""
+
+    kind = KIND_COMMAND
+
+    def prepare(self) -> None:
+        find_tool(self.cfg.dump[0], self.name)
+        self.tool = os.path.basename(self.cfg.dump[0])
+
+    def capture(self, sess: BackupSession, check: Callable[[], None]) -> None:
+        if any(DIR_PLACEHOLDER in a for a in self.cfg.dump):
+            out = self._fresh_dir()
+            argv = [a.replace(DIR_PLACEHOLDER, out) for a in self.cfg.dump]
+            self._dump_dir(argv, out, sess, check)
+            return
+        check()
+        self.layout = "stream"
+        self.run = ToolRun(self.cfg.dump, self.name, self.cfg.timeout, stdout=subprocess.PIPE, env=self._env())
+        proc = self.run.start()
+        assert proc.stdout is not None
+        try:
+            self.size = sess.attach_stream(attachment_name(self.name), proc.stdout.fileno(), stream_file(self.name))
+        except BaseException:
+            self.run.kill()
+            raise
+        finally:
+            proc.stdout.close()
+        try:
+            self.run.finish("dump")
+        except BaseException:
+            check()
+            raise
+        self.stopped = time.time()
+        log.info("source '%s': dump of database '%s' stored (%d bytes)", self.source, self.name, self.size)
+
+
+class PgDumpEngine(_DumpBase):
+    """kind 'pg_dump': pg_dump over the network, directory format (see the module docstring)."""
+
+    kind = KIND_PG_DUMP
+
+    def prepare(self) -> None:
+        from cairn.daemon.postgres import PgConnection
+
+        self.tool = "pg_dump"
+        self.pg_dump = find_tool("pg_dump", self.name)
+        find_tool("pg_restore", self.name)
+        with PgConnection.open(self.cfg.dsn, None, name=self.name, check_rights=False,
+                               require_archiving=False) as conn:
+            version, num = conn.query_one("SELECT current_setting('server_version'), "
+                                          "current_setting('server_version_num')::int")
+        self.server_version = str(version)
+        self.jobs = self.cfg.jobs if int(num) >= PARALLEL_DUMP_VERSION else 1
+
+    def capture(self, sess: BackupSession, check: Callable[[], None]) -> None:
+        out = os.path.join(self._fresh_dir(), "dump")  # pg_dump creates the directory itself
+        argv = [self.pg_dump, "--format=directory", "--compress=0", f"--jobs={self.jobs}", "--no-password",
+                f"--file={out}", f"--dbname={self.cfg.dsn}"]
+        self._dump_dir(argv, out, sess, check)
+        log.info("source '%s': pg_dump of database '%s' stored (%d bytes, %d jobs)", self.source, self.name,
+                 self.size, self.jobs)
+
+
+def _dir_size(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                continue
+    return total

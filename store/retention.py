@@ -1,0 +1,195 @@
+"""Retention: which sets a policy keeps, and which archived WAL files are no longer needed.
+
+Pure functions, no I/O: `decide(sets, policy)` returns one RetentionDecision per set in the
+policy's scope, `split` the same as (keep, forget) for prune, and `wal_forget(...)` the WAL
+file names that WAL retention lets go. Prune (store/prune.py, store/repository.py) deletes
+what these functions name; nothing here touches the repository.
+
+What always holds:
+- a policy applies to each (host, source) group apart: counts, calendar buckets and the
+  keep-within window are taken among the sets of one host and one source, so one host's
+  sets never displace another host's; sets outside `policy.host` are not decided at all;
+- the rules are a union: a set is kept when at least one rule keeps it, and every kept set
+  names the rules that keep it; a policy without rules keeps every set (prune then only frees
+  unreferenced data); a policy of per-level counts only (--keep-full/-differential/
+  -incremental) keeps every set of a level it names no count for;
+- calendar rules (hourly, daily, weekly, monthly, yearly) follow restic: walking the group
+  from the newest set, the newest set of each bucket (local time, by the set's start) is kept
+  until N buckets that hold sets were counted; keep-within keeps the sets that started no
+  more than that many seconds before the newest set of the group (so a host that stopped
+  backing up never loses its last sets to the passing of time);
+- a forgotten set never breaks a kept one: sets are complete trees, so no kept set needs its
+  base (the base id is history, not a dependency);
+- WAL: a WAL file is forgotten only when it lies before the first segment of every kept set
+  holding a database AND it is older than the window (its catalog time, else the start of a
+  set it precedes); history files are always kept; an age that cannot be told keeps the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, tzinfo
+
+from .model import LEVELS, BackupSet, PrunePolicy, RetentionDecision
+
+CALENDAR: tuple[tuple[str, Callable[[datetime], str]], ...] = (
+    ("hourly", lambda t: t.strftime("%Y-%m-%d %H:00")),
+    ("daily", lambda t: t.strftime("%Y-%m-%d")),
+    ("weekly", lambda t: f"{t.isocalendar()[0]}-W{t.isocalendar()[1]:02d}"),
+    ("monthly", lambda t: t.strftime("%Y-%m")),
+    ("yearly", lambda t: t.strftime("%Y")),
+)
+NO_POLICY = "no policy"
+NO_SOURCE_POLICY = "no policy for this source"
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
+_HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
+
+
+def has_rules(policy: PrunePolicy) -> bool:
+    """True when the policy has at least one rule of its own (per-source rules not counted)."""
+    counts = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly, policy.keep_monthly,
+              policy.keep_yearly, policy.keep_full, policy.keep_differential, policy.keep_incremental)
+    return any(n is not None for n in counts) or policy.keep_within is not None or bool(policy.keep_tags)
+
+
+def in_scope(s: BackupSet, policy: PrunePolicy) -> bool:
+    """True when the policy decides about `s` (its host matches, or no host is named)."""
+    return not policy.host or s.hostname == policy.host
+
+
+def decide(sets: Iterable[BackupSet], policy: PrunePolicy, tz: tzinfo | None = None) -> list[RetentionDecision]:
+    """One decision per set in scope, newest first within each (host, source) group."""
+    groups: dict[tuple[str, str], list[BackupSet]] = defaultdict(list)
+    for s in sets:
+        if in_scope(s, policy):
+            groups[(s.hostname, s.source)].append(s)
+    out: list[RetentionDecision] = []
+    for (_host, source), members in sorted(groups.items()):
+        members.sort(key=lambda s: (s.time_start, s.id), reverse=True)
+        rules = policy.sources.get(source) if policy.sources else policy
+        if rules is None:
+            reasons = {s.id: [NO_SOURCE_POLICY] for s in members}
+        elif not has_rules(rules):
+            reasons = {s.id: [NO_POLICY] for s in members}
+        else:
+            reasons = _group_reasons(members, rules, tz)
+        for s in members:
+            why = tuple(reasons.get(s.id, ()))
+            out.append(RetentionDecision(set_id=s.id, host=s.hostname, source=s.source, level=s.level,
+                                         time=s.time_start, keep=bool(why), reasons=why))
+    return out
+
+
+def split(sets: Iterable[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet], list[BackupSet]]:
+    """(keep, forget) among the sets in the policy's scope (sets outside it are in neither)."""
+    sets = list(sets)
+    keep_ids = {d.set_id for d in decide(sets, policy) if d.keep}
+    scoped = [s for s in sets if in_scope(s, policy)]
+    return [s for s in scoped if s.id in keep_ids], [s for s in scoped if s.id not in keep_ids]
+
+
+def _group_reasons(members: list[BackupSet], policy: PrunePolicy,
+                   tz: tzinfo | None) -> dict[str, list[str]]:
+    """Rules that keep each set of one group (`members` newest first)."""
+    reasons: dict[str, list[str]] = defaultdict(list)
+    if policy.keep_last is not None:
+        for i, s in enumerate(members[: policy.keep_last]):
+            reasons[s.id].append(f"last {i + 1} of {policy.keep_last}")
+    for name, bucket in CALENDAR:
+        n = getattr(policy, f"keep_{name}")
+        if not n:
+            continue
+        last_key = None
+        counted = 0
+        for s in members:
+            if counted >= n:
+                break
+            key = bucket(datetime.fromtimestamp(s.time_start, tz))
+            if key != last_key:
+                reasons[s.id].append(f"{name} {key}")
+                last_key = key
+                counted += 1
+    if policy.keep_within is not None and members:
+        since = members[0].time_start - policy.keep_within
+        for s in members:
+            if s.time_start >= since:
+                reasons[s.id].append(f"within {_span(policy.keep_within)} of the newest set")
+    if policy.keep_tags:
+        for s in members:
+            reasons[s.id] += [f"tag '{t}'" for t in policy.keep_tags if t in s.tags]
+    only_levels = not (policy.keep_last is not None or policy.keep_within is not None or policy.keep_tags
+                       or any(getattr(policy, f"keep_{name}") for name, _ in CALENDAR))
+    for level in LEVELS:
+        n = getattr(policy, f"keep_{level}")
+        if n is None:
+            if only_levels:  # per-level counts alone leave the other levels alone (as before)
+                for s in members:
+                    if s.level == level:
+                        reasons[s.id].append(f"no rule for {level} sets")
+            continue
+        of_level = [s for s in members if s.level == level]
+        for i, s in enumerate(of_level[:n]):
+            reasons[s.id].append(f"{level} {i + 1} of {n}")
+    return reasons
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+# ---- WAL ----------------------------------------------------------------------------------
+
+
+def _db_record(s: BackupSet) -> tuple[int, int, int] | None:
+    """(timeline, first segment number, segment size) of a set holding a database, else None."""
+    rec = s.extra.get("database") if isinstance(s.extra, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+    wal = rec.get("wal") if isinstance(rec.get("wal"), dict) else {}
+    first = segment_number(str(wal.get("first", "")), size)
+    return None if first is None else (first[0], first[1], size)
+
+
+def segment_number(name: str, size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
+    """(timeline, absolute segment number) of a segment, .partial or .backup file name; else None."""
+    m = _SEGMENT.match(name)
+    if m is None:
+        return None
+    per = 0x100000000 // size
+    return int(m.group(1), 16), int(m.group(2), 16) * per + int(m.group(3), 16)
+
+
+def wal_forget(names: Iterable[str], archived: Mapping[str, float | None], kept: Iterable[BackupSet],
+               known: Iterable[BackupSet], now: float, window: float) -> list[str]:
+    """The WAL files WAL retention forgets (see the module docstring), sorted.
+
+    `archived` maps a name to the time its catalog entry records (None: not recorded);
+    `kept` are the sets that remain after the prune, `known` every set before it (their
+    starts bound the age of the WAL files that precede them).
+    """
+    kept_db = [r for r in map(_db_record, kept) if r is not None]
+    known_db = [(r, s.time_start) for s in known if (r := _db_record(s)) is not None]
+    size = (kept_db or [r for r, _ in known_db] or [(0, 0, DEFAULT_SEGMENT_SIZE)])[0][2]
+    cutoff = min((r[1] for r in kept_db), default=None)
+    horizon = now - window
+    out = []
+    for name in names:
+        if _HISTORY.match(name):
+            continue
+        seg = segment_number(name, size)
+        if seg is None or (cutoff is not None and seg[1] >= cutoff):
+            continue
+        written = archived.get(name)
+        if written is None:
+            after = [start for r, start in known_db if r[1] > seg[1]]
+            written = min(after) if after else None
+        if written is not None and written <= horizon:
+            out.append(name)
+    return sorted(out)

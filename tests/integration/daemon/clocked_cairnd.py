@@ -1,0 +1,41 @@
+"""The real cairnd whose retention thread reads a clock the test can move (tests only).
+
+Run as `python clocked_cairnd.py [CAIRND] ARGS...`. `$CAIRN_TEST_CLOCK` names a file holding
+an offset in seconds added to the real time; the test writes a new offset and sends SIGHUP,
+and the retention thread recomputes its next run from the moved clock (the reload path any
+changed configuration takes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from cairn.daemon import main as cairnd
+from cairn.daemon.retention import RetentionRunner
+
+OFFSET_FILE = os.environ["CAIRN_TEST_CLOCK"]
+
+
+def clock() -> float:
+    try:
+        with open(OFFSET_FILE, encoding="ascii") as f:
+            return time.time() + float(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return time.time()
+
+
+class ClockedRunner(RetentionRunner):
+    def __init__(self, cron, run, clock_fn=clock, tz=None) -> None:
+        super().__init__(cron, run, clock=clock_fn, tz=tz)
+
+
+cairnd.RetentionRunner = ClockedRunner
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args and os.path.basename(args[0]) == "cairnd":  # started as `python clocked_cairnd.py CAIRND ARGS...`
+        args = args[1:]
+    sys.argv = ["cairnd", *args]
+    sys.exit(cairnd.main(args))
