@@ -141,3 +141,36 @@ def test_passphrase_file_and_key_file_together_on_the_command_line_is_a_usage_er
     r = _run_cairnd("--repo", str(tmp_path / "r"), "--passphrase-file", "a", "--key-file", "b")
     assert r.returncode == 2 and r.stderr.startswith("cairnd: error: give --passphrase-file or --key-file")
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_config_file_names_the_secret(start_daemon, rundir, tmp_path):
+    src = str(tmp_path / "src")
+    os.makedirs(src)
+    with open(os.path.join(src, "f.txt"), "w") as f:
+        f.write("hello")
+    repo, pw, kf = str(tmp_path / "repo"), tmp_path / "pw", tmp_path / "missing.key"
+    pw.write_text("from the config\n")
+    sock = os.path.join(rundir, "cfg.sock")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[repository]\npath = "{repo}"\npassphrase_file = "{pw}"\nkey_file = "{kf}"\n\n'
+                      f'[daemon]\nsocket = "{sock}"\nstate_dir = "{tmp_path / "state"}"\n\n'
+                      f'[[source]]\nname = "app"\npaths = ["{src}"]\n')
+    r = _run_cairnd("--config", str(config), "--init")
+    assert r.returncode == 0 and "encrypted" in r.stdout, r.stderr
+    daemon = start_daemon("--config", str(config), socket_path=sock)
+    daemon.ok("backup")
+    assert [k["type"] for k in json.loads(daemon.ok("key", "list", "--json"))] == ["passphrase"]
+    assert daemon.terminate(30)[0] == 0
+    pw.write_text("changed meanwhile\n")  # the passphrase fails, then the key file is tried: it is missing
+    r = _run_cairnd("--config", str(config), "--read-only")
+    assert r.returncode == 1 and one_line_error(r.stderr).startswith("cairnd: error: unable to read key file")
+    kf.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")  # there, but not a key of this repository
+    r = _run_cairnd("--config", str(config), "--read-only")
+    assert r.returncode == 1
+    assert one_line_error(r.stderr) == "cairnd: error: unable to open repository: wrong passphrase or key file"
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
