@@ -379,7 +379,7 @@ def _key_add(conn: Connection, args: argparse.Namespace) -> int:
     if args.passphrase_file:
         try:
             with open(args.passphrase_file, "rb") as f:
-                passphrase = f.read(64 * 1024).rstrip(b"\r\n")
+                passphrase = f.read(64 * 1024).split(b"\n", 1)[0].rstrip(b"\r")  # the first line, as cairnd reads it
         except OSError as e:
             why = e.strerror
             raise InvalidArgumentError(f"unable to read passphrase file '{args.passphrase_file}': {why}") from None

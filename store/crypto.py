@@ -62,7 +62,7 @@ class Secret:
     @classmethod
     def from_passphrase_file(cls, path: str) -> Secret:
         data = _read_secret_file(path, "passphrase file")
-        value = data.rstrip(b"\r\n")
+        value = data.split(b"\n", 1)[0].rstrip(b"\r")  # the first line
         if not value:
             raise InvalidArgumentError(f"passphrase file '{path}' is empty")
         return cls("passphrase", value)

@@ -160,7 +160,13 @@ def test_config_file_names_the_secret(start_daemon, rundir, tmp_path):
     daemon = start_daemon("--config", str(config), socket_path=sock)
     daemon.ok("backup")
     assert [k["type"] for k in json.loads(daemon.ok("key", "list", "--json"))] == ["passphrase"]
+    pw2 = tmp_path / "pw2"
+    pw2.write_bytes(b"second passphrase\r\nnot part of it\n")
+    assert len(daemon.ok("key", "add", "--passphrase-file", str(pw2)).split()[-1]) == 32
     assert daemon.terminate(30)[0] == 0
+    other = start_daemon("--config", str(config), "--read-only", "--passphrase-file", str(pw2), socket_path=sock)
+    assert sum(k["current"] for k in json.loads(other.ok("key", "list", "--json"))) == 1
+    assert other.terminate(30)[0] == 0
     pw.write_text("changed meanwhile\n")  # the passphrase fails, then the key file is tried: it is missing
     r = _run_cairnd("--config", str(config), "--read-only")
     assert r.returncode == 1 and one_line_error(r.stderr).startswith("cairnd: error: unable to read key file")

@@ -249,7 +249,7 @@ def test_key_files_round_trip_and_bad_ones_are_refused(tmp_path):
     p.write_bytes(b"not base64 of 32 bytes")
     with pytest.raises(CairnError, match="not a Cairn key file"):
         crypto.Secret.from_key_file(str(p))
-    (tmp_path / "pw").write_bytes(b"hunter2\n")
+    (tmp_path / "pw").write_bytes(b"hunter2\r\nsecond line\n")
     assert crypto.Secret.from_passphrase_file(str(tmp_path / "pw")).value == b"hunter2"
 
 
