@@ -30,11 +30,13 @@ $(BIN)/cairnd: pyproject.toml
 setup: $(BIN)/cairnd
 
 # Runs cairnd in the foreground on the embedded default: a local repository under
-# $(CAIRN_HOME)/repo (initialised here on the first run), watching $(SOURCE).
+# $(CAIRN_HOME)/repo (initialised here on the first run, encrypted under the key file
+# $(CAIRN_HOME)/repo.key made beside it), watching $(SOURCE).
 run: setup
 	@mkdir -p $(CAIRN_HOME)
-	@[ -e $(CAIRN_HOME)/repo ] || CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --init
-	CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --source $(SOURCE)
+	@[ -e $(CAIRN_HOME)/repo.key ] || (umask 077 && head -c 32 /dev/urandom | base64 > $(CAIRN_HOME)/repo.key)
+	@[ -e $(CAIRN_HOME)/repo ] || CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --init --key-file $(CAIRN_HOME)/repo.key
+	CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --source $(SOURCE) --key-file $(CAIRN_HOME)/repo.key
 
 test: setup
 	$(BIN)/pytest -q -p no:cacheprovider tests

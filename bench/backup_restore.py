@@ -125,6 +125,15 @@ class Cairn(Tool):
                         cwd=PROJECT_ROOT)
 
 
+class CairnEncrypted(Cairn):
+    """Cairn on an encrypted (format 2) repository: same runner, a passphrase in the env."""
+
+    name = "cairn-enc"
+
+    def env(self) -> dict[str, str]:
+        return {"CAIRN_BENCH_PASSPHRASE": "bench"}
+
+
 class Restic(Tool):
     name = "restic"
     binary = "restic"
@@ -171,7 +180,7 @@ class Borg(Tool):
         return target / corpus.name
 
 
-TOOLS = {"cairn": Cairn, "restic": Restic, "borg": Borg}
+TOOLS = {"cairn": Cairn, "cairn-enc": CairnEncrypted, "restic": Restic, "borg": Borg}
 
 
 def prepare_corpus(args: argparse.Namespace, work: Path) -> Path:
@@ -274,6 +283,17 @@ def report(results: list[ToolResult], corpus_bytes: int, files: int) -> dict:
                   and max(c["backup_rss_mb"], c["restore_rss_mb"]) <= max(p["backup_rss_mb"], p["restore_rss_mb"]))
             print(f"target (>= {TARGET_SPEEDUP}x restic backup and restore, peak RSS <= restic): "
                   f"{'MET' if ok else 'NOT MET'}")
+    if "cairn-enc" in rows:
+        e = rows["cairn-enc"]
+        for peer in ("restic", "cairn"):
+            if peer in rows:
+                p = rows[peer]
+                print(f"cairn-enc/{peer}: backup {ratio(e['backup_mbps'], p['backup_mbps'])} "
+                      f"(median {ratio(e['backup_mbps_median'], p['backup_mbps_median'])}), "
+                      f"restore {ratio(e['restore_mbps'], p['restore_mbps'])} "
+                      f"(median {ratio(e['restore_mbps_median'], p['restore_mbps_median'])}), "
+                      f"repo size {ratio(e['repo_mb'], p['repo_mb'])}")
+        print(f"cairn-enc restore check: {e['verified']}")
     return rows
 
 
@@ -310,7 +330,7 @@ def main() -> int:
     try:
         for run in range(1, args.runs + 1):  # interleaved, so background load hits every tool alike
             for tool in tools:
-                verify = tool.name == "cairn" and not args.no_verify and run == args.runs
+                verify = tool.name.startswith("cairn") and not args.no_verify and run == args.runs
                 bench_once(tool, results[tool.name], corpus, run, verify)
     finally:
         clean_outputs(tools)

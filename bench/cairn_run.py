@@ -4,20 +4,28 @@
   python -m bench.cairn_run restore REPO TARGET    (restores the latest set)
 
 Run as a child of the benchmark so that its time and peak memory are measured exactly like
-restic's and borg's. Prints one line of JSON with what the store reported.
+restic's and borg's. Prints one line of JSON with what the store reported. With
+CAIRN_BENCH_PASSPHRASE set, the repository is created (and opened) encrypted, format 2.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+from cairn.store.crypto import Secret
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
 
 
+def _secret() -> Secret | None:
+    passphrase = os.environ.get("CAIRN_BENCH_PASSPHRASE")
+    return Secret("passphrase", passphrase.encode()) if passphrase else None
+
+
 def backup(repo_path: str, source: str) -> dict:
-    repo = Repository.open_local(repo_path, create=True)
+    repo = Repository.open_local(repo_path, create=True, secret=_secret())
     try:
         s = repo.backup(BackupRequest(source="bench", paths=(source,), level="full"))
         return {"set": s.id, "files": s.stats.files, "bytes_total": s.stats.bytes_total,
@@ -27,7 +35,7 @@ def backup(repo_path: str, source: str) -> dict:
 
 
 def restore(repo_path: str, target: str) -> dict:
-    repo = Repository.open_local(repo_path, read_only=True)
+    repo = Repository.open_local(repo_path, read_only=True, secret=_secret())
     try:
         st = repo.restore(repo.get_set("latest"), target)
         return {"files": st.files, "dirs": st.dirs, "bytes": st.bytes, "errors": list(st.errors)[:10]}

@@ -108,7 +108,8 @@ class CairnDaemon:
         )
         self.name = name
         self.proc: subprocess.Popen | None = None
-        subprocess.run([CAIRND, "--config", str(self.config), "--init"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([CAIRND, "--config", str(self.config), "--init", "--no-encryption"], check=True,
+                       stdout=subprocess.DEVNULL)
 
     def start(self, timeout: float = 300) -> float:
         """Start cairnd and wait until it answers; return the seconds it took."""

@@ -77,6 +77,12 @@ class FormatVersionError(RepositoryError):
     code = "format_version"
 
 
+class WrongKeyError(RepositoryError):
+    """An encrypted repository was given no passphrase or key file, or one that opens no key."""
+
+    code = "wrong_key"
+
+
 class CorruptionError(CairnError):
     """Stored data failed its checksum or could not be parsed."""
 

@@ -465,6 +465,68 @@ def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+KEYFILE_LEN = 32  # a key file is the base64 of 32 random bytes and a newline
+
+
+def cmd_key(conn: Connection, args: argparse.Namespace) -> int:
+    if args.key_command == "list":
+        return _key_list(conn, args)
+    if args.key_command == "remove":
+        reply = conn.stub.KeyRemove(pb.KeyRemoveRequest(id=args.id))
+        out(render.dumps({"removed": reply.id}) if args.json else f"removed key {reply.id}")
+        return EXIT_OK
+    return _key_add(conn, args)
+
+
+def _key_list(conn: Connection, args: argparse.Namespace) -> int:
+    keys = conn.stub.KeyList(pb.KeyListRequest()).keys
+    rows = [{"id": k.id, "type": k.type, "kdf": k.kdf, "created": k.created, "current": k.current,
+             "problem": k.problem} for k in keys]
+    if args.json:
+        out(render.dumps(rows))
+        return EXIT_OK
+    out(f"{'ID':<32}  {'TYPE':<10}  {'KDF':<13}  CREATED")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-"
+        mark = "  (current)" if r["current"] else ""
+        note = f"  unreadable: {r['problem']}" if r["problem"] else ""
+        out(f"{r['id']:<32}  {r['type'] or '?':<10}  {r['kdf'] or '?':<13}  {when}{mark}{note}")
+    return EXIT_OK
+
+
+def _key_add(conn: Connection, args: argparse.Namespace) -> int:
+    if args.passphrase_file:
+        try:
+            with open(args.passphrase_file, "rb") as f:
+                passphrase = f.read(64 * 1024).split(b"\n", 1)[0].rstrip(b"\r")  # the first line, as cairnd reads it
+        except OSError as e:
+            why = e.strerror
+            raise InvalidArgumentError(f"unable to read passphrase file '{args.passphrase_file}': {why}") from None
+        if not passphrase:
+            raise InvalidArgumentError(f"passphrase file '{args.passphrase_file}' is empty")
+        reply = conn.stub.KeyAdd(pb.KeyAddRequest(passphrase=passphrase))
+    else:
+        import base64
+
+        path = args.new_key_file
+        try:  # created first (never overwriting), filled only once the daemon has the key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise InvalidArgumentError(f"unable to create key file '{path}': {e.strerror}") from None
+        value = os.urandom(KEYFILE_LEN)
+        try:
+            reply = conn.stub.KeyAdd(pb.KeyAddRequest(key_file=value))
+            os.write(fd, base64.b64encode(value) + b"\n")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+    out(render.dumps({"added": reply.id}) if args.json else f"added key {reply.id}")
+    return EXIT_OK
+
+
 def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     name = os.path.basename(args.path)
     try:
@@ -818,6 +880,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WAL retention window (default: the daemon's [repository] wal_keep; unset keeps all WAL)")
     p.add_argument("--source", metavar="NAME")
     p.add_argument("--host", metavar="H", help="only the sets this host took")
+
+    p = command("key", cmd_key, "list, add or remove keys of the encrypted repository")
+    keys = p.add_subparsers(dest="key_command", metavar="ACTION", required=True, parser_class=_Parser)
+    keys.add_parser("list", parents=[common], help="list the repository's keys")
+    k = keys.add_parser("add", parents=[common], help="add a key: a passphrase or a new key file")
+    secret = k.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--passphrase-file", metavar="F", help="the new passphrase (first line of F)")
+    secret.add_argument("--new-key-file", metavar="F", help="write a new key file to F (must not exist)")
+    k = keys.add_parser("remove", parents=[common], help="remove a key (never the last usable one)")
+    k.add_argument("id", metavar="ID", help="key id or unique prefix")
 
     p = command("wal-push", cmd_wal_push, "archive a WAL segment (archive_command = 'cairn wal-push %%p')")
     p.add_argument("path", metavar="PATH")

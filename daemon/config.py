@@ -35,7 +35,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
 S3_KEYS = ("endpoint", "region", "path_style", "credentials_file")  # only with an s3:// path
-REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "wal_keep")
+REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "wal_keep", "passphrase_file", "key_file")
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
@@ -75,6 +75,8 @@ class RepositoryConfig:
     credentials_file: str | None = None
     gc: str | None = None  # cron of scheduled retention + garbage collection
     wal_keep: float | None = None  # seconds of WAL kept for point-in-time recovery (None: all)
+    passphrase_file: str | None = None  # what opens an encrypted (format 2) repository;
+    key_file: str | None = None  # with both, the passphrase is tried first
 
     def s3_options(self) -> S3Options | None:
         """The object-store options, None when none was given."""
@@ -386,10 +388,13 @@ class _Loader:
             except InvalidArgumentError as exc:
                 raise self.fail("repository.gc", exc.message) from exc
         wal_keep = table.get("wal_keep")
+        passphrase_file = self.path("repository.passphrase_file", table.get("passphrase_file"))
+        key_file = self.path("repository.key_file", table.get("key_file"))
         location = self.repository_location(table) or RepositoryConfig(
             path=self.path("repository.path", table.get("path"), required=True))
         return replace(location, gc=gc,
-                       wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep))
+                       wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep),
+                       passphrase_file=passphrase_file, key_file=key_file)
 
     def repository_location(self, table: Mapping[str, Any]) -> RepositoryConfig | None:
         """An s3:// repository with its object-store keys; None for a local directory (which

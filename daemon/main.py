@@ -34,6 +34,7 @@ from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_stat
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
+from cairn.daemon.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
 from cairn.daemon.retention import RetentionRunner
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
@@ -42,7 +43,6 @@ from cairn.daemon.scheduler import Scheduler
 from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 from cairn.daemon.service import CairnService
 from cairn.errors import CairnError
-from cairn.store.locations import open_repository
 from cairn.store.repository import Repository
 
 log = logging.getLogger("cairn.daemon")
@@ -72,11 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
     parser.add_argument("--init", action="store_true",
                         help="create the repository (--repo, or the one --config names), then exit")
+    add_key_arguments(parser)
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.repo):
         parser.error("give either --config FILE or --repo DIR")
+    check_key_arguments(parser, args)
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
     _check_init_args(parser, args)
@@ -102,6 +104,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def _overrides(config: Config, args: argparse.Namespace) -> Config:
+    config = key_overrides(config, args)
     changes = {}
     if args.read_only:
         changes["read_only"] = True
@@ -154,7 +157,7 @@ class Daemon:
         path = cfg.repository.path
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
-        self.repo = open_repository(path, cfg.repository.s3_options(), create=False, read_only=read_only)
+        self.repo = open_repository(cfg.repository, read_only=read_only)
         self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
@@ -378,14 +381,14 @@ class Daemon:
         return EXIT_OK
 
 
-def init_repository(config: Config) -> int:
+def init_repository(config: Config, plaintext: bool = False) -> int:
     """`cairnd --init`: create the configured repository and exit (refusing an existing one)."""
     try:
-        path = preflight.init_repository(config)
+        path = preflight.init_repository(config, plaintext=plaintext)
     except CairnError as exc:
         print(f"cairnd: error: {exc.message}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(f"created repository at {path}")
+        return EXIT_USAGE if exc.code == "invalid_argument" else EXIT_FAILURE
+    print(f"created {'a plaintext' if plaintext else 'an encrypted'} repository at {path}")
     return EXIT_OK
 
 
@@ -397,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cairnd: error: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
     if args.init:
-        return init_repository(config)
+        return init_repository(config, plaintext=args.no_encryption)
     setup_logging(config.daemon.log_level)
     daemon = Daemon(config, args)
     daemon.install_signals()

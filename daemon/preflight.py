@@ -19,6 +19,7 @@ import ssl
 import stat
 
 from cairn.daemon.config import Config, split_address
+from cairn.daemon.repokeys import secret_of
 from cairn.store.backend import LocalBackend
 from cairn.store.errors import (
     AlreadyExistsError,
@@ -101,12 +102,18 @@ def check_repository(config: Config) -> None:
         raise NotARepositoryError(what) from None
 
 
-def init_repository(config: Config) -> str:
+def init_repository(config: Config, plaintext: bool = False) -> str:
     """Create the configured repository (and missing parent directories); return its path.
 
-    Refuses a path that holds a repository already, a file, and a non-empty directory.
+    Refuses a path that holds a repository already, a file, and a non-empty directory. The
+    repository is encrypted (format 2) under the configured passphrase or key file; without
+    one it is refused unless `plaintext` (format 1) is asked for.
     """
     path = config.repository.path
+    secret = secret_of(config.repository)
+    if secret is None and not plaintext:
+        raise InvalidArgumentError("a new repository is encrypted: give --passphrase-file F or --key-file F "
+                                   "(or --no-encryption for a plaintext one)")
     if is_s3(path):
         backend = open_backend(path, config.repository.s3_options())
         try:
@@ -117,7 +124,7 @@ def init_repository(config: Config) -> str:
         if any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
             raise AlreadyExistsError(f"unable to create a repository at '{backend.location()}': "
                                      "the prefix holds objects already")
-        Repository.init(backend).close()
+        Repository.init(backend, secret=secret).close()
         return path
     if os.path.exists(path):
         if not os.path.isdir(path):
@@ -133,7 +140,7 @@ def init_repository(config: Config) -> str:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise FailedPreconditionError(f"unable to create '{path}': {exc.strerror or exc}") from None
-    Repository.init_local(path).close()
+    Repository.init_local(path, secret=secret).close()
     return path
 
 

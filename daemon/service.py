@@ -26,6 +26,7 @@ from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, Record
+from cairn.store.crypto import Secret
 from cairn.store.errors import (
     AbortedError,
     BusyError,
@@ -477,6 +478,26 @@ class CairnService:
             return None
         return {"schedule": runner.schedule, "next_run": runner.next_run(), "last_run": runner.last_run,
                 "last_result": runner.last_result, "host": self._hostname}
+
+    # -- repository keys (format 2) --
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """Every key object of the encrypted repository, the one in use marked `current`."""
+        return [{"id": key_id, "type": info.type if info else "", "created": info.created if info else 0.0,
+                 "kdf": info.kdf if info else "", "current": key_id == self.repo.key_id, "problem": problem}
+                for info, key_id, problem in self.repo.list_keys()]
+
+    def add_key(self, secret: Secret) -> str:
+        self._require_writable("adding a key")
+        key_id = self.repo.add_key(secret)
+        log.info("repository key %s added (%s)", key_id, secret.kind)
+        return key_id
+
+    def remove_key(self, ref: str) -> str:
+        self._require_writable("removing a key")
+        key_id = self.repo.remove_key(ref)
+        log.info("repository key %s removed", key_id)
+        return key_id
 
     def require_wal_writable(self) -> None:
         """Raise unless WAL pushes are accepted (checked before a push is received)."""

@@ -1,8 +1,10 @@
 """Blob storage: writing new blobs into packs and reading blobs back, verified.
 
 What always holds:
-- a blob id is blake3 of its plaintext; a read returns bytes whose blake3 equals the id or
-  raises CorruptionError naming the pack;
+- a blob id is blake3 of its plaintext (keyed blake3 in an encrypted repository); a read
+  returns bytes whose id equals the one asked for or raises CorruptionError naming the pack;
+- with a RepoKey, a blob is compressed, then sealed (AES-256-GCM, its id as associated data)
+  before it enters a pack; `stored_len` counts the sealed bytes;
 - a blob enters the shared index only after its pack AND an index file naming it are durably
   written (then it is handed to `publish`, which adds it to whatever index is current), so
   dedup never points at data that a restart would not find; within one write session
@@ -20,7 +22,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import blake3
 import zstandard
@@ -30,6 +32,9 @@ from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, 
 from .index import Index, encode_index
 from .memory import release_free_memory
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
+
+if TYPE_CHECKING:
+    from .crypto import RepoKey
 
 _tls = threading.local()
 COMPRESS_THREADS = max(2, os.cpu_count() or 2)
@@ -96,9 +101,15 @@ def decode_blob(stored: bytes, codec: int, raw_len: int, ref_data: bytes | None 
 class BlobReader:
     """Reads blobs by id through the index, verifying each against its id."""
 
-    def __init__(self, backend: Backend, index: Index) -> None:
+    def __init__(self, backend: Backend, index: Index, key: RepoKey | None = None) -> None:
         self.backend = backend
         self.index = index
+        self.key = key
+        self.blob_id = key.blob_id if key is not None else blob_id
+
+    def unseal(self, pack: str, bid: bytes, stored: bytes) -> bytes:
+        """The stored (compressed) bytes of a blob as read from its pack, opened when sealed."""
+        return self.key.open_blob(pack, bid, stored) if self.key is not None else stored
 
     def read(self, bid: bytes, *, verify: bool = True) -> bytes:
         """The plaintext of blob `bid`, checked against its id (unless `verify` is off, which
@@ -112,13 +123,14 @@ class BlobReader:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': pack is missing") from None
         if len(stored) != loc.stored_len:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
+        stored = self.unseal(loc.pack, bid, stored)
         ref_data = self._reference(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
         try:
             data = decode_blob(stored, loc.codec, loc.raw_len, ref_data)
         except zstandard.ZstdError:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': blob "
                                   f"'{short(bid.hex())}' does not decompress") from None
-        if len(data) != loc.raw_len or (verify and blake3.blake3(data).digest() != bid):
+        if len(data) != loc.raw_len or (verify and self.blob_id(data) != bid):
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': checksum mismatch "
                                   f"in blob '{short(bid.hex())}'")
         return data
@@ -139,6 +151,9 @@ class BlobReader:
         loc = self.index.get(bid)
         if loc is None or loc.codec != CODEC_ZSTD_REF:
             return None
+        if self.key is not None:
+            stored = self.backend.get_range("packs", loc.pack, loc.offset, loc.stored_len)
+            return self.unseal(loc.pack, bid, stored)[:32]
         return self.backend.get_range("packs", loc.pack, loc.offset, 32)
 
     def delta_base(self, bid: bytes) -> tuple[bytes, bytes] | None:
@@ -168,8 +183,12 @@ class BlobWriter:
 
     def __init__(self, backend: Backend, index: Index | KnownBlobs, *, pack_size: int, level: int,
                  max_pending: int = 1, index_every: int = 32,
-                 publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None) -> None:
+                 publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None,
+                 key: RepoKey | None = None) -> None:
         self.backend = backend
+        self.key = key
+        self.blob_id = key.blob_id if key is not None else blob_id
+        self._trailer_seal = key.seal_trailer if key is not None else None
         self.index = index
         self.publish = publish
         self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
@@ -178,7 +197,7 @@ class BlobWriter:
         self.index_every = index_every
         self._lock = threading.Lock()
         self._inflight: set[bytes] = set()
-        self._builder = PackBuilder()
+        self._builder = PackBuilder(seal=self._trailer_seal)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._unindexed: dict[str, list[PackEntry]] = {}
         self._error: BaseException | None = None
@@ -235,15 +254,17 @@ class BlobWriter:
         if not new:
             return
 
-        def encode(i: int, data: memoryview) -> tuple[int, bytes]:
+        def encode(i: int, bid: bytes, data: memoryview) -> tuple[int, bytes]:
             ref = delta_base(i) if delta_base is not None else None
             if ref is not None:
-                return encode_blob_ref(data, ref[0], ref[1], self.level)
-            return encode_blob(data, self.level)
+                codec, stored = encode_blob_ref(data, ref[0], ref[1], self.level)
+            else:
+                codec, stored = encode_blob(data, self.level)
+            return codec, self._seal(bid, stored)
 
-        futs = [self._compress_pool().submit(encode, i, data) for i, _, data in new[1:]]
+        futs = [self._compress_pool().submit(encode, i, bid, data) for i, bid, data in new[1:]]
         try:
-            encoded = [encode(new[0][0], new[0][2])] + [f.result() for f in futs]
+            encoded = [encode(*new[0])] + [f.result() for f in futs]
         finally:
             wait(futs)  # nothing may still read the caller's buffer after we return
         for (_, bid, data), (codec, stored) in zip(new, encoded, strict=True):
@@ -263,7 +284,11 @@ class BlobWriter:
 
     def _add(self, bid: bytes, btype: int, data: bytes | memoryview) -> None:
         codec, stored = encode_blob(data, self.level)
-        self._append(bid, btype, len(data), codec, stored)
+        self._append(bid, btype, len(data), codec, self._seal(bid, stored))
+
+    def _seal(self, bid: bytes, stored: bytes) -> bytes:
+        """Compress, then encrypt: the stored bytes of a blob sealed under the repository key."""
+        return self.key.seal_blob(bid, stored) if self.key is not None else stored
 
     def _append(self, bid: bytes, btype: int, raw_len: int, codec: int, stored: bytes) -> None:
         full = None
@@ -278,7 +303,7 @@ class BlobWriter:
             self._enqueue(full)
 
     def put_data(self, btype: int, data: bytes | memoryview) -> bytes:
-        bid = blob_id(data)
+        bid = self.blob_id(data)
         self.put(bid, btype, data)
         return bid
 
@@ -319,9 +344,9 @@ class BlobWriter:
                 self._raise_if_failed()
                 self._spare_cv.wait(0.2)
             if self._spare:
-                return PackBuilder(self._spare.pop())
+                return PackBuilder(self._spare.pop(), self._trailer_seal)
             self._buffers += 1
-            return PackBuilder()
+            return PackBuilder(seal=self._trailer_seal)
 
     def _upload(self, builder: PackBuilder) -> None:
         name, data, entries = builder.finish()
@@ -355,7 +380,7 @@ class BlobWriter:
         """Flush the last pack, wait for uploads, write the index. Raises the first failure."""
         self._stop_pool()
         with self._lock:
-            last, self._builder = self._builder, PackBuilder()
+            last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal)
         if last.entries:
             self._enqueue(last)
         self._queue.put(None)

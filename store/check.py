@@ -16,8 +16,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import blake3
-
 from . import wal as walmod
 from .blobs import decode_blob
 from .errors import CairnError, CorruptionError, NotFoundError, short
@@ -58,11 +56,21 @@ class Checker:
         self._check_references()
         self._walk_sets(sets)
         self._check_wal(read_data)
+        self._check_keys()
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
                            bytes_read=self.bytes_read)
 
     # -- objects ---------------------------------------------------------------------
+    def _check_keys(self) -> None:
+        """Format 2: an unreadable key object opens nothing; it is a warning while another key
+        works (this handle was opened with one)."""
+        if getattr(self.repo, "key", None) is None:
+            return
+        for _info, key_id, problem in self.repo.list_keys():
+            if problem:
+                self.warnings.append(CheckProblem(problem, object_id=key_id))
+
     def _sets(self, set_ref: str | None) -> list[BackupSet]:
         sets = self.repo.list_sets()
         listed = {s.id for s in sets}
@@ -115,7 +123,7 @@ class Checker:
             self.bytes_read += len(data)
             self.chunks_checked += len(by_pack[pack])
             try:
-                parse_pack(pack, data)
+                parse_pack(pack, data, self.repo.key.open_trailer if getattr(self.repo, "key", None) else None)
             except CorruptionError as e:
                 self.errors.append(CheckProblem(str(e), object_id=pack))
                 self._find_bad_blobs(pack, data, by_pack[pack])
@@ -125,12 +133,13 @@ class Checker:
             loc = self.repo.index.get(bid)
             stored = data[loc.offset:loc.offset + loc.stored_len]
             try:
+                stored = self.repo.reader.unseal(pack, bid, stored)
                 if loc.codec == CODEC_ZSTD_REF:
                     ref = self.repo.reader._reference(pack, bid, stored)
                     plain = decode_blob(stored, loc.codec, loc.raw_len, ref)
                 else:
                     plain = decode_blob(stored, loc.codec, loc.raw_len)
-                ok = blake3.blake3(plain).digest() == bid
+                ok = self.repo.reader.blob_id(plain) == bid
             except Exception:  # noqa: BLE001 - any decode failure means damaged
                 ok = False
             if not ok:

@@ -15,5 +15,6 @@ from cairn.errors import (  # noqa: F401
     NotARepositoryError,
     NotFoundError,
     RepositoryError,
+    WrongKeyError,
     short,
 )

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .blobs import BlobWriter, blob_id
+from .blobs import BlobWriter
 from .chunker import Chunker
 from .errors import AbortedError
 from .packs import TYPE_DATA
@@ -94,7 +94,7 @@ class FileReader:
             raise AbortedError("backup cancelled")
 
     def _store(self, view: memoryview, base_chunks: list[bytes] | None) -> bytes:
-        bid = blob_id(view)
+        bid = self.writer.blob_id(view)
         if not self.writer.has(bid):
             self.writer.put_many(TYPE_DATA, [(bid, view)], self._bases(base_chunks, 0))
         return bid
@@ -148,7 +148,7 @@ class FileReader:
                 if not eof and off + length == filled:
                     break
                 piece = view[off:off + length]
-                pieces.append((blob_id(piece), piece))
+                pieces.append((self.writer.blob_id(piece), piece))
                 consumed = off + length
             self.writer.put_many(TYPE_DATA, pieces, self._bases(base_chunks, len(chunks)))
             chunks.extend(bid for bid, _ in pieces)

@@ -14,6 +14,7 @@ from .backend import Backend, LocalBackend
 from .errors import InvalidArgumentError, NotARepositoryError, NotFoundError
 
 if TYPE_CHECKING:
+    from .crypto import Secret
     from .repository import Repository
 
 S3_SCHEME = "s3://"
@@ -64,18 +65,23 @@ def open_backend(location: str, options: S3Options | None = None, *, probe_condi
 
 
 def open_repository(location: str, options: S3Options | None = None, *, create: bool = False,
-                    read_only: bool = False) -> Repository:
-    """Open the repository at `location`; with `create`, initialise an empty location first."""
+                    read_only: bool = False, secret: Secret | None = None) -> Repository:
+    """Open the repository at `location` (with `secret` for an encrypted one); with `create`,
+    initialise an empty location first (encrypted under `secret` when given)."""
     from .repository import Repository  # imported here: repository.py may come to use this module
 
     if not is_s3(location):
-        return Repository.open_local(location, create=create, read_only=read_only)
+        return Repository.open_local(location, create=create, read_only=read_only, secret=secret)
     backend = open_backend(location, options, probe_conditional=not read_only)
     try:
-        backend.get("config", "config")
-    except NotFoundError:
-        if create and not any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
-            return Repository.init(backend)
-        raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
-    return Repository.open(backend, read_only=read_only)
+        try:
+            backend.get("config", "config")
+        except NotFoundError:
+            if create and not any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
+                return Repository.init(backend, secret=secret)
+            raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
+        return Repository.open(backend, read_only=read_only, secret=secret)
+    except BaseException:
+        backend.close()
+        raise
 

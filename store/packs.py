@@ -6,12 +6,16 @@ Layout (all integers little-endian):
     trailer  per blob: id (32) | type u8 | codec u8 | raw_len u32 | stored_len u32 | offset u64
     footer   trailer_offset u64 | count u32 | blake3(trailer) (32) | b"CAIRNPKE"
 A pack is named by the blake3 of its whole content, so any damage is detectable, and the
-index can be rebuilt from packs alone by reading footers and trailers.
+index can be rebuilt from packs alone by reading footers and trailers. In an encrypted
+repository (format 2) the trailer is sealed (`seal`/`open` from the repository key) and the
+footer's hash and offset are those of the sealed trailer, so ids, types and lengths of the
+blobs are not readable without the key.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
@@ -49,7 +53,8 @@ class PackBuilder:
     writer that recycles buffers allocates pack memory once instead of once per pack.
     """
 
-    def __init__(self, buf: bytearray | None = None) -> None:
+    def __init__(self, buf: bytearray | None = None, seal: Callable[[bytes], bytes] | None = None) -> None:
+        self.seal = seal
         self.buf = buf if buf is not None else bytearray()
         self.size = 0
         self.entries: list[PackEntry] = []
@@ -75,6 +80,8 @@ class PackBuilder:
         """Close the pack. The bytes returned are `self.buf` itself (no copy of the pack)."""
         trailer = b"".join(ENTRY.pack(e.id, e.type, e.codec, e.raw_len, e.stored_len, e.offset)
                            for e in self.entries)
+        if self.seal is not None:
+            trailer = self.seal(trailer)
         trailer_offset = self.size
         self._put(trailer)
         self._put(FOOTER.pack(trailer_offset, len(self.entries), blake3.blake3(trailer).digest(), FOOTER_MAGIC))
@@ -92,18 +99,23 @@ def parse_footer(name: str, tail: bytes) -> tuple[int, int, bytes]:
     return off, count, th
 
 
-def parse_trailer(name: str, trailer: bytes, count: int, trailer_hash: bytes) -> list[PackEntry]:
-    """Parse and verify a pack trailer into its entries."""
-    if len(trailer) != count * ENTRY.size or blake3.blake3(trailer).digest() != trailer_hash:
+def parse_trailer(name: str, trailer: bytes, count: int, trailer_hash: bytes,
+                  open_sealed: Callable[[str, bytes], bytes] | None = None) -> list[PackEntry]:
+    """Parse and verify a pack trailer into its entries (opening it first when sealed)."""
+    if blake3.blake3(trailer).digest() != trailer_hash:
+        raise CorruptionError(f"unable to read pack '{short(name)}': trailer checksum mismatch")
+    if open_sealed is not None:
+        trailer = open_sealed(name, trailer)
+    if len(trailer) != count * ENTRY.size:
         raise CorruptionError(f"unable to read pack '{short(name)}': trailer checksum mismatch")
     return [PackEntry(*ENTRY.unpack_from(trailer, i * ENTRY.size)) for i in range(count)]
 
 
-def parse_pack(name: str, data: bytes) -> list[PackEntry]:
+def parse_pack(name: str, data: bytes, open_sealed: Callable[[str, bytes], bytes] | None = None) -> list[PackEntry]:
     """Verify a whole pack against its name and return its entries."""
     if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != name:
         raise CorruptionError(f"unable to read pack '{short(name)}': checksum mismatch")
     if not data.startswith(HEADER):
         raise CorruptionError(f"unable to read pack '{short(name)}': bad header magic")
     off, count, th = parse_footer(name, data)
-    return parse_trailer(name, data[off:len(data) - FOOTER.size], count, th)
+    return parse_trailer(name, data[off:len(data) - FOOTER.size], count, th, open_sealed)

@@ -3,8 +3,10 @@
 Written once at init and never changed. A reader refuses a repository whose format version
 is newer than it understands, and anything that is not a Cairn config. New configs carry
 "checksum" (blake3 of the canonical JSON without it) and must be in canonical form, so any
-changed byte is a CorruptionError; configs written before it existed are still read. Room is left for the
-encryption layer: `encryption` names the codec step and key reference (None = plaintext).
+changed byte is a CorruptionError; configs written before it existed are still read.
+Version 1 is plaintext (`encryption` None); version 2 is encrypted and `encryption` names the
+cipher, id and KDF scheme (see store/crypto.py). The config itself is never secret: the
+chunker seed written in it is 0 and the real one derives from the master key.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import blake3
 from .errors import CorruptionError, FormatVersionError, NotARepositoryError
 
 MAGIC = "cairn-repository"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this Cairn reads and writes
+PLAINTEXT_VERSION = 1
+ENCRYPTED_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class RepoConfig:
     """Immutable repository parameters."""
 
     id: str
-    version: int = FORMAT_VERSION
+    version: int = PLAINTEXT_VERSION
     created: float = 0.0
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     compression: str = "zstd"

@@ -7,10 +7,16 @@ threads: reads run concurrently; each backup runs its own write session. The in-
 is refreshed from the durable index files when a session starts and before it commits, and
 reloaded by check and after every prune (also a failed one); what sessions publish while a
 reload runs is kept, so a reload never hides blobs of a session in progress.
+
+A repository of format 2 is encrypted (store/crypto.py): it opens only with a Secret that
+unwraps one of its key objects; then `backend` is a SealedBackend (small objects sealed),
+blobs are sealed by the writer, ids are keyed and `config.chunker.seed` is the secret seed
+(in memory only). Version 1 repositories open and work as before, with no secret.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -23,17 +29,19 @@ from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
 
 from . import check as checkmod
+from . import crypto, retention
 from . import prune as prunemod
-from . import retention
 from . import wal as walmod
 from .backend import Backend, LocalBackend
 from .blobs import BlobReader, BlobWriter
 from .errors import (
     CorruptionError,
     FailedPreconditionError,
+    InvalidArgumentError,
     NotARepositoryError,
     NotFoundError,
     RepositoryError,
+    WrongKeyError,
 )
 from .index import Index, decode_index
 from .locks import Locks
@@ -51,7 +59,7 @@ from .model import (
     check_level,
 )
 from .packs import PackEntry
-from .repoconfig import RepoConfig
+from .repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .session import BackupSession
 from .sets import decode_set, resolve
@@ -67,8 +75,15 @@ PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for running backups and WAL pushe
 class Repository:
     """A Cairn repository on a Backend."""
 
-    def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False) -> None:
+    def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False,
+                 key: crypto.RepoKey | None = None, key_id: str = "") -> None:
         limit_arenas()
+        self.key = key
+        self.key_id = key_id  # the key object this handle was opened with (format 2)
+        self.raw_backend = backend  # as given: key objects live here, unsealed
+        if key is not None:
+            backend = crypto.SealedBackend(backend, key)
+            config = dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, seed=key.chunker_seed))
         self.backend = backend
         self.config = config
         self.read_only = read_only
@@ -78,7 +93,7 @@ class Repository:
         self._index_mutex = threading.Lock()  # swapping self.index vs publishing into it
         self._load_mutex = threading.Lock()  # one (re)load at a time
         self._recording: list[dict[str, list[PackEntry]]] | None = None  # published during a load
-        self.reader = BlobReader(backend, self.index)
+        self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
         self._tree_lock = threading.Lock()
@@ -88,26 +103,102 @@ class Repository:
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def init(cls, backend: Backend, config: RepoConfig | None = None) -> Repository:
+    def init(cls, backend: Backend, config: RepoConfig | None = None, *,
+             secret: crypto.Secret | None = None, argon2: dict | None = None) -> Repository:
+        """Create a repository: plaintext format 1 without `secret`, encrypted format 2 with
+        it (a new master key wrapped under `secret` in the first key object). The key object
+        is written before the config, so a listed config always has a key."""
         try:
             backend.get("config", "config")
             raise RepositoryError(f"a repository already exists at '{backend.location()}'")
         except NotFoundError:
             pass
-        config = config or RepoConfig.new()
+        for leftover in list(backend.list("keys")):  # of an init killed before its config
+            backend.delete("keys", leftover)
+        if secret is None:
+            config = config or RepoConfig.new()
+            backend.put("config", "config", config.encode())
+            return cls(backend, config)
+        config = dataclasses.replace(config or RepoConfig.new(), version=ENCRYPTED_VERSION, encryption={
+            "cipher": crypto.CIPHER, "ids": "blake3-keyed", "objects": list(crypto.SEALED_KINDS),
+            "chunker": "seed-from-master-key"})
+        master = os.urandom(crypto.MASTER_LEN)
+        key_id, data = crypto.make_key_object(config.id, master, secret, argon2)
+        backend.put("keys", key_id, data)
         backend.put("config", "config", config.encode())
-        return cls(backend, config)
+        return cls(backend, config, key=crypto.RepoKey(master), key_id=key_id)
 
     @classmethod
-    def open(cls, backend: Backend, *, read_only: bool = False) -> Repository:
+    def open(cls, backend: Backend, *, read_only: bool = False,
+             secret: crypto.Secret | None = None) -> Repository:
+        """Open a repository. Format 2 needs `secret` (WrongKeyError without it or when it
+        opens no key); format 1 ignores it."""
         try:
             data = backend.get("config", "config")
         except NotFoundError:
             raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
-        repo = cls(backend, RepoConfig.decode(data, backend.location()), read_only=read_only)
+        config = RepoConfig.decode(data, backend.location())
+        key, key_id = None, ""
+        if config.version >= ENCRYPTED_VERSION:
+            if not isinstance(config.encryption, dict) or config.encryption.get("cipher") != crypto.CIPHER:
+                raise CorruptionError(f"unable to read the config of repository '{backend.location()}': "
+                                      "unknown encryption")
+            if secret is None:
+                raise WrongKeyError("unable to open repository: it is encrypted and no passphrase or key "
+                                    "file was given", hint="give --passphrase-file F or --key-file F")
+            key_id, master = crypto.unlock(backend, config.id, secret)
+            key = crypto.RepoKey(master)
+        elif config.version == PLAINTEXT_VERSION and config.encryption is not None:
+            raise CorruptionError(f"unable to read the config of repository '{backend.location()}': "
+                                  "format 1 cannot be encrypted")
+        repo = cls(backend, config, read_only=read_only, key=key, key_id=key_id)
         if not read_only:
             repo.sweep_temp()
         return repo
+
+    # -- keys (format 2) ---------------------------------------------------------
+    @property
+    def encrypted(self) -> bool:
+        return self.key is not None
+
+    def _encrypted_only(self) -> None:
+        if self.key is None:
+            raise FailedPreconditionError("the repository is not encrypted (format 1): it has no keys")
+
+    def list_keys(self) -> list[tuple[crypto.KeyInfo | None, str, str]]:
+        """(info, key id, problem) of every key object; info is None for an unreadable one."""
+        self._encrypted_only()
+        return [(info, key_id, problem) for key_id, info, _doc, problem in crypto.iter_keys(self.raw_backend)]
+
+    def add_key(self, secret: crypto.Secret, argon2: dict | None = None) -> str:
+        """Wrap this repository's master key under `secret` in a new key object; its id."""
+        self._encrypted_only()
+        self._writable()
+        key_id, data = crypto.make_key_object(self.config.id, self.key.master, secret, argon2)
+        self.raw_backend.put("keys", key_id, data)
+        return key_id
+
+    def remove_key(self, ref: str) -> str:
+        """Remove one key object by id or unique prefix. Refused for the last usable key and
+        for the key this handle was opened with (the next open would need another one)."""
+        self._encrypted_only()
+        self._writable()
+        keys = [(key_id, doc) for key_id, _info, doc, _p in crypto.iter_keys(self.raw_backend)]
+        hits = [k for k, _ in keys if ref and k.startswith(ref.lower())]
+        if not hits:
+            raise NotFoundError(f"unknown key '{ref}'")
+        if len(hits) > 1:
+            raise InvalidArgumentError(f"key prefix '{ref}' is ambiguous: it matches {len(hits)} keys")
+        target = hits[0]
+        usable = [k for k, doc in keys if doc is not None]
+        if target in usable and len(usable) <= 1:
+            raise FailedPreconditionError(f"refusing to remove key '{target[:8]}': it is the last usable key "
+                                          "of the repository", hint="add another key first")
+        if target == self.key_id:
+            raise FailedPreconditionError(f"refusing to remove key '{target[:8]}': it is the key this "
+                                          "repository was opened with", hint="reopen with another key first")
+        self.raw_backend.delete("keys", target)
+        return target
 
     def sweep_temp(self) -> int:
         """Remove temp files of interrupted writes (local backend; see LocalBackend.sweep_temp)."""
@@ -115,18 +206,33 @@ class Repository:
         return sweep() if sweep is not None else 0
 
     @classmethod
-    def init_local(cls, path: str) -> Repository:
-        return cls.init(LocalBackend(path))
+    def init_local(cls, path: str, *, secret: crypto.Secret | None = None) -> Repository:
+        return cls.init(LocalBackend(path), secret=secret)
 
     @classmethod
-    def open_local(cls, path: str, *, create: bool = False, read_only: bool = False) -> Repository:
+    def uninitialised_local(cls, path: str) -> bool:
+        """True when `path` is missing, empty, or holds only what an init killed before it
+        wrote the config left behind (key objects, temp files): a place to create one."""
+        if not os.path.exists(path):
+            return True
+        if not os.path.isdir(path):
+            return False
+        for dirpath, _dirs, files in os.walk(path):
+            rel = os.path.relpath(dirpath, path)
+            if any(rel != "keys" and not f.startswith(".tmp-") for f in files):
+                return False
+        return True
+
+    @classmethod
+    def open_local(cls, path: str, *, create: bool = False, read_only: bool = False,
+                   secret: crypto.Secret | None = None) -> Repository:
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotARepositoryError(f"'{path}' is not a Cairn repository: not a directory")
-        if create and (not os.path.exists(path) or not os.listdir(path)):
-            return cls.init_local(path)
+        if create and cls.uninitialised_local(path):
+            return cls.init_local(path, secret=secret)
         if not os.path.isdir(path):
             raise NotARepositoryError(f"'{path}' is not a Cairn repository: no such directory")
-        return cls.open(LocalBackend(path), read_only=read_only)
+        return cls.open(LocalBackend(path), read_only=read_only, secret=secret)
 
     def load_index(self) -> None:
         """(Re)load every index file. Unreadable ones are noted, not fatal (see check).
@@ -179,7 +285,7 @@ class Repository:
                     for pack, entries in packs.items():
                         index.add_pack(pack, entries)
                 self.index = index
-                self.reader = BlobReader(self.backend, index)
+                self.reader = BlobReader(self.backend, index, self.key)
                 self.index_problems = problems
                 self._index_files = loaded
         finally:
@@ -209,7 +315,7 @@ class Repository:
 
     def _writer(self) -> BlobWriter:
         return BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
-                          level=self.config.compression_level, publish=self._publish)
+                          level=self.config.compression_level, publish=self._publish, key=self.key)
 
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None) -> None:
         """Before a write session commits: refresh the index and make sure every blob it used

@@ -31,6 +31,7 @@ from cairn.daemon.service import CairnService, set_status
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairn.store.crypto import KEYFILE_LEN, Secret
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.model import (
     BackupSet,
@@ -293,6 +294,25 @@ class CairnServicer(pb_grpc.CairnServicer):
         data = self.service.get_wal(request.name)
         for start in range(0, max(len(data), 1), DATA_PIECE):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
+
+    @rpc
+    def KeyList(self, request: pb.KeyListRequest, context: grpc.ServicerContext) -> pb.KeyListReply:
+        return pb.KeyListReply(keys=[pb.RepositoryKeyInfo(**k) for k in self.service.list_keys()])
+
+    @rpc
+    def KeyAdd(self, request: pb.KeyAddRequest, context: grpc.ServicerContext) -> pb.KeyAddReply:
+        which = request.WhichOneof("secret")
+        if which == "passphrase" and request.passphrase:
+            secret = Secret("passphrase", request.passphrase)
+        elif which == "key_file" and len(request.key_file) == KEYFILE_LEN:
+            secret = Secret("keyfile", request.key_file)
+        else:
+            raise InvalidArgumentError("a key needs a non-empty passphrase or the 32 bytes of a key file")
+        return pb.KeyAddReply(id=self.service.add_key(secret))
+
+    @rpc
+    def KeyRemove(self, request: pb.KeyRemoveRequest, context: grpc.ServicerContext) -> pb.KeyRemoveReply:
+        return pb.KeyRemoveReply(id=self.service.remove_key(request.id))
 
 
 def _add_health(out: pb.SourceStatus, src: Any) -> None:

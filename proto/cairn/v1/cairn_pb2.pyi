@@ -695,3 +695,55 @@ class RestoreChunksReply(_message.Message):
     index: int
     data: bytes
     def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class KeyListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RepositoryKeyInfo(_message.Message):
+    __slots__ = ("id", "type", "created", "kdf", "current", "problem")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    KDF_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    type: str
+    created: float
+    kdf: str
+    current: bool
+    problem: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., created: _Optional[float] = ..., kdf: _Optional[str] = ..., current: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class KeyListReply(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[RepositoryKeyInfo]
+    def __init__(self, keys: _Optional[_Iterable[_Union[RepositoryKeyInfo, _Mapping]]] = ...) -> None: ...
+
+class KeyAddRequest(_message.Message):
+    __slots__ = ("passphrase", "key_file")
+    PASSPHRASE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    passphrase: bytes
+    key_file: bytes
+    def __init__(self, passphrase: _Optional[bytes] = ..., key_file: _Optional[bytes] = ...) -> None: ...
+
+class KeyAddReply(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class KeyRemoveRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class KeyRemoveReply(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...

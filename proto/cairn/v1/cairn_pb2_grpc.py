@@ -104,6 +104,21 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksReply.FromString,
                 _registered_method=True)
+        self.KeyList = channel.unary_unary(
+                '/cairn.v1.Cairn/KeyList',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.KeyListRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyListReply.FromString,
+                _registered_method=True)
+        self.KeyAdd = channel.unary_unary(
+                '/cairn.v1.Cairn/KeyAdd',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.KeyAddRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyAddReply.FromString,
+                _registered_method=True)
+        self.KeyRemove = channel.unary_unary(
+                '/cairn.v1.Cairn/KeyRemove',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveReply.FromString,
+                _registered_method=True)
 
 
 class CairnServicer:
@@ -208,6 +223,26 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeyList(self, request, context):
+        """Keys of an encrypted repository (format 2): list, add (wrap the master key under a new
+        passphrase or key file), remove (the last usable key is refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeyAdd(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeyRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CairnServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +315,21 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.RestoreChunks,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.RestoreChunksReply.SerializeToString,
+            ),
+            'KeyList': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyList,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyListRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.KeyListReply.SerializeToString,
+            ),
+            'KeyAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyAdd,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyAddRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.KeyAddReply.SerializeToString,
+            ),
+            'KeyRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyRemove,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -660,6 +710,87 @@ class Cairn:
             '/cairn.v1.Cairn/RestoreChunks',
             cairn_dot_v1_dot_cairn__pb2.RestoreChunksRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.RestoreChunksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/KeyList',
+            cairn_dot_v1_dot_cairn__pb2.KeyListRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.KeyListReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/KeyAdd',
+            cairn_dot_v1_dot_cairn__pb2.KeyAddRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.KeyAddReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/KeyRemove',
+            cairn_dot_v1_dot_cairn__pb2.KeyRemoveRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.KeyRemoveReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -120,10 +120,11 @@ def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def init_repo(path: str) -> str:
-    """Create a repository at `path` the documented way (`cairnd --init`) unless one is there."""
+    """Create a repository at `path` the documented way (`cairnd --init`) unless one is there;
+    plaintext (format 1): the tests of encryption make their own."""
     if not os.path.exists(path):
-        r = subprocess.run([CAIRND, "--repo", path, "--init"], capture_output=True, text=True, timeout=60,
-                           env=env_for())
+        r = subprocess.run([CAIRND, "--repo", path, "--init", "--no-encryption"], capture_output=True, text=True,
+                           timeout=60, env=env_for())
         assert r.returncode == 0, f"cairnd --init failed: {r.stderr}"
     return path
 

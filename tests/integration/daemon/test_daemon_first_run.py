@@ -45,16 +45,18 @@ def test_missing_repository_is_refused_with_the_command_that_creates_it(tmp_path
 
 def test_init_creates_then_refuses_an_existing_repository(tmp_path, start_daemon):
     repo = tmp_path / "new" / "repo"
-    r = run_cairnd("--repo", str(repo), "--init")
-    assert r.returncode == 0 and r.stdout == f"created repository at {repo}\n", r.stderr
+    pw = tmp_path / "pw"
+    pw.write_text("init passphrase\n")
+    r = run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw))
+    assert r.returncode == 0 and r.stdout == f"created an encrypted repository at {repo}\n", r.stderr
     assert os.listdir(repo)
-    r = run_cairnd("--repo", str(repo), "--init")
+    r = run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw))
     assert r.returncode == 1
     assert one_line(r.stderr) == f"cairnd: error: a repository already exists at '{repo}'"
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("x")
-    d = start_daemon("--repo", str(repo), "--source", str(src))
+    d = start_daemon("--repo", str(repo), "--source", str(src), "--passphrase-file", str(pw))
     assert len(d.ok("backup", "--level", "full").split()[-1]) == 64
 
 
@@ -62,7 +64,7 @@ def test_init_refuses_a_directory_that_holds_other_files(tmp_path):
     target = tmp_path / "data"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    r = run_cairnd("--repo", str(target), "--init")
+    r = run_cairnd("--repo", str(target), "--init", "--no-encryption")
     assert r.returncode == 1 and "the directory is not empty" in one_line(r.stderr)
     assert os.listdir(target) == ["keep.txt"]
 
@@ -72,8 +74,20 @@ def test_init_with_a_config_creates_the_repository_it_names(tmp_path):
     config.write_text(f'[repository]\npath = "{tmp_path / "r"}"\n')
     r = run_cairnd("--config", str(config))
     assert r.returncode == 1 and f"create it with: cairnd --config {config} --init" in one_line(r.stderr)
-    assert run_cairnd("--config", str(config), "--init").returncode == 0
+    assert run_cairnd("--config", str(config), "--init", "--no-encryption").returncode == 0
     assert (tmp_path / "r").is_dir()
+
+
+def test_init_is_encrypted_by_default_and_plaintext_only_when_asked(tmp_path):
+    r = run_cairnd("--repo", str(tmp_path / "r"), "--init")
+    assert r.returncode == 2 and one_line(r.stderr) == (
+        "cairnd: error: a new repository is encrypted: give --passphrase-file F or --key-file F "
+        "(or --no-encryption for a plaintext one)")
+    assert not (tmp_path / "r").exists()
+    r = run_cairnd("--repo", str(tmp_path / "r"), "--init", "--no-encryption")
+    assert r.returncode == 0 and r.stdout == f"created a plaintext repository at {tmp_path / 'r'}\n"
+    r = run_cairnd("--repo", str(tmp_path / "q"), "--no-encryption")
+    assert r.returncode == 2 and "--no-encryption goes with --init" in one_line(r.stderr)
 
 
 @pytest.mark.parametrize("extra", [("--read-only",), ("--socket", "/tmp/x.sock")])
@@ -108,7 +122,7 @@ def write_config(tmp_path, daemon_lines: list[str], source_lines: list[str] | No
     """A config whose state and socket live in directories that do not exist yet."""
     repo = tmp_path / "repo"
     if not repo.exists():
-        assert run_cairnd("--repo", str(repo), "--init").returncode == 0
+        assert run_cairnd("--repo", str(repo), "--init", "--no-encryption").returncode == 0
     src = source or str(tmp_path / "src")
     os.makedirs(tmp_path / "src", exist_ok=True)
     config = tmp_path / "c.toml"

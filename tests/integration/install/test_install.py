@@ -134,7 +134,8 @@ def run_minimal_config(tmp_path: Path) -> None:
         r = subprocess.run([cairnd, "--config", str(config)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and f"cairnd --config {config} --init" in r.stderr, r.stderr
         assert not (tmp_path / "repo").exists() and not (tmp_path / "state").exists()
-        r = subprocess.run([cairnd, "--config", str(config), "--init"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([cairnd, "--config", str(config), "--init", "--no-encryption"], capture_output=True,
+                           text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         notify = NotifyListener(str(run / "notify"))
         proc = subprocess.Popen([cairnd, "--config", str(config)], stdout=subprocess.DEVNULL,

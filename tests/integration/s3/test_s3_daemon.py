@@ -74,7 +74,11 @@ def repository(weed, creds: str, bucket: str | None = None, endpoint: str | None
 def test_daemon_backs_up_to_and_restores_from_a_bucket(weed, creds, rundir, rng):
     src = os.path.join(rundir, "src")
     make_tree(src, rng, files=15, max_size=128 * 1024)
-    repo = repository(weed, creds)
+    passphrase = os.path.join(rundir, "repo.pass")
+    with open(passphrase, "w") as f:
+        f.write("correct horse battery staple\n")
+    # encrypted on the object store: the passphrase file is all a fresh host needs besides the bucket
+    repo = repository(weed, creds) + f'\npassphrase_file = "{passphrase}"'
     cfg = config(rundir, repo, src)
     # no silent creation on object storage either: the daemon refuses, --init creates, once
     refused = subprocess.run([CAIRND, "--config", cfg], capture_output=True, text=True, env=env(), timeout=60)
