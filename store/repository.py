@@ -6,7 +6,10 @@ which check reports as warnings and prune removes. One Repository object may be 
 threads: reads run concurrently; each backup runs its own write session. The in-memory index
 is refreshed from the durable index files when a session starts and before it commits, and
 reloaded by check and after every prune (also a failed one); what sessions publish while a
-reload runs is kept, so a reload never hides blobs of a session in progress.
+reload runs is kept, so a reload never hides blobs of a session in progress. With the index,
+the garbage collector's markers are read: a write session never deduplicates against a blob
+whose pack is marked for deletion, and refuses to commit a set that relies on a pack that a
+collector may delete (see store/prune.py and docs/format.md for the argument).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from .model import (
     TreeEntry,
     check_level,
 )
-from .packs import PackEntry
+from .packs import TYPE_DATA, PackEntry
 from .repoconfig import RepoConfig
 from .restore import StreamBuilder, find_entry
 from .session import BackupSession
@@ -59,7 +62,8 @@ ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
-PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for running backups and WAL pushes
+PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
+RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
 
 
 class Repository:
@@ -76,6 +80,9 @@ class Repository:
         self._index_mutex = threading.Lock()  # swapping self.index vs publishing into it
         self._load_mutex = threading.Lock()  # one (re)load at a time
         self._recording: list[dict[str, list[PackEntry]]] | None = None  # published during a load
+        self.markers: list[prunemod.Marker] = []  # gc markers as read with the index
+        self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
+        self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
         self.reader = BlobReader(backend, self.index)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -140,6 +147,7 @@ class Repository:
         any file it had loaded is gone (a prune, maybe by another handle, rewrote the index),
         reload everything, so blobs of deleted packs are forgotten."""
         with self._load_mutex:
+            self._read_markers()
             names = set(self.backend.list("index"))
             if not self._index_files <= names:
                 self._load_all()
@@ -157,7 +165,15 @@ class Repository:
                     self.index.add_pack(pack, entries)
                 self._index_files.add(name)
 
+    def _read_markers(self) -> None:
+        """Read the gc markers (before the index: a pack marked then is never deduplicated
+        against, whatever the index says)."""
+        markers = prunemod.read_markers(self.backend)
+        self.markers = markers
+        self.pending = frozenset().union(*(m.packs for m in markers))
+
     def _load_all(self) -> None:
+        self._read_markers()
         with self._index_mutex:
             self._recording = []
         try:
@@ -206,23 +222,96 @@ class Repository:
             raise FailedPreconditionError("repository is open read-only")
 
     def _writer(self) -> BlobWriter:
-        return BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
-                          level=self.config.compression_level, publish=self._publish)
+        """A write session's writer; `own_blobs` maps each blob it wrote to the pack its index
+        files name, `rescued` the blobs copied out of packs a collector may delete."""
+        own: dict[bytes, str] = {}
 
-    def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None) -> None:
-        """Before a write session commits: refresh the index and make sure every blob it used
-        without writing it (and its base set) is still there. Raises FailedPreconditionError
-        if something was removed meanwhile (a prune by another handle): nothing is committed."""
-        self.refresh_index()
-        gone = next((b for b in writer.deduped if b not in self.index), None)
-        if gone is None and base is not None:
-            listed = {s.id for s in self.list_sets()}
-            if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
-                gone = bytes.fromhex(base.tree)
-        if gone is not None:
-            raise FailedPreconditionError(
-                f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
-                "repository while it ran (a prune?)", hint="run the backup again")
+        def publish(name: str, packs: dict[str, list[PackEntry]]) -> None:
+            for pack, entries in packs.items():
+                for e in entries:
+                    own[e.id] = pack
+            self._publish(name, packs)
+
+        writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
+                            level=self.config.compression_level, publish=publish)
+        writer.own_blobs = own  # type: ignore[attr-defined]
+        writer.rescued = {}  # type: ignore[attr-defined]
+        return writer
+
+    def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
+        """Before a write session commits: refresh the index (and gc markers) and make sure
+        every blob it used without writing it (and its base set) is still there. Raises
+        FailedPreconditionError if something was removed meanwhile (a prune by another handle):
+        nothing is committed. Blobs the session relies on that sit in packs a garbage collector
+        may delete without waiting for this session's lock `lock` (marked by a marker that does
+        not list it, see docs/format.md) are first copied into a new pack of the session's own."""
+        for _ in range(RESCUE_TRIES):
+            self.refresh_index()
+            gone = next((b for b in writer.deduped if b not in self.index), None)
+            if gone is None and base is not None:
+                listed = {s.id for s in self.list_sets()}
+                if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
+                    gone = bytes.fromhex(base.tree)
+            if gone is not None:
+                raise FailedPreconditionError(
+                    f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
+                    "repository while it ran (a prune?)", hint="run the backup again")
+            risky = self._at_risk(writer, lock)
+            if not risky:
+                return
+            self._rescue(writer, risky)
+        raise FailedPreconditionError("unable to commit: garbage collection keeps marking the packs this backup "
+                                      "relies on", hint="run the backup again")
+
+    def _at_risk(self, writer: BlobWriter, lock: str | None) -> list[bytes]:
+        """Blobs the session relies on whose pack a collector may delete regardless of its lock."""
+        threat = frozenset().union(*(m.packs for m in self.markers
+                                     if m.blockers is not None and (lock is None or lock not in m.blockers)))
+        own: dict[bytes, str] = getattr(writer, "own_blobs", {})
+        rescued: dict[bytes, str] = getattr(writer, "rescued", {})
+        risky, mine = [], set()
+        for b in writer.deduped | set(own):
+            if b in rescued:
+                continue
+            loc = self.index.get(b)
+            pack = loc.pack if loc is not None else own.get(b)
+            if pack in threat:
+                risky.append(b)
+            elif b in own:
+                mine.add(own[b])
+        for p in sorted(mine):  # a collector that finished meanwhile left no marker: the pack tells
+            try:
+                self.backend.stat("packs", p)
+            except NotFoundError:
+                raise FailedPreconditionError(
+                    f"unable to commit: pack '{p[:8]}..' this backup wrote was deleted by garbage collection "
+                    "while it ran", hint="run the backup again") from None
+        return risky
+
+    def _rescue(self, writer: BlobWriter, blobs: list[bytes]) -> None:
+        """Copy `blobs` into new packs of this session (named apart from any marked pack by a
+        random blob that nothing references)."""
+        w = self._writer()
+        try:
+            w.put_data(TYPE_DATA, os.urandom(32))
+            for b in blobs:
+                loc = self.index.get(b)
+                if loc is None:
+                    raise FailedPreconditionError(f"unable to commit: blob '{b.hex()[:8]}..' this backup relies on "
+                                                  "was removed while it ran", hint="run the backup again")
+                w.put_forced(b, loc.type, self.reader.read(b))
+            w.finish()
+        except (NotFoundError, CorruptionError) as e:
+            w.abort()
+            raise FailedPreconditionError(f"unable to commit: a pack this backup relies on was deleted by garbage "
+                                          f"collection while it ran ({e})", hint="run the backup again") from None
+        except BaseException:
+            w.abort()
+            raise
+        rescued: dict[bytes, str] = writer.rescued  # type: ignore[attr-defined]
+        for b, pack in w.own_blobs.items():  # type: ignore[attr-defined]
+            if b in blobs:
+                rescued[b] = pack
 
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
@@ -383,17 +472,23 @@ class Repository:
         return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
 
     def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
-              lock_wait: float = PRUNE_LOCK_WAIT) -> PruneReport:
-        """Forget sets by `policy` and free what nothing references (see store/prune.py). Waits
-        up to `lock_wait` seconds (retrying with backoff) for backups and WAL pushes to end."""
+              lock_wait: float = PRUNE_LOCK_WAIT, grace: float | None = None) -> PruneReport:
+        """Forget sets by `policy` and free what nothing references, in two phases beside
+        running backups (see store/prune.py): packs found unneeded are marked, and deleted by a
+        later run once `grace` seconds (default: `gc_grace`, else prune.GRACE) have passed and
+        every lock held when they were marked is gone. Waits up to `lock_wait` seconds
+        (retrying with backoff) for another prune to end."""
         if not dry_run:
             self._writable()
+        if grace is None:
+            grace = self.gc_grace if self.gc_grace is not None else prunemod.GRACE
         try:
-            with self.locks.hold("prune", exclusive=not dry_run, wait=lock_wait) as lock:
+            with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock:
                 self.load_index()  # plan from the durable index, not from what this handle saw
                 if not dry_run:
                     self.sweep_temp()
-                return prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
+                return prunemod.Pruner(self, lock.check, lock.name).run(policy, dry_run=dry_run, source=source,
+                                                                        grace=grace)
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
                 self.load_index()
@@ -402,7 +497,7 @@ class Repository:
     def put_wal(self, name: str, data: bytes) -> bool:
         self._writable()
         with self.locks.hold("wal-push") as lock:
-            return walmod.put(self, name, data, check_lock=lock.check)
+            return walmod.put(self, name, data, check_lock=lock.check, lock=lock.name)
 
     def get_wal(self, name: str) -> bytes:
         return walmod.get(self, name)
@@ -421,7 +516,11 @@ class _CurrentIndex:
         self._repo = repo
 
     def __contains__(self, bid: object) -> bool:
-        return bid in self._repo.index
+        repo = self._repo
+        if not repo.pending:
+            return bid in repo.index
+        loc = repo.index.get(bid)  # type: ignore[arg-type]
+        return loc is not None and loc.pack not in repo.pending  # marked packs: write the blob anew
 
 
 def _tree_entry(path: str, e: Entry) -> TreeEntry:
