@@ -167,6 +167,7 @@ class Pruner:
         by_pack = self._by_pack()
         stored = set(repo.backend.list("packs"))
         dead = {p for p, es in by_pack.items() if not any(e.id in live for e in es)}
+        dead |= set(by_pack) - stored  # named by an index but gone (a rescue's writer died): unnamed on collect
         orphans = stored - set(by_pack)  # unindexed, or every blob in it indexed elsewhere
         rewrite = sorted(p for p, es in by_pack.items()
                          if p not in dead and p not in marked and self._mostly_dead(es, live))

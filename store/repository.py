@@ -36,7 +36,7 @@ from .errors import (
     NotFoundError,
     RepositoryError,
 )
-from .index import Index, decode_index
+from .index import Index, decode_index, encode_index
 from .locks import Locks
 from .memory import limit_arenas
 from .model import (
@@ -225,17 +225,20 @@ class Repository:
         """A write session's writer; `own_blobs` maps each blob it wrote to the pack its index
         files name, `rescued` the blobs copied out of packs a collector may delete."""
         own: dict[bytes, str] = {}
+        files: dict[str, dict[str, list[PackEntry]]] = {}
 
         def publish(name: str, packs: dict[str, list[PackEntry]]) -> None:
             for pack, entries in packs.items():
                 for e in entries:
                     own[e.id] = pack
+            files[name] = packs
             self._publish(name, packs)
 
         writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
                             level=self.config.compression_level, publish=publish)
         writer.own_blobs = own  # type: ignore[attr-defined]
         writer.rescued = {}  # type: ignore[attr-defined]
+        writer.own_files = files  # type: ignore[attr-defined]
         return writer
 
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
@@ -312,6 +315,23 @@ class Repository:
         for b, pack in w.own_blobs.items():  # type: ignore[attr-defined]
             if b in blobs:
                 rescued[b] = pack
+        self._unname(writer, {writer.own_blobs[b] for b in blobs if b in writer.own_blobs})  # type: ignore[attr-defined]
+
+    def _unname(self, writer: BlobWriter, packs: set[str]) -> None:
+        """Rewrite this session's own index files without `packs` (the collector may delete
+        them: no index file may go on naming them), then delete the old files."""
+        files: dict[str, dict[str, list[PackEntry]]] = writer.own_files  # type: ignore[attr-defined]
+        for name in [n for n, named in files.items() if packs & set(named)]:
+            rest = {p: es for p, es in files.pop(name).items() if p not in packs}
+            if rest:
+                new, data = encode_index(rest)
+                self.backend.put("index", new, data)
+                files[new] = rest
+            try:
+                self.backend.delete("index", name)
+            except NotFoundError:
+                pass
+        self.load_index()
 
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
