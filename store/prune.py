@@ -160,10 +160,11 @@ class Pruner:
         """Mark what no set, WAL entry or index needs (after copying the live blobs out of
         mostly dead packs); returns (packs rewritten, bytes those rewrites free)."""
         repo = self.repo
+        sets = repo.list_sets()  # before the index: a listed set's index files are durable before it
         repo.load_index()
         markers = read_markers(repo.backend)
         marked = set().union(*(m.packs for m in markers if m.blockers is not None))
-        live = self._live(repo.list_sets())
+        live = self._live(sets)
         by_pack = self._by_pack()
         stored = set(repo.backend.list("packs"))
         dead = {p for p, es in by_pack.items() if not any(e.id in live for e in es)}
@@ -200,8 +201,9 @@ class Pruner:
         if not ripe:
             return 0, 0
         candidates = set().union(*(m.packs for m in ripe))
+        sets = repo.list_sets()  # after the locks, before the index (see mark)
         repo.load_index()
-        live = self._live(repo.list_sets())
+        live = self._live(sets)
         named, complete, where = self._named(with_blobs=True)
         holds: dict[str, list[bytes]] = defaultdict(list)
         for b, packs in where.items():

@@ -63,6 +63,7 @@ TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
+LOAD_TRIES = 5  # listings of the index files while files vanish during a load
 RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
 
 
@@ -177,17 +178,21 @@ class Repository:
         with self._index_mutex:
             self._recording = []
         try:
-            index, problems, loaded = Index(), [], set()
-            for name in list(self.backend.list("index")):
-                try:
-                    for pack, entries in decode_index(name, self.backend.get("index", name)).items():
-                        index.add_pack(pack, entries)
-                    loaded.add(name)
-                except NotFoundError:
-                    continue
-                except CorruptionError as e:
-                    problems.append(str(e))
-                    loaded.add(name)
+            for _attempt in range(LOAD_TRIES):
+                index, problems, loaded = Index(), [], set()
+                vanished = False
+                for name in list(self.backend.list("index")):
+                    try:
+                        for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                            index.add_pack(pack, entries)
+                        loaded.add(name)
+                    except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
+                        vanished = True    # was written first, but maybe after our listing
+                    except CorruptionError as e:
+                        problems.append(str(e))
+                        loaded.add(name)
+                if not vanished:
+                    break
             with self._index_mutex:
                 for packs in self._recording:
                     for pack, entries in packs.items():
@@ -259,15 +264,16 @@ class Repository:
                 raise FailedPreconditionError(
                     f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
                     "repository while it ran (a prune?)", hint="run the backup again")
-            risky = self._at_risk(writer, lock)
+            risky, threat = self._at_risk(writer, lock)
             if not risky:
                 return
-            self._rescue(writer, risky)
+            self._rescue(writer, risky, threat)
         raise FailedPreconditionError("unable to commit: garbage collection keeps marking the packs this backup "
                                       "relies on", hint="run the backup again")
 
-    def _at_risk(self, writer: BlobWriter, lock: str | None) -> list[bytes]:
-        """Blobs the session relies on whose pack a collector may delete regardless of its lock."""
+    def _at_risk(self, writer: BlobWriter, lock: str | None) -> tuple[list[bytes], frozenset[str]]:
+        """Blobs the session relies on whose pack a collector may delete regardless of its lock,
+        and the packs that threaten so."""
         threat = frozenset().union(*(m.packs for m in self.markers
                                      if m.blockers is not None and (lock is None or lock not in m.blockers)))
         own: dict[bytes, str] = getattr(writer, "own_blobs", {})
@@ -289,9 +295,9 @@ class Repository:
                 raise FailedPreconditionError(
                     f"unable to commit: pack '{p[:8]}..' this backup wrote was deleted by garbage collection "
                     "while it ran", hint="run the backup again") from None
-        return risky
+        return risky, threat
 
-    def _rescue(self, writer: BlobWriter, blobs: list[bytes]) -> None:
+    def _rescue(self, writer: BlobWriter, blobs: list[bytes], threat: frozenset[str]) -> None:
         """Copy `blobs` into new packs of this session (named apart from any marked pack by a
         random blob that nothing references)."""
         w = self._writer()
@@ -315,7 +321,8 @@ class Repository:
         for b, pack in w.own_blobs.items():  # type: ignore[attr-defined]
             if b in blobs:
                 rescued[b] = pack
-        self._unname(writer, {writer.own_blobs[b] for b in blobs if b in writer.own_blobs})  # type: ignore[attr-defined]
+        own: dict[bytes, str] = writer.own_blobs  # type: ignore[attr-defined]
+        self._unname(writer, {own[b] for b in blobs if own.get(b) in threat})
 
     def _unname(self, writer: BlobWriter, packs: set[str]) -> None:
         """Rewrite this session's own index files without `packs` (the collector may delete
