@@ -32,7 +32,7 @@ from .blobs import BlobWriter
 from .errors import AbortedError, InvalidArgumentError
 from .model import BackupRequest, BackupSet, Progress, SetStats
 from .packs import TYPE_TREE
-from .sets import encode_set
+from .sets import decode_set, encode_set
 from .trees import Entry, encode_tree
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class BackupSession:
         t = self.tally
         if self.progress is not None:
             self.progress(Progress("done", t.files, t.files, t.bytes_total, t.bytes_total))
-        return self.repo.get_set(set_id)
+        return decode_set(set_id, data)  # not re-listed: a concurrent prune may forget it at once
 
     def abort(self) -> None:
         """Drop the session: nothing becomes visible."""
