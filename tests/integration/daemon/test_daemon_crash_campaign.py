@@ -9,7 +9,7 @@ set vanished that no prune could have forgotten. Garbage collection runs with a 
 period, so marks made by one trial are collected by a later one.
 
 CAIRN_CRASH_SEED picks the random points (printed on failure: set it to replay a run),
-CAIRN_CRASH_TRIALS how many trials (default 32).
+CAIRN_CRASH_TRIALS how many trials (default 30).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from cairn.store.repository import Repository
 from cairnd_harness import CAIRN, env_for, snapshot
 
 SEED = int(os.environ.get("CAIRN_CRASH_SEED", "9203"))
-TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "32"))
-FILE = 192 * 1024
+TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "30"))
+FILE = 256 * 1024
 
 
 def _files(tree: dict[str, tuple]) -> dict[str, tuple]:
@@ -36,8 +36,8 @@ def _files(tree: dict[str, tuple]) -> dict[str, tuple]:
 
 
 def _mutate(src: str, rng: random.Random) -> None:
-    for _ in range(rng.randint(1, 4)):
-        name = os.path.join(src, f"d{rng.randrange(3)}", f"f{rng.randrange(16):02d}")
+    for _ in range(rng.randint(4, 10)):  # enough new data that a backup takes a while
+        name = os.path.join(src, f"d{rng.randrange(3)}", f"f{rng.randrange(24):02d}")
         os.makedirs(os.path.dirname(name), exist_ok=True)
         with open(name, "wb") as f:
             f.write(rng.randbytes(rng.randint(1, FILE)))
@@ -47,17 +47,24 @@ def _mutate(src: str, rng: random.Random) -> None:
             os.unlink(rng.choice(sorted(victims)))
 
 
-def _verify(repo_path: str, expected: dict[str, dict], tmp, tag: str) -> None:
+def _verify(repo_path: str, expected: dict[str, dict], tmp, tag: str, restored: set[str] | None = None) -> None:
+    """Check reading all data; restore every listed set not in `restored` (all when None) and
+    compare. A set restored identical once still does while check finds every blob intact:
+    its trees and chunks are immutable and named by their content."""
     repo = Repository.open_local(repo_path)
     try:
         report = repo.check(read_data=True)
         assert report.ok, f"{tag}: check: {[p.message for p in report.errors]}"
         for s in repo.list_sets():
             assert s.id in expected, f"{tag}: set {s.id[:8]} appeared from nowhere"
+            if restored is not None and s.id in restored:
+                continue
             target = tmp / f"{tag}-{s.id[:8]}"
             stats = repo.restore(s, str(target))
             assert stats.errors == (), f"{tag}: restore {s.id[:8]}: {stats.errors}"
             assert _files(snapshot(str(target))) == expected[s.id], f"{tag}: set {s.id[:8]} restores different"
+            if restored is not None:
+                restored.add(s.id)
     finally:
         repo.close()
 
@@ -75,6 +82,8 @@ def test_daemon_killed_at_random_points_of_backups_and_gc(start_daemon, tmp_path
     repo_path = str(tmp_path / "repo")
     expected: dict[str, dict] = {}
     kills = {"backup": 0, "prune": 0}
+    restored: set[str] = set()
+    packs_seen: set[str] = set()
     for trial in range(TRIALS):
         where = f"{tag}, trial {trial}"
         d = start_daemon("--repo", repo_path, "--source", str(src))
@@ -86,14 +95,14 @@ def test_daemon_killed_at_random_points_of_backups_and_gc(start_daemon, tmp_path
         captured = _files(snapshot(str(src)))
         op = rng.choice(["backup", "prune"])
         if op == "backup":
-            argv = ["backup", "--level", rng.choice(["full", "incremental"])]
+            argv = ["backup", "--level", rng.choice(["full", "full", "incremental"])]
         else:
             argv = ["--json", "prune", "--keep-full", str(rng.randint(1, 2)), "--keep-incremental",
                     str(rng.randint(0, 2))]
         before = set(expected)
         client = subprocess.Popen([CAIRN, "--socket", d.socket, *argv], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env_for())
-        delay = rng.uniform(0.0, 0.35 if op == "backup" else 0.12)
+        delay = rng.uniform(0.0, 0.08 if op == "backup" else 0.1)
         locks = os.path.join(repo_path, "locks")
         deadline = time.monotonic() + 15  # the operation holds a lock while it runs: aim into it
         while not os.listdir(locks) and client.poll() is None and time.monotonic() < deadline:
@@ -117,11 +126,21 @@ def test_daemon_killed_at_random_points_of_backups_and_gc(start_daemon, tmp_path
                 assert sorted(json.loads(out)["kept"]) == sorted(listed), f"{where}: {out}"
         for gone in before - listed:
             del expected[gone]
-        _verify(repo_path, expected, tmp_path, f"t{trial}")
-    print(f"{tag}: kills inside a running operation: {kills} of {TRIALS} trials")
-    assert kills["backup"] >= TRIALS // 8 and kills["prune"] >= TRIALS // 8, f"{tag}: too few kills landed: {kills}"
+        _verify(repo_path, expected, tmp_path, f"t{trial}", restored)
+        packs_seen |= _packs(repo_path)
+    freed = len(packs_seen - _packs(repo_path))  # only garbage collection deletes packs
+    print(f"{tag}: kills inside a running operation: {kills} of {TRIALS} trials; packs deleted: {freed}")
+    assert freed, f"{tag}: garbage collection never deleted a pack"
+    assert kills["backup"] >= TRIALS // 10 and kills["prune"] >= TRIALS // 10, f"{tag}: too few kills landed: {kills}"
     d = start_daemon("--repo", repo_path, "--source", str(src))
-    d.ok("backup", "--level", "incremental")
+    expected[d.ok("backup", "--level", "incremental").strip().splitlines()[-1]] = _files(snapshot(str(src)))
+    d.proc.kill()
+    d.proc.wait(10)
+    _verify(repo_path, expected, tmp_path, "final")
+
+
+def _packs(repo_path: str) -> set[str]:
+    return {n for _, _, names in os.walk(os.path.join(repo_path, "packs")) for n in names if not n.startswith(".")}
 
 
 def _list_sets(repo_path: str):
