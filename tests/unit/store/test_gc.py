@@ -205,3 +205,28 @@ def test_a_marker_without_blockers_is_dropped_and_its_packs_marked_again(repo_sr
     assert report.packs_deleted == len(marker.packs) and not list(inner.list("packs"))
     assert not list(inner.list("gc"))
     _healthy(inner)
+
+
+def test_a_backup_whose_own_pack_was_collected_meanwhile_refuses_to_commit(repo_src):
+    """The writer (started after marking, so no blocker) writes the data of a marked pack again,
+    into a pack of the same name; a whole collection runs between its pack upload and its
+    index file, deleting that pack and the marker. Only the writer's check that its own packs
+    still exist stops it from committing a set whose data is gone."""
+    inner, src = repo_src
+    Repository.open(inner).backup(_req(src))
+    Repository.open(inner).prune(FORGET_ALL, grace=HOUR)
+    marked = set().union(*(m.packs for m in read_markers(inner)))
+    ran = []
+
+    def hook(op: str, kind: str, name: str) -> None:
+        if (op, kind) == ("put", "index") and not ran:
+            ran.append(Repository.open(inner).prune(FREE_ONLY, grace=0))
+
+    writer = Repository.open(FaultyBackend(inner, ops=(), hook=hook))
+    sess = writer.session(_req(src))
+    sess.walk_all()
+    with pytest.raises(CairnError, match="deleted by garbage collection"):
+        sess.commit()
+    assert ran and ran[0].packs_deleted
+    assert marked & set(sess.writer.own_blobs.values()), "expected the writer to rewrite a marked pack"
+    assert not Repository.open(inner).list_sets()
