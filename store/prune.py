@@ -132,12 +132,12 @@ class Pruner:
                 self.repo.backend.delete("sets", s.id)
             except NotFoundError:
                 pass
-        rewritten, freed_rw = self.mark()
+        rewritten = self.mark()
         if grace <= 0:  # no grace: the run that marks may collect, once the blockers are gone
             d, f = self.collect(0)
             deleted, freed = deleted + d, freed + f
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
-                           packs_deleted=deleted, packs_rewritten=rewritten, bytes_freed=freed + freed_rw,
+                           packs_deleted=deleted, packs_rewritten=rewritten, bytes_freed=freed,
                            dry_run=False)
 
     def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
@@ -156,9 +156,9 @@ class Pruner:
                            bytes_freed=freed, dry_run=True)
 
     # -- phase 1 ---------------------------------------------------------------------
-    def mark(self) -> tuple[int, int]:
+    def mark(self) -> int:
         """Mark what no set, WAL entry or index needs (after copying the live blobs out of
-        mostly dead packs); returns (packs rewritten, bytes those rewrites free)."""
+        mostly dead packs); returns how many packs were rewritten."""
         repo = self.repo
         sets = repo.list_sets()  # before the index: a listed set's index files are durable before it
         repo.load_index()
@@ -182,7 +182,7 @@ class Pruner:
             m.blockers = frozenset(blockers)
             self.check_lock()
             repo.backend.put("gc", m.name, encode_marker(m))
-        return len(rewrite), sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
+        return len(rewrite)
 
     # -- phase 2 ---------------------------------------------------------------------
     def collect(self, grace: float) -> tuple[int, int]:
