@@ -163,7 +163,7 @@ class Repository:
                     self.index_problems.append(str(e))
                     packs = {}
                 for pack, entries in packs.items():
-                    self.index.add_pack(pack, entries)
+                    self._add_pack(self.index, pack, entries)
                 self._index_files.add(name)
 
     def _read_markers(self) -> None:
@@ -172,6 +172,13 @@ class Repository:
         markers = prunemod.read_markers(self.backend)
         self.markers = markers
         self.pending = frozenset().union(*(m.packs for m in markers))
+
+    def _add_pack(self, index: Index, pack: str, entries: list[PackEntry]) -> None:
+        """Index `entries`; a blob keeps a location in an unmarked pack over one in a marked
+        pack (prune copied it out of there), so sessions deduplicate against the copy."""
+        if pack in self.pending:
+            entries = [e for e in entries if e.id not in index]
+        index.add_pack(pack, entries)
 
     def _load_all(self) -> None:
         self._read_markers()
@@ -184,7 +191,7 @@ class Repository:
                 for name in list(self.backend.list("index")):
                     try:
                         for pack, entries in decode_index(name, self.backend.get("index", name)).items():
-                            index.add_pack(pack, entries)
+                            self._add_pack(index, pack, entries)
                         loaded.add(name)
                     except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
                         vanished = True    # was written first, but maybe after our listing
