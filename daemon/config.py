@@ -35,7 +35,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
 S3_KEYS = ("endpoint", "region", "path_style", "credentials_file")  # only with an s3:// path
-REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "wal_keep", "passphrase_file", "key_file")
+REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "gc_grace", "wal_keep", "passphrase_file", "key_file")
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
@@ -75,6 +75,7 @@ class RepositoryConfig:
     credentials_file: str | None = None
     gc: str | None = None  # cron of scheduled retention + garbage collection
     wal_keep: float | None = None  # seconds of WAL kept for point-in-time recovery (None: all)
+    gc_grace: float | None = None  # seconds a pack marked by garbage collection waits (None: store default)
     passphrase_file: str | None = None  # what opens an encrypted (format 2) repository;
     key_file: str | None = None  # with both, the passphrase is tried first
 
@@ -392,7 +393,9 @@ class _Loader:
         key_file = self.path("repository.key_file", table.get("key_file"))
         location = self.repository_location(table) or RepositoryConfig(
             path=self.path("repository.path", table.get("path"), required=True))
+        gc_grace = table.get("gc_grace")
         return replace(location, gc=gc,
+                       gc_grace=None if gc_grace is None else self.duration("repository.gc_grace", gc_grace),
                        wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep),
                        passphrase_file=passphrase_file, key_file=key_file)
 

@@ -30,7 +30,7 @@ from cairn.fsio.durable import fsync_dir
 
 from .errors import BackendError, NotFoundError
 
-KINDS = ("config", "packs", "index", "sets", "locks", "wal", "keys")
+KINDS = ("config", "packs", "index", "sets", "locks", "wal", "keys", "gc")
 OPEN_PACKS = 32  # pack descriptors a local backend keeps open for ranged reads
 DIR_MODE = 0o700  # repository directories and files are private: they hold every backed-up path
 FILE_MODE = 0o600

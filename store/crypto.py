@@ -43,7 +43,7 @@ KEY_MAGIC = "cairn-key"
 KEY_VERSION = 1
 # Argon2id (RFC 9106, second recommended option): 64 MiB, 3 passes, 1 lane.
 ARGON2 = {"memory_kib": 64 * 1024, "iterations": 3, "lanes": 1}
-SEALED_KINDS = ("index", "sets", "wal", "locks")  # small objects stored sealed in format 2
+SEALED_KINDS = ("index", "sets", "wal", "locks", "gc")  # small objects stored sealed in format 2
 WRONG_KEY = "unable to open repository: wrong passphrase or key file"
 
 CTX_DATA = "cairn 2026-12 data key v2"

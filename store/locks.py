@@ -1,4 +1,11 @@
-"""Repository locks: shared for backups and WAL pushes, exclusive for prune.
+"""Repository locks: shared for backups, WAL pushes and garbage collection.
+
+Garbage collection (store/prune.py) runs beside backups: its lock is shared but marked "gc",
+and two gc locks conflict, so only one collector runs at a time (two would each rewrite the
+index and could drop what the other keeps). Backups keep taking shared locks because the
+collector reads them: a pack marked for deletion is deleted only once every lock held when it
+was marked is gone (see docs/format.md). An exclusive lock still excludes everything; nothing
+in the store takes one today.
 
 A lock is a small object under "locks/" naming host, pid, mode and time. A lock is stale when
 its process is gone (same host) or it has not been refreshed for STALE_AFTER seconds (any
@@ -92,7 +99,12 @@ class Locks:
 
     def others(self, mine: str = "") -> list[dict]:
         """Live locks held by others; stale ones are removed (broken) on the way."""
-        out = []
+        return list(self.others_named(mine).values())
+
+    def others_named(self, mine: str = "") -> dict[str, dict]:
+        """Live locks held by others by name (a name is new for every hold); stale ones are
+        removed on the way."""
+        out: dict[str, dict] = {}
         for name in list(self.backend.list("locks")):
             if name == mine:
                 continue
@@ -103,24 +115,27 @@ class Locks:
                 except NotFoundError:
                     pass
                 continue
-            out.append(doc)
+            out[name] = doc
         return out
 
-    def _conflict(self, exclusive: bool, mine: str) -> dict | None:
+    def _conflict(self, exclusive: bool, mine: str, gc: bool = False) -> dict | None:
         for doc in self.others(mine):
-            if exclusive or doc.get("exclusive"):
+            if exclusive or doc.get("exclusive") or (gc and doc.get("gc")):
                 return doc
         return None
 
     @contextmanager
     def hold(self, purpose: str, exclusive: bool = False, *, wait: float = 0.0,
-             on_lost: Callable[[str], None] | None = None) -> Iterator[LockHandle]:
+             on_lost: Callable[[str], None] | None = None, gc: bool = False) -> Iterator[LockHandle]:
         """Hold a lock for the duration of the block. On conflict, retry with backoff for up to
         `wait` seconds, then raise LockedError. If the lock is lost while held, the handle's
-        `lost` is set and `on_lost(reason)` is called (from the refresher thread)."""
-        name = self._acquire(purpose, exclusive, wait)
+        `lost` is set and `on_lost(reason)` is called (from the refresher thread). A `gc` lock
+        is shared but conflicts with other gc locks (one garbage collector at a time)."""
+        name = self._acquire(purpose, exclusive, wait, gc)
         handle = LockHandle(name, purpose)
         doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
+        if gc:
+            doc["gc"] = True
         stop = threading.Event()
         refresher = threading.Thread(target=self._refresh, args=(handle, doc, stop, on_lost), daemon=True,
                                      name="lock-refresh")
@@ -134,16 +149,18 @@ class Locks:
             refresher.join(timeout=5)
             self._remove(name)
 
-    def _acquire(self, purpose: str, exclusive: bool, wait: float) -> str:
+    def _acquire(self, purpose: str, exclusive: bool, wait: float, gc: bool = False) -> str:
         deadline = time.monotonic() + wait
         delay = BACKOFF_FIRST
         while True:
-            clash = self._conflict(exclusive, "")
+            clash = self._conflict(exclusive, "", gc)
             if clash is None:
                 name = os.urandom(16).hex()
                 doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
+                if gc:
+                    doc["gc"] = True
                 self._write(name, doc)
-                clash = self._conflict(exclusive, name)
+                clash = self._conflict(exclusive, name, gc)
                 if clash is None:
                     return name
                 self._remove(name)
@@ -197,6 +214,6 @@ class Locks:
     def _raise_conflict(doc: dict | None) -> None:
         if doc is None:
             return
-        kind = "exclusive" if doc.get("exclusive") else "shared"
+        kind = "exclusive" if doc.get("exclusive") else "gc" if doc.get("gc") else "shared"
         raise LockedError(f"repository is locked ({kind}, {doc.get('purpose', '?')}) by pid {doc.get('pid')} "
                           f"on {doc.get('host')}", hint="wait for it to finish; stale locks expire by themselves")

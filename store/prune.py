@@ -1,26 +1,42 @@
-"""Forgetting sets by retention policy and freeing what no remaining set references.
+"""Forgetting sets by retention policy, and garbage collection in two phases beside backups.
 
-Order, so that a crash before any write or delete leaves a consistent repository and the
-same (or any other) prune can simply run again:
-1. delete the set objects being forgotten (nothing else refers to a set object);
-2. copy the live blobs of mostly-dead packs into new packs, with their own index file;
-3. write one index file naming every blob of every pack that stays, then delete the older
-   index files (only those read whole: an unreadable one is damage and stays for check);
-4. read back the index files now present and delete only the stored packs none of them
-   names (a pack any index file names is never deleted; while an index file is unreadable,
-   only packs this run dropped from the index are deleted).
-What to delete is decided from the durable index, never from a list made before writing:
-packs are named by content, so a rerun may write a pack identical to a leftover of the
-interrupted run, and that pack is then named and kept. A crash after 1 leaves unreferenced
-data; after 2 or 3, blobs indexed twice; after 3, packs no index names: all harmless, and
-the next prune finishes the job. WAL chunks stay live while their catalog entry exists; an
-unreadable catalog entry stops prune (its chunks cannot be known).
+Garbage collection never deletes a pack in the run that finds it unreferenced:
+- phase 1 (mark): forget the sets the policy drops; find the packs no remaining set, WAL
+  catalog entry or index names a live blob of (dead packs), packs no index file names
+  (orphans: leftovers of failed sessions, or packs of a session still running), and mostly
+  dead packs, whose live blobs are first copied into new packs; then write a marker object
+  "gc/<random>" = {"time", "host", "packs"}, and once that is durable, list the locks held
+  by others and write the marker again with "blockers" (those lock names);
+- phase 2 (collect), in a later run: a marker is ripe when it has blockers listed, is older
+  than the grace period, and none of its blockers is still held. Then, reading sets, WAL
+  and index files only now, a marked pack is deleted when every live blob in it has a copy
+  in a pack that is not marked; the others are unmarked. One index file naming every blob of
+  every pack that stays is written, the index files read are deleted, the packs deleted,
+  and the ripe markers removed.
+Writers (store/repository.py) treat blobs of marked packs as absent (they write them anew
+instead of deduplicating), and before committing refuse a set that relies on a pack marked
+by a marker whose blockers do not include their own lock. docs/format.md gives the argument
+that no committed set ever references a deleted pack.
+
+Crash safety: every step only adds objects or deletes what the rest no longer needs, in an
+order where a crash before any write or delete leaves a consistent repository and the next
+run finishes the job: a marker without blockers is dropped by the next run (its packs are
+marked again); a crash after the new index file leaves duplicates; after deleting packs, a
+marker naming packs that are gone (deleting them again is a no-op). What to delete is
+decided from the durable index, sets and WAL read after the blockers were seen gone, never
+from a list made before. An unreadable WAL catalog entry stops the run (its chunks cannot
+be known); an unreadable index file stays for check, and its packs are never deleted.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import wal as walmod
@@ -32,9 +48,53 @@ from .retention import split as retention_split
 from .sets import set_trees
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .repository import Repository
 
 REWRITE_DEAD_FRACTION = 0.3
+# Seconds a marked pack waits before deletion, on top of the lock handshake (docs/format.md):
+# 0 by default, so one prune frees what no running backup blocks; a repository shared by hosts
+# whose restores or checks run beside prunes sets a margin ([repository] gc_grace).
+GRACE = float(os.environ.get("CAIRN_GC_GRACE", "0"))
+
+
+@dataclass
+class Marker:
+    """One "gc" object: packs marked for deletion at `time`; `blockers` is None until the
+    locks held after the marker became durable were listed."""
+
+    name: str
+    time: float
+    packs: frozenset[str]
+    blockers: frozenset[str] | None = None
+
+
+def encode_marker(m: Marker) -> bytes:
+    doc = {"time": m.time, "host": socket.gethostname(), "packs": sorted(m.packs)}
+    if m.blockers is not None:
+        doc["blockers"] = sorted(m.blockers)
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def decode_marker(name: str, data: bytes) -> Marker:
+    try:
+        doc = json.loads(data)
+        blockers = doc.get("blockers")
+        return Marker(name, float(doc["time"]), frozenset(str(p) for p in doc["packs"]),
+                      None if blockers is None else frozenset(str(b) for b in blockers))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise CorruptionError(f"unable to read gc marker '{name[:8]}..': malformed") from None
+
+
+def read_markers(backend: Backend) -> list[Marker]:
+    """Every readable marker (an unreadable one is skipped: it never becomes ripe)."""
+    out = []
+    for name in list(backend.list("gc")):
+        try:
+            out.append(decode_marker(name, backend.get("gc", name)))
+        except (NotFoundError, CorruptionError):
+            continue
+    return out
 
 
 def choose(sets: list[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet], list[BackupSet]]:
@@ -54,40 +114,150 @@ def choose(sets: list[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet],
 
 
 class Pruner:
-    """One prune run (the caller holds the exclusive lock and has just reloaded the index)."""
+    """One prune run. The caller holds the gc lock (`lock_name`) and has just reloaded the index."""
 
-    def __init__(self, repo: Repository, check_lock: Callable[[], None] | None = None) -> None:
+    def __init__(self, repo: Repository, check_lock: Callable[[], None] | None = None,
+                 lock_name: str = "") -> None:
         self.repo = repo
         self.check_lock = check_lock or (lambda: None)
+        self.lock_name = lock_name
 
-    def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None) -> PruneReport:
+    def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
+            grace: float = GRACE) -> PruneReport:
         scope = self.repo.list_sets(source)
         keep, forget = retention_split(scope, policy)  # store/retention.py: per (host, source), union of rules
+        if dry_run:
+            return self._plan(keep, forget)
+        walmod.referenced_chunks(self.repo)  # a damaged catalog entry stops the run before any change
+        deleted, freed = self.collect(grace)
+        for s in forget:
+            self.check_lock()
+            try:
+                self.repo.backend.delete("sets", s.id)
+            except NotFoundError:
+                pass
+        rewritten = self.mark()
+        if grace <= 0:  # no grace: the run that marks may collect, once the blockers are gone
+            d, f = self.collect(0)
+            deleted, freed = deleted + d, freed + f
+        return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
+                           packs_deleted=deleted, packs_rewritten=rewritten, bytes_freed=freed,
+                           dry_run=False)
+
+    def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
+        """What a run would forget, mark and (after the grace period) delete; writes nothing."""
         forgotten = {s.id for s in forget}
-        remaining = [s for s in self.repo.list_sets() if s.id not in forgotten]
-        live = self._live(remaining)
+        live = self._live([s for s in self.repo.list_sets() if s.id not in forgotten])
         by_pack = self._by_pack()
         stored = set(self.repo.backend.list("packs"))
-        dead_packs = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
+        dead = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
         orphans = sorted(stored - set(by_pack))
-        rewrite = sorted(p for p, es in by_pack.items() if p not in dead_packs and self._mostly_dead(es, live))
-        freed = sum(self._size(p) for p in dead_packs + orphans)
-        deleted = len(dead_packs) + len(orphans)
-        if not dry_run:
-            for s in forget:
-                self.check_lock()
-                try:
-                    self.repo.backend.delete("sets", s.id)
-                except NotFoundError:
-                    pass
-            self._rewrite(rewrite, by_pack, live)
-            dropped = set(dead_packs) | set(rewrite)
-            self._reindex(dropped)
-            deleted = self._delete_unnamed(dropped)
+        rewrite = sorted(p for p, es in by_pack.items() if p not in dead and self._mostly_dead(es, live))
+        freed = sum(self._size(p) for p in dead + orphans)
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
-                           packs_deleted=deleted, packs_rewritten=len(rewrite), bytes_freed=freed,
-                           dry_run=dry_run)
+                           packs_deleted=len(dead) + len(orphans), packs_rewritten=len(rewrite),
+                           bytes_freed=freed, dry_run=True)
+
+    # -- phase 1 ---------------------------------------------------------------------
+    def mark(self) -> int:
+        """Mark what no set, WAL entry or index needs (after copying the live blobs out of
+        mostly dead packs); returns how many packs were rewritten."""
+        repo = self.repo
+        sets = repo.list_sets()  # before the index: a listed set's index files are durable before it
+        repo.load_index()
+        markers = read_markers(repo.backend)
+        marked = set().union(*(m.packs for m in markers if m.blockers is not None))
+        live = self._live(sets)
+        by_pack = self._by_pack()
+        stored = set(repo.backend.list("packs"))
+        dead = {p for p, es in by_pack.items() if not any(e.id in live for e in es)}
+        dead |= set(by_pack) - stored  # named by an index but gone (a rescue's writer died): unnamed on collect
+        orphans = stored - set(by_pack)  # unindexed, or every blob in it indexed elsewhere
+        rewrite = sorted(p for p, es in by_pack.items()
+                         if p not in dead and p not in marked and self._mostly_dead(es, live))
+        self._rewrite(rewrite, by_pack, live)
+        packs = (dead | orphans | set(rewrite)) - marked
+        if packs:
+            m = Marker(os.urandom(16).hex(), time.time(), frozenset(packs))
+            self.check_lock()
+            repo.backend.put("gc", m.name, encode_marker(m))
+            blockers = set(repo.locks.others_named(self.lock_name))  # listed after the marker is durable
+            m.blockers = frozenset(blockers)
+            self.check_lock()
+            repo.backend.put("gc", m.name, encode_marker(m))
+        return len(rewrite)
+
+    # -- phase 2 ---------------------------------------------------------------------
+    def collect(self, grace: float) -> tuple[int, int]:
+        """Delete the marked packs of ripe markers that are still unneeded; returns (packs
+        deleted, bytes freed)."""
+        repo = self.repo
+        markers = read_markers(repo.backend)
+        for m in markers:  # left by a run that died before listing blockers: its packs get marked again
+            if m.blockers is None:
+                self.check_lock()
+                self._delete("gc", m.name)
+        alive = set(repo.locks.others_named(self.lock_name))  # before reading anything the decision uses
+        now = time.time()
+        ripe = [m for m in markers if m.blockers is not None and m.time <= now - grace
+                and not (m.blockers & alive)]
+        if not ripe:
+            return 0, 0
+        candidates = set().union(*(m.packs for m in ripe))
+        sets = repo.list_sets()  # after the locks, before the index (see mark)
+        repo.load_index()
+        live = self._live(sets)
+        named, complete, where = self._named(with_blobs=True)
+        holds: dict[str, list[bytes]] = defaultdict(list)
+        for b, packs in where.items():
+            if b in live:
+                for p in packs & candidates:
+                    holds[p].append(b)
+        doomed = {p for p in candidates
+                  if all(any(q not in candidates for q in where[b]) for b in holds.get(p, ()))}
+        if not complete:  # an unreadable index file may name an unindexed pack: keep those
+            doomed &= named
+        self._reindex(doomed)
+        named_now = self._named()[0]  # a writer may have indexed a pack of the same name meanwhile
+        count = freed = 0
+        for p in sorted(doomed - named_now):
+            size = self._size(p)
+            self.check_lock()
+            if self._delete("packs", p):
+                count, freed = count + 1, freed + size
+        for m in ripe:
+            self.check_lock()
+            self._delete("gc", m.name)
+        return count, freed
+
+    def _delete(self, kind: str, name: str) -> bool:
+        try:
+            self.repo.backend.delete(kind, name)
+            return True
+        except NotFoundError:
+            return False
+
+    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, dict[bytes, set[str]]]:
+        """(packs some readable index file names, whether every index file was readable,
+        blob -> packs holding it when `with_blobs`)."""
+        named: set[str] = set()
+        where: dict[bytes, set[str]] = defaultdict(set)
+        complete = True
+        for n in list(self.repo.backend.list("index")):
+            try:
+                packs = decode_index(n, self.repo.backend.get("index", n))
+            except NotFoundError:
+                continue
+            except CorruptionError:
+                complete = False
+                continue
+            named.update(packs)
+            if with_blobs:
+                for pack, entries in packs.items():
+                    for e in entries:
+                        where[e.id].add(pack)
+        return named, complete, where
 
     def _size(self, pack: str) -> int:
         try:
@@ -182,28 +352,3 @@ class Pruner:
                 except NotFoundError:
                     pass
 
-    def _delete_unnamed(self, dropped: set[str]) -> int:
-        """Delete the stored packs that no index file present now names; returns how many.
-
-        Decided from the index files as they are after `_reindex` wrote its own, so a pack
-        that a rerun wrote again (same content, same name) is named and stays."""
-        named: set[str] = set()
-        complete = True
-        for n in list(self.repo.backend.list("index")):
-            try:
-                named.update(decode_index(n, self.repo.backend.get("index", n)))
-            except NotFoundError:
-                continue
-            except CorruptionError:
-                complete = False
-        count = 0
-        for p in sorted(self.repo.backend.list("packs")):
-            if p in named or not (complete or p in dropped):
-                continue
-            self.check_lock()
-            try:
-                self.repo.backend.delete("packs", p)
-                count += 1
-            except NotFoundError:
-                pass
-        return count

@@ -8,10 +8,15 @@ is refreshed from the durable index files when a session starts and before it co
 reloaded by check and after every prune (also a failed one); what sessions publish while a
 reload runs is kept, so a reload never hides blobs of a session in progress.
 
+
 A repository of format 2 is encrypted (store/crypto.py): it opens only with a Secret that
 unwraps one of its key objects; then `backend` is a SealedBackend (small objects sealed),
 blobs are sealed by the writer, ids are keyed and `config.chunker.seed` is the secret seed
 (in memory only). Version 1 repositories open and work as before, with no secret.
+With the index, the garbage collector's markers are read: a write session never
+deduplicates against a blob whose pack is marked for deletion, and refuses to commit a set
+that relies on a pack that a collector may delete (see store/prune.py and docs/format.md for
+the argument).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from .errors import (
     RepositoryError,
     WrongKeyError,
 )
-from .index import Index, decode_index
+from .index import Index, decode_index, encode_index
 from .locks import Locks
 from .memory import limit_arenas
 from .model import (
@@ -58,7 +63,7 @@ from .model import (
     TreeEntry,
     check_level,
 )
-from .packs import PackEntry
+from .packs import TYPE_DATA, PackEntry
 from .repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .session import BackupSession
@@ -69,7 +74,9 @@ ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
-PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for running backups and WAL pushes
+PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
+LOAD_TRIES = 5  # listings of the index files while files vanish during a load
+RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
 
 
 class Repository:
@@ -93,6 +100,9 @@ class Repository:
         self._index_mutex = threading.Lock()  # swapping self.index vs publishing into it
         self._load_mutex = threading.Lock()  # one (re)load at a time
         self._recording: list[dict[str, list[PackEntry]]] | None = None  # published during a load
+        self.markers: list[prunemod.Marker] = []  # gc markers as read with the index
+        self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
+        self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -248,6 +258,7 @@ class Repository:
         any file it had loaded is gone (a prune, maybe by another handle, rewrote the index),
         reload everything, so blobs of deleted packs are forgotten."""
         with self._load_mutex:
+            self._read_markers()
             names = set(self.backend.list("index"))
             if not self._index_files <= names:
                 self._load_all()
@@ -262,24 +273,43 @@ class Repository:
                     self.index_problems.append(str(e))
                     packs = {}
                 for pack, entries in packs.items():
-                    self.index.add_pack(pack, entries)
+                    self._add_pack(self.index, pack, entries)
                 self._index_files.add(name)
 
+    def _read_markers(self) -> None:
+        """Read the gc markers (before the index: a pack marked then is never deduplicated
+        against, whatever the index says)."""
+        markers = prunemod.read_markers(self.backend)
+        self.markers = markers
+        self.pending = frozenset().union(*(m.packs for m in markers))
+
+    def _add_pack(self, index: Index, pack: str, entries: list[PackEntry]) -> None:
+        """Index `entries`; a blob keeps a location in an unmarked pack over one in a marked
+        pack (prune copied it out of there), so sessions deduplicate against the copy."""
+        if pack in self.pending:
+            entries = [e for e in entries if e.id not in index]
+        index.add_pack(pack, entries)
+
     def _load_all(self) -> None:
+        self._read_markers()
         with self._index_mutex:
             self._recording = []
         try:
-            index, problems, loaded = Index(), [], set()
-            for name in list(self.backend.list("index")):
-                try:
-                    for pack, entries in decode_index(name, self.backend.get("index", name)).items():
-                        index.add_pack(pack, entries)
-                    loaded.add(name)
-                except NotFoundError:
-                    continue
-                except CorruptionError as e:
-                    problems.append(str(e))
-                    loaded.add(name)
+            for _attempt in range(LOAD_TRIES):
+                index, problems, loaded = Index(), [], set()
+                vanished = False
+                for name in list(self.backend.list("index")):
+                    try:
+                        for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                            self._add_pack(index, pack, entries)
+                        loaded.add(name)
+                    except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
+                        vanished = True    # was written first, but maybe after our listing
+                    except CorruptionError as e:
+                        problems.append(str(e))
+                        loaded.add(name)
+                if not vanished:
+                    break
             with self._index_mutex:
                 for packs in self._recording:
                     for pack, entries in packs.items():
@@ -314,23 +344,118 @@ class Repository:
             raise FailedPreconditionError("repository is open read-only")
 
     def _writer(self) -> BlobWriter:
-        return BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
-                          level=self.config.compression_level, publish=self._publish, key=self.key)
+        """A write session's writer; `own_blobs` maps each blob it wrote to the pack its index
+        files name, `rescued` the blobs copied out of packs a collector may delete."""
+        own: dict[bytes, str] = {}
+        files: dict[str, dict[str, list[PackEntry]]] = {}
 
-    def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None) -> None:
-        """Before a write session commits: refresh the index and make sure every blob it used
-        without writing it (and its base set) is still there. Raises FailedPreconditionError
-        if something was removed meanwhile (a prune by another handle): nothing is committed."""
-        self.refresh_index()
-        gone = next((b for b in writer.deduped if b not in self.index), None)
-        if gone is None and base is not None:
-            listed = {s.id for s in self.list_sets()}
-            if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
-                gone = bytes.fromhex(base.tree)
-        if gone is not None:
-            raise FailedPreconditionError(
-                f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
-                "repository while it ran (a prune?)", hint="run the backup again")
+        def publish(name: str, packs: dict[str, list[PackEntry]]) -> None:
+            for pack, entries in packs.items():
+                for e in entries:
+                    own[e.id] = pack
+            files[name] = packs
+            self._publish(name, packs)
+
+        writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
+                            level=self.config.compression_level, publish=publish)
+        writer.own_blobs = own  # type: ignore[attr-defined]
+        writer.rescued = {}  # type: ignore[attr-defined]
+        writer.own_files = files  # type: ignore[attr-defined]
+        return writer
+
+    def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
+        """Before a write session commits: refresh the index (and gc markers) and make sure
+        every blob it used without writing it (and its base set) is still there. Raises
+        FailedPreconditionError if something was removed meanwhile (a prune by another handle):
+        nothing is committed. Blobs the session relies on that sit in packs a garbage collector
+        may delete without waiting for this session's lock `lock` (marked by a marker that does
+        not list it, see docs/format.md) are first copied into a new pack of the session's own."""
+        for _ in range(RESCUE_TRIES):
+            self.refresh_index()
+            gone = next((b for b in writer.deduped if b not in self.index), None)
+            if gone is None and base is not None:
+                listed = {s.id for s in self.list_sets()}
+                if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
+                    gone = bytes.fromhex(base.tree)
+            if gone is not None:
+                raise FailedPreconditionError(
+                    f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
+                    "repository while it ran (a prune?)", hint="run the backup again")
+            risky, threat = self._at_risk(writer, lock)
+            if not risky:
+                return
+            self._rescue(writer, risky, threat)
+        raise FailedPreconditionError("unable to commit: garbage collection keeps marking the packs this backup "
+                                      "relies on", hint="run the backup again")
+
+    def _at_risk(self, writer: BlobWriter, lock: str | None) -> tuple[list[bytes], frozenset[str]]:
+        """Blobs the session relies on whose pack a collector may delete regardless of its lock,
+        and the packs that threaten so."""
+        threat = frozenset().union(*(m.packs for m in self.markers
+                                     if m.blockers is not None and (lock is None or lock not in m.blockers)))
+        own: dict[bytes, str] = getattr(writer, "own_blobs", {})
+        rescued: dict[bytes, str] = getattr(writer, "rescued", {})
+        risky, mine = [], set()
+        for b in writer.deduped | set(own):
+            if b in rescued:
+                continue
+            loc = self.index.get(b)
+            pack = loc.pack if loc is not None else own.get(b)
+            if pack in threat:
+                risky.append(b)
+            elif b in own:
+                mine.add(own[b])
+        for p in sorted(mine):  # a collector that finished meanwhile left no marker: the pack tells
+            try:
+                self.backend.stat("packs", p)
+            except NotFoundError:
+                raise FailedPreconditionError(
+                    f"unable to commit: pack '{p[:8]}..' this backup wrote was deleted by garbage collection "
+                    "while it ran", hint="run the backup again") from None
+        return risky, threat
+
+    def _rescue(self, writer: BlobWriter, blobs: list[bytes], threat: frozenset[str]) -> None:
+        """Copy `blobs` into new packs of this session (named apart from any marked pack by a
+        random blob that nothing references)."""
+        w = self._writer()
+        try:
+            w.put_data(TYPE_DATA, os.urandom(32))
+            for b in blobs:
+                loc = self.index.get(b)
+                if loc is None:
+                    raise FailedPreconditionError(f"unable to commit: blob '{b.hex()[:8]}..' this backup relies on "
+                                                  "was removed while it ran", hint="run the backup again")
+                w.put_forced(b, loc.type, self.reader.read(b))
+            w.finish()
+        except (NotFoundError, CorruptionError) as e:
+            w.abort()
+            raise FailedPreconditionError(f"unable to commit: a pack this backup relies on was deleted by garbage "
+                                          f"collection while it ran ({e})", hint="run the backup again") from None
+        except BaseException:
+            w.abort()
+            raise
+        rescued: dict[bytes, str] = writer.rescued  # type: ignore[attr-defined]
+        for b, pack in w.own_blobs.items():  # type: ignore[attr-defined]
+            if b in blobs:
+                rescued[b] = pack
+        own: dict[bytes, str] = writer.own_blobs  # type: ignore[attr-defined]
+        self._unname(writer, {own[b] for b in blobs if own.get(b) in threat})
+
+    def _unname(self, writer: BlobWriter, packs: set[str]) -> None:
+        """Rewrite this session's own index files without `packs` (the collector may delete
+        them: no index file may go on naming them), then delete the old files."""
+        files: dict[str, dict[str, list[PackEntry]]] = writer.own_files  # type: ignore[attr-defined]
+        for name in [n for n, named in files.items() if packs & set(named)]:
+            rest = {p: es for p, es in files.pop(name).items() if p not in packs}
+            if rest:
+                new, data = encode_index(rest)
+                self.backend.put("index", new, data)
+                files[new] = rest
+            try:
+                self.backend.delete("index", name)
+            except NotFoundError:
+                pass
+        self.load_index()
 
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
@@ -512,31 +637,39 @@ class Repository:
         return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
 
     def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
-              lock_wait: float = PRUNE_LOCK_WAIT) -> PruneReport:
-        """Forget sets by `policy` and free what nothing references (see store/prune.py). Waits
-        up to `lock_wait` seconds (retrying with backoff) for backups and WAL pushes to end."""
+              lock_wait: float = PRUNE_LOCK_WAIT, grace: float | None = None) -> PruneReport:
+        """Forget sets by `policy` and free what nothing references, in two phases beside
+        running backups (see store/prune.py): packs found unneeded are marked, and deleted by a
+        later run once `grace` seconds (default: `gc_grace`, else prune.GRACE) have passed and
+        every lock held when they were marked is gone. Waits up to `lock_wait` seconds
+        (retrying with backoff) for another prune to end."""
         if not dry_run:
             self._writable()
+        if grace is None:
+            grace = self.gc_grace if self.gc_grace is not None else prunemod.GRACE
         try:
-            with self.locks.hold("prune", exclusive=not dry_run, wait=lock_wait) as lock:
+            with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock:
                 self.load_index()  # plan from the durable index, not from what this handle saw
                 if not dry_run:
                     self.sweep_temp()
                 before = self.list_sets()
-                report = prunemod.Pruner(self, lock.check).run(policy, dry_run=dry_run, source=source)
+                report = prunemod.Pruner(self, lock.check, lock.name).run(policy, dry_run=dry_run, source=source,
+                                                                          grace=grace)
                 decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
                 report = replace(report, decisions=tuple(decisions))
                 if policy.wal_keep is not None:
                     if not dry_run:
                         self.load_index()
-                    report = self._wal_retention(policy.wal_keep, before, report, dry_run, lock.check)
+                    report = self._wal_retention(policy.wal_keep, before, report, dry_run, lock.check, lock.name,
+                                                 grace)
                 return report
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
                 self.load_index()
 
     def _wal_retention(self, window: float, before: list[BackupSet], report: PruneReport,
-                       dry_run: bool, check_lock: Callable[[], None] | None = None) -> PruneReport:
+                       dry_run: bool, check_lock: Callable[[], None] | None = None, lock_name: str = "",
+                       grace: float = 0.0) -> PruneReport:
         """Forget the WAL files WAL retention lets go (after the sets), then free their chunks."""
         gone = set(report.forgotten)
         names = retention.wal_forget(self.list_wal(), walmod.archived_times(self),
@@ -544,7 +677,8 @@ class Repository:
         if not names or dry_run:
             return replace(report, wal_forgotten=tuple(names))
         walmod.forget(self, names)
-        freed = prunemod.Pruner(self, check_lock).run(PrunePolicy(), dry_run=False, source=None)
+        freed = prunemod.Pruner(self, check_lock, lock_name).run(PrunePolicy(), dry_run=False, source=None,
+                                                                  grace=grace)
         self.load_index()
         return replace(report, wal_forgotten=tuple(names), packs_deleted=report.packs_deleted + freed.packs_deleted,
                        packs_rewritten=report.packs_rewritten + freed.packs_rewritten,
@@ -560,7 +694,7 @@ class Repository:
     def put_wal(self, name: str, data: bytes) -> bool:
         self._writable()
         with self.locks.hold("wal-push") as lock:
-            return walmod.put(self, name, data, check_lock=lock.check)
+            return walmod.put(self, name, data, check_lock=lock.check, lock=lock.name)
 
     def get_wal(self, name: str) -> bytes:
         return walmod.get(self, name)
@@ -579,7 +713,11 @@ class _CurrentIndex:
         self._repo = repo
 
     def __contains__(self, bid: object) -> bool:
-        return bid in self._repo.index
+        repo = self._repo
+        if not repo.pending:
+            return bid in repo.index
+        loc = repo.index.get(bid)  # type: ignore[arg-type]
+        return loc is not None and loc.pack not in repo.pending  # marked packs: write the blob anew
 
 
 def _tree_entry(path: str, e: Entry) -> TreeEntry:

@@ -10,9 +10,10 @@ What always holds: nothing is visible until `commit`, which finishes the write s
 an exception) leaves only unreferenced data behind. A session refreshes the repository's
 index after taking its lock and before choosing its base, and again before it writes the set
 object, which it refuses to write if a blob it deduplicated against (or its base set) was
-removed meanwhile: a set never references a blob it has not seen in a durable index or
-written itself. A session whose shared lock is lost (cannot be refreshed) stops like a
-cancelled one and commits nothing.
+removed meanwhile, or that a garbage collector not waiting for this session's lock may delete
+(its lock is what makes a collector keep the packs it uses): a set never references a blob it
+has not seen in a durable index or written itself. A session whose shared lock is lost (cannot
+be refreshed) stops like a cancelled one and commits nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .blobs import BlobWriter
 from .errors import AbortedError, InvalidArgumentError
 from .model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
 from .packs import TYPE_TREE
-from .sets import encode_set
+from .sets import decode_set, encode_set
 from .trees import Entry, encode_tree
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class BackupSession:
         set_id, data = encode_set(fields)
         try:
             self._lock.check()
-            self.repo.confirm_deduped(self.writer, self.base)
+            self.repo.confirm_deduped(self.writer, self.base, self._lock.name)
             self._lock.check()
             self.repo.backend.put("sets", set_id, data)
         finally:
@@ -221,7 +222,7 @@ class BackupSession:
         t = self.tally
         if self.progress is not None:
             self.progress(Progress("done", t.files, t.files, t.bytes_total, t.bytes_total))
-        return self.repo.get_set(set_id)
+        return decode_set(set_id, data)  # not re-listed: a concurrent prune may forget it at once
 
     def abort(self) -> None:
         """Drop the session: nothing becomes visible."""

@@ -96,7 +96,8 @@ def _catalog(repo: Repository, name: str) -> dict | None:
     return decode_catalog(name, data)
 
 
-def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None) -> bool:
+def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None,
+        lock: str | None = None) -> bool:
     """Store WAL file `name`; True if new, False if identical content was already there."""
     check_name(name, repo.segment_rule)
     digest = blake3.blake3(data).hexdigest()
@@ -117,7 +118,7 @@ def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None]
     except BaseException:
         writer.abort()
         raise
-    repo.confirm_deduped(writer)
+    repo.confirm_deduped(writer, lock=lock)
     if check_lock is not None:
         check_lock()
     repo.backend.put("wal", name, encode_catalog(len(data), digest, chunks, time.time()))

@@ -308,3 +308,12 @@ def test_configs_are_frozen(tmp_path):
     cfg = load(tmp_path)
     with pytest.raises(AttributeError):
         cfg.daemon.socket = "/elsewhere"  # type: ignore[misc]
+
+
+def test_gc_grace_is_a_duration(tmp_path):
+    base = MINIMAL.replace('path = "/var/lib/cairn/repo"\n', 'path = "/var/lib/cairn/repo"\ngc_grace = "{}"\n')
+    assert load(tmp_path, base=base.format("2h")).repository.gc_grace == 7200.0
+    assert load(tmp_path).repository.gc_grace is None
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, base=base.format("soon"))
+    assert "repository.gc_grace" in caught.value.message

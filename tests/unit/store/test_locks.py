@@ -122,22 +122,47 @@ def test_waiting_for_a_lock_is_bounded(backend):
         assert 0.5 <= time.monotonic() - start < 15
 
 
-def test_prune_waits_for_a_running_backup(tmp_path, src, rng):
+def test_prune_runs_beside_a_running_backup(tmp_path, src, rng):
     make_tree(str(src), rng, files=3)
     inner = MemoryBackend()
     repo = Repository.init(inner, RepoConfig.new())
     repo.backup(BackupRequest(source="src", paths=(str(src),)))
     sess = repo.session(BackupRequest(source="src", paths=(str(src),), level="incremental"))
+    report = Repository.open(inner).prune(PrunePolicy(keep_full=1), lock_wait=0)  # no wait for the backup
+    assert report.kept
+    s = sess.commit()
+    assert s.id in {x.id for x in repo.list_sets()}
+
+
+def test_prune_waits_for_another_prune(backend):
+    Repository.init(backend, RepoConfig.new())
+    with Locks(backend).hold("prune", gc=True):
+        with pytest.raises(LockedError, match="gc, prune"):
+            Repository.open(backend).prune(PrunePolicy(keep_full=1), lock_wait=0)
+        with Locks(backend).hold("backup"):  # a gc lock does not exclude backups
+            pass
     result, attempts = {}, []
-    pruner = Repository.open(FaultyBackend(inner, hook=lambda op, kind, name: attempts.append(1)
+    held = threading.Event()
+    release = threading.Event()
+
+    def other_prune():
+        with Locks(backend).hold("prune", gc=True):
+            held.set()
+            release.wait(30)
+
+    other = threading.Thread(target=other_prune)
+    other.start()
+    held.wait(10)
+    pruner = Repository.open(FaultyBackend(backend, hook=lambda op, kind, name: attempts.append(1)
                                            if (op, kind) == ("list", "locks") else None))
     t = threading.Thread(target=lambda: result.setdefault("r", pruner.prune(PrunePolicy(keep_full=1))))
     t.start()
     wait_for(lambda: len(attempts) >= 3)
     assert "r" not in result and t.is_alive()
-    s = sess.commit()
+    release.set()
     t.join(60)
-    assert result["r"].kept and s.id in {x.id for x in repo.list_sets()}
+    other.join(10)
+    assert result["r"].dry_run is False
 
 
 def test_a_lock_whose_refresh_fails_is_lost(backend):

@@ -23,7 +23,7 @@ from storekit import differences, snapshot, write_random
 
 CONFIG = dict(pack_size=128 * 1024, chunker=ChunkerParams(min_size=16 * 1024, avg_size=32 * 1024,
                                                           max_size=128 * 1024))
-DATA_KINDS = ("packs", "index", "sets", "wal", "config")
+DATA_KINDS = ("packs", "index", "sets", "wal", "config", "gc")
 FIRST = PrunePolicy(keep_full=1, keep_incremental=1)
 SECOND = PrunePolicy(keep_full=1, keep_incremental=0)
 WAL_NAME = "000000010000000000000007"
@@ -109,7 +109,7 @@ def test_prune_makes_every_kind_of_step(built):
     calls = _prune_calls(built[0])
     kinds = {(op, kind) for op, kind, _ in calls}
     assert {("delete", "sets"), ("put", "packs"), ("put", "index"), ("delete", "index"),
-            ("delete", "packs")} <= kinds, calls
+            ("delete", "packs"), ("put", "gc"), ("delete", "gc")} <= kinds, calls
 
 
 @pytest.mark.parametrize("kind", ["memory", pytest.param("local", marks=pytest.mark.slow)])
@@ -130,3 +130,27 @@ def test_prune_interrupted_before_each_write_and_delete_then_rerun(built, tmp_pa
         _verify(inner, sets, snaps, wal, ("full2", "inc2"), tmp_path, f"stop{n}-same")
         Repository.open(inner).prune(SECOND)
         _verify(inner, sets, snaps, wal, ("full2",), tmp_path, f"stop{n}-other")
+
+
+def test_collection_interrupted_before_each_write_and_delete_then_rerun(built, tmp_path):
+    """The two phases in separate runs: the first marks (grace not over), then the collecting
+    run is stopped before each of its writes and deletes in turn and run again."""
+    objects, sets, snaps, wal = built
+    marked = _copy(objects)
+    Repository.open(marked).prune(FIRST, grace=3600)
+    assert list(marked.list("gc")) and {k for k in objects if k[0] == "packs"} <= set(marked.objects), \
+        "the marking run deleted a pack"
+    faulty = FaultyBackend(_copy(marked.objects), ops=("put", "delete"), kind=DATA_KINDS)
+    Repository.open(faulty).prune(FIRST, grace=0)
+    total = len(faulty.calls)
+    assert {("delete", "packs"), ("delete", "gc"), ("put", "index")} <= {(o, k) for o, k, _ in faulty.calls}
+    for n in range(1, total + 1):
+        inner = _copy(marked.objects)
+        faulty = FaultyBackend(inner, fail_at=n, mode="stop", ops=("put", "delete"), kind=DATA_KINDS)
+        with pytest.raises(CairnError):
+            Repository.open(faulty).prune(FIRST, grace=0)
+        for name in list(inner.list("locks")):
+            inner.delete("locks", name)
+        Repository.open(inner).prune(FIRST, grace=0)
+        _verify(inner, sets, snaps, wal, ("full2", "inc2"), tmp_path, f"collect-stop{n}")
+        assert not list(inner.list("gc")), f"collect-stop{n}: a marker stayed"
