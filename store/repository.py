@@ -357,7 +357,7 @@ class Repository:
             self._publish(name, packs)
 
         writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
-                            level=self.config.compression_level, publish=publish)
+                            level=self.config.compression_level, publish=publish, key=self.key)
         writer.own_blobs = own  # type: ignore[attr-defined]
         writer.rescued = {}  # type: ignore[attr-defined]
         writer.own_files = files  # type: ignore[attr-defined]
