@@ -623,24 +623,30 @@ class PruneReply(_message.Message):
     def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[RetentionDecision, _Mapping]]] = ..., wal_forgotten: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WalPushRequest(_message.Message):
-    __slots__ = ("name", "data")
+    __slots__ = ("name", "data", "wal_namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     data: bytes
-    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    wal_namespace: str
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalPushReply(_message.Message):
-    __slots__ = ("stored",)
+    __slots__ = ("stored", "wal_namespace")
     STORED_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     stored: bool
-    def __init__(self, stored: _Optional[bool] = ...) -> None: ...
+    wal_namespace: str
+    def __init__(self, stored: _Optional[bool] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalFetchRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "wal_namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    wal_namespace: str
+    def __init__(self, name: _Optional[str] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalFetchReply(_message.Message):
     __slots__ = ("data",)
