@@ -154,7 +154,7 @@ def wait_for_wal(repo: Any, recs: list[dict[str, Any]], timeouts: dict[str, floa
     delay = WAL_POLL
     while True:
         missing = [m for ns, group in _by_namespace(recs).items()
-                   for m in missing_segments(set(repo.list_wal(ns, flat=False)), group)]
+                   for m in missing_segments(set(repo.list_wal(ns)), group)]
         if not missing:
             return time.monotonic() - start
         rec, seg = missing[0]

@@ -179,10 +179,16 @@ def test_capture_first_keeps_its_place_and_is_taken_before_the_database(tmp_path
     assert (out / "a/one.txt").read_text() == "1"
 
 
+def long_header(sysid: int) -> bytes:
+    """The start of a segment: XLogLongPageHeaderData with XLP_LONG_HEADER, xlp_sysid, 16 MiB, 8 kB."""
+    return ((0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + bytes(20) + sysid.to_bytes(8, "little")
+            + (16 << 20).to_bytes(4, "little") + (8192).to_bytes(4, "little") + bytes(24))
+
+
 def test_a_segment_of_another_server_under_the_same_name_fails_the_set(tmp_path: Path) -> None:
     log = tmp_path / "hooks.log"
     repo, src, db = setup(tmp_path, "cold", log)
-    header = bytes(24) + (7).to_bytes(8, "little") + bytes(32)  # xlp_sysid 7; the server is 42
+    header = long_header(7)  # xlp_sysid 7; the server is 42; flat entries of an older archive
     repo.put_wal(SEG1, header)
     repo.put_wal(SEG2, header)
     with pytest.raises(FailedPreconditionError) as e:
@@ -190,5 +196,4 @@ def test_a_segment_of_another_server_under_the_same_name_fails_the_set(tmp_path:
     assert (f"WAL segment {SEG2} in the repository belongs to another server (system identifier 7, "
             "database 'db' is 42)") in e.value.message
     assert repo.list_sets() == []
-    ok = bytes(24) + (42).to_bytes(8, "little") + bytes(32)
-    assert walarchive.wal_system_identifier(ok) == 42
+    assert walarchive.wal_system_identifier(long_header(42)) == 42

@@ -18,10 +18,10 @@ class FakeWalRepo:
         self.names = sorted(names + list(histories or {}))
         self.histories = histories or {}
 
-    def list_wal(self) -> list[str]:
+    def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:
         return self.names
 
-    def get_wal(self, name: str) -> bytes:
+    def get_wal(self, name: str, namespace: str = "") -> bytes:
         return self.histories[name]
 
 
