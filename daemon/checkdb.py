@@ -79,6 +79,9 @@ def _archiver(conn: Any, wal_names: Callable[[str], list[str]], last_push_failur
     """Force a segment switch and wait for the completed segment in the server's WAL name space."""
     try:
         namespace = walnames.namespace_of(conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
+    except CairnError as exc:
+        return CheckStep("archiver", False, f"unable to read the server's system identifier: {exc.message}")
+    try:
         conn.query_one("SELECT txid_current()")  # WAL to switch away from, even on an idle server
         segment = conn.query_one("SELECT pg_walfile_name(pg_switch_wal())")[0]
     except CairnError as exc:

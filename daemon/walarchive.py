@@ -60,6 +60,7 @@ class ArchiveSnapshot:
     last_failure_time: float = 0.0
     segments: int = 0
     databases: list[dict[str, Any]] = field(default_factory=list)
+    namespaces: int = 0  # WAL name spaces (clusters) in the repository, the flat one not counted
 
 
 class ArchiveHealth:
@@ -105,7 +106,13 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
     try:
         with PgConnection.open(db.dsn, name=db.name, connect_timeout=connect_timeout, check_rights=False,
                                require_archiving=False) as conn:
-            return server_archiver(conn)
+            out = server_archiver(conn)
+            try:
+                out["system_id"] = walnames.namespace_of(
+                    conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
+            except CairnError:
+                pass  # status then shows no name space for it
+            return out
     except CairnError as exc:
         return {"error": exc.message}
 

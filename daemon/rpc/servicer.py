@@ -531,6 +531,7 @@ def archive_status(a: Any) -> pb.ArchiveStatus:
         last_failure=a.last_failure,
         last_failure_time=a.last_failure_time,
         segments=a.segments,
+        wal_namespaces=a.namespaces,
     )
     for d in a.databases:
         msg.databases.add(**{k: v for k, v in d.items() if k in pb.DatabaseArchive.DESCRIPTOR.fields_by_name})

@@ -13,7 +13,7 @@ import pytest
 from cairn.daemon import capture, walarchive
 from cairn.daemon.config import DatabaseConfig, QuiesceConfig, SourceConfig
 from cairn.daemon.postgres import BackupStart, BackupStop, PgInfo
-from cairn.errors import DeadlineError, FailedPreconditionError
+from cairn.errors import DeadlineError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupRequest, ChangeHint
 from cairn.store.repository import Repository
 
@@ -197,3 +197,27 @@ def test_a_segment_of_another_server_under_the_same_name_fails_the_set(tmp_path:
             "database 'db' is 42)") in e.value.message
     assert repo.list_sets() == []
     assert walarchive.wal_system_identifier(long_header(42)) == 42
+
+
+def test_the_servers_own_name_space_wins_over_another_servers_flat_segments(tmp_path: Path) -> None:
+    # an older flat archive holds server 7's segments under the names server 42 uses now; with
+    # 42's WAL in its own name space the set is committed and a restore reads 42's segments
+    log = tmp_path / "hooks.log"
+    repo, src, db = setup(tmp_path, "cold", log)
+    for seg in (SEG1, SEG2):
+        repo.put_wal(seg, long_header(7))
+        repo.put_wal(seg, long_header(42) + b"own", "42")
+    s = take(repo, src, db, tmp_path, Planner(repo, None, None, log), FakeConn())
+    assert [x.id for x in repo.list_sets()] == [s.id]
+    assert walarchive.fetch_wal(repo, SEG2, "42") == long_header(42) + b"own"
+    # a name the server's name space lacks is read from the flat name space, unless another server wrote it
+    repo.put_wal("000000010000000000000009", long_header(7))
+    repo.put_wal("00000002.history", b"1\t0/9000000\tno recovery target specified\n")
+    with pytest.raises(NotFoundError, match="belongs to system 7"):
+        walarchive.fetch_wal(repo, "000000010000000000000009", "42")
+    assert walarchive.fetch_wal(repo, "00000002.history", "42").startswith(b"1\t")
+    assert walarchive.push_namespace(SEG1, long_header(42)) == "42"
+    assert walarchive.push_namespace("00000002.history", b"1\t0/9000000\t\n", "42") == "42"
+    assert walarchive.push_namespace("00000002.history", b"1\t0/9000000\t\n") == ""
+    with pytest.raises(InvalidArgumentError, match="system identifier 42, not 7"):
+        walarchive.push_namespace(SEG1, long_header(42), "7")
