@@ -7,7 +7,10 @@ timeline, then the segment number split in two 8-digit halves), '<timeline>.hist
 NO_HISTORY (timeline 1 has no history file; recovery asks for it anyway).
 
 The repository is engine-neutral: the daemon gives it `is_wal_file_name` as the rule an
-archive segment name must follow (Repository.set_segment_rule). Standard library only, so
+archive segment name must follow (Repository.set_segment_rule). Whose WAL a file is (the
+repository's WAL name space: the cluster's system identifier) is read here too: from a
+segment's long page header (`segment_system_identifier`) or from pg_control
+(`control_system_identifier`). Standard library only, so
 the daemon and the client share it.
 
     parse_segment('000000010000000000000003') == (1, 3)
@@ -16,6 +19,7 @@ the daemon and the client share it.
 
 from __future__ import annotations
 
+import os
 import re
 
 from cairn.errors import InvalidArgumentError
@@ -102,8 +106,6 @@ def segment_system_identifier(data: bytes) -> int | None:
 
 def control_system_identifier(data_dir: str) -> int | None:
     """The system identifier in `data_dir`/global/pg_control; None when it cannot be read."""
-    import os
-
     try:
         with open(os.path.join(data_dir, *PG_CONTROL), "rb") as f:
             head = f.read(8)
@@ -117,8 +119,6 @@ def data_dir_of(path: str) -> str:
     """The data directory a WAL path handed to archive_command/restore_command (%p) lies under:
     the parent of its pg_wal/ directory, else the current directory (both commands run in the
     data directory)."""
-    import os
-
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.basename(parent) == "pg_wal":
         return os.path.dirname(parent)
