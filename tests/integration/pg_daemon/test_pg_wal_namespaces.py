@@ -6,6 +6,7 @@ another server wrote."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -57,8 +58,11 @@ def test_header_and_pg_control_give_the_servers_system_identifier(stack: Stack) 
     assert walnames.segment_system_identifier(b"1\t0/3000000\tno recovery target specified\n") is None
     assert walnames.segment_system_identifier(bytes(len(data))) is None
     assert walnames.segment_system_identifier(data[:39]) is None
-    # the server's own archive_command put it in its name space
+    # the server's own archive_command put it in its name space, and status shows it per server
     assert f"{sysid}@{seg}" in catalog(stack)
+    (db,) = json.loads(stack.ok("--json", "status"))["archive"]["databases"]
+    assert db["system_id"] == str(sysid) and db["namespace_segments"] >= 1
+    assert f"system {sysid}: " in stack.ok("status")
 
 
 def test_the_same_segment_name_from_two_clusters_is_stored_twice(stack: Stack, tmp_path: Path) -> None:
