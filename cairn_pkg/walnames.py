@@ -7,7 +7,10 @@ timeline, then the segment number split in two 8-digit halves), '<timeline>.hist
 NO_HISTORY (timeline 1 has no history file; recovery asks for it anyway).
 
 The repository is engine-neutral: the daemon gives it `is_wal_file_name` as the rule an
-archive segment name must follow (Repository.set_segment_rule). Standard library only, so
+archive segment name must follow (Repository.set_segment_rule). Whose WAL a file is (the
+repository's WAL name space: the cluster's system identifier) is read here too: from a
+segment's long page header (`segment_system_identifier`) or from pg_control
+(`control_system_identifier`). Standard library only, so
 the daemon and the client share it.
 
     parse_segment('000000010000000000000003') == (1, 3)
@@ -16,6 +19,7 @@ the daemon and the client share it.
 
 from __future__ import annotations
 
+import os
 import re
 
 from cairn.errors import InvalidArgumentError
@@ -67,3 +71,63 @@ def segment_of_lsn(timeline: int, lsn_pos: int, segment_size: int = DEFAULT_SEGM
 def history_name(timeline: int) -> str:
     """The history file of `timeline`."""
     return f"{timeline:08X}.history"
+
+
+# ---- whose WAL: the system identifier ---------------------------------------------------------
+# Every segment's first page starts with XLogLongPageHeaderData: the short header (xlp_magic u16,
+# xlp_info u16, xlp_tli u32, xlp_pageaddr u64, xlp_rem_len u32, padded to 24 bytes), then
+# xlp_sysid u64 at byte 24, xlp_seg_size u32 at 32 and xlp_xlog_blcksz u32 at 36. pg_control
+# (global/pg_control) starts with the system identifier (u64). Both are in the server's byte
+# order: little-endian on every platform Cairn runs on.
+XLP_LONG_HEADER = 0x0002
+SYSID_OFFSET = 24
+LONG_HEADER_SIZE = 40
+PG_CONTROL = ("global", "pg_control")
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def segment_system_identifier(data: bytes) -> int | None:
+    """The system identifier in a WAL segment's long page header; None when `data` does not
+    start with one (a history or backup file, a short or foreign file)."""
+    if len(data) < LONG_HEADER_SIZE:
+        return None
+    info = int.from_bytes(data[2:4], "little")
+    sysid = int.from_bytes(data[SYSID_OFFSET:SYSID_OFFSET + 8], "little")
+    seg_size = int.from_bytes(data[32:36], "little")
+    blcksz = int.from_bytes(data[36:40], "little")
+    if not info & XLP_LONG_HEADER or not sysid or not _power_of_two(seg_size) or not _power_of_two(blcksz) \
+            or not 1024 <= blcksz <= seg_size:
+        return None
+    return sysid
+
+
+def control_system_identifier(data_dir: str) -> int | None:
+    """The system identifier in `data_dir`/global/pg_control; None when it cannot be read."""
+    try:
+        with open(os.path.join(data_dir, *PG_CONTROL), "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    value = int.from_bytes(head, "little") if len(head) == 8 else 0
+    return value or None
+
+
+def data_dir_of(path: str) -> str:
+    """The data directory a WAL path handed to archive_command/restore_command (%p) lies under:
+    the parent of its pg_wal/ directory, else the current directory (both commands run in the
+    data directory)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(parent) == "pg_wal":
+        return os.path.dirname(parent)
+    return os.getcwd()
+
+
+def namespace_of(system_identifier: int | str | None) -> str:
+    """The repository WAL name space of a cluster: its system identifier in decimal ("" unknown)."""
+    text = str(system_identifier or "").strip()
+    if text and not text.isdigit():
+        raise InvalidArgumentError(f"invalid system identifier '{text}': expected a decimal number")
+    return str(int(text)) if text and int(text) else ""

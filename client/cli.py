@@ -527,6 +527,19 @@ def _key_add(conn: Connection, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def wal_namespace(args: argparse.Namespace, path: str, data: bytes = b"") -> str:
+    """The repository WAL name space of the cluster a WAL file belongs to: --system-id, else the
+    system identifier in a segment's page header, else the one in the pg_control of the data
+    directory the file lies in (archive_command and restore_command run there); "" when none
+    can be told (the flat name space of a single cluster)."""
+    if args.system_id:
+        return walnames.namespace_of(args.system_id)
+    found = walnames.segment_system_identifier(data) if data else None
+    if found is None:
+        found = walnames.control_system_identifier(walnames.data_dir_of(path))
+    return walnames.namespace_of(found)
+
+
 def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     name = os.path.basename(args.path)
     try:
@@ -534,17 +547,19 @@ def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
             data = f.read()
     except OSError as exc:
         raise InvalidArgumentError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc
+    namespace = wal_namespace(args, args.path, data)
 
     def pieces() -> Iterator[pb.WalPushRequest]:
-        yield pb.WalPushRequest(name=name, data=data[:WAL_PIECE])
+        yield pb.WalPushRequest(name=name, data=data[:WAL_PIECE], wal_namespace=namespace)
         for start in range(WAL_PIECE, len(data), WAL_PIECE):
             yield pb.WalPushRequest(data=data[start : start + WAL_PIECE])
 
     reply = conn.stub.WalPush(pieces())
+    where = f" (system {reply.wal_namespace})" if reply.wal_namespace else ""
     if args.json:
-        out(render.dumps({"name": name, "stored": reply.stored}))
+        out(render.dumps({"name": name, "stored": reply.stored, "system_id": reply.wal_namespace}))
     else:
-        out(f"archived {name}" if reply.stored else f"{name} was already archived (identical)")
+        out(f"archived {name}{where}" if reply.stored else f"{name} was already archived (identical){where}")
     return EXIT_OK
 
 
@@ -582,7 +597,8 @@ def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
     if args.prefetch > 0 and walfetch.is_segment(args.name):
         try:
             walfetch.note_request(args.name, args.dest, os.path.getsize(args.dest))
-            walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+            walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args),
+                                      wal_namespace(args, args.dest))
         except OSError as exc:  # prefetch is an optimisation: recovery goes on without it
             print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
     return EXIT_OK
@@ -591,7 +607,8 @@ def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
 def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import walfetch
 
-    return walfetch.run_prefetcher(args.spool, args.count, walfetch.grpc_fetcher(conn, pb, grpc))
+    namespace = walnames.namespace_of(args.system_id) if args.system_id else ""
+    return walfetch.run_prefetcher(args.spool, args.count, walfetch.grpc_fetcher(conn, pb, grpc, namespace))
 
 
 def _global_args(args: argparse.Namespace) -> list[str]:
@@ -617,7 +634,8 @@ def _fetch_direct(conn: Connection, args: argparse.Namespace) -> int:
 def _wal_fetch(conn: Connection, args: argparse.Namespace, tmp: str) -> int:
     try:
         with open(tmp, "wb") as f:
-            for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=args.name)):
+            request = pb.WalFetchRequest(name=args.name, wal_namespace=wal_namespace(args, args.dest))
+            for reply in conn.stub.WalFetch(request):
                 f.write(reply.data)
             f.flush()
             os.fsync(f.fileno())
@@ -891,18 +909,23 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("remove", parents=[common], help="remove a key (never the last usable one)")
     k.add_argument("id", metavar="ID", help="key id or unique prefix")
 
+    sysid_help = ("the cluster's system identifier, its WAL name space in the repository (default: from the "
+                  "segment's header, else from the pg_control of the data directory the file lies in)")
     p = command("wal-push", cmd_wal_push, "archive a WAL segment (archive_command = 'cairn wal-push %%p')")
     p.add_argument("path", metavar="PATH")
+    p.add_argument("--system-id", metavar="N", help=sysid_help)
 
     p = command("wal-fetch", cmd_wal_fetch, "fetch a WAL segment (restore_command = 'cairn wal-fetch %%f %%p')")
     p.add_argument("name", metavar="NAME")
     p.add_argument("dest", metavar="DEST")
+    p.add_argument("--system-id", metavar="N", help=sysid_help.replace("the segment's header, else from ", ""))
     p.add_argument("--prefetch", type=_count, default=8, metavar="N",
                    help="keep the next N segments coming in the background (default 8; 0: off)")
 
     p = command("wal-prefetch", cmd_wal_prefetch, "the background prefetcher wal-fetch starts (not for people)")
     p.add_argument("spool", metavar="SPOOL")
     p.add_argument("--count", type=_count, default=8, metavar="N")
+    p.add_argument("--system-id", metavar="N")
     return parser
 
 

@@ -303,6 +303,7 @@ def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
         "last_failure": a.last_failure or None,
         "last_failure_time": a.last_failure_time or None,
         "segments": a.segments,
+        "wal_namespaces": a.wal_namespaces,
         "databases": [
             {
                 "name": d.name,
@@ -314,6 +315,8 @@ def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
                 "last_failed": d.last_failed or None,
                 "last_failed_time": d.last_failed_time or None,
                 "lag_segments": d.lag_segments,
+                "system_id": d.system_id or None,
+                "namespace_segments": d.namespace_segments,
             }
             for d in a.databases
         ],
@@ -327,7 +330,8 @@ def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
     last = a.last_segment or "none"
     if a.last_time:
         last += f" ({fmt_age(now - a.last_time)} ago)"
-    lines = ["", f"WAL archive: {plural(a.segments, 'segment')}, last {last}; {a.pushed} stored, "
+    spaces = f" of {a.wal_namespaces} clusters" if a.wal_namespaces > 1 else ""
+    lines = ["", f"WAL archive: {plural(a.segments, 'segment')}{spaces}, last {last}; {a.pushed} stored, "
                  f"{a.failures} failed since start"]
     if a.last_failure:
         lines.append(f"  last failure {fmt_age(now - a.last_failure_time)} ago: {a.last_failure}")
@@ -340,6 +344,8 @@ def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
                 f"lag {plural(d.lag_segments, 'segment')}, {plural(d.failed_count, 'failure')}")
         if d.last_failed:
             text += f" (last {d.last_failed}, {fmt_age(now - d.last_failed_time)} ago)"
+        if d.system_id:
+            text += f"; system {d.system_id}: {plural(d.namespace_segments, 'segment')} archived"
         lines.append(text)
     return lines
 

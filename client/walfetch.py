@@ -119,11 +119,14 @@ def prefetcher_running(spool: str) -> bool:
     return False
 
 
-def start_prefetcher(spool: str, count: int, global_args: list[str]) -> None:
-    """Start the spool's prefetcher in the background unless one runs."""
+def start_prefetcher(spool: str, count: int, global_args: list[str], namespace: str = "") -> None:
+    """Start the spool's prefetcher in the background unless one runs; it fetches from WAL name
+    space `namespace` (the cluster's system identifier; "" the flat one)."""
     if count <= 0 or prefetcher_running(spool):
         return
     argv = [sys.executable, "-m", "cairn.client.cli", *global_args, "wal-prefetch", spool, "--count", str(count)]
+    if namespace:
+        argv += ["--system-id", namespace]
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True, cwd="/")
 
@@ -218,13 +221,14 @@ def _remove_spool(spool: str) -> None:
         os.rmdir(spool)
 
 
-def grpc_fetcher(conn: Any, pb: Any, grpc: Any) -> Callable[[str, str], bool]:
-    """fetch(name, path) over a connection: False when the archive does not hold `name`."""
+def grpc_fetcher(conn: Any, pb: Any, grpc: Any, namespace: str = "") -> Callable[[str, str], bool]:
+    """fetch(name, path) over a connection from WAL name space `namespace`: False when the
+    archive does not hold `name`."""
 
     def fetch(name: str, path: str) -> bool:
         try:
             with open(path, "wb") as f:
-                for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=name)):
+                for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=name, wal_namespace=namespace)):
                     f.write(reply.data)
                 f.flush()
                 os.fsync(f.fileno())

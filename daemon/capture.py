@@ -157,7 +157,7 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
             eng.prepare()
             if isinstance(eng, PhysicalEngine) and eng.conn is not None:
                 # archiving that fails now would stall the set's WAL wait: fail fast instead
-                raise_if_archiver_failing(eng.conn, cfg.name, repo.list_wal)
+                raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
             opened.append(eng)
 
         def on_expire() -> None:

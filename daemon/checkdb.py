@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cairn import walnames
 from cairn.daemon.walarchive import server_archiver
 from cairn.store.errors import CairnError, FailedPreconditionError
 
@@ -46,9 +47,10 @@ class CheckResult:
         return bool(self.steps) and all(step.ok for step in self.steps)
 
 
-def check_database(db: Any, wal_names: Callable[[], list[str]], last_push_failure: Callable[[], str],
+def check_database(db: Any, wal_names: Callable[[str], list[str]], last_push_failure: Callable[[], str],
                    timeout: float | None = None) -> CheckResult:
-    """Run the steps against database config `db`; `wal_names` lists the repository's WAL."""
+    """Run the steps against database config `db`; `wal_names(namespace)` lists the WAL files the
+    repository holds in a cluster's own name space (its system identifier; store/wal.py)."""
     from cairn.daemon.postgres import PgConnection  # psycopg2 only when a database is configured
 
     bound = timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT
@@ -72,9 +74,13 @@ def check_database(db: Any, wal_names: Callable[[], list[str]], last_push_failur
     return result
 
 
-def _archiver(conn: Any, wal_names: Callable[[], list[str]], last_push_failure: Callable[[], str],
+def _archiver(conn: Any, wal_names: Callable[[str], list[str]], last_push_failure: Callable[[], str],
               bound: float, result: CheckResult) -> CheckStep:
-    """Force a segment switch and wait for the completed segment in the repository."""
+    """Force a segment switch and wait for the completed segment in the server's WAL name space."""
+    try:
+        namespace = walnames.namespace_of(conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
+    except CairnError as exc:
+        return CheckStep("archiver", False, f"unable to read the server's system identifier: {exc.message}")
     try:
         conn.query_one("SELECT txid_current()")  # WAL to switch away from, even on an idle server
         segment = conn.query_one("SELECT pg_walfile_name(pg_switch_wal())")[0]
@@ -84,7 +90,7 @@ def _archiver(conn: Any, wal_names: Callable[[], list[str]], last_push_failure: 
     started = time.monotonic()
     before = server_archiver(conn)
     while True:
-        if segment in wal_names():
+        if segment in wal_names(namespace):
             result.seconds = time.monotonic() - started
             return CheckStep("archiver", True, f"segment {segment} arrived in the repository in "
                                                f"{result.seconds:.1f}s")
@@ -109,7 +115,7 @@ def archiver_failing(stats: dict[str, Any]) -> bool:
     return stats["failed_count"] > 0 and stats["last_failed_time"] >= stats["last_archived_time"]
 
 
-def raise_if_archiver_failing(conn: Any, name: str, wal_names: Callable[[], list[str]],
+def raise_if_archiver_failing(conn: Any, name: str, wal_names: Callable[[str], list[str]],
                               bound: float = PRE_WINDOW_TIMEOUT) -> None:
     """Before a set's window opens: when PostgreSQL's archiver failed on its latest attempt, force a
     segment switch (which also wakes a pausing archiver) and require it in the repository within

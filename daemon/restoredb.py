@@ -50,7 +50,7 @@ from typing import Any
 from cairn import walnames
 from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
-from cairn.daemon.walarchive import database_records
+from cairn.daemon.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.fsio.writer import TreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -70,20 +70,23 @@ def cairn_executable() -> str:
     return shutil.which("cairn") or "cairn"
 
 
-def restore_command(socket_path: str, executable: str | None = None) -> str:
-    """restore_command for recovery: `cairn --socket S wal-fetch %f %p`.
+def restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
+    """restore_command for recovery: `cairn --socket S wal-fetch [--system-id N] %f %p`.
 
     The socket is always named: PostgreSQL runs the command as its own OS user, whose default
-    socket (under its home or XDG_RUNTIME_DIR) is not the daemon's.
+    socket (under its home or XDG_RUNTIME_DIR) is not the daemon's. The system identifier names
+    the cluster's WAL name space in the repository.
     """
     exe = executable or cairn_executable()
-    return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch %f %p"
+    ident = f" --system-id {int(system_id)}" if system_id else ""
+    return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch{ident} %f %p"
 
 
-def prefetching_restore_command(socket_path: str, executable: str | None = None) -> str:
+def prefetching_restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
     """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
     `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command)."""
-    return f"mv -f pg_wal/cairn-prefetch/%f %p 2>/dev/null || {restore_command(socket_path, executable)}"
+    return (f"mv -f pg_wal/cairn-prefetch/%f %p 2>/dev/null || "
+            f"{restore_command(socket_path, executable, system_id)}")
 
 
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:
@@ -152,11 +155,13 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                 f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
         remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
     main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
-                           command or prefetching_restore_command(socket_path), target_time or None,
+                           command or prefetching_restore_command(socket_path, system_id=record_namespace(rec)),
+                           target_time or None,
                            target_lsn or None, tablespace_remap=remap,
                            extra_settings=None if (target_time or target_lsn) else
                            {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
-    return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn))
+    return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn),
+                  namespace=record_namespace(rec))
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
@@ -176,7 +181,7 @@ def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
     point = (rec.get("restore_point") or {}).get("lsn") or ""
     if point:
         end = max(end, lsn_to_int(point) // size)
-    held = set(repo.list_wal())
+    held = set(repo.list_wal(record_namespace(rec)))
     history = walnames.history_name(tli)
     names = [history] if tli > 1 and history in held else []
     for segno in range(first[1], end + 1):
@@ -192,13 +197,13 @@ def _segno(name: str, per_xlogid: int) -> int:
 
 
 def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
-           wal: list[str], own_point: bool = False) -> Iterator[Record]:
+           wal: list[str], own_point: bool = False, namespace: str = "") -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
         if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
             owner = (r.uid, r.gid)
         yield r
-    yield from _placed_wal(repo, wal, owner, own_point)
+    yield from _placed_wal(repo, wal, owner, own_point, namespace)
     if not spaces:
         return
     top = TABLESPACE_DIR.encode()
@@ -216,14 +221,14 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
 
 
 def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
-                own_point: bool = False) -> Iterator[Record]:
+                own_point: bool = False, namespace: str = "") -> Iterator[Record]:
     """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them (and,
     when recovery stops at the set's own point, the empty file OWN_POINT: no later segment is
     ever needed)."""
     if not names:
         return
     for name in names:
-        data = repo.get_wal(name)
+        data = fetch_wal(repo, name, namespace)
         yield EntryMeta(path=b"pg_wal/" + name.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
                         mtime_ns=time.time_ns(), size=len(data))
         yield Data(data)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from cairn import __version__
+from cairn import __version__, walnames
 from cairn.daemon import capture, checkdb, restoredb, retention, skip, walarchive
 from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
@@ -432,20 +432,26 @@ class CairnService:
 
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
-        snap = self.archive.snapshot(self.repo.list_wal())
+        entries = self.repo.wal_entries()
+        snap = self.archive.snapshot([name for _, name in entries])
+        snap.namespaces = len({ns for ns, _ in entries if ns})
         if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
             snap.last_time = self.health.wal_time  # archived before this daemon started
         for db in self._config.databases:
             if db.kind != "postgres":
                 continue  # dump engines archive no WAL
-            snap.databases.append({"name": db.name, **walarchive.database_archiver(db)})
+            info = {"name": db.name, **walarchive.database_archiver(db)}
+            if info.get("system_id"):
+                info["namespace_segments"] = sum(1 for ns, n in entries
+                                                 if ns == info["system_id"] and walarchive.SEGMENT_RE.match(n))
+            snap.databases.append(info)
         return snap
 
     def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
         """`cairn check-db`: connection, archive_command and a forced segment switch (daemon/checkdb.py)."""
         db = self._config.database(name)
-        return checkdb.check_database(db, self.repo.list_wal, lambda: self.archive.snapshot([]).last_failure,
-                                      timeout)
+        return checkdb.check_database(db, lambda ns: self.repo.list_wal(ns, flat=False),
+                                      lambda: self.archive.snapshot([]).last_failure, timeout)
 
     # ---- writing outside backups ----
 
@@ -503,11 +509,17 @@ class CairnService:
         """Raise unless WAL pushes are accepted (checked before a push is received)."""
         self._require_writable("archiving WAL")
 
-    def put_wal(self, name: str, data: bytes) -> bool:
+    def put_wal(self, name: str, data: bytes, namespace: str = "") -> bool:
+        """Archive WAL file `name` in its cluster's name space (walarchive.push_namespace)."""
+        return self.put_wal_in(name, data, namespace)[0]
+
+    def put_wal_in(self, name: str, data: bytes, namespace: str = "") -> tuple[bool, str]:
+        """put_wal, and the name space the file went to."""
         self._require_writable("archiving WAL")
         _check_wal_name(name)
         try:
-            stored = self.repo.put_wal(name, data)
+            namespace = walarchive.push_namespace(name, data, namespace)
+            stored = self.repo.put_wal(name, data, namespace)
         except CairnError as exc:
             self.archive.failed(name, exc.message)
             if self._metrics is not None:
@@ -517,11 +529,12 @@ class CairnService:
         self.health.wal_stored(name)
         if self._metrics is not None:
             self._metrics.record_wal(True)
-        return stored
+        return stored, namespace
 
-    def get_wal(self, name: str) -> bytes:
+    def get_wal(self, name: str, namespace: str = "") -> bytes:
+        """WAL file `name` of a cluster's name space (its system identifier; "" the flat one)."""
         _check_wal_name(name)
-        return self.repo.get_wal(name)
+        return walarchive.fetch_wal(self.repo, name, walnames.namespace_of(namespace) if namespace else "")
 
     # ---- lifecycle ----
 

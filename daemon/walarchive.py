@@ -15,8 +15,13 @@
   committed only after that, so no set is ever visible without the WAL it needs. Past the
   bound it raises DeadlineError naming the first missing segment.
 
+- `push_namespace` / `fetch_wal`: each cluster's WAL is archived in its own repository name
+  space, its system identifier (read from a segment's page header, or given by the client for
+  history and backup files); a fetch falls back to the flat name space of older archives, but
+  never to a segment another server wrote.
+
 What always holds: names are compared as (timeline, segment number) with the segment size
-each set recorded; no WAL content is read.
+each set recorded, within the record's name space (its system identifier) and the flat one.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn import walnames
-from cairn.store.errors import AbortedError, CairnError, DeadlineError, FailedPreconditionError
+from cairn.store.errors import (
+    AbortedError,
+    CairnError,
+    DeadlineError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from cairn.store.model import BackupSet, CheckProblem
 
 SEGMENT_RE, HISTORY_RE = walnames.SEGMENT_RE, walnames.HISTORY_RE  # WAL names: cairn.walnames
@@ -48,6 +60,7 @@ class ArchiveSnapshot:
     last_failure_time: float = 0.0
     segments: int = 0
     databases: list[dict[str, Any]] = field(default_factory=list)
+    namespaces: int = 0  # WAL name spaces (clusters) in the repository, the flat one not counted
 
 
 class ArchiveHealth:
@@ -93,7 +106,13 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
     try:
         with PgConnection.open(db.dsn, name=db.name, connect_timeout=connect_timeout, check_rights=False,
                                require_archiving=False) as conn:
-            return server_archiver(conn)
+            out = server_archiver(conn)
+            try:
+                out["system_id"] = walnames.namespace_of(
+                    conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
+            except CairnError:
+                pass  # status then shows no name space for it
+            return out
     except CairnError as exc:
         return {"error": exc.message}
 
@@ -121,6 +140,13 @@ def missing_segments(names: set[str], recs: list[dict[str, Any]]) -> list[tuple[
     return [(rec, seg) for rec in recs for seg in segments_needed(rec) if seg not in names]
 
 
+def _by_namespace(recs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in recs:
+        out.setdefault(record_namespace(rec), []).append(rec)
+    return out
+
+
 WAL_POLL = 0.05
 WAL_POLL_MAX = 0.5
 
@@ -134,7 +160,8 @@ def wait_for_wal(repo: Any, recs: list[dict[str, Any]], timeouts: dict[str, floa
     start = time.monotonic()
     delay = WAL_POLL
     while True:
-        missing = missing_segments(set(repo.list_wal()), recs)
+        missing = [m for ns, group in _by_namespace(recs).items()
+                   for m in missing_segments(set(repo.list_wal(ns)), group)]
         if not missing:
             return time.monotonic() - start
         rec, seg = missing[0]
@@ -161,31 +188,67 @@ def wait_for_wal(repo: Any, recs: list[dict[str, Any]], timeouts: dict[str, floa
         delay = min(WAL_POLL_MAX, delay * 1.5)
 
 
-SYSID_OFFSET = 24  # XLogLongPageHeaderData.xlp_sysid, after the 24-byte (aligned) short header
-
-
 def wal_system_identifier(data: bytes) -> int | None:
-    """The system identifier in a WAL segment's first (long) page header; None if too short."""
-    if len(data) < SYSID_OFFSET + 8:
-        return None
-    return int.from_bytes(data[SYSID_OFFSET:SYSID_OFFSET + 8], "little")
+    """The system identifier in a WAL segment's first (long) page header; None if it has none."""
+    return walnames.segment_system_identifier(data)
+
+
+def record_namespace(rec: dict[str, Any]) -> str:
+    """The repository WAL name space of a database record: its cluster's system identifier."""
+    try:
+        return walnames.namespace_of(rec.get("system_identifier"))
+    except CairnError:
+        return ""
+
+
+def _is_segment_file(name: str) -> bool:
+    return bool(SEGMENT_RE.match(name) or (name.endswith(".partial") and SEGMENT_RE.match(name[:-8])))
+
+
+def push_namespace(name: str, data: bytes, namespace: str = "") -> str:
+    """The name space a pushed WAL file goes to: the system identifier in a segment's page
+    header (it must agree with `namespace` when both are given), else `namespace` (history and
+    backup files carry no header: the client names it), else "" (the flat name space)."""
+    namespace = walnames.namespace_of(namespace) if namespace else ""
+    found = wal_system_identifier(data) if _is_segment_file(name) else None
+    if found is None:
+        return namespace
+    if namespace and str(found) != namespace:
+        raise InvalidArgumentError(
+            f"WAL segment {name} was written by the server with system identifier {found}, "
+            f"not {namespace}: check the --system-id of this archive_command")
+    return str(found)
+
+
+def fetch_wal(repo: Any, name: str, namespace: str = "") -> bytes:
+    """WAL file `name` of `namespace` (a flat entry when the name space lacks it, unless that
+    entry is a segment another server wrote: then NotFoundError, as for a missing file)."""
+    found, data = repo.get_wal_entry(name, namespace)
+    if namespace and not found and _is_segment_file(name):
+        owner = wal_system_identifier(data)
+        if owner is not None and str(owner) != namespace:
+            raise NotFoundError(f"WAL file '{namespace}/{name}' is not in the archive (the flat entry of that "
+                                f"name belongs to system {owner})")
+    return data
 
 
 def check_wal_owner(repo: Any, rec: dict[str, Any]) -> None:
-    """Refuse a set whose first or last WAL segment in the repository was written by another server.
-
-    The repository holds one flat namespace of segment names, so two clusters archiving into
-    it produce the same names; the segment found under the name then belongs to the other one
-    and the set could never be restored. Raises FailedPreconditionError naming both servers."""
+    """Refuse a set whose first or last WAL segment, as a restore would fetch it, was written by
+    another server. Each cluster archives into its own name space (its system identifier), so
+    this holds by construction; it can fire only for a segment of an older flat archive, or for
+    a name space holding another cluster's segment. Raises FailedPreconditionError naming both."""
     wal = rec.get("wal") or {}
     want = str(rec.get("system_identifier", ""))
+    namespace = record_namespace(rec)
     for name in dict.fromkeys(str(n) for n in (wal.get("last"), wal.get("first")) if n):
-        found = wal_system_identifier(repo.get_wal(name))
+        try:
+            found = wal_system_identifier(repo.get_wal(name, namespace))
+        except NotFoundError:
+            continue  # wait_for_wal found it in the name space; a concurrent retention is not ours to judge
         if found is not None and want and str(found) != want:
             raise FailedPreconditionError(
                 f"WAL segment {name} in the repository belongs to another server (system identifier {found}, "
-                f"database '{rec.get('name', '?')}' is {want}): servers archiving into one repository must "
-                "not produce the same WAL file names; the set is not committed")
+                f"database '{rec.get('name', '?')}' is {want}); the set is not committed")
 
 
 def server_archiver(conn: Any) -> dict[str, Any]:
@@ -225,21 +288,35 @@ def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int
 
 
 def continuity_problems(repo: Any, sets: list[BackupSet]) -> list[CheckProblem]:
-    """Gaps in archived WAL that sets depend on (see the module docstring)."""
-    names = repo.list_wal()
+    """Gaps in archived WAL that sets depend on (see the module docstring). Each database's WAL
+    is looked for in its cluster's name space and the flat one (what a restore fetches)."""
     db_recs = [(s, rec) for s in sets for rec in database_records(s.extra)]
     if not db_recs:
         return []
+    problems: dict[tuple[str, int, int], tuple[str, list[str]]] = {}
+    by_space: dict[str, list[tuple[BackupSet, dict[str, Any]]]] = {}
+    for s, rec in db_recs:
+        by_space.setdefault(record_namespace(rec), []).append((s, rec))
+    for namespace, group in sorted(by_space.items()):
+        _namespace_gaps(repo, namespace, group, problems)
+    out = [CheckProblem(message=msg, object_id=segment_name(t, g), sets=tuple(ids))
+           for (_, t, g), (msg, ids) in sorted(problems.items())]
+    return out[:MAX_GAPS_REPORTED]
+
+
+def _namespace_gaps(repo: Any, namespace: str, db_recs: list[tuple[BackupSet, dict[str, Any]]],
+                    problems: dict[tuple[str, int, int], tuple[str, list[str]]]) -> None:
+    names = repo.list_wal(namespace)
     histories: dict[int, bytes] = {}
     for n in names:
         m = HISTORY_RE.match(n)
         if m:
             try:
-                histories[int(m.group(1), 16)] = repo.get_wal(n)
+                histories[int(m.group(1), 16)] = repo.get_wal(n, namespace)
             except Exception:  # noqa: BLE001 - an unreadable history file is reported by the data check
                 continue
     switches = _switch_points(histories)
-    problems: dict[tuple[int, int], tuple[str, list[str]]] = {}
+    where = f" of system {namespace}" if namespace else ""
     for s, rec in db_recs:
         size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
         have = _segments_by_timeline(names, size)
@@ -265,15 +342,12 @@ def continuity_problems(repo: Any, sets: list[BackupSet]) -> list[CheckProblem]:
                 if missing and gap_start is None:
                     gap_start = segno
                 elif not missing and gap_start is not None:
-                    key = (t, gap_start)
+                    key = (namespace, t, gap_start)
                     fatal = last is not None and t == last[0] and gap_start <= last[1]
-                    msg = _gap_message(t, gap_start, segno - 1, size, fatal)
+                    msg = _gap_message(t, gap_start, segno - 1, size, fatal, where)
                     old = problems.get(key)
                     problems[key] = (msg if old is None or fatal else old[0], (old[1] if old else []) + [s.id])
                     gap_start = None
-    out = [CheckProblem(message=msg, object_id=segment_name(t, g), sets=tuple(ids))
-           for (t, g), (msg, ids) in sorted(problems.items())]
-    return out[:MAX_GAPS_REPORTED]
 
 
 def _segments_by_timeline(names: list[str], size: int) -> dict[int, set[int]]:
@@ -285,10 +359,10 @@ def _segments_by_timeline(names: list[str], size: int) -> dict[int, set[int]]:
     return out
 
 
-def _gap_message(tli: int, first: int, last: int, size: int, fatal: bool) -> str:
+def _gap_message(tli: int, first: int, last: int, size: int, fatal: bool, where: str = "") -> str:
     what = segment_name(tli, first, size)
     if last > first:
         what += f" .. {segment_name(tli, last, size)} ({last - first + 1} segments)"
     effect = ("the set cannot be restored" if fatal
               else "point-in-time recovery past the gap is impossible")
-    return f"WAL is not continuous on timeline {tli}: {what} missing from the archive; {effect}"
+    return f"WAL is not continuous on timeline {tli}: {what} missing from the archive{where}; {effect}"

@@ -256,7 +256,7 @@ class Checker:
             else:
                 if read_data and "sum" not in doc:
                     try:
-                        walmod.get(self.repo, name)
+                        walmod.read_content(self.repo, name, doc)
                     except CairnError as e:
                         self.errors.append(CheckProblem(str(e), object_id=name))
 

@@ -672,11 +672,18 @@ class Repository:
                        grace: float = 0.0) -> PruneReport:
         """Forget the WAL files WAL retention lets go (after the sets), then free their chunks."""
         gone = set(report.forgotten)
-        names = retention.wal_forget(self.list_wal(), walmod.archived_times(self),
-                                     [s for s in before if s.id not in gone], before, time.time(), window)
+        kept, now = [s for s in before if s.id not in gone], time.time()
+        by_space: dict[str, list[str]] = {}
+        for ns, name in walmod.entries(self):
+            by_space.setdefault(ns, []).append(name)
+        doomed = {ns: retention.wal_forget(found, walmod.archived_times(self, ns), kept, before, now, window,
+                                           namespace=ns)
+                  for ns, found in sorted(by_space.items())}
+        names = [walmod.display_name(ns, n) for ns, found in doomed.items() for n in found]
         if not names or dry_run:
             return replace(report, wal_forgotten=tuple(names))
-        walmod.forget(self, names)
+        for ns, found in doomed.items():
+            walmod.forget(self, found, ns)
         freed = prunemod.Pruner(self, check_lock, lock_name).run(PrunePolicy(), dry_run=False, source=None,
                                                                   grace=grace)
         self.load_index()
@@ -691,16 +698,26 @@ class Repository:
         """The rule an archive segment name must follow (the store itself knows no engine's)."""
         self.segment_rule = rule
 
-    def put_wal(self, name: str, data: bytes) -> bool:
+    def put_wal(self, name: str, data: bytes, namespace: str = "") -> bool:
         self._writable()
         with self.locks.hold("wal-push") as lock:
-            return walmod.put(self, name, data, check_lock=lock.check, lock=lock.name)
+            return walmod.put(self, name, data, check_lock=lock.check, lock=lock.name, namespace=namespace)
 
-    def get_wal(self, name: str) -> bytes:
-        return walmod.get(self, name)
+    def get_wal(self, name: str, namespace: str = "") -> bytes:
+        """WAL file `name` of `namespace`, else its flat entry (store/wal.py)."""
+        return walmod.get(self, name, namespace)
 
-    def list_wal(self) -> list[str]:
-        return sorted(self.backend.list("wal"))
+    def get_wal_entry(self, name: str, namespace: str = "") -> tuple[str, bytes]:
+        """(name space it was found in, content) of WAL file `name`, as get_wal finds it."""
+        return walmod.get_entry(self, name, namespace)
+
+    def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:
+        """The WAL file names a fetch in `namespace` finds: its own and (with `flat`) the flat entries."""
+        return walmod.names_in(self, namespace, flat)
+
+    def wal_entries(self) -> list[tuple[str, str]]:
+        """Every WAL catalog entry as (name space, file name); "" is the flat name space."""
+        return walmod.entries(self)
 
 
 class _CurrentIndex:

@@ -20,8 +20,10 @@ What always holds:
   backing up never loses its last sets to the passing of time);
 - a forgotten set never breaks a kept one: sets are complete trees, so no kept set needs its
   base (the base id is history, not a dependency);
-- WAL: a WAL file is forgotten only when it lies before the first segment of every kept set
-  holding a database AND it is older than the window (its catalog time, else the start of a
+- WAL: each WAL name space apart (a database's WAL is in the name space of its
+  "system_identifier"; the flat name space of older entries counts every database): a WAL file
+  is forgotten only when it lies before the first segment of every kept set's database
+  of that name space AND it is older than the window (its catalog time, else the start of a
   set it precedes); history files are always kept; an age that cannot be told keeps the file.
 """
 
@@ -146,15 +148,30 @@ def _span(seconds: float) -> str:
 # ---- WAL ----------------------------------------------------------------------------------
 
 
-def _db_record(s: BackupSet) -> tuple[int, int, int] | None:
-    """(timeline, first segment number, segment size) of a set holding a database, else None."""
-    rec = s.extra.get("database") if isinstance(s.extra, dict) else None
-    if not isinstance(rec, dict):
-        return None
-    size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
-    wal = rec.get("wal") if isinstance(rec.get("wal"), dict) else {}
-    first = segment_number(str(wal.get("first", "")), size)
-    return None if first is None else (first[0], first[1], size)
+def _records(s: BackupSet) -> list[dict]:
+    """The stored database records of a set (extra "databases", or the one "database" of older sets)."""
+    extra = s.extra if isinstance(s.extra, dict) else {}
+    many = extra.get("databases")
+    if isinstance(many, list):
+        return [r for r in many if isinstance(r, dict)]
+    one = extra.get("database")
+    return [one] if isinstance(one, dict) else []
+
+
+def _db_records(s: BackupSet, namespace: str) -> list[tuple[int, int, int]]:
+    """(timeline, first segment number, segment size) of each database of a set whose WAL is in
+    `namespace` (a record's "system_identifier"; the flat name space "" serves every record,
+    as a fetch falls back to it)."""
+    out = []
+    for rec in _records(s):
+        if namespace and str(rec.get("system_identifier") or "") != namespace:
+            continue
+        size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
+        wal = rec.get("wal") if isinstance(rec.get("wal"), dict) else {}
+        first = segment_number(str(wal.get("first", "")), size)
+        if first is not None:
+            out.append((first[0], first[1], size))
+    return out
 
 
 def segment_number(name: str, size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
@@ -167,15 +184,16 @@ def segment_number(name: str, size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, in
 
 
 def wal_forget(names: Iterable[str], archived: Mapping[str, float | None], kept: Iterable[BackupSet],
-               known: Iterable[BackupSet], now: float, window: float) -> list[str]:
-    """The WAL files WAL retention forgets (see the module docstring), sorted.
+               known: Iterable[BackupSet], now: float, window: float, namespace: str = "") -> list[str]:
+    """The WAL files of `namespace` WAL retention forgets (see the module docstring), sorted.
 
     `archived` maps a name to the time its catalog entry records (None: not recorded);
     `kept` are the sets that remain after the prune, `known` every set before it (their
-    starts bound the age of the WAL files that precede them).
+    starts bound the age of the WAL files that precede them). Only the databases whose WAL
+    is in `namespace` count (every database for the flat name space).
     """
-    kept_db = [r for r in map(_db_record, kept) if r is not None]
-    known_db = [(r, s.time_start) for s in known if (r := _db_record(s)) is not None]
+    kept_db = [r for s in kept for r in _db_records(s, namespace)]
+    known_db = [(r, s.time_start) for s in known for r in _db_records(s, namespace)]
     size = (kept_db or [r for r, _ in known_db] or [(0, 0, DEFAULT_SEGMENT_SIZE)])[0][2]
     cutoff = min((r[1] for r in kept_db), default=None)
     horizon = now - window

@@ -1,6 +1,12 @@
-"""Archived PostgreSQL WAL files: content as chunks, one catalog object per file name.
+"""Archived PostgreSQL WAL files: content as chunks, one catalog object per file name and name space.
 
-The catalog object "wal/<name>" is compact sorted JSON {"size", "hash" (blake3 of the
+Every database cluster starts at the same WAL file names, so a repository keeps one name space
+per cluster: the catalog object of file <name> in name space <ns> is "wal/<ns>@<name>". The
+store does not know what a name space means (the daemon uses PostgreSQL's system identifier);
+it is any NAMESPACE-shaped string. Entries written before name spaces existed are "wal/<name>"
+(the flat name space, ""): they are still read, and a fetch in a name space that does not hold a
+name falls back to the flat entry of that name. Listings, retention, verify and prune cover both.
+The catalog object is compact sorted JSON {"size", "hash" (blake3 of the
 content), "chunks", "time" (when it was archived, seconds since the epoch), "sum" (blake3 of
 the same JSON without "sum")}; entries written before "sum" or "time" existed lack them and
 are still read. It is written after the pack and index holding the chunks, so a listed
@@ -43,6 +49,50 @@ def check_name(name: str, rule: Callable[[str], bool] = plain_name) -> str:
     if not (plain_name(name) and rule(name)):
         raise InvalidArgumentError(f"'{name}' is not a WAL file name")
     return name
+
+
+NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no '.' or '@': the object name splits at '@'
+SEP = "@"
+
+
+def check_namespace(namespace: str) -> str:
+    if namespace and not NAMESPACE.match(namespace):
+        raise InvalidArgumentError(f"'{namespace}' is not a WAL name space (letters, digits, '_' and '-')")
+    return namespace
+
+
+def object_name(namespace: str, name: str) -> str:
+    """The catalog object name of WAL file `name` in `namespace` ("" is the flat name space)."""
+    return f"{check_namespace(namespace)}{SEP}{name}" if namespace else name
+
+
+def split_object(obj: str) -> tuple[str, str]:
+    """(name space, file name) of a catalog object name ("" for a flat entry)."""
+    ns, sep, name = obj.partition(SEP)
+    return (ns, name) if sep else ("", obj)
+
+
+def display_name(namespace: str, name: str) -> str:
+    """How people see an entry: "<ns>/<name>", or the bare name of a flat entry."""
+    return f"{namespace}/{name}" if namespace else name
+
+
+def entries(repo: Repository) -> list[tuple[str, str]]:
+    """Every catalog entry as (name space, file name), sorted; "" is the flat name space."""
+    out = []
+    for obj in repo.backend.list("wal"):
+        ns, name = split_object(obj)
+        if plain_name(name) and (not ns or NAMESPACE.match(ns)):
+            out.append((ns, name))
+    return sorted(out)
+
+
+def names_in(repo: Repository, namespace: str, flat: bool = True) -> list[str]:
+    """The file names a fetch in `namespace` finds: its own entries and (with `flat`) the flat
+    ones, sorted."""
+    check_namespace(namespace)
+    spaces = ("", namespace) if flat else (namespace,)
+    return sorted({name for ns, name in entries(repo) if ns in spaces})
 
 
 CATALOG_KEYS = {"size", "hash", "chunks"}
@@ -88,24 +138,28 @@ def decode_catalog(name: str, data: bytes) -> dict:
     return doc
 
 
-def _catalog(repo: Repository, name: str) -> dict | None:
+def _catalog(repo: Repository, obj: str) -> dict | None:
     try:
-        data = repo.backend.get("wal", name)
+        data = repo.backend.get("wal", obj)
     except NotFoundError:
         return None
-    return decode_catalog(name, data)
+    return decode_catalog(obj, data)
 
 
 def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None,
-        lock: str | None = None) -> bool:
-    """Store WAL file `name`; True if new, False if identical content was already there."""
+        lock: str | None = None, namespace: str = "") -> bool:
+    """Store WAL file `name` in `namespace`; True if new, False if identical content was already
+    there. Only that name space's own entry counts: a flat entry of the same name is another
+    cluster's as far as the store knows."""
     check_name(name, repo.segment_rule)
+    obj = object_name(namespace, name)
     digest = blake3.blake3(data).hexdigest()
-    have = _catalog(repo, name)
+    have = _catalog(repo, obj)
     if have is not None:
         if have.get("hash") == digest and have.get("size") == len(data):
             return False
-        raise AlreadyExistsError(f"WAL file '{name}' is already archived with different content")
+        raise AlreadyExistsError(f"WAL file '{display_name(namespace, name)}' is already archived with different "
+                                 "content")
     repo.refresh_index()
     writer = repo._writer()
     try:
@@ -121,19 +175,32 @@ def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None]
     repo.confirm_deduped(writer, lock=lock)
     if check_lock is not None:
         check_lock()
-    repo.backend.put("wal", name, encode_catalog(len(data), digest, chunks, time.time()))
+    repo.backend.put("wal", obj, encode_catalog(len(data), digest, chunks, time.time()))
     return True
 
 
-def get(repo: Repository, name: str) -> bytes:
-    """Return the archived content of WAL file `name`, verified."""
+def get(repo: Repository, name: str, namespace: str = "") -> bytes:
+    """Return the archived content of WAL file `name` in `namespace`, verified; a name the name
+    space does not hold is read from the flat name space (entries from before name spaces)."""
+    return get_entry(repo, name, namespace)[1]
+
+
+def get_entry(repo: Repository, name: str, namespace: str = "") -> tuple[str, bytes]:
+    """(the name space it was found in, content) of WAL file `name`, as `get` finds it."""
     check_name(name, repo.segment_rule)
-    doc = _catalog(repo, name)
+    found, doc = namespace, _catalog(repo, object_name(namespace, name))
+    if doc is None and namespace:
+        found, doc = "", _catalog(repo, name)
     if doc is None:
-        raise NotFoundError(f"WAL file '{name}' is not in the archive")
+        raise NotFoundError(f"WAL file '{display_name(namespace, name)}' is not in the archive")
+    return found, read_content(repo, display_name(found, name), doc)
+
+
+def read_content(repo: Repository, label: str, doc: dict) -> bytes:
+    """The content a decoded catalog entry names, checked against its size and hash."""
     data = b"".join(repo.reader.read(bytes.fromhex(c)) for c in doc["chunks"])
     if len(data) != doc["size"] or blake3.blake3(data).hexdigest() != doc["hash"]:
-        raise CorruptionError(f"unable to read WAL file '{name}': checksum mismatch")
+        raise CorruptionError(f"unable to read WAL file '{label}': checksum mismatch")
     return data
 
 
@@ -147,12 +214,15 @@ def referenced_chunks(repo: Repository) -> set[bytes]:
     return out
 
 
-def archived_times(repo: Repository) -> dict[str, float | None]:
-    """Every catalog entry's archive time (None where the entry does not record one)."""
+def archived_times(repo: Repository, namespace: str = "") -> dict[str, float | None]:
+    """The archive time of every entry of `namespace` by file name (None where the entry does
+    not record one)."""
     out: dict[str, float | None] = {}
-    for name in list(repo.backend.list("wal")):
+    for ns, name in entries(repo):
+        if ns != namespace:
+            continue
         try:
-            doc = _catalog(repo, name)
+            doc = _catalog(repo, object_name(ns, name))
         except CorruptionError:
             doc = None
         when = doc.get("time") if isinstance(doc, dict) else None
@@ -160,10 +230,10 @@ def archived_times(repo: Repository) -> dict[str, float | None]:
     return out
 
 
-def forget(repo: Repository, names: list[str]) -> None:
-    """Delete the catalog entries of `names` (already gone ones are skipped)."""
+def forget(repo: Repository, names: list[str], namespace: str = "") -> None:
+    """Delete the catalog entries of `names` in `namespace` (already gone ones are skipped)."""
     for name in names:
         try:
-            repo.backend.delete("wal", check_name(name))
+            repo.backend.delete("wal", object_name(namespace, check_name(name)))
         except NotFoundError:
             pass

@@ -277,9 +277,11 @@ class CairnServicer(pb_grpc.CairnServicer):
             # even on kill -9) and handed to the store as a read-only mapping: the pushed bytes
             # live in the page cache, not in the daemon's heap, whatever the segment size.
             with _spool_file(daemon.state_dir) as spool:
-                name, size = spool_wal(request_iterator, spool, daemon.max_wal_size)
+                meta: dict[str, str] = {}
+                name, size = spool_wal(request_iterator, spool, daemon.max_wal_size, meta)
                 with _mapped(spool, size) as data:
-                    return pb.WalPushReply(stored=self.service.put_wal(name, data))
+                    stored, namespace = self.service.put_wal_in(name, data, meta.get("wal_namespace", ""))
+                    return pb.WalPushReply(stored=stored, wal_namespace=namespace)
         except Exception as exc:
             _abort(context, exc, "WalPush")
 
@@ -291,7 +293,7 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def WalFetch(self, request: pb.WalFetchRequest, context: grpc.ServicerContext) -> Iterator[pb.WalFetchReply]:
-        data = self.service.get_wal(request.name)
+        data = self.service.get_wal(request.name, request.wal_namespace)
         for start in range(0, max(len(data), 1), DATA_PIECE):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])
 
@@ -337,15 +339,19 @@ def _spool_file(directory: str) -> Iterator[BinaryIO]:
         ) from exc
 
 
-def spool_wal(requests: Iterator[Any], spool: BinaryIO, limit: int) -> tuple[str, int]:
+def spool_wal(requests: Iterator[Any], spool: BinaryIO, limit: int,
+              meta: dict[str, str] | None = None) -> tuple[str, int]:
     """Write the data of a WalPush stream to `spool`; return the name (from the first message)
-    and the size. More than `limit` bytes is refused as soon as the stream passes it."""
+    and the size. More than `limit` bytes is refused as soon as the stream passes it. `meta`
+    receives the first message's wal_namespace."""
     name, size = "", 0
     for req in requests:
         if isinstance(req, Malformed):
             req.raise_error()
         if req.name and not name:
             name = req.name
+            if meta is not None:
+                meta["wal_namespace"] = getattr(req, "wal_namespace", "")
         size += len(req.data)
         if size > limit:
             raise InvalidArgumentError(
@@ -545,6 +551,7 @@ def archive_status(a: Any) -> pb.ArchiveStatus:
         last_failure=a.last_failure,
         last_failure_time=a.last_failure_time,
         segments=a.segments,
+        wal_namespaces=a.namespaces,
     )
     for d in a.databases:
         msg.databases.add(**{k: v for k, v in d.items() if k in pb.DatabaseArchive.DESCRIPTOR.fields_by_name})

@@ -213,7 +213,7 @@ class RetentionStatus(_message.Message):
     def __init__(self, schedule: _Optional[str] = ..., next_run: _Optional[float] = ..., last_run: _Optional[float] = ..., last_result: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ArchiveStatus(_message.Message):
-    __slots__ = ("last_segment", "last_time", "pushed", "failures", "last_failure", "last_failure_time", "segments", "databases")
+    __slots__ = ("last_segment", "last_time", "pushed", "failures", "last_failure", "last_failure_time", "segments", "databases", "wal_namespaces")
     LAST_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     LAST_TIME_FIELD_NUMBER: _ClassVar[int]
     PUSHED_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class ArchiveStatus(_message.Message):
     LAST_FAILURE_TIME_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     DATABASES_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     last_segment: str
     last_time: float
     pushed: int
@@ -230,10 +231,11 @@ class ArchiveStatus(_message.Message):
     last_failure_time: float
     segments: int
     databases: _containers.RepeatedCompositeFieldContainer[DatabaseArchive]
-    def __init__(self, last_segment: _Optional[str] = ..., last_time: _Optional[float] = ..., pushed: _Optional[int] = ..., failures: _Optional[int] = ..., last_failure: _Optional[str] = ..., last_failure_time: _Optional[float] = ..., segments: _Optional[int] = ..., databases: _Optional[_Iterable[_Union[DatabaseArchive, _Mapping]]] = ...) -> None: ...
+    wal_namespaces: int
+    def __init__(self, last_segment: _Optional[str] = ..., last_time: _Optional[float] = ..., pushed: _Optional[int] = ..., failures: _Optional[int] = ..., last_failure: _Optional[str] = ..., last_failure_time: _Optional[float] = ..., segments: _Optional[int] = ..., databases: _Optional[_Iterable[_Union[DatabaseArchive, _Mapping]]] = ..., wal_namespaces: _Optional[int] = ...) -> None: ...
 
 class DatabaseArchive(_message.Message):
-    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments")
+    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments", "system_id", "namespace_segments")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,8 @@ class DatabaseArchive(_message.Message):
     LAST_FAILED_FIELD_NUMBER: _ClassVar[int]
     LAST_FAILED_TIME_FIELD_NUMBER: _ClassVar[int]
     LAG_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     error: str
     current_segment: str
@@ -252,7 +256,9 @@ class DatabaseArchive(_message.Message):
     last_failed: str
     last_failed_time: float
     lag_segments: int
-    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ...) -> None: ...
+    system_id: str
+    namespace_segments: int
+    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ..., system_id: _Optional[str] = ..., namespace_segments: _Optional[int] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("source", "level", "tags")
@@ -623,24 +629,30 @@ class PruneReply(_message.Message):
     def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[RetentionDecision, _Mapping]]] = ..., wal_forgotten: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WalPushRequest(_message.Message):
-    __slots__ = ("name", "data")
+    __slots__ = ("name", "data", "wal_namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     data: bytes
-    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    wal_namespace: str
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalPushReply(_message.Message):
-    __slots__ = ("stored",)
+    __slots__ = ("stored", "wal_namespace")
     STORED_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     stored: bool
-    def __init__(self, stored: _Optional[bool] = ...) -> None: ...
+    wal_namespace: str
+    def __init__(self, stored: _Optional[bool] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalFetchRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "wal_namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    wal_namespace: str
+    def __init__(self, name: _Optional[str] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalFetchReply(_message.Message):
     __slots__ = ("data",)

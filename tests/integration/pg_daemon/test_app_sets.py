@@ -35,11 +35,10 @@ def stack() -> Iterator[Stack]:
     for d in ("one/app", "three/app", "hot/alf_data/solr4Backup", "hot/alf_data/contentstore"):
         (root / d).mkdir(parents=True)
     st = Stack(root, {})
+    # Three separately created clusters: each starts its WAL at the same segment names, and each
+    # archives into its own WAL name space of the one repository (its system identifier).
     idm, jpa = st.archiving_server(), st.archiving_server()
-    # One repository holds one flat WAL namespace: the clusters' segment names must not overlap,
-    # so the second and third clusters start their WAL far beyond the first one's.
-    for srv, walfile in ((idm, "000000010000001000000001"), (jpa, "000000010000002000000001")):
-        srv._run_as_postgres([srv.bin("pg_resetwal"), "-l", walfile, "-D", str(srv.pgdata)])
+    st.named = {"idm": idm, "jpa": jpa}  # type: ignore[attr-defined]
     st.databases["jcr"] = {"dsn": st.pg.dsn_for(dbname="jcr"), "pgdata": str(st.pg.pgdata)}
     st.databases["idm"] = {"dsn": idm.dsn, "pgdata": str(idm.pgdata)}
     st.databases["jpa"] = {"dsn": jpa.dsn, "pgdata": str(jpa.pgdata)}
@@ -180,6 +179,45 @@ def test_three_databases_in_one_cold_window(stack: Stack) -> None:
     assert "jcr,idm,jpa" in table
     assert "db:jcr" in stack.ok("ls", sets[0]["id"]) and "db:jpa" in stack.ok("ls", sets[0]["id"])
     check_sets_match_snapshots(stack, "three", [("jcr", "jcr"), ("idm", "postgres"), ("jpa", "postgres")], sets)
+    # the fresh clusters' WAL names collide; the repository holds each cluster's file in its own name space
+    spaces = wal_catalog(stack)
+    idm_id, jpa_id = (str(recs[i]["system_identifier"]) for i in (1, 2))
+    assert idm_id != jpa_id
+    shared = spaces.get(idm_id, set()) & spaces.get(jpa_id, set())
+    assert any(len(n) == 24 for n in shared), "the second and third clusters wrote no segment of the same name"
+    assert "" not in spaces, "a real server's WAL went to the flat name space"
+
+    # point-in-time restore of the second cluster, past the last set, through wal-fetch in its name space
+    idm = stack.named["idm"]
+    idm.psql("CREATE TABLE pitr_marks (id int PRIMARY KEY)")
+    idm.psql("INSERT INTO pitr_marks VALUES (1)")
+    noted = idm.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    idm.psql("INSERT INTO pitr_marks VALUES (2)")
+    wait_archived(idm)
+    srv = stack.restore_db(sets[-1]["id"], "--target-time", noted, database="idm")
+    assert srv.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM pitr_marks") == "1"
+    srv.stop()
+
+
+def wal_catalog(stack: Stack) -> dict[str, set[str]]:
+    """The repository's WAL catalog: name space -> file names ("" the flat name space)."""
+    out: dict[str, set[str]] = {}
+    for obj in os.listdir(os.path.join(stack.repo, "wal")):
+        if not obj.startswith("."):
+            ns, _, name = obj.rpartition("@")
+            out.setdefault(ns, set()).add(name)
+    return out
+
+
+def wait_archived(srv, timeout: float = 60.0) -> None:
+    """Switch WAL on `srv` and wait until its archiver archived the switched segment."""
+    seg = srv.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    srv.psql("SELECT pg_switch_wal()")
+    end = time.monotonic() + timeout
+    while srv.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")[:24] < seg:
+        assert time.monotonic() < end, f"segment {seg} was not archived in {timeout}s"
+        time.sleep(0.1)
 
 
 def w_started(w: dict) -> float:

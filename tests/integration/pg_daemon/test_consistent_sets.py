@@ -211,7 +211,8 @@ def test_restore_db_errors_and_verify_and_status(stack: Stack, tmp_path: Path) -
 
     # a segment missing from the archive is a verify error naming the gap
     first = s["extra"]["database"]["wal"]["first"]
-    victim = Path(stack.repo) / "wal" / first
+    sysid = s["extra"]["database"]["system_identifier"]
+    victim = Path(stack.repo) / "wal" / f"{sysid}@{first}"  # the server's WAL name space
     assert victim.exists()
     keep = victim.read_bytes()
     victim.unlink()

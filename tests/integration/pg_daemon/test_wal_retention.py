@@ -42,17 +42,22 @@ def test_wal_before_the_kept_set_goes_and_pitr_after_it_still_works(stack: Stack
     stack.wait_archived()
 
     first_kept = kept["extra"]["database"]["wal"]["first"]
+    sysid = str(kept["extra"]["database"]["system_identifier"])
     before = json.loads(stack.ok("--json", "prune", "--dry-run", "--keep-last", "1", "--wal-keep", "0s"))
     assert before["forgotten"] == [old["id"]]
-    assert before["wal_forgotten"] and all(n[:24] < first_kept for n in before["wal_forgotten"])
-    assert old["extra"]["database"]["wal"]["first"] in before["wal_forgotten"]
+    # forgotten WAL is named "<name space>/<file>": the server's WAL name space is its system identifier
+    spaces = {n.partition("/")[0] for n in before["wal_forgotten"]}
+    names = [n.partition("/")[2] for n in before["wal_forgotten"]]
+    assert spaces == {sysid}
+    assert names and all(n[:24] < first_kept for n in names)
+    assert old["extra"]["database"]["wal"]["first"] in names
     # a window longer than the WAL's age keeps it all
     assert json.loads(stack.ok("--json", "prune", "--dry-run", "--keep-last", "1", "--wal-keep", "1d"))[
         "wal_forgotten"] == []
 
     done = json.loads(stack.ok("--json", "prune", "--keep-last", "1", "--wal-keep", "0s"))
     assert done["wal_forgotten"] == before["wal_forgotten"] and done["bytes_freed"] > 0
-    fetch = stack.cli("wal-fetch", done["wal_forgotten"][0], str(stack.root / "gone"))
+    fetch = stack.cli("wal-fetch", "--system-id", sysid, names[0], str(stack.root / "gone"))
     assert fetch.returncode == 3
     assert "repository ok: 1 set" in stack.ok("verify", "--read-data")
 

@@ -13,7 +13,7 @@ import pytest
 from cairn.daemon import capture, walarchive
 from cairn.daemon.config import DatabaseConfig, QuiesceConfig, SourceConfig
 from cairn.daemon.postgres import BackupStart, BackupStop, PgInfo
-from cairn.errors import DeadlineError, FailedPreconditionError
+from cairn.errors import DeadlineError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupRequest, ChangeHint
 from cairn.store.repository import Repository
 
@@ -179,10 +179,16 @@ def test_capture_first_keeps_its_place_and_is_taken_before_the_database(tmp_path
     assert (out / "a/one.txt").read_text() == "1"
 
 
+def long_header(sysid: int) -> bytes:
+    """The start of a segment: XLogLongPageHeaderData with XLP_LONG_HEADER, xlp_sysid, 16 MiB, 8 kB."""
+    return ((0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + bytes(20) + sysid.to_bytes(8, "little")
+            + (16 << 20).to_bytes(4, "little") + (8192).to_bytes(4, "little") + bytes(24))
+
+
 def test_a_segment_of_another_server_under_the_same_name_fails_the_set(tmp_path: Path) -> None:
     log = tmp_path / "hooks.log"
     repo, src, db = setup(tmp_path, "cold", log)
-    header = bytes(24) + (7).to_bytes(8, "little") + bytes(32)  # xlp_sysid 7; the server is 42
+    header = long_header(7)  # xlp_sysid 7; the server is 42; flat entries of an older archive
     repo.put_wal(SEG1, header)
     repo.put_wal(SEG2, header)
     with pytest.raises(FailedPreconditionError) as e:
@@ -190,5 +196,28 @@ def test_a_segment_of_another_server_under_the_same_name_fails_the_set(tmp_path:
     assert (f"WAL segment {SEG2} in the repository belongs to another server (system identifier 7, "
             "database 'db' is 42)") in e.value.message
     assert repo.list_sets() == []
-    ok = bytes(24) + (42).to_bytes(8, "little") + bytes(32)
-    assert walarchive.wal_system_identifier(ok) == 42
+    assert walarchive.wal_system_identifier(long_header(42)) == 42
+
+
+def test_the_servers_own_name_space_wins_over_another_servers_flat_segments(tmp_path: Path) -> None:
+    # an older flat archive holds server 7's segments under the names server 42 uses now; with
+    # 42's WAL in its own name space the set is committed and a restore reads 42's segments
+    log = tmp_path / "hooks.log"
+    repo, src, db = setup(tmp_path, "cold", log)
+    for seg in (SEG1, SEG2):
+        repo.put_wal(seg, long_header(7))
+        repo.put_wal(seg, long_header(42) + b"own", "42")
+    s = take(repo, src, db, tmp_path, Planner(repo, None, None, log), FakeConn())
+    assert [x.id for x in repo.list_sets()] == [s.id]
+    assert walarchive.fetch_wal(repo, SEG2, "42") == long_header(42) + b"own"
+    # a name the server's name space lacks is read from the flat name space, unless another server wrote it
+    repo.put_wal("000000010000000000000009", long_header(7))
+    repo.put_wal("00000002.history", b"1\t0/9000000\tno recovery target specified\n")
+    with pytest.raises(NotFoundError, match="belongs to system 7"):
+        walarchive.fetch_wal(repo, "000000010000000000000009", "42")
+    assert walarchive.fetch_wal(repo, "00000002.history", "42").startswith(b"1\t")
+    assert walarchive.push_namespace(SEG1, long_header(42)) == "42"
+    assert walarchive.push_namespace("00000002.history", b"1\t0/9000000\t\n", "42") == "42"
+    assert walarchive.push_namespace("00000002.history", b"1\t0/9000000\t\n") == ""
+    with pytest.raises(InvalidArgumentError, match="system identifier 42, not 7"):
+        walarchive.push_namespace(SEG1, long_header(42), "7")

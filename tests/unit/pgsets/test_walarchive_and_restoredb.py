@@ -18,10 +18,10 @@ class FakeWalRepo:
         self.names = sorted(names + list(histories or {}))
         self.histories = histories or {}
 
-    def list_wal(self) -> list[str]:
+    def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:
         return self.names
 
-    def get_wal(self, name: str) -> bytes:
+    def get_wal(self, name: str, namespace: str = "") -> bytes:
         return self.histories[name]
 
 
@@ -123,3 +123,22 @@ def test_capture_paths_adds_aux_paths_and_refuses_clashing_basenames() -> None:
     clash = SourceConfig(name="app", paths=("/a/data",), aux_paths=("/b/data",), quiesce=hot)
     with pytest.raises(InvalidArgumentError, match="same basename 'data'"):
         capture_paths(clash)
+
+
+def test_continuity_is_checked_in_each_clusters_name_space_and_the_flat_one(tmp_path) -> None:
+    from cairn.store.repository import Repository
+
+    repo = Repository.open_local(str(tmp_path / "repo"), create=True)
+    a, b = "111", "222"
+    for n in (4, 5, 6, 7):
+        repo.put_wal(seg(1, n), b"a%d" % n, a)
+    repo.put_wal(seg(1, 4), b"b4", b)
+    repo.put_wal(seg(1, 5), b"flat5")  # an older flat entry: what a restore of either cluster reads
+    sa = db_set(seg(1, 4), seg(1, 7), set_id="a" * 64, system_identifier=a)
+    sb = db_set(seg(1, 4), seg(1, 6), set_id="b" * 64, system_identifier=b)
+    problems = continuity_problems(repo, [sa, sb])
+    # b lacks segment 6 (a's segment 6 is not b's); a's range is whole
+    assert [(p.message, p.sets) for p in problems] == [
+        (f"WAL is not continuous on timeline 1: {seg(1, 6)} missing from the archive of system {b}; "
+         "the set cannot be restored", ("b" * 64,))]
+    repo.close()
