@@ -32,6 +32,8 @@ target is its own: the target directory holds exactly one file, `.cairn-claim-<n
 the nonce as content, made by root or by the daemon's own user (so the daemon never writes
 anywhere on behalf of a less privileged user). Anything else is refused with
 FailedPreconditionError "local write ..." before anything is written, and the client streams.
+The daemon writes with fsio.writer.ParallelTreeWriter (a pool of LOCAL_WRITERS threads writes
+several files, and ranges of one large file, at once; every guarantee of TreeWriter holds).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, reco
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.daemon.walarchive import database_records
 from cairn.fsio.records import Data, EntryMeta, Record
-from cairn.fsio.writer import TreeWriter, WriteStats
+from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
@@ -237,6 +239,7 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
 
 
 CLAIM_PREFIX = ".cairn-claim-"
+LOCAL_WRITERS = 4  # threads writing a local restore: several files, and ranges of a large one, at once
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
@@ -286,13 +289,16 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
     except OSError as exc:
         raise FailedPreconditionError(
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
-    writer = TreeWriter(target_path, overwrite=False)
+    writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS)
     try:
         for i, rec in enumerate(records):
             writer.apply(rec)
             if cancelled is not None and i % 256 == 255 and cancelled():
                 writer.stats.errors.append("the client went away: the restore is incomplete")
                 break
+    except BaseException:
+        writer.abort()  # no file whose content did not all arrive stays behind looking complete
+        raise
     finally:
         close = getattr(records, "close", None)
         if close is not None:
