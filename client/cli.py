@@ -529,7 +529,8 @@ def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
 def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import walfetch
 
-    return walfetch.run_prefetcher(args.spool, args.count, walfetch.grpc_fetcher(conn, pb, grpc))
+    fetch = walfetch.grpc_fetcher(conn, pb, grpc, sync=not walfetch.boot_keyed(args.spool))
+    return walfetch.run_prefetcher(args.spool, args.count, fetch)
 
 
 def _global_args(args: argparse.Namespace) -> list[str]:

@@ -62,6 +62,7 @@ from cairn.store.repository import Repository
 TABLESPACE_DIR = "cairn_tablespaces"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 OWN_POINT = "cairn-restore-db.own-point"  # in pg_wal/: recovery stops at the set's consistent point
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
 
 
 def cairn_executable() -> str:
@@ -84,8 +85,12 @@ def restore_command(socket_path: str, executable: str | None = None) -> str:
 
 def prefetching_restore_command(socket_path: str, executable: str | None = None) -> str:
     """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
-    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command)."""
-    return f"mv -f pg_wal/cairn-prefetch/%f %p 2>/dev/null || {restore_command(socket_path, executable)}"
+    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command).
+
+    The spool is pg_wal/cairn-prefetch/<boot id> (client/walfetch.py): the shell reads the boot
+    id with its `read` builtin, so a spool written before a crash of the machine is never used."""
+    return (f"read -r b 2>/dev/null <{BOOT_ID_FILE} && mv -f \"pg_wal/cairn-prefetch/$b/%f\" %p 2>/dev/null"
+            f" || {restore_command(socket_path, executable)}")
 
 
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:
