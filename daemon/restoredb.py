@@ -63,6 +63,7 @@ TABLESPACE_DIR = "cairn_tablespaces"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 OWN_POINT = "cairn-restore-db.own-point"  # in pg_wal/: recovery stops at the set's consistent point
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
+SHELL_WAIT_TICKS = 300  # restore_command waits up to 3 s for a segment being prefetched
 
 
 def cairn_executable() -> str:
@@ -88,9 +89,14 @@ def prefetching_restore_command(socket_path: str, executable: str | None = None)
     `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command).
 
     The spool is pg_wal/cairn-prefetch/<boot id> (client/walfetch.py): the shell reads the boot
-    id with its `read` builtin, so a spool written before a crash of the machine is never used."""
-    return (f"read -r b 2>/dev/null <{BOOT_ID_FILE} && mv -f \"pg_wal/cairn-prefetch/$b/%f\" %p 2>/dev/null"
-            f" || {restore_command(socket_path, executable)}")
+    id with its `read` builtin, so a spool written before a crash of the machine is never used.
+    A segment the prefetcher is fetching right now (its `.<name>.tmp` exists) is waited for in
+    the shell, up to SHELL_WAIT_TICKS times 10 ms, instead of starting the client."""
+    take = "mv -f \"$s/%f\" %p 2>/dev/null"
+    wait = (f"i=0; while [ ! -e \"$s/%f\" ] && [ -e \"$s/.%f.tmp\" ] && [ $i -lt {SHELL_WAIT_TICKS} ]; "
+            "do sleep 0.01; i=$((i+1)); done")
+    return (f"{{ read -r b 2>/dev/null <{BOOT_ID_FILE} && s=\"pg_wal/cairn-prefetch/$b\" && "
+            f"{{ {take} || {{ {wait}; {take}; }}; }}; }} || {restore_command(socket_path, executable)}")
 
 
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 
 from cairn.client import walfetch
 from cairn.daemon import restoredb
@@ -39,3 +41,38 @@ def test_this_boots_spool_is_used_and_an_earlier_boots_is_not(tmp_path) -> None:
         f.write(b"this boot")
     assert run_command(tmp_path, marker) == 0 and not marker.exists()
     assert (pg_wal / "RECOVERYXLOG").read_bytes() == b"this boot"
+
+
+def test_a_segment_being_prefetched_is_waited_for_in_the_shell(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(restoredb, "SHELL_WAIT_TICKS", 500)
+    pg_wal = tmp_path / "pg_wal"
+    spool = walfetch.spool_of(str(pg_wal / "RECOVERYXLOG"))
+    os.makedirs(spool)
+    tmp = os.path.join(spool, f".{SEG}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(b"half")
+
+    def finish() -> None:
+        with open(tmp, "ab") as f:
+            f.write(b" and the rest")
+        os.replace(tmp, os.path.join(spool, SEG))
+
+    timer = threading.Timer(0.3, finish)
+    timer.start()
+    marker = tmp_path / "called"
+    try:
+        assert run_command(tmp_path, marker) == 0 and not marker.exists()  # no client started
+    finally:
+        timer.join()
+    assert (pg_wal / "RECOVERYXLOG").read_bytes() == b"half and the rest"
+
+
+def test_a_leftover_partial_file_is_waited_for_only_a_bounded_time(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(restoredb, "SHELL_WAIT_TICKS", 20)
+    spool = walfetch.spool_of(str(tmp_path / "pg_wal" / "RECOVERYXLOG"))
+    os.makedirs(spool)
+    open(os.path.join(spool, f".{SEG}.tmp"), "wb").close()  # a prefetcher killed mid-fetch
+    marker = tmp_path / "called"
+    t0 = time.monotonic()
+    assert run_command(tmp_path, marker) == 1 and marker.exists()  # then the client is asked
+    assert time.monotonic() - t0 < 10
