@@ -608,7 +608,8 @@ def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import walfetch
 
     namespace = walnames.namespace_of(args.system_id) if args.system_id else ""
-    return walfetch.run_prefetcher(args.spool, args.count, walfetch.grpc_fetcher(conn, pb, grpc, namespace))
+    fetch = walfetch.grpc_fetcher(conn, pb, grpc, namespace, sync=not walfetch.boot_keyed(args.spool))
+    return walfetch.run_prefetcher(args.spool, args.count, fetch)
 
 
 def _global_args(args: argparse.Namespace) -> list[str]:

@@ -10,9 +10,16 @@ before starting the client. The prefetcher notices segments taken from the spool
 
 What always holds:
 - the spool is bounded: it holds at most `count` segments, those right after the latest one
-  asked for; anything else in it is removed as the window moves;
-- a spooled segment is complete: it is written under a temporary name, flushed, checked to be
-  one segment long, and only then renamed into the spool; a partial file is never handed out;
+  asked for (and that one while it is being taken); anything else is removed as the window moves;
+- a spooled segment is complete: it is written under a temporary name, checked to be one
+  segment long, and only then renamed into the spool; a partial file is never handed out;
+- a spooled segment survives only the boot it was written in: the spool is
+  `pg_wal/cairn-prefetch/<boot id>/` (the kernel's random boot id), so after a crash of the
+  machine, content the kernel had not yet written back is never handed to recovery (the
+  restore_command reads the boot id with a shell builtin). Segments are therefore not fsynced
+  one by one, which kept the prefetcher behind recovery. Where no boot id can be read, the
+  spool is `pg_wal/cairn-prefetch/` and every segment is fsynced before its rename. A
+  prefetcher removes the spools of earlier boots when it starts;
 - at most one prefetcher runs per spool (an flock on `.lock`); it stops at the first segment
   the archive does not hold yet (the next request starts it again), and after IDLE_SECONDS
   without a request it removes the spool and exits, so nothing stays behind after recovery;
@@ -25,11 +32,12 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 SPOOL_DIR = "cairn-prefetch"
@@ -40,15 +48,48 @@ POLL_SECONDS = 0.02
 LOCK = ".lock"
 WANTED = ".wanted"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+_BOOT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def is_segment(name: str) -> bool:
     return bool(_SEGMENT.match(name))
 
 
+def boot_id() -> str:
+    """The kernel's boot id (changes at every boot), or '' where it cannot be read."""
+    try:
+        with open(BOOT_ID_FILE, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, ValueError):
+        return ""
+    return text if _BOOT_ID.match(text) else ""
+
+
 def spool_of(dest: str) -> str:
-    """The spool beside the file restore_command writes (pg_wal/RECOVERYXLOG): pg_wal/cairn-prefetch."""
-    return os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR)
+    """The spool beside the file restore_command writes (pg_wal/RECOVERYXLOG):
+    pg_wal/cairn-prefetch/<boot id> (pg_wal/cairn-prefetch where no boot id can be read)."""
+    base = os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR)
+    boot = boot_id()
+    return os.path.join(base, boot) if boot else base
+
+
+def boot_keyed(spool: str) -> bool:
+    """Whether `spool` is discarded by a reboot (so its segments need no fsync)."""
+    boot = boot_id()
+    return bool(boot) and os.path.basename(spool) == boot and \
+        os.path.basename(os.path.dirname(spool)) == SPOOL_DIR
+
+
+def _remove_other_boots(spool: str) -> None:
+    """Remove the spools earlier boots left in pg_wal/cairn-prefetch/ (never read again)."""
+    if not boot_keyed(spool):
+        return
+    parent, mine = os.path.split(spool)
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(parent):
+            if entry != mine and _BOOT_ID.match(entry):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def next_names(name: str, count: int, segment_size: int) -> list[str]:
@@ -142,6 +183,7 @@ def run_prefetcher(spool: str, count: int, fetch: Callable[[str, str], bool],
         os.close(fd)
         return 0  # another one runs
     try:
+        _remove_other_boots(spool)
         return _loop(spool, count, fetch, idle)
     finally:
         os.close(fd)
@@ -152,8 +194,14 @@ def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float
     seen: tuple[str, int] | None = None
     exhausted: str | None = None  # the first name the archive lacked, for the current window
     placed: set[str] = set()  # segments this prefetcher put in the spool
+    inflight: dict[str, Future[bool]] = {}  # fetches running now: a new one starts as soon as one ends
     with ThreadPoolExecutor(PARALLEL, thread_name_prefix="wal-prefetch") as pool:
         while True:
+            for n in [n for n, f in inflight.items() if f.done()]:
+                if inflight.pop(n).result():
+                    placed.add(n)
+                elif seen is not None and n > seen[0] and (exhausted is None or n < exhausted):
+                    exhausted = n
             wanted = _read_wanted(spool)
             # a placed segment that is gone was taken (also by restore_command's own `mv`): the
             # window moves past the newest one taken
@@ -167,24 +215,25 @@ def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float
                 seen, last_change, exhausted = wanted, time.monotonic(), None
             if seen is None or time.monotonic() - last_change > idle:
                 if seen is not None:  # recovery has moved on or ended: leave nothing behind
+                    wait(list(inflight.values()))
                     _remove_spool(spool)
                 return 0
             window = next_names(seen[0], count, seen[1])
-            _trim(spool, set(window))
-            missing = [n for n in window if not os.path.exists(os.path.join(spool, n))]
+            # the segment asked for stays while it is being taken (take() names it first)
+            placed.difference_update(_trim(spool, {seen[0], *window}))
+            if exhausted is not None and exhausted <= window[0] and not inflight:
+                return 0  # the very next segment is not archived yet: the next request retries
+            # a name still in `placed` is not missing even if gone right now: it was just taken
+            missing = [n for n in window if n not in inflight and n not in placed
+                       and not os.path.exists(os.path.join(spool, n))]
             if exhausted is not None:
                 missing = [n for n in missing if n < exhausted]
-            if missing:
-                size = seen[1]
-                results = list(pool.map(lambda n, size=size: _fetch_one(spool, n, size, fetch), missing))
-                placed.update(n for n, ok in zip(missing, results, strict=True) if ok)
-                lacking = [n for n, ok in zip(missing, results, strict=True) if not ok]
-                if lacking:
-                    exhausted = min(lacking)
-                    if exhausted <= window[0]:
-                        return 0  # the very next segment is not archived yet: the next request retries
-                continue
-            time.sleep(POLL_SECONDS)
+            for n in missing[:max(0, PARALLEL - len(inflight))]:
+                inflight[n] = pool.submit(_fetch_one, spool, n, seen[1], fetch)
+            if inflight:
+                wait(list(inflight.values()), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            else:
+                time.sleep(POLL_SECONDS)
 
 
 def _fetch_one(spool: str, name: str, size: int, fetch: Callable[[str, str], bool]) -> bool:
@@ -203,11 +252,14 @@ def _fetch_one(spool: str, name: str, size: int, fetch: Callable[[str, str], boo
             os.unlink(tmp)
 
 
-def _trim(spool: str, keep: set[str]) -> None:
+def _trim(spool: str, keep: set[str]) -> list[str]:
+    removed = []
     for entry in os.listdir(spool):
         if is_segment(entry) and entry not in keep:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(spool, entry))
+                removed.append(entry)
+    return removed
 
 
 def _remove_spool(spool: str) -> None:
@@ -219,11 +271,15 @@ def _remove_spool(spool: str) -> None:
         os.unlink(os.path.join(spool, LOCK))
     with contextlib.suppress(OSError):
         os.rmdir(spool)
+    if boot_keyed(spool):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(spool))  # pg_wal/cairn-prefetch, once no spool is left in it
 
 
-def grpc_fetcher(conn: Any, pb: Any, grpc: Any, namespace: str = "") -> Callable[[str, str], bool]:
+def grpc_fetcher(conn: Any, pb: Any, grpc: Any, namespace: str = "", sync: bool = True) -> Callable[[str, str], bool]:
     """fetch(name, path) over a connection from WAL name space `namespace`: False when the
-    archive does not hold `name`."""
+    archive does not hold `name`. With `sync` the file is fsynced (a spool that a reboot does
+    not discard needs that)."""
 
     def fetch(name: str, path: str) -> bool:
         try:
@@ -231,7 +287,8 @@ def grpc_fetcher(conn: Any, pb: Any, grpc: Any, namespace: str = "") -> Callable
                 for reply in conn.stub.WalFetch(pb.WalFetchRequest(name=name, wal_namespace=namespace)):
                     f.write(reply.data)
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return False

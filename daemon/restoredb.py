@@ -32,6 +32,8 @@ target is its own: the target directory holds exactly one file, `.cairn-claim-<n
 the nonce as content, made by root or by the daemon's own user (so the daemon never writes
 anywhere on behalf of a less privileged user). Anything else is refused with
 FailedPreconditionError "local write ..." before anything is written, and the client streams.
+The daemon writes with fsio.writer.ParallelTreeWriter (a pool of LOCAL_WRITERS threads writes
+several files, and ranges of one large file, at once; every guarantee of TreeWriter holds).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, reco
 from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
 from cairn.daemon.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.records import Data, EntryMeta, Record
-from cairn.fsio.writer import TreeWriter, WriteStats
+from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
@@ -60,6 +62,8 @@ from cairn.store.repository import Repository
 TABLESPACE_DIR = "cairn_tablespaces"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 OWN_POINT = "cairn-restore-db.own-point"  # in pg_wal/: recovery stops at the set's consistent point
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
+SHELL_WAIT_TICKS = 300  # restore_command waits up to 3 s for a segment being prefetched
 
 
 def cairn_executable() -> str:
@@ -84,9 +88,17 @@ def restore_command(socket_path: str, executable: str | None = None, system_id: 
 
 def prefetching_restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
     """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
-    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command)."""
-    return (f"mv -f pg_wal/cairn-prefetch/%f %p 2>/dev/null || "
-            f"{restore_command(socket_path, executable, system_id)}")
+    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command).
+
+    The spool is pg_wal/cairn-prefetch/<boot id> (client/walfetch.py): the shell reads the boot
+    id with its `read` builtin, so a spool written before a crash of the machine is never used.
+    A segment the prefetcher is fetching right now (its `.<name>.tmp` exists) is waited for in
+    the shell, up to SHELL_WAIT_TICKS times 10 ms, instead of starting the client."""
+    take = "mv -f \"$s/%f\" %p 2>/dev/null"
+    wait = (f"i=0; while [ ! -e \"$s/%f\" ] && [ -e \"$s/.%f.tmp\" ] && [ $i -lt {SHELL_WAIT_TICKS} ]; "
+            "do sleep 0.01; i=$((i+1)); done")
+    return (f"{{ read -r b 2>/dev/null <{BOOT_ID_FILE} && s=\"pg_wal/cairn-prefetch/$b\" && "
+            f"{{ {take} || {{ {wait}; {take}; }}; }}; }} || {restore_command(socket_path, executable, system_id)}")
 
 
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:
@@ -242,6 +254,7 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
 
 
 CLAIM_PREFIX = ".cairn-claim-"
+LOCAL_WRITERS = 4  # threads writing a local restore: several files, and ranges of a large one, at once
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
@@ -291,13 +304,16 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
     except OSError as exc:
         raise FailedPreconditionError(
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
-    writer = TreeWriter(target_path, overwrite=False)
+    writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS)
     try:
         for i, rec in enumerate(records):
             writer.apply(rec)
             if cancelled is not None and i % 256 == 255 and cancelled():
                 writer.stats.errors.append("the client went away: the restore is incomplete")
                 break
+    except BaseException:
+        writer.abort()  # no file whose content did not all arrive stays behind looking complete
+        raise
     finally:
         close = getattr(records, "close", None)
         if close is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -165,6 +166,17 @@ def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, path: bytes, times
     return have == want
 
 
+_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> bytearray:
+    """This thread's read buffer, at least `size` bytes (hashing reuses it for every chunk)."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _buffers.buf = bytearray(size)
+    return buf
+
+
 def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
     """(indexes of the chunks whose content differs, current length); None if unreadable."""
     try:
@@ -175,12 +187,14 @@ def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
         length = os.fstat(fd).st_size
         bad: list[int] = []
         off = 0
+        buf = _read_buffer(max(m.chunk_sizes, default=0))
         for i, (cid, size) in enumerate(zip(m.chunks, m.chunk_sizes, strict=True)):
             if off + size > length:
                 bad.append(i)
             else:
-                data = os.pread(fd, size, off)
-                if len(data) != size or blake3.blake3(data).digest() != cid:
+                view = memoryview(buf)[:size]
+                got = os.preadv(fd, [view], off)  # into a reused buffer: no fresh pages per chunk
+                if got != size or blake3.blake3(view).digest() != cid:
                     bad.append(i)
             off += size
         return bad, length

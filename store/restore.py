@@ -252,7 +252,7 @@ class StreamBuilder:
         data = batch.future.result()[i]
         if isinstance(data, CairnError):
             return Failed(f"{data.message}"), path
-        if sparse and data.count(0) == len(data):
+        if sparse and data and not (data[0] or data[-1]) and data.count(0) == len(data):
             return Hole(len(data)), None
         return Data(data), None
 

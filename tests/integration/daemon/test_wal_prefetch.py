@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from cairn.client import walfetch
 from cairnd_harness import Daemon
 
 SEG = 1 << 20  # segment size of this test's archive (the spool learns it from the first fetch)
@@ -40,7 +41,7 @@ def test_prefetch_fills_a_bounded_spool_and_serves_without_the_daemon(start_daem
     pg_wal = os.path.join(rundir, "data", "pg_wal")
     os.makedirs(pg_wal)
     dest = os.path.join(pg_wal, "RECOVERYXLOG")
-    spool = os.path.join(pg_wal, "cairn-prefetch")
+    spool = walfetch.spool_of(dest)
 
     def spooled() -> set[str]:
         return {e for e in os.listdir(spool) if not e.startswith(".")} if os.path.isdir(spool) else set()
