@@ -151,7 +151,7 @@ def test_fsync_only_where_a_reboot_does_not_discard_the_spool(tmp_path, monkeypa
 
     class Pb:
         @staticmethod
-        def WalFetchRequest(name):  # noqa: N802
+        def WalFetchRequest(name, wal_namespace=""):  # noqa: N802
             return name
 
     walfetch.grpc_fetcher(Conn(), Pb, None, sync=False)(name(1), str(tmp_path / "a"))
