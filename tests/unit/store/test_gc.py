@@ -212,7 +212,12 @@ def test_a_backup_whose_own_pack_was_collected_meanwhile_refuses_to_commit(repo_
     into a pack of the same name; a whole collection runs between its pack upload and its
     index file, deleting that pack and the marker. Only the writer's check that its own packs
     still exist stops it from committing a set whose data is gone."""
-    inner, src = repo_src
+    inner, _ = repo_src
+    # One small file: one data blob, then the tree, in this order every time, so the writer's
+    # pack has the marked pack's name (a tree of many files is read in parallel, in any order).
+    src = repo_src[1].parent / "one"
+    src.mkdir()
+    (src / "only.bin").write_bytes(random.Random(5).randbytes(40_000))
     Repository.open(inner).backup(_req(src))
     Repository.open(inner).prune(FORGET_ALL, grace=HOUR)
     marked = set().union(*(m.packs for m in read_markers(inner)))
