@@ -532,6 +532,7 @@ def set_info(s: BackupSet) -> pb.SetInfo:
             bytes_added=st.bytes_added,
             chunks_added=st.chunks_added,
             fuzzy=len(st.fuzzy_paths),
+            files_walked=st.files_walked,
         ),
         tags=list(s.tags),
         note=s.note,
