@@ -176,6 +176,18 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                   namespace=record_namespace(rec))
 
 
+def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
+    """(files, bytes) a restore of `database` in `s` writes: its data directory attachment and
+    its tablespaces, as the set recorded them (the WAL recovery reads is fetched later)."""
+    typed = PhysicalRecord.from_dict(database_of(s, database))
+    files = size = 0
+    for name in (typed.attachment, *(t.attachment for t in typed.tablespaces)):
+        att = s.attachments.get(name) or {}
+        files += int(att.get("files") or 0)
+        size += int(att.get("bytes_total") or 0)
+    return files, size
+
+
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
     """The archived WAL files recovery reads to reach the set's consistent point, oldest first.
 

@@ -199,7 +199,9 @@ class CairnServicer(pb_grpc.CairnServicer):
         paths = [os.fsdecode(p) for p in request.paths]
         s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
                                                  tuple(request.exclude), request.manifest)
-        yield from restore_batches(set_info(s), records)
+        totals = None if request.manifest else \
+            self.service.restore_totals(s, paths, tuple(request.include), tuple(request.exclude))
+        yield from restore_batches(set_info(s), records, totals)
 
     @rpc
     def RestoreChunks(self, request: pb.RestoreChunksRequest,
@@ -226,7 +228,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
                 files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
             return
-        yield from restore_batches(set_info(s), records)
+        yield from restore_batches(set_info(s), records, self.service.restore_db_totals(s, request.database))
 
     @rpc
     def RestoreDbToDsn(self, request: pb.RestoreDbToDsnRequest,
@@ -599,9 +601,13 @@ def check_report(r: CheckReport) -> pb.CheckReport:
     )
 
 
-def restore_batches(first: pb.SetInfo, records: Iterator[Record]) -> Iterator[pb.RestoreBatch]:
-    """Pack restore records into batches of about BATCH_BYTES; the first batch names the set."""
+def restore_batches(first: pb.SetInfo, records: Iterator[Record],
+                    totals: tuple[int, int] | None = None) -> Iterator[pb.RestoreBatch]:
+    """Pack restore records into batches of about BATCH_BYTES; the first batch names the set
+    (and, when known, the files and bytes the restore writes)."""
     batch, size = pb.RestoreBatch(set=first), 0
+    if totals is not None:
+        batch.files_total, batch.bytes_total = totals
     try:
         for rec in records:
             if isinstance(rec, Data):

@@ -1,6 +1,6 @@
 """Figures the operator sees, through the real daemon, its change journal and the cairn client:
 a journal-driven set reports the whole tree's totals (as a full walk counts them) and, apart,
-what it walked and read."""
+what it walked and read; restore progress counts against what is being restored."""
 
 from __future__ import annotations
 
@@ -71,3 +71,23 @@ def test_journal_driven_set_reports_tree_totals_and_apart_what_it_walked(start_d
     rows = d.ok("sets", "--source", "tree").splitlines()
     at = rows[0].split().index("FILES") + 1  # TIME is two words
     assert [r.split()[at] for r in rows[1:]] == ["18", "18"], rows
+
+
+def first_progress(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("restore: "))
+
+
+def test_restore_progress_totals_are_those_of_the_chosen_paths_and_patterns(start_daemon, tmp_path, rundir):
+    make_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "big.bin").write_bytes(os.urandom(200_000))
+    config, sock = config_text(tmp_path, rundir)
+    d = start_daemon("--config", config, socket_path=sock)
+    set_id = d.ok("backup", "--source", "tree", "--level", "full").split()[-1]
+    whole = first_progress(d.ok("restore", set_id, "--target", str(tmp_path / "r0")))
+    assert "/19 files, " in whole, whole
+    # One directory: its 6 files and 6009 bytes, not the whole set's 19 files.
+    line = first_progress(d.ok("restore", set_id, "b", "--target", str(tmp_path / "r1")))
+    assert "6/6 files, 5.9 KiB/5.9 KiB" in line, line
+    # A pattern: the 6 files named f1.dat, 1001 bytes each.
+    line = first_progress(d.ok("restore", set_id, "--include", "f1.dat", "--target", str(tmp_path / "r2")))
+    assert "6/6 files, 5.9 KiB/5.9 KiB" in line, line
