@@ -239,6 +239,7 @@ class Walker:
         self.tally.files += files
         self.tally.dirs += dirs
         self.tally.bytes_total += size
+        self.progress()
 
     def _tree_totals(self, tree_id: bytes) -> tuple[int, int, int]:
         # (files, dirs, bytes) of a stored tree, itself counted as one directory. Tree ids name

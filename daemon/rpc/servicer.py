@@ -450,22 +450,28 @@ def _changed(state: dict[str, Any], seen: int, gone: threading.Event) -> bool:
 
 
 def backup_estimate(level: str, sets: list[BackupSet]) -> tuple[int, int] | None:
-    """(files, bytes) a full set of a source will walk and read, from its newest set; None otherwise.
+    """(files, bytes) a set of a source will count and read, estimated from its newest set.
 
-    Only a full set reads every file, so only its progress can be measured against the size of
-    the source; an incremental reads what changed, which no earlier set predicts.
+    A full reads every file: its files and bytes are measured against the newest set's totals.
+    An incremental or differential reads only what changed, which no earlier set predicts, but it
+    counts every file of the tree (a journal-driven one counts carried subtrees from the base):
+    its files are measured against the newest set's file count, its bytes against nothing (0).
+    None when there is no set with files to go by.
     """
-    if level != "full" or not sets:
+    if not sets or not sets[-1].stats.files:
         return None
     newest = sets[-1].stats
-    return (newest.files, newest.bytes_total) if newest.files and newest.bytes_total else None
+    if level != "full":
+        return newest.files, 0
+    return (newest.files, newest.bytes_total) if newest.bytes_total else None
 
 
 def with_estimate(p: pb.Progress, estimate: tuple[int, int] | None) -> pb.Progress:
-    """`p` with estimated totals where the store reported none (never below what is done)."""
+    """`p` with estimated totals where the store reported none (never below what is done; a
+    bytes estimate of 0 leaves the bytes without a total)."""
     if estimate is not None and not p.files_total and not p.bytes_total:
         p.files_total = max(estimate[0], p.files_done)
-        p.bytes_total = max(estimate[1], p.bytes_done)
+        p.bytes_total = max(estimate[1], p.bytes_done) if estimate[1] else 0
         p.totals_estimated = True
     return p
 
