@@ -91,3 +91,18 @@ def test_restore_progress_totals_are_those_of_the_chosen_paths_and_patterns(star
     # A pattern: the 6 files named f1.dat, 1001 bytes each.
     line = first_progress(d.ok("restore", set_id, "--include", "f1.dat", "--target", str(tmp_path / "r2")))
     assert "6/6 files, 5.9 KiB/5.9 KiB" in line, line
+
+
+def test_incremental_backup_progress_has_an_estimated_total_from_the_base(start_daemon, tmp_path, rundir):
+    make_tree(tmp_path / "tree")
+    config, sock = config_text(tmp_path, rundir)
+    d = start_daemon("--config", config, socket_path=sock)
+    d.ok("backup", "--source", "tree", "--level", "full")
+    # A changed file big enough that reading it outlasts the first progress event.
+    (tmp_path / "tree" / "z").mkdir()
+    (tmp_path / "tree" / "z" / "big.bin").write_bytes(os.urandom(64 << 20))
+    out = d.ok("backup", "--source", "tree", "--level", "incremental", timeout=120)
+    lines = [line for line in out.splitlines() if line.startswith("incremental backup of 'tree'")]
+    assert lines and all(len(line) <= 80 for line in lines), out
+    # Files against the base's 18 (estimated, marked ~); bytes read with no total.
+    assert any("/~18 files, " in line for line in lines), out
