@@ -357,7 +357,14 @@ def restore_db_into(conn: Connection, request: Any, target: str, json_output: bo
             os.close(fd)
         request.local_claim = nonce
         try:
-            batches = list(conn.stub.RestoreDb(request))
+            batches = []
+            with progress_view(json_output, "restore-db") as view:
+                for batch in conn.stub.RestoreDb(request):
+                    if batch.HasField("progress"):  # the daemon writing: how far it got
+                        p = batch.progress
+                        view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total)
+                    else:
+                        batches.append(batch)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "local write" not in (exc.details() or ""):
                 if os.path.lexists(claim):

@@ -56,7 +56,7 @@ from cairn.daemon.walarchive import database_records, fetch_wal, record_namespac
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from cairn.store.model import BackupSet
+from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
@@ -307,9 +307,11 @@ def check_claim(target_path: str, nonce: str) -> str:
 
 
 def write_local(records: Iterator[Record], target_path: str, nonce: str,
-                cancelled: Callable[[], bool] | None = None) -> WriteStats:
+                cancelled: Callable[[], bool] | None = None,
+                progress: Callable[[Progress], None] | None = None) -> WriteStats:
     """Write a restore-db stream into the client's target directory (after check_claim); stop
-    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`."""
+    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`.
+    `progress` hears the files and bytes passed to the writer, at most every 0.2 s."""
     claim = check_claim(target_path, nonce)
     try:
         os.unlink(claim)  # the first write: a daemon that may not write there (a sandbox) stops here
@@ -318,8 +320,17 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
     writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS)
     try:
+        files = size = 0
+        last = 0.0
         for i, rec in enumerate(records):
             writer.apply(rec)
+            if isinstance(rec, Data):
+                size += len(rec.data)
+            elif isinstance(rec, EntryMeta) and rec.kind == "file":
+                files += 1
+            if progress is not None and time.monotonic() - last >= 0.2:
+                last = time.monotonic()
+                progress(Progress("restore", files, 0, size, 0))
             if cancelled is not None and i % 256 == 255 and cancelled():
                 writer.stats.errors.append("the client went away: the restore is incomplete")
                 break

@@ -222,13 +222,26 @@ class CairnServicer(pb_grpc.CairnServicer):
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command,
         )
+        totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:
-            st = restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
-                                       cancelled=lambda: not context.is_active())
-            yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
-                files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
+            def run(publish: Callable[[Progress], None]) -> Any:
+                def progress(p: Progress) -> None:
+                    with contextlib.suppress(AbortedError):  # a client gone is seen by `cancelled`
+                        publish(p)
+                return restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
+                                             cancelled=lambda: not context.is_active(), progress=progress)
+
+            for item in run_with_progress(run, context, "restore-db"):
+                if isinstance(item, Progress):  # before the result: what was written so far
+                    msg = progress_msg(item)
+                    msg.files_total, msg.bytes_total = max(totals[0], msg.files_done), max(totals[1], msg.bytes_done)
+                    yield pb.RestoreBatch(progress=msg)
+                    continue
+                st = item
+                yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
+                    files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
             return
-        yield from restore_batches(set_info(s), records, self.service.restore_db_totals(s, request.database))
+        yield from restore_batches(set_info(s), records, totals)
 
     @rpc
     def RestoreDbToDsn(self, request: pb.RestoreDbToDsnRequest,

@@ -487,18 +487,20 @@ class RestoreRecord(_message.Message):
     def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
-    __slots__ = ("set", "records", "local", "files_total", "bytes_total")
+    __slots__ = ("set", "records", "local", "files_total", "bytes_total", "progress")
     SET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
     local: LocalWriteResult
     files_total: int
     bytes_total: int
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class LocalWriteResult(_message.Message):
     __slots__ = ("files", "dirs", "links", "bytes", "errors")
