@@ -357,7 +357,14 @@ def restore_db_into(conn: Connection, request: Any, target: str, json_output: bo
             os.close(fd)
         request.local_claim = nonce
         try:
-            batches = list(conn.stub.RestoreDb(request))
+            batches = []
+            with progress_view(json_output, "restore-db") as view:
+                for batch in conn.stub.RestoreDb(request):
+                    if batch.HasField("progress"):  # the daemon writing: how far it got
+                        p = batch.progress
+                        view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total)
+                    else:
+                        batches.append(batch)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or "local write" not in (exc.details() or ""):
                 if os.path.lexists(claim):
@@ -736,13 +743,16 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
 
     writer: TreeWriter | None = None
     set_info = None
-    files = done = total = 0
+    files = done = total = files_total = 0
     try:
         with progress_view(json_output, "restore") as view:
             for batch in received_ahead(call):
                 if writer is None:
                     set_info = batch.set if batch.HasField("set") else None
-                    total = set_info.stats.bytes_total if set_info is not None and whole else 0
+                    if batch.HasField("bytes_total"):  # what this restore writes, from the daemon
+                        files_total, total = batch.files_total, batch.bytes_total
+                    elif set_info is not None and whole:
+                        files_total, total = set_info.stats.files, set_info.stats.bytes_total
                     writer = TreeWriter(target, overwrite=overwrite)
                 path = b""
                 for r in batch.records:
@@ -753,7 +763,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
                         path = rec.path
                         files += rec.kind == "file"
                     writer.apply(rec)
-                view.update("", files, 0, done, total, path)
+                view.update("", files, files_total, done, total, path)
     except KeyboardInterrupt:
         call.cancel()
         return fail("interrupted: the restore is incomplete", code=130)

@@ -4,7 +4,7 @@
 line every PLAIN_INTERVAL seconds (and on every phase change), quiet mode (--json) nothing.
 Everything goes to stdout, which is where people look. A line never exceeds WIDTH columns:
 the sizes, counts and ETA are kept and the title is shortened. Estimated totals are marked "~";
-the ETA follows from the byte rate so far.
+the ETA follows from the byte rate so far (the file rate when only the files have a total).
 """
 
 from __future__ import annotations
@@ -100,7 +100,10 @@ class ProgressView:
         if self.mode == "quiet":
             return
         now = time.monotonic()
-        eta = estimate_eta(now - self._started, bytes_done, bytes_total)
+        # The ETA follows the bytes when they have a total, else the files (an incremental
+        # reads only what changed, but counts every file of the tree).
+        eta = estimate_eta(now - self._started, bytes_done, bytes_total) if bytes_total else \
+            estimate_eta(now - self._started, files_done, files_total)
         figures = progress_figures(files_done, files_total, bytes_done, bytes_total, estimated, eta)
         label = f"{self.title}: {phase}" if phase else self.title
         if self._rich is not None:
@@ -108,8 +111,9 @@ class ProgressView:
             self._rich.update(
                 self._task,
                 description=label if len(label) <= room else label[: max(room - 1, 1)] + "…",
-                total=bytes_total or None,
-                completed=min(bytes_done, bytes_total) if bytes_total else bytes_done,
+                total=bytes_total or files_total or None,
+                completed=min(bytes_done, bytes_total) if bytes_total else
+                min(files_done, files_total) if files_total else bytes_done,
                 figures=figures,
             )
             return

@@ -111,14 +111,15 @@ def set_dict(s: pb.SetInfo) -> dict[str, Any]:
             "bytes_added": st.bytes_added,
             "chunks_added": st.chunks_added,
             "fuzzy": st.fuzzy,
+            "files_walked": st.files_walked if st.HasField("files_walked") else None,
         },
         "fuzzy_paths": [json_path(p) for p in s.fuzzy_paths],
         "extra": extra,
     }
 
 
-SET_COLUMNS = ("ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "CHANGED", "ADDED", "STATUS", "DATABASES",
-               "TAGS")
+SET_COLUMNS = ("ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "FILES", "SIZE", "CHANGED", "ADDED", "STATUS",
+               "DATABASES", "TAGS")
 
 
 def set_databases(s: pb.SetInfo) -> list[str]:
@@ -148,6 +149,8 @@ def set_row(s: pb.SetInfo, known: set[str] | None = None) -> tuple[str, ...]:
         s.level,
         base,
         s.hostname or "-",
+        str(s.stats.files),
+        human_bytes(s.stats.bytes_total),
         str(changed(s)),
         human_bytes(s.stats.bytes_added),
         s.status,
@@ -174,7 +177,15 @@ def set_summary(s: pb.SetInfo) -> str:
         f"{s.level} set of source '{s.source}'{base} done in {took:.1f}s: "
         f"{s.stats.added} added, {s.stats.modified} modified, {s.stats.deleted} deleted; "
         f"{plural(s.stats.files, 'file')}, {human_bytes(s.stats.bytes_total)}, {human_bytes(s.stats.bytes_added)} new"
+        f"{walked_read(s.stats)}"
     )
+
+
+def walked_read(st: pb.SetStats) -> str:
+    """What a set walked and read, apart from its totals; empty for sets that do not record it."""
+    if not st.HasField("files_walked"):
+        return ""
+    return f"; walked {plural(st.files_walked, 'file')}, read {human_bytes(st.bytes_read)}"
 
 
 # ---- trees ----

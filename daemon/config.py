@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import pathspec
+import tomlkit
 from cairn.daemon.cron import CronExpr
 from cairn.daemon.durations import parse_duration
 from cairn.daemon.retention import keep_policy
@@ -242,12 +243,37 @@ def load_config(path: str) -> Config:
     """Read, parse and validate the TOML file at `path`."""
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read()
+        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, "", f"unable to read file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: not UTF-8 ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from exc
+    _mark_decimal_mode(data, raw)
     return _Loader(path, os.path.dirname(os.path.abspath(path))).config(data)
+
+
+class _DecimalInt(int):
+    """An integer the file wrote in decimal (no `0o` prefix) where a file mode is expected."""
+
+
+def _mark_decimal_mode(data: dict[str, Any], raw: bytes) -> None:
+    # tomllib gives 0o660 and 432 alike; the literal as written decides. tomlkit keeps it. An
+    # integer whose literal cannot be recovered counts as decimal: refused, never misread.
+    table = data.get("daemon")
+    if not isinstance(table, dict):
+        return
+    value = table.get("socket_mode")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return
+    try:
+        literal = tomlkit.parse(raw.decode("utf-8"))["daemon"]["socket_mode"].as_string()
+    except Exception:  # tomlkit and tomllib disagreeing is no reason to guess
+        literal = ""
+    if not literal.lstrip("+").startswith("0o"):
+        table["socket_mode"] = _DecimalInt(value)
 
 
 def config_from_args(repo: str, sources: Sequence[str], read_only: bool, home: str | None = None) -> Config:
@@ -725,18 +751,21 @@ class _Loader:
         return value
 
     def mode(self, key: str, value: Any) -> int:
-        # A string of octal digits ("0660", "660", "0o660") or a TOML octal integer (0o660). A
-        # decimal integer like 660 is refused rather than read as mode 0o1224: TOML cannot tell
-        # 0o660 from 432, so integers are accepted only as permission bits (at most 0o777).
+        # A string of octal digits ("0660", "660", "0o660") or a TOML octal integer (0o660). Any
+        # integer written in decimal (660, 400, 432) is refused, whatever its value: 660 would be
+        # mode 0o1224 and 400 mode 0o620, never what the operator meant (see _mark_decimal_mode).
         if isinstance(value, str):
             if not re.fullmatch(r"(0o|0)?[0-7]{3}", value):
                 raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
             return int(value[2:] if value.startswith("0o") else value, 8)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
-        if value > 0o777:
-            raise self.fail(key, f"{value} is not a file mode (read as decimal it is {oct(value)}): "
+        if isinstance(value, _DecimalInt):
+            raise self.fail(key, f"{int(value)} is not a file mode (a decimal integer, mode {oct(value)}): "
                                  "write it as a string like \"0660\" or as octal 0o660")
+        if value > 0o777:
+            raise self.fail(key, f"expected a file mode like \"0660\", got {oct(value)} "
+                                 "(more than the permission bits 0o777)")
         return value
 
     def excludes(self, key: str, value: Any) -> tuple[str, ...]:

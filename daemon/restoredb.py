@@ -56,7 +56,7 @@ from cairn.daemon.walarchive import database_records, fetch_wal, record_namespac
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from cairn.store.model import BackupSet
+from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
@@ -174,6 +174,18 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                            {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
     return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn),
                   namespace=record_namespace(rec))
+
+
+def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
+    """(files, bytes) a restore of `database` in `s` writes: its data directory attachment and
+    its tablespaces, as the set recorded them (the WAL recovery reads is fetched later)."""
+    typed = PhysicalRecord.from_dict(database_of(s, database))
+    files = size = 0
+    for name in (typed.attachment, *(t.attachment for t in typed.tablespaces)):
+        att = s.attachments.get(name) or {}
+        files += int(att.get("files") or 0)
+        size += int(att.get("bytes_total") or 0)
+    return files, size
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
@@ -295,9 +307,11 @@ def check_claim(target_path: str, nonce: str) -> str:
 
 
 def write_local(records: Iterator[Record], target_path: str, nonce: str,
-                cancelled: Callable[[], bool] | None = None) -> WriteStats:
+                cancelled: Callable[[], bool] | None = None,
+                progress: Callable[[Progress], None] | None = None) -> WriteStats:
     """Write a restore-db stream into the client's target directory (after check_claim); stop
-    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`."""
+    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`.
+    `progress` hears the files and bytes passed to the writer, at most every 0.2 s."""
     claim = check_claim(target_path, nonce)
     try:
         os.unlink(claim)  # the first write: a daemon that may not write there (a sandbox) stops here
@@ -306,8 +320,17 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
     writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS)
     try:
+        files = size = 0
+        last = 0.0
         for i, rec in enumerate(records):
             writer.apply(rec)
+            if isinstance(rec, Data):
+                size += len(rec.data)
+            elif isinstance(rec, EntryMeta) and rec.kind == "file":
+                files += 1
+            if progress is not None and time.monotonic() - last >= 0.2:
+                last = time.monotonic()
+                progress(Progress("restore", files, 0, size, 0))
             if cancelled is not None and i % 256 == 255 and cancelled():
                 writer.stats.errors.append("the client went away: the restore is incomplete")
                 break

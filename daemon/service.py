@@ -25,7 +25,7 @@ from cairn.daemon.config import Config, SourceConfig
 from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
-from cairn.fsio.records import Data, Record
+from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.store.crypto import Secret
 from cairn.store.errors import (
     AbortedError,
@@ -371,6 +371,36 @@ class CairnService:
             rels = []
         select = RestoreFilter(include, exclude)
         return s, self._counted(self.repo.restore_stream(s, rels or None, select=select, manifest=manifest))
+
+    def restore_totals(self, s: BackupSet, paths: list[str], include: tuple[str, ...] = (),
+                       exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+        """(files, bytes) a restore of `s` (or of chosen paths or patterns of it) writes.
+
+        The whole set: its recorded totals, unless it is a journal-driven set from before those
+        counted the whole tree. Otherwise the selection is listed from the stored trees (a
+        manifest: chunk sizes from the index, no content read)."""
+        rels = [_rel(p) for p in paths]
+        if any(not p for p in rels):
+            rels = []
+        whole = not rels and not include and not exclude
+        trusted = s.stats.files_walked is not None or s.extra.get("changes") != "journal"
+        if whole and trusted:
+            return s.stats.files, s.stats.bytes_total
+        files = size = 0
+        select = RestoreFilter(include, exclude)
+        stream = self.repo.restore_stream(s, rels or None, select=select, manifest=True)
+        try:
+            for rec in stream:
+                if isinstance(rec, EntryMeta) and rec.kind == "file":
+                    files += 1
+                    size += rec.size
+        finally:
+            stream.close()
+        return files, size
+
+    def restore_db_totals(self, s: BackupSet, database: str) -> tuple[int, int]:
+        """(files, bytes) of the data directory (and tablespaces) a restore-db of `database` writes."""
+        return restoredb.restore_db_totals(s, database)
 
     def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes]:
         """The content of chunks of a set's files, in the order asked (delta restores)."""

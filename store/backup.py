@@ -4,7 +4,10 @@ Levels (ARCHITECTURE.md): a full reads every file and trusts no metadata; an inc
 differential compares each file's stat data (kind, size, mtime_ns, ctime_ns, inode) with the
 base tree and carries unchanged files over by reference. With a ChangeHint from the daemon's
 change journal only directories on the way to a hinted path (and rescan subtrees) are listed;
-every other directory is carried over from the base tree unread and unlisted.
+every other directory is carried over from the base tree unread and unlisted. A set's counts
+(files, dirs, bytes_total) are still the whole tree's, as a full walk would count them: carried
+subtrees are counted from their stored trees; `files_walked` and `bytes_read` say what was
+listed and read.
 
 What always holds: every file's chunks are durable before the tree naming them is stored,
 trees before their parents, and the caller writes the set only after `finish` of the writer;
@@ -18,6 +21,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +36,9 @@ from .repoconfig import ChunkerParams
 from .trees import Entry, encode_tree
 
 MAX_LISTED = 1000
+_TOTALS_MAX = 200_000  # memo of (files, dirs, bytes) per stored tree id, for carried subtrees
+_TOTALS: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
+_TOTALS_LOCK = threading.Lock()
 TreeLoader = Callable[[bytes], list[Entry]]
 PendingFile = tuple[Entry, Future | None, Entry | None]
 
@@ -44,6 +51,7 @@ class Tally:
     dirs: int = 0
     bytes_total: int = 0
     bytes_read: int = 0
+    files_walked: int = 0  # files whose directory was listed; `files` adds those carried over
     added: list[str] = field(default_factory=list)
     modified: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
@@ -178,6 +186,7 @@ class Walker:
                 plan._mark(rel)
         self.root_dev = st.st_dev
         if base_tree is not None and not self.full and not plan.must_list(b"", False):
+            self._carry(base_tree)
             return base_tree, st
         before = copy.deepcopy(self.tally)
         self.linked_change = False
@@ -223,6 +232,34 @@ class Walker:
             tree = self._dir(bsub, rel, base, plan, False)
         self.presets[bsub] = tree
         return tree
+
+    def _carry(self, tree_id: bytes) -> None:
+        """Count a subtree carried over from the base as a full walk would have counted it."""
+        files, dirs, size = self._tree_totals(tree_id)
+        self.tally.files += files
+        self.tally.dirs += dirs
+        self.tally.bytes_total += size
+        self.progress()
+
+    def _tree_totals(self, tree_id: bytes) -> tuple[int, int, int]:
+        # (files, dirs, bytes) of a stored tree, itself counted as one directory. Tree ids name
+        # their content, so a total once computed holds forever: kept in a bounded memo.
+        hit = _TOTALS.get(tree_id)
+        if hit is not None:
+            return hit
+        files, dirs, size = 0, 1, 0
+        for e in self.load_tree(tree_id):
+            if e.kind == "file":
+                files += 1
+                size += e.size
+            elif e.kind == "dir" and e.subtree:
+                f, d, b = self._tree_totals(e.subtree)
+                files, dirs, size = files + f, dirs + d, size + b
+        with _TOTALS_LOCK:
+            _TOTALS[tree_id] = (files, dirs, size)
+            if len(_TOTALS) > _TOTALS_MAX:
+                _TOTALS.popitem(last=False)
+        return files, dirs, size
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -293,11 +330,13 @@ class Walker:
             e.subtree = self.writer.put_data(TYPE_TREE, encode_tree([]))
         elif old_tree and not plan.must_list(crel, under_rescan or crel in plan.rescan):
             e.subtree = old_tree
+            self._carry(old_tree)
         else:
             e.subtree = self._dir(child, crel, old_tree, plan, under_rescan)
 
     def _file(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> PendingFile:
         self.tally.files += 1
+        self.tally.files_walked += 1
         self.tally.bytes_total += e.size
         if (not self.full and old is not None and old.kind == "file" and old.same_meta(e)
                 and not self._recent(e) and not self._racy(old)):

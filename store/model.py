@@ -71,6 +71,9 @@ class SetStats:
     deleted_paths: tuple[str, ...] = ()
     fuzzy_paths: tuple[str, ...] = ()
     paths_truncated: bool = False
+    # Files whose directories this set listed; `files`/`bytes_total` are the whole tree's, carried
+    # over subtrees of a journal-driven set included. None: a set from before it was recorded.
+    files_walked: int | None = None
 
 
 @dataclass(frozen=True)

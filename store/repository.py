@@ -618,7 +618,13 @@ class Repository:
         for p in paths or ():  # unknown paths (or attachment) fail before the target is touched
             find_entry(self.load_tree, root, p)
         writer = TreeWriter(target, overwrite=overwrite)
-        total = s.stats.bytes_total
+        # Progress against what is restored: an attachment's own totals; chosen paths: no total.
+        files_total, total = s.stats.files, s.stats.bytes_total
+        if attachment is not None:
+            att = s.attachments.get(attachment) or {}
+            files_total, total = int(att.get("files") or 0), int(att.get("bytes_total") or 0)
+        elif paths:
+            files_total = total = 0
         done = 0
         last = 0.0
         for rec in self.restore_stream(s, paths, attachment=attachment):
@@ -626,7 +632,7 @@ class Repository:
             if progress is not None and time.monotonic() - last > 0.2:
                 last = time.monotonic()
                 done = writer.stats.bytes
-                progress(Progress("restore", writer.stats.files, s.stats.files, done, total))
+                progress(Progress("restore", writer.stats.files, files_total, done, total))
         st = writer.finish()
         return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors))
 

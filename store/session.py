@@ -246,7 +246,7 @@ class BackupSession:
             files=t.files, dirs=t.dirs, bytes_total=t.bytes_total, added=t.n_added, modified=t.n_modified,
             deleted=t.n_deleted, bytes_read=t.bytes_read, bytes_added=w.bytes_added, chunks_added=w.blobs_added,
             added_paths=tuple(t.added), modified_paths=tuple(t.modified), deleted_paths=tuple(t.deleted),
-            fuzzy_paths=tuple(t.fuzzy),
+            fuzzy_paths=tuple(t.fuzzy), files_walked=t.files_walked,
             paths_truncated=(t.n_added > len(t.added) or t.n_modified > len(t.modified)
                              or t.n_deleted > len(t.deleted)))
         extra = {**self.req.extra, **extra}

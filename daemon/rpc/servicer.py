@@ -199,7 +199,9 @@ class CairnServicer(pb_grpc.CairnServicer):
         paths = [os.fsdecode(p) for p in request.paths]
         s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
                                                  tuple(request.exclude), request.manifest)
-        yield from restore_batches(set_info(s), records)
+        totals = None if request.manifest else \
+            self.service.restore_totals(s, paths, tuple(request.include), tuple(request.exclude))
+        yield from restore_batches(set_info(s), records, totals)
 
     @rpc
     def RestoreChunks(self, request: pb.RestoreChunksRequest,
@@ -220,13 +222,26 @@ class CairnServicer(pb_grpc.CairnServicer):
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command,
         )
+        totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:
-            st = restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
-                                       cancelled=lambda: not context.is_active())
-            yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
-                files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
+            def run(publish: Callable[[Progress], None]) -> Any:
+                def progress(p: Progress) -> None:
+                    with contextlib.suppress(AbortedError):  # a client gone is seen by `cancelled`
+                        publish(p)
+                return restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
+                                             cancelled=lambda: not context.is_active(), progress=progress)
+
+            for item in run_with_progress(run, context, "restore-db"):
+                if isinstance(item, Progress):  # before the result: what was written so far
+                    msg = progress_msg(item)
+                    msg.files_total, msg.bytes_total = max(totals[0], msg.files_done), max(totals[1], msg.bytes_done)
+                    yield pb.RestoreBatch(progress=msg)
+                    continue
+                st = item
+                yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
+                    files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
             return
-        yield from restore_batches(set_info(s), records)
+        yield from restore_batches(set_info(s), records, totals)
 
     @rpc
     def RestoreDbToDsn(self, request: pb.RestoreDbToDsnRequest,
@@ -448,22 +463,28 @@ def _changed(state: dict[str, Any], seen: int, gone: threading.Event) -> bool:
 
 
 def backup_estimate(level: str, sets: list[BackupSet]) -> tuple[int, int] | None:
-    """(files, bytes) a full set of a source will walk and read, from its newest set; None otherwise.
+    """(files, bytes) a set of a source will count and read, estimated from its newest set.
 
-    Only a full set reads every file, so only its progress can be measured against the size of
-    the source; an incremental reads what changed, which no earlier set predicts.
+    A full reads every file: its files and bytes are measured against the newest set's totals.
+    An incremental or differential reads only what changed, which no earlier set predicts, but it
+    counts every file of the tree (a journal-driven one counts carried subtrees from the base):
+    its files are measured against the newest set's file count, its bytes against nothing (0).
+    None when there is no set with files to go by.
     """
-    if level != "full" or not sets:
+    if not sets or not sets[-1].stats.files:
         return None
     newest = sets[-1].stats
-    return (newest.files, newest.bytes_total) if newest.files and newest.bytes_total else None
+    if level != "full":
+        return newest.files, 0
+    return (newest.files, newest.bytes_total) if newest.bytes_total else None
 
 
 def with_estimate(p: pb.Progress, estimate: tuple[int, int] | None) -> pb.Progress:
-    """`p` with estimated totals where the store reported none (never below what is done)."""
+    """`p` with estimated totals where the store reported none (never below what is done; a
+    bytes estimate of 0 leaves the bytes without a total)."""
     if estimate is not None and not p.files_total and not p.bytes_total:
         p.files_total = max(estimate[0], p.files_done)
-        p.bytes_total = max(estimate[1], p.bytes_done)
+        p.bytes_total = max(estimate[1], p.bytes_done) if estimate[1] else 0
         p.totals_estimated = True
     return p
 
@@ -532,6 +553,7 @@ def set_info(s: BackupSet) -> pb.SetInfo:
             bytes_added=st.bytes_added,
             chunks_added=st.chunks_added,
             fuzzy=len(st.fuzzy_paths),
+            files_walked=st.files_walked,
         ),
         tags=list(s.tags),
         note=s.note,
@@ -598,9 +620,13 @@ def check_report(r: CheckReport) -> pb.CheckReport:
     )
 
 
-def restore_batches(first: pb.SetInfo, records: Iterator[Record]) -> Iterator[pb.RestoreBatch]:
-    """Pack restore records into batches of about BATCH_BYTES; the first batch names the set."""
+def restore_batches(first: pb.SetInfo, records: Iterator[Record],
+                    totals: tuple[int, int] | None = None) -> Iterator[pb.RestoreBatch]:
+    """Pack restore records into batches of about BATCH_BYTES; the first batch names the set
+    (and, when known, the files and bytes the restore writes)."""
     batch, size = pb.RestoreBatch(set=first), 0
+    if totals is not None:
+        batch.files_total, batch.bytes_total = totals
     try:
         for rec in records:
             if isinstance(rec, Data):

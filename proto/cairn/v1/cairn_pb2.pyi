@@ -25,7 +25,7 @@ class Progress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., current_path: _Optional[bytes] = ..., totals_estimated: _Optional[bool] = ...) -> None: ...
 
 class SetStats(_message.Message):
-    __slots__ = ("files", "dirs", "bytes_total", "added", "modified", "deleted", "bytes_read", "bytes_added", "chunks_added", "fuzzy")
+    __slots__ = ("files", "dirs", "bytes_total", "added", "modified", "deleted", "bytes_read", "bytes_added", "chunks_added", "fuzzy", "files_walked")
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIRS_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class SetStats(_message.Message):
     BYTES_ADDED_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_ADDED_FIELD_NUMBER: _ClassVar[int]
     FUZZY_FIELD_NUMBER: _ClassVar[int]
+    FILES_WALKED_FIELD_NUMBER: _ClassVar[int]
     files: int
     dirs: int
     bytes_total: int
@@ -46,7 +47,8 @@ class SetStats(_message.Message):
     bytes_added: int
     chunks_added: int
     fuzzy: int
-    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., bytes_total: _Optional[int] = ..., added: _Optional[int] = ..., modified: _Optional[int] = ..., deleted: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_added: _Optional[int] = ..., chunks_added: _Optional[int] = ..., fuzzy: _Optional[int] = ...) -> None: ...
+    files_walked: int
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., bytes_total: _Optional[int] = ..., added: _Optional[int] = ..., modified: _Optional[int] = ..., deleted: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_added: _Optional[int] = ..., chunks_added: _Optional[int] = ..., fuzzy: _Optional[int] = ..., files_walked: _Optional[int] = ...) -> None: ...
 
 class SetInfo(_message.Message):
     __slots__ = ("id", "source", "level", "requested_level", "base", "time_start", "time_end", "hostname", "paths", "stats", "tags", "note", "status", "extra_json", "fuzzy_paths")
@@ -485,14 +487,20 @@ class RestoreRecord(_message.Message):
     def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
-    __slots__ = ("set", "records", "local")
+    __slots__ = ("set", "records", "local", "files_total", "bytes_total", "progress")
     SET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
     local: LocalWriteResult
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ...) -> None: ...
+    files_total: int
+    bytes_total: int
+    progress: Progress
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class LocalWriteResult(_message.Message):
     __slots__ = ("files", "dirs", "links", "bytes", "errors")

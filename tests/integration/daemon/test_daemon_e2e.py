@@ -121,8 +121,8 @@ def test_full_incremental_differential_then_restore_every_set(start_daemon, rund
         assert s["stats"]["modified"] >= len(want["modified"])
     assert sets[0]["stats"]["files"] == sum(1 for v in snap_full.values() if v[0] == "file")
     table = daemon.ok("sets").splitlines()
-    assert table[0].split() == ["ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "CHANGED", "ADDED", "STATUS",
-                                "DATABASES", "TAGS"]
+    assert table[0].split() == ["ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "FILES", "SIZE", "CHANGED",
+                                "ADDED", "STATUS", "DATABASES", "TAGS"]
     rows = [line.split() for line in table[1:]]
     assert [r[0] for r in rows] == [i[:12] for i in (id_full, id_inc, id_diff)]
     assert [r[7] for r in rows] == [s["hostname"] for s in sets]

@@ -142,11 +142,13 @@ def start_with(tmp_path, daemon_lines: list[str], source_lines: list[str] | None
     return r, tree(str(tmp_path)) - before
 
 
-def test_decimal_socket_mode_is_refused(tmp_path):
-    r, created = start_with(tmp_path, ["socket_mode = 660"])
+@pytest.mark.parametrize("value", ["660", "400"])
+def test_decimal_socket_mode_is_refused(tmp_path, value):
+    # 400 fits in the permission bits (it would be mode 0o620); refused all the same.
+    r, created = start_with(tmp_path, [f"socket_mode = {value}"])
     assert r.returncode == 1 and created == set()
     line = one_line(r.stderr)
-    assert "daemon.socket_mode: 660 is not a file mode" in line and '"0660"' in line
+    assert f"daemon.socket_mode: {value} is not a file mode" in line and '"0660"' in line
 
 
 def test_unknown_socket_group_is_refused(tmp_path):

@@ -115,8 +115,8 @@ def test_sets_show_end_host_tags_and_pruned_bases(start_daemon, tmp_path):
     inc = d.ok("backup", "--level", "incremental", "--tag", "nightly", "--tag", "v2").split()[-1]
     rows = d.ok("sets").splitlines()
     header = rows[0].split()
-    assert header == ["ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "CHANGED", "ADDED", "STATUS",
-                      "DATABASES", "TAGS"]
+    assert header == ["ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "FILES", "SIZE", "CHANGED", "ADDED",
+                      "STATUS", "DATABASES", "TAGS"]
     last = rows[2].split()
     assert last[0] == inc[:12] and last[6] == first[:12] and last[7] == socket.gethostname()
     assert last[-1] == "nightly,v2" and re.fullmatch(r"\d\d:\d\d:\d\d", last[3])

@@ -92,8 +92,12 @@ def test_restore_db_writes_the_restore_command_given(stack, tmp_path):
     stack.backup("app", "full")
     command = "/usr/local/bin/fetch-wal --from backup1 %f %p"
     target = tmp_path / "pgdata"
-    stack.ok("restore-db", "latest", "--source", "app", "--database", "appdb", "--target", str(target),
-             "--restore-command", command, timeout=300)
+    out = stack.ok("restore-db", "latest", "--source", "app", "--database", "appdb", "--target", str(target),
+                   "--restore-command", command, timeout=300)
+    # Progress while the daemon writes, against the data directory's files (not the set's one file).
+    totals = [int(m.group(1)) for m in re.finditer(r"^restore-db: restore: \d+/(\d+) files", out, re.M)]
+    written = int(re.search(r"into .*: (\d+) files", out).group(1))
+    assert totals and all(100 < t <= written for t in totals), out
     conf = (target / "postgresql.auto.conf").read_text()
     assert f"restore_command = '{command}'" in conf
     # Without %p recovery could not place the file: refused before anything is written.

@@ -51,12 +51,28 @@ def _set(files: int, size: int) -> BackupSet:
 
 def test_a_full_set_is_measured_against_the_newest_set():
     assert backup_estimate("full", [_set(10, 100), _set(20, 300)]) == (20, 300)
-    assert backup_estimate("incremental", [_set(20, 300)]) is None  # an incremental reads only changes
+    # An incremental or differential reads only changes but counts every file: files only.
+    assert backup_estimate("incremental", [_set(20, 300)]) == (20, 0)
+    assert backup_estimate("differential", [_set(10, 100), _set(20, 300)]) == (20, 0)
+    assert backup_estimate("incremental", [_set(0, 0)]) is None
     assert backup_estimate("full", []) is None
     p = with_estimate(pb.Progress(phase="backup", files_done=25, bytes_done=50), (20, 300))
     assert (p.files_total, p.bytes_total, p.totals_estimated) == (25, 300, True)
     counted = with_estimate(pb.Progress(files_done=1, files_total=9, bytes_total=9), (20, 300))
     assert counted.files_total == 9 and not counted.totals_estimated
+    inc = with_estimate(pb.Progress(phase="backup", files_done=5, bytes_done=70), (20, 0))
+    assert (inc.files_total, inc.bytes_total, inc.totals_estimated) == (20, 0, True)
+
+
+def test_without_a_bytes_total_the_eta_follows_the_files(monkeypatch):
+    out = io.StringIO()
+    clock = [100.0]
+    monkeypatch.setattr("cairn.client.progress.time.monotonic", lambda: clock[0])
+    view = ProgressView("plain", "incremental backup of 'a-source-with-a-rather-long-name-indeed'", out)
+    clock[0] += 10
+    view.update("backup", 250_000, 1_000_000, 3 << 30, 0, b"/x", estimated=True)
+    line = out.getvalue().splitlines()[0]
+    assert len(line) <= WIDTH and "250000/~1000000 files, 3.0 GiB, ETA 30s" in line, line
 
 
 def test_plurals_and_verify_counts():

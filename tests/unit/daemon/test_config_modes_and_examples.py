@@ -26,15 +26,32 @@ def test_socket_mode_octal_forms(tmp_path, value, mode):
     assert load_with(tmp_path, f"socket_mode = {value}").daemon.socket_mode == mode
 
 
-@pytest.mark.parametrize("value", ["660", "600", "777", "1000"])
+@pytest.mark.parametrize("value", ["660", "600", "777", "1000", "400", "440", "444", "500", "432", "0", "7",
+                                   "+432"])
 def test_decimal_socket_mode_is_an_error_not_another_mode(tmp_path, value):
+    # Small decimals too: 400 would be mode 0o620, 432 the same integer as 0o660. Only the
+    # literal tells them apart, so every decimal literal is refused.
     with pytest.raises(ConfigError) as info:
         load_with(tmp_path, f"socket_mode = {value}")
-    assert f"daemon.socket_mode: {value} is not a file mode" in info.value.message
-    assert '"0660"' in info.value.message
+    assert f"daemon.socket_mode: {int(value)} is not a file mode" in info.value.message
+    assert '"0660"' in info.value.message and "0o660" in info.value.message
 
 
-@pytest.mark.parametrize("value", ['"0999"', '"06600"', '"rw-rw----"', "-1", "true"])
+@pytest.mark.parametrize("text", ["daemon.socket_mode = 0o640", "daemon = { socket_mode = 0o640 }"])
+def test_octal_socket_mode_in_dotted_and_inline_tables(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(f'{text}\n[repository]\npath = "/r"\n')
+    assert load_config(str(path)).daemon.socket_mode == 0o640
+
+
+def test_decimal_socket_mode_in_an_inline_table_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('daemon = { socket_mode = 440 }\n[repository]\npath = "/r"\n')
+    with pytest.raises(ConfigError, match="daemon.socket_mode: 440 is not a file mode"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("value", ['"0999"', '"06600"', '"rw-rw----"', "-1", "true", "0o1777"])
 def test_malformed_socket_mode(tmp_path, value):
     with pytest.raises(ConfigError, match="daemon.socket_mode: expected a file mode"):
         load_with(tmp_path, f"socket_mode = {value}")

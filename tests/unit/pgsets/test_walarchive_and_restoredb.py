@@ -142,3 +142,16 @@ def test_continuity_is_checked_in_each_clusters_name_space_and_the_flat_one(tmp_
         (f"WAL is not continuous on timeline 1: {seg(1, 6)} missing from the archive of system {b}; "
          "the set cannot be restored", ("b" * 64,))]
     repo.close()
+
+
+def test_restore_db_totals_are_the_data_directory_and_tablespaces_not_the_set() -> None:
+    from cairn.daemon.restoredb import restore_db_totals
+
+    rec = {"name": "appdb", "attachment": "db:appdb", "tablespaces": [{"oid": 16400, "attachment": "db:appdb:ts"}]}
+    s = BackupSet(id="b" * 64, source="app", level="full", requested_level="full", base=None, time_start=0,
+                  time_end=0, hostname="h", paths=("/x",), tree="00",
+                  stats=SetStats(files=1000, bytes_total=10**9), extra={"database": rec},
+                  attachments={"db:appdb": {"tree": "00", "files": 900, "bytes_total": 40_000_000},
+                               "db:appdb:ts": {"tree": "01", "files": 7, "bytes_total": 5_000},
+                               "db:other": {"tree": "02", "files": 50, "bytes_total": 9_000_000}})
+    assert restore_db_totals(s, "appdb") == (907, 40_005_000)

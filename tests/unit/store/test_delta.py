@@ -142,3 +142,12 @@ def test_prune_keeps_a_reference_that_only_a_delta_needs(repo, tmp_path, rng):
     out = tmp_path / "out"
     assert repo.restore(repo.get_set(inc.id), str(out), attachment="db:main").errors == ()
     assert (out / "rel").read_bytes() == expect
+
+
+def test_restore_of_an_attachment_measures_progress_against_the_attachment(repo, tmp_path, rng):
+    files, db = setup_db(tmp_path, rng)
+    (files / "big.bin").write_bytes(rng.randbytes(3 << 20))
+    full = take(repo, files, db, "full")
+    seen = []
+    repo.restore(full, str(tmp_path / "out"), attachment="db:main", progress=seen.append)
+    assert seen and {(p.files_total, p.bytes_total) for p in seen} == {(1, 4 << 20)}
