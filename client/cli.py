@@ -319,14 +319,7 @@ def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
         return fail("--target-time and --target-lsn need a base backup restored with --target DIR", code=EXIT_USAGE)
     request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
                                        target_dsn=args.target_dsn)
-    result = None
-    with progress_view(args.json, "restore-db") as view:
-        for event in conn.stub.RestoreDbToDsn(request):
-            if event.WhichOneof("event") == "progress":
-                p = event.progress
-                view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
-            else:
-                result = event.result
+    result = _follow(conn.stub.RestoreDbToDsn(request), args.json, "restore-db", "result")
     if result is None:
         return fail("the daemon ended the restore without a result")
     if args.json:
@@ -412,16 +405,22 @@ def own_data_directory(target: str) -> None:
         pass  # not root: the files are ours and so is the directory
 
 
-def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
-    request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data)
-    report = None
-    with progress_view(args.json, "verify") as view:
-        for event in conn.stub.Verify(request):
+def _follow(events: Any, json_output: bool, what: str, field: str) -> Any:
+    """Show the progress events of a streamed call; return its last `field` event (None if none came)."""
+    last = None
+    with progress_view(json_output, what) as view:
+        for event in events:
             if event.WhichOneof("event") == "progress":
                 p = event.progress
                 view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total, p.current_path)
             else:
-                report = event.report
+                last = getattr(event, field)
+    return last
+
+
+def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
+    request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data)
+    report = _follow(conn.stub.Verify(request), args.json, "verify", "report")
     if report is None:
         return fail("the daemon ended the check without a report")
     if args.json:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from .records import EntryMeta
-from .writer import _setxattr, _write_all, check_rel
+from .writer import _setxattr, _write_all, apply_dir_meta, check_rel
 
 HASH_WORKERS = 4
 _OPEN_RW = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -535,14 +535,5 @@ class DeltaWriter:
 
     def _meta_dir(self, m: EntryMeta) -> None:
         self._parent(m.path)
-        fd = os.open(self.t.abs(m.path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            if self.owner:
-                os.fchown(fd, m.uid, m.gid)
-            for k, v in m.xattrs.items():
-                _setxattr(fd, k, v)
-            os.fchmod(fd, stat.S_IMODE(m.mode))
-            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
-        finally:
-            os.close(fd)
+        apply_dir_meta(self.t.abs(m.path), m, self.owner)
 

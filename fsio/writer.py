@@ -248,17 +248,22 @@ class TreeWriter:
         self.stats.links += 1
 
     def _meta_dir(self, rel: bytes, m: EntryMeta) -> None:
-        p = self._abs(rel)
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            if self.owner:
-                os.fchown(fd, m.uid, m.gid)
-            for k, v in m.xattrs.items():
-                _setxattr(fd, k, v)
-            os.fchmod(fd, stat.S_IMODE(m.mode))
-            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
-        finally:
-            os.close(fd)
+        apply_dir_meta(self._abs(rel), m, self.owner)
+
+
+def apply_dir_meta(path: bytes, m: EntryMeta, owner: bool) -> None:
+    """Owner (when `owner`), xattrs, mode and mtime of directory `path`, through a descriptor
+    opened without following a link (a directory's metadata is applied last, after its entries)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if owner:
+            os.fchown(fd, m.uid, m.gid)
+        for k, v in m.xattrs.items():
+            _setxattr(fd, k, v)
+        os.fchmod(fd, stat.S_IMODE(m.mode))
+        os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, view: memoryview, off: int) -> None:
