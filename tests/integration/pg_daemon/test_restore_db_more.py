@@ -30,11 +30,12 @@ def stack() -> Iterator[Stack]:
     chown_postgres(spc)
     sources = {
         "ts": {"paths": [str(root / "ts/files")], "database": "appdb"},
-        # while the file 'slowdown' exists, freeze takes all but 0.3 s of the window
+        # while the file 'slowdown' exists, freeze takes all but 0.3 s of the window; without it the
+        # window has room for a loaded machine
         "slow": {"paths": [str(root / "slow/files")], "database": "appdb",
-                 "quiesce": {"mode": "cold", "max_window": "3s",
+                 "quiesce": {"mode": "cold", "max_window": "8s",
                              "freeze": [["sh", "-c", f"touch {root}/slow/frozen; "
-                                                     f"if [ -e {root}/slow/slowdown ]; then sleep 2.7; fi"]],
+                                                     f"if [ -e {root}/slow/slowdown ]; then sleep 7.7; fi"]],
                              "thaw": [["sh", "-c", f"touch {root}/slow/thawed"]]}},
     }
     st = Stack(root, sources)
@@ -91,7 +92,7 @@ def test_capture_past_max_window_fails_the_set_thaws_and_the_next_set_works(stac
     root = stack.root
     r = stack.cli("backup", "--source", "slow", "--level", "full", timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "quiesce window of source 'slow' passed its max_window of 3s; the set is aborted and thaw ran" \
+    assert "quiesce window of source 'slow' passed its max_window of 8s; the set is aborted and thaw ran" \
         in r.stderr
     assert (root / "slow/frozen").exists() and (root / "slow/thawed").exists()
     assert stack.sets("slow") == []
