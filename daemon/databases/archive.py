@@ -25,10 +25,7 @@ class PostgresSegments:
         return plain_name(name) and walnames.is_wal_file_name(name)
 
     def position(self, name: str) -> int | None:
-        # The segment's number as (xlogid, offset) halves: the order of every segment size.
-        if not self.valid(name) or walnames.HISTORY_RE.match(name):
-            return None
-        return int(name[8:16], 16) << 32 | int(name[16:24], 16)
+        return walnames.segment_order(name)
 
     def needs(self, s: BackupSet, namespace: str) -> list[int]:
         out = []
