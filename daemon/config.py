@@ -237,15 +237,22 @@ def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
-        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, "", f"unable to read file: {exc.strerror or exc}") from exc
+    return parse_config(raw, path, os.path.dirname(os.path.abspath(path)))
+
+
+def parse_config(raw: bytes, origin: str | None, base_dir: str) -> Config:
+    """Parse and validate the TOML text `raw` of the file `origin` (None: not from a file);
+    relative paths are taken from `base_dir`."""
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: not UTF-8 ({exc.reason})") from exc
+        raise ConfigError(origin, "", f"not valid TOML: not UTF-8 ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from exc
+        raise ConfigError(origin, "", f"not valid TOML: {exc}") from exc
     _mark_decimal_mode(data, raw)
-    return _Loader(path, os.path.dirname(os.path.abspath(path))).config(data)
+    return _Loader(origin, base_dir).config(data)
 
 
 def _mark_decimal_mode(data: dict[str, Any], raw: bytes) -> None:
