@@ -6,9 +6,9 @@ timeline, then the segment number split in two 8-digit halves), '<timeline>.hist
 `cairn wal-fetch` share: WAL_MARKER (the list of WAL files restore-db placed in pg_wal/) and
 NO_HISTORY (timeline 1 has no history file; recovery asks for it anyway).
 
-The repository is engine-neutral: the daemon gives it `is_wal_file_name` as the rule an
-archive segment name must follow (Repository.set_segment_rule). Whose WAL a file is (the
-repository's WAL name space: the cluster's system identifier) is read here too: from a
+The repository is engine-neutral: the daemon gives it PostgreSQL's archive rules, built on
+`is_wal_file_name` and the segment numbers here (daemon/databases/archive.py). Whose WAL a file
+is (the repository's WAL name space: the cluster's system identifier) is read here too: from a
 segment's long page header (`segment_system_identifier`) or from pg_control
 (`control_system_identifier`). Standard library only, so
 the daemon and the client share it.
@@ -55,6 +55,15 @@ def parse_segment(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[
     if m is None:
         return None
     return int(m.group(1), 16), int(m.group(2), 16) * per_xlogid(segment_size) + int(m.group(3), 16)
+
+
+def segment_order(name: str) -> int | None:
+    """The place in WAL order of a segment, or of the .partial or .backup file of one: the two
+    halves of its number as one integer, the same order whatever the segment size (timelines
+    apart). None for history files and other names."""
+    if not is_wal_file_name(name) or HISTORY_RE.match(name):
+        return None
+    return int(name[8:16], 16) << 32 | int(name[16:24], 16)
 
 
 def segment_name(timeline: int, segno: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:

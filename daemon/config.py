@@ -6,53 +6,46 @@ are float seconds, cron expressions parse, source names are unique, a source's d
 names a [[database]], a TCP listener has TLS and a token, and the metrics endpoint is on a
 loopback address. Relative paths are taken relative to the config file's directory and all
 paths are made absolute. Errors are `ConfigError` with one line naming the key.
+
+What a valid file is (tables, keys, types, defaults, rules) is declared once, as a schema, in
+daemon/config_schema.py; this module reads the file, has it validated there, and builds the
+dataclasses the rest of the daemon imports from here.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pathspec
 import tomlkit
-from cairn.daemon.cron import CronExpr
-from cairn.daemon.durations import parse_duration
-from cairn.daemon.retention import keep_policy
+from cairn.daemon import config_schema as schema
+from cairn.daemon.config_schema import (  # noqa: F401  (the names other modules import from here)
+    DAEMON_KEYS,
+    DATABASE_KEYS,
+    DATABASE_KINDS,
+    HOOK_KEYS,
+    LOG_LEVELS,
+    QUIESCE_KEYS,
+    QUIESCE_MODES,
+    REPOSITORY_KEYS,
+    S3_KEYS,
+    SOURCE_KEYS,
+    TOP_KEYS,
+    DecimalInt,
+    is_loopback,
+    split_address,
+)
 from cairn.store.errors import InvalidArgumentError, NotFoundError
-from cairn.store.locations import S3Options, is_s3, parse_s3
-from cairn.store.model import LEVELS, PrunePolicy
+from cairn.store.locations import S3Options, is_s3
+from cairn.store.model import PrunePolicy
 
 DEFAULT_SOCKET_NAME = "cairnd.sock"
 ROOT_RUNTIME_DIR = "/run/cairn"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-QUIESCE_MODES = ("cold", "hot")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-# Every key the file may hold, per table; the loaders below read exactly these.
-S3_KEYS = ("endpoint", "region", "path_style", "credentials_file")  # only with an s3:// path
-REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "gc_grace", "wal_keep", "passphrase_file", "key_file")
-DAEMON_KEYS = (
-    "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
-    "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
-    "max_wal_size", "host",
-    "skip_unchanged",
-)
-SOURCE_KEYS = (
-    "name", "paths", "exclude", "watch", "rpo", "schedule", "database", "quiesce", "one_file_system",
-    "aux_paths", "keep", "capture_first", "tags",
-)
-QUIESCE_KEYS = ("mode", "freeze", "thaw", "timeout", "max_window", "required", "hooks", "on_success",
-                "on_failure")
-HOOK_KEYS = ("freeze", "thaw", "timeout", "required")
-DATABASE_KEYS = ("name", "dsn", "pgdata", "wal_timeout", "kind", "dump", "restore", "timeout", "jobs")
-DATABASE_KINDS = ("postgres", "pg_dump", "command")  # base backup + WAL; pg_dump over the network; any dump tool
-TOP_KEYS = ("repository", "daemon", "source", "database")
 
 
 class ConfigError(InvalidArgumentError):
@@ -244,19 +237,22 @@ def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
-        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, "", f"unable to read file: {exc.strerror or exc}") from exc
+    return parse_config(raw, path, os.path.dirname(os.path.abspath(path)))
+
+
+def parse_config(raw: bytes, origin: str | None, base_dir: str) -> Config:
+    """Parse and validate the TOML text `raw` of the file `origin` (None: not from a file);
+    relative paths are taken from `base_dir`."""
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: not UTF-8 ({exc.reason})") from exc
+        raise ConfigError(origin, "", f"not valid TOML: not UTF-8 ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from exc
+        raise ConfigError(origin, "", f"not valid TOML: {exc}") from exc
     _mark_decimal_mode(data, raw)
-    return _Loader(path, os.path.dirname(os.path.abspath(path))).config(data)
-
-
-class _DecimalInt(int):
-    """An integer the file wrote in decimal (no `0o` prefix) where a file mode is expected."""
+    return _Loader(origin, base_dir).config(data)
 
 
 def _mark_decimal_mode(data: dict[str, Any], raw: bytes) -> None:
@@ -273,7 +269,7 @@ def _mark_decimal_mode(data: dict[str, Any], raw: bytes) -> None:
     except Exception:  # tomlkit and tomllib disagreeing is no reason to guess
         literal = ""
     if not literal.lstrip("+").startswith("0o"):
-        table["socket_mode"] = _DecimalInt(value)
+        table["socket_mode"] = DecimalInt(value)
 
 
 def config_from_args(repo: str, sources: Sequence[str], read_only: bool, home: str | None = None) -> Config:
@@ -339,492 +335,82 @@ def _unique_name(name: str, taken: set[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def split_address(text: str) -> tuple[str, int]:
-    """Split "host:port" or "[v6]:port" into (host, port); InvalidArgumentError if malformed."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text or "")
-    if not match:
-        raise InvalidArgumentError(f"expected an address like '127.0.0.1:7443', got '{text}'")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if port > 65535:
-        raise InvalidArgumentError(f"expected a port from 0 to 65535, got {port}")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """True for 'localhost' and loopback IP literals (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# From the validated file to the dataclasses
 
 
 class _Loader:
-    """Turns parsed TOML into a Config, raising ConfigError with the key's path."""
+    """Turns parsed TOML into a Config: validated against the declared schema (config_schema.py),
+    then the defaults that depend on the environment (state directory, socket) filled in."""
 
     def __init__(self, origin: str | None, base_dir: str) -> None:
         self.origin = origin
         self.base_dir = base_dir
 
-    def fail(self, key: str, detail: str) -> ConfigError:
-        return ConfigError(self.origin, key, detail)
-
     def config(self, data: Mapping[str, Any]) -> Config:
-        self.keys("", data, TOP_KEYS)
-        repository = self.repository(self.table("repository", data.get("repository"), required=True))
-        daemon = self.daemon(self.table("daemon", data.get("daemon", {})))
-        databases = tuple(
-            self.database(f"database[{i}]", table)
-            for i, table in enumerate(self.array_of_tables("database", data.get("database", [])))
-        )
-        self.unique("database", [database.name for database in databases])
-        database_names = {database.name for database in databases}
-        sources = tuple(
-            self.source(f"source[{i}]", table, database_names)
-            for i, table in enumerate(self.array_of_tables("source", data.get("source", [])))
-        )
-        self.unique("source", [source.name for source in sources])
-        pgdata = {database.name: database.pgdata for database in databases if database.kind == "postgres"}
-        for index, source in enumerate(sources):
-            seen: dict[str, str] = {}
-            for name in source.databases:
-                if name not in pgdata:
-                    continue  # a dump engine: no data directory of its own
-                other = seen.get(os.path.realpath(pgdata[name]))
-                if other is not None:
-                    raise self.fail(f"source[{index}].database",
-                                    f"databases '{other}' and '{name}' are the same server (pgdata "
-                                    f"'{pgdata[name]}'): a [[database]] captures its whole cluster, name it once")
-                seen[os.path.realpath(pgdata[name])] = name
-        return Config(repository=repository, daemon=daemon, sources=sources, databases=databases,
-                      path=os.path.abspath(self.origin) if self.origin else None)
-
-    # -- tables -----------------------------------------------------------------------------
-
-    def repository(self, table: Mapping[str, Any]) -> RepositoryConfig:
-        self.keys("repository", table, REPOSITORY_KEYS)
-        gc = self.string("repository.gc", table.get("gc"))
-        if gc is not None:
-            try:
-                CronExpr.parse(gc)
-            except InvalidArgumentError as exc:
-                raise self.fail("repository.gc", exc.message) from exc
-        wal_keep = table.get("wal_keep")
-        passphrase_file = self.path("repository.passphrase_file", table.get("passphrase_file"))
-        key_file = self.path("repository.key_file", table.get("key_file"))
-        location = self.repository_location(table) or RepositoryConfig(
-            path=self.path("repository.path", table.get("path"), required=True))
-        gc_grace = table.get("gc_grace")
-        return replace(location, gc=gc,
-                       gc_grace=None if gc_grace is None else self.duration("repository.gc_grace", gc_grace),
-                       wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep),
-                       passphrase_file=passphrase_file, key_file=key_file)
-
-    def repository_location(self, table: Mapping[str, Any]) -> RepositoryConfig | None:
-        """An s3:// repository with its object-store keys; None for a local directory (which
-        takes none of them)."""
-        path = table.get("path")
-        s3_keys = [k for k in S3_KEYS if k in table]
-        if not (isinstance(path, str) and is_s3(path)):
-            if s3_keys:
-                raise self.fail(f"repository.{s3_keys[0]}", "needs an s3:// repository.path")
-            return None
         try:
-            parse_s3(path)
-        except InvalidArgumentError as exc:
-            raise self.fail("repository.path", str(exc)) from None
-        endpoint = self.string("repository.endpoint", table.get("endpoint"))
-        if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
-            raise self.fail("repository.endpoint", f"expected a URL like 'http://127.0.0.1:8333', got '{endpoint}'")
-        path_style = table.get("path_style")
-        return RepositoryConfig(
-            path=path,
-            endpoint=endpoint,
-            region=self.string("repository.region", table.get("region")),
-            path_style=None if path_style is None else self.boolean("repository.path_style", path_style),
-            credentials_file=self.path("repository.credentials_file", table.get("credentials_file")),
+            file = schema.validate(data, self.base_dir)
+        except schema.SchemaError as exc:
+            raise ConfigError(self.origin, exc.key, exc.detail) from None
+        return Config(
+            repository=self.repository(file.repository),
+            daemon=self.daemon(file.daemon),
+            sources=tuple(self.source(table) for table in file.source),
+            databases=tuple(self.database(table) for table in file.database),
+            path=os.path.abspath(self.origin) if self.origin else None,
         )
 
-    def daemon(self, table: Mapping[str, Any]) -> DaemonConfig:
-        self.keys("daemon", table, DAEMON_KEYS)
-        state_dir = self.path("daemon.state_dir", table.get("state_dir")) or os.path.abspath(default_home())
-        values: dict[str, Any] = {
-            "socket": self.path("daemon.socket", table.get("socket")) or default_socket(state_dir),
-            "state_dir": state_dir,
-            "socket_mode": self.mode("daemon.socket_mode", table.get("socket_mode", 0o660)),
-            "socket_group": self.string("daemon.socket_group", table.get("socket_group")),
-            "listen": self.string("daemon.listen", table.get("listen")),
-            "tls_cert": self.path("daemon.tls_cert", table.get("tls_cert")),
-            "tls_key": self.path("daemon.tls_key", table.get("tls_key")),
-            "token_file": self.path("daemon.token_file", table.get("token_file")),
-            "metrics": self.string("daemon.metrics", table.get("metrics")),
-            "read_only": self.boolean("daemon.read_only", table.get("read_only", False)),
-            "shutdown_timeout": self.duration("daemon.shutdown_timeout", table.get("shutdown_timeout", 30.0)),
-            "backstop_interval": self.duration(
-                "daemon.backstop_interval", table.get("backstop_interval", 86400.0)
-            ),
-            "max_watches": self.positive_int("daemon.max_watches", table.get("max_watches")),
-            "log_level": self.choice("daemon.log_level", table.get("log_level", "info"), LOG_LEVELS),
-            "max_wal_size": self.positive_int("daemon.max_wal_size", table.get("max_wal_size", 1 << 30)),
-            "host": self.string("daemon.host", table.get("host")),
-            "skip_unchanged": self.boolean("daemon.skip_unchanged", table.get("skip_unchanged", True)),
-        }
-        if values["host"] is not None and any(c.isspace() for c in values["host"]):
-            raise self.fail("daemon.host", f"expected a host name without spaces, got {_show(values['host'])}")
-        if values["listen"] is not None:
-            self.address("daemon.listen", values["listen"])
-            for key in ("tls_cert", "tls_key", "token_file"):
-                if values[key] is None:
-                    raise self.fail(
-                        f"daemon.{key}", "required when daemon.listen is set (TCP needs TLS and a token)"
-                    )
-        if values["metrics"] is not None:
-            host, _ = self.address("daemon.metrics", values["metrics"])
-            if not is_loopback(host):
-                expected = "expected a loopback address like '127.0.0.1:9721'"
-                raise self.fail("daemon.metrics", f"{expected}, got '{values['metrics']}'")
+    def repository(self, table: schema.RepositoryTable) -> RepositoryConfig:
+        path = table.path
+        if not is_s3(path):
+            if "\0" in path:
+                raise ConfigError(self.origin, "repository.path", "path contains a NUL byte")
+            path = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
+        return RepositoryConfig(
+            path=path, endpoint=table.endpoint, region=table.region, path_style=table.path_style,
+            credentials_file=table.credentials_file, gc=table.gc, wal_keep=table.wal_keep,
+            gc_grace=table.gc_grace, passphrase_file=table.passphrase_file, key_file=table.key_file,
+        )
+
+    def daemon(self, table: schema.DaemonTable) -> DaemonConfig:
+        values = table.model_dump()
+        values["state_dir"] = table.state_dir or os.path.abspath(default_home())
+        values["socket"] = table.socket or default_socket(values["state_dir"])
         return DaemonConfig(**values)
 
-    def source(self, key: str, table: Mapping[str, Any], databases: set[str]) -> SourceConfig:
-        self.keys(key, table, SOURCE_KEYS)
-        name = self.name(f"{key}.name", table.get("name"))
-        paths = self.paths(f"{key}.paths", table.get("paths"), required=True)
-        self.distinct_basenames(f"{key}.paths", paths)
-        watch = self.boolean(f"{key}.watch", table.get("watch", True))
-        rpo = table.get("rpo")
-        if rpo is not None:
-            rpo = self.duration(f"{key}.rpo", rpo, positive=True)
-            if not watch:
-                raise self.fail(f"{key}.rpo", "needs watch = true (the change journal measures the wait)")
-        names = self.database_names(f"{key}.database", table.get("database"), databases)
-        quiesce = table.get("quiesce")
-        if quiesce is not None:
-            quiesce = self.quiesce(f"{key}.quiesce", self.table(f"{key}.quiesce", quiesce))
-        aux_paths = self.paths(f"{key}.aux_paths", table.get("aux_paths", []))
-        if aux_paths and (quiesce is None or quiesce.mode != "hot"):
-            raise self.fail(f"{key}.aux_paths", "only used with quiesce mode 'hot'")
-        first = self.paths(f"{key}.capture_first", table.get("capture_first", []))
-        for index, sub in enumerate(first):
-            if not any(sub.startswith(p.rstrip("/") + "/") for p in paths):
-                raise self.fail(f"{key}.capture_first[{index}]",
-                                f"'{sub}' is not below one of the source's paths")
-        if first and not (names or quiesce):
-            raise self.fail(f"{key}.capture_first", "needs a database or a quiesce window to be captured before")
+    def source(self, table: schema.SourceTable) -> SourceConfig:
         return SourceConfig(
-            name=name,
-            paths=paths,
-            exclude=self.excludes(f"{key}.exclude", table.get("exclude", [])),
-            watch=watch,
-            rpo=rpo,
-            schedule=self.schedule(f"{key}.schedule", table.get("schedule", {})),
-            database=names[0] if names else None,
-            quiesce=quiesce,
-            one_file_system=self.boolean(f"{key}.one_file_system", table.get("one_file_system", False)),
-            aux_paths=aux_paths,
-            keep=self.keep(f"{key}.keep", table.get("keep")),
-            databases=names,
-            capture_first=first,
-            tags=self.tags(f"{key}.tags", table.get("tags", [])),
+            name=table.name,
+            paths=table.paths,
+            exclude=table.exclude,
+            watch=table.watch,
+            rpo=table.rpo,
+            schedule=dict(table.schedule),
+            database=table.database[0] if table.database else None,
+            quiesce=None if table.quiesce is None else self.quiesce(table.quiesce),
+            one_file_system=table.one_file_system,
+            aux_paths=table.aux_paths,
+            keep=table.keep,
+            databases=table.database,
+            capture_first=table.capture_first,
+            tags=dict(table.tags),
         )
 
-    def database_names(self, key: str, value: Any, databases: set[str]) -> tuple[str, ...]:
-        # One name, or a list of names (captured in that order).
-        if value is None:
-            return ()
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items:
-            raise self.fail(key, f"expected a database name or a list of names, got {_show(value)}")
-        names = tuple(self.string(f"{key}[{i}]" if isinstance(value, list) else key, item, required=True)
-                      for i, item in enumerate(items))
-        for index, name in enumerate(names):
-            where = f"{key}[{index}]" if isinstance(value, list) else key
-            if name not in databases:
-                raise self.fail(where, f"no [[database]] is named '{name}'")
-            if name in names[:index]:
-                raise self.fail(where, f"database '{name}' is named twice")
-        return names
-
-    def tags(self, key: str, value: Any) -> dict[str, tuple[str, ...]]:
-        # A list of tags for every scheduled set, or a table of lists per level.
-        table = {level: value for level in LEVELS} if isinstance(value, list) else self.table(key, value)
-        out: dict[str, tuple[str, ...]] = {}
-        for level, items in table.items():
-            where = key if isinstance(value, list) else f"{key}.{level}"
-            if level not in LEVELS:
-                raise self.fail(where, "unknown level: expected full, differential or incremental")
-            tags = self.strings(where, items)
-            for index, tag in enumerate(tags):
-                try:
-                    text = datetime(2001, 2, 3, 4, 5, 6).strftime(tag)
-                except ValueError as exc:
-                    raise self.fail(f"{where}[{index}]", f"invalid strftime pattern '{tag}': {exc}") from None
-                if not text or any(c.isspace() for c in text):
-                    raise self.fail(f"{where}[{index}]", f"a tag must not be empty or hold spaces, got '{tag}'")
-            if tags:
-                out[level] = tags
-        return out
-
-    def quiesce(self, key: str, table: Mapping[str, Any]) -> QuiesceConfig:
-        self.keys(key, table, QUIESCE_KEYS)
-        if "mode" not in table:
-            raise self.fail(f"{key}.mode", "required: 'cold' or 'hot'")
-        timeout = self.duration(f"{key}.timeout", table.get("timeout", 60.0), positive=True)
-        required = self.boolean(f"{key}.required", table.get("required", True))
-        hooks = []
-        for index, level in enumerate(self.array_of_tables(f"{key}.hooks", table.get("hooks", []))):
-            where = f"{key}.hooks[{index}]"
-            self.keys(where, level, HOOK_KEYS)
-            hooks.append(HookLevel(
-                freeze=self.commands(f"{where}.freeze", level.get("freeze", [])),
-                thaw=self.commands(f"{where}.thaw", level.get("thaw", [])),
-                timeout=self.duration(f"{where}.timeout", level.get("timeout", timeout), positive=True),
-                required=self.boolean(f"{where}.required", level.get("required", required))))
-        freeze = self.commands(f"{key}.freeze", table.get("freeze", []))
-        thaw = self.commands(f"{key}.thaw", table.get("thaw", []))
-        if hooks and (freeze or thaw):
-            raise self.fail(f"{key}.hooks", "give either hooks or freeze/thaw, not both")
+    def quiesce(self, table: schema.QuiesceTable) -> QuiesceConfig:
+        hooks = tuple(
+            HookLevel(freeze=level.freeze, thaw=level.thaw,
+                      timeout=table.timeout if level.timeout is None else level.timeout,
+                      required=table.required if level.required is None else level.required)
+            for level in table.hooks
+        )
         return QuiesceConfig(
-            mode=self.choice(f"{key}.mode", table["mode"], QUIESCE_MODES),
-            freeze=freeze,
-            thaw=thaw,
-            timeout=timeout,
-            max_window=self.duration(f"{key}.max_window", table.get("max_window", 900.0), positive=True),
-            required=required,
-            hooks=tuple(hooks),
-            on_success=self.commands(f"{key}.on_success", table.get("on_success", [])),
-            on_failure=self.commands(f"{key}.on_failure", table.get("on_failure", [])),
+            mode=table.mode, freeze=table.freeze, thaw=table.thaw, timeout=table.timeout,
+            max_window=table.max_window, required=table.required, hooks=hooks,
+            on_success=table.on_success, on_failure=table.on_failure,
         )
 
-    def database(self, key: str, table: Mapping[str, Any]) -> DatabaseConfig:
-        self.keys(key, table, DATABASE_KEYS)
-        kind = self.choice(f"{key}.kind", table.get("kind", "postgres"), DATABASE_KINDS)
-        only = {"postgres": ("pgdata", "wal_timeout"), "command": ("dump", "restore"), "pg_dump": ("jobs",)}
-        for other, keys in only.items():
-            for k in keys:
-                if other != kind and k in table:
-                    raise self.fail(f"{key}.{k}", f"only used with kind = '{other}' (this database is '{kind}')")
-        if kind == "command" and "dsn" in table:
-            raise self.fail(f"{key}.dsn", "not used with kind = 'command': the dump and restore commands "
-                                          "name their server ({target} is the --target-dsn of a restore)")
-        if kind == "postgres" and "timeout" in table:
-            raise self.fail(f"{key}.timeout", "only used with the dump kinds 'pg_dump' and 'command'")
-        dump = self.argv(f"{key}.dump", table.get("dump"), required=kind == "command")
+    def database(self, table: schema.DatabaseTable) -> DatabaseConfig:
         return DatabaseConfig(
-            name=self.name(f"{key}.name", table.get("name")),
-            dsn=self.string(f"{key}.dsn", table.get("dsn"), required=kind != "command") or "",
-            pgdata=self.path(f"{key}.pgdata", table.get("pgdata"), required=kind == "postgres") or "",
-            wal_timeout=self.duration(f"{key}.wal_timeout", table.get("wal_timeout", 600.0), positive=True),
-            kind=kind,
-            dump=dump,
-            restore=self.argv(f"{key}.restore", table.get("restore"), required=kind == "command"),
-            timeout=self.duration(f"{key}.timeout", table.get("timeout", 3600.0), positive=True),
-            jobs=self.positive_int(f"{key}.jobs", table.get("jobs", 2)) or 2,
+            name=table.name, dsn=table.dsn or "", pgdata=table.pgdata or "", wal_timeout=table.wal_timeout,
+            kind=table.kind, dump=table.dump or (), restore=table.restore or (), timeout=table.timeout,
+            jobs=table.jobs,
         )
-
-    def keep(self, key: str, value: Any) -> PrunePolicy | None:
-        if value is None:
-            return None
-        try:
-            return keep_policy(self.table(key, value))
-        except ConfigError:
-            raise
-        except InvalidArgumentError as exc:
-            raise self.fail(key, exc.message) from None
-    def argv(self, key: str, value: Any, required: bool) -> tuple[str, ...]:
-        # One command as a non-empty list of strings.
-        if value is None:
-            if required:
-                raise self.fail(key, "required: a command as a list of strings")
-            return ()
-        valid = isinstance(value, list) and value and all(isinstance(a, str) and a for a in value)
-        if not valid:
-            raise self.fail(key, f"expected a command as a non-empty list of strings, got {_show(value)}")
-        return tuple(value)
-
-    def schedule(self, key: str, value: Any) -> dict[str, str]:
-        table = self.table(key, value)
-        result: dict[str, str] = {}
-        for level, text in table.items():
-            if level not in LEVELS:
-                raise self.fail(f"{key}.{level}", "unknown level: expected full, differential or incremental")
-            text = self.string(f"{key}.{level}", text, required=True)
-            try:
-                CronExpr.parse(text)
-            except InvalidArgumentError as exc:
-                raise self.fail(f"{key}.{level}", exc.message) from exc
-            result[level] = text
-        return result
-
-    # -- value checks -----------------------------------------------------------------------
-
-    def keys(self, where: str, table: Mapping[str, Any], allowed: Sequence[str]) -> None:
-        for key in table:
-            if key not in allowed:
-                full = f"{where}.{key}" if where else key
-                raise ConfigError(self.origin, "", f"unknown key '{full}'")
-
-    def table(self, key: str, value: Any, required: bool = False) -> Mapping[str, Any]:
-        if value is None and required:
-            raise self.fail(key, "required table is missing")
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {_show(value)}")
-        return value
-
-    def array_of_tables(self, key: str, value: Any) -> list[Mapping[str, Any]]:
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            raise self.fail(key, f"expected [[{key}]] tables, got {_show(value)}")
-        return value
-
-    def unique(self, kind: str, names: list[str]) -> None:
-        seen: set[str] = set()
-        for index, name in enumerate(names):
-            if name in seen:
-                raise self.fail(f"{kind}[{index}].name", f"duplicate {kind} name '{name}'")
-            seen.add(name)
-
-    def string(self, key: str, value: Any, required: bool = False) -> str | None:
-        if value is None:
-            if required:
-                raise self.fail(key, "required")
-            return None
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, f"expected a non-empty string, got {_show(value)}")
-        return value
-
-    def name(self, key: str, value: Any) -> str:
-        text = self.string(key, value, required=True)
-        if not _NAME.match(text):
-            raise self.fail(key, f"expected a name of letters, digits, '.', '_' or '-', got '{text}'")
-        return text
-
-    def path(self, key: str, value: Any, required: bool = False) -> str | None:
-        text = self.string(key, value, required=required)
-        if text is None:
-            return None
-        if "\0" in text:
-            raise self.fail(key, "path contains a NUL byte")
-        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(text)))
-
-    def strings(self, key: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.fail(key, f"expected a list of strings, got {_show(value)}")
-        return tuple(self.string(f"{key}[{i}]", item, required=True) for i, item in enumerate(value))
-
-    def paths(self, key: str, value: Any, required: bool = False) -> tuple[str, ...]:
-        if value is None and required:
-            raise self.fail(key, "required: a list of directories")
-        items = self.strings(key, value)
-        if required and not items:
-            raise self.fail(key, "expected at least one path")
-        paths = tuple(self.path(f"{key}[{i}]", item) for i, item in enumerate(items))
-        for index, path in enumerate(paths):
-            if path in paths[:index]:
-                raise self.fail(f"{key}[{index}]", f"duplicate path '{path}'")
-        return paths
-
-    def distinct_basenames(self, key: str, paths: tuple[str, ...]) -> None:
-        # With several paths the set's root holds one subtree per path, named by its basename.
-        if len(paths) < 2:
-            return
-        seen: dict[str, str] = {}
-        for path in paths:
-            base = os.path.basename(path) or "/"
-            if base in seen:
-                raise self.fail(key, f"'{seen[base]}' and '{path}' share the name '{base}' in a set's root")
-            seen[base] = path
-
-    def boolean(self, key: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {_show(value)}")
-        return value
-
-    def positive_int(self, key: str, value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail(key, f"expected a positive integer, got {_show(value)}")
-        return value
-
-    def mode(self, key: str, value: Any) -> int:
-        # A string of octal digits ("0660", "660", "0o660") or a TOML octal integer (0o660). Any
-        # integer written in decimal (660, 400, 432) is refused, whatever its value: 660 would be
-        # mode 0o1224 and 400 mode 0o620, never what the operator meant (see _mark_decimal_mode).
-        if isinstance(value, str):
-            if not re.fullmatch(r"(0o|0)?[0-7]{3}", value):
-                raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
-            return int(value[2:] if value.startswith("0o") else value, 8)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(key, f"expected a file mode like \"0660\", got {_show(value)}")
-        if isinstance(value, _DecimalInt):
-            raise self.fail(key, f"{int(value)} is not a file mode (a decimal integer, mode {oct(value)}): "
-                                 "write it as a string like \"0660\" or as octal 0o660")
-        if value > 0o777:
-            raise self.fail(key, f"expected a file mode like \"0660\", got {oct(value)} "
-                                 "(more than the permission bits 0o777)")
-        return value
-
-    def excludes(self, key: str, value: Any) -> tuple[str, ...]:
-        # Each pattern compiled alone, so an error names the one that does not parse.
-        patterns = self.strings(key, value)
-        for index, pattern in enumerate(patterns):
-            try:
-                pathspec.GitIgnoreSpec.from_lines([pattern])
-            except Exception as exc:  # pathspec raises several types for malformed patterns
-                raise self.fail(f"{key}[{index}]", f"pattern {_show(pattern)} does not parse: {exc}") from None
-        return patterns
-
-    def duration(self, key: str, value: Any, positive: bool = False) -> float:
-        try:
-            seconds = parse_duration(value)
-        except InvalidArgumentError:
-            raise self.fail(key, f"expected a duration like '5m', got {_show(value)}") from None
-        if positive and seconds <= 0:
-            raise self.fail(key, f"expected a duration above zero, got {_show(value)}")
-        return seconds
-
-    def choice(self, key: str, value: Any, choices: Sequence[str]) -> str:
-        if value not in choices:
-            expected = ", ".join(f"'{choice}'" for choice in choices)
-            raise self.fail(key, f"expected one of {expected}, got {_show(value)}")
-        return value
-
-    def address(self, key: str, text: str) -> tuple[str, int]:
-        try:
-            return split_address(text)
-        except InvalidArgumentError as exc:
-            raise self.fail(key, exc.message) from None
-
-    def commands(self, key: str, value: Any) -> tuple[tuple[str, ...], ...]:
-        # One argv list ["systemctl", "stop", "app"] or a list of them.
-        if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
-            value = [value]
-        if not isinstance(value, list):
-            raise self.fail(
-                key, f"expected a command as a list of strings, or a list of commands, got {_show(value)}"
-            )
-        commands = []
-        for index, argv in enumerate(value):
-            valid = isinstance(argv, list) and argv and all(isinstance(arg, str) and arg for arg in argv)
-            if not valid:
-                raise self.fail(
-                    f"{key}[{index}]", f"expected a command as a non-empty list of strings, got {_show(argv)}"
-                )
-            commands.append(tuple(argv))
-        return tuple(commands)
-
-
-def _show(value: Any) -> str:
-    """A value as it should appear in an error message: strings quoted, others as TOML-ish."""
-    if isinstance(value, str):
-        return f"'{value}'"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    return repr(value)
-

@@ -24,11 +24,12 @@ import threading
 import time
 from typing import NoReturn
 
-from cairn import __version__, walnames
+from cairn import __version__
 from cairn.daemon import preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
+from cairn.daemon.databases.archive import PostgresSegments
 from cairn.daemon.health import restore_metrics
 from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.logs import setup_logging
@@ -159,7 +160,7 @@ class Daemon:
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only)
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/prune.py)
-        self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
+        self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()

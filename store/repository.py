@@ -66,6 +66,7 @@ from .model import (
 from .packs import TYPE_DATA, PackEntry
 from .repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
+from .segments import NameRule, PlainSegments, SegmentRules
 from .session import BackupSession
 from .sets import decode_set, resolve
 from .trees import Entry, decode_tree
@@ -683,7 +684,7 @@ class Repository:
         for ns, name in walmod.entries(self):
             by_space.setdefault(ns, []).append(name)
         doomed = {ns: retention.wal_forget(found, walmod.archived_times(self, ns), kept, before, now, window,
-                                           namespace=ns)
+                                           namespace=ns, rules=self.segment_rules)
                   for ns, found in sorted(by_space.items())}
         names = [walmod.display_name(ns, n) for ns, found in doomed.items() for n in found]
         if not names or dry_run:
@@ -698,11 +699,21 @@ class Repository:
                        bytes_freed=report.bytes_freed + freed.bytes_freed)
 
     # -- WAL -------------------------------------------------------------------------
-    segment_rule: Callable[[str], bool] = staticmethod(walmod.plain_name)
+    segment_rules: SegmentRules = PlainSegments()
+
+    def set_segment_rules(self, rules: SegmentRules) -> None:
+        """The engine's rules for archive segment names: which are valid, their order, what a
+        set needs (store/segments.py; the store itself knows no engine's)."""
+        self.segment_rules = rules
 
     def set_segment_rule(self, rule: Callable[[str], bool]) -> None:
-        """The rule an archive segment name must follow (the store itself knows no engine's)."""
-        self.segment_rule = rule
+        """Only the rule a segment name must follow (no order: WAL retention forgets nothing)."""
+        self.segment_rules = NameRule(rule)
+
+    @property
+    def segment_rule(self) -> Callable[[str], bool]:
+        """The rule a segment name must follow."""
+        return self.segment_rules.valid
 
     def put_wal(self, name: str, data: bytes, namespace: str = "") -> bool:
         self._writable()

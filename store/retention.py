@@ -20,21 +20,22 @@ What always holds:
   backing up never loses its last sets to the passing of time);
 - a forgotten set never breaks a kept one: sets are complete trees, so no kept set needs its
   base (the base id is history, not a dependency);
-- WAL: each WAL name space apart (a database's WAL is in the name space of its
-  "system_identifier"; the flat name space of older entries counts every database): a WAL file
-  is forgotten only when it lies before the first segment of every kept set's database
-  of that name space AND it is older than the window (its catalog time, else the start of a
-  set it precedes); history files are always kept; an age that cannot be told keeps the file.
+- archived segments (WAL): each name space apart, in the order and with the needs the
+  engine's `SegmentRules` give (store/segments.py; the store knows no engine's names): a
+  segment is forgotten only when it lies before the position every kept set needs in that
+  name space AND it is older than the window (its catalog time, else the start of a set whose
+  need lies after it); a file without a position is always kept; an age that cannot be told
+  keeps the file.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, tzinfo
 
 from .model import LEVELS, BackupSet, PrunePolicy, RetentionDecision
+from .segments import PlainSegments, SegmentRules
 
 CALENDAR: tuple[tuple[str, Callable[[datetime], str]], ...] = (
     ("hourly", lambda t: t.strftime("%Y-%m-%d %H:00")),
@@ -45,9 +46,6 @@ CALENDAR: tuple[tuple[str, Callable[[datetime], str]], ...] = (
 )
 NO_POLICY = "no policy"
 NO_SOURCE_POLICY = "no policy for this source"
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
-_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
-_HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 
 
 def has_rules(policy: PrunePolicy) -> bool:
@@ -145,68 +143,32 @@ def _span(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-# ---- WAL ----------------------------------------------------------------------------------
-
-
-def _records(s: BackupSet) -> list[dict]:
-    """The stored database records of a set (extra "databases", or the one "database" of older sets)."""
-    extra = s.extra if isinstance(s.extra, dict) else {}
-    many = extra.get("databases")
-    if isinstance(many, list):
-        return [r for r in many if isinstance(r, dict)]
-    one = extra.get("database")
-    return [one] if isinstance(one, dict) else []
-
-
-def _db_records(s: BackupSet, namespace: str) -> list[tuple[int, int, int]]:
-    """(timeline, first segment number, segment size) of each database of a set whose WAL is in
-    `namespace` (a record's "system_identifier"; the flat name space "" serves every record,
-    as a fetch falls back to it)."""
-    out = []
-    for rec in _records(s):
-        if namespace and str(rec.get("system_identifier") or "") != namespace:
-            continue
-        size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
-        wal = rec.get("wal") if isinstance(rec.get("wal"), dict) else {}
-        first = segment_number(str(wal.get("first", "")), size)
-        if first is not None:
-            out.append((first[0], first[1], size))
-    return out
-
-
-def segment_number(name: str, size: int = DEFAULT_SEGMENT_SIZE) -> tuple[int, int] | None:
-    """(timeline, absolute segment number) of a segment, .partial or .backup file name; else None."""
-    m = _SEGMENT.match(name)
-    if m is None:
-        return None
-    per = 0x100000000 // size
-    return int(m.group(1), 16), int(m.group(2), 16) * per + int(m.group(3), 16)
+# ---- archived segments (WAL) -------------------------------------------------------------
 
 
 def wal_forget(names: Iterable[str], archived: Mapping[str, float | None], kept: Iterable[BackupSet],
-               known: Iterable[BackupSet], now: float, window: float, namespace: str = "") -> list[str]:
-    """The WAL files of `namespace` WAL retention forgets (see the module docstring), sorted.
+               known: Iterable[BackupSet], now: float, window: float, namespace: str = "",
+               rules: SegmentRules | None = None) -> list[str]:
+    """The archived files of `namespace` retention forgets (see the module docstring), sorted.
 
     `archived` maps a name to the time its catalog entry records (None: not recorded);
     `kept` are the sets that remain after the prune, `known` every set before it (their
-    starts bound the age of the WAL files that precede them). Only the databases whose WAL
-    is in `namespace` count (every database for the flat name space).
+    starts bound the age of the files that precede their needs). `rules` order the names
+    and tell what each set needs (default: none, so nothing is forgotten).
     """
-    kept_db = [r for s in kept for r in _db_records(s, namespace)]
-    known_db = [(r, s.time_start) for s in known for r in _db_records(s, namespace)]
-    size = (kept_db or [r for r, _ in known_db] or [(0, 0, DEFAULT_SEGMENT_SIZE)])[0][2]
-    cutoff = min((r[1] for r in kept_db), default=None)
+    rules = rules or PlainSegments()
+    kept_needs = [p for s in kept for p in rules.needs(s, namespace)]
+    known_needs = [(p, s.time_start) for s in known for p in rules.needs(s, namespace)]
+    cutoff = min(kept_needs, default=None)
     horizon = now - window
     out = []
     for name in names:
-        if _HISTORY.match(name):
-            continue
-        seg = segment_number(name, size)
-        if seg is None or (cutoff is not None and seg[1] >= cutoff):
+        position = rules.position(name)
+        if position is None or (cutoff is not None and position >= cutoff):
             continue
         written = archived.get(name)
         if written is None:
-            after = [start for r, start in known_db if r[1] > seg[1]]
+            after = [start for p, start in known_needs if p > position]
             written = min(after) if after else None
         if written is not None and written <= horizon:
             out.append(name)

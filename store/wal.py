@@ -1,9 +1,9 @@
-"""Archived PostgreSQL WAL files: content as chunks, one catalog object per file name and name space.
+"""Archived segments (a database's WAL): content as chunks, one catalog object per file name and name space.
 
 Every database cluster starts at the same WAL file names, so a repository keeps one name space
 per cluster: the catalog object of file <name> in name space <ns> is "wal/<ns>@<name>". The
-store does not know what a name space means (the daemon uses PostgreSQL's system identifier);
-it is any NAMESPACE-shaped string. Entries written before name spaces existed are "wal/<name>"
+store does not know what a name space means (the daemon uses its cluster's identity); it is
+any NAMESPACE-shaped string. Entries written before name spaces existed are "wal/<name>"
 (the flat name space, ""): they are still read, and a fetch in a name space that does not hold a
 name falls back to the flat entry of that name. Listings, retention, verify and prune cover both.
 The catalog object is compact sorted JSON {"size", "hash" (blake3 of the
@@ -12,9 +12,9 @@ the same JSON without "sum")}; entries written before "sum" or "time" existed la
 are still read. It is written after the pack and index holding the chunks, so a listed
 segment is complete. A damaged entry is a CorruptionError naming it.
 Pushing identical content again is a no-op; different content under an archived name is an
-error (PostgreSQL's archive_command contract). The store is engine-neutral: what a valid name
-is, is the rule the repository was given (Repository.set_segment_rule; the daemon gives it
-PostgreSQL's, cairn.walnames.is_wal_file_name); without one, any plain file name is accepted.
+error (an archiver's contract). The store is engine-neutral: what a valid name is, is the rule
+the repository was given (Repository.set_segment_rules, store/segments.py: the daemon gives it
+its engine's); without one, any plain file name is accepted.
 WAL retention forgets a file by deleting its catalog entry; the next garbage collection frees
 its chunks.
 """
@@ -33,17 +33,10 @@ from .chunker import Chunker
 from .errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
 from .filereader import SEGMENT
 from .packs import TYPE_DATA
+from .segments import PLAIN_NAME, plain_name  # noqa: F401  (the plain-name rule, re-exported)
 
 if TYPE_CHECKING:
     from .repository import Repository
-
-PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # a safe object name, any engine's
-
-
-def plain_name(name: str) -> bool:
-    """The rule without an engine's: a plain file name (no '/', not '.' or '..')."""
-    return bool(PLAIN_NAME.match(name))
-
 
 def check_name(name: str, rule: Callable[[str], bool] = plain_name) -> str:
     if not (plain_name(name) and rule(name)):

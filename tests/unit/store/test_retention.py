@@ -6,8 +6,16 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
+from cairn.daemon.databases.archive import PostgresSegments
 from cairn.store.model import BackupSet, PrunePolicy, SetStats
-from cairn.store.retention import decide, split, wal_forget
+from cairn.store.retention import decide, split
+from cairn.store.retention import wal_forget as store_wal_forget
+
+PG = PostgresSegments()  # the rules the daemon gives the store
+
+
+def wal_forget(*args, **kw):
+    return store_wal_forget(*args, rules=PG, **kw)
 
 _ids = itertools.count()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from cairn.daemon.databases.archive import PostgresSegments
 from cairn.store.model import PrunePolicy
 from storekit import backup, write_random
 
@@ -47,6 +48,7 @@ def _db_set(repo, src, first: str, last: str):
 
 
 def test_wal_retention_forgets_catalog_entries_and_frees_their_chunks(repo, src, rng):
+    repo.set_segment_rules(PostgresSegments())  # the daemon gives the store PostgreSQL's archive rules
     wal = {f"0000000100000000000000{n:02X}": rng.randbytes(300_000) for n in range(1, 7)}
     for name, data in wal.items():
         repo.put_wal(name, data)

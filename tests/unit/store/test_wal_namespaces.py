@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from cairn.daemon.databases.archive import PostgresSegments
 from cairn.store.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from cairn.store.model import PrunePolicy
 from cairn.store.repository import Repository
@@ -82,6 +83,7 @@ def _db_set(repo, src, recs: list[dict]):
 
 
 def test_wal_retention_keeps_what_each_clusters_kept_sets_need(repo, src, rng):
+    repo.set_segment_rules(PostgresSegments())  # the daemon gives the store PostgreSQL's archive rules
     for n in range(1, 7):
         repo.put_wal(seg(n), rng.randbytes(20_000), A)
         repo.put_wal(seg(n), rng.randbytes(20_000), B)
