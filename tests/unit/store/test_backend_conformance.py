@@ -7,9 +7,9 @@ import os
 import sys
 
 import pytest
-from cairn.store.backend import KINDS, LocalBackend, MemoryBackend
 from cairn.store.errors import BackendError, NotFoundError
-from cairn.store.faults import FaultyBackend
+from cairn.store.storage.backend import KINDS, LocalBackend, MemoryBackend
+from cairn.store.storage.faults import FaultyBackend
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from s3server import shared_server  # noqa: E402

@@ -9,10 +9,10 @@ from dataclasses import asdict
 import pytest
 from cairn.fsio.records import Data, EntryMeta, Failed
 from cairn.fsio.writer import TreeWriter
+from cairn.store.content.packs import TYPE_DATA, TYPE_TREE
 from cairn.store.model import SetStats
-from cairn.store.packs import TYPE_DATA, TYPE_TREE
-from cairn.store.sets import encode_set
-from cairn.store.trees import Entry, encode_tree
+from cairn.store.snapshots.sets import encode_set
+from cairn.store.snapshots.trees import Entry, encode_tree
 from storekit import listing
 
 

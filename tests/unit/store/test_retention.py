@@ -6,8 +6,8 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
+from cairn.store.maintenance.retention import decide, split, wal_forget
 from cairn.store.model import BackupSet, PrunePolicy, SetStats
-from cairn.store.retention import decide, split, wal_forget
 
 _ids = itertools.count()
 

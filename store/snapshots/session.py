@@ -27,16 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
+from ..content.blobs import BlobWriter
+from ..content.packs import TYPE_TREE
+from ..errors import AbortedError, InvalidArgumentError
+from ..model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
 from .backup import Tally, Walker, entry_from_stat
-from .blobs import BlobWriter
-from .errors import AbortedError, InvalidArgumentError
-from .model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
-from .packs import TYPE_TREE
 from .sets import decode_set, encode_set
 from .trees import Entry, encode_tree
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from ..repository import Repository
 
 ProgressFn = Callable[[Progress], None]
 DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (page aligned)
@@ -180,7 +180,7 @@ class BackupSession:
 
     def attach_stream(self, name: str, fd: int, filename: str) -> int:
         """Capture everything readable from `fd` (a pipe) as attachment `name` holding one file
-        `filename`, chunked like files (store/stream.py); returns the bytes read."""
+        `filename`, chunked like files (store/snapshots/stream.py); returns the bytes read."""
         from .stream import read_stream, stream_tree
 
         chunks, size = read_stream(self.writer, self.repo.config.chunker, self.cancel, fd)

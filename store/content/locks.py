@@ -1,6 +1,6 @@
 """Repository locks: shared for backups, WAL pushes and garbage collection.
 
-Garbage collection (store/prune.py) runs beside backups: its lock is shared but marked "gc",
+Garbage collection (store/maintenance/prune.py) runs beside backups: its lock is shared but marked "gc",
 and two gc locks conflict, so only one collector runs at a time (two would each rewrite the
 index and could drop what the other keeps). Backups keep taking shared locks because the
 collector reads them: a pack marked for deletion is deleted only once every lock held when it
@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .backend import Backend
-from .errors import CairnError, LockedError, NotFoundError
+from ..errors import CairnError, LockedError, NotFoundError
+from ..storage.backend import Backend
 
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60

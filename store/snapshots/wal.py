@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import blake3
 
-from .chunker import Chunker
-from .errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
+from ..content.chunker import Chunker
+from ..content.packs import TYPE_DATA
+from ..errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
 from .filereader import SEGMENT
-from .packs import TYPE_DATA
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from ..repository import Repository
 
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # a safe object name, any engine's
 

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Protocol
 import blake3
 import zstandard
 
-from .backend import Backend
-from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from ..errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from ..memory import release_free_memory
+from ..storage.backend import Backend
 from .index import Index, encode_index
-from .memory import release_free_memory
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
 
 if TYPE_CHECKING:

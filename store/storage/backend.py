@@ -28,7 +28,7 @@ from typing import Protocol
 import blake3
 from cairn.fsio.durable import fsync_dir
 
-from .errors import BackendError, NotFoundError
+from ..errors import BackendError, NotFoundError
 
 KINDS = ("config", "packs", "index", "sets", "locks", "wal", "keys", "gc")
 OPEN_PACKS = 32  # pack descriptors a local backend keeps open for ranged reads

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+from ..errors import BackendError
 from .backend import Backend
-from .errors import BackendError
 
 MODES = ("fail", "truncate", "fail-from", "stop")
 OPS = ("get", "get_range", "put", "list", "delete", "stat")

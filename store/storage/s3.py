@@ -44,8 +44,8 @@ import botocore.exceptions as bexc
 import urllib3.exceptions
 from botocore.config import Config as BotoConfig
 
+from ..errors import BackendError, CairnError, NotFoundError
 from .backend import KINDS
-from .errors import BackendError, CairnError, NotFoundError
 
 T = TypeVar("T")
 

@@ -16,16 +16,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import wal as walmod
-from .blobs import decode_blob
-from .errors import CairnError, CorruptionError, NotFoundError, short
-from .model import BackupSet, CheckProblem, CheckReport, Progress
-from .packs import CODEC_ZSTD_REF, parse_pack
-from .sets import decode_set, set_trees
-from .trees import decode_tree
+from ..content.blobs import decode_blob
+from ..content.packs import CODEC_ZSTD_REF, parse_pack
+from ..errors import CairnError, CorruptionError, NotFoundError, short
+from ..model import BackupSet, CheckProblem, CheckReport, Progress
+from ..snapshots import wal as walmod
+from ..snapshots.sets import decode_set, set_trees
+from ..snapshots.trees import decode_tree
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from ..repository import Repository
 
 MAX_PATHS = 20
 

@@ -39,17 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import wal as walmod
-from .errors import CorruptionError, NotFoundError
-from .index import decode_index, encode_index
-from .model import BackupSet, PrunePolicy, PruneReport
-from .packs import CODEC_ZSTD_REF, PackEntry
+from ..content.index import decode_index, encode_index
+from ..content.packs import CODEC_ZSTD_REF, PackEntry
+from ..errors import CorruptionError, NotFoundError
+from ..model import BackupSet, PrunePolicy, PruneReport
+from ..snapshots import wal as walmod
+from ..snapshots.sets import set_trees
 from .retention import split as retention_split
-from .sets import set_trees
 
 if TYPE_CHECKING:
-    from .backend import Backend
-    from .repository import Repository
+    from ..repository import Repository
+    from ..storage.backend import Backend
 
 REWRITE_DEAD_FRACTION = 0.3
 # Seconds a marked pack waits before deletion, on top of the lock handshake (docs/format.md):
@@ -125,7 +125,7 @@ class Pruner:
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
             grace: float = GRACE) -> PruneReport:
         scope = self.repo.list_sets(source)
-        keep, forget = retention_split(scope, policy)  # store/retention.py: per (host, source), union of rules
+        keep, forget = retention_split(scope, policy)  # retention.py: per (host, source), union of rules
         if dry_run:
             return self._plan(keep, forget)
         walmod.referenced_chunks(self.repo)  # a damaged catalog entry stops the run before any change
