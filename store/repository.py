@@ -340,11 +340,14 @@ class Repository:
         if close is not None:
             close()
 
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
+        """Raise FailedPreconditionError when this handle is open read-only."""
         if self.read_only:
             raise FailedPreconditionError("repository is open read-only")
 
-    def _writer(self) -> BlobWriter:
+    _writable = check_writable
+
+    def writer(self) -> BlobWriter:
         """A write session's writer; `own_blobs` maps each blob it wrote to the pack its index
         files name, `rescued` the blobs copied out of packs a collector may delete."""
         own: dict[bytes, str] = {}
@@ -418,7 +421,7 @@ class Repository:
     def _rescue(self, writer: BlobWriter, blobs: list[bytes], threat: frozenset[str]) -> None:
         """Copy `blobs` into new packs of this session (named apart from any marked pack by a
         random blob that nothing references)."""
-        w = self._writer()
+        w = self.writer()
         try:
             w.put_data(TYPE_DATA, os.urandom(32))
             for b in blobs:

@@ -124,7 +124,7 @@ class BlobReader:
         if len(stored) != loc.stored_len:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
         stored = self.unseal(loc.pack, bid, stored)
-        ref_data = self._reference(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
+        ref_data = self.reference_data(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
         try:
             data = decode_blob(stored, loc.codec, loc.raw_len, ref_data)
         except zstandard.ZstdError:
@@ -136,7 +136,7 @@ class BlobReader:
         return data
 
 
-    def _reference(self, pack: str, bid: bytes, stored: bytes) -> bytes:
+    def reference_data(self, pack: str, bid: bytes, stored: bytes) -> bytes:
         """The plaintext of the blob a delta blob was compressed against (never itself a delta)."""
         ref = stored[:32]
         loc = self.index.get(ref)

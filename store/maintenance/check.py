@@ -25,7 +25,7 @@ from ..snapshots.sets import decode_set, set_trees
 from ..snapshots.trees import decode_tree
 
 if TYPE_CHECKING:
-    from ..repository import Repository
+    from .handle import MaintainedRepository
 
 MAX_PATHS = 20
 
@@ -33,7 +33,7 @@ MAX_PATHS = 20
 class Checker:
     """One run of check over a repository."""
 
-    def __init__(self, repo: Repository, progress: Callable[[Progress], None] | None) -> None:
+    def __init__(self, repo: MaintainedRepository, progress: Callable[[Progress], None] | None) -> None:
         self.repo = repo
         self.progress = progress
         self.errors: list[CheckProblem] = []
@@ -135,7 +135,7 @@ class Checker:
             try:
                 stored = self.repo.reader.unseal(pack, bid, stored)
                 if loc.codec == CODEC_ZSTD_REF:
-                    ref = self.repo.reader._reference(pack, bid, stored)
+                    ref = self.repo.reader.reference_data(pack, bid, stored)
                     plain = decode_blob(stored, loc.codec, loc.raw_len, ref)
                 else:
                     plain = decode_blob(stored, loc.codec, loc.raw_len)

@@ -48,8 +48,8 @@ from ..snapshots.sets import set_trees
 from .retention import split as retention_split
 
 if TYPE_CHECKING:
-    from ..repository import Repository
     from ..storage.backend import Backend
+    from .handle import MaintainedRepository
 
 REWRITE_DEAD_FRACTION = 0.3
 # Seconds a marked pack waits before deletion, on top of the lock handshake (docs/format.md):
@@ -116,7 +116,7 @@ def choose(sets: list[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet],
 class Pruner:
     """One prune run. The caller holds the gc lock (`lock_name`) and has just reloaded the index."""
 
-    def __init__(self, repo: Repository, check_lock: Callable[[], None] | None = None,
+    def __init__(self, repo: MaintainedRepository, check_lock: Callable[[], None] | None = None,
                  lock_name: str = "") -> None:
         self.repo = repo
         self.check_lock = check_lock or (lambda: None)
@@ -306,7 +306,7 @@ class Pruner:
         if not packs:
             return
         doomed = set(packs)
-        writer = self.repo._writer()
+        writer = self.repo.writer()
         try:
             for p in packs:
                 for e in by_pack[p]:

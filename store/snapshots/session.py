@@ -36,7 +36,7 @@ from .sets import decode_set, encode_set
 from .trees import Entry, encode_tree
 
 if TYPE_CHECKING:
-    from ..repository import Repository
+    from .handle import RepositoryHandle
 
 ProgressFn = Callable[[Progress], None]
 DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (page aligned)
@@ -45,10 +45,10 @@ DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (p
 class BackupSession:
     """Builds one set. Use as a context manager; call walk()/attach() then commit()."""
 
-    def __init__(self, repo: Repository, req: BackupRequest, progress: ProgressFn | None = None,
+    def __init__(self, repo: RepositoryHandle, req: BackupRequest, progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None, workers: int = 3,
                  decision: tuple[str, BackupSet | None, str] | None = None) -> None:
-        repo._writable()
+        repo.check_writable()
         check_paths(req.paths)
         self.repo = repo
         self._closed = True  # until the lock is held
@@ -84,7 +84,7 @@ class BackupSession:
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
         self._attachments: dict[str, dict[str, Any]] = {}
-        self.writer: BlobWriter = self.repo._writer()
+        self.writer: BlobWriter = self.repo.writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
         self._walker = self._make_walker(self.req, self.tally)
 

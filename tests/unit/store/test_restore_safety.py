@@ -130,7 +130,7 @@ def test_failed_record_removes_only_the_open_file(tmp_path):
 
 def crafted_set(repo, entries_by_dir):
     """Store trees given as {dir: [Entry]} ('' is the root; dirs link by name) and a set naming them."""
-    writer = repo._writer()
+    writer = repo.writer()
     ids: dict[str, bytes] = {}
     for d in sorted(entries_by_dir, key=lambda k: -k.count("/") - (k != "")):
         entries = entries_by_dir[d]
