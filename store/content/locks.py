@@ -159,7 +159,8 @@ class Locks:
                 doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
                 if gc:
                     doc["gc"] = True
-                self._write(name, doc)
+                if not self._create(name, doc):
+                    continue  # a random name already taken: draw another
                 clash = self._conflict(exclusive, name, gc)
                 if clash is None:
                     return name
@@ -172,6 +173,10 @@ class Locks:
 
     def _write(self, name: str, doc: dict) -> None:
         self.backend.put("locks", name, json.dumps({**doc, "time": time.time()}).encode())
+
+    def _create(self, name: str, doc: dict) -> bool:
+        """Write a new lock object; False if one of that name exists (it is someone else's)."""
+        return self.backend.put_if_absent("locks", name, json.dumps({**doc, "time": time.time()}).encode())
 
     def _refresh(self, handle: LockHandle, doc: dict, stop: threading.Event,
                  on_lost: Callable[[str], None] | None) -> None:

@@ -149,11 +149,12 @@ class Pruner:
         forgotten = {s.id for s in forget}
         live = self._live([s for s in self.repo.list_sets() if s.id not in forgotten])
         by_pack = self._by_pack()
-        stored = set(self.repo.backend.list("packs"))
+        sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}  # one listing, no stat per pack
+        stored = set(sizes)
         dead = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
         orphans = sorted(stored - set(by_pack))
         rewrite = sorted(p for p, es in by_pack.items() if p not in dead and self._mostly_dead(es, live))
-        freed = sum(self._size(p) for p in dead + orphans)
+        freed = sum(sizes.get(p, 0) for p in dead + orphans)
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=len(dead) + len(orphans), packs_rewritten=len(rewrite),
