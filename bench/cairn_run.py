@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from cairn.store.crypto import Secret
+from cairn.store.content.crypto import Secret
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
 

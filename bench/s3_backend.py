@@ -12,7 +12,7 @@ Per run, interleaved so background load hits every contestant alike:
 - restic on `s3:<endpoint>/bucket/<fresh prefix>` (if installed): `init`, `backup`,
   `restore latest`.
 Reported: medians of MB/s (MB = 10^6 bytes of corpus) and the ratios S3/local and
-Cairn-on-S3/restic-on-S3. Cairn uploads packs from one thread today (store/blobs.py), so the S3
+Cairn-on-S3/restic-on-S3. Cairn uploads packs from one thread today (store/content/blobs.py), so the S3
 figures show what a single stream of PUTs reaches.
 """
 

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cairn.store.backup import kind_of
-from cairn.store.excludes import Excluder
 from cairn.store.model import BackupSet, ChangeHint
+from cairn.store.snapshots.backup import kind_of
+from cairn.store.snapshots.excludes import Excluder
 
 from .changes import has_ancestor_in
 from .threads import ServiceThread

@@ -62,7 +62,7 @@ from cairn.daemon.quiesce import Window, run_after
 from cairn.store.errors import AbortedError, CairnError, InvalidArgumentError
 from cairn.store.model import BackupRequest, BackupSet, ChangeHint, Progress
 from cairn.store.repository import Repository
-from cairn.store.session import BackupSession
+from cairn.store.snapshots.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
 

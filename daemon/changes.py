@@ -53,8 +53,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cairn.store.excludes import Excluder
 from cairn.store.model import ChangeHint, check_level
+from cairn.store.snapshots.excludes import Excluder
 
 from .journal import Change, Journal
 from .threads import ServiceThread

@@ -50,7 +50,7 @@ class CheckResult:
 def check_database(db: Any, wal_names: Callable[[str], list[str]], last_push_failure: Callable[[], str],
                    timeout: float | None = None) -> CheckResult:
     """Run the steps against database config `db`; `wal_names(namespace)` lists the WAL files the
-    repository holds in a cluster's own name space (its system identifier; store/wal.py)."""
+    repository holds in a cluster's own name space (its system identifier; store/snapshots/wal.py)."""
     from cairn.daemon.postgres import PgConnection  # psycopg2 only when a database is configured
 
     bound = timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT

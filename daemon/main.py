@@ -159,7 +159,7 @@ class Daemon:
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only)
-        self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/prune.py)
+        self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
         self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:

@@ -20,7 +20,6 @@ import stat
 
 from cairn.daemon.config import Config, split_address
 from cairn.daemon.repokeys import secret_of
-from cairn.store.backend import LocalBackend
 from cairn.store.errors import (
     AlreadyExistsError,
     CairnError,
@@ -31,6 +30,7 @@ from cairn.store.errors import (
 )
 from cairn.store.locations import is_s3, open_backend
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend
 
 log = logging.getLogger(__name__)
 

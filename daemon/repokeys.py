@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cairn.daemon.config import Config, RepositoryConfig
-from cairn.store.crypto import Secret
+from cairn.store.content.crypto import Secret
 from cairn.store.errors import WrongKeyError
 from cairn.store.locations import is_s3
 from cairn.store.locations import open_repository as open_repository_at

@@ -26,7 +26,7 @@ from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.health import Failure, HealthRecord
 from cairn.daemon.jobs import BackupJob, JobManager
 from cairn.fsio.records import Data, EntryMeta, Record
-from cairn.store.crypto import Secret
+from cairn.store.content.crypto import Secret
 from cairn.store.errors import (
     AbortedError,
     BusyError,
@@ -48,7 +48,7 @@ from cairn.store.model import (
     check_level,
 )
 from cairn.store.repository import Repository
-from cairn.store.restore import RestoreFilter
+from cairn.store.snapshots.restore import RestoreFilter
 
 log = logging.getLogger(__name__)
 

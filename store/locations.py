@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .backend import Backend, LocalBackend
 from .errors import InvalidArgumentError, NotARepositoryError, NotFoundError
+from .storage.backend import Backend, LocalBackend
 
 if TYPE_CHECKING:
-    from .crypto import Secret
+    from .content.crypto import Secret
     from .repository import Repository
 
 S3_SCHEME = "s3://"
@@ -51,7 +51,7 @@ def parse_s3(location: str) -> tuple[str, str]:
 def open_backend(location: str, options: S3Options | None = None, *, probe_conditional: bool = True) -> Backend:
     """The backend of `location`. For S3 this connects and probes (see s3backend.py)."""
     if is_s3(location):
-        from .s3backend import S3Backend  # boto3 is imported only when a bucket is used
+        from .storage.s3 import S3Backend  # boto3 is imported only when a bucket is used
 
         opts = options or S3Options()
         bucket, prefix = parse_s3(location)

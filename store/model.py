@@ -171,7 +171,7 @@ class RestoreStats:
 
 @dataclass(frozen=True)
 class PrunePolicy:
-    """Which sets to keep, applied to each (host, source) group apart (see store/retention.py).
+    """Which sets to keep, applied to each (host, source) group apart (see store/maintenance/retention.py).
 
     A set is kept when at least one rule keeps it (the rules are a union); a policy with no
     rule keeps every set. Counts of None mean "no such rule"; 0 is a rule that keeps nothing.

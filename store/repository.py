@@ -9,13 +9,13 @@ reloaded by check and after every prune (also a failed one); what sessions publi
 reload runs is kept, so a reload never hides blobs of a session in progress.
 
 
-A repository of format 2 is encrypted (store/crypto.py): it opens only with a Secret that
+A repository of format 2 is encrypted (store/content/crypto.py): it opens only with a Secret that
 unwraps one of its key objects; then `backend` is a SealedBackend (small objects sealed),
 blobs are sealed by the writer, ids are keyed and `config.chunker.seed` is the secret seed
 (in memory only). Version 1 repositories open and work as before, with no secret.
 With the index, the garbage collector's markers are read: a write session never
 deduplicates against a blob whose pack is marked for deletion, and refuses to commit a set
-that relies on a pack that a collector may delete (see store/prune.py and docs/format.md for
+that relies on a pack that a collector may delete (see store/maintenance/prune.py and docs/format.md for
 the argument).
 """
 
@@ -33,12 +33,12 @@ from dataclasses import replace
 from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
 
-from . import check as checkmod
-from . import crypto, retention
-from . import prune as prunemod
-from . import wal as walmod
-from .backend import Backend, LocalBackend
-from .blobs import BlobReader, BlobWriter
+from .content import crypto
+from .content.blobs import BlobReader, BlobWriter
+from .content.index import Index, decode_index, encode_index
+from .content.locks import Locks
+from .content.packs import TYPE_DATA, PackEntry
+from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .errors import (
     CorruptionError,
     FailedPreconditionError,
@@ -48,8 +48,9 @@ from .errors import (
     RepositoryError,
     WrongKeyError,
 )
-from .index import Index, decode_index, encode_index
-from .locks import Locks
+from .maintenance import check as checkmod
+from .maintenance import prune as prunemod
+from .maintenance import retention
 from .memory import limit_arenas
 from .model import (
     BackupRequest,
@@ -63,13 +64,13 @@ from .model import (
     TreeEntry,
     check_level,
 )
-from .packs import TYPE_DATA, PackEntry
-from .repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
-from .restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .segments import NameRule, PlainSegments, SegmentRules
-from .session import BackupSession
-from .sets import decode_set, resolve
-from .trees import Entry, decode_tree
+from .snapshots import wal as walmod
+from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
+from .snapshots.session import BackupSession
+from .snapshots.sets import decode_set, resolve
+from .snapshots.trees import Entry, decode_tree
+from .storage.backend import Backend, LocalBackend
 
 ProgressFn = Callable[[Progress], None]
 TREE_CACHE = 4096
@@ -340,11 +341,14 @@ class Repository:
         if close is not None:
             close()
 
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
+        """Raise FailedPreconditionError when this handle is open read-only."""
         if self.read_only:
             raise FailedPreconditionError("repository is open read-only")
 
-    def _writer(self) -> BlobWriter:
+    _writable = check_writable
+
+    def writer(self) -> BlobWriter:
         """A write session's writer; `own_blobs` maps each blob it wrote to the pack its index
         files name, `rescued` the blobs copied out of packs a collector may delete."""
         own: dict[bytes, str] = {}
@@ -418,7 +422,7 @@ class Repository:
     def _rescue(self, writer: BlobWriter, blobs: list[bytes], threat: frozenset[str]) -> None:
         """Copy `blobs` into new packs of this session (named apart from any marked pack by a
         random blob that nothing references)."""
-        w = self._writer()
+        w = self.writer()
         try:
             w.put_data(TYPE_DATA, os.urandom(32))
             for b in blobs:
@@ -507,7 +511,7 @@ class Repository:
     def session(self, req: BackupRequest, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None,
                 decision: tuple[str, BackupSet | None, str] | None = None) -> BackupSession:
-        """Open a backup session to capture a set step by step (see store/session.py);
+        """Open a backup session to capture a set step by step (see store/snapshots/session.py);
         `decision` is a (level, base, note) from choose_base the caller made already."""
         return BackupSession(self, req, progress, cancel, workers=BACKUP_WORKERS, decision=decision)
 
@@ -646,7 +650,7 @@ class Repository:
     def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
               lock_wait: float = PRUNE_LOCK_WAIT, grace: float | None = None) -> PruneReport:
         """Forget sets by `policy` and free what nothing references, in two phases beside
-        running backups (see store/prune.py): packs found unneeded are marked, and deleted by a
+        running backups (see store/maintenance/prune.py): packs found unneeded are marked, and deleted by a
         later run once `grace` seconds (default: `gc_grace`, else prune.GRACE) have passed and
         every lock held when they were marked is gone. Waits up to `lock_wait` seconds
         (retrying with backoff) for another prune to end."""
@@ -721,7 +725,7 @@ class Repository:
             return walmod.put(self, name, data, check_lock=lock.check, lock=lock.name, namespace=namespace)
 
     def get_wal(self, name: str, namespace: str = "") -> bytes:
-        """WAL file `name` of `namespace`, else its flat entry (store/wal.py)."""
+        """WAL file `name` of `namespace`, else its flat entry (store/snapshots/wal.py)."""
         return walmod.get(self, name, namespace)
 
     def get_wal_entry(self, name: str, namespace: str = "") -> tuple[str, bytes]:

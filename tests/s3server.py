@@ -133,7 +133,7 @@ class WeedServer:
 
     def backend(self, prefix: str | None = None, **options):
         """An S3Backend on this server's bucket under `prefix` (default: a fresh unique one)."""
-        from cairn.store.s3backend import S3Backend
+        from cairn.store.storage.s3 import S3Backend
 
         options.setdefault("credentials_file", self.credentials_file())
         return S3Backend(self.bucket, prefix if prefix is not None else f"t-{uuid.uuid4().hex[:12]}",

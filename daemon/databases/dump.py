@@ -1,7 +1,7 @@
 """Dump engines: a database captured by a dump tool inside the set's window.
 
 - `CommandEngine` (kind 'command'): any tool. `dump = [...]` is run as given (no shell); its
-  stdout is fed straight from the pipe into the store (store/stream.py: content-defined
+  stdout is fed straight from the pipe into the store (store/snapshots/stream.py: content-defined
   chunks, deduplicated against every earlier set; never spooled to disk) as attachment
   'db:<name>' holding one file '<name>.dump'. An argument holding `{dir}` instead names an
   empty directory the tool fills (`mongodump --out {dir}`); that directory is stored as the
@@ -41,7 +41,7 @@ from cairn.daemon.databases.engine import (
     attachment_name,
 )
 from cairn.errors import DeadlineError, FailedPreconditionError
-from cairn.store.session import BackupSession
+from cairn.store.snapshots.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from cairn.errors import CorruptionError
 from cairn.store.model import BackupSet
-from cairn.store.session import BackupSession
+from cairn.store.snapshots.session import BackupSession
 
 KIND_POSTGRES = "postgres"
 KIND_PG_DUMP = "pg_dump"

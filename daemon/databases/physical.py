@@ -34,7 +34,7 @@ from cairn.daemon.databases.engine import (
     tablespace_attachment,
 )
 from cairn.daemon.postgres import EXCLUDES, BackupStart, BackupStop, BaseBackup, PgConnection, PgInfo
-from cairn.store.session import BackupSession
+from cairn.store.snapshots.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
 

@@ -31,7 +31,7 @@ from cairn.daemon.service import CairnService, set_status
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairn.store.crypto import KEYFILE_LEN, Secret
+from cairn.store.content.crypto import KEYFILE_LEN, Secret
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.model import (
     BackupSet,

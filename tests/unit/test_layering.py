@@ -57,3 +57,166 @@ def test_the_check_sees_imports() -> None:
     assert "watchdog.observers.inotify" in imports(ROOT / "daemon" / "watcher.py") or \
         any(m.startswith("watchdog") for m in imports(ROOT / "daemon" / "watcher.py"))
     assert any(m.startswith("cairn.store") for m in imports(ROOT / "daemon" / "service.py"))
+
+
+# -- layers inside the store ------------------------------------------------------------
+# Each layer knows only what lies below it; the facade (repository.py, locations.py) sits on
+# top of all of them. Base modules hold what every layer shares and import no layer.
+STORE = ROOT / "store"
+BASE = {"cairn.store", "cairn.store.errors", "cairn.store.model", "cairn.store.memory", "cairn.store.segments"}
+FACADE = {"cairn.store.repository", "cairn.store.locations"}
+LAYERS = ("storage", "content", "snapshots", "maintenance")  # bottom to top
+
+
+def store_module(path: Path) -> str:
+    parts = list(path.relative_to(STORE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["cairn", "store", *parts])
+
+
+def rank(module: str) -> int:
+    """0 for base modules, 1.. for the layers bottom to top, len(LAYERS) + 1 for the facade."""
+    if module in BASE:
+        return 0
+    if module in FACADE:
+        return len(LAYERS) + 1
+    parts = module.split(".")
+    if len(parts) >= 3 and parts[2] in LAYERS:
+        return LAYERS.index(parts[2]) + 1
+    raise AssertionError(f"{module} belongs to no layer: put it in one of store/{', store/'.join(LAYERS)}, "
+                         "or name it in BASE or FACADE of this test")
+
+
+def known_store_modules() -> set[str]:
+    return {store_module(p) for p in STORE.rglob("*.py")}
+
+
+def store_imports(path: Path, source: str | None = None) -> set[str]:
+    """The store modules `path` imports, relative or absolute, at any depth of the file
+    (under TYPE_CHECKING and inside functions too: those are dependencies all the same)."""
+    me = store_module(path)
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    known = known_store_modules()
+    tree = ast.parse(source if source is not None else path.read_text(), filename=str(path))
+    out: set[str] = set()
+
+    def add(name: str) -> None:
+        while name and name not in known:  # `from pkg import name`: the module, else the package
+            name = name.rsplit(".", 1)[0] if "." in name else ""
+        if name.startswith("cairn.store") and name != me:
+            out.add(name)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:
+                add(f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod)
+    return out
+
+
+def store_graph() -> dict[str, set[str]]:
+    return {store_module(p): store_imports(p) for p in sorted(STORE.rglob("*.py"))}
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} imports {t}" for m, ts in graph.items() for t in ts if rank(t) > rank(m))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_store_module_is_in_a_layer() -> None:
+    for module in store_graph():
+        rank(module)
+
+
+def test_store_layers_import_only_downwards() -> None:
+    bad = upward(store_graph())
+    assert not bad, "store layers are storage < content < snapshots < maintenance < repository:\n" + "\n".join(bad)
+
+
+def test_store_modules_have_no_import_cycles() -> None:
+    found = cycles(store_graph())
+    assert not found, f"import cycles in the store: {found}"
+
+
+def test_the_store_layer_checks_see_a_violation() -> None:
+    """Guard against checks that pass because they read nothing: an upward import under
+    TYPE_CHECKING in a storage module, and a cycle, are both found."""
+    graph = store_graph()
+    backend = STORE / "storage" / "backend.py"
+    assert "cairn.store.errors" in graph["cairn.store.storage.backend"]
+    assert "cairn.store.content.blobs" in graph["cairn.store.snapshots.filereader"]
+    planted = backend.read_text() + "\nif TYPE_CHECKING:\n    from ..content.packs import PackEntry\n"
+    planted_up = "cairn.store.storage.backend imports cairn.store.content.packs"
+    assert planted_up not in upward(graph)
+    graph["cairn.store.storage.backend"] = store_imports(backend, planted)
+    assert planted_up in upward(graph)
+    graph["cairn.store.content.packs"] = graph["cairn.store.content.packs"] | {"cairn.store.storage.backend"}
+    assert any({"cairn.store.content.packs", "cairn.store.storage.backend"} <= set(c) for c in cycles(graph))
+    with pytest.raises(AssertionError, match="belongs to no layer"):
+        rank("cairn.store.copy")
+
+
+def test_the_facade_offers_what_the_layers_below_use() -> None:
+    """Sessions, the WAL catalog, check and prune see the repository only through the
+    protocols of their layers: the facade must offer every member publicly."""
+    import inspect
+
+    from cairn.store.maintenance.handle import MaintainedRepository
+    from cairn.store.repository import Repository
+    from cairn.store.snapshots.handle import RepositoryHandle
+    from cairn.store.storage.backend import MemoryBackend
+
+    repo = Repository.init(MemoryBackend())
+    for proto in (RepositoryHandle, MaintainedRepository):
+        names = set(inspect.get_annotations(proto)) | {
+            n for n, v in vars(proto).items() if callable(v) and not n.startswith("_")}
+        for cls in proto.__mro__[1:]:
+            if cls.__name__ == "RepositoryHandle":
+                names |= set(inspect.get_annotations(cls))
+        missing = sorted(n for n in names if not hasattr(repo, n))
+        assert not missing, f"Repository lacks {missing} of {proto.__name__}"
+        for n in names:
+            assert not n.startswith("_")

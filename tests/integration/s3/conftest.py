@@ -49,7 +49,7 @@ def creds(tmp_path):
 def faulty(moto_endpoint, creds):
     """(proxy, make_backend): a fresh bucket on moto, reached through a FaultProxy."""
     import boto3
-    from cairn.store.s3backend import S3Backend
+    from cairn.store.storage.s3 import S3Backend
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,

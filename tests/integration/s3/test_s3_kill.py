@@ -9,7 +9,7 @@ import time
 
 import pytest
 from cairn.errors import CairnError
-from cairn.store.repoconfig import RepoConfig
+from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.repository import Repository
 from s3server import WeedServer
 from storekit import backup, differences, make_tree, restore_and_compare, snapshot, write_random

@@ -12,7 +12,7 @@ import pytest
 from cairn.store.errors import BackendError, NotARepositoryError, NotFoundError
 from cairn.store.locations import S3Options, open_repository
 from cairn.store.repository import Repository
-from cairn.store.s3backend import S3Backend
+from cairn.store.storage.s3 import S3Backend
 from s3server import ACCESS_KEY, SECRET_KEY, free_ports
 from storekit import backup, make_tree, restore_and_compare
 

@@ -70,9 +70,9 @@ def test_parse_s3():
 
 
 def test_open_backend_of_a_local_path_takes_no_object_store_options(tmp_path):
-    from cairn.store.backend import LocalBackend
     from cairn.store.errors import InvalidArgumentError
     from cairn.store.locations import open_backend
+    from cairn.store.storage.backend import LocalBackend
 
     assert isinstance(open_backend(str(tmp_path / "repo")), LocalBackend)
     with pytest.raises(InvalidArgumentError, match="need an s3:// repository"):

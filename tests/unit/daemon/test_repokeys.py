@@ -10,7 +10,7 @@ import pytest
 from cairn.daemon import preflight
 from cairn.daemon.config import RepositoryConfig, config_from_args
 from cairn.daemon.repokeys import key_overrides, open_repository
-from cairn.store import crypto
+from cairn.store.content import crypto
 from cairn.store.errors import AlreadyExistsError, InvalidArgumentError, WrongKeyError
 from cairn.store.repository import Repository
 

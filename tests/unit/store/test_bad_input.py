@@ -118,8 +118,8 @@ def test_newer_format_version(tmp_path, src, rng):
 
 
 def test_init_over_existing_repository_is_refused(tmp_path):
-    from cairn.store.backend import LocalBackend
     from cairn.store.errors import RepositoryError
+    from cairn.store.storage.backend import LocalBackend
     where = tmp_path / "repo"
     Repository.open_local(str(where), create=True)
     before = listing(str(where))

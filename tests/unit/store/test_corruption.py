@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.errors import short
-from cairn.store.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.repository import Repository
 from storekit import assert_same_tree, backup, make_tree, write_random
 
@@ -17,7 +17,7 @@ VICTIM = "a/b/victim.bin"
 def small_repo(tmp_path):
     config = RepoConfig.new(pack_size=256 * 1024, chunker=ChunkerParams(min_size=16 * 1024, avg_size=64 * 1024,
                                                                           max_size=256 * 1024))
-    from cairn.store.backend import LocalBackend
+    from cairn.store.storage.backend import LocalBackend
     repo = Repository.init(LocalBackend(str(tmp_path / "repo")), config)
     yield repo
     repo.close()

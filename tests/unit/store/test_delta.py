@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from cairn.store.content.packs import CODEC_ZSTD_REF
 from cairn.store.model import BackupRequest, PrunePolicy
-from cairn.store.packs import CODEC_ZSTD_REF
 from storekit import assert_same_tree
 
 PAGE = 8192

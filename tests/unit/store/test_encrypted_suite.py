@@ -4,9 +4,9 @@ fixture is replaced by this module's, everything else is theirs."""
 from __future__ import annotations
 
 import pytest
-from cairn.store import crypto
-from cairn.store.backend import LocalBackend
+from cairn.store.content import crypto
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend
 from test_delta import *  # noqa: F403 - collected again here, on the encrypted repository
 from test_prune import *  # noqa: F403
 from test_wal import *  # noqa: F403

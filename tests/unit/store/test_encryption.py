@@ -8,11 +8,11 @@ import random
 
 import blake3
 import pytest
-from cairn.store import crypto
-from cairn.store.backend import KINDS, LocalBackend, MemoryBackend
+from cairn.store.content import crypto
 from cairn.store.errors import CairnError, CorruptionError, FailedPreconditionError, NotFoundError, WrongKeyError
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import KINDS, LocalBackend, MemoryBackend
 from storekit import assert_same_tree
 
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}  # Argon2id kept cheap for tests

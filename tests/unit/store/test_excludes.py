@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from cairn.store.excludes import Excluder
+from cairn.store.snapshots.excludes import Excluder
 from storekit import backup, write_random
 
 PATTERNS = ("cache/", "*.tmp", "/build", "!keep.tmp", "logs/**/*.log")

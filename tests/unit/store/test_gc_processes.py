@@ -17,10 +17,10 @@ import subprocess
 import sys
 
 import pytest
-from cairn.store.backend import LocalBackend
+from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.model import PrunePolicy
-from cairn.store.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend
 
 WORKER = os.path.join(os.path.dirname(__file__), "gc_worker.py")
 SECONDS = float(os.environ.get("CAIRN_GC_SECONDS", "12"))

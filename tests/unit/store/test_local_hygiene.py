@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
-from cairn.store.backend import HOST_TAG, TEMP_MAX_AGE, LocalBackend
 from cairn.store.model import PrunePolicy
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import HOST_TAG, TEMP_MAX_AGE, LocalBackend
 from storekit import backup, make_tree
 
 PACK = "ab" + "cd" * 31
@@ -44,7 +44,7 @@ def _index_of(lines: list[str], pattern: str, start: int = 0) -> int:
 
 def test_put_writes_fsyncs_renames_and_fsyncs_the_directory_in_order(tmp_path):
     root = str(tmp_path / "repo")
-    lines = _strace(tmp_path, f"from cairn.store.backend import LocalBackend\n"
+    lines = _strace(tmp_path, f"from cairn.store.storage.backend import LocalBackend\n"
                               f"LocalBackend({root!r}).put('packs', {PACK!r}, b'x' * 100000)\n")
     lines = [ln for ln in lines if root in ln]
     packs, sub = re.escape(f"{root}/packs"), re.escape(f"{root}/packs/ab")
@@ -114,7 +114,7 @@ def test_sweep_removes_only_temp_files_of_gone_or_old_writers(tmp_path):
 def test_temp_file_of_a_killed_write_is_removed_at_open_and_by_prune(tmp_path):
     root = str(tmp_path / "repo")
     Repository.open_local(root, create=True).close()
-    code = (f"import os\nfrom cairn.store.backend import LocalBackend\n"
+    code = (f"import os\nfrom cairn.store.storage.backend import LocalBackend\n"
             f"os.rename = lambda a, b: os.kill(os.getpid(), 9)\n"
             f"LocalBackend({root!r}).put('packs', {PACK!r}, b'x' * 1000)\n")
     proc = subprocess.run([sys.executable, "-c", code], timeout=60)

@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
-from cairn.store.backend import MemoryBackend
+from cairn.store.content.locks import Locks
+from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.errors import CairnError, LockedError
-from cairn.store.faults import FaultyBackend
-from cairn.store.locks import Locks
 from cairn.store.model import BackupRequest, PrunePolicy
-from cairn.store.repoconfig import RepoConfig
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import MemoryBackend
+from cairn.store.storage.faults import FaultyBackend
 from storekit import make_tree
 
 

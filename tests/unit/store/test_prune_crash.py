@@ -13,12 +13,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from cairn.store.backend import LocalBackend, MemoryBackend
+from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.errors import CairnError
-from cairn.store.faults import FaultyBackend
 from cairn.store.model import BackupRequest, PrunePolicy
-from cairn.store.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend, MemoryBackend
+from cairn.store.storage.faults import FaultyBackend
 from storekit import differences, snapshot, write_random
 
 CONFIG = dict(pack_size=128 * 1024, chunker=ChunkerParams(min_size=16 * 1024, avg_size=32 * 1024,

@@ -9,10 +9,10 @@ from dataclasses import asdict
 import pytest
 from cairn.fsio.records import Data, EntryMeta, Failed
 from cairn.fsio.writer import TreeWriter
+from cairn.store.content.packs import TYPE_DATA, TYPE_TREE
 from cairn.store.model import SetStats
-from cairn.store.packs import TYPE_DATA, TYPE_TREE
-from cairn.store.sets import encode_set
-from cairn.store.trees import Entry, encode_tree
+from cairn.store.snapshots.sets import encode_set
+from cairn.store.snapshots.trees import Entry, encode_tree
 from storekit import listing
 
 
@@ -130,7 +130,7 @@ def test_failed_record_removes_only_the_open_file(tmp_path):
 
 def crafted_set(repo, entries_by_dir):
     """Store trees given as {dir: [Entry]} ('' is the root; dirs link by name) and a set naming them."""
-    writer = repo._writer()
+    writer = repo.writer()
     ids: dict[str, bytes] = {}
     for d in sorted(entries_by_dir, key=lambda k: -k.count("/") - (k != "")):
         entries = entries_by_dir[d]

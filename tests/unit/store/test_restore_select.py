@@ -11,7 +11,7 @@ import blake3
 import pytest
 from cairn.fsio.records import Data, EntryMeta
 from cairn.store.errors import InvalidArgumentError, NotFoundError
-from cairn.store.restore import RestoreFilter
+from cairn.store.snapshots.restore import RestoreFilter
 from storekit import backup
 
 

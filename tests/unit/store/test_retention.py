@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 from cairn.daemon.databases.archive import PostgresSegments
+from cairn.store.maintenance.retention import decide, split
+from cairn.store.maintenance.retention import wal_forget as store_wal_forget
 from cairn.store.model import BackupSet, PrunePolicy, SetStats
-from cairn.store.retention import decide, split
-from cairn.store.retention import wal_forget as store_wal_forget
 
 PG = PostgresSegments()  # the rules the daemon gives the store
 

@@ -33,7 +33,7 @@ def test_prune_without_policy_frees_only_unreferenced_data(repo, src, rng):
     write_random(src / "f", 300_000, rng)
     s = backup(repo, src, "full")
     # data a failed backup left behind: a pack no set references
-    writer = repo._writer()
+    writer = repo.writer()
     writer.put_data(0, rng.randbytes(200_000))
     writer.finish()
     repo.load_index()

@@ -9,9 +9,9 @@ import stat
 import sysconfig
 
 import pytest
-from cairn.store.backend import MemoryBackend
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
+from cairn.store.storage.backend import MemoryBackend
 from storekit import assert_same_tree, backup, snapshot, write_random
 
 MIB = 1024 * 1024

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from cairn.store.backend import MemoryBackend
+from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.errors import CairnError, CorruptionError, NotFoundError, short
 from cairn.store.model import PrunePolicy
-from cairn.store.repoconfig import RepoConfig
 from cairn.store.repository import Repository
-from cairn.store.sets import decode_set
+from cairn.store.snapshots.sets import decode_set
+from cairn.store.storage.backend import MemoryBackend
 from storekit import backup, make_tree
 
 WAL = "000000010000000000000003"

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .blobs import BlobWriter
-from .errors import AbortedError, InvalidArgumentError
+from ..content.blobs import BlobWriter
+from ..content.packs import TYPE_TREE
+from ..content.repoconfig import ChunkerParams
+from ..errors import AbortedError, InvalidArgumentError
+from ..model import BackupRequest, ChangeHint
 from .excludes import Excluder
 from .filereader import FileReader, ReadResult
-from .model import BackupRequest, ChangeHint
-from .packs import TYPE_TREE
-from .repoconfig import ChunkerParams
 from .trees import Entry, encode_tree
 
 MAX_LISTED = 1000

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Protocol
 import blake3
 import zstandard
 
-from .backend import Backend
-from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from ..errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from ..memory import release_free_memory
+from ..storage.backend import Backend
 from .index import Index, encode_index
-from .memory import release_free_memory
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class BlobReader:
         if len(stored) != loc.stored_len:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
         stored = self.unseal(loc.pack, bid, stored)
-        ref_data = self._reference(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
+        ref_data = self.reference_data(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
         try:
             data = decode_blob(stored, loc.codec, loc.raw_len, ref_data)
         except zstandard.ZstdError:
@@ -136,7 +136,7 @@ class BlobReader:
         return data
 
 
-    def _reference(self, pack: str, bid: bytes, stored: bytes) -> bytes:
+    def reference_data(self, pack: str, bid: bytes, stored: bytes) -> bytes:
         """The plaintext of the blob a delta blob was compressed against (never itself a delta)."""
         ref = stored[:32]
         loc = self.index.get(ref)

@@ -1,6 +1,6 @@
 """Repository locks: shared for backups, WAL pushes and garbage collection.
 
-Garbage collection (store/prune.py) runs beside backups: its lock is shared but marked "gc",
+Garbage collection (store/maintenance/prune.py) runs beside backups: its lock is shared but marked "gc",
 and two gc locks conflict, so only one collector runs at a time (two would each rewrite the
 index and could drop what the other keeps). Backups keep taking shared locks because the
 collector reads them: a pack marked for deletion is deleted only once every lock held when it
@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .backend import Backend
-from .errors import CairnError, LockedError, NotFoundError
+from ..errors import CairnError, LockedError, NotFoundError
+from ..storage.backend import Backend
 
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
@@ -159,7 +159,8 @@ class Locks:
                 doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
                 if gc:
                     doc["gc"] = True
-                self._write(name, doc)
+                if not self._create(name, doc):
+                    continue  # a random name already taken: draw another
                 clash = self._conflict(exclusive, name, gc)
                 if clash is None:
                     return name
@@ -172,6 +173,10 @@ class Locks:
 
     def _write(self, name: str, doc: dict) -> None:
         self.backend.put("locks", name, json.dumps({**doc, "time": time.time()}).encode())
+
+    def _create(self, name: str, doc: dict) -> bool:
+        """Write a new lock object; False if one of that name exists (it is someone else's)."""
+        return self.backend.put_if_absent("locks", name, json.dumps({**doc, "time": time.time()}).encode())
 
     def _refresh(self, handle: LockHandle, doc: dict, stop: threading.Event,
                  on_lost: Callable[[str], None] | None) -> None:

@@ -39,17 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import wal as walmod
-from .errors import CorruptionError, NotFoundError
-from .index import decode_index, encode_index
-from .model import BackupSet, PrunePolicy, PruneReport
-from .packs import CODEC_ZSTD_REF, PackEntry
+from ..content.index import decode_index, encode_index
+from ..content.packs import CODEC_ZSTD_REF, PackEntry
+from ..errors import CorruptionError, NotFoundError
+from ..model import BackupSet, PrunePolicy, PruneReport
+from ..snapshots import wal as walmod
+from ..snapshots.sets import set_trees
 from .retention import split as retention_split
-from .sets import set_trees
 
 if TYPE_CHECKING:
-    from .backend import Backend
-    from .repository import Repository
+    from ..storage.backend import Backend
+    from .handle import MaintainedRepository
 
 REWRITE_DEAD_FRACTION = 0.3
 # Seconds a marked pack waits before deletion, on top of the lock handshake (docs/format.md):
@@ -116,7 +116,7 @@ def choose(sets: list[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet],
 class Pruner:
     """One prune run. The caller holds the gc lock (`lock_name`) and has just reloaded the index."""
 
-    def __init__(self, repo: Repository, check_lock: Callable[[], None] | None = None,
+    def __init__(self, repo: MaintainedRepository, check_lock: Callable[[], None] | None = None,
                  lock_name: str = "") -> None:
         self.repo = repo
         self.check_lock = check_lock or (lambda: None)
@@ -125,7 +125,7 @@ class Pruner:
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
             grace: float = GRACE) -> PruneReport:
         scope = self.repo.list_sets(source)
-        keep, forget = retention_split(scope, policy)  # store/retention.py: per (host, source), union of rules
+        keep, forget = retention_split(scope, policy)  # retention.py: per (host, source), union of rules
         if dry_run:
             return self._plan(keep, forget)
         walmod.referenced_chunks(self.repo)  # a damaged catalog entry stops the run before any change
@@ -149,11 +149,12 @@ class Pruner:
         forgotten = {s.id for s in forget}
         live = self._live([s for s in self.repo.list_sets() if s.id not in forgotten])
         by_pack = self._by_pack()
-        stored = set(self.repo.backend.list("packs"))
+        sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}  # one listing, no stat per pack
+        stored = set(sizes)
         dead = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
         orphans = sorted(stored - set(by_pack))
         rewrite = sorted(p for p, es in by_pack.items() if p not in dead and self._mostly_dead(es, live))
-        freed = sum(self._size(p) for p in dead + orphans)
+        freed = sum(sizes.get(p, 0) for p in dead + orphans)
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=len(dead) + len(orphans), packs_rewritten=len(rewrite),
@@ -306,7 +307,7 @@ class Pruner:
         if not packs:
             return
         doomed = set(packs)
-        writer = self.repo._writer()
+        writer = self.repo.writer()
         try:
             for p in packs:
                 for e in by_pack[p]:

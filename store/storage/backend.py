@@ -9,6 +9,11 @@ A backend stores immutable objects under a few kinds ("config", "packs", "index"
   never listed, and removed by `sweep_temp` once their writer is gone or they are old;
 - nothing above this interface relies on rename, so object stores fit behind it;
 - `get` of a missing object raises NotFoundError, any I/O failure raises BackendError;
+- `put_if_absent` creates an object only if none of that name exists and says whether this
+  call created it (local: the temp file is hard-linked into place, which fails if the name
+  exists; memory: under its lock); an existing object is left as it was;
+- `list` yields the names of one kind, sorted; `list_info` yields the same objects with their
+  size and last-modified time (seconds since the epoch);
 - packs never change once written, so the local backend keeps a few open for ranged reads
   (restores read thousands of small ranges) and closes a descriptor only when no read uses it.
 """
@@ -23,12 +28,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import blake3
 from cairn.fsio.durable import fsync_dir
 
-from .errors import BackendError, NotFoundError
+from ..errors import BackendError, NotFoundError
 
 KINDS = ("config", "packs", "index", "sets", "locks", "wal", "keys", "gc")
 OPEN_PACKS = 32  # pack descriptors a local backend keeps open for ranged reads
@@ -38,13 +43,23 @@ TEMP_MAX_AGE = 6 * 3600  # a temp file not written for this long belongs to no w
 HOST_TAG = blake3.blake3(socket.gethostname().encode()).hexdigest()[:8]
 
 
+class ObjectInfo(NamedTuple):
+    """One listed object: its name, size in bytes and last-modified time (epoch seconds)."""
+
+    name: str
+    size: int
+    time: float
+
+
 class Backend(Protocol):
     """The narrow interface the repository needs from storage."""
 
     def get(self, kind: str, name: str) -> bytes: ...
     def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes: ...
     def put(self, kind: str, name: str, data: bytes) -> None: ...
+    def put_if_absent(self, kind: str, name: str, data: bytes) -> bool: ...
     def list(self, kind: str) -> Iterator[str]: ...
+    def list_info(self, kind: str) -> Iterator[ObjectInfo]: ...
     def delete(self, kind: str, name: str) -> None: ...
     def stat(self, kind: str, name: str) -> int: ...
     def location(self) -> str: ...
@@ -246,6 +261,46 @@ class LocalBackend:
             _unlink_quiet(tmp)
             raise BackendError(f"unable to write '{path}': {e.strerror or e}") from e
 
+    def put_if_absent(self, kind: str, name: str, data: bytes) -> bool:
+        """Create the object only if none exists: the temp file (written and fsynced as by put)
+        is hard-linked into place, which the file system refuses atomically when the name is
+        taken. True if this call created the object."""
+        path = self._path(kind, name)
+        d = os.path.dirname(path)
+        tmp = os.path.join(d, f".tmp-{name}-{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:8]}")
+        try:
+            self._ensure_dir(d)
+            if os.path.lexists(path):
+                return False
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            fsync_dir(d)
+            return True
+        except OSError as e:
+            raise BackendError(f"unable to write '{path}': {e.strerror or e}") from e
+        finally:
+            _unlink_quiet(tmp)
+
+    def list_info(self, kind: str) -> Iterator[ObjectInfo]:
+        for name in self.list(kind):
+            try:
+                st = os.stat(self._path(kind, name))
+            except FileNotFoundError:  # deleted since the listing
+                continue
+            except OSError as e:
+                raise BackendError(f"unable to stat '{self._path(kind, name)}': {e.strerror}") from e
+            yield ObjectInfo(name, st.st_size, st.st_mtime)
+
     def list(self, kind: str) -> Iterator[str]:
         _check_kind(kind)
         base = os.path.join(self.root, kind)
@@ -314,6 +369,7 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.times: dict[tuple[str, str], float] = {}  # when each object was last written
         self._lock = threading.Lock()
 
     def location(self) -> str:
@@ -333,6 +389,16 @@ class MemoryBackend:
         _check_kind(kind)
         with self._lock:
             self.objects[(kind, name)] = bytes(data)
+            self.times[(kind, name)] = time.time()
+
+    def put_if_absent(self, kind: str, name: str, data: bytes) -> bool:
+        _check_kind(kind)
+        with self._lock:
+            if (kind, name) in self.objects:
+                return False
+            self.objects[(kind, name)] = bytes(data)
+            self.times[(kind, name)] = time.time()
+            return True
 
     def list(self, kind: str) -> Iterator[str]:
         _check_kind(kind)
@@ -340,9 +406,17 @@ class MemoryBackend:
             names = sorted(n for k, n in self.objects if k == kind)
         yield from names
 
+    def list_info(self, kind: str) -> Iterator[ObjectInfo]:
+        _check_kind(kind)
+        with self._lock:
+            found = sorted(ObjectInfo(n, len(data), self.times.get((k, n), 0.0))
+                           for (k, n), data in self.objects.items() if k == kind)
+        yield from found
+
     def delete(self, kind: str, name: str) -> None:
         _check_kind(kind)
         with self._lock:
+            self.times.pop((kind, name), None)
             if self.objects.pop((kind, name), None) is None:
                 raise NotFoundError(f"unable to delete {kind} object '{name}': not found")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from .errors import CorruptionError, short
+from ..errors import CorruptionError, short
 
 HEADER = b"CAIRNPK1"
 FOOTER_MAGIC = b"CAIRNPKE"

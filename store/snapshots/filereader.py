@@ -14,11 +14,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .blobs import BlobWriter
-from .chunker import Chunker
-from .errors import AbortedError
-from .packs import TYPE_DATA
-from .repoconfig import ChunkerParams
+from ..content.blobs import BlobWriter
+from ..content.chunker import Chunker
+from ..content.packs import TYPE_DATA
+from ..content.repoconfig import ChunkerParams
+from ..errors import AbortedError
 
 SEGMENT = 8 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

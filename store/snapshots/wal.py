@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING
 
 import blake3
 
-from .chunker import Chunker
-from .errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
+from ..content.chunker import Chunker
+from ..content.packs import TYPE_DATA
+from ..errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
+from ..segments import PLAIN_NAME, plain_name  # noqa: F401  (the plain-name rule, re-exported)
 from .filereader import SEGMENT
-from .packs import TYPE_DATA
-from .segments import PLAIN_NAME, plain_name  # noqa: F401  (the plain-name rule, re-exported)
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from .handle import RepositoryHandle
 
 def check_name(name: str, rule: Callable[[str], bool] = plain_name) -> str:
     if not (plain_name(name) and rule(name)):
@@ -70,7 +70,7 @@ def display_name(namespace: str, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
-def entries(repo: Repository) -> list[tuple[str, str]]:
+def entries(repo: RepositoryHandle) -> list[tuple[str, str]]:
     """Every catalog entry as (name space, file name), sorted; "" is the flat name space."""
     out = []
     for obj in repo.backend.list("wal"):
@@ -80,7 +80,7 @@ def entries(repo: Repository) -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def names_in(repo: Repository, namespace: str, flat: bool = True) -> list[str]:
+def names_in(repo: RepositoryHandle, namespace: str, flat: bool = True) -> list[str]:
     """The file names a fetch in `namespace` finds: its own entries and (with `flat`) the flat
     ones, sorted."""
     check_namespace(namespace)
@@ -131,7 +131,7 @@ def decode_catalog(name: str, data: bytes) -> dict:
     return doc
 
 
-def _catalog(repo: Repository, obj: str) -> dict | None:
+def _catalog(repo: RepositoryHandle, obj: str) -> dict | None:
     try:
         data = repo.backend.get("wal", obj)
     except NotFoundError:
@@ -139,7 +139,7 @@ def _catalog(repo: Repository, obj: str) -> dict | None:
     return decode_catalog(obj, data)
 
 
-def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None] | None = None,
+def put(repo: RepositoryHandle, name: str, data: bytes, check_lock: Callable[[], None] | None = None,
         lock: str | None = None, namespace: str = "") -> bool:
     """Store WAL file `name` in `namespace`; True if new, False if identical content was already
     there. Only that name space's own entry counts: a flat entry of the same name is another
@@ -154,7 +154,7 @@ def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None]
         raise AlreadyExistsError(f"WAL file '{display_name(namespace, name)}' is already archived with different "
                                  "content")
     repo.refresh_index()
-    writer = repo._writer()
+    writer = repo.writer()
     try:
         chunks = []
         view = memoryview(data)
@@ -172,13 +172,13 @@ def put(repo: Repository, name: str, data: bytes, check_lock: Callable[[], None]
     return True
 
 
-def get(repo: Repository, name: str, namespace: str = "") -> bytes:
+def get(repo: RepositoryHandle, name: str, namespace: str = "") -> bytes:
     """Return the archived content of WAL file `name` in `namespace`, verified; a name the name
     space does not hold is read from the flat name space (entries from before name spaces)."""
     return get_entry(repo, name, namespace)[1]
 
 
-def get_entry(repo: Repository, name: str, namespace: str = "") -> tuple[str, bytes]:
+def get_entry(repo: RepositoryHandle, name: str, namespace: str = "") -> tuple[str, bytes]:
     """(the name space it was found in, content) of WAL file `name`, as `get` finds it."""
     check_name(name, repo.segment_rule)
     found, doc = namespace, _catalog(repo, object_name(namespace, name))
@@ -189,7 +189,7 @@ def get_entry(repo: Repository, name: str, namespace: str = "") -> tuple[str, by
     return found, read_content(repo, display_name(found, name), doc)
 
 
-def read_content(repo: Repository, label: str, doc: dict) -> bytes:
+def read_content(repo: RepositoryHandle, label: str, doc: dict) -> bytes:
     """The content a decoded catalog entry names, checked against its size and hash."""
     data = b"".join(repo.reader.read(bytes.fromhex(c)) for c in doc["chunks"])
     if len(data) != doc["size"] or blake3.blake3(data).hexdigest() != doc["hash"]:
@@ -197,7 +197,7 @@ def read_content(repo: Repository, label: str, doc: dict) -> bytes:
     return data
 
 
-def referenced_chunks(repo: Repository) -> set[bytes]:
+def referenced_chunks(repo: RepositoryHandle) -> set[bytes]:
     """Every chunk id any WAL catalog entry names (for prune)."""
     out: set[bytes] = set()
     for name in list(repo.backend.list("wal")):
@@ -207,7 +207,7 @@ def referenced_chunks(repo: Repository) -> set[bytes]:
     return out
 
 
-def archived_times(repo: Repository, namespace: str = "") -> dict[str, float | None]:
+def archived_times(repo: RepositoryHandle, namespace: str = "") -> dict[str, float | None]:
     """The archive time of every entry of `namespace` by file name (None where the entry does
     not record one)."""
     out: dict[str, float | None] = {}
@@ -223,7 +223,7 @@ def archived_times(repo: Repository, namespace: str = "") -> dict[str, float | N
     return out
 
 
-def forget(repo: Repository, names: list[str], namespace: str = "") -> None:
+def forget(repo: RepositoryHandle, names: list[str], namespace: str = "") -> None:
     """Delete the catalog entries of `names` in `namespace` (already gone ones are skipped)."""
     for name in names:
         try:

@@ -30,8 +30,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from .backend import Backend
-from .errors import CorruptionError, InvalidArgumentError, NotFoundError, WrongKeyError, short
+from ..errors import CorruptionError, InvalidArgumentError, NotFoundError, WrongKeyError, short
+from ..storage.backend import Backend
 
 CIPHER = "aes-256-gcm"
 NONCE = 12

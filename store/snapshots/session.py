@@ -27,16 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
+from ..content.blobs import BlobWriter
+from ..content.packs import TYPE_TREE
+from ..errors import AbortedError, InvalidArgumentError
+from ..model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
 from .backup import Tally, Walker, entry_from_stat
-from .blobs import BlobWriter
-from .errors import AbortedError, InvalidArgumentError
-from .model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
-from .packs import TYPE_TREE
 from .sets import decode_set, encode_set
 from .trees import Entry, encode_tree
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from .handle import RepositoryHandle
 
 ProgressFn = Callable[[Progress], None]
 DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (page aligned)
@@ -45,10 +45,10 @@ DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (p
 class BackupSession:
     """Builds one set. Use as a context manager; call walk()/attach() then commit()."""
 
-    def __init__(self, repo: Repository, req: BackupRequest, progress: ProgressFn | None = None,
+    def __init__(self, repo: RepositoryHandle, req: BackupRequest, progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None, workers: int = 3,
                  decision: tuple[str, BackupSet | None, str] | None = None) -> None:
-        repo._writable()
+        repo.check_writable()
         check_paths(req.paths)
         self.repo = repo
         self._closed = True  # until the lock is held
@@ -84,7 +84,7 @@ class BackupSession:
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
         self._attachments: dict[str, dict[str, Any]] = {}
-        self.writer: BlobWriter = self.repo._writer()
+        self.writer: BlobWriter = self.repo.writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
         self._walker = self._make_walker(self.req, self.tally)
 
@@ -180,7 +180,7 @@ class BackupSession:
 
     def attach_stream(self, name: str, fd: int, filename: str) -> int:
         """Capture everything readable from `fd` (a pipe) as attachment `name` holding one file
-        `filename`, chunked like files (store/stream.py); returns the bytes read."""
+        `filename`, chunked like files (store/snapshots/stream.py); returns the bytes read."""
         from .stream import read_stream, stream_tree
 
         chunks, size = read_stream(self.writer, self.repo.config.chunker, self.cancel, fd)

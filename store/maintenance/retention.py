@@ -2,7 +2,7 @@
 
 Pure functions, no I/O: `decide(sets, policy)` returns one RetentionDecision per set in the
 policy's scope, `split` the same as (keep, forget) for prune, and `wal_forget(...)` the WAL
-file names that WAL retention lets go. Prune (store/prune.py, store/repository.py) deletes
+file names that WAL retention lets go. Prune (store/maintenance/prune.py, store/repository.py) deletes
 what these functions name; nothing here touches the repository.
 
 What always holds:
@@ -34,8 +34,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, tzinfo
 
-from .model import LEVELS, BackupSet, PrunePolicy, RetentionDecision
-from .segments import PlainSegments, SegmentRules
+from ..model import LEVELS, BackupSet, PrunePolicy, RetentionDecision
+from ..segments import PlainSegments, SegmentRules
 
 CALENDAR: tuple[tuple[str, Callable[[datetime], str]], ...] = (
     ("hourly", lambda t: t.strftime("%Y-%m-%d %H:00")),

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import blake3
 
-from .errors import CorruptionError, short
+from ..errors import CorruptionError, short
 from .packs import PackEntry
 
 MAGIC = b"CAIRNIX1"

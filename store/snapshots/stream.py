@@ -17,9 +17,9 @@ import stat
 import threading
 import time
 
-from .blobs import BlobWriter
+from ..content.blobs import BlobWriter
+from ..content.repoconfig import ChunkerParams
 from .filereader import FileReader
-from .repoconfig import ChunkerParams
 from .trees import Entry, encode_tree
 
 HEAD = 64 * 1024

@@ -16,7 +16,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 
-from .errors import CorruptionError, short
+from ..errors import CorruptionError, short
 
 TREE_VERSION = 1
 

@@ -16,16 +16,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import wal as walmod
-from .blobs import decode_blob
-from .errors import CairnError, CorruptionError, NotFoundError, short
-from .model import BackupSet, CheckProblem, CheckReport, Progress
-from .packs import CODEC_ZSTD_REF, parse_pack
-from .sets import decode_set, set_trees
-from .trees import decode_tree
+from ..content.blobs import decode_blob
+from ..content.packs import CODEC_ZSTD_REF, parse_pack
+from ..errors import CairnError, CorruptionError, NotFoundError, short
+from ..model import BackupSet, CheckProblem, CheckReport, Progress
+from ..snapshots import wal as walmod
+from ..snapshots.sets import decode_set, set_trees
+from ..snapshots.trees import decode_tree
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from .handle import MaintainedRepository
 
 MAX_PATHS = 20
 
@@ -33,7 +33,7 @@ MAX_PATHS = 20
 class Checker:
     """One run of check over a repository."""
 
-    def __init__(self, repo: Repository, progress: Callable[[Progress], None] | None) -> None:
+    def __init__(self, repo: MaintainedRepository, progress: Callable[[Progress], None] | None) -> None:
         self.repo = repo
         self.progress = progress
         self.errors: list[CheckProblem] = []
@@ -135,7 +135,7 @@ class Checker:
             try:
                 stored = self.repo.reader.unseal(pack, bid, stored)
                 if loc.codec == CODEC_ZSTD_REF:
-                    ref = self.repo.reader._reference(pack, bid, stored)
+                    ref = self.repo.reader.reference_data(pack, bid, stored)
                     plain = decode_blob(stored, loc.codec, loc.raw_len, ref)
                 else:
                     plain = decode_blob(stored, loc.codec, loc.raw_len)

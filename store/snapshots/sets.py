@@ -12,8 +12,8 @@ from dataclasses import asdict
 
 import blake3
 
-from .errors import CorruptionError, InvalidArgumentError, NotFoundError, short
-from .model import BackupSet, SetStats
+from ..errors import CorruptionError, InvalidArgumentError, NotFoundError, short
+from ..model import BackupSet, SetStats
 
 MAGIC = "cairn-set"
 SET_VERSION = 1

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 
-from .errors import CairnError, InvalidArgumentError, NotFoundError
+from ..errors import CairnError, InvalidArgumentError, NotFoundError
 from .excludes import Excluder
 from .trees import Entry
 

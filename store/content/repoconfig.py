@@ -5,7 +5,7 @@ is newer than it understands, and anything that is not a Cairn config. New confi
 "checksum" (blake3 of the canonical JSON without it) and must be in canonical form, so any
 changed byte is a CorruptionError; configs written before it existed are still read.
 Version 1 is plaintext (`encryption` None); version 2 is encrypted and `encryption` names the
-cipher, id and KDF scheme (see store/crypto.py). The config itself is never secret: the
+cipher, id and KDF scheme (see store/content/crypto.py). The config itself is never secret: the
 chunker seed written in it is 0 and the real one derives from the master key.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import blake3
 
-from .errors import CorruptionError, FormatVersionError, NotARepositoryError
+from ..errors import CorruptionError, FormatVersionError, NotARepositoryError
 
 MAGIC = "cairn-repository"
 FORMAT_VERSION = 2  # the newest format this Cairn reads and writes

@@ -44,8 +44,8 @@ import botocore.exceptions as bexc
 import urllib3.exceptions
 from botocore.config import Config as BotoConfig
 
-from .backend import KINDS
-from .errors import BackendError, CairnError, NotFoundError
+from ..errors import BackendError, CairnError, NotFoundError
+from .backend import KINDS, ObjectInfo
 
 T = TypeVar("T")
 
@@ -435,6 +435,28 @@ class S3Backend:
 
         self._call(f"list {kind} objects", op, missing=f"unable to list {kind} objects: not found")
         yield from sorted(names)
+
+    def list_info(self, kind: str) -> Iterator[ObjectInfo]:
+        """The objects of `kind` with size and last-modified time, sorted by name."""
+        base = self._base(kind)
+        found: list[ObjectInfo] = []
+
+        def op() -> None:
+            found.clear()
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    rest = obj["Key"][len(base):]
+                    if kind == "packs":
+                        fan, _, rest = rest.partition("/")
+                        if not rest or "/" in rest or not rest.startswith(fan):
+                            continue
+                    elif not rest or "/" in rest:
+                        continue
+                    found.append(ObjectInfo(rest, int(obj.get("Size") or 0), obj["LastModified"].timestamp()))
+
+        self._call(f"list {kind} objects", op, missing=f"unable to list {kind} objects: not found")
+        yield from sorted(found)
 
     def delete(self, kind: str, name: str) -> None:
         key = self._key(kind, name)

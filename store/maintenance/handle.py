@@ -1,0 +1,30 @@
+"""What check and garbage collection need of an open repository: `MaintainedRepository`.
+
+The repository facade implements it; check.py and prune.py are written against it and never
+import the facade above them. It adds to the snapshot layer's handle what only maintenance
+uses: reloading the whole index, the problems found loading it, the key and the key objects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ..snapshots.handle import RepositoryHandle
+
+if TYPE_CHECKING:
+    from ..content.crypto import KeyInfo, RepoKey
+    from ..model import BackupSet
+
+
+class MaintainedRepository(RepositoryHandle, Protocol):
+    key: RepoKey | None  # format 2: the master key's derived keys; None for a plaintext repository
+    index_problems: list[str]  # index files that could not be read at the last load
+
+    def load_index(self) -> None:
+        """Reload every index file (what sessions publish meanwhile is kept)."""
+
+    def get_set(self, ref: str, source: str | None = None) -> BackupSet:
+        """The set `ref` (id prefix or 'latest') names."""
+
+    def list_keys(self) -> list[tuple[KeyInfo | None, str, str]]:
+        """(info, key id, problem) of every key object (format 2)."""
