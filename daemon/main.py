@@ -34,7 +34,13 @@ from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_stat
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
-from cairn.daemon.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
+from cairn.daemon.repokeys import (
+    add_key_arguments,
+    attach_write_only_cache,
+    check_key_arguments,
+    key_overrides,
+    open_repository,
+)
 from cairn.daemon.retention import RetentionRunner
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
@@ -158,6 +164,7 @@ class Daemon:
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only)
+        attach_write_only_cache(self.repo, cfg.daemon.state_dir)  # a write-only key's own sets and trees
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/prune.py)
         self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.

@@ -590,8 +590,8 @@ class Repository:
             return resolve(self.list_sets(), ref, source)
         except NotFoundError:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
-                raise crypto.write_only_refusal(f"to read set '{ref[:12]}': another host took it, and reading it") \
-                    from None
+                raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
+                                               "host's repository key is write-only") from None
             raise
 
     # -- backup --------------------------------------------------------------------

@@ -123,10 +123,11 @@ class HostCache:
         except FileNotFoundError:
             pass
 
-    def keep_trees_of(self, roots: list[bytes], younger_than: float = TREE_GRACE) -> int:
+    def keep_trees_of(self, roots: list[bytes], younger_than: float | None = None) -> int:
         """Forget every cached tree not reachable from `roots` and not stored in the last
         `younger_than` seconds (a session in progress stores trees no set names yet); returns
         how many went."""
+        grace = TREE_GRACE if younger_than is None else younger_than
         keep: set[str] = set()
         todo = [r.hex() for r in roots]
         while todo:
@@ -138,7 +139,7 @@ class HostCache:
                 continue
             keep.add(tid)
             todo += [e.subtree.hex() for e in decode_tree(bytes.fromhex(tid), data) if e.subtree]
-        gone = [n for n in self.names("trees") if n not in keep and self.age("trees", n) > younger_than]
+        gone = [n for n in self.names("trees") if n not in keep and self.age("trees", n) > grace]
         for n in gone:
             self.remove("trees", n)
         return len(gone)

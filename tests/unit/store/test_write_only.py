@@ -10,6 +10,7 @@ import stat
 
 import pytest
 from cairn.store import crypto
+from cairn.store import writeonly as wonly
 from cairn.store.backend import KINDS, LocalBackend, MemoryBackend
 from cairn.store.errors import AlreadyExistsError, CorruptionError, WrongKeyError
 from cairn.store.model import BackupRequest, PrunePolicy
@@ -81,18 +82,32 @@ def test_write_only_host_backs_up_full_and_incremental_and_a_full_key_restores(t
     full.close()
 
 
-def test_the_host_cache_is_private_and_holds_only_the_newest_trees(tmp_path):
+def test_the_host_cache_is_private_and_holds_only_the_newest_trees(tmp_path, monkeypatch):
     backend, _shared = _setup(tmp_path)
     src = tmp_path / "src"
     make_tree(str(src), random.Random(6), files=10)
+    (src / "sub").mkdir(exist_ok=True)
+    (src / "sub" / "f").write_bytes(b"one")
     cache = tmp_path / "state" / "wonly"
     repo = _wonly(backend, cache)
-    _backup(repo, src)
-    for dirpath, dirs, files in os.walk(cache):
+    first = _backup(repo, src)
+    for dirpath, _dirs, files in os.walk(cache):
         assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o700
         for f in files:
             assert stat.S_IMODE(os.stat(os.path.join(dirpath, f)).st_mode) == 0o600
-    assert os.listdir(cache / "sets") and os.listdir(cache / "trees")
+    old_trees = set(os.listdir(cache / "trees"))
+    assert first.tree in old_trees and os.listdir(cache / "sets") == [first.id]
+    monkeypatch.setattr(wonly, "TREE_GRACE", -1.0)  # no grace: only what the newest set reaches stays
+    (src / "sub" / "f").write_bytes(b"two")
+    second = _backup(repo, src, "incremental")
+    trees = set(os.listdir(cache / "trees"))
+    assert second.tree in trees and first.tree not in trees
+    reached, todo = set(), [bytes.fromhex(second.tree)]
+    while todo:
+        t = todo.pop()
+        reached.add(t.hex())
+        todo += [e.subtree for e in repo.load_tree(t) if e.subtree]
+    assert trees == reached  # every tree of the newest set, and nothing else
     repo.close()
 
 
