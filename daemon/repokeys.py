@@ -102,11 +102,15 @@ def open_repository(repo: RepositoryConfig, *, read_only: bool) -> Repository:
     raise failure
 
 
-def attach_write_only_cache(repo: Repository, state_dir: str) -> None:
+def attach_write_only_cache(repo: Repository, state_dir: str, gc: str | None = None) -> None:
     """A handle opened with a write-only key keeps its own sets and trees in the state
-    directory (0700/0600), so incrementals find their base after a restart."""
+    directory (0700/0600), so incrementals find their base after a restart. A `[repository]
+    gc` schedule is then not run (the daemon starts no retention thread)."""
     if not getattr(repo, "write_only", False):
         return
     repo.attach_host_cache(os.path.join(state_dir, WRITE_ONLY_CACHE))
     log.info("repository opened with a write-only key: backups and WAL archiving only; restores, "
              "verify, prune and key changes need a full key")
+    if gc:
+        log.warning("[repository] gc is not run: the repository key is write-only (run retention on a host "
+                    "with a full key)")

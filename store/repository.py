@@ -824,10 +824,12 @@ class Repository:
 
     def get_wal(self, name: str, namespace: str = "") -> bytes:
         """WAL file `name` of `namespace`, else its flat entry (store/wal.py)."""
+        self._full_key("to read archived WAL")
         return walmod.get(self, name, namespace)
 
     def get_wal_entry(self, name: str, namespace: str = "") -> tuple[str, bytes]:
         """(name space it was found in, content) of WAL file `name`, as get_wal finds it."""
+        self._full_key("to read archived WAL")
         return walmod.get_entry(self, name, namespace)
 
     def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:

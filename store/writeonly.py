@@ -31,6 +31,8 @@ from .trees import decode_tree
 
 KINDS = ("sets", "trees", "wal")
 TREE_GRACE = 24 * 3600.0  # cached trees younger than this stay (a backup running may need them)
+WAL_KEEP = 7 * 24 * 3600.0  # cached WAL entries (for retried pushes) are forgotten after this
+WAL_SWEEP_EVERY = 256  # pushes between two sweeps of old WAL records
 
 
 class HostCache:
@@ -40,7 +42,7 @@ class HostCache:
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self._mem: dict[str, dict[str, bytes]] = {k: {} for k in KINDS}
-        self._mem_time: dict[str, float] = {}  # in-memory trees: when last stored
+        self._mem_time: dict[tuple[str, str], float] = {}  # in-memory trees: when last stored
         self._lock = threading.Lock()
         if path is not None:
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -60,7 +62,7 @@ class HostCache:
         if self.path is None:
             with self._lock:
                 self._mem[kind][name] = bytes(data)
-                self._mem_time[name] = time.time()
+                self._mem_time[(kind, name)] = time.time()
             return
         final = self._file(kind, name)
         if not durable:
@@ -91,7 +93,7 @@ class HostCache:
     def age(self, kind: str, name: str) -> float:
         """Seconds since a record was last stored (0 when unknown)."""
         if self.path is None:
-            return time.time() - self._mem_time.get(name, time.time())
+            return time.time() - self._mem_time.get((kind, name), time.time())
         try:
             return time.time() - os.stat(self._file(kind, name)).st_mtime
         except (FileNotFoundError, ValueError):
@@ -123,6 +125,13 @@ class HostCache:
         except FileNotFoundError:
             pass
 
+    def expire(self, kind: str, older_than: float) -> int:
+        """Forget records of `kind` stored more than `older_than` seconds ago."""
+        gone = [n for n in self.names(kind) if self.age(kind, n) > older_than]
+        for n in gone:
+            self.remove(kind, n)
+        return len(gone)
+
     def keep_trees_of(self, roots: list[bytes], younger_than: float | None = None) -> int:
         """Forget every cached tree not reachable from `roots` and not stored in the last
         `younger_than` seconds (a session in progress stores trees no set names yet); returns
@@ -153,6 +162,7 @@ class GuardedBackend:
         self.cache = cache
         self._own: set[tuple[str, str]] = set()  # (kind, name) of locks and index files written here
         self._own_lock = threading.Lock()
+        self._wal_puts = 0
         self.after_set: Callable[[str], None] | None = None  # told when one of this host's sets is stored
 
     def get(self, kind: str, name: str) -> bytes:
@@ -182,6 +192,10 @@ class GuardedBackend:
     def _before_put(self, kind: str, name: str, data: bytes) -> None:
         if kind in ("sets", "wal"):
             self.cache.put(kind, name, data)  # before the object: a crash leaves a record, never a gap
+            if kind == "wal":
+                self._wal_puts += 1
+                if self._wal_puts % WAL_SWEEP_EVERY == 0:
+                    self.cache.expire("wal", WAL_KEEP)
         elif kind in ("locks", "index"):
             with self._own_lock:
                 self._own.add((kind, name))

@@ -185,6 +185,8 @@ def test_wal_push_with_a_write_only_key(tmp_path):
     assert repo.put_wal(WAL_NAME, data, namespace="42") is False  # a retried push: no-op
     with pytest.raises(AlreadyExistsError):
         repo.put_wal(WAL_NAME, data + b"x", namespace="42")
+    with pytest.raises(crypto.WriteOnlyKeyError):  # not even its own WAL reads back
+        repo.get_wal(WAL_NAME, "42")
     repo.close()
     full = Repository.open(backend, secret=FULL)
     full.put_wal("000000010000000000000009", b"other host's wal", namespace="7")
