@@ -8,7 +8,9 @@ directory: directories 0700, files 0600, each written to a temp file, fsynced an
   trees reachable from the newest cached set of each source and its attachments are kept),
 - the WAL catalog entries it pushed (a retried push of the same content is a no-op).
 A cached record is written *before* the object it mirrors, so a crash leaves at most a record
-of an object that does not exist: listings intersect with the repository's own listing.
+of an object that does not exist: listings intersect with the repository's own listing. One
+process uses a cache at a time (the daemon holds its state directory's lock), so temp files
+found when it is opened are leftovers of a killed write and removed.
 
 `GuardedBackend` wraps the handle's (sealed) backend: it reads sets and WAL entries from the
 cache, refuses to read another writer's (WriteOnlyKeyError) and refuses every delete except of
@@ -49,6 +51,9 @@ class HostCache:
             os.chmod(path, 0o700)
             for kind in KINDS:
                 os.makedirs(os.path.join(path, kind), mode=0o700, exist_ok=True)
+                for leftover in os.listdir(os.path.join(path, kind)):  # of a write killed midway
+                    if ".tmp-" in leftover:
+                        os.unlink(os.path.join(path, kind, leftover))
 
     def _file(self, kind: str, name: str) -> str:
         assert self.path is not None

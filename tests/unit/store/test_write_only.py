@@ -289,3 +289,32 @@ def test_a_secret_of_a_write_only_key_and_wrong_secrets(tmp_path):
     with pytest.raises(WrongKeyError):
         Repository.open(backend, secret=WONLY)
     full.close()
+
+
+def test_a_full_key_prunes_and_collects_what_write_only_hosts_wrote(tmp_path):
+    backend, _shared = _setup(tmp_path)
+    src = tmp_path / "src"
+    make_tree(str(src), random.Random(13), files=10, max_size=100_000)
+    cache = tmp_path / "c"
+    repo = _wonly(backend, cache)
+    first = _backup(repo, src)
+    (src / "gone-later.bin").write_bytes(random.Random(14).randbytes(300_000))
+    second = _backup(repo, src, "incremental")
+    (src / "gone-later.bin").unlink()
+    third = _backup(repo, src, "incremental")
+    repo.close()
+
+    full = Repository.open(backend, secret=FULL)
+    report = full.prune(PrunePolicy(keep_last=1, host="wohost"), grace=0)
+    assert set(report.forgotten) == {first.id, second.id} and report.bytes_freed >= 300_000
+    full.restore(full.get_set(third.id), str(tmp_path / "out"))
+    assert_same_tree(str(src), str(tmp_path / "out"))
+    assert full.check(read_data=True).ok
+    full.close()
+
+    repo = _wonly(backend, cache)  # the write-only host goes on from its newest set
+    (src / "after.bin").write_bytes(b"after the prune")
+    fourth = _backup(repo, src, "incremental")
+    assert fourth.base == third.id and fourth.stats.added == 1
+    assert [s.id for s in repo.list_sets()] == [third.id, fourth.id]
+    repo.close()
