@@ -28,6 +28,7 @@ import base64
 import binascii
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -178,6 +179,7 @@ class RepoKey:
         self._private = X25519PrivateKey.from_private_bytes(_derive(CTX_X25519, master))
         self.public = self._private.public_key().public_bytes_raw()
         self._pack_keys: dict[str, AESGCM] = {}  # packs sealed to the public key: their data key
+        self._pack_keys_lock = threading.Lock()
 
     write_only = False
     pack_header = b"CAIRNPK1"  # a full key writes symmetric packs (store/packs.py HEADER)
@@ -209,9 +211,10 @@ class RepoKey:
         if data_key is None:
             return None
         aead = AESGCM(data_key)
-        if len(self._pack_keys) >= PACK_KEY_CACHE:
-            self._pack_keys.pop(next(iter(self._pack_keys)))
-        self._pack_keys[pack] = aead
+        with self._pack_keys_lock:  # restore threads read packs in parallel
+            if len(self._pack_keys) >= PACK_KEY_CACHE:
+                self._pack_keys.pop(next(iter(self._pack_keys)), None)
+            self._pack_keys[pack] = aead
         return aead
 
     def _open_packed(self, pack: str, sealed: bytes, ad: bytes,

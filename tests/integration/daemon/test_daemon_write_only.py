@@ -104,6 +104,13 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
     assert all(stat.S_IMODE(os.stat(os.path.join(d, f)).st_mode) == 0o600
                for d, _dirs, files in os.walk(cache) for f in files)
 
+    # WAL archiving: a retried push of the same content is a no-op (from its own cache)
+    seg = tmp_path / "000000010000000000000001"
+    wal = os.urandom(1 << 20) + f"wal-{MARK}".encode()
+    seg.write_bytes(wal)
+    assert wonly.ok("wal-push", str(seg)).strip() == "archived 000000010000000000000001"
+    assert wonly.ok("wal-push", str(seg)).strip().endswith("was already archived (identical)")
+
     # refusals: one line, exit 1, nothing changed in the repository
     before = _objects(repo)
     attempts = [
@@ -115,12 +122,14 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
         ("prune",),
         ("key", "remove", next(iter(keys))),
         ("key", "add", "--passphrase-file", str(full_pw)),
+        ("wal-fetch", "000000010000000000000001", str(tmp_path / "fetched")),
     ]
     for args in attempts:
         r = wonly.cli(*args)
         assert r.returncode == 1, (args, r.stdout, r.stderr)
         assert "write-only" in _one_line(r.stderr), (args, r.stderr)
     assert not os.path.exists(tmp_path / "out-a") and not os.path.exists(tmp_path / "out-w")
+    assert not os.path.exists(tmp_path / "fetched")
     assert _objects(repo) == before
     assert wonly.terminate(30)[0] == 0
 
@@ -137,4 +146,6 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
     reader.ok("restore", third, "--target", str(tmp_path / "out"))
     assert snapshot(str(tmp_path / "out")) == snapshot(src_w)
     reader.ok("verify", "--read-data")
+    reader.ok("wal-fetch", "000000010000000000000001", str(tmp_path / "fetched"))
+    assert (tmp_path / "fetched").read_bytes() == wal
     assert reader.terminate(30)[0] == 0
