@@ -194,6 +194,8 @@ class BlobWriter:
                  publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None,
                  key: RepoKey | WriteOnlyKey | None = None) -> None:
         self.backend = backend
+        fork = getattr(key, "for_writer", None)
+        key = fork() if fork is not None else key  # a write-only key: a data key for this session alone
         self.key = key
         self._header = getattr(key, "pack_header", HEADER) if key is not None else HEADER
         self.on_tree: Callable[[bytes, bytes], None] | None = None  # told every tree this session stores or reuses

@@ -293,10 +293,11 @@ class RepoKey:
 class WriteOnlyKey:
     """What a write-only key object unwraps to: ids, the chunker seed, the index key and the
     repository's public key. It seals blobs and pack trailers under a random data key of its
-    own (wrapped to the public key in `pack_header`, which starts every pack it writes), sets
-    and WAL catalog entries to the public key, and index files, locks and markers under the
-    index key. It opens only index-key objects and what this very handle sealed: never a blob,
-    tree, set or WAL entry of another writer (CorruptionError: authentication failed)."""
+    own (wrapped to the public key in `pack_header`, which starts every pack it writes; each
+    write session gets its own by `for_writer`), sets and WAL catalog entries to the public
+    key, and index files, locks and markers under the index key. It opens only index-key
+    objects and what this very object sealed: never a blob, tree, set or WAL entry of another
+    writer or session (CorruptionError: authentication failed)."""
 
     write_only = True
     master = None
@@ -304,13 +305,19 @@ class WriteOnlyKey:
     def __init__(self, payload: bytes) -> None:
         if len(payload) != WRITE_ONLY_PAYLOAD:
             raise CorruptionError("write-only key material has the wrong length")
+        self._payload = payload
         self._id_key = payload[:32]
         self.chunker_seed = int.from_bytes(payload[32:40], "little")
         self._index_aead = AESGCM(payload[40:72])
         self.public = payload[72:]
-        data_key = os.urandom(MASTER_LEN)  # this handle's: no other handle ever holds it
+        data_key = os.urandom(MASTER_LEN)  # this object's: no other ever holds it
         self._aead = AESGCM(data_key)
         self.pack_header = PK_HEADER + seal_to(self.public, data_key, b"pack-key")
+
+    def for_writer(self) -> WriteOnlyKey:
+        """The same key with a data key of its own, for one write session: what one session
+        sealed, no later session (nor the handle) can open again."""
+        return WriteOnlyKey(self._payload)
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()

@@ -118,14 +118,19 @@ def test_with_only_write_only_material_no_blob_tree_set_or_wal_entry_opens(tmp_p
     writer = _wonly(backend, tmp_path / "c1")
     _backup(writer, src)
     writer.put_wal(WAL_NAME, b"wal content " * 100)
+    for bid, _loc in list(writer.index.items()):  # not even what its own sessions wrote
+        with pytest.raises(CorruptionError, match="authentication failed"):
+            writer.reader.read(bid)
     writer.close()
+    headers = {backend.get("packs", n)[:crypto.PK_HEADER_LEN] for n in backend.list("packs")}
+    assert len({h for h in headers if h.startswith(PK_HEADER)}) == 2  # one data key per write session
 
     # a fresh handle holding only the write-only key material (and an empty cache)
     repo = _wonly(backend, tmp_path / "c2")
     key = repo.key
     assert isinstance(key, crypto.WriteOnlyKey) and key.master is None
     blobs = list(repo.index.items())
-    assert blobs
+    assert {loc.type for _bid, loc in blobs} == {0, 1}  # data and trees
     for bid, _loc in blobs:
         with pytest.raises(CorruptionError, match="authentication failed"):
             repo.reader.read(bid)
