@@ -278,6 +278,15 @@ class RepoKey:
             return nonce + self._index_aead.encrypt(nonce, data, ad)
         return self.seal(data, ad)
 
+    def reseal_control(self, kind: str, name: str, sealed: bytes) -> bytes | None:
+        """A control object sealed under the data key (as written before the index key
+        existed), sealed again under the index key; None when it needs nothing or is damaged."""
+        ad = f"object:{kind}/{name}".encode()
+        if kind not in CONTROL_KINDS or _aead_open(self._index_aead, sealed, ad) is not None:
+            return None
+        plain = self.open(sealed, ad)
+        return None if plain is None else self.seal_object(kind, name, plain)
+
     def open_object(self, kind: str, name: str, sealed: bytes) -> bytes:
         ad = f"object:{kind}/{name}".encode()
         plain = _aead_open(self._index_aead, sealed, ad) if kind in CONTROL_KINDS else None

@@ -260,17 +260,14 @@ class Repository:
                         sealed = self.raw_backend.get(kind, name)
                     except NotFoundError:
                         continue
-                    ad = f"object:{kind}/{name}".encode()
-                    if crypto._aead_open(key._index_aead, sealed, ad) is not None:
-                        continue
-                    plain = key.open(sealed, ad)
-                    if plain is None:
-                        continue  # damaged: check reports it
+                    resealed = key.reseal_control(kind, name, sealed)
+                    if resealed is None:
+                        continue  # under the index key already, or damaged (check reports it)
                     try:
                         self.raw_backend.stat(kind, name)
                     except NotFoundError:
                         continue  # a writer's rescue replaced it meanwhile
-                    self.raw_backend.put(kind, name, key.seal_object(kind, name, plain))
+                    self.raw_backend.put(kind, name, resealed)
                     done += 1
         return done
 
