@@ -6,7 +6,7 @@ What always holds:
   from a passphrase (Argon2id, parameters in the key object) or from a key file (32 random
   bytes, base64);
 - from the master secret come, by blake3's key derivation, the data key (AES-256-GCM for
-  every blob and every small object), the id key (blob ids are keyed blake3) and the
+  blobs, sets and WAL entries), the id key (blob ids are keyed blake3) and the
   chunker's gear seed; none of them is ever written anywhere;
 - a sealed byte string is `nonce (12 random bytes) | ciphertext | tag (16)`; the associated
   data names what it is (a blob's id, or an object's kind and name), so a ciphertext moved to
@@ -16,7 +16,7 @@ What always holds:
   read: index files, locks, gc markers) and a repository X25519 key pair; a *write-only* key
   object wraps only the id key, the chunker seed, the index key and the public key, so a host
   holding it can write blobs, trees, sets and WAL (sealed to the public key: a random data key
-  per handle, wrapped in every pack's header by an ephemeral X25519 exchange, or one exchange
+  per write session, wrapped in every pack's header by an ephemeral X25519 exchange, or one exchange
   per small object) and deduplicate against the index, but open nothing another writer sealed
   (WriteOnlyKey); a full key (RepoKey) opens both forms.
 See docs/format.md, "Format version 2" and "Write-only keys".
