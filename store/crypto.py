@@ -180,6 +180,9 @@ class RepoKey:
         self.public = self._private.public_key().public_bytes_raw()
         self._pack_keys: dict[str, AESGCM] = {}  # packs sealed to the public key: their data key
         self._pack_keys_lock = threading.Lock()
+        # reads a pack's first PK_HEADER_LEN bytes when a caller gives no header (set by the
+        # repository handle, so every reader of blobs opens packs sealed to the public key)
+        self.pack_header_reader: Callable[[str], bytes] | None = None
 
     write_only = False
     pack_header = b"CAIRNPK1"  # a full key writes symmetric packs (store/packs.py HEADER)
@@ -222,6 +225,9 @@ class RepoKey:
         known = self._pack_keys.get(pack)
         if known is not None:
             return _aead_open(known, sealed, ad)
+        if header is None and self.pack_header_reader is not None:
+            read = self.pack_header_reader
+            header = lambda: read(pack)  # noqa: E731
         plain = self.open(sealed, ad)
         if plain is None:
             aead = self._pack_aead(pack, header)

@@ -90,6 +90,9 @@ class Repository:
         self.key = key
         self.key_id = key_id  # the key object this handle was opened with (format 2)
         self.raw_backend = backend  # as given: key objects live here, unsealed
+        if isinstance(key, crypto.RepoKey):  # packs sealed to the public key: their header, read on demand
+            raw = backend
+            key.pack_header_reader = lambda pack: raw.get_range("packs", pack, 0, crypto.PK_HEADER_LEN)
         if key is not None:
             backend = crypto.SealedBackend(backend, key)
             config = dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, seed=key.chunker_seed))

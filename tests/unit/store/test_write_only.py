@@ -323,3 +323,20 @@ def test_a_full_key_prunes_and_collects_what_write_only_hosts_wrote(tmp_path):
     assert fourth.base == third.id and fourth.stats.added == 1
     assert [s.id for s in repo.list_sets()] == [third.id, fourth.id]
     repo.close()
+
+
+def test_a_full_key_opens_a_write_only_blob_also_when_the_caller_gives_no_pack_header(tmp_path):
+    """Any reader of blobs (not only BlobReader) opens packs sealed to the public key."""
+    backend, _shared = _setup(tmp_path)
+    src = tmp_path / "src"
+    make_tree(str(src), random.Random(15), files=3)
+    repo = _wonly(backend, tmp_path / "c")
+    s = _backup(repo, src)
+    repo.close()
+    full = Repository.open(backend, secret=FULL, read_only=True)
+    root = bytes.fromhex(s.tree)
+    loc = full.index.get(root)
+    sealed = backend.get_range("packs", loc.pack, loc.offset, loc.stored_len)
+    assert backend.get("packs", loc.pack).startswith(PK_HEADER)
+    assert full.key.open_blob(loc.pack, root, sealed)  # no header given: the handle reads it
+    full.close()
