@@ -487,16 +487,16 @@ def cmd_key(conn: Connection, args: argparse.Namespace) -> int:
 def _key_list(conn: Connection, args: argparse.Namespace) -> int:
     keys = conn.stub.KeyList(pb.KeyListRequest()).keys
     rows = [{"id": k.id, "type": k.type, "kdf": k.kdf, "created": k.created, "current": k.current,
-             "problem": k.problem} for k in keys]
+             "problem": k.problem, "access": k.access or "full"} for k in keys]
     if args.json:
         out(render.dumps(rows))
         return EXIT_OK
-    out(f"{'ID':<32}  {'TYPE':<10}  {'KDF':<13}  CREATED")
+    out(f"{'ID':<32}  {'TYPE':<10}  {'ACCESS':<10}  {'KDF':<13}  CREATED")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-"
         mark = "  (current)" if r["current"] else ""
         note = f"  unreadable: {r['problem']}" if r["problem"] else ""
-        out(f"{r['id']:<32}  {r['type'] or '?':<10}  {r['kdf'] or '?':<13}  {when}{mark}{note}")
+        out(f"{r['id']:<32}  {r['type'] or '?':<10}  {r['access']:<10}  {r['kdf'] or '?':<13}  {when}{mark}{note}")
     return EXIT_OK
 
 
@@ -510,7 +510,7 @@ def _key_add(conn: Connection, args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"unable to read passphrase file '{args.passphrase_file}': {why}") from None
         if not passphrase:
             raise InvalidArgumentError(f"passphrase file '{args.passphrase_file}' is empty")
-        reply = conn.stub.KeyAdd(pb.KeyAddRequest(passphrase=passphrase))
+        reply = conn.stub.KeyAdd(pb.KeyAddRequest(passphrase=passphrase, write_only=args.write_only))
     else:
         import base64
 
@@ -521,7 +521,7 @@ def _key_add(conn: Connection, args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"unable to create key file '{path}': {e.strerror}") from None
         value = os.urandom(KEYFILE_LEN)
         try:
-            reply = conn.stub.KeyAdd(pb.KeyAddRequest(key_file=value))
+            reply = conn.stub.KeyAdd(pb.KeyAddRequest(key_file=value, write_only=args.write_only))
             os.write(fd, base64.b64encode(value) + b"\n")
             os.fsync(fd)
         except BaseException:
@@ -529,7 +529,8 @@ def _key_add(conn: Connection, args: argparse.Namespace) -> int:
             os.unlink(path)
             raise
         os.close(fd)
-    out(render.dumps({"added": reply.id}) if args.json else f"added key {reply.id}")
+    kind = "write-only key" if args.write_only else "key"
+    out(render.dumps({"added": reply.id, "write_only": args.write_only}) if args.json else f"added {kind} {reply.id}")
     return EXIT_OK
 
 
@@ -916,6 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret = k.add_mutually_exclusive_group(required=True)
     secret.add_argument("--passphrase-file", metavar="F", help="the new passphrase (first line of F)")
     secret.add_argument("--new-key-file", metavar="F", help="write a new key file to F (must not exist)")
+    k.add_argument("--write-only", action="store_true",
+                   help="a write-only key: backs up and archives WAL, reads no data and deletes nothing")
     k = keys.add_parser("remove", parents=[common], help="remove a key (never the last usable one)")
     k.add_argument("id", metavar="ID", help="key id or unique prefix")
 

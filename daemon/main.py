@@ -35,7 +35,13 @@ from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_stat
 from cairn.daemon.logs import setup_logging
 from cairn.daemon.metrics import Metrics
 from cairn.daemon.quiesce import recover_windows
-from cairn.daemon.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
+from cairn.daemon.repokeys import (
+    add_key_arguments,
+    attach_write_only_cache,
+    check_key_arguments,
+    key_overrides,
+    open_repository,
+)
 from cairn.daemon.retention import RetentionRunner
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
@@ -159,6 +165,7 @@ class Daemon:
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only)
+        attach_write_only_cache(self.repo, cfg.daemon.state_dir, cfg.repository.gc)  # a write-only key's own sets
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
         self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules
         # Metrics next, so the first set is counted.
@@ -175,7 +182,7 @@ class Daemon:
         if not read_only:
             self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
             self.service.set_next_runs(self.scheduler.next_runs)
-            if cfg.repository.gc:
+            if cfg.repository.gc and not self.repo.write_only:  # a write-only key deletes nothing
                 self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
                 self.service.retention = self.retention
         # Serve, then tell systemd we are ready.
@@ -315,7 +322,7 @@ class Daemon:
 
     def _reload_retention(self, new: Config) -> None:
         """Follow a changed [repository] gc: reschedule, start or stop the retention thread."""
-        if self.scheduler is None:  # read-only: nothing is ever forgotten
+        if self.scheduler is None or self.repo.write_only:  # read-only, write-only: nothing is forgotten here
             return
         if new.repository.gc and self.retention is not None:
             self.retention.reload(new.repository.gc)

@@ -7,13 +7,16 @@ repository: wrong passphrase or key file") and the daemon exits 1. A config may 
 tried passphrase first; files are read only when needed. `cairnd --init` (daemon/preflight.py)
 creates an encrypted repository under the first secret named, and a plaintext one only when
 `--no-encryption` asks for it. Plaintext (format 1) repositories open as before; a secret
-given for one is ignored.
+given for one is ignored. A secret that opens a write-only key gives a write-only handle: it
+keeps its own sets and trees in `<state_dir>/write-only` (store/writeonly.py) and refuses
+restores, verify, prune and key changes with one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +27,9 @@ from cairn.store.errors import WrongKeyError
 from cairn.store.locations import is_s3
 from cairn.store.locations import open_repository as open_repository_at
 from cairn.store.repository import Repository
+
+log = logging.getLogger("cairn.daemon")
+WRITE_ONLY_CACHE = "write-only"  # under the state directory
 
 
 def add_key_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,3 +100,17 @@ def open_repository(repo: RepositoryConfig, *, read_only: bool) -> Repository:
             failure = e
     assert failure is not None
     raise failure
+
+
+def attach_write_only_cache(repo: Repository, state_dir: str, gc: str | None = None) -> None:
+    """A handle opened with a write-only key keeps its own sets and trees in the state
+    directory (0700/0600), so incrementals find their base after a restart. A `[repository]
+    gc` schedule is then not run (the daemon starts no retention thread)."""
+    if not getattr(repo, "write_only", False):
+        return
+    repo.attach_host_cache(os.path.join(state_dir, WRITE_ONLY_CACHE))
+    log.info("repository opened with a write-only key: backups and WAL archiving only; restores, "
+             "verify, prune and key changes need a full key")
+    if gc:
+        log.warning("[repository] gc is not run: the repository key is write-only (run retention on a host "
+                    "with a full key)")

@@ -520,13 +520,14 @@ class CairnService:
     def list_keys(self) -> list[dict[str, Any]]:
         """Every key object of the encrypted repository, the one in use marked `current`."""
         return [{"id": key_id, "type": info.type if info else "", "created": info.created if info else 0.0,
-                 "kdf": info.kdf if info else "", "current": key_id == self.repo.key_id, "problem": problem}
+                 "kdf": info.kdf if info else "", "current": key_id == self.repo.key_id, "problem": problem,
+                 "access": info.access if info else ""}
                 for info, key_id, problem in self.repo.list_keys()]
 
-    def add_key(self, secret: Secret) -> str:
+    def add_key(self, secret: Secret, write_only: bool = False) -> str:
         self._require_writable("adding a key")
-        key_id = self.repo.add_key(secret)
-        log.info("repository key %s added (%s)", key_id, secret.kind)
+        key_id = self.repo.add_key(secret, write_only=write_only)
+        log.info("repository key %s added (%s%s)", key_id, secret.kind, ", write-only" if write_only else "")
         return key_id
 
     def remove_key(self, ref: str) -> str:

@@ -66,6 +66,7 @@ from .model import (
 )
 from .segments import NameRule, PlainSegments, SegmentRules
 from .snapshots import wal as walmod
+from .snapshots import writeonly as wonly
 from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .snapshots.session import BackupSession
 from .snapshots.sets import decode_set, resolve
@@ -85,14 +86,21 @@ class Repository:
     """A Cairn repository on a Backend."""
 
     def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False,
-                 key: crypto.RepoKey | None = None, key_id: str = "") -> None:
+                 key: crypto.RepoKey | crypto.WriteOnlyKey | None = None, key_id: str = "",
+                 host_cache: wonly.HostCache | None = None) -> None:
         limit_arenas()
         self.key = key
         self.key_id = key_id  # the key object this handle was opened with (format 2)
         self.raw_backend = backend  # as given: key objects live here, unsealed
+        if isinstance(key, crypto.RepoKey):  # packs sealed to the public key: their header, read on demand
+            raw = backend
+            key.pack_header_reader = lambda pack: raw.get_range("packs", pack, 0, crypto.PK_HEADER_LEN)
         if key is not None:
             backend = crypto.SealedBackend(backend, key)
             config = dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, seed=key.chunker_seed))
+        if self.write_only:  # store/writeonly.py: its own sets and trees from its cache, no deletes
+            backend = wonly.GuardedBackend(backend, host_cache or wonly.HostCache())
+            backend.after_set = self._own_set_stored
         self.backend = backend
         self.config = config
         self.read_only = read_only
@@ -158,8 +166,7 @@ class Repository:
             if secret is None:
                 raise WrongKeyError("unable to open repository: it is encrypted and no passphrase or key "
                                     "file was given", hint="give --passphrase-file F or --key-file F")
-            key_id, master = crypto.unlock(backend, config.id, secret)
-            key = crypto.RepoKey(master)
+            key_id, key = crypto.unlock_key(backend, config.id, secret)
         elif config.version == PLAINTEXT_VERSION and config.encryption is not None:
             raise CorruptionError(f"unable to read the config of repository '{backend.location()}': "
                                   "format 1 cannot be encrypted")
@@ -173,6 +180,51 @@ class Repository:
     def encrypted(self) -> bool:
         return self.key is not None
 
+    @property
+    def write_only(self) -> bool:
+        """Opened with a write-only key: backs up, reads nothing others wrote, deletes nothing."""
+        return bool(getattr(self.key, "write_only", False))
+
+    def _full_key(self, what: str) -> None:
+        if self.write_only:
+            raise crypto.write_only_refusal(what)
+
+    @property
+    def host_cache(self) -> wonly.HostCache | None:
+        """A write-only handle's cache of its own sets and trees (store/writeonly.py)."""
+        return self.backend.cache if self.write_only else None  # type: ignore[attr-defined]
+
+    def attach_host_cache(self, path: str) -> None:
+        """Keep a write-only handle's own sets and trees in directory `path` (the daemon's
+        state directory), so incrementals still have their base after a restart."""
+        if self.write_only:
+            self.backend.cache = wonly.HostCache(path)  # type: ignore[attr-defined]
+            with self._sets_lock:
+                self._sets.clear()
+
+    def _own_set_stored(self, name: str) -> None:
+        """After one of this write-only host's sets is stored: forget cached trees no newest
+        set (per source) reaches, and set records the repository no longer lists."""
+        cache = self.host_cache
+        assert cache is not None
+        listed = set(self.backend.list("sets")) | {name}
+        newest: dict[str, BackupSet] = {}
+        for n in cache.names("sets"):
+            if n not in listed:
+                if cache.age("sets", n) > wonly.TREE_GRACE:
+                    cache.remove("sets", n)
+                continue
+            data = cache.get("sets", n)
+            try:
+                s = decode_set(n, data or b"")
+            except CorruptionError:
+                continue
+            if s.source not in newest or (s.time_end, s.id) > (newest[s.source].time_end, newest[s.source].id):
+                newest[s.source] = s
+        roots = [bytes.fromhex(t) for s in newest.values()
+                 for t in [s.tree, *(a.get("tree") for a in s.attachments.values() if isinstance(a, dict))] if t]
+        cache.keep_trees_of(roots)
+
     def _encrypted_only(self) -> None:
         if self.key is None:
             raise FailedPreconditionError("the repository is not encrypted (format 1): it has no keys")
@@ -182,18 +234,53 @@ class Repository:
         self._encrypted_only()
         return [(info, key_id, problem) for key_id, info, _doc, problem in crypto.iter_keys(self.raw_backend)]
 
-    def add_key(self, secret: crypto.Secret, argon2: dict | None = None) -> str:
-        """Wrap this repository's master key under `secret` in a new key object; its id."""
+    def add_key(self, secret: crypto.Secret, argon2: dict | None = None, *, write_only: bool = False) -> str:
+        """Wrap this repository's master key under `secret` in a new key object; its id. With
+        `write_only` the object wraps only what a write-only host needs (store/crypto.py); first,
+        holding the garbage collector's lock, index files and gc markers still sealed under the
+        data key are sealed again under the index key (same name, same plaintext), so the new
+        key reads the whole index and every marker."""
         self._encrypted_only()
+        self._full_key("to add a key")
         self._writable()
-        key_id, data = crypto.make_key_object(self.config.id, self.key.master, secret, argon2)
+        payload = None
+        if write_only:
+            self.reseal_control_objects()
+            payload = self.key.write_only_payload()  # type: ignore[union-attr]
+        key_id, data = crypto.make_key_object(self.config.id, self.key.master, secret, argon2,
+                                              write_only=payload)
         self.raw_backend.put("keys", key_id, data)
         return key_id
+
+    def reseal_control_objects(self) -> int:
+        """Seal index files and gc markers that only the data key opens under the index key
+        (format 2 repositories written before write-only keys). Runs under the gc lock: only
+        a collector deletes other writers' index files and markers. Returns how many."""
+        key: crypto.RepoKey = self.key  # type: ignore[assignment]
+        done = 0
+        with self.locks.hold("reseal", gc=True, wait=PRUNE_LOCK_WAIT):
+            for kind in ("index", "gc"):
+                for name in list(self.raw_backend.list(kind)):
+                    try:
+                        sealed = self.raw_backend.get(kind, name)
+                    except NotFoundError:
+                        continue
+                    resealed = key.reseal_control(kind, name, sealed)
+                    if resealed is None:
+                        continue  # under the index key already, or damaged (check reports it)
+                    try:
+                        self.raw_backend.stat(kind, name)
+                    except NotFoundError:
+                        continue  # a writer's rescue replaced it meanwhile
+                    self.raw_backend.put(kind, name, resealed)
+                    done += 1
+        return done
 
     def remove_key(self, ref: str) -> str:
         """Remove one key object by id or unique prefix. Refused for the last usable key and
         for the key this handle was opened with (the next open would need another one)."""
         self._encrypted_only()
+        self._full_key("to remove a key")
         self._writable()
         keys = [(key_id, doc) for key_id, _info, doc, _p in crypto.iter_keys(self.raw_backend)]
         hits = [k for k, _ in keys if ref and k.startswith(ref.lower())]
@@ -363,6 +450,9 @@ class Repository:
 
         writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
                             level=self.config.compression_level, publish=publish, key=self.key)
+        if self.write_only:  # every tree a session stores or reuses: the base of the next one
+            cache = self.host_cache
+            writer.on_tree = lambda bid, data: cache.put("trees", bid.hex(), data, durable=False)  # type: ignore
         writer.own_blobs = own  # type: ignore[attr-defined]
         writer.rescued = {}  # type: ignore[attr-defined]
         writer.own_files = files  # type: ignore[attr-defined]
@@ -469,15 +559,25 @@ class Repository:
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
-        entries = decode_tree(tree_id, self.reader.read(tree_id))
+        entries = decode_tree(tree_id, self._own_tree(tree_id) if self.write_only else self.reader.read(tree_id))
         with self._tree_lock:
             self._trees[tree_id] = entries
             if len(self._trees) > TREE_CACHE:
                 self._trees.popitem(last=False)
         return entries
 
+    def _own_tree(self, tree_id: bytes) -> bytes:
+        """A write-only handle's tree: only the trees of its own sets, from its cache."""
+        data = self.host_cache.get("trees", tree_id.hex())  # type: ignore[union-attr]
+        if data is None or self.key.blob_id(data) != tree_id:  # type: ignore[union-attr]
+            raise crypto.WriteOnlyKeyError(f"unable to read tree '{tree_id.hex()[:8]}..': it is not one of this "
+                                           "host's cached trees and the repository key is write-only")
+        return data
+
     def list_sets(self, source: str | None = None) -> list[BackupSet]:
         names = set(self.backend.list("sets"))
+        if self.write_only:  # only this host's own sets, as its cache holds them
+            names &= set(self.host_cache.names("sets"))  # type: ignore[union-attr]
         with self._sets_lock:
             for gone in set(self._sets) - names:
                 del self._sets[gone]
@@ -491,7 +591,13 @@ class Repository:
         return sorted(sets, key=lambda s: (s.time_end, s.id))
 
     def get_set(self, ref: str, source: str | None = None) -> BackupSet:
-        return resolve(self.list_sets(), ref, source)
+        try:
+            return resolve(self.list_sets(), ref, source)
+        except NotFoundError:
+            if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
+                raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
+                                               "host's repository key is write-only") from None
+            raise
 
     # -- backup --------------------------------------------------------------------
     def choose_base(self, source: str, level: str) -> tuple[str, BackupSet | None, str]:
@@ -503,6 +609,8 @@ class Repository:
         if level == "differential":
             sets = [s for s in sets if s.level == "full"]
         sets = [s for s in sets if bytes.fromhex(s.tree) in self.index]
+        if self.write_only:  # a base is only usable with its trees at hand
+            sets = [s for s in sets if self.host_cache.get("trees", s.tree) is not None]  # type: ignore[union-attr]
         if not sets:
             want = "full set" if level == "differential" else "set"
             return "full", None, f"no {want} of source '{source}' to base a {level} on: taken as full"
@@ -591,6 +699,7 @@ class Repository:
                        manifest: bool = False) -> Iterator[Record]:
         """The records that restore `s` (or chosen paths of it, or an attachment), content verified;
         `select` filters by pattern; `manifest` lists files' chunks instead of their content."""
+        self._full_key("to restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.load_tree, root, p)
@@ -610,6 +719,7 @@ class Repository:
     def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None) -> Iterator[bytes]:
         """The content of chunks `ids` of set `s` (or its attachment), in order; NotFoundError
         before anything is read if one is not part of it."""
+        self._full_key("to read file data")
         allowed = set_chunks(self.load_tree, [self.root_tree(s, attachment)])
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
@@ -619,6 +729,7 @@ class Repository:
 
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
                 progress: ProgressFn | None = None, attachment: str | None = None) -> RestoreStats:
+        self._full_key("to restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():  # unknown paths (or attachment) fail before the target is touched
             find_entry(self.load_tree, root, p)
@@ -644,6 +755,7 @@ class Repository:
     # -- maintenance -----------------------------------------------------------------
     def check(self, *, read_data: bool = False, set_ref: str | None = None,
               progress: ProgressFn | None = None) -> CheckReport:
+        self._full_key("to verify (it reads every set and tree)")
         self.load_index()
         return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
 
@@ -654,6 +766,7 @@ class Repository:
         later run once `grace` seconds (default: `gc_grace`, else prune.GRACE) have passed and
         every lock held when they were marked is gone. Waits up to `lock_wait` seconds
         (retrying with backoff) for another prune to end."""
+        self._full_key("to prune")
         if not dry_run:
             self._writable()
         if grace is None:
@@ -726,10 +839,12 @@ class Repository:
 
     def get_wal(self, name: str, namespace: str = "") -> bytes:
         """WAL file `name` of `namespace`, else its flat entry (store/snapshots/wal.py)."""
+        self._full_key("to read archived WAL")
         return walmod.get(self, name, namespace)
 
     def get_wal_entry(self, name: str, namespace: str = "") -> tuple[str, bytes]:
         """(name space it was found in, content) of WAL file `name`, as get_wal finds it."""
+        self._full_key("to read archived WAL")
         return walmod.get_entry(self, name, namespace)
 
     def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:

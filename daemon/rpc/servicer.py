@@ -325,7 +325,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             secret = Secret("keyfile", request.key_file)
         else:
             raise InvalidArgumentError("a key needs a non-empty passphrase or the 32 bytes of a key file")
-        return pb.KeyAddReply(id=self.service.add_key(secret))
+        return pb.KeyAddReply(id=self.service.add_key(secret, write_only=request.write_only))
 
     @rpc
     def KeyRemove(self, request: pb.KeyRemoveRequest, context: grpc.ServicerContext) -> pb.KeyRemoveReply:

@@ -31,10 +31,10 @@ from ..errors import AbortedError, BackendError, CorruptionError, NotFoundError,
 from ..memory import release_free_memory
 from ..storage.backend import Backend
 from .index import Index, encode_index
-from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
+from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, HEADER, TYPE_TREE, PackBuilder, PackEntry
 
 if TYPE_CHECKING:
-    from .crypto import RepoKey
+    from .crypto import RepoKey, WriteOnlyKey
 
 _tls = threading.local()
 COMPRESS_THREADS = max(2, os.cpu_count() or 2)
@@ -101,7 +101,7 @@ def decode_blob(stored: bytes, codec: int, raw_len: int, ref_data: bytes | None 
 class BlobReader:
     """Reads blobs by id through the index, verifying each against its id."""
 
-    def __init__(self, backend: Backend, index: Index, key: RepoKey | None = None) -> None:
+    def __init__(self, backend: Backend, index: Index, key: RepoKey | WriteOnlyKey | None = None) -> None:
         self.backend = backend
         self.index = index
         self.key = key
@@ -109,7 +109,15 @@ class BlobReader:
 
     def unseal(self, pack: str, bid: bytes, stored: bytes) -> bytes:
         """The stored (compressed) bytes of a blob as read from its pack, opened when sealed."""
-        return self.key.open_blob(pack, bid, stored) if self.key is not None else stored
+        if self.key is None:
+            return stored
+        return self.key.open_blob(pack, bid, stored, header=lambda: self._header(pack))
+
+    def _header(self, pack: str) -> bytes:
+        """The first bytes of a pack: a pack sealed to the public key holds its data key there."""
+        from .crypto import PK_HEADER_LEN
+
+        return self.backend.get_range("packs", pack, 0, PK_HEADER_LEN)
 
     def read(self, bid: bytes, *, verify: bool = True) -> bytes:
         """The plaintext of blob `bid`, checked against its id (unless `verify` is off, which
@@ -184,9 +192,13 @@ class BlobWriter:
     def __init__(self, backend: Backend, index: Index | KnownBlobs, *, pack_size: int, level: int,
                  max_pending: int = 1, index_every: int = 32,
                  publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None,
-                 key: RepoKey | None = None) -> None:
+                 key: RepoKey | WriteOnlyKey | None = None) -> None:
         self.backend = backend
+        fork = getattr(key, "for_writer", None)
+        key = fork() if fork is not None else key  # a write-only key: a data key for this session alone
         self.key = key
+        self._header = getattr(key, "pack_header", HEADER) if key is not None else HEADER
+        self.on_tree: Callable[[bytes, bytes], None] | None = None  # told every tree this session stores or reuses
         self.blob_id = key.blob_id if key is not None else blob_id
         self._trailer_seal = key.seal_trailer if key is not None else None
         self.index = index
@@ -197,7 +209,7 @@ class BlobWriter:
         self.index_every = index_every
         self._lock = threading.Lock()
         self._inflight: set[bytes] = set()
-        self._builder = PackBuilder(seal=self._trailer_seal)
+        self._builder = PackBuilder(seal=self._trailer_seal, header=self._header)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._unindexed: dict[str, list[PackEntry]] = {}
         self._error: BaseException | None = None
@@ -304,6 +316,8 @@ class BlobWriter:
 
     def put_data(self, btype: int, data: bytes | memoryview) -> bytes:
         bid = self.blob_id(data)
+        if btype == TYPE_TREE and self.on_tree is not None:
+            self.on_tree(bid, bytes(data))
         self.put(bid, btype, data)
         return bid
 
@@ -344,9 +358,9 @@ class BlobWriter:
                 self._raise_if_failed()
                 self._spare_cv.wait(0.2)
             if self._spare:
-                return PackBuilder(self._spare.pop(), self._trailer_seal)
+                return PackBuilder(self._spare.pop(), self._trailer_seal, self._header)
             self._buffers += 1
-            return PackBuilder(seal=self._trailer_seal)
+            return PackBuilder(seal=self._trailer_seal, header=self._header)
 
     def _upload(self, builder: PackBuilder) -> None:
         name, data, entries = builder.finish()
@@ -380,7 +394,7 @@ class BlobWriter:
         """Flush the last pack, wait for uploads, write the index. Raises the first failure."""
         self._stop_pool()
         with self._lock:
-            last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal)
+            last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal, header=self._header)
         if last.entries:
             self._enqueue(last)
         self._queue.put(None)

@@ -6,13 +6,20 @@ What always holds:
   from a passphrase (Argon2id, parameters in the key object) or from a key file (32 random
   bytes, base64);
 - from the master secret come, by blake3's key derivation, the data key (AES-256-GCM for
-  every blob and every small object), the id key (blob ids are keyed blake3) and the
+  blobs, sets and WAL entries), the id key (blob ids are keyed blake3) and the
   chunker's gear seed; none of them is ever written anywhere;
 - a sealed byte string is `nonce (12 random bytes) | ciphertext | tag (16)`; the associated
   data names what it is (a blob's id, or an object's kind and name), so a ciphertext moved to
   another place, or any changed byte, fails to open with a CorruptionError;
-- a wrong passphrase or key file is a WrongKeyError with one clear message.
-See docs/format.md, "Format version 2".
+- a wrong passphrase or key file is a WrongKeyError with one clear message;
+- the master secret also gives the index key (AES-256-GCM for the objects every writer must
+  read: index files, locks, gc markers) and a repository X25519 key pair; a *write-only* key
+  object wraps only the id key, the chunker seed, the index key and the public key, so a host
+  holding it can write blobs, trees, sets and WAL (sealed to the public key: a random data key
+  per write session, wrapped in every pack's header by an ephemeral X25519 exchange, or one exchange
+  per small object) and deduplicate against the index, but open nothing another writer sealed
+  (WriteOnlyKey); a full key (RepoKey) opens both forms.
+See docs/format.md, "Format version 2" and "Write-only keys".
 """
 
 from __future__ import annotations
@@ -21,16 +28,20 @@ import base64
 import binascii
 import json
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import blake3
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import CorruptionError, InvalidArgumentError, NotFoundError, WrongKeyError, short
+from ..errors import CorruptionError, FailedPreconditionError, InvalidArgumentError, NotFoundError, WrongKeyError, short
 from ..storage.backend import Backend
 
 CIPHER = "aes-256-gcm"
@@ -50,6 +61,60 @@ CTX_DATA = "cairn 2026-12 data key v2"
 CTX_IDS = "cairn 2026-12 blob id key v2"
 CTX_CHUNKER = "cairn 2026-12 chunker seed v2"
 CTX_KEYFILE = "cairn 2026-12 key file wrapping v2"
+CTX_INDEX = "cairn 2026-12 index key v2"
+CTX_X25519 = "cairn 2026-12 repository x25519 key v2"
+HKDF_INFO = b"cairn 2026-12 public-key seal v2"
+
+CONTROL_KINDS = ("index", "locks", "gc")  # sealed under the index key: every writer reads them
+PK_OBJECT = b"\x01"  # first byte of a small object sealed to the repository's public key
+PK_HEADER = b"CAIRNPKW"  # header magic of a pack whose blobs are sealed to the public key
+PUBLIC_LEN = 32
+WRAP_LEN = PUBLIC_LEN + NONCE + MASTER_LEN + TAG  # ephemeral public key | nonce | sealed data key
+PK_HEADER_LEN = len(PK_HEADER) + WRAP_LEN
+WRITE_ONLY_PAYLOAD = 32 + 8 + 32 + PUBLIC_LEN  # id key | chunker seed u64 | index key | public key
+PACK_KEY_CACHE = 4096
+
+
+class WriteOnlyKeyError(FailedPreconditionError):
+    """What a write-only key cannot do (read others' data, restore, delete, manage keys)."""
+
+
+def write_only_refusal(what: str) -> WriteOnlyKeyError:
+    return WriteOnlyKeyError(f"refusing {what}: this host's repository key is write-only",
+                             hint="use a full key (passphrase or key file) on a host allowed to read")
+
+
+def _derive(context: str, master: bytes, length: int = 32) -> bytes:
+    return blake3.blake3(master, derive_key_context=context).digest(length)
+
+
+def _seed_of(master: bytes) -> int:
+    seed = int.from_bytes(_derive(CTX_CHUNKER, master, 8), "little")
+    return (seed >> 1) or 1  # 63 bits (pyfastcdc shifts it left once); 0 means none
+
+
+def _shared_key(shared: bytes, ephemeral: bytes, public: bytes) -> bytes:
+    """The AES-256-GCM key of one X25519 exchange (HKDF-SHA256 bound to both public keys)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=HKDF_INFO + ephemeral + public).derive(shared)
+
+
+def seal_to(public: bytes, data: bytes, ad: bytes) -> bytes:
+    """`ephemeral public key (32) | nonce (12) | AES-256-GCM(HKDF(X25519(e, public)), data, ad)`."""
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes_raw()
+    key = _shared_key(eph.exchange(X25519PublicKey.from_public_bytes(public)), eph_pub, public)
+    nonce = os.urandom(NONCE)
+    return eph_pub + nonce + AESGCM(key).encrypt(nonce, data, ad)
+
+
+def _aead_open(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes | None:
+    if len(sealed) < OVERHEAD:
+        return None
+    try:
+        return aead.decrypt(sealed[:NONCE], sealed[NONCE:], ad)
+    except InvalidTag:
+        return None
 
 
 @dataclass(frozen=True)
@@ -106,10 +171,68 @@ class RepoKey:
         if len(master) != MASTER_LEN:
             raise CorruptionError("master key has the wrong length")
         self.master = master
-        self._aead = AESGCM(blake3.blake3(master, derive_key_context=CTX_DATA).digest())
-        self._id_key = blake3.blake3(master, derive_key_context=CTX_IDS).digest()
-        seed = int.from_bytes(blake3.blake3(master, derive_key_context=CTX_CHUNKER).digest(8), "little")
-        self.chunker_seed = (seed >> 1) or 1  # 63 bits (pyfastcdc shifts it left once); 0 means none
+        self._aead = AESGCM(_derive(CTX_DATA, master))
+        self._id_key = _derive(CTX_IDS, master)
+        self.chunker_seed = _seed_of(master)
+        self._index_key = _derive(CTX_INDEX, master)
+        self._index_aead = AESGCM(self._index_key)
+        self._private = X25519PrivateKey.from_private_bytes(_derive(CTX_X25519, master))
+        self.public = self._private.public_key().public_bytes_raw()
+        self._pack_keys: dict[str, AESGCM] = {}  # packs sealed to the public key: their data key
+        self._pack_keys_lock = threading.Lock()
+        # reads a pack's first PK_HEADER_LEN bytes when a caller gives no header (set by the
+        # repository handle, so every reader of blobs opens packs sealed to the public key)
+        self.pack_header_reader: Callable[[str], bytes] | None = None
+
+    write_only = False
+    pack_header = b"CAIRNPK1"  # a full key writes symmetric packs (store/packs.py HEADER)
+
+    def write_only_payload(self) -> bytes:
+        """What a write-only key object wraps: id key | chunker seed | index key | public key."""
+        return self._id_key + self.chunker_seed.to_bytes(8, "little") + self._index_key + self.public
+
+    def _unwrap_to_me(self, wrapped: bytes, ad: bytes) -> bytes | None:
+        """Open `seal_to(self.public, ...)` output."""
+        if len(wrapped) < PUBLIC_LEN + OVERHEAD:
+            return None
+        eph_pub = wrapped[:PUBLIC_LEN]
+        try:
+            shared = self._private.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        except ValueError:  # an all-zero shared secret (a low-order point): not ours
+            return None
+        return _aead_open(AESGCM(_shared_key(shared, eph_pub, self.public)), wrapped[PUBLIC_LEN:], ad)
+
+    def _pack_aead(self, pack: str, header: bytes | Callable[[], bytes] | None) -> AESGCM | None:
+        """The data key of a pack sealed to the public key (from its header), else None."""
+        aead = self._pack_keys.get(pack)
+        if aead is not None or header is None:
+            return aead
+        head = header() if callable(header) else header
+        if len(head) < PK_HEADER_LEN or head[:len(PK_HEADER)] != PK_HEADER:
+            return None
+        data_key = self._unwrap_to_me(bytes(head[len(PK_HEADER):PK_HEADER_LEN]), b"pack-key")
+        if data_key is None:
+            return None
+        aead = AESGCM(data_key)
+        with self._pack_keys_lock:  # restore threads read packs in parallel
+            if len(self._pack_keys) >= PACK_KEY_CACHE:
+                self._pack_keys.pop(next(iter(self._pack_keys)), None)
+            self._pack_keys[pack] = aead
+        return aead
+
+    def _open_packed(self, pack: str, sealed: bytes, ad: bytes,
+                     header: bytes | Callable[[], bytes] | None) -> bytes | None:
+        known = self._pack_keys.get(pack)
+        if known is not None:
+            return _aead_open(known, sealed, ad)
+        if header is None and self.pack_header_reader is not None:
+            read = self.pack_header_reader
+            header = lambda: read(pack)  # noqa: E731
+        plain = self.open(sealed, ad)
+        if plain is None:
+            aead = self._pack_aead(pack, header)
+            plain = _aead_open(aead, sealed, ad) if aead is not None else None
+        return plain
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()
@@ -131,8 +254,11 @@ class RepoKey:
     def seal_blob(self, bid: bytes, stored: bytes | memoryview) -> bytes:
         return self.seal(stored, b"blob" + bid)
 
-    def open_blob(self, pack: str, bid: bytes, sealed: bytes) -> bytes:
-        plain = self.open(sealed, b"blob" + bid)
+    def open_blob(self, pack: str, bid: bytes, sealed: bytes,
+                  header: bytes | Callable[[], bytes] | None = None) -> bytes:
+        """Open a blob sealed under the data key, or (given the pack's `header`, or a reader of
+        it) under the data key of a pack sealed to the public key."""
+        plain = self._open_packed(pack, sealed, b"blob" + bid, header)
         if plain is None:
             raise CorruptionError(f"unable to read pack '{short(pack)}': authentication failed "
                                   f"for blob '{short(bid.hex())}'")
@@ -142,20 +268,113 @@ class RepoKey:
     def seal_trailer(self, trailer: bytes) -> bytes:
         return self.seal(trailer, b"pack-trailer")
 
-    def open_trailer(self, pack: str, sealed: bytes) -> bytes:
-        plain = self.open(sealed, b"pack-trailer")
+    def open_trailer(self, pack: str, sealed: bytes, header: bytes | Callable[[], bytes] | None = None) -> bytes:
+        plain = self._open_packed(pack, sealed, b"pack-trailer", header)
         if plain is None:
             raise CorruptionError(f"unable to read pack '{short(pack)}': authentication failed for its trailer")
         return plain
 
     # small objects: the associated data is b"object:" + kind + b"/" + name
+    # (index files, locks and gc markers under the index key; others under the data key;
+    # objects sealed to the public key start with PK_OBJECT; readers try every form they know)
     def seal_object(self, kind: str, name: str, data: bytes) -> bytes:
-        return self.seal(data, f"object:{kind}/{name}".encode())
+        ad = f"object:{kind}/{name}".encode()
+        if kind in CONTROL_KINDS:
+            nonce = os.urandom(NONCE)
+            return nonce + self._index_aead.encrypt(nonce, data, ad)
+        return self.seal(data, ad)
+
+    def reseal_control(self, kind: str, name: str, sealed: bytes) -> bytes | None:
+        """A control object sealed under the data key (as written before the index key
+        existed), sealed again under the index key; None when it needs nothing or is damaged."""
+        ad = f"object:{kind}/{name}".encode()
+        if kind not in CONTROL_KINDS or _aead_open(self._index_aead, sealed, ad) is not None:
+            return None
+        plain = self.open(sealed, ad)
+        return None if plain is None else self.seal_object(kind, name, plain)
 
     def open_object(self, kind: str, name: str, sealed: bytes) -> bytes:
-        plain = self.open(sealed, f"object:{kind}/{name}".encode())
+        ad = f"object:{kind}/{name}".encode()
+        plain = _aead_open(self._index_aead, sealed, ad) if kind in CONTROL_KINDS else None
+        if plain is None:
+            plain = self.open(sealed, ad)  # the data key (control objects written before the index key)
+        if plain is None and sealed[:1] == PK_OBJECT:
+            plain = self._unwrap_to_me(sealed[1:], ad)
         if plain is None:
             raise CorruptionError(f"unable to read {kind} object '{short(name)}': authentication failed")
+        return plain
+
+
+class WriteOnlyKey:
+    """What a write-only key object unwraps to: ids, the chunker seed, the index key and the
+    repository's public key. It seals blobs and pack trailers under a random data key of its
+    own (wrapped to the public key in `pack_header`, which starts every pack it writes; each
+    write session gets its own by `for_writer`), sets and WAL catalog entries to the public
+    key, and index files, locks and markers under the index key. It opens only index-key
+    objects and what this very object sealed: never a blob, tree, set or WAL entry of another
+    writer or session (CorruptionError: authentication failed)."""
+
+    write_only = True
+    master = None
+
+    def __init__(self, payload: bytes) -> None:
+        if len(payload) != WRITE_ONLY_PAYLOAD:
+            raise CorruptionError("write-only key material has the wrong length")
+        self._payload = payload
+        self._id_key = payload[:32]
+        self.chunker_seed = int.from_bytes(payload[32:40], "little")
+        self._index_aead = AESGCM(payload[40:72])
+        self.public = payload[72:]
+        data_key = os.urandom(MASTER_LEN)  # this object's: no other ever holds it
+        self._aead = AESGCM(data_key)
+        self.pack_header = PK_HEADER + seal_to(self.public, data_key, b"pack-key")
+
+    def for_writer(self) -> WriteOnlyKey:
+        """The same key with a data key of its own, for one write session: what one session
+        sealed, no later session (nor the handle) can open again."""
+        return WriteOnlyKey(self._payload)
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self._id_key).digest()
+
+    def _seal(self, data: bytes | memoryview, ad: bytes) -> bytes:
+        nonce = os.urandom(NONCE)
+        return nonce + self._aead.encrypt(nonce, bytes(data) if isinstance(data, memoryview) else data, ad)
+
+    def seal_blob(self, bid: bytes, stored: bytes | memoryview) -> bytes:
+        return self._seal(stored, b"blob" + bid)
+
+    def open_blob(self, pack: str, bid: bytes, sealed: bytes,
+                  header: bytes | Callable[[], bytes] | None = None) -> bytes:
+        plain = _aead_open(self._aead, sealed, b"blob" + bid)  # only what this handle wrote
+        if plain is None:
+            raise CorruptionError(f"unable to read pack '{short(pack)}': authentication failed "
+                                  f"for blob '{short(bid.hex())}' (the key is write-only)")
+        return plain
+
+    def seal_trailer(self, trailer: bytes) -> bytes:
+        return self._seal(trailer, b"pack-trailer")
+
+    def open_trailer(self, pack: str, sealed: bytes, header: bytes | Callable[[], bytes] | None = None) -> bytes:
+        plain = _aead_open(self._aead, sealed, b"pack-trailer")
+        if plain is None:
+            raise CorruptionError(f"unable to read pack '{short(pack)}': authentication failed for its trailer "
+                                  "(the key is write-only)")
+        return plain
+
+    def seal_object(self, kind: str, name: str, data: bytes) -> bytes:
+        ad = f"object:{kind}/{name}".encode()
+        if kind in CONTROL_KINDS:
+            nonce = os.urandom(NONCE)
+            return nonce + self._index_aead.encrypt(nonce, data, ad)
+        return PK_OBJECT + seal_to(self.public, data, ad)
+
+    def open_object(self, kind: str, name: str, sealed: bytes) -> bytes:
+        ad = f"object:{kind}/{name}".encode()
+        plain = _aead_open(self._index_aead, sealed, ad) if kind in CONTROL_KINDS else None
+        if plain is None:
+            raise CorruptionError(f"unable to read {kind} object '{short(name)}': authentication failed"
+                                  + ("" if kind in CONTROL_KINDS else " (the key is write-only)"))
         return plain
 
 
@@ -174,12 +393,16 @@ def _kek(secret: Secret, kdf: dict) -> bytes:
     raise ValueError("kdf does not fit the secret")
 
 
-def _key_ad(repo_id: str, key_id: str) -> bytes:
-    return f"key:{repo_id}/{key_id}".encode()
+def _key_ad(repo_id: str, key_id: str, access: str = "full") -> bytes:
+    base = f"key:{repo_id}/{key_id}"
+    return (base if access == "full" else f"{base}/{access}").encode()
 
 
-def make_key_object(repo_id: str, master: bytes, secret: Secret, argon2: dict | None = None) -> tuple[str, bytes]:
-    """A new key object wrapping `master` under `secret`: returns (key id, bytes)."""
+def make_key_object(repo_id: str, master: bytes, secret: Secret, argon2: dict | None = None,
+                    *, write_only: bytes | None = None) -> tuple[str, bytes]:
+    """A new key object wrapping `master` under `secret`: returns (key id, bytes). With
+    `write_only` (RepoKey.write_only_payload()) it wraps that instead and says
+    `"access": "write-only"` (bound into the associated data)."""
     key_id = os.urandom(16).hex()
     salt = os.urandom(16)
     if secret.kind == "passphrase":
@@ -187,9 +410,13 @@ def make_key_object(repo_id: str, master: bytes, secret: Secret, argon2: dict | 
     else:
         kdf = {"name": "blake3-derive", "salt": _b64(salt)}
     nonce = os.urandom(NONCE)
-    wrapped = nonce + AESGCM(_kek(secret, kdf)).encrypt(nonce, master, _key_ad(repo_id, key_id))
+    access = "full" if write_only is None else "write-only"
+    payload = master if write_only is None else write_only
+    wrapped = nonce + AESGCM(_kek(secret, kdf)).encrypt(nonce, payload, _key_ad(repo_id, key_id, access))
     doc = {"magic": KEY_MAGIC, "version": KEY_VERSION, "type": secret.kind, "kdf": kdf,
            "cipher": CIPHER, "wrapped": _b64(wrapped), "created": round(time.time(), 3)}
+    if write_only is not None:
+        doc["access"] = access
     return key_id, (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
 
 
@@ -199,6 +426,7 @@ class KeyInfo:
     type: str
     created: float
     kdf: str
+    access: str = "full"  # or "write-only"
 
 
 def parse_key_object(key_id: str, data: bytes) -> tuple[KeyInfo, dict]:
@@ -207,20 +435,25 @@ def parse_key_object(key_id: str, data: bytes) -> tuple[KeyInfo, dict]:
         if doc["magic"] != KEY_MAGIC or doc["version"] != KEY_VERSION or doc["cipher"] != CIPHER:
             raise ValueError("magic")
         base64.b64decode(doc["wrapped"], validate=True)
-        info = KeyInfo(key_id, str(doc["type"]), float(doc["created"]), str(doc["kdf"]["name"]))
+        access = str(doc.get("access", "full"))
+        if access not in ("full", "write-only"):
+            raise ValueError("access")
+        info = KeyInfo(key_id, str(doc["type"]), float(doc["created"]), str(doc["kdf"]["name"]), access)
         return info, doc
     except (ValueError, KeyError, TypeError):
         raise CorruptionError(f"unable to read key '{short(key_id)}': not a valid key object") from None
 
 
 def unwrap(repo_id: str, key_id: str, doc: dict, secret: Secret) -> bytes | None:
-    """The master secret if `secret` opens key object `doc`, else None."""
+    """What key object `doc` wraps (the master secret, or a write-only key's material) if
+    `secret` opens it, else None."""
     if doc["type"] != secret.kind:
         return None
     try:
         kek = _kek(secret, doc["kdf"])
         wrapped = base64.b64decode(doc["wrapped"])
-        return AESGCM(kek).decrypt(wrapped[:NONCE], wrapped[NONCE:], _key_ad(repo_id, key_id))
+        ad = _key_ad(repo_id, key_id, str(doc.get("access", "full")))
+        return AESGCM(kek).decrypt(wrapped[:NONCE], wrapped[NONCE:], ad)
     except (InvalidTag, ValueError, KeyError, TypeError):
         return None
 
@@ -239,12 +472,30 @@ def iter_keys(backend: Backend) -> Iterator[tuple[str, KeyInfo | None, dict | No
 
 def unlock(backend: Backend, repo_id: str, secret: Secret) -> tuple[str, bytes]:
     """(key id, master secret) of the first key object `secret` opens; WrongKeyError if none."""
-    for key_id, _info, doc, _problem in iter_keys(backend):
-        if doc is None:
+    key_id, key = unlock_key(backend, repo_id, secret)
+    if isinstance(key, WriteOnlyKey):
+        raise WrongKeyError(WRONG_KEY)
+    return key_id, key.master
+
+
+def unlock_key(backend: Backend, repo_id: str, secret: Secret) -> tuple[str, RepoKey | WriteOnlyKey]:
+    """(key id, key) of a key object `secret` opens, full keys before write-only ones (a
+    secret that opens both gives the full key); WrongKeyError if none."""
+    limited: tuple[str, WriteOnlyKey] | None = None
+    for key_id, info, doc, _problem in iter_keys(backend):
+        if doc is None or info is None:
             continue
-        master = unwrap(repo_id, key_id, doc, secret)
-        if master is not None and len(master) == MASTER_LEN:
-            return key_id, master
+        if info.access == "write-only" and limited is not None:
+            continue
+        payload = unwrap(repo_id, key_id, doc, secret)
+        if payload is None:
+            continue
+        if info.access == "full" and len(payload) == MASTER_LEN:
+            return key_id, RepoKey(payload)
+        if info.access == "write-only" and len(payload) == WRITE_ONLY_PAYLOAD:
+            limited = (key_id, WriteOnlyKey(payload))
+    if limited is not None:
+        return limited
     raise WrongKeyError(WRONG_KEY)
 
 
@@ -254,7 +505,7 @@ class SealedBackend:
     Packs pass through: their blobs are sealed one by one by the blob writer, so ranged reads
     still work. Config and key objects pass through (they must be readable before the key)."""
 
-    def __init__(self, inner: Backend, key: RepoKey) -> None:
+    def __init__(self, inner: Backend, key: RepoKey | WriteOnlyKey) -> None:
         self.inner = inner
         self.key = key
 

@@ -9,7 +9,9 @@ A pack is named by the blake3 of its whole content, so any damage is detectable,
 index can be rebuilt from packs alone by reading footers and trailers. In an encrypted
 repository (format 2) the trailer is sealed (`seal`/`open` from the repository key) and the
 footer's hash and offset are those of the sealed trailer, so ids, types and lengths of the
-blobs are not readable without the key.
+blobs are not readable without the key. A pack written with a write-only key starts with
+PK_HEADER and the data key of its blobs wrapped to the repository's public key (see
+store/crypto.py); its blobs start after that, offsets count from the pack's first byte.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import blake3
 from ..errors import CorruptionError, short
 
 HEADER = b"CAIRNPK1"
+PK_HEADER = b"CAIRNPKW"  # followed by the wrapped data key (store/crypto.py PK_HEADER_LEN in all)
 FOOTER_MAGIC = b"CAIRNPKE"
 ENTRY = struct.Struct("<32sBBIIQ")
 FOOTER = struct.Struct("<QI32s8s")
@@ -53,12 +56,13 @@ class PackBuilder:
     writer that recycles buffers allocates pack memory once instead of once per pack.
     """
 
-    def __init__(self, buf: bytearray | None = None, seal: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(self, buf: bytearray | None = None, seal: Callable[[bytes], bytes] | None = None,
+                 header: bytes = HEADER) -> None:
         self.seal = seal
         self.buf = buf if buf is not None else bytearray()
         self.size = 0
         self.entries: list[PackEntry] = []
-        self._put(HEADER)
+        self._put(header)
 
     def _put(self, data: bytes) -> None:
         end = self.size + len(data)
@@ -111,11 +115,17 @@ def parse_trailer(name: str, trailer: bytes, count: int, trailer_hash: bytes,
     return [PackEntry(*ENTRY.unpack_from(trailer, i * ENTRY.size)) for i in range(count)]
 
 
-def parse_pack(name: str, data: bytes, open_sealed: Callable[[str, bytes], bytes] | None = None) -> list[PackEntry]:
-    """Verify a whole pack against its name and return its entries."""
+def parse_pack(name: str, data: bytes, open_sealed: Callable[..., bytes] | None = None) -> list[PackEntry]:
+    """Verify a whole pack against its name and return its entries. A pack sealed to a public
+    key hands its header to `open_sealed` (as `header=`), which holds its wrapped data key."""
     if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != name:
         raise CorruptionError(f"unable to read pack '{short(name)}': checksum mismatch")
-    if not data.startswith(HEADER):
+    if data.startswith(PK_HEADER):
+        if open_sealed is None:
+            raise CorruptionError(f"unable to read pack '{short(name)}': sealed to a key and no key given")
+        opener, head = open_sealed, bytes(data[:4096])
+        open_sealed = lambda n, t: opener(n, t, header=head)  # noqa: E731
+    elif not data.startswith(HEADER):
         raise CorruptionError(f"unable to read pack '{short(name)}': bad header magic")
     off, count, th = parse_footer(name, data)
     return parse_trailer(name, data[off:len(data) - FOOTER.size], count, th, open_sealed)

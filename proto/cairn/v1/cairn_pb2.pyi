@@ -721,20 +721,22 @@ class KeyListRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RepositoryKeyInfo(_message.Message):
-    __slots__ = ("id", "type", "created", "kdf", "current", "problem")
+    __slots__ = ("id", "type", "created", "kdf", "current", "problem", "access")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     KDF_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     created: float
     kdf: str
     current: bool
     problem: str
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., created: _Optional[float] = ..., kdf: _Optional[str] = ..., current: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
+    access: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., created: _Optional[float] = ..., kdf: _Optional[str] = ..., current: _Optional[bool] = ..., problem: _Optional[str] = ..., access: _Optional[str] = ...) -> None: ...
 
 class KeyListReply(_message.Message):
     __slots__ = ("keys",)
@@ -743,12 +745,14 @@ class KeyListReply(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[RepositoryKeyInfo, _Mapping]]] = ...) -> None: ...
 
 class KeyAddRequest(_message.Message):
-    __slots__ = ("passphrase", "key_file")
+    __slots__ = ("passphrase", "key_file", "write_only")
     PASSPHRASE_FIELD_NUMBER: _ClassVar[int]
     KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ONLY_FIELD_NUMBER: _ClassVar[int]
     passphrase: bytes
     key_file: bytes
-    def __init__(self, passphrase: _Optional[bytes] = ..., key_file: _Optional[bytes] = ...) -> None: ...
+    write_only: bool
+    def __init__(self, passphrase: _Optional[bytes] = ..., key_file: _Optional[bytes] = ..., write_only: _Optional[bool] = ...) -> None: ...
 
 class KeyAddReply(_message.Message):
     __slots__ = ("id",)

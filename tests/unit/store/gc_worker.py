@@ -6,6 +6,8 @@ back it up, and record {set id: digests of SRC as captured} in OUT/<set id>.json
 pruner REPO OUT SEED SECONDS GRACE: until SECONDS pass, prune with a random policy and grace
 GRACE, recording each report in OUT/prune-<n>.json.
 A failed commit (a collector marked what it relied on) is counted, not fatal.
+With CAIRN_GC_PASSPHRASE set, the (encrypted) repository is opened with that passphrase, which
+may be a write-only key's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import sys
 import time
 
+from cairn.store.content.crypto import Secret
 from cairn.store.errors import FailedPreconditionError, LockedError
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
@@ -33,9 +36,14 @@ def digests(root: str) -> dict[str, str]:
     return out
 
 
+def _secret() -> Secret | None:
+    word = os.environ.get("CAIRN_GC_PASSPHRASE")
+    return Secret("passphrase", word.encode()) if word else None
+
+
 def writer(repo_path: str, src: str, out: str, seed: int, seconds: float, shared: str) -> None:
     rng = random.Random(seed)
-    repo = Repository.open_local(repo_path)
+    repo = Repository.open_local(repo_path, secret=_secret())
     pool = sorted(os.listdir(shared))
     end = time.monotonic() + seconds
     n = failed = 0
@@ -66,7 +74,7 @@ def writer(repo_path: str, src: str, out: str, seed: int, seconds: float, shared
 
 def pruner(repo_path: str, out: str, seed: int, seconds: float, grace: float) -> None:
     rng = random.Random(seed)
-    repo = Repository.open_local(repo_path)
+    repo = Repository.open_local(repo_path, secret=_secret())
     end = time.monotonic() + seconds
     n = deleted = 0
     while time.monotonic() < end:

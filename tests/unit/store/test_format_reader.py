@@ -43,6 +43,7 @@ class DocReader:
         assert self.config["encryption"]["cipher"] == "aes-256-gcm"
         self.master = self.unlock(keyfile)
         self.data_key = AESGCM(blake3.blake3(self.master, derive_key_context="cairn 2026-12 data key v2").digest())
+        self.index_key = AESGCM(blake3.blake3(self.master, derive_key_context="cairn 2026-12 index key v2").digest())
         self.id_key = blake3.blake3(self.master, derive_key_context="cairn 2026-12 blob id key v2").digest()
         self.index: dict[bytes, tuple[str, int, int, int, int, int]] = {}
 
@@ -81,7 +82,10 @@ class DocReader:
         return self.data_key.decrypt(sealed[:12], sealed[12:], ad)
 
     def small(self, kind: str, name: str) -> bytes:
-        return self.open_sealed(self.read(kind, name), f"object:{kind}/{name}".encode())
+        sealed, ad = self.read(kind, name), f"object:{kind}/{name}".encode()
+        if kind in ("index", "locks", "gc"):  # control objects: under the index key
+            return self.index_key.decrypt(sealed[:12], sealed[12:], ad)
+        return self.open_sealed(sealed, ad)
 
     def load_index(self) -> None:
         entry = struct.Struct("<32sBBIIII")

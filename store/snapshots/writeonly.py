@@ -1,0 +1,227 @@
+"""What a handle opened with a write-only key keeps and refuses.
+
+A write-only key (store/crypto.py WriteOnlyKey) opens no set, tree or WAL entry another writer
+sealed, so the host keeps the plaintext of what it needs itself, in a `HostCache` (in its state
+directory: directories 0700, files 0600, each written to a temp file, fsynced and renamed):
+- the set objects it committed (as committed: the repository only holds them sealed),
+- the trees of those sets (change detection compares against the base set's trees; only the
+  trees reachable from the newest cached set of each source and its attachments are kept),
+- the WAL catalog entries it pushed (a retried push of the same content is a no-op).
+A cached record is written *before* the object it mirrors, so a crash leaves at most a record
+of an object that does not exist: listings intersect with the repository's own listing. One
+process uses a cache at a time (the daemon holds its state directory's lock), so temp files
+found when it is opened are leftovers of a killed write and removed.
+
+`GuardedBackend` wraps the handle's (sealed) backend: it reads sets and WAL entries from the
+cache, refuses to read another writer's (WriteOnlyKeyError) and refuses every delete except of
+this handle's own lock objects and of index files it wrote itself (a write session's rescue
+rewrites those). The software refusing is not a guarantee against a hostile host: on an object
+store the credentials of write-only hosts should be denied DeleteObject (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from ..content.crypto import WriteOnlyKeyError, write_only_refusal
+from ..errors import short
+from ..storage.backend import Backend
+from .trees import decode_tree
+
+KINDS = ("sets", "trees", "wal")
+TREE_GRACE = 24 * 3600.0  # cached trees younger than this stay (a backup running may need them)
+WAL_KEEP = 7 * 24 * 3600.0  # cached WAL entries (for retried pushes) are forgotten after this
+WAL_SWEEP_EVERY = 256  # pushes between two sweeps of old WAL records
+
+
+class HostCache:
+    """Plaintext records of this host's own sets, trees and WAL entries (see module doc).
+    `path` None keeps them in memory (store tests, a handle without a state directory)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._mem: dict[str, dict[str, bytes]] = {k: {} for k in KINDS}
+        self._mem_time: dict[tuple[str, str], float] = {}  # in-memory trees: when last stored
+        self._lock = threading.Lock()
+        if path is not None:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+            for kind in KINDS:
+                os.makedirs(os.path.join(path, kind), mode=0o700, exist_ok=True)
+                for leftover in os.listdir(os.path.join(path, kind)):  # of a write killed midway
+                    if ".tmp-" in leftover:
+                        os.unlink(os.path.join(path, kind, leftover))
+
+    def _file(self, kind: str, name: str) -> str:
+        assert self.path is not None
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad cache name {name!r}")
+        return os.path.join(self.path, kind, name)
+
+    def put(self, kind: str, name: str, data: bytes, *, durable: bool = True) -> None:
+        """Store a record. Trees are content-addressed and checked when read, so they are
+        written without fsync (`durable=False`); one already there only has its time renewed."""
+        if self.path is None:
+            with self._lock:
+                self._mem[kind][name] = bytes(data)
+                self._mem_time[(kind, name)] = time.time()
+            return
+        final = self._file(kind, name)
+        if not durable:
+            try:
+                if os.stat(final).st_size == len(data):
+                    os.utime(final)
+                    return
+            except FileNotFoundError:
+                pass
+        tmp = f"{final}.tmp-{os.getpid()}-{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        if durable:
+            dfd = os.open(os.path.dirname(final), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def age(self, kind: str, name: str) -> float:
+        """Seconds since a record was last stored (0 when unknown)."""
+        if self.path is None:
+            return time.time() - self._mem_time.get((kind, name), time.time())
+        try:
+            return time.time() - os.stat(self._file(kind, name)).st_mtime
+        except (FileNotFoundError, ValueError):
+            return 0.0
+
+    def get(self, kind: str, name: str) -> bytes | None:
+        if self.path is None:
+            with self._lock:
+                return self._mem[kind].get(name)
+        try:
+            with open(self._file(kind, name), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def names(self, kind: str) -> list[str]:
+        if self.path is None:
+            with self._lock:
+                return list(self._mem[kind])
+        return [n for n in os.listdir(os.path.join(self.path, kind)) if ".tmp-" not in n]
+
+    def remove(self, kind: str, name: str) -> None:
+        if self.path is None:
+            with self._lock:
+                self._mem[kind].pop(name, None)
+            return
+        try:
+            os.unlink(self._file(kind, name))
+        except FileNotFoundError:
+            pass
+
+    def expire(self, kind: str, older_than: float) -> int:
+        """Forget records of `kind` stored more than `older_than` seconds ago."""
+        gone = [n for n in self.names(kind) if self.age(kind, n) > older_than]
+        for n in gone:
+            self.remove(kind, n)
+        return len(gone)
+
+    def keep_trees_of(self, roots: list[bytes], younger_than: float | None = None) -> int:
+        """Forget every cached tree not reachable from `roots` and not stored in the last
+        `younger_than` seconds (a session in progress stores trees no set names yet); returns
+        how many went."""
+        grace = TREE_GRACE if younger_than is None else younger_than
+        keep: set[str] = set()
+        todo = [r.hex() for r in roots]
+        while todo:
+            tid = todo.pop()
+            if tid in keep:
+                continue
+            data = self.get("trees", tid)
+            if data is None:
+                continue
+            keep.add(tid)
+            todo += [e.subtree.hex() for e in decode_tree(bytes.fromhex(tid), data) if e.subtree]
+        gone = [n for n in self.names("trees") if n not in keep and self.age("trees", n) > grace]
+        for n in gone:
+            self.remove("trees", n)
+        return len(gone)
+
+
+class GuardedBackend:
+    """The backend of a write-only handle (see module doc)."""
+
+    def __init__(self, inner: Backend, cache: HostCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self._own: set[tuple[str, str]] = set()  # (kind, name) of locks and index files written here
+        self._own_lock = threading.Lock()
+        self._wal_puts = 0
+        self.after_set: Callable[[str], None] | None = None  # told when one of this host's sets is stored
+
+    def get(self, kind: str, name: str) -> bytes:
+        if kind in ("sets", "wal"):
+            data = self.cache.get(kind, name)
+            if data is not None:
+                return data
+            self.inner.stat(kind, name)  # NotFoundError when absent
+            what = "set" if kind == "sets" else "WAL entry"
+            raise WriteOnlyKeyError(f"unable to read {what} '{short(name)}': another host wrote it and this "
+                                    "host's repository key is write-only")
+        return self.inner.get(kind, name)
+
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        return self.inner.get_range(kind, name, offset, length)
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        self._before_put(kind, name, data)
+        self.inner.put(kind, name, data)
+        if kind == "sets" and self.after_set is not None:
+            self.after_set(name)
+
+    def put_if_absent(self, kind: str, name: str, data: bytes) -> bool:
+        self._before_put(kind, name, data)
+        return self.inner.put_if_absent(kind, name, data)  # type: ignore[attr-defined]
+
+    def _before_put(self, kind: str, name: str, data: bytes) -> None:
+        if kind in ("sets", "wal"):
+            self.cache.put(kind, name, data)  # before the object: a crash leaves a record, never a gap
+            if kind == "wal":
+                self._wal_puts += 1
+                if self._wal_puts % WAL_SWEEP_EVERY == 0:
+                    self.cache.expire("wal", WAL_KEEP)
+        elif kind in ("locks", "index"):
+            with self._own_lock:
+                self._own.add((kind, name))
+
+    def list(self, kind: str) -> Iterator[str]:
+        return self.inner.list(kind)
+
+    def delete(self, kind: str, name: str) -> None:
+        with self._own_lock:
+            own = (kind, name) in self._own
+        if not own:
+            raise write_only_refusal(f"to delete {kind} object '{short(name)}'")
+        self.inner.delete(kind, name)
+        with self._own_lock:
+            self._own.discard((kind, name))
+
+    def stat(self, kind: str, name: str) -> int:
+        return self.inner.stat(kind, name)
+
+    def location(self) -> str:
+        return self.inner.location()
+
+    def __getattr__(self, attr: str):  # sweep_temp, close, list_with_times, ...: the inner backend's
+        return getattr(self.inner, attr)
