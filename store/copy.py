@@ -418,6 +418,8 @@ def open_destination(location: str, secret: Secret, options: S3Options | None = 
                             hint=e.hint) from None
     except OSError as e:
         raise BackendError(f"unable to reach destination repository '{location}': {e.strerror or e}") from None
+    except BackendError as e:
+        raise BackendError(f"unable to reach destination repository '{location}': {e.message}", hint=e.hint) from None
     if not dst.encrypted:
         dst.close()
         raise FailedPreconditionError(f"destination repository '{location}' is not encrypted (format 1): a copy "
