@@ -75,6 +75,7 @@ class Tool:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.logs = work / "logs"
+        self.corpus = work / "corpus"
 
     def available(self) -> bool:
         return shutil.which(self.binary) is not None
@@ -180,7 +181,100 @@ class Borg(Tool):
         return target / corpus.name
 
 
-TOOLS = {"cairn": Cairn, "cairn-enc": CairnEncrypted, "restic": Restic, "borg": Borg}
+class Cairnd(Tool):
+    """Cairn as users run it: a real cairnd on a fresh repository, `cairn backup --level full`
+    and `cairn restore latest --target` through the real client. The daemon is started (and its
+    repository created with `cairnd --init`) before the clock starts and stopped after the
+    restore; the time is the client process's wall time, the peak memory the larger of the
+    client's and the daemon's (VmHWM)."""
+
+    name = "cairnd"
+    binary = str(Path(sys.executable).parent / "cairnd")
+    init_args = ("--no-encryption",)
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.proc: subprocess.Popen | None = None
+        self.socket = ""
+        self.daemon_hwm: list[int] = []
+
+    def available(self) -> bool:
+        return Path(self.binary).exists()
+
+    def version(self) -> str:
+        return subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout.strip()
+
+    def client(self) -> str:
+        return str(Path(self.binary).parent / "cairn")
+
+    def repo_keys(self) -> str:
+        return ""
+
+    def init(self, repo: Path) -> None:
+        state, self.socket = self.work / f"state-{repo.name}", str(self.work / f"{repo.name}.sock")
+        shutil.rmtree(state, ignore_errors=True)
+        config = self.work / f"{repo.name}.toml"
+        config.write_text(f'[repository]\npath = "{repo}"\n{self.repo_keys()}\n[daemon]\nsocket = "{self.socket}"\n'
+                          f'state_dir = "{state}"\n\n[[source]]\nname = "bench"\npaths = ["{self.corpus}"]\n'
+                          'watch = false\n')
+        self.run([self.binary, "--config", str(config), "--init", *self.init_args], "init")
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{repo.name}-cairnd.log", "wb") as err:
+            self.proc = subprocess.Popen([self.binary, "--config", str(config)], stdout=subprocess.DEVNULL,
+                                         stderr=err, env=env)
+        deadline = time.monotonic() + 120
+        while subprocess.run([self.client(), "--socket", self.socket, "status"], capture_output=True).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cairnd did not start; see {self.logs}")
+            time.sleep(0.1)
+
+    def backup(self, repo: Path, corpus: Path) -> Measured:
+        m = self.run([self.client(), "--socket", self.socket, "--json", "backup", "--level", "full"], "backup")
+        m.peak_rss = max(m.peak_rss, self._daemon_hwm())
+        return m
+
+    def restore(self, repo: Path, target: Path) -> Measured:
+        try:
+            m = self.run([self.client(), "--socket", self.socket, "restore", "latest", "--target", str(target)],
+                         "restore")
+            m.peak_rss = max(m.peak_rss, self._daemon_hwm())
+            return m
+        finally:
+            self.stop()
+
+    def _daemon_hwm(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+                    self.daemon_hwm.append(hwm)
+                    return hwm
+        except (OSError, AttributeError):
+            pass
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        self.proc = None
+
+
+class CairndEncrypted(Cairnd):
+    """cairnd on an encrypted repository (format 2), the default of `cairnd --init`."""
+
+    name = "cairnd-enc"
+    init_args = ()
+
+    def repo_keys(self) -> str:
+        secret = self.work / "bench.pass"
+        secret.write_text("bench passphrase\n")
+        return f'passphrase_file = "{secret}"\n'
+
+
+TOOLS = {"cairn": Cairn, "cairn-enc": CairnEncrypted, "restic": Restic, "borg": Borg, "cairnd": Cairnd,
+         "cairnd-enc": CairndEncrypted}
 
 
 def prepare_corpus(args: argparse.Namespace, work: Path) -> Path:
@@ -294,7 +388,41 @@ def report(results: list[ToolResult], corpus_bytes: int, files: int) -> dict:
                       f"(median {ratio(e['restore_mbps_median'], p['restore_mbps_median'])}), "
                       f"repo size {ratio(e['repo_mb'], p['repo_mb'])}")
         print(f"cairn-enc restore check: {e['verified']}")
+    daemon_report(rows)
     return rows
+
+
+ENC_BACKUP_TARGET, ENC_RESTORE_TARGET, ENC_SIZE_TOLERANCE = 1.7, 1.2, 0.02
+
+
+def daemon_report(rows: dict) -> None:
+    """Encrypted cairnd against restic and against unencrypted cairnd, on medians (issue 9)."""
+    if "cairnd-enc" not in rows:
+        return
+    e = rows["cairnd-enc"]
+    print(f"\ncairnd-enc restore check: {e['verified']}")
+    for peer in ("restic", "cairnd"):
+        if peer in rows:
+            p = rows[peer]
+            print(f"cairnd-enc/{peer} (medians): backup {ratio(e['backup_mbps_median'], p['backup_mbps_median'])}, "
+                  f"restore {ratio(e['restore_mbps_median'], p['restore_mbps_median'])}, "
+                  f"repo size {ratio(e['repo_mb'], p['repo_mb'])}")
+    if "cairnd" in rows and "restic" in rows:
+        c, r = rows["cairnd"], rows["restic"]
+        print(f"cairnd/restic (medians): backup {ratio(c['backup_mbps_median'], r['backup_mbps_median'])}, "
+              f"restore {ratio(c['restore_mbps_median'], r['restore_mbps_median'])}")
+    if "restic" in rows and "cairnd" in rows:
+        r, c = rows["restic"], rows["cairnd"]
+        checks = [
+            (f"encrypted backup >= {ENC_BACKUP_TARGET}x restic",
+             e["backup_mbps_median"] >= ENC_BACKUP_TARGET * r["backup_mbps_median"]),
+            (f"encrypted restore >= {ENC_RESTORE_TARGET}x restic",
+             e["restore_mbps_median"] >= ENC_RESTORE_TARGET * r["restore_mbps_median"]),
+            (f"encrypted repository within {ENC_SIZE_TOLERANCE:.0%} of unencrypted",
+             abs(e["repo_mb"] / c["repo_mb"] - 1) <= ENC_SIZE_TOLERANCE if c["repo_mb"] else False),
+        ]
+        for what, ok in checks:
+            print(f"target {what}: {'MET' if ok else 'NOT MET'}")
 
 
 def main() -> int:
@@ -302,7 +430,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--corpus-script", type=Path, default=DEFAULT_CORPUS_SCRIPT)
     ap.add_argument("--big-mib", type=int, default=None, help="size of the big mixed file (script default 512)")
-    ap.add_argument("--tools", default="cairn,restic,borg")
+    ap.add_argument("--tools", default="cairnd-enc,cairnd,restic",
+                    help="any of cairnd-enc, cairnd, restic, borg, and cairn / cairn-enc (the store driven "
+                         "directly, without the daemon: earlier figures)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rebuild-corpus", action="store_true")
     ap.add_argument("--no-verify", action="store_true", help="skip comparing Cairn's restore with the corpus")
@@ -331,6 +461,7 @@ def main() -> int:
         for run in range(1, args.runs + 1):  # interleaved, so background load hits every tool alike
             for tool in tools:
                 verify = tool.name.startswith("cairn") and not args.no_verify and run == args.runs
+                tool.corpus = corpus
                 bench_once(tool, results[tool.name], corpus, run, verify)
     finally:
         clean_outputs(tools)
