@@ -57,6 +57,8 @@ class ToolResult:
     version: str = ""
     backup_s: list[float] = field(default_factory=list)
     restore_s: list[float] = field(default_factory=list)
+    backup_cpu: list[float] = field(default_factory=list)
+    restore_cpu: list[float] = field(default_factory=list)
     backup_rss: list[int] = field(default_factory=list)
     restore_rss: list[int] = field(default_factory=list)
     repo_bytes: int = 0
@@ -230,14 +232,26 @@ class Cairnd(Tool):
             time.sleep(0.1)
 
     def backup(self, repo: Path, corpus: Path) -> Measured:
+        before = self._daemon_cpu()
         m = self.run([self.client(), "--socket", self.socket, "--json", "backup", "--level", "full"], "backup")
+        m.cpu += self._daemon_cpu() - before
         m.peak_rss = max(m.peak_rss, self._daemon_hwm())
         return m
 
+    def _daemon_cpu(self) -> float:
+        """User + system seconds the daemon has used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError, ValueError):
+            return 0.0
+
     def restore(self, repo: Path, target: Path) -> Measured:
         try:
+            before = self._daemon_cpu()
             m = self.run([self.client(), "--socket", self.socket, "restore", "latest", "--target", str(target)],
                          "restore")
+            m.cpu += self._daemon_cpu() - before
             m.peak_rss = max(m.peak_rss, self._daemon_hwm())
             return m
         finally:
@@ -303,19 +317,30 @@ def bench_once(tool: Tool, res: ToolResult, corpus: Path, run: int, verify: bool
     settle(corpus)
     b = tool.backup(repo, corpus)
     res.backup_s.append(b.seconds)
+    res.backup_cpu.append(b.cpu)
     res.backup_rss.append(b.peak_rss)
     settle(None)
     r = tool.restore(repo, target)
     res.restore_s.append(r.seconds)
+    res.restore_cpu.append(r.cpu)
     res.restore_rss.append(r.peak_rss)
-    print(f"  run {run}: {tool.name:7} backup {b.seconds:6.2f} s  peak {b.peak_rss / MB:5.0f} MB | "
-          f"restore {r.seconds:6.2f} s  peak {r.peak_rss / MB:5.0f} MB", flush=True)
+    print(f"  run {run}: {tool.name:10} backup {b.seconds:6.2f} s  cpu {b.cpu:6.2f} s  "
+          f"peak {b.peak_rss / MB:5.0f} MB | restore {r.seconds:6.2f} s  cpu {r.cpu:6.2f} s  "
+          f"peak {r.peak_rss / MB:5.0f} MB  (load {_load()})",
+          flush=True)
     res.repo_bytes = dir_size(repo)
     if verify:
         problems = compare_trees(corpus, tool.restored_root(target, corpus))
         res.verified = "restore equals corpus" if not problems else \
             f"{len(problems)} differences, first: {problems[:3]}"
     os.sync()
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def clean_outputs(tools: list[Tool]) -> None:
@@ -353,7 +378,9 @@ def report(results: list[ToolResult], corpus_bytes: int, files: int) -> dict:
                "backup_s_all": r.backup_s, "restore_s_all": r.restore_s,
                "backup_mbps_median": corpus_bytes / r.median(r.backup_s) / MB,
                "restore_mbps_median": corpus_bytes / r.median(r.restore_s) / MB,
-               "version": r.version, "verified": r.verified}
+               "version": r.version, "verified": r.verified,
+               "backup_cpu_median": r.median(r.backup_cpu), "restore_cpu_median": r.median(r.restore_cpu),
+               "backup_cpu_all": r.backup_cpu, "restore_cpu_all": r.restore_cpu}
         rows[r.name] = row
         rss = f"{row['backup_rss_mb']:.0f}/{row['restore_rss_mb']:.0f}"
         print(f"{r.name:8} {row['backup_mbps']:12.1f} {row['restore_mbps']:13.1f} {rss:>18} {row['repo_mb']:9.0f}")
@@ -407,6 +434,12 @@ def daemon_report(rows: dict) -> None:
             print(f"cairnd-enc/{peer} (medians): backup {ratio(e['backup_mbps_median'], p['backup_mbps_median'])}, "
                   f"restore {ratio(e['restore_mbps_median'], p['restore_mbps_median'])}, "
                   f"repo size {ratio(e['repo_mb'], p['repo_mb'])}")
+    for peer in ("restic", "cairnd"):
+        if peer in rows:
+            p = rows[peer]
+            print(f"cpu seconds (medians) cairnd-enc / {peer}: backup {e['backup_cpu_median']:.2f} / "
+                  f"{p['backup_cpu_median']:.2f}, restore {e['restore_cpu_median']:.2f} / "
+                  f"{p['restore_cpu_median']:.2f}")
     if "cairnd" in rows and "restic" in rows:
         c, r = rows["cairnd"], rows["restic"]
         print(f"cairnd/restic (medians): backup {ratio(c['backup_mbps_median'], r['backup_mbps_median'])}, "
