@@ -365,22 +365,30 @@ class Copier:
                 continue
             seen.add(obj)
             self._stop_if_cancelled()
+            if self._have_wal(obj, doc):  # written after its chunks: whole, and it keeps them alive
+                out.append((obj, doc))
+                continue
             chunks = [self._chunk(sess, bytes.fromhex(c)).hex() for c in doc["chunks"]]
             out.append((obj, {**doc, "chunks": chunks}))
         return out, warnings
 
-    def _put_wal(self, obj: str, doc: dict) -> bool:
-        """Write one WAL catalog entry unless the destination has it; True if written."""
+    def _have_wal(self, obj: str, doc: dict) -> bool:
+        """Whether the destination holds WAL entry `obj` with this content (an error if it holds
+        other content under that name)."""
         try:
             have = walmod.decode_catalog(obj, self.dst.backend.get("wal", obj))
         except NotFoundError:
-            have = None
-        if have is not None:
-            if have.get("hash") == doc["hash"] and have.get("size") == doc["size"]:
-                return False
-            ns, name = walmod.split_object(obj)
-            raise AlreadyExistsError(f"unable to copy WAL file '{walmod.display_name(ns, name)}': the destination "
-                                     "holds different content under that name")
+            return False
+        if have.get("hash") == doc["hash"] and have.get("size") == doc["size"]:
+            return True
+        ns, name = walmod.split_object(obj)
+        raise AlreadyExistsError(f"unable to copy WAL file '{walmod.display_name(ns, name)}': the destination "
+                                 "holds different content under that name")
+
+    def _put_wal(self, obj: str, doc: dict) -> bool:
+        """Write one WAL catalog entry unless the destination has it; True if written."""
+        if self._have_wal(obj, doc):
+            return False
         self.dst.backend.put("wal", obj, walmod.encode_catalog(doc["size"], doc["hash"], doc["chunks"],
                                                                doc.get("time")))
         return True

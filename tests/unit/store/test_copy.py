@@ -11,7 +11,7 @@ import pytest
 from cairn.store import crypto
 from cairn.store.backend import KINDS, LocalBackend, MemoryBackend
 from cairn.store.copy import ORIGIN_KEY, copy_sets, open_destination
-from cairn.store.errors import BackendError, FailedPreconditionError, WrongKeyError
+from cairn.store.errors import AlreadyExistsError, BackendError, FailedPreconditionError, WrongKeyError
 from cairn.store.faults import FaultyBackend
 from cairn.store.model import BackupRequest
 from cairn.store.packs import CODEC_ZSTD_REF
@@ -216,3 +216,25 @@ def test_destination_errors(tmp_path, rng):
     repo = open_destination(place, KEY)
     with pytest.raises(FailedPreconditionError, match="the destination is the source"):
         copy_sets(repo, Repository.open(LocalBackend(place), secret=KEY))
+
+
+def test_progress_counts_sets_and_bytes(tmp_path, rng):
+    src_repo, dst = _enc(secret=crypto.Secret("keyfile", os.urandom(32))), _enc()
+    sets = _history(src_repo, tmp_path / "src", rng)
+    events = []
+    copy_sets(src_repo, dst, progress=events.append)
+    assert events and {e.phase for e in events} == {"copy"}
+    total = sum(s.stats.bytes_total for s in sets)
+    assert (events[0].files_done, events[0].files_total, events[0].bytes_total) == (0, 3, total)
+    assert (events[-1].files_done, events[-1].bytes_done) == (3, total)
+    assert [e.files_done for e in events] == sorted(e.files_done for e in events)
+
+
+def test_other_wal_content_under_the_same_name_is_refused_and_no_set_appears(tmp_path, rng):
+    src_repo, dst = _enc(secret=crypto.Secret("keyfile", os.urandom(32))), _enc()
+    _history(src_repo, tmp_path / "src", rng)
+    src_repo.put_wal(WAL_A, b"one cluster" * 100)
+    dst.put_wal(WAL_A, b"another cluster" * 100)
+    with pytest.raises(AlreadyExistsError, match=f"unable to copy WAL file '{WAL_A}'"):
+        copy_sets(src_repo, dst, wal_for=lambda s: [("", WAL_A)])
+    assert dst.list_sets() == [] and dst.get_wal(WAL_A) == b"another cluster" * 100
