@@ -1,18 +1,26 @@
-"""Full backup and restore of the standard corpus with Cairn, restic and borg, in one run.
+"""Full backup and restore of the standard corpus: Cairn as users run it (cairnd and the cairn
+client, on an encrypted and on a plaintext repository), restic and borg, in one run.
 
   python -m bench.backup_restore [--workdir DIR] [--corpus-script PATH] [--big-mib N]
-                                 [--tools cairn,restic,borg] [--runs N] [--rebuild-corpus]
+                                 [--tools cairnd-enc,cairnd,restic] [--runs N] [--rebuild-corpus]
 
 Builds the corpus once (../shared/bench/build_corpus.py beside the project root unless
 --corpus-script says otherwise) into the work dir (default bench/out/), reads it once so every
 tool starts from a warm page cache (caches cannot be dropped here), then for each tool: a fresh
-repository, a full backup, a restore into an empty directory. Every tool, Cairn too, runs as a
-child process; time is wall time, memory is the child's peak RSS from wait4. Cairn's restore is
-compared with the corpus (content, mode, file mtime). Prints a table and the Cairn/peer ratios
-against the target of issue 2 (backup and restore >= 1.5x restic, peak memory <= restic).
-With --runs N (default 3) the tools take turns N times, each on a fresh repository; the table
-shows the best speed of the N runs (other work on the machine only ever slows a run down) and
-the highest peak memory; results.json in the work dir holds every run and the medians.
+repository, a full backup, a restore into an empty directory. Every tool runs as a child
+process; time is wall time, CPU is user + system seconds, memory is the child's peak RSS from
+wait4. `cairnd-enc` / `cairnd`: a real cairnd is started on a fresh repository (`cairnd --init`,
+encrypted under a passphrase file by default, `--no-encryption` for `cairnd`) before the clock
+starts; the timed steps are the client processes `cairn backup --level full` and `cairn restore
+latest --target`; the daemon's CPU during each step is added to the client's, and peak memory
+is the larger of the client's and the daemon's (VmHWM). `cairn` / `cairn-enc` drive the store
+directly (bench/cairn_run.py): the figures of earlier issues, kept for comparison.
+Cairn's restores are compared with the corpus (content, mode, file mtime). Prints a table, the
+ratios, and for cairnd-enc the targets of the encryption issue on medians (backup >= 1.7x
+restic, restore >= 1.2x restic, repository within 2% of unencrypted cairnd), with the CPU
+seconds beside them. With --runs N (default 3) the tools take turns N times, each on a fresh
+repository; the table shows the best speed of the N runs and the highest peak memory;
+results.json in the work dir holds every run and the medians. Each run line shows the load.
 """
 
 from __future__ import annotations
