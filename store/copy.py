@@ -19,7 +19,9 @@ What always holds:
 - a subtree is carried without reading it only when the source tree was matched against a
   destination set that is still listed when the copy commits, so no copied set relies on a
   tree whose blobs a collector may have freed;
-- nothing in the source is written, and nothing existing in the destination is rewritten.
+- nothing in the source is written but a shared lock while it is read (so its garbage
+  collector keeps the packs the copy reads), and nothing existing in the destination is
+  rewritten.
 """
 
 from __future__ import annotations
@@ -125,7 +127,15 @@ class Copier:
 
     # -- the whole run -------------------------------------------------------------------
     def run(self, sets: list[BackupSet]) -> CopyReport:
-        """Copy `sets` (oldest first, so a base is there before the sets built on it)."""
+        """Copy `sets` (oldest first, so a base is there before the sets built on it). A writable
+        source is read under a shared lock, so its garbage collector keeps what the copy reads."""
+        if self.src.read_only:
+            return self._run(sets)
+        with self.src.locks.hold("copy to another repository"):
+            self.src.refresh_index()
+            return self._run(sets)
+
+    def _run(self, sets: list[BackupSet]) -> CopyReport:
         sets = sorted({s.id: s for s in sets}.values(), key=lambda s: (s.time_end, s.id))
         have = known_originals(self.dst)
         todo = [s for s in sets if origin(s, self.src.config.id)["set"] not in have]

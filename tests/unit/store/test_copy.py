@@ -218,12 +218,18 @@ def test_destination_errors(tmp_path, rng):
         copy_sets(repo, Repository.open(LocalBackend(place), secret=KEY))
 
 
-def test_progress_counts_sets_and_bytes(tmp_path, rng):
+def test_progress_counts_sets_and_bytes_and_the_source_is_read_under_a_lock(tmp_path, rng):
     src_repo, dst = _enc(secret=crypto.Secret("keyfile", os.urandom(32))), _enc()
     sets = _history(src_repo, tmp_path / "src", rng)
-    events = []
-    copy_sets(src_repo, dst, progress=events.append)
+    events, source_locks = [], []
+
+    def progress(p) -> None:
+        events.append(p)
+        source_locks.append(len(list(src_repo.raw_backend.list("locks"))))
+
+    copy_sets(src_repo, dst, progress=progress)
     assert events and {e.phase for e in events} == {"copy"}
+    assert min(source_locks) == 1 and list(src_repo.raw_backend.list("locks")) == []  # read under a lock
     total = sum(s.stats.bytes_total for s in sets)
     assert (events[0].files_done, events[0].files_total, events[0].bytes_total) == (0, 3, total)
     assert (events[-1].files_done, events[-1].bytes_done) == (3, total)
