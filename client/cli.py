@@ -90,11 +90,11 @@ def out(line: str = "") -> None:
     print(line, flush=True)
 
 
-def progress_view(json_output: bool, title: str) -> Any:
+def progress_view(json_output: bool, title: str, unit: str = "file") -> Any:
     """A ProgressView for a long command (imported here: short commands like wal-push skip it)."""
     from cairn.client.progress import ProgressView, choose_mode
 
-    return ProgressView(choose_mode(json_output), title)
+    return ProgressView(choose_mode(json_output), title, unit=unit)
 
 
 # ---- commands ----
@@ -405,10 +405,10 @@ def own_data_directory(target: str) -> None:
         pass  # not root: the files are ours and so is the directory
 
 
-def _follow(events: Any, json_output: bool, what: str, field: str) -> Any:
+def _follow(events: Any, json_output: bool, what: str, field: str, unit: str = "file") -> Any:
     """Show the progress events of a streamed call; return its last `field` event (None if none came)."""
     last = None
-    with progress_view(json_output, what) as view:
+    with progress_view(json_output, what, unit) as view:
         for event in events:
             if event.WhichOneof("event") == "progress":
                 p = event.progress
@@ -835,7 +835,7 @@ def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
         request.passphrase = _read_passphrase(args.to_passphrase_file)
     else:
         request.key_file = _read_key_file(args.to_key_file)
-    result = _follow(conn.stub.Copy(request), args.json, "copy", "result")
+    result = _follow(conn.stub.Copy(request), args.json, "copy", "result", unit="set")
     if result is None:
         return fail("the daemon ended the copy without a result")
     if args.json:

@@ -158,13 +158,14 @@ class Copier:
             added += sess.writer.bytes_added
             warnings += warn
             done_bytes += _set_bytes(s)
-            self._emit(i + 1, len(todo), done_bytes, total)
+            self._emit(i + 1, len(todo), done_bytes, total, "done" if i + 1 == len(todo) else f"set {short(s.id)}")
         return CopyReport(copied=tuple(copied), present=tuple(present), wal_copied=wal_copied,
                           wal_present=wal_present, bytes_read=read, bytes_added=added, warnings=tuple(warnings))
 
-    def _emit(self, done: int, total: int, bytes_done: int, bytes_total: int, path: str = "") -> None:
+    def _emit(self, done: int, total: int, bytes_done: int, bytes_total: int, phase: str = "copy") -> None:
+        """Progress: sets done of sets, bytes of them done; the phase names the set being copied."""
         if self.progress is not None:
-            self.progress(Progress("copy", done, total, min(bytes_done, bytes_total), bytes_total, path))
+            self.progress(Progress(phase, done, total, min(bytes_done, bytes_total), bytes_total))
 
     def _stop_if_cancelled(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -183,14 +184,14 @@ class Copier:
             gate = threading.BoundedSemaphore(self.workers * 2)
             last = [0.0]
 
-            def tick(path: str = "") -> None:
+            def tick() -> None:
                 if lost.is_set():
                     lock.check()
                 self._stop_if_cancelled()
                 now = time.monotonic()
                 if now - last[0] >= 0.2:
                     last[0] = now
-                    self._emit(n, count, done + sess.bytes_seen, total, path)
+                    self._emit(n, count, done + sess.bytes_seen, total, f"set {short(s.id)}")
 
             try:
                 root = self._tree(sess, pool, gate, bytes.fromhex(s.tree), tick)
