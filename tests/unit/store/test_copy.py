@@ -245,3 +245,25 @@ def test_other_wal_content_under_the_same_name_is_refused_and_no_set_appears(tmp
     with pytest.raises(AlreadyExistsError, match=f"unable to copy WAL file '{WAL_A}'"):
         copy_sets(src_repo, dst, wal_for=lambda s: [("", WAL_A)])
     assert dst.list_sets() == [] and dst.get_wal(WAL_A) == b"another cluster" * 100
+
+
+def test_a_cancelled_copy_stops_and_the_next_one_resumes(tmp_path, rng):
+    import threading
+
+    from cairn.store.errors import AbortedError
+
+    src_repo, dst = _enc(secret=crypto.Secret("keyfile", os.urandom(32))), _enc()
+    sets = _history(src_repo, tmp_path / "src", rng)
+    cancel = threading.Event()
+
+    def progress(p) -> None:
+        if p.files_done == 1:  # the first set is committed: stop during the second
+            cancel.set()
+
+    with pytest.raises(AbortedError, match="copy cancelled"):
+        copy_sets(src_repo, dst, progress=progress, cancel=cancel)
+    assert [d.extra[ORIGIN_KEY]["set"] for d in dst.list_sets()] == [sets[0].id]
+    assert list(dst.raw_backend.list("locks")) == [] and list(src_repo.raw_backend.list("locks")) == []
+    report = copy_sets(src_repo, dst)
+    assert [a for a, _ in report.copied] == [s.id for s in sets[1:]] and len(report.present) == 1
+    assert dst.check().ok
