@@ -1,18 +1,26 @@
-"""Full backup and restore of the standard corpus with Cairn, restic and borg, in one run.
+"""Full backup and restore of the standard corpus: Cairn as users run it (cairnd and the cairn
+client, on an encrypted and on a plaintext repository), restic and borg, in one run.
 
   python -m bench.backup_restore [--workdir DIR] [--corpus-script PATH] [--big-mib N]
-                                 [--tools cairn,restic,borg] [--runs N] [--rebuild-corpus]
+                                 [--tools cairnd-enc,cairnd,restic] [--runs N] [--rebuild-corpus]
 
 Builds the corpus once (../shared/bench/build_corpus.py beside the project root unless
 --corpus-script says otherwise) into the work dir (default bench/out/), reads it once so every
 tool starts from a warm page cache (caches cannot be dropped here), then for each tool: a fresh
-repository, a full backup, a restore into an empty directory. Every tool, Cairn too, runs as a
-child process; time is wall time, memory is the child's peak RSS from wait4. Cairn's restore is
-compared with the corpus (content, mode, file mtime). Prints a table and the Cairn/peer ratios
-against the target of issue 2 (backup and restore >= 1.5x restic, peak memory <= restic).
-With --runs N (default 3) the tools take turns N times, each on a fresh repository; the table
-shows the best speed of the N runs (other work on the machine only ever slows a run down) and
-the highest peak memory; results.json in the work dir holds every run and the medians.
+repository, a full backup, a restore into an empty directory. Every tool runs as a child
+process; time is wall time, CPU is user + system seconds, memory is the child's peak RSS from
+wait4. `cairnd-enc` / `cairnd`: a real cairnd is started on a fresh repository (`cairnd --init`,
+encrypted under a passphrase file by default, `--no-encryption` for `cairnd`) before the clock
+starts; the timed steps are the client processes `cairn backup --level full` and `cairn restore
+latest --target`; the daemon's CPU during each step is added to the client's, and peak memory
+is the larger of the client's and the daemon's (VmHWM). `cairn` / `cairn-enc` drive the store
+directly (bench/cairn_run.py): the figures of earlier issues, kept for comparison.
+Cairn's restores are compared with the corpus (content, mode, file mtime). Prints a table, the
+ratios, and for cairnd-enc the targets of the encryption issue on medians (backup >= 1.7x
+restic, restore >= 1.2x restic, repository within 2% of unencrypted cairnd), with the CPU
+seconds beside them. With --runs N (default 3) the tools take turns N times, each on a fresh
+repository; the table shows the best speed of the N runs and the highest peak memory;
+results.json in the work dir holds every run and the medians. Each run line shows the load.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ class ToolResult:
     version: str = ""
     backup_s: list[float] = field(default_factory=list)
     restore_s: list[float] = field(default_factory=list)
+    backup_cpu: list[float] = field(default_factory=list)
+    restore_cpu: list[float] = field(default_factory=list)
     backup_rss: list[int] = field(default_factory=list)
     restore_rss: list[int] = field(default_factory=list)
     repo_bytes: int = 0
@@ -75,6 +85,7 @@ class Tool:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.logs = work / "logs"
+        self.corpus = work / "corpus"
 
     def available(self) -> bool:
         return shutil.which(self.binary) is not None
@@ -180,7 +191,112 @@ class Borg(Tool):
         return target / corpus.name
 
 
-TOOLS = {"cairn": Cairn, "cairn-enc": CairnEncrypted, "restic": Restic, "borg": Borg}
+class Cairnd(Tool):
+    """Cairn as users run it: a real cairnd on a fresh repository, `cairn backup --level full`
+    and `cairn restore latest --target` through the real client. The daemon is started (and its
+    repository created with `cairnd --init`) before the clock starts and stopped after the
+    restore; the time is the client process's wall time, the peak memory the larger of the
+    client's and the daemon's (VmHWM)."""
+
+    name = "cairnd"
+    binary = str(Path(sys.executable).parent / "cairnd")
+    init_args = ("--no-encryption",)
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.proc: subprocess.Popen | None = None
+        self.socket = ""
+        self.daemon_hwm: list[int] = []
+
+    def available(self) -> bool:
+        return Path(self.binary).exists()
+
+    def version(self) -> str:
+        return subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout.strip()
+
+    def client(self) -> str:
+        return str(Path(self.binary).parent / "cairn")
+
+    def repo_keys(self) -> str:
+        return ""
+
+    def init(self, repo: Path) -> None:
+        state, self.socket = self.work / f"state-{repo.name}", str(self.work / f"{repo.name}.sock")
+        shutil.rmtree(state, ignore_errors=True)
+        config = self.work / f"{repo.name}.toml"
+        config.write_text(f'[repository]\npath = "{repo}"\n{self.repo_keys()}\n[daemon]\nsocket = "{self.socket}"\n'
+                          f'state_dir = "{state}"\n\n[[source]]\nname = "bench"\npaths = ["{self.corpus}"]\n'
+                          'watch = false\n')
+        self.run([self.binary, "--config", str(config), "--init", *self.init_args], "init")
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{repo.name}-cairnd.log", "wb") as err:
+            self.proc = subprocess.Popen([self.binary, "--config", str(config)], stdout=subprocess.DEVNULL,
+                                         stderr=err, env=env)
+        deadline = time.monotonic() + 120
+        while subprocess.run([self.client(), "--socket", self.socket, "status"], capture_output=True).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cairnd did not start; see {self.logs}")
+            time.sleep(0.1)
+
+    def backup(self, repo: Path, corpus: Path) -> Measured:
+        before = self._daemon_cpu()
+        m = self.run([self.client(), "--socket", self.socket, "--json", "backup", "--level", "full"], "backup")
+        m.cpu += self._daemon_cpu() - before
+        m.peak_rss = max(m.peak_rss, self._daemon_hwm())
+        return m
+
+    def _daemon_cpu(self) -> float:
+        """User + system seconds the daemon has used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError, ValueError):
+            return 0.0
+
+    def restore(self, repo: Path, target: Path) -> Measured:
+        try:
+            before = self._daemon_cpu()
+            m = self.run([self.client(), "--socket", self.socket, "restore", "latest", "--target", str(target)],
+                         "restore")
+            m.cpu += self._daemon_cpu() - before
+            m.peak_rss = max(m.peak_rss, self._daemon_hwm())
+            return m
+        finally:
+            self.stop()
+
+    def _daemon_hwm(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+                    self.daemon_hwm.append(hwm)
+                    return hwm
+        except (OSError, AttributeError):
+            pass
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        self.proc = None
+
+
+class CairndEncrypted(Cairnd):
+    """cairnd on an encrypted repository (format 2), the default of `cairnd --init`."""
+
+    name = "cairnd-enc"
+    init_args = ()
+
+    def repo_keys(self) -> str:
+        secret = self.work / "bench.pass"
+        secret.write_text("bench passphrase\n")
+        return f'passphrase_file = "{secret}"\n'
+
+
+TOOLS = {"cairn": Cairn, "cairn-enc": CairnEncrypted, "restic": Restic, "borg": Borg, "cairnd": Cairnd,
+         "cairnd-enc": CairndEncrypted}
 
 
 def prepare_corpus(args: argparse.Namespace, work: Path) -> Path:
@@ -209,19 +325,30 @@ def bench_once(tool: Tool, res: ToolResult, corpus: Path, run: int, verify: bool
     settle(corpus)
     b = tool.backup(repo, corpus)
     res.backup_s.append(b.seconds)
+    res.backup_cpu.append(b.cpu)
     res.backup_rss.append(b.peak_rss)
     settle(None)
     r = tool.restore(repo, target)
     res.restore_s.append(r.seconds)
+    res.restore_cpu.append(r.cpu)
     res.restore_rss.append(r.peak_rss)
-    print(f"  run {run}: {tool.name:7} backup {b.seconds:6.2f} s  peak {b.peak_rss / MB:5.0f} MB | "
-          f"restore {r.seconds:6.2f} s  peak {r.peak_rss / MB:5.0f} MB", flush=True)
+    print(f"  run {run}: {tool.name:10} backup {b.seconds:6.2f} s  cpu {b.cpu:6.2f} s  "
+          f"peak {b.peak_rss / MB:5.0f} MB | restore {r.seconds:6.2f} s  cpu {r.cpu:6.2f} s  "
+          f"peak {r.peak_rss / MB:5.0f} MB  (load {_load()})",
+          flush=True)
     res.repo_bytes = dir_size(repo)
     if verify:
         problems = compare_trees(corpus, tool.restored_root(target, corpus))
         res.verified = "restore equals corpus" if not problems else \
             f"{len(problems)} differences, first: {problems[:3]}"
     os.sync()
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def clean_outputs(tools: list[Tool]) -> None:
@@ -259,7 +386,9 @@ def report(results: list[ToolResult], corpus_bytes: int, files: int) -> dict:
                "backup_s_all": r.backup_s, "restore_s_all": r.restore_s,
                "backup_mbps_median": corpus_bytes / r.median(r.backup_s) / MB,
                "restore_mbps_median": corpus_bytes / r.median(r.restore_s) / MB,
-               "version": r.version, "verified": r.verified}
+               "version": r.version, "verified": r.verified,
+               "backup_cpu_median": r.median(r.backup_cpu), "restore_cpu_median": r.median(r.restore_cpu),
+               "backup_cpu_all": r.backup_cpu, "restore_cpu_all": r.restore_cpu}
         rows[r.name] = row
         rss = f"{row['backup_rss_mb']:.0f}/{row['restore_rss_mb']:.0f}"
         print(f"{r.name:8} {row['backup_mbps']:12.1f} {row['restore_mbps']:13.1f} {rss:>18} {row['repo_mb']:9.0f}")
@@ -294,7 +423,47 @@ def report(results: list[ToolResult], corpus_bytes: int, files: int) -> dict:
                       f"(median {ratio(e['restore_mbps_median'], p['restore_mbps_median'])}), "
                       f"repo size {ratio(e['repo_mb'], p['repo_mb'])}")
         print(f"cairn-enc restore check: {e['verified']}")
+    daemon_report(rows)
     return rows
+
+
+ENC_BACKUP_TARGET, ENC_RESTORE_TARGET, ENC_SIZE_TOLERANCE = 1.7, 1.2, 0.02
+
+
+def daemon_report(rows: dict) -> None:
+    """Encrypted cairnd against restic and against unencrypted cairnd, on medians (issue 9)."""
+    if "cairnd-enc" not in rows:
+        return
+    e = rows["cairnd-enc"]
+    print(f"\ncairnd-enc restore check: {e['verified']}")
+    for peer in ("restic", "cairnd"):
+        if peer in rows:
+            p = rows[peer]
+            print(f"cairnd-enc/{peer} (medians): backup {ratio(e['backup_mbps_median'], p['backup_mbps_median'])}, "
+                  f"restore {ratio(e['restore_mbps_median'], p['restore_mbps_median'])}, "
+                  f"repo size {ratio(e['repo_mb'], p['repo_mb'])}")
+    for peer in ("restic", "cairnd"):
+        if peer in rows:
+            p = rows[peer]
+            print(f"cpu seconds (medians) cairnd-enc / {peer}: backup {e['backup_cpu_median']:.2f} / "
+                  f"{p['backup_cpu_median']:.2f}, restore {e['restore_cpu_median']:.2f} / "
+                  f"{p['restore_cpu_median']:.2f}")
+    if "cairnd" in rows and "restic" in rows:
+        c, r = rows["cairnd"], rows["restic"]
+        print(f"cairnd/restic (medians): backup {ratio(c['backup_mbps_median'], r['backup_mbps_median'])}, "
+              f"restore {ratio(c['restore_mbps_median'], r['restore_mbps_median'])}")
+    if "restic" in rows and "cairnd" in rows:
+        r, c = rows["restic"], rows["cairnd"]
+        checks = [
+            (f"encrypted backup >= {ENC_BACKUP_TARGET}x restic",
+             e["backup_mbps_median"] >= ENC_BACKUP_TARGET * r["backup_mbps_median"]),
+            (f"encrypted restore >= {ENC_RESTORE_TARGET}x restic",
+             e["restore_mbps_median"] >= ENC_RESTORE_TARGET * r["restore_mbps_median"]),
+            (f"encrypted repository within {ENC_SIZE_TOLERANCE:.0%} of unencrypted",
+             abs(e["repo_mb"] / c["repo_mb"] - 1) <= ENC_SIZE_TOLERANCE if c["repo_mb"] else False),
+        ]
+        for what, ok in checks:
+            print(f"target {what}: {'MET' if ok else 'NOT MET'}")
 
 
 def main() -> int:
@@ -302,7 +471,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--corpus-script", type=Path, default=DEFAULT_CORPUS_SCRIPT)
     ap.add_argument("--big-mib", type=int, default=None, help="size of the big mixed file (script default 512)")
-    ap.add_argument("--tools", default="cairn,restic,borg")
+    ap.add_argument("--tools", default="cairnd-enc,cairnd,restic",
+                    help="any of cairnd-enc, cairnd, restic, borg, and cairn / cairn-enc (the store driven "
+                         "directly, without the daemon: earlier figures)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rebuild-corpus", action="store_true")
     ap.add_argument("--no-verify", action="store_true", help="skip comparing Cairn's restore with the corpus")
@@ -331,6 +502,7 @@ def main() -> int:
         for run in range(1, args.runs + 1):  # interleaved, so background load hits every tool alike
             for tool in tools:
                 verify = tool.name.startswith("cairn") and not args.no_verify and run == args.runs
+                tool.corpus = corpus
                 bench_once(tool, results[tool.name], corpus, run, verify)
     finally:
         clean_outputs(tools)

@@ -34,6 +34,7 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    cpu: float = 0.0  # user + system seconds of the child (and of whatever a caller adds)
 
     def check(self) -> Measured:
         if self.returncode != 0:
@@ -57,7 +58,8 @@ def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str 
         seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Measured(cmd=cmd, seconds=seconds, peak_rss=usage.ru_maxrss * 1024, returncode=proc.returncode,
-                    stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"))
+                    stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"),
+                    cpu=usage.ru_utime + usage.ru_stime)
 
 
 def build_corpus(script: Path, out: Path, *, big_mib: int | None = None) -> None:

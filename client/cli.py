@@ -90,11 +90,11 @@ def out(line: str = "") -> None:
     print(line, flush=True)
 
 
-def progress_view(json_output: bool, title: str) -> Any:
+def progress_view(json_output: bool, title: str, unit: str = "file") -> Any:
     """A ProgressView for a long command (imported here: short commands like wal-push skip it)."""
     from cairn.client.progress import ProgressView, choose_mode
 
-    return ProgressView(choose_mode(json_output), title)
+    return ProgressView(choose_mode(json_output), title, unit=unit)
 
 
 # ---- commands ----
@@ -405,10 +405,10 @@ def own_data_directory(target: str) -> None:
         pass  # not root: the files are ours and so is the directory
 
 
-def _follow(events: Any, json_output: bool, what: str, field: str) -> Any:
+def _follow(events: Any, json_output: bool, what: str, field: str, unit: str = "file") -> Any:
     """Show the progress events of a streamed call; return its last `field` event (None if none came)."""
     last = None
-    with progress_view(json_output, what) as view:
+    with progress_view(json_output, what, unit) as view:
         for event in events:
             if event.WhichOneof("event") == "progress":
                 p = event.progress
@@ -800,8 +800,66 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
 # ---- parser ----
 
 
+def _read_passphrase(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            passphrase = f.read(64 * 1024).split(b"\n", 1)[0].rstrip(b"\r")  # the first line, as cairnd reads it
+    except OSError as e:
+        raise InvalidArgumentError(f"unable to read passphrase file '{path}': {e.strerror}") from None
+    if not passphrase:
+        raise InvalidArgumentError(f"passphrase file '{path}' is empty")
+    return passphrase
+
+
+def _read_key_file(path: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read(4096).strip()
+    except OSError as e:
+        raise InvalidArgumentError(f"unable to read key file '{path}': {e.strerror}") from None
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        value = b""
+    if len(value) != KEYFILE_LEN:
+        raise InvalidArgumentError(f"key file '{path}' is not a Cairn key file (base64 of 32 bytes)")
+    return value
+
+
+def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
+    """Copy sets (and the WAL they need) into another repository, made encrypted if missing."""
+    request = pb.CopyRequest(to=args.to, source=args.source or "", sets=args.sets or [])
+    if args.to_passphrase_file:
+        request.passphrase = _read_passphrase(args.to_passphrase_file)
+    else:
+        request.key_file = _read_key_file(args.to_key_file)
+    result = _follow(conn.stub.Copy(request), args.json, "copy", "result", unit="set")
+    if result is None:
+        return fail("the daemon ended the copy without a result")
+    if args.json:
+        out(render.dumps({
+            "to": args.to, "copied": [{"set": p.source_set, "copy": p.copied_set} for p in result.copied],
+            "present": [{"set": p.source_set, "copy": p.copied_set} for p in result.present],
+            "wal_copied": result.wal_copied, "wal_present": result.wal_present, "bytes_read": result.bytes_read,
+            "bytes_added": result.bytes_added, "warnings": list(result.warnings)}))
+        return EXIT_OK
+    for p in result.copied:
+        out(f"copied {p.source_set[:12]} -> {p.copied_set[:12]}")
+    for w in result.warnings:
+        out(f"warning: {w}")
+    out(f"copied {render.plural(len(result.copied), 'set')} ({len(result.present)} already there), "
+        f"{render.plural(result.wal_copied, 'WAL file')}; read {render.human_bytes(result.bytes_read)}, "
+        f"added {render.human_bytes(result.bytes_added)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cairn", description="Talk to the Cairn backup daemon (cairnd).")
+    # No abbreviations of the global options: they would also claim a command's own options
+    # (`copy --to` is a prefix of `--token`).
+    parser = _Parser(prog="cairn", description="Talk to the Cairn backup daemon (cairnd).", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"cairn {__version__}")
     parser.add_argument(
         "--socket", metavar="PATH", help="cairnd's Unix socket (default: $CAIRN_SOCKET or the daemon's default)"
@@ -921,6 +979,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a write-only key: backs up and archives WAL, reads no data and deletes nothing")
     k = keys.add_parser("remove", parents=[common], help="remove a key (never the last usable one)")
     k.add_argument("id", metavar="ID", help="key id or unique prefix")
+
+    p = command("copy", cmd_copy, "copy sets and the WAL they need into another repository (created encrypted "
+                                  "if missing); sets already there are skipped")
+    p.add_argument("sets", metavar="SET", nargs="*", help="sets to copy (default: every set, or of --source)")
+    p.add_argument("--to", required=True, metavar="URL", help="the destination: a directory or s3://bucket/prefix")
+    secret = p.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--to-passphrase-file", metavar="F", help="the destination's passphrase (first line of F)")
+    secret.add_argument("--to-key-file", metavar="F", help="the destination's key file")
+    p.add_argument("--source", metavar="NAME", help="only this source's sets ('latest' refers to it)")
 
     sysid_help = ("the cluster's system identifier, its WAL name space in the repository (default: from the "
                   "segment's header, else from the pg_control of the data directory the file lies in)")

@@ -21,11 +21,12 @@ BAR_WIDTH = 14
 
 
 def progress_figures(files_done: int, files_total: int, bytes_done: int, bytes_total: int, estimated: bool,
-                     eta: float | None) -> str:
-    """'1234/~5678 files, 1.2 GiB/~4.0 GiB, ETA 3m' (totals and ETA only when known)."""
+                     eta: float | None, unit: str = "file") -> str:
+    """'1234/~5678 files, 1.2 GiB/~4.0 GiB, ETA 3m' (totals and ETA only when known); `unit`
+    names what the first count counts (a copy counts sets)."""
     mark = "~" if estimated else ""
     files = f"{files_done}/{mark}{files_total}" if files_total else str(files_done)
-    files += " file" if (files_total or files_done) == 1 else " files"
+    files += f" {unit}" if (files_total or files_done) == 1 else f" {unit}s"
     size = f"{human_bytes(bytes_done)}/{mark}{human_bytes(bytes_total)}" if bytes_total else human_bytes(bytes_done)
     text = f"{files}, {size}"
     if eta is not None:
@@ -60,9 +61,10 @@ def choose_mode(json_output: bool, out: IO[str] | None = None) -> str:
 class ProgressView:
     """Shows one operation's progress; use as a context manager."""
 
-    def __init__(self, mode: str, title: str, out: IO[str] | None = None) -> None:
+    def __init__(self, mode: str, title: str, out: IO[str] | None = None, unit: str = "file") -> None:
         self.mode = mode
         self.title = title
+        self.unit = unit
         self.out = out or sys.stdout
         self._phase = ""
         self._last_line = 0.0
@@ -104,7 +106,7 @@ class ProgressView:
         # reads only what changed, but counts every file of the tree).
         eta = estimate_eta(now - self._started, bytes_done, bytes_total) if bytes_total else \
             estimate_eta(now - self._started, files_done, files_total)
-        figures = progress_figures(files_done, files_total, bytes_done, bytes_total, estimated, eta)
+        figures = progress_figures(files_done, files_total, bytes_done, bytes_total, estimated, eta, self.unit)
         label = f"{self.title}: {phase}" if phase else self.title
         if self._rich is not None:
             room = WIDTH - BAR_WIDTH - len(figures) - 3  # rich puts one space between columns

@@ -536,6 +536,15 @@ class CairnService:
         log.info("repository key %s removed", key_id)
         return key_id
 
+    def copy(self, to: str, secret: Secret, refs: list[str], source: str = "",
+             progress: ProgressFn | None = None) -> Any:
+        """Copy sets (and the WAL they need) into the repository at `to` (daemon/copying.py)."""
+        from cairn.daemon import copying
+
+        report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress)
+        log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))
+        return report
+
     def require_wal_writable(self) -> None:
         """Raise unless WAL pushes are accepted (checked before a push is received)."""
         self._require_writable("archiving WAL")

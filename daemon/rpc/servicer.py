@@ -331,6 +331,29 @@ class CairnServicer(pb_grpc.CairnServicer):
     def KeyRemove(self, request: pb.KeyRemoveRequest, context: grpc.ServicerContext) -> pb.KeyRemoveReply:
         return pb.KeyRemoveReply(id=self.service.remove_key(request.id))
 
+    @rpc
+    def Copy(self, request: pb.CopyRequest, context: grpc.ServicerContext) -> Iterator[pb.CopyEvent]:
+        which = request.WhichOneof("secret")
+        if which == "passphrase" and request.passphrase:
+            secret = Secret("passphrase", request.passphrase)
+        elif which == "key_file" and len(request.key_file) == KEYFILE_LEN:
+            secret = Secret("keyfile", request.key_file)
+        else:
+            raise InvalidArgumentError("a copy needs the destination's passphrase or the 32 bytes of its key file")
+
+        def run(progress: Callable[[Progress], None]) -> Any:
+            return self.service.copy(request.to, secret, list(request.sets), request.source, progress)
+
+        for item in run_with_progress(run, context, what="copy"):
+            if isinstance(item, Progress):
+                yield pb.CopyEvent(progress=progress_msg(item))
+            else:
+                yield pb.CopyEvent(result=pb.CopyResult(
+                    copied=[pb.CopySetPair(source_set=a, copied_set=b) for a, b in item.copied],
+                    present=[pb.CopySetPair(source_set=a, copied_set=b) for a, b in item.present],
+                    wal_copied=item.wal_copied, wal_present=item.wal_present, bytes_read=item.bytes_read,
+                    bytes_added=item.bytes_added, warnings=list(item.warnings)))
+
 
 def _add_health(out: pb.SourceStatus, src: Any) -> None:
     """The last failure, RPO and last success of a source (daemon/health.py)."""

@@ -771,3 +771,51 @@ class KeyRemoveReply(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CopyRequest(_message.Message):
+    __slots__ = ("to", "passphrase", "key_file", "source", "sets")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    PASSPHRASE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SETS_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    passphrase: bytes
+    key_file: bytes
+    source: str
+    sets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, to: _Optional[str] = ..., passphrase: _Optional[bytes] = ..., key_file: _Optional[bytes] = ..., source: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CopySetPair(_message.Message):
+    __slots__ = ("source_set", "copied_set")
+    SOURCE_SET_FIELD_NUMBER: _ClassVar[int]
+    COPIED_SET_FIELD_NUMBER: _ClassVar[int]
+    source_set: str
+    copied_set: str
+    def __init__(self, source_set: _Optional[str] = ..., copied_set: _Optional[str] = ...) -> None: ...
+
+class CopyResult(_message.Message):
+    __slots__ = ("copied", "present", "wal_copied", "wal_present", "bytes_read", "bytes_added", "warnings")
+    COPIED_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    WAL_COPIED_FIELD_NUMBER: _ClassVar[int]
+    WAL_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    BYTES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    copied: _containers.RepeatedCompositeFieldContainer[CopySetPair]
+    present: _containers.RepeatedCompositeFieldContainer[CopySetPair]
+    wal_copied: int
+    wal_present: int
+    bytes_read: int
+    bytes_added: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, copied: _Optional[_Iterable[_Union[CopySetPair, _Mapping]]] = ..., present: _Optional[_Iterable[_Union[CopySetPair, _Mapping]]] = ..., wal_copied: _Optional[int] = ..., wal_present: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_added: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CopyEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: CopyResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[CopyResult, _Mapping]] = ...) -> None: ...

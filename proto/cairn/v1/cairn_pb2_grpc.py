@@ -119,6 +119,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveReply.FromString,
                 _registered_method=True)
+        self.Copy = channel.unary_stream(
+                '/cairn.v1.Cairn/Copy',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.CopyRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.CopyEvent.FromString,
+                _registered_method=True)
 
 
 class CairnServicer:
@@ -243,6 +248,14 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Copy(self, request, context):
+        """Copy sets (and the WAL they need) into another repository, created encrypted under the
+        given key when missing; streams progress (sets, bytes), then the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CairnServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +343,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.KeyRemove,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.KeyRemoveReply.SerializeToString,
+            ),
+            'Copy': grpc.unary_stream_rpc_method_handler(
+                    servicer.Copy,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.CopyRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.CopyEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -791,6 +809,33 @@ class Cairn:
             '/cairn.v1.Cairn/KeyRemove',
             cairn_dot_v1_dot_cairn__pb2.KeyRemoveRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.KeyRemoveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Copy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cairn.v1.Cairn/Copy',
+            cairn_dot_v1_dot_cairn__pb2.CopyRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.CopyEvent.FromString,
             options,
             channel_credentials,
             insecure,

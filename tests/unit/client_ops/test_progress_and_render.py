@@ -20,6 +20,13 @@ def test_figures_mark_estimates_and_show_the_eta():
     assert progress_figures(1, 0, 10, 0, False, None) == "1 file, 10 B"
 
 
+def test_a_copy_counts_sets():
+    out = io.StringIO()
+    view = ProgressView("plain", "copy", out, unit="set")
+    view.update("set 3fa9c2d1..", 1, 3, 10, 30)
+    assert out.getvalue().startswith("copy: set 3fa9c2d1..: 1/3 sets, 10 B/30 B")
+
+
 def test_a_long_title_is_shortened_never_the_figures():
     figures = progress_figures(123456, 987654, 123 << 40, 456 << 40, True, 90000)
     line = fit("full backup of 'a-source-with-a-really-long-name-for-testing': backup", figures)
