@@ -10,8 +10,8 @@ restore.py   restore-db of a dump into a target database (pg_restore, or the con
 
 from __future__ import annotations
 
-from cairn.daemon.config import DatabaseConfig
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_PG_DUMP, DatabaseEngine
+from cairn.daemon.runtime.config import DatabaseConfig
 
 
 def engine_for(cfg: DatabaseConfig, source: str, work_dir: str) -> DatabaseEngine:

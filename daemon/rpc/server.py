@@ -25,9 +25,9 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from cairn.daemon.config import DaemonConfig
 from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflection, Slots
 from cairn.daemon.rpc.servicer import CairnServicer, Malformed
+from cairn.daemon.runtime.config import DaemonConfig
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError
 from google.protobuf.message import DecodeError

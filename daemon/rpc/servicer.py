@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import grpc
-from cairn.daemon import restoredb
-from cairn.daemon.jobs import BackupJob
-from cairn.daemon.retention import parse_option_duration
+from cairn.daemon.databases.postgres import restoredb
+from cairn.daemon.operations.service import CairnService, set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
-from cairn.daemon.service import CairnService, set_status
+from cairn.daemon.scheduling.jobs import BackupJob
+from cairn.daemon.scheduling.retention import parse_option_duration
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc

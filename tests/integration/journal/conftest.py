@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from cairn.daemon.changes import ChangeTracker
+from cairn.daemon.changes.tracker import ChangeTracker
 
 
 @dataclass(frozen=True)

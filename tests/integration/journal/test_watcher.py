@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from cairn.daemon.changes import ChangeTracker
+from cairn.daemon.changes.tracker import ChangeTracker
 
 
 def incremental(tracker: ChangeTracker, base: str = "F1", source: str = "app"):

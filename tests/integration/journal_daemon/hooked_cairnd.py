@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from cairn.daemon import main as cairnd
+from cairn.daemon.runtime import main as cairnd
 
 HOOKS = os.environ["CAIRN_TEST_HOOKS"]
 SINK_METHODS = ("changed", "new_directory", "unwatched", "rescan")

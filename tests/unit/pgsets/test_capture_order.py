@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cairn.daemon import capture, walarchive
-from cairn.daemon.config import DatabaseConfig, QuiesceConfig, SourceConfig
-from cairn.daemon.postgres import BackupStart, BackupStop, PgInfo
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.databases.postgres.connection import BackupStart, BackupStop, PgInfo
+from cairn.daemon.runtime.config import DatabaseConfig, QuiesceConfig, SourceConfig
+from cairn.daemon.windows import capture
 from cairn.errors import DeadlineError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupRequest, ChangeHint
 from cairn.store.repository import Repository

@@ -25,23 +25,23 @@ import time
 from typing import NoReturn
 
 from cairn import __version__, walnames
-from cairn.daemon import preflight
-from cairn.daemon.backstop import Backstop
-from cairn.daemon.changes import ChangeTracker
-from cairn.daemon.config import Config, config_from_args, load_config
-from cairn.daemon.health import restore_metrics
-from cairn.daemon.instance import InstanceLock, lock_local_repository, lock_state_dir
-from cairn.daemon.logs import setup_logging
-from cairn.daemon.metrics import Metrics
-from cairn.daemon.quiesce import recover_windows
-from cairn.daemon.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
-from cairn.daemon.retention import RetentionRunner
+from cairn.daemon.changes.backstop import Backstop
+from cairn.daemon.changes.rpo import RpoKeeper
+from cairn.daemon.changes.tracker import ChangeTracker
+from cairn.daemon.operations.service import CairnService
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
-from cairn.daemon.rpo import RpoKeeper
-from cairn.daemon.scheduler import Scheduler
-from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
-from cairn.daemon.service import CairnService
+from cairn.daemon.runtime import preflight
+from cairn.daemon.runtime.config import Config, config_from_args, load_config
+from cairn.daemon.runtime.health import restore_metrics
+from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
+from cairn.daemon.runtime.logs import setup_logging
+from cairn.daemon.runtime.metrics import Metrics
+from cairn.daemon.runtime.repokeys import add_key_arguments, check_key_arguments, key_overrides, open_repository
+from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_interval
+from cairn.daemon.scheduling.retention import RetentionRunner
+from cairn.daemon.scheduling.scheduler import Scheduler
+from cairn.daemon.windows.quiesce import recover_windows
 from cairn.errors import CairnError
 from cairn.store.repository import Repository
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pathspec
 import tomlkit
-from cairn.daemon.cron import CronExpr
-from cairn.daemon.durations import parse_duration
-from cairn.daemon.retention import keep_policy
+from cairn.daemon.runtime.durations import parse_duration
+from cairn.daemon.scheduling.cron import CronExpr
+from cairn.daemon.scheduling.retention import keep_policy
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.locations import S3Options, is_s3, parse_s3
 from cairn.store.model import LEVELS, PrunePolicy

@@ -20,11 +20,14 @@ from datetime import datetime
 from typing import Any
 
 from cairn import __version__, walnames
-from cairn.daemon import capture, checkdb, restoredb, retention, skip, walarchive
-from cairn.daemon.config import Config, SourceConfig
+from cairn.daemon.changes import skip
+from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
-from cairn.daemon.health import Failure, HealthRecord
-from cairn.daemon.jobs import BackupJob, JobManager
+from cairn.daemon.runtime.config import Config, SourceConfig
+from cairn.daemon.runtime.health import Failure, HealthRecord
+from cairn.daemon.scheduling import retention
+from cairn.daemon.scheduling.jobs import BackupJob, JobManager
+from cairn.daemon.windows import capture
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.store.crypto import Secret
 from cairn.store.errors import (
@@ -112,13 +115,13 @@ class CairnService:
         self.repo = repo
         self.jobs = JobManager(on_done=self._job_done)
         self._next_runs = next_runs
-        self._metrics = metrics  # a cairn.daemon.metrics.Metrics, or None
+        self._metrics = metrics  # a cairn.daemon.runtime.metrics.Metrics, or None
         self._started = time.time()
         self._machine = socket.gethostname()
-        self.retention: Any = None  # the daemon's RetentionRunner (cairn.daemon.retention) when gc is scheduled
+        self.retention: Any = None  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
-        self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes) when it watches
+        self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes.tracker) when it watches
         self.health = HealthRecord(None if config.daemon.read_only else config.daemon.state_dir)
 
     # ---- configuration ----

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from typing import Any
 
-from cairn.daemon.cron import CronExpr
-from cairn.daemon.durations import format_duration, parse_duration
-from cairn.daemon.scheduler import MAX_SLEEP, epoch_next_run
-from cairn.daemon.threads import ServiceThread
+from cairn.daemon.runtime.durations import format_duration, parse_duration
+from cairn.daemon.runtime.threads import ServiceThread
+from cairn.daemon.scheduling.cron import CronExpr
+from cairn.daemon.scheduling.scheduler import MAX_SLEEP, epoch_next_run
 from cairn.store.errors import CairnError, InvalidArgumentError, LockedError
 from cairn.store.model import PrunePolicy, PruneReport
 

@@ -1,6 +1,6 @@
 """Structured logging: one logfmt line per record on stderr, which journald keeps as is.
 
-A line reads `level=info logger=cairn.daemon.scheduler msg="scheduled full set due" source=app`:
+A line reads `level=info logger=cairn.daemon.scheduling.scheduler msg="scheduled full set due" source=app`:
 the level, the logger, the message, then every `extra={...}` field of the record. Values
 with spaces, quotes or '=' are quoted; newlines are escaped, so one record is always one line.
 An exception shows as its cause (`error="OSError: [Errno 5] ..."`); its traceback is added

@@ -51,8 +51,8 @@ from typing import Any
 
 from cairn import walnames
 from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
-from cairn.daemon.pgrecovery import lsn_to_int, recovery_stream
-from cairn.daemon.walarchive import database_records, fetch_wal, record_namespace
+from cairn.daemon.databases.postgres.recovery import lsn_to_int, recovery_stream
+from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.records import Data, EntryMeta, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError

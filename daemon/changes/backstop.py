@@ -28,12 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cairn.daemon.changes.tracker import has_ancestor_in
+from cairn.daemon.runtime.threads import ServiceThread
 from cairn.store.backup import kind_of
 from cairn.store.excludes import Excluder
 from cairn.store.model import BackupSet, ChangeHint
-
-from .changes import has_ancestor_in
-from .threads import ServiceThread
 
 log = logging.getLogger(__name__)
 

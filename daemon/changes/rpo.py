@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .threads import ServiceThread
+from cairn.daemon.runtime.threads import ServiceThread
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-from cairn.daemon.threads import ServiceThread
+from cairn.daemon.runtime.threads import ServiceThread
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from cairn.daemon.config import Config, RepositoryConfig
+from cairn.daemon.runtime.config import Config, RepositoryConfig
 from cairn.store.crypto import Secret
 from cairn.store.errors import WrongKeyError
 from cairn.store.locations import is_s3

@@ -1,7 +1,7 @@
 """The change tracker: what changed in each source since a given base set, and whether to trust it.
 
-`ChangeTracker` glues the watcher (inotify, `cairn.daemon.watcher`), the durable journal
-(`cairn.daemon.journal`, SQLite in the state directory) and the store's `ChangeHint`.
+`ChangeTracker` glues the watcher (inotify, `cairn.daemon.changes.watcher`), the durable journal
+(`cairn.daemon.changes.journal`, SQLite in the state directory) and the store's `ChangeHint`.
 The backup service uses it like this, once per set:
 
     tracker = ChangeTracker(state_dir, config.sources, max_watches=config.daemon.max_watches,
@@ -53,12 +53,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cairn.daemon.changes.journal import Change, Journal
+from cairn.daemon.changes.watcher import Watcher
+from cairn.daemon.runtime.threads import ServiceThread
 from cairn.store.excludes import Excluder
 from cairn.store.model import ChangeHint, check_level
-
-from .journal import Change, Journal
-from .threads import ServiceThread
-from .watcher import Watcher
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn import walnames
-from cairn.daemon.walarchive import server_archiver
+from cairn.daemon.databases.postgres.walarchive import server_archiver
 from cairn.store.errors import CairnError, FailedPreconditionError
 
 DEFAULT_TIMEOUT = 60.0
@@ -51,7 +51,7 @@ def check_database(db: Any, wal_names: Callable[[str], list[str]], last_push_fai
                    timeout: float | None = None) -> CheckResult:
     """Run the steps against database config `db`; `wal_names(namespace)` lists the WAL files the
     repository holds in a cluster's own name space (its system identifier; store/wal.py)."""
-    from cairn.daemon.postgres import PgConnection  # psycopg2 only when a database is configured
+    from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
 
     bound = timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT
     result = CheckResult()

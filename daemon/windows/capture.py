@@ -46,9 +46,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from cairn.daemon import walarchive
-from cairn.daemon.checkdb import raise_if_archiver_failing
-from cairn.daemon.config import DatabaseConfig, SourceConfig
 from cairn.daemon.databases import engine_for
 from cairn.daemon.databases.engine import (  # noqa: F401 - attachment names re-exported
     DatabaseEngine,
@@ -57,8 +54,11 @@ from cairn.daemon.databases.engine import (  # noqa: F401 - attachment names re-
     tablespace_attachment,
 )
 from cairn.daemon.databases.physical import PhysicalEngine
-from cairn.daemon.postgres import PgConnection
-from cairn.daemon.quiesce import Window, run_after
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.databases.postgres.checkdb import raise_if_archiver_failing
+from cairn.daemon.databases.postgres.connection import PgConnection
+from cairn.daemon.runtime.config import DatabaseConfig, SourceConfig
+from cairn.daemon.windows.quiesce import Window, run_after
 from cairn.store.errors import AbortedError, CairnError, InvalidArgumentError
 from cairn.store.model import BackupRequest, BackupSet, ChangeHint, Progress
 from cairn.store.repository import Repository

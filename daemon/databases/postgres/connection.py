@@ -46,15 +46,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from cairn.errors import (
-    AbortedError,
-    BackendError,
-    DeadlineError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-)
-
-from .pgrecovery import (  # noqa: F401 - part of this module's API
+from cairn.daemon.databases.postgres.recovery import (  # noqa: F401 - part of this module's API
     RecoveryPlan,
     int_to_lsn,
     is_wal_file_name,
@@ -64,6 +56,13 @@ from .pgrecovery import (  # noqa: F401 - part of this module's API
     recovery_stream,
     wal_segment_name,
     write_recovery,
+)
+from cairn.errors import (
+    AbortedError,
+    BackendError,
+    DeadlineError,
+    FailedPreconditionError,
+    InvalidArgumentError,
 )
 
 # Paths of a data directory left out of a base backup, per the PostgreSQL documentation

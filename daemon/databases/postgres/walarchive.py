@@ -101,7 +101,7 @@ class ArchiveHealth:
 
 def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
     """server_archiver() of a configured database, or {'error': ...} when it cannot be asked."""
-    from cairn.daemon.postgres import PgConnection  # psycopg2 only when a database is configured
+    from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
 
     try:
         with PgConnection.open(db.dsn, name=db.name, connect_timeout=connect_timeout, check_rights=False,

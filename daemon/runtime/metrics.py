@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cairn.daemon.config import is_loopback, split_address
+from cairn.daemon.runtime.config import is_loopback, split_address
 from cairn.store.errors import InvalidArgumentError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, tzinfo
 
-from cairn.daemon.cron import CronExpr, next_run
-from cairn.daemon.threads import ServiceThread
+from cairn.daemon.runtime.threads import ServiceThread
+from cairn.daemon.scheduling.cron import CronExpr, next_run
 from cairn.store.errors import InvalidArgumentError
 from cairn.store.model import LEVELS
 

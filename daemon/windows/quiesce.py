@@ -51,16 +51,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from cairn.errors import (
-    AbortedError,
-    BusyError,
-    CairnError,
-    DeadlineError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-)
-
-from .windows import (
+from cairn.daemon.windows.records import (
     HookSpec,
     WindowRecord,
     list_record_paths,
@@ -68,6 +59,14 @@ from .windows import (
     record_path,
     remove_record,
     write_record,
+)
+from cairn.errors import (
+    AbortedError,
+    BusyError,
+    CairnError,
+    DeadlineError,
+    FailedPreconditionError,
+    InvalidArgumentError,
 )
 
 log = logging.getLogger("cairn.quiesce")

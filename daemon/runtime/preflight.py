@@ -18,8 +18,8 @@ import socket
 import ssl
 import stat
 
-from cairn.daemon.config import Config, split_address
-from cairn.daemon.repokeys import secret_of
+from cairn.daemon.runtime.config import Config, split_address
+from cairn.daemon.runtime.repokeys import secret_of
 from cairn.store.backend import LocalBackend
 from cairn.store.errors import (
     AlreadyExistsError,
@@ -262,7 +262,7 @@ def warn_unreachable_databases(config: Config) -> list[str]:
 
 def database_problem(db: object) -> str:
     """'' when the database accepts a backup connection, else why not."""
-    from cairn.daemon.postgres import PgConnection  # psycopg2 only when a database is configured
+    from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
 
     try:
         with PgConnection.from_config(db, connect_timeout=DB_CONNECT_TIMEOUT):
