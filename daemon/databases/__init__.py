@@ -1,7 +1,7 @@
 """Databases behind one boundary: the engines that capture a [[database]] into a set.
 
 engine.py    the DatabaseEngine protocol and the typed records of what a set holds
-physical.py  kind 'postgres': base backup of a local cluster + WAL (wraps daemon/postgres.py)
+physical.py  kind 'postgres': base backup of a local cluster + WAL (wraps daemon/databases/postgres/connection.py)
 dump.py      kinds 'pg_dump' and 'command': a dump tool run inside the set's window
 restore.py   restore-db of a dump into a target database (pg_restore, or the configured command)
 

@@ -1,6 +1,6 @@
 """The physical PostgreSQL engine (kind 'postgres'): a base backup of a local cluster plus WAL.
 
-It delegates to daemon/postgres.py (connection checks, pg_backup_start/stop, restore points)
+It delegates to daemon/databases/postgres/connection.py (connection checks, pg_backup_start/stop, restore points)
 and behaves exactly as capture did before the engine boundary existed:
 
 - prepare: connect and check (rights, pgdata is the server's data directory, WAL archiving)

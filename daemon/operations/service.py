@@ -87,7 +87,7 @@ class SourceState:
     oldest_unprotected_age: float | None = None
     pending_paths: int = 0
     watches: int = 0
-    last_failure: Failure | None = None  # daemon/health.py
+    last_failure: Failure | None = None  # daemon/runtime/health.py
     rpo: float | None = None
     last_success: float = 0.0
 
@@ -268,7 +268,7 @@ class CairnService:
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
                  cancel: threading.Event, planner: capture.Planner) -> BackupSet:
         """Capture the set: a plain backup of the source paths, or a consistent set of files and
-        databases inside the source's quiesce window (daemon/capture.py)."""
+        databases inside the source's quiesce window (daemon/windows/capture.py)."""
         if not capture.needs_capture(src):
             plan = planner.plan()
             req = replace(request, changes=plan.hint,
@@ -300,7 +300,7 @@ class CairnService:
 
         A set the schedule takes carries the source's `tags` for its level, strftime fields
         filled in with the local time of the run; a scheduled set of an unchanged source is
-        skipped (daemon/skip.py)."""
+        skipped (daemon/changes/skip.py)."""
         if reason == "schedule":
             newest = skip.unchanged_since(self._config, self.tracker, self.repo, source, level)
             if newest is not None:
@@ -450,7 +450,7 @@ class CairnService:
         try:
             report = self.repo.check(read_data=read_data, set_ref=chosen.id if chosen else None,
                                      progress=progress)
-            # WAL continuity per timeline from each database set's start onward (daemon/walarchive.py)
+            # WAL continuity per timeline from each database set's start onward (walarchive)
             gaps = walarchive.continuity_problems(self.repo, [chosen] if chosen else self.repo.list_sets())
             report = replace(report, errors=report.errors + tuple(gaps)) if gaps else report
             outcome = "ok" if report.ok else "damaged"
@@ -481,7 +481,7 @@ class CairnService:
         return snap
 
     def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
-        """`cairn check-db`: connection, archive_command and a forced segment switch (daemon/checkdb.py)."""
+        """`cairn check-db`: connection, archive_command and a forced segment switch (checkdb)."""
         db = self._config.database(name)
         return checkdb.check_database(db, lambda ns: self.repo.list_wal(ns, flat=False),
                                       lambda: self.archive.snapshot([]).last_failure, timeout)

@@ -333,7 +333,7 @@ class CairnServicer(pb_grpc.CairnServicer):
 
 
 def _add_health(out: pb.SourceStatus, src: Any) -> None:
-    """The last failure, RPO and last success of a source (daemon/health.py)."""
+    """The last failure, RPO and last success of a source (daemon/runtime/health.py)."""
     failure = getattr(src, "last_failure", None)
     if failure is not None:
         out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,

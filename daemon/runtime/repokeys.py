@@ -4,7 +4,7 @@
 What always holds: an encrypted (format 2) repository opens only with a passphrase or key
 file that unwraps one of its keys; anything else is one WrongKeyError line ("unable to open
 repository: wrong passphrase or key file") and the daemon exits 1. A config may name both,
-tried passphrase first; files are read only when needed. `cairnd --init` (daemon/preflight.py)
+tried passphrase first; files are read only when needed. `cairnd --init` (daemon/runtime/preflight.py)
 creates an encrypted repository under the first secret named, and a plaintext one only when
 `--no-encryption` asks for it. Plaintext (format 1) repositories open as before; a secret
 given for one is ignored.

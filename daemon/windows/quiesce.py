@@ -14,7 +14,7 @@
   Hooks form a stack of levels (`levels=[(freeze hooks, thaw hooks), ...]`; `freeze`/`thaw`
   alone are one level): levels freeze in order, and on exit the thaw hooks of every level whose
   freeze began run, the last level first.
-  On enter it durably writes the window record (daemon/windows.py), starts a watchdog timer
+  On enter it durably writes the window record (daemon/windows/records.py), starts a watchdog timer
   for max_window and runs the freeze hooks in order (the record is rewritten before each
   further level begins, so a crash thaws exactly the levels that began). A required freeze hook that fails raises
   `HookError` (message holds the hook's stderr) after the thaw hooks ran; an optional one is

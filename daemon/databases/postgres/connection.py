@@ -24,7 +24,7 @@ This is the only module of Cairn that imports psycopg2. It offers:
 - `EXCLUDES` — the files PostgreSQL's documentation says to leave out of a base backup, as
   gitignore patterns relative to the data directory (for BackupRequest.excludes).
 - `write_recovery(target_dir, labelfile, spcmapfile, restore_command, ...)` and
-  `recovery_stream(...)` — re-exported from daemon/pgrecovery.py (no server needed): turn a
+  `recovery_stream(...)` — re-exported from daemon/databases/postgres/recovery.py (no server needed): turn a
   restored copy of the data directory (on disk, or as a restore record stream) into one that
   PostgreSQL recovers from the WAL archive, to the backup's consistent point ('immediate',
   the default), a time or an LSN, then promotes. Also parse_label, lsn_to_int,

@@ -1,4 +1,4 @@
-"""The order of a consistent capture (daemon/capture.py), with a stand-in for the PostgreSQL
+"""The order of a consistent capture (daemon/windows/capture.py), with a stand-in for the PostgreSQL
 connection and a real repository, real hooks and a real window: where the hint is made, where
 pg_backup_start and pg_backup_stop run, the fresh hint before the hot content walk, and the
 WAL wait before commit."""

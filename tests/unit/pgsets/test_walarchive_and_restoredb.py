@@ -1,4 +1,5 @@
-"""WAL continuity and archive health (daemon/walarchive.py), restore-db checks (daemon/restoredb.py)."""
+"""WAL continuity and archive health (daemon/databases/postgres/walarchive.py), restore-db checks
+(daemon/databases/postgres/restoredb.py)."""
 
 from __future__ import annotations
 
