@@ -24,7 +24,8 @@ from typing import Any, BinaryIO
 
 import grpc
 from cairn.daemon.databases.postgres import restoredb
-from cairn.daemon.operations.service import CairnService, set_status
+from cairn.daemon.operations.service import CairnService
+from cairn.daemon.operations.status import set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.retention import parse_option_duration
