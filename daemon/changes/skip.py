@@ -31,7 +31,7 @@ def unchanged_since(config: Any, tracker: Any, repo: Any, source: str, level: st
     except Exception as exc:  # the journal cannot vouch: take the set
         log.warning("unable to read the change journal of source '%s': %s", source, exc)
         return None
-    if state["state"] != "complete" or state["pending_paths"] or state["oldest_unprotected_age"] is not None:
+    if state.state != "complete" or state.pending_paths or state.oldest_unprotected_age is not None:
         return None
     sets = repo.list_sets(source)
     if not sets:

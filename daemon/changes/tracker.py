@@ -145,6 +145,17 @@ class _Flusher(ServiceThread):
         self.tracker.flush()
 
 
+@dataclass(frozen=True)
+class JournalStatus:
+    """The journal's view of one source: can it vouch for the next set, and what waits."""
+
+    state: str  # "complete", or "rescan" when the next set must walk (the reasons say why)
+    reasons: tuple[str, ...]
+    oldest_unprotected_age: float | None  # seconds since the oldest change no set holds yet
+    pending_paths: int
+    watches: int
+
+
 class ChangeTracker:
     """Per-source change tracking for incremental and differential sets (see the module doc)."""
 
@@ -399,7 +410,7 @@ class ChangeTracker:
         self.flush()
         return self._require_journal().pending(name).oldest
 
-    def status(self, source: str | SourceLike) -> dict[str, Any]:
+    def status(self, source: str | SourceLike) -> JournalStatus:
         """The journal's view of `source`, for `cairn status`."""
         name = _name(source)
         self.flush()
@@ -422,13 +433,13 @@ class ChangeTracker:
             if reason not in reasons:
                 reasons.append(reason)
         oldest = pending.oldest if self._is_watched(name) else None
-        return {
-            "state": "rescan" if reasons else "complete",
-            "reasons": reasons,
-            "oldest_unprotected_age": max(0.0, time.time() - oldest) if oldest is not None else None,
-            "pending_paths": pending.count,
-            "watches": self._watcher.watches(name) if self._watcher is not None else 0,
-        }
+        return JournalStatus(
+            state="rescan" if reasons else "complete",
+            reasons=tuple(reasons),
+            oldest_unprotected_age=max(0.0, time.time() - oldest) if oldest is not None else None,
+            pending_paths=pending.count,
+            watches=self._watcher.watches(name) if self._watcher is not None else 0,
+        )
 
     def watches(self) -> int:
         """Watches in use across all sources."""

@@ -39,23 +39,6 @@ class DatabasePart(ServicePart):
         s = self.resolve(ref, source)
         return s, restore_dump(self.repo, self._config, s, database, target_dsn, progress, cancel)
 
-    def archive_status(self) -> walarchive.ArchiveSnapshot:
-        """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
-        entries = self.repo.wal_entries()
-        snap = self.archive.snapshot([name for _, name in entries])
-        snap.namespaces = len({ns for ns, _ in entries if ns})
-        if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
-            snap.last_time = self.health.wal_time  # archived before this daemon started
-        for db in self._config.databases:
-            if db.kind != "postgres":
-                continue  # dump engines archive no WAL
-            info = {"name": db.name, **walarchive.database_archiver(db)}
-            if info.get("system_id"):
-                info["namespace_segments"] = sum(1 for ns, n in entries
-                                                 if ns == info["system_id"] and walarchive.SEGMENT_RE.match(n))
-            snap.databases.append(info)
-        return snap
-
     def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
         """`cairn check-db`: connection, archive_command and a forced segment switch (checkdb)."""
         db = self._config.database(name)

@@ -65,14 +65,6 @@ class MaintenancePart(ServicePart):
         self._require_writable("retention")
         return self.repo.prune(self.retention_policy())
 
-    def retention_status(self) -> dict[str, Any] | None:
-        """The gc schedule, its next and last run, for status (None when not scheduled)."""
-        runner = self.retention
-        if runner is None:
-            return None
-        return {"schedule": runner.schedule, "next_run": runner.next_run(), "last_run": runner.last_run,
-                "last_result": runner.last_result, "host": self._hostname}
-
     def list_keys(self) -> list[dict[str, Any]]:
         """Every key object of the encrypted repository, the one in use marked `current`."""
         return [{"id": key_id, "type": info.type if info else "", "created": info.created if info else 0.0,

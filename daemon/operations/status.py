@@ -1,6 +1,8 @@
 """What `cairn status` shows: the daemon, and each source's sets, job, journal and schedule.
 
-The shape is typed (`DaemonState`, `SourceState`); the gRPC adapter maps it to the wire.
+The shape is typed (`ServiceStatus`: `DaemonState`, `SourceState` with its `JournalView`, the
+archive's `ArchiveSnapshot`, `RetentionState`); the gRPC adapter maps it to the wire, field by
+field, and nothing reads it by string keys.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from cairn import __version__
+from cairn.daemon.databases.postgres import walarchive
 from cairn.daemon.operations.part import ServicePart
 from cairn.daemon.runtime.config import SourceConfig
 from cairn.daemon.runtime.health import Failure
@@ -32,24 +34,52 @@ class DaemonState:
 
 
 @dataclass(frozen=True)
+class JournalView:
+    """The change journal's state of a source, as status shows it."""
+
+    text: str  # for people: complete, rescan pending: why, or not tracked (why)
+    state: str = ""  # complete, rescan, or empty when the source is not tracked
+    reasons: tuple[str, ...] = ()
+    oldest_unprotected_age: float | None = None
+    pending_paths: int = 0
+    watches: int = 0
+
+
+@dataclass(frozen=True)
 class SourceState:
     name: str
     paths: tuple[str, ...]
     configured: bool
     watch: bool
-    journal: str
+    journal: JournalView
     last: dict[str, BackupSet]
     running: BackupJob | None
     next_runs: dict[str, float]
     sets: int
-    journal_state: str = ""  # complete, rescan, or empty when the source is not tracked
-    journal_reasons: tuple[str, ...] = ()
-    oldest_unprotected_age: float | None = None
-    pending_paths: int = 0
-    watches: int = 0
     last_failure: Failure | None = None  # daemon/runtime/health.py
     rpo: float | None = None
     last_success: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetentionState:
+    """The gc schedule, its next and last run (last_run 0: not run since the daemon started)."""
+
+    schedule: str
+    next_run: float
+    last_run: float
+    last_result: str  # for people: what the last run forgot and freed, or its error
+    host: str  # the host whose sets the daemon's retention handles
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """Everything `cairn status` shows: the daemon, each source, WAL archiving, retention."""
+
+    daemon: DaemonState
+    sources: list[SourceState]
+    archive: walarchive.ArchiveSnapshot
+    retention: RetentionState | None  # None when gc is not scheduled
 
 
 def set_status(s: BackupSet) -> str:
@@ -61,7 +91,12 @@ def set_status(s: BackupSet) -> str:
 
 
 class StatusPart(ServicePart):
-    """The daemon's and its sources' state, read without side effects."""
+    """The daemon's, its sources', WAL archiving's and retention's state, read without side effects."""
+
+    def full_status(self) -> ServiceStatus:
+        """What `cairn status` shows, in one typed record."""
+        daemon, sources = self.status()
+        return ServiceStatus(daemon, sources, self.archive_status(), self.retention_status())
 
     def status(self) -> tuple[DaemonState, list[SourceState]]:
         """The daemon and every source: configured ones first, then those only known from sets."""
@@ -91,7 +126,7 @@ class StatusPart(ServicePart):
                     paths=src.paths if src else (own[-1].paths if own else ()),
                     configured=src is not None,
                     watch=bool(src and src.watch),
-                    **self._journal_view(src),
+                    journal=self._journal_view(src),
                     last={s.level: s for s in own},  # oldest first, so the latest per level wins
                     running=running.get(name),
                     next_runs=next_runs.get(name, {}),
@@ -103,28 +138,45 @@ class StatusPart(ServicePart):
             )
         return daemon, states
 
-    def _journal_view(self, src: SourceConfig | None) -> dict[str, Any]:
-        """The change journal's state of a configured source, as SourceState fields."""
+    def archive_status(self) -> walarchive.ArchiveSnapshot:
+        """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
+        entries = self.repo.wal_entries()
+        snap = self.archive.snapshot([name for _, name in entries])
+        snap.namespaces = len({ns for ns, _ in entries if ns})
+        if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
+            snap.last_time = self.health.wal_time  # archived before this daemon started
+        for db in self._config.databases:
+            if db.kind != "postgres":
+                continue  # dump engines archive no WAL
+            info = walarchive.database_archiver(db)
+            if info.system_id:
+                info.namespace_segments = sum(1 for ns, n in entries
+                                              if ns == info.system_id and walarchive.SEGMENT_RE.match(n))
+            snap.databases.append(info)
+        return snap
+
+    def retention_status(self) -> RetentionState | None:
+        """The gc schedule, its next and last run, for status (None when not scheduled)."""
+        runner = self.retention
+        if runner is None:
+            return None
+        return RetentionState(schedule=runner.schedule, next_run=runner.next_run(), last_run=runner.last_run,
+                              last_result=runner.last_result, host=self._hostname)
+
+    def _journal_view(self, src: SourceConfig | None) -> JournalView:
+        """The change journal's state of a configured source."""
         if src is None:
-            return {"journal": ""}
+            return JournalView("")
         if self.tracker is None or not src.watch:
             why = "read-only daemon" if self._config.daemon.read_only else "watch = false"
-            return {"journal": f"not tracked ({why}): sets walk and compare with the base"}
+            return JournalView(f"not tracked ({why}): sets walk and compare with the base")
         try:
             st = self.tracker.status(src.name)
         except Exception:
             log.exception("unable to read the change journal state of source '%s'", src.name)
-            return {"journal": "unknown (the change journal could not be read)"}
-        reasons = tuple(st["reasons"])
-        text = "complete" if st["state"] == "complete" else "rescan pending: " + "; ".join(reasons)
-        return {
-            "journal": text,
-            "journal_state": st["state"],
-            "journal_reasons": reasons,
-            "oldest_unprotected_age": st["oldest_unprotected_age"],
-            "pending_paths": int(st["pending_paths"]),
-            "watches": int(st["watches"]),
-        }
+            return JournalView("unknown (the change journal could not be read)")
+        text = "complete" if st.state == "complete" else "rescan pending: " + "; ".join(st.reasons)
+        return JournalView(text, st.state, st.reasons, st.oldest_unprotected_age, st.pending_paths, st.watches)
 
     def _collect_next_runs(self) -> dict[str, dict[str, float]]:
         """The scheduler's next runs as {source: {level: epoch seconds}}."""

@@ -24,8 +24,9 @@ from typing import Any, BinaryIO
 
 import grpc
 from cairn.daemon.databases.postgres import restoredb
+from cairn.daemon.databases.postgres.walarchive import ArchiveSnapshot
 from cairn.daemon.operations.service import CairnService
-from cairn.daemon.operations.status import set_status
+from cairn.daemon.operations.status import SourceState, set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.retention import parse_option_duration
@@ -110,7 +111,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        daemon, sources = self.service.status()
+        status = self.service.full_status()
+        daemon = status.daemon
         reply = pb.StatusReply(
             daemon=pb.DaemonInfo(
                 version=daemon.version,
@@ -122,21 +124,21 @@ class CairnServicer(pb_grpc.CairnServicer):
                 hostname=daemon.hostname,
             )
         )
-        for src in sources:
+        for src in status.sources:
             out = reply.sources.add(
                 name=src.name,
                 paths=[os.fsencode(p) for p in src.paths],
                 configured=src.configured,
                 watch=src.watch,
-                journal=src.journal,
+                journal=src.journal.text,
                 sets=src.sets,
-                journal_state=src.journal_state,
-                journal_reasons=list(src.journal_reasons),
-                pending_paths=src.pending_paths,
-                watches=src.watches,
+                journal_state=src.journal.state,
+                journal_reasons=list(src.journal.reasons),
+                pending_paths=src.journal.pending_paths,
+                watches=src.journal.watches,
             )
-            if src.oldest_unprotected_age is not None:
-                out.oldest_unprotected_age = src.oldest_unprotected_age
+            if src.journal.oldest_unprotected_age is not None:
+                out.oldest_unprotected_age = src.journal.oldest_unprotected_age
             for level, s in src.last.items():
                 out.last.add(level=level, set=set_info(s))
             for level, when in sorted(src.next_runs.items(), key=lambda kv: kv[1]):
@@ -144,10 +146,12 @@ class CairnServicer(pb_grpc.CairnServicer):
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
             _add_health(out, src)
-        reply.archive.CopyFrom(archive_status(self.service.archive_status()))
-        gc = self.service.retention_status()
+        reply.archive.CopyFrom(archive_status(status.archive))
+        gc = status.retention
         if gc is not None:
-            reply.retention.CopyFrom(pb.RetentionStatus(**gc))
+            reply.retention.CopyFrom(pb.RetentionStatus(schedule=gc.schedule, next_run=gc.next_run,
+                                                        last_run=gc.last_run, last_result=gc.last_result,
+                                                        host=gc.host))
         return reply
 
     @rpc
@@ -333,14 +337,14 @@ class CairnServicer(pb_grpc.CairnServicer):
         return pb.KeyRemoveReply(id=self.service.remove_key(request.id))
 
 
-def _add_health(out: pb.SourceStatus, src: Any) -> None:
+def _add_health(out: pb.SourceStatus, src: SourceState) -> None:
     """The last failure, RPO and last success of a source (daemon/runtime/health.py)."""
-    failure = getattr(src, "last_failure", None)
+    failure = src.last_failure
     if failure is not None:
         out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,
                                                    message=failure.message, status=failure.status))
-    out.rpo = getattr(src, "rpo", None) or 0.0
-    out.last_success = getattr(src, "last_success", 0.0)
+    out.rpo = src.rpo or 0.0
+    out.last_success = src.last_success
 
 
 @contextlib.contextmanager
@@ -564,7 +568,7 @@ def set_info(s: BackupSet) -> pb.SetInfo:
     )
 
 
-def archive_status(a: Any) -> pb.ArchiveStatus:
+def archive_status(a: ArchiveSnapshot) -> pb.ArchiveStatus:
     """walarchive.ArchiveSnapshot -> wire."""
     msg = pb.ArchiveStatus(
         last_segment=a.last_segment,
@@ -577,7 +581,11 @@ def archive_status(a: Any) -> pb.ArchiveStatus:
         wal_namespaces=a.namespaces,
     )
     for d in a.databases:
-        msg.databases.add(**{k: v for k, v in d.items() if k in pb.DatabaseArchive.DESCRIPTOR.fields_by_name})
+        msg.databases.add(name=d.name, error=d.error, current_segment=d.current_segment,
+                          last_archived=d.last_archived, last_archived_time=d.last_archived_time,
+                          failed_count=d.failed_count, last_failed=d.last_failed,
+                          last_failed_time=d.last_failed_time, lag_segments=d.lag_segments,
+                          system_id=d.system_id, namespace_segments=d.namespace_segments)
     return msg
 
 

@@ -59,8 +59,25 @@ class ArchiveSnapshot:
     last_failure: str = ""
     last_failure_time: float = 0.0
     segments: int = 0
-    databases: list[dict[str, Any]] = field(default_factory=list)
+    databases: list[DatabaseArchive] = field(default_factory=list)
     namespaces: int = 0  # WAL name spaces (clusters) in the repository, the flat one not counted
+
+
+@dataclass
+class DatabaseArchive:
+    """One configured server's archiver as status shows it (pg_stat_archiver, server_archiver())."""
+
+    name: str
+    error: str = ""  # set when the server could not be asked
+    current_segment: str = ""
+    last_archived: str = ""
+    last_archived_time: float = 0.0
+    failed_count: int = 0
+    last_failed: str = ""
+    last_failed_time: float = 0.0
+    lag_segments: int = 0  # finished segments not archived yet
+    system_id: str = ""  # the server's WAL name space in the repository
+    namespace_segments: int = 0  # WAL segments in that name space
 
 
 class ArchiveHealth:
@@ -99,8 +116,8 @@ class ArchiveHealth:
                                    last_failure_time=self._last_failure_time, segments=len(segs))
 
 
-def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
-    """server_archiver() of a configured database, or {'error': ...} when it cannot be asked."""
+def database_archiver(db: Any, connect_timeout: int = 2) -> DatabaseArchive:
+    """server_archiver() of a configured database, or its `error` when it cannot be asked."""
     from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
 
     try:
@@ -112,9 +129,9 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> dict[str, Any]:
                     conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
             except CairnError:
                 pass  # status then shows no name space for it
-            return out
+            return DatabaseArchive(name=db.name, **out)
     except CairnError as exc:
-        return {"error": exc.message}
+        return DatabaseArchive(name=db.name, error=exc.message)
 
 
 def database_records(extra: Any) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ def test_nothing_changed_gives_empty_hint(tracked):
     env, t = tracked
     hint, _ = incremental(t)
     assert hint is not None and hint.paths == frozenset() and hint.rescan == frozenset()
-    assert t.status("app")["state"] == "complete"
+    assert t.status("app").state == "complete"
 
 
 def test_create_write_append_truncate_delete(tracked):
@@ -162,8 +162,8 @@ def test_hardlink_distrusts_the_source(tracked):
     hint, _ = incremental(t)
     assert hint is None
     status = t.status("app")
-    assert status["state"] == "rescan"
-    assert any("hard links" in r for r in status["reasons"])
+    assert status.state == "rescan"
+    assert any("hard links" in r for r in status.reasons)
 
 
 # -- excludes ----------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_excludes_apply_to_events_and_watches(env):
     os.makedirs(env.p("keep"))
     t = env.tracker([env.source("app", (env.src,), ("*.tmp", "cache/"))])
     env.trust(t)
-    assert t.status("app")["watches"] == 2          # root and keep/, not cache/ and below
+    assert t.status("app").watches == 2          # root and keep/, not cache/ and below
     write(env.p("junk.tmp"))
     write(env.p("keep", "junk.tmp"))
     write(env.p("cache", "x", "y", "f"))
@@ -191,7 +191,7 @@ def test_changes_after_prepare_stay_pending(tracked):
     hint, token = incremental(t)
     assert env.p("before") in hint.paths
     write(env.p("during"))
-    env.wait_until(lambda: t.status("app")["pending_paths"] >= 3, what="'during' journaled")
+    env.wait_until(lambda: t.status("app").pending_paths >= 3, what="'during' journaled")
     t.committed("app", "incremental", "I1", token)
     paths = changed_paths(t, "I1")
     assert env.p("during") in paths and env.p("before") not in paths
@@ -258,7 +258,7 @@ def test_on_change_and_oldest_unprotected(tracked):
     oldest = t.oldest_unprotected("app")
     assert oldest is not None
     status = t.status("app")
-    assert status["oldest_unprotected_age"] is not None and status["pending_paths"] >= 1
+    assert status.oldest_unprotected_age is not None and status.pending_paths >= 1
 
 
 def test_unwatched_source_has_no_hint(env):
@@ -269,7 +269,7 @@ def test_unwatched_source_has_no_hint(env):
     write(os.path.join(db, "f"))
     assert t.prepare("db", "incremental", "F1", "full")[0] is None
     status = t.status("db")
-    assert status["state"] == "rescan" and status["watches"] == 0
+    assert status.state == "rescan" and status.watches == 0
     assert t.oldest_unprotected("db") is None
 
 
@@ -278,7 +278,7 @@ def test_unwatched_source_has_no_hint(env):
 def test_injected_overflow_marks_every_source(tracked):
     env, t = tracked
     t.watcher.simulate_overflow()
-    env.wait_until(lambda: t.status("app")["state"] == "rescan", what="overflow noticed")
+    env.wait_until(lambda: t.status("app").state == "rescan", what="overflow noticed")
     assert any("overflow" in r for r in t.status("app")["reasons"])
     assert incremental(t)[0] is None
     # the watches were rebuilt: after the next set the journal is trusted and complete again
@@ -286,7 +286,7 @@ def test_injected_overflow_marks_every_source(tracked):
     t.committed("app", "incremental", "I1", tok)
     write(env.p("sub", "deep", "after"))
     assert env.p("sub", "deep", "after") in changed_paths(t, "I1")
-    assert t.status("app")["state"] == "complete"
+    assert t.status("app").state == "complete"
 
 
 def test_real_overflow_while_reader_is_held(tracked):
@@ -314,9 +314,9 @@ def test_watch_cap_marks_unwatched_subtrees(env):
     t = env.tracker(max_watches=4)
     env.trust(t)
     status = t.status("app")
-    assert status["watches"] == 4
-    assert status["state"] == "rescan"
-    assert any("watch limit" in r for r in status["reasons"])
+    assert status.watches == 4
+    assert status.state == "rescan"
+    assert any("watch limit" in r for r in status.reasons)
     hint, _ = incremental(t)
     assert hint is not None and hint.rescan           # the unwatched subtrees are always walked
     unwatched = set(hint.rescan)
@@ -347,7 +347,7 @@ def test_restart_marks_rescan_then_trusts(env):
     write(env.p("while-down"))
     t2 = env.tracker()
     status = t2.status("app")
-    assert status["state"] == "rescan" and any("restarted" in r for r in status["reasons"])
+    assert status.state == "rescan" and any("restarted" in r for r in status.reasons)
     hint, tok = t2.prepare("app", "incremental", "F1", "full")
     assert hint is None
     t2.committed("app", "incremental", "I1", tok)
