@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cairn import protocol
 from cairn.daemon.changes import skip
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.operations.status import set_status
@@ -24,7 +25,7 @@ from cairn.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEVEL = "incremental"
+DEFAULT_LEVEL = protocol.DEFAULT_LEVEL
 
 
 class BackupPart(ServicePart):

@@ -30,9 +30,11 @@ from cairn.daemon.operations.status import SourceState, set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.retention import parse_option_duration
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.records import Data, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairn.proto.wire import add_record
+from cairn.protocol import BATCH_BYTES, BATCH_RECORDS, DATA_PIECE
 from cairn.store.crypto import KEYFILE_LEN, Secret
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.model import (
@@ -47,9 +49,6 @@ from cairn.store.model import (
 
 log = logging.getLogger(__name__)
 
-DATA_PIECE = 1 << 20  # largest data record of a restore or WAL fetch
-BATCH_BYTES = 1 << 20  # a restore batch is flushed once it holds about this much
-BATCH_RECORDS = 2048
 LIST_BATCH = 1000
 PROGRESS_INTERVAL = 0.1
 
@@ -650,41 +649,10 @@ def restore_batches(first: pb.SetInfo, records: Iterator[Record],
             if size >= BATCH_BYTES or len(batch.records) >= BATCH_RECORDS:
                 yield batch
                 batch, size = pb.RestoreBatch(), 0
-            size += _add_record(batch, rec)
+            size += add_record(batch, rec)
         yield batch
     finally:
         close = getattr(records, "close", None)
         if close is not None:
             close()
 
-
-def _add_record(batch: pb.RestoreBatch, rec: Record) -> int:
-    """Append a non-data record to `batch`; return its approximate wire size."""
-    if isinstance(rec, EntryMeta):
-        batch.records.add(
-            entry=pb.EntryMeta(
-                path=rec.path,
-                kind=rec.kind,
-                mode=rec.mode,
-                uid=rec.uid,
-                gid=rec.gid,
-                mtime_ns=rec.mtime_ns,
-                size=rec.size,
-                xattrs=[pb.Xattr(name=k, value=v) for k, v in rec.xattrs.items()],
-                target=rec.target,
-                link_to=rec.link_to,
-                rdev=rec.rdev,
-                sparse=rec.sparse,
-                chunks=rec.chunks,
-                chunk_sizes=rec.chunk_sizes,
-            )
-        )
-        extra = 40 * len(rec.chunks) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
-        return 64 + len(rec.path) + len(rec.target) + extra
-    if isinstance(rec, Hole):
-        batch.records.add(hole=rec.length)
-        return 12
-    if isinstance(rec, Failed):
-        batch.records.add(failed=rec.message)
-        return 16 + len(rec.message)
-    raise TypeError(f"unknown restore record {type(rec).__name__}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pathspec
 import tomlkit
+from cairn import protocol
 from cairn.daemon.runtime.durations import parse_duration
 from cairn.daemon.scheduling.cron import CronExpr
 from cairn.daemon.scheduling.retention import keep_policy
@@ -28,8 +29,8 @@ from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.locations import S3Options, is_s3, parse_s3
 from cairn.store.model import LEVELS, PrunePolicy
 
-DEFAULT_SOCKET_NAME = "cairnd.sock"
-ROOT_RUNTIME_DIR = "/run/cairn"
+DEFAULT_SOCKET_NAME = protocol.SOCKET_NAME
+ROOT_RUNTIME_DIR = protocol.ROOT_RUNTIME_DIR
 LOG_LEVELS = ("debug", "info", "warning", "error")
 QUIESCE_MODES = ("cold", "hot")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -306,23 +307,14 @@ def config_from_args(repo: str, sources: Sequence[str], read_only: bool, home: s
 
 
 def default_home() -> str:
-    """$CAIRN_HOME, else systemd's $STATE_DIRECTORY, else ~/.local/share/cairn."""
-    state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return (
-        os.environ.get("CAIRN_HOME")
-        or state_directory
-        or os.path.join(os.path.expanduser("~"), ".local", "share", "cairn")
-    )
+    """$CAIRN_HOME, else systemd's $STATE_DIRECTORY, else ~/.local/share/cairn (cairn.protocol)."""
+    return protocol.default_home()
 
 
 def default_socket(home: str) -> str:
-    """$XDG_RUNTIME_DIR/cairn/cairnd.sock, /run/cairn/cairnd.sock for root, else in `home`."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "cairn", DEFAULT_SOCKET_NAME)
-    if os.geteuid() == 0:
-        return os.path.join(ROOT_RUNTIME_DIR, DEFAULT_SOCKET_NAME)
-    return os.path.join(home, DEFAULT_SOCKET_NAME)
+    """$XDG_RUNTIME_DIR/cairn/cairnd.sock, /run/cairn/cairnd.sock for root, else in `home`:
+    the rule the client follows too (cairn.protocol)."""
+    return protocol.default_socket(home)
 
 
 def _name_for(path: str) -> str:

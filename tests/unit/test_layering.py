@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"store": "cairn.store", "daemon": "cairn.daemon", "client": "cairn.client", "fsio": "cairn.fsio",
-           "cairn_pkg": "cairn"}
+           "cairn_pkg": "cairn", "proto": "cairn.proto"}
 
 # package -> import prefixes it must never use
 FORBIDDEN = {
@@ -23,7 +23,8 @@ FORBIDDEN = {
     "cairn.store": ("cairn.daemon", "cairn.client", "cairn.proto", "grpc", "watchdog", "psycopg2"),
     "cairn.client": ("cairn.store", "cairn.daemon", "watchdog", "psycopg2"),
     "cairn.daemon": ("cairn.client",),
-    "cairn": ("cairn.store", "cairn.daemon", "cairn.client", "cairn.fsio"),
+    "cairn": ("cairn.store", "cairn.daemon", "cairn.client", "cairn.fsio", "cairn.proto", "grpc", "google"),
+    "cairn.proto": ("cairn.store", "cairn.daemon", "cairn.client", "watchdog", "psycopg2"),
 }
 # outside library -> the only daemon modules allowed to import it
 ADAPTERS = {"watchdog": {"changes/watcher.py"}, "psycopg2": {"databases/postgres/connection.py"}}

@@ -61,7 +61,7 @@ from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
-OWN_POINT = "cairn-restore-db.own-point"  # in pg_wal/: recovery stops at the set's consistent point
+OWN_POINT = walnames.OWN_POINT  # in pg_wal/: recovery stops at the set's consistent point
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
 SHELL_WAIT_TICKS = 300  # restore_command waits up to 3 s for a segment being prefetched
 
