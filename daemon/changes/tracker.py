@@ -462,5 +462,5 @@ class ChangeTracker:
 
     @property
     def watcher(self) -> Watcher:
-        """The underlying watcher (tests use its overflow and pause hooks)."""
+        """The underlying watcher."""
         return self._require_watcher()

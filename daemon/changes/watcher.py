@@ -45,7 +45,6 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import (
-    DEFAULT_EVENT_BUFFER_SIZE,
     InotifyConstants,
     InotifyEvent,
     InotifyFD,
@@ -260,21 +259,6 @@ class _FD(InotifyFD):
     def __init__(self, owner: Watcher) -> None:
         super().__init__()
         self._owner = owner
-        self.inject_overflow = False
-        self.gate = threading.Event()
-        self.gate.set()
-        self.at_gate = threading.Event()
-
-    def read_events(self, *, event_buffer_size: int = DEFAULT_EVENT_BUFFER_SIZE) -> list[InotifyEvent]:
-        if not self.gate.is_set():
-            self.at_gate.set()
-            self.gate.wait()
-            self.at_gate.clear()
-        events = super().read_events(event_buffer_size=event_buffer_size)
-        if self.inject_overflow:
-            self.inject_overflow = False
-            events.insert(0, InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
-        return events
 
     def handle_event(self, event: InotifyEvent) -> None:
         if event.is_queue_overflow:
@@ -419,30 +403,6 @@ class Watcher:
         with self._barrier_lock:
             for ev in self._barrier_waiters.values():
                 ev.set()
-
-    # -- test and diagnostic hooks ------------------------------------------------------------
-    def simulate_overflow(self) -> None:
-        """Make the inotify thread see a queue overflow at this point of the stream."""
-        assert self._fd is not None
-        self._fd.inject_overflow = True
-        self._poke()
-
-    def pause(self, timeout: float = 5.0) -> bool:
-        """Hold the inotify thread before its next read (events queue up in the kernel)."""
-        assert self._fd is not None
-        self._fd.gate.clear()
-        self._poke()
-        return self._fd.at_gate.wait(timeout)
-
-    def resume(self) -> None:
-        assert self._fd is not None
-        self._fd.gate.set()
-
-    def _poke(self) -> None:
-        path = os.path.join(self._barrier_dir, "poke")
-        with open(path, "wb"):
-            pass
-        os.unlink(path)
 
     # -- called on the inotify thread -----------------------------------------------------------
     def overflowed(self) -> None:

@@ -222,10 +222,6 @@ class Daemon:
     def _running_sources(self) -> set[str]:
         return set(self.service.jobs.running()) if self.service is not None else set()
 
-    def backstop_now(self) -> dict:
-        """Run the backstop scan now: {source: differences the journal missed} (empty when not watching)."""
-        return self.backstop.run_now() if self.backstop is not None else {}
-
     def thaw_leftover_windows(self) -> None:
         """Run the thaw hooks of windows left open by a daemon that died inside them (and log it)."""
         for rec in recover_windows(self.config.daemon.state_dir):

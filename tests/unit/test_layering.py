@@ -167,3 +167,12 @@ def test_a_room_violation_is_caught(module: str, source: str) -> None:
 def test_the_client_may_not_reach_the_daemon_or_store(source: str) -> None:
     used = imports_of(source, "cairn.client.cli")
     assert any(m == p or m.startswith(p + ".") for m in used for p in FORBIDDEN["cairn.client"])
+
+
+@pytest.mark.parametrize("package,path", [m for m in modules() if m[0] != "cairn.proto"],
+                         ids=lambda v: str(v).replace(str(ROOT) + "/", ""))
+def test_no_switch_only_tests_turn(package: str, path: Path) -> None:
+    """Test hooks live in the tests (tests/watcher_hooks.py, the wrapped daemons): production
+    code reads no test-only environment variable."""
+    text = path.read_text()
+    assert "CAIRN_TEST" not in text and "CAIRN_FAULT" not in text, f"{path.relative_to(ROOT)} has a test switch"

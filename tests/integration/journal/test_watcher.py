@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+import watcher_hooks
 from cairn.daemon.changes.tracker import ChangeTracker
 
 
@@ -103,12 +104,12 @@ def test_dir_moved_in_then_parent_renamed_before_the_event_is_read_stays_watched
     env, t = tracked
     outside = os.path.join(env.root, "outside")
     os.makedirs(os.path.join(outside, "in"))
-    assert t.watcher.pause()
+    assert watcher_hooks.pause(t.watcher)
     try:
         os.rename(outside, env.p("sub", "deep", "o"))
         os.rename(env.p("sub"), env.p("moved"))
     finally:
-        t.watcher.resume()
+        watcher_hooks.resume(t.watcher)
     env.trust(t, set_id="F2")  # a set walked the rescan subtrees and is committed
     write(env.p("moved", "deep", "o", "in", "late"))
     assert env.p("moved", "deep", "o", "in", "late") in changed_paths(t, base="F2")
@@ -277,9 +278,9 @@ def test_unwatched_source_has_no_hint(env):
 
 def test_injected_overflow_marks_every_source(tracked):
     env, t = tracked
-    t.watcher.simulate_overflow()
+    watcher_hooks.simulate_overflow(t.watcher)
     env.wait_until(lambda: t.status("app").state == "rescan", what="overflow noticed")
-    assert any("overflow" in r for r in t.status("app")["reasons"])
+    assert any("overflow" in r for r in t.status("app").reasons)
     assert incremental(t)[0] is None
     # the watches were rebuilt: after the next set the journal is trusted and complete again
     _, tok = incremental(t)
@@ -296,15 +297,15 @@ def test_real_overflow_while_reader_is_held(tracked):
     if limit > 200_000:
         pytest.skip(f"max_queued_events is {limit}: too many events to overflow quickly")
     a, b = env.p("a"), env.p("sub", "b")
-    assert t.watcher.pause()
+    assert watcher_hooks.pause(t.watcher)
     try:
         for i in range(limit // 2 + 100):   # alternate names so the kernel cannot merge events
             os.utime(a, ns=(i, i))
             os.utime(env.p("sub", "deep", "c"), ns=(i, i))
             os.utime(b, ns=(i, i))
     finally:
-        t.watcher.resume()
-    env.wait_until(lambda: any("overflow" in r for r in t.status("app")["reasons"]), what="real overflow")
+        watcher_hooks.resume(t.watcher)
+    env.wait_until(lambda: any("overflow" in r for r in t.status("app").reasons), what="real overflow")
     assert incremental(t)[0] is None
 
 
@@ -336,7 +337,7 @@ def test_watch_cap_at_root_leaves_source_unwatched(env):
     env.trust(t, "other", "O1")
     assert t.prepare("app", "incremental", "F1", "full")[0] is not None
     assert t.prepare("other", "incremental", "O1", "full")[0] is None
-    assert any("watch" in r for r in t.status("other")["reasons"])
+    assert any("watch" in r for r in t.status("other").reasons)
 
 
 def test_restart_marks_rescan_then_trusts(env):
@@ -366,7 +367,7 @@ def test_unclean_stop_is_named(env):
     t._journal.close()
     env.trackers.remove(t)
     t2 = env.tracker()
-    assert any("unclean" in r for r in t2.status("app")["reasons"])
+    assert any("unclean" in r for r in t2.status("app").reasons)
 
 
 def test_root_deleted_then_recreated(env):
@@ -375,7 +376,7 @@ def test_root_deleted_then_recreated(env):
     t = env.tracker([env.source("vol", (root,))])
     env.trust(t, "vol")
     shutil.rmtree(root)
-    env.wait_until(lambda: t.status("vol")["state"] == "rescan", what="root loss noticed")
+    env.wait_until(lambda: t.status("vol").state == "rescan", what="root loss noticed")
     assert t.prepare("vol", "incremental", "F1", "full")[0] is None
     os.makedirs(root)
     hint, tok = t.prepare("vol", "incremental", "F1", "full")     # watched again, gap unknown
@@ -390,16 +391,16 @@ def test_mark_rescan_and_reload(tracked):
     env, t = tracked
     t.mark_rescan("app", env.p("sub"), "backstop scan found a missed change")
     assert env.p("sub") in rescans(t)
-    assert any("backstop" in r for r in t.status("app")["reasons"])
+    assert any("backstop" in r for r in t.status("app").reasons)
     # changing excludes: whole source rescan; new sources start untrusted
     other = os.path.join(env.root, "other")
     os.makedirs(other)
     t.reload([env.source("app", (env.src,), ("*.log",)), env.source("other", (other,))])
     assert incremental(t)[0] is None
     assert t.prepare("other", "incremental", "X", None)[0] is None
-    assert t.status("other")["watches"] == 1
+    assert t.status("other").watches == 1
     t.reload([env.source("app", (env.src,), ("*.log",))])
-    assert t.status("other")["watches"] == 0
+    assert t.status("other").watches == 0
 
 
 # -- a hinted store backup equals a full walk -------------------------------------------------------
