@@ -3,7 +3,8 @@
 Names the archiver hands over (`archive_command`'s %f): segments ('000000010000000A000000FF':
 timeline, then the segment number split in two 8-digit halves), '<timeline>.history',
 '<segment>.partial' and '<segment>.<offset>.backup'. Also the names restore-db and
-`cairn wal-fetch` share: WAL_MARKER (the list of WAL files restore-db placed in pg_wal/) and
+`cairn wal-fetch` share: WAL_MARKER (the list of WAL files restore-db placed in pg_wal/), OWN_POINT
+(beside it: recovery stops at the set's consistent point) and
 NO_HISTORY (timeline 1 has no history file; recovery asks for it anyway).
 
 The repository is engine-neutral: the daemon gives it PostgreSQL's archive rules, built on
@@ -29,6 +30,7 @@ SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
 FILE_NAME_RE = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 WAL_MARKER = "cairn-restore-db.wal"  # in pg_wal/: the WAL files restore-db placed there, one a line
+OWN_POINT = "cairn-restore-db.own-point"  # beside WAL_MARKER: recovery stops at the set's consistent point
 NO_HISTORY = "00000001.history"      # the first timeline has no history file
 
 

@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cairn import __version__, walnames
+from cairn import __version__, protocol, walnames
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.records import Data, EntryMeta, Record
 
 if TYPE_CHECKING:
     from cairn.client.connection import Connection, Endpoint
@@ -46,16 +46,17 @@ class _OnFirstUse:
 grpc: Any = _OnFirstUse("grpc")
 pb: Any = _OnFirstUse("cairn.proto.cairn.v1.cairn_pb2")
 render: Any = _OnFirstUse("cairn.client.render")
+wire: Any = _OnFirstUse("cairn.proto.wire")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
-HINT_KEY = "cairn-hint"
+HINT_KEY = protocol.HINT_KEY
 WAL_PIECE = 1 << 20
-LEVELS = ("full", "differential", "incremental")
+LEVELS = protocol.LEVELS
 KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 WAL_MARKER = walnames.WAL_MARKER  # written by restore-db into pg_wal/: the WAL files it placed there
 NO_HISTORY = walnames.NO_HISTORY
-OWN_POINT = "cairn-restore-db.own-point"  # beside WAL_MARKER: recovery stops inside the placed WAL
+OWN_POINT = walnames.OWN_POINT  # beside WAL_MARKER: recovery stops inside the placed WAL
 SPOOL_WAIT = 10.0  # seconds wal-fetch waits for a segment the prefetcher is fetching right now
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
@@ -659,6 +660,11 @@ def _wal_fetch(conn: Connection, args: argparse.Namespace, tmp: str) -> int:
 # ---- restore writing ----
 
 
+def to_record(r: Any) -> Record:
+    """The fsio record of one wire record (the mapping the daemon shares: cairn.proto.wire)."""
+    return wire.record_of(r)
+
+
 def check_target(target: str, overwrite: bool) -> None:
     """Refuse a target that is not a directory, or is not empty unless overwrite (before any RPC)."""
     if not os.path.lexists(target):
@@ -669,36 +675,6 @@ def check_target(target: str, overwrite: bool) -> None:
         raise FailedPreconditionError(
             f"restore target '{target}' is not empty", hint="choose an empty directory or pass --overwrite"
         )
-
-
-def to_record(r: pb.RestoreRecord) -> Record:
-    """The fsio record of one wire record."""
-    kind = r.WhichOneof("record")
-    if kind == "data":
-        return Data(r.data)
-    if kind == "entry":
-        e = r.entry
-        return EntryMeta(
-            path=e.path,
-            kind=e.kind,
-            mode=e.mode,
-            uid=e.uid,
-            gid=e.gid,
-            mtime_ns=e.mtime_ns,
-            size=e.size,
-            xattrs={x.name: x.value for x in e.xattrs},
-            target=e.target,
-            link_to=e.link_to,
-            rdev=e.rdev,
-            sparse=e.sparse,
-            chunks=tuple(e.chunks),
-            chunk_sizes=tuple(e.chunk_sizes),
-        )
-    if kind == "hole":
-        return Hole(r.hole)
-    if kind == "failed":
-        return Failed(r.failed)
-    raise InvalidArgumentError("the daemon sent an empty restore record")
 
 
 def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:

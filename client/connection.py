@@ -1,9 +1,9 @@
 """How the client reaches cairnd: a Unix socket by default, or TCP with TLS and a token.
 
-The socket is --socket, else $CAIRN_SOCKET, else the daemon's own default rule (duplicated
-here on purpose, the client does not import the daemon): $XDG_RUNTIME_DIR/cairn/cairnd.sock,
-/run/cairn/cairnd.sock for root, else cairnd.sock in the daemon's home ($CAIRN_HOME, systemd's
-$STATE_DIRECTORY, ~/.local/share/cairn). A remote daemon (--address HOST:PORT) is always
+The socket is --socket, else $CAIRN_SOCKET, else the daemon's own default rule, which both
+take from `cairn.protocol`: $XDG_RUNTIME_DIR/cairn/cairnd.sock, /run/cairn/cairnd.sock for
+root, else cairnd.sock in the daemon's home ($CAIRN_HOME, systemd's $STATE_DIRECTORY,
+~/.local/share/cairn). A remote daemon (--address HOST:PORT) is always
 reached over TLS; the token (--token, --token-file or $CAIRN_TOKEN) rides on every call.
 """
 
@@ -13,27 +13,16 @@ import os
 from dataclasses import dataclass
 
 import grpc
+from cairn import protocol
 from cairn.errors import InvalidArgumentError
 from cairn.proto.cairn.v1 import cairn_pb2_grpc
 
-SOCKET_NAME = "cairnd.sock"
-MAX_MESSAGE_BYTES = 8 << 20
+MAX_MESSAGE_BYTES = protocol.CLIENT_MAX_MESSAGE_BYTES
 
 
 def default_socket(env: dict[str, str] | None = None) -> str:
     """The socket path cairnd uses when its configuration names none."""
-    environ = os.environ if env is None else env
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "cairn", SOCKET_NAME)
-    if os.geteuid() == 0:
-        return os.path.join("/run/cairn", SOCKET_NAME)
-    home = (
-        environ.get("CAIRN_HOME")
-        or environ.get("STATE_DIRECTORY", "").split(":")[0]
-        or os.path.join(os.path.expanduser("~"), ".local", "share", "cairn")
-    )
-    return os.path.join(os.path.abspath(os.path.expanduser(home)), SOCKET_NAME)
+    return protocol.default_socket(env=env)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cairn import protocol
+
 from .errors import InvalidArgumentError
 
-LEVELS = ("full", "differential", "incremental")
+LEVELS = protocol.LEVELS  # shared with the client (cairn.protocol)
 
 
 def check_level(level: str) -> str:

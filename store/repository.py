@@ -98,7 +98,7 @@ class Repository:
         if key is not None:
             backend = crypto.SealedBackend(backend, key)
             config = dataclasses.replace(config, chunker=dataclasses.replace(config.chunker, seed=key.chunker_seed))
-        if self.write_only:  # store/writeonly.py: its own sets and trees from its cache, no deletes
+        if self.write_only:  # store/snapshots/writeonly.py: its own sets and trees from its cache, no deletes
             backend = wonly.GuardedBackend(backend, host_cache or wonly.HostCache())
             backend.after_set = self._own_set_stored
         self.backend = backend
@@ -191,7 +191,7 @@ class Repository:
 
     @property
     def host_cache(self) -> wonly.HostCache | None:
-        """A write-only handle's cache of its own sets and trees (store/writeonly.py)."""
+        """A write-only handle's cache of its own sets and trees (store/snapshots/writeonly.py)."""
         return self.backend.cache if self.write_only else None  # type: ignore[attr-defined]
 
     def attach_host_cache(self, path: str) -> None:
@@ -236,7 +236,7 @@ class Repository:
 
     def add_key(self, secret: crypto.Secret, argon2: dict | None = None, *, write_only: bool = False) -> str:
         """Wrap this repository's master key under `secret` in a new key object; its id. With
-        `write_only` the object wraps only what a write-only host needs (store/crypto.py); first,
+        `write_only` the object wraps only what a write-only host needs (store/content/crypto.py); first,
         holding the garbage collector's lock, index files and gc markers still sealed under the
         data key are sealed again under the index key (same name, same plaintext), so the new
         key reads the whole index and every marker."""

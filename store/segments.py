@@ -1,12 +1,12 @@
 """What the store is told about an archive's segment names: it knows none of its own.
 
-An archive (store/wal.py) holds named segments per name space. Which names are valid, how
+An archive (store/snapshots/wal.py) holds named segments per name space. Which names are valid, how
 segments are ordered, and from which segment each database of a set needs the archive are the
 engine's knowledge; the owner of the repository gives it as a `SegmentRules` object
 (Repository.set_segment_rules). Without one, `PlainSegments` applies: any plain file name is
 accepted and no segment has a place in an order, so WAL retention forgets nothing.
 
-What always holds: `valid` never accepts a name that is not a plain object name (store/wal.py
+What always holds: `valid` never accepts a name that is not a plain object name (store/snapshots/wal.py
 checks that too); a name whose `position` is None is never forgotten by retention.
 """
 

@@ -1,7 +1,7 @@
 """Databases behind one boundary: the engines that capture a [[database]] into a set.
 
 engine.py    the DatabaseEngine protocol and the typed records of what a set holds
-physical.py  kind 'postgres': base backup of a local cluster + WAL (wraps daemon/postgres.py)
+physical.py  kind 'postgres': base backup of a local cluster + WAL (wraps daemon/databases/postgres/connection.py)
 dump.py      kinds 'pg_dump' and 'command': a dump tool run inside the set's window
 restore.py   restore-db of a dump into a target database (pg_restore, or the configured command)
 
@@ -10,8 +10,8 @@ restore.py   restore-db of a dump into a target database (pg_restore, or the con
 
 from __future__ import annotations
 
-from cairn.daemon.config import DatabaseConfig
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_PG_DUMP, DatabaseEngine
+from cairn.daemon.runtime.config import DatabaseConfig
 
 
 def engine_for(cfg: DatabaseConfig, source: str, work_dir: str) -> DatabaseEngine:

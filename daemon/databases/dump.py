@@ -33,13 +33,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from cairn.daemon.config import DatabaseConfig
 from cairn.daemon.databases.engine import (
     KIND_COMMAND,
     KIND_PG_DUMP,
     DumpRecord,
     attachment_name,
 )
+from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.errors import DeadlineError, FailedPreconditionError
 from cairn.store.snapshots.session import BackupSession
 
@@ -291,7 +291,7 @@ class PgDumpEngine(_DumpBase):
     kind = KIND_PG_DUMP
 
     def prepare(self) -> None:
-        from cairn.daemon.postgres import PgConnection
+        from cairn.daemon.databases.postgres.connection import PgConnection
 
         self.tool = "pg_dump"
         self.pg_dump = find_tool("pg_dump", self.name)

@@ -1,7 +1,7 @@
 """The boundary between the window/capture code and the databases it captures.
 
 A `DatabaseEngine` captures one configured `[[database]]` into a set's write session. The
-capture code (daemon/capture.py) drives every engine through the same steps:
+capture code (daemon/windows/capture.py) drives every engine through the same steps:
 
 - `prepare()` — before the window opens (nothing frozen yet): connect, check rights and tools,
   read facts. A database that cannot be captured fails the set here, before any freeze.

@@ -1,6 +1,6 @@
 """The physical PostgreSQL engine (kind 'postgres'): a base backup of a local cluster plus WAL.
 
-It delegates to daemon/postgres.py (connection checks, pg_backup_start/stop, restore points)
+It delegates to daemon/databases/postgres/connection.py (connection checks, pg_backup_start/stop, restore points)
 and behaves exactly as capture did before the engine boundary existed:
 
 - prepare: connect and check (rights, pgdata is the server's data directory, WAL archiving)
@@ -25,7 +25,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cairn.daemon.config import DatabaseConfig
 from cairn.daemon.databases.engine import (
     KIND_POSTGRES,
     PhysicalRecord,
@@ -33,7 +32,15 @@ from cairn.daemon.databases.engine import (
     attachment_name,
     tablespace_attachment,
 )
-from cairn.daemon.postgres import EXCLUDES, BackupStart, BackupStop, BaseBackup, PgConnection, PgInfo
+from cairn.daemon.databases.postgres.connection import (
+    EXCLUDES,
+    BackupStart,
+    BackupStop,
+    BaseBackup,
+    PgConnection,
+    PgInfo,
+)
+from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.store.snapshots.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
@@ -118,7 +125,7 @@ class PhysicalEngine:
 
     def diagnose(self) -> str:
         """The server's own archiver view, for the error of a WAL wait that timed out."""
-        from cairn.daemon import walarchive
+        from cairn.daemon.databases.postgres import walarchive
 
         if self.conn is None or self.conn.closed:
             return ""

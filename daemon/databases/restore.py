@@ -28,9 +28,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cairn.daemon.config import Config
 from cairn.daemon.databases.dump import DIR_PLACEHOLDER, TARGET_PLACEHOLDER, ToolRun, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_PG_DUMP, DumpRecord, records_of
+from cairn.daemon.runtime.config import Config
 from cairn.errors import AbortedError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.fsio.records import Data
 from cairn.store.model import BackupSet, Progress

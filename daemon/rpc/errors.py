@@ -8,9 +8,10 @@ code); a hint travels as trailing metadata `cairn-hint`. Anything else is INTERN
 from __future__ import annotations
 
 import grpc
+from cairn import protocol
 from cairn.store.errors import CairnError
 
-HINT_KEY = "cairn-hint"
+HINT_KEY = protocol.HINT_KEY
 
 CODE_TO_STATUS: dict[str, grpc.StatusCode] = {
     "not_found": grpc.StatusCode.NOT_FOUND,

@@ -25,9 +25,10 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from cairn.daemon.config import DaemonConfig
+from cairn import protocol
 from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflection, Slots
 from cairn.daemon.rpc.servicer import CairnServicer, Malformed
+from cairn.daemon.runtime.config import DaemonConfig
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError
 from google.protobuf.message import DecodeError
@@ -36,7 +37,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 4 << 20
+MAX_MESSAGE_BYTES = protocol.MAX_MESSAGE_BYTES
 WORKERS = 16 + AUX_STREAMS  # health watches and reflection streams never get more than AUX_STREAMS
 MAX_CONCURRENT_RPCS = 512  # calls running or queued; beyond, RESOURCE_EXHAUSTED (bounds a flood's memory)
 SERVICE = pb.DESCRIPTOR.services_by_name["Cairn"]

@@ -23,14 +23,18 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import grpc
-from cairn.daemon import restoredb
-from cairn.daemon.jobs import BackupJob
-from cairn.daemon.retention import parse_option_duration
+from cairn.daemon.databases.postgres import restoredb
+from cairn.daemon.databases.postgres.walarchive import ArchiveSnapshot
+from cairn.daemon.operations.service import CairnService
+from cairn.daemon.operations.status import SourceState, set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
-from cairn.daemon.service import CairnService, set_status
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.daemon.scheduling.jobs import BackupJob
+from cairn.daemon.scheduling.retention import parse_option_duration
+from cairn.fsio.records import Data, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairn.proto.wire import add_record
+from cairn.protocol import BATCH_BYTES, BATCH_RECORDS, DATA_PIECE
 from cairn.store.content.crypto import KEYFILE_LEN, Secret
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.model import (
@@ -45,9 +49,6 @@ from cairn.store.model import (
 
 log = logging.getLogger(__name__)
 
-DATA_PIECE = 1 << 20  # largest data record of a restore or WAL fetch
-BATCH_BYTES = 1 << 20  # a restore batch is flushed once it holds about this much
-BATCH_RECORDS = 2048
 LIST_BATCH = 1000
 PROGRESS_INTERVAL = 0.1
 
@@ -109,7 +110,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        daemon, sources = self.service.status()
+        status = self.service.full_status()
+        daemon = status.daemon
         reply = pb.StatusReply(
             daemon=pb.DaemonInfo(
                 version=daemon.version,
@@ -121,21 +123,21 @@ class CairnServicer(pb_grpc.CairnServicer):
                 hostname=daemon.hostname,
             )
         )
-        for src in sources:
+        for src in status.sources:
             out = reply.sources.add(
                 name=src.name,
                 paths=[os.fsencode(p) for p in src.paths],
                 configured=src.configured,
                 watch=src.watch,
-                journal=src.journal,
+                journal=src.journal.text,
                 sets=src.sets,
-                journal_state=src.journal_state,
-                journal_reasons=list(src.journal_reasons),
-                pending_paths=src.pending_paths,
-                watches=src.watches,
+                journal_state=src.journal.state,
+                journal_reasons=list(src.journal.reasons),
+                pending_paths=src.journal.pending_paths,
+                watches=src.journal.watches,
             )
-            if src.oldest_unprotected_age is not None:
-                out.oldest_unprotected_age = src.oldest_unprotected_age
+            if src.journal.oldest_unprotected_age is not None:
+                out.oldest_unprotected_age = src.journal.oldest_unprotected_age
             for level, s in src.last.items():
                 out.last.add(level=level, set=set_info(s))
             for level, when in sorted(src.next_runs.items(), key=lambda kv: kv[1]):
@@ -143,10 +145,12 @@ class CairnServicer(pb_grpc.CairnServicer):
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
             _add_health(out, src)
-        reply.archive.CopyFrom(archive_status(self.service.archive_status()))
-        gc = self.service.retention_status()
+        reply.archive.CopyFrom(archive_status(status.archive))
+        gc = status.retention
         if gc is not None:
-            reply.retention.CopyFrom(pb.RetentionStatus(**gc))
+            reply.retention.CopyFrom(pb.RetentionStatus(schedule=gc.schedule, next_run=gc.next_run,
+                                                        last_run=gc.last_run, last_result=gc.last_result,
+                                                        host=gc.host))
         return reply
 
     @rpc
@@ -355,14 +359,14 @@ class CairnServicer(pb_grpc.CairnServicer):
                     bytes_added=item.bytes_added, warnings=list(item.warnings)))
 
 
-def _add_health(out: pb.SourceStatus, src: Any) -> None:
-    """The last failure, RPO and last success of a source (daemon/health.py)."""
-    failure = getattr(src, "last_failure", None)
+def _add_health(out: pb.SourceStatus, src: SourceState) -> None:
+    """The last failure, RPO and last success of a source (daemon/runtime/health.py)."""
+    failure = src.last_failure
     if failure is not None:
         out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,
                                                    message=failure.message, status=failure.status))
-    out.rpo = getattr(src, "rpo", None) or 0.0
-    out.last_success = getattr(src, "last_success", 0.0)
+    out.rpo = src.rpo or 0.0
+    out.last_success = src.last_success
 
 
 @contextlib.contextmanager
@@ -586,7 +590,7 @@ def set_info(s: BackupSet) -> pb.SetInfo:
     )
 
 
-def archive_status(a: Any) -> pb.ArchiveStatus:
+def archive_status(a: ArchiveSnapshot) -> pb.ArchiveStatus:
     """walarchive.ArchiveSnapshot -> wire."""
     msg = pb.ArchiveStatus(
         last_segment=a.last_segment,
@@ -599,7 +603,11 @@ def archive_status(a: Any) -> pb.ArchiveStatus:
         wal_namespaces=a.namespaces,
     )
     for d in a.databases:
-        msg.databases.add(**{k: v for k, v in d.items() if k in pb.DatabaseArchive.DESCRIPTOR.fields_by_name})
+        msg.databases.add(name=d.name, error=d.error, current_segment=d.current_segment,
+                          last_archived=d.last_archived, last_archived_time=d.last_archived_time,
+                          failed_count=d.failed_count, last_failed=d.last_failed,
+                          last_failed_time=d.last_failed_time, lag_segments=d.lag_segments,
+                          system_id=d.system_id, namespace_segments=d.namespace_segments)
     return msg
 
 
@@ -664,41 +672,10 @@ def restore_batches(first: pb.SetInfo, records: Iterator[Record],
             if size >= BATCH_BYTES or len(batch.records) >= BATCH_RECORDS:
                 yield batch
                 batch, size = pb.RestoreBatch(), 0
-            size += _add_record(batch, rec)
+            size += add_record(batch, rec)
         yield batch
     finally:
         close = getattr(records, "close", None)
         if close is not None:
             close()
 
-
-def _add_record(batch: pb.RestoreBatch, rec: Record) -> int:
-    """Append a non-data record to `batch`; return its approximate wire size."""
-    if isinstance(rec, EntryMeta):
-        batch.records.add(
-            entry=pb.EntryMeta(
-                path=rec.path,
-                kind=rec.kind,
-                mode=rec.mode,
-                uid=rec.uid,
-                gid=rec.gid,
-                mtime_ns=rec.mtime_ns,
-                size=rec.size,
-                xattrs=[pb.Xattr(name=k, value=v) for k, v in rec.xattrs.items()],
-                target=rec.target,
-                link_to=rec.link_to,
-                rdev=rec.rdev,
-                sparse=rec.sparse,
-                chunks=rec.chunks,
-                chunk_sizes=rec.chunk_sizes,
-            )
-        )
-        extra = 40 * len(rec.chunks) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
-        return 64 + len(rec.path) + len(rec.target) + extra
-    if isinstance(rec, Hole):
-        batch.records.add(hole=rec.length)
-        return 12
-    if isinstance(rec, Failed):
-        batch.records.add(failed=rec.message)
-        return 16 + len(rec.message)
-    raise TypeError(f"unknown restore record {type(rec).__name__}")

@@ -185,7 +185,7 @@ class RepoKey:
         self.pack_header_reader: Callable[[str], bytes] | None = None
 
     write_only = False
-    pack_header = b"CAIRNPK1"  # a full key writes symmetric packs (store/packs.py HEADER)
+    pack_header = b"CAIRNPK1"  # a full key writes symmetric packs (store/content/packs.py HEADER)
 
     def write_only_payload(self) -> bytes:
         """What a write-only key object wraps: id key | chunker seed | index key | public key."""

@@ -11,7 +11,7 @@ repository (format 2) the trailer is sealed (`seal`/`open` from the repository k
 footer's hash and offset are those of the sealed trailer, so ids, types and lengths of the
 blobs are not readable without the key. A pack written with a write-only key starts with
 PK_HEADER and the data key of its blobs wrapped to the repository's public key (see
-store/crypto.py); its blobs start after that, offsets count from the pack's first byte.
+store/content/crypto.py); its blobs start after that, offsets count from the pack's first byte.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import blake3
 from ..errors import CorruptionError, short
 
 HEADER = b"CAIRNPK1"
-PK_HEADER = b"CAIRNPKW"  # followed by the wrapped data key (store/crypto.py PK_HEADER_LEN in all)
+PK_HEADER = b"CAIRNPKW"  # followed by the wrapped data key (store/content/crypto.py PK_HEADER_LEN in all)
 FOOTER_MAGIC = b"CAIRNPKE"
 ENTRY = struct.Struct("<32sBBIIQ")
 FOOTER = struct.Struct("<QI32s8s")

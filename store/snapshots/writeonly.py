@@ -1,6 +1,6 @@
 """What a handle opened with a write-only key keeps and refuses.
 
-A write-only key (store/crypto.py WriteOnlyKey) opens no set, tree or WAL entry another writer
+A write-only key (store/content/crypto.py WriteOnlyKey) opens no set, tree or WAL entry another writer
 sealed, so the host keeps the plaintext of what it needs itself, in a `HostCache` (in its state
 directory: directories 0700, files 0600, each written to a temp file, fsynced and renamed):
 - the set objects it committed (as committed: the repository only holds them sealed),

@@ -1,5 +1,10 @@
 """The dependency direction of the packages holds: store and fsio never reach up, the client
-never opens a repository, and outside libraries live in their one adapter module."""
+never opens a repository, and outside libraries live in their one adapter module.
+
+Inside the daemon the rooms (sub-packages) keep their direction too (docs/design.md, "The
+daemon's rooms"): change tracking, databases and scheduling stand on the runtime's foundations
+only; windows add the databases; the operations use them all; the gRPC adapter sits on the
+operations; and only `runtime.main` wires the process together, which nothing imports."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"store": "cairn.store", "daemon": "cairn.daemon", "client": "cairn.client", "fsio": "cairn.fsio",
-           "cairn_pkg": "cairn"}
+           "cairn_pkg": "cairn", "proto": "cairn.proto"}
 
 # package -> import prefixes it must never use
 FORBIDDEN = {
@@ -18,21 +23,89 @@ FORBIDDEN = {
     "cairn.store": ("cairn.daemon", "cairn.client", "cairn.proto", "grpc", "watchdog", "psycopg2"),
     "cairn.client": ("cairn.store", "cairn.daemon", "watchdog", "psycopg2"),
     "cairn.daemon": ("cairn.client",),
-    "cairn": ("cairn.store", "cairn.daemon", "cairn.client", "cairn.fsio"),
+    "cairn": ("cairn.store", "cairn.daemon", "cairn.client", "cairn.fsio", "cairn.proto", "grpc", "google"),
+    "cairn.proto": ("cairn.store", "cairn.daemon", "cairn.client", "watchdog", "psycopg2"),
 }
 # outside library -> the only daemon modules allowed to import it
-ADAPTERS = {"watchdog": {"watcher.py"}, "psycopg2": {"postgres.py"}}
+ADAPTERS = {"watchdog": {"changes/watcher.py"}, "psycopg2": {"databases/postgres/connection.py"}}
+
+# daemon room -> the other rooms it may import from
+ROOMS = {
+    "runtime": {"changes", "databases", "windows", "scheduling", "operations", "rpc"},  # main wires them all
+    "changes": {"runtime"},
+    "databases": {"runtime"},
+    "scheduling": {"runtime"},
+    "windows": {"databases", "runtime"},
+    "operations": {"changes", "databases", "windows", "scheduling", "runtime"},
+    "rpc": {"operations", "databases", "scheduling", "runtime"},
+}
+# the runtime's foundations, which every room may use; the rest of runtime is the process itself
+FOUNDATIONS = {"cairn.daemon.runtime." + m for m in ("config", "threads", "durations", "health")}
+# what the runtime's modules other than main may reach outside the runtime (the configuration
+# checks cron expressions and keep rules; preflight asks a database)
+RUNTIME_REACH = ("cairn.daemon.scheduling.cron", "cairn.daemon.scheduling.retention",
+                 "cairn.daemon.databases.postgres.connection")
+MAIN = "cairn.daemon.runtime.main"
 
 
-def imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+def module_name(package: str, path: Path) -> str:
+    folder = next(f for f, p in FOLDERS.items() if p == package)
+    parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join([package, *parts])
+
+
+def imports(path: Path, module: str = "") -> set[str]:
+    """Every module `path` imports; `from a import b` counts as a.b too (b may be a module),
+    relative imports resolved against `module` (the importing module's dotted name)."""
+    return imports_of(path.read_text(), module, str(path), is_package=path.name == "__init__.py")
+
+
+def imports_of(source: str, module: str = "", filename: str = "<source>", is_package: bool = False) -> set[str]:
+    tree = ast.parse(source, filename=filename)
+    here = module.split(".") if is_package else module.split(".")[:-1]
     out: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names if a.name != "*")
     return out
+
+
+def room_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["cairn", "daemon"] and parts[2] in ROOMS else None
+
+
+def room_violations(module: str, used: set[str]) -> list[str]:
+    """Imports of daemon module `module` that break the rooms' direction."""
+    bad = []
+    mine = room_of(module)
+    for m in sorted(used):
+        if not m.startswith("cairn.daemon."):
+            continue
+        if m == MAIN or m.startswith(MAIN + "."):
+            bad.append(f"{m} (nothing imports the process's entry point)")
+            continue
+        theirs = room_of(m)
+        if theirs is None or theirs == mine:
+            continue
+        if mine is None or theirs not in ROOMS[mine]:
+            bad.append(f"{m} (room '{mine}' may not import room '{theirs}')")
+        elif theirs == "runtime" and mine != "runtime" and not any(m == f or m.startswith(f + ".")
+                                                                   for f in FOUNDATIONS):
+            bad.append(f"{m} (only the runtime uses its process modules; others use {sorted(FOUNDATIONS)})")
+        elif mine == "runtime" and module != MAIN and not any(m == r or m.startswith(r + ".") for r in RUNTIME_REACH):
+            bad.append(f"{m} (only runtime.main wires the rooms together)")
+    return bad
 
 
 def modules():
@@ -43,20 +116,66 @@ def modules():
 
 @pytest.mark.parametrize("package,path", list(modules()), ids=lambda v: str(v).replace(str(ROOT) + "/", ""))
 def test_module_respects_the_layering(package: str, path: Path) -> None:
-    used = imports(path)
+    module = module_name(package, path)
+    used = imports(path, module)
     bad = sorted(m for m in used for p in FORBIDDEN[package] if m == p or m.startswith(p + "."))
     assert not bad, f"{path.relative_to(ROOT)} ({package}) imports {bad}"
     for lib, allowed in ADAPTERS.items():
         if any(m == lib or m.startswith(lib + ".") for m in used):
-            assert package == "cairn.daemon" and path.name in allowed, \
+            assert package == "cairn.daemon" and path.relative_to(ROOT / "daemon").as_posix() in allowed, \
                 f"{path.relative_to(ROOT)} imports {lib}, which only {sorted(allowed)} may"
+    if package == "cairn.daemon":
+        bad = room_violations(module, used)
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_every_daemon_module_lives_in_a_room() -> None:
+    """The daemon's top folder holds the rooms and nothing else (bar the package's own file)."""
+    loose = sorted(p.name for p in (ROOT / "daemon").glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside the daemon's rooms: {loose}"
+    rooms = sorted(p.name for p in (ROOT / "daemon").iterdir() if (p / "__init__.py").exists())
+    assert rooms == sorted(ROOMS), rooms
 
 
 def test_the_check_sees_imports() -> None:
     """Guard against a check that passes because it reads nothing."""
-    assert "watchdog.observers.inotify" in imports(ROOT / "daemon" / "watcher.py") or \
-        any(m.startswith("watchdog") for m in imports(ROOT / "daemon" / "watcher.py"))
-    assert any(m.startswith("cairn.store") for m in imports(ROOT / "daemon" / "service.py"))
+    watcher = imports(ROOT / "daemon" / "changes" / "watcher.py", "cairn.daemon.changes.watcher")
+    assert any(m.startswith("watchdog") for m in watcher)
+    assert any(m.startswith("cairn.store") for m in imports(ROOT / "daemon" / "operations" / "service.py"))
+    main = imports(ROOT / "daemon" / "runtime" / "main.py", MAIN)
+    assert "cairn.daemon.rpc.server" in main and not room_violations(MAIN, main)
+
+
+@pytest.mark.parametrize("module,source", [
+    ("cairn.daemon.changes.tracker", "from cairn.daemon.rpc import servicer\n"),
+    ("cairn.daemon.changes.tracker", "from ..rpc.servicer import CairnServicer\n"),
+    ("cairn.daemon.databases.dump", "from cairn.daemon.windows.quiesce import Window\n"),
+    ("cairn.daemon.windows.capture", "import cairn.daemon.operations.service\n"),
+    ("cairn.daemon.scheduling.jobs", "from cairn.daemon.changes.skip import unchanged_since\n"),
+    ("cairn.daemon.operations.service", "from cairn.daemon.rpc.errors import status_for\n"),
+    ("cairn.daemon.operations.service", "from cairn.daemon.runtime.main import Daemon\n"),
+    ("cairn.daemon.rpc.server", "from cairn.daemon.runtime import main\n"),
+    ("cairn.daemon.rpc.server", "from cairn.daemon.runtime.sdnotify import Notifier\n"),
+    ("cairn.daemon.runtime.config", "from cairn.daemon.operations.service import CairnService\n"),
+])
+def test_a_room_violation_is_caught(module: str, source: str) -> None:
+    """Each rule fails on a module that breaks it (a check that cannot fail shows nothing)."""
+    assert room_violations(module, imports_of(source, module))
+
+
+@pytest.mark.parametrize("source", ["from cairn.daemon.runtime import config\n", "import cairn.store.repository\n"])
+def test_the_client_may_not_reach_the_daemon_or_store(source: str) -> None:
+    used = imports_of(source, "cairn.client.cli")
+    assert any(m == p or m.startswith(p + ".") for m in used for p in FORBIDDEN["cairn.client"])
+
+
+@pytest.mark.parametrize("package,path", [m for m in modules() if m[0] != "cairn.proto"],
+                         ids=lambda v: str(v).replace(str(ROOT) + "/", ""))
+def test_no_switch_only_tests_turn(package: str, path: Path) -> None:
+    """Test hooks live in the tests (tests/watcher_hooks.py, the wrapped daemons): production
+    code reads no test-only environment variable."""
+    text = path.read_text()
+    assert "CAIRN_TEST" not in text and "CAIRN_FAULT" not in text, f"{path.relative_to(ROOT)} has a test switch"
 
 
 # -- layers inside the store ------------------------------------------------------------

@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from cairn.daemon import main as cairnd
-from cairn.daemon.retention import RetentionRunner
+from cairn.daemon.runtime import main as cairnd
+from cairn.daemon.scheduling.retention import RetentionRunner
 
 OFFSET_FILE = os.environ["CAIRN_TEST_CLOCK"]
 

@@ -8,7 +8,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from cairn.daemon.changes import ChangeTracker
+import watcher_hooks
+from cairn.daemon.changes.tracker import ChangeTracker
+
+watcher_hooks.install()  # hold the inotify reader, inject an overflow (tests/watcher_hooks.py)
 
 
 @dataclass(frozen=True)

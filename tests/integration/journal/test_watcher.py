@@ -8,7 +8,8 @@ import os
 import shutil
 
 import pytest
-from cairn.daemon.changes import ChangeTracker
+import watcher_hooks
+from cairn.daemon.changes.tracker import ChangeTracker
 
 
 def incremental(tracker: ChangeTracker, base: str = "F1", source: str = "app"):
@@ -50,7 +51,7 @@ def test_nothing_changed_gives_empty_hint(tracked):
     env, t = tracked
     hint, _ = incremental(t)
     assert hint is not None and hint.paths == frozenset() and hint.rescan == frozenset()
-    assert t.status("app")["state"] == "complete"
+    assert t.status("app").state == "complete"
 
 
 def test_create_write_append_truncate_delete(tracked):
@@ -103,12 +104,12 @@ def test_dir_moved_in_then_parent_renamed_before_the_event_is_read_stays_watched
     env, t = tracked
     outside = os.path.join(env.root, "outside")
     os.makedirs(os.path.join(outside, "in"))
-    assert t.watcher.pause()
+    assert watcher_hooks.pause(t.watcher)
     try:
         os.rename(outside, env.p("sub", "deep", "o"))
         os.rename(env.p("sub"), env.p("moved"))
     finally:
-        t.watcher.resume()
+        watcher_hooks.resume(t.watcher)
     env.trust(t, set_id="F2")  # a set walked the rescan subtrees and is committed
     write(env.p("moved", "deep", "o", "in", "late"))
     assert env.p("moved", "deep", "o", "in", "late") in changed_paths(t, base="F2")
@@ -162,8 +163,8 @@ def test_hardlink_distrusts_the_source(tracked):
     hint, _ = incremental(t)
     assert hint is None
     status = t.status("app")
-    assert status["state"] == "rescan"
-    assert any("hard links" in r for r in status["reasons"])
+    assert status.state == "rescan"
+    assert any("hard links" in r for r in status.reasons)
 
 
 # -- excludes ----------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ def test_excludes_apply_to_events_and_watches(env):
     os.makedirs(env.p("keep"))
     t = env.tracker([env.source("app", (env.src,), ("*.tmp", "cache/"))])
     env.trust(t)
-    assert t.status("app")["watches"] == 2          # root and keep/, not cache/ and below
+    assert t.status("app").watches == 2          # root and keep/, not cache/ and below
     write(env.p("junk.tmp"))
     write(env.p("keep", "junk.tmp"))
     write(env.p("cache", "x", "y", "f"))
@@ -191,7 +192,7 @@ def test_changes_after_prepare_stay_pending(tracked):
     hint, token = incremental(t)
     assert env.p("before") in hint.paths
     write(env.p("during"))
-    env.wait_until(lambda: t.status("app")["pending_paths"] >= 3, what="'during' journaled")
+    env.wait_until(lambda: t.status("app").pending_paths >= 3, what="'during' journaled")
     t.committed("app", "incremental", "I1", token)
     paths = changed_paths(t, "I1")
     assert env.p("during") in paths and env.p("before") not in paths
@@ -258,7 +259,7 @@ def test_on_change_and_oldest_unprotected(tracked):
     oldest = t.oldest_unprotected("app")
     assert oldest is not None
     status = t.status("app")
-    assert status["oldest_unprotected_age"] is not None and status["pending_paths"] >= 1
+    assert status.oldest_unprotected_age is not None and status.pending_paths >= 1
 
 
 def test_unwatched_source_has_no_hint(env):
@@ -269,7 +270,7 @@ def test_unwatched_source_has_no_hint(env):
     write(os.path.join(db, "f"))
     assert t.prepare("db", "incremental", "F1", "full")[0] is None
     status = t.status("db")
-    assert status["state"] == "rescan" and status["watches"] == 0
+    assert status.state == "rescan" and status.watches == 0
     assert t.oldest_unprotected("db") is None
 
 
@@ -277,16 +278,16 @@ def test_unwatched_source_has_no_hint(env):
 
 def test_injected_overflow_marks_every_source(tracked):
     env, t = tracked
-    t.watcher.simulate_overflow()
-    env.wait_until(lambda: t.status("app")["state"] == "rescan", what="overflow noticed")
-    assert any("overflow" in r for r in t.status("app")["reasons"])
+    watcher_hooks.simulate_overflow(t.watcher)
+    env.wait_until(lambda: t.status("app").state == "rescan", what="overflow noticed")
+    assert any("overflow" in r for r in t.status("app").reasons)
     assert incremental(t)[0] is None
     # the watches were rebuilt: after the next set the journal is trusted and complete again
     _, tok = incremental(t)
     t.committed("app", "incremental", "I1", tok)
     write(env.p("sub", "deep", "after"))
     assert env.p("sub", "deep", "after") in changed_paths(t, "I1")
-    assert t.status("app")["state"] == "complete"
+    assert t.status("app").state == "complete"
 
 
 def test_real_overflow_while_reader_is_held(tracked):
@@ -296,15 +297,15 @@ def test_real_overflow_while_reader_is_held(tracked):
     if limit > 200_000:
         pytest.skip(f"max_queued_events is {limit}: too many events to overflow quickly")
     a, b = env.p("a"), env.p("sub", "b")
-    assert t.watcher.pause()
+    assert watcher_hooks.pause(t.watcher)
     try:
         for i in range(limit // 2 + 100):   # alternate names so the kernel cannot merge events
             os.utime(a, ns=(i, i))
             os.utime(env.p("sub", "deep", "c"), ns=(i, i))
             os.utime(b, ns=(i, i))
     finally:
-        t.watcher.resume()
-    env.wait_until(lambda: any("overflow" in r for r in t.status("app")["reasons"]), what="real overflow")
+        watcher_hooks.resume(t.watcher)
+    env.wait_until(lambda: any("overflow" in r for r in t.status("app").reasons), what="real overflow")
     assert incremental(t)[0] is None
 
 
@@ -314,9 +315,9 @@ def test_watch_cap_marks_unwatched_subtrees(env):
     t = env.tracker(max_watches=4)
     env.trust(t)
     status = t.status("app")
-    assert status["watches"] == 4
-    assert status["state"] == "rescan"
-    assert any("watch limit" in r for r in status["reasons"])
+    assert status.watches == 4
+    assert status.state == "rescan"
+    assert any("watch limit" in r for r in status.reasons)
     hint, _ = incremental(t)
     assert hint is not None and hint.rescan           # the unwatched subtrees are always walked
     unwatched = set(hint.rescan)
@@ -336,7 +337,7 @@ def test_watch_cap_at_root_leaves_source_unwatched(env):
     env.trust(t, "other", "O1")
     assert t.prepare("app", "incremental", "F1", "full")[0] is not None
     assert t.prepare("other", "incremental", "O1", "full")[0] is None
-    assert any("watch" in r for r in t.status("other")["reasons"])
+    assert any("watch" in r for r in t.status("other").reasons)
 
 
 def test_restart_marks_rescan_then_trusts(env):
@@ -347,7 +348,7 @@ def test_restart_marks_rescan_then_trusts(env):
     write(env.p("while-down"))
     t2 = env.tracker()
     status = t2.status("app")
-    assert status["state"] == "rescan" and any("restarted" in r for r in status["reasons"])
+    assert status.state == "rescan" and any("restarted" in r for r in status.reasons)
     hint, tok = t2.prepare("app", "incremental", "F1", "full")
     assert hint is None
     t2.committed("app", "incremental", "I1", tok)
@@ -366,7 +367,7 @@ def test_unclean_stop_is_named(env):
     t._journal.close()
     env.trackers.remove(t)
     t2 = env.tracker()
-    assert any("unclean" in r for r in t2.status("app")["reasons"])
+    assert any("unclean" in r for r in t2.status("app").reasons)
 
 
 def test_root_deleted_then_recreated(env):
@@ -375,7 +376,7 @@ def test_root_deleted_then_recreated(env):
     t = env.tracker([env.source("vol", (root,))])
     env.trust(t, "vol")
     shutil.rmtree(root)
-    env.wait_until(lambda: t.status("vol")["state"] == "rescan", what="root loss noticed")
+    env.wait_until(lambda: t.status("vol").state == "rescan", what="root loss noticed")
     assert t.prepare("vol", "incremental", "F1", "full")[0] is None
     os.makedirs(root)
     hint, tok = t.prepare("vol", "incremental", "F1", "full")     # watched again, gap unknown
@@ -390,16 +391,16 @@ def test_mark_rescan_and_reload(tracked):
     env, t = tracked
     t.mark_rescan("app", env.p("sub"), "backstop scan found a missed change")
     assert env.p("sub") in rescans(t)
-    assert any("backstop" in r for r in t.status("app")["reasons"])
+    assert any("backstop" in r for r in t.status("app").reasons)
     # changing excludes: whole source rescan; new sources start untrusted
     other = os.path.join(env.root, "other")
     os.makedirs(other)
     t.reload([env.source("app", (env.src,), ("*.log",)), env.source("other", (other,))])
     assert incremental(t)[0] is None
     assert t.prepare("other", "incremental", "X", None)[0] is None
-    assert t.status("other")["watches"] == 1
+    assert t.status("other").watches == 1
     t.reload([env.source("app", (env.src,), ("*.log",))])
-    assert t.status("other")["watches"] == 0
+    assert t.status("other").watches == 0
 
 
 # -- a hinted store backup equals a full walk -------------------------------------------------------

@@ -6,6 +6,7 @@ its own thread and writes `$CAIRN_TEST_HOOKS/done` (JSON) when finished. Command
   deaf         the change tracker drops every event from now on (a change the journal misses)
   hear         wait until every event so far was handled (dropped), then record events again
   backstop     run the backstop scan now; the result is {source: [[path, what], ...]}
+The watcher reads inotify through tests/watcher_hooks.py (installed here) for `overflow`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import signal
 import sys
 import threading
 
-from cairn.daemon import main as cairnd
+from cairn.daemon.runtime import main as cairnd
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import watcher_hooks  # noqa: E402  (tests/watcher_hooks.py)
 
 HOOKS = os.environ["CAIRN_TEST_HOOKS"]
 SINK_METHODS = ("changed", "new_directory", "unwatched", "rescan")
@@ -29,7 +33,7 @@ def _drop(*args: object, **kwargs: object) -> None:
 def _run(daemon: cairnd.Daemon, cmd: str) -> object:
     tracker = daemon.tracker
     if cmd == "overflow":
-        tracker.watcher.simulate_overflow()
+        watcher_hooks.simulate_overflow(tracker.watcher)
         return "ok"
     if cmd == "deaf":
         for name in SINK_METHODS:
@@ -41,7 +45,7 @@ def _run(daemon: cairnd.Daemon, cmd: str) -> object:
             tracker.__dict__.pop(name, None)
         return "ok" if ok else "barrier timed out"
     if cmd == "backstop":
-        found = daemon.backstop_now()
+        found = daemon.backstop.run_now() if daemon.backstop is not None else {}
         return {src: [[d.path, d.what] for d in diffs] for src, diffs in found.items()}
     return f"unknown command {cmd!r}"
 
@@ -71,6 +75,7 @@ def _hooked_start(self: cairnd.Daemon) -> None:
 
 
 cairnd.Daemon.start = _hooked_start
+watcher_hooks.install()  # before the daemon starts its watcher
 
 if __name__ == "__main__":
     sys.argv[0] = "cairnd"

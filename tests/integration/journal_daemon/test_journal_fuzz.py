@@ -17,7 +17,7 @@ import random
 import stat
 
 import pytest
-from cairn.daemon.backstop import compare_tree
+from cairn.daemon.changes.backstop import compare_tree
 from cairn.store.repository import Repository
 from cairnd_harness import snapshot
 from treefuzz import TreeFuzzer

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cairn.daemon.postgres import (
+from cairn.daemon.databases.postgres.connection import (
     EXCLUDES,
     BackupAbortedError,
     DatabaseError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from cairn.daemon.backstop import Difference, compare_tree, rescan_dirs, unexplained
+from cairn.daemon.changes.backstop import Difference, compare_tree, rescan_dirs, unexplained
 from cairn.store.model import BackupRequest, ChangeHint
 from cairn.store.repository import Repository
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cairn.daemon.config import ConfigError, load_config
+from cairn.daemon.runtime.config import ConfigError, load_config
 
 SYSTEMD = Path(__file__).resolve().parents[3] / "systemd"
 

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cairn.daemon.config import ConfigError, config_from_args, load_config
+from cairn.daemon.runtime.config import ConfigError, config_from_args, load_config
 from cairn.store.locations import S3Options, parse_s3
 
 DAEMON = """

@@ -1,4 +1,4 @@
-"""The declared schema (daemon/config_schema.py): every wrong value of every key of the shipped
+"""The declared schema (daemon/runtime/config_schema.py): every wrong value of every key of the shipped
 example gives one line that names that key and says what was expected, never the schema
 library's own wording; and the messages of rules that had no test of their own."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cairn.daemon import config_schema
-from cairn.daemon.config import ConfigError, load_config, parse_config
+from cairn.daemon.runtime import config_schema
+from cairn.daemon.runtime.config import ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "systemd" / "cairnd.toml.example"
 WRONG = [5, "", "x y", True, 0.5, [1], [], {"a": 1}]

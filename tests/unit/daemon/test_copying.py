@@ -1,11 +1,11 @@
-"""Which WAL a copied set takes along (daemon/copying.py): every segment from each physical
+"""Which WAL a copied set takes along (daemon/operations/copying.py): every segment from each physical
 capture's first to its last in its cluster's name space, the history files of its timeline,
 nothing for dumps; and which sets a copy chooses."""
 
 from __future__ import annotations
 
 import pytest
-from cairn.daemon.copying import choose_sets, wal_needed
+from cairn.daemon.operations.copying import choose_sets, wal_needed
 from cairn.store.errors import NotFoundError
 from cairn.store.model import BackupRequest, BackupSet, SetStats
 from cairn.store.repository import Repository

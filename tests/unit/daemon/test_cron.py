@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from cairn.daemon.cron import CronExpr, next_run
+from cairn.daemon.scheduling.cron import CronExpr, next_run
 from cairn.store.errors import InvalidArgumentError
 
 

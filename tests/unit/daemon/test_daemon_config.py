@@ -8,8 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from cairn.daemon import config as config_module
-from cairn.daemon.config import (
+from cairn.daemon.runtime import config as config_module
+from cairn.daemon.runtime.config import (
     Config,
     ConfigError,
     DaemonConfig,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cairn.daemon.durations import format_duration, parse_duration
+from cairn.daemon.runtime.durations import format_duration, parse_duration
 from cairn.store.errors import InvalidArgumentError
 
 

@@ -6,7 +6,7 @@ import io
 import logging
 
 import pytest
-from cairn.daemon.logs import LogfmtFormatter, logfmt_value, setup_logging
+from cairn.daemon.runtime.logs import LogfmtFormatter, logfmt_value, setup_logging
 
 
 @pytest.fixture

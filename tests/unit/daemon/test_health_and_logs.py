@@ -9,9 +9,9 @@ import logging
 import os
 
 import pytest
-from cairn.daemon.health import HealthRecord, last_successes, restore_metrics
-from cairn.daemon.logs import setup_logging
-from cairn.daemon.metrics import Metrics
+from cairn.daemon.runtime.health import HealthRecord, last_successes, restore_metrics
+from cairn.daemon.runtime.logs import setup_logging
+from cairn.daemon.runtime.metrics import Metrics
 from cairn.store.model import BackupSet, SetStats
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from cairn.daemon.metrics import Metrics
+from cairn.daemon.runtime.metrics import Metrics
 from cairn.store.errors import InvalidArgumentError
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -7,9 +7,9 @@ import argparse
 import dataclasses
 
 import pytest
-from cairn.daemon import preflight
-from cairn.daemon.config import RepositoryConfig, config_from_args
-from cairn.daemon.repokeys import key_overrides, open_repository
+from cairn.daemon.runtime import preflight
+from cairn.daemon.runtime.config import RepositoryConfig, config_from_args
+from cairn.daemon.runtime.repokeys import key_overrides, open_repository
 from cairn.store.content import crypto
 from cairn.store.errors import AlreadyExistsError, InvalidArgumentError, WrongKeyError
 from cairn.store.repository import Repository

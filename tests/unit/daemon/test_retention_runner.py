@@ -7,9 +7,9 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from cairn.daemon import retention as runner_mod
-from cairn.daemon.config import ConfigError, load_config
-from cairn.daemon.retention import RetentionRunner, keep_policy, parse_option_duration
+from cairn.daemon.runtime.config import ConfigError, load_config
+from cairn.daemon.scheduling import retention as runner_mod
+from cairn.daemon.scheduling.retention import RetentionRunner, keep_policy, parse_option_duration
 from cairn.store.errors import InvalidArgumentError, LockedError
 from cairn.store.model import PrunePolicy, PruneReport
 

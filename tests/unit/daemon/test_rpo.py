@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cairn.daemon.rpo import BUSY_RECHECK, Attempt, RpoKeeper, retry_after, rpo_decisions
+from cairn.daemon.changes.rpo import BUSY_RECHECK, Attempt, RpoKeeper, retry_after, rpo_decisions
 
 
 def test_nothing_unprotected_submits_nothing_and_sleeps():

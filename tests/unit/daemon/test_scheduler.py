@@ -8,8 +8,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from cairn.daemon.cron import CronExpr
-from cairn.daemon.scheduler import (
+from cairn.daemon.scheduling.cron import CronExpr
+from cairn.daemon.scheduling.scheduler import (
     Scheduler,
     advance,
     compute_next_runs,
@@ -116,7 +116,7 @@ def test_thread_submits_due_level_and_survives_submit_errors(caplog):
     scheduler.start()
     try:
         clock.now = ts(2024, 6, 2, 3, 0, 5)
-        with caplog.at_level(logging.ERROR, logger="cairn.daemon.scheduler"):
+        with caplog.at_level(logging.ERROR, logger="cairn.daemon.scheduling.scheduler"):
             scheduler.poke()
             wait_for_calls(recorder, 1)
         assert recorder.calls == [("app", "full", "schedule")]

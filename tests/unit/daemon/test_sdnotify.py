@@ -7,7 +7,7 @@ import socket
 import uuid
 
 import pytest
-from cairn.daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval
+from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from cairn.daemon.threads import ServiceThread
+from cairn.daemon.runtime.threads import ServiceThread
 
 
 class Looper(ServiceThread):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cairn.daemon.config import ConfigError, load_config
+from cairn.daemon.runtime.config import ConfigError, load_config
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
 
@@ -124,7 +124,7 @@ def test_an_exclude_anchored_to_one_path_applies_under_that_path_only(tmp_path: 
 
 
 def test_a_scheduled_set_carries_its_tags_and_a_requested_one_does_not(tmp_path: Path) -> None:
-    from cairn.daemon.service import CairnService
+    from cairn.daemon.operations.service import CairnService
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "f").write_text("x")

@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cairn.daemon.config import ConfigError, load_config
 from cairn.daemon.databases.dump import DumpFailedError, ToolRun
 from cairn.daemon.databases.engine import (
     DumpRecord,
@@ -24,6 +23,7 @@ from cairn.daemon.databases.engine import (
     record_from_dict,
     records_of,
 )
+from cairn.daemon.runtime.config import ConfigError, load_config
 from cairn.errors import CorruptionError, DeadlineError
 from cairn.fsio.records import Data
 from cairn.store.model import BackupRequest

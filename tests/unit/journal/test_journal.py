@@ -6,7 +6,7 @@ import os
 import sqlite3
 
 import pytest
-from cairn.daemon.journal import Change, Journal, JournalError
+from cairn.daemon.changes.journal import Change, Journal, JournalError
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cairn.daemon.pgrecovery import (
+from cairn.daemon.databases.postgres.recovery import (
     int_to_lsn,
     is_wal_file_name,
     lsn_to_int,

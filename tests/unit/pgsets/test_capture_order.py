@@ -1,4 +1,4 @@
-"""The order of a consistent capture (daemon/capture.py), with a stand-in for the PostgreSQL
+"""The order of a consistent capture (daemon/windows/capture.py), with a stand-in for the PostgreSQL
 connection and a real repository, real hooks and a real window: where the hint is made, where
 pg_backup_start and pg_backup_stop run, the fresh hint before the hot content walk, and the
 WAL wait before commit."""
@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cairn.daemon import capture, walarchive
-from cairn.daemon.config import DatabaseConfig, QuiesceConfig, SourceConfig
-from cairn.daemon.postgres import BackupStart, BackupStop, PgInfo
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.databases.postgres.connection import BackupStart, BackupStop, PgInfo
+from cairn.daemon.runtime.config import DatabaseConfig, QuiesceConfig, SourceConfig
+from cairn.daemon.windows import capture
 from cairn.errors import DeadlineError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupRequest, ChangeHint
 from cairn.store.repository import Repository

@@ -10,7 +10,7 @@ import threading
 import time
 
 from cairn.client import walfetch
-from cairn.daemon import restoredb
+from cairn.daemon.databases.postgres import restoredb
 
 SEG = "000000010000000000000007"
 

@@ -9,7 +9,7 @@ import os
 import pwd
 
 import pytest
-from cairn.daemon import restoredb
+from cairn.daemon.databases.postgres import restoredb
 from cairn.errors import FailedPreconditionError
 
 NONCE = "ab" * 16

@@ -1,14 +1,15 @@
-"""WAL continuity and archive health (daemon/walarchive.py), restore-db checks (daemon/restoredb.py)."""
+"""WAL continuity and archive health (daemon/databases/postgres/walarchive.py), restore-db checks
+(daemon/databases/postgres/restoredb.py)."""
 
 from __future__ import annotations
 
 import base64
 
 import pytest
-from cairn.daemon.capture import capture_paths
-from cairn.daemon.config import QuiesceConfig, SourceConfig
-from cairn.daemon.restoredb import check_target, database_of, restore_command
-from cairn.daemon.walarchive import ArchiveHealth, continuity_problems, parse_segment, segment_name
+from cairn.daemon.databases.postgres.restoredb import check_target, database_of, restore_command
+from cairn.daemon.databases.postgres.walarchive import ArchiveHealth, continuity_problems, parse_segment, segment_name
+from cairn.daemon.runtime.config import QuiesceConfig, SourceConfig
+from cairn.daemon.windows.capture import capture_paths
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet, SetStats
 
@@ -145,7 +146,7 @@ def test_continuity_is_checked_in_each_clusters_name_space_and_the_flat_one(tmp_
 
 
 def test_restore_db_totals_are_the_data_directory_and_tablespaces_not_the_set() -> None:
-    from cairn.daemon.restoredb import restore_db_totals
+    from cairn.daemon.databases.postgres.restoredb import restore_db_totals
 
     rec = {"name": "appdb", "attachment": "db:appdb", "tablespaces": [{"oid": 16400, "attachment": "db:appdb:ts"}]}
     s = BackupSet(id="b" * 64, source="app", level="full", requested_level="full", base=None, time_start=0,

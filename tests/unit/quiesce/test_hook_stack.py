@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from cairn.daemon.config import HookLevel, QuiesceConfig
-from cairn.daemon.quiesce import Hook, HookError, Window, recover_windows, run_after
-from cairn.daemon.windows import list_record_paths, record_path
+from cairn.daemon.runtime.config import HookLevel, QuiesceConfig
+from cairn.daemon.windows.quiesce import Hook, HookError, Window, recover_windows, run_after
+from cairn.daemon.windows.records import list_record_paths, record_path
 
 
 def log_hook(log: Path, word: str, *, fail: bool = False) -> Hook:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cairn.daemon.quiesce import Hook, HookError, Window, recover_windows
-from cairn.daemon.windows import list_record_paths, record_path
+from cairn.daemon.windows.quiesce import Hook, HookError, Window, recover_windows
+from cairn.daemon.windows.records import list_record_paths, record_path
 from cairn.errors import AbortedError, BusyError, DeadlineError, InvalidArgumentError
 
 
@@ -221,7 +221,7 @@ def test_bad_mode_is_rejected() -> None:
 
 CRASHER = textwrap.dedent("""
     import os, signal, sys
-    from cairn.daemon.quiesce import Hook, Window
+    from cairn.daemon.windows.quiesce import Hook, Window
     state, log = sys.argv[1], sys.argv[2]
     thaw = [Hook(("sh", "-c", f'echo thaw-$CAIRN_SOURCE-$CAIRN_HOOK_PHASE >> "{log}"'), timeout=10)]
     freeze = [Hook(("sh", "-c", f'echo freeze >> "{log}"'), timeout=10)]
@@ -250,7 +250,7 @@ def test_recovery_reports_failing_thaw_and_still_removes_record(tmp_path: Path) 
     state = str(tmp_path)
     w = Window(state, "app", "cold", [], [Hook(("sh", "-c", "echo nope >&2; exit 1"), timeout=5)])
     # simulate a crash: write the record as __enter__ does, but never exit
-    from cairn.daemon.windows import WindowRecord, write_record
+    from cairn.daemon.windows.records import WindowRecord, write_record
     write_record(state, WindowRecord("app", "cold", 1, time.time(), 10.0, thaw=w.thaw_hooks))
     results = recover_windows(state)
     assert not results[0].ok and "nope" in (results[0].error or "")

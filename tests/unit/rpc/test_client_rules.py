@@ -6,7 +6,7 @@ import grpc
 import pytest
 from cairn.client import cli
 from cairn.client.connection import default_socket, resolve_endpoint
-from cairn.daemon import config as daemon_config
+from cairn.daemon.runtime import config as daemon_config
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from cairn.daemon.config import ConfigError
 from cairn.daemon.rpc.errors import hint_for, status_for
+from cairn.daemon.runtime.config import ConfigError
 from cairn.store import errors as e
 
 CASES = [

@@ -6,9 +6,9 @@ import os
 import threading
 
 import pytest
-from cairn.daemon.jobs import JobManager
 from cairn.daemon.rpc.server import _tolerant
 from cairn.daemon.rpc.servicer import BATCH_BYTES, DATA_PIECE, Malformed, restore_batches
+from cairn.daemon.scheduling.jobs import JobManager
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.store.errors import BusyError, InvalidArgumentError

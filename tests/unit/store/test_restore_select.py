@@ -17,7 +17,7 @@ from storekit import backup
 
 def make(src) -> None:
     for rel, size in (("a/keep.txt", 10), ("a/drop.tmp", 10), ("a/b/deep.txt", 3000), ("c/other.txt", 5),
-                      ("cache/x.bin", 100), ("big.bin", 3 << 20)):
+                      ("cache/x.bin", 100), ("big.bin", 9 << 20)):
         p = src / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(os.urandom(size))
@@ -46,7 +46,7 @@ def test_manifest_lists_chunks_and_no_content(repo, src) -> None:
     recs = list(repo.restore_stream(s, manifest=True))
     assert not any(isinstance(r, Data) for r in recs)
     big = next(r for r in recs if isinstance(r, EntryMeta) and r.path == b"big.bin")
-    assert len(big.chunks) >= 2 and sum(big.chunk_sizes) == big.size == 3 << 20
+    assert len(big.chunks) >= 2 and sum(big.chunk_sizes) == big.size == 9 << 20  # > 2x the largest chunk: always cut
     content = (src / "big.bin").read_bytes()
     off = 0
     for cid, size in zip(big.chunks, big.chunk_sizes, strict=True):

@@ -1,0 +1,478 @@
+"""The inotify watcher: turns kernel events under the watched roots into journal facts.
+
+This is the only module that imports watchdog. It uses watchdog's inotify machinery for what
+it does well (one inotify descriptor read by one thread, recursive watches that follow
+directory moves, rebuilding the watches after a queue overflow) and taps the raw event stream
+where watchdog hands it to each watch group, in kernel order, on the descriptor's thread.
+watchdog's own event objects are never built: the journal needs paths, not event classes.
+
+What it reports, through a `WatchSink`, for a root watched on behalf of a source:
+- `changed(source, path, written)`: `path` (absolute) may differ from what the last set saw.
+  `written` is true when the entry itself was created, written or had its metadata changed
+  (so the receiver can look at it, e.g. for extra hard links), false when only its name
+  appeared or vanished (delete, move) or it is the parent directory of such a name.
+- `new_directory(source, path)`: a directory was created or moved in; what is in it may
+  predate its watch (mkdir -p, mv from elsewhere), so all of it must be walked.
+- `unwatched(source, path, reason)`: no watch could be added for directory `path`; nothing
+  under it is observed for as long as the watcher runs.
+- `rescan(source, path, reason)`: events under directory `path` were lost (`path` None: the
+  whole source).
+
+What always holds:
+- Events are reported in kernel order, on the inotify thread, before `barrier()` returns for
+  any barrier requested after them: `barrier()` touches a file in a private directory watched
+  through the same descriptor and waits until that event has been handled.
+- Whatever the watcher could not observe is reported as a rescan with a reason: a queue
+  overflow (every source, whole), a directory whose watch could not be added (that subtree;
+  the `max_watches` cap counts watches across all roots), a watched root deleted or moved
+  (whole source), an event whose watch it cannot place (whole source). A root whose watch is
+  gone is `lost()` until it is watched again.
+- Excluded paths (the root's `excluded(abs_path, is_dir)` predicate) are neither reported nor
+  watched.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import (
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchDescriptor,
+)
+
+log = logging.getLogger(__name__)
+
+# What the journal needs: names appearing, vanishing and moving, content and metadata writes,
+# and the loss of a watched directory. No open/close-nowrite/access noise (a backup reading
+# the tree would otherwise flood the queue with its own reads).
+EVENT_MASK = Mask(
+    InotifyConstants.IN_MODIFY
+    | InotifyConstants.IN_ATTRIB
+    | InotifyConstants.IN_CLOSE_WRITE
+    | InotifyConstants.IN_MOVED_FROM
+    | InotifyConstants.IN_MOVED_TO
+    | InotifyConstants.IN_CREATE
+    | InotifyConstants.IN_DELETE
+    | InotifyConstants.IN_DELETE_SELF
+    | InotifyConstants.IN_MOVE_SELF
+    | InotifyConstants.IN_DONT_FOLLOW
+)
+_WRITTEN = InotifyConstants.IN_MODIFY | InotifyConstants.IN_ATTRIB | InotifyConstants.IN_CLOSE_WRITE
+_NAMED = InotifyConstants.IN_DELETE | InotifyConstants.IN_MOVED_FROM
+
+Excluded = Callable[[str, bool], bool]
+
+
+class WatchSink(Protocol):
+    """Receives what the watcher learns; called on the inotify thread, so it must be quick."""
+
+    def changed(self, source: str, path: str, written: bool) -> None: ...
+
+    def new_directory(self, source: str, path: str) -> None: ...
+
+    def unwatched(self, source: str, path: str, reason: str) -> None: ...
+
+    def rescan(self, source: str, path: str | None, reason: str) -> None: ...
+
+
+class WatchLimitError(OSError):
+    """The configured cap on watches (or the kernel's limit) does not allow one more watch."""
+
+
+class _Budget:
+    """Counts watches across all groups against an optional cap."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.cap is not None and self.used >= self.cap:
+                return False
+            self.used += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.used = max(0, self.used - 1)
+
+
+@dataclass
+class _Root:
+    """One watched root directory of a source, as the watcher keeps it."""
+
+    source: str
+    root: str            # the path reported (as configured, absolute)
+    real: str            # the path watched (symlinks resolved)
+    excluded: Excluded
+    watch: ObservedWatch | None = None
+    lost: bool = False
+    groups: list[_Group] = field(default_factory=list)
+
+    def report_path(self, real_path: bytes) -> str:
+        """Map a watched (real) path back under the configured root."""
+        text = os.fsdecode(real_path)
+        if self.real == self.root:
+            return text
+        return self.root + text[len(self.real):]
+
+
+class _Group(InotifyWatchGroup):
+    """A watchdog watch group that reports raw events to the Watcher and counts its watches."""
+
+    owner: Watcher
+    root_info: _Root | None
+
+    def bind(self, owner: Watcher, root_info: _Root | None) -> None:
+        self.owner = owner
+        self.root_info = root_info
+
+    # -- watch accounting ------------------------------------------------------------------
+    def _add_callback(self, path: bytes) -> None:
+        info = getattr(self, "root_info", None)
+        owner: Watcher | None = getattr(self, "owner", None)
+        is_root = path == self.path
+        if owner is None or info is None:  # the barrier directory: not a source, not counted
+            return super()._add_callback(path)
+        if not is_root and info.excluded(info.report_path(path), True):
+            return None
+        if self._watched_inode(path):
+            return None  # already watched (mkdir -p reports each level again): nothing to add
+        if not owner.budget.acquire():
+            if is_root:
+                raise WatchLimitError(errno.ENOSPC, f"watch limit of {owner.budget.cap} reached")
+            owner.unwatched(info, path, f"watch limit of {owner.budget.cap} reached")
+            return None
+        try:
+            super()._add_callback(path)
+        except OSError:
+            owner.budget.release()
+            raise
+        wd = self._active_callbacks_by_path.get(path)
+        if wd is None or wd < 0:
+            owner.budget.release()
+            owner.unwatched(info, path, "could not add a watch")
+            return None
+        try:
+            self._inodes()[wd] = os.stat(path).st_ino
+        except OSError:
+            pass
+        return None
+
+    def _inodes(self) -> dict[WatchDescriptor, int]:
+        inodes = self.__dict__.get("_inode_of_wd")
+        if inodes is None:
+            inodes = self.__dict__["_inode_of_wd"] = {}
+        return inodes
+
+    def _watched_inode(self, path: bytes) -> bool:
+        """True if `path` is watched and still the same directory as when its watch was added."""
+        wd = self._active_callbacks_by_path.get(path)
+        if wd is None or wd not in self._inodes():
+            return False
+        try:
+            return os.stat(path).st_ino == self._inodes()[wd]
+        except OSError:
+            return False
+
+    def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
+        super()._remove_watch_internally(wd)
+        self._inodes().pop(wd, None)
+        if getattr(self, "root_info", None) is not None:
+            self.owner.budget.release()
+
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        # watchdog walks new directories to fake creation events for their content; the
+        # journal instead marks a new directory for rescan, so this walk is not needed.
+        return []
+
+    def watch_count(self) -> int:
+        return len(self._active_callbacks_by_watch)
+
+    # -- raw events --------------------------------------------------------------------------
+    def on_event(self, event: InotifyEvent) -> None:
+        with self._lock:
+            path = self._build_event_source_path(event) if self.is_active else None
+            active = self.is_active
+        if active:
+            try:
+                self.owner.raw_event(self, event, path)
+            except Exception:  # the inotify thread must survive; the source loses trust instead
+                log.exception("change watcher failed to handle an event")
+                if self.root_info is not None:
+                    self.owner.sink.rescan(self.root_info.source, None, "the watcher failed on an event")
+        super().on_event(event)
+        if active and event.is_moved_to and event.is_directory and self.is_recursive:
+            self._watch_moved_tree(event)
+
+    def _watch_moved_tree(self, event: InotifyEvent) -> None:
+        """Watch every directory under a directory moved to here that is not watched yet.
+
+        watchdog moves the watches of a tree moved within the source, but a directory inside it
+        that could not be watched at its old path (moved in, then its parent renamed before the
+        event was read: the old path no longer existed) would stay unwatched for good."""
+        with self._lock:
+            dst = self._build_event_source_path(event) if self.is_active else None
+            if dst is not None and os.path.isdir(dst):
+                self._add_all_callbacks(dst)
+
+
+class _Emitter(InotifyEmitter):
+    """Runs one watch group; watchdog's event objects are not built (the group reports raw)."""
+
+    def __init__(self, *args, owner: Watcher, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+
+    def on_thread_start(self) -> None:
+        path = os.fsencode(self.watch.path)
+        group = _Group.__new__(_Group)
+        group.bind(self._owner, self._owner.root_for_watch(self.watch))
+        # dataclass __init__ runs __post_init__, which adds the watches: bind first.
+        _Group.__init__(group, self._inotify_fd, path, is_recursive=self.watch.is_recursive,
+                        event_mask=EVENT_MASK, follow_symlink=False)
+        self._inotify = group
+        if group.root_info is not None:
+            group.root_info.groups.append(group)
+
+    def build_and_queue_event(self, event, *, full_events: bool = False) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+class _FD(InotifyFD):
+    """The inotify descriptor; tells the Watcher about queue overflows, in order."""
+
+    def __init__(self, owner: Watcher) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def handle_event(self, event: InotifyEvent) -> None:
+        if event.is_queue_overflow:
+            self._owner.overflowed()
+        super().handle_event(event)
+
+
+class _Observer(BaseObserver):
+    def __init__(self, fd: _FD, owner: Watcher) -> None:
+        super().__init__(_Emitter, inotify_fd=fd, owner=owner)
+        self._fd = fd
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self._fd.stop()
+        self._fd.join()
+
+
+class Watcher:
+    """Watches roots on behalf of sources and reports to a WatchSink (see the module doc)."""
+
+    def __init__(self, sink: WatchSink, barrier_dir: str, max_watches: int | None = None) -> None:
+        self.sink = sink
+        self.budget = _Budget(max_watches)
+        self._barrier_dir = os.path.abspath(barrier_dir)
+        self._roots: dict[tuple[str, str], _Root] = {}
+        self._by_watch: dict[ObservedWatch, _Root] = {}
+        self._lock = threading.RLock()
+        self._barrier_lock = threading.Lock()
+        self._barrier_waiters: dict[str, threading.Event] = {}
+        self._barrier_n = 0
+        self._fd: _FD | None = None
+        self._observer: _Observer | None = None
+        self._handler = FileSystemEventHandler()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the inotify thread and watch the barrier directory."""
+        os.makedirs(self._barrier_dir, exist_ok=True)
+        for name in os.listdir(self._barrier_dir):
+            try:
+                os.unlink(os.path.join(self._barrier_dir, name))
+            except OSError:
+                pass
+        self._fd = _FD(self)
+        self._fd.start()
+        self._observer = _Observer(self._fd, self)
+        self._observer.start()
+        self._observer.schedule(self._handler, self._barrier_dir, recursive=False)
+
+    def stop(self) -> None:
+        """Remove every watch and stop the threads."""
+        obs, self._observer = self._observer, None
+        if obs is not None:
+            obs.stop()
+            obs.join()
+        with self._lock:
+            self._roots.clear()
+            self._by_watch.clear()
+        self._release_barriers()
+
+    @property
+    def running(self) -> bool:
+        return self._fd is not None and self._fd.is_alive() and self._observer is not None
+
+    # -- roots ----------------------------------------------------------------------------------
+    def watch(self, source: str, root: str, excluded: Excluded) -> None:
+        """Watch `root` recursively for `source`. Raises OSError if the root cannot be watched."""
+        if self._observer is None:
+            raise RuntimeError("watcher is not started")
+        root = os.path.abspath(root)
+        info = _Root(source=source, root=root, real=os.path.realpath(root), excluded=excluded)
+        if not os.path.isdir(info.real):
+            raise FileNotFoundError(errno.ENOENT, f"unable to watch '{root}': not a directory")
+        watch = ObservedWatch(info.real, recursive=True)
+        with self._lock:
+            self._roots[(source, root)] = info
+            self._by_watch[watch] = info
+        try:
+            info.watch = self._observer.schedule(self._handler, info.real, recursive=True)
+        except Exception:
+            with self._lock:
+                self._roots.pop((source, root), None)
+                self._by_watch.pop(watch, None)
+            raise
+
+    def unwatch(self, source: str) -> None:
+        """Stop watching every root of `source`."""
+        with self._lock:
+            infos = [i for k, i in self._roots.items() if k[0] == source]
+            for i in infos:
+                self._roots.pop((i.source, i.root), None)
+        for info in infos:
+            if info.watch is not None and self._observer is not None:
+                try:
+                    self._observer.unschedule(info.watch)
+                except KeyError:
+                    pass
+                with self._lock:
+                    self._by_watch.pop(info.watch, None)
+
+    def root_for_watch(self, watch: ObservedWatch) -> _Root | None:
+        with self._lock:
+            return self._by_watch.get(watch)
+
+    def watches(self, source: str | None = None) -> int:
+        """Watches in use by `source` (all sources if None)."""
+        with self._lock:
+            infos = [i for i in self._roots.values() if source is None or i.source == source]
+        return sum(g.watch_count() for i in infos for g in i.groups)
+
+    def lost(self, source: str) -> list[str]:
+        """Roots of `source` whose watch is gone (deleted or moved away)."""
+        with self._lock:
+            return [i.root for i in self._roots.values() if i.source == source and i.lost]
+
+    # -- barrier --------------------------------------------------------------------------------
+    def barrier(self, timeout: float = 5.0) -> bool:
+        """Wait until every event that happened before this call has been reported."""
+        if not self.running:
+            return False
+        with self._barrier_lock:
+            self._barrier_n += 1
+            name = f"b{os.getpid()}-{self._barrier_n}"
+            done = threading.Event()
+            self._barrier_waiters[name] = done
+        path = os.path.join(self._barrier_dir, name)
+        try:
+            with open(path, "wb"):
+                pass
+            ok = done.wait(timeout)
+        finally:
+            with self._barrier_lock:
+                self._barrier_waiters.pop(name, None)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return ok
+
+    def _release_barriers(self) -> None:
+        with self._barrier_lock:
+            for ev in self._barrier_waiters.values():
+                ev.set()
+
+    # -- called on the inotify thread -----------------------------------------------------------
+    def overflowed(self) -> None:
+        with self._lock:
+            sources = sorted({i.source for i in self._roots.values()})
+        for s in sources:
+            self.sink.rescan(s, None, "inotify queue overflow: events were lost")
+        # Every event before the overflow is either reported or covered by the rescan above,
+        # and a barrier event may itself have been dropped: let waiting barriers go.
+        self._release_barriers()
+
+    def unwatched(self, info: _Root | None, path: bytes, reason: str) -> None:
+        if info is None:
+            return
+        self.sink.unwatched(info.source, info.report_path(path), reason)
+
+    def raw_event(self, group: _Group, event: InotifyEvent, path: bytes | None) -> None:
+        info = group.root_info
+        if info is None:
+            self._barrier_event(event)
+            return
+        if path is None:
+            self.sink.rescan(info.source, None, f"an event the watcher could not place ({event!r})")
+            return
+        if event.mask & InotifyConstants.IN_UNMOUNT:
+            info.lost = True
+            self.sink.rescan(info.source, None, f"file system under '{info.root}' was unmounted")
+            return
+        if not event.name:
+            # An event about a watched directory itself; its parent reports names, so only
+            # the root's own fate and metadata matter here.
+            if path == group.path:
+                self._root_event(info, event)
+            elif event.mask & _WRITTEN:
+                self.sink.changed(info.source, info.report_path(path), True)
+            return
+        self._name_event(info, event, info.report_path(path))
+
+    def _root_event(self, info: _Root, event: InotifyEvent) -> None:
+        if event.is_delete_self or event.is_move_self:
+            info.lost = True
+            what = "deleted" if event.is_delete_self else "moved away"
+            self.sink.rescan(info.source, None, f"watched root '{info.root}' was {what}")
+        elif event.mask & _WRITTEN:
+            self.sink.changed(info.source, info.root, True)
+
+    def _name_event(self, info: _Root, event: InotifyEvent, path: str) -> None:
+        is_dir = bool(event.mask & InotifyConstants.IN_ISDIR)
+        if info.excluded(path, is_dir):
+            return
+        parent = os.path.dirname(path)
+        if event.is_create or event.is_moved_to:
+            if is_dir:
+                # Its content may predate its watch (mkdir -p, mv from elsewhere): walk it.
+                self.sink.new_directory(info.source, path)
+                self.sink.changed(info.source, parent, False)
+            else:
+                self.sink.changed(info.source, path, event.is_create)
+                self.sink.changed(info.source, parent, False)
+        elif event.mask & _NAMED:
+            self.sink.changed(info.source, path, False)
+            self.sink.changed(info.source, parent, False)
+        elif event.mask & _WRITTEN:
+            self.sink.changed(info.source, path, True)
+
+    def _barrier_event(self, event: InotifyEvent) -> None:
+        if not event.is_create:
+            return
+        name = os.fsdecode(event.name)
+        with self._barrier_lock:
+            done = self._barrier_waiters.get(name)
+        if done is not None:
+            done.set()

@@ -1,0 +1,344 @@
+"""restore-db: the record stream of a set's database, prepared for recovery from the WAL archive.
+
+`restore_db_records(repo, s, database, ...)` checks the request against the set (the set holds
+that database; the target time or LSN parses and is not before the set's consistent point),
+then returns the set's copy of the data directory (attachment 'db:<name>') passed through
+`pgrecovery.recovery_stream`: backup_label and tablespace_map byte-exact from the set,
+recovery.signal, and recovery settings with `restore_command` = `cairn wal-fetch %f %p`
+(naming the daemon's socket explicitly, since the server's OS user has its own default) and
+the target — the set's own consistent point ('immediate') unless a time or an LSN is given —
+then promotion. Tablespaces follow under `cairn_tablespaces/<oid>/` of the target, and the
+tablespace map points there (the client sends its absolute target directory for that).
+
+The WAL the set needs to reach its consistent point — its start segment through the segment of
+its restore point, and the history file of its timeline — is placed in pg_wal/ as part of the
+stream, together with WAL_MARKER listing those names. PostgreSQL asks restore_command for every
+file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name the marker lists
+and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
+recovery to the set's own point needs no round trip to the daemon. Later WAL (a time or LSN
+beyond the set) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
+recovery then stops within the placed WAL, so wal-fetch answers at once for any later segment
+(PostgreSQL reads ahead one segment) instead of asking the daemon; history files still come from
+the archive (a new timeline must not collide with one archived there). recovery_end_command
+removes OWN_POINT when recovery ends, so a later recovery of the same directory (a standby made
+from it) fetches every segment again.
+
+What always holds: every check runs before the first record is produced; errors are
+NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
+
+Local restores (`write_local`): when the client runs on the daemon's host it may ask the daemon
+to write the data directory itself, so the data never crosses gRPC. The client proves the
+target is its own: the target directory holds exactly one file, `.cairn-claim-<nonce>` with
+the nonce as content, made by root or by the daemon's own user (so the daemon never writes
+anywhere on behalf of a less privileged user). Anything else is refused with
+FailedPreconditionError "local write ..." before anything is written, and the client streams.
+The daemon writes with fsio.writer.ParallelTreeWriter (a pool of LOCAL_WRITERS threads writes
+several files, and ranges of one large file, at once; every guarantee of TreeWriter holds).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from cairn import walnames
+from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
+from cairn.daemon.databases.postgres.recovery import lsn_to_int, recovery_stream
+from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
+from cairn.fsio.records import Data, EntryMeta, Record
+from cairn.fsio.writer import ParallelTreeWriter, WriteStats
+from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from cairn.store.model import BackupSet, Progress
+from cairn.store.repository import Repository
+
+TABLESPACE_DIR = "cairn_tablespaces"
+WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
+OWN_POINT = walnames.OWN_POINT  # in pg_wal/: recovery stops at the set's consistent point
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
+SHELL_WAIT_TICKS = 300  # restore_command waits up to 3 s for a segment being prefetched
+
+
+def cairn_executable() -> str:
+    """The `cairn` client next to this interpreter, else the one on PATH, else plain 'cairn'."""
+    sibling = os.path.join(os.path.dirname(sys.executable), "cairn")
+    if os.access(sibling, os.X_OK):
+        return sibling
+    return shutil.which("cairn") or "cairn"
+
+
+def restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
+    """restore_command for recovery: `cairn --socket S wal-fetch [--system-id N] %f %p`.
+
+    The socket is always named: PostgreSQL runs the command as its own OS user, whose default
+    socket (under its home or XDG_RUNTIME_DIR) is not the daemon's. The system identifier names
+    the cluster's WAL name space in the repository.
+    """
+    exe = executable or cairn_executable()
+    ident = f" --system-id {int(system_id)}" if system_id else ""
+    return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch{ident} %f %p"
+
+
+def prefetching_restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
+    """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
+    `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command).
+
+    The spool is pg_wal/cairn-prefetch/<boot id> (client/walfetch.py): the shell reads the boot
+    id with its `read` builtin, so a spool written before a crash of the machine is never used.
+    A segment the prefetcher is fetching right now (its `.<name>.tmp` exists) is waited for in
+    the shell, up to SHELL_WAIT_TICKS times 10 ms, instead of starting the client."""
+    take = "mv -f \"$s/%f\" %p 2>/dev/null"
+    wait = (f"i=0; while [ ! -e \"$s/%f\" ] && [ -e \"$s/.%f.tmp\" ] && [ $i -lt {SHELL_WAIT_TICKS} ]; "
+            "do sleep 0.01; i=$((i+1)); done")
+    return (f"{{ read -r b 2>/dev/null <{BOOT_ID_FILE} && s=\"pg_wal/cairn-prefetch/$b\" && "
+            f"{{ {take} || {{ {wait}; {take}; }}; }}; }} || {restore_command(socket_path, executable, system_id)}")
+
+
+def database_of(s: BackupSet, database: str) -> dict[str, Any]:
+    """The set's extra['database'] record for `database`; NotFoundError if it holds none."""
+    if not database:
+        raise InvalidArgumentError("no database given: name one with --database")
+    recs = database_records(s.extra)  # several databases per source: extra['databases']
+    rec = next((r for r in recs if r.get("name") == database), None)
+    if rec is None and any(d.name == database for d in records_of(s)):
+        raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: restore it into a "
+                                   "database with --target-dsn DSN")
+    if rec is None:
+        names = ", ".join(f"'{r['name']}'" for r in recs if r.get("name"))
+        held = f" (it holds database {names})" if names else ""
+        raise NotFoundError(f"set '{s.id[:8]}' holds no database '{database}'{held}")
+    if rec.get("attachment") not in s.attachments:
+        raise NotFoundError(f"set '{s.id[:8]}' holds no data directory of database '{database}'")
+    return rec
+
+
+def parse_target_time(text: str) -> datetime:
+    """A target time like '2025-03-01 12:00:00+01' (ISO 8601; without a zone: the server's)."""
+    t = text.strip()
+    try:
+        return datetime.fromisoformat(t.replace(" ", "T", 1) if "T" not in t else t)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"invalid target time '{text}': expected a time like '2025-03-01 12:00:00+01:00'") from None
+
+
+def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> None:
+    """Refuse a malformed target, or one before the set's consistent point (never reachable)."""
+    if target_time and target_lsn:
+        raise InvalidArgumentError("give at most one of --target-time and --target-lsn")
+    if target_lsn:
+        if lsn_to_int(target_lsn) < lsn_to_int(rec["stop_lsn"]):
+            raise InvalidArgumentError(
+                f"target LSN {target_lsn} is before the set's consistent point {rec['stop_lsn']}: "
+                "choose a set taken before the target")
+    if target_time:
+        when = parse_target_time(target_time)
+        stopped = rec.get("stopped")
+        if when.tzinfo is not None and isinstance(stopped, int | float) and when.timestamp() < stopped:
+            raise InvalidArgumentError(
+                f"target time '{target_time}' is before the set's consistent point "
+                f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='seconds')}): "
+                "choose a set taken before the target")
+
+
+def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
+                       socket_path: str, target_path: str = "", command: str = "") -> Iterator[Record]:
+    """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
+
+    `command` replaces the default restore_command (a client the database's OS user can run)."""
+    if command and ("%p" not in command or "\n" in command):
+        raise InvalidArgumentError(f"invalid restore_command '{command}': it must name the target file "
+                                   "with %p (and the WAL file with %f), on one line")
+    rec = database_of(s, database)
+    check_target(rec, target_time, target_lsn)
+    typed = PhysicalRecord.from_dict(rec)
+    spaces = list(typed.tablespaces)
+    remap: dict[int, str] = {}
+    if spaces:
+        if not target_path or not os.path.isabs(target_path):
+            raise InvalidArgumentError(
+                f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
+        remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
+    main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
+                           command or prefetching_restore_command(socket_path, system_id=record_namespace(rec)),
+                           target_time or None,
+                           target_lsn or None, tablespace_remap=remap,
+                           extra_settings=None if (target_time or target_lsn) else
+                           {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
+    return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn),
+                  namespace=record_namespace(rec))
+
+
+def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
+    """(files, bytes) a restore of `database` in `s` writes: its data directory attachment and
+    its tablespaces, as the set recorded them (the WAL recovery reads is fetched later)."""
+    typed = PhysicalRecord.from_dict(database_of(s, database))
+    files = size = 0
+    for name in (typed.attachment, *(t.attachment for t in typed.tablespaces)):
+        att = s.attachments.get(name) or {}
+        files += int(att.get("files") or 0)
+        size += int(att.get("bytes_total") or 0)
+    return files, size
+
+
+def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
+    """The archived WAL files recovery reads to reach the set's consistent point, oldest first.
+
+    The history file of the set's timeline (none for timeline 1), then the segments from the
+    set's first WAL file through the one holding its restore point (else its last WAL file),
+    up to the first the archive lacks: recovery asks the archive for that one as usual.
+    """
+    wal = rec.get("wal") or {}
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    first = walnames.parse_segment(wal.get("first") or "", size)
+    last = walnames.parse_segment(wal.get("last") or "", size)
+    if first is None or last is None:
+        return []
+    tli, end = first[0], last[1]
+    point = (rec.get("restore_point") or {}).get("lsn") or ""
+    if point:
+        end = max(end, lsn_to_int(point) // size)
+    held = set(repo.list_wal(record_namespace(rec)))
+    history = walnames.history_name(tli)
+    names = [history] if tli > 1 and history in held else []
+    for segno in range(first[1], end + 1):
+        name = walnames.segment_name(tli, segno, size)
+        if name not in held:
+            break
+        names.append(name)
+    return names
+
+
+def _segno(name: str, per_xlogid: int) -> int:
+    return int(name[8:16], 16) * per_xlogid + int(name[16:24], 16)
+
+
+def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
+           wal: list[str], own_point: bool = False, namespace: str = "") -> Iterator[Record]:
+    owner = (0, 0)
+    for r in main:
+        if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
+            owner = (r.uid, r.gid)
+        yield r
+    yield from _placed_wal(repo, wal, owner, own_point, namespace)
+    if not spaces:
+        return
+    top = TABLESPACE_DIR.encode()
+    yield EntryMeta(path=top, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
+    for t in spaces:
+        prefix = top + b"/" + str(t.oid).encode()
+        yield EntryMeta(path=prefix, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
+        for r in repo.restore_stream(s, attachment=t.attachment):
+            if isinstance(r, EntryMeta):
+                link = prefix + b"/" + r.link_to if r.link_to else b""
+                r = EntryMeta(path=prefix + b"/" + r.path, kind=r.kind, mode=r.mode, uid=r.uid, gid=r.gid,
+                              mtime_ns=r.mtime_ns, size=r.size, xattrs=r.xattrs, target=r.target,
+                              link_to=link, rdev=r.rdev, sparse=r.sparse)
+            yield r
+
+
+def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
+                own_point: bool = False, namespace: str = "") -> Iterator[Record]:
+    """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them (and,
+    when recovery stops at the set's own point, the empty file OWN_POINT: no later segment is
+    ever needed)."""
+    if not names:
+        return
+    for name in names:
+        data = fetch_wal(repo, name, namespace)
+        yield EntryMeta(path=b"pg_wal/" + name.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
+                        mtime_ns=time.time_ns(), size=len(data))
+        yield Data(data)
+    listing = "".join(f"{n}\n" for n in names).encode()
+    yield EntryMeta(path=b"pg_wal/" + WAL_MARKER.encode(), kind="file", mode=0o600, uid=owner[0], gid=owner[1],
+                    mtime_ns=time.time_ns(), size=len(listing))
+    yield Data(listing)
+    if own_point:
+        yield EntryMeta(path=b"pg_wal/" + OWN_POINT.encode(), kind="file", mode=0o600, uid=owner[0],
+                        gid=owner[1], mtime_ns=time.time_ns(), size=0)
+
+
+CLAIM_PREFIX = ".cairn-claim-"
+LOCAL_WRITERS = 4  # threads writing a local restore: several files, and ranges of a large one, at once
+_NONCE = re.compile(r"^[0-9a-f]{32,128}$")
+
+
+def check_claim(target_path: str, nonce: str) -> str:
+    """The claim file of a local restore, checked (module docstring); FailedPreconditionError."""
+    def refuse(why: str) -> FailedPreconditionError:
+        return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
+
+    if not _NONCE.match(nonce or ""):
+        raise refuse("malformed claim")
+    if not os.path.isabs(target_path):
+        raise refuse("not an absolute path")
+    try:
+        st = os.lstat(target_path)
+        names = os.listdir(target_path)
+    except OSError as exc:
+        raise refuse(exc.strerror or "not reachable from the daemon") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("not a directory")
+    claim = CLAIM_PREFIX + nonce
+    if names != [claim]:
+        raise refuse("the directory must hold only the client's claim file")
+    path = os.path.join(target_path, claim)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refuse(exc.strerror or "claim unreadable") from None
+    try:
+        cst = os.fstat(fd)
+        content = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(cst.st_mode) or content != nonce.encode():
+        raise refuse("claim does not match")
+    if cst.st_uid not in (0, os.geteuid()) or st.st_uid not in (0, os.geteuid()):
+        raise refuse("the client is neither root nor the daemon's user")
+    return path
+
+
+def write_local(records: Iterator[Record], target_path: str, nonce: str,
+                cancelled: Callable[[], bool] | None = None,
+                progress: Callable[[Progress], None] | None = None) -> WriteStats:
+    """Write a restore-db stream into the client's target directory (after check_claim); stop
+    early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`.
+    `progress` hears the files and bytes passed to the writer, at most every 0.2 s."""
+    claim = check_claim(target_path, nonce)
+    try:
+        os.unlink(claim)  # the first write: a daemon that may not write there (a sandbox) stops here
+    except OSError as exc:
+        raise FailedPreconditionError(
+            f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
+    writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS)
+    try:
+        files = size = 0
+        last = 0.0
+        for i, rec in enumerate(records):
+            writer.apply(rec)
+            if isinstance(rec, Data):
+                size += len(rec.data)
+            elif isinstance(rec, EntryMeta) and rec.kind == "file":
+                files += 1
+            if progress is not None and time.monotonic() - last >= 0.2:
+                last = time.monotonic()
+                progress(Progress("restore", files, 0, size, 0))
+            if cancelled is not None and i % 256 == 255 and cancelled():
+                writer.stats.errors.append("the client went away: the restore is incomplete")
+                break
+    except BaseException:
+        writer.abort()  # no file whose content did not all arrive stays behind looking complete
+        raise
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    return writer.finish()

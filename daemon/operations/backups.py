@@ -1,0 +1,188 @@
+"""Backups: starting a set (by request, schedule or RPO), taking it, and what follows it.
+
+A backup runs as a job (one per source, in its own thread). The base and the change hint are
+decided once, when the capture begins (inside a window: after every freeze hook).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cairn import protocol
+from cairn.daemon.changes import skip
+from cairn.daemon.operations.part import ProgressFn, ServicePart
+from cairn.daemon.operations.status import set_status
+from cairn.daemon.runtime.config import Config, SourceConfig
+from cairn.daemon.scheduling.jobs import BackupJob
+from cairn.daemon.windows import capture
+from cairn.store.errors import BusyError, CairnError, FailedPreconditionError, InvalidArgumentError
+from cairn.store.model import BackupRequest, BackupSet, ChangeHint, check_level
+from cairn.store.repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEVEL = protocol.DEFAULT_LEVEL
+
+
+class BackupPart(ServicePart):
+    """Starting and taking sets, and recording how they ended."""
+
+    def start_backup(self, source: str, level: str, tags: tuple[str, ...] = (), reason: str = "request") -> BackupJob:
+        """Start a backup job of `source` (or of the only source when empty)."""
+        config = self._config
+        self._require_writable("a backup")
+        level = check_level(level or DEFAULT_LEVEL)
+        src = config.source(source) if source else self._only_source(config)
+        for tag in tags:
+            if not tag or any(c.isspace() for c in tag):
+                raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
+        common, anchored = src.path_excludes()
+        request = BackupRequest(
+            source=src.name,
+            paths=tuple(src.paths),
+            level=level,
+            excludes=common,
+            root_excludes=anchored,
+            one_file_system=src.one_file_system,
+            tags=tuple(tags),
+            extra={"reason": reason},
+            hostname=self._hostname,
+        )
+
+        def run(progress: ProgressFn, cancel: threading.Event) -> BackupSet:
+            return self._take_set(src, request, progress, cancel)
+
+        return self.jobs.start_backup(src.name, level, reason, run)
+
+    def _take_set(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
+                  cancel: threading.Event) -> BackupSet:
+        """One set of a source: capture it (plain, or inside a quiesce window with its databases),
+        then tell the journal. The base and the change hint are decided once, by the planner,
+        at the moment the capture begins — inside the window, after every freeze hook."""
+        planner = _JournalPlanner(self.repo, self.tracker, src.name, request.level)
+        s = self._capture(src, request, progress, cancel, planner)
+        self._set_committed(src, s, planner.token)
+        return s
+
+    def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
+                 cancel: threading.Event, planner: capture.Planner) -> BackupSet:
+        """Capture the set: a plain backup of the source paths, or a consistent set of files and
+        databases inside the source's quiesce window (daemon/windows/capture.py)."""
+        if not capture.needs_capture(src):
+            plan = planner.plan()
+            req = replace(request, changes=plan.hint,
+                          extra={**request.extra, "changes": "journal" if plan.hint is not None else "walk"})
+            with self.repo.session(req, progress, cancel, decision=plan.decision) as sess:
+                sess.walk_all()
+                return sess.commit()
+        dbs = [self._config.database(name) for name in capture.source_databases(src)]
+        return capture.capture_set(self.repo, self._config.daemon.state_dir, src, dbs, request, progress, cancel,
+                                   planner=planner)
+
+    def _set_committed(self, src: SourceConfig, s: BackupSet, token: Any) -> None:
+        """Tell the change journal that `s` is committed, so it consumes what the set covers."""
+        tracker = self.tracker
+        if tracker is None or not isinstance(token, _JournalToken):
+            return
+        try:
+            if token.hinted and s.base != token.base_id:
+                # The store chose another base than the hint was made for (pruned meanwhile):
+                # what lies between is not in this set, so the next set walks the whole source.
+                tracker.mark_rescan(src.name, None, f"set '{s.id[:12]}' was taken against another base "
+                                                    "than its change hint")
+            tracker.committed(src.name, s.level, s.id, token.token)
+        except Exception:
+            log.exception("unable to record set '%s' in the change journal of source '%s'", s.id, src.name)
+
+    def submit(self, source: str, level: str, reason: str) -> None:
+        """Scheduler entry point: start a backup unless one of that source runs already.
+
+        A set the schedule takes carries the source's `tags` for its level, strftime fields
+        filled in with the local time of the run; a scheduled set of an unchanged source is
+        skipped (daemon/changes/skip.py)."""
+        if reason == "schedule":
+            newest = skip.unchanged_since(self._config, self.tracker, self.repo, source, level)
+            if newest is not None:
+                log.info("skipped scheduled %s set of source '%s': nothing changed since set %s", level, source,
+                         newest[:12])
+                return
+        try:
+            tags: tuple[str, ...] = ()
+            if reason == "schedule":
+                src = next((s for s in self._config.sources if s.name == source), None)
+                tags = src.scheduled_tags(level, time.time()) if src is not None else ()
+            self.start_backup(source, level, tags, reason=reason)
+        except BusyError as exc:
+            log.info("skipped %s backup of source '%s' (%s): %s", level, source, reason, exc.message)
+        except CairnError as exc:
+            log.error("unable to start %s backup of source '%s' (%s): %s", level, source, reason, exc.message)
+
+    def _only_source(self, config: Config):
+        if len(config.sources) == 1:
+            return config.sources[0]
+        if not config.sources:
+            raise FailedPreconditionError("no source is configured: there is nothing to back up")
+        names = ", ".join(s.name for s in config.sources)
+        raise InvalidArgumentError(f"several sources are configured ({names}): name one with --source")
+
+    def _job_done(self, job: BackupJob) -> None:
+        if job.result is None:
+            status = "aborted" if job.cancel.is_set() else "failed"
+            message = job.error.message if isinstance(job.error, CairnError) else str(job.error or status)
+            self.health.set_failed(job.source, job.level, message, status)
+        elif set_status(job.result) == "failed":  # committed, but records that it failed
+            self.health.set_failed(job.source, job.result.level, job.result.note or "the set records a failure")
+        if self._metrics is None:
+            return
+        if job.result is not None:
+            status, added, level = "success", job.result.stats.bytes_added, job.result.level
+        else:
+            status, added, level = ("aborted" if job.cancel.is_set() else "failed"), 0, job.level
+        finished = job.result.time_end if job.result is not None else None  # as restored at start
+        self._metrics.record_set(job.source, level, status, added, job.age(), finished_at=finished)
+
+
+@dataclass(frozen=True)
+class _JournalToken:
+    """What the planner hands to `_set_committed`: the tracker's token and the hint's base."""
+
+    token: Any
+    base_id: str | None
+    hinted: bool
+
+
+class _JournalPlanner:
+    """Decides a set's base once and asks the change journal for the hint against it.
+
+    `plan()` runs when the capture begins (inside a window: after every freeze hook), so the
+    hint holds what the application wrote while it was being stopped. `refresh()` asks again
+    against the same base (hot mode, before the content walk); the token stays the first one,
+    so what arrived after it stays pending for the next set even if this set saw it too.
+    """
+
+    def __init__(self, repo: Repository, tracker: Any, source: str, level: str) -> None:
+        self.repo, self.tracker, self.source, self.level = repo, tracker, source, level
+        self.token: _JournalToken | None = None
+        self._plan: capture.SetPlan | None = None
+
+    def plan(self) -> capture.SetPlan:
+        level, base, note = self.repo.choose_base(self.source, self.level)
+        hint = None
+        if self.tracker is not None:
+            hint, token = self.tracker.prepare(self.source, level, base.id if base else None,
+                                               base.level if base else None)
+            self.token = _JournalToken(token, base.id if base else None, hint is not None)
+        self._plan = capture.SetPlan(level, base, note, hint)
+        return self._plan
+
+    def refresh(self) -> ChangeHint | None:
+        p = self._plan
+        if self.tracker is None or p is None or p.hint is None:
+            return None
+        hint, _token = self.tracker.prepare(self.source, p.level, p.base.id if p.base else None,
+                                            p.base.level if p.base else None)
+        return hint

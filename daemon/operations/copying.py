@@ -1,0 +1,65 @@
+"""`cairn copy` in the daemon: which sets, which WAL they need, and the destination's options.
+
+The store copies (cairn.store.copy); this module decides what: the sets named (default every
+set, or every set of one source), and for each physical PostgreSQL capture of a set the WAL
+from its first segment to its last in its cluster's name space (and the timeline history
+files up to its timeline), so the copy restores with restore-db and recovers on its own.
+The destination is opened (or created, encrypted) with the key the client sent; an s3://
+destination uses the daemon's own [repository] object-store options when the daemon's
+repository is on object storage too, else boto3's usual sources (environment, files).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from cairn import walnames
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.runtime.config import RepositoryConfig
+from cairn.store.content.crypto import Secret
+from cairn.store.copy import CopyReport, copy_sets, open_destination
+from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.store.locations import is_s3
+from cairn.store.model import BackupSet, Progress
+from cairn.store.repository import Repository
+
+
+def wal_needed(s: BackupSet) -> list[tuple[str, str]]:
+    """(name space, file name) of every WAL file restoring set `s`'s databases needs."""
+    out: list[tuple[str, str]] = []
+    for rec in walarchive.database_records(s.extra):
+        ns = walarchive.record_namespace(rec)
+        names = walarchive.segments_needed(rec)
+        size = int(rec.get("wal_segment_size") or walarchive.DEFAULT_SEGMENT_SIZE)
+        first = walnames.parse_segment(names[0], size) if names else None
+        if first is not None:
+            out += [(ns, f"{t:08X}.history") for t in range(2, first[0] + 1)]
+        out += [(ns, n) for n in names]
+    return list(dict.fromkeys(out))
+
+
+def choose_sets(repo: Repository, refs: list[str], source: str) -> list[BackupSet]:
+    """The sets named by `refs` (ids, prefixes, 'latest'), or every set of `source` (every set
+    when empty). Unknown sets and sources are NotFoundError."""
+    if refs:
+        return [repo.get_set(ref, source or None) for ref in refs]
+    sets = repo.list_sets(source or None)
+    if source and not sets:
+        raise NotFoundError(f"no set of source '{source}' in the repository")
+    return sets
+
+
+def run_copy(repo: Repository, config: RepositoryConfig, to: str, secret: Secret, refs: list[str], source: str,
+             progress: Callable[[Progress], None] | None = None,
+             cancel: threading.Event | None = None) -> CopyReport:
+    """Copy the chosen sets of `repo` into the repository at `to` (see the module docstring)."""
+    if not to:
+        raise InvalidArgumentError("a copy needs a destination (--to)")
+    sets = choose_sets(repo, refs, source)
+    options = config.s3_options() if is_s3(to) and is_s3(config.path) else None
+    dst = open_destination(to, secret, options)
+    try:
+        return copy_sets(repo, dst, sets, wal_for=wal_needed, progress=progress, cancel=cancel)
+    finally:
+        dst.close()

@@ -1,0 +1,84 @@
+"""Databases and WAL: restore-db (to a data directory or into a live database), the WAL
+archive (push, fetch, health) and `cairn check-db`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from cairn import walnames
+from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
+from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
+from cairn.daemon.operations.part import ProgressFn, ServicePart
+from cairn.fsio.records import Record
+from cairn.store.errors import CairnError, InvalidArgumentError
+from cairn.store.model import BackupSet
+
+
+class DatabasePart(ServicePart):
+    """Restoring databases, archiving and serving WAL, checking a database is ready."""
+
+    def restore_db_totals(self, s: BackupSet, database: str) -> tuple[int, int]:
+        """(files, bytes) of the data directory (and tablespaces) a restore-db of `database` writes."""
+        return restoredb.restore_db_totals(s, database)
+
+    def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
+                   target_path: str = "", restore_command: str = "") -> tuple[BackupSet, Iterator[Record]]:
+        """A set's database as records of a data directory that recovers to the target, then promotes."""
+        s = self.resolve(ref, source)
+        records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
+                                               self._config.daemon.socket, target_path, restore_command)
+        return s, self._counted(records)
+
+    def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
+                          progress: ProgressFn | None = None, cancel: threading.Event | None = None
+                          ) -> tuple[BackupSet, DumpRestoreResult]:
+        """A set's dump of `database` restored into the database `target_dsn` names, on this host
+        (pg_restore, or the configured restore command: daemon/databases/restore.py)."""
+        s = self.resolve(ref, source)
+        return s, restore_dump(self.repo, self._config, s, database, target_dsn, progress, cancel)
+
+    def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
+        """`cairn check-db`: connection, archive_command and a forced segment switch (checkdb)."""
+        db = self._config.database(name)
+        return checkdb.check_database(db, lambda ns: self.repo.list_wal(ns, flat=False),
+                                      lambda: self.archive.snapshot([]).last_failure, timeout)
+
+    def require_wal_writable(self) -> None:
+        """Raise unless WAL pushes are accepted (checked before a push is received)."""
+        self._require_writable("archiving WAL")
+
+    def put_wal(self, name: str, data: bytes, namespace: str = "") -> bool:
+        """Archive WAL file `name` in its cluster's name space (walarchive.push_namespace)."""
+        return self.put_wal_in(name, data, namespace)[0]
+
+    def put_wal_in(self, name: str, data: bytes, namespace: str = "") -> tuple[bool, str]:
+        """put_wal, and the name space the file went to."""
+        self._require_writable("archiving WAL")
+        _check_wal_name(name)
+        try:
+            namespace = walarchive.push_namespace(name, data, namespace)
+            stored = self.repo.put_wal(name, data, namespace)
+        except CairnError as exc:
+            self.archive.failed(name, exc.message)
+            if self._metrics is not None:
+                self._metrics.record_wal(False)
+            raise
+        self.archive.stored(name)
+        self.health.wal_stored(name)
+        if self._metrics is not None:
+            self._metrics.record_wal(True)
+        return stored, namespace
+
+    def get_wal(self, name: str, namespace: str = "") -> bytes:
+        """WAL file `name` of a cluster's name space (its system identifier; "" the flat one)."""
+        _check_wal_name(name)
+        return walarchive.fetch_wal(self.repo, name, walnames.namespace_of(namespace) if namespace else "")
+
+
+def _check_wal_name(name: str) -> None:
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise InvalidArgumentError(
+            f"invalid WAL segment name '{name}': expected a file name like 000000010000000000000001"
+        )

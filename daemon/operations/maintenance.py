@@ -1,0 +1,94 @@
+"""Keeping the repository: verify, prune and scheduled retention, and the repository's keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.operations.part import ProgressFn, ServicePart
+from cairn.daemon.scheduling import retention
+from cairn.store.content.crypto import Secret
+from cairn.store.errors import AbortedError
+from cairn.store.model import CheckReport, PrunePolicy, PruneReport
+
+log = logging.getLogger(__name__)
+
+
+
+class MaintenancePart(ServicePart):
+    """Verify, prune, retention and keys."""
+
+    def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
+        """Check the repository (or one set). A `progress` that raises AbortedError stops it."""
+        chosen = self.resolve(set_ref, source) if set_ref else None
+        if self._metrics is not None:
+            self._metrics.record_verify_start()
+        outcome = "failed"
+        try:
+            report = self.repo.check(read_data=read_data, set_ref=chosen.id if chosen else None,
+                                     progress=progress)
+            # WAL continuity per timeline from each database set's start onward (walarchive)
+            gaps = walarchive.continuity_problems(self.repo, [chosen] if chosen else self.repo.list_sets())
+            report = replace(report, errors=report.errors + tuple(gaps)) if gaps else report
+            outcome = "ok" if report.ok else "damaged"
+            return report
+        except AbortedError as exc:
+            outcome = "cancelled"
+            log.info("verify stopped: %s", exc.message)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.record_verify(outcome)
+
+    def prune(self, policy: PrunePolicy, dry_run: bool, source: str = "", wal_keep: str = "") -> PruneReport:
+        """Forget sets by `policy` (no rule: only free unreferenced data). WAL retention uses
+        `wal_keep` if given, else the configured [repository] wal_keep."""
+        if not dry_run:
+            self._require_writable("pruning")
+        if source:
+            self._require_known_source(source)
+        window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
+                  else self._config.repository.wal_keep)
+        return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)
+
+    def retention_policy(self) -> PrunePolicy:
+        """What scheduled retention applies: each source's `keep`, only to this host's sets."""
+        config = self._config
+        return PrunePolicy(host=self._hostname, sources={s.name: s.keep for s in config.sources if s.keep},
+                           wal_keep=config.repository.wal_keep)
+
+    def run_retention(self) -> PruneReport:
+        """Scheduled retention + garbage collection (the RetentionRunner's job)."""
+        self._require_writable("retention")
+        return self.repo.prune(self.retention_policy())
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """Every key object of the encrypted repository, the one in use marked `current`."""
+        return [{"id": key_id, "type": info.type if info else "", "created": info.created if info else 0.0,
+                 "kdf": info.kdf if info else "", "current": key_id == self.repo.key_id, "problem": problem,
+                 "access": info.access if info else ""}
+                for info, key_id, problem in self.repo.list_keys()]
+
+    def add_key(self, secret: Secret, write_only: bool = False) -> str:
+        self._require_writable("adding a key")
+        key_id = self.repo.add_key(secret, write_only=write_only)
+        log.info("repository key %s added (%s%s)", key_id, secret.kind, ", write-only" if write_only else "")
+        return key_id
+
+    def remove_key(self, ref: str) -> str:
+        self._require_writable("removing a key")
+        key_id = self.repo.remove_key(ref)
+        log.info("repository key %s removed", key_id)
+        return key_id
+
+    def copy(self, to: str, secret: Secret, refs: list[str], source: str = "",
+             progress: ProgressFn | None = None) -> Any:
+        """Copy sets (and the WAL they need) into the repository at `to` (daemon/operations/copying.py)."""
+        from cairn.daemon.operations import copying
+
+        report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress)
+        log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))
+        return report

@@ -1,0 +1,90 @@
+"""The state and the helpers every part of the service shares.
+
+`ServicePart` is the base of each part (status, backups, restores, databases, maintenance):
+it names the state `CairnService.__init__` sets up, so a part reads as what it needs, and
+holds the checks every part makes (writable, known source, a set named by the user) and
+the count of restored bytes for the metrics.
+What always holds: a read-only daemon refuses every write with FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.runtime.config import Config
+from cairn.daemon.runtime.health import HealthRecord
+from cairn.daemon.scheduling.jobs import JobManager
+from cairn.fsio.records import Data, Record
+from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from cairn.store.model import BackupSet, Progress
+from cairn.store.repository import Repository
+
+ProgressFn = Callable[[Progress], None]
+NextRunsFn = Callable[[], Any]
+
+
+class ServicePart:
+    """What every part of the service reads; `CairnService.__init__` sets it up."""
+
+    _config: Config
+    repo: Repository
+    jobs: JobManager
+    health: HealthRecord
+    archive: walarchive.ArchiveHealth
+    tracker: Any  # the daemon's ChangeTracker (cairn.daemon.changes.tracker) when it watches
+    retention: Any  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
+    _metrics: Any  # a cairn.daemon.runtime.metrics.Metrics, or None
+    _next_runs: NextRunsFn | None
+    _started: float
+    _machine: str
+    _lock: threading.Lock
+
+    @property
+    def _hostname(self) -> str:
+        """The host name sets record: [daemon] host, else the machine's."""
+        return self._config.daemon.host or self._machine
+
+    def resolve(self, ref: str, source: str = "") -> BackupSet:
+        """The set named by a full id, a unique prefix or 'latest' (per source)."""
+        if not ref:
+            raise InvalidArgumentError("no set given: name a set id, a unique prefix or 'latest'")
+        if source:
+            self._require_known_source(source)
+        return self.repo.get_set(ref, source or None)
+
+    def _require_writable(self, what: str) -> None:
+        if self._config.daemon.read_only:
+            raise FailedPreconditionError(
+                f"the daemon serves the repository read-only: {what} is not possible",
+                hint="restart cairnd without --read-only",
+            )
+
+    def _require_known_source(self, source: str) -> None:
+        if any(s.name == source for s in self._config.sources):
+            return
+        if self.repo.list_sets(source):
+            return
+        raise NotFoundError(f"unknown source '{source}'")
+
+    def _counted(self, records: Iterator[Record]) -> Iterator[Record]:
+        """Pass records through, counting the file bytes sent for the metrics."""
+        sent = 0
+        try:
+            for rec in records:
+                if isinstance(rec, Data):
+                    sent += len(rec.data)
+                yield rec
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+            if self._metrics is not None and sent:
+                self._metrics.record_restore(sent)
+
+
+def _rel(path: str) -> str:
+    """A set path from user input: '/'-separated, relative to the set root."""
+    return path.strip("/")

@@ -1,0 +1,197 @@
+"""What `cairn status` shows: the daemon, and each source's sets, job, journal and schedule.
+
+The shape is typed (`ServiceStatus`: `DaemonState`, `SourceState` with its `JournalView`, the
+archive's `ArchiveSnapshot`, `RetentionState`); the gRPC adapter maps it to the wire, field by
+field, and nothing reads it by string keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+from cairn import __version__
+from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.operations.part import ServicePart
+from cairn.daemon.runtime.config import SourceConfig
+from cairn.daemon.runtime.health import Failure
+from cairn.daemon.scheduling.jobs import BackupJob
+from cairn.store.model import BackupSet
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class DaemonState:
+    version: str
+    pid: int
+    started: float
+    repository: str
+    read_only: bool
+    config_path: str
+    hostname: str
+
+
+@dataclass(frozen=True)
+class JournalView:
+    """The change journal's state of a source, as status shows it."""
+
+    text: str  # for people: complete, rescan pending: why, or not tracked (why)
+    state: str = ""  # complete, rescan, or empty when the source is not tracked
+    reasons: tuple[str, ...] = ()
+    oldest_unprotected_age: float | None = None
+    pending_paths: int = 0
+    watches: int = 0
+
+
+@dataclass(frozen=True)
+class SourceState:
+    name: str
+    paths: tuple[str, ...]
+    configured: bool
+    watch: bool
+    journal: JournalView
+    last: dict[str, BackupSet]
+    running: BackupJob | None
+    next_runs: dict[str, float]
+    sets: int
+    last_failure: Failure | None = None  # daemon/runtime/health.py
+    rpo: float | None = None
+    last_success: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetentionState:
+    """The gc schedule, its next and last run (last_run 0: not run since the daemon started)."""
+
+    schedule: str
+    next_run: float
+    last_run: float
+    last_result: str  # for people: what the last run forgot and freed, or its error
+    host: str  # the host whose sets the daemon's retention handles
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """Everything `cairn status` shows: the daemon, each source, WAL archiving, retention."""
+
+    daemon: DaemonState
+    sources: list[SourceState]
+    archive: walarchive.ArchiveSnapshot
+    retention: RetentionState | None  # None when gc is not scheduled
+
+
+def set_status(s: BackupSet) -> str:
+    """The one-word status of a committed set: what it records, else 'fuzzy' or 'ok'."""
+    status = s.extra.get("status") if isinstance(s.extra, dict) else None
+    if isinstance(status, str) and status:
+        return status
+    return "fuzzy" if s.stats.fuzzy_paths else "ok"
+
+
+class StatusPart(ServicePart):
+    """The daemon's, its sources', WAL archiving's and retention's state, read without side effects."""
+
+    def full_status(self) -> ServiceStatus:
+        """What `cairn status` shows, in one typed record."""
+        daemon, sources = self.status()
+        return ServiceStatus(daemon, sources, self.archive_status(), self.retention_status())
+
+    def status(self) -> tuple[DaemonState, list[SourceState]]:
+        """The daemon and every source: configured ones first, then those only known from sets."""
+        config = self._config
+        daemon = DaemonState(
+            version=__version__,
+            pid=os.getpid(),
+            started=self._started,
+            repository=config.repository.path,
+            read_only=config.daemon.read_only,
+            config_path=config.path or "",
+            hostname=self._hostname,
+        )
+        sets = self.repo.list_sets()
+        running = self.jobs.running()
+        next_runs = self._collect_next_runs()
+        names = [s.name for s in config.sources]
+        names += sorted({s.source for s in sets} - set(names))
+        configured = {s.name: s for s in config.sources}
+        states = []
+        for name in names:
+            own = [s for s in sets if s.source == name]
+            src = configured.get(name)
+            states.append(
+                SourceState(
+                    name=name,
+                    paths=src.paths if src else (own[-1].paths if own else ()),
+                    configured=src is not None,
+                    watch=bool(src and src.watch),
+                    journal=self._journal_view(src),
+                    last={s.level: s for s in own},  # oldest first, so the latest per level wins
+                    running=running.get(name),
+                    next_runs=next_runs.get(name, {}),
+                    sets=len(own),
+                    last_failure=self.health.failure(name),
+                    rpo=src.rpo if src else None,
+                    last_success=max((s.time_end for s in own if set_status(s) != "failed"), default=0.0),
+                )
+            )
+        return daemon, states
+
+    def archive_status(self) -> walarchive.ArchiveSnapshot:
+        """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
+        entries = self.repo.wal_entries()
+        snap = self.archive.snapshot([name for _, name in entries])
+        snap.namespaces = len({ns for ns, _ in entries if ns})
+        if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:
+            snap.last_time = self.health.wal_time  # archived before this daemon started
+        for db in self._config.databases:
+            if db.kind != "postgres":
+                continue  # dump engines archive no WAL
+            info = walarchive.database_archiver(db)
+            if info.system_id:
+                info.namespace_segments = sum(1 for ns, n in entries
+                                              if ns == info.system_id and walarchive.SEGMENT_RE.match(n))
+            snap.databases.append(info)
+        return snap
+
+    def retention_status(self) -> RetentionState | None:
+        """The gc schedule, its next and last run, for status (None when not scheduled)."""
+        runner = self.retention
+        if runner is None:
+            return None
+        return RetentionState(schedule=runner.schedule, next_run=runner.next_run(), last_run=runner.last_run,
+                              last_result=runner.last_result, host=self._hostname)
+
+    def _journal_view(self, src: SourceConfig | None) -> JournalView:
+        """The change journal's state of a configured source."""
+        if src is None:
+            return JournalView("")
+        if self.tracker is None or not src.watch:
+            why = "read-only daemon" if self._config.daemon.read_only else "watch = false"
+            return JournalView(f"not tracked ({why}): sets walk and compare with the base")
+        try:
+            st = self.tracker.status(src.name)
+        except Exception:
+            log.exception("unable to read the change journal state of source '%s'", src.name)
+            return JournalView("unknown (the change journal could not be read)")
+        text = "complete" if st.state == "complete" else "rescan pending: " + "; ".join(st.reasons)
+        return JournalView(text, st.state, st.reasons, st.oldest_unprotected_age, st.pending_paths, st.watches)
+
+    def _collect_next_runs(self) -> dict[str, dict[str, float]]:
+        """The scheduler's next runs as {source: {level: epoch seconds}}."""
+        if self._next_runs is None:
+            return {}
+        try:
+            raw = self._next_runs() or {}
+        except Exception:
+            log.exception("unable to compute next scheduled runs")
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for source, levels in raw.items():
+            for level, when in (levels or {}).items():
+                if isinstance(when, datetime):
+                    out.setdefault(source, {})[level] = when.timestamp()
+                elif isinstance(when, int | float):
+                    out.setdefault(source, {})[level] = float(when)
+        return out

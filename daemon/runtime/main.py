@@ -1,0 +1,435 @@
+"""`cairnd`: the entry point that assembles the daemon and runs it until SIGTERM.
+
+Start-up order: arguments and configuration (exit 2 for bad arguments, 1 for a bad config
+or repository, one line on stderr either way), logging, the lock of the state directory
+(a second daemon on it exits 1 before touching anything, see `instance`), the thaw of
+quiesce windows a previous run died inside, repository and its lock, metrics endpoint, the
+service core, scheduler, the RPC endpoints, then READY=1 and watchdog pings. The main
+thread only waits for signals: SIGHUP reloads the configuration (an invalid file is logged
+and the running configuration kept), SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs,
+running backups cancelled (the store abandons an unfinished set safely), and the process
+exits within daemon.shutdown_timeout whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import NoReturn
+
+from cairn import __version__
+from cairn.daemon.changes.backstop import Backstop
+from cairn.daemon.changes.rpo import RpoKeeper
+from cairn.daemon.changes.tracker import ChangeTracker
+from cairn.daemon.databases.archive import PostgresSegments
+from cairn.daemon.operations.service import CairnService
+from cairn.daemon.rpc.server import RpcServer
+from cairn.daemon.rpc.servicer import CairnServicer
+from cairn.daemon.runtime import preflight
+from cairn.daemon.runtime.config import Config, config_from_args, load_config
+from cairn.daemon.runtime.health import restore_metrics
+from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
+from cairn.daemon.runtime.logs import setup_logging
+from cairn.daemon.runtime.metrics import Metrics
+from cairn.daemon.runtime.repokeys import (
+    add_key_arguments,
+    attach_write_only_cache,
+    check_key_arguments,
+    key_overrides,
+    open_repository,
+)
+from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_interval
+from cairn.daemon.scheduling.retention import RetentionRunner
+from cairn.daemon.scheduling.scheduler import Scheduler
+from cairn.daemon.windows.quiesce import recover_windows
+from cairn.errors import CairnError
+from cairn.store.repository import Repository
+
+log = logging.getLogger("cairn.daemon")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+STATUS_INTERVAL = 5.0
+# Keys that are bound when the daemon starts; a reload that changes them only warns.
+RESTART_KEYS = (
+    "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
+    "metrics", "read_only",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"cairnd: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="cairnd", description="The Cairn backup daemon.")
+    parser.add_argument("--version", action="version", version=f"cairnd {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="run with a TOML configuration")
+    parser.add_argument("--repo", metavar="DIR", help="run without a config file on this repository")
+    parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
+                        help="back up these directories (with --repo)")
+    parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    parser.add_argument("--init", action="store_true",
+                        help="create the repository (--repo, or the one --config names), then exit")
+    add_key_arguments(parser)
+    parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.repo):
+        parser.error("give either --config FILE or --repo DIR")
+    check_key_arguments(parser, args)
+    if args.config and args.source:
+        parser.error("--source goes with --repo; a config file names its sources itself")
+    _check_init_args(parser, args)
+    return args
+
+
+def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
+    if not args.init:
+        return
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket)):
+        if given:
+            parser.error(f"--init creates the repository and exits; {flag} does not go with it")
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The configuration the arguments describe, with command-line overrides applied."""
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = config_from_args(args.repo, args.source, args.read_only)
+    return _overrides(config, args)
+
+
+def _overrides(config: Config, args: argparse.Namespace) -> Config:
+    config = key_overrides(config, args)
+    changes = {}
+    if args.read_only:
+        changes["read_only"] = True
+    if args.socket:
+        changes["socket"] = os.path.abspath(args.socket)
+    if args.log_level:
+        changes["log_level"] = args.log_level
+    if not changes:
+        return config
+    return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, **changes))
+
+
+class Daemon:
+    """The running daemon: its parts, the signal loop, reload and shutdown."""
+
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        self.config = config
+        self.args = args
+        self.notifier = Notifier()
+        self.repo: Repository | None = None
+        self.metrics: Metrics | None = None
+        self.service: CairnService | None = None
+        self.scheduler: Scheduler | None = None
+        self.server: RpcServer | None = None
+        self.pinger: WatchdogPinger | None = None
+        self.tracker: ChangeTracker | None = None
+        self.rpo: RpoKeeper | None = None
+        self.backstop: Backstop | None = None
+        self.retention: RetentionRunner | None = None
+        self._signals: collections.deque[int] = collections.deque()
+        self._wake = threading.Event()
+        self._last_status = ""
+        self._locks: list[InstanceLock] = []
+
+    # ---- start ----
+
+    def start(self) -> None:
+        cfg = self.config
+        read_only = cfg.daemon.read_only
+        # Check everything the configuration names before anything is created or changed.
+        preflight.check_start(cfg)
+        # Then: this daemon alone may use its state directory.
+        self._locks.append(lock_state_dir(cfg.daemon.state_dir))
+        # Then thaw every quiesce window a previous run died inside.
+        self.thaw_leftover_windows()
+        preflight.warn_unreachable_databases(cfg)
+        # The repository first: without it there is nothing to serve (never created here). It
+        # is locked before it is read, so a second daemon on it is refused (a local one; on
+        # object storage the repository's own locks are all there is).
+        path = cfg.repository.path
+        if os.path.isdir(path):
+            self._locks.append(lock_local_repository(path, shared=read_only))
+        self.repo = open_repository(cfg.repository, read_only=read_only)
+        attach_write_only_cache(self.repo, cfg.daemon.state_dir, cfg.repository.gc)  # a write-only key's own sets
+        self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
+        self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules
+        # Metrics next, so the first set is counted.
+        if cfg.daemon.metrics:
+            self.metrics = Metrics()
+            host, port = self.metrics.start_http(cfg.daemon.metrics)
+            log.info("metrics on http://%s:%d/metrics", host, port)
+        self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        self.restore_metrics()
+        # The change journal watches before we serve, so the first set can already use it.
+        if not read_only:
+            self._start_journal(cfg)
+        # Timed backups only where something may be written; they start once we serve.
+        if not read_only:
+            self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
+            self.service.set_next_runs(self.scheduler.next_runs)
+            if cfg.repository.gc and not self.repo.write_only:  # a write-only key deletes nothing
+                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
+                self.service.retention = self.retention
+        # Serve, then tell systemd we are ready.
+        self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
+        self.server.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
+        for thread in (self.rpo, self.backstop, self.retention):
+            if thread is not None:
+                thread.start()
+        interval = watchdog_interval()
+        if interval:
+            self.pinger = WatchdogPinger(self.notifier, interval, healthy=self.healthy)
+            self.pinger.start()
+        self.notifier.ready(self.status_text())
+        log.info(
+            "cairnd %s serving %s%s on %s",
+            __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
+        )
+
+    def restore_metrics(self) -> None:
+        """Gauges a restart would reset, from the repository's sets and the health record."""
+        if self.metrics is not None and self.service is not None:
+            restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
+            self.metrics.set_rpos({s.name: s.rpo for s in self.config.sources if s.rpo})
+
+    def _start_journal(self, cfg: Config) -> None:
+        """The change tracker (watches every watched source), RPO protection and the backstop scan."""
+        service = self.service
+        self.rpo = RpoKeeper(
+            lambda: {s.name: s.rpo for s in service.config.sources if s.rpo and s.watch},
+            self._oldest_unprotected, self._running_sources, service.submit,
+        )
+        self.tracker = ChangeTracker(cfg.daemon.state_dir, cfg.sources, max_watches=cfg.daemon.max_watches,
+                                     on_change=self.rpo.poke)
+        self.tracker.start()
+        service.tracker = self.tracker
+        self.backstop = Backstop(self.repo, self.tracker, lambda: service.config.sources,
+                                 lambda: service.config.daemon.backstop_interval, self._running_sources,
+                                 self.metrics)
+
+    def _oldest_unprotected(self, source: str) -> float | None:
+        return self.tracker.oldest_unprotected(source) if self.tracker is not None else None
+
+    def _running_sources(self) -> set[str]:
+        return set(self.service.jobs.running()) if self.service is not None else set()
+
+    def thaw_leftover_windows(self) -> None:
+        """Run the thaw hooks of windows left open by a daemon that died inside them (and log it)."""
+        for rec in recover_windows(self.config.daemon.state_dir):
+            if rec.ok:
+                log.warning("source '%s': thawed the %s window left open since %s (%d thaw hooks ran)",
+                            rec.source, rec.mode, rec.to_dict()["started"], len(rec.results))
+            else:
+                log.error("source '%s': thaw of the %s window left open since %s failed: %s",
+                          rec.source, rec.mode, rec.to_dict()["started"], rec.error or "a thaw hook failed")
+
+    def healthy(self) -> bool:
+        threads = (self.scheduler, self.rpo, self.backstop, self.retention)
+        return all(t is None or t.healthy for t in threads)
+
+    def status_text(self) -> str:
+        cfg = self.config
+        mode = "read-only, " if cfg.daemon.read_only else ""
+        text = f"serving {mode}{len(cfg.sources)} sources"
+        if self.service is not None:
+            for source, job in sorted(self.service.jobs.running().items()):
+                text += f"; {job.level} backup of '{source}' running {job.age():.0f}s"
+                p = job.progress
+                if p is not None:
+                    text += f" ({p.phase}, {p.files_done} files)"
+        return text
+
+    # ---- run ----
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+        self._wake.set()
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def run(self) -> int:
+        """Wait for signals; return the exit status once stopped."""
+        while True:
+            self._wake.wait(STATUS_INTERVAL)
+            self._wake.clear()
+            while self._signals:
+                signum = self._signals.popleft()
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    return self.stop()
+            text = self.status_text()
+            if text != self._last_status:
+                self._last_status = text
+                self.notifier.status(text)
+
+    # ---- reload ----
+
+    def reload(self) -> None:
+        """Load the config file again; keep the running configuration if it is invalid."""
+        if self.config.path is None:
+            log.info("SIGHUP: no configuration file to reload (started with --repo)")
+            return
+        self.notifier.reloading("reloading configuration")
+        try:
+            new = _overrides(load_config(self.config.path), self.args)
+            new = self._keep_bound(new)
+            if self.scheduler is not None:
+                self.scheduler.reload(new.schedules())
+            self._reload_retention(new)
+        except CairnError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc.message)
+            self.notifier.ready(f"reload failed: {exc.message}")
+            return
+        preflight.warn_missing_sources(new)
+        self.config = new
+        if self.repo is not None:
+            self.repo.gc_grace = new.repository.gc_grace
+        self.service.reload(new)
+        if self.metrics is not None:
+            self.metrics.set_rpos({s.name: s.rpo for s in new.sources if s.rpo})
+        if self.tracker is not None:
+            self.tracker.reload(new.sources)
+        if self.rpo is not None:
+            self.rpo.poke()
+        setup_logging(new.daemon.log_level)
+        log.info("configuration reloaded from %s: %d sources", new.path, len(new.sources))
+        self.notifier.ready(self.status_text())
+
+    def _reload_retention(self, new: Config) -> None:
+        """Follow a changed [repository] gc: reschedule, start or stop the retention thread."""
+        if self.scheduler is None or self.repo.write_only:  # read-only, write-only: nothing is forgotten here
+            return
+        if new.repository.gc and self.retention is not None:
+            self.retention.reload(new.repository.gc)
+        elif new.repository.gc:
+            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention)
+            self.service.retention = self.retention
+            self.retention.start()
+        elif self.retention is not None:
+            self.retention.request_stop()
+            self.retention = self.service.retention = None
+
+    def _keep_bound(self, new: Config) -> Config:
+        """Keep what was bound at start (repository, sockets, ...), warning where the file changed it."""
+        old = self.config
+        if new.repository.path != old.repository.path:
+            log.warning("repository.path changed: takes effect at the next start")
+        kept = {}
+        for key in RESTART_KEYS:
+            if getattr(new.daemon, key) != getattr(old.daemon, key):
+                log.warning("daemon.%s changed: takes effect at the next start", key)
+            kept[key] = getattr(old.daemon, key)
+        repository = dataclasses.replace(new.repository, path=old.repository.path)
+        return dataclasses.replace(new, repository=repository, daemon=dataclasses.replace(new.daemon, **kept))
+
+    def release_locks(self) -> None:
+        """Let another daemon have the repository and the state directory."""
+        while self._locks:
+            self._locks.pop().release()
+
+    # ---- stop ----
+
+    def stop(self) -> int:
+        """Stop within shutdown_timeout: no new calls or jobs, cancel backups, close the repository."""
+        deadline = time.monotonic() + self.config.daemon.shutdown_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self.notifier.stopping("stopping")
+        if self.scheduler is not None:
+            self.scheduler.request_stop()
+        for thread in (self.rpo, self.backstop, self.retention):
+            if thread is not None:
+                thread.request_stop()
+        # Cancel the backups first, so their clients still get an answer before the server closes.
+        if self.service is not None:
+            self.service.shutdown()
+        stopped = self.server.stop(grace=min(5.0, left())) if self.server else threading.Event()
+        idle = self.service.wait_idle(left()) if self.service else True
+        if self.server is not None:
+            stopped.wait(left())
+        if self.pinger is not None:
+            self.pinger.stop(timeout=1.0)
+        if self.metrics is not None:
+            self.metrics.stop_http()
+        if not idle:
+            log.error("a backup did not stop within %.0fs; exiting anyway (its set is abandoned, the "
+                      "repository stays consistent)", self.config.daemon.shutdown_timeout)
+            return EXIT_FAILURE
+        if self.tracker is not None:
+            self.tracker.stop()  # flushes the journal and records a clean stop
+        if self.repo is not None:
+            self.repo.close()
+        self.release_locks()
+        if self.repo is not None:  # after a start that failed its checks there is nothing to report
+            log.info("stopped")
+        return EXIT_OK
+
+
+def init_repository(config: Config, plaintext: bool = False) -> int:
+    """`cairnd --init`: create the configured repository and exit (refusing an existing one)."""
+    try:
+        path = preflight.init_repository(config, plaintext=plaintext)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == "invalid_argument" else EXIT_FAILURE
+    print(f"created {'a plaintext' if plaintext else 'an encrypted'} repository at {path}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.init:
+        return init_repository(config, plaintext=args.no_encryption)
+    setup_logging(config.daemon.log_level)
+    daemon = Daemon(config, args)
+    daemon.install_signals()
+    try:
+        daemon.start()
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"cairnd: error: {exc}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_FAILURE
+    code = daemon.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code != EXIT_OK:
+        os._exit(code)  # a job thread is stuck: do not wait for it
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

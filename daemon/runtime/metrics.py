@@ -1,0 +1,158 @@
+"""Prometheus metrics of the daemon, served over HTTP on a loopback address only.
+
+All metrics live in a private CollectorRegistry (never the process-global one), so several
+daemons or tests in one process do not collide. The `record_*` helpers are the only way the
+rest of the daemon touches them, which keeps names and labels in this one file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cairn.daemon.runtime.config import is_loopback, split_address
+from cairn.store.errors import InvalidArgumentError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+
+SUCCESS = "success"
+# Backup sets run from seconds (a quiet incremental) to hours (a first full).
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, float("inf"))
+
+
+class Metrics:
+    """The daemon's counters, gauges and histograms plus their optional HTTP endpoint."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        per_set = ("source", "level")
+        self.sets = Counter(
+            "cairn_sets", "Backup sets finished, by status (success, failed, aborted).",
+            (*per_set, "status"), registry=registry,
+        )
+        self.set_bytes_added = Counter(
+            "cairn_set_bytes_added", "New (deduplicated, compressed) bytes stored by sets.",
+            per_set, registry=registry,
+        )
+        self.set_duration = Histogram(
+            "cairn_set_duration_seconds", "Wall time of backup sets.",
+            per_set, buckets=DURATION_BUCKETS, registry=registry,
+        )
+        self.set_failures = Counter(
+            "cairn_set_failures", "Backup sets that did not succeed.", per_set, registry=registry
+        )
+        self.last_success = Gauge(
+            "cairn_last_success_timestamp_seconds",
+            "Unix time the last successful set of a source and level finished.", per_set, registry=registry,
+        )
+        self.restore_bytes = Counter("cairn_restore_bytes", "File bytes sent to restores.", registry=registry)
+        self.backstop_found = Counter(
+            "cairn_journal_backstop_found",
+            "Changed paths only a backstop scan found (the watcher missed them).",
+            ("source",), registry=registry,
+        )
+        self.wal_archived = Counter("cairn_wal_archived", "WAL segments archived.", registry=registry)
+        self.wal_archive_failures = Counter(
+            "cairn_wal_archive_failures", "WAL segments that failed to archive.", registry=registry
+        )
+        self.wal_last_archived = Gauge(
+            "cairn_wal_last_archived_timestamp_seconds", "Unix time the last WAL segment was archived.",
+            registry=registry,
+        )
+        self.verifies = Counter(
+            "cairn_verifies", "Verify runs finished, by outcome (ok, damaged, failed, cancelled).",
+            ("outcome",), registry=registry,
+        )
+        self.verify_running = Gauge("cairn_verify_running", "Verify runs in progress.", registry=registry)
+        self.started = Gauge(
+            "cairn_daemon_start_timestamp_seconds", "Unix time this daemon started (absent: no daemon).",
+            registry=registry,
+        )
+        self.started.set(time.time())
+        self.rpo = Gauge(
+            "cairn_source_rpo_seconds", "The configured RPO of a source (sources without one are absent).",
+            ("source",), registry=registry,
+        )
+        self._server = None
+        self._server_thread: threading.Thread | None = None
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def record_set(self, source: str, level: str, status: str, bytes_added: int = 0,
+                   duration: float | None = None, finished_at: float | None = None) -> None:
+        """Count one finished set; `status` is "success" or why it did not succeed."""
+        self.sets.labels(source, level, status).inc()
+        if bytes_added:
+            self.set_bytes_added.labels(source, level).inc(bytes_added)
+        if duration is not None:
+            self.set_duration.labels(source, level).observe(duration)
+        if status == SUCCESS:
+            self.last_success.labels(source, level).set(time.time() if finished_at is None else finished_at)
+        else:
+            self.set_failures.labels(source, level).inc()
+
+    def set_rpos(self, rpos: dict[str, float]) -> None:
+        """The configured RPO per source, replacing the previous set (after a reload)."""
+        self.rpo.clear()
+        for source, seconds in rpos.items():
+            self.rpo.labels(source).set(seconds)
+
+    def record_restore(self, nbytes: int) -> None:
+        """Count bytes of file data sent to a restore."""
+        self.restore_bytes.inc(nbytes)
+
+    def record_backstop_found(self, source: str, count: int = 1) -> None:
+        """Count paths found changed by a backstop scan that the journal had not recorded."""
+        if count:
+            self.backstop_found.labels(source).inc(count)
+
+    def record_wal(self, ok: bool, when: float | None = None) -> None:
+        """Count one WAL archive attempt."""
+        if ok:
+            self.wal_archived.inc()
+            self.wal_last_archived.set(time.time() if when is None else when)
+        else:
+            self.wal_archive_failures.inc()
+
+    def record_verify_start(self) -> None:
+        """One more verify is running."""
+        self.verify_running.inc()
+
+    def record_verify(self, outcome: str) -> None:
+        """A verify ended: "ok", "damaged" (it found errors), "failed" or "cancelled"."""
+        self.verify_running.dec()
+        self.verifies.labels(outcome).inc()
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    # -- HTTP endpoint ------------------------------------------------------------------------
+
+    def start_http(self, address: str) -> tuple[str, int]:
+        """Serve /metrics on `address` ("127.0.0.1:9721"; port 0 picks one); return (host, port).
+
+        Raises InvalidArgumentError for a non-loopback address: metrics name sources and
+        paths' owners' activity and are not meant for the network.
+        """
+        host, port = split_address(address)
+        if not is_loopback(host):
+            raise InvalidArgumentError(
+                f"refusing to serve metrics on '{address}': expected a loopback address"
+            )
+        if self._server is not None:
+            raise InvalidArgumentError("the metrics endpoint is already running")
+        bind_host = "127.0.0.1" if host == "localhost" else host
+        self._server, self._server_thread = start_http_server(port, addr=bind_host, registry=self.registry)
+        return bind_host, self._server.server_port
+
+    def stop_http(self) -> None:
+        """Stop the HTTP endpoint if it runs."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._server_thread is not None:
+            self._server_thread.join(5)
+            self._server_thread = None

@@ -1,0 +1,271 @@
+"""Start-up checks of `cairnd`: everything the configuration names is checked before the daemon
+creates or changes anything, and the explicit creation of a repository (`--init`).
+
+What always holds: `check_start` only reads (stat, open for reading, a bind that is closed at
+once, a connect probe), and the first problem it finds is raised as one `CairnError` naming the
+key, path or address, so a failed start leaves nothing behind. A missing repository is never
+created here or anywhere in the daemon except by `init_repository`, which refuses an existing
+repository and a non-empty directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import socket
+import ssl
+import stat
+
+from cairn.daemon.runtime.config import Config, split_address
+from cairn.daemon.runtime.repokeys import secret_of
+from cairn.store.errors import (
+    AlreadyExistsError,
+    CairnError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotARepositoryError,
+    NotFoundError,
+)
+from cairn.store.locations import is_s3, open_backend
+from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend
+
+log = logging.getLogger(__name__)
+
+DB_CONNECT_TIMEOUT = 3
+
+
+def init_hint(config: Config) -> str:
+    """The command that creates the configured repository."""
+    if config.path:
+        return f"create it with: cairnd --config {config.path} --init"
+    return f"create it with: cairnd --repo {config.repository.path} --init"
+
+
+def check_start(config: Config) -> None:
+    """Every check that needs no database, in the order an operator would fix them."""
+    daemon = config.daemon
+    check_unix_socket(daemon.socket)
+    check_repository(config)
+    if daemon.socket_group:
+        try:
+            grp.getgrnam(daemon.socket_group)
+        except KeyError:
+            raise InvalidArgumentError(f"daemon.socket_group: no group is named '{daemon.socket_group}'",
+                                       hint="create it (groupadd --system NAME) or remove the key") from None
+    if daemon.listen:
+        check_readable("daemon.token_file", daemon.token_file, nonempty=True)
+        check_readable("daemon.tls_cert", daemon.tls_cert)
+        check_readable("daemon.tls_key", daemon.tls_key)
+        check_tls(daemon.tls_cert, daemon.tls_key)
+        check_port_free("daemon.listen", daemon.listen)
+    if daemon.metrics:
+        check_port_free("daemon.metrics", daemon.metrics)
+    if not daemon.read_only:
+        for source in config.sources:
+            for path in (*source.paths, *source.aux_paths):
+                check_source_path(source.name, path)
+
+
+def check_repository(config: Config) -> None:
+    """The configured repository exists; its absence is an error that says how to create one.
+    On object storage this connects (a missing bucket, wrong credentials or an unreachable
+    endpoint is one line now, not at the first backup)."""
+    path = config.repository.path
+    if is_s3(path):
+        backend = open_backend(path, config.repository.s3_options(), probe_conditional=False)
+        try:
+            backend.get("config", "config")
+        except NotFoundError:
+            what = f"'{backend.location()}' is not a Cairn repository: no config"
+            if not config.daemon.read_only:
+                what += f"; {init_hint(config)}"
+            raise NotARepositoryError(what) from None
+        finally:
+            backend.close()
+        return
+    if not os.path.exists(path):
+        what = f"'{path}' is not a Cairn repository: no such directory"
+        if not config.daemon.read_only:
+            what += f"; {init_hint(config)}"
+        raise NotARepositoryError(what)
+    if not os.path.isdir(path):
+        raise NotARepositoryError(f"'{path}' is not a Cairn repository: not a directory")
+    try:
+        LocalBackend(path).get("config", "config")
+    except NotFoundError:
+        what = f"'{path}' is not a Cairn repository: it holds no repository config"
+        if not os.listdir(path) and not config.daemon.read_only:
+            what = f"'{path}' is an empty directory, not a repository; {init_hint(config)}"
+        raise NotARepositoryError(what) from None
+
+
+def init_repository(config: Config, plaintext: bool = False) -> str:
+    """Create the configured repository (and missing parent directories); return its path.
+
+    Refuses a path that holds a repository already, a file, and a non-empty directory. The
+    repository is encrypted (format 2) under the configured passphrase or key file; without
+    one it is refused unless `plaintext` (format 1) is asked for.
+    """
+    path = config.repository.path
+    secret = secret_of(config.repository)
+    if secret is None and not plaintext:
+        raise InvalidArgumentError("a new repository is encrypted: give --passphrase-file F or --key-file F "
+                                   "(or --no-encryption for a plaintext one)")
+    if is_s3(path):
+        backend = open_backend(path, config.repository.s3_options())
+        try:
+            backend.get("config", "config")
+            raise AlreadyExistsError(f"a repository already exists at '{backend.location()}'")
+        except NotFoundError:
+            pass
+        if any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
+            raise AlreadyExistsError(f"unable to create a repository at '{backend.location()}': "
+                                     "the prefix holds objects already")
+        Repository.init(backend, secret=secret).close()
+        return path
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise AlreadyExistsError(f"unable to create a repository at '{path}': a file is in the way")
+        try:
+            LocalBackend(path).get("config", "config")
+            raise AlreadyExistsError(f"a repository already exists at '{path}'")
+        except NotFoundError:
+            pass
+        if os.listdir(path):
+            raise AlreadyExistsError(f"unable to create a repository at '{path}': the directory is not empty")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise FailedPreconditionError(f"unable to create '{path}': {exc.strerror or exc}") from None
+    Repository.init_local(path, secret=secret).close()
+    return path
+
+
+def check_unix_socket(path: str) -> None:
+    """Nothing but a stale socket is in the way of the API socket, and no daemon serves it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise FailedPreconditionError(f"daemon.socket: unable to use '{path}': {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FailedPreconditionError(f"daemon.socket: '{path}' exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return  # a leftover of a daemon that died; the server replaces it
+    finally:
+        probe.close()
+    raise FailedPreconditionError(f"unable to listen on '{path}': another cairnd is serving it")
+
+
+def check_readable(key: str, path: str | None, nonempty: bool = False) -> None:
+    """`path` is a regular file this process can read (and, with `nonempty`, holds something)."""
+    if path is None:
+        raise InvalidArgumentError(f"{key}: required when daemon.listen is set")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(1 << 16)
+    except OSError as exc:
+        raise InvalidArgumentError(f"{key}: unable to read '{path}': {exc.strerror or exc}") from None
+    if nonempty and not data.strip():
+        raise InvalidArgumentError(f"{key}: '{path}' is empty")
+
+
+def check_tls(cert: str | None, key: str | None) -> None:
+    """The certificate and key parse and belong together."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"daemon.tls_cert/tls_key: '{cert}' and '{key}' are not a PEM certificate and its key: "
+            f"{getattr(exc, 'reason', None) or exc}") from None
+
+
+def check_port_free(key: str, address: str) -> None:
+    """Nothing listens on `address` yet (port 0 always passes: the kernel picks one)."""
+    host, port = split_address(address)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InvalidArgumentError(f"{key}: unable to resolve '{address}': {exc.strerror}") from None
+    for family, kind, proto, _name, sockaddr in infos:
+        probe = socket.socket(family, kind, proto)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise FailedPreconditionError(f"{key}: address {address} is already in use") from None
+            raise FailedPreconditionError(f"{key}: unable to listen on {address}: {exc.strerror}") from None
+        finally:
+            probe.close()
+
+
+def check_source_path(source: str, path: str) -> None:
+    """A source path exists and is a directory."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"source '{source}': path '{path}' does not exist") from None
+    except OSError as exc:
+        raise FailedPreconditionError(f"source '{source}': unable to read '{path}': {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise FailedPreconditionError(f"source '{source}': path '{path}' is not a directory")
+
+
+def warn_missing_sources(config: Config) -> list[str]:
+    """After a reload: one warning per source path that is missing or not a directory (the start
+    refuses them; a running daemon keeps serving the other sources)."""
+    problems = []
+    if config.daemon.read_only:
+        return problems
+    for source in config.sources:
+        for path in (*source.paths, *source.aux_paths):
+            try:
+                check_source_path(source.name, path)
+            except CairnError as exc:
+                log.warning("%s: its sets fail until it is back", exc.message)
+                problems.append(exc.message)
+    return problems
+
+
+def warn_unreachable_databases(config: Config) -> list[str]:
+    """Connect to each database a source names and log one warning per problem; return them.
+
+    Only a warning: PostgreSQL may start after cairnd (its archive_command needs cairnd), and a
+    set checks its database again before any window opens.
+    """
+    if config.daemon.read_only:
+        return []
+    names = {source.database for source in config.sources if source.database}
+    problems = []
+    for db in config.databases:
+        if db.name not in names:
+            continue
+        problem = database_problem(db)
+        if problem:
+            log.warning("%s (sets of this database fail until this is fixed; `cairn check-db %s` checks again)",
+                        problem, db.name)
+            problems.append(problem)
+    return problems
+
+
+def database_problem(db: object) -> str:
+    """'' when the database accepts a backup connection, else why not."""
+    from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
+
+    try:
+        with PgConnection.from_config(db, connect_timeout=DB_CONNECT_TIMEOUT):
+            return ""
+    except CairnError as exc:
+        return exc.message

@@ -1,0 +1,76 @@
+"""Restore records to and from the wire: the one mapping the daemon and the client share.
+
+`add_record(batch, rec)` appends a non-data fsio record (entry, hole, failure) to a
+RestoreBatch and returns its approximate wire size, which the daemon uses to cut batches;
+`record_of(r)` turns one wire RestoreRecord back into the fsio record the writer takes.
+What always holds: `record_of` inverts `add_record` (and `data=` records) field for field;
+an empty wire record is one clear error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+from cairn.errors import InvalidArgumentError
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+
+def add_record(batch: pb.RestoreBatch, rec: Record) -> int:
+    """Append a non-data record to `batch`; return its approximate wire size."""
+    if isinstance(rec, EntryMeta):
+        batch.records.add(
+            entry=pb.EntryMeta(
+                path=rec.path,
+                kind=rec.kind,
+                mode=rec.mode,
+                uid=rec.uid,
+                gid=rec.gid,
+                mtime_ns=rec.mtime_ns,
+                size=rec.size,
+                xattrs=[pb.Xattr(name=k, value=v) for k, v in rec.xattrs.items()],
+                target=rec.target,
+                link_to=rec.link_to,
+                rdev=rec.rdev,
+                sparse=rec.sparse,
+                chunks=rec.chunks,
+                chunk_sizes=rec.chunk_sizes,
+            )
+        )
+        extra = 40 * len(rec.chunks) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
+        return 64 + len(rec.path) + len(rec.target) + extra
+    if isinstance(rec, Hole):
+        batch.records.add(hole=rec.length)
+        return 12
+    if isinstance(rec, Failed):
+        batch.records.add(failed=rec.message)
+        return 16 + len(rec.message)
+    raise TypeError(f"unknown restore record {type(rec).__name__}")
+
+
+def record_of(r: pb.RestoreRecord) -> Record:
+    """The fsio record of one wire record."""
+    kind = r.WhichOneof("record")
+    if kind == "data":
+        return Data(r.data)
+    if kind == "entry":
+        e = r.entry
+        return EntryMeta(
+            path=e.path,
+            kind=e.kind,
+            mode=e.mode,
+            uid=e.uid,
+            gid=e.gid,
+            mtime_ns=e.mtime_ns,
+            size=e.size,
+            xattrs={x.name: x.value for x in e.xattrs},
+            target=e.target,
+            link_to=e.link_to,
+            rdev=e.rdev,
+            sparse=e.sparse,
+            chunks=tuple(e.chunks),
+            chunk_sizes=tuple(e.chunk_sizes),
+        )
+    if kind == "hole":
+        return Hole(r.hole)
+    if kind == "failed":
+        return Failed(r.failed)
+    raise InvalidArgumentError("the daemon sent an empty restore record")
