@@ -4,7 +4,9 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
 - phase 1 (mark): forget the sets the policy drops; find the packs no remaining set, WAL
   catalog entry or index names a live blob of (dead packs), packs no index file names
   (orphans: leftovers of failed sessions, or packs of a session still running), and mostly
-  dead packs, whose live blobs are first copied into new packs; then write a marker object
+  dead packs (counting copies of blobs the index attributes to another pack as dead: hosts
+  backing up the same new content at once each store it), whose live blobs are first copied
+  into new packs; then write a marker object
   "gc/<random>" = {"time", "host", "packs"}, and once that is durable, list the locks held
   by others and write the marker again with "blockers" (those lock names);
 - phase 2 (collect), in a later run: a marker is ripe when it has blockers listed, is older
@@ -40,10 +42,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import wal as walmod
+from .crypto import OVERHEAD
 from .errors import CorruptionError, NotFoundError
 from .index import decode_index, encode_index
 from .model import BackupSet, PrunePolicy, PruneReport
-from .packs import CODEC_ZSTD_REF, PackEntry
+from .packs import CODEC_ZSTD_REF, ENTRY, FOOTER, HEADER, PackEntry
 from .retention import split as retention_split
 from .sets import set_trees
 
@@ -153,8 +156,11 @@ class Pruner:
         dead = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
         orphans = sorted(stored - set(by_pack))
         rewrite = sorted(p for p, es in by_pack.items() if p not in dead and self._mostly_dead(es, live))
+        copies = self._holding_copies(by_pack, live, stored - set(dead) - set(rewrite))
         freed = sum(self._size(p) for p in dead + orphans)
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
+        freed += sum(self._size(p) - sum(e.stored_len for e in by_pack[p] if e.id in live) for p in copies)
+        rewrite += copies
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=len(dead) + len(orphans), packs_rewritten=len(rewrite),
                            bytes_freed=freed, dry_run=True)
@@ -176,6 +182,7 @@ class Pruner:
         orphans = stored - set(by_pack)  # unindexed, or every blob in it indexed elsewhere
         rewrite = sorted(p for p, es in by_pack.items()
                          if p not in dead and p not in marked and self._mostly_dead(es, live))
+        rewrite += self._holding_copies(by_pack, live, stored - dead - marked - set(rewrite))
         self._rewrite(rewrite, by_pack, live)
         packs = (dead | orphans | set(rewrite)) - marked
         if packs:
@@ -301,6 +308,22 @@ class Pruner:
         total = sum(e.stored_len for e in entries) or 1
         dead = sum(e.stored_len for e in entries if e.id not in live)
         return dead / total > REWRITE_DEAD_FRACTION
+
+    def _holding_copies(self, by_pack: dict[str, list[PackEntry]], live: set[bytes], packs: set[str]) -> list[str]:
+        """Indexed packs among `packs` whose stored size shows that over REWRITE_DEAD_FRACTION of
+        it is dead: unreferenced blobs, or copies of blobs the index attributes to another pack.
+        Concurrent sessions (other hosts) that wrote the same new content each stored it; the
+        index names one copy, so the others are found only by what the pack weighs."""
+        seal = OVERHEAD if getattr(self.repo, "key", None) is not None else 0
+        out = []
+        for p in sorted(packs & set(by_pack)):
+            entries = by_pack[p]
+            size = self._size(p)
+            kept = sum(e.stored_len for e in entries if e.id in live)
+            frame = len(HEADER) + FOOTER.size + seal + ENTRY.size * len(entries)
+            if size and (size - frame - kept) / size > REWRITE_DEAD_FRACTION:
+                out.append(p)
+        return out
 
     def _rewrite(self, packs: list[str], by_pack: dict[str, list[PackEntry]], live: set[bytes]) -> None:
         if not packs:
