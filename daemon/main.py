@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="create the repository (--repo, or the one --config names), then exit")
     add_key_arguments(parser)
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
+    parser.add_argument("--socket-group", metavar="GROUP",
+                        help="give this group access to the socket (as [daemon] socket_group), e.g. postgres")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.repo):
@@ -89,7 +91,8 @@ def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
     if not args.init:
         return
-    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket)):
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket),
+                        ("--socket-group", args.socket_group)):
         if given:
             parser.error(f"--init creates the repository and exits; {flag} does not go with it")
 
@@ -110,6 +113,8 @@ def _overrides(config: Config, args: argparse.Namespace) -> Config:
         changes["read_only"] = True
     if args.socket:
         changes["socket"] = os.path.abspath(args.socket)
+    if args.socket_group:
+        changes["socket_group"] = args.socket_group
     if args.log_level:
         changes["log_level"] = args.log_level
     if not changes:
