@@ -14,7 +14,9 @@ each other (content addressing makes them idempotent); only prune excludes every
 Taking a lock may wait for a conflicting one, retrying with bounded exponential backoff. A
 held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
-handle's `lost` event) and must stop before its next write.
+handle's `lost` event) and must stop before its next write. A released lock whose object could
+not be deleted (the store was unreachable) is deleted by the same Locks object the next time it
+lists or takes locks, rather than left to go stale, which would hold up garbage collection.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class Locks:
         self.refresh_every = refresh_every
         self.stale_after = stale_after
         self.held: list[LockHandle] = []  # locks this object holds now
+        # Released locks whose object could not be deleted (the store was unreachable): deleted
+        # before this object next lists or takes locks, so that a garbage collector does not
+        # wait for them to go stale (they were refreshed until their release).
+        self.leftover: set[str] = set()
+        self._leftover_mutex = threading.Lock()
 
     def _read(self, name: str) -> dict | None:
         try:
@@ -104,6 +111,7 @@ class Locks:
     def others_named(self, mine: str = "") -> dict[str, dict]:
         """Live locks held by others by name (a name is new for every hold); stale ones are
         removed on the way."""
+        self.remove_leftovers()
         out: dict[str, dict] = {}
         for name in list(self.backend.list("locks")):
             if name == mine:
@@ -208,7 +216,22 @@ class Locks:
         except NotFoundError:
             pass
         except CairnError:
-            pass  # left behind: it goes stale
+            with self._leftover_mutex:
+                self.leftover.add(name)  # deleted by remove_leftovers, or it goes stale
+
+    def remove_leftovers(self) -> None:
+        """Delete the objects of released locks that an earlier release could not delete."""
+        with self._leftover_mutex:
+            names = sorted(self.leftover)
+        for name in names:
+            try:
+                self.backend.delete("locks", name)
+            except NotFoundError:
+                pass
+            except CairnError:
+                continue  # still unreachable: the next call tries again
+            with self._leftover_mutex:
+                self.leftover.discard(name)
 
     @staticmethod
     def _raise_conflict(doc: dict | None) -> None:

@@ -1,0 +1,38 @@
+"""A released lock whose object could not be deleted (the store was unreachable at that moment)
+is deleted by the same Locks object the next time it lists or takes locks: a garbage collector
+does not wait 30 minutes for it to go stale, and a marker made after that lists no blocker."""
+
+from __future__ import annotations
+
+from cairn.store.backend import MemoryBackend
+from cairn.store.faults import FaultyBackend
+from cairn.store.locks import Locks
+
+
+def test_a_lock_left_by_a_failed_release_is_deleted_at_the_next_listing():
+    inner = MemoryBackend()
+    faulty = FaultyBackend(inner, fail_at=1, mode="fail", kind="locks", ops=("delete",))
+    locks = Locks(faulty)
+    with locks.hold("backup of source 'data'"):
+        pass
+    assert faulty.fired and len(list(inner.list("locks"))) == 1  # the release could not delete it
+    collector = Locks(inner)
+    assert len(collector.others()) == 1  # live for others until it goes stale: not theirs to judge
+    assert locks.others() == []  # its own process deletes it
+    assert list(inner.list("locks")) == [] and locks.leftover == set()
+
+
+def test_a_leftover_that_still_cannot_be_deleted_is_tried_again():
+    inner = MemoryBackend()
+    faulty = FaultyBackend(inner, fail_at=1, mode="fail-from", kind="locks", ops=("delete",))
+    locks = Locks(faulty)
+    with locks.hold("backup of source 'data'"):
+        pass
+    locks.remove_leftovers()  # still failing: kept for the next try
+    assert len(locks.leftover) == 1 and len(list(inner.list("locks"))) == 1
+    faulty.stopped = faulty.fired = False
+    faulty.mode = "fail"  # the store answers again
+    faulty.fail_at = None
+    with locks.hold("backup of source 'data'"):  # taking a lock sweeps first
+        assert len(list(inner.list("locks"))) == 1
+    assert list(inner.list("locks")) == [] and locks.leftover == set()
