@@ -1,8 +1,14 @@
-"""A released lock whose object could not be deleted (the store was unreachable at that moment)
-is deleted by the same Locks object the next time it lists or takes locks: a garbage collector
-does not wait 30 minutes for it to go stale, and a marker made after that lists no blocker."""
+"""Locks of several hosts on one store. A released lock whose object could not be deleted (the
+store was unreachable at that moment) is deleted by the same Locks object the next time it
+lists or takes locks: a garbage collector does not wait 30 minutes for it to go stale. A lock
+is judged by whether its pid is alive only in the pid space that wrote it."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
 
 from cairn.store.backend import MemoryBackend
 from cairn.store.faults import FaultyBackend
@@ -36,3 +42,21 @@ def test_a_leftover_that_still_cannot_be_deleted_is_tried_again():
     with locks.hold("backup of source 'data'"):  # taking a lock sweeps first
         assert len(list(inner.list("locks"))) == 1
     assert list(inner.list("locks")) == [] and locks.leftover == set()
+
+
+def test_a_dead_pid_counts_only_in_the_same_pid_space():
+    """Two machines (or containers) with the same host name: a pid written by the other is not
+    looked up here, so its live lock is not broken (only the 30-minute staleness applies)."""
+    inner = MemoryBackend()
+    locks = Locks(inner)
+    assert locks.pid_space  # Linux: boot id and pid namespace
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    doc = {"host": locks.host, "pid": dead.pid, "exclusive": False, "purpose": "backup", "time": time.time()}
+    assert not locks.stale({**doc, "pid_space": "another-boot/pid:[1]"})
+    assert locks.stale({**doc, "pid_space": locks.pid_space})
+    assert locks.stale(doc)  # written before pid spaces were recorded: the host name decides, as before
+    assert locks.stale({**doc, "pid_space": "another-boot/pid:[1]", "time": time.time() - 31 * 60})
+    with locks.hold("backup of source 'data'"):
+        held = json.loads(inner.get("locks", next(iter(inner.list("locks")))))
+    assert held["pid_space"] == locks.pid_space and held["pid"] == os.getpid()
