@@ -174,6 +174,7 @@ def test_three_hosts_back_up_to_one_bucket_beside_a_collector(weed, creds, rundi
 
         # The hosts are done; one more run frees what the last round's concurrent writes duplicated.
         final = json.loads(keeper.ok("--json", "prune", "--keep-last", str(KEEP_LAST)))
+        assert sum(p[2]["packs_deleted"] for p in prunes) > 0  # the collector freed packs while hosts wrote
         forgotten = [i for p in prunes for i in p[2]["forgotten"]] + final["forgotten"]
         assert sorted(forgotten) == sorted(set(forgotten)) and len(forgotten) == len(HOSTS) * (len(LEVELS) - KEEP_LAST)
 
