@@ -16,9 +16,11 @@ the background, as the runbook's second terminal), then every other block in one
 restore-db of the database. The PostgreSQL start block is the one step done the test suite's
 way (ArchivingServer: a free port and socket directory, and the capabilities the test
 machine's `postgres` user needs to run the client); the test checks that the block starts
-`pg_ctl` on `$WORK/pgdata`. Then: the server promotes and holds exactly the rows committed
-before the set (none of those committed after it), and the files restore byte-identical with
-their metadata as they were captured."""
+`pg_ctl` on `$WORK/pgdata`. Then: the server promotes (its restore_command reached the
+read-only daemon through `--socket-group postgres`) and holds exactly the rows committed before
+the set (none of those committed after it), the files restore byte-identical with their
+metadata as they were captured, and the bucket holds exactly the objects it held before the
+recovery began."""
 
 from __future__ import annotations
 
@@ -76,6 +78,15 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def objects(weed, prefix: str) -> dict[str, str]:
+    """Every object under `prefix` with its ETag, straight from the store."""
+    out = {}
+    for page in weed.client().get_paginator("list_objects_v2").paginate(Bucket=weed.bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", ()):
+            out[obj["Key"]] = obj["ETag"]
+    return out
 
 
 def test_a_lost_host_is_restored_on_a_fresh_machine_by_the_runbook(weed, creds):
@@ -170,6 +181,7 @@ def test_a_lost_host_is_restored_on_a_fresh_machine_by_the_runbook(weed, creds):
         assert exported(settings[0]) == set(values), "the runbook's settings and this test's differ"
         env = clean_env(values)
         env["PATH"] = os.path.dirname(CAIRN) + os.pathsep + env.get("PATH", "")  # the installed cairn, cairnd
+        before = objects(weed, prefix)
         rlog = root / "recovery-cairnd.log"
         with open(rlog, "wb") as err:
             recovery = subprocess.Popen(["bash", "-c", "exec " + starts[0].strip()], stdout=subprocess.DEVNULL,
@@ -181,6 +193,7 @@ def test_a_lost_host_is_restored_on_a_fresh_machine_by_the_runbook(weed, creds):
         assert ran.returncode == 0, f"runbook step failed:\n{ran.stdout}\n{ran.stderr}"
         assert last["id"][:12] in ran.stdout  # the set it found is the lost host's last one
         assert os.listdir(home)  # the daemon kept its state where it was told to, nowhere else
+        assert objects(weed, prefix) == before  # the recovery wrote nothing to the bucket
 
         restored = ArchivingServer(pgdata=work / "pgdata")  # the runbook's pg_ctl start, the test suite's way
         servers.append(restored)
