@@ -10,8 +10,9 @@ in the store takes one today.
 A lock is a small object under "locks/" naming host, pid, pid space, mode and time. A lock is
 stale when its process is gone (same host and pid space: same kernel boot and pid namespace, as
 machines and containers may share a host name) or it has not been refreshed for STALE_AFTER
-seconds (any host); stale locks are removed by whoever finds them. Adds take shared locks and never block
-each other (content addressing makes them idempotent); only prune excludes everything else.
+seconds (any host); stale locks are removed by whoever finds them. Adds take shared locks and
+never block each other (content addressing makes them idempotent); only prune excludes
+everything else.
 Taking a lock may wait for a conflicting one, retrying with bounded exponential backoff. A
 held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the

@@ -38,6 +38,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from .repository import Repository
 
 REWRITE_DEAD_FRACTION = 0.3
+STAT_WORKERS = 8  # pack sizes asked at once (an object store answers each in a round trip)
 # Seconds a marked pack waits before deletion, on top of the lock handshake (docs/format.md):
 # 0 by default, so one prune frees what no running backup blocks; a repository shared by hosts
 # whose restores or checks run beside prunes sets a margin ([repository] gc_grace).
@@ -315,10 +317,18 @@ class Pruner:
         Concurrent sessions (other hosts) that wrote the same new content each stored it; the
         index names one copy, so the others are found only by what the pack weighs."""
         seal = OVERHEAD if getattr(self.repo, "key", None) is not None else 0
+        known: dict[str, int] = getattr(self.repo, "pack_sizes", {})  # a pack's name fixes its size
+        todo = sorted(packs & set(by_pack))
+        missing = [p for p in todo if p not in known]
+        if missing:
+            with ThreadPoolExecutor(STAT_WORKERS, thread_name_prefix="gc-stat") as pool:  # a round trip each
+                for p, size in zip(missing, pool.map(self._size, missing), strict=True):
+                    if size:
+                        known[p] = size
         out = []
-        for p in sorted(packs & set(by_pack)):
+        for p in todo:
             entries = by_pack[p]
-            size = self._size(p)
+            size = known.get(p, 0)
             kept = sum(e.stored_len for e in entries if e.id in live)
             frame = len(HEADER) + FOOTER.size + seal + ENTRY.size * len(entries)
             if size and (size - frame - kept) / size > REWRITE_DEAD_FRACTION:

@@ -103,6 +103,7 @@ class Repository:
         self.markers: list[prunemod.Marker] = []  # gc markers as read with the index
         self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
         self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
+        self.pack_sizes: dict[str, int] = {}  # sizes prune has seen; a pack's name fixes its content
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()

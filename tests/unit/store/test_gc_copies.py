@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from cairn.store.backend import MemoryBackend
+from cairn.store.faults import FaultyBackend
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.packs import parse_pack
 from cairn.store.repoconfig import ChunkerParams, RepoConfig
@@ -49,7 +50,14 @@ def test_copies_written_by_concurrent_hosts_are_freed(tmp_path):
     before = _copies(inner)
     assert max(before.values()) == 2  # the shared content is stored twice
 
-    collector = Repository.open(inner)
+    asked: list[str] = []  # pack sizes the collector asks the store for
+
+    def ask(op: str, kind: str, name: str) -> None:
+        if (op, kind) == ("stat", "packs"):
+            asked.append(name)
+
+    counted = FaultyBackend(inner, ops=("stat",), hook=ask)
+    collector = Repository.open(counted)
     report = collector.prune(PrunePolicy(), grace=0)
     assert report.packs_rewritten >= 1 and report.packs_deleted >= 1
     after = _copies(inner)
@@ -65,3 +73,6 @@ def test_copies_written_by_concurrent_hosts_are_freed(tmp_path):
     assert collector.check(read_data=True).ok
     again = collector.prune(PrunePolicy(), grace=0)
     assert again.packs_rewritten == 0 and again.packs_deleted == 0  # nothing left to rewrite: no churn
+    asked.clear()
+    collector.prune(PrunePolicy(), grace=0)
+    assert asked == []  # a pack's size is asked once per handle: its name fixes its content
