@@ -106,8 +106,12 @@ def concurrent_round(hosts: dict[str, Host], keeper: Host, level: str,
     errors: list[str] = []
     done = threading.Event()
 
+    spans: list[tuple[float, float]] = []
+
     def backup(h: str) -> None:
+        t0 = time.monotonic()
         res = hosts[h].cli("--json", "backup", "--source", "data", "--level", level)
+        spans.append((t0, time.monotonic()))
         if res.returncode != 0:
             errors.append(f"{h}: {res.stderr.strip()}")
         else:
@@ -126,17 +130,17 @@ def concurrent_round(hosts: dict[str, Host], keeper: Host, level: str,
 
     writers = [threading.Thread(target=backup, args=(h,)) for h in HOSTS]
     collector = threading.Thread(target=collect)
-    start = time.monotonic()
+    seen = len(prunes)
     collector.start()
     for t in writers:
         t.start()
     for t in writers:
         t.join(240)
-    end = time.monotonic()
     done.set()
     collector.join(240)
     assert not errors, errors
-    assert any(t0 < end and t1 > start for t0, t1, _ in prunes), "no prune ran beside the backups"
+    assert any(p0 < b1 and p1 > b0 for p0, p1, _ in prunes[seen:] for b0, b1 in spans), \
+        "no prune ran while a backup did"
     return results
 
 
