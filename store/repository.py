@@ -507,12 +507,16 @@ class Repository:
         return resolve(self.list_sets(), ref, source)
 
     # -- backup --------------------------------------------------------------------
-    def choose_base(self, source: str, level: str) -> tuple[str, BackupSet | None, str]:
-        """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md."""
+    def choose_base(self, source: str, level: str, host: str | None = None) -> tuple[str, BackupSet | None, str]:
+        """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md. With
+        `host`, only that host's sets are bases: hosts sharing a repository (and a source name)
+        each build on their own sets, never on a tree another machine took."""
         check_level(level)
         if level == "full":
             return "full", None, ""
         sets = self.list_sets(source)
+        if host is not None:
+            sets = [s for s in sets if s.hostname == host]
         if level == "differential":
             sets = [s for s in sets if s.level == "full"]
         sets = [s for s in sets if bytes.fromhex(s.tree) in self.index]

@@ -165,6 +165,7 @@ def test_three_hosts_back_up_to_one_bucket_beside_a_collector(weed, creds, rundi
 
         captured: dict[str, dict] = {}  # set id -> the tree as it was when the set was taken
         owner: dict[str, str] = {}
+        previous: dict[str, str] = {}  # host -> its last set
         prunes: list[tuple[float, float, dict]] = []
         for r, level in enumerate(LEVELS):
             if r:
@@ -174,7 +175,11 @@ def test_three_hosts_back_up_to_one_bucket_beside_a_collector(weed, creds, rundi
             for h in HOSTS:
                 s = results[h]
                 assert s["hostname"] == h and s["level"] == level and s["status"] != "failed", s
-                captured[s["id"]], owner[s["id"]] = expected[h], h
+                # an incremental builds on its own host's last set, never on another host's tree
+                assert s["base"] == (previous[h] if level != "full" else None), (h, s["base"])
+                captured[s["id"]], owner[s["id"]], previous[h] = expected[h], h, s["id"]
+            for h in HOSTS:  # each host's view now holds every host's sets (check reloads the index)
+                hosts[h].ok("verify")
 
         # The hosts are done; one more run frees what the last round's concurrent writes duplicated.
         final = json.loads(keeper.ok("--json", "prune", "--keep-last", str(KEEP_LAST)))
