@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -219,7 +220,7 @@ class Daemon:
         service.tracker = self.tracker
         self.backstop = Backstop(self.repo, self.tracker, lambda: service.config.sources,
                                  lambda: service.config.daemon.backstop_interval, self._running_sources,
-                                 self.metrics)
+                                 self.metrics, host=lambda: service.config.daemon.host or socket.gethostname())
 
     def _oldest_unprotected(self, source: str) -> float | None:
         return self.tracker.oldest_unprotected(source) if self.tracker is not None else None

@@ -1,5 +1,5 @@
-"""Skip-if-unchanged on a repository shared by hosts that use the same source name: the set
-that still describes the source is this host's newest, never another host's."""
+"""Skip-if-unchanged and the backstop scan on a repository shared by hosts that use the same
+source name: the set that describes the source is this host's newest, never another host's."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def test_the_newest_set_of_this_host_is_the_one_kept():
 def test_only_other_hosts_sets_mean_a_set_is_taken():
     config, tracker, repo = _world([_set("b1", "beta")])
     assert unchanged_since(config, tracker, repo, "data", "incremental") is None
+
+
+def test_the_backstop_compares_with_this_hosts_newest_set():
+    from cairn.daemon.backstop import Backstop
+
+    sets = [_set("a1", "alpha"), _set("b1", "beta")]
+    repo = SimpleNamespace(list_sets=lambda source: list(sets))
+    backstop = Backstop(repo, None, lambda: [], lambda: 60.0, lambda: set(), host=lambda: "alpha")
+    assert backstop._latest("data").id == "a1"
+    assert Backstop(repo, None, lambda: [], lambda: 60.0, lambda: set(), host=lambda: "gamma")._latest("data") is None
