@@ -204,7 +204,8 @@ class Daemon:
     def restore_metrics(self) -> None:
         """Gauges a restart would reset, from the repository's sets and the health record."""
         if self.metrics is not None and self.service is not None:
-            restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
+            host = self.config.daemon.host or socket.gethostname()  # this host's sets, not others' of one name
+            restore_metrics(self.metrics, [s for s in self.repo.list_sets() if s.hostname == host], self.service.health)
             self.metrics.set_rpos({s.name: s.rpo for s in self.config.sources if s.rpo})
 
     def _start_journal(self, cfg: Config) -> None:

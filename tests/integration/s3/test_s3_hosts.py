@@ -201,6 +201,9 @@ def test_three_hosts_back_up_to_one_bucket_beside_a_collector(weed, creds, rundi
             assert {s["hostname"] for s in mine} == {h}
             newest = sorted((i for i in captured if owner[i] == h), key=list(captured).index)[-KEEP_LAST:]
             assert {s["id"] for s in mine} == set(newest)  # retention kept each host's own last two
+        for h in HOSTS:  # each daemon's status describes its own source, though all three share the name
+            source = next(x for x in json.loads(hosts[h].ok("--json", "status"))["sources"] if x["name"] == "data")
+            assert source["sets"] == KEEP_LAST and {x["hostname"] for x in source["last"].values()} == {h}, source
         table = keeper.ok("sets").splitlines()
         assert "HOST" in table[0].split()
         at = table[0].index(" HOST ") + 1  # the column starts where its heading does
