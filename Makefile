@@ -17,7 +17,8 @@ UNITDIR ?= /lib/systemd/system
 # The interpreter the installed environment runs on: the distribution's, which outlives
 # per-user Python installations.
 SYSTEM_PY ?= $(firstword $(wildcard /usr/bin/python3) $(PY))
-DOCS := README.md docs/operations.md docs/design.md docs/format.md docs/journal.md docs/postgres.md
+DOCS := README.md docs/operations.md docs/design.md docs/format.md docs/journal.md docs/postgres.md \
+	docs/disaster-recovery.md
 
 .PHONY: setup run test lint proto bench install uninstall
 

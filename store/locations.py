@@ -7,6 +7,7 @@ directory. The object-store options are accepted only for `s3://` locations.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,13 +56,22 @@ def open_backend(location: str, options: S3Options | None = None, *, probe_condi
 
         opts = options or S3Options()
         bucket, prefix = parse_s3(location)
+        path_style = opts.path_style
+        if path_style is None and opts.endpoint is None and _endpoint_from_environment():
+            path_style = True  # as for a configured endpoint: S3-compatible stores rarely do virtual hosts
         return S3Backend(bucket, prefix, endpoint=opts.endpoint, region=opts.region,
-                         path_style=opts.path_style, credentials_file=opts.credentials_file,
+                         path_style=path_style, credentials_file=opts.credentials_file,
                          probe_conditional=probe_conditional)
     if options is not None and options != S3Options():
         raise InvalidArgumentError(f"endpoint, region, path_style and credentials_file need an s3:// "
                                    f"repository, not '{location}'")
     return LocalBackend(location)
+
+
+def _endpoint_from_environment() -> bool:
+    """Whether boto3 takes the S3 endpoint from the environment (AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL), as `cairnd --repo s3://...` on a recovery host does."""
+    return bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
 
 
 def open_repository(location: str, options: S3Options | None = None, *, create: bool = False,

@@ -113,6 +113,7 @@ class Repository:
         self.markers: list[prunemod.Marker] = []  # gc markers as read with the index
         self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
         self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
+        self.pack_sizes: dict[str, int] = {}  # sizes prune has seen; a pack's name fixes its content
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -552,6 +553,23 @@ class Repository:
                 pass
         self.load_index()
 
+    def read_blob(self, bid: bytes) -> bytes:
+        """The plaintext of blob `bid`, verified. When this handle's index no longer matches the
+        repository (another handle or host committed a set since it was read, or a prune
+        rewrote the index and deleted the pack this handle knows the blob in), the index is
+        refreshed once and the blob read from where it lies now; the error stands when the
+        refreshed index says the same."""
+        reader = self.reader
+        try:
+            return reader.read(bid)
+        except (NotFoundError, CorruptionError):
+            failed = reader.index.get(bid)
+            self.refresh_index()
+            now = self.index.get(bid)
+            if now is None or (failed is not None and (now.pack, now.offset) == (failed.pack, failed.offset)):
+                raise
+        return self.reader.read(bid)
+
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
         with self._tree_lock:
@@ -559,7 +577,7 @@ class Repository:
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
-        entries = decode_tree(tree_id, self._own_tree(tree_id) if self.write_only else self.reader.read(tree_id))
+        entries = decode_tree(tree_id, self._own_tree(tree_id) if self.write_only else self.read_blob(tree_id))
         with self._tree_lock:
             self._trees[tree_id] = entries
             if len(self._trees) > TREE_CACHE:
@@ -600,12 +618,16 @@ class Repository:
             raise
 
     # -- backup --------------------------------------------------------------------
-    def choose_base(self, source: str, level: str) -> tuple[str, BackupSet | None, str]:
-        """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md."""
+    def choose_base(self, source: str, level: str, host: str | None = None) -> tuple[str, BackupSet | None, str]:
+        """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md. With
+        `host`, only that host's sets are bases: hosts sharing a repository (and a source name)
+        each build on their own sets, never on a tree another machine took."""
         check_level(level)
         if level == "full":
             return "full", None, ""
         sets = self.list_sets(source)
+        if host is not None:
+            sets = [s for s in sets if s.hostname == host]
         if level == "differential":
             sets = [s for s in sets if s.level == "full"]
         sets = [s for s in sets if bytes.fromhex(s.tree) in self.index]
@@ -705,7 +727,7 @@ class Repository:
             find_entry(self.load_tree, root, p)
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
-            yield from StreamBuilder(self.load_tree, self.reader.read, pool, select=select,
+            yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
                                      chunk_size=self._chunk_size if manifest else None).records(root, paths)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -723,7 +745,7 @@ class Repository:
         allowed = set_chunks(self.load_tree, [self.root_tree(s, attachment)])
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
-            yield from read_chunks(ids, allowed, self.reader.read, pool)
+            yield from read_chunks(ids, allowed, self.read_blob, pool)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

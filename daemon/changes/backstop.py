@@ -167,9 +167,11 @@ class Backstop(ServiceThread):
     """Runs the backstop scan of every watched source every `interval()` seconds."""
 
     def __init__(self, repo: Any, tracker: Any, sources: Callable[[], Sequence[Any]],
-                 interval: Callable[[], float], running: Callable[[], set[str]], metrics: Any = None) -> None:
+                 interval: Callable[[], float], running: Callable[[], set[str]], metrics: Any = None,
+                 host: Callable[[], str] | None = None) -> None:
         super().__init__("backstop")
         self.repo = repo
+        self._host = host  # the host whose sets are compared (hosts sharing a repository share source names)
         self.tracker = tracker
         self._sources = sources
         self._interval = interval
@@ -230,6 +232,9 @@ class Backstop(ServiceThread):
 
     def _latest(self, name: str) -> BackupSet | None:
         sets = self.repo.list_sets(name)
+        if self._host is not None:
+            host = self._host()
+            sets = [s for s in sets if s.hostname == host]
         return sets[-1] if sets else None
 
     def _report(self, src: Any, missed: list[Difference]) -> None:

@@ -12,6 +12,7 @@ asked for by a person or by the RPO are never skipped.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def unchanged_since(config: Any, tracker: Any, repo: Any, source: str, level: st
         return None
     if state.state != "complete" or state.pending_paths or state.oldest_unprotected_age is not None:
         return None
-    sets = repo.list_sets(source)
+    host = getattr(config.daemon, "host", None) or socket.gethostname()
+    sets = [s for s in repo.list_sets(source) if s.hostname == host]  # this host's: others share the name
     if not sets:
         return None
     newest = sets[-1]

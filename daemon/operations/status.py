@@ -118,7 +118,8 @@ class StatusPart(ServicePart):
         configured = {s.name: s for s in config.sources}
         states = []
         for name in names:
-            own = [s for s in sets if s.source == name]
+            # a configured source is this host's: other hosts sharing the repository may use its name
+            own = [s for s in sets if s.source == name and (name not in configured or s.hostname == self._hostname)]
             src = configured.get(name)
             states.append(
                 SourceState(

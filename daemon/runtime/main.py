@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="create the repository (--repo, or the one --config names), then exit")
     add_key_arguments(parser)
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
+    parser.add_argument("--socket-group", metavar="GROUP",
+                        help="give this group access to the socket (as [daemon] socket_group), e.g. postgres")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.repo):
@@ -96,7 +99,8 @@ def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
     if not args.init:
         return
-    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket)):
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket),
+                        ("--socket-group", args.socket_group)):
         if given:
             parser.error(f"--init creates the repository and exits; {flag} does not go with it")
 
@@ -117,6 +121,8 @@ def _overrides(config: Config, args: argparse.Namespace) -> Config:
         changes["read_only"] = True
     if args.socket:
         changes["socket"] = os.path.abspath(args.socket)
+    if args.socket_group:
+        changes["socket_group"] = args.socket_group
     if args.log_level:
         changes["log_level"] = args.log_level
     if not changes:
@@ -206,7 +212,8 @@ class Daemon:
     def restore_metrics(self) -> None:
         """Gauges a restart would reset, from the repository's sets and the health record."""
         if self.metrics is not None and self.service is not None:
-            restore_metrics(self.metrics, self.repo.list_sets(), self.service.health)
+            host = self.config.daemon.host or socket.gethostname()  # this host's sets, not others' of one name
+            restore_metrics(self.metrics, [s for s in self.repo.list_sets() if s.hostname == host], self.service.health)
             self.metrics.set_rpos({s.name: s.rpo for s in self.config.sources if s.rpo})
 
     def _start_journal(self, cfg: Config) -> None:
@@ -222,7 +229,7 @@ class Daemon:
         service.tracker = self.tracker
         self.backstop = Backstop(self.repo, self.tracker, lambda: service.config.sources,
                                  lambda: service.config.daemon.backstop_interval, self._running_sources,
-                                 self.metrics)
+                                 self.metrics, host=lambda: service.config.daemon.host or socket.gethostname())
 
     def _oldest_unprotected(self, source: str) -> float | None:
         return self.tracker.oldest_unprotected(source) if self.tracker is not None else None

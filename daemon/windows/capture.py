@@ -127,11 +127,11 @@ class Planner(Protocol):
 class BasePlanner:
     """A planner without a change journal: the latest usable base, no hint (walk and compare)."""
 
-    def __init__(self, repo: Repository, source: str, level: str) -> None:
-        self.repo, self.source, self.level = repo, source, level
+    def __init__(self, repo: Repository, source: str, level: str, host: str | None = None) -> None:
+        self.repo, self.source, self.level, self.host = repo, source, level, host
 
     def plan(self) -> SetPlan:
-        level, base, note = self.repo.choose_base(self.source, self.level)
+        level, base, note = self.repo.choose_base(self.source, self.level, self.host)  # this host's sets only
         return SetPlan(level, base, note, None)
 
     def refresh(self) -> ChangeHint | None:
@@ -146,7 +146,7 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
     """Take one consistent set of `src` (see the module docstring); raises on any failure."""
     request = replace(request, paths=capture_paths(src))
     configs = [] if dbs is None else [dbs] if isinstance(dbs, DatabaseConfig) else list(dbs)
-    planner = planner or BasePlanner(repo, src.name, request.level)
+    planner = planner or BasePlanner(repo, src.name, request.level, request.hostname or None)
     with contextlib.ExitStack() as stack:
         # Step 1: preflight — a database that cannot be backed up fails the set before any freeze.
         opened: list[DatabaseEngine] = []

@@ -7,14 +7,18 @@ collector reads them: a pack marked for deletion is deleted only once every lock
 was marked is gone (see docs/format.md). An exclusive lock still excludes everything; nothing
 in the store takes one today.
 
-A lock is a small object under "locks/" naming host, pid, mode and time. A lock is stale when
-its process is gone (same host) or it has not been refreshed for STALE_AFTER seconds (any
-host); stale locks are removed by whoever finds them. Adds take shared locks and never block
-each other (content addressing makes them idempotent); only prune excludes everything else.
+A lock is a small object under "locks/" naming host, pid, pid space, mode and time. A lock is
+stale when its process is gone (same host and pid space: same kernel boot and pid namespace, as
+machines and containers may share a host name) or it has not been refreshed for STALE_AFTER
+seconds (any host); stale locks are removed by whoever finds them. Adds take shared locks and
+never block each other (content addressing makes them idempotent); only prune excludes
+everything else.
 Taking a lock may wait for a conflicting one, retrying with bounded exponential backoff. A
 held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
-handle's `lost` event) and must stop before its next write.
+handle's `lost` event) and must stop before its next write. A released lock whose object could
+not be deleted (the store was unreachable) is deleted by the same Locks object the next time it
+lists or takes locks, rather than left to go stale, which would hold up garbage collection.
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ REFRESH_TRIES = 3  # failed refreshes in a row before the lock counts as lost
 REFRESH_RETRY = 10.0  # seconds between refresh attempts after a failure
 BACKOFF_FIRST = 0.05  # seconds before the first retry of a conflicting lock; doubles each time
 BACKOFF_MAX = 2.0
+
+
+def pid_space() -> str:
+    """Which process ids a pid in a lock refers to: this kernel's boot id and this process's pid
+    namespace. Machines (or containers) may share a host name; only a lock written in the same
+    pid space can be judged by whether its pid is alive. Empty when it cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -72,9 +88,15 @@ class Locks:
                  stale_after: float = STALE_AFTER) -> None:
         self.backend = backend
         self.host = socket.gethostname()
+        self.pid_space = pid_space()
         self.refresh_every = refresh_every
         self.stale_after = stale_after
         self.held: list[LockHandle] = []  # locks this object holds now
+        # Released locks whose object could not be deleted (the store was unreachable): deleted
+        # before this object next lists or takes locks, so that a garbage collector does not
+        # wait for them to go stale (they were refreshed until their release).
+        self.leftover: set[str] = set()
+        self._leftover_mutex = threading.Lock()
 
     def _read(self, name: str) -> dict | None:
         try:
@@ -89,8 +111,9 @@ class Locks:
         if doc is None:
             return True
         try:
-            if doc.get("host") == self.host and not _alive(int(doc.get("pid", 0))):
-                return True
+            if doc.get("host") == self.host and doc.get("pid_space", self.pid_space) == self.pid_space \
+                    and not _alive(int(doc.get("pid", 0))):
+                return True  # (a lock without pid_space was written before it existed: host alone)
             return time.time() - float(doc.get("time", 0)) > self.stale_after
         except (TypeError, ValueError):
             return True
@@ -104,6 +127,7 @@ class Locks:
     def others_named(self, mine: str = "") -> dict[str, dict]:
         """Live locks held by others by name (a name is new for every hold); stale ones are
         removed on the way."""
+        self.remove_leftovers()
         out: dict[str, dict] = {}
         for name in list(self.backend.list("locks")):
             if name == mine:
@@ -135,7 +159,8 @@ class Locks:
         is shared but conflicts with other gc locks (one garbage collector at a time)."""
         name = self._acquire(purpose, exclusive, wait, gc)
         handle = LockHandle(name, purpose)
-        doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
+        doc = {"host": self.host, "pid": os.getpid(), "pid_space": self.pid_space, "exclusive": exclusive,
+               "purpose": purpose}
         if gc:
             doc["gc"] = True
         stop = threading.Event()
@@ -158,7 +183,8 @@ class Locks:
             clash = self._conflict(exclusive, "", gc)
             if clash is None:
                 name = os.urandom(16).hex()
-                doc = {"host": self.host, "pid": os.getpid(), "exclusive": exclusive, "purpose": purpose}
+                doc = {"host": self.host, "pid": os.getpid(), "pid_space": self.pid_space, "exclusive": exclusive,
+                       "purpose": purpose}
                 if gc:
                     doc["gc"] = True
                 if not self._create(name, doc):
@@ -215,7 +241,22 @@ class Locks:
         except NotFoundError:
             pass
         except CairnError:
-            pass  # left behind: it goes stale
+            with self._leftover_mutex:
+                self.leftover.add(name)  # deleted by remove_leftovers, or it goes stale
+
+    def remove_leftovers(self) -> None:
+        """Delete the objects of released locks that an earlier release could not delete."""
+        with self._leftover_mutex:
+            names = sorted(self.leftover)
+        for name in names:
+            try:
+                self.backend.delete("locks", name)
+            except NotFoundError:
+                pass
+            except CairnError:
+                continue  # still unreachable: the next call tries again
+            with self._leftover_mutex:
+                self.leftover.discard(name)
 
     @staticmethod
     def _raise_conflict(doc: dict | None) -> None:

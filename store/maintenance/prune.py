@@ -4,7 +4,9 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
 - phase 1 (mark): forget the sets the policy drops; find the packs no remaining set, WAL
   catalog entry or index names a live blob of (dead packs), packs no index file names
   (orphans: leftovers of failed sessions, or packs of a session still running), and mostly
-  dead packs, whose live blobs are first copied into new packs; then write a marker object
+  dead packs (counting copies of blobs the index attributes to another pack as dead: hosts
+  backing up the same new content at once each store it), whose live blobs are first copied
+  into new packs; then write a marker object
   "gc/<random>" = {"time", "host", "packs"}, and once that is durable, list the locks held
   by others and write the marker again with "blockers" (those lock names);
 - phase 2 (collect), in a later run: a marker is ripe when it has blockers listed, is older
@@ -36,11 +38,13 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..content.crypto import OVERHEAD
 from ..content.index import decode_index, encode_index
-from ..content.packs import CODEC_ZSTD_REF, PackEntry
+from ..content.packs import CODEC_ZSTD_REF, ENTRY, FOOTER, HEADER, PackEntry
 from ..errors import CorruptionError, NotFoundError
 from ..model import BackupSet, PrunePolicy, PruneReport
 from ..snapshots import wal as walmod
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
     from .handle import MaintainedRepository
 
 REWRITE_DEAD_FRACTION = 0.3
+STAT_WORKERS = 8  # pack sizes asked at once (an object store answers each in a round trip)
 # Seconds a marked pack waits before deletion, on top of the lock handshake (docs/format.md):
 # 0 by default, so one prune frees what no running backup blocks; a repository shared by hosts
 # whose restores or checks run beside prunes sets a margin ([repository] gc_grace).
@@ -154,8 +159,11 @@ class Pruner:
         dead = sorted(p for p, es in by_pack.items() if not any(e.id in live for e in es))
         orphans = sorted(stored - set(by_pack))
         rewrite = sorted(p for p, es in by_pack.items() if p not in dead and self._mostly_dead(es, live))
+        copies = self._holding_copies(by_pack, live, stored - set(dead) - set(rewrite), sizes)
         freed = sum(sizes.get(p, 0) for p in dead + orphans)
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
+        freed += sum(sizes.get(p, 0) - sum(e.stored_len for e in by_pack[p] if e.id in live) for p in copies)
+        rewrite += copies
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=len(dead) + len(orphans), packs_rewritten=len(rewrite),
                            bytes_freed=freed, dry_run=True)
@@ -171,12 +179,14 @@ class Pruner:
         marked = set().union(*(m.packs for m in markers if m.blockers is not None))
         live = self._live(sets)
         by_pack = self._by_pack()
-        stored = set(repo.backend.list("packs"))
+        sizes = {o.name: o.size for o in repo.backend.list_info("packs")}  # one listing gives the sizes too
+        stored = set(sizes)
         dead = {p for p, es in by_pack.items() if not any(e.id in live for e in es)}
         dead |= set(by_pack) - stored  # named by an index but gone (a rescue's writer died): unnamed on collect
         orphans = stored - set(by_pack)  # unindexed, or every blob in it indexed elsewhere
         rewrite = sorted(p for p, es in by_pack.items()
                          if p not in dead and p not in marked and self._mostly_dead(es, live))
+        rewrite += self._holding_copies(by_pack, live, stored - dead - marked - set(rewrite), sizes)
         self._rewrite(rewrite, by_pack, live)
         packs = (dead | orphans | set(rewrite)) - marked
         if packs:
@@ -302,6 +312,32 @@ class Pruner:
         total = sum(e.stored_len for e in entries) or 1
         dead = sum(e.stored_len for e in entries if e.id not in live)
         return dead / total > REWRITE_DEAD_FRACTION
+
+    def _holding_copies(self, by_pack: dict[str, list[PackEntry]], live: set[bytes], packs: set[str],
+                        sizes: dict[str, int] | None = None) -> list[str]:
+        """Indexed packs among `packs` whose stored size shows that over REWRITE_DEAD_FRACTION of
+        it is dead: unreferenced blobs, or copies of blobs the index attributes to another pack.
+        Concurrent sessions (other hosts) that wrote the same new content each stored it; the
+        index names one copy, so the others are found only by what the pack weighs."""
+        seal = OVERHEAD if getattr(self.repo, "key", None) is not None else 0
+        known: dict[str, int] = getattr(self.repo, "pack_sizes", {})  # a pack's name fixes its size
+        known.update({p: n for p, n in (sizes or {}).items() if n})  # sizes a listing gave
+        todo = sorted(packs & set(by_pack))
+        missing = [p for p in todo if p not in known]
+        if missing:
+            with ThreadPoolExecutor(STAT_WORKERS, thread_name_prefix="gc-stat") as pool:  # a round trip each
+                for p, size in zip(missing, pool.map(self._size, missing), strict=True):
+                    if size:
+                        known[p] = size
+        out = []
+        for p in todo:
+            entries = by_pack[p]
+            size = known.get(p, 0)
+            kept = sum(e.stored_len for e in entries if e.id in live)
+            frame = len(HEADER) + FOOTER.size + seal + ENTRY.size * len(entries)
+            if size and (size - frame - kept) / size > REWRITE_DEAD_FRACTION:
+                out.append(p)
+        return out
 
     def _rewrite(self, packs: list[str], by_pack: dict[str, list[PackEntry]], live: set[bytes]) -> None:
         if not packs:

@@ -72,7 +72,7 @@ class BackupSession:
         # The caller may have decided the base already (the daemon does, once, inside the
         # window, so that its change hint and the base belong together): use it as given.
         self.level, self.base, self.note = decision if decision is not None else \
-            self.repo.choose_base(req.source, req.level)
+            self.repo.choose_base(req.source, req.level, req.hostname or socket.gethostname())
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
             req = replace(req, changes=None)
         self.req = replace(req, level=self.level)

@@ -1,9 +1,19 @@
 """Killing the object store (SIGKILL of SeaweedFS) in the middle of a backup: the backup fails
 with one clear line, and once the store is back on the same data directory nothing
-half-written is visible, the earlier set restores, check passes and the next backup succeeds."""
+half-written is visible, the earlier set restores, check passes and the next backup succeeds.
+
+Twice: in the store (a pack upload in flight when the store dies, every pack the store shows
+compared with the bytes sent for it), and through the real daemon and client with the daemon's
+own retry settings (the set fails, the daemon stays up and reports it, and the lock the failed
+backup could not release while the store was down does not hold up garbage collection)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -11,6 +21,7 @@ import pytest
 from cairn.errors import CairnError
 from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.repository import Repository
+from s3daemons import Host, s3_repository
 from s3server import WeedServer
 from storekit import backup, differences, make_tree, restore_and_compare, snapshot, write_random
 
@@ -84,3 +95,90 @@ def test_store_killed_during_a_backup(tmp_path, rng):
         assert reopened.check(read_data=True).ok
     finally:
         server.stop()
+
+
+def _keys(server: WeedServer, prefix: str) -> dict[str, int]:
+    """Every object under `prefix` with its size, read straight from the store."""
+    client = server.client()
+    out: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", ()):
+            out[obj["Key"][len(prefix) + 1:]] = obj["Size"]
+    return out
+
+
+@pytest.mark.slow
+def test_store_killed_during_a_daemon_backup(tmp_path, rng):
+    """The same through the real daemon and client, with the daemon's own retry settings: the
+    store is SIGKILLed once the backup's first new pack is in it. `cairn backup` fails with one
+    line, the daemon stays up and its status names the failure; once the store is back on the
+    same data, the failed backup left no set and nothing the index names that is not whole,
+    verify --read-data is clean, the next backup succeeds and restores identical, and a prune
+    leaves nothing of the failed backup behind."""
+    rundir = tempfile.mkdtemp(prefix="cairn-kill-", dir="/tmp")  # short: socket paths are limited
+    server = WeedServer(tmp_path / "weed").start()
+    host = None
+    try:
+        passphrase = os.path.join(rundir, "repo.pass")
+        with open(passphrase, "w") as f:
+            f.write("killed store\n")
+        prefix = "killed-daemon"
+        src = os.path.join(rundir, "src")
+        make_tree(src, rng, files=10, max_size=128 * 1024)
+        host = Host(rundir, "solo", s3_repository(server, server.credentials_file(), prefix, passphrase),
+                    {"data": src})
+        host.init()
+        host.start()
+        first = json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
+        packs_before = {k for k in _keys(server, prefix) if k.startswith("packs/")}
+        os.makedirs(os.path.join(src, "big"))
+        for i in range(8):  # three 16 MiB packs: the backup is still running when the store dies
+            write_random(os.path.join(src, "big", f"b{i}.bin"), 6 * MIB, rng)
+
+        outcome: dict[str, object] = {}
+
+        def run_backup() -> None:
+            started = time.monotonic()
+            outcome["result"] = host.cli("backup", "--level", "incremental", timeout=300)
+            outcome["seconds"] = time.monotonic() - started
+
+        backup_thread = threading.Thread(target=run_backup)
+        backup_thread.start()
+        deadline = time.monotonic() + 120
+        while not {k for k in _keys(server, prefix) if k.startswith("packs/")} - packs_before:
+            assert backup_thread.is_alive(), f"the backup ended before it stored a pack: {outcome}"
+            assert time.monotonic() < deadline, "the backup stored no pack in time"
+            time.sleep(0.02)
+        server.kill()
+        backup_thread.join(300)
+        result = outcome["result"]
+        assert isinstance(result, subprocess.CompletedProcess)
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("cairn: error:")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "unreachable" in errors[0] or "unable to" in errors[0], errors[0]
+        assert outcome["seconds"] < 180
+        assert host.proc is not None and host.proc.poll() is None  # the daemon outlives its store
+
+        server.start()  # the same data directory and ports
+        status = host.ok("status")
+        assert "last failure" in status, status
+        assert [s["id"] for s in json.loads(host.ok("--json", "sets"))] == [first]
+        objects = _keys(server, prefix)
+        assert [k for k in objects if k.startswith("sets/")] == [f"sets/{first}"]
+        report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
+        assert report["ok"] and not report["errors"], report
+        second = json.loads(host.ok("--json", "backup", "--level", "incremental", timeout=300))["id"]
+        target = os.path.join(rundir, "restored")
+        host.ok("restore", second, "--target", target, timeout=300)
+        assert differences(snapshot(src), snapshot(target)) == []
+        host.ok("prune")
+        left = _keys(server, prefix)
+        assert not [k for k in left if k.startswith(("locks/", "gc/"))], left  # no lock or marker left over
+        report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
+        assert report["ok"] and not report["errors"] and not report["warnings"], report
+    finally:
+        if host is not None:
+            host.stop()
+        server.stop()
+        shutil.rmtree(rundir, ignore_errors=True)

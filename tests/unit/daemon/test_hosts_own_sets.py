@@ -1,0 +1,41 @@
+"""Skip-if-unchanged and the backstop scan on a repository shared by hosts that use the same
+source name: the set that describes the source is this host's newest, never another host's."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from cairn.daemon.changes.skip import unchanged_since
+
+
+def _set(set_id: str, host: str, level: str = "full") -> SimpleNamespace:
+    return SimpleNamespace(id=set_id, hostname=host, level=level)
+
+
+def _world(sets: list[SimpleNamespace], host: str = "alpha"):
+    config = SimpleNamespace(daemon=SimpleNamespace(skip_unchanged=True, host=host),
+                             sources=[SimpleNamespace(name="data", watch=True, database=None)])
+    tracker = SimpleNamespace(status=lambda source: {"state": "complete", "pending_paths": 0,
+                                                     "oldest_unprotected_age": None})
+    repo = SimpleNamespace(list_sets=lambda source: list(sets))
+    return config, tracker, repo
+
+
+def test_the_newest_set_of_this_host_is_the_one_kept():
+    config, tracker, repo = _world([_set("a1", "alpha"), _set("b1", "beta")])
+    assert unchanged_since(config, tracker, repo, "data", "incremental") == "a1"
+
+
+def test_only_other_hosts_sets_mean_a_set_is_taken():
+    config, tracker, repo = _world([_set("b1", "beta")])
+    assert unchanged_since(config, tracker, repo, "data", "incremental") is None
+
+
+def test_the_backstop_compares_with_this_hosts_newest_set():
+    from cairn.daemon.changes.backstop import Backstop
+
+    sets = [_set("a1", "alpha"), _set("b1", "beta")]
+    repo = SimpleNamespace(list_sets=lambda source: list(sets))
+    backstop = Backstop(repo, None, lambda: [], lambda: 60.0, lambda: set(), host=lambda: "alpha")
+    assert backstop._latest("data").id == "a1"
+    assert Backstop(repo, None, lambda: [], lambda: 60.0, lambda: set(), host=lambda: "gamma")._latest("data") is None

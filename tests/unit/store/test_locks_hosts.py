@@ -1,0 +1,62 @@
+"""Locks of several hosts on one store. A released lock whose object could not be deleted (the
+store was unreachable at that moment) is deleted by the same Locks object the next time it
+lists or takes locks: a garbage collector does not wait 30 minutes for it to go stale. A lock
+is judged by whether its pid is alive only in the pid space that wrote it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from cairn.store.content.locks import Locks
+from cairn.store.storage.backend import MemoryBackend
+from cairn.store.storage.faults import FaultyBackend
+
+
+def test_a_lock_left_by_a_failed_release_is_deleted_at_the_next_listing():
+    inner = MemoryBackend()
+    faulty = FaultyBackend(inner, fail_at=1, mode="fail", kind="locks", ops=("delete",))
+    locks = Locks(faulty)
+    with locks.hold("backup of source 'data'"):
+        pass
+    assert faulty.fired and len(list(inner.list("locks"))) == 1  # the release could not delete it
+    collector = Locks(inner)
+    assert len(collector.others()) == 1  # live for others until it goes stale: not theirs to judge
+    assert locks.others() == []  # its own process deletes it
+    assert list(inner.list("locks")) == [] and locks.leftover == set()
+
+
+def test_a_leftover_that_still_cannot_be_deleted_is_tried_again():
+    inner = MemoryBackend()
+    faulty = FaultyBackend(inner, fail_at=1, mode="fail-from", kind="locks", ops=("delete",))
+    locks = Locks(faulty)
+    with locks.hold("backup of source 'data'"):
+        pass
+    locks.remove_leftovers()  # still failing: kept for the next try
+    assert len(locks.leftover) == 1 and len(list(inner.list("locks"))) == 1
+    faulty.stopped = faulty.fired = False
+    faulty.mode = "fail"  # the store answers again
+    faulty.fail_at = None
+    with locks.hold("backup of source 'data'"):  # taking a lock sweeps first
+        assert len(list(inner.list("locks"))) == 1
+    assert list(inner.list("locks")) == [] and locks.leftover == set()
+
+
+def test_a_dead_pid_counts_only_in_the_same_pid_space():
+    """Two machines (or containers) with the same host name: a pid written by the other is not
+    looked up here, so its live lock is not broken (only the 30-minute staleness applies)."""
+    inner = MemoryBackend()
+    locks = Locks(inner)
+    assert locks.pid_space  # Linux: boot id and pid namespace
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    doc = {"host": locks.host, "pid": dead.pid, "exclusive": False, "purpose": "backup", "time": time.time()}
+    assert not locks.stale({**doc, "pid_space": "another-boot/pid:[1]"})
+    assert locks.stale({**doc, "pid_space": locks.pid_space})
+    assert locks.stale(doc)  # written before pid spaces were recorded: the host name decides, as before
+    assert locks.stale({**doc, "pid_space": "another-boot/pid:[1]", "time": time.time() - 31 * 60})
+    with locks.hold("backup of source 'data'"):
+        held = json.loads(inner.get("locks", next(iter(inner.list("locks")))))
+    assert held["pid_space"] == locks.pid_space and held["pid"] == os.getpid()
