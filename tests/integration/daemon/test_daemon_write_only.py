@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 
 from cairnd_harness import CAIRND, env_for, snapshot
 
@@ -25,6 +26,10 @@ def _tree(root: str, seed: int) -> None:
             f.write(os.urandom(3000) + f"secret-{MARK}-{seed}-{i}".encode() + os.urandom(3000))
     with open(os.path.join(root, f"big-{MARK}.bin"), "wb") as f:
         f.write(os.urandom(900_000) + MARK.encode() * 4)
+    old = time.time() - 3600  # written long before any set: not "racy" however fast the sets follow
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            os.utime(os.path.join(dirpath, name), (old, old))
 
 
 def _config(tmp_path, name: str, repo: str, src: str, secret: str, host: str) -> tuple[str, str]:

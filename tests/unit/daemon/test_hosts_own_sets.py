@@ -15,8 +15,8 @@ def _set(set_id: str, host: str, level: str = "full") -> SimpleNamespace:
 def _world(sets: list[SimpleNamespace], host: str = "alpha"):
     config = SimpleNamespace(daemon=SimpleNamespace(skip_unchanged=True, host=host),
                              sources=[SimpleNamespace(name="data", watch=True, database=None)])
-    tracker = SimpleNamespace(status=lambda source: {"state": "complete", "pending_paths": 0,
-                                                     "oldest_unprotected_age": None})
+    tracker = SimpleNamespace(status=lambda source: SimpleNamespace(state="complete", pending_paths=0,
+                                                                    oldest_unprotected_age=None))
     repo = SimpleNamespace(list_sets=lambda source: list(sets))
     return config, tracker, repo
 
