@@ -36,7 +36,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Every key the file may hold, per table; the loaders below read exactly these.
 S3_KEYS = ("endpoint", "region", "path_style", "credentials_file")  # only with an s3:// path
-REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "gc_grace", "wal_keep", "passphrase_file", "key_file")
+REPOSITORY_KEYS = ("path", *S3_KEYS, "gc", "gc_grace", "wal_keep", "passphrase_file", "key_file", "uploads",
+                   "cache_size")
+MAX_UPLOADS = 64
 DAEMON_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
     "metrics", "read_only", "shutdown_timeout", "backstop_interval", "max_watches", "log_level",
@@ -79,6 +81,8 @@ class RepositoryConfig:
     gc_grace: float | None = None  # seconds a pack marked by garbage collection waits (None: store default)
     passphrase_file: str | None = None  # what opens an encrypted (format 2) repository;
     key_file: str | None = None  # with both, the passphrase is tried first
+    uploads: int | None = None  # pack uploads in flight per backup (None: the backend's default)
+    cache_size: int | None = None  # bytes of index/tree/set objects cached in the state dir (None: default)
 
     def s3_options(self) -> S3Options | None:
         """The object-store options, None when none was given."""
@@ -420,7 +424,12 @@ class _Loader:
         location = self.repository_location(table) or RepositoryConfig(
             path=self.path("repository.path", table.get("path"), required=True))
         gc_grace = table.get("gc_grace")
-        return replace(location, gc=gc,
+        uploads = self.positive_int("repository.uploads", table.get("uploads"))
+        if uploads is not None and uploads > MAX_UPLOADS:
+            raise self.fail("repository.uploads", f"expected at most {MAX_UPLOADS}, got {uploads}")
+        cache_size = table.get("cache_size")
+        return replace(location, gc=gc, uploads=uploads,
+                       cache_size=None if cache_size is None else self.byte_size("repository.cache_size", cache_size),
                        gc_grace=None if gc_grace is None else self.duration("repository.gc_grace", gc_grace),
                        wal_keep=None if wal_keep is None else self.duration("repository.wal_keep", wal_keep),
                        passphrase_file=passphrase_file, key_file=key_file)
@@ -742,6 +751,17 @@ class _Loader:
         if not isinstance(value, bool):
             raise self.fail(key, f"expected true or false, got {_show(value)}")
         return value
+
+    def byte_size(self, key: str, value: Any) -> int:
+        """A size: a non-negative integer of bytes or a string like "512MiB", "2GiB", "100MB"
+        (0 turns the cache off)."""
+        units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value) if isinstance(value, str) else None
+        if m is None or m.group(2).upper() not in units:
+            raise self.fail(key, f"expected a size like \"512MiB\" or a number of bytes, got {_show(value)}")
+        return int(m.group(1)) * units[m.group(2).upper()]
 
     def positive_int(self, key: str, value: Any) -> int | None:
         if value is None:

@@ -159,6 +159,7 @@ class Daemon:
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only)
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/prune.py)
+        self.repo.uploads = cfg.repository.uploads  # pack uploads in flight per backup (None: backend's default)
         self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
@@ -301,6 +302,7 @@ class Daemon:
         self.config = new
         if self.repo is not None:
             self.repo.gc_grace = new.repository.gc_grace
+            self.repo.uploads = new.repository.uploads
         self.service.reload(new)
         if self.metrics is not None:
             self.metrics.set_rpos({s.name: s.rpo for s in new.sources if s.rpo})

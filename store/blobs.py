@@ -12,7 +12,12 @@ What always holds:
   against without writing them are remembered in `deduped`, for the check before commit;
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
-- at most `max_pending` packs are in memory waiting for upload (bounded memory).
+- at most `max_pending` packs are in memory waiting for upload (bounded memory), and at most
+  `uploads` packs are being uploaded at once (several PUTs in flight for object stores);
+- an index file names only packs whose upload the backend acknowledged (put returned and the
+  size was checked), and `finish` returns only after every upload of the session was
+  acknowledged; the first failed upload fails the session (every later `put` and `finish`
+  raise it), so nothing is committed on top of a pack that may not be durable.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import blake3
 import zstandard
 
 from .backend import Backend
-from .errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from .errors import AbortedError, BackendError, CorruptionError, InvalidArgumentError, NotFoundError, short
 from .index import Index, encode_index
 from .memory import release_free_memory
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
@@ -175,16 +180,20 @@ class KnownBlobs(Protocol):
 
 
 class BlobWriter:
-    """One write session: dedups against the index, fills packs, uploads them in a thread.
+    """One write session: dedups against the index, fills packs, uploads them from a bounded pool of threads.
 
     Call `put` from any number of threads, then `finish()` which flushes, waits for every
     upload and writes the index file naming the new packs. `abort()` stops without an index.
+    Full packs are uploaded by `uploads` threads (a bounded pool), so the producers do not wait
+    for each PUT.
     """
 
     def __init__(self, backend: Backend, index: Index | KnownBlobs, *, pack_size: int, level: int,
                  max_pending: int = 1, index_every: int = 32,
                  publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None,
-                 key: RepoKey | None = None) -> None:
+                 key: RepoKey | None = None, uploads: int = 1) -> None:
+        if uploads < 1:
+            raise InvalidArgumentError(f"invalid uploads {uploads}: expected at least 1")
         self.backend = backend
         self.key = key
         self.blob_id = key.blob_id if key is not None else blob_id
@@ -205,13 +214,17 @@ class BlobWriter:
         self._spare: list[bytearray] = []  # buffers of uploaded packs, reused by new builders
         self._spare_cv = threading.Condition()
         self._index_lock = threading.Lock()  # the uploader never takes _lock: it must always progress
-        self._buffers = 1  # pack buffers in existence: at most max_pending + 2 (filling, queued, uploading)
-        self._max_buffers = max_pending + 2
+        self.uploads = uploads
+        self._closing = False  # abort: uploaders stop once the queue is empty
+        self._buffers = 1  # pack buffers in existence: filling, queued, uploading
+        self._max_buffers = max_pending + 1 + uploads
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_written = 0
-        self._uploader = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
-        self._uploader.start()
+        self._uploaders = [threading.Thread(target=self._upload_loop, name=f"pack-upload-{i}", daemon=True)
+                           for i in range(uploads)]
+        for t in self._uploaders:
+            t.start()
 
     def has(self, bid: bytes) -> bool:
         return bid in self.index or bid in self._inflight
@@ -324,7 +337,12 @@ class BlobWriter:
 
     def _upload_loop(self) -> None:
         while True:
-            builder = self._queue.get()
+            try:
+                builder = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._closing:
+                    return
+                continue
             if builder is None:
                 return
             if self._error is not None:
@@ -332,7 +350,8 @@ class BlobWriter:
             try:
                 self._upload(builder)
             except BaseException as e:  # recorded, re-raised in the producer threads
-                self._error = e
+                if self._error is None:
+                    self._error = e
             builder = None  # free the pack's memory while waiting for the next one
 
     def _new_builder(self) -> PackBuilder:
@@ -381,10 +400,16 @@ class BlobWriter:
         self._stop_pool()
         with self._lock:
             last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal)
-        if last.entries:
-            self._enqueue(last)
-        self._queue.put(None)
-        self._uploader.join()
+        try:
+            if last.entries:
+                self._enqueue(last)
+            for _ in self._uploaders:
+                self._enqueue(None)  # one end mark per uploader, after every pack
+        except BaseException:
+            self.abort()
+            raise
+        for t in self._uploaders:
+            t.join()  # every upload of the session has been answered (or failed) now
         self._raise_if_failed()
         self._write_index()
 
@@ -393,16 +418,14 @@ class BlobWriter:
         if self._error is None:  # first, so a producer waiting for a pack buffer gives up
             self._error = AbortedError("write session aborted")
         self._stop_pool()
-        while True:
+        self._closing = True
+        while True:  # packs not started are dropped; uploads in progress end by themselves
             try:
-                self._queue.put_nowait(None)
+                self._queue.get_nowait()
+            except queue.Empty:
                 break
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-        self._uploader.join(timeout=60)
+        for t in self._uploaders:
+            t.join(timeout=60)
 
 
 ProgressHook = Callable[[int], None]

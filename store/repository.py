@@ -103,6 +103,7 @@ class Repository:
         self.markers: list[prunemod.Marker] = []  # gc markers as read with the index
         self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
         self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
+        self.uploads: int | None = None  # pack uploads in flight per write session (None: the backend's default)
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -357,11 +358,19 @@ class Repository:
             self._publish(name, packs)
 
         writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
-                            level=self.config.compression_level, publish=publish, key=self.key)
+                            level=self.config.compression_level, publish=publish, key=self.key,
+                            uploads=self.upload_slots())
         writer.own_blobs = own  # type: ignore[attr-defined]
         writer.rescued = {}  # type: ignore[attr-defined]
         writer.own_files = files  # type: ignore[attr-defined]
         return writer
+
+    def upload_slots(self) -> int:
+        """Pack uploads a write session keeps in flight: `uploads` when set, else the backend's
+        `default_uploads` (an object store gains from several PUTs at once), else 1."""
+        if self.uploads is not None:
+            return max(1, int(self.uploads))
+        return max(1, int(getattr(self.backend, "default_uploads", 1) or 1))
 
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
         """Before a write session commits: refresh the index (and gc markers) and make sure
