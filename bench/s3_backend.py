@@ -63,10 +63,19 @@ class Daemon:
         self.logdir.mkdir(parents=True, exist_ok=True)
         state = fresh_dir(work / f"{name}-state")
         self.config = work / f"{name}.toml"
-        self.config.write_text(f"[repository]\n{repository}\n[daemon]\nsocket = \"{self.socket}\"\n"
+        passphrase = work / "bench.pass"
+        passphrase.write_text("bench passphrase\n")
+        self.config.write_text(f"[repository]\n{repository}passphrase_file = \"{passphrase}\"\n[daemon]\nsocket = \"{self.socket}\"\n"
                                f"state_dir = \"{state}\"\n\n[[source]]\nname = \"bench\"\npaths = [\"{source}\"]\n"
                                "watch = false\n")
         self.proc: subprocess.Popen | None = None
+
+    def init(self) -> None:
+        """Create the (encrypted) repository, as an operator does once: `cairnd --init`."""
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        env.update(self.env)
+        subprocess.run([CAIRND, "--config", str(self.config), "--init"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout: float = 120) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
@@ -99,6 +108,7 @@ def settle() -> None:
 def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict[str, str], run: int,
                 verify: bool) -> tuple[float, float, bool | None]:
     d = Daemon(work, f"{label}-{run}", corpus, repository, env)
+    d.init()
     d.start()
     try:
         warm(corpus)

@@ -157,7 +157,8 @@ class Daemon:
         path = cfg.repository.path
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
-        self.repo = open_repository(cfg.repository, read_only=read_only)
+        self.repo = open_repository(cfg.repository, read_only=read_only,
+                                    cache_dir=os.path.join(cfg.daemon.state_dir, "cache"))
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/prune.py)
         self.repo.uploads = cfg.repository.uploads  # pack uploads in flight per backup (None: backend's default)
         self.repo.set_segment_rule(walnames.is_wal_file_name)  # the store is given PostgreSQL's rule

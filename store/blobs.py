@@ -34,7 +34,7 @@ import zstandard
 
 from .backend import Backend
 from .errors import AbortedError, BackendError, CorruptionError, InvalidArgumentError, NotFoundError, short
-from .index import Index, encode_index
+from .index import Index, Location, encode_index
 from .memory import release_free_memory
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, PackBuilder, PackEntry
 
@@ -119,6 +119,11 @@ class BlobReader:
     def read(self, bid: bytes, *, verify: bool = True) -> bytes:
         """The plaintext of blob `bid`, checked against its id (unless `verify` is off, which
         only delta references use: the delta's own check covers its reference)."""
+        loc, stored = self.read_stored(bid)
+        return self.decode_stored(bid, loc.pack, loc.codec, loc.raw_len, stored, verify=verify)
+
+    def read_stored(self, bid: bytes) -> tuple[Location, bytes]:
+        """(location, stored bytes as the pack holds them: compressed, sealed when encrypted)."""
         loc = self.index.get(bid)
         if loc is None:
             raise NotFoundError(f"blob '{short(bid.hex())}' is not in the index")
@@ -128,18 +133,23 @@ class BlobReader:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': pack is missing") from None
         if len(stored) != loc.stored_len:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
-        stored = self.unseal(loc.pack, bid, stored)
-        ref_data = self._reference(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
+        return loc, stored
+
+    def decode_stored(self, bid: bytes, pack: str, codec: int, raw_len: int, stored: bytes, *,
+                      verify: bool = True) -> bytes:
+        """The plaintext of blob `bid` from its stored bytes: opened, decompressed and checked
+        against its id (CorruptionError naming `pack` when any step fails)."""
+        stored = self.unseal(pack, bid, stored)
+        ref_data = self._reference(pack, bid, stored) if codec == CODEC_ZSTD_REF else None
         try:
-            data = decode_blob(stored, loc.codec, loc.raw_len, ref_data)
+            data = decode_blob(stored, codec, raw_len, ref_data)
         except zstandard.ZstdError:
-            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': blob "
+            raise CorruptionError(f"unable to read pack '{short(pack)}': blob "
                                   f"'{short(bid.hex())}' does not decompress") from None
-        if len(data) != loc.raw_len or (verify and self.blob_id(data) != bid):
-            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': checksum mismatch "
+        if len(data) != raw_len or (verify and self.blob_id(data) != bid):
+            raise CorruptionError(f"unable to read pack '{short(pack)}': checksum mismatch "
                                   f"in blob '{short(bid.hex())}'")
         return data
-
 
     def _reference(self, pack: str, bid: bytes, stored: bytes) -> bytes:
         """The plaintext of the blob a delta blob was compressed against (never itself a delta)."""

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
@@ -39,6 +40,8 @@ from . import prune as prunemod
 from . import wal as walmod
 from .backend import Backend, LocalBackend
 from .blobs import BlobReader, BlobWriter
+from .cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
+from .cache import ObjectCache
 from .errors import (
     CorruptionError,
     FailedPreconditionError,
@@ -63,7 +66,7 @@ from .model import (
     TreeEntry,
     check_level,
 )
-from .packs import TYPE_DATA, PackEntry
+from .packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .session import BackupSession
@@ -71,6 +74,7 @@ from .sets import decode_set, resolve
 from .trees import Entry, decode_tree
 
 ProgressFn = Callable[[Progress], None]
+T = TypeVar("T")
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
@@ -83,8 +87,9 @@ class Repository:
     """A Cairn repository on a Backend."""
 
     def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False,
-                 key: crypto.RepoKey | None = None, key_id: str = "") -> None:
+                 key: crypto.RepoKey | None = None, key_id: str = "", cache: ObjectCache | None = None) -> None:
         limit_arenas()
+        self.cache = cache  # local copies of index files, set objects and trees (store/cache.py)
         self.key = key
         self.key_id = key_id  # the key object this handle was opened with (format 2)
         self.raw_backend = backend  # as given: key objects live here, unsealed
@@ -141,9 +146,12 @@ class Repository:
 
     @classmethod
     def open(cls, backend: Backend, *, read_only: bool = False,
-             secret: crypto.Secret | None = None) -> Repository:
+             secret: crypto.Secret | None = None, cache_dir: str | None = None,
+             cache_size: int | None = None) -> Repository:
         """Open a repository. Format 2 needs `secret` (WrongKeyError without it or when it
-        opens no key); format 1 ignores it."""
+        opens no key); format 1 ignores it. With `cache_dir`, index files, set objects and
+        trees are kept in `<cache_dir>/<repository id>` (at most `cache_size` bytes) and read
+        from there, verified, instead of from the backend (store/cache.py)."""
         try:
             data = backend.get("config", "config")
         except NotFoundError:
@@ -162,7 +170,11 @@ class Repository:
         elif config.version == PLAINTEXT_VERSION and config.encryption is not None:
             raise CorruptionError(f"unable to read the config of repository '{backend.location()}': "
                                   "format 1 cannot be encrypted")
-        repo = cls(backend, config, read_only=read_only, key=key, key_id=key_id)
+        cache = None
+        if cache_dir and cache_size != 0:
+            cache = ObjectCache(os.path.join(cache_dir, config.id),
+                                DEFAULT_CACHE_BYTES if cache_size is None else cache_size)
+        repo = cls(backend, config, read_only=read_only, key=key, key_id=key_id, cache=cache)
         if not read_only:
             repo.sweep_temp()
         return repo
@@ -266,7 +278,7 @@ class Repository:
                 return
             for name in sorted(names - self._index_files):
                 try:
-                    packs = decode_index(name, self.backend.get("index", name))
+                    packs = self._read_object("index", name, decode_index)
                 except NotFoundError:  # deleted since the listing: a prune ran, start over
                     self._load_all()
                     return
@@ -299,9 +311,12 @@ class Repository:
             for _attempt in range(LOAD_TRIES):
                 index, problems, loaded = Index(), [], set()
                 vanished = False
-                for name in list(self.backend.list("index")):
+                listed = list(self.backend.list("index"))
+                if self.cache is not None:
+                    self.cache.keep_only("index", set(listed))  # what prune deleted is never served
+                for name in listed:
                     try:
-                        for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                        for pack, entries in self._read_object("index", name, decode_index).items():
                             self._add_pack(index, pack, entries)
                         loaded.add(name)
                     except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
@@ -322,6 +337,35 @@ class Repository:
         finally:
             with self._index_mutex:
                 self._recording = None
+
+    def _read_object(self, kind: str, name: str, decode: Callable[[str, bytes], T]) -> T:
+        """Object `name` of `kind` ("index" or "sets"), decoded and verified by `decode`.
+
+        With a cache, its copy is used when it verifies (sealed bytes are opened, the content
+        hashed against the name by `decode`); a copy that does not is dropped and the object
+        fetched again, never trusted. Callers only ask for names the backend lists now."""
+        cache = self.cache
+        if cache is not None:
+            stored = cache.get(kind, name)
+            if stored is not None:
+                try:
+                    return decode(name, self._open_object(kind, name, stored))
+                except CorruptionError:
+                    cache.drop(kind, name)
+            stored = self.raw_backend.get(kind, name) if self.key is not None else self.backend.get(kind, name)
+            value = decode(name, self._open_object(kind, name, stored))
+            cache.put(kind, name, stored)
+            return value
+        return decode(name, self.backend.get(kind, name))
+
+    def remember(self, kind: str, name: str, data: bytes) -> None:
+        """Keep an object this handle just wrote (plaintext `data`, sealed here as stored) in
+        the cache, so the next reader does not fetch it back."""
+        if self.cache is not None:
+            self.cache.put(kind, name, self.key.seal_object(kind, name, data) if self.key is not None else data)
+
+    def _open_object(self, kind: str, name: str, stored: bytes) -> bytes:
+        return self.key.open_object(kind, name, stored) if self.key is not None else stored
 
     def _publish(self, name: str, packs: dict[str, list[PackEntry]]) -> None:
         """A write session's index file `name` is durable: its blobs join the current index."""
@@ -356,6 +400,10 @@ class Repository:
                     own[e.id] = pack
             files[name] = packs
             self._publish(name, packs)
+            if self.cache is not None:
+                same, data = encode_index(packs)  # encoding is canonical: the file's own bytes
+                if same == name:
+                    self.remember("index", name, data)
 
         writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
                             level=self.config.compression_level, publish=publish, key=self.key,
@@ -473,21 +521,45 @@ class Repository:
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
-        entries = decode_tree(tree_id, self.reader.read(tree_id))
+        entries = decode_tree(tree_id, self._read_tree(tree_id))
         with self._tree_lock:
             self._trees[tree_id] = entries
             if len(self._trees) > TREE_CACHE:
                 self._trees.popitem(last=False)
         return entries
 
+    def _read_tree(self, tree_id: bytes) -> bytes:
+        """The plaintext of tree blob `tree_id`; with a cache, from its verified copy there
+        (kept as stored: codec u8, raw_len u32, then the compressed and sealed bytes)."""
+        cache = self.cache
+        if cache is None:
+            return self.reader.read(tree_id)
+        name = tree_id.hex()
+        kept = cache.get("trees", name)
+        if kept is not None and len(kept) >= 5:
+            try:
+                return self.reader.decode_stored(tree_id, "cache", kept[0], int.from_bytes(kept[1:5], "little"),
+                                                 kept[5:])
+            except CorruptionError:
+                pass
+        if kept is not None:
+            cache.drop("trees", name)
+        loc, stored = self.reader.read_stored(tree_id)
+        data = self.reader.decode_stored(tree_id, loc.pack, loc.codec, loc.raw_len, stored)
+        if loc.codec != CODEC_ZSTD_REF:
+            cache.put("trees", name, bytes([loc.codec]) + loc.raw_len.to_bytes(4, "little") + bytes(stored))
+        return data
+
     def list_sets(self, source: str | None = None) -> list[BackupSet]:
         names = set(self.backend.list("sets"))
+        if self.cache is not None:
+            self.cache.keep_only("sets", names)  # forgotten sets are never served
         with self._sets_lock:
             for gone in set(self._sets) - names:
                 del self._sets[gone]
             for name in names - set(self._sets):
                 try:
-                    self._sets[name] = decode_set(name, self.backend.get("sets", name))
+                    self._sets[name] = self._read_object("sets", name, decode_set)
                 except (CorruptionError, NotFoundError):
                     continue
             sets = list(self._sets.values())
