@@ -12,8 +12,10 @@ Per run, interleaved so background load hits every contestant alike:
 - restic on `s3:<endpoint>/bucket/<fresh prefix>` (if installed): `init`, `backup`,
   `restore latest`.
 Reported: medians of MB/s (MB = 10^6 bytes of corpus) and the ratios S3/local and
-Cairn-on-S3/restic-on-S3. Cairn uploads packs from one thread today (store/blobs.py), so the S3
-figures show what a single stream of PUTs reaches.
+Cairn-on-S3/restic-on-S3. Both Cairn repositories are encrypted (format 2, created with
+`cairnd --init` and a passphrase file), as restic's always are; Cairn on S3 keeps its default
+of 4 pack uploads in flight. The load average is printed at the start and the end: the figures
+only compare within one invocation.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class Daemon:
         self.config = work / f"{name}.toml"
         passphrase = work / "bench.pass"
         passphrase.write_text("bench passphrase\n")
-        self.config.write_text(f"[repository]\n{repository}passphrase_file = \"{passphrase}\"\n[daemon]\nsocket = \"{self.socket}\"\n"
+        self.config.write_text(f"[repository]\n{repository}passphrase_file = \"{passphrase}\"\n"
+                               f"[daemon]\nsocket = \"{self.socket}\"\n"
                                f"state_dir = \"{state}\"\n\n[[source]]\nname = \"bench\"\npaths = [\"{source}\"]\n"
                                "watch = false\n")
         self.proc: subprocess.Popen | None = None
@@ -176,7 +179,9 @@ def main() -> int:
     times: dict[str, dict[str, list[float]]] = {}
     verified: dict[str, list[bool | None]] = {}
     with WeedServer(weed_dir) as weed:
-        print(f"SeaweedFS at {weed.endpoint}; corpus {files} files, {size / MB:.0f} MB", flush=True)
+        load = os.getloadavg()
+        print(f"SeaweedFS at {weed.endpoint}; corpus {files} files, {size / MB:.0f} MB; load average at the "
+              f"start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs", flush=True)
         for run in range(args.runs):
             contestants = {
                 "cairn-local": lambda run=run: bench_cairn(

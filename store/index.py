@@ -37,7 +37,7 @@ REC = struct.Struct("<32sIIIIB")  # one blob in memory: id, pack_no, offset, sto
 VAL = struct.Struct("<IIIIB")  # the record without its id
 RSIZE = REC.size  # 49
 IDLEN = 32
-BUCKET_TARGET = 24  # average records per bucket before the table doubles
+BUCKET_TARGET = 24  # average records per bucket before the table grows (4x)
 
 
 def _slot(bid: bytes, bits: int) -> int:
