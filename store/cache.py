@@ -24,12 +24,14 @@ objects from an object store again. What always holds:
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import uuid
 from collections import OrderedDict
 
 KINDS = ("index", "sets", "trees")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+LATER_QUEUE = 512  # objects waiting for the background writer; more are not cached
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -50,6 +52,8 @@ class ObjectCache:
         self.hits = 0
         self.misses = 0
         self.dropped = 0
+        self._later: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(LATER_QUEUE)
+        self._writer: threading.Thread | None = None
         self._scan()
 
     def _path(self, kind: str, name: str) -> str:
@@ -136,6 +140,33 @@ class ObjectCache:
             self._entries[key] = len(data)
             self.total += len(data)
             self._evict()
+
+    def put_later(self, kind: str, name: str, data: bytes) -> None:
+        """`put` in a background thread, so a reader (a restore walking every tree) does not
+        wait for the cache's file writes; when the writer falls behind the object is not kept."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
+                self._writer.start()
+        try:
+            self._later.put_nowait((kind, name, data))
+        except queue.Full:
+            pass
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._later.get()
+            if item is None:
+                return
+            self.put(*item)
+
+    def close(self) -> None:
+        """Finish the background writes."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._later.put(None)
+            writer.join()
 
     def drop(self, kind: str, name: str) -> None:
         """Forget an object (it failed verification, or the repository no longer lists it)."""

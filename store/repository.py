@@ -380,6 +380,8 @@ class Repository:
     def close(self) -> None:
         with self._tree_lock:
             self._trees.clear()
+        if self.cache is not None:
+            self.cache.close()
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
@@ -547,7 +549,7 @@ class Repository:
         loc, stored = self.reader.read_stored(tree_id)
         data = self.reader.decode_stored(tree_id, loc.pack, loc.codec, loc.raw_len, stored)
         if loc.codec != CODEC_ZSTD_REF:
-            cache.put("trees", name, bytes([loc.codec]) + loc.raw_len.to_bytes(4, "little") + bytes(stored))
+            cache.put_later("trees", name, bytes([loc.codec]) + loc.raw_len.to_bytes(4, "little") + bytes(stored))
         return data
 
     def list_sets(self, source: str | None = None) -> list[BackupSet]:
