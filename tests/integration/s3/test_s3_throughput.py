@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import subprocess
+import tempfile
 
 import pytest
 from cairn.store.crypto import Secret
@@ -17,6 +20,7 @@ from cairn.store.repoconfig import RepoConfig
 from cairn.store.repository import Repository
 from s3faults import FaultProxy
 from storekit import restore_and_compare
+from test_s3_daemon import CAIRND, cli, config, env, start, stop
 
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 
@@ -112,3 +116,43 @@ def test_a_failed_pack_upload_fails_the_set_and_commits_nothing(faulty, tmp_path
     # the store is fine again: the next set is complete
     s = repo.backup(BackupRequest(source="s", paths=(str(src),)))
     restore_and_compare(repo, s, src, tmp_path / "out")
+
+
+def test_cairnd_restarted_serves_sets_and_ls_from_its_cache(weed, proxied):
+    """Through the real daemon and client: after a restart on the same state directory,
+    `cairn sets` and `cairn ls` fetch no index file, set object or tree from the bucket."""
+    proxy, location, _options = proxied
+    rundir = tempfile.mkdtemp(prefix="cairn-thr-", dir="/tmp")  # short: socket paths are limited
+    src = os.path.join(rundir, "src")
+    os.makedirs(src)
+    for i in range(12):
+        os.makedirs(os.path.join(src, f"d{i % 3}"), exist_ok=True)
+        with open(os.path.join(src, f"d{i % 3}", f"f{i}"), "wb") as f:
+            f.write(os.urandom(50_000))
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("pw\n")
+    repo = (f'path = "{location}"\nendpoint = "{proxy.endpoint}"\nregion = "us-east-1"\n'
+            f'credentials_file = "{weed.credentials_file()}"\npassphrase_file = "{passphrase}"\n')
+    cfg = config(rundir, repo, src)
+    assert subprocess.run([CAIRND, "--config", cfg, "--init"], capture_output=True, env=env(),
+                          timeout=60).returncode == 0
+    proc = start(rundir, cfg)
+    try:
+        assert cli(rundir, "backup", "--level", "full").returncode == 0
+        assert cli(rundir, "ls", "latest", "d1").returncode == 0
+    finally:
+        stop(proc)
+    assert os.listdir(os.path.join(rundir, "state", "cache"))  # the cache lives in the state directory
+    proxy.requests.clear()
+    proc = start(rundir, cfg)  # start-up itself (the index load) reads through the cache too
+    try:
+        sets = cli(rundir, "sets")
+        listing = cli(rundir, "ls", "latest", "d1")
+        assert sets.returncode == 0 and listing.returncode == 0, sets.stderr + listing.stderr
+        assert "f1" in listing.stdout
+        assert object_gets(proxy, "index") == 0 and object_gets(proxy, "sets") == 0
+        assert object_gets(proxy, "packs") == 0
+    finally:
+        stop(proc)
+        shutil.rmtree(rundir, ignore_errors=True)
