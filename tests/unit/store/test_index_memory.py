@@ -1,5 +1,6 @@
 """The in-memory index stays small: at most 64 bytes per blob, shown with 2 million blobs
-(what tracemalloc sees the index allocate and keep, and the sizes of the objects it holds),
+(what tracemalloc sees the index allocate and keep, the sizes of the objects it holds, and the
+growth of a fresh process's resident size),
 and it still answers like a dict: newer locations replace older ones, misses are misses."""
 
 from __future__ import annotations
@@ -33,6 +34,39 @@ tracemalloc.stop()
 ok = all(idx.get(e.id).offset == e.offset and idx.get(e.id).raw_len == e.raw_len for e in samples)
 print(len(idx), kept, idx.memory_bytes(), ok)
 """
+
+
+RSS = r"""
+import os, sys
+from cairn.store.index import Index
+from cairn.store.memory import release_free_memory
+from cairn.store.packs import PackEntry
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+N, PER = int(sys.argv[1]), 2000
+release_free_memory()
+before = rss()
+idx = Index()
+for p in range(N // PER):
+    buf = os.urandom(32 * PER)
+    entries = [PackEntry(buf[i * 32:i * 32 + 32], 0, 1, 1000 + i, 900 + i, 8 + i * 900) for i in range(PER)]
+    idx.add_pack(os.urandom(32).hex(), entries)
+    del entries, buf
+release_free_memory()  # what the allocator keeps free is not the index's
+print(len(idx), rss() - before)
+"""
+
+
+@pytest.mark.slow
+def test_two_million_blobs_grow_the_process_by_at_most_64_bytes_each():
+    n = 2_000_000
+    out = subprocess.run([sys.executable, "-c", RSS, str(n)], capture_output=True, text=True, timeout=600,
+                         check=True).stdout.split()
+    assert int(out[0]) == n
+    assert int(out[1]) / n <= 64, f"resident size grew by {int(out[1]) / n:.1f} bytes per blob"
 
 
 @pytest.mark.slow
