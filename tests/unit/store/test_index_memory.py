@@ -1,7 +1,7 @@
-"""The in-memory index stays small: at most 64 bytes per blob, shown with 2 million blobs
-(what tracemalloc sees the index allocate and keep, the sizes of the objects it holds, and the
-growth of a fresh process's resident size),
-and it still answers like a dict: newer locations replace older ones, misses are misses."""
+"""The in-memory index stays small: at most 64 bytes per blob, shown with 2 million blobs (the
+growth of a fresh process's resident size, and the sizes of the objects the index holds) and
+with 50,000 under tracemalloc; and it still answers like a dict: newer locations replace older
+ones, misses are misses, an id is only found at a record's start."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ for p in range(N // PER):
     idx.add_pack(os.urandom(32).hex(), entries)
     del entries, buf
 release_free_memory()  # what the allocator keeps free is not the index's
-print(len(idx), rss() - before)
+print(len(idx), rss() - before, idx.memory_bytes())
 """
 
 
@@ -66,22 +66,12 @@ def test_two_million_blobs_grow_the_process_by_at_most_64_bytes_each():
     out = subprocess.run([sys.executable, "-c", RSS, str(n)], capture_output=True, text=True, timeout=600,
                          check=True).stdout.split()
     assert int(out[0]) == n
+    assert int(out[2]) / n <= 64, f"the index holds {int(out[2]) / n:.1f} bytes per blob"
     assert int(out[1]) / n <= 64, f"resident size grew by {int(out[1]) / n:.1f} bytes per blob"
 
 
-@pytest.mark.slow
-def test_two_million_blobs_take_at_most_64_bytes_each():
-    n = 2_000_000
-    out = subprocess.run([sys.executable, "-c", BUILD, str(n)], capture_output=True, text=True, timeout=600,
-                         check=True).stdout.split()
-    count, grown, held, ok = int(out[0]), int(out[1]), int(out[2]), out[3] == "True"
-    assert count == n and ok
-    assert held / n <= 64, f"index holds {held / n:.1f} bytes per blob"
-    assert grown / n <= 64, f"tracemalloc: the index kept {grown / n:.1f} bytes per blob"
-
-
 def test_small_index_in_a_fresh_process_is_compact_too():
-    """The same measure on 50,000 blobs (fast, runs always)."""
+    """What tracemalloc sees the index keep, on 50,000 blobs (tracing 2 million takes minutes)."""
     n = 50_000
     out = subprocess.run([sys.executable, "-c", BUILD, str(n)], capture_output=True, text=True, timeout=300,
                          check=True).stdout.split()
