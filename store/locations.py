@@ -75,9 +75,12 @@ def _endpoint_from_environment() -> bool:
 
 
 def open_repository(location: str, options: S3Options | None = None, *, create: bool = False,
-                    read_only: bool = False, secret: Secret | None = None) -> Repository:
+                    read_only: bool = False, secret: Secret | None = None, cache_dir: str | None = None,
+                    cache_size: int | None = None) -> Repository:
     """Open the repository at `location` (with `secret` for an encrypted one); with `create`,
-    initialise an empty location first (encrypted under `secret` when given)."""
+    initialise an empty location first (encrypted under `secret` when given). An object-store
+    repository keeps its index files, sets and trees in a local cache under `cache_dir`
+    (store/storage/cache.py; a local repository needs none)."""
     from .repository import Repository  # imported here: repository.py may come to use this module
 
     if not is_s3(location):
@@ -90,7 +93,8 @@ def open_repository(location: str, options: S3Options | None = None, *, create: 
             if create and not any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
                 return Repository.init(backend, secret=secret)
             raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
-        return Repository.open(backend, read_only=read_only, secret=secret)
+        return Repository.open(backend, read_only=read_only, secret=secret, cache_dir=cache_dir,
+                               cache_size=cache_size)
     except BaseException:
         backend.close()
         raise

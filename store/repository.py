@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 from cairn.fsio.records import Record
 from cairn.fsio.writer import TreeWriter
@@ -37,7 +38,7 @@ from .content import crypto
 from .content.blobs import BlobReader, BlobWriter
 from .content.index import Index, decode_index, encode_index
 from .content.locks import Locks
-from .content.packs import TYPE_DATA, PackEntry
+from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .errors import (
     CorruptionError,
@@ -72,8 +73,11 @@ from .snapshots.session import BackupSession
 from .snapshots.sets import decode_set, resolve
 from .snapshots.trees import Entry, decode_tree
 from .storage.backend import Backend, LocalBackend
+from .storage.cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
+from .storage.cache import ObjectCache
 
 ProgressFn = Callable[[Progress], None]
+T = TypeVar("T")
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
@@ -87,8 +91,9 @@ class Repository:
 
     def __init__(self, backend: Backend, config: RepoConfig, *, read_only: bool = False,
                  key: crypto.RepoKey | crypto.WriteOnlyKey | None = None, key_id: str = "",
-                 host_cache: wonly.HostCache | None = None) -> None:
+                 host_cache: wonly.HostCache | None = None, cache: ObjectCache | None = None) -> None:
         limit_arenas()
+        self.cache = cache  # local copies of index files, set objects and trees (store/storage/cache.py)
         self.key = key
         self.key_id = key_id  # the key object this handle was opened with (format 2)
         self.raw_backend = backend  # as given: key objects live here, unsealed
@@ -114,6 +119,7 @@ class Repository:
         self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
         self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
         self.pack_sizes: dict[str, int] = {}  # sizes prune has seen; a pack's name fixes its content
+        self.uploads: int | None = None  # pack uploads in flight per write session (None: the backend's default)
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
@@ -151,9 +157,12 @@ class Repository:
 
     @classmethod
     def open(cls, backend: Backend, *, read_only: bool = False,
-             secret: crypto.Secret | None = None) -> Repository:
+             secret: crypto.Secret | None = None, cache_dir: str | None = None,
+             cache_size: int | None = None) -> Repository:
         """Open a repository. Format 2 needs `secret` (WrongKeyError without it or when it
-        opens no key); format 1 ignores it."""
+        opens no key); format 1 ignores it. With `cache_dir`, index files, set objects and
+        trees are kept in `<cache_dir>/<repository id>` (at most `cache_size` bytes) and read
+        from there, verified, instead of from the backend (store/storage/cache.py)."""
         try:
             data = backend.get("config", "config")
         except NotFoundError:
@@ -171,7 +180,11 @@ class Repository:
         elif config.version == PLAINTEXT_VERSION and config.encryption is not None:
             raise CorruptionError(f"unable to read the config of repository '{backend.location()}': "
                                   "format 1 cannot be encrypted")
-        repo = cls(backend, config, read_only=read_only, key=key, key_id=key_id)
+        cache = None
+        if cache_dir and cache_size != 0:
+            cache = ObjectCache(os.path.join(cache_dir, config.id),
+                                DEFAULT_CACHE_BYTES if cache_size is None else cache_size)
+        repo = cls(backend, config, read_only=read_only, key=key, key_id=key_id, cache=cache)
         if not read_only:
             repo.sweep_temp()
         return repo
@@ -355,7 +368,7 @@ class Repository:
                 return
             for name in sorted(names - self._index_files):
                 try:
-                    packs = decode_index(name, self.backend.get("index", name))
+                    packs = self._read_object("index", name, decode_index)
                 except NotFoundError:  # deleted since the listing: a prune ran, start over
                     self._load_all()
                     return
@@ -388,9 +401,12 @@ class Repository:
             for _attempt in range(LOAD_TRIES):
                 index, problems, loaded = Index(), [], set()
                 vanished = False
-                for name in list(self.backend.list("index")):
+                listed = list(self.backend.list("index"))
+                if self.cache is not None:
+                    self.cache.keep_only("index", set(listed))  # what prune deleted is never served
+                for name in listed:
                     try:
-                        for pack, entries in decode_index(name, self.backend.get("index", name)).items():
+                        for pack, entries in self._read_object("index", name, decode_index).items():
                             self._add_pack(index, pack, entries)
                         loaded.add(name)
                     except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
@@ -412,6 +428,35 @@ class Repository:
             with self._index_mutex:
                 self._recording = None
 
+    def _read_object(self, kind: str, name: str, decode: Callable[[str, bytes], T]) -> T:
+        """Object `name` of `kind` ("index" or "sets"), decoded and verified by `decode`.
+
+        With a cache, its copy is used when it verifies (sealed bytes are opened, the content
+        hashed against the name by `decode`); a copy that does not is dropped and the object
+        fetched again, never trusted. Callers only ask for names the backend lists now."""
+        cache = self.cache
+        if cache is not None:
+            stored = cache.get(kind, name)
+            if stored is not None:
+                try:
+                    return decode(name, self._open_object(kind, name, stored))
+                except CorruptionError:
+                    cache.drop(kind, name)
+            stored = self.raw_backend.get(kind, name) if self.key is not None else self.backend.get(kind, name)
+            value = decode(name, self._open_object(kind, name, stored))
+            cache.put(kind, name, stored)
+            return value
+        return decode(name, self.backend.get(kind, name))
+
+    def remember(self, kind: str, name: str, data: bytes) -> None:
+        """Keep an object this handle just wrote (plaintext `data`, sealed here as stored) in
+        the cache, so the next reader does not fetch it back."""
+        if self.cache is not None:
+            self.cache.put(kind, name, self.key.seal_object(kind, name, data) if self.key is not None else data)
+
+    def _open_object(self, kind: str, name: str, stored: bytes) -> bytes:
+        return self.key.open_object(kind, name, stored) if self.key is not None else stored
+
     def _publish(self, name: str, packs: dict[str, list[PackEntry]]) -> None:
         """A write session's index file `name` is durable: its blobs join the current index."""
         with self._index_mutex:
@@ -425,6 +470,8 @@ class Repository:
     def close(self) -> None:
         with self._tree_lock:
             self._trees.clear()
+        if self.cache is not None:
+            self.cache.close()
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
@@ -448,9 +495,14 @@ class Repository:
                     own[e.id] = pack
             files[name] = packs
             self._publish(name, packs)
+            if self.cache is not None:
+                same, data = encode_index(packs)  # encoding is canonical: the file's own bytes
+                if same == name:
+                    self.remember("index", name, data)
 
         writer = BlobWriter(self.backend, _CurrentIndex(self), pack_size=self.config.pack_size,
-                            level=self.config.compression_level, publish=publish, key=self.key)
+                            level=self.config.compression_level, publish=publish, key=self.key,
+                            uploads=self.upload_slots())
         if self.write_only:  # every tree a session stores or reuses: the base of the next one
             cache = self.host_cache
             writer.on_tree = lambda bid, data: cache.put("trees", bid.hex(), data, durable=False)  # type: ignore
@@ -458,6 +510,13 @@ class Repository:
         writer.rescued = {}  # type: ignore[attr-defined]
         writer.own_files = files  # type: ignore[attr-defined]
         return writer
+
+    def upload_slots(self) -> int:
+        """Pack uploads a write session keeps in flight: `uploads` when set, else the backend's
+        `default_uploads` (an object store gains from several PUTs at once), else 1."""
+        if self.uploads is not None:
+            return max(1, int(self.uploads))
+        return max(1, int(getattr(self.backend, "default_uploads", 1) or 1))
 
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
         """Before a write session commits: refresh the index (and gc markers) and make sure
@@ -577,7 +636,7 @@ class Repository:
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
-        entries = decode_tree(tree_id, self._own_tree(tree_id) if self.write_only else self.read_blob(tree_id))
+        entries = decode_tree(tree_id, self._own_tree(tree_id) if self.write_only else self._read_tree(tree_id))
         with self._tree_lock:
             self._trees[tree_id] = entries
             if len(self._trees) > TREE_CACHE:
@@ -592,16 +651,45 @@ class Repository:
                                            "host's cached trees and the repository key is write-only")
         return data
 
+    def _read_tree(self, tree_id: bytes) -> bytes:
+        """The plaintext of tree blob `tree_id`; with a cache, from its verified copy there (kept
+        as stored: codec u8, raw_len u32, the pack's name (64 ASCII hex digits: a pack sealed to
+        the public key is opened with its header), then the compressed and sealed bytes)."""
+        cache = self.cache
+        if cache is None:
+            return self.read_blob(tree_id)
+        name = tree_id.hex()
+        kept = cache.get("trees", name)
+        if kept is not None and len(kept) >= 69:
+            try:
+                return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii", "replace"), kept[0],
+                                                 int.from_bytes(kept[1:5], "little"), kept[69:])
+            except CorruptionError:
+                pass
+        if kept is not None:
+            cache.drop("trees", name)
+        try:
+            loc, stored = self.reader.read_stored(tree_id)
+            data = self.reader.decode_stored(tree_id, loc.pack, loc.codec, loc.raw_len, stored)
+        except (NotFoundError, CorruptionError):
+            return self.read_blob(tree_id)  # the index may be stale: read_blob refreshes it once
+        if loc.codec != CODEC_ZSTD_REF and len(loc.pack) == 64:
+            cache.put_later("trees", name, bytes([loc.codec]) + loc.raw_len.to_bytes(4, "little")
+                            + loc.pack.encode("ascii") + bytes(stored))
+        return data
+
     def list_sets(self, source: str | None = None) -> list[BackupSet]:
         names = set(self.backend.list("sets"))
         if self.write_only:  # only this host's own sets, as its cache holds them
             names &= set(self.host_cache.names("sets"))  # type: ignore[union-attr]
+        if self.cache is not None:
+            self.cache.keep_only("sets", names)  # forgotten sets are never served
         with self._sets_lock:
             for gone in set(self._sets) - names:
                 del self._sets[gone]
             for name in names - set(self._sets):
                 try:
-                    self._sets[name] = decode_set(name, self.backend.get("sets", name))
+                    self._sets[name] = self._read_object("sets", name, decode_set)
                 except (CorruptionError, NotFoundError):
                     continue
             sets = list(self._sets.values())

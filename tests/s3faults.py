@@ -7,7 +7,9 @@ and closes the connection without an answer (`drop_before_store`: the PUT failed
 body was sent, nothing stored), or forwards the request and closes the connection instead of
 passing the answer back (`drop_after_store`: stored, but the client never hears so). With
 `strip_conditional` it removes `If-None-Match` from every request, as a store that ignores
-conditional writes would. `seen` counts requests per method.
+conditional writes would. `seen` counts requests per method, `requests` lists (method, path)
+of each, and `peak` is the most requests of one method that were in flight at once.
+A fault with `path` set matches only requests whose path contains it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Fault:
     action: str  # "status", "drop_before_store", "drop_after_store"
     status: int = 503
     code: str = "SlowDown"
+    path: str = ""  # only requests whose path contains this
 
 
 class FaultProxy:
@@ -36,6 +39,9 @@ class FaultProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.faults: deque[Fault] = deque()
         self.seen: Counter[str] = Counter()
+        self.requests: list[tuple[str, str]] = []
+        self.peak: Counter[str] = Counter()
+        self._inflight: Counter[str] = Counter()
         self.strip_conditional = False
         self._lock = threading.Lock()
         proxy = self
@@ -57,25 +63,37 @@ class FaultProxy:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
-    def add(self, method: str, action: str, times: int = 1, status: int = 503, code: str = "SlowDown") -> None:
+    def add(self, method: str, action: str, times: int = 1, status: int = 503, code: str = "SlowDown",
+            path: str = "") -> None:
         with self._lock:
             for _ in range(times):
-                self.faults.append(Fault(method, action, status, code))
+                self.faults.append(Fault(method, action, status, code, path))
 
-    def _take(self, method: str) -> Fault | None:
+    def _take(self, method: str, path: str = "") -> Fault | None:
         with self._lock:
             self.seen[method] += 1
+            self.requests.append((method, path))
             for fault in self.faults:
-                if fault.method in (method, "*"):
+                if fault.method in (method, "*") and fault.path in path:
                     self.faults.remove(fault)
                     return fault
         return None
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._inflight[h.command] += 1
+            self.peak[h.command] = max(self.peak[h.command], self._inflight[h.command])
+        try:
+            self._serve(h)
+        finally:
+            with self._lock:
+                self._inflight[h.command] -= 1
+
+    def _serve(self, h: BaseHTTPRequestHandler) -> None:
         method = h.command
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
-        fault = self._take(method)
+        fault = self._take(method, h.path)
         if fault is not None and fault.action == "status":
             payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
                        f"<Message>injected {fault.code}</Message></Error>").encode()

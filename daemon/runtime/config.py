@@ -73,6 +73,8 @@ class RepositoryConfig:
     gc_grace: float | None = None  # seconds a pack marked by garbage collection waits (None: store default)
     passphrase_file: str | None = None  # what opens an encrypted (format 2) repository;
     key_file: str | None = None  # with both, the passphrase is tried first
+    uploads: int | None = None  # pack uploads in flight per backup (None: the backend's default)
+    cache_size: int | None = None  # bytes of index/tree/set objects cached in the state dir (None: default)
 
     def s3_options(self) -> S3Options | None:
         """The object-store options, None when none was given."""
@@ -361,6 +363,7 @@ class _Loader:
             path=path, endpoint=table.endpoint, region=table.region, path_style=table.path_style,
             credentials_file=table.credentials_file, gc=table.gc, wal_keep=table.wal_keep,
             gc_grace=table.gc_grace, passphrase_file=table.passphrase_file, key_file=table.key_file,
+            uploads=table.uploads, cache_size=table.cache_size,
         )
 
     def daemon(self, table: schema.DaemonTable) -> DaemonConfig:

@@ -67,6 +67,9 @@ class SchemaError(Exception):
         self.detail = detail
 
 
+MAX_UPLOADS = 64
+
+
 def _fail(detail: str, sub: str = "") -> PydanticCustomError:
     """A rule's error: `detail` is the message; `sub` names a key below the one validated."""
     return PydanticCustomError(_ERROR, "{detail}", {"detail": detail, "sub": sub})
@@ -123,6 +126,27 @@ def _duration(positive: bool) -> BeforeValidator:
             raise _fail(f"expected a duration above zero, got {show(value)}")
         return seconds
     return BeforeValidator(check)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _byte_size(value: Any) -> int:
+    """A size: a non-negative number of bytes, or a string like "512MiB", "2GiB", "100MB"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value) if isinstance(value, str) else None
+    if m is None or m.group(2).upper() not in _SIZE_UNITS:
+        raise _fail(f"expected a size like \"512MiB\" or a number of bytes, got {show(value)}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+
+
+def _uploads(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _fail(f"expected a positive integer, got {show(value)}")
+    if value > MAX_UPLOADS:
+        raise _fail(f"expected at most {MAX_UPLOADS}, got {value}")
+    return value
 
 
 def _path(value: str, info: ValidationInfo) -> str:
@@ -256,6 +280,8 @@ Name = Annotated[str, StringConstraints(strict=True, min_length=1, pattern=NAME_
 Path = Annotated[Text, AfterValidator(_path)]
 Paths = Annotated[tuple[Path, ...], AfterValidator(_distinct_paths)]
 Count = Annotated[int, Field(strict=True, gt=0)]
+ByteSize = Annotated[int, BeforeValidator(_byte_size)]
+Uploads = Annotated[int, BeforeValidator(_uploads)]
 Duration = Annotated[float, _duration(positive=False)]
 PositiveDuration = Annotated[float, _duration(positive=True)]
 Cron = Annotated[Text, AfterValidator(_cron)]
@@ -292,6 +318,8 @@ class RepositoryTable(_Table):
     wal_keep: Duration | None = None
     passphrase_file: Path | None = None
     key_file: Path | None = None
+    uploads: Uploads | None = None  # pack uploads in flight per backup (None: the backend's default)
+    cache_size: ByteSize | None = None  # bytes of index/tree/set objects cached in the state dir
 
     @model_validator(mode="before")
     @classmethod

@@ -170,9 +170,11 @@ class Daemon:
         path = cfg.repository.path
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
-        self.repo = open_repository(cfg.repository, read_only=read_only)
+        self.repo = open_repository(cfg.repository, read_only=read_only,
+                                    cache_dir=os.path.join(cfg.daemon.state_dir, "cache"))
         attach_write_only_cache(self.repo, cfg.daemon.state_dir, cfg.repository.gc)  # a write-only key's own sets
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
+        self.repo.uploads = cfg.repository.uploads  # pack uploads in flight per backup (None: backend's default)
         self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
@@ -312,6 +314,7 @@ class Daemon:
         self.config = new
         if self.repo is not None:
             self.repo.gc_grace = new.repository.gc_grace
+            self.repo.uploads = new.repository.uploads
         self.service.reload(new)
         if self.metrics is not None:
             self.metrics.set_rpos({s.name: s.rpo for s in new.sources if s.rpo})

@@ -77,14 +77,16 @@ def secret_of(repo: RepositoryConfig) -> Secret | None:
     return loaders[0]() if loaders else None
 
 
-def open_repository(repo: RepositoryConfig, *, read_only: bool) -> Repository:
-    """Open the configured repository (never create it: that is `cairnd --init`)."""
+def open_repository(repo: RepositoryConfig, *, read_only: bool, cache_dir: str | None = None) -> Repository:
+    """Open the configured repository (never create it: that is `cairnd --init`); an
+    object-store one caches small objects under `cache_dir` (`[repository] cache_size`)."""
     path = repo.path
     loaders = _loaders(repo)
 
     def attempt(secret: Any = None) -> Repository:
         if is_s3(path):  # the object store is connected to (and probed) once per attempt
-            return open_repository_at(path, repo.s3_options(), read_only=read_only, secret=secret)
+            return open_repository_at(path, repo.s3_options(), read_only=read_only, secret=secret,
+                                      cache_dir=cache_dir, cache_size=repo.cache_size)
         return Repository.open_local(path, read_only=read_only, secret=secret)
 
     try:  # format 1 needs no secret; format 2 refuses at once, before reading anything else

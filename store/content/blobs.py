@@ -12,7 +12,12 @@ What always holds:
   against without writing them are remembered in `deduped`, for the check before commit;
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
-- at most `max_pending` packs are in memory waiting for upload (bounded memory).
+- at most `max_pending` packs are in memory waiting for upload (bounded memory), and at most
+  `uploads` packs are being uploaded at once (several PUTs in flight for object stores);
+- an index file names only packs whose upload the backend acknowledged (put returned and the
+  size was checked), and `finish` returns only after every upload of the session was
+  acknowledged; the first failed upload fails the session (every later `put` and `finish`
+  raise it), so nothing is committed on top of a pack that may not be durable.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ from typing import TYPE_CHECKING, Protocol
 import blake3
 import zstandard
 
-from ..errors import AbortedError, BackendError, CorruptionError, NotFoundError, short
+from ..errors import AbortedError, BackendError, CorruptionError, InvalidArgumentError, NotFoundError, short
 from ..memory import release_free_memory
 from ..storage.backend import Backend
-from .index import Index, encode_index
+from .index import Index, Location, encode_index
 from .packs import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_REF, HEADER, TYPE_TREE, PackBuilder, PackEntry
 
 if TYPE_CHECKING:
@@ -122,6 +127,11 @@ class BlobReader:
     def read(self, bid: bytes, *, verify: bool = True) -> bytes:
         """The plaintext of blob `bid`, checked against its id (unless `verify` is off, which
         only delta references use: the delta's own check covers its reference)."""
+        loc, stored = self.read_stored(bid)
+        return self.decode_stored(bid, loc.pack, loc.codec, loc.raw_len, stored, verify=verify)
+
+    def read_stored(self, bid: bytes) -> tuple[Location, bytes]:
+        """(location, stored bytes as the pack holds them: compressed, sealed when encrypted)."""
         loc = self.index.get(bid)
         if loc is None:
             raise NotFoundError(f"blob '{short(bid.hex())}' is not in the index")
@@ -131,18 +141,23 @@ class BlobReader:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': pack is missing") from None
         if len(stored) != loc.stored_len:
             raise CorruptionError(f"unable to read pack '{short(loc.pack)}': truncated")
-        stored = self.unseal(loc.pack, bid, stored)
-        ref_data = self.reference_data(loc.pack, bid, stored) if loc.codec == CODEC_ZSTD_REF else None
+        return loc, stored
+
+    def decode_stored(self, bid: bytes, pack: str, codec: int, raw_len: int, stored: bytes, *,
+                      verify: bool = True) -> bytes:
+        """The plaintext of blob `bid` from its stored bytes: opened, decompressed and checked
+        against its id (CorruptionError naming `pack` when any step fails)."""
+        stored = self.unseal(pack, bid, stored)
+        ref_data = self.reference_data(pack, bid, stored) if codec == CODEC_ZSTD_REF else None
         try:
-            data = decode_blob(stored, loc.codec, loc.raw_len, ref_data)
+            data = decode_blob(stored, codec, raw_len, ref_data)
         except zstandard.ZstdError:
-            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': blob "
+            raise CorruptionError(f"unable to read pack '{short(pack)}': blob "
                                   f"'{short(bid.hex())}' does not decompress") from None
-        if len(data) != loc.raw_len or (verify and self.blob_id(data) != bid):
-            raise CorruptionError(f"unable to read pack '{short(loc.pack)}': checksum mismatch "
+        if len(data) != raw_len or (verify and self.blob_id(data) != bid):
+            raise CorruptionError(f"unable to read pack '{short(pack)}': checksum mismatch "
                                   f"in blob '{short(bid.hex())}'")
         return data
-
 
     def reference_data(self, pack: str, bid: bytes, stored: bytes) -> bytes:
         """The plaintext of the blob a delta blob was compressed against (never itself a delta)."""
@@ -183,16 +198,20 @@ class KnownBlobs(Protocol):
 
 
 class BlobWriter:
-    """One write session: dedups against the index, fills packs, uploads them in a thread.
+    """One write session: dedups against the index, fills packs, uploads them from a bounded pool of threads.
 
     Call `put` from any number of threads, then `finish()` which flushes, waits for every
     upload and writes the index file naming the new packs. `abort()` stops without an index.
+    Full packs are uploaded by `uploads` threads (a bounded pool), so the producers do not wait
+    for each PUT.
     """
 
     def __init__(self, backend: Backend, index: Index | KnownBlobs, *, pack_size: int, level: int,
                  max_pending: int = 1, index_every: int = 32,
                  publish: Callable[[str, dict[str, list[PackEntry]]], None] | None = None,
-                 key: RepoKey | WriteOnlyKey | None = None) -> None:
+                 key: RepoKey | WriteOnlyKey | None = None, uploads: int = 1) -> None:
+        if uploads < 1:
+            raise InvalidArgumentError(f"invalid uploads {uploads}: expected at least 1")
         self.backend = backend
         fork = getattr(key, "for_writer", None)
         key = fork() if fork is not None else key  # a write-only key: a data key for this session alone
@@ -217,13 +236,17 @@ class BlobWriter:
         self._spare: list[bytearray] = []  # buffers of uploaded packs, reused by new builders
         self._spare_cv = threading.Condition()
         self._index_lock = threading.Lock()  # the uploader never takes _lock: it must always progress
-        self._buffers = 1  # pack buffers in existence: at most max_pending + 2 (filling, queued, uploading)
-        self._max_buffers = max_pending + 2
+        self.uploads = uploads
+        self._closing = False  # abort: uploaders stop once the queue is empty
+        self._buffers = 1  # pack buffers in existence: filling, queued, uploading
+        self._max_buffers = max_pending + 1 + uploads
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_written = 0
-        self._uploader = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
-        self._uploader.start()
+        self._uploaders = [threading.Thread(target=self._upload_loop, name=f"pack-upload-{i}", daemon=True)
+                           for i in range(uploads)]
+        for t in self._uploaders:
+            t.start()
 
     def has(self, bid: bytes) -> bool:
         return bid in self.index or bid in self._inflight
@@ -338,7 +361,12 @@ class BlobWriter:
 
     def _upload_loop(self) -> None:
         while True:
-            builder = self._queue.get()
+            try:
+                builder = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._closing:
+                    return
+                continue
             if builder is None:
                 return
             if self._error is not None:
@@ -346,7 +374,8 @@ class BlobWriter:
             try:
                 self._upload(builder)
             except BaseException as e:  # recorded, re-raised in the producer threads
-                self._error = e
+                if self._error is None:
+                    self._error = e
             builder = None  # free the pack's memory while waiting for the next one
 
     def _new_builder(self) -> PackBuilder:
@@ -395,10 +424,16 @@ class BlobWriter:
         self._stop_pool()
         with self._lock:
             last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal, header=self._header)
-        if last.entries:
-            self._enqueue(last)
-        self._queue.put(None)
-        self._uploader.join()
+        try:
+            if last.entries:
+                self._enqueue(last)
+            for _ in self._uploaders:
+                self._enqueue(None)  # one end mark per uploader, after every pack
+        except BaseException:
+            self.abort()
+            raise
+        for t in self._uploaders:
+            t.join()  # every upload of the session has been answered (or failed) now
         self._raise_if_failed()
         self._write_index()
 
@@ -407,16 +442,14 @@ class BlobWriter:
         if self._error is None:  # first, so a producer waiting for a pack buffer gives up
             self._error = AbortedError("write session aborted")
         self._stop_pool()
-        while True:
+        self._closing = True
+        while True:  # packs not started are dropped; uploads in progress end by themselves
             try:
-                self._queue.put_nowait(None)
+                self._queue.get_nowait()
+            except queue.Empty:
                 break
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-        self._uploader.join(timeout=60)
+        for t in self._uploaders:
+            t.join(timeout=60)
 
 
 ProgressHook = Callable[[int], None]

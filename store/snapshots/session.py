@@ -219,6 +219,7 @@ class BackupSession:
             self.repo.backend.put("sets", set_id, data)
         finally:
             self._release()
+        self.repo.remember("sets", set_id, data)
         t = self.tally
         if self.progress is not None:
             self.progress(Progress("done", t.files, t.files, t.bytes_total, t.bytes_total))

@@ -49,6 +49,7 @@ from .backend import KINDS, ObjectInfo
 
 T = TypeVar("T")
 
+DEFAULT_UPLOADS = 4  # pack PUTs a write session keeps in flight (`[repository] uploads`)
 DEFAULT_ATTEMPTS = 4  # whole-operation attempts (each with botocore's own retries inside)
 SDK_ATTEMPTS = 3  # botocore's own attempts per request (its "standard" retry mode)
 DEFAULT_BACKOFF = 0.25  # seconds before the second attempt; doubles each time
@@ -128,6 +129,8 @@ def read_credentials_file(path: str, profile: str = "default") -> dict[str, str]
 
 class S3Backend:
     """Objects under `s3://bucket/prefix`. Thread-safe: boto3 clients may be shared by threads."""
+
+    default_uploads = DEFAULT_UPLOADS  # a write session's uploads in flight unless configured
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None,
                  region: str | None = None, path_style: bool | None = None,

@@ -77,3 +77,25 @@ def test_open_backend_of_a_local_path_takes_no_object_store_options(tmp_path):
     assert isinstance(open_backend(str(tmp_path / "repo")), LocalBackend)
     with pytest.raises(InvalidArgumentError, match="need an s3:// repository"):
         open_backend(str(tmp_path / "repo"), S3Options(endpoint="http://127.0.0.1:1"))
+
+
+def test_uploads_and_cache_size(tmp_path):
+    cfg = load(tmp_path, 'path = "s3://bkt/p"\nuploads = 6\ncache_size = "64MiB"\n')
+    assert cfg.repository.uploads == 6 and cfg.repository.cache_size == 64 * 2**20
+    cfg = load(tmp_path, 'path = "s3://bkt/p"\ncache_size = 0\n')
+    assert cfg.repository.uploads is None and cfg.repository.cache_size == 0  # 0: no cache
+    assert load(tmp_path, 'path = "/srv/repo"\nuploads = 2\n').repository.uploads == 2  # local too
+
+
+@pytest.mark.parametrize("line, key", [
+    ("uploads = 0", "repository.uploads"),
+    ("uploads = 65", "repository.uploads"),
+    ('uploads = "4"', "repository.uploads"),
+    ('cache_size = "lots"', "repository.cache_size"),
+    ("cache_size = -1", "repository.cache_size"),
+    ('cache_size = "5 parsecs"', "repository.cache_size"),
+])
+def test_bad_uploads_and_cache_size_name_the_key(tmp_path, line, key):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f'path = "s3://bkt/p"\n{line}\n')
+    assert info.value.key == key

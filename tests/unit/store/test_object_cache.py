@@ -1,0 +1,169 @@
+"""The local cache of index files, sets and trees (store/storage/cache.py): a second `sets`, `ls` or
+incremental backup fetches none of them from the backend again (GETs counted), a damaged
+cache entry is detected, dropped and fetched again, objects the repository no longer lists
+are never served, and the size bound holds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cairn.store.content.crypto import Secret
+from cairn.store.model import BackupRequest, PrunePolicy
+from cairn.store.repository import Repository
+from cairn.store.storage.backend import MemoryBackend
+from cairn.store.storage.cache import ObjectCache
+
+
+class Counting(MemoryBackend):
+    """A memory backend counting reads per kind (whole gets and ranged gets of packs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.gets.clear()
+
+    def get(self, kind: str, name: str) -> bytes:
+        self.gets[kind] = self.gets.get(kind, 0) + 1
+        return super().get(kind, name)
+
+    def stat(self, kind: str, name: str) -> int:
+        return len(super().get(kind, name))  # a HEAD, not a read
+
+    def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        self.gets[kind] = self.gets.get(kind, 0) + 1
+        return super().get(kind, name)[offset:offset + length]
+
+
+def make_tree(root, files: int = 12) -> None:
+    for d in range(3):
+        sub = root / f"d{d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for i in range(files // 3):
+            (sub / f"f{i}").write_bytes(os.urandom(2000 + i))
+
+
+@pytest.fixture(params=["plain", "encrypted"])
+def setup(request, tmp_path):
+    backend = Counting()
+    secret = Secret("passphrase", b"pw") if request.param == "encrypted" else None
+    Repository.init(backend, secret=secret, argon2={"memory_kib": 1024, "iterations": 1, "lanes": 1})
+    src = tmp_path / "src"
+    make_tree(src)
+    cache_dir = str(tmp_path / "cache")
+
+    def open_repo(**kw) -> Repository:
+        return Repository.open(backend, secret=secret, cache_dir=cache_dir, **kw)
+
+    return backend, src, cache_dir, open_repo
+
+
+def browse(repo: Repository) -> None:
+    for s in repo.list_sets():
+        repo.list_tree(s, "", recursive=True)
+
+
+def test_a_second_sets_ls_and_incremental_fetch_nothing_again(setup):
+    backend, src, cache_dir, open_repo = setup
+    repo = open_repo()
+    first = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    browse(repo)
+    repo.close()
+
+    backend.reset()
+    repo = open_repo()  # a restarted daemon: a fresh handle on the same cache directory
+    browse(repo)
+    assert backend.gets.get("index", 0) == 0 and backend.gets.get("sets", 0) == 0
+    assert backend.gets.get("packs", 0) == 0  # trees came from the cache
+    assert repo.cache is not None and repo.cache.hits > 0
+
+    (src / "d1" / "f0").write_bytes(b"changed")
+    backend.reset()
+    inc = repo.backup(BackupRequest(source="s", paths=(str(src),), level="incremental"))
+    assert inc.base == first.id and inc.stats.modified == 1
+    # change detection read the base's trees from the cache; packs were only written
+    assert backend.gets.get("packs", 0) == 0, backend.gets
+
+
+def test_without_a_cache_the_same_steps_do_fetch(setup):
+    """The counting itself is sound: the same browse with no cache reads objects."""
+    backend, src, _cache_dir, _open = setup
+    r = _open(cache_size=0)  # a bound of 0 turns the cache off
+    r.backup(BackupRequest(source="s", paths=(str(src),)))
+    r.close()
+    backend.reset()
+    r = _open(cache_size=0)
+    browse(r)
+    assert backend.gets.get("index", 0) >= 1 and backend.gets.get("sets", 0) >= 1
+    assert backend.gets.get("packs", 0) >= 1
+
+
+@pytest.mark.parametrize("kind", ["index", "sets", "trees"])
+def test_a_damaged_cache_entry_is_dropped_and_fetched_again(setup, kind):
+    backend, src, cache_dir, open_repo = setup
+    repo = open_repo()
+    s = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    browse(repo)
+    repo.close()
+    repo_dir = os.path.join(cache_dir, os.listdir(cache_dir)[0], kind)
+    victims = sorted(os.listdir(repo_dir))
+    assert victims
+    for name in victims:  # flip one byte of every cached object of this kind
+        path = os.path.join(repo_dir, name)
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0x40
+        open(path, "wb").write(bytes(data))
+
+    backend.reset()
+    repo = open_repo()
+    sets = repo.list_sets()
+    assert [x.id for x in sets] == [s.id]  # the right content, not the damaged copy
+    entries = repo.list_tree(sets[0], "", recursive=True)
+    assert {e.path for e in entries} >= {"d0", "d1/f0", "d2/f3"}
+    wanted = {"index": "index", "sets": "sets", "trees": "packs"}[kind]
+    assert backend.gets.get(wanted, 0) >= len(victims)  # fetched again
+    assert repo.cache.dropped >= len(victims)
+    # and the good copies replaced them: the next handle reads nothing of that kind
+    repo.close()
+    backend.reset()
+    browse(open_repo())
+    assert backend.gets.get(wanted, 0) == 0
+
+
+def test_objects_the_repository_no_longer_lists_are_never_served(setup):
+    backend, src, cache_dir, open_repo = setup
+    repo = open_repo()
+    a = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    (src / "d0" / "f1").write_bytes(b"new")
+    b = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    browse(repo)
+    cached_index = set(repo.cache.names("index"))
+    repo.prune(PrunePolicy(keep_last=1), grace=0)  # forgets a, rewrites the index files
+    repo.close()
+    assert a.id not in set(backend.list("sets"))
+    repo = open_repo()
+    assert [s.id for s in repo.list_sets()] == [b.id]
+    assert a.id not in repo.cache.names("sets")
+    listed = set(backend.list("index"))
+    assert set(repo.cache.names("index")) <= listed
+    assert not (cached_index - listed) & set(repo.cache.names("index"))
+
+
+def test_the_size_bound_holds(tmp_path):
+    cache = ObjectCache(str(tmp_path / "c"), max_bytes=10_000)
+    names = [os.urandom(32).hex() for _ in range(40)]
+    for n in names:
+        cache.put("trees", n, os.urandom(1000))
+        on_disk = sum(os.path.getsize(os.path.join(tmp_path / "c" / "trees", f))
+                      for f in os.listdir(tmp_path / "c" / "trees"))
+        assert cache.total <= 10_000 and on_disk <= 10_000
+    assert cache.get("trees", names[0]) is None  # the oldest went first
+    assert cache.get("trees", names[-1]) is not None
+    cache.put("trees", os.urandom(32).hex(), os.urandom(20_000))  # larger than the bound: not kept
+    assert cache.total <= 10_000
+    # a restart keeps what is there, recency by last use, and still the bound
+    kept = cache.get("trees", names[-5])
+    again = ObjectCache(str(tmp_path / "c"), max_bytes=3000)
+    assert again.total <= 3000 and again.get("trees", names[-5]) == kept
