@@ -46,7 +46,7 @@ class Daemon:
         env = dict(os.environ, CAIRN_HOME=str(self.run_dir / "home"))
         self.log = open(self.run_dir / "cairnd.log", "wb")  # noqa: SIM115 - closed in stop()
         if not (work / "repo").exists():  # cairnd serves only an initialised repository
-            subprocess.run([CAIRND, "--repo", str(work / "repo"), "--init"], check=True, env=env,
+            subprocess.run([CAIRND, "--repo", str(work / "repo"), "--init", "--no-encryption"], check=True, env=env,
                            stdout=subprocess.DEVNULL)
         self.proc = subprocess.Popen([CAIRND, "--repo", str(work / "repo"), "--source", str(source),
                                       "--socket", self.sock], stdout=subprocess.DEVNULL, stderr=self.log, env=env)

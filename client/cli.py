@@ -310,7 +310,21 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
         own_data_directory(args.target)
+        if (args.target_time or args.target_lsn) and not args.restore_command:
+            prime_prefetch(args)
     return code
+
+
+def prime_prefetch(args: argparse.Namespace) -> None:
+    """A recovery past the set fetches WAL from the archive: start wal-fetch's prefetcher now, at
+    the last segment restore-db placed, so the first segments recovery asks for are spooled too."""
+    from cairn.client import walfetch
+
+    namespace = walnames.namespace_of(walnames.control_system_identifier(args.target))
+    try:
+        walfetch.prime(args.target, walfetch.DEFAULT_PREFETCH, _global_args(args), namespace)
+    except OSError as exc:  # prefetch is an optimisation: recovery fetches every segment itself then
+        print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
 
 
 def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
@@ -1003,7 +1017,8 @@ def _from_spool(args: argparse.Namespace) -> bool:
     except OSError:
         return False
     try:
-        walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+        walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args),
+                                  wal_namespace(args, args.dest))
     except OSError as exc:  # the segment is in place; prefetch is an optimisation
         print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
     return True
