@@ -300,8 +300,10 @@ LOCAL_WRITERS = 4  # threads writing a local restore: several files, and ranges 
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
-def check_claim(target_path: str, nonce: str) -> str:
-    """The claim file of a local restore, checked (module docstring); FailedPreconditionError."""
+def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
+    """The claim file of a local restore, checked (module docstring); FailedPreconditionError.
+    With `same_powers` a client that is root is refused unless the daemon is root too, since the
+    daemon could not then restore what such a client would (file owners)."""
     def refuse(why: str) -> FailedPreconditionError:
         return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
 
@@ -333,6 +335,8 @@ def check_claim(target_path: str, nonce: str) -> str:
         raise refuse("claim does not match")
     if cst.st_uid not in (0, os.geteuid()) or st.st_uid not in (0, os.geteuid()):
         raise refuse("the client is neither root nor the daemon's user")
+    if same_powers and cst.st_uid == 0 and os.geteuid() != 0:
+        raise refuse("the client is root and the daemon is not")
     return path
 
 
