@@ -25,7 +25,7 @@ import time
 from typing import NoReturn
 
 from cairn import __version__, walnames
-from cairn.daemon import preflight
+from cairn.daemon import heap, preflight
 from cairn.daemon.backstop import Backstop
 from cairn.daemon.changes import ChangeTracker
 from cairn.daemon.config import Config, config_from_args, load_config
@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         return init_repository(config, plaintext=args.no_encryption)
     setup_logging(config.daemon.log_level)
+    heap.tune()  # restores reuse their buffers (daemon/heap.py)
     daemon = Daemon(config, args)
     daemon.install_signals()
     try:
