@@ -23,7 +23,10 @@ What always holds:
 - at most one prefetcher runs per spool (an flock on `.lock`); it stops at the first segment
   the archive does not hold yet (the next request starts it again), and after IDLE_SECONDS
   without a request it removes the spool and exits, so nothing stays behind after recovery;
-- a segment not in the spool is fetched directly, as without prefetch.
+- a segment not in the spool is fetched directly, as without prefetch;
+- restore-db may start the prefetcher itself (`prime`) for a recovery past its set; the spool
+  then belongs to the data directory's owner, and a prefetcher run by root gives every file it
+  spools to that owner (PostgreSQL reuses restored segments as its own files).
 """
 
 from __future__ import annotations

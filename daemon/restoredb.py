@@ -15,7 +15,8 @@ its restore point, and the history file of its timeline — is placed in pg_wal/
 stream, together with WAL_MARKER listing those names. PostgreSQL asks restore_command for every
 file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name the marker lists
 and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
-recovery to the set's own point needs no round trip to the daemon. Later WAL (a time or LSN
+recovery to the set's own point needs no round trip to the daemon. The default restore_command
+gives those answers in the shell already (local_answers), so no interpreter starts for them. Later WAL (a time or LSN
 beyond the set) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
 recovery then stops within the placed WAL, so wal-fetch answers at once for any later segment
 (PostgreSQL reads ahead one segment) instead of asking the daemon; history files still come from
