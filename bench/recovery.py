@@ -17,8 +17,10 @@ chunks are then mostly deltas against the full set). Then:
       the server has replayed to the target and promoted; the rows are compared.
 
 Each tool's time is split into writing the data directory and recovery (server start until
-promotion). `sync` runs before each restore; each step runs once (the machine may be shared:
-the load average is printed). Needs root. Figures go to out/recovery.json beside this file.
+promotion). The CPU seconds of the write phase are given too (the client or pgbackrest and the
+processes it starts, plus cairnd): on a shared machine they vary less than wall time. `sync`
+runs before each restore; each step runs once (the machine may be shared: the load average is
+printed). Needs root. Figures go to out/recovery.json beside this file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +55,20 @@ def recover(pgdata: Path, count_sql: str) -> tuple[float, str]:
         return elapsed, srv.psql(count_sql)
     finally:
         srv.cleanup()
+
+
+def cpu_seconds(daemon_pid: int) -> float:
+    """User + system CPU seconds of the finished child processes of this script (the cairn
+    client, pgbackrest and the processes it starts) plus, when given, the running cairnd."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = ru.ru_utime + ru.ru_stime
+    if daemon_pid:
+        try:
+            fields = Path(f"/proc/{daemon_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,14 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                 run(["sync"])
                 holder = make_pg_dir(f"cairn-{tool}-{name}-")
                 try:
+                    cpu0 = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0)
                     write = fn(holder / "data", *extra)
+                    write_cpu = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0) - cpu0
                     recovery, rows = recover(holder / "data", count_sql)
                 finally:
                     shutil.rmtree(holder, ignore_errors=True)
                 out.update({f"{tool}_write_s": write, f"{tool}_recovery_s": recovery,
-                            f"{tool}_s": write + recovery, f"{tool}_rows": rows})
-                print(f"{name} {tool}: write {write:.2f}s, recovery {recovery:.2f}s, rows {rows}", flush=True)
+                            f"{tool}_s": write + recovery, f"{tool}_rows": rows, f"{tool}_write_cpu_s": write_cpu})
+                print(f"{name} {tool}: write {write:.2f}s ({write_cpu:.2f} CPU s), recovery {recovery:.2f}s, "
+                      f"rows {rows}, load {os.getloadavg()[0]:.1f}", flush=True)
             out["ratio_cairn_over_pgbackrest"] = out["cairn_s"] / out["pgbackrest_s"]
+            out["write_cpu_ratio"] = out["cairn_write_cpu_s"] / max(out["pgbackrest_write_cpu_s"], 1e-9)
             out["loadavg"] = os.getloadavg()
             fig[name] = out
 

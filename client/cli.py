@@ -263,9 +263,12 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     if args.delta:
         code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
     else:
-        code = _write_stream(conn.stub.Restore(restoring.restore_request(args)), args.target, args.overwrite,
-                             args.json, whole=not args.paths and not args.include and not args.exclude,
-                             report=files_report if places and args.json else None)
+        request = restoring.restore_request(args)
+        request.target_path = os.fsencode(os.path.abspath(args.target))
+        code = restore_into(conn, conn.stub.Restore, request, args.target, args.json,
+                            report=files_report if places and args.json else None,
+                            local=not args.stream and not args.overwrite, overwrite=args.overwrite,
+                            whole=not args.paths and not args.include and not args.exclude, mode=None)
     if code == EXIT_OK and args.verify:
         code = restoring.verify_target(conn, args, out, render, to_record)
     if code != EXIT_OK or not places:
@@ -311,7 +314,21 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
         own_data_directory(args.target)
+        if (args.target_time or args.target_lsn) and not args.restore_command:
+            prime_prefetch(args)
     return code
+
+
+def prime_prefetch(args: argparse.Namespace) -> None:
+    """A recovery past the set fetches WAL from the archive: start wal-fetch's prefetcher now, at
+    the last segment restore-db placed, so the first segments recovery asks for are spooled too."""
+    from cairn.client import walfetch
+
+    namespace = walnames.namespace_of(walnames.control_system_identifier(args.target))
+    try:
+        walfetch.prime(args.target, walfetch.DEFAULT_PREFETCH, _global_args(args), namespace)
+    except OSError as exc:  # prefetch is an optimisation: recovery fetches every segment itself then
+        print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
 
 
 def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
@@ -334,15 +351,26 @@ def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
 
 def restore_db_into(conn: Connection, request: Any, target: str, json_output: bool,
                     report: dict[str, Any] | None = None, local: bool = True) -> int:
-    """RestoreDb into `target`. Over a Unix socket the daemon is first asked to write the data
-    directory itself (no data crosses gRPC; see restoredb.write_local): the client proves the
-    empty target is its own with a claim file. If the daemon refuses, the stream is written here."""
+    """RestoreDb into `target` (restore_into)."""
+    return restore_into(conn, conn.stub.RestoreDb, request, target, json_output, report, local, title="restore-db")
+
+
+def restore_into(conn: Connection, method: Any, request: Any, target: str, json_output: bool,
+                 report: dict[str, Any] | None = None, local: bool = True, overwrite: bool = False,
+                 whole: bool = True, mode: int | None = 0o700, title: str = "restore") -> int:
+    """Restore (or RestoreDb) into `target`. Over a Unix socket the daemon is first asked to write
+    the tree itself (no data crosses gRPC; see restoredb.write_local): the client proves the
+    empty target is its own with a claim file. If the daemon refuses, the stream is written here.
+    A target the client makes gets `mode` (None: as a streamed restore makes it)."""
     if local and conn.endpoint.socket:
         import secrets
 
         nonce = secrets.token_hex(16)
         created = not os.path.lexists(target)
-        os.makedirs(target, mode=0o700, exist_ok=True)
+        if mode is None:
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(target, mode=mode, exist_ok=True)
         claim = os.path.join(target, f".cairn-claim-{nonce}")
         fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -352,8 +380,8 @@ def restore_db_into(conn: Connection, request: Any, target: str, json_output: bo
         request.local_claim = nonce
         try:
             batches = []
-            with progress_view(json_output, "restore-db") as view:
-                for batch in conn.stub.RestoreDb(request):
+            with progress_view(json_output, title) as view:
+                for batch in method(request):
                     if batch.HasField("progress"):  # the daemon writing: how far it got
                         p = batch.progress
                         view.update(p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total)
@@ -374,7 +402,7 @@ def restore_db_into(conn: Connection, request: Any, target: str, json_output: bo
                 os.unlink(claim)
         if batches and batches[0].HasField("local"):
             return _local_report(batches[0], target, json_output, report)
-    return _write_stream(conn.stub.RestoreDb(request), target, False, json_output, whole=True, report=report)
+    return _write_stream(method(request), target, overwrite, json_output, whole=whole, report=report)
 
 
 def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
@@ -888,6 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", metavar="PATH", nargs="*", help="restore only these paths of the set")
     p.add_argument("--target", required=True, metavar="DIR", help="where to write (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
+    p.add_argument("--stream", action="store_true",
+                   help="always stream the data to this client (default: a daemon on this host writes an "
+                        "empty target itself)")
     p.add_argument("--source", metavar="NAME")
     p.add_argument("--include", action="append", metavar="P",
                    help="restore only paths matching this gitignore-style pattern (repeatable)")
@@ -1049,7 +1080,8 @@ def _from_spool(args: argparse.Namespace) -> bool:
     except OSError:
         return False
     try:
-        walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args))
+        walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args),
+                                  wal_namespace(args, args.dest))
     except OSError as exc:  # the segment is in place; prefetch is an optimisation
         print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
     return True

@@ -23,7 +23,10 @@ What always holds:
 - at most one prefetcher runs per spool (an flock on `.lock`); it stops at the first segment
   the archive does not hold yet (the next request starts it again), and after IDLE_SECONDS
   without a request it removes the spool and exits, so nothing stays behind after recovery;
-- a segment not in the spool is fetched directly, as without prefetch.
+- a segment not in the spool is fetched directly, as without prefetch;
+- restore-db may start the prefetcher itself (`prime`) for a recovery past its set; the spool
+  then belongs to the data directory's owner, and a prefetcher run by root gives every file it
+  spools to that owner (PostgreSQL reuses restored segments as its own files).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
+
+from cairn.walnames import OWN_POINT, WAL_MARKER
 
 SPOOL_DIR = "cairn-prefetch"
 DEFAULT_PREFETCH = 8
@@ -172,6 +177,52 @@ def start_prefetcher(spool: str, count: int, global_args: list[str], namespace: 
                      start_new_session=True, close_fds=True, cwd="/")
 
 
+def spool_owner(spool: str) -> tuple[int, int] | None:
+    """(uid, gid) the prefetcher gives what it spools: the spool's owner when root runs it and
+    the spool is not root's (restore-db primed it for the data directory's owner), else None."""
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(spool)
+    return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+
+
+def prime(data_dir: str, count: int, global_args: list[str], namespace: str = "") -> bool:
+    """Start the prefetcher of a data directory restore-db just wrote for a recovery past the
+    set (a target time or LSN), at the last WAL segment restore-db placed in pg_wal/: the first
+    segments recovery asks the archive for are then spooled as well, not fetched one by one
+    while the prefetcher starts. The spool belongs to the data directory's owner: restore_command
+    runs as that user and renames segments out of it, and PostgreSQL later reuses them as its
+    own files, so a prefetcher run by root gives every file it spools to the spool's owner
+    (spool_owner). False when there is nothing to prime (no placed WAL, or recovery stops
+    inside it)."""
+    pg_wal = os.path.join(data_dir, "pg_wal")
+    if count <= 0 or os.path.exists(os.path.join(pg_wal, OWN_POINT)):
+        return False
+    try:
+        with open(os.path.join(pg_wal, WAL_MARKER), encoding="ascii") as f:
+            segments = [n for n in f.read().split() if is_segment(n)]
+    except (OSError, ValueError):
+        return False
+    if not segments:
+        return False
+    last = segments[-1]
+    size = os.path.getsize(os.path.join(pg_wal, last))
+    st = os.stat(data_dir)
+    owner = (st.st_uid, st.st_gid)
+    dest = os.path.join(pg_wal, "RECOVERYXLOG")
+    spool = spool_of(dest)
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    _write_wanted(spool, last, size)
+    lock = os.path.join(spool, LOCK)
+    os.close(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    if os.geteuid() == 0 and owner[0] != 0:
+        made = [os.path.dirname(spool)] if boot_keyed(spool) else []  # pg_wal/cairn-prefetch
+        for path in (*made, spool, os.path.join(spool, WANTED), lock):
+            os.chown(path, *owner)
+    start_prefetcher(spool, count, global_args, namespace)
+    return True
+
+
 def run_prefetcher(spool: str, count: int, fetch: Callable[[str, str], bool],
                    idle: float = IDLE_SECONDS) -> int:
     """The prefetcher's loop (see the module docstring). `fetch(name, path)` writes segment
@@ -184,12 +235,13 @@ def run_prefetcher(spool: str, count: int, fetch: Callable[[str, str], bool],
         return 0  # another one runs
     try:
         _remove_other_boots(spool)
-        return _loop(spool, count, fetch, idle)
+        return _loop(spool, count, fetch, idle, spool_owner(spool))
     finally:
         os.close(fd)
 
 
-def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float) -> int:
+def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float,
+          owner: tuple[int, int] | None = None) -> int:
     last_change = time.monotonic()
     seen: tuple[str, int] | None = None
     exhausted: str | None = None  # the first name the archive lacked, for the current window
@@ -229,20 +281,23 @@ def _loop(spool: str, count: int, fetch: Callable[[str, str], bool], idle: float
             if exhausted is not None:
                 missing = [n for n in missing if n < exhausted]
             for n in missing[:max(0, PARALLEL - len(inflight))]:
-                inflight[n] = pool.submit(_fetch_one, spool, n, seen[1], fetch)
+                inflight[n] = pool.submit(_fetch_one, spool, n, seen[1], fetch, owner)
             if inflight:
                 wait(list(inflight.values()), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             else:
                 time.sleep(POLL_SECONDS)
 
 
-def _fetch_one(spool: str, name: str, size: int, fetch: Callable[[str, str], bool]) -> bool:
+def _fetch_one(spool: str, name: str, size: int, fetch: Callable[[str, str], bool],
+               owner: tuple[int, int] | None = None) -> bool:
     tmp = os.path.join(spool, f".{name}.tmp")
     try:
         if not fetch(name, tmp):
             return False
         if os.path.getsize(tmp) != size:
             return False
+        if owner is not None:
+            os.chown(tmp, *owner)
         os.replace(tmp, os.path.join(spool, name))
         return True
     except Exception:  # noqa: BLE001 - a failed prefetch only means a direct fetch later

@@ -200,11 +200,17 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        local = bool(request.local_claim) and not request.manifest
+        if local:  # refused before the set is read: the client then streams
+            restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim, same_powers=True)
         paths = [os.fsdecode(p) for p in request.paths]
         s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
                                                  tuple(request.exclude), request.manifest)
         totals = None if request.manifest else \
             self.service.restore_totals(s, paths, tuple(request.include), tuple(request.exclude))
+        if local:
+            yield from local_batches(s, records, request.target_path, request.local_claim, totals, context, "restore")
+            return
         yield from restore_batches(set_info(s), records, totals)
 
     @rpc
@@ -228,22 +234,8 @@ class CairnServicer(pb_grpc.CairnServicer):
         )
         totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:
-            def run(publish: Callable[[Progress], None]) -> Any:
-                def progress(p: Progress) -> None:
-                    with contextlib.suppress(AbortedError):  # a client gone is seen by `cancelled`
-                        publish(p)
-                return restoredb.write_local(records, os.fsdecode(request.target_path), request.local_claim,
-                                             cancelled=lambda: not context.is_active(), progress=progress)
-
-            for item in run_with_progress(run, context, "restore-db"):
-                if isinstance(item, Progress):  # before the result: what was written so far
-                    msg = progress_msg(item)
-                    msg.files_total, msg.bytes_total = max(totals[0], msg.files_done), max(totals[1], msg.bytes_done)
-                    yield pb.RestoreBatch(progress=msg)
-                    continue
-                st = item
-                yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
-                    files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
+            yield from local_batches(s, records, request.target_path, request.local_claim, totals, context,
+                                     "restore-db")
             return
         yield from restore_batches(set_info(s), records, totals)
 
@@ -679,3 +671,25 @@ def restore_batches(first: pb.SetInfo, records: Iterator[Record],
         if close is not None:
             close()
 
+
+def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str, totals: tuple[int, int] | None,
+                  context: grpc.ServicerContext, what: str) -> Iterator[pb.RestoreBatch]:
+    """A local restore (restoredb.write_local into the client's claimed target): progress
+    batches while the daemon writes, then one batch with what it wrote."""
+    def run(publish: Callable[[Progress], None]) -> Any:
+        def progress(p: Progress) -> None:
+            with contextlib.suppress(AbortedError):  # a client gone is seen by `cancelled`
+                publish(p)
+        return restoredb.write_local(records, os.fsdecode(target_path), claim,
+                                     cancelled=lambda: not context.is_active(), progress=progress)
+
+    files_total, bytes_total = totals or (0, 0)
+    for item in run_with_progress(run, context, what):
+        if isinstance(item, Progress):  # before the result: what was written so far
+            msg = progress_msg(item)
+            msg.files_total, msg.bytes_total = max(files_total, msg.files_done), max(bytes_total, msg.bytes_done)
+            yield pb.RestoreBatch(progress=msg)
+            continue
+        st = item
+        yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
+            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))

@@ -33,7 +33,7 @@ from cairn.daemon.databases.archive import PostgresSegments
 from cairn.daemon.operations.service import CairnService
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
-from cairn.daemon.runtime import preflight
+from cairn.daemon.runtime import heap, preflight
 from cairn.daemon.runtime.config import Config, config_from_args, load_config
 from cairn.daemon.runtime.health import restore_metrics
 from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         return init_repository(config, plaintext=args.no_encryption)
     setup_logging(config.daemon.log_level)
+    heap.tune()  # restores reuse their buffers (daemon/runtime/heap.py)
     daemon = Daemon(config, args)
     daemon.install_signals()
     try:

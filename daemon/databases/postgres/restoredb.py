@@ -15,7 +15,8 @@ its restore point, and the history file of its timeline — is placed in pg_wal/
 stream, together with WAL_MARKER listing those names. PostgreSQL asks restore_command for every
 file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name the marker lists
 and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
-recovery to the set's own point needs no round trip to the daemon. Later WAL (a time or LSN
+recovery to the set's own point needs no round trip to the daemon. The default restore_command
+gives those answers in the shell already (local_answers), so no interpreter starts for them. Later WAL (a time or LSN
 beyond the set) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
 recovery then stops within the placed WAL, so wal-fetch answers at once for any later segment
 (PostgreSQL reads ahead one segment) instead of asking the daemon; history files still come from
@@ -45,7 +46,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +65,8 @@ WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed 
 OWN_POINT = walnames.OWN_POINT  # in pg_wal/: recovery stops at the set's consistent point
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
 SHELL_WAIT_TICKS = 300  # restore_command waits up to 3 s for a segment being prefetched
+MAX_PLACED_NAMED = 128  # placed WAL files the restore_command answers in the shell (more: the client does)
+OWN_POINT_AHEAD = 4  # segments after the placed WAL that the shell answers while OWN_POINT holds
 
 
 def cairn_executable() -> str:
@@ -86,19 +89,44 @@ def restore_command(socket_path: str, executable: str | None = None, system_id: 
     return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch{ident} %f %p"
 
 
-def prefetching_restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
+def prefetching_restore_command(socket_path: str, executable: str | None = None, system_id: str = "",
+                                placed: Sequence[str] = (), own_point: bool = False,
+                                segment_size: int = walnames.DEFAULT_SEGMENT_SIZE) -> str:
     """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
     `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command).
 
     The spool is pg_wal/cairn-prefetch/<boot id> (client/walfetch.py): the shell reads the boot
     id with its `read` builtin, so a spool written before a crash of the machine is never used.
     A segment the prefetcher is fetching right now (its `.<name>.tmp` exists) is waited for in
-    the shell, up to SHELL_WAIT_TICKS times 10 ms, instead of starting the client."""
+    the shell, up to SHELL_WAIT_TICKS times 10 ms, instead of starting the client.
+
+    Before that, the shell answers what `cairn wal-fetch` would answer without the archive
+    (exit 1, so PostgreSQL reads pg_wal/): the WAL files `placed` in pg_wal/ by restore-db
+    while pg_wal/ holds them, timeline 1's history file (never exists) and, while pg_wal/ holds
+    OWN_POINT, the OWN_POINT_AHEAD segments after the last placed one (recovery stops before
+    them; PostgreSQL reads ahead). No interpreter starts for those either."""
     take = "mv -f \"$s/%f\" %p 2>/dev/null"
     wait = (f"i=0; while [ ! -e \"$s/%f\" ] && [ -e \"$s/.%f.tmp\" ] && [ $i -lt {SHELL_WAIT_TICKS} ]; "
             "do sleep 0.01; i=$((i+1)); done")
-    return (f"{{ read -r b 2>/dev/null <{BOOT_ID_FILE} && s=\"pg_wal/cairn-prefetch/$b\" && "
+    return (f"{local_answers(placed, own_point, segment_size)}"
+            f"{{ read -r b 2>/dev/null <{BOOT_ID_FILE} && s=\"pg_wal/cairn-prefetch/$b\" && "
             f"{{ {take} || {{ {wait}; {take}; }}; }}; }} || {restore_command(socket_path, executable, system_id)}")
+
+
+def local_answers(placed: Sequence[str], own_point: bool, segment_size: int = walnames.DEFAULT_SEGMENT_SIZE) -> str:
+    """The shell `case` of prefetching_restore_command that answers "not in the archive, read
+    pg_wal/" for WAL files the archive is not needed for ('' when there are none to name).
+    Only names of WAL files are interpolated (checked here), so nothing else reaches the shell."""
+    names = [n for n in placed if walnames.is_wal_file_name(n) and n != walnames.NO_HISTORY][:MAX_PLACED_NAMED]
+    arms = [f"{walnames.NO_HISTORY}) exit 1;;"]
+    if names:
+        arms.append(f"{'|'.join(names)}) [ -f pg_wal/%f ] && exit 1;;")
+    segments = [n for n in names if walnames.parse_segment(n, segment_size) is not None]
+    if own_point and segments:
+        tli, segno = walnames.parse_segment(segments[-1], segment_size) or (0, 0)
+        ahead = [walnames.segment_name(tli, segno + i, segment_size) for i in range(1, OWN_POINT_AHEAD + 1)]
+        arms.append(f"{'|'.join(ahead)}) [ -e pg_wal/{OWN_POINT} ] && exit 1;;")
+    return f"case %f in {' '.join(arms)} esac; "
 
 
 def database_of(s: BackupSet, database: str) -> dict[str, Any]:
@@ -166,14 +194,17 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
             raise InvalidArgumentError(
                 f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
         remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
+    wal = consistency_wal(repo, rec)
+    own_point = not (target_time or target_lsn)
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
     main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
-                           command or prefetching_restore_command(socket_path, system_id=record_namespace(rec)),
+                           command or prefetching_restore_command(socket_path, system_id=record_namespace(rec),
+                                                                  placed=wal, own_point=own_point, segment_size=size),
                            target_time or None,
                            target_lsn or None, tablespace_remap=remap,
-                           extra_settings=None if (target_time or target_lsn) else
+                           extra_settings=None if not own_point else
                            {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
-    return _chain(main, repo, s, spaces, consistency_wal(repo, rec), own_point=not (target_time or target_lsn),
-                  namespace=record_namespace(rec))
+    return _chain(main, repo, s, spaces, wal, own_point=own_point, namespace=record_namespace(rec))
 
 
 def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
@@ -270,8 +301,10 @@ LOCAL_WRITERS = 4  # threads writing a local restore: several files, and ranges 
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
-def check_claim(target_path: str, nonce: str) -> str:
-    """The claim file of a local restore, checked (module docstring); FailedPreconditionError."""
+def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
+    """The claim file of a local restore, checked (module docstring); FailedPreconditionError.
+    With `same_powers` a client that is root is refused unless the daemon is root too, since the
+    daemon could not then restore what such a client would (file owners)."""
     def refuse(why: str) -> FailedPreconditionError:
         return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
 
@@ -303,6 +336,8 @@ def check_claim(target_path: str, nonce: str) -> str:
         raise refuse("claim does not match")
     if cst.st_uid not in (0, os.geteuid()) or st.st_uid not in (0, os.geteuid()):
         raise refuse("the client is neither root nor the daemon's user")
+    if same_powers and cst.st_uid == 0 and os.geteuid() != 0:
+        raise refuse("the client is root and the daemon is not")
     return path
 
 

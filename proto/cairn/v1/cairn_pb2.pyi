@@ -363,20 +363,24 @@ class DiffReply(_message.Message):
     def __init__(self, a: _Optional[_Union[SetInfo, _Mapping]] = ..., b: _Optional[_Union[SetInfo, _Mapping]] = ..., added: _Optional[_Iterable[bytes]] = ..., modified: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude")
+    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude", "local_claim", "target_path")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
     manifest: bool
     include: _containers.RepeatedScalarFieldContainer[str]
     exclude: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+    local_claim: str
+    target_path: bytes
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command", "local_claim")

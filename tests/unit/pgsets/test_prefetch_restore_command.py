@@ -76,3 +76,42 @@ def test_a_leftover_partial_file_is_waited_for_only_a_bounded_time(tmp_path, mon
     t0 = time.monotonic()
     assert run_command(tmp_path, marker) == 1 and marker.exists()  # then the client is asked
     assert time.monotonic() - t0 < 10
+
+
+def test_the_shell_answers_placed_wal_and_the_own_point_without_the_client(tmp_path) -> None:
+    """What `cairn wal-fetch` answers without the archive (exit non-zero: PostgreSQL reads
+    pg_wal/) is answered by the shell: no interpreter starts for it."""
+    placed = ["000000010000000000000005", "000000010000000000000006"]
+    cmd = restoredb.prefetching_restore_command("/nonexistent.sock", executable="/bin/true", placed=placed,
+                                                own_point=True)
+    marker = tmp_path / "called"
+    fallback = f"/bin/sh -c 'echo called > {marker}; exit 1' --"
+    cmd = cmd.replace(restoredb.restore_command("/nonexistent.sock", "/bin/true"), fallback)
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    for n in placed:
+        (pg_wal / n).write_bytes(b"placed")
+
+    def fetch(name: str) -> tuple[int, bool]:
+        with_name = cmd.replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG")
+        code = subprocess.run(["/bin/sh", "-c", with_name], cwd=tmp_path).returncode
+        called = marker.exists()
+        if called:
+            marker.unlink()
+        return code, called
+
+    assert fetch("000000010000000000000006") == (1, False)  # placed: read from pg_wal/
+    assert fetch("00000001.history") == (1, False)  # never exists
+    assert fetch("000000010000000000000007") == (1, True)  # own point not marked: the client decides
+    (pg_wal / restoredb.OWN_POINT).write_bytes(b"")
+    assert fetch("000000010000000000000007") == (1, False)  # past the own point: never needed
+    assert fetch("00000001000000000000000A") == (1, False)
+    assert fetch("00000001000000000000000B") == (1, True)  # beyond what the shell names
+    assert fetch("00000002.history") == (1, True)  # a later timeline's history: the archive decides
+    (pg_wal / placed[0]).unlink()
+    assert fetch(placed[0]) == (1, True)  # listed but gone from pg_wal/: the client fetches it
+
+
+def test_only_wal_file_names_reach_the_shell() -> None:
+    cmd = restoredb.local_answers(["000000010000000000000005", "x;rm -rf /", "$(id)"], own_point=False)
+    assert "rm" not in cmd and "$(id)" not in cmd and "000000010000000000000005)" in cmd

@@ -1,0 +1,68 @@
+"""cairn restore into an empty target on the daemon's host: the daemon writes the tree itself
+(no data crosses gRPC), and the result equals a streamed restore's, entry for entry. --stream,
+--overwrite into a non-empty target, and patterns are honoured."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+from collections.abc import Callable
+
+from cairnd_harness import Daemon, snapshot
+
+
+def make_tree(root: str, rng: random.Random) -> None:
+    os.makedirs(os.path.join(root, "docs", "deep"))
+    os.makedirs(os.path.join(root, "media"))
+    for i in range(20):
+        with open(os.path.join(root, "docs", f"n{i:02d}.txt"), "wb") as f:
+            f.write(rng.randbytes(rng.randrange(10, 30_000)))
+    with open(os.path.join(root, "media", "big.bin"), "wb") as f:
+        f.write(rng.randbytes(3 << 20))
+    with open(os.path.join(root, "docs", "deep", "leaf.txt"), "wb") as f:
+        f.write(b"leaf\n")
+    os.symlink("docs/deep/leaf.txt", os.path.join(root, "link"))
+    os.link(os.path.join(root, "docs", "n01.txt"), os.path.join(root, "docs", "n01-again.txt"))
+    os.chmod(os.path.join(root, "docs", "n03.txt"), 0o600)
+
+
+def test_an_empty_target_is_written_by_the_daemon_and_equals_a_streamed_restore(
+        start_daemon: Callable[..., Daemon], rundir: str) -> None:
+    src = os.path.join(rundir, "src")
+    make_tree(src, random.Random(99))
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    s = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))
+    want = snapshot(src)
+
+    local = os.path.join(rundir, "local")
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", local))
+    assert r["written_by"] == "daemon" and r["errors"] == []
+    assert snapshot(local) == want
+    assert os.stat(os.path.join(local, "docs", "n01.txt")).st_ino == \
+        os.stat(os.path.join(local, "docs", "n01-again.txt")).st_ino
+    assert not [n for n in os.listdir(local) if n.startswith(".cairn-claim-")]
+
+    streamed = os.path.join(rundir, "streamed")
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", streamed, "--stream"))
+    assert "written_by" not in r
+    assert snapshot(streamed) == want
+    # the target directory itself is made alike either way
+    assert stat.S_IMODE(os.stat(local).st_mode) == stat.S_IMODE(os.stat(streamed).st_mode)
+
+    # patterns apply to a local write as to a stream
+    part = os.path.join(rundir, "part")
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", part, "--include", "docs/deep/**"))
+    assert r["written_by"] == "daemon"
+    assert sorted(snapshot(part)) == ["docs", "docs/deep", "docs/deep/leaf.txt"]
+
+    # --overwrite into a non-empty target: the client streams and writes it
+    os.unlink(os.path.join(streamed, "docs", "n05.txt"))
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", streamed, "--overwrite"))
+    assert "written_by" not in r
+    assert snapshot(streamed) == want
+
+    # a non-empty target without --overwrite is refused as before, and nothing is written
+    out = d.cli("restore", s["id"], "--target", streamed)
+    assert out.returncode != 0 and "not empty" in out.stderr
