@@ -18,7 +18,7 @@ UNITDIR ?= /lib/systemd/system
 # per-user Python installations.
 SYSTEM_PY ?= $(firstword $(wildcard /usr/bin/python3) $(PY))
 DOCS := README.md docs/operations.md docs/design.md docs/format.md docs/journal.md docs/postgres.md \
-	docs/disaster-recovery.md
+	docs/disaster-recovery.md docs/databases.md docs/restore.md docs/reference.md
 
 .PHONY: setup run test lint proto bench install uninstall
 
@@ -40,7 +40,7 @@ run: setup
 	CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --source $(SOURCE) --key-file $(CAIRN_HOME)/repo.key
 
 test: setup
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30 tests
 
 lint: setup
 	$(BIN)/ruff check .

@@ -435,6 +435,8 @@ class Repository:
         hashed against the name by `decode`); a copy that does not is dropped and the object
         fetched again, never trusted. Callers only ask for names the backend lists now."""
         cache = self.cache
+        if kind == "sets" and self.write_only:
+            cache = None  # a write-only host reads its own sets from its host cache (the backend's guard)
         if cache is not None:
             stored = cache.get(kind, name)
             if stored is not None:
@@ -451,7 +453,7 @@ class Repository:
     def remember(self, kind: str, name: str, data: bytes) -> None:
         """Keep an object this handle just wrote (plaintext `data`, sealed here as stored) in
         the cache, so the next reader does not fetch it back."""
-        if self.cache is not None:
+        if self.cache is not None and not (kind == "sets" and self.write_only):
             self.cache.put(kind, name, self.key.seal_object(kind, name, data) if self.key is not None else data)
 
     def _open_object(self, kind: str, name: str, stored: bytes) -> bytes:
