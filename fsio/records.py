@@ -5,6 +5,13 @@ follows as `Data` (bytes appended at the current offset) and `Hole` (length skip
 hole) records until the next `EntryMeta` or the end; a `Failed` record says the open file
 could not be restored (it is removed and reported; the restore goes on). Paths are bytes relative to the restore
 root, '/'-separated, never absolute and never containing '..' (the writer refuses them).
+
+Lanes (in-process streams only, never sent over the wire): a file whose `EntryMeta` has `lane`
+set takes no `Data`; its content comes as `LaneData` records naming it, in order, ended by one
+`LaneEnd`, while other entries and their content go on between them. A producer lanes a large
+file so that its writes (which the kernel serialises per file) overlap the rest of the tree; it
+reads each lane's backlog from a `LaneGauge` the writer keeps. A lane always ends before a
+hardlink to its file and before the stream ends.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class EntryMeta:
     sparse: bool = False
     chunks: tuple[bytes, ...] = ()
     chunk_sizes: tuple[int, ...] = ()
+    lane: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,4 +66,38 @@ class Failed:
     message: str
 
 
-Record = EntryMeta | Data | Hole | Failed
+@dataclass(frozen=True, slots=True)
+class LaneData:
+    """Content of lane file `path`, appended at that file's own offset."""
+
+    path: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LaneEnd:
+    """The end of lane file `path`; with `failed` the file is removed and reported, as `Failed` does."""
+
+    path: bytes
+    failed: str = ""
+
+
+class LaneGauge:
+    """Bytes of each lane that a writer holds and has not written yet, by path (the writer adds and
+    subtracts under its own lock; a producer only reads)."""
+
+    def __init__(self) -> None:
+        self._held: dict[bytes, int] = {}
+
+    def add(self, path: bytes, n: int) -> None:
+        left = self._held.get(path, 0) + n
+        if left:
+            self._held[path] = left
+        else:
+            self._held.pop(path, None)
+
+    def backlog(self, path: bytes) -> int:
+        return self._held.get(path, 0)
+
+
+Record = EntryMeta | Data | Hole | Failed | LaneData | LaneEnd

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
 
-from cairn.fsio.records import Record
+from cairn.fsio.records import LaneGauge, Record
 from cairn.fsio.writer import TreeWriter
 
 from .content import crypto
@@ -808,9 +808,10 @@ class Repository:
 
     def restore_stream(self, s: BackupSet, paths: list[str] | None = None, *,
                        attachment: str | None = None, select: RestoreFilter | None = None,
-                       manifest: bool = False) -> Iterator[Record]:
+                       manifest: bool = False, lanes: LaneGauge | None = None) -> Iterator[Record]:
         """The records that restore `s` (or chosen paths of it, or an attachment), content verified;
-        `select` filters by pattern; `manifest` lists files' chunks instead of their content."""
+        `select` filters by pattern; `manifest` lists files' chunks instead of their content; with
+        `lanes` (a consumer that takes lanes: fsio.records) large files' content comes as lanes."""
         self._full_key("to restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():
@@ -818,7 +819,8 @@ class Repository:
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
             yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
-                                     chunk_size=self._chunk_size if manifest else None).records(root, paths)
+                                     chunk_size=self._chunk_size if manifest else None).records(
+                root, paths, None if manifest else lanes)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -11,7 +11,7 @@ from cairn import walnames
 from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
-from cairn.fsio.records import Record
+from cairn.fsio.records import LaneGauge, Record
 from cairn.store.errors import CairnError, InvalidArgumentError
 from cairn.store.model import BackupSet
 
@@ -24,11 +24,13 @@ class DatabasePart(ServicePart):
         return restoredb.restore_db_totals(s, database)
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
-                   target_path: str = "", restore_command: str = "") -> tuple[BackupSet, Iterator[Record]]:
+                   target_path: str = "", restore_command: str = "",
+                   lanes: LaneGauge | None = None) -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target, then promotes."""
         s = self.resolve(ref, source)
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
-                                               self._config.daemon.socket, target_path, restore_command)
+                                               self._config.daemon.socket, target_path, restore_command,
+                                               lanes=lanes)
         return s, self._counted(records)
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,

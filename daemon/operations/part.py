@@ -17,7 +17,7 @@ from cairn.daemon.databases.postgres import walarchive
 from cairn.daemon.runtime.config import Config
 from cairn.daemon.runtime.health import HealthRecord
 from cairn.daemon.scheduling.jobs import JobManager
-from cairn.fsio.records import Data, Record
+from cairn.fsio.records import Data, LaneData, Record
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
@@ -74,7 +74,7 @@ class ServicePart:
         sent = 0
         try:
             for rec in records:
-                if isinstance(rec, Data):
+                if isinstance(rec, (Data, LaneData)):
                     sent += len(rec.data)
                 yield rec
         finally:

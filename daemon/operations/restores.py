@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from cairn.daemon.operations.part import ServicePart, _rel
-from cairn.fsio.records import EntryMeta, Record
+from cairn.fsio.records import EntryMeta, LaneGauge, Record
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
 
@@ -31,13 +31,15 @@ class RestorePart(ServicePart):
         return sa, sb, self.repo.diff(sa, sb)
 
     def restore_stream(self, ref: str, source: str, paths: list[str], include: tuple[str, ...] = (),
-                       exclude: tuple[str, ...] = (), manifest: bool = False) -> tuple[BackupSet, Iterator[Record]]:
+                       exclude: tuple[str, ...] = (), manifest: bool = False,
+                       lanes: LaneGauge | None = None) -> tuple[BackupSet, Iterator[Record]]:
         s = self.resolve(ref, source)
         rels = [_rel(p) for p in paths]
         if any(not p for p in rels):
             rels = []
         select = RestoreFilter(include, exclude)
-        return s, self._counted(self.repo.restore_stream(s, rels or None, select=select, manifest=manifest))
+        return s, self._counted(self.repo.restore_stream(s, rels or None, select=select, manifest=manifest,
+                                                         lanes=lanes))
 
     def restore_totals(self, s: BackupSet, paths: list[str], include: tuple[str, ...] = (),
                        exclude: tuple[str, ...] = ()) -> tuple[int, int]:

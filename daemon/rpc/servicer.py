@@ -30,7 +30,7 @@ from cairn.daemon.operations.status import SourceState, set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.retention import parse_option_duration
-from cairn.fsio.records import Data, Record
+from cairn.fsio.records import Data, LaneGauge, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairn.proto.wire import add_record
@@ -204,12 +204,14 @@ class CairnServicer(pb_grpc.CairnServicer):
         if local:  # refused before the set is read: the client then streams
             restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim, same_powers=True)
         paths = [os.fsdecode(p) for p in request.paths]
+        lanes = LaneGauge() if local else None  # the daemon's own writer takes large files as lanes
         s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
-                                                 tuple(request.exclude), request.manifest)
+                                                 tuple(request.exclude), request.manifest, lanes=lanes)
         totals = None if request.manifest else \
             self.service.restore_totals(s, paths, tuple(request.include), tuple(request.exclude))
         if local:
-            yield from local_batches(s, records, request.target_path, request.local_claim, totals, context, "restore")
+            yield from local_batches(s, records, request.target_path, request.local_claim, totals, context, "restore",
+                                     lanes=lanes)
             return
         yield from restore_batches(set_info(s), records, totals)
 
@@ -228,14 +230,15 @@ class CairnServicer(pb_grpc.CairnServicer):
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         if request.local_claim:
             restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim)
+        lanes = LaneGauge() if request.local_claim else None
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
-            os.fsdecode(request.target_path), request.restore_command,
+            os.fsdecode(request.target_path), request.restore_command, lanes=lanes,
         )
         totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:
             yield from local_batches(s, records, request.target_path, request.local_claim, totals, context,
-                                     "restore-db")
+                                     "restore-db", lanes=lanes)
             return
         yield from restore_batches(set_info(s), records, totals)
 
@@ -673,7 +676,8 @@ def restore_batches(first: pb.SetInfo, records: Iterator[Record],
 
 
 def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str, totals: tuple[int, int] | None,
-                  context: grpc.ServicerContext, what: str) -> Iterator[pb.RestoreBatch]:
+                  context: grpc.ServicerContext, what: str,
+                  lanes: LaneGauge | None = None) -> Iterator[pb.RestoreBatch]:
     """A local restore (restoredb.write_local into the client's claimed target): progress
     batches while the daemon writes, then one batch with what it wrote."""
     def run(publish: Callable[[Progress], None]) -> Any:
@@ -681,7 +685,7 @@ def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str
             with contextlib.suppress(AbortedError):  # a client gone is seen by `cancelled`
                 publish(p)
         return restoredb.write_local(records, os.fsdecode(target_path), claim,
-                                     cancelled=lambda: not context.is_active(), progress=progress)
+                                     cancelled=lambda: not context.is_active(), progress=progress, lanes=lanes)
 
     files_total, bytes_total = totals or (0, 0)
     for item in run_with_progress(run, context, what):

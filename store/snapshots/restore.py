@@ -18,12 +18,13 @@ only from among those the set references.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
 
 from ..errors import CairnError, InvalidArgumentError, NotFoundError
 from .excludes import Excluder
@@ -33,6 +34,9 @@ BATCH_CHUNKS = 64  # chunks read by one pool task
 BATCH_BYTES = 2 * 1024 * 1024  # or this much data
 MAX_BATCHES = 4  # batches read ahead
 MAX_ENTRIES = 8192  # records waiting in the window
+LANE_FROM = 16 * 1024 * 1024  # files at least this large become lanes, for a consumer that takes them
+MAX_LANES = 2  # lanes open at once (a large file met while both are open goes inline)
+LANE_AHEAD = 16 * 1024 * 1024  # a lane's backlog below which more of it is fed
 
 
 def entry_meta(path: bytes, e: Entry, chunk_size: Callable[[bytes], int] | None = None) -> EntryMeta:
@@ -198,32 +202,80 @@ class StreamBuilder:
             if safe_name(x.name):
                 yield from self._entry(path + b"/" + x.name, x, selected)
 
-    def records(self, root: bytes, paths: list[str] | None) -> Iterator[Record]:
+    def records(self, root: bytes, paths: list[str] | None, lanes: LaneGauge | None = None) -> Iterator[Record]:
         """The restore stream. Chunk reads run ahead in the pool in batches (many small files'
-        chunks in one task, so threads hand over work rarely), at most MAX_BATCHES at once."""
+        chunks in one task, so threads hand over work rarely), at most MAX_BATCHES at once.
+
+        With `lanes` (a consumer that takes lanes, fsio.records) up to MAX_LANES regular files of
+        at least LANE_FROM bytes become lanes: their content is fed between the other entries
+        whenever the lane's backlog (held by the writer, per `lanes`, or read ahead here) is
+        below LANE_AHEAD, and all of it once the rest of the tree is out."""
         window: deque = deque()
-        batch, inflight = _Batch(), deque()
-        failed: bytes | None = None
+        inflight: deque = deque()
+        open_lanes: dict[bytes, _Lane] = {}
+        collecting: _Lane | None = None
+        state = {"batch": _Batch(), "failed": None}
+
+        def over() -> Iterator[Record]:  # hand records on while too much is read ahead
+            while len(inflight) > MAX_BATCHES or len(window) > MAX_ENTRIES:
+                head = window[0]
+                rec, state["failed"] = self._pop(window, state["failed"])
+                if (head[0] in ("chunk", "lchunk") and head[2] == len(head[1].ids) - 1 and inflight
+                        and inflight[0] is head[1]):
+                    inflight.popleft()  # the last chunk of the oldest batch was handed on
+                if state["batch"].future is not None:  # the open batch was read early: start another
+                    state["batch"] = _Batch()
+                if rec is not None:
+                    yield rec
+
+        def feed(lane: _Lane, everything: bool) -> Iterator[Record]:
+            """Add batches of `lane` to the window (all of them with `everything`); its end too."""
+            while lane.chunks and (everything or lane.ahead + lanes.backlog(lane.path) < LANE_AHEAD):
+                if state["batch"].ids:  # the window's order stays the order batches are read in
+                    inflight.append(self._submit(state["batch"]))
+                    state["batch"] = _Batch()
+                lb = _Batch()
+                while lane.chunks and not lb.full():
+                    bid, size = lane.chunks.popleft()
+                    window.append(("lchunk", lb, lb.add(bid, size), lane, size))
+                    lane.ahead += size
+                inflight.append(self._submit(lb))
+                yield from over()
+            if not lane.chunks:
+                window.append(("lend", lane))
+                del open_lanes[lane.path]
+
         for item in self.items(root, paths):
+            if collecting is not None:
+                if item[0] == "chunk" and item[3] == collecting.path:
+                    collecting.chunks.append((item[1], item[4]))
+                    continue
+                collecting = None
             if item[0] == "meta":
+                rec = item[1]
+                if isinstance(rec, EntryMeta):
+                    if (lanes is not None and rec.kind == "file" and not rec.sparse and rec.size >= LANE_FROM
+                            and len(open_lanes) < MAX_LANES and rec.path not in open_lanes):
+                        item = ("meta", dataclasses.replace(rec, lane=True))
+                        collecting = open_lanes[rec.path] = _Lane(rec.path)
+                    elif rec.kind == "hardlink" and rec.link_to in open_lanes:
+                        yield from feed(open_lanes[rec.link_to], True)  # a lane ends before a link to it
                 window.append(item)
             else:
                 _, bid, sparse, path, size = item
+                batch = state["batch"]
                 window.append(("chunk", batch, batch.add(bid, size), sparse, path))
                 if batch.full():
                     inflight.append(self._submit(batch))
-                    batch = _Batch()
-            while len(inflight) > MAX_BATCHES or len(window) > MAX_ENTRIES:
-                head = window[0]
-                rec, failed = self._pop(window, failed)
-                if head[0] == "chunk" and head[2] == len(head[1].ids) - 1 and inflight and inflight[0] is head[1]:
-                    inflight.popleft()  # the last chunk of the oldest batch was handed on
-                if batch.future is not None:  # the open batch had to be read early: start another
-                    batch = _Batch()
-                if rec is not None:
-                    yield rec
+                    state["batch"] = _Batch()
+            for lane in list(open_lanes.values()):
+                if lane is not collecting:
+                    yield from feed(lane, False)
+            yield from over()
+        for lane in list(open_lanes.values()):
+            yield from feed(lane, True)
         while window:
-            rec, failed = self._pop(window, failed)
+            rec, state["failed"] = self._pop(window, state["failed"])
             if rec is not None:
                 yield rec
 
@@ -242,8 +294,24 @@ class StreamBuilder:
 
     def _pop(self, window: deque, failed: bytes | None) -> tuple[Record | None, bytes | None]:
         item = window.popleft()
-        if item[0] == "meta":
+        kind = item[0]
+        if kind == "meta":
             return item[1], None
+        if kind == "lend":
+            lane = item[1]
+            return (None if lane.failed else LaneEnd(lane.path)), failed
+        if kind == "lchunk":
+            _, batch, i, lane, size = item
+            lane.ahead -= size
+            if lane.failed:
+                return None, failed
+            if batch.future is None:
+                self._submit(batch)
+            data = batch.future.result()[i]
+            if isinstance(data, CairnError):
+                lane.failed = True
+                return LaneEnd(lane.path, failed=data.message), failed
+            return LaneData(lane.path, data), failed
         _, batch, i, sparse, path = item
         if failed == path:
             return None, failed
@@ -255,6 +323,18 @@ class StreamBuilder:
         if sparse and data and not (data[0] or data[-1]) and data.count(0) == len(data):
             return Hole(len(data)), None
         return Data(data), None
+
+
+class _Lane:
+    """A large file whose content is fed between the other entries: its chunks not yet fed."""
+
+    __slots__ = ("path", "chunks", "ahead", "failed")
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.chunks: deque[tuple[bytes, int]] = deque()  # (id, size) not yet in the window
+        self.ahead = 0  # bytes in the window, read or being read, not yet handed on
+        self.failed = False
 
 
 class _Batch:

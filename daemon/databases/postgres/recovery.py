@@ -19,6 +19,7 @@ No psycopg2 here: this module works without a server.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from datetime import datetime
 from cairn import walnames
 from cairn.errors import InvalidArgumentError
 from cairn.fsio.durable import fsync_dir, write_atomic
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, Record
 
 RECOVERY_KEYS = (
     "restore_command",
@@ -273,6 +274,10 @@ def _rerooted(records: Iterable[Record], root: bytes) -> Iterator[Record]:
     prefix = root.rstrip(b"/") + b"/"
     keep = False
     for rec in records:
+        if isinstance(rec, (LaneData, LaneEnd)):  # a lane names its file: kept by its own path
+            if rec.path.startswith(prefix):
+                yield dataclasses.replace(rec, path=rec.path[len(prefix):])
+            continue
         if isinstance(rec, EntryMeta):
             keep = rec.path.startswith(prefix)
             if not keep:
@@ -298,7 +303,21 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
     conf_meta: EntryMeta | None = None
     conf = bytearray()
     seen_wal = seen_conf = False
+    dropped_lanes: set[bytes] = set()  # lanes of entries left out: their content is left out too
+    conf_lane: EntryMeta | None = None  # a laned postgresql.auto.conf: merged at the end
+    conf_lane_data = bytearray()
     for rec in records:
+        if isinstance(rec, (LaneData, LaneEnd)):
+            if rec.path in dropped_lanes:
+                continue
+            if conf_lane is not None and rec.path == AUTO_CONF:
+                if isinstance(rec, LaneData):
+                    conf_lane_data += rec.data
+                elif rec.failed:
+                    raise InvalidArgumentError(f"unable to restore postgresql.auto.conf: {rec.failed}")
+                continue
+            yield rec
+            continue
         if not isinstance(rec, EntryMeta):
             if conf_meta is not None:
                 if isinstance(rec, Data):
@@ -319,6 +338,8 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
             owner = (rec.uid, rec.gid)
         if path in DROPPED_FILES or path.startswith(b"pg_wal/"):
             skipping = True
+            if rec.lane:
+                dropped_lanes.add(path)
             continue
         if path == b"pg_wal":
             seen_wal = True
@@ -326,11 +347,17 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
                 rec = EntryMeta(path=b"pg_wal", kind="dir", mode=0o700, uid=rec.uid, gid=rec.gid,
                                 mtime_ns=rec.mtime_ns)
         if path == AUTO_CONF and rec.kind == "file":
-            conf_meta, seen_conf = rec, True
+            seen_conf = True
+            if rec.lane:  # its content ends somewhere later: written after everything else
+                conf_lane = rec
+            else:
+                conf_meta = rec
             continue
         yield rec
     if conf_meta is not None:
         yield from _conf_records(conf_meta, bytes(conf), settings)
+    elif conf_lane is not None:
+        yield from _conf_records(dataclasses.replace(conf_lane, lane=False), bytes(conf_lane_data), settings)
     elif not seen_conf:
         yield from _new_file(AUTO_CONF, merge_auto_conf(b"", settings), owner)
     now = time.time_ns()

@@ -54,7 +54,7 @@ from cairn import walnames
 from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
 from cairn.daemon.databases.postgres.recovery import lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
-from cairn.fsio.records import Data, EntryMeta, Record
+from cairn.fsio.records import Data, EntryMeta, LaneData, LaneGauge, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet, Progress
@@ -177,8 +177,10 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> None
 
 
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
-                       socket_path: str, target_path: str = "", command: str = "") -> Iterator[Record]:
+                       socket_path: str, target_path: str = "", command: str = "",
+                       lanes: LaneGauge | None = None) -> Iterator[Record]:
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
+    With `lanes` (the daemon's own writer) the data directory's large files come as lanes.
 
     `command` replaces the default restore_command (a client the database's OS user can run)."""
     if command and ("%p" not in command or "\n" in command):
@@ -197,7 +199,8 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     wal = consistency_wal(repo, rec)
     own_point = not (target_time or target_lsn)
     size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
-    main = recovery_stream(repo.restore_stream(s, attachment=typed.attachment), typed.labelfile, typed.spcmapfile,
+    data_dir = repo.restore_stream(s, attachment=typed.attachment, lanes=lanes)
+    main = recovery_stream(data_dir, typed.labelfile, typed.spcmapfile,
                            command or prefetching_restore_command(socket_path, system_id=record_namespace(rec),
                                                                   placed=wal, own_point=own_point, segment_size=size),
                            target_time or None,
@@ -343,7 +346,7 @@ def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
 
 def write_local(records: Iterator[Record], target_path: str, nonce: str,
                 cancelled: Callable[[], bool] | None = None,
-                progress: Callable[[Progress], None] | None = None) -> WriteStats:
+                progress: Callable[[Progress], None] | None = None, lanes: LaneGauge | None = None) -> WriteStats:
     """Write a restore-db stream into the client's target directory (after check_claim); stop
     early (the directory stays incomplete, as a streamed restore cut short) once `cancelled()`.
     `progress` hears the files and bytes passed to the writer, at most every 0.2 s."""
@@ -353,13 +356,13 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
     except OSError as exc:
         raise FailedPreconditionError(
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
-    writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS)
+    writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS, lanes=lanes)
     try:
         files = size = 0
         last = 0.0
         for i, rec in enumerate(records):
             writer.apply(rec)
-            if isinstance(rec, Data):
+            if isinstance(rec, (Data, LaneData)):
                 size += len(rec.data)
             elif isinstance(rec, EntryMeta) and rec.kind == "file":
                 files += 1

@@ -1,6 +1,7 @@
 """cairn restore into an empty target on the daemon's host: the daemon writes the tree itself
-(no data crosses gRPC), and the result equals a streamed restore's, entry for entry. --stream,
---overwrite into a non-empty target, and patterns are honoured."""
+(no data crosses gRPC; files of 16 MiB and more as lanes, one of them hardlinked), and the result
+equals a streamed restore's, entry for entry. --stream, --overwrite into a non-empty target, and
+patterns are honoured."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def make_tree(root: str, rng: random.Random) -> None:
             f.write(rng.randbytes(rng.randrange(10, 30_000)))
     with open(os.path.join(root, "media", "big.bin"), "wb") as f:
         f.write(rng.randbytes(3 << 20))
+    for name, mib in (("huge-a.bin", 17), ("huge-b.bin", 18), ("huge-c.bin", 17)):  # large enough for lanes
+        with open(os.path.join(root, "media", name), "wb") as f:
+            f.write(rng.randbytes(mib << 20))
+    os.chmod(os.path.join(root, "media", "huge-b.bin"), 0o400)
+    os.link(os.path.join(root, "media", "huge-a.bin"), os.path.join(root, "zz-huge-again.bin"))
     with open(os.path.join(root, "docs", "deep", "leaf.txt"), "wb") as f:
         f.write(b"leaf\n")
     os.symlink("docs/deep/leaf.txt", os.path.join(root, "link"))
@@ -42,6 +48,8 @@ def test_an_empty_target_is_written_by_the_daemon_and_equals_a_streamed_restore(
     assert snapshot(local) == want
     assert os.stat(os.path.join(local, "docs", "n01.txt")).st_ino == \
         os.stat(os.path.join(local, "docs", "n01-again.txt")).st_ino
+    assert os.stat(os.path.join(local, "media", "huge-a.bin")).st_ino == \
+        os.stat(os.path.join(local, "zz-huge-again.bin")).st_ino
     assert not [n for n in os.listdir(local) if n.startswith(".cairn-claim-")]
 
     streamed = os.path.join(rundir, "streamed")

@@ -1,6 +1,7 @@
 """One command brings an application back: `cairn restore SET --target DIR --databases` writes the
 set's files and lays down each of its databases ready for recovery; a real PostgreSQL 15 started
-on the result recovers, and the rows and files match what the set captured."""
+on the result recovers, and the rows and files match what the set captured (a relation file large
+enough to be written as a lane among them)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def test_restore_files_and_database_with_one_command(stack: Stack) -> None:
         (files / "blobs" / f"b{i}.bin").write_bytes(body)
         stack.psql(f"INSERT INTO docs VALUES ({i}, 'blobs/b{i}.bin', md5(decode('{body.hex()}', 'hex')))")
     captured_rows = stack.psql("SELECT string_agg(id || ':' || path || ':' || digest, ',' ORDER BY id) FROM docs")
+    # a relation file large enough to be written as a lane by the daemon (restore.LANE_FROM)
+    stack.psql("CREATE TABLE bulk AS SELECT g AS id, md5(g::text) || repeat('y', 900) AS pad "
+               "FROM generate_series(1, 24000) g")
+    assert int(stack.psql("SELECT pg_relation_size('bulk')")) >= 17 << 20
+    bulk = "SELECT count(*) || ':' || md5(string_agg(pad, ',' ORDER BY id)) FROM bulk"
+    captured_bulk = stack.psql(bulk)
     captured_files = tree(str(files))
     s = stack.backup("app")
     # changes after the set must not come back
@@ -78,6 +85,7 @@ def test_restore_files_and_database_with_one_command(stack: Stack) -> None:
     assert not (dbdir / "pg_wal" / "cairn-restore-db.own-point").exists()  # recovery_end_command
     assert srv.psql("SELECT string_agg(id || ':' || path || ':' || digest, ',' ORDER BY id) FROM docs") == \
         captured_rows
+    assert srv.psql(bulk) == captured_bulk
     # every row's file is there with the content the row describes
     for row in srv.psql("SELECT path || '|' || digest FROM docs ORDER BY id").splitlines():
         path, digest = row.split("|")

@@ -17,8 +17,8 @@ from cairn.daemon.databases.postgres.recovery import (
     write_recovery,
 )
 from cairn.errors import InvalidArgumentError
-from cairn.fsio.records import Data, EntryMeta, Hole
-from cairn.fsio.writer import TreeWriter
+from cairn.fsio.records import Data, EntryMeta, Hole, LaneData, LaneEnd
+from cairn.fsio.writer import ParallelTreeWriter, TreeWriter
 
 
 def _fake_datadir(tmp_path: Path) -> Path:
@@ -146,6 +146,44 @@ def test_recovery_stream_replaces_a_pg_wal_symlink_and_creates_missing_auto_conf
     conf = out[out.index(by_path[b"postgresql.auto.conf"]) + 1]
     assert isinstance(conf, Data) and b"recovery_target = 'immediate'" in conf.data
     assert (by_path[b"postgresql.auto.conf"].uid, by_path[b"postgresql.auto.conf"].gid) == (101, 104)
+
+
+def test_recovery_stream_passes_lanes_through_and_drops_those_of_entries_it_leaves_out(tmp_path: Path) -> None:
+    """Lanes (large files fed between other entries by the daemon's own writer): a kept file's
+    lane is re-rooted, the lane of a WAL segment left out goes with it, and a laned
+    postgresql.auto.conf is merged and written at the end, never while another file is open."""
+    recs = [
+        EntryMeta(path=b"other", kind="file", size=2, lane=True),
+        EntryMeta(path=b"main", kind="dir", mode=0o700, uid=101, gid=104),
+        EntryMeta(path=b"main/PG_VERSION", kind="file", mode=0o600, uid=101, gid=104, size=3), Data(b"15\n"),
+        EntryMeta(path=b"main/postgresql.auto.conf", kind="file", mode=0o600, uid=101, gid=104, size=17,
+                  lane=True),
+        EntryMeta(path=b"main/base", kind="dir", mode=0o700, uid=101, gid=104),
+        EntryMeta(path=b"main/base/big", kind="file", mode=0o600, uid=101, gid=104, size=8, lane=True),
+        LaneData(b"main/base/big", b"abcd"), LaneData(b"other", b"zz"), LaneEnd(b"other"),
+        EntryMeta(path=b"main/pg_wal", kind="dir", mode=0o700, uid=101, gid=104),
+        EntryMeta(path=b"main/pg_wal/000000010000000000000001", kind="file", size=4, lane=True),
+        EntryMeta(path=b"main/base/small", kind="file", mode=0o600, size=1),
+        LaneData(b"main/pg_wal/000000010000000000000001", b"wal!"),
+        LaneData(b"main/postgresql.auto.conf", b"work_mem = '8MB'\n"), Data(b"s"),
+        LaneData(b"main/base/big", b"efgh"), LaneEnd(b"main/postgresql.auto.conf"),
+        LaneEnd(b"main/pg_wal/000000010000000000000001"), LaneEnd(b"main/base/big"),
+    ]
+    out = list(recovery_stream(recs, LABEL, b"", "cp /w/%f %p", root=b"main"))
+    lanes = [r for r in out if isinstance(r, (LaneData, LaneEnd))]
+    assert {r.path for r in lanes} == {b"base/big"}
+    conf = [i for i, r in enumerate(out) if isinstance(r, EntryMeta) and r.path == b"postgresql.auto.conf"]
+    assert len(conf) == 1 and not out[conf[0]].lane and isinstance(out[conf[0] + 1], Data)
+    assert conf[0] > max(out.index(r) for r in lanes)  # after the last lane record
+    target = tmp_path / "restored"
+    w = ParallelTreeWriter(str(target))
+    for rec in out:
+        w.apply(rec)
+    st = w.finish()
+    assert not st.errors
+    assert (target / "base" / "big").read_bytes() == b"abcdefgh" and (target / "base" / "small").read_bytes() == b"s"
+    assert (target / "postgresql.auto.conf").read_bytes().startswith(b"work_mem = '8MB'\n# recovery settings")
+    assert os.listdir(target / "pg_wal") == ["archive_status"] and not (target / "other").exists()
 
 
 def test_recovery_stream_validates_before_reading() -> None:

@@ -1,4 +1,4 @@
-"""ParallelTreeWriter (several files and ranges of one file written at once by a pool) lays
+"""ParallelTreeWriter (several files written at once by a pool, each file in order by one thread) lays
 down exactly the tree TreeWriter does, keeps its safety rules, and never reports a file whose
 write failed as restored."""
 
