@@ -3,6 +3,7 @@ client, on an encrypted and on a plaintext repository), restic and borg, in one 
 
   python -m bench.backup_restore [--workdir DIR] [--corpus-script PATH] [--big-mib N]
                                  [--tools cairnd-enc,cairnd,restic] [--runs N] [--rebuild-corpus]
+                                 [--fresh-fs]
 
 Builds the corpus once (../shared/bench/build_corpus.py beside the project root unless
 --corpus-script says otherwise) into the work dir (default bench/out/), reads it once so every
@@ -21,11 +22,14 @@ restic, restore >= 1.2x restic, repository within 2% of unencrypted cairnd), wit
 seconds beside them. With --runs N (default 3) the tools take turns N times, each on a fresh
 repository; the table shows the best speed of the N runs and the highest peak memory;
 results.json in the work dir holds every run and the medians. Each run line shows the load.
+With --fresh-fs (root) every restore goes to a new ext4 file system made for the run
+(bench/common.py fresh_fs says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -49,6 +53,7 @@ from bench.common import (  # noqa: E402
     compare_trees,
     dir_size,
     fresh_dir,
+    fresh_fs,
     run_measured,
     tree_bytes,
     warm,
@@ -310,14 +315,14 @@ def prepare_corpus(args: argparse.Namespace, work: Path) -> Path:
     return corpus
 
 
-def bench_once(tool: Tool, res: ToolResult, corpus: Path, run: int, verify: bool) -> None:
+def bench_once(tool: Tool, res: ToolResult, corpus: Path, run: int, verify: bool, targets: Path) -> None:
     """One fresh repository, one full backup, one restore into an empty directory.
 
     Repositories and restored trees are kept until the whole benchmark is done: ext4 scans for
     recently deleted inodes when creating files, so deleting 7,700 files just before the next
     tool restores would make that tool pay for the previous one's clean-up."""
     repo = tool.work / f"repo-{tool.name}-{run}"
-    target = tool.work / f"restore-{tool.name}-{run}"
+    target = targets / f"restore-{tool.name}-{run}"
     if repo.exists():
         shutil.rmtree(repo)
     fresh_dir(target)
@@ -477,6 +482,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rebuild-corpus", action="store_true")
     ap.add_argument("--no-verify", action="store_true", help="skip comparing Cairn's restore with the corpus")
+    ap.add_argument("--fresh-fs", action="store_true",
+                    help="restore onto a new ext4 file system made for this run (root; see common.fresh_fs)")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -498,14 +505,19 @@ def main() -> int:
         return 1
     results = {t.name: ToolResult(t.name, version=t.version()) for t in tools}
     clean_outputs(tools)  # leftovers of an earlier invocation
-    try:
-        for run in range(1, args.runs + 1):  # interleaved, so background load hits every tool alike
-            for tool in tools:
-                verify = tool.name.startswith("cairn") and not args.no_verify and run == args.runs
-                tool.corpus = corpus
-                bench_once(tool, results[tool.name], corpus, run, verify)
-    finally:
-        clean_outputs(tools)
+    with contextlib.ExitStack() as stack:
+        targets = work
+        if args.fresh_fs:
+            targets = stack.enter_context(fresh_fs(work, int(corpus_bytes * 1.3) * len(tools) * args.runs))
+            print(f"restores go to a new ext4 file system at {targets}", flush=True)
+        try:
+            for run in range(1, args.runs + 1):  # interleaved, so background load hits every tool alike
+                for tool in tools:
+                    verify = tool.name.startswith("cairn") and not args.no_verify and run == args.runs
+                    tool.corpus = corpus
+                    bench_once(tool, results[tool.name], corpus, run, verify, targets)
+        finally:
+            clean_outputs(tools)
     results = list(results.values())
     rows = report(results, corpus_bytes, files)
     (work / "results.json").write_text(json.dumps({"corpus_bytes": corpus_bytes, "files": files, "tools": rows},

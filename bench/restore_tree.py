@@ -8,24 +8,29 @@
       restore takes at most 1/0.9 of cp's time, i.e. runs at >= 0.9 of its speed).
 
     .venv/bin/python bench/restore_tree.py [--tree-mib 1024] [--damage 0.01] [--workdir DIR]
-                                           [--corpus-script PATH] [--skip-corpus]
+                                           [--corpus-script PATH] [--skip-corpus] [--rounds N]
+                                           [--fresh-fs]
 
 A real cairnd (its own plaintext repository, Unix socket) serves both; every restore is `cairn
 restore`. A full restore into an empty directory is written by the daemon on this host (no data
 crosses gRPC); the delta restores read the target in the client and fetch what differs. The
 corpus is the one bench/backup_restore.py uses (built once into the work directory). `sync`
 runs before each timed step, and outputs stay until the end (deleting thousands of files right
-before a step slows ext4's next creations). Each step runs once; the load average is printed.
-Figures go to <workdir>/restore_tree.json.
+before a step slows ext4's next creations). Each step of (a) runs once; (b) alternates `cp -a`
+and the restore --rounds times (default 3) and compares medians; the load average is printed.
+With --fresh-fs (root) every output goes to a new ext4 file system made for the run (see
+bench/common.py fresh_fs). Figures go to <workdir>/restore_tree.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +39,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
-from bench.common import DEFAULT_CORPUS_SCRIPT, DEFAULT_WORKDIR, build_corpus, compare_trees  # noqa: E402
+from bench.common import DEFAULT_CORPUS_SCRIPT, DEFAULT_WORKDIR, build_corpus, compare_trees, fresh_fs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CAIRN, CAIRND = str(BIN / "cairn"), str(BIN / "cairnd")
@@ -115,10 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--corpus-script", type=Path, default=DEFAULT_CORPUS_SCRIPT)
     ap.add_argument("--skip-corpus", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (b): cp -a and the restore, alternated")
+    ap.add_argument("--fresh-fs", action="store_true", help="write every output to a new ext4 file system (root)")
     args = ap.parse_args(argv)
     work = args.workdir / "restore_tree"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        out = work
+        if args.fresh_fs:
+            out = stack.enter_context(fresh_fs(args.workdir.resolve(), (args.tree_mib << 21) + (2 * args.rounds << 30)))
+        return run(args, work, out)
+
+
+def run(args: argparse.Namespace, work: Path, out: Path) -> int:
+    """The two parts; `work` holds repositories and sources, `out` every restored tree."""
     fig: dict[str, dict] = {"load": {"loadavg_start": os.getloadavg()}}
     rng = random.Random(12)
 
@@ -128,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     d = Daemon(work / "a", src)
     try:
         s = json.loads(d.ok("--json", "backup", "--level", "full"))
-        full_s, _ = d.timed("restore", s["id"], "--target", str(work / "full"))
+        full_s, _ = d.timed("restore", s["id"], "--target", str(out / "full"))
         # the same full restore streamed to the client and written there (how it ran before)
-        streamed_s, _ = d.timed("restore", s["id"], "--target", str(work / "full-streamed"), "--stream")
-        target = work / "full"
+        streamed_s, _ = d.timed("restore", s["id"], "--target", str(out / "full-streamed"), "--stream")
+        target = out / "full"
         restored = sorted(target.rglob("*.bin"))
         damaged = damage(restored, args.damage, rng)
         delta_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta")
@@ -161,16 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         d = Daemon(work / "b", corpus)
         try:
             s = json.loads(d.ok("--json", "backup", "--level", "full"))
-            subprocess.run(["sync"], check=True)
-            t0 = time.perf_counter()
-            subprocess.run(["cp", "-a", str(corpus), str(work / "cp")], check=True)
-            cp_s = time.perf_counter() - t0
-            cairn_s, _ = d.timed("restore", s["id"], "--target", str(work / "cairn"))
-            problems = compare_trees(corpus, work / "cairn")
+            cps, cairns = [], []
+            for r in range(args.rounds):
+                subprocess.run(["sync"], check=True)
+                t0 = time.perf_counter()
+                subprocess.run(["cp", "-a", str(corpus), str(out / f"cp-{r}")], check=True)
+                cps.append(time.perf_counter() - t0)
+                cairns.append(d.timed("restore", s["id"], "--target", str(out / f"cairn-{r}"))[0])
+                print(f"corpus round {r + 1}: cp -a {cps[-1]:.2f} s, cairn restore {cairns[-1]:.2f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            problems = compare_trees(corpus, out / "cairn-0")
             size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file() and not f.is_symlink())
-            fig["corpus"] = {"bytes": size, "cp_a_s": cp_s, "cairn_restore_s": cairn_s,
-                             "fraction_of_cp": cp_s / cairn_s, "tree_equal": not problems,
-                             "loadavg": os.getloadavg()}
+            cp_s, cairn_s = statistics.median(cps), statistics.median(cairns)
+            fig["corpus"] = {"bytes": size, "cp_a_s": cps, "cairn_restore_s": cairns, "cp_a_median_s": cp_s,
+                             "cairn_restore_median_s": cairn_s, "fraction_of_cp": cp_s / cairn_s,
+                             "tree_equal": not problems, "loadavg": os.getloadavg()}
             print("corpus:", json.dumps(fig["corpus"]), flush=True)
         finally:
             d.stop()

@@ -33,8 +33,9 @@ target is its own: the target directory holds exactly one file, `.cairn-claim-<n
 the nonce as content, made by root or by the daemon's own user (so the daemon never writes
 anywhere on behalf of a less privileged user). Anything else is refused with
 FailedPreconditionError "local write ..." before anything is written, and the client streams.
-The daemon writes with fsio.writer.ParallelTreeWriter (a pool of LOCAL_WRITERS threads writes
-several files, and ranges of one large file, at once; every guarantee of TreeWriter holds).
+The daemon writes with fsio.writer.ParallelTreeWriter (a pool of LOCAL_WRITERS threads creates and
+writes several files at once, each in order; every guarantee of TreeWriter holds), and the stream
+it writes may carry lanes (fsio.records) when the caller passes the writer's LaneGauge.
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
 
 
 CLAIM_PREFIX = ".cairn-claim-"
-LOCAL_WRITERS = 4  # threads writing a local restore: several files, and ranges of a large one, at once
+LOCAL_WRITERS = 4  # threads writing a local restore: several files at once, each in order
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
