@@ -1,7 +1,7 @@
 """Recovery benchmark: Cairn's restore-db + recovery against pgBackRest's restore + recovery, side
 by side in one run, to the set's own point and to a point in time >= --wal-gb of WAL later.
 
-    .venv/bin/python bench/recovery.py [--scale 50] [--wal-gb 1.0] [--load-seconds 30] [--keep]
+    .venv/bin/python bench/recovery.py [--scale 50] [--wal-gb 1.0] [--load-seconds 30] [--rounds 3] [--keep]
 
 One PostgreSQL 15 server (tests/pgserver.py) with a pgbench database archives every WAL segment
 to both Cairn (`cairn wal-push` into a real cairnd) and pgBackRest (`archive-push`). A Cairn
@@ -19,8 +19,9 @@ chunks are then mostly deltas against the full set). Then:
 Each tool's time is split into writing the data directory and recovery (server start until
 promotion). The CPU seconds of the write phase are given too (the client or pgbackrest and the
 processes it starts, plus cairnd): on a shared machine they vary less than wall time. `sync`
-runs before each restore; each step runs once (the machine may be shared: the load average is
-printed). Needs root. Figures go to out/recovery.json beside this file.
+runs before each restore; (a) runs --rounds times with the first tool alternating and gives
+medians, (b) runs once (the machine may be shared: the load average is printed). Needs root.
+Figures go to out/recovery.json beside this file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-seconds", type=int, default=30,
                     help="pgbench load before an incremental backup that the restores use (0: restore the full)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a), the first tool alternating; medians")
     args = ap.parse_args(argv)
     root = make_pg_dir("cairn-recovery-")
     (root / "files").mkdir()
@@ -120,29 +123,46 @@ def main(argv: list[str] | None = None) -> int:
             return timed(br.run, f"--pg1-path={target}", "--target-action=promote",
                          f"--recovery-option=restore_command={get}", *extra, "restore")[0]
 
-        def side_by_side(name: str, count_sql: str, cairn_args: tuple[str, ...], br_args: tuple[str, ...]) -> None:
+        def side_by_side(name: str, count_sql: str, cairn_args: tuple[str, ...], br_args: tuple[str, ...],
+                         rounds: int = 1) -> None:
+            """Each tool restores and recovers `rounds` times, the first tool alternating; the
+            figures are medians. Data directories are removed only after the last round (ext4
+            makes the next file creations slower right after many deletions)."""
             out: dict[str, float | str] = {}
-            for tool, fn, extra in (("cairn", cairn, cairn_args), ("pgbackrest", pgbr, br_args)):
-                run(["sync"])
-                holder = make_pg_dir(f"cairn-{tool}-{name}-")
-                try:
-                    cpu0 = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0)
-                    write = fn(holder / "data", *extra)
-                    write_cpu = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0) - cpu0
-                    recovery, rows = recover(holder / "data", count_sql)
-                finally:
+            runs: dict[str, list[dict]] = {"cairn": [], "pgbackrest": []}
+            holders: list[Path] = []
+            tools = [("cairn", cairn, cairn_args), ("pgbackrest", pgbr, br_args)]
+            try:
+                for r in range(rounds):
+                    for tool, fn, extra in (tools if r % 2 == 0 else tools[::-1]):
+                        run(["sync"])
+                        holder = make_pg_dir(f"cairn-{tool}-{name}-")
+                        holders.append(holder)
+                        cpu0 = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0)
+                        write = fn(holder / "data", *extra)
+                        write_cpu = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0) - cpu0
+                        recovery, rows = recover(holder / "data", count_sql)
+                        runs[tool].append({"write_s": write, "recovery_s": recovery, "rows": rows,
+                                           "write_cpu_s": write_cpu})
+                        print(f"{name} {tool}: write {write:.2f}s ({write_cpu:.2f} CPU s), recovery {recovery:.2f}s, "
+                              f"rows {rows}, load {os.getloadavg()[0]:.1f}", flush=True)
+            finally:
+                for holder in holders:
                     shutil.rmtree(holder, ignore_errors=True)
-                out.update({f"{tool}_write_s": write, f"{tool}_recovery_s": recovery,
-                            f"{tool}_s": write + recovery, f"{tool}_rows": rows, f"{tool}_write_cpu_s": write_cpu})
-                print(f"{name} {tool}: write {write:.2f}s ({write_cpu:.2f} CPU s), recovery {recovery:.2f}s, "
-                      f"rows {rows}, load {os.getloadavg()[0]:.1f}", flush=True)
+            for tool, rs in runs.items():
+                med = lambda k, rs=rs: statistics.median(x[k] for x in rs)  # noqa: E731
+                out.update({f"{tool}_write_s": med("write_s"), f"{tool}_recovery_s": med("recovery_s"),
+                            f"{tool}_s": statistics.median(x["write_s"] + x["recovery_s"] for x in rs),
+                            f"{tool}_rows": rs[-1]["rows"], f"{tool}_write_cpu_s": med("write_cpu_s"),
+                            f"{tool}_runs": rs})
             out["ratio_cairn_over_pgbackrest"] = out["cairn_s"] / out["pgbackrest_s"]
             out["write_cpu_ratio"] = out["cairn_write_cpu_s"] / max(out["pgbackrest_write_cpu_s"], 1e-9)
             out["loadavg"] = os.getloadavg()
             fig[name] = out
 
         # (a) the backup's own point
-        side_by_side("own_point", "SELECT count(*) FROM pgbench_history", (), ("--type=immediate",))
+        side_by_side("own_point", "SELECT count(*) FROM pgbench_history", (), ("--type=immediate",),
+                     rounds=args.rounds)
 
         # (b) >= wal-gb of WAL, then a point-in-time recovery to its end
         stack.psql("CREATE TABLE wal_fill (id bigint, pad text)")
