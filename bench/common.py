@@ -163,7 +163,9 @@ def fresh_fs(work: Path, size_bytes: int) -> Iterator[Path]:
     mnt.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(max(size_bytes, 1 << 30))
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    # inode tables and journal written now: left lazy, a kernel thread writes them during the first
+    # minutes of the run, and every tool restored slower then (cp -a 2.4 s against 0.7 s later)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)], check=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
     try:
         yield mnt

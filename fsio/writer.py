@@ -347,15 +347,21 @@ def _setxattr(target: int | bytes, name: bytes, value: bytes) -> None:
         raise
 
 
+STREAM_FROM = 1 << 20  # a file with this much content waiting goes to the pool before its end
+GROUP_FILES = 32  # small files handed to the pool as one task (fewer hand-overs between threads)
+GROUP_BYTES = 4 << 20
+
+
 class _OpenFile:
     """A file of a ParallelTreeWriter that the pool creates, writes and finalizes."""
 
-    __slots__ = ("fd", "meta", "rel", "lane", "queue", "end", "running", "closed", "error", "done")
+    __slots__ = ("fd", "meta", "rel", "lane", "queue", "queued", "end", "running", "closed", "error", "done")
 
     def __init__(self, meta: EntryMeta, rel: bytes) -> None:
         self.fd: int | None = None  # opened by the pool, before its first write
         self.meta, self.rel, self.lane = meta, rel, meta.lane
         self.queue: deque[tuple[bytes, int]] = deque()  # (data, offset) waiting for the pool
+        self.queued = 0  # bytes in the queue
         self.end = 0  # the end of the content given so far
         self.running = False  # a pool thread is working on it (one at a time per file)
         self.closed = False  # the stream moved past this file: finalize after the last write
@@ -375,7 +381,10 @@ class ParallelTreeWriter(TreeWriter):
     verified and links and special files created in stream order by the caller's thread exactly
     as TreeWriter does; a regular file is then created by the pool (O_NOFOLLOW, an existing entry
     unlinked first when overwriting) in a directory that already exists, and written, and its own
-    metadata (size, owner, xattrs, mode, times) applied after its last write. In addition:
+    metadata (size, owner, xattrs, mode, times) applied after its last write. A small file goes
+    to the pool once the stream has moved past it, with up to GROUP_FILES others in one task (a
+    hand-over between threads per file cost more than writing it); a file with STREAM_FROM
+    bytes waiting, or a lane, is written while its content still comes. In addition:
     - at most `max_pending` bytes of content wait for the pool; the caller blocks beyond that;
     - a file that cannot be created or written (or whose stream reports a failure) is removed and
       named in stats.errors; it is never counted in stats.files, so no partial file is reported
@@ -397,6 +406,8 @@ class ParallelTreeWriter(TreeWriter):
         self._job: _OpenFile | None = None
         self._jobs: dict[bytes, _OpenFile] = {}  # files not yet finalized, by path
         self._lanes: dict[bytes, list] = {}  # open lanes: path -> [job, next offset]
+        self._ready: list[_OpenFile] = []  # complete small files not handed to the pool yet
+        self._ready_bytes = 0
 
     # -- stream ----------------------------------------------------------------
     def apply(self, rec: Record) -> None:
@@ -439,6 +450,7 @@ class ParallelTreeWriter(TreeWriter):
         self._close_file()
         for path in list(self._lanes):
             self._end(self._lanes.pop(path)[0], "the restore stream ended before the file's content")
+        self._flush_ready()
         self._pool.shutdown(wait=True)
         return super().finish()
 
@@ -450,6 +462,8 @@ class ParallelTreeWriter(TreeWriter):
         self._lanes.clear()
         for job in open_jobs:
             self._end(job, "the restore stopped")
+        group, self._ready = self._ready, []
+        self._run_group(group)  # files whose content all came are written (the failed ones removed)
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             left = list(self._jobs.values())
@@ -472,15 +486,17 @@ class ParallelTreeWriter(TreeWriter):
         job = _OpenFile(m, rel)
         with self._lock:
             self._jobs[rel] = job
-            job.running = True
         if m.lane:
             self._lanes[rel] = [job, 0]
         else:
             self._job, self._offset = job, 0
-        self._pool.submit(self._drain, job)
 
     def _enqueue(self, job: _OpenFile, data: bytes, off: int) -> None:
+        """Queue content of `job`. A file goes to the pool once STREAM_FROM bytes of it wait (a
+        lane at once); a smaller one when the stream has moved past it, in a group of files."""
         n = len(data)
+        if self._ready and self._inflight + n > self._max_pending:
+            self._flush_ready()  # what waits in the group counts against the bound: never wait on it
         with self._room:
             while self._inflight > 0 and self._inflight + n > self._max_pending:
                 self._room.wait()
@@ -488,11 +504,22 @@ class ParallelTreeWriter(TreeWriter):
             if job.lane:
                 self._gauge.add(job.rel, n)
             job.queue.append((data, off))
+            job.queued += n
             job.end = max(job.end, off + n)
-            start = not job.running
-            job.running = True
+            start = not job.running and (job.lane or job.queued >= STREAM_FROM)
+            if start:
+                job.running = True
         if start:
             self._pool.submit(self._drain, job)
+
+    def _flush_ready(self) -> None:
+        if self._ready:
+            group, self._ready, self._ready_bytes = self._ready, [], 0
+            self._pool.submit(self._run_group, group)
+
+    def _run_group(self, group: list[_OpenFile]) -> None:
+        for job in group:
+            self._drain(job)
 
     def _drain(self, job: _OpenFile) -> None:
         """Create the file if not yet done, then write its queued content in order until the
@@ -512,6 +539,7 @@ class ParallelTreeWriter(TreeWriter):
                     last = job.closed
                     break
                 data, off = job.queue.popleft()
+                job.queued -= len(data)
                 skip = bool(job.error)
             err = ""
             if not skip:
@@ -547,9 +575,13 @@ class ParallelTreeWriter(TreeWriter):
             if failed and not job.error:
                 job.error = failed
             job.closed = True
-            last = not job.running
-        if last:
-            self._pool.submit(self._finalize, job)
+            idle = not job.running
+            job.running = True  # if idle, claimed here: it goes to the pool with a group
+        if idle:  # created, written and finalized by the pool, with other small files
+            self._ready.append(job)
+            self._ready_bytes += job.queued
+            if len(self._ready) >= GROUP_FILES or self._ready_bytes >= GROUP_BYTES:
+                self._flush_ready()
 
     def _finalize(self, job: _OpenFile) -> None:
         m = job.meta
@@ -600,4 +632,5 @@ class ParallelTreeWriter(TreeWriter):
         with self._lock:
             job = self._jobs.get(link_to)
         if job is not None:
+            self._flush_ready()
             job.done.wait()

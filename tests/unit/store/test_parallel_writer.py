@@ -135,3 +135,22 @@ def test_memory_bound_does_not_deadlock_with_few_workers(tmp_path, workers: int)
     recs = [EntryMeta(path=b"x", kind="file", size=8 * MIB)] + [Data(bytes([i]) * MIB) for i in range(8)]
     st = run(ParallelTreeWriter, tmp_path / "t", recs, workers=workers, max_pending=MIB)
     assert st.files == 1 and (tmp_path / "t" / "x").read_bytes() == b"".join(bytes([i]) * MIB for i in range(8))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_small_files_waiting_in_a_group_never_block_the_stream(tmp_path, workers: int) -> None:
+    """Complete small files wait to go to the pool in groups; their bytes count against
+    max_pending, so a stream that reaches the bound hands the group over instead of waiting."""
+    rnd = random.Random(3)
+    recs, want = [], {}
+    for i in range(200):
+        body = rnd.randbytes(rnd.randrange(20_000, 120_000))
+        want[f"f{i:03d}"] = body
+        recs += [EntryMeta(path=b"f%03d" % i, kind="file", size=len(body)), Data(body)]
+    recs.append(EntryMeta(path=b"hl", kind="hardlink", link_to=b"f199"))  # its source still in a group
+    st = run(ParallelTreeWriter, tmp_path / "t", recs, workers=workers, max_pending=MIB)
+    assert not st.errors and st.files == 200 and st.links == 1
+    for name, body in want.items():
+        assert (tmp_path / "t" / name).read_bytes() == body
+    assert os.stat(tmp_path / "t" / "hl").st_ino == os.stat(tmp_path / "t" / "f199").st_ino
