@@ -127,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        out = work
+        dest = work
         if args.fresh_fs:
-            out = stack.enter_context(fresh_fs(args.workdir.resolve(), (args.tree_mib << 21) + (2 * args.rounds << 30)))
-        return run(args, work, out)
+            size = (args.tree_mib << 21) + (2 * args.rounds << 30)
+            dest = stack.enter_context(fresh_fs(args.workdir.resolve(), size))
+        return run(args, work, dest)
 
 
-def run(args: argparse.Namespace, work: Path, out: Path) -> int:
-    """The two parts; `work` holds repositories and sources, `out` every restored tree."""
+def run(args: argparse.Namespace, work: Path, dest: Path) -> int:
+    """The two parts; `work` holds repositories and sources, `dest` every restored tree."""
     fig: dict[str, dict] = {"load": {"loadavg_start": os.getloadavg()}}
     rng = random.Random(12)
 
@@ -144,10 +145,10 @@ def run(args: argparse.Namespace, work: Path, out: Path) -> int:
     d = Daemon(work / "a", src)
     try:
         s = json.loads(d.ok("--json", "backup", "--level", "full"))
-        full_s, _ = d.timed("restore", s["id"], "--target", str(out / "full"))
+        full_s, _ = d.timed("restore", s["id"], "--target", str(dest / "full"))
         # the same full restore streamed to the client and written there (how it ran before)
-        streamed_s, _ = d.timed("restore", s["id"], "--target", str(out / "full-streamed"), "--stream")
-        target = out / "full"
+        streamed_s, _ = d.timed("restore", s["id"], "--target", str(dest / "full-streamed"), "--stream")
+        target = dest / "full"
         restored = sorted(target.rglob("*.bin"))
         damaged = damage(restored, args.damage, rng)
         delta_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta")
@@ -181,12 +182,12 @@ def run(args: argparse.Namespace, work: Path, out: Path) -> int:
             for r in range(args.rounds):
                 subprocess.run(["sync"], check=True)
                 t0 = time.perf_counter()
-                subprocess.run(["cp", "-a", str(corpus), str(out / f"cp-{r}")], check=True)
+                subprocess.run(["cp", "-a", str(corpus), str(dest / f"cp-{r}")], check=True)
                 cps.append(time.perf_counter() - t0)
-                cairns.append(d.timed("restore", s["id"], "--target", str(out / f"cairn-{r}"))[0])
+                cairns.append(d.timed("restore", s["id"], "--target", str(dest / f"cairn-{r}"))[0])
                 print(f"corpus round {r + 1}: cp -a {cps[-1]:.2f} s, cairn restore {cairns[-1]:.2f} s "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)
-            problems = compare_trees(corpus, out / "cairn-0")
+            problems = compare_trees(corpus, dest / "cairn-0")
             size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file() and not f.is_symlink())
             cp_s, cairn_s = statistics.median(cps), statistics.median(cairns)
             fig["corpus"] = {"bytes": size, "cp_a_s": cps, "cairn_restore_s": cairns, "cp_a_median_s": cp_s,
