@@ -19,8 +19,8 @@ chunks are then mostly deltas against the full set). Then:
 Each tool's time is split into writing the data directory and recovery (server start until
 promotion). The CPU seconds of the write phase are given too (the client or pgbackrest and the
 processes it starts, plus cairnd): on a shared machine they vary less than wall time. `sync`
-runs before each restore; (a) runs --rounds times with the first tool alternating and gives
-medians, (b) runs once (the machine may be shared: the load average is printed). Needs root.
+runs before each restore; (a) and (b) run --rounds times each, the first tool alternating, and
+give medians (the machine may be shared: the load average is printed). Needs root.
 Figures go to out/recovery.json beside this file.
 """
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-seconds", type=int, default=30,
                     help="pgbench load before an incremental backup that the restores use (0: restore the full)")
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a), the first tool alternating; medians")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b), the first tool alternating")
     args = ap.parse_args(argv)
     root = make_pg_dir("cairn-recovery-")
     (root / "files").mkdir()
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
               f"archived by both; target LSN {target}", flush=True)
         fig["wal"] = {"bytes": wal_bytes, "rows": n, "target_lsn": target}
         side_by_side("pitr", "SELECT count(*) FROM wal_fill", ("--target-lsn", target),
-                     ("--type=lsn", f"--target={target}"))
+                     ("--type=lsn", f"--target={target}"), rounds=args.rounds)
         fig["load"]["loadavg_end"] = os.getloadavg()
     finally:
         stack.close()
