@@ -97,9 +97,10 @@ def test_store_killed_during_a_backup(tmp_path, rng):
         server.stop()
 
 
-def _keys(server: WeedServer, prefix: str) -> dict[str, int]:
-    """Every object under `prefix` with its size, read straight from the store."""
-    client = server.client()
+def _keys(server: WeedServer, prefix: str, client=None) -> dict[str, int]:
+    """Every object under `prefix` with its size, read straight from the store (with `client`,
+    one made once: a new boto3 client per call costs tens of milliseconds)."""
+    client = client or server.client()
     out: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.bucket, Prefix=prefix + "/"):
         for obj in page.get("Contents", ()):
@@ -132,8 +133,9 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
         first = json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
         packs_before = {k for k in _keys(server, prefix) if k.startswith("packs/")}
         os.makedirs(os.path.join(src, "big"))
-        for i in range(8):  # three 16 MiB packs: the backup is still running when the store dies
+        for i in range(16):  # six 16 MiB packs: the backup is still running when the store dies
             write_random(os.path.join(src, "big", f"b{i}.bin"), 6 * MIB, rng)
+        watcher = server.client()  # made before the backup starts, so polling is quick
 
         outcome: dict[str, object] = {}
 
@@ -145,10 +147,10 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
         backup_thread = threading.Thread(target=run_backup)
         backup_thread.start()
         deadline = time.monotonic() + 120
-        while not {k for k in _keys(server, prefix) if k.startswith("packs/")} - packs_before:
+        while not {k for k in _keys(server, prefix, watcher) if k.startswith("packs/")} - packs_before:
             assert backup_thread.is_alive(), f"the backup ended before it stored a pack: {outcome}"
             assert time.monotonic() < deadline, "the backup stored no pack in time"
-            time.sleep(0.02)
+            time.sleep(0.005)
         server.kill()
         backup_thread.join(300)
         result = outcome["result"]
