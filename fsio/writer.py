@@ -462,7 +462,7 @@ class ParallelTreeWriter(TreeWriter):
         self._lanes.clear()
         for job in open_jobs:
             self._end(job, "the restore stopped")
-        group, self._ready = self._ready, []
+        group, self._ready, self._ready_bytes = self._ready, [], 0
         self._run_group(group)  # files whose content all came are written (the failed ones removed)
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
@@ -476,12 +476,8 @@ class ParallelTreeWriter(TreeWriter):
     # -- files -----------------------------------------------------------------
     def _file(self, m: EntryMeta) -> None:
         """Check a regular file's path here, in stream order; create and write it in the pool."""
-        try:
-            rel = check_rel(m.path)
-            self._parent_ok(rel)
-        except (OSError, InvalidArgumentError) as e:
-            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.stats.errors.append(f"unable to restore '{os.fsdecode(m.path)}': {msg}")
+        rel = m.path
+        if not self._guard(rel, lambda: self._parent_ok(check_rel(rel))):
             return
         job = _OpenFile(m, rel)
         with self._lock:

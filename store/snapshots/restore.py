@@ -268,9 +268,10 @@ class StreamBuilder:
                 if batch.full():
                     inflight.append(self._submit(batch))
                     state["batch"] = _Batch()
-            for lane in list(open_lanes.values()):
-                if lane is not collecting:
-                    yield from feed(lane, False)
+            if open_lanes:
+                for lane in list(open_lanes.values()):
+                    if lane is not collecting:
+                        yield from feed(lane, False)
             yield from over()
         for lane in list(open_lanes.values()):
             yield from feed(lane, True)
