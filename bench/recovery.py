@@ -46,17 +46,26 @@ from postgres import PgBackRest, run, timed  # noqa: E402
 MB = 1_000_000
 
 
-def recover(pgdata: Path, count_sql: str) -> tuple[float, str]:
-    """Start a server on a restored data directory; seconds until promoted, and count_sql's answer."""
+def recover(pgdata: Path, count_sql: str) -> tuple[float, str, float]:
+    """Start a server on a restored data directory; seconds until promoted, count_sql's answer,
+    and the machine's busy CPU seconds meanwhile (the server, the restore_command and whatever
+    fetches WAL for it: wal-fetch's prefetcher and cairnd, or pgbackrest's async archive-get)."""
     srv = ArchivingServer(pgdata=pgdata)
     try:
+        cpu0 = busy_cpu_seconds()
         t0 = time.perf_counter()
         srv.start(timeout=900)
         srv.wait_promoted(timeout=900)
         elapsed = time.perf_counter() - t0
-        return elapsed, srv.psql(count_sql)
+        return elapsed, srv.psql(count_sql), busy_cpu_seconds() - cpu0
     finally:
         srv.cleanup()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(daemon_pid: int) -> float:
@@ -141,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                         cpu0 = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0)
                         write = fn(holder / "data", *extra)
                         write_cpu = cpu_seconds(stack.daemon.proc.pid if stack.daemon else 0) - cpu0
-                        recovery, rows = recover(holder / "data", count_sql)
+                        recovery, rows, recovery_cpu = recover(holder / "data", count_sql)
                         runs[tool].append({"write_s": write, "recovery_s": recovery, "rows": rows,
-                                           "write_cpu_s": write_cpu})
-                        print(f"{name} {tool}: write {write:.2f}s ({write_cpu:.2f} CPU s), recovery {recovery:.2f}s, "
+                                           "write_cpu_s": write_cpu, "recovery_busy_cpu_s": recovery_cpu})
+                        print(f"{name} {tool}: write {write:.2f}s ({write_cpu:.2f} CPU s), recovery {recovery:.2f}s "
+                              f"({recovery_cpu:.2f} busy CPU s on the machine), "
                               f"rows {rows}, load {os.getloadavg()[0]:.1f}", flush=True)
             finally:
                 for holder in holders:
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.update({f"{tool}_write_s": med("write_s"), f"{tool}_recovery_s": med("recovery_s"),
                             f"{tool}_s": statistics.median(x["write_s"] + x["recovery_s"] for x in rs),
                             f"{tool}_rows": rs[-1]["rows"], f"{tool}_write_cpu_s": med("write_cpu_s"),
+                            f"{tool}_recovery_busy_cpu_s": med("recovery_busy_cpu_s"),
                             f"{tool}_runs": rs})
             out["ratio_cairn_over_pgbackrest"] = out["cairn_s"] / out["pgbackrest_s"]
             out["write_cpu_ratio"] = out["cairn_write_cpu_s"] / max(out["pgbackrest_write_cpu_s"], 1e-9)

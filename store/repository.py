@@ -80,6 +80,7 @@ ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
+STAT_WORKERS = 16  # size checks of a session's packs at commit (round trips, not CPU)
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
@@ -562,14 +563,29 @@ class Repository:
                 risky.append(b)
             elif b in own:
                 mine.add(own[b])
-        for p in sorted(mine):  # a collector that finished meanwhile left no marker: the pack tells
+        # A collector that finished meanwhile left no marker: the packs tell. Asked in parallel:
+        # on an object store each is a round trip, and a large backup writes thousands of packs.
+        gone = self._missing_packs(sorted(mine))
+        if gone:
+            raise FailedPreconditionError(
+                f"unable to commit: pack '{gone[0][:8]}..' this backup wrote was deleted by garbage collection "
+                "while it ran", hint="run the backup again")
+        return risky, threat
+
+    def _missing_packs(self, packs: list[str]) -> list[str]:
+        """Those of `packs` the backend no longer holds (in the given order)."""
+
+        def gone(p: str) -> bool:
             try:
                 self.backend.stat("packs", p)
             except NotFoundError:
-                raise FailedPreconditionError(
-                    f"unable to commit: pack '{p[:8]}..' this backup wrote was deleted by garbage collection "
-                    "while it ran", hint="run the backup again") from None
-        return risky, threat
+                return True
+            return False
+
+        if len(packs) <= 1:
+            return [p for p in packs if gone(p)]
+        with ThreadPoolExecutor(min(STAT_WORKERS, len(packs)), thread_name_prefix="commit-stat") as pool:
+            return [p for p, g in zip(packs, pool.map(gone, packs), strict=True) if g]
 
     def _rescue(self, writer: BlobWriter, blobs: list[bytes], threat: frozenset[str]) -> None:
         """Copy `blobs` into new packs of this session (named apart from any marked pack by a

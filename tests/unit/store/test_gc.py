@@ -237,6 +237,54 @@ def test_a_backup_whose_own_pack_was_collected_meanwhile_refuses_to_commit(repo_
     assert not Repository.open(inner).list_sets()
 
 
+def test_the_commit_checks_its_own_packs_in_parallel_and_finds_any_one_deleted(repo_src):
+    """The check that a session's own packs still exist runs at every commit; on an object store
+    each pack is a round trip, so they are asked in parallel. A pack deleted among many (as a
+    collection that finished between the upload and the commit leaves it) still stops it."""
+    inner, src = repo_src
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow_stat(op: str, kind: str, name: str) -> None:
+        if (op, kind) != ("stat", "packs") or not threading.current_thread().name.startswith("commit-stat"):
+            return
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+
+    sess = Repository.open(FaultyBackend(inner, ops=(), hook=slow_stat)).session(_req(src))
+    set_id = sess.commit().id
+    own = set(sess.writer.own_blobs.values())
+    assert len(own) >= 3, "expected the session to write several packs"
+    assert peak[0] >= 2, "the commit asked for its packs one at a time"
+    _restores(Repository.open(inner), set_id, src, src.parent / "restored")
+
+    deleted: list[str] = []
+    holder: list = []
+
+    def delete_one(op: str, kind: str, name: str) -> None:
+        # at the commit's first check (every check passes this hook, under the lock, before it
+        # asks), as a collection that finished after the uploads would leave things
+        if (op, kind) == ("stat", "packs") and threading.current_thread().name.startswith("commit-stat"):
+            with lock:
+                if not deleted:
+                    victim = sorted(set(holder[0].writer.own_blobs.values()))[-1]
+                    inner.delete("packs", victim)
+                    deleted.append(victim)
+
+    fresh = src.parent / "fresh"
+    fresh.mkdir()
+    make_tree(str(fresh), random.Random(8), files=20, max_size=90_000)
+    holder.append(Repository.open(FaultyBackend(inner, ops=(), hook=delete_one)).session(_req(fresh)))
+    sess = holder[0]
+    sess.walk_all()
+    with pytest.raises(CairnError, match="deleted by garbage collection"):
+        sess.commit()
+    assert len(set(sess.writer.own_blobs.values())) >= 4 and deleted
+
+
 @pytest.mark.parametrize("seed", range(6))  # the order index files load in varies with their names
 def test_live_blobs_copied_out_of_a_marked_pack_are_deduplicated_against(tmp_path, seed):
     """A mostly dead pack is rewritten and marked; its live blobs now also lie in the copy, and
