@@ -644,7 +644,7 @@ def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import walfetch
 
     namespace = walnames.namespace_of(args.system_id) if args.system_id else ""
-    fetch = walfetch.grpc_fetcher(conn, pb, grpc, namespace, sync=not walfetch.boot_keyed(args.spool))
+    fetch = walfetch.GrpcFetcher(conn, pb, grpc, namespace, sync=not walfetch.boot_keyed(args.spool))
     return walfetch.run_prefetcher(args.spool, args.count, fetch)
 
 

@@ -977,6 +977,12 @@ class Repository:
         self._full_key("to read archived WAL")
         return walmod.get_entry(self, name, namespace)
 
+    def stream_wal_entry(self, name: str, namespace: str = "") -> tuple[str, Iterator[bytes]]:
+        """(name space it was found in, content piece by piece) of WAL file `name`, as
+        get_wal_entry finds it; checked after the last piece (store/snapshots/wal.py)."""
+        self._full_key("to read archived WAL")
+        return walmod.stream_entry(self, name, namespace)
+
     def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:
         """The WAL file names a fetch in `namespace` finds: its own and (with `flat`) the flat entries."""
         return walmod.names_in(self, namespace, flat)

@@ -4,6 +4,7 @@ archive (push, fetch, health) and `cairn check-db`.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 
@@ -77,6 +78,18 @@ class DatabasePart(ServicePart):
         """WAL file `name` of a cluster's name space (its system identifier; "" the flat one)."""
         _check_wal_name(name)
         return walarchive.fetch_wal(self.repo, name, walnames.namespace_of(namespace) if namespace else "")
+
+    def write_wal_local(self, name: str, namespace: str, path: str, nonce: str) -> int:
+        """Write WAL file `name` into the client's claim file `path` (restoredb.open_claimed_file)
+        and return its size: the prefetcher's spool on this host gets the segment without it
+        crossing gRPC. On any error the file is left empty."""
+        _check_wal_name(name)
+        fd = restoredb.open_claimed_file(path, nonce)
+        try:
+            return walarchive.write_wal_into(self.repo, name, walnames.namespace_of(namespace) if namespace else "",
+                                             fd)
+        finally:
+            os.close(fd)
 
 
 def _check_wal_name(name: str) -> None:

@@ -307,6 +307,11 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def WalFetch(self, request: pb.WalFetchRequest, context: grpc.ServicerContext) -> Iterator[pb.WalFetchReply]:
+        if request.local_claim:
+            written = self.service.write_wal_local(request.name, request.wal_namespace,
+                                                   os.fsdecode(request.target_path), request.local_claim)
+            yield pb.WalFetchReply(local_bytes=written)
+            return
         data = self.service.get_wal(request.name, request.wal_namespace)
         for start in range(0, max(len(data), 1), DATA_PIECE):
             yield pb.WalFetchReply(data=data[start : start + DATA_PIECE])

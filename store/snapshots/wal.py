@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import blake3
@@ -191,10 +191,33 @@ def get_entry(repo: RepositoryHandle, name: str, namespace: str = "") -> tuple[s
 
 def read_content(repo: RepositoryHandle, label: str, doc: dict) -> bytes:
     """The content a decoded catalog entry names, checked against its size and hash."""
-    data = b"".join(repo.reader.read(bytes.fromhex(c)) for c in doc["chunks"])
-    if len(data) != doc["size"] or blake3.blake3(data).hexdigest() != doc["hash"]:
+    return b"".join(content_pieces(repo, label, doc))
+
+
+def stream_entry(repo: RepositoryHandle, name: str, namespace: str = "") -> tuple[str, Iterator[bytes]]:
+    """(the name space it was found in, its content piece by piece) of WAL file `name`, found as
+    `get` finds it. The pieces are its chunks; the whole is checked only after the last one, so
+    a consumer must discard what it took when the iterator raises (CorruptionError)."""
+    check_name(name, repo.segment_rule)
+    found, doc = namespace, _catalog(repo, object_name(namespace, name))
+    if doc is None and namespace:
+        found, doc = "", _catalog(repo, name)
+    if doc is None:
+        raise NotFoundError(f"WAL file '{display_name(namespace, name)}' is not in the archive")
+    return found, content_pieces(repo, display_name(found, name), doc)
+
+
+def content_pieces(repo: RepositoryHandle, label: str, doc: dict) -> Iterator[bytes]:
+    """The chunks of a decoded catalog entry in order; after the last one, the whole is checked
+    against the entry's size and hash (CorruptionError)."""
+    hasher, size = blake3.blake3(), 0
+    for c in doc["chunks"]:
+        data = repo.reader.read(bytes.fromhex(c))
+        hasher.update(data)
+        size += len(data)
+        yield data
+    if size != doc["size"] or hasher.hexdigest() != doc["hash"]:
         raise CorruptionError(f"unable to read WAL file '{label}': checksum mismatch")
-    return data
 
 
 def referenced_chunks(repo: RepositoryHandle) -> set[bytes]:

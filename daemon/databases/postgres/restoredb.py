@@ -345,6 +345,37 @@ def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
     return path
 
 
+def open_claimed_file(path: str, nonce: str) -> int:
+    """A read-write descriptor on the client's claim file for a local write of one file (a WAL
+    segment the prefetcher spools): `path` is absolute and its name ends in CLAIM_PREFIX + nonce,
+    and the file opened there (never through a link) is a regular file with one link, of root or
+    the daemon's user, holding exactly the nonce. Everything is checked on the descriptor, so a
+    path changed meanwhile cannot turn the write elsewhere; FailedPreconditionError otherwise."""
+    def refuse(why: str) -> FailedPreconditionError:
+        return FailedPreconditionError(f"local write to '{path}' refused: {why}")
+
+    if not _NONCE.match(nonce or ""):
+        raise refuse("malformed claim")
+    if not os.path.isabs(path) or not os.path.basename(path).endswith(CLAIM_PREFIX + nonce):
+        raise refuse("not an absolute path named for the claim")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise refuse(exc.strerror or "not reachable from the daemon") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise refuse("not a regular file of one link")
+        if st.st_uid not in (0, os.geteuid()):
+            raise refuse("the client is neither root nor the daemon's user")
+        if st.st_size != len(nonce) or os.pread(fd, len(nonce) + 1, 0) != nonce.encode():
+            raise refuse("claim does not match")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_local(records: Iterator[Record], target_path: str, nonce: str,
                 cancelled: Callable[[], bool] | None = None,
                 progress: Callable[[Progress], None] | None = None, lanes: LaneGauge | None = None) -> WriteStats:

@@ -15,7 +15,7 @@
   committed only after that, so no set is ever visible without the WAL it needs. Past the
   bound it raises DeadlineError naming the first missing segment.
 
-- `push_namespace` / `fetch_wal`: each cluster's WAL is archived in its own repository name
+- `push_namespace` / `fetch_wal` / `write_wal_into`: each cluster's WAL is archived in its own repository name
   space, its system identifier (read from a segment's page header, or given by the client for
   history and backup files); a fetch falls back to the flat name space of older archives, but
   never to a segment another server wrote.
@@ -26,6 +26,8 @@ each set recorded, within the record's name space (its system identifier) and th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -242,11 +244,55 @@ def fetch_wal(repo: Any, name: str, namespace: str = "") -> bytes:
     entry is a segment another server wrote: then NotFoundError, as for a missing file)."""
     found, data = repo.get_wal_entry(name, namespace)
     if namespace and not found and _is_segment_file(name):
-        owner = wal_system_identifier(data)
-        if owner is not None and str(owner) != namespace:
-            raise NotFoundError(f"WAL file '{namespace}/{name}' is not in the archive (the flat entry of that "
-                                f"name belongs to system {owner})")
+        _refuse_foreign(name, namespace, data)
     return data
+
+
+def write_wal_into(repo: Any, name: str, namespace: str, fd: int) -> int:
+    """Write WAL file `name` of `namespace` to `fd` from its start (found as `fetch_wal` finds
+    it, with the same refusal of another server's flat segment, decided before any byte is
+    written); returns the bytes written. Chunk by chunk: no copy of the whole file is held. The
+    content is checked after the last chunk; on any error the file is cut back to empty, so it
+    never holds part of a segment."""
+    found, pieces = repo.stream_wal_entry(name, namespace)
+    written = 0
+    try:
+        head = b""
+        checked = not (namespace and not found and _is_segment_file(name))
+        for piece in pieces:
+            if not checked:  # the first page header names the server (enough bytes of it first)
+                head += piece
+                if len(head) < HEADER_BYTES:
+                    continue
+                piece, head, checked = head, b"", True
+                _refuse_foreign(name, namespace, piece)
+            written += _write_at(fd, piece, written)
+        if head:
+            _refuse_foreign(name, namespace, head)
+            written += _write_at(fd, head, written)
+        os.ftruncate(fd, written)  # a claim longer than the content leaves nothing behind
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        raise
+    return written
+
+
+HEADER_BYTES = 8192  # more than a long page header, which names the server that wrote the segment
+
+
+def _refuse_foreign(name: str, namespace: str, data: bytes) -> None:
+    owner = wal_system_identifier(data)
+    if owner is not None and str(owner) != namespace:
+        raise NotFoundError(f"WAL file '{namespace}/{name}' is not in the archive (the flat entry of that "
+                            f"name belongs to system {owner})")
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> int:
+    view, done = memoryview(data), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
 
 
 def check_wal_owner(repo: Any, rec: dict[str, Any]) -> None:

@@ -659,18 +659,24 @@ class WalPushReply(_message.Message):
     def __init__(self, stored: _Optional[bool] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
 
 class WalFetchRequest(_message.Message):
-    __slots__ = ("name", "wal_namespace")
+    __slots__ = ("name", "wal_namespace", "local_claim", "target_path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WAL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     wal_namespace: str
-    def __init__(self, name: _Optional[str] = ..., wal_namespace: _Optional[str] = ...) -> None: ...
+    local_claim: str
+    target_path: bytes
+    def __init__(self, name: _Optional[str] = ..., wal_namespace: _Optional[str] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
 
 class WalFetchReply(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "local_bytes")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    local_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., local_bytes: _Optional[int] = ...) -> None: ...
 
 class CheckDbRequest(_message.Message):
     __slots__ = ("database", "timeout")

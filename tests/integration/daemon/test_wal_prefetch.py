@@ -67,3 +67,38 @@ def test_prefetch_fills_a_bounded_spool_and_serves_without_the_daemon(start_daem
     # without prefetch the spool is never used
     r = d.cli("wal-fetch", name(5), dest, "--prefetch", "0")
     assert r.returncode == 1
+
+
+def test_the_daemon_writes_spooled_segments_itself_and_a_refusal_falls_back_to_streaming(
+        start_daemon, rundir: str, monkeypatch) -> None:
+    """The prefetcher's fetcher over the real socket: the daemon writes each segment into the
+    client's claim file (nothing crosses gRPC); when the daemon refuses the claim, the segment
+    is streamed instead and later ones are streamed at once. Nothing is left beside the file."""
+    import grpc
+    from cairn.client.connection import Connection, resolve_endpoint
+    from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+    d: Daemon = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", rundir)
+    src = os.path.join(rundir, "wal")
+    os.makedirs(src)
+    bodies = {}
+    for n in range(1, 5):
+        bodies[n] = os.urandom(SEG)
+        with open(os.path.join(src, name(n)), "wb") as f:
+            f.write(bodies[n])
+        d.ok("wal-push", os.path.join(src, name(n)))
+    spool = os.path.join(rundir, "spool")
+    os.makedirs(spool)
+    with Connection(resolve_endpoint(socket=d.socket)) as conn:
+        fetch = walfetch.GrpcFetcher(conn, pb, grpc, sync=True)
+        assert fetch(name(1), os.path.join(spool, ".1.tmp")) and fetch(name(2), os.path.join(spool, ".2.tmp"))
+        assert (fetch.written_by_daemon, fetch.streamed) == (2, 0)
+        assert not fetch(name(9), os.path.join(spool, ".9.tmp"))  # not archived: False, no file
+        # a claim the daemon does not accept (here: not named as the protocol says)
+        monkeypatch.setattr(walfetch, "CLAIM_PREFIX", ".not-a-claim-")
+        refused = walfetch.GrpcFetcher(conn, pb, grpc, sync=False)
+        assert refused(name(3), os.path.join(spool, ".3.tmp")) and refused(name(4), os.path.join(spool, ".4.tmp"))
+        assert (refused.written_by_daemon, refused.streamed, refused.local) == (0, 2, False)
+    for n in range(1, 5):
+        assert open(os.path.join(spool, f".{n}.tmp"), "rb").read() == bodies[n]
+    assert sorted(os.listdir(spool)) == [f".{n}.tmp" for n in range(1, 5)]

@@ -154,8 +154,8 @@ def test_fsync_only_where_a_reboot_does_not_discard_the_spool(tmp_path, monkeypa
         def WalFetchRequest(name, wal_namespace=""):  # noqa: N802
             return name
 
-    walfetch.grpc_fetcher(Conn(), Pb, None, sync=False)(name(1), str(tmp_path / "a"))
+    walfetch.GrpcFetcher(Conn(), Pb, None, sync=False)(name(1), str(tmp_path / "a"))
     assert synced == []
-    walfetch.grpc_fetcher(Conn(), Pb, None, sync=True)(name(1), str(tmp_path / "b"))
+    walfetch.GrpcFetcher(Conn(), Pb, None, sync=True)(name(1), str(tmp_path / "b"))
     assert len(synced) == 1 and (tmp_path / "b").read_bytes() == b"abc"
     assert not walfetch.boot_keyed(str(tmp_path / "cairn-prefetch"))  # the fallback spool: synced
