@@ -244,6 +244,11 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
     places: dict[str, str] = {}
     files_report: dict[str, Any] = {}
+    by_daemon = None
+    if args.delta and not args.dry_run and not args.stream and not args.verify and not args.databases:
+        by_daemon = restoring.delta_by_daemon(conn, args, out, render)  # one call: nothing to pin
+        if by_daemon is not None:
+            return by_daemon[0]
     if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
         first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
         args.set = first.set.id
@@ -261,7 +266,9 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
             out(f"would lay down database '{name}' in {where} (ready for recovery)")
         return code
     if args.delta:
-        code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
+        done = None if args.stream else restoring.delta_by_daemon(conn, args, out, render)
+        code, _ = done if done is not None else restoring.delta_restore(conn, args, out, render, to_record,
+                                                                          received_ahead)
     else:
         request = restoring.restore_request(args)
         request.target_path = os.fsencode(os.path.abspath(args.target))
@@ -918,7 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--stream", action="store_true",
                    help="always stream the data to this client (default: a daemon on this host writes an "
-                        "empty target itself)")
+                        "empty target itself, and mends the target of --delta itself)")
     p.add_argument("--source", metavar="NAME")
     p.add_argument("--include", action="append", metavar="P",
                    help="restore only paths matching this gitignore-style pattern (repeatable)")

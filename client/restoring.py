@@ -1,6 +1,8 @@
 """`cairn restore` beyond a plain streamed restore: --dry-run, --delta [--delete], --verify and
 --databases, all written by the client from what the daemon sends (so they work from another
-host too).
+host too). On the daemon's host a delta is run by the daemon itself (`delta_by_daemon`): the
+client proves the target is its own with a claim file, and falls back to its own delta when
+the daemon refuses.
 
 - A manifest (Restore with `manifest` set) lists the entries a restore would write, each file
   with its chunk ids and sizes, and no content. --dry-run prints it (or, with --delta, the
@@ -20,17 +22,22 @@ host too).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from cairn.errors import FailedPreconditionError, InvalidArgumentError
-from cairn.fsio.delta import DeltaPlan, DeltaWriter, plan
+from cairn.fsio.delta import DeltaPlan, mend, plan
+from cairn.fsio.delta import extras_roots as delta_extras_roots
 from cairn.fsio.records import EntryMeta, Failed
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
+CLAIM_PREFIX = ".cairn-claim-"  # the claim file that proves a target is the client's (local writes)
 CHUNKS_PER_CALL = 16384  # ids in one RestoreChunks request (32 bytes each, well below the message limit)
 
 
@@ -59,13 +66,7 @@ def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> tuple
 
 def extras_roots(args: argparse.Namespace) -> list[bytes]:
     """Where --delete looks for entries the set does not hold: the whole target, or the paths asked."""
-    if not args.paths:
-        return [b""]
-    roots = []
-    for p in args.paths:
-        parts = [x for x in os.fsencode(p).split(b"/") if x and x != b"."]
-        roots.append(b"/".join(parts))
-    return [b""] if b"" in roots else roots
+    return delta_extras_roots([os.fsencode(p) for p in args.paths])
 
 
 def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received_ahead: Any) -> Iterator[
@@ -90,31 +91,92 @@ def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     """--delta (and --delta --dry-run). Returns (exit code, set id)."""
     set_info, entries, problems = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
-    p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick)
-    problems += p.errors
     if args.dry_run:
-        return _report_dry_run(p, args, out, render, set_id, problems), set_id
-    writer = DeltaWriter(args.target, p, delete=args.delete)
-    ids = writer.prepare()
-    for cid, data in chunk_stream(conn, args, ids, received_ahead):
-        writer.write_chunk(cid, data)
-    st = writer.finish()
-    problems += st.errors
+        p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick)
+        return _report_dry_run(p, args, out, render, set_id, problems + p.errors), set_id
+    p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead), quick=args.quick,
+                 delete=args.delete, extras_under=extras_roots(args))
     kept = 0 if args.delete else len(p.extras)
+    report = DeltaReport(p.checked_files, p.checked_bytes, st.files_written, st.bytes_written, st.entries_made,
+                         st.meta_fixed, st.deleted, kept, problems + p.errors + st.errors)
+    return report_delta(report, args, out, render, set_id), set_id
+
+
+def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) -> tuple[int, str] | None:
+    """--delta over a Unix socket, done by the daemon on this host: it reads the target and
+    writes what differs itself (no manifest or content crosses gRPC). The client proves the
+    target is its own with a claim file in it, as for a local restore. None when the daemon
+    does not do it (refused, or another host): the client then runs the delta itself."""
+    import grpc
+
+    target = os.path.abspath(args.target)
+    if not getattr(conn.endpoint, "socket", None) or os.path.islink(target) or not os.path.isdir(target):
+        return None
+    nonce = secrets.token_hex(16)
+    claim = os.path.join(target, f"{CLAIM_PREFIX}{nonce}")
+    fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, nonce.encode())
+        finally:
+            os.close(fd)
+        request = restore_request(args)
+        request.local_claim, request.target_path = nonce, os.fsencode(target)
+        request.delta, request.quick, request.delete = True, args.quick, args.delete
+        set_id, result = "", None
+        try:
+            for batch in conn.stub.Restore(request):
+                if batch.HasField("set"):
+                    set_id = batch.set.id
+                if batch.HasField("delta"):
+                    result = batch.delta
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "local write" in (exc.details() or ""):
+                return None
+            raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(claim)
+    if result is None:
+        return None
+    report = DeltaReport(result.files_checked, result.bytes_checked, result.files_written, result.bytes_written,
+                         result.entries_made, result.metadata_fixed, result.deleted, result.extras_kept,
+                         list(result.errors), written_by="daemon")
+    return report_delta(report, args, out, render, set_id), set_id
+
+
+@dataclass
+class DeltaReport:
+    """What a delta restore checked and changed, whoever ran it (the client, or the daemon)."""
+
+    files_checked: int
+    bytes_checked: int
+    files_written: int
+    bytes_written: int
+    entries_made: int
+    metadata_fixed: int
+    deleted: int
+    extras_kept: int
+    errors: list[str]
+    written_by: str = "client"
+
+
+def report_delta(r: DeltaReport, args: argparse.Namespace, out: Any, render: Any, set_id: str) -> int:
     if args.json:
         out(render.dumps({"set": set_id or None, "target": os.path.abspath(args.target), "delta": True,
-                          "files_checked": p.checked_files, "bytes_checked": p.checked_bytes,
-                          "files_written": st.files_written, "bytes_written": st.bytes_written,
-                          "entries_made": st.entries_made, "metadata_fixed": st.meta_fixed,
-                          "deleted": st.deleted, "extras_kept": kept, "errors": problems}))
+                          "files_checked": r.files_checked, "bytes_checked": r.bytes_checked,
+                          "files_written": r.files_written, "bytes_written": r.bytes_written,
+                          "entries_made": r.entries_made, "metadata_fixed": r.metadata_fixed,
+                          "deleted": r.deleted, "extras_kept": r.extras_kept, "errors": r.errors,
+                          "written_by": r.written_by}))
     else:
-        out(f"delta-restored set {render.short_id(set_id)} into {args.target}: checked {p.checked_files} files "
-            f"({render.human_bytes(p.checked_bytes)}); wrote {render.human_bytes(st.bytes_written)} "
-            f"in {st.files_written} files, made {st.entries_made} entries, fixed metadata of {st.meta_fixed}, "
-            f"deleted {st.deleted}")
-        if kept:
-            out(f"note: {kept} entries the set does not hold were kept (pass --delete to remove them)")
-    return _problems(problems), set_id
+        out(f"delta-restored set {render.short_id(set_id)} into {args.target}: checked {r.files_checked} files "
+            f"({render.human_bytes(r.bytes_checked)}); wrote {render.human_bytes(r.bytes_written)} "
+            f"in {r.files_written} files, made {r.entries_made} entries, fixed metadata of {r.metadata_fixed}, "
+            f"deleted {r.deleted}" + (" (by the daemon on this host)" if r.written_by == "daemon" else ""))
+        if r.extras_kept:
+            out(f"note: {r.extras_kept} entries the set does not hold were kept (pass --delete to remove them)")
+    return _problems(r.errors)
 
 
 def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: Any, set_id: str,

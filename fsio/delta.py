@@ -537,3 +537,27 @@ class DeltaWriter:
         self._parent(m.path)
         apply_dir_meta(self.t.abs(m.path), m, self.owner)
 
+
+
+ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]]
+
+
+def extras_roots(paths: list[bytes]) -> list[bytes]:
+    """Where --delete looks for entries the set does not hold: the whole target (b""), or the
+    paths a restore of chosen paths asked for (relative, without '.' parts)."""
+    roots = [b"/".join(x for x in p.split(b"/") if x and x != b".") for p in paths]
+    return [b""] if not roots or b"" in roots else roots
+
+
+def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, quick: bool = False,
+         delete: bool = False, extras_under: list[bytes] | None = None) -> tuple[DeltaPlan, DeltaStats]:
+    """A whole delta restore: plan `target` against `entries`, then apply the plan, writing the
+    chunks that differ as `chunks(ids)` yields them ((id, content) pairs, any order). The client
+    (content over gRPC) and the daemon (content from the repository) both run this."""
+    p = plan(target, entries, extras_under=extras_under, quick=quick)
+    writer = DeltaWriter(target, p, delete=delete)
+    ids = writer.prepare()
+    if ids:
+        for cid, data in chunks(ids):
+            writer.write_chunk(cid, data)
+    return p, writer.finish()

@@ -5,10 +5,14 @@ Reads run in the caller's thread, alongside a running backup.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+from cairn.daemon.databases.postgres import restoredb
 from cairn.daemon.operations.part import ServicePart, _rel
-from cairn.fsio.records import EntryMeta, LaneGauge, Record
+from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend
+from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
+from cairn.store.errors import FailedPreconditionError
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
 
@@ -66,6 +70,38 @@ class RestorePart(ServicePart):
         finally:
             stream.close()
         return files, size
+
+    def delta_local(self, ref: str, source: str, paths: list[str], include: tuple[str, ...], exclude: tuple[str, ...],
+                    target: str, nonce: str, quick: bool = False, delete: bool = False
+                    ) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
+        """A delta restore into the client's claimed target on this host (restoredb.check_delta_claim):
+        the set's manifest is compared with the target and what differs is written from the
+        repository directly (cairn.fsio.delta.mend). Returns (set, plan, what changed, problems
+        of the manifest)."""
+        claim = restoredb.check_delta_claim(target, nonce)
+        s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True)
+        entries: list[EntryMeta] = []
+        problems: list[str] = []
+        try:
+            for rec in records:
+                if isinstance(rec, EntryMeta):
+                    entries.append(rec)
+                elif isinstance(rec, Failed):
+                    problems.append(rec.message)
+        finally:
+            records.close()  # type: ignore[attr-defined]
+        try:
+            os.unlink(claim)  # not an extra of the target; a daemon that may not write there stops here
+        except OSError as exc:
+            raise FailedPreconditionError(
+                f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
+
+        def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+            return zip(ids, self.repo.read_chunks(s, ids), strict=True)
+
+        p, st = mend(target, entries, chunks, quick=quick, delete=delete,
+                     extras_under=extras_roots([os.fsencode(x) for x in paths]))
+        return s, p, st, problems
 
     def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes]:
         """The content of chunks of a set's files, in the order asked (delta restores)."""

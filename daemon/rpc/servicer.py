@@ -200,6 +200,17 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.local_claim and request.delta and not request.manifest:
+            s, p, st, problems = self.service.delta_local(
+                request.set, request.source, [os.fsdecode(x) for x in request.paths], tuple(request.include),
+                tuple(request.exclude), os.fsdecode(request.target_path), request.local_claim, request.quick,
+                request.delete)
+            yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
+                files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
+                bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
+                deleted=st.deleted, extras_kept=0 if request.delete else len(p.extras),
+                errors=problems + p.errors + st.errors))
+            return
         local = bool(request.local_claim) and not request.manifest
         if local:  # refused before the set is read: the client then streams
             restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim, same_powers=True)

@@ -345,6 +345,38 @@ def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
     return path
 
 
+def check_delta_claim(target_path: str, nonce: str) -> str:
+    """The claim file of a delta restore by the daemon: `target_path` is an absolute path of an
+    existing directory (not a link) of root or the daemon's user, holding the regular file
+    CLAIM_PREFIX + nonce (one link, of root or the daemon's user) with exactly the nonce; a
+    client that is root is refused unless the daemon is root too. Returns the claim's path;
+    FailedPreconditionError otherwise."""
+    def refuse(why: str) -> FailedPreconditionError:
+        return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
+
+    if not _NONCE.match(nonce or ""):
+        raise refuse("malformed claim")
+    if not os.path.isabs(target_path):
+        raise refuse("not an absolute path")
+    try:
+        st = os.lstat(target_path)
+    except OSError as exc:
+        raise refuse(exc.strerror or "not reachable from the daemon") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("not a directory")
+    path = os.path.join(target_path, CLAIM_PREFIX + nonce)
+    fd = open_claimed_file(path, nonce)
+    try:
+        cst = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid not in (0, os.geteuid()):
+        raise refuse("the client is neither root nor the daemon's user")
+    if cst.st_uid == 0 and os.geteuid() != 0:
+        raise refuse("the client is root and the daemon is not")
+    return path
+
+
 def open_claimed_file(path: str, nonce: str) -> int:
     """A read-write descriptor on the client's claim file for a local write of one file (a WAL
     segment the prefetcher spools): `path` is absolute and its name ends in CLAIM_PREFIX + nonce,

@@ -363,7 +363,7 @@ class DiffReply(_message.Message):
     def __init__(self, a: _Optional[_Union[SetInfo, _Mapping]] = ..., b: _Optional[_Union[SetInfo, _Mapping]] = ..., added: _Optional[_Iterable[bytes]] = ..., modified: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude", "local_claim", "target_path")
+    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude", "local_claim", "target_path", "delta", "quick", "delete")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
@@ -372,6 +372,9 @@ class RestoreRequest(_message.Message):
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    QUICK_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
@@ -380,7 +383,10 @@ class RestoreRequest(_message.Message):
     exclude: _containers.RepeatedScalarFieldContainer[str]
     local_claim: str
     target_path: bytes
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ...) -> None: ...
+    delta: bool
+    quick: bool
+    delete: bool
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command", "local_claim")
@@ -491,20 +497,44 @@ class RestoreRecord(_message.Message):
     def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
-    __slots__ = ("set", "records", "local", "files_total", "bytes_total", "progress")
+    __slots__ = ("set", "records", "local", "delta", "files_total", "bytes_total", "progress")
     SET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
     local: LocalWriteResult
+    delta: DeltaWriteResult
     files_total: int
     bytes_total: int
     progress: Progress
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., delta: _Optional[_Union[DeltaWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class DeltaWriteResult(_message.Message):
+    __slots__ = ("files_checked", "bytes_checked", "files_written", "bytes_written", "entries_made", "metadata_fixed", "deleted", "extras_kept", "errors")
+    FILES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FILES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_MADE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIXED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    files_checked: int
+    bytes_checked: int
+    files_written: int
+    bytes_written: int
+    entries_made: int
+    metadata_fixed: int
+    deleted: int
+    extras_kept: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., files_written: _Optional[int] = ..., bytes_written: _Optional[int] = ..., entries_made: _Optional[int] = ..., metadata_fixed: _Optional[int] = ..., deleted: _Optional[int] = ..., extras_kept: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LocalWriteResult(_message.Message):
     __slots__ = ("files", "dirs", "links", "bytes", "errors")

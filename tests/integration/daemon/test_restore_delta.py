@@ -111,7 +111,11 @@ def daemon_with_set(start_daemon: Callable[..., Daemon], rundir: str) -> tuple[D
     return d, s["id"], src, snapshot(src)
 
 
-def test_delta_restore_after_random_damage_writes_only_the_damage(daemon_with_set, rundir: str) -> None:
+WHO = {"daemon": (), "client": ("--stream",)}  # who runs a delta: the daemon on this host, or the client
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_delta_restore_after_random_damage_writes_only_the_damage(daemon_with_set, rundir: str, who: str) -> None:
     d, set_id, src, want = daemon_with_set
     target = os.path.join(rundir, "restored")
     d.ok("restore", set_id, "--target", target)
@@ -127,18 +131,21 @@ def test_delta_restore_after_random_damage_writes_only_the_damage(daemon_with_se
         assert os.path.exists(os.path.join(target, "docs", "extra.txt"))  # dry run wrote nothing
 
         # without --delete the extras stay, everything else is mended
-        r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
-        assert r["bytes_written"] == owed, r
+        r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", *WHO[who]))
+        assert r["bytes_written"] == owed and r["written_by"] == who, r
         assert r["extras_kept"] == 2 and os.path.exists(os.path.join(target, "junk", "sub", "x"))
         got = snapshot(target)
         assert {k: v for k, v in got.items() if not k.startswith("junk") and k != "docs/extra.txt"} == want
+        assert not [n for n in os.listdir(target) if n.startswith(".cairn-claim-")]
 
-        out = d.ok("restore", set_id, "--target", target, "--delta", "--delete", "--verify")
+        out = d.ok("restore", set_id, "--target", target, "--delta", "--delete", "--verify", *WHO[who])
         assert "wrote 0 B" in out and "deleted 2" in out and "verified" in out
+        assert ("by the daemon" in out) == (who == "daemon")
         assert snapshot(target) == want
 
 
-def test_delta_restore_fixes_kinds_and_an_emptied_target(daemon_with_set, rundir: str) -> None:
+@pytest.mark.parametrize("who", WHO)
+def test_delta_restore_fixes_kinds_and_an_emptied_target(daemon_with_set, rundir: str, who: str) -> None:
     d, set_id, src, want = daemon_with_set
     target = os.path.join(rundir, "restored")
     d.ok("restore", set_id, "--target", target, "--delta")  # a missing target: everything is written
@@ -154,8 +161,8 @@ def test_delta_restore_fixes_kinds_and_an_emptied_target(daemon_with_set, rundir
     os.symlink("/", os.path.join(target, "cache"))  # must never be written through
     with open(os.path.join(p, "inner", "x"), "wb") as f:  # extras below what is replaced
         f.write(b"x")
-    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete"))
-    assert r["errors"] == []
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete", *WHO[who]))
+    assert r["errors"] == [] and r["written_by"] == who
     assert snapshot(target) == want
     assert stat.S_ISDIR(os.lstat(os.path.join(target, "cache")).st_mode)
 
@@ -231,9 +238,27 @@ def test_quick_check_trusts_size_and_mtime_and_the_default_reads_content(daemon_
     with open(touched, "r+b") as f:
         f.write(b"#")
     r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--quick"))
-    assert r["files_written"] == 1  # n08 only: the quick check does not read n07
+    assert r["files_written"] == 1 and r["written_by"] == "daemon"  # n08 only: the quick check does not read n07
     assert snapshot(target)["docs/n08.txt"] == want["docs/n08.txt"]
     assert snapshot(target)["docs/n07.txt"] != want["docs/n07.txt"]
     r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
     assert r["files_written"] == 1 and snapshot(target) == want
     assert d.cli("restore", set_id, "--target", target, "--quick").returncode == 2
+
+
+def test_a_target_the_daemon_may_not_mend_is_mended_by_the_client(daemon_with_set, rundir: str) -> None:
+    """The daemon mends only a target whose directory and claim belong to root or its own user
+    (tests run as root: a directory of another user stands for a client without those powers);
+    it refuses before reading anything, and the client then runs the delta itself."""
+    d, set_id, _, want = daemon_with_set
+    target = os.path.join(rundir, "theirs")
+    d.ok("restore", set_id, "--target", target)
+    with open(os.path.join(target, "media", "big1.bin"), "r+b") as f:
+        f.write(b"damage")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the target to another user")
+    os.chown(target, 65534, 65534)
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta"))
+    assert r["written_by"] == "client" and r["files_written"] == 1
+    assert snapshot(target) == want
+    assert not [n for n in os.listdir(target) if n.startswith(".cairn-claim-")]

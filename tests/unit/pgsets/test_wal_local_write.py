@@ -118,3 +118,25 @@ def test_another_servers_flat_segment_is_refused_before_any_byte(repo: Repositor
     repo.put_wal(SEG, long_header(42) + b"tail", "42")  # its own name space wins
     path, nonce = claim(tmp_path)
     assert write(repo, path, nonce, namespace="42") == len(long_header(42)) + 4
+
+
+def test_a_delta_claim_is_checked_on_the_directory_and_the_file(tmp_path: Path) -> None:
+    from cairn.daemon.databases.postgres.restoredb import check_delta_claim
+
+    target = tmp_path / "app"
+    (target / "sub").mkdir(parents=True)
+    (target / "keep.txt").write_text("anything may be there")
+    nonce = secrets.token_hex(16)
+    (target / f"{CLAIM_PREFIX}{nonce}").write_text(nonce)
+    assert check_delta_claim(str(target), nonce) == str(target / f"{CLAIM_PREFIX}{nonce}")
+    (tmp_path / "link").symlink_to(target)  # a link to the claimed directory: never followed
+    with pytest.raises(FailedPreconditionError, match="not a directory"):
+        check_delta_claim(str(tmp_path / "link"), nonce)
+    with pytest.raises(FailedPreconditionError, match="refused"):
+        check_delta_claim(str(target / "sub"), nonce)  # no claim there
+    other = nonce[:-1] + ("0" if nonce[-1] != "0" else "1")
+    with pytest.raises(FailedPreconditionError, match="refused: No such file"):
+        check_delta_claim(str(target), other)  # the claim is named for its nonce
+    (target / f"{CLAIM_PREFIX}{other}").write_text(nonce)
+    with pytest.raises(FailedPreconditionError, match="claim does not match"):
+        check_delta_claim(str(target), other)
