@@ -9,14 +9,15 @@
 
     .venv/bin/python bench/restore_tree.py [--tree-mib 1024] [--damage 0.01] [--workdir DIR]
                                            [--corpus-script PATH] [--skip-corpus] [--rounds N]
-                                           [--fresh-fs]
+                                           [--fresh-fs] [--delta-rounds N]
 
 A real cairnd (its own plaintext repository, Unix socket) serves both; every restore is `cairn
 restore`. A full restore into an empty directory is written by the daemon on this host (no data
-crosses gRPC); the delta restores read the target in the client and fetch what differs. The
+crosses gRPC); so are the delta restores (the daemon reads the target and writes what differs). The
 corpus is the one bench/backup_restore.py uses (built once into the work directory). `sync`
 runs before each timed step, and outputs stay until the end (deleting thousands of files right
-before a step slows ext4's next creations). Each step of (a) runs once; (b) alternates `cp -a`
+before a step slows ext4's next creations). (a) runs --delta-rounds times (default 3: each a full restore into
+a new directory, damage, `--delta`, damage, `--delta --quick`) and compares medians; (b) alternates `cp -a`
 and the restore --rounds times (default 3) and compares medians; the load average is printed.
 With --fresh-fs (root) every output goes to a new ext4 file system made for the run (see
 bench/common.py fresh_fs). Figures go to <workdir>/restore_tree.json.
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--corpus-script", type=Path, default=DEFAULT_CORPUS_SCRIPT)
     ap.add_argument("--skip-corpus", action="store_true")
+    ap.add_argument("--delta-rounds", type=int, default=3,
+                    help="rounds of (a): a full restore, damage, --delta, damage, --delta --quick")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of (b): cp -a and the restore, alternated")
     ap.add_argument("--fresh-fs", action="store_true", help="write every output to a new ext4 file system (root)")
     args = ap.parse_args(argv)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         dest = work
         if args.fresh_fs:
-            size = (args.tree_mib << 21) + (2 * args.rounds << 30)
+            size = (args.tree_mib << 20) * (1 + args.delta_rounds) + (2 * args.rounds << 30)
             dest = stack.enter_context(fresh_fs(args.workdir.resolve(), size))
         return run(args, work, dest)
 
@@ -139,34 +142,46 @@ def run(args: argparse.Namespace, work: Path, dest: Path) -> int:
     fig: dict[str, dict] = {"load": {"loadavg_start": os.getloadavg()}}
     rng = random.Random(12)
 
-    # (a) delta restore of a damaged tree vs a full restore
+    # (a) delta restore of a damaged tree vs a full restore, --delta-rounds times
     src = work / "tree"
     files = make_tree(src, args.tree_mib << 20, rng)
     d = Daemon(work / "a", src)
     try:
         s = json.loads(d.ok("--json", "backup", "--level", "full"))
-        full_s, _ = d.timed("restore", s["id"], "--target", str(dest / "full"))
         # the same full restore streamed to the client and written there (how it ran before)
         streamed_s, _ = d.timed("restore", s["id"], "--target", str(dest / "full-streamed"), "--stream")
-        target = dest / "full"
-        restored = sorted(target.rglob("*.bin"))
-        damaged = damage(restored, args.damage, rng)
-        delta_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta")
-        report = json.loads(out)
-        problems = compare_trees(src, target)
-        # the same damage again, mended with the quick check (size and mtime) instead of reading
-        damage(restored, args.damage, rng)
-        quick_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta", "--quick")
-        quick = json.loads(out)
-        problems += compare_trees(src, target)
+        runs: list[dict] = []
+        problems: list[str] = []
+        for r in range(args.delta_rounds):
+            target = dest / f"full-{r}"
+            full_s, _ = d.timed("restore", s["id"], "--target", str(target))
+            restored = sorted(target.rglob("*.bin"))
+            damaged = damage(restored, args.damage, rng)
+            delta_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta")
+            report = json.loads(out)
+            problems += compare_trees(src, target)
+            # the same damage again, mended with the quick check (size and mtime) instead of reading
+            damage(restored, args.damage, rng)
+            quick_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta", "--quick")
+            quick = json.loads(out)
+            problems += compare_trees(src, target)
+            runs.append({"full_restore_s": full_s, "damaged_bytes": damaged, "delta_restore_s": delta_s,
+                         "bytes_written": report["bytes_written"], "written_by": report.get("written_by"),
+                         "quick_delta_restore_s": quick_s, "quick_bytes_written": quick["bytes_written"],
+                         "speedup": full_s / delta_s, "quick_speedup": full_s / quick_s,
+                         "loadavg": os.getloadavg()[0]})
+            print(f"delta round {r + 1}: full {full_s:.3f} s, --delta {delta_s:.3f} s ({full_s / delta_s:.1f}x), "
+                  f"--delta --quick {quick_s:.3f} s ({full_s / quick_s:.1f}x), load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+        med = lambda k: statistics.median(x[k] for x in runs)  # noqa: E731
         fig["delta"] = {"tree_bytes": sum(p.stat().st_size for p in files), "files": len(files),
-                        "damaged_bytes": damaged, "full_restore_s": full_s, "full_streamed_restore_s": streamed_s,
-                        "speedup_over_streamed": streamed_s / delta_s, "delta_restore_s": delta_s,
-                        "bytes_written": report["bytes_written"], "speedup": full_s / delta_s,
-                        "quick_delta_restore_s": quick_s, "quick_bytes_written": quick["bytes_written"],
-                        "quick_speedup": full_s / quick_s, "tree_equal_after": not problems,
-                        "loadavg": os.getloadavg()}
-        print("delta:", json.dumps(fig["delta"]), flush=True)
+                        "full_streamed_restore_s": streamed_s, "rounds": runs,
+                        "full_restore_median_s": med("full_restore_s"), "delta_median_s": med("delta_restore_s"),
+                        "quick_median_s": med("quick_delta_restore_s"),
+                        "speedup_of_medians": med("full_restore_s") / med("delta_restore_s"),
+                        "quick_speedup_of_medians": med("full_restore_s") / med("quick_delta_restore_s"),
+                        "tree_equal_after": not problems, "loadavg": os.getloadavg()}
+        print("delta:", json.dumps({k: v for k, v in fig["delta"].items() if k != "rounds"}), flush=True)
     finally:
         d.stop()
 
