@@ -25,6 +25,20 @@ PROJECT_ROOT = BENCH_DIR.parent
 DEFAULT_CORPUS_SCRIPT = PROJECT_ROOT.parent / "shared" / "bench" / "build_corpus.py"
 DEFAULT_WORKDIR = BENCH_DIR / "out"
 MB = 1_000_000
+SOURCE_PACKAGES = ("cairn_pkg", "client", "daemon", "fsio", "proto", "store")
+
+
+def byte_compile_sources() -> None:
+    """Byte-compile Cairn's modules in this checkout, as an installed Cairn's are (`make install`
+    compiles them). A checkout run with PYTHONDONTWRITEBYTECODE set would otherwise compile every
+    module it imports at every start of `cairn` and `cairnd`: 20 ms more per `cairn status`."""
+    import compileall
+
+    for pkg in SOURCE_PACKAGES:
+        compileall.compile_dir(str(PROJECT_ROOT / pkg), quiet=1)
+
+
+byte_compile_sources()  # every benchmark imports this module before it starts a tool
 
 
 @dataclass

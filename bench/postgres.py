@@ -39,6 +39,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "integration" / "pg_daemon"))
 
+import common  # noqa: E402, F401 - byte-compiles Cairn's modules, as an installed Cairn has them
 from pgserver import PG_USER, chown_postgres  # noqa: E402
 from pgstack import ArchivingServer, Stack, make_pg_dir  # noqa: E402
 

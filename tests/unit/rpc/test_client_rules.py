@@ -86,3 +86,26 @@ def test_restore_refuses_a_non_empty_target_before_calling_the_daemon(tmp_path, 
     assert code == 1
     assert "is not empty" in capsys.readouterr().err
     assert (tmp_path / "t" / "keep").read_text() == "x"
+
+
+def test_the_command_exits_at_once_with_mains_code_and_all_its_output(tmp_path) -> None:
+    """`cairn` (cli.run) skips the interpreter's teardown: the exit code is main's, and what was
+    printed into a pipe's buffer still arrives, also for argparse's exits."""
+    import os
+    import subprocess
+    import sys
+
+    def cairn(*args: str) -> subprocess.CompletedProcess:
+        code = "import sys; from cairn.client.cli import run; sys.argv = ['cairn', *sys.argv[1:]]; run()"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # pipes block-buffered
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                              env=env)
+
+    r = cairn("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: cairn") and "restore" in r.stdout
+    full = cli.build_parser().format_help()
+    assert r.stdout.rstrip("\n").endswith(full.rstrip("\n")[-200:])
+    r = cairn("--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    r = cairn("--socket", str(tmp_path / "no.sock"), "--json", "status")
+    assert r.returncode == 1 and "unable to reach cairnd" in (r.stderr + r.stdout)
