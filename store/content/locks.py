@@ -13,7 +13,7 @@ machines and containers may share a host name) or it has not been refreshed for 
 seconds (any host); stale locks are removed by whoever finds them. Adds take shared locks and
 never block each other (content addressing makes them idempotent); only prune excludes
 everything else.
-Taking a lock may wait for a conflicting one, retrying with bounded exponential backoff. A
+Taking a lock may wait for a conflicting one, retrying with bounded, jittered exponential backoff. A
 held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
 handle's `lost` event) and must stop before its next write. A released lock whose object could
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -196,7 +197,9 @@ class Locks:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._raise_conflict(clash)
-            time.sleep(min(delay, left))
+            # jittered: two takers that collide (each sees the other's new lock and withdraws its
+            # own) must not retry in step, or they can collide again and again
+            time.sleep(min(delay * (0.5 + random.random()), left))
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _write(self, name: str, doc: dict) -> None:

@@ -220,3 +220,28 @@ def test_prune_whose_lock_is_lost_stops_before_its_next_write(src, rng):
         pruner.prune(PrunePolicy(keep_full=0))
     assert len(list(inner.list("sets"))) == 2  # the one delete under way finished, nothing after it
     assert sorted(inner.list("index")) == index_before and sorted(inner.list("packs")) == packs_before
+
+
+def test_retries_of_a_conflicting_lock_are_jittered(backend, monkeypatch):
+    """Two takers that collide withdraw and retry; with equal delays they would retry in step
+    and could collide again and again, so each wait is drawn from half to one and a half of
+    the doubling backoff."""
+    import cairn.store.content.locks as locks
+
+    slept: list[float] = []
+    monkeypatch.setattr(locks.time, "sleep", lambda s: slept.append(s))
+    clock = [1000.0]
+
+    def monotonic() -> float:  # time moves only by what was slept
+        return clock[0] + sum(slept)
+
+    monkeypatch.setattr(locks.time, "monotonic", monotonic)
+    with Locks(backend).hold("prune", exclusive=True):
+        with pytest.raises(LockedError):
+            with Locks(backend).hold("prune", exclusive=True, wait=30.0):
+                pass
+    full = [s for s in slept if s < 30.0][:6]
+    assert len(full) >= 5
+    nominal = [locks.BACKOFF_FIRST * 2 ** i for i in range(len(full))]
+    assert all(0.5 * n <= s <= 1.5 * n for s, n in zip(full, nominal, strict=True)), full
+    assert len({round(s / n, 6) for s, n in zip(full, nominal, strict=True)}) > 1, "every retry waited the same share"
