@@ -114,7 +114,10 @@ def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) 
         return None
     nonce = secrets.token_hex(16)
     claim = os.path.join(target, f"{CLAIM_PREFIX}{nonce}")
-    fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:  # a target this client cannot write in: its own delta reports what it cannot mend
+        return None
     try:
         try:
             os.write(fd, nonce.encode())

@@ -262,3 +262,27 @@ def test_a_target_the_daemon_may_not_mend_is_mended_by_the_client(daemon_with_se
     assert r["written_by"] == "client" and r["files_written"] == 1
     assert snapshot(target) == want
     assert not [n for n in os.listdir(target) if n.startswith(".cairn-claim-")]
+
+
+def test_a_target_the_client_cannot_claim_leaves_the_delta_to_the_client(daemon_with_set, rundir: str,
+                                                                         monkeypatch) -> None:
+    """No claim file can be made in the target (a directory the client may not write in): the
+    daemon is not asked, and the client's own delta runs (and reports what it cannot mend)."""
+    from cairn.client import cli, restoring
+    from cairn.client.connection import Connection, resolve_endpoint
+
+    d, set_id, _, _ = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    real_open = os.open
+
+    def no_claims(path, *args, **kwargs):
+        if ".cairn-claim-" in os.fsdecode(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(restoring.os, "open", no_claims)
+    args = cli.build_parser().parse_args(["restore", set_id, "--target", target, "--delta"])
+    with Connection(resolve_endpoint(socket=d.socket)) as conn:
+        assert restoring.delta_by_daemon(conn, args, lambda *_: None, cli.render) is None
+    assert not [n for n in os.listdir(target) if n.startswith(".cairn-claim-")]
