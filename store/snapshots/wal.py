@@ -180,13 +180,8 @@ def get(repo: RepositoryHandle, name: str, namespace: str = "") -> bytes:
 
 def get_entry(repo: RepositoryHandle, name: str, namespace: str = "") -> tuple[str, bytes]:
     """(the name space it was found in, content) of WAL file `name`, as `get` finds it."""
-    check_name(name, repo.segment_rule)
-    found, doc = namespace, _catalog(repo, object_name(namespace, name))
-    if doc is None and namespace:
-        found, doc = "", _catalog(repo, name)
-    if doc is None:
-        raise NotFoundError(f"WAL file '{display_name(namespace, name)}' is not in the archive")
-    return found, read_content(repo, display_name(found, name), doc)
+    found, pieces = stream_entry(repo, name, namespace)
+    return found, b"".join(pieces)
 
 
 def read_content(repo: RepositoryHandle, label: str, doc: dict) -> bytes:

@@ -305,24 +305,39 @@ LOCAL_WRITERS = 4  # threads writing a local restore: several files at once, eac
 _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
-def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
-    """The claim file of a local restore, checked (module docstring); FailedPreconditionError.
-    With `same_powers` a client that is root is refused unless the daemon is root too, since the
-    daemon could not then restore what such a client would (file owners)."""
+def _refuser(target_path: str) -> Callable[[str], FailedPreconditionError]:
     def refuse(why: str) -> FailedPreconditionError:
         return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
+    return refuse
 
+
+def _claimed_directory(target_path: str, nonce: str) -> os.stat_result:
+    """What every directory claim needs first: a well-formed nonce and an absolute path that is
+    a directory itself (lstat: not a link to one). Its lstat; FailedPreconditionError otherwise."""
+    refuse = _refuser(target_path)
     if not _NONCE.match(nonce or ""):
         raise refuse("malformed claim")
     if not os.path.isabs(target_path):
         raise refuse("not an absolute path")
     try:
         st = os.lstat(target_path)
-        names = os.listdir(target_path)
     except OSError as exc:
         raise refuse(exc.strerror or "not reachable from the daemon") from None
     if not stat.S_ISDIR(st.st_mode):
         raise refuse("not a directory")
+    return st
+
+
+def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
+    """The claim file of a local restore, checked (module docstring); FailedPreconditionError.
+    With `same_powers` a client that is root is refused unless the daemon is root too, since the
+    daemon could not then restore what such a client would (file owners)."""
+    refuse = _refuser(target_path)
+    st = _claimed_directory(target_path, nonce)
+    try:
+        names = os.listdir(target_path)
+    except OSError as exc:
+        raise refuse(exc.strerror or "not reachable from the daemon") from None
     claim = CLAIM_PREFIX + nonce
     if names != [claim]:
         raise refuse("the directory must hold only the client's claim file")
@@ -351,19 +366,8 @@ def check_delta_claim(target_path: str, nonce: str) -> str:
     CLAIM_PREFIX + nonce (one link, of root or the daemon's user) with exactly the nonce; a
     client that is root is refused unless the daemon is root too. Returns the claim's path;
     FailedPreconditionError otherwise."""
-    def refuse(why: str) -> FailedPreconditionError:
-        return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
-
-    if not _NONCE.match(nonce or ""):
-        raise refuse("malformed claim")
-    if not os.path.isabs(target_path):
-        raise refuse("not an absolute path")
-    try:
-        st = os.lstat(target_path)
-    except OSError as exc:
-        raise refuse(exc.strerror or "not reachable from the daemon") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise refuse("not a directory")
+    refuse = _refuser(target_path)
+    st = _claimed_directory(target_path, nonce)
     path = os.path.join(target_path, CLAIM_PREFIX + nonce)
     fd = open_claimed_file(path, nonce)
     try:
@@ -383,9 +387,7 @@ def open_claimed_file(path: str, nonce: str) -> int:
     and the file opened there (never through a link) is a regular file with one link, of root or
     the daemon's user, holding exactly the nonce. Everything is checked on the descriptor, so a
     path changed meanwhile cannot turn the write elsewhere; FailedPreconditionError otherwise."""
-    def refuse(why: str) -> FailedPreconditionError:
-        return FailedPreconditionError(f"local write to '{path}' refused: {why}")
-
+    refuse = _refuser(path)
     if not _NONCE.match(nonce or ""):
         raise refuse("malformed claim")
     if not os.path.isabs(path) or not os.path.basename(path).endswith(CLAIM_PREFIX + nonce):
