@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from cairn import __version__, protocol, walnames
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
+from cairn.fsio import claims
 from cairn.fsio.records import Data, EntryMeta, Record
 
 if TYPE_CHECKING:
@@ -244,11 +245,12 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
     places: dict[str, str] = {}
     files_report: dict[str, Any] = {}
-    by_daemon = None
-    if args.delta and not args.dry_run and not args.stream and not args.verify and not args.databases:
-        by_daemon = restoring.delta_by_daemon(conn, args, out, render)  # one call: nothing to pin
-        if by_daemon is not None:
-            return by_daemon[0]
+    daemon_delta = args.delta and not args.dry_run and not args.stream  # the daemon is asked first
+    if daemon_delta and not args.verify and not args.databases:  # one call: no set to pin
+        done = restoring.delta_by_daemon(conn, args, out, render)
+        if done is not None:
+            return done[0]
+        daemon_delta = False  # it refused: the client runs the delta, and does not ask again
     if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
         first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
         args.set = first.set.id
@@ -266,7 +268,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
             out(f"would lay down database '{name}' in {where} (ready for recovery)")
         return code
     if args.delta:
-        done = None if args.stream else restoring.delta_by_daemon(conn, args, out, render)
+        done = restoring.delta_by_daemon(conn, args, out, render) if daemon_delta else None
         code, _ = done if done is not None else restoring.delta_restore(conn, args, out, render, to_record,
                                                                           received_ahead)
     else:
@@ -378,12 +380,8 @@ def restore_into(conn: Connection, method: Any, request: Any, target: str, json_
             os.makedirs(target, exist_ok=True)
         else:
             os.makedirs(target, mode=mode, exist_ok=True)
-        claim = os.path.join(target, f".cairn-claim-{nonce}")
-        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, nonce.encode())
-        finally:
-            os.close(fd)
+        claim = os.path.join(target, claims.CLAIM_PREFIX + nonce)
+        claims.make_claim(claim, nonce)
         request.local_claim = nonce
         try:
             batches = []

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.errors import FailedPreconditionError, InvalidArgumentError
+from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, mend, plan
 from cairn.fsio.delta import extras_roots as delta_extras_roots
 from cairn.fsio.records import EntryMeta, Failed
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
-CLAIM_PREFIX = ".cairn-claim-"  # the claim file that proves a target is the client's (local writes)
 CHUNKS_PER_CALL = 16384  # ids in one RestoreChunks request (32 bytes each, well below the message limit)
 
 
@@ -113,16 +113,12 @@ def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) 
     if not getattr(conn.endpoint, "socket", None) or os.path.islink(target) or not os.path.isdir(target):
         return None
     nonce = secrets.token_hex(16)
-    claim = os.path.join(target, f"{CLAIM_PREFIX}{nonce}")
+    claim = os.path.join(target, claims.CLAIM_PREFIX + nonce)
     try:
-        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        claims.make_claim(claim, nonce)
     except OSError:  # a target this client cannot write in: its own delta reports what it cannot mend
         return None
     try:
-        try:
-            os.write(fd, nonce.encode())
-        finally:
-            os.close(fd)
         request = restore_request(args)
         request.local_claim, request.target_path = nonce, os.fsencode(target)
         request.delta, request.quick, request.delete = True, args.quick, args.delete

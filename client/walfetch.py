@@ -48,10 +48,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from cairn.fsio import claims
 from cairn.walnames import OWN_POINT, WAL_MARKER
 
 SPOOL_DIR = "cairn-prefetch"
-CLAIM_PREFIX = ".cairn-claim-"  # a claim file for a segment the daemon writes (WalFetchRequest.local_claim)
 DEFAULT_PREFETCH = 8
 PARALLEL = 4
 IDLE_SECONDS = 30.0
@@ -373,13 +373,9 @@ class GrpcFetcher:
     def _by_daemon(self, name: str, path: str) -> bool:
         """True: `path` holds the segment, written by the daemon; False: it refused (stream it)."""
         nonce = secrets.token_hex(16)
-        claim = f"{os.path.abspath(path)}{CLAIM_PREFIX}{nonce}"
-        fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        claim = f"{os.path.abspath(path)}{claims.CLAIM_PREFIX}{nonce}"
+        claims.make_claim(claim, nonce)
         try:
-            try:
-                os.write(fd, nonce.encode())
-            finally:
-                os.close(fd)
             request = self.pb.WalFetchRequest(name=name, wal_namespace=self.namespace, local_claim=nonce,
                                               target_path=os.fsencode(claim))
             try:

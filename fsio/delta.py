@@ -538,7 +538,6 @@ class DeltaWriter:
         apply_dir_meta(self.t.abs(m.path), m, self.owner)
 
 
-
 ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]]
 
 

@@ -12,6 +12,7 @@ from cairn import walnames
 from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
+from cairn.fsio import claims
 from cairn.fsio.records import LaneGauge, Record
 from cairn.store.errors import CairnError, InvalidArgumentError
 from cairn.store.model import BackupSet
@@ -80,11 +81,11 @@ class DatabasePart(ServicePart):
         return walarchive.fetch_wal(self.repo, name, walnames.namespace_of(namespace) if namespace else "")
 
     def write_wal_local(self, name: str, namespace: str, path: str, nonce: str) -> int:
-        """Write WAL file `name` into the client's claim file `path` (restoredb.open_claimed_file)
+        """Write WAL file `name` into the client's claim file `path` (cairn.fsio.claims.open_claimed_file)
         and return its size: the prefetcher's spool on this host gets the segment without it
         crossing gRPC. On any error the file is left empty."""
         _check_wal_name(name)
-        fd = restoredb.open_claimed_file(path, nonce)
+        fd = claims.open_claimed_file(path, nonce)
         try:
             return walarchive.write_wal_into(self.repo, name, walnames.namespace_of(namespace) if namespace else "",
                                              fd)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from cairn.daemon.databases.postgres import restoredb
 from cairn.daemon.operations.part import ServicePart, _rel
+from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
 from cairn.store.errors import FailedPreconditionError
@@ -74,11 +74,11 @@ class RestorePart(ServicePart):
     def delta_local(self, ref: str, source: str, paths: list[str], include: tuple[str, ...], exclude: tuple[str, ...],
                     target: str, nonce: str, quick: bool = False, delete: bool = False
                     ) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
-        """A delta restore into the client's claimed target on this host (restoredb.check_delta_claim):
+        """A delta restore into the client's claimed target on this host (cairn.fsio.claims.check_delta_claim):
         the set's manifest is compared with the target and what differs is written from the
         repository directly (cairn.fsio.delta.mend). Returns (set, plan, what changed, problems
         of the manifest)."""
-        claim = restoredb.check_delta_claim(target, nonce)
+        claim = claims.check_delta_claim(target, nonce)
         s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True)
         entries: list[EntryMeta] = []
         problems: list[str] = []

@@ -30,6 +30,7 @@ from cairn.daemon.operations.status import SourceState, set_status
 from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.retention import parse_option_duration
+from cairn.fsio import claims
 from cairn.fsio.records import Data, LaneGauge, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
@@ -213,7 +214,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             return
         local = bool(request.local_claim) and not request.manifest
         if local:  # refused before the set is read: the client then streams
-            restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim, same_powers=True)
+            claims.check_claim(os.fsdecode(request.target_path), request.local_claim, same_powers=True)
         paths = [os.fsdecode(p) for p in request.paths]
         lanes = LaneGauge() if local else None  # the daemon's own writer takes large files as lanes
         s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
@@ -240,7 +241,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         if request.local_claim:
-            restoredb.check_claim(os.fsdecode(request.target_path), request.local_claim)
+            claims.check_claim(os.fsdecode(request.target_path), request.local_claim)
         lanes = LaneGauge() if request.local_claim else None
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,

@@ -29,10 +29,10 @@ NotFoundError (no such database in the set) or InvalidArgumentError (bad time or
 
 Local restores (`write_local`): when the client runs on the daemon's host it may ask the daemon
 to write the data directory itself, so the data never crosses gRPC. The client proves the
-target is its own: the target directory holds exactly one file, `.cairn-claim-<nonce>` with
-the nonce as content, made by root or by the daemon's own user (so the daemon never writes
-anywhere on behalf of a less privileged user). Anything else is refused with
-FailedPreconditionError "local write ..." before anything is written, and the client streams.
+target is its own with a claim file (cairn.fsio.claims.check_claim: the target directory
+holds only `.cairn-claim-<nonce>`, made by root or by the daemon's own user). Anything else is
+refused with FailedPreconditionError "local write ..." before anything is written, and the
+client streams.
 The daemon writes with fsio.writer.ParallelTreeWriter (a pool of LOCAL_WRITERS threads creates and
 writes several files at once, each in order; every guarantee of TreeWriter holds), and the stream
 it writes may carry lanes (fsio.records) when the caller passes the writer's LaneGauge.
@@ -41,10 +41,8 @@ it writes may carry lanes (fsio.records) when the caller passes the writer's Lan
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +53,7 @@ from cairn import walnames
 from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
 from cairn.daemon.databases.postgres.recovery import lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
+from cairn.fsio.claims import check_claim
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneGauge, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -300,114 +299,7 @@ def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
                         gid=owner[1], mtime_ns=time.time_ns(), size=0)
 
 
-CLAIM_PREFIX = ".cairn-claim-"
 LOCAL_WRITERS = 4  # threads writing a local restore: several files at once, each in order
-_NONCE = re.compile(r"^[0-9a-f]{32,128}$")
-
-
-def _refuser(target_path: str) -> Callable[[str], FailedPreconditionError]:
-    def refuse(why: str) -> FailedPreconditionError:
-        return FailedPreconditionError(f"local write to '{target_path}' refused: {why}")
-    return refuse
-
-
-def _claimed_directory(target_path: str, nonce: str) -> os.stat_result:
-    """What every directory claim needs first: a well-formed nonce and an absolute path that is
-    a directory itself (lstat: not a link to one). Its lstat; FailedPreconditionError otherwise."""
-    refuse = _refuser(target_path)
-    if not _NONCE.match(nonce or ""):
-        raise refuse("malformed claim")
-    if not os.path.isabs(target_path):
-        raise refuse("not an absolute path")
-    try:
-        st = os.lstat(target_path)
-    except OSError as exc:
-        raise refuse(exc.strerror or "not reachable from the daemon") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise refuse("not a directory")
-    return st
-
-
-def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
-    """The claim file of a local restore, checked (module docstring); FailedPreconditionError.
-    With `same_powers` a client that is root is refused unless the daemon is root too, since the
-    daemon could not then restore what such a client would (file owners)."""
-    refuse = _refuser(target_path)
-    st = _claimed_directory(target_path, nonce)
-    try:
-        names = os.listdir(target_path)
-    except OSError as exc:
-        raise refuse(exc.strerror or "not reachable from the daemon") from None
-    claim = CLAIM_PREFIX + nonce
-    if names != [claim]:
-        raise refuse("the directory must hold only the client's claim file")
-    path = os.path.join(target_path, claim)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise refuse(exc.strerror or "claim unreadable") from None
-    try:
-        cst = os.fstat(fd)
-        content = os.read(fd, 256)
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(cst.st_mode) or content != nonce.encode():
-        raise refuse("claim does not match")
-    if cst.st_uid not in (0, os.geteuid()) or st.st_uid not in (0, os.geteuid()):
-        raise refuse("the client is neither root nor the daemon's user")
-    if same_powers and cst.st_uid == 0 and os.geteuid() != 0:
-        raise refuse("the client is root and the daemon is not")
-    return path
-
-
-def check_delta_claim(target_path: str, nonce: str) -> str:
-    """The claim file of a delta restore by the daemon: `target_path` is an absolute path of an
-    existing directory (not a link) of root or the daemon's user, holding the regular file
-    CLAIM_PREFIX + nonce (one link, of root or the daemon's user) with exactly the nonce; a
-    client that is root is refused unless the daemon is root too. Returns the claim's path;
-    FailedPreconditionError otherwise."""
-    refuse = _refuser(target_path)
-    st = _claimed_directory(target_path, nonce)
-    path = os.path.join(target_path, CLAIM_PREFIX + nonce)
-    fd = open_claimed_file(path, nonce)
-    try:
-        cst = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if st.st_uid not in (0, os.geteuid()):
-        raise refuse("the client is neither root nor the daemon's user")
-    if cst.st_uid == 0 and os.geteuid() != 0:
-        raise refuse("the client is root and the daemon is not")
-    return path
-
-
-def open_claimed_file(path: str, nonce: str) -> int:
-    """A read-write descriptor on the client's claim file for a local write of one file (a WAL
-    segment the prefetcher spools): `path` is absolute and its name ends in CLAIM_PREFIX + nonce,
-    and the file opened there (never through a link) is a regular file with one link, of root or
-    the daemon's user, holding exactly the nonce. Everything is checked on the descriptor, so a
-    path changed meanwhile cannot turn the write elsewhere; FailedPreconditionError otherwise."""
-    refuse = _refuser(path)
-    if not _NONCE.match(nonce or ""):
-        raise refuse("malformed claim")
-    if not os.path.isabs(path) or not os.path.basename(path).endswith(CLAIM_PREFIX + nonce):
-        raise refuse("not an absolute path named for the claim")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise refuse(exc.strerror or "not reachable from the daemon") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise refuse("not a regular file of one link")
-        if st.st_uid not in (0, os.geteuid()):
-            raise refuse("the client is neither root nor the daemon's user")
-        if st.st_size != len(nonce) or os.pread(fd, len(nonce) + 1, 0) != nonce.encode():
-            raise refuse("claim does not match")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def write_local(records: Iterator[Record], target_path: str, nonce: str,

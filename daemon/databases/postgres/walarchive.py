@@ -15,8 +15,8 @@
   committed only after that, so no set is ever visible without the WAL it needs. Past the
   bound it raises DeadlineError naming the first missing segment.
 
-- `push_namespace` / `fetch_wal` / `write_wal_into`: each cluster's WAL is archived in its own repository name
-  space, its system identifier (read from a segment's page header, or given by the client for
+- `push_namespace` / `fetch_wal` / `write_wal_into`: each cluster's WAL is archived in its own
+  repository name space, its system identifier (read from a segment's page header, or given by the client for
   history and backup files); a fetch falls back to the flat name space of older archives, but
   never to a segment another server wrote.
 
@@ -248,6 +248,9 @@ def fetch_wal(repo: Any, name: str, namespace: str = "") -> bytes:
     return data
 
 
+HEADER_BYTES = 8192  # more than a long page header, which names the server that wrote the segment
+
+
 def write_wal_into(repo: Any, name: str, namespace: str, fd: int) -> int:
     """Write WAL file `name` of `namespace` to `fd` from its start (found as `fetch_wal` finds
     it, with the same refusal of another server's flat segment, decided before any byte is
@@ -276,9 +279,6 @@ def write_wal_into(repo: Any, name: str, namespace: str, fd: int) -> int:
             os.ftruncate(fd, 0)
         raise
     return written
-
-
-HEADER_BYTES = 8192  # more than a long page header, which names the server that wrote the segment
 
 
 def _refuse_foreign(name: str, namespace: str, data: bytes) -> None:

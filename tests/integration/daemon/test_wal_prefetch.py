@@ -76,6 +76,7 @@ def test_the_daemon_writes_spooled_segments_itself_and_a_refusal_falls_back_to_s
     is streamed instead and later ones are streamed at once. Nothing is left beside the file."""
     import grpc
     from cairn.client.connection import Connection, resolve_endpoint
+    from cairn.fsio import claims
     from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
     d: Daemon = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", rundir)
@@ -95,7 +96,7 @@ def test_the_daemon_writes_spooled_segments_itself_and_a_refusal_falls_back_to_s
         assert (fetch.written_by_daemon, fetch.streamed) == (2, 0)
         assert not fetch(name(9), os.path.join(spool, ".9.tmp"))  # not archived: False, no file
         # a claim the daemon does not accept (here: not named as the protocol says)
-        monkeypatch.setattr(walfetch, "CLAIM_PREFIX", ".not-a-claim-")
+        monkeypatch.setattr(claims, "CLAIM_PREFIX", ".not-a-claim-")
         refused = walfetch.GrpcFetcher(conn, pb, grpc, sync=False)
         assert refused(name(3), os.path.join(spool, ".3.tmp")) and refused(name(4), os.path.join(spool, ".4.tmp"))
         assert (refused.written_by_daemon, refused.streamed, refused.local) == (0, 2, False)

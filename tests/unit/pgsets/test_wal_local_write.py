@@ -1,4 +1,4 @@
-"""The daemon writing a WAL segment into the prefetcher's claim file (restoredb.open_claimed_file,
+"""The daemon writing a WAL segment into the prefetcher's claim file (cairn.fsio.claims.open_claimed_file,
 walarchive.write_wal_into): only into the file the client proved, never through a link or into
 another file, and never leaving part of a segment behind."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cairn.daemon.databases.postgres import walarchive
-from cairn.daemon.databases.postgres.restoredb import CLAIM_PREFIX, open_claimed_file
+from cairn.fsio.claims import CLAIM_PREFIX, open_claimed_file
 from cairn.store.errors import CorruptionError, FailedPreconditionError, NotFoundError
 from cairn.store.repository import Repository
 
@@ -121,7 +121,7 @@ def test_another_servers_flat_segment_is_refused_before_any_byte(repo: Repositor
 
 
 def test_a_delta_claim_is_checked_on_the_directory_and_the_file(tmp_path: Path) -> None:
-    from cairn.daemon.databases.postgres.restoredb import check_delta_claim
+    from cairn.fsio.claims import check_delta_claim
 
     target = tmp_path / "app"
     (target / "sub").mkdir(parents=True)
