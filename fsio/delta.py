@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
+from cairn.errors import AbortedError
 
 from .records import EntryMeta
 from .writer import _setxattr, _write_all, apply_dir_meta, check_rel
@@ -205,11 +206,13 @@ def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
 
 
 def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | None = None,
-         extras_under: list[bytes] | None = None, workers: int = HASH_WORKERS, quick: bool = False) -> DeltaPlan:
+         extras_under: list[bytes] | None = None, workers: int = HASH_WORKERS, quick: bool = False,
+         cancelled: Callable[[], bool] | None = None) -> DeltaPlan:
     """Compare `target` with `manifest` (read only). Extras are looked for below each path of
     `extras_under` (b"" is the whole target); None: extras are not looked for. With `quick` a
     regular file whose size and mtime equal the set's is taken as unchanged without reading
-    it (rsync's quick check; a change that keeps both is then missed)."""
+    it (rsync's quick check; a change that keeps both is then missed). `cancelled` is asked
+    after each file read: when it says so, reading stops and AbortedError is raised."""
     root = os.path.abspath(os.fsencode(target))
     own = os.geteuid() == 0 if owner is None else owner
     t = _Target(root, own)
@@ -260,6 +263,9 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="delta-hash") as pool:
         results = pool.map(lambda ms: _hash_file(t.abs(ms[0].path), ms[0]), hashing)
         for (m, st), res in zip(hashing, results, strict=True):
+            if cancelled is not None and cancelled():
+                pool.shutdown(wait=False, cancel_futures=True)  # files being read finish, no others start
+                raise AbortedError("restore --delta cancelled while reading the target")
             if res is None:
                 out.files.append(FilePlan(m, fresh=True, writes=_all_chunks(m), resize=True, fix_meta=True))
                 continue
@@ -549,14 +555,27 @@ def extras_roots(paths: list[bytes]) -> list[bytes]:
 
 
 def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, quick: bool = False,
-         delete: bool = False, extras_under: list[bytes] | None = None) -> tuple[DeltaPlan, DeltaStats]:
+         delete: bool = False, extras_under: list[bytes] | None = None,
+         cancelled: Callable[[], bool] | None = None) -> tuple[DeltaPlan, DeltaStats]:
     """A whole delta restore: plan `target` against `entries`, then apply the plan, writing the
     chunks that differ as `chunks(ids)` yields them ((id, content) pairs, any order). The client
-    (content over gRPC) and the daemon (content from the repository) both run this."""
-    p = plan(target, entries, extras_under=extras_under, quick=quick)
+    (content over gRPC) and the daemon (content from the repository) both run this.
+
+    `cancelled` (the daemon's: its client went away) is asked after each file read and each
+    chunk written; when it says so the delta stops with AbortedError. The target is then partly
+    mended: every chunk written is the set's, and running the delta again finishes the work."""
+    p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled)
     writer = DeltaWriter(target, p, delete=delete)
     ids = writer.prepare()
     if ids:
-        for cid, data in chunks(ids):
-            writer.write_chunk(cid, data)
+        source = chunks(ids)
+        try:
+            for cid, data in source:
+                writer.write_chunk(cid, data)
+                if cancelled is not None and cancelled():
+                    raise AbortedError("restore --delta cancelled while writing the target")
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
     return p, writer.finish()

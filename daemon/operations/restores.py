@@ -5,16 +5,19 @@ Reads run in the caller's thread, alongside a running backup.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cairn.daemon.operations.part import ServicePart, _rel
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
-from cairn.store.errors import FailedPreconditionError
+from cairn.store.errors import AbortedError, FailedPreconditionError
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
+
+log = logging.getLogger(__name__)
 
 
 class RestorePart(ServicePart):
@@ -72,12 +75,12 @@ class RestorePart(ServicePart):
         return files, size
 
     def delta_local(self, ref: str, source: str, paths: list[str], include: tuple[str, ...], exclude: tuple[str, ...],
-                    target: str, nonce: str, quick: bool = False, delete: bool = False
-                    ) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
+                    target: str, nonce: str, quick: bool = False, delete: bool = False,
+                    cancelled: Callable[[], bool] | None = None) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
         """A delta restore into the client's claimed target on this host (cairn.fsio.claims.check_delta_claim):
         the set's manifest is compared with the target and what differs is written from the
-        repository directly (cairn.fsio.delta.mend). Returns (set, plan, what changed, problems
-        of the manifest)."""
+        repository directly (cairn.fsio.delta.mend), until `cancelled` says the client went away.
+        Returns (set, plan, what changed, problems of the manifest)."""
         claim = claims.check_delta_claim(target, nonce)
         s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True)
         entries: list[EntryMeta] = []
@@ -97,10 +100,18 @@ class RestorePart(ServicePart):
                 f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
 
         def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
-            return zip(ids, self.repo.read_chunks(s, ids), strict=True)
+            data = self.repo.read_chunks(s, ids)
+            try:
+                yield from zip(ids, data, strict=True)
+            finally:
+                data.close()  # type: ignore[attr-defined] - read-ahead stops when the delta does
 
-        p, st = mend(target, entries, chunks, quick=quick, delete=delete,
-                     extras_under=extras_roots([os.fsencode(x) for x in paths]))
+        try:
+            p, st = mend(target, entries, chunks, quick=quick, delete=delete,
+                         extras_under=extras_roots([os.fsencode(x) for x in paths]), cancelled=cancelled)
+        except AbortedError:
+            log.warning("restore --delta of set %s into '%s' stopped: its client went away", s.id, target)
+            raise
         return s, p, st, problems
 
     def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes]:

@@ -205,7 +205,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             s, p, st, problems = self.service.delta_local(
                 request.set, request.source, [os.fsdecode(x) for x in request.paths], tuple(request.include),
                 tuple(request.exclude), os.fsdecode(request.target_path), request.local_claim, request.quick,
-                request.delete)
+                request.delete, cancelled=lambda: not context.is_active())
             yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
                 files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
                 bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,

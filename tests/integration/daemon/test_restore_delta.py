@@ -286,3 +286,51 @@ def test_a_target_the_client_cannot_claim_leaves_the_delta_to_the_client(daemon_
     with Connection(resolve_endpoint(socket=d.socket)) as conn:
         assert restoring.delta_by_daemon(conn, args, lambda *_: None, cli.render) is None
     assert not [n for n in os.listdir(target) if n.startswith(".cairn-claim-")]
+
+
+def test_a_daemon_delta_stops_when_its_client_goes_away(start_daemon: Callable[..., Daemon], rundir: str) -> None:
+    """The daemon mends a target for a client on its host; the client cancels the call as soon as
+    the first file is written back: the daemon stops (and says so in its log) long before every
+    file is, and a second delta then finishes the work."""
+    import secrets
+    import time
+
+    from cairn.fsio import claims
+    from cairn.proto.cairn.v1 import cairn_pb2 as pb
+    from cairn.proto.cairn.v1 import cairn_pb2_grpc
+
+    src = os.path.join(rundir, "src")
+    rng = random.Random(7)
+    for i in range(6000):  # one chunk each: thousands of writes, far more than the cancel needs
+        os.makedirs(os.path.join(src, f"d{i // 200:02d}"), exist_ok=True)
+        with open(os.path.join(src, f"d{i // 200:02d}", f"f{i:04d}"), "wb") as f:
+            f.write(rng.randbytes(4096))
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    set_id = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))["id"]
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target, timeout=120)
+    want = snapshot(target)
+    for i in range(6000):
+        os.unlink(os.path.join(target, f"d{i // 200:02d}", f"f{i:04d}"))
+    first = os.path.join(target, "d00", "f0000")  # the first file the delta writes (manifest order)
+
+    nonce = secrets.token_hex(16)
+    claims.make_claim(os.path.join(target, claims.CLAIM_PREFIX + nonce), nonce)
+    with d.channel() as ch:
+        call = cairn_pb2_grpc.CairnStub(ch).Restore(pb.RestoreRequest(
+            set=set_id, local_claim=nonce, target_path=os.fsencode(target), delta=True, quick=True))
+        end = time.monotonic() + 60
+        while not (os.path.exists(first) and os.path.getsize(first) > 0):
+            assert time.monotonic() < end, "the daemon never started writing"
+            time.sleep(0.001)
+        call.cancel()
+    end = time.monotonic() + 60
+    while "stopped: its client went away" not in d.log():
+        assert time.monotonic() < end, "the daemon did not stop when its client went away"
+        time.sleep(0.05)
+    written = sum(1 for i in range(6000)
+                  if os.path.getsize(os.path.join(target, f"d{i // 200:02d}", f"f{i:04d}")) == 4096)
+    assert 1 <= written < 6000, written
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", timeout=120))
+    assert r["written_by"] == "daemon" and r["files_written"] == 6000 - written
+    assert snapshot(target) == want
