@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import CairnError, FailedPreconditionError, LockedError, NotFoundError
+from ..errors import CairnError, CorruptionError, FailedPreconditionError, LockedError, NotFoundError
 from ..storage.backend import Backend
 
 STALE_AFTER = 30 * 60
@@ -103,7 +103,7 @@ class Locks:
         try:
             doc = json.loads(self.backend.get("locks", name))
             return doc if isinstance(doc, dict) else None
-        except (NotFoundError, ValueError):
+        except (NotFoundError, CorruptionError, ValueError):  # gone, or damaged (sealed: fails to open)
             return None
 
     def stale(self, doc: dict | None) -> bool:

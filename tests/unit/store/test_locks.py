@@ -245,3 +245,22 @@ def test_retries_of_a_conflicting_lock_are_jittered(backend, monkeypatch):
     nominal = [locks.BACKOFF_FIRST * 2 ** i for i in range(len(full))]
     assert all(0.5 * n <= s <= 1.5 * n for s, n in zip(full, nominal, strict=True)), full
     assert len({round(s / n, 6) for s, n in zip(full, nominal, strict=True)}) > 1, "every retry waited the same share"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage that does not open"])
+def test_a_damaged_lock_of_an_encrypted_repository_is_stale_and_broken(tmp_path, content):
+    """A sealed lock object that fails to open (damaged, emptied) is unreadable, hence stale,
+    as a garbage lock of a plaintext repository is: it cannot block backups and prune for ever."""
+    from cairn.store.content import crypto
+    from cairn.store.storage.backend import LocalBackend
+
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), secret=crypto.Secret("passphrase", b"pw"),
+                           argon2={"memory_kib": 1024, "iterations": 1, "lanes": 1})
+    try:
+        assert repo.encrypted
+        repo.backend.inner.put("locks", "c" * 64, content)  # below the sealing: as damage on disk
+        with repo.locks.hold("prune", exclusive=True):  # would raise LockedError or CorruptionError
+            pass
+        assert list(repo.backend.list("locks")) == []
+    finally:
+        repo.close()
