@@ -50,6 +50,7 @@ render: Any = _OnFirstUse("cairn.client.render")
 wire: Any = _OnFirstUse("cairn.proto.wire")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+SHOWN_PROBLEMS = 10  # problems of a set printed one per line; the rest counted
 HINT_KEY = protocol.HINT_KEY
 WAL_PIECE = 1 << 20
 LEVELS = protocol.LEVELS
@@ -144,6 +145,12 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
         if result.stats.fuzzy:
             out(f"warning: {result.stats.fuzzy} files changed while they were read (stored as read)")
         out(result.id)
+        unread = render.set_extra(result).get("errors") or []
+        for problem in unread[:SHOWN_PROBLEMS]:  # the set is committed without them: say which
+            print(f"cairn: warning: {problem}", file=sys.stderr)
+        if len(unread) > SHOWN_PROBLEMS:
+            print(f"cairn: warning: {len(unread) - SHOWN_PROBLEMS} more files could not be read "
+                  f"(`cairn sets --json` lists them)", file=sys.stderr)
     return EXIT_FAILURE if result.status == "failed" else EXIT_OK
 
 
@@ -469,7 +476,7 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(f"repository ok: {counts}")
         return EXIT_OK
     return fail(f"repository has {render.plural(len(report.errors), 'error')}: {counts}",
-                hint="the lines above name what is damaged")
+                hint=report.advice or "the lines above name what is damaged")
 
 
 def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
@@ -502,6 +509,28 @@ def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
         f"{verb} {len(reply.forgotten)} sets, kept {len(reply.kept)}; {freed} {render.human_bytes(reply.bytes_freed)}"
         f" ({reply.packs_deleted} packs deleted, {reply.packs_rewritten} rewritten)"
     )
+    return EXIT_OK
+
+
+def cmd_repair(conn: Connection, args: argparse.Namespace) -> int:
+    """Rebuild the index from the packs, or remove the set objects that cannot be read."""
+    if args.repair_command == "sets":
+        reply = conn.stub.RepairSets(pb.RepairSetsRequest(dry_run=args.dry_run))
+        if args.json:
+            out(render.dumps(render.repair_sets_dict(reply)))
+        else:
+            for line in render.repair_sets_lines(reply):
+                out(line)
+        return EXIT_OK
+    request = pb.RepairIndexRequest(read_data=args.read_data, dry_run=args.dry_run)
+    report = _follow(conn.stub.RepairIndex(request), args.json, "repair index", "report", unit="pack")
+    if report is None:
+        return fail("the daemon ended the repair without a report")
+    if args.json:
+        out(render.dumps(render.repair_index_dict(report)))
+    else:
+        for line in render.repair_index_lines(report):
+            out(line)
     return EXIT_OK
 
 
@@ -937,7 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="afterwards re-read what was restored and check it against the set (content hashes)")
     p.add_argument("--databases", action="store_true",
-                   help="also lay down each database of the set, ready for recovery (beside the target)")
+                   help="also lay down each base-backup database of the set, ready for recovery (beside the "
+                        "target); dumps are left alone, with a note on how to restore them")
     p.add_argument("--db-target", action="append", metavar="NAME=DIR",
                    help="with --databases: put database NAME in DIR (default <TARGET>-db-<NAME>)")
 
@@ -951,6 +981,9 @@ def build_parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--target-time", metavar="T")
     when.add_argument("--target-lsn", metavar="L")
+    p.add_argument("--target-timeline", metavar="TL",
+                   help="the timeline recovery follows: current (default: the set's own), latest (the newest "
+                        "in the archive) or a timeline id")
     p.add_argument("--restore-command", metavar="CMD",
                    help="restore_command for recovery, runnable by the database's user "
                         "(default: cairn --socket S wal-fetch %%f %%p)")
@@ -979,6 +1012,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WAL retention window (default: the daemon's [repository] wal_keep; unset keeps all WAL)")
     p.add_argument("--source", metavar="NAME")
     p.add_argument("--host", metavar="H", help="only the sets this host took")
+
+    p = command("repair", cmd_repair, "repair a damaged repository: rebuild the index from the packs, or remove "
+                                      "set objects that cannot be read")
+    repairs = p.add_subparsers(dest="repair_command", metavar="WHAT", required=True, parser_class=_Parser)
+    r = repairs.add_parser("index", parents=[common],
+                           help="rebuild the index from the packs that exist; then take a full backup, which "
+                                "stores what the index lost again")
+    r.add_argument("--read-data", action="store_true",
+                   help="read every pack and verify every blob; blobs that fail are left out of the index")
+    r.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    r = repairs.add_parser("sets", parents=[common], help="remove the set objects that cannot be read "
+                                                          "(readable sets are never touched)")
+    r.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     p = command("key", cmd_key, "list, add or remove keys of the encrypted repository")
     keys = p.add_subparsers(dest="key_command", metavar="ACTION", required=True, parser_class=_Parser)

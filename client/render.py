@@ -81,12 +81,18 @@ def changed(s: pb.SetInfo) -> int:
     return s.stats.added + s.stats.modified + s.stats.deleted
 
 
-def set_dict(s: pb.SetInfo) -> dict[str, Any]:
-    st = s.stats
+def set_extra(s: pb.SetInfo) -> dict[str, Any]:
+    """A set's extra metadata (errors, notes, databases, ...); empty when absent or malformed."""
     try:
         extra = json.loads(s.extra_json) if s.extra_json else {}
     except ValueError:
-        extra = {}
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def set_dict(s: pb.SetInfo) -> dict[str, Any]:
+    st = s.stats
+    extra = set_extra(s)
     return {
         "id": s.id,
         "source": s.source,
@@ -124,12 +130,7 @@ SET_COLUMNS = ("ID", "TIME", "END", "SOURCE", "LEVEL", "BASE", "HOST", "FILES", 
 
 def set_databases(s: pb.SetInfo) -> list[str]:
     """Names of the databases a set holds (restorable one by one with restore-db)."""
-    try:
-        extra = json.loads(s.extra_json) if s.extra_json else {}
-    except ValueError:
-        return []
-    if not isinstance(extra, dict):
-        return []
+    extra = set_extra(s)
     recs = extra.get("databases")
     if not isinstance(recs, list):
         recs = [extra["database"]] if isinstance(extra.get("database"), dict) else []
@@ -454,6 +455,7 @@ def report_dict(r: pb.CheckReport) -> dict[str, Any]:
         "packs_checked": r.packs_checked,
         "chunks_checked": r.chunks_checked,
         "bytes_read": r.bytes_read,
+        "advice": r.advice or None,
     }
 
 
@@ -472,6 +474,72 @@ def prune_dict(r: pb.PruneReply) -> dict[str, Any]:
         ],
         "wal_forgotten": list(r.wal_forgotten),
     }
+
+
+REPAIR_HINT = ("take a full backup of every source (`cairn backup --level full`; on every host sharing the "
+               "repository): it stores the dropped data again, and older sets that reference it restore again")
+
+
+def repair_index_dict(r: pb.RepairIndexReport) -> dict[str, Any]:
+    changed = bool(r.entries_missing or r.entries_damaged)
+    return {
+        "dry_run": r.dry_run,
+        "read_data": r.read_data,
+        "packs_listed": r.packs_listed,
+        "packs_read": r.packs_read,
+        "entries_dropped_missing": r.entries_missing,
+        "missing_packs": list(r.missing_packs),
+        "entries_dropped_damaged": r.entries_damaged,
+        "damaged_packs": list(r.damaged_packs),
+        "blobs_added": r.blobs_added,
+        "unindexed_packs": list(r.unindexed_packs),
+        "blobs_copied": r.blobs_copied,
+        "blobs_indexed": r.blobs_indexed,
+        "index_files_replaced": r.index_files_replaced,
+        "damaged_index_files": list(r.damaged_index_files),
+        "index_file": r.index_file or None,
+        "hint": REPAIR_HINT if changed else None,
+    }
+
+
+def repair_index_lines(r: pb.RepairIndexReport) -> list[str]:
+    """What repair index found and did, for people: one line per pack concerned, then the totals."""
+    would = r.dry_run
+    drop, add = ("would drop", "would add") if would else ("dropped", "added")
+    lines = [f"pack '{p[:8]}..' is missing" for p in r.missing_packs]
+    lines += [f"pack '{p[:8]}..' holds damaged blobs" for p in r.damaged_packs]
+    lines += [f"pack '{p[:8]}..' was not indexed" for p in r.unindexed_packs]
+    lines += [f"index file '{n[:8]}..' is unreadable" for n in r.damaged_index_files]
+    read = f"read {r.packs_read} of {plural(r.packs_listed, 'pack')}"
+    lines.append(f"{read}; {drop} {plural(r.entries_missing, 'index entry', 'index entries')} of missing packs "
+                 f"and {plural(r.entries_damaged, 'damaged blob')}, {add} {plural(r.blobs_added, 'blob')} "
+                 f"of unindexed packs")
+    if r.blobs_copied:
+        lines.append(f"{'would copy' if would else 'copied'} {plural(r.blobs_copied, 'good blob')} out of the "
+                     "damaged packs, which leave the index (prune deletes them)")
+    replaced = "would replace" if would else "replaced"
+    lines.append(f"{replaced} {plural(r.index_files_replaced, 'index file')}; the index "
+                 f"{'would name' if would else 'names'} {plural(r.blobs_indexed, 'blob')}")
+    if r.entries_missing or r.entries_damaged:
+        lines.append(f"hint: {REPAIR_HINT}")
+    return lines
+
+
+def repair_sets_dict(r: pb.RepairSetsReply) -> dict[str, Any]:
+    return {
+        "dry_run": r.dry_run,
+        "removed": [{"set": x.set, "reason": x.reason} for x in r.removed],
+        "kept": r.kept,
+        "newer": list(r.newer),
+    }
+
+
+def repair_sets_lines(r: pb.RepairSetsReply) -> list[str]:
+    verb = "would remove" if r.dry_run else "removed"
+    lines = [f"{verb} set {x.set}: {x.reason}" for x in r.removed]
+    lines += [f"kept set {n}: written by a newer version of cairn" for n in r.newer]
+    lines.append(f"{verb} {plural(len(r.removed), 'unreadable set')}, kept {plural(r.kept, 'readable set')}")
+    return lines
 
 
 def decision_where(d: pb.RetentionDecision) -> str:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
-from cairn.errors import AbortedError
+from cairn.errors import AbortedError, CairnError
 
 from .records import EntryMeta
 from .writer import _setxattr, _write_all, apply_dir_meta, check_rel
@@ -406,6 +406,14 @@ class DeltaWriter:
                 self.needed.setdefault(f.meta.chunks[i], []).append((f.meta.path, off))
         return list(self.needed)
 
+    def fail_chunk(self, cid: bytes, why: str) -> None:
+        """A chunk that could not be fetched: every file that needs it is left as it is (not
+        finished, so a later delta reads it again) and reported; the others are mended."""
+        for path, _off in self.needed.pop(cid, ()):
+            if path not in self._bad:
+                self._bad.add(path)
+                self.stats.errors.append(f"unable to restore '{os.fsdecode(path)}': {why}")
+
     def write_chunk(self, cid: bytes, data: bytes) -> None:
         """Write one fetched chunk everywhere it is needed."""
         for path, off in self.needed.pop(cid, ()):
@@ -544,7 +552,7 @@ class DeltaWriter:
         apply_dir_meta(self.t.abs(m.path), m, self.owner)
 
 
-ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes]]]
+ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes | CairnError]]]
 
 
 def extras_roots(paths: list[bytes]) -> list[bytes]:
@@ -558,8 +566,10 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
          delete: bool = False, extras_under: list[bytes] | None = None,
          cancelled: Callable[[], bool] | None = None) -> tuple[DeltaPlan, DeltaStats]:
     """A whole delta restore: plan `target` against `entries`, then apply the plan, writing the
-    chunks that differ as `chunks(ids)` yields them ((id, content) pairs, any order). The client
-    (content over gRPC) and the daemon (content from the repository) both run this.
+    chunks that differ as `chunks(ids)` yields them ((id, content) pairs, any order; a content
+    that is a CairnError is a chunk that cannot be read: the files needing it are reported and
+    left for a later delta, every other file is mended). The client (content over gRPC) and the
+    daemon (content from the repository) both run this.
 
     `cancelled` (the daemon's: its client went away) is asked after each file read and each
     chunk written; when it says so the delta stops with AbortedError. The target is then partly
@@ -571,7 +581,10 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
         source = chunks(ids)
         try:
             for cid, data in source:
-                writer.write_chunk(cid, data)
+                if isinstance(data, CairnError):
+                    writer.fail_chunk(cid, data.message)
+                else:
+                    writer.write_chunk(cid, data)
                 if cancelled is not None and cancelled():
                     raise AbortedError("restore --delta cancelled while writing the target")
         finally:

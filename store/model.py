@@ -155,6 +155,7 @@ class CheckReport:
     packs_checked: int = 0
     chunks_checked: int = 0
     bytes_read: int = 0
+    advice: str = ""  # what to run about the errors found (the repair commands), "" when none applies
 
     @property
     def ok(self) -> bool:

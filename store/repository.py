@@ -41,6 +41,8 @@ from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .errors import (
+    BackendError,
+    CairnError,
     CorruptionError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -51,6 +53,7 @@ from .errors import (
 )
 from .maintenance import check as checkmod
 from .maintenance import prune as prunemod
+from .maintenance import repair as repairmod
 from .maintenance import retention
 from .memory import limit_arenas
 from .model import (
@@ -127,6 +130,10 @@ class Repository:
         self._tree_lock = threading.Lock()
         self._sets: dict[str, BackupSet] = {}
         self._sets_lock = threading.Lock()
+        self.unreadable_sets: dict[str, str] = {}  # set objects the last listing could not read: why
+        # When this handle's repair_index last dropped index entries: a set taken before then is
+        # no base (its files carried over unread could name dropped blobs; choose_base takes a full)
+        self.index_dropped_at: float | None = None
         self.load_index()
 
     # -- opening -----------------------------------------------------------------
@@ -349,7 +356,8 @@ class Repository:
         return cls.open(LocalBackend(path), read_only=read_only, secret=secret)
 
     def load_index(self) -> None:
-        """(Re)load every index file. Unreadable ones are noted, not fatal (see check).
+        """(Re)load every index file. Unreadable ones (damaged, or refused by the file system or
+        the store) are noted in `index_problems`, not fatal (see check).
 
         What write sessions publish while the files are read is added to the new index before
         it replaces the old one, so a reload (by check, prune or refresh) never loses the blobs
@@ -376,6 +384,10 @@ class Repository:
                 except CorruptionError as e:
                     self.index_problems.append(str(e))
                     packs = {}
+                except BackendError as e:  # refused or unreachable: ignored now, asked again next time
+                    if str(e) not in self.index_problems:
+                        self.index_problems.append(str(e))
+                    continue
                 for pack, entries in packs.items():
                     self._add_pack(self.index, pack, entries)
                 self._index_files.add(name)
@@ -415,6 +427,8 @@ class Repository:
                     except CorruptionError as e:
                         problems.append(str(e))
                         loaded.add(name)
+                    except BackendError as e:  # refused (permissions) or unreachable: its blobs look
+                        problems.append(str(e))  # absent (stored again), and gc keeps its packs
                 if not vanished:
                     break
             with self._index_mutex:
@@ -696,7 +710,11 @@ class Repository:
                             + loc.pack.encode("ascii") + bytes(stored))
         return data
 
-    def list_sets(self, source: str | None = None) -> list[BackupSet]:
+    def list_sets(self, source: str | None = None, *, complete: bool = False) -> list[BackupSet]:
+        """The sets (of `source`), oldest first. A set object that cannot be read (damaged, or
+        refused by the file system or the store) is left out and noted in `unreadable_sets`, so
+        one bad object does not take every other set down with it. With `complete` (prune and
+        garbage collection: what an unlisted set needs cannot be known) it is an error instead."""
         names = set(self.backend.list("sets"))
         if self.write_only:  # only this host's own sets, as its cache holds them
             names &= set(self.host_cache.names("sets"))  # type: ignore[union-attr]
@@ -705,12 +723,24 @@ class Repository:
         with self._sets_lock:
             for gone in set(self._sets) - names:
                 del self._sets[gone]
+            unreadable: dict[str, str] = {}
             for name in names - set(self._sets):
                 try:
                     self._sets[name] = self._read_object("sets", name, decode_set)
-                except (CorruptionError, NotFoundError):
+                except NotFoundError:  # forgotten since the listing
                     continue
+                except (CorruptionError, BackendError) as e:
+                    unreadable[name] = e.message
+            self.unreadable_sets = unreadable
             sets = list(self._sets.values())
+        if complete and unreadable:
+            name = min(unreadable)
+            raise FailedPreconditionError(
+                f"unable to read set '{name[:12]}..' ({unreadable[name]}): what it needs cannot be known, so "
+                f"nothing may be deleted" + (f"; {len(unreadable) - 1} more sets are unreadable"
+                                             if len(unreadable) > 1 else ""),
+                hint="put back a good copy of the set object, or remove unreadable set objects with "
+                     "'cairn repair sets'")
         sets = [s for s in sets if source is None or s.source == source]
         return sorted(sets, key=lambda s: (s.time_end, s.id))
 
@@ -742,6 +772,9 @@ class Repository:
         if not sets:
             want = "full set" if level == "differential" else "set"
             return "full", None, f"no {want} of source '{source}' to base a {level} on: taken as full"
+        if self.index_dropped_at is not None and sets[-1].time_end < self.index_dropped_at:
+            return "full", None, ("the index lost data since the base set ('cairn repair index'): taken as full, "
+                                  "so that files carried over unread do not reference what was lost")
         return level, sets[-1], ""
 
     def session(self, req: BackupRequest, progress: ProgressFn | None = None,
@@ -846,14 +879,16 @@ class Repository:
             raise NotFoundError(f"blob '{bid.hex()[:12]}' is not in the index")
         return loc.raw_len
 
-    def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None) -> Iterator[bytes]:
+    def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None, *,
+                    errors: bool = False) -> Iterator[bytes | CairnError]:
         """The content of chunks `ids` of set `s` (or its attachment), in order; NotFoundError
-        before anything is read if one is not part of it."""
+        before anything is read if one is not part of it. With `errors` a chunk that cannot be
+        read comes as its CairnError instead of ending the stream."""
         self._full_key("to read file data")
         allowed = set_chunks(self.load_tree, [self.root_tree(s, attachment)])
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
-            yield from read_chunks(ids, allowed, self.read_blob, pool)
+            yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -906,7 +941,7 @@ class Repository:
                 self.load_index()  # plan from the durable index, not from what this handle saw
                 if not dry_run:
                     self.sweep_temp()
-                before = self.list_sets()
+                before = self.list_sets(complete=True)
                 report = prunemod.Pruner(self, lock.check, lock.name).run(policy, dry_run=dry_run, source=source,
                                                                           grace=grace)
                 decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
@@ -920,6 +955,36 @@ class Repository:
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
                 self.load_index()
+
+    def repair_index(self, *, read_data: bool = False, dry_run: bool = False, progress: ProgressFn | None = None,
+                     lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.IndexRepairReport:
+        """Rebuild the index from the packs that exist (store/maintenance/repair.py): entries of
+        missing packs are dropped, unindexed packs added; with `read_data` every blob is verified
+        and those that fail are dropped. Holds the gc lock (waits up to `lock_wait` seconds for
+        another collector or repairer); backups keep running. The index is reloaded afterwards."""
+        self._full_key("to repair the index")
+        if not dry_run:
+            self._writable()
+        try:
+            with self.locks.hold("repair-index", gc=not dry_run, wait=lock_wait) as lock:
+                report = repairmod.IndexRepair(self, lock.check, progress).run(read_data=read_data, dry_run=dry_run)
+            if not dry_run and (report.entries_missing or report.entries_damaged):
+                self.index_dropped_at = time.time()
+            return report
+        finally:
+            if not dry_run:  # also after a failure: what this handle knows must be what is durable
+                self.load_index()
+
+    def repair_sets(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.SetRepairReport:
+        """Delete the set objects that cannot be read (damaged, empty, not a set); readable sets
+        are never touched. Holds the gc lock as prune does."""
+        self._full_key("to repair sets")
+        if not dry_run:
+            self._writable()
+        with self.locks.hold("repair-sets", gc=not dry_run, wait=lock_wait) as lock:
+            report = repairmod.SetRepair(self, lock.check).run(dry_run=dry_run)
+        self.list_sets()  # forget the removed sets (and their cached copies)
+        return report
 
     def _wal_retention(self, window: float, before: list[BackupSet], report: PruneReport,
                        dry_run: bool, check_lock: Callable[[], None] | None = None, lock_name: str = "",

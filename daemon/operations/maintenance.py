@@ -1,4 +1,4 @@
-"""Keeping the repository: verify, prune and scheduled retention, and the repository's keys.
+"""Keeping the repository: verify, prune and scheduled retention, repair, and the repository's keys.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.scheduling import retention
 from cairn.store.content.crypto import Secret
 from cairn.store.errors import AbortedError
+from cairn.store.maintenance.repair import IndexRepairReport, SetRepairReport
 from cairn.store.model import CheckReport, PrunePolicy, PruneReport
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,29 @@ class MaintenancePart(ServicePart):
         window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
                   else self._config.repository.wal_keep)
         return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)
+
+    def repair_index(self, read_data: bool, dry_run: bool, progress: ProgressFn | None = None) -> IndexRepairReport:
+        """Rebuild the index from the packs that exist (store/maintenance/repair.py); the
+        repository reloads its index afterwards, so the next backup stores what was dropped."""
+        if not dry_run:
+            self._require_writable("repairing the index")
+        report = self.repo.repair_index(read_data=read_data, dry_run=dry_run, progress=progress)
+        if not dry_run:
+            log.info("index repaired: %d blobs indexed, %d entries of missing packs and %d damaged blobs "
+                     "dropped, %d blobs of unindexed packs added, %d index files replaced", report.blobs_indexed,
+                     report.entries_missing, report.entries_damaged, report.blobs_added,
+                     report.index_files_replaced)
+        return report
+
+    def repair_sets(self, dry_run: bool) -> SetRepairReport:
+        """Remove the set objects that cannot be read; readable sets are never touched."""
+        if not dry_run:
+            self._require_writable("repairing sets")
+        report = self.repo.repair_sets(dry_run=dry_run)
+        if not dry_run:
+            for name, why in report.removed:
+                log.warning("removed unreadable set object %s: %s", name, why)
+        return report
 
     def retention_policy(self) -> PrunePolicy:
         """What scheduled retention applies: each source's `keep`, only to this host's sets."""

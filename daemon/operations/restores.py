@@ -13,7 +13,7 @@ from cairn.daemon.operations.part import ServicePart, _rel
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
-from cairn.store.errors import AbortedError, FailedPreconditionError
+from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
 
@@ -99,8 +99,8 @@ class RestorePart(ServicePart):
             raise FailedPreconditionError(
                 f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
 
-        def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
-            data = self.repo.read_chunks(s, ids)
+        def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
+            data = self.repo.read_chunks(s, ids, errors=True)  # a damaged chunk fails its files only
             try:
                 yield from zip(ids, data, strict=True)
             finally:

@@ -72,8 +72,10 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
     # ---- lifecycle ----
 
     def shutdown(self) -> None:
-        """Refuse new jobs and cancel the running ones."""
+        """Refuse new jobs and cancel the running ones; a prune or repair waiting for the
+        repository lock stops waiting."""
         self.jobs.shutdown()
+        self.repo.locks.stopping.set()
 
     def wait_idle(self, timeout: float) -> bool:
         return self.jobs.wait_idle(timeout)

@@ -38,6 +38,7 @@ from cairn.proto.wire import add_record
 from cairn.protocol import BATCH_BYTES, BATCH_RECORDS, DATA_PIECE
 from cairn.store.content.crypto import KEYFILE_LEN, Secret
 from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
+from cairn.store.maintenance.repair import IndexRepairReport
 from cairn.store.model import (
     BackupSet,
     CheckProblem,
@@ -294,6 +295,24 @@ class CairnServicer(pb_grpc.CairnServicer):
         )
         report = self.service.prune(policy, request.dry_run, request.source, wal_keep=request.wal_keep)
         return prune_reply(report)
+
+    @rpc
+    def RepairIndex(self, request: pb.RepairIndexRequest,
+                    context: grpc.ServicerContext) -> Iterator[pb.RepairIndexEvent]:
+        def repair(progress: Callable[[Progress], None]) -> IndexRepairReport:
+            return self.service.repair_index(request.read_data, request.dry_run, progress)
+
+        for item in run_with_progress(repair, context, what="repair index"):
+            if isinstance(item, Progress):
+                yield pb.RepairIndexEvent(progress=progress_msg(item))
+            else:
+                yield pb.RepairIndexEvent(report=repair_index_report(item))
+
+    @rpc
+    def RepairSets(self, request: pb.RepairSetsRequest, context: grpc.ServicerContext) -> pb.RepairSetsReply:
+        report = self.service.repair_sets(request.dry_run)
+        return pb.RepairSetsReply(removed=[pb.RemovedSet(set=name, reason=why) for name, why in report.removed],
+                                  kept=report.kept, newer=list(report.newer), dry_run=report.dry_run)
 
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon
@@ -569,6 +588,16 @@ def prune_reply(report: PruneReport) -> pb.PruneReply:
     )
 
 
+def repair_index_report(r: IndexRepairReport) -> pb.RepairIndexReport:
+    return pb.RepairIndexReport(
+        packs_listed=r.packs_listed, packs_read=r.packs_read, missing_packs=list(r.missing_packs),
+        entries_missing=r.entries_missing, damaged_packs=list(r.damaged_packs), entries_damaged=r.entries_damaged,
+        unindexed_packs=list(r.unindexed_packs), blobs_added=r.blobs_added, blobs_indexed=r.blobs_indexed,
+        index_files_replaced=r.index_files_replaced, damaged_index_files=list(r.damaged_index_files),
+        index_file=r.index_file, read_data=r.read_data, dry_run=r.dry_run, blobs_copied=r.blobs_copied,
+    )
+
+
 def set_info(s: BackupSet) -> pb.SetInfo:
     st = s.stats
     return pb.SetInfo(
@@ -660,6 +689,7 @@ def check_report(r: CheckReport) -> pb.CheckReport:
         packs_checked=r.packs_checked,
         chunks_checked=r.chunks_checked,
         bytes_read=r.bytes_read,
+        advice=r.advice,
     )
 
 

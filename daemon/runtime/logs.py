@@ -5,7 +5,8 @@ the level, the logger, the message, then every `extra={...}` field of the record
 with spaces, quotes or '=' are quoted; newlines are escaped, so one record is always one line.
 An exception shows as its cause (`error="OSError: [Errno 5] ..."`); its traceback is added
 (`exc=...`) only at debug level. A timestamp leads the line except when stderr is already the
-journal.
+journal. Python warnings (a library's `warnings.warn`) are logged the same way, under the
+logger `py.warnings`, never printed raw.
 """
 
 from __future__ import annotations
@@ -80,5 +81,6 @@ def setup_logging(level: str | int = "info", stream: IO[str] | None = None) -> l
                                          tracebacks=numeric <= logging.DEBUG))
     root.addHandler(handler)
     root.setLevel(numeric)
+    logging.captureWarnings(True)  # a library's warnings.warn(...) becomes a logfmt line too
     _handler = handler
     return handler

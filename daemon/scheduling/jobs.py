@@ -149,7 +149,10 @@ class JobManager:
             result = run(job.publish, job.cancel)
         except CairnError as exc:
             error = exc
-            log.error("backup of source '%s' failed: %s", job.source, exc.message)
+            if isinstance(exc, AbortedError) and self._closed:  # cancelled by shutdown(): say so
+                error = AbortedError(f"{exc.message}: the daemon is stopping",
+                                     hint="nothing of this set was committed; take it again once cairnd runs")
+            log.error("backup of source '%s' failed: %s", job.source, error.message)
         except BaseException as exc:  # a job thread must never die silently
             error = exc
             log.exception("backup of source '%s' failed unexpectedly", job.source)

@@ -41,7 +41,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import CorruptionError, FailedPreconditionError, InvalidArgumentError, NotFoundError, WrongKeyError, short
+from ..errors import (
+    BackendError,
+    CorruptionError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    WrongKeyError,
+    short,
+)
 from ..storage.backend import Backend
 
 CIPHER = "aes-256-gcm"
@@ -466,7 +474,7 @@ def iter_keys(backend: Backend) -> Iterator[tuple[str, KeyInfo | None, dict | No
             yield key_id, info, doc, ""
         except NotFoundError:
             continue
-        except CorruptionError as e:
+        except (CorruptionError, BackendError) as e:  # damaged, or refused (not a file, no permission)
             yield key_id, None, None, str(e)
 
 

@@ -13,7 +13,8 @@ machines and containers may share a host name) or it has not been refreshed for 
 seconds (any host); stale locks are removed by whoever finds them. Adds take shared locks and
 never block each other (content addressing makes them idempotent); only prune excludes
 everything else.
-Taking a lock may wait for a conflicting one, retrying with bounded, jittered exponential backoff. A
+Taking a lock may wait for a conflicting one, retrying with bounded, jittered exponential backoff
+(until its owner sets `stopping`: then the wait ends with AbortedError). A
 held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
 handle's `lost` event) and must stop before its next write. A released lock whose object could
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import CairnError, CorruptionError, FailedPreconditionError, LockedError, NotFoundError
+from ..errors import AbortedError, CairnError, CorruptionError, FailedPreconditionError, LockedError, NotFoundError
 from ..storage.backend import Backend
 
 STALE_AFTER = 30 * 60
@@ -98,6 +99,8 @@ class Locks:
         # wait for them to go stale (they were refreshed until their release).
         self.leftover: set[str] = set()
         self._leftover_mutex = threading.Lock()
+        # Set when the owner shuts down: a wait for a conflicting lock ends at once (AbortedError).
+        self.stopping = threading.Event()
 
     def _read(self, name: str) -> dict | None:
         try:
@@ -199,8 +202,13 @@ class Locks:
                 self._raise_conflict(clash)
             # jittered: two takers that collide (each sees the other's new lock and withdraws its
             # own) must not retry in step, or they can collide again and again
-            time.sleep(min(delay * (0.5 + random.random()), left))
+            if self._pause(min(delay * (0.5 + random.random()), left)):
+                raise AbortedError(f"stopped waiting for the repository lock ({purpose}): shutting down")
             delay = min(delay * 2, BACKOFF_MAX)
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` before retrying; True when `stopping` was set meanwhile."""
+        return self.stopping.wait(seconds)
 
     def _write(self, name: str, doc: dict) -> None:
         self.backend.put("locks", name, json.dumps({**doc, "time": time.time()}).encode())

@@ -6,7 +6,11 @@ chunks; a set object that does not verify is an error naming it. Read-data: ever
 read whole and verified against its name; in a damaged pack each blob is verified on its own
 so the report names exactly the blobs, and through them the sets and paths, that are hurt.
 Leftovers of interrupted writes (packs no index names, unreadable index files) are
-warnings: they hurt nothing.
+warnings: they hurt nothing by themselves, but a pack no index names may hold the only copy of
+live data (its index file was lost), so the warning points to `cairn repair index`. The report's
+advice names the repair for what was found: blobs missing (lost packs, lost index files) or
+damaged (read-data) call for `cairn repair index` (with --read-data for damaged blobs) and then
+a backup, which stores the lost content again; damaged set objects for `cairn repair sets`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..content.blobs import decode_blob
 from ..content.packs import CODEC_ZSTD_REF, parse_pack
-from ..errors import CairnError, CorruptionError, NotFoundError, short
+from ..errors import BackendError, CairnError, CorruptionError, NotFoundError, short
 from ..model import BackupSet, CheckProblem, CheckReport, Progress
 from ..snapshots import wal as walmod
 from ..snapshots.sets import decode_set, set_trees
@@ -43,6 +47,9 @@ class Checker:
         self.chunks_checked = 0
         self.bytes_read = 0
         self._tree_problems: dict[bytes, list[tuple[str, bytes, str]]] = {}
+        self.missing = False  # blobs an index names in a lost pack, or that no index names
+        self.corrupt = False  # blobs that failed verification (read-data)
+        self.damaged_sets = False
 
     def run(self, *, read_data: bool, set_ref: str | None) -> CheckReport:
         sets = self._sets(set_ref)
@@ -59,7 +66,21 @@ class Checker:
         self._check_keys()
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
-                           bytes_read=self.bytes_read)
+                           bytes_read=self.bytes_read, advice=self._advice())
+
+    def _advice(self) -> str:
+        """The repair commands for the errors found, in the order to run them."""
+        steps = []
+        if self.damaged_sets:
+            steps.append("'cairn repair sets' removes the damaged set objects")
+        if self.corrupt:
+            steps.append("'cairn repair index --read-data' drops the damaged blobs from the index")
+        elif self.missing:
+            steps.append("'cairn repair index' drops the lost blobs from the index")
+        if self.corrupt or self.missing:
+            steps.append("then a backup stores them again (older sets that reference them restore again "
+                         "once it has)")
+        return "; ".join(steps)
 
     # -- objects ---------------------------------------------------------------------
     def _check_keys(self) -> None:
@@ -84,6 +105,10 @@ class Checker:
             except CorruptionError as e:
                 self.errors.append(CheckProblem(f"set '{short(name)}' is damaged and is not listed: {e}",
                                                 object_id=name, sets=(name,)))
+                self.damaged_sets = True
+            except BackendError as e:
+                self.errors.append(CheckProblem(f"set '{short(name)}' cannot be read and is not listed: {e}",
+                                                object_id=name, sets=(name,)))
         if set_ref is not None:
             return [self.repo.get_set(set_ref)]
         return sets
@@ -97,12 +122,13 @@ class Checker:
         indexed = self.repo.index.packs()
         for pack in sorted(indexed - stored):
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is indexed but missing", object_id=pack))
+            self.missing = True
             for bid, loc in self.repo.index.items():
                 if loc.pack == pack:
                     self.bad[bid] = f"pack '{short(pack)}' is missing"
         for pack in sorted(stored - indexed):
-            self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed (left by an interrupted "
-                                              "write; prune removes it)", object_id=pack))
+            self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed (it may hold live data; "
+                                              "'cairn repair index' indexes it)", object_id=pack))
 
     def _emit(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -119,6 +145,11 @@ class Checker:
                 data = self.repo.backend.get("packs", pack)
             except NotFoundError:
                 continue
+            except BackendError as e:  # refused (permissions, not a file): its blobs are unreadable
+                self.errors.append(CheckProblem(str(e), object_id=pack))
+                for bid in by_pack[pack]:
+                    self.bad[bid] = f"pack '{short(pack)}' cannot be read"
+                continue
             self.packs_checked += 1
             self.bytes_read += len(data)
             self.chunks_checked += len(by_pack[pack])
@@ -126,6 +157,7 @@ class Checker:
                 parse_pack(pack, data, self.repo.key.open_trailer if getattr(self.repo, "key", None) else None)
             except CorruptionError as e:
                 self.errors.append(CheckProblem(str(e), object_id=pack))
+                self.corrupt = True
                 self._find_bad_blobs(pack, data, by_pack[pack])
 
     def _find_bad_blobs(self, pack: str, data: bytes, ids: list[bytes]) -> None:
@@ -169,6 +201,7 @@ class Checker:
                     self.bytes_read += len(self.repo.reader.read(bid))
                 except CairnError as e:
                     self.bad[bid] = str(e)
+                    self.corrupt = True
 
     def _blobs_of_tree(self, tree: bytes, seen: set[bytes]):
         if tree in seen:
@@ -213,6 +246,7 @@ class Checker:
             out.append(("", tree, f"tree is damaged: {self.bad[tree]}"))
         elif tree not in self.repo.index:
             out.append(("", tree, f"tree '{short(tree.hex())}' is missing from the index"))
+            self.missing = True
         else:
             try:
                 data = self.repo.reader.read(tree)
@@ -230,6 +264,7 @@ class Checker:
                         out.append((name, c, self.bad[c]))
                     elif c not in self.repo.index:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
+                        self.missing = True
         self._tree_problems[tree] = out
         return out
 
@@ -251,6 +286,7 @@ class Checker:
                 why = self.bad.get(c) or (None if c in self.repo.index else
                                           f"chunk '{short(c.hex())}' is missing from the index")
                 if why is not None:
+                    self.missing = True
                     self.errors.append(CheckProblem(f"WAL file '{name}': {why}", object_id=c.hex()))
                     break
             else:

@@ -26,8 +26,9 @@ run finishes the job: a marker without blockers is dropped by the next run (its 
 marked again); a crash after the new index file leaves duplicates; after deleting packs, a
 marker naming packs that are gone (deleting them again is a no-op). What to delete is
 decided from the durable index, sets and WAL read after the blockers were seen gone, never
-from a list made before. An unreadable WAL catalog entry stops the run (its chunks cannot
-be known); an unreadable index file stays for check, and its packs are never deleted.
+from a list made before. An unreadable set object or WAL catalog entry stops the run (what
+it needs cannot be known); an unreadable index file stays for check, and its packs are never
+deleted.
 """
 
 from __future__ import annotations
@@ -129,11 +130,12 @@ class Pruner:
 
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
             grace: float = GRACE) -> PruneReport:
-        scope = self.repo.list_sets(source)
+        scope = self.repo.list_sets(source, complete=True)
         keep, forget = retention_split(scope, policy)  # retention.py: per (host, source), union of rules
         if dry_run:
             return self._plan(keep, forget)
-        walmod.referenced_chunks(self.repo)  # a damaged catalog entry stops the run before any change
+        # a damaged WAL catalog entry or listing of a kept set stops the run before any change
+        self._live([s for s in self.repo.list_sets(complete=True) if s not in forget])
         deleted, freed = self.collect(grace)
         for s in forget:
             self.check_lock()
@@ -152,7 +154,7 @@ class Pruner:
     def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
         """What a run would forget, mark and (after the grace period) delete; writes nothing."""
         forgotten = {s.id for s in forget}
-        live = self._live([s for s in self.repo.list_sets() if s.id not in forgotten])
+        live = self._live([s for s in self.repo.list_sets(complete=True) if s.id not in forgotten])
         by_pack = self._by_pack()
         sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}  # one listing, no stat per pack
         stored = set(sizes)
@@ -173,7 +175,7 @@ class Pruner:
         """Mark what no set, WAL entry or index needs (after copying the live blobs out of
         mostly dead packs); returns how many packs were rewritten."""
         repo = self.repo
-        sets = repo.list_sets()  # before the index: a listed set's index files are durable before it
+        sets = repo.list_sets(complete=True)  # before the index: a listed set's index files are durable before it
         repo.load_index()
         markers = read_markers(repo.backend)
         marked = set().union(*(m.packs for m in markers if m.blockers is not None))
@@ -216,7 +218,7 @@ class Pruner:
         if not ripe:
             return 0, 0
         candidates = set().union(*(m.packs for m in ripe))
-        sets = repo.list_sets()  # after the locks, before the index (see mark)
+        sets = repo.list_sets(complete=True)  # after the locks, before the index (see mark)
         repo.load_index()
         live = self._live(sets)
         named, complete, where = self._named(with_blobs=True)
@@ -277,17 +279,28 @@ class Pruner:
             return 0
 
     def _live(self, sets: list[BackupSet]) -> set[bytes]:
+        """Every blob the sets and the WAL catalog need. A listing of a set that cannot be read
+        stops the run naming the set: what that listing references cannot be known."""
         live: set[bytes] = walmod.referenced_chunks(self.repo)
-        stack = [bytes.fromhex(t) for s in sets for t in set_trees(s)]
-        while stack:
-            tree = stack.pop()
-            if tree in live:
-                continue
-            live.add(tree)
-            for e in self.repo.load_tree(tree):
-                if e.subtree:
-                    stack.append(e.subtree)
-                live.update(e.chunks)
+        for s in sets:
+            stack = [bytes.fromhex(t) for t in set_trees(s)]
+            while stack:
+                tree = stack.pop()
+                if tree in live:
+                    continue
+                try:
+                    entries = self.repo.load_tree(tree)
+                except (CorruptionError, NotFoundError) as e:
+                    raise CorruptionError(
+                        f"unable to read set '{s.id[:12]}..': {e.message}; nothing may be deleted while what it "
+                        "needs cannot be known",
+                        hint="run 'cairn verify' to see the damage; a retention policy that forgets the set lets "
+                             "prune run again") from e
+                live.add(tree)
+                for e in entries:
+                    if e.subtree:
+                        stack.append(e.subtree)
+                    live.update(e.chunks)
         return live | self._references(live)
 
     def _references(self, live: set[bytes]) -> set[bytes]:

@@ -11,7 +11,11 @@ listed and read.
 
 What always holds: every file's chunks are durable before the tree naming them is stored,
 trees before their parents, and the caller writes the set only after `finish` of the writer;
-a cancel or error leaves nothing referenced that is not stored.
+a cancel or error leaves nothing referenced that is not stored. A base listing the index no
+longer names (dropped by `cairn repair index`) is never carried into the new set: that
+directory is read from the source as in a full, and the set notes it. One still indexed but
+unreadable (damaged, its pack lost) fails the backup with the way out (repair, then again),
+because reading the directory again would reference the damaged copy of the same listing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from ..content.blobs import BlobWriter
 from ..content.packs import TYPE_TREE
 from ..content.repoconfig import ChunkerParams
-from ..errors import AbortedError, InvalidArgumentError
+from ..errors import AbortedError, CairnError, CorruptionError, InvalidArgumentError, NotFoundError
 from ..model import BackupRequest, ChangeHint
 from .excludes import Excluder
 from .filereader import FileReader, ReadResult
@@ -185,8 +189,8 @@ class Walker:
             if rel and plan.hinted:
                 plan._mark(rel)
         self.root_dev = st.st_dev
-        if base_tree is not None and not self.full and not plan.must_list(b"", False):
-            self._carry(base_tree)
+        if base_tree is not None and not self.full and not plan.must_list(b"", False) \
+                and self._carried(base_tree, b""):
             return base_tree, st
         before = copy.deepcopy(self.tally)
         self.linked_change = False
@@ -222,16 +226,42 @@ class Walker:
         self.use_root_excludes(root)
         base = None if self.full else base_root
         for part in rel.split(b"/"):
-            old = self._base_entries(base).get(part) if base else None
+            old = self._base_entries(base, rel).get(part) if base else None
             base = old.subtree if old is not None and old.kind == "dir" else None
         plan = Plan(broot, None if self.full or base is None else self.req.changes)
         self.root_dev = os.stat(broot).st_dev
-        if base is not None and not plan.must_list(rel, False):
+        if base is not None and not plan.must_list(rel, False) and self._carried(base, rel):
             tree = base
         else:
             tree = self._dir(bsub, rel, base, plan, False)
         self.presets[bsub] = tree
         return tree
+
+    def _carried(self, tree_id: bytes, rel: bytes) -> bool:
+        """Carry a subtree over from the base (counted as a full walk would count it); False
+        when a listing in it is no longer indexed (dropped by `cairn repair index`): the
+        caller then walks the directory instead, so the loss does not pass into the new set."""
+        try:
+            self._carry(tree_id)
+            return True
+        except NotFoundError as e:
+            self._base_lost(rel, e)
+            return False
+        except CorruptionError as e:
+            raise self._base_damaged(rel, e) from e
+
+    def _base_lost(self, rel: bytes, e: CairnError) -> None:
+        self.tally.notes.append(f"the base set's listing of '{os.fsdecode(rel) or '.'}' is lost "
+                                f"({e.message}): read from the source instead")
+
+    @staticmethod
+    def _base_damaged(rel: bytes, e: CairnError) -> CorruptionError:
+        """A listing that is indexed but unreadable: walking instead would store the same
+        listing again by reference to the damaged copy, so the set fails with the way out."""
+        return CorruptionError(
+            f"unable to read the base set's listing of '{os.fsdecode(rel) or '.'}': {e.message}",
+            hint="run 'cairn repair index --read-data' (it drops damaged data from the index), then take "
+                 "the backup again: what was lost is then read from the source and stored anew")
 
     def _carry(self, tree_id: bytes) -> None:
         """Count a subtree carried over from the base as a full walk would have counted it."""
@@ -265,16 +295,24 @@ class Walker:
         if self.cancel is not None and self.cancel.is_set():
             raise AbortedError("backup cancelled")
 
-    def _base_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
+    def _base_entries(self, tree_id: bytes | None, rel: bytes = b"") -> dict[bytes, Entry]:
+        """The base's entries of one directory; none (everything is read) when its listing is
+        no longer indexed (see _carried), noted in the set."""
         if not tree_id:
             return {}
-        return {e.name: e for e in self.load_tree(tree_id)}
+        try:
+            return {e.name: e for e in self.load_tree(tree_id)}
+        except NotFoundError as e:
+            self._base_lost(rel, e)
+            return {}
+        except CorruptionError as e:
+            raise self._base_damaged(rel, e) from e
 
     def _dir(self, path: bytes, rel: bytes, base_tree: bytes | None, plan: Plan, under_rescan: bool) -> bytes:
         """Walk one directory; return its tree id."""
         self._check_cancel()
         under_rescan = under_rescan or rel in plan.rescan
-        base = self._base_entries(base_tree)
+        base = self._base_entries(base_tree, rel)
         try:
             scan = sorted(os.scandir(path), key=lambda d: d.name)
         except OSError as e:
@@ -307,7 +345,9 @@ class Walker:
                 self._special(e, child, crel, old)
                 entries.append(e)
         for e, fut, old in pending:
-            entries.append(self._finish_file(e, fut, old, path + b"/" + e.name, rel))
+            done = self._finish_file(e, fut, old, path + b"/" + e.name, rel)
+            if done is not None:
+                entries.append(done)
         for name, old in base.items():
             if name not in seen:
                 self._count_deleted(rel + b"/" + name if rel else name, old)
@@ -328,9 +368,9 @@ class Walker:
             e.subtree = self.presets[child]  # captured ahead of the rest (walk_sub)
         elif self.req.one_file_system and st.st_dev != self.root_dev:
             e.subtree = self.writer.put_data(TYPE_TREE, encode_tree([]))
-        elif old_tree and not plan.must_list(crel, under_rescan or crel in plan.rescan):
+        elif old_tree and not plan.must_list(crel, under_rescan or crel in plan.rescan) \
+                and self._carried(old_tree, crel):
             e.subtree = old_tree
-            self._carry(old_tree)
         else:
             e.subtree = self._dir(child, crel, old_tree, plan, under_rescan)
 
@@ -372,17 +412,30 @@ class Walker:
             return None, {}, e.strerror or str(e)
         return res, read_xattrs(child), ""
 
-    def _finish_file(self, e: Entry, fut: Future | None, old: Entry | None, child: bytes, rel: bytes) -> Entry:
+    def _finish_file(self, e: Entry, fut: Future | None, old: Entry | None, child: bytes,
+                     rel: bytes) -> Entry | None:
+        """The entry of a file whose read (if any) finished. A file that could not be read is
+        never stored as something it never was: one that vanished meanwhile is left out (and
+        noted); otherwise the base's version is kept whole (metadata with its content) and the
+        error recorded, or, with no base version, the file is left out and the error recorded."""
         crel = os.fsdecode(rel + b"/" + e.name if rel else e.name)
         if fut is None:
             return e
         res, xattrs, err = fut.result()
         if res is None:
+            self.tally.files -= 1
+            self.tally.bytes_total -= e.size
+            if not os.path.lexists(child):
+                self.tally.notes.append(f"'{os.fsdecode(child)}' vanished while it was read: left out")
+                if old is not None:
+                    self.tally.note("deleted", crel)
+                return None
             self.tally.errors.append(f"unable to read '{os.fsdecode(child)}': {err}")
-            e.chunks = old.chunks if old is not None and old.kind == "file" else []
-            if old is None:
-                e.size = 0
-            return e
+            if old is None or old.kind != "file":
+                return None
+            self.tally.files += 1
+            self.tally.bytes_total += old.size
+            return old
         fresh = entry_from_stat(e.name, res.st, "file")
         fresh.chunks, fresh.xattrs = res.chunks, xattrs
         self.tally.bytes_read += res.bytes_read
@@ -414,7 +467,7 @@ class Walker:
     def _count_deleted(self, rel: bytes, old: Entry) -> None:
         if old.kind == "dir":
             self.tally.note("deleted", os.fsdecode(rel) + "/")
-            for sub in self.load_tree(old.subtree) if old.subtree else []:
+            for sub in self._base_entries(old.subtree, rel).values():
                 self._count_deleted(rel + b"/" + sub.name, sub)
         else:
             self.tally.note("deleted", os.fsdecode(rel))

@@ -383,21 +383,32 @@ def set_chunks(load_tree: Callable[[bytes], list[Entry]], roots: list[bytes]) ->
 
 
 def read_chunks(ids: list[bytes], allowed: set[bytes], read_blob: Callable[[bytes], bytes],
-                pool: ThreadPoolExecutor, ahead: int = 8) -> Iterator[bytes]:
-    """The plaintext of each of `ids`, in order, read `ahead` at a time in `pool`.
+                pool: ThreadPoolExecutor, ahead: int = 8, errors: bool = False) -> Iterator[bytes | CairnError]:
+    """The plaintext of each of `ids`, in order, read `ahead` at a time in `pool`. A chunk that
+    cannot be read raises its CairnError, or with `errors` is yielded as that error in its
+    place (a delta restore then mends every file but the ones that need it).
 
     Every id must be one of `allowed` (the set's chunks), checked before anything is read."""
     for bid in ids:
         if bid not in allowed:
             raise NotFoundError(f"chunk '{bid.hex()[:12]}' is not part of the set")
     futures: deque[Future] = deque()
+
+    def result(f: Future) -> bytes | CairnError:
+        try:
+            return f.result()
+        except CairnError as e:
+            if not errors:
+                raise
+            return e
+
     try:
         for bid in ids:
             futures.append(pool.submit(read_blob, bid))
             if len(futures) > ahead:
-                yield futures.popleft().result()
+                yield result(futures.popleft())
         while futures:
-            yield futures.popleft().result()
+            yield result(futures.popleft())
     finally:
         for f in futures:
             f.cancel()

@@ -310,11 +310,15 @@ class LocalBackend:
                 dirs = [os.path.join(base, d) for d in sorted(os.listdir(base))]
             except FileNotFoundError:
                 return
+            except OSError as e:
+                raise BackendError(f"unable to list '{base}': {e.strerror}") from e
         for d in dirs:
             try:
                 names = sorted(os.listdir(d))
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            except OSError as e:  # never a partial listing: gc would take the missing packs for gone
+                raise BackendError(f"unable to list '{d}': {e.strerror}") from e
             for n in names:
                 if not n.startswith(".tmp-"):
                     yield n

@@ -563,7 +563,7 @@ class CheckProblem(_message.Message):
     def __init__(self, message: _Optional[str] = ..., object_id: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read")
+    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read", "advice")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
@@ -571,6 +571,7 @@ class CheckReport(_message.Message):
     PACKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    ADVICE_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     errors: _containers.RepeatedCompositeFieldContainer[CheckProblem]
     warnings: _containers.RepeatedCompositeFieldContainer[CheckProblem]
@@ -578,7 +579,8 @@ class CheckReport(_message.Message):
     packs_checked: int
     chunks_checked: int
     bytes_read: int
-    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ...) -> None: ...
+    advice: str
+    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("set", "source", "read_data")
@@ -669,6 +671,82 @@ class PruneReply(_message.Message):
     decisions: _containers.RepeatedCompositeFieldContainer[RetentionDecision]
     wal_forgotten: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[RetentionDecision, _Mapping]]] = ..., wal_forgotten: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RepairIndexRequest(_message.Message):
+    __slots__ = ("read_data", "dry_run")
+    READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    read_data: bool
+    dry_run: bool
+    def __init__(self, read_data: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class RepairIndexReport(_message.Message):
+    __slots__ = ("packs_listed", "packs_read", "missing_packs", "entries_missing", "damaged_packs", "entries_damaged", "unindexed_packs", "blobs_added", "blobs_indexed", "index_files_replaced", "damaged_index_files", "index_file", "read_data", "dry_run", "blobs_copied")
+    PACKS_LISTED_FIELD_NUMBER: _ClassVar[int]
+    PACKS_READ_FIELD_NUMBER: _ClassVar[int]
+    MISSING_PACKS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_MISSING_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_PACKS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    UNINDEXED_PACKS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_INDEXED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FILES_REPLACED_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_INDEX_FILES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FILE_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    packs_listed: int
+    packs_read: int
+    missing_packs: _containers.RepeatedScalarFieldContainer[str]
+    entries_missing: int
+    damaged_packs: _containers.RepeatedScalarFieldContainer[str]
+    entries_damaged: int
+    unindexed_packs: _containers.RepeatedScalarFieldContainer[str]
+    blobs_added: int
+    blobs_indexed: int
+    index_files_replaced: int
+    damaged_index_files: _containers.RepeatedScalarFieldContainer[str]
+    index_file: str
+    read_data: bool
+    dry_run: bool
+    blobs_copied: int
+    def __init__(self, packs_listed: _Optional[int] = ..., packs_read: _Optional[int] = ..., missing_packs: _Optional[_Iterable[str]] = ..., entries_missing: _Optional[int] = ..., damaged_packs: _Optional[_Iterable[str]] = ..., entries_damaged: _Optional[int] = ..., unindexed_packs: _Optional[_Iterable[str]] = ..., blobs_added: _Optional[int] = ..., blobs_indexed: _Optional[int] = ..., index_files_replaced: _Optional[int] = ..., damaged_index_files: _Optional[_Iterable[str]] = ..., index_file: _Optional[str] = ..., read_data: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., blobs_copied: _Optional[int] = ...) -> None: ...
+
+class RepairIndexEvent(_message.Message):
+    __slots__ = ("progress", "report")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    report: RepairIndexReport
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., report: _Optional[_Union[RepairIndexReport, _Mapping]] = ...) -> None: ...
+
+class RepairSetsRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class RemovedSet(_message.Message):
+    __slots__ = ("set", "reason")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    reason: str
+    def __init__(self, set: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RepairSetsReply(_message.Message):
+    __slots__ = ("removed", "kept", "newer", "dry_run")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    NEWER_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedCompositeFieldContainer[RemovedSet]
+    kept: int
+    newer: _containers.RepeatedScalarFieldContainer[str]
+    dry_run: bool
+    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., kept: _Optional[int] = ..., newer: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class WalPushRequest(_message.Message):
     __slots__ = ("name", "data", "wal_namespace")

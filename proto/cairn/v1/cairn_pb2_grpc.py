@@ -84,6 +84,16 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.PruneRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.PruneReply.FromString,
                 _registered_method=True)
+        self.RepairIndex = channel.unary_stream(
+                '/cairn.v1.Cairn/RepairIndex',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.RepairIndexRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairIndexEvent.FromString,
+                _registered_method=True)
+        self.RepairSets = channel.unary_unary(
+                '/cairn.v1.Cairn/RepairSets',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsReply.FromString,
+                _registered_method=True)
         self.WalPush = channel.stream_unary(
                 '/cairn.v1.Cairn/WalPush',
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.WalPushRequest.SerializeToString,
@@ -200,6 +210,21 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepairIndex(self, request, context):
+        """Rebuild the index from the packs that exist (with read_data every blob is verified and
+        those that fail are left out); streams progress, then the report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepairSets(self, request, context):
+        """Remove the set objects that cannot be read (damaged, empty, not a set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WalPush(self, request_iterator, context):
         """Archive one WAL segment: the first message names it, all messages carry data.
         """
@@ -308,6 +333,16 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.Prune,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.PruneRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.PruneReply.SerializeToString,
+            ),
+            'RepairIndex': grpc.unary_stream_rpc_method_handler(
+                    servicer.RepairIndex,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairIndexRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.RepairIndexEvent.SerializeToString,
+            ),
+            'RepairSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepairSets,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsReply.SerializeToString,
             ),
             'WalPush': grpc.stream_unary_rpc_method_handler(
                     servicer.WalPush,
@@ -620,6 +655,60 @@ class Cairn:
             '/cairn.v1.Cairn/Prune',
             cairn_dot_v1_dot_cairn__pb2.PruneRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.PruneReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cairn.v1.Cairn/RepairIndex',
+            cairn_dot_v1_dot_cairn__pb2.RepairIndexRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.RepairIndexEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/RepairSets',
+            cairn_dot_v1_dot_cairn__pb2.RepairSetsRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.RepairSetsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -334,3 +334,37 @@ def test_a_daemon_delta_stops_when_its_client_goes_away(start_daemon: Callable[.
     r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", timeout=120))
     assert r["written_by"] == "daemon" and r["files_written"] == 6000 - written
     assert snapshot(target) == want
+
+
+def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rundir: str) -> None:
+    """One chunk of the set is damaged in the repository: the daemon's delta mends every other
+    damaged file, names the one it cannot mend, and exits 1 (as a plain restore does)."""
+    from cairn.store.repository import Repository
+
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    repo = Repository.open_local(os.path.join(rundir, "repo"), read_only=True)
+    try:
+        tree = {e.name: e for e in repo.load_tree(bytes.fromhex(repo.get_set(set_id).tree))}
+        docs = {e.name: e for e in repo.load_tree(tree[b"docs"].subtree)}
+        loc = repo.index.get(docs[b"n05.txt"].chunks[0])
+    finally:
+        repo.close()
+    pack = os.path.join(rundir, "repo", "packs", loc.pack[:2], loc.pack)
+    with open(pack, "r+b") as f:  # one flipped byte in that chunk's stored bytes
+        f.seek(loc.offset + loc.stored_len // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x55]))
+    for name in ("n05.txt", "n06.txt"):
+        with open(os.path.join(target, "docs", name), "r+b") as f:
+            f.write(b"damage")
+    r = d.cli("--json", "restore", set_id, "--target", target, "--delta")
+    assert r.returncode == 1, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["written_by"] == "daemon" and report["files_written"] == 1
+    assert len(report["errors"]) == 1 and "docs/n05.txt" in report["errors"][0], report["errors"]
+    got = snapshot(target)
+    assert {k: v for k, v in got.items() if k != "docs/n05.txt"} == {k: v for k, v in want.items()
+                                                                       if k != "docs/n05.txt"}

@@ -64,3 +64,22 @@ def test_value_quoting():
     assert logfmt_value(3.5) == "3.5"
     record = logging.LogRecord("n", logging.INFO, "f", 1, "m", (), None)
     assert LogfmtFormatter(timestamps=False).format(record) == "level=info logger=n msg=m"
+
+
+def test_python_warnings_of_libraries_become_logfmt_lines(restore_root_logger, monkeypatch):
+    import warnings
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1")
+    stream = io.StringIO()
+    logging.captureWarnings(False)  # as in a fresh process (an earlier test's setup may have taken them)
+    setup_logging("info", stream=stream)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("Callback with id 'x' already exists, it will be overwritten.", RuntimeWarning,
+                          stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    line = stream.getvalue()
+    assert line.count("\n") == 1, line
+    assert line.startswith("level=warning logger=py.warnings msg=") and "RuntimeWarning" in line

@@ -107,3 +107,19 @@ def test_shutdown_cancels_running_jobs_and_refuses_new_ones():
     assert seen_cancel.is_set() and job.done and isinstance(job.error, InvalidArgumentError)
     with pytest.raises(Exception, match="shutting down"):
         jobs.start_backup("app", "full", "test", until_cancelled)
+
+
+def test_a_backup_cancelled_by_shutdown_says_the_daemon_is_stopping():
+    from cairn.store.errors import AbortedError
+
+    jobs = JobManager()
+
+    def until_cancelled(progress, cancel):
+        cancel.wait(5)
+        raise AbortedError("backup cancelled")
+
+    job = jobs.start_backup("app", "full", "test", until_cancelled)
+    jobs.shutdown()
+    assert jobs.wait_idle(5) and isinstance(job.error, AbortedError)
+    assert job.error.message == "backup cancelled: the daemon is stopping"
+    assert "nothing of this set was committed" in job.error.hint

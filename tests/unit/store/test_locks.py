@@ -229,7 +229,7 @@ def test_retries_of_a_conflicting_lock_are_jittered(backend, monkeypatch):
     import cairn.store.content.locks as locks
 
     slept: list[float] = []
-    monkeypatch.setattr(locks.time, "sleep", lambda s: slept.append(s))
+    monkeypatch.setattr(locks.Locks, "_pause", lambda self, s: slept.append(s) is not None)
     clock = [1000.0]
 
     def monotonic() -> float:  # time moves only by what was slept
@@ -264,3 +264,28 @@ def test_a_damaged_lock_of_an_encrypted_repository_is_stale_and_broken(tmp_path,
         assert list(repo.backend.list("locks")) == []
     finally:
         repo.close()
+
+
+def test_a_wait_for_a_conflicting_lock_ends_when_the_owner_stops(backend):
+    """A prune waiting (up to minutes) for another host's gc lock stops waiting at once when the
+    daemon shuts down (`stopping`), instead of holding the shutdown for the whole wait."""
+    from cairn.store.errors import AbortedError
+
+    _plant(backend, "theirs", gc=True, exclusive=False)
+    locks = Locks(backend)
+    outcome: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            with locks.hold("prune", gc=True, wait=120):
+                pass
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(e)
+
+    t = threading.Thread(target=take)
+    t.start()  # waiting or about to: a stop before the wait ends it the same way
+    started = time.monotonic()
+    locks.stopping.set()
+    t.join(10)
+    assert not t.is_alive() and time.monotonic() - started < 5
+    assert len(outcome) == 1 and isinstance(outcome[0], AbortedError) and "shutting down" in str(outcome[0])

@@ -1,0 +1,109 @@
+"""`cairn repair index` and `cairn repair sets` through the real daemon, after real damage.
+
+A lost pack and a damaged set object: verify fails and names the repairs, a backup taken
+before the repair exits 0 but stores nothing (it deduplicates against the lost blobs), the
+repairs report what they drop, and the next backup stores the data again, after which every
+set, also the ones taken before the damage and the one taken before the repair, restores
+identical and verify --read-data is clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from cairnd_harness import snapshot
+
+
+@pytest.fixture
+def daemon(start_daemon, tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        (src / "d" / f"f{i}.bin").write_bytes(os.urandom(300_000 + i))
+    (src / "a.txt").write_text("a\n" * 1000)
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.src = src
+    d.repo = tmp_path / "repo"
+    return d
+
+
+def _backup(daemon, *args: str) -> dict:
+    return json.loads(daemon.ok("--json", "backup", "--level", "full", *args))
+
+
+def _files(root) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _dirs, files in os.walk(root) for f in files if not d.endswith("locks")}
+
+
+def test_repair_index_and_sets_after_a_lost_pack_and_a_damaged_set(daemon, tmp_path):
+    s1 = _backup(daemon)
+    s2 = _backup(daemon, "--tag", "second")
+    doomed = _backup(daemon, "--tag", "doomed")
+    packs = sorted(p for d in (daemon.repo / "packs").iterdir() for p in d.iterdir())
+    lost = packs[0]
+    lost.unlink()
+    set_file = daemon.repo / "sets" / doomed["id"]
+    data = bytearray(set_file.read_bytes())
+    data[20] ^= 0x01
+    set_file.write_bytes(bytes(data))
+
+    r = daemon.cli("verify")
+    verify_out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert f"error: pack '{lost.name[:8]}..' is indexed but missing" in r.stdout
+    assert f"error: set '{doomed['id'][:8]}..' is damaged" in r.stdout
+    hint = r.stderr.splitlines()[-1]
+    assert hint.startswith("hint: ") and "'cairn repair sets'" in hint and "'cairn repair index'" in hint, r.stderr
+
+    blind = _backup(daemon, "--tag", "before-repair")  # the bug repaired here: it stores nothing
+    assert blind["stats"]["chunks_added"] == 0
+
+    before = _files(daemon.repo)
+    dry = json.loads(daemon.ok("--json", "repair", "index", "--dry-run"))
+    assert dry["dry_run"] is True and dry["missing_packs"] == [lost.name]
+    assert dry["entries_dropped_missing"] > 0 and dry["hint"].startswith("take a full backup")
+    text = daemon.ok("repair", "index", "--dry-run")
+    assert f"pack '{lost.name[:8]}..' is missing" in text and "would drop" in text
+    assert _files(daemon.repo) == before  # a dry run writes nothing
+
+    out = daemon.ok("repair", "index")
+    lines = [line for line in out.splitlines() if not line.startswith("repair index")]  # progress lines
+    assert lines[0] == f"pack '{lost.name[:8]}..' is missing"
+    assert lines[-2].startswith("replaced ") and lines[-1].startswith("hint: take a full backup"), out
+    again = json.loads(daemon.ok("--json", "repair", "index"))
+    assert again["entries_dropped_missing"] == 0 and again["hint"] is None
+
+    r = daemon.cli("repair", "sets", "--dry-run")
+    assert r.returncode == 0 and r.stdout.startswith(f"would remove set {doomed['id']}: unable to read set")
+    assert set_file.exists()
+    out_sets = daemon.ok("repair", "sets")
+    assert out_sets.startswith(f"removed set {doomed['id']}: ")
+    assert out_sets.splitlines()[-1] == "removed 1 unreadable set, kept 3 readable sets"
+    assert not set_file.exists()
+    assert json.loads(daemon.ok("--json", "repair", "sets"))["removed"] == []
+
+    healed = _backup(daemon)
+    assert healed["stats"]["chunks_added"] > 0
+    want = snapshot(str(daemon.src))
+    for s in (s1, s2, blind, healed):
+        target = tmp_path / f"restored-{s['id'][:8]}"
+        daemon.ok("restore", s["id"], "--target", str(target))
+        assert snapshot(str(target)) == want, s["id"]
+    verified = daemon.ok("verify", "--read-data")
+    assert verified.splitlines()[-1].startswith("repository ok: 4 sets") and "warning" not in verified, verified
+    assert {s["id"] for s in json.loads(daemon.ok("--json", "sets"))} == {s1["id"], s2["id"], blind["id"],
+                                                                          healed["id"]}
+    print(verify_out, text, out, out_sets, sep="\n")
+
+
+def test_repair_is_refused_by_a_read_only_daemon(start_daemon, tmp_path, daemon):
+    daemon.ok("backup", "--level", "full")
+    daemon.terminate(20)
+    ro = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src), "--read-only")
+    for args in (("repair", "index"), ("repair", "sets")):
+        r = ro.cli(*args)
+        assert r.returncode == 1 and "the daemon serves the repository read-only" in r.stderr, r.stderr
+    assert ro.cli("repair", "index", "--dry-run").returncode == 0

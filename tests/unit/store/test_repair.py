@@ -1,0 +1,397 @@
+"""repair index and repair sets on a real local repository, plaintext and encrypted.
+
+A lost pack, a damaged blob or a lost index file is repaired, the next backup stores what was
+lost again, and then every set, the older ones too, restores identical and verify is clean. A
+dry run writes nothing; a crash between the new index file and the deletion of the old ones
+leaves a usable repository that a second repair finishes; repairs and prunes exclude each
+other through the garbage collector's lock, while backups run beside them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cairn.store.content import crypto
+from cairn.store.content.chunker import ChunkerParams
+from cairn.store.content.packs import TYPE_DATA, TYPE_TREE
+from cairn.store.content.repoconfig import RepoConfig
+from cairn.store.errors import BackendError, LockedError
+from cairn.store.model import PrunePolicy
+from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend
+from cairn.store.storage.faults import FaultyBackend
+from storekit import assert_same_tree, backup, make_tree, write_random
+
+FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
+CONFIG = dict(pack_size=96 * 1024, chunker=ChunkerParams(min_size=8 * 1024, avg_size=16 * 1024, max_size=64 * 1024))
+SECRET = crypto.Secret("passphrase", b"pw")
+
+
+@pytest.fixture(params=["plaintext", "encrypted"])
+def kind(request) -> str:
+    return request.param
+
+
+def _open(path: str, kind: str, backend=None) -> Repository:
+    b = backend or LocalBackend(path)
+    return Repository.open(b, secret=SECRET if kind == "encrypted" else None)
+
+
+@pytest.fixture
+def repo_path(tmp_path, kind) -> str:
+    path = str(tmp_path / "repo")
+    secret = SECRET if kind == "encrypted" else None
+    Repository.init(LocalBackend(path), RepoConfig.new(**CONFIG), secret=secret,
+                    argon2=FAST if secret else None).close()
+    return path
+
+
+@pytest.fixture
+def repo(repo_path, kind):
+    r = _open(repo_path, kind)
+    yield r
+    r.close()
+
+
+def _pack_file(repo_path: str, pack: str) -> str:
+    return os.path.join(repo_path, "packs", pack[:2], pack)
+
+
+def _restored(repo: Repository, s, target: str) -> str:
+    stats = repo.restore(s, target)
+    assert stats.errors == (), stats.errors
+    return target
+
+
+def _objects(repo_path: str) -> dict[str, bytes]:
+    out = {}
+    for d, _dirs, files in os.walk(repo_path):
+        for f in files:
+            if os.path.relpath(d, repo_path) != "locks":
+                with open(os.path.join(d, f), "rb") as fh:
+                    out[os.path.relpath(os.path.join(d, f), repo_path)] = fh.read()
+    return out
+
+
+def _two_sets(repo, src, tmp_path, rng):
+    """A full set, then an incremental one after new files; each restored now, for later comparison."""
+    make_tree(str(src), rng, files=12, max_size=120_000)
+    s1 = backup(repo, src)
+    packs1 = set(repo.backend.list("packs"))
+    os.mkdir(src / "new")  # new files beside the first set's, which stay unchanged
+    for i in range(4):
+        write_random(str(src / "new" / f"n{i}.bin"), rng.randrange(1000, 120_000), rng)
+    s2 = backup(repo, src, level="incremental")
+    before = {s.id: _restored(repo, s, str(tmp_path / f"before-{s.id[:8]}")) for s in (s1, s2)}
+    return s1, s2, packs1, before
+
+
+def _all_restore(repo, tmp_path, before: dict[str, str], src, tag: str = "after") -> None:
+    sets = repo.list_sets()
+    for s in sets:
+        target = _restored(repo, s, str(tmp_path / f"{tag}-{s.id[:8]}"))
+        assert_same_tree(before.get(s.id, str(src)), target)
+
+
+def _data_pack(repo, among: set[str]) -> str:
+    """A pack of `among` that holds data blobs only (what a later backup of the same files stores again)."""
+    kinds: dict[str, set[int]] = {}
+    for _bid, loc in repo.index.items():
+        kinds.setdefault(loc.pack, set()).add(loc.type)
+    return next(p for p in sorted(among) if kinds.get(p) == {TYPE_DATA})
+
+
+def test_a_lost_pack_is_stored_again_by_the_next_backup_and_every_set_restores(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    lost = _data_pack(repo, packs1)
+    lost_blobs = [b for b, loc in repo.index.items() if loc.pack == lost]
+    os.unlink(_pack_file(repo_path, lost))
+
+    report = repo.check()
+    assert not report.ok
+    assert "'cairn repair index'" in report.advice and "backup" in report.advice
+    assert "--read-data" not in report.advice
+
+    # the bug: without the repair, a full backup deduplicates against the lost blobs
+    assert all(b in repo.index for b in lost_blobs)
+
+    r = repo.repair_index()
+    assert r.missing_packs == (lost,)
+    assert r.entries_missing == len(lost_blobs)
+    assert r.index_files_replaced >= 2 and r.index_file
+    assert r.changed
+    assert not any(b in repo.index for b in lost_blobs)  # the handle reloaded its index
+
+    s3 = backup(repo, src, level="full")
+    assert s3.stats.chunks_added >= len(lost_blobs)
+    _all_restore(repo, tmp_path, before, src)
+    after = repo.check(read_data=True)
+    assert after.ok and not after.warnings, (after.errors, after.warnings)
+    assert {s1.id, s2.id, s3.id} <= {s.id for s in repo.list_sets()}
+
+
+def test_a_damaged_blob_is_dropped_by_read_data_and_healed_by_a_backup(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    bid, loc = next((b, loc) for b, loc in sorted(repo.index.items()) if loc.type == TYPE_DATA and loc.stored_len > 64)
+    with open(_pack_file(repo_path, loc.pack), "r+b") as f:
+        f.seek(loc.offset + loc.stored_len // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    others = [b for b, lc in repo.index.items() if lc.pack == loc.pack and b != bid]
+
+    report = repo.check(read_data=True)
+    assert not report.ok and "'cairn repair index --read-data'" in report.advice
+
+    plain = repo.repair_index()  # without read_data the damage is not seen: the index entry stays
+    assert plain.entries_damaged == 0 and bid in repo.index
+
+    r = repo.repair_index(read_data=True)
+    assert r.damaged_packs == (loc.pack,) and r.entries_damaged == 1
+    assert r.blobs_copied == len(others)
+    assert bid not in repo.index
+    assert all(repo.index.get(b).pack != loc.pack for b in others)  # the good blobs were copied out
+    between = repo.check(read_data=True)  # only the dropped blob is missing; the damaged pack is unindexed
+    assert between.errors and {p.object_id for p in between.errors} == {bid.hex()}, between.errors
+    assert "'cairn repair index'" in between.advice
+
+    s3 = backup(repo, src, level="full")
+    assert s3.stats.chunks_added >= 1
+    _all_restore(repo, tmp_path, before, src)
+    repo.prune(PrunePolicy())  # the damaged pack is a leftover now: garbage collection deletes it
+    assert not os.path.exists(_pack_file(repo_path, loc.pack))
+    after = repo.check(read_data=True)
+    assert after.ok and not after.warnings, (after.errors, after.warnings)
+    _all_restore(repo, tmp_path, before, src, "pruned")
+
+
+def test_a_lost_index_file_is_rebuilt_from_the_packs(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    files = list(repo.backend.list("index"))
+    assert len(files) >= 2
+    gone = files[0]
+    os.unlink(os.path.join(repo_path, "index", gone))
+    repo.load_index()
+    unindexed = set(repo.backend.list("packs")) - repo.index.packs()
+    assert unindexed
+    report = repo.check()
+    warned = [w.message for w in report.warnings if w.object_id in unindexed]
+    assert warned and all("'cairn repair index' indexes it" in m and "prune removes it" not in m for m in warned)
+
+    r = repo.repair_index()
+    assert set(r.unindexed_packs) == unindexed and r.blobs_added > 0
+    assert r.entries_missing == 0 and r.entries_damaged == 0
+    assert unindexed <= repo.index.packs()
+    _all_restore(repo, tmp_path, before, src)
+    after = repo.check(read_data=True)
+    assert after.ok and not after.warnings, (after.errors, after.warnings)
+
+
+def test_a_damaged_index_file_is_replaced_and_its_packs_indexed_again(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    bad = sorted(repo.backend.list("index"))[0]
+    with open(os.path.join(repo_path, "index", bad), "r+b") as f:
+        f.seek(40)
+        f.write(b"\xff\xff")
+    repo.load_index()
+    assert repo.index_problems
+    r = repo.repair_index()
+    assert r.damaged_index_files == (bad,) and r.blobs_added > 0
+    assert bad not in set(repo.backend.list("index"))
+    assert not repo.index_problems
+    _all_restore(repo, tmp_path, before, src)
+
+
+def test_dry_run_writes_nothing(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    lost = _data_pack(repo, packs1)
+    os.unlink(_pack_file(repo_path, lost))
+    loc = next(loc for _b, loc in sorted(repo.index.items()) if loc.pack not in packs1 and loc.stored_len > 64)
+    with open(_pack_file(repo_path, loc.pack), "r+b") as f:
+        f.seek(loc.offset + 1)
+        f.write(b"\x00\xff")
+    objects = _objects(repo_path)
+    r = repo.repair_index(dry_run=True)
+    assert r.dry_run and r.missing_packs == (lost,) and r.index_file == ""
+    r2 = repo.repair_index(dry_run=True, read_data=True)
+    assert r2.dry_run and r2.missing_packs == (lost,) and r2.damaged_packs == (loc.pack,) and r2.blobs_copied
+    assert _objects(repo_path) == objects
+    real = repo.repair_index()
+    assert (real.missing_packs, real.entries_missing, real.blobs_added) == (r.missing_packs, r.entries_missing,
+                                                                           r.blobs_added)
+
+
+def test_a_crash_after_the_new_index_file_leaves_a_usable_repository(repo_path, kind, src, tmp_path, rng):
+    repo = _open(repo_path, kind)
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    lost = _data_pack(repo, packs1)
+    os.unlink(_pack_file(repo_path, lost))
+    old = set(repo.backend.list("index"))
+    repo.close()
+
+    # stop the process at its first delete of an index file: the new one is durable by then
+    faulty = FaultyBackend(LocalBackend(repo_path), fail_at=1, mode="stop", kind="index", ops=("delete",))
+    crashed = _open(repo_path, kind, faulty)
+    with pytest.raises(BackendError):
+        crashed.repair_index()
+    now = set(LocalBackend(repo_path).list("index"))
+    assert old < now  # the new file was written, no old one deleted
+    for leftover in list(LocalBackend(repo_path).list("locks")):  # what a killed process leaves
+        LocalBackend(repo_path).delete("locks", leftover)
+
+    repo = _open(repo_path, kind)  # usable: every index file reads, the sets are listed, trees read
+    assert not repo.index_problems and {s.id for s in repo.list_sets()} == {s1.id, s2.id}
+    assert repo.list_tree(s2, recursive=True)
+    second = repo.repair_index()
+    assert second.missing_packs == (lost,)  # named by the old files still there, dropped again
+    assert second.blobs_added == 0 and second.entries_damaged == 0
+    assert set(repo.backend.list("index")) == {second.index_file}
+    backup(repo, src, level="full")
+    _all_restore(repo, tmp_path, before, src)
+    assert repo.check(read_data=True).ok
+    repo.close()
+
+
+def test_repairs_and_prunes_exclude_each_other_but_not_backups(repo, src, rng):
+    make_tree(str(src), rng, files=4, max_size=20_000)
+    backup(repo, src)
+    with repo.locks.hold("prune", gc=True):
+        with pytest.raises(LockedError):
+            repo.repair_index(lock_wait=0)
+        with pytest.raises(LockedError):
+            repo.repair_sets(lock_wait=0)
+        backup(repo, src)  # shared locks: backups run beside a collector
+    with repo.locks.hold("repair-index", gc=True):
+        with pytest.raises(LockedError):
+            repo.prune(PrunePolicy(), lock_wait=0)
+    seen = []
+
+    def during(op: str, k: str, name: str) -> None:
+        if op == "put" and k == "index" and not seen:  # while the repair writes its index file
+            seen.append(True)
+            with pytest.raises(LockedError):
+                other.repair_index(lock_wait=0)
+
+    other = Repository.open(repo.raw_backend, secret=SECRET if repo.encrypted else None)
+    hooked = Repository.open(FaultyBackend(repo.raw_backend, hook=during),
+                             secret=SECRET if repo.encrypted else None)
+    hooked.repair_index()
+    assert seen
+    assert repo.repair_index().entries_missing == 0  # the lock is released afterwards
+
+
+def test_repair_sets_removes_only_unreadable_set_objects(repo, repo_path, src, tmp_path, rng):
+    make_tree(str(src), rng, files=4, max_size=20_000)
+    good = backup(repo, src)
+    damaged = backup(repo, src, level="full", tags=("x",))
+    emptied = backup(repo, src, level="full", tags=("y",))
+    path = os.path.join(repo_path, "sets", damaged.id)
+    with open(path, "r+b") as f:
+        f.seek(30)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x01]))
+    open(os.path.join(repo_path, "sets", emptied.id), "wb").close()
+    assert {s.id for s in repo.list_sets()} == {good.id}
+
+    dry = repo.repair_sets(dry_run=True)
+    assert {n for n, _ in dry.removed} == {damaged.id, emptied.id} and dry.kept == 1
+    assert set(repo.backend.list("sets")) == {good.id, damaged.id, emptied.id}
+    why = dict(dry.removed)
+    assert all(why[n].startswith("unable to read set") and f"'{n[:8]}..'" in why[n] for n in why), why
+
+    r = repo.repair_sets()
+    assert {n for n, _ in r.removed} == {damaged.id, emptied.id}
+    assert set(repo.backend.list("sets")) == {good.id}
+    assert repo.check().ok
+    _restored(repo, good, str(tmp_path / "good"))
+    assert repo.repair_sets().removed == ()
+
+
+def test_repair_sets_keeps_a_set_of_a_newer_format(tmp_path):
+    import blake3
+
+    repo = Repository.open_local(str(tmp_path / "repo"), create=True)
+    doc = b'{"magic":"cairn-set","version":7}\n'
+    name = blake3.blake3(doc).hexdigest()
+    repo.backend.put("sets", name, doc)
+    r = repo.repair_sets()
+    assert r.newer == (name,) and r.removed == ()
+    assert name in set(repo.backend.list("sets"))
+    repo.close()
+
+
+def test_a_pack_that_cannot_be_parsed_contributes_nothing(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    pack = _data_pack(repo, packs1)
+    blobs = [b for b, loc in repo.index.items() if loc.pack == pack]
+    size = os.path.getsize(_pack_file(repo_path, pack))
+    with open(_pack_file(repo_path, pack), "r+b") as f:  # the footer's magic
+        f.seek(size - 2)
+        f.write(b"XX")
+    r = repo.repair_index(read_data=True)
+    assert pack in r.damaged_packs and r.entries_damaged == len(blobs)
+    assert pack not in repo.index.packs()
+    backup(repo, src, level="full")
+    _all_restore(repo, tmp_path, before, src)
+
+
+def test_trees_lost_with_a_pack_come_back_with_the_next_backup(repo, repo_path, src, tmp_path, rng):
+    make_tree(str(src), rng, files=6, max_size=50_000)
+    s1 = backup(repo, src)
+    before = _restored(repo, s1, str(tmp_path / "before"))
+    tree_packs = {loc.pack for _b, loc in repo.index.items() if loc.type == TYPE_TREE}
+    for p in tree_packs:
+        os.unlink(_pack_file(repo_path, p))
+    assert not repo.check().ok
+    repo.repair_index()
+    backup(repo, src, level="full")
+    assert_same_tree(before, _restored(repo, s1, str(tmp_path / "after")))
+    assert repo.check(read_data=True).ok
+
+
+def test_an_index_file_a_backup_writes_during_the_repair_is_kept(repo, repo_path, kind, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    os.unlink(_pack_file(repo_path, _data_pack(repo, packs1)))
+    other = _open(repo_path, kind)
+    late = tmp_path / "late"
+    late.mkdir()
+    write_random(str(late / "x.bin"), 150_000, rng)
+    taken = []
+
+    def during(op: str, k: str, name: str) -> None:
+        if op == "put" and k == "index" and not taken:  # the repair writes its new index file now
+            taken.append(backup(other, late, source="late"))
+
+    hooked = _open(repo_path, kind, FaultyBackend(LocalBackend(repo_path), hook=during))
+    r = hooked.repair_index()
+    assert taken
+    written = set(other.backend.list("index")) - {r.index_file}
+    assert written  # the backup's own index file is still there
+    repo.load_index()
+    target = _restored(repo, taken[0], str(tmp_path / "late-restored"))
+    assert_same_tree(str(late), target)
+    other.close()
+    hooked.close()
+
+
+def test_a_storage_error_is_never_taken_for_damage(repo, repo_path, kind, src, rng):
+    make_tree(str(src), rng, files=6, max_size=50_000)
+    s = backup(repo, src)
+    for name in list(repo.backend.list("index")):  # every pack is unindexed: the repair must read them
+        os.unlink(os.path.join(repo_path, "index", name))
+    objects = _objects(repo_path)
+
+    def failing(fault_kind: str) -> Repository:
+        return _open(repo_path, kind, FaultyBackend(LocalBackend(repo_path), fail_at=1, mode="fail-from",
+                                                    kind=fault_kind, ops=("get",)))
+
+    for read_data in (False, True):
+        with pytest.raises(BackendError):
+            failing("packs").repair_index(read_data=read_data)
+    with pytest.raises(BackendError):
+        failing("sets").repair_sets()
+    assert _objects(repo_path) == objects  # nothing dropped, written or deleted
+    assert repo.repair_index().blobs_added > 0
+    assert {x.id for x in repo.list_sets()} == {s.id}

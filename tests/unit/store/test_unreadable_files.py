@@ -1,0 +1,44 @@
+"""A file the backup cannot read is never stored as something it never was: one that vanished
+while it was read is left out (noted); one that cannot be read keeps its base version whole
+(metadata with its content) or, new, is left out; either way the error is recorded."""
+
+from __future__ import annotations
+
+import os
+
+from cairn.store.snapshots.filereader import FileReader
+from storekit import backup, make_tree, write_random
+
+
+def test_vanished_and_unreadable_files(repo, src, tmp_path, rng, monkeypatch):
+    make_tree(str(src), rng, files=6)
+    write_random(src / "kept.bin", 10_000, rng)
+    base = backup(repo, src)
+    write_random(src / "kept.bin", 20_000, rng)  # changed: read again, and that read fails
+    write_random(src / "new-refused.bin", 3000, rng)
+    write_random(src / "new-vanishing.bin", 3000, rng)
+    write_random(src / "kept-vanishing.bin", 3000, rng)
+    real = FileReader.read
+
+    def read(self, path: bytes, base_chunks=None):
+        name = os.path.basename(path)
+        if name in (b"new-vanishing.bin", b"kept-vanishing.bin"):
+            os.unlink(path)
+            raise FileNotFoundError(2, "No such file or directory")
+        if name in (b"kept.bin", b"new-refused.bin"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, path, base_chunks)
+
+    monkeypatch.setattr(FileReader, "read", read)
+    s = backup(repo, src, "incremental")
+    names = {e.name: e for e in repo.load_tree(bytes.fromhex(s.tree))}
+    assert b"new-vanishing.bin" not in names and b"kept-vanishing.bin" not in names
+    assert b"new-refused.bin" not in names
+    old = {e.name: e for e in repo.load_tree(bytes.fromhex(base.tree))}[b"kept.bin"]
+    assert names[b"kept.bin"].size == 10_000 and names[b"kept.bin"].chunks == old.chunks
+    assert names[b"kept.bin"].mtime_ns == old.mtime_ns, "the base version whole, not new metadata"
+    errors = s.extra.get("errors", [])
+    assert len(errors) == 2 and all("Permission denied" in e for e in errors), errors
+    assert sum("vanished while it was read" in n for n in s.extra.get("notes", [])) == 2
+    assert s.stats.files == len(names) - sum(e.kind == "dir" for e in names.values()) + sum(
+        len(f) for d, _, f in os.walk(src) if d != str(src))
