@@ -9,7 +9,11 @@ name, touches every name's ctime and inotify reports it for one name only). A di
 expected when the journal holds a pending change that covers it (the path itself, or a
 directory pending a walk above it); every other difference is a change the journal missed.
 Those are counted in `cairn_journal_backstop_found_total` and their directories are marked
-for rescan, so the next set walks them and picks the changes up.
+for rescan, so the next set walks them and picks the changes up. Excludes apply as in the walk
+(`SourceConfig.path_excludes`: patterns anchored at a source path apply under that path only).
+The files with several hard links the walk meets are handed to the tracker (`note_links`):
+another name, perhaps outside the source, can change them without an event, so every later
+set re-checks them.
 
 What always holds: a source is only judged while its journal is trusted against its latest
 set, and the journal is read after the walk (everything the walk saw changed is then either
@@ -51,9 +55,14 @@ class Difference:
 
 
 def compare_tree(repo: Any, s: BackupSet, paths: Sequence[str], excludes: Sequence[str] = (),
-                 one_file_system: bool = False) -> list[Difference]:
-    """Every difference between the directories `paths` and the tree of set `s`, by metadata."""
-    excluder = Excluder(tuple(excludes))
+                 one_file_system: bool = False,
+                 root_excludes: Sequence[tuple[str, Sequence[str]]] = (),
+                 linked: set[str] | None = None) -> list[Difference]:
+    """Every difference between the directories `paths` and the tree of set `s`, by metadata.
+
+    `excludes` apply under every path, `root_excludes` ((path, patterns), ...) under that path
+    only, after them (as the walker matches them: `BackupRequest.root_excludes`). The regular
+    files with several names met on the way are added to `linked` when it is given."""
     root = bytes.fromhex(s.tree)
     out: list[Difference] = []
     if len(paths) == 1:
@@ -74,17 +83,21 @@ def compare_tree(repo: Any, s: BackupSet, paths: Sequence[str], excludes: Sequen
         if tree is None:
             out.append(Difference(os.fsdecode(bpath), "added"))
             continue
-        _Compare(repo, excluder, one_file_system, dev, out).dir(bpath, b"", tree)
+        own = next((pats for p, pats in root_excludes if os.path.normpath(p) == os.path.normpath(path)), ())
+        excluder = Excluder(tuple(excludes) + tuple(own))
+        _Compare(repo, excluder, one_file_system, dev, out, linked).dir(bpath, b"", tree)
     return out
 
 
 class _Compare:
-    def __init__(self, repo: Any, excluder: Excluder, one_fs: bool, dev: int, out: list[Difference]) -> None:
+    def __init__(self, repo: Any, excluder: Excluder, one_fs: bool, dev: int, out: list[Difference],
+                 linked: set[str] | None = None) -> None:
         self.repo = repo
         self.excluder = excluder
         self.one_fs = one_fs
         self.dev = dev
         self.out = out
+        self.linked = linked
 
     def dir(self, path: bytes, rel: bytes, tree: bytes) -> None:
         base = {e.name: e for e in self.repo.load_tree(tree)} if tree else {}
@@ -104,6 +117,8 @@ class _Compare:
             kind = kind_of(st.st_mode)
             if kind is None or self.excluder.excluded(crel, kind == "dir"):
                 continue
+            if self.linked is not None and kind == "file" and st.st_nlink > 1:
+                self.linked.add(os.fsdecode(child))
             old = base.pop(name, None)
             if old is None:
                 self.out.append(Difference(os.fsdecode(child), "added"))
@@ -216,7 +231,12 @@ class Backstop(ServiceThread):
         base = self._latest(src.name)
         if base is None:
             return None
-        diffs = compare_tree(self.repo, base, src.paths, src.exclude, src.one_file_system)
+        common, anchored = src.path_excludes()
+        linked: set[str] = set()
+        diffs = compare_tree(self.repo, base, src.paths, common, src.one_file_system, anchored, linked)
+        note_links = getattr(self.tracker, "note_links", None)
+        if note_links is not None:
+            note_links(src.name, linked)
         latest = self._latest(src.name)
         if src.name in self._running() or latest is None or latest.id != base.id:
             return None

@@ -3,10 +3,12 @@ taken (`daemon.skip_unchanged`, default true), instead of a new set identical to
 
 A set is skipped only when the change journal can vouch for it: the source is watched, the
 journal is complete (no rescan pending, which includes every restart of the daemon), no change
-is pending since the last set, and the source captures no database (a database changes without
-file events). A differential is skipped only when the newest set is the full or a differential
-(an incremental after them recorded changes a new differential would hold). Full sets and sets
-asked for by a person or by the RPO are never skipped.
+is pending since the last set (a file with several hard links whose stat moved since the last
+set counts: a name outside the source changes it without any event), and the source captures
+no database (a database changes without file events). A differential is skipped only when the
+newest set is the full or a differential (an incremental after them recorded changes a new
+differential would hold). Full sets and sets asked for by a person or by the RPO are never
+skipped.
 """
 
 from __future__ import annotations

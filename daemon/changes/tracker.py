@@ -29,23 +29,36 @@ The backup service uses it like this, once per set:
   abandoned is simply never committed: nothing is lost.
 - `status(source)` reports the journal's state ('complete', or 'rescan' with reasons),
   the age of the oldest unprotected change, the count of pending entries and watches in use;
-  `oldest_unprotected(source)` gives that change's time for RPO decisions; `on_change(source)`
+  `oldest_unprotected(source)` gives that change's time for RPO decisions (a kept multi-link
+  file whose stat moved since the last committed set counts, at its ctime); `on_change(source)`
   is called (from the tracker's flush thread) whenever new changes of the source were journaled.
-- `mark_rescan(source, path, reason)` lets others (e.g. the backstop scan) distrust a subtree.
+- `mark_rescan(source, path, reason)` lets others (e.g. the backstop scan) distrust a subtree;
+  `note_links(source, paths)` hands it files with several hard links another walk met.
 
 What always holds: a hint never omits a path that changed after the base's token unless the
 source is marked for rescan (whole or subtree) with a reason; a source without a trusted
 journal gets None. Paths in a hint may no longer exist (they were deleted or moved away).
+Excludes are the walker's, per root (`root_excludes`: anchored patterns re-rooted).
 Files with several hard links: a write through one name changes the others, which inotify
-does not report, so a change to such a file marks the whole source for rescan.
+does not report, so a change to such a file marks the whole source for rescan; and since a
+name outside the source changes it without any event, every hint lists each such file the
+tracker knows of (from events, its own census of what the watcher did not see, and
+`note_links`), or, beyond MAX_LINKED_FILES of them, rescans the source paths whole.
+What raises no event is polled (`check_roots`, every ROOT_CHECK_INTERVAL and at each prepare
+and status): a root that now resolves elsewhere starts its source over (walked whole), and a
+file system mounted or unmounted below a root is watched afresh and rescanned. An unwatched
+directory stays in every hint until a committed set walked it and it is gone or watched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import queue
+import re
 import stat
 import threading
 import time
@@ -62,6 +75,9 @@ from cairn.store.snapshots.excludes import Excluder
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05
+ROOT_CHECK_INTERVAL = 1.0     # how often the roots' real paths and the mounts below them are compared
+MAX_LINKED_FILES = 10000      # files with several hard links kept per source (beyond: walk the roots)
+MOUNTINFO = "/proc/self/mountinfo"
 BARRIER_TIMEOUT = 5.0
 JOURNAL_FILE = "journal.sqlite"
 BARRIER_DIR = "watch-barrier"
@@ -73,6 +89,8 @@ class SourceLike(Protocol):
     exclude: tuple[str, ...]
     watch: bool
 
+    def path_excludes(self) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]: ...
+
 
 @dataclass(frozen=True)
 class ChangeToken:
@@ -82,12 +100,68 @@ class ChangeToken:
     level: str
     seq: int
     prepared_at: float
+    unwatched: frozenset[str] = frozenset()  # unwatched directories the set walks (see committed)
+    linked: tuple[tuple[str, tuple[int, ...] | None], ...] = ()  # multi-link files and their stat then
 
 
 def _fingerprint(src: SourceLike) -> str:
     data = json.dumps({"paths": sorted(os.path.abspath(p) for p in src.paths),
                        "exclude": list(src.exclude), "watch": bool(src.watch)})
     return hashlib.sha256(data.encode()).hexdigest()[:32]
+
+
+def root_excludes(src: SourceLike, root: str) -> tuple[str, ...]:
+    """The exclude patterns that apply under `root`, exactly as the walker matches them: the
+    source's common patterns, then those anchored at that root, re-rooted at it
+    (`SourceConfig.path_excludes`: '<root>/cache/' is '/cache/' under `root`)."""
+    common, anchored = src.path_excludes()
+    own = next((pats for path, pats in anchored if os.path.normpath(path) == os.path.normpath(root)), ())
+    return tuple(common) + tuple(own)
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo field with its octal escapes (space, tab, newline, backslash) decoded."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def mount_points(mountinfo: str = MOUNTINFO) -> list[str] | None:
+    """Every mount point this process sees (None when the mount table cannot be read)."""
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            out.append(os.fsdecode(_unescape(fields[4])))
+    return out
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _link_sig(path: str) -> tuple[int, ...] | None:
+    """What a change through another name moves: inode, size, mtime, ctime (None: gone)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _multi_link(path: str) -> bool:
+    """True for a regular file with more than one name."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
 
 
 def _name(source: str | SourceLike) -> str:
@@ -140,9 +214,50 @@ class _Flusher(ServiceThread):
         self.tracker = tracker
 
     def run_safe(self) -> None:
+        next_check = time.monotonic() + ROOT_CHECK_INTERVAL
         while not self.wait(FLUSH_INTERVAL):
             self.tracker.flush()
+            if time.monotonic() >= next_check:
+                try:
+                    self.tracker.check_roots()
+                except Exception:  # the flush must go on; the next round checks again
+                    log.exception("checking the watched roots failed")
+                next_check = time.monotonic() + ROOT_CHECK_INTERVAL
         self.tracker.flush()
+
+
+class _Census(ServiceThread):
+    """Looks for files with several hard links in subtrees whose past the watcher did not see
+    (a source starting to be watched, a lost stream, a new directory), so they can be re-checked
+    by every set: another name of such a file, outside the source, changes it unseen."""
+
+    def __init__(self, tracker: ChangeTracker) -> None:
+        super().__init__("change-links")
+        self.tracker = tracker
+        self.jobs: queue.SimpleQueue[tuple[str, str | None]] = queue.SimpleQueue()
+
+    def run_safe(self) -> None:
+        while not self.stopping:
+            try:
+                first = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            whole = {src for src, path in batch if path is None}
+            for src in sorted(whole):
+                self.tracker.census(src, None, lambda: self.stopping)
+            by_source: dict[str, set[str]] = {}
+            for src, path in batch:
+                if path is not None and src not in whole:
+                    by_source.setdefault(src, set()).add(path)
+            for src, paths in by_source.items():
+                for path in _minimal_dirs(paths):
+                    self.tracker.census(src, path, lambda: self.stopping)
 
 
 @dataclass(frozen=True)
@@ -152,8 +267,9 @@ class JournalStatus:
     state: str  # "complete", or "rescan" when the next set must walk (the reasons say why)
     reasons: tuple[str, ...]
     oldest_unprotected_age: float | None  # seconds since the oldest change no set holds yet
-    pending_paths: int
+    pending_paths: int    # journal entries no set holds yet, plus multi-link files changed unseen
     watches: int
+    linked_files: int = 0  # files with several hard links every set re-checks
 
 
 class ChangeTracker:
@@ -171,6 +287,13 @@ class ChangeTracker:
         self._state_lock = threading.RLock()
         self._unwatched: dict[str, dict[str, str]] = {}   # source -> subtree -> reason (sticky)
         self._not_watched: dict[str, str] = {}           # source -> why it has no trusted watch
+        self._excludes: dict[tuple[str, str], _Excludes] = {}       # (source, root) -> its excludes
+        self._mounts: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (source, root) -> (real, mounts)
+        self._links: dict[str, set[str]] = {}            # source -> files with several hard links
+        self._links_full: dict[str, str] = {}            # source -> why its roots are walked instead
+        self._links_held: dict[str, dict[str, tuple[int, ...] | None]] = {}  # source -> stat the last set saw
+        self._watch_lock = threading.RLock()             # starting, ending and re-watching sources
+        self._census: _Census | None = None
         self._journal: Journal | None = None
         self._watcher: Watcher | None = None
         self._flusher: _Flusher | None = None
@@ -189,6 +312,8 @@ class ChangeTracker:
             gap = "daemon restarted after an unclean stop: changes while it was not running are unknown"
         self._watcher = Watcher(self, os.path.join(self.state_dir, BARRIER_DIR), self.max_watches)
         self._watcher.start()
+        self._census = _Census(self)
+        self._census.start()
         for src in list(self._sources.values()):
             known = self._journal.marks(src.name).known
             self._begin_source(src, gap if known else "source was never watched")
@@ -203,6 +328,9 @@ class ChangeTracker:
         if self._flusher is not None:
             self._flusher.stop()
             self._flusher = None
+        if self._census is not None:
+            self._census.stop()
+            self._census = None
         self.flush()
         if self._journal is not None:
             self._journal.end_session()
@@ -212,6 +340,11 @@ class ChangeTracker:
 
     def reload(self, sources: Sequence[SourceLike]) -> None:
         """Apply a new source list: new or changed sources start over with a rescan."""
+        with self._watch_lock:
+            self._reload(sources)
+        self.flush()
+
+    def _reload(self, sources: Sequence[SourceLike]) -> None:
         new = {s.name: s for s in sources}
         with self._state_lock:
             old = self._sources
@@ -230,7 +363,6 @@ class ChangeTracker:
             if not journal.marks(name).known:
                 reason = "source was never watched"
             self._begin_source(src, reason)
-        self.flush()
 
     def _begin_source(self, src: SourceLike, reason: str) -> None:
         """Start tracking one source: rescan first, then watch its roots."""
@@ -245,9 +377,17 @@ class ChangeTracker:
                 self._not_watched[src.name] = "not watched (watch = false)"
             return
         self._add(Change(src.name, "source", "", time.time(), reason), False)
+        mounts = mount_points()
         for root in src.paths:
+            excludes = _Excludes(root, root_excludes(src, root))
+            key = (src.name, os.path.abspath(root))
+            real = os.path.realpath(root)
+            with self._state_lock:
+                self._excludes[key] = excludes
+                if mounts is not None:
+                    self._mounts[key] = (real, frozenset(m for m in mounts if _under(m, real)))
             try:
-                watcher.watch(src.name, root, _Excludes(root, src.exclude))
+                watcher.watch(src.name, root, excludes)
             except OSError as e:
                 why = f"unable to watch '{root}': {e.strerror or e}"
                 log.warning("%s (source '%s')", why, src.name)
@@ -255,6 +395,7 @@ class ChangeTracker:
                     self._not_watched[src.name] = why
                 watcher.unwatch(src.name)
                 return
+        self._census_of(src.name, None)
 
     def _end_source(self, name: str) -> None:
         if self._watcher is not None:
@@ -262,6 +403,160 @@ class ChangeTracker:
         with self._state_lock:
             self._unwatched.pop(name, None)
             self._not_watched.pop(name, None)
+            self._links.pop(name, None)
+            self._links_full.pop(name, None)
+            self._links_held.pop(name, None)
+            for key in [k for k in self._excludes if k[0] == name]:
+                self._excludes.pop(key, None)
+            for key in [k for k in self._mounts if k[0] == name]:
+                self._mounts.pop(key, None)
+
+    # -- what inotify does not report: retargeted roots, mounts ------------------------------------
+    def check_roots(self, only: str | None = None) -> None:
+        """Notice what raises no inotify event: a root that now resolves to another directory (a
+        symlinked root retargeted: the source starts over, like a lost root) and a file system
+        mounted over or unmounted from a directory below a root (that directory is watched
+        afresh and walked by the next set). The flush thread calls this every
+        ROOT_CHECK_INTERVAL; prepare and status call it for their source."""
+        watcher = self._watcher
+        if watcher is None:
+            return
+        mounts: list[str] | None = None
+        with self._watch_lock:
+            for src in list(self._sources.values()):
+                if (only is not None and src.name != only) or not self._is_watched(src.name):
+                    continue
+                moved = watcher.retargeted(src.name)
+                if moved:
+                    root, now = moved[0]
+                    log.info("source path '%s' now leads to '%s': source '%s' is walked", root, now, src.name)
+                    self._end_source(src.name)
+                    self._begin_source(src, f"source path '{root}' now leads to '{now}'")
+                    continue
+                if mounts is None:
+                    mounts = mount_points()
+                    if mounts is None:
+                        return
+                self._check_mounts(src, mounts)
+
+    def _check_mounts(self, src: SourceLike, mounts: list[str]) -> None:
+        watcher = self._require_watcher()
+        for root, real in watcher.roots(src.name):
+            key = (src.name, root)
+            now = frozenset(m for m in mounts if _under(m, real))
+            with self._state_lock:
+                before_real, before = self._mounts.get(key, (real, now))
+                self._mounts[key] = (real, now)
+                excluded = self._excludes.get(key)
+            if before_real != real or before == now:
+                continue
+            for m in sorted(before ^ now):
+                what = "mounted at" if m in now else "unmounted from"
+                if m == real:
+                    self._end_source(src.name)
+                    self._begin_source(src, f"a file system was {what} source path '{root}'")
+                    return
+                path = root.rstrip("/") + m[len(real.rstrip("/")):]
+                if excluded is not None and excluded(path, True):
+                    continue
+                log.info("a file system was %s '%s' (source '%s'): it is walked", what, path, src.name)
+                watcher.rewatch(src.name, path)
+                self.rescan(src.name, path, f"a file system was {what} '{path}'")
+
+    # -- files with several hard links ---------------------------------------------------------------
+    def _census_of(self, source: str, path: str | None) -> None:
+        if self._census is not None:
+            self._census.jobs.put((source, path))
+
+    def census(self, source: str, path: str | None, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Find the files with several hard links under `path` (None: every root) of `source`."""
+        src = self._sources.get(source)
+        if src is None or not self._is_watched(source):
+            return
+        roots = [os.path.abspath(r) for r in src.paths]
+        found: set[str] = set()
+        for top in roots if path is None else [path]:
+            root = next((r for r in roots if _under(top, r)), None)
+            if root is None:
+                continue
+            with self._state_lock:
+                excluded = self._excludes.get((source, root))
+            if not self._find_links(top, excluded, found, stopping):
+                break
+        with self._state_lock:
+            if path is not None:
+                for p in found:
+                    self._note_link_locked(source, p)
+                return
+            old = set(self._links.get(source, ()))
+        # A whole census starts the list over: what it found, plus what events added meanwhile,
+        # less what has no other name any more.
+        stale = {p for p in old if not _multi_link(p)}
+        with self._state_lock:
+            keep = (self._links.get(source, set()) - stale) | found
+            if len(keep) > MAX_LINKED_FILES:
+                self._links[source] = set()
+                self._links_full[source] = self._links_full_reason()
+            else:
+                self._links[source] = keep
+                self._links_full.pop(source, None)
+
+    @staticmethod
+    def _links_full_reason() -> str:
+        return f"more than {MAX_LINKED_FILES} files with several hard links: every set walks the source paths"
+
+    @staticmethod
+    def _find_links(top: str, excluded: _Excludes | None, found: set[str], stopping: Callable[[], bool]) -> bool:
+        """Add the files with several names under directory `top` to `found`; False once more
+        than MAX_LINKED_FILES were found (or when stopping)."""
+        stack = [top]
+        while stack:
+            if stopping():
+                return False
+            d = stack.pop()
+            try:
+                it = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in it:
+                try:
+                    is_dir = e.is_dir(follow_symlinks=False)
+                    if excluded is not None and excluded(e.path, is_dir):
+                        continue
+                    if is_dir:
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_nlink > 1:
+                        found.add(e.path)
+                        if len(found) > MAX_LINKED_FILES:
+                            return False
+                except OSError:
+                    continue
+        return True
+
+    def note_links(self, source: str | SourceLike, paths: Iterable[str]) -> None:
+        """Files with several names that another walk of the source found (the backstop scan):
+        re-checked by every later set, like those the tracker finds itself."""
+        name = _name(source)
+        src = self._sources.get(name)
+        if src is None:
+            return
+        roots = [os.path.abspath(r) for r in src.paths]
+        with self._state_lock:
+            for p in paths:
+                if any(_under(p, r) for r in roots):
+                    self._note_link_locked(name, p)
+
+    def _note_link_locked(self, source: str, path: str) -> None:
+        if source in self._links_full:
+            return
+        links = self._links.setdefault(source, set())
+        if path in links:
+            return
+        if len(links) >= MAX_LINKED_FILES:
+            links.clear()
+            self._links_full[source] = self._links_full_reason()
+            return
+        links.add(path)
 
     # -- WatchSink (inotify thread) ----------------------------------------------------------------
     def changed(self, source: str, path: str, written: bool) -> None:
@@ -269,6 +564,7 @@ class ChangeTracker:
 
     def new_directory(self, source: str, path: str) -> None:
         self._add(Change(source, "tree", path, time.time(), "new directory"), False)
+        self._census_of(source, path)
 
     def unwatched(self, source: str, path: str, reason: str) -> None:
         text = f"{reason}: '{path}' is not watched"
@@ -279,6 +575,7 @@ class ChangeTracker:
     def rescan(self, source: str, path: str | None, reason: str) -> None:
         kind = "source" if path is None else "rescan"
         self._add(Change(source, kind, path or "", time.time(), reason), False)
+        self._census_of(source, path)
 
     def _add(self, change: Change, written: bool) -> None:
         with self._batch_lock:
@@ -310,11 +607,13 @@ class ChangeTracker:
                 log.exception("change callback failed for source '%s'", source)
 
     def _link_checks(self, batch: list[tuple[Change, bool]]) -> list[Change]:
-        """A written file with several names changed its other names too: distrust the source."""
+        """Every changed file with several names is kept for re-checking by every later set (a
+        name outside the source can change it unseen); a written one changed its other names
+        too: distrust the source."""
         seen: set[tuple[str, str]] = set()
         out: list[Change] = []
         for c, written in batch:
-            if not written or (c.source, c.path) in seen:
+            if c.kind != "path" or (c.source, c.path) in seen:
                 continue
             seen.add((c.source, c.path))
             try:
@@ -322,8 +621,11 @@ class ChangeTracker:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                why = f"file with {st.st_nlink} hard links changed: '{c.path}' (other names unknown)"
-                out.append(Change(c.source, "source", "", c.time, why))
+                with self._state_lock:
+                    self._note_link_locked(c.source, c.path)
+                if written:
+                    why = f"file with {st.st_nlink} hard links changed: '{c.path}' (other names unknown)"
+                    out.append(Change(c.source, "source", "", c.time, why))
         return out
 
     # -- the backup protocol ------------------------------------------------------------------------
@@ -335,6 +637,7 @@ class ChangeTracker:
         journal = self._require_journal()
         src = self._sources.get(name)
         if src is not None and src.watch:
+            self.check_roots(name)
             self._rewatch_if_needed(src)
         watched = src is not None and self._is_watched(name)
         barrier_ok = watched and self._watcher is not None and self._watcher.barrier(BARRIER_TIMEOUT)
@@ -344,26 +647,32 @@ class ChangeTracker:
         # the token can be missed (a row moved past the token by a newer event is still read).
         with self._flush_lock:
             touched = self._flush_locked()
-            token = ChangeToken(name, level, journal.seq, time.time())
+            with self._state_lock:
+                unwatched = frozenset(self._unwatched.get(name, {}))
+            token = ChangeToken(name, level, journal.seq, time.time(), unwatched)
             marks = journal.marks(name)
             since = marks.set_seq if base_set_id == marks.set_id else \
                 marks.full_seq if base_set_id == marks.full_id else None
             usable = level != "full" and watched and barrier_ok and base_set_id is not None
             entries = journal.entries_after(name, since) if usable and since is not None else None
         self._notify(touched)
+        with self._state_lock:
+            links = sorted(self._links.get(name, ()))
+        token = dataclasses.replace(token, linked=tuple((p, _link_sig(p)) for p in links))
         if entries is None or src is None:
             return None, token
         return self._hint(src, entries), token
 
     def _rewatch_if_needed(self, src: SourceLike) -> None:
         """A source whose watch failed or whose root vanished is watched again when possible."""
-        lost = self._watcher.lost(src.name) if self._watcher is not None else []
-        if src.name not in self._not_watched and not lost:
-            return
-        if not all(os.path.isdir(p) for p in src.paths):
-            return
-        self._end_source(src.name)
-        self._begin_source(src, "source was not watched for a while")
+        with self._watch_lock:
+            lost = self._watcher.lost(src.name) if self._watcher is not None else []
+            if src.name not in self._not_watched and not lost:
+                return
+            if not all(os.path.isdir(p) for p in src.paths):
+                return
+            self._end_source(src.name)
+            self._begin_source(src, "source was not watched for a while")
 
     def _hint(self, src: SourceLike, entries: list[Any]) -> ChangeHint | None:
         roots = [os.path.abspath(p) for p in src.paths]
@@ -378,6 +687,16 @@ class ChangeTracker:
                 dirs.add(e.path)
         with self._state_lock:
             dirs.update(self._unwatched.get(src.name, {}))
+            links = set(self._links.get(src.name, ()))
+            if src.name in self._links_full:
+                dirs.update(roots)
+        # Files with several names: one outside the source may have changed them unseen; the
+        # walker stats each and reads it if its stat data moved. Those no longer linked go.
+        paths |= links
+        gone = {p for p in links if not _multi_link(p)}
+        if gone:
+            with self._state_lock:
+                self._links.get(src.name, set()).difference_update(gone)
         rescan = {d for d in _minimal_dirs(dirs) if any(_under(d, r) for r in roots)}
         keep = {p for p in paths if any(_under(p, r) for r in roots) and not has_ancestor_in(p, rescan)}
         return ChangeHint(paths=frozenset(keep), rescan=frozenset(rescan))
@@ -389,6 +708,14 @@ class ChangeTracker:
         if token.source != name:
             raise ValueError(f"change token of source '{token.source}' used for source '{name}'")
         self._require_journal().commit(name, level, set_id, token.seq)
+        with self._state_lock:
+            self._links_held[name] = dict(token.linked)
+        # The set walked every unwatched directory of its token: one that is gone or has a
+        # watch by now is no longer a gap.
+        for path in token.unwatched:
+            if not _is_dir(path) or (self._watcher is not None and self._watcher.is_watched(name, path)):
+                with self._state_lock:
+                    self._unwatched.get(name, {}).pop(path, None)
 
     # -- status --------------------------------------------------------------------------------------
     def mark_rescan(self, source: str | SourceLike, path: str | None, reason: str) -> None:
@@ -400,6 +727,7 @@ class ChangeTracker:
             self._add(Change(name, "source", "", time.time(), reason), False)
         else:
             self._add(Change(name, "rescan", os.path.abspath(path), time.time(), reason), False)
+        self._census_of(name, None if path is None or os.path.abspath(path) in roots else os.path.abspath(path))
         self.flush()
 
     def oldest_unprotected(self, source: str | SourceLike) -> float | None:
@@ -408,11 +736,26 @@ class ChangeTracker:
         if not self._is_watched(name):
             return None
         self.flush()
-        return self._require_journal().pending(name).oldest
+        oldest = self._require_journal().pending(name).oldest
+        return min([t for t in [oldest, *self._linked_changes(name)] if t is not None], default=None)
+
+    def _linked_changes(self, name: str) -> list[float]:
+        """The ctime of every kept multi-link file whose stat moved since the last committed set
+        saw it (or that no committed set saw yet): a change through a name no event reports."""
+        with self._state_lock:
+            links = list(self._links.get(name, ()))
+            held = dict(self._links_held.get(name, {}))
+        out = []
+        for p in links:
+            sig = _link_sig(p)
+            if p not in held or sig != held[p]:
+                out.append(sig[3] / 1e9 if sig is not None else time.time())
+        return out
 
     def status(self, source: str | SourceLike) -> JournalStatus:
         """The journal's view of `source`, for `cairn status`."""
         name = _name(source)
+        self.check_roots(name)
         self.flush()
         pending = self._require_journal().pending(name)
         reasons: list[str] = []
@@ -420,6 +763,8 @@ class ChangeTracker:
             if name in self._not_watched:
                 reasons.append(self._not_watched[name])
             sticky = dict(self._unwatched.get(name, {}))
+            links_full = self._links_full.get(name)
+            linked = len(self._links.get(name, ()))
         if self._watcher is not None:
             reasons.extend(f"watched root '{r}' is gone" for r in self._watcher.lost(name))
         for e in pending.trust:
@@ -429,16 +774,19 @@ class ChangeTracker:
                 text = e.reason if e.path in e.reason else f"{e.reason}: '{e.path}'"
             if text not in reasons:
                 reasons.append(text)
-        for reason in sticky.values():
+        for reason in [*sticky.values(), *([links_full] if links_full else [])]:
             if reason not in reasons:
                 reasons.append(reason)
+        linked_changes = self._linked_changes(name) if self._is_watched(name) else []
         oldest = pending.oldest if self._is_watched(name) else None
+        oldest = min([t for t in [oldest, *linked_changes] if t is not None], default=None)
         return JournalStatus(
             state="rescan" if reasons else "complete",
             reasons=tuple(reasons),
             oldest_unprotected_age=max(0.0, time.time() - oldest) if oldest is not None else None,
-            pending_paths=pending.count,
+            pending_paths=pending.count + len(linked_changes),
             watches=self._watcher.watches(name) if self._watcher is not None else 0,
+            linked_files=linked,
         )
 
     def watches(self) -> int:

@@ -13,8 +13,10 @@ What it reports, through a `WatchSink`, for a root watched on behalf of a source
   appeared or vanished (delete, move) or it is the parent directory of such a name.
 - `new_directory(source, path)`: a directory was created or moved in; what is in it may
   predate its watch (mkdir -p, mv from elsewhere), so all of it must be walked.
-- `unwatched(source, path, reason)`: no watch could be added for directory `path`; nothing
-  under it is observed for as long as the watcher runs.
+- `unwatched(source, path, reason)`: no watch could be added for directory `path`, which
+  exists; nothing under it is observed for as long as the watcher runs. A directory that is
+  gone before its watch could be added is not reported: it needs none (its parent's events
+  report its removal or move).
 - `rescan(source, path, reason)`: events under directory `path` were lost (`path` None: the
   whole source).
 
@@ -29,6 +31,10 @@ What always holds:
   gone is `lost()` until it is watched again.
 - Excluded paths (the root's `excluded(abs_path, is_dir)` predicate) are neither reported nor
   watched.
+- A root's real path (symlinks resolved) is fixed when it is watched; `retargeted()` says
+  which roots now resolve elsewhere (inotify raises no event for that), and `rewatch()` watches
+  a subtree afresh (a file system mounted over or unmounted from it raises none either): the
+  tracker polls for both.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,7 +162,8 @@ class _Group(InotifyWatchGroup):
         if not owner.budget.acquire():
             if is_root:
                 raise WatchLimitError(errno.ENOSPC, f"watch limit of {owner.budget.cap} reached")
-            owner.unwatched(info, path, f"watch limit of {owner.budget.cap} reached")
+            if _is_dir(path):
+                owner.unwatched(info, path, f"watch limit of {owner.budget.cap} reached")
             return None
         try:
             super()._add_callback(path)
@@ -165,7 +173,10 @@ class _Group(InotifyWatchGroup):
         wd = self._active_callbacks_by_path.get(path)
         if wd is None or wd < 0:
             owner.budget.release()
-            owner.unwatched(info, path, "could not add a watch")
+            # A directory that is gone (or is no directory any more) needs no watch: its
+            # parent's events report its removal. Only one that exists unwatched is a gap.
+            if _is_dir(path):
+                owner.unwatched(info, path, "could not add a watch")
             return None
         try:
             self._inodes()[wd] = os.stat(path).st_ino
@@ -194,6 +205,24 @@ class _Group(InotifyWatchGroup):
         self._inodes().pop(wd, None)
         if getattr(self, "root_info", None) is not None:
             self.owner.budget.release()
+
+    def rewatch(self, path: bytes) -> None:
+        """Drop the watches at and below directory `path` and watch what is there now (a file
+        system mounted over it or unmounted from it: the old watches see nothing of it)."""
+        with self._lock:
+            if not self.is_active:
+                return
+            node = self._find_node_by_path(path)
+            if node is not None and node is not self._root:
+                self._remove_node_and_watches(node, path)
+            if _is_dir(path):
+                self._add_all_callbacks(path)
+
+    def watches_path(self, path: bytes) -> bool:
+        """True when directory `path` has a watch of this group."""
+        with self._lock:
+            node = self._find_node_by_path(path)
+            return node is not None and node.wd in self._nodes_by_wd
 
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         # watchdog walks new directories to fake creation events for their content; the
@@ -229,6 +258,13 @@ class _Group(InotifyWatchGroup):
             dst = self._build_event_source_path(event) if self.is_active else None
             if dst is not None and os.path.isdir(dst):
                 self._add_all_callbacks(dst)
+
+
+def _is_dir(path: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _Emitter(InotifyEmitter):
@@ -369,6 +405,42 @@ class Watcher:
         with self._lock:
             infos = [i for i in self._roots.values() if source is None or i.source == source]
         return sum(g.watch_count() for i in infos for g in i.groups)
+
+    def roots(self, source: str) -> list[tuple[str, str]]:
+        """(root as configured, real path watched) of every root of `source`."""
+        with self._lock:
+            return [(i.root, i.real) for i in self._roots.values() if i.source == source]
+
+    def retargeted(self, source: str) -> list[tuple[str, str]]:
+        """(root, real path now) of every root of `source` that now resolves to another directory
+        than the one watched (a symlinked root retargeted): nothing of the new one is observed."""
+        out = []
+        for root, real in self.roots(source):
+            now = os.path.realpath(root)
+            if now != real:
+                out.append((root, now))
+        return out
+
+    def rewatch(self, source: str, path: str) -> None:
+        """Watch directory `path` of `source` afresh (see `_Group.rewatch`)."""
+        for info, real in self._placed(source, path):
+            for group in list(info.groups):
+                group.rewatch(real)
+
+    def is_watched(self, source: str, path: str) -> bool:
+        """True when directory `path` of `source` has a watch."""
+        return any(g.watches_path(real) for info, real in self._placed(source, path) for g in list(info.groups))
+
+    def _placed(self, source: str, path: str) -> list[tuple[_Root, bytes]]:
+        """The roots of `source` that hold `path`, with `path` as watched there."""
+        with self._lock:
+            infos = [i for i in self._roots.values() if i.source == source]
+        out = []
+        for i in infos:
+            top = i.root.rstrip("/")
+            if path == i.root or path.startswith(top + "/"):
+                out.append((i, os.fsencode(i.real.rstrip("/") + path[len(top):] or "/")))
+        return out
 
     def lost(self, source: str) -> list[str]:
         """Roots of `source` whose watch is gone (deleted or moved away)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import watcher_hooks
 from cairn.daemon.changes.tracker import ChangeTracker
+from cairn.daemon.runtime.config import SourceConfig
 
 watcher_hooks.install()  # hold the inotify reader, inject an overflow (tests/watcher_hooks.py)
 
@@ -22,6 +23,9 @@ class Src:
     paths: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     watch: bool = True
+
+    def path_excludes(self) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+        return SourceConfig.path_excludes(self)  # type: ignore[arg-type]  (the daemon's own split)
 
 
 @dataclass

@@ -6,6 +6,9 @@ its own thread and writes `$CAIRN_TEST_HOOKS/done` (JSON) when finished. Command
   deaf         the change tracker drops every event from now on (a change the journal misses)
   hear         wait until every event so far was handled (dropped), then record events again
   backstop     run the backstop scan now; the result is {source: [[path, what], ...]}
+  pause        hold the watcher's inotify reader (events queue up in the kernel)
+  resume       let it read again
+  links        how many files with several hard links the journal re-checks for source 'app'
 The watcher reads inotify through tests/watcher_hooks.py (installed here) for `overflow`.
 """
 
@@ -44,6 +47,13 @@ def _run(daemon: cairnd.Daemon, cmd: str) -> object:
         for name in SINK_METHODS:
             tracker.__dict__.pop(name, None)
         return "ok" if ok else "barrier timed out"
+    if cmd == "pause":
+        return "ok" if watcher_hooks.pause(tracker.watcher) else "reader not held"
+    if cmd == "resume":
+        watcher_hooks.resume(tracker.watcher)
+        return "ok"
+    if cmd == "links":
+        return tracker.status("app").linked_files
     if cmd == "backstop":
         found = daemon.backstop.run_now() if daemon.backstop is not None else {}
         return {src: [[d.path, d.what] for d in diffs] for src, diffs in found.items()}

@@ -1,0 +1,232 @@
+"""The change tracker on real inotify, where the kernel is silent or the watcher used to lose
+track: excludes anchored at a source path, a symlinked root retargeted, directories gone before
+their watch was added, files with a hard link outside the source, mounts below a root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import watcher_hooks
+from cairn.daemon.changes import tracker as tracker_mod
+from cairn.daemon.changes.tracker import ChangeTracker
+
+
+def write(path: str, data: bytes = b"x", mode: str = "wb") -> None:
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def hint_of(t: ChangeTracker, base: str = "F1"):
+    hint, _ = t.prepare("app", "incremental", base, None)
+    assert hint is not None, "journal unexpectedly untrusted"
+    return hint
+
+
+# -- excludes anchored at the source path -----------------------------------------------------------
+
+def test_excludes_anchored_at_the_source_path_apply_to_events_and_watches(env):
+    os.makedirs(env.p("cache", "x"))
+    os.makedirs(env.p("keep"))
+    write(env.p("keep.log"), b"1\n")
+    write(env.p("other.log"), b"1\n")
+    excludes = ("*.log", f"!{env.src}/keep.log", f"{env.src}/cache/")
+    t = env.tracker([env.source("app", (env.src,), excludes)])
+    env.trust(t)
+    assert t.status("app").watches == 2          # the root and keep/: cache/ is excluded
+    write(env.p("keep.log"), b"2\n", "ab")       # re-included by the anchored negation
+    write(env.p("other.log"), b"2\n", "ab")
+    write(env.p("cache", "x", "f"))
+    write(env.p("keep", "k.log"))
+    hint = hint_of(t)
+    assert hint.paths == frozenset({env.p("keep.log")})
+    assert hint.rescan == frozenset()
+
+
+def test_an_anchored_exclude_applies_under_its_own_source_path_only(env):
+    a, b = env.p("a"), env.p("b")
+    for root in (a, b):
+        os.makedirs(os.path.join(root, "skip"))
+    t = env.tracker([env.source("app", (a, b), (f"{a}/skip/",))])
+    env.trust(t)
+    assert t.status("app").watches == 3          # a, b and b/skip
+    write(os.path.join(a, "skip", "f"))
+    write(os.path.join(b, "skip", "f"))
+    assert hint_of(t).paths == frozenset({os.path.join(b, "skip", "f"), os.path.join(b, "skip")})
+
+
+# -- a symlinked root retargeted ---------------------------------------------------------------------
+
+@pytest.fixture
+def linked_root(env):
+    releases = os.path.join(env.root, "releases")
+    for r in ("r1", "r2"):
+        os.makedirs(os.path.join(releases, r))
+        write(os.path.join(releases, r, "app.txt"), r.encode())
+    current = os.path.join(env.root, "current")
+    os.symlink("releases/r1", current)
+    t = env.tracker([env.source("app", (current,))])
+    env.trust(t)
+    return env, t, current
+
+
+def retarget(link: str, target: str) -> None:
+    tmp = link + ".tmp"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)  # what `mv -T` does
+
+
+def test_retargeted_symlink_root_is_walked_then_watched_at_its_new_target(linked_root):
+    env, t, current = linked_root
+    retarget(current, "releases/r2")
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    assert hint is None                            # the whole new tree must be walked
+    t.committed("app", "incremental", "I1", token)
+    write(os.path.join(current, "app.txt"), b"r2 again")
+    hint = hint_of(t, "I1")
+    assert os.path.join(current, "app.txt") in hint.paths
+    write(os.path.join(env.root, "releases", "r1", "only-old"))  # no longer the source
+    assert os.path.join(current, "only-old") not in hint_of(t, "I1").paths
+
+
+def test_retargeted_symlink_root_is_noticed_without_a_set(linked_root):
+    env, t, current = linked_root
+    assert t.oldest_unprotected("app") is None
+    retarget(current, "releases/r2")
+    # the tracker's own thread notices: an RPO would wake up without any event
+    env.wait_until(lambda: t.oldest_unprotected("app") is not None, what="the retarget noticed")
+    status = t.status("app")
+    assert status.state == "rescan" and any("now leads to" in r for r in status.reasons), status
+
+
+# -- directories gone before their watch was added ---------------------------------------------------
+
+def test_directories_gone_before_their_watch_are_not_gaps(env):
+    t = env.tracker()
+    env.trust(t)
+    assert watcher_hooks.pause(t.watcher)
+    try:
+        for i in range(300):  # every one is gone by the time its creation is read
+            os.mkdir(env.p(f"t{i}"))
+            os.rmdir(env.p(f"t{i}"))
+    finally:
+        watcher_hooks.resume(t.watcher)
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    assert hint is not None and hint.rescan <= {env.p(f"t{i}") for i in range(300)}  # new directories
+    status = t.status("app")
+    assert status.state == "complete", status.reasons         # nothing that exists went unwatched
+    t.committed("app", "incremental", "I1", token)
+    assert hint_of(t, "I1") == type(hint)()
+
+
+def test_unwatched_directories_are_cleared_once_a_set_walked_them_and_they_are_gone(env):
+    for d in ("d1/x", "d2/y", "d3/z"):
+        os.makedirs(env.p(d))
+    t = env.tracker(max_watches=4)
+    env.trust(t)
+    unwatched = set(hint_of(t).rescan)
+    assert unwatched
+    for d in unwatched:
+        shutil.rmtree(d)
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    assert unwatched <= set(hint.rescan)
+    t.committed("app", "incremental", "I1", token)
+    status = t.status("app")
+    assert status.state == "complete", status.reasons
+    assert hint_of(t, "I1").rescan == frozenset()
+
+
+# -- files with a hard link outside the source ---------------------------------------------------------
+
+def test_file_linked_outside_before_the_start_is_rechecked_by_every_set(env):
+    outside = os.path.join(env.root, "outside")
+    os.makedirs(outside)
+    os.makedirs(env.p("data"))
+    write(env.p("data", "f"), b"v1\n")
+    os.link(env.p("data", "f"), os.path.join(outside, "f"))
+    write(env.p("other"))
+    t = env.tracker()
+    env.wait_until(lambda: t.status("app").linked_files == 1, what="the link census")
+    env.trust(t)
+    assert t.status("app").pending_paths == 0 and t.oldest_unprotected("app") is None
+    write(os.path.join(outside, "f"), b"through the outside name\n", "ab")
+    # no event, yet not "nothing changed": a scheduled set is not skipped, an RPO wakes up
+    assert t.status("app").pending_paths == 1 and t.oldest_unprotected("app") is not None
+    assert env.p("data", "f") in hint_of(t).paths
+    # still in the next incremental's hint: the outside name can change it at any time
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    t.committed("app", "incremental", "I1", token)
+    assert t.status("app").pending_paths == 0
+    assert env.p("data", "f") in hint_of(t, "I1").paths
+    os.unlink(os.path.join(outside, "f"))          # one name left: no longer re-checked
+    hint = hint_of(t, "I1")
+    assert env.p("data", "f") in hint.paths        # checked once more, then dropped
+    hint, token = t.prepare("app", "incremental", "I1", "incremental")
+    t.committed("app", "incremental", "I2", token)
+    assert env.p("data", "f") not in hint_of(t, "I2").paths
+    assert t.status("app").linked_files == 0
+
+
+def test_file_linked_outside_while_watched_is_rechecked_once_a_walk_met_it(env):
+    """Linking a name outside raises no event for the watched name (the kernel reports a link
+    count change to watches of the file itself only): a walk of the source (the backstop
+    scan's) hands such files to the tracker."""
+    outside = os.path.join(env.root, "outside")
+    os.makedirs(outside)
+    write(env.p("f"), b"v1\n")
+    t = env.tracker()
+    env.trust(t)
+    os.link(env.p("f"), os.path.join(outside, "f"))
+    t.note_links("app", [env.p("f"), os.path.join(outside, "f")])   # what the backstop walk met
+    assert t.status("app").linked_files == 1                        # the name outside is not kept
+    write(os.path.join(outside, "f"), b"unseen\n", "ab")
+    assert env.p("f") in hint_of(t).paths
+
+
+def test_too_many_linked_files_walk_the_roots(env, monkeypatch):
+    monkeypatch.setattr(tracker_mod, "MAX_LINKED_FILES", 2)
+    outside = os.path.join(env.root, "outside")
+    os.makedirs(outside)
+    for i in range(3):
+        write(env.p(f"f{i}"))
+        os.link(env.p(f"f{i}"), os.path.join(outside, f"f{i}"))
+    t = env.tracker()
+    env.wait_until(lambda: any("hard links" in r for r in t.status("app").reasons), what="the overflow")
+    env.trust(t)
+    assert hint_of(t).rescan == frozenset({env.src})
+    assert t.status("app").state == "rescan"
+
+
+# -- file systems mounted and unmounted below a root --------------------------------------------------
+
+def _mount_tmpfs(path: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"unable to mount a tmpfs: {r.stderr.decode().strip()}")
+
+
+def test_mount_below_a_root_is_walked_and_watched(env):
+    vol = env.p("vol")
+    os.makedirs(vol)
+    write(os.path.join(vol, "hidden"))
+    t = env.tracker()
+    env.trust(t)
+    _mount_tmpfs(vol)
+    try:
+        write(os.path.join(vol, "new-file"))
+        hint, token = t.prepare("app", "incremental", "F1", "full")
+        assert hint is not None and vol in hint.rescan
+        t.committed("app", "incremental", "I1", token)
+        write(os.path.join(vol, "second"))       # the mounted file system is watched now
+        assert os.path.join(vol, "second") in hint_of(t, "I1").paths
+        env.trust(t, set_id="F2")
+    finally:
+        subprocess.run(["umount", vol], check=True)
+    hint, _ = t.prepare("app", "incremental", "F2", "full")
+    assert hint is None or vol in hint.rescan     # the covered directory shows again: walked
+    status = t.status("app")
+    assert status.state == "rescan"
