@@ -251,6 +251,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
     places: dict[str, str] = {}
+    dumps: list[dict[str, str]] = []  # databases --databases leaves alone: dumps, restored with --target-dsn
     files_report: dict[str, Any] = {}
     daemon_delta = args.delta and not args.dry_run and not args.stream  # the daemon is asked first
     if daemon_delta and not args.verify and not args.databases:  # one call: no set to pin
@@ -262,62 +263,102 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
         args.set = first.set.id
         if args.databases:
-            names = restoring.databases_of(first.set)
-            if not names:
+            held = restoring.database_records(first.set)
+            if not held:
                 return fail(f"set '{render.short_id(args.set)}' holds no database", code=EXIT_NOT_FOUND)
-            places = restoring.database_targets(args.target, names, args.db_target)
+            kinds = {r["name"]: r["kind"] for r in held if r["kind"] != restoring.POSTGRES}
+            names = [r["name"] for r in held if r["kind"] == restoring.POSTGRES]
+            places = restoring.database_targets(args.target, names, args.db_target, kinds)
+            dumps = [restoring.dump_note(render.short_id(args.set), n, k) for n, k in kinds.items()]
+    # With --databases and --json the files part is one part of the one document printed at the end.
+    whole_doc = args.json and args.databases
+    captured: list[str] = []
+    files_out = captured.append if whole_doc else out
     if args.dry_run:
         if args.delta:
-            code, _ = restoring.delta_restore(conn, args, out, render, to_record, received_ahead)
+            code, _ = restoring.delta_restore(conn, args, files_out, render, to_record, received_ahead)
         else:
-            code = restoring.dry_run_listing(conn, args, out, render, to_record)
+            code = restoring.dry_run_listing(conn, args, files_out, render, to_record)
+        if whole_doc:
+            doc = dict(_captured_doc(captured), databases=[{"name": n, "target": w} for n, w in places.items()],
+                       dumps=dumps)
+            out(render.dumps(doc))
+            return code
         for name, where in places.items():
             out(f"would lay down database '{name}' in {where} (ready for recovery)")
+        for d in dumps:
+            out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}); restore it into a "
+                f"database with {d['restore']}")
         return code
     if args.delta:
-        done = restoring.delta_by_daemon(conn, args, out, render) if daemon_delta else None
-        code, _ = done if done is not None else restoring.delta_restore(conn, args, out, render, to_record,
+        done = restoring.delta_by_daemon(conn, args, files_out, render) if daemon_delta else None
+        code, _ = done if done is not None else restoring.delta_restore(conn, args, files_out, render, to_record,
                                                                           received_ahead)
+        files_report.update(_captured_doc(captured))
     else:
         request = restoring.restore_request(args)
         request.target_path = os.fsencode(os.path.abspath(args.target))
         code = restore_into(conn, conn.stub.Restore, request, args.target, args.json,
-                            report=files_report if places and args.json else None,
+                            report=files_report if whole_doc else None,
                             local=not args.stream and not args.overwrite, overwrite=args.overwrite,
                             whole=not args.paths and not args.include and not args.exclude, mode=None)
     if code == EXIT_OK and args.verify:
-        code = restoring.verify_target(conn, args, out, render, to_record)
-    if code != EXIT_OK or not places:
+        code = restoring.verify_target(conn, args, files_out, render, to_record)
+        files_report["verified"] = code == EXIT_OK
+    if code != EXIT_OK or not args.databases:
         return code
     dbs = []
     for name, where in places.items():
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
                                       target_path=os.fsencode(where))
         doc: dict[str, Any] = {}
-        code = restore_db_into(conn, request, where, args.json, report=doc)
+        code = restore_db_into(conn, request, where, args.json, report=doc, local=not args.stream)
         if code != EXIT_OK:
             return fail(f"database '{name}' could not be laid down in {where}")
         own_data_directory(where)
         dbs.append(dict(doc, name=name, start=f"pg_ctl -D {where} start"))
     if args.json:
-        out(render.dumps(dict(files_report, databases=dbs,
-                              start_order=[f"database {d['name']}" for d in dbs] + ["application"])))
+        out(render.dumps(dict(files_report, databases=dbs, dumps=dumps,
+                              start_order=[f"database {d['name']}" for d in dbs]
+                              + [f"dump {d['name']}" for d in dumps] + ["application"])))
     else:
+        for d in dumps:
+            out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down; restore it "
+                f"into a database with {d['restore']}")
         out("start in this order:")
         for i, (name, where) in enumerate(places.items(), 1):
             out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
                 "start); it replays WAL from the archive through cairn wal-fetch, then promotes")
-        out(f"  {len(places) + 1}. the application, on {args.target}, once the databases accept connections")
+        for i, d in enumerate(dumps, len(places) + 1):
+            out(f"  {i}. database '{d['name']}' (a dump): {d['restore']}")
+        out(f"  {len(places) + len(dumps) + 1}. the application, on {args.target}, once the databases accept "
+            "connections")
     return EXIT_OK
 
 
+def _captured_doc(captured: list[str]) -> dict[str, Any]:
+    """The JSON document a restore step printed into `captured` (--databases --json merges it)."""
+    import json
+
+    return dict(json.loads(captured[0])) if captured else {}
+
+
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
+    from cairn.client import restoring
+
     if bool(args.target) == bool(args.target_dsn):
         return fail("give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)",
                     code=EXIT_USAGE)
     if args.target_dsn:
         return restore_db_to_dsn(conn, args)
+    timeline = restoring.check_timeline(args.target_timeline or "current")
     check_target(args.target, overwrite=False)
+    if timeline != "current":  # pin the set, and check the timeline before anything is written
+        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
+        args.set = first.set.id
+        rec = next((r for r in restoring.database_records(first.set) if r["name"] == args.database), None)
+        if rec is not None and timeline != "latest":
+            restoring.check_timeline_reaches(conn, rec, int(timeline))
     request = pb.RestoreDbRequest(
         set=args.set,
         source=args.source or "",
@@ -326,6 +367,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_lsn=args.target_lsn or "",
         target_path=os.fsencode(os.path.abspath(args.target)),
         restore_command=args.restore_command or "",
+        target_timeline=timeline,
     )
     code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
@@ -351,6 +393,8 @@ def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
     """restore-db of a dump (kinds pg_dump, command): the daemon restores it into the DSN's database."""
     if args.target_time or args.target_lsn:
         return fail("--target-time and --target-lsn need a base backup restored with --target DIR", code=EXIT_USAGE)
+    if args.target_timeline:
+        return fail("--target-timeline needs a base backup restored with --target DIR", code=EXIT_USAGE)
     request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
                                        target_dsn=args.target_dsn)
     result = _follow(conn.stub.RestoreDbToDsn(request), args.json, "restore-db", "result")

@@ -14,9 +14,15 @@ the daemon refuses.
   read (rsync's quick check).
 - --verify re-reads what was restored and compares content hashes and metadata with a fresh
   manifest; any difference is printed and the command fails (exit 1).
-- --databases lays down each database of the set (its attachments 'db:NAME') as a data
-  directory ready for recovery, beside the target by default: `<TARGET>-db-<NAME>`, or where
-  `--db-target NAME=DIR` says; the output then says what to start, in which order.
+- --databases lays down each base-backup database of the set (its attachments 'db:NAME') as a
+  data directory ready for recovery, beside the target by default: `<TARGET>-db-<NAME>`, or
+  where `--db-target NAME=DIR` says; every place is checked (empty, apart from the files target
+  and from each other) before anything is written. Dumps are not laid down: a note says how to
+  restore them (`restore-db --target-dsn`). The output then says what to start, in which order.
+- restore-db --target-timeline: 'current' (the set's own, the default), 'latest' or an id goes
+  to the daemon, which writes it as recovery_target_timeline; an id is first checked against
+  the timeline's history file as wal-fetch serves it (check_timeline_reaches), before anything
+  is written.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cairn.errors import FailedPreconditionError, InvalidArgumentError
+from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, mend, plan
 from cairn.fsio.delta import extras_roots as delta_extras_roots
 from cairn.fsio.records import EntryMeta, Failed
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
+POSTGRES = "postgres"  # the kind of a base-backup database; the others are dumps
 CHUNKS_PER_CALL = 16384  # ids in one RestoreChunks request (32 bytes each, well below the message limit)
 
 
@@ -70,19 +77,24 @@ def extras_roots(args: argparse.Namespace) -> list[bytes]:
 
 
 def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received_ahead: Any) -> Iterator[
-        tuple[bytes, bytes]]:
-    """(id, content) of each of `ids`, fetched in calls of CHUNKS_PER_CALL ids."""
+        tuple[bytes, bytes | CorruptionError]]:
+    """(id, content) of each of `ids`, fetched in calls of CHUNKS_PER_CALL ids; a chunk the
+    daemon cannot read comes as (id, CorruptionError) and the others still come."""
     for start in range(0, len(ids), CHUNKS_PER_CALL):
         part = ids[start:start + CHUNKS_PER_CALL]
         call = conn.stub.RestoreChunks(pb.RestoreChunksRequest(set=args.set, source=args.source or "", ids=part))
-        cur, pieces = -1, []
+        cur, pieces, failed = -1, [], False
         for reply in received_ahead(call):
             if reply.index != cur:
-                if pieces:
+                if cur >= 0 and not failed:
                     yield part[cur], b"".join(pieces)
-                cur, pieces = reply.index, []
-            pieces.append(reply.data)
-        if pieces or cur >= 0:
+                cur, pieces, failed = reply.index, [], False
+            if reply.error:
+                failed = True
+                yield part[cur], CorruptionError(reply.error)
+            else:
+                pieces.append(reply.data)
+        if cur >= 0 and not failed:
             yield part[cur], b"".join(pieces)
 
 
@@ -247,8 +259,9 @@ def _problems(problems: list[str]) -> int:
 # ---- databases ----
 
 
-def databases_of(set_info: pb.SetInfo) -> list[str]:
-    """Names of the databases a set holds (its 'db:NAME' attachments, as its extra metadata records them)."""
+def database_records(set_info: pb.SetInfo) -> list[dict[str, Any]]:
+    """The database records a set's extra metadata holds ('db:NAME' attachments), each with its
+    `name` and `kind` ('postgres' when an older set recorded none)."""
     try:
         extra = json.loads(set_info.extra_json or "{}")
     except ValueError:
@@ -262,31 +275,141 @@ def databases_of(set_info: pb.SetInfo) -> list[str]:
             records += [dict(v, name=v.get("name", k)) for k, v in value.items() if isinstance(v, dict)]
         elif isinstance(value, list):
             records += [v for v in value if isinstance(v, dict)]
-    names: list[str] = []
+    out: list[dict[str, Any]] = []
     for r in records:
         name = r.get("name")
         attachment = r.get("attachment") or ""
-        if isinstance(name, str) and name and attachment.startswith("db:") and name not in names:
-            names.append(name)
-    return names
+        if isinstance(name, str) and name and attachment.startswith("db:") and all(o["name"] != name for o in out):
+            out.append(dict(r, kind=r.get("kind") or POSTGRES))
+    return out
 
 
-def database_targets(target: str, names: list[str], places: list[str] | None) -> dict[str, str]:
-    """Where each database goes: `--db-target NAME=DIR`, else `<TARGET>-db-<NAME>` beside the target."""
+def databases_of(set_info: pb.SetInfo) -> list[str]:
+    """Names of the databases a set holds (its 'db:NAME' attachments, as its extra metadata records them)."""
+    return [r["name"] for r in database_records(set_info)]
+
+
+def dump_note(set_id: str, name: str, kind: str) -> dict[str, str]:
+    """What --databases says of a dump it leaves alone: a dump is restored into a running
+    database, not laid down as a directory."""
+    return {"name": name, "kind": kind,
+            "restore": f"cairn restore-db {set_id} --database {name} --target-dsn DSN"}
+
+
+def database_targets(target: str, names: list[str], places: list[str] | None,
+                     dumps: dict[str, str] | None = None) -> dict[str, str]:
+    """Where each database goes: `--db-target NAME=DIR`, else `<TARGET>-db-<NAME>` beside the target.
+
+    Everything is checked before anything is written: `names` are the set's base-backup
+    databases (`dumps`, name -> kind, are never laid down, so they take no --db-target); no
+    place may be the files target or another database's place, or lie inside or around one;
+    every place must be missing or an empty directory."""
     chosen: dict[str, str] = {}
     for item in places or []:
         name, sep, where = item.partition("=")
         if not sep or not name or not where:
             raise InvalidArgumentError(f"invalid --db-target '{item}': expected NAME=DIR")
+        if dumps and name in dumps:
+            raise InvalidArgumentError(f"--db-target names database '{name}', a dump (kind {dumps[name]}): it is "
+                                       "not laid down in a directory",
+                                       hint=f"restore it with cairn restore-db SET --database {name} "
+                                            "--target-dsn DSN")
         if name not in names:
+            held = names + sorted(dumps or {})
             raise InvalidArgumentError(f"--db-target names database '{name}', which the set does not hold"
-                                       + (f" (it holds {', '.join(names)})" if names else ""))
+                                       + (f" (it holds {', '.join(held)})" if held else ""))
+        if name in chosen:
+            raise InvalidArgumentError(f"--db-target names database '{name}' twice")
         chosen[name] = os.path.abspath(where)
     base = os.path.abspath(target).rstrip("/")
     for name in names:
         chosen.setdefault(name, f"{base}-db-{name}")
+    _check_apart(base, chosen)
     for name, where in chosen.items():
         if os.path.lexists(where) and (not os.path.isdir(where) or os.listdir(where)):
             raise FailedPreconditionError(f"database target '{where}' for '{name}' is not an empty directory",
                                           hint="choose another place with --db-target NAME=DIR")
     return chosen
+
+
+def _check_apart(target: str, chosen: dict[str, str]) -> None:
+    """Refuse two places of a restore that are the same directory or lie one inside the other
+    (compared with links resolved, as far as they exist)."""
+    spots = [("the files target", target)] + [(f"the place of database '{n}'", w) for n, w in chosen.items()]
+    real = [(what, where, os.path.realpath(where)) for what, where in spots]
+    for i, (what_a, where_a, real_a) in enumerate(real):
+        for what_b, where_b, real_b in real[i + 1:]:
+            if real_a == real_b:
+                relation = "is"
+            elif real_b.startswith(real_a.rstrip("/") + "/"):
+                relation = "lies inside"
+            elif real_a.startswith(real_b.rstrip("/") + "/"):
+                relation = "holds"
+            else:
+                continue
+            raise InvalidArgumentError(f"{what_b} '{where_b}' {relation} {what_a} '{where_a}': every database needs "
+                                       "a directory of its own, apart from the files and the other databases",
+                                       hint="choose other places with --db-target NAME=DIR")
+
+
+# ---- recovery timeline (restore-db --target-timeline) ----
+
+TIMELINE_CHOICES = ("current", "latest")
+
+
+def check_timeline(value: str) -> str:
+    """'current', 'latest' or a timeline id (a positive decimal number); InvalidArgumentError else."""
+    text = value.strip().lower()
+    if text in TIMELINE_CHOICES:
+        return text
+    if text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= 0xFFFFFFFF:
+        return str(int(text))
+    raise InvalidArgumentError(f"invalid --target-timeline '{value}': expected current, latest or a timeline "
+                               "id like 2")
+
+
+def _lsn(text: str) -> int:
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def check_timeline_reaches(conn: Any, rec: dict[str, Any], timeline: int) -> None:
+    """Refuse (InvalidArgumentError) a timeline id recovery of the set's database cannot follow:
+    older than the set's own timeline, absent from the archive (no history file), or one that
+    branched off the set's timeline before the set's consistent point. Reads the timeline's
+    history file from the archive as wal-fetch serves it to recovery."""
+    import grpc
+
+    first = str((rec.get("wal") or {}).get("first") or "")
+    try:
+        own = int(first[:8], 16) if len(first) == 24 else 1
+    except ValueError:
+        own = 1
+    name = rec.get("name", "?")
+    if timeline == own:
+        return
+    if timeline < own:
+        raise InvalidArgumentError(f"timeline {timeline} is older than timeline {own} of database '{name}' in "
+                                   "this set: recovery cannot follow it", hint="give --target-timeline current")
+    history = f"{timeline:08X}.history"
+    namespace = str(rec.get("system_identifier") or "")
+    try:
+        data = b"".join(r.data for r in conn.stub.WalFetch(pb.WalFetchRequest(name=history,
+                                                                             wal_namespace=namespace)))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        raise InvalidArgumentError(f"timeline {timeline} of database '{name}' is not in the archive (no {history})",
+                                   hint="give --target-timeline current or latest") from None
+    stop = _lsn(str(rec.get("stop_lsn") or "0/0"))
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) == own and "/" in parts[1]:
+            if _lsn(parts[1]) < stop:
+                raise InvalidArgumentError(
+                    f"timeline {timeline} branched off timeline {own} at {parts[1]}, before the consistent point "
+                    f"{rec.get('stop_lsn')} of database '{name}' in this set: recovery cannot follow it",
+                    hint="choose a set taken before the branch, or --target-timeline current")
+            return
+    raise InvalidArgumentError(f"timeline {timeline} does not descend from timeline {own} of database '{name}' in "
+                               "this set: recovery cannot follow it", hint="give --target-timeline current")

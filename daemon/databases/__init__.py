@@ -4,6 +4,8 @@ engine.py    the DatabaseEngine protocol and the typed records of what a set hol
 physical.py  kind 'postgres': base backup of a local cluster + WAL (wraps daemon/databases/postgres/connection.py)
 dump.py      kinds 'pg_dump' and 'command': a dump tool run inside the set's window
 restore.py   restore-db of a dump into a target database (pg_restore, or the configured command)
+tools.py     dump and restore tools that never outlive the daemon: a guard per run, a durable
+             record, a fresh work directory per run, leftovers killed and removed at start
 
 `engine_for(cfg, source, work_dir)` builds the engine of a configured database.
 """

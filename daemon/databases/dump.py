@@ -17,8 +17,13 @@ A dump that fails — non-zero exit status, killed, or still running at its `tim
 window's deadline — raises DumpFailedError (or DeadlineError) with the tool's name, its exit
 status and the tail of its stderr; the set fails and the window still thaws (quiesce.Window).
 
-What always holds: the tool runs in its own process group and is killed with it (cancel(),
-timeout, close()); a work directory exists only while its dump is being stored.
+Every run gets a fresh work directory of its own (tools.new_work_dir: `<state_dir>/dumps/
+<source>.<database>.<random>`, holding the run's record and the directory the tool writes),
+removed when the run ends; leftovers of a daemon that died are removed at its next start.
+
+What always holds: the tool runs in its own process group under the guard of tools.py and is
+killed with that group (cancel(), timeout, close(), the daemon's death); no two runs share a
+work directory, and a work directory exists only while its run lasts.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from cairn.daemon.databases import tools
 from cairn.daemon.databases.engine import (
     KIND_COMMAND,
     KIND_PG_DUMP,
@@ -75,19 +82,23 @@ def find_tool(name: str, database: str) -> str:
 class ToolRun:
     """One run of a dump or restore tool in its own process group, its stderr tail collected.
 
-    `start()` spawns it; `finish(what)` waits for the exit and raises DumpFailedError /
-    DeadlineError unless it exited with status 0. `kill()` is safe from any thread.
+    `start()` spawns it under the guard of tools.py (the group dies with the daemon) and, given
+    a `work` directory, durably records the group there (tools.write_run_record);
+    `finish(what)` waits for the exit and raises DumpFailedError / DeadlineError unless it
+    exited with status 0. `kill()` is safe from any thread. The thread that calls `start()`
+    must outlive the run (the guard watches it): it is the one that waits in `finish()`.
     """
 
     def __init__(self, argv: Sequence[str], database: str, timeout: float | None, *,
                  stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.DEVNULL,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, work: str | None = None) -> None:
         self.argv = list(argv)
         self.tool = os.path.basename(self.argv[0])
         self.database = database
         self.timeout = timeout
         self._stdin, self._stdout = stdin, stdout
         self._env = env
+        self.work = work
         self.proc: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque()
         self._tail_len = 0
@@ -98,12 +109,22 @@ class ToolRun:
         self._lock = threading.Lock()
 
     def start(self) -> subprocess.Popen[bytes]:
+        token = secrets.token_hex(16)
+        env = {**(os.environ if self._env is None else self._env), tools.MARKER: token}
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=self._stdin, stdout=self._stdout, stderr=subprocess.PIPE,
-                                         start_new_session=True, env=self._env, cwd="/")
+            self.proc = subprocess.Popen(tools.guarded_argv(self.argv), stdin=self._stdin, stdout=self._stdout,
+                                         stderr=subprocess.PIPE, start_new_session=True, env=env, cwd="/")
         except OSError as exc:
             raise DumpFailedError(f"database '{self.database}': unable to run {self.tool}: "
                                   f"{exc.strerror or exc}") from None
+        tools.register(self)
+        if self.work is not None:
+            try:
+                tools.write_run_record(self.work, self.proc.pid, token)
+            except OSError as exc:
+                self.close()
+                raise DumpFailedError(f"database '{self.database}': unable to record the run of {self.tool}: "
+                                      f"{exc.strerror or exc}") from None
         self._reader = threading.Thread(target=self._read_stderr, name=f"{self.tool}-stderr", daemon=True)
         self._reader.start()
         if self.timeout is not None:
@@ -133,15 +154,13 @@ class ToolRun:
         self.kill()
 
     def kill(self) -> None:
-        """Kill the tool's whole process group (no error when it is gone)."""
+        """Kill the tool's whole process group (no error when it is gone): its guard does it and
+        reaps the tool."""
         self.killed = True
         p = self.proc
         if p is None or p.returncode is not None:
             return
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        tools.stop_run(p.pid)
 
     def finish(self, what: str) -> None:
         """Wait for the exit; raise unless the tool succeeded. `what`: 'dump' or 'restore'."""
@@ -149,12 +168,15 @@ class ToolRun:
         try:
             rc = self.proc.wait()
         finally:
+            tools.unregister(self)
             if self._timer is not None:
                 self._timer.cancel()
             if self._reader is not None:
                 self._reader.join(10)
         if rc == 0 and not self.timed_out:
             return
+        if self.killed and rc < 0:
+            rc = -signal.SIGKILL  # ended by kill(): its guard, if it was still starting, died of SIGTERM
         tail = self.stderr_tail()
         said = f": {tail}" if tail else " (nothing on stderr)"
         if self.timed_out:
@@ -164,12 +186,13 @@ class ToolRun:
         raise DumpFailedError(f"{what} of database '{self.database}' failed: {self.tool} {status}{said}")
 
     def close(self) -> None:
+        tools.unregister(self)
         if self.proc is not None and self.proc.returncode is None:
             self.kill()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                pass
+                tools.kill_guard_group(self.proc.pid)
         if self._timer is not None:
             self._timer.cancel()
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr) if self.proc is not None else ():
@@ -190,7 +213,8 @@ class _DumpBase:
         self.cfg = cfg
         self.name = cfg.name
         self.source = source
-        self.work = os.path.join(work_dir, "dumps", f"{source}.{cfg.name}")
+        self.state_dir = work_dir
+        self.work = ""  # this run's own work directory, made by _fresh_dir()
         self.run: ToolRun | None = None
         self.cancelled = threading.Event()
         self.started = 0.0
@@ -215,7 +239,11 @@ class _DumpBase:
     def close(self) -> None:
         if self.run is not None:
             self.run.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        self._remove_work()
+
+    def _remove_work(self) -> None:
+        if self.work:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def describe(self) -> DumpRecord:
         return DumpRecord(name=self.name, kind=self.kind, attachment=attachment_name(self.name),
@@ -227,14 +255,15 @@ class _DumpBase:
         return {**os.environ, "CAIRN_DATABASE": self.name, "CAIRN_SOURCE": self.source}
 
     def _fresh_dir(self) -> str:
-        shutil.rmtree(self.work, ignore_errors=True)
-        os.makedirs(self.work, mode=0o700)
+        """This run's own new work directory (see the module docstring)."""
+        self._remove_work()
+        self.work = tools.new_work_dir(self.state_dir, f"{self.source}.{self.name}")
         return self.work
 
     def _dump_dir(self, argv: list[str], out_dir: str, sess: BackupSession, check: Callable[[], None]) -> None:
         """Run a tool that writes `out_dir`, then store that directory as the attachment."""
         check()
-        self.run = ToolRun(argv, self.name, self.cfg.timeout, env=self._env())
+        self.run = ToolRun(argv, self.name, self.cfg.timeout, env=self._env(), work=self.work)
         self.run.start()
         try:
             self.run.finish("dump")
@@ -246,7 +275,7 @@ class _DumpBase:
         sess.attach(attachment_name(self.name), out_dir, (), strict_times=True, delta=False)
         self.size = _dir_size(out_dir)
         self.stopped = time.time()
-        shutil.rmtree(self.work, ignore_errors=True)
+        self._remove_work()
 
 
 class CommandEngine(_DumpBase):
@@ -259,14 +288,17 @@ class CommandEngine(_DumpBase):
         self.tool = os.path.basename(self.cfg.dump[0])
 
     def capture(self, sess: BackupSession, check: Callable[[], None]) -> None:
+        work = self._fresh_dir()
         if any(DIR_PLACEHOLDER in a for a in self.cfg.dump):
-            out = self._fresh_dir()
+            out = os.path.join(work, "out")
+            os.mkdir(out, 0o700)
             argv = [a.replace(DIR_PLACEHOLDER, out) for a in self.cfg.dump]
             self._dump_dir(argv, out, sess, check)
             return
         check()
         self.layout = "stream"
-        self.run = ToolRun(self.cfg.dump, self.name, self.cfg.timeout, stdout=subprocess.PIPE, env=self._env())
+        self.run = ToolRun(self.cfg.dump, self.name, self.cfg.timeout, stdout=subprocess.PIPE, env=self._env(),
+                           work=work)
         proc = self.run.start()
         assert proc.stdout is not None
         try:
@@ -282,6 +314,7 @@ class CommandEngine(_DumpBase):
             check()
             raise
         self.stopped = time.time()
+        self._remove_work()
         log.info("source '%s': dump of database '%s' stored (%d bytes)", self.source, self.name, self.size)
 
 

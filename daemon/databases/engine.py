@@ -12,7 +12,8 @@ capture code (daemon/windows/capture.py) drives every engine through the same st
   (`check()` raises once the window's deadline passed or the set was cancelled).
 - `stop(timeout)` — end the capture (pg_backup_stop and a restore point; nothing for dumps).
 - `describe()` — the typed, frozen record of what the set holds for this database.
-- `cancel()` — from another thread: stop whatever runs now (the window's deadline uses it).
+- `cancel()` — from another thread: stop whatever runs now (the window's deadline and a
+  cancelled set — the daemon stopping — use it: a dump tool is killed, a statement cancelled).
 - `close()` — release connections and processes; always called.
 
 Records (`PhysicalRecord`, `DumpRecord`) are serialised with `to_dict()` into the set: under

@@ -1,5 +1,8 @@
 """Databases and WAL: restore-db (to a data directory or into a live database), the WAL
-archive (push, fetch, health) and `cairn check-db`.
+archive (push, fetch, health) and `cairn check-db`: a base-backup database (kind 'postgres')
+gets checkdb's connection and archiving checks, a dump (kinds 'pg_dump', 'command') what its
+sets need instead — its tools on PATH and, for pg_dump, a connection with its DSN — and WAL
+archiving is reported as not applying to it.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ import threading
 from collections.abc import Iterator
 
 from cairn import walnames
+from cairn.daemon.databases.dump import PgDumpEngine, find_tool
+from cairn.daemon.databases.engine import KIND_COMMAND, KIND_POSTGRES
 from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
+from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.fsio import claims
 from cairn.fsio.records import LaneGauge, Record
 from cairn.store.errors import CairnError, InvalidArgumentError
@@ -27,12 +33,14 @@ class DatabasePart(ServicePart):
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                    target_path: str = "", restore_command: str = "",
-                   lanes: LaneGauge | None = None) -> tuple[BackupSet, Iterator[Record]]:
-        """A set's database as records of a data directory that recovers to the target, then promotes."""
+                   lanes: LaneGauge | None = None, target_timeline: str = "current"
+                   ) -> tuple[BackupSet, Iterator[Record]]:
+        """A set's database as records of a data directory that recovers to the target (on
+        `target_timeline`), then promotes."""
         s = self.resolve(ref, source)
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
                                                self._config.daemon.socket, target_path, restore_command,
-                                               lanes=lanes)
+                                               lanes=lanes, target_timeline=target_timeline)
         return s, self._counted(records)
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
@@ -44,8 +52,11 @@ class DatabasePart(ServicePart):
         return s, restore_dump(self.repo, self._config, s, database, target_dsn, progress, cancel)
 
     def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:
-        """`cairn check-db`: connection, archive_command and a forced segment switch (checkdb)."""
+        """`cairn check-db`: connection, archive_command and a forced segment switch (checkdb);
+        for a dump, check_dump."""
         db = self._config.database(name)
+        if db.kind != KIND_POSTGRES:
+            return check_dump(db, self._config.daemon.state_dir)
         return checkdb.check_database(db, lambda ns: self.repo.list_wal(ns, flat=False),
                                       lambda: self.archive.snapshot([]).last_failure, timeout)
 
@@ -91,6 +102,32 @@ class DatabasePart(ServicePart):
                                              fd)
         finally:
             os.close(fd)
+
+
+def check_dump(db: DatabaseConfig, state_dir: str) -> checkdb.CheckResult:
+    """check-db of a dump-kind database: what its next set needs, as the set's own preparation
+    checks it (the engine's prepare: the tools are found, pg_dump connects with its DSN and reads
+    the server's version), and the restore tool. No dump runs; WAL archiving does not apply."""
+    result = checkdb.CheckResult()
+    step = checkdb.CheckStep
+    if db.kind == KIND_COMMAND:
+        tools = [("dump tool", db.dump[0] if db.dump else "")] + [("restore tool", db.restore[0])] * bool(db.restore)
+        for what, tool in tools:
+            try:
+                result.steps.append(step(what, True, find_tool(tool, db.name)))
+            except CairnError as exc:
+                result.steps.append(step(what, False, exc.message))
+    else:
+        engine = PgDumpEngine(db, "", state_dir)
+        try:
+            engine.prepare()
+            result.steps.append(step("connection", True, f"PostgreSQL {engine.server_version} over the DSN; "
+                                                         f"pg_dump and pg_restore found ({engine.jobs} jobs)"))
+        except CairnError as exc:
+            result.steps.append(step("connection", False, exc.message))
+    result.steps.append(step("archiving", True, f"does not apply: a dump (kind '{db.kind}') needs no WAL "
+                                                "archive"))
+    return result
 
 
 def _check_wal_name(name: str) -> None:

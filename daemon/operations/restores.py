@@ -114,8 +114,9 @@ class RestorePart(ServicePart):
             raise
         return s, p, st, problems
 
-    def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes]:
-        """The content of chunks of a set's files, in the order asked (delta restores)."""
+    def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes | CairnError]:
+        """The content of chunks of a set's files, in the order asked (delta restores); a chunk
+        that cannot be read comes as its CairnError, and the others still come."""
         s = self.resolve(ref, source)
-        return self.repo.read_chunks(s, ids)
+        return self.repo.read_chunks(s, ids, errors=True)
 

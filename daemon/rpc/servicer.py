@@ -37,7 +37,7 @@ from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairn.proto.wire import add_record
 from cairn.protocol import BATCH_BYTES, BATCH_RECORDS, DATA_PIECE
 from cairn.store.content.crypto import KEYFILE_LEN, Secret
-from cairn.store.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
+from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.maintenance.repair import IndexRepairReport
 from cairn.store.model import (
     BackupSet,
@@ -234,6 +234,9 @@ class CairnServicer(pb_grpc.CairnServicer):
         chunks = self.service.restore_chunks(request.set, request.source, list(request.ids))
         try:
             for i, data in enumerate(chunks):
+                if isinstance(data, CairnError):  # this chunk only: the client mends every other file
+                    yield pb.RestoreChunksReply(index=i, error=data.message)
+                    continue
                 for start in range(0, max(len(data), 1), DATA_PIECE):
                     yield pb.RestoreChunksReply(index=i, data=data[start : start + DATA_PIECE])
         finally:
@@ -247,6 +250,7 @@ class CairnServicer(pb_grpc.CairnServicer):
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command, lanes=lanes,
+            target_timeline=request.target_timeline or "current",
         )
         totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:

@@ -7,8 +7,10 @@ quiesce windows a previous run died inside, repository and its lock, metrics end
 service core, scheduler, the RPC endpoints, then READY=1 and watchdog pings. The main
 thread only waits for signals: SIGHUP reloads the configuration (an invalid file is logged
 and the running configuration kept), SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs,
-running backups cancelled (the store abandons an unfinished set safely), and the process
-exits within daemon.shutdown_timeout whatever happens.
+running backups cancelled (their database tools killed, their quiesce windows thawed; the
+store abandons an unfinished set safely), and the process exits within daemon.shutdown_timeout
+whatever happens — a backup still running then has its tools killed and its window thawed
+before the exit.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cairn.daemon.changes.backstop import Backstop
 from cairn.daemon.changes.rpo import RpoKeeper
 from cairn.daemon.changes.tracker import ChangeTracker
 from cairn.daemon.databases.archive import PostgresSegments
+from cairn.daemon.databases.tools import kill_running
 from cairn.daemon.operations.service import CairnService
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
@@ -49,7 +52,7 @@ from cairn.daemon.runtime.repokeys import (
 from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler
-from cairn.daemon.windows.quiesce import recover_windows
+from cairn.daemon.windows.quiesce import recover_windows, thaw_open_windows
 from cairn.errors import CairnError
 from cairn.store.repository import Repository
 
@@ -387,6 +390,9 @@ class Daemon:
         if not idle:
             log.error("a backup did not stop within %.0fs; exiting anyway (its set is abandoned, the "
                       "repository stays consistent)", self.config.daemon.shutdown_timeout)
+            # Its database tools die and its window thaws before we go (thaw hooks are idempotent).
+            kill_running()
+            thaw_open_windows()
             return EXIT_FAILURE
         if self.tracker is not None:
             self.tracker.stop()  # flushes the journal and records a clean stop

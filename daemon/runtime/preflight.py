@@ -250,7 +250,7 @@ def warn_unreachable_databases(config: Config) -> list[str]:
     names = {source.database for source in config.sources if source.database}
     problems = []
     for db in config.databases:
-        if db.name not in names:
+        if db.name not in names or db.kind != "postgres":  # dumps: their tools are checked per set
             continue
         problem = database_problem(db)
         if problem:

@@ -27,8 +27,14 @@ engine's typed record, `DatabaseRecord.to_dict()`, in capture order; also in the
 the database's attachment), `extra['database']` (the first physical record, as older readers
 expect) and `extra['window']` (Window.record(): timings, hook results and exit codes, errors).
 
+A set that is cancelled (`cancel` set: the daemon stops, or the job is cancelled) stops its
+databases' work at once, as the max_window deadline does: every engine's cancel() runs (a dump
+tool is killed with its process group, a running statement is cancelled), the next step raises
+AbortedError and the window thaws before capture_set returns.
+
 What always holds: thaw runs for every freeze level that began (quiesce.Window guarantees
-it, also at the max_window deadline, which cancels the session and the running statements);
+it, also at the max_window deadline and on cancel, which cancel the session, the running
+statements and the dump tools);
 a set that failed commits nothing; a set is never committed before its WAL is archived; the
 database connections are closed when this returns or raises.
 """
@@ -41,7 +47,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -70,6 +76,7 @@ ProgressFn = Callable[[Progress], None]
 NO_WINDOW_STOP_TIMEOUT = 600.0  # bound of pg_backup_stop's statement without a window deadline
 MIN_STOP_TIMEOUT = 1.0
 AFTER_HOOK_TIMEOUT = 60.0
+CANCEL_POLL = 0.1  # seconds between looks of a set's cancel watcher
 
 
 def capture_paths(src: SourceConfig) -> tuple[str, ...]:
@@ -163,6 +170,9 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
         def on_expire() -> None:
             for e in opened:
                 e.cancel()
+
+        # A cancelled set (shutdown) stops its databases' work as the deadline does.
+        stack.enter_context(_on_cancel(cancel, on_expire))
 
         window = (Window.from_config(state_dir, src.name, src.quiesce, cancel=cancel, on_expire=on_expire)
                   if src.quiesce is not None else None)
@@ -314,7 +324,7 @@ class _Capture:
     def _check(self) -> None:
         if self.window is not None:
             self.window.check_deadline()
-        elif self.cancel.is_set():
+        if self.cancel.is_set():
             raise AbortedError("backup cancelled")
 
     def _stop_timeout(self) -> float:
@@ -347,6 +357,29 @@ class _Capture:
         if exc is not None:
             env["CAIRN_ERROR"] = exc.message if isinstance(exc, CairnError) else str(exc)
         run_after(argvs, self.src.name, self.mode, phase, AFTER_HOOK_TIMEOUT, env)
+
+
+@contextlib.contextmanager
+def _on_cancel(cancel: threading.Event, fn: Callable[[], None]) -> Iterator[None]:
+    """Call `fn` once (from a watcher thread) if `cancel` is set before the block ends."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if cancel.wait(CANCEL_POLL):
+                if not done.is_set():
+                    try:
+                        fn()
+                    except Exception:  # noqa: BLE001 - a watcher thread has no caller to tell
+                        log.exception("cancelling the databases of a set failed")
+                return
+
+    thread = threading.Thread(target=watch, name="set-cancel", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def decode_file(extra_db: dict[str, Any], key: str) -> bytes:

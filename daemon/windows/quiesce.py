@@ -25,9 +25,14 @@
   with an AbortedError caused by the cancel). Thaw runs exactly once, every thaw hook runs even
   if an earlier one failed, and the record is removed only after thaw. A failing thaw hook is
   recorded in `errors` (the captured data is still consistent); it never hides the body's error.
-- `recover_windows(state_dir)` runs first at daemon start: for every leftover record (the
-  daemon died inside a window) it runs the recorded thaw hooks of every level that began to
-  freeze (last level first) and removes the record.
+- `recover_windows(state_dir)` runs first at daemon start: it kills the database tools a
+  previous daemon left running (daemon/databases/tools.py: recorded groups, leftover work
+  directories removed), then for every leftover record (the daemon died inside a window) it
+  runs the recorded thaw hooks of every level that began to freeze (last level first) and
+  removes the record.
+- `thaw_open_windows()` is the daemon's last resort at shutdown when a set did not return in
+  time: every window still open in this process is cancelled (`on_expire`: its database tools
+  are killed) and thawed at once, without waiting for its body (thaw hooks are idempotent).
 - `run_after(argvs, ...)` runs a window's on_success / on_failure hooks (optional: a failure
   is logged and returned, never raised).
 
@@ -51,6 +56,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from cairn.daemon.databases.tools import reap_leftovers
 from cairn.daemon.windows.records import (
     HookSpec,
     WindowRecord,
@@ -74,6 +80,9 @@ log = logging.getLogger("cairn.quiesce")
 MODES = ("cold", "hot")
 TAIL_BYTES = 4096
 KILL_GRACE = 2.0
+
+_open_windows: set[Window] = set()  # windows entered and not yet thawed, in this process
+_open_lock = threading.Lock()
 
 
 class HookError(FailedPreconditionError):
@@ -309,6 +318,8 @@ class Window:
         self._timer.daemon = True
         self._timer.name = f"window-{self.source}"
         self._timer.start()
+        with _open_lock:
+            _open_windows.add(self)
         failure = self._run_freeze()
         self._t["frozen"] = time.monotonic()
         if failure is not None or self.cancel.is_set():
@@ -421,6 +432,27 @@ class Window:
             except OSError as e:
                 self.errors.append(f"unable to remove window record of source '{self.source}': {e.strerror}")
             self._thawed = True
+            with _open_lock:
+                _open_windows.discard(self)
+
+    def abandon(self, grace: float = KILL_GRACE + 1.0) -> None:
+        """Thaw now from another thread (shutdown): cancel the body and its database work
+        (`on_expire`), give a running freeze hook `grace` seconds to be killed, then thaw."""
+        with self._state_lock:
+            if self._thawed:
+                return
+        self.cancel.set()
+        if self.on_expire is not None:
+            try:
+                self.on_expire()
+            except Exception:  # noqa: BLE001 - the thaw below must run whatever the callback does
+                log.exception("on_expire callback of window '%s' failed", self.source)
+        got = self._hook_lock.acquire(timeout=grace)  # a freeze hook sees `cancel` and is killed
+        try:
+            self._thaw()
+        finally:
+            if got:
+                self._hook_lock.release()
 
     @property
     def thawed(self) -> bool:
@@ -475,9 +507,13 @@ class WindowRecovery:
 def recover_windows(state_dir: str, *, env: dict[str, str] | None = None) -> list[WindowRecovery]:
     """Thaw every window a previous daemon left open; call before anything else at start.
 
-    Each record's thaw hooks run (all of them, in order), then the record is removed. A record
+    First the database tools that daemon left running are killed and its dumps' work
+    directories removed (tools.reap_leftovers), so no stale dump runs once the application is
+    thawed. Each record's thaw hooks run (all of them, in order), then the record is removed. A record
     that cannot be parsed is renamed to '<name>.corrupt' (kept for the operator) and reported.
     """
+    for pid in reap_leftovers(state_dir):
+        log.warning("killed database tool process %d left running by a previous daemon", pid)
     out: list[WindowRecovery] = []
     for path in list_record_paths(state_dir):
         try:
@@ -500,3 +536,14 @@ def recover_windows(state_dir: str, *, env: dict[str, str] | None = None) -> lis
         out.append(WindowRecovery(rec.source, rec.mode, rec.started, tuple(results),
                                   error="; ".join(failed) or None))
     return out
+
+
+def thaw_open_windows() -> list[str]:
+    """Cancel and thaw every window still open in this process (see `Window.abandon`); return
+    their sources. For shutdown, when a set did not return within its time."""
+    with _open_lock:
+        windows = list(_open_windows)
+    for w in windows:
+        log.warning("source '%s': thawing the %s window of a set that did not stop in time", w.source, w.mode)
+        w.abandon()
+    return [w.source for w in windows]

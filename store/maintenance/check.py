@@ -118,14 +118,29 @@ class Checker:
             self.warnings.append(CheckProblem(f"{msg}; the index file is ignored"))
 
     def _packs_present(self) -> None:
-        stored = set(self.repo.backend.list("packs"))
+        """Every indexed pack exists and is long enough for the blobs the index places in it
+        (a truncated pack is found without reading it: one listing gives the sizes)."""
+        sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}
+        stored = set(sizes)
         indexed = self.repo.index.packs()
-        for pack in sorted(indexed - stored):
+        missing = indexed - stored
+        for pack in sorted(missing):
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is indexed but missing", object_id=pack))
             self.missing = True
-            for bid, loc in self.repo.index.items():
-                if loc.pack == pack:
-                    self.bad[bid] = f"pack '{short(pack)}' is missing"
+        needed: dict[str, int] = defaultdict(int)
+        short_packs: set[str] = set()
+        for bid, loc in self.repo.index.items():
+            end = loc.offset + loc.stored_len
+            if loc.pack in missing:
+                self.bad[bid] = f"pack '{short(loc.pack)}' is missing"
+            elif end > sizes.get(loc.pack, end):
+                self.bad[bid] = f"pack '{short(loc.pack)}' is truncated"
+                short_packs.add(loc.pack)
+            needed[loc.pack] = max(needed[loc.pack], end)
+        for pack in sorted(short_packs):
+            self.errors.append(CheckProblem(f"pack '{short(pack)}' is truncated: {sizes[pack]} bytes, its indexed "
+                                            f"blobs need at least {needed[pack]}", object_id=pack))
+            self.missing = True
         for pack in sorted(stored - indexed):
             self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed (it may hold live data; "
                                               "'cairn repair index' indexes it)", object_id=pack))

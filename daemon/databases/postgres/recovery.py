@@ -13,7 +13,10 @@ archive_status/, and no stale postmaster.pid. Two ways to get there:
   result — the way `cairn restore-db` works when data is streamed to the client.
 
 Targets: 'immediate' (default: the set's own consistent point, i.e. its stop LSN), a time
-(`target_time`, inclusive) or an LSN (`target_lsn`, inclusive); never more than one.
+(`target_time`, inclusive) or an LSN (`target_lsn`, inclusive); never more than one. The
+timeline recovery follows (`recovery_target_timeline`) is the set's own ('current') unless
+'latest' or a timeline id is asked for: a timeline that a restored copy archived into the same
+WAL name space must not capture the recovery of a set taken on the timeline it branched from.
 No psycopg2 here: this module works without a server.
 """
 
@@ -51,6 +54,8 @@ DROPPED_FILES = (b"backup_label", b"tablespace_map", b"recovery.signal", b"stand
 AUTO_CONF = b"postgresql.auto.conf"
 
 _LSN_RE = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+TIMELINE_CHOICES = ("current", "latest")  # besides a timeline id (a positive decimal number)
+MAX_TIMELINE = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,22 @@ class RecoveryPlan:
 # -- settings --------------------------------------------------------------------------------
 
 
+def check_timeline(value: str) -> str:
+    """A recovery_target_timeline: 'current', 'latest' or a timeline id; InvalidArgumentError else."""
+    text = value.strip().lower()
+    if text in TIMELINE_CHOICES:
+        return text
+    if re.fullmatch(r"[0-9]{1,10}", text) and 1 <= int(text) <= MAX_TIMELINE:
+        return str(int(text))
+    raise InvalidArgumentError(f"invalid target timeline '{value}': expected 'current', 'latest' or a timeline "
+                               "id like 2")
+
+
 def recovery_settings(restore_command: str, target_time: str | datetime | None = None,
-                      target_lsn: str | None = None, target: str = "immediate") -> dict[str, str]:
-    """The postgresql.auto.conf settings for a recovery to the given target, then promotion."""
+                      target_lsn: str | None = None, target: str = "immediate",
+                      target_timeline: str = "current") -> dict[str, str]:
+    """The postgresql.auto.conf settings for a recovery to the given target on `target_timeline`
+    (the set's own by default), then promotion."""
     if not restore_command.strip():
         raise InvalidArgumentError("restore_command must not be empty")
     settings = {"restore_command": restore_command}
@@ -91,7 +109,7 @@ def recovery_settings(restore_command: str, target_time: str | datetime | None =
     else:
         raise InvalidArgumentError(f"unknown recovery target '{target}': expected 'immediate'")
     settings["recovery_target_action"] = "promote"
-    settings["recovery_target_timeline"] = "latest"
+    settings["recovery_target_timeline"] = check_timeline(target_timeline)
     return settings
 
 
@@ -176,6 +194,7 @@ def write_recovery(
     *,
     owner: tuple[int, int] | None = None,
     tablespace_remap: dict[int, str] | None = None,
+    target_timeline: str = "current",
 ) -> RecoveryPlan:
     """Prepare a restored data directory for archive recovery to the target, then promotion.
 
@@ -186,7 +205,7 @@ def write_recovery(
         raise InvalidArgumentError(
             f"target '{target_dir}' is not a PostgreSQL data directory (no PG_VERSION)")
     _check_label(labelfile)
-    settings = recovery_settings(restore_command, target_time, target_lsn, target)
+    settings = recovery_settings(restore_command, target_time, target_lsn, target, target_timeline)
     if owner is None:
         st = os.stat(os.path.join(target_dir, "PG_VERSION"))
         uid, gid = st.st_uid, st.st_gid
@@ -252,6 +271,7 @@ def recovery_stream(
     root: bytes = b"",
     tablespace_remap: dict[int, str] | None = None,
     extra_settings: dict[str, str] | None = None,
+    target_timeline: str = "current",
 ) -> Iterator[Record]:
     """Transform a set's restore stream of a data directory into a recoverable one.
 
@@ -264,7 +284,7 @@ def recovery_stream(
     must still give the target directory itself mode 0700 (streams carry no root entry).
     """
     _check_label(labelfile)
-    settings = recovery_settings(restore_command, target_time, target_lsn, target)
+    settings = recovery_settings(restore_command, target_time, target_lsn, target, target_timeline)
     settings.update(extra_settings or {})
     return _recovery_records(records, labelfile, remap_spcmap(spcmapfile, tablespace_remap) if spcmapfile
                              else b"", settings, root)

@@ -7,8 +7,10 @@ then returns the set's copy of the data directory (attachment 'db:<name>') passe
 recovery.signal, and recovery settings with `restore_command` = `cairn wal-fetch %f %p`
 (naming the daemon's socket explicitly, since the server's OS user has its own default) and
 the target — the set's own consistent point ('immediate') unless a time or an LSN is given —
-then promotion. Tablespaces follow under `cairn_tablespaces/<oid>/` of the target, and the
-tablespace map points there (the client sends its absolute target directory for that).
+on the set's own timeline ('current'), then promotion. A time without a zone is the local time
+of the daemon's host; it is written with that offset. Tablespaces follow under
+`cairn_tablespaces/<oid>/` of the target, and the tablespace map points there (the client sends
+its absolute target directory for that).
 
 The WAL the set needs to reach its consistent point — its start segment through the segment of
 its restore point, and the history file of its timeline — is placed in pg_wal/ as part of the
@@ -50,7 +52,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn import walnames
-from cairn.daemon.databases.engine import PhysicalRecord, TablespaceRecord, records_of
+from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
 from cairn.daemon.databases.postgres.recovery import lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.claims import check_claim
@@ -139,26 +141,35 @@ def database_of(s: BackupSet, database: str) -> dict[str, Any]:
         raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: restore it into a "
                                    "database with --target-dsn DSN")
     if rec is None:
-        names = ", ".join(f"'{r['name']}'" for r in recs if r.get("name"))
-        held = f" (it holds database {names})" if names else ""
-        raise NotFoundError(f"set '{s.id[:8]}' holds no database '{database}'{held}")
+        raise NotFoundError(f"set '{s.id[:8]}' holds no database '{database}'{held_databases(s)}")
     if rec.get("attachment") not in s.attachments:
         raise NotFoundError(f"set '{s.id[:8]}' holds no data directory of database '{database}'")
     return rec
 
 
+def held_databases(s: BackupSet) -> str:
+    """' (it holds database 'a' (postgres), 'b' (command))': every database of the set with its
+    kind, base backups and dumps alike ('' when it holds none), for a message."""
+    named = [f"'{d['name']}' ({d.get('kind') or KIND_POSTGRES})" for d in record_dicts(s.extra) if d.get("name")]
+    return f" (it holds database {', '.join(named)})" if named else ""
+
+
 def parse_target_time(text: str) -> datetime:
-    """A target time like '2025-03-01 12:00:00+01' (ISO 8601; without a zone: the server's)."""
+    """A target time like '2025-03-01 12:00:00+01' (ISO 8601). Without a zone it is the local time
+    of the daemon's host (the time it returns carries that zone's offset then)."""
     t = text.strip()
     try:
-        return datetime.fromisoformat(t.replace(" ", "T", 1) if "T" not in t else t)
+        when = datetime.fromisoformat(t.replace(" ", "T", 1) if "T" not in t else t)
     except ValueError:
         raise InvalidArgumentError(
             f"invalid target time '{text}': expected a time like '2025-03-01 12:00:00+01:00'") from None
+    return when if when.tzinfo is not None else when.astimezone()
 
 
-def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> None:
-    """Refuse a malformed target, or one before the set's consistent point (never reachable)."""
+def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
+    """Refuse a malformed target, or one before the set's consistent point (never reachable).
+    Returns the target time as recovery_target_time gets it, with its zone's offset ('' for none):
+    a time given without a zone is the daemon host's local time, not the restored server's."""
     if target_time and target_lsn:
         raise InvalidArgumentError("give at most one of --target-time and --target-lsn")
     if target_lsn:
@@ -166,28 +177,31 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> None
             raise InvalidArgumentError(
                 f"target LSN {target_lsn} is before the set's consistent point {rec['stop_lsn']}: "
                 "choose a set taken before the target")
-    if target_time:
-        when = parse_target_time(target_time)
-        stopped = rec.get("stopped")
-        if when.tzinfo is not None and isinstance(stopped, int | float) and when.timestamp() < stopped:
-            raise InvalidArgumentError(
-                f"target time '{target_time}' is before the set's consistent point "
-                f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='seconds')}): "
-                "choose a set taken before the target")
+    if not target_time:
+        return ""
+    when = parse_target_time(target_time)
+    stopped = rec.get("stopped")
+    if isinstance(stopped, int | float) and when.timestamp() < stopped:
+        raise InvalidArgumentError(
+            f"target time '{target_time}' is before the set's consistent point "
+            f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='seconds')}): "
+            "choose a set taken before the target")
+    return when.isoformat(sep=" ")
 
 
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                        socket_path: str, target_path: str = "", command: str = "",
-                       lanes: LaneGauge | None = None) -> Iterator[Record]:
+                       lanes: LaneGauge | None = None, target_timeline: str = "current") -> Iterator[Record]:
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
-    With `lanes` (the daemon's own writer) the data directory's large files come as lanes.
+    With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
+    recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
 
     `command` replaces the default restore_command (a client the database's OS user can run)."""
     if command and ("%p" not in command or "\n" in command):
         raise InvalidArgumentError(f"invalid restore_command '{command}': it must name the target file "
                                    "with %p (and the WAL file with %f), on one line")
     rec = database_of(s, database)
-    check_target(rec, target_time, target_lsn)
+    target_time = check_target(rec, target_time, target_lsn)
     typed = PhysicalRecord.from_dict(rec)
     spaces = list(typed.tablespaces)
     remap: dict[int, str] = {}
@@ -206,7 +220,8 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                            target_time or None,
                            target_lsn or None, tablespace_remap=remap,
                            extra_settings=None if not own_point else
-                           {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"})
+                           {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"},
+                           target_timeline=target_timeline)
     return _chain(main, repo, s, spaces, wal, own_point=own_point, namespace=record_namespace(rec))
 
 

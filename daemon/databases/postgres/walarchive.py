@@ -7,7 +7,9 @@
 - `continuity_problems(repo, sets)` checks, for each set holding a database, that WAL is
   archived without gaps on the set's timeline from its first segment onward, and on each
   later timeline that branched off it (from its switch point, per the timeline's .history
-  file); a gap inside a set's own range (first..last) means the set cannot be restored.
+  file); a gap inside a set's own range (first..last) means the set cannot be restored, a later
+  one only that point-in-time recovery past it is lost. Each problem names the sets it hurts in
+  that way (a gap hurting some sets fatally and others only for recovery past it is two problems).
 - `database_records(extra)` lists what a set records per database (`extra['databases']`, or
   the single `extra['database']` of older sets).
 - `wait_for_wal(repo, records, timeouts, cancel)` waits until the repository holds every
@@ -354,23 +356,41 @@ def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int
 
 def continuity_problems(repo: Any, sets: list[BackupSet]) -> list[CheckProblem]:
     """Gaps in archived WAL that sets depend on (see the module docstring). Each database's WAL
-    is looked for in its cluster's name space and the flat one (what a restore fetches)."""
+    is looked for in its cluster's name space and the flat one (what a restore fetches). A gap
+    is reported once for the sets it makes unrestorable (inside their own range) and once for
+    the sets that only lose point-in-time recovery past it, each naming its sets."""
     db_recs = [(s, rec) for s in sets for rec in database_records(s.extra)]
     if not db_recs:
         return []
-    problems: dict[tuple[str, int, int], tuple[str, list[str]]] = {}
+    gaps: dict[tuple[str, int, int], _Gap] = {}
     by_space: dict[str, list[tuple[BackupSet, dict[str, Any]]]] = {}
     for s, rec in db_recs:
         by_space.setdefault(record_namespace(rec), []).append((s, rec))
     for namespace, group in sorted(by_space.items()):
-        _namespace_gaps(repo, namespace, group, problems)
-    out = [CheckProblem(message=msg, object_id=segment_name(t, g), sets=tuple(ids))
-           for (_, t, g), (msg, ids) in sorted(problems.items())]
+        _namespace_gaps(repo, namespace, group, gaps)
+    out = []
+    for (namespace, t, start), gap in sorted(gaps.items()):
+        where = f" of system {namespace}" if namespace else ""
+        for fatal, ids in ((True, gap.fatal), (False, gap.pitr)):
+            if ids:
+                out.append(CheckProblem(message=_gap_message(t, start, gap.end, gap.size, fatal, where, ids),
+                                        object_id=segment_name(t, start, gap.size), sets=tuple(ids)))
     return out[:MAX_GAPS_REPORTED]
 
 
+@dataclass
+class _Gap:
+    """One run of missing segments, and the sets it hurts: `fatal` cannot be restored at all,
+    `pitr` only lose point-in-time recovery past it."""
+
+    end: int
+    size: int
+    fatal: list[str] = field(default_factory=list)
+    pitr: list[str] = field(default_factory=list)
+
+
 def _namespace_gaps(repo: Any, namespace: str, db_recs: list[tuple[BackupSet, dict[str, Any]]],
-                    problems: dict[tuple[str, int, int], tuple[str, list[str]]]) -> None:
+                    gaps: dict[tuple[str, int, int], _Gap]) -> None:
     names = repo.list_wal(namespace)
     histories: dict[int, bytes] = {}
     for n in names:
@@ -381,7 +401,6 @@ def _namespace_gaps(repo: Any, namespace: str, db_recs: list[tuple[BackupSet, di
             except Exception:  # noqa: BLE001 - an unreadable history file is reported by the data check
                 continue
     switches = _switch_points(histories)
-    where = f" of system {namespace}" if namespace else ""
     for s, rec in db_recs:
         size = int(rec.get("wal_segment_size") or DEFAULT_SEGMENT_SIZE)
         have = _segments_by_timeline(names, size)
@@ -407,11 +426,12 @@ def _namespace_gaps(repo: Any, namespace: str, db_recs: list[tuple[BackupSet, di
                 if missing and gap_start is None:
                     gap_start = segno
                 elif not missing and gap_start is not None:
-                    key = (namespace, t, gap_start)
+                    # fatal only for a set whose own range (first..last) the gap cuts
                     fatal = last is not None and t == last[0] and gap_start <= last[1]
-                    msg = _gap_message(t, gap_start, segno - 1, size, fatal, where)
-                    old = problems.get(key)
-                    problems[key] = (msg if old is None or fatal else old[0], (old[1] if old else []) + [s.id])
+                    gap = gaps.setdefault((namespace, t, gap_start), _Gap(end=segno - 1, size=size))
+                    ids = gap.fatal if fatal else gap.pitr
+                    if s.id not in gap.fatal + gap.pitr:
+                        ids.append(s.id)
                     gap_start = None
 
 
@@ -424,10 +444,20 @@ def _segments_by_timeline(names: list[str], size: int) -> dict[int, set[int]]:
     return out
 
 
-def _gap_message(tli: int, first: int, last: int, size: int, fatal: bool, where: str = "") -> str:
+SETS_NAMED = 5  # sets a gap message names; more are counted (every id is in the problem's `sets`)
+
+
+def _gap_message(tli: int, first: int, last: int, size: int, fatal: bool, where: str = "",
+                 set_ids: list[str] | None = None) -> str:
     what = segment_name(tli, first, size)
     if last > first:
         what += f" .. {segment_name(tli, last, size)} ({last - first + 1} segments)"
-    effect = ("the set cannot be restored" if fatal
-              else "point-in-time recovery past the gap is impossible")
+    ids = set_ids or []
+    named = ", ".join(i[:12] for i in ids[:SETS_NAMED]) + (f" and {len(ids) - SETS_NAMED} more"
+                                                           if len(ids) > SETS_NAMED else "")
+    if fatal:
+        effect = f"set {named} cannot be restored" if len(ids) == 1 else f"sets {named} cannot be restored"
+    else:
+        effect = (f"{'set' if len(ids) == 1 else 'sets'} {named}: point-in-time recovery past the gap is "
+                  "impossible (restoring to the set's own point still works)")
     return f"WAL is not continuous on timeline {tli}: {what} missing from the archive{where}; {effect}"

@@ -389,13 +389,14 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "restore_command", "local_claim")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "restore_command", "local_claim")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIME_FIELD_NUMBER: _ClassVar[int]
     TARGET_LSN_FIELD_NUMBER: _ClassVar[int]
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TIMELINE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_COMMAND_FIELD_NUMBER: _ClassVar[int]
     LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
     set: str
@@ -404,9 +405,10 @@ class RestoreDbRequest(_message.Message):
     target_time: str
     target_lsn: str
     target_path: bytes
+    target_timeline: str
     restore_command: str
     local_claim: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ...) -> None: ...
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ...) -> None: ...
 
 class RestoreDbToDsnRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_dsn")
@@ -827,12 +829,14 @@ class RestoreChunksRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreChunksReply(_message.Message):
-    __slots__ = ("index", "data")
+    __slots__ = ("index", "data", "error")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     index: int
     data: bytes
-    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    error: str
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class KeyListRequest(_message.Message):
     __slots__ = ()

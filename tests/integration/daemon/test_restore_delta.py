@@ -336,9 +336,11 @@ def test_a_daemon_delta_stops_when_its_client_goes_away(start_daemon: Callable[.
     assert snapshot(target) == want
 
 
-def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rundir: str) -> None:
-    """One chunk of the set is damaged in the repository: the daemon's delta mends every other
-    damaged file, names the one it cannot mend, and exits 1 (as a plain restore does)."""
+@pytest.mark.parametrize("who", WHO)
+def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rundir: str, who: str) -> None:
+    """One chunk of the set is damaged in the repository: the delta (the daemon's, or the
+    client's fed by RestoreChunks) mends every other damaged file, names the one it cannot
+    mend, and exits 1 (as a plain restore does)."""
     from cairn.store.repository import Repository
 
     d, set_id, src, want = daemon_with_set
@@ -360,11 +362,12 @@ def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rund
     for name in ("n05.txt", "n06.txt"):
         with open(os.path.join(target, "docs", name), "r+b") as f:
             f.write(b"damage")
-    r = d.cli("--json", "restore", set_id, "--target", target, "--delta")
+    r = d.cli("--json", "restore", set_id, "--target", target, "--delta", *WHO[who])
     assert r.returncode == 1, r.stdout + r.stderr
     report = json.loads(r.stdout)
-    assert report["written_by"] == "daemon" and report["files_written"] == 1
+    assert report["written_by"] == who and report["files_written"] == 1
     assert len(report["errors"]) == 1 and "docs/n05.txt" in report["errors"][0], report["errors"]
+    assert f"unable to read pack '{loc.pack[:8]}..'" in report["errors"][0], report["errors"]  # the reason
     got = snapshot(target)
     assert {k: v for k, v in got.items() if k != "docs/n05.txt"} == {k: v for k, v in want.items()
                                                                        if k != "docs/n05.txt"}

@@ -199,3 +199,23 @@ def test_prune_with_a_damaged_listing_of_a_kept_set_names_it_and_changes_nothing
         assert not repo.check(read_data=True).errors
     finally:
         repo.close()
+
+
+def test_structure_check_finds_a_truncated_pack_without_reading_it(opened, src, rng):
+    """A pack shorter than the blobs the index places in it is found from the listing's sizes
+    (as restic's check compares pack sizes with its index), not only by --read-data."""
+    root, open_repo = opened
+    repo = open_repo()
+    try:
+        three_sets(repo, src, rng)
+        assert not repo.check().errors
+        victim = max(repo.index.packs())
+        path = os.path.join(root, "packs", victim[:2], victim)
+        end = max(loc.offset + loc.stored_len for _, loc in repo.index.items() if loc.pack == victim)
+        with open(path, "r+b") as f:
+            f.truncate(end - 10)  # the tail of its last blob, and its trailer
+        report = repo.check()
+        assert any(p.object_id == victim and "is truncated" in p.message for p in report.errors), report.errors
+        assert "cairn repair index" in report.advice
+    finally:
+        repo.close()

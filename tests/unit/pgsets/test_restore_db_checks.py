@@ -1,0 +1,111 @@
+"""restore-db's checks and verify's WAL-gap report, without a server: the recovery timeline
+(daemon/databases/postgres/recovery.py), a target time without a zone and the databases a set
+holds (restoredb.py), a WAL gap reported per set (walarchive.py), and on the client's side
+(client/restoring.py) the places of `restore --databases` and the timeline restore-db sets."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime
+
+import pytest
+from cairn.daemon.databases.postgres.recovery import check_timeline, recovery_settings
+from cairn.daemon.databases.postgres.restoredb import check_target, database_of
+from cairn.daemon.databases.postgres.walarchive import continuity_problems, segment_name
+from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.store.model import BackupSet, SetStats
+
+
+class FakeWalRepo:
+    def __init__(self, names: list[str]) -> None:
+        self.names = sorted(names)
+
+    def list_wal(self, namespace: str = "", flat: bool = True) -> list[str]:
+        return self.names
+
+    def get_wal(self, name: str, namespace: str = "") -> bytes:
+        raise KeyError(name)
+
+
+def seg(n: int, tli: int = 1) -> str:
+    return segment_name(tli, n)
+
+
+def a_set(set_id: str, first: int, last: int, stopped: float = 1_700_000_000.0,
+          dumps: tuple[str, ...] = ()) -> BackupSet:
+    rec = {"name": "appdb", "kind": "postgres", "attachment": "db:appdb",
+           "wal": {"first": seg(first), "last": seg(last)}, "stop_lsn": f"0/{last:X}000100", "stopped": stopped,
+           "labelfile": base64.b64encode(b"START WAL LOCATION: 0/4000028").decode()}
+    recs = [rec] + [{"name": d, "kind": "command", "attachment": f"db:{d}", "layout": "stream"} for d in dumps]
+    return BackupSet(id=set_id, source="app", level="full", requested_level="full", base=None, time_start=0,
+                     time_end=0, hostname="h", paths=("/x",), tree="00", stats=SetStats(),
+                     extra={"databases": recs}, attachments={f"db:{r['name']}": {"tree": "00"} for r in recs})
+
+
+def test_recovery_follows_the_sets_own_timeline_unless_told() -> None:
+    assert recovery_settings("cmd %p")["recovery_target_timeline"] == "current"
+    assert recovery_settings("cmd %p", target_timeline="latest")["recovery_target_timeline"] == "latest"
+    assert recovery_settings("cmd %p", target_timeline="3")["recovery_target_timeline"] == "3"
+    assert check_timeline(" Latest ") == "latest" and check_timeline("007") == "7"
+    for bad in ("0", "-1", "two", "0x2", "", "99999999999"):
+        with pytest.raises(InvalidArgumentError, match="invalid target timeline"):
+            check_timeline(bad)
+
+
+def test_a_target_time_without_a_zone_is_local_time_and_checked() -> None:
+    stopped = time.time()
+    rec = a_set("a" * 64, 4, 5, stopped=stopped).extra["databases"][0]
+    before = datetime.fromtimestamp(stopped - 3600).strftime("%Y-%m-%d %H:%M:%S")  # local, no zone
+    with pytest.raises(InvalidArgumentError, match="before the set's consistent point"):
+        check_target(rec, before, "")
+    after = datetime.fromtimestamp(stopped + 3600)
+    written = check_target(rec, after.strftime("%Y-%m-%d %H:%M:%S"), "")
+    # written with the local zone's offset: the restored server reads the same instant
+    assert datetime.fromisoformat(written).tzinfo is not None
+    assert abs(datetime.fromisoformat(written).timestamp() - int(after.timestamp())) < 1
+    assert check_target(rec, "", "") == ""
+
+
+def test_an_unknown_database_names_every_database_with_its_kind() -> None:
+    s = a_set("a" * 64, 4, 5, dumps=("shop",))
+    with pytest.raises(NotFoundError, match=r"holds no database 'x' \(it holds database 'appdb' \(postgres\), "
+                                            r"'shop' \(command\)\)"):
+        database_of(s, "x")
+    with pytest.raises(InvalidArgumentError, match="is a dump"):
+        database_of(s, "shop")
+
+
+def test_a_gap_names_the_set_it_breaks_and_the_one_that_only_loses_pitr() -> None:
+    older, newer = a_set("a" * 64, 4, 5), a_set("b" * 64, 7, 9)
+    names = [seg(n) for n in (4, 5, 6, 7, 9, 10)]  # 8 is missing: inside newer's range, after older's
+    problems = continuity_problems(FakeWalRepo(names), [older, newer])
+    assert [(p.object_id, p.sets) for p in problems] == [(seg(8), ("b" * 64,)), (seg(8), ("a" * 64,))]
+    assert problems[0].message.endswith(f"set {'b' * 12} cannot be restored")
+    assert f"set {'a' * 12}: point-in-time recovery past the gap is impossible" in problems[1].message
+    assert "cannot be restored" not in problems[1].message
+
+
+def test_database_places_are_checked_against_each_other_and_the_target(tmp_path) -> None:
+    from cairn.client.restoring import database_targets
+    from cairn.errors import InvalidArgumentError as ClientInvalid
+
+    target = str(tmp_path / "app")
+    assert database_targets(target, ["a", "b"], None) == {"a": f"{target}-db-a", "b": f"{target}-db-b"}
+    for places, says in (([f"a={target}"], "is the files target"),
+                         ([f"a={tmp_path}/x", f"b={tmp_path}/x"], "is the place of database 'a'"),
+                         ([f"a={tmp_path}/x", f"b={tmp_path}/x/y"], "lies inside the place of database 'a'"),
+                         ([f"a={tmp_path}"], "holds the files target"),
+                         (["shop=/elsewhere"], r"a dump \(kind command\)")):
+        with pytest.raises(ClientInvalid, match=says):
+            database_targets(target, ["a", "b"], places, {"shop": "command"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_timeline_asked_for_is_checked_by_the_client(tmp_path) -> None:
+    from cairn.client.restoring import check_timeline as client_check
+
+    assert client_check("latest") == "latest" and client_check(" Current ") == "current"
+    assert client_check("2") == "2"
+    with pytest.raises(Exception, match="invalid --target-timeline 'x'"):
+        client_check("x")
