@@ -22,6 +22,9 @@
 
 What always holds: a tool runs in its own process group under a guard that kills the group when
 the daemon dies; a process is killed at start only if it carries the token of a recorded run.
+Note that the kernel's "parent death" is the death of the *thread* that started the guard: a
+tool must be started from a thread that outlives it (the set's job thread, or the RPC's), never
+from a short-lived helper thread.
 """
 
 from __future__ import annotations
