@@ -1,9 +1,17 @@
 """Keeping the repository: verify, prune and scheduled retention, repair, and the repository's keys.
+
+After a `repair index` that dropped index entries, the time it did so is kept in the state
+directory (REPAIR_MARK) and given back to the repository at every start
+(`restore_repair_mark`): a set taken before then is never the base of this host's next set,
+which is a full, even across restarts (an incremental would carry unchanged files over by
+reference to the dropped blobs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +25,25 @@ from cairn.store.model import CheckReport, PrunePolicy, PruneReport
 
 log = logging.getLogger(__name__)
 
+REPAIR_MARK = "index-dropped-at"  # in the state directory: when a repair last dropped index entries
+
+
+def restore_repair_mark(repo: Any, state_dir: str) -> None:
+    """Give the repository handle the time a repair on this host last dropped index entries."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(state_dir, REPAIR_MARK), encoding="ascii") as f:
+            when = float(f.read().strip())
+        repo.index_dropped_at = max(when, repo.index_dropped_at or 0.0)
+
+
+def _save_repair_mark(when: float, state_dir: str) -> None:
+    path = os.path.join(state_dir, REPAIR_MARK)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{when}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class MaintenancePart(ServicePart):
@@ -61,6 +88,8 @@ class MaintenancePart(ServicePart):
         if not dry_run:
             self._require_writable("repairing the index")
         report = self.repo.repair_index(read_data=read_data, dry_run=dry_run, progress=progress)
+        if not dry_run and self.repo.index_dropped_at is not None:
+            _save_repair_mark(self.repo.index_dropped_at, self._config.daemon.state_dir)
         if not dry_run:
             log.info("index repaired: %d blobs indexed, %d entries of missing packs and %d damaged blobs "
                      "dropped, %d blobs of unindexed packs added, %d index files replaced", report.blobs_indexed,

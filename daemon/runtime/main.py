@@ -33,6 +33,7 @@ from cairn.daemon.changes.rpo import RpoKeeper
 from cairn.daemon.changes.tracker import ChangeTracker
 from cairn.daemon.databases.archive import PostgresSegments
 from cairn.daemon.databases.tools import kill_running
+from cairn.daemon.operations.maintenance import restore_repair_mark
 from cairn.daemon.operations.service import CairnService
 from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
@@ -179,6 +180,7 @@ class Daemon:
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
         self.repo.uploads = cfg.repository.uploads  # pack uploads in flight per backup (None: backend's default)
         self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules
+        restore_repair_mark(self.repo, cfg.daemon.state_dir)  # after a repair: the next sets are fulls
         # Metrics next, so the first set is counted.
         if cfg.daemon.metrics:
             self.metrics = Metrics()

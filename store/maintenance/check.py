@@ -50,6 +50,7 @@ class Checker:
         self.missing = False  # blobs an index names in a lost pack, or that no index names
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
+        self.refused = False  # objects the store refuses to read: no repair command fixes those
 
     def run(self, *, read_data: bool, set_ref: str | None) -> CheckReport:
         sets = self._sets(set_ref)
@@ -71,6 +72,9 @@ class Checker:
     def _advice(self) -> str:
         """The repair commands for the errors found, in the order to run them."""
         steps = []
+        if self.refused:
+            steps.append("the store refuses to read the objects named above (not a file, permissions): fix "
+                         "those by hand first (a set object that is damage may simply be removed)")
         if self.damaged_sets:
             steps.append("'cairn repair sets' removes the damaged set objects")
         if self.corrupt:
@@ -78,8 +82,8 @@ class Checker:
         elif self.missing:
             steps.append("'cairn repair index' drops the lost blobs from the index")
         if self.corrupt or self.missing:
-            steps.append("then a backup stores them again (older sets that reference them restore again "
-                         "once it has)")
+            steps.append("then a full backup of every source stores them again (older sets that reference "
+                         "them restore again once it has)")
         return "; ".join(steps)
 
     # -- objects ---------------------------------------------------------------------
@@ -109,6 +113,7 @@ class Checker:
             except BackendError as e:
                 self.errors.append(CheckProblem(f"set '{short(name)}' cannot be read and is not listed: {e}",
                                                 object_id=name, sets=(name,)))
+                self.refused = True
         if set_ref is not None:
             return [self.repo.get_set(set_ref)]
         return sets
@@ -162,6 +167,7 @@ class Checker:
                 continue
             except BackendError as e:  # refused (permissions, not a file): its blobs are unreadable
                 self.errors.append(CheckProblem(str(e), object_id=pack))
+                self.refused = True
                 for bid in by_pack[pack]:
                     self.bad[bid] = f"pack '{short(pack)}' cannot be read"
                 continue

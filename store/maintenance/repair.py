@@ -23,7 +23,9 @@ pack a listed index file names is in the pack listing; the new index file is wri
 before any old one is deleted, and only the index files this run read are deleted (never one a
 running backup wrote meanwhile), so a crash at any point leaves every blob of an existing pack
 indexed (duplicates are harmless) and the next run finishes the job; a dry run writes and
-deletes nothing; a storage error (not damage) stops the run, and is never taken for damage.
+deletes nothing; a storage error (not damage) stops the run, and is never taken for damage. An
+object the store refuses to read (a directory in its place, permissions) is reported and never
+deleted: an index file so refused has its packs read as unindexed; a set object is kept.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class SetRepairReport:
     removed: tuple[tuple[str, str], ...] = ()
     kept: int = 0  # readable sets, untouched
     newer: tuple[str, ...] = ()  # sets of a newer format: not readable here, never removed
+    refused: tuple[tuple[str, str], ...] = ()  # set objects the store refused to read: (name, why), kept
     dry_run: bool = False
 
 
@@ -94,6 +97,7 @@ class IndexRepair:
         self.check_lock = check_lock or (lambda: None)
         self.progress = progress
         self.bytes_read = 0
+        self.refused: list[tuple[str, str]] = []  # index files the store refused to read: kept, their packs read
 
     def run(self, *, read_data: bool, dry_run: bool) -> IndexRepairReport:
         old = list(self.repo.backend.list("index"))  # before the packs: what a listed file names is listed below
@@ -143,7 +147,8 @@ class IndexRepair:
             entries_missing=entries_missing, damaged_packs=tuple(sorted(damaged)), entries_damaged=bad_blobs,
             unindexed_packs=tuple(contributed), blobs_added=added, blobs_indexed=len(seen) + copied,
             blobs_copied=copied,
-            index_files_replaced=len(readable) + len(damaged_files), damaged_index_files=tuple(damaged_files),
+            index_files_replaced=len(readable) + len(damaged_files),
+            damaged_index_files=tuple(damaged_files) + tuple(n for n, _ in self.refused),
             read_data=read_data, dry_run=dry_run)
         if dry_run or (not new and not readable and not damaged_files):
             return report
@@ -161,6 +166,9 @@ class IndexRepair:
                 continue  # gone since the listing (a writer's rescue rewrote it): its successor is not ours
             except CorruptionError:
                 damaged.append(name)  # its packs are read as unindexed: its knowledge is kept
+                continue
+            except BackendError as e:  # refused (not a file, permissions): read as damaged, never deleted
+                self.refused.append((name, e.message))
                 continue
             readable.append(name)
             for pack, entries in packs.items():
@@ -316,6 +324,7 @@ class SetRepair:
     def run(self, *, dry_run: bool) -> SetRepairReport:
         backend = self.repo.backend
         removed: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
         newer: list[str] = []
         kept = 0
         for name in sorted(backend.list("sets")):
@@ -325,6 +334,9 @@ class SetRepair:
                 continue  # forgotten meanwhile
             except CorruptionError as e:  # a sealed object that does not open
                 removed.append((name, str(e)))
+                continue
+            except BackendError as e:  # the store refuses it (not a file, permissions): never taken for
+                refused.append((name, e.message))  # damage; reported, left for the operator
                 continue
             why = _unreadable(name, data)
             if why is None:
@@ -340,7 +352,8 @@ class SetRepair:
                     backend.delete("sets", name)
                 except NotFoundError:
                     pass
-        return SetRepairReport(removed=tuple(removed), kept=kept, newer=tuple(newer), dry_run=dry_run)
+        return SetRepairReport(removed=tuple(removed), kept=kept, newer=tuple(newer), refused=tuple(refused),
+                               dry_run=dry_run)
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

@@ -219,3 +219,32 @@ def test_structure_check_finds_a_truncated_pack_without_reading_it(opened, src, 
         assert "cairn repair index" in report.advice
     finally:
         repo.close()
+
+
+def test_repairs_report_what_the_store_refuses_and_go_on(opened, src, tmp_path, rng):
+    """A directory where a set object or an index file should be: `repair sets` keeps it and
+    says so (a storage error is never taken for damage); `repair index` leaves the index file
+    but reads its packs as unindexed, so every set restores again; verify says to fix it by hand."""
+    root, open_repo = opened
+    repo = open_repo()
+    try:
+        a, b, c = three_sets(repo, src, rng)
+    finally:
+        repo.close()
+    spoil(os.path.join(root, "sets", b.id), "directory")
+    index_name = sorted(os.listdir(os.path.join(root, "index")))[0]
+    spoil(os.path.join(root, "index", index_name), "directory")
+    repo = open_repo()
+    try:
+        assert "fix those by hand" in repo.check().advice
+        sets_report = repo.repair_sets()
+        assert [n for n, _ in sets_report.refused] == [b.id] and not sets_report.removed
+        assert os.path.isdir(os.path.join(root, "sets", b.id))
+        index_report = repo.repair_index()
+        assert index_name in index_report.damaged_index_files
+        assert os.path.isdir(os.path.join(root, "index", index_name)), "never deleted"
+        for s in (a, c):
+            target = tmp_path / f"out-{s.id[:6]}"
+            assert repo.restore(repo.get_set(s.id), str(target)).errors == ()
+    finally:
+        repo.close()
