@@ -527,7 +527,7 @@ def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
     """Forget sets by the policy given (none: forget nothing, only free unreferenced data)."""
     request = pb.PruneRequest(dry_run=args.dry_run, source=args.source or "", host=args.host or "",
                               keep_within=args.keep_within or "", keep_tags=args.keep_tag or [],
-                              wal_keep=args.wal_keep or "")
+                              wal_keep=args.wal_keep or "", forget=args.forget or [])
     for rule in (*LEVELS, *KEEP_COUNTS):
         value = getattr(args, f"keep_{rule}")
         if value is not None:
@@ -1052,6 +1052,9 @@ def build_parser() -> argparse.ArgumentParser:
     for level in LEVELS:
         p.add_argument(f"--keep-{level}", type=_count, metavar="N", help=f"keep the newest N {level} sets")
     p.add_argument("--keep-tag", action="append", metavar="T", help="keep every set with this tag (repeatable)")
+    p.add_argument("--forget", action="append", metavar="SET",
+                   help="forget this set (id or unique prefix) whatever the rules say; repeatable (e.g. a set "
+                        "whose listing is lost for good, which stops prune otherwise)")
     p.add_argument("--wal-keep", metavar="DURATION",
                    help="WAL retention window (default: the daemon's [repository] wal_keep; unset keeps all WAL)")
     p.add_argument("--source", metavar="NAME")

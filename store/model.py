@@ -182,7 +182,8 @@ class PrunePolicy:
     the sets one host took ("" = every host). `sources` gives some sources their own rules
     instead of this policy's (the daemon's per-source `keep`); a source it does not name keeps
     all its sets when `sources` is given. `wal_keep` (seconds) turns WAL retention on: the
-    window of point-in-time recovery kept before now (None keeps all WAL, as before).
+    window of point-in-time recovery kept before now (None keeps all WAL, as before). `forget`
+    names sets to forget besides (a damaged set no rule would drop alone: `cairn prune --forget`).
     """
 
     keep_full: int | None = None
@@ -199,6 +200,7 @@ class PrunePolicy:
     host: str = ""
     sources: dict[str, PrunePolicy] = field(default_factory=dict, hash=False)
     wal_keep: float | None = None
+    forget: tuple[str, ...] = ()  # sets (ids or unique prefixes) forgotten whatever the rules say
 
 
 @dataclass(frozen=True)

@@ -945,7 +945,8 @@ class Repository:
                 report = prunemod.Pruner(self, lock.check, lock.name).run(policy, dry_run=dry_run, source=source,
                                                                           grace=grace)
                 decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
-                report = replace(report, decisions=tuple(decisions))
+                named = set(report.forgotten)  # a set forgotten by name is not "kept by" a rule
+                report = replace(report, decisions=tuple(d for d in decisions if not (d.keep and d.set_id in named)))
                 if policy.wal_keep is not None:
                     if not dry_run:
                         self.load_index()

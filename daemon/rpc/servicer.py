@@ -295,6 +295,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             keep_full=request.keep_full if request.HasField("keep_full") else None,
             keep_differential=request.keep_differential if request.HasField("keep_differential") else None,
             keep_incremental=request.keep_incremental if request.HasField("keep_incremental") else None,
+            forget=tuple(request.forget),
             **retention_rules(request),
         )
         report = self.service.prune(policy, request.dry_run, request.source, wal_keep=request.wal_keep)

@@ -49,7 +49,7 @@ from ..content.packs import CODEC_ZSTD_REF, ENTRY, FOOTER, HEADER, PackEntry
 from ..errors import CorruptionError, NotFoundError
 from ..model import BackupSet, PrunePolicy, PruneReport
 from ..snapshots import wal as walmod
-from ..snapshots.sets import set_trees
+from ..snapshots.sets import resolve, set_trees
 from .retention import split as retention_split
 
 if TYPE_CHECKING:
@@ -132,6 +132,9 @@ class Pruner:
             grace: float = GRACE) -> PruneReport:
         scope = self.repo.list_sets(source, complete=True)
         keep, forget = retention_split(scope, policy)  # retention.py: per (host, source), union of rules
+        named = {resolve(scope, ref).id for ref in policy.forget}  # unknown or ambiguous: an error, nothing done
+        forget += [s for s in keep if s.id in named]
+        keep = [s for s in keep if s.id not in named]
         if dry_run:
             return self._plan(keep, forget)
         # a damaged WAL catalog entry or listing of a kept set stops the run before any change
@@ -294,8 +297,9 @@ class Pruner:
                     raise CorruptionError(
                         f"unable to read set '{s.id[:12]}..': {e.message}; nothing may be deleted while what it "
                         "needs cannot be known",
-                        hint="run 'cairn verify' to see the damage; a retention policy that forgets the set lets "
-                             "prune run again") from e
+                        hint=f"run 'cairn verify' to see the damage ('cairn repair index' may bring the listing "
+                             f"back); if it is lost for good, 'cairn prune --forget {s.id[:12]}' forgets that set "
+                             "and lets prune run again") from e
                 live.add(tree)
                 for e in entries:
                     if e.subtree:

@@ -603,7 +603,7 @@ class VerifyEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., report: _Optional[_Union[CheckReport, _Mapping]] = ...) -> None: ...
 
 class PruneRequest(_message.Message):
-    __slots__ = ("dry_run", "source", "keep_full", "keep_differential", "keep_incremental", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags", "host", "wal_keep")
+    __slots__ = ("dry_run", "source", "keep_full", "keep_differential", "keep_incremental", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags", "host", "wal_keep", "forget")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     KEEP_FULL_FIELD_NUMBER: _ClassVar[int]
@@ -619,6 +619,7 @@ class PruneRequest(_message.Message):
     KEEP_TAGS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     WAL_KEEP_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     source: str
     keep_full: int
@@ -634,7 +635,8 @@ class PruneRequest(_message.Message):
     keep_tags: _containers.RepeatedScalarFieldContainer[str]
     host: str
     wal_keep: str
-    def __init__(self, dry_run: _Optional[bool] = ..., source: _Optional[str] = ..., keep_full: _Optional[int] = ..., keep_differential: _Optional[int] = ..., keep_incremental: _Optional[int] = ..., keep_last: _Optional[int] = ..., keep_hourly: _Optional[int] = ..., keep_daily: _Optional[int] = ..., keep_weekly: _Optional[int] = ..., keep_monthly: _Optional[int] = ..., keep_yearly: _Optional[int] = ..., keep_within: _Optional[str] = ..., keep_tags: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., wal_keep: _Optional[str] = ...) -> None: ...
+    forget: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dry_run: _Optional[bool] = ..., source: _Optional[str] = ..., keep_full: _Optional[int] = ..., keep_differential: _Optional[int] = ..., keep_incremental: _Optional[int] = ..., keep_last: _Optional[int] = ..., keep_hourly: _Optional[int] = ..., keep_daily: _Optional[int] = ..., keep_weekly: _Optional[int] = ..., keep_monthly: _Optional[int] = ..., keep_yearly: _Optional[int] = ..., keep_within: _Optional[str] = ..., keep_tags: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., wal_keep: _Optional[str] = ..., forget: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RetentionDecision(_message.Message):
     __slots__ = ("set", "keep", "reasons", "host", "source", "level", "time")

@@ -145,3 +145,15 @@ def test_after_a_repair_dropped_data_the_next_set_is_a_full_even_after_a_restart
         d.ok("restore", ref, "--target", str(target))
         assert snapshot(str(target)) == snapshot(str(src))
     assert json.loads(d.ok("--json", "backup", "--level", "incremental"))["level"] == "incremental"
+
+
+def test_prune_forget_forgets_the_named_set_alone(daemon):
+    """`cairn prune --forget SET` (the way out for a set whose listing is lost for good): that
+    set only, whatever the rules; an unknown set is exit 3 and nothing is forgotten."""
+    s1, s2, s3 = _backup(daemon), _backup(daemon, "--tag", "b"), _backup(daemon, "--tag", "c")
+    r = daemon.cli("prune", "--forget", "0" * 12 if not s2["id"].startswith("0") else "f" * 12)
+    assert r.returncode == 3 and "unknown set" in r.stderr, r.stderr
+    dry = json.loads(daemon.ok("--json", "prune", "--forget", s2["id"][:10], "--dry-run"))
+    assert dry["forgotten"] == [s2["id"]]
+    daemon.ok("prune", "--forget", s2["id"][:10])
+    assert [s["id"] for s in json.loads(daemon.ok("--json", "sets"))] == [s1["id"], s3["id"]]

@@ -173,7 +173,7 @@ def test_read_data_check_reports_a_pack_it_cannot_read_and_reads_the_others(open
 
 def test_prune_with_a_damaged_listing_of_a_kept_set_names_it_and_changes_nothing(tmp_path, src, rng):
     """Damage in a tree of a set the policy keeps: prune stops before it forgets or deletes
-    anything, naming the set; a policy that forgets that set lets it run."""
+    anything, naming the set and `--forget`; forgetting that set by name lets it run."""
     from test_corruption import flip_byte
 
     root = str(tmp_path / "repo")
@@ -193,10 +193,17 @@ def test_prune_with_a_damaged_listing_of_a_kept_set_names_it_and_changes_nothing
                                                       "deleted"):
                 repo.prune(PrunePolicy(keep_last=keep), grace=0)
             assert state() == before, "nothing forgotten, marked or deleted"
-        report = repo.prune(PrunePolicy(keep_last=1), grace=0)  # forgets the damaged set too: runs
-        assert set(report.forgotten) == {a.id, b.id}
-        assert [s.id for s in repo.list_sets()] == [c.id]
+        with pytest.raises(CorruptionError) as e:
+            repo.prune(PrunePolicy(), grace=0)
+        assert f"cairn prune --forget {b.id[:12]}" in e.value.hint
+        report = repo.prune(PrunePolicy(forget=(b.id[:10],)), dry_run=True)
+        assert report.forgotten == (b.id,) and not any(d.set_id == b.id for d in report.decisions)
+        assert state() == before
+        report = repo.prune(PrunePolicy(forget=(b.id[:10],)), grace=0)  # forgets that set alone: runs
+        assert report.forgotten == (b.id,)
+        assert [s.id for s in repo.list_sets()] == [a.id, c.id]
         assert not repo.check(read_data=True).errors
+        assert repo.restore(repo.get_set(c.id), str(tmp_path / "out-c")).errors == ()
     finally:
         repo.close()
 
