@@ -106,10 +106,11 @@ class ToolRun:
         self._timer: threading.Timer | None = None
         self.timed_out = False
         self.killed = False
+        self._token = ""  # the run's MARKER value (tools.py), set at start
         self._lock = threading.Lock()
 
     def start(self) -> subprocess.Popen[bytes]:
-        token = secrets.token_hex(16)
+        token = self._token = secrets.token_hex(16)
         env = {**(os.environ if self._env is None else self._env), tools.MARKER: token}
         try:
             self.proc = subprocess.Popen(tools.guarded_argv(self.argv), stdin=self._stdin, stdout=self._stdout,
@@ -155,12 +156,16 @@ class ToolRun:
 
     def kill(self) -> None:
         """Kill the tool's whole process group (no error when it is gone): its guard does it and
-        reaps the tool."""
+        reaps the tool. A guard that is gone already (killed on its own: the OOM killer, an
+        operator) cannot: then every process carrying this run's token is killed directly."""
         self.killed = True
         p = self.proc
-        if p is None or p.returncode is not None:
+        if p is None:
             return
-        tools.stop_run(p.pid)
+        if p.poll() is None:
+            tools.stop_run(p.pid)
+        else:
+            tools.kill_marked(p.pid, self._token)
 
     def finish(self, what: str) -> None:
         """Wait for the exit; raise unless the tool succeeded. `what`: 'dump' or 'restore'."""

@@ -19,6 +19,8 @@
   directory, kill every process of its recorded group that still carries its token (a daemon
   killed between the fork and the guard's request), then remove the directory.
 - `kill_running()`: kill the process group of every tool this daemon runs now (shutdown).
+- `kill_marked(pgid, token)`: kill every process carrying a run's token (at start for leftovers;
+  and when a run is ended whose guard is already gone, killed on its own).
 
 What always holds: a tool runs in its own process group under a guard that kills the group when
 the daemon dies; a process is killed at start only if it carries the token of a recorded run.
@@ -128,7 +130,7 @@ def reap_leftovers(state_dir: str) -> list[int]:
         try:
             with open(os.path.join(path, RUN_RECORD), encoding="utf-8") as f:
                 rec = json.load(f)
-            killed += _kill_marked(int(rec["pgid"]), str(rec["token"]))
+            killed += kill_marked(int(rec["pgid"]), str(rec["token"]))
         except (OSError, ValueError, KeyError, TypeError):
             pass  # no record (the tool never started) or an unreadable one: nothing can be ours
         if os.path.isdir(path) and not os.path.islink(path):
@@ -141,7 +143,7 @@ def reap_leftovers(state_dir: str) -> list[int]:
     return killed
 
 
-def _kill_marked(pgid: int, token: str) -> list[int]:
+def kill_marked(pgid: int, token: str) -> list[int]:
     """Kill every process whose environment holds the run's token, with the process groups they
     lead (the guard's, recorded as `pgid`, and the tool's)."""
     want = f"{MARKER}={token}".encode()

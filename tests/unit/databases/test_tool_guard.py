@@ -206,3 +206,34 @@ def test_the_guard_passes_the_tools_exit_status_on(status):
     r = subprocess.run(tools.guarded_argv(["sh", "-c", f"echo out; echo err >&2; exit {status}"]),
                        capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout, r.stderr) == (status, "out\n", "err\n")
+
+
+def test_a_run_whose_guard_was_killed_on_its_own_is_still_ended_by_kill():
+    """The guard killed by something else (the OOM killer, an operator): the tool goes on under
+    init, holding its output open. Ending the run (its timeout, the window's deadline, shutdown)
+    then kills the tool by the run's token, so the daemon's wait returns."""
+    run = ToolRun(["sh", "-c", "sleep 300; echo done"], "db", None)
+    run.start()
+    try:
+        guard = run.proc.pid
+
+        def tool_pids() -> list[int]:
+            return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != guard and
+                    _environ_has(int(e), f"{tools.MARKER}={run._token}")]
+
+        wait_until("the tool to start", lambda: tool_pids())
+        os.kill(guard, signal.SIGKILL)
+        wait_until("the guard to die", lambda: run.proc.poll() is not None)
+        left = tool_pids()
+        assert left and all(alive(p) for p in left), "the tool outlives its killed guard"
+        run.kill()
+        wait_until("the tool to be killed", lambda: not any(alive(p) for p in left))
+    finally:
+        run.close()
+
+
+def _environ_has(pid: int, item: str) -> bool:
+    try:
+        return item.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
