@@ -1193,6 +1193,9 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
         if key == HINT_KEY:
             hint = value
     where = endpoint.describe() if endpoint else "the daemon"
+    if code == grpc.StatusCode.UNAVAILABLE and details == "Cancelling all calls":  # the server is stopping
+        return fail(f"cairnd at {where} stopped while this call ran",
+                    hint or "nothing it did not finish was committed; run the command again once cairnd is back")
     if code == grpc.StatusCode.UNAVAILABLE:
         return fail(
             f"unable to reach cairnd at {where}: {details}",

@@ -109,3 +109,13 @@ def test_the_command_exits_at_once_with_mains_code_and_all_its_output(tmp_path) 
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     r = cairn("--socket", str(tmp_path / "no.sock"), "--json", "status")
     assert r.returncode == 1 and "unable to reach cairnd" in (r.stderr + r.stdout)
+
+
+def test_a_daemon_that_stops_during_the_call_is_not_reported_unreachable(capsys):
+    """grpc ends calls of a stopping server with UNAVAILABLE "Cancelling all calls": the daemon
+    was reached, it stopped; the client says so instead of "is cairnd running?"."""
+    err = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Cancelling all calls")
+    assert cli._rpc_failure(err, resolve_endpoint(socket="/s.sock")) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "cairn: error: cairnd at unix socket '/s.sock' stopped while this call ran", lines
+    assert "run the command again" in lines[1]
