@@ -490,9 +490,12 @@ def unlock_key(backend: Backend, repo_id: str, secret: Secret) -> tuple[str, Rep
     """(key id, key) of a key object `secret` opens, full keys before write-only ones (a
     secret that opens both gives the full key); WrongKeyError if none."""
     limited: tuple[str, WriteOnlyKey] | None = None
-    for key_id, info, doc, _problem in iter_keys(backend):
+    readable, damaged = 0, []
+    for key_id, info, doc, problem in iter_keys(backend):
         if doc is None or info is None:
+            damaged.append(problem)
             continue
+        readable += 1
         if info.access == "write-only" and limited is not None:
             continue
         payload = unwrap(repo_id, key_id, doc, secret)
@@ -504,6 +507,11 @@ def unlock_key(backend: Backend, repo_id: str, secret: Secret) -> tuple[str, Rep
             limited = (key_id, WriteOnlyKey(payload))
     if limited is not None:
         return limited
+    if damaged and not readable:  # not a wrong secret: there is no key object to try it on
+        raise CorruptionError(f"unable to open repository: no key object can be read ({len(damaged)} damaged: "
+                              f"{damaged[0]})", hint="restore the keys/ objects from a copy of the repository")
+    if damaged:
+        raise WrongKeyError(f"{WRONG_KEY} ({len(damaged)} more key objects cannot be read: {damaged[0]})")
     raise WrongKeyError(WRONG_KEY)
 
 

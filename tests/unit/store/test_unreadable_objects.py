@@ -255,3 +255,25 @@ def test_repairs_report_what_the_store_refuses_and_go_on(opened, src, tmp_path, 
             assert repo.restore(repo.get_set(s.id), str(target)).errors == ()
     finally:
         repo.close()
+
+
+def test_damaged_key_objects_are_not_reported_as_a_wrong_secret(tmp_path):
+    """Every key object damaged: the repository cannot be opened, and the error says why (not
+    "wrong passphrase"); a wrong secret beside a damaged key object says both."""
+    from cairn.store.errors import WrongKeyError
+
+    root = str(tmp_path / "repo")
+    secret = crypto.Secret("passphrase", b"pw")
+    Repository.init(LocalBackend(root), secret=secret, argon2=FAST).close()
+    keys = os.path.join(root, "keys")
+    (only,) = os.listdir(keys)
+    with open(os.path.join(keys, only), "rb") as f:
+        good = f.read()
+    with open(os.path.join(keys, "e" * 64), "wb") as f:
+        f.write(b"{ not a key")
+    with pytest.raises(WrongKeyError, match=r"wrong passphrase or key file \(1 more key objects cannot be read"):
+        Repository.open_local(root, secret=crypto.Secret("passphrase", b"not it"))
+    with open(os.path.join(keys, only), "wb") as f:
+        f.write(good[: len(good) // 2])
+    with pytest.raises(CorruptionError, match=r"no key object can be read \(2 damaged"):
+        Repository.open_local(root, secret=secret)
