@@ -12,6 +12,7 @@ import pytest
 import watcher_hooks
 from cairn.daemon.changes import tracker as tracker_mod
 from cairn.daemon.changes.tracker import ChangeTracker
+from mounts import mount_tmpfs
 
 
 def write(path: str, data: bytes = b"x", mode: str = "wb") -> None:
@@ -201,21 +202,13 @@ def test_too_many_linked_files_walk_the_roots(env, monkeypatch):
 
 # -- file systems mounted and unmounted below a root --------------------------------------------------
 
-def _mount_tmpfs(path: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"unable to mount a tmpfs: {r.stderr.decode().strip()}")
-
-
 def test_mount_below_a_root_is_walked_and_watched(env):
     vol = env.p("vol")
     os.makedirs(vol)
     write(os.path.join(vol, "hidden"))
     t = env.tracker()
     env.trust(t)
-    _mount_tmpfs(vol)
+    mount_tmpfs(vol)
     try:
         write(os.path.join(vol, "new-file"))
         hint, token = t.prepare("app", "incremental", "F1", "full")

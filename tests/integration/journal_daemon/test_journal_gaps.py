@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pytest
 from cairnd_harness import snapshot
 from journal_daemon_kit import wait_until
+from mounts import mount_tmpfs
 
 
 def write(path: str, data: bytes, mode: str = "wb") -> None:
@@ -128,14 +128,6 @@ def test_a_file_written_through_a_hard_link_outside_the_source(jd):
     jd.restore_equals(s["id"], snapshot(jd.src), "after the backstop scan: ")
 
 
-def _mount_tmpfs(path: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"unable to mount a tmpfs: {r.stderr.decode().strip()}")
-
-
 def test_a_file_system_mounted_over_and_unmounted_from_a_subdirectory(jd):
     vol = os.path.join(jd.src, "vol")
     os.makedirs(vol)
@@ -143,7 +135,7 @@ def test_a_file_system_mounted_over_and_unmounted_from_a_subdirectory(jd):
     write(os.path.join(jd.src, "other"), b"x\n")
     jd.start()
     jd.backup("full")
-    _mount_tmpfs(vol)
+    mount_tmpfs(vol)
     try:
         write(os.path.join(vol, "new-file"), b"on tmpfs\n")
         s = jd.backup("incremental")
