@@ -183,7 +183,8 @@ def cmd_check_db(conn: Connection, args: argparse.Namespace) -> int:
 
 def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
     request = pb.ListTreeRequest(
-        set=args.set, source=args.source or "", path=os.fsencode(args.path or ""), recursive=args.recursive
+        set=args.set, source=args.source or "", path=os.fsencode(args.path or ""), recursive=args.recursive,
+        host=args.host or "",
     )
     entries: list[pb.TreeEntry] = []
     info = None
@@ -208,7 +209,8 @@ def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
     added: list[bytes] = []
     modified: list[bytes] = []
     deleted: list[bytes] = []
-    for reply in conn.stub.Diff(pb.DiffRequest(a=args.set_a, b=args.set_b, source=args.source or "")):
+    for reply in conn.stub.Diff(pb.DiffRequest(a=args.set_a, b=args.set_b, source=args.source or "",
+                                                host=args.host or "")):
         if reply.HasField("a"):
             a, b = reply.a, reply.b
         added += reply.added
@@ -260,7 +262,8 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
             return done[0]
         daemon_delta = False  # it refused: the client runs the delta, and does not ask again
     if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
-        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
+        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
+                                                                host=args.host or ""))))
         args.set = first.set.id
         if args.databases:
             held = restoring.database_records(first.set)
@@ -310,7 +313,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     dbs = []
     for name, where in places.items():
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
-                                      target_path=os.fsencode(where))
+                                      target_path=os.fsencode(where), host=args.host or "")
         doc: dict[str, Any] = {}
         code = restore_db_into(conn, request, where, args.json, report=doc, local=not args.stream)
         if code != EXIT_OK:
@@ -354,7 +357,8 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     timeline = restoring.check_timeline(args.target_timeline or "current")
     check_target(args.target, overwrite=False)
     if timeline != "current":  # pin the set, and check the timeline before anything is written
-        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or ""))))
+        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
+                                                                host=args.host or ""))))
         args.set = first.set.id
         rec = next((r for r in restoring.database_records(first.set) if r["name"] == args.database), None)
         if rec is not None and timeline != "latest":
@@ -368,6 +372,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_path=os.fsencode(os.path.abspath(args.target)),
         restore_command=args.restore_command or "",
         target_timeline=timeline,
+        host=args.host or "",
     )
     code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
@@ -396,7 +401,7 @@ def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
     if args.target_timeline:
         return fail("--target-timeline needs a base backup restored with --target DIR", code=EXIT_USAGE)
     request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
-                                       target_dsn=args.target_dsn)
+                                       target_dsn=args.target_dsn, host=args.host or "")
     result = _follow(conn.stub.RestoreDbToDsn(request), args.json, "restore-db", "result")
     if result is None:
         return fail("the daemon ended the restore without a result")
@@ -504,7 +509,8 @@ def _follow(events: Any, json_output: bool, what: str, field: str, unit: str = "
 
 
 def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
-    request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data)
+    request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data,
+                               host=args.host or "")
     report = _follow(conn.stub.Verify(request), args.json, "verify", "report")
     if report is None:
         return fail("the daemon ended the check without a report")
@@ -913,7 +919,7 @@ def _read_key_file(path: str) -> bytes:
 
 def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
     """Copy sets (and the WAL they need) into another repository, made encrypted if missing."""
-    request = pb.CopyRequest(to=args.to, source=args.source or "", sets=args.sets or [])
+    request = pb.CopyRequest(to=args.to, source=args.source or "", sets=args.sets or [], host=args.host or "")
     if args.to_passphrase_file:
         request.passphrase = _read_passphrase(args.to_passphrase_file)
     else:
@@ -957,6 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    HOST_HELP = ("the host whose sets SET names ('latest' is its newest set); default: this daemon's host, or the "
+                 "only host with sets when this one has none")
     def command(name: str, fn: Callable[[Connection, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
         p.set_defaults(func=fn)
@@ -983,11 +991,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", nargs="?", default="", help="a directory of the set (default: its root)")
     p.add_argument("-r", "--recursive", action="store_true", help="list the whole subtree")
     p.add_argument("--source", metavar="NAME", help="the source 'latest' refers to")
+    p.add_argument("--host", metavar="H", help=HOST_HELP)
 
     p = command("diff", cmd_diff, "paths added, modified and deleted from SET_A to SET_B")
     p.add_argument("set_a", metavar="SET_A")
     p.add_argument("set_b", metavar="SET_B")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help=HOST_HELP)
 
     p = command("restore", cmd_restore, "restore a set (or some of its paths) into a directory")
     p.add_argument("set", metavar="SET")
@@ -998,6 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="always stream the data to this client (default: a daemon on this host writes an "
                         "empty target itself, and mends the target of --delta itself)")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help=HOST_HELP)
     p.add_argument("--include", action="append", metavar="P",
                    help="restore only paths matching this gitignore-style pattern (repeatable)")
     p.add_argument("--exclude", action="append", metavar="P", help="skip paths matching this pattern (repeatable)")
@@ -1032,6 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore_command for recovery, runnable by the database's user "
                         "(default: cairn --socket S wal-fetch %%f %%p)")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help=HOST_HELP)
     p.add_argument("--stream", action="store_true",
                    help="always stream the data to this client (default: a daemon on this host writes it)")
 
@@ -1039,6 +1051,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="SET", help="check only this set")
     p.add_argument("--read-data", action="store_true")
     p.add_argument("--source", metavar="NAME")
+    p.add_argument("--host", metavar="H", help=HOST_HELP)
 
     p = command("prune", cmd_prune, "forget sets by policy (per host and source; a set is kept when any rule "
                                     "keeps it), then free unreferenced data; no policy: only free unreferenced data")
@@ -1093,6 +1106,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--to-passphrase-file", metavar="F", help="the destination's passphrase (first line of F)")
     secret.add_argument("--to-key-file", metavar="F", help="the destination's key file")
     p.add_argument("--source", metavar="NAME", help="only this source's sets ('latest' refers to it)")
+    p.add_argument("--host", metavar="H", help=HOST_HELP)
 
     sysid_help = ("the cluster's system identifier, its WAL name space in the repository (default: from the "
                   "segment's header, else from the pg_control of the data directory the file lies in)")

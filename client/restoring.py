@@ -50,7 +50,8 @@ CHUNKS_PER_CALL = 16384  # ids in one RestoreChunks request (32 bytes each, well
 
 def restore_request(args: argparse.Namespace, manifest: bool = False) -> pb.RestoreRequest:
     return pb.RestoreRequest(set=args.set, source=args.source or "", paths=[os.fsencode(p) for p in args.paths],
-                             include=args.include or [], exclude=args.exclude or [], manifest=manifest)
+                             include=args.include or [], exclude=args.exclude or [], manifest=manifest,
+                             host=args.host or "")
 
 
 def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> tuple[pb.SetInfo | None, list[EntryMeta],
@@ -82,7 +83,8 @@ def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received
     daemon cannot read comes as (id, CorruptionError) and the others still come."""
     for start in range(0, len(ids), CHUNKS_PER_CALL):
         part = ids[start:start + CHUNKS_PER_CALL]
-        call = conn.stub.RestoreChunks(pb.RestoreChunksRequest(set=args.set, source=args.source or "", ids=part))
+        call = conn.stub.RestoreChunks(pb.RestoreChunksRequest(set=args.set, source=args.source or "", ids=part,
+                                                               host=args.host or ""))
         cur, pieces, failed = -1, [], False
         for reply in received_ahead(call):
             if reply.index != cur:

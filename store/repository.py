@@ -744,9 +744,11 @@ class Repository:
         sets = [s for s in sets if source is None or s.source == source]
         return sorted(sets, key=lambda s: (s.time_end, s.id))
 
-    def get_set(self, ref: str, source: str | None = None) -> BackupSet:
+    def get_set(self, ref: str, source: str | None = None, host: str | None = None,
+                own_host: str | None = None) -> BackupSet:
+        """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets)."""
         try:
-            return resolve(self.list_sets(), ref, source)
+            return resolve(self.list_sets(), ref, source, host, own_host)
         except NotFoundError:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
                 raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "

@@ -39,24 +39,28 @@ def wal_needed(s: BackupSet) -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))
 
 
-def choose_sets(repo: Repository, refs: list[str], source: str) -> list[BackupSet]:
-    """The sets named by `refs` (ids, prefixes, 'latest'), or every set of `source` (every set
-    when empty). Unknown sets and sources are NotFoundError."""
+def choose_sets(repo: Repository, refs: list[str], source: str, host: str = "",
+                own_host: str | None = None) -> list[BackupSet]:
+    """The sets named by `refs` (ids, prefixes, 'latest' as Repository.get_set resolves it), or
+    every set of `source` and `host` (every set when both are empty). Unknown sets and sources
+    are NotFoundError."""
     if refs:
-        return [repo.get_set(ref, source or None) for ref in refs]
-    sets = repo.list_sets(source or None)
-    if source and not sets:
-        raise NotFoundError(f"no set of source '{source}' in the repository")
+        return [repo.get_set(ref, source or None, host or None, own_host) for ref in refs]
+    sets = [s for s in repo.list_sets(source or None) if not host or s.hostname == host]
+    if (source or host) and not sets:
+        where = " and".join(x for x in (f" of source '{source}'" if source else "",
+                                         f" of host '{host}'" if host else "") if x)
+        raise NotFoundError(f"no set{where} in the repository")
     return sets
 
 
 def run_copy(repo: Repository, config: RepositoryConfig, to: str, secret: Secret, refs: list[str], source: str,
              progress: Callable[[Progress], None] | None = None,
-             cancel: threading.Event | None = None) -> CopyReport:
+             cancel: threading.Event | None = None, host: str = "", own_host: str | None = None) -> CopyReport:
     """Copy the chosen sets of `repo` into the repository at `to` (see the module docstring)."""
     if not to:
         raise InvalidArgumentError("a copy needs a destination (--to)")
-    sets = choose_sets(repo, refs, source)
+    sets = choose_sets(repo, refs, source, host, own_host)
     options = config.s3_options() if is_s3(to) and is_s3(config.path) else None
     dst = open_destination(to, secret, options)
     try:

@@ -33,22 +33,22 @@ class DatabasePart(ServicePart):
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                    target_path: str = "", restore_command: str = "",
-                   lanes: LaneGauge | None = None, target_timeline: str = "current"
+                   lanes: LaneGauge | None = None, target_timeline: str = "current", host: str = ""
                    ) -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target (on
         `target_timeline`), then promotes."""
-        s = self.resolve(ref, source)
+        s = self.resolve(ref, source, host)
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
                                                self._config.daemon.socket, target_path, restore_command,
                                                lanes=lanes, target_timeline=target_timeline)
         return s, self._counted(records)
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
-                          progress: ProgressFn | None = None, cancel: threading.Event | None = None
-                          ) -> tuple[BackupSet, DumpRestoreResult]:
+                          progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                          host: str = "") -> tuple[BackupSet, DumpRestoreResult]:
         """A set's dump of `database` restored into the database `target_dsn` names, on this host
         (pg_restore, or the configured restore command: daemon/databases/restore.py)."""
-        s = self.resolve(ref, source)
+        s = self.resolve(ref, source, host)
         return s, restore_dump(self.repo, self._config, s, database, target_dsn, progress, cancel)
 
     def check_db(self, name: str, timeout: float | None = None) -> checkdb.CheckResult:

@@ -49,9 +49,10 @@ def _save_repair_mark(when: float, state_dir: str) -> None:
 class MaintenancePart(ServicePart):
     """Verify, prune, retention and keys."""
 
-    def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None) -> CheckReport:
+    def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None,
+               host: str = "") -> CheckReport:
         """Check the repository (or one set). A `progress` that raises AbortedError stops it."""
-        chosen = self.resolve(set_ref, source) if set_ref else None
+        chosen = self.resolve(set_ref, source, host) if set_ref else None
         if self._metrics is not None:
             self._metrics.record_verify_start()
         outcome = "failed"
@@ -138,10 +139,11 @@ class MaintenancePart(ServicePart):
         return key_id
 
     def copy(self, to: str, secret: Secret, refs: list[str], source: str = "",
-             progress: ProgressFn | None = None) -> Any:
+             progress: ProgressFn | None = None, host: str = "") -> Any:
         """Copy sets (and the WAL they need) into the repository at `to` (daemon/operations/copying.py)."""
         from cairn.daemon.operations import copying
 
-        report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress)
+        report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress,
+                                  host=host, own_host=self._hostname)
         log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))
         return report

@@ -43,17 +43,23 @@ class ServicePart:
     _lock: threading.Lock
 
     @property
+    def hostname(self) -> str:
+        """The host name this daemon's sets record."""
+        return self._hostname
+
+    @property
     def _hostname(self) -> str:
         """The host name sets record: [daemon] host, else the machine's."""
         return self._config.daemon.host or self._machine
 
-    def resolve(self, ref: str, source: str = "") -> BackupSet:
-        """The set named by a full id, a unique prefix or 'latest' (per source)."""
+    def resolve(self, ref: str, source: str = "", host: str = "") -> BackupSet:
+        """The set named by a full id, a unique prefix or 'latest' (per source; with no `host`,
+        this host's newest, see store/snapshots/sets.py resolve)."""
         if not ref:
             raise InvalidArgumentError("no set given: name a set id, a unique prefix or 'latest'")
         if source:
             self._require_known_source(source)
-        return self.repo.get_set(ref, source or None)
+        return self.repo.get_set(ref, source or None, host or None, own_host=self._hostname)
 
     def _require_writable(self, what: str) -> None:
         if self._config.daemon.read_only:

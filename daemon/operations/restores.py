@@ -29,18 +29,19 @@ class RestorePart(ServicePart):
             self._require_known_source(source)
         return [s for s in sets if s.hostname == host] if host else sets
 
-    def list_tree(self, ref: str, source: str, path: str, recursive: bool) -> tuple[BackupSet, list[TreeEntry]]:
-        s = self.resolve(ref, source)
+    def list_tree(self, ref: str, source: str, path: str, recursive: bool,
+                  host: str = "") -> tuple[BackupSet, list[TreeEntry]]:
+        s = self.resolve(ref, source, host)
         return s, self.repo.list_tree(s, _rel(path), recursive=recursive)
 
-    def diff(self, a: str, b: str, source: str = "") -> tuple[BackupSet, BackupSet, SetDiff]:
-        sa, sb = self.resolve(a, source), self.resolve(b, source)
+    def diff(self, a: str, b: str, source: str = "", host: str = "") -> tuple[BackupSet, BackupSet, SetDiff]:
+        sa, sb = self.resolve(a, source, host), self.resolve(b, source, host)
         return sa, sb, self.repo.diff(sa, sb)
 
     def restore_stream(self, ref: str, source: str, paths: list[str], include: tuple[str, ...] = (),
                        exclude: tuple[str, ...] = (), manifest: bool = False,
-                       lanes: LaneGauge | None = None) -> tuple[BackupSet, Iterator[Record]]:
-        s = self.resolve(ref, source)
+                       lanes: LaneGauge | None = None, host: str = "") -> tuple[BackupSet, Iterator[Record]]:
+        s = self.resolve(ref, source, host)
         rels = [_rel(p) for p in paths]
         if any(not p for p in rels):
             rels = []
@@ -76,13 +77,14 @@ class RestorePart(ServicePart):
 
     def delta_local(self, ref: str, source: str, paths: list[str], include: tuple[str, ...], exclude: tuple[str, ...],
                     target: str, nonce: str, quick: bool = False, delete: bool = False,
-                    cancelled: Callable[[], bool] | None = None) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
+                    cancelled: Callable[[], bool] | None = None,
+                    host: str = "") -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
         """A delta restore into the client's claimed target on this host (cairn.fsio.claims.check_delta_claim):
         the set's manifest is compared with the target and what differs is written from the
         repository directly (cairn.fsio.delta.mend), until `cancelled` says the client went away.
         Returns (set, plan, what changed, problems of the manifest)."""
         claim = claims.check_delta_claim(target, nonce)
-        s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True)
+        s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True, host=host)
         entries: list[EntryMeta] = []
         problems: list[str] = []
         try:
@@ -114,9 +116,9 @@ class RestorePart(ServicePart):
             raise
         return s, p, st, problems
 
-    def restore_chunks(self, ref: str, source: str, ids: list[bytes]) -> Iterator[bytes | CairnError]:
+    def restore_chunks(self, ref: str, source: str, ids: list[bytes], host: str = "") -> Iterator[bytes | CairnError]:
         """The content of chunks of a set's files, in the order asked (delta restores); a chunk
         that cannot be read comes as its CairnError, and the others still come."""
-        s = self.resolve(ref, source)
+        s = self.resolve(ref, source, host)
         return self.repo.read_chunks(s, ids, errors=True)
 

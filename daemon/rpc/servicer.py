@@ -159,7 +159,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> Iterator[pb.BackupEvent]:
         job = self.service.start_backup(request.source, request.level, tuple(request.tags), reason="client")
         yield pb.BackupEvent(started=job_info(job))
-        estimate = backup_estimate(job.level, self.service.list_sets(job.source))
+        estimate = backup_estimate(job.level, self.service.list_sets(job.source, host=self.service.hostname))
         version = 0
         while True:
             snap = job.wait_update(version, timeout=1.0)
@@ -183,7 +183,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:
-        s, entries = self.service.list_tree(request.set, request.source, os.fsdecode(request.path), request.recursive)
+        s, entries = self.service.list_tree(request.set, request.source, os.fsdecode(request.path), request.recursive,
+                                            host=request.host)
         first = True
         for start in range(0, max(len(entries), 1), LIST_BATCH):
             reply = pb.ListTreeReply(entries=[tree_entry(e) for e in entries[start : start + LIST_BATCH]])
@@ -194,7 +195,7 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> Iterator[pb.DiffReply]:
-        sa, sb, diff = self.service.diff(request.a, request.b, request.source)
+        sa, sb, diff = self.service.diff(request.a, request.b, request.source, host=request.host)
         yield pb.DiffReply(a=set_info(sa), b=set_info(sb))
         for field, paths in (("added", diff.added), ("modified", diff.modified), ("deleted", diff.deleted)):
             for start in range(0, len(paths), LIST_BATCH):
@@ -206,7 +207,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             s, p, st, problems = self.service.delta_local(
                 request.set, request.source, [os.fsdecode(x) for x in request.paths], tuple(request.include),
                 tuple(request.exclude), os.fsdecode(request.target_path), request.local_claim, request.quick,
-                request.delete, cancelled=lambda: not context.is_active())
+                request.delete, cancelled=lambda: not context.is_active(), host=request.host)
             yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
                 files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
                 bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
@@ -219,7 +220,8 @@ class CairnServicer(pb_grpc.CairnServicer):
         paths = [os.fsdecode(p) for p in request.paths]
         lanes = LaneGauge() if local else None  # the daemon's own writer takes large files as lanes
         s, records = self.service.restore_stream(request.set, request.source, paths, tuple(request.include),
-                                                 tuple(request.exclude), request.manifest, lanes=lanes)
+                                                 tuple(request.exclude), request.manifest, lanes=lanes,
+                                                 host=request.host)
         totals = None if request.manifest else \
             self.service.restore_totals(s, paths, tuple(request.include), tuple(request.exclude))
         if local:
@@ -231,7 +233,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def RestoreChunks(self, request: pb.RestoreChunksRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.RestoreChunksReply]:
-        chunks = self.service.restore_chunks(request.set, request.source, list(request.ids))
+        chunks = self.service.restore_chunks(request.set, request.source, list(request.ids), host=request.host)
         try:
             for i, data in enumerate(chunks):
                 if isinstance(data, CairnError):  # this chunk only: the client mends every other file
@@ -250,7 +252,7 @@ class CairnServicer(pb_grpc.CairnServicer):
         s, records = self.service.restore_db(
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command, lanes=lanes,
-            target_timeline=request.target_timeline or "current",
+            target_timeline=request.target_timeline or "current", host=request.host,
         )
         totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:
@@ -267,7 +269,7 @@ class CairnServicer(pb_grpc.CairnServicer):
 
         def run(progress: Callable[[Progress], None]) -> Any:
             return self.service.restore_db_to_dsn(request.set, request.source, request.database,
-                                                  request.target_dsn, progress, cancel)
+                                                  request.target_dsn, progress, cancel, host=request.host)
 
         for item in run_with_progress(run, context):
             if isinstance(item, Progress):
@@ -281,7 +283,8 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> Iterator[pb.VerifyEvent]:
         def check(progress: Callable[[Progress], None]) -> CheckReport:
-            return self.service.verify(request.set, request.source, request.read_data, progress)
+            return self.service.verify(request.set, request.source, request.read_data, progress,
+                                       host=request.host)
 
         for item in run_with_progress(check, context, what="verify"):
             if isinstance(item, Progress):
@@ -383,7 +386,8 @@ class CairnServicer(pb_grpc.CairnServicer):
             raise InvalidArgumentError("a copy needs the destination's passphrase or the 32 bytes of its key file")
 
         def run(progress: Callable[[Progress], None]) -> Any:
-            return self.service.copy(request.to, secret, list(request.sets), request.source, progress)
+            return self.service.copy(request.to, secret, list(request.sets), request.source, progress,
+                                     host=request.host)
 
         for item in run_with_progress(run, context, what="copy"):
             if isinstance(item, Progress):

@@ -53,13 +53,30 @@ def set_trees(s: BackupSet) -> list[str]:
     return [s.tree] + [a["tree"] for a in s.attachments.values()]
 
 
-def resolve(sets: list[BackupSet], ref: str, source: str | None = None) -> BackupSet:
-    """Find a set by full id, unique prefix or 'latest' (optionally within one source)."""
-    pool = [s for s in sets if source is None or s.source == source]
+def resolve(sets: list[BackupSet], ref: str, source: str | None = None, host: str | None = None,
+            own_host: str | None = None) -> BackupSet:
+    """Find a set by full id, unique prefix or 'latest', among the sets of `source` and `host`
+    when given.
+
+    Hosts sharing a repository often share source names too, so 'latest' never silently means
+    another machine's set: with no `host` it is the newest set of `own_host` (the asking
+    daemon's host) when that host has one, else the newest set of the only host that has any;
+    sets of several other hosts make it ambiguous (name one with --host). An id or prefix names
+    one set whatever its host."""
+    pool = [s for s in sets if (source is None or s.source == source) and (not host or s.hostname == host)]
     if ref == "latest":
+        where = (f" of source '{source}'" if source else "") + (f" of host '{host}'" if host else "")
         if not pool:
-            where = f" of source '{source}'" if source else ""
             raise NotFoundError(f"no set{where} in the repository")
+        if not host and own_host is not None:
+            mine = [s for s in pool if s.hostname == own_host]
+            hosts = sorted({s.hostname for s in pool})
+            if mine:
+                pool = mine
+            elif len(hosts) > 1:
+                raise InvalidArgumentError(
+                    f"'latest' is ambiguous: the sets{where} come from hosts {', '.join(hosts)}, none from "
+                    f"this host ('{own_host}'); name one with --host")
         return max(pool, key=lambda s: (s.time_end, s.id))
     if not ref or any(c not in "0123456789abcdef" for c in ref.lower()):
         raise NotFoundError(f"unknown set '{ref}'")

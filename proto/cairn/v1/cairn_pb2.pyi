@@ -319,16 +319,18 @@ class TreeEntry(_message.Message):
     def __init__(self, path: _Optional[bytes] = ..., name: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., target: _Optional[bytes] = ...) -> None: ...
 
 class ListTreeRequest(_message.Message):
-    __slots__ = ("set", "source", "path", "recursive")
+    __slots__ = ("set", "source", "path", "recursive", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     path: bytes
     recursive: bool
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[bytes] = ..., recursive: _Optional[bool] = ...) -> None: ...
+    host: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[bytes] = ..., recursive: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListTreeReply(_message.Message):
     __slots__ = ("set", "entries")
@@ -339,14 +341,16 @@ class ListTreeReply(_message.Message):
     def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
-    __slots__ = ("a", "b", "source")
+    __slots__ = ("a", "b", "source", "host")
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     a: str
     b: str
     source: str
-    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    host: str
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., source: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class DiffReply(_message.Message):
     __slots__ = ("a", "b", "added", "modified", "deleted")
@@ -363,7 +367,7 @@ class DiffReply(_message.Message):
     def __init__(self, a: _Optional[_Union[SetInfo, _Mapping]] = ..., b: _Optional[_Union[SetInfo, _Mapping]] = ..., added: _Optional[_Iterable[bytes]] = ..., modified: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RestoreRequest(_message.Message):
-    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude", "local_claim", "target_path", "delta", "quick", "delete")
+    __slots__ = ("set", "source", "paths", "manifest", "include", "exclude", "local_claim", "target_path", "delta", "quick", "delete", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +379,7 @@ class RestoreRequest(_message.Message):
     DELTA_FIELD_NUMBER: _ClassVar[int]
     QUICK_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
@@ -386,10 +391,11 @@ class RestoreRequest(_message.Message):
     delta: bool
     quick: bool
     delete: bool
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ...) -> None: ...
+    host: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "restore_command", "local_claim")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "restore_command", "local_claim", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +405,7 @@ class RestoreDbRequest(_message.Message):
     TARGET_TIMELINE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_COMMAND_FIELD_NUMBER: _ClassVar[int]
     LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
@@ -408,19 +415,22 @@ class RestoreDbRequest(_message.Message):
     target_timeline: str
     restore_command: str
     local_claim: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ...) -> None: ...
+    host: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbToDsnRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_dsn")
+    __slots__ = ("set", "source", "database", "target_dsn", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
     TARGET_DSN_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
     target_dsn: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_dsn: _Optional[str] = ...) -> None: ...
+    host: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_dsn: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbToDsnResult(_message.Message):
     __slots__ = ("set", "database", "kind", "tool", "bytes", "seconds")
@@ -585,14 +595,16 @@ class CheckReport(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("set", "source", "read_data")
+    __slots__ = ("set", "source", "read_data", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     read_data: bool
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., read_data: _Optional[bool] = ...) -> None: ...
+    host: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., read_data: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class VerifyEvent(_message.Message):
     __slots__ = ("progress", "report")
@@ -823,14 +835,16 @@ class CheckDbReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[CheckDbStep, _Mapping]]] = ..., segment: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class RestoreChunksRequest(_message.Message):
-    __slots__ = ("set", "source", "ids")
+    __slots__ = ("set", "source", "ids", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    host: str
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., ids: _Optional[_Iterable[bytes]] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreChunksReply(_message.Message):
     __slots__ = ("index", "data", "error")
@@ -899,18 +913,20 @@ class KeyRemoveReply(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class CopyRequest(_message.Message):
-    __slots__ = ("to", "passphrase", "key_file", "source", "sets")
+    __slots__ = ("to", "passphrase", "key_file", "source", "sets", "host")
     TO_FIELD_NUMBER: _ClassVar[int]
     PASSPHRASE_FIELD_NUMBER: _ClassVar[int]
     KEY_FILE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SETS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     to: str
     passphrase: bytes
     key_file: bytes
     source: str
     sets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, to: _Optional[str] = ..., passphrase: _Optional[bytes] = ..., key_file: _Optional[bytes] = ..., source: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ...) -> None: ...
+    host: str
+    def __init__(self, to: _Optional[str] = ..., passphrase: _Optional[bytes] = ..., key_file: _Optional[bytes] = ..., source: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ...) -> None: ...
 
 class CopySetPair(_message.Message):
     __slots__ = ("source_set", "copied_set")

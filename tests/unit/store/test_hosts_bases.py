@@ -1,6 +1,7 @@
 """Hosts sharing a repository and a source name each build incremental and differential sets on
 their own sets: a base from another host would compare this host's files with a tree another
-machine took (and, were stat data equal, carry that machine's content over)."""
+machine took (and, were stat data equal, carry that machine's content over). Likewise 'latest'
+names the asking host's newest set, never silently another machine's."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import os
 import random
 import time
 
+import pytest
 from cairn.store.content.repoconfig import RepoConfig
-from cairn.store.model import BackupRequest
+from cairn.store.errors import InvalidArgumentError, NotFoundError
+from cairn.store.model import BackupRequest, BackupSet, SetStats
 from cairn.store.repository import Repository
+from cairn.store.snapshots.sets import resolve
 from cairn.store.storage.backend import MemoryBackend
 from storekit import make_tree
 
@@ -37,3 +41,36 @@ def test_each_host_bases_its_sets_on_its_own(tmp_path):
     assert repo.choose_base("data", "incremental", "gamma") == (
         "full", None, "no set of source 'data' to base a incremental on: taken as full")
     assert repo.choose_base("data", "incremental")[1].id == diff.id  # no host named: any host's newest
+
+
+def _sets(*specs: tuple[str, str, float]) -> list[BackupSet]:
+    """Set records (host, source, time_end) for resolve(); ids sort as given."""
+    out = []
+    for i, (host, source, t) in enumerate(specs):
+        out.append(BackupSet(id=f"{i:02x}" + "ab" * 31, source=source, level="full", requested_level="full", base=None,
+                             time_start=t, time_end=t, hostname=host, paths=("/x",), tree="00" * 32,
+                             stats=SetStats()))
+    return out
+
+
+def test_latest_is_the_asking_hosts_newest_set():
+    """Hosts share a source name: 'latest' on alpha is alpha's set even when beta's is newer, and
+    --host names another host's; a fresh host (disaster recovery) gets the only host's newest;
+    with several other hosts it is ambiguous rather than a guess."""
+    sets = _sets(("alpha", "app", 10), ("beta", "app", 20), ("alpha", "app", 30), ("beta", "app", 40),
+                 ("alpha", "logs", 50))
+    assert resolve(sets, "latest", "app", own_host="alpha").id == sets[2].id
+    assert resolve(sets, "latest", "app", own_host="beta").id == sets[3].id
+    assert resolve(sets, "latest", own_host="beta").id == sets[3].id  # no source: beta's newest of any source
+    assert resolve(sets, "latest", "app", host="beta", own_host="alpha").id == sets[3].id
+    assert resolve(sets, "latest", "logs", own_host="beta").id == sets[4].id  # only alpha has 'logs'
+    with pytest.raises(InvalidArgumentError, match=r"ambiguous.*hosts alpha, beta.*'gamma'.*--host"):
+        resolve(sets, "latest", "app", own_host="gamma")
+    assert resolve(sets, "latest", "app", host="alpha", own_host="gamma").id == sets[2].id
+    with pytest.raises(NotFoundError, match="no set of source 'app' of host 'delta'"):
+        resolve(sets, "latest", "app", host="delta", own_host="alpha")
+    assert resolve(sets, "latest", "app").id == sets[3].id  # no host known: the newest of any (store callers)
+    # an id or prefix names one set whatever the host; --host narrows it
+    assert resolve(sets, sets[3].id[:4], own_host="alpha").id == sets[3].id
+    with pytest.raises(NotFoundError):
+        resolve(sets, sets[3].id[:4], host="alpha", own_host="alpha")
