@@ -510,8 +510,8 @@ def _follow(events: Any, json_output: bool, what: str, field: str, unit: str = "
 
 def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
     request = pb.VerifyRequest(set=args.set or "", source=args.source or "", read_data=args.read_data,
-                               host=args.host or "")
-    report = _follow(conn.stub.Verify(request), args.json, "verify", "report")
+                               host=args.host or "", read_data_subset=args.read_data_subset or "")
+    report = _follow(conn.stub.Verify(request), args.json, "verify", "report", unit="pack")
     if report is None:
         return fail("the daemon ended the check without a report")
     if args.json:
@@ -522,6 +522,8 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
     for p in report.warnings:
         out(f"warning: {p.message}")
     counts = render.verify_counts(report)
+    if args.read_data_subset:
+        counts += f" (read-data subset {args.read_data_subset})"
     if report.ok:
         out(f"repository ok: {counts}")
         return EXIT_OK
@@ -1050,6 +1052,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
     p.add_argument("--set", metavar="SET", help="check only this set")
     p.add_argument("--read-data", action="store_true")
+    p.add_argument("--read-data-subset", metavar="n/m|P%",
+                   help="read and hash only some packs: group n of m (1/7 to 7/7 on seven days read every pack "
+                        "once), or a random P percent")
     p.add_argument("--source", metavar="NAME")
     p.add_argument("--host", metavar="H", help=HOST_HELP)
 

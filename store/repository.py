@@ -921,10 +921,14 @@ class Repository:
 
     # -- maintenance -----------------------------------------------------------------
     def check(self, *, read_data: bool = False, set_ref: str | None = None,
-              progress: ProgressFn | None = None) -> CheckReport:
+              progress: ProgressFn | None = None, subset: str = "") -> CheckReport:
+        """Check the repository (maintenance/check.py); `subset` ("n/m" or "P%") reads only
+        those packs (it implies read_data)."""
         self._full_key("to verify (it reads every set and tree)")
+        if subset:
+            checkmod.parse_subset(subset)  # bad input: refused before anything is read
         self.load_index()
-        return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref)
+        return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref, subset=subset)
 
     def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
               lock_wait: float = PRUNE_LOCK_WAIT, grace: float | None = None) -> PruneReport:

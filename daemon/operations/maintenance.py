@@ -50,15 +50,16 @@ class MaintenancePart(ServicePart):
     """Verify, prune, retention and keys."""
 
     def verify(self, set_ref: str, source: str, read_data: bool, progress: ProgressFn | None,
-               host: str = "") -> CheckReport:
-        """Check the repository (or one set). A `progress` that raises AbortedError stops it."""
+               host: str = "", subset: str = "") -> CheckReport:
+        """Check the repository (or one set; or with `subset`, "n/m" or "P%", read only those
+        packs). A `progress` that raises AbortedError stops it."""
         chosen = self.resolve(set_ref, source, host) if set_ref else None
         if self._metrics is not None:
             self._metrics.record_verify_start()
         outcome = "failed"
         try:
             report = self.repo.check(read_data=read_data, set_ref=chosen.id if chosen else None,
-                                     progress=progress)
+                                     progress=progress, subset=subset)
             # WAL continuity per timeline from each database set's start onward (walarchive)
             gaps = walarchive.continuity_problems(self.repo, [chosen] if chosen else self.repo.list_sets())
             report = replace(report, errors=report.errors + tuple(gaps)) if gaps else report

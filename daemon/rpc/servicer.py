@@ -284,7 +284,7 @@ class CairnServicer(pb_grpc.CairnServicer):
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> Iterator[pb.VerifyEvent]:
         def check(progress: Callable[[Progress], None]) -> CheckReport:
             return self.service.verify(request.set, request.source, request.read_data, progress,
-                                       host=request.host)
+                                       host=request.host, subset=request.read_data_subset)
 
         for item in run_with_progress(check, context, what="verify"):
             if isinstance(item, Progress):

@@ -5,6 +5,9 @@ indexed, every indexed pack exists, every WAL catalog entry verifies and names i
 chunks; a set object that does not verify is an error naming it. Read-data: every pack is
 read whole and verified against its name; in a damaged pack each blob is verified on its own
 so the report names exactly the blobs, and through them the sets and paths, that are hurt.
+A read-data subset (`n/m`, or a percentage) reads only some packs: `n/m` the packs
+whose id falls in group n of m (a pack's group is its id's first 32 bits modulo m, so running
+1/m to m/m over m days reads every pack once), `P%` a random P percent of the packs (at least one).
 Leftovers of interrupted writes (packs no index names, unreadable index files) are
 warnings: they hurt nothing by themselves, but a pack no index names may hold the only copy of
 live data (its index file was lost), so the warning points to `cairn repair index`. The report's
@@ -15,14 +18,17 @@ a backup, which stores the lost content again; damaged set objects for `cairn re
 
 from __future__ import annotations
 
+import math
 import os
+import random
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..content.blobs import decode_blob
 from ..content.packs import CODEC_ZSTD_REF, parse_pack
-from ..errors import BackendError, CairnError, CorruptionError, NotFoundError, short
+from ..errors import BackendError, CairnError, CorruptionError, InvalidArgumentError, NotFoundError, short
 from ..model import BackupSet, CheckProblem, CheckReport, Progress
 from ..snapshots import wal as walmod
 from ..snapshots.sets import decode_set, set_trees
@@ -32,6 +38,25 @@ if TYPE_CHECKING:
     from .handle import MaintainedRepository
 
 MAX_PATHS = 20
+
+
+def parse_subset(text: str) -> Callable[[list[str]], list[str]]:
+    """A read-data subset ("n/m" or "P%") as a function choosing packs from a sorted list."""
+    group = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if group:
+        n, m = int(group[1]), int(group[2])
+        if 1 <= n <= m:
+            return lambda packs: [p for p in packs if int(p[:8], 16) % m == n - 1]
+    share = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
+    if share and 0 < float(share[1]) <= 100:
+        frac = float(share[1]) / 100
+
+        def sample(packs: list[str]) -> list[str]:
+            k = min(len(packs), max(1, math.ceil(len(packs) * frac))) if packs else 0
+            return sorted(random.SystemRandom().sample(packs, k))
+        return sample
+    raise InvalidArgumentError(f"invalid read-data subset '{text}': give n/m (1 <= n <= m, e.g. 2/7) "
+                               "or a percentage (e.g. 10%)")
 
 
 class Checker:
@@ -52,13 +77,17 @@ class Checker:
         self.damaged_sets = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
 
-    def run(self, *, read_data: bool, set_ref: str | None) -> CheckReport:
+    def run(self, *, read_data: bool, set_ref: str | None, subset: str = "") -> CheckReport:
+        choose = parse_subset(subset) if subset else None
+        if choose is not None and set_ref is not None:
+            raise InvalidArgumentError("a read-data subset chooses among the repository's packs: it does not go with "
+                                       "a set (that set's data is read whole)")
         sets = self._sets(set_ref)
         self._index_warnings()
         self._packs_present()
-        if read_data:
+        if read_data or choose is not None:
             if set_ref is None:
-                self._read_all_packs()
+                self._read_all_packs(choose)
             else:
                 self._read_blobs_of(sets)
         self._check_references()
@@ -154,11 +183,13 @@ class Checker:
         if self.progress is not None:
             self.progress(Progress(phase, done, total))
 
-    def _read_all_packs(self) -> None:
+    def _read_all_packs(self, choose: Callable[[list[str]], list[str]] | None = None) -> None:
         by_pack: dict[str, list[bytes]] = defaultdict(list)
         for bid, loc in self.repo.index.items():
             by_pack[loc.pack].append(bid)
         packs = sorted(by_pack)
+        if choose is not None:
+            packs = choose(packs)
         for n, pack in enumerate(packs):
             self._emit("read-data", n, len(packs))
             try:

@@ -595,16 +595,18 @@ class CheckReport(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("set", "source", "read_data", "host")
+    __slots__ = ("set", "source", "read_data", "read_data_subset", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     READ_DATA_FIELD_NUMBER: _ClassVar[int]
+    READ_DATA_SUBSET_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     read_data: bool
+    read_data_subset: str
     host: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., read_data: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., read_data: _Optional[bool] = ..., read_data_subset: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class VerifyEvent(_message.Message):
     __slots__ = ("progress", "report")

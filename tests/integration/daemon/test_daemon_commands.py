@@ -65,6 +65,35 @@ def test_verify_and_prune(daemon):
     assert daemon.cli("ls", ids[0]).returncode == 3
 
 
+def test_verify_read_data_subset(daemon, tmp_path):
+    """--read-data-subset through the daemon: the groups 1/2 and 2/2 read every pack between them,
+    the one holding a damaged pack fails (exit 1) and the other passes; a bad subset is one line
+    and exit 2."""
+    for i in range(4):
+        (daemon.src / f"r{i}.bin").write_bytes(os.urandom(300_000))
+        daemon.ok("backup", "--level", "full")
+    whole = json.loads(daemon.ok("--json", "verify", "--read-data"))
+    packs_dir = tmp_path / "repo" / "packs"
+    packs = sorted(p for p in packs_dir.rglob("*") if p.is_file())
+    assert whole["packs_checked"] == len(packs) >= 1
+    victim = packs[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    victim.write_bytes(bytes(data))
+    read, failed = 0, []
+    for n in (1, 2):
+        r = daemon.cli("verify", "--read-data-subset", f"{n}/2")
+        assert r.returncode in (0, 1), r.stderr
+        assert f"(read-data subset {n}/2)" in r.stdout + r.stderr
+        if r.returncode == 1:
+            failed.append(n)
+            assert f"pack '{victim.name[:8]}" in r.stdout, r.stdout
+        read += json.loads(daemon.cli("--json", "verify", "--read-data-subset", f"{n}/2").stdout)["packs_checked"]
+    assert failed == [int(victim.name[:8], 16) % 2 + 1] and read == len(packs)
+    r = daemon.cli("verify", "--read-data-subset", "3/2")
+    assert r.returncode == 2 and "invalid read-data subset '3/2'" in r.stderr and len(r.stderr.splitlines()) <= 2
+
+
 def test_wal_push_and_fetch(daemon, tmp_path):
     seg = tmp_path / "000000010000000000000001"
     data = os.urandom(3 << 20)  # more than one message

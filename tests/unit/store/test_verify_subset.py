@@ -1,0 +1,73 @@
+"""verify's read-data subset: "n/m" reads group n of m of the packs, and the m groups together
+read every pack exactly once (so rotating through them finds damage anywhere); "P%" reads that
+share of the packs; damage is reported by the run whose packs hold it and by no other; bad
+subsets are refused before anything is read."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from cairn.store.content.repoconfig import RepoConfig
+from cairn.store.errors import InvalidArgumentError
+from cairn.store.maintenance.check import parse_subset
+from cairn.store.repository import Repository
+from cairn.store.storage.backend import MemoryBackend
+from storekit import backup, make_tree
+
+
+@pytest.fixture
+def many_packs(src, rng):
+    inner = MemoryBackend()
+    repo = Repository.init(inner, RepoConfig.new(pack_size=64 * 1024))  # small packs: many of them
+    make_tree(str(src), rng, files=40, max_size=60_000)
+    backup(repo, src)
+    packs = sorted(name for kind, name in inner.objects if kind == "packs")
+    assert len(packs) >= 12
+    return inner, packs
+
+
+def test_groups_read_every_pack_once_and_find_the_damage(many_packs):
+    inner, packs = many_packs
+    victim = packs[len(packs) // 2]
+    data = bytearray(inner.objects[("packs", victim)])
+    data[10] ^= 0x40
+    inner.objects[("packs", victim)] = bytes(data)
+    m = 5
+    read, found = 0, []
+    for n in range(1, m + 1):
+        report = Repository.open(inner).check(subset=f"{n}/{m}")
+        read += report.packs_checked
+        if not report.ok:
+            assert any(p.object_id == victim for p in report.errors), report.errors
+            found.append(n)
+    assert read == len(packs)  # every pack once over the m runs
+    assert found == [int(victim[:8], 16) % m + 1]  # only the run whose group holds it
+    assert not Repository.open(inner).check(read_data=True).ok
+
+
+def test_a_percentage_reads_that_share(many_packs):
+    inner, packs = many_packs
+    report = Repository.open(inner).check(subset="25%")
+    assert report.ok and report.packs_checked == math.ceil(len(packs) * 0.25)
+    assert Repository.open(inner).check(subset="0.1%").packs_checked == 1  # at least one
+    assert Repository.open(inner).check(subset="100%").packs_checked == len(packs)
+
+
+@pytest.mark.parametrize("bad", ["0/3", "4/3", "3", "x/y", "0%", "150%", "-5%", "1/0", ""])
+def test_bad_subsets_are_refused(many_packs, bad):
+    inner, _ = many_packs
+    if not bad:
+        assert Repository.open(inner).check(subset=bad).packs_checked == 0  # empty: no subset, no read
+        return
+    with pytest.raises(InvalidArgumentError, match="invalid read-data subset"):
+        parse_subset(bad)
+    with pytest.raises(InvalidArgumentError, match="invalid read-data subset"):
+        Repository.open(inner).check(subset=bad)
+
+
+def test_a_subset_does_not_go_with_one_set(many_packs):
+    inner, _ = many_packs
+    repo = Repository.open(inner)
+    with pytest.raises(InvalidArgumentError, match="does not go with a set"):
+        repo.check(subset="1/2", set_ref=repo.list_sets()[0].id)
