@@ -199,8 +199,16 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
     for line in render.table(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"), rows)[1:]:
         out(line)
     if not (args.path or "").strip("/") and info is not None:
-        for name in render.set_databases(info):  # beside the tree: restore-db SET --database NAME
-            out(f"database {name}  (db:{name}: cairn restore-db {render.short_id(info.id)} --database {name})")
+        from cairn.client import restoring
+
+        sid = render.short_id(info.id)
+        for rec in restoring.database_records(info):  # beside the tree: restore-db SET --database NAME
+            name, kind = rec["name"], rec.get("kind", restoring.POSTGRES)
+            if kind == restoring.POSTGRES:
+                out(f"database {name}  (db:{name}: cairn restore-db {sid} --database {name} --target DIR)")
+            else:
+                out(f"database {name}  (db:{name}, a dump of kind {kind}: cairn restore-db {sid} --database {name} "
+                    "--target-dsn DSN, or --target DIR for its files)")
     return EXIT_OK
 
 
@@ -327,7 +335,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     else:
         for d in dumps:
             out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down; restore it "
-                f"into a database with {d['restore']}")
+                f"into a database with {d['restore']}, or write its files with {d['files']}")
         out("start in this order:")
         for i, (name, where) in enumerate(places.items(), 1):
             out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
@@ -356,13 +364,16 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         return restore_db_to_dsn(conn, args)
     timeline = restoring.check_timeline(args.target_timeline or "current")
     check_target(args.target, overwrite=False)
-    if timeline != "current":  # pin the set, and check the timeline before anything is written
-        first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
-                                                                host=args.host or ""))))
-        args.set = first.set.id
-        rec = next((r for r in restoring.database_records(first.set) if r["name"] == args.database), None)
-        if rec is not None and timeline != "latest":
-            restoring.check_timeline_reaches(conn, rec, int(timeline))
+    # pin the set ('latest' may move), learn the database's kind, check the timeline: all before
+    # anything is written
+    first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
+                                                            host=args.host or ""))))
+    args.set = first.set.id
+    rec = next((r for r in restoring.database_records(first.set) if r["name"] == args.database), None)
+    if rec is not None and rec.get("kind", restoring.POSTGRES) != restoring.POSTGRES:
+        return restore_dump_files(conn, args, rec)
+    if rec is not None and timeline not in ("current", "latest"):
+        restoring.check_timeline_reaches(conn, rec, int(timeline))
     request = pb.RestoreDbRequest(
         set=args.set,
         source=args.source or "",
@@ -379,6 +390,37 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         own_data_directory(args.target)
         if (args.target_time or args.target_lsn) and not args.restore_command:
             prime_prefetch(args)
+    return code
+
+
+def restore_dump_files(conn: Connection, args: argparse.Namespace, rec: dict[str, Any]) -> int:
+    """restore-db --target DIR of a dump: the daemon sends its files as stored (a pg_dump
+    directory or the command's stream file) and runs no tool, so this works with nothing but the
+    repository (disaster recovery); what to run next is printed."""
+    if args.target_time or args.target_lsn or args.target_timeline or args.restore_command:
+        return fail(f"database '{args.database}' is a dump (kind '{rec['kind']}'): --target-time, --target-lsn, "
+                    "--target-timeline and --restore-command do not apply to it", code=EXIT_USAGE)
+    request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=args.database,
+                                  target_path=os.fsencode(os.path.abspath(args.target)), host=args.host or "")
+    doc: dict[str, Any] = {}
+    code = restore_db_into(conn, request, args.target, args.json, report=doc if args.json else None,
+                           local=not args.stream)
+    where = os.path.abspath(args.target)
+    if rec.get("layout") == "stream" and rec.get("stream_file"):
+        where = os.path.join(where, str(rec["stream_file"]))
+    if rec["kind"] == "pg_dump":
+        hint = f"pg_restore --dbname=DSN --jobs={int(rec.get('jobs') or 1)} {where}"
+    else:
+        hint = f"feed {where} to the database's restore tool" if rec.get("layout") == "stream" else \
+            f"pass the directory {where} to the database's restore tool"
+    hint += (f" (or, on a daemon configured for it: cairn restore-db {render.short_id(args.set)} --database "
+             f"{args.database} --target-dsn DSN)")
+    if args.json:
+        doc.update({"database": args.database, "kind": rec["kind"], "dump": where, "next": hint})
+        out(render.dumps(doc))
+    elif code == EXIT_OK:
+        out(f"database '{args.database}' is a dump (kind '{rec['kind']}'), written as stored: {where}")
+        out(f"to restore it: {hint}")
     return code
 
 

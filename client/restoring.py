@@ -295,7 +295,8 @@ def dump_note(set_id: str, name: str, kind: str) -> dict[str, str]:
     """What --databases says of a dump it leaves alone: a dump is restored into a running
     database, not laid down as a directory."""
     return {"name": name, "kind": kind,
-            "restore": f"cairn restore-db {set_id} --database {name} --target-dsn DSN"}
+            "restore": f"cairn restore-db {set_id} --database {name} --target-dsn DSN",
+            "files": f"cairn restore-db {set_id} --database {name} --target DIR"}
 
 
 def database_targets(target: str, names: list[str], places: list[str] | None,

@@ -12,6 +12,10 @@ the repository); `cairn restore-db SET --database NAME --target-dsn DSN` asks fo
   straight from the repository (chunks verified as they are read; nothing spooled); a
   directory dump is restored into a scratch directory first, named by `{dir}`.
 
+`restore-db SET --database NAME --target DIR` of a dump (dump_files) writes the dump's files as
+stored (the pg_dump directory, or the command's stream file) and runs nothing: no configuration
+is needed, so a fresh host restores a dump with nothing but the repository.
+
 The restore command comes from the current configuration, never from the repository: a set
 cannot make the daemon run a command. What always holds: every check (the set holds that
 database, it is a dump, the database is configured with a restore command) runs before any
@@ -25,14 +29,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cairn.daemon.databases.dump import DIR_PLACEHOLDER, TARGET_PLACEHOLDER, ToolRun, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_PG_DUMP, DumpRecord, records_of
 from cairn.daemon.runtime.config import Config
 from cairn.errors import AbortedError, FailedPreconditionError, InvalidArgumentError, NotFoundError
-from cairn.fsio.records import Data
+from cairn.fsio.records import Data, LaneGauge, Record
 from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
@@ -67,6 +71,24 @@ def dump_record(s: BackupSet, database: str) -> DumpRecord:
     if rec.attachment not in s.attachments:
         raise NotFoundError(f"set '{s.id[:8]}' holds no dump of database '{database}'")
     return rec
+
+
+def dump_of(s: BackupSet, database: str) -> DumpRecord | None:
+    """The set's dump record of `database`, or None when the set holds no dump of that name."""
+    return next((r for r in records_of(s) if r.name == database and isinstance(r, DumpRecord)), None)
+
+
+def dump_files(repo: Repository, s: BackupSet, rec: DumpRecord, target_time: str, target_lsn: str,
+               command: str, timeline: str, lanes: LaneGauge | None = None) -> Iterator[Record]:
+    """The records of a dump's files as stored (`restore-db --target DIR` of a dump): a pg_dump
+    directory, or the command's stream file. Needs no configuration and runs no tool, so a
+    fresh host restores it with nothing but the repository; recovery options do not apply."""
+    if target_time or target_lsn or command or timeline not in ("", "current"):
+        raise InvalidArgumentError(f"database '{rec.name}' is a dump (kind '{rec.kind}'): it has no point-in-time "
+                                   "recovery, restore_command or timeline")
+    if rec.attachment not in s.attachments:
+        raise NotFoundError(f"set '{s.id[:8]}' holds no dump of database '{rec.name}'")
+    return repo.restore_stream(s, attachment=rec.attachment, lanes=lanes)
 
 
 def restore_dump(repo: Repository, config: Config, s: BackupSet, database: str, target_dsn: str,

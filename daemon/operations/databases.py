@@ -15,7 +15,7 @@ from cairn import walnames
 from cairn.daemon.databases.dump import PgDumpEngine, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_POSTGRES
 from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
-from cairn.daemon.databases.restore import DumpRestoreResult, restore_dump
+from cairn.daemon.databases.restore import DumpRestoreResult, dump_files, dump_of, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.fsio import claims
@@ -28,7 +28,12 @@ class DatabasePart(ServicePart):
     """Restoring databases, archiving and serving WAL, checking a database is ready."""
 
     def restore_db_totals(self, s: BackupSet, database: str) -> tuple[int, int]:
-        """(files, bytes) of the data directory (and tablespaces) a restore-db of `database` writes."""
+        """(files, bytes) of the data directory (and tablespaces), or of the dump, a restore-db of
+        `database` writes."""
+        dump = dump_of(s, database)
+        if dump is not None:
+            att = s.attachments.get(dump.attachment) or {}
+            return int(att.get("files") or 0), int(att.get("bytes_total") or 0)
         return restoredb.restore_db_totals(s, database)
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
@@ -36,8 +41,12 @@ class DatabasePart(ServicePart):
                    lanes: LaneGauge | None = None, target_timeline: str = "current", host: str = ""
                    ) -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target (on
-        `target_timeline`), then promotes."""
+        `target_timeline`), then promotes; a dump's files as stored."""
         s = self.resolve(ref, source, host)
+        dump = dump_of(s, database)
+        if dump is not None:  # its files as stored: no tool, no configuration needed (disaster recovery)
+            return s, self._counted(dump_files(self.repo, s, dump, target_time, target_lsn, restore_command,
+                                               target_timeline, lanes=lanes))
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
                                                self._config.daemon.socket, target_path, restore_command,
                                                lanes=lanes, target_timeline=target_timeline)

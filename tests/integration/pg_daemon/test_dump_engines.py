@@ -143,9 +143,31 @@ def test_mariadb_and_remote_postgres_in_one_cold_set_restore_to_the_rows_before_
     rows = maria.sql("SELECT id, name FROM items ORDER BY id", "shop_restored")
     assert rows.splitlines() == expected("maria")
 
-    # a dump is not a data directory, and a base backup is not a dump
-    r = stack.cli("restore-db", s["id"], "--database", "shoppg", "--target", str(stack.root / "nodir"))
-    assert r.returncode == 2 and "is a dump: restore it into a database with --target-dsn" in r.stderr
+    # --target DIR of a dump writes its files as stored and runs nothing (a host without the
+    # database's configuration, in disaster recovery): fed to the tools by hand they load the rows
+    files = stack.root / "pgfiles"
+    out = stack.ok("restore-db", s["id"], "--database", "shoppg", "--target", str(files))
+    assert (files / "toc.dat").is_file()
+    assert f"pg_restore --dbname=DSN --jobs=2 {files}" in out
+    stack.psql("CREATE DATABASE shop_by_hand")
+    subprocess.run([stack.pg.bin("pg_restore"), f"--dbname={stack.pg.dsn_for(dbname='shop_by_hand', tcp=True)}",
+                    "--exit-on-error", "--no-password", str(files)], check=True, capture_output=True, timeout=120)
+    rows = stack.pg.psql("SELECT id || E'\\t' || name FROM items ORDER BY id", dbname="shop_by_hand")
+    assert rows.splitlines() == expected("pg")
+    doc = json.loads(stack.ok("--json", "restore-db", s["id"], "--database", "shopmaria", "--target",
+                              str(stack.root / "mariafiles")))
+    dump = doc["dump"]
+    assert doc["kind"] == "command" and dump.startswith(str(stack.root / "mariafiles") + "/")
+    assert os.path.getsize(dump) == recs["shopmaria"]["bytes"]
+    maria.sql("CREATE DATABASE shop_by_hand")
+    with open(dump, "rb") as f:
+        subprocess.run([shutil.which("mariadb") or "mariadb", *maria.client_args(), "shop_by_hand"], stdin=f,
+                       check=True, capture_output=True, timeout=120)
+    assert maria.sql("SELECT id, name FROM items ORDER BY id", "shop_by_hand").splitlines() == expected("maria")
+    # recovery options do not apply to a dump: refused before anything is written
+    r = stack.cli("restore-db", s["id"], "--database", "shoppg", "--target", str(stack.root / "nodir"),
+                  "--target-time", "2026-01-01 00:00:00")
+    assert r.returncode == 2 and "is a dump (kind 'pg_dump')" in r.stderr and not (stack.root / "nodir").exists()
     r = stack.cli("restore-db", s["id"], "--database", "nosuch", "--target-dsn", target)
     assert r.returncode == 3 and "holds no database 'nosuch'" in r.stderr
     assert not os.listdir(os.path.join(stack.state, "restores"))  # scratch directories are removed

@@ -129,7 +129,8 @@ def test_databases_leave_dumps_alone_and_places_are_checked_first(stack: Stack) 
                               timeout=300))
     assert doc["written_by"] == "daemon" and doc["databases"][0]["written_by"] == "daemon"
     assert doc["dumps"] == [{"name": "notes", "kind": "command",
-                             "restore": f"cairn restore-db {short} --database notes --target-dsn DSN"}]
+                             "restore": f"cairn restore-db {short} --database notes --target-dsn DSN",
+                             "files": f"cairn restore-db {short} --database notes --target DIR"}]
     assert doc["start_order"] == ["database appdb", "dump notes", "application"]
 
     # an unknown database: every database of the set is named, with its kind
