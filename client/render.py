@@ -244,6 +244,7 @@ def status_dict(reply: pb.StatusReply, now: float | None = None) -> dict[str, An
                 "name": s.name,
                 "paths": [json_path(p) for p in s.paths],
                 "configured": s.configured,
+                "host": s.host or None,
                 "watch": s.watch,
                 "journal": s.journal,
                 "journal_state": s.journal_state or None,
@@ -403,7 +404,8 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
         lines.append("no sources")
     for s in reply.sources:
         paths = ", ".join(show_path(p) for p in s.paths) or "-"
-        where = "" if s.configured else " (not configured; known from its sets)"
+        where = "" if s.configured else f" (not configured; known from the sets of host '{s.host}')" if s.host \
+            else " (not configured; known from its sets)"
         lines.append("")
         lines.append(f"source {s.name}{where}: {paths}")
         if s.journal:

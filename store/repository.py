@@ -211,6 +211,10 @@ class Repository:
         if self.write_only:
             raise crypto.write_only_refusal(what)
 
+    def require_full_key(self, what: str) -> None:
+        """Refuse `what` (e.g. "to copy") up front when this handle's key is write-only."""
+        self._full_key(what)
+
     @property
     def host_cache(self) -> wonly.HostCache | None:
         """A write-only handle's cache of its own sets and trees (store/snapshots/writeonly.py)."""

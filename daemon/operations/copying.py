@@ -60,6 +60,7 @@ def run_copy(repo: Repository, config: RepositoryConfig, to: str, secret: Secret
     """Copy the chosen sets of `repo` into the repository at `to` (see the module docstring)."""
     if not to:
         raise InvalidArgumentError("a copy needs a destination (--to)")
+    repo.require_full_key("to copy (a copy reads every set's data)")  # before the destination is made
     sets = choose_sets(repo, refs, source, host, own_host)
     options = config.s3_options() if is_s3(to) and is_s3(config.path) else None
     dst = open_destination(to, secret, options)

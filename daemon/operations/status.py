@@ -59,6 +59,7 @@ class SourceState:
     last_failure: Failure | None = None  # daemon/runtime/health.py
     rpo: float | None = None
     last_success: float = 0.0
+    host: str = ""  # a source not configured here: the host whose sets these are
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,15 @@ class StatusPart(ServicePart):
         sets = self.repo.list_sets()
         running = self.jobs.running()
         next_runs = self._collect_next_runs()
-        names = [s.name for s in config.sources]
-        names += sorted({s.source for s in sets} - set(names))
         configured = {s.name: s for s in config.sources}
+        # a configured source is this host's (other hosts sharing the repository may use its
+        # name); a source only known from sets is shown once per host that took them
+        groups: list[tuple[str, str]] = [(s.name, self._hostname) for s in config.sources]
+        groups += sorted({(s.source, s.hostname) for s in sets if s.source not in configured},
+                         key=lambda g: (g[0], g[1] != self._hostname, g[1]))
         states = []
-        for name in names:
-            # a configured source is this host's: other hosts sharing the repository may use its name
-            own = [s for s in sets if s.source == name and (name not in configured or s.hostname == self._hostname)]
+        for name, host in groups:
+            own = [s for s in sets if s.source == name and s.hostname == host]
             src = configured.get(name)
             states.append(
                 SourceState(
@@ -129,12 +132,13 @@ class StatusPart(ServicePart):
                     watch=bool(src and src.watch),
                     journal=self._journal_view(src),
                     last={s.level: s for s in own},  # oldest first, so the latest per level wins
-                    running=running.get(name),
-                    next_runs=next_runs.get(name, {}),
+                    running=running.get(name) if src else None,
+                    next_runs=next_runs.get(name, {}) if src else {},
                     sets=len(own),
-                    last_failure=self.health.failure(name),
+                    last_failure=self.health.failure(name) if src or host == self._hostname else None,
                     rpo=src.rpo if src else None,
                     last_success=max((s.time_end for s in own if set_status(s) != "failed"), default=0.0),
+                    host="" if src else host,
                 )
             )
         return daemon, states

@@ -137,6 +137,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 journal_reasons=list(src.journal.reasons),
                 pending_paths=src.journal.pending_paths,
                 watches=src.journal.watches,
+                host=src.host,
             )
             if src.journal.oldest_unprotected_age is not None:
                 out.oldest_unprotected_age = src.journal.oldest_unprotected_age

@@ -139,7 +139,7 @@ class NextRun(_message.Message):
     def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success")
+    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success", "host")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class SourceStatus(_message.Message):
     LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
     RPO_FIELD_NUMBER: _ClassVar[int]
     LAST_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     name: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
     configured: bool
@@ -174,7 +175,8 @@ class SourceStatus(_message.Message):
     last_failure: SourceFailure
     rpo: float
     last_success: float
-    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ...) -> None: ...
+    host: str
+    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ..., host: _Optional[str] = ...) -> None: ...
 
 class SourceFailure(_message.Message):
     __slots__ = ("level", "time", "message", "status")

@@ -132,6 +132,7 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
         ("key", "remove", next(iter(keys))),
         ("key", "add", "--passphrase-file", str(full_pw)),
         ("wal-fetch", "000000010000000000000001", str(tmp_path / "fetched")),
+        ("copy", "--to", str(tmp_path / "copy-dest"), "--to-passphrase-file", str(full_pw)),
     ]
     for args in attempts:
         r = wonly.cli(*args)
@@ -139,6 +140,7 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
         assert "write-only" in _one_line(r.stderr), (args, r.stderr)
     assert not os.path.exists(tmp_path / "out-a") and not os.path.exists(tmp_path / "out-w")
     assert not os.path.exists(tmp_path / "fetched")
+    assert not os.path.exists(tmp_path / "copy-dest")  # refused before the destination was made
     assert _objects(repo) == before
     assert wonly.terminate(30)[0] == 0
 

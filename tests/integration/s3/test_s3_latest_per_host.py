@@ -1,6 +1,6 @@
 """'latest' on a repository shared by hosts, through real daemons on one SeaweedFS bucket: hosts
 that share a source name each restore, list and verify their own newest set by 'latest', even
-when another host's is newer; `--host` names another host's; a fresh host with no sets of its own
+when another host's is newer, and `status` shows each host's sets of a source apart; `--host` names another host's; a fresh host with no sets of its own
 (disaster recovery) is told that 'latest' is ambiguous among several hosts, one line and exit 2,
 and nothing is written, until it names one."""
 
@@ -59,6 +59,15 @@ def test_latest_is_the_asking_hosts_own_set(weed, creds, rundir):
         target = os.path.join(rundir, "r-alpha-asks-beta")
         hosts["alpha"].ok("restore", "latest", "--host", "beta", "--target", target)
         assert _found(target) == b"beta"
+
+        # status: a configured source is this host's sets; one known only from sets, each host's apart
+        mine = json.loads(hosts["alpha"].ok("--json", "status"))["sources"]
+        assert [(x["name"], x["host"], x["sets"], x["last"]["full"]["id"]) for x in mine] == [
+            ("app", None, 1, ids["alpha"])]
+        seen = json.loads(gamma.ok("--json", "status"))["sources"]
+        assert [(x["name"], x["host"], x["sets"], x["last"]["full"]["id"], x["paths"]) for x in seen] == [
+            ("app", name, 1, ids[name], [os.path.join(rundir, f"{name}-data")]) for name in ("alpha", "beta")]
+        assert "known from the sets of host 'beta'" in gamma.ok("status")
 
         target = os.path.join(rundir, "r-gamma")
         r = gamma.cli("restore", "latest", "--target", target)
