@@ -215,6 +215,7 @@ class PruneReport:
     dry_run: bool = False
     decisions: tuple[RetentionDecision, ...] = ()
     wal_forgotten: tuple[str, ...] = ()
+    in_use: tuple[tuple[str, str], ...] = ()  # (set id, holder): kept because a running backup builds on it
 
 
 @dataclass(frozen=True)

@@ -956,6 +956,9 @@ class Repository:
                                                                           grace=grace)
                 decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
                 named = set(report.forgotten)  # a set forgotten by name is not "kept by" a rule
+                in_use = dict(report.in_use)
+                decisions = [replace(d, keep=True, reasons=(f"base of a running backup ({in_use[d.set_id]})",))
+                             if d.set_id in in_use else d for d in decisions]
                 report = replace(report, decisions=tuple(d for d in decisions if not (d.keep and d.set_id in named)))
                 if policy.wal_keep is not None:
                     if not dry_run:

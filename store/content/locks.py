@@ -15,6 +15,8 @@ never block each other (content addressing makes them idempotent); only prune ex
 everything else.
 Taking a lock may wait for a conflicting one, retrying with bounded, jittered exponential backoff
 (until its owner sets `stopping`: then the wait ends with AbortedError). A
+held lock may carry more about its holder (`annotate`): a backup names the set it builds on, and
+prune keeps that set while the backup runs (store/maintenance/prune.py). A
 held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in a row, or the
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
 handle's `lost` event) and must stop before its next write. A released lock whose object could
@@ -70,11 +72,13 @@ class LockHandle:
     """A lock being held. `lost` is set (and the holder's `on_lost` called) when the lock could
     not be refreshed or was removed by someone else: the operation holding it must stop."""
 
-    def __init__(self, name: str, purpose: str) -> None:
+    def __init__(self, name: str, purpose: str, doc: dict | None = None) -> None:
         self.name = name
         self.purpose = purpose
         self.lost = threading.Event()
         self.reason = ""
+        self.doc: dict = doc if doc is not None else {}  # what the lock object says (without its time)
+        self.mutex = threading.Lock()  # one writer of the object at a time (annotate, refresh)
 
     def check(self) -> None:
         """Raise LockedError if the lock was lost."""
@@ -162,13 +166,13 @@ class Locks:
         `lost` is set and `on_lost(reason)` is called (from the refresher thread). A `gc` lock
         is shared but conflicts with other gc locks (one garbage collector at a time)."""
         name = self._acquire(purpose, exclusive, wait, gc)
-        handle = LockHandle(name, purpose)
         doc = {"host": self.host, "pid": os.getpid(), "pid_space": self.pid_space, "exclusive": exclusive,
                "purpose": purpose}
         if gc:
             doc["gc"] = True
+        handle = LockHandle(name, purpose, doc)
         stop = threading.Event()
-        refresher = threading.Thread(target=self._refresh, args=(handle, doc, stop, on_lost), daemon=True,
+        refresher = threading.Thread(target=self._refresh, args=(handle, stop, on_lost), daemon=True,
                                      name="lock-refresh")
         refresher.start()
         self.held.append(handle)
@@ -206,6 +210,14 @@ class Locks:
                 raise AbortedError(f"stopped waiting for the repository lock ({purpose}): shutting down")
             delay = min(delay * 2, BACKOFF_MAX)
 
+    def annotate(self, handle: LockHandle, **fields: object) -> None:
+        """Add `fields` to a held lock's object now, and to every refresh after: what another
+        process must know of this holder (a backup's base set, which prune keeps while the backup
+        runs). Raises the store's error if the object cannot be written."""
+        with handle.mutex:
+            handle.doc.update(fields)
+            self._write(handle.name, handle.doc)
+
     def _pause(self, seconds: float) -> bool:
         """Wait `seconds` before retrying; True when `stopping` was set meanwhile."""
         return self.stopping.wait(seconds)
@@ -217,7 +229,7 @@ class Locks:
         """Write a new lock object; False if one of that name exists (it is someone else's)."""
         return self.backend.put_if_absent("locks", name, json.dumps({**doc, "time": time.time()}).encode())
 
-    def _refresh(self, handle: LockHandle, doc: dict, stop: threading.Event,
+    def _refresh(self, handle: LockHandle, stop: threading.Event,
                  on_lost: Callable[[str], None] | None) -> None:
         failures = 0
         pause = self.refresh_every
@@ -230,7 +242,8 @@ class Locks:
             except CairnError:
                 pass  # the write below tells
             try:
-                self._write(handle.name, doc)
+                with handle.mutex:
+                    self._write(handle.name, handle.doc)
                 failures, pause = 0, self.refresh_every
             except CairnError as e:
                 failures += 1

@@ -20,6 +20,10 @@ instead of deduplicating), and before committing refuse a set that relies on a p
 by a marker whose blockers do not include their own lock. docs/format.md gives the argument
 that no committed set ever references a deleted pack.
 
+A set that a running backup builds on (its lock names the base, store/content/locks.py) is not
+forgotten, whatever the policy says: its data is what that backup deduplicates against. A
+later run forgets it once the backup has ended.
+
 Crash safety: every step only adds objects or deletes what the rest no longer needs, in an
 order where a crash before any write or delete leaves a consistent repository and the next
 run finishes the job: a marker without blockers is dropped by the next run (its packs are
@@ -40,7 +44,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..content.crypto import OVERHEAD
@@ -135,24 +139,48 @@ class Pruner:
         named = {resolve(scope, ref).id for ref in policy.forget}  # unknown or ambiguous: an error, nothing done
         forget += [s for s in keep if s.id in named]
         keep = [s for s in keep if s.id not in named]
+        in_use = self.bases_in_use()  # a running backup builds on these: forgotten by a later run
+        keep += [s for s in forget if s.id in in_use]
+        forget = [s for s in forget if s.id not in in_use]
         if dry_run:
-            return self._plan(keep, forget)
+            return replace(self._plan(keep, forget), in_use=tuple(sorted(in_use.items())))
         # a damaged WAL catalog entry or listing of a kept set stops the run before any change
         self._live([s for s in self.repo.list_sets(complete=True) if s not in forget])
         deleted, freed = self.collect(grace)
+        removed: dict[str, bytes] = {}
         for s in forget:
             self.check_lock()
             try:
+                removed[s.id] = self.repo.backend.get("sets", s.id)
                 self.repo.backend.delete("sets", s.id)
             except NotFoundError:
                 pass
+        # A backup names its base in its lock, then checks the base is still listed: one that
+        # named it after the look above and checked before the delete builds on a set just
+        # removed. Its object is put back (content-addressed: the same set), before anything
+        # is marked.
+        late = {k: v for k, v in self.bases_in_use().items() if k in removed}
+        for set_id, holder in late.items():
+            self.repo.backend.put("sets", set_id, removed[set_id])
+            in_use[set_id] = holder
+        keep += [s for s in forget if s.id in late]
+        forget = [s for s in forget if s.id not in late]
         rewritten = self.mark()
         if grace <= 0:  # no grace: the run that marks may collect, once the blockers are gone
             d, f = self.collect(0)
             deleted, freed = deleted + d, freed + f
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=deleted, packs_rewritten=rewritten, bytes_freed=freed,
-                           dry_run=False)
+                           dry_run=False, in_use=tuple(sorted(in_use.items())))
+
+    def bases_in_use(self) -> dict[str, str]:
+        """The sets running backups build on, as their locks name them: set id -> the holder."""
+        out: dict[str, str] = {}
+        for doc in self.repo.locks.others(self.lock_name):
+            base = doc.get("base")
+            if isinstance(base, str) and base:
+                out[base] = f"{doc.get('purpose', 'a backup')} on host {doc.get('host', '?')}"
+        return out
 
     def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
         """What a run would forget, mark and (after the grace period) delete; writes nothing."""

@@ -31,6 +31,7 @@ class RepositoryHandle(Protocol):
     reader: BlobReader
     locks: Locks
     segment_rule: Callable[[str], bool]
+    write_only: bool  # a write-only key: it lists only its own sets (from its host cache)
 
     def check_writable(self) -> None:
         """Raise FailedPreconditionError when the repository is open read-only."""
@@ -44,7 +45,7 @@ class RepositoryHandle(Protocol):
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
         """Before a commit: raise unless every blob `writer` relies on (and `base`) is still there."""
 
-    def choose_base(self, source: str, level: str) -> tuple[str, BackupSet | None, str]:
+    def choose_base(self, source: str, level: str, host: str | None = None) -> tuple[str, BackupSet | None, str]:
         """(level taken, base set, note) for a new set of `source`."""
 
     def load_tree(self, tree_id: bytes) -> list[Entry]:

@@ -71,8 +71,13 @@ class BackupSession:
         self.repo.refresh_index()  # dedup only against what is durable now (a prune may have run)
         # The caller may have decided the base already (the daemon does, once, inside the
         # window, so that its change hint and the base belong together): use it as given.
+        host = req.hostname or socket.gethostname()
         self.level, self.base, self.note = decision if decision is not None else \
-            self.repo.choose_base(req.source, req.level, req.hostname or socket.gethostname())
+            self.repo.choose_base(req.source, req.level, host)
+        if self._declare_base(req.source):  # a prune forgot the base first: build on what is there now
+            self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host)
+            self._declare_base(req.source, recheck=False)
+            req = replace(req, changes=None)  # a change hint is relative to the base it was made for
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
             req = replace(req, changes=None)
         self.req = replace(req, level=self.level)
@@ -87,6 +92,16 @@ class BackupSession:
         self.writer: BlobWriter = self.repo.writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
         self._walker = self._make_walker(self.req, self.tally)
+
+    def _declare_base(self, source: str, recheck: bool = True) -> bool:
+        """Name the base set in this backup's lock, so that a prune keeps it (and the data this
+        backup deduplicates against through it) until the backup ends; True when the set was
+        already gone once the lock said so (a prune forgot it before it could see the lock)."""
+        if self.base is None:
+            return False
+        self.repo.locks.annotate(self._lock, base=self.base.id)
+        return recheck and not self.repo.write_only and \
+            all(s.id != self.base.id for s in self.repo.list_sets(source))
 
     def __enter__(self) -> BackupSession:
         return self

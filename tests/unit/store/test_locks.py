@@ -289,3 +289,20 @@ def test_a_wait_for_a_conflicting_lock_ends_when_the_owner_stops(backend):
     t.join(10)
     assert not t.is_alive() and time.monotonic() - started < 5
     assert len(outcome) == 1 and isinstance(outcome[0], AbortedError) and "shutting down" in str(outcome[0])
+
+
+def test_an_annotation_is_written_at_once_and_kept_by_every_refresh(backend):
+    """A backup's base set in its lock object: visible to others at once, and still there after
+    refreshes (a refresh that wrote the lock's first document would drop it)."""
+    locks = Locks(backend, refresh_every=0.02)
+    with locks.hold("backup") as lock:
+        locks.annotate(lock, base="ab" * 32)
+
+        def seen() -> dict:
+            return json.loads(backend.get("locks", lock.name))
+
+        assert seen()["base"] == "ab" * 32
+        first = seen()["time"]
+        wait_for(lambda: seen()["time"] > first)  # refreshed since
+        assert seen()["base"] == "ab" * 32 and seen()["purpose"] == "backup"
+        assert Locks(backend).others()[0]["base"] == "ab" * 32
