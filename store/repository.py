@@ -21,6 +21,7 @@ the argument).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -130,6 +131,7 @@ class Repository:
         self._tree_lock = threading.Lock()
         self._sets: dict[str, BackupSet] = {}
         self._sets_lock = threading.Lock()
+        self._direct = threading.local()  # .on: this thread reads what the store holds (reading_stored)
         self.unreadable_sets: dict[str, str] = {}  # set objects the last listing could not read: why
         # When this handle's repair_index last dropped index entries: a set taken before then is
         # no base (its files carried over unread could name dropped blobs; choose_base takes a full)
@@ -447,6 +449,22 @@ class Repository:
             with self._index_mutex:
                 self._recording = None
 
+    @contextlib.contextmanager
+    def reading_stored(self) -> Iterator[None]:
+        """Within the block, this thread reads index files, set objects and trees from the store
+        itself: not from the local cache, nor from what this handle read before. Check and prune
+        run so: a verified local copy proves nothing about the copy in the bucket, and what they
+        report or delete must follow from what the store holds now."""
+        before = getattr(self._direct, "on", False)
+        self._direct.on = True
+        try:
+            yield
+        finally:
+            self._direct.on = before
+
+    def _stored_only(self) -> bool:
+        return getattr(self._direct, "on", False)
+
     def _read_object(self, kind: str, name: str, decode: Callable[[str, bytes], T]) -> T:
         """Object `name` of `kind` ("index" or "sets"), decoded and verified by `decode`.
 
@@ -456,6 +474,11 @@ class Repository:
         cache = self.cache
         if kind == "sets" and self.write_only:
             cache = None  # a write-only host reads its own sets from its host cache (the backend's guard)
+        if cache is not None and self._stored_only():
+            stored = self.raw_backend.get(kind, name) if self.key is not None else self.backend.get(kind, name)
+            value = decode(name, self._open_object(kind, name, stored))
+            cache.put(kind, name, stored)  # it verified: the copy is good for the readers after
+            return value
         if cache is not None:
             stored = cache.get(kind, name)
             if stored is not None:
@@ -668,7 +691,7 @@ class Repository:
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
         with self._tree_lock:
-            hit = self._trees.get(tree_id)
+            hit = None if self._stored_only() else self._trees.get(tree_id)
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
@@ -692,7 +715,7 @@ class Repository:
         as stored: codec u8, raw_len u32, the pack's name (64 ASCII hex digits: a pack sealed to
         the public key is opened with its header), then the compressed and sealed bytes)."""
         cache = self.cache
-        if cache is None:
+        if cache is None or self._stored_only():
             return self.read_blob(tree_id)
         name = tree_id.hex()
         kept = cache.get("trees", name)
@@ -728,12 +751,14 @@ class Repository:
             for gone in set(self._sets) - names:
                 del self._sets[gone]
             unreadable: dict[str, str] = {}
-            for name in names - set(self._sets):
+            for name in names if self._stored_only() else names - set(self._sets):
                 try:
                     self._sets[name] = self._read_object("sets", name, decode_set)
                 except NotFoundError:  # forgotten since the listing
+                    self._sets.pop(name, None)
                     continue
                 except (CorruptionError, BackendError) as e:
+                    self._sets.pop(name, None)  # read well before, damaged in the store now
                     unreadable[name] = e.message
             self.unreadable_sets = unreadable
             sets = list(self._sets.values())
@@ -931,8 +956,9 @@ class Repository:
         self._full_key("to verify (it reads every set and tree)")
         if subset:
             checkmod.parse_subset(subset)  # bad input: refused before anything is read
-        self.load_index()
-        return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref, subset=subset)
+        with self.reading_stored():  # the store's objects, not local copies
+            self.load_index()
+            return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref, subset=subset)
 
     def prune(self, policy: PrunePolicy, *, dry_run: bool = False, source: str | None = None,
               lock_wait: float = PRUNE_LOCK_WAIT, grace: float | None = None) -> PruneReport:
@@ -947,7 +973,7 @@ class Repository:
         if grace is None:
             grace = self.gc_grace if self.gc_grace is not None else prunemod.GRACE
         try:
-            with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock:
+            with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock, self.reading_stored():
                 self.load_index()  # plan from the durable index, not from what this handle saw
                 if not dry_run:
                     self.sweep_temp()

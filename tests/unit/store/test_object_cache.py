@@ -167,3 +167,34 @@ def test_the_size_bound_holds(tmp_path):
     kept = cache.get("trees", names[-5])
     again = ObjectCache(str(tmp_path / "c"), max_bytes=3000)
     assert again.total <= 3000 and again.get("trees", names[-5]) == kept
+
+
+@pytest.mark.parametrize("kind", ["index", "sets", "trees"])
+@pytest.mark.parametrize("handle", ["warm", "restarted"])
+def test_check_and_prune_see_damage_in_the_store_that_the_cache_hides(setup, kind, handle):
+    """The local copies verify, the stored object does not: check reports it and prune refuses,
+    both for the handle that read it before (memory) and for a restarted one (cache)."""
+    from cairn.store.errors import CairnError
+
+    backend, src, _cache_dir, open_repo = setup
+    repo = open_repo()
+    s = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    browse(repo)
+    if kind == "trees":
+        loc = repo.index.get(bytes.fromhex(s.tree))
+        key, at = ("packs", loc.pack), loc.offset + loc.stored_len // 2
+    else:
+        key = next(k for k in backend.objects if k[0] == kind)
+        at = len(backend.objects[key]) // 2
+    data = bytearray(backend.objects[key])
+    data[at] ^= 0x40
+    backend.objects[key] = bytes(data)
+    if handle == "restarted":
+        repo.close()
+        repo = open_repo()
+        browse(repo)  # served from the cache: nothing looks wrong to a reader
+    report = repo.check()
+    assert not report.ok, "check passed over damage in the store"
+    with pytest.raises(CairnError):
+        repo.prune(PrunePolicy(), grace=0)
+    assert backend.objects[key] == bytes(data)  # nothing deleted or mended
