@@ -6,8 +6,10 @@ dropped, and packs no readable index file names are read (their trailer describe
 blobs) and added. Every pack read is read whole and every blob in it verified (opened,
 decompressed, hashed against its id) as check's read-data does; with read_data that is every
 pack, else only the unindexed ones (so a damaged leftover never brings a bad blob back into
-the index). Blobs that fail are left out, a pack whose trailer cannot be read contributes
-nothing, and the good blobs of a damaged pack are copied into a new pack (as prune copies live
+the index). Packs shorter than their indexed blobs need (the listing's sizes tell) are read so
+too. Blobs that fail are left out; a pack whose trailer cannot be read, or that was cut short,
+is read by the offsets the index gives for it (an unindexed one contributes nothing); and the
+good blobs of a damaged pack are copied into a new pack (as prune copies live
 blobs) so that the damaged pack leaves the index whole: it is then a leftover that verify
 warns about and garbage collection deletes.
 Once the index no longer names a lost or damaged blob, the next backup stores that content
@@ -102,14 +104,19 @@ class IndexRepair:
     def run(self, *, read_data: bool, dry_run: bool) -> IndexRepairReport:
         old = list(self.repo.backend.list("index"))  # before the packs: what a listed file names is listed below
         readable, damaged_files, indexed = self._read_index(old)
-        stored = set(self.repo.backend.list("packs"))
+        sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}
+        stored = set(sizes)
         missing = sorted(set(indexed) - stored)
         entries_missing = sum(len(indexed[p]) for p in missing)
         unindexed = sorted(stored - set(indexed))
+        # packs shorter than their indexed blobs need (the listing tells, without reading): read
+        # and verified like damaged ones, so the blobs still in them are kept and the rest dropped
+        short = {p for p, es in indexed.items()
+                 if p in sizes and es and max(e.offset + e.stored_len for e in es) > sizes[p]}
         # what is kept without being read: the references of delta blobs, and copies elsewhere
-        known = {} if read_data else {p: es for p, es in indexed.items() if p in stored}
-        found, damaged, bad_blobs, packs_read = self._read_packs(sorted(stored) if read_data else unindexed,
-                                                                 indexed, known)
+        known = {} if read_data else {p: es for p, es in indexed.items() if p in stored and p not in short}
+        found, damaged, bad_blobs, packs_read = self._read_packs(
+            sorted(stored) if read_data else sorted(set(unindexed) | short), indexed, known)
 
         copied = 0
         if damaged:  # a damaged pack leaves the index: its good blobs are copied into a new pack first
@@ -134,7 +141,7 @@ class IndexRepair:
 
         for pack in sorted(indexed):  # indexed packs first: their entries, or with read_data what verified
             if pack in stored:
-                take(pack, found.get(pack, []) if read_data else indexed[pack])
+                take(pack, found.get(pack, []) if read_data or pack in short else indexed[pack])
         added = 0
         contributed = []
         for pack in unindexed:
@@ -188,7 +195,7 @@ class IndexRepair:
         for n, pack in enumerate(todo):
             self._emit(n, len(todo))
             try:
-                entries, bad, later, intact = self._read_whole(pack)
+                entries, bad, later, intact = self._read_whole(pack, indexed.get(pack, []))
             except NotFoundError:
                 continue  # deleted since the listing: nothing to index
             except CorruptionError:  # a pack that cannot be parsed contributes nothing
@@ -264,21 +271,25 @@ class IndexRepair:
             return lambda n, t: key.open_trailer(n, t, header=head)
         return key.open_trailer
 
-    def _read_whole(self, pack: str) -> tuple[list[PackEntry], int, list[PackEntry], bool]:
+    def _read_whole(self, pack: str, indexed: list[PackEntry] | None = None
+                    ) -> tuple[list[PackEntry], int, list[PackEntry], bool]:
         """(verified entries, how many blobs failed, delta entries left to verify, whether the pack
-        hashes to its name) of a pack read whole; CorruptionError when its trailer cannot be read."""
+        hashes to its name) of a pack read whole. The blobs are those its trailer describes; when
+        the trailer (or footer) cannot be read, or the pack was cut short, those the index says
+        it holds (`indexed`), so a damaged end costs only the blobs that are damaged themselves.
+        CorruptionError when neither describes the pack."""
         data = self.repo.backend.get("packs", pack)
         self.bytes_read += len(data)
-        if not (data.startswith(HEADER) or data.startswith(PK_HEADER)):
-            raise CorruptionError(f"unable to read pack '{short(pack)}': bad header magic")
-        off, count, th = parse_footer(pack, data)
-        if off < len(HEADER) or off > len(data) - FOOTER.size:
-            raise CorruptionError(f"unable to read pack '{short(pack)}': bad trailer offset")
-        entries = parse_trailer(pack, data[off:len(data) - FOOTER.size], count, th,
-                                self._open_trailer(bytes(data[:4096])))
-        entries = _fitting(pack, entries, off)
+        bad = 0
+        try:
+            entries = self._trailer_entries(pack, data)
+        except CorruptionError:
+            if not indexed:
+                raise
+            entries = [e for e in indexed if len(HEADER) <= e.offset and e.offset + e.stored_len <= len(data)]
+            bad = len(indexed) - len(entries)  # beyond the end: lost with what was cut off
         reader = self._reader(Index())
-        good, later, bad = [], [], 0
+        good, later = [], []
         for e in entries:
             if e.codec == CODEC_ZSTD_REF:
                 later.append(e)  # needs its reference's plaintext: verified once every pack was read
@@ -291,6 +302,17 @@ class IndexRepair:
             except Exception:  # noqa: BLE001 - any failure to open, decompress or hash stored bytes is damage
                 bad += 1
         return good, bad, later, blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() == pack
+
+    def _trailer_entries(self, pack: str, data: bytes) -> list[PackEntry]:
+        """The blobs a pack's trailer describes; CorruptionError when it cannot be read."""
+        if not (data.startswith(HEADER) or data.startswith(PK_HEADER)):
+            raise CorruptionError(f"unable to read pack '{short(pack)}': bad header magic")
+        off, count, th = parse_footer(pack, data)
+        if off < len(HEADER) or off > len(data) - FOOTER.size:
+            raise CorruptionError(f"unable to read pack '{short(pack)}': bad trailer offset")
+        entries = parse_trailer(pack, data[off:len(data) - FOOTER.size], count, th,
+                                self._open_trailer(bytes(data[:4096])))
+        return _fitting(pack, entries, off)
 
     def _reader(self, index: Index) -> BlobReader:
         return BlobReader(self.repo.backend, index, getattr(self.repo, "key", None))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import blake3
 import pytest
 from cairn.store.content import crypto
 from cairn.store.content.chunker import ChunkerParams
@@ -322,7 +323,10 @@ def test_repair_sets_keeps_a_set_of_a_newer_format(tmp_path):
     repo.close()
 
 
-def test_a_pack_that_cannot_be_parsed_contributes_nothing(repo, repo_path, src, tmp_path, rng):
+def test_a_pack_whose_footer_is_damaged_keeps_every_good_blob(repo, repo_path, src, tmp_path, rng):
+    """The footer cannot be parsed, the blobs are intact: read by the offsets the index gives,
+    every blob verifies and is copied out, so nothing is lost, also once prune deletes the pack
+    (before, the whole pack counted as damaged and prune then deleted the only copy)."""
     s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
     pack = _data_pack(repo, packs1)
     blobs = [b for b, loc in repo.index.items() if loc.pack == pack]
@@ -331,10 +335,57 @@ def test_a_pack_that_cannot_be_parsed_contributes_nothing(repo, repo_path, src, 
         f.seek(size - 2)
         f.write(b"XX")
     r = repo.repair_index(read_data=True)
-    assert pack in r.damaged_packs and r.entries_damaged == len(blobs)
-    assert pack not in repo.index.packs()
+    assert r.damaged_packs == (pack,) and r.entries_damaged == 0 and r.blobs_copied == len(blobs)
+    assert all(b in repo.index for b in blobs)
+    if pack in repo.index.packs():  # plaintext: the copy is byte for byte the pack as written, healed
+        with open(_pack_file(repo_path, pack), "rb") as f:
+            assert blake3.blake3(f.read()).hexdigest() == pack
+    repo.prune(PrunePolicy())  # a damaged pack is a leftover: deleted
+    assert pack in repo.index.packs() or not os.path.exists(_pack_file(repo_path, pack))
+    _all_restore(repo, tmp_path, before, src)  # no backup needed: nothing was lost
+    after = repo.check(read_data=True)
+    assert after.ok and not after.warnings, (after.errors, after.warnings)
+
+
+def test_a_pack_that_is_neither_indexed_nor_parsable_contributes_nothing(repo, repo_path, src, tmp_path, rng):
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    pack = _data_pack(repo, packs1)
+    for name in list(repo.backend.list("index")):  # the index is lost too: only the trailer could tell
+        repo.backend.delete("index", name)
+    size = os.path.getsize(_pack_file(repo_path, pack))
+    with open(_pack_file(repo_path, pack), "r+b") as f:
+        f.seek(size - 2)
+        f.write(b"XX")
+    r = repo.repair_index()
+    assert pack in r.damaged_packs and pack not in repo.index.packs()
     backup(repo, src, level="full")
     _all_restore(repo, tmp_path, before, src)
+
+
+def test_a_truncated_pack_keeps_what_is_left_without_read_data(repo, repo_path, src, tmp_path, rng):
+    """verify finds a pack cut short from the listing's sizes and advises `repair index`: that
+    repair (no --read-data) reads the short pack, keeps the blobs still whole in it (copied out)
+    and drops the rest; a backup stores those again."""
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    pack = _data_pack(repo, packs1)
+    entries = sorted((loc.offset, b) for b, loc in repo.index.items() if loc.pack == pack)
+    assert len(entries) >= 2
+    cut = entries[len(entries) // 2][0] + 1  # through the middle blob: those before it stay whole
+    os.truncate(_pack_file(repo_path, pack), cut)
+    whole = [b for off, b in entries if off + repo.index.get(b).stored_len <= cut]
+    lost = [b for off, b in entries if off + repo.index.get(b).stored_len > cut]
+    report = repo.check()
+    assert not report.ok and "'cairn repair index' drops the lost blobs" in report.advice
+    r = repo.repair_index()
+    assert r.damaged_packs == (pack,) and r.entries_damaged == len(lost) and r.blobs_copied == len(whole)
+    assert all(b in repo.index for b in whole) and not any(b in repo.index for b in lost)
+    between = repo.check(read_data=True)
+    assert {p.object_id for p in between.errors} == {b.hex() for b in lost}, between.errors
+    backup(repo, src, level="full")
+    _all_restore(repo, tmp_path, before, src)
+    repo.prune(PrunePolicy())
+    after = repo.check(read_data=True)
+    assert after.ok and not after.warnings, (after.errors, after.warnings)
 
 
 def test_trees_lost_with_a_pack_come_back_with_the_next_backup(repo, repo_path, src, tmp_path, rng):
