@@ -560,9 +560,9 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(render.dumps(render.report_dict(report)))
         return EXIT_OK if report.ok else EXIT_FAILURE
     for p in report.errors:
-        out(f"error: {p.message}")
+        out(f"error: {render.problem_line(p)}")
     for p in report.warnings:
-        out(f"warning: {p.message}")
+        out(f"warning: {render.problem_line(p)}")
     counts = render.verify_counts(report)
     if args.read_data_subset:
         counts += f" (read-data subset {args.read_data_subset})"

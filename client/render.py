@@ -440,6 +440,19 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
 # ---- verify / prune ----
 
 
+def problem_line(p: pb.CheckProblem, most: int = 3) -> str:
+    """A check problem for people: its message, then the sets and paths it hurts (the first few)."""
+    text = p.message
+    if p.sets and list(p.sets) != [p.object_id]:  # (a damaged set object names itself already)
+        more = f" and {len(p.sets) - most} more" if len(p.sets) > most else ""
+        text += f" (set{'s' if len(p.sets) > 1 else ''} {', '.join(short_id(x) for x in p.sets[:most])}{more}"
+        if p.paths:
+            more = f" and {len(p.paths) - most} more" if len(p.paths) > most else ""
+            text += f"; {', '.join(show_path(x) or '/' for x in p.paths[:most])}{more}"
+        text += ")"
+    return text
+
+
 def report_dict(r: pb.CheckReport) -> dict[str, Any]:
     def problem(p: pb.CheckProblem) -> dict[str, Any]:
         return {

@@ -69,6 +69,15 @@ def check_start(config: Config) -> None:
                 check_source_path(source.name, path)
 
 
+LOST_CONFIG_KINDS = ("keys", "sets", "index", "packs")
+LOST_CONFIG_HINT = ("put config/config back from a copy of the repository (it is small and never changes); "
+                    "'cairnd --init' refuses a location that holds objects, so as never to write over them")
+
+
+def lost_config(location: str) -> str:
+    return f"'{location}' holds Cairn objects but its config object is missing: the repository cannot be opened"
+
+
 def check_repository(config: Config) -> None:
     """The configured repository exists; its absence is an error that says how to create one.
     On object storage this connects (a missing bucket, wrong credentials or an unreachable
@@ -79,6 +88,8 @@ def check_repository(config: Config) -> None:
         try:
             backend.get("config", "config")
         except NotFoundError:
+            if any(next(iter(backend.list(kind)), None) for kind in LOST_CONFIG_KINDS):
+                raise NotARepositoryError(lost_config(backend.location()), hint=LOST_CONFIG_HINT) from None
             what = f"'{backend.location()}' is not a Cairn repository: no config"
             if not config.daemon.read_only:
                 what += f"; {init_hint(config)}"
@@ -97,6 +108,8 @@ def check_repository(config: Config) -> None:
         LocalBackend(path).get("config", "config")
     except NotFoundError:
         what = f"'{path}' is not a Cairn repository: it holds no repository config"
+        if any(os.path.isdir(os.path.join(path, k)) and os.listdir(os.path.join(path, k)) for k in LOST_CONFIG_KINDS):
+            raise NotARepositoryError(lost_config(path), hint=LOST_CONFIG_HINT) from None
         if not os.listdir(path) and not config.daemon.read_only:
             what = f"'{path}' is an empty directory, not a repository; {init_hint(config)}"
         raise NotARepositoryError(what) from None

@@ -512,6 +512,10 @@ def unlock_key(backend: Backend, repo_id: str, secret: Secret) -> tuple[str, Rep
                               f"{damaged[0]})", hint="restore the keys/ objects from a copy of the repository")
     if damaged:
         raise WrongKeyError(f"{WRONG_KEY} ({len(damaged)} more key objects cannot be read: {damaged[0]})")
+    if not readable:  # an encrypted repository always has a key object: they were deleted
+        raise CorruptionError("unable to open repository: it is encrypted and holds no key object (keys/ is empty)",
+                              hint="restore the keys/ objects from a copy of the repository; without one of "
+                                   "them its data cannot be decrypted")
     raise WrongKeyError(WRONG_KEY)
 
 

@@ -232,3 +232,23 @@ def test_reload_with_a_missing_source_path_warns_once_naming_it(tmp_path, start_
         time.sleep(0.05)
     assert d.log().count(expected) == 1
     assert [s["name"] for s in json.loads(d.ok("--json", "status"))["sources"]] == ["app", "b"]
+
+
+def test_a_repository_that_lost_its_config_says_so_and_is_never_initialised_over(tmp_path, rundir):
+    repo = tmp_path / "repo"
+    pw = tmp_path / "pw"
+    pw.write_text("lost config passphrase\n")
+    assert run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw)).returncode == 0
+    (repo / "config" / "config").unlink()
+    before = tree(str(repo))
+    src = tmp_path / "src"
+    src.mkdir()
+    r = run_cairnd("--repo", str(repo), "--source", str(src), "--passphrase-file", str(pw),
+                   "--socket", os.path.join(rundir, "c.sock"))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == (f"cairnd: error: '{repo}' holds Cairn objects but its config object is missing: the "
+                        "repository cannot be opened"), r.stderr
+    assert "put config/config back from a copy" in r.stderr
+    r = run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw))
+    assert r.returncode == 1 and tree(str(repo)) == before  # init refuses: the keys stay as they were

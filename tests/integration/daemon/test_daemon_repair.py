@@ -55,6 +55,8 @@ def test_repair_index_and_sets_after_a_lost_pack_and_a_damaged_set(daemon, tmp_p
     assert r.returncode == 1
     assert f"error: pack '{lost.name[:8]}..' is indexed but missing" in r.stdout
     assert f"error: set '{doomed['id'][:8]}..' is damaged" in r.stdout
+    hurt = [line for line in r.stdout.splitlines() if line.startswith("error: ") and "(sets " in line]
+    assert hurt and all(s1["id"][:12] in line for line in hurt), r.stdout  # which sets the loss hurts
     hint = r.stderr.splitlines()[-1]
     assert hint.startswith("hint: ") and "'cairn repair sets'" in hint and "'cairn repair index'" in hint, r.stderr
 

@@ -144,3 +144,13 @@ def test_unreachable_endpoint_stops_the_daemon_at_start(weed, creds, rundir):
     endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
     line = start_fails(rundir, repository(weed, creds, endpoint=endpoint), rundir)
     assert line == f"cairnd: error: S3 endpoint '{endpoint}' is unreachable"
+
+
+def test_a_prefix_that_lost_its_config_is_named_so_at_start(weed, creds, rundir):
+    repo = repository(weed, creds)
+    prefix = repo.split('"')[1].split("/", 3)[3]
+    client = weed.client()
+    client.put_object(Bucket=weed.bucket, Key=f"{prefix}/sets/{'ab' * 32}", Body=b"a set of a repository")
+    line = start_fails(rundir, repo, rundir)
+    assert line == (f"cairnd: error: 's3://{weed.bucket}/{prefix}' holds Cairn objects but its config object is "
+                    "missing: the repository cannot be opened")

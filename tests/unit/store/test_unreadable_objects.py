@@ -277,3 +277,7 @@ def test_damaged_key_objects_are_not_reported_as_a_wrong_secret(tmp_path):
         f.write(good[: len(good) // 2])
     with pytest.raises(CorruptionError, match=r"no key object can be read \(2 damaged"):
         Repository.open_local(root, secret=secret)
+    for name in os.listdir(keys):  # every key object deleted: neither "wrong passphrase" nor "damaged"
+        os.unlink(os.path.join(keys, name))
+    with pytest.raises(CorruptionError, match=r"encrypted and holds no key object \(keys/ is empty\)"):
+        Repository.open_local(root, secret=secret)
