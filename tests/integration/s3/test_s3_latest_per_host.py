@@ -1,8 +1,9 @@
 """'latest' on a repository shared by hosts, through real daemons on one SeaweedFS bucket: hosts
 that share a source name each restore, list and verify their own newest set by 'latest', even
-when another host's is newer, and `status` shows each host's sets of a source apart; `--host` names another host's; a fresh host with no sets of its own
-(disaster recovery) is told that 'latest' is ambiguous among several hosts, one line and exit 2,
-and nothing is written, until it names one."""
+when another host's is newer, and `status` shows each host's sets of a source apart; `--host`
+names another host's; a fresh host with no sets of its own (disaster recovery) is told that
+'latest' is ambiguous among several hosts, one line and exit 2, and nothing is written, until
+it names one."""
 
 from __future__ import annotations
 
