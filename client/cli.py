@@ -603,6 +603,29 @@ def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
         f"{verb} {len(reply.forgotten)} sets, kept {len(reply.kept)}; {freed} {render.human_bytes(reply.bytes_freed)}"
         f" ({reply.packs_deleted} packs deleted, {reply.packs_rewritten} rewritten)"
     )
+    if reply.waiting_packs:
+        why = (f"operations that were running when they were marked: {'; '.join(reply.waiting_on)}"
+               if reply.waiting_on else "the grace period ([repository] gc_grace)")
+        out(f"{render.plural(reply.waiting_packs, 'pack')} ({render.human_bytes(reply.waiting_bytes)}) wait for {why}; "
+            "a later prune frees them" + ("; a lock of a host that is gone stands until it is stale (30 min) or "
+                                          "'cairn unlock --host H' removes it" if reply.waiting_on else ""))
+    return EXIT_OK
+
+
+def cmd_unlock(conn: Connection, args: argparse.Namespace) -> int:
+    """Remove stale repository locks; with --host those of a host that is gone, with --remove-all every one."""
+    if args.host is not None and not args.host.strip():
+        return fail("--host needs a host name", code=EXIT_USAGE)
+    reply = conn.stub.Unlock(pb.UnlockRequest(host=args.host or "", remove_all=args.remove_all))
+    if args.json:
+        out(render.dumps({"removed": [render.lock_dict(x) for x in reply.removed],
+                          "kept": [render.lock_dict(x) for x in reply.kept]}))
+        return EXIT_OK
+    for x in reply.removed:
+        out(f"removed lock {x.name[:12]}: {x.description}")
+    for x in reply.kept:
+        out(f"kept lock {x.name[:12]}: {x.description}")
+    out(f"removed {render.plural(len(reply.removed), 'lock')}, kept {len(reply.kept)}")
     return EXIT_OK
 
 
@@ -1119,6 +1142,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WAL retention window (default: the daemon's [repository] wal_keep; unset keeps all WAL)")
     p.add_argument("--source", metavar="NAME")
     p.add_argument("--host", metavar="H", help="only the sets this host took")
+
+    p = command("unlock", cmd_unlock, "remove stale repository locks (a lock whose process is gone, or not refreshed "
+                                      "for 30 minutes); --host H also those of a host that is gone")
+    p.add_argument("--host", metavar="H", help="also remove every lock host H holds (only when H is gone: a "
+                                               "running operation there fails once it notices)")
+    p.add_argument("--remove-all", action="store_true",
+                   help="remove every lock but the daemon's own (only when no other Cairn process runs)")
 
     p = command("repair", cmd_repair, "repair a damaged repository: rebuild the index from the packs, or remove "
                                       "set objects that cannot be read")

@@ -474,6 +474,11 @@ def report_dict(r: pb.CheckReport) -> dict[str, Any]:
     }
 
 
+def lock_dict(x: pb.LockInfo) -> dict[str, Any]:
+    return {"name": x.name, "host": x.host, "pid": x.pid, "purpose": x.purpose, "time": x.time,
+            "description": x.description}
+
+
 def prune_dict(r: pb.PruneReply) -> dict[str, Any]:
     return {
         "dry_run": r.dry_run,
@@ -488,6 +493,7 @@ def prune_dict(r: pb.PruneReply) -> dict[str, Any]:
             for d in r.decisions
         ],
         "wal_forgotten": list(r.wal_forgotten),
+        "waiting": {"packs": r.waiting_packs, "bytes": r.waiting_bytes, "on": list(r.waiting_on)},
     }
 
 

@@ -216,6 +216,9 @@ class PruneReport:
     decisions: tuple[RetentionDecision, ...] = ()
     wal_forgotten: tuple[str, ...] = ()
     in_use: tuple[tuple[str, str], ...] = ()  # (set id, holder): kept because a running backup builds on it
+    waiting_packs: int = 0  # marked packs a later run deletes once what blocks them ends
+    waiting_bytes: int = 0
+    waiting_on: tuple[str, ...] = ()  # the locks (described) that were held when they were marked, still held
 
 
 @dataclass(frozen=True)

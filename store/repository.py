@@ -1026,6 +1026,13 @@ class Repository:
         self.list_sets()  # forget the removed sets (and their cached copies)
         return report
 
+    def unlock(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
+        """Remove stale locks, and with `host` every lock of that host, with `everything` every
+        lock but this handle's own (store/content/locks.py break_locks): (removed, kept)."""
+        self._full_key("to remove other processes' locks")
+        self._writable()
+        return self.locks.break_locks(host=host, everything=everything)
+
     def _wal_retention(self, window: float, before: list[BackupSet], report: PruneReport,
                        dry_run: bool, check_lock: Callable[[], None] | None = None, lock_name: str = "",
                        grace: float = 0.0) -> PruneReport:

@@ -109,6 +109,15 @@ class MaintenancePart(ServicePart):
                 log.warning("removed unreadable set object %s: %s", name, why)
         return report
 
+    def unlock(self, host: str = "", everything: bool = False) -> tuple[list[dict], list[dict]]:
+        """Remove stale repository locks; with `host` every lock of that host, with `everything`
+        every lock but this daemon's own. Returns (removed, kept), each lock's document."""
+        self._require_writable("removing locks")
+        removed, kept = self.repo.unlock(host=host or None, everything=everything)
+        for doc in removed:
+            log.warning("removed repository lock %s: %s", doc["name"], self.repo.locks.describe(doc))
+        return removed, kept
+
     def retention_policy(self) -> PrunePolicy:
         """What scheduled retention applies: each source's `keep`, only to this host's sets."""
         config = self._config

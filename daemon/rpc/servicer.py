@@ -306,6 +306,20 @@ class CairnServicer(pb_grpc.CairnServicer):
         return prune_reply(report)
 
     @rpc
+    def Unlock(self, request: pb.UnlockRequest, context: grpc.ServicerContext) -> pb.UnlockReply:
+        removed, kept = self.service.unlock(request.host, request.remove_all)
+        describe = self.service.repo.locks.describe
+
+        def info(doc: dict) -> pb.LockInfo:
+            pid = doc.get("pid")
+            return pb.LockInfo(name=str(doc.get("name", "")), host=str(doc.get("host", "")),
+                               pid=pid if isinstance(pid, int) and pid >= 0 else 0,
+                               purpose=str(doc.get("purpose", "")), time=float(doc.get("time", 0) or 0),
+                               description=describe(doc))
+
+        return pb.UnlockReply(removed=[info(d) for d in removed], kept=[info(d) for d in kept])
+
+    @rpc
     def RepairIndex(self, request: pb.RepairIndexRequest,
                     context: grpc.ServicerContext) -> Iterator[pb.RepairIndexEvent]:
         def repair(progress: Callable[[Progress], None]) -> IndexRepairReport:
@@ -596,6 +610,9 @@ def prune_reply(report: PruneReport) -> pb.PruneReply:
         decisions=[pb.RetentionDecision(set=d.set_id, keep=d.keep, reasons=list(d.reasons), host=d.host,
                                         source=d.source, level=d.level, time=d.time) for d in report.decisions],
         wal_forgotten=list(report.wal_forgotten),
+        waiting_packs=report.waiting_packs,
+        waiting_bytes=report.waiting_bytes,
+        waiting_on=list(report.waiting_on),
     )
 
 

@@ -152,6 +152,38 @@ class Locks:
             out[name] = doc
         return out
 
+    def describe(self, doc: dict) -> str:
+        """A lock for people: what holds it, where, and how long ago it was refreshed."""
+        age = max(0.0, time.time() - float(doc.get("time", 0) or 0))
+        when = f"{age / 60:.0f} min" if age >= 120 else f"{age:.0f} s"
+        return (f"{doc.get('purpose', '?')} on host {doc.get('host', '?')} (pid {doc.get('pid', '?')}, refreshed "
+                f"{when} ago)")
+
+    def break_locks(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
+        """Remove the stale locks, and with `host` every lock that host holds, with `everything`
+        every lock but this object's own: for a holder known to be gone (a host that died) whose
+        locks would otherwise stand for `stale_after`. A live holder whose lock is removed finds
+        out at its next refresh and stops; prune and backups check what they rely on, so nothing
+        is lost, but that operation fails. Returns (removed, kept), each lock's document with
+        its "name"."""
+        own = {h.name for h in self.held}
+        removed: list[dict] = []
+        kept: list[dict] = []
+        for name in sorted(self.backend.list("locks")):
+            if name in own:
+                continue
+            doc = self._read(name)
+            view = {**(doc or {"purpose": "an unreadable lock"}), "name": name}
+            if self.stale(doc) or everything or (host is not None and (doc or {}).get("host") == host):
+                try:
+                    self.backend.delete("locks", name)
+                except NotFoundError:
+                    continue
+                removed.append(view)
+            else:
+                kept.append(view)
+        return removed, kept
+
     def _conflict(self, exclusive: bool, mine: str, gc: bool = False) -> dict | None:
         for doc in self.others(mine):
             if exclusive or doc.get("exclusive") or (gc and doc.get("gc")):
@@ -288,4 +320,5 @@ class Locks:
             return
         kind = "exclusive" if doc.get("exclusive") else "gc" if doc.get("gc") else "shared"
         raise LockedError(f"repository is locked ({kind}, {doc.get('purpose', '?')}) by pid {doc.get('pid')} "
-                          f"on {doc.get('host')}", hint="wait for it to finish; stale locks expire by themselves")
+                          f"on {doc.get('host')}", hint="wait for it to finish; stale locks expire by themselves, "
+                                                         "or 'cairn unlock --host H' removes a dead host's")

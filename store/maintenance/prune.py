@@ -169,9 +169,33 @@ class Pruner:
         if grace <= 0:  # no grace: the run that marks may collect, once the blockers are gone
             d, f = self.collect(0)
             deleted, freed = deleted + d, freed + f
+        waiting, size, holders = self.waiting(grace)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=deleted, packs_rewritten=rewritten, bytes_freed=freed,
-                           dry_run=False, in_use=tuple(sorted(in_use.items())))
+                           dry_run=False, in_use=tuple(sorted(in_use.items())),
+                           waiting_packs=waiting, waiting_bytes=size, waiting_on=holders)
+
+    def waiting(self, grace: float) -> tuple[int, int, tuple[str, ...]]:
+        """What stays marked after this run: (packs, their bytes, the locks still held that were
+        held when they were marked, described), so an operator sees why nothing more was freed
+        (a dead host's lock stands until it is stale, or `cairn unlock` removes it)."""
+        markers = [m for m in read_markers(self.repo.backend) if m.blockers is not None]
+        if not markers:
+            return 0, 0, ()
+        alive = self.repo.locks.others_named(self.lock_name)
+        now = time.time()
+        packs: set[str] = set()
+        holders: set[str] = set()
+        for m in markers:
+            blocking = m.blockers & set(alive)
+            if blocking or m.time > now - grace:
+                packs |= m.packs
+                holders |= {self.repo.locks.describe(alive[n]) for n in blocking}
+        if not packs:
+            return 0, 0, ()
+        sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}
+        packs &= set(sizes)
+        return len(packs), sum(sizes[p] for p in packs), tuple(sorted(holders))
 
     def bases_in_use(self) -> dict[str, str]:
         """The sets running backups build on, as their locks name them: set id -> the holder."""

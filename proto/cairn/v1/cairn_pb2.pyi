@@ -673,7 +673,7 @@ class RetentionDecision(_message.Message):
     def __init__(self, set: _Optional[str] = ..., keep: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., host: _Optional[str] = ..., source: _Optional[str] = ..., level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class PruneReply(_message.Message):
-    __slots__ = ("forgotten", "kept", "packs_deleted", "packs_rewritten", "bytes_freed", "dry_run", "decisions", "wal_forgotten")
+    __slots__ = ("forgotten", "kept", "packs_deleted", "packs_rewritten", "bytes_freed", "dry_run", "decisions", "wal_forgotten", "waiting_packs", "waiting_bytes", "waiting_on")
     FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
     PACKS_DELETED_FIELD_NUMBER: _ClassVar[int]
@@ -682,6 +682,9 @@ class PruneReply(_message.Message):
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     WAL_FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    WAITING_PACKS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_ON_FIELD_NUMBER: _ClassVar[int]
     forgotten: _containers.RepeatedScalarFieldContainer[str]
     kept: _containers.RepeatedScalarFieldContainer[str]
     packs_deleted: int
@@ -690,7 +693,42 @@ class PruneReply(_message.Message):
     dry_run: bool
     decisions: _containers.RepeatedCompositeFieldContainer[RetentionDecision]
     wal_forgotten: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[RetentionDecision, _Mapping]]] = ..., wal_forgotten: _Optional[_Iterable[str]] = ...) -> None: ...
+    waiting_packs: int
+    waiting_bytes: int
+    waiting_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., kept: _Optional[_Iterable[str]] = ..., packs_deleted: _Optional[int] = ..., packs_rewritten: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., dry_run: _Optional[bool] = ..., decisions: _Optional[_Iterable[_Union[RetentionDecision, _Mapping]]] = ..., wal_forgotten: _Optional[_Iterable[str]] = ..., waiting_packs: _Optional[int] = ..., waiting_bytes: _Optional[int] = ..., waiting_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UnlockRequest(_message.Message):
+    __slots__ = ("host", "remove_all")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_ALL_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    remove_all: bool
+    def __init__(self, host: _Optional[str] = ..., remove_all: _Optional[bool] = ...) -> None: ...
+
+class LockInfo(_message.Message):
+    __slots__ = ("name", "host", "pid", "purpose", "time", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host: str
+    pid: int
+    purpose: str
+    time: float
+    description: str
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., purpose: _Optional[str] = ..., time: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
+
+class UnlockReply(_message.Message):
+    __slots__ = ("removed", "kept")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedCompositeFieldContainer[LockInfo]
+    kept: _containers.RepeatedCompositeFieldContainer[LockInfo]
+    def __init__(self, removed: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., kept: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ...) -> None: ...
 
 class RepairIndexRequest(_message.Message):
     __slots__ = ("read_data", "dry_run")

@@ -84,6 +84,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.PruneRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.PruneReply.FromString,
                 _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/cairn.v1.Cairn/Unlock',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.UnlockReply.FromString,
+                _registered_method=True)
         self.RepairIndex = channel.unary_stream(
                 '/cairn.v1.Cairn/RepairIndex',
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.RepairIndexRequest.SerializeToString,
@@ -205,6 +210,13 @@ class CairnServicer:
 
     def Prune(self, request, context):
         """Forget sets by policy, then free unreferenced data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unlock(self, request, context):
+        """Remove stale repository locks (and, when asked, those of one host or all of them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -333,6 +345,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.Prune,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.PruneRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.PruneReply.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.UnlockRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.UnlockReply.SerializeToString,
             ),
             'RepairIndex': grpc.unary_stream_rpc_method_handler(
                     servicer.RepairIndex,
@@ -655,6 +672,33 @@ class Cairn:
             '/cairn.v1.Cairn/Prune',
             cairn_dot_v1_dot_cairn__pb2.PruneRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.PruneReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/Unlock',
+            cairn_dot_v1_dot_cairn__pb2.UnlockRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.UnlockReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 import pytest
 
@@ -92,6 +93,33 @@ def test_verify_read_data_subset(daemon, tmp_path):
     assert failed == [int(victim.name[:8], 16) % 2 + 1] and read == len(packs)
     r = daemon.cli("verify", "--read-data-subset", "3/2")
     assert r.returncode == 2 and "invalid read-data subset '3/2'" in r.stderr and len(r.stderr.splitlines()) <= 2
+
+
+def test_a_dead_hosts_lock_is_named_by_prune_and_removed_by_unlock(daemon, tmp_path):
+    """A host that died mid-backup leaves a fresh-looking lock: prune frees nothing and says which
+    lock its marked packs wait for; `cairn unlock` keeps it (not stale), `--host` removes it, and
+    the next prune frees the packs."""
+    first = daemon.ok("backup", "--level", "full").strip().splitlines()[-1]
+    (daemon.src / "big.bin").write_bytes(os.urandom(400_000))
+    daemon.ok("backup", "--level", "full")
+    locks = tmp_path / "repo" / "locks"
+    (locks / ("f" * 32)).write_text(json.dumps({"host": "beta", "pid": 4242, "pid_space": "elsewhere",
+                                                 "exclusive": False, "purpose": "backup of source 'app'",
+                                                 "time": time.time()}))
+    (daemon.src / "big.bin").unlink()
+    out = daemon.ok("prune", "--keep-last", "1")
+    assert "wait for operations that were running when they were marked: backup of source 'app' on host beta " \
+           "(pid 4242" in out and "'cairn unlock --host H'" in out, out
+    assert first not in daemon.ok("sets")
+    kept = daemon.ok("unlock")
+    assert "kept lock ffffffffffff: backup of source 'app' on host beta" in kept and "removed 0 locks" in kept
+    r = daemon.cli("unlock", "--host", "")
+    assert r.returncode == 2
+    gone = json.loads(daemon.ok("--json", "unlock", "--host", "beta"))
+    assert [x["host"] for x in gone["removed"]] == ["beta"] and gone["kept"] == []
+    freed = json.loads(daemon.ok("--json", "prune"))
+    assert freed["packs_deleted"] > 0 and freed["waiting"] == {"packs": 0, "bytes": 0, "on": []}
+    assert "repository ok: 1 set" in daemon.ok("verify", "--read-data")
 
 
 def test_wal_push_and_fetch(daemon, tmp_path):

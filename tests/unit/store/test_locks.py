@@ -306,3 +306,27 @@ def test_an_annotation_is_written_at_once_and_kept_by_every_refresh(backend):
         wait_for(lambda: seen()["time"] > first)  # refreshed since
         assert seen()["base"] == "ab" * 32 and seen()["purpose"] == "backup"
         assert Locks(backend).others()[0]["base"] == "ab" * 32
+
+
+def _foreign(backend, name: str, host: str, age: float = 0.0, purpose: str = "backup of source 'app'") -> None:
+    """A lock another machine wrote (its pid cannot be checked from here): fresh unless `age`."""
+    backend.put("locks", name, json.dumps({"host": host, "pid": 4242, "pid_space": "elsewhere", "exclusive": False,
+                                           "purpose": purpose, "time": time.time() - age}).encode())
+
+
+def test_break_locks_removes_the_stale_and_what_it_is_told_and_never_its_own(backend):
+    locks = Locks(backend)
+    with locks.hold("prune", gc=True) as mine:  # (taking a lock also breaks stale ones: written after)
+        _foreign(backend, "a" * 32, "beta")
+        _foreign(backend, "b" * 32, "gamma")
+        _foreign(backend, "c" * 32, "delta", age=2 * 3600)  # not refreshed for two hours: stale
+        backend.put("locks", "d" * 32, b"{ not a lock")  # unreadable: stale
+        removed, kept = locks.break_locks()
+        assert sorted(x["name"] for x in removed) == ["c" * 32, "d" * 32]
+        assert sorted(x["name"] for x in kept) == ["a" * 32, "b" * 32]
+        assert "on host beta (pid 4242, refreshed" in locks.describe(kept[0])
+        removed, kept = locks.break_locks(host="beta")
+        assert [x["name"] for x in removed] == ["a" * 32] and [x["name"] for x in kept] == ["b" * 32]
+        removed, kept = locks.break_locks(everything=True)
+        assert [x["name"] for x in removed] == ["b" * 32] and kept == []
+        assert sorted(backend.list("locks")) == [mine.name]  # its own lock stays

@@ -100,3 +100,24 @@ def test_a_backup_whose_base_was_forgotten_before_it_named_it_takes_another(base
     sess.walk_all()
     s = sess.commit()
     _restores(inner, s.id, src, tmp_path / "out")
+
+
+def test_prune_says_what_its_marked_packs_wait_for_and_unlock_lets_them_go(base_and_src):
+    """A host that died mid-backup leaves a lock that stands until it is stale (30 min): prune
+    marks packs but frees nothing, and says so naming the lock; `unlock --host` removes it and
+    the next prune frees them."""
+    import json
+
+    inner, src, full = base_and_src
+    inner.put("locks", "e" * 32, json.dumps({"host": "beta", "pid": 4242, "pid_space": "elsewhere",
+                                             "exclusive": False, "purpose": "backup of source 'app'",
+                                             "time": time.time()}).encode())
+    repo = Repository.open(inner)
+    report = repo.prune(FORGET_FULLS, grace=0)
+    assert report.forgotten == (full.id,) and report.packs_deleted == 0
+    assert report.waiting_packs > 0 and report.waiting_bytes > 0
+    assert len(report.waiting_on) == 1 and "backup of source 'app' on host beta (pid 4242" in report.waiting_on[0]
+    removed, kept = repo.unlock(host="beta")
+    assert [x["name"] for x in removed] == ["e" * 32] and kept == []
+    after = repo.prune(PrunePolicy(), grace=0)
+    assert after.packs_deleted == report.waiting_packs and after.waiting_packs == 0 and after.waiting_on == ()
