@@ -157,6 +157,9 @@ class IndexRepair:
             index_files_replaced=len(readable) + len(damaged_files),
             damaged_index_files=tuple(damaged_files) + tuple(n for n, _ in self.refused),
             read_data=read_data, dry_run=dry_run)
+        healthy = not (missing or damaged or contributed or damaged_files or self.refused)
+        if healthy:  # the index names exactly the blobs of the packs that exist: nothing to rewrite
+            return replace(report, index_files_replaced=0)
         if dry_run or (not new and not readable and not damaged_files):
             return report
         return self._replace(report, new, readable + damaged_files)

@@ -277,6 +277,7 @@ def test_repairs_and_prunes_exclude_each_other_but_not_backups(repo, src, rng):
     other = Repository.open(repo.raw_backend, secret=SECRET if repo.encrypted else None)
     hooked = Repository.open(FaultyBackend(repo.raw_backend, hook=during),
                              secret=SECRET if repo.encrypted else None)
+    repo.raw_backend.delete("index", sorted(repo.raw_backend.list("index"))[0])  # something to repair
     hooked.repair_index()
     assert seen
     assert repo.repair_index().entries_missing == 0  # the lock is released afterwards
@@ -446,3 +447,14 @@ def test_a_storage_error_is_never_taken_for_damage(repo, repo_path, kind, src, r
     assert _objects(repo_path) == objects  # nothing dropped, written or deleted
     assert repo.repair_index().blobs_added > 0
     assert {x.id for x in repo.list_sets()} == {s.id}
+
+
+def test_a_healthy_repository_is_left_as_it_is(repo, repo_path, src, tmp_path, rng):
+    """Nothing missing, damaged or unindexed: repair (and its dry run) rewrites no index file."""
+    _two_sets(repo, src, tmp_path, rng)
+    before = _objects(repo_path)
+    for read_data in (False, True):
+        for dry_run in (True, False):
+            r = repo.repair_index(read_data=read_data, dry_run=dry_run)
+            assert r.index_files_replaced == 0 and not r.index_file and not r.changed, r
+    assert _objects(repo_path) == before

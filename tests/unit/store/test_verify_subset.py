@@ -71,3 +71,23 @@ def test_a_subset_does_not_go_with_one_set(many_packs):
     repo = Repository.open(inner)
     with pytest.raises(InvalidArgumentError, match="does not go with a set"):
         repo.check(subset="1/2", set_ref=repo.list_sets()[0].id)
+
+
+def test_an_unindexed_pack_beside_a_running_backup_is_not_sent_to_repair(many_packs):
+    """A backup indexes its packs when it finishes them: while one runs (a lock held by another
+    host), verify says the pack may be its own rather than advising a repair at once."""
+    import json
+    import time
+
+    inner, _ = many_packs
+    inner.put("packs", "9" * 64, b"a pack being written")
+    plain = Repository.open(inner).check()
+    (w,) = [p for p in plain.warnings if p.object_id == "9" * 64]
+    assert "is not indexed (it may hold live data; 'cairn repair index' indexes it)" in w.message
+    inner.put("locks", "e" * 32, json.dumps({"host": "beta", "pid": 4242, "pid_space": "elsewhere",
+                                             "exclusive": False, "purpose": "backup of source 'app'",
+                                             "time": time.time()}).encode())
+    busy = Repository.open(inner).check()
+    (w,) = [p for p in busy.warnings if p.object_id == "9" * 64]
+    assert "is not indexed yet: it may belong to what is running now (backup of source 'app' on host beta" \
+           in w.message
