@@ -328,7 +328,13 @@ class Walker:
             crel = rel + b"/" + name if rel else name
             try:
                 st = d.stat(follow_symlinks=False)
-            except OSError:
+            except FileNotFoundError:
+                continue  # gone since the listing
+            except OSError as e:  # e.g. a path beyond PATH_MAX: never left out without a word
+                self.tally.errors.append(f"unable to read '{os.fsdecode(child)}': {e.strerror}")
+                if name in base:
+                    seen.add(name)  # not deleted: unreadable now, not gone (its base entry stays)
+                    entries.append(base[name])
                 continue
             kind = kind_of(st.st_mode)
             if kind is None or self.excluder.excluded(crel, kind == "dir"):

@@ -42,3 +42,25 @@ def test_vanished_and_unreadable_files(repo, src, tmp_path, rng, monkeypatch):
     assert sum("vanished while it was read" in n for n in s.extra.get("notes", [])) == 2
     assert s.stats.files == len(names) - sum(e.kind == "dir" for e in names.values()) + sum(
         len(f) for d, _, f in os.walk(src) if d != str(src))
+
+
+def test_an_entry_beyond_path_max_is_an_error_never_a_silent_gap(repo, src):
+    """Directories nested past PATH_MAX (4096 bytes): what cannot be reached is named in the
+    set's errors (the client prints them), not left out without a word."""
+    deep = os.open(str(src), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(22):  # 22 x 201 bytes: past 4096 below the source root
+            os.mkdir(b"d" * 200, dir_fd=deep)
+            nxt = os.open(b"d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=deep)
+            os.close(deep)
+            deep = nxt
+        fd = os.open(b"deepfile", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=deep)
+        os.write(fd, b"at the bottom")
+        os.close(fd)
+    finally:
+        os.close(deep)
+    (src / "top.txt").write_text("top")
+    s = backup(repo, src)
+    errors = s.extra.get("errors", [])
+    assert any("File name too long" in e for e in errors), errors
+    assert s.stats.files == 1  # top.txt; the unreachable entries are errors, not files
