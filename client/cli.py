@@ -249,6 +249,14 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
 
     if (args.delete or args.quick) and not args.delta:
         raise InvalidArgumentError(f"{'--delete' if args.delete else '--quick'} only goes with --delta")
+    for pattern in (*(args.include or ()), *(args.exclude or ())):
+        try:
+            pattern.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"pattern '{os.fsencode(pattern).decode('utf-8', 'backslashreplace')}' is not "
+                                       "valid UTF-8: patterns are text; name such paths as PATH arguments") from None
+    if not args.target.strip():
+        raise InvalidArgumentError("--target needs a directory")
     if args.delete and (args.include or args.exclude):
         raise InvalidArgumentError("--delete removes what the set does not hold: it cannot be combined with "
                                    "--include or --exclude")
@@ -1255,6 +1263,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail("interrupted", code=130)
     except BrokenPipeError:
         return EXIT_FAILURE
+    except OSError as exc:  # this host's files: a target that cannot be made or written, ...
+        where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
+        return fail(f"unable to use{where}: {exc.strerror or exc}")
 
 
 def _from_spool(args: argparse.Namespace) -> bool:

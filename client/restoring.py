@@ -106,7 +106,7 @@ def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     set_info, entries, problems = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
     if args.dry_run:
-        p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick)
+        p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick, delete=args.delete)
         return _report_dry_run(p, args, out, render, set_id, problems + p.errors), set_id
     p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead), quick=args.quick,
                  delete=args.delete, extras_under=extras_roots(args))

@@ -15,7 +15,8 @@ What always holds: nothing outside the target is touched — every parent of an 
 directory of the target (checked with lstat, or made by this restore), files are opened with
 O_NOFOLLOW; a file whose inode is shared with another path (several hard links that the set
 does not link there) is replaced, not written in place, so no other path changes; extras are
-removed only when `delete` is set.
+removed only when `delete` is set, and without it a directory holding entries is never removed
+to make room for a file (an error of the plan instead).
 """
 
 from __future__ import annotations
@@ -207,12 +208,16 @@ def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
 
 def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | None = None,
          extras_under: list[bytes] | None = None, workers: int = HASH_WORKERS, quick: bool = False,
-         cancelled: Callable[[], bool] | None = None) -> DeltaPlan:
+         cancelled: Callable[[], bool] | None = None, delete: bool | None = None) -> DeltaPlan:
     """Compare `target` with `manifest` (read only). Extras are looked for below each path of
     `extras_under` (b"" is the whole target); None: extras are not looked for. With `quick` a
     regular file whose size and mtime equal the set's is taken as unchanged without reading
     it (rsync's quick check; a change that keeps both is then missed). `cancelled` is asked
-    after each file read: when it says so, reading stops and AbortedError is raised."""
+    after each file read: when it says so, reading stops and AbortedError is raised.
+
+    With `delete` False (a delta that keeps extras), a directory of the target that holds
+    entries where the set has something else (a file, a link) is not replaced: that would
+    remove what it holds. It is an error of the plan instead, and its contents are extras."""
     root = os.path.abspath(os.fsencode(target))
     own = os.geteuid() == 0 if owner is None else owner
     t = _Target(root, own)
@@ -220,6 +225,7 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
     entries = list(manifest)
     known = {m.path for m in entries}
     hashing: list[tuple[EntryMeta, os.stat_result]] = []
+    blocked: set[bytes] = set()  # paths left as they are (a directory in the way, without delete)
     links = {}
     for m in entries:
         if m.kind == "hardlink":
@@ -231,6 +237,14 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             out.errors.append(str(e))
             continue
         st = t.lstat(m.path)
+        if delete is False and m.kind != "dir" and _holds_entries(t, m.path, st):
+            out.errors.append(f"'{os.fsdecode(m.path)}' is a directory holding entries the set does not: not "
+                              f"replaced by the set's {m.kind} (restore with --delete to replace it)")
+            blocked.add(m.path)
+            continue
+        if m.kind == "hardlink" and m.link_to in blocked:
+            out.errors.append(f"'{os.fsdecode(m.path)}' links to '{os.fsdecode(m.link_to)}', which was not restored")
+            continue
         if m.kind == "dir":
             out.dirs.append(m)
             if st is None or not stat.S_ISDIR(st.st_mode):
@@ -284,6 +298,16 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
     if extras_under is not None:
         out.extras = _extras(t, known, extras_under)
     return out
+
+
+def _holds_entries(t: _Target, rel: bytes, st: os.stat_result | None) -> bool:
+    """A real directory of the target with something in it."""
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return False
+    try:
+        return bool(os.listdir(t.abs(rel)))
+    except OSError:
+        return True  # unreadable: what it holds cannot be known, so it is not removed
 
 
 def _links_to(t: _Target, m: EntryMeta, st: os.stat_result | None) -> bool:
@@ -574,7 +598,7 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
     `cancelled` (the daemon's: its client went away) is asked after each file read and each
     chunk written; when it says so the delta stops with AbortedError. The target is then partly
     mended: every chunk written is the set's, and running the delta again finishes the work."""
-    p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled)
+    p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled, delete=delete)
     writer = DeltaWriter(target, p, delete=delete)
     ids = writer.prepare()
     if ids:

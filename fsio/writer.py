@@ -37,7 +37,7 @@ class WriteStats:
     files: int = 0
     dirs: int = 0
     links: int = 0
-    bytes: int = 0
+    bytes: int = 0  # content of the files restored whole (a file that failed counts none)
     errors: list[str] = field(default_factory=list)
 
 
@@ -82,6 +82,7 @@ class TreeWriter:
         self._cur_path = b""
         self._offset = 0
         self._open_lanes: dict[bytes, tuple] = {}  # lane path -> (fd, meta, path, offset)
+        self._written: dict[bytes, int] = {}  # bytes written per open file: counted once it is complete
 
     # -- stream ----------------------------------------------------------------
     def apply(self, rec: Record) -> None:
@@ -245,7 +246,7 @@ class TreeWriter:
             else:
                 _write_all(self._fd, memoryview(data), self._offset)
             self._offset += len(data)
-            self.stats.bytes += len(data)
+            self._written[self._cur_path] = self._written.get(self._cur_path, 0) + len(data)
         except OSError as e:
             self._fail(f"write failed: {e.strerror}")
 
@@ -256,6 +257,7 @@ class TreeWriter:
         path = self._cur_path
         os.close(self._fd)
         self._fd, self._cur = None, None
+        self._written.pop(path, None)
         try:
             os.unlink(self._abs(path))
         except OSError:
@@ -277,6 +279,7 @@ class TreeWriter:
             os.fchmod(fd, stat.S_IMODE(m.mode))
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
             self.stats.files += 1
+            self.stats.bytes += self._written.pop(rel, 0)  # a file that failed counts no bytes either
         except OSError as e:
             self.stats.errors.append(f"unable to restore '{os.fsdecode(rel)}': {e.strerror}")
         finally:
@@ -355,7 +358,8 @@ GROUP_BYTES = 4 << 20
 class _OpenFile:
     """A file of a ParallelTreeWriter that the pool creates, writes and finalizes."""
 
-    __slots__ = ("fd", "meta", "rel", "lane", "queue", "queued", "end", "running", "closed", "error", "done")
+    __slots__ = ("fd", "meta", "rel", "lane", "queue", "queued", "end", "running", "closed", "error", "done",
+                 "written")
 
     def __init__(self, meta: EntryMeta, rel: bytes) -> None:
         self.fd: int | None = None  # opened by the pool, before its first write
@@ -367,6 +371,7 @@ class _OpenFile:
         self.closed = False  # the stream moved past this file: finalize after the last write
         self.error = ""  # the first failure: the file is removed and reported, never counted
         self.done = threading.Event()
+        self.written = 0  # bytes written: counted in the stats once the file is complete
 
 
 class ParallelTreeWriter(TreeWriter):
@@ -554,7 +559,7 @@ class ParallelTreeWriter(TreeWriter):
                 if err and not job.error:
                     job.error = err
                 elif not skip and not err:
-                    self.stats.bytes += len(data)
+                    job.written += len(data)
         if last:
             self._finalize(job)
 
@@ -609,6 +614,7 @@ class ParallelTreeWriter(TreeWriter):
                     self.stats.errors.append(msg)
                 else:
                     self.stats.files += 1
+                    self.stats.bytes += job.written
                 if self._jobs.get(job.rel) is job:
                     del self._jobs[job.rel]
             job.done.set()

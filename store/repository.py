@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
 
-from cairn.fsio.records import LaneGauge, Record
+from cairn.fsio.records import Data, LaneData, LaneGauge, Record
 from cairn.fsio.writer import TreeWriter
 
 from .content import crypto
@@ -941,9 +941,10 @@ class Repository:
         last = 0.0
         for rec in self.restore_stream(s, paths, attachment=attachment):
             writer.apply(rec)
+            if isinstance(rec, (Data, LaneData)):
+                done += len(rec.data)  # handed to the writer (its stats count complete files only)
             if progress is not None and time.monotonic() - last > 0.2:
                 last = time.monotonic()
-                done = writer.stats.bytes
                 progress(Progress("restore", writer.stats.files, files_total, done, total))
         st = writer.finish()
         return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors))

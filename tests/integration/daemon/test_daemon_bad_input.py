@@ -109,6 +109,31 @@ def test_unknown_set_path_source_and_level(served, tmp_path):
     still_serves(served)
 
 
+def test_targets_and_patterns_the_client_cannot_use_are_one_line(served, tmp_path):
+    """A target that cannot be made or written, and a pattern that is not text: one line on
+    stderr (no traceback), a non-zero exit, nothing written."""
+    (tmp_path / "afile").write_text("a file, not a directory")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    cases = [
+        (("restore", "latest", "--target", str(tmp_path / "afile" / "sub")), 1, "Not a directory"),
+        (("restore", "latest", "--target", str(tmp_path / "afile" / "sub"), "--stream"), 1, "Not a directory"),
+        (("restore", "latest", "--target", ""), 2, "--target needs a directory"),
+        (("restore", "latest", "--target", str(tmp_path / "t4"), "--include", "x\udcffy"), 2,
+         "is not valid UTF-8"),
+    ]
+    if os.geteuid() != 0:
+        cases.append((("restore", "latest", "--target", str(ro / "sub")), 1, "Permission denied"))
+    for args, code, text in cases:
+        r = served.cli(*args)
+        assert r.returncode == code, (args, r.stdout, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in r.stderr and lines[0].startswith("cairn: error: ") and text in lines[0], \
+            (args, r.stderr)
+    assert not os.path.exists(tmp_path / "t4")
+
+
 def test_daemon_validates_what_the_client_does_not(served):
     stub = pb_grpc.CairnStub(served.channel())
     with pytest.raises(grpc.RpcError) as err:

@@ -167,6 +167,33 @@ def test_delta_restore_fixes_kinds_and_an_emptied_target(daemon_with_set, rundir
     assert stat.S_ISDIR(os.lstat(os.path.join(target, "cache")).st_mode)
 
 
+@pytest.mark.parametrize("who", WHO)
+def test_a_directory_with_data_in_a_files_place_is_kept_without_delete(daemon_with_set, rundir: str,
+                                                                         who: str) -> None:
+    """Without --delete a delta never removes what the set does not hold: a directory holding
+    a user's files where the set has a file stays, is named as an error (exit 1) by the run and
+    its dry run, and its contents are counted as kept; with --delete it is replaced."""
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    p = os.path.join(target, "docs", "n05.txt")
+    os.unlink(p)
+    os.makedirs(os.path.join(p, "deep"))
+    with open(os.path.join(p, "deep", "userdata"), "wb") as f:
+        f.write(b"someone's work")
+    dry = d.cli("restore", set_id, "--target", target, "--delta", "--dry-run", *WHO[who])
+    assert "docs/n05.txt' is a directory holding entries the set does not" in dry.stdout + dry.stderr
+    r = d.cli("--json", "restore", set_id, "--target", target, "--delta", *WHO[who])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert any("is a directory holding entries the set does not" in e for e in doc["errors"]), doc
+    assert doc["deleted"] == 0 and doc["extras_kept"] >= 1
+    with open(os.path.join(p, "deep", "userdata"), "rb") as f:
+        assert f.read() == b"someone's work"
+    d.ok("restore", set_id, "--target", target, "--delta", "--delete", *WHO[who])
+    assert snapshot(target) == want
+
+
 def test_verify_detects_a_difference_and_fails(daemon_with_set, rundir: str) -> None:
     d, set_id, src, want = daemon_with_set
     target = os.path.join(rundir, "restored")

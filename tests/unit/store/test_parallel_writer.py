@@ -100,6 +100,22 @@ def test_a_failed_write_removes_the_file_and_is_never_counted(tmp_path, monkeypa
     files = [r for r in recs if isinstance(r, EntryMeta) and r.kind == "file"]
     assert st.files == len(files) - 1
     assert (tmp_path / "t" / "d" / "f3").exists()
+    given: dict[bytes, int] = {}
+    cur = b""
+    for r in recs:
+        if isinstance(r, EntryMeta):
+            cur = r.path if r.kind == "file" else b""
+        elif isinstance(r, Data) and cur:
+            given[cur] = given.get(cur, 0) + len(r.data)
+    assert st.bytes == sum(n for p, n in given.items() if p != b"big")  # big's written part not counted
+
+
+@pytest.mark.parametrize("kind", [TreeWriter, ParallelTreeWriter])
+def test_bytes_count_only_files_restored_whole(tmp_path, kind) -> None:
+    recs = [EntryMeta(path=b"a", kind="file", size=2 * MIB), Data(bytes(MIB) + b"x" * 10), Failed("chunk 'ab12' lost"),
+            EntryMeta(path=b"b", kind="file", size=3), Data(b"bbb")]
+    st = run(kind, tmp_path / "t", recs)
+    assert st.files == 1 and st.bytes == 3
 
 
 def test_a_failed_record_removes_the_file(tmp_path) -> None:
