@@ -860,7 +860,7 @@ def check_target(target: str, overwrite: bool) -> None:
         raise InvalidArgumentError(f"restore target '{target}' is not a directory")
     if not overwrite and os.listdir(target):
         raise FailedPreconditionError(
-            f"restore target '{target}' is not empty", hint="choose an empty directory or pass --overwrite"
+            f"restore target '{target}' is not empty", hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite"
         )
 
 
