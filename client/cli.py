@@ -860,8 +860,8 @@ def check_target(target: str, overwrite: bool) -> None:
         raise InvalidArgumentError(f"restore target '{target}' is not a directory")
     if not overwrite and os.listdir(target):
         raise FailedPreconditionError(
-            f"restore target '{target}' is not empty", hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite"
-        )
+            f"restore target '{target}' is not empty",
+            hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite")
 
 
 def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:

@@ -53,7 +53,8 @@ def prepare_target(target: str | bytes, overwrite: bool) -> bytes:
         raise InvalidArgumentError(f"restore target '{os.fsdecode(t)}' is not a directory")
     if not overwrite and os.listdir(t):
         raise FailedPreconditionError(f"restore target '{os.fsdecode(t)}' is not empty",
-                                      hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite")
+                                      hint="choose an empty directory, mend it with --delta (only what differs "
+                                           "is written), or pass --overwrite")
     return t
 
 
