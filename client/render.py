@@ -238,6 +238,7 @@ def status_dict(reply: pb.StatusReply, now: float | None = None) -> dict[str, An
             "read_only": d.read_only,
             "config": d.config_path or None,
             "hostname": d.hostname,
+            "warnings": list(d.warnings),
         },
         "sources": [
             {
@@ -400,6 +401,7 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
     ]
     if d.config_path:
         lines.append(f"config: {d.config_path}")
+    lines += [f"warning: {w}" for w in d.warnings]
     if not reply.sources:
         lines.append("no sources")
     for s in reply.sources:

@@ -14,6 +14,7 @@ from typing import Any
 
 from cairn import protocol
 from cairn.daemon.changes import skip
+from cairn.daemon.operations import hostname
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.operations.status import set_status
 from cairn.daemon.runtime.config import Config, SourceConfig
@@ -49,7 +50,7 @@ class BackupPart(ServicePart):
             root_excludes=anchored,
             one_file_system=src.one_file_system,
             tags=tuple(tags),
-            extra={"reason": reason},
+            extra={"reason": reason, **({"machine": self._machine_id} if self._machine_id else {})},
             hostname=self._hostname,
         )
 
@@ -66,6 +67,9 @@ class BackupPart(ServicePart):
         planner = _JournalPlanner(self.repo, self.tracker, src.name, request.level, request.hostname or None)
         s = self._capture(src, request, progress, cancel, planner)
         self._set_committed(src, s, planner.token)
+        others = hostname.host_shared_with(self.repo.list_sets(src.name), self._hostname, self._machine_id)
+        if others:  # status shows it too
+            log.warning("%s", hostname.shared_host_warning(self._hostname, others), extra={"source": src.name})
         return s
 
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,

@@ -40,6 +40,7 @@ class ServicePart:
     _next_runs: NextRunsFn | None
     _started: float
     _machine: str
+    _machine_id: str
     _lock: threading.Lock
 
     @property

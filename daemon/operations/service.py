@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.operations import hostname
 from cairn.daemon.operations.backups import BackupPart
 from cairn.daemon.operations.databases import DatabasePart
 from cairn.daemon.operations.maintenance import MaintenancePart
@@ -49,6 +50,7 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
         self._metrics = metrics  # a cairn.daemon.runtime.metrics.Metrics, or None
         self._started = time.time()
         self._machine = socket.gethostname()
+        self._machine_id = hostname.machine_id()  # recorded in each set (daemon/operations/hostname.py)
         self.retention: Any = None  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status

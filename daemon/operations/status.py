@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cairn import __version__
 from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.operations import hostname
 from cairn.daemon.operations.part import ServicePart
 from cairn.daemon.runtime.config import SourceConfig
 from cairn.daemon.runtime.health import Failure
@@ -31,6 +32,7 @@ class DaemonState:
     read_only: bool
     config_path: str
     hostname: str
+    warnings: tuple[str, ...] = ()  # what the operator should fix (another machine under this host name)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,9 @@ class StatusPart(ServicePart):
             hostname=self._hostname,
         )
         sets = self.repo.list_sets()
+        others = hostname.host_shared_with(sets, self._hostname, self._machine_id)
+        if others:
+            daemon = replace(daemon, warnings=(hostname.shared_host_warning(self._hostname, others),))
         running = self.jobs.running()
         next_runs = self._collect_next_runs()
         configured = {s.name: s for s in config.sources}

@@ -123,6 +123,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 read_only=daemon.read_only,
                 config_path=daemon.config_path,
                 hostname=daemon.hostname,
+                warnings=list(daemon.warnings),
             )
         )
         for src in status.sources:

@@ -89,7 +89,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DaemonInfo(_message.Message):
-    __slots__ = ("version", "pid", "started", "repository", "read_only", "config_path", "hostname")
+    __slots__ = ("version", "pid", "started", "repository", "read_only", "config_path", "hostname", "warnings")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class DaemonInfo(_message.Message):
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     version: str
     pid: int
     started: float
@@ -104,7 +105,8 @@ class DaemonInfo(_message.Message):
     read_only: bool
     config_path: str
     hostname: str
-    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started: _Optional[float] = ..., repository: _Optional[str] = ..., read_only: _Optional[bool] = ..., config_path: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., pid: _Optional[int] = ..., started: _Optional[float] = ..., repository: _Optional[str] = ..., read_only: _Optional[bool] = ..., config_path: _Optional[str] = ..., hostname: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobInfo(_message.Message):
     __slots__ = ("id", "source", "level", "reason", "started", "progress")

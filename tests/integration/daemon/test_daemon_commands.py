@@ -122,6 +122,31 @@ def test_a_dead_hosts_lock_is_named_by_prune_and_removed_by_unlock(daemon, tmp_p
     assert "repository ok: 1 set" in daemon.ok("verify", "--read-data")
 
 
+def test_another_machine_under_this_host_name_is_a_status_warning(daemon, tmp_path):
+    """Sets record the machine that took them; a set another machine took under this daemon's
+    host name after this machine's first one makes status warn (a cloned configuration)."""
+    import socket
+
+    from cairn.store.model import BackupRequest
+    from cairn.store.repository import Repository
+
+    mine = json.loads(daemon.ok("--json", "backup", "--level", "full"))
+    machine = mine["extra"].get("machine")
+    assert machine and len(machine) >= 16
+    assert json.loads(daemon.ok("--json", "status"))["daemon"]["warnings"] == []
+    repo = Repository.open_local(str(tmp_path / "repo"))
+    try:  # the clone: same host name, another machine id
+        repo.backup(BackupRequest(source="src", paths=(str(daemon.src),), hostname=socket.gethostname(),
+                                  extra={"machine": "f" * 32}))
+    finally:
+        repo.close()
+    status = json.loads(daemon.ok("--json", "status"))
+    (warning,) = status["daemon"]["warnings"]
+    assert f"the host name '{socket.gethostname()}' is also used by another machine (machine id ffffffffffff)" \
+        in warning
+    assert "warning: the host name" in daemon.ok("status")
+
+
 def test_wal_push_and_fetch(daemon, tmp_path):
     seg = tmp_path / "000000010000000000000001"
     data = os.urandom(3 << 20)  # more than one message
