@@ -450,20 +450,26 @@ class Repository:
                 self._recording = None
 
     @contextlib.contextmanager
-    def reading_stored(self) -> Iterator[None]:
-        """Within the block, this thread reads index files, set objects and trees from the store
-        itself: not from the local cache, nor from what this handle read before. Check and prune
-        run so: a verified local copy proves nothing about the copy in the bucket, and what they
-        report or delete must follow from what the store holds now."""
-        before = getattr(self._direct, "on", False)
-        self._direct.on = True
+    def reading_stored(self, trees: bool = True) -> Iterator[None]:
+        """Within the block, this thread reads index files and set objects (and with `trees`,
+        trees) from the store itself: not from the local cache, nor from what this handle read
+        before. Check runs so, trees included: a verified local copy proves nothing about the
+        copy in the bucket. Prune runs so without trees: what it deletes follows from the index
+        and sets the store holds now, while a tree's content, named by its id and verified, is
+        the same wherever it is read (and walking every tree from the bucket would cost a round
+        trip each)."""
+        before = (getattr(self._direct, "on", False), getattr(self._direct, "trees", False))
+        self._direct.on, self._direct.trees = True, trees or before[1]
         try:
             yield
         finally:
-            self._direct.on = before
+            self._direct.on, self._direct.trees = before
 
     def _stored_only(self) -> bool:
         return getattr(self._direct, "on", False)
+
+    def _stored_trees(self) -> bool:
+        return getattr(self._direct, "trees", False)
 
     def _read_object(self, kind: str, name: str, decode: Callable[[str, bytes], T]) -> T:
         """Object `name` of `kind` ("index" or "sets"), decoded and verified by `decode`.
@@ -691,7 +697,7 @@ class Repository:
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
         with self._tree_lock:
-            hit = None if self._stored_only() else self._trees.get(tree_id)
+            hit = None if self._stored_trees() else self._trees.get(tree_id)
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
@@ -715,7 +721,7 @@ class Repository:
         as stored: codec u8, raw_len u32, the pack's name (64 ASCII hex digits: a pack sealed to
         the public key is opened with its header), then the compressed and sealed bytes)."""
         cache = self.cache
-        if cache is None or self._stored_only():
+        if cache is None or self._stored_trees():
             return self.read_blob(tree_id)
         name = tree_id.hex()
         kept = cache.get("trees", name)
@@ -974,7 +980,7 @@ class Repository:
         if grace is None:
             grace = self.gc_grace if self.gc_grace is not None else prunemod.GRACE
         try:
-            with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock, self.reading_stored():
+            with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock, self.reading_stored(trees=False):
                 self.load_index()  # plan from the durable index, not from what this handle saw
                 if not dry_run:
                     self.sweep_temp()
