@@ -50,6 +50,7 @@ render: Any = _OnFirstUse("cairn.client.render")
 wire: Any = _OnFirstUse("cairn.proto.wire")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+EXIT_ARCHIVE_FAILED = 255  # wal-fetch could not ask the archive: above 125, so PostgreSQL's recovery stops
 SHOWN_PROBLEMS = 10  # problems of a set printed one per line; the rest counted
 HINT_KEY = protocol.HINT_KEY
 WAL_PIECE = 1 << 20
@@ -269,6 +270,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
     places: dict[str, str] = {}
+    fetch = ""  # restore_command's wal-fetch prefix for a client on another host (restoring.fetch_with)
     dumps: list[dict[str, str]] = []  # databases --databases leaves alone: dumps, restored with --target-dsn
     files_report: dict[str, Any] = {}
     daemon_delta = args.delta and not args.dry_run and not args.stream  # the daemon is asked first
@@ -289,6 +291,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
             names = [r["name"] for r in held if r["kind"] == restoring.POSTGRES]
             places = restoring.database_targets(args.target, names, args.db_target, kinds)
             dumps = [restoring.dump_note(render.short_id(args.set), n, k) for n, k in kinds.items()]
+            fetch = restoring.fetch_with(conn, args) if places else ""  # refused before anything is written
     # With --databases and --json the files part is one part of the one document printed at the end.
     whole_doc = args.json and args.databases
     captured: list[str] = []
@@ -329,7 +332,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     dbs = []
     for name, where in places.items():
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
-                                      target_path=os.fsencode(where), host=args.host or "")
+                                      target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch)
         doc: dict[str, Any] = {}
         code = restore_db_into(conn, request, where, args.json, report=doc, local=not args.stream)
         if code != EXIT_OK:
@@ -392,6 +395,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         restore_command=args.restore_command or "",
         target_timeline=timeline,
         host=args.host or "",
+        fetch_with=restoring.fetch_with(conn, args),
     )
     code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
@@ -439,7 +443,7 @@ def prime_prefetch(args: argparse.Namespace) -> None:
 
     namespace = walnames.namespace_of(walnames.control_system_identifier(args.target))
     try:
-        walfetch.prime(args.target, walfetch.DEFAULT_PREFETCH, _global_args(args), namespace)
+        walfetch.prime(args.target, walfetch.DEFAULT_PREFETCH, _global_args(args), namespace, env=_child_env(args))
     except OSError as exc:  # prefetch is an optimisation: recovery fetches every segment itself then
         print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
 
@@ -793,7 +797,7 @@ def cmd_wal_fetch(conn: Connection, args: argparse.Namespace) -> int:
         try:
             walfetch.note_request(args.name, args.dest, os.path.getsize(args.dest))
             walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args),
-                                      wal_namespace(args, args.dest))
+                                      wal_namespace(args, args.dest), env=_child_env(args))
         except OSError as exc:  # prefetch is an optimisation: recovery goes on without it
             print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
     return EXIT_OK
@@ -807,8 +811,15 @@ def cmd_wal_prefetch(conn: Connection, args: argparse.Namespace) -> int:
     return walfetch.run_prefetcher(args.spool, args.count, fetch)
 
 
+def _child_env(args: argparse.Namespace) -> dict[str, str] | None:
+    """The environment of a child command: a token given with --token goes by $CAIRN_TOKEN
+    (never on a command line); None: this process's environment as it is."""
+    return {**os.environ, "CAIRN_TOKEN": args.token} if getattr(args, "token", None) else None
+
+
 def _global_args(args: argparse.Namespace) -> list[str]:
-    """The connection options of this command, for a child command (the token goes by environment)."""
+    """The connection options of this command, for a child command (the token goes by
+    environment: _child_env)."""
     out: list[str] = []
     for opt, value in (("--socket", args.socket), ("--address", args.address), ("--tls-ca", args.tls_ca),
                        ("--tls-server-name", args.tls_server_name), ("--token-file", args.token_file)):
@@ -1229,9 +1240,22 @@ def _count(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     _JSON_ERRORS[0] = "--json" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "command", None) == "restore" and not any(x.startswith("-") for x in rest):
+        args.paths = [*args.paths, *rest]  # `restore SET --target DIR PATH ...`: paths after the options too
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.command:
         parser.error("no command given")
+    code = _run(args)
+    if args.command == "wal-fetch" and code not in (EXIT_OK, EXIT_NOT_FOUND):
+        # not "not in the archive": PostgreSQL would take it as the end of WAL and promote early;
+        # an exit status above 125 makes recovery stop instead, until the archive answers again
+        return EXIT_ARCHIVE_FAILED
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "wal-fetch" and answered_locally(args.name, args.dest):
         # exit status 3, not fetched: nothing to fetch, or recovery reads the copy in pg_wal/
         where = ("never exists" if args.name == NO_HISTORY else "is in pg_wal/, placed there by restore-db"
@@ -1281,7 +1305,7 @@ def _from_spool(args: argparse.Namespace) -> bool:
         return False
     try:
         walfetch.start_prefetcher(walfetch.spool_of(args.dest), args.prefetch, _global_args(args),
-                                  wal_namespace(args, args.dest))
+                                  wal_namespace(args, args.dest), env=_child_env(args))
     except OSError as exc:  # the segment is in place; prefetch is an optimisation
         print(f"cairn: warning: WAL prefetch not started: {exc.strerror or exc}", file=sys.stderr)
     return True
@@ -1299,12 +1323,15 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
         return fail(f"cairnd at {where} stopped while this call ran",
                     hint or "nothing it did not finish was committed; run the command again once cairnd is back")
     if code == grpc.StatusCode.UNAVAILABLE:
+        tcp = endpoint is not None and endpoint.address
         return fail(
             f"unable to reach cairnd at {where}: {details}",
-            hint or "is cairnd running? name its socket with --socket or $CAIRN_SOCKET",
+            hint or ("is cairnd listening there? check --address, and --tls-ca and --tls-server-name against its "
+                     "certificate" if tcp else "is cairnd running? name its socket with --socket or $CAIRN_SOCKET"),
         )
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return fail(f"cairnd at {where} refused the call: {details}", hint or "pass --token or --token-file")
+        return fail(f"cairnd at {where} refused the call: {details}",
+                    hint if hint or "--token" in details else "pass --token or --token-file")
     if code == grpc.StatusCode.CANCELLED:
         return fail("the call was cancelled", hint)
     return fail(details, hint, _STATUS_EXIT.get(getattr(code, "name", ""), EXIT_FAILURE))

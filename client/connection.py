@@ -53,6 +53,8 @@ def resolve_endpoint(
     if address:
         if socket:
             raise InvalidArgumentError("--socket and --address exclude each other")
+        if token and token_file:
+            raise InvalidArgumentError("--token and --token-file exclude each other")
         if token_file:
             token = _read_token(token_file)
         token = token or environ.get("CAIRN_TOKEN") or None

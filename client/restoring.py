@@ -32,6 +32,8 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +48,35 @@ from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
 POSTGRES = "postgres"  # the kind of a base-backup database; the others are dumps
 CHUNKS_PER_CALL = 16384  # ids in one RestoreChunks request (32 bytes each, well below the message limit)
+
+
+def fetch_with(conn: Any, args: argparse.Namespace) -> str:
+    """The `cairn` command prefix a restored data directory's restore_command runs wal-fetch with,
+    when this client reaches the daemon over TCP (it is on another host: the daemon's socket and
+    its cairn are not here): this client's cairn with its address, TLS and token file. Empty over
+    the daemon's socket (the daemon's own then) or with --restore-command. PostgreSQL runs it as
+    the database's user, so a token must come from a file that user can read, never a command line."""
+    if getattr(args, "restore_command", None) or conn.endpoint.socket:
+        return ""
+    if conn.endpoint.token and not args.token_file:
+        raise InvalidArgumentError(
+            "restore-db over TCP writes a restore_command that PostgreSQL runs to fetch WAL from the daemon: give the "
+            "token with --token-file (a file the database's user can read), or pass your own --restore-command")
+    words = [own_cairn(), "--address", args.address]
+    for opt, value in (("--tls-ca", args.tls_ca), ("--tls-server-name", args.tls_server_name),
+                       ("--token-file", args.token_file)):
+        if value:
+            words += [opt, os.path.abspath(value) if opt != "--tls-server-name" else value]
+    return shlex.join(words)
+
+
+def own_cairn() -> str:
+    """This client's `cairn` program (beside its interpreter, else on PATH), as an absolute path."""
+    beside = os.path.join(os.path.dirname(sys.executable), "cairn")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("cairn")
+    return os.path.abspath(found) if found else beside
 
 
 def restore_request(args: argparse.Namespace, manifest: bool = False) -> pb.RestoreRequest:

@@ -171,16 +171,18 @@ def prefetcher_running(spool: str) -> bool:
     return False
 
 
-def start_prefetcher(spool: str, count: int, global_args: list[str], namespace: str = "") -> None:
+def start_prefetcher(spool: str, count: int, global_args: list[str], namespace: str = "",
+                     env: dict[str, str] | None = None) -> None:
     """Start the spool's prefetcher in the background unless one runs; it fetches from WAL name
-    space `namespace` (the cluster's system identifier; "" the flat one)."""
+    space `namespace` (the cluster's system identifier; "" the flat one), with environment `env`
+    (None: this one's; a token given on the command line goes there, never into argv)."""
     if count <= 0 or prefetcher_running(spool):
         return
     argv = [sys.executable, "-m", "cairn.client.cli", *global_args, "wal-prefetch", spool, "--count", str(count)]
     if namespace:
         argv += ["--system-id", namespace]
     subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True, cwd="/")
+                     start_new_session=True, close_fds=True, cwd="/", env=env)
 
 
 def spool_owner(spool: str) -> tuple[int, int] | None:
@@ -192,7 +194,8 @@ def spool_owner(spool: str) -> tuple[int, int] | None:
     return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
 
 
-def prime(data_dir: str, count: int, global_args: list[str], namespace: str = "") -> bool:
+def prime(data_dir: str, count: int, global_args: list[str], namespace: str = "",
+          env: dict[str, str] | None = None) -> bool:
     """Start the prefetcher of a data directory restore-db just wrote for a recovery past the
     set (a target time or LSN), at the last WAL segment restore-db placed in pg_wal/: the first
     segments recovery asks the archive for are then spooled as well, not fetched one by one
@@ -225,7 +228,7 @@ def prime(data_dir: str, count: int, global_args: list[str], namespace: str = ""
         made = [os.path.dirname(spool)] if boot_keyed(spool) else []  # pg_wal/cairn-prefetch
         for path in (*made, spool, os.path.join(spool, WANTED), lock):
             os.chown(path, *owner)
-    start_prefetcher(spool, count, global_args, namespace)
+    start_prefetcher(spool, count, global_args, namespace, env=env)
     return True
 
 

@@ -38,8 +38,8 @@ class DatabasePart(ServicePart):
 
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                    target_path: str = "", restore_command: str = "",
-                   lanes: LaneGauge | None = None, target_timeline: str = "current", host: str = ""
-                   ) -> tuple[BackupSet, Iterator[Record]]:
+                   lanes: LaneGauge | None = None, target_timeline: str = "current", host: str = "",
+                   fetch_with: str = "") -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target (on
         `target_timeline`), then promotes; a dump's files as stored."""
         s = self.resolve(ref, source, host)
@@ -49,7 +49,7 @@ class DatabasePart(ServicePart):
                                                target_timeline, lanes=lanes))
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
                                                self._config.daemon.socket, target_path, restore_command,
-                                               lanes=lanes, target_timeline=target_timeline)
+                                               lanes=lanes, target_timeline=target_timeline, fetch_with=fetch_with)
         return s, self._counted(records)
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,

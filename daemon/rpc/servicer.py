@@ -255,6 +255,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command, lanes=lanes,
             target_timeline=request.target_timeline or "current", host=request.host,
+            fetch_with=request.fetch_with,
         )
         totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:

@@ -79,21 +79,39 @@ def cairn_executable() -> str:
     return shutil.which("cairn") or "cairn"
 
 
-def restore_command(socket_path: str, executable: str | None = None, system_id: str = "") -> str:
-    """restore_command for recovery: `cairn --socket S wal-fetch [--system-id N] %f %p`.
+def restore_command(socket_path: str, executable: str | None = None, system_id: str = "",
+                    fetch_with: str = "") -> str:
+    """restore_command for recovery: `cairn --socket S wal-fetch [--system-id N] %f %p`, or with
+    `fetch_with` (a client on another host: its own cairn and connection options) that instead
+    of `cairn --socket S`.
 
     The socket is always named: PostgreSQL runs the command as its own OS user, whose default
     socket (under its home or XDG_RUNTIME_DIR) is not the daemon's. The system identifier names
     the cluster's WAL name space in the repository.
     """
-    exe = executable or cairn_executable()
     ident = f" --system-id {int(system_id)}" if system_id else ""
+    if fetch_with:
+        return f"{check_fetch_with(fetch_with)} wal-fetch{ident} %f %p"
+    exe = executable or cairn_executable()
     return f"{shlex.quote(exe)} --socket {shlex.quote(socket_path)} wal-fetch{ident} %f %p"
+
+
+def check_fetch_with(prefix: str) -> str:
+    """A client's `cairn` command prefix for restore_command: one line of shell words, no '%'
+    (PostgreSQL's placeholders), starting with an absolute path."""
+    try:
+        words = shlex.split(prefix)
+    except ValueError:
+        words = []
+    if not words or not os.path.isabs(words[0]) or any(c in prefix for c in "%\n\r\0"):
+        raise InvalidArgumentError("invalid fetch_with: a one-line cairn command prefix with an absolute path "
+                                   "and no '%' is needed")
+    return prefix
 
 
 def prefetching_restore_command(socket_path: str, executable: str | None = None, system_id: str = "",
                                 placed: Sequence[str] = (), own_point: bool = False,
-                                segment_size: int = walnames.DEFAULT_SEGMENT_SIZE) -> str:
+                                segment_size: int = walnames.DEFAULT_SEGMENT_SIZE, fetch_with: str = "") -> str:
     """restore_command that first takes a segment from wal-fetch's prefetch spool with a plain
     `mv` (a rename; no interpreter starts), else runs `cairn wal-fetch` (restore_command).
 
@@ -112,7 +130,8 @@ def prefetching_restore_command(socket_path: str, executable: str | None = None,
             "do sleep 0.01; i=$((i+1)); done")
     return (f"{local_answers(placed, own_point, segment_size)}"
             f"{{ read -r b 2>/dev/null <{BOOT_ID_FILE} && s=\"pg_wal/cairn-prefetch/$b\" && "
-            f"{{ {take} || {{ {wait}; {take}; }}; }}; }} || {restore_command(socket_path, executable, system_id)}")
+            f"{{ {take} || {{ {wait}; {take}; }}; }}; }} || "
+            f"{restore_command(socket_path, executable, system_id, fetch_with)}")
 
 
 def local_answers(placed: Sequence[str], own_point: bool, segment_size: int = walnames.DEFAULT_SEGMENT_SIZE) -> str:
@@ -191,12 +210,16 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
 
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                        socket_path: str, target_path: str = "", command: str = "",
-                       lanes: LaneGauge | None = None, target_timeline: str = "current") -> Iterator[Record]:
+                       lanes: LaneGauge | None = None, target_timeline: str = "current",
+                       fetch_with: str = "") -> Iterator[Record]:
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
     With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
     recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
 
-    `command` replaces the default restore_command (a client the database's OS user can run)."""
+    `command` replaces the default restore_command (a client the database's OS user can run);
+    `fetch_with` is the prefix the default one runs wal-fetch with (a client on another host)."""
+    if fetch_with:
+        check_fetch_with(fetch_with)  # before anything is read
     if command and ("%p" not in command or "\n" in command):
         raise InvalidArgumentError(f"invalid restore_command '{command}': it must name the target file "
                                    "with %p (and the WAL file with %f), on one line")
@@ -216,7 +239,8 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     data_dir = repo.restore_stream(s, attachment=typed.attachment, lanes=lanes)
     main = recovery_stream(data_dir, typed.labelfile, typed.spcmapfile,
                            command or prefetching_restore_command(socket_path, system_id=record_namespace(rec),
-                                                                  placed=wal, own_point=own_point, segment_size=size),
+                                                                  placed=wal, own_point=own_point, segment_size=size,
+                                                                  fetch_with=fetch_with),
                            target_time or None,
                            target_lsn or None, tablespace_remap=remap,
                            extra_settings=None if not own_point else

@@ -63,6 +63,15 @@ def test_unreachable_daemon_is_one_clear_line(rundir):
     assert r.returncode == 1
     assert r.stderr.startswith("cairn: error: unable to reach cairnd at unix socket")
     assert "hint: is cairnd running?" in r.stderr
+    # wal-fetch as PostgreSQL's restore_command: an archive it cannot ask is not "no such file"
+    # (exit 1-125: recovery would end there and promote early) but an exit above 125, which stops it
+    pg_wal = os.path.join(rundir, "pg_wal")
+    os.mkdir(pg_wal)
+    r = subprocess.run([CAIRN, "--socket", os.path.join(rundir, "nobody.sock"), "wal-fetch",
+                        "000000010000000000000007", os.path.join(pg_wal, "RECOVERYXLOG")],
+                       capture_output=True, text=True, timeout=30, env=env_for())
+    assert r.returncode > 125 and "unable to reach cairnd" in r.stderr, (r.returncode, r.stderr)
+    assert not os.path.exists(os.path.join(pg_wal, "RECOVERYXLOG"))
 
 
 @pytest.fixture

@@ -169,6 +169,24 @@ def test_tcp_needs_tls_and_the_token(start_daemon, rundir, tmp_path, tls_files):
                          "--target", str(tmp_path / "out")], capture_output=True, text=True, timeout=30, env=env_for())
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "out" / "f.txt").read_text() == "remote\n"
+    # PATH arguments after the options, as the interface writes them
+    ok = subprocess.run([*remote, "--token-file", tls_files["token"], "restore", "latest", "--target",
+                         str(tmp_path / "out2"), "f.txt"], capture_output=True, text=True, timeout=30, env=env_for())
+    assert ok.returncode == 0 and [p.name for p in (tmp_path / "out2").rglob("*") if p.is_file()] == ["f.txt"], \
+        ok.stderr
+    r = subprocess.run([*remote, "--token", "x", "--token-file", tls_files["token"], "sets"], capture_output=True,
+                       text=True, timeout=30, env=env_for())
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+    # a CA that did not sign the daemon's certificate: the client's one line and hint, no library log
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "2", "-subj", "/CN=another CA", cwd=str(other))
+    r = subprocess.run([CAIRN, "--address", address, "--tls-ca", str(other / "ca.pem"), "--token-file",
+                        tls_files["token"], "sets"], capture_output=True, text=True, timeout=30, env=env_for())
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and lines[0].startswith(f"cairn: error: unable to reach cairnd at {address}"), r.stderr
+    assert len(lines) == 2 and "--tls-ca" in lines[1], r.stderr
 
 
 def test_metrics_endpoint_counts_sets_and_the_socket_gets_its_group(start_daemon, rundir, tmp_path):
