@@ -10,6 +10,7 @@ reached over TLS; the token (--token, --token-file or $CAIRN_TOKEN) rides on eve
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -53,6 +54,9 @@ def resolve_endpoint(
     if address:
         if socket:
             raise InvalidArgumentError("--socket and --address exclude each other")
+        if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]/\s]+):\d{1,5}", address):
+            raise InvalidArgumentError(f"invalid --address '{address}': give HOST:PORT "
+                                       "(an IPv6 address as [ADDR]:PORT)")
         if token and token_file:
             raise InvalidArgumentError("--token and --token-file exclude each other")
         if token_file:

@@ -37,6 +37,12 @@ def test_socket_precedence_and_remote_endpoint(monkeypatch, tmp_path):
     assert (remote.address, remote.socket, remote.token) == ("host:7443", None, "abc")
     with pytest.raises(Exception, match="exclude each other"):
         resolve_endpoint(socket="/x", address="host:1")
+    with pytest.raises(Exception, match="--token and --token-file exclude each other"):
+        resolve_endpoint(address="host:7443", token="x", token_file=str(token))
+    assert resolve_endpoint(address="[::1]:7443").address == "[::1]:7443"
+    for bad in ("host", "127.0.0.1", "::1", "host:", "host:port"):  # no silent default port
+        with pytest.raises(Exception, match=r"invalid --address .*give HOST:PORT"):
+            resolve_endpoint(address=bad)
 
 
 class FakeRpcError(grpc.RpcError):
