@@ -136,7 +136,8 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
     ]
     for args in attempts:
         r = wonly.cli(*args)
-        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        # (wal-fetch as restore_command: a refusal is not "not in the archive", so above 125)
+        assert r.returncode == (255 if args[0] == "wal-fetch" else 1), (args, r.stdout, r.stderr)
         assert "write-only" in _one_line(r.stderr), (args, r.stderr)
     assert not os.path.exists(tmp_path / "out-a") and not os.path.exists(tmp_path / "out-w")
     assert not os.path.exists(tmp_path / "fetched")

@@ -43,12 +43,13 @@ def test_every_status_value_reaches_the_reply() -> None:
                          last_failure=Failure(level="incremental", time=50.0, message="disk full", status="failed"),
                          rpo=60.0, last_success=40.0)
     daemon = DaemonState(version="1.2", pid=77, started=1.0, repository="/r", read_only=True, config_path="/c",
-                         hostname="h")
+                         hostname="h", warnings=("another machine",))
     retention = RetentionState(schedule="0 3 * * *", next_run=200.0, last_run=150.0, last_result="freed 1 MiB",
                                host="h")
     reply = CairnServicer(_Service(ServiceStatus(daemon, [source], archive, retention))).Status(pb.StatusRequest(),
                                                                                               None)
-    assert dataclasses.asdict(daemon) == {k: getattr(reply.daemon, k) for k in names(DaemonState)}
+    wire = {k: getattr(reply.daemon, k) for k in names(DaemonState)}
+    assert dataclasses.asdict(daemon) == {**wire, "warnings": tuple(wire["warnings"])}
     s = reply.sources[0]
     assert (s.journal, s.journal_state, list(s.journal_reasons), s.oldest_unprotected_age, s.pending_paths,
             s.watches) == ("rescan pending: overflow", "rescan", ["overflow"], 33.0, 4, 7)
