@@ -170,7 +170,7 @@ class _Group(InotifyWatchGroup):
         except OSError:
             owner.budget.release()
             raise
-        wd = self._active_callbacks_by_path.get(path)
+        wd = self._wd_of(path)
         if wd is None or wd < 0:
             owner.budget.release()
             # A directory that is gone (or is no directory any more) needs no watch: its
@@ -178,11 +178,27 @@ class _Group(InotifyWatchGroup):
             if _is_dir(path):
                 owner.unwatched(info, path, "could not add a watch")
             return None
+        if wd in self._inodes():
+            # inotify answered with a watch this group holds under another path: the directory
+            # was renamed and its move event is still queued. watchdog keeps one node per watch,
+            # and handling the move later can drop the watch (and those below it) for good; so
+            # the directory counts as unwatched (walked by every set) until a set finds it
+            # watched again.
+            owner.budget.release()
+            owner.unwatched(info, path, "renamed while its events were still queued")
+            return None
         try:
             self._inodes()[wd] = os.stat(path).st_ino
         except OSError:
             pass
         return None
+
+    def _wd_of(self, path: bytes) -> WatchDescriptor | None:
+        """The watch this group holds for `path` (a walk down its tree, not a scan of every watch)."""
+        node = self._find_node_by_path(path)
+        if node is None or node.wd < 0 or self._nodes_by_wd.get(node.wd) is not node:
+            return None
+        return node.wd
 
     def _inodes(self) -> dict[WatchDescriptor, int]:
         inodes = self.__dict__.get("_inode_of_wd")
@@ -192,7 +208,7 @@ class _Group(InotifyWatchGroup):
 
     def _watched_inode(self, path: bytes) -> bool:
         """True if `path` is watched and still the same directory as when its watch was added."""
-        wd = self._active_callbacks_by_path.get(path)
+        wd = self._wd_of(path)
         if wd is None or wd not in self._inodes():
             return False
         try:
@@ -201,10 +217,48 @@ class _Group(InotifyWatchGroup):
             return False
 
     def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
+        path = self._resolve_path(wd)
         super()._remove_watch_internally(wd)
-        self._inodes().pop(wd, None)
-        if getattr(self, "root_info", None) is not None:
-            self.owner.budget.release()
+        inode = self._inodes().pop(wd, None)
+        info = getattr(self, "root_info", None)
+        if info is None:
+            return
+        self.owner.budget.release()
+        # A watch dropped while its directory is still there (watchdog tidying its tree after a
+        # move it saw late) leaves a gap: it is unwatched, walked by every set, until watched.
+        if path is not None and inode is not None and self.is_active:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                return
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == inode and not info.excluded(info.report_path(path), True):
+                self.owner.unwatched(info, path, "its watch was dropped while it still exists")
+
+    def _remove_node_and_watches(self, node, path: bytes) -> list[bytes]:  # type: ignore[no-untyped-def]
+        """watchdog drops the watches of a subtree (moved out, deleted, or tidied after a move it
+        read late): any directory of it still there, the same inode at the same path, lost its
+        watch while it exists, and is reported unwatched (walked by every set until watched)."""
+        watched: list[tuple[bytes, int]] = []
+        inodes = self._inodes()
+        stack = [(node, path)]
+        while stack:
+            curr, curr_path = stack.pop()
+            if curr.wd in inodes:
+                watched.append((curr_path, inodes[curr.wd]))
+            stack.extend((child, os.path.join(curr_path, name)) for name, child in curr.children.items())
+        removed = super()._remove_node_and_watches(node, path)
+        info, owner = getattr(self, "root_info", None), getattr(self, "owner", None)
+        if info is None or owner is None or not self.is_active:
+            return removed
+        for p, inode in watched:
+            try:
+                st = os.stat(p, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == inode and self._wd_of(p) is None \
+                    and not info.excluded(info.report_path(p), True):
+                owner.unwatched(info, p, "its watch was dropped while it still exists")
+        return removed
 
     def rewatch(self, path: bytes) -> None:
         """Drop the watches at and below directory `path` and watch what is there now (a file

@@ -223,3 +223,54 @@ def test_mount_below_a_root_is_walked_and_watched(env):
     assert hint is None or vol in hint.rescan     # the covered directory shows again: walked
     status = t.status("app")
     assert status.state == "rescan"
+
+
+# -- a watched directory renamed into a new directory before the events are read ---------------------
+
+def test_a_watched_tree_renamed_into_a_new_directory_while_events_wait_stays_watched(env):
+    """`mkdir Z; mv A Z/B` read late: walking the new Z finds B, the inode already watched as A,
+    and inotify answers with A's watch. watchdog keeps one node per watch, and handling the move
+    afterwards can drop that watch and those below it; so B is reported unwatched (every set
+    walks it) until a set finds it watched, and later changes below it are seen."""
+    os.makedirs(env.p("A", "sub", "deep"))
+    t = env.tracker()
+    env.trust(t)
+    watched_before = t.status("app").watches
+    assert watcher_hooks.pause(t.watcher)
+    try:
+        os.mkdir(env.p("Z"))
+        os.rename(env.p("A"), env.p("Z", "B"))
+    finally:
+        watcher_hooks.resume(t.watcher)
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    assert hint is not None
+    # the walk of Z reached B under A's watch: B counts as unwatched (walked) until a set finds
+    # it watched, never silently trusted
+    reasons = t.status("app").reasons
+    assert any("renamed while its events were still queued" in r and "/Z/B'" in r for r in reasons), reasons
+    assert env.p("Z", "B") in hint.rescan or env.p("Z") in hint.rescan, hint
+    t.committed("app", "incremental", "I1", token)
+    for d in ("Z", "Z/B", "Z/B/sub", "Z/B/sub/deep"):
+        assert t.watcher.is_watched("app", env.p(*d.split("/"))), f"{d} lost its watch"
+    assert t.status("app").watches == watched_before + 1  # Z is new; A's watches moved with it
+    write(env.p("Z", "B", "sub", "deep", "late.txt"))
+    hint = hint_of(t, "I1")
+    assert env.p("Z", "B", "sub", "deep", "late.txt") in hint.paths or \
+        any(env.p("Z", "B", "sub", "deep").startswith(r) for r in hint.rescan), hint
+
+
+def test_a_watch_dropped_while_its_directory_exists_is_a_reported_gap(env):
+    """watchdog tidying its tree can drop the watches of a subtree whose directories are still
+    there (a move it read late): each is reported unwatched, so every set walks it."""
+    os.makedirs(env.p("a", "b"))
+    t = env.tracker()
+    env.trust(t)
+    ((info, real),) = t.watcher._placed("app", env.p("a"))
+    group = next(g for g in info.groups if g.watches_path(real))
+    with group._lock:
+        group._remove_node_and_watches(group._find_node_by_path(real), real)
+    assert not t.watcher.is_watched("app", env.p("a"))
+    hint, _ = t.prepare("app", "incremental", "F1", "full")
+    assert hint is not None and env.p("a") in hint.rescan and env.p("a", "b") not in hint.rescan, hint
+    reasons = t.status("app").reasons
+    assert any("its watch was dropped while it still exists: '" + env.p("a", "b") + "'" in r for r in reasons), reasons
