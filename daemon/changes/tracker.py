@@ -641,6 +641,8 @@ class ChangeTracker:
             self._rewatch_if_needed(src)
         watched = src is not None and self._is_watched(name)
         barrier_ok = watched and self._watcher is not None and self._watcher.barrier(BARRIER_TIMEOUT)
+        if src is not None and src.watch:
+            self._rewatch_if_torn(src)  # after the barrier: what the events up to now tore
         if watched and not barrier_ok:
             log.warning("change watcher did not answer in time; source '%s' is walked", name)
         # Read the sequence and the entries with no flush in between: nothing recorded before
@@ -662,6 +664,17 @@ class ChangeTracker:
         if entries is None or src is None:
             return None, token
         return self._hint(src, entries), token
+
+    def _rewatch_if_torn(self, src: SourceLike) -> None:
+        """A source that lost watches in renames the watcher read late is watched anew, and the
+        set walks it: not every directory that lost its watch so can be told (watcher.py)."""
+        if self._watcher is None or not self._watcher.take_torn(src.name):
+            return
+        with self._watch_lock:
+            if not all(os.path.isdir(p) for p in src.paths):
+                return
+            self._end_source(src.name)
+            self._begin_source(src, "directories lost their watch in renames read late: watched anew")
 
     def _rewatch_if_needed(self, src: SourceLike) -> None:
         """A source whose watch failed or whose root vanished is watched again when possible."""

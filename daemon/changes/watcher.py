@@ -186,6 +186,7 @@ class _Group(InotifyWatchGroup):
             # watched again.
             owner.budget.release()
             owner.unwatched(info, path, "renamed while its events were still queued")
+            owner.torn(info)
             return None
         try:
             self._inodes()[wd] = os.stat(path).st_ino
@@ -233,6 +234,7 @@ class _Group(InotifyWatchGroup):
                 return
             if stat.S_ISDIR(st.st_mode) and st.st_ino == inode and not info.excluded(info.report_path(path), True):
                 self.owner.unwatched(info, path, "its watch was dropped while it still exists")
+                self.owner.torn(info)
 
     def _remove_node_and_watches(self, node, path: bytes) -> list[bytes]:  # type: ignore[no-untyped-def]
         """watchdog drops the watches of a subtree (moved out, deleted, or tidied after a move it
@@ -258,6 +260,7 @@ class _Group(InotifyWatchGroup):
             if stat.S_ISDIR(st.st_mode) and st.st_ino == inode and self._wd_of(p) is None \
                     and not info.excluded(info.report_path(p), True):
                 owner.unwatched(info, p, "its watch was dropped while it still exists")
+                owner.torn(info)
         return removed
 
     def rewatch(self, path: bytes) -> None:
@@ -375,6 +378,8 @@ class Watcher:
         self.budget = _Budget(max_watches)
         self._barrier_dir = os.path.abspath(barrier_dir)
         self._roots: dict[tuple[str, str], _Root] = {}
+        self._torn: set[str] = set()  # sources that lost watches in renames read late (take_torn)
+        self._torn_lock = threading.Lock()  # its own: taken under a group's lock, never the other way
         self._by_watch: dict[ObservedWatch, _Root] = {}
         self._lock = threading.RLock()
         self._barrier_lock = threading.Lock()
@@ -544,6 +549,21 @@ class Watcher:
         if info is None:
             return
         self.sink.unwatched(info.source, info.report_path(path), reason)
+
+    def torn(self, info: _Root | None) -> None:
+        """A watch of `info`'s source was lost in a rename read late: where one was, others may be
+        (not every such loss shows), so the source is to be watched anew (take_torn)."""
+        if info is not None:
+            with self._torn_lock:
+                self._torn.add(info.source)
+
+    def take_torn(self, source: str) -> bool:
+        """Whether `source` lost watches in renames read late since the last call (then cleared)."""
+        with self._torn_lock:
+            if source in self._torn:
+                self._torn.discard(source)
+                return True
+            return False
 
     def raw_event(self, group: _Group, event: InotifyEvent, path: bytes | None) -> None:
         info = group.root_info
