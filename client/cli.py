@@ -946,6 +946,9 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     stats = writer.finish()
     for problem in stats.errors:
         print(f"cairn: warning: {problem}", file=sys.stderr)
+    if stats.xattrs_skipped:  # as tar does: said, not silently dropped
+        print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} outside user.* "
+              "could not be set (trusted., security.: restore as root to keep them)", file=sys.stderr)
     set_id = set_info.id if set_info is not None else ""
     if json_output:
         doc = {
@@ -956,6 +959,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
             "links": stats.links,
             "bytes": stats.bytes,
             "errors": list(stats.errors),
+            "xattrs_skipped": stats.xattrs_skipped,
         }
         if report is not None:
             report.update(doc)

@@ -38,6 +38,7 @@ class WriteStats:
     dirs: int = 0
     links: int = 0
     bytes: int = 0  # content of the files restored whole (a file that failed counts none)
+    xattrs_skipped: int = 0  # extended attributes outside user.* this process may not set (not root)
     errors: list[str] = field(default_factory=list)
 
 
@@ -276,7 +277,7 @@ class TreeWriter:
             if self.owner:
                 os.fchown(fd, m.uid, m.gid)
             for k, v in m.xattrs.items():
-                _setxattr(fd, k, v)
+                self.stats.xattrs_skipped += not _setxattr(fd, k, v)
             os.fchmod(fd, stat.S_IMODE(m.mode))
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
             self.stats.files += 1
@@ -291,7 +292,7 @@ class TreeWriter:
         if self.owner:
             os.chown(p, m.uid, m.gid, follow_symlinks=False)
         for k, v in m.xattrs.items():
-            _setxattr(p, k, v)
+            self.stats.xattrs_skipped += not _setxattr(p, k, v)
         os.chmod(p, stat.S_IMODE(m.mode))
         os.utime(p, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
 
@@ -302,22 +303,25 @@ class TreeWriter:
         self.stats.links += 1
 
     def _meta_dir(self, rel: bytes, m: EntryMeta) -> None:
-        apply_dir_meta(self._abs(rel), m, self.owner)
+        self.stats.xattrs_skipped += apply_dir_meta(self._abs(rel), m, self.owner)
 
 
-def apply_dir_meta(path: bytes, m: EntryMeta, owner: bool) -> None:
+def apply_dir_meta(path: bytes, m: EntryMeta, owner: bool) -> int:
     """Owner (when `owner`), xattrs, mode and mtime of directory `path`, through a descriptor
-    opened without following a link (a directory's metadata is applied last, after its entries)."""
+    opened without following a link (a directory's metadata is applied last, after its entries).
+    Returns how many extended attributes it was not allowed to set (_setxattr)."""
+    skipped = 0
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         if owner:
             os.fchown(fd, m.uid, m.gid)
         for k, v in m.xattrs.items():
-            _setxattr(fd, k, v)
+            skipped += not _setxattr(fd, k, v)
         os.fchmod(fd, stat.S_IMODE(m.mode))
         os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
     finally:
         os.close(fd)
+    return skipped
 
 
 def _write_all(fd: int, view: memoryview, off: int) -> None:
@@ -342,13 +346,17 @@ def _write_sparse(fd: int, data: bytes, off: int) -> None:
         _write_all(fd, memoryview(data)[start:], off + start)
 
 
-def _setxattr(target: int | bytes, name: bytes, value: bytes) -> None:
+def _setxattr(target: int | bytes, name: bytes, value: bytes) -> bool:
+    """Set one extended attribute; False when this process may not set it (a trusted., security.
+    or system. attribute without the privilege, or a file system without them): the caller
+    counts those for the restore's report. Any other failure raises."""
     try:
         os.setxattr(target, name, value)
     except OSError as e:
         if not name.startswith(b"user.") and e.errno in (1, 95):  # EPERM, EOPNOTSUPP on system namespaces
-            return
+            return False
         raise
+    return True
 
 
 STREAM_FROM = 1 << 20  # a file with this much content waiting goes to the pool before its end
@@ -587,6 +595,7 @@ class ParallelTreeWriter(TreeWriter):
 
     def _finalize(self, job: _OpenFile) -> None:
         m = job.meta
+        skipped = 0
         try:
             if job.error:
                 if job.fd is not None:  # only what this restore created is removed
@@ -601,7 +610,7 @@ class ParallelTreeWriter(TreeWriter):
                     if self.owner:
                         os.fchown(job.fd, m.uid, m.gid)
                     for k, v in m.xattrs.items():
-                        _setxattr(job.fd, k, v)
+                        skipped += not _setxattr(job.fd, k, v)
                     os.fchmod(job.fd, stat.S_IMODE(m.mode))
                     os.utime(job.fd, ns=(m.mtime_ns, m.mtime_ns))
                 except OSError as e:
@@ -611,6 +620,7 @@ class ParallelTreeWriter(TreeWriter):
                 with contextlib.suppress(OSError):
                     os.close(job.fd)
             with self._lock:
+                self.stats.xattrs_skipped += skipped
                 if msg:
                     self.stats.errors.append(msg)
                 else:

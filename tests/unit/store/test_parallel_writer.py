@@ -170,3 +170,25 @@ def test_small_files_waiting_in_a_group_never_block_the_stream(tmp_path, workers
     for name, body in want.items():
         assert (tmp_path / "t" / name).read_bytes() == body
     assert os.stat(tmp_path / "t" / "hl").st_ino == os.stat(tmp_path / "t" / "f199").st_ino
+
+
+@pytest.mark.parametrize("kind", [TreeWriter, ParallelTreeWriter])
+def test_extended_attributes_it_may_not_set_are_counted_not_dropped_silently(tmp_path, kind, monkeypatch) -> None:
+    """A restore by a process without the privilege (not root): trusted./security. attributes
+    are refused by the kernel; each is counted for the report (the client warns), user.* ones
+    are set, and the entries are restored."""
+    real = os.setxattr
+
+    def refusing(target, name, value, *args, **kw):
+        if not (name if isinstance(name, bytes) else name.encode()).startswith(b"user."):
+            raise PermissionError(1, "Operation not permitted")
+        return real(target, name, value, *args, **kw)
+
+    monkeypatch.setattr(os, "setxattr", refusing)
+    recs = [EntryMeta(path=b"d", kind="dir", mode=0o40755, xattrs={b"trusted.a": b"1"}),
+            EntryMeta(path=b"d/f", kind="file", size=3, xattrs={b"trusted.b": b"2", b"user.c": b"3",
+                                                                  b"security.d": b"4"}),
+            Data(b"fff")]
+    st = run(kind, tmp_path / "t", recs)
+    assert st.errors == [] and st.files == 1 and st.xattrs_skipped == 3
+    assert os.getxattr(tmp_path / "t" / "d" / "f", b"user.c") == b"3"
