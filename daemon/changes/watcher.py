@@ -218,23 +218,10 @@ class _Group(InotifyWatchGroup):
             return False
 
     def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
-        path = self._resolve_path(wd)
         super()._remove_watch_internally(wd)
-        inode = self._inodes().pop(wd, None)
-        info = getattr(self, "root_info", None)
-        if info is None:
-            return
-        self.owner.budget.release()
-        # A watch dropped while its directory is still there (watchdog tidying its tree after a
-        # move it saw late) leaves a gap: it is unwatched, walked by every set, until watched.
-        if path is not None and inode is not None and self.is_active:
-            try:
-                st = os.stat(path, follow_symlinks=False)
-            except OSError:
-                return
-            if stat.S_ISDIR(st.st_mode) and st.st_ino == inode and not info.excluded(info.report_path(path), True):
-                self.owner.unwatched(info, path, "its watch was dropped while it still exists")
-                self.owner.torn(info)
+        self._inodes().pop(wd, None)
+        if getattr(self, "root_info", None) is not None:
+            self.owner.budget.release()
 
     def _remove_node_and_watches(self, node, path: bytes) -> list[bytes]:  # type: ignore[no-untyped-def]
         """watchdog drops the watches of a subtree (moved out, deleted, or tidied after a move it

@@ -111,11 +111,13 @@ class MaintenancePart(ServicePart):
 
     def unlock(self, host: str = "", everything: bool = False) -> tuple[list[dict], list[dict]]:
         """Remove stale repository locks; with `host` every lock of that host, with `everything`
-        every lock but this daemon's own. Returns (removed, kept), each lock's document."""
+        every lock but this daemon's own. Returns (removed, kept): each lock's document with its
+        "name" and, for people, its "description"."""
         self._require_writable("removing locks")
         removed, kept = self.repo.unlock(host=host or None, everything=everything)
+        removed, kept = ([{**d, "description": self.repo.locks.describe(d)} for d in docs] for docs in (removed, kept))
         for doc in removed:
-            log.warning("removed repository lock %s: %s", doc["name"], self.repo.locks.describe(doc))
+            log.warning("removed repository lock %s: %s", doc["name"], doc["description"])
         return removed, kept
 
     def retention_policy(self) -> PrunePolicy:

@@ -310,14 +310,13 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def Unlock(self, request: pb.UnlockRequest, context: grpc.ServicerContext) -> pb.UnlockReply:
         removed, kept = self.service.unlock(request.host, request.remove_all)
-        describe = self.service.repo.locks.describe
 
         def info(doc: dict) -> pb.LockInfo:
             pid = doc.get("pid")
             return pb.LockInfo(name=str(doc.get("name", "")), host=str(doc.get("host", "")),
                                pid=pid if isinstance(pid, int) and pid >= 0 else 0,
                                purpose=str(doc.get("purpose", "")), time=float(doc.get("time", 0) or 0),
-                               description=describe(doc))
+                               description=str(doc.get("description", "")))
 
         return pb.UnlockReply(removed=[info(d) for d in removed], kept=[info(d) for d in kept])
 
