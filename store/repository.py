@@ -907,6 +907,9 @@ class Repository:
             yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
                                      chunk_size=self._chunk_size if manifest else None).records(
                 root, paths, None if manifest else lanes)
+            why = select.nothing_included() if select is not None else None
+            if why:
+                raise NotFoundError(f"nothing to restore from set '{s.id[:8]}': {why}")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -56,8 +56,10 @@ class RestoreFilter:
         for p in (*include, *exclude):
             if not p.strip() or "\0" in p:
                 raise InvalidArgumentError(f"invalid restore pattern '{p}'")
-        self._include = Excluder(tuple(include))
+        self.includes = tuple(include)
+        self._include = Excluder(self.includes)
         self._exclude = Excluder(tuple(exclude))
+        self.matched = False  # an include pattern selected something (set by `included`)
 
     def __bool__(self) -> bool:
         return bool(self._include) or bool(self._exclude)
@@ -67,7 +69,19 @@ class RestoreFilter:
 
     def included(self, rel: bytes, is_dir: bool) -> bool:
         """True when `rel` is selected by itself (no includes: everything is)."""
-        return not self._include or self._include.excluded(rel, is_dir)
+        if not self._include:
+            return True
+        if self._include.excluded(rel, is_dir):
+            self.matched = True
+            return True
+        return False
+
+    def nothing_included(self) -> str | None:
+        """After a walk: why nothing was selected when include patterns were given and none
+        matched (a typo restores nothing, and says so), else None."""
+        if not self.includes or self.matched:
+            return None
+        return "no path matches --include " + ", ".join(f"'{p}'" for p in self.includes)
 
 
 def split_path(path: str) -> list[bytes]:

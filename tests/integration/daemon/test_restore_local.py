@@ -74,3 +74,15 @@ def test_an_empty_target_is_written_by_the_daemon_and_equals_a_streamed_restore(
     # a non-empty target without --overwrite is refused as before, and nothing is written
     out = d.cli("restore", s["id"], "--target", streamed)
     assert out.returncode != 0 and "not empty" in out.stderr
+
+    # an include that matches nothing (a typo) is an error on every route, and writes nothing
+    for extra in ((), ("--stream",), ("--dry-run",)):
+        miss = os.path.join(rundir, "miss" + "".join(extra).replace("-", ""))
+        out = d.cli("restore", s["id"], "--target", miss, "--include", "docs/dep/**", *extra)
+        assert out.returncode == 3, (extra, out.stdout, out.stderr)  # not found, as a path not in the set
+        line = f"cairn: error: nothing to restore from set '{s['id'][:8]}': no path matches --include 'docs/dep/**'"
+        assert out.stderr.strip().splitlines() == [line], (extra, out.stderr)
+        assert not os.path.exists(miss) or os.listdir(miss) == [], extra
+    out = d.cli("restore", s["id"], "--target", streamed, "--delta", "--include", "nope")
+    assert out.returncode == 3 and "no path matches --include 'nope'" in out.stderr, out.stderr
+    assert snapshot(streamed) == want

@@ -68,3 +68,17 @@ def test_read_chunks_refuses_a_chunk_of_another_set(repo, src, tmp_path) -> None
                   and r.path == b"secret")
     with pytest.raises(NotFoundError, match="not part of the set"):
         list(repo.read_chunks(s, list(secret.chunks)))
+
+
+def test_include_that_matches_nothing_is_an_error_not_an_empty_restore(repo, src) -> None:
+    make(src)
+    s = backup(repo, str(src))
+    for manifest in (False, True):
+        with pytest.raises(NotFoundError, match=r"nothing to restore from set '.*': no path matches --include "
+                                                r"'\*\.txtx', 'nope/'"):
+            list(repo.restore_stream(s, select=RestoreFilter(["*.txtx", "nope/"]), manifest=manifest))
+    # one pattern that matches is enough, also below a path restored on its own
+    assert paths(repo.restore_stream(s, select=RestoreFilter(["*.txtx", "keep.txt"]))) == [b"a", b"a/keep.txt"]
+    assert paths(repo.restore_stream(s, ["a"], select=RestoreFilter(["deep.txt"]))) == [b"a", b"a/b", b"a/b/deep.txt"]
+    # excludes alone never make an empty restore an error
+    assert paths(repo.restore_stream(s, select=RestoreFilter([], ["*"]))) == []
