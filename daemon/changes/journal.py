@@ -21,6 +21,11 @@ What always holds:
   numbers greater than any `set_seq`/`full_seq` already stored.
 - An entry is unprotected while its seq > its source's set_seq; a set commit only moves the
   marks to the seq its caller read before the set started, so what arrived later stays.
+- An unprotected entry's `first_seen` is never older than the start of the last committed set
+  (the time its token was read): a path changed before that set and again while it ran keeps
+  one row, and the commit moves its `first_seen` up to the token's time, the earliest its
+  newer change can be. So the oldest unprotected change is never understated and never older
+  than the protecting set (a file written continuously does not age without bound).
 - Entries with seq <= full_seq are deleted: no usable base (latest full, latest set) can need
   them. Entries between full_seq and set_seq are kept for the next differential.
 - Paths are stored as bytes (file names need not be UTF-8).
@@ -282,8 +287,11 @@ class Journal:
             self._db.execute("INSERT INTO sources (name, fingerprint) VALUES (?, ?) ON CONFLICT (name) "
                              "DO UPDATE SET fingerprint = excluded.fingerprint", (source, fingerprint))
 
-    def commit(self, source: str, level: str, set_id: str, seq: int, now: float | None = None) -> None:
-        """Mark entries up to `seq` protected by set `set_id`; a full also drops what it made moot."""
+    def commit(self, source: str, level: str, set_id: str, seq: int, now: float | None = None,
+               prepared_at: float | None = None) -> None:
+        """Mark entries up to `seq` protected by set `set_id`; a full also drops what it made moot.
+        `prepared_at`: when `seq` was read; entries still pending that were first seen before it
+        changed again after it, so they count as first seen then (see the module docstring)."""
         now = now or time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -292,6 +300,9 @@ class Journal:
                                  (source,))
                 self._db.execute("UPDATE sources SET set_id = ?, set_seq = ?, set_time = ? WHERE name = ?",
                                  (set_id, seq, now, source))
+                if prepared_at is not None:
+                    self._db.execute("UPDATE entries SET first_seen = ? WHERE source = ? AND seq > ? "
+                                     "AND first_seen < ?", (prepared_at, source, seq, prepared_at))
                 if level == "full":
                     self._db.execute("UPDATE sources SET full_id = ?, full_seq = ?, full_time = ? "
                                      "WHERE name = ?", (set_id, seq, now, source))

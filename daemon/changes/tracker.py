@@ -720,7 +720,7 @@ class ChangeTracker:
         check_level(level)
         if token.source != name:
             raise ValueError(f"change token of source '{token.source}' used for source '{name}'")
-        self._require_journal().commit(name, level, set_id, token.seq)
+        self._require_journal().commit(name, level, set_id, token.seq, prepared_at=token.prepared_at)
         with self._state_lock:
             self._links_held[name] = dict(token.linked)
         # The set walked every unwatched directory of its token: one that is gone or has a

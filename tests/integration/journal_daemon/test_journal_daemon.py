@@ -126,3 +126,32 @@ def test_backstop_finds_a_change_the_journal_missed(jd):
     time.sleep(2.5)
     assert found() == 1  # nothing new found after the set took the change
     assert jd.hook("backstop") == {"app": []}
+
+
+def test_a_file_written_continuously_is_no_older_unprotected_than_the_last_set(jd):
+    """A file changed before a set and again while it ran stays pending after the set, but its
+    oldest unprotected change is the set's start at the earliest, not the first change ever."""
+    import threading
+
+    log = os.path.join(jd.src, "app.log")
+    write(log, os.urandom(48 << 20))  # large enough that each set runs while the log grows
+    jd.start()
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.wait(0.02):
+            write(log, b"%.6f line\n" % time.time(), "ab")
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        jd.backup("full")
+        for _ in range(2):
+            wait_until(lambda: (jd.status()["oldest_unprotected_age"] or 0) >= 2, 15, "an aging change")
+            s = jd.backup("incremental")
+            st = jd.status()
+            assert st["pending_paths"] >= 1  # the log changed while the set ran
+            assert st["oldest_unprotected_age"] <= time.time() - s["time_start"] + 1.0, (st, s)
+    finally:
+        stop.set()
+        t.join()

@@ -141,3 +141,19 @@ def test_garbage_file_is_refused(tmp_path):
     path.write_bytes(b"not a database" * 100)
     with pytest.raises(JournalError, match="unable to open change journal"):
         Journal(str(path))
+
+
+def test_a_path_changed_again_while_its_set_ran_is_first_seen_at_the_sets_start(journal):
+    # written continuously: changed before the set's token and again while the set ran
+    journal.record([ch("/s/log", 100.0), ch("/s/other", 150.0)])
+    token, prepared_at = journal.seq, 200.0
+    journal.record([ch("/s/log", 250.0), ch("/s/new", 260.0)])
+    journal.commit("app", "incremental", "I1", token, now=300.0, prepared_at=prepared_at)
+    pending = journal.pending("app")
+    # the row is still pending (its newest change is after the token), but no longer as old
+    # as the change the set protected: its first change after the token came at 200 at the earliest
+    assert pending.count == 2 and pending.oldest == 200.0
+    assert {e.path: e.first_seen for e in journal.entries_after("app", token)} == {"/s/log": 200.0, "/s/new": 260.0}
+    # a set that fails commits nothing: the oldest change stays the oldest
+    journal.record([ch("/s/log", 400.0)])
+    assert journal.pending("app").oldest == 200.0
