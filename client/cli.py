@@ -270,6 +270,7 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
     places: dict[str, str] = {}
+    mended: set[str] = set()  # databases whose place holds an earlier copy (--delta): mended, not laid down
     fetch = ""  # restore_command's wal-fetch prefix for a client on another host (restoring.fetch_with)
     dumps: list[dict[str, str]] = []  # databases --databases leaves alone: dumps, restored with --target-dsn
     files_report: dict[str, Any] = {}
@@ -289,7 +290,10 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
                 return fail(f"set '{render.short_id(args.set)}' holds no database", code=EXIT_NOT_FOUND)
             kinds = {r["name"]: r["kind"] for r in held if r["kind"] != restoring.POSTGRES}
             names = [r["name"] for r in held if r["kind"] == restoring.POSTGRES]
-            places = restoring.database_targets(args.target, names, args.db_target, kinds)
+            places = restoring.database_targets(args.target, names, args.db_target, kinds, delta=args.delta)
+            mended = {n for n, w in places.items() if args.delta and os.path.isdir(w) and os.listdir(w)}
+            for name in sorted(mended):  # an earlier copy: the daemon mends it (refused here if it cannot)
+                restoring.check_db_delta(conn, places[name], args.stream)
             dumps = [restoring.dump_note(render.short_id(args.set), n, k) for n, k in kinds.items()]
             fetch = restoring.fetch_with(conn, args) if places else ""  # refused before anything is written
     # With --databases and --json the files part is one part of the one document printed at the end.
@@ -307,6 +311,10 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
             out(render.dumps(doc))
             return code
         for name, where in places.items():
+            if name in mended:
+                out(f"would mend database '{name}' in {where} (--delta: the daemon writes what differs from the "
+                    "set and removes what it does not hold; ready for recovery)")
+                continue
             out(f"would lay down database '{name}' in {where} (ready for recovery)")
         for d in dumps:
             out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}); restore it into a "
@@ -334,7 +342,15 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
                                       target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch)
         doc: dict[str, Any] = {}
-        code = restore_db_into(conn, request, where, args.json, report=doc, local=not args.stream)
+        if name in mended:
+            captured_db: list[str] = []
+            code = restoring.delta_db_by_daemon(conn, request, where, True, captured_db.append, render)
+            doc = dict(_captured_doc(captured_db), written_by="daemon")  # problems: warnings on stderr already
+            if not args.json and code == EXIT_OK:
+                out(f"mended database '{name}' in {where}: wrote {render.human_bytes(doc.get('bytes_written', 0))} "
+                    f"in {doc.get('files_written', 0)} files, deleted {doc.get('deleted', 0)}")
+        else:
+            code = restore_db_into(conn, request, where, args.json, report=doc, local=not args.stream)
         if code != EXIT_OK:
             return fail(f"database '{name}' could not be laid down in {where}")
         own_data_directory(where)
@@ -374,7 +390,12 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     if args.target_dsn:
         return restore_db_to_dsn(conn, args)
     timeline = restoring.check_timeline(args.target_timeline or "current")
-    check_target(args.target, overwrite=False)
+    if args.quick and not args.delta:
+        raise InvalidArgumentError("--quick only goes with --delta")
+    if args.delta:
+        restoring.check_db_delta(conn, args.target, args.stream)
+    else:
+        check_target(args.target, overwrite=False, delta_hint=False)
     # pin the set ('latest' may move), learn the database's kind, check the timeline: all before
     # anything is written
     first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
@@ -382,6 +403,9 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     args.set = first.set.id
     rec = next((r for r in restoring.database_records(first.set) if r["name"] == args.database), None)
     if rec is not None and rec.get("kind", restoring.POSTGRES) != restoring.POSTGRES:
+        if args.delta:
+            return fail(f"database '{args.database}' is a dump (kind '{rec['kind']}'): --delta mends a PostgreSQL "
+                        "data directory", code=EXIT_USAGE)
         return restore_dump_files(conn, args, rec)
     if rec is not None and timeline not in ("current", "latest"):
         restoring.check_timeline_reaches(conn, rec, int(timeline))
@@ -397,7 +421,11 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         host=args.host or "",
         fetch_with=restoring.fetch_with(conn, args),
     )
-    code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
+    if args.delta:
+        request.quick = args.quick
+        code = restoring.delta_db_by_daemon(conn, request, args.target, args.json, out, render)
+    else:
+        code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
     if code == EXIT_OK:
         own_data_directory(args.target)
         if (args.target_time or args.target_lsn) and not args.restore_command:
@@ -863,8 +891,9 @@ def to_record(r: Any) -> Record:
     return wire.record_of(r)
 
 
-def check_target(target: str, overwrite: bool) -> None:
-    """Refuse a target that is not a directory, or is not empty unless overwrite (before any RPC)."""
+def check_target(target: str, overwrite: bool, delta_hint: bool = True) -> None:
+    """Refuse a target that is not a directory, or is not empty unless overwrite (before any RPC).
+    `delta_hint`: the command offers --overwrite (restore does; restore-db only --delta)."""
     if not os.path.lexists(target):
         return
     if not os.path.isdir(target):
@@ -872,7 +901,9 @@ def check_target(target: str, overwrite: bool) -> None:
     if not overwrite and os.listdir(target):
         raise FailedPreconditionError(
             f"restore target '{target}' is not empty",
-            hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite")
+            hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite"
+            if delta_hint else "choose an empty directory, or mend an earlier copy of this data directory with "
+                               "--delta (only what differs is written)")
 
 
 def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:
@@ -1136,6 +1167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", metavar="H", help=HOST_HELP)
     p.add_argument("--stream", action="store_true",
                    help="always stream the data to this client (default: a daemon on this host writes it)")
+    p.add_argument("--delta", action="store_true",
+                   help="mend an earlier copy of the data directory in DIR: the daemon on this host reads it, "
+                        "writes only what differs from the set and removes what the set does not hold")
+    p.add_argument("--quick", action="store_true",
+                   help="with --delta: take files whose size and mtime match the set as unchanged (not read)")
 
     p = command("verify", cmd_verify, "check the repository (and with --read-data every chunk)")
     p.add_argument("--set", metavar="SET", help="check only this set")

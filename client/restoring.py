@@ -189,6 +189,44 @@ def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) 
     return report_delta(report, args, out, render, set_id), set_id
 
 
+def check_db_delta(conn: Any, target: str, stream: bool) -> None:
+    """restore-db --delta is run by the daemon on its host, into an existing directory: refuse
+    what cannot be (before any RPC). The daemon checks that it is a data directory."""
+    if stream or not getattr(conn.endpoint, "socket", None):
+        raise InvalidArgumentError("--delta of a database is run by the daemon on its own host: run it there, "
+                                   "over the daemon's socket (not with --stream)")
+    if not os.path.isdir(target) or os.path.islink(target):
+        raise InvalidArgumentError(f"restore target '{target}' is not an existing directory: --delta mends an "
+                                   "earlier copy of the data directory")
+
+
+def delta_db_by_daemon(conn: Any, request: Any, target: str, json_output: bool, out: Any, render: Any) -> int:
+    """restore-db --delta (`request` a RestoreDbRequest): the daemon mends the data directory
+    `target` on this host; the client proves the target is its own with a claim file in it."""
+    target = os.path.abspath(target)
+    nonce = secrets.token_hex(16)
+    claim = os.path.join(target, claims.CLAIM_PREFIX + nonce)
+    claims.make_claim(claim, nonce)
+    request.local_claim, request.target_path, request.delta = nonce, os.fsencode(target), True
+    try:
+        set_id, result = "", None
+        for batch in conn.stub.RestoreDb(request):
+            if batch.HasField("set"):
+                set_id = batch.set.id
+            if batch.HasField("delta"):
+                result = batch.delta
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(claim)
+    if result is None:
+        raise FailedPreconditionError("the daemon did not mend the data directory (an older daemon?)")
+    report = DeltaReport(result.files_checked, result.bytes_checked, result.files_written, result.bytes_written,
+                         result.entries_made, result.metadata_fixed, result.deleted, 0, list(result.errors),
+                         written_by="daemon")
+    args = argparse.Namespace(json=json_output, target=target)
+    return report_delta(report, args, out, render, set_id)
+
+
 @dataclass
 class DeltaReport:
     """What a delta restore checked and changed, whoever ran it (the client, or the daemon)."""
@@ -331,13 +369,14 @@ def dump_note(set_id: str, name: str, kind: str) -> dict[str, str]:
 
 
 def database_targets(target: str, names: list[str], places: list[str] | None,
-                     dumps: dict[str, str] | None = None) -> dict[str, str]:
+                     dumps: dict[str, str] | None = None, delta: bool = False) -> dict[str, str]:
     """Where each database goes: `--db-target NAME=DIR`, else `<TARGET>-db-<NAME>` beside the target.
 
     Everything is checked before anything is written: `names` are the set's base-backup
     databases (`dumps`, name -> kind, are never laid down, so they take no --db-target); no
     place may be the files target or another database's place, or lie inside or around one;
-    every place must be missing or an empty directory."""
+    every place must be missing or an empty directory, or with `delta` a directory (an earlier
+    copy that the daemon mends: the daemon checks it is a data directory)."""
     chosen: dict[str, str] = {}
     for item in places or []:
         name, sep, where = item.partition("=")
@@ -360,6 +399,8 @@ def database_targets(target: str, names: list[str], places: list[str] | None,
         chosen.setdefault(name, f"{base}-db-{name}")
     _check_apart(base, chosen)
     for name, where in chosen.items():
+        if delta and os.path.isdir(where) and not os.path.islink(where):
+            continue
         if os.path.lexists(where) and (not os.path.isdir(where) or os.listdir(where)):
             raise FailedPreconditionError(f"database target '{where}' for '{name}' is not an empty directory",
                                           hint="choose another place with --db-target NAME=DIR")

@@ -93,12 +93,14 @@ def check_claim(target_path: str, nonce: str, same_powers: bool = False) -> str:
     return path
 
 
-def check_delta_claim(target_path: str, nonce: str) -> str:
+def check_delta_claim(target_path: str, nonce: str, any_owner: bool = False) -> str:
     """The claim file of a delta restore by the daemon: `target_path` is an absolute path of an
     existing directory (not a link) of root or the daemon's user, holding the regular file
     CLAIM_PREFIX + nonce (one link, of root or the daemon's user) with exactly the nonce; a
-    client that is root is refused unless the daemon is root too. Returns the claim's path;
-    FailedPreconditionError otherwise."""
+    client that is root is refused unless the daemon is root too. With `any_owner` the
+    directory may belong to anyone when client and daemon are both root (a data directory
+    belongs to the database's user): the daemon then does only what its root client could.
+    Returns the claim's path; FailedPreconditionError otherwise."""
     refuse = _refuser(target_path)
     st = _claimed_directory(target_path, nonce)
     path = os.path.join(target_path, CLAIM_PREFIX + nonce)
@@ -107,7 +109,8 @@ def check_delta_claim(target_path: str, nonce: str) -> str:
         cst = os.fstat(fd)
     finally:
         os.close(fd)
-    if st.st_uid not in (0, os.geteuid()):
+    both_root = cst.st_uid == 0 and os.geteuid() == 0
+    if st.st_uid not in (0, os.geteuid()) and not (any_owner and both_root):
         raise refuse("the client is neither root nor the daemon's user")
     if cst.st_uid == 0 and os.geteuid() != 0:
         raise refuse("the client is root and the daemon is not")

@@ -920,12 +920,13 @@ class Repository:
         return loc.raw_len
 
     def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None, *,
-                    errors: bool = False) -> Iterator[bytes | CairnError]:
-        """The content of chunks `ids` of set `s` (or its attachment), in order; NotFoundError
-        before anything is read if one is not part of it. With `errors` a chunk that cannot be
-        read comes as its CairnError instead of ending the stream."""
+                    errors: bool = False, attachments: tuple[str, ...] = ()) -> Iterator[bytes | CairnError]:
+        """The content of chunks `ids` of set `s` (or its attachment, or any of `attachments`), in
+        order; NotFoundError before anything is read if one is not part of it. With `errors` a
+        chunk that cannot be read comes as its CairnError instead of ending the stream."""
         self._full_key("to read file data")
-        allowed = set_chunks(self.load_tree, [self.root_tree(s, attachment)])
+        roots = [self.root_tree(s, a) for a in attachments] if attachments else [self.root_tree(s, attachment)]
+        allowed = set_chunks(self.load_tree, roots)
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
             yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cairn import walnames
 from cairn.daemon.databases.dump import PgDumpEngine, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_POSTGRES
-from cairn.daemon.databases.postgres import checkdb, restoredb, walarchive
+from cairn.daemon.databases.postgres import checkdb, deltadb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, dump_files, dump_of, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.fsio import claims
+from cairn.fsio.delta import DeltaPlan, DeltaStats
 from cairn.fsio.records import LaneGauge, Record
 from cairn.store.errors import CairnError, InvalidArgumentError
 from cairn.store.model import BackupSet
@@ -51,6 +52,24 @@ class DatabasePart(ServicePart):
                                                self._config.daemon.socket, target_path, restore_command,
                                                lanes=lanes, target_timeline=target_timeline, fetch_with=fetch_with)
         return s, self._counted(records)
+
+    def restore_db_delta(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
+                         target_path: str, nonce: str, restore_command: str = "", target_timeline: str = "current",
+                         host: str = "", fetch_with: str = "", quick: bool = False,
+                         cancelled: Callable[[], bool] | None = None) -> tuple[BackupSet, DeltaPlan, DeltaStats,
+                                                                               list[str]]:
+        """restore-db --delta: the client's claimed data directory on this host mended into the
+        set's database, ready for recovery to the target (deltadb.py). Returns (set, plan, what
+        changed, problems)."""
+        s = self.resolve(ref, source, host)
+        if dump_of(s, database) is not None:
+            raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: --delta mends a "
+                                       "PostgreSQL data directory")
+        p, st, problems = deltadb.mend_data_directory(
+            self.repo, s, database, target_time, target_lsn, self._config.daemon.socket, target_path, nonce,
+            restore_command, target_timeline=target_timeline, fetch_with=fetch_with, quick=quick,
+            cancelled=cancelled)
+        return s, p, st, problems
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
                           progress: ProgressFn | None = None, cancel: threading.Event | None = None,

@@ -248,6 +248,20 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.delta:
+            if not request.local_claim:
+                raise InvalidArgumentError("restore-db --delta is run by the daemon on its own host: reach it by its "
+                                           "socket, from that host")
+            s, p, st, problems = self.service.restore_db_delta(
+                request.set, request.source, request.database, request.target_time, request.target_lsn,
+                os.fsdecode(request.target_path), request.local_claim, request.restore_command,
+                target_timeline=request.target_timeline or "current", host=request.host,
+                fetch_with=request.fetch_with, quick=request.quick, cancelled=lambda: not context.is_active())
+            yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
+                files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
+                bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
+                deleted=st.deleted, errors=problems))
+            return
         if request.local_claim:
             claims.check_claim(os.fsdecode(request.target_path), request.local_claim)
         lanes = LaneGauge() if request.local_claim else None

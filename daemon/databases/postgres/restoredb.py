@@ -42,6 +42,7 @@ it writes may carry lanes (fsio.records) when the caller passes the writer's Lan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -53,7 +54,7 @@ from typing import Any
 
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
-from cairn.daemon.databases.postgres.recovery import lsn_to_int, recovery_stream
+from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.claims import check_claim
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneGauge, Record
@@ -211,10 +212,13 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                        socket_path: str, target_path: str = "", command: str = "",
                        lanes: LaneGauge | None = None, target_timeline: str = "current",
-                       fetch_with: str = "") -> Iterator[Record]:
+                       fetch_with: str = "", manifest: bool = False) -> Iterator[Record]:
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
     With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
     recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
+    With `manifest` the set's files come as a manifest (chunk ids, no content: a delta restore,
+    deltadb.py) and the files recovery needs that the set does not hold as they are (the
+    recovery settings, backup_label, ...) with their content; the placed WAL is left out.
 
     `command` replaces the default restore_command (a client the database's OS user can run);
     `fetch_with` is the prefix the default one runs wal-fetch with (a client on another host)."""
@@ -236,7 +240,10 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     wal = consistency_wal(repo, rec)
     own_point = not (target_time or target_lsn)
     size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
-    data_dir = repo.restore_stream(s, attachment=typed.attachment, lanes=lanes)
+    data_dir = repo.restore_stream(s, attachment=typed.attachment, lanes=None if manifest else lanes,
+                                   manifest=manifest)
+    if manifest:
+        data_dir = _with_conf_content(data_dir, repo, s, typed.attachment)
     main = recovery_stream(data_dir, typed.labelfile, typed.spcmapfile,
                            command or prefetching_restore_command(socket_path, system_id=record_namespace(rec),
                                                                   placed=wal, own_point=own_point, segment_size=size,
@@ -246,7 +253,22 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                            extra_settings=None if not own_point else
                            {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"},
                            target_timeline=target_timeline)
-    return _chain(main, repo, s, spaces, wal, own_point=own_point, namespace=record_namespace(rec))
+    return _chain(main, repo, s, spaces, [] if manifest else wal, own_point=own_point,
+                  namespace=record_namespace(rec), manifest=manifest)
+
+
+def _with_conf_content(records: Iterator[Record], repo: Repository, s: BackupSet,
+                       attachment: str) -> Iterator[Record]:
+    """A manifest stream whose postgresql.auto.conf carries its content (recovery_stream merges
+    the recovery settings into it), read from the set."""
+    for rec in records:
+        if isinstance(rec, EntryMeta) and rec.path == AUTO_CONF and rec.kind == "file" and rec.chunks:
+            data = b"".join(repo.read_chunks(s, list(rec.chunks), attachment))  # type: ignore[arg-type]
+            yield dataclasses.replace(rec, chunks=(), chunk_sizes=(), size=len(data), sparse=False)
+            if data:
+                yield Data(data)
+        else:
+            yield rec
 
 
 def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
@@ -294,13 +316,13 @@ def _segno(name: str, per_xlogid: int) -> int:
 
 
 def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
-           wal: list[str], own_point: bool = False, namespace: str = "") -> Iterator[Record]:
+           wal: list[str], own_point: bool = False, namespace: str = "", manifest: bool = False) -> Iterator[Record]:
     owner = (0, 0)
     for r in main:
         if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
             owner = (r.uid, r.gid)
         yield r
-    yield from _placed_wal(repo, wal, owner, own_point, namespace)
+    yield from placed_wal(repo, wal, owner, own_point, namespace)
     if not spaces:
         return
     top = TABLESPACE_DIR.encode()
@@ -308,16 +330,17 @@ def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[
     for t in spaces:
         prefix = top + b"/" + str(t.oid).encode()
         yield EntryMeta(path=prefix, kind="dir", mode=0o700, uid=owner[0], gid=owner[1])
-        for r in repo.restore_stream(s, attachment=t.attachment):
+        for r in repo.restore_stream(s, attachment=t.attachment, manifest=manifest):
             if isinstance(r, EntryMeta):
                 link = prefix + b"/" + r.link_to if r.link_to else b""
                 r = EntryMeta(path=prefix + b"/" + r.path, kind=r.kind, mode=r.mode, uid=r.uid, gid=r.gid,
                               mtime_ns=r.mtime_ns, size=r.size, xattrs=r.xattrs, target=r.target,
-                              link_to=link, rdev=r.rdev, sparse=r.sparse)
+                              link_to=link, rdev=r.rdev, sparse=r.sparse, chunks=r.chunks,
+                              chunk_sizes=r.chunk_sizes)
             yield r
 
 
-def _placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
+def placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
                 own_point: bool = False, namespace: str = "") -> Iterator[Record]:
     """pg_wal/<name> for each of `names` from the archive, then WAL_MARKER listing them (and,
     when recovery stops at the set's own point, the empty file OWN_POINT: no later segment is

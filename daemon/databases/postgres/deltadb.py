@@ -1,0 +1,160 @@
+"""restore-db --delta: an earlier copy of a data directory mended in place, ready for recovery.
+
+`mend_data_directory` compares the target with what a restore-db of the set would write
+(restoredb.restore_db_records in manifest mode: the set's files as chunk ids, and the files
+recovery needs — postgresql.auto.conf with the recovery settings, backup_label, tablespace_map,
+recovery.signal — with their content) and writes only what differs (cairn.fsio.delta.mend, as
+`cairn restore --delta` does for a files tree). Then the WAL the set needs to reach its
+consistent point is placed in pg_wal/ from the archive, as by a full restore-db.
+
+What always holds:
+- The target is refused before anything changes unless the client claimed it
+  (claims.check_delta_claim), it holds PG_VERSION (it is a data directory: a delta removes
+  what the set does not hold, so a wrong directory must never be taken for one) and it holds
+  no postmaster.pid (no server runs on it; a stale file is the operator's to remove).
+- Everything the set does not hold is removed (relation files of tables created after the
+  set, old WAL in pg_wal/, logs), as pgBackRest's delta restore does: the server must see the
+  set's data directory and nothing else.
+- global/pg_control is removed first and written last, after every other file and the placed
+  WAL: a delta cut short (a kill, a damaged chunk) leaves a directory PostgreSQL refuses to
+  start, never one it would start on half-mended data. Running the delta again finishes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import blake3
+from cairn.daemon.databases.engine import PhysicalRecord
+from cairn.daemon.databases.postgres.restoredb import (
+    consistency_wal,
+    database_of,
+    placed_wal,
+    restore_db_records,
+)
+from cairn.daemon.databases.postgres.walarchive import record_namespace
+from cairn.fsio import claims
+from cairn.fsio.delta import DeltaPlan, DeltaStats, mend
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.writer import TreeWriter
+from cairn.store.errors import CairnError, FailedPreconditionError
+from cairn.store.model import BackupSet
+from cairn.store.repository import Repository
+
+PG_CONTROL = b"global/pg_control"
+
+
+def check_data_directory(target: str) -> None:
+    """Refuse a target that is not a data directory, or one a server may be running on."""
+    version = os.path.join(target, "PG_VERSION")
+    if not os.path.isfile(version) or os.path.islink(version):
+        raise FailedPreconditionError(
+            f"'{target}' is not a PostgreSQL data directory (it holds no PG_VERSION): --delta mends an earlier "
+            "restore of one and removes what the set does not hold",
+            hint="restore into an empty directory instead")
+    if os.path.lexists(os.path.join(target, "postmaster.pid")):
+        raise FailedPreconditionError(
+            f"PostgreSQL may be running on '{target}' (it holds postmaster.pid): stop the server first",
+            hint="if no server runs there, the file is stale: remove it and try again")
+
+
+def manifest_entries(records: Iterable[Record]) -> tuple[list[EntryMeta], dict[bytes, bytes], list[str]]:
+    """(entries, inline content by chunk id, problems) of a manifest stream in which some files
+    carry their content: each such file becomes one chunk named by the blake3 of its content,
+    so mend compares and writes it like any other."""
+    entries: list[EntryMeta] = []
+    inline: dict[bytes, bytes] = {}
+    problems: list[str] = []
+    open_file: EntryMeta | None = None
+    content = bytearray()
+
+    def close() -> None:
+        if open_file is None:
+            return
+        data = bytes(content)
+        if data:
+            cid = blake3.blake3(data).digest()
+            inline[cid] = data
+            entries.append(dataclasses.replace(open_file, chunks=(cid,), chunk_sizes=(len(data),), size=len(data)))
+        else:
+            entries.append(dataclasses.replace(open_file, size=0))
+
+    for rec in records:
+        if isinstance(rec, EntryMeta):
+            close()
+            open_file, content = None, bytearray()
+            if rec.kind == "file" and not rec.chunks:
+                open_file = rec  # its content follows (or it is empty)
+            else:
+                entries.append(rec)
+        elif isinstance(rec, Data):
+            content += rec.data
+        elif isinstance(rec, Hole):
+            content += bytes(rec.length)
+        elif isinstance(rec, Failed):
+            problems.append(rec.message)
+    close()
+    return entries, inline, problems
+
+
+def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
+                        socket_path: str, target_path: str, nonce: str, command: str = "",
+                        target_timeline: str = "current", fetch_with: str = "", quick: bool = False,
+                        cancelled: Callable[[], bool] | None = None) -> tuple[DeltaPlan, DeltaStats, list[str]]:
+    """Mend the claimed data directory `target_path` into `database` of set `s`, recovering to
+    the target as restore-db would (module docstring). Returns (plan, what changed, problems)."""
+    claim = claims.check_delta_claim(target_path, nonce, any_owner=True)  # it belongs to the database's user
+    check_data_directory(target_path)
+    rec = database_of(s, database)
+    records = restore_db_records(repo, s, database, target_time, target_lsn, socket_path, target_path, command,
+                                 target_timeline=target_timeline, fetch_with=fetch_with, manifest=True)
+    entries, inline, problems = manifest_entries(records)
+    control = [m for m in entries if m.path == PG_CONTROL]
+    entries = [m for m in entries if m.path != PG_CONTROL]
+    owner = next(((m.uid, m.gid) for m in entries if m.path == b"PG_VERSION"), (0, 0))
+    typed = PhysicalRecord.from_dict(rec)
+    attachments = (typed.attachment, *(t.attachment for t in typed.tablespaces))
+    try:
+        os.unlink(claim)  # not the set's: the delta would remove it; a daemon that may not write stops here
+    except OSError as exc:
+        raise FailedPreconditionError(
+            f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None
+    try:
+        os.unlink(os.path.join(target_path, os.fsdecode(PG_CONTROL)))  # written last (module docstring)
+    except FileNotFoundError:
+        pass
+
+    def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
+        stored = [i for i in ids if i not in inline]
+        yield from ((i, inline[i]) for i in ids if i in inline)
+        if stored:
+            data = repo.read_chunks(s, stored, errors=True, attachments=attachments)
+            try:
+                yield from zip(stored, data, strict=True)
+            finally:
+                data.close()  # type: ignore[attr-defined]
+
+    p, st = mend(target_path, entries, chunks, quick=quick, delete=True, extras_under=[b""], cancelled=cancelled)
+    problems += p.errors + st.errors
+    if problems:  # pg_control stays away: this directory must not start until a delta completes
+        return p, st, problems
+    wal = consistency_wal(repo, rec)
+    own_point = not (target_time or target_lsn)
+    placed = TreeWriter(target_path, overwrite=True)
+    for r in placed_wal(repo, wal, owner, own_point, record_namespace(rec)):
+        placed.apply(r)
+    ws = placed.finish()
+    last, done = mend(target_path, control, chunks, delete=False, extras_under=None, cancelled=cancelled)
+    problems += ws.errors + last.errors + done.errors
+    _add(st, files_written=ws.files + done.files_written, bytes_written=ws.bytes + done.bytes_written)
+    if not control:
+        problems.append(f"set '{s.id[:8]}' holds no {PG_CONTROL.decode()} for database '{database}'")
+    return p, st, problems
+
+
+def _add(st: Any, **counts: int) -> None:
+    for name, n in counts.items():
+        setattr(st, name, getattr(st, name) + n)
