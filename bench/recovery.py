@@ -14,7 +14,12 @@ chunks are then mostly deltas against the full set). Then:
   (b) bulk inserts write >= --wal-gb of WAL, archived by both; the LSN at the end is the target.
       `cairn restore-db --target-lsn` (wal-fetch with its prefetch spool) vs `pgbackrest restore
       --type=lsn` with archive-get in asynchronous mode (archive-async, its spool), each until
-      the server has replayed to the target and promoted; the rows are compared.
+      the server has replayed to the target and promoted; the rows are compared;
+  (c) delta restores of a damaged copy: each tool first restores its backup into a directory,
+      then --damage of the relation bytes is overwritten with random bytes (the same files and
+      ranges for both), then `cairn restore-db --delta` vs `pgbackrest restore --delta` (which
+      reads every file, as Cairn's does) is timed, and a server started on the result must give
+      the same rows as after (a). --skip-pitr leaves (b) out.
 
 Each tool's time is split into writing the data directory and recovery (server start until
 promotion). The CPU seconds of the write phase are given too (the client or pgbackrest and the
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -36,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 for where in (BENCH, BENCH.parent / "tests", BENCH.parent / "tests" / "integration" / "pg_daemon"):
@@ -89,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-seconds", type=int, default=30,
                     help="pgbench load before an incremental backup that the restores use (0: restore the full)")
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a) and (b), the first tool alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a), (b) and (c), the first tool alternating")
+    ap.add_argument("--damage", type=float, default=0.01, help="(c): fraction of the relation bytes damaged")
+    ap.add_argument("--skip-pitr", action="store_true", help="leave (b) out")
     args = ap.parse_args(argv)
     root = make_pg_dir("cairn-recovery-")
     (root / "files").mkdir()
@@ -175,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         side_by_side("own_point", "SELECT count(*) FROM pgbench_history", (), ("--type=immediate",),
                      rounds=args.rounds)
 
+        # (c) delta restores of a damaged copy, against a full restore's write
+        delta_rounds(stack, fig, cairn, pgbr, s_full["id"], br, "SELECT count(*) FROM pgbench_history",
+                     args.rounds, args.damage)
+        if args.skip_pitr:
+            return 0
+
         # (b) >= wal-gb of WAL, then a point-in-time recovery to its end
         stack.psql("CREATE TABLE wal_fill (id bigint, pad text)")
         start = stack.psql("SELECT pg_current_wal_lsn()")
@@ -194,15 +209,93 @@ def main(argv: list[str] | None = None) -> int:
         fig["wal"] = {"bytes": wal_bytes, "rows": n, "target_lsn": target}
         side_by_side("pitr", "SELECT count(*) FROM wal_fill", ("--target-lsn", target),
                      ("--type=lsn", f"--target={target}"), rounds=args.rounds)
-        fig["load"]["loadavg_end"] = os.getloadavg()
     finally:
         stack.close()
+        fig["load"]["loadavg_end"] = os.getloadavg()
+        (BENCH / "out").mkdir(exist_ok=True)
+        (BENCH / "out" / "recovery.json").write_text(json.dumps(fig, indent=2))
         if not args.keep:
             subprocess.run(["rm", "-rf", str(root)], check=False)
-    (BENCH / "out").mkdir(exist_ok=True)
-    (BENCH / "out" / "recovery.json").write_text(json.dumps(fig, indent=2))
     print(json.dumps(fig, indent=2))
     return 0
+
+
+def damage_plan(pgdata: Path, fraction: float, seed: int) -> list[tuple[str, int, int]]:
+    """(relative path, offset, length) ranges of relation files under base/ totalling `fraction`
+    of their bytes, in 64 KiB pieces, chosen at random but the same for the same files and seed."""
+    rng = random.Random(seed)
+    files = sorted((str(p.relative_to(pgdata)), p.stat().st_size) for p in (pgdata / "base").rglob("*")
+                   if p.is_file() and p.name.split(".")[0].isdigit() and p.stat().st_size >= 1 << 20)
+    total = sum(size for _, size in files)
+    out, left = [], int(total * fraction)
+    while left > 0 and files:
+        rel, size = rng.choice(files)
+        length = min(64 << 10, left)
+        out.append((rel, rng.randrange(0, size - length), length))
+        left -= length
+    return out
+
+
+def apply_damage(pgdata: Path, plan: list[tuple[str, int, int]], seed: int) -> int:
+    rng = random.Random(seed)
+    for rel, offset, length in plan:
+        with open(pgdata / rel, "r+b") as f:
+            f.seek(offset)
+            f.write(rng.randbytes(length))
+    return sum(length for _, _, length in plan)
+
+
+def delta_rounds(stack: Stack, fig: dict, cairn: Any, pgbr: Any, set_id: str, br: Any, count_sql: str,
+                 rounds: int, fraction: float) -> None:
+    """(c): see the module docstring. Each round: both tools restore fresh copies (not timed; the
+    full write is (a)'s), the copies get the same damage, the deltas are timed (first tool
+    alternating), a server recovers each."""
+    runs: dict[str, list[dict]] = {"cairn": [], "pgbackrest": []}
+    holders: list[Path] = []
+    try:
+        for r in range(rounds):
+            copies = {}
+            for tool, fn, extra in (("cairn", cairn, ()), ("pgbackrest", pgbr, ("--type=immediate",))):
+                holder = make_pg_dir(f"cairn-delta-{tool}-")
+                holders.append(holder)
+                fn(holder / "data", *extra)
+                copies[tool] = holder / "data"
+            plan = damage_plan(copies["cairn"], fraction, seed=r)
+            damaged = {tool: apply_damage(d, plan, seed=r) for tool, d in copies.items()}
+            order = ["cairn", "pgbackrest"] if r % 2 == 0 else ["pgbackrest", "cairn"]
+            for tool in order:
+                run(["sync"])
+                if tool == "cairn":
+                    t, out = timed(stack.ok, "--json", "restore-db", set_id, "--database", "appdb", "--target",
+                                   str(copies[tool]), "--delta", timeout=900)
+                    written = json.loads(out)["bytes_written"]
+                else:
+                    get = " ".join(br.cmd(f"--pg1-path={copies[tool]}", "--archive-async", "archive-get", "%f",
+                                          '"%p"'))
+                    t, _ = timed(br.run, f"--pg1-path={copies[tool]}", "--target-action=promote",
+                                 f"--recovery-option=restore_command={get}", "--type=immediate", "--delta", "restore")
+                    written = None
+                recovery, rows, _ = recover(copies[tool], count_sql)
+                runs[tool].append({"delta_s": t, "damaged_bytes": damaged[tool], "bytes_written": written,
+                                   "recovery_s": recovery, "rows": rows})
+                print(f"delta {tool}: {t:.2f}s for {damaged[tool] / MB:.1f} MB damaged"
+                      + (f" ({written / MB:.1f} MB written)" if written is not None else "")
+                      + f", recovery {recovery:.2f}s, rows {rows}, load {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        for holder in holders:
+            shutil.rmtree(holder, ignore_errors=True)
+    out: dict[str, Any] = {"damage_fraction": fraction}
+    for tool, rs in runs.items():
+        out[f"{tool}_delta_s"] = statistics.median(x["delta_s"] for x in rs)
+        out[f"{tool}_rows"] = [x["rows"] for x in rs]
+        out[f"{tool}_runs"] = rs
+    own = fig.get("own_point") or {}
+    if own.get("cairn_write_s"):
+        out["cairn_full_write_s"] = own["cairn_write_s"]
+        out["cairn_speedup_over_full"] = own["cairn_write_s"] / out["cairn_delta_s"]
+    out["ratio_cairn_over_pgbackrest"] = out["cairn_delta_s"] / out["pgbackrest_delta_s"]
+    fig["delta"] = out
+    print("delta:", json.dumps({k: v for k, v in out.items() if not k.endswith("_runs")}), flush=True)
 
 
 if __name__ == "__main__":
