@@ -185,8 +185,10 @@ class Checker:
                     f"({'; '.join(writing[:3])}), which indexes it when done; if a later verify still finds it, "
                     "'cairn repair index' indexes it", object_id=pack))
                 continue
-            self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed (it may hold live data; "
-                                              "'cairn repair index' indexes it)", object_id=pack))
+            self.warnings.append(CheckProblem(
+                f"pack '{short(pack)}' is not indexed: left by an interrupted backup (prune removes it) "
+                "or its index file was lost (then sets miss blobs, and 'cairn repair index' indexes it)",
+                object_id=pack))
 
     def _emit(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
