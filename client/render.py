@@ -1,7 +1,9 @@
 """How the client shows API messages: tables and lines for people, plain dicts for --json.
 
-Paths arrive as bytes; people see them decoded as UTF-8 with undecodable bytes escaped
-(\\xNN), JSON carries them as os.fsdecode strings, which round-trip to the same bytes.
+Paths arrive as bytes; people see them decoded as UTF-8 with undecodable bytes and control
+characters escaped as `ls -b` does (\\xNN, \\n, \\t; a backslash itself as \\\\), so one
+listed line is one name and no two names look alike. JSON carries them as os.fsdecode
+strings, which round-trip to the same bytes.
 Times are local, "YYYY-MM-DD HH:MM:SS".
 """
 
@@ -19,9 +21,27 @@ from cairn.proto.cairn.v1 import cairn_pb2 as pb
 SHORT_ID = 12
 
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def show_path(path: bytes) -> str:
-    """A path for people: UTF-8, undecodable bytes as \\xNN."""
-    return path.decode("utf-8", "backslashreplace")
+    """A path for people: UTF-8; undecodable bytes as \\xNN, control characters escaped
+    (\\n, \\t, \\r, \\xNN) and a backslash doubled, so that every name is one unambiguous line."""
+    text = path.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def json_path(path: bytes) -> str:
