@@ -73,6 +73,8 @@ class Checker:
         self.bytes_read = 0
         self._tree_problems: dict[bytes, list[tuple[str, bytes, str]]] = {}
         self.missing = False  # blobs an index names in a lost pack, or that no index names
+        self.unindexed_needed = False  # blobs sets or the WAL need that no index file names
+        self._unindexed: list[str] = []  # packs no index names (warned after the walk, see _unindexed_warnings)
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
@@ -93,6 +95,7 @@ class Checker:
         self._check_references()
         self._walk_sets(sets)
         self._check_wal(read_data)
+        self._unindexed_warnings(whole=set_ref is None)
         self._check_keys()
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
@@ -112,7 +115,9 @@ class Checker:
             steps.append("'cairn repair index' drops the lost blobs from the index")
         if self.corrupt or self.missing:
             steps.append("then a full backup of every source stores them again (older sets that reference "
-                         "them restore again once it has)")
+                         "them restore again once it has); a set whose lost data is not in its source any more "
+                         "stays damaged, and 'cairn prune --forget SET' forgets it (prune refuses to run while a "
+                         "set needs a blob that no index names)")
         return "; ".join(steps)
 
     # -- objects ---------------------------------------------------------------------
@@ -185,10 +190,23 @@ class Checker:
                     f"({'; '.join(writing[:3])}), which indexes it when done; if a later verify still finds it, "
                     "'cairn repair index' indexes it", object_id=pack))
                 continue
-            self.warnings.append(CheckProblem(
-                f"pack '{short(pack)}' is not indexed: left by an interrupted backup (prune removes it) "
-                "or its index file was lost (then sets miss blobs, and 'cairn repair index' indexes it)",
-                object_id=pack))
+            self._unindexed.append(pack)
+
+    def _unindexed_warnings(self, whole: bool) -> None:
+        """Packs no index names, told apart by what the walk found (`whole`: every set walked):
+        while sets or the WAL need blobs no index names, an index file was probably lost and
+        repair indexes the pack (prune refuses to run meanwhile); when nothing needs such a blob
+        the pack is a leftover of an interrupted backup, which prune removes."""
+        for pack in self._unindexed:
+            if self.unindexed_needed:
+                why = ("sets need blobs that no index names, so its index file may be lost: 'cairn repair index' "
+                       "indexes it (prune refuses to run until then)")
+            elif whole:
+                why = "no set needs it (left by an interrupted backup): prune removes it"
+            else:
+                why = ("left by an interrupted backup (prune removes it) or its index file was lost (then sets "
+                       "miss blobs, and 'cairn repair index' indexes it)")
+            self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed: {why}", object_id=pack))
 
     def _emit(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -309,7 +327,7 @@ class Checker:
             out.append(("", tree, f"tree is damaged: {self.bad[tree]}"))
         elif tree not in self.repo.index:
             out.append(("", tree, f"tree '{short(tree.hex())}' is missing from the index"))
-            self.missing = True
+            self.missing = self.unindexed_needed = True
         else:
             try:
                 data = self.repo.reader.read(tree)
@@ -327,7 +345,7 @@ class Checker:
                         out.append((name, c, self.bad[c]))
                     elif c not in self.repo.index:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
-                        self.missing = True
+                        self.missing = self.unindexed_needed = True
         self._tree_problems[tree] = out
         return out
 
@@ -350,6 +368,7 @@ class Checker:
                                           f"chunk '{short(c.hex())}' is missing from the index")
                 if why is not None:
                     self.missing = True
+                    self.unindexed_needed = self.unindexed_needed or c not in self.repo.index
                     self.errors.append(CheckProblem(f"WAL file '{name}': {why}", object_id=c.hex()))
                     break
             else:

@@ -144,8 +144,11 @@ class Pruner:
         forget = [s for s in forget if s.id not in in_use]
         if dry_run:
             return replace(self._plan(keep, forget), in_use=tuple(sorted(in_use.items())))
-        # a damaged WAL catalog entry or listing of a kept set stops the run before any change
-        self._live([s for s in self.repo.list_sets(complete=True) if s not in forget])
+        # a damaged WAL catalog entry or listing of a kept set, or a needed blob no index file
+        # names, stops the run before any change (the sets first, then their index files)
+        kept = [s for s in self.repo.list_sets(complete=True) if s not in forget]
+        self.repo.load_index()
+        self._live(kept)
         deleted, freed = self.collect(grace)
         removed: dict[str, bytes] = {}
         for s in forget:
@@ -209,7 +212,9 @@ class Pruner:
     def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
         """What a run would forget, mark and (after the grace period) delete; writes nothing."""
         forgotten = {s.id for s in forget}
-        live = self._live([s for s in self.repo.list_sets(complete=True) if s.id not in forgotten])
+        kept = [s for s in self.repo.list_sets(complete=True) if s.id not in forgotten]
+        self.repo.load_index()  # after the sets: a listed set's index files are durable before it
+        live = self._live(kept)
         by_pack = self._by_pack()
         sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}  # one listing, no stat per pack
         stored = set(sizes)
@@ -335,14 +340,24 @@ class Pruner:
 
     def _live(self, sets: list[BackupSet]) -> set[bytes]:
         """Every blob the sets and the WAL catalog need. A listing of a set that cannot be read
-        stops the run naming the set: what that listing references cannot be known."""
+        stops the run naming the set: what that listing references cannot be known. So does a
+        needed blob that no index file names (an index file was lost): a pack no index names may
+        hold it, and prune would delete that pack as a leftover (`_check_indexed`)."""
+        index = self.repo.index
         live: set[bytes] = walmod.referenced_chunks(self.repo)
+        lost = {b for b in live if index.get(b) is None}
+        needing: list[str] = ["the WAL archive"] if lost else []
         for s in sets:
             stack = [bytes.fromhex(t) for t in set_trees(s)]
+            before = len(lost)
             while stack:
                 tree = stack.pop()
                 if tree in live:
+                    if tree in lost:
+                        before = -1
                     continue
+                if index.get(tree) is None:
+                    lost.add(tree)
                 try:
                     entries = self.repo.load_tree(tree)
                 except (CorruptionError, NotFoundError) as e:
@@ -356,8 +371,26 @@ class Pruner:
                 for e in entries:
                     if e.subtree:
                         stack.append(e.subtree)
+                    for c in e.chunks:
+                        if c in lost or (c not in live and index.get(c) is None):
+                            lost.add(c)
+                            before = -1
                     live.update(e.chunks)
+            if len(lost) != before:
+                needing.append(f"set '{s.id[:12]}'")
+        self._check_indexed(lost, needing)
         return live | self._references(live)
+
+    @staticmethod
+    def _check_indexed(lost: set[bytes], needing: list[str]) -> None:
+        if not lost:
+            return
+        named = ", ".join(needing[:5]) + (f" and {len(needing) - 5} more" if len(needing) > 5 else "")
+        raise CorruptionError(
+            f"unable to prune: {len(lost)} blobs that {named} need are in no index file; nothing may be deleted "
+            "while a pack that no index names may hold them",
+            hint="run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
+                 "holds is lost, and 'cairn prune --forget SET' forgets a set that needs it")
 
     def _references(self, live: set[bytes]) -> set[bytes]:
         """Reference blobs of live delta blobs: they stay live too."""

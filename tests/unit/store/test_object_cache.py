@@ -173,8 +173,8 @@ def test_the_size_bound_holds(tmp_path):
 @pytest.mark.parametrize("handle", ["warm", "restarted"])
 def test_check_and_prune_see_damage_in_the_store_that_the_cache_hides(setup, kind, handle):
     """The local copies verify, the stored object does not: check reports it, for the handle that
-    read it before (memory) and for a restarted one (cache); prune refuses a damaged set object
-    and deletes nothing a damaged index file or tree concerns."""
+    read it before (memory) and for a restarted one (cache); prune refuses a damaged set object or
+    index file and deletes nothing a damaged tree concerns."""
     from cairn.store.errors import CairnError
 
     backend, src, _cache_dir, open_repo = setup
@@ -196,9 +196,48 @@ def test_check_and_prune_see_damage_in_the_store_that_the_cache_hides(setup, kin
         browse(repo)  # served from the cache: nothing looks wrong to a reader
     report = repo.check()
     assert not report.ok, "check passed over damage in the store"
-    if kind == "sets":  # what an unreadable set needs cannot be known: prune refuses
-        with pytest.raises(CairnError):
+    if kind != "trees":  # what an unreadable set needs cannot be known; an unreadable index file
+        with pytest.raises(CairnError):  # leaves needed blobs unindexed: prune refuses either way
             repo.prune(PrunePolicy(), grace=0)
-    else:  # an unreadable index file's packs, a verified tree's blobs: kept
+    else:  # a verified tree's blobs: kept
         repo.prune(PrunePolicy(), grace=0)
     assert backend.objects[key] == bytes(data)  # nothing deleted or mended
+
+
+@pytest.mark.parametrize("lost", ["one", "all"])
+@pytest.mark.parametrize("handle", ["warm", "restarted"])
+def test_prune_refuses_while_a_set_needs_blobs_that_no_index_file_names(setup, lost, handle):
+    """An index file lost from the store: the packs it named are unindexed, yet hold what kept sets
+    need. With trees served from the cache every set can still be walked, so prune must see for
+    itself that needed blobs are in no index file and delete nothing, with or without a policy.
+    After `repair index` it runs again and the sets restore."""
+    from cairn.store.errors import CorruptionError
+    from storekit import assert_same_tree
+
+    backend, src, _cache_dir, open_repo = setup
+    repo = open_repo()
+    first = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    (src / "d0" / "f0").write_bytes(os.urandom(3000))  # every tree above it changes
+    second = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    browse(repo)
+    names = sorted(k for k in backend.objects if k[0] == "index")
+    for key in (names[:1] if lost == "one" else names):
+        del backend.objects[key]
+    if handle == "restarted":
+        repo.close()
+        repo = open_repo()
+    packs = {k for k in backend.objects if k[0] == "packs"}
+    for policy in (PrunePolicy(), PrunePolicy(keep_last=1)):
+        for dry_run in (True, False):
+            with pytest.raises(CorruptionError, match="in no index file; nothing may be deleted") as e:
+                repo.prune(policy, dry_run=dry_run, grace=0)
+            assert "cairn repair index" in (e.value.hint or "")
+            assert {k for k in backend.objects if k[0] == "packs"} == packs
+    assert {s.id for s in repo.list_sets()} == {first.id, second.id}
+    repo.repair_index()
+    repo.prune(PrunePolicy(keep_last=1), grace=0)
+    assert [s.id for s in repo.list_sets()] == [second.id]
+    assert repo.check(read_data=True).ok
+    out = src.parent / f"out-{lost}-{handle}"
+    repo.restore(second, str(out))
+    assert_same_tree(str(src), str(out))
