@@ -15,7 +15,12 @@ A backend stores immutable objects under a few kinds ("config", "packs", "index"
 - `list` yields the names of one kind, sorted; `list_info` yields the same objects with their
   size and last-modified time (seconds since the epoch);
 - packs never change once written, so the local backend keeps a few open for ranged reads
-  (restores read thousands of small ranges) and closes a descriptor only when no read uses it.
+  (restores read thousands of small ranges) and closes a descriptor only when no read uses it;
+- the local backend never makes a repository out of a directory without one: it creates the
+  root or a kind's directory (other than `config` and `keys`, which init writes first) only
+  beside an existing `config/config`, and lists a missing kind's directory as empty only then.
+  A repository disk unmounted under a running daemon is "unable to write ... (is its file
+  system mounted?)", never a new config-less repository on the bare mount point.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class _OpenPack:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise BackendError(f"unknown object kind '{kind}'")
+
+
+SETUP_KINDS = ("config", "keys")  # written by init before the config: their directories may be made first
 
 
 class LocalBackend:
@@ -188,7 +196,8 @@ class LocalBackend:
             self._fds.clear()
 
     def _ensure_dir(self, d: str) -> None:
-        """Create `d` and missing parents, private (0700), each made durable in its parent."""
+        """Create `d` and missing parents, private (0700), each made durable in its parent; the
+        root or a kind's directory only while the repository's config exists (module docstring)."""
         if d in self._made:
             return
         missing = []
@@ -199,6 +208,9 @@ class LocalBackend:
             if parent == p:
                 break
             p = parent
+        top = [q for q in missing if q == self.root or os.path.dirname(q) == self.root]
+        if top and not all(os.path.basename(q) in SETUP_KINDS for q in top if q != self.root):
+            self._require_config(d)
         for p in reversed(missing):
             try:
                 os.mkdir(p, DIR_MODE)
@@ -301,6 +313,13 @@ class LocalBackend:
                 raise BackendError(f"unable to stat '{self._path(kind, name)}': {e.strerror}") from e
             yield ObjectInfo(name, st.st_size, st.st_mtime)
 
+    def _require_config(self, where: str) -> None:
+        """Refuse to create `where` (or to call a missing directory empty) in a directory that
+        holds no repository: the repository's file system is probably not mounted."""
+        if not os.path.isfile(os.path.join(self.root, "config", "config")):
+            raise BackendError(f"unable to use '{where}': '{self.root}' holds no repository config (is its file "
+                               "system mounted?)")
+
     def list(self, kind: str) -> Iterator[str]:
         _check_kind(kind)
         base = os.path.join(self.root, kind)
@@ -309,6 +328,7 @@ class LocalBackend:
             try:
                 dirs = [os.path.join(base, d) for d in sorted(os.listdir(base))]
             except FileNotFoundError:
+                self._require_config(base)
                 return
             except OSError as e:
                 raise BackendError(f"unable to list '{base}': {e.strerror}") from e
@@ -316,6 +336,8 @@ class LocalBackend:
             try:
                 names = sorted(os.listdir(d))
             except (FileNotFoundError, NotADirectoryError):
+                if d == base and kind not in SETUP_KINDS:
+                    self._require_config(base)
                 continue
             except OSError as e:  # never a partial listing: gc would take the missing packs for gone
                 raise BackendError(f"unable to list '{d}': {e.strerror}") from e

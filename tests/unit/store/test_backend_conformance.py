@@ -24,6 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from s3server import shared_server  # noqa: E402
 from storekit import assert_same_tree, backup, make_tree, snapshot  # noqa: E402
 
+
+def local(root) -> LocalBackend:
+    """A LocalBackend on a directory that holds a repository (its config object): the backend
+    makes no repository out of a bare directory (test_local_makes_no_repository_of_a_bare_directory)."""
+    b = LocalBackend(str(root))
+    b.put("config", "config", b"cfg")
+    return b
+
 PACK = "ab" + "cd" * 31
 
 
@@ -40,18 +48,18 @@ def backend(request, tmp_path):
         b.close()
         return
     if request.param == "local":
-        yield LocalBackend(str(tmp_path / "repo"))
+        yield local(tmp_path / "repo")
     elif request.param == "memory":
         yield MemoryBackend()
     elif request.param == "faulty-local":
-        yield FaultyBackend(LocalBackend(str(tmp_path / "repo")), ops=OPS)
+        yield FaultyBackend(local(tmp_path / "repo"), ops=OPS)
     else:
         yield FaultyBackend(MemoryBackend(), ops=OPS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_put_get_stat_roundtrip_each_kind(backend, kind):
-    name = PACK if kind == "packs" else f"obj-{kind}"
+    name = PACK if kind == "packs" else "config" if kind == "config" else f"obj-{kind}"
     backend.put(kind, name, b"hello world")
     assert backend.get(kind, name) == b"hello world"
     assert backend.stat(kind, name) == 11
@@ -82,7 +90,8 @@ def test_missing_objects_raise_not_found(backend):
 
 def test_list_of_empty_kind_is_empty(backend):
     for kind in KINDS:
-        assert list(backend.list(kind)) == []
+        if kind != "config":  # a local repository directory holds its config (see local())
+            assert list(backend.list(kind)) == []
 
 
 def test_overwrite_replaces_whole_content(backend):
@@ -130,7 +139,7 @@ def test_put_accepts_memoryview_and_bytearray(backend):
 
 
 def test_local_list_skips_temp_files(tmp_path):
-    b = LocalBackend(str(tmp_path / "repo"))
+    b = local(tmp_path / "repo")
     b.put("sets", "real", b"1")
     b.put("packs", PACK, b"2")
     open(tmp_path / "repo" / "sets" / ".tmp-real-0123456789ab", "wb").close()
@@ -140,7 +149,7 @@ def test_local_list_skips_temp_files(tmp_path):
 
 
 def test_local_put_is_atomic_and_leaves_no_temp_file(tmp_path):
-    b = LocalBackend(str(tmp_path / "repo"))
+    b = local(tmp_path / "repo")
     data = os.urandom(3 * 1024 * 1024)
     b.put("packs", PACK, data)
     b.put("packs", PACK, data[::-1])
@@ -150,7 +159,7 @@ def test_local_put_is_atomic_and_leaves_no_temp_file(tmp_path):
 
 
 def test_local_failed_put_leaves_old_object_and_no_temp(tmp_path, monkeypatch):
-    b = LocalBackend(str(tmp_path / "repo"))
+    b = local(tmp_path / "repo")
     b.put("sets", "s", b"old content")
 
     def broken_rename(a, c):
@@ -165,11 +174,30 @@ def test_local_failed_put_leaves_old_object_and_no_temp(tmp_path, monkeypatch):
 
 
 def test_local_rejects_names_that_escape(tmp_path):
-    b = LocalBackend(str(tmp_path / "repo"))
+    b = local(tmp_path / "repo")
     for bad in ("../x", "a/b", "..", ".", ""):
         with pytest.raises(BackendError):
             b.put("sets", bad, b"x")
     assert not (tmp_path / "x").exists()
+
+
+def test_local_makes_no_repository_of_a_bare_directory(tmp_path):
+    """A repository whose disk is not mounted (a bare directory, or none) is never written as a new
+    repository without a config, and its kinds are not listed as empty: both name the cause."""
+    for root in (tmp_path / "gone", tmp_path / "bare"):
+        if root.name == "bare":
+            root.mkdir()
+        b = LocalBackend(str(root))
+        for kind, name in (("packs", PACK), ("index", "i1"), ("sets", "s1"), ("locks", "l1")):
+            with pytest.raises(BackendError, match=r"holds no repository config \(is its file system mounted\?\)"):
+                b.put(kind, name, b"x")
+            with pytest.raises(BackendError, match="holds no repository config"):
+                list(b.list(kind))
+        assert not root.exists() or os.listdir(root) == []
+        b.put("keys", "k1", b"key")  # init writes its key, then its config: those may make the directory
+        b.put("config", "config", b"cfg")
+        b.put("packs", PACK, b"x")
+        assert list(b.list("sets")) == [] and list(b.list("packs")) == [PACK]
 
 
 def test_local_objects_survive_a_new_backend_instance(tmp_path):

@@ -17,6 +17,14 @@ from cairn.store.repository import Repository
 from cairn.store.storage.backend import HOST_TAG, TEMP_MAX_AGE, LocalBackend
 from storekit import backup, make_tree
 
+
+def local(root) -> LocalBackend:
+    """A LocalBackend on a directory that holds a repository (its config object): the backend
+    makes no repository out of a bare directory (test_local_makes_no_repository_of_a_bare_directory)."""
+    b = LocalBackend(str(root))
+    b.put("config", "config", b"cfg")
+    return b
+
 PACK = "ab" + "cd" * 31
 
 
@@ -44,6 +52,7 @@ def _index_of(lines: list[str], pattern: str, start: int = 0) -> int:
 
 def test_put_writes_fsyncs_renames_and_fsyncs_the_directory_in_order(tmp_path):
     root = str(tmp_path / "repo")
+    local(root)  # a repository directory: the backend makes its packs/ directory beside the config
     lines = _strace(tmp_path, f"from cairn.store.storage.backend import LocalBackend\n"
                               f"LocalBackend({root!r}).put('packs', {PACK!r}, b'x' * 100000)\n")
     lines = [ln for ln in lines if root in ln]
@@ -90,7 +99,7 @@ def _temp(d, name: str, *, age: float = 0.0) -> str:
 
 
 def test_sweep_removes_only_temp_files_of_gone_or_old_writers(tmp_path):
-    b = LocalBackend(str(tmp_path / "repo"))
+    b = local(tmp_path / "repo")
     b.put("sets", "s1", b"1")
     b.put("packs", PACK, b"2")
     sets, packs = tmp_path / "repo" / "sets", tmp_path / "repo" / "packs" / "ab"

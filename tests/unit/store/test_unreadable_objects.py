@@ -22,6 +22,14 @@ from cairn.store.repository import Repository
 from cairn.store.storage.backend import LocalBackend
 from storekit import backup, make_tree, restore_and_compare, write_random
 
+
+def local(root) -> LocalBackend:
+    """A LocalBackend on a directory that holds a repository (its config object): the backend
+    makes no repository out of a bare directory (test_local_makes_no_repository_of_a_bare_directory)."""
+    b = LocalBackend(str(root))
+    b.put("config", "config", b"cfg")
+    return b
+
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 
 
@@ -126,7 +134,7 @@ def test_an_index_file_that_cannot_be_read_does_not_stop_the_repository(opened, 
 
 
 def test_a_pack_directory_that_cannot_be_listed_is_an_error_not_a_partial_listing(tmp_path, monkeypatch):
-    backend = LocalBackend(str(tmp_path / "repo"))
+    backend = local(tmp_path / "repo")
     backend.put("packs", "ab" + "0" * 62, b"x")
     backend.put("packs", "cd" + "0" * 62, b"y")
     real = os.listdir
