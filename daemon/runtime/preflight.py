@@ -111,7 +111,8 @@ def check_repository(config: Config) -> None:
         if any(os.path.isdir(os.path.join(path, k)) and os.listdir(os.path.join(path, k)) for k in LOST_CONFIG_KINDS):
             raise NotARepositoryError(lost_config(path), hint=LOST_CONFIG_HINT) from None
         if not os.listdir(path) and not config.daemon.read_only:
-            what = f"'{path}' is an empty directory, not a repository; {init_hint(config)}"
+            what = (f"'{path}' is an empty directory, not a repository (if the repository's file system is not "
+                    f"mounted there, mount it); {init_hint(config)}")
         raise NotARepositoryError(what) from None
 
 

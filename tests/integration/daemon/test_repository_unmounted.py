@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from cairnd_harness import Daemon, init_repo
+from cairnd_harness import CAIRND, Daemon, env_for, init_repo
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
@@ -39,6 +39,12 @@ def test_an_unmounted_repository_is_named_and_never_recreated(start_daemon: Call
             assert "holds no repository config (is its file system mounted?)" in out.stderr, (args, out.stderr)
             assert "Traceback" not in out.stderr
         assert os.listdir(mnt) == []  # nothing written onto the bare mount point
+        # a daemon started meanwhile (a reboot before the disk is back) says so as well
+        r = subprocess.run([CAIRND, "--repo", mnt, "--source", src, "--socket", os.path.join(rundir, "other.sock")],
+                           capture_output=True, text=True, timeout=60, env=env_for({"CAIRN_HOME": rundir + "/h2"}))
+        assert r.returncode == 1 and "is an empty directory, not a repository (if the repository's file system " \
+            "is not mounted there, mount it)" in r.stderr, r.stderr
+        assert os.listdir(mnt) == []
         subprocess.run(["mount", "--bind", disk, mnt], check=True)
         mounted = True
         again = json.loads(d.ok("--json", "backup", "--level", "incremental"))
