@@ -157,6 +157,10 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
 
 def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
     reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    for line in reply.unreadable:  # left out of the listing: say so, or a damaged set just vanishes
+        set_id, _, why = line.partition(": ")
+        print(f"cairn: warning: set '{render.short_id(set_id)}' cannot be read ({why}): it is not listed; 'cairn "
+              "verify' names the damage, 'cairn repair sets' removes it", file=sys.stderr)
     known = {s.id for s in reply.sets}  # every set of the source(s) listed: a base not here was pruned
     sets = [s for s in reply.sets if not args.host or s.hostname == args.host]
     if args.json:

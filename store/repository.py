@@ -788,6 +788,11 @@ class Repository:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
                 raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
                                                "host's repository key is write-only") from None
+            bad = sorted(n for n in self.unreadable_sets if ref != "latest" and n.startswith(ref.lower()))
+            if len(ref) >= 4 and len(bad) == 1:  # its object is there but damaged: say so, not "unknown"
+                raise CorruptionError(f"unable to read set '{bad[0][:12]}': {self.unreadable_sets[bad[0]]}",
+                                      hint="'cairn verify' names the damage; 'cairn repair sets' removes damaged set "
+                                           "objects") from None
             raise
 
     # -- backup --------------------------------------------------------------------

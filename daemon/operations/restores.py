@@ -29,6 +29,10 @@ class RestorePart(ServicePart):
             self._require_known_source(source)
         return [s for s in sets if s.hostname == host] if host else sets
 
+    def unreadable_sets(self) -> dict[str, str]:
+        """Set objects the last listing could not read: id -> why."""
+        return dict(self.repo.unreadable_sets)
+
     def list_tree(self, ref: str, source: str, path: str, recursive: bool,
                   host: str = "") -> tuple[BackupSet, list[TreeEntry]]:
         s = self.resolve(ref, source, host)

@@ -181,7 +181,8 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def ListSets(self, request: pb.ListSetsRequest, context: grpc.ServicerContext) -> pb.ListSetsReply:
         sets = self.service.list_sets(request.source, host=request.host)
-        return pb.ListSetsReply(sets=[set_info(s) for s in sets])
+        return pb.ListSetsReply(sets=[set_info(s) for s in sets],
+                                unreadable=[f"{n}: {why}" for n, why in sorted(self.service.unreadable_sets().items())])
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:

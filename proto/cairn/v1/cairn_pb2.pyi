@@ -295,10 +295,12 @@ class ListSetsRequest(_message.Message):
     def __init__(self, source: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListSetsReply(_message.Message):
-    __slots__ = ("sets",)
+    __slots__ = ("sets", "unreadable")
     SETS_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
     sets: _containers.RepeatedCompositeFieldContainer[SetInfo]
-    def __init__(self, sets: _Optional[_Iterable[_Union[SetInfo, _Mapping]]] = ...) -> None: ...
+    unreadable: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sets: _Optional[_Iterable[_Union[SetInfo, _Mapping]]] = ..., unreadable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TreeEntry(_message.Message):
     __slots__ = ("path", "name", "kind", "mode", "uid", "gid", "mtime_ns", "size", "target")

@@ -159,3 +159,21 @@ def test_prune_forget_forgets_the_named_set_alone(daemon):
     assert dry["forgotten"] == [s2["id"]]
     daemon.ok("prune", "--forget", s2["id"][:10])
     assert [s["id"] for s in json.loads(daemon.ok("--json", "sets"))] == [s1["id"], s3["id"]]
+
+
+def test_a_damaged_set_object_is_named_by_sets_and_by_restore(start_daemon, daemon, tmp_path):
+    good, bad = _backup(daemon), _backup(daemon, "--tag", "second")
+    path = daemon.repo / "sets" / bad["id"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    # a daemon started now reads the damaged object (the running one holds the set in memory)
+    assert daemon.terminate(timeout=20)[0] == 0
+    d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
+    r = d.cli("sets")
+    assert r.returncode == 0 and good["id"][:12] in r.stdout and bad["id"][:12] not in r.stdout
+    assert f"cairn: warning: set '{bad['id'][:12]}' cannot be read (" in r.stderr and "checksum mismatch" in r.stderr
+    assert "'cairn repair sets' removes it" in r.stderr
+    r = d.cli("restore", bad["id"][:12], "--target", str(tmp_path / "t"))
+    assert r.returncode == 1 and f"unable to read set '{bad['id'][:12]}': " in r.stderr, r.stderr
+    assert "unknown set" not in r.stderr and not (tmp_path / "t").exists()
