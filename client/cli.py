@@ -192,14 +192,20 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
         host=args.host or "",
     )
     entries: list[pb.TreeEntry] = []
+    problems: list[str] = []
     info = None
     for reply in conn.stub.ListTree(request):
         if reply.HasField("set"):
             info = reply.set
         entries.extend(reply.entries)
+        problems.extend(reply.problems)
+    code = EXIT_OK
+    for line in problems:  # damaged directories: everything else is listed, and the exit status says so
+        print(f"cairn: error: {line}", file=sys.stderr)
+        code = EXIT_FAILURE
     if args.json:
         out(render.dumps([render.entry_dict(e) for e in entries]))
-        return EXIT_OK
+        return code
     rows = [render.entry_row(e, full_path=args.recursive) for e in entries]
     for line in render.table(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"), rows)[1:]:
         out(line)
@@ -214,7 +220,7 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
             else:
                 out(f"database {name}  (db:{name}, a dump of kind {kind}: cairn restore-db {sid} --database {name} "
                     "--target-dsn DSN, or --target DIR for its files)")
-    return EXIT_OK
+    return code
 
 
 def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:

@@ -839,22 +839,34 @@ class Repository:
             progress(p)
 
     # -- browsing ------------------------------------------------------------------
-    def list_tree(self, s: BackupSet, path: str = "", recursive: bool = False) -> list[TreeEntry]:
+    def list_tree(self, s: BackupSet, path: str = "", recursive: bool = False,
+                  problems: list[str] | None = None) -> list[TreeEntry]:
+        """The entries at `path` of set `s` (all below it with `recursive`). With `problems` a
+        recursive listing goes on past a directory whose listing cannot be read and notes it
+        there ("unable to list 'a/b/': ..."); the listing asked for itself must be readable."""
         chain, entry = find_entry(self.load_tree, bytes.fromhex(s.tree), path)
         base = path.strip("/")
         if entry is not None and entry.kind != "dir":
             return [_tree_entry(base, entry)]
         tree = bytes.fromhex(s.tree) if entry is None else entry.subtree
         out: list[TreeEntry] = []
-        self._list(tree, base, recursive, out)
+        self._list(self.load_tree(tree) if tree else [], base, recursive, out, problems)
         return out
 
-    def _list(self, tree: bytes, prefix: str, recursive: bool, out: list[TreeEntry]) -> None:
-        for e in self.load_tree(tree) if tree else []:
+    def _list(self, entries: list[Entry], prefix: str, recursive: bool, out: list[TreeEntry],
+              problems: list[str] | None) -> None:
+        for e in entries:
             path = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
             out.append(_tree_entry(path, e))
-            if recursive and e.kind == "dir":
-                self._list(e.subtree, path, recursive, out)
+            if recursive and e.kind == "dir" and e.subtree:
+                try:
+                    below = self.load_tree(e.subtree)
+                except CairnError as err:
+                    if problems is None:
+                        raise
+                    problems.append(f"unable to list '{path}/': {err.message}")
+                    continue
+                self._list(below, path, recursive, out, problems)
 
     def diff(self, a: BackupSet, b: BackupSet) -> SetDiff:
         added: list[str] = []

@@ -186,14 +186,18 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:
+        problems: list[str] = []
         s, entries = self.service.list_tree(request.set, request.source, os.fsdecode(request.path), request.recursive,
-                                            host=request.host)
+                                            host=request.host, problems=problems)
         first = True
-        for start in range(0, max(len(entries), 1), LIST_BATCH):
+        starts = range(0, max(len(entries), 1), LIST_BATCH)
+        for start in starts:
             reply = pb.ListTreeReply(entries=[tree_entry(e) for e in entries[start : start + LIST_BATCH]])
             if first:
                 reply.set.CopyFrom(set_info(s))
                 first = False
+            if start == starts[-1]:
+                reply.problems.extend(problems)
             yield reply
 
     @rpc

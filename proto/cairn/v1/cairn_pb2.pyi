@@ -339,12 +339,14 @@ class ListTreeRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[bytes] = ..., recursive: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListTreeReply(_message.Message):
-    __slots__ = ("set", "entries")
+    __slots__ = ("set", "entries", "problems")
     SET_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     entries: _containers.RepeatedCompositeFieldContainer[TreeEntry]
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ...) -> None: ...
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
     __slots__ = ("a", "b", "source", "host")

@@ -177,3 +177,29 @@ def test_a_damaged_set_object_is_named_by_sets_and_by_restore(start_daemon, daem
     r = d.cli("restore", bad["id"][:12], "--target", str(tmp_path / "t"))
     assert r.returncode == 1 and f"unable to read set '{bad['id'][:12]}': " in r.stderr, r.stderr
     assert "unknown set" not in r.stderr and not (tmp_path / "t").exists()
+
+
+def test_ls_lists_past_a_damaged_directory_and_names_it(start_daemon, daemon, tmp_path):
+    from cairn.store.repository import Repository
+
+    (daemon.src / "z.txt").write_text("after d\n")
+    s = _backup(daemon)
+    assert daemon.terminate(timeout=20)[0] == 0
+    repo = Repository.open_local(str(daemon.repo), read_only=True)
+    try:
+        root = bytes.fromhex(repo.get_set(s["id"]).tree)
+        sub = next(e.subtree for e in repo.load_tree(root) if e.name == b"d")
+        loc = repo.index.get(sub)
+    finally:
+        repo.close()
+    pack = daemon.repo / "packs" / loc.pack[:2] / loc.pack
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0x08
+    pack.write_bytes(bytes(data))
+    d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
+    r = d.cli("ls", "-r", s["id"])
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("cairn: error: unable to list 'd/': ") and len(r.stderr.splitlines()) == 1, r.stderr
+    names = [line.split()[-1] for line in r.stdout.splitlines()]
+    assert names == ["a.txt", "d/", "z.txt"], r.stdout  # everything the damage does not hide
+    assert d.cli("ls", s["id"]).returncode == 0  # the top level alone is whole
