@@ -107,7 +107,7 @@ class ProgressView:
         eta = estimate_eta(now - self._started, bytes_done, bytes_total) if bytes_total else \
             estimate_eta(now - self._started, files_done, files_total)
         figures = progress_figures(files_done, files_total, bytes_done, bytes_total, estimated, eta, self.unit)
-        label = f"{self.title}: {phase}" if phase else self.title
+        label = f"{self.title}: {phase}" if phase and phase != self.title else self.title  # not "restore: restore"
         if self._rich is not None:
             room = WIDTH - BAR_WIDTH - len(figures) - 3  # rich puts one space between columns
             self._rich.update(

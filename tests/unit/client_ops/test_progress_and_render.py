@@ -27,6 +27,12 @@ def test_a_copy_counts_sets():
     assert out.getvalue().startswith("copy: set 3fa9c2d1..: 1/3 sets, 10 B/30 B")
 
 
+def test_a_phase_named_like_the_title_is_not_repeated():
+    out = io.StringIO()
+    ProgressView("plain", "restore", out).update("restore", 1, 24, 0, 100)
+    assert out.getvalue().startswith("restore: 1/24 files, 0 B/100 B")
+
+
 def test_a_long_title_is_shortened_never_the_figures():
     figures = progress_figures(123456, 987654, 123 << 40, 456 << 40, True, 90000)
     line = fit("full backup of 'a-source-with-a-really-long-name-for-testing': backup", figures)
