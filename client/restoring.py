@@ -16,8 +16,9 @@ the daemon refuses.
   manifest; any difference is printed and the command fails (exit 1).
 - --databases lays down each base-backup database of the set (its attachments 'db:NAME') as a
   data directory ready for recovery, beside the target by default: `<TARGET>-db-<NAME>`, or
-  where `--db-target NAME=DIR` says; every place is checked (empty, apart from the files target
-  and from each other) before anything is written. Dumps are not laid down: a note says how to
+  where `--db-target NAME=DIR` says; every place is checked (empty, or with --delta an earlier
+  copy that the daemon mends as `restore-db --delta` does; apart from the files target and from
+  each other) before anything is written. Dumps are not laid down: a note says how to
   restore them (`restore-db --target-dsn`). The output then says what to start, in which order.
 - restore-db --target-timeline: 'current' (the set's own, the default), 'latest' or an id goes
   to the daemon, which writes it as recovery_target_timeline; an id is first checked against
