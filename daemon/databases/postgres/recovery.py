@@ -322,7 +322,7 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
     skipping = False
     conf_meta: EntryMeta | None = None
     conf = bytearray()
-    seen_wal = seen_conf = False
+    seen_wal = seen_conf = seen_version = False
     dropped_lanes: set[bytes] = set()  # lanes of entries left out: their content is left out too
     conf_lane: EntryMeta | None = None  # a laned postgresql.auto.conf: merged at the end
     conf_lane_data = bytearray()
@@ -355,7 +355,7 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
         path = rec.path
         skipping = False
         if path == b"PG_VERSION":
-            owner = (rec.uid, rec.gid)
+            owner, seen_version = (rec.uid, rec.gid), True
         if path in DROPPED_FILES or path.startswith(b"pg_wal/"):
             skipping = True
             if rec.lane:
@@ -363,9 +363,9 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
             continue
         if path == b"pg_wal":
             seen_wal = True
-            if rec.kind != "dir":
-                rec = EntryMeta(path=b"pg_wal", kind="dir", mode=0o700, uid=rec.uid, gid=rec.gid,
-                                mtime_ns=rec.mtime_ns)
+            if rec.kind != "dir":  # a link (initdb --waldir): a directory of PG_VERSION's owner, whoever made the link
+                uid, gid = owner if seen_version else (rec.uid, rec.gid)
+                rec = EntryMeta(path=b"pg_wal", kind="dir", mode=0o700, uid=uid, gid=gid, mtime_ns=rec.mtime_ns)
         if path == AUTO_CONF and rec.kind == "file":
             seen_conf = True
             if rec.lane:  # its content ends somewhere later: written after everything else

@@ -97,8 +97,8 @@ def _stream(pg_wal_symlink: bool = False) -> list:
         EntryMeta(path=b"main/base/1", kind="file", mode=0o600, uid=101, gid=104, size=4), Data(b"rel1"),
         EntryMeta(path=b"main/base/1b", kind="hardlink", link_to=b"main/base/1"),
     ]
-    if pg_wal_symlink:
-        recs.append(EntryMeta(path=b"main/pg_wal", kind="symlink", target=b"/live/wal"))
+    if pg_wal_symlink:  # made by root (moved to another disk by hand), not by the database's user
+        recs.append(EntryMeta(path=b"main/pg_wal", kind="symlink", target=b"/live/wal", uid=0, gid=0))
     else:
         recs += [EntryMeta(path=b"main/pg_wal", kind="dir", mode=0o700, uid=101, gid=104),
                  EntryMeta(path=b"main/pg_wal/000000010000000000000001", kind="file", size=2), Data(b"xx")]
@@ -142,6 +142,8 @@ def test_recovery_stream_replaces_a_pg_wal_symlink_and_creates_missing_auto_conf
     metas = [r for r in out if isinstance(r, EntryMeta)]
     by_path = {m.path: m for m in metas}
     assert by_path[b"pg_wal"].kind == "dir" and b"tablespace_map" not in by_path
+    # the directory belongs to the database's user (PostgreSQL writes there), not to the link's owner
+    assert (by_path[b"pg_wal"].uid, by_path[b"pg_wal"].gid, by_path[b"pg_wal"].mode) == (101, 104, 0o700)
     assert [m.path for m in metas].count(b"postgresql.auto.conf") == 1
     conf = out[out.index(by_path[b"postgresql.auto.conf"]) + 1]
     assert isinstance(conf, Data) and b"recovery_target = 'immediate'" in conf.data
