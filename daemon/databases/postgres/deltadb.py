@@ -3,15 +3,18 @@
 `mend_data_directory` compares the target with what a restore-db of the set would write
 (restoredb.restore_db_records in manifest mode: the set's files as chunk ids, and the files
 recovery needs — postgresql.auto.conf with the recovery settings, backup_label, tablespace_map,
-recovery.signal — with their content) and writes only what differs (cairn.fsio.delta.mend, as
-`cairn restore --delta` does for a files tree). Then the WAL the set needs to reach its
-consistent point is placed in pg_wal/ from the archive, as by a full restore-db.
+recovery.signal — with their content; the WAL the set needs to reach its consistent point, as a
+full restore-db places it in pg_wal/, by content hash) and writes only what differs
+(cairn.fsio.delta.mend, as `cairn restore --delta` does for a files tree). A second delta of an
+unchanged directory writes nothing. One delta per directory runs at a time in a daemon.
 
 What always holds:
 - The target is refused before anything changes unless the client claimed it
   (claims.check_delta_claim), it holds PG_VERSION (it is a data directory: a delta removes
-  what the set does not hold, so a wrong directory must never be taken for one) and it holds
-  no postmaster.pid (no server runs on it; a stale file is the operator's to remove).
+  what the set does not hold, so a wrong directory must never be taken for one), it holds
+  no postmaster.pid (no server runs on it; a stale file is the operator's to remove), and its
+  pg_wal is not a link (a full restore-db never writes through one either: it may lead to a
+  live server's WAL; the operator removes it, and the link's directory is left alone).
 - Everything the set does not hold is removed (relation files of tables created after the
   set, old WAL in pg_wal/, logs), as pgBackRest's delta restore does: the server must see the
   set's data directory and nothing else.
@@ -22,8 +25,10 @@ What always holds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -35,16 +40,18 @@ from cairn.daemon.databases.postgres.restoredb import (
     placed_wal,
     restore_db_records,
 )
-from cairn.daemon.databases.postgres.walarchive import record_namespace
+from cairn.daemon.databases.postgres.walarchive import fetch_wal, record_namespace
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats, mend
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
-from cairn.fsio.writer import TreeWriter
 from cairn.store.errors import CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet
 from cairn.store.repository import Repository
 
 PG_CONTROL = b"global/pg_control"
+INLINE_MAX = 1 << 20  # placed files up to this size are kept in memory; WAL segments are fetched again
+_RUNNING: set[str] = set()  # data directories a delta mends now (real paths)
+_RUNNING_LOCK = threading.Lock()
 
 
 def check_data_directory(target: str) -> None:
@@ -59,6 +66,13 @@ def check_data_directory(target: str) -> None:
         raise FailedPreconditionError(
             f"PostgreSQL may be running on '{target}' (it holds postmaster.pid): stop the server first",
             hint="if no server runs there, the file is stale: remove it and try again")
+    wal = os.path.join(target, "pg_wal")
+    if os.path.islink(wal):  # as a full restore-db: never write through it, it may be a live server's WAL
+        raise FailedPreconditionError(
+            f"'{wal}' is a symbolic link (to '{os.readlink(wal)}'): a restore never writes WAL through a link, "
+            "which may lead to a live server's WAL",
+            hint="remove the link (recovery fetches the WAL it needs from the repository) and run the delta again; "
+                 "point pg_wal elsewhere after recovery if you want it on another disk")
 
 
 def manifest_entries(records: Iterable[Record]) -> tuple[list[EntryMeta], dict[bytes, bytes], list[str]]:
@@ -100,6 +114,54 @@ def manifest_entries(records: Iterable[Record]) -> tuple[list[EntryMeta], dict[b
     return entries, inline, problems
 
 
+def placed_entries(records: Iterable[Record], mtime_ns: int) -> tuple[list[EntryMeta], dict[bytes, bytes],
+                                                                      dict[bytes, str]]:
+    """(entries, inline content by id, WAL name by id) of restoredb.placed_wal's records: a WAL
+    segment is named by the blake3 of its content and fetched again only if the target lacks
+    it (one segment in memory at a time); the small marker files are kept inline. Every entry
+    gets `mtime_ns` (the set's), so an unchanged placed file is not even touched again."""
+    entries, inline, names = [], {}, {}
+    meta: EntryMeta | None = None
+    content = bytearray()
+
+    def close() -> None:
+        if meta is None:
+            return
+        data = bytes(content)
+        cid = blake3.blake3(data).digest()
+        if len(data) > INLINE_MAX:
+            names[cid] = os.path.basename(os.fsdecode(meta.path))
+        elif data:
+            inline[cid] = data
+        entries.append(dataclasses.replace(meta, mtime_ns=mtime_ns, size=len(data),
+                                           chunks=(cid,) if data else (), chunk_sizes=(len(data),) if data else ()))
+
+    for rec in records:
+        if isinstance(rec, EntryMeta):
+            close()
+            meta, content = rec, bytearray()
+        elif isinstance(rec, Data):
+            content += rec.data
+    close()
+    return entries, inline, names
+
+
+@contextlib.contextmanager
+def _only_one(target: str) -> Iterator[None]:
+    """One delta per data directory at a time in this daemon: a second one would write pg_control
+    back while the first still mends."""
+    key = os.path.realpath(target)
+    with _RUNNING_LOCK:
+        if key in _RUNNING:
+            raise FailedPreconditionError(f"a delta restore of '{target}' is running already: wait for it to end")
+        _RUNNING.add(key)
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(key)
+
+
 def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                         socket_path: str, target_path: str, nonce: str, command: str = "",
                         target_timeline: str = "current", fetch_with: str = "", quick: bool = False,
@@ -108,6 +170,14 @@ def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_ti
     the target as restore-db would (module docstring). Returns (plan, what changed, problems)."""
     claim = claims.check_delta_claim(target_path, nonce, any_owner=True)  # it belongs to the database's user
     check_data_directory(target_path)
+    with _only_one(target_path):
+        return _mend(repo, s, database, target_time, target_lsn, socket_path, target_path, claim, command,
+                     target_timeline, fetch_with, quick, cancelled)
+
+
+def _mend(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str, socket_path: str,
+          target_path: str, claim: str, command: str, target_timeline: str, fetch_with: str, quick: bool,
+          cancelled: Callable[[], bool] | None) -> tuple[DeltaPlan, DeltaStats, list[str]]:
     rec = database_of(s, database)
     records = restore_db_records(repo, s, database, target_time, target_lsn, socket_path, target_path, command,
                                  target_timeline=target_timeline, fetch_with=fetch_with, manifest=True)
@@ -115,6 +185,11 @@ def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_ti
     control = [m for m in entries if m.path == PG_CONTROL]
     entries = [m for m in entries if m.path != PG_CONTROL]
     owner = next(((m.uid, m.gid) for m in entries if m.path == b"PG_VERSION"), (0, 0))
+    namespace = record_namespace(rec)
+    wal_records = placed_wal(repo, consistency_wal(repo, rec), owner, not (target_time or target_lsn), namespace)
+    placed, placed_inline, wal_names = placed_entries(wal_records, int(s.time_end * 1e9))
+    entries += placed
+    inline.update(placed_inline)
     typed = PhysicalRecord.from_dict(rec)
     attachments = (typed.attachment, *(t.attachment for t in typed.tablespaces))
     try:
@@ -128,7 +203,7 @@ def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_ti
         pass
 
     def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
-        stored = [i for i in ids if i not in inline]
+        stored = [i for i in ids if i not in inline and i not in wal_names]
         yield from ((i, inline[i]) for i in ids if i in inline)
         if stored:
             data = repo.read_chunks(s, stored, errors=True, attachments=attachments)
@@ -136,20 +211,20 @@ def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_ti
                 yield from zip(stored, data, strict=True)
             finally:
                 data.close()  # type: ignore[attr-defined]
+        for i in ids:
+            if i in wal_names:
+                try:
+                    yield i, fetch_wal(repo, wal_names[i], namespace)
+                except CairnError as exc:
+                    yield i, exc
 
     p, st = mend(target_path, entries, chunks, quick=quick, delete=True, extras_under=[b""], cancelled=cancelled)
     problems += p.errors + st.errors
     if problems:  # pg_control stays away: this directory must not start until a delta completes
         return p, st, problems
-    wal = consistency_wal(repo, rec)
-    own_point = not (target_time or target_lsn)
-    placed = TreeWriter(target_path, overwrite=True)
-    for r in placed_wal(repo, wal, owner, own_point, record_namespace(rec)):
-        placed.apply(r)
-    ws = placed.finish()
     last, done = mend(target_path, control, chunks, delete=False, extras_under=None, cancelled=cancelled)
-    problems += ws.errors + last.errors + done.errors
-    _add(st, files_written=ws.files + done.files_written, bytes_written=ws.bytes + done.bytes_written)
+    problems += last.errors + done.errors
+    _add(st, files_written=done.files_written, bytes_written=done.bytes_written)
     if not control:
         problems.append(f"set '{s.id[:8]}' holds no {PG_CONTROL.decode()} for database '{database}'")
     return p, st, problems
