@@ -286,8 +286,9 @@ def recovery_stream(
     _check_label(labelfile)
     settings = recovery_settings(restore_command, target_time, target_lsn, target, target_timeline)
     settings.update(extra_settings or {})
+    links = {b"pg_tblspc/%d" % oid: os.fsencode(where) for oid, where in (tablespace_remap or {}).items()}
     return _recovery_records(records, labelfile, remap_spcmap(spcmapfile, tablespace_remap) if spcmapfile
-                             else b"", settings, root)
+                             else b"", settings, root, links)
 
 
 def _rerooted(records: Iterable[Record], root: bytes) -> Iterator[Record]:
@@ -315,7 +316,7 @@ def _replace(m: EntryMeta, **changes: object) -> EntryMeta:
 
 
 def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes,
-                      settings: dict[str, str], root: bytes) -> Iterator[Record]:
+                      settings: dict[str, str], root: bytes, links: dict[bytes, bytes]) -> Iterator[Record]:
     if root:
         records = _rerooted(records, root)
     owner = (0, 0)
@@ -366,6 +367,8 @@ def _recovery_records(records: Iterable[Record], labelfile: bytes, spcmap: bytes
             if rec.kind != "dir":  # a link (initdb --waldir): a directory of PG_VERSION's owner, whoever made the link
                 uid, gid = owner if seen_version else (rec.uid, rec.gid)
                 rec = EntryMeta(path=b"pg_wal", kind="dir", mode=0o700, uid=uid, gid=gid, mtime_ns=rec.mtime_ns)
+        if rec.kind == "symlink" and path in links:  # as tablespace_map says: never at the source's live files
+            rec = _replace(rec, target=links[path])
         if path == AUTO_CONF and rec.kind == "file":
             seen_conf = True
             if rec.lane:  # its content ends somewhere later: written after everything else

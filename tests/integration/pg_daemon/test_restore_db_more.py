@@ -65,6 +65,9 @@ def test_restore_db_of_a_database_with_a_tablespace(stack: Stack) -> None:
     assert landed.is_dir()
     assert any(p.name.startswith("PG_15_") for p in landed.iterdir())
     assert f"{oid} {landed}" in (target / "tablespace_map").read_text()
+    # before any server starts, the tablespace link already leads to the restored copy, never to
+    # the source server's live tablespace
+    assert os.readlink(target / "pg_tblspc" / oid) == str(landed)
     # the WAL to the set's consistent point is in pg_wal/ already, listed for wal-fetch
     placed = (target / "pg_wal" / "cairn-restore-db.wal").read_text().split()
     assert placed[0] == db["wal"]["first"] and db["wal"]["last"] in placed
