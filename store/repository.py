@@ -1002,7 +1002,8 @@ class Repository:
             grace = self.gc_grace if self.gc_grace is not None else prunemod.GRACE
         try:
             with self.locks.hold("prune", gc=not dry_run, wait=lock_wait) as lock, self.reading_stored(trees=False):
-                self.load_index()  # plan from the durable index, not from what this handle saw
+                # the Pruner loads the durable index itself, after listing the sets (their index
+                # files are durable before them), so it plans from neither a stale nor an early view
                 if not dry_run:
                     self.sweep_temp()
                 before = self.list_sets(complete=True)
