@@ -89,6 +89,17 @@ class CorruptionError(CairnError):
     code = "corruption"
 
 
+class UnindexedError(CorruptionError):
+    """A blob a set needs is in no index file (its index file was lost or repaired away): the
+    repository is damaged, the set is not unknown."""
+
+    code = "corruption"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "'cairn verify' names what is lost; 'cairn repair index' indexes "
+                                          "the packs that hold it again")
+
+
 class BackendError(CairnError):
     """The storage backend failed an operation (I/O error, injected fault, ...)."""
 

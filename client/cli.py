@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from cairn import __version__, protocol, walnames
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
+from cairn.fsio.names import shown
 from cairn.fsio.records import Data, EntryMeta, Record
 
 if TYPE_CHECKING:
@@ -152,6 +153,10 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
         if len(unread) > SHOWN_PROBLEMS:
             print(f"cairn: warning: {len(unread) - SHOWN_PROBLEMS} more files could not be read "
                   f"(`cairn sets --json` lists them)", file=sys.stderr)
+        window = render.set_extra(result).get("window")
+        for problem in (window.get("errors") or []) if isinstance(window, dict) else []:
+            stopped = " (the application may still be stopped)" if "thaw hook" in problem else ""
+            print(f"cairn: warning: {problem}{stopped}", file=sys.stderr)
     return EXIT_FAILURE if result.status == "failed" else EXIT_OK
 
 
@@ -1338,7 +1343,7 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return EXIT_FAILURE
     except OSError as exc:  # this host's files: a target that cannot be made or written, ...
-        where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
+        where = f" '{shown(exc.filename)}'" if exc.filename else ""
         return fail(f"unable to use{where}: {exc.strerror or exc}")
 
 

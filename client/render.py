@@ -16,32 +16,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
 SHORT_ID = 12
 
 
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
 def show_path(path: bytes) -> str:
     """A path for people: UTF-8; undecodable bytes as \\xNN, control characters escaped
     (\\n, \\t, \\r, \\xNN) and a backslash doubled, so that every name is one unambiguous line."""
-    text = path.decode("utf-8", "surrogateescape")
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return shown(path)
 
 
 def json_path(path: bytes) -> str:

@@ -21,6 +21,7 @@ to make room for a file (an error of the plan instead).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -32,10 +33,12 @@ from dataclasses import dataclass, field
 import blake3
 from cairn.errors import AbortedError, CairnError
 
+from .names import shown
 from .records import EntryMeta
 from .writer import _setxattr, _write_all, apply_dir_meta, check_rel
 
 HASH_WORKERS = 4
+TEMP_PREFIX = b".cairn-delta-"
 _OPEN_RW = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -86,11 +89,11 @@ class DeltaPlan:
             what = "new file" if f.fresh else (f"{len(f.writes)} chunks" if f.writes else "")
             bits = [b for b in (what, "length" if f.resize and not f.fresh else "",
                                 "metadata" if f.fix_meta and not f.fresh and not f.writes else "") if b]
-            out.append(f"write {os.fsdecode(f.meta.path)} ({', '.join(bits)}; {f.write_bytes} bytes)")
-        out += [f"make {m.kind} {os.fsdecode(m.path)}" for m in self.remake]
-        out += [f"fix metadata of {os.fsdecode(m.path)}" for m in self.fix_meta]
-        out += [f"fix metadata of {os.fsdecode(p)}" for p in self.dir_meta]
-        out += [f"delete {os.fsdecode(p)}" for p in self.extras]
+            out.append(f"write {shown(f.meta.path)} ({', '.join(bits)}; {f.write_bytes} bytes)")
+        out += [f"make {m.kind} {shown(m.path)}" for m in self.remake]
+        out += [f"fix metadata of {shown(m.path)}" for m in self.fix_meta]
+        out += [f"fix metadata of {shown(p)}" for p in self.dir_meta]
+        out += [f"delete {shown(p)}" for p in self.extras]
         return out
 
 
@@ -238,12 +241,12 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             continue
         st = t.lstat(m.path)
         if delete is False and m.kind != "dir" and _holds_entries(t, m.path, st):
-            out.errors.append(f"'{os.fsdecode(m.path)}' is a directory holding entries the set does not: not "
+            out.errors.append(f"'{shown(m.path)}' is a directory holding entries the set does not: not "
                               f"replaced by the set's {m.kind} (restore with --delete to replace it)")
             blocked.add(m.path)
             continue
         if m.kind == "hardlink" and m.link_to in blocked:
-            out.errors.append(f"'{os.fsdecode(m.path)}' links to '{os.fsdecode(m.link_to)}', which was not restored")
+            out.errors.append(f"'{shown(m.path)}' links to '{shown(m.link_to)}', which was not restored")
             continue
         if m.kind == "dir":
             out.dirs.append(m)
@@ -395,6 +398,10 @@ class DeltaWriter:
         self.stats = DeltaStats()
         self._bad: set[bytes] = set()
         self._holes = {f.meta.path for f in p.files if f.fresh and f.meta.sparse}  # zeros stay holes
+        self._temp: dict[bytes, bytes] = {}  # a fresh file's final path -> where it is written
+        self._pending: dict[bytes, tuple[FilePlan, int]] = {}  # fresh files: chunk writes still to come
+        self._done: set[bytes] = set()  # files completed (and moved into place)
+        self._made: set[bytes] = set()  # fresh files whose temporary file exists
         # chunk id -> [(path, offset)] still to write
         self.needed: dict[bytes, list[tuple[bytes, int]]] = {}
 
@@ -403,7 +410,7 @@ class DeltaWriter:
             fn(*args)
             return True
         except OSError as e:
-            self.stats.errors.append(f"unable to restore '{os.fsdecode(path)}': {e.strerror or e}")
+            self.stats.errors.append(f"unable to restore '{shown(path)}': {e.strerror or e}")
             self._bad.add(path)
             return False
 
@@ -428,6 +435,8 @@ class DeltaWriter:
                 continue
             for i, off in f.writes:
                 self.needed.setdefault(f.meta.chunks[i], []).append((f.meta.path, off))
+            if f.fresh and f.writes:
+                self._pending[f.meta.path] = (f, len(f.writes))
         return list(self.needed)
 
     def fail_chunk(self, cid: bytes, why: str) -> None:
@@ -436,14 +445,20 @@ class DeltaWriter:
         for path, _off in self.needed.pop(cid, ()):
             if path not in self._bad:
                 self._bad.add(path)
-                self.stats.errors.append(f"unable to restore '{os.fsdecode(path)}': {why}")
+                self.stats.errors.append(f"unable to restore '{shown(path)}': {why}")
 
     def write_chunk(self, cid: bytes, data: bytes) -> None:
         """Write one fetched chunk everywhere it is needed."""
         for path, off in self.needed.pop(cid, ()):
             if path in self._bad:
                 continue
-            self._guard(path, self._pwrite, path, off, data)
+            if self._guard(path, self._pwrite, path, off, data) and path in self._pending:
+                f, left = self._pending[path]
+                if left > 1:
+                    self._pending[path] = (f, left - 1)
+                    continue
+                del self._pending[path]  # complete: in place now, so a delta cut short keeps it
+                self._complete(f)
 
     def finish(self) -> DeltaStats:
         p = self.plan
@@ -451,15 +466,18 @@ class DeltaWriter:
             for path, _ in self.needed.pop(cid):
                 if path not in self._bad:
                     self._bad.add(path)
-                    self.stats.errors.append(f"unable to restore '{os.fsdecode(path)}': its content did not arrive")
+                    self.stats.errors.append(f"unable to restore '{shown(path)}': its content did not arrive")
         for f in p.files:
             if f.meta.path in self._bad:
-                continue
-            if self._guard(f.meta.path, self._finish_file, f.meta, f.resize):
-                self.stats.files_written += bool(f.writes or f.fresh)
-                self.stats.meta_fixed += not f.writes and not f.fresh
+                self._drop_temp(f.meta.path)
+            elif f.meta.path not in self._done:
+                self._complete(f)
         for m in p.remake:
             if m.kind == "hardlink":
+                if m.link_to in self._bad:
+                    self.stats.errors.append(f"unable to restore '{shown(m.path)}': it links to "
+                                             f"'{shown(m.link_to)}', which was not restored")
+                    continue
                 self._guard(m.path, self._make_link, m)
         for m in p.fix_meta:
             if self._guard(m.path, self._meta_path, m):
@@ -481,7 +499,7 @@ class DeltaWriter:
     # -- operations ------------------------------------------------------------------
     def _parent(self, rel: bytes) -> None:
         if not self.t.parent_real(rel):
-            raise OSError(20, f"refusing to write through '{os.fsdecode(rel.rpartition(b'/')[0])}': not a directory")
+            raise OSError(20, f"refusing to write through '{shown(rel.rpartition(b'/')[0])}': not a directory")
 
     def _remove(self, rel: bytes) -> None:
         if not self.t.parent_real(rel):
@@ -503,8 +521,46 @@ class DeltaWriter:
         self.stats.entries_made += 1
 
     def _new_file(self, m: EntryMeta) -> None:
-        self._remove(m.path)
-        os.close(os.open(self.t.abs(m.path), _OPEN_NEW, 0o600))
+        """A fresh file is written under a temporary name beside its place and moved there only
+        when it is complete (`_finish_file`): a file whose content cannot be fetched leaves
+        what was at its place as it was, never an empty or partial file."""
+        self._parent(m.path)
+        self._temp[m.path] = temp_name(m.path)  # made at its first write (_open_file)
+
+    def _open_file(self, rel: bytes) -> int:
+        """The file of the plan at `rel`, open for writing: the existing one, or a fresh one's
+        temporary file (made at the first call; one left by a delta that was killed goes first)."""
+        tmp = self._temp.get(rel)
+        if tmp is None:
+            return _open_rw(self.t.abs(rel))
+        if rel in self._made:
+            return _open_rw(self.t.abs(tmp))
+        self._remove(tmp)
+        fd = os.open(self.t.abs(tmp), _OPEN_NEW, 0o600)
+        self._made.add(rel)
+        return fd
+
+    def abandon(self) -> None:
+        """A delta stopped before `finish()`: remove the temporary files of fresh files that are
+        not complete (what is complete stays in place)."""
+        for rel in list(self._temp):
+            self._drop_temp(rel)
+
+    def _complete(self, f: FilePlan) -> None:
+        """Length, owner, xattrs, mode and times of a file whose chunks are written; a fresh one
+        is then moved to its place (a failure leaves the place as it was)."""
+        self._done.add(f.meta.path)
+        if self._guard(f.meta.path, self._finish_file, f.meta, f.resize):
+            self.stats.files_written += bool(f.writes or f.fresh)
+            self.stats.meta_fixed += not f.writes and not f.fresh
+        else:
+            self._drop_temp(f.meta.path)
+
+    def _drop_temp(self, rel: bytes) -> None:
+        tmp = self._temp.pop(rel, None)
+        if tmp is not None and rel in self._made:
+            with contextlib.suppress(OSError):
+                self._remove(tmp)
 
     def _make_other(self, m: EntryMeta) -> None:
         self._remove(m.path)
@@ -525,7 +581,7 @@ class DeltaWriter:
         self._parent(m.link_to)
         src = self.t.abs(check_rel(m.link_to))
         if not stat.S_ISREG(os.lstat(src).st_mode):
-            raise OSError(22, f"refusing to link to '{os.fsdecode(m.link_to)}': not a regular file")
+            raise OSError(22, f"refusing to link to '{shown(m.link_to)}': not a regular file")
         os.link(src, self.t.abs(m.path), follow_symlinks=False)
         self.stats.entries_made += 1
 
@@ -533,7 +589,7 @@ class DeltaWriter:
         if rel in self._holes and data.count(0) == len(data):
             return
         self._parent(rel)
-        fd = _open_rw(self.t.abs(rel))
+        fd = self._open_file(rel)
         try:
             _write_all(fd, memoryview(data), off)
         finally:
@@ -542,7 +598,7 @@ class DeltaWriter:
 
     def _finish_file(self, m: EntryMeta, resize: bool) -> None:
         self._parent(m.path)
-        fd = _open_rw(self.t.abs(m.path))
+        fd = self._open_file(m.path)
         try:
             if resize or os.fstat(fd).st_size != m.size:
                 os.ftruncate(fd, m.size)
@@ -559,6 +615,12 @@ class DeltaWriter:
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
         finally:
             os.close(fd)
+        tmp = self._temp.pop(m.path, None)
+        if tmp is not None:
+            st = self.t.lstat(m.path)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._remove(m.path)  # the plan replaces a directory only when it may (--delete, or empty)
+            os.rename(self.t.abs(tmp), self.t.abs(m.path))
 
     def _meta_path(self, m: EntryMeta) -> None:
         self._parent(m.path)
@@ -577,6 +639,14 @@ class DeltaWriter:
 
 
 ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes | CairnError]]]
+
+
+def temp_name(rel: bytes) -> bytes:
+    """The temporary name beside `rel` under which a fresh file of a delta is written
+    (`TEMP_PREFIX` and a hash of the name, so it fits NAME_MAX and a rerun finds it again)."""
+    head, _, name = rel.rpartition(b"/")
+    tmp = TEMP_PREFIX + blake3.blake3(name).hexdigest()[:24].encode()
+    return head + b"/" + tmp if head else tmp
 
 
 def extras_roots(paths: list[bytes]) -> list[bytes]:
@@ -600,19 +670,23 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
     mended: every chunk written is the set's, and running the delta again finishes the work."""
     p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled, delete=delete)
     writer = DeltaWriter(target, p, delete=delete)
-    ids = writer.prepare()
-    if ids:
-        source = chunks(ids)
-        try:
-            for cid, data in source:
-                if isinstance(data, CairnError):
-                    writer.fail_chunk(cid, data.message)
-                else:
-                    writer.write_chunk(cid, data)
-                if cancelled is not None and cancelled():
-                    raise AbortedError("restore --delta cancelled while writing the target")
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+    try:
+        ids = writer.prepare()
+        if ids:
+            source = chunks(ids)
+            try:
+                for cid, data in source:
+                    if isinstance(data, CairnError):
+                        writer.fail_chunk(cid, data.message)
+                    else:
+                        writer.write_chunk(cid, data)
+                    if cancelled is not None and cancelled():
+                        raise AbortedError("restore --delta cancelled while writing the target")
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+    except BaseException:
+        writer.abandon()
+        raise
     return p, writer.finish()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from cairn.errors import FailedPreconditionError, InvalidArgumentError
 
+from .names import shown
 from .records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -51,9 +52,9 @@ def prepare_target(target: str | bytes, overwrite: bool) -> bytes:
         os.makedirs(t, exist_ok=True)
         return t
     if not stat.S_ISDIR(st.st_mode):
-        raise InvalidArgumentError(f"restore target '{os.fsdecode(t)}' is not a directory")
+        raise InvalidArgumentError(f"restore target '{shown(t)}' is not a directory")
     if not overwrite and os.listdir(t):
-        raise FailedPreconditionError(f"restore target '{os.fsdecode(t)}' is not empty",
+        raise FailedPreconditionError(f"restore target '{shown(t)}' is not empty",
                                       hint="choose an empty directory, mend it with --delta (only what differs "
                                            "is written), or pass --overwrite")
     return t
@@ -62,10 +63,10 @@ def prepare_target(target: str | bytes, overwrite: bool) -> bytes:
 def check_rel(path: bytes) -> bytes:
     """Return a normalised safe relative path or raise InvalidArgumentError."""
     if not path or path.startswith(b"/") or b"\0" in path:
-        raise InvalidArgumentError(f"refusing unsafe path '{os.fsdecode(path)}'")
+        raise InvalidArgumentError(f"refusing unsafe path '{shown(path)}'")
     parts = path.split(b"/")
     if any(p in (b"", b".", b"..") for p in parts):
-        raise InvalidArgumentError(f"refusing unsafe path '{os.fsdecode(path)}'")
+        raise InvalidArgumentError(f"refusing unsafe path '{shown(path)}'")
     return path
 
 
@@ -115,7 +116,7 @@ class TreeWriter:
     def _stray(self, path: bytes) -> None:
         """Lane content for no open lane: a producer's error. The file it names is not trusted:
         removed if this restore made it, and reported (once)."""
-        msg = f"unable to restore '{os.fsdecode(path)}': its content came for no open file"
+        msg = f"unable to restore '{shown(path)}': its content came for no open file"
         if msg in self.stats.errors:
             return
         if path == self._cur_path and self._cur is not None:
@@ -160,7 +161,7 @@ class TreeWriter:
             return True
         except (OSError, InvalidArgumentError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.stats.errors.append(f"unable to restore '{os.fsdecode(path)}': {msg}")
+            self.stats.errors.append(f"unable to restore '{shown(path)}': {msg}")
             return False
 
     def _entry(self, m: EntryMeta) -> None:
@@ -181,7 +182,7 @@ class TreeWriter:
                 continue
             st = os.lstat(self._abs(cur))
             if not stat.S_ISDIR(st.st_mode):
-                raise InvalidArgumentError(f"refusing to write through '{os.fsdecode(cur)}': not a directory")
+                raise InvalidArgumentError(f"refusing to write through '{shown(cur)}': not a directory")
             self._safe_dirs.add(cur)
 
     def _entry_unsafe(self, m: EntryMeta) -> None:
@@ -203,7 +204,7 @@ class TreeWriter:
             self._parent_ok(src_rel)  # the link source must not be reached through a symlink either
             src = self._abs(src_rel)
             if not stat.S_ISREG(os.lstat(src).st_mode):
-                raise InvalidArgumentError(f"refusing to link to '{os.fsdecode(src_rel)}': not a regular file")
+                raise InvalidArgumentError(f"refusing to link to '{shown(src_rel)}': not a regular file")
             os.link(src, p, follow_symlinks=False)
             self.stats.links += 1
         elif m.kind == "fifo":
@@ -264,7 +265,7 @@ class TreeWriter:
             os.unlink(self._abs(path))
         except OSError:
             pass
-        self.stats.errors.append(f"unable to restore '{os.fsdecode(path)}': {message}")
+        self.stats.errors.append(f"unable to restore '{shown(path)}': {message}")
 
     def _close_file(self) -> None:
         if self._fd is None:
@@ -283,7 +284,7 @@ class TreeWriter:
             self.stats.files += 1
             self.stats.bytes += self._written.pop(rel, 0)  # a file that failed counts no bytes either
         except OSError as e:
-            self.stats.errors.append(f"unable to restore '{os.fsdecode(rel)}': {e.strerror}")
+            self.stats.errors.append(f"unable to restore '{shown(rel)}': {e.strerror}")
         finally:
             os.close(fd)
 
@@ -601,7 +602,7 @@ class ParallelTreeWriter(TreeWriter):
                 if job.fd is not None:  # only what this restore created is removed
                     with contextlib.suppress(OSError):
                         os.unlink(self._abs(job.rel))
-                msg = f"unable to restore '{os.fsdecode(job.rel)}': {job.error}"
+                msg = f"unable to restore '{shown(job.rel)}': {job.error}"
             else:
                 msg = ""
                 try:
@@ -614,7 +615,7 @@ class ParallelTreeWriter(TreeWriter):
                     os.fchmod(job.fd, stat.S_IMODE(m.mode))
                     os.utime(job.fd, ns=(m.mtime_ns, m.mtime_ns))
                 except OSError as e:
-                    msg = f"unable to restore '{os.fsdecode(job.rel)}': {e.strerror}"
+                    msg = f"unable to restore '{shown(job.rel)}': {e.strerror}"
         finally:
             if job.fd is not None:
                 with contextlib.suppress(OSError):

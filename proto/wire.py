@@ -10,6 +10,7 @@ an empty wire record is one clear error, never a silent skip.
 from __future__ import annotations
 
 from cairn.errors import InvalidArgumentError
+from cairn.fsio.names import text_safe
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
@@ -41,7 +42,7 @@ def add_record(batch: pb.RestoreBatch, rec: Record) -> int:
         batch.records.add(hole=rec.length)
         return 12
     if isinstance(rec, Failed):
-        batch.records.add(failed=rec.message)
+        batch.records.add(failed=text_safe(rec.message))
         return 16 + len(rec.message)
     raise TypeError(f"unknown restore record {type(rec).__name__}")
 

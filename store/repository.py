@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
 
+from cairn.fsio.names import shown
 from cairn.fsio.records import Data, LaneData, LaneGauge, Record
 from cairn.fsio.writer import TreeWriter
 
@@ -50,6 +51,7 @@ from .errors import (
     NotARepositoryError,
     NotFoundError,
     RepositoryError,
+    UnindexedError,
     WrongKeyError,
 )
 from .maintenance import check as checkmod
@@ -190,6 +192,12 @@ class Repository:
         elif config.version == PLAINTEXT_VERSION and config.encryption is not None:
             raise CorruptionError(f"unable to read the config of repository '{backend.location()}': "
                                   "format 1 cannot be encrypted")
+        elif any(True for _ in backend.list("keys")):
+            # a plaintext repository never has a key: this config is not the one its data was written under
+            raise CorruptionError(
+                f"unable to open repository '{backend.location()}': its config says it is not encrypted, "
+                "but it holds key objects", hint="the config object is not this repository's: put its own "
+                "config/config back (from a copy of the repository, or the host that made it)")
         cache = None
         if cache_dir and cache_size != 0:
             cache = ObjectCache(os.path.join(cache_dir, config.id),
@@ -864,7 +872,7 @@ class Repository:
                 except CairnError as err:
                     if problems is None:
                         raise
-                    problems.append(f"unable to list '{path}/': {err.message}")
+                    problems.append(f"unable to list '{shown(path)}/': {err.message}")
                     continue
                 self._list(below, path, recursive, out, problems)
 
@@ -933,7 +941,7 @@ class Repository:
     def _chunk_size(self, bid: bytes) -> int:
         loc = self.index.get(bid)
         if loc is None:
-            raise NotFoundError(f"blob '{bid.hex()[:12]}' is not in the index")
+            raise UnindexedError(f"blob '{bid.hex()[:8]}..' is not in the index")
         return loc.raw_len
 
     def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None, *,

@@ -31,6 +31,7 @@ from cairn.daemon.rpc.errors import HINT_KEY, hint_for, status_for
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.retention import parse_option_duration
 from cairn.fsio import claims
+from cairn.fsio.names import text_safe
 from cairn.fsio.records import Data, LaneGauge, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
@@ -66,6 +67,11 @@ class Malformed:
         raise InvalidArgumentError(f"malformed request message for {self.method}: {self.error}")
 
 
+def texts(messages: list[str]) -> list[str]:
+    """Messages for a repeated string field (valid UTF-8: see fsio/names.text_safe)."""
+    return [text_safe(m) for m in messages]
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
@@ -73,7 +79,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
     hint = hint_for(exc)
     if hint:
         context.set_trailing_metadata(((HINT_KEY, hint.encode("ascii", "backslashreplace").decode()),))
-    context.abort(code, message)
+    context.abort(code, text_safe(message))
 
 
 def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -197,7 +203,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 reply.set.CopyFrom(set_info(s))
                 first = False
             if start == starts[-1]:
-                reply.problems.extend(problems)
+                reply.problems.extend(texts(problems))
             yield reply
 
     @rpc
@@ -219,7 +225,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
                 bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
                 deleted=st.deleted, extras_kept=0 if request.delete else len(p.extras),
-                errors=problems + p.errors + st.errors))
+                errors=texts(problems + p.errors + st.errors)))
             return
         local = bool(request.local_claim) and not request.manifest
         if local:  # refused before the set is read: the client then streams
@@ -244,7 +250,7 @@ class CairnServicer(pb_grpc.CairnServicer):
         try:
             for i, data in enumerate(chunks):
                 if isinstance(data, CairnError):  # this chunk only: the client mends every other file
-                    yield pb.RestoreChunksReply(index=i, error=data.message)
+                    yield pb.RestoreChunksReply(index=i, error=text_safe(data.message))
                     continue
                 for start in range(0, max(len(data), 1), DATA_PIECE):
                     yield pb.RestoreChunksReply(index=i, data=data[start : start + DATA_PIECE])
@@ -265,7 +271,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
                 files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
                 bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
-                deleted=st.deleted, errors=problems))
+                deleted=st.deleted, errors=texts(problems)))
             return
         if request.local_claim:
             claims.check_claim(os.fsdecode(request.target_path), request.local_claim)
@@ -432,7 +438,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                     copied=[pb.CopySetPair(source_set=a, copied_set=b) for a, b in item.copied],
                     present=[pb.CopySetPair(source_set=a, copied_set=b) for a, b in item.present],
                     wal_copied=item.wal_copied, wal_present=item.wal_present, bytes_read=item.bytes_read,
-                    bytes_added=item.bytes_added, warnings=list(item.warnings)))
+                    bytes_added=item.bytes_added, warnings=texts(item.warnings)))
 
 
 def _add_health(out: pb.SourceStatus, src: SourceState) -> None:
@@ -440,7 +446,7 @@ def _add_health(out: pb.SourceStatus, src: SourceState) -> None:
     failure = src.last_failure
     if failure is not None:
         out.last_failure.CopyFrom(pb.SourceFailure(level=failure.level, time=failure.time,
-                                                   message=failure.message, status=failure.status))
+                                                   message=text_safe(failure.message), status=failure.status))
     out.rpo = src.rpo or 0.0
     out.last_success = src.last_success
 
@@ -724,7 +730,7 @@ def tree_entry(e: TreeEntry) -> pb.TreeEntry:
 
 def _problem(p: CheckProblem) -> pb.CheckProblem:
     return pb.CheckProblem(
-        message=p.message, object_id=p.object_id, sets=list(p.sets), paths=[os.fsencode(x) for x in p.paths]
+        message=text_safe(p.message), object_id=p.object_id, sets=list(p.sets), paths=[os.fsencode(x) for x in p.paths]
     )
 
 
@@ -791,4 +797,4 @@ def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str
             continue
         st = item
         yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
-            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=st.errors))
+            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=texts(st.errors)))

@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Protocol
 import blake3
 import zstandard
 
-from ..errors import AbortedError, BackendError, CorruptionError, InvalidArgumentError, NotFoundError, short
+from ..errors import (
+    AbortedError,
+    BackendError,
+    CorruptionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnindexedError,
+    short,
+)
 from ..memory import release_free_memory
 from ..storage.backend import Backend
 from .index import Index, Location, encode_index
@@ -134,7 +142,7 @@ class BlobReader:
         """(location, stored bytes as the pack holds them: compressed, sealed when encrypted)."""
         loc = self.index.get(bid)
         if loc is None:
-            raise NotFoundError(f"blob '{short(bid.hex())}' is not in the index")
+            raise UnindexedError(f"blob '{short(bid.hex())}' is not in the index")
         try:
             stored = self.backend.get_range("packs", loc.pack, loc.offset, loc.stored_len)
         except NotFoundError:

@@ -30,10 +30,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cairn.fsio.names import shown
+
 from ..content.blobs import BlobWriter
 from ..content.packs import TYPE_TREE
 from ..content.repoconfig import ChunkerParams
-from ..errors import AbortedError, CairnError, CorruptionError, InvalidArgumentError, NotFoundError
+from ..errors import AbortedError, CairnError, CorruptionError, InvalidArgumentError, UnindexedError
 from ..model import BackupRequest, ChangeHint
 from .excludes import Excluder
 from .filereader import FileReader, ReadResult
@@ -244,14 +246,14 @@ class Walker:
         try:
             self._carry(tree_id)
             return True
-        except NotFoundError as e:
+        except UnindexedError as e:
             self._base_lost(rel, e)
             return False
         except CorruptionError as e:
             raise self._base_damaged(rel, e) from e
 
     def _base_lost(self, rel: bytes, e: CairnError) -> None:
-        self.tally.notes.append(f"the base set's listing of '{os.fsdecode(rel) or '.'}' is lost "
+        self.tally.notes.append(f"the base set's listing of '{shown(rel) or '.'}' is lost "
                                 f"({e.message}): read from the source instead")
 
     @staticmethod
@@ -259,7 +261,7 @@ class Walker:
         """A listing that is indexed but unreadable: walking instead would store the same
         listing again by reference to the damaged copy, so the set fails with the way out."""
         return CorruptionError(
-            f"unable to read the base set's listing of '{os.fsdecode(rel) or '.'}': {e.message}",
+            f"unable to read the base set's listing of '{shown(rel) or '.'}': {e.message}",
             hint="run 'cairn repair index --read-data' (it drops damaged data from the index), then take "
                  "the backup again: what was lost is then read from the source and stored anew")
 
@@ -302,7 +304,7 @@ class Walker:
             return {}
         try:
             return {e.name: e for e in self.load_tree(tree_id)}
-        except NotFoundError as e:
+        except UnindexedError as e:
             self._base_lost(rel, e)
             return {}
         except CorruptionError as e:
@@ -316,7 +318,7 @@ class Walker:
         try:
             scan = sorted(os.scandir(path), key=lambda d: d.name)
         except OSError as e:
-            self.tally.errors.append(f"unable to list '{os.fsdecode(path)}': {e.strerror}")
+            self.tally.errors.append(f"unable to list '{shown(path)}': {e.strerror}")
             scan = []
         pending: list[tuple[Entry, Future | None, Entry | None]] = []
         entries: list[Entry] = []
@@ -331,7 +333,7 @@ class Walker:
             except FileNotFoundError:
                 continue  # gone since the listing
             except OSError as e:  # e.g. a path beyond PATH_MAX: never left out without a word
-                self.tally.errors.append(f"unable to read '{os.fsdecode(child)}': {e.strerror}")
+                self.tally.errors.append(f"unable to read '{shown(child)}': {e.strerror}")
                 if name in base:
                     seen.add(name)  # not deleted: unreadable now, not gone (its base entry stays)
                     entries.append(base[name])
@@ -432,11 +434,11 @@ class Walker:
             self.tally.files -= 1
             self.tally.bytes_total -= e.size
             if not os.path.lexists(child):
-                self.tally.notes.append(f"'{os.fsdecode(child)}' vanished while it was read: left out")
+                self.tally.notes.append(f"'{shown(child)}' vanished while it was read: left out")
                 if old is not None:
                     self.tally.note("deleted", crel)
                 return None
-            self.tally.errors.append(f"unable to read '{os.fsdecode(child)}': {err}")
+            self.tally.errors.append(f"unable to read '{shown(child)}': {err}")
             if old is None or old.kind != "file":
                 return None
             self.tally.files += 1

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from cairn.fsio.names import shown
+
 from ..content.blobs import BlobWriter
 from ..content.chunker import Chunker
 from ..content.packs import TYPE_DATA
@@ -77,7 +79,7 @@ class FileReader:
             for attempt in range(self.retries + 1):
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
-                    raise IsADirectoryError(f"'{os.fsdecode(path)}' is no longer a regular file")
+                    raise IsADirectoryError(f"'{shown(path)}' is no longer a regular file")
                 chunks, n = self._read_fd(fd, st.st_size, base_chunks)
                 total += n
                 after = os.fstat(fd)

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from cairn.fsio.names import shown
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
 
 from ..errors import CairnError, InvalidArgumentError, NotFoundError
@@ -154,8 +155,8 @@ class StreamBuilder:
         because a Failed record otherwise applies to the file being written."""
         bad = [e for e in entries if not safe_name(e.name)]
         for e in bad:
-            yield "meta", Failed(f"refusing unsafe entry name '{os.fsdecode(e.name)}' in "
-                                 f"'{os.fsdecode(rel) or '.'}'")
+            yield "meta", Failed(f"refusing unsafe entry name '{shown(e.name)}' in "
+                                 f"'{shown(rel) or '.'}'")
         for e in entries:
             if safe_name(e.name):
                 yield from self._entry(rel + b"/" + e.name if rel else e.name, e)
@@ -205,13 +206,13 @@ class StreamBuilder:
             entries = self.load_tree(e.subtree)
         except CairnError as err:  # a damaged directory: report it, restore everything else
             yield from self._flush_pending()
-            yield "meta", Failed(f"unable to restore the contents of '{os.fsdecode(path)}/': {err.message}")
+            yield "meta", Failed(f"unable to restore the contents of '{shown(path)}/': {err.message}")
             return
         bad = [x for x in entries if not safe_name(x.name)]
         if bad:
             yield from self._flush_pending()
         for x in bad:
-            yield "meta", Failed(f"refusing unsafe entry name '{os.fsdecode(x.name)}' in '{os.fsdecode(path)}'")
+            yield "meta", Failed(f"refusing unsafe entry name '{shown(x.name)}' in '{shown(path)}'")
         for x in entries:
             if safe_name(x.name):
                 yield from self._entry(path + b"/" + x.name, x, selected)

@@ -203,3 +203,59 @@ def test_ls_lists_past_a_damaged_directory_and_names_it(start_daemon, daemon, tm
     names = [line.split()[-1] for line in r.stdout.splitlines()]
     assert names == ["a.txt", "d/", "z.txt"], r.stdout  # everything the damage does not hide
     assert d.cli("ls", s["id"]).returncode == 0  # the top level alone is whole
+
+
+def test_a_damaged_directory_whose_name_is_not_utf8_is_named_escaped(start_daemon, daemon, tmp_path):
+    """A directory named b'e\\xff\\n' (not UTF-8, with a newline) whose listing is damaged: `ls -r`
+    and both kinds of restore name it as `ls -b` would and go on with everything else (a
+    name with an undecodable byte in a message once failed the whole call: "internal error")."""
+    from cairn.store.repository import Repository
+
+    odd = os.fsencode(str(daemon.src)) + b"/e\xff\n"
+    os.mkdir(odd)
+    with open(odd + b"/inside.bin", "wb") as f:
+        f.write(os.urandom(50_000))
+    s = _backup(daemon)
+    assert daemon.terminate(timeout=20)[0] == 0
+    repo = Repository.open_local(str(daemon.repo), read_only=True)
+    try:
+        root = bytes.fromhex(repo.get_set(s["id"]).tree)
+        sub = next(e.subtree for e in repo.load_tree(root) if e.name == b"e\xff\n")
+        loc = repo.index.get(sub)
+    finally:
+        repo.close()
+    pack = daemon.repo / "packs" / loc.pack[:2] / loc.pack
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.stored_len // 2] ^= 0x08
+    pack.write_bytes(bytes(data))
+    d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
+    r = d.cli("ls", "-r", s["id"])
+    assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
+    assert r.stderr.startswith("cairn: error: unable to list 'e\\xff\\n/': "), r.stderr
+    assert "d/f4.bin" in r.stdout and "a.txt" in r.stdout
+    for extra in ((), ("--stream",)):
+        target = tmp_path / f"t{len(extra)}"
+        r = d.cli("restore", s["id"], "--target", str(target), *extra)
+        assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
+        assert "'e\\xff\\n/'" in r.stderr, r.stderr
+        assert _files(target) == {k: v for k, v in _files(daemon.src).items() if not k.startswith("e")}
+
+
+def test_a_set_whose_listing_is_in_no_index_file_is_damaged_not_unknown(start_daemon, daemon, tmp_path):
+    """Every index file lost: `ls`, `diff` and `restore` of an existing set are exit 1 (damage,
+    with the way out), not exit 3 (which says the set does not exist); the repair brings it back."""
+    first = _backup(daemon)
+    (daemon.src / "a.txt").write_text("changed\n")
+    s = _backup(daemon)
+    assert daemon.terminate(timeout=20)[0] == 0
+    for f in (daemon.repo / "index").iterdir():
+        f.unlink()
+    d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
+    target = str(tmp_path / "t")
+    for args in (("ls", s["id"]), ("diff", first["id"], s["id"]), ("restore", s["id"], "--target", target)):
+        r = d.cli(*args)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert "is not in the index" in r.stderr and "cairn repair index" in r.stderr, r.stderr
+    d.ok("repair", "index")
+    d.ok("restore", s["id"], "--target", str(tmp_path / "t"))
+    assert _files(tmp_path / "t") == _files(daemon.src)

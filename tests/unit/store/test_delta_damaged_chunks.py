@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from cairn.errors import CorruptionError
 from cairn.fsio.delta import mend
+from cairn.fsio.records import EntryMeta
 from test_delta_cancel import FILES, damaged, intact, manifest
 
 
@@ -31,3 +32,63 @@ def test_files_needing_an_unreadable_chunk_are_reported_and_the_others_mended(tm
             assert f.read(2) == b"XX"
     assert mend(root, entries, lambda ids: ((c, store[c]) for c in ids))[1].files_written == 3
     assert intact(root, store) == FILES
+
+
+def _failing(bad: set[bytes], store: dict[bytes, bytes]):
+    def source(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CorruptionError]]:
+        for cid in ids:
+            yield cid, CorruptionError("unable to read pack 'ab12..': pack is missing") if cid in bad else store[cid]
+    return source
+
+
+def test_a_file_made_anew_whose_chunk_cannot_be_read_leaves_its_place_as_it_was(tmp_path) -> None:
+    """Files the delta makes anew (missing; of another kind; sharing their inode with a path the
+    set does not link there) are written beside their place and moved there when complete: when
+    their content cannot be read, the place keeps what it held (here a correct file hard-linked
+    to a path outside the manifest, as when a subtree's listing is lost), never an empty file."""
+    root = str(tmp_path / "t")
+    entries, store = manifest(root)
+    d = os.path.join(root, "d")
+    os.link(os.path.join(d, "f00"), os.path.join(root, "outside"))  # f00's inode is shared: made anew
+    os.unlink(os.path.join(d, "f01"))  # missing: made anew
+    os.unlink(os.path.join(d, "f02"))
+    os.symlink("elsewhere", os.path.join(d, "f02"))  # another kind: made anew
+    before = open(os.path.join(d, "f00"), "rb").read()
+    bad = {e.chunks[0] for e in entries[1:4]}
+    p, st = mend(root, entries, _failing(bad, store))
+    assert {f.meta.path for f in p.files if f.fresh} == {b"d/f00", b"d/f01", b"d/f02"}
+    assert len(st.errors) == 3 and all("pack is missing" in e for e in st.errors), st.errors
+    assert open(os.path.join(d, "f00"), "rb").read() == before and os.stat(os.path.join(d, "f00")).st_nlink == 2
+    assert not os.path.exists(os.path.join(d, "f01"))
+    assert os.readlink(os.path.join(d, "f02")) == "elsewhere"
+    assert sorted(os.listdir(d)) == sorted(f"f{i:02d}" for i in range(FILES) if i != 1), "no temporary file is left"
+    p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids))  # the data is back: all three made
+    assert not st.errors and intact(root, store) == FILES
+    assert sorted(os.listdir(d)) == [f"f{i:02d}" for i in range(FILES)]
+    assert os.stat(os.path.join(d, "f00")).st_nlink == 1 and open(os.path.join(root, "outside"), "rb").read() == before
+
+
+def test_a_hard_link_to_a_file_that_could_not_be_made_is_named_and_left(tmp_path) -> None:
+    root = str(tmp_path / "t")
+    entries, store = manifest(root)
+    d = os.path.join(root, "d")
+    os.unlink(os.path.join(d, "f00"))
+    entries.append(EntryMeta(path=b"d/link", kind="hardlink", link_to=b"d/f00"))
+    p, st = mend(root, entries, _failing({entries[1].chunks[0]}, store))
+    assert "unable to restore 'd/link': it links to 'd/f00', which was not restored" in st.errors, st.errors
+    assert not os.path.lexists(os.path.join(d, "link")) and not os.path.exists(os.path.join(d, "f00"))
+
+
+def test_a_delta_killed_while_it_made_a_file_leaves_a_temporary_name_the_next_one_reuses(tmp_path) -> None:
+    from cairn.fsio.delta import temp_name
+
+    root = str(tmp_path / "t")
+    entries, store = manifest(root)
+    d = os.path.join(root, "d")
+    os.unlink(os.path.join(d, "f05"))
+    stale = os.path.join(root, os.fsdecode(temp_name(b"d/f05")))
+    with open(stale, "wb") as f:
+        f.write(b"half")
+    assert os.path.dirname(stale) == d and os.path.basename(stale).startswith(".cairn-delta-")
+    p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids))
+    assert not st.errors and intact(root, store) == FILES and not os.path.exists(stale)
