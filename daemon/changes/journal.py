@@ -33,6 +33,7 @@ What always holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -243,9 +244,16 @@ class Journal:
                 self._set_meta("seq", str(self._seq))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return touched
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if SQLite has not already (it does on some errors, such as
+        a full disk): the error that failed the transaction is the one that is raised."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     # -- reading ---------------------------------------------------------------------------------
     def marks(self, source: str) -> Marks:
@@ -309,5 +317,5 @@ class Journal:
                     self._db.execute("DELETE FROM entries WHERE source = ? AND seq <= ?", (source, seq))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise

@@ -422,7 +422,8 @@ def make_key_object(repo_id: str, master: bytes, secret: Secret, argon2: dict | 
     payload = master if write_only is None else write_only
     wrapped = nonce + AESGCM(_kek(secret, kdf)).encrypt(nonce, payload, _key_ad(repo_id, key_id, access))
     doc = {"magic": KEY_MAGIC, "version": KEY_VERSION, "type": secret.kind, "kdf": kdf,
-           "cipher": CIPHER, "wrapped": _b64(wrapped), "created": round(time.time(), 3)}
+           "cipher": CIPHER, "wrapped": _b64(wrapped), "created": round(time.time(), 3),
+           "repository": repo_id}  # not secret (the config says it too); names a key put in the wrong place
     if write_only is not None:
         doc["access"] = access
     return key_id, (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
@@ -507,6 +508,12 @@ def unlock_key(backend: Backend, repo_id: str, secret: Secret) -> tuple[str, Rep
             limited = (key_id, WriteOnlyKey(payload))
     if limited is not None:
         return limited
+    owners = {str(doc.get("repository", "")) for _, info, doc, _ in iter_keys(backend) if doc is not None}
+    if readable and "" not in owners and repo_id not in owners:  # every key names another repository
+        raise CorruptionError(
+            f"unable to open repository: its config is repository '{short(repo_id)}', but its key objects "
+            f"belong to {', '.join(repr(short(o)) for o in sorted(owners))}: the config or the keys are "
+            "another repository's", hint="put back this repository's own config/config and keys/ objects")
     if damaged and not readable:  # not a wrong secret: there is no key object to try it on
         raise CorruptionError(f"unable to open repository: no key object can be read ({len(damaged)} damaged: "
                               f"{damaged[0]})", hint="restore the keys/ objects from a copy of the repository")

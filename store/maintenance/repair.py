@@ -118,6 +118,13 @@ class IndexRepair:
         found, damaged, bad_blobs, packs_read = self._read_packs(
             sorted(stored) if read_data else sorted(set(unindexed) | short), indexed, known)
 
+        if packs_read >= 2 and len(damaged) == packs_read and not any(found.get(p) for p in damaged) \
+                and not known and not dry_run:
+            raise CorruptionError(
+                f"refusing to rewrite the index: not one blob of the {packs_read} packs read passes its check, which "
+                "points to a wrong config or key rather than damage; nothing was changed",
+                hint="check that config/config and keys/ are this repository's; 'cairn repair index --dry-run' "
+                     "lists them")
         copied = 0
         if damaged:  # a damaged pack leaves the index: its good blobs are copied into a new pack first
             out = sorted(p for p in damaged if p in found)
@@ -370,6 +377,12 @@ class SetRepair:
                 newer.append(name)
             else:
                 removed.append((name, why))
+        if len(removed) >= 2 and not kept and not newer and not dry_run:
+            raise CorruptionError(
+                f"refusing to remove set objects: all {len(removed)} of them fail their check, which "
+                "points to a wrong config or key rather than damage; nothing was removed",
+                hint="check that config/config and keys/ are this repository's; 'cairn repair sets --dry-run' "
+                     "lists them")
         if not dry_run:
             for name, _why in removed:
                 self.check_lock()

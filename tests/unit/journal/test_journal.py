@@ -157,3 +157,24 @@ def test_a_path_changed_again_while_its_set_ran_is_first_seen_at_the_sets_start(
     # a set that fails commits nothing: the oldest change stays the oldest
     journal.record([ch("/s/log", 400.0)])
     assert journal.pending("app").oldest == 200.0
+
+
+def test_a_full_disk_is_the_error_raised_and_the_journal_goes_on_once_there_is_room(journal):
+    """SQLite rolls a transaction back itself when the disk is full; the journal's own rollback
+    must not then replace that error with "cannot rollback - no transaction is active", and
+    nothing of the failed batch may remain."""
+    journal.record([ch("before")])
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+    journal._db.execute(f"PRAGMA max_page_count = {pages}")  # as if the disk were full
+    big = [ch(f"{'x' * 200}/{i}") for i in range(5000)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        journal.record(big)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for i in range(50):
+            journal.commit("app", "incremental", f"set{i}", 1, prepared_at=float(i))
+            journal.record([ch(f"{'y' * 300}/{i}/{j}") for j in range(200)])
+    assert not journal._db.in_transaction
+    journal._db.execute("PRAGMA max_page_count = 1000000")
+    journal.record([ch("after")])
+    paths = {e.path for e in journal.entries_after("app", 0)}
+    assert "before" in paths and "after" in paths and not any(p.startswith("x") for p in paths)

@@ -298,7 +298,7 @@ def test_a_sealed_object_moved_to_another_name_does_not_open(tmp_path):
     for k in list(elsewhere.list("keys")):
         elsewhere.delete("keys", k)
     elsewhere.put("keys", key_id, backend.get("keys", key_id))
-    with pytest.raises(WrongKeyError):
+    with pytest.raises(CorruptionError, match="another repository's"):
         Repository.open(elsewhere, secret=_secret())
 
 
@@ -329,3 +329,21 @@ def test_an_init_killed_between_key_and_config_is_created_afresh(tmp_path):
     _marked_tree(src, random.Random(12))
     repo.backup(BackupRequest(source="s", paths=(str(src),)))
     assert not Repository.uninitialised_local(path)
+
+
+@pytest.mark.parametrize("swapped", ["config", "keys"])
+def test_another_repositorys_config_or_keys_are_named_not_taken_for_a_wrong_passphrase(swapped: str) -> None:
+    """Two repositories made with the same passphrase; one's config (or its keys) put in the
+    other: opening says the objects belong to different repositories, not "wrong passphrase"."""
+    a, b = MemoryBackend(), MemoryBackend()
+    for backend in (a, b):
+        Repository.init(backend, secret=_secret(), argon2=FAST).close()
+    for name in list(a.list(swapped)):
+        a.delete(swapped, name)
+    for name in b.list(swapped):
+        a.put(swapped, name, b.get(swapped, name))
+    with pytest.raises(CorruptionError, match="but its key objects belong to .*another repository's") as e:
+        Repository.open(a, secret=_secret())
+    assert "passphrase" not in str(e.value)
+    with pytest.raises(WrongKeyError):  # a wrong passphrase is still said as such
+        Repository.open(b, secret=_secret("wrong"))

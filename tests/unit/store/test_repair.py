@@ -17,7 +17,7 @@ from cairn.store.content import crypto
 from cairn.store.content.chunker import ChunkerParams
 from cairn.store.content.packs import TYPE_DATA, TYPE_TREE
 from cairn.store.content.repoconfig import RepoConfig
-from cairn.store.errors import BackendError, LockedError
+from cairn.store.errors import BackendError, CorruptionError, LockedError
 from cairn.store.model import PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import LocalBackend
@@ -458,3 +458,44 @@ def test_a_healthy_repository_is_left_as_it_is(repo, repo_path, src, tmp_path, r
             r = repo.repair_index(read_data=read_data, dry_run=dry_run)
             assert r.index_files_replaced == 0 and not r.index_file and not r.changed, r
     assert _objects(repo_path) == before
+
+
+def test_another_repositorys_config_and_key_make_repairs_refuse_not_delete(tmp_path) -> None:
+    """A repository's data opened under another repository's config and key (restored from
+    the wrong disk, same passphrase): every set and every pack fails its check. The repairs
+    refuse and delete nothing; a plaintext config put over an encrypted repository is refused
+    at open."""
+    import random
+    import shutil
+
+    src, a, b = str(tmp_path / "src"), str(tmp_path / "a"), str(tmp_path / "b")
+    make_tree(src, random.Random(5), files=30)
+    for path in (a, b):
+        Repository.init(LocalBackend(path), RepoConfig.new(**CONFIG), secret=SECRET, argon2=FAST).close()
+    r = _open(a, "encrypted")
+    backup(r, src)
+    backup(r, src, source="other")
+    r.close()
+    for kind in ("config", "keys"):  # b's config and key over a's data
+        shutil.rmtree(os.path.join(a, kind))
+        shutil.copytree(os.path.join(b, kind), os.path.join(a, kind))
+    before = sorted(os.path.join(d, f) for d, _, fs in os.walk(a) for f in fs)
+    wrong = _open(a, "encrypted")
+    try:
+        with pytest.raises(CorruptionError, match="all 2 of them fail their check"):
+            wrong.repair_sets()
+        with pytest.raises(CorruptionError, match="not one blob of the .* packs read passes its check"):
+            wrong.repair_index()
+        with pytest.raises(CorruptionError, match="not one blob"):
+            wrong.repair_index(read_data=True)
+        assert len(wrong.repair_sets(dry_run=True).removed) == 2  # a dry run still lists them
+    finally:
+        wrong.close()
+    assert sorted(os.path.join(d, f) for d, _, fs in os.walk(a) for f in fs if "locks" not in d) == \
+        [p for p in before if "locks" not in p]
+
+    plain = str(tmp_path / "plain")
+    Repository.init(LocalBackend(plain), RepoConfig.new(**CONFIG)).close()
+    shutil.copy(os.path.join(plain, "config", "config"), os.path.join(b, "config", "config"))
+    with pytest.raises(CorruptionError, match="says it is not encrypted, but it holds key objects"):
+        Repository.open(LocalBackend(b))
