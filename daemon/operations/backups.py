@@ -55,7 +55,11 @@ class BackupPart(ServicePart):
         )
 
         def run(progress: ProgressFn, cancel: threading.Event) -> BackupSet:
-            return self._take_set(src, request, progress, cancel)
+            self.health.begin(src.name, level)
+            try:
+                return self._take_set(src, request, progress, cancel)
+            finally:
+                self.health.end(src.name)
 
         return self.jobs.start_backup(src.name, level, reason, run)
 
@@ -140,6 +144,12 @@ class BackupPart(ServicePart):
             self.health.set_failed(job.source, job.level, message, status)
         elif set_status(job.result) == "failed":  # committed, but records that it failed
             self.health.set_failed(job.source, job.result.level, job.result.note or "the set records a failure")
+        else:
+            thaw = capture.thaw_failures(job.result)
+            if thaw:  # the set is whole, but the application may not be running again
+                self.health.set_failed(job.source, job.result.level,
+                                       f"set {job.result.id[:12]} was committed, but its {thaw[0]}: the "
+                                       "application may still be stopped", status="thaw failed")
         if self._metrics is None:
             return
         if job.result is not None:

@@ -1,6 +1,10 @@
 """What the operator must still see after a restart: the last set of each source that did not
 succeed, and the newest WAL segment archived with the time it arrived.
 
+A set being taken is recorded when it begins and dropped when it ends, so a set cut short by a
+kill -9 or a power loss is reported at the next start as that source's last failure (unless a
+set of the source committed at or after its beginning: then only the end's record was lost).
+
 The record lives in `<state_dir>/health.json`, replaced atomically on every change, so a
 kill -9 leaves the previous or the new record, never a torn one; an unreadable record is
 logged and started afresh (it only feeds status and metrics, never a decision about data).
@@ -44,7 +48,11 @@ class HealthRecord:
         self.failures: dict[str, Failure] = {}
         self.wal_segment = ""
         self.wal_time = 0.0
+        self.running: dict[str, dict[str, Any]] = {}  # source -> {"level", "time"} of the set being taken
+        self.interrupted: dict[str, dict[str, Any]] = {}  # sets a previous daemon was taking when it stopped
         self._load()
+        if self.running:
+            self.interrupted, self.running = self.running, {}
 
     def _load(self) -> None:
         if self._path is None or not os.path.exists(self._path):
@@ -55,15 +63,17 @@ class HealthRecord:
             self.failures = {name: Failure(**value) for name, value in data.get("failures", {}).items()}
             self.wal_segment = str(data.get("wal", {}).get("segment", ""))
             self.wal_time = float(data.get("wal", {}).get("time", 0.0))
+            self.running = {str(k): {"level": str(v["level"]), "time": float(v["time"])}
+                            for k, v in data.get("running", {}).items()}
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("unable to read '%s', starting a new one: %s", self._path, exc)
-            self.failures, self.wal_segment, self.wal_time = {}, "", 0.0
+            self.failures, self.wal_segment, self.wal_time, self.running = {}, "", 0.0, {}
 
     def _save(self) -> None:
         if self._path is None or not os.path.isdir(os.path.dirname(self._path)):
             return
         data = {"failures": {name: asdict(f) for name, f in self.failures.items()},
-                "wal": {"segment": self.wal_segment, "time": self.wal_time}}
+                "wal": {"segment": self.wal_segment, "time": self.wal_time}, "running": self.running}
         try:
             write_atomic(self._path, json.dumps(data, indent=1).encode())
         except OSError as exc:
@@ -76,6 +86,35 @@ class HealthRecord:
         with self._lock:
             self.failures[source] = Failure(level, time.time() if when is None else when, text, status)
             self._save()
+
+    def begin(self, source: str, level: str) -> None:
+        """A set of `source` is being taken: if the daemon stops before `end`, the next start
+        reports it (`settle_interrupted`)."""
+        with self._lock:
+            self.running[source] = {"level": level, "time": time.time()}
+            self._save()
+
+    def end(self, source: str) -> None:
+        with self._lock:
+            if self.running.pop(source, None) is not None:
+                self._save()
+
+    def settle_interrupted(self, sets: list[BackupSet]) -> list[str]:
+        """At start: every set the previous daemon was taking when it stopped, and that did not
+        commit (no set of its source began at or after it), becomes the source's last failure,
+        "aborted". `sets`: this host's sets. Returns the sources so reported."""
+        out = []
+        for source, rec in sorted(self.interrupted.items()):
+            if any(x.source == source and x.time_start >= rec["time"] - 1.0 for x in sets):
+                continue  # it committed; only the record of its end was lost
+            self.set_failed(source, rec["level"], "the daemon stopped while this set was being taken (killed, "
+                            "or the host went down): nothing of it was committed", status="aborted",
+                            when=rec["time"])
+            out.append(source)
+        self.interrupted = {}
+        with self._lock:
+            self._save()
+        return out
 
     def failure(self, source: str) -> Failure | None:
         with self._lock:

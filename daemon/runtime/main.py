@@ -188,6 +188,12 @@ class Daemon:
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
         self.restore_metrics()
+        health = self.service.health
+        if health.interrupted:  # sets the previous daemon was taking when it stopped: status shows them
+            host = cfg.daemon.host or socket.gethostname()
+            for source in health.settle_interrupted([s for s in self.repo.list_sets() if s.hostname == host]):
+                log.warning("source '%s': the previous daemon stopped while it took a set; nothing of it was "
+                            "committed", source)
         # The change journal watches before we serve, so the first set can already use it.
         if not read_only:
             self._start_journal(cfg)

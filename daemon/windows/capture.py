@@ -102,6 +102,13 @@ def source_databases(src: SourceConfig) -> tuple[str, ...]:
     return tuple(getattr(src, "databases", ()) or ((src.database,) if src.database else ()))
 
 
+def thaw_failures(s: BackupSet) -> list[str]:
+    """The thaw hooks of set `s`'s window that failed (as recorded in extra['window']['errors'])."""
+    window = s.extra.get("window") if isinstance(s.extra, dict) else None
+    errors = window.get("errors", []) if isinstance(window, dict) else []
+    return [e for e in errors if isinstance(e, str) and (e.startswith("thaw hook") or e.startswith("optional thaw"))]
+
+
 def needs_capture(src: SourceConfig) -> bool:
     """True when a source is captured here rather than by a plain repository backup."""
     return bool(source_databases(src) or src.quiesce)

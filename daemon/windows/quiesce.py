@@ -56,7 +56,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from cairn.daemon.databases.tools import reap_leftovers
+from cairn.daemon.databases.tools import EXIT_NOT_RUN, guarded_argv, reap_leftovers
 from cairn.daemon.windows.records import (
     HookSpec,
     WindowRecord,
@@ -185,8 +185,10 @@ class Hook(HookSpec):
         start = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                        start_new_session=True, env=env, cwd=cwd, close_fds=True)
+                # under the tools' guard: a hook never outlives the daemon (a freeze hook left
+                # running by a daemon killed with -9 would otherwise finish after the next start's thaw)
+                proc = subprocess.Popen(guarded_argv(list(self.argv)), stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=err, start_new_session=True, env=env, cwd=cwd, close_fds=True)
             except OSError as e:
                 return HookResult(self.argv, None, "", f"unable to run hook: {e.strerror or e}",
                                   time.monotonic() - start, required=self.required)
@@ -207,7 +209,11 @@ class Hook(HookSpec):
                     continue
             if timed_out or cancelled:
                 _kill_group(proc)
-            return HookResult(self.argv, proc.returncode, _read_tail(out), _read_tail(err),
+            code: int | None = proc.returncode
+            err_tail = _read_tail(err)
+            if code == EXIT_NOT_RUN and err_tail.startswith("unable to run "):
+                code = None  # the guard could not start it (no such program, not executable)
+            return HookResult(self.argv, code, _read_tail(out), err_tail,
                               time.monotonic() - start, timed_out=timed_out, cancelled=cancelled,
                               required=self.required)
 

@@ -62,6 +62,15 @@ def stack() -> Iterator[Stack]:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def wait_for(path: Path, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not path.exists():
@@ -134,7 +143,11 @@ def test_daemon_killed_inside_a_cold_window_thaws_first_at_next_start(stack: Sta
     assert record.exists()
     stack.kill_daemon()
     assert backup.wait(30) != 0
-    os.kill(int((root / "kill/hook.pid").read_text()), 9)  # the frozen hook outlived its daemon
+    hook = int((root / "kill/hook.pid").read_text())
+    end = time.monotonic() + 15
+    while alive(hook):
+        assert time.monotonic() < end, "the freeze hook outlived its daemon: it could end after the next thaw"
+        time.sleep(0.05)
     assert not (root / "kill/thawed").exists()
 
     daemon = stack.start_daemon()

@@ -1,0 +1,75 @@
+"""What the operator sees of a quiesce window that went wrong, through the real daemon and client
+(hooks only, no database): a thaw hook that fails is a warning of `cairn backup` and the
+source's last failure in `cairn status` (the set itself is whole), and a set cut short by a
+kill -9 of the daemon is reported by the next daemon as that source's last failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from cairnd_harness import CAIRN, write_config
+
+
+def _config(tmp_path, rundir: str, src: str, thaw: list[str], freeze: list[str]) -> tuple[str, str]:
+    sock = os.path.join(rundir, "cairnd.sock")
+    path = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": src})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f'quiesce = {{ mode = "cold", freeze = {json.dumps(freeze)}, thaw = {json.dumps(thaw)}, '
+                'timeout = "60s" }\n')
+    return path, sock
+
+
+def test_a_failing_thaw_hook_is_a_warning_and_the_sources_last_failure(start_daemon, rundir, tmp_path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    config, sock = _config(tmp_path, rundir, str(src), thaw=["sh", "-c", "echo cannot start the app >&2; exit 4"],
+                           freeze=["true"])
+    d = start_daemon("--config", config, socket_path=sock)
+    r = d.cli("backup", "--level", "full")
+    assert r.returncode == 0, r.stderr  # the set is whole: captured while the application was stopped
+    assert "cairn: warning: thaw hook 'sh -c" in r.stderr and "failed with exit code 4: cannot start the app" in \
+        r.stderr and "(the application may still be stopped)" in r.stderr, r.stderr
+    status = d.ok("status")
+    assert "last failure:" in status and "full thaw failed: set " in status and "cannot start the app" in status, \
+        status
+    s = json.loads(d.ok("--json", "status"))
+    src_status = next(x for x in s["sources"] if x["name"] == "app")
+    assert src_status["last_failure"]["status"] == "thaw failed"
+
+
+def test_a_set_cut_short_by_kill_9_is_the_sources_last_failure_after_the_restart(start_daemon, rundir,
+                                                                                tmp_path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    frozen = tmp_path / "frozen"
+    config, sock = _config(tmp_path, rundir, str(src), thaw=["true"],
+                           freeze=["sh", "-c", f"touch {frozen}; [ -e {tmp_path / 'go'} ] || exec sleep 60"])
+    d = start_daemon("--config", config, socket_path=sock)
+    backup = subprocess.Popen([CAIRN, "--socket", sock, "backup", "--level", "full"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 30
+    while not frozen.exists():
+        assert time.monotonic() < end, "the freeze hook did not run"
+        time.sleep(0.02)
+    d.proc.kill()
+    d.proc.wait(10)
+    backup.wait(30)
+    d2 = start_daemon("--config", config, socket_path=sock)
+    assert "the previous daemon stopped while it took a set" in d2.log()
+    s = json.loads(d2.ok("--json", "status"))
+    failure = next(x for x in s["sources"] if x["name"] == "app")["last_failure"]
+    assert failure["status"] == "aborted" and "nothing of it was committed" in failure["message"], failure
+    assert failure["level"] == "full"
+    assert json.loads(d2.ok("--json", "sets")) == []
+    # a set that commits is not reported by the next start, and a restart does not report the old one again
+    (tmp_path / "go").touch()
+    d2.ok("backup", "--level", "full")
+    d2.proc.kill()
+    d2.proc.wait(10)
+    d3 = start_daemon("--config", config, socket_path=sock)
+    assert "the previous daemon stopped while it took a set" not in d3.log()
