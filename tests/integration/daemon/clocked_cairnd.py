@@ -1,9 +1,9 @@
-"""The real cairnd whose retention thread reads a clock the test can move (tests only).
+"""The real cairnd whose retention thread and scheduler read a clock the test can move (tests only).
 
 Run as `python clocked_cairnd.py [CAIRND] ARGS...`. `$CAIRN_TEST_CLOCK` names a file holding
 an offset in seconds added to the real time; the test writes a new offset and sends SIGHUP,
-and the retention thread recomputes its next run from the moved clock (the reload path any
-changed configuration takes).
+and the retention thread and the scheduler recompute their next runs from the moved clock
+(the reload path any changed configuration takes). Everything else keeps the real time.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 
 from cairn.daemon.runtime import main as cairnd
 from cairn.daemon.scheduling.retention import RetentionRunner
+from cairn.daemon.scheduling.scheduler import Scheduler
 
 OFFSET_FILE = os.environ["CAIRN_TEST_CLOCK"]
 
@@ -31,7 +32,13 @@ class ClockedRunner(RetentionRunner):
         super().__init__(cron, run, clock=clock_fn, tz=tz)
 
 
+class ClockedScheduler(Scheduler):
+    def __init__(self, sources, submit, clock_fn=clock, tz=None) -> None:
+        super().__init__(sources, submit, clock=clock_fn, tz=tz)
+
+
 cairnd.RetentionRunner = ClockedRunner
+cairnd.Scheduler = ClockedScheduler
 
 if __name__ == "__main__":
     args = sys.argv[1:]
