@@ -737,8 +737,8 @@ class Repository:
             try:
                 return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii", "replace"), kept[0],
                                                  int.from_bytes(kept[1:5], "little"), kept[69:])
-            except CorruptionError:
-                pass
+            except (CorruptionError, NotFoundError):
+                pass  # damaged, or its pack (whose header opens a write-only host's blob) is gone: read anew
         if kept is not None:
             cache.drop("trees", name)
         try:
@@ -796,6 +796,9 @@ class Repository:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
                 raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
                                                "host's repository key is write-only") from None
+            if self.write_only and ref == "latest" and host and host != own_host:
+                raise crypto.WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository "
+                                               "key is write-only (it sees only its own sets)") from None
             bad = sorted(n for n in self.unreadable_sets if ref != "latest" and n.startswith(ref.lower()))
             if len(ref) >= 4 and len(bad) == 1:  # its object is there but damaged: say so, not "unknown"
                 raise CorruptionError(f"unable to read set '{bad[0][:12]}': {self.unreadable_sets[bad[0]]}",
@@ -821,7 +824,8 @@ class Repository:
             sets = [s for s in sets if self.host_cache.get("trees", s.tree) is not None]  # type: ignore[union-attr]
         if not sets:
             want = "full set" if level == "differential" else "set"
-            return "full", None, f"no {want} of source '{source}' to base a {level} on: taken as full"
+            article = "an" if level[0] in "aeiou" else "a"
+            return "full", None, f"no {want} of source '{source}' to base {article} {level} on: taken as full"
         if self.index_dropped_at is not None and sets[-1].time_end < self.index_dropped_at:
             return "full", None, ("the index lost data since the base set ('cairn repair index'): taken as full, "
                                   "so that files carried over unread do not reference what was lost")

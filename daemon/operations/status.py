@@ -19,6 +19,7 @@ from cairn.daemon.operations.part import ServicePart
 from cairn.daemon.runtime.config import SourceConfig
 from cairn.daemon.runtime.health import Failure
 from cairn.daemon.scheduling.jobs import BackupJob
+from cairn.store.errors import BackendError
 from cairn.store.model import BackupSet
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,17 @@ class StatusPart(ServicePart):
             config_path=config.path or "",
             hostname=self._hostname,
         )
-        sets = self.repo.list_sets()
+        warnings: list[str] = []
+        try:
+            sets = self.repo.list_sets()
+        except BackendError as exc:  # the store is down: what the daemon knows itself is still shown
+            sets = []
+            warnings.append(f"{exc.message}: the repository's sets are not shown")
         others = hostname.host_shared_with(sets, self._hostname, self._machine_id)
         if others:
-            daemon = replace(daemon, warnings=(hostname.shared_host_warning(self._hostname, others),))
+            warnings.append(hostname.shared_host_warning(self._hostname, others))
+        if warnings:
+            daemon = replace(daemon, warnings=tuple(warnings))
         running = self.jobs.running()
         next_runs = self._collect_next_runs()
         configured = {s.name: s for s in config.sources}
@@ -150,7 +158,10 @@ class StatusPart(ServicePart):
 
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
-        entries = self.repo.wal_entries()
+        try:
+            entries = self.repo.wal_entries()
+        except BackendError:  # the store is down (status warns of it): this daemon's own view only
+            entries = []
         snap = self.archive.snapshot([name for _, name in entries])
         snap.namespaces = len({ns for ns, _ in entries if ns})
         if not snap.last_time and snap.last_segment and snap.last_segment == self.health.wal_segment:

@@ -38,6 +38,7 @@ from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairn.proto.wire import add_record
 from cairn.protocol import BATCH_BYTES, BATCH_RECORDS, DATA_PIECE
 from cairn.store.content.crypto import KEYFILE_LEN, Secret
+from cairn.store.content.locks import holder
 from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError, InvalidArgumentError
 from cairn.store.maintenance.repair import IndexRepairReport
 from cairn.store.model import (
@@ -338,7 +339,7 @@ class CairnServicer(pb_grpc.CairnServicer):
 
         def info(doc: dict) -> pb.LockInfo:
             pid = doc.get("pid")
-            return pb.LockInfo(name=str(doc.get("name", "")), host=str(doc.get("host", "")),
+            return pb.LockInfo(name=str(doc.get("name", "")), host=holder(doc),
                                pid=pid if isinstance(pid, int) and pid >= 0 else 0,
                                purpose=str(doc.get("purpose", "")), time=float(doc.get("time", 0) or 0),
                                description=str(doc.get("description", "")))

@@ -177,6 +177,7 @@ class Daemon:
         self.repo = open_repository(cfg.repository, read_only=read_only,
                                     cache_dir=os.path.join(cfg.daemon.state_dir, "cache"))
         attach_write_only_cache(self.repo, cfg.daemon.state_dir, cfg.repository.gc)  # a write-only key's own sets
+        self.repo.locks.daemon_host = cfg.daemon.host or socket.gethostname()  # locks name hosts as sets do
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
         self.repo.uploads = cfg.repository.uploads  # pack uploads in flight per backup (None: backend's default)
         self.repo.set_segment_rules(PostgresSegments())  # the store is given PostgreSQL's archive rules

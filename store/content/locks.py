@@ -87,13 +87,26 @@ class LockHandle:
                               hint="the repository lock could not be kept; run it again")
 
 
+def holder(doc: dict) -> str:
+    """The host a lock belongs to, as sets name hosts ([daemon] host; the machine's name for
+    locks written before locks carried it). `cairn unlock --host H` matches this."""
+    return str(doc.get("daemon_host") or doc.get("host") or "?")
+
+
+def where(doc: dict) -> str:
+    """'host beta', or 'host beta (machine betabox)' when the two names differ."""
+    name, machine = holder(doc), str(doc.get("host") or "?")
+    return f"host {name}" if machine == name else f"host {name} (machine {machine})"
+
+
 class Locks:
     """Takes and releases locks on one backend."""
 
     def __init__(self, backend: Backend, *, refresh_every: float = REFRESH_EVERY,
                  stale_after: float = STALE_AFTER) -> None:
         self.backend = backend
-        self.host = socket.gethostname()
+        self.host = socket.gethostname()  # the machine: with pid_space, where a pid can be checked
+        self.daemon_host = self.host  # the name the sets carry ([daemon] host); the owner may set it
         self.pid_space = pid_space()
         self.refresh_every = refresh_every
         self.stale_after = stale_after
@@ -156,7 +169,7 @@ class Locks:
         """A lock for people: what holds it, where, and how long ago it was refreshed."""
         age = max(0.0, time.time() - float(doc.get("time", 0) or 0))
         when = f"{age / 60:.0f} min" if age >= 120 else f"{age:.0f} s"
-        return (f"{doc.get('purpose', '?')} on host {doc.get('host', '?')} (pid {doc.get('pid', '?')}, refreshed "
+        return (f"{doc.get('purpose', '?')} on {where(doc)} (pid {doc.get('pid', '?')}, refreshed "
                 f"{when} ago)")
 
     def break_locks(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
@@ -174,7 +187,7 @@ class Locks:
                 continue
             doc = self._read(name)
             view = {**(doc or {"purpose": "an unreadable lock"}), "name": name}
-            if self.stale(doc) or everything or (host is not None and (doc or {}).get("host") == host):
+            if self.stale(doc) or everything or (host is not None and holder(doc or {}) == host):
                 try:
                     self.backend.delete("locks", name)
                 except NotFoundError:
@@ -198,11 +211,7 @@ class Locks:
         `lost` is set and `on_lost(reason)` is called (from the refresher thread). A `gc` lock
         is shared but conflicts with other gc locks (one garbage collector at a time)."""
         name = self._acquire(purpose, exclusive, wait, gc)
-        doc = {"host": self.host, "pid": os.getpid(), "pid_space": self.pid_space, "exclusive": exclusive,
-               "purpose": purpose}
-        if gc:
-            doc["gc"] = True
-        handle = LockHandle(name, purpose, doc)
+        handle = LockHandle(name, purpose, self._doc(purpose, exclusive, gc))
         stop = threading.Event()
         refresher = threading.Thread(target=self._refresh, args=(handle, stop, on_lost), daemon=True,
                                      name="lock-refresh")
@@ -216,6 +225,13 @@ class Locks:
             refresher.join(timeout=5)
             self._remove(name)
 
+    def _doc(self, purpose: str, exclusive: bool, gc: bool) -> dict:
+        doc = {"host": self.host, "daemon_host": self.daemon_host, "pid": os.getpid(), "pid_space": self.pid_space,
+               "exclusive": exclusive, "purpose": purpose}
+        if gc:
+            doc["gc"] = True
+        return doc
+
     def _acquire(self, purpose: str, exclusive: bool, wait: float, gc: bool = False) -> str:
         deadline = time.monotonic() + wait
         delay = BACKOFF_FIRST
@@ -223,11 +239,7 @@ class Locks:
             clash = self._conflict(exclusive, "", gc)
             if clash is None:
                 name = os.urandom(16).hex()
-                doc = {"host": self.host, "pid": os.getpid(), "pid_space": self.pid_space, "exclusive": exclusive,
-                       "purpose": purpose}
-                if gc:
-                    doc["gc"] = True
-                if not self._create(name, doc):
+                if not self._create(name, self._doc(purpose, exclusive, gc)):
                     continue  # a random name already taken: draw another
                 clash = self._conflict(exclusive, name, gc)
                 if clash is None:
@@ -320,5 +332,5 @@ class Locks:
             return
         kind = "exclusive" if doc.get("exclusive") else "gc" if doc.get("gc") else "shared"
         raise LockedError(f"repository is locked ({kind}, {doc.get('purpose', '?')}) by pid {doc.get('pid')} "
-                          f"on {doc.get('host')}", hint="wait for it to finish; stale locks expire by themselves, "
+                          f"on {where(doc)}", hint="wait for it to finish; stale locks expire by themselves, "
                                                          "or 'cairn unlock --host H' removes a dead host's")

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from ..content.crypto import OVERHEAD
 from ..content.index import decode_index, encode_index
+from ..content.locks import where
 from ..content.packs import CODEC_ZSTD_REF, ENTRY, FOOTER, HEADER, PackEntry
 from ..errors import CorruptionError, NotFoundError
 from ..model import BackupSet, PrunePolicy, PruneReport
@@ -206,7 +207,7 @@ class Pruner:
         for doc in self.repo.locks.others(self.lock_name):
             base = doc.get("base")
             if isinstance(base, str) and base:
-                out[base] = f"{doc.get('purpose', 'a backup')} on host {doc.get('host', '?')}"
+                out[base] = f"{doc.get('purpose', 'a backup')} on {where(doc)}"
         return out
 
     def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:

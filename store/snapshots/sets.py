@@ -82,7 +82,13 @@ def resolve(sets: list[BackupSet], ref: str, source: str | None = None, host: st
         raise NotFoundError(f"unknown set '{ref}'")
     hits = [s for s in pool if s.id.startswith(ref.lower())]
     if not hits:
-        raise NotFoundError(f"unknown set '{ref}'")
+        asked = (f" of source '{source}'" if source else "") + (f" of host '{host}'" if host else "")
+        hidden = [x for x in sets if x.id.startswith(ref.lower())]
+        if len(hidden) == 1:  # the filters hid it: say whose it is
+            x = hidden[0]
+            raise NotFoundError(f"unknown set '{ref}'{asked}: it is a set of source '{x.source}' of host "
+                                f"'{x.hostname}'")
+        raise NotFoundError(f"unknown set '{ref}'{asked}")
     if len(hits) > 1:
         raise InvalidArgumentError(f"set prefix '{ref}' is ambiguous: it matches {len(hits)} sets")
     return hits[0]

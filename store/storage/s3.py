@@ -57,6 +57,7 @@ MAX_BACKOFF = 8.0
 READ_BLOCK = 2 * 1024 * 1024  # small pack reads fetch the aligned block around them ...
 CACHED_BLOCKS = 16  # ... and keep this many blocks (32 MiB) for the reads that follow
 PROBE_DIR = "probe"  # under the prefix, beside the kinds; holds only short-lived probe objects
+PROBE_MAX_AGE = 3600.0  # a probe object older than this is a leftover: the next open that may delete it does
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -285,7 +286,22 @@ class S3Backend:
             try:
                 self._s3.delete_object(Bucket=self.bucket, Key=key)
             except (bexc.ClientError, bexc.BotoCoreError):
-                pass
+                pass  # denied (a write-only host's policy): an older probe is swept by the next host that may
+            self._sweep_probes(key)
+
+    def _sweep_probes(self, own: str) -> None:
+        """Delete probe objects older than PROBE_MAX_AGE seconds (left where deletes are denied,
+        or by a process killed mid-probe); best effort, as the probe's own delete."""
+        base = f"{self.prefix}/{PROBE_DIR}/".lstrip("/")
+        older_than = PROBE_MAX_AGE
+        try:
+            now = time.time()
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", ()):
+                    if obj["Key"] != own and now - obj["LastModified"].timestamp() > older_than:
+                        self._s3.delete_object(Bucket=self.bucket, Key=obj["Key"])
+        except (bexc.ClientError, bexc.BotoCoreError):
+            pass
 
     # -- the Backend protocol ----------------------------------------------------------------
 

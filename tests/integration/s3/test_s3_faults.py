@@ -110,6 +110,27 @@ def test_the_probe_object_is_removed(faulty):
     assert not [k for k in keys if "/probe/" in k]
 
 
+def test_probe_objects_left_where_deletes_were_denied_are_swept_by_a_later_open(faulty, monkeypatch):
+    """A write-only host's policy may deny the probe's delete: its probe objects stay, and the
+    next open by a host that may delete removes those older than an hour."""
+    import boto3
+    from cairn.store.storage import s3
+
+    proxy, make = faulty
+    b = make()
+    host, port = proxy.upstream
+    c = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="x", aws_secret_access_key="y",
+                     region_name="us-east-1")
+    base = f"{b.prefix}/probe/".lstrip("/")
+    c.put_object(Bucket=b.bucket, Key=base + "conditional-left", Body=b"1")
+    make()  # younger than an hour: kept
+    assert [o["Key"] for o in c.list_objects_v2(Bucket=b.bucket, Prefix=base).get("Contents", [])] == \
+        [base + "conditional-left"]
+    monkeypatch.setattr(s3, "PROBE_MAX_AGE", -1.0)  # as if an hour had passed
+    make()
+    assert not c.list_objects_v2(Bucket=b.bucket, Prefix=base).get("Contents")
+
+
 def test_small_pack_reads_share_block_gets_and_stay_exact(faulty):
     import random
 

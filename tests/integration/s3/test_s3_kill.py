@@ -162,6 +162,8 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
         assert outcome["seconds"] < 180
         assert host.proc is not None and host.proc.poll() is None  # the daemon outlives its store
 
+        status = host.ok("status", timeout=120)  # with the store down: what the daemon knows, and why no sets
+        assert "last failure" in status and "warning: " in status and "sets are not shown" in status, status
         server.start()  # the same data directory and ports
         status = host.ok("status")
         assert "last failure" in status, status

@@ -39,7 +39,7 @@ def test_each_host_bases_its_sets_on_its_own(tmp_path):
     diff = take("beta", "differential")
     assert diff.base == fulls["beta"].id
     assert repo.choose_base("data", "incremental", "gamma") == (
-        "full", None, "no set of source 'data' to base a incremental on: taken as full")
+        "full", None, "no set of source 'data' to base an incremental on: taken as full")
     assert repo.choose_base("data", "incremental")[1].id == diff.id  # no host named: any host's newest
 
 
@@ -72,5 +72,8 @@ def test_latest_is_the_asking_hosts_newest_set():
     assert resolve(sets, "latest", "app").id == sets[3].id  # no host known: the newest of any (store callers)
     # an id or prefix names one set whatever the host; --host narrows it
     assert resolve(sets, sets[3].id[:4], own_host="alpha").id == sets[3].id
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match=r"unknown set '03ab' of host 'alpha': it is a set of source 'app' "
+                                            r"of host 'beta'"):
         resolve(sets, sets[3].id[:4], host="alpha", own_host="alpha")
+    with pytest.raises(NotFoundError, match=r"^unknown set 'ff'$"):
+        resolve(sets, "ff", own_host="alpha")

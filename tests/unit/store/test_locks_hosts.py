@@ -60,3 +60,24 @@ def test_a_dead_pid_counts_only_in_the_same_pid_space():
     with locks.hold("backup of source 'data'"):
         held = json.loads(inner.get("locks", next(iter(inner.list("locks")))))
     assert held["pid_space"] == locks.pid_space and held["pid"] == os.getpid()
+
+
+def test_locks_name_hosts_as_sets_do_and_unlock_host_matches_that_name():
+    """Two daemons on one machine with other `[daemon] host` names (as sets carry them): a lock
+    says both names, and unlock of one host's locks leaves the other's, although both share
+    the machine's name."""
+    backend = MemoryBackend()
+    alpha, beta, admin = Locks(backend), Locks(backend), Locks(backend)
+    alpha.daemon_host, beta.daemon_host = "alpha", "beta"
+    with alpha.hold("backup of source 'a'"), beta.hold("backup of source 'b'"):
+        docs = admin.others()
+        assert sorted(d["daemon_host"] for d in docs) == ["alpha", "beta"]
+        beta_doc = next(d for d in docs if d["daemon_host"] == "beta")
+        assert f"on host beta (machine {beta.host})" in admin.describe(beta_doc)
+        removed, kept = admin.break_locks(host=beta.host)  # the machine's name is no host's
+        assert removed == [] and len(kept) == 2
+        removed, kept = admin.break_locks(host="beta")
+        assert [d["daemon_host"] for d in removed] == ["beta"] and [d["daemon_host"] for d in kept] == ["alpha"]
+    old = {"host": "oldbox", "pid": 1, "purpose": "backup", "time": time.time()}  # written before daemon_host
+    backend.put("locks", "0" * 32, json.dumps(old).encode())
+    assert admin.break_locks(host="oldbox")[0][0]["host"] == "oldbox"

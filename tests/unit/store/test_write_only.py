@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 
 import pytest
@@ -340,3 +341,46 @@ def test_a_full_key_opens_a_write_only_blob_also_when_the_caller_gives_no_pack_h
     assert backend.get("packs", loc.pack).startswith(PK_HEADER)
     assert full.key.open_blob(loc.pack, root, sealed)  # no header given: the handle reads it
     full.close()
+
+
+def test_a_full_keys_cached_tree_of_a_write_only_host_whose_pack_was_collected_is_read_again(tmp_path):
+    """A full key's cache keeps a write-only host's tree with the name of its pack (opening it
+    needs the pack's header). The host's sets are forgotten and collected, and the host stores
+    the same tree again in a new pack: the cached copy is dropped and the tree read through
+    the index (it once failed with 'unable to read packs object ...: not found')."""
+    backend, _shared = _setup(tmp_path)
+    src = tmp_path / "src"
+    make_tree(str(src), random.Random(21), files=8, max_size=50_000)
+    host_cache, cache_dir = tmp_path / "wo", str(tmp_path / "full-cache")
+    repo = _wonly(backend, host_cache)
+    first = _backup(repo, src)
+    repo.close()
+    full = Repository.open(backend, secret=FULL, cache_dir=cache_dir)
+    full.list_tree(full.get_set(first.id), "", recursive=True)  # trees now in the full key's cache
+    full.close()
+    full = Repository.open(backend, secret=FULL, cache_dir=cache_dir)
+    full.prune(PrunePolicy(forget=(first.id,)), grace=0)
+    full.prune(PrunePolicy(), grace=0)
+    full.close()
+    shutil.rmtree(host_cache)  # the host's own sets are gone: it starts afresh, storing the tree again
+    repo = _wonly(backend, host_cache)
+    second = _backup(repo, src)
+    repo.close()
+    full = Repository.open(backend, secret=FULL, cache_dir=cache_dir)
+    names = sorted(e.path for e in full.list_tree(full.get_set(second.id), "", recursive=True))
+    assert len(names) >= 8, names
+    full.restore(full.get_set(second.id), str(tmp_path / "out"))
+    assert_same_tree(str(src), str(tmp_path / "out"))
+    full.close()
+
+
+def test_latest_of_another_host_says_the_key_is_write_only_not_that_there_is_no_set(tmp_path):
+    backend, _shared = _setup(tmp_path)  # host 'fullhost' has a set
+    src = tmp_path / "src"
+    make_tree(str(src), random.Random(31), files=3, max_size=10_000)
+    repo = _wonly(backend, tmp_path / "wo")
+    own = _backup(repo, src)
+    with pytest.raises(crypto.WriteOnlyKeyError, match="sets of host 'fullhost': .* write-only"):
+        repo.get_set("latest", host="fullhost", own_host="wohost")
+    assert repo.get_set("latest", host="wohost", own_host="wohost").id == own.id
+    repo.close()
