@@ -106,6 +106,14 @@ class BackendError(CairnError):
     code = "backend"
 
 
+class UnavailableError(BackendError):
+    """The store did not answer: its endpoint is unreachable, or it failed every retry of an
+    operation with transient errors. Not a fact about one object: an operation over many
+    objects stops here instead of failing each of them in turn."""
+
+    code = "backend"
+
+
 class AbortedError(CairnError):
     """An operation was cancelled (shutdown, deadline, client went away)."""
 

@@ -15,6 +15,7 @@ from cairn.errors import (  # noqa: F401
     NotARepositoryError,
     NotFoundError,
     RepositoryError,
+    UnavailableError,
     UnindexedError,
     WrongKeyError,
     short,

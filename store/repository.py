@@ -51,6 +51,7 @@ from .errors import (
     NotARepositoryError,
     NotFoundError,
     RepositoryError,
+    UnavailableError,
     UnindexedError,
     WrongKeyError,
 )
@@ -771,6 +772,8 @@ class Repository:
                 except NotFoundError:  # forgotten since the listing
                     self._sets.pop(name, None)
                     continue
+                except UnavailableError:
+                    raise  # the store does not answer: no set is unreadable for that
                 except (CorruptionError, BackendError) as e:
                     self._sets.pop(name, None)  # read well before, damaged in the store now
                     unreadable[name] = e.message

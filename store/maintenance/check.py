@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING
 
 from ..content.blobs import decode_blob
 from ..content.packs import CODEC_ZSTD_REF, parse_pack
-from ..errors import BackendError, CairnError, CorruptionError, InvalidArgumentError, NotFoundError, short
+from ..errors import (
+    BackendError,
+    CairnError,
+    CorruptionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    short,
+)
 from ..model import BackupSet, CheckProblem, CheckReport, Progress
 from ..snapshots import wal as walmod
 from ..snapshots.sets import decode_set, set_trees
@@ -144,6 +152,8 @@ class Checker:
                 self.errors.append(CheckProblem(f"set '{short(name)}' is damaged and is not listed: {e}",
                                                 object_id=name, sets=(name,)))
                 self.damaged_sets = True
+            except UnavailableError:
+                raise  # the store does not answer: verify stops rather than call everything unreadable
             except BackendError as e:
                 self.errors.append(CheckProblem(f"set '{short(name)}' cannot be read and is not listed: {e}",
                                                 object_id=name, sets=(name,)))
@@ -225,6 +235,8 @@ class Checker:
                 data = self.repo.backend.get("packs", pack)
             except NotFoundError:
                 continue
+            except UnavailableError:
+                raise
             except BackendError as e:  # refused (permissions, not a file): its blobs are unreadable
                 self.errors.append(CheckProblem(str(e), object_id=pack))
                 self.refused = True

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from cairn.fsio.names import shown
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
 
-from ..errors import CairnError, InvalidArgumentError, NotFoundError
+from ..errors import CairnError, InvalidArgumentError, NotFoundError, UnavailableError
 from .excludes import Excluder
 from .trees import Entry
 
@@ -304,6 +304,8 @@ class StreamBuilder:
         for bid in ids:
             try:
                 out.append(self.read_blob(bid))
+            except UnavailableError:
+                raise  # the store does not answer: the restore stops, not each file in turn
             except CairnError as e:
                 out.append(e)
         return out
@@ -413,7 +415,7 @@ def read_chunks(ids: list[bytes], allowed: set[bytes], read_blob: Callable[[byte
         try:
             return f.result()
         except CairnError as e:
-            if not errors:
+            if not errors or isinstance(e, UnavailableError):
                 raise
             return e
 

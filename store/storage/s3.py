@@ -44,7 +44,7 @@ import botocore.exceptions as bexc
 import urllib3.exceptions
 from botocore.config import Config as BotoConfig
 
-from ..errors import BackendError, CairnError, NotFoundError
+from ..errors import BackendError, CairnError, NotFoundError, UnavailableError
 from .backend import KINDS, ObjectInfo
 
 T = TypeVar("T")
@@ -209,13 +209,16 @@ class S3Backend:
                     if _code(e) == "NoSuchBucket":
                         raise NotFoundError(self._no_bucket()) from None
                     raise NotFoundError(missing) from None
-                if not _is_transient(e) or attempt == attempts:
+                if not _is_transient(e):
                     raise BackendError(self._failure(what, e, attempt)) from e
+                if attempt == attempts:
+                    raise UnavailableError(self._failure(what, e, attempt)) from e
             except bexc.NoCredentialsError as e:
                 raise BackendError(self._no_credentials()) from e
             except (bexc.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as e:
                 if not _is_transient(e) or attempt == attempts:
-                    raise BackendError(self._failure(what, e, attempt)) from e
+                    unanswered = _is_transient(e) or isinstance(e, bexc.EndpointConnectionError)
+                    raise (UnavailableError if unanswered else BackendError)(self._failure(what, e, attempt)) from e
             delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
             time.sleep(delay * (0.5 + random.random() / 2))
         raise AssertionError("unreachable")

@@ -196,3 +196,40 @@ def test_no_read_ahead_when_turned_off(faulty):
     b.get_range("packs", PACK, 0, 10)
     b.close()
     assert proxy.seen["GET"] == 1
+
+
+def test_a_store_that_stops_answering_stops_a_restore_instead_of_failing_each_file(faulty, tmp_path):
+    """Every GET of a pack fails with 503 past every retry (the store is down): the restore
+    stops with one UnavailableError after a bounded number of requests; it does not go on
+    failing file after file, each after its own retries (hours for a large tree)."""
+    import os
+
+    from cairn.store.content.chunker import ChunkerParams
+    from cairn.store.content.repoconfig import RepoConfig
+    from cairn.store.errors import UnavailableError
+    from cairn.store.model import BackupRequest
+    from cairn.store.repository import Repository
+
+    proxy, make = faulty
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02d}").write_bytes(os.urandom(40_000))
+    config = RepoConfig.new(pack_size=64 * 1024, chunker=ChunkerParams(min_size=8192, avg_size=16384,
+                                                                      max_size=65536))
+    Repository.init(make(), config).close()
+    repo = Repository.open(make(attempts=2, sdk_attempts=1, read_block=4096, cached_blocks=1),
+                           cache_dir=str(tmp_path / "cache"))
+    s = repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    assert len(repo.list_tree(s, "", recursive=True)) == 60  # the trees are in the local cache now
+    tree = s.tree
+    end = time.monotonic() + 10
+    while repo.cache.get("trees", tree) is None:  # written in the background
+        assert time.monotonic() < end, "the tree never reached the cache"
+        time.sleep(0.01)
+    proxy.add("GET", "status", times=100_000, status=503, code="SlowDown", path="/packs/")
+    proxy.seen.clear()
+    with pytest.raises(UnavailableError, match="after 2 attempts"):
+        repo.restore(s, str(tmp_path / "out"))
+    assert proxy.seen["GET"] < 200, proxy.seen  # 60 files of several chunks would be far more
+    repo.close()
