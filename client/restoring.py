@@ -38,7 +38,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
@@ -86,22 +86,33 @@ def restore_request(args: argparse.Namespace, manifest: bool = False) -> pb.Rest
                              host=args.host or "")
 
 
-def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> tuple[pb.SetInfo | None, list[EntryMeta],
-                                                                                     list[str]]:
-    """(set, entries, problems) of the restore `args` describe, without content."""
+class Manifest(NamedTuple):
+    """A restore's entries without content, and what comparing a tree with them needs."""
+
+    set_info: pb.SetInfo | None
+    entries: list[EntryMeta]
+    problems: list[str]
+    id_key: bytes | None  # the chunk id key of an encrypted repository (its ids are keyed blake3)
+
+
+def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> Manifest:
+    """The manifest of the restore `args` describe."""
     set_info = None
     entries: list[EntryMeta] = []
     problems: list[str] = []
+    id_key = None
     for batch in conn.stub.Restore(restore_request(args, manifest=True)):
         if batch.HasField("set"):
             set_info = batch.set
+        if batch.chunk_id_key:
+            id_key = bytes(batch.chunk_id_key)
         for r in batch.records:
             rec = to_record(r)
             if isinstance(rec, EntryMeta):
                 entries.append(rec)
             elif isinstance(rec, Failed):
                 problems.append(rec.message)
-    return set_info, entries, problems
+    return Manifest(set_info, entries, problems, id_key)
 
 
 def extras_roots(args: argparse.Namespace) -> list[bytes]:
@@ -135,13 +146,14 @@ def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received
 def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any,
                   received_ahead: Any) -> tuple[int, str]:
     """--delta (and --delta --dry-run). Returns (exit code, set id)."""
-    set_info, entries, problems = fetch_manifest(conn, args, to_record)
+    set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
     if args.dry_run:
-        p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick, delete=args.delete)
+        p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick, delete=args.delete,
+                 id_key=id_key)
         return _report_dry_run(p, args, out, render, set_id, problems + p.errors), set_id
     p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead), quick=args.quick,
-                 delete=args.delete, extras_under=extras_roots(args))
+                 delete=args.delete, extras_under=extras_roots(args), id_key=id_key)
     kept = 0 if args.delete else len(p.extras)
     report = DeltaReport(p.checked_files, p.checked_bytes, st.files_written, st.bytes_written, st.entries_made,
                          st.meta_fixed, st.deleted, kept, problems + p.errors + st.errors)
@@ -281,7 +293,7 @@ def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: An
 
 def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
     """--dry-run without --delta: every entry a restore would write."""
-    set_info, entries, problems = fetch_manifest(conn, args, to_record)
+    set_info, entries, problems, _ = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
     total = sum(m.size for m in entries if m.kind == "file")
     if args.json:
@@ -300,8 +312,8 @@ def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, 
 
 def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
     """--verify: re-read the target and compare it with the set (content hashes and metadata)."""
-    set_info, entries, problems = fetch_manifest(conn, args, to_record)
-    p = plan(args.target, entries, extras_under=extras_roots(args) if args.delete else None)
+    set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
+    p = plan(args.target, entries, extras_under=extras_roots(args) if args.delete else None, id_key=id_key)
     diffs = p.changes() + problems + p.errors
     if diffs:
         for line in diffs:

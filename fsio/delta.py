@@ -182,8 +182,9 @@ def _read_buffer(size: int) -> bytearray:
     return buf
 
 
-def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
-    """(indexes of the chunks whose content differs, current length); None if unreadable."""
+def _hash_file(path: bytes, m: EntryMeta, id_key: bytes | None = None) -> tuple[list[int], int] | None:
+    """(indexes of the chunks whose content differs, current length); None if unreadable.
+    `id_key`: the repository's chunk id key (an encrypted repository's ids are keyed blake3)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -199,7 +200,8 @@ def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
             else:
                 view = memoryview(buf)[:size]
                 got = os.preadv(fd, [view], off)  # into a reused buffer: no fresh pages per chunk
-                if got != size or blake3.blake3(view).digest() != cid:
+                digest = blake3.blake3(view, key=id_key).digest() if id_key else blake3.blake3(view).digest()
+                if got != size or digest != cid:
                     bad.append(i)
             off += size
         return bad, length
@@ -211,12 +213,14 @@ def _hash_file(path: bytes, m: EntryMeta) -> tuple[list[int], int] | None:
 
 def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | None = None,
          extras_under: list[bytes] | None = None, workers: int = HASH_WORKERS, quick: bool = False,
-         cancelled: Callable[[], bool] | None = None, delete: bool | None = None) -> DeltaPlan:
+         cancelled: Callable[[], bool] | None = None, delete: bool | None = None,
+         id_key: bytes | None = None) -> DeltaPlan:
     """Compare `target` with `manifest` (read only). Extras are looked for below each path of
     `extras_under` (b"" is the whole target); None: extras are not looked for. With `quick` a
     regular file whose size and mtime equal the set's is taken as unchanged without reading
     it (rsync's quick check; a change that keeps both is then missed). `cancelled` is asked
     after each file read: when it says so, reading stops and AbortedError is raised.
+    `id_key`: an encrypted repository's chunk id key (its ids are keyed blake3); None: plain.
 
     With `delete` False (a delta that keeps extras), a directory of the target that holds
     entries where the set has something else (a file, a link) is not replaced: that would
@@ -278,7 +282,7 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
         elif not _meta_same(st, m, own, t.abs(m.path)):
             out.fix_meta.append(m)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="delta-hash") as pool:
-        results = pool.map(lambda ms: _hash_file(t.abs(ms[0].path), ms[0]), hashing)
+        results = pool.map(lambda ms: _hash_file(t.abs(ms[0].path), ms[0], id_key), hashing)
         for (m, st), res in zip(hashing, results, strict=True):
             if cancelled is not None and cancelled():
                 pool.shutdown(wait=False, cancel_futures=True)  # files being read finish, no others start
@@ -658,7 +662,7 @@ def extras_roots(paths: list[bytes]) -> list[bytes]:
 
 def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, quick: bool = False,
          delete: bool = False, extras_under: list[bytes] | None = None,
-         cancelled: Callable[[], bool] | None = None) -> tuple[DeltaPlan, DeltaStats]:
+         cancelled: Callable[[], bool] | None = None, id_key: bytes | None = None) -> tuple[DeltaPlan, DeltaStats]:
     """A whole delta restore: plan `target` against `entries`, then apply the plan, writing the
     chunks that differ as `chunks(ids)` yields them ((id, content) pairs, any order; a content
     that is a CairnError is a chunk that cannot be read: the files needing it are reported and
@@ -668,7 +672,8 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
     `cancelled` (the daemon's: its client went away) is asked after each file read and each
     chunk written; when it says so the delta stops with AbortedError. The target is then partly
     mended: every chunk written is the set's, and running the delta again finishes the work."""
-    p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled, delete=delete)
+    p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled, delete=delete,
+             id_key=id_key)
     writer = DeltaWriter(target, p, delete=delete)
     try:
         ids = writer.prepare()

@@ -210,6 +210,12 @@ class Repository:
 
     # -- keys (format 2) ---------------------------------------------------------
     @property
+    def chunk_id_key(self) -> bytes | None:
+        """The key of an encrypted repository's chunk ids (keyed blake3), which a delta restore or
+        a --verify needs to compare a tree with a manifest; None: ids are plain blake3."""
+        return self.key.id_key if self.key is not None else None
+
+    @property
     def encrypted(self) -> bool:
         return self.key is not None
 

@@ -242,7 +242,8 @@ class CairnServicer(pb_grpc.CairnServicer):
             yield from local_batches(s, records, request.target_path, request.local_claim, totals, context, "restore",
                                      lanes=lanes)
             return
-        yield from restore_batches(set_info(s), records, totals)
+        yield from restore_batches(set_info(s), records, totals,
+                                   id_key=self.service.repo.chunk_id_key if request.manifest else None)
 
     @rpc
     def RestoreChunks(self, request: pb.RestoreChunksRequest,
@@ -749,10 +750,11 @@ def check_report(r: CheckReport) -> pb.CheckReport:
 
 
 def restore_batches(first: pb.SetInfo, records: Iterator[Record],
-                    totals: tuple[int, int] | None = None) -> Iterator[pb.RestoreBatch]:
+                    totals: tuple[int, int] | None = None, id_key: bytes | None = None) -> Iterator[pb.RestoreBatch]:
     """Pack restore records into batches of about BATCH_BYTES; the first batch names the set
-    (and, when known, the files and bytes the restore writes)."""
-    batch, size = pb.RestoreBatch(set=first), 0
+    (and, when known, the files and bytes the restore writes, and for a manifest of an
+    encrypted repository the chunk id key)."""
+    batch, size = pb.RestoreBatch(set=first, chunk_id_key=id_key or b""), 0
     if totals is not None:
         batch.files_total, batch.bytes_total = totals
     try:

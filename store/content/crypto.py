@@ -245,6 +245,11 @@ class RepoKey:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()
 
+    @property
+    def id_key(self) -> bytes:
+        """The key of blob ids (keyed blake3): what compares a file with a set's chunk ids."""
+        return self._id_key
+
     def seal(self, data: bytes | memoryview, ad: bytes) -> bytes:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, bytes(data) if isinstance(data, memoryview) else data, ad)
@@ -344,6 +349,11 @@ class WriteOnlyKey:
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()
+
+    @property
+    def id_key(self) -> bytes:
+        """The key of blob ids (keyed blake3): what compares a file with a set's chunk ids."""
+        return self._id_key
 
     def _seal(self, data: bytes | memoryview, ad: bytes) -> bytes:
         nonce = os.urandom(NONCE)

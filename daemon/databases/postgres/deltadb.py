@@ -75,10 +75,16 @@ def check_data_directory(target: str) -> None:
                  "point pg_wal elsewhere after recovery if you want it on another disk")
 
 
-def manifest_entries(records: Iterable[Record]) -> tuple[list[EntryMeta], dict[bytes, bytes], list[str]]:
+def chunk_hash(data: bytes, id_key: bytes | None) -> bytes:
+    """A chunk id as the repository makes them (keyed blake3 when encrypted), which mend compares."""
+    return blake3.blake3(data, key=id_key).digest() if id_key else blake3.blake3(data).digest()
+
+
+def manifest_entries(records: Iterable[Record], id_key: bytes | None = None
+                     ) -> tuple[list[EntryMeta], dict[bytes, bytes], list[str]]:
     """(entries, inline content by chunk id, problems) of a manifest stream in which some files
-    carry their content: each such file becomes one chunk named by the blake3 of its content,
-    so mend compares and writes it like any other."""
+    carry their content: each such file becomes one chunk named by the hash of its content (as
+    `chunk_hash` makes chunk ids), so mend compares and writes it like any other."""
     entries: list[EntryMeta] = []
     inline: dict[bytes, bytes] = {}
     problems: list[str] = []
@@ -90,7 +96,7 @@ def manifest_entries(records: Iterable[Record]) -> tuple[list[EntryMeta], dict[b
             return
         data = bytes(content)
         if data:
-            cid = blake3.blake3(data).digest()
+            cid = chunk_hash(data, id_key)
             inline[cid] = data
             entries.append(dataclasses.replace(open_file, chunks=(cid,), chunk_sizes=(len(data),), size=len(data)))
         else:
@@ -114,8 +120,8 @@ def manifest_entries(records: Iterable[Record]) -> tuple[list[EntryMeta], dict[b
     return entries, inline, problems
 
 
-def placed_entries(records: Iterable[Record], mtime_ns: int) -> tuple[list[EntryMeta], dict[bytes, bytes],
-                                                                      dict[bytes, str]]:
+def placed_entries(records: Iterable[Record], mtime_ns: int, id_key: bytes | None = None
+                   ) -> tuple[list[EntryMeta], dict[bytes, bytes], dict[bytes, str]]:
     """(entries, inline content by id, WAL name by id) of restoredb.placed_wal's records: a WAL
     segment is named by the blake3 of its content and fetched again only if the target lacks
     it (one segment in memory at a time); the small marker files are kept inline. Every entry
@@ -128,7 +134,7 @@ def placed_entries(records: Iterable[Record], mtime_ns: int) -> tuple[list[Entry
         if meta is None:
             return
         data = bytes(content)
-        cid = blake3.blake3(data).digest()
+        cid = chunk_hash(data, id_key)
         if len(data) > INLINE_MAX:
             names[cid] = os.path.basename(os.fsdecode(meta.path))
         elif data:
@@ -181,13 +187,14 @@ def _mend(repo: Repository, s: BackupSet, database: str, target_time: str, targe
     rec = database_of(s, database)
     records = restore_db_records(repo, s, database, target_time, target_lsn, socket_path, target_path, command,
                                  target_timeline=target_timeline, fetch_with=fetch_with, manifest=True)
-    entries, inline, problems = manifest_entries(records)
+    key = repo.chunk_id_key
+    entries, inline, problems = manifest_entries(records, key)
     control = [m for m in entries if m.path == PG_CONTROL]
     entries = [m for m in entries if m.path != PG_CONTROL]
     owner = next(((m.uid, m.gid) for m in entries if m.path == b"PG_VERSION"), (0, 0))
     namespace = record_namespace(rec)
     wal_records = placed_wal(repo, consistency_wal(repo, rec), owner, not (target_time or target_lsn), namespace)
-    placed, placed_inline, wal_names = placed_entries(wal_records, int(s.time_end * 1e9))
+    placed, placed_inline, wal_names = placed_entries(wal_records, int(s.time_end * 1e9), key)
     entries += placed
     inline.update(placed_inline)
     typed = PhysicalRecord.from_dict(rec)
@@ -218,11 +225,13 @@ def _mend(repo: Repository, s: BackupSet, database: str, target_time: str, targe
                 except CairnError as exc:
                     yield i, exc
 
-    p, st = mend(target_path, entries, chunks, quick=quick, delete=True, extras_under=[b""], cancelled=cancelled)
+    p, st = mend(target_path, entries, chunks, quick=quick, delete=True, extras_under=[b""], cancelled=cancelled,
+                 id_key=key)
     problems += p.errors + st.errors
     if problems:  # pg_control stays away: this directory must not start until a delta completes
         return p, st, problems
-    last, done = mend(target_path, control, chunks, delete=False, extras_under=None, cancelled=cancelled)
+    last, done = mend(target_path, control, chunks, delete=False, extras_under=None, cancelled=cancelled,
+                      id_key=key)
     problems += last.errors + done.errors
     _add(st, files_written=done.files_written, bytes_written=done.bytes_written)
     if not control:

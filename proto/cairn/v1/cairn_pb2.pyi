@@ -523,7 +523,7 @@ class RestoreRecord(_message.Message):
     def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
-    __slots__ = ("set", "records", "local", "delta", "files_total", "bytes_total", "progress")
+    __slots__ = ("set", "records", "local", "delta", "files_total", "bytes_total", "progress", "chunk_id_key")
     SET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
@@ -531,6 +531,7 @@ class RestoreBatch(_message.Message):
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ID_KEY_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     records: _containers.RepeatedCompositeFieldContainer[RestoreRecord]
     local: LocalWriteResult
@@ -538,7 +539,8 @@ class RestoreBatch(_message.Message):
     files_total: int
     bytes_total: int
     progress: Progress
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., delta: _Optional[_Union[DeltaWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    chunk_id_key: bytes
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., records: _Optional[_Iterable[_Union[RestoreRecord, _Mapping]]] = ..., local: _Optional[_Union[LocalWriteResult, _Mapping]] = ..., delta: _Optional[_Union[DeltaWriteResult, _Mapping]] = ..., files_total: _Optional[int] = ..., bytes_total: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., chunk_id_key: _Optional[bytes] = ...) -> None: ...
 
 class DeltaWriteResult(_message.Message):
     __slots__ = ("files_checked", "bytes_checked", "files_written", "bytes_written", "entries_made", "metadata_fixed", "deleted", "extras_kept", "errors")

@@ -102,11 +102,26 @@ def damage(root: str, d: Daemon, set_id: str, rng: random.Random) -> tuple[int, 
     return owed, {"docs/extra.txt", "junk"}
 
 
-@pytest.fixture
-def daemon_with_set(start_daemon: Callable[..., Daemon], rundir: str) -> tuple[Daemon, str, str, dict]:
+@pytest.fixture(params=["plaintext", "encrypted"])
+def daemon_with_set(request: pytest.FixtureRequest, start_daemon: Callable[..., Daemon],
+                    rundir: str) -> tuple[Daemon, str, str, dict]:
+    """A daemon and a full set of make_tree's tree, in a plaintext and in an encrypted repository
+    (whose chunk ids are keyed: the delta and --verify must compare with that key)."""
+    import subprocess
+
+    from cairnd_harness import CAIRND, env_for
+
     src = os.path.join(rundir, "src")
     make_tree(src, random.Random(1234))
-    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    repo, secret = os.path.join(rundir, "repo"), ()
+    if request.param == "encrypted":
+        with open(os.path.join(rundir, "repo.pass"), "w") as f:
+            f.write("delta passphrase\n")
+        secret = ("--passphrase-file", os.path.join(rundir, "repo.pass"))
+        r = subprocess.run([CAIRND, "--repo", repo, "--init", *secret], capture_output=True, text=True, timeout=60,
+                           env=env_for())
+        assert r.returncode == 0, r.stderr
+    d = start_daemon("--repo", repo, "--source", src, *secret)
     s = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))
     return d, s["id"], src, snapshot(src)
 
@@ -372,12 +387,15 @@ def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rund
     """One chunk of the set is damaged in the repository: the delta (the daemon's, or the
     client's fed by RestoreChunks) mends every other damaged file, names the one it cannot
     mend, and exits 1 (as a plain restore does)."""
+    from cairn.store.content.crypto import Secret
     from cairn.store.repository import Repository
 
     d, set_id, src, want = daemon_with_set
     target = os.path.join(rundir, "restored")
     d.ok("restore", set_id, "--target", target)
-    repo = Repository.open_local(os.path.join(rundir, "repo"), read_only=True)
+    pw = os.path.join(rundir, "repo.pass")
+    secret = Secret("passphrase", open(pw, "rb").read().rstrip(b"\n")) if os.path.exists(pw) else None
+    repo = Repository.open_local(os.path.join(rundir, "repo"), read_only=True, secret=secret)
     try:
         tree = {e.name: e for e in repo.load_tree(bytes.fromhex(repo.get_set(set_id).tree))}
         docs = {e.name: e for e in repo.load_tree(tree[b"docs"].subtree)}

@@ -77,8 +77,12 @@ class Stack:
     """PostgreSQL + cairnd + client for one test module (see the module docstring)."""
 
     def __init__(self, root: Path, sources: dict[str, dict[str, Any]],
-                 databases: dict[str, dict[str, Any]] | None = None) -> None:
+                 databases: dict[str, dict[str, Any]] | None = None, passphrase: str | None = None) -> None:
         self.root = root
+        self.passphrase_file = ""  # with `passphrase`: an encrypted repository (plaintext otherwise)
+        if passphrase is not None:
+            self.passphrase_file = str(root / "repo.pass")
+            Path(self.passphrase_file).write_text(passphrase + "\n")
         self.sock = str(root / "run" / "cairnd.sock")
         (root / "run").mkdir(mode=0o755)
         self.repo = str(root / "repo")
@@ -99,7 +103,10 @@ class Stack:
         self.holders: list[Path] = []
 
     def write_config(self) -> None:
-        lines = ["[repository]", f"path = {json.dumps(self.repo)}", "", "[daemon]",
+        lines = ["[repository]", f"path = {json.dumps(self.repo)}"]
+        if self.passphrase_file:
+            lines.append(f"passphrase_file = {json.dumps(self.passphrase_file)}")
+        lines += ["", "[daemon]",
                  f"socket = {json.dumps(self.sock)}", f"state_dir = {json.dumps(self.state)}",
                  'socket_group = "postgres"']
         for name, db in self.databases.items():
@@ -114,7 +121,12 @@ class Stack:
     # -- processes --------------------------------------------------------------------------
 
     def start_daemon(self) -> Daemon:
-        init_repo(self.repo)
+        if not self.passphrase_file:
+            init_repo(self.repo)
+        elif not os.path.exists(self.repo):
+            r = subprocess.run([CAIRND, "--config", self.config, "--init"], capture_output=True, text=True,
+                               timeout=60, env=env_for())
+            assert r.returncode == 0, r.stderr
         n = len(self.daemons)
         notify = NotifyListener(str(self.root / f"notify{n}"))
         stderr_path = str(self.root / f"cairnd{n}.log")

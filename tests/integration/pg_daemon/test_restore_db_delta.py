@@ -26,7 +26,8 @@ COUNT = "SELECT count(*) || ':' || md5(string_agg(pad, ',' ORDER BY id)) FROM t"
 def stack() -> Iterator[Stack]:
     root = make_pg_dir("cairn-dbdelta-")
     (root / "app/files").mkdir(parents=True)
-    st = Stack(root, {"app": {"paths": [str(root / "app/files")], "database": "appdb"}})
+    # encrypted, as a repository is by default: its chunk ids are keyed, and the delta compares with that key
+    st = Stack(root, {"app": {"paths": [str(root / "app/files")], "database": "appdb"}}, passphrase="db delta")
     try:
         yield st.start()
     finally:
