@@ -31,11 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
-from cairn.errors import AbortedError, CairnError
+from cairn.errors import AbortedError, CairnError, InvalidArgumentError
 
+from .beneath import Beneath
 from .names import shown
 from .records import EntryMeta
-from .writer import _setxattr, _write_all, apply_dir_meta, check_rel
+from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_meta_at
 
 HASH_WORKERS = 4
 TEMP_PREFIX = b".cairn-delta-"
@@ -363,17 +364,18 @@ def _extras(t: _Target, known: set[bytes], under: list[bytes]) -> list[bytes]:
     return out
 
 
-def _open_rw(p: bytes) -> int:
-    """Open an existing regular file of the target for writing, never through a link; a
-    read-only file is made writable for its owner (its mode is set again when it is finished)."""
+def _open_rw(pfd: int, name: bytes) -> int:
+    """Open an existing regular file `name` of directory `pfd` for writing, never through a
+    link; a read-only file is made writable for its owner (its mode is set again when it is
+    finished)."""
     try:
-        return os.open(p, _OPEN_RW)
+        return os.open(name, _OPEN_RW, dir_fd=pfd)
     except PermissionError:
-        st = os.lstat(p)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             raise
-        os.chmod(p, stat.S_IMODE(st.st_mode) | stat.S_IWUSR, follow_symlinks=False)
-        return os.open(p, _OPEN_RW)
+        os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IWUSR, dir_fd=pfd, follow_symlinks=False)
+        return os.open(name, _OPEN_RW, dir_fd=pfd)
 
 
 @dataclass
@@ -399,6 +401,7 @@ class DeltaWriter:
         self.delete = delete
         self.owner = os.geteuid() == 0 if owner is None else owner
         self.t = _Target(self.root, self.owner)
+        self.beneath = Beneath(self.root)
         self.stats = DeltaStats()
         self._bad: set[bytes] = set()
         self._holes = {f.meta.path for f in p.files if f.fresh and f.meta.sparse}  # zeros stay holes
@@ -413,8 +416,9 @@ class DeltaWriter:
         try:
             fn(*args)
             return True
-        except OSError as e:
-            self.stats.errors.append(f"unable to restore '{shown(path)}': {e.strerror or e}")
+        except (OSError, InvalidArgumentError) as e:
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self.stats.errors.append(f"unable to restore '{shown(path)}': {msg}")
             self._bad.add(path)
             return False
 
@@ -498,57 +502,61 @@ class DeltaWriter:
         for m in sorted(p.dirs, key=lambda x: x.path.count(b"/"), reverse=True):
             if (anything or m.path in changed) and self._guard(m.path, self._meta_dir, m):
                 self.stats.meta_fixed += m.path in changed and m.path not in made
+        self.beneath.close()
         return self.stats
 
     # -- operations ------------------------------------------------------------------
-    def _parent(self, rel: bytes) -> None:
-        if not self.t.parent_real(rel):
-            raise OSError(20, f"refusing to write through '{shown(rel.rpartition(b'/')[0])}': not a directory")
+    # Every change goes through a descriptor of the entry's parent, reached at that moment
+    # without following a link (fsio/beneath.py): a directory swapped for a link meanwhile is
+    # refused, never written through.
 
     def _remove(self, rel: bytes) -> None:
-        if not self.t.parent_real(rel):
-            return  # below a non-directory (replaced meanwhile) or a link: nothing of ours is there
-        p = self.t.abs(rel)
         try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
+            with self.beneath.parent(rel) as (pfd, name):
+                try:
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=pfd)
+                else:
+                    os.unlink(name, dir_fd=pfd)
+        except (InvalidArgumentError, FileNotFoundError, NotADirectoryError):
+            return  # below a non-directory (replaced meanwhile) or a link: nothing of ours is there
 
     def _make_dir(self, m: EntryMeta) -> None:
         self._remove(m.path)
-        os.mkdir(self.t.abs(m.path), 0o700)
-        self.t.safe.add(m.path)
+        with self.beneath.parent(m.path) as (pfd, name):
+            os.mkdir(name, 0o700, dir_fd=pfd)
         self.stats.entries_made += 1
 
     def _new_file(self, m: EntryMeta) -> None:
         """A fresh file is written under a temporary name beside its place and moved there only
         when it is complete (`_finish_file`): a file whose content cannot be fetched leaves
         what was at its place as it was, never an empty or partial file."""
-        self._parent(m.path)
+        with self.beneath.parent(m.path):
+            pass  # its parent is a real directory of the target now (checked again at each use)
         self._temp[m.path] = temp_name(m.path)  # made at its first write (_open_file)
 
     def _open_file(self, rel: bytes) -> int:
         """The file of the plan at `rel`, open for writing: the existing one, or a fresh one's
         temporary file (made at the first call; one left by a delta that was killed goes first)."""
         tmp = self._temp.get(rel)
-        if tmp is None:
-            return _open_rw(self.t.abs(rel))
-        if rel in self._made:
-            return _open_rw(self.t.abs(tmp))
-        self._remove(tmp)
-        fd = os.open(self.t.abs(tmp), _OPEN_NEW, 0o600)
-        self._made.add(rel)
-        return fd
+        if tmp is not None and rel not in self._made:
+            self._remove(tmp)
+            with self.beneath.parent(tmp) as (pfd, name):
+                fd = os.open(name, _OPEN_NEW, 0o600, dir_fd=pfd)
+            self._made.add(rel)
+            return fd
+        with self.beneath.parent(tmp or rel) as (pfd, name):
+            return _open_rw(pfd, name)
 
     def abandon(self) -> None:
         """A delta stopped before `finish()`: remove the temporary files of fresh files that are
         not complete (what is complete stays in place)."""
         for rel in list(self._temp):
             self._drop_temp(rel)
+        self.beneath.close()
 
     def _complete(self, f: FilePlan) -> None:
         """Length, owner, xattrs, mode and times of a file whose chunks are written; a fresh one
@@ -568,31 +576,29 @@ class DeltaWriter:
 
     def _make_other(self, m: EntryMeta) -> None:
         self._remove(m.path)
-        p = self.t.abs(m.path)
-        if m.kind == "symlink":
-            os.symlink(m.target, p)
-        elif m.kind == "fifo":
-            os.mkfifo(p, stat.S_IMODE(m.mode))
-        elif m.kind in ("chardev", "blockdev"):
-            os.mknod(p, m.mode, m.rdev)
-        else:
-            return
+        with self.beneath.parent(m.path) as (pfd, name):
+            if m.kind == "symlink":
+                os.symlink(m.target, name, dir_fd=pfd)
+            elif m.kind == "fifo":
+                os.mkfifo(name, stat.S_IMODE(m.mode), dir_fd=pfd)
+            elif m.kind in ("chardev", "blockdev"):
+                os.mknod(name, m.mode, m.rdev, dir_fd=pfd)
+            else:
+                return
         self._meta_path(m)
         self.stats.entries_made += 1
 
     def _make_link(self, m: EntryMeta) -> None:
         self._remove(m.path)
-        self._parent(m.link_to)
-        src = self.t.abs(check_rel(m.link_to))
-        if not stat.S_ISREG(os.lstat(src).st_mode):
-            raise OSError(22, f"refusing to link to '{shown(m.link_to)}': not a regular file")
-        os.link(src, self.t.abs(m.path), follow_symlinks=False)
+        with self.beneath.parent(check_rel(m.link_to)) as (sfd, src), self.beneath.parent(m.path) as (pfd, name):
+            if not stat.S_ISREG(os.stat(src, dir_fd=sfd, follow_symlinks=False).st_mode):
+                raise OSError(22, f"refusing to link to '{shown(m.link_to)}': not a regular file")
+            os.link(src, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
         self.stats.entries_made += 1
 
     def _pwrite(self, rel: bytes, off: int, data: bytes) -> None:
         if rel in self._holes and data.count(0) == len(data):
             return
-        self._parent(rel)
         fd = self._open_file(rel)
         try:
             _write_all(fd, memoryview(data), off)
@@ -601,7 +607,6 @@ class DeltaWriter:
         self.stats.bytes_written += len(data)
 
     def _finish_file(self, m: EntryMeta, resize: bool) -> None:
-        self._parent(m.path)
         fd = self._open_file(m.path)
         try:
             if resize or os.fstat(fd).st_size != m.size:
@@ -621,25 +626,26 @@ class DeltaWriter:
             os.close(fd)
         tmp = self._temp.pop(m.path, None)
         if tmp is not None:
-            st = self.t.lstat(m.path)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                self._remove(m.path)  # the plan replaces a directory only when it may (--delete, or empty)
-            os.rename(self.t.abs(tmp), self.t.abs(m.path))
+            with self.beneath.parent(m.path) as (pfd, name):
+                try:
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and stat.S_ISDIR(st.st_mode):  # the plan replaces a directory only
+                    shutil.rmtree(name, dir_fd=pfd)  # when it may (--delete, or empty)
+                os.rename(tmp.rpartition(b"/")[2], name, src_dir_fd=pfd, dst_dir_fd=pfd)
 
     def _meta_path(self, m: EntryMeta) -> None:
-        self._parent(m.path)
-        p = self.t.abs(m.path)
-        if self.owner:
-            os.chown(p, m.uid, m.gid, follow_symlinks=False)
-        if m.kind != "symlink":
-            for k, v in m.xattrs.items():
-                _setxattr(p, k, v)
-            os.chmod(p, stat.S_IMODE(m.mode))
-        os.utime(p, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+        with self.beneath.parent(m.path) as (pfd, name):
+            if m.kind != "symlink":
+                set_meta_at(pfd, name, m, self.owner)
+                return
+            if self.owner:
+                os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+            os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
     def _meta_dir(self, m: EntryMeta) -> None:
-        self._parent(m.path)
-        apply_dir_meta(self.t.abs(m.path), m, self.owner)
+        apply_dir_meta(self.beneath, m.path, m, self.owner)
 
 
 ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes | CairnError]]]

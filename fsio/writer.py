@@ -1,9 +1,11 @@
 """Applying a restore stream to a target directory, safely.
 
 What always holds:
-- nothing is written outside the target: a path that is absolute, empty, has '.' or '..'
-  components, or whose parent is not a directory this restore made or verified (for example
-  a symlink restored earlier) is refused with a clear error and skipped;
+- nothing is written outside the target: a path that is absolute, empty, or has '.' or '..'
+  components is refused; every entry is made, changed or removed through a descriptor of its
+  parent opened at that moment without following any link (fsio/beneath.py), so a parent
+  that is not a real directory of the target (a symlink restored earlier, or one another user
+  swapped in while the restore runs) is refused with a clear error and the entry skipped;
 - files are created with O_NOFOLLOW and, when overwriting, an existing entry is unlinked
   first, so a write never goes through a link;
 - directory metadata (mode, owner, times, xattrs) is applied last, deepest first, so a
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from cairn.errors import FailedPreconditionError, InvalidArgumentError
 
+from .beneath import Beneath
 from .names import shown
 from .records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
 
@@ -78,7 +81,7 @@ class TreeWriter:
         self.overwrite = overwrite
         self.owner = os.geteuid() == 0 if restore_owner is None else restore_owner
         self.stats = WriteStats()
-        self._safe_dirs: set[bytes] = {b""}
+        self.beneath = Beneath(self.root)
         self._dir_meta: list[tuple[bytes, EntryMeta]] = []
         self._fd: int | None = None
         self._cur: EntryMeta | None = None
@@ -152,6 +155,7 @@ class TreeWriter:
         for path, meta in sorted(self._dir_meta, key=lambda pm: pm[0].count(b"/"), reverse=True):
             self._guard(path, self._meta_dir, path, meta)
         self._dir_meta.clear()
+        self.beneath.close()
         return self.stats
 
     # -- entries ---------------------------------------------------------------
@@ -167,77 +171,61 @@ class TreeWriter:
     def _entry(self, m: EntryMeta) -> None:
         self._guard(m.path, self._entry_unsafe, m)
 
-    def _abs(self, rel: bytes) -> bytes:
-        return self.root + b"/" + rel
-
-    def _parent_ok(self, rel: bytes) -> None:
-        parent = rel.rpartition(b"/")[0]
-        if parent in self._safe_dirs:
-            return
-        # Verify each component of a parent this restore did not create: real directories only.
-        cur = b""
-        for part in parent.split(b"/"):
-            cur = cur + b"/" + part if cur else part
-            if cur in self._safe_dirs:
-                continue
-            st = os.lstat(self._abs(cur))
-            if not stat.S_ISDIR(st.st_mode):
-                raise InvalidArgumentError(f"refusing to write through '{shown(cur)}': not a directory")
-            self._safe_dirs.add(cur)
-
     def _entry_unsafe(self, m: EntryMeta) -> None:
         rel = check_rel(m.path)
-        self._parent_ok(rel)
-        p = self._abs(rel)
-        if m.kind == "dir":
-            self._make_dir(p, rel, m)
-            return
-        self._clear(p)
-        if m.kind == "file":
-            self._fd = os.open(p, _FILE_FLAGS, 0o600)
-            self._cur, self._cur_path, self._offset = m, rel, 0
-        elif m.kind == "symlink":
-            os.symlink(m.target, p)
-            self._meta_link(p, m)
-        elif m.kind == "hardlink":
-            src_rel = check_rel(m.link_to)
-            self._parent_ok(src_rel)  # the link source must not be reached through a symlink either
-            src = self._abs(src_rel)
-            if not stat.S_ISREG(os.lstat(src).st_mode):
-                raise InvalidArgumentError(f"refusing to link to '{shown(src_rel)}': not a regular file")
-            os.link(src, p, follow_symlinks=False)
-            self.stats.links += 1
-        elif m.kind == "fifo":
-            os.mkfifo(p, stat.S_IMODE(m.mode))
-            self._meta_path(p, m)
-        elif m.kind in ("chardev", "blockdev"):
-            os.mknod(p, m.mode, m.rdev)
-            self._meta_path(p, m)
+        with self.beneath.parent(rel) as (pfd, name):
+            if m.kind == "dir":
+                self._make_dir(pfd, name, rel, m)
+                return
+            self._clear(pfd, name)
+            if m.kind == "file":
+                self._fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                self._cur, self._cur_path, self._offset = m, rel, 0
+            elif m.kind == "symlink":
+                os.symlink(m.target, name, dir_fd=pfd)
+                self._meta_link(pfd, name, m)
+            elif m.kind == "hardlink":
+                src_rel = check_rel(m.link_to)
+                with self.beneath.parent(src_rel) as (sfd, src):  # nor is the source reached through a link
+                    if not stat.S_ISREG(os.stat(src, dir_fd=sfd, follow_symlinks=False).st_mode):
+                        raise InvalidArgumentError(f"refusing to link to '{shown(src_rel)}': not a regular file")
+                    os.link(src, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
+                self.stats.links += 1
+            elif m.kind == "fifo":
+                os.mkfifo(name, stat.S_IMODE(m.mode), dir_fd=pfd)
+                self._meta_path(pfd, name, m)
+            elif m.kind in ("chardev", "blockdev"):
+                os.mknod(name, m.mode, m.rdev, dir_fd=pfd)
+                self._meta_path(pfd, name, m)
 
-    def _make_dir(self, p: bytes, rel: bytes, m: EntryMeta) -> None:
+    def _make_dir(self, pfd: int, name: bytes, rel: bytes, m: EntryMeta) -> None:
         try:
-            os.mkdir(p, 0o700)
+            os.mkdir(name, 0o700, dir_fd=pfd)
         except FileExistsError:
-            st = os.lstat(p)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 if not self.overwrite:
                     raise
-                os.unlink(p)
-                os.mkdir(p, 0o700)
-        self._safe_dirs.add(rel)
+                os.unlink(name, dir_fd=pfd)
+                os.mkdir(name, 0o700, dir_fd=pfd)
         self._dir_meta.append((rel, m))
         self.stats.dirs += 1
 
-    def _clear(self, p: bytes) -> None:
+    def _clear(self, pfd: int, name: bytes) -> None:
         if not self.overwrite:
             return
         try:
-            st = os.lstat(p)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
             raise InvalidArgumentError("a directory is in the way")
-        os.unlink(p)
+        os.unlink(name, dir_fd=pfd)
+
+    def _unlink(self, rel: bytes) -> None:
+        """Remove the file this restore made at `rel` (it failed); quietly, as best it can."""
+        with contextlib.suppress(OSError, InvalidArgumentError), self.beneath.parent(rel) as (pfd, name):
+            os.unlink(name, dir_fd=pfd)
 
     # -- file content ------------------------------------------------------------
     def _data(self, data: bytes) -> None:
@@ -261,10 +249,7 @@ class TreeWriter:
         os.close(self._fd)
         self._fd, self._cur = None, None
         self._written.pop(path, None)
-        try:
-            os.unlink(self._abs(path))
-        except OSError:
-            pass
+        self._unlink(path)
         self.stats.errors.append(f"unable to restore '{shown(path)}': {message}")
 
     def _close_file(self) -> None:
@@ -289,30 +274,43 @@ class TreeWriter:
             os.close(fd)
 
     # -- metadata --------------------------------------------------------------
-    def _meta_path(self, p: bytes, m: EntryMeta) -> None:
-        if self.owner:
-            os.chown(p, m.uid, m.gid, follow_symlinks=False)
-        for k, v in m.xattrs.items():
-            self.stats.xattrs_skipped += not _setxattr(p, k, v)
-        os.chmod(p, stat.S_IMODE(m.mode))
-        os.utime(p, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+    def _meta_path(self, pfd: int, name: bytes, m: EntryMeta) -> None:
+        self.stats.xattrs_skipped += set_meta_at(pfd, name, m, self.owner)
 
-    def _meta_link(self, p: bytes, m: EntryMeta) -> None:
+    def _meta_link(self, pfd: int, name: bytes, m: EntryMeta) -> None:
         if self.owner:
-            os.chown(p, m.uid, m.gid, follow_symlinks=False)
-        os.utime(p, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
         self.stats.links += 1
 
     def _meta_dir(self, rel: bytes, m: EntryMeta) -> None:
-        self.stats.xattrs_skipped += apply_dir_meta(self._abs(rel), m, self.owner)
+        self.stats.xattrs_skipped += apply_dir_meta(self.beneath, rel, m, self.owner)
 
 
-def apply_dir_meta(path: bytes, m: EntryMeta, owner: bool) -> int:
-    """Owner (when `owner`), xattrs, mode and mtime of directory `path`, through a descriptor
-    opened without following a link (a directory's metadata is applied last, after its entries).
-    Returns how many extended attributes it was not allowed to set (_setxattr)."""
+def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool) -> int:
+    """Owner (when `owner`), xattrs, mode and mtime of the special file (fifo, device) `name` in
+    directory `pfd`, never through a link; how many xattrs it was not allowed to set."""
     skipped = 0
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    if owner:
+        os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    try:
+        for k, v in m.xattrs.items():  # through /proc: the very inode just made, not a path again
+            skipped += not _setxattr(b"/proc/self/fd/%d" % fd, k, v)
+    finally:
+        os.close(fd)
+    os.chmod(name, stat.S_IMODE(m.mode), dir_fd=pfd, follow_symlinks=False)
+    os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+    return skipped
+
+
+def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool) -> int:
+    """Owner (when `owner`), xattrs, mode and mtime of directory `rel` of the target, through a
+    descriptor reached without following a link (a directory's metadata is applied last, after
+    its entries). Returns how many extended attributes it was not allowed to set (_setxattr)."""
+    skipped = 0
+    with beneath.parent(rel) if rel else contextlib.nullcontext((beneath.fd, b".")) as (pfd, name):
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
     try:
         if owner:
             os.fchown(fd, m.uid, m.gid)
@@ -487,12 +485,14 @@ class ParallelTreeWriter(TreeWriter):
             if not j.done.is_set():
                 j.error = j.error or "the restore stopped"
                 self._finalize(j)
+        self.beneath.close()
 
     # -- files -----------------------------------------------------------------
     def _file(self, m: EntryMeta) -> None:
-        """Check a regular file's path here, in stream order; create and write it in the pool."""
+        """Check a regular file's path here, in stream order; create and write it in the pool (its
+        parent is reached there, when the file is created)."""
         rel = m.path
-        if not self._guard(rel, lambda: self._parent_ok(check_rel(rel))):
+        if not self._guard(rel, lambda: check_rel(rel)):
             return
         job = _OpenFile(m, rel)
         with self._lock:
@@ -537,9 +537,9 @@ class ParallelTreeWriter(TreeWriter):
         queue is empty; the file is finalized here when the stream has moved past it."""
         if job.fd is None and not job.error:
             try:
-                p = self._abs(job.rel)
-                self._clear(p)
-                job.fd = os.open(p, _FILE_FLAGS, 0o600)
+                with self.beneath.parent(job.rel) as (pfd, name):
+                    self._clear(pfd, name)
+                    job.fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
             except (OSError, InvalidArgumentError) as e:
                 with self._lock:
                     job.error = job.error or (e.strerror if isinstance(e, OSError) and e.strerror else str(e))
@@ -600,8 +600,7 @@ class ParallelTreeWriter(TreeWriter):
         try:
             if job.error:
                 if job.fd is not None:  # only what this restore created is removed
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._abs(job.rel))
+                    self._unlink(job.rel)
                 msg = f"unable to restore '{shown(job.rel)}': {job.error}"
             else:
                 msg = ""

@@ -179,3 +179,79 @@ def test_crafted_tree_reaching_through_its_own_symlink(repo, tmp_path, outside):
     assert stats.errors, "entries through the symlink must be refused"
     assert sorted(os.listdir(outside)) == ["secret"]
     assert (outside / "secret").read_bytes() == b"do not touch"
+
+
+def _swap_for_link(directory, outside) -> None:
+    """What another user who may write in the target does while a root restore runs: a
+    directory the restore made (or checked) is replaced by a symbolic link to elsewhere."""
+    os.rename(directory, str(directory) + ".moved")
+    os.symlink(outside, directory)
+
+
+@pytest.mark.parametrize("resolve", ["openat2", "walk"])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_directory_swapped_for_a_link_after_the_restore_made_it_is_not_written_through(tmp_path, outside,
+                                                                                        parallel, resolve,
+                                                                                        monkeypatch):
+    """The restore made d/ itself; someone swaps it for a link to a directory outside before
+    d/'s entries come: none of them may be written there (a check cached when d/ was made, or
+    an lstat followed by a use of the path, would let them through). The same holds where
+    openat2 is missing and each component is opened in turn."""
+    from cairn.fsio import beneath
+    from cairn.fsio.writer import ParallelTreeWriter
+
+    monkeypatch.setattr(beneath, "_openat2_works", resolve == "openat2")
+
+    target = tmp_path / "target"
+    w = (ParallelTreeWriter if parallel else TreeWriter)(str(target))
+    w.apply(EntryMeta(path=b"d", kind="dir", mode=0o755))
+    w.apply(EntryMeta(path=b"d/sub", kind="dir", mode=0o755))
+    _swap_for_link(target / "d", outside)
+    for name in (b"d/secret", b"d/new", b"d/sub/deeper"):
+        for r in file_records(name):
+            w.apply(r)
+    w.apply(EntryMeta(path=b"d/fifo", kind="fifo", mode=0o644))
+    w.apply(EntryMeta(path=b"d/link", kind="symlink", target=b"x"))
+    stats = w.finish()
+    assert (outside / "secret").read_bytes() == b"do not touch"
+    assert sorted(os.listdir(outside)) == ["secret"], os.listdir(outside)
+    assert len(stats.errors) >= 5 and all("not a directory" in e.lower() for e in stats.errors), stats.errors
+
+
+@pytest.mark.parametrize("delete", [False, True])
+def test_a_delta_whose_parent_is_swapped_for_a_link_while_it_runs_touches_nothing_outside(tmp_path, outside,
+                                                                                         delete):
+    """The delta planned against a real d/; while its chunks come, d/ becomes a link to a
+    directory outside holding files of the same names: nothing there is written, made,
+    renamed or deleted."""
+    import blake3
+    from cairn.fsio.delta import mend
+
+    target = tmp_path / "target"
+    (target / "d").mkdir(parents=True)
+    entries = [EntryMeta(path=b"d", kind="dir", mode=0o40755, mtime_ns=10**18)]
+    chunks = {}
+    for i in range(6):
+        data = os.urandom(2000)
+        cid = blake3.blake3(data).digest()
+        chunks[cid] = data
+        entries.append(EntryMeta(path=b"d/f%d" % i, kind="file", mode=0o100644, mtime_ns=10**18, size=len(data),
+                                 chunks=(cid,), chunk_sizes=(len(data),)))
+        if i % 2:
+            (target / "d" / f"f{i}").write_bytes(b"damaged")
+    (target / "d" / "extra").write_bytes(b"not in the set")
+    entries.append(EntryMeta(path=b"d/sym", kind="symlink", target=b"there"))
+    for i in range(6):
+        (outside / f"f{i}").write_bytes(b"outside, keep")
+    (outside / "extra").write_bytes(b"outside, keep")
+    before = {n: (outside / n).read_bytes() for n in os.listdir(outside)}
+
+    def source(ids):
+        _swap_for_link(target / "d", outside)  # after the plan and the structure, before the content
+        for cid in ids:
+            yield cid, chunks[cid]
+
+    p, st = mend(str(target), entries, source, delete=delete, extras_under=[b""])
+    assert {n: (outside / n).read_bytes() for n in os.listdir(outside)} == before
+    assert st.errors, "the writes that could not be made are named"
+    assert not [n for n in os.listdir(outside) if n.startswith(".cairn-delta-")]

@@ -1,0 +1,132 @@
+"""Reaching a path below a restore target without ever following a symbolic link.
+
+A restore run as root writes into a tree that other users may be able to change while it
+runs. Checking a parent with lstat and then using its absolute path leaves a window in which a
+directory can be swapped for a symbolic link to anywhere (a root-owned /etc): the write would
+follow it. So every operation of a restore on an entry goes through a descriptor of the
+entry's parent directory, opened at the moment of use, by `Beneath.parent(rel)`:
+
+- it resolves `rel`'s parent below the target's own descriptor with openat2(2)
+  (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): the kernel refuses any
+  symbolic link and any step outside the target, atomically; where openat2 is not available
+  (kernels before 5.6, filters that forbid it) it walks the components with
+  openat(O_NOFOLLOW | O_DIRECTORY), which holds the same guarantee one component at a time;
+- the caller then acts on the last component with the *at() calls (dir_fd=...), never
+  following a link there either (O_NOFOLLOW, follow_symlinks=False).
+
+What always holds: an entry of a restore is created, changed or removed only inside a
+directory that was, at the moment it was reached, a real directory below the target reached
+through real directories. A parent that is not (a link, a file, missing) is an
+InvalidArgumentError naming the first component that is not a directory, or OSError (ENOENT).
+The standard library only (ctypes for the system call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from cairn.errors import InvalidArgumentError
+
+from .names import shown
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SYS_OPENAT2 = 437  # the same number on x86_64 and on the generic table (arm64, riscv64)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc: ctypes.CDLL | None = None
+_openat2_works = True  # until the kernel says otherwise
+
+
+def _openat2(dir_fd: int, path: bytes) -> int | None:
+    """A descriptor of directory `path` below `dir_fd` (see the module docstring); None when
+    this kernel has no openat2 (the caller walks the components instead)."""
+    global _libc, _openat2_works
+    if not _openat2_works:
+        return None
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    how = _OpenHow(_DIR_FLAGS & ~os.O_NOFOLLOW, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), ctypes.c_char_p(path), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM, errno.E2BIG, errno.EINVAL):  # absent, or filtered out
+        _openat2_works = False
+        return None
+    raise OSError(err, os.strerror(err), path)
+
+
+class Beneath:
+    """Descriptors of directories below one target directory (see the module docstring)."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self.fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the target itself may be a link
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def open_dir(self, rel: bytes) -> int:
+        """A new O_PATH descriptor of directory `rel` (b"": the target), the caller closes it."""
+        if not rel:
+            return os.dup(self.fd)
+        try:
+            fd = _openat2(self.fd, rel)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                raise
+            fd = None  # the walk below names the component that is not a directory
+        if fd is not None:
+            return fd
+        cur = os.dup(self.fd)
+        done = b""
+        try:
+            for part in rel.split(b"/"):
+                done = done + b"/" + part if done else part
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=cur)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise InvalidArgumentError(f"refusing to write through '{shown(done)}': not a directory"
+                                                   ) from None
+                    raise
+                os.close(cur)
+                cur = nxt
+                if not stat.S_ISDIR(os.fstat(cur).st_mode):
+                    raise InvalidArgumentError(f"refusing to write through '{shown(done)}': not a directory")
+            out, cur = cur, -1
+            return out
+        finally:
+            if cur >= 0:
+                os.close(cur)
+
+    @contextlib.contextmanager
+    def parent(self, rel: bytes) -> Iterator[tuple[int, bytes]]:
+        """(descriptor of `rel`'s parent directory, `rel`'s last component), for the block."""
+        head, _, name = rel.rpartition(b"/")
+        fd = self.open_dir(head)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+
+def at(dir_fd: int, name: bytes) -> bytes:
+    """A path naming `name` in the directory `dir_fd` refers to, for the calls that take no
+    dir_fd (setxattr, listxattr): /proc resolves the descriptor to that very directory."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
