@@ -93,7 +93,7 @@ class DeltaPlan:
             out.append(f"write {shown(f.meta.path)} ({', '.join(bits)}; {f.write_bytes} bytes)")
         out += [f"make {m.kind} {shown(m.path)}" for m in self.remake]
         out += [f"fix metadata of {shown(m.path)}" for m in self.fix_meta]
-        out += [f"fix metadata of {shown(p)}" for p in self.dir_meta]
+        out += [f"fix metadata of {shown(p) or '.'}" for p in self.dir_meta]
         out += [f"delete {shown(p)}" for p in self.extras]
         return out
 
@@ -126,6 +126,12 @@ class _Target:
                 return False
             self.safe.add(cur)
         return True
+
+    def lstat_root(self) -> os.stat_result | None:
+        try:
+            return os.stat(self.root)
+        except OSError:
+            return None
 
     def lstat(self, rel: bytes) -> os.stat_result | None:
         if not self.parent_real(rel):
@@ -239,6 +245,12 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
         if m.kind == "hardlink":
             links[m.link_to] = links.get(m.link_to, 1) + 1
     for m in entries:
+        if m.path == b"" and m.kind == "dir":  # the set's root: the target itself (metadata only)
+            out.dirs.append(m)
+            st = t.lstat_root()
+            if st is not None and not _meta_same(st, m, own, os.path.realpath(root)):
+                out.dir_meta.append(b"")
+            continue
         try:
             check_rel(m.path)
         except Exception as e:  # noqa: BLE001 - InvalidArgumentError, reported per entry

@@ -169,6 +169,9 @@ class TreeWriter:
             return False
 
     def _entry(self, m: EntryMeta) -> None:
+        if m.path == b"" and m.kind == "dir":  # the set's root: the target itself, its metadata last
+            self._dir_meta.append((b"", m))
+            return
         self._guard(m.path, self._entry_unsafe, m)
 
     def _entry_unsafe(self, m: EntryMeta) -> None:

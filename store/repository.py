@@ -76,7 +76,7 @@ from .segments import NameRule, PlainSegments, SegmentRules
 from .snapshots import wal as walmod
 from .snapshots import writeonly as wonly
 from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
-from .snapshots.session import BackupSession
+from .snapshots.session import BackupSession, root_entry
 from .snapshots.sets import decode_set, resolve
 from .snapshots.trees import Entry, decode_tree
 from .storage.backend import Backend, LocalBackend
@@ -940,6 +940,9 @@ class Repository:
         root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.load_tree, root, p)
+        top = root_entry(s) if not paths and attachment is None else None
+        if top is not None:
+            yield top  # the source directory's own metadata, applied to the target (last, as directories' are)
         pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
         try:
             yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,

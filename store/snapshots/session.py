@@ -27,11 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
+from cairn.fsio.records import EntryMeta
+
 from ..content.blobs import BlobWriter
 from ..content.packs import TYPE_TREE
 from ..errors import AbortedError, InvalidArgumentError
 from ..model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
-from .backup import Tally, Walker, entry_from_stat
+from .backup import Tally, Walker, entry_from_stat, read_xattrs
 from .sets import decode_set, encode_set
 from .trees import Entry, encode_tree
 
@@ -88,6 +90,7 @@ class BackupSession:
         self.tally = Tally()
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
+        self._root_meta: dict[str, Any] | None = None  # a one-path source: its directory's metadata
         self._attachments: dict[str, dict[str, Any]] = {}
         self.writer: BlobWriter = self.repo.writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
@@ -139,12 +142,15 @@ class BackupSession:
         except AbortedError:
             self._lock.check()
             raise
-        if len(self.req.paths) == 1:
+        xattrs = read_xattrs(os.fsencode(os.path.realpath(path)))
+        if len(self.req.paths) == 1:  # the set's root is the source directory: its own metadata
             self._single = tree
+            self._root_meta = root_meta(st, xattrs)
             return
         name = os.fsencode(os.path.basename(os.path.normpath(path)))
         e = entry_from_stat(name, st, "dir")
         e.subtree = tree
+        e.xattrs = xattrs
         self._roots[path] = e
 
     def set_changes(self, hint: ChangeHint | None) -> None:
@@ -266,6 +272,8 @@ class BackupSession:
             paths_truncated=(t.n_added > len(t.added) or t.n_modified > len(t.modified)
                              or t.n_deleted > len(t.deleted)))
         extra = {**self.req.extra, **extra}
+        if self._root_meta is not None:
+            extra["root"] = self._root_meta
         if t.errors:
             extra["errors"] = t.errors[:100]
         if t.notes:
@@ -277,6 +285,27 @@ class BackupSession:
             "tree": tree.hex(), "stats": asdict(stats), "tags": list(self.req.tags), "note": self.note,
             "extra": extra, "attachments": self._attachments,
         }
+
+
+def root_meta(st: os.stat_result, xattrs: dict[bytes, bytes]) -> dict[str, Any]:
+    """The metadata of a one-path source's own directory, as a set's extra['root'] holds it
+    (restored onto the target directory of a whole-set restore)."""
+    return {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "mtime_ns": st.st_mtime_ns,
+            "xattrs": {k.hex(): v.hex() for k, v in sorted(xattrs.items())}}
+
+
+def root_entry(s: BackupSet) -> EntryMeta | None:
+    """The restore record of set `s`'s root directory (path b''): None when the set has no
+    root metadata (several source paths, or taken before sets recorded it)."""
+    meta = s.extra.get("root") if isinstance(s.extra, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    try:
+        return EntryMeta(path=b"", kind="dir", mode=int(meta["mode"]), uid=int(meta["uid"]), gid=int(meta["gid"]),
+                         mtime_ns=int(meta["mtime_ns"]),
+                         xattrs={bytes.fromhex(k): bytes.fromhex(v) for k, v in meta.get("xattrs", {}).items()})
+    except (KeyError, TypeError, ValueError):
+        return None  # not ours to trust: the target keeps its own metadata
 
 
 def check_paths(paths: tuple[str, ...]) -> None:

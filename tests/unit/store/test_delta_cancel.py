@@ -35,7 +35,9 @@ def manifest(root: str) -> tuple[list[EntryMeta], dict[bytes, bytes]]:
 def damaged(root: str) -> None:
     for i in range(FILES):
         with open(os.path.join(root, "d", f"f{i:02d}"), "r+b") as f:
-            f.write(b"XX")
+            head = f.read(2)  # XX, unless the random content began with it: then something else
+            f.seek(0)
+            f.write(b"XX" if head != b"XX" else b"YY")
 
 
 def intact(root: str, store: dict[bytes, bytes]) -> int:

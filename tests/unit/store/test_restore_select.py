@@ -24,7 +24,8 @@ def make(src) -> None:
 
 
 def paths(records) -> list[bytes]:
-    return [r.path for r in records if isinstance(r, EntryMeta)]
+    """The paths of a stream's entries, without its root (b"": the source directory's metadata)."""
+    return [r.path for r in records if isinstance(r, EntryMeta) and r.path]
 
 
 def test_include_and_exclude_prune_the_stream(repo, src) -> None:
