@@ -35,7 +35,14 @@ from cairn.fsio.names import shown
 from ..content.blobs import BlobWriter
 from ..content.packs import TYPE_TREE
 from ..content.repoconfig import ChunkerParams
-from ..errors import AbortedError, CairnError, CorruptionError, InvalidArgumentError, UnindexedError
+from ..errors import (
+    AbortedError,
+    CairnError,
+    CorruptionError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnindexedError,
+)
 from ..model import BackupRequest, ChangeHint
 from .excludes import Excluder
 from .filereader import FileReader, ReadResult
@@ -181,9 +188,9 @@ class Walker:
         try:
             st = os.stat(broot)
         except OSError as e:
-            raise InvalidArgumentError(f"unable to read source path '{root}': {e.strerror}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise InvalidArgumentError(f"source path '{root}' is not a directory")
+            raise FailedPreconditionError(f"unable to read source path '{root}': {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):  # a failure of the set (exit 1), not a usage error of the caller
+            raise FailedPreconditionError(f"source path '{root}' is not a directory")
         self.use_root_excludes(root)
         plan = Plan(broot, None if self.full or base_tree is None else self.req.changes)
         for sub in self.presets:  # subtrees captured ahead must be put at their place

@@ -115,6 +115,11 @@ def test_unknown_set_path_source_and_level(served, tmp_path):
         assert r.stderr.startswith("cairn: error: ") and text in r.stderr.splitlines()[0], (args, r.stderr)
     # Nothing was written for refused restores.
     assert not os.path.exists(tmp_path / "t1") and not os.path.exists(tmp_path / "t2")
+    # A source directory gone is a failure of the set (1), not a usage error (2).
+    os.rename(tmp_path / "src", tmp_path / "src.away")
+    r = served.cli("backup", "--level", "incremental")
+    assert r.returncode == 1 and "unable to read source path" in r.stderr, (r.returncode, r.stderr)
+    os.rename(tmp_path / "src.away", tmp_path / "src")
     still_serves(served)
 
 

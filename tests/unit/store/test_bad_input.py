@@ -132,7 +132,7 @@ def test_bad_backup_sources(repo, tmp_path):
     f = tmp_path / "file"
     f.write_bytes(b"x")
     for path, match in ((tmp_path / "missing", "unable to read source path"), (f, "is not a directory")):
-        with pytest.raises(InvalidArgumentError, match=match):
+        with pytest.raises(FailedPreconditionError, match=match):  # the set fails (exit 1), not a usage error
             repo.backup(BackupRequest(source="s", paths=(str(path),)))
     assert repo.list_sets() == []
     assert repo.check().ok and repo.check().warnings == ()
