@@ -584,9 +584,12 @@ class Watcher:
 
     def _name_event(self, info: _Root, event: InotifyEvent, path: str) -> None:
         is_dir = bool(event.mask & InotifyConstants.IN_ISDIR)
-        if info.excluded(path, is_dir):
-            return
         parent = os.path.dirname(path)
+        if info.excluded(path, is_dir):
+            if event.is_create or event.is_moved_to or event.mask & _NAMED:
+                # the name is not stored, but it changed its directory's mtime, which is
+                self.sink.changed(info.source, parent, False)
+            return
         if event.is_create or event.is_moved_to:
             if is_dir:
                 # Its content may predate its watch (mkdir -p, mv from elsewhere): walk it.

@@ -180,8 +180,14 @@ def test_excludes_apply_to_events_and_watches(env):
     write(env.p("cache", "x", "y", "f"))
     write(env.p("keep", "real"))
     hint, _ = incremental(t)
-    assert hint.paths == frozenset({env.p("keep", "real"), env.p("keep")})
+    # an excluded name is not recorded, but the directory it appeared in is (its mtime changed)
+    assert hint.paths == frozenset({env.p("keep", "real"), env.p("keep"), env.src})
     assert hint.rescan == frozenset()
+    t.committed("app", "incremental", "I1", _)
+    os.unlink(env.p("keep", "junk.tmp"))  # a vanished excluded name: its directory again
+    os.mkdir(env.p("keep", "x.tmp"))
+    hint, _ = incremental(t, "I1")
+    assert hint.paths == frozenset({env.p("keep")}), hint.paths
 
 
 # -- prepare / committed ------------------------------------------------------------------------
