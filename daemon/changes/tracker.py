@@ -457,11 +457,29 @@ class ChangeTracker:
                     self._begin_source(src, f"a file system was {what} source path '{root}'")
                     return
                 path = root.rstrip("/") + m[len(real.rstrip("/")):]
+                if not os.path.isdir(m):  # a file mounted over (or unmounted from) a file: its content
+                    if excluded is None or not excluded(path, False):  # changed; every set re-checks it
+                        self.changed(src.name, path, True)
+                    continue
                 if excluded is not None and excluded(path, True):
                     continue
                 log.info("a file system was %s '%s' (source '%s'): it is walked", what, path, src.name)
                 watcher.rewatch(src.name, path)
                 self.rescan(src.name, path, f"a file system was {what} '{path}'")
+
+    def _file_mounts(self, src: SourceLike) -> set[str]:
+        """The source's paths at which a single file (not a directory) is mounted."""
+        out: set[str] = set()
+        with self._state_lock:
+            known = [(root, self._mounts.get((src.name, root))) for root in src.paths]
+        for root, state in known:
+            if state is None:
+                continue
+            real, mounts = state
+            for m in mounts:
+                if m != real and os.path.isfile(m):
+                    out.add(root.rstrip("/") + m[len(real.rstrip("/")):])
+        return out
 
     # -- files with several hard links ---------------------------------------------------------------
     def _census_of(self, source: str, path: str | None) -> None:
@@ -706,6 +724,10 @@ class ChangeTracker:
         # Files with several names: one outside the source may have changed them unseen; the
         # walker stats each and reads it if its stat data moved. Those no longer linked go.
         paths |= links
+        # Files that are mount points (a file bind-mounted over one of the source, as containers
+        # do with resolv.conf): their dentry lies outside the watched tree, so writes to them raise
+        # no event here. Every set re-checks them the same way.
+        paths |= self._file_mounts(src)
         gone = {p for p in links if not _multi_link(p)}
         if gone:
             with self._state_lock:
