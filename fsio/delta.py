@@ -22,6 +22,7 @@ to make room for a file (an error of the plan instead).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import stat
@@ -53,6 +54,7 @@ class FilePlan:
     writes: list[tuple[int, int]] = field(default_factory=list)  # (chunk index, offset)
     resize: bool = False
     fix_meta: bool = False
+    old_size: int = 0  # the file's length in the target before the delta (0: made anew)
 
     @property
     def write_bytes(self) -> int:
@@ -305,7 +307,8 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
                 continue
             bad, length = res
             offsets = _offsets(m)
-            fp = FilePlan(m, fresh=False, writes=[(i, offsets[i]) for i in bad], resize=length != m.size)
+            fp = FilePlan(m, fresh=False, writes=[(i, offsets[i]) for i in bad], resize=length != m.size,
+                          old_size=length)
             fp.fix_meta = bool(fp.writes) or fp.resize or not _meta_same(
                 st, m, own, t.abs(m.path))
             if fp.writes or fp.resize or fp.fix_meta:
@@ -416,7 +419,8 @@ class DeltaWriter:
         self.beneath = Beneath(self.root)
         self.stats = DeltaStats()
         self._bad: set[bytes] = set()
-        self._holes = {f.meta.path for f in p.files if f.fresh and f.meta.sparse}  # zeros stay holes
+        # files the set holds sparse: zeros are not written but left (or made) holes, see _pwrite
+        self._sparse = {f.meta.path: 0 if f.fresh else f.old_size for f in p.files if f.meta.sparse}
         self._temp: dict[bytes, bytes] = {}  # a fresh file's final path -> where it is written
         self._pending: dict[bytes, tuple[FilePlan, int]] = {}  # fresh files: chunk writes still to come
         self._done: set[bytes] = set()  # files completed (and moved into place)
@@ -609,14 +613,18 @@ class DeltaWriter:
         self.stats.entries_made += 1
 
     def _pwrite(self, rel: bytes, off: int, data: bytes) -> None:
-        if rel in self._holes and data.count(0) == len(data):
-            return
+        old = self._sparse.get(rel)
+        if old is not None and off >= old and data.count(0) == len(data):
+            return  # beyond the old end: a hole already once the length is set
         fd = self._open_file(rel)
         try:
-            _write_all(fd, memoryview(data), off)
+            if old is None:
+                _write_all(fd, memoryview(data), off)
+                self.stats.bytes_written += len(data)
+            else:
+                self.stats.bytes_written += _write_holes(fd, data, off, old)
         finally:
             os.close(fd)
-        self.stats.bytes_written += len(data)
 
     def _finish_file(self, m: EntryMeta, resize: bool) -> None:
         fd = self._open_file(m.path)
@@ -661,6 +669,39 @@ class DeltaWriter:
 
 
 ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes | CairnError]]]
+
+
+_HOLE_BLOCK = 64 * 1024
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc: ctypes.CDLL | None = None
+
+
+def _punch(fd: int, off: int, length: int) -> bool:
+    """Make [off, off+length) of `fd` a hole (reads as zeros); False where the file system cannot."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.fallocate(ctypes.c_int(fd), ctypes.c_int(_PUNCH_HOLE), ctypes.c_int64(off),
+                           ctypes.c_int64(length)) == 0
+
+
+def _write_holes(fd: int, data: bytes, off: int, old_size: int) -> int:
+    """Write `data` at `off` into a file the set holds sparse, keeping zeros as holes: an
+    all-zero block beyond the file's old end is skipped (a hole once the length is set), one
+    before it is punched (written as zeros where the file system cannot). Returns the bytes
+    written."""
+    written = 0
+    view = memoryview(data)
+    for i in range(0, len(data), _HOLE_BLOCK):
+        block = view[i:i + _HOLE_BLOCK]
+        at = off + i
+        if block.tobytes().count(0) != len(block):
+            _write_all(fd, block, at)
+            written += len(block)
+        elif at < old_size and not _punch(fd, at, len(block)):
+            _write_all(fd, block, at)
+            written += len(block)
+    return written
 
 
 def temp_name(rel: bytes) -> bytes:

@@ -1,0 +1,79 @@
+"""A delta restore keeps the holes of a file the set holds sparse: zeros beyond the target's old
+end are not written (a hole once the length is set), and zeros that must replace data inside
+it are punched, not written. (An interrupted 512 MiB image once came back fully allocated.)"""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+from cairn.fsio.delta import mend
+from cairn.fsio.records import EntryMeta
+
+CHUNK = 1 << 20
+SIZE = 64 * CHUNK
+
+
+def _image() -> tuple[EntryMeta, dict[bytes, bytes], bytes]:
+    """A 64 MiB file of 1 MiB chunks: data in chunks 0 and 40, zeros everywhere else."""
+    content = bytearray(SIZE)
+    content[:CHUNK] = os.urandom(CHUNK)
+    content[40 * CHUNK + 5000:40 * CHUNK + 9000] = os.urandom(4000)  # a chunk partly data, mostly zeros
+    chunks, ids, store = [], [], {}
+    for i in range(0, SIZE, CHUNK):
+        piece = bytes(content[i:i + CHUNK])
+        cid = blake3.blake3(piece).digest()
+        store[cid] = piece
+        ids.append(cid)
+        chunks.append(len(piece))
+    m = EntryMeta(path=b"disk.img", kind="file", mode=0o100600, mtime_ns=10**18, size=SIZE, sparse=True,
+                  chunks=tuple(ids), chunk_sizes=tuple(chunks))
+    return m, store, bytes(content)
+
+
+def _allocated(path: str) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_a_truncated_sparse_file_is_mended_without_filling_its_holes(tmp_path) -> None:
+    m, store, content = _image()
+    root = str(tmp_path / "t")
+    os.makedirs(root)
+    path = os.path.join(root, "disk.img")
+    with open(path, "wb") as f:  # an interrupted restore: the first MiB and nothing more
+        f.write(content[:CHUNK])
+    p, st = mend(root, [m], lambda ids: ((c, store[c]) for c in ids))
+    assert not st.errors
+    with open(path, "rb") as f:
+        assert f.read() == content
+    assert _allocated(path) < 4 * CHUNK, _allocated(path)  # the data, not 64 MiB of zeros
+    assert st.bytes_written < 2 * CHUNK
+
+
+def test_zeros_that_replace_damage_inside_a_sparse_file_are_punched(tmp_path) -> None:
+    m, store, content = _image()
+    root = str(tmp_path / "t")
+    os.makedirs(root)
+    path = os.path.join(root, "disk.img")
+    with open(path, "wb") as f:
+        f.write(content[:CHUNK])
+        f.truncate(SIZE)
+    with open(path, "r+b") as f:  # damage in a hole: 8 MiB of data where the set has zeros
+        f.seek(20 * CHUNK)
+        f.write(os.urandom(8 * CHUNK))
+    assert _allocated(path) >= 8 * CHUNK
+    p, st = mend(root, [m], lambda ids: ((c, store[c]) for c in ids))
+    assert not st.errors
+    with open(path, "rb") as f:
+        assert f.read() == content
+    assert _allocated(path) < 4 * CHUNK, _allocated(path)
+
+
+def test_a_sparse_file_made_anew_keeps_the_zero_blocks_of_partly_zero_chunks_as_holes(tmp_path) -> None:
+    m, store, content = _image()
+    root = str(tmp_path / "t")
+    p, st = mend(root, [m], lambda ids: ((c, store[c]) for c in ids))
+    path = os.path.join(root, "disk.img")
+    with open(path, "rb") as f:
+        assert f.read() == content
+    assert _allocated(path) < CHUNK + 4 * 64 * 1024 + 65536, _allocated(path)  # chunk 40: one 64 KiB block
