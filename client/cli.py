@@ -1366,6 +1366,9 @@ def _from_spool(args: argparse.Namespace) -> bool:
     return True
 
 
+_LOST = ("Stream removed", "Socket closed", "Connection reset", "Broken pipe")  # gRPC's words for a call cut off
+
+
 def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or code.name.lower()
@@ -1377,6 +1380,10 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
     if code == grpc.StatusCode.UNAVAILABLE and details == "Cancelling all calls":  # the server is stopping
         return fail(f"cairnd at {where} stopped while this call ran",
                     hint or "nothing it did not finish was committed; run the command again once cairnd is back")
+    if code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _LOST):
+        return fail(f"the connection to cairnd at {where} was lost during the call: {details}",
+                    hint or "what the call was doing is incomplete: run it again (a restore can be finished "
+                            "with --delta; a set that was not reported was not committed)")
     if code == grpc.StatusCode.UNAVAILABLE:
         tcp = endpoint is not None and endpoint.address
         return fail(

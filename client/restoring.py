@@ -115,8 +115,11 @@ def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> Manif
     return Manifest(set_info, entries, problems, id_key)
 
 
-def extras_roots(args: argparse.Namespace) -> list[bytes]:
-    """Where --delete looks for entries the set does not hold: the whole target, or the paths asked."""
+def extras_roots(args: argparse.Namespace) -> list[bytes] | None:
+    """Where --delete looks for entries the set does not hold: the whole target, or the paths
+    asked; with --include/--exclude nowhere (what a pattern left out is no extra)."""
+    if args.include or args.exclude:
+        return None
     return delta_extras_roots([os.fsencode(p) for p in args.paths])
 
 
@@ -298,12 +301,12 @@ def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, 
     total = sum(m.size for m in entries if m.kind == "file")
     if args.json:
         out(render.dumps({"set": set_id or None, "target": os.path.abspath(args.target), "dry_run": True,
-                          "entries": [{"path": render.json_path(m.path), "kind": m.kind, "size": m.size}
+                          "entries": [{"path": render.json_path(m.path) or ".", "kind": m.kind, "size": m.size}
                                       for m in entries], "bytes": total, "errors": problems}))
     else:
         for m in entries:
             size = f" ({render.human_bytes(m.size)})" if m.kind == "file" else ""
-            out(f"would write {m.kind} {render.show_path(m.path)}{size}")
+            out(f"would write {m.kind} {render.show_path(m.path) or '.'}{size}")
         files = sum(m.kind == "file" for m in entries)
         out(f"dry run: {len(entries)} entries ({files} files, {render.human_bytes(total)}) from set "
             f"{render.short_id(set_id)} into {args.target}; nothing written")

@@ -116,7 +116,8 @@ class RestorePart(ServicePart):
 
         try:
             p, st = mend(target, entries, chunks, quick=quick, delete=delete,
-                         extras_under=extras_roots([os.fsencode(x) for x in paths]), cancelled=cancelled,
+                         extras_under=None if include or exclude else extras_roots([os.fsencode(x) for x in paths]),
+                         cancelled=cancelled,
                          id_key=self.repo.chunk_id_key)
         except AbortedError:
             log.warning("restore --delta of set %s into '%s' stopped: its client went away", s.id, target)

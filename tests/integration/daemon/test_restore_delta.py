@@ -253,6 +253,11 @@ def test_include_exclude_and_dry_run(daemon_with_set, rundir: str) -> None:
     d.ok("restore", set_id, "--target", t2, "--include", "leaf.txt")
     assert set(snapshot(t2)) == {"docs", "docs/deep", "docs/deep/leaf.txt"}
     assert snapshot(t2)["docs/deep"] == want["docs/deep"]
+    # a delta with patterns: what the patterns leave out is not counted as an extra kept
+    for who in WHO.values():
+        r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--include", "docs/",
+                            "--exclude", "n1*.txt", *who))
+        assert r["extras_kept"] == 0 and r["files_written"] == 0, r
 
 
 def test_bad_restore_options_are_usage_errors(daemon_with_set, rundir: str) -> None:
