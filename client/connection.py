@@ -76,6 +76,9 @@ def open_channel(endpoint: Endpoint) -> grpc.Channel:
     if endpoint.socket:
         return grpc.insecure_channel("unix:" + endpoint.socket, options=options)
     root = _read_file(endpoint.tls_ca) if endpoint.tls_ca else None
+    if root is not None and b"-----BEGIN CERTIFICATE-----" not in root:
+        raise InvalidArgumentError(f"--tls-ca '{endpoint.tls_ca}' holds no certificate (PEM, "
+                                   "'-----BEGIN CERTIFICATE-----')")
     creds = grpc.ssl_channel_credentials(root_certificates=root)
     if endpoint.token:
         creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(endpoint.token))

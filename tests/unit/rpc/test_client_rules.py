@@ -125,3 +125,23 @@ def test_a_daemon_that_stops_during_the_call_is_not_reported_unreachable(capsys)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "cairn: error: cairnd at unix socket '/s.sock' stopped while this call ran", lines
     assert "run the command again" in lines[1]
+
+
+def test_a_call_cut_off_mid_stream_says_the_connection_was_lost(capsys):
+    """The daemon died while a restore streamed: the client reached it, so not 'is cairnd
+    running?' but what was lost and how to finish."""
+    err = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Stream removed (recvmsg:Connection reset by peer (104))")
+    assert cli._rpc_failure(err, resolve_endpoint(address="127.0.0.1:7443", tls_ca="/ca.pem")) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("cairn: error: the connection to cairnd at ") and "was lost during the call" in lines[0]
+    assert "--delta" in lines[1] and "--tls-ca" not in lines[1]
+
+
+def test_a_ca_file_that_holds_no_certificate_is_named(tmp_path):
+    from cairn.client.connection import open_channel
+    from cairn.errors import InvalidArgumentError
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(InvalidArgumentError, match="holds no certificate"):
+        open_channel(resolve_endpoint(address="127.0.0.1:7443", tls_ca=str(bad)))
