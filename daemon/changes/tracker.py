@@ -661,6 +661,8 @@ class ChangeTracker:
         barrier_ok = watched and self._watcher is not None and self._watcher.barrier(BARRIER_TIMEOUT)
         if src is not None and src.watch:
             self._rewatch_if_torn(src)  # after the barrier: what the events up to now tore
+        if barrier_ok and self._watcher is not None:
+            self._watcher.drop_stale(name)  # directories moved out or deleted but pinned: their events are not ours
         if watched and not barrier_ok:
             log.warning("change watcher did not answer in time; source '%s' is walked", name)
         # Read the sequence and the entries with no flush in between: nothing recorded before

@@ -262,6 +262,41 @@ class _Group(InotifyWatchGroup):
             if _is_dir(path):
                 self._add_all_callbacks(path)
 
+    def drop_stale(self) -> list[bytes]:
+        """Drop the watches of directories that are no longer at their path: moved out of the
+        tree, or deleted while a process keeps them (an open file pins the inode, and the kernel
+        keeps its watch). watchdog keeps such watches (an unpaired move-out is left as it is),
+        so their events would go on naming paths of the source: changes that are not there,
+        and RPO sets of an unchanged source. Called after a barrier, when every move within the
+        tree has been read (its watches moved with it). Returns the paths dropped."""
+        dropped: list[bytes] = []
+        with self._lock:
+            if not self.is_active or self._root is None:
+                return dropped
+            inodes = self._inodes()
+            stack = [(self._root, self.path)]
+            stale = []
+            reached = set()
+            while stack:
+                node, path = stack.pop()
+                reached.add(node.wd)
+                if node is not self._root and node.wd in inodes and not os.path.lexists(path):
+                    # gone from its path (another directory at the path is left to the torn-watch
+                    # checks: this one may have moved within the tree unseen, and must stay watched)
+                    stale.append((node, path))
+                    continue  # its subtree goes with it
+                stack.extend((child, os.path.join(path, name)) for name, child in node.children.items())
+            for node, path in stale:
+                self._remove_node_and_watches(node, path)
+                dropped.append(path)
+            # directories deleted while pinned: watchdog detached them and waits for IN_IGNORED,
+            # which the kernel sends only once the last reference goes
+            orphans = [wd for wd in self._nodes_by_wd if wd not in reached and wd >= 0]
+            if orphans:
+                self._remove_callbacks(orphans)
+                dropped += [b"(deleted directory)"] * len(orphans)
+        return dropped
+
     def watches_path(self, path: bytes) -> bool:
         """True when directory `path` has a watch of this group."""
         with self._lock:
@@ -472,6 +507,15 @@ class Watcher:
         for info, real in self._placed(source, path):
             for group in list(info.groups):
                 group.rewatch(real)
+
+    def drop_stale(self, source: str) -> int:
+        """Drop the watches of `source`'s directories that left their path (see _Group.drop_stale)."""
+        with self._lock:
+            infos = [i for i in self._roots.values() if i.source == source]
+        dropped = [p for i in infos for g in list(i.groups) for p in g.drop_stale()]
+        for p in dropped:
+            log.debug("watches below '%s' dropped: the directory left its path", os.fsdecode(p))
+        return len(dropped)
 
     def is_watched(self, source: str, path: str) -> bool:
         """True when directory `path` of `source` has a watch."""

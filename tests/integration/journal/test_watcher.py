@@ -465,3 +465,32 @@ def test_hinted_backup_equals_full_walk(env, tmp_path):
     walked2 = repo.backup(BackupRequest("app", (env.src,), "full"))
     assert diff.tree == walked2.tree
     repo.close()
+
+
+def test_a_directory_moved_out_or_deleted_but_held_open_stops_reporting_after_a_set(tracked):
+    """A directory moved out of the source, and one deleted while a process holds a file open in
+    it, keep their inotify watch in the kernel: their later writes are not the source's
+    changes. The next set's prepare drops those watches, so they count for nothing after it
+    (no pending changes, no RPO set of an unchanged source, no whole-source rescan)."""
+    env, t = tracked
+    outside = os.path.join(env.root, "outside")
+    os.makedirs(outside)
+    watches = t.status("app").watches
+    os.makedirs(env.p("held"))
+    held = open(env.p("held", "log"), "ab")
+    try:
+        env.wait_until(lambda: t.status("app").watches == watches + 1, what="held/ to be watched")
+        os.rename(env.p("sub"), os.path.join(outside, "sub"))  # sub/ and sub/deep/ leave the source
+        shutil.rmtree(env.p("held"))                           # gone, but its inode pinned by the open file
+        hint, token = t.prepare("app", "incremental", "F1", "full")
+        t.committed("app", "incremental", "I1", token)
+        assert t.status("app").watches == watches - 2  # the root's only: sub/, sub/deep/ and held/ dropped
+        write(os.path.join(outside, "sub", "deep", "new"))
+        held.write(b"more\n")
+        held.flush()
+        hint, _ = incremental(t, "I1")  # its barrier: the writes' events, if any, are read by now
+        assert hint is not None, t.status("app").reasons
+        assert hint.paths == frozenset() and hint.rescan == frozenset(), hint
+        assert t.status("app").pending_paths == 0 and t.status("app").state == "complete"
+    finally:
+        held.close()
