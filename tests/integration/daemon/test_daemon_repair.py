@@ -179,16 +179,14 @@ def test_a_damaged_set_object_is_named_by_sets_and_by_restore(start_daemon, daem
     assert "unknown set" not in r.stderr and not (tmp_path / "t").exists()
 
 
-def test_ls_lists_past_a_damaged_directory_and_names_it(start_daemon, daemon, tmp_path):
+def _damage_listing(daemon, set_id: str, name: bytes) -> None:
+    """Flip a byte of the stored listing of top-level directory `name` of the set (daemon stopped)."""
     from cairn.store.repository import Repository
 
-    (daemon.src / "z.txt").write_text("after d\n")
-    s = _backup(daemon)
-    assert daemon.terminate(timeout=20)[0] == 0
     repo = Repository.open_local(str(daemon.repo), read_only=True)
     try:
-        root = bytes.fromhex(repo.get_set(s["id"]).tree)
-        sub = next(e.subtree for e in repo.load_tree(root) if e.name == b"d")
+        root = bytes.fromhex(repo.get_set(set_id).tree)
+        sub = next(e.subtree for e in repo.load_tree(root) if e.name == name)
         loc = repo.index.get(sub)
     finally:
         repo.close()
@@ -196,6 +194,13 @@ def test_ls_lists_past_a_damaged_directory_and_names_it(start_daemon, daemon, tm
     data = bytearray(pack.read_bytes())
     data[loc.offset + loc.stored_len // 2] ^= 0x08
     pack.write_bytes(bytes(data))
+
+
+def test_ls_lists_past_a_damaged_directory_and_names_it(start_daemon, daemon, tmp_path):
+    (daemon.src / "z.txt").write_text("after d\n")
+    s = _backup(daemon)
+    assert daemon.terminate(timeout=20)[0] == 0
+    _damage_listing(daemon, s["id"], b"d")
     d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
     r = d.cli("ls", "-r", s["id"])
     assert r.returncode == 1, r.stderr
@@ -209,25 +214,13 @@ def test_a_damaged_directory_whose_name_is_not_utf8_is_named_escaped(start_daemo
     """A directory named b'e\\xff\\n' (not UTF-8, with a newline) whose listing is damaged: `ls -r`
     and both kinds of restore name it as `ls -b` would and go on with everything else (a
     name with an undecodable byte in a message once failed the whole call: "internal error")."""
-    from cairn.store.repository import Repository
-
     odd = os.fsencode(str(daemon.src)) + b"/e\xff\n"
     os.mkdir(odd)
     with open(odd + b"/inside.bin", "wb") as f:
         f.write(os.urandom(50_000))
     s = _backup(daemon)
     assert daemon.terminate(timeout=20)[0] == 0
-    repo = Repository.open_local(str(daemon.repo), read_only=True)
-    try:
-        root = bytes.fromhex(repo.get_set(s["id"]).tree)
-        sub = next(e.subtree for e in repo.load_tree(root) if e.name == b"e\xff\n")
-        loc = repo.index.get(sub)
-    finally:
-        repo.close()
-    pack = daemon.repo / "packs" / loc.pack[:2] / loc.pack
-    data = bytearray(pack.read_bytes())
-    data[loc.offset + loc.stored_len // 2] ^= 0x08
-    pack.write_bytes(bytes(data))
+    _damage_listing(daemon, s["id"], b"e\xff\n")
     d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
     r = d.cli("ls", "-r", s["id"])
     assert r.returncode == 1 and "internal error" not in r.stderr, r.stderr
