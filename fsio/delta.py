@@ -434,7 +434,7 @@ class DeltaWriter:
             return True
         except (OSError, InvalidArgumentError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.stats.errors.append(f"unable to restore '{shown(path)}': {msg}")
+            self.stats.errors.append(f"unable to restore '{shown(path) or '.'}': {msg}")
             self._bad.add(path)
             return False
 
@@ -556,12 +556,18 @@ class DeltaWriter:
 
     def _open_file(self, rel: bytes) -> int:
         """The file of the plan at `rel`, open for writing: the existing one, or a fresh one's
-        temporary file (made at the first call; one left by a delta that was killed goes first)."""
+        temporary file (made at the first call, under a name no entry has)."""
         tmp = self._temp.get(rel)
         if tmp is not None and rel not in self._made:
-            self._remove(tmp)
             with self.beneath.parent(tmp) as (pfd, name):
-                fd = os.open(name, _OPEN_NEW, 0o600, dir_fd=pfd)
+                while True:  # a new name, never one that exists: nothing there is removed or reused
+                    try:
+                        fd = os.open(name, _OPEN_NEW, 0o600, dir_fd=pfd)
+                        break
+                    except FileExistsError:
+                        tmp = temp_name(rel)
+                        self._temp[rel] = tmp
+                        name = tmp.rpartition(b"/")[2]
             self._made.add(rel)
             return fd
         with self.beneath.parent(tmp or rel) as (pfd, name):
@@ -665,7 +671,7 @@ class DeltaWriter:
             os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
     def _meta_dir(self, m: EntryMeta) -> None:
-        apply_dir_meta(self.beneath, m.path, m, self.owner)
+        apply_dir_meta(self.beneath, m.path, m, self.owner, prune_xattrs=True)
 
 
 ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes | CairnError]]]
@@ -705,10 +711,11 @@ def _write_holes(fd: int, data: bytes, off: int, old_size: int) -> int:
 
 
 def temp_name(rel: bytes) -> bytes:
-    """The temporary name beside `rel` under which a fresh file of a delta is written
-    (`TEMP_PREFIX` and a hash of the name, so it fits NAME_MAX and a rerun finds it again)."""
-    head, _, name = rel.rpartition(b"/")
-    tmp = TEMP_PREFIX + blake3.blake3(name).hexdigest()[:24].encode()
+    """A new temporary name beside `rel` under which a fresh file of a delta is written
+    (`TEMP_PREFIX` and random hex: it fits NAME_MAX; created with O_EXCL, so an entry already
+    there, a user's or the set's, is never taken over)."""
+    head = rel.rpartition(b"/")[0]
+    tmp = TEMP_PREFIX + os.urandom(12).hex().encode()
     return head + b"/" + tmp if head else tmp
 
 

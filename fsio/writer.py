@@ -165,7 +165,7 @@ class TreeWriter:
             return True
         except (OSError, InvalidArgumentError) as e:
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.stats.errors.append(f"unable to restore '{shown(path)}': {msg}")
+            self.stats.errors.append(f"unable to restore '{shown(path) or '.'}': {msg}")
             return False
 
     def _entry(self, m: EntryMeta) -> None:
@@ -307,22 +307,30 @@ def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool) -> int:
     return skipped
 
 
-def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool) -> int:
-    """Owner (when `owner`), xattrs, mode and mtime of directory `rel` of the target, through a
-    descriptor reached without following a link (a directory's metadata is applied last, after
-    its entries). Returns how many extended attributes it was not allowed to set (_setxattr)."""
+def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
+    """Owner (when `owner`), xattrs, mode and mtime of directory `rel` of the target (b"": the
+    target itself), reached without following a link (a directory's metadata is applied last,
+    after its entries). The directory is not opened for reading (one that is 0300 or 0100 is
+    set all the same); its xattrs go through /proc on an O_PATH descriptor of it. With
+    `prune_xattrs` (a delta) the xattrs it has and the set does not are removed (only user.*
+    when not `owner`). Returns how many extended attributes it was not allowed to set."""
     skipped = 0
     with beneath.parent(rel) if rel else contextlib.nullcontext((beneath.fd, b".")) as (pfd, name):
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    try:
         if owner:
-            os.fchown(fd, m.uid, m.gid)
-        for k, v in m.xattrs.items():
-            skipped += not _setxattr(fd, k, v)
-        os.fchmod(fd, stat.S_IMODE(m.mode))
-        os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
-    finally:
-        os.close(fd)
+            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            proc = b"/proc/self/fd/%d" % fd  # this very directory, whatever its path now
+            if prune_xattrs:
+                for k in [os.fsencode(n) for n in os.listxattr(proc)]:
+                    if k not in m.xattrs and (owner or k.startswith(b"user.")):
+                        os.removexattr(proc, k)
+            for k, v in m.xattrs.items():
+                skipped += not _setxattr(proc, k, v)
+        finally:
+            os.close(fd)
+        os.chmod(name, stat.S_IMODE(m.mode), dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
     return skipped
 
 

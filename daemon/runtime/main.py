@@ -424,7 +424,13 @@ def init_repository(config: Config, plaintext: bool = False) -> int:
     return EXIT_OK
 
 
+RECURSION_LIMIT = 20_000  # a directory chain as deep as PATH_MAX allows (2,048 levels) walks in recursion
+
+
 def main(argv: list[str] | None = None) -> int:
+    # The tree walks (the backup's, the watcher's os.walk, a restore's stream) recurse once per
+    # directory level; Python's default of 1,000 made a 1,200-level tree fail every set.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     args = parse_args(argv)
     try:
         config = build_config(args)

@@ -140,3 +140,11 @@ def test_a_delta_claim_is_checked_on_the_directory_and_the_file(tmp_path: Path) 
     (target / f"{CLAIM_PREFIX}{other}").write_text(nonce)
     with pytest.raises(FailedPreconditionError, match="claim does not match"):
         check_delta_claim(str(target), other)
+    if os.geteuid() == 0:  # a directory of another user (an application's, as a whole-set restore leaves it)
+        os.chown(target, 65534, 65534)
+        with pytest.raises(FailedPreconditionError, match="neither root nor the daemon's user"):
+            check_delta_claim(str(target), nonce)
+        assert check_delta_claim(str(target), nonce, any_owner=True)  # a root client: the daemon may
+        os.chown(target / f"{CLAIM_PREFIX}{nonce}", 65534, 65534)  # a client that is that user
+        with pytest.raises(FailedPreconditionError):
+            check_delta_claim(str(target), nonce, any_owner=True)

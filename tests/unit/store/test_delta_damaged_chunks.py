@@ -79,16 +79,27 @@ def test_a_hard_link_to_a_file_that_could_not_be_made_is_named_and_left(tmp_path
     assert not os.path.lexists(os.path.join(d, "link")) and not os.path.exists(os.path.join(d, "f00"))
 
 
-def test_a_delta_killed_while_it_made_a_file_leaves_a_temporary_name_the_next_one_reuses(tmp_path) -> None:
-    from cairn.fsio.delta import temp_name
+def test_entries_named_like_temporary_files_are_never_taken_over(tmp_path) -> None:
+    """A delta's temporary names are new every time (O_EXCL): what is already there under such
+    a name (a user's directory, a file a killed delta left) is an extra like any other, kept
+    and counted without --delete and removed with it, never overwritten or reused."""
+    from cairn.fsio.delta import TEMP_PREFIX, temp_name
 
     root = str(tmp_path / "t")
     entries, store = manifest(root)
     d = os.path.join(root, "d")
     os.unlink(os.path.join(d, "f05"))
-    stale = os.path.join(root, os.fsdecode(temp_name(b"d/f05")))
-    with open(stale, "wb") as f:
-        f.write(b"half")
-    assert os.path.dirname(stale) == d and os.path.basename(stale).startswith(".cairn-delta-")
-    p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids))
-    assert not st.errors and intact(root, store) == FILES and not os.path.exists(stale)
+    left = os.path.join(root, os.fsdecode(temp_name(b"d/f05")))
+    with open(left, "wb") as f:
+        f.write(b"half, left by a delta killed with -9")
+    users = os.path.join(root, os.fsdecode(TEMP_PREFIX) + "mine")
+    os.makedirs(os.path.join(users, "keep"))
+    with open(os.path.join(users, "keep", "data"), "wb") as f:
+        f.write(b"someone's work")
+    p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids), extras_under=[b""])
+    assert not st.errors and intact(root, store) == FILES
+    assert open(left, "rb").read().startswith(b"half") and open(os.path.join(users, "keep", "data"), "rb").read() \
+        == b"someone's work"
+    assert len(p.extras) == 2
+    p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids), extras_under=[b""], delete=True)
+    assert st.deleted == 2 and not os.path.exists(left) and not os.path.exists(users)
