@@ -29,3 +29,30 @@ def test_odd_names_are_listed_one_line_each_and_restore(start_daemon: Callable[.
         d.ok("restore", s["id"], "--target", target, e["path"])
         with open(os.path.join(os.fsencode(target), os.fsencode(e["path"])), "rb") as f:
             assert f.read() == names[os.fsencode(e["name"])]
+
+
+def test_a_directory_chain_deeper_than_pythons_default_recursion_limit(start_daemon, rundir) -> None:
+    """1,200 nested directories (a path of 2.4 KB, well under PATH_MAX): the daemon's walks
+    recurse once per level; with the interpreter's default limit of 1,000 every set failed
+    ('RecursionError') and the watcher's thread died."""
+    src = os.path.join(rundir, "src")
+    os.mkdir(src)
+    deep = src
+    for _ in range(1200):  # os.makedirs and shutil.rmtree recurse too: one level at a time here
+        deep = os.path.join(deep, "a")
+        os.mkdir(deep)
+    with open(os.path.join(deep, "bottom.txt"), "w") as f:
+        f.write("bottom\n")
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    set_id = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))["id"]
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target, timeout=120)
+    with open(os.path.join(target, os.path.relpath(deep, src), "bottom.txt")) as f:
+        assert f.read() == "bottom\n"
+    assert "RecursionError" not in d.log() and "Exception in thread" not in d.log()
+    for top in (src, target):  # the fixture's rmtree would recurse as deep: take the chains down first
+        os.unlink(os.path.join(top, os.path.relpath(deep, src), "bottom.txt"))
+        path = os.path.join(top, os.path.relpath(deep, src))
+        while path != top:
+            os.rmdir(path)
+            path = os.path.dirname(path)
