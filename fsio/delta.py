@@ -1,22 +1,27 @@
 """Delta restore and verification: compare a tree on disk with a set's manifest, then mend it.
 
 A manifest is the list of `EntryMeta` of a restore (pre-order, a directory before its
-contents) in which each file carries its chunk ids and sizes. `plan()` reads the target and
-says what differs: entries missing or of the wrong kind, file chunks whose content (blake3 of
-the bytes at the chunk's range) is not the chunk's id, lengths, metadata (mode, times, owner
-when root, xattrs, link targets, device numbers) and, when asked, extra entries the set does
-not hold. Nothing is written while planning, so the same plan serves --dry-run and --verify.
-`DeltaWriter.apply()` then mends the tree: wrong entries are removed and made again, files
-are opened in place (never through a link) and only the chunks that differ are written (the
-caller fetches their content), then lengths and metadata are set, extras removed, and
-directory metadata applied deepest first.
+contents; the set's root, path b"", first when the set records it) in which each file carries
+its chunk ids and sizes. `plan()` reads the target and says what differs: entries missing or
+of the wrong kind, file chunks whose content (blake3 of the bytes at the chunk's range, keyed
+with `id_key` in an encrypted repository) is not the chunk's id, lengths, metadata (mode,
+times, owner when root, xattrs, link targets, device numbers) and, when asked, extra entries
+the set does not hold. Nothing is written while planning, so the same plan serves --dry-run
+and --verify. `DeltaWriter` then mends the tree: wrong entries are removed and made again,
+existing files are opened in place (never through a link) and only the chunks that differ
+are written (the caller fetches their content), a file made anew is written under a new
+temporary name and renamed into place once complete, zeros of a file the set holds sparse
+stay holes, then lengths and metadata are set, extras removed, and directory metadata
+applied deepest first.
 
-What always holds: nothing outside the target is touched — every parent of an entry is a real
-directory of the target (checked with lstat, or made by this restore), files are opened with
-O_NOFOLLOW; a file whose inode is shared with another path (several hard links that the set
-does not link there) is replaced, not written in place, so no other path changes; extras are
-removed only when `delete` is set, and without it a directory holding entries is never removed
-to make room for a file (an error of the plan instead).
+What always holds: nothing outside the target is touched — every change goes through a
+descriptor of the entry's parent reached without following links at the moment of use
+(fsio/beneath.py), files are opened with O_NOFOLLOW; a file whose inode is shared with another
+path (several hard links that the set does not link there) is replaced, not written in place,
+so no other path changes; a file made anew never appears at its place empty or partial, and
+its temporary name never takes over an entry already there; extras are removed only when
+`delete` is set, and without it a directory holding entries is never removed to make room for
+a file (an error of the plan instead).
 """
 
 from __future__ import annotations
