@@ -124,9 +124,3 @@ class Beneath:
             yield fd, name
         finally:
             os.close(fd)
-
-
-def at(dir_fd: int, name: bytes) -> bytes:
-    """A path naming `name` in the directory `dir_fd` refers to, for the calls that take no
-    dir_fd (setxattr, listxattr): /proc resolves the descriptor to that very directory."""
-    return b"/proc/self/fd/%d/%s" % (dir_fd, name)

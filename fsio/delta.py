@@ -196,6 +196,12 @@ def _read_buffer(size: int) -> bytearray:
     return buf
 
 
+def chunk_id(data: bytes | memoryview, id_key: bytes | None = None) -> bytes:
+    """A chunk's id as the repository makes it: blake3 of its content, keyed with `id_key` in
+    an encrypted repository."""
+    return blake3.blake3(data, key=id_key).digest() if id_key else blake3.blake3(data).digest()
+
+
 def _hash_file(path: bytes, m: EntryMeta, id_key: bytes | None = None) -> tuple[list[int], int] | None:
     """(indexes of the chunks whose content differs, current length); None if unreadable.
     `id_key`: the repository's chunk id key (an encrypted repository's ids are keyed blake3)."""
@@ -214,8 +220,7 @@ def _hash_file(path: bytes, m: EntryMeta, id_key: bytes | None = None) -> tuple[
             else:
                 view = memoryview(buf)[:size]
                 got = os.preadv(fd, [view], off)  # into a reused buffer: no fresh pages per chunk
-                digest = blake3.blake3(view, key=id_key).digest() if id_key else blake3.blake3(view).digest()
-                if got != size or digest != cid:
+                if got != size or chunk_id(view, id_key) != cid:
                     bad.append(i)
             off += size
         return bad, length

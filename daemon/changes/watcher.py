@@ -631,7 +631,7 @@ class Watcher:
         parent = os.path.dirname(path)
         if info.excluded(path, is_dir):
             if event.is_create or event.is_moved_to or event.mask & _NAMED:
-                # the name is not stored, but it changed its directory's mtime, which is
+                # the name is not stored, but it changed its directory's mtime, which is stored
                 self.sink.changed(info.source, parent, False)
             return
         if event.is_create or event.is_moved_to:

@@ -32,7 +32,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import blake3
 from cairn.daemon.databases.engine import PhysicalRecord
 from cairn.daemon.databases.postgres.restoredb import (
     consistency_wal,
@@ -42,7 +41,7 @@ from cairn.daemon.databases.postgres.restoredb import (
 )
 from cairn.daemon.databases.postgres.walarchive import fetch_wal, record_namespace
 from cairn.fsio import claims
-from cairn.fsio.delta import DeltaPlan, DeltaStats, mend
+from cairn.fsio.delta import DeltaPlan, DeltaStats, chunk_id, mend
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.store.errors import CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet
@@ -75,16 +74,11 @@ def check_data_directory(target: str) -> None:
                  "point pg_wal elsewhere after recovery if you want it on another disk")
 
 
-def chunk_hash(data: bytes, id_key: bytes | None) -> bytes:
-    """A chunk id as the repository makes them (keyed blake3 when encrypted), which mend compares."""
-    return blake3.blake3(data, key=id_key).digest() if id_key else blake3.blake3(data).digest()
-
-
 def manifest_entries(records: Iterable[Record], id_key: bytes | None = None
                      ) -> tuple[list[EntryMeta], dict[bytes, bytes], list[str]]:
     """(entries, inline content by chunk id, problems) of a manifest stream in which some files
     carry their content: each such file becomes one chunk named by the hash of its content (as
-    `chunk_hash` makes chunk ids), so mend compares and writes it like any other."""
+    `chunk_id` makes them), so mend compares and writes it like any other."""
     entries: list[EntryMeta] = []
     inline: dict[bytes, bytes] = {}
     problems: list[str] = []
@@ -96,7 +90,7 @@ def manifest_entries(records: Iterable[Record], id_key: bytes | None = None
             return
         data = bytes(content)
         if data:
-            cid = chunk_hash(data, id_key)
+            cid = chunk_id(data, id_key)
             inline[cid] = data
             entries.append(dataclasses.replace(open_file, chunks=(cid,), chunk_sizes=(len(data),), size=len(data)))
         else:
@@ -134,7 +128,7 @@ def placed_entries(records: Iterable[Record], mtime_ns: int, id_key: bytes | Non
         if meta is None:
             return
         data = bytes(content)
-        cid = chunk_hash(data, id_key)
+        cid = chunk_id(data, id_key)
         if len(data) > INLINE_MAX:
             names[cid] = os.path.basename(os.fsdecode(meta.path))
         elif data:
