@@ -1,7 +1,7 @@
 """A real PostgreSQL 15 server archiving through the real `cairn wal-push` into a real cairnd.
 
-`Stack(root, sources)` owns: a PgServer whose archive_command is `cairn --socket S wal-push %p`,
-a cairnd process (config file with [[database]] appdb and the given [[source]] tables,
+`Stack(root, sources)` owns `root` (close() removes it), a PgServer whose archive_command is
+`cairn --socket S wal-push %p`, a cairnd process (config file with [[database]] appdb and the given [[source]] tables,
 socket_group = "postgres" so the server's OS user reaches the socket), and helpers to run the
 client, restore a set's files and database, and start a server on the restored data directory.
 
@@ -168,6 +168,7 @@ class Stack:
                     d.proc.kill()
                     d.proc.wait(10)
                 d.notify.close()
+            shutil.rmtree(self.root, ignore_errors=True)  # the test's directory under /tmp
 
     # -- client -----------------------------------------------------------------------------
 
