@@ -650,7 +650,7 @@ def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
         if d.set in forgotten:
             out(f"{verb} {d.set}  {render.decision_where(d)}: matched no rule")
     for set_id in sorted(forgotten - {d.set for d in reply.decisions}):
-        out(f"{verb} {set_id}")
+        out(f"{verb} {set_id}: named by --forget")
     for name in reply.wal_forgotten:
         out(f"{verb} WAL {name}: before the oldest kept set and outside the WAL window")
     freed = "would free" if reply.dry_run else "freed"
@@ -661,9 +661,11 @@ def cmd_prune(conn: Connection, args: argparse.Namespace) -> int:
     if reply.waiting_packs:
         why = (f"operations that were running when they were marked: {'; '.join(reply.waiting_on)}"
                if reply.waiting_on else "the grace period ([repository] gc_grace)")
-        out(f"{render.plural(reply.waiting_packs, 'pack')} ({render.human_bytes(reply.waiting_bytes)}) wait for {why}; "
-            "a later prune frees them" + ("; a lock of a host that is gone stands until it is stale (30 min) or "
-                                          "'cairn unlock --host H' removes it" if reply.waiting_on else ""))
+        wait = "would wait" if reply.dry_run else "wait"
+        gone = ("; a lock of a host that is gone stands until it is stale (30 min) or 'cairn unlock --host H' "
+                "removes it" if reply.waiting_on else "")
+        out(f"{render.plural(reply.waiting_packs, 'pack')} ({render.human_bytes(reply.waiting_bytes)}) {wait} for "
+            f"{why}; a later prune frees what is still unneeded then{gone}")
     return EXIT_OK
 
 

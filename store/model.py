@@ -177,7 +177,8 @@ class PrunePolicy:
     """Which sets to keep, applied to each (host, source) group apart (see store/maintenance/retention.py).
 
     A set is kept when at least one rule keeps it (the rules are a union); a policy with no
-    rule keeps every set. Counts of None mean "no such rule"; 0 is a rule that keeps nothing.
+    rule keeps every set. Counts of None mean "no such rule"; 0 is a rule that keeps nothing
+    (a policy of zeros only is refused by the daemon: retention.keeps_nothing).
     `keep_within` is seconds before the newest set of the group. `host` limits the prune to
     the sets one host took ("" = every host). `sources` gives some sources their own rules
     instead of this policy's (the daemon's per-source `keep`); a source it does not name keeps

@@ -1099,8 +1099,16 @@ class Repository:
                                            namespace=ns, rules=self.segment_rules)
                   for ns, found in sorted(by_space.items())}
         names = [walmod.display_name(ns, n) for ns, found in doomed.items() for n in found]
-        if not names or dry_run:
-            return replace(report, wal_forgotten=tuple(names))
+        if not names:
+            return report
+        if dry_run:  # the figures of the sets' plan again, now without the chunks of these WAL files
+            pruner = prunemod.Pruner(self, check_lock, lock_name)
+            pruner.skip_wal = frozenset(walmod.object_name(ns, n) for ns, found in doomed.items() for n in found)
+            plan = pruner.plan([s for s in before if s.id not in gone], [s for s in before if s.id in gone])
+            return replace(report, wal_forgotten=tuple(names), packs_deleted=plan.packs_deleted,
+                           packs_rewritten=plan.packs_rewritten, bytes_freed=plan.bytes_freed,
+                           waiting_packs=plan.waiting_packs, waiting_bytes=plan.waiting_bytes,
+                           waiting_on=plan.waiting_on)
         for ns, found in doomed.items():
             walmod.forget(self, found, ns)
         freed = prunemod.Pruner(self, check_lock, lock_name).run(PrunePolicy(), dry_run=False, source=None,

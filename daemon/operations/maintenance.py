@@ -19,8 +19,9 @@ from cairn.daemon.databases.postgres import walarchive
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.scheduling import retention
 from cairn.store.content.crypto import Secret
-from cairn.store.errors import AbortedError
+from cairn.store.errors import AbortedError, InvalidArgumentError, NotFoundError
 from cairn.store.maintenance.repair import IndexRepairReport, SetRepairReport
+from cairn.store.maintenance.retention import keeps_nothing
 from cairn.store.model import CheckReport, PrunePolicy, PruneReport
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,12 @@ class MaintenancePart(ServicePart):
             self._require_writable("pruning")
         if source:
             self._require_known_source(source)
+        if keeps_nothing(policy):
+            raise InvalidArgumentError("every --keep rule given is 0: the policy would forget every set (restic "
+                                       "reads it as no policy); forget sets by name with --forget ID")
+        if policy.host and policy.host not in {s.hostname for s in self.repo.list_sets()}:
+            raise NotFoundError(f"no set of host '{policy.host}' is in the repository: nothing to prune "
+                                f"(see the HOST column of 'cairn sets')")
         window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
                   else self._config.repository.wal_keep)
         return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)

@@ -28,6 +28,7 @@ from cairn.daemon.runtime.threads import ServiceThread
 from cairn.daemon.scheduling.cron import CronExpr
 from cairn.daemon.scheduling.scheduler import MAX_SLEEP, epoch_next_run
 from cairn.store.errors import CairnError, InvalidArgumentError, LockedError
+from cairn.store.maintenance.retention import keeps_nothing
 from cairn.store.model import PrunePolicy, PruneReport
 
 log = logging.getLogger(__name__)
@@ -70,13 +71,20 @@ def keep_policy(table: Mapping[str, Any]) -> PrunePolicy:
         fields["keep_tags"] = tuple(tags)
     if not fields:
         raise InvalidArgumentError("expected at least one rule (last, daily, within, ...)")
-    return PrunePolicy(**fields)
+    policy = PrunePolicy(**fields)
+    if keeps_nothing(policy):
+        raise InvalidArgumentError("every rule is 0: this policy would forget every set of the source "
+                                   "(forget sets by name with 'cairn prune --forget ID')")
+    return policy
 
 
 def describe(report: PruneReport) -> str:
     """One line for people about a retention run."""
-    text = (f"forgot {len(report.forgotten)} sets, kept {len(report.kept)}; freed {report.bytes_freed} bytes "
-            f"({report.packs_deleted} packs deleted, {report.packs_rewritten} rewritten)")
+    text = (f"forgot {len(report.forgotten)} sets, kept {len(report.kept)}; freed "
+            f"{report.bytes_freed / 2**20:.1f} MiB ({report.packs_deleted} packs deleted, {report.packs_rewritten} "
+            "rewritten)")
+    if report.waiting_packs:
+        text += f"; {report.waiting_packs} packs ({report.waiting_bytes / 2**20:.1f} MiB) wait for running operations"
     if report.wal_forgotten:
         text += f"; forgot {len(report.wal_forgotten)} WAL files"
     return text

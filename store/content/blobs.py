@@ -251,6 +251,7 @@ class BlobWriter:
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_written = 0
+        self.pack_bytes_written = 0
         self._uploaders = [threading.Thread(target=self._upload_loop, name=f"pack-upload-{i}", daemon=True)
                            for i in range(uploads)]
         for t in self._uploaders:
@@ -410,6 +411,7 @@ class BlobWriter:
         with self._index_lock:
             self._unindexed[name] = entries
             self.packs_written += 1
+            self.pack_bytes_written += len(data)
             flush = len(self._unindexed) >= self.index_every
         if flush:
             self._write_index()

@@ -206,16 +206,16 @@ class Checker:
         """Packs no index names, told apart by what the walk found (`whole`: every set walked):
         while sets or the WAL need blobs no index names, an index file was probably lost and
         repair indexes the pack (prune refuses to run meanwhile); when nothing needs such a blob
-        the pack is a leftover of an interrupted backup, which prune removes."""
+        the pack is a leftover of an interrupted backup or prune, which prune removes."""
         for pack in self._unindexed:
             if self.unindexed_needed:
                 why = ("sets need blobs that no index names, so its index file may be lost: 'cairn repair index' "
                        "indexes it (prune refuses to run until then)")
             elif whole:
-                why = "no set needs it (left by an interrupted backup): prune removes it"
+                why = "no set needs it (left by an interrupted backup or prune): prune removes it"
             else:
-                why = ("left by an interrupted backup (prune removes it) or its index file was lost (then sets "
-                       "miss blobs, and 'cairn repair index' indexes it)")
+                why = ("left by an interrupted backup or prune (prune removes it) or its index file was lost "
+                       "(then sets miss blobs, and 'cairn repair index' indexes it)")
             self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed: {why}", object_id=pack))
 
     def _emit(self, phase: str, done: int, total: int) -> None:

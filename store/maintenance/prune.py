@@ -132,6 +132,8 @@ class Pruner:
         self.repo = repo
         self.check_lock = check_lock or (lambda: None)
         self.lock_name = lock_name
+        self.skip_wal: frozenset[str] = frozenset()  # WAL catalog objects taken as gone (a dry run's WAL retention)
+        self.written = 0  # bytes of the packs this run's rewrites wrote
 
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
             grace: float = GRACE) -> PruneReport:
@@ -144,7 +146,7 @@ class Pruner:
         keep += [s for s in forget if s.id in in_use]
         forget = [s for s in forget if s.id not in in_use]
         if dry_run:
-            return replace(self._plan(keep, forget), in_use=tuple(sorted(in_use.items())))
+            return replace(self.plan(keep, forget), in_use=tuple(sorted(in_use.items())))
         # a damaged WAL catalog entry or listing of a kept set, or a needed blob no index file
         # names, stops the run before any change (the sets first, then their index files)
         kept = [s for s in self.repo.list_sets(complete=True) if s not in forget]
@@ -175,7 +177,8 @@ class Pruner:
             deleted, freed = deleted + d, freed + f
         waiting, size, holders = self.waiting(grace)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
-                           packs_deleted=deleted, packs_rewritten=rewritten, bytes_freed=freed,
+                           packs_deleted=deleted, packs_rewritten=rewritten,
+                           bytes_freed=max(0, freed - self.written),  # net: the rewrites' copies count against
                            dry_run=False, in_use=tuple(sorted(in_use.items())),
                            waiting_packs=waiting, waiting_bytes=size, waiting_on=holders)
 
@@ -210,8 +213,12 @@ class Pruner:
                 out[base] = f"{doc.get('purpose', 'a backup')} on {where(doc)}"
         return out
 
-    def _plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
-        """What a run would forget, mark and (after the grace period) delete; writes nothing."""
+    def plan(self, keep: list[BackupSet], forget: list[BackupSet]) -> PruneReport:
+        """What a run would forget, mark and (after the grace period) delete; writes nothing.
+        Counted as a run counts: a rewritten pack is also a deleted one, and the bytes are net
+        (the live blobs a rewrite copies are not freed). While other operations hold locks,
+        everything a run would mark waits for them (a running backup's new packs are among
+        it): it is reported as waiting, not as freed."""
         forgotten = {s.id for s in forget}
         kept = [s for s in self.repo.list_sets(complete=True) if s.id not in forgotten]
         self.repo.load_index()  # after the sets: a listed set's index files are durable before it
@@ -227,9 +234,15 @@ class Pruner:
         freed += sum(e.stored_len for p in rewrite for e in by_pack[p] if e.id not in live)
         freed += sum(sizes.get(p, 0) - sum(e.stored_len for e in by_pack[p] if e.id in live) for p in copies)
         rewrite += copies
+        deleted = len(dead) + len(orphans) + len(rewrite)
+        others = self.repo.locks.others_named(self.lock_name)
+        if others and deleted:
+            holders = tuple(sorted({self.repo.locks.describe(doc) for doc in others.values()}))
+            return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
+                               packs_rewritten=len(rewrite), dry_run=True, waiting_packs=deleted,
+                               waiting_bytes=freed, waiting_on=holders)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
-                           packs_deleted=len(dead) + len(orphans), packs_rewritten=len(rewrite),
-                           bytes_freed=freed, dry_run=True)
+                           packs_deleted=deleted, packs_rewritten=len(rewrite), bytes_freed=freed, dry_run=True)
 
     # -- phase 1 ---------------------------------------------------------------------
     def mark(self) -> int:
@@ -345,7 +358,7 @@ class Pruner:
         needed blob that no index file names (an index file was lost): a pack no index names may
         hold it, and prune would delete that pack as a leftover (`_check_indexed`)."""
         index = self.repo.index
-        live: set[bytes] = walmod.referenced_chunks(self.repo)
+        live: set[bytes] = walmod.referenced_chunks(self.repo, skip=self.skip_wal)
         lost = {b for b in live if index.get(b) is None}
         needing: list[str] = ["the WAL archive"] if lost else []
         for s in sets:
@@ -453,6 +466,7 @@ class Pruner:
                     if e.id in live and not self._elsewhere(e.id, doomed):
                         writer.put_forced(e.id, e.type, self.repo.reader.read(e.id))
             writer.finish()
+            self.written += writer.pack_bytes_written
         except BaseException:
             writer.abort()
             raise

@@ -55,6 +55,22 @@ def has_rules(policy: PrunePolicy) -> bool:
     return any(n is not None for n in counts) or policy.keep_within is not None or bool(policy.keep_tags)
 
 
+def keeps_nothing(policy: PrunePolicy) -> bool:
+    """True when the policy has rules and every one of them keeps no set (all counts 0, no
+    window, no tag): it would forget every set in its scope. restic reads such a policy as no
+    policy at all; Cairn refuses it rather than guess (forgetting sets by name is `forget`)."""
+    if not has_rules(policy) or policy.keep_within is not None or policy.keep_tags:
+        return False
+    calendar = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly, policy.keep_monthly,
+                policy.keep_yearly)
+    levels = (policy.keep_full, policy.keep_differential, policy.keep_incremental)
+    if any(n for n in (*calendar, *levels) if n is not None):
+        return False
+    if policy.keep_last is None:  # per-level counts alone (a calendar 0 is no rule): unnamed levels stay whole
+        return all(n is not None for n in levels)
+    return True
+
+
 def in_scope(s: BackupSet, policy: PrunePolicy) -> bool:
     """True when the policy decides about `s` (its host matches, or no host is named)."""
     return not policy.host or s.hostname == policy.host

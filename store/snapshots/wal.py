@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING
 
 import blake3
@@ -215,10 +215,13 @@ def content_pieces(repo: RepositoryHandle, label: str, doc: dict) -> Iterator[by
         raise CorruptionError(f"unable to read WAL file '{label}': checksum mismatch")
 
 
-def referenced_chunks(repo: RepositoryHandle) -> set[bytes]:
-    """Every chunk id any WAL catalog entry names (for prune)."""
+def referenced_chunks(repo: RepositoryHandle, skip: Collection[str] = ()) -> set[bytes]:
+    """Every chunk id any WAL catalog entry names (for prune), but those of the objects in
+    `skip` (entries a dry run of WAL retention takes as forgotten)."""
     out: set[bytes] = set()
     for name in list(repo.backend.list("wal")):
+        if name in skip:
+            continue
         doc = _catalog(repo, name)  # a damaged entry raises: its chunks cannot be known
         if doc:
             out.update(bytes.fromhex(c) for c in doc["chunks"])

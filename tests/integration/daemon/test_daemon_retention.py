@@ -74,6 +74,15 @@ def test_prune_policies_per_host_with_reasons(start_daemon, rundir, tmp_path):
     bad = d.cli("prune", "--keep-within", "3 fortnights")
     assert bad.returncode == 2 and bad.stderr.startswith("cairn: error: invalid --keep-within '3 fortnights'")
     assert len(bad.stderr.strip().splitlines()) <= 2
+    # a policy whose every rule is 0 would forget every set (restic reads it as no policy): refused
+    zero = d.cli("prune", "--keep-last", "0", "--keep-daily", "0")
+    assert zero.returncode == 2 and "every --keep rule given is 0" in zero.stderr, zero.stderr
+    # a mistyped host is an error, not a retention that silently matches nothing
+    nohost = d.cli("prune", "--dry-run", "--host", "bta", "--keep-last", "1")
+    assert nohost.returncode != 0 and "no set of host 'bta'" in nohost.stderr, nohost.stderr
+    assert len(json.loads(d.ok("--json", "sets"))) == 3
+    levels = d.cli("prune", "--dry-run", "--keep-full", "0", "--keep-differential", "0", "--keep-incremental", "0")
+    assert levels.returncode == 2 and "every --keep rule given is 0" in levels.stderr, levels.stderr
 
 
 def _config(path: str, repo: str, sock: str, src: str, host: str, extra_repo: str = "", keep: str = "") -> str:

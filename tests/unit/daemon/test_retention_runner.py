@@ -69,6 +69,10 @@ def test_option_durations():
     with pytest.raises(InvalidArgumentError, match="invalid --keep-within 'x'"):
         parse_option_duration("--keep-within", "x")
     assert keep_policy({"full": 2}) == PrunePolicy(keep_full=2)
+    with pytest.raises(InvalidArgumentError, match="every rule is 0"):  # it would forget every set
+        keep_policy({"last": 0, "daily": 0})
+    assert keep_policy({"last": 0, "within": "2d"}) == PrunePolicy(keep_last=0, keep_within=2 * 86400)
+    assert keep_policy({"full": 0}) == PrunePolicy(keep_full=0)  # the other levels are kept whole
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from cairn.daemon.databases.archive import PostgresSegments
-from cairn.store.maintenance.retention import decide, split
+from cairn.store.maintenance.retention import decide, keeps_nothing, split
 from cairn.store.maintenance.retention import wal_forget as store_wal_forget
 from cairn.store.model import BackupSet, PrunePolicy, SetStats
 
@@ -199,3 +199,18 @@ def test_per_level_counts_alone_leave_other_levels_alone():
     assert reasons(sets, PrunePolicy(keep_full=1))[inc1.id] == ("no rule for incremental sets",)
     # with any other rule in the policy the union decides alone
     assert kept(sets, PrunePolicy(keep_full=1, keep_last=1)) == {full2.id, inc1.id}
+
+
+@pytest.mark.parametrize("policy", [
+    PrunePolicy(keep_last=0), PrunePolicy(keep_daily=0), PrunePolicy(keep_full=0),
+    PrunePolicy(keep_full=0, keep_differential=0, keep_incremental=0), PrunePolicy(keep_last=0, keep_full=0),
+    PrunePolicy(keep_daily=0, keep_full=0), PrunePolicy(keep_last=0, keep_within=60.0),
+    PrunePolicy(keep_last=0, keep_tags=("t",)), PrunePolicy(keep_last=0, keep_weekly=0, keep_monthly=0),
+    PrunePolicy(keep_last=1), PrunePolicy(),
+])
+def test_keeps_nothing_is_exactly_a_policy_that_keeps_no_set(policy):
+    """The daemon refuses the policies keeps_nothing names (they would forget every set): it must
+    name all of them and no other, whatever the levels and tags of the sets."""
+    sets = [mk(at(2026, 1, d), level=lv, tags=("t",) if d == 3 else ())
+            for d, lv in ((1, "full"), (2, "incremental"), (3, "differential"), (4, "incremental"))]
+    assert keeps_nothing(policy) == (not kept(sets, policy))
