@@ -17,10 +17,11 @@ What always holds:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from cairn.daemon.rpc.streams import Slots
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -30,33 +31,6 @@ WATCH_POLL = 1.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-
-
-class Slots:
-    """A fixed number of slots for long-lived streams; taking one never blocks."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._free = threading.BoundedSemaphore(count)
-
-    def take(self, context: grpc.ServicerContext, what: str) -> Callable[[], None]:
-        """A slot, or abort the call with RESOURCE_EXHAUSTED; returns its release (safe to call twice)."""
-        if not self._free.acquire(blocking=False):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many open {what} streams (at most {self.count} at a time); try again later",
-            )
-        released = threading.Event()
-        once = threading.Lock()
-
-        def release() -> None:
-            with once:
-                if released.is_set():
-                    return
-                released.set()
-            self._free.release()
-
-        return release
 
 
 class HealthService(health_pb2_grpc.HealthServicer):

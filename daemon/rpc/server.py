@@ -8,7 +8,10 @@ carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED. Both e
 cairn.v1.Cairn, grpc.health.v1 (SERVING while up) and server reflection, with messages capped
 at MAX_MESSAGE_BYTES. Requests that do not parse get INVALID_ARGUMENT, not INTERNAL. Health
 and reflection are served by `health`: their long-lived streams share a few slots, so they
-can take at most AUX_STREAMS of the WORKERS threads (see that module).
+can take at most AUX_STREAMS of the WORKERS threads (see that module). Cairn's own streaming
+calls take slots of their listener's pools and are cancelled when they wait on a client that
+stopped reading (`streams`): no client can take the threads that WAL pushes and unary calls
+need.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Any
 
 import grpc
 from cairn import protocol
-from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflection, Slots
+from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflection
 from cairn.daemon.rpc.servicer import CairnServicer, Malformed
+from cairn.daemon.rpc.streams import Slots, StreamGuard, workers
 from cairn.daemon.runtime.config import DaemonConfig
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError
@@ -38,7 +42,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = protocol.MAX_MESSAGE_BYTES
-WORKERS = 16 + AUX_STREAMS  # health watches and reflection streams never get more than AUX_STREAMS
+WORKERS = workers(AUX_STREAMS)  # every stream slot of a listener, health's and reflection's, and a reserve
 MAX_CONCURRENT_RPCS = 512  # calls running or queued; beyond, RESOURCE_EXHAUSTED (bounds a flood's memory)
 SERVICE = pb.DESCRIPTOR.services_by_name["Cairn"]
 TOKEN_KEY = "authorization"
@@ -56,8 +60,9 @@ def _tolerant(cls: Any, method: str) -> Callable[[bytes], Any]:
     return parse
 
 
-def cairn_handler(servicer: CairnServicer) -> grpc.GenericRpcHandler:
-    """The method handlers of cairn.v1.Cairn, built from the service descriptor."""
+def cairn_handler(servicer: CairnServicer, guard: StreamGuard | None = None) -> grpc.GenericRpcHandler:
+    """The method handlers of cairn.v1.Cairn, built from the service descriptor; with `guard`
+    every streaming call holds one of its slots and is watched for stalls."""
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -69,8 +74,13 @@ def cairn_handler(servicer: CairnServicer) -> grpc.GenericRpcHandler:
         request_cls = getattr(pb, m.input_type.name)
         reply_cls = getattr(pb, m.output_type.name)
         make = kinds[(m.client_streaming, m.server_streaming)]
+        behaviour = getattr(servicer, m.name)
+        if guard is not None and m.server_streaming:
+            behaviour = guard.replies(m.name, behaviour)
+        elif guard is not None and m.client_streaming:
+            behaviour = guard.requests(m.name, behaviour)
         handlers[m.name] = make(
-            getattr(servicer, m.name),
+            behaviour,
             request_deserializer=_tolerant(request_cls, f"/{SERVICE.full_name}/{m.name}"),
             response_serializer=reply_cls.SerializeToString,
         )
@@ -118,6 +128,7 @@ class RpcServer:
         self._aux_slots = Slots(AUX_STREAMS)
         self._health = HealthService(self._aux_slots)
         self._servers: list[grpc.Server] = []
+        self._guards: list[StreamGuard] = []
         self._bound_socket: str | None = None  # only a socket this server created is removed
         self.tcp_port: int | None = None
 
@@ -138,6 +149,8 @@ class RpcServer:
         def wait_all() -> None:
             for e in events:
                 e.wait()
+            for g in self._guards:
+                g.watch.close()
             if self._bound_socket:
                 _unlink_socket(self._bound_socket)
             done.set()
@@ -158,7 +171,9 @@ class RpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        server.add_generic_rpc_handlers((cairn_handler(self._servicer),))
+        guard = StreamGuard()
+        self._guards.append(guard)
+        server.add_generic_rpc_handlers((cairn_handler(self._servicer, guard),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (SERVICE.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(LimitedReflection(names, self._aux_slots), server)
