@@ -94,6 +94,11 @@ LOAD_TRIES = 5  # listings of the index files while files vanish during a load
 RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
 
 
+def in_use_reason(holder: str) -> str:
+    """Why prune keeps a set a lock names: a running backup builds on it, or it is being read."""
+    return f"base of a running backup ({holder})" if holder.startswith("backup") else f"being read ({holder})"
+
+
 class Repository:
     """A Cairn repository on a Backend."""
 
@@ -940,19 +945,36 @@ class Repository:
         root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.load_tree, root, p)
-        top = root_entry(s) if not paths and attachment is None else None
-        if top is not None:
-            yield top  # the source directory's own metadata, applied to the target (last, as directories' are)
-        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
-        try:
-            yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
-                                     chunk_size=self._chunk_size if manifest else None).records(
-                root, paths, None if manifest else lanes)
-            why = select.nothing_included() if select is not None else None
-            if why:
-                raise NotFoundError(f"nothing to restore from set '{s.id[:8]}': {why}")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with self.reading_set(s, "restore"):
+            top = root_entry(s) if not paths and attachment is None else None
+            if top is not None:
+                yield top  # the source directory's own metadata, applied to the target (last, as directories' are)
+            pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
+            try:
+                yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
+                                         chunk_size=self._chunk_size if manifest else None).records(
+                    root, paths, None if manifest else lanes)
+                why = select.nothing_included() if select is not None else None
+                if why:
+                    raise NotFoundError(f"nothing to restore from set '{s.id[:8]}': {why}")
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def reading_set(self, s: BackupSet, what: str) -> Iterator[None]:
+        """Within the block, `s` is read (restored): a lock names it, so a prune meanwhile
+        neither forgets it nor deletes data it needs (prune keeps a set a lock names, as it keeps
+        a running backup's base, and forgets it in a later run). NotFoundError when the set was
+        forgotten before the lock said so. A read-only handle writes nothing, locks included:
+        it holds none (give the collecting hosts `gc_grace`, docs/operations.md)."""
+        if self.read_only or self.write_only:
+            yield
+            return
+        with self.locks.hold(f"{what} of set '{s.id[:12]}'") as lock:
+            self.locks.annotate(lock, base=s.id)
+            if s.id not in set(self.backend.list("sets")):
+                raise NotFoundError(f"set '{s.id[:12]}' was forgotten by a prune before its {what} began")
+            yield
 
     def _chunk_size(self, bid: bytes) -> int:
         loc = self.index.get(bid)
@@ -968,11 +990,12 @@ class Repository:
         self._full_key("to read file data")
         roots = [self.root_tree(s, a) for a in attachments] if attachments else [self.root_tree(s, attachment)]
         allowed = set_chunks(self.load_tree, roots)
-        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
-        try:
-            yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        with self.reading_set(s, "read"):
+            pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
+            try:
+                yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
                 progress: ProgressFn | None = None, attachment: str | None = None) -> RestoreStats:
@@ -1036,7 +1059,7 @@ class Repository:
                 decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
                 named = set(report.forgotten)  # a set forgotten by name is not "kept by" a rule
                 in_use = dict(report.in_use)
-                decisions = [replace(d, keep=True, reasons=(f"base of a running backup ({in_use[d.set_id]})",))
+                decisions = [replace(d, keep=True, reasons=(in_use_reason(in_use[d.set_id]),))
                              if d.set_id in in_use else d for d in decisions]
                 report = replace(report, decisions=tuple(d for d in decisions if not (d.keep and d.set_id in named)))
                 if policy.wal_keep is not None:

@@ -20,9 +20,10 @@ instead of deduplicating), and before committing refuse a set that relies on a p
 by a marker whose blockers do not include their own lock. docs/format.md gives the argument
 that no committed set ever references a deleted pack.
 
-A set that a running backup builds on (its lock names the base, store/content/locks.py) is not
-forgotten, whatever the policy says: its data is what that backup deduplicates against. A
-later run forgets it once the backup has ended.
+A set that a running backup builds on, or that a restore is reading (its lock names the set,
+store/content/locks.py), is not forgotten, whatever the policy says: its data is what that
+backup deduplicates against or what that restore still has to read. A later run forgets it once
+the operation has ended.
 
 Crash safety: every step only adds objects or deletes what the rest no longer needs, in an
 order where a crash before any write or delete leaves a consistent repository and the next

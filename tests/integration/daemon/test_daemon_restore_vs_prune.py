@@ -1,0 +1,41 @@
+"""`cairn prune --forget` of the set a client is restoring (the real daemon, real gRPC): the prune
+keeps the set and says why, the restore gets every byte, and a later prune forgets the set."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import grpc
+import pytest
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.cairn.v1 import cairn_pb2_grpc as pbg
+
+SIZE = 6 * 1024 * 1024
+
+
+@pytest.fixture
+def daemon(start_daemon, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old.bin").write_bytes(os.urandom(SIZE))  # far beyond what one reply holds
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.old = json.loads(d.ok("--json", "backup", "--level", "full"))["id"]
+    (src / "old.bin").unlink()
+    (src / "new.txt").write_text("new\n")
+    d.new = json.loads(d.ok("--json", "backup", "--level", "full"))["id"]
+    return d
+
+
+def test_prune_forget_of_a_set_being_restored_keeps_it_until_the_restore_ends(daemon):
+    with grpc.insecure_channel("unix:" + daemon.socket) as channel:
+        stream = pbg.CairnStub(channel).Restore(pb.RestoreRequest(set=daemon.old), timeout=120)
+        got = [next(stream)]  # the restore has begun, and its client reads no further for now
+        out = daemon.ok("prune", "--forget", daemon.old)
+        assert f"keep {daemon.old}" in out and "being read (restore of set" in out, out
+        assert "forgot 0 sets" in out, out
+        got += list(stream)
+    assert sum(batch.ByteSize() for batch in got) > SIZE  # every byte of the set came
+    later = json.loads(daemon.ok("--json", "prune", "--forget", daemon.old))
+    assert later["forgotten"] == [daemon.old] and later["bytes_freed"] > SIZE // 2, later
+    assert [s["id"] for s in json.loads(daemon.ok("--json", "sets"))] == [daemon.new]
