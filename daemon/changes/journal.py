@@ -29,6 +29,12 @@ What always holds:
 - Entries with seq <= full_seq are deleted: no usable base (latest full, latest set) can need
   them. Entries between full_seq and set_seq are kept for the next differential.
 - Paths are stored as bytes (file names need not be UTF-8).
+- A batch that fails to be written (a full disk, an I/O error) leaves nothing of itself behind
+  and uses up no sequence number: `record` raises the SQLite error and the caller keeps the batch.
+- A damaged database (not a database, malformed) is never used: `Journal` refuses it with
+  `JournalDamaged`, and `open_journal` moves it aside (`<name>.corrupt-<time>`, with its -wal
+  and -shm files) and starts a fresh one, which knows no source, so every source is walked.
+  Any other failure to open or to record a session is a `JournalError` (a `CairnError`, one line).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from cairn.errors import CairnError
 
 KINDS = ("path", "tree", "rescan", "source")
 FORMAT_VERSION = 1
@@ -71,8 +79,44 @@ ON CONFLICT (source, kind, path) DO UPDATE SET
 """
 
 
-class JournalError(Exception):
-    """The journal database cannot be used (unreadable, newer format)."""
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+
+class JournalError(CairnError):
+    """The journal database cannot be used (unreadable, newer format, disk full at start)."""
+
+
+class JournalDamaged(JournalError):
+    """The journal database is damaged (not a database, malformed): it must be replaced."""
+
+
+def damaged(exc: BaseException) -> bool:
+    """True when `exc` says the database file itself is damaged (not a full disk, not an I/O error)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    text = str(exc)
+    return "not a database" in text or "malformed" in text
+
+
+def describe(exc: BaseException, path: str | None = None) -> str:
+    """The one-line reason of a SQLite or OS error; with `path`, a full file system under it is
+    named (SQLite reports one as "disk I/O error" when it cannot grow its -shm file)."""
+    if isinstance(exc, OSError):
+        why = exc.strerror or str(exc)
+    else:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if path is not None and "full" not in why and "No space" not in why:
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        except OSError:
+            return why
+        if st.f_bavail == 0 or (st.f_files and st.f_favail == 0):
+            why += " (No space left on device)"
+    return why
 
 
 @dataclass(frozen=True)
@@ -166,26 +210,45 @@ class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        db: sqlite3.Connection | None = None
         try:
+            if not os.path.lexists(path):  # the -wal or -shm of a database moved aside or deleted
+                for suffix in ("-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path + suffix)
             make_private(path)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db = db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            problems = [line for r in db.execute("PRAGMA quick_check(5)").fetchall()
+                        for line in str(r[0]).splitlines() if line and not line.startswith("***")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({problems[0] if problems else '?'})")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise JournalError(f"unable to open change journal '{path}': {e}") from None
-        except OSError as e:
-            raise JournalError(f"unable to open change journal '{path}': {e.strerror or e}") from None
-        version = self._meta("format")
-        if version is None:
-            self._set_meta("format", str(FORMAT_VERSION))
-        elif int(version) > FORMAT_VERSION:
-            raise JournalError(f"unable to open change journal '{path}': format {version} is newer than "
-                               f"{FORMAT_VERSION}")
-        self._seq = int(self._meta("seq") or 0)
+            version = self._meta("format")
+            if version is None:
+                self._set_meta("format", str(FORMAT_VERSION))
+            elif not version.isdigit():
+                raise sqlite3.DatabaseError(f"database disk image is malformed: format '{version}'")
+            elif int(version) > FORMAT_VERSION:
+                raise JournalError(f"unable to open change journal '{path}': format {version} is newer than "
+                                   f"{FORMAT_VERSION}")
+            # Never below a number already handed out (a set's marks included): see record().
+            self._seq = max(int(self._meta("seq") or 0), *self._db.execute(
+                "SELECT COALESCE(MAX(set_seq), 0), COALESCE(MAX(full_seq), 0) FROM sources").fetchone(),
+                self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0])
+        except (sqlite3.Error, OSError, ValueError, JournalError) as e:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            if isinstance(e, JournalError):
+                raise
+            cls = JournalDamaged if damaged(e) or isinstance(e, ValueError) else JournalError
+            raise cls(f"unable to open change journal '{path}': {describe(e, path)}") from None
 
     def close(self) -> None:
-        with self._lock:
+        """Close the database (never raises: what was committed is in it or in its -wal file)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
 
     # -- meta ------------------------------------------------------------------------------------
@@ -204,48 +267,74 @@ class Journal:
             return self._seq
 
     def begin_session(self, now: float | None = None) -> Session | None:
-        """Record that a daemon session started; return the previous one (None if first)."""
-        with self._lock:
-            raw = self._meta("session")
-            self._set_meta("session", json.dumps({"started": now or time.time(), "stopped": None,
-                                                  "pid": os.getpid()}))
-        if raw is None:
-            return None
-        d = json.loads(raw)
-        return Session(started=d["started"], stopped=d.get("stopped"), pid=d.get("pid", 0))
+        """Record that a daemon session started; return the previous one (None if first).
+        Raises JournalError (JournalDamaged for a damaged database) when it cannot be written."""
+        try:
+            with self._lock:
+                raw = self._meta("session")
+                self._set_meta("session", json.dumps({"started": now or time.time(), "stopped": None,
+                                                      "pid": os.getpid()}))
+        except sqlite3.Error as e:
+            cls = JournalDamaged if damaged(e) else JournalError
+            raise cls(f"unable to write change journal '{self.path}': {describe(e, self.path)}") from None
+        try:
+            d = json.loads(raw) if raw is not None else None
+            if d is None:
+                return None
+            return Session(started=d["started"], stopped=d.get("stopped"), pid=d.get("pid", 0))
+        except (ValueError, KeyError, TypeError):  # unreadable: as if the previous daemon had died
+            return Session(started=0.0, stopped=None, pid=0)
 
     def end_session(self, now: float | None = None) -> None:
-        """Record that the current session stopped cleanly."""
-        with self._lock:
-            raw = self._meta("session")
-            d = json.loads(raw) if raw else {"started": now or time.time(), "pid": os.getpid()}
-            d["stopped"] = now or time.time()
-            self._set_meta("session", json.dumps(d))
+        """Record that the current session stopped cleanly (JournalError when it cannot be written)."""
+        try:
+            with self._lock:
+                raw = self._meta("session")
+                try:
+                    d = json.loads(raw) if raw else None
+                except ValueError:
+                    d = None
+                if not isinstance(d, dict):
+                    d = {"started": now or time.time(), "pid": os.getpid()}
+                d["stopped"] = now or time.time()
+                self._set_meta("session", json.dumps(d))
+        except sqlite3.Error as e:
+            raise JournalError(f"unable to write change journal '{self.path}': {describe(e, self.path)}") from None
 
     # -- recording -------------------------------------------------------------------------------
     def record(self, changes: Iterable[Change]) -> dict[str, int]:
-        """Record a batch in one transaction; return per source how many rows it touched."""
+        """Record a batch in one transaction; return per source how many rows it touched.
+        On failure (sqlite3.Error: a full disk, ...) nothing of the batch is kept, not even the
+        sequence numbers it took, so a token read meanwhile never covers the batch's future rows."""
         touched: dict[str, int] = {}
         with self._lock:
-            protected = dict(self._db.execute("SELECT name, set_seq FROM sources").fetchall())
-            rows = []
-            for c in changes:
-                if c.kind not in KINDS:
-                    raise ValueError(f"unknown journal entry kind '{c.kind}'")
-                self._seq += 1
-                p = protected.get(c.source, 0)
-                rows.append((c.source, c.kind, _enc(c.path), self._seq, c.time, c.reason, p, p))
-                touched[c.source] = touched.get(c.source, 0) + 1
-            if not rows:
-                return touched
-            self._db.execute("BEGIN IMMEDIATE")
+            before = self._seq
             try:
-                self._db.executemany(_UPSERT, rows)
-                self._set_meta("seq", str(self._seq))
-                self._db.execute("COMMIT")
+                return self._record_locked(changes, touched)
             except BaseException:
-                self._rollback()
+                self._seq = before
                 raise
+
+    def _record_locked(self, changes: Iterable[Change], touched: dict[str, int]) -> dict[str, int]:
+        protected = dict(self._db.execute("SELECT name, set_seq FROM sources").fetchall())
+        rows = []
+        for c in changes:
+            if c.kind not in KINDS:
+                raise ValueError(f"unknown journal entry kind '{c.kind}'")
+            self._seq += 1
+            p = protected.get(c.source, 0)
+            rows.append((c.source, c.kind, _enc(c.path), self._seq, c.time, c.reason, p, p))
+            touched[c.source] = touched.get(c.source, 0) + 1
+        if not rows:
+            return touched
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(_UPSERT, rows)
+            self._set_meta("seq", str(self._seq))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
         return touched
 
     def _rollback(self) -> None:
@@ -319,3 +408,33 @@ class Journal:
             except BaseException:
                 self._rollback()
                 raise
+
+
+def open_journal(path: str, now: float | None = None) -> tuple[Journal, str | None]:
+    """Open the journal at `path`; a damaged one is moved aside (with its -wal and -shm files, to
+    `<path>.corrupt-<time>`) and a fresh one started in its place. Returns the journal and, when
+    it was replaced, a one-line note saying so. Raises JournalError when no journal can be opened
+    (a full disk, an I/O error, a newer format)."""
+    try:
+        return Journal(path), None
+    except JournalDamaged as e:
+        why = e.message.rsplit("': ", 1)[-1]
+        aside = move_aside(path, now)
+    return Journal(path), f"change journal '{path}' was damaged ({why}): moved to '{aside}', started afresh"
+
+
+def move_aside(path: str, now: float | None = None) -> str:
+    """Rename the database at `path` and its -wal/-shm files to `<path>.corrupt-<time>[-wal|-shm]`."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now or time.time()))
+    aside = f"{path}.corrupt-{stamp}"
+    n = 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = f"{path}.corrupt-{stamp}.{n}"
+    try:
+        for suffix in ("", "-wal", "-shm", "-journal"):  # a -wal left behind is dropped by Journal()
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path + suffix, aside + suffix)
+    except OSError as e:
+        raise JournalError(f"unable to move damaged change journal '{path}' aside: {describe(e)}") from None
+    return aside

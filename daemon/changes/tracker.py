@@ -59,6 +59,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import stat
 import threading
 import time
@@ -66,7 +67,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cairn.daemon.changes.journal import Change, Journal
+from cairn.daemon.changes.journal import Change, Journal, JournalError, Pending, describe, open_journal
 from cairn.daemon.changes.watcher import Watcher
 from cairn.daemon.runtime.threads import ServiceThread
 from cairn.store.model import ChangeHint, check_level
@@ -75,6 +76,8 @@ from cairn.store.snapshots.excludes import Excluder
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05
+RETRY_INTERVAL = 1.0          # how often the flush thread retries a journal it could not write
+MAX_HELD_CHANGES = 100_000    # changes kept in memory while the journal cannot be written (beyond: per source, one)
 ROOT_CHECK_INTERVAL = 1.0     # how often the roots' real paths and the mounts below them are compared
 MAX_LINKED_FILES = 10000      # files with several hard links kept per source (beyond: walk the roots)
 MOUNTINFO = "/proc/self/mountinfo"
@@ -215,8 +218,11 @@ class _Flusher(ServiceThread):
 
     def run_safe(self) -> None:
         next_check = time.monotonic() + ROOT_CHECK_INTERVAL
+        next_try = 0.0
         while not self.wait(FLUSH_INTERVAL):
-            self.tracker.flush()
+            if time.monotonic() >= next_try:  # a journal that cannot be written is retried less often
+                self.tracker.flush()
+                next_try = time.monotonic() + RETRY_INTERVAL if self.tracker.write_failure else 0.0
             if time.monotonic() >= next_check:
                 try:
                     self.tracker.check_roots()
@@ -295,16 +301,34 @@ class ChangeTracker:
         self._watch_lock = threading.RLock()             # starting, ending and re-watching sources
         self._census: _Census | None = None
         self._journal: Journal | None = None
+        # Changes the journal could not record (a full disk): kept, in order, and written first by
+        # the next flush. Replaced, never changed in place; written under _flush_lock.
+        self._held: list[Change] = []
+        self._write_failure: str | None = None           # why, while _held is not empty
+        self._read_failure: tuple[str, float] | None = None  # why the journal could not be read, since when
         self._watcher: Watcher | None = None
         self._flusher: _Flusher | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the journal, mark every watched source for rescan (gap unknown), start watching."""
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        self._journal = Journal(os.path.join(self.state_dir, JOURNAL_FILE))
-        previous = self._journal.begin_session()
-        if previous is None:
+        """Open the journal, mark every watched source for rescan (gap unknown), start watching.
+        A damaged journal is moved aside and started afresh (every source walked); JournalError
+        (a CairnError) when none can be opened, e.g. on a full disk."""
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise JournalError(f"unable to create state directory '{self.state_dir}': {describe(e)}") from None
+        journal, replaced = open_journal(os.path.join(self.state_dir, JOURNAL_FILE))
+        try:
+            previous = journal.begin_session()
+        except JournalError:
+            journal.close()
+            raise
+        self._journal = journal
+        if replaced is not None:
+            log.warning("%s; every source is walked by its next set", replaced)
+            gap = "the change journal was damaged and started afresh"
+        elif previous is None:
             gap = "first start of the change journal"
         elif previous.clean:
             gap = "daemon restarted: changes while it was not running are unknown"
@@ -316,13 +340,15 @@ class ChangeTracker:
         self._census.start()
         for src in list(self._sources.values()):
             known = self._journal.marks(src.name).known
-            self._begin_source(src, gap if known else "source was never watched")
+            self._begin_source(src, gap if known or replaced else "source was never watched")
         self.flush()
         self._flusher = _Flusher(self)
         self._flusher.start()
 
     def stop(self) -> None:
-        """Stop watching, flush what is pending and record a clean stop."""
+        """Stop watching, flush what is pending and record a clean stop. Never raises for the
+        journal: what cannot be written is logged (one line), the session stays unclean, and the
+        next start walks every source anyway."""
         if self._watcher is not None:
             self._watcher.stop()
         if self._flusher is not None:
@@ -332,11 +358,31 @@ class ChangeTracker:
             self._census.stop()
             self._census = None
         self.flush()
-        if self._journal is not None:
-            self._journal.end_session()
-            self._journal.close()
-            self._journal = None
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            held = self._held
+            if held:
+                log.error("%s: %d changes were not recorded at stop; the next start walks every source",
+                          self._write_failure, len(held))
+            else:
+                try:
+                    journal.end_session()
+                except JournalError as e:
+                    log.error("%s: the stop is not recorded; the next start walks every source", e.message)
+            journal.close()
         self._watcher = None
+
+    @property
+    def healthy(self) -> bool:
+        """False once a thread of the tracker died of an unexpected error (it is logged, the
+        journal no longer records or checks); a journal that cannot be written for now (a full
+        disk) is not unhealthy: its changes are held and status says so (`write_failure`)."""
+        return all(t is None or t.healthy for t in (self._flusher, self._census))
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why the journal cannot be written now (its changes are held in memory), else None."""
+        return self._write_failure
 
     def reload(self, sources: Sequence[SourceLike]) -> None:
         """Apply a new source list: new or changed sources start over with a rescan."""
@@ -368,7 +414,11 @@ class ChangeTracker:
         """Start tracking one source: rescan first, then watch its roots."""
         journal = self._require_journal()
         watcher = self._require_watcher()
-        journal.set_fingerprint(src.name, _fingerprint(src))
+        try:
+            journal.set_fingerprint(src.name, _fingerprint(src))
+        except sqlite3.Error as e:  # only makes the source known; the rescan below is held if need be
+            log.warning("unable to write change journal '%s': %s (source '%s')", journal.path, describe(e),
+                        src.name)
         with self._state_lock:
             self._unwatched.pop(src.name, None)
             self._not_watched.pop(src.name, None)
@@ -607,13 +657,46 @@ class ChangeTracker:
         self._notify(touched)
 
     def _flush_locked(self) -> dict[str, int]:
+        """Write the held changes and the batch. On failure (a full disk, ...) nothing is lost:
+        the changes are held and retried (while held, every set walks its source whole)."""
         with self._batch_lock:
             batch, self._batch = self._batch, []
-        if not batch or self._journal is None:
+        journal = self._journal
+        if journal is None:
             return {}
         changes = [c for c, _ in batch]
         changes.extend(self._link_checks(batch))
-        return self._journal.record(changes)
+        changes = self._held + changes
+        if not changes:
+            return {}
+        try:
+            touched = journal.record(changes)
+        except (sqlite3.Error, OSError) as e:
+            self._hold(changes, f"unable to write change journal '{journal.path}': {describe(e, journal.path)}")
+            return {}
+        if self._held:
+            log.warning("change journal '%s' is written again: %d changes held in memory are recorded",
+                        journal.path, len(self._held))
+            self._held, self._write_failure = [], None
+        return touched
+
+    def _hold(self, changes: list[Change], why: str) -> None:
+        """Keep `changes` for the next flush; beyond MAX_HELD_CHANGES, one whole-source rescan per
+        source stands for them (first seen at the oldest)."""
+        if self._write_failure is None:
+            log.error("%s: changes are held in memory and written when it can be; until then sets walk "
+                      "their sources", why)
+        if len(changes) > MAX_HELD_CHANGES:
+            oldest: dict[str, float] = {}
+            for c in changes:
+                oldest[c.source] = min(oldest.get(c.source, c.time), c.time)
+            changes = [Change(src, "source", "", t, f"more than {MAX_HELD_CHANGES} changes could not be "
+                              "written to the change journal") for src, t in oldest.items()]
+        self._write_failure = why
+        self._held = changes
+
+    def _held_of(self, name: str) -> list[Change]:
+        return [c for c in self._held if c.source == name]
 
     def _notify(self, touched: dict[str, int]) -> None:
         if self.on_change is None:
@@ -667,16 +750,22 @@ class ChangeTracker:
             log.warning("change watcher did not answer in time; source '%s' is walked", name)
         # Read the sequence and the entries with no flush in between: nothing recorded before
         # the token can be missed (a row moved past the token by a newer event is still read).
+        # Changes the journal could not record (held) are in no entry: the set walks the source.
         with self._flush_lock:
             touched = self._flush_locked()
             with self._state_lock:
                 unwatched = frozenset(self._unwatched.get(name, {}))
             token = ChangeToken(name, level, journal.seq, time.time(), unwatched)
-            marks = journal.marks(name)
-            since = marks.set_seq if base_set_id == marks.set_id else \
-                marks.full_seq if base_set_id == marks.full_id else None
-            usable = level != "full" and watched and barrier_ok and base_set_id is not None
-            entries = journal.entries_after(name, since) if usable and since is not None else None
+            usable = level != "full" and watched and barrier_ok and base_set_id is not None and not self._held
+            entries = None
+            try:
+                marks = journal.marks(name)
+                since = marks.set_seq if base_set_id == marks.set_id else \
+                    marks.full_seq if base_set_id == marks.full_id else None
+                entries = journal.entries_after(name, since) if usable and since is not None else None
+                self._read_failure = None
+            except sqlite3.Error as e:
+                self._note_read_failure(journal, e)
         self._notify(touched)
         with self._state_lock:
             links = sorted(self._links.get(name, ()))
@@ -744,7 +833,14 @@ class ChangeTracker:
         check_level(level)
         if token.source != name:
             raise ValueError(f"change token of source '{token.source}' used for source '{name}'")
-        self._require_journal().commit(name, level, set_id, token.seq, prepared_at=token.prepared_at)
+        journal = self._require_journal()
+        try:
+            journal.commit(name, level, set_id, token.seq, prepared_at=token.prepared_at)
+        except sqlite3.Error as e:
+            # The journal still names the previous set: the next set (based on this one) walks.
+            log.error("unable to write change journal '%s': %s: set %s of source '%s' is not recorded in "
+                      "it; the next set walks the source", journal.path, describe(e), set_id[:12], name)
+            return
         with self._state_lock:
             self._links_held[name] = dict(token.linked)
         # The set walked every unwatched directory of its token: one that is gone or has a
@@ -773,8 +869,27 @@ class ChangeTracker:
         if not self._is_watched(name):
             return None
         self.flush()
-        oldest = self._require_journal().pending(name).oldest
-        return min([t for t in [oldest, *self._linked_changes(name)] if t is not None], default=None)
+        oldest = self._pending(name).oldest
+        held = [c.time for c in self._held_of(name)]
+        unread = [self._read_failure[1]] if self._read_failure is not None else []
+        return min([t for t in [oldest, *held, *unread, *self._linked_changes(name)] if t is not None], default=None)
+
+    def _pending(self, name: str) -> Pending:
+        """The journal's pending summary of `name` (none, with the failure noted, if unreadable)."""
+        journal = self._require_journal()
+        try:
+            pending = journal.pending(name)
+        except sqlite3.Error as e:
+            self._note_read_failure(journal, e)
+            return Pending(0, None, ())
+        self._read_failure = None
+        return pending
+
+    def _note_read_failure(self, journal: Journal, exc: sqlite3.Error) -> None:
+        why = f"unable to read change journal '{journal.path}': {describe(exc)}"
+        if self._read_failure is None or self._read_failure[0] != why:
+            log.error("%s: sets walk their sources until it can be read", why)
+            self._read_failure = (why, self._read_failure[1] if self._read_failure else time.time())
 
     def _linked_changes(self, name: str) -> list[float]:
         """The ctime of every kept multi-link file whose stat moved since the last committed set
@@ -794,8 +909,12 @@ class ChangeTracker:
         name = _name(source)
         self.check_roots(name)
         self.flush()
-        pending = self._require_journal().pending(name)
+        pending = self._pending(name)
+        held = self._held_of(name) if self._is_watched(name) else []
         reasons: list[str] = []
+        for failure in (self._write_failure, self._read_failure[0] if self._read_failure else None):
+            if failure is not None and self._is_watched(name):
+                reasons.append(f"{failure}: sets walk the source until it can be")
         with self._state_lock:
             if name in self._not_watched:
                 reasons.append(self._not_watched[name])
@@ -816,12 +935,12 @@ class ChangeTracker:
                 reasons.append(reason)
         linked_changes = self._linked_changes(name) if self._is_watched(name) else []
         oldest = pending.oldest if self._is_watched(name) else None
-        oldest = min([t for t in [oldest, *linked_changes] if t is not None], default=None)
+        oldest = min([t for t in [oldest, *(c.time for c in held), *linked_changes] if t is not None], default=None)
         return JournalStatus(
             state="rescan" if reasons else "complete",
             reasons=tuple(reasons),
             oldest_unprotected_age=max(0.0, time.time() - oldest) if oldest is not None else None,
-            pending_paths=pending.count + len(linked_changes),
+            pending_paths=pending.count + len(held) + len(linked_changes),
             watches=self._watcher.watches(name) if self._watcher is not None else 0,
             linked_files=linked,
         )

@@ -263,7 +263,8 @@ class Daemon:
 
     def healthy(self) -> bool:
         threads = (self.scheduler, self.rpo, self.backstop, self.retention)
-        return all(t is None or t.healthy for t in threads)
+        tracker_ok = self.tracker is None or self.tracker.healthy
+        return tracker_ok and all(t is None or t.healthy for t in threads)
 
     def status_text(self) -> str:
         cfg = self.config
