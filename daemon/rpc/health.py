@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from cairn.daemon.rpc.errors import bounded
 from cairn.daemon.rpc.streams import Slots
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -63,7 +64,7 @@ class HealthService(health_pb2_grpc.HealthServicer):
         with self._cond:
             status = self._status.get(request.service)
         if status is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+            context.abort(grpc.StatusCode.NOT_FOUND, bounded(f"unknown service '{request.service}'"))
         return health_pb2.HealthCheckResponse(status=status)
 
     def List(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -4,7 +4,10 @@ What always holds: the Unix socket is created with a restrictive umask and then 
 `socket_mode` (default 0660) and, if configured, the group `socket_group`, so only its owner
 and that group may call; an existing socket is replaced only if no daemon answers on it. The
 TCP endpoint exists only with a certificate, a key and a token file, and every call on it must
-carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED. Both endpoints serve
+carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED. An endpoint that cannot
+be bound (a socket path too long for sun_path, a directory that is read-only or takes no
+sockets, a port in use) is one FailedPreconditionError "unable to listen on 'WHERE': REASON",
+the reason found by binding a plain socket there first (gRPC names none). Both endpoints serve
 cairn.v1.Cairn, grpc.health.v1 (SERVING while up) and server reflection, with messages capped
 at MAX_MESSAGE_BYTES. Requests that do not parse get INVALID_ARGUMENT, not INTERNAL. Health
 and reflection are served by `health`: their long-lived streams share a few slots, so they
@@ -16,6 +19,7 @@ need.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hmac
 import logging
@@ -46,6 +50,7 @@ WORKERS = workers(AUX_STREAMS)  # every stream slot of a listener, health's and 
 MAX_CONCURRENT_RPCS = 512  # calls running or queued; beyond, RESOURCE_EXHAUSTED (bounds a flood's memory)
 SERVICE = pb.DESCRIPTOR.services_by_name["Cairn"]
 TOKEN_KEY = "authorization"
+UNIX_PATH_MAX = 107  # bytes of a Unix socket path: sun_path holds 108, the last its terminating NUL
 
 
 def _tolerant(cls: Any, method: str) -> Callable[[bytes], Any]:
@@ -180,25 +185,37 @@ class RpcServer:
         return server
 
     def _start_unix(self, path: str) -> grpc.Server:
+        _check_socket_length(path)
+        gid = _group_id(self._config.socket_group) if self._config.socket_group else -1
         _prepare_socket_path(path)
         server = self._new_server()
         old_umask = os.umask(0o177)
         try:
-            server.add_insecure_port("unix:" + path)
+            _probe_unix(path)
+            try:
+                server.add_insecure_port("unix:" + path)
+            except RuntimeError:  # the probe bound, gRPC did not: it says no more than that
+                raise FailedPreconditionError(f"unable to listen on '{path}'") from None
             server.start()
         finally:
             os.umask(old_umask)
         self._bound_socket = path
-        gid = _group_id(self._config.socket_group) if self._config.socket_group else -1
-        if gid != -1:
-            os.chown(path, -1, gid)
-            # The group must also reach the socket: give it search (x) on the directory we own.
-            parent = os.path.dirname(path)
-            st = os.stat(parent)
-            if st.st_uid == os.geteuid():
-                os.chown(parent, -1, gid)
-                os.chmod(parent, (st.st_mode & 0o7777) | 0o010)
-        os.chmod(path, self._config.socket_mode)
+        try:
+            if gid != -1:
+                os.chown(path, -1, gid)
+                # The group must also reach the socket: give it search (x) on the directory we own.
+                parent = os.path.dirname(path)
+                st = os.stat(parent)
+                if st.st_uid == os.geteuid():
+                    os.chown(parent, -1, gid)
+                    os.chmod(parent, (st.st_mode & 0o7777) | 0o010)
+            os.chmod(path, self._config.socket_mode)
+        except OSError as exc:
+            server.stop(None)
+            _unlink_socket(path)
+            self._bound_socket = None
+            raise FailedPreconditionError(
+                f"unable to listen on '{path}': unable to set its group or mode: {exc.strerror or exc}") from None
         log.info("listening on unix socket %s (mode %o)", path, self._config.socket_mode)
         return server
 
@@ -208,8 +225,12 @@ class RpcServer:
             raise InvalidArgumentError(f"daemon.listen '{address}' needs tls_cert, tls_key and token_file")
         token = read_token(cfg.token_file)
         key, cert = _read_bytes(cfg.tls_key), _read_bytes(cfg.tls_cert)
+        _probe_tcp(address)
         server = self._new_server(interceptors=(TokenInterceptor(token),))
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        try:
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        except RuntimeError:  # the probe bound, gRPC did not: it says no more than that
+            port = 0
         if not port:
             raise FailedPreconditionError(f"unable to listen on '{address}'")
         server.start()
@@ -218,13 +239,71 @@ class RpcServer:
         return server
 
 
+def _check_socket_length(path: str) -> None:
+    """A Unix socket path fits sun_path (108 bytes with its terminating NUL)."""
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_MAX:
+        raise FailedPreconditionError(
+            f"unable to listen on '{path}': the path is {size} bytes long, a Unix socket path may have at most "
+            f"{UNIX_PATH_MAX}", hint="choose a shorter daemon.socket (or --socket)")
+
+
+def _probe_unix(path: str) -> None:
+    """Bind a plain socket at `path` and remove it again: the reason gRPC would not give."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(path)
+    except OSError as exc:
+        raise FailedPreconditionError(f"unable to listen on '{path}': {exc.strerror or exc}") from None
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    finally:
+        probe.close()
+
+
+def _probe_tcp(address: str) -> None:
+    """Bind plain sockets where gRPC will listen (it listens if any address of the name binds);
+    when none binds, the reason of the first. Port 0 and what does not parse are left to gRPC."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not port_text.isdigit() or int(port_text) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise FailedPreconditionError(f"unable to listen on '{address}': {exc.strerror}") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _name, sockaddr in infos:
+        probe = socket.socket(family, kind, proto)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+            return
+        except OSError as exc:
+            failures.append(exc)
+        finally:
+            probe.close()
+    if failures:
+        why = failures[0].strerror or failures[0]
+        raise FailedPreconditionError(f"unable to listen on '{address}': {why}")
+
+
 def _prepare_socket_path(path: str) -> None:
     """Create the socket's directory; remove a stale socket, refuse a live one or a non-socket."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    directory = os.path.dirname(path) or "."
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise FailedPreconditionError(
+            f"unable to listen on '{path}': unable to create '{exc.filename or directory}': {exc.strerror or exc}"
+        ) from None
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise FailedPreconditionError(f"unable to listen on '{path}': {exc.strerror or exc}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise FailedPreconditionError(f"unable to listen on '{path}': a file that is not a socket is in the way")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -232,7 +311,11 @@ def _prepare_socket_path(path: str) -> None:
         probe.settimeout(1.0)
         probe.connect(path)
     except OSError:
-        os.unlink(path)  # nobody answers: a leftover of a daemon that died
+        try:
+            os.unlink(path)  # nobody answers: a leftover of a daemon that died
+        except OSError as exc:
+            raise FailedPreconditionError(
+                f"unable to listen on '{path}': unable to remove the stale socket: {exc.strerror or exc}") from None
         return
     finally:
         probe.close()
