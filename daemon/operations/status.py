@@ -2,13 +2,16 @@
 
 The shape is typed (`ServiceStatus`: `DaemonState`, `SourceState` with its `JournalView`, the
 archive's `ArchiveSnapshot`, `RetentionState`); the gRPC adapter maps it to the wire, field by
-field, and nothing reads it by string keys.
+field, and nothing reads it by string keys. A scheduled run that waits for its busy source, or
+is being taken late, is one of the daemon's warnings (`waiting_text`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -19,6 +22,7 @@ from cairn.daemon.operations.part import ServicePart
 from cairn.daemon.runtime.config import SourceConfig
 from cairn.daemon.runtime.health import Failure
 from cairn.daemon.scheduling.jobs import BackupJob
+from cairn.daemon.scheduling.scheduler import WaitingRun
 from cairn.store.errors import BackendError
 from cairn.store.model import BackupSet
 
@@ -33,7 +37,7 @@ class DaemonState:
     read_only: bool
     config_path: str
     hostname: str
-    warnings: tuple[str, ...] = ()  # what the operator should fix (another machine under this host name)
+    warnings: tuple[str, ...] = ()  # what the operator should know or fix (a host name shared, a late set)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,20 @@ class ServiceStatus:
     retention: RetentionState | None  # None when gc is not scheduled
 
 
+def waiting_text(run: WaitingRun) -> str:
+    """A scheduled run that waits for its source, or is taken late, for people (one line)."""
+    due = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.due))
+    head = f"source '{run.source}': the scheduled {run.level} set due {due}"
+    if run.started:
+        why = "missed while the daemon was down" if run.missed else "it waited for a busy source"
+        return f"{head} is being taken late ({why})"
+    running = f"the running {run.blocked_by or 'backup'}"
+    if run.missed:
+        then = f"it is caught up when {running} ends" if run.blocked_by else "it is being caught up"
+        return f"{head} was missed while the daemon was down; {then}"
+    return f"{head} waits for {running}; it starts when that ends"
+
+
 def set_status(s: BackupSet) -> str:
     """The one-word status of a committed set: what it records, else 'fuzzy' or 'ok'."""
     status = s.extra.get("status") if isinstance(s.extra, dict) else None
@@ -96,6 +114,9 @@ def set_status(s: BackupSet) -> str:
 
 class StatusPart(ServicePart):
     """The daemon's, its sources', WAL archiving's and retention's state, read without side effects."""
+
+    # The scheduler's waiting and late runs ({source: WaitingRun}), set by the daemon when it schedules.
+    waiting_runs: Callable[[], Mapping[str, WaitingRun]] | None = None
 
     def full_status(self) -> ServiceStatus:
         """What `cairn status` shows, in one typed record."""
@@ -123,6 +144,7 @@ class StatusPart(ServicePart):
         others = hostname.host_shared_with(sets, self._hostname, self._machine_id)
         if others:
             warnings.append(hostname.shared_host_warning(self._hostname, others))
+        warnings += self._waiting_texts()
         if warnings:
             daemon = replace(daemon, warnings=tuple(warnings))
         running = self.jobs.running()
@@ -198,6 +220,17 @@ class StatusPart(ServicePart):
             return JournalView("unknown (the change journal could not be read)")
         text = "complete" if st.state == "complete" else "rescan pending: " + "; ".join(st.reasons)
         return JournalView(text, st.state, st.reasons, st.oldest_unprotected_age, st.pending_paths, st.watches)
+
+    def _waiting_texts(self) -> list[str]:
+        """One line per scheduled run that waits for its source or is being taken late."""
+        if self.waiting_runs is None:
+            return []
+        try:
+            runs = self.waiting_runs()
+        except Exception:
+            log.exception("unable to read the waiting scheduled runs")
+            return []
+        return [waiting_text(run) for _, run in sorted(runs.items())]
 
     def _collect_next_runs(self) -> dict[str, dict[str, float]]:
         """The scheduler's next runs as {source: {level: epoch seconds}}."""

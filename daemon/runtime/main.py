@@ -52,7 +52,7 @@ from cairn.daemon.runtime.repokeys import (
 )
 from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_interval
 from cairn.daemon.scheduling.retention import RetentionRunner
-from cairn.daemon.scheduling.scheduler import Scheduler
+from cairn.daemon.scheduling.scheduler import Scheduler, soonest_runs
 from cairn.daemon.windows.quiesce import recover_windows, thaw_open_windows
 from cairn.errors import CairnError
 from cairn.store.repository import Repository
@@ -200,8 +200,13 @@ class Daemon:
             self._start_journal(cfg)
         # Timed backups only where something may be written; they start once we serve.
         if not read_only:
-            self.scheduler = Scheduler(cfg.schedules(), self.service.submit)
+            # A run due while its source is busy waits for it; runs missed while stopped are caught up.
+            jobs = self.service.jobs
+            self.scheduler = Scheduler(cfg.schedules(), self.service.submit,
+                                       running=lambda source: jobs.running().get(source),
+                                       state_dir=cfg.daemon.state_dir)
             self.service.set_next_runs(self.scheduler.next_runs)
+            self.service.waiting_runs = self.scheduler.waiting
             if cfg.repository.gc and not self.repo.write_only:  # a write-only key deletes nothing
                 self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
                 self.service.retention = self.retention
@@ -267,15 +272,23 @@ class Daemon:
         return tracker_ok and all(t is None or t.healthy for t in threads)
 
     def status_text(self) -> str:
+        """systemd's STATUS line: the sources, each running backup, then the next scheduled run."""
         cfg = self.config
         mode = "read-only, " if cfg.daemon.read_only else ""
-        text = f"serving {mode}{len(cfg.sources)} sources"
+        text = f"serving {mode}{len(cfg.sources)} source{'' if len(cfg.sources) == 1 else 's'}"
         if self.service is not None:
             for source, job in sorted(self.service.jobs.running().items()):
                 text += f"; {job.level} backup of '{source}' running {job.age():.0f}s"
                 p = job.progress
                 if p is not None:
                     text += f" ({p.phase}, {p.files_done} files)"
+        soonest = soonest_runs(self.scheduler.next_runs()) if self.scheduler is not None else None
+        if soonest is not None:
+            when, levels = soonest
+            runs = ", ".join(f"{level} of '{source}'" for source, level in sorted(levels.items()))
+            at = time.localtime(when)
+            shown = time.strftime("%H:%M" if at[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M", at)
+            text += f"; next: {runs} at {shown}"
         return text
 
     # ---- run ----

@@ -11,7 +11,8 @@ are restricted, a day matches if EITHER field matches ("0 0 1 * mon" runs on the
 every Monday).
 
 `next_run` never reads the clock: it works on the wall-clock time of the datetime it is
-given (naive = local time) and always returns a moment strictly after it. Across daylight
+given (naive = local time) and always returns a moment strictly after it; `previous_run`
+returns the latest run at or before a moment (built on `next_run`, so both agree). Across daylight
 saving changes a wall time that is repeated runs once (its first occurrence), and a wall
 time that does not exist runs at the first minute after the gap.
 """
@@ -198,6 +199,30 @@ def next_run(expr: CronExpr, after: datetime, tz: tzinfo | None = None) -> datet
                         return found
         day += timedelta(days=1)
     raise InvalidArgumentError(f"cron expression '{expr.text}' has no run in the next {_SEARCH_YEARS} years")
+
+
+def previous_run(expr: CronExpr, before: datetime, tz: tzinfo | None = None) -> datetime | None:
+    """Return the latest moment at or before `before` at which `expr` runs (None: none in
+    the last _SEARCH_YEARS years). The wall clock is chosen as in `next_run`.
+
+    The look-back window doubles from two minutes until it holds a run, then the runs inside
+    it are walked forward, so a dense cron costs a few steps and a yearly one a few dozen."""
+    if tz is not None:
+        before = before.astimezone(tz) if before.tzinfo is not None else before.replace(tzinfo=tz)
+    before_ts = before.timestamp()
+    window = timedelta(minutes=2)
+    limit = timedelta(days=366 * _SEARCH_YEARS)
+    while True:
+        found = next_run(expr, before - window)
+        if found.timestamp() <= before_ts:
+            while True:
+                later = next_run(expr, found)
+                if later.timestamp() > before_ts:
+                    return found
+                found = later
+        if window >= limit:
+            return None
+        window = min(window * 2, limit)  # the last window is the whole limit, as documented
 
 
 def _instant_after(wall: datetime, after_ts: float) -> datetime | None:

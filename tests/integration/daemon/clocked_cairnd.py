@@ -33,8 +33,8 @@ class ClockedRunner(RetentionRunner):
 
 
 class ClockedScheduler(Scheduler):
-    def __init__(self, sources, submit, clock_fn=clock, tz=None) -> None:
-        super().__init__(sources, submit, clock=clock_fn, tz=tz)
+    def __init__(self, sources, submit, clock_fn=clock, tz=None, **wiring) -> None:
+        super().__init__(sources, submit, clock=clock_fn, tz=tz, **wiring)  # running, state_dir as the daemon wires
 
 
 cairnd.RetentionRunner = ClockedRunner
