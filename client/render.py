@@ -45,11 +45,28 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def fmt_time(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+FIRST_TIME = -62135596800.0  # 0001-01-01T00:00:00Z
+LAST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def fmt_time(epoch: float, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """Local time of an epoch for people; '-' for 0 and '?' for one no clock can show (nan, inf,
+    outside the years 1..9999)."""
+    if not epoch:
+        return "-"
+    if not FIRST_TIME <= epoch <= LAST_TIME:  # nan fails every comparison
+        return "?"
+    try:
+        return time.strftime(fmt, time.localtime(epoch))
+    except (OverflowError, ValueError, OSError):
+        return "?"
 
 
 def fmt_age(seconds: float) -> str:
+    """A duration for people ('42s', '5m', '3h', '12d'); '?' for one measured from a time no clock
+    can show (nan, inf, more than 3,000 years)."""
+    if not abs(seconds) < 1e11:  # nan fails the comparison
+        return "?"
     seconds = int(max(0, seconds))
     if seconds < 120:
         return f"{seconds}s"
@@ -149,7 +166,7 @@ def set_row(s: pb.SetInfo, known: set[str] | None = None) -> tuple[str, ...]:
     return (
         short_id(s.id),
         fmt_time(s.time_start),
-        time.strftime("%H:%M:%S", time.localtime(s.time_end)) if s.time_end else "-",
+        fmt_time(s.time_end, "%H:%M:%S"),
         s.source,
         s.level,
         base,

@@ -5,9 +5,21 @@ A set being taken is recorded when it begins and dropped when it ends, so a set 
 kill -9 or a power loss is reported at the next start as that source's last failure (unless a
 set of the source committed at or after its beginning: then only the end's record was lost).
 
+A quiesce window the daemon found left open at start and could not thaw (a required thaw hook
+failed: its record is kept, daemon/windows/quiesce.py) is recorded as the source's last failure
+with status "thaw failed" and `pending_thaw` set (`settle_thaws`). It stays so until a thaw of
+that window succeeds: the "aborted" report of the set that was running does not replace it, and
+a later set's failure (refused while the thaw still fails) is recorded as "thaw failed" too,
+saying the application may still be stopped. Each window of the source retries that thaw when
+it opens and tells the records this process keeps for its state directory (`leftover_thaw`):
+still failing, the report is renewed; thawed, or no window left over, it is dropped. A later
+start that finds the window thawed drops it too (`settle_thaws`).
+
 The record lives in `<state_dir>/health.json`, replaced atomically on every change, so a
 kill -9 leaves the previous or the new record, never a torn one; an unreadable record is
 logged and started afresh (it only feeds status and metrics, never a decision about data).
+Every field is checked on load (types, finite times within the years 1970..9999, a WAL segment
+name of 24 hex digits): an entry that does not fit is dropped with a log line, the rest is kept.
 `restore_metrics` fills the Prometheus gauges at start from this record and the repository's
 sets, so alerts on the age of the last success neither fire falsely nor go blind.
 """
@@ -16,9 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +44,11 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "health.json"
 MAX_MESSAGE = 500
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: a later time in the record is not a time
+THAW_FAILED = "thaw failed"
+STILL_STOPPED = "the application may still be stopped"
+SEGMENT = re.compile(r"[0-9A-Fa-f]{24}")
+NOT_THAWED = f"; the quiesce window a previous daemon left open has not thawed yet: {STILL_STOPPED}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,50 @@ class Failure:
     time: float
     message: str
     status: str = "failed"
+    pending_thaw: bool = False  # a window left open by a previous daemon did not thaw at start
+
+
+class _Bad(ValueError):
+    """An entry of the record that does not fit; its message says which field and why."""
+
+
+def _time(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"{what} is not a number: {value!r:.40}")
+    t = float(value)
+    if not math.isfinite(t) or not 0.0 <= t <= MAX_TIME:
+        raise _Bad(f"{what} is out of range: {value!r:.40}")
+    return t
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"{what} is not a string: {value!r:.40}")
+    return value
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise _Bad(f"'{key}' is not an object")
+    return value
+
+
+def _failure(v: Any) -> Failure:
+    if not isinstance(v, dict):
+        raise _Bad("not an object")
+    pending = v.get("pending_thaw", False)
+    if not isinstance(pending, bool):
+        raise _Bad(f"pending_thaw is not a boolean: {pending!r:.40}")
+    return Failure(level=_text(v.get("level"), "level"), time=_time(v.get("time"), "time"),
+                   message=_text(v.get("message"), "message")[:MAX_MESSAGE],
+                   status=_text(v.get("status", "failed"), "status"), pending_thaw=pending)
+
+
+def _running(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _Bad("not an object")
+    return {"level": _text(v.get("level"), "level"), "time": _time(v.get("time"), "time")}
 
 
 class HealthRecord:
@@ -53,6 +117,10 @@ class HealthRecord:
         self._load()
         if self.running:
             self.interrupted, self.running = self.running, {}
+        self._home = os.path.abspath(state_dir) if state_dir else None
+        if state_dir:  # the windows of this process report their leftover thaws here (`leftover_thaw`)
+            with _live_lock:
+                _live.add(self)
 
     def _load(self) -> None:
         if self._path is None or not os.path.exists(self._path):
@@ -60,20 +128,46 @@ class HealthRecord:
         try:
             with open(self._path, encoding="utf-8") as handle:
                 data = json.load(handle)
-            self.failures = {name: Failure(**value) for name, value in data.get("failures", {}).items()}
-            self.wal_segment = str(data.get("wal", {}).get("segment", ""))
-            self.wal_time = float(data.get("wal", {}).get("time", 0.0))
-            self.running = {str(k): {"level": str(v["level"]), "time": float(v["time"])}
-                            for k, v in data.get("running", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("unable to read '%s', starting a new one: %s", self._path, exc)
-            self.failures, self.wal_segment, self.wal_time, self.running = {}, "", 0.0, {}
+            if not isinstance(data, dict):
+                raise _Bad("not a JSON object")
+        except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+            log.warning("unable to read '%s', starting a new one: %s", self._path,
+                        getattr(exc, "strerror", None) or exc)
+            return
+        self.failures = self._entries(data, "failures", _failure)
+        self.running = self._entries(data, "running", _running)
+        try:
+            wal = _table(data, "wal")
+            segment = _text(wal.get("segment", ""), "wal segment")
+            if segment and not SEGMENT.fullmatch(segment):
+                raise _Bad(f"wal segment is not a segment name: {segment!r:.40}")
+            when = _time(wal.get("time", 0.0), "wal time")
+            self.wal_segment, self.wal_time = segment, when
+        except _Bad as exc:
+            log.warning("'%s': dropped the last archived WAL segment: %s", self._path, exc)
+
+    def _entries(self, data: dict[str, Any], key: str, parse: Any) -> dict[str, Any]:
+        """The valid entries of table `key` (source name -> entry); each bad one is logged and dropped."""
+        try:
+            table = _table(data, key)
+        except _Bad as exc:
+            log.warning("'%s': dropped %s", self._path, exc)
+            return {}
+        out = {}
+        for name, value in table.items():
+            try:
+                out[name] = parse(value)
+            except _Bad as exc:
+                log.warning("'%s': dropped the %s entry of source '%s': %s", self._path, key, name[:100], exc)
+        return out
 
     def _save(self) -> None:
         if self._path is None or not os.path.isdir(os.path.dirname(self._path)):
             return
+        # sets a previous daemon was taking stay recorded until settle_interrupted reported them
         data = {"failures": {name: asdict(f) for name, f in self.failures.items()},
-                "wal": {"segment": self.wal_segment, "time": self.wal_time}, "running": self.running}
+                "wal": {"segment": self.wal_segment, "time": self.wal_time},
+                "running": {**self.interrupted, **self.running}}
         try:
             write_atomic(self._path, json.dumps(data, indent=1).encode())
         except OSError as exc:
@@ -81,10 +175,34 @@ class HealthRecord:
 
     def set_failed(self, source: str, level: str, message: str, status: str = "failed",
                    when: float | None = None) -> None:
-        """Remember that a set of `source` did not succeed."""
+        """Remember that a set of `source` did not succeed. While the window a previous daemon left
+        open has not thawed (a pending thaw), it is recorded as "thaw failed" and stays pending."""
         text = " ".join(message.split())[:MAX_MESSAGE] or status
         with self._lock:
-            self.failures[source] = Failure(level, time.time() if when is None else when, text, status)
+            old = self.failures.get(source)
+            pending = old is not None and old.pending_thaw
+            if pending:
+                status = THAW_FAILED
+                if STILL_STOPPED not in text:
+                    text = text[:MAX_MESSAGE - len(NOT_THAWED)] + NOT_THAWED
+            self.failures[source] = Failure(level, time.time() if when is None else when, text, status,
+                                            pending_thaw=pending)
+            self._save()
+
+    def thaw_retried(self, source: str, error: str | None) -> None:
+        """A window of `source` opened: `error` says why the thaw of the window a previous daemon
+        left open still fails (the source's last failure, "thaw failed"); None when it thawed now
+        or none was left (a pending thaw is then no longer shown)."""
+        with self._lock:
+            old = self.failures.get(source)
+            if error is None:
+                if old is not None and old.pending_thaw:
+                    del self.failures[source]
+                    self._save()
+                return
+            level = str(self.running.get(source, {}).get("level") or (old.level if old else "window"))
+            text = " ".join(error.split())[:MAX_MESSAGE]
+            self.failures[source] = Failure(level, time.time(), text, THAW_FAILED, pending_thaw=True)
             self._save()
 
     def begin(self, source: str, level: str) -> None:
@@ -107,6 +225,9 @@ class HealthRecord:
         for source, rec in sorted(self.interrupted.items()):
             if any(x.source == source and x.time_start >= rec["time"] - 1.0 for x in sets):
                 continue  # it committed; only the record of its end was lost
+            pending = self.failure(source)
+            if pending is not None and pending.pending_thaw and pending.time >= rec["time"]:
+                continue  # its window did not thaw at this start: that stays what status shows
             self.set_failed(source, rec["level"], "the daemon stopped while this set was being taken (killed, "
                             "or the host went down): nothing of it was committed", status="aborted",
                             when=rec["time"])
@@ -115,6 +236,26 @@ class HealthRecord:
         with self._lock:
             self._save()
         return out
+
+    def settle_thaws(self, failed: dict[str, str]) -> None:
+        """At start, after the thaw of the windows a previous daemon left open: `failed` maps each
+        source whose thaw failed to the error. Each becomes the source's last failure ("thaw
+        failed", `pending_thaw`), of the level of the set that was running (else "window"); a
+        source whose earlier failed thaw has succeeded since (no record left) is no longer shown."""
+        with self._lock:
+            changed = False
+            for source, f in list(self.failures.items()):
+                if f.pending_thaw and source not in failed:
+                    del self.failures[source]
+                    changed = True
+            for source, error in failed.items():
+                level = str(self.interrupted.get(source, {}).get("level") or "window")
+                text = " ".join(f"the quiesce window of source '{source}' left open by the previous daemon did "
+                                f"not thaw at start, {STILL_STOPPED}: {error}".split())[:MAX_MESSAGE]
+                self.failures[source] = Failure(level, time.time(), text, THAW_FAILED, pending_thaw=True)
+                changed = True
+            if changed:
+                self._save()
 
     def failure(self, source: str) -> Failure | None:
         with self._lock:
@@ -129,6 +270,22 @@ class HealthRecord:
                 return
             self.wal_segment, self.wal_time = name, time.time() if when is None else when
             self._save()
+
+
+_live: weakref.WeakSet[HealthRecord] = weakref.WeakSet()  # the records this process keeps (of a state dir)
+_live_lock = threading.Lock()
+
+
+def leftover_thaw(state_dir: str, source: str, error: str | None) -> None:
+    """What a window of `source` found when it opened (daemon/windows/quiesce.py): `error`, why
+    the thaw of the window a previous daemon left open still fails; None when that thaw
+    succeeded now or none was left. Kept by every record this process keeps for `state_dir`
+    (`HealthRecord.thaw_retried`); without one (a read-only daemon, a tool) nothing shows it."""
+    home = os.path.abspath(state_dir)
+    with _live_lock:
+        records = [r for r in _live if r._home == home]
+    for record in records:
+        record.thaw_retried(source, error)
 
 
 def last_successes(sets: list[BackupSet]) -> dict[tuple[str, str], float]:

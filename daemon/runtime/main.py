@@ -39,7 +39,7 @@ from cairn.daemon.rpc.server import RpcServer
 from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.runtime import heap, preflight
 from cairn.daemon.runtime.config import Config, config_from_args, load_config
-from cairn.daemon.runtime.health import restore_metrics
+from cairn.daemon.runtime.health import HealthRecord, restore_metrics
 from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.runtime.logs import setup_logging
 from cairn.daemon.runtime.metrics import Metrics
@@ -257,14 +257,22 @@ class Daemon:
         return set(self.service.jobs.running()) if self.service is not None else set()
 
     def thaw_leftover_windows(self) -> None:
-        """Run the thaw hooks of windows left open by a daemon that died inside them (and log it)."""
-        for rec in recover_windows(self.config.daemon.state_dir):
+        """Run the thaw hooks of windows left open by a daemon that died inside them (and log it).
+
+        An unreadable record runs the thaw hooks its source's configuration names. A thaw that
+        fails keeps its record (retried by the next set of the source and at the next start) and
+        is the source's last failure in `cairn status` until then (health.settle_thaws)."""
+        cfg = self.config
+        configured = {s.name: s.quiesce for s in cfg.sources if s.quiesce is not None}
+        failed: dict[str, str] = {}
+        for rec in recover_windows(cfg.daemon.state_dir, configured=configured):
             if rec.ok:
-                log.warning("source '%s': thawed the %s window left open since %s (%d thaw hooks ran)",
-                            rec.source, rec.mode, rec.to_dict()["started"], len(rec.results))
+                log.warning("source '%s': %s", rec.source, rec.summary())
             else:
-                log.error("source '%s': thaw of the %s window left open since %s failed: %s",
-                          rec.source, rec.mode, rec.to_dict()["started"], rec.error or "a thaw hook failed")
+                log.error("source '%s': %s", rec.source, rec.summary())
+                failed[rec.source] = rec.error or "a thaw hook failed"
+        if not cfg.daemon.read_only:  # the status of a read-only daemon keeps no health record
+            HealthRecord(cfg.daemon.state_dir).settle_thaws(failed)
 
     def healthy(self) -> bool:
         threads = (self.scheduler, self.rpo, self.backstop, self.retention)
@@ -417,6 +425,7 @@ class Daemon:
             kill_running()
             thaw_open_windows()
             return EXIT_FAILURE
+        thaw_open_windows()  # no set holds a window now: one still open (none should be) thaws before we go
         if self.tracker is not None:
             self.tracker.stop()  # flushes the journal and records a clean stop
         if self.repo is not None:

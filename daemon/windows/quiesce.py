@@ -14,34 +14,52 @@
   Hooks form a stack of levels (`levels=[(freeze hooks, thaw hooks), ...]`; `freeze`/`thaw`
   alone are one level): levels freeze in order, and on exit the thaw hooks of every level whose
   freeze began run, the last level first.
-  On enter it durably writes the window record (daemon/windows/records.py), starts a watchdog timer
-  for max_window and runs the freeze hooks in order (the record is rewritten before each
-  further level begins, so a crash thaws exactly the levels that began). A required freeze hook that fails raises
-  `HookError` (message holds the hook's stderr) after the thaw hooks ran; an optional one is
-  only recorded. On exit the thaw hooks ALWAYS run — after the body, on exceptions, and when
-  the watchdog fires at the deadline: it sets `cancel` (a backup in progress aborts), calls the
-  `on_expire` callback (e.g. PgConnection.cancel), and thaws at once without waiting for the
+  On enter it durably writes the window record (daemon/windows/records.py), starts a watchdog
+  timer for max_window and runs the freeze hooks in order (the record is rewritten before each
+  further level begins, so a crash thaws exactly the levels that began). A required freeze hook
+  that fails raises `HookError` (message holds the hook's stderr) after the thaw hooks ran; an
+  optional one is only recorded. Any other exception once the first freeze hook may have run (a
+  record that cannot be rewritten: `FailedPreconditionError` "unable to write window record
+  '...': No space left on device") also thaws the levels that began before it propagates; a
+  record that cannot be written before the first level leaves nothing frozen. One window per
+  source and state directory is open at a time in this process (another is refused, `BusyError`).
+  A record of the source that no window of this process holds is a previous daemon's window
+  whose thaw failed at start: its thaw is retried first, and while it fails the window is
+  refused (`FailedPreconditionError`, one line naming the thaw hook's error) with nothing frozen
+  and the record kept. Each window tells the health record whether such a thaw is still
+  pending (`health.leftover_thaw`: the source's "thaw failed" report in `cairn status` is
+  renewed, or dropped once none is). On exit the thaw hooks ALWAYS run — after the body, on exceptions, and
+  when the watchdog fires at the deadline: it sets `cancel` (a backup in progress aborts), calls
+  the `on_expire` callback (e.g. PgConnection.cancel), and thaws at once without waiting for the
   body. Exiting a window whose deadline passed raises `DeadlineError` (also when the body ended
   with an AbortedError caused by the cancel). Thaw runs exactly once, every thaw hook runs even
   if an earlier one failed, and the record is removed only after thaw. A failing thaw hook is
   recorded in `errors` (the captured data is still consistent); it never hides the body's error.
-- `recover_windows(state_dir)` runs first at daemon start: it kills the database tools a
-  previous daemon left running (daemon/databases/tools.py: recorded groups, leftover work
+- `recover_windows(state_dir, configured=...)` runs first at daemon start: it kills the database
+  tools a previous daemon left running (daemon/databases/tools.py: recorded groups, leftover work
   directories removed), then for every leftover record (the daemon died inside a window) it
   runs the recorded thaw hooks of every level that began to freeze (last level first) and
-  removes the record.
-- `thaw_open_windows()` is the daemon's last resort at shutdown when a set did not return in
-  time: every window still open in this process is cancelled (`on_expire`: its database tools
-  are killed) and thawed at once, without waiting for its body (thaw hooks are idempotent).
+  removes the record — or keeps it when a required thaw hook failed, so the thaw is retried
+  (by the next set of the source and at the next start). A record that cannot be read runs
+  every thaw hook its source's configuration names (thaw hooks are idempotent) and is then
+  renamed '<name>.corrupt' (while a required one fails it stays, to be retried the same way; of
+  a source no longer configured with `quiesce` nothing can run: renamed, reported as failed).
+- `thaw_open_windows()` is the daemon's last resort at shutdown (a set did not return in time,
+  or a window was left open whatever the cause): every window still open in this process is
+  cancelled (`on_expire`: its database tools are killed) and thawed at once, without waiting
+  for its body (thaw hooks are idempotent).
 - `run_after(argvs, ...)` runs a window's on_success / on_failure hooks (optional: a failure
   is logged and returned, never raised).
 
-What always holds: while a window record exists, thaw may not have run; after `__exit__`
-returns or raises, thaw has completed and the record is gone.
+What always holds: while a window record exists, thaw may not have run (or did not succeed); once a
+freeze hook may have run, `__enter__` either returns the open window or thaws before it raises;
+after `__exit__` returns or raises, thaw has completed and the record is gone. A hook runs even
+when no temporary file can hold its output (it is then discarded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -50,14 +68,17 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 from cairn.daemon.databases.tools import EXIT_NOT_RUN, guarded_argv, reap_leftovers
+from cairn.daemon.runtime.health import STILL_STOPPED, leftover_thaw
 from cairn.daemon.windows.records import (
+    SUFFIX,
     HookSpec,
     WindowRecord,
     list_record_paths,
@@ -74,6 +95,7 @@ from cairn.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
+from cairn.fsio.durable import fsync_dir
 
 log = logging.getLogger("cairn.quiesce")
 
@@ -82,6 +104,7 @@ TAIL_BYTES = 4096
 KILL_GRACE = 2.0
 
 _open_windows: set[Window] = set()  # windows entered and not yet thawed, in this process
+_claims: dict[tuple[str, str], Window] = {}  # (state dir, source) -> the window entering or open there
 _open_lock = threading.Lock()
 
 
@@ -156,6 +179,23 @@ def _read_tail(f: Any) -> str:
     return f.read().decode("utf-8", "replace")
 
 
+@contextlib.contextmanager
+def _output_files() -> Iterator[tuple[Any, Any]]:
+    """Temporary files for a hook's stdout and stderr; (None, None) when none can be made (the
+    temporary directory is full or read-only): the hook still runs, its output discarded — a
+    thaw must never be skipped for want of a place to keep its output."""
+    with contextlib.ExitStack() as stack:
+        try:
+            out = stack.enter_context(tempfile.TemporaryFile())
+            err = stack.enter_context(tempfile.TemporaryFile())
+        except OSError as e:
+            log.warning("unable to create a temporary file for a hook's output (%s): it is discarded",
+                        e.strerror or e)
+            stack.close()
+            out = err = None
+        yield out, err
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 10.0)):
         try:
@@ -183,12 +223,14 @@ class Hook(HookSpec):
             cwd: str | None = None) -> HookResult:
         """Run the hook to completion, timeout or cancel; never raises for the hook's own failure."""
         start = time.monotonic()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with _output_files() as (out, err):
             try:
                 # under the tools' guard: a hook never outlives the daemon (a freeze hook left
                 # running by a daemon killed with -9 would otherwise finish after the next start's thaw)
-                proc = subprocess.Popen(guarded_argv(list(self.argv)), stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=err, start_new_session=True, env=env, cwd=cwd, close_fds=True)
+                proc = subprocess.Popen(guarded_argv(list(self.argv)), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL if out is None else out,
+                                        stderr=subprocess.DEVNULL if err is None else err,
+                                        start_new_session=True, env=env, cwd=cwd, close_fds=True)
             except OSError as e:
                 return HookResult(self.argv, None, "", f"unable to run hook: {e.strerror or e}",
                                   time.monotonic() - start, required=self.required)
@@ -210,10 +252,10 @@ class Hook(HookSpec):
             if timed_out or cancelled:
                 _kill_group(proc)
             code: int | None = proc.returncode
-            err_tail = _read_tail(err)
+            err_tail = _read_tail(err) if err is not None else ""
             if code == EXIT_NOT_RUN and err_tail.startswith("unable to run "):
                 code = None  # the guard could not start it (no such program, not executable)
-            return HookResult(self.argv, code, _read_tail(out), err_tail,
+            return HookResult(self.argv, code, _read_tail(out) if out is not None else "", err_tail,
                               time.monotonic() - start, timed_out=timed_out, cancelled=cancelled,
                               required=self.required)
 
@@ -249,6 +291,14 @@ def _hook_env(source: str, mode: str, phase: str, base: dict[str, str] | None) -
     env = dict(os.environ if base is None else base)
     env.update({"CAIRN_SOURCE": source, "CAIRN_WINDOW_MODE": mode, "CAIRN_HOOK_PHASE": phase})
     return env
+
+
+def _run_thaw_hook(hook: Hook, source: str, mode: str, env: dict[str, str] | None) -> HookResult:
+    """Run one thaw hook; an unexpected error is its failed result, so every other thaw hook still runs."""
+    try:
+        return hook.run(env=_hook_env(source, mode, "thaw", env))
+    except Exception as e:  # noqa: BLE001 - a thaw that raised is a failed thaw, never a skipped one
+        return HookResult(hook.argv, None, "", f"unable to run hook: {e}", 0.0, required=hook.required)
 
 
 def _iso(ts: float) -> str:
@@ -312,21 +362,45 @@ class Window:
     # -- context manager --------------------------------------------------------------------
 
     def __enter__(self) -> Window:
-        if os.path.exists(record_path(self.state_dir, self.source)):
-            raise BusyError(f"a quiesce window of source '{self.source}' is already open "
-                            f"(record '{record_path(self.state_dir, self.source)}')")
-        self._wall_start = time.time()
-        self._t["open"] = time.monotonic()
-        self.deadline = self._t["open"] + self.max_window
-        self.started_levels = 1 if self.levels else 0  # the first level freezes right away
-        self._write_record()
-        self._timer = threading.Timer(self.max_window, self._expire)
-        self._timer.daemon = True
-        self._timer.name = f"window-{self.source}"
-        self._timer.start()
-        with _open_lock:
-            _open_windows.add(self)
-        failure = self._run_freeze()
+        path = record_path(self.state_dir, self.source)
+        key = (os.path.abspath(self.state_dir), self.source)
+        with _open_lock:  # one window per source at a time in this process: checked and claimed at once
+            if key in _claims:
+                raise BusyError(f"a quiesce window of source '{self.source}' is already open (record '{path}')")
+            _claims[key] = self
+        try:
+            if os.path.exists(path):
+                # no window of this process holds it: a previous daemon's window whose thaw failed at start
+                self._thaw_leftover(path)
+            else:
+                self._tell_health(None)  # nothing left over (any more): no thaw is pending
+            self._wall_start = time.time()
+            self._t["open"] = time.monotonic()
+            self.deadline = self._t["open"] + self.max_window
+            try:
+                self._write_record(1 if self.levels else 0)  # the first level freezes right away
+            except FailedPreconditionError:
+                with contextlib.suppress(OSError):  # a record written but not made durable: no hook of it ran
+                    remove_record(self.state_dir, self.source)
+                raise
+        except BaseException:
+            self._release()  # nothing was frozen by this window
+            raise
+        self.started_levels = 1 if self.levels else 0
+        try:
+            self._timer = threading.Timer(self.max_window, self._expire)
+            self._timer.daemon = True
+            self._timer.name = f"window-{self.source}"
+            self._timer.start()
+            with _open_lock:
+                _open_windows.add(self)
+            failure = self._run_freeze()
+        except BaseException:
+            # Guaranteed thaw: whatever fails once a freeze hook may have run (the record's rewrite
+            # before a further level on a full disk, ...) thaws the levels that began before it
+            # propagates; the timer is stopped and the record removed.
+            self._close()
+            raise
         self._t["frozen"] = time.monotonic()
         if failure is not None or self.cancel.is_set():
             self._close()
@@ -346,11 +420,48 @@ class Window:
         if self.expired and (exc is None or aborted):
             raise self._deadline_error() from exc
 
-    def _write_record(self) -> None:
-        write_record(self.state_dir, WindowRecord(
-            source=self.source, mode=self.mode, pid=os.getpid(), started=self._wall_start,
-            max_window=self.max_window, freeze=self.freeze_hooks, thaw=self.thaw_hooks,
-            levels=self.levels, levels_started=self.started_levels))
+    def _write_record(self, levels_started: int) -> None:
+        """Durably write the record with `levels_started`; FailedPreconditionError if it cannot be."""
+        try:
+            write_record(self.state_dir, WindowRecord(
+                source=self.source, mode=self.mode, pid=os.getpid(), started=self._wall_start,
+                max_window=self.max_window, freeze=self.freeze_hooks, thaw=self.thaw_hooks,
+                levels=self.levels, levels_started=levels_started))
+        except OSError as e:
+            raise FailedPreconditionError(f"unable to write window record "
+                                          f"'{record_path(self.state_dir, self.source)}': {e.strerror or e}") from None
+
+    def _release(self) -> None:
+        """Give up this window's claim on its source (another window of it may open)."""
+        with _open_lock:
+            _open_windows.discard(self)
+            key = (os.path.abspath(self.state_dir), self.source)
+            if _claims.get(key) is self:
+                del _claims[key]
+
+    def _thaw_leftover(self, path: str) -> None:
+        """The record of a window no window of this process holds: a previous daemon died inside
+        it and its thaw at start failed (the record was kept for this retry), or a thawed window
+        could not remove it. Run that thaw now (this window's own thaw hooks if the record is
+        unreadable); refuse to freeze while it fails."""
+        rec = _recover_one(self.state_dir, path, self.mode, self.levels, self.env)
+        if rec.ok:
+            log.warning("source '%s': %s", self.source, rec.summary())
+            self._tell_health(None)
+            return
+        log.error("source '%s': %s", self.source, rec.summary())
+        err = FailedPreconditionError(
+            f"the quiesce window of source '{self.source}' left open by a previous daemon still does not thaw "
+            f"({rec.error}): {STILL_STOPPED}; no set of the source is taken until its thaw succeeds")
+        self._tell_health(err.message)
+        raise err
+
+    def _tell_health(self, error: str | None) -> None:
+        """Tell the health record (`cairn status`) whether a thaw left over by a previous daemon is pending."""
+        try:
+            leftover_thaw(self.state_dir, self.source, error)
+        except Exception:  # noqa: BLE001 - a report must never stand in the way of a window
+            log.exception("unable to record the leftover thaw of source '%s' in the health record", self.source)
 
     # -- deadline ---------------------------------------------------------------------------
 
@@ -391,10 +502,11 @@ class Window:
                 if self.cancel.is_set():
                     return None
                 if index + 1 > self.started_levels:
-                    # durably, before this level freezes: a crash from now on thaws it too
+                    # durably, before this level freezes: a crash from now on thaws it too (if
+                    # the write fails, this level never began: __enter__ thaws those that did)
+                    self._write_record(index + 1)
                     with self._state_lock:
                         self.started_levels = index + 1
-                    self._write_record()
                 for hook in freeze:
                     if self.cancel.is_set():
                         return None
@@ -426,7 +538,7 @@ class Window:
             with self._state_lock:
                 started = self.levels[:self.started_levels]
             for hook in (h for _freeze, thaw in reversed(started) for h in thaw):
-                res = hook.run(env=_hook_env(self.source, self.mode, "thaw", self.env))
+                res = _run_thaw_hook(hook, self.source, self.mode, self.env)
                 self.thaw_results.append(res)
                 if not res.ok:
                     msg = res.failure("thaw")
@@ -438,8 +550,7 @@ class Window:
             except OSError as e:
                 self.errors.append(f"unable to remove window record of source '{self.source}': {e.strerror}")
             self._thawed = True
-            with _open_lock:
-                _open_windows.discard(self)
+            self._release()
 
     def abandon(self, grace: float = KILL_GRACE + 1.0) -> None:
         """Thaw now from another thread (shutdown): cancel the body and its database work
@@ -492,64 +603,154 @@ class Window:
 
 @dataclass(frozen=True)
 class WindowRecovery:
-    """The thaw a daemon ran at start for a window its previous run left open."""
+    """The thaw a daemon ran for a window a previous run left open (at start, or retried when
+    a set of the source opens its window)."""
 
     source: str
     mode: str
-    started: float | None
+    started: float | None  # None: the record could not be read
     results: tuple[HookResult, ...]
-    error: str | None = None
+    error: str | None = None  # why the thaw failed or could not run; None: thawed
+    unreadable: str | None = None  # the record could not be read: why (the thaw hooks came from the config)
+    kept: bool = False  # the record stays, so the thaw is retried (next set of the source, next start)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(r.ok for r in self.results)
+        return self.error is None
+
+    def summary(self) -> str:
+        """One line for the log: what was thawed, or why not."""
+        since = f"left open since {_iso(self.started)}" if self.started else "left open"
+        what = f"the {self.mode} window {since}" if self.mode != "?" else f"the window {since}"
+        if self.unreadable and self.unreadable not in (self.error or ""):
+            what += f" (its record is unreadable: {self.unreadable})"
+        if self.ok:
+            return f"thawed {what} ({len(self.results)} thaw hooks ran)"
+        retry = ("; its record is kept: the thaw is retried before the next set of the source and at the next start"
+                 if self.kept else "")
+        return f"thaw of {what} failed: {self.error}{retry}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "mode": self.mode,
                 "started": _iso(self.started) if self.started else None,
-                "results": [r.to_dict() for r in self.results], "error": self.error, "ok": self.ok}
+                "results": [r.to_dict() for r in self.results], "error": self.error,
+                "unreadable": self.unreadable, "kept": self.kept, "ok": self.ok}
 
 
-def recover_windows(state_dir: str, *, env: dict[str, str] | None = None) -> list[WindowRecovery]:
+def _record_source(path: str) -> str:
+    """The source a record file is named after (the name is its percent-encoded source)."""
+    name = os.path.basename(path)
+    return urllib.parse.unquote(name[:-len(SUFFIX)] if name.endswith(SUFFIX) else name)
+
+
+def _remove_path(path: str) -> None:
+    """Durably remove a leftover record whose thaw ran; if it cannot be, it stays (logged), and its
+    thaw runs again at the next retry (thaw hooks are idempotent)."""
+    try:
+        os.unlink(path)
+        fsync_dir(os.path.dirname(path))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        log.error("unable to remove window record '%s' after its thaw: %s", path, e.strerror or e)
+
+
+def _run_recovery_thaw(hooks: Sequence[HookSpec], source: str, mode: str,
+                       env: dict[str, str] | None) -> tuple[tuple[HookResult, ...], str | None]:
+    """Run every thaw hook in order; return the results and the failures of required hooks (None: none)."""
+    results = []
+    failed = []
+    for spec in hooks:
+        res = _run_thaw_hook(Hook.of(spec), source, mode, env)
+        if not res.ok:
+            msg = res.failure("thaw")
+            if spec.required:
+                log.error("source '%s': %s", source, msg)
+                failed.append(msg)
+            else:
+                log.warning("source '%s': optional %s", source, msg)
+        results.append(res)
+    return tuple(results), "; ".join(failed) or None
+
+
+def _recover_one(state_dir: str, path: str, mode: str | None,
+                 levels: Sequence[tuple[Sequence[HookSpec], Sequence[HookSpec]]] | None,
+                 env: dict[str, str] | None) -> WindowRecovery:
+    """Thaw the window of one leftover record (see `recover_windows`); `mode`/`levels`: the
+    configuration's hook stack of its source (None: not configured), used when the record is unreadable."""
+    source = _record_source(path)
+    try:
+        rec = read_record(path)
+    except CairnError as e:
+        return _recover_unreadable(path, source, e.message, mode, levels, env)
+    log.warning("source '%s': quiesce window opened %s by pid %d was left open; running thaw",
+                rec.source, _iso(rec.started), rec.pid)
+    results, error = _run_recovery_thaw(rec.thaw_order(), rec.source, rec.mode, env)
+    if error is None:
+        _remove_path(path)  # thaw ran: the record may go
+    return WindowRecovery(rec.source, rec.mode, rec.started, results, error=error, kept=error is not None)
+
+
+def _recover_unreadable(path: str, source: str, reason: str, mode: str | None,
+                        levels: Sequence[tuple[Sequence[HookSpec], Sequence[HookSpec]]] | None,
+                        env: dict[str, str] | None) -> WindowRecovery:
+    """A record that cannot be read: its levels are unknown, so every thaw hook the configuration
+    names for its source runs (last level first; thaw hooks are idempotent). Once thawed it is
+    renamed to '<name>.corrupt' for the operator; while the thaw fails it stays, to be retried.
+    A source no longer configured with hooks has nothing to run: renamed and reported."""
+    log.error("%s", reason)
+    corrupt = path + ".corrupt"
+    thaw = [h for _freeze, t in reversed(levels or ()) for h in t]
+    if levels is None or not thaw:
+        error = (f"{reason}, and source '{source}' is not configured with quiesce hooks: no thaw ran"
+                 if levels is None else None)
+        _set_aside(path, corrupt)
+        return WindowRecovery(source, mode or "?", None, (), error=error, unreadable=reason)
+    log.warning("source '%s': running the %d thaw hooks its configuration names", source, len(thaw))
+    results, error = _run_recovery_thaw(thaw, source, mode or "?", env)
+    if error is None:
+        _set_aside(path, corrupt)
+    return WindowRecovery(source, mode or "?", None, results, error=error, unreadable=reason,
+                          kept=error is not None)
+
+
+def _set_aside(path: str, corrupt: str) -> None:
+    try:
+        os.replace(path, corrupt)
+        log.warning("unreadable window record kept as '%s'", corrupt)
+    except OSError as e:
+        log.error("unable to rename window record '%s': %s", path, e.strerror or e)
+
+
+def recover_windows(state_dir: str, *, env: dict[str, str] | None = None,
+                    configured: Mapping[str, Any] | None = None) -> list[WindowRecovery]:
     """Thaw every window a previous daemon left open; call before anything else at start.
 
     First the database tools that daemon left running are killed and its dumps' work
     directories removed (tools.reap_leftovers), so no stale dump runs once the application is
-    thawed. Each record's thaw hooks run (all of them, in order), then the record is removed. A record
-    that cannot be parsed is renamed to '<name>.corrupt' (kept for the operator) and reported.
+    thawed. Each record's thaw hooks run (all of them, in order); the record is removed once
+    they succeeded, and kept when a required one failed, so the thaw is retried (by the next set
+    of the source, see `Window.__enter__`, and at the next start). `configured`: source name ->
+    its QuiesceConfig; for a record that cannot be parsed, the thaw hooks of its source's
+    configuration run instead (see `_recover_unreadable`).
     """
     for pid in reap_leftovers(state_dir):
         log.warning("killed database tool process %d left running by a previous daemon", pid)
+    configured = configured or {}
     out: list[WindowRecovery] = []
     for path in list_record_paths(state_dir):
-        try:
-            rec = read_record(path)
-        except CairnError as e:
-            log.error("%s", e.message)
-            os.replace(path, path + ".corrupt")
-            out.append(WindowRecovery(os.path.basename(path), "?", None, (), error=e.message))
-            continue
-        log.warning("source '%s': quiesce window opened %s by pid %d was left open; running thaw",
-                    rec.source, _iso(rec.started), rec.pid)
-        results = []
-        for spec in rec.thaw_order():
-            res = Hook.of(spec).run(env=_hook_env(rec.source, rec.mode, "thaw", env))
-            if not res.ok:
-                log.error("source '%s': %s", rec.source, res.failure("thaw"))
-            results.append(res)
-        remove_record(state_dir, rec.source)
-        failed = [r.failure("thaw") for r in results if not r.ok]
-        out.append(WindowRecovery(rec.source, rec.mode, rec.started, tuple(results),
-                                  error="; ".join(failed) or None))
+        q = configured.get(_record_source(path))
+        out.append(_recover_one(state_dir, path, q.mode if q is not None else None,
+                                levels_from_config(q) if q is not None else None, env))
     return out
 
 
 def thaw_open_windows() -> list[str]:
     """Cancel and thaw every window still open in this process (see `Window.abandon`); return
-    their sources. For shutdown, when a set did not return within its time."""
+    their sources. For shutdown: a set that did not return in time, or any window left open."""
     with _open_lock:
         windows = list(_open_windows)
     for w in windows:
-        log.warning("source '%s': thawing the %s window of a set that did not stop in time", w.source, w.mode)
+        log.warning("source '%s': thawing the %s window still open at shutdown", w.source, w.mode)
         w.abandon()
     return [w.source for w in windows]

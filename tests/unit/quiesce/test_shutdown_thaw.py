@@ -95,3 +95,48 @@ def test_stop_kills_the_tools_and_thaws_when_a_backup_does_not_stop_in_time(tmp_
         release.set()
         t.join(10)
         tool.close()
+
+
+def test_a_clean_stop_thaws_a_window_still_open_before_the_tracker_stops(tmp_path):
+    cfg_path = tmp_path / "cairnd.toml"
+    cfg_path.write_text(textwrap.dedent(f"""
+        [repository]
+        path = "{tmp_path}/repo"
+
+        [daemon]
+        socket = "{tmp_path}/cairnd.sock"
+        state_dir = "{tmp_path}/state"
+    """))
+    from cairn.daemon.runtime.config import load_config
+
+    class IdleService:
+        """Every set returned; a window is open all the same (left open by whatever cause)."""
+
+        def shutdown(self) -> None:
+            pass
+
+        def wait_idle(self, timeout: float) -> bool:
+            return True
+
+    class Tracker:
+        """Notes what the hooks had done when the daemon stopped it."""
+
+        seen: list[str] | None = None
+
+        def stop(self) -> None:
+            self.seen = words(tmp_path)
+
+    expired = threading.Event()
+    w, release, t = open_stuck_window(tmp_path, expired)
+    daemon = Daemon(load_config(str(cfg_path)), argparse.Namespace())
+    daemon.service = IdleService()  # type: ignore[assignment]
+    tracker = Tracker()
+    daemon.tracker = tracker  # type: ignore[assignment]
+    try:
+        assert daemon.stop() == 0
+        assert tracker.seen == ["frozen", "thawed"]  # thawed before the tracker stopped
+        assert w.thawed and not os.path.exists(record_path(str(tmp_path / "state"), "stuck-app"))
+    finally:
+        release.set()
+        t.join(10)
+    assert words(tmp_path) == ["frozen", "thawed"]
