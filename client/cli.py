@@ -32,6 +32,7 @@ from cairn.fsio.records import Data, EntryMeta, Record
 
 if TYPE_CHECKING:
     from cairn.client.connection import Connection, Endpoint
+    from cairn.client.restoring import Guard
     from cairn.fsio.writer import TreeWriter
 
 
@@ -68,11 +69,60 @@ _ERROR_EXIT = {"not_found": EXIT_NOT_FOUND, "invalid_argument": EXIT_USAGE}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors in the client's style."""
+    """argparse with one-line errors in the client's style.
+
+    A command's options and its positional arguments may come in any order (`ls SET --source
+    S PATH`), and `--` ends its options: everything after it is positional, also a word
+    beginning with '-' (`restore SET --target DIR -- -name`). Plain argparse fills all the
+    positionals (`nargs="*"` or `"?"` ones empty) at the first run of positional words, so
+    words after an option were "unrecognized"; here the options are parsed first, with the
+    positionals switched off, then the positional words, in order, with `--` before them.
+    (argparse's own parse_known_intermixed_args does the same two passes, but Python 3.11's
+    drops or refuses what follows `--`, e.g. `key remove -- -abc`.)"""
+
+    _positionals_now = False  # inside the second pass of parse_known_args
 
     def error(self, message: str) -> NoReturn:
         fail(message, f"see '{self.prog} --help'", EXIT_USAGE)
         raise SystemExit(EXIT_USAGE)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._subparsers is not None or self._positionals_now or args is None:
+            return super().parse_known_args(args, namespace)  # the top level: the command takes the rest
+        words = list(args)
+        tail: list[str] = []
+        if "--" in words:
+            at = words.index("--")
+            words, tail = words[:at], words[at + 1:]
+        positionals = self._get_positional_actions()
+        optionals = self._get_optional_actions()
+        saved = [(a, a.nargs, a.default) for a in positionals]
+        usage = self.usage
+        try:
+            if usage is None:
+                self.usage = self.format_usage()[len("usage: "):]  # --help names the positionals still
+            for a in positionals:  # switched off: they take nothing and set nothing
+                a.nargs = a.default = argparse.SUPPRESS
+            namespace, rest = super().parse_known_args(words, namespace)
+        finally:
+            self.usage = usage
+            for a, nargs, default in saved:
+                a.nargs, a.default = nargs, default
+        unknown = [w for w in rest if self._parse_optional(w) is not None]  # options this command lacks
+        loose = [w for w in rest if self._parse_optional(w) is None]  # its positional words, in order
+        if not positionals:
+            return namespace, unknown + loose + tail
+        required = [(a, a.required) for a in optionals] + [(g, g.required) for g in self._mutually_exclusive_groups]
+        try:
+            self._positionals_now = True
+            for thing, _ in required:  # checked in the first pass already
+                thing.required = False
+            namespace, extra = super().parse_known_args(["--", *loose, *tail], namespace)
+        finally:
+            self._positionals_now = False
+            for thing, was in required:
+                thing.required = was
+        return namespace, unknown + extra
 
 
 _JSON_ERRORS = [False]  # set by main() under --json: errors become one JSON object on stderr
@@ -263,6 +313,13 @@ def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
 def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import restoring
 
+    with restoring.Guard() as guard:  # signals, and the target's lock when this client writes a delta
+        return _restore(conn, args, guard)
+
+
+def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
+    from cairn.client import restoring
+
     if (args.delete or args.quick) and not args.delta:
         raise InvalidArgumentError(f"{'--delete' if args.delete else '--quick'} only goes with --delta")
     for pattern in (*(args.include or ()), *(args.exclude or ())):
@@ -295,6 +352,8 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         if done is not None:
             return done[0]
         daemon_delta = False  # it refused: the client runs the delta, and does not ask again
+    if args.delta and not args.dry_run and not daemon_delta:  # this client writes: refused before any call
+        guard.lock_target(args.target)
     if args.delta or args.verify or args.databases:  # several calls: pin the set ('latest' may move)
         first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
                                                                 host=args.host or ""))))
@@ -337,8 +396,10 @@ def cmd_restore(conn: Connection, args: argparse.Namespace) -> int:
         return code
     if args.delta:
         done = restoring.delta_by_daemon(conn, args, files_out, render) if daemon_delta else None
+        if done is None and daemon_delta:  # the daemon refused: this client writes after all
+            guard.lock_target(args.target)
         code, _ = done if done is not None else restoring.delta_restore(conn, args, files_out, render, to_record,
-                                                                          received_ahead)
+                                                                          received_ahead, guard)
         files_report.update(_captured_doc(captured))
     else:
         request = restoring.restore_request(args)
@@ -1139,7 +1200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("restore", cmd_restore, "restore a set (or some of its paths) into a directory")
     p.add_argument("set", metavar="SET")
-    p.add_argument("paths", metavar="PATH", nargs="*", help="restore only these paths of the set")
+    p.add_argument("paths", metavar="PATH", nargs="*",
+                   help="restore only these paths of the set (after -- when one begins with '-')")
     p.add_argument("--target", required=True, metavar="DIR", help="where to write (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="restore into a non-empty directory")
     p.add_argument("--stream", action="store_true",
@@ -1295,12 +1357,11 @@ def _count(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _JSON_ERRORS[0] = "--json" in (sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    _JSON_ERRORS[0] = "--json" in (words[:words.index("--")] if "--" in words else words)
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and getattr(args, "command", None) == "restore" and not any(x.startswith("-") for x in rest):
-        args.paths = [*args.paths, *rest]  # `restore SET --target DIR PATH ...`: paths after the options too
-    elif rest:
+    args, rest = parser.parse_known_args(words)
+    if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.command:
         parser.error("no command given")
@@ -1340,8 +1401,8 @@ def _run(args: argparse.Namespace) -> int:
         return _rpc_failure(exc, endpoint)
     except CairnError as exc:
         return fail(exc.message, exc.hint, _ERROR_EXIT.get(exc.code, EXIT_FAILURE))
-    except KeyboardInterrupt:
-        return fail("interrupted", code=130)
+    except KeyboardInterrupt as exc:  # SIGINT; during a restore also SIGTERM (restoring.Interrupted)
+        return fail(getattr(exc, "message", "interrupted"), code=getattr(exc, "exit_status", 130))
     except BrokenPipeError:
         return EXIT_FAILURE
     except OSError as exc:  # this host's files: a target that cannot be made or written, ...
@@ -1412,6 +1473,8 @@ def run() -> NoReturn:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if exc.code is not None and not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:  # outside a command's own handling (parsing, the end of main): one line too
+        code = fail("interrupted", code=130)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -12,6 +12,11 @@ the daemon refuses.
   metadata and, with --delete, removes what the set does not hold. Its cost is what differs
   plus reading the tree once; with --quick, files whose size and mtime match the set are not
   read (rsync's quick check).
+- Whoever writes a delta holds the target's lock while it does (cairn.fsio.delta.target_lock):
+  this client for its own delta (taken before the first call with --stream), else the daemon;
+  a second delta into the target is refused. While this client writes a delta, SIGINT and
+  SIGTERM only stop it (Guard): at the next chunk or file, its temporary files removed, then
+  exit 130 or 143 with one line.
 - --verify re-reads what was restored and compares content hashes and metadata with a fresh
   manifest; any difference is printed and the command fails (exit 1).
 - --databases lays down each base-backup database of the set (its attachments 'db:NAME') as a
@@ -35,14 +40,17 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, NamedTuple
 
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
-from cairn.fsio.delta import DeltaPlan, mend, plan
+from cairn.fsio.delta import DeltaPlan, mend, plan, target_lock
 from cairn.fsio.delta import extras_roots as delta_extras_roots
 from cairn.fsio.records import EntryMeta, Failed
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
@@ -123,14 +131,17 @@ def extras_roots(args: argparse.Namespace) -> list[bytes] | None:
     return delta_extras_roots([os.fsencode(p) for p in args.paths])
 
 
-def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received_ahead: Any) -> Iterator[
-        tuple[bytes, bytes | CorruptionError]]:
+def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received_ahead: Any,
+                 guard: Guard | None = None) -> Iterator[tuple[bytes, bytes | CorruptionError]]:
     """(id, content) of each of `ids`, fetched in calls of CHUNKS_PER_CALL ids; a chunk the
-    daemon cannot read comes as (id, CorruptionError) and the others still come."""
+    daemon cannot read comes as (id, CorruptionError) and the others still come. `guard`
+    cancels the call at hand when a signal stops the restore."""
     for start in range(0, len(ids), CHUNKS_PER_CALL):
         part = ids[start:start + CHUNKS_PER_CALL]
         call = conn.stub.RestoreChunks(pb.RestoreChunksRequest(set=args.set, source=args.source or "", ids=part,
                                                                host=args.host or ""))
+        if guard is not None:
+            guard.watch(call)
         cur, pieces, failed = -1, [], False
         for reply in received_ahead(call):
             if reply.index != cur:
@@ -147,20 +158,109 @@ def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received
 
 
 def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any,
-                  received_ahead: Any) -> tuple[int, str]:
-    """--delta (and --delta --dry-run). Returns (exit code, set id)."""
+                  received_ahead: Any, guard: Guard | None = None) -> tuple[int, str]:
+    """--delta (and --delta --dry-run). Returns (exit code, set id). With `guard` (cmd_restore's:
+    it holds the target's lock by now) a signal stops the writing at the next chunk or file,
+    every temporary file is removed, and Interrupted is raised."""
     set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
     if args.dry_run:
         p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick, delete=args.delete,
                  id_key=id_key)
         return _report_dry_run(p, args, out, render, set_id, problems + p.errors), set_id
-    p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead), quick=args.quick,
-                 delete=args.delete, extras_under=extras_roots(args), id_key=id_key)
+    with guard.writing() if guard is not None else contextlib.nullcontext():
+        p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead, guard),
+                     quick=args.quick, delete=args.delete, extras_under=extras_roots(args), id_key=id_key,
+                     cancelled=guard.stopped if guard is not None else None)
     kept = 0 if args.delete else len(p.extras)
     report = DeltaReport(p.checked_files, p.checked_bytes, st.files_written, st.bytes_written, st.entries_made,
                          st.meta_fixed, st.deleted, kept, problems + p.errors + st.errors)
     return report_delta(report, args, out, render, set_id), set_id
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a restore: `message` is its one line, `exit_status` 128 + the signal."""
+
+    def __init__(self, signum: int, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_status = 128 + signum
+
+
+class Guard:
+    """What `cairn restore` holds while it runs (a context manager, entered in the main thread).
+
+    - SIGINT and SIGTERM raise Interrupted at once, except while the client writes a delta
+      (`writing()`): then they only stop it. The delta sees `stopped()` at its next chunk or
+      file read, the RestoreChunks call at hand is cancelled so no wait outlasts the signal,
+      and the delta removes its temporary files before Interrupted is raised. So a signal
+      never lands between a file's last chunk and its rename, and SIGTERM is not a silent death.
+    - `lock_target` takes the target's delta lock (cairn.fsio.delta.target_lock) when this
+      client is the one that writes the delta; it is held until the restore ends."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._writing = False
+        self._calls: list[Any] = []
+        self._held = contextlib.ExitStack()
+        self._old: dict[int, Any] = {}
+        self._made = ""  # a target lock_target made: removed again if the restore fails while it is empty
+
+    def __enter__(self) -> Guard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self._held.close()
+            if exc_type is not None and self._made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self._made)  # only when empty: a failure before anything was written leaves no trace
+        finally:
+            for sig, handler in self._old.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        if not self._writing:
+            raise Interrupted(signum)
+        for call in self._calls:
+            call.cancel()
+
+    def stopped(self) -> bool:
+        return self.signum != 0
+
+    def watch(self, call: Any) -> None:
+        """A call of the delta, cancelled when a signal arrives."""
+        self._calls.append(call)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """The client writes a delta: signals only stop it (class docstring)."""
+        self._writing = True
+        try:
+            yield
+        except Exception as exc:  # AbortedError (stopped), the cancelled call's RpcError, ...
+            if not self.signum:
+                raise
+            raise Interrupted(self.signum, "interrupted: the delta restore stopped before its end (its temporary "
+                                           "files removed); the same command finishes it") from exc
+        finally:
+            self._writing = False
+            self._calls.clear()
+
+    def lock_target(self, target: str) -> None:
+        """This client writes the delta into `target` (made if missing): hold its lock from now on."""
+        try:
+            os.makedirs(target)
+            self._made = target
+        except FileExistsError:
+            pass
+        self._held.enter_context(target_lock(target))
 
 
 def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) -> tuple[int, str] | None:

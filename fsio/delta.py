@@ -19,25 +19,34 @@ descriptor of the entry's parent reached without following links at the moment o
 (fsio/beneath.py), files are opened with O_NOFOLLOW; a file whose inode is shared with another
 path (several hard links that the set does not link there) is replaced, not written in place,
 so no other path changes; a file made anew never appears at its place empty or partial, and
-its temporary name never takes over an entry already there; extras are removed only when
-`delete` is set, and without it a directory holding entries is never removed to make room for
-a file (an error of the plan instead).
+its temporary name never takes over an entry already there, and a delta that stops anywhere
+(an error, a cancellation, KeyboardInterrupt) removes every temporary file it made; extras are
+removed only when `delete` is set, and without it a directory holding entries is never removed
+to make room for a file (an error of the plan instead).
+
+One delta per target directory at a time (`target_lock`): whichever process writes the target
+(a client for its own delta, the daemon for the one it runs, restore-db --delta) holds an
+exclusive flock on the directory itself while it mends it, so a second one is refused
+(BusyError, naming the holder's pid where /proc/locks tells it) instead of writing pg_control
+or a file back while the first still mends. The lock goes with its process (also on kill -9)
+and leaves nothing in the target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
-from cairn.errors import AbortedError, CairnError, InvalidArgumentError
+from cairn.errors import AbortedError, BusyError, CairnError, InvalidArgumentError
 
 from .beneath import Beneath
 from .names import shown
@@ -571,21 +580,26 @@ class DeltaWriter:
         if tmp is not None and rel not in self._made:
             with self.beneath.parent(tmp) as (pfd, name):
                 while True:  # a new name, never one that exists: nothing there is removed or reused
+                    # noted as made before it is: an interruption right after the open still removes it
+                    self._made.add(rel)
                     try:
                         fd = os.open(name, _OPEN_NEW, 0o600, dir_fd=pfd)
                         break
-                    except FileExistsError:
+                    except OSError as exc:
+                        self._made.discard(rel)  # not made (and an entry already there is not ours)
+                        if not isinstance(exc, FileExistsError):
+                            raise
                         tmp = temp_name(rel)
                         self._temp[rel] = tmp
                         name = tmp.rpartition(b"/")[2]
-            self._made.add(rel)
             return fd
         with self.beneath.parent(tmp or rel) as (pfd, name):
             return _open_rw(pfd, name)
 
     def abandon(self) -> None:
-        """A delta stopped before `finish()`: remove the temporary files of fresh files that are
-        not complete (what is complete stays in place)."""
+        """A delta stopped before its end (an error, a cancellation, an interruption; also during
+        `finish()`): remove the temporary files of fresh files that are not in place (what is
+        complete stays in place)."""
         for rel in list(self._temp):
             self._drop_temp(rel)
         self.beneath.close()
@@ -660,7 +674,7 @@ class DeltaWriter:
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
         finally:
             os.close(fd)
-        tmp = self._temp.pop(m.path, None)
+        tmp = self._temp.get(m.path)
         if tmp is not None:
             with self.beneath.parent(m.path) as (pfd, name):
                 try:
@@ -670,6 +684,8 @@ class DeltaWriter:
                 if st is not None and stat.S_ISDIR(st.st_mode):  # the plan replaces a directory only
                     shutil.rmtree(name, dir_fd=pfd)  # when it may (--delete, or empty)
                 os.rename(tmp.rpartition(b"/")[2], name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            # forgotten only once it is in place: until then a failure or an interruption removes it
+            del self._temp[m.path]
 
     def _meta_path(self, m: EntryMeta) -> None:
         with self.beneath.parent(m.path) as (pfd, name):
@@ -729,6 +745,47 @@ def temp_name(rel: bytes) -> bytes:
     return head + b"/" + tmp if head else tmp
 
 
+@contextlib.contextmanager
+def target_lock(target: str | bytes) -> Iterator[None]:
+    """Hold the one-delta-per-target lock of directory `target` (module docstring) for the
+    block; BusyError at once when another delta holds it. A target that cannot be opened as a
+    directory, or whose file system cannot lock, is not locked (the delta then reports what it
+    cannot write)."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _flock_holder(fd)
+                raise BusyError(f"a delta restore of '{shown(target)}' is running already"
+                                + (f" (pid {holder})" if holder else "") + ": wait for it to end") from None
+            except OSError:
+                pass  # a file system without flock: unlocked
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)  # the only descriptor: closing it drops the lock
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid /proc/locks names for the flock on `fd`'s inode (None: not told, e.g. no /proc)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:  # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:123 0 EOF"; a waiter has "->" after "1:"
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode and parts[4].isdigit():
+                    return int(parts[4]) or None
+    except OSError:
+        pass
+    return None
+
+
 def extras_roots(paths: list[bytes]) -> list[bytes]:
     """Where --delete looks for entries the set does not hold: the whole target (b""), or the
     paths a restore of chosen paths asked for (relative, without '.' parts)."""
@@ -767,7 +824,7 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
                 close = getattr(source, "close", None)
                 if close is not None:
                     close()
-    except BaseException:
+        return p, writer.finish()
+    except BaseException:  # an error or an interruption (KeyboardInterrupt) at any point: no temporary stays
         writer.abandon()
         raise
-    return p, writer.finish()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from cairn.daemon.operations.part import ServicePart, _rel
 from cairn.fsio import claims
-from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend
+from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend, target_lock
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
 from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
@@ -88,43 +88,46 @@ class RestorePart(ServicePart):
         """A delta restore into the client's claimed target on this host (cairn.fsio.claims.check_delta_claim):
         the set's manifest is compared with the target and what differs is written from the
         repository directly (cairn.fsio.delta.mend), until `cancelled` says the client went away.
+        The daemon holds the target's delta lock meanwhile (cairn.fsio.delta.target_lock): a second
+        delta into it, this daemon's or a client's, is refused (BusyError).
         Returns (set, plan, what changed, problems of the manifest)."""
         # any owner when client and daemon are both root: a whole-set restore gives the target the
         # source directory's owner (an application's), and the next delta must still be the daemon's
         claim = claims.check_delta_claim(target, nonce, any_owner=True)
-        s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True, host=host)
-        entries: list[EntryMeta] = []
-        problems: list[str] = []
-        try:
-            for rec in records:
-                if isinstance(rec, EntryMeta):
-                    entries.append(rec)
-                elif isinstance(rec, Failed):
-                    problems.append(rec.message)
-        finally:
-            records.close()  # type: ignore[attr-defined]
-        try:
-            os.unlink(claim)  # not an extra of the target; a daemon that may not write there stops here
-        except OSError as exc:
-            raise FailedPreconditionError(
-                f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
-
-        def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
-            data = self.repo.read_chunks(s, ids, errors=True)  # a damaged chunk fails its files only
+        with target_lock(target):  # the daemon writes, so it holds the target: one delta at a time
+            s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True, host=host)
+            entries: list[EntryMeta] = []
+            problems: list[str] = []
             try:
-                yield from zip(ids, data, strict=True)
+                for rec in records:
+                    if isinstance(rec, EntryMeta):
+                        entries.append(rec)
+                    elif isinstance(rec, Failed):
+                        problems.append(rec.message)
             finally:
-                data.close()  # type: ignore[attr-defined] - read-ahead stops when the delta does
+                records.close()  # type: ignore[attr-defined]
+            try:
+                os.unlink(claim)  # not an extra of the target; a daemon that may not write there stops here
+            except OSError as exc:
+                raise FailedPreconditionError(
+                    f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
 
-        try:
-            p, st = mend(target, entries, chunks, quick=quick, delete=delete,
-                         extras_under=None if include or exclude else extras_roots([os.fsencode(x) for x in paths]),
-                         cancelled=cancelled,
-                         id_key=self.repo.chunk_id_key)
-        except AbortedError:
-            log.warning("restore --delta of set %s into '%s' stopped: its client went away", s.id, target)
-            raise
-        return s, p, st, problems
+            def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
+                data = self.repo.read_chunks(s, ids, errors=True)  # a damaged chunk fails its files only
+                try:
+                    yield from zip(ids, data, strict=True)
+                finally:
+                    data.close()  # type: ignore[attr-defined] - read-ahead stops when the delta does
+
+            try:
+                p, st = mend(target, entries, chunks, quick=quick, delete=delete,
+                             extras_under=None if include or exclude else extras_roots([os.fsencode(x) for x in paths]),
+                             cancelled=cancelled,
+                             id_key=self.repo.chunk_id_key)
+            except AbortedError:
+                log.warning("restore --delta of set %s into '%s' stopped: its client went away", s.id, target)
+                raise
+            return s, p, st, problems
 
     def restore_chunks(self, ref: str, source: str, ids: list[bytes], host: str = "") -> Iterator[bytes | CairnError]:
         """The content of chunks of a set's files, in the order asked (delta restores); a chunk

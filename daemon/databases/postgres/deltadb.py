@@ -6,7 +6,8 @@ recovery needs — postgresql.auto.conf with the recovery settings, backup_label
 recovery.signal — with their content; the WAL the set needs to reach its consistent point, as a
 full restore-db places it in pg_wal/, by content hash) and writes only what differs
 (cairn.fsio.delta.mend, as `cairn restore --delta` does for a files tree). A second delta of an
-unchanged directory writes nothing. One delta per directory runs at a time in a daemon.
+unchanged directory writes nothing. One delta per directory runs at a time (on this host: the
+lock of cairn.fsio.delta.target_lock).
 
 What always holds:
 - The target is refused before anything changes unless the client claimed it
@@ -28,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -41,7 +41,7 @@ from cairn.daemon.databases.postgres.restoredb import (
 )
 from cairn.daemon.databases.postgres.walarchive import fetch_wal, record_namespace
 from cairn.fsio import claims
-from cairn.fsio.delta import DeltaPlan, DeltaStats, chunk_id, mend
+from cairn.fsio.delta import DeltaPlan, DeltaStats, chunk_id, mend, target_lock
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.store.errors import CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet
@@ -49,8 +49,6 @@ from cairn.store.repository import Repository
 
 PG_CONTROL = b"global/pg_control"
 INLINE_MAX = 1 << 20  # placed files up to this size are kept in memory; WAL segments are fetched again
-_RUNNING: set[str] = set()  # data directories a delta mends now (real paths)
-_RUNNING_LOCK = threading.Lock()
 
 
 def check_data_directory(target: str) -> None:
@@ -146,20 +144,11 @@ def placed_entries(records: Iterable[Record], mtime_ns: int, id_key: bytes | Non
     return entries, inline, names
 
 
-@contextlib.contextmanager
-def _only_one(target: str) -> Iterator[None]:
-    """One delta per data directory at a time in this daemon: a second one would write pg_control
-    back while the first still mends."""
-    key = os.path.realpath(target)
-    with _RUNNING_LOCK:
-        if key in _RUNNING:
-            raise FailedPreconditionError(f"a delta restore of '{target}' is running already: wait for it to end")
-        _RUNNING.add(key)
-    try:
-        yield
-    finally:
-        with _RUNNING_LOCK:
-            _RUNNING.discard(key)
+def _only_one(target: str) -> contextlib.AbstractContextManager[None]:
+    """One delta per data directory at a time: a second one would write pg_control back while
+    the first still mends. The lock every delta restore takes (cairn.fsio.delta.target_lock), so
+    a files delta into the same directory, of this daemon or of a client, is refused too."""
+    return target_lock(target)
 
 
 def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,

@@ -1,0 +1,81 @@
+"""The `cairn` parser: a command's options may come before or after its positional arguments,
+`--` ends the options (what follows is positional, also a word beginning with '-'), and what
+no command knows is still a one-line usage error (exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+from cairn.client import cli
+
+
+def parse(*argv: str) -> dict[str, object]:
+    ns = cli.build_parser().parse_args(list(argv))
+    return {k: v for k, v in vars(ns).items() if k != "func"}
+
+
+@pytest.mark.parametrize("argv", [
+    ("ls", "latest", "--source", "app", "docs"),
+    ("ls", "--source", "app", "latest", "docs"),
+    ("ls", "latest", "docs", "--source", "app"),
+    ("ls", "-r", "latest", "--source=app", "docs"),
+])
+def test_ls_takes_its_path_before_or_after_options(argv: tuple[str, ...]) -> None:
+    got = parse(*argv)
+    assert (got["set"], got["path"], got["source"]) == ("latest", "docs", "app")
+
+
+def test_ls_without_a_path_lists_the_root() -> None:
+    assert parse("ls", "latest", "--source", "app")["path"] == ""
+
+
+def test_restore_paths_around_options_and_after_double_dash() -> None:
+    got = parse("restore", "S", "a", "--target", "D", "b", "--include", "x", "c")
+    assert (got["set"], got["paths"], got["target"], got["include"]) == ("S", ["a", "b", "c"], "D", ["x"])
+    got = parse("restore", "S", "--target", "D", "--", "-dash-named", "--delta")
+    assert got["paths"] == ["-dash-named", "--delta"] and got["delta"] is False
+    got = parse("restore", "--target", "D", "--delta", "--", "-set-like", "-p")
+    assert (got["set"], got["paths"], got["delta"]) == ("-set-like", ["-p"], True)
+    assert parse("restore", "S", "--target", "D", "--", "--json")["json"] is False  # a path, not the switch
+
+
+@pytest.mark.parametrize("argv,want", [
+    (("copy", "A", "--to", "/x", "B", "--to-key-file", "k"), ("sets", ["A", "B"])),
+    (("diff", "A", "--source", "app", "B"), ("set_b", "B")),
+    (("key", "remove", "--", "-abc"), ("id", "-abc")),
+    (("wal-fetch", "--prefetch", "0", "000000010000000000000001", "--", "-dest"), ("dest", "-dest")),
+    (("check-db", "db", "--timeout", "5"), ("name", "db")),
+])
+def test_every_command_with_positionals_mixes_them_with_options(argv: tuple[str, ...], want: tuple) -> None:
+    assert parse(*argv)[want[0]] == want[1]
+
+
+def test_commands_without_positionals_and_nested_commands_parse_as_before() -> None:
+    assert parse("prune", "--keep-last", "3")["keep_last"] == 3
+    assert parse("repair", "index", "--dry-run")["dry_run"] is True
+    assert parse("--json", "sets")["json"] is True and parse("sets", "--json")["json"] is True
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("restore", "S", "--target", "D", "--bogus"), "unrecognized arguments: --bogus"),
+    (("restore", "S", "--target", "D", "-dash-named"), "unrecognized arguments: -dash-named"),
+    (("ls", "latest", "a", "b"), "unrecognized arguments: b"),
+    (("sets", "extra"), "unrecognized arguments: extra"),
+    (("prune", "--", "x"), "unrecognized arguments: x"),
+    (("restore", "S"), "the following arguments are required: --target"),
+    (("restore", "--target", "D"), "the following arguments are required: SET, PATH"),
+    (("key", "add"), "one of the arguments --passphrase-file --new-key-file is required"),
+])
+def test_what_no_command_takes_is_a_usage_error(argv: tuple[str, ...], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(argv))
+    assert exc.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"cairn: error: {message}", err
+    assert len(err) == 2 and err[1].startswith("hint: see 'cairn"), err
+
+
+def test_help_still_names_the_positionals(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["restore", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "SET [PATH ...]" in out and "after -- when one begins with '-'" in out
