@@ -12,7 +12,6 @@ unable to listen on ...", exit status 1, and no traceback."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairn.store.errors import FailedPreconditionError
 from cairnd_harness import init_repo, snapshot, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mounts import mount_tmpfs
+from mounts import fill, mount_tmpfs
 
 LONG = "x" * 20_000
 LONG_WIDE = "é" * 20_000  # two bytes each in UTF-8, six once percent-encoded on the wire
@@ -99,20 +98,6 @@ def repofs(rundir: str) -> Iterator[str]:
     yield mnt
     if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
         subprocess.run(["umount", "-l", mnt], capture_output=True)
-
-
-def fill(path: str) -> None:
-    """Take every free byte of the file system holding `path` (a file that grows until ENOSPC)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 512):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 def test_a_full_repository_disk_fails_a_backup_with_one_line_and_loses_nothing(repofs, start_daemon, rundir,

@@ -9,7 +9,6 @@ at start is one JournalError (a CairnError), and a stop never raises."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import logging
 import os
@@ -21,7 +20,7 @@ import pytest
 from cairn.daemon.changes.journal import JournalError
 from cairn.daemon.changes.tracker import JOURNAL_FILE, ChangeTracker
 from cairn.errors import CairnError
-from mounts import mount_tmpfs
+from mounts import fill, mount_tmpfs
 
 FULL = "database or disk is full"
 
@@ -34,19 +33,7 @@ class SmallFs:
         self.filler = os.path.join(mnt, "fill")
 
     def fill(self) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 65536)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-        try:  # the last partial pages too
-            while True:
-                os.write(fd, b"\0" * 512)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        fill(self.filler)
 
     def free(self) -> None:
         os.unlink(self.filler)

@@ -12,7 +12,6 @@ with its change journal damaged on disk: no change is lost, no traceback, one-li
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import os
 import subprocess
@@ -22,24 +21,9 @@ from collections.abc import Iterator
 import pytest
 from cairnd_harness import env_for, snapshot
 from journal_daemon_kit import HOOKED, wait_until
-from mounts import mount_tmpfs
+from mounts import fill, mount_tmpfs
 
 FULL = "database or disk is full"
-
-
-def fill(mnt: str) -> str:
-    path = os.path.join(mnt, "fill")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 512):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return path
 
 
 @pytest.fixture
@@ -64,7 +48,7 @@ def test_files_created_while_the_state_dir_is_full_are_in_the_next_set(jd, small
     jd.start()
     jd.backup("full")
     jd.backup("incremental")                    # journal-driven from here on
-    filler = fill(small_state)
+    filler = fill(os.path.join(small_state, "fill"))
     made = 0
 
     def failing() -> bool:
@@ -92,7 +76,7 @@ def test_sigterm_with_the_state_dir_full_stops_cleanly_and_the_next_start_walks(
         f.write(b"a")
     jd.start()
     jd.backup("full")
-    filler = fill(small_state)
+    filler = fill(os.path.join(small_state, "fill"))
     n = 0
 
     def failing() -> bool:
@@ -139,7 +123,7 @@ def test_a_damaged_journal_is_moved_aside_and_the_daemon_starts(jd):
 def test_a_full_state_dir_at_start_is_one_line_and_exit_1(jd, small_state):
     jd.start()                                     # the state dir as a daemon leaves it
     jd.stop()
-    fill(small_state)
+    fill(os.path.join(small_state, "fill"))
     env = env_for({"CAIRN_TEST_HOOKS": jd.hooks, "CAIRN_HOME": os.path.join(jd.base, "home")})
     r = subprocess.run([sys.executable, HOOKED, "--config", jd.config], capture_output=True, text=True,
                        env=env, timeout=60)
