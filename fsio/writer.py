@@ -148,6 +148,13 @@ class TreeWriter:
             else:
                 self._close_file()
 
+    def settle(self) -> None:
+        """Complete every file the stream has given so far (a lane still open is ended as failed):
+        what follows is written after all of it. The stream may go on."""
+        self._close_file()
+        for path in list(self._open_lanes):
+            self._lane_end(path, "the restore stream ended before the file's content")
+
     def finish(self) -> WriteStats:
         self._close_file()
         for path in list(self._open_lanes):
@@ -469,6 +476,19 @@ class ParallelTreeWriter(TreeWriter):
             with self._lock:
                 if not job.error:
                     job.error = rec.message
+
+    def settle(self) -> None:
+        """Wait until every file the stream has given so far is complete: written and finalized, or
+        removed and named in stats.errors (a lane still open is ended as failed). The stream may go
+        on; what follows is written after all of it."""
+        self._close_file()
+        for path in list(self._lanes):
+            self._end(self._lanes.pop(path)[0], "the restore stream ended before the file's content")
+        self._flush_ready()
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.done.wait()
 
     def finish(self) -> WriteStats:
         self._close_file()

@@ -101,6 +101,7 @@ class DatabasePart(ServicePart):
         self._require_writable("archiving WAL")
         _check_wal_name(name)
         try:
+            walarchive.check_complete_segment(name, data)
             namespace = walarchive.push_namespace(name, data, namespace)
             stored = self.repo.put_wal(name, data, namespace)
         except CairnError as exc:

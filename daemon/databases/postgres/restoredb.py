@@ -28,6 +28,11 @@ from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced; errors are
 NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
+global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
+tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
+the client or the daemon, a full disk) never leaves a directory it would start on and recover
+with files missing. `write_local` writes it only once every other file is complete, and not at
+all when one of them could not be restored.
 
 Local restores (`write_local`): when the client runs on the daemon's host it may ask the daemon
 to write the data directory itself, so the data never crosses gRPC. The client proves the
@@ -57,13 +62,15 @@ from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, Tablesp
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.claims import check_claim
-from cairn.fsio.records import Data, EntryMeta, LaneData, LaneGauge, Record
+from cairn.fsio.records import Data, EntryMeta, LaneData, LaneEnd, LaneGauge, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
+PG_CONTROL = b"global/pg_control"  # the last file of a restore-db stream (module docstring)
+RECOVERY_SIGNAL = b"recovery.signal"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 OWN_POINT = walnames.OWN_POINT  # in pg_wal/: recovery stops at the set's consistent point
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
@@ -204,7 +211,7 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
     if isinstance(stopped, int | float) and when.timestamp() < stopped:
         raise InvalidArgumentError(
             f"target time '{target_time}' is before the set's consistent point "
-            f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='seconds')}): "
+            f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='microseconds')}): "
             "choose a set taken before the target")
     return when.isoformat(sep=" ")
 
@@ -317,12 +324,26 @@ def _segno(name: str, per_xlogid: int) -> int:
 
 def _chain(main: Iterator[Record], repo: Repository, s: BackupSet, spaces: list[TablespaceRecord],
            wal: list[str], own_point: bool = False, namespace: str = "", manifest: bool = False) -> Iterator[Record]:
+    """The data directory, the placed WAL and the tablespaces, then PG_CONTROL (module docstring)."""
     owner = (0, 0)
+    control: list[Record] = []  # PG_CONTROL's entry and content, held back to the end
+    holding = False
     for r in main:
-        if isinstance(r, EntryMeta) and r.path == b"PG_VERSION":
-            owner = (r.uid, r.gid)
+        if isinstance(r, EntryMeta):
+            if r.path == b"PG_VERSION":
+                owner = (r.uid, r.gid)
+            holding = r.path == PG_CONTROL
+        if holding and not isinstance(r, (LaneData, LaneEnd)):  # lanes name their own file
+            control.append(r)
+            continue
         yield r
     yield from placed_wal(repo, wal, owner, own_point, namespace)
+    yield from _tablespaces(repo, s, spaces, owner, manifest)
+    yield from control
+
+
+def _tablespaces(repo: Repository, s: BackupSet, spaces: list[TablespaceRecord], owner: tuple[int, int],
+                 manifest: bool) -> Iterator[Record]:
     if not spaces:
         return
     top = TABLESPACE_DIR.encode()
@@ -380,7 +401,19 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
     try:
         files = size = 0
         last = 0.0
+        recovery = skip = False  # recovery.signal seen (a restore-db stream); PG_CONTROL left out
         for i, rec in enumerate(records):
+            if isinstance(rec, EntryMeta):
+                recovery = recovery or rec.path == RECOVERY_SIGNAL
+                if recovery and rec.path == PG_CONTROL:  # the last file: only after all others are complete
+                    writer.settle()
+                    skip = bool(writer.stats.errors)
+                    if skip:
+                        writer.stats.errors.append(
+                            f"{PG_CONTROL.decode()} was not written, so PostgreSQL cannot start on this incomplete "
+                            "directory: restore it again (--delta writes only what is missing)")
+            if skip and not isinstance(rec, (LaneData, LaneEnd)):
+                continue
             writer.apply(rec)
             if isinstance(rec, (Data, LaneData)):
                 size += len(rec.data)

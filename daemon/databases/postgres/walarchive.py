@@ -17,6 +17,8 @@
   committed only after that, so no set is ever visible without the WAL it needs. Past the
   bound it raises DeadlineError naming the first missing segment.
 
+- `check_complete_segment`: a pushed segment is a whole one (not empty, and as long as its own
+  header says), so a truncated copy never takes the name of the segment recovery needs.
 - `push_namespace` / `fetch_wal` / `write_wal_into`: each cluster's WAL is archived in its own
   repository name space, its system identifier (read from a segment's page header, or given by the client for
   history and backup files); a fetch falls back to the flat name space of older archives, but
@@ -239,6 +241,24 @@ def push_namespace(name: str, data: bytes, namespace: str = "") -> str:
             f"WAL segment {name} was written by the server with system identifier {found}, "
             f"not {namespace}: check the --system-id of this archive_command")
     return str(found)
+
+
+def check_complete_segment(name: str, data: bytes) -> None:
+    """Refuse a segment (or `.partial`, the whole segment file too) that is empty, or shorter or
+    longer than the segment size its own long page header gives: stored under the segment's name
+    it would break every recovery that reads it, and the complete segment, different content
+    under that name, could then never be archived. Content without a WAL header is not judged."""
+    if not _is_segment_file(name):
+        return
+    if not data:
+        raise InvalidArgumentError(f"WAL segment {name} is empty: it is not archived (push the complete segment)")
+    if wal_system_identifier(data) is None:
+        return
+    size = int.from_bytes(data[32:36], "little")  # xlp_seg_size (cairn.walnames: the header's layout)
+    if len(data) != size:
+        raise InvalidArgumentError(
+            f"WAL segment {name} holds {len(data)} bytes, but its header gives the segment size {size}: "
+            "a truncated copy is not archived (push the complete segment)")
 
 
 def fetch_wal(repo: Any, name: str, namespace: str = "") -> bytes:
