@@ -460,6 +460,7 @@ def _captured_doc(captured: list[str]) -> dict[str, Any]:
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     from cairn.client import restoring
 
+    check_target_options(args)
     if bool(args.target) == bool(args.target_dsn):
         return fail("give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)",
                     code=EXIT_USAGE)
@@ -496,26 +497,50 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         target_timeline=timeline,
         host=args.host or "",
         fetch_with=restoring.fetch_with(conn, args),
+        target_end=args.target_end,
     )
+    doc: dict[str, Any] = {}  # --json: the report, with the recovery target added
     if args.delta:
         request.quick = args.quick
-        code = restoring.delta_db_by_daemon(conn, request, args.target, args.json, out, render)
+        captured: list[str] = []
+        code = restoring.delta_db_by_daemon(conn, request, args.target, args.json,
+                                            captured.append if args.json else out, render)
+        doc = _captured_doc(captured)
     else:
-        code = restore_db_into(conn, request, args.target, args.json, local=not args.stream)
+        code = restore_db_into(conn, request, args.target, args.json, report=doc if args.json else None,
+                               local=not args.stream)
+    recovers_to, sentence = restoring.recovery_target(args, rec, timeline)
+    if args.json and doc:
+        out(render.dumps(dict(doc, recovery_target=recovers_to, recovery_target_timeline=timeline)))
+    elif not args.json and code == EXIT_OK:
+        out(sentence)
     if code == EXIT_OK:
         own_data_directory(args.target)
-        if (args.target_time or args.target_lsn) and not args.restore_command:
+        if (args.target_time or args.target_lsn or args.target_end) and not args.restore_command:
             prime_prefetch(args)
     return code
+
+
+def check_target_options(args: argparse.Namespace) -> None:
+    """Refuse a blank --target-time, --target-lsn or --target-timeline (before anything is asked or
+    written): left out, each means the set's own point or timeline, so a script passing an unset
+    variable would recover to less than it asked for."""
+    for option in ("target_time", "target_lsn", "target_timeline"):
+        value = getattr(args, option, None)
+        if value is not None and not value.strip():
+            flag = "--" + option.replace("_", "-")
+            raise InvalidArgumentError(f"{flag} was given a blank value (an unset variable?): give a value, or "
+                                       f"leave {flag} out to recover to the set's own "
+                                       f"{'timeline' if option == 'target_timeline' else 'consistent point'}")
 
 
 def restore_dump_files(conn: Connection, args: argparse.Namespace, rec: dict[str, Any]) -> int:
     """restore-db --target DIR of a dump: the daemon sends its files as stored (a pg_dump
     directory or the command's stream file) and runs no tool, so this works with nothing but the
     repository (disaster recovery); what to run next is printed."""
-    if args.target_time or args.target_lsn or args.target_timeline or args.restore_command:
+    if args.target_time or args.target_lsn or args.target_end or args.target_timeline or args.restore_command:
         return fail(f"database '{args.database}' is a dump (kind '{rec['kind']}'): --target-time, --target-lsn, "
-                    "--target-timeline and --restore-command do not apply to it", code=EXIT_USAGE)
+                    "--target-end, --target-timeline and --restore-command do not apply to it", code=EXIT_USAGE)
     request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=args.database,
                                   target_path=os.fsencode(os.path.abspath(args.target)), host=args.host or "")
     doc: dict[str, Any] = {}
@@ -554,8 +579,9 @@ def prime_prefetch(args: argparse.Namespace) -> None:
 
 def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
     """restore-db of a dump (kinds pg_dump, command): the daemon restores it into the DSN's database."""
-    if args.target_time or args.target_lsn:
-        return fail("--target-time and --target-lsn need a base backup restored with --target DIR", code=EXIT_USAGE)
+    if args.target_time or args.target_lsn or args.target_end:
+        return fail("--target-time, --target-lsn and --target-end need a base backup restored with --target DIR",
+                    code=EXIT_USAGE)
     if args.target_timeline:
         return fail("--target-timeline needs a base backup restored with --target DIR", code=EXIT_USAGE)
     request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
@@ -621,7 +647,8 @@ def restore_into(conn: Connection, method: Any, request: Any, target: str, json_
                 os.unlink(claim)
         if batches and batches[0].HasField("local"):
             return _local_report(batches[0], target, json_output, report)
-    return _write_stream(method(request), target, overwrite, json_output, whole=whole, report=report)
+    return _write_stream(method(request), target, overwrite, json_output, whole=whole, report=report,
+                         control_last=title == "restore-db")
 
 
 def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
@@ -1019,12 +1046,16 @@ def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:
 
 
 def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, whole: bool,
-                  report: dict[str, Any] | None = None) -> int:
+                  report: dict[str, Any] | None = None, control_last: bool = False) -> int:
     """Apply a stream of RestoreBatch to `target` with a TreeWriter; report what was written
-    (into `report` instead of stdout when one is given, for --json)."""
+    (into `report` instead of stdout when one is given, for --json). With `control_last` (a
+    restore-db stream) global/pg_control is written only once every other file is, and not at
+    all when one failed, as the daemon writes it (cairn.fsio.pgcontrol)."""
+    from cairn.fsio.pgcontrol import ControlLast
     from cairn.fsio.writer import TreeWriter  # only restores write trees: wal-push stays light
 
     writer: TreeWriter | None = None
+    last: ControlLast | None = None
     set_info = None
     files = done = total = files_total = 0
     try:
@@ -1037,9 +1068,12 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
                     elif set_info is not None and whole:
                         files_total, total = set_info.stats.files, set_info.stats.bytes_total
                     writer = TreeWriter(target, overwrite=overwrite)
+                    last = ControlLast(writer) if control_last else None
                 path = b""
                 for r in batch.records:
                     rec = to_record(r)
+                    if last is not None and not last.admit(rec):
+                        continue
                     if isinstance(rec, Data):
                         done += len(rec.data)
                     elif isinstance(rec, EntryMeta):
@@ -1233,9 +1267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="DIR", help="base backups (kind postgres): the data directory to write")
     p.add_argument("--target-dsn", metavar="DSN",
                    help="dumps (kinds pg_dump, command): the database the daemon restores into, on its host")
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--target-time", metavar="T")
-    when.add_argument("--target-lsn", metavar="L")
+    when = p.add_mutually_exclusive_group()  # none: the set's own consistent point
+    when.add_argument("--target-time", metavar="T", help="recover every transaction committed up to this time")
+    when.add_argument("--target-lsn", metavar="L", help="recover up to and including this WAL position")
+    when.add_argument("--target-end", action="store_true",
+                      help="recover to the end of the WAL archive: replay every archived segment, then promote "
+                           "(default: the set's own consistent point)")
     p.add_argument("--target-timeline", metavar="TL",
                    help="the timeline recovery follows: current (default: the set's own), latest (the newest "
                         "in the archive) or a timeline id")

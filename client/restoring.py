@@ -559,6 +559,23 @@ def check_timeline(value: str) -> str:
                                "id like 2")
 
 
+def recovery_target(args: argparse.Namespace, rec: dict[str, Any] | None, timeline: str) -> tuple[str, str]:
+    """(what a restored data directory recovers to, for --json: 'immediate', 'time T', 'lsn L'
+    or 'end'; the line that says it) for restore-db's options."""
+    on = {"current": "the set's own timeline", "latest": "the newest timeline in the archive"}.get(
+        timeline, f"timeline {timeline}")
+    if args.target_end:
+        key, what = "end", "the end of the WAL archive (every archived segment is replayed)"
+    elif args.target_time:
+        key, what = f"time {args.target_time}", f"time '{args.target_time}' (every commit up to it)"
+    elif args.target_lsn:
+        key, what = f"lsn {args.target_lsn}", f"LSN {args.target_lsn} (inclusive)"
+    else:
+        point = f" (LSN {rec['stop_lsn']})" if rec and rec.get("stop_lsn") else ""
+        key, what = "immediate", f"the set's consistent point{point}"
+    return key, f"PostgreSQL started on {args.target} recovers to {what} on {on}, then promotes"
+
+
 def _lsn(text: str) -> int:
     hi, _, lo = text.partition("/")
     return (int(hi, 16) << 32) | int(lo, 16)

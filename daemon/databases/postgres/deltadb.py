@@ -154,29 +154,33 @@ def _only_one(target: str) -> contextlib.AbstractContextManager[None]:
 def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                         socket_path: str, target_path: str, nonce: str, command: str = "",
                         target_timeline: str = "current", fetch_with: str = "", quick: bool = False,
-                        cancelled: Callable[[], bool] | None = None) -> tuple[DeltaPlan, DeltaStats, list[str]]:
+                        cancelled: Callable[[], bool] | None = None,
+                        target_end: bool = False) -> tuple[DeltaPlan, DeltaStats, list[str]]:
     """Mend the claimed data directory `target_path` into `database` of set `s`, recovering to
-    the target as restore-db would (module docstring). Returns (plan, what changed, problems)."""
+    the target (with `target_end`: the end of the WAL archive) as restore-db would (module
+    docstring). Returns (plan, what changed, problems)."""
     claim = claims.check_delta_claim(target_path, nonce, any_owner=True)  # it belongs to the database's user
     check_data_directory(target_path)
     with _only_one(target_path):
         return _mend(repo, s, database, target_time, target_lsn, socket_path, target_path, claim, command,
-                     target_timeline, fetch_with, quick, cancelled)
+                     target_timeline, fetch_with, quick, cancelled, target_end)
 
 
 def _mend(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str, socket_path: str,
           target_path: str, claim: str, command: str, target_timeline: str, fetch_with: str, quick: bool,
-          cancelled: Callable[[], bool] | None) -> tuple[DeltaPlan, DeltaStats, list[str]]:
+          cancelled: Callable[[], bool] | None, target_end: bool = False) -> tuple[DeltaPlan, DeltaStats, list[str]]:
     rec = database_of(s, database)
     records = restore_db_records(repo, s, database, target_time, target_lsn, socket_path, target_path, command,
-                                 target_timeline=target_timeline, fetch_with=fetch_with, manifest=True)
+                                 target_timeline=target_timeline, fetch_with=fetch_with, manifest=True,
+                                 target_end=target_end)
     key = repo.chunk_id_key
     entries, inline, problems = manifest_entries(records, key)
     control = [m for m in entries if m.path == PG_CONTROL]
     entries = [m for m in entries if m.path != PG_CONTROL]
     owner = next(((m.uid, m.gid) for m in entries if m.path == b"PG_VERSION"), (0, 0))
     namespace = record_namespace(rec)
-    wal_records = placed_wal(repo, consistency_wal(repo, rec), owner, not (target_time or target_lsn), namespace)
+    wal_records = placed_wal(repo, consistency_wal(repo, rec), owner, not (target_time or target_lsn or target_end),
+                             namespace)
     placed, placed_inline, wal_names = placed_entries(wal_records, int(s.time_end * 1e9), key)
     entries += placed
     inline.update(placed_inline)

@@ -13,7 +13,9 @@ archive_status/, and no stale postmaster.pid. Two ways to get there:
   result — the way `cairn restore-db` works when data is streamed to the client.
 
 Targets: 'immediate' (default: the set's own consistent point, i.e. its stop LSN), a time
-(`target_time`, inclusive) or an LSN (`target_lsn`, inclusive); never more than one. The
+(`target_time`, inclusive), an LSN (`target_lsn`, inclusive) or 'end' (the end of the WAL
+archive: no recovery_target* setting at all, so recovery replays every segment restore_command
+serves and promotes when it reports the next one missing); never more than one. The
 timeline recovery follows (`recovery_target_timeline`) is the set's own ('current') unless
 'latest' or a timeline id is asked for: a timeline that a restored copy archived into the same
 WAL name space must not capture the recovery of a set taken on the timeline it branched from.
@@ -92,6 +94,9 @@ def recovery_settings(restore_command: str, target_time: str | datetime | None =
     settings = {"restore_command": restore_command}
     if target_time is not None and target_lsn is not None:
         raise InvalidArgumentError("give at most one of target time and target LSN")
+    if target == "end" and (target_time is not None or target_lsn is not None):
+        raise InvalidArgumentError("the end of the archive is a target of its own: give no target time or LSN "
+                                   "with it")
     if target_time is not None:
         if isinstance(target_time, datetime):
             if target_time.tzinfo is None:
@@ -106,20 +111,20 @@ def recovery_settings(restore_command: str, target_time: str | datetime | None =
         settings.update({"recovery_target_lsn": target_lsn, "recovery_target_inclusive": "on"})
     elif target == "immediate":
         settings["recovery_target"] = "immediate"
-    else:
-        raise InvalidArgumentError(f"unknown recovery target '{target}': expected 'immediate'")
+    elif target != "end":  # 'end': no recovery_target* at all, recovery replays all the archive holds
+        raise InvalidArgumentError(f"unknown recovery target '{target}': expected 'immediate' or 'end'")
     settings["recovery_target_action"] = "promote"
     settings["recovery_target_timeline"] = check_timeline(target_timeline)
     return settings
 
 
 def describe_target(settings: dict[str, str]) -> str:
-    """'immediate', 'time <t>' or 'lsn <l>' for messages."""
+    """'immediate', 'time <t>', 'lsn <l>' or 'end' (of the archive) for messages."""
     if "recovery_target_time" in settings:
         return f"time {settings['recovery_target_time']}"
     if "recovery_target_lsn" in settings:
         return f"lsn {settings['recovery_target_lsn']}"
-    return "immediate"
+    return "immediate" if "recovery_target" in settings else "end"
 
 
 def _conf_quote(value: str) -> str:

@@ -6,8 +6,9 @@ then returns the set's copy of the data directory (attachment 'db:<name>') passe
 `pgrecovery.recovery_stream`: backup_label and tablespace_map byte-exact from the set,
 recovery.signal, and recovery settings with `restore_command` = `cairn wal-fetch %f %p`
 (naming the daemon's socket explicitly, since the server's OS user has its own default) and
-the target — the set's own consistent point ('immediate') unless a time or an LSN is given —
-on the set's own timeline ('current'), then promotion. A time without a zone is the local time
+the target — the set's own consistent point ('immediate') unless a time or an LSN is given, or
+the end of the WAL archive (`target_end`: no recovery_target* setting) — on the set's own
+timeline ('current'), then promotion. A time without a zone is the local time
 of the daemon's host; it is written with that offset. Tablespaces follow under
 `cairn_tablespaces/<oid>/` of the target, and the tablespace map points there (the client sends
 its absolute target directory for that).
@@ -19,7 +20,7 @@ file before it looks in pg_wal/; `cairn wal-fetch` answers at once for a name th
 and pg_wal/ holds (exit 3: recovery then reads pg_wal/'s copy, identical to the archived one), so
 recovery to the set's own point needs no round trip to the daemon. The default restore_command
 gives those answers in the shell already (local_answers), so no interpreter starts for them. Later WAL (a time or LSN
-beyond the set) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
+beyond the set, or to its end) still comes from the archive. Without a target pg_wal/ also holds OWN_POINT:
 recovery then stops within the placed WAL, so wal-fetch answers at once for any later segment
 (PostgreSQL reads ahead one segment) instead of asking the daemon; history files still come from
 the archive (a new timeline must not collide with one archived there). recovery_end_command
@@ -32,7 +33,8 @@ global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL a
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
 the client or the daemon, a full disk) never leaves a directory it would start on and recover
 with files missing. `write_local` writes it only once every other file is complete, and not at
-all when one of them could not be restored.
+all when one of them could not be restored (cairn.fsio.pgcontrol.ControlLast, which the client
+uses the same way when it writes the stream itself).
 
 Local restores (`write_local`): when the client runs on the daemon's host it may ask the daemon
 to write the data directory itself, so the data never crosses gRPC. The client proves the
@@ -62,6 +64,7 @@ from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, Tablesp
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
 from cairn.fsio.claims import check_claim
+from cairn.fsio.pgcontrol import PG_CONTROL, ControlLast
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneEnd, LaneGauge, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -69,8 +72,6 @@ from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
 TABLESPACE_DIR = "cairn_tablespaces"
-PG_CONTROL = b"global/pg_control"  # the last file of a restore-db stream (module docstring)
-RECOVERY_SIGNAL = b"recovery.signal"
 WAL_MARKER = walnames.WAL_MARKER  # in pg_wal/: the WAL files restore-db placed there, one a line
 OWN_POINT = walnames.OWN_POINT  # in pg_wal/: recovery stops at the set's consistent point
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"  # names wal-fetch's prefetch spool (client/walfetch.py)
@@ -219,8 +220,9 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                        socket_path: str, target_path: str = "", command: str = "",
                        lanes: LaneGauge | None = None, target_timeline: str = "current",
-                       fetch_with: str = "", manifest: bool = False) -> Iterator[Record]:
+                       fetch_with: str = "", manifest: bool = False, target_end: bool = False) -> Iterator[Record]:
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
+    With `target_end` recovery goes to the end of the WAL archive (no time or LSN with it).
     With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
     recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
     With `manifest` the set's files come as a manifest (chunk ids, no content: a delta restore,
@@ -234,6 +236,8 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     if command and ("%p" not in command or "\n" in command):
         raise InvalidArgumentError(f"invalid restore_command '{command}': it must name the target file "
                                    "with %p (and the WAL file with %f), on one line")
+    if target_end and (target_time or target_lsn):
+        raise InvalidArgumentError("give at most one of --target-time, --target-lsn and --target-end")
     rec = database_of(s, database)
     target_time = check_target(rec, target_time, target_lsn)
     typed = PhysicalRecord.from_dict(rec)
@@ -245,7 +249,7 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                 f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
         remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
     wal = consistency_wal(repo, rec)
-    own_point = not (target_time or target_lsn)
+    own_point = not (target_time or target_lsn or target_end)
     size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
     data_dir = repo.restore_stream(s, attachment=typed.attachment, lanes=None if manifest else lanes,
                                    manifest=manifest)
@@ -256,7 +260,7 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
                                                                   placed=wal, own_point=own_point, segment_size=size,
                                                                   fetch_with=fetch_with),
                            target_time or None,
-                           target_lsn or None, tablespace_remap=remap,
+                           target_lsn or None, "end" if target_end else "immediate", tablespace_remap=remap,
                            extra_settings=None if not own_point else
                            {"recovery_end_command": f"rm -f pg_wal/{OWN_POINT}"},
                            target_timeline=target_timeline)
@@ -400,27 +404,18 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
     writer = ParallelTreeWriter(target_path, overwrite=False, workers=LOCAL_WRITERS, lanes=lanes)
     try:
         files = size = 0
-        last = 0.0
-        recovery = skip = False  # recovery.signal seen (a restore-db stream); PG_CONTROL left out
+        shown = 0.0
+        last = ControlLast(writer)  # PG_CONTROL: only after all others are complete, and not if one failed
         for i, rec in enumerate(records):
-            if isinstance(rec, EntryMeta):
-                recovery = recovery or rec.path == RECOVERY_SIGNAL
-                if recovery and rec.path == PG_CONTROL:  # the last file: only after all others are complete
-                    writer.settle()
-                    skip = bool(writer.stats.errors)
-                    if skip:
-                        writer.stats.errors.append(
-                            f"{PG_CONTROL.decode()} was not written, so PostgreSQL cannot start on this incomplete "
-                            "directory: restore it again (--delta writes only what is missing)")
-            if skip and not isinstance(rec, (LaneData, LaneEnd)):
+            if not last.admit(rec):
                 continue
             writer.apply(rec)
             if isinstance(rec, (Data, LaneData)):
                 size += len(rec.data)
             elif isinstance(rec, EntryMeta) and rec.kind == "file":
                 files += 1
-            if progress is not None and time.monotonic() - last >= 0.2:
-                last = time.monotonic()
+            if progress is not None and time.monotonic() - shown >= 0.2:
+                shown = time.monotonic()
                 progress(Progress("restore", files, 0, size, 0))
             if cancelled is not None and i % 256 == 255 and cancelled():
                 writer.stats.errors.append("the client went away: the restore is incomplete")

@@ -403,7 +403,7 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "fetch_with", "restore_command", "local_claim", "delta", "quick", "host")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "fetch_with", "target_end", "restore_command", "local_claim", "delta", "quick", "host")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
@@ -412,6 +412,7 @@ class RestoreDbRequest(_message.Message):
     TARGET_PATH_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIMELINE_FIELD_NUMBER: _ClassVar[int]
     FETCH_WITH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_END_FIELD_NUMBER: _ClassVar[int]
     RESTORE_COMMAND_FIELD_NUMBER: _ClassVar[int]
     LOCAL_CLAIM_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -425,12 +426,13 @@ class RestoreDbRequest(_message.Message):
     target_path: bytes
     target_timeline: str
     fetch_with: str
+    target_end: bool
     restore_command: str
     local_claim: str
     delta: bool
     quick: bool
     host: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., fetch_with: _Optional[str] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., fetch_with: _Optional[str] = ..., target_end: _Optional[bool] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbToDsnRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_dsn", "host")

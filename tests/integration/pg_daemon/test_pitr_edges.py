@@ -8,11 +8,16 @@ PostgreSQL 15 archiving through `cairn wal-push` into a real cairnd:
 - wal-push refuses a truncated or empty file under a segment's name, so the real segment can
   still be archived afterwards;
 - a target time or LSN just before the set's consistent point is refused, and the message names
-  that point exactly (to the microsecond), not rounded to a second that reads as earlier.
+  that point exactly (to the microsecond), not rounded to a second that reads as earlier;
+- the client writing the directory itself (--stream) on a full disk leaves no pg_control either,
+  with the daemon's message, and --delta with room again finishes it;
+- --target-end recovers every commit the archive holds, written by the daemon, by the client or
+  by a delta; without it recovery still stops at the set's consistent point.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +27,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cairn import walnames
 from cairnd_harness import CAIRN
+from mounts import fill, mount_tmpfs
 from pgserver import chown_postgres
 from pgstack import ArchivingServer, Stack, make_pg_dir
 
@@ -198,3 +205,115 @@ def test_a_target_just_before_the_consistent_point_is_refused_naming_the_exact_p
                   f"{hi:X}/{lo - 1:X}")
     assert r.returncode == 2 and f"is before the set's consistent point {stop}" in r.stderr, r.stderr
     assert not (h / "d").exists()
+
+
+NOT_WRITTEN = ("global/pg_control was not written, so PostgreSQL cannot start on this incomplete directory: "
+               "restore it again (--delta writes only what is missing)")
+
+
+def start_on(stack: Stack, target: Path) -> ArchivingServer:
+    """A server on a restored directory (archiving off: a test restore beside the source), promoted."""
+    chown_postgres(target)
+    os.chmod(target, 0o700)
+    srv = ArchivingServer(pgdata=target, settings={"archive_mode": "off"})
+    stack.restored.append(srv)
+    srv.start(timeout=60)
+    srv.wait_promoted()
+    return srv
+
+
+def test_a_streamed_restore_on_a_full_disk_leaves_no_pg_control(stack: Stack, big_set: dict) -> None:
+    h = holder(stack, "cairn-pitr-stream-full-")
+    # what the restore writes: room for all of it but the big table's file and the placed WAL (16 MiB
+    # each), so those fail while every small file after them, pg_control too, would still fit
+    whole = h / "whole"
+    stack.ok("restore-db", big_set["id"], "--database", "appdb", "--target", str(whole), "--stream", timeout=120)
+    sizes = {p: n for p, n in files_of(whole).items() if not p.startswith("pg_wal/")}
+    big = max(sizes, key=lambda p: sizes[p])
+    assert sizes[big] > 16 << 20, sizes[big]
+    room = sum(-(-n // 4096) * 4096 for p, n in sizes.items() if p != big) + (6 << 20)
+    small = h / "small"
+    small.mkdir()
+    mount_tmpfs(str(small))
+    try:
+        subprocess.run(["mount", "-o", "remount,size=256m", str(small)], check=True)  # room again, below
+        filler = fill(str(small / "filler"))
+        os.truncate(filler, os.path.getsize(filler) - room)
+        target = small / "data"
+        r = stack.cli("restore-db", big_set["id"], "--database", "appdb", "--target", str(target), "--stream",
+                      timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "written by the daemon" not in r.stdout  # this client wrote it
+        assert f"unable to restore '{big}': write failed: No space left on device" in r.stderr, r.stderr[-3000:]
+        written = files_of(target)
+        assert big not in written and "backup_label" in written and "global/pg_filenode.map" in written, \
+            r.stderr[-3000:]  # it went on past the failed file
+        assert not (target / "global" / "pg_control").exists()  # files are missing: it must never start
+        assert f"cairn: warning: {NOT_WRITTEN}" in r.stderr.splitlines(), r.stderr
+        # with room again the delta finishes it, and the server recovers every row
+        os.unlink(filler)
+        stack.ok("restore-db", big_set["id"], "--database", "appdb", "--target", str(target), "--delta",
+                 timeout=120)
+        srv = start_on(stack, target)
+        assert srv.psql("SELECT count(*), max(id) FROM big") == f"{ROWS}|{ROWS}"
+        srv.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.fixture(scope="module")
+def late_rows(stack: Stack, big_set: dict) -> int:
+    """Rows committed after big_set, in two archived segments: only the archive holds them."""
+    stack.psql("CREATE TABLE late (id int PRIMARY KEY)")
+    stack.psql("INSERT INTO late SELECT generate_series(1, 500)")
+    stack.wait_archived()
+    stack.psql("INSERT INTO late SELECT generate_series(501, 1000)")
+    stack.wait_archived()  # pg_switch_wal(), then until the server's wal-push stored that segment
+    return 1000
+
+
+def test_target_end_recovers_all_the_archive_holds_and_the_default_stops_at_the_set(
+        stack: Stack, big_set: dict, late_rows: int) -> None:
+    h = holder(stack, "cairn-pitr-end-")
+    target = h / "data"
+    out = stack.ok("restore-db", big_set["id"], "--database", "appdb", "--target", str(target))
+    stop = big_set["extra"]["database"]["stop_lsn"]
+    assert (f"PostgreSQL started on {target} recovers to the set's consistent point (LSN {stop}) on the set's "
+            "own timeline, then promotes") in out, out
+    conf = (target / "postgresql.auto.conf").read_text()
+    assert "recovery_target = 'immediate'" in conf
+    srv = start_on(stack, target)
+    assert srv.psql("SELECT to_regclass('late') IS NULL") == "t"  # the default: the set's own point
+    assert srv.psql("SELECT count(*) FROM big") == str(ROWS)
+    srv.stop()
+    # the same directory mended by a delta to the end of the archive: every archived commit
+    doc = json.loads(stack.ok("--json", "restore-db", big_set["id"], "--database", "appdb", "--target",
+                              str(target), "--delta", "--target-end", timeout=120))
+    assert (doc["recovery_target"], doc["recovery_target_timeline"], doc["errors"]) == ("end", "current", [])
+    conf = (target / "postgresql.auto.conf").read_text()
+    assert "recovery_target" not in conf.replace("recovery_target_action", "").replace(
+        "recovery_target_timeline", ""), conf
+    assert "recovery_target_action = 'promote'" in conf and "recovery_target_timeline = 'current'" in conf
+    srv.start(timeout=60)
+    srv.wait_promoted()
+    assert srv.psql("SELECT count(*), max(id) FROM late") == f"{late_rows}|{late_rows}"
+    assert srv.psql("SELECT count(*) FROM big") == str(ROWS)
+    srv.stop()
+
+
+@pytest.mark.parametrize("how", ["--stream", "daemon"])
+def test_target_end_written_by_the_client_or_the_daemon(stack: Stack, big_set: dict, late_rows: int,
+                                                        how: str) -> None:
+    h = holder(stack, "cairn-pitr-end-w-")
+    target = h / "data"
+    extra = ["--stream"] if how == "--stream" else []
+    out = stack.ok("restore-db", big_set["id"], "--database", "appdb", "--target", str(target), "--target-end",
+                   *extra, timeout=120)
+    assert ("written by the daemon" in out) == (how == "daemon"), out
+    assert (f"PostgreSQL started on {target} recovers to the end of the WAL archive (every archived segment is "
+            "replayed) on the set's own timeline, then promotes") in out, out
+    assert (target / "pg_wal" / walnames.WAL_MARKER).exists() and not (target / "pg_wal" / walnames.OWN_POINT).exists()
+    srv = start_on(stack, target)
+    assert srv.psql("SELECT count(*), max(id) FROM late") == f"{late_rows}|{late_rows}"
+    srv.stop()
+
