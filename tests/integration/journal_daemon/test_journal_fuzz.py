@@ -118,7 +118,9 @@ def test_random_operations_sets_overflows_and_restarts(jd):
         for _ in range(OPS):
             history.append(fuzz.step())
             print(history[-1])  # the whole sequence shows with a failure
-            if _has_hardlinks(jd.src):
+            if _has_hardlinks(jd.src) or history[-1].startswith("rename dir "):
+                # a directory renamed while its events wait may be watched anew, and the next set
+                # then walks (docs/journal.md, "renames read late"): either marker is right
                 expect.doubt()
             if rng.random() < P_OVERFLOW:
                 jd.hook("overflow")
