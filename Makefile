@@ -40,7 +40,7 @@ run: setup
 	CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --source $(SOURCE) --key-file $(CAIRN_HOME)/repo.key
 
 test: setup
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=30 tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30 tests
 
 lint: setup
 	$(BIN)/ruff check .
