@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ def daemon(start_daemon, tmp_path):
     src.mkdir()
     (src / "old.bin").write_bytes(os.urandom(SIZE))  # far beyond what one reply holds
     d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.locks = tmp_path / "repo" / "locks"
     d.old = json.loads(d.ok("--json", "backup", "--level", "full"))["id"]
     (src / "old.bin").unlink()
     (src / "new.txt").write_text("new\n")
@@ -27,15 +29,25 @@ def daemon(start_daemon, tmp_path):
     return d
 
 
+def locks(daemon) -> int:
+    return sum(len(files) for _dir, _dirs, files in os.walk(daemon.locks))
+
+
 def test_prune_forget_of_a_set_being_restored_keeps_it_until_the_restore_ends(daemon):
+    before = locks(daemon)
     with grpc.insecure_channel("unix:" + daemon.socket) as channel:
         stream = pbg.CairnStub(channel).Restore(pb.RestoreRequest(set=daemon.old), timeout=120)
         got = [next(stream)]  # the restore has begun, and its client reads no further for now
+        assert locks(daemon) > before  # its lock names the set
         out = daemon.ok("prune", "--forget", daemon.old)
         assert f"keep {daemon.old}" in out and "being read (restore of set" in out, out
         assert "forgot 0 sets" in out, out
         got += list(stream)
     assert sum(batch.ByteSize() for batch in got) > SIZE  # every byte of the set came
+    deadline = time.monotonic() + 30  # the daemon drops the restore's lock once its stream has closed
+    while locks(daemon) > before:
+        assert time.monotonic() < deadline, "the restore's lock outlived its stream"
+        time.sleep(0.05)
     later = json.loads(daemon.ok("--json", "prune", "--forget", daemon.old))
     assert later["forgotten"] == [daemon.old] and later["bytes_freed"] > SIZE // 2, later
     assert [s["id"] for s in json.loads(daemon.ok("--json", "sets"))] == [daemon.new]
