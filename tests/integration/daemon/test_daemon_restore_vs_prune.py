@@ -12,7 +12,7 @@ import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pbg
 
-SIZE = 6 * 1024 * 1024
+SIZE = 32 * 1024 * 1024  # beyond what gRPC buffers: the daemon cannot have read it all when the first batch arrives
 
 
 @pytest.fixture
