@@ -104,7 +104,18 @@ class Daemon:
         """SIGTERM; return (exit status, seconds it took)."""
         start = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Say where it is stuck: faulthandler (PYTHONFAULTHANDLER, set by env_for) writes every
+            # thread's stack to the log on SIGABRT.
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            stuck = f"cairnd did not exit within {timeout:.0f}s of SIGTERM\n{self.log()[-20000:]}"
+            raise AssertionError(stuck) from None
         return code, time.monotonic() - start
 
     @property
@@ -115,6 +126,7 @@ class Daemon:
 def env_for(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     env.pop("CAIRN_SOCKET", None)
+    env["PYTHONFAULTHANDLER"] = "1"  # a daemon stuck in a test says where (terminate() sends SIGABRT)
     env.update(extra or {})
     return env
 
