@@ -39,8 +39,13 @@ run: setup
 	@[ -e $(CAIRN_HOME)/repo ] || CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --init --key-file $(CAIRN_HOME)/repo.key
 	CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --source $(SOURCE) --key-file $(CAIRN_HOME)/repo.key
 
+# The suite is CPU-bound (real daemons, servers and clients as processes): TEST_WORKERS pytest
+# processes share it, a test file per worker at a time. The project's modules are compiled first:
+# where PYTHONDONTWRITEBYTECODE is set, every daemon and client process would compile them anew.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/pytest -q -p no:cacheprovider --durations=30 tests
+	$(BIN)/python -m compileall -q -j 0 store daemon client fsio proto cairn_pkg
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 lint: setup
 	$(BIN)/ruff check .

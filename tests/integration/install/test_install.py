@@ -6,8 +6,8 @@ DESTDIR build is shown to run at its final path. Then, on the real root: `system
 verify` on the installed unit as installed (its ExecStart /usr/bin/cairnd must exist), the
 unit's Documentation= file exists, the installed `cairnd --config` runs the shipped minimal
 configuration (only repository, state and socket moved to a temporary directory) and the
-installed `cairn` takes a set through it; `make uninstall` removes it all again. The second
-test runs plain `make install` (no DESTDIR) the same way.
+installed `cairn` takes a set through it. A plain `make install` (no DESTDIR) over it keeps an
+edited configuration and runs; `make uninstall` removes the rest, and then the configuration.
 
 These tests write to /opt/cairn, /usr/bin, /lib/systemd/system, /usr/share/doc and /etc/cairn,
 so they need root and run only where Cairn is not installed already (CI machines); a lock
@@ -170,7 +170,7 @@ def check_uninstalled() -> None:
     assert left == [] and not Path("/etc/cairn").exists()
 
 
-def test_staged_install_unpacked_at_root_runs_verifies_and_uninstalls(clean_root, tmp_path):
+def test_staged_install_runs_at_root_and_a_plain_install_over_it_keeps_an_edited_config(clean_root, tmp_path):
     stage = tmp_path / "stage"
     make("install", f"DESTDIR={stage}")
     # Nothing in the staged tree refers to the staging directory.
@@ -182,18 +182,14 @@ def test_staged_install_unpacked_at_root_runs_verifies_and_uninstalls(clean_root
     assert tar.returncode == 0, tar.stderr
     check_installed()
     run_minimal_config(tmp_path)
-    check_uninstalled()
-
-
-def test_make_install_into_the_root_keeps_an_edited_config(clean_root, tmp_path):
-    make("install")
-    check_installed()
-    run_minimal_config(tmp_path)
-    # An operator's edited configuration survives a re-install and an uninstall.
+    # A plain `make install` (no DESTDIR) over it: an operator's edited configuration survives
+    # the re-install, and the re-installed commands run.
     edited = INSTALLED["config"].read_text() + "\n# edited\n"
     INSTALLED["config"].write_text(edited)
     make("install")
     assert INSTALLED["config"].read_text() == edited
+    check_installed()
+    # ... and the uninstall, which removes everything else.
     make("uninstall")
     assert INSTALLED["config"].read_text() == edited
     assert not INSTALLED["venv"].exists() and not INSTALLED["cairnd"].is_symlink()
