@@ -58,6 +58,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
@@ -182,15 +183,34 @@ def held_databases(s: BackupSet) -> str:
     return f" (it holds database {', '.join(named)})" if named else ""
 
 
+def _iso_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text else text)
+
+
 def parse_target_time(text: str) -> datetime:
-    """A target time like '2025-03-01 12:00:00+01' (ISO 8601). Without a zone it is the local time
-    of the daemon's host (the time it returns carries that zone's offset then)."""
+    """A target time like '2025-03-01 12:00:00+01' (ISO 8601), or followed by a time zone name as
+    PostgreSQL's own log lines print it ('2025-03-01 12:00:00.123 UTC', '... Europe/Berlin': any
+    name of the system's tz database). Without a zone it is the local time of the daemon's host
+    (the time it returns carries that zone's offset then)."""
     t = text.strip()
+    expected = "expected a time like '2025-03-01 12:00:00+01:00' or '2025-03-01 12:00:00 UTC'"
     try:
-        when = datetime.fromisoformat(t.replace(" ", "T", 1) if "T" not in t else t)
+        when = _iso_time(t)
     except ValueError:
-        raise InvalidArgumentError(
-            f"invalid target time '{text}': expected a time like '2025-03-01 12:00:00+01:00'") from None
+        stamp, _, zone = t.rpartition(" ")
+        try:
+            when = _iso_time(stamp.strip())
+        except ValueError:
+            raise InvalidArgumentError(f"invalid target time '{text}': {expected}") from None
+        if when.tzinfo is not None:
+            raise InvalidArgumentError(f"invalid target time '{text}': it has an offset and a time zone") from None
+        name = zone.upper() if zone.upper() in ("UTC", "GMT") else zone
+        try:
+            when = when.replace(tzinfo=ZoneInfo(name))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgumentError(
+                f"invalid target time '{text}': unknown time zone '{zone}' (give an offset like +02:00 or a "
+                "zone name like Europe/Berlin; abbreviations other than UTC and GMT are ambiguous)") from None
     return when if when.tzinfo is not None else when.astimezone()
 
 

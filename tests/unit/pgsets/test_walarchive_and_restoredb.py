@@ -114,6 +114,13 @@ def test_database_of_and_targets() -> None:
         check_target(rec, "", "0/4000000")
     with pytest.raises(InvalidArgumentError, match="invalid target time 'yesterday'"):
         check_target(rec, "yesterday", "")
+    # a zone name as PostgreSQL's log lines print it, or any tz database name
+    assert check_target(rec, "2030-01-01 00:00:00.250 UTC", "") == "2030-01-01 00:00:00.250000+00:00"
+    assert check_target(rec, "2030-07-01 12:00:00 Europe/Berlin", "") == "2030-07-01 12:00:00+02:00"
+    with pytest.raises(InvalidArgumentError, match="unknown time zone 'CEST'"):
+        check_target(rec, "2030-07-01 12:00:00 CEST", "")
+    with pytest.raises(InvalidArgumentError, match="has an offset and a time zone"):
+        check_target(rec, "2030-07-01 12:00:00+02 UTC", "")
     with pytest.raises(InvalidArgumentError, match="before the set's consistent point"):
         check_target(rec, "2020-01-01 00:00:00+00", "")
 
