@@ -63,7 +63,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
-from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, record_namespace
+from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, newest_archived, record_namespace
 from cairn.fsio.claims import check_claim
 from cairn.fsio.pgcontrol import PG_CONTROL, ControlLast
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneEnd, LaneGauge, Record
@@ -237,6 +237,26 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
     return when.isoformat(sep=" ")
 
 
+CLOCK_SKEW = 120.0  # seconds the database host's and the store's clocks may differ by
+
+
+def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target_time: str) -> None:
+    """Refuse a target time that recovery could not reach: later than the newest segment the
+    archive holds for the database (every record archived is older than its segment's store
+    time), beyond a margin for clock skew. PostgreSQL would otherwise replay the whole archive
+    and only then fail ("recovery ended before configured recovery target was reached")."""
+    newest = newest_archived(repo, record_namespace(rec))
+    if newest is None:
+        return
+    name, stored = newest
+    if parse_target_time(target_time).timestamp() > stored + CLOCK_SKEW:
+        at = datetime.fromtimestamp(stored).astimezone().isoformat(sep=" ", timespec="seconds")
+        raise FailedPreconditionError(
+            f"target time '{target_time}' is later than the newest WAL archived for database '{database}' "
+            f"({name}, stored {at}): recovery could not reach it; choose an earlier time, or --target-end to "
+            "recover everything archived")
+
+
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                        socket_path: str, target_path: str = "", command: str = "",
                        lanes: LaneGauge | None = None, target_timeline: str = "current",
@@ -259,7 +279,10 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     if target_end and (target_time or target_lsn):
         raise InvalidArgumentError("give at most one of --target-time, --target-lsn and --target-end")
     rec = database_of(s, database)
-    target_time = check_target(rec, target_time, target_lsn)
+    checked = check_target(rec, target_time, target_lsn)
+    if checked:
+        check_reachable(repo, rec, database, target_time)
+    target_time = checked
     typed = PhysicalRecord.from_dict(rec)
     spaces = list(typed.tablespaces)
     remap: dict[int, str] = {}

@@ -228,6 +228,17 @@ def _is_segment_file(name: str) -> bool:
     return bool(SEGMENT_RE.match(name) or (name.endswith(".partial") and SEGMENT_RE.match(name[:-8])))
 
 
+def newest_archived(repo: Any, namespace: str) -> tuple[str, float] | None:
+    """(name, time) of the WAL segment stored last in `namespace` (or the flat name space older
+    archives used), by the store's own modification times; None when it holds none."""
+    newest: tuple[str, float] | None = None
+    for info in repo.backend.list_info("wal"):
+        space, _, name = info.name.rpartition("@")
+        if space in (namespace, "") and _is_segment_file(name) and (newest is None or info.time > newest[1]):
+            newest = (name, info.time)
+    return newest
+
+
 def push_namespace(name: str, data: bytes, namespace: str = "") -> str:
     """The name space a pushed WAL file goes to: the system identifier in a segment's page
     header (it must agree with `namespace` when both are given), else `namespace` (history and

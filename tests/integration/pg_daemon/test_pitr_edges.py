@@ -317,3 +317,20 @@ def test_target_end_written_by_the_client_or_the_daemon(stack: Stack, big_set: d
     assert srv.psql("SELECT count(*), max(id) FROM late") == f"{late_rows}|{late_rows}"
     srv.stop()
 
+
+
+@pytest.mark.parametrize("how", ["daemon", "--stream"])
+def test_a_target_time_later_than_the_archive_is_refused_before_anything_is_written(
+        stack: Stack, big_set: dict, late_rows: int, how: str) -> None:
+    """An hour from now no archived record can reach: refused at once (PostgreSQL would replay the
+    whole archive first), naming the newest segment and --target-end, and nothing is written."""
+    h = holder(stack, "cairn-pitr-late-")
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+    extra = ["--stream"] if how == "--stream" else []
+    r = stack.cli("restore-db", big_set["id"], "--database", "appdb", "--target", str(h / "d"), "--target-time",
+                  later, *extra)
+    assert r.returncode == 1, r.stdout + r.stderr
+    first = r.stderr.splitlines()[0]
+    assert f"target time '{later}' is later than the newest WAL archived for database 'appdb' (0000" in first, first
+    assert "--target-end to recover everything archived" in first, first
+    assert not (h / "d").exists() or not any((h / "d").iterdir())
