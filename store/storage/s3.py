@@ -438,25 +438,8 @@ class S3Backend:
                                     "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
 
     def list(self, kind: str) -> Iterator[str]:
-        base = self._base(kind)
-        names: list[str] = []
-
-        def op() -> None:
-            names.clear()
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
-            for page in pages:
-                for obj in page.get("Contents", ()):
-                    rest = obj["Key"][len(base):]
-                    if kind == "packs":
-                        fan, _, rest = rest.partition("/")
-                        if not rest or "/" in rest or not rest.startswith(fan):
-                            continue
-                    elif not rest or "/" in rest:
-                        continue
-                    names.append(rest)
-
-        self._call(f"list {kind} objects", op, missing=f"unable to list {kind} objects: not found")
-        yield from sorted(names)
+        for info in self.list_info(kind):  # one listing: names come with their sizes and times
+            yield info.name
 
     def list_info(self, kind: str) -> Iterator[ObjectInfo]:
         """The objects of `kind` with size and last-modified time, sorted by name."""
