@@ -37,6 +37,7 @@ from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflectio
 from cairn.daemon.rpc.servicer import CairnServicer, Malformed
 from cairn.daemon.rpc.streams import Slots, StreamGuard, workers
 from cairn.daemon.runtime.config import DaemonConfig
+from cairn.fsio.sockets import check_socket_path
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError
 from google.protobuf.message import DecodeError
@@ -298,28 +299,12 @@ def _prepare_socket_path(path: str) -> None:
         raise FailedPreconditionError(
             f"unable to listen on '{path}': unable to create '{exc.filename or directory}': {exc.strerror or exc}"
         ) from None
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise FailedPreconditionError(f"unable to listen on '{path}': {exc.strerror or exc}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FailedPreconditionError(f"unable to listen on '{path}': a file that is not a socket is in the way")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError:
+    if check_socket_path(path) == "stale":
         try:
             os.unlink(path)  # nobody answers: a leftover of a daemon that died
         except OSError as exc:
             raise FailedPreconditionError(
                 f"unable to listen on '{path}': unable to remove the stale socket: {exc.strerror or exc}") from None
-        return
-    finally:
-        probe.close()
-    raise FailedPreconditionError(f"unable to listen on '{path}': another cairnd is serving it")
 
 
 def _unlink_socket(path: str) -> None:

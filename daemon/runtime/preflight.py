@@ -20,6 +20,7 @@ import stat
 
 from cairn.daemon.runtime.config import Config, split_address
 from cairn.daemon.runtime.repokeys import secret_of
+from cairn.fsio.sockets import check_socket_path
 from cairn.store.errors import (
     AlreadyExistsError,
     CairnError,
@@ -47,7 +48,7 @@ def init_hint(config: Config) -> str:
 def check_start(config: Config) -> None:
     """Every check that needs no database, in the order an operator would fix them."""
     daemon = config.daemon
-    check_unix_socket(daemon.socket)
+    check_socket_path(daemon.socket)  # nothing but a stale socket in the way, no daemon serving it
     check_repository(config)
     if daemon.socket_group:
         try:
@@ -156,27 +157,6 @@ def init_repository(config: Config, plaintext: bool = False) -> str:
         raise FailedPreconditionError(f"unable to create '{path}': {exc.strerror or exc}") from None
     Repository.init_local(path, secret=secret).close()
     return path
-
-
-def check_unix_socket(path: str) -> None:
-    """Nothing but a stale socket is in the way of the API socket, and no daemon serves it."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise FailedPreconditionError(f"daemon.socket: unable to use '{path}': {exc.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FailedPreconditionError(f"daemon.socket: '{path}' exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError:
-        return  # a leftover of a daemon that died; the server replaces it
-    finally:
-        probe.close()
-    raise FailedPreconditionError(f"unable to listen on '{path}': another cairnd is serving it")
 
 
 def check_readable(key: str, path: str | None, nonempty: bool = False) -> None:
