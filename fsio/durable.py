@@ -2,8 +2,9 @@
 
 `write_atomic` writes a temp file beside the target, fsyncs it, renames it into place and
 fsyncs the directory, so after a crash the path holds the old content or the new, never a
-mix. `fsync_dir` makes a rename, creation or removal in a directory durable. Imports only
-the standard library.
+mix. `write_synced` is its first half for callers that put the file in place themselves (the
+local backend renames or hard-links it). `fsync_dir` makes a rename, creation or removal in a
+directory durable. Imports only the standard library.
 """
 
 from __future__ import annotations
@@ -24,18 +25,26 @@ def fsync_dir(path: str | bytes) -> None:
         os.close(fd)
 
 
+def write_synced(path: str, data: bytes | memoryview, mode: int, *, exclusive: bool = True) -> None:
+    """Write all of `data` to `path` and fsync it: the first half of an atomic replace (the
+    caller renames or links the file into place, then fsyncs the directory). `exclusive`: the
+    file must not exist yet; otherwise an existing one is truncated."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` by `data` atomically and durably."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(tmp, data, mode, exclusive=False)  # a leftover of a process with our pid is replaced
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
 import blake3
-from cairn.fsio.durable import fsync_dir
+from cairn.fsio.durable import fsync_dir, write_synced
 
 from ..errors import BackendError, NotFoundError
 
@@ -259,14 +259,7 @@ class LocalBackend:
         tmp = os.path.join(d, f".tmp-{name}-{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:8]}")
         try:
             self._ensure_dir(d)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(tmp, data, FILE_MODE)
             os.rename(tmp, path)
             fsync_dir(d)
         except OSError as e:
@@ -284,14 +277,7 @@ class LocalBackend:
             self._ensure_dir(d)
             if os.path.lexists(path):
                 return False
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(tmp, data, FILE_MODE)
             try:
                 os.link(tmp, path)
             except FileExistsError:
