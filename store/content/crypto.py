@@ -171,7 +171,26 @@ def decode_key_file(data: bytes, where: str) -> bytes:
     return value
 
 
-class RepoKey:
+def _seal_with(aead: AESGCM, data: bytes | memoryview, ad: bytes) -> bytes:
+    nonce = os.urandom(NONCE)
+    return nonce + aead.encrypt(nonce, bytes(data) if isinstance(data, memoryview) else data, ad)
+
+
+class _BlobIds:
+    """What both kinds of key share: blob ids under the repository's id key (keyed blake3)."""
+
+    _id_key: bytes
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self._id_key).digest()
+
+    @property
+    def id_key(self) -> bytes:
+        """The key of blob ids (keyed blake3): what compares a file with a set's chunk ids."""
+        return self._id_key
+
+
+class RepoKey(_BlobIds):
     """The keys derived from one repository's master secret. Thread-safe; AESGCM releases the
     GIL while it works, so blobs are sealed in parallel on the compress threads."""
 
@@ -242,17 +261,8 @@ class RepoKey:
             plain = _aead_open(aead, sealed, ad) if aead is not None else None
         return plain
 
-    def blob_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data, key=self._id_key).digest()
-
-    @property
-    def id_key(self) -> bytes:
-        """The key of blob ids (keyed blake3): what compares a file with a set's chunk ids."""
-        return self._id_key
-
     def seal(self, data: bytes | memoryview, ad: bytes) -> bytes:
-        nonce = os.urandom(NONCE)
-        return nonce + self._aead.encrypt(nonce, bytes(data) if isinstance(data, memoryview) else data, ad)
+        return _seal_with(self._aead, data, ad)
 
     def open(self, sealed: bytes, ad: bytes) -> bytes | None:
         """The plaintext, or None when `sealed` is not what was sealed with `ad` under this key."""
@@ -318,7 +328,7 @@ class RepoKey:
         return plain
 
 
-class WriteOnlyKey:
+class WriteOnlyKey(_BlobIds):
     """What a write-only key object unwraps to: ids, the chunker seed, the index key and the
     repository's public key. It seals blobs and pack trailers under a random data key of its
     own (wrapped to the public key in `pack_header`, which starts every pack it writes; each
@@ -347,17 +357,8 @@ class WriteOnlyKey:
         sealed, no later session (nor the handle) can open again."""
         return WriteOnlyKey(self._payload)
 
-    def blob_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data, key=self._id_key).digest()
-
-    @property
-    def id_key(self) -> bytes:
-        """The key of blob ids (keyed blake3): what compares a file with a set's chunk ids."""
-        return self._id_key
-
     def _seal(self, data: bytes | memoryview, ad: bytes) -> bytes:
-        nonce = os.urandom(NONCE)
-        return nonce + self._aead.encrypt(nonce, bytes(data) if isinstance(data, memoryview) else data, ad)
+        return _seal_with(self._aead, data, ad)
 
     def seal_blob(self, bid: bytes, stored: bytes | memoryview) -> bytes:
         return self._seal(stored, b"blob" + bid)
