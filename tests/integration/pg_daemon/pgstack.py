@@ -13,6 +13,7 @@ socket's permissions (write access needs the group) still apply.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +232,22 @@ class Stack:
         srv.start(timeout=120)
         srv.wait_promoted()
         return srv
+
+
+@contextlib.contextmanager
+def app_stack(prefix: str, files: dict[str, str | bytes] | None = None, *, source: str = "app",
+              tree: str = "files", **options: Any) -> Iterator[Stack]:
+    """A started Stack whose one source `source` is the directory `<root>/<tree>` holding `files`
+    (relative path -> content) with the database appdb; `options` go to Stack (passphrase=...).
+    Closed (its directory removed) when the block ends: what most test modules' fixture is."""
+    root = make_pg_dir(prefix)
+    (root / tree).mkdir(parents=True)
+    for rel, content in (files or {}).items():
+        path = root / tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    st = Stack(root, {source: {"paths": [str(root / tree)], "database": "appdb"}}, **options)
+    try:
+        yield st.start()
+    finally:
+        st.close()

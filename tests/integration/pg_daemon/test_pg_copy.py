@@ -15,23 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgstack import Stack, make_pg_dir
+from pgstack import Stack, app_stack
 
 EXIT_FAILURE, EXIT_NOT_FOUND = 1, 3
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_pg_dir("cairn-copy-")
-    (root / "files").mkdir()
-    (root / "files" / "notes.txt").write_text("kept in both places\n")
-    (root / "files" / "blob.bin").write_bytes(os.urandom(3 << 20))
-    st = Stack(root, {"app": {"paths": [str(root / "files")], "database": "appdb"}})
-    try:
-        yield st.start()
-    finally:
-        st.close()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+    with app_stack("cairn-copy-", {"notes.txt": "kept in both places\n", "blob.bin": os.urandom(3 << 20)}) as st:
+        yield st
 
 
 def key_file(path: Path) -> str:

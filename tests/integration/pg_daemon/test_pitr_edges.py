@@ -31,22 +31,15 @@ from cairn import walnames
 from cairnd_harness import CAIRN
 from mounts import fill, mount_tmpfs
 from pgserver import chown_postgres
-from pgstack import ArchivingServer, Stack, make_pg_dir
+from pgstack import ArchivingServer, Stack, app_stack, make_pg_dir
 
 ROWS = 120_000  # about 20 MiB of table: the daemon is still writing when the test looks
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_pg_dir("cairn-pitr-")
-    (root / "files").mkdir()
-    (root / "files/a.txt").write_text("a\n")
-    st = Stack(root, {"app": {"paths": [str(root / "files")], "database": "appdb"}})
-    try:
-        yield st.start()
-    finally:
-        st.close()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+    with app_stack("cairn-pitr-", {"a.txt": "a\n"}) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-from pgstack import ArchivingServer, Stack, make_pg_dir
+from pgstack import ArchivingServer, Stack, app_stack, make_pg_dir
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_pg_dir("cairn-app-")
-    (root / "app/files/blobs").mkdir(parents=True)
-    st = Stack(root, {"app": {"paths": [str(root / "app/files")], "database": "appdb"}})
-    try:
-        yield st.start()
-    finally:
-        st.close()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+    with app_stack("cairn-app-", tree="app/files") as st:
+        (st.root / "app/files/blobs").mkdir()
+        yield st
 
 
 def tree(root: str) -> dict[str, bytes]:

@@ -17,22 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgstack import CAIRN, PG_BIN, ArchivingServer, Stack, make_pg_dir
+from pgstack import CAIRN, PG_BIN, ArchivingServer, Stack, app_stack, make_pg_dir
 
 COUNT = "SELECT count(*) || ':' || md5(string_agg(pad, ',' ORDER BY id)) FROM t"
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_pg_dir("cairn-dbdelta-")
-    (root / "app/files").mkdir(parents=True)
     # encrypted, as a repository is by default: its chunk ids are keyed, and the delta compares with that key
-    st = Stack(root, {"app": {"paths": [str(root / "app/files")], "database": "appdb"}}, passphrase="db delta")
-    try:
-        yield st.start()
-    finally:
-        st.close()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+    with app_stack("cairn-dbdelta-", tree="app/files", passphrase="db delta") as st:
+        yield st
 
 
 def du(root: Path) -> int:

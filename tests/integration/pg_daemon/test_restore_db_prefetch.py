@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 from cairn.client import walfetch
-from pgstack import ArchivingServer, Stack, make_pg_dir
+from pgstack import ArchivingServer, Stack, app_stack, make_pg_dir
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_pg_dir("cairn-rdb-prefetch-")
-    (root / "files").mkdir()
-    st = Stack(root, {"db": {"paths": [str(root / "files")], "database": "appdb"}})
-    try:
-        yield st.start()
-    finally:
-        st.close()
+    with app_stack("cairn-rdb-prefetch-", source="db") as st:
+        yield st
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:

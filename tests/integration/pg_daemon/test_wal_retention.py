@@ -5,25 +5,17 @@ from the kept set onward still works."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from pgstack import Stack, make_pg_dir
+from pgstack import Stack, app_stack
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = make_pg_dir("cairn-walret-")
-    (root / "files").mkdir()
-    (root / "files/a.txt").write_text("a\n")
-    st = Stack(root, {"app": {"paths": [str(root / "files")], "database": "appdb"}})
-    try:
-        yield st.start()
-    finally:
-        st.close()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+    with app_stack("cairn-walret-", {"a.txt": "a\n"}) as st:
+        yield st
 
 
 def test_wal_before_the_kept_set_goes_and_pitr_after_it_still_works(stack: Stack) -> None:

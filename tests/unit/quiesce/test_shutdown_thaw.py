@@ -13,9 +13,26 @@ import time
 from pathlib import Path
 
 from cairn.daemon.databases.dump import ToolRun
+from cairn.daemon.runtime.config import load_config
 from cairn.daemon.runtime.main import EXIT_FAILURE, Daemon
 from cairn.daemon.windows.quiesce import Hook, Window, thaw_open_windows
 from cairn.daemon.windows.records import record_path
+
+
+def daemon_for(tmp_path: Path, service: object, daemon_lines: str = "") -> Daemon:
+    """A Daemon on a minimal config in `tmp_path` (never started) whose service is `service`."""
+    cfg_path = tmp_path / "cairnd.toml"
+    cfg_path.write_text(textwrap.dedent(f"""
+        [repository]
+        path = "{tmp_path}/repo"
+
+        [daemon]
+        socket = "{tmp_path}/cairnd.sock"
+        state_dir = "{tmp_path}/state"
+    """) + daemon_lines)
+    daemon = Daemon(load_config(str(cfg_path)), argparse.Namespace())
+    daemon.service = service  # type: ignore[assignment]
+    return daemon
 
 
 def marker_hook(log: Path, word: str) -> Hook:
@@ -59,18 +76,6 @@ def test_open_windows_are_thawed_at_once_without_their_body_exactly_once(tmp_pat
 
 
 def test_stop_kills_the_tools_and_thaws_when_a_backup_does_not_stop_in_time(tmp_path):
-    cfg_path = tmp_path / "cairnd.toml"
-    cfg_path.write_text(textwrap.dedent(f"""
-        [repository]
-        path = "{tmp_path}/repo"
-
-        [daemon]
-        socket = "{tmp_path}/cairnd.sock"
-        state_dir = "{tmp_path}/state"
-        shutdown_timeout = "1s"
-    """))
-    from cairn.daemon.runtime.config import load_config
-
     class StuckService:
         """A service whose backup never returns (a capture stuck past its cancel)."""
 
@@ -85,8 +90,7 @@ def test_stop_kills_the_tools_and_thaws_when_a_backup_does_not_stop_in_time(tmp_
     _w, release, t = open_stuck_window(tmp_path, expired)
     tool = ToolRun(["sleep", "300"], "db", None)
     tool.start()
-    daemon = Daemon(load_config(str(cfg_path)), argparse.Namespace())
-    daemon.service = StuckService()  # type: ignore[assignment]
+    daemon = daemon_for(tmp_path, StuckService(), 'shutdown_timeout = "1s"\n')
     try:
         assert daemon.stop() == EXIT_FAILURE
         assert words(tmp_path) == ["frozen", "thawed"]  # thawed before the exit
@@ -98,17 +102,6 @@ def test_stop_kills_the_tools_and_thaws_when_a_backup_does_not_stop_in_time(tmp_
 
 
 def test_a_clean_stop_thaws_a_window_still_open_before_the_tracker_stops(tmp_path):
-    cfg_path = tmp_path / "cairnd.toml"
-    cfg_path.write_text(textwrap.dedent(f"""
-        [repository]
-        path = "{tmp_path}/repo"
-
-        [daemon]
-        socket = "{tmp_path}/cairnd.sock"
-        state_dir = "{tmp_path}/state"
-    """))
-    from cairn.daemon.runtime.config import load_config
-
     class IdleService:
         """Every set returned; a window is open all the same (left open by whatever cause)."""
 
@@ -128,8 +121,7 @@ def test_a_clean_stop_thaws_a_window_still_open_before_the_tracker_stops(tmp_pat
 
     expired = threading.Event()
     w, release, t = open_stuck_window(tmp_path, expired)
-    daemon = Daemon(load_config(str(cfg_path)), argparse.Namespace())
-    daemon.service = IdleService()  # type: ignore[assignment]
+    daemon = daemon_for(tmp_path, IdleService())
     tracker = Tracker()
     daemon.tracker = tracker  # type: ignore[assignment]
     try:
