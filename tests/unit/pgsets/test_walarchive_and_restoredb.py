@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 import pytest
 from cairn.daemon.databases.postgres.restoredb import check_target, database_of, restore_command
@@ -164,3 +165,32 @@ def test_restore_db_totals_are_the_data_directory_and_tablespaces_not_the_set() 
                                "db:appdb:ts": {"tree": "01", "files": 7, "bytes_total": 5_000},
                                "db:other": {"tree": "02", "files": 50, "bytes_total": 9_000_000}})
     assert restore_db_totals(s, "appdb") == (907, 40_005_000)
+
+
+def test_a_target_time_past_the_newest_segment_of_its_own_cluster_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from cairn.daemon.databases.postgres.restoredb import CLOCK_SKEW, check_reachable
+    from cairn.store.errors import FailedPreconditionError
+    from cairn.store.storage.backend import MemoryBackend
+
+    backend = MemoryBackend()
+    repo = SimpleNamespace(backend=backend)
+    rec = {"system_identifier": 111}
+
+    def stored(name: str, when: float) -> None:
+        backend.put("wal", name, b"x")
+        backend.times[("wal", name)] = when
+
+    stored(f"111@{seg(1, 4)}", 1000.0)
+    stored(f"111@{seg(1, 3)}.partial", 1500.0)  # a partial segment counts too
+    stored(f"222@{seg(1, 9)}", 9000.0)  # another cluster's segment is not this one's archive
+    stored(f"111@{'0' * 7}2.history", 9000.0)  # nor is a history file a segment
+    at = lambda t: datetime.fromtimestamp(t, UTC).isoformat(sep=" ")  # noqa: E731
+    check_reachable(repo, rec, "appdb", at(1500.0 + CLOCK_SKEW))  # within the clock skew allowed
+    with pytest.raises(FailedPreconditionError, match=rf"later than the newest WAL archived for database 'appdb' "
+                                                      rf"\({seg(1, 3)}.partial, stored "):
+        check_reachable(repo, rec, "appdb", at(1501.0 + CLOCK_SKEW))
+    stored(seg(1, 5), 5000.0)  # an older archive's flat name space is read as well
+    check_reachable(repo, rec, "appdb", at(4000.0))
+    check_reachable(SimpleNamespace(backend=MemoryBackend()), rec, "appdb", at(9e9))  # no WAL: left to recovery
