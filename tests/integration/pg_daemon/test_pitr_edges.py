@@ -316,7 +316,8 @@ def test_target_end_written_by_the_client_or_the_daemon(stack: Stack, big_set: d
 def test_a_target_time_later_than_the_archive_is_refused_before_anything_is_written(
         stack: Stack, big_set: dict, late_rows: int, how: str) -> None:
     """An hour from now no archived record can reach: refused at once (PostgreSQL would replay the
-    whole archive first), naming the newest segment and --target-end, and nothing is written."""
+    whole archive first), naming the newest segment and --target-end, and nothing is written;
+    with a restore_command of the operator's own it is not Cairn's archive that bounds it."""
     h = holder(stack, "cairn-pitr-late-")
     later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
     extra = ["--stream"] if how == "--stream" else []
@@ -327,3 +328,8 @@ def test_a_target_time_later_than_the_archive_is_refused_before_anything_is_writ
     assert f"target time '{later}' is later than the newest WAL archived for database 'appdb' (0000" in first, first
     assert "--target-end to recover everything archived" in first, first
     assert not (h / "d").exists() or not any((h / "d").iterdir())
+    if how == "daemon":  # a restore_command of the operator's own may read another archive: not refused
+        r = stack.cli("restore-db", big_set["id"], "--database", "appdb", "--target", str(h / "d"), "--target-time",
+                      later, "--restore-command", "cp /elsewhere/%f %p")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "recovery_target_time" in (h / "d" / "postgresql.auto.conf").read_text()
