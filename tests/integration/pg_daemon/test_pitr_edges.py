@@ -12,7 +12,8 @@ PostgreSQL 15 archiving through `cairn wal-push` into a real cairnd:
 - the client writing the directory itself (--stream) on a full disk leaves no pg_control either,
   with the daemon's message, and --delta with room again finishes it;
 - --target-end recovers every commit the archive holds, written by the daemon, by the client or
-  by a delta; without it recovery still stops at the set's consistent point.
+  by a delta; without it recovery still stops at the set's consistent point;
+- a target time later than the newest archived segment is refused before anything is written.
 """
 
 from __future__ import annotations
