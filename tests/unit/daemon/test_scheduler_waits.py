@@ -290,3 +290,22 @@ def test_soonest_runs_names_the_highest_level_of_each_source_due_first():
     runs = {"app": {"full": 300.0, "incremental": 300.0}, "db": {"incremental": 300.0}, "web": {"full": 900.0}}
     assert soonest_runs(runs) == (300.0, {"app": "full", "db": "incremental"})
     assert soonest_runs({"web": {}}) is None
+
+
+def test_a_stop_that_comes_while_due_runs_start_starts_no_further_run(tmp_path):
+    """Three sources fall due at once; the daemon begins to stop as the first set is submitted:
+    the scheduler submits nothing more (a set started then would only be cancelled again)."""
+    clock = FakeClock(ts(2024, 6, 2, 2, 59, 30))
+    service = FakeService()
+    schedules = {name: {"incremental": "0 * * * *"} for name in ("a", "b", "c")}
+    scheduler = Scheduler(schedules, service.submit, clock=clock, tz=UTC, running=service.running,
+                          state_dir=str(tmp_path))
+    service.on_submit = lambda source: scheduler.request_stop()
+    scheduler.start()
+    try:
+        clock.now = ts(2024, 6, 2, 3, 0, 1)
+        scheduler.poke()
+        wait_until(lambda: not scheduler.is_alive(), "the scheduler to stop")
+        assert service.calls == [("a", "incremental", "schedule")]
+    finally:
+        assert scheduler.stop(2)
