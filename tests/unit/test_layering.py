@@ -4,7 +4,8 @@ never opens a repository, and outside libraries live in their one adapter module
 Inside the daemon the rooms (sub-packages) keep their direction too (docs/design.md, "The
 daemon's rooms"): change tracking, databases and scheduling stand on the runtime's foundations
 only; windows add the databases; the operations use them all; the gRPC adapter sits on the
-operations; and only `runtime.main` wires the process together, which nothing imports."""
+operations; and only `runtime.process` wires the process together, which only the entry point
+`runtime.main` imports, and nothing imports that."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ FOUNDATIONS = {"cairn.daemon.runtime." + m for m in ("config", "threads", "durat
 RUNTIME_REACH = ("cairn.daemon.scheduling.cron", "cairn.daemon.scheduling.retention",
                  "cairn.daemon.databases.postgres.connection")
 MAIN = "cairn.daemon.runtime.main"
+PROCESS = "cairn.daemon.runtime.process"
+WIRING = (MAIN, PROCESS)  # the modules that may reach every room
 
 
 def module_name(package: str, path: Path) -> str:
@@ -95,6 +98,9 @@ def room_violations(module: str, used: set[str]) -> list[str]:
         if m == MAIN or m.startswith(MAIN + "."):
             bad.append(f"{m} (nothing imports the process's entry point)")
             continue
+        if (m == PROCESS or m.startswith(PROCESS + ".")) and module != MAIN:
+            bad.append(f"{m} (only the entry point starts the running daemon)")
+            continue
         theirs = room_of(m)
         if theirs is None or theirs == mine:
             continue
@@ -103,8 +109,9 @@ def room_violations(module: str, used: set[str]) -> list[str]:
         elif theirs == "runtime" and mine != "runtime" and not any(m == f or m.startswith(f + ".")
                                                                    for f in FOUNDATIONS):
             bad.append(f"{m} (only the runtime uses its process modules; others use {sorted(FOUNDATIONS)})")
-        elif mine == "runtime" and module != MAIN and not any(m == r or m.startswith(r + ".") for r in RUNTIME_REACH):
-            bad.append(f"{m} (only runtime.main wires the rooms together)")
+        elif mine == "runtime" and module not in WIRING and not any(m == r or m.startswith(r + ".")
+                                                                      for r in RUNTIME_REACH):
+            bad.append(f"{m} (only runtime.process wires the rooms together)")
     return bad
 
 
@@ -142,8 +149,10 @@ def test_the_check_sees_imports() -> None:
     watcher = imports(ROOT / "daemon" / "changes" / "watcher.py", "cairn.daemon.changes.watcher")
     assert any(m.startswith("watchdog") for m in watcher)
     assert any(m.startswith("cairn.store") for m in imports(ROOT / "daemon" / "operations" / "service.py"))
+    process = imports(ROOT / "daemon" / "runtime" / "process.py", PROCESS)
+    assert "cairn.daemon.rpc.server" in process and not room_violations(PROCESS, process)
     main = imports(ROOT / "daemon" / "runtime" / "main.py", MAIN)
-    assert "cairn.daemon.rpc.server" in main and not room_violations(MAIN, main)
+    assert PROCESS in main and not room_violations(MAIN, main)
 
 
 @pytest.mark.parametrize("module,source", [
@@ -155,6 +164,9 @@ def test_the_check_sees_imports() -> None:
     ("cairn.daemon.operations.service", "from cairn.daemon.rpc.errors import status_for\n"),
     ("cairn.daemon.operations.service", "from cairn.daemon.runtime.main import Daemon\n"),
     ("cairn.daemon.rpc.server", "from cairn.daemon.runtime import main\n"),
+    ("cairn.daemon.runtime.config", "from cairn.daemon.runtime.process import Daemon\n"),
+    ("cairn.daemon.operations.service", "from cairn.daemon.runtime import process\n"),
+    ("cairn.daemon.runtime.preflight", "from cairn.daemon.operations.service import CairnService\n"),
     ("cairn.daemon.rpc.server", "from cairn.daemon.runtime.sdnotify import Notifier\n"),
     ("cairn.daemon.runtime.config", "from cairn.daemon.operations.service import CairnService\n"),
 ])

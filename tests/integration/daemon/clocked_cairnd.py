@@ -13,6 +13,7 @@ import sys
 import time
 
 from cairn.daemon.runtime import main as cairnd
+from cairn.daemon.runtime import process
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler
 
@@ -37,8 +38,8 @@ class ClockedScheduler(Scheduler):
         super().__init__(sources, submit, clock=clock_fn, tz=tz, **wiring)  # running, state_dir as the daemon wires
 
 
-cairnd.RetentionRunner = ClockedRunner
-cairnd.Scheduler = ClockedScheduler
+process.RetentionRunner = ClockedRunner  # the names the running daemon wires
+process.Scheduler = ClockedScheduler
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -239,7 +239,7 @@ def test_a_scheduled_set_is_not_skipped_while_or_after_the_journal_could_not_rec
 def test_a_dead_flush_thread_makes_the_tracker_and_the_daemon_unhealthy(env):
     from types import SimpleNamespace
 
-    from cairn.daemon.runtime.main import Daemon
+    from cairn.daemon.runtime.process import Daemon
 
     t = env.tracker()
     daemon = Daemon(SimpleNamespace(), SimpleNamespace())

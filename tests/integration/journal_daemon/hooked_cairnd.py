@@ -21,6 +21,7 @@ import sys
 import threading
 
 from cairn.daemon.runtime import main as cairnd
+from cairn.daemon.runtime.process import Daemon
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import watcher_hooks  # noqa: E402  (tests/watcher_hooks.py)
@@ -33,7 +34,7 @@ def _drop(*args: object, **kwargs: object) -> None:
     return None
 
 
-def _run(daemon: cairnd.Daemon, cmd: str) -> object:
+def _run(daemon: Daemon, cmd: str) -> object:
     tracker = daemon.tracker
     if cmd == "overflow":
         watcher_hooks.simulate_overflow(tracker.watcher)
@@ -60,7 +61,7 @@ def _run(daemon: cairnd.Daemon, cmd: str) -> object:
     return f"unknown command {cmd!r}"
 
 
-def _install(daemon: cairnd.Daemon) -> None:
+def _install(daemon: Daemon) -> None:
     def work() -> None:
         with open(os.path.join(HOOKS, "cmd"), encoding="utf-8") as f:
             cmd = f.read().strip()
@@ -76,15 +77,15 @@ def _install(daemon: cairnd.Daemon) -> None:
     signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=work, daemon=True).start())
 
 
-_start = cairnd.Daemon.start
+_start = Daemon.start
 
 
-def _hooked_start(self: cairnd.Daemon) -> None:
+def _hooked_start(self: Daemon) -> None:
     _install(self)  # before READY=1: a test may signal as soon as it sees it
     _start(self)
 
 
-cairnd.Daemon.start = _hooked_start
+Daemon.start = _hooked_start
 watcher_hooks.install()  # before the daemon starts its watcher
 
 if __name__ == "__main__":

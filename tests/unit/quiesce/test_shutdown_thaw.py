@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cairn.daemon.databases.dump import ToolRun
 from cairn.daemon.runtime.config import load_config
-from cairn.daemon.runtime.main import EXIT_FAILURE, Daemon
+from cairn.daemon.runtime.process import EXIT_FAILURE, Daemon
 from cairn.daemon.windows.quiesce import Hook, Window, thaw_open_windows
 from cairn.daemon.windows.records import record_path
 

@@ -1,0 +1,87 @@
+"""`cairnd`'s command line: its arguments, the configuration they describe, the exit codes.
+
+What always holds: a bad argument is one line on stderr and exit 2 (EXIT_USAGE), before any
+file is read; `build_config` returns the configuration file (or the `--repo` one) with the
+command line's overrides applied, or raises CairnError. Nothing here starts a part of the
+daemon, so `cairnd --init` and argument errors cost no more than this and the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import NoReturn
+
+from cairn import __version__
+from cairn.daemon.runtime.config import Config, config_from_args, load_config
+from cairn.daemon.runtime.repokeys import add_key_arguments, check_key_arguments, key_overrides
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"cairnd: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="cairnd", description="The Cairn backup daemon.")
+    parser.add_argument("--version", action="version", version=f"cairnd {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="run with a TOML configuration")
+    parser.add_argument("--repo", metavar="DIR", help="run without a config file on this repository")
+    parser.add_argument("--source", metavar="DIR", nargs="+", action="extend", default=[],
+                        help="back up these directories (with --repo)")
+    parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
+    parser.add_argument("--init", action="store_true",
+                        help="create the repository (--repo, or the one --config names), then exit")
+    add_key_arguments(parser)
+    parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
+    parser.add_argument("--socket-group", metavar="GROUP",
+                        help="give this group access to the socket (as [daemon] socket_group), e.g. postgres")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.repo):
+        parser.error("give either --config FILE or --repo DIR")
+    check_key_arguments(parser, args)
+    if args.config and args.source:
+        parser.error("--source goes with --repo; a config file names its sources itself")
+    _check_init_args(parser, args)
+    return args
+
+
+def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
+    if not args.init:
+        return
+    for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket),
+                        ("--socket-group", args.socket_group)):
+        if given:
+            parser.error(f"--init creates the repository and exits; {flag} does not go with it")
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The configuration the arguments describe, with command-line overrides applied."""
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = config_from_args(args.repo, args.source, args.read_only)
+    return with_overrides(config, args)
+
+
+def with_overrides(config: Config, args: argparse.Namespace) -> Config:
+    config = key_overrides(config, args)
+    changes = {}
+    if args.read_only:
+        changes["read_only"] = True
+    if args.socket:
+        changes["socket"] = os.path.abspath(args.socket)
+    if args.socket_group:
+        changes["socket_group"] = args.socket_group
+    if args.log_level:
+        changes["log_level"] = args.log_level
+    if not changes:
+        return config
+    return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, **changes))
