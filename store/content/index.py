@@ -115,13 +115,12 @@ class Index:
             shift = 32 - bits
             pack_rec = REC.pack
             groups: dict[int, dict[bytes, bytes]] = {}
-            for e in entries:
-                bid = e.id
+            for bid, btype, codec, raw_len, stored_len, offset in entries:  # PackEntry, unpacked
                 h = int.from_bytes(bid[:4], "big") >> shift
                 g = groups.get(h)
                 if g is None:
                     g = groups[h] = {}
-                g[bid] = pack_rec(bid, n, e.offset, e.stored_len, e.raw_len, e.type << 4 | e.codec)
+                g[bid] = pack_rec(bid, n, offset, stored_len, raw_len, btype << 4 | codec)
             for h, recs in groups.items():
                 bucket = buckets[h]
                 if bucket:
@@ -217,9 +216,13 @@ def decode_index(name: str, data: bytes) -> dict[str, list[PackEntry]]:
     pos += 32 * npacks
     (count,) = struct.unpack_from("<I", data, pos)
     pos += 4
+    if pos + count * IENTRY.size != len(data) - 32:
+        raise bad
     out: dict[str, list[PackEntry]] = {n: [] for n in names}
-    for _ in range(count):
-        bid, t, c, pn, off, sl, rl = IENTRY.unpack_from(data, pos)
-        pos += IENTRY.size
-        out[names[pn]].append(PackEntry(bid, t, c, rl, sl, off))
+    lists = [out[n] for n in names]
+    try:
+        for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(data[pos:pos + count * IENTRY.size]):
+            lists[pn].append(PackEntry(bid, t, c, rl, sl, off))
+    except IndexError:  # a pack number the file does not list
+        raise bad from None
     return out
