@@ -4,7 +4,8 @@
 What always holds: bad arguments exit 2 and a bad configuration or repository exits 1, with one
 line on stderr either way, before anything is created or changed. The daemon's parts (gRPC,
 the change journal, the database adapters, ...) are imported only once the daemon is to run:
-they are more than half of a start's CPU, which `cairnd --init` and a refused start do not pay.
+they are more than half of a start's CPU, which `cairnd --init`, bad arguments and a
+configuration file that does not validate do not pay.
 """
 
 from __future__ import annotations
