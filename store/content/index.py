@@ -221,7 +221,7 @@ def decode_index(name: str, data: bytes) -> dict[str, list[PackEntry]]:
     out: dict[str, list[PackEntry]] = {n: [] for n in names}
     lists = [out[n] for n in names]
     try:
-        for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(data[pos:pos + count * IENTRY.size]):
+        for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(memoryview(data)[pos:pos + count * IENTRY.size]):
             lists[pn].append(PackEntry(bid, t, c, rl, sl, off))
     except IndexError:  # a pack number the file does not list
         raise bad from None

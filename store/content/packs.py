@@ -112,7 +112,7 @@ def parse_trailer(name: str, trailer: bytes, count: int, trailer_hash: bytes,
         trailer = open_sealed(name, trailer)
     if len(trailer) != count * ENTRY.size:
         raise CorruptionError(f"unable to read pack '{short(name)}': trailer checksum mismatch")
-    return [PackEntry._make(ENTRY.unpack_from(trailer, i * ENTRY.size)) for i in range(count)]
+    return list(map(PackEntry._make, ENTRY.iter_unpack(trailer)))
 
 
 def parse_pack(name: str, data: bytes, open_sealed: Callable[..., bytes] | None = None) -> list[PackEntry]:
