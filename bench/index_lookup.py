@@ -4,9 +4,12 @@
 
 Builds the index of `--blobs` random blob ids in packs of 2,000 (as loading index files
 does), then times `in` (half hits, half misses) and `get` over 100,000 ids, for
-store/content/index.py's `Index` and for a dict of 32-byte keys to one packed integer (the layout
-before, kept here as the reference). Prints the best of `--rounds` per figure, the bytes per
-blob each holds (sizes of the objects it keeps) and the load average: the machine may be shared.
+store/content/index.py's `Index` (filled pack by pack with `add_pack`, and built at once with
+`IndexBuilder`, as a repository loads its index files) and for a dict of 32-byte keys to one packed integer (the layout
+before, kept here as the reference). Then loads the same blobs from index files of 16 packs,
+the way a repository opens, the old way and the new. Prints the best of `--rounds` per figure,
+the bytes per blob each holds (sizes of the objects it keeps) and the load average: the machine
+may be shared.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.store.content.index import Index  # noqa: E402
+from cairn.store.content.index import Index, IndexBuilder, decode_index, encode_index, read_index  # noqa: E402
 from cairn.store.content.packs import PackEntry  # noqa: E402
 
 
@@ -63,11 +66,13 @@ def main() -> int:
     best: dict[str, list[float]] = {}
     held: dict[str, float] = {}
     for _ in range(args.rounds):
-        for name, cls in (("dict (before)", DictIndex), ("Index", Index)):
+        for name, cls in (("dict (before)", DictIndex), ("Index", Index), ("IndexBuilder", IndexBuilder)):
             t = time.perf_counter()
             idx = cls()
             for p, es in packs:
                 idx.add_pack(p, es)
+            if isinstance(idx, IndexBuilder):
+                idx = idx.finish()
             load = time.perf_counter() - t
             t = time.perf_counter()
             for b in hits:
@@ -88,6 +93,32 @@ def main() -> int:
     for name, (load, contains, get) in best.items():
         print(f"  {name:14} load {load:5.2f} s   in {contains:5.2f} us   get {get:5.2f} us   "
               f"{held[name]:6.1f} bytes/blob held")
+    # What a repository does when it opens: verify and load index files of 16 packs each, as
+    # before (decode_index, an object per entry, then Index.add_pack) and now (read_index and
+    # IndexBuilder.add_file straight from the bytes, then finish).
+    files = [encode_index(dict(packs[i:i + 16])) for i in range(0, len(packs), 16)]
+    del packs
+    paths: dict[str, float] = {}
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        idx = Index()
+        for name, data in files:
+            for pack, entries in decode_index(name, data).items():
+                idx.add_pack(pack, entries)
+        paths["decode_index + Index.add_pack"] = min(paths.get("decode_index + Index.add_pack", 1e9),
+                                                     time.perf_counter() - t)
+        del idx
+        t = time.perf_counter()
+        builder = IndexBuilder()
+        for name, data in files:
+            builder.add_file(read_index(name, data))
+        idx = builder.finish()
+        paths["read_index + IndexBuilder.add_file"] = min(paths.get("read_index + IndexBuilder.add_file", 1e9),
+                                                          time.perf_counter() - t)
+        del idx
+    print(f"  loading {len(files)} index files:")
+    for name, secs in paths.items():
+        print(f"    {name:36} {secs:5.2f} s")
     return 0
 
 

@@ -38,7 +38,7 @@ from cairn.fsio.writer import TreeWriter
 
 from .content import crypto
 from .content.blobs import BlobReader, BlobWriter
-from .content.index import Index, decode_index, encode_index
+from .content.index import Index, IndexBuilder, decode_index, encode_index, read_index
 from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
@@ -438,15 +438,16 @@ class Repository:
             self._recording = []
         try:
             for _attempt in range(LOAD_TRIES):
-                index, problems, loaded = Index(), [], set()
+                builder, problems, loaded = IndexBuilder(), [], set()
+                marked: list[tuple[str, list[PackEntry]]] = []  # added last, where nothing else has them
                 vanished = False
                 listed = list(self.backend.list("index"))
                 if self.cache is not None:
                     self.cache.keep_only("index", set(listed))  # what prune deleted is never served
                 for name in listed:
                     try:
-                        for pack, entries in self._read_object("index", name, decode_index).items():
-                            self._add_pack(index, pack, entries)
+                        f = self._read_object("index", name, read_index)
+                        marked.extend(builder.add_file(f, defer=self.pending).items())
                         loaded.add(name)
                     except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
                         vanished = True    # was written first, but maybe after our listing
@@ -457,6 +458,9 @@ class Repository:
                         problems.append(str(e))  # absent (stored again), and gc keeps its packs
                 if not vanished:
                     break
+            index = builder.finish()
+            for pack, entries in marked:
+                self._add_pack(index, pack, entries)
             with self._index_mutex:
                 for packs in self._recording:
                     for pack, entries in packs.items():

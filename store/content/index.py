@@ -17,7 +17,9 @@ average, one C-level search); the table grows 4x when buckets average more than 
 of a few KB rather than a few hundred bytes also keep glibc from fragmenting: the process
 grows by about 55 bytes per blob, not just the objects' 50 (tests/unit/store/test_index_memory.py).
 Adding replaces whole bucket objects and growing replaces the whole table, so lookups take
-no lock and always see a consistent bucket; adds are serialised by a lock.
+no lock and always see a consistent bucket; adds are serialised by a lock. Loading many index
+files at once goes through IndexBuilder, which reads entries straight from the files' bytes
+and makes each bucket once (a load holds the records about once, as the finished index does).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import struct
 import sys
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
+from typing import NamedTuple
 
 import blake3
 
@@ -135,18 +138,26 @@ class Index:
 
     def _grow(self) -> None:
         """Make the table 4x (or more) larger, so buckets average at most BUCKET_TARGET records
-        (lock held). A bucket's records sorted by id split into contiguous runs by slot."""
-        bits, buckets = self._table
+        (lock held)."""
+        bits = self._table[0]
         new_bits = bits + 2
         while self._count > BUCKET_TARGET << new_bits:
             new_bits += 1
-        new_bits = min(new_bits, 32)
+        self._split(min(new_bits, 32))
+
+    def _split(self, new_bits: int, consume: bool = False) -> None:
+        """Replace the table with one of 2^new_bits buckets: a bucket's records sorted by id split
+        into contiguous runs by slot. With `consume` (an index nobody reads yet) each old bucket
+        is dropped once split, so the records are held about once, not twice."""
+        bits, buckets = self._table
         k = new_bits - bits
         if k <= 0:
             return
         table: list[bytes] = []
         for h, bucket in enumerate(buckets):
             recs = [bucket[o:o + RSIZE] for o in range(0, len(bucket), RSIZE)]
+            if consume:
+                buckets[h] = bucket = b""
             recs.sort()
             lo = 0
             for j in range(1, 1 << k):
@@ -156,6 +167,16 @@ class Index:
             table.append(b"".join(recs[lo:]))
         self._table = (new_bits, table)
         self._lookup = (32 - new_bits, table)
+
+    @classmethod
+    def _built(cls, bits: int, buckets: list[bytes], count: int, packs: list[str]) -> Index:
+        index = cls()
+        index._table = (bits, buckets)
+        index._lookup = (32 - bits, buckets)
+        index._count = count
+        index._packs = packs
+        index._pack_no = {p: n for n, p in enumerate(packs)}
+        return index
 
     def get(self, blob_id: bytes) -> Location | None:
         bucket, pos = self._record(blob_id)
@@ -185,6 +206,96 @@ class Index:
         return sys.getsizeof(buckets) + sum(sys.getsizeof(b) for b in buckets)
 
 
+class IndexBuilder:
+    """Builds one Index from many packs at once, as loading every index file does.
+
+    `Index.add_pack` replaces a whole bucket to add records to it, which is right for a session
+    adding a pack to an index in use but copies each bucket once per pack that lands in it when
+    millions of records arrive together. The builder appends each record to one of 256 growable
+    buffers chosen by the id's first byte (large buffers grow in place, so they neither copy
+    much nor fragment the heap), and `finish` turns each buffer into a bucket and splits the
+    table to the size `Index` keeps, dropping each old bucket as it goes: a load holds the
+    records about once (plus the buffers' slack), and moves each about twice. The same blob
+    listed more than once keeps the location added last, as in `Index.add_pack`. Not
+    thread-safe: one loader owns it until `finish`.
+    """
+
+    PART_BITS = 8
+
+    def __init__(self) -> None:
+        self._parts: list[bytearray] = [bytearray() for _ in range(1 << self.PART_BITS)]
+        self._packs: list[str] = []
+        self._pack_no: dict[str, int] = {}
+
+    def add_pack(self, pack: str, entries: Iterable[PackEntry]) -> None:
+        n = self._pack_no.get(pack)
+        if n is None:
+            n = self._pack_no[pack] = len(self._packs)
+            self._packs.append(pack)
+        parts = self._parts
+        pack_rec = REC.pack
+        for bid, btype, codec, raw_len, stored_len, offset in entries:  # PackEntry, unpacked
+            parts[bid[0]] += pack_rec(bid, n, offset, stored_len, raw_len, btype << 4 | codec)
+
+    def add_file(self, f: IndexFile, defer: Container[str] = ()) -> dict[str, list[PackEntry]]:
+        """Add every entry of a verified index file, straight from its bytes (no object per
+        entry); the entries of packs in `defer` are returned instead, per pack. A file with an
+        entry naming a pack it does not list adds nothing and raises CorruptionError."""
+        nums = [self._pack_no.get(p, -1) for p in f.packs]
+        for i, p in enumerate(f.packs):
+            if nums[i] < 0:
+                nums[i] = self._pack_no[p] = len(self._packs)
+                self._packs.append(p)
+        deferred: dict[str, list[PackEntry]] = {p: [] for p in f.packs if p in defer}
+        parts = self._parts
+        pack_rec = REC.pack
+        sizes = [len(part) for part in parts]
+        try:
+            if not deferred:
+                for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(f.entries):
+                    parts[bid[0]] += pack_rec(bid, nums[pn], off, sl, rl, t << 4 | c)
+            else:
+                lists = [deferred.get(p) for p in f.packs]
+                for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(f.entries):
+                    held = lists[pn]
+                    if held is None:
+                        parts[bid[0]] += pack_rec(bid, nums[pn], off, sl, rl, t << 4 | c)
+                    else:
+                        held.append(PackEntry(bid, t, c, rl, sl, off))
+        except IndexError:  # a pack number the file does not list: take back what it added
+            for part, size in zip(parts, sizes, strict=True):
+                del part[size:]
+            raise bad_pack_number(f) from None
+        return deferred
+
+    def finish(self) -> Index:
+        """The index of every pack added; the builder is empty afterwards."""
+        buckets: list[bytes] = []
+        count = 0
+        parts = self._parts
+        for h, part in enumerate(parts):
+            bucket = bytes(part)
+            parts[h] = bytearray()
+            ids = {bucket[o:o + IDLEN] for o in range(0, len(bucket), RSIZE)}
+            if len(ids) * RSIZE != len(bucket):  # a blob listed twice: keep the record added last
+                last = {bucket[o:o + IDLEN]: o for o in range(0, len(bucket), RSIZE)}
+                bucket = b"".join(bucket[o:o + RSIZE] for o in sorted(last.values()))
+            count += len(ids)
+            buckets.append(bucket)
+        bits = 0  # as Index grows: the fewest buckets that average at most BUCKET_TARGET records
+        while count > BUCKET_TARGET << bits:
+            bits += 1
+        if bits < self.PART_BITS:  # neighbours share their first `bits` bits: join them
+            k = self.PART_BITS - bits
+            index = Index._built(bits, [b"".join(buckets[i:i + (1 << k)]) for i in range(0, len(buckets), 1 << k)],
+                                 count, self._packs)
+        else:
+            index = Index._built(self.PART_BITS, buckets, count, self._packs)
+            index._split(bits, consume=True)
+        self.__init__()
+        return index
+
+
 def encode_index(packs: dict[str, list[PackEntry]]) -> tuple[str, bytes]:
     """Serialise the entries of `packs` into one index file; returns (name, bytes)."""
     names = sorted(packs)
@@ -202,8 +313,18 @@ def encode_index(packs: dict[str, list[PackEntry]]) -> tuple[str, bytes]:
     return blake3.blake3(data).hexdigest(), data
 
 
-def decode_index(name: str, data: bytes) -> dict[str, list[PackEntry]]:
-    """Parse and verify one index file."""
+class IndexFile(NamedTuple):
+    """One index file whose checksums and layout were verified: the packs it names and its
+    entries, IENTRY records (a pack number counts into `packs`; each is checked where used)."""
+
+    name: str
+    packs: list[str]
+    entries: memoryview
+
+
+def read_index(name: str, data: bytes) -> IndexFile:
+    """Verify one index file (its name is the hash of its content, its inner checksum holds, its
+    entry count fits its size) without making an object per entry."""
     bad = CorruptionError(f"unable to read index '{short(name)}': checksum mismatch")
     if len(data) < len(MAGIC) + 40 or blake3.blake3(data).hexdigest() != name:
         raise bad
@@ -212,17 +333,30 @@ def decode_index(name: str, data: bytes) -> dict[str, list[PackEntry]]:
     pos = len(MAGIC)
     (npacks,) = struct.unpack_from("<I", data, pos)
     pos += 4
+    if pos + 32 * npacks + 4 > len(data) - 32:
+        raise bad
     names = [data[pos + 32 * i: pos + 32 * (i + 1)].hex() for i in range(npacks)]
     pos += 32 * npacks
     (count,) = struct.unpack_from("<I", data, pos)
     pos += 4
     if pos + count * IENTRY.size != len(data) - 32:
         raise bad
-    out: dict[str, list[PackEntry]] = {n: [] for n in names}
-    lists = [out[n] for n in names]
+    return IndexFile(name, names, memoryview(data)[pos:pos + count * IENTRY.size])
+
+
+def bad_pack_number(f: IndexFile) -> CorruptionError:
+    """What an entry naming a pack its file does not list means: a file to refuse."""
+    return CorruptionError(f"unable to read index '{short(f.name)}': checksum mismatch")
+
+
+def decode_index(name: str, data: bytes) -> dict[str, list[PackEntry]]:
+    """Parse and verify one index file."""
+    f = read_index(name, data)
+    out: dict[str, list[PackEntry]] = {n: [] for n in f.packs}
+    lists = [out[n] for n in f.packs]
     try:
-        for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(memoryview(data)[pos:pos + count * IENTRY.size]):
+        for bid, t, c, pn, off, sl, rl in IENTRY.iter_unpack(f.entries):
             lists[pn].append(PackEntry(bid, t, c, rl, sl, off))
     except IndexError:  # a pack number the file does not list
-        raise bad from None
+        raise bad_pack_number(f) from None
     return out

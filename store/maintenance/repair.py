@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 from ..content.blobs import BlobReader
-from ..content.index import Index, decode_index, encode_index
+from ..content.index import Index, IndexBuilder, decode_index, encode_index
 from ..content.packs import CODEC_ZSTD_REF, FOOTER, HEADER, PK_HEADER, PackEntry, parse_footer, parse_trailer
 from ..errors import BackendError, CorruptionError, NotFoundError, short
 from ..model import Progress
@@ -253,9 +253,10 @@ class IndexRepair:
         """Copy the verified blobs `rescue` names out of their damaged packs into a new pack (with
         its own index file, durable before the new index drops the damaged packs); `usable` says
         where every verified or kept blob lies (delta references are read from there)."""
-        index = Index()
+        builder = IndexBuilder()
         for pack, entries in usable.items():
-            index.add_pack(pack, entries)
+            builder.add_pack(pack, entries)
+        index = builder.finish()
         reader = self._reader(index)
         writer = self.repo.writer()
         try:
@@ -330,9 +331,10 @@ class IndexRepair:
     def _verify_deltas(self, found: dict[str, list[PackEntry]],
                        deltas: list[tuple[str, PackEntry]]) -> set[tuple[str, bytes]]:
         """The (pack, blob) of delta blobs that fail against the verified blobs as references."""
-        index = Index()
+        builder = IndexBuilder()
         for pack, entries in found.items():
-            index.add_pack(pack, entries)
+            builder.add_pack(pack, entries)
+        index = builder.finish()
         reader = self._reader(index)
         bad = set()
         for pack, e in deltas:
