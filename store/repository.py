@@ -21,8 +21,10 @@ the argument).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import itertools
 import os
 import threading
 import time
@@ -38,7 +40,7 @@ from cairn.fsio.writer import TreeWriter
 
 from .content import crypto
 from .content.blobs import BlobReader, BlobWriter
-from .content.index import Index, IndexBuilder, decode_index, encode_index, read_index
+from .content.index import Index, IndexBuilder, IndexFile, decode_index, encode_index, read_index
 from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
@@ -88,6 +90,7 @@ T = TypeVar("T")
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 STAT_WORKERS = 16  # size checks of a session's packs at commit (round trips, not CPU)
+INDEX_AHEAD = 8  # index files read at once when a handle loads them all
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
@@ -444,10 +447,11 @@ class Repository:
                 listed = list(self.backend.list("index"))
                 if self.cache is not None:
                     self.cache.keep_only("index", set(listed))  # what prune deleted is never served
-                for name in listed:
+                for name, got in self._index_files_ahead(listed):
                     try:
-                        f = self._read_object("index", name, read_index)
-                        marked.extend(builder.add_file(f, defer=self.pending).items())
+                        if isinstance(got, Exception):
+                            raise got
+                        marked.extend(builder.add_file(got, defer=self.pending).items())
                         loaded.add(name)
                     except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
                         vanished = True    # was written first, but maybe after our listing
@@ -472,6 +476,43 @@ class Repository:
         finally:
             with self._index_mutex:
                 self._recording = None
+
+    def _index_files_ahead(self, names: list[str]) -> Iterator[tuple[str, IndexFile | Exception]]:
+        """Index files `names`, read and verified in order, each paired with its name, or with
+        the error that reading it raised. Up to INDEX_AHEAD files are read at once by a small
+        pool (an object store answers each GET after a round trip; decrypting and hashing
+        release the GIL), so a handle opening a repository with thousands of index files on a
+        new host does not pay their round trips one after another; the caller indexes them as
+        they come. The pool reads as this thread would (`reading_stored` included)."""
+        if len(names) < 2:
+            for name in names:
+                try:
+                    yield name, self._read_object("index", name, read_index)
+                except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
+                    yield name, e
+            return
+        direct = (self._stored_only(), self._stored_trees())
+
+        def fetch(name: str) -> IndexFile | Exception:
+            self._direct.on, self._direct.trees = direct
+            try:
+                return self._read_object("index", name, read_index)
+            except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
+                return e
+
+        with ThreadPoolExecutor(min(INDEX_AHEAD, len(names)), thread_name_prefix="index-read") as pool:
+            pending = iter(names)
+            window = collections.deque((n, pool.submit(fetch, n)) for n in itertools.islice(pending, INDEX_AHEAD))
+            try:
+                while window:
+                    name, future = window.popleft()
+                    following = next(pending, None)
+                    if following is not None:
+                        window.append((following, pool.submit(fetch, following)))
+                    yield name, future.result()
+            finally:
+                for _, future in window:
+                    future.cancel()
 
     @contextlib.contextmanager
     def reading_stored(self, trees: bool = True) -> Iterator[None]:
