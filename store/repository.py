@@ -40,7 +40,7 @@ from cairn.fsio.writer import TreeWriter
 
 from .content import crypto
 from .content.blobs import BlobReader, BlobWriter
-from .content.index import Index, IndexBuilder, IndexFile, decode_index, encode_index, read_index
+from .content.index import Index, IndexBuilder, decode_index, encode_index, read_index
 from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
@@ -404,9 +404,11 @@ class Repository:
             if not self._index_files <= names:
                 self._load_all()
                 return
-            for name in sorted(names - self._index_files):
+            for name, got in self._index_files_ahead(sorted(names - self._index_files), decode_index):
                 try:
-                    packs = self._read_object("index", name, decode_index)
+                    if isinstance(got, Exception):
+                        raise got
+                    packs = got
                 except NotFoundError:  # deleted since the listing: a prune ran, start over
                     self._load_all()
                     return
@@ -477,9 +479,10 @@ class Repository:
             with self._index_mutex:
                 self._recording = None
 
-    def _index_files_ahead(self, names: list[str]) -> Iterator[tuple[str, IndexFile | Exception]]:
-        """Index files `names`, read and verified in order, each paired with its name, or with
-        the error that reading it raised. Up to INDEX_AHEAD files are read at once by a small
+    def _index_files_ahead(self, names: list[str], decode: Callable[[str, bytes], T] = read_index,
+                           ) -> Iterator[tuple[str, T | Exception]]:
+        """Index files `names`, read and verified (`decode`) in order, each paired with its
+        name, or with the error that reading it raised. Up to INDEX_AHEAD files are read at once by a small
         pool (an object store answers each GET after a round trip; decrypting and hashing
         release the GIL), so a handle opening a repository with thousands of index files on a
         new host does not pay their round trips one after another; the caller indexes them as
@@ -487,16 +490,16 @@ class Repository:
         if len(names) < 2:
             for name in names:
                 try:
-                    yield name, self._read_object("index", name, read_index)
+                    yield name, self._read_object("index", name, decode)
                 except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
                     yield name, e
             return
         direct = (self._stored_only(), self._stored_trees())
 
-        def fetch(name: str) -> IndexFile | Exception:
+        def fetch(name: str) -> T | Exception:
             self._direct.on, self._direct.trees = direct
             try:
-                return self._read_object("index", name, read_index)
+                return self._read_object("index", name, decode)
             except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
                 return e
 

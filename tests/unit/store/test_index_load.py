@@ -104,3 +104,20 @@ def test_a_load_reading_the_store_itself_does_so_in_every_reader(tmp_path):
     with repo.reading_stored(trees=False):
         repo.load_index()
     assert len(repo.index_problems) == 1 and damaged[:8] in repo.index_problems[0]
+
+
+def test_a_refresh_reads_the_new_index_files_several_at_once(tmp_path):
+    """A handle that has not looked for a while (other hosts wrote many sets) adds what appeared
+    the same way: several reads at once, the same index as the files give one by one."""
+    backend = repository_with_index_files(tmp_path, 2)
+    behind = Repository.open(backend)
+    writer = Repository.open(backend)
+    src = tmp_path / "more"
+    src.mkdir()
+    for i in range(2 * INDEX_AHEAD):
+        (src / f"g{i}").write_bytes(os.urandom(3000))
+        writer.backup(BackupRequest(source="t", paths=(str(src),)))
+    backend.slow = True
+    behind.refresh_index()
+    assert 1 < backend.most <= INDEX_AHEAD, f"{backend.most} index files were read at once"
+    assert sorted(behind.index.items()) == sorted(one_by_one(backend).items())
