@@ -90,7 +90,7 @@ T = TypeVar("T")
 TREE_CACHE = 4096
 WORKERS = max(2, (os.cpu_count() or 2)) + 1
 STAT_WORKERS = 16  # size checks of a session's packs at commit (round trips, not CPU)
-INDEX_AHEAD = 8  # index files read at once when a handle loads them all
+READ_AHEAD = 8  # index files or set objects read at once when a handle loads many
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
@@ -404,7 +404,7 @@ class Repository:
             if not self._index_files <= names:
                 self._load_all()
                 return
-            for name, got in self._index_files_ahead(sorted(names - self._index_files), decode_index):
+            for name, got in self._read_ahead("index", sorted(names - self._index_files), decode_index):
                 try:
                     if isinstance(got, Exception):
                         raise got
@@ -449,7 +449,7 @@ class Repository:
                 listed = list(self.backend.list("index"))
                 if self.cache is not None:
                     self.cache.keep_only("index", set(listed))  # what prune deleted is never served
-                for name, got in self._index_files_ahead(listed):
+                for name, got in self._read_ahead("index", listed):
                     try:
                         if isinstance(got, Exception):
                             raise got
@@ -479,18 +479,18 @@ class Repository:
             with self._index_mutex:
                 self._recording = None
 
-    def _index_files_ahead(self, names: list[str], decode: Callable[[str, bytes], T] = read_index,
-                           ) -> Iterator[tuple[str, T | Exception]]:
-        """Index files `names`, read and verified (`decode`) in order, each paired with its
-        name, or with the error that reading it raised. Up to INDEX_AHEAD files are read at once by a small
-        pool (an object store answers each GET after a round trip; decrypting and hashing
-        release the GIL), so a handle opening a repository with thousands of index files on a
-        new host does not pay their round trips one after another; the caller indexes them as
-        they come. The pool reads as this thread would (`reading_stored` included)."""
+    def _read_ahead(self, kind: str, names: list[str], decode: Callable[[str, bytes], T] = read_index,
+                    ) -> Iterator[tuple[str, T | Exception]]:
+        """Objects `names` of `kind` (index files, set objects), read and verified (`decode`) in
+        order, each paired with its name, or with the error that reading it raised. Up to
+        READ_AHEAD are read at once by a small pool (an object store answers each GET after a
+        round trip; decrypting and hashing release the GIL), so a handle on a new host, with an
+        empty cache, does not pay thousands of round trips one after another; the caller uses
+        them as they come. The pool reads as this thread would (`reading_stored` included)."""
         if len(names) < 2:
             for name in names:
                 try:
-                    yield name, self._read_object("index", name, decode)
+                    yield name, self._read_object(kind, name, decode)
                 except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
                     yield name, e
             return
@@ -499,13 +499,13 @@ class Repository:
         def fetch(name: str) -> T | Exception:
             self._direct.on, self._direct.trees = direct
             try:
-                return self._read_object("index", name, decode)
+                return self._read_object(kind, name, decode)
             except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
                 return e
 
-        with ThreadPoolExecutor(min(INDEX_AHEAD, len(names)), thread_name_prefix="index-read") as pool:
+        with ThreadPoolExecutor(min(READ_AHEAD, len(names)), thread_name_prefix=f"{kind}-read") as pool:
             pending = iter(names)
-            window = collections.deque((n, pool.submit(fetch, n)) for n in itertools.islice(pending, INDEX_AHEAD))
+            window = collections.deque((n, pool.submit(fetch, n)) for n in itertools.islice(pending, READ_AHEAD))
             try:
                 while window:
                     name, future = window.popleft()
@@ -825,9 +825,12 @@ class Repository:
             for gone in set(self._sets) - names:
                 del self._sets[gone]
             unreadable: dict[str, str] = {}
-            for name in names if self._stored_only() else names - set(self._sets):
+            wanted = sorted(names if self._stored_only() else names - set(self._sets))
+            for name, got in self._read_ahead("sets", wanted, decode_set):
                 try:
-                    self._sets[name] = self._read_object("sets", name, decode_set)
+                    if isinstance(got, Exception):
+                        raise got
+                    self._sets[name] = got
                 except NotFoundError:  # forgotten since the listing
                     self._sets.pop(name, None)
                     continue

@@ -1,6 +1,7 @@
-"""Loading every index file of a repository (store/repository.py, `load_index`): the files are
-read several at once, never more than INDEX_AHEAD, and the index is the same as the files give
-one by one; a damaged file among them is reported and the others are loaded."""
+"""Reading many index files or set objects (store/repository.py, `_read_ahead`): a full index
+load, a refresh and a listing of sets read several objects at once, never more than
+READ_AHEAD, and give what the objects give one by one; a damaged one among them is reported
+and the others are used; under `reading_stored` every reader reads the store itself."""
 
 from __future__ import annotations
 
@@ -10,22 +11,23 @@ import time
 
 from cairn.store.content.index import Index, decode_index
 from cairn.store.model import BackupRequest
-from cairn.store.repository import INDEX_AHEAD, Repository
+from cairn.store.repository import READ_AHEAD, Repository
 from cairn.store.storage.backend import MemoryBackend
 
 
 class SlowIndexReads(MemoryBackend):
-    """A memory backend whose index reads take a round trip, counting how many overlap."""
+    """A memory backend whose reads of `slow_kind` take a round trip, counting how many overlap."""
 
     def __init__(self) -> None:
         super().__init__()
         self.slow = False
+        self.slow_kind = "index"
         self.in_flight = 0
         self.most = 0
         self._mutex = threading.Lock()
 
     def get(self, kind: str, name: str) -> bytes:
-        if kind != "index" or not self.slow:
+        if kind != self.slow_kind or not self.slow:
             return super().get(kind, name)
         with self._mutex:
             self.in_flight += 1
@@ -61,10 +63,10 @@ def one_by_one(backend: MemoryBackend) -> Index:
 
 
 def test_index_files_are_read_several_at_once_and_give_the_same_index(tmp_path):
-    backend = repository_with_index_files(tmp_path, 3 * INDEX_AHEAD)
+    backend = repository_with_index_files(tmp_path, 3 * READ_AHEAD)
     backend.slow = True
     repo = Repository.open(backend)
-    assert 1 < backend.most <= INDEX_AHEAD, f"{backend.most} index files were read at once"
+    assert 1 < backend.most <= READ_AHEAD, f"{backend.most} index files were read at once"
     assert not repo.index_problems
     assert sorted(repo.index.items()) == sorted(one_by_one(backend).items())
     assert len(repo.index) == len(one_by_one(backend)) > 0
@@ -92,7 +94,7 @@ def test_a_load_reading_the_store_itself_does_so_in_every_reader(tmp_path):
     """Under `reading_stored` (check, prune) the files come from the store, not from the local
     cache, in the pool's threads as in the caller's: a damaged stored file is seen even when
     the cached copy is good."""
-    backend = repository_with_index_files(tmp_path, 2 * INDEX_AHEAD)
+    backend = repository_with_index_files(tmp_path, 2 * READ_AHEAD)
     cache_dir = str(tmp_path / "cache")
     Repository.open(backend, cache_dir=cache_dir).close()  # every index file now cached
     damaged = sorted(backend.list("index"))[3]
@@ -114,10 +116,23 @@ def test_a_refresh_reads_the_new_index_files_several_at_once(tmp_path):
     writer = Repository.open(backend)
     src = tmp_path / "more"
     src.mkdir()
-    for i in range(2 * INDEX_AHEAD):
+    for i in range(2 * READ_AHEAD):
         (src / f"g{i}").write_bytes(os.urandom(3000))
         writer.backup(BackupRequest(source="t", paths=(str(src),)))
     backend.slow = True
     behind.refresh_index()
-    assert 1 < backend.most <= INDEX_AHEAD, f"{backend.most} index files were read at once"
+    assert 1 < backend.most <= READ_AHEAD, f"{backend.most} index files were read at once"
     assert sorted(behind.index.items()) == sorted(one_by_one(backend).items())
+
+
+def test_sets_are_read_several_at_once_on_a_new_host(tmp_path):
+    backend = repository_with_index_files(tmp_path, 3 * READ_AHEAD)
+    expected = {s.id: s for s in Repository.open(backend).list_sets()}
+    backend.slow, backend.slow_kind = True, "sets"
+    repo = Repository.open(backend)
+    got = repo.list_sets()
+    assert 1 < backend.most <= READ_AHEAD, f"{backend.most} set objects were read at once"
+    assert [s.id for s in got] == sorted(expected, key=lambda i: (expected[i].time_end, i))
+    assert {s.id: s for s in got} == expected and not repo.unreadable_sets
+    backend.most = 0
+    assert [s.id for s in repo.list_sets()] == [s.id for s in got] and backend.most == 0, "sets read again"
