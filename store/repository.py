@@ -479,22 +479,31 @@ class Repository:
             with self._index_mutex:
                 self._recording = None
 
+    def stored_index_files(self, names: list[str]) -> Iterator[tuple[str, dict[str, list[PackEntry]] | Exception]]:
+        """Index files `names` decoded as the store holds them now (never a cached copy), read
+        ahead, in order, each with its name or the error reading it raised (garbage collection
+        decides from these)."""
+        return self._read_ahead("index", names, decode_index, stored=True)
+
     def _read_ahead(self, kind: str, names: list[str], decode: Callable[[str, bytes], T] = read_index,
-                    ) -> Iterator[tuple[str, T | Exception]]:
+                    stored: bool = False) -> Iterator[tuple[str, T | Exception]]:
         """Objects `names` of `kind` (index files, set objects), read and verified (`decode`) in
         order, each paired with its name, or with the error that reading it raised. Up to
         READ_AHEAD are read at once by a small pool (an object store answers each GET after a
         round trip; decrypting and hashing release the GIL), so a handle on a new host, with an
         empty cache, does not pay thousands of round trips one after another; the caller uses
-        them as they come. The pool reads as this thread would (`reading_stored` included)."""
+        them as they come. The pool reads as this thread would (`reading_stored` included), or
+        with `stored` from the store itself whatever this thread does."""
         if len(names) < 2:
             for name in names:
                 try:
-                    yield name, self._read_object(kind, name, decode)
+                    with self.reading_stored(trees=False) if stored else contextlib.nullcontext():
+                        got = self._read_object(kind, name, decode)
                 except Exception as e:  # noqa: BLE001 - handed to the caller, which raises it
-                    yield name, e
+                    got = e
+                yield name, got
             return
-        direct = (self._stored_only(), self._stored_trees())
+        direct = (True, self._stored_trees()) if stored else (self._stored_only(), self._stored_trees())
 
         def fetch(name: str) -> T | Exception:
             self._direct.on, self._direct.trees = direct

@@ -7,12 +7,14 @@ uses: reloading the whole index, the problems found loading it, the key and the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from ..snapshots.handle import RepositoryHandle
 
 if TYPE_CHECKING:
     from ..content.crypto import KeyInfo, RepoKey
+    from ..content.packs import PackEntry
     from ..model import BackupSet
 
 
@@ -22,6 +24,10 @@ class MaintainedRepository(RepositoryHandle, Protocol):
 
     def load_index(self) -> None:
         """Reload every index file (what sessions publish meanwhile is kept)."""
+
+    def stored_index_files(self, names: list[str]) -> Iterator[tuple[str, dict[str, list[PackEntry]] | Exception]]:
+        """Index files `names` as the store holds them now, decoded and read ahead, in order,
+        each with its name or the error that reading it raised."""
 
     def get_set(self, ref: str, source: str | None = None) -> BackupSet:
         """The set `ref` (id prefix or 'latest') names."""

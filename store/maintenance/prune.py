@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..content.crypto import OVERHEAD
-from ..content.index import decode_index, encode_index
+from ..content.index import encode_index
 from ..content.locks import where
 from ..content.packs import CODEC_ZSTD_REF, ENTRY, FOOTER, HEADER, PackEntry
 from ..errors import CorruptionError, NotFoundError
@@ -332,9 +332,11 @@ class Pruner:
         named: set[str] = set()
         where: dict[bytes, set[str]] = defaultdict(set)
         complete = True
-        for n in list(self.repo.backend.list("index")):
+        for _n, got in self.repo.stored_index_files(list(self.repo.backend.list("index"))):
             try:
-                packs = decode_index(n, self.repo.backend.get("index", n))
+                if isinstance(got, Exception):
+                    raise got
+                packs = got
             except NotFoundError:
                 continue
             except CorruptionError:
@@ -483,9 +485,11 @@ class Pruner:
         keep: dict[str, list[PackEntry]] = defaultdict(list)
         seen: set[bytes] = set()
         readable = []
-        for n in old:
+        for n, got in self.repo.stored_index_files(old):
             try:
-                packs = decode_index(n, self.repo.backend.get("index", n))
+                if isinstance(got, Exception):
+                    raise got
+                packs = got
             except (CorruptionError, NotFoundError):
                 continue
             readable.append(n)

@@ -136,3 +136,46 @@ def test_sets_are_read_several_at_once_on_a_new_host(tmp_path):
     assert {s.id: s for s in got} == expected and not repo.unreadable_sets
     backend.most = 0
     assert [s.id for s in repo.list_sets()] == [s.id for s in got] and backend.most == 0, "sets read again"
+
+
+def test_garbage_collection_reads_the_index_files_ahead_from_the_store(tmp_path):
+    """Prune reads every index file (to find the packs they name, to write the one index file
+    that replaces them) several at once, and the repository is whole afterwards."""
+    from cairn.store.model import PrunePolicy
+
+    backend = SlowIndexReads()
+    Repository.init(backend)
+    cache_dir = str(tmp_path / "cache")
+    repo = Repository.open(backend, cache_dir=cache_dir)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2 * READ_AHEAD):  # each set holds one file the next does not: the old sets' data dies
+        for old in src.iterdir():
+            old.unlink()
+        (src / f"f{i}").write_bytes(os.urandom(3000))
+        repo.backup(BackupRequest(source="s", paths=(str(src),)))
+    backend.slow = True
+    report = repo.prune(PrunePolicy(keep_last=2), grace=0)
+    assert report.forgotten and report.packs_deleted, "expected the dropped sets' packs to go"
+    assert 1 < backend.most <= READ_AHEAD, f"{backend.most} index files were read at once"
+    assert len(list(backend.list("index"))) == 1, "expected one index file to replace the others"
+    backend.slow = False
+    assert repo.check().ok
+    assert len(repo.list_sets()) == 2
+
+
+def test_what_garbage_collection_reads_comes_from_the_store_even_outside_reading_stored(tmp_path):
+    from cairn.store.errors import CorruptionError
+
+    backend = repository_with_index_files(tmp_path, READ_AHEAD)
+    cache_dir = str(tmp_path / "cache")
+    Repository.open(backend, cache_dir=cache_dir).close()  # every index file now cached
+    names = sorted(backend.list("index"))
+    data = bytearray(backend.objects[("index", names[2])])
+    data[len(data) // 2] ^= 0x01
+    backend.objects[("index", names[2])] = bytes(data)
+    repo = Repository.open(backend, cache_dir=cache_dir)
+    for some in (names, names[2:3]):  # through the pool, and alone
+        got = dict(repo.stored_index_files(some))
+        assert isinstance(got[names[2]], CorruptionError)
+        assert all(isinstance(v, dict) for n, v in got.items() if n != names[2])
