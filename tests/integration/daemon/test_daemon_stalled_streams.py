@@ -18,7 +18,7 @@ from cairn.daemon.rpc.streams import DATA_STREAMS
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pbg
 
-STALL = 3.0  # the daemon's stall timeout in this test (seconds)
+STALL = 10.0  # the daemon's stall timeout in this test (seconds): longer than opening the streams takes
 
 
 @pytest.fixture
@@ -41,10 +41,13 @@ def test_stalled_restore_streams_leave_status_and_wal_calls_served_and_are_cance
     channels = [grpc.insecure_channel("unix:" + daemon.socket) for _ in range(DATA_STREAMS + 2)]
     try:
         stalled = []
+        opening = time.monotonic()
         for ch in channels[:DATA_STREAMS]:
             call = pbg.CairnStub(ch).Restore(pb.RestoreRequest(set="latest"), timeout=120)
             _first_reply(call)
             stalled.append(call)
+        # the first stream must still be stalled, not cancelled already, for the refusal below
+        assert time.monotonic() - opening < STALL * 0.8, "opening the streams took nearly the stall timeout"
         # every data slot is held by a client that reads no more: one more is refused at once
         extra = pbg.CairnStub(channels[DATA_STREAMS]).Restore(pb.RestoreRequest(set="latest"), timeout=30)
         with pytest.raises(grpc.RpcError) as refused:
