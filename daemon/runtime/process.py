@@ -41,6 +41,7 @@ from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.runtime import heap, preflight
 from cairn.daemon.runtime.arguments import EXIT_FAILURE, EXIT_OK, with_overrides
 from cairn.daemon.runtime.config import Config, load_config
+from cairn.daemon.runtime.exitguard import ExitGuard
 from cairn.daemon.runtime.health import HealthRecord, restore_metrics
 from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.runtime.logs import setup_logging
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cairn.daemon")
 
 STATUS_INTERVAL = 5.0
+# After the stop's own deadline: the seconds its last steps and the interpreter's exit may take.
+EXIT_GRACE = 3.0
 # Keys that are bound when the daemon starts; a reload that changes them only warns.
 RESTART_KEYS = (
     "socket", "state_dir", "socket_mode", "socket_group", "listen", "tls_cert", "tls_key", "token_file",
@@ -86,6 +89,7 @@ class Daemon:
         self._wake = threading.Event()
         self._last_status = ""
         self._locks: list[InstanceLock] = []
+        self.exit_guard: ExitGuard | None = None
 
     # ---- start ----
 
@@ -334,6 +338,9 @@ class Daemon:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
+        # Whatever blocks below (or in the interpreter's exit after a clean stop), the process ends.
+        self.exit_guard = ExitGuard(self.config.daemon.shutdown_timeout + EXIT_GRACE, EXIT_FAILURE, "the stop",
+                                    last_steps=_last_steps)
         self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
@@ -368,6 +375,18 @@ class Daemon:
             log.info("stopped")
         return EXIT_OK
 
+    def exiting(self, code: int) -> None:
+        """Everything is closed and recorded: the interpreter's exit (joining grpc's workers, atexit
+        hooks) gets a short grace, after which the process ends with `code` anyway."""
+        if self.exit_guard is not None:
+            self.exit_guard.rearm(EXIT_GRACE, code, "the interpreter's exit after the stop")
+
+
+def _last_steps() -> None:
+    """What a stop that ran out of time still does: database tools killed, windows thawed."""
+    kill_running()
+    thaw_open_windows()
+
 
 def serve(config: Config, args: argparse.Namespace) -> int:
     """Run the daemon on `config` until SIGTERM or SIGINT; return the exit status."""
@@ -382,14 +401,17 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         daemon.stop()
+        daemon.exiting(EXIT_FAILURE)
         return EXIT_FAILURE
     except OSError as exc:
         print(f"cairnd: error: {exc}", file=sys.stderr)
         daemon.stop()
+        daemon.exiting(EXIT_FAILURE)
         return EXIT_FAILURE
     code = daemon.run()
     sys.stdout.flush()
     sys.stderr.flush()
     if code != EXIT_OK:
         os._exit(code)  # a job thread is stuck: do not wait for it
+    daemon.exiting(code)
     return code

@@ -120,5 +120,9 @@ def test_sigterm_while_idle_exits_zero_with_stopping(start_daemon, tmp_path):
     daemon = start_daemon("--repo", str(tmp_path / "repo"))
     before = daemon.notify.count()
     daemon.proc.send_signal(signal.SIGINT)
-    assert daemon.proc.wait(10) == 0
+    try:
+        code = daemon.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"an idle daemon did not exit within 10 s of SIGINT:\n{daemon.log()}") from None
+    assert code == 0, daemon.log()
     assert daemon.notify.wait_for("STOPPING=1", 1, after=before)
