@@ -89,7 +89,6 @@ class Daemon:
         self._wake = threading.Event()
         self._last_status = ""
         self._locks: list[InstanceLock] = []
-        self.exit_guard: ExitGuard | None = None
 
     # ---- start ----
 
@@ -332,15 +331,21 @@ class Daemon:
     # ---- stop ----
 
     def stop(self) -> int:
-        """Stop within shutdown_timeout: no new calls or jobs, cancel backups, close the repository."""
+        """Stop within shutdown_timeout: no new calls or jobs, cancel backups, close the repository.
+        Whatever blocks on the way, the process ends EXIT_GRACE seconds after that (exitguard)."""
+        guard = ExitGuard(self.config.daemon.shutdown_timeout + EXIT_GRACE, EXIT_FAILURE, "the stop",
+                          last_steps=_last_steps)
+        try:
+            return self._stop()
+        finally:
+            guard.disarm()
+
+    def _stop(self) -> int:
         deadline = time.monotonic() + self.config.daemon.shutdown_timeout
 
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        # Whatever blocks below (or in the interpreter's exit after a clean stop), the process ends.
-        self.exit_guard = ExitGuard(self.config.daemon.shutdown_timeout + EXIT_GRACE, EXIT_FAILURE, "the stop",
-                                    last_steps=_last_steps)
         self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
@@ -375,11 +380,11 @@ class Daemon:
             log.info("stopped")
         return EXIT_OK
 
-    def exiting(self, code: int) -> None:
-        """Everything is closed and recorded: the interpreter's exit (joining grpc's workers, atexit
-        hooks) gets a short grace, after which the process ends with `code` anyway."""
-        if self.exit_guard is not None:
-            self.exit_guard.rearm(EXIT_GRACE, code, "the interpreter's exit after the stop")
+
+def _exiting(code: int) -> None:
+    """After the stop everything is closed and recorded: the interpreter's exit (joining grpc's
+    worker threads, atexit hooks) gets EXIT_GRACE seconds, then the process ends with `code`."""
+    ExitGuard(EXIT_GRACE, code, "the interpreter's exit after the stop")
 
 
 def _last_steps() -> None:
@@ -401,17 +406,17 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         daemon.stop()
-        daemon.exiting(EXIT_FAILURE)
+        _exiting(EXIT_FAILURE)
         return EXIT_FAILURE
     except OSError as exc:
         print(f"cairnd: error: {exc}", file=sys.stderr)
         daemon.stop()
-        daemon.exiting(EXIT_FAILURE)
+        _exiting(EXIT_FAILURE)
         return EXIT_FAILURE
     code = daemon.run()
     sys.stdout.flush()
     sys.stderr.flush()
     if code != EXIT_OK:
         os._exit(code)  # a job thread is stuck: do not wait for it
-    daemon.exiting(code)
+    _exiting(code)
     return code

@@ -25,8 +25,8 @@ def _run(body: str, timeout: float = 30) -> tuple[int, str, float]:
 
 def test_a_hang_in_the_interpreters_exit_ends_by_the_deadline_with_the_armed_code_and_the_stacks():
     code, err, took = _run(HANG_AT_EXIT + """
-guard = ExitGuard(60, 1, "the stop")
-guard.rearm(0.5, 0, "the interpreter's exit after the stop")
+ExitGuard(60, 1, "the stop").disarm()
+ExitGuard(0.5, 0, "the interpreter's exit after the stop")
 """)
     assert code == 0, err
     assert took < 15
@@ -34,7 +34,7 @@ guard.rearm(0.5, 0, "the interpreter's exit after the stop")
     assert err.count("Thread 0x") + err.count("Current thread 0x") >= 2  # faulthandler's dump of every thread
 
 
-def test_the_first_deadline_applies_until_rearmed_and_last_steps_run():
+def test_a_stop_that_hangs_ends_with_the_armed_code_after_its_last_steps():
     code, err, _ = _run(HANG_AT_EXIT + """
 import sys
 guard = ExitGuard(0.5, 3, "the stop", last_steps=lambda: sys.stderr.write("LAST STEPS RAN\\n") or sys.stderr.flush())
