@@ -1,6 +1,6 @@
 """Issue 10 groundwork: full backup and restore to S3 (SeaweedFS on loopback) vs a local repository.
 
-  python bench/s3_backend.py [--runs 3] [--big-mib 16] [--workdir DIR] [--no-restic]
+  python bench/s3_backend.py [--runs 3] [--big-mib 16] [--workdir DIR] [--no-restic] [--fresh-fs]
 
 The corpus is the standard one (../shared/bench/build_corpus.py: the Python standard library,
 ~250 MB, plus a big mixed file, here 16 MiB by default) in `<workdir>/corpus`. One SeaweedFS
@@ -16,11 +16,17 @@ Cairn-on-S3/restic-on-S3. Both Cairn repositories are encrypted (format 2, creat
 `cairnd --init` and a passphrase file), as restic's always are; Cairn on S3 keeps its default
 of 4 pack uploads in flight. The load average is printed at the start and the end: the figures
 only compare within one invocation.
+
+With --fresh-fs (root) every restore goes to a new ext4 file system made for the run
+(bench/common.py fresh_fs says why: on a file system without a journal, creating files soon
+after many were deleted scans the deleted inodes, and that took a third of a restore's CPU in
+a profile of this benchmark's restores on such a root file system).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +48,7 @@ from bench.common import (  # noqa: E402
     build_corpus,
     compare_trees,
     fresh_dir,
+    fresh_fs,
     run_measured,
     tree_bytes,
     warm,
@@ -109,7 +116,7 @@ def settle() -> None:
 
 
 def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict[str, str], run: int,
-                verify: bool) -> tuple[float, float, bool | None]:
+                verify: bool, targets: Path) -> tuple[float, float, bool | None]:
     d = Daemon(work, f"{label}-{run}", corpus, repository, env)
     d.init()
     d.start()
@@ -117,7 +124,7 @@ def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict
         warm(corpus)
         settle()
         b = d.cli("--json", "backup", "--level", "full", name=f"{label}-{run}-backup")
-        target = fresh_dir(work / f"restore-{label}-{run}")
+        target = fresh_dir(targets / f"restore-{label}-{run}")
         settle()
         r = d.cli("restore", "latest", "--target", str(target), name=f"{label}-{run}-restore")
         ok = None
@@ -129,7 +136,8 @@ def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict
         d.stop()
 
 
-def bench_restic(work: Path, corpus: Path, repo: str, env: dict[str, str], run: int) -> tuple[float, float]:
+def bench_restic(work: Path, corpus: Path, repo: str, env: dict[str, str], run: int,
+                 targets: Path) -> tuple[float, float]:
     logdir = work / "logs"
     help_text = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True).stdout
     extra = ["--insecure-no-password"] if "--insecure-no-password" in help_text else []
@@ -138,7 +146,7 @@ def bench_restic(work: Path, corpus: Path, repo: str, env: dict[str, str], run: 
     settle()
     b = run_measured(["restic", "-r", repo, "backup", "--quiet", str(corpus)], env=env, logdir=logdir,
                      name=f"restic-{run}-backup").check()
-    target = fresh_dir(work / f"restore-restic-{run}")
+    target = fresh_dir(targets / f"restore-restic-{run}")
     settle()
     r = run_measured(["restic", "-r", repo, "restore", "latest", "--target", str(target)], env=env, logdir=logdir,
                      name=f"restic-{run}-restore").check()
@@ -153,6 +161,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-restic", action="store_true")
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--fresh-fs", action="store_true",
+                    help="restore onto a new ext4 file system made for this run (root; see common.fresh_fs)")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -178,7 +188,9 @@ def main() -> int:
     creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
     times: dict[str, dict[str, list[float]]] = {}
     verified: dict[str, list[bool | None]] = {}
-    with WeedServer(weed_dir) as weed:
+    with contextlib.ExitStack() as stack:
+        targets = stack.enter_context(fresh_fs(work, int(size * 1.3) * 3 * args.runs)) if args.fresh_fs else work
+        weed = stack.enter_context(WeedServer(weed_dir))
         load = os.getloadavg()
         print(f"SeaweedFS at {weed.endpoint}; corpus {files} files, {size / MB:.0f} MB; load average at the "
               f"start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs", flush=True)
@@ -186,16 +198,18 @@ def main() -> int:
             contestants = {
                 "cairn-local": lambda run=run: bench_cairn(
                     work, "local", corpus, f'path = "{fresh_dir(work / f"repo-local-{run}")}"\n', {}, run,
-                    not args.no_verify),
+                    not args.no_verify, targets),
                 "cairn-s3": lambda run=run: bench_cairn(
                     work, "s3", corpus,
                     f'path = "s3://{weed.bucket}/cairn-{run}-{os.getpid()}"\nendpoint = "{weed.endpoint}"\n'
-                    f'region = "us-east-1"\ncredentials_file = "{creds}"\n', {}, run, not args.no_verify),
+                    f'region = "us-east-1"\ncredentials_file = "{creds}"\n', {}, run, not args.no_verify,
+                    targets),
             }
             if restic:
                 contestants["restic-s3"] = lambda run=run: bench_restic(
                     work, corpus, f"s3:{weed.endpoint}/{weed.bucket}/restic-{run}-{os.getpid()}",
-                    {**weed.env(), "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}, run)
+                    {**weed.env(), "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}, run,
+                    targets)
             for name, fn in contestants.items():
                 out = fn()
                 t = times.setdefault(name, {"backup": [], "restore": []})
@@ -208,7 +222,8 @@ def main() -> int:
     med = {n: {k: size / statistics.median(v) / MB for k, v in t.items()} for n, t in times.items()}
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-    print(f"medians of {args.runs} run(s), MB/s (corpus {size / MB:.0f} MB, {files} files):")
+    print(f"medians of {args.runs} run(s), MB/s (corpus {size / MB:.0f} MB, {files} files"
+          f"{'; restores onto a fresh file system' if args.fresh_fs else ''}):")
     for n, m in med.items():
         print(f"  {n:12} backup {m['backup']:7.1f}   restore {m['restore']:7.1f}"
               + (f"   restore verified: {verified[n]}" if n in verified else ""))

@@ -88,7 +88,11 @@ from .storage.cache import ObjectCache
 ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 TREE_CACHE = 4096
-WORKERS = max(2, (os.cpu_count() or 2)) + 1
+# Threads reading (decrypting, decompressing, hashing) a restore's chunks: one per core. Each
+# extra thread only adds hand-overs of the interpreter's lock: with cores + 1 of them (and 4
+# writers), a daemon-written restore of the standard corpus (7,734 files) made 160,000 context
+# switches and took 14% longer than now (docs/restore.md).
+WORKERS = max(2, os.cpu_count() or 2)
 STAT_WORKERS = 16  # size checks of a session's packs at commit (round trips, not CPU)
 READ_AHEAD = 8  # index files or set objects read at once when a handle loads many
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool

@@ -125,6 +125,28 @@ def test_a_stream_with_lanes_restores_the_same_tree(tmp_path, writer, backlog: i
     assert os.stat(tmp_path / "laned" / "z-link").st_ino == os.stat(tmp_path / "laned" / "a-big").st_ino
 
 
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_pending", [1 << 20, 64 << 20])
+def test_one_writer_thread_takes_two_lanes_and_the_small_files_between(tmp_path, max_pending: int) -> None:
+    """A two-core host's daemon writes with one thread (restoredb.LOCAL_WRITERS): lanes and the
+    groups of small files share it, with the memory bound reached or not, and nothing waits forever."""
+    t = Tree()
+    root = app_tree(t)
+    plain = TreeWriter(str(tmp_path / "plain"))
+    for r in t.records(root, None):
+        plain.apply(r)
+    assert not plain.finish().errors
+    gauge = Gauge(None)
+    recs = t.records(root, gauge)
+    assert len({r.path for r in recs if isinstance(r, LaneData)}) == 2
+    w = ParallelTreeWriter(str(tmp_path / "laned"), workers=1, max_pending=max_pending, lanes=gauge)
+    for r in recs:
+        w.apply(r)
+    st = w.finish()
+    assert not st.errors
+    assert snapshot(tmp_path / "laned") == snapshot(tmp_path / "plain")
+
 def test_lanes_are_well_formed_and_at_most_two_open() -> None:
     t = Tree()
     recs = t.records(app_tree(t), Gauge(1 << 30))
