@@ -8,7 +8,10 @@ reloads the configuration (an invalid file is logged and the running configurati
 SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs, running backups cancelled (their
 database tools killed, their quiesce windows thawed; the store abandons an unfinished set
 safely), and the process exits within daemon.shutdown_timeout whatever happens — a backup
-still running then has its tools killed and its window thawed before the exit.
+still running then has its tools killed and its window thawed before the exit. A stop that
+blocks past that and the time the thaw hooks may take (`thaw_allowance`), or an interpreter's
+exit that hangs after a clean stop, is ended EXIT_GRACE seconds later by an exit guard
+(exitguard.py), with every thread's stack on stderr.
 
 This module and `main` are the only ones that wire the daemon's rooms together; only `main`
 imports this one, after the arguments and the configuration were found good.
@@ -333,8 +336,8 @@ class Daemon:
     def stop(self) -> int:
         """Stop within shutdown_timeout: no new calls or jobs, cancel backups, close the repository.
         Whatever blocks on the way, the process ends EXIT_GRACE seconds after that (exitguard)."""
-        guard = ExitGuard(self.config.daemon.shutdown_timeout + EXIT_GRACE, EXIT_FAILURE, "the stop",
-                          last_steps=_last_steps)
+        allowed = self.config.daemon.shutdown_timeout + thaw_allowance(self.config)  # thaws may follow the deadline
+        guard = ExitGuard(allowed + EXIT_GRACE, EXIT_FAILURE, "the stop", last_steps=_last_steps)
         try:
             return self._stop()
         finally:
@@ -379,6 +382,14 @@ class Daemon:
         if self.repo is not None:  # after a start that failed its checks there is nothing to report
             log.info("stopped")
         return EXIT_OK
+
+
+def thaw_allowance(config: Config) -> float:
+    """The longest the thaw hooks of every configured window may run one after the other (each
+    hook is killed at its timeout): a stop may thaw windows after its own deadline."""
+    return sum(len(level.thaw) * level.timeout
+               for source in config.sources if source.quiesce is not None
+               for level in source.quiesce.levels())
 
 
 def _exiting(code: int) -> None:

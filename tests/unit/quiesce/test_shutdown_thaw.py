@@ -132,3 +132,74 @@ def test_a_clean_stop_thaws_a_window_still_open_before_the_tracker_stops(tmp_pat
         release.set()
         t.join(10)
     assert words(tmp_path) == ["frozen", "thawed"]
+
+
+SLOW_THAW_STOP = """
+import argparse, sys, textwrap, threading, time
+from pathlib import Path
+from cairn.daemon.runtime.config import load_config
+from cairn.daemon.runtime.process import EXIT_FAILURE, Daemon, thaw_allowance
+from cairn.daemon.windows.quiesce import Hook, Window
+
+tmp = Path(sys.argv[1])
+(tmp / "data").mkdir()
+cfg_path = tmp / "cairnd.toml"
+cfg_path.write_text(textwrap.dedent(f'''
+    [repository]
+    path = "{tmp}/repo"
+
+    [daemon]
+    socket = "{tmp}/cairnd.sock"
+    state_dir = "{tmp}/state"
+    shutdown_timeout = "1s"
+
+    [[source]]
+    name = "slow-app"
+    paths = ["{tmp}/data"]
+    [source.quiesce]
+    mode = "cold"
+    freeze = ["true"]
+    thaw = ["sh", "-c", "sleep 6; echo thawed >> {tmp}/hooks.log"]
+    timeout = 30
+'''))
+cfg = load_config(str(cfg_path))
+assert thaw_allowance(cfg) == 30.0, thaw_allowance(cfg)
+
+class StuckService:
+    def shutdown(self): pass
+    def wait_idle(self, timeout):
+        time.sleep(min(timeout, 0.2))
+        return False
+
+level = cfg.sources[0].quiesce.levels()[0]
+w = Window(str(tmp / "state"), "slow-app", "cold", freeze=[Hook(("true",), 30.0, True)],
+           thaw=[Hook(tuple(level.thaw[0]), 30.0, True)], max_window=300)
+entered = threading.Event()
+def body():
+    with w:
+        entered.set()
+        time.sleep(60)
+threading.Thread(target=body, daemon=True).start()
+assert entered.wait(10)
+daemon = Daemon(cfg, argparse.Namespace())
+daemon.service = StuckService()
+began = time.monotonic()
+code = daemon.stop()
+print("stopped", code == EXIT_FAILURE, round(time.monotonic() - began, 1), flush=True)
+"""
+
+
+def test_the_exit_guard_gives_a_stop_the_time_its_thaw_hooks_may_take(tmp_path):
+    """shutdown_timeout 1 s, a thaw hook that takes 6 s (its timeout 30 s): the stop thaws and
+    returns, and the exit guard (shutdown_timeout + 3 s without the thaw hooks' allowance) does
+    not end the process in the middle of the thaw."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SLOW_THAW_STOP, str(tmp_path)], capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "did not end within" not in proc.stderr
+    assert proc.stdout.split()[:2] == ["stopped", "True"], proc.stdout
+    assert float(proc.stdout.split()[2]) >= 6
+    assert (tmp_path / "hooks.log").read_text().split() == ["thawed"]
