@@ -97,6 +97,17 @@ def app_tree(t: Tree) -> bytes:
     ])
 
 
+def plain_restore(target) -> tuple[Tree, bytes]:
+    """The application tree, restored without lanes into `target` (what a laned restore must equal)."""
+    t = Tree()
+    root = app_tree(t)
+    plain = TreeWriter(str(target))
+    for r in t.records(root, None):
+        plain.apply(r)
+    assert not plain.finish().errors
+    return t, root
+
+
 def position(recs: list, pred) -> list[int]:
     return [i for i, r in enumerate(recs) if pred(r)]
 
@@ -104,12 +115,7 @@ def position(recs: list, pred) -> list[int]:
 @pytest.mark.parametrize("writer", [TreeWriter, ParallelTreeWriter])
 @pytest.mark.parametrize("backlog", [None, 0, 1 << 30])
 def test_a_stream_with_lanes_restores_the_same_tree(tmp_path, writer, backlog: int | None) -> None:
-    t = Tree()
-    root = app_tree(t)
-    plain = TreeWriter(str(tmp_path / "plain"))
-    for r in t.records(root, None):
-        plain.apply(r)
-    assert not plain.finish().errors
+    t, root = plain_restore(tmp_path / "plain")
     gauge = Gauge(backlog)
     recs = t.records(root, gauge)
     assert any(isinstance(r, LaneData) for r in recs)
@@ -131,12 +137,7 @@ def test_a_stream_with_lanes_restores_the_same_tree(tmp_path, writer, backlog: i
 def test_one_writer_thread_takes_two_lanes_and_the_small_files_between(tmp_path, max_pending: int) -> None:
     """A two-core host's daemon writes with one thread (restoredb.LOCAL_WRITERS): lanes and the
     groups of small files share it, with the memory bound reached or not, and nothing waits forever."""
-    t = Tree()
-    root = app_tree(t)
-    plain = TreeWriter(str(tmp_path / "plain"))
-    for r in t.records(root, None):
-        plain.apply(r)
-    assert not plain.finish().errors
+    t, root = plain_restore(tmp_path / "plain")
     gauge = Gauge(None)
     recs = t.records(root, gauge)
     assert len({r.path for r in recs if isinstance(r, LaneData)}) == 2
