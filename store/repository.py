@@ -775,6 +775,21 @@ class Repository:
                 raise
         return self.reader.read(bid)
 
+    def read_blobs(self, ids: list[bytes]) -> list[bytes | CairnError]:
+        """For each blob of `ids`: its plaintext, verified, or the CairnError reading it met (an
+        UnavailableError is raised). Read together (BlobReader.read_many); a blob that failed is
+        read again by `read_blob`, which refreshes a stale index first."""
+        out = self.reader.read_many(ids)
+        for i, got in enumerate(out):
+            if isinstance(got, (NotFoundError, CorruptionError)):
+                try:
+                    out[i] = self.read_blob(ids[i])
+                except UnavailableError:
+                    raise
+                except CairnError as e:
+                    out[i] = e
+        return out
+
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
         with self._tree_lock:
@@ -1016,7 +1031,8 @@ class Repository:
             pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
             try:
                 yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
-                                         chunk_size=self._chunk_size if manifest else None).records(
+                                         chunk_size=self._chunk_size if manifest else None,
+                                         read_blobs=self.read_blobs).records(
                     root, paths, None if manifest else lanes)
                 why = select.nothing_included() if select is not None else None
                 if why:

@@ -118,10 +118,14 @@ class StreamBuilder:
 
     def __init__(self, load_tree: Callable[[bytes], list[Entry]], read_blob: Callable[[bytes], bytes],
                  pool: ThreadPoolExecutor, *, select: RestoreFilter | None = None,
-                 chunk_size: Callable[[bytes], int] | None = None) -> None:
-        """`select` prunes the stream; with `chunk_size` the stream is a manifest (no content)."""
+                 chunk_size: Callable[[bytes], int] | None = None,
+                 read_blobs: Callable[[list[bytes]], list[bytes | CairnError]] | None = None) -> None:
+        """`select` prunes the stream; with `chunk_size` the stream is a manifest (no content).
+        `read_blobs`, when given, reads a batch's chunks at once: each its content or its error,
+        an UnavailableError raised (as Repository.read_blobs); else `read_blob` reads each."""
         self.load_tree = load_tree
         self.read_blob = read_blob
+        self.read_blobs = read_blobs
         self.pool = pool
         self.select = select if select else None
         self.chunk_size = chunk_size
@@ -300,6 +304,8 @@ class StreamBuilder:
         return batch
 
     def _read_batch(self, ids: list[bytes]) -> list[bytes | CairnError]:
+        if self.read_blobs is not None:
+            return self.read_blobs(ids)
         out: list[bytes | CairnError] = []
         for bid in ids:
             try:
