@@ -57,6 +57,7 @@ _tls = threading.local()
 COMPRESS_THREADS = max(2, os.cpu_count() or 2)
 RUN_BYTES = 1 << 20  # blobs of one pack near each other fetched with one read by read_many (below an S3 block)
 RUN_GAP = 64 << 10  # ... when at most this many bytes of other blobs lie between them
+MULTI_FRAME_MAX = 16 << 20  # larger blobs (none a chunker makes) are decompressed alone, each in its own buffer
 
 
 def blob_id(data: bytes | memoryview) -> bytes:
@@ -212,7 +213,8 @@ class BlobReader:
             run, pack, start, end = [i], p, offset, stop
         if run:
             self._open_run(ids, locs, run, start, end, out, opened)
-        frames = [i for i in range(n) if opened[i] is not None and locs[i].codec == CODEC_ZSTD]  # type: ignore[union-attr]
+        frames = [i for i in range(n) if opened[i] is not None and locs[i].codec == CODEC_ZSTD  # type: ignore[union-attr]
+                  and locs[i].raw_len <= MULTI_FRAME_MAX]  # type: ignore[union-attr]
         plain: dict[int, bytes] = {}
         if len(frames) > 1:
             sizes = array.array("Q", (locs[i].raw_len for i in frames))  # type: ignore[union-attr]

@@ -239,3 +239,17 @@ def test_a_restore_reads_adjacent_chunks_together(tmp_path):
     for i in range(40):
         name = f"f{i:03d}.txt"
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "src" / name).read_bytes()
+
+
+def test_a_blob_larger_than_the_batch_limit_is_decompressed_alone(tmp_path, counting_zstd, monkeypatch):
+    """The batch's one call gets one output buffer for all its frames: a blob whose index entry
+    gives a larger size than MULTI_FRAME_MAX is kept out of it and decoded in its own call."""
+    repo, _counted, _inner = _repo(tmp_path, True)
+    run = _in_pack_order(repo, CODEC_ZSTD)[:16]
+    sizes = sorted(repo.index.get(b).raw_len for b in run)
+    limit = sizes[len(sizes) // 2]
+    monkeypatch.setattr(blobs, "MULTI_FRAME_MAX", limit)
+    out = repo.reader.read_many(run)
+    over = sum(1 for b in run if repo.index.get(b).raw_len > limit)
+    assert over >= 2 and (counting_zstd.multi, counting_zstd.single) == (1, over)
+    assert out == [repo.reader.read(b) for b in run]
