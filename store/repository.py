@@ -1073,7 +1073,8 @@ class Repository:
         with self.reading_set(s, "read"):
             pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
             try:
-                yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors)
+                yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors,
+                                       read_blobs=self.read_blobs, chunk_size=self._chunk_size)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
 

@@ -406,15 +406,24 @@ def set_chunks(load_tree: Callable[[bytes], list[Entry]], roots: list[bytes]) ->
 
 
 def read_chunks(ids: list[bytes], allowed: set[bytes], read_blob: Callable[[bytes], bytes],
-                pool: ThreadPoolExecutor, ahead: int = 8, errors: bool = False) -> Iterator[bytes | CairnError]:
+                pool: ThreadPoolExecutor, ahead: int = 8, errors: bool = False, *,
+                read_blobs: Callable[[list[bytes]], list[bytes | CairnError]] | None = None,
+                chunk_size: Callable[[bytes], int] | None = None) -> Iterator[bytes | CairnError]:
     """The plaintext of each of `ids`, in order, read `ahead` at a time in `pool`. A chunk that
     cannot be read raises its CairnError, or with `errors` is yielded as that error in its
     place (a delta restore then mends every file but the ones that need it).
+
+    With `read_blobs` and `chunk_size` (Repository.read_blobs, and the size a chunk's index entry
+    gives), the chunks are read in batches of up to BATCH_CHUNKS or BATCH_BYTES, at most
+    MAX_BATCHES ahead, as a restore's stream reads them; the result is the same.
 
     Every id must be one of `allowed` (the set's chunks), checked before anything is read."""
     for bid in ids:
         if bid not in allowed:
             raise NotFoundError(f"chunk '{bid.hex()[:12]}' is not part of the set")
+    if read_blobs is not None and chunk_size is not None:
+        yield from _read_chunk_batches(ids, read_blobs, chunk_size, pool, errors)
+        return
     futures: deque[Future] = deque()
 
     def result(f: Future) -> bytes | CairnError:
@@ -432,6 +441,42 @@ def read_chunks(ids: list[bytes], allowed: set[bytes], read_blob: Callable[[byte
                 yield result(futures.popleft())
         while futures:
             yield result(futures.popleft())
+    finally:
+        for f in futures:
+            f.cancel()
+
+
+def _read_chunk_batches(ids: list[bytes], read_blobs: Callable[[list[bytes]], list[bytes | CairnError]],
+                        chunk_size: Callable[[bytes], int], pool: ThreadPoolExecutor,
+                        errors: bool) -> Iterator[bytes | CairnError]:
+    def batches() -> Iterator[list[bytes]]:
+        batch = _Batch()
+        for bid in ids:
+            try:
+                size = chunk_size(bid)
+            except CairnError:
+                size = 0  # not indexed: read_blobs names the error in its place
+            batch.add(bid, size)
+            if batch.full():
+                yield batch.ids
+                batch = _Batch()
+        if batch.ids:
+            yield batch.ids
+
+    def results(f: Future) -> Iterator[bytes | CairnError]:
+        for got in f.result():
+            if isinstance(got, CairnError) and (not errors or isinstance(got, UnavailableError)):
+                raise got
+            yield got
+
+    futures: deque[Future] = deque()
+    try:
+        for batch in batches():
+            futures.append(pool.submit(read_blobs, batch))
+            if len(futures) > MAX_BATCHES:
+                yield from results(futures.popleft())
+        while futures:
+            yield from results(futures.popleft())
     finally:
         for f in futures:
             f.cancel()

@@ -253,3 +253,48 @@ def test_a_blob_larger_than_the_batch_limit_is_decompressed_alone(tmp_path, coun
     over = sum(1 for b in run if repo.index.get(b).raw_len > limit)
     assert over >= 2 and (counting_zstd.multi, counting_zstd.single) == (1, over)
     assert out == [repo.reader.read(b) for b in run]
+
+
+def _set_chunks(repo: Repository) -> list[bytes]:
+    s = repo.get_set("latest")
+    out: list[bytes] = []
+    todo = [bytes.fromhex(s.tree)]
+    while todo:
+        for e in repo.load_tree(todo.pop()):
+            out.extend(e.chunks)
+            if e.kind == "dir" and e.subtree:
+                todo.append(e.subtree)
+    return out
+
+
+def test_read_chunks_of_a_delta_restore_come_in_order_in_batches(tmp_path):
+    """Repository.read_chunks (what a delta restore reads) goes through read_blobs too: the
+    chunks come in the order asked, repeats included, with a few reads of the pack."""
+    repo, counted, _inner = _repo(tmp_path, True)
+    ids = _set_chunks(repo)
+    ids = ids + ids[:5]
+    before = len(counted.calls)
+    got = list(repo.read_chunks(repo.get_set("latest"), ids))
+    reads = len(counted.calls) - before  # of the pack, and of the set's trees
+    assert reads <= 4, counted.calls[before:]
+    assert got == [repo.reader.read(b) for b in ids]
+
+
+def test_read_chunks_give_a_damaged_chunk_in_its_place_or_raise_it(tmp_path):
+    repo, _counted, inner = _repo(tmp_path, True)
+    ids = _set_chunks(repo)
+    bad = ids[len(ids) // 2]
+    loc = repo.index.get(bad)
+    data = bytearray(inner.objects[("packs", loc.pack)])
+    data[loc.offset + 20] ^= 1
+    inner.objects[("packs", loc.pack)] = bytes(data)
+    s = repo.get_set("latest")
+    got = list(repo.read_chunks(s, ids, errors=True))
+    assert [i for i, g in enumerate(got) if isinstance(g, CairnError)] == [ids.index(bad)]
+    assert "authentication failed" in got[ids.index(bad)].message
+    stream = repo.read_chunks(s, ids)
+    came = []
+    with pytest.raises(CorruptionError, match="authentication failed"):
+        for chunk in stream:
+            came.append(chunk)
+    assert len(came) == ids.index(bad)  # everything before it came, in order
