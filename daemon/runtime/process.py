@@ -50,6 +50,7 @@ from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, l
 from cairn.daemon.runtime.logs import setup_logging
 from cairn.daemon.runtime.repokeys import attach_write_only_cache, open_repository
 from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_interval
+from cairn.daemon.runtime.signals import SignalInbox
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler, soonest_runs
 from cairn.daemon.windows.quiesce import recover_windows, thaw_open_windows
@@ -89,7 +90,7 @@ class Daemon:
         self.backstop: Backstop | None = None
         self.retention: RetentionRunner | None = None
         self._signals: collections.deque[int] = collections.deque()
-        self._wake = threading.Event()
+        self._inbox = SignalInbox()
         self._last_status = ""
         self._locks: list[InstanceLock] = []
 
@@ -240,19 +241,13 @@ class Daemon:
 
     # ---- run ----
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._signals.append(signum)
-        self._wake.set()
-
     def install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        self._inbox.install((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
     def run(self) -> int:
         """Wait for signals; return the exit status once stopped."""
         while True:
-            self._wake.wait(STATUS_INTERVAL)
-            self._wake.clear()
+            self._signals.extend(self._inbox.wait(STATUS_INTERVAL))
             while self._signals:
                 signum = self._signals.popleft()
                 if signum == signal.SIGHUP:

@@ -126,3 +126,34 @@ def test_sigterm_while_idle_exits_zero_with_stopping(start_daemon, tmp_path):
         raise AssertionError(f"an idle daemon did not exit within 10 s of SIGINT:\n{daemon.log()}") from None
     assert code == 0, daemon.log()
     assert daemon.notify.wait_for("STOPPING=1", 1, after=before)
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send `sig` to one thread of another process (what the kernel may do with any signal)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, sig) != 0:  # SYS_tgkill on x86-64
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the tgkill syscall number is x86-64's")
+def test_sigterm_on_a_worker_thread_stops_the_daemon_at_once(start_daemon, tmp_path):
+    """The kernel delivers a process's signal to any thread that does not block it. One that
+    lands on a worker thread must still wake the main loop now (it used to wait for the loop's
+    next 5 s tick), and, taken there, never hang it (the old handler could deadlock inside the
+    main loop's own wait)."""
+    import time
+
+    daemon = start_daemon("--repo", str(tmp_path / "repo"))
+    pid = daemon.proc.pid
+    worker = next(int(t) for t in sorted(os.listdir(f"/proc/{pid}/task"), key=int) if int(t) != pid)
+    t = time.monotonic()
+    _tgkill(pid, worker, signal.SIGTERM)
+    try:
+        code = daemon.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the daemon did not stop within 10 s of SIGTERM:\n{daemon.log()}") from None
+    took = time.monotonic() - t
+    assert code == 0, daemon.log()
+    assert took < 3.0, f"stopping took {took:.1f} s: the signal waited for the main loop's tick"
