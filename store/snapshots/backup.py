@@ -53,7 +53,28 @@ _TOTALS_MAX = 200_000  # memo of (files, dirs, bytes) per stored tree id, for ca
 _TOTALS: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
 _TOTALS_LOCK = threading.Lock()
 TreeLoader = Callable[[bytes], list[Entry]]
-PendingFile = tuple[Entry, Future | None, Entry | None]
+GROUP_FILES = 32  # small files of one directory read by one pool task ...
+GROUP_BYTES = 2 << 20  # ... up to this many bytes in all ...
+GROUP_FILE_MAX = 256 << 10  # ... each at most this large (a larger file is a task of its own)
+FileRead = tuple[ReadResult | None, dict[bytes, bytes], str]
+
+
+class _InGroup:
+    """A small file's place in a group of files one pool task reads in turn: `result()` gives
+    what the file's own task would have (or raises what the group's task raised)."""
+
+    __slots__ = ("future", "index")
+
+    def __init__(self, index: int) -> None:
+        self.future: Future | None = None
+        self.index = index
+
+    def result(self) -> FileRead:
+        assert self.future is not None, "a group is handed to the pool before its results are taken"
+        return self.future.result()[self.index]
+
+
+PendingFile = tuple[Entry, Future | _InGroup | None, Entry | None]
 
 
 @dataclass
@@ -178,6 +199,8 @@ class Walker:
         self.reader = FileReader(writer, params, cancel, req.fuzzy_retries, fixed_size=fixed_size,
                                  delta_base=delta_base)
         self.delta = delta_base is not None
+        self._group: list[tuple[bytes, _InGroup]] = []  # small files waiting to go to the pool together
+        self._group_bytes = 0
         self.presets: dict[bytes, bytes] = {}  # absolute dir -> subtree captured earlier (walk_sub)
         self._links: dict[str, Future] = {}
         self.linked_change = False  # a file with several names was read during a hinted walk
@@ -203,6 +226,7 @@ class Walker:
             return base_tree, st
         before = copy.deepcopy(self.tally)
         self.linked_change = False
+        self._group, self._group_bytes = [], 0  # none left by a walk that failed
         tree = self._dir(broot, b"", base_tree if not self.full else None, plan, False)
         if plan.hinted and self.linked_change:
             # A file with several names changed: its other names, which no hint mentions,
@@ -233,6 +257,7 @@ class Walker:
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidArgumentError(f"path '{sub}' is not a directory")
         self.use_root_excludes(root)
+        self._group, self._group_bytes = [], 0  # none left by a walk that failed
         base = None if self.full else base_root
         for part in rel.split(b"/"):
             old = self._base_entries(base, rel).get(part) if base else None
@@ -352,6 +377,7 @@ class Walker:
             old = base.get(name)
             e = entry_from_stat(name, st, kind)
             if kind == "dir":
+                self._flush_group()  # this directory's files are read while the walk goes down
                 self._child_dir(e, child, crel, old, plan, under_rescan, st)
                 entries.append(e)
             elif kind == "file":
@@ -359,6 +385,7 @@ class Walker:
             else:
                 self._special(e, child, crel, old)
                 entries.append(e)
+        self._flush_group()
         for e, fut, old in pending:
             done = self._finish_file(e, fut, old, path + b"/" + e.name, rel)
             if done is not None:
@@ -402,10 +429,30 @@ class Walker:
         if e.hardlink or (old is not None and old.hardlink):
             self.linked_change = True
         base_chunks = old.chunks if self.delta and old is not None and old.kind == "file" else None
+        if not e.hardlink and base_chunks is None and e.size <= GROUP_FILE_MAX:
+            slot = _InGroup(len(self._group))
+            self._group.append((child, slot))
+            self._group_bytes += e.size
+            if len(self._group) >= GROUP_FILES or self._group_bytes >= GROUP_BYTES:
+                self._flush_group()
+            return e, slot, old
         fut = self.pool.submit(self._read_file, child, base_chunks)
         if e.hardlink:
             self._links[e.hardlink] = fut
         return e, fut, old
+
+    def _flush_group(self) -> None:
+        """Hand the waiting small files to the pool as one task: a hand-over between threads per
+        file (submit, wake a reader, wake the walker for the result) cost more than reading it."""
+        if not self._group:
+            return
+        group, self._group, self._group_bytes = self._group, [], 0
+        fut = self.pool.submit(self._read_group, [child for child, _ in group])
+        for _, slot in group:
+            slot.future = fut
+
+    def _read_group(self, children: list[bytes]) -> list[FileRead]:
+        return [self._read_file(child) for child in children]
 
     def _racy(self, old: Entry) -> bool:
         """True when the base recorded a file modified within a second of the base set's start:
@@ -417,8 +464,7 @@ class Walker:
         """True when strict timestamps demand a read: modified in the set's start second or later."""
         return self.strict_since_ns is not None and e.mtime_ns >= self.strict_since_ns
 
-    def _read_file(self, child: bytes, base_chunks: list[bytes] | None = None
-                   ) -> tuple[ReadResult | None, dict[bytes, bytes], str]:
+    def _read_file(self, child: bytes, base_chunks: list[bytes] | None = None) -> FileRead:
         try:
             res = self.reader.read(child, base_chunks)
         except AbortedError:
@@ -427,7 +473,7 @@ class Walker:
             return None, {}, e.strerror or str(e)
         return res, read_xattrs(child), ""
 
-    def _finish_file(self, e: Entry, fut: Future | None, old: Entry | None, child: bytes,
+    def _finish_file(self, e: Entry, fut: Future | _InGroup | None, old: Entry | None, child: bytes,
                      rel: bytes) -> Entry | None:
         """The entry of a file whose read (if any) finished. A file that could not be read is
         never stored as something it never was: one that vanished meanwhile is left out (and
