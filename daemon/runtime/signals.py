@@ -10,7 +10,9 @@ What always holds:
   event, holding its non-reentrant lock, and the daemon then hung at SIGTERM for good. A
   signal that landed on another thread also waited for the main loop's next timeout (5 s);
 - signals come out of `wait` in the order they arrived; a burst larger than the pipe holds
-  (64 KiB) is cut short, which loses nothing the loop acts on (a stop is a stop).
+  (64 KiB) is cut short, which loses nothing the loop acts on (a stop is a stop);
+- only the signals installed here come out: the interpreter writes the number of every signal
+  that has a Python handler, and another handler's signal (a test hook's SIGUSR1) is not a stop.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class SignalInbox:
                 break
             if not data:
                 break
-            got.extend(data)
+            got.extend(sig for sig in data if sig in self._installed)  # not another handler's signal
         return got
 
     def close(self) -> None:

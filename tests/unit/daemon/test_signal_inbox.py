@@ -68,3 +68,17 @@ def test_close_puts_the_handlers_back():
         print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, signal.set_wakeup_fd(-1))
     """)
     assert out.split() == ["True", "-1"], out
+
+
+def test_a_signal_another_handler_owns_does_not_come_out():
+    """Every caught signal's number goes through the pipe; only the inbox's own come out (the
+    daemon would take anything else for a stop)."""
+    out = _run("""
+        hits = []
+        signal.signal(signal.SIGUSR2, lambda s, f: hits.append(s))
+        os.kill(os.getpid(), signal.SIGUSR2)
+        first = inbox.wait(1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        print(first, inbox.wait(5), hits)
+    """)
+    assert out.strip() == "[] [10] [12]", out
