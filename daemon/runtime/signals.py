@@ -32,17 +32,20 @@ class SignalInbox:
     """Install with `install` (main thread only); `wait` returns the signals received."""
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._read = self._write = -1  # the pipe is made by install
         self._installed: dict[int, object] = {}
         self._old_fd = -1
 
     def install(self, signals: Iterable[int]) -> None:
+        if self._read < 0:
+            self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         for sig in signals:
             self._installed[sig] = signal.signal(sig, _ignore)
 
     def wait(self, timeout: float | None) -> list[int]:
-        """The signals that arrived, waiting up to `timeout` seconds for one (None: no limit)."""
+        """The signals that arrived, waiting up to `timeout` seconds for one (None: no limit).
+        Only after `install`."""
         ready, _, _ = select.select([self._read], [], [], timeout)
         if not ready:
             return []
@@ -62,6 +65,8 @@ class SignalInbox:
         for sig, old in self._installed.items():
             signal.signal(sig, old)  # type: ignore[arg-type]
         self._installed.clear()
-        signal.set_wakeup_fd(self._old_fd)
-        os.close(self._read)
-        os.close(self._write)
+        if self._read >= 0:
+            signal.set_wakeup_fd(self._old_fd)
+            os.close(self._read)
+            os.close(self._write)
+            self._read = self._write = -1
