@@ -2,7 +2,10 @@
 
 All metrics live in a private CollectorRegistry (never the process-global one), so several
 daemons or tests in one process do not collide. The `record_*` helpers are the only way the
-rest of the daemon touches them, which keeps names and labels in this one file.
+rest of the daemon touches them, which keeps names and labels in this one file. The registry also
+carries prometheus_client's collector of Python's garbage collections (python_gc_*: collections,
+objects collected and uncollectable, per generation), the figure that shows the collector
+settings of daemon/runtime/heap.py at work.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 
 from cairn.daemon.runtime.config import is_loopback, split_address
 from cairn.store.errors import InvalidArgumentError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
 SUCCESS = "success"
@@ -26,6 +29,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        GCCollector(registry=registry)
         per_set = ("source", "level")
         self.sets = Counter(
             "cairn_sets", "Backup sets finished, by status (success, failed, aborted).",

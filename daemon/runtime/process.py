@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -167,6 +168,8 @@ class Daemon:
             "cairnd %s serving %s%s on %s",
             __version__, cfg.repository.path, " read-only" if read_only else "", cfg.daemon.socket,
         )
+        log.info("garbage collector: thresholds %s, %d start-up objects frozen", gc.get_threshold(),
+                 heap.freeze_startup())
 
     def restore_metrics(self) -> None:
         """Gauges a restart would reset, from the repository's sets and the health record."""
@@ -403,6 +406,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     """Run the daemon on `config` until SIGTERM or SIGINT; return the exit status."""
     setup_logging(config.daemon.log_level)
     heap.tune()  # restores reuse their buffers (daemon/runtime/heap.py)
+    heap.tune_collector()  # collections that do not rescan everything (same module)
     daemon = Daemon(config, args)
     daemon.install_signals()
     try:
