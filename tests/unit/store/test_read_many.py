@@ -22,20 +22,21 @@ SECRET = crypto.Secret("passphrase", b"read many")
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 
 
-def _small_files(root, rng: random.Random, n: int = 40) -> None:
+def _small_files(root, rng: random.Random, n: int = 40, noise: bool = True) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):  # compressible text of a few KiB each: zstd blobs, adjacent in their pack
         (root / f"f{i:03d}.txt").write_bytes((b"line %d of file %d " % (rng.randrange(9), i)) * rng.randrange(50, 400))
-    write_random(root / "noise", 300_000, rng)  # incompressible: stored raw
+    if noise:  # incompressible: stored raw (its chunks land among the others as threads finish)
+        write_random(root / "noise", 300_000, rng)
 
 
-def _repo(tmp_path, encrypted: bool) -> tuple[Repository, FaultyBackend, MemoryBackend]:
+def _repo(tmp_path, encrypted: bool, noise: bool = True) -> tuple[Repository, FaultyBackend, MemoryBackend]:
     inner = MemoryBackend()
     counted = FaultyBackend(inner, ops=("get_range",), kind="packs")
     Repository.init(inner, secret=SECRET if encrypted else None, argon2=FAST).close()
     repo = Repository.open(counted, secret=SECRET if encrypted else None)
     src = tmp_path / "src"
-    _small_files(src, random.Random(5))
+    _small_files(src, random.Random(5), noise=noise)
     backup(repo, src, "full")
     return repo, counted, inner
 
@@ -82,12 +83,22 @@ def test_a_batch_reads_what_single_reads_read(tmp_path, encrypted):
             assert data == repo.reader.read(bid), bid.hex()
 
 
+def _adjacent_runs(repo: Repository, ids: list[bytes]) -> list[list[bytes]]:
+    """`ids` (in pack order) cut where the next blob does not start where the last one ends."""
+    runs: list[list[bytes]] = []
+    for a, b in itertools.pairwise([None, *ids]):
+        la, lb = (repo.index.get(a) if a else None), repo.index.get(b)
+        if la is not None and la.pack == lb.pack and la.offset + la.stored_len == lb.offset:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
 def test_adjacent_blobs_cost_one_read_and_one_decompression(tmp_path, counting_zstd):
-    repo, counted, _inner = _repo(tmp_path, True)
-    run = _in_pack_order(repo, CODEC_ZSTD)[:16]
-    locs = [repo.index.get(b) for b in run]
-    assert len(run) == 16 and all(a.pack == b.pack and a.offset + a.stored_len == b.offset
-                                  for a, b in itertools.pairwise(locs)), "the test needs 16 adjacent blobs"
+    repo, counted, _inner = _repo(tmp_path, True, noise=False)
+    run = max(_adjacent_runs(repo, _in_pack_order(repo, CODEC_ZSTD)), key=len)[:16]
+    assert len(run) == 16, "the test needs 16 adjacent blobs"
     before = len(counted.calls)
     out = repo.reader.read_many(run)
     assert len(counted.calls) - before == 1, counted.calls[before:]  # one read for 16 adjacent blobs
