@@ -20,6 +20,14 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
   create-once object at once may both believe they won, and the last writer's content stays.
   Content-addressed objects (packs, index, trees) are unaffected, since both writers store the
   same bytes; lock and other create-once objects written by several hosts are not safe then;
+- requests carry botocore's own checksums (CRC32 of every upload, checks of every download:
+  its `request_checksum_calculation` / `response_checksum_validation`, on by default since
+  boto3 1.36) only when the operation requires them, unless the operator set either in the
+  environment (AWS_REQUEST_CHECKSUM_CALCULATION, ...) or the profile's config file. Several
+  S3-compatible stores (OVH, Backblaze B2, Huawei OBS, older MinIO) refuse PUTs with those
+  headers; the repository's own integrity does not rest on them (every blob is checked against
+  its id, sealed blobs by AES-GCM, and over plain HTTP the SigV4 signature covers the body's
+  SHA-256), and computing them cost about 7 ms of CPU per 16 MiB pack uploaded here;
 - a small read of a pack fetches the aligned 2 MiB block around it and keeps the last 16 blocks
   (packs never change once written), and starts fetching the next block in the background: a
   restore's thousands of chunk reads become a few GETs, overlapped with its work.
@@ -30,6 +38,7 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
 from __future__ import annotations
 
 import configparser
+import os
 import random
 import threading
 import time
@@ -128,6 +137,20 @@ def read_credentials_file(path: str, profile: str = "default") -> dict[str, str]
     return out
 
 
+CHECKSUM_SETTINGS = ("request_checksum_calculation", "response_checksum_validation")
+
+
+def sdk_checksums(session: Any) -> dict[str, str]:
+    """botocore's checksum settings for a client of `session`: "when_required" for each that the
+    operator did not set (module docstring); an operator's own setting is left to botocore."""
+    try:
+        scoped = session._session.get_scoped_config()
+    except bexc.BotoCoreError:
+        scoped = {}  # a profile that does not exist: botocore names it when the client is made
+    return {key: "when_required" for key in CHECKSUM_SETTINGS
+            if not os.environ.get(f"AWS_{key.upper()}") and not scoped.get(key)}
+
+
 class S3Backend:
     """Objects under `s3://bucket/prefix`. Thread-safe: boto3 clients may be shared by threads."""
 
@@ -157,16 +180,17 @@ class S3Backend:
         keys = read_credentials_file(credentials_file) if credentials_file else {}
         if path_style is None:
             path_style = self.endpoint is not None  # S3-compatible stores rarely do virtual hosts
-        config = BotoConfig(
-            region_name=region or None,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=max_connections,
-            retries={"mode": "standard", "total_max_attempts": sdk_attempts},
-            s3={"addressing_style": "path" if path_style else "auto"},
-        )
         try:
             session = boto3.session.Session(region_name=region or None)
+            config = BotoConfig(
+                region_name=region or None,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                max_pool_connections=max_connections,
+                retries={"mode": "standard", "total_max_attempts": sdk_attempts},
+                s3={"addressing_style": "path" if path_style else "auto"},
+                **sdk_checksums(session),
+            )
             self._s3 = session.client("s3", endpoint_url=self.endpoint, config=config, **keys)
         except (bexc.BotoCoreError, ValueError) as e:
             raise BackendError(f"unable to set up S3 client for {self.location()}: {_reason(e)}") from e

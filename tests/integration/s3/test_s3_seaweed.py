@@ -159,3 +159,39 @@ def test_open_repository_creates_only_when_asked(weed, tmp_path):
     again = open_repository(location, opts, create=True)  # opens, does not re-initialise
     assert again.config == repo.config
     again.close()
+
+
+def _put_headers(backend: S3Backend, name: str) -> dict[str, str]:
+    """The headers of one PUT of `backend`, as sent."""
+    seen: dict[str, str] = {}
+
+    def capture(request, **_):
+        seen.update({k.lower(): v for k, v in request.headers.items()})
+
+    backend._s3.meta.events.register("before-send.s3.PutObject", capture)
+    backend.put("locks", name, b"checksums " * 100)
+    assert seen, "no PUT was sent"
+    return seen
+
+
+def _sdk_checksum_headers(headers: dict[str, str]) -> list[str]:
+    return [h for h in headers if h.startswith("x-amz-checksum-") or h == "x-amz-sdk-checksum-algorithm"]
+
+
+def test_uploads_carry_the_sdks_checksums_only_when_the_operator_asks(weed, monkeypatch, tmp_path):
+    for key in ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    b = weed.backend()
+    assert _sdk_checksum_headers(_put_headers(b, "plain")) == []  # refused by several S3-compatible stores
+    assert b.get("locks", "plain") == b"checksums " * 100
+
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")  # the operator's choice stands
+    assert "x-amz-checksum-crc32" in _sdk_checksum_headers(_put_headers(weed.backend(), "from-env"))
+
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION")
+    (tmp_path / "config").write_text("[default]\nrequest_checksum_calculation = when_supported\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    b = weed.backend()
+    assert "x-amz-checksum-crc32" in _sdk_checksum_headers(_put_headers(b, "from-config"))
+    assert b.get("locks", "from-config") == b"checksums " * 100
