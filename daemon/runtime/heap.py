@@ -24,8 +24,8 @@ collection.
 What always holds: `tune()` only changes glibc's mmap and trim thresholds (MMAP_THRESHOLD,
 TRIM_THRESHOLD); it is a no-op where the C library is not glibc or refuses, and never fails.
 The cost is memory: up to TRIM_THRESHOLD of freed memory per heap stays mapped for reuse.
-`tune_collector()` and `freeze_startup()` never turn the collector off; start-up's own cyclic
-garbage (a few kilobytes) stays frozen with it.
+`tune_collector()` and `freeze_startup()` never turn the collector off; whatever cyclic garbage
+start-up left uncollected when the daemon became ready stays frozen with it, never freed.
 """
 
 from __future__ import annotations
