@@ -1073,8 +1073,7 @@ class Repository:
         with self.reading_set(s, "read"):
             pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
             try:
-                yield from read_chunks(ids, allowed, self.read_blob, pool, errors=errors,
-                                       read_blobs=self.read_blobs, chunk_size=self._chunk_size)
+                yield from read_chunks(ids, allowed, self.read_blobs, self._chunk_size, pool, errors=errors)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
 

@@ -405,45 +405,22 @@ def set_chunks(load_tree: Callable[[bytes], list[Entry]], roots: list[bytes]) ->
     return out
 
 
-def read_chunks(ids: list[bytes], allowed: set[bytes], read_blob: Callable[[bytes], bytes],
-                pool: ThreadPoolExecutor, ahead: int = 8, errors: bool = False, *,
-                read_blobs: Callable[[list[bytes]], list[bytes | CairnError]] | None = None,
-                chunk_size: Callable[[bytes], int] | None = None) -> Iterator[bytes | CairnError]:
-    """The plaintext of each of `ids`, in order, read `ahead` at a time in `pool`. A chunk that
-    cannot be read raises its CairnError, or with `errors` is yielded as that error in its
-    place (a delta restore then mends every file but the ones that need it).
+def read_chunks(ids: list[bytes], allowed: set[bytes],
+                read_blobs: Callable[[list[bytes]], list[bytes | CairnError]], chunk_size: Callable[[bytes], int],
+                pool: ThreadPoolExecutor, errors: bool = False) -> Iterator[bytes | CairnError]:
+    """The plaintext of each of `ids`, in order. A chunk that cannot be read raises its
+    CairnError, or with `errors` is yielded as that error in its place (a delta restore then
+    mends every file but the ones that need it); an UnavailableError always raises.
 
-    With `read_blobs` and `chunk_size` (Repository.read_blobs, and the size a chunk's index entry
-    gives), the chunks are read in batches of up to BATCH_CHUNKS or BATCH_BYTES, at most
-    MAX_BATCHES ahead, as a restore's stream reads them; the result is the same.
+    The chunks are read with `read_blobs` (Repository.read_blobs) in batches of up to
+    BATCH_CHUNKS or BATCH_BYTES (`chunk_size`: the size a chunk's index entry gives), at most
+    MAX_BATCHES ahead in `pool`, as a restore's stream reads them.
 
     Every id must be one of `allowed` (the set's chunks), checked before anything is read."""
     for bid in ids:
         if bid not in allowed:
             raise NotFoundError(f"chunk '{bid.hex()[:12]}' is not part of the set")
-    if read_blobs is not None and chunk_size is not None:
-        yield from _read_chunk_batches(ids, read_blobs, chunk_size, pool, errors)
-        return
-    futures: deque[Future] = deque()
-
-    def result(f: Future) -> bytes | CairnError:
-        try:
-            return f.result()
-        except CairnError as e:
-            if not errors or isinstance(e, UnavailableError):
-                raise
-            return e
-
-    try:
-        for bid in ids:
-            futures.append(pool.submit(read_blob, bid))
-            if len(futures) > ahead:
-                yield result(futures.popleft())
-        while futures:
-            yield result(futures.popleft())
-    finally:
-        for f in futures:
-            f.cancel()
+    yield from _read_chunk_batches(ids, read_blobs, chunk_size, pool, errors)
 
 
 def _read_chunk_batches(ids: list[bytes], read_blobs: Callable[[list[bytes]], list[bytes | CairnError]],
