@@ -20,7 +20,10 @@ descriptor of the entry's parent reached without following links at the moment o
 path (several hard links that the set does not link there) is replaced, not written in place,
 so no other path changes; a file made anew never appears at its place empty or partial, and
 its temporary name never takes over an entry already there, and a delta that stops anywhere
-(an error, a cancellation, KeyboardInterrupt) removes every temporary file it made; extras are
+(an error, a cancellation, KeyboardInterrupt) removes every temporary file it made. One that is
+killed (SIGKILL, a crash, the power) cannot: the next delta into the target finds what it left
+(regular files named TEMP_PREFIX and 24 hex digits, names only a delta makes) and removes them,
+with or without `delete`, since they are never anyone's data. Other extras are
 removed only when `delete` is set, and without it a directory holding entries is never removed
 to make room for a file (an error of the plan instead).
 
@@ -84,6 +87,7 @@ class DeltaPlan:
     fix_meta: list[EntryMeta] = field(default_factory=list)  # non-file entries whose metadata differs
     dirs: list[EntryMeta] = field(default_factory=list)  # every directory of the manifest
     extras: list[bytes] = field(default_factory=list)  # in the target, not in the set
+    leftovers: list[bytes] = field(default_factory=list)  # temporaries of a killed delta: always removed
     checked_files: int = 0
     checked_bytes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -97,7 +101,8 @@ class DeltaPlan:
     @property
     def clean(self) -> bool:
         """True when the target equals the manifest (content and metadata; extras count)."""
-        return not (self.files or self.remake or self.fix_meta or self.extras or self.errors or self.dir_meta)
+        return not (self.files or self.remake or self.fix_meta or self.extras or self.leftovers or self.errors
+                    or self.dir_meta)
 
     def changes(self) -> list[str]:
         """One line per difference, for --dry-run and --verify reports."""
@@ -110,6 +115,7 @@ class DeltaPlan:
         out += [f"make {m.kind} {shown(m.path)}" for m in self.remake]
         out += [f"fix metadata of {shown(m.path)}" for m in self.fix_meta]
         out += [f"fix metadata of {shown(p) or '.'}" for p in self.dir_meta]
+        out += [f"remove {shown(p)} (left by an interrupted delta)" for p in self.leftovers]
         out += [f"delete {shown(p)}" for p in self.extras]
         return out
 
@@ -338,8 +344,19 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
         if m.kind == "hardlink" and m.link_to in fresh and m not in out.remake:
             out.remake.append(m)
     if extras_under is not None:
-        out.extras = _extras(t, known, extras_under)
+        for rel in _extras(t, known, extras_under):
+            (out.leftovers if _leftover(t, rel) else out.extras).append(rel)
     return out
+
+
+def _leftover(t: _Target, rel: bytes) -> bool:
+    """True for a temporary file of a delta (temp_name) that was killed before it could remove it."""
+    name = rel.rpartition(b"/")[2]
+    tail = name[len(TEMP_PREFIX):]
+    if not name.startswith(TEMP_PREFIX) or len(tail) != 24 or tail.strip(b"0123456789abcdef"):
+        return False
+    st = t.lstat(rel)
+    return st is not None and stat.S_ISREG(st.st_mode)
 
 
 def _holds_entries(t: _Target, rel: bytes, st: os.stat_result | None) -> bool:
@@ -525,6 +542,9 @@ class DeltaWriter:
         for m in p.fix_meta:
             if self._guard(m.path, self._meta_path, m):
                 self.stats.meta_fixed += 1
+        for rel in p.leftovers:  # a killed delta's temporaries (module docstring), whatever `delete` says
+            if self._guard(rel, self._remove, rel):
+                self.stats.deleted += 1
         if self.delete:
             for rel in sorted(p.extras, key=lambda r: r.count(b"/"), reverse=True):
                 if self._guard(rel, self._remove, rel):

@@ -81,8 +81,10 @@ def test_a_hard_link_to_a_file_that_could_not_be_made_is_named_and_left(tmp_path
 
 def test_entries_named_like_temporary_files_are_never_taken_over(tmp_path) -> None:
     """A delta's temporary names are new every time (O_EXCL): what is already there under such
-    a name (a user's directory, a file a killed delta left) is an extra like any other, kept
-    and counted without --delete and removed with it, never overwritten or reused."""
+    a name is never overwritten or reused. A regular file of exactly that form (the prefix and 24
+    hex digits) is what a delta killed with -9 left: the next delta removes it, with or without
+    --delete. Anything else named with the prefix (a user's directory, a directory or a file not
+    of that form) is an extra like any other, kept and counted without --delete and removed with it."""
     from cairn.fsio.delta import TEMP_PREFIX, temp_name
 
     root = str(tmp_path / "t")
@@ -96,10 +98,17 @@ def test_entries_named_like_temporary_files_are_never_taken_over(tmp_path) -> No
     os.makedirs(os.path.join(users, "keep"))
     with open(os.path.join(users, "keep", "data"), "wb") as f:
         f.write(b"someone's work")
+    shaped_dir = os.path.join(root, os.fsdecode(temp_name(b"x")))  # the form, but a directory
+    os.makedirs(shaped_dir)
+    near = os.path.join(d, os.fsdecode(TEMP_PREFIX) + "0" * 23 + "g")  # not hex
+    with open(near, "wb") as f:
+        f.write(b"a file of the user")
     p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids), extras_under=[b""])
     assert not st.errors and intact(root, store) == FILES
-    assert open(left, "rb").read().startswith(b"half") and open(os.path.join(users, "keep", "data"), "rb").read() \
-        == b"someone's work"
-    assert len(p.extras) == 2
+    assert not os.path.exists(left) and st.deleted == 1
+    assert open(os.path.join(users, "keep", "data"), "rb").read() == b"someone's work"
+    assert os.path.isdir(shaped_dir) and open(near, "rb").read() == b"a file of the user"
+    assert len(p.extras) == 3 and len(p.leftovers) == 1
     p, st = mend(root, entries, lambda ids: ((c, store[c]) for c in ids), extras_under=[b""], delete=True)
-    assert st.deleted == 2 and not os.path.exists(left) and not os.path.exists(users)
+    assert st.deleted == 3 and not os.path.exists(users) and not os.path.exists(shaped_dir) \
+        and not os.path.exists(near)

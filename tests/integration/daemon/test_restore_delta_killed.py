@@ -1,0 +1,94 @@
+"""A delta restore killed with SIGKILL while it makes files anew (under temporary names) leaves
+those temporaries behind, as any process killed with -9 would; the next delta into the target
+removes them, with or without --delete, and the target then equals the set: nothing half-written
+stays visible. The writer killed is the daemon (a delta it runs for a client on its host) or the
+client itself (--stream: it writes the target)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+from cairn.fsio.delta import TEMP_PREFIX
+from cairnd_harness import CAIRN, Daemon, env_for, snapshot
+
+BIG = 6 << 20  # large enough that a file made anew spends a while under its temporary name
+
+
+def _temps(root: str) -> list[str]:
+    return [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in files + dirs
+            if n.startswith(os.fsdecode(TEMP_PREFIX))]
+
+
+def _wait_stopped(pid: int) -> None:
+    end = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "T":
+                return
+        assert time.monotonic() < end, "the process did not stop"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("who", ["daemon", "client"])
+def test_temporaries_of_a_killed_delta_are_removed_by_the_next(start_daemon: Callable[..., Daemon],
+                                                                  rundir: str, who: str) -> None:
+    src = os.path.join(rundir, "src")
+    rng = random.Random(5)
+    for d in ("a", "b"):
+        os.makedirs(os.path.join(src, d))
+        for i in range(6):
+            with open(os.path.join(src, d, f"big{i}"), "wb") as f:
+                f.write(rng.randbytes(BIG))
+        with open(os.path.join(src, d, "small"), "wb") as f:
+            f.write(b"small\n")
+    repo, home = os.path.join(rundir, "repo"), os.path.join(rundir, "home")
+    d = start_daemon("--repo", repo, "--source", src, home=home)
+    set_id = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))["id"]
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target, timeout=120)
+    want = snapshot(target)
+    for dd in ("a", "b"):  # every large file is made anew by the delta, under a temporary name first
+        for i in range(6):
+            os.unlink(os.path.join(target, dd, f"big{i}"))
+
+    stream = ("--stream",) if who == "client" else ()
+    client = subprocess.Popen([CAIRN, "--socket", d.socket, "restore", set_id, "--target", target, "--delta",
+                               *stream], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for())
+    victim = d.proc if who == "daemon" else client
+    try:
+        end = time.monotonic() + 60
+        while True:  # stop the writer while a temporary file is there, then kill it
+            assert client.poll() is None, "the delta finished before a temporary file was seen"
+            assert time.monotonic() < end, "no temporary file appeared"
+            if not _temps(target):
+                time.sleep(0.0005)
+                continue
+            victim.send_signal(signal.SIGSTOP)
+            _wait_stopped(victim.pid)
+            if _temps(target):  # not renamed into place meanwhile: killed with it there
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(30)
+                break
+            victim.send_signal(signal.SIGCONT)
+    finally:
+        if client.poll() is None:
+            client.wait(60)
+    assert _temps(target), "the kill left no temporary file to clean up: the test proves nothing"
+    if who == "daemon":
+        d = start_daemon("--repo", repo, "--source", src, home=home)
+
+    # a dry run names them; the delta (without --delete) removes them and finishes the work
+    dry = d.ok("restore", set_id, "--target", target, "--delta", "--dry-run", timeout=120)
+    assert os.fsdecode(TEMP_PREFIX) in dry, dry
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", *stream, timeout=120))
+    assert not r["errors"], r
+    assert not _temps(target)
+    assert snapshot(target) == want
+    assert r["extras_kept"] == 0, r
