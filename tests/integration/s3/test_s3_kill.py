@@ -9,6 +9,7 @@ backup could not release while the store was down does not hold up garbage colle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 from cairn.errors import CairnError
 from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.repository import Repository
-from s3daemons import Host, s3_repository
+from s3daemons import Host, clean_env, s3_repository
 from s3server import WeedServer
 from storekit import backup, differences, make_tree, restore_and_compare, snapshot, write_random
 
@@ -186,3 +187,73 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
             host.stop()
         server.stop()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_daemon_killed_during_a_backup_to_a_bucket(tmp_path, rng):
+    """The daemon itself SIGKILLed once its backup's first new pack is in the bucket (the store
+    stays up): restarted with the same state directory, it shows only the earlier set, verify
+    --read-data is clean, the next backup succeeds and restores identical, and a prune at once
+    (the killed daemon's lock names a process of this host that is gone: it holds nothing up)
+    leaves no lock and nothing of the killed backup behind."""
+    rundir = tempfile.mkdtemp(prefix="cairn-dkill-", dir="/tmp")  # short: socket paths are limited
+    server = WeedServer(tmp_path / "weed").start()
+    host = None
+    try:
+        passphrase = os.path.join(rundir, "repo.pass")
+        with open(passphrase, "w") as f:
+            f.write("killed daemon\n")
+        prefix = "killed-itself"
+        src = os.path.join(rundir, "src")
+        make_tree(src, rng, files=10, max_size=128 * 1024)
+        host = Host(rundir, "solo", s3_repository(server, server.credentials_file(), prefix, passphrase),
+                    {"data": src})
+        host.init()
+        host.start()
+        first = json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
+        packs_before = {k for k in _keys(server, prefix) if k.startswith("packs/")}
+        os.makedirs(os.path.join(src, "big"))
+        for i in range(16):
+            write_random(os.path.join(src, "big", f"b{i}.bin"), 6 * MIB, rng)
+        watcher = server.client()
+        client = subprocess.Popen([*host_cli(host), "backup", "--level", "incremental"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), text=True)
+        deadline = time.monotonic() + 120
+        while not {k for k in _keys(server, prefix, watcher) if k.startswith("packs/")} - packs_before:
+            assert client.poll() is None, f"the backup ended before it stored a pack: {client.communicate()}"
+            assert time.monotonic() < deadline, "the backup stored no pack in time"
+            time.sleep(0.005)
+        assert host.proc is not None
+        host.proc.kill()
+        host.proc.wait(30)
+        _, err = client.communicate(timeout=120)
+        assert client.returncode != 0 and "Traceback" not in err, err
+        assert [k for k in _keys(server, prefix) if k.startswith("locks/")], "the kill left no lock: nothing tested"
+
+        host.stop()  # the listener of the killed process
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(host.dir, "notify"))
+        host.start()
+        assert [s["id"] for s in json.loads(host.ok("--json", "sets"))] == [first]
+        report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
+        assert report["ok"] and not report["errors"], report
+        second = json.loads(host.ok("--json", "backup", "--level", "incremental", timeout=300))["id"]
+        target = os.path.join(rundir, "restored")
+        host.ok("restore", second, "--target", target, timeout=300)
+        assert differences(snapshot(src), snapshot(target)) == []
+        host.ok("prune", timeout=300)
+        left = _keys(server, prefix)
+        assert not [k for k in left if k.startswith(("locks/", "gc/"))], left
+        report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
+        assert report["ok"] and not report["errors"] and not report["warnings"], report
+    finally:
+        if host is not None:
+            host.stop()
+        server.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def host_cli(host: Host) -> list[str]:
+    from s3daemons import CAIRN
+
+    return [CAIRN, "--socket", host.socket]
