@@ -57,7 +57,13 @@ _tls = threading.local()
 COMPRESS_THREADS = max(2, os.cpu_count() or 2)
 RUN_BYTES = 1 << 20  # blobs of one pack near each other fetched with one read by read_many (below an S3 block)
 RUN_GAP = 64 << 10  # ... when at most this many bytes of other blobs lie between them
-MULTI_FRAME_MAX = 16 << 20  # larger blobs (none a chunker makes) are decompressed alone, each in its own buffer
+# Blobs up to this size are decompressed together, one call for a batch's frames, then copied
+# out of the shared buffer: for small ones a call each cost more (a hand-over of the interpreter
+# lock per call). Larger ones (every chunk of a file above the chunker's minimum) are decoded
+# alone, straight into their own bytes: that copy held the lock for as long as memcpy and page
+# faults of a fresh buffer took, a quarter of a restore stream's locked time (py-spy --gil), and
+# a stream of the bench corpus ran 15-25% faster without it.
+MULTI_FRAME_MAX = 256 << 10
 
 
 def blob_id(data: bytes | memoryview) -> bytes:
@@ -186,10 +192,10 @@ class BlobReader:
         (the store does not answer) is raised, not returned.
 
         What differs from calling `read` per blob is the cost, not the result: blobs of one pack
-        at most RUN_GAP apart are fetched with one read of up to RUN_BYTES, and the zstd frames
-        of the batch decompressed in one call. Each call into a native library lets go of the
-        interpreter's lock, and with other threads waiting that is a hand-over between threads;
-        a restore of small files made four of them per chunk."""
+        at most RUN_GAP apart are fetched with one read of up to RUN_BYTES, and the small zstd
+        frames of the batch (up to MULTI_FRAME_MAX) decompressed in one call. Each call into a
+        native library lets go of the interpreter's lock, and with other threads waiting that is
+        a hand-over between threads; a restore of small files made four of them per chunk."""
         n = len(ids)
         locs = [self.index.get(bid) for bid in ids]
         out: list[bytes | CairnError | None] = [None] * n

@@ -266,6 +266,29 @@ def test_a_blob_larger_than_the_batch_limit_is_decompressed_alone(tmp_path, coun
     assert out == [repo.reader.read(b) for b in run]
 
 
+def test_chunks_of_large_files_are_decoded_alone_and_small_ones_together(tmp_path, counting_zstd):
+    """With the default limit: small files' blobs share one decompression call, while the
+    chunks of a large compressible file (each at least the chunker's minimum) are each decoded
+    in their own call, straight into their own bytes (no copy out of a shared buffer)."""
+    repo, _counted, _inner = _repo(tmp_path, False)
+    rng = random.Random(3)
+    words = [bytes(rng.choices(b"abcdefgh ", k=rng.randrange(3, 9))) for _ in range(500)]
+    big = tmp_path / "src" / "big.txt"
+    big.write_bytes(b" ".join(rng.choice(words) for _ in range(700_000)))  # ~4 MB of text: zstd chunks
+    backup(repo, tmp_path / "src", "incremental")
+    s = repo.get_set("latest")
+    chunks = next(e.chunks for e in repo.load_tree(bytes.fromhex(s.tree)) if e.name == b"big.txt")
+    assert all(repo.index.get(c).codec == CODEC_ZSTD for c in chunks)
+    alone = [c for c in chunks if repo.index.get(c).raw_len > blobs.MULTI_FRAME_MAX]  # all but a short tail
+    assert len(alone) >= max(2, len(chunks) - 1)
+    small = [b for b in _in_pack_order(repo, CODEC_ZSTD) if repo.index.get(b).raw_len <= blobs.MULTI_FRAME_MAX][:8]
+    assert len(small) == 8
+    counting_zstd.single = counting_zstd.multi = 0  # the trees read above are not counted
+    out = repo.reader.read_many(small + list(chunks))
+    assert (counting_zstd.multi, counting_zstd.single) == (1, len(alone))
+    assert b"".join(out[len(small):]) == big.read_bytes()
+
+
 def _set_chunks(repo: Repository) -> list[bytes]:
     s = repo.get_set("latest")
     out: list[bytes] = []
