@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus-script", type=Path, default=DEFAULT_CORPUS_SCRIPT)
     ap.add_argument("--skip-corpus", action="store_true")
     ap.add_argument("--delta-rounds", type=int, default=3,
-                    help="rounds of (a): a full restore, damage, --delta, damage, --delta --quick")
+                    help="rounds of (a): a full restore, damage, --delta, damage, --delta --quick (0: skip (a))")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of (b): cp -a and the restore, alternated")
     ap.add_argument("--fresh-fs", action="store_true", help="write every output to a new ext4 file system (root)")
     args = ap.parse_args(argv)
@@ -143,47 +143,48 @@ def run(args: argparse.Namespace, work: Path, dest: Path) -> int:
     rng = random.Random(12)
 
     # (a) delta restore of a damaged tree vs a full restore, --delta-rounds times
-    src = work / "tree"
-    files = make_tree(src, args.tree_mib << 20, rng)
-    d = Daemon(work / "a", src)
-    try:
-        s = json.loads(d.ok("--json", "backup", "--level", "full"))
-        # the same full restore streamed to the client and written there (how it ran before)
-        streamed_s, _ = d.timed("restore", s["id"], "--target", str(dest / "full-streamed"), "--stream")
-        runs: list[dict] = []
-        problems: list[str] = []
-        for r in range(args.delta_rounds):
-            target = dest / f"full-{r}"
-            full_s, _ = d.timed("restore", s["id"], "--target", str(target))
-            restored = sorted(target.rglob("*.bin"))
-            damaged = damage(restored, args.damage, rng)
-            delta_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta")
-            report = json.loads(out)
-            problems += compare_trees(src, target)
-            # the same damage again, mended with the quick check (size and mtime) instead of reading
-            damage(restored, args.damage, rng)
-            quick_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta", "--quick")
-            quick = json.loads(out)
-            problems += compare_trees(src, target)
-            runs.append({"full_restore_s": full_s, "damaged_bytes": damaged, "delta_restore_s": delta_s,
-                         "bytes_written": report["bytes_written"], "written_by": report.get("written_by"),
-                         "quick_delta_restore_s": quick_s, "quick_bytes_written": quick["bytes_written"],
-                         "speedup": full_s / delta_s, "quick_speedup": full_s / quick_s,
-                         "loadavg": os.getloadavg()[0]})
-            print(f"delta round {r + 1}: full {full_s:.3f} s, --delta {delta_s:.3f} s ({full_s / delta_s:.1f}x), "
-                  f"--delta --quick {quick_s:.3f} s ({full_s / quick_s:.1f}x), load {os.getloadavg()[0]:.1f}",
-                  flush=True)
-        med = lambda k: statistics.median(x[k] for x in runs)  # noqa: E731
-        fig["delta"] = {"tree_bytes": sum(p.stat().st_size for p in files), "files": len(files),
-                        "full_streamed_restore_s": streamed_s, "rounds": runs,
-                        "full_restore_median_s": med("full_restore_s"), "delta_median_s": med("delta_restore_s"),
-                        "quick_median_s": med("quick_delta_restore_s"),
-                        "speedup_of_medians": med("full_restore_s") / med("delta_restore_s"),
-                        "quick_speedup_of_medians": med("full_restore_s") / med("quick_delta_restore_s"),
-                        "tree_equal_after": not problems, "loadavg": os.getloadavg()}
-        print("delta:", json.dumps({k: v for k, v in fig["delta"].items() if k != "rounds"}), flush=True)
-    finally:
-        d.stop()
+    if args.delta_rounds > 0:  # 0: (b) only
+        src = work / "tree"
+        files = make_tree(src, args.tree_mib << 20, rng)
+        d = Daemon(work / "a", src)
+        try:
+            s = json.loads(d.ok("--json", "backup", "--level", "full"))
+            # the same full restore streamed to the client and written there (how it ran before)
+            streamed_s, _ = d.timed("restore", s["id"], "--target", str(dest / "full-streamed"), "--stream")
+            runs: list[dict] = []
+            problems: list[str] = []
+            for r in range(args.delta_rounds):
+                target = dest / f"full-{r}"
+                full_s, _ = d.timed("restore", s["id"], "--target", str(target))
+                restored = sorted(target.rglob("*.bin"))
+                damaged = damage(restored, args.damage, rng)
+                delta_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta")
+                report = json.loads(out)
+                problems += compare_trees(src, target)
+                # the same damage again, mended with the quick check (size and mtime) instead of reading
+                damage(restored, args.damage, rng)
+                quick_s, out = d.timed("--json", "restore", s["id"], "--target", str(target), "--delta", "--quick")
+                quick = json.loads(out)
+                problems += compare_trees(src, target)
+                runs.append({"full_restore_s": full_s, "damaged_bytes": damaged, "delta_restore_s": delta_s,
+                             "bytes_written": report["bytes_written"], "written_by": report.get("written_by"),
+                             "quick_delta_restore_s": quick_s, "quick_bytes_written": quick["bytes_written"],
+                             "speedup": full_s / delta_s, "quick_speedup": full_s / quick_s,
+                             "loadavg": os.getloadavg()[0]})
+                print(f"delta round {r + 1}: full {full_s:.3f} s, --delta {delta_s:.3f} s ({full_s / delta_s:.1f}x), "
+                      f"--delta --quick {quick_s:.3f} s ({full_s / quick_s:.1f}x), load {os.getloadavg()[0]:.1f}",
+                      flush=True)
+            med = lambda k: statistics.median(x[k] for x in runs)  # noqa: E731
+            fig["delta"] = {"tree_bytes": sum(p.stat().st_size for p in files), "files": len(files),
+                            "full_streamed_restore_s": streamed_s, "rounds": runs,
+                            "full_restore_median_s": med("full_restore_s"), "delta_median_s": med("delta_restore_s"),
+                            "quick_median_s": med("quick_delta_restore_s"),
+                            "speedup_of_medians": med("full_restore_s") / med("delta_restore_s"),
+                            "quick_speedup_of_medians": med("full_restore_s") / med("quick_delta_restore_s"),
+                            "tree_equal_after": not problems, "loadavg": os.getloadavg()}
+            print("delta:", json.dumps({k: v for k, v in fig["delta"].items() if k != "rounds"}), flush=True)
+        finally:
+            d.stop()
 
     # (b) the standard corpus: cairn restore vs cp -a
     if not args.skip_corpus:
