@@ -17,12 +17,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from cairn.errors import CairnError
 from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.repository import Repository
-from s3daemons import Host, clean_env, s3_repository
+from s3daemons import CAIRN, Host, clean_env, s3_repository
 from s3server import WeedServer
 from storekit import backup, differences, make_tree, restore_and_compare, snapshot, write_random
 
@@ -117,25 +118,10 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
     same data, the failed backup left no set and nothing the index names that is not whole,
     verify --read-data is clean, the next backup succeeds and restores identical, and a prune
     leaves nothing of the failed backup behind."""
-    rundir = tempfile.mkdtemp(prefix="cairn-kill-", dir="/tmp")  # short: socket paths are limited
-    server = WeedServer(tmp_path / "weed").start()
-    host = None
-    try:
-        passphrase = os.path.join(rundir, "repo.pass")
-        with open(passphrase, "w") as f:
-            f.write("killed store\n")
-        prefix = "killed-daemon"
-        src = os.path.join(rundir, "src")
-        make_tree(src, rng, files=10, max_size=128 * 1024)
-        host = Host(rundir, "solo", s3_repository(server, server.credentials_file(), prefix, passphrase),
-                    {"data": src})
-        host.init()
-        host.start()
-        first = json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
+    prefix = "killed-daemon"
+    with _solo_run(tmp_path, prefix, rng) as (server, host, rundir, src, first):
         packs_before = {k for k in _keys(server, prefix) if k.startswith("packs/")}
-        os.makedirs(os.path.join(src, "big"))
-        for i in range(16):  # six 16 MiB packs: the backup is still running when the store dies
-            write_random(os.path.join(src, "big", f"b{i}.bin"), 6 * MIB, rng)
+        _grow(src, 16, rng)  # six 16 MiB packs: the backup is still running when the store dies
         watcher = server.client()  # made before the backup starts, so polling is quick
 
         outcome: dict[str, object] = {}
@@ -147,11 +133,7 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
 
         backup_thread = threading.Thread(target=run_backup)
         backup_thread.start()
-        deadline = time.monotonic() + 120
-        while not {k for k in _keys(server, prefix, watcher) if k.startswith("packs/")} - packs_before:
-            assert backup_thread.is_alive(), f"the backup ended before it stored a pack: {outcome}"
-            assert time.monotonic() < deadline, "the backup stored no pack in time"
-            time.sleep(0.005)
+        _wait_new_pack(server, prefix, watcher, packs_before, backup_thread.is_alive, outcome)
         server.kill()
         backup_thread.join(300)
         result = outcome["result"]
@@ -173,20 +155,7 @@ def test_store_killed_during_a_daemon_backup(tmp_path, rng):
         assert [k for k in objects if k.startswith("sets/")] == [f"sets/{first}"]
         report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
         assert report["ok"] and not report["errors"], report
-        second = json.loads(host.ok("--json", "backup", "--level", "incremental", timeout=300))["id"]
-        target = os.path.join(rundir, "restored")
-        host.ok("restore", second, "--target", target, timeout=300)
-        assert differences(snapshot(src), snapshot(target)) == []
-        host.ok("prune")
-        left = _keys(server, prefix)
-        assert not [k for k in left if k.startswith(("locks/", "gc/"))], left  # no lock or marker left over
-        report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
-        assert report["ok"] and not report["errors"] and not report["warnings"], report
-    finally:
-        if host is not None:
-            host.stop()
-        server.stop()
-        shutil.rmtree(rundir, ignore_errors=True)
+        _next_backup_and_prune(server, host, rundir, src, prefix)
 
 
 @pytest.mark.slow
@@ -196,33 +165,14 @@ def test_daemon_killed_during_a_backup_to_a_bucket(tmp_path, rng):
     backup succeeds and restores identical, a prune at once (the killed daemon's lock names a
     process of this host that is gone: it holds nothing up) leaves no lock and nothing of the
     killed backup behind, and verify --read-data is clean."""
-    rundir = tempfile.mkdtemp(prefix="cairn-dkill-", dir="/tmp")  # short: socket paths are limited
-    server = WeedServer(tmp_path / "weed").start()
-    host = None
-    try:
-        passphrase = os.path.join(rundir, "repo.pass")
-        with open(passphrase, "w") as f:
-            f.write("killed daemon\n")
-        prefix = "killed-itself"
-        src = os.path.join(rundir, "src")
-        make_tree(src, rng, files=10, max_size=128 * 1024)
-        host = Host(rundir, "solo", s3_repository(server, server.credentials_file(), prefix, passphrase),
-                    {"data": src})
-        host.init()
-        host.start()
-        first = json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
+    prefix = "killed-itself"
+    with _solo_run(tmp_path, prefix, rng) as (server, host, rundir, src, first):
         packs_before = {k for k in _keys(server, prefix) if k.startswith("packs/")}
-        os.makedirs(os.path.join(src, "big"))
-        for i in range(8):  # three 16 MiB packs: the backup still runs when its first is in the bucket
-            write_random(os.path.join(src, "big", f"b{i}.bin"), 6 * MIB, rng)
+        _grow(src, 8, rng)  # three 16 MiB packs: the backup still runs when its first is in the bucket
         watcher = server.client()
-        client = subprocess.Popen([*host_cli(host), "backup", "--level", "incremental"],
+        client = subprocess.Popen([CAIRN, "--socket", host.socket, "backup", "--level", "incremental"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), text=True)
-        deadline = time.monotonic() + 120
-        while not {k for k in _keys(server, prefix, watcher) if k.startswith("packs/")} - packs_before:
-            assert client.poll() is None, f"the backup ended before it stored a pack: {client.communicate()}"
-            assert time.monotonic() < deadline, "the backup stored no pack in time"
-            time.sleep(0.005)
+        _wait_new_pack(server, prefix, watcher, packs_before, lambda: client.poll() is None, "")
         assert host.proc is not None
         host.proc.kill()
         host.proc.wait(30)
@@ -235,15 +185,18 @@ def test_daemon_killed_during_a_backup_to_a_bucket(tmp_path, rng):
             os.unlink(os.path.join(host.dir, "notify"))
         host.start()
         assert [s["id"] for s in json.loads(host.ok("--json", "sets"))] == [first]
-        second = json.loads(host.ok("--json", "backup", "--level", "incremental", timeout=300))["id"]
-        target = os.path.join(rundir, "restored")
-        host.ok("restore", second, "--target", target, timeout=300)
-        assert differences(snapshot(src), snapshot(target)) == []
-        host.ok("prune", timeout=300)
-        left = _keys(server, prefix)
-        assert not [k for k in left if k.startswith(("locks/", "gc/"))], left
-        report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
-        assert report["ok"] and not report["errors"] and not report["warnings"], report
+        _next_backup_and_prune(server, host, rundir, src, prefix)
+
+
+@contextlib.contextmanager
+def _solo_run(tmp_path, prefix: str, rng) -> Iterator[tuple[WeedServer, Host, str, str, str]]:
+    """SeaweedFS, a daemon on it (_solo_host) and a run directory; all stopped and removed after."""
+    rundir = tempfile.mkdtemp(prefix="cairn-kill-", dir="/tmp")  # short: socket paths are limited
+    server = WeedServer(tmp_path / "weed").start()
+    host = None
+    try:
+        host, src, first = _solo_host(rundir, server, prefix, rng)
+        yield server, host, rundir, src, first
     finally:
         if host is not None:
             host.stop()
@@ -251,7 +204,44 @@ def test_daemon_killed_during_a_backup_to_a_bucket(tmp_path, rng):
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def host_cli(host: Host) -> list[str]:
-    from s3daemons import CAIRN
+def _next_backup_and_prune(server: WeedServer, host: Host, rundir: str, src: str, prefix: str) -> None:
+    """After a failed backup: the next one restores identical, and a prune leaves no lock or gc
+    marker and a repository whose verify --read-data is clean."""
+    second = json.loads(host.ok("--json", "backup", "--level", "incremental", timeout=300))["id"]
+    target = os.path.join(rundir, "restored")
+    host.ok("restore", second, "--target", target, timeout=300)
+    assert differences(snapshot(src), snapshot(target)) == []
+    host.ok("prune", timeout=300)
+    left = _keys(server, prefix)
+    assert not [k for k in left if k.startswith(("locks/", "gc/"))], left  # no lock or marker left over
+    report = json.loads(host.ok("--json", "verify", "--read-data", timeout=300))
+    assert report["ok"] and not report["errors"] and not report["warnings"], report
 
-    return [CAIRN, "--socket", host.socket]
+
+def _solo_host(rundir: str, server: WeedServer, prefix: str, rng) -> tuple[Host, str, str]:
+    """A daemon on an encrypted repository at `prefix`, a small tree, and its first (full) set."""
+    passphrase = os.path.join(rundir, "repo.pass")
+    with open(passphrase, "w") as f:
+        f.write(f"{prefix}\n")
+    src = os.path.join(rundir, "src")
+    make_tree(src, rng, files=10, max_size=128 * 1024)
+    host = Host(rundir, "solo", s3_repository(server, server.credentials_file(), prefix, passphrase), {"data": src})
+    host.init()
+    host.start()
+    return host, src, json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
+
+
+def _grow(src: str, files: int, rng) -> None:
+    """Add `files` incompressible 6 MiB files: an incremental that stores several packs."""
+    os.makedirs(os.path.join(src, "big"))
+    for i in range(files):
+        write_random(os.path.join(src, "big", f"b{i}.bin"), 6 * MIB, rng)
+
+
+def _wait_new_pack(server: WeedServer, prefix: str, watcher, before: set[str], running, about: object) -> None:
+    """Wait until a pack not in `before` is in the bucket, while `running()` says the backup runs."""
+    deadline = time.monotonic() + 120
+    while not {k for k in _keys(server, prefix, watcher) if k.startswith("packs/")} - before:
+        assert running(), f"the backup ended before it stored a pack: {about}"
+        assert time.monotonic() < deadline, "the backup stored no pack in time"
+        time.sleep(0.005)
