@@ -20,12 +20,13 @@ SYSTEM_PY ?= $(firstword $(wildcard /usr/bin/python3) $(PY))
 DOCS := README.md docs/operations.md docs/design.md docs/format.md docs/journal.md docs/postgres.md \
 	docs/disaster-recovery.md docs/databases.md docs/restore.md docs/reference.md
 
-.PHONY: setup run test lint proto bench install uninstall
+.PHONY: setup run test lint proto bench install uninstall lock
 
-$(BIN)/cairnd: pyproject.toml
+# Installed under constraints.txt: the versions the suite last passed with.
+$(BIN)/cairnd: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(BIN)/cairnd
@@ -56,13 +57,25 @@ proto: setup
 bench: setup
 	$(BIN)/python bench/backup_restore.py
 
+# Rewrites constraints.txt from the newest releases the ranges in pyproject.toml allow (in a
+# scratch environment; .venv is left as it is). Run the suite on the result before committing.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q '.[test]'
+	{ grep '^#' constraints.txt; $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^cairn-backup'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV) build
+
 # A self-contained virtual environment at $(OPTDIR) built from this checkout (not editable),
 # the commands linked into $(BINDIR), the unit, the docs and the example configurations.
 # An existing $(SYSCONFDIR)/cairnd.toml is never overwritten.
 install:
 	rm -rf '$(DESTDIR)$(OPTDIR)'
 	$(SYSTEM_PY) -m venv '$(DESTDIR)$(OPTDIR)'
-	'$(DESTDIR)$(OPTDIR)/bin/python' -m pip install -q --no-compile --no-warn-script-location .
+	'$(DESTDIR)$(OPTDIR)/bin/python' -m pip install -q --no-compile --no-warn-script-location -c constraints.txt .
 	rm -rf build
 	'$(DESTDIR)$(OPTDIR)/bin/python' -m pip uninstall -q -y pip
 	# Built below DESTDIR, run at OPTDIR: point scripts and activate files at the final path.
