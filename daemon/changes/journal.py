@@ -317,19 +317,25 @@ class Journal:
 
     def _record_locked(self, changes: Iterable[Change], touched: dict[str, int]) -> dict[str, int]:
         protected = dict(self._db.execute("SELECT name, set_seq FROM sources").fetchall())
-        rows = []
+        # One row per (source, kind, path) of the batch, as the upserts one by one would leave it:
+        # the first occurrence's time and reason, the last one's sequence number (a path written
+        # thousands of times between two flushes is one row, not thousands of upserts).
+        rows: dict[tuple[str, str, bytes], tuple] = {}
         for c in changes:
             if c.kind not in KINDS:
                 raise ValueError(f"unknown journal entry kind '{c.kind}'")
             self._seq += 1
             p = protected.get(c.source, 0)
-            rows.append((c.source, c.kind, _enc(c.path), self._seq, c.time, c.reason, p, p))
+            path = _enc(c.path)
+            first = rows.pop((c.source, c.kind, path), None)
+            when, reason = (first[4], first[5]) if first is not None else (c.time, c.reason)
+            rows[(c.source, c.kind, path)] = (c.source, c.kind, path, self._seq, when, reason, p, p)
             touched[c.source] = touched.get(c.source, 0) + 1
         if not rows:
             return touched
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(_UPSERT, rows)
+            self._db.executemany(_UPSERT, rows.values())
             self._set_meta("seq", str(self._seq))
             self._db.execute("COMMIT")
         except BaseException:

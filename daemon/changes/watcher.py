@@ -77,6 +77,14 @@ EVENT_MASK = Mask(
     | InotifyConstants.IN_DONT_FOLLOW
 )
 _WRITTEN = InotifyConstants.IN_MODIFY | InotifyConstants.IN_ATTRIB | InotifyConstants.IN_CLOSE_WRITE
+# The events watchdog's own bookkeeping acts on: moves (it pairs IN_MOVED_FROM with IN_MOVED_TO
+# to move watches), a directory's creation or deletion (it adds or drops watches), a watched
+# directory's own fate. Every other event (a file written, made or removed: nearly all of an
+# application's) is handled above and not handed to watchdog, whose move queue it would only
+# lengthen (watchdog scans that queue on every move and a thread drains it) at a writer's rate.
+_WATCHDOG_NEEDS = (InotifyConstants.IN_MOVED_FROM | InotifyConstants.IN_MOVED_TO | InotifyConstants.IN_ISDIR
+                   | InotifyConstants.IN_DELETE_SELF | InotifyConstants.IN_MOVE_SELF | InotifyConstants.IN_UNMOUNT
+                   | InotifyConstants.IN_IGNORED | InotifyConstants.IN_Q_OVERFLOW)
 _NAMED = InotifyConstants.IN_DELETE | InotifyConstants.IN_MOVED_FROM
 
 Excluded = Callable[[str, bool], bool]
@@ -323,7 +331,8 @@ class _Group(InotifyWatchGroup):
                 log.exception("change watcher failed to handle an event")
                 if self.root_info is not None:
                     self.owner.sink.rescan(self.root_info.source, None, "the watcher failed on an event")
-        super().on_event(event)
+        if event.mask & _WATCHDOG_NEEDS or not active:
+            super().on_event(event)
         if active and event.is_moved_to and event.is_directory and self.is_recursive:
             self._watch_moved_tree(event)
 

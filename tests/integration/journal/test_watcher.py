@@ -10,6 +10,8 @@ import shutil
 import pytest
 import watcher_hooks
 from cairn.daemon.changes.tracker import ChangeTracker
+from watchdog.observers.inotify import InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants as IC
 
 
 def incremental(tracker: ChangeTracker, base: str = "F1", source: str = "app"):
@@ -71,6 +73,40 @@ def test_file_rename_records_old_and_new(tracked):
     os.rename(env.p("sub", "b"), env.p("sub", "deep", "b2"))
     paths = changed_paths(t)
     assert {env.p("sub", "b"), env.p("sub", "deep", "b2")} <= paths
+
+
+def test_file_writes_are_reported_without_passing_through_watchdog(tracked, monkeypatch):
+    """An application's writes (thousands a second) are reported by the watcher alone; watchdog
+    gets only what its bookkeeping acts on (directories made, moves), so its move queue, scanned
+    on every move, does not grow at the writer's rate. Watches still follow new directories."""
+    env, t = tracked
+    handed: list[int] = []
+    plain = InotifyWatchGroup.on_event
+
+    def counted(self, event):  # type: ignore[no-untyped-def]
+        handed.append(event.mask)
+        return plain(self, event)
+
+    monkeypatch.setattr(InotifyWatchGroup, "on_event", counted)
+    with open(env.p("a"), "ab") as f:
+        for _ in range(2000):
+            f.write(b"x")
+            f.flush()
+    write(env.p("made"), b"1")
+    os.chmod(env.p("made"), 0o600)
+    os.unlink(env.p("made"))
+    os.mkdir(env.p("newdir"))
+    os.rename(env.p("sub", "b"), env.p("sub", "deep", "b2"))
+    hint, token = incremental(t)
+    assert {env.p("a"), env.p("made"), env.p("sub", "b"), env.p("sub", "deep", "b2")} <= hint.paths
+    assert env.p("newdir") in hint.rescan
+    t.committed("app", "incremental", "I1", token)
+    needs = IC.IN_ISDIR | IC.IN_MOVED_FROM | IC.IN_MOVED_TO | IC.IN_IGNORED | IC.IN_DELETE_SELF | IC.IN_MOVE_SELF
+    assert handed and all(m & needs for m in handed), [hex(m) for m in handed if not m & needs][:5]
+    assert any(m & IC.IN_CREATE and m & IC.IN_ISDIR for m in handed)
+    assert any(m & IC.IN_MOVED_TO for m in handed) and any(m & IC.IN_MOVED_FROM for m in handed)
+    write(env.p("newdir", "later"), b"2")  # the new directory is watched
+    assert env.p("newdir", "later") in changed_paths(t, "I1")
 
 
 def test_dir_rename_inside_source(tracked):

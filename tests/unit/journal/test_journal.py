@@ -71,6 +71,39 @@ def test_protected_path_changed_again_gets_new_first_seen(journal):
     assert journal.pending("app").oldest == 5.0
 
 
+def test_a_batch_writes_each_path_once_and_ends_as_its_changes_one_by_one_would(journal, tmp_path):
+    """A file written many times between two flushes is one row write, and the journal
+    ends exactly as recording the batch's changes one at a time leaves it (first seen, reason,
+    sequence order), whether the path was protected by a set or not."""
+    batch = []
+    for i in range(200):
+        batch += [ch("/s/log", 10.0 + i), ch("/s/db", 10.5 + i), ch("/s", 10.7 + i)]
+    batch += [ch("/s/new", 9000.0), ch("/s/log", 9001.0, kind="tree", reason="new directory"), ch("/s/db", 9002.0)]
+    one_by_one = Journal(str(tmp_path / "one.sqlite"))
+    try:
+        for j in (journal, one_by_one):  # the same history before: /s/db protected, /s unprotected
+            j.record([ch("/s/db", 1.0), ch("/s", 2.0)])
+            j.commit("app", "incremental", "I1", j.seq)
+            j.record([ch("/s", 3.0)])
+        writes = []
+        journal._db.set_trace_callback(lambda sql: writes.append(sql) if "INSERT INTO entries" in sql else None)
+        journal.record(batch)
+        journal._db.set_trace_callback(None)
+        for c in batch:
+            one_by_one.record([c])
+        assert len(writes) == 5
+        assert journal.seq == one_by_one.seq
+
+        def rows(j: Journal) -> list[tuple]:
+            return [(e.kind, e.path, e.seq, e.first_seen, e.reason) for e in j.entries_after("app", 0)]
+        assert rows(journal) == rows(one_by_one)
+        assert {e.path: e.first_seen for e in journal.entries_after("app", 0) if e.kind == "path"} == {
+            "/s/log": 10.0, "/s/db": 10.5, "/s": 3.0, "/s/new": 9000.0}
+        assert journal.pending("app") == one_by_one.pending("app")
+    finally:
+        one_by_one.close()
+
+
 def test_full_commit_purges_what_no_base_needs(journal):
     journal.record([ch("/s/a"), ch("", kind="source", reason="restart")])
     token = journal.seq
