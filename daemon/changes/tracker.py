@@ -288,6 +288,7 @@ class ChangeTracker:
         self.on_change = on_change
         self._sources: dict[str, SourceLike] = {s.name: s for s in sources}
         self._batch: list[tuple[Change, bool]] = []
+        self._batched: set[tuple[str, str, bool]] = set()  # the batch's (source, path, written) reports
         self._batch_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._state_lock = threading.RLock()
@@ -628,7 +629,14 @@ class ChangeTracker:
 
     # -- WatchSink (inotify thread) ----------------------------------------------------------------
     def changed(self, source: str, path: str, written: bool) -> None:
-        self._add(Change(source, "path", path, time.time()), written)
+        # A file an application writes thousands of times between two flushes is reported once
+        # per flush: the journal keeps a path's first time in a batch anyway.
+        key = (source, path, written)
+        with self._batch_lock:
+            if key in self._batched:
+                return
+            self._batched.add(key)
+            self._batch.append((Change(source, "path", path, time.time()), written))
 
     def new_directory(self, source: str, path: str) -> None:
         self._add(Change(source, "tree", path, time.time(), "new directory"), False)
@@ -661,6 +669,7 @@ class ChangeTracker:
         the changes are held and retried (while held, every set walks its source whole)."""
         with self._batch_lock:
             batch, self._batch = self._batch, []
+            self._batched = set()
         journal = self._journal
         if journal is None:
             return {}

@@ -109,6 +109,24 @@ def test_file_writes_are_reported_without_passing_through_watchdog(tracked, monk
     assert env.p("newdir", "later") in changed_paths(t, "I1")
 
 
+def test_a_path_reported_again_before_the_flush_is_held_once(tracked):
+    env, t = tracked
+    with t._flush_lock:  # the flush thread waits: what follows is one batch
+        for _ in range(1000):
+            t.changed("app", env.p("a"), True)
+            t.changed("app", env.p("sub"), False)
+        t.changed("app", env.p("a"), False)
+        assert sorted((c.path, w) for c, w in t._batch) == [(env.p("a"), False), (env.p("a"), True),
+                                                            (env.p("sub"), False)]
+        first = t._batch[0][0].time
+    hint, _ = incremental(t)
+    assert {env.p("a"), env.p("sub")} <= hint.paths
+    assert {e.path: e.first_seen for e in t._journal.entries_after("app", 0)}[env.p("a")] == first
+    with t._flush_lock:  # the next batch takes it again
+        t.changed("app", env.p("a"), True)
+        assert [(c.path, w) for c, w in t._batch] == [(env.p("a"), True)]
+
+
 def test_dir_rename_inside_source(tracked):
     env, t = tracked
     os.rename(env.p("sub"), env.p("moved"))
