@@ -25,10 +25,11 @@ What always holds:
   any barrier requested after them: `barrier()` touches a file in a private directory watched
   through the same descriptor and waits until that event has been handled.
 - Whatever the watcher could not observe is reported as a rescan with a reason: a queue
-  overflow (every source, whole), a directory whose watch could not be added (that subtree;
-  the `max_watches` cap counts watches across all roots), a watched root deleted or moved
-  (whole source), an event whose watch it cannot place (whole source). A root whose watch is
-  gone is `lost()` until it is watched again.
+  overflow (every source, whole; the kernel's queue, or the backlog of events read but not yet
+  handled growing past MAX_BACKLOG bytes, whose excess is dropped, so memory stays bounded), a
+  directory whose watch could not be added (that subtree; the `max_watches` cap counts watches
+  across all roots), a watched root deleted or moved (whole source), an event whose watch it
+  cannot place (whole source). A root whose watch is gone is `lost()` until it is watched again.
 - Excluded paths (the root's `excluded(abs_path, is_dir)` predicate) are neither reported nor
   watched.
 - A root's real path (symlinks resolved) is fixed when it is watched; `retargeted()` says
@@ -43,9 +44,11 @@ import errno
 import logging
 import os
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import Protocol
 
 from watchdog.events import FileSystemEventHandler
@@ -88,6 +91,14 @@ _WATCHDOG_NEEDS = (InotifyConstants.IN_MOVED_FROM | InotifyConstants.IN_MOVED_TO
 _NAMED = InotifyConstants.IN_DELETE | InotifyConstants.IN_MOVED_FROM
 
 Excluded = Callable[[str, bool], bool]
+
+# Events read from the descriptor but not yet handled, in bytes of raw inotify records (about 40
+# bytes an event): about 200,000 events, a few seconds of handling. watchdog's reader thread
+# queues what it reads without bound; a writer faster than the handling would grow the daemon
+# without limit. Past this, what is read is dropped and reported as a queue overflow, as the
+# kernel does past max_queued_events.
+MAX_BACKLOG = 8 << 20
+_OVERFLOW_RECORD = struct.pack("iIII", -1, InotifyConstants.IN_Q_OVERFLOW, 0, 0)
 
 
 class WatchSink(Protocol):
@@ -377,12 +388,59 @@ class _Emitter(InotifyEmitter):
         return None
 
 
+class _Backlog:
+    """The raw event buffers between watchdog's reader and dispatcher threads (in place of its
+    unbounded queue), at most `limit` bytes. A buffer that does not fit is dropped; an overflow
+    record takes its place in the stream (one until the dispatcher has taken it), so whatever
+    was dropped is covered by the rescan the overflow causes, before any later event is handled."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0  # buffers dropped
+        self.peak = 0  # most bytes held
+        self._queue: SimpleQueue[bytes] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._overflow_queued = False
+
+    def put(self, buffer: bytes) -> None:
+        if buffer:  # (an empty buffer tells the dispatcher to stop: always queued)
+            with self._lock:
+                if self._bytes + len(buffer) > self.limit:
+                    self.dropped += 1
+                    if self._overflow_queued:
+                        return
+                    self._overflow_queued = True
+                    buffer = _OVERFLOW_RECORD
+                self._bytes += len(buffer)
+                self.peak = max(self.peak, self._bytes)
+        self._queue.put(buffer)
+
+    def get(self) -> bytes:
+        return self._taken(self._queue.get())
+
+    def get_nowait(self) -> bytes:
+        return self._taken(self._queue.get_nowait())
+
+    def _taken(self, buffer: bytes) -> bytes:
+        with self._lock:
+            self._bytes -= len(buffer)
+            if buffer is _OVERFLOW_RECORD:
+                self._overflow_queued = False
+        return buffer
+
+
 class _FD(InotifyFD):
     """The inotify descriptor; tells the Watcher about queue overflows, in order."""
 
     def __init__(self, owner: Watcher) -> None:
         super().__init__()
         self._owner = owner
+        if isinstance(getattr(self, "_raw_queue", None), SimpleQueue):
+            self._raw_queue = _Backlog(MAX_BACKLOG)  # type: ignore[assignment]
+        else:
+            log.warning("this watchdog version queues inotify events differently: the backlog of "
+                        "events not yet handled is not bounded")
 
     def handle_event(self, event: InotifyEvent) -> None:
         if event.is_queue_overflow:

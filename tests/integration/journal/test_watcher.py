@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import watcher_hooks
+from cairn.daemon.changes import watcher as watcher_mod
 from cairn.daemon.changes.tracker import ChangeTracker
 from watchdog.observers.inotify import InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants as IC
@@ -367,6 +368,32 @@ def test_real_overflow_while_reader_is_held(tracked):
         watcher_hooks.resume(t.watcher)
     env.wait_until(lambda: any("overflow" in r for r in t.status("app").reasons), what="real overflow")
     assert incremental(t)[0] is None
+
+
+def test_a_backlog_past_its_bound_is_dropped_and_reported_as_an_overflow(env, monkeypatch):
+    """Events read but not yet handled are held up to MAX_BACKLOG bytes; beyond, they are dropped
+    and the source is rescanned, as for a kernel queue overflow, and the journal recovers."""
+    monkeypatch.setattr(watcher_mod, "MAX_BACKLOG", 64 * 1024)
+    os.makedirs(env.p("sub"))
+    write(env.p("a"))
+    write(env.p("sub", "b"))
+    t = env.tracker()
+    env.trust(t)
+    backlog = t.watcher._fd._raw_queue
+    assert isinstance(backlog, watcher_mod._Backlog) and backlog.limit == 64 * 1024
+    with t._batch_lock:  # the handling thread waits in the first report; the reader goes on
+        for i in range(20_000):  # about 32 bytes of raw record each; alternate names: none merge
+            os.utime(env.p("a"), ns=(i, i))
+            os.utime(env.p("sub", "b"), ns=(i, i))
+        env.wait_until(lambda: backlog.dropped > 0, what="the backlog full")
+    assert backlog.peak <= 64 * 1024
+    env.wait_until(lambda: any("overflow" in r for r in t.status("app").reasons), what="overflow reported")
+    hint, token = incremental(t)
+    assert hint is None  # the source is walked
+    t.committed("app", "incremental", "I1", token)
+    write(env.p("sub", "after"))  # watched again, trusted again
+    assert env.p("sub", "after") in changed_paths(t, "I1")
+    assert t.status("app").state == "complete"
 
 
 def test_watch_cap_marks_unwatched_subtrees(env):
