@@ -1,9 +1,11 @@
 """Reading one file into chunks: open, cut (FastCDC), hash, hand new chunks to the writer.
 
-What always holds: the entry recorded for a file describes the attempt whose content was
-stored (its fstat at open); a file whose size or times change while it is read is read again
-up to `retries` times and, if it never holds still, stored as read and flagged fuzzy. Memory
-per reader thread is one reused segment buffer.
+What always holds: a file whose size or times change while it is read is read again up to
+`retries` times and, if it never holds still, stored as read and flagged fuzzy, with the stat
+data of the end of that read (its times then lie within the set, so the next set reads it again
+by the racy rule); a file that holds still is recorded with its stat data at open. A file
+larger than `reread_max` (REREAD_MAX) is not read again: it is stored as read and flagged fuzzy
+at once. Memory per reader thread is one reused segment buffer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from ..content.repoconfig import ChunkerParams
 from ..errors import AbortedError
 
 SEGMENT = 8 * 1024 * 1024
+# Re-reading a file costs its size each time, and a large file written while it is read is
+# nearly always written all the time (a log, a database's own file): four reads of it bought no
+# consistent copy and stored every attempt's new chunks (1.2 GiB for a 300 MB file rewritten in
+# place). Such a file is stored as read, flagged fuzzy; the next set reads it again.
+REREAD_MAX = 64 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _tls = threading.local()
 
@@ -60,11 +67,13 @@ class FileReader:
 
     def __init__(self, writer: BlobWriter, params: ChunkerParams, cancel: threading.Event | None,
                  retries: int = 3, *, fixed_size: int | None = None,
-                 delta_base: Callable[[bytes], tuple[bytes, bytes] | None] | None = None) -> None:
+                 delta_base: Callable[[bytes], tuple[bytes, bytes] | None] | None = None,
+                 reread_max: int = REREAD_MAX) -> None:
         self.writer = writer
         self.params = params
         self.cancel = cancel
         self.retries = retries
+        self.reread_max = reread_max
         self.fixed_size = fixed_size
         self.delta_base = delta_base
 
@@ -85,8 +94,9 @@ class FileReader:
                 after = os.fstat(fd)
                 if _stamp(after) == _stamp(st):
                     return ReadResult(chunks, st, total, fuzzy=False)
-                if attempt < self.retries:
-                    os.lseek(fd, 0, os.SEEK_SET)
+                if attempt == self.retries or max(st.st_size, after.st_size) > self.reread_max:
+                    break
+                os.lseek(fd, 0, os.SEEK_SET)
             return ReadResult(chunks, after, total, fuzzy=True)
         finally:
             os.close(fd)
