@@ -11,14 +11,13 @@ plain descriptor of cairn.daemon.changes.watcher.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 
 from cairn.daemon.changes import watcher as watcher_mod
-from watchdog.observers.inotify_c import InotifyConstants
 
-# struct inotify_event of a queue overflow: wd -1, the mask, no cookie, no name
-OVERFLOW = struct.pack("iIII", -1, InotifyConstants.IN_Q_OVERFLOW, 0, 0)
+# struct inotify_event of a queue overflow (wd -1, the mask, no cookie, no name): the record the
+# watcher itself puts in the stream when its backlog overflows
+OVERFLOW = watcher_mod._OVERFLOW_RECORD
 
 
 class HookedFD(watcher_mod._FD):
