@@ -912,12 +912,16 @@ class Repository:
             sets = [s for s in sets if s.hostname == host]
         if level == "differential":
             sets = [s for s in sets if s.level == "full"]
+        candidates = len(sets)
         sets = [s for s in sets if bytes.fromhex(s.tree) in self.index]
         if self.write_only:  # a base is only usable with its trees at hand
             sets = [s for s in sets if self.host_cache.get("trees", s.tree) is not None]  # type: ignore[union-attr]
         if not sets:
             want = "full set" if level == "differential" else "set"
             article = "an" if level[0] in "aeiou" else "a"
+            if candidates and not self.write_only:
+                return "full", None, (f"no {want} of source '{source}' can be the base of {article} {level}: the index "
+                                      "does not name their trees ('cairn verify' says why): taken as full")
             return "full", None, f"no {want} of source '{source}' to base {article} {level} on: taken as full"
         if self.index_dropped_at is not None and sets[-1].time_end < self.index_dropped_at:
             return "full", None, ("the index lost data since the base set ('cairn repair index'): taken as full, "

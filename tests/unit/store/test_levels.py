@@ -274,3 +274,23 @@ def test_hint_naming_one_name_of_a_hardlinked_file_still_updates_the_others(repo
     assert any("hard links" in n for n in inc.extra.get("notes", ()))
     assert set(inc.stats.modified_paths) == {"docs/a.txt", "media/alias"}
     assert_restores_to(repo, inc, snapshot(src), tmp_path / "out")
+
+
+def test_a_base_whose_tree_the_index_lost_is_named_as_such(repo, src, tmp_path, rng):
+    """Sets of the source exist but the index no longer names their trees (its file lost): the
+    incremental is taken as full and the note says why, not that the source has no set."""
+    populate(src, rng)
+    backup(repo, src, "full")
+    repo.close()
+    for f in (tmp_path / "repo" / "index").iterdir():
+        f.unlink()
+    from cairn.store.repository import Repository
+
+    again = Repository.open_local(str(tmp_path / "repo"))
+    try:
+        s = backup(again, src, "incremental")
+        assert (s.level, s.base) == ("full", None)
+        assert "the index does not name their trees" in s.note and "'src'" in s.note
+        assert again.check().ok  # the full stored the trees again: the old set is whole once more
+    finally:
+        again.close()
