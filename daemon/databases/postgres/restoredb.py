@@ -429,11 +429,14 @@ def placed_wal(repo: Repository, names: list[str], owner: tuple[int, int],
                         gid=owner[1], mtime_ns=time.time_ns(), size=0)
 
 
-# Threads writing a local restore (several files at once, each in order): one per two cores. A
-# writer spends most of its time in short system calls, each a hand-over of the interpreter's
-# lock when other threads wait for it; on 2 cores one writer restored the standard corpus 14%
-# and a 792 MB data directory 19% faster than four (docs/restore.md).
-LOCAL_WRITERS = max(1, (os.cpu_count() or 2) // 2)
+# Threads writing a local restore (several files at once, each in order): one per two cores, and
+# at least two, so that a large file's writes (one thread at a time: a buffered write holds the
+# file's inode lock) overlap the small files around it instead of queueing them. Where the
+# kernel's copies into the page cache are slow, one writer was the restore's bottleneck (one core
+# busy, the other two-thirds idle): two restored the standard corpus in 1.9-2.3 s against
+# 2.9-3.2 s. More than that is not faster: each short system call hands the interpreter's lock
+# over (docs/restore.md has the figures).
+LOCAL_WRITERS = max(2, (os.cpu_count() or 2) // 2)
 
 
 def write_local(records: Iterator[Record], target_path: str, nonce: str,

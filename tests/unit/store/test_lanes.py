@@ -135,8 +135,8 @@ def test_a_stream_with_lanes_restores_the_same_tree(tmp_path, writer, backlog: i
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("max_pending", [1 << 20, 64 << 20])
 def test_one_writer_thread_takes_two_lanes_and_the_small_files_between(tmp_path, max_pending: int) -> None:
-    """A two-core host's daemon writes with one thread (restoredb.LOCAL_WRITERS): lanes and the
-    groups of small files share it, with the memory bound reached or not, and nothing waits forever."""
+    """A writer of one thread: lanes and the groups of small files share it, with the memory bound
+    reached or not, and nothing waits forever."""
     t, root = plain_restore(tmp_path / "plain")
     gauge = Gauge(None)
     recs = t.records(root, gauge)
@@ -251,3 +251,58 @@ def test_abort_removes_open_lanes(tmp_path) -> None:
         w.apply(r)
     w.abort()
     assert sorted(os.listdir(tmp_path / "t")) == ["d", "x"] and w.stats.files == 1
+
+
+@pytest.mark.timeout(60)
+def test_the_daemons_writer_lays_down_small_files_while_a_large_files_writes_are_held_up(tmp_path, monkeypatch):
+    """With the daemon's number of writer threads (restoredb.LOCAL_WRITERS), a large file whose
+    writes are slow (a disk that lags, or page-cache copies the kernel makes slowly) does not
+    hold up the small files the stream carries around it: they are created, written and
+    finalized by another thread meanwhile. (With one writer they queued behind the large file:
+    a restore took the sum of both where it can take the longer.)"""
+    import threading
+    import time
+
+    from cairn.daemon.databases.postgres import restoredb
+    from cairn.fsio import writer as writer_mod
+
+    gate = threading.Event()
+    real = writer_mod._write_all
+
+    def held_up(fd: int, view: memoryview, off: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/big"):
+            assert gate.wait(30), "the large file's writes were never released"
+        real(fd, view, off)
+
+    monkeypatch.setattr(writer_mod, "_write_all", held_up)
+    w = ParallelTreeWriter(str(tmp_path / "t"), workers=restoredb.LOCAL_WRITERS, lanes=LaneGauge())
+    big = os.urandom(3 << 20)
+    w.apply(EntryMeta(path=b"big", kind="file", mode=0o644, size=len(big), mtime_ns=1_700_000_000_000_000_000,
+                      lane=True))
+    w.apply(LaneData(b"big", big[: 1 << 20]))
+    small = {f"s{i:03d}".encode(): os.urandom(100 + i) for i in range(2 * writer_mod.GROUP_FILES + 1)}
+    when = 1_600_000_000_000_000_000
+    for name, data in small.items():
+        w.apply(EntryMeta(path=name, kind="file", mode=0o640, size=len(data), mtime_ns=when))
+        w.apply(Data(data))
+        w.apply(LaneData(b"big", b""))  # the lane is fed between them, as a producer does
+    done = [n for n in small][: 2 * writer_mod.GROUP_FILES]  # the last one is still the open file
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            finished = [n for n in done if (tmp_path / "t" / n.decode()).exists()
+                        and os.stat(tmp_path / "t" / n.decode()).st_mtime_ns == when]
+            if len(finished) == len(done) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert len(finished) == len(done), (f"{len(finished)} of {len(done)} small files finished while the "
+                                            "large file's writes were held up")
+        for n in done:
+            assert (tmp_path / "t" / n.decode()).read_bytes() == small[n]
+    finally:
+        gate.set()
+    w.apply(LaneData(b"big", big[1 << 20:]))
+    w.apply(LaneEnd(b"big"))
+    st = w.finish()
+    assert not st.errors and st.files == len(small) + 1
+    assert (tmp_path / "t" / "big").read_bytes() == big
