@@ -1,6 +1,8 @@
 """Killing the object store (SIGKILL of SeaweedFS) in the middle of a backup: the backup fails
 with one clear line, and once the store is back on the same data directory nothing
 half-written is visible, the earlier set restores, check passes and the next backup succeeds.
+In the middle of a restore: the restore fails with one line, leaves only whole files, and a
+delta restore finishes it once the store is back.
 
 Twice: in the store (a pack upload in flight when the store dies, every pack the store shows
 compared with the bytes sent for it), and through the real daemon and client with the daemon's
@@ -186,6 +188,55 @@ def test_daemon_killed_during_a_backup_to_a_bucket(tmp_path, rng):
         host.start()
         assert [s["id"] for s in json.loads(host.ok("--json", "sets"))] == [first]
         _next_backup_and_prune(server, host, rundir, src, prefix)
+
+
+@pytest.mark.slow
+def test_store_killed_during_a_restore(tmp_path, rng):
+    """The store SIGKILLed while the daemon restores a set from it: `cairn restore` fails with one
+    line in bounded time and the daemon stays up; every file left in the target is whole (the
+    source's bytes and size: a file whose content did not all arrive is removed, not left looking
+    restored); once the store is back on the same data, `restore --delta` into the same target
+    finishes it and the tree equals the source."""
+    prefix = "killed-restore"
+    with _solo_run(tmp_path, prefix, rng) as (server, host, rundir, src, _first):
+        _grow(src, 16, rng)  # 96 MiB of incompressible files: the restore still runs when the store dies
+        second = json.loads(host.ok("--json", "backup", "--level", "incremental", timeout=300))["id"]
+        target = os.path.join(rundir, "restored")
+        outcome: dict[str, object] = {}
+
+        def run_restore() -> None:
+            started = time.monotonic()
+            outcome["result"] = host.cli("restore", second, "--target", target, timeout=300)
+            outcome["seconds"] = time.monotonic() - started
+
+        restore_thread = threading.Thread(target=run_restore)
+        restore_thread.start()
+        big = os.path.join(target, "big")
+        deadline = time.monotonic() + 120
+        while not (os.path.isdir(big) and any(e.stat().st_size for e in os.scandir(big))):
+            assert restore_thread.is_alive(), f"the restore ended before it wrote a large file: {outcome}"
+            assert time.monotonic() < deadline, "the restore wrote nothing in time"
+            time.sleep(0.005)
+        server.kill()
+        restore_thread.join(300)
+        result = outcome["result"]
+        assert isinstance(result, subprocess.CompletedProcess)
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("cairn: error:")]
+        assert len(errors) == 1, result.stderr
+        assert outcome["seconds"] < 180
+        assert host.proc is not None and host.proc.poll() is None  # the daemon outlives its store
+        want = snapshot(src)
+        files_left = {p: n for p, n in snapshot(target).nodes.items() if n.kind == "file"}
+        assert files_left, "nothing was restored before the store died: nothing tested"
+        assert len([p for p in files_left if p.startswith(b"big/")]) < 16, "the restore had finished: nothing tested"
+        for path, node in files_left.items():
+            assert node == want.nodes[path], f"'{path!r}' was left in the target but is not whole"
+
+        server.start()  # the same data directory and ports
+        host.ok("restore", second, "--target", target, "--delta", timeout=300)
+        assert differences(want, snapshot(target)) == []
 
 
 @contextlib.contextmanager
