@@ -38,7 +38,7 @@ from typing import NamedTuple, Protocol
 import blake3
 from cairn.fsio.durable import fsync_dir, write_synced
 
-from ..errors import BackendError, NotFoundError
+from ..errors import BackendError, NotFoundError, short
 
 KINDS = ("config", "packs", "index", "sets", "locks", "wal", "keys", "gc")
 OPEN_PACKS = 32  # pack descriptors a local backend keeps open for ranged reads
@@ -89,6 +89,15 @@ def _check_kind(kind: str) -> None:
 SETUP_KINDS = ("config", "keys")  # written by init before the config: their directories may be made first
 
 
+_HEX_ID = re.compile(r"[0-9a-f]{32,}")  # ids and keys; not WAL file names (24 hex digits)
+
+
+def shown_id(name: str) -> str:
+    """An object's name as messages give it: an id (hex) in its short form 'ab12cd34..', any
+    other name (a lock's, a WAL file's) whole."""
+    return short(name) if _HEX_ID.fullmatch(name) else name
+
+
 class LocalBackend:
     """A repository in a local directory. Packs are fanned out by the first two hex digits."""
 
@@ -118,7 +127,7 @@ class LocalBackend:
             with open(path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
+            raise NotFoundError(f"unable to read {kind} object '{shown_id(name)}': not found") from None
         except OSError as e:
             raise BackendError(f"unable to read '{path}': {e.strerror}") from e
 
@@ -148,7 +157,7 @@ class LocalBackend:
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
+            raise NotFoundError(f"unable to read {kind} object '{shown_id(name)}': not found") from None
         except OSError as e:
             raise BackendError(f"unable to open '{path}' for read: {e.strerror}") from e
 
@@ -337,7 +346,7 @@ class LocalBackend:
         try:
             os.unlink(path)
         except FileNotFoundError:
-            raise NotFoundError(f"unable to delete {kind} object '{name}': not found") from None
+            raise NotFoundError(f"unable to delete {kind} object '{shown_id(name)}': not found") from None
         except OSError as e:
             raise BackendError(f"unable to delete '{path}': {e.strerror}") from e
         fsync_dir(os.path.dirname(path))
@@ -347,7 +356,7 @@ class LocalBackend:
         try:
             return os.stat(path).st_size
         except FileNotFoundError:
-            raise NotFoundError(f"{kind} object '{name}' not found") from None
+            raise NotFoundError(f"{kind} object '{shown_id(name)}' not found") from None
         except OSError as e:
             raise BackendError(f"unable to stat '{path}': {e.strerror}") from e
 
@@ -392,7 +401,7 @@ class MemoryBackend:
         try:
             return self.objects[(kind, name)]
         except KeyError:
-            raise NotFoundError(f"unable to read {kind} object '{name}': not found") from None
+            raise NotFoundError(f"unable to read {kind} object '{shown_id(name)}': not found") from None
 
     def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
         return self.get(kind, name)[offset:offset + length]
@@ -430,7 +439,7 @@ class MemoryBackend:
         with self._lock:
             self.times.pop((kind, name), None)
             if self.objects.pop((kind, name), None) is None:
-                raise NotFoundError(f"unable to delete {kind} object '{name}': not found")
+                raise NotFoundError(f"unable to delete {kind} object '{shown_id(name)}': not found")
 
     def stat(self, kind: str, name: str) -> int:
         return len(self.get(kind, name))

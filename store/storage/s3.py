@@ -54,7 +54,7 @@ import urllib3.exceptions
 from botocore.config import Config as BotoConfig
 
 from ..errors import BackendError, CairnError, NotFoundError, UnavailableError
-from .backend import KINDS, ObjectInfo
+from .backend import KINDS, ObjectInfo, shown_id
 
 T = TypeVar("T")
 
@@ -338,8 +338,8 @@ class S3Backend:
         def op() -> bytes:
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-        return self._call(f"read {kind} object '{name}'", op,
-                          missing=f"unable to read {kind} object '{name}': not found")
+        return self._call(f"read {kind} object '{shown_id(name)}'", op,
+                          missing=f"unable to read {kind} object '{shown_id(name)}': not found")
 
     def get_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of the object, fewer at its end, b"" past it.
@@ -405,8 +405,8 @@ class S3Backend:
                 data = data[offset:offset + length]  # a store that ignored the Range header
             return data
 
-        return self._call(f"read {kind} object '{name}'", op,
-                          missing=f"unable to read {kind} object '{name}': not found")
+        return self._call(f"read {kind} object '{shown_id(name)}'", op,
+                          missing=f"unable to read {kind} object '{shown_id(name)}': not found")
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         key = self._key(kind, name)
@@ -418,7 +418,7 @@ class S3Backend:
             resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)
             self._require_success(resp)
 
-        self._call(f"write {kind} object '{name}'", op)
+        self._call(f"write {kind} object '{shown_id(name)}'", op)
 
     def put_if_absent(self, kind: str, name: str, data: bytes) -> bool:
         """Create the object only if none exists: True if this call created it, False if an
@@ -452,7 +452,7 @@ class S3Backend:
             self._require_success(resp)
             return True
 
-        return self._call(f"create {kind} object '{name}'", op)
+        return self._call(f"create {kind} object '{shown_id(name)}'", op)
 
     @staticmethod
     def _require_success(resp: dict[str, Any]) -> None:
@@ -492,14 +492,14 @@ class S3Backend:
         if kind == "packs":
             self._blocks.forget(name)
         self.stat(kind, name)  # S3 deletes of missing keys succeed; the protocol says NotFoundError
-        self._call(f"delete {kind} object '{name}'",
+        self._call(f"delete {kind} object '{shown_id(name)}'",
                    lambda: self._s3.delete_object(Bucket=self.bucket, Key=key))
 
     def stat(self, kind: str, name: str) -> int:
         key = self._key(kind, name)
-        resp = self._call(f"stat {kind} object '{name}'",
+        resp = self._call(f"stat {kind} object '{shown_id(name)}'",
                           lambda: self._s3.head_object(Bucket=self.bucket, Key=key),
-                          missing=f"{kind} object '{name}' not found")
+                          missing=f"{kind} object '{shown_id(name)}' not found")
         return int(resp["ContentLength"])
 
     def close(self) -> None:

@@ -88,6 +88,19 @@ def test_missing_objects_raise_not_found(backend):
             call()
 
 
+def test_a_missing_object_is_named_in_one_short_line(backend):
+    """Messages name an object by its id's short form ('abcdcdcd..'), as the rest of Cairn's do;
+    a name that is not an id (a lock's, a WAL file's) whole."""
+    for call in (lambda: backend.get("packs", PACK), lambda: backend.get_range("packs", PACK, 0, 4),
+                 lambda: backend.stat("packs", PACK), lambda: backend.delete("packs", PACK)):
+        with pytest.raises(NotFoundError) as info:
+            call()
+        msg = str(info.value)
+        assert "\n" not in msg and f"'{PACK[:8]}..'" in msg and PACK not in msg, msg
+    with pytest.raises(NotFoundError, match="'000000010000000000000003'"):
+        backend.get("wal", "000000010000000000000003")
+
+
 def test_list_of_empty_kind_is_empty(backend):
     for kind in KINDS:
         if kind != "config":  # a local repository directory holds its config (see local())
