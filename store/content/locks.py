@@ -22,6 +22,8 @@ lock was removed by someone else, the lock is lost: the holder is told (`on_lost
 handle's `lost` event) and must stop before its next write. A released lock whose object could
 not be deleted (the store was unreachable) is deleted by the same Locks object the next time it
 lists or takes locks, rather than left to go stale, which would hold up garbage collection.
+No refresh writes a lock's object after its release has begun: one already on its way when the
+release gives up waiting for it deletes what it wrote.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
 REFRESH_TRIES = 3  # failed refreshes in a row before the lock counts as lost
 REFRESH_RETRY = 10.0  # seconds between refresh attempts after a failure
+RELEASE_WAIT = 5.0  # a release waits this long for a refresh in flight, then deletes the object anyway
 BACKOFF_FIRST = 0.05  # seconds before the first retry of a conflicting lock; doubles each time
 BACKOFF_MAX = 2.0
 
@@ -222,7 +225,7 @@ class Locks:
         finally:
             self.held.remove(handle)
             stop.set()
-            refresher.join(timeout=5)
+            refresher.join(timeout=RELEASE_WAIT)
             self._remove(name)
 
     def _doc(self, purpose: str, exclusive: bool, gc: bool) -> dict:
@@ -287,7 +290,12 @@ class Locks:
                 pass  # the write below tells
             try:
                 with handle.mutex:
+                    if stop.is_set():  # released meanwhile: write nothing the release may not see
+                        return
                     self._write(handle.name, handle.doc)
+                if stop.is_set():  # released while the write was on its way (the release waits only
+                    self._remove(handle.name)  # RELEASE_WAIT for it): it must not outlive the release
+                    return
                 failures, pause = 0, self.refresh_every
             except CairnError as e:
                 failures += 1

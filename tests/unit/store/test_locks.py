@@ -330,3 +330,45 @@ def test_break_locks_removes_the_stale_and_what_it_is_told_and_never_its_own(bac
         removed, kept = locks.break_locks(everything=True)
         assert [x["name"] for x in removed] == ["b" * 32] and kept == []
         assert sorted(backend.list("locks")) == [mine.name]  # its own lock stays
+
+
+class SlowRefresh:
+    """Passes everything to `inner`; a `put` of a lock (a refresh: locks are created with
+    put_if_absent) waits for `go` once `hold` is set, and says when it has started."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.hold = threading.Event()
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def put(self, kind: str, name: str, data: bytes) -> None:
+        if kind == "locks" and self.hold.is_set():
+            self.started.set()
+            assert self.go.wait(30)
+        self.inner.put(kind, name, data)
+
+
+def test_a_refresh_still_on_its_way_when_the_lock_is_released_does_not_bring_it_back(backend, monkeypatch):
+    """A refresh write slower than the release waits for (a store answering slowly) lands after
+    the release deleted the object: the refresher deletes what it wrote, so no lock of a finished
+    holder is left looking alive (it would hold up garbage collection while the process lives)."""
+    from cairn.store.content import locks as locks_mod
+
+    monkeypatch.setattr(locks_mod, "RELEASE_WAIT", 0.1)
+    slow = SlowRefresh(backend)
+    before = set(threading.enumerate())
+    with Locks(slow, refresh_every=0.02).hold("backup") as lock:
+        name = lock.name
+        slow.hold.set()
+        assert slow.started.wait(20), "no refresh started"
+    assert name not in backend.list("locks")  # the release deleted it, the refresh still waiting
+    slow.go.set()  # the refresh's write lands now
+    refreshers = [t for t in set(threading.enumerate()) - before if t.name == "lock-refresh"]
+    for t in refreshers:
+        t.join(20)
+    assert refreshers and not any(t.is_alive() for t in refreshers)
+    assert name not in backend.list("locks"), "a released lock came back"
