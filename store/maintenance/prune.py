@@ -10,7 +10,8 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
   "gc/<random>" = {"time", "host", "packs"}, and once that is durable, list the locks held
   by others and write the marker again with "blockers" (those lock names);
 - phase 2 (collect), in a later run: a marker is ripe when it has blockers listed, is older
-  than the grace period, and none of its blockers is still held. Then, reading sets, WAL
+  than the grace period (with none, at once: the marking run collects, whatever the wall clock
+  did meanwhile), and none of its blockers is still held. Then, reading sets, WAL
   and index files only now, a marked pack is deleted when every live blob in it has a copy
   in a pack that is not marked; the others are unmarked. One index file naming every blob of
   every pack that stays is written, the index files read are deleted, the packs deleted,
@@ -196,7 +197,7 @@ class Pruner:
         holders: set[str] = set()
         for m in markers:
             blocking = m.blockers & set(alive)
-            if blocking or m.time > now - grace:
+            if blocking or (grace > 0 and m.time > now - grace):
                 packs |= m.packs
                 holders |= {self.repo.locks.describe(alive[n]) for n in blocking}
         if not packs:
@@ -288,7 +289,9 @@ class Pruner:
                 self._delete("gc", m.name)
         alive = set(repo.locks.others_named(self.lock_name))  # before reading anything the decision uses
         now = time.time()
-        ripe = [m for m in markers if m.blockers is not None and m.time <= now - grace
+        # No grace period: a marker's time sets no condition, so that the run that marked collects
+        # even if the wall clock went back meanwhile (it would otherwise leave the packs for later).
+        ripe = [m for m in markers if m.blockers is not None and (grace <= 0 or m.time <= now - grace)
                 and not (m.blockers & alive)]
         if not ripe:
             return 0, 0
