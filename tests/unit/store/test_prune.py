@@ -124,13 +124,25 @@ class BackwardClock:
         return getattr(self._time, name)
 
 
-def test_without_a_grace_period_a_run_collects_what_it_marked_whatever_the_clock_does(repo, history, monkeypatch):
+def test_without_a_grace_period_a_run_collects_what_it_marked_whatever_the_clock_does(repo, history, src, rng,
+                                                                                      monkeypatch):
     """With no grace period the run that marks packs deletes them (once nothing blocks them), even
     when the wall clock goes back between the two steps: the marker's time must not make it wait
-    for a later run, which left the packs behind unindexed and a check warning about them."""
+    for a later run, which left a failed backup's unindexed packs behind and a check warning about
+    each."""
+    from cairn.store.errors import CairnError
     from cairn.store.maintenance import prune as prunemod
+    from cairn.store.model import BackupRequest
+    from cairn.store.repository import Repository
+    from cairn.store.storage.faults import FaultyBackend
 
     sets, _ = history
+    # a backup that failed at its index write: packs no index names, which prune removes
+    write_random(src / "orphan", 400_000, rng)
+    with pytest.raises(CairnError):
+        Repository.open(FaultyBackend(repo.backend, fail_at=1, kind="index")).backup(
+            BackupRequest(source="src", paths=(str(src),), level="incremental"))
+    assert set(repo.backend.list("packs")) - repo.index.packs(), "expected unindexed packs"
     monkeypatch.setattr(prunemod, "time", BackwardClock())
     report = repo.prune(PrunePolicy(keep_full=1, keep_incremental=1), source="src", grace=0)
     assert set(report.forgotten) == {sets[k].id for k in ("full1", "inc1", "inc2")}
