@@ -305,8 +305,9 @@ class Pruner:
             if b in live:
                 for p in packs & candidates:
                     holds[p].append(b)
-        doomed = {p for p in candidates
-                  if all(any(q not in candidates for q in where[b]) for b in holds.get(p, ()))}
+        kept = candidates & self._spare(candidates, holds, where)
+        doomed = {p for p in candidates - kept
+                  if all(any(q not in candidates or q in kept for q in where[b]) for b in holds.get(p, ()))}
         if not complete:  # an unreadable index file may name an unindexed pack: keep those
             doomed &= named
         self._reindex(doomed)
@@ -321,6 +322,21 @@ class Pruner:
             self.check_lock()
             self._delete("gc", m.name)
         return count, freed
+
+    @staticmethod
+    def _spare(candidates: set[str], holds: dict[str, list[bytes]], where: dict[bytes, set[str]]) -> set[str]:
+        """Of the marked packs, one for each live blob that only marked packs hold: the one
+        holding most live blobs (then the first name). A rerun of a prune that died after
+        copying a mostly dead pack's live blobs finds the copy marked too (it was left unindexed,
+        and the rerun indexed it again): sparing both would leave the old pack, and the single
+        index entry the reindex gives a blob would leave one of the two unindexed."""
+        spared: set[str] = set()
+        rank = {p: (-len(bs), p) for p, bs in holds.items()}
+        for p in sorted(holds, key=rank.__getitem__):
+            for b in holds[p]:
+                if where[b] <= candidates and not where[b] & spared:
+                    spared.add(min(where[b], key=rank.__getitem__))
+        return spared
 
     def _delete(self, kind: str, name: str) -> bool:
         try:

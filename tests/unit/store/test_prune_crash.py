@@ -5,7 +5,8 @@ rewrites some), fully dead packs, packs a failed backup left unindexed and a WAL
 built once. Then, for each write and delete prune makes in turn, a copy of it is pruned by a
 process that dies right before that call (nothing more reaches the storage, its lock stays
 behind), the same prune runs again to the end, then a different one: every kept set restores
-identical, the WAL file reads back, and check finds neither errors nor leftovers.
+identical, the WAL file reads back, check finds neither errors nor leftovers, and the rerun
+leaves the packs a prune that was not interrupted leaves.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def test_prune_interrupted_before_each_write_and_delete_then_rerun(built, tmp_pa
     objects, sets, snaps, wal = built
     total = len(_prune_calls(objects))
     assert total >= 10, total
+    whole = _copy(objects)
+    Repository.open(whole).prune(FIRST)
+    packs_after = set(whole.list("packs"))
     for n in range(1, total + 1):
         inner = _copy(objects, tmp_path / f"repo{n}" if kind == "local" else None)
         faulty = FaultyBackend(inner, fail_at=n, mode="stop", ops=("put", "delete"), kind=DATA_KINDS)
@@ -127,6 +131,8 @@ def test_prune_interrupted_before_each_write_and_delete_then_rerun(built, tmp_pa
         for name in list(inner.list("locks")):
             inner.delete("locks", name)
         Repository.open(inner).prune(FIRST)
+        # the same packs as a prune that was not interrupted: nothing it frees stays behind
+        assert set(inner.list("packs")) == packs_after, f"stop{n}"
         _verify(inner, sets, snaps, wal, ("full2", "inc2"), tmp_path, f"stop{n}-same")
         Repository.open(inner).prune(SECOND)
         _verify(inner, sets, snaps, wal, ("full2",), tmp_path, f"stop{n}-other")
