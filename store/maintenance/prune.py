@@ -40,6 +40,7 @@ deleted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -303,7 +304,7 @@ class Pruner:
         holds: dict[str, list[bytes]] = defaultdict(list)
         for b, packs in where.items():
             if b in live:
-                for p in packs & candidates:
+                for p in packs.keys() & candidates:
                     holds[p].append(b)
         kept = candidates & self._spare(candidates, holds, where)
         doomed = {p for p in candidates - kept
@@ -323,19 +324,24 @@ class Pruner:
             self._delete("gc", m.name)
         return count, freed
 
-    @staticmethod
-    def _spare(candidates: set[str], holds: dict[str, list[bytes]], where: dict[bytes, set[str]]) -> set[str]:
+    def _spare(self, candidates: set[str], holds: dict[str, list[bytes]],
+               where: dict[bytes, dict[str, int]]) -> set[str]:
         """Of the marked packs, one for each live blob that only marked packs hold: the one
-        holding most live blobs (then the first name). A rerun of a prune that died after
-        copying a mostly dead pack's live blobs finds the copy marked too (it was left unindexed,
-        and the rerun indexed it again): sparing both would leave the old pack, and the single
-        index entry the reindex gives a blob would leave one of the two unindexed."""
+        storing the fewest bytes besides its live blobs (then the first name). A rerun of a
+        prune that died after copying a mostly dead pack's live blobs finds the copy marked too
+        (it was left unindexed, and the rerun indexed it again): sparing both would leave the
+        old pack's dead bytes, and the single index entry the reindex gives a blob would leave
+        one of the two unindexed."""
+        alone = [b for p in sorted(holds) for b in holds[p] if where[b].keys() <= candidates]
+        if not alone:
+            return set()
+        contenders = sorted(set().union(*(where[b].keys() for b in alone)))
+        sizes = {p: self._size(p) for p in contenders}  # 0: gone from storage (never the one spared)
+        dead = {p: sizes[p] - sum(where[b][p] for b in holds[p]) if sizes[p] else math.inf for p in contenders}
         spared: set[str] = set()
-        rank = {p: (-len(bs), p) for p, bs in holds.items()}
-        for p in sorted(holds, key=rank.__getitem__):
-            for b in holds[p]:
-                if where[b] <= candidates and not where[b] & spared:
-                    spared.add(min(where[b], key=rank.__getitem__))
+        for b in alone:
+            if not where[b].keys() & spared:
+                spared.add(min(where[b], key=lambda p: (dead[p], p)))
         return spared
 
     def _delete(self, kind: str, name: str) -> bool:
@@ -345,11 +351,11 @@ class Pruner:
         except NotFoundError:
             return False
 
-    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, dict[bytes, set[str]]]:
+    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, dict[bytes, dict[str, int]]]:
         """(packs some readable index file names, whether every index file was readable,
-        blob -> packs holding it when `with_blobs`)."""
+        blob -> {pack holding it: its stored length there} when `with_blobs`)."""
         named: set[str] = set()
-        where: dict[bytes, set[str]] = defaultdict(set)
+        where: dict[bytes, dict[str, int]] = defaultdict(dict)
         complete = True
         for _n, got in self.repo.stored_index_files(list(self.repo.backend.list("index"))):
             try:
@@ -365,7 +371,7 @@ class Pruner:
             if with_blobs:
                 for pack, entries in packs.items():
                     for e in entries:
-                        where[e.id].add(pack)
+                        where[e.id][pack] = e.stored_len
         return named, complete, where
 
     def _size(self, pack: str) -> int:

@@ -150,3 +150,38 @@ def test_without_a_grace_period_a_run_collects_what_it_marked_whatever_the_clock
     assert not list(repo.backend.list("gc")), "a marker was left for a later run"
     check = repo.check(read_data=True)
     assert check.ok and check.warnings == (), [p.message for p in check.warnings]
+
+
+def test_of_two_marked_packs_holding_a_live_blob_the_one_storage_still_has_is_kept(repo, src, rng, tmp_path):
+    """When only marked packs hold a live blob, collection keeps one of them, and never one that
+    an index names but storage lacks (a writer died before its pack landed): keeping that one
+    and deleting the other would lose the blob."""
+    import json
+
+    from cairn.store.content.packs import TYPE_DATA
+    from cairn.store.maintenance.prune import Marker, encode_marker
+
+    (src / "one").write_bytes(rng.randbytes(50_000))
+    s = backup(repo, src, "full")
+    before = set(repo.backend.list("packs"))
+    blobs = [bid for bid, loc in repo.index.items() if loc.type == TYPE_DATA]
+    writer = repo.writer()  # a second copy of every data blob, in packs of their own, indexed
+    for bid in blobs:
+        writer.put_forced(bid, TYPE_DATA, repo.reader.read(bid))
+    writer.finish()
+    copies = set(repo.backend.list("packs")) - before
+    assert copies
+    for name in copies:
+        repo.backend.delete("packs", name)  # named by an index, gone from storage
+    marked = before | copies  # both copies of each blob are marked, and ripe
+    name = "ab" * 16
+    m = Marker(name, 0.0, frozenset(marked), frozenset())
+    repo.backend.put("gc", name, encode_marker(m))
+    assert json.loads(repo.backend.get("gc", name))["blockers"] == []
+    repo.prune(PrunePolicy(), grace=0)
+    assert set(repo.backend.list("packs")) == before
+    out = tmp_path / "out"
+    assert repo.restore(repo.get_set(s.id), str(out)).errors == ()
+    assert not differences(snapshot(src), snapshot(out))
+    check = repo.check(read_data=True)
+    assert check.ok and check.warnings == (), [p.message for p in check.errors + check.warnings]
