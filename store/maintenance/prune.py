@@ -327,7 +327,8 @@ class Pruner:
     def _spare(self, candidates: set[str], holds: dict[str, list[bytes]],
                where: dict[bytes, dict[str, int]]) -> set[str]:
         """Of the marked packs, one for each live blob that only marked packs hold: the one
-        storing the fewest bytes besides its live blobs (then the first name). A rerun of a
+        storing the fewest bytes besides its live blobs (then the first name), never one that
+        storage lacks or that is shorter than its live blobs. A rerun of a
         prune that died after copying a mostly dead pack's live blobs finds the copy marked too
         (it was left unindexed, and the rerun indexed it again): sparing both would leave the
         old pack's dead bytes, and the single index entry the reindex gives a blob would leave
@@ -336,8 +337,10 @@ class Pruner:
         if not alone:
             return set()
         contenders = sorted(set().union(*(where[b].keys() for b in alone)))
-        sizes = {p: self._size(p) for p in contenders}  # 0: gone from storage (never the one spared)
-        dead = {p: sizes[p] - sum(where[b][p] for b in holds[p]) if sizes[p] else math.inf for p in contenders}
+        sizes = {p: self._size(p) for p in contenders}
+        lives = {p: sum(where[b][p] for b in holds[p]) for p in contenders}
+        # a pack gone from storage (size 0), or shorter than its live blobs (damaged), is never spared
+        dead = {p: sizes[p] - lives[p] if sizes[p] > lives[p] else math.inf for p in contenders}
         spared: set[str] = set()
         for b in alone:
             if not where[b].keys() & spared:

@@ -152,31 +152,39 @@ def test_without_a_grace_period_a_run_collects_what_it_marked_whatever_the_clock
     assert check.ok and check.warnings == (), [p.message for p in check.warnings]
 
 
-def test_of_two_marked_packs_holding_a_live_blob_the_one_storage_still_has_is_kept(repo, src, rng, tmp_path):
+@pytest.mark.parametrize("harm", ["deleted", "truncated"])
+def test_of_two_marked_packs_holding_a_live_blob_the_whole_one_is_kept(repo, src, rng, tmp_path, harm):
     """When only marked packs hold a live blob, collection keeps one of them, and never one that
-    an index names but storage lacks (a writer died before its pack landed): keeping that one
-    and deleting the other would lose the blob."""
+    an index names but storage lacks (a writer died before its pack landed) or that is shorter
+    than its blobs (damaged): keeping that one and deleting the other would lose the blob."""
     import json
+    from collections import defaultdict
 
     from cairn.store.content.packs import TYPE_DATA
     from cairn.store.maintenance.prune import Marker, encode_marker
 
-    (src / "one").write_bytes(rng.randbytes(50_000))
+    (src / "big").write_bytes(rng.randbytes(20 << 20))  # more than a pack: the first holds data only
     s = backup(repo, src, "full")
+    by_pack = defaultdict(list)
+    for bid, loc in repo.index.items():
+        by_pack[loc.pack].append((loc.offset, bid, loc.type))
+    originals = {p for p, es in by_pack.items() if all(t == TYPE_DATA for _o, _b, t in es)}
+    assert originals
     before = set(repo.backend.list("packs"))
-    blobs = [bid for bid, loc in repo.index.items() if loc.type == TYPE_DATA]
-    writer = repo.writer()  # a second copy of every data blob, in packs of their own, indexed
-    for bid in blobs:
-        writer.put_forced(bid, TYPE_DATA, repo.reader.read(bid))
+    writer = repo.writer()  # a second copy of their blobs, in packs of their own (other order), indexed
+    for p in sorted(originals):
+        for _o, bid, btype in sorted(by_pack[p], reverse=True):
+            writer.put_forced(bid, btype, repo.reader.read(bid))
     writer.finish()
     copies = set(repo.backend.list("packs")) - before
     assert copies
-    for name in copies:
-        repo.backend.delete("packs", name)  # named by an index, gone from storage
-    marked = before | copies  # both copies of each blob are marked, and ripe
-    name = "ab" * 16
-    m = Marker(name, 0.0, frozenset(marked), frozenset())
-    repo.backend.put("gc", name, encode_marker(m))
+    for name in copies:  # named by an index, gone from storage or cut short
+        if harm == "deleted":
+            repo.backend.delete("packs", name)
+        else:
+            repo.backend.put("packs", name, repo.backend.get("packs", name)[:100])
+    name = "ab" * 16  # both copies of each of those blobs are marked, and ripe
+    repo.backend.put("gc", name, encode_marker(Marker(name, 0.0, frozenset(originals | copies), frozenset())))
     assert json.loads(repo.backend.get("gc", name))["blockers"] == []
     repo.prune(PrunePolicy(), grace=0)
     assert set(repo.backend.list("packs")) == before
