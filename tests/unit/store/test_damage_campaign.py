@@ -15,7 +15,9 @@ Then, as at 3 a.m.:
 - prune (keeping every set) refuses or frees only what no set needs: every set that restored
   whole still does;
 - `repair index --read-data`, `repair sets`, then a new full backup: check finds no error in the
-  new set, which restores identical, and the old sets still never restore wrong content.
+  new set, which restores identical, and the old sets still never restore wrong content;
+- the repairs stopped before each of their writes and deletes in turn, then run again, end as
+  repairs left alone do (the same errors found, the same sets restoring whole).
 
 Reproduce a failure with CAIRN_FUZZ_SEED=<the printed seed>; CAIRN_FUZZ_ROUNDS runs more
 rounds. A developer's run draws a new seed each time; CI (CI set) runs a fixed one.
@@ -195,3 +197,55 @@ def test_damaged_repository_never_gives_wrong_data(tmp_path, round_):
     assert repo.restore(repo.get_set(s.id), str(out)).errors == (), tag
     assert not differences(snapshot(src), snapshot(out)), f"{tag}: the new full set restores different"
     _never_wrong(repo, {k: v for k, v in captured.items() if k in {x.id for x in repo.list_sets()}}, tmp_path, tag)
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS // 2))
+def test_repairs_interrupted_anywhere_then_run_again_end_as_if_not(tmp_path, round_):
+    """`repair index --read-data` then `repair sets` on a damaged repository, stopped before each
+    of their writes and deletes in turn (the process dies: nothing more reaches the storage)
+    and run again: what check finds and which sets restore whole are as after repairs that
+    were not interrupted, and no restore gives wrong content."""
+    from cairn.store.storage.faults import FaultyBackend
+
+    seed = _seed() + 1000 + round_
+    print(f"CAIRN_FUZZ_SEED={seed - 1000 - round_} (round {round_})")
+    rng = random.Random(seed)
+    encrypted = round_ % 2 == 1
+    objects, captured = _history(rng, tmp_path / "src", encrypted)
+    damaged = dict(objects)
+    kinds = ("packs", "index", "sets")
+    harms = [h for h in _damage(damaged, rng, False) if h.split()[1].startswith(tuple(k + "/" for k in kinds))]
+    if not harms:
+        pytest.skip("nothing drawn to damage")
+    tag = f"seed {seed} ({'encrypted' if encrypted else 'plaintext'}): {', '.join(harms)}"
+
+    def repair(inner: MemoryBackend, stop: int | None = None) -> FaultyBackend:
+        faulty = FaultyBackend(inner, fail_at=stop, mode="stop", ops=("put", "delete"),
+                               kind=("packs", "index", "sets"))
+        try:
+            r = Repository.open(faulty, secret=SECRET) if encrypted else Repository.open(faulty)
+            r.repair_index(read_data=True)
+            r.repair_sets()
+        except CairnError:
+            assert stop is not None and faulty.fired, f"{tag}: a repair failed without a fault"
+        for name in list(inner.list("locks")):  # its process is gone (same pid here: removed by hand)
+            inner.delete("locks", name)
+        return faulty
+
+    def outcome(objs: dict) -> tuple[frozenset[str], set[str]]:
+        repo, _ = _open(objs, encrypted)
+        report = repo.check(read_data=True)
+        return frozenset(p.message for p in report.errors), _never_wrong(repo, captured, tmp_path, tag)
+
+    reference = dict(damaged)
+    inner = MemoryBackend()
+    inner.objects = reference
+    calls = len(repair(inner).calls)
+    expected = outcome(reference)
+    for n in range(1, calls + 1):
+        inner = MemoryBackend()
+        inner.objects = dict(damaged)
+        assert repair(inner, n).fired, f"{tag}: stop {n}"
+        repair(inner)
+        got = outcome(inner.objects)
+        assert got == expected, f"{tag}: stopped at call {n} of {calls}, then run again: {got} != {expected}"
