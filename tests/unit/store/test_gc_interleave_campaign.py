@@ -1,7 +1,9 @@
 """A seeded randomized campaign: garbage collection and backups interleaved at drawn storage calls.
 
 Each round builds a small history (sets of a changing tree, some on a second host, a backup
-that died before committing), then draws one of two interleavings on the memory backend:
+that died before committing) in a plaintext or an encrypted repository, or in an encrypted one
+where the backup in the window below is a write-only host's (by turns), then draws one of two
+interleavings on the memory backend:
 - prune pauses right before its k-th storage call (any call: a read, a listing, a write), a
   backup of the changed tree runs to its end meanwhile on another handle, then prune goes on;
 - a backup pauses right before its k-th storage call, a whole prune runs meanwhile, then the
@@ -25,6 +27,7 @@ import random
 import threading
 
 import pytest
+from cairn.store.content import crypto
 from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
 from cairn.store.errors import CairnError
 from cairn.store.model import BackupRequest, PrunePolicy
@@ -43,6 +46,10 @@ POLICIES = (PrunePolicy(), PrunePolicy(keep_full=1), PrunePolicy(keep_last=1),
             PrunePolicy(keep_full=1, keep_incremental=1),
             PrunePolicy(keep_full=1, keep_differential=0, keep_incremental=0))
 LEVELS = ("full", "incremental", "differential")
+FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
+FULL = crypto.Secret("passphrase", b"full")
+WONLY = crypto.Secret("passphrase", b"write-only")
+MODES = ("plaintext", "encrypted", "write-only host")
 _places = itertools.count()
 
 
@@ -115,12 +122,29 @@ def _wait(pause: Pause, done: threading.Event) -> None:
     raise AssertionError("the paused operation neither paused nor ended")
 
 
-def _count(objects: dict, fn) -> int:
+class Opener:
+    """Opens the round's repository: plaintext, or with the full key, or (`writer`, in the
+    write-only mode) with the write-only key and that host's cache directory `cache`."""
+
+    def __init__(self, mode: str, cache) -> None:
+        self.mode, self.cache = mode, cache
+
+    def __call__(self, backend, writer: bool = False, cache=None) -> Repository:
+        if self.mode == "plaintext":
+            return Repository.open(backend)
+        if writer and self.mode == "write-only host":
+            repo = Repository.open(backend, secret=WONLY)
+            repo.attach_host_cache(str(cache or self.cache))
+            return repo
+        return Repository.open(backend, secret=FULL)
+
+
+def _count(objects: dict, opener, fn) -> int:
     """How many storage calls `fn(repo)` makes on a copy of `objects`."""
     inner = MemoryBackend()
     inner.objects = dict(objects)
     counter = Pause(0)
-    repo = Repository.open(FaultyBackend(inner, ops=(), hook=counter))
+    repo = opener(FaultyBackend(inner, ops=(), hook=counter))
     counter.armed = True
     try:
         fn(repo)
@@ -129,8 +153,8 @@ def _count(objects: dict, fn) -> int:
     return counter.calls
 
 
-def _all_restore(inner: MemoryBackend, captured: dict, tmp, tag: str) -> None:
-    repo = Repository.open(inner)
+def _all_restore(inner: MemoryBackend, opener, captured: dict, tmp, tag: str) -> None:
+    repo = opener(inner)
     for s in repo.list_sets():
         assert s.id in captured, f"{tag}: a set nobody committed: {s.id[:8]}"
         out = tmp / f"r{next(_places)}"
@@ -148,8 +172,14 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     src.mkdir()
     for i in range(rng.randrange(6, 14)):
         write_random(src / f"f{i:03d}", rng.randrange(0, 80_000), rng)
+    mode = MODES[round_ % len(MODES)]
+    opener = Opener(mode, tmp_path / "wo-cache")
     inner = MemoryBackend()
-    repo = Repository.init(inner, RepoConfig.new(**CONFIG))
+    if mode == "plaintext":
+        repo = Repository.init(inner, RepoConfig.new(**CONFIG))
+    else:
+        repo = Repository.init(inner, RepoConfig.new(**CONFIG), secret=FULL, argon2=FAST)
+        repo.add_key(WONLY, FAST, write_only=True)
     captured: dict[str, object] = {}
     for i in range(rng.randrange(2, 5)):
         host = rng.choice(("h1", "h1", "h2"))
@@ -158,27 +188,28 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
         _mutate(src, rng)
     if rng.random() < 0.4:  # a backup that dies at its index write (if it has one): packs no index names
         try:
-            s = Repository.open(FaultyBackend(inner, fail_at=1, kind="index")).backup(_req(src, "full", "h1"))
+            s = opener(FaultyBackend(inner, fail_at=1, kind="index")).backup(_req(src, "full", "h1"))
             captured[s.id] = snapshot(src)
         except CairnError:
             pass
         for name in list(inner.list("locks")):
             inner.delete("locks", name)
     policy = rng.choice(POLICIES)
-    level, host = rng.choice(LEVELS), rng.choice(("h1", "h2"))
+    level, host = rng.choice(LEVELS), "wo" if mode == "write-only host" else rng.choice(("h1", "h2"))
     prune_paused = rng.random() < 0.5
     objects = dict(inner.objects)
     if prune_paused:
-        total = _count(objects, lambda r: r.prune(policy))
+        total = _count(objects, opener, lambda r: r.prune(policy))
     else:
-        total = _count(objects, lambda r: r.backup(_req(src, level, host)))
+        total = _count(objects, lambda b: opener(b, writer=True, cache=tmp_path / "count-cache"),
+                       lambda r: r.backup(_req(src, level, host)))
     at = rng.randrange(1, total + 1)
     rules = {k: v for k, v in vars(policy).items() if v not in (None, (), {}, "")}
-    tag = (f"seed {seed}: {'prune' if prune_paused else 'backup'} paused at call {at} of {total}, "
+    tag = (f"seed {seed} ({mode}): {'prune' if prune_paused else 'backup'} paused at call {at} of {total}, "
            f"prune {rules}, {level} backup on {host}")
 
     pause = Pause(at)
-    paused_repo = Repository.open(FaultyBackend(inner, ops=(), hook=pause))
+    paused_repo = opener(FaultyBackend(inner, ops=(), hook=pause), writer=not prune_paused)
     pause.armed = True
     before = snapshot(src)
     if prune_paused:
@@ -187,7 +218,7 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
         _mutate(src, rng)
         snap = snapshot(src)
         try:
-            s = Repository.open(inner).backup(_req(src, level, host))
+            s = opener(inner, writer=True).backup(_req(src, level, host))
             captured[s.id] = snap
         except CairnError:
             pass
@@ -198,7 +229,7 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
         thread, out, done = _in_thread(lambda: paused_repo.backup(_req(src, level, host)))
         _wait(pause, done)
         try:
-            Repository.open(inner).prune(policy)
+            opener(inner).prune(policy)
         except CairnError:
             pass
         pause.release.set()
@@ -210,10 +241,10 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     for name in list(inner.list("locks")):  # every operation has ended (same pid: stale by hand)
         inner.delete("locks", name)
 
-    report = Repository.open(inner).check(read_data=True)
+    report = opener(inner).check(read_data=True)
     assert report.ok, f"{tag}: {[p.message for p in report.errors]}"
-    _all_restore(inner, captured, tmp_path, tag)
-    Repository.open(inner).prune(PrunePolicy())
-    report = Repository.open(inner).check(read_data=True)
+    _all_restore(inner, opener, captured, tmp_path, tag)
+    opener(inner).prune(PrunePolicy())
+    report = opener(inner).check(read_data=True)
     assert report.ok and report.warnings == (), f"{tag}: {[p.message for p in report.errors + report.warnings]}"
-    _all_restore(inner, captured, tmp_path, tag + ", after a prune alone")
+    _all_restore(inner, opener, captured, tmp_path, tag + ", after a prune alone")
