@@ -7,7 +7,10 @@ interleavings on the memory backend:
 - prune pauses right before its k-th storage call (any call: a read, a listing, a write), a
   backup of the changed tree runs to its end meanwhile on another handle, then prune goes on;
 - a backup pauses right before its k-th storage call, a whole prune runs meanwhile, then the
-  backup goes on.
+  backup goes on;
+- a restore of one of the sets pauses so, a whole prune runs meanwhile (its policy may drop
+  that set), then the restore goes on, and must restore that set whole, unless the prune
+  forgot the set before the restore's lock named it, and the restore says so.
 k is drawn over the whole length of the paused operation, so every step of the two-phase
 collection (marking, listing blockers, reindexing, deleting) meets a backup in flight, and
 every step of a backup (choosing its base, uploading packs, writing its index and set) meets a
@@ -29,7 +32,7 @@ import threading
 import pytest
 from cairn.store.content import crypto
 from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
-from cairn.store.errors import CairnError
+from cairn.store.errors import CairnError, NotFoundError
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import MemoryBackend
@@ -196,23 +199,31 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
             inner.delete("locks", name)
     policy = rng.choice(POLICIES)
     level, host = rng.choice(LEVELS), "wo" if mode == "write-only host" else rng.choice(("h1", "h2"))
-    prune_paused = rng.random() < 0.5
+    paused_op = rng.choice(("prune", "backup", "restore"))
+    reading = rng.choice(sorted(captured))  # the set the restore reads
+    targets = itertools.count()
+
+    def restore(repo: Repository):
+        return repo.restore(repo.get_set(reading), str(tmp_path / f"reading{next(targets)}"))
+
     objects = dict(inner.objects)
-    if prune_paused:
+    if paused_op == "prune":
         total = _count(objects, opener, lambda r: r.prune(policy))
-    else:
+    elif paused_op == "backup":
         total = _count(objects, lambda b: opener(b, writer=True, cache=tmp_path / "count-cache"),
                        lambda r: r.backup(_req(src, level, host)))
+    else:
+        total = _count(objects, opener, restore)
     at = rng.randrange(1, total + 1)
     rules = {k: v for k, v in vars(policy).items() if v not in (None, (), {}, "")}
-    tag = (f"seed {seed} ({mode}): {'prune' if prune_paused else 'backup'} paused at call {at} of {total}, "
+    tag = (f"seed {seed} ({mode}): {paused_op} paused at call {at} of {total}, "
            f"prune {rules}, {level} backup on {host}")
 
     pause = Pause(at)
-    paused_repo = opener(FaultyBackend(inner, ops=(), hook=pause), writer=not prune_paused)
+    paused_repo = opener(FaultyBackend(inner, ops=(), hook=pause), writer=paused_op == "backup")
     pause.armed = True
     before = snapshot(src)
-    if prune_paused:
+    if paused_op == "prune":
         thread, out, done = _in_thread(lambda: paused_repo.prune(policy))
         _wait(pause, done)
         _mutate(src, rng)
@@ -222,21 +233,28 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
             captured[s.id] = snap
         except CairnError:
             pass
-        pause.release.set()
-        thread.join(60)
-        assert not thread.is_alive(), tag
     else:
-        thread, out, done = _in_thread(lambda: paused_repo.backup(_req(src, level, host)))
+        fn = (lambda: paused_repo.backup(_req(src, level, host))) if paused_op == "backup" else \
+            (lambda: restore(paused_repo))
+        thread, out, done = _in_thread(fn)
         _wait(pause, done)
         try:
             opener(inner).prune(policy)
         except CairnError:
             pass
-        pause.release.set()
-        thread.join(60)
-        assert not thread.is_alive(), tag
-        if "value" in out:
-            captured[out["value"].id] = before
+    pause.release.set()
+    thread.join(60)
+    assert not thread.is_alive(), tag
+    if paused_op == "backup" and "value" in out:
+        captured[out["value"].id] = before
+    if paused_op == "restore" and "error" in out:  # the prune forgot the set before the restore's lock named it
+        assert isinstance(out["error"], NotFoundError), f"{tag}: {out['error']!r}"
+        assert reading not in {x.id for x in opener(inner).list_sets()}, f"{tag}: {out['error']} (it was not)"
+    elif paused_op == "restore":  # once it is named, the set is not forgotten, nor its data collected
+        assert out["value"].errors == (), f"{tag}: {out['value'].errors}"
+        got = snapshot(tmp_path / f"reading{next(targets) - 1}")
+        assert not differences(captured[reading], got), f"{tag}: the restore that ran beside prune differs"
+        assert reading in {x.id for x in opener(inner).list_sets()}, f"{tag}: the set was forgotten while read"
     assert "crash" not in out, f"{tag}: {out.get('crash')!r}"
     for name in list(inner.list("locks")):  # every operation has ended (same pid: stale by hand)
         inner.delete("locks", name)
