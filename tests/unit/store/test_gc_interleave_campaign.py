@@ -8,6 +8,9 @@ interleavings on the memory backend:
   backup of the changed tree runs to its end meanwhile on another handle, then prune goes on;
 - a backup pauses right before its k-th storage call, a whole prune runs meanwhile, then the
   backup goes on;
+- a WAL push (of a file's bytes that an older set holds: its chunks deduplicate) pauses so, a
+  whole prune runs meanwhile, then the push goes on (when prune pauses, such a push also runs
+  in the window);
 - a restore of one of the sets pauses so, a whole prune runs meanwhile (its policy may drop
   that set), then the restore goes on, and must restore that set whole, unless the prune
   forgot the set before the restore's lock named it, and the restore says so.
@@ -15,7 +18,8 @@ k is drawn over the whole length of the paused operation, so every step of the t
 collection (marking, listing blockers, reindexing, deleting) meets a backup in flight, and
 every step of a backup (choosing its base, uploading packs, writing its index and set) meets a
 prune. Either operation may end with a CairnError ("run it again"), never with another error.
-Afterwards every set the repository lists restores exactly what it captured, check reads every
+Afterwards every set the repository lists restores exactly what it captured, every WAL file
+pushed reads back, check reads every
 blob without an error, and once a prune alone has run, without a warning either.
 
 Reproduce a failure with CAIRN_FUZZ_SEED=<the printed seed>; CAIRN_FUZZ_ROUNDS runs more
@@ -53,6 +57,7 @@ FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
 FULL = crypto.Secret("passphrase", b"full")
 WONLY = crypto.Secret("passphrase", b"write-only")
 MODES = ("plaintext", "encrypted", "write-only host")
+WAL_NAME = "000000010000000000000001"
 _places = itertools.count()
 
 
@@ -63,14 +68,14 @@ def _seed() -> int:
     return CI_SEED if os.environ.get("CI") else random.SystemRandom().randrange(1 << 32)
 
 
-def _mutate(src, rng: random.Random) -> None:
+def _mutate(src, rng: random.Random, contents: list[bytes]) -> None:
     names = sorted(os.listdir(src))
     for _ in range(rng.randrange(1, 5)):
         if names and rng.random() < 0.3:
             (src / names.pop(rng.randrange(len(names)))).unlink()
         else:
             name = rng.choice(names) if names and rng.random() < 0.5 else f"f{rng.randrange(1000):03d}"
-            write_random(src / name, rng.randrange(0, 80_000), rng)
+            contents.append(write_random(src / name, rng.randrange(0, 80_000), rng))
             if name not in names:
                 names.append(name)
 
@@ -156,8 +161,10 @@ def _count(objects: dict, opener, fn) -> int:
     return counter.calls
 
 
-def _all_restore(inner: MemoryBackend, opener, captured: dict, tmp, tag: str) -> None:
+def _all_restore(inner: MemoryBackend, opener, captured: dict, pushed: dict, tmp, tag: str) -> None:
     repo = opener(inner)
+    for name, data in pushed.items():
+        assert repo.get_wal(name) == data, f"{tag}: WAL {name} reads back different"
     for s in repo.list_sets():
         assert s.id in captured, f"{tag}: a set nobody committed: {s.id[:8]}"
         out = tmp / f"r{next(_places)}"
@@ -173,8 +180,9 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     rng = random.Random(seed)
     src = tmp_path / "src"
     src.mkdir()
+    contents: list[bytes] = []  # every file content written: WAL files of the same bytes deduplicate
     for i in range(rng.randrange(6, 14)):
-        write_random(src / f"f{i:03d}", rng.randrange(0, 80_000), rng)
+        contents.append(write_random(src / f"f{i:03d}", rng.randrange(0, 80_000), rng))
     mode = MODES[round_ % len(MODES)]
     opener = Opener(mode, tmp_path / "wo-cache")
     inner = MemoryBackend()
@@ -188,7 +196,7 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
         host = rng.choice(("h1", "h1", "h2"))
         s = repo.backup(_req(src, "full" if i == 0 else rng.choice(LEVELS), host))
         captured[s.id] = snapshot(src)
-        _mutate(src, rng)
+        _mutate(src, rng, contents)
     if rng.random() < 0.4:  # a backup that dies at its index write (if it has one): packs no index names
         try:
             s = opener(FaultyBackend(inner, fail_at=1, kind="index")).backup(_req(src, "full", "h1"))
@@ -199,9 +207,13 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
             inner.delete("locks", name)
     policy = rng.choice(POLICIES)
     level, host = rng.choice(LEVELS), "wo" if mode == "write-only host" else rng.choice(("h1", "h2"))
-    paused_op = rng.choice(("prune", "backup", "restore"))
+    paused_op = rng.choice(("prune", "backup", "restore", "wal"))
     reading = rng.choice(sorted(captured))  # the set the restore reads
     targets = itertools.count()
+    # a WAL file holding what a file of an older set held: its chunks are those of that file,
+    # which the prune may be freeing (the policy drops the set)
+    wal = rng.choice([c for c in contents if len(c) > 4096] or [rng.randbytes(30_000)])
+    pushed: dict[str, bytes] = {}
 
     def restore(repo: Repository):
         return repo.restore(repo.get_set(reading), str(tmp_path / f"reading{next(targets)}"))
@@ -212,6 +224,9 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     elif paused_op == "backup":
         total = _count(objects, lambda b: opener(b, writer=True, cache=tmp_path / "count-cache"),
                        lambda r: r.backup(_req(src, level, host)))
+    elif paused_op == "wal":
+        total = _count(objects, lambda b: opener(b, writer=True, cache=tmp_path / "count-cache"),
+                       lambda r: r.put_wal(WAL_NAME, wal))
     else:
         total = _count(objects, opener, restore)
     at = rng.randrange(1, total + 1)
@@ -220,22 +235,27 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
            f"prune {rules}, {level} backup on {host}")
 
     pause = Pause(at)
-    paused_repo = opener(FaultyBackend(inner, ops=(), hook=pause), writer=paused_op == "backup")
+    paused_repo = opener(FaultyBackend(inner, ops=(), hook=pause), writer=paused_op in ("backup", "wal"))
     pause.armed = True
     before = snapshot(src)
     if paused_op == "prune":
         thread, out, done = _in_thread(lambda: paused_repo.prune(policy))
         _wait(pause, done)
-        _mutate(src, rng)
+        _mutate(src, rng, contents)
         snap = snapshot(src)
         try:
             s = opener(inner, writer=True).backup(_req(src, level, host))
             captured[s.id] = snap
         except CairnError:
             pass
+        try:
+            opener(inner, writer=True).put_wal(WAL_NAME, wal)
+            pushed[WAL_NAME] = wal
+        except CairnError:
+            pass
     else:
-        fn = (lambda: paused_repo.backup(_req(src, level, host))) if paused_op == "backup" else \
-            (lambda: restore(paused_repo))
+        fn = {"backup": lambda: paused_repo.backup(_req(src, level, host)), "restore": lambda: restore(paused_repo),
+              "wal": lambda: paused_repo.put_wal(WAL_NAME, wal)}[paused_op]
         thread, out, done = _in_thread(fn)
         _wait(pause, done)
         try:
@@ -247,6 +267,8 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     assert not thread.is_alive(), tag
     if paused_op == "backup" and "value" in out:
         captured[out["value"].id] = before
+    if paused_op == "wal" and "value" in out:
+        pushed[WAL_NAME] = wal
     if paused_op == "restore" and "error" in out:  # the prune forgot the set before the restore's lock named it
         assert isinstance(out["error"], NotFoundError), f"{tag}: {out['error']!r}"
         assert reading not in {x.id for x in opener(inner).list_sets()}, f"{tag}: {out['error']} (it was not)"
@@ -261,8 +283,8 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
 
     report = opener(inner).check(read_data=True)
     assert report.ok, f"{tag}: {[p.message for p in report.errors]}"
-    _all_restore(inner, opener, captured, tmp_path, tag)
+    _all_restore(inner, opener, captured, pushed, tmp_path, tag)
     opener(inner).prune(PrunePolicy())
     report = opener(inner).check(read_data=True)
     assert report.ok and report.warnings == (), f"{tag}: {[p.message for p in report.errors + report.warnings]}"
-    _all_restore(inner, opener, captured, tmp_path, tag + ", after a prune alone")
+    _all_restore(inner, opener, captured, pushed, tmp_path, tag + ", after a prune alone")
