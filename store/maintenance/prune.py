@@ -306,7 +306,7 @@ class Pruner:
             if b in live:
                 for p in packs.keys() & candidates:
                     holds[p].append(b)
-        kept = candidates & self._spare(candidates, holds, where)
+        kept = self._spare(candidates, holds, where)  # marked packs that stay
         doomed = {p for p in candidates - kept
                   if all(any(q not in candidates or q in kept for q in where[b]) for b in holds.get(p, ()))}
         if not complete:  # an unreadable index file may name an unindexed pack: keep those
@@ -328,11 +328,11 @@ class Pruner:
                where: dict[bytes, dict[str, int]]) -> set[str]:
         """Of the marked packs, one for each live blob that only marked packs hold: the one
         storing the fewest bytes besides its live blobs (then the first name), never one that
-        storage lacks or that is shorter than its live blobs. A rerun of a
-        prune that died after copying a mostly dead pack's live blobs finds the copy marked too
-        (it was left unindexed, and the rerun indexed it again): sparing both would leave the
-        old pack's dead bytes, and the single index entry the reindex gives a blob would leave
-        one of the two unindexed."""
+        storage lacks or that is shorter than its live blobs. A rerun of a prune that died
+        after copying a mostly dead pack's live blobs finds the copy marked too (it was left
+        unindexed, and the rerun indexed it again): sparing both would leave the old pack's
+        dead bytes, and the single index entry the reindex gives a blob would leave one of the
+        two unindexed."""
         alone = [b for p in sorted(holds) for b in holds[p] if where[b].keys() <= candidates]
         if not alone:
             return set()
