@@ -11,6 +11,9 @@ interleavings on the memory backend:
 - a WAL push (of a file's bytes that an older set holds: its chunks deduplicate) pauses so, a
   whole prune runs meanwhile, then the push goes on (when prune pauses, such a push also runs
   in the window);
+- `cairn copy` of another repository's sets (files whose chunks older sets here hold) into
+  this one, when it is encrypted, pauses so, a whole prune runs meanwhile, then the copy goes on
+  (when prune pauses, such a copy also runs in the window);
 - a restore of one of the sets pauses so, a whole prune runs meanwhile (its policy may drop
   that set), then the restore goes on, and must restore that set whole, unless the prune
   forgot the set before the restore's lock named it, and the restore says so.
@@ -36,6 +39,7 @@ import threading
 import pytest
 from cairn.store.content import crypto
 from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
+from cairn.store.copy import ORIGIN_KEY, copy_sets
 from cairn.store.errors import CairnError, NotFoundError
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
@@ -207,13 +211,32 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
             inner.delete("locks", name)
     policy = rng.choice(POLICIES)
     level, host = rng.choice(LEVELS), "wo" if mode == "write-only host" else rng.choice(("h1", "h2"))
-    paused_op = rng.choice(("prune", "backup", "restore", "wal"))
+    paused_op = rng.choice(("prune", "backup", "restore", "wal") + (("copy",) if mode != "plaintext" else ()))
     reading = rng.choice(sorted(captured))  # the set the restore reads
     targets = itertools.count()
     # a WAL file holding what a file of an older set held: its chunks are those of that file,
     # which the prune may be freeing (the policy drops the set)
     wal = rng.choice([c for c in contents if len(c) > 4096] or [rng.randbytes(30_000)])
     pushed: dict[str, bytes] = {}
+    # another repository's sets of files older sets here held (their chunks deduplicate), copied
+    # in by `cairn copy` (an encrypted destination only)
+    other = Repository.init(MemoryBackend(), RepoConfig.new(**CONFIG))
+    (tmp_path / "other").mkdir()
+    other_captured: dict[str, object] = {}
+    for i, data in enumerate(rng.sample(contents, min(len(contents), rng.randrange(2, 6)))):
+        (tmp_path / "other" / f"o{i}").write_bytes(data)
+        if rng.random() < 0.5:
+            s = other.backup(BackupRequest(source="other", paths=(str(tmp_path / "other"),), hostname="far"))
+            other_captured[s.id] = snapshot(tmp_path / "other")
+    s = other.backup(BackupRequest(source="other", paths=(str(tmp_path / "other"),), hostname="far"))
+    other_captured[s.id] = snapshot(tmp_path / "other")
+
+    def copied(repo: Repository) -> None:
+        """The copies `repo` lists, each captured as the other repository's set it copies."""
+        for x in repo.list_sets():
+            origin = x.extra.get(ORIGIN_KEY, {}).get("set")
+            if origin in other_captured:
+                captured[x.id] = other_captured[origin]
 
     def restore(repo: Repository):
         return repo.restore(repo.get_set(reading), str(tmp_path / f"reading{next(targets)}"))
@@ -227,6 +250,8 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     elif paused_op == "wal":
         total = _count(objects, lambda b: opener(b, writer=True, cache=tmp_path / "count-cache"),
                        lambda r: r.put_wal(WAL_NAME, wal))
+    elif paused_op == "copy":
+        total = _count(objects, opener, lambda r: copy_sets(other, r))
     else:
         total = _count(objects, opener, restore)
     at = rng.randrange(1, total + 1)
@@ -253,9 +278,16 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
             pushed[WAL_NAME] = wal
         except CairnError:
             pass
+        if mode != "plaintext":
+            try:
+                copy_sets(other, opener(inner))
+            except CairnError:
+                pass
     else:
-        fn = {"backup": lambda: paused_repo.backup(_req(src, level, host)), "restore": lambda: restore(paused_repo),
-              "wal": lambda: paused_repo.put_wal(WAL_NAME, wal)}[paused_op]
+        fn = {"backup": lambda: paused_repo.backup(_req(src, level, host)),
+              "restore": lambda: restore(paused_repo),
+              "wal": lambda: paused_repo.put_wal(WAL_NAME, wal),
+              "copy": lambda: copy_sets(other, paused_repo)}[paused_op]
         thread, out, done = _in_thread(fn)
         _wait(pause, done)
         try:
@@ -278,6 +310,7 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
         assert not differences(captured[reading], got), f"{tag}: the restore that ran beside prune differs"
         assert reading in {x.id for x in opener(inner).list_sets()}, f"{tag}: the set was forgotten while read"
     assert "crash" not in out, f"{tag}: {out.get('crash')!r}"
+    copied(opener(inner))
     for name in list(inner.list("locks")):  # every operation has ended (same pid: stale by hand)
         inner.delete("locks", name)
 
