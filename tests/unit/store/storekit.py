@@ -155,3 +155,20 @@ def listing(root: str) -> dict[str, tuple[int, int, str]]:
             digest = _digest(os.fsencode(p)) if stat.S_ISREG(st.st_mode) else ""
             out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, digest)
     return out
+
+
+CI_SEED = 20261206  # the seed CI runs the store's campaigns with
+
+
+def fuzz_seed() -> int:
+    """The seed of a seeded campaign: CAIRN_FUZZ_SEED when set (to replay a failure), the fixed
+    CI_SEED under CI (a landing is never decided by the draw), else a new draw (to explore)."""
+    text = os.environ.get("CAIRN_FUZZ_SEED")
+    if text:
+        return int(text)
+    return CI_SEED if os.environ.get("CI") else random.SystemRandom().randrange(1 << 32)
+
+
+def fuzz_rounds(default: int) -> int:
+    """How many rounds a campaign runs: CAIRN_FUZZ_ROUNDS, else `default` (sized for the suite)."""
+    return int(os.environ.get("CAIRN_FUZZ_ROUNDS", str(default)))

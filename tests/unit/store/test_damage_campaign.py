@@ -37,12 +37,11 @@ from cairn.store.errors import CairnError
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import MemoryBackend
-from storekit import differences, snapshot, write_random
+from storekit import differences, fuzz_rounds, fuzz_seed, snapshot, write_random
 
 pytestmark = pytest.mark.campaign
 
-ROUNDS = int(os.environ.get("CAIRN_FUZZ_ROUNDS", "24"))  # 24 fit the suite's time budget (~5 s)
-CI_SEED = 20261206
+ROUNDS = fuzz_rounds(24)  # 24 fit the suite's time budget (~5 s)
 CONFIG = dict(pack_size=64 * 1024, chunker=ChunkerParams(min_size=4 * 1024, avg_size=8 * 1024,
                                                          max_size=32 * 1024))
 FAST = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
@@ -51,12 +50,6 @@ HARMS = ("flip", "truncate", "garbage", "empty", "delete")
 WAL_NAME = "000000010000000000000003"
 _places = itertools.count()
 
-
-def _seed() -> int:
-    text = os.environ.get("CAIRN_FUZZ_SEED")
-    if text:
-        return int(text)
-    return CI_SEED if os.environ.get("CI") else random.SystemRandom().randrange(1 << 32)
 
 
 def _mutate(root, rng: random.Random) -> None:
@@ -154,7 +147,7 @@ def _never_wrong(repo: Repository, captured: dict, tmp, tag: str) -> set[str]:
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_damaged_repository_never_gives_wrong_data(tmp_path, round_):
-    seed = _seed() + round_
+    seed = fuzz_seed() + round_
     print(f"CAIRN_FUZZ_SEED={seed - round_} (round {round_})")
     rng = random.Random(seed)
     encrypted = round_ % 2 == 1
@@ -207,7 +200,7 @@ def test_repairs_interrupted_anywhere_then_run_again_end_as_if_not(tmp_path, rou
     were not interrupted, and no restore gives wrong content."""
     from cairn.store.storage.faults import FaultyBackend
 
-    seed = _seed() + 1000 + round_
+    seed = fuzz_seed() + 1000 + round_
     print(f"CAIRN_FUZZ_SEED={seed - 1000 - round_} (round {round_})")
     rng = random.Random(seed)
     encrypted = round_ % 2 == 1

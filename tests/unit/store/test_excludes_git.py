@@ -21,20 +21,14 @@ from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
 from cairn.store.snapshots.excludes import Excluder
 from cairn.store.storage.backend import MemoryBackend
+from storekit import fuzz_rounds, fuzz_seed
 
 pytestmark = [pytest.mark.campaign,
               pytest.mark.skipif(shutil.which("git") is None, reason="needs git, the reference")]
 
-ROUNDS = int(os.environ.get("CAIRN_FUZZ_ROUNDS", "300"))  # 300 cases in about 10 s
-CI_SEED = 20261206
+ROUNDS = fuzz_rounds(300)  # 300 cases in about 10 s
 NAMES = ("a", "b", "c.log", "d.tmp", "cache", "keep.log", "x y", "e")
 
-
-def _seed() -> int:
-    text = os.environ.get("CAIRN_FUZZ_SEED")
-    if text:
-        return int(text)
-    return CI_SEED if os.environ.get("CI") else random.SystemRandom().randrange(1 << 32)
 
 
 def _pattern(rng: random.Random) -> str:
@@ -89,7 +83,7 @@ def _stored(repo: Repository, tree: bytes, prefix: str = "") -> set[str]:
 
 
 def test_excludes_decide_as_git_does(tmp_path):
-    seed = _seed()
+    seed = fuzz_seed()
     print(f"CAIRN_FUZZ_SEED={seed}")
     rng = random.Random(seed)
     env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", HOME=str(tmp_path))  # no user's global excludes

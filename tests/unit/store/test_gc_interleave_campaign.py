@@ -45,12 +45,11 @@ from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import MemoryBackend
 from cairn.store.storage.faults import FaultyBackend
-from storekit import differences, snapshot, write_random
+from storekit import differences, fuzz_rounds, fuzz_seed, snapshot, write_random
 
 pytestmark = pytest.mark.campaign
 
-ROUNDS = int(os.environ.get("CAIRN_FUZZ_ROUNDS", "64"))  # 64 fit the suite's time budget (~10 s)
-CI_SEED = 20261206
+ROUNDS = fuzz_rounds(64)  # 64 fit the suite's time budget (~10 s)
 CONFIG = dict(pack_size=64 * 1024, chunker=ChunkerParams(min_size=4 * 1024, avg_size=16 * 1024,
                                                          max_size=64 * 1024))
 POLICIES = (PrunePolicy(), PrunePolicy(keep_full=1), PrunePolicy(keep_last=1),
@@ -64,12 +63,6 @@ MODES = ("plaintext", "encrypted", "write-only host")
 WAL_NAME = "000000010000000000000001"
 _places = itertools.count()
 
-
-def _seed() -> int:
-    text = os.environ.get("CAIRN_FUZZ_SEED")
-    if text:
-        return int(text)
-    return CI_SEED if os.environ.get("CI") else random.SystemRandom().randrange(1 << 32)
 
 
 def _mutate(src, rng: random.Random, contents: list[bytes]) -> None:
@@ -179,7 +172,7 @@ def _all_restore(inner: MemoryBackend, opener, captured: dict, pushed: dict, tmp
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
-    seed = _seed() + round_
+    seed = fuzz_seed() + round_
     print(f"CAIRN_FUZZ_SEED={seed - round_} (round {round_})")
     rng = random.Random(seed)
     src = tmp_path / "src"

@@ -31,24 +31,17 @@ from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import MemoryBackend
 from cairn.store.storage.faults import FaultyBackend
-from storekit import differences, snapshot, write_random
+from storekit import differences, fuzz_rounds, fuzz_seed, snapshot, write_random
 
 pytestmark = pytest.mark.campaign
 
-ROUNDS = int(os.environ.get("CAIRN_FUZZ_ROUNDS", "3"))  # 3 fit the suite's time budget (~15 s)
-CI_SEED = 20261206
+ROUNDS = fuzz_rounds(3)  # 3 fit the suite's time budget (~15 s)
 CONFIG = dict(pack_size=96 * 1024, chunker=ChunkerParams(min_size=8 * 1024, avg_size=16 * 1024,
                                                          max_size=64 * 1024))
 DATA_KINDS = ("packs", "index", "sets", "wal", "config", "gc")
 PAGE = 8192
 _places = itertools.count()
 
-
-def _seed() -> int:
-    text = os.environ.get("CAIRN_FUZZ_SEED")
-    if text:
-        return int(text)
-    return CI_SEED if os.environ.get("CI") else random.SystemRandom().randrange(1 << 32)
 
 
 class History:
@@ -188,7 +181,7 @@ def _verify(inner: MemoryBackend, hist: History, kept: set[str], tmp, tag: str) 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_prune_interrupted_anywhere_over_drawn_histories(tmp_path, round_):
-    seed = _seed() + round_
+    seed = fuzz_seed() + round_
     print(f"CAIRN_FUZZ_SEED={seed - round_} (round {round_})")
     rng = random.Random(seed)
     inner = MemoryBackend()
