@@ -42,8 +42,13 @@ def test_working_archiver_passes_and_the_segment_is_in_the_repository(stack):
     assert report["ok"] is True and [s["name"] for s in report["steps"]] == ["connection", "archive_command",
                                                                              "archiver"]
     assert all(s["ok"] for s in report["steps"])
-    # The segment the switch completed is the one PostgreSQL reports archived, through cairn.
-    assert stack.psql("SELECT last_archived_wal FROM pg_stat_archiver") >= report["segment"]
+    # The segment the switch completed is the one PostgreSQL reports archived, through cairn. The
+    # repository holds it before archive_command returns, and the archiver counts it only after:
+    # check-db may see it first, so PostgreSQL's view is waited for (bounded).
+    deadline = time.monotonic() + 20
+    while (last := stack.psql("SELECT last_archived_wal FROM pg_stat_archiver")) < report["segment"]:
+        assert time.monotonic() < deadline, f"PostgreSQL reports {last!r} archived, not {report['segment']}"
+        time.sleep(0.1)
     human = stack.ok("check-db", "appdb").splitlines()
     assert human[-1] == "database appdb: ready for consistent sets"
 
