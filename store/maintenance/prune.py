@@ -325,7 +325,7 @@ class Pruner:
         return count, freed
 
     def _spare(self, candidates: set[str], holds: dict[str, list[bytes]],
-               where: dict[bytes, dict[str, int]]) -> set[str]:
+               where: dict[bytes, dict[str, tuple[int, int]]]) -> set[str]:
         """Of the marked packs, one for each live blob that only marked packs hold: the one
         storing the fewest bytes besides its live blobs (then the first name), never one that
         storage lacks or that is shorter than its live blobs. A rerun of a prune that died
@@ -333,12 +333,17 @@ class Pruner:
         unindexed, and the rerun indexed it again): sparing both would leave the old pack's
         dead bytes, and the single index entry the reindex gives a blob would leave one of the
         two unindexed."""
+        # A delta-coded copy needs its reference, which is live only through the copy the loaded
+        # index names: where a marked pack holds one, every holder is kept, as before sparing
+        # existed (sparing there let a kept delta copy outlive its reference: the campaign found it)
+        if any(where[b][p][1] == CODEC_ZSTD_REF for p in candidates for b in holds.get(p, ())):
+            return set()
         alone = [b for p in sorted(holds) for b in holds[p] if where[b].keys() <= candidates]
         if not alone:
             return set()
         contenders = sorted(set().union(*(where[b].keys() for b in alone)))
         sizes = {p: self._size(p) for p in contenders}
-        lives = {p: sum(where[b][p] for b in holds[p]) for p in contenders}
+        lives = {p: sum(where[b][p][0] for b in holds[p]) for p in contenders}
         # a pack gone from storage (size 0), or shorter than its live blobs (damaged), is never spared
         dead = {p: sizes[p] - lives[p] if sizes[p] > lives[p] else math.inf for p in contenders}
         spared: set[str] = set()
@@ -354,11 +359,11 @@ class Pruner:
         except NotFoundError:
             return False
 
-    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, dict[bytes, dict[str, int]]]:
+    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, dict[bytes, dict[str, tuple[int, int]]]]:
         """(packs some readable index file names, whether every index file was readable,
-        blob -> {pack holding it: its stored length there} when `with_blobs`)."""
+        blob -> {pack holding it: (its stored length, its codec) there} when `with_blobs`)."""
         named: set[str] = set()
-        where: dict[bytes, dict[str, int]] = defaultdict(dict)
+        where: dict[bytes, dict[str, tuple[int, int]]] = defaultdict(dict)
         complete = True
         for _n, got in self.repo.stored_index_files(list(self.repo.backend.list("index"))):
             try:
@@ -374,7 +379,7 @@ class Pruner:
             if with_blobs:
                 for pack, entries in packs.items():
                     for e in entries:
-                        where[e.id][pack] = e.stored_len
+                        where[e.id][pack] = (e.stored_len, e.codec)
         return named, complete, where
 
     def _size(self, pack: str) -> int:
