@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from cairn.store.content.packs import CODEC_ZSTD_REF
 from cairn.store.model import BackupRequest, PrunePolicy
 from storekit import assert_same_tree
@@ -151,3 +152,54 @@ def test_restore_of_an_attachment_measures_progress_against_the_attachment(repo,
     seen = []
     repo.restore(full, str(tmp_path / "out"), attachment="db:main", progress=seen.append)
     assert seen and {(p.files_total, p.bytes_total) for p in seen} == {(1, 4 << 20)}
+
+
+def test_collect_never_keeps_a_delta_copy_whose_reference_it_frees(repo, tmp_path, rng):
+    """A live blob with two marked copies: a plain one, which the index names, in a pack that
+    also holds dead data, and a delta-coded one in a pack that must stay for its other blobs.
+    The delta copy's reference is live only through that copy. Keeping the delta copy's pack
+    (the leaner one) and deleting the plain copy's while the reference's pack goes would leave
+    the blob unreadable."""
+    from cairn.store.content.blobs import blob_id
+    from cairn.store.content.packs import TYPE_DATA
+    from cairn.store.maintenance.prune import Marker, encode_marker
+
+    files, db = setup_db(tmp_path, rng)
+    full = take(repo, files, db, "full")
+    (files / "a.txt").write_text("changed")  # nothing of the full's stays live but the references
+    touch_pages(db / "base" / "rel", rng, [3, 200, 300, 400])  # every 1 MiB chunk becomes a delta
+    inc = take(repo, files, db, "incremental")
+    deltas = delta_blobs(repo)
+    assert len(deltas) == 4
+    refs = sorted({repo.reader.reference_of(d) for d in deltas})
+    (ref_pack,) = {repo.index.get(r).pack for r in refs}
+    (delta_pack,) = {repo.index.get(d).pack for d in deltas}
+    expect = (db / "base" / "rel").read_bytes()
+    repo.backend.delete("sets", full.id)  # forgotten: its packs hold only the references now
+    name = "cd" * 16
+    for _attempt in range(32):  # until the loaded index names the plain copies (index file order)
+        packs, indexes = set(repo.backend.list("packs")), set(repo.backend.list("index"))
+        writer = repo.writer()
+        for d in deltas:
+            writer.put_forced(d, TYPE_DATA, repo.reader.read(d))
+        junk = rng.randbytes(30_000)  # dead weight beside them (and a new pack name each time)
+        writer.put_forced(repo.key.blob_id(junk) if repo.key else blob_id(junk), TYPE_DATA, junk)
+        writer.finish()
+        (plain_pack,) = set(repo.backend.list("packs")) - packs
+        marked = frozenset({ref_pack, delta_pack, plain_pack})
+        repo.backend.put("gc", name, encode_marker(Marker(name, 0.0, marked, frozenset())))
+        repo.load_index()
+        if all(repo.index.get(d).pack == plain_pack for d in deltas):
+            break
+        repo.backend.delete("packs", plain_pack)
+        for n in set(repo.backend.list("index")) - indexes:
+            repo.backend.delete("index", n)
+        repo.load_index()
+    else:
+        pytest.fail("the index never named the plain copies")
+    repo.prune(PrunePolicy(), grace=0)
+    report = repo.check(read_data=True)
+    assert report.ok, [p.message for p in report.errors]
+    out = tmp_path / "out"
+    assert repo.restore(repo.get_set(inc.id), str(out), attachment="db:main").errors == ()
+    assert (out / "base" / "rel").read_bytes() == expect
