@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cairn import __version__, protocol, walnames
-from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError
+from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.fsio import claims
 from cairn.fsio.names import shown
 from cairn.fsio.records import Data, EntryMeta, Record
@@ -100,7 +100,8 @@ class _Parser(argparse.ArgumentParser):
         usage = self.usage
         try:
             if usage is None:
-                self.usage = self.format_usage()[len("usage: "):]  # --help names the positionals still
+                # --help names the positionals still; argparse %-formats a usage it is given
+                self.usage = self.format_usage()[len("usage: "):].replace("%", "%%")
             for a in positionals:  # switched off: they take nothing and set nothing
                 a.nargs = a.default = argparse.SUPPRESS
             namespace, rest = super().parse_known_args(words, namespace)
@@ -877,8 +878,10 @@ def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     try:
         with open(args.path, "rb") as f:
             data = f.read()
+    except FileNotFoundError as exc:  # exit 3, as for any path that is not there
+        raise NotFoundError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc
     except OSError as exc:
-        raise InvalidArgumentError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc
+        raise CairnError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc
     namespace = wal_namespace(args, args.path, data)
 
     def pieces() -> Iterator[pb.WalPushRequest]:
@@ -1199,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
     HOST_HELP = ("the host whose sets SET names ('latest' is its newest set); default: this daemon's host, or the "
                  "only host with sets when this one has none")
     def command(name: str, fn: Callable[[Connection, argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=text, description=text)
+        p = sub.add_parser(name, parents=[common], help=text, description=text.replace("%%", "%"))
         p.set_defaults(func=fn)
         return p
 

@@ -168,4 +168,4 @@ def test_wal_push_and_fetch(daemon, tmp_path):
     assert missing.returncode == 3
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(str(tmp_path / "x") + ".cairn-tmp")
     r = daemon.cli("wal-push", str(tmp_path / "nope"))
-    assert r.returncode == 2 and "unable to read WAL file" in r.stderr
+    assert r.returncode == 3 and "unable to read WAL file" in r.stderr

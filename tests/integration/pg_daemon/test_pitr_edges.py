@@ -172,7 +172,7 @@ def test_wal_push_refuses_a_truncated_segment_so_the_real_one_still_archives(sta
     r = stack.cli("wal-push", "--system-id", sysid, str(cut))
     assert r.returncode == 2 and f"WAL segment {current} is empty" in r.stderr, r.stdout + r.stderr
     r = stack.cli("wal-push", "--system-id", sysid, str(h / "cut" / "nothing"))
-    assert r.returncode == 2 and "unable to read WAL file" in r.stderr
+    assert r.returncode == 3 and "unable to read WAL file" in r.stderr
     # the server's own, complete segment of that name is archived as usual, and served whole
     assert stack.wait_archived(timeout=20) >= current
     stack.ok("wal-fetch", "--system-id", sysid, current, str(h / "fetched"))

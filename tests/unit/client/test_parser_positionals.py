@@ -4,6 +4,8 @@ no command knows is still a one-line usage error (exit 2)."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from cairn.client import cli
 
@@ -79,3 +81,21 @@ def test_help_still_names_the_positionals(capsys) -> None:
         cli.main(["restore", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "SET [PATH ...]" in out and "after -- when one begins with '-'" in out
+
+
+def _commands() -> list[str]:
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_prints_its_help_as_written(command: str, capsys) -> None:
+    """`cairn CMD --help` exits 0 whatever its metavars hold (a '%' once made argparse fail on
+    the usage line), and shows PostgreSQL's placeholders as users copy them (%p, not %%p)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.build_parser().parse_args([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "%%" not in out
+    if command == "wal-push":
+        assert "'cairn wal-push %p'" in out
