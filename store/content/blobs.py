@@ -290,10 +290,15 @@ class BlobReader:
         loc = self.index.get(bid)
         if loc is None or loc.codec != CODEC_ZSTD_REF:
             return None
+        return self.reference_in(loc.pack, bid, loc.offset, loc.stored_len)
+
+    def reference_in(self, pack: str, bid: bytes, offset: int, stored_len: int) -> bytes:
+        """The reference blob id of the delta-coded copy of `bid` stored in `pack` at `offset`
+        (any copy an index file names, not only the one the loaded index chose)."""
         if self.key is not None:
-            stored = self.backend.get_range("packs", loc.pack, loc.offset, loc.stored_len)
-            return self.unseal(loc.pack, bid, stored)[:32]
-        return self.backend.get_range("packs", loc.pack, loc.offset, 32)
+            stored = self.backend.get_range("packs", pack, offset, stored_len)
+            return self.unseal(pack, bid, stored)[:32]
+        return self.backend.get_range("packs", pack, offset, 32)
 
     def delta_base(self, bid: bytes) -> tuple[bytes, bytes] | None:
         """(id, plaintext) of a committed blob usable as a delta reference for a new version of

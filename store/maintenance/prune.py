@@ -16,6 +16,9 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
   in a pack that is not marked; the others are unmarked. One index file naming every blob of
   every pack that stays is written, the index files read are deleted, the packs deleted,
   and the ripe markers removed.
+Live blobs include the reference of every delta-coded copy of a live blob that an index file
+names (not only of the copy the loaded index chose: collection may keep any copy), and the index
+collection writes names a plain copy over a delta-coded one.
 Writers (store/repository.py) treat blobs of marked packs as absent (they write them anew
 instead of deduplicating), and before committing refuse a set that relies on a pack marked
 by a marker whose blockers do not include their own lock. docs/format.md gives the argument
@@ -70,6 +73,8 @@ STAT_WORKERS = 8  # pack sizes asked at once (an object store answers each in a 
 # 0 by default, so one prune frees what no running backup blocks; a repository shared by hosts
 # whose restores or checks run beside prunes sets a margin ([repository] gc_grace).
 GRACE = float(os.environ.get("CAIRN_GC_GRACE", "0"))
+# blob -> {pack an index file names for it: (stored length, codec, offset) there}
+Copies = dict[bytes, dict[str, tuple[int, int, int]]]
 
 
 @dataclass
@@ -225,7 +230,7 @@ class Pruner:
         forgotten = {s.id for s in forget}
         kept = [s for s in self.repo.list_sets(complete=True) if s.id not in forgotten]
         self.repo.load_index()  # after the sets: a listed set's index files are durable before it
-        live = self._live(kept)
+        live = self._live(kept, self._named(with_blobs=True)[2])
         by_pack = self._by_pack()
         sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}  # one listing, no stat per pack
         stored = set(sizes)
@@ -256,7 +261,8 @@ class Pruner:
         repo.load_index()
         markers = read_markers(repo.backend)
         marked = set().union(*(m.packs for m in markers if m.blockers is not None))
-        live = self._live(sets)
+        copies = self._named(with_blobs=True)[2]
+        live = self._live(sets, copies)
         by_pack = self._by_pack()
         sizes = {o.name: o.size for o in repo.backend.list_info("packs")}  # one listing gives the sizes too
         stored = set(sizes)
@@ -266,7 +272,7 @@ class Pruner:
         rewrite = sorted(p for p, es in by_pack.items()
                          if p not in dead and p not in marked and self._mostly_dead(es, live))
         rewrite += self._holding_copies(by_pack, live, stored - dead - marked - set(rewrite), sizes)
-        self._rewrite(rewrite, by_pack, live)
+        self._rewrite(rewrite, by_pack, live, copies, (dead | marked | set(rewrite), stored))
         packs = (dead | orphans | set(rewrite)) - marked
         if packs:
             m = Marker(os.urandom(16).hex(), time.time(), frozenset(packs))
@@ -299,8 +305,8 @@ class Pruner:
         candidates = set().union(*(m.packs for m in ripe))
         sets = repo.list_sets(complete=True)  # after the locks, before the index (see mark)
         repo.load_index()
-        live = self._live(sets)
         named, complete, where = self._named(with_blobs=True)
+        live = self._live(sets, where)
         holds: dict[str, list[bytes]] = defaultdict(list)
         for b, packs in where.items():
             if b in live:
@@ -324,8 +330,7 @@ class Pruner:
             self._delete("gc", m.name)
         return count, freed
 
-    def _spare(self, candidates: set[str], holds: dict[str, list[bytes]],
-               where: dict[bytes, dict[str, tuple[int, int]]]) -> set[str]:
+    def _spare(self, candidates: set[str], holds: dict[str, list[bytes]], where: Copies) -> set[str]:
         """Of the marked packs, one for each live blob that only marked packs hold: the one
         storing the fewest bytes besides its live blobs (then the first name), never one that
         storage lacks or that is shorter than its live blobs. A rerun of a prune that died
@@ -333,11 +338,8 @@ class Pruner:
         unindexed, and the rerun indexed it again): sparing both would leave the old pack's
         dead bytes, and the single index entry the reindex gives a blob would leave one of the
         two unindexed."""
-        # A delta-coded copy needs its reference, which is live only through the copy the loaded
-        # index names: where a marked pack holds one, every holder is kept, as before sparing
-        # existed (sparing there let a kept delta copy outlive its reference: the campaign found it)
-        if any(where[b][p][1] == CODEC_ZSTD_REF for p in candidates for b in holds.get(p, ())):
-            return set()
+        # A kept delta-coded copy may be the one the reindex names: its reference is live too,
+        # as `_live` counts the references of every indexed copy of a live blob.
         alone = [b for p in sorted(holds) for b in holds[p] if where[b].keys() <= candidates]
         if not alone:
             return set()
@@ -359,11 +361,12 @@ class Pruner:
         except NotFoundError:
             return False
 
-    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, dict[bytes, dict[str, tuple[int, int]]]]:
+    def _named(self, with_blobs: bool = False) -> tuple[set[str], bool, Copies]:
         """(packs some readable index file names, whether every index file was readable,
-        blob -> {pack holding it: (its stored length, its codec) there} when `with_blobs`)."""
+        blob -> {pack holding it: (its stored length, its codec, its offset) there} when
+        `with_blobs`)."""
         named: set[str] = set()
-        where: dict[bytes, dict[str, tuple[int, int]]] = defaultdict(dict)
+        where: Copies = defaultdict(dict)
         complete = True
         for _n, got in self.repo.stored_index_files(list(self.repo.backend.list("index"))):
             try:
@@ -379,7 +382,7 @@ class Pruner:
             if with_blobs:
                 for pack, entries in packs.items():
                     for e in entries:
-                        where[e.id][pack] = (e.stored_len, e.codec)
+                        where[e.id][pack] = (e.stored_len, e.codec, e.offset)
         return named, complete, where
 
     def _size(self, pack: str) -> int:
@@ -388,8 +391,9 @@ class Pruner:
         except NotFoundError:
             return 0
 
-    def _live(self, sets: list[BackupSet]) -> set[bytes]:
-        """Every blob the sets and the WAL catalog need. A listing of a set that cannot be read
+    def _live(self, sets: list[BackupSet], copies: Copies | None = None) -> set[bytes]:
+        """Every blob the sets and the WAL catalog need, with the references of their delta-coded
+        copies (of every copy in `copies`, else of the one the index names). A listing of a set that cannot be read
         stops the run naming the set: what that listing references cannot be known. So does a
         needed blob that no index file names (an index file was lost): a pack no index names may
         hold it, and prune would delete that pack as a leftover (`_check_indexed`)."""
@@ -429,7 +433,7 @@ class Pruner:
             if len(lost) != before:
                 needing.append(f"set '{s.id[:12]}'")
         self._check_indexed(lost, needing)
-        return live | self._references(live)
+        return live | self._references(live, copies or {})
 
     @staticmethod
     def _check_indexed(lost: set[bytes], needing: list[str]) -> None:
@@ -442,15 +446,25 @@ class Pruner:
             hint="run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
                  "holds is lost, and 'cairn prune --forget SET' forgets a set that needs it")
 
-    def _references(self, live: set[bytes]) -> set[bytes]:
-        """Reference blobs of live delta blobs: they stay live too."""
+    def _references(self, live: set[bytes], copies: Copies) -> set[bytes]:
+        """Reference blobs of live delta blobs: they stay live too. Of every delta-coded copy an
+        index file names, not only the copy the loaded index chose: a blob stored twice (a plain
+        copy a prune made, a delta copy a backup made) may keep either pack, and the reindex then
+        names the copy that stays, whose reference must still be there."""
         refs = set()
+        reader = self.repo.reader
         for bid in live:
             loc = self.repo.index.get(bid)
             if loc is not None and loc.codec == CODEC_ZSTD_REF:
-                ref = self.repo.reader.reference_of(bid)
+                ref = reader.reference_of(bid)
                 if ref is not None:
                     refs.add(ref)
+            for pack, (stored_len, codec, offset) in copies.get(bid, {}).items():
+                if codec == CODEC_ZSTD_REF and (loc is None or (pack, offset) != (loc.pack, loc.offset)):
+                    try:
+                        refs.add(reader.reference_in(pack, bid, offset, stored_len))
+                    except (CorruptionError, NotFoundError):
+                        continue  # a copy that cannot be read is never the one kept (see _spare)
         return refs
 
     def _by_pack(self) -> dict[str, list[PackEntry]]:
@@ -491,15 +505,20 @@ class Pruner:
                 out.append(p)
         return out
 
-    def _rewrite(self, packs: list[str], by_pack: dict[str, list[PackEntry]], live: set[bytes]) -> None:
+    def _rewrite(self, packs: list[str], by_pack: dict[str, list[PackEntry]], live: set[bytes],
+                 copies: Copies, going: tuple[set[str], set[str]]) -> None:
+        """Copy the live blobs of `packs` into new packs, but a blob that an index file names in
+        a pack that stays (not doomed, marked or rewritten now, and stored) already has its copy:
+        a rerun after a prune died between its copies and its marker finds the first copies
+        there, and copying again would leave two."""
         if not packs:
             return
-        doomed = set(packs)
+        gone, stored = going
         writer = self.repo.writer()
         try:
             for p in packs:
                 for e in by_pack[p]:
-                    if e.id in live and not self._elsewhere(e.id, doomed):
+                    if e.id in live and not any(q not in gone and q in stored for q in copies.get(e.id, ())):
                         writer.put_forced(e.id, e.type, self.repo.reader.read(e.id))
             writer.finish()
             self.written += writer.pack_bytes_written
@@ -507,16 +526,12 @@ class Pruner:
             writer.abort()
             raise
 
-    def _elsewhere(self, bid: bytes, doomed: set[str]) -> bool:
-        loc = self.repo.index.get(bid)
-        return loc is not None and loc.pack not in doomed
-
     def _reindex(self, gone: set[str]) -> None:
-        """Write one index file naming every blob of every pack not in `gone`, then delete the
-        older index files that were read whole (an unreadable one stays: check reports it)."""
+        """Write one index file naming every blob of every pack not in `gone` once (a plain copy
+        over a delta-coded one: it needs no reference), then delete the older index files that
+        were read whole (an unreadable one stays: check reports it)."""
         old = list(self.repo.backend.list("index"))
-        keep: dict[str, list[PackEntry]] = defaultdict(list)
-        seen: set[bytes] = set()
+        chosen: dict[bytes, tuple[str, PackEntry]] = {}
         readable = []
         for n, got in self.repo.stored_index_files(old):
             try:
@@ -530,9 +545,12 @@ class Pruner:
                 if pack in gone:
                     continue
                 for e in entries:
-                    if e.id not in seen:
-                        seen.add(e.id)
-                        keep[pack].append(e)
+                    had = chosen.get(e.id)
+                    if had is None or (had[1].codec == CODEC_ZSTD_REF and e.codec != CODEC_ZSTD_REF):
+                        chosen[e.id] = (pack, e)
+        keep: dict[str, list[PackEntry]] = defaultdict(list)
+        for pack, e in chosen.values():
+            keep[pack].append(e)
         self.check_lock()
         name, data = encode_index(dict(keep))
         self.repo.backend.put("index", name, data)

@@ -203,3 +203,43 @@ def test_collect_never_keeps_a_delta_copy_whose_reference_it_frees(repo, tmp_pat
     out = tmp_path / "out"
     assert repo.restore(repo.get_set(inc.id), str(out), attachment="db:main").errors == ()
     assert (out / "base" / "rel").read_bytes() == expect
+
+
+def test_the_index_prune_writes_names_a_plain_copy_over_a_delta_copy(repo, tmp_path, rng):
+    """Where both copies of a blob stay, the index collection writes names the plain one, which
+    needs no reference (so a reference only that delta copy used can go), whichever index file
+    it read first."""
+    from cairn.store.content.blobs import blob_id
+    from cairn.store.content.packs import TYPE_DATA
+    from cairn.store.maintenance.prune import Pruner
+
+    files, db = setup_db(tmp_path, rng)
+    take(repo, files, db, "full")
+    touch_pages(db / "base" / "rel", rng, [3, 200, 300, 400])
+    take(repo, files, db, "incremental")
+    deltas = delta_blobs(repo)
+    (delta_pack,) = {repo.index.get(d).pack for d in deltas}
+    delta_file = next(n for n, packs in repo.stored_index_files(list(repo.backend.list("index")))
+                      if delta_pack in packs)
+    for _attempt in range(32):  # until the delta copies' index file is read first (names decide)
+        packs, indexes = set(repo.backend.list("packs")), set(repo.backend.list("index"))
+        writer = repo.writer()
+        for d in deltas:
+            writer.put_forced(d, TYPE_DATA, repo.reader.read(d))
+        junk = rng.randbytes(1000)  # a new pack, and index file, name each time
+        writer.put_forced(repo.key.blob_id(junk) if repo.key else blob_id(junk), TYPE_DATA, junk)
+        writer.finish()
+        (plain_pack,) = set(repo.backend.list("packs")) - packs
+        (plain_file,) = set(repo.backend.list("index")) - indexes
+        if delta_file < plain_file:
+            break
+        repo.backend.delete("packs", plain_pack)
+        repo.backend.delete("index", plain_file)
+        repo.load_index()
+    else:
+        pytest.fail("the plain copies' index file never came second")
+    Pruner(repo)._reindex(set())
+    repo.load_index()
+    assert {repo.index.get(d).pack for d in deltas} == {plain_pack}
+    assert all(repo.index.get(d).codec != CODEC_ZSTD_REF for d in deltas)
+    assert repo.check(read_data=True).ok

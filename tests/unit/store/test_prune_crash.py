@@ -160,3 +160,49 @@ def test_collection_interrupted_before_each_write_and_delete_then_rerun(built, t
         Repository.open(inner).prune(FIRST, grace=0)
         _verify(inner, sets, snaps, wal, ("full2", "inc2"), tmp_path, f"collect-stop{n}")
         assert not list(inner.list("gc")), f"collect-stop{n}: a marker stayed"
+
+
+def test_a_rerun_after_prune_died_before_its_marker_copies_nothing_again(tmp_path):
+    """A prune that copied a mostly dead pack's live blobs and indexed the copy, then died before
+    its marker, leaves the copy and the old pack both indexed; the index a rerun loads may name
+    the old pack for those blobs (whichever index file it reads last). The rerun must find the
+    copies by every index file, not copy the blobs a second time: that would leave two copies,
+    one of them never indexed again once the old pack goes."""
+    from cairn.store.content.packs import parse_pack
+
+    for attempt in range(40):  # until the loaded index names the old pack (index file names decide)
+        rng = random.Random(attempt)
+        src = tmp_path / f"src{attempt}"
+        src.mkdir()
+        for i in range(12):  # one pack mixes what stays with what goes: prune rewrites it
+            write_random(src / f"f{i:02d}keep", 12_000, rng)
+            write_random(src / f"f{i:02d}drop", 12_000, rng)
+        inner = MemoryBackend()
+        repo = Repository.init(inner, RepoConfig.new(**CONFIG))
+        _backup(repo, src, "full")
+        for i in range(12):
+            (src / f"f{i:02d}drop").unlink()
+        kept = _backup(repo, src, "full")
+        policy = PrunePolicy(keep_full=1)
+        before = set(inner.list("packs"))
+        faulty = FaultyBackend(inner, fail_at=1, mode="stop", ops=("put",), kind=("gc",))
+        with pytest.raises(CairnError):
+            Repository.open(faulty).prune(policy)
+        for name in list(inner.list("locks")):
+            inner.delete("locks", name)
+        copies = set(inner.list("packs")) - before
+        assert copies, "prune rewrote nothing"
+        copied = {e.id for p in copies for e in parse_pack(p, inner.get("packs", p))}
+        loaded = Repository.open(inner).index
+        if all(loaded.get(b).pack in copies for b in copied):
+            continue
+        recorder = FaultyBackend(inner, ops=("put",), kind=("packs",))
+        Repository.open(recorder).prune(policy)
+        assert recorder.calls == [], "the rerun copied the blobs again"
+        report = Repository.open(inner).check(read_data=True)
+        assert report.ok and report.warnings == (), [p.message for p in report.errors + report.warnings]
+        out = tmp_path / f"out{attempt}"
+        assert Repository.open(inner).restore(kept, str(out)).errors == ()
+        assert not differences(snapshot(src), snapshot(out))
+        return
+    pytest.fail("the loaded index never named the old pack")
