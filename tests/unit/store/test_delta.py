@@ -154,46 +154,59 @@ def test_restore_of_an_attachment_measures_progress_against_the_attachment(repo,
     assert seen and {(p.files_total, p.bytes_total) for p in seen} == {(1, 4 << 20)}
 
 
+def delta_history(repo, root, rng):
+    """A full and an incremental of a new attachment under `root` whose four 1 MiB chunks all
+    changed: (full, incremental, the incremental's delta blobs, the attachment's file)."""
+    root.mkdir()
+    files, db = setup_db(root, rng)
+    before = set(delta_blobs(repo))
+    full = take(repo, files, db, "full")
+    (files / "a.txt").write_text("changed")  # nothing of the full's stays live but the references
+    touch_pages(db / "base" / "rel", rng, [3, 200, 300, 400])  # every 1 MiB chunk becomes a delta
+    inc = take(repo, files, db, "incremental")
+    deltas = sorted(set(delta_blobs(repo)) - before)
+    assert len(deltas) == 4
+    return full, inc, deltas, (db / "base" / "rel").read_bytes()
+
+
+def plain_copies(repo, deltas, rng) -> str:
+    """Plain copies of `deltas` in a new pack, with dead weight beside them (a random blob that
+    also gives the pack, and its index file, a new name each time); returns the pack."""
+    from cairn.store.content.blobs import blob_id
+    from cairn.store.content.packs import TYPE_DATA
+
+    packs = set(repo.backend.list("packs"))
+    writer = repo.writer()
+    for d in deltas:
+        writer.put_forced(d, TYPE_DATA, repo.reader.read(d))
+    junk = rng.randbytes(30_000)
+    writer.put_forced(repo.key.blob_id(junk) if repo.key else blob_id(junk), TYPE_DATA, junk)
+    writer.finish()
+    (plain_pack,) = set(repo.backend.list("packs")) - packs
+    return plain_pack
+
+
 def test_collect_never_keeps_a_delta_copy_whose_reference_it_frees(repo, tmp_path, rng):
     """A live blob with two marked copies: a plain one, which the index names, in a pack that
     also holds dead data, and a delta-coded one in a pack that must stay for its other blobs.
     The delta copy's reference is live only through that copy. Keeping the delta copy's pack
     (the leaner one) and deleting the plain copy's while the reference's pack goes would leave
     the blob unreadable."""
-    from cairn.store.content.blobs import blob_id
-    from cairn.store.content.packs import TYPE_DATA
     from cairn.store.maintenance.prune import Marker, encode_marker
 
-    files, db = setup_db(tmp_path, rng)
-    full = take(repo, files, db, "full")
-    (files / "a.txt").write_text("changed")  # nothing of the full's stays live but the references
-    touch_pages(db / "base" / "rel", rng, [3, 200, 300, 400])  # every 1 MiB chunk becomes a delta
-    inc = take(repo, files, db, "incremental")
-    deltas = delta_blobs(repo)
-    assert len(deltas) == 4
-    refs = sorted({repo.reader.reference_of(d) for d in deltas})
-    (ref_pack,) = {repo.index.get(r).pack for r in refs}
-    (delta_pack,) = {repo.index.get(d).pack for d in deltas}
-    expect = (db / "base" / "rel").read_bytes()
-    repo.backend.delete("sets", full.id)  # forgotten: its packs hold only the references now
     name = "cd" * 16
-    for _attempt in range(32):  # until the loaded index names the plain copies (index file order)
-        packs, indexes = set(repo.backend.list("packs")), set(repo.backend.list("index"))
-        writer = repo.writer()
-        for d in deltas:
-            writer.put_forced(d, TYPE_DATA, repo.reader.read(d))
-        junk = rng.randbytes(30_000)  # dead weight beside them (and a new pack name each time)
-        writer.put_forced(repo.key.blob_id(junk) if repo.key else blob_id(junk), TYPE_DATA, junk)
-        writer.finish()
-        (plain_pack,) = set(repo.backend.list("packs")) - packs
+    for attempt in range(40):  # until the loaded index names the plain copies (index file names decide)
+        full, inc, deltas, expect = delta_history(repo, tmp_path / f"a{attempt}", rng)
+        (ref_pack,) = {repo.index.get(repo.reader.reference_of(d)).pack for d in deltas}
+        (delta_pack,) = {repo.index.get(d).pack for d in deltas}
+        repo.backend.delete("sets", full.id)  # forgotten: its packs hold only the references now
+        plain_pack = plain_copies(repo, deltas, rng)
         marked = frozenset({ref_pack, delta_pack, plain_pack})
         repo.backend.put("gc", name, encode_marker(Marker(name, 0.0, marked, frozenset())))
         repo.load_index()
         if all(repo.index.get(d).pack == plain_pack for d in deltas):
             break
-        repo.backend.delete("packs", plain_pack)
-        for n in set(repo.backend.list("index")) - indexes:
-            repo.backend.delete("index", n)
+        repo.backend.delete("gc", name)  # the other order: this history stays, a new one is drawn
         repo.load_index()
     else:
         pytest.fail("the index never named the plain copies")
@@ -209,33 +222,17 @@ def test_the_index_prune_writes_names_a_plain_copy_over_a_delta_copy(repo, tmp_p
     """Where both copies of a blob stay, the index collection writes names the plain one, which
     needs no reference (so a reference only that delta copy used can go), whichever index file
     it read first."""
-    from cairn.store.content.blobs import blob_id
-    from cairn.store.content.packs import TYPE_DATA
     from cairn.store.maintenance.prune import Pruner
 
-    files, db = setup_db(tmp_path, rng)
-    take(repo, files, db, "full")
-    touch_pages(db / "base" / "rel", rng, [3, 200, 300, 400])
-    take(repo, files, db, "incremental")
-    deltas = delta_blobs(repo)
-    (delta_pack,) = {repo.index.get(d).pack for d in deltas}
-    delta_file = next(n for n, packs in repo.stored_index_files(list(repo.backend.list("index")))
-                      if delta_pack in packs)
-    for _attempt in range(32):  # until the delta copies' index file is read first (names decide)
-        packs, indexes = set(repo.backend.list("packs")), set(repo.backend.list("index"))
-        writer = repo.writer()
-        for d in deltas:
-            writer.put_forced(d, TYPE_DATA, repo.reader.read(d))
-        junk = rng.randbytes(1000)  # a new pack, and index file, name each time
-        writer.put_forced(repo.key.blob_id(junk) if repo.key else blob_id(junk), TYPE_DATA, junk)
-        writer.finish()
-        (plain_pack,) = set(repo.backend.list("packs")) - packs
+    for attempt in range(40):  # until the delta copies' index file is read first (names decide)
+        _full, _inc, deltas, _expect = delta_history(repo, tmp_path / f"a{attempt}", rng)
+        (delta_pack,) = {repo.index.get(d).pack for d in deltas}
+        indexes = set(repo.backend.list("index"))
+        plain_pack = plain_copies(repo, deltas, rng)
         (plain_file,) = set(repo.backend.list("index")) - indexes
+        delta_file = next(n for n, packs in repo.stored_index_files(sorted(indexes)) if delta_pack in packs)
         if delta_file < plain_file:
             break
-        repo.backend.delete("packs", plain_pack)
-        repo.backend.delete("index", plain_file)
-        repo.load_index()
     else:
         pytest.fail("the plain copies' index file never came second")
     Pruner(repo)._reindex(set())
