@@ -654,7 +654,7 @@ def restore_into(conn: Connection, method: Any, request: Any, target: str, json_
 
 def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
     st = batch.local
-    for problem in st.errors:
+    for problem in render.restore_problem_lines(list(st.errors)):
         print(f"cairn: warning: {problem}", file=sys.stderr)
     doc = {"set": batch.set.id or None, "target": os.path.abspath(target), "files": st.files, "dirs": st.dirs,
            "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "written_by": "daemon"}
@@ -1090,7 +1090,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     if writer is None:
         return fail("the daemon sent no restore data")
     stats = writer.finish()
-    for problem in stats.errors:
+    for problem in render.restore_problem_lines(stats.errors):
         print(f"cairn: warning: {problem}", file=sys.stderr)
     if stats.xattrs_skipped:  # as tar does: said, not silently dropped
         print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} outside user.* "

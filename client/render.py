@@ -82,6 +82,30 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+SHOWN_ENTRY_PROBLEMS = 20  # entries a restore could not write, named one per line; the rest counted
+
+
+def restore_problem_lines(problems: list[str], shown: int = SHOWN_ENTRY_PROBLEMS) -> list[str]:
+    """The warnings a restore prints for `problems`: every problem that is not about one entry
+    (such as pg_control withheld), and the first `shown` entries that could not be restored;
+    the rest in one line, counted by their reason. A full file system fails every entry after
+    it, and thousands of lines would bury what matters (--json still lists every one)."""
+    entry = [p for p in problems if p.startswith("unable to restore '")]
+    lines = [p for p in problems if not p.startswith("unable to restore '")]
+    lines[:0] = entry[:shown]
+    rest = entry[shown:]
+    if rest:
+        reasons: dict[str, int] = {}
+        for p in rest:
+            reason = p.rsplit(": ", 1)[-1]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        said = ", ".join(f"{reason} ({n})" for reason, n in top[:3]) + (", ..." if len(top) > 3 else "")
+        lines.insert(len(entry[:shown]), f"{plural(len(rest), 'more entry', 'more entries')} could not be "
+                                         f"restored: {said} (--json lists every one)")
+    return lines
+
+
 def fmt_duration(seconds: float) -> str:
     """A configured duration for people: 300 -> '5m', 90 -> '90s', 7200 -> '2h'."""
     seconds = int(seconds)

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, NamedTuple
 
+from cairn.client import render
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, mend, plan, target_lock
@@ -434,7 +435,7 @@ def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
 
 
 def _problems(problems: list[str]) -> int:
-    for line in problems:
+    for line in render.restore_problem_lines(problems):
         print(f"cairn: warning: {line}", file=sys.stderr)
     if problems:
         print(f"cairn: error: {len(problems)} entries could not be restored (see the warnings above)",

@@ -1,0 +1,60 @@
+"""A restore into a file system that fills up, through the real daemon and client: it goes on
+past the files that fail (later, smaller ones may fit; --delta finishes the rest once there is
+room), exits 1, and prints the first entries it could not write and one line counting the rest
+by reason, not a line per entry (--json lists every one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+
+import pytest
+from cairn.client.render import SHOWN_ENTRY_PROBLEMS
+from mounts import mount_tmpfs
+
+FILES = 300  # 32 KiB each: about 9.6 MB into a 4 MiB file system
+
+
+@pytest.fixture
+def daemon(start_daemon, tmp_path):
+    src = tmp_path / "src"
+    rng = random.Random(11)
+    for i in range(FILES):
+        d = src / f"d{i // 50}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:03d}").write_bytes(rng.randbytes(32 * 1024))
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.src = src
+    d.ok("backup", "--level", "full")
+    return d
+
+
+@pytest.mark.parametrize("how", ["daemon", "stream"])
+def test_a_restore_onto_a_full_disk_says_so_in_a_few_lines(daemon, tmp_path, how):
+    small = tmp_path / "small"
+    small.mkdir()
+    mount_tmpfs(str(small))
+    try:
+        extra = ["--stream"] if how == "stream" else []
+        r = daemon.cli("restore", "latest", "--target", str(small / "t"), *extra)
+        assert r.returncode == 1, r.stdout + r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) <= SHOWN_ENTRY_PROBLEMS + 3, r.stderr[-2000:]
+        assert sum("No space left on device" in line for line in lines[:SHOWN_ENTRY_PROBLEMS]) >= 1
+        counted = [line for line in lines if "more entries could not be restored: No space left on device" in line]
+        assert len(counted) == 1 and "--json lists every one" in counted[0], r.stderr
+        assert lines[-1].startswith("cairn: error: ") and "entries could not be restored" in lines[-1]
+        total = int(lines[-1].split("cairn: error: ")[1].split()[0])
+        assert int(counted[0].split("cairn: warning: ")[1].split()[0]) == total - SHOWN_ENTRY_PROBLEMS
+        written = [os.path.join(dp, f) for dp, _, fs in os.walk(small / "t") for f in fs]
+        assert written and len(written) + total >= FILES  # every file is restored or named
+        for path in written:  # none is left partial
+            rel = os.path.relpath(path, small / "t")
+            assert open(path, "rb").read() == (daemon.src / rel).read_bytes(), rel
+        subprocess.run(["rm", "-rf", str(small / "t")], check=True)
+        doc = json.loads(daemon.cli("--json", "restore", "latest", "--target", str(small / "t"), *extra).stdout)
+        assert len(doc["errors"]) == total  # the machine-readable report names every one
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
