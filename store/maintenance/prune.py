@@ -9,9 +9,11 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
   into new packs; then write a marker object
   "gc/<random>" = {"time", "host", "packs"}, and once that is durable, list the locks held
   by others and write the marker again with "blockers" (those lock names);
-- phase 2 (collect), in a later run: a marker is ripe when it has blockers listed, is older
-  than the grace period (with none, at once: the marking run collects, whatever the wall clock
-  did meanwhile), and none of its blockers is still held. Then, reading sets, WAL
+- phase 2 (collect), in a later run (with no grace period, also in the marking run; when that
+  collection deleted a delta-coded copy of a live blob, the run marks and collects once more,
+  since the reference only that copy used may be free now): a marker is ripe when it has
+  blockers listed, is older than the grace period (with none, at once: the marking run
+  collects, whatever the wall clock did meanwhile), and none of its blockers is still held. Then, reading sets, WAL
   and index files only now, a marked pack is deleted when every live blob in it has a copy
   in a pack that is not marked; the others are unmarked. One index file naming every blob of
   every pack that stays is written, the index files read are deleted, the packs deleted,
@@ -142,6 +144,7 @@ class Pruner:
         self.lock_name = lock_name
         self.skip_wal: frozenset[str] = frozenset()  # WAL catalog objects taken as gone (a dry run's WAL retention)
         self.written = 0  # bytes of the packs this run's rewrites wrote
+        self.dropped_deltas = False  # a collection deleted a delta-coded copy of a live blob
 
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
             grace: float = GRACE) -> PruneReport:
@@ -181,8 +184,13 @@ class Pruner:
         forget = [s for s in forget if s.id not in late]
         rewritten = self.mark()
         if grace <= 0:  # no grace: the run that marks may collect, once the blockers are gone
+            self.dropped_deltas = False
             d, f = self.collect(0)
             deleted, freed = deleted + d, freed + f
+            if self.dropped_deltas:  # a reference only those copies used is free now: mark and collect it too
+                rewritten += self.mark()
+                d, f = self.collect(0)
+                deleted, freed = deleted + d, freed + f
         waiting, size, holders = self.waiting(grace)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=deleted, packs_rewritten=rewritten,
@@ -317,6 +325,8 @@ class Pruner:
                   if all(any(q not in candidates or q in kept for q in where[b]) for b in holds.get(p, ()))}
         if not complete:  # an unreadable index file may name an unindexed pack: keep those
             doomed &= named
+        # its reference was live through it (_live): with the copy gone it may be free
+        self.dropped_deltas |= any(where[b][p][1] == CODEC_ZSTD_REF for p in doomed for b in holds.get(p, ()))
         self._reindex(doomed)
         named_now = self._named()[0]  # a writer may have indexed a pack of the same name meanwhile
         count = freed = 0

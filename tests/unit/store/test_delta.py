@@ -240,3 +240,33 @@ def test_the_index_prune_writes_names_a_plain_copy_over_a_delta_copy(repo, tmp_p
     assert {repo.index.get(d).pack for d in deltas} == {plain_pack}
     assert all(repo.index.get(d).codec != CODEC_ZSTD_REF for d in deltas)
     assert repo.check(read_data=True).ok
+
+
+def test_one_prune_frees_a_reference_whose_only_delta_copy_it_deleted(repo, tmp_path, rng):
+    """A blob stored twice, plainly and as a delta, where the index names the plain copy: the
+    delta copy's pack goes (its blobs are copies), and with it the last use of the delta's
+    reference. The same prune (no grace period) frees the reference too; a second prune finds
+    nothing more."""
+    for attempt in range(40):  # until the loaded index names the plain copies (index file names decide)
+        full, inc, deltas, expect = delta_history(repo, tmp_path / f"a{attempt}", rng)
+        refs = {repo.reader.reference_of(d) for d in deltas}
+        plain_copies(repo, deltas, rng)
+        repo.load_index()
+        if all(repo.index.get(d).codec != CODEC_ZSTD_REF for d in deltas):
+            break
+    else:
+        pytest.fail("the index never named the plain copies")
+    for s in repo.list_sets():  # every full is forgotten: the references are needed by nothing else
+        if s.level == "full":
+            repo.backend.delete("sets", s.id)
+    repo.prune(PrunePolicy(), grace=0)
+    repo.load_index()
+    assert not [r for r in refs if r in repo.index], "a reference nothing uses stayed indexed"
+    packs = set(repo.backend.list("packs"))
+    repo.prune(PrunePolicy(), grace=0)
+    assert set(repo.backend.list("packs")) == packs
+    report = repo.check(read_data=True)
+    assert report.ok and report.warnings == (), [p.message for p in report.errors + report.warnings]
+    out = tmp_path / "out"
+    assert repo.restore(repo.get_set(inc.id), str(out), attachment="db:main").errors == ()
+    assert (out / "base" / "rel").read_bytes() == expect
