@@ -666,7 +666,8 @@ def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, 
         out(f"restored set {render.short_id(batch.set.id)} into {target}: {st.files} files, {st.dirs} dirs, "
             f"{st.links} links, {render.human_bytes(st.bytes)} (written by the daemon on this host)")
     if st.errors:
-        return fail(f"{len(st.errors)} entries could not be restored (see the warnings above)")
+        return fail(f"{len(st.errors)} entries could not be restored (see the warnings above)",
+                    hint=render.restore_problem_hint(list(st.errors)))
     return EXIT_OK
 
 
@@ -1117,7 +1118,8 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
             f"{stats.links} links, {render.human_bytes(stats.bytes)}"
         )
     if stats.errors:
-        return fail(f"{len(stats.errors)} entries could not be restored (see the warnings above)")
+        return fail(f"{len(stats.errors)} entries could not be restored (see the warnings above)",
+                    hint=render.restore_problem_hint(stats.errors))
     return EXIT_OK
 
 

@@ -106,6 +106,15 @@ def restore_problem_lines(problems: list[str], shown: int = SHOWN_ENTRY_PROBLEMS
     return lines
 
 
+def restore_problem_hint(problems: list[str], delta: bool = False) -> str | None:
+    """What to do after a restore that could not write some entries because the target's file
+    system is full (or over quota): make room, then let a delta finish it."""
+    if not any(p.endswith(("No space left on device", "Disk quota exceeded")) for p in problems):
+        return None
+    how = "run the same delta again" if delta else "run the same restore again with --delta"
+    return f"make room on the target's file system, then {how}: it writes only what is missing"
+
+
 def fmt_duration(seconds: float) -> str:
     """A configured duration for people: 300 -> '5m', 90 -> '90s', 7200 -> '2h'."""
     seconds = int(seconds)

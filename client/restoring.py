@@ -440,6 +440,9 @@ def _problems(problems: list[str]) -> int:
     if problems:
         print(f"cairn: error: {len(problems)} entries could not be restored (see the warnings above)",
               file=sys.stderr)
+        hint = render.restore_problem_hint(problems, delta=True)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
         return 1
     return 0
 

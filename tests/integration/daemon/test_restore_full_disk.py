@@ -1,7 +1,8 @@
 """A restore into a file system that fills up, through the real daemon and client: it goes on
 past the files that fail (later, smaller ones may fit; --delta finishes the rest once there is
 room), exits 1, and prints the first entries it could not write and one line counting the rest
-by reason, not a line per entry (--json lists every one)."""
+by reason, not a line per entry (--json lists every one), then the way on: with room again, the
+hinted `--delta` finishes the tree."""
 
 from __future__ import annotations
 
@@ -41,12 +42,14 @@ def test_a_restore_onto_a_full_disk_says_so_in_a_few_lines(daemon, tmp_path, how
         r = daemon.cli("restore", "latest", "--target", str(small / "t"), *extra)
         assert r.returncode == 1, r.stdout + r.stderr
         lines = r.stderr.splitlines()
-        assert len(lines) <= SHOWN_ENTRY_PROBLEMS + 3, r.stderr[-2000:]
+        assert len(lines) <= SHOWN_ENTRY_PROBLEMS + 4, r.stderr[-2000:]
         assert sum("No space left on device" in line for line in lines[:SHOWN_ENTRY_PROBLEMS]) >= 1
         counted = [line for line in lines if "more entries could not be restored: No space left on device" in line]
         assert len(counted) == 1 and "--json lists every one" in counted[0], r.stderr
-        assert lines[-1].startswith("cairn: error: ") and "entries could not be restored" in lines[-1]
-        total = int(lines[-1].split("cairn: error: ")[1].split()[0])
+        assert lines[-2].startswith("cairn: error: ") and "entries could not be restored" in lines[-2]
+        assert lines[-1] == ("hint: make room on the target's file system, then run the same restore again with "
+                             "--delta: it writes only what is missing")
+        total = int(lines[-2].split("cairn: error: ")[1].split()[0])
         assert int(counted[0].split("cairn: warning: ")[1].split()[0]) == total - SHOWN_ENTRY_PROBLEMS
         written = [os.path.join(dp, f) for dp, _, fs in os.walk(small / "t") for f in fs]
         assert written and len(written) + total >= FILES  # every file is restored or named
@@ -54,7 +57,17 @@ def test_a_restore_onto_a_full_disk_says_so_in_a_few_lines(daemon, tmp_path, how
             rel = os.path.relpath(path, small / "t")
             assert open(path, "rb").read() == (daemon.src / rel).read_bytes(), rel
         subprocess.run(["rm", "-rf", str(small / "t")], check=True)
-        doc = json.loads(daemon.cli("--json", "restore", "latest", "--target", str(small / "t"), *extra).stdout)
-        assert len(doc["errors"]) == total  # the machine-readable report names every one
+        r = daemon.cli("--json", "restore", "latest", "--target", str(small / "t"), *extra)
+        doc = json.loads(r.stdout)
+        assert r.returncode == 1 and len(doc["errors"]) > SHOWN_ENTRY_PROBLEMS  # --json names every one
+        hint = json.loads(r.stderr.splitlines()[-1])["error"]["hint"]
+        assert hint.startswith("make room on the target's file system")
+        # with room again, the hint's command finishes the tree
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        daemon.ok("restore", "latest", "--target", str(small / "t"), "--delta", *extra)
+        for dp, _, fs in os.walk(daemon.src):
+            for f in fs:
+                rel = os.path.relpath(os.path.join(dp, f), daemon.src)
+                assert (small / "t" / rel).read_bytes() == (daemon.src / rel).read_bytes(), rel
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

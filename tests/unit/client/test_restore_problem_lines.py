@@ -24,3 +24,12 @@ def test_many_are_cut_to_the_first_ones_and_a_count_by_reason() -> None:
                                            f"({rest - 40}), No such file or directory (40) (--json lists every one)")
     assert lines[-1] == NOT_WRITTEN  # never cut: what matters most is not about one entry
     assert len(lines) == SHOWN_ENTRY_PROBLEMS + 2
+
+
+def test_a_full_disk_gets_the_way_to_finish() -> None:
+    from cairn.client.render import restore_problem_hint
+
+    full = ["unable to restore 'a': write failed: No space left on device"]
+    assert "run the same restore again with --delta" in restore_problem_hint(full)
+    assert "run the same delta again" in restore_problem_hint(full, delta=True)
+    assert restore_problem_hint(["unable to restore 'a': Permission denied"]) is None
