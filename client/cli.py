@@ -654,7 +654,7 @@ def restore_into(conn: Connection, method: Any, request: Any, target: str, json_
 
 def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
     st = batch.local
-    for problem in render.restore_problem_lines(list(st.errors)):
+    for problem in [] if json_output else render.restore_problem_lines(list(st.errors)):  # --json: the report
         print(f"cairn: warning: {problem}", file=sys.stderr)
     doc = {"set": batch.set.id or None, "target": os.path.abspath(target), "files": st.files, "dirs": st.dirs,
            "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "written_by": "daemon"}
@@ -666,7 +666,8 @@ def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, 
         out(f"restored set {render.short_id(batch.set.id)} into {target}: {st.files} files, {st.dirs} dirs, "
             f"{st.links} links, {render.human_bytes(st.bytes)} (written by the daemon on this host)")
     if st.errors:
-        return fail(f"{len(st.errors)} entries could not be restored (see the warnings above)",
+        return fail(f"{len(st.errors)} entries could not be restored "
+                    f"({'the report lists them' if json_output else 'see the warnings above'})",
                     hint=render.restore_problem_hint(list(st.errors)))
     return EXIT_OK
 
@@ -1091,7 +1092,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     if writer is None:
         return fail("the daemon sent no restore data")
     stats = writer.finish()
-    for problem in render.restore_problem_lines(stats.errors):
+    for problem in [] if json_output else render.restore_problem_lines(stats.errors):  # --json: the report
         print(f"cairn: warning: {problem}", file=sys.stderr)
     if stats.xattrs_skipped:  # as tar does: said, not silently dropped
         print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} outside user.* "
@@ -1118,7 +1119,8 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
             f"{stats.links} links, {render.human_bytes(stats.bytes)}"
         )
     if stats.errors:
-        return fail(f"{len(stats.errors)} entries could not be restored (see the warnings above)",
+        return fail(f"{len(stats.errors)} entries could not be restored "
+                    f"({'the report lists them' if json_output else 'see the warnings above'})",
                     hint=render.restore_problem_hint(stats.errors))
     return EXIT_OK
 

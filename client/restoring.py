@@ -375,7 +375,7 @@ def report_delta(r: DeltaReport, args: argparse.Namespace, out: Any, render: Any
             f"deleted {r.deleted}" + (" (by the daemon on this host)" if r.written_by == "daemon" else ""))
         if r.extras_kept:
             out(f"note: {r.extras_kept} entries the set does not hold were kept (pass --delete to remove them)")
-    return _problems(r.errors)
+    return _problems(r.errors, args.json)
 
 
 def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: Any, set_id: str,
@@ -392,7 +392,7 @@ def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: An
             "nothing written")
         if p.extras and not args.delete:
             out(f"note: {len(p.extras)} entries the set does not hold would be kept (--delete removes them)")
-    return _problems(problems)
+    return _problems(problems, args.json)
 
 
 def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
@@ -411,7 +411,7 @@ def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, 
         files = sum(m.kind == "file" for m in entries)
         out(f"dry run: {len(entries)} entries ({files} files, {render.human_bytes(total)}) from set "
             f"{render.short_id(set_id)} into {args.target}; nothing written")
-    return _problems(problems)
+    return _problems(problems, args.json)
 
 
 def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
@@ -434,17 +434,22 @@ def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     return 0
 
 
-def _problems(problems: list[str]) -> int:
+def _problems(problems: list[str], json_output: bool = False) -> int:
+    """Warn about the entries a delta could not write and fail (exit 1); with --json the report on
+    stdout lists them, and the error is a JSON object on stderr, as every command's is."""
+    if not problems:
+        return 0
+    hint = render.restore_problem_hint(problems, delta=True)
+    if json_output:
+        print(json.dumps({"error": {"message": f"{len(problems)} entries could not be restored (the report lists "
+                                               "them)", "hint": hint, "exit_status": 1}}), file=sys.stderr)
+        return 1
     for line in render.restore_problem_lines(problems):
         print(f"cairn: warning: {line}", file=sys.stderr)
-    if problems:
-        print(f"cairn: error: {len(problems)} entries could not be restored (see the warnings above)",
-              file=sys.stderr)
-        hint = render.restore_problem_hint(problems, delta=True)
-        if hint:
-            print(f"hint: {hint}", file=sys.stderr)
-        return 1
-    return 0
+    print(f"cairn: error: {len(problems)} entries could not be restored (see the warnings above)", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    return 1
 
 
 # ---- databases ----

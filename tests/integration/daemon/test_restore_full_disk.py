@@ -60,8 +60,12 @@ def test_a_restore_onto_a_full_disk_says_so_in_a_few_lines(daemon, tmp_path, how
         r = daemon.cli("--json", "restore", "latest", "--target", str(small / "t"), *extra)
         doc = json.loads(r.stdout)
         assert r.returncode == 1 and len(doc["errors"]) > SHOWN_ENTRY_PROBLEMS  # --json names every one
-        hint = json.loads(r.stderr.splitlines()[-1])["error"]["hint"]
-        assert hint.startswith("make room on the target's file system")
+        (line,) = r.stderr.splitlines()  # with --json, stderr holds only the error object
+        assert json.loads(line)["error"]["hint"].startswith("make room on the target's file system")
+        r = daemon.cli("--json", "restore", "latest", "--target", str(small / "t"), "--delta", *extra)
+        assert r.returncode == 1 and json.loads(r.stdout)["errors"], r.stdout + r.stderr  # still no room
+        (line,) = r.stderr.splitlines()
+        assert "run the same delta again" in json.loads(line)["error"]["hint"]
         # with room again, the hint's command finishes the tree
         subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
         daemon.ok("restore", "latest", "--target", str(small / "t"), "--delta", *extra)
