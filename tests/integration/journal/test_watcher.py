@@ -20,15 +20,22 @@ def incremental(tracker: ChangeTracker, base: str = "F1", source: str = "app"):
     return hint, token
 
 
+def _why(tracker: ChangeTracker, source: str = "app") -> str:
+    """The journal's own account of its state, for a failure message (a rare loss of trust under
+    load is then told apart: a watch torn, a write held, a root lost)."""
+    st = tracker.status(source)
+    return f"journal unexpectedly untrusted: {st.state}; {'; '.join(st.reasons) or 'no reason recorded'}"
+
+
 def changed_paths(tracker: ChangeTracker, base: str = "F1") -> set[str]:
     hint, _ = incremental(tracker, base)
-    assert hint is not None, "journal unexpectedly untrusted"
+    assert hint is not None, _why(tracker)
     return set(hint.paths)
 
 
 def rescans(tracker: ChangeTracker, base: str = "F1") -> set[str]:
     hint, _ = incremental(tracker, base)
-    assert hint is not None, "journal unexpectedly untrusted"
+    assert hint is not None, _why(tracker)
     return set(hint.rescan)
 
 
