@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cairn import __version__, protocol, walnames
+from cairn.client.failures import error_text
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.fsio import claims
 from cairn.fsio.names import shown
@@ -130,15 +131,7 @@ _JSON_ERRORS = [False]  # set by main() under --json: errors become one JSON obj
 
 
 def fail(message: str, hint: str | None = None, code: int = EXIT_FAILURE) -> int:
-    message = " ".join(message.split())
-    if _JSON_ERRORS[0]:
-        import json
-
-        print(json.dumps({"error": {"message": message, "hint": hint, "exit_status": code}}), file=sys.stderr)
-        return code
-    print(f"cairn: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+    print(error_text(" ".join(message.split()), hint, code, _JSON_ERRORS[0]), file=sys.stderr)
     return code
 
 

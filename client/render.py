@@ -91,19 +91,19 @@ def restore_problem_lines(problems: list[str], shown: int = SHOWN_ENTRY_PROBLEMS
     the rest in one line, counted by their reason. A full file system fails every entry after
     it, and thousands of lines would bury what matters (--json still lists every one)."""
     entry = [p for p in problems if p.startswith("unable to restore '")]
-    lines = [p for p in problems if not p.startswith("unable to restore '")]
-    lines[:0] = entry[:shown]
+    other = [p for p in problems if not p.startswith("unable to restore '")]
     rest = entry[shown:]
-    if rest:
-        reasons: dict[str, int] = {}
-        for p in rest:
-            reason = p.rsplit(": ", 1)[-1]
-            reasons[reason] = reasons.get(reason, 0) + 1
-        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
-        said = ", ".join(f"{reason} ({n})" for reason, n in top[:3]) + (", ..." if len(top) > 3 else "")
-        lines.insert(len(entry[:shown]), f"{plural(len(rest), 'more entry', 'more entries')} could not be "
-                                         f"restored: {said} (--json lists every one)")
-    return lines
+    if not rest:
+        return entry + other
+    reasons: dict[str, int] = {}
+    for p in rest:
+        reason = p.rsplit(": ", 1)[-1]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    said = ", ".join(f"{reason} ({n})" for reason, n in top[:3]) + (", ..." if len(top) > 3 else "")
+    counted = f"{plural(len(rest), 'more entry', 'more entries')} could not be restored: {said} " \
+              "(--json lists every one)"
+    return entry[:shown] + [counted] + other
 
 
 def restore_problem_hint(problems: list[str], delta: bool = False) -> str | None:

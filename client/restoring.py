@@ -49,6 +49,7 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 from cairn.client import render
+from cairn.client.failures import error_text
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, mend, plan, target_lock
@@ -439,16 +440,11 @@ def _problems(problems: list[str], json_output: bool = False) -> int:
     stdout lists them, and the error is a JSON object on stderr, as every command's is."""
     if not problems:
         return 0
-    hint = render.restore_problem_hint(problems, delta=True)
-    if json_output:
-        print(json.dumps({"error": {"message": f"{len(problems)} entries could not be restored (the report lists "
-                                               "them)", "hint": hint, "exit_status": 1}}), file=sys.stderr)
-        return 1
-    for line in render.restore_problem_lines(problems):
+    for line in [] if json_output else render.restore_problem_lines(problems):  # --json: the report
         print(f"cairn: warning: {line}", file=sys.stderr)
-    print(f"cairn: error: {len(problems)} entries could not be restored (see the warnings above)", file=sys.stderr)
-    if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+    where = "the report lists them" if json_output else "see the warnings above"
+    print(error_text(f"{len(problems)} entries could not be restored ({where})",
+                     render.restore_problem_hint(problems, delta=True), 1, json_output), file=sys.stderr)
     return 1
 
 

@@ -13,11 +13,11 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
   collection deleted a delta-coded copy of a live blob, the run marks and collects once more,
   since the reference only that copy used may be free now): a marker is ripe when it has
   blockers listed, is older than the grace period (with none, at once: the marking run
-  collects, whatever the wall clock did meanwhile), and none of its blockers is still held. Then, reading sets, WAL
-  and index files only now, a marked pack is deleted when every live blob in it has a copy
-  in a pack that is not marked; the others are unmarked. One index file naming every blob of
-  every pack that stays is written, the index files read are deleted, the packs deleted,
-  and the ripe markers removed.
+  collects, whatever the wall clock did meanwhile), and none of its blockers is still held.
+  Then, reading sets, WAL and index files only now, a marked pack is deleted when every live
+  blob in it has a copy in a pack that is not marked; the others are unmarked. One index file
+  naming every blob of every pack that stays is written, the index files read are deleted, the
+  packs deleted, and the ripe markers removed.
 Live blobs include the reference of every delta-coded copy of a live blob that an index file
 names (not only of the copy the loaded index chose: collection may keep any copy), and the index
 collection writes names a plain copy over a delta-coded one.
@@ -403,8 +403,9 @@ class Pruner:
 
     def _live(self, sets: list[BackupSet], copies: Copies | None = None) -> set[bytes]:
         """Every blob the sets and the WAL catalog need, with the references of their delta-coded
-        copies (of every copy in `copies`, else of the one the index names). A listing of a set that cannot be read
-        stops the run naming the set: what that listing references cannot be known. So does a
+        copies (of every copy in `copies`, else of the one the index names). A listing of a set
+        that cannot be read stops the run naming the set: what that listing references cannot be
+        known. So does a
         needed blob that no index file names (an index file was lost): a pack no index names may
         hold it, and prune would delete that pack as a leftover (`_check_indexed`)."""
         index = self.repo.index
