@@ -98,6 +98,7 @@ READ_AHEAD = 8  # index files or set objects read at once when a handle loads ma
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
+LIST_PACKS_FROM = 256  # more packs than this to check at commit: one listing, not a request each
 RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
 
 
@@ -667,6 +668,8 @@ class Repository:
                 raise FailedPreconditionError(
                     f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
                     "repository while it ran (a prune?)", hint="run the backup again")
+            if self._lost_pack(writer):
+                continue  # a collector moved or freed what the session used: look again
             risky, threat = self._at_risk(writer, lock)
             if not risky:
                 return
@@ -699,6 +702,40 @@ class Repository:
                 f"unable to commit: pack '{gone[0][:8]}..' this backup wrote was deleted by garbage collection "
                 "while it ran", hint="run the backup again")
         return risky, threat
+
+    def _lost_pack(self, writer: BlobWriter) -> bool:
+        """Whether a pack the index names for a blob the session deduplicated against is gone.
+
+        A pack a collector deleted is no longer named once the index is read again (it writes
+        the index that drops a pack before deleting it): then True, and the caller looks again.
+        A pack that is still named is lost (deleted by hand, a broken disk): the set would
+        reference blobs nobody can read, so the commit is refused with CorruptionError, naming
+        the way on. Many packs are checked against one listing of packs, a few one by one."""
+        named: dict[str, bytes] = {}
+        for b in writer.deduped:
+            loc = self.index.get(b)
+            if loc is not None:
+                named.setdefault(loc.pack, b)
+        if not named:
+            return False
+        packs = sorted(named)
+        if len(packs) > LIST_PACKS_FROM:
+            held = set(self.backend.list("packs"))
+            gone = [p for p in packs if p not in held]
+        else:
+            gone = self._missing_packs(packs)
+        if not gone:
+            return False
+        self.refresh_index()
+        for p in gone:
+            loc = self.index.get(named[p])
+            if loc is not None and loc.pack == p:
+                raise CorruptionError(
+                    f"unable to commit: pack '{p[:8]}..' holds blobs this backup relies on and is missing from the "
+                    "repository (not deleted by garbage collection: the index still names it)",
+                    hint="run 'cairn repair index' (it drops what the lost pack held, so the next full backup "
+                         "stores it again), then back up again; 'cairn verify' lists the sets that need it")
+        return True
 
     def _missing_packs(self, packs: list[str]) -> list[str]:
         """Those of `packs` the backend no longer holds (in the given order)."""

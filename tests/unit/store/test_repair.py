@@ -132,6 +132,31 @@ def test_a_lost_pack_is_stored_again_by_the_next_backup_and_every_set_restores(r
     assert {s1.id, s2.id, s3.id} <= {s.id for s in repo.list_sets()}
 
 
+@pytest.mark.parametrize("listing", [False, True], ids=["stat", "listing"])
+def test_a_backup_that_would_rely_on_a_lost_pack_commits_nothing(repo, repo_path, src, tmp_path, rng, monkeypatch,
+                                                                  listing):
+    """A pack deleted by hand is still named by the index: a full backup that deduplicates
+    against it fails with the way on, and no set that cannot be restored is committed."""
+    import cairn.store.repository as repository
+    if listing:  # many packs to check: one listing of the packs instead of a request each
+        monkeypatch.setattr(repository, "LIST_PACKS_FROM", 0)
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    lost = _data_pack(repo, packs1)
+    os.unlink(_pack_file(repo_path, lost))
+    sets_before = {s.id for s in repo.list_sets()}
+
+    with pytest.raises(CorruptionError) as e:
+        backup(repo, src, level="full")
+    assert f"pack '{lost[:8]}..'" in str(e.value) and "missing" in str(e.value)
+    assert "'cairn repair index'" in e.value.hint
+    assert {s.id for s in repo.list_sets()} == sets_before
+
+    repo.repair_index()
+    backup(repo, src, level="full")
+    _all_restore(repo, tmp_path, before, src)
+    assert repo.check(read_data=True).ok
+
+
 def test_a_damaged_blob_is_dropped_by_read_data_and_healed_by_a_backup(repo, repo_path, src, tmp_path, rng):
     s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
     bid, loc = next((b, loc) for b, loc in sorted(repo.index.items()) if loc.type == TYPE_DATA and loc.stored_len > 64)
