@@ -16,6 +16,8 @@ A backend stores immutable objects under a few kinds ("config", "packs", "index"
   size and last-modified time (seconds since the epoch);
 - packs never change once written, so the local backend keeps a few open for ranged reads
   (restores read thousands of small ranges) and closes a descriptor only when no read uses it;
+  a kept descriptor serves a read only while the pack's path still names its file (a pack
+  deleted or replaced by hand is read as it is now);
 - the local backend never makes a repository out of a directory without one: it creates the
   root or a kind's directory (other than `config` and `keys`, which init writes first) only
   beside an existing `config/config`, and lists a missing kind's directory as empty only then.
@@ -73,10 +75,12 @@ class Backend(Protocol):
 class _OpenPack:
     """A pack descriptor kept open by a local backend, with the number of reads using it."""
 
-    __slots__ = ("fd", "users", "dropped")
+    __slots__ = ("fd", "users", "dropped", "file")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        st = os.fstat(fd)
+        self.file = (st.st_dev, st.st_ino)  # which file it is: a pack replaced at its path is another
         self.users = 0
         self.dropped = False
 
@@ -163,9 +167,22 @@ class LocalBackend:
 
     def _acquire(self, name: str) -> _OpenPack:
         """An open descriptor of pack `name`, kept for later reads (packs never change). A
-        descriptor is closed only when no reader holds it, so it is never reused under one."""
+        descriptor is closed only when no reader holds it, so it is never reused under one.
+
+        A kept descriptor is used only while the path still names its file: a pack deleted or
+        put back by hand (an operator replacing a damaged pack with a good copy) is read as the
+        directory holds it now, as verify reads it, not as it was when first opened."""
+        path = self._path("packs", name)
+        try:
+            st = os.stat(path)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            now = None  # gone: reopening says how
         with self._fd_lock:
             handle = self._fds.get(name)
+            if handle is not None and handle.file != now:
+                self._drop(self._fds.pop(name))
+                handle = None
             if handle is None:
                 handle = _OpenPack(self._open("packs", name, self._path("packs", name)))
                 self._fds[name] = handle

@@ -138,3 +138,24 @@ def test_temp_file_of_a_killed_write_is_removed_at_open_and_by_prune(tmp_path):
     repo = Repository(LocalBackend(root), Repository.open_local(root, read_only=True).config)
     repo.prune(PrunePolicy())
     assert not os.path.exists(old)
+
+
+def test_a_pack_replaced_or_deleted_by_hand_is_read_as_it_is_now(tmp_path):
+    """Ranged reads keep pack descriptors open; one must not outlive its file at the path (an
+    operator putting a good copy over a damaged pack, or deleting one, is seen at once)."""
+    from cairn.store.errors import NotFoundError
+    b = local(tmp_path)
+    name = PACK
+    b.put("packs", name, b"damaged!" * 4)
+    assert b.get_range("packs", name, 0, 8) == b"damaged!"  # the descriptor is now kept
+    path = tmp_path / "packs" / name[:2] / name
+    good = tmp_path / "good"
+    good.write_bytes(b"good one" * 4)
+    os.rename(good, path)
+    assert b.get_range("packs", name, 0, 8) == b"good one"
+    os.unlink(path)
+    with pytest.raises(NotFoundError):
+        b.get_range("packs", name, 0, 8)
+    b.put("packs", name, b"back in!" * 4)
+    assert b.get_range("packs", name, 8, 8) == b"back in!"
+    b.close()
