@@ -1165,8 +1165,9 @@ def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
             "to": args.to, "copied": [{"set": p.source_set, "copy": p.copied_set} for p in result.copied],
             "present": [{"set": p.source_set, "copy": p.copied_set} for p in result.present],
             "wal_copied": result.wal_copied, "wal_present": result.wal_present, "bytes_read": result.bytes_read,
-            "bytes_added": result.bytes_added, "warnings": list(result.warnings)}))
-        return EXIT_OK
+            "bytes_added": result.bytes_added, "warnings": list(result.warnings),
+            "failed": [{"set": f.source_set, "error": f.error} for f in result.failed]}))
+        return _copy_failed(result, json_output=True) if result.failed else EXIT_OK
     for p in result.copied:
         out(f"copied {p.source_set[:12]} -> {p.copied_set[:12]}")
     for w in result.warnings:
@@ -1174,7 +1175,17 @@ def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
     out(f"copied {render.plural(len(result.copied), 'set')} ({len(result.present)} already there), "
         f"{render.plural(result.wal_copied, 'WAL file')}; read {render.human_bytes(result.bytes_read)}, "
         f"added {render.human_bytes(result.bytes_added)}")
-    return EXIT_OK
+    return _copy_failed(result, json_output=False) if result.failed else EXIT_OK
+
+
+def _copy_failed(result: Any, *, json_output: bool) -> int:
+    """A copy that left sets out because their data could not be read: each named, then exit 1."""
+    if not json_output:
+        for f in result.failed:
+            out(f"warning: set {f.source_set[:12]} not copied: {f.error}")
+    return fail(f"{render.plural(len(result.failed), 'set')} could not be copied: their data is damaged or lost "
+                "in this repository", hint="'cairn verify --read-data' names the damage; the other sets were copied, "
+                "and a rerun copies only what is not there yet")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ What always holds:
 - a subtree is carried without reading it only when the source tree was matched against a
   destination set that is still listed when the copy commits, so no copied set relies on a
   tree whose blobs a collector may have freed;
+- a set whose data cannot be read (damaged or lost in the source) is not copied and is named
+  in the report's `failed`, with why; the copy goes on with the next set;
 - nothing in the source is written but a shared lock while it is read (so its garbage
   collector keeps the packs the copy reads), and nothing existing in the destination is
   rewritten.
@@ -39,6 +41,7 @@ from .errors import (
     AbortedError,
     AlreadyExistsError,
     BackendError,
+    CorruptionError,
     FailedPreconditionError,
     NotFoundError,
     WrongKeyError,
@@ -71,6 +74,7 @@ class CopyReport:
     bytes_read: int = 0  # plaintext read from the source
     bytes_added: int = 0  # stored bytes new in the destination
     warnings: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()  # (source id, why) of sets that could not be read whole
 
 
 def origin(s: BackupSet, repo_id: str) -> dict[str, Any]:
@@ -143,13 +147,21 @@ class Copier:
                    if origin(s, self.src.config.id)["set"] in have]
         total = sum(_set_bytes(s) for s in todo)
         copied: list[tuple[str, str]] = []
+        failed: list[tuple[str, str]] = []
         wal_copied = wal_present = read = added = 0
         warnings: list[str] = []
         done_bytes = 0
         self._emit(0, len(todo), 0, total)
         for i, s in enumerate(todo):
             self._stop_if_cancelled()
-            d, sess, w_new, w_old, warn = self._copy_one(s, have, i, len(todo), done_bytes, total)
+            try:
+                d, sess, w_new, w_old, warn = self._copy_one(s, have, i, len(todo), done_bytes, total)
+            except (CorruptionError, NotFoundError) as e:
+                # this set's data is damaged or lost: nothing of it was committed, and the sets
+                # after it (each one whole by itself) are still copied
+                failed.append((s.id, e.message))
+                done_bytes += _set_bytes(s)
+                continue
             have[origin(s, self.src.config.id)["set"]] = d
             copied.append((s.id, d.id))
             wal_copied += w_new
@@ -160,7 +172,8 @@ class Copier:
             done_bytes += _set_bytes(s)
             self._emit(i + 1, len(todo), done_bytes, total, "done" if i + 1 == len(todo) else f"set {short(s.id)}")
         return CopyReport(copied=tuple(copied), present=tuple(present), wal_copied=wal_copied,
-                          wal_present=wal_present, bytes_read=read, bytes_added=added, warnings=tuple(warnings))
+                          wal_present=wal_present, bytes_read=read, bytes_added=added, warnings=tuple(warnings),
+                          failed=tuple(failed))
 
     def _emit(self, done: int, total: int, bytes_done: int, bytes_total: int, phase: str = "copy") -> None:
         """Progress: sets done of sets, bytes of them done; the phase names the set being copied."""

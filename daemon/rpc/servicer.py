@@ -441,7 +441,8 @@ class CairnServicer(pb_grpc.CairnServicer):
                     copied=[pb.CopySetPair(source_set=a, copied_set=b) for a, b in item.copied],
                     present=[pb.CopySetPair(source_set=a, copied_set=b) for a, b in item.present],
                     wal_copied=item.wal_copied, wal_present=item.wal_present, bytes_read=item.bytes_read,
-                    bytes_added=item.bytes_added, warnings=texts(item.warnings)))
+                    bytes_added=item.bytes_added, warnings=texts(item.warnings),
+                    failed=[pb.CopySetFailure(source_set=a, error=why) for a, why in item.failed]))
 
 
 def _add_health(out: pb.SourceStatus, src: SourceState) -> None:

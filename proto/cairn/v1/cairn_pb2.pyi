@@ -995,7 +995,7 @@ class CopySetPair(_message.Message):
     def __init__(self, source_set: _Optional[str] = ..., copied_set: _Optional[str] = ...) -> None: ...
 
 class CopyResult(_message.Message):
-    __slots__ = ("copied", "present", "wal_copied", "wal_present", "bytes_read", "bytes_added", "warnings")
+    __slots__ = ("copied", "present", "wal_copied", "wal_present", "bytes_read", "bytes_added", "warnings", "failed")
     COPIED_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     WAL_COPIED_FIELD_NUMBER: _ClassVar[int]
@@ -1003,6 +1003,7 @@ class CopyResult(_message.Message):
     BYTES_READ_FIELD_NUMBER: _ClassVar[int]
     BYTES_ADDED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     copied: _containers.RepeatedCompositeFieldContainer[CopySetPair]
     present: _containers.RepeatedCompositeFieldContainer[CopySetPair]
     wal_copied: int
@@ -1010,7 +1011,16 @@ class CopyResult(_message.Message):
     bytes_read: int
     bytes_added: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, copied: _Optional[_Iterable[_Union[CopySetPair, _Mapping]]] = ..., present: _Optional[_Iterable[_Union[CopySetPair, _Mapping]]] = ..., wal_copied: _Optional[int] = ..., wal_present: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_added: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    failed: _containers.RepeatedCompositeFieldContainer[CopySetFailure]
+    def __init__(self, copied: _Optional[_Iterable[_Union[CopySetPair, _Mapping]]] = ..., present: _Optional[_Iterable[_Union[CopySetPair, _Mapping]]] = ..., wal_copied: _Optional[int] = ..., wal_present: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_added: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., failed: _Optional[_Iterable[_Union[CopySetFailure, _Mapping]]] = ...) -> None: ...
+
+class CopySetFailure(_message.Message):
+    __slots__ = ("source_set", "error")
+    SOURCE_SET_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    source_set: str
+    error: str
+    def __init__(self, source_set: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class CopyEvent(_message.Message):
     __slots__ = ("progress", "result")

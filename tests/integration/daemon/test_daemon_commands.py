@@ -169,3 +169,39 @@ def test_wal_push_and_fetch(daemon, tmp_path):
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(str(tmp_path / "x") + ".cairn-tmp")
     r = daemon.cli("wal-push", str(tmp_path / "nope"))
     assert r.returncode == 3 and "unable to read WAL file" in r.stderr
+
+
+def test_copy_names_a_set_whose_data_is_lost_copies_the_rest_and_exits_1(daemon, tmp_path):
+    """A lost pack spoils one set: `cairn copy` says which, copies every other set, exits 1; the
+    rerun after the damage is gone from the selection copies nothing twice."""
+    repo = tmp_path / "repo"
+
+    def packs() -> set[str]:
+        return {p.name for p in (repo / "packs").rglob("*") if p.is_file()}
+
+    first = daemon.ok("backup", "--level", "full").strip().splitlines()[-1]
+    before = packs()
+    (daemon.src / "only-in-second.bin").write_bytes(os.urandom(300_000))
+    second = daemon.ok("backup", "--level", "full").strip().splitlines()[-1]
+    seconds = packs() - before  # the second set's own packs: its new file's data and its root tree
+    (daemon.src / "only-in-second.bin").unlink()
+    third = daemon.ok("backup", "--level", "full").strip().splitlines()[-1]
+    for p in seconds:
+        os.unlink(next((repo / "packs").rglob(p)))
+    pw = tmp_path / "copy.pass"
+    pw.write_text("copy passphrase\n")
+    dest = tmp_path / "copy-dest"
+
+    r = daemon.cli("copy", "--to", str(dest), "--to-passphrase-file", str(pw), timeout=120)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"warning: set {second[:12]} not copied: unable to read pack" in r.stdout
+    assert "1 set could not be copied" in r.stderr and "hint:" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2
+    assert "copied 2 sets" in r.stdout and first[:12] in r.stdout and third[:12] in r.stdout
+
+    j = daemon.cli("--json", "copy", "--to", str(dest), "--to-passphrase-file", str(pw), timeout=120)
+    assert j.returncode == 1
+    report = json.loads(j.stdout)
+    assert [f["set"] for f in report["failed"]] == [second] and report["copied"] == []
+    assert sorted(p["set"] for p in report["present"]) == sorted([first, third])
+    assert json.loads(j.stderr)["error"]["message"].startswith("1 set could not be copied")

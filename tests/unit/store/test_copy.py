@@ -268,3 +268,24 @@ def test_a_cancelled_copy_stops_and_the_next_one_resumes(tmp_path, rng):
     report = copy_sets(src_repo, dst)
     assert [a for a, _ in report.copied] == [s.id for s in sets[1:]] and len(report.present) == 1
     assert dst.check().ok
+
+
+def test_a_set_whose_data_is_lost_is_named_and_the_sets_after_it_are_still_copied(tmp_path, rng):
+    src_repo, dst = _enc(), _enc(secret=crypto.Secret("keyfile", os.urandom(32)))
+    sets, packs = [], []
+    for name in ("one", "two", "three"):  # three sources with nothing in common
+        make_tree(str(tmp_path / name), rng, files=6, max_size=200_000)
+        before = set(src_repo.backend.list("packs"))
+        sets.append(backup(src_repo, str(tmp_path / name), source=name))
+        packs.append(set(src_repo.backend.list("packs")) - before)
+    for p in packs[1]:
+        src_repo.backend.delete("packs", p)  # the second set's data is lost
+
+    report = copy_sets(src_repo, dst)
+    assert [a for a, _ in report.copied] == [sets[0].id, sets[2].id]
+    assert [a for a, _ in report.failed] == [sets[1].id]
+    assert "unable to read pack" in report.failed[0][1] and "missing" in report.failed[0][1]
+    assert {d.extra[ORIGIN_KEY]["set"] for d in dst.list_sets()} == {sets[0].id, sets[2].id}
+    for s, (_, d) in zip((sets[0], sets[2]), report.copied, strict=True):
+        _same_restore(src_repo, s, dst, dst.get_set(d), tmp_path, s.source)
+    assert dst.check(read_data=True).ok
