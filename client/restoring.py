@@ -52,6 +52,7 @@ from cairn.client import render
 from cairn.client.failures import error_text
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
+from cairn.fsio.datadir import check_data_directory
 from cairn.fsio.delta import DeltaPlan, mend, plan, target_lock
 from cairn.fsio.delta import extras_roots as delta_extras_roots
 from cairn.fsio.records import EntryMeta, Failed
@@ -309,13 +310,15 @@ def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) 
 
 def check_db_delta(conn: Any, target: str, stream: bool) -> None:
     """restore-db --delta is run by the daemon on its host, into an existing directory: refuse
-    what cannot be (before any RPC). The daemon checks that it is a data directory."""
+    what cannot be (before any RPC, and before `restore --databases --delta` writes files). The
+    client runs on the daemon's host here, so it checks the data directory as the daemon will."""
     if stream or not getattr(conn.endpoint, "socket", None):
         raise InvalidArgumentError("--delta of a database is run by the daemon on its own host: run it there, "
                                    "over the daemon's socket (not with --stream)")
     if not os.path.isdir(target) or os.path.islink(target):
         raise InvalidArgumentError(f"restore target '{target}' is not an existing directory: --delta mends an "
                                    "earlier copy of the data directory")
+    check_data_directory(target)
 
 
 def delta_db_by_daemon(conn: Any, request: Any, target: str, json_output: bool, out: Any, render: Any) -> int:

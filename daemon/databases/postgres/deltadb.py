@@ -41,6 +41,7 @@ from cairn.daemon.databases.postgres.restoredb import (
 )
 from cairn.daemon.databases.postgres.walarchive import fetch_wal, record_namespace
 from cairn.fsio import claims
+from cairn.fsio.datadir import check_data_directory
 from cairn.fsio.delta import DeltaPlan, DeltaStats, chunk_id, mend, target_lock
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.store.errors import CairnError, FailedPreconditionError
@@ -49,27 +50,6 @@ from cairn.store.repository import Repository
 
 PG_CONTROL = b"global/pg_control"
 INLINE_MAX = 1 << 20  # placed files up to this size are kept in memory; WAL segments are fetched again
-
-
-def check_data_directory(target: str) -> None:
-    """Refuse a target that is not a data directory, or one a server may be running on."""
-    version = os.path.join(target, "PG_VERSION")
-    if not os.path.isfile(version) or os.path.islink(version):
-        raise FailedPreconditionError(
-            f"'{target}' is not a PostgreSQL data directory (it holds no PG_VERSION): --delta mends an earlier "
-            "restore of one and removes what the set does not hold",
-            hint="restore into an empty directory instead")
-    if os.path.lexists(os.path.join(target, "postmaster.pid")):
-        raise FailedPreconditionError(
-            f"PostgreSQL may be running on '{target}' (it holds postmaster.pid): stop the server first",
-            hint="if no server runs there, the file is stale: remove it and try again")
-    wal = os.path.join(target, "pg_wal")
-    if os.path.islink(wal):  # as a full restore-db: never write through it, it may be a live server's WAL
-        raise FailedPreconditionError(
-            f"'{wal}' is a symbolic link (to '{os.readlink(wal)}'): a restore never writes WAL through a link, "
-            "which may lead to a live server's WAL",
-            hint="remove the link (recovery fetches the WAL it needs from the repository) and run the delta again; "
-                 "point pg_wal elsewhere after recovery if you want it on another disk")
 
 
 def manifest_entries(records: Iterable[Record], id_key: bytes | None = None

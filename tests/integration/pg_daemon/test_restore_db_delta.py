@@ -192,6 +192,13 @@ def test_restore_databases_delta_mends_files_and_database_together(stack: Stack)
     dry = stack.ok("restore", s["id"], "--target", str(target), "--databases", "--db-target", f"appdb={place}",
                    "--delta", "--delete", "--dry-run")
     assert f"would mend database 'appdb' in {place}" in dry
+    # a place that cannot be mended (a server may run on it) is refused before the files are touched
+    (place / "postmaster.pid").write_text("4242\n")
+    r = stack.cli("restore", s["id"], "--target", str(target), "--databases", "--db-target", f"appdb={place}",
+                  "--delta", "--delete", timeout=300)
+    assert r.returncode == 1 and "holds postmaster.pid" in r.stderr, (r.stdout, r.stderr)
+    assert (target / "doc.txt").read_text() == "damaged\n" and (target / "extra.tmp").exists()
+    os.unlink(place / "postmaster.pid")
     out = stack.ok("restore", s["id"], "--target", str(target), "--databases", "--db-target", f"appdb={place}",
                    "--delta", "--delete", timeout=300)
     assert f"mended database 'appdb' in {place}" in out and "start in this order:" in out, out

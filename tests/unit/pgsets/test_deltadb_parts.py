@@ -11,6 +11,7 @@ import blake3
 import pytest
 from cairn.daemon.databases.postgres import deltadb
 from cairn.errors import FailedPreconditionError
+from cairn.fsio.datadir import check_data_directory
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole
 
 
@@ -48,15 +49,15 @@ def test_placed_wal_is_named_by_hash_and_only_small_files_are_kept() -> None:
 
 def test_a_directory_must_be_a_data_directory_without_a_server_or_a_wal_link(tmp_path) -> None:
     with pytest.raises(FailedPreconditionError, match="holds no PG_VERSION"):
-        deltadb.check_data_directory(str(tmp_path))
+        check_data_directory(str(tmp_path))
     (tmp_path / "PG_VERSION").write_text("15\n")
-    deltadb.check_data_directory(str(tmp_path))
+    check_data_directory(str(tmp_path))
     (tmp_path / "pg_wal").symlink_to(tmp_path.parent)
     with pytest.raises(FailedPreconditionError, match="is a symbolic link"):
-        deltadb.check_data_directory(str(tmp_path))
+        check_data_directory(str(tmp_path))
     (tmp_path / "postmaster.pid").write_text("1\n")
     with pytest.raises(FailedPreconditionError, match="may be running"):
-        deltadb.check_data_directory(str(tmp_path))
+        check_data_directory(str(tmp_path))
 
 
 def test_one_delta_per_directory_at_a_time(tmp_path) -> None:
