@@ -1478,6 +1478,9 @@ def _from_spool(args: argparse.Namespace) -> bool:
 
 
 _LOST = ("Stream removed", "Socket closed", "Connection reset", "Broken pipe")  # gRPC's words for a call cut off
+# The daemon may have finished (committed a set) just before the answer was lost: never say it did not.
+_MAYBE_DONE = ("the call may have finished before its answer was lost: 'cairn sets' shows whether a backup's set "
+               "was committed (a set is there whole or not at all)")
 
 
 def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
@@ -1490,11 +1493,10 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
     where = endpoint.describe() if endpoint else "the daemon"
     if code == grpc.StatusCode.UNAVAILABLE and details == "Cancelling all calls":  # the server is stopping
         return fail(f"cairnd at {where} stopped while this call ran",
-                    hint or "nothing it did not finish was committed; run the command again once cairnd is back")
+                    hint or f"run the command again once cairnd is back; {_MAYBE_DONE}")
     if code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _LOST):
         return fail(f"the connection to cairnd at {where} was lost during the call: {details}",
-                    hint or "what the call was doing is incomplete: run it again (a restore can be finished "
-                            "with --delta; a set that was not reported was not committed)")
+                    hint or f"{_MAYBE_DONE}; finish a restore with --delta, or run the command again")
     if code == grpc.StatusCode.UNAVAILABLE:
         tcp = endpoint is not None and endpoint.address
         return fail(

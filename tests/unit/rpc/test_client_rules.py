@@ -125,6 +125,7 @@ def test_a_daemon_that_stops_during_the_call_is_not_reported_unreachable(capsys)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "cairn: error: cairnd at unix socket '/s.sock' stopped while this call ran", lines
     assert "run the command again" in lines[1]
+    assert "'cairn sets' shows whether" in lines[1] and "not committed" not in lines[1]  # it may have committed
 
 
 def test_a_call_cut_off_mid_stream_says_the_connection_was_lost(capsys):
@@ -135,6 +136,7 @@ def test_a_call_cut_off_mid_stream_says_the_connection_was_lost(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("cairn: error: the connection to cairnd at ") and "was lost during the call" in lines[0]
     assert "--delta" in lines[1] and "--tls-ca" not in lines[1]
+    assert "'cairn sets' shows whether" in lines[1] and "not committed" not in lines[1]  # it may have committed
 
 
 def test_a_ca_file_that_holds_no_certificate_is_named(tmp_path):
