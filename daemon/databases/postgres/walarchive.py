@@ -99,9 +99,12 @@ class ArchiveHealth:
         self._last_failure_time = 0.0
 
     def stored(self, name: str) -> None:
+        """A push of `name` was stored. The last segment is the one stored last, not the greatest
+        name: names do not order across timelines (a restored copy archiving timeline 2 beside
+        the original on 1) or across the clusters sharing a repository."""
         with self._lock:
             self._pushed += 1
-            if SEGMENT_RE.match(name) and name >= self._last_segment:
+            if SEGMENT_RE.match(name):
                 self._last_segment, self._last_time = name, time.time()
 
     def failed(self, name: str, message: str) -> None:
@@ -115,7 +118,7 @@ class ArchiveHealth:
         newest = max(segs, default="")
         with self._lock:
             last, when = self._last_segment, self._last_time
-            if newest > last:
+            if not last:
                 last, when = newest, 0.0  # archived before this daemon started
             return ArchiveSnapshot(last_segment=last, last_time=when, pushed=self._pushed,
                                    failures=self._failures, last_failure=self._last_failure,

@@ -95,6 +95,16 @@ def test_archive_health_counts_and_newest_segment() -> None:
     assert older.last_segment == seg(1, 9) and older.last_time == 0.0
 
 
+def test_the_last_segment_is_the_one_stored_last_across_timelines() -> None:
+    """A restored copy archived timeline 2, then the original went on with timeline 1: the
+    last push is the original's, whatever the names' order."""
+    h = ArchiveHealth()
+    h.stored(seg(2, 0xBE))
+    h.stored(seg(1, 0xD4))
+    snap = h.snapshot([seg(2, 0xBE), seg(1, 0xD4)])
+    assert snap.last_segment == seg(1, 0xD4) and snap.last_time > 0
+
+
 def test_restore_command_names_the_socket_and_quotes() -> None:
     assert restore_command("/run/x y/cairnd.sock", "/usr/bin/cairn") == \
         "/usr/bin/cairn --socket '/run/x y/cairnd.sock' wal-fetch %f %p"
