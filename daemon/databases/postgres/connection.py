@@ -279,9 +279,12 @@ class PgConnection:
                 raise DeadlineError(
                     f"statement on database '{self.name}' was cancelled: {one_line(e)}") from None
             except psycopg2.Error as e:
-                # psycopg2 marks the connection closed when the session is gone; an
-                # OperationalError on a live session (disk full, ...) is a statement failure
-                if self._raw.closed or isinstance(e, psycopg2.InterfaceError):
+                # psycopg2 marks the connection closed when the session is gone, but not when the
+                # server died under a statement ("server closed the connection unexpectedly": a
+                # bare DatabaseError or OperationalError that no server sent, so no SQLSTATE); an
+                # error on a live session (disk full, ...) carries one and is a statement failure
+                if self._raw.closed or isinstance(e, psycopg2.InterfaceError) or (
+                        e.pgcode is None and type(e) in (psycopg2.DatabaseError, psycopg2.OperationalError)):
                     raise BackupAbortedError(
                         f"lost the connection to database '{self.name}': {one_line(e)}") from None
                 raise DatabaseError(f"statement failed on database '{self.name}': {one_line(e)}") from None

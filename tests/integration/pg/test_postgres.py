@@ -242,6 +242,21 @@ def test_ping_detects_a_lost_backup_session(fresh_pg: PgServer) -> None:
             bb.ping()
 
 
+def test_a_server_that_crashes_during_the_backup_is_a_lost_connection(fresh_pg: PgServer) -> None:
+    """An immediate shutdown (what a crash looks like to a client) during the backup: the
+    backup is reported aborted with the connection lost, not as a failed statement."""
+    conn = PgConnection.open(fresh_pg.dsn, name="appdb")
+    bb = conn.base_backup()
+    bb.start("crash")
+    fresh_pg.stop("immediate")
+    with pytest.raises(BackupAbortedError) as ei:
+        bb.stop()
+    assert str(ei.value).startswith("base backup of database 'appdb' aborted: lost the connection to database "
+                                    "'appdb': "), str(ei.value)
+    bb.abort()  # a no-op now, must not raise
+    conn.close()
+
+
 def test_leaving_the_context_without_stop_ends_the_backup(pg: PgServer) -> None:
     with PgConnection.open(pg.dsn) as conn:
         with conn.base_backup() as bb:
