@@ -344,9 +344,17 @@ class Checker:
             try:
                 data = self.repo.reader.read(tree)
                 entries = decode_tree(tree, data)
-            except CairnError as e:
+            except UnavailableError:
+                raise
+            except CairnError as e:  # and the advice says which repair applies
                 entries = []
                 out.append(("", tree, f"tree is damaged: {e}"))
+                if isinstance(e, NotFoundError):
+                    self.missing = True
+                elif isinstance(e, BackendError):
+                    self.refused = True
+                else:
+                    self.corrupt = True
             for e in entries:
                 name = os.fsdecode(e.name)
                 if e.kind == "dir" and e.subtree:

@@ -136,3 +136,13 @@ def test_config_without_checksum_still_opens(mem):
     assert repo.config.id == doc["id"] and [x.id for x in repo.list_sets()] == [s.id]
     with pytest.raises(NotFoundError):
         repo.get_set("ffff")
+
+
+def test_a_damaged_tree_found_without_read_data_comes_with_the_repair_that_applies(mem):
+    inner, s = mem
+    repo = Repository.open(inner)
+    loc = repo.index.get(bytes.fromhex(s.tree))
+    _flip(inner, "packs", loc.pack, loc.offset + loc.stored_len // 2)
+    report = Repository.open(inner).check()
+    assert not report.ok and any("tree is damaged" in p.message for p in report.errors), report.errors
+    assert "'cairn repair index --read-data'" in report.advice and "full backup" in report.advice, report.advice
