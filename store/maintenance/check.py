@@ -209,8 +209,11 @@ class Checker:
         the pack is a leftover of an interrupted backup or prune, which prune removes."""
         for pack in self._unindexed:
             if self.unindexed_needed:
-                why = ("sets need blobs that no index names, so its index file may be lost: 'cairn repair index' "
-                       "indexes it (prune refuses to run until then)")
+                why = ("sets need blobs that no index names: if its index file was lost, 'cairn repair index' "
+                       "indexes it; if a repair already left it out (a blob in it failed verification), those blobs "
+                       "are lost: a full backup of every source stores again what the sources still hold, and "
+                       "'cairn prune --forget SET' forgets a set that needs the rest (prune refuses to run until "
+                       "no set needs a blob that no index names)")
             elif whole:
                 why = "no set needs it (left by an interrupted backup or prune): prune removes it"
             else:

@@ -455,7 +455,8 @@ class Pruner:
             f"unable to prune: {len(lost)} blobs that {named} need are in no index file; nothing may be deleted "
             "while a pack that no index names may hold them",
             hint="run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
-                 "holds is lost, and 'cairn prune --forget SET' forgets a set that needs it")
+                 "holds whole is lost (also after a repair already ran): a full backup of every source stores again "
+                 "what the sources still hold, and 'cairn prune --forget SET' forgets a set that needs the rest")
 
     def _references(self, live: set[bytes], copies: Copies) -> set[bytes]:
         """Reference blobs of live delta blobs: they stay live too. Of every delta-coded copy an

@@ -181,6 +181,8 @@ def test_a_damaged_blob_is_dropped_by_read_data_and_healed_by_a_backup(repo, rep
     between = repo.check(read_data=True)  # only the dropped blob is missing; the damaged pack is unindexed
     assert between.errors and {p.object_id for p in between.errors} == {bid.hex()}, between.errors
     assert "'cairn repair index'" in between.advice
+    left_out = [w.message for w in between.warnings if w.object_id == loc.pack]
+    assert left_out and "a full backup" in left_out[0], between.warnings  # not only "repair index" again
 
     s3 = backup(repo, src, level="full")
     assert s3.stats.chunks_added >= 1
