@@ -197,7 +197,12 @@ class TreeWriter:
             elif m.kind == "hardlink":
                 src_rel = check_rel(m.link_to)
                 with self.beneath.parent(src_rel) as (sfd, src):  # nor is the source reached through a link
-                    if not stat.S_ISREG(os.stat(src, dir_fd=sfd, follow_symlinks=False).st_mode):
+                    try:
+                        st = os.stat(src, dir_fd=sfd, follow_symlinks=False)
+                    except FileNotFoundError:  # its own failure is reported already: say why this one follows
+                        raise InvalidArgumentError(f"not linked: the file it is a hard link of, "
+                                                   f"'{shown(src_rel)}', was not restored") from None
+                    if not stat.S_ISREG(st.st_mode):
                         raise InvalidArgumentError(f"refusing to link to '{shown(src_rel)}': not a regular file")
                     os.link(src, name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
                 self.stats.links += 1
