@@ -463,20 +463,21 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     timeline = restoring.check_timeline(args.target_timeline or "current")
     if args.quick and not args.delta:
         raise InvalidArgumentError("--quick only goes with --delta")
-    if args.delta:
-        restoring.check_db_delta(conn, args.target, args.stream)
-    else:
-        check_target(args.target, overwrite=False, delta_hint=False)
-    # pin the set ('latest' may move), learn the database's kind, check the timeline: all before
-    # anything is written
+    # pin the set ('latest' may move), learn the database's kind, check the target and the
+    # timeline: all before anything is written
     first = next(iter(conn.stub.ListTree(pb.ListTreeRequest(set=args.set, source=args.source or "",
                                                             host=args.host or ""))))
     args.set = first.set.id
     rec = next((r for r in restoring.database_records(first.set) if r["name"] == args.database), None)
-    if rec is not None and rec.get("kind", restoring.POSTGRES) != restoring.POSTGRES:
-        if args.delta:
-            return fail(f"database '{args.database}' is a dump (kind '{rec['kind']}'): --delta mends a PostgreSQL "
-                        "data directory", code=EXIT_USAGE)
+    dump = rec is not None and rec.get("kind", restoring.POSTGRES) != restoring.POSTGRES
+    if dump and args.delta:
+        return fail(f"database '{args.database}' is a dump (kind '{rec['kind']}'): --delta mends a PostgreSQL "
+                    "data directory", code=EXIT_USAGE)
+    if args.delta:
+        restoring.check_db_delta(conn, args.target, args.stream)
+    else:
+        check_target(args.target, overwrite=False, delta_hint=False, dump=dump)
+    if dump:
         return restore_dump_files(conn, args, rec)
     if rec is not None and timeline not in ("current", "latest"):
         restoring.check_timeline_reaches(conn, rec, int(timeline))
@@ -994,9 +995,10 @@ def to_record(r: Any) -> Record:
     return wire.record_of(r)
 
 
-def check_target(target: str, overwrite: bool, delta_hint: bool = True) -> None:
-    """Refuse a target that is not a directory, or is not empty unless overwrite (before any RPC).
-    `delta_hint`: the command offers --overwrite (restore does; restore-db only --delta)."""
+def check_target(target: str, overwrite: bool, delta_hint: bool = True, dump: bool = False) -> None:
+    """Refuse a target that is not a directory, or is not empty unless overwrite (before anything
+    is written). `delta_hint`: the command offers --overwrite (restore does; restore-db only
+    --delta); `dump`: a dump's files, which --delta does not mend."""
     if not os.path.lexists(target):
         return
     if not os.path.isdir(target):
@@ -1005,8 +1007,9 @@ def check_target(target: str, overwrite: bool, delta_hint: bool = True) -> None:
         raise FailedPreconditionError(
             f"restore target '{target}' is not empty",
             hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite"
-            if delta_hint else "choose an empty directory, or mend an earlier copy of this data directory with "
-                               "--delta (only what differs is written)")
+            if delta_hint else "choose an empty directory" if dump else
+            "choose an empty directory, or mend an earlier copy of this data directory with --delta (only what "
+            "differs is written)")
 
 
 def received_ahead(call: Any, depth: int = RECEIVE_AHEAD) -> Iterator[Any]:

@@ -168,6 +168,9 @@ def test_mariadb_and_remote_postgres_in_one_cold_set_restore_to_the_rows_before_
     r = stack.cli("restore-db", s["id"], "--database", "shoppg", "--target", str(stack.root / "nodir"),
                   "--target-time", "2026-01-01 00:00:00")
     assert r.returncode == 2 and "is a dump (kind 'pg_dump')" in r.stderr and not (stack.root / "nodir").exists()
+    # a target that is not empty: its hint does not offer --delta, which does not mend a dump
+    r = stack.cli("restore-db", s["id"], "--database", "shopmaria", "--target", str(stack.root / "mariafiles"))
+    assert r.returncode == 1 and "is not empty" in r.stderr and "--delta" not in r.stderr, r.stderr
     r = stack.cli("restore-db", s["id"], "--database", "nosuch", "--target-dsn", target)
     assert r.returncode == 3 and "holds no database 'nosuch'" in r.stderr
     assert not os.listdir(os.path.join(stack.state, "restores"))  # scratch directories are removed
