@@ -65,9 +65,11 @@ class RepoConfig:
         try:
             doc = json.loads(data)
         except ValueError:
-            raise NotARepositoryError(f"'{where}' is not a Cairn repository: config is not readable") from None
+            raise NotARepositoryError(f"'{where}' is not a Cairn repository: config is not readable "
+                                      f"({len(data)} bytes)", hint=DAMAGED_CONFIG_HINT) from None
         if not isinstance(doc, dict) or doc.get("magic") != MAGIC:
-            raise NotARepositoryError(f"'{where}' is not a Cairn repository: bad config magic")
+            raise NotARepositoryError(f"'{where}' is not a Cairn repository: bad config magic",
+                                      hint=DAMAGED_CONFIG_HINT)
         damaged = f"unable to read the config of repository '{where}'"
         version = doc.get("version")
         if not isinstance(version, int) or isinstance(version, bool):
@@ -92,6 +94,8 @@ class RepoConfig:
             raise CorruptionError(f"{damaged}: malformed ({e})") from None
 
 
+DAMAGED_CONFIG_HINT = ("if it is one, its config object (config/config) is damaged: put it back from a copy of the "
+                       "repository (it is small and never changes)")
 KEYS = {"magic", "id", "version", "created", "chunker", "compression", "compression_level", "pack_size",
         "encryption"}
 

@@ -127,6 +127,15 @@ def test_any_flipped_byte_of_the_config_is_a_clear_error(mem):
     assert Repository.open(inner).check().ok
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00" * 300, b'{"not": "ours"}'])
+def test_an_empty_or_unparsable_config_says_how_to_put_it_back(mem, content):
+    inner, _ = mem
+    inner.objects[("config", "config")] = content
+    with pytest.raises(CairnError) as e:
+        Repository.open(inner)
+    assert "is not a Cairn repository" in str(e.value) and "put it back from a copy" in (e.value.hint or "")
+
+
 def test_config_without_checksum_still_opens(mem):
     inner, s = mem
     doc = json.loads(inner.objects[("config", "config")])
