@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidArgumentError, NotARepositoryError, NotFoundError
+from .errors import AlreadyExistsError, InvalidArgumentError, NotARepositoryError, NotFoundError
 from .storage.backend import Backend, LocalBackend
 
 if TYPE_CHECKING:
@@ -68,6 +68,17 @@ def open_backend(location: str, options: S3Options | None = None, *, probe_condi
     return LocalBackend(location)
 
 
+def refuse_occupied(backend: Any) -> None:
+    """Refuse to make a repository under a bucket prefix that holds other objects (another
+    tool's repository, anything): only key objects of an init killed before its config, which
+    init checks and replaces, and conditional-write probes may be there."""
+    other = backend.first_object_outside(("keys",))
+    if other is not None:
+        raise AlreadyExistsError(f"unable to create a repository at '{backend.location()}': the prefix holds "
+                                 f"objects already ('{other}')",
+                                 hint="choose an empty prefix: a repository is never made over other objects")
+
+
 def _endpoint_from_environment() -> bool:
     """Whether boto3 takes the S3 endpoint from the environment (AWS_ENDPOINT_URL_S3 or
     AWS_ENDPOINT_URL), as `cairnd --repo s3://...` on a recovery host does."""
@@ -90,7 +101,8 @@ def open_repository(location: str, options: S3Options | None = None, *, create: 
         try:
             backend.get("config", "config")
         except NotFoundError:
-            if create and not any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
+            if create:
+                refuse_occupied(backend)
                 return Repository.init(backend, secret=secret)
             raise NotARepositoryError(f"'{backend.location()}' is not a Cairn repository: no config") from None
         return Repository.open(backend, read_only=read_only, secret=secret, cache_dir=cache_dir,

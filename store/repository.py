@@ -45,6 +45,7 @@ from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .errors import (
+    AlreadyExistsError,
     BackendError,
     CairnError,
     CorruptionError,
@@ -166,8 +167,16 @@ class Repository:
             raise RepositoryError(f"a repository already exists at '{backend.location()}'")
         except NotFoundError:
             pass
-        for leftover in list(backend.list("keys")):  # of an init killed before its config
-            backend.delete("keys", leftover)
+        leftovers = list(backend.list("keys"))  # of an init killed before its config: Cairn key objects only
+        for name in leftovers:
+            try:
+                crypto.parse_key_object(name, backend.get("keys", name))
+            except CairnError:
+                raise AlreadyExistsError(f"unable to create a repository at '{backend.location()}': keys/{name} "
+                                         "is not a Cairn key object (the location holds something else)",
+                                         hint="choose an empty location: nothing there is deleted") from None
+        for name in leftovers:
+            backend.delete("keys", name)
         if secret is None:
             config = config or RepoConfig.new()
             backend.put("config", "config", config.encode())

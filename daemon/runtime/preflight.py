@@ -29,7 +29,7 @@ from cairn.store.errors import (
     NotARepositoryError,
     NotFoundError,
 )
-from cairn.store.locations import is_s3, open_backend
+from cairn.store.locations import is_s3, open_backend, refuse_occupied
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import LocalBackend
 
@@ -136,9 +136,7 @@ def init_repository(config: Config, plaintext: bool = False) -> str:
             raise AlreadyExistsError(f"a repository already exists at '{backend.location()}'")
         except NotFoundError:
             pass
-        if any(next(iter(backend.list(kind)), None) for kind in ("packs", "index", "sets")):
-            raise AlreadyExistsError(f"unable to create a repository at '{backend.location()}': "
-                                     "the prefix holds objects already")
+        refuse_occupied(backend)
         Repository.init(backend, secret=secret).close()
         return path
     if os.path.exists(path):

@@ -289,6 +289,26 @@ class S3Backend:
         except bexc.BotoCoreError as e:
             raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
 
+    def first_object_outside(self, kinds: tuple[str, ...]) -> str | None:
+        """The key of the first object under the prefix that is neither in one of `kinds` nor a
+        conditional-write probe: what says the prefix holds something that is not (only) Cairn's
+        objects of those kinds (init refuses such a prefix). None when there is none."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        inside = tuple(f"{base}{k}/" for k in (*kinds, PROBE_DIR))
+        found: list[str] = []
+
+        def op() -> None:
+            found.clear()
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", ()):
+                    if not obj["Key"].startswith(inside):
+                        found.append(obj["Key"])
+                        return
+
+        self._call("list the objects under the prefix", op,
+                   missing="unable to list the objects under the prefix: not found")
+        return found[0] if found else None
+
     def _probe_conditional(self) -> bool:
         """Whether the store refuses a second `If-None-Match: *` write of one key (412)."""
         key = f"{self.prefix}/{PROBE_DIR}/conditional-{uuid.uuid4().hex}".lstrip("/")

@@ -154,3 +154,33 @@ def test_a_prefix_that_lost_its_config_is_named_so_at_start(weed, creds, rundir)
     line = start_fails(rundir, repo, rundir)
     assert line == (f"cairnd: error: 's3://{weed.bucket}/{prefix}' holds Cairn objects but its config object is "
                     "missing: the repository cannot be opened")
+
+
+def test_init_never_makes_a_repository_over_other_objects(weed, creds, rundir):
+    """A prefix that holds another tool's repository (what a fresh restic repository holds:
+    config and keys/...) or any other object is refused, and nothing there is touched; so is
+    `cairn copy` into it. A prefix whose keys/ holds only something that is not a Cairn key is
+    refused too (init replaces only Cairn key objects of an init killed before its config)."""
+    s3 = weed.client()
+    passphrase = os.path.join(rundir, "repo.pass")
+    with open(passphrase, "w") as f:
+        f.write("correct horse battery staple\n")
+    src = os.path.join(rundir, "src")
+    os.makedirs(src)
+    for objects in ({"config": b"restic config", "keys/4f3a9b0c1d2e": b'{"kdf": "scrypt"}'},
+                    {"keys/4f3a9b0c1d2e": b'{"kdf": "scrypt"}'},
+                    {"readme.txt": b"not a repository"}):
+        prefix = f"foreign-{uuid.uuid4().hex[:8]}"
+        for key, body in objects.items():
+            s3.put_object(Bucket=weed.bucket, Key=f"{prefix}/{key}", Body=body)
+        repo = (f'path = "s3://{weed.bucket}/{prefix}"\nendpoint = "{weed.endpoint}"\nregion = "us-east-1"\n'
+                f'credentials_file = "{creds}"\npassphrase_file = "{passphrase}"')
+        r = subprocess.run([CAIRND, "--config", config(rundir, repo, src), "--init"], capture_output=True,
+                           text=True, env=env(), timeout=60)
+        assert r.returncode == 1 and "unable to create a repository at" in r.stderr, (objects, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+        held = {o["Key"][len(prefix) + 1:]: s3.get_object(Bucket=weed.bucket, Key=o["Key"])["Body"].read()
+                for o in s3.list_objects_v2(Bucket=weed.bucket, Prefix=f"{prefix}/").get("Contents", [])
+                if not o["Key"].startswith(f"{prefix}/probe/")}
+        assert {k: v for k, v in held.items() if k in objects} == objects and set(objects) <= set(held), held
+        assert not any(k.startswith("config/") for k in held), held

@@ -347,3 +347,25 @@ def test_another_repositorys_config_or_keys_are_named_not_taken_for_a_wrong_pass
     assert "passphrase" not in str(e.value)
     with pytest.raises(WrongKeyError):  # a wrong passphrase is still said as such
         Repository.open(b, secret=_secret("wrong"))
+
+
+def test_init_replaces_only_cairn_key_objects_left_by_a_killed_init():
+    """Init deletes what an init killed before its config left in keys/ (Cairn key objects), and
+    refuses, deleting nothing, when keys/ holds anything else (another tool's keys)."""
+    from cairn.store.errors import AlreadyExistsError
+
+    secret = crypto.Secret("passphrase", b"pw")
+    fast = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
+    killed = MemoryBackend()
+    _, leftover = crypto.make_key_object("0" * 32, os.urandom(crypto.MASTER_LEN), secret, fast)
+    killed.put("keys", "aa" * 16, leftover)
+    repo = Repository.init(killed, secret=secret, argon2=fast)
+    assert "aa" * 16 not in set(killed.list("keys")) and len(list(killed.list("keys"))) == 1
+    repo.close()
+
+    foreign = MemoryBackend()
+    foreign.put("keys", "4f3a9b0c1d2e", b'{"kdf": "scrypt"}')
+    with pytest.raises(AlreadyExistsError, match="keys/4f3a9b0c1d2e is not a Cairn key object"):
+        Repository.init(foreign, secret=secret, argon2=fast)
+    assert foreign.get("keys", "4f3a9b0c1d2e") == b'{"kdf": "scrypt"}'
+    assert not list(foreign.list("config"))
