@@ -168,7 +168,11 @@ class CairnServicer(pb_grpc.CairnServicer):
     def Backup(self, request: pb.BackupRequest, context: grpc.ServicerContext) -> Iterator[pb.BackupEvent]:
         job = self.service.start_backup(request.source, request.level, tuple(request.tags), reason="client")
         yield pb.BackupEvent(started=job_info(job))
-        estimate = backup_estimate(job.level, self.service.list_sets(job.source, host=self.service.hostname))
+        try:  # only for progress: the job runs whatever this finds, so its failure must not end the call
+            estimate = backup_estimate(job.level, self.service.list_sets(job.source, host=self.service.hostname))
+        except CairnError as e:
+            log.warning("no estimate for the progress of the backup of '%s': %s", job.source, e)
+            estimate = None
         version = 0
         while True:
             snap = job.wait_update(version, timeout=1.0)

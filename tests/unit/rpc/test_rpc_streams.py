@@ -123,3 +123,31 @@ def test_a_backup_cancelled_by_shutdown_says_the_daemon_is_stopping():
     assert jobs.wait_idle(5) and isinstance(job.error, AbortedError)
     assert job.error.message == "backup cancelled: the daemon is stopping"
     assert "nothing of this set was committed" in job.error.hint
+
+
+def test_a_backup_call_follows_its_job_even_when_the_progress_estimate_cannot_be_made():
+    """The estimate's listing of sets is for progress only: a store error there (a refused or
+    failed listing) must not end the call with an error while the job goes on and commits."""
+    from cairn.daemon.rpc.servicer import CairnServicer
+    from cairn.store.errors import BackendError
+    from cairn.store.model import BackupSet, SetStats
+
+    jobs = JobManager()
+    committed = BackupSet(id="ab" * 32, source="app", level="full", requested_level="full", base=None, time_start=1.0,
+                          time_end=2.0, hostname="h", paths=("/src",), tree="00" * 32, stats=SetStats())
+
+    class Service:
+        hostname = "h"
+
+        def start_backup(self, source, level, tags, reason):
+            return jobs.start_backup(source, level or "full", reason, lambda progress, cancel: committed)
+
+        def list_sets(self, source, host=""):
+            raise BackendError("unable to list sets objects at s3://b/p: AccessDenied (HTTP 403)")
+
+    class Context:
+        def is_active(self) -> bool:
+            return True
+
+    events = list(CairnServicer(Service()).Backup(pb.BackupRequest(source="app", level="full"), Context()))
+    assert events[0].HasField("started") and events[-1].set.id == committed.id
