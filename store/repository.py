@@ -57,6 +57,7 @@ from .errors import (
     UnavailableError,
     UnindexedError,
     WrongKeyError,
+    short,
 )
 from .maintenance import check as checkmod
 from .maintenance import prune as prunemod
@@ -100,6 +101,8 @@ BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also com
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
 LIST_PACKS_FROM = 256  # more packs than this to check at commit: one listing, not a request each
+BASE_WAIT = 120.0  # seconds a commit whose base is not listed waits for a running collector to put it back
+BASE_POLL = 0.25
 RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
 
 
@@ -670,8 +673,13 @@ class Repository:
             self.refresh_index()
             gone = next((b for b in writer.deduped if b not in self.index), None)
             if gone is None and base is not None:
-                listed = {s.id for s in self.list_sets()}
-                if base.id not in listed or bytes.fromhex(base.tree) not in self.index:
+                if not self._base_listed(base, lock):
+                    raise FailedPreconditionError(
+                        f"unable to commit: base set '{short(base.id)}' this backup builds on was forgotten while "
+                        "it ran (a prune by a host that did not see this backup's lock?)",
+                        hint="run the backup again: it builds on the newest set there is")
+                self.refresh_index()  # a collector that put the base back may have rewritten the index
+                if bytes.fromhex(base.tree) not in self.index:
                     gone = bytes.fromhex(base.tree)
             if gone is not None:
                 raise FailedPreconditionError(
@@ -711,6 +719,22 @@ class Repository:
                 f"unable to commit: pack '{gone[0][:8]}..' this backup wrote was deleted by garbage collection "
                 "while it ran", hint="run the backup again")
         return risky, threat
+
+    def _base_listed(self, base: BackupSet, lock: str | None) -> bool:
+        """Whether set `base` is listed, waiting for a collector that runs meanwhile. A prune
+        deletes the sets it forgets, then puts back those a backup's lock names as its base
+        (docs/format.md): a backup that looks in between would fail for nothing. So while another
+        process holds a gc lock, the listing is asked again until the base is back or the
+        collector is gone (at most BASE_WAIT seconds; this session's lock stays held, so the
+        collector sees it)."""
+        deadline = time.monotonic() + BASE_WAIT
+        while True:
+            if base.id in {s.id for s in self.list_sets()}:
+                return True
+            collecting = any(doc.get("gc") for doc in self.locks.others(lock or ""))
+            if not collecting or time.monotonic() > deadline:
+                return False
+            time.sleep(BASE_POLL)
 
     def _lost_pack(self, writer: BlobWriter) -> bool:
         """Whether a pack the index names for a blob the session deduplicated against is gone.

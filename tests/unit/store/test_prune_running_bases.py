@@ -89,6 +89,55 @@ def test_a_base_named_after_the_prune_looked_is_put_back(base_and_src, tmp_path,
     _restores(inner, s.id, src, tmp_path / "out")
 
 
+def test_a_commit_between_the_prunes_delete_and_its_put_back_waits_for_the_base(base_and_src, tmp_path,
+                                                                                monkeypatch):
+    """The prune deleted the base (its first look at the locks missed the backup) and has not
+    put it back yet when the backup commits: the commit waits while the collector runs, instead
+    of failing for a base that comes back a moment later."""
+    import threading
+
+    inner, src, full = base_and_src
+    repo = Repository.open(inner)
+    sess = repo.session(_req(src, "incremental"))
+    sess.walk_all()
+    real = prunemod.Pruner.bases_in_use
+    deleted, go_on = threading.Event(), threading.Event()
+    calls = []
+
+    def late_sight(self):
+        calls.append(1)
+        if len(calls) == 1:
+            return {}  # the first look missed the backup's lock
+        deleted.set()  # the base set object is deleted now; the put-back waits
+        go_on.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(prunemod.Pruner, "bases_in_use", late_sight)
+    reports = []
+    pruner = threading.Thread(target=lambda: reports.append(Repository.open(inner).prune(FORGET_FULLS, grace=0)))
+    pruner.start()
+    assert deleted.wait(30)
+    assert full.id not in {s.id for s in Repository.open(inner).list_sets()}
+    looked = threading.Event()
+    others = repo.locks.others
+
+    def counting(mine=""):
+        looked.set()  # the commit found its base missing and looks for a collector
+        return others(mine)
+
+    repo.locks.others = counting
+    committed = []
+    committer = threading.Thread(target=lambda: committed.append(sess.commit()))
+    committer.start()
+    looked.wait(10)  # (a commit that does not wait has failed by now)
+    go_on.set()
+    pruner.join(30)
+    committer.join(30)
+    assert committed and committed[0].base == full.id
+    assert reports and full.id in reports[0].kept
+    _restores(inner, committed[0].id, src, tmp_path / "out")
+
+
 def test_a_backup_whose_base_was_forgotten_before_it_named_it_takes_another(base_and_src, tmp_path):
     inner, src, full = base_and_src
     repo = Repository.open(inner)
