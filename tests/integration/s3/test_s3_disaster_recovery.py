@@ -100,6 +100,7 @@ def test_a_lost_host_is_restored_on_a_fresh_machine_by_the_runbook(weed, creds):
     assert len(settings) == len(starts) == len(pg_starts) == 1 and script, "the runbook's steps changed"
     assert "--read-only" in starts[0] and '"$REPO"' in starts[0] and "--socket-group postgres" in starts[0]
     assert 'pg_ctl -D "$WORK/pgdata"' in pg_starts[0] and " start" in pg_starts[0]
+    assert '-l "$WORK/pgdata/' in pg_starts[0]  # a log the postgres user may write ($WORK is root's)
     assert any("cairn restore-db" in b for b in script) and any("cairn restore " in b for b in script)
 
     root = make_pg_dir("cairn-dr-")
