@@ -66,6 +66,9 @@ class LogfmtFormatter(logging.Formatter):
 _handler: logging.Handler | None = None
 
 
+QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")  # at warning or above, whatever the level
+
+
 def setup_logging(level: str | int = "info", stream: IO[str] | None = None) -> logging.Handler:
     """Send all logging to `stream` (stderr) as logfmt at `level`; calling again replaces it."""
     global _handler
@@ -81,6 +84,8 @@ def setup_logging(level: str | int = "info", stream: IO[str] | None = None) -> l
                                          tracebacks=numeric <= logging.DEBUG))
     root.addHandler(handler)
     root.setLevel(numeric)
+    for name in QUIET_LIBRARIES:  # their INFO lines ("Found credentials in ...") are not the daemon's news
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)  # a library's warnings.warn(...) becomes a logfmt line too
     _handler = handler
     return handler

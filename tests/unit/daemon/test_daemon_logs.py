@@ -83,3 +83,14 @@ def test_python_warnings_of_libraries_become_logfmt_lines(restore_root_logger, m
     line = stream.getvalue()
     assert line.count("\n") == 1, line
     assert line.startswith("level=warning logger=py.warnings msg=") and "RuntimeWarning" in line
+
+
+def test_the_s3_librarys_info_lines_stay_out_of_the_daemons_log(restore_root_logger):
+    """boto's "Found credentials in ..." at every start made a daemon's one-line error several."""
+    stream = io.StringIO()
+    setup_logging("info", stream=stream)
+    logging.getLogger("botocore.credentials").info("Found credentials in shared credentials file")
+    logging.getLogger("botocore.regions").info("Found endpoint for s3 via: environment_service.")
+    assert stream.getvalue() == ""
+    logging.getLogger("botocore.credentials").warning("credentials expire soon")
+    assert "credentials expire soon" in stream.getvalue()
