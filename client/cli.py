@@ -205,12 +205,13 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
-    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or ""))
+    # with --host the daemon lists that host's sets (and a write-only daemon refuses another's)
+    reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or "", host=args.host or ""))
     for line in reply.unreadable:  # left out of the listing: say so, or a damaged set just vanishes
         set_id, _, why = line.partition(": ")
         print(f"cairn: warning: set '{render.short_id(set_id)}' cannot be read ({why}): it is not listed; 'cairn "
               "verify' names the damage, 'cairn repair sets' removes it", file=sys.stderr)
-    known = {s.id for s in reply.sets}  # every set of the source(s) listed: a base not here was pruned
+    known = {s.id for s in reply.sets}  # every set listed: a base not here was pruned (a base is its host's)
     sets = [s for s in reply.sets if not args.host or s.hostname == args.host]
     if args.json:
         out(render.dumps([{**render.set_dict(s), "base_pruned": bool(s.base) and s.base not in known}

@@ -100,6 +100,7 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
     third = wonly.ok("backup", "--level", "incremental").strip().splitlines()[-1]
     sets = {s["id"]: s for s in json.loads(wonly.ok("sets", "--json"))}
     assert set(sets) == {first, second, third}  # its own sets only
+    assert set(s["id"] for s in json.loads(wonly.ok("sets", "--json", "--host", host))) == set(sets)
     assert sets[second]["level"] == "incremental" and sets[second]["base"] == first
     assert sets[third]["level"] == "incremental" and sets[third]["base"] == second
     assert 200_000 <= sets[second]["stats"]["bytes_added"] < 260_000  # what changed, not the tree
@@ -125,6 +126,7 @@ def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, 
     attempts = [
         ("restore", set_a, "--target", str(tmp_path / "out-a")),
         ("ls", set_a),
+        ("sets", "--host", "alpha-host"),  # not "no sets": it cannot see them
         ("restore", third, "--target", str(tmp_path / "out-w")),
         ("verify", "--read-data"),
         ("prune", "--keep-last", "1"),
