@@ -8,6 +8,7 @@ directory. The object-store options are accepted only for `s3://` locations.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ def is_s3(location: str) -> bool:
     return location.startswith(S3_SCHEME)
 
 
+_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
+
+
 def parse_s3(location: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket[/prefix]`; InvalidArgumentError if malformed."""
     if not is_s3(location):
@@ -43,6 +47,9 @@ def parse_s3(location: str) -> tuple[str, str]:
     bucket, _, prefix = location[len(S3_SCHEME):].partition("/")
     if not bucket:
         raise InvalidArgumentError(f"invalid repository location '{location}': no bucket name")
+    if not _BUCKET.fullmatch(bucket):  # what the S3 client accepts (stores are stricter: 3-63, lower case)
+        raise InvalidArgumentError(f"invalid repository location '{location}': bucket name '{bucket}' may hold "
+                                   "only letters, digits, '.', '-' and '_'")
     prefix = prefix.strip("/")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
         raise InvalidArgumentError(f"invalid repository location '{location}': empty or dot path segment")

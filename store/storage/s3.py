@@ -109,7 +109,8 @@ def _reason(e: BaseException) -> str:
         msg = str(e.response.get("Error", {}).get("Message") or "").strip()
         head = f"{code} (HTTP {status})" if code and code != str(status) else f"HTTP {status}"
         return f"{head}: {msg}" if msg and msg != code else head
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # botocore puts the reason on line 2
+    return " ".join(lines) if lines else type(e).__name__
 
 
 def read_credentials_file(path: str, profile: str = "default") -> dict[str, str]:

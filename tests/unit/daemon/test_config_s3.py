@@ -67,6 +67,10 @@ def test_repo_argument_keeps_an_s3_url(tmp_path):
 def test_parse_s3():
     assert parse_s3("s3://bkt") == ("bkt", "")
     assert parse_s3("s3://bkt/a/b/") == ("bkt", "a/b")
+    from cairn.store.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"bucket name 'Bad_Bucket!' may hold only letters, digits"):
+        parse_s3("s3://Bad_Bucket!/x")
 
 
 def test_open_backend_of_a_local_path_takes_no_object_store_options(tmp_path):
