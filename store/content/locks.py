@@ -272,6 +272,17 @@ class Locks:
     def _write(self, name: str, doc: dict) -> None:
         self.backend.put("locks", name, json.dumps({**doc, "time": time.time()}).encode())
 
+    def confirm(self, handle: LockHandle) -> None:
+        """Ask the store now whether `handle`'s lock object is still there, and mark the lock
+        lost if it is not (the refresher would tell only at its next round): an operation that
+        failed asks, since a removed lock (`cairn unlock`) explains what followed it."""
+        try:
+            self.backend.stat("locks", handle.name)
+        except NotFoundError:
+            if not handle.lost.is_set():
+                handle.reason = "its repository lock was removed by another process"
+                handle.lost.set()
+
     def _create(self, name: str, doc: dict) -> bool:
         """Write a new lock object; False if one of that name exists (it is someone else's)."""
         return self.backend.put_if_absent("locks", name, json.dumps({**doc, "time": time.time()}).encode())

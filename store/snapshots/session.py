@@ -18,6 +18,7 @@ be refreshed) stops like a cancelled one and commits nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -31,7 +32,7 @@ from cairn.fsio.records import EntryMeta
 
 from ..content.blobs import BlobWriter
 from ..content.packs import TYPE_TREE
-from ..errors import AbortedError, InvalidArgumentError
+from ..errors import AbortedError, CairnError, InvalidArgumentError
 from ..model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
 from .backup import Tally, Walker, entry_from_stat, read_xattrs
 from .sets import decode_set, encode_set
@@ -219,6 +220,13 @@ class BackupSession:
             raise InvalidArgumentError(f"no attachment '{name}' was captured in this set")
         self._attachments[name][key] = value
 
+    def _explain_by_lock(self) -> None:
+        """Raise the lock's error instead when the lock was removed (`cairn unlock` while this
+        ran; a collector then frees what the session wrote, which fails it in other words)."""
+        with contextlib.suppress(CairnError):
+            self.repo.locks.confirm(self._lock)
+        self._lock.check()
+
     # -- end -------------------------------------------------------------------------
     def commit(self, extra: dict[str, Any] | None = None) -> BackupSet:
         """Finish the write session and write the set object; returns the committed set."""
@@ -229,6 +237,9 @@ class BackupSession:
             tree = self.writer.put_data(TYPE_TREE, encode_tree([self._roots[p] for p in self.req.paths]))
         try:
             self.writer.finish()
+        except CairnError:
+            self._explain_by_lock()
+            raise
         finally:
             self._shutdown()
         fields = self._fields(tree, extra or {})

@@ -372,3 +372,25 @@ def test_a_refresh_still_on_its_way_when_the_lock_is_released_does_not_bring_it_
         t.join(20)
     assert refreshers and not any(t.is_alive() for t in refreshers)
     assert name not in backend.list("locks"), "a released lock came back"
+
+
+def test_a_backup_whose_lock_was_removed_says_so_when_its_writes_fail(tmp_path, src, rng):
+    """`cairn unlock` removed a running backup's lock and a prune freed its packs: the failure
+    that follows is told as the lock's removal, not as a pack 'not found'."""
+    from cairn.store.errors import BackendError
+
+    make_tree(str(src), rng, files=3)
+    inner = MemoryBackend()
+    repo = Repository.init(inner, RepoConfig.new())
+    sess = repo.session(BackupRequest(source="src", paths=(str(src),)))
+    sess.walk_all()
+    for name in list(inner.list("locks")):
+        inner.delete("locks", name)  # as `cairn unlock --host` does
+
+    def lost_pack() -> None:
+        raise BackendError("unable to write pack: packs object 'ab12cd34..' not found")
+
+    sess.writer.finish = lost_pack
+    with pytest.raises(LockedError, match="its repository lock was removed by another process"):
+        sess.commit()
+    assert not list(inner.list("sets"))
