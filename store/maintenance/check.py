@@ -41,6 +41,7 @@ from ..model import BackupSet, CheckProblem, CheckReport, Progress
 from ..snapshots import wal as walmod
 from ..snapshots.sets import decode_set, set_trees
 from ..snapshots.trees import decode_tree
+from . import prune as prunemod
 
 if TYPE_CHECKING:
     from .handle import MaintainedRepository
@@ -105,6 +106,7 @@ class Checker:
         self._check_wal(read_data)
         self._unindexed_warnings(whole=set_ref is None)
         self._check_keys()
+        self._check_markers()
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
                            bytes_read=self.bytes_read, advice=self._advice())
@@ -137,6 +139,15 @@ class Checker:
         for _info, key_id, problem in self.repo.list_keys():
             if problem:
                 self.warnings.append(CheckProblem(problem, object_id=key_id))
+
+    def _check_markers(self) -> None:
+        """A gc marker that cannot be read is a warning: its packs count as unmarked (kept
+        longer, never lost), and the next prune removes it."""
+        unreadable: dict[str, str] = {}
+        prunemod.read_markers(self.repo.backend, unreadable)
+        for name, why in sorted(unreadable.items()):
+            self.warnings.append(CheckProblem(f"gc marker '{short(name)}' cannot be read ({why}): the packs it marked "
+                                              "are kept until the next prune, which removes it", object_id=name))
 
     def _sets(self, set_ref: str | None) -> list[BackupSet]:
         sets = self.repo.list_sets()

@@ -107,14 +107,19 @@ def decode_marker(name: str, data: bytes) -> Marker:
         raise CorruptionError(f"unable to read gc marker '{name[:8]}..': malformed") from None
 
 
-def read_markers(backend: Backend) -> list[Marker]:
-    """Every readable marker (an unreadable one is skipped: it never becomes ripe)."""
+def read_markers(backend: Backend, unreadable: dict[str, str] | None = None) -> list[Marker]:
+    """Every readable marker. An unreadable one is skipped (it never becomes ripe; its packs
+    count as unmarked, so they are only kept longer) and, with `unreadable`, noted there:
+    name -> why."""
     out = []
     for name in list(backend.list("gc")):
         try:
             out.append(decode_marker(name, backend.get("gc", name)))
-        except (NotFoundError, CorruptionError):
+        except NotFoundError:
             continue
+        except CorruptionError as e:
+            if unreadable is not None:
+                unreadable[name] = e.message
     return out
 
 
@@ -297,11 +302,15 @@ class Pruner:
         """Delete the marked packs of ripe markers that are still unneeded; returns (packs
         deleted, bytes freed)."""
         repo = self.repo
-        markers = read_markers(repo.backend)
+        unreadable: dict[str, str] = {}
+        markers = read_markers(repo.backend, unreadable)
         for m in markers:  # left by a run that died before listing blockers: its packs get marked again
             if m.blockers is None:
                 self.check_lock()
                 self._delete("gc", m.name)
+        for name in unreadable:  # damaged (markers are written whole): only unmarks; the next mark marks again
+            self.check_lock()
+            self._delete("gc", name)
         alive = set(repo.locks.others_named(self.lock_name))  # before reading anything the decision uses
         now = time.time()
         # No grace period: a marker's time sets no condition, so that the run that marked collects

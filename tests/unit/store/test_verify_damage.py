@@ -155,3 +155,14 @@ def test_a_damaged_tree_found_without_read_data_comes_with_the_repair_that_appli
     report = Repository.open(inner).check()
     assert not report.ok and any("tree is damaged" in p.message for p in report.errors), report.errors
     assert "'cairn repair index --read-data'" in report.advice and "full backup" in report.advice, report.advice
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json"])
+def test_an_unreadable_gc_marker_is_a_warning_and_the_next_prune_removes_it(mem, content):
+    inner, s = mem
+    inner.put("gc", "ee" * 16, content)
+    report = Repository.open(inner).check()
+    assert report.ok and any("gc marker 'eeeeeeee..' cannot be read" in w.message for w in report.warnings)
+    Repository.open(inner).prune(PrunePolicy())
+    assert not list(inner.list("gc"))
+    assert not Repository.open(inner).check().warnings
