@@ -132,6 +132,10 @@ class LocalBackend:
                 return f.read()
         except FileNotFoundError:
             raise NotFoundError(f"unable to read {kind} object '{shown_id(name)}': not found") from None
+        except IsADirectoryError:
+            raise BackendError(f"unable to read '{path}': a directory is where an object belongs",
+                               hint="move it out of the repository (nothing Cairn writes is a directory "
+                                    "there)") from None
         except OSError as e:
             raise BackendError(f"unable to read '{path}': {e.strerror}") from e
 

@@ -159,3 +159,17 @@ def test_a_pack_replaced_or_deleted_by_hand_is_read_as_it_is_now(tmp_path):
     b.put("packs", name, b"back in!" * 4)
     assert b.get_range("packs", name, 8, 8) == b"back in!"
     b.close()
+
+
+def test_a_directory_where_an_object_belongs_is_named_with_the_way_out(tmp_path, src, rng):
+    """Someone made a directory inside index/: prune stops (it cannot know what a listed index
+    file names) and says what is in the way and what to do, not only 'Is a directory'."""
+    from cairn.store.errors import BackendError
+
+    repo = Repository.init_local(str(tmp_path / "repo"))
+    make_tree(str(src), rng, files=3)
+    backup(repo, str(src))
+    os.makedirs(tmp_path / "repo" / "index" / "stray")
+    with pytest.raises(BackendError) as e:
+        Repository.open_local(str(tmp_path / "repo")).prune(PrunePolicy())
+    assert "a directory is where an object belongs" in str(e.value) and "move it out" in e.value.hint
