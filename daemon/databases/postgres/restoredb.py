@@ -468,8 +468,11 @@ def write_local(records: Iterator[Record], target_path: str, nonce: str,
                 shown = time.monotonic()
                 progress(Progress("restore", files, 0, size, 0))
             if cancelled is not None and i % 256 == 255 and cancelled():
+                # as a failure: finish() would complete the open file (zeros to its size, the
+                # set's mode and mtime), and a later `--delta --quick` would take it as whole
+                writer.abort()
                 writer.stats.errors.append("the client went away: the restore is incomplete")
-                break
+                return writer.stats
     except BaseException:
         writer.abort()  # no file whose content did not all arrive stays behind looking complete
         raise
