@@ -9,6 +9,7 @@ What always holds: a read-only daemon refuses every write with FAILED_PRECONDITI
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from cairn.daemon.runtime.health import HealthRecord
 from cairn.daemon.scheduling.jobs import JobManager
 from cairn.fsio.records import Data, LaneData, Record
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from cairn.store.locations import is_s3
 from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
@@ -61,6 +63,25 @@ class ServicePart:
         if source:
             self._require_known_source(source)
         return self.repo.get_set(ref, source or None, host or None, own_host=self._hostname)
+
+    def refuse_own_places(self, target: str, delete: bool = False) -> None:
+        """Refuse a target the daemon would write (a local restore, a delta) that is, or lies in,
+        its repository, state directory or socket directory; with `delete` (extras removed) also
+        one that holds any of them. A delta with --delete into the state directory removed the
+        running daemon's journal and lock."""
+        places = [("state directory", self._config.daemon.state_dir),
+                  ("socket directory", os.path.dirname(self._config.daemon.socket))]
+        if not is_s3(self._config.repository.path):
+            places.append(("repository", self._config.repository.path))
+        t = os.path.realpath(target)
+        for what, place in places:
+            p = os.path.realpath(place)
+            inside = t == p or t.startswith(p.rstrip(os.sep) + os.sep)
+            holds = delete and p.startswith(t.rstrip(os.sep) + os.sep)
+            if inside or holds:
+                raise FailedPreconditionError(
+                    f"restore target '{target}' {'lies in' if inside else 'holds'} the daemon's {what} ('{place}'): "
+                    "the daemon never restores there", hint="choose a target outside the daemon's own directories")
 
     def _require_writable(self, what: str) -> None:
         if self._config.daemon.read_only:

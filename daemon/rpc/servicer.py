@@ -221,6 +221,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.local_claim and not request.manifest:  # the daemon writes: never into its own places
+            self.service.refuse_own_places(os.fsdecode(request.target_path), delete=request.delta and request.delete)
         if request.local_claim and request.delta and not request.manifest:
             s, p, st, problems = self.service.delta_local(
                 request.set, request.source, [os.fsdecode(x) for x in request.paths], tuple(request.include),
@@ -265,6 +267,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.local_claim:  # the daemon writes: never into its own places (a delta removes extras)
+            self.service.refuse_own_places(os.fsdecode(request.target_path), delete=request.delta)
         if request.delta:
             if not request.local_claim:
                 raise InvalidArgumentError("restore-db --delta is run by the daemon on its own host: reach it by its "

@@ -426,3 +426,26 @@ def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rund
     got = snapshot(target)
     assert {k: v for k, v in got.items() if k != "docs/n05.txt"} == {k: v for k, v in want.items()
                                                                        if k != "docs/n05.txt"}
+
+
+def test_the_daemon_never_restores_into_its_own_directories(daemon_with_set, rundir: str) -> None:
+    """A delta with --delete into the daemon's state directory removed its journal and lock; a
+    target that is, lies in or (with --delete) holds the repository, the state or the socket
+    directory is refused, and nothing there changes."""
+    d, set_id, src, want = daemon_with_set
+    state = os.path.join(d.workdir, "home")  # $CAIRN_HOME: the state directory of a daemon without a config
+    repo = os.path.join(rundir, "repo")
+    def names(root: str) -> set[str]:  # what is there (the daemon may rewrite its own files meanwhile)
+        return {os.path.relpath(os.path.join(dp, n), root) for dp, ds, fs in os.walk(root) for n in ds + fs
+                if "locks" not in dp and not n.startswith(".tmp")}
+
+    before = {p: names(p) for p in (state, repo)}
+    for target, extra in ((state, ("--delta", "--delete")), (repo, ("--delta",)), (os.path.join(repo, "x"), ()),
+                          (rundir, ("--delta", "--delete"))):
+        os.makedirs(target, exist_ok=True)
+        r = d.cli("restore", set_id, "--target", target, *extra, timeout=120)
+        assert r.returncode == 1 and "the daemon never restores there" in r.stderr, (target, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr
+    os.rmdir(os.path.join(repo, "x"))
+    for p, had in before.items():
+        assert names(p) == had, p
