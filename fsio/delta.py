@@ -506,13 +506,17 @@ class DeltaWriter:
             if path not in self._bad:
                 self._bad.add(path)
                 self.stats.errors.append(f"unable to restore '{shown(path)}': {why}")
+                self._give_up(path)
 
     def write_chunk(self, cid: bytes, data: bytes) -> None:
         """Write one fetched chunk everywhere it is needed."""
         for path, off in self.needed.pop(cid, ()):
             if path in self._bad:
                 continue
-            if self._guard(path, self._pwrite, path, off, data) and path in self._pending:
+            if not self._guard(path, self._pwrite, path, off, data):
+                self._give_up(path)
+                continue
+            if path in self._pending:
                 f, left = self._pending[path]
                 if left > 1:
                     self._pending[path] = (f, left - 1)
@@ -633,6 +637,12 @@ class DeltaWriter:
             self.stats.meta_fixed += not f.writes and not f.fresh
         else:
             self._drop_temp(f.meta.path)
+
+    def _give_up(self, rel: bytes) -> None:
+        """A new file that failed is never finished: its temporary file goes at once, not at
+        finish(), so the space it holds (a disk that filled) is there for the files after it."""
+        if self._pending.pop(rel, None) is not None:
+            self._drop_temp(rel)
 
     def _drop_temp(self, rel: bytes) -> None:
         tmp = self._temp.pop(rel, None)

@@ -75,3 +75,36 @@ def test_a_restore_onto_a_full_disk_says_so_in_a_few_lines(daemon, tmp_path, how
                 assert (small / "t" / rel).read_bytes() == (daemon.src / rel).read_bytes(), rel
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.parametrize("how", ["daemon", "stream"])
+def test_a_delta_that_cannot_fit_one_file_still_writes_the_others(start_daemon, tmp_path, how):
+    """A new file too large for the room left fails, and its partial temporary file goes at
+    once: the smaller files after it still fit (they all failed, each delta alike, so the
+    hinted rerun never made progress)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(5)
+    (src / "a-big.bin").write_bytes(rng.randbytes(6 << 20))  # more than the 4 MiB file system
+    for i in range(20):
+        (src / f"b{i:02d}").write_bytes(rng.randbytes(32 * 1024))
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.ok("backup", "--level", "full")
+    small = tmp_path / "small"
+    small.mkdir()
+    mount_tmpfs(str(small))
+    try:
+        (small / "t").mkdir()
+        extra = ["--stream"] if how == "stream" else []
+        r = d.cli("--json", "restore", "latest", "--target", str(small / "t"), "--delta", *extra, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        report = json.loads(r.stdout)
+        failed = [e for e in report.get("errors", []) if "unable to restore" in e]
+        assert len(failed) == 1 and "a-big.bin" in failed[0], failed
+        for i in range(20):
+            assert (small / "t" / f"b{i:02d}").read_bytes() == (src / f"b{i:02d}").read_bytes()
+        assert not (small / "t" / "a-big.bin").exists()
+        leftovers = [n for n in os.listdir(small / "t") if n not in {f"b{i:02d}" for i in range(20)}]
+        assert leftovers == [], leftovers  # no temporary file holds the room
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
