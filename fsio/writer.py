@@ -601,6 +601,8 @@ class ParallelTreeWriter(TreeWriter):
                         _write_all(job.fd, memoryview(data), off)
                 except OSError as e:
                     err = f"write failed: {e.strerror}"
+                    with contextlib.suppress(OSError):  # the file is removed when the stream passes it;
+                        os.ftruncate(job.fd, 0)  # its room (a full disk) is for the files after it now
             with self._room:
                 self._inflight -= len(data)
                 if job.lane:

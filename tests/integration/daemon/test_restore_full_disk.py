@@ -108,3 +108,31 @@ def test_a_delta_that_cannot_fit_one_file_still_writes_the_others(start_daemon, 
         assert leftovers == [], leftovers  # no temporary file holds the room
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.parametrize("how", ["daemon", "stream"])
+def test_a_file_too_large_for_the_room_left_does_not_take_the_others_down(start_daemon, tmp_path, how):
+    """A plain restore: the large file that fills the disk fails, and what it had written is let
+    go at once, so the small files the stream brings while it is still being passed fit."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(6)
+    (src / "a-big.bin").write_bytes(rng.randbytes(24 << 20))  # a lane: written while the small files come
+    for i in range(40):
+        (src / f"b{i:02d}").write_bytes(rng.randbytes(16 * 1024))
+    d = start_daemon("--repo", str(tmp_path / "repo"), "--source", str(src))
+    d.ok("backup", "--level", "full")
+    small = tmp_path / "small"
+    small.mkdir()
+    mount_tmpfs(str(small))
+    try:
+        extra = ["--stream"] if how == "stream" else []
+        r = d.cli("--json", "restore", "latest", "--target", str(small / "t"), *extra, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        report = json.loads(r.stdout)
+        failed = [e for e in report.get("errors", []) if "unable to restore" in e]
+        assert len(failed) == 1 and "a-big.bin" in failed[0], failed
+        for i in range(40):
+            assert (small / "t" / f"b{i:02d}").read_bytes() == (src / f"b{i:02d}").read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
