@@ -18,6 +18,7 @@ from typing import Any
 
 from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.wire import mtime_of
 
 SHORT_ID = 12
 
@@ -261,7 +262,7 @@ def entry_dict(e: pb.TreeEntry) -> dict[str, Any]:
         "mode": e.mode & 0o7777,
         "uid": e.uid,
         "gid": e.gid,
-        "mtime_ns": e.mtime_ns,
+        "mtime_ns": mtime_of(e),
         "size": e.size,
         "target": json_path(e.target) if e.target else None,
     }
@@ -273,7 +274,7 @@ def entry_row(e: pb.TreeEntry, full_path: bool) -> tuple[str, ...]:
         name += "/"
     if e.target:
         name += " -> " + show_path(e.target)
-    mtime = fmt_time(e.mtime_ns / 1e9)
+    mtime = fmt_time(mtime_of(e) / 1e9)
     return (mode_string(e.kind, e.mode), str(e.uid), str(e.gid), str(e.size), mtime, name)
 
 

@@ -14,18 +14,34 @@ from cairn.fsio.names import text_safe
 from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
+_NS = 1_000_000_000
+_INT64 = 1 << 63
+
+
+def put_mtime(msg: pb.EntryMeta | pb.TreeEntry, mtime_ns: int) -> None:
+    """Set `msg`'s time: in mtime_ns while it fits int64 (1677 to 2262), else as mtime_s
+    seconds plus mtime_ns nanoseconds (file systems keep times well past 2262)."""
+    if -_INT64 <= mtime_ns < _INT64:
+        msg.mtime_ns = mtime_ns
+    else:
+        msg.mtime_s, msg.mtime_ns = divmod(mtime_ns, _NS)
+
+
+def mtime_of(msg: pb.EntryMeta | pb.TreeEntry) -> int:
+    """The time `put_mtime` set, in nanoseconds."""
+    return msg.mtime_s * _NS + msg.mtime_ns if msg.HasField("mtime_s") else msg.mtime_ns
+
 
 def add_record(batch: pb.RestoreBatch, rec: Record) -> int:
     """Append a non-data record to `batch`; return its approximate wire size."""
     if isinstance(rec, EntryMeta):
-        batch.records.add(
+        entry = batch.records.add(
             entry=pb.EntryMeta(
                 path=rec.path,
                 kind=rec.kind,
                 mode=rec.mode,
                 uid=rec.uid,
                 gid=rec.gid,
-                mtime_ns=rec.mtime_ns,
                 size=rec.size,
                 xattrs=[pb.Xattr(name=k, value=v) for k, v in rec.xattrs.items()],
                 target=rec.target,
@@ -35,7 +51,8 @@ def add_record(batch: pb.RestoreBatch, rec: Record) -> int:
                 chunks=rec.chunks,
                 chunk_sizes=rec.chunk_sizes,
             )
-        )
+        ).entry
+        put_mtime(entry, rec.mtime_ns)
         extra = 40 * len(rec.chunks) + sum(len(k) + len(v) for k, v in rec.xattrs.items())
         return 64 + len(rec.path) + len(rec.target) + extra
     if isinstance(rec, Hole):
@@ -60,7 +77,7 @@ def record_of(r: pb.RestoreRecord) -> Record:
             mode=e.mode,
             uid=e.uid,
             gid=e.gid,
-            mtime_ns=e.mtime_ns,
+            mtime_ns=mtime_of(e),
             size=e.size,
             xattrs={x.name: x.value for x in e.xattrs},
             target=e.target,

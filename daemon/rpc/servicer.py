@@ -35,7 +35,7 @@ from cairn.fsio.names import text_safe
 from cairn.fsio.records import Data, LaneGauge, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairn.proto.wire import add_record
+from cairn.proto.wire import add_record, put_mtime
 from cairn.protocol import BATCH_BYTES, BATCH_RECORDS, DATA_PIECE
 from cairn.store.content.crypto import KEYFILE_LEN, Secret
 from cairn.store.content.locks import holder
@@ -727,17 +727,18 @@ def job_info(job: BackupJob) -> pb.JobInfo:
 
 
 def tree_entry(e: TreeEntry) -> pb.TreeEntry:
-    return pb.TreeEntry(
+    out = pb.TreeEntry(
         path=os.fsencode(e.path),
         name=os.fsencode(e.name),
         kind=e.kind,
         mode=e.mode,
         uid=e.uid,
         gid=e.gid,
-        mtime_ns=e.mtime_ns,
         size=e.size,
         target=os.fsencode(e.target),
     )
+    put_mtime(out, e.mtime_ns)
+    return out
 
 
 def _problem(p: CheckProblem) -> pb.CheckProblem:

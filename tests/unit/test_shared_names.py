@@ -70,6 +70,9 @@ def test_no_second_copy_of_a_shared_name(literal: str) -> None:
               chunk_sizes=(10,)),
     EntryMeta(path=b"l", kind="symlink", mode=0o777, uid=0, gid=0, mtime_ns=1, size=0, target=b"a/b"),
     EntryMeta(path=b"h", kind="hardlink", mode=0o600, uid=0, gid=0, mtime_ns=1, size=3, link_to=b"a/b"),
+    # past 2262 and before 1677: beyond int64 nanoseconds (ext4 keeps times to 2446)
+    EntryMeta(path=b"future", kind="file", mode=0o644, uid=0, gid=0, mtime_ns=10_413_792_000_123_456_789, size=1),
+    EntryMeta(path=b"past", kind="file", mode=0o644, uid=0, gid=0, mtime_ns=-10_000_000_000_000_000_001, size=1),
     Hole(4096),
     Failed("unable to read 'x': checksum mismatch"),
 ])
@@ -78,6 +81,16 @@ def test_a_record_crosses_the_wire_unchanged(rec) -> None:
     assert add_record(batch, rec) > 0
     assert record_of(pb.RestoreBatch.FromString(batch.SerializeToString()).records[0]) == rec
     assert cli.to_record(batch.records[0]) == rec
+
+
+def test_a_tree_entry_carries_a_time_beyond_int64_nanoseconds() -> None:
+    from cairn.daemon.rpc.servicer import tree_entry
+    from cairn.proto.wire import mtime_of
+    from cairn.store.model import TreeEntry
+
+    for ns in (10_413_792_000_123_456_789, -10_000_000_000_000_000_001, 1_700_000_000_000_000_000):
+        e = TreeEntry(path="f", name="f", kind="file", mode=0o644, uid=0, gid=0, mtime_ns=ns, size=1, target="")
+        assert mtime_of(pb.TreeEntry.FromString(tree_entry(e).SerializeToString())) == ns
 
 
 def test_data_and_an_empty_record() -> None:

@@ -303,7 +303,7 @@ class ListSetsReply(_message.Message):
     def __init__(self, sets: _Optional[_Iterable[_Union[SetInfo, _Mapping]]] = ..., unreadable: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TreeEntry(_message.Message):
-    __slots__ = ("path", "name", "kind", "mode", "uid", "gid", "mtime_ns", "size", "target")
+    __slots__ = ("path", "name", "kind", "mode", "uid", "gid", "mtime_ns", "size", "target", "mtime_s")
     PATH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +313,7 @@ class TreeEntry(_message.Message):
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    MTIME_S_FIELD_NUMBER: _ClassVar[int]
     path: bytes
     name: bytes
     kind: str
@@ -322,7 +323,8 @@ class TreeEntry(_message.Message):
     mtime_ns: int
     size: int
     target: bytes
-    def __init__(self, path: _Optional[bytes] = ..., name: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., target: _Optional[bytes] = ...) -> None: ...
+    mtime_s: int
+    def __init__(self, path: _Optional[bytes] = ..., name: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., target: _Optional[bytes] = ..., mtime_s: _Optional[int] = ...) -> None: ...
 
 class ListTreeRequest(_message.Message):
     __slots__ = ("set", "source", "path", "recursive", "host")
@@ -481,7 +483,7 @@ class Xattr(_message.Message):
     def __init__(self, name: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class EntryMeta(_message.Message):
-    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse", "chunks", "chunk_sizes")
+    __slots__ = ("path", "kind", "mode", "uid", "gid", "mtime_ns", "size", "xattrs", "target", "link_to", "rdev", "sparse", "mtime_s", "chunks", "chunk_sizes")
     PATH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -494,6 +496,7 @@ class EntryMeta(_message.Message):
     LINK_TO_FIELD_NUMBER: _ClassVar[int]
     RDEV_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_S_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZES_FIELD_NUMBER: _ClassVar[int]
     path: bytes
@@ -508,9 +511,10 @@ class EntryMeta(_message.Message):
     link_to: bytes
     rdev: int
     sparse: bool
+    mtime_s: int
     chunks: _containers.RepeatedScalarFieldContainer[bytes]
     chunk_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ..., chunks: _Optional[_Iterable[bytes]] = ..., chunk_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ..., mtime_s: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ..., chunk_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RestoreRecord(_message.Message):
     __slots__ = ("entry", "data", "hole", "failed")

@@ -259,3 +259,32 @@ def test_options_after_paths_and_dash_named_paths_after_double_dash(start_daemon
         assert f.read() == b"dash\n"
     r = d.cli("restore", s["id"], "--target", os.path.join(rundir, "u"), "-dash-named")
     assert r.returncode == 2 and r.stderr.startswith("cairn: error: unrecognized arguments: -dash-named"), r.stderr
+
+
+def test_times_beyond_int64_nanoseconds_cross_the_wire(start_daemon: Callable[..., Daemon], rundir: str) -> None:
+    """A file dated after 2262 (ext4 keeps times to 2446) or before 1677: `ls`, a streamed
+    restore and a delta carry its time exactly (one such file made every streamed restore of
+    the set fail with 'Value out of range')."""
+    src = os.path.join(rundir, "src")
+    os.makedirs(src)
+    times = {"future": 10_413_792_000_123_456_000, "past": -10_000_000_000_000_000_000, "now": 1_700_000_000 * 10**9}
+    for name, ns in times.items():
+        with open(os.path.join(src, name), "wb") as f:
+            f.write(name.encode())
+        try:
+            os.utime(os.path.join(src, name), ns=(ns, ns))
+        except (OSError, OverflowError) as e:
+            pytest.skip(f"this file system keeps no such time: {e}")
+    kept = {name: os.lstat(os.path.join(src, name)).st_mtime_ns for name in times}  # as the file system holds it
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    d.ok("backup", "--level", "full")
+    listed = {e["name"]: e["mtime_ns"] for e in json.loads(d.ok("--json", "ls", "latest"))}
+    assert listed == kept
+    assert "2300-" in d.ok("ls", "latest")
+    for how in (("--stream",), ()):
+        target = os.path.join(rundir, f"t{len(how)}")
+        d.ok("restore", "latest", "--target", target, *how)
+        assert {n: os.lstat(os.path.join(target, n)).st_mtime_ns for n in times} == kept, how
+    os.utime(os.path.join(rundir, "t1", "future"), ns=(0, 0))
+    d.ok("restore", "latest", "--target", os.path.join(rundir, "t1"), "--delta", "--stream")
+    assert os.lstat(os.path.join(rundir, "t1", "future")).st_mtime_ns == kept["future"]
