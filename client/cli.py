@@ -1083,9 +1083,9 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
                         files += rec.kind == "file"
                     writer.apply(rec)
                 view.update("", files, files_total, done, total, path)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # SIGINT 130; SIGTERM (restoring.Interrupted) 143
         call.cancel()
-        return fail("interrupted: the restore is incomplete", code=130)
+        return fail("interrupted: the restore is incomplete", code=getattr(exc, "exit_status", 130))
     if writer is None:
         return fail("the daemon sent no restore data")
     stats = writer.finish()

@@ -288,3 +288,20 @@ def test_times_beyond_int64_nanoseconds_cross_the_wire(start_daemon: Callable[..
     os.utime(os.path.join(rundir, "t1", "future"), ns=(0, 0))
     d.ok("restore", "latest", "--target", os.path.join(rundir, "t1"), "--delta", "--stream")
     assert os.lstat(os.path.join(rundir, "t1", "future")).st_mtime_ns == kept["future"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_streamed_restore_stopped_by_a_signal_exits_128_plus_it(many_files, rundir: str, sig) -> None:
+    """A plain restore the client writes (--stream), stopped by SIGINT or SIGTERM: one line,
+    and the exit status says which signal (130 or 143), as the daemon-written one does."""
+    d, set_id, _pristine, _want = many_files
+    for attempt in range(5):
+        target = os.path.join(rundir, f"s{sig}-{attempt}")
+        proc = start(d, "restore", set_id, "--target", target, "--stream")
+        wait_first_write(proc, target)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode not in (0, -sig):  # it ended before the signal came: try again
+            break
+    assert proc.returncode == 128 + sig, err
+    assert err.splitlines()[0].startswith("cairn: error: interrupted"), err
