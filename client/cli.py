@@ -1408,6 +1408,20 @@ def _count(text: str) -> int:
 # ---- entry point ----
 
 
+# Arguments sent as protobuf strings (set references, names, tags, a copy's destination); paths
+# and patterns go as bytes and may hold any byte.
+_TEXT_ARGS = ("set", "set_a", "set_b", "sets", "source", "host", "database", "tag", "to", "level", "name", "id",
+              "target_dsn", "target_time", "target_lsn", "forget")
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # argparse gives undecodable bytes as surrogates
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     _JSON_ERRORS[0] = "--json" in (words[:words.index("--")] if "--" in words else words)
@@ -1417,6 +1431,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.command:
         parser.error("no command given")
+    for name in _TEXT_ARGS:  # they travel as protobuf strings: a byte that is not UTF-8 is a usage error
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and not _utf8(value):
+                parser.error(f"argument {name.replace('_', '-')}: '{shown(os.fsencode(value))}' is not valid UTF-8")
     code = _run(args)
     if args.command == "wal-fetch" and code not in (EXIT_OK, EXIT_NOT_FOUND):
         # not "not in the archive": PostgreSQL would take it as the end of WAL and promote early;

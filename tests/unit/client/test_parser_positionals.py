@@ -99,3 +99,22 @@ def test_every_command_prints_its_help_as_written(command: str, capsys) -> None:
     assert out.startswith("usage: ") and "%%" not in out
     if command == "wal-push":
         assert "'cairn wal-push %p'" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ("ls", "\udcff"),
+    ("sets", "--source", "\udcfe"),
+    ("restore", "latest", "--target", "/t", "--host", "\udcff"),
+    ("diff", "latest", "ab\udcffcd"),
+])
+def test_a_name_that_is_not_utf8_is_a_usage_error_not_a_traceback(argv, capsys) -> None:
+    """Set references, sources and hosts travel as protobuf strings: a byte that is not UTF-8
+    (argparse hands it over as a surrogate) is refused while parsing, with exit 2."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--socket", "/nonexistent", *argv])
+    assert e.value.code == 2
+    assert "is not valid UTF-8" in capsys.readouterr().err
+
+
+def test_a_path_that_is_not_utf8_is_still_a_path() -> None:
+    assert parse("restore", "latest", "--target", "/t\udcff", "a\udcfe")["paths"] == ["a\udcfe"]
