@@ -97,17 +97,18 @@ def safe_name(name: bytes) -> bool:
 def find_entry(load_tree: Callable[[bytes], list[Entry]], root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
     """Walk `path` from tree `root`: returns (ancestor dir entries, entry); entry None for the root."""
     parts = split_path(path)
+    missing = f"path '{shown(os.fsencode(path))}' is not in the set"  # escaped: it is the caller's input
     tree, chain = root, []
     entry: Entry | None = None
     for i, part in enumerate(parts):
         if not tree:
-            raise NotFoundError(f"path '{path}' is not in the set")
+            raise NotFoundError(missing)
         found = next((e for e in load_tree(tree) if e.name == part), None)
         if found is None:
-            raise NotFoundError(f"path '{path}' is not in the set")
+            raise NotFoundError(missing)
         if i < len(parts) - 1:
             if found.kind != "dir":
-                raise NotFoundError(f"path '{path}' is not in the set")
+                raise NotFoundError(missing)
             chain.append(found)
         entry, tree = found, found.subtree
     return chain, entry

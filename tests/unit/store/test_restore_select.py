@@ -83,3 +83,13 @@ def test_include_that_matches_nothing_is_an_error_not_an_empty_restore(repo, src
     assert paths(repo.restore_stream(s, ["a"], select=RestoreFilter(["deep.txt"]))) == [b"a", b"a/b", b"a/b/deep.txt"]
     # excludes alone never make an empty restore an error
     assert paths(repo.restore_stream(s, select=RestoreFilter([], ["*"]))) == []
+
+
+def test_a_path_not_in_the_set_is_named_escaped() -> None:
+    """The caller's own input comes back in the error: escaped, so an escape sequence reaches no
+    terminal and a newline or backslash cannot make it look like another path."""
+    from cairn.store.snapshots.restore import find_entry
+
+    with pytest.raises(NotFoundError) as e:
+        find_entry(lambda tree: [], b"\x01" * 32, "a\x1b[31mred\nx\\y")
+    assert str(e.value) == "path 'a\\x1b[31mred\\nx\\\\y' is not in the set"
