@@ -89,6 +89,18 @@ def split_path(path: str) -> list[bytes]:
     return [p for p in os.fsencode(path).split(b"/") if p and p != b"."]
 
 
+def distinct_paths(paths: list[str]) -> list[str]:
+    """`paths` without repeats and without those inside another of them (each entry is restored
+    once: a second copy of it met the first, 'File exists'), in the order given."""
+    split = []
+    for p in paths:
+        parts = tuple(split_path(p))
+        if all(parts != other for other, _ in split):
+            split.append((parts, p))
+    return [p for parts, p in split
+            if not any(len(other) < len(parts) and parts[:len(other)] == other for other, _ in split)]
+
+
 def safe_name(name: bytes) -> bool:
     """A directory entry name that cannot reach outside its directory."""
     return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
@@ -139,7 +151,7 @@ class StreamBuilder:
             yield from self._tree(root, b"")
             return
         made: set[bytes] = set()
-        for path in paths:
+        for path in distinct_paths(paths):
             chain, entry = find_entry(self.load_tree, root, path)
             rel = b""
             for d in chain:

@@ -93,3 +93,16 @@ def test_a_path_not_in_the_set_is_named_escaped() -> None:
     with pytest.raises(NotFoundError) as e:
         find_entry(lambda tree: [], b"\x01" * 32, "a\x1b[31mred\nx\\y")
     assert str(e.value) == "path 'a\\x1b[31mred\\nx\\\\y' is not in the set"
+
+
+def test_paths_given_twice_or_inside_another_are_restored_once(repo, src, tmp_path) -> None:
+    from cairn.store.snapshots.restore import distinct_paths
+
+    assert distinct_paths(["a/b", "a", "./a/", "c", "a/b/c", "c"]) == ["a", "c"]
+    os.makedirs(src / "d" / "e")
+    (src / "d" / "e" / "f").write_bytes(b"f")
+    (src / "d" / "g").write_bytes(b"g")
+    s = backup(repo, str(src))
+    stats = repo.restore(s, str(tmp_path / "t"), ["d/e", "d", "d/e/f", "d"])
+    assert stats.errors == () and stats.files == 2, stats
+    assert (tmp_path / "t" / "d" / "e" / "f").read_bytes() == b"f"
