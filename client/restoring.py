@@ -299,7 +299,7 @@ def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) 
             raise
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(claim)
+            claims.drop_claim(claim)
     if result is None:
         return None
     report = DeltaReport(result.files_checked, result.bytes_checked, result.files_written, result.bytes_written,
@@ -338,7 +338,7 @@ def delta_db_by_daemon(conn: Any, request: Any, target: str, json_output: bool, 
                 result = batch.delta
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(claim)
+            claims.drop_claim(claim)
     if result is None:
         raise FailedPreconditionError("the daemon did not mend the data directory (an older daemon?)")
     report = DeltaReport(result.files_checked, result.bytes_checked, result.files_written, result.bytes_written,

@@ -17,10 +17,11 @@ content, `open_claimed_file` for one file). What always holds:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cairn.errors import FailedPreconditionError
 
@@ -29,12 +30,36 @@ _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 
 def make_claim(path: str, nonce: str) -> None:
-    """Client side: create the claim file `path` (it must not exist) holding `nonce`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """Client side: create the claim file `path` (it must not exist) holding `nonce`. The
+    directory's times are put back: a claim is no change of the user's (`drop_claim` alike)."""
+    with _times_kept(os.path.dirname(path)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, nonce.encode())
+        finally:
+            os.close(fd)
+
+
+def drop_claim(path: str) -> None:
+    """Remove the claim file `path` (OSError as os.unlink raises it), the directory's times put
+    back as they were: a delta of chosen paths leaves the target's own metadata alone, and one
+    of an intact tree has no metadata to fix."""
+    with _times_kept(os.path.dirname(path)):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def _times_kept(directory: str) -> Iterator[None]:
     try:
-        os.write(fd, nonce.encode())
+        st: os.stat_result | None = os.lstat(directory)
+    except OSError:
+        st = None
+    try:
+        yield
     finally:
-        os.close(fd)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            with contextlib.suppress(OSError):
+                os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def _refuser(target_path: str) -> Callable[[str], FailedPreconditionError]:

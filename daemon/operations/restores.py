@@ -112,7 +112,7 @@ class RestorePart(ServicePart):
             finally:
                 records.close()  # type: ignore[attr-defined]
             try:
-                os.unlink(claim)  # not an extra of the target; a daemon that may not write there stops here
+                claims.drop_claim(claim)  # not an extra of the target; a daemon that may not write there stops here
             except OSError as exc:
                 raise FailedPreconditionError(
                     f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None

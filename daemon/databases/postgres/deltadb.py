@@ -167,7 +167,7 @@ def _mend(repo: Repository, s: BackupSet, database: str, target_time: str, targe
     typed = PhysicalRecord.from_dict(rec)
     attachments = (typed.attachment, *(t.attachment for t in typed.tablespaces))
     try:
-        os.unlink(claim)  # not the set's: the delta would remove it; a daemon that may not write stops here
+        claims.drop_claim(claim)  # not the set's: the delta would remove it; a daemon that may not write stops here
     except OSError as exc:
         raise FailedPreconditionError(
             f"local write to '{target_path}' refused: the daemon cannot write there: {exc.strerror}") from None

@@ -449,3 +449,19 @@ def test_the_daemon_never_restores_into_its_own_directories(daemon_with_set, run
     os.rmdir(os.path.join(repo, "x"))
     for p, had in before.items():
         assert names(p) == had, p
+
+
+def test_a_daemon_delta_of_an_intact_tree_changes_nothing_not_even_the_targets_time(daemon_with_set,
+                                                                                   rundir: str) -> None:
+    """The claim file the client makes (and the daemon removes) is no change of the user's: a
+    delta of an intact tree fixes nothing, and one of chosen paths leaves the target's own time
+    as it was (the docs promise its metadata is left alone)."""
+    d, set_id, src, want = daemon_with_set
+    target = os.path.join(rundir, "intact")
+    d.ok("restore", set_id, "--target", target, timeout=120)
+    whole = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", timeout=120))
+    assert whole["written_by"] == "daemon" and whole["metadata_fixed"] == 0 and whole["files_written"] == 0, whole
+    os.utime(target, ns=(1_000_000_000, 2_000_000_000))
+    chosen = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "docs", timeout=120))
+    assert chosen["written_by"] == "daemon" and chosen["metadata_fixed"] == 0, chosen
+    assert os.lstat(target).st_mtime_ns == 2_000_000_000
