@@ -8,7 +8,9 @@ set counts: a name outside the source changes it without any event), and the sou
 no database (a database changes without file events). A differential is skipped only when the
 newest set is the full or a differential (an incremental after them recorded changes a new
 differential would hold). Full sets and sets asked for by a person or by the RPO are never
-skipped.
+skipped. Nor is a set whose source has aux_paths outside its watched paths (no event tells of
+their changes), or one whose newest set is not the one the journal recorded last (that one was
+forgotten, or another process took a set: what changed since the newest is not known).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import logging
 import socket
 from typing import Any
+
+from cairn.daemon.changes.tracker import unwatched_aux
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,17 @@ def unchanged_since(config: Any, tracker: Any, repo: Any, source: str, level: st
         return None
     if state.state != "complete" or state.pending_paths or state.oldest_unprotected_age is not None:
         return None
+    if unwatched_aux(src):  # captured by every set, but no event tells of their changes
+        return None
     host = getattr(config.daemon, "host", None) or socket.gethostname()
     sets = [s for s in repo.list_sets(source) if s.hostname == host]  # this host's: others share the name
     if not sets:
         return None
     newest = sets[-1]
+    if newest.id != state.last_set:
+        # "nothing pending" counts from the set the journal recorded last; that set was forgotten
+        # (prune --forget) or is not the newest: what changed since the newest is not known
+        return None
     if level == "differential" and newest.level == "incremental":
         return None
     return newest.id

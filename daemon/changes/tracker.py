@@ -108,9 +108,24 @@ class ChangeToken:
 
 
 def _fingerprint(src: SourceLike) -> str:
-    data = json.dumps({"paths": sorted(os.path.abspath(p) for p in src.paths),
-                       "exclude": list(src.exclude), "watch": bool(src.watch)})
-    return hashlib.sha256(data.encode()).hexdigest()[:32]
+    """What decides which files a set of the source holds: a change of it (a reload) makes the
+    next set walk. Keys added later count only when set, so an unchanged source keeps its print."""
+    doc: dict[str, Any] = {"paths": sorted(os.path.abspath(p) for p in src.paths),
+                           "exclude": list(src.exclude), "watch": bool(src.watch)}
+    aux = sorted(os.path.abspath(p) for p in getattr(src, "aux_paths", ()))
+    if aux:
+        doc["aux_paths"] = aux
+    if getattr(src, "one_file_system", False):
+        doc["one_file_system"] = True
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
+
+
+def unwatched_aux(src: SourceLike) -> list[str]:
+    """The source's aux_paths outside its watched paths: captured by every set (windows/capture.py)
+    but not watched, so every set walks them (they are meant to be small: configuration, keys)."""
+    roots = [os.path.abspath(p) for p in src.paths]
+    return [a for a in (os.path.abspath(p) for p in getattr(src, "aux_paths", ()))
+            if not any(_under(a, r) for r in roots)]
 
 
 def root_excludes(src: SourceLike, root: str) -> tuple[str, ...]:
@@ -276,6 +291,7 @@ class JournalStatus:
     pending_paths: int    # journal entries no set holds yet, plus multi-link files changed unseen
     watches: int
     linked_files: int = 0  # files with several hard links every set re-checks
+    last_set: str | None = None  # the newest set the journal recorded: what "nothing pending" is measured from
 
 
 class ChangeTracker:
@@ -832,6 +848,10 @@ class ChangeTracker:
         if gone:
             with self._state_lock:
                 self._links.get(src.name, set()).difference_update(gone)
+        aux = unwatched_aux(src)  # no events come from them: walked (a directory) or stat'ed (a file) each time
+        dirs.update(a for a in aux if os.path.isdir(a))
+        paths.update(a for a in aux if not os.path.isdir(a))
+        roots += aux
         rescan = {d for d in _minimal_dirs(dirs) if any(_under(d, r) for r in roots)}
         keep = {p for p in paths if any(_under(p, r) for r in roots) and not has_ancestor_in(p, rescan)}
         return ChangeHint(paths=frozenset(keep), rescan=frozenset(rescan))
@@ -952,7 +972,14 @@ class ChangeTracker:
             pending_paths=pending.count + len(held) + len(linked_changes),
             watches=self._watcher.watches(name) if self._watcher is not None else 0,
             linked_files=linked,
+            last_set=self._last_set(name),
         )
+
+    def _last_set(self, name: str) -> str | None:
+        try:
+            return self._journal.marks(name).set_id if self._journal is not None else None
+        except (sqlite3.Error, JournalError):
+            return None
 
     def watches(self) -> int:
         """Watches in use across all sources."""

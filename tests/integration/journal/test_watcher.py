@@ -582,3 +582,34 @@ def test_a_directory_moved_out_or_deleted_but_held_open_stops_reporting_after_a_
         assert t.status("app").pending_paths == 0 and t.status("app").state == "complete"
     finally:
         held.close()
+
+
+def test_aux_paths_outside_the_watched_paths_are_walked_by_every_set(env):
+    """aux_paths are captured by every set (windows/capture.py) but not watched: an incremental
+    walks a directory of them and re-checks a file, or their changes were never captured."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class AuxSrc:
+        name: str
+        paths: tuple[str, ...]
+        aux_paths: tuple[str, ...]
+        exclude: tuple[str, ...] = ()
+        watch: bool = True
+
+        def path_excludes(self):
+            return (), ()
+
+    aux_dir = os.path.join(env.root, "auxd")
+    aux_file = os.path.join(env.root, "aux.conf")
+    os.makedirs(aux_dir)
+    write(os.path.join(aux_dir, "a1"), b"old")
+    write(aux_file, b"conf")
+    inside = os.path.join(env.src, "sub")
+    os.makedirs(inside)
+    t = env.tracker([AuxSrc("app", (env.src,), (aux_dir, aux_file, inside))])
+    env.trust(t)
+    hint, _ = incremental(t)
+    assert hint is not None, _why(t)
+    assert aux_dir in hint.rescan and aux_file in hint.paths
+    assert inside not in hint.rescan  # under a watched path: its events are seen

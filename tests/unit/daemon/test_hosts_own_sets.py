@@ -12,11 +12,13 @@ def _set(set_id: str, host: str, level: str = "full") -> SimpleNamespace:
     return SimpleNamespace(id=set_id, hostname=host, level=level)
 
 
-def _world(sets: list[SimpleNamespace], host: str = "alpha"):
+def _world(sets: list[SimpleNamespace], host: str = "alpha", last_set: str | None = "a1",
+           aux_paths: tuple[str, ...] = ()):
     config = SimpleNamespace(daemon=SimpleNamespace(skip_unchanged=True, host=host),
-                             sources=[SimpleNamespace(name="data", watch=True, database=None)])
+                             sources=[SimpleNamespace(name="data", watch=True, database=None, paths=("/srv/data",),
+                                                      aux_paths=aux_paths)])
     tracker = SimpleNamespace(status=lambda source: SimpleNamespace(state="complete", pending_paths=0,
-                                                                    oldest_unprotected_age=None))
+                                                                    oldest_unprotected_age=None, last_set=last_set))
     repo = SimpleNamespace(list_sets=lambda source: list(sets))
     return config, tracker, repo
 
@@ -29,6 +31,20 @@ def test_the_newest_set_of_this_host_is_the_one_kept():
 def test_only_other_hosts_sets_mean_a_set_is_taken():
     config, tracker, repo = _world([_set("b1", "beta")])
     assert unchanged_since(config, tracker, repo, "data", "incremental") is None
+
+
+def test_a_set_is_taken_when_the_journal_counts_from_a_set_that_is_not_the_newest():
+    """The newest set the journal recorded was forgotten (prune --forget): "nothing pending"
+    counts from it, so what changed since the newest set left is not known; the set is taken."""
+    config, tracker, repo = _world([_set("a1", "alpha")], last_set="a2-forgotten")
+    assert unchanged_since(config, tracker, repo, "data", "incremental") is None
+
+
+def test_a_set_is_taken_when_the_source_has_aux_paths_no_watch_covers():
+    config, tracker, repo = _world([_set("a1", "alpha")], aux_paths=("/etc/app",))
+    assert unchanged_since(config, tracker, repo, "data", "incremental") is None
+    config, tracker, repo = _world([_set("a1", "alpha")], aux_paths=("/srv/data/conf",))  # inside: watched
+    assert unchanged_since(config, tracker, repo, "data", "incremental") == "a1"
 
 
 def test_the_backstop_compares_with_this_hosts_newest_set():
