@@ -66,17 +66,17 @@ class ServicePart:
 
     def refuse_own_places(self, target: str, delete: bool = False) -> None:
         """Refuse a target the daemon would write (a local restore, a delta) that is, or lies in,
-        its repository, state directory or socket directory; with `delete` (extras removed) also
-        one that holds any of them. A delta with --delete into the state directory removed the
-        running daemon's journal and lock."""
-        places = [("state directory", self._config.daemon.state_dir),
-                  ("socket directory", os.path.dirname(self._config.daemon.socket))]
+        its repository or state directory; with `delete` (extras removed) also one that holds
+        either, or its socket. A delta with --delete into the state directory removed the running
+        daemon's journal and lock."""
+        places = [("state directory", self._config.daemon.state_dir, True),
+                  ("socket", self._config.daemon.socket, False)]  # only its own file: others may share its directory
         if not is_s3(self._config.repository.path):
-            places.append(("repository", self._config.repository.path))
+            places.append(("repository", self._config.repository.path, True))
         t = os.path.realpath(target)
-        for what, place in places:
+        for what, place, whole in places:
             p = os.path.realpath(place)
-            inside = t == p or t.startswith(p.rstrip(os.sep) + os.sep)
+            inside = whole and (t == p or t.startswith(p.rstrip(os.sep) + os.sep))
             holds = delete and p.startswith(t.rstrip(os.sep) + os.sep)
             if inside or holds:
                 raise FailedPreconditionError(

@@ -430,8 +430,8 @@ def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rund
 
 def test_the_daemon_never_restores_into_its_own_directories(daemon_with_set, rundir: str) -> None:
     """A delta with --delete into the daemon's state directory removed its journal and lock; a
-    target that is, lies in or (with --delete) holds the repository, the state or the socket
-    directory is refused, and nothing there changes."""
+    target that is, lies in or (with --delete) holds the repository or the state directory (or,
+    with --delete, the socket) is refused, and nothing there changes."""
     d, set_id, src, want = daemon_with_set
     state = os.path.join(d.workdir, "home")  # $CAIRN_HOME: the state directory of a daemon without a config
     repo = os.path.join(rundir, "repo")
