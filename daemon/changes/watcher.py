@@ -40,6 +40,7 @@ What always holds:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -466,6 +467,8 @@ class Watcher:
         self.sink = sink
         self.budget = _Budget(max_watches)
         self._barrier_dir = os.path.abspath(barrier_dir)
+        self._barrier_watch: ObservedWatch | None = None
+        self._barrier_lost = False  # its directory went (removed by hand): to be made and watched again
         self._roots: dict[tuple[str, str], _Root] = {}
         self._torn: set[str] = set()  # sources that lost watches in renames read late (take_torn)
         self._torn_lock = threading.Lock()  # its own: taken under a group's lock, never the other way
@@ -491,7 +494,7 @@ class Watcher:
         self._fd.start()
         self._observer = _Observer(self._fd, self)
         self._observer.start()
-        self._observer.schedule(self._handler, self._barrier_dir, recursive=False)
+        self._barrier_watch = self._observer.schedule(self._handler, self._barrier_dir, recursive=False)
 
     def stop(self) -> None:
         """Remove every watch and stop the threads."""
@@ -615,9 +618,19 @@ class Watcher:
             done = threading.Event()
             self._barrier_waiters[name] = done
         path = os.path.join(self._barrier_dir, name)
+        if self._barrier_lost:
+            self._rearm_barrier()
         try:
-            with open(path, "wb"):
-                pass
+            try:
+                open(path, "wb").close()
+            except OSError:  # its directory was removed (by hand): made and watched again, then tried once more
+                if not self._rearm_barrier():
+                    return False
+                try:
+                    open(path, "wb").close()
+                except OSError as e:
+                    log.warning("change watcher barrier '%s' cannot be used: %s", self._barrier_dir, e)
+                    return False
             ok = done.wait(timeout)
         finally:
             with self._barrier_lock:
@@ -627,6 +640,23 @@ class Watcher:
             except OSError:
                 pass
         return ok
+
+    def _rearm_barrier(self) -> bool:
+        """Make the barrier directory again and watch it (the old watch went with the old one)."""
+        obs = self._observer
+        if obs is None:
+            return False
+        try:
+            os.makedirs(self._barrier_dir, exist_ok=True)
+            with contextlib.suppress(Exception):  # gone with its directory, or never there
+                obs.unschedule(self._barrier_watch)
+            self._barrier_lost = False
+            self._barrier_watch = obs.schedule(self._handler, self._barrier_dir, recursive=False)
+        except Exception as e:  # noqa: BLE001 - the barrier fails, the set walks; never the backup
+            log.warning("unable to watch the change watcher's barrier '%s' again: %s", self._barrier_dir, e)
+            return False
+        log.warning("change watcher barrier '%s' was removed: made and watched again", self._barrier_dir)
+        return True
 
     def _release_barriers(self) -> None:
         with self._barrier_lock:
@@ -716,6 +746,9 @@ class Watcher:
             self.sink.changed(info.source, path, True)
 
     def _barrier_event(self, event: InotifyEvent) -> None:
+        if event.is_delete_self or event.is_move_self or event.is_ignored:
+            self._barrier_lost = True  # the next barrier makes it and watches it again (one waiting now times out)
+            return
         if not event.is_create:
             return
         name = os.fsdecode(event.name)

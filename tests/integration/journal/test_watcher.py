@@ -613,3 +613,19 @@ def test_aux_paths_outside_the_watched_paths_are_walked_by_every_set(env):
     assert hint is not None, _why(t)
     assert aux_dir in hint.rescan and aux_file in hint.paths
     assert inside not in hint.rescan  # under a watched path: its events are seen
+
+
+@pytest.mark.parametrize("made_again", [False, True], ids=["removed", "removed-and-made-again"])
+def test_a_barrier_directory_removed_by_hand_is_made_and_watched_again(tracked, made_again):
+    """Someone removed <state>/watch-barrier: the next set is not failed with 'No such file', and
+    the barrier works again (a directory made again by hand is watched again too), so sets stop
+    waiting for it and walking."""
+    env, t = tracked
+    barrier = os.path.join(env.state, "watch-barrier")
+    shutil.rmtree(barrier)
+    if made_again:
+        os.mkdir(barrier)
+    incremental(t)  # may walk (the barrier could not answer), never raises
+    write(env.p("after"), b"x")
+    assert env.p("after") in changed_paths(t)
+    assert t._watcher.barrier(timeout=5.0)
