@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.05
 RETRY_INTERVAL = 1.0          # how often the flush thread retries a journal it could not write
 MAX_HELD_CHANGES = 100_000    # changes kept in memory while the journal cannot be written (beyond: per source, one)
+WATCH_RETRY = 60.0  # seconds between tries to watch a source whose watch failed
 ROOT_CHECK_INTERVAL = 1.0     # how often the roots' real paths and the mounts below them are compared
 MAX_LINKED_FILES = 10000      # files with several hard links kept per source (beyond: walk the roots)
 MOUNTINFO = "/proc/self/mountinfo"
@@ -310,6 +311,8 @@ class ChangeTracker:
         self._state_lock = threading.RLock()
         self._unwatched: dict[str, dict[str, str]] = {}   # source -> subtree -> reason (sticky)
         self._not_watched: dict[str, str] = {}           # source -> why it has no trusted watch
+        self._watch_failed_at: dict[str, float] = {}     # source -> when its watch failed (until it works)
+        self._watch_retry_at: dict[str, float] = {}      # source -> when to try watching it again (monotonic)
         self._excludes: dict[tuple[str, str], _Excludes] = {}       # (source, root) -> its excludes
         self._mounts: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (source, root) -> (real, mounts)
         self._links: dict[str, set[str]] = {}            # source -> files with several hard links
@@ -460,8 +463,11 @@ class ChangeTracker:
                 log.warning("%s (source '%s')", why, src.name)
                 with self._state_lock:
                     self._not_watched[src.name] = why
+                    self._watch_failed_at.setdefault(src.name, time.time())
                 watcher.unwatch(src.name)
                 return
+        with self._state_lock:
+            self._watch_failed_at.pop(src.name, None)
         self._census_of(src.name, None)
 
     def _end_source(self, name: str) -> None:
@@ -489,6 +495,7 @@ class ChangeTracker:
         if watcher is None:
             return
         mounts: list[str] | None = None
+        self._retry_unwatched(only)
         with self._watch_lock:
             for src in list(self._sources.values()):
                 if (only is not None and src.name != only) or not self._is_watched(src.name):
@@ -810,6 +817,22 @@ class ChangeTracker:
             self._end_source(src.name)
             self._begin_source(src, "directories lost their watch in renames read late: watched anew")
 
+    def _retry_unwatched(self, only: str | None) -> None:
+        """Try again, every WATCH_RETRY seconds, to watch a source whose watch failed (a watch
+        limit reached, a root missing at start): not only when its next set is prepared, which
+        for a source taken by RPO alone never comes while nothing counts as pending."""
+        now = time.monotonic()
+        for src in list(self._sources.values()):
+            if (only is not None and src.name != only) or not src.watch:
+                continue
+            with self._state_lock:
+                failed = src.name in self._not_watched
+                due = now >= self._watch_retry_at.get(src.name, 0.0)
+            if failed and due:
+                with self._state_lock:
+                    self._watch_retry_at[src.name] = now + WATCH_RETRY
+                self._rewatch_if_needed(src)
+
     def _rewatch_if_needed(self, src: SourceLike) -> None:
         """A source whose watch failed or whose root vanished is watched again when possible."""
         with self._watch_lock:
@@ -896,12 +919,26 @@ class ChangeTracker:
         """Epoch time of the oldest change not yet in a committed set (None if none or not watched)."""
         name = _name(source)
         if not self._is_watched(name):
-            return None
+            return self._unwatched_since(name)
         self.flush()
         oldest = self._pending(name).oldest
         held = [c.time for c in self._held_of(name)]
         unread = [self._read_failure[1]] if self._read_failure is not None else []
         return min([t for t in [oldest, *held, *unread, *self._linked_changes(name)] if t is not None], default=None)
+
+    def _unwatched_since(self, name: str) -> float | None:
+        """For a source meant to be watched whose watch failed: no change is seen, so whatever
+        changed since its newest set may be unprotected (its time; the failure's, before any
+        set), and an RPO set (a walk) is due once the RPO has passed. None for watch = false."""
+        with self._state_lock:
+            since = self._watch_failed_at.get(name)
+        if since is None:
+            return None
+        try:
+            newest = self._journal.marks(name).set_time if self._journal is not None else None
+        except (sqlite3.Error, JournalError):
+            newest = None
+        return max(newest, since) if newest is not None else since
 
     def _pending(self, name: str) -> Pending:
         """The journal's pending summary of `name` (none, with the failure noted, if unreadable)."""

@@ -224,7 +224,7 @@ def test_a_scheduled_set_is_not_skipped_while_or_after_the_journal_could_not_rec
 
     t = env.tracker()
     env.trust(t)
-    src = SimpleNamespace(name="app", watch=True, database=None)
+    src = SimpleNamespace(name="app", watch=True, database=None, paths=(env.src,), aux_paths=())
     config = SimpleNamespace(daemon=SimpleNamespace(skip_unchanged=True, host="h"), sources=[src])
     repo = SimpleNamespace(list_sets=lambda source: [SimpleNamespace(id="F1", hostname="h", level="full")])
     assert skip.unchanged_since(config, t, repo, "app", "incremental") == "F1"   # nothing changed yet

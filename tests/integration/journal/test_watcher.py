@@ -629,3 +629,23 @@ def test_a_barrier_directory_removed_by_hand_is_made_and_watched_again(tracked, 
     write(env.p("after"), b"x")
     assert env.p("after") in changed_paths(t)
     assert t._watcher.barrier(timeout=5.0)
+
+
+def test_a_source_whose_watch_failed_counts_as_unprotected_and_is_watched_again(env, monkeypatch):
+    """The watch failed at start (here: the source path did not exist yet). No event can tell
+    of a change, so the source counts as unprotected since then (an RPO set, a walk, becomes
+    due), and the flush thread tries again on its own, not only when a set is prepared."""
+    from cairn.daemon.changes import tracker as tracker_mod
+
+    monkeypatch.setattr(tracker_mod, "WATCH_RETRY", 0.2)
+    late = os.path.join(env.root, "late")
+    t = env.tracker([env.source("app", (late,))])
+    assert t.status("app").state == "rescan"
+    since = t.oldest_unprotected("app")
+    assert since is not None and since <= __import__("time").time()
+    os.makedirs(late)
+    env.wait_until(lambda: t._is_watched("app"), timeout=10, what="the source watched again")
+    env.trust(t)
+    write(os.path.join(late, "f"), b"x")
+    hint, _ = incremental(t)
+    assert hint is not None and os.path.join(late, "f") in hint.paths, _why(t)
