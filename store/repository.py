@@ -673,12 +673,14 @@ class Repository:
             self.refresh_index()
             gone = next((b for b in writer.deduped if b not in self.index), None)
             if gone is None and base is not None:
-                if not self._base_listed(base, lock):
+                listed, waited = self._base_listed(base, lock)
+                if not listed:
                     raise FailedPreconditionError(
                         f"unable to commit: base set '{short(base.id)}' this backup builds on was forgotten while "
                         "it ran (a prune by a host that did not see this backup's lock?)",
                         hint="run the backup again: it builds on the newest set there is")
-                self.refresh_index()  # a collector that put the base back may have rewritten the index
+                if waited:
+                    self.refresh_index()  # the collector that put the base back may have rewritten the index
                 if bytes.fromhex(base.tree) not in self.index:
                     gone = bytes.fromhex(base.tree)
             if gone is not None:
@@ -720,21 +722,23 @@ class Repository:
                 "while it ran", hint="run the backup again")
         return risky, threat
 
-    def _base_listed(self, base: BackupSet, lock: str | None) -> bool:
-        """Whether set `base` is listed, waiting for a collector that runs meanwhile. A prune
+    def _base_listed(self, base: BackupSet, lock: str | None) -> tuple[bool, bool]:
+        """(whether set `base` is listed, whether that took waiting for a collector). A prune
         deletes the sets it forgets, then puts back those a backup's lock names as its base
         (docs/format.md): a backup that looks in between would fail for nothing. So while another
         process holds a gc lock, the listing is asked again until the base is back or the
         collector is gone (at most BASE_WAIT seconds; this session's lock stays held, so the
         collector sees it)."""
         deadline = time.monotonic() + BASE_WAIT
+        waited = False
         while True:
             if base.id in {s.id for s in self.list_sets()}:
-                return True
+                return True, waited
             collecting = any(doc.get("gc") for doc in self.locks.others(lock or ""))
             if not collecting or time.monotonic() > deadline:
-                return False
+                return False, waited
             time.sleep(BASE_POLL)
+            waited = True
 
     def _lost_pack(self, writer: BlobWriter) -> bool:
         """Whether a pack the index names for a blob the session deduplicated against is gone.
@@ -950,6 +954,13 @@ class Repository:
         sets = [s for s in sets if source is None or s.source == source]
         return sorted(sets, key=lambda s: (s.time_end, s.id))
 
+    def refuse_other_host(self, host: str | None, own_host: str | None) -> None:
+        """A write-only handle sees only its own sets: asking for another host's is refused
+        (WriteOnlyKeyError), never answered "none"."""
+        if self.write_only and host and host != own_host:
+            raise crypto.WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository key is "
+                                           "write-only (it sees only its own sets)")
+
     def get_set(self, ref: str, source: str | None = None, host: str | None = None,
                 own_host: str | None = None) -> BackupSet:
         """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets)."""
@@ -959,9 +970,8 @@ class Repository:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
                 raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
                                                "host's repository key is write-only") from None
-            if self.write_only and ref == "latest" and host and host != own_host:
-                raise crypto.WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository "
-                                               "key is write-only (it sees only its own sets)") from None
+            if ref == "latest":
+                self.refuse_other_host(host, own_host)
             bad = sorted(n for n in self.unreadable_sets if ref != "latest" and n.startswith(ref.lower()))
             if len(ref) >= 4 and len(bad) == 1:  # its object is there but damaged: say so, not "unknown"
                 raise CorruptionError(f"unable to read set '{bad[0][:12]}': {self.unreadable_sets[bad[0]]}",

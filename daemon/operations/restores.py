@@ -13,7 +13,6 @@ from cairn.daemon.operations.part import ServicePart, _rel
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend, target_lock
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
-from cairn.store.content.crypto import WriteOnlyKeyError
 from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
@@ -25,10 +24,7 @@ class RestorePart(ServicePart):
     """Listing sets and trees, and streaming a set's files back."""
 
     def list_sets(self, source: str = "", host: str = "") -> list[BackupSet]:
-        if host and host != self._hostname and getattr(self.repo, "write_only", False):
-            # it sees only its own sets: "no sets" of another host would be false
-            raise WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository key is "
-                                    "write-only (it sees only its own sets)")
+        self.repo.refuse_other_host(host, self._hostname)  # "no sets" of another host would be false
         sets = self.repo.list_sets(source or None)
         if source and not sets:
             self._require_known_source(source)
