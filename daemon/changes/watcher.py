@@ -282,6 +282,25 @@ class _Group(InotifyWatchGroup):
             if _is_dir(path):
                 self._add_all_callbacks(path)
 
+    def on_queue_overflow(self) -> None:
+        """After lost events, watch the directories made meanwhile, without removing a watch
+        first. watchdog drops every watch and adds them all again; each removal queues an
+        IN_IGNORED event, and with more directories than the kernel's max_queued_events those
+        overflow the queue again, and so on for ever: the journal never left rescan and the
+        inotify thread rebuilt without end. A watch kept is still good (a watch follows its
+        directory); one whose directory left its path is dropped after the next barrier
+        (drop_stale), and a directory renamed unseen is reported unwatched and torn (_add_callback);
+        the rescan the overflow reported covers what was lost."""
+        with self._lock:
+            if not self.is_active or not self.is_recursive:
+                return
+            log.warning("inotify queue overflow: watching the directories made meanwhile below '%s'",
+                        os.fsdecode(self.path))
+            try:
+                self._add_all_callbacks(self.path)
+            except OSError as e:  # the root itself: the source is lost and reported as such
+                log.warning("unable to watch '%s' again after an overflow: %s", os.fsdecode(self.path), e)
+
     def drop_stale(self) -> list[bytes]:
         """Drop the watches of directories that are no longer at their path: moved out of the
         tree, or deleted while a process keeps them (an open file pins the inode, and the kernel

@@ -649,3 +649,34 @@ def test_a_source_whose_watch_failed_counts_as_unprotected_and_is_watched_again(
     write(os.path.join(late, "f"), b"x")
     hint, _ = incremental(t)
     assert hint is not None and os.path.join(late, "f") in hint.paths, _why(t)
+
+
+def test_an_overflow_in_a_tree_of_more_directories_than_the_queue_holds_is_recovered_from_once(env):
+    """The watches are reconciled after an overflow without removing them: removing one queues
+    an IN_IGNORED event, and with more directories than max_queued_events those overflow the
+    queue again, forever (the journal never out of rescan, the daemon busy rebuilding)."""
+    with open("/proc/sys/fs/inotify/max_queued_events") as f:
+        limit = int(f.read())
+    if limit > 40_000:
+        pytest.skip(f"max_queued_events is {limit}: too many directories to make quickly")
+    for i in range(limit + 500):
+        os.makedirs(env.p(f"d{i // 256:03d}", f"{i % 256:03d}"))
+    t = env.tracker()
+    env.trust(t)
+    overflows = []
+    seen = t.watcher.overflowed
+    t.watcher.overflowed = lambda: (overflows.append(1), seen())[1]
+    watcher_hooks.simulate_overflow(t.watcher)
+    env.wait_until(lambda: overflows, what="the injected overflow handled")
+    hint, token = incremental(t)  # a barrier: every event up to here handled
+    assert hint is None  # the source is walked
+    t.committed("app", "incremental", "I1", token)
+    write(env.p("d010", "200", "after"))  # a directory watched before the overflow and after
+    os.makedirs(env.p("d010", "new"))
+    write(env.p("d010", "new", "made"))
+    hint, _ = incremental(t, "I1")
+    assert hint is not None, _why(t)
+    assert env.p("d010", "200", "after") in hint.paths
+    assert env.p("d010", "new") in hint.rescan  # a directory made after it is watched: its content walked
+    assert t.status("app").state == "complete", _why(t)
+    assert len(overflows) == 1, f"{len(overflows)} overflows: the rebuild overflowed the queue again"
