@@ -29,11 +29,11 @@ from cairn.client.failures import error_text
 from cairn.errors import CairnError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.fsio import claims
 from cairn.fsio.names import shown
-from cairn.fsio.records import Data, EntryMeta, Record
 
 if TYPE_CHECKING:
     from cairn.client.connection import Connection, Endpoint
     from cairn.client.restoring import Guard
+    from cairn.fsio.records import Record
     from cairn.fsio.writer import TreeWriter
 
 
@@ -608,9 +608,7 @@ def restore_into(conn: Connection, method: Any, request: Any, target: str, json_
     empty target is its own with a claim file. If the daemon refuses, the stream is written here.
     A target the client makes gets `mode` (None: as a streamed restore makes it)."""
     if local and conn.endpoint.socket:
-        import secrets
-
-        nonce = secrets.token_hex(16)
+        nonce = os.urandom(16).hex()
         created = not os.path.lexists(target)
         if mode is None:
             os.makedirs(target, exist_ok=True)
@@ -1054,6 +1052,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     restore-db stream) global/pg_control is written only once every other file is, and not at
     all when one failed, as the daemon writes it (cairn.fsio.pgcontrol)."""
     from cairn.fsio.pgcontrol import ControlLast
+    from cairn.fsio.records import Data, EntryMeta
     from cairn.fsio.writer import TreeWriter  # only restores write trees: wal-push stays light
 
     writer: TreeWriter | None = None

@@ -18,7 +18,6 @@ from typing import Any
 
 from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
-from cairn.proto.wire import mtime_of
 
 SHORT_ID = 12
 
@@ -252,6 +251,13 @@ _KIND_CHAR = {"dir": "d", "symlink": "l", "fifo": "p", "chardev": "c", "blockdev
 def mode_string(kind: str, mode: int) -> str:
     """'drwxr-xr-x' style, from the entry kind and its permission bits."""
     return _KIND_CHAR.get(kind, "-") + stat.filemode(stat.S_IFREG | (mode & 0o7777))[1:]
+
+
+def mtime_of(e: pb.TreeEntry) -> int:
+    """An entry's mtime in ns (cairn.proto.wire, imported on first use: most commands list no entries)."""
+    from cairn.proto.wire import mtime_of as of
+
+    return of(e)
 
 
 def entry_dict(e: pb.TreeEntry) -> dict[str, Any]:

@@ -37,26 +37,25 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import shlex
-import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cairn.client import render
 from cairn.client.failures import error_text
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
 from cairn.fsio.datadir import check_data_directory
-from cairn.fsio.delta import DeltaPlan, mend, plan, target_lock
-from cairn.fsio.delta import extras_roots as delta_extras_roots
-from cairn.fsio.records import EntryMeta, Failed
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
+
+if TYPE_CHECKING:  # imported where used: a delta the daemon runs (the usual case) needs neither
+    from cairn.fsio.delta import DeltaPlan
+    from cairn.fsio.records import EntryMeta
 
 POSTGRES = "postgres"  # the kind of a base-backup database; the others are dumps
 CHUNKS_PER_CALL = 16384  # ids in one RestoreChunks request (32 bytes each, well below the message limit)
@@ -87,6 +86,8 @@ def own_cairn() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), "cairn")
     if os.access(beside, os.X_OK):
         return beside
+    import shutil
+
     found = shutil.which("cairn")
     return os.path.abspath(found) if found else beside
 
@@ -109,6 +110,8 @@ class Manifest(NamedTuple):
 def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> Manifest:
     """The manifest of the restore `args` describe."""
     set_info = None
+    from cairn.fsio.records import EntryMeta, Failed
+
     entries: list[EntryMeta] = []
     problems: list[str] = []
     id_key = None
@@ -131,6 +134,8 @@ def extras_roots(args: argparse.Namespace) -> list[bytes] | None:
     asked; with --include/--exclude nowhere (what a pattern left out is no extra)."""
     if args.include or args.exclude:
         return None
+    from cairn.fsio.delta import extras_roots as delta_extras_roots
+
     return delta_extras_roots([os.fsencode(p) for p in args.paths])
 
 
@@ -165,6 +170,8 @@ def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     """--delta (and --delta --dry-run). Returns (exit code, set id). With `guard` (cmd_restore's:
     it holds the target's lock by now) a signal stops the writing at the next chunk or file,
     every temporary file is removed, and Interrupted is raised."""
+    from cairn.fsio.delta import mend, plan
+
     set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
     if args.dry_run:
@@ -263,6 +270,8 @@ class Guard:
             self._made = target
         except FileExistsError:
             pass
+        from cairn.fsio.delta import target_lock
+
         self._held.enter_context(target_lock(target))
 
 
@@ -276,7 +285,7 @@ def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) 
     target = os.path.abspath(args.target)
     if not getattr(conn.endpoint, "socket", None) or os.path.islink(target) or not os.path.isdir(target):
         return None
-    nonce = secrets.token_hex(16)
+    nonce = os.urandom(16).hex()
     claim = os.path.join(target, claims.CLAIM_PREFIX + nonce)
     try:
         claims.make_claim(claim, nonce)
@@ -325,7 +334,7 @@ def delta_db_by_daemon(conn: Any, request: Any, target: str, json_output: bool, 
     """restore-db --delta (`request` a RestoreDbRequest): the daemon mends the data directory
     `target` on this host; the client proves the target is its own with a claim file in it."""
     target = os.path.abspath(target)
-    nonce = secrets.token_hex(16)
+    nonce = os.urandom(16).hex()
     claim = os.path.join(target, claims.CLAIM_PREFIX + nonce)
     claims.make_claim(claim, nonce)
     request.local_claim, request.target_path, request.delta = nonce, os.fsencode(target), True
@@ -420,6 +429,8 @@ def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, 
 
 def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
     """--verify: re-read the target and compare it with the set (content hashes and metadata)."""
+    from cairn.fsio.delta import plan
+
     set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
     p = plan(args.target, entries, extras_under=extras_roots(args) if args.delete else None, id_key=id_key)
     diffs = p.changes() + problems + p.errors
