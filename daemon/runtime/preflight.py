@@ -64,10 +64,17 @@ def check_start(config: Config) -> None:
         check_port_free("daemon.listen", daemon.listen)
     if daemon.metrics:
         check_port_free("daemon.metrics", daemon.metrics)
-    if not daemon.read_only:
-        for source in config.sources:
-            for path in (*source.paths, *source.aux_paths):
-                check_source_path(source.name, path)
+    check_sources(config)
+
+
+def check_sources(config: Config) -> None:
+    """Every source path (and aux path) is a directory: checked at start and by a reload, which
+    refuses the whole file on the first problem (the running configuration stays)."""
+    if config.daemon.read_only:
+        return
+    for source in config.sources:
+        for path in (*source.paths, *source.aux_paths):
+            check_source_path(source.name, path)
 
 
 LOST_CONFIG_KINDS = ("keys", "sets", "index", "packs")
@@ -213,22 +220,6 @@ def check_source_path(source: str, path: str) -> None:
         raise FailedPreconditionError(f"source '{source}': unable to read '{path}': {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise FailedPreconditionError(f"source '{source}': path '{path}' is not a directory")
-
-
-def warn_missing_sources(config: Config) -> list[str]:
-    """After a reload: one warning per source path that is missing or not a directory (the start
-    refuses them; a running daemon keeps serving the other sources)."""
-    problems = []
-    if config.daemon.read_only:
-        return problems
-    for source in config.sources:
-        for path in (*source.paths, *source.aux_paths):
-            try:
-                check_source_path(source.name, path)
-            except CairnError as exc:
-                log.warning("%s: its sets fail until it is back", exc.message)
-                problems.append(exc.message)
-    return problems
 
 
 def warn_unreachable_databases(config: Config) -> list[str]:

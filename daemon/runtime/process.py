@@ -266,14 +266,17 @@ class Daemon:
     # ---- reload ----
 
     def reload(self) -> None:
-        """Load the config file again; keep the running configuration if it is invalid."""
+        """Load the config file again and take it whole, or refuse it whole: a file a start would
+        refuse (it does not parse or validate, a source path is missing or not a directory) is
+        one error line naming the problem, and the running configuration stays."""
         if self.config.path is None:
             log.info("SIGHUP: no configuration file to reload (started with --repo)")
             return
         self.notifier.reloading("reloading configuration")
         try:
             new = with_overrides(load_config(self.config.path), self.args)
-            new = self._keep_bound(new)
+            new, deferred = self._keep_bound(new)
+            preflight.check_sources(new)  # what a start checks of the keys a reload takes
             if self.scheduler is not None:
                 self.scheduler.reload(new.schedules())
             self._reload_retention(new)
@@ -281,7 +284,8 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc.message)
             self.notifier.ready(f"reload failed: {exc.message}")
             return
-        preflight.warn_missing_sources(new)
+        for key in deferred:  # only once the file is taken: a refused one changes nothing
+            log.warning("%s changed: takes effect at the next start", key)
         self.config = new
         if self.repo is not None:
             self.repo.gc_grace = new.repository.gc_grace
@@ -311,18 +315,18 @@ class Daemon:
             self.retention.request_stop()
             self.retention = self.service.retention = None
 
-    def _keep_bound(self, new: Config) -> Config:
-        """Keep what was bound at start (repository, sockets, ...), warning where the file changed it."""
+    def _keep_bound(self, new: Config) -> tuple[Config, list[str]]:
+        """`new` with what was bound at start kept (repository, sockets, ...), and the keys whose
+        change the file asks for but that take effect only at the next start."""
         old = self.config
-        if new.repository.path != old.repository.path:
-            log.warning("repository.path changed: takes effect at the next start")
+        changed = ["repository.path"] if new.repository.path != old.repository.path else []
         kept = {}
         for key in RESTART_KEYS:
             if getattr(new.daemon, key) != getattr(old.daemon, key):
-                log.warning("daemon.%s changed: takes effect at the next start", key)
+                changed.append(f"daemon.{key}")
             kept[key] = getattr(old.daemon, key)
         repository = dataclasses.replace(new.repository, path=old.repository.path)
-        return dataclasses.replace(new, repository=repository, daemon=dataclasses.replace(new.daemon, **kept))
+        return dataclasses.replace(new, repository=repository, daemon=dataclasses.replace(new.daemon, **kept)), changed
 
     def release_locks(self) -> None:
         """Let another daemon have the repository and the state directory."""

@@ -215,23 +215,60 @@ def test_valid_start_then_creates_state_and_socket(tmp_path, start_daemon):
     assert oct(os.stat(d.socket).st_mode & 0o777) == "0o640"
 
 
-def test_reload_with_a_missing_source_path_warns_once_naming_it(tmp_path, start_daemon):
+def test_reload_refuses_what_a_start_refuses_in_one_line_and_keeps_the_running_configuration(tmp_path, start_daemon):
     import signal
     import time
 
     config = write_config(tmp_path, [])
     d = start_daemon("--config", config, socket_path=str(tmp_path / "run" / "c.sock"))
-    gone = tmp_path / "not-mounted"
-    with open(config, "a", encoding="utf-8") as f:
-        f.write(f'[[source]]\nname = "b"\npaths = ["{gone}"]\n')
-    d.proc.send_signal(signal.SIGHUP)
-    expected = f"source 'b': path '{gone}' does not exist: its sets fail until it is back"
-    end = time.monotonic() + 20
-    while "configuration reloaded" not in d.log():
-        assert time.monotonic() < end, d.log()
-        time.sleep(0.05)
-    assert d.log().count(expected) == 1
-    assert [s["name"] for s in json.loads(d.ok("--json", "status"))["sources"]] == ["app", "b"]
+    good = (tmp_path / "c.toml").read_text()
+    gone, afile, there = tmp_path / "not-mounted", tmp_path / "afile", tmp_path / "there"
+    afile.write_text("a file")
+    there.mkdir()
+
+    def with_b(text: str, path: object) -> str:
+        return text + f'[[source]]\nname = "b"\npaths = ["{path}"]\n'
+
+    def sources() -> list[tuple[str, list[str]]]:
+        return [(s["name"], s["paths"]) for s in json.loads(d.ok("--json", "status"))["sources"]]
+
+    def hup(text: str) -> list[str]:
+        """Write the file, SIGHUP, wait for the reload's end; the log lines it wrote."""
+        (tmp_path / "c.toml").write_text(text)
+        mark, before = len(d.log().splitlines()), d.notify.count()
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.notify.wait_for("READY=1", 20, after=before), d.log()
+        end = time.monotonic() + 20
+        while not any("reload" in line for line in d.log().splitlines()[mark:]):
+            assert time.monotonic() < end, d.log()
+            time.sleep(0.05)
+        return d.log().splitlines()[mark:]
+
+    running = sources()
+    assert running == [("app", [str(tmp_path / "src")])]
+    # A missing source path is refused as a start refuses it (a bound key the file also changes
+    # is not mentioned: nothing of a refused file takes effect, then or later).
+    refused = {
+        f"source 'b': path '{gone}' does not exist":
+            with_b(good.replace("[daemon]\n", '[daemon]\nsocket_mode = "0600"\n'), gone),
+        f"source 'b': path '{afile}' is not a directory": with_b(good, afile),
+        "not valid TOML": good + "[[source\n",
+        "unknown key 'daemon.sockt'": good.replace("[daemon]\n", "[daemon]\nsockt = 1\n"),
+        "source[0].rpo: expected a duration like '5m', got 'soon'": good + 'rpo = "soon"\n',
+    }
+    for problem, text in refused.items():
+        lines = hup(text)
+        assert len(lines) == 1, lines
+        assert "level=error" in lines[0] and "reload failed, keeping the running configuration: " in lines[0]
+        assert problem in lines[0], lines[0]
+        assert sources() == running
+        assert d.alive
+    # The same file with the path there is taken; the bound key's change is logged once, now.
+    lines = hup(with_b(good.replace("[daemon]\n", '[daemon]\nsocket_mode = "0600"\n'), there))
+    assert not [line for line in lines if "level=error" in line], lines
+    changed = [line for line in lines if "changed" in line]
+    assert len(changed) == 1 and "daemon.socket_mode changed: takes effect at the next start" in changed[0], lines
+    assert sources() == [*running, ("b", [str(there)])]
 
 
 def test_a_repository_that_lost_its_config_says_so_and_is_never_initialised_over(tmp_path, rundir):
