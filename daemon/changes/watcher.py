@@ -537,8 +537,9 @@ class Watcher:
             raise RuntimeError("watcher is not started")
         root = os.path.abspath(root)
         info = _Root(source=source, root=root, real=os.path.realpath(root), excluded=excluded)
-        if not os.path.isdir(info.real):
-            raise FileNotFoundError(errno.ENOENT, f"unable to watch '{root}': not a directory")
+        if not os.path.isdir(info.real):  # the caller names the root: the error only says what is wrong
+            what = "not a directory" if os.path.lexists(info.real) else "no such directory"
+            raise FileNotFoundError(errno.ENOENT, what, root)
         watch = ObservedWatch(info.real, recursive=True)
         with self._lock:
             self._roots[(source, root)] = info

@@ -641,6 +641,7 @@ def test_a_source_whose_watch_failed_counts_as_unprotected_and_is_watched_again(
     late = os.path.join(env.root, "late")
     t = env.tracker([env.source("app", (late,))])
     assert t.status("app").state == "rescan"
+    assert f"unable to watch '{late}': no such directory" in t.status("app").reasons
     since = t.oldest_unprotected("app")
     assert since is not None and since <= __import__("time").time()
     os.makedirs(late)
