@@ -27,8 +27,9 @@ The backup service uses it like this, once per set:
   `prepare` stay pending for the next set. Pass the level the set was actually taken at
   (`BackupSet.level`: a set with no usable base is taken as a full). A set that fails or is
   abandoned is simply never committed: nothing is lost.
-- `status(source)` reports the journal's state ('complete', or 'rescan' with reasons),
-  the age of the oldest unprotected change, the count of pending entries and watches in use;
+- `status(source)` reports the journal's state ('complete', or 'rescan' with reasons: every
+  one, and a summary for people in which the directories of one cause beyond SHOWN_DIRECTORIES
+  are counted, not listed), the age of the oldest unprotected change, the count of pending entries and watches in use;
   `oldest_unprotected(source)` gives that change's time for RPO decisions (a kept multi-link
   file whose stat moved since the last committed set counts, at its ctime); `on_change(source)`
   is called (from the tracker's flush thread) whenever new changes of the source were journaled.
@@ -81,6 +82,7 @@ MAX_HELD_CHANGES = 100_000    # changes kept in memory while the journal cannot 
 WATCH_RETRY = 60.0  # seconds between tries to watch a source whose watch failed
 ROOT_CHECK_INTERVAL = 1.0     # how often the roots' real paths and the mounts below them are compared
 MAX_LINKED_FILES = 10000      # files with several hard links kept per source (beyond: walk the roots)
+SHOWN_DIRECTORIES = 3         # directories of one cause a status summary names (the others are counted)
 MOUNTINFO = "/proc/self/mountinfo"
 BARRIER_TIMEOUT = 5.0
 JOURNAL_FILE = "journal.sqlite"
@@ -287,12 +289,62 @@ class JournalStatus:
     """The journal's view of one source: can it vouch for the next set, and what waits."""
 
     state: str  # "complete", or "rescan" when the next set must walk (the reasons say why)
-    reasons: tuple[str, ...]
+    reasons: tuple[str, ...]  # every reason, a directory not watched (or to walk) one each
     oldest_unprotected_age: float | None  # seconds since the oldest change no set holds yet
     pending_paths: int    # journal entries no set holds yet, plus multi-link files changed unseen
     watches: int
     linked_files: int = 0  # files with several hard links every set re-checks
     last_set: str | None = None  # the newest set the journal recorded: what "nothing pending" is measured from
+    summary: tuple[str, ...] = ()  # the reasons for people: a cause of many directories is one, naming a few
+
+
+def unwatched_text(cause: str, path: str) -> str:
+    """The reason of one directory that is not watched."""
+    return f"{cause}: '{path}' is not watched"
+
+
+class _Reasons:
+    """Why a source must be walked, each reason once and in order: all of them, and a summary in
+    which the directories of one cause are one reason once they are more than SHOWN_DIRECTORIES
+    (thousands of directories past a watch cap would be thousands of reasons)."""
+
+    def __init__(self) -> None:
+        self.all: list[str] = []
+        self._order: list[str | tuple[str, bool]] = []  # a reason, or the (cause, unwatched) of a group
+        self._groups: dict[tuple[str, bool], list[tuple[str, str]]] = {}  # -> [(path, its reason)]
+
+    def add(self, text: str) -> None:
+        if text not in self.all:
+            self.all.append(text)
+            self._order.append(text)
+
+    def add_directory(self, cause: str, path: str, unwatched: bool) -> None:
+        """Directory `path` is not watched (`unwatched`) or must be walked, because of `cause`."""
+        text = unwatched_text(cause, path) if unwatched else f"{cause}: '{path}'"
+        if text in self.all:
+            return
+        self.all.append(text)
+        key = (cause, unwatched)
+        if key not in self._groups:
+            self._groups[key] = []
+            self._order.append(key)
+        self._groups[key].append((path, text))
+
+    def summary(self) -> list[str]:
+        out: list[str] = []
+        for item in self._order:
+            if isinstance(item, str):
+                out.append(item)
+                continue
+            members = self._groups[item]
+            if len(members) <= SHOWN_DIRECTORIES:
+                out.extend(text for _, text in members)
+                continue
+            cause, unwatched = item
+            named = ", ".join(f"'{path}'" for path in sorted(path for path, _ in members)[:SHOWN_DIRECTORIES])
+            what = "directories are not watched" if unwatched else "directories"
+            out.append(f"{cause}: {len(members)} {what}: {named} and {len(members) - SHOWN_DIRECTORIES} more")
+        return out
 
 
 class ChangeTracker:
@@ -309,7 +361,7 @@ class ChangeTracker:
         self._batch_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._state_lock = threading.RLock()
-        self._unwatched: dict[str, dict[str, str]] = {}   # source -> subtree -> reason (sticky)
+        self._unwatched: dict[str, dict[str, str]] = {}   # source -> subtree -> why it is not watched (sticky)
         self._not_watched: dict[str, str] = {}           # source -> why it has no trusted watch
         self._watch_failed_at: dict[str, float] = {}     # source -> when its watch failed (until it works)
         self._watch_retry_at: dict[str, float] = {}      # source -> when to try watching it again (monotonic)
@@ -666,10 +718,9 @@ class ChangeTracker:
         self._census_of(source, path)
 
     def unwatched(self, source: str, path: str, reason: str) -> None:
-        text = f"{reason}: '{path}' is not watched"
         with self._state_lock:
-            self._unwatched.setdefault(source, {})[path] = text
-        self._add(Change(source, "rescan", path, time.time(), text), False)
+            self._unwatched.setdefault(source, {})[path] = reason
+        self._add(Change(source, "rescan", path, time.time(), unwatched_text(reason, path)), False)
 
     def rescan(self, source: str, path: str | None, reason: str) -> None:
         kind = "source" if path is None else "rescan"
@@ -977,39 +1028,45 @@ class ChangeTracker:
         self.flush()
         pending = self._pending(name)
         held = self._held_of(name) if self._is_watched(name) else []
-        reasons: list[str] = []
+        reasons = _Reasons()
         for failure in (self._write_failure, self._read_failure[0] if self._read_failure else None):
             if failure is not None and self._is_watched(name):
-                reasons.append(f"{failure}: sets walk the source until it can be")
+                reasons.add(f"{failure}: sets walk the source until it can be")
         with self._state_lock:
             if name in self._not_watched:
-                reasons.append(self._not_watched[name])
+                reasons.add(self._not_watched[name])
             sticky = dict(self._unwatched.get(name, {}))
             links_full = self._links_full.get(name)
             linked = len(self._links.get(name, ()))
         if self._watcher is not None:
-            reasons.extend(f"watched root '{r}' is gone" for r in self._watcher.lost(name))
+            for r in self._watcher.lost(name):
+                reasons.add(f"watched root '{r}' is gone")
         for e in pending.trust:
+            not_watched = f": '{e.path}' is not watched"
             if e.kind == "source":
-                text = f"{e.reason} (whole source)"
+                reasons.add(f"{e.reason} (whole source)")
+            elif e.reason.endswith(not_watched):
+                reasons.add_directory(e.reason[:-len(not_watched)], e.path, unwatched=True)
+            elif e.path in e.reason:
+                reasons.add(e.reason)
             else:
-                text = e.reason if e.path in e.reason else f"{e.reason}: '{e.path}'"
-            if text not in reasons:
-                reasons.append(text)
-        for reason in [*sticky.values(), *([links_full] if links_full else [])]:
-            if reason not in reasons:
-                reasons.append(reason)
+                reasons.add_directory(e.reason, e.path, unwatched=False)
+        for path, cause in sticky.items():
+            reasons.add_directory(cause, path, unwatched=True)
+        if links_full:
+            reasons.add(links_full)
         linked_changes = self._linked_changes(name) if self._is_watched(name) else []
         oldest = pending.oldest if self._is_watched(name) else None
         oldest = min([t for t in [oldest, *(c.time for c in held), *linked_changes] if t is not None], default=None)
         return JournalStatus(
-            state="rescan" if reasons else "complete",
-            reasons=tuple(reasons),
+            state="rescan" if reasons.all else "complete",
+            reasons=tuple(reasons.all),
             oldest_unprotected_age=max(0.0, time.time() - oldest) if oldest is not None else None,
             pending_paths=pending.count + len(held) + len(linked_changes),
             watches=self._watcher.watches(name) if self._watcher is not None else 0,
             linked_files=linked,
             last_set=self._last_set(name),
+            summary=tuple(reasons.summary()),
         )
 
     def _last_set(self, name: str) -> str | None:

@@ -44,9 +44,9 @@ class DaemonState:
 class JournalView:
     """The change journal's state of a source, as status shows it."""
 
-    text: str  # for people: complete, rescan pending: why, or not tracked (why)
+    text: str  # for people: complete, rescan pending: why (summarised), or not tracked (why)
     state: str = ""  # complete, rescan, or empty when the source is not tracked
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()  # every reason (--json's journal_reasons)
     oldest_unprotected_age: float | None = None
     pending_paths: int = 0
     watches: int = 0
@@ -218,7 +218,8 @@ class StatusPart(ServicePart):
         except Exception:
             log.exception("unable to read the change journal state of source '%s'", src.name)
             return JournalView("unknown (the change journal could not be read)")
-        text = "complete" if st.state == "complete" else "rescan pending: " + "; ".join(st.reasons)
+        # The summary (a cause of many directories names a few); the reasons carry every one.
+        text = "complete" if st.state == "complete" else "rescan pending: " + "; ".join(st.summary)
         return JournalView(text, st.state, st.reasons, st.oldest_unprotected_age, st.pending_paths, st.watches)
 
     def _waiting_texts(self) -> list[str]:

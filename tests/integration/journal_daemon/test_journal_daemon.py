@@ -92,6 +92,31 @@ def test_status_shows_the_journal_state(jd):
     assert any("restarted" in r for r in st["journal_reasons"]), st
 
 
+def test_status_names_a_few_of_many_unwatched_directories_and_json_lists_every_one(jd):
+    """Past the watch cap every directory is a reason of its own: --json lists each, while the
+    text for people counts them and names the first few (thousands made a line of a megabyte)."""
+    dirs = [os.path.join(jd.src, f"d{i:02}") for i in range(40)]
+    for d in dirs:
+        os.mkdir(d)
+    jd.write_config(max_watches=5)
+    jd.start()
+    cause = "watch limit of 5 reached"
+    for taken in ("before the first set", "after it"):  # pending entries, then the sticky ones
+        st = wait_until(lambda: (s := jd.status())["watches"] == 5 and len(s["journal_reasons"]) >= 36 and s,
+                        10, "the unwatched directories in status")
+        named = [m.group(1) for r in st["journal_reasons"]
+                 if (m := re.fullmatch(f"{cause}: '(.*)' is not watched", r))]
+        assert len(named) == len(set(named)) == 40 - 4 and set(named) <= set(dirs), (taken, st["journal_reasons"])
+        line = next(x for x in jd.daemon.ok("status").splitlines() if x.startswith("  journal: "))
+        first = ", ".join(f"'{d}'" for d in sorted(named)[:3])
+        assert f"{cause}: 36 directories are not watched: {first} and 33 more" in line, (taken, line)
+        assert line.count(jd.src) == 3 and len(line) < 300, (taken, line)
+        assert st["journal"] == line[len("  journal: "):]
+        if taken == "before the first set":
+            assert "source was never watched (whole source)" in st["journal_reasons"]
+            jd.backup("full")
+
+
 def test_backstop_finds_a_change_the_journal_missed(jd):
     for d in ("a", "b"):
         os.makedirs(os.path.join(jd.src, d))
