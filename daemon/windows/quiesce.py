@@ -138,19 +138,23 @@ class HookResult:
         return shlex.join(self.argv)
 
     def failure(self, phase: str) -> str:
-        """One-line description of the failure: "freeze hook 'x' failed with exit code 1: <stderr>"."""
-        what = f"{phase} hook '{self.command}'"
+        """One-line description of the failure, every outcome in one form: the phase, the command
+        in parentheses as a shell would read it (shlex.join: an argument holding a space, a quote
+        or a parenthesis is quoted, so the command's end is unambiguous), what happened, then the
+        tail of its output: "freeze hook (sh -c 'exit 1') failed with exit code 1: <stderr>"."""
+        what = f"{phase} hook ({self.command})"
+        detail = _one_line_tail(self.stderr_tail) or _one_line_tail(self.stdout_tail)
         if self.timed_out:
             reason = f"{what} timed out after {self.duration:.1f}s and was killed"
         elif self.cancelled:
             reason = f"{what} was killed when the window was cancelled"
         elif self.exit_code is None:
             reason = f"{what} could not be started"
+            detail = _start_error(detail, self.argv)
         elif self.exit_code < 0:
             reason = f"{what} was killed by signal {-self.exit_code}"
         else:
             reason = f"{what} failed with exit code {self.exit_code}"
-        detail = _one_line_tail(self.stderr_tail) or _one_line_tail(self.stdout_tail)
         return f"{reason}: {detail}" if detail else reason
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +168,16 @@ class HookResult:
             "cancelled": self.cancelled,
             "required": self.required,
         }
+
+
+def _start_error(detail: str, argv: Sequence[str]) -> str:
+    """Why a hook could not be started, without the "unable to run NAME: " the guard (or our own
+    start) put before it: the message names the command already."""
+    for name in ([os.path.basename(argv[0])] if argv else []) + ["hook"]:
+        prefix = f"unable to run {name}: "
+        if detail.startswith(prefix):
+            return detail[len(prefix):]
+    return detail
 
 
 def _one_line_tail(text: str, limit: int = 300) -> str:

@@ -68,7 +68,7 @@ def test_a_thaw_that_fails_at_start_is_reported_refuses_backups_and_is_retried(s
     err = r.stderr.strip()
     assert "\n" not in err and "Traceback" not in err, err
     assert err.startswith("cairn: ") and "the quiesce window of source 'app' left open by a previous daemon still " \
-        "does not thaw (thaw hook 'sh -c " in err and "app will not start" in err, err
+        "does not thaw (thaw hook (sh -c " in err and "') failed with exit code 3: app will not start)" in err, err
     assert hooks() == ["freeze"]  # the thaw was retried (and failed); no freeze hook ran
     f = last_failure(d2)
     assert f["status"] == "thaw failed" and "still does not thaw" in f["message"], f

@@ -31,8 +31,8 @@ def test_a_failing_thaw_hook_is_a_warning_and_the_sources_last_failure(start_dae
     d = start_daemon("--config", config, socket_path=sock)
     r = d.cli("backup", "--level", "full")
     assert r.returncode == 0, r.stderr  # the set is whole: captured while the application was stopped
-    assert "cairn: warning: thaw hook 'sh -c" in r.stderr and "failed with exit code 4: cannot start the app" in \
-        r.stderr and "(the application may still be stopped)" in r.stderr, r.stderr
+    assert "cairn: warning: thaw hook (sh -c 'echo cannot start the app >&2; exit 4') failed with exit code 4: " \
+        "cannot start the app" in r.stderr and "(the application may still be stopped)" in r.stderr, r.stderr
     status = d.ok("status")
     assert "last failure:" in status and "full thaw failed: set " in status and "cannot start the app" in status, \
         status

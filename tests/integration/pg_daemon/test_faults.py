@@ -120,7 +120,8 @@ def test_terminated_backup_connection_fails_the_set_and_the_next_one_works(stack
 def test_failing_required_freeze_hook_fails_the_set_without_capture_and_thaws(stack: Stack) -> None:
     r = stack.cli("backup", "--source", "badhook", "--level", "full")
     assert r.returncode == 1
-    assert "freeze hook 'sh -c" in r.stderr and "failed with exit code 3: cannot stop the app: boom" in r.stderr
+    assert "freeze hook (sh -c 'echo '\"'\"'cannot stop the app: boom'\"'\"' >&2; exit 3') failed with exit code 3: " \
+        "cannot stop the app: boom" in r.stderr, r.stderr
     assert (stack.root / "bad/thawed").exists()
     assert stack.sets("badhook") == []
     assert stack.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cairn'") == "0"

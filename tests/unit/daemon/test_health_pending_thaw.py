@@ -15,7 +15,7 @@ from cairn.daemon.runtime.health import THAW_FAILED, HealthRecord, leftover_thaw
 from cairn.daemon.windows.records import WindowRecord, remove_record, write_record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
-ERROR = "thaw hook 'start-app' failed with exit code 3: app will not start"
+ERROR = "thaw hook (start-app) failed with exit code 3: app will not start"
 
 
 def leave_window(state: str, source: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,14 +32,32 @@ def test_hook_captures_output_and_exit_code(tmp_path: Path) -> None:
     res = Hook(("sh", "-c", "echo out; echo err >&2; exit 3"), timeout=10).run()
     assert res.exit_code == 3 and not res.ok and not res.timed_out
     assert res.stdout_tail.strip() == "out" and res.stderr_tail.strip() == "err"
-    assert res.failure("freeze") == ("freeze hook 'sh -c 'echo out; echo err >&2; exit 3'' "
+    assert res.failure("freeze") == ("freeze hook (sh -c 'echo out; echo err >&2; exit 3') "
                                      "failed with exit code 3: err")
 
 
 def test_hook_that_cannot_start_is_a_failure(tmp_path: Path) -> None:
     res = Hook((str(tmp_path / "missing-hook"),), timeout=5).run()
     assert res.exit_code is None and not res.ok
-    assert "could not be started" in res.failure("thaw") and "No such file" in res.failure("thaw")
+    expected = f"thaw hook ({tmp_path / 'missing-hook'}) could not be started: No such file or directory"
+    assert res.failure("thaw") == expected
+
+
+def test_every_hook_failure_names_its_command_once_in_one_form(tmp_path: Path) -> None:
+    """"<phase> hook (<command as a shell reads it>) <what happened>[: <output>]": the command is
+    never quoted inside quotes, and an argument with a space, quote or parenthesis is quoted."""
+    missing = tmp_path / "no such dir" / "hook"
+    cases = [
+        (Hook(("sh", "-c", """echo "it's down" >&2; exit 3"""), timeout=10),
+         """freeze hook (sh -c 'echo "it'"'"'s down" >&2; exit 3') failed with exit code 3: it's down"""),
+        (Hook((str(missing), "a(b)"), timeout=10),
+         f"freeze hook ('{missing}' 'a(b)') could not be started: No such file or directory"),
+        (Hook(("sh", "-c", "kill -9 $$"), timeout=10), "freeze hook (sh -c 'kill -9 $$') was killed by signal 9"),
+    ]
+    for hook, expected in cases:
+        assert hook.run().failure("freeze") == expected
+    slow = Hook(("sleep", "30"), timeout=0.3).run().failure("thaw")
+    assert re.fullmatch(r"thaw hook \(sleep 30\) timed out after 0\.\ds and was killed", slow), slow
 
 
 def test_hook_timeout_kills_its_process_group(tmp_path: Path) -> None:
@@ -124,7 +143,7 @@ def test_optional_freeze_hook_failure_is_recorded_only(tmp_path: Path) -> None:
         with log.open("a") as f:
             f.write("body\n")
     assert lines(log) == ["freeze", "body", "thaw"]
-    assert w.record()["errors"] == ["optional freeze hook 'sh -c 'echo flush failed >&2; exit 1'' "
+    assert w.record()["errors"] == ["optional freeze hook (sh -c 'echo flush failed >&2; exit 1') "
                                     "failed with exit code 1: flush failed"]
 
 
