@@ -54,6 +54,10 @@ from cairn.store.model import (
 log = logging.getLogger(__name__)
 
 LIST_BATCH = 1000
+# A source's journal reasons in one status reply: every directory past a watch cap is a reason,
+# and 67,000 of them outgrew gRPC's 4 MiB message, so `cairn status` failed outright. The rest
+# are counted in one last reason (the text summary counts them all by cause).
+STATUS_REASONS = 1000
 PROGRESS_INTERVAL = 0.1
 
 
@@ -142,7 +146,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 journal=src.journal.text,
                 sets=src.sets,
                 journal_state=src.journal.state,
-                journal_reasons=list(src.journal.reasons),
+                journal_reasons=bounded_reasons(src.journal.reasons),
                 pending_paths=src.journal.pending_paths,
                 watches=src.journal.watches,
                 host=src.host,
@@ -788,6 +792,14 @@ def restore_batches(first: pb.SetInfo, records: Iterator[Record],
         close = getattr(records, "close", None)
         if close is not None:
             close()
+
+
+def bounded_reasons(reasons: tuple[str, ...] | list[str]) -> list[str]:
+    """At most STATUS_REASONS of `reasons`, the rest counted in one more."""
+    if len(reasons) <= STATUS_REASONS:
+        return list(reasons)
+    more = len(reasons) - STATUS_REASONS
+    return [*reasons[:STATUS_REASONS], f"and {more} more reasons, not listed (the journal line counts them by cause)"]
 
 
 def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str, totals: tuple[int, int] | None,

@@ -180,3 +180,25 @@ def test_a_file_written_continuously_is_no_older_unprotected_than_the_last_set(j
     finally:
         stop.set()
         t.join()
+
+
+def test_status_of_a_source_with_more_unwatched_directories_than_a_reply_lists_stays_bounded(jd):
+    """Each unwatched directory is a reason; a status reply lists STATUS_REASONS of them and
+    counts the rest in one more (67,000 of them made a reply larger than gRPC's 4 MiB, and
+    `cairn status` failed)."""
+    from cairn.daemon.rpc.servicer import STATUS_REASONS
+
+    n = STATUS_REASONS + 150
+    for i in range(n):
+        os.mkdir(os.path.join(jd.src, f"d{i:05}"))
+    jd.write_config(max_watches=5)
+    jd.start()
+    st = wait_until(lambda: (s := jd.status())["watches"] == 5 and len(s["journal_reasons"]) > STATUS_REASONS and s,
+                    20, "the unwatched directories in status")
+    reasons = st["journal_reasons"]
+    assert len(reasons) == STATUS_REASONS + 1, len(reasons)
+    total = n - 4 + 1  # every directory but the four watched below the root, and "never watched"
+    more = total - STATUS_REASONS
+    assert reasons[-1] == f"and {more} more reasons, not listed (the journal line counts them by cause)"
+    line = next(x for x in jd.daemon.ok("status").splitlines() if x.startswith("  journal: "))
+    assert f"watch limit of 5 reached: {n - 4} directories are not watched" in line, line
