@@ -8,7 +8,8 @@ forced and the completed segment must arrive in the repository within a bound. A
 archiver is reported as soon as PostgreSQL counts the forced segment as failed, with its
 statistics and the last failure this daemon saw from `cairn wal-push`; otherwise after the
 bound. `raise_if_archiver_failing` is what a set runs before its window opens: the same forced
-switch, but only when PostgreSQL's archiver failed on its latest attempt. What always holds: the check writes nothing
+switch, but only when PostgreSQL's archiver failed on its latest attempt, and it passes as soon
+as an archive succeeds again (a backlog is the set's WAL wait's business). What always holds: the check writes nothing
 but one WAL switch (and the transaction id that makes the switch complete a segment).
 """
 
@@ -75,8 +76,11 @@ def check_database(db: Any, wal_names: Callable[[str], list[str]], last_push_fai
 
 
 def _archiver(conn: Any, wal_names: Callable[[str], list[str]], last_push_failure: Callable[[], str],
-              bound: float, result: CheckResult) -> CheckStep:
-    """Force a segment switch and wait for the completed segment in the server's WAL name space."""
+              bound: float, result: CheckResult, recovered: bool = False) -> CheckStep:
+    """Force a segment switch and wait for the completed segment in the server's WAL name space.
+    With `recovered`, an archiver whose latest attempt succeeded after every failure it had counted
+    passes at once: archive_command works again, and the segments still queued before the forced
+    one (a backlog left while the daemon was down) are no sign of failure."""
     try:
         namespace = walnames.namespace_of(conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
     except CairnError as exc:
@@ -96,6 +100,11 @@ def _archiver(conn: Any, wal_names: Callable[[str], list[str]], last_push_failur
                                                f"{result.seconds:.1f}s")
         stats = server_archiver(conn)
         failures = stats["failed_count"] - before["failed_count"]
+        if recovered and not archiver_failing(stats):  # a success after the last failure
+            result.seconds = time.monotonic() - started
+            return CheckStep("archiver", True, f"archiving works again: {stats['last_archived']} was archived "
+                                               f"after the last failure; {segment} is still queued behind "
+                                               f"{stats['lag_segments']} segments")
         failed_now = failures >= ROUND  # a whole round of attempts failed since the switch
         waited = time.monotonic() - started
         if failed_now or waited >= bound:
@@ -116,13 +125,16 @@ def archiver_failing(stats: dict[str, Any]) -> bool:
 
 
 def raise_if_archiver_failing(conn: Any, name: str, wal_names: Callable[[str], list[str]],
-                              bound: float = PRE_WINDOW_TIMEOUT) -> None:
+                              bound: float | None = None) -> None:
     """Before a set's window opens: when PostgreSQL's archiver failed on its latest attempt, force a
-    segment switch (which also wakes a pausing archiver) and require it in the repository within
-    `bound`; else fail now rather than in pg_backup_stop, up to max_window later."""
+    segment switch (which also wakes a pausing archiver) and require, within `bound` (default
+    PRE_WINDOW_TIMEOUT), that segment in the repository or an archive that succeeds again; else
+    fail now rather than in pg_backup_stop, up to max_window later. A backlog still being
+    archived is left to the set's own WAL wait (bounded by the database's wal_timeout)."""
     if not archiver_failing(server_archiver(conn)):
         return
-    step = _archiver(conn, wal_names, lambda: "", bound, CheckResult())
+    step = _archiver(conn, wal_names, lambda: "", PRE_WINDOW_TIMEOUT if bound is None else bound, CheckResult(),
+                     recovered=True)
     if not step.ok:
         raise FailedPreconditionError(f"database '{name}': WAL archiving is failing: {step.detail}",
                                       hint=f"fix archive_command, then `cairn check-db {name}`")

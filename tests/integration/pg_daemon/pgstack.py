@@ -103,6 +103,8 @@ class Stack:
         self.restored: list[PgServer] = []
         self.servers: list[PgServer] = []  # more archiving servers (more databases) to clean up
         self.holders: list[Path] = []
+        self.launcher: tuple[str, ...] = (CAIRND,)  # the daemon's command (a test may wrap the real cairnd)
+        self.daemon_env: dict[str, str] = {}  # more environment for the daemon
 
     def write_config(self) -> None:
         lines = ["[repository]", f"path = {json.dumps(self.repo)}"]
@@ -132,10 +134,10 @@ class Stack:
         n = len(self.daemons)
         notify = NotifyListener(str(self.root / f"notify{n}"))
         stderr_path = str(self.root / f"cairnd{n}.log")
-        env = env_for({"NOTIFY_SOCKET": notify.path, "CAIRN_HOME": str(self.root / "home")})
+        env = env_for({"NOTIFY_SOCKET": notify.path, "CAIRN_HOME": str(self.root / "home"), **self.daemon_env})
         with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen([CAIRND, "--config", self.config], stdout=subprocess.DEVNULL, stderr=err,
-                                    env=env)
+            proc = subprocess.Popen([*self.launcher, "--config", self.config], stdout=subprocess.DEVNULL,
+                                    stderr=err, env=env)
         daemon = Daemon(proc, self.sock, notify, str(self.root), stderr_path)
         self.daemons.append(daemon)
         self.daemon = daemon
