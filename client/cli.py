@@ -201,6 +201,8 @@ def cmd_backup(conn: Connection, args: argparse.Namespace) -> int:
         for problem in (window.get("errors") or []) if isinstance(window, dict) else []:
             stopped = " (the application may still be stopped)" if "thaw hook" in problem else ""
             print(f"cairn: warning: {problem}{stopped}", file=sys.stderr)
+        if isinstance(window, dict) and window.get("changed_files") and window.get("warning"):
+            print(f"cairn: warning: {window['warning']}", file=sys.stderr)
     return EXIT_FAILURE if result.status == "failed" else EXIT_OK
 
 

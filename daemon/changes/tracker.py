@@ -857,6 +857,29 @@ class ChangeTracker:
             return None, token
         return self._hint(src, entries), token
 
+    def changed_after(self, source: str | SourceLike, token: ChangeToken) -> list[str] | None:
+        """The paths of `source` the journal saw written, created, removed or moved after `token`
+        (the events read up to now: a barrier first), oldest first; None when it cannot tell (the
+        source is not watched, the watcher did not answer, changes could not be recorded, or the
+        journal cannot be read). Rescans the journal asks for itself are no change and not listed."""
+        name = _name(source)
+        journal = self._require_journal()
+        if token.source != name or not self._is_watched(name) or self._watcher is None \
+                or not self._watcher.barrier(BARRIER_TIMEOUT):
+            return None
+        with self._flush_lock:
+            touched = self._flush_locked()
+            entries = None
+            if not self._held:
+                try:
+                    entries = journal.entries_after(name, token.seq)
+                except sqlite3.Error as e:
+                    self._note_read_failure(journal, e)
+        self._notify(touched)
+        if entries is None:
+            return None
+        return [e.path for e in entries if e.kind in ("path", "tree")]
+
     def _rewatch_if_torn(self, src: SourceLike) -> None:
         """A source that lost watches in renames the watcher read late is watched anew, and the
         set walks it: not every directory that lost its watch so can be told (watcher.py)."""

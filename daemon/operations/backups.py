@@ -200,3 +200,9 @@ class _JournalPlanner:
         hint, _token = self.tracker.prepare(self.source, p.level, p.base.id if p.base else None,
                                             p.base.level if p.base else None)
         return hint
+
+    def changed_since_plan(self) -> list[str] | None:
+        """What the change journal saw change in the source since `plan()` (None: it cannot tell)."""
+        if self.tracker is None or self.token is None:
+            return None
+        return self.tracker.changed_after(self.source, self.token.token)

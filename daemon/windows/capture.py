@@ -17,6 +17,9 @@ BackupSession:
   attachments -> pg_backup_stop -> restore points -> a fresh hint -> the content paths. Every
   row a database holds at its consistent point names a file that existed before the content
   walk began, and capture_first paths keep their place in the tree;
+- cold, still frozen: what the change journal saw written into the source since the plan (a
+  freeze hook that returned 0 but left a writer running) makes the set 'fuzzy', with a window
+  warning naming those paths (the planner's `changed_since_plan`; None where nothing can tell);
 - after the window: wait (bounded by each database's wal_timeout) until the repository holds
   every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks.
 
@@ -65,6 +68,7 @@ from cairn.daemon.databases.postgres.checkdb import raise_if_archiver_failing
 from cairn.daemon.databases.postgres.connection import PgConnection
 from cairn.daemon.runtime.config import DatabaseConfig, SourceConfig
 from cairn.daemon.windows.quiesce import Window, run_after
+from cairn.fsio.names import shown
 from cairn.store.errors import AbortedError, CairnError, InvalidArgumentError
 from cairn.store.model import BackupRequest, BackupSet, ChangeHint, Progress
 from cairn.store.repository import Repository
@@ -137,6 +141,11 @@ class Planner(Protocol):
         """A newer hint against the same base (hot mode, before the content walk)."""
         ...
 
+    def changed_since_plan(self) -> list[str] | None:
+        """The source's paths an observer saw change since `plan` (cold mode, before the thaw);
+        None when nothing can tell."""
+        ...
+
 
 class BasePlanner:
     """A planner without a change journal: the latest usable base, no hint (walk and compare)."""
@@ -149,6 +158,9 @@ class BasePlanner:
         return SetPlan(level, base, note, None)
 
     def refresh(self) -> ChangeHint | None:
+        return None
+
+    def changed_since_plan(self) -> list[str] | None:
         return None
 
 
@@ -212,6 +224,7 @@ class _Capture:
         self.extra: dict[str, Any] = {}
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.timings: dict[str, float] = {}
+        self.changed_in_window: list[str] = []  # cold: paths the change journal saw written while frozen
 
     def take(self) -> BackupSet:
         t0 = time.monotonic()
@@ -249,6 +262,8 @@ class _Capture:
                 sess.describe_attachment(r.attachment, "database", r.to_dict())
         if self.window is not None:
             self.extra["window"] = self._window_record(sess)
+            if self.changed_in_window:
+                self.extra["status"] = "fuzzy"  # not the quiet capture a cold window stands for
         self.timings["capture_s"] = round(t_closed - t0, 3)
         self.extra["capture"] = self.timings
         return sess.commit(self.extra)
@@ -273,6 +288,14 @@ class _Capture:
         t = self._lap("files_s", t)
         self._stop_backups()
         self._lap("stop_s", t)
+        # Still frozen: did anything write into the source since the plan? (a freeze hook that
+        # returned 0 but left a writer running). Data directories inside a path do not count.
+        changed = getattr(self.planner, "changed_since_plan", lambda: None)()
+        if changed:
+            dirs = [os.path.abspath(d.cfg.pgdata) for d in self.dbs if getattr(d.cfg, "pgdata", "")]
+            parents = {os.path.dirname(p) for p in changed}  # a directory changes with what is made in it
+            self.changed_in_window = [shown(p) for p in changed if p not in parents
+                                      and not any(p == d or p.startswith(d + "/") for d in dirs)]
 
     def _hot(self, sess: BackupSession) -> None:
         # Auxiliary paths and capture_first sub-paths, then every database, then the content.
@@ -343,11 +366,20 @@ class _Capture:
         assert self.window is not None
         record = self.window.record()
         fuzzy = list(sess.tally.fuzzy[:100])
-        if self.mode == "cold" and fuzzy:
-            record["warning"] = (f"{len(sess.tally.fuzzy)} files changed inside the cold window: "
-                                 "the application was not quiet")
+        changed = self.changed_in_window
+        if self.mode == "cold" and (fuzzy or changed):
+            what = []
+            if fuzzy:
+                what.append(f"{len(sess.tally.fuzzy)} files changed while they were read")
+            if changed:
+                what.append(f"{len(changed)} paths were written after the freeze hooks returned "
+                            f"(first: '{changed[0]}')")
+            record["warning"] = (f"{' and '.join(what)} inside the cold window: the application was not quiet, "
+                                 "so the files and databases of this set may not match")
             log.warning("source '%s': %s", self.src.name, record["warning"])
         record["fuzzy_files"] = fuzzy
+        if changed:
+            record["changed_files"] = changed[:100]
         return record
 
     # -- after the window -------------------------------------------------------------------

@@ -73,3 +73,37 @@ def test_a_set_cut_short_by_kill_9_is_the_sources_last_failure_after_the_restart
     d2.proc.wait(10)
     d3 = start_daemon("--config", config, socket_path=sock)
     assert "the previous daemon stopped while it took a set" not in d3.log()
+
+
+def test_a_write_into_the_source_inside_a_cold_window_is_reported(start_daemon, rundir, tmp_path) -> None:
+    # Two cold sources whose freeze hooks both return 0. In 'leaky' a writer the freeze hook did
+    # not stop writes into the source while it is frozen (played, at a fixed point of the window,
+    # by the source's dump command, which runs after every freeze hook); 'quiet' stands still.
+    sock = os.path.join(rundir, "cairnd.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {})
+    dirs = {}
+    with open(config, "a", encoding="utf-8") as f:
+        for name in ("leaky", "quiet"):
+            d = dirs[name] = tmp_path / name
+            d.mkdir()
+            (d / "a.txt").write_text("a\n")
+            write = f"echo late > {d / 'written-while-frozen.txt'}; " if name == "leaky" else ""
+            f.write(f'\n[[database]]\nname = "{name}db"\nkind = "command"\n'
+                    f'dump = {json.dumps(["sh", "-c", write + "echo dump"])}\nrestore = ["true"]\n'
+                    f'\n[[source]]\nname = "{name}"\npaths = ["{d}"]\nwatch = true\ndatabase = "{name}db"\n'
+                    'quiesce = { mode = "cold", freeze = ["true"], thaw = ["true"] }\n')
+    d = start_daemon("--config", config, socket_path=sock)
+    for level in ("full", "incremental"):
+        r = d.cli("--json", "backup", "--source", "quiet", "--level", level)
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+        s = json.loads(r.stdout)
+        assert "changed_files" not in s["extra"]["window"] and s["status"] == "ok"
+        r = d.cli("backup", "--source", "leaky", "--level", level)
+        assert r.returncode == 0, r.stderr  # committed, but not as the quiet set it claims to be
+        written = str(dirs["leaky"] / "written-while-frozen.txt")
+        assert "paths were written after the freeze hooks returned" in r.stderr and written in r.stderr, r.stderr
+        assert "the application was not quiet" in r.stderr
+        s = json.loads(d.ok("--json", "sets", "--source", "leaky"))[-1]
+        assert s["status"] == "fuzzy" and s["extra"]["window"]["changed_files"] == [written], s
+        assert "fuzzy" in d.ok("sets", "--source", "leaky").splitlines()[-1]
+        os.unlink(written)
