@@ -80,6 +80,7 @@ ProgressFn = Callable[[Progress], None]
 NO_WINDOW_STOP_TIMEOUT = 600.0  # bound of pg_backup_stop's statement without a window deadline
 MIN_STOP_TIMEOUT = 1.0
 AFTER_HOOK_TIMEOUT = 60.0
+AFTER_HOOK_CANCELLED = 3.0  # the on_failure hooks of a cancelled set (the daemon stops), all of them together
 CANCEL_POLL = 0.1  # seconds between looks of a set's cancel watcher
 
 
@@ -395,7 +396,12 @@ class _Capture:
             env.update({"CAIRN_SET_ID": s.id, "CAIRN_SET_LEVEL": s.level})
         if exc is not None:
             env["CAIRN_ERROR"] = exc.message if isinstance(exc, CairnError) else str(exc)
-        run_after(argvs, self.src.name, self.mode, phase, AFTER_HOOK_TIMEOUT, env)
+        # A set cancelled by the daemon's stop (not by its window's deadline) is reported within
+        # a few seconds: the stop waits for the set, and a slow hook would make it give the set
+        # up as abandoned after shutdown_timeout (exit 1) and then kill the hook anyway.
+        stopping = self.cancel.is_set() and not (self.window is not None and self.window.expired)
+        run_after(argvs, self.src.name, self.mode, phase, AFTER_HOOK_TIMEOUT, env,
+                  budget=AFTER_HOOK_CANCELLED if stopping else None)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@
   cancelled (`on_expire`: its database tools are killed) and thawed at once, without waiting
   for its body (thaw hooks are idempotent).
 - `run_after(argvs, ...)` runs a window's on_success / on_failure hooks (optional: a failure
-  is logged and returned, never raised).
+  is logged and returned, never raised), with an optional time budget for all of them.
 
 What always holds: while a window record exists, thaw may not have run (or did not succeed); once a
 freeze hook may have run, `__enter__` either returns the open window or thaws before it raises;
@@ -290,11 +290,14 @@ def levels_from_config(quiesce: Any) -> tuple[tuple[tuple[Hook, ...], tuple[Hook
 
 
 def run_after(argvs: Iterable[Sequence[str]], source: str, mode: str, phase: str, timeout: float,
-              env: dict[str, str] | None = None) -> list[HookResult]:
-    """Run on_success / on_failure hooks in order; failures are logged, never raised."""
+              env: dict[str, str] | None = None, budget: float | None = None) -> list[HookResult]:
+    """Run on_success / on_failure hooks in order, each killed at `timeout` and, with `budget`,
+    all of them within `budget` seconds together; failures are logged, never raised."""
     results = []
+    end = None if budget is None else time.monotonic() + budget
     for argv in argvs:
-        res = Hook(tuple(argv), float(timeout), False).run(env=_hook_env(source, mode, phase, env))
+        limit = float(timeout) if end is None else max(0.1, min(float(timeout), end - time.monotonic()))
+        res = Hook(tuple(argv), limit, False).run(env=_hook_env(source, mode, phase, env))
         if not res.ok:
             log.warning("source '%s': optional %s", source, res.failure(phase))
         results.append(res)

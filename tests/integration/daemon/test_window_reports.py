@@ -107,3 +107,37 @@ def test_a_write_into_the_source_inside_a_cold_window_is_reported(start_daemon, 
         assert s["status"] == "fuzzy" and s["extra"]["window"]["changed_files"] == [written], s
         assert "fuzzy" in d.ok("sets", "--source", "leaky").splitlines()[-1]
         os.unlink(written)
+
+
+def test_a_slow_on_failure_hook_does_not_turn_a_clean_stop_into_an_abandoned_set(start_daemon, rundir,
+                                                                                 tmp_path) -> None:
+    # SIGTERM inside a window: the set is cancelled and thawed at once; its on_failure hooks still
+    # hear of it, but a slow one (a notification stuck on the network) no longer holds the stop
+    # past shutdown_timeout, where the set counted as abandoned and the daemon exited 1.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    frozen, thawed, reported = tmp_path / "frozen", tmp_path / "thawed", tmp_path / "reported"
+    sock = os.path.join(rundir, "cairnd.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
+                          shutdown_timeout="12s")
+    on_failure = [["sh", "-c", f'echo "$CAIRN_ERROR" > {reported}'], ["sleep", "60"]]
+    with open(config, "a", encoding="utf-8") as f:
+        f.write(f'quiesce = {{ mode = "cold", freeze = ["sh", "-c", "touch {frozen}; exec sleep 60"], '
+                f'thaw = ["touch", "{thawed}"], timeout = "60s", on_failure = {json.dumps(on_failure)} }}\n')
+    d = start_daemon("--config", config, socket_path=sock)
+    backup = subprocess.Popen([CAIRN, "--socket", sock, "backup", "--level", "full"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 30
+    while not frozen.exists():
+        assert time.monotonic() < end, "the freeze hook did not run"
+        time.sleep(0.02)
+    started = time.monotonic()
+    d.proc.terminate()
+    code = d.proc.wait(40)
+    took = time.monotonic() - started
+    _out, err = backup.communicate(timeout=30)
+    assert code == 0 and took < 12, (code, took, d.log()[-2000:])
+    assert "abandoned" not in d.log()
+    assert thawed.exists() and "was cancelled during freeze; thaw ran" in reported.read_text()
+    assert backup.returncode == 1, err  # nothing committed
