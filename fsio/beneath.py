@@ -11,6 +11,9 @@ entry's parent directory, opened at the moment of use, by `Beneath.parent(rel)`:
   symbolic link and any step outside the target, atomically; where openat2 is not available
   (kernels before 5.6, filters that forbid it) it walks the components with
   openat(O_NOFOLLOW | O_DIRECTORY), which holds the same guarantee one component at a time;
+- a relative path of any length: one longer than a system call takes (PATH_MAX, 4096 bytes
+  with its NUL) is resolved in pieces, each below the descriptor the one before gave, so a
+  tree nested deeper than PATH_MAX is reached as any other;
 - the caller then acts on the last component with the *at() calls (dir_fd=...), never
   following a link there either (O_NOFOLLOW, follow_symlinks=False).
 
@@ -48,19 +51,22 @@ class _OpenHow(ctypes.Structure):
 _HOW = _OpenHow(_DIR_FLAGS & ~os.O_NOFOLLOW, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
 _HOW_REF = ctypes.byref(_HOW)
 _HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_HOW))
+_FILE_HOWS: dict[int, tuple[_OpenHow, object]] = {}  # open flags -> the request opening a file (open_file)
 _libc: ctypes.CDLL | None = None
 _openat2_works = True  # until the kernel says otherwise
+PATH_ROOM = 4000  # bytes of a relative path given to one system call (PATH_MAX is 4096 with its NUL)
 
 
-def _openat2(dir_fd: int, path: bytes) -> int | None:
-    """A descriptor of directory `path` below `dir_fd` (see the module docstring); None when
-    this kernel has no openat2 (the caller walks the components instead)."""
+def _openat2(dir_fd: int, path: bytes, how: object = _HOW_REF) -> int | None:
+    """A descriptor of directory `path` below `dir_fd` (see the module docstring), or with `how`
+    of what that request opens; None when this kernel has no openat2 (the caller walks the
+    components instead)."""
     global _libc, _openat2_works
     if not _openat2_works:
         return None
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), ctypes.c_char_p(path), _HOW_REF, _HOW_SIZE)
+    fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), ctypes.c_char_p(path), how, _HOW_SIZE)
     if fd >= 0:
         return fd
     err = ctypes.get_errno()
@@ -68,6 +74,19 @@ def _openat2(dir_fd: int, path: bytes) -> int | None:
         _openat2_works = False
         return None
     raise OSError(err, os.strerror(err), path)
+
+
+def pieces(rel: bytes) -> list[bytes]:
+    """`rel` cut at slashes into pieces of at most PATH_ROOM bytes (a name is at most 255)."""
+    out: list[bytes] = []
+    while len(rel) > PATH_ROOM:
+        cut = rel.rfind(b"/", 0, PATH_ROOM + 1)
+        if cut <= 0:  # a name longer than a path may be: the system call says so (ENAMETOOLONG)
+            break
+        out.append(rel[:cut])
+        rel = rel[cut + 1:]
+    out.append(rel)
+    return out
 
 
 class Beneath:
@@ -87,7 +106,7 @@ class Beneath:
         if not rel:
             return os.dup(self.fd)
         try:
-            fd = _openat2(self.fd, rel)
+            fd = self._resolve(rel)
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                 raise
@@ -115,6 +134,45 @@ class Beneath:
         finally:
             if cur >= 0:
                 os.close(cur)
+
+    def _resolve(self, rel: bytes) -> int | None:
+        """openat2 of directory `rel` below the target, in pieces when it is longer than one
+        call takes; None when this kernel has no openat2."""
+        if len(rel) <= PATH_ROOM:
+            return _openat2(self.fd, rel)
+        cur = -1
+        try:
+            for piece in pieces(rel):
+                nxt = _openat2(self.fd if cur < 0 else cur, piece)
+                if cur >= 0:
+                    os.close(cur)
+                cur = -1
+                if nxt is None:
+                    return None
+                cur = nxt
+            out, cur = cur, -1
+            return out
+        finally:
+            if cur >= 0:
+                os.close(cur)
+
+    def open_file(self, rel: bytes, flags: int) -> int:
+        """Open entry `rel` of the target with `flags` (O_NOFOLLOW is added), reached without
+        following a link anywhere on the way: one openat2 for a path that fits a call, else
+        the parent's descriptor and an openat. Raises OSError (ELOOP: a link), or
+        InvalidArgumentError for a parent that is not a directory."""
+        flags |= os.O_NOFOLLOW
+        if len(rel) <= PATH_ROOM and _openat2_works:
+            how = _FILE_HOWS.get(flags)
+            if how is None:
+                req = _OpenHow(flags & ~os.O_NOFOLLOW, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS
+                               | _RESOLVE_NO_MAGICLINKS)
+                how = _FILE_HOWS[flags] = (req, ctypes.byref(req))  # made once per flags, as _HOW is
+            fd = _openat2(self.fd, rel, how[1])
+            if fd is not None:
+                return fd
+        with self.parent(rel) as (pfd, name):
+            return os.open(name, flags, dir_fd=pfd)
 
     def parent(self, rel: bytes) -> _Parent:
         """(descriptor of `rel`'s parent directory, `rel`'s last component), for a with-block;

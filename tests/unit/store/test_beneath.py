@@ -36,3 +36,61 @@ def test_parent_gives_the_parent_directory_and_closes_it_however_the_block_ends(
         assert _open_fds() == before
     finally:
         b.close()
+
+
+def _deep_dirs(root, depth: int = 25, width: int = 200) -> bytes:
+    """`depth` nested directories of `width`-byte names below `root` (far past PATH_MAX, so made
+    through descriptors); returns their relative path."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    parts = []
+    try:
+        for i in range(depth):
+            name = b"%02d" % i + b"d" * (width - 2)
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+            parts.append(name)
+        f = os.open(b"leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(f, b"at the bottom")
+        os.close(f)
+    finally:
+        os.close(fd)
+    return b"/".join(parts)
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_a_path_longer_than_path_max_is_reached_and_a_link_on_it_still_refused(tmp_path, monkeypatch,
+                                                                               openat2: bool) -> None:
+    from cairn.errors import InvalidArgumentError
+    from cairn.fsio import beneath
+
+    if not openat2:
+        monkeypatch.setattr(beneath, "_openat2_works", False)
+    deep = _deep_dirs(tmp_path)
+    assert len(deep) > 4096
+    b = Beneath(os.fsencode(tmp_path))
+    try:
+        before = _open_fds()
+        with b.parent(deep + b"/leaf") as (fd, name):
+            assert name == b"leaf"
+            assert os.stat(name, dir_fd=fd, follow_symlinks=False).st_size == len(b"at the bottom")
+        fd = b.open_file(deep + b"/leaf", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            assert os.read(fd, 100) == b"at the bottom"
+        finally:
+            os.close(fd)
+        assert _open_fds() == before
+        # a directory deep down swapped for a link (to a copy of the same chain): refused
+        parts = deep.split(b"/")
+        at = b"/".join(parts[:22])
+        with b.parent(at) as (pfd, name):
+            os.rename(name, b"moved", src_dir_fd=pfd, dst_dir_fd=pfd)
+            os.symlink(b"moved", name, dir_fd=pfd)
+        with pytest.raises((InvalidArgumentError, OSError)), b.parent(deep + b"/leaf"):
+            pass
+        with pytest.raises((InvalidArgumentError, OSError)):
+            os.close(b.open_file(deep + b"/leaf", os.O_RDONLY))
+        assert _open_fds() == before
+    finally:
+        b.close()
