@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from cairn.fsio.names import shown
@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..model import BackupRequest, ChangeHint
 from .excludes import Excluder
-from .filereader import FileReader, ReadResult
+from .filereader import FileReader, ReadResult, read_xattrs
 from .trees import Entry, encode_tree
 
 MAX_LISTED = 1000
@@ -123,18 +123,38 @@ def kind_of(mode: int) -> str | None:
     return None
 
 
-def read_xattrs(path: bytes) -> dict[bytes, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    out = {}
-    for n in names:
-        try:
-            out[os.fsencode(n)] = os.getxattr(path, n, follow_symlinks=False)
-        except OSError:
-            continue
-    return out
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+def read_xattrs_at(dir_fd: int, name: bytes, path: bytes) -> dict[bytes, bytes]:
+    """The extended attributes of entry `name` of directory `dir_fd` (the entry at `path`), not
+    following a link: through /proc/self/fd, so at any depth; by `path` where /proc is not
+    mounted."""
+    return read_xattrs(b"/proc/self/fd/%d/%s" % (dir_fd, name) if _PROC_FD else path)
+
+
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _open_dir(path: bytes, parent_fd: int | None) -> int:
+    """A descriptor of directory `path` to list it: a source root by its path, any other
+    directory as its name in its parent's descriptor, never through a link (O_NOFOLLOW)."""
+    if parent_fd is None:
+        return os.open(path, _DIR_OPEN)
+    return os.open(path.rpartition(b"/")[2], _DIR_OPEN | os.O_NOFOLLOW, dir_fd=parent_fd)
+
+
+def _settle(pending: list[PendingFile]) -> None:
+    """Wait for the reads of a directory's files still running (a walk that stopped on an
+    error): none may outlive the directory's descriptor, nor use its number once reused.
+    Reads not started yet never start."""
+    futures = []
+    for _, fut, _ in pending:
+        f = fut.future if isinstance(fut, _InGroup) else fut
+        if f is not None and not f.done() and not f.cancel():
+            futures.append(f)
+    if futures:
+        wait(futures)
 
 
 class Plan:
@@ -199,7 +219,8 @@ class Walker:
         self.reader = FileReader(writer, params, cancel, req.fuzzy_retries, fixed_size=fixed_size,
                                  delta_base=delta_base)
         self.delta = delta_base is not None
-        self._group: list[tuple[bytes, _InGroup]] = []  # small files waiting to go to the pool together
+        self._group: list[tuple[int, bytes, _InGroup]] = []  # small files (directory fd, path) waiting to go
+        # to the pool together: files of one directory only (flushed before the walk goes down)
         self._group_bytes = 0
         self.presets: dict[bytes, bytes] = {}  # absolute dir -> subtree captured earlier (walk_sub)
         self._links: dict[str, Future] = {}
@@ -342,54 +363,66 @@ class Walker:
         except CorruptionError as e:
             raise self._base_damaged(rel, e) from e
 
-    def _dir(self, path: bytes, rel: bytes, base_tree: bytes | None, plan: Plan, under_rescan: bool) -> bytes:
-        """Walk one directory; return its tree id."""
+    def _dir(self, path: bytes, rel: bytes, base_tree: bytes | None, plan: Plan, under_rescan: bool,
+             parent_fd: int | None = None) -> bytes:
+        """Walk one directory (a source root when `parent_fd` is None, else the entry of that
+        directory named by `path`'s last component); return its tree id. Its entries are
+        reached through its descriptor, never by `path` (which names them in messages): a tree
+        nested deeper than PATH_MAX is walked as any other, and a directory swapped for a link
+        meanwhile is not followed."""
         self._check_cancel()
         under_rescan = under_rescan or rel in plan.rescan
         base = self._base_entries(base_tree, rel)
-        try:
-            scan = sorted(os.scandir(path), key=lambda d: d.name)
-        except OSError as e:
-            self.tally.errors.append(f"unable to list '{shown(path)}': {e.strerror}")
-            scan = []
-        pending: list[tuple[Entry, Future | None, Entry | None]] = []
+        pending: list[PendingFile] = []
         entries: list[Entry] = []
         seen: set[bytes] = set()
-        for d in scan:
-            self._check_cancel()
-            name = os.fsencode(d.name)
-            child = path + b"/" + name if path != b"/" else b"/" + name
-            crel = rel + b"/" + name if rel else name
+        dfd = -1
+        try:
             try:
-                st = d.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone since the listing
-            except OSError as e:  # e.g. a path beyond PATH_MAX: never left out without a word
-                self.tally.errors.append(f"unable to read '{shown(child)}': {e.strerror}")
-                if name in base:
-                    seen.add(name)  # not deleted: unreadable now, not gone (its base entry stays)
-                    entries.append(base[name])
-                continue
-            kind = kind_of(st.st_mode)
-            if kind is None or self.excluder.excluded(crel, kind == "dir"):
-                continue
-            seen.add(name)
-            old = base.get(name)
-            e = entry_from_stat(name, st, kind)
-            if kind == "dir":
-                self._flush_group()  # this directory's files are read while the walk goes down
-                self._child_dir(e, child, crel, old, plan, under_rescan, st)
-                entries.append(e)
-            elif kind == "file":
-                pending.append(self._file(e, child, crel, old))
-            else:
-                self._special(e, child, crel, old)
-                entries.append(e)
-        self._flush_group()
-        for e, fut, old in pending:
-            done = self._finish_file(e, fut, old, path + b"/" + e.name, rel)
-            if done is not None:
-                entries.append(done)
+                dfd = _open_dir(path, parent_fd)
+                scan = sorted(((os.fsencode(d.name), d) for d in os.scandir(dfd)), key=lambda nd: nd[0])
+            except OSError as e:
+                self.tally.errors.append(f"unable to list '{shown(path)}': {e.strerror}")
+                scan = []
+            for name, d in scan:
+                self._check_cancel()
+                child = path + b"/" + name if path != b"/" else b"/" + name
+                crel = rel + b"/" + name if rel else name
+                try:
+                    st = d.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the listing
+                except OSError as e:  # never left out without a word
+                    self.tally.errors.append(f"unable to read '{shown(child)}': {e.strerror}")
+                    if name in base:
+                        seen.add(name)  # not deleted: unreadable now, not gone (its base entry stays)
+                        entries.append(base[name])
+                    continue
+                kind = kind_of(st.st_mode)
+                if kind is None or self.excluder.excluded(crel, kind == "dir"):
+                    continue
+                seen.add(name)
+                old = base.get(name)
+                e = entry_from_stat(name, st, kind)
+                if kind == "dir":
+                    self._flush_group()  # this directory's files are read while the walk goes down
+                    self._child_dir(e, dfd, child, crel, old, plan, under_rescan, st)
+                    entries.append(e)
+                elif kind == "file":
+                    pending.append(self._file(e, dfd, child, crel, old))
+                else:
+                    self._special(e, dfd, child, crel, old)
+                    entries.append(e)
+            self._flush_group()
+            for e, fut, old in pending:
+                done = self._finish_file(e, fut, old, dfd, path + b"/" + e.name, rel)
+                if done is not None:
+                    entries.append(done)
+        finally:
+            if dfd >= 0:
+                self._group, self._group_bytes = [], 0  # empty unless the walk stopped here
+                _settle(pending)
+                os.close(dfd)
         for name, old in base.items():
             if name not in seen:
                 self._count_deleted(rel + b"/" + name if rel else name, old)
@@ -397,10 +430,10 @@ class Walker:
         self.progress()
         return self.writer.put_data(TYPE_TREE, encode_tree(entries))
 
-    def _child_dir(self, e: Entry, child: bytes, crel: bytes, old: Entry | None, plan: Plan,
+    def _child_dir(self, e: Entry, dfd: int, child: bytes, crel: bytes, old: Entry | None, plan: Plan,
                    under_rescan: bool, st: os.stat_result) -> None:
         e.xattrs = old.xattrs if old is not None and old.kind == "dir" and old.ctime_ns == e.ctime_ns \
-            else read_xattrs(child)
+            else read_xattrs_at(dfd, e.name, child)
         if old is None or old.kind != "dir":
             self.tally.note("added", os.fsdecode(crel) + "/")
             if old is not None:
@@ -414,9 +447,9 @@ class Walker:
                 and self._carried(old_tree, crel):
             e.subtree = old_tree
         else:
-            e.subtree = self._dir(child, crel, old_tree, plan, under_rescan)
+            e.subtree = self._dir(child, crel, old_tree, plan, under_rescan, dfd)
 
-    def _file(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> PendingFile:
+    def _file(self, e: Entry, dfd: int, child: bytes, crel: bytes, old: Entry | None) -> PendingFile:
         self.tally.files += 1
         self.tally.files_walked += 1
         self.tally.bytes_total += e.size
@@ -431,12 +464,12 @@ class Walker:
         base_chunks = old.chunks if self.delta and old is not None and old.kind == "file" else None
         if not e.hardlink and base_chunks is None and e.size <= GROUP_FILE_MAX:
             slot = _InGroup(len(self._group))
-            self._group.append((child, slot))
+            self._group.append((dfd, child, slot))
             self._group_bytes += e.size
             if len(self._group) >= GROUP_FILES or self._group_bytes >= GROUP_BYTES:
                 self._flush_group()
             return e, slot, old
-        fut = self.pool.submit(self._read_file, child, base_chunks)
+        fut = self.pool.submit(self._read_file, dfd, child, base_chunks)
         if e.hardlink:
             self._links[e.hardlink] = fut
         return e, fut, old
@@ -447,12 +480,12 @@ class Walker:
         if not self._group:
             return
         group, self._group, self._group_bytes = self._group, [], 0
-        fut = self.pool.submit(self._read_group, [child for child, _ in group])
-        for _, slot in group:
+        fut = self.pool.submit(self._read_group, [(dfd, child) for dfd, child, _ in group])
+        for _, _, slot in group:
             slot.future = fut
 
-    def _read_group(self, children: list[bytes]) -> list[FileRead]:
-        return [self._read_file(child) for child in children]
+    def _read_group(self, children: list[tuple[int, bytes]]) -> list[FileRead]:
+        return [self._read_file(dfd, child) for dfd, child in children]
 
     def _racy(self, old: Entry) -> bool:
         """True when the base recorded a file modified within a second of the base set's start:
@@ -464,16 +497,18 @@ class Walker:
         """True when strict timestamps demand a read: modified in the set's start second or later."""
         return self.strict_since_ns is not None and e.mtime_ns >= self.strict_since_ns
 
-    def _read_file(self, child: bytes, base_chunks: list[bytes] | None = None) -> FileRead:
+    def _read_file(self, dfd: int, child: bytes, base_chunks: list[bytes] | None = None) -> FileRead:
+        """Read file `child` (its name in directory `dfd`): its content, and its xattrs from the
+        very file read."""
         try:
-            res = self.reader.read(child, base_chunks)
+            res = self.reader.read(child.rpartition(b"/")[2], base_chunks, dir_fd=dfd, xattrs=True)
         except AbortedError:
             raise
         except OSError as e:
             return None, {}, e.strerror or str(e)
-        return res, read_xattrs(child), ""
+        return res, res.xattrs or {}, ""
 
-    def _finish_file(self, e: Entry, fut: Future | _InGroup | None, old: Entry | None, child: bytes,
+    def _finish_file(self, e: Entry, fut: Future | _InGroup | None, old: Entry | None, dfd: int, child: bytes,
                      rel: bytes) -> Entry | None:
         """The entry of a file whose read (if any) finished. A file that could not be read is
         never stored as something it never was: one that vanished meanwhile is left out (and
@@ -486,7 +521,7 @@ class Walker:
         if res is None:
             self.tally.files -= 1
             self.tally.bytes_total -= e.size
-            if not os.path.lexists(child):
+            if not _lexists_at(dfd, e.name):
                 self.tally.notes.append(f"'{shown(child)}' vanished while it was read: left out")
                 if old is not None:
                     self.tally.note("deleted", crel)
@@ -509,16 +544,16 @@ class Walker:
         self.progress()
         return fresh
 
-    def _special(self, e: Entry, child: bytes, crel: bytes, old: Entry | None) -> None:
+    def _special(self, e: Entry, dfd: int, child: bytes, crel: bytes, old: Entry | None) -> None:
         if e.kind == "symlink":
             try:
-                e.target = os.readlink(child)
+                e.target = os.readlink(e.name, dir_fd=dfd)
             except OSError:
                 e.target = b""
         if old is not None and old.kind == e.kind and old.same_meta(e):
             e.xattrs = old.xattrs
         else:
-            e.xattrs = read_xattrs(child)
+            e.xattrs = read_xattrs_at(dfd, e.name, child)
         name = os.fsdecode(crel)
         if old is None or old.kind != e.kind:
             self.tally.note("added", name)
@@ -532,6 +567,16 @@ class Walker:
                 self._count_deleted(rel + b"/" + sub.name, sub)
         else:
             self.tally.note("deleted", os.fsdecode(rel))
+
+
+def _lexists_at(dfd: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def now() -> float:

@@ -42,6 +42,7 @@ class ReadResult:
     st: os.stat_result
     bytes_read: int
     fuzzy: bool
+    xattrs: dict[bytes, bytes] | None = None  # read from the very file, when asked
 
 
 def _chunker(params: ChunkerParams) -> Chunker:
@@ -51,11 +52,28 @@ def _chunker(params: ChunkerParams) -> Chunker:
     return c
 
 
-def _open(path: bytes) -> int:
+def _open(path: bytes, dir_fd: int | None) -> int:
     try:
-        return os.open(path, _OPEN_FLAGS | os.O_NOATIME)
+        return os.open(path, _OPEN_FLAGS | os.O_NOATIME, dir_fd=dir_fd)
     except PermissionError:
-        return os.open(path, _OPEN_FLAGS)
+        return os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
+
+
+def read_xattrs(target: bytes | int) -> dict[bytes, bytes]:
+    """The extended attributes of the entry at path `target` (not following a link there), or
+    of the file open as descriptor `target`; {} when they cannot be read."""
+    by_fd = isinstance(target, int)
+    try:
+        names = os.listxattr(target) if by_fd else os.listxattr(target, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in names:
+        try:
+            out[os.fsencode(n)] = os.getxattr(target, n) if by_fd else os.getxattr(target, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -77,12 +95,15 @@ class FileReader:
         self.fixed_size = fixed_size
         self.delta_base = delta_base
 
-    def read(self, path: bytes, base_chunks: list[bytes] | None = None) -> ReadResult:
-        """Read `path`; raises OSError if it cannot be opened (vanished, denied).
+    def read(self, path: bytes, base_chunks: list[bytes] | None = None, *, dir_fd: int | None = None,
+             xattrs: bool = False) -> ReadResult:
+        """Read `path` (relative to directory `dir_fd` when given; never through a link at its
+        end); raises OSError if it cannot be opened (vanished, denied). With `xattrs` the
+        result holds the file's extended attributes, read from the same open file.
 
         With fixed-size chunking and `base_chunks` (the same file's chunks in the base set), a
         new chunk is delta-compressed against the base chunk at the same position."""
-        fd = _open(path)
+        fd = _open(path, dir_fd)
         try:
             total = 0
             for attempt in range(self.retries + 1):
@@ -93,11 +114,11 @@ class FileReader:
                 total += n
                 after = os.fstat(fd)
                 if _stamp(after) == _stamp(st):
-                    return ReadResult(chunks, st, total, fuzzy=False)
+                    return ReadResult(chunks, st, total, fuzzy=False, xattrs=read_xattrs(fd) if xattrs else None)
                 if attempt == self.retries or max(st.st_size, after.st_size) > self.reread_max:
                     break
                 os.lseek(fd, 0, os.SEEK_SET)
-            return ReadResult(chunks, after, total, fuzzy=True)
+            return ReadResult(chunks, after, total, fuzzy=True, xattrs=read_xattrs(fd) if xattrs else None)
         finally:
             os.close(fd)
 

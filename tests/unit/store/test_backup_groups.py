@@ -49,10 +49,10 @@ def test_a_file_that_fails_in_a_group_fails_alone(repo, src, rng, monkeypatch):
         write_random(src / f"f{i}", 1000 + i, rng)
     real = backupmod.FileReader.read
 
-    def read(self, path: bytes, base_chunks=None):
-        if path.endswith(b"/f4"):
+    def read(self, path: bytes, base_chunks=None, **how):
+        if path == b"f4":  # a name in its directory's descriptor (how["dir_fd"])
             raise PermissionError(13, "Permission denied")
-        return real(self, path, base_chunks)
+        return real(self, path, base_chunks, **how)
 
     monkeypatch.setattr(backupmod.FileReader, "read", read)
     counts = _count_tasks(monkeypatch)
