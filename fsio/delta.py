@@ -14,11 +14,14 @@ temporary name and renamed into place once complete, zeros of a file the set hol
 stay holes, then lengths and metadata are set, extras removed, and directory metadata
 applied deepest first.
 
-What always holds: nothing outside the target is touched — every change goes through a
-descriptor of the entry's parent reached without following links at the moment of use
-(fsio/beneath.py), files are opened with O_NOFOLLOW; a file whose inode is shared with another
-path (several hard links that the set does not link there) is replaced, not written in place,
-so no other path changes; a file made anew never appears at its place empty or partial, and
+What always holds: nothing outside the target is touched or read — every change goes through
+a descriptor of the entry's parent reached without following links at the moment of use
+(fsio/beneath.py), every read of the plan (stat, listing, xattrs, link target, content)
+through a descriptor of its parent reached the same way (`_Target` keeps the last ones), never
+a path from the root: a link swapped into the target redirects neither, and the tree may be
+nested deeper than PATH_MAX; files are opened with O_NOFOLLOW; a file whose inode is shared
+with another path (several hard links that the set does not link there) is replaced, not
+written in place, so no other path changes; a file made anew never appears at its place empty or partial, and
 its temporary name never takes over an entry already there, and a delta that stops anywhere
 (an error, a cancellation, KeyboardInterrupt) removes every temporary file it made. One that is
 killed (SIGKILL, a crash, the power) cannot: the next delta into the target finds what it left
@@ -43,7 +46,9 @@ import fcntl
 import os
 import shutil
 import stat
+import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +56,7 @@ from dataclasses import dataclass, field
 import blake3
 from cairn.errors import AbortedError, BusyError, CairnError, InvalidArgumentError
 
-from .beneath import Beneath
+from .beneath import XATTR_LIST_MAX, Beneath, listxattr_at
 from .names import shown
 from .records import EntryMeta
 from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_meta_at
@@ -120,48 +125,124 @@ class DeltaPlan:
         return out
 
 
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # names listed by fd are str
+DIR_CACHE = 64  # descriptors of directories the plan keeps (the manifest lists a directory's entries together)
+
+
 class _Target:
-    """Paths below a root, and the rule that parents must be real directories of it."""
+    """The target as the plan reads it: each entry through a descriptor of its parent directory
+    reached without following a link (fsio/beneath.py), never by a path from the root, so the
+    tree may be nested deeper than PATH_MAX and a link swapped in redirects no read. The
+    descriptors of the directories last used are kept (DIR_CACHE, O_PATH), so an entry costs
+    the system calls its path did: one for its stat, one for its xattr names (listxattrat, or
+    through /proc/self/fd on kernels without it; their values, where it has some, through
+    /proc/self/fd). The plan writes nothing, so a directory found missing (or not a real
+    directory) stays so while it runs."""
 
     def __init__(self, root: bytes, owner: bool) -> None:
         self.root = root
         self.owner = owner
-        self.safe: set[bytes] = {b""}
+        try:
+            self.beneath: Beneath | None = Beneath(root)
+        except OSError:
+            self.beneath = None  # no target (yet): everything is missing
+        self._dirs: OrderedDict[bytes, int] = OrderedDict()  # rel -> O_PATH descriptor, least recent first
+        self._gone: set[bytes] = set()
+        self._names = ctypes.create_string_buffer(XATTR_LIST_MAX)  # xattr names (the plan's thread only)
 
-    def abs(self, rel: bytes) -> bytes:
-        return self.root + b"/" + rel
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+        if self.beneath is not None:
+            self.beneath.close()
 
-    def parent_real(self, rel: bytes) -> bool:
-        """True when every parent of `rel` is a real directory (not a link) of the target."""
-        parent = rel.rpartition(b"/")[0]
-        if parent in self.safe:
-            return True
-        cur = b""
-        for part in parent.split(b"/"):
-            cur = cur + b"/" + part if cur else part
-            if cur in self.safe:
-                continue
-            try:
-                if not stat.S_ISDIR(os.lstat(self.abs(cur)).st_mode):
-                    return False
-            except FileNotFoundError:
-                return False
-            self.safe.add(cur)
-        return True
+    def dir_fd(self, rel: bytes) -> int | None:
+        """A descriptor of directory `rel` (b"": the target), kept by the cache: used at once,
+        before the next call (which may close it). None when `rel` is not a real directory of
+        the target (missing, a link, a file, below one of those)."""
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            self._dirs.move_to_end(rel)
+            return fd
+        if self.beneath is None:
+            return None
+        if not rel:
+            return self.beneath.fd
+        if rel in self._gone:
+            return None
+        head, _, name = rel.rpartition(b"/")
+        pfd = self._dirs.get(head) if head else self.beneath.fd
+        try:  # one component below a kept parent, else the whole path below the target
+            fd = os.open(name, _DIR_PATH, dir_fd=pfd) if pfd is not None else self.beneath.open_dir(rel)
+        except (OSError, InvalidArgumentError):
+            self._gone.add(rel)
+            return None
+        self._dirs[rel] = fd
+        if len(self._dirs) > DIR_CACHE:
+            os.close(self._dirs.popitem(last=False)[1])
+        return fd
 
     def lstat_root(self) -> os.stat_result | None:
+        return os.fstat(self.beneath.fd) if self.beneath is not None else None
+
+    def lstat(self, rel: bytes) -> os.stat_result | None:
+        head, _, name = rel.rpartition(b"/")
+        pfd = self.dir_fd(head)
+        if pfd is None:
+            return None
         try:
-            return os.stat(self.root)
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def xattrs(self, rel: bytes) -> dict[bytes, bytes]:
+        """The extended attributes of entry `rel` (b"": the target itself), not through a link."""
+        if not rel:
+            return _xattrs(b"/proc/self/fd/%d" % self.beneath.fd) if self.beneath is not None else {}
+        head, _, name = rel.rpartition(b"/")
+        pfd = self.dir_fd(head)
+        if pfd is None:
+            return {}
+        try:  # most entries have none: one call says so (the values are read when there are some)
+            if listxattr_at(pfd, name, self._names) == []:
+                return {}
+        except OSError:
+            return {}
+        return _xattrs(b"/proc/self/fd/%d/%s" % (pfd, name), follow=False)
+
+    def readlink(self, rel: bytes) -> bytes | None:
+        head, _, name = rel.rpartition(b"/")
+        pfd = self.dir_fd(head)
+        if pfd is None:
+            return None
+        try:
+            return os.readlink(name, dir_fd=pfd)
         except OSError:
             return None
 
-    def lstat(self, rel: bytes) -> os.stat_result | None:
-        if not self.parent_real(rel):
-            return None
+    def open_dir(self, rel: bytes) -> int:
+        """A new descriptor of directory `rel` for listing it (the caller closes it); OSError
+        when it is not a real directory of the target."""
+        if not rel:
+            if self.beneath is None:
+                raise FileNotFoundError(2, "no target")
+            return os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.beneath.fd)
+        head, _, name = rel.rpartition(b"/")
+        pfd = self.dir_fd(head)
+        if pfd is None:
+            raise FileNotFoundError(2, "not a directory of the target")
+        return os.open(name, _DIR_READ, dir_fd=pfd)
+
+    def listdir(self, rel: bytes) -> list[bytes]:
+        fd = self.open_dir(rel)
         try:
-            return os.lstat(self.abs(rel))
-        except FileNotFoundError:
-            return None
+            return [n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)]
+        finally:
+            os.close(fd)
 
 
 def _kind(st: os.stat_result) -> str:
@@ -183,7 +264,7 @@ def _xattrs(target: int | bytes, follow: bool = True) -> dict[bytes, bytes]:
         return {}
 
 
-def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, path: bytes, times: bool = True) -> bool:
+def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, t: _Target, rel: bytes, times: bool = True) -> bool:
     if m.kind != "symlink" and stat.S_IMODE(st.st_mode) != stat.S_IMODE(m.mode):
         return False
     if times and st.st_mtime_ns != m.mtime_ns:
@@ -192,7 +273,7 @@ def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, path: bytes, times
         return False
     if m.kind == "symlink":
         return True
-    have = _xattrs(path, follow=False)
+    have = t.xattrs(rel)
     want = dict(m.xattrs)
     if not owner:  # only user.* can be set without privileges; compare what a restore can set
         have = {k: v for k, v in have.items() if k.startswith(b"user.")}
@@ -217,12 +298,15 @@ def chunk_id(data: bytes | memoryview, id_key: bytes | None = None) -> bytes:
     return blake3.blake3(data, key=id_key).digest() if id_key else blake3.blake3(data).digest()
 
 
-def _hash_file(path: bytes, m: EntryMeta, id_key: bytes | None = None) -> tuple[list[int], int] | None:
-    """(indexes of the chunks whose content differs, current length); None if unreadable.
-    `id_key`: the repository's chunk id key (an encrypted repository's ids are keyed blake3)."""
+def _hash_file(t: _Target, m: EntryMeta, id_key: bytes | None = None) -> tuple[list[int], int] | None:
+    """(indexes of the chunks whose content differs, current length) of file `m` of the target;
+    None if unreadable (or reached only through a link). `id_key`: the repository's chunk id key
+    (an encrypted repository's ids are keyed blake3)."""
+    if t.beneath is None:
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        fd = t.beneath.open_file(m.path, _FILE_READ)  # safe from any thread: it keeps nothing
+    except (OSError, InvalidArgumentError):
         return None
     try:
         length = os.fstat(fd).st_size
@@ -259,11 +343,20 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
     With `delete` False (a delta that keeps extras), a directory of the target that holds
     entries where the set has something else (a file, a link) is not replaced: that would
     remove what it holds. It is an error of the plan instead, and its contents are extras."""
-    root = os.path.abspath(os.fsencode(target))
     own = os.geteuid() == 0 if owner is None else owner
-    t = _Target(root, own)
+    t = _Target(os.path.abspath(os.fsencode(target)), own)
+    try:
+        return _compare(t, list(manifest), extras_under=extras_under, workers=workers, quick=quick,
+                        cancelled=cancelled, delete=delete, id_key=id_key)
+    finally:
+        t.close()  # after the hashing pool ended: its reads are all done
+
+
+def _compare(t: _Target, entries: list[EntryMeta], *, extras_under: list[bytes] | None, workers: int, quick: bool,
+             cancelled: Callable[[], bool] | None, delete: bool | None, id_key: bytes | None) -> DeltaPlan:
+    """plan() of the target `t` reads."""
+    own = t.owner
     out = DeltaPlan()
-    entries = list(manifest)
     known = {m.path for m in entries}
     hashing: list[tuple[EntryMeta, os.stat_result]] = []
     blocked: set[bytes] = set()  # paths left as they are (a directory in the way, without delete)
@@ -275,7 +368,7 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
         if m.path == b"" and m.kind == "dir":  # the set's root: the target itself (metadata only)
             out.dirs.append(m)
             st = t.lstat_root()
-            if st is not None and not _meta_same(st, m, own, os.path.realpath(root)):
+            if st is not None and not _meta_same(st, m, own, t, b""):
                 out.dir_meta.append(b"")
             continue
         try:
@@ -296,7 +389,7 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             out.dirs.append(m)
             if st is None or not stat.S_ISDIR(st.st_mode):
                 out.remake.append(m)
-            elif not _meta_same(st, m, own, t.abs(m.path)):
+            elif not _meta_same(st, m, own, t, m.path):
                 out.dir_meta.append(m.path)
             continue
         if m.kind == "file":
@@ -305,7 +398,7 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink > links.get(m.path, 1):
                 out.files.append(FilePlan(m, fresh=True, writes=_all_chunks(m), resize=True, fix_meta=True))
             elif quick and st.st_size == m.size and st.st_mtime_ns == m.mtime_ns:
-                if not _meta_same(st, m, own, t.abs(m.path)):
+                if not _meta_same(st, m, own, t, m.path):
                     out.files.append(FilePlan(m, fresh=False, fix_meta=True))
             else:
                 hashing.append((m, st))
@@ -316,13 +409,13 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             continue
         if m.kind == "socket":
             continue
-        if st is None or _kind(st) != m.kind or (m.kind == "symlink" and os.readlink(t.abs(m.path)) != m.target) \
+        if st is None or _kind(st) != m.kind or (m.kind == "symlink" and t.readlink(m.path) != m.target) \
                 or (m.kind in ("chardev", "blockdev") and st.st_rdev != m.rdev):
             out.remake.append(m)
-        elif not _meta_same(st, m, own, t.abs(m.path)):
+        elif not _meta_same(st, m, own, t, m.path):
             out.fix_meta.append(m)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="delta-hash") as pool:
-        results = pool.map(lambda ms: _hash_file(t.abs(ms[0].path), ms[0], id_key), hashing)
+        results = pool.map(lambda ms: _hash_file(t, ms[0], id_key), hashing)
         for (m, st), res in zip(hashing, results, strict=True):
             if cancelled is not None and cancelled():
                 pool.shutdown(wait=False, cancel_futures=True)  # files being read finish, no others start
@@ -334,8 +427,7 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
             offsets = _offsets(m)
             fp = FilePlan(m, fresh=False, writes=[(i, offsets[i]) for i in bad], resize=length != m.size,
                           old_size=length)
-            fp.fix_meta = bool(fp.writes) or fp.resize or not _meta_same(
-                st, m, own, t.abs(m.path))
+            fp.fix_meta = bool(fp.writes) or fp.resize or not _meta_same(st, m, own, t, m.path)
             if fp.writes or fp.resize or fp.fix_meta:
                 out.files.append(fp)
     # hardlinks whose first path is being remade are remade too (the inode changes)
@@ -364,7 +456,7 @@ def _holds_entries(t: _Target, rel: bytes, st: os.stat_result | None) -> bool:
     if st is None or not stat.S_ISDIR(st.st_mode):
         return False
     try:
-        return bool(os.listdir(t.abs(rel)))
+        return bool(t.listdir(rel))
     except OSError:
         return True  # unreadable: what it holds cannot be known, so it is not removed
 
@@ -401,17 +493,27 @@ def _extras(t: _Target, known: set[bytes], under: list[bytes]) -> list[bytes]:
         while todo:
             rel = todo.pop()
             try:
-                names = sorted(os.listdir(t.abs(rel) if rel else t.root))
+                dfd = t.open_dir(rel)
             except OSError:
                 continue
-            for name in names:
-                child = rel + b"/" + name if rel else name
-                if child not in known:
-                    out.append(child)
-                else:
-                    st = os.lstat(t.abs(child))
+            try:
+                try:
+                    names = sorted(n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(dfd))  # os.fsencode's
+                except OSError:
+                    continue
+                for name in names:
+                    child = rel + b"/" + name if rel else name
+                    if child not in known:
+                        out.append(child)
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone since the listing
                     if stat.S_ISDIR(st.st_mode):
                         todo.append(child)
+            finally:
+                os.close(dfd)
     return out
 
 
@@ -451,7 +553,6 @@ class DeltaWriter:
         self.plan = p
         self.delete = delete
         self.owner = os.geteuid() == 0 if owner is None else owner
-        self.t = _Target(self.root, self.owner)
         self.beneath = Beneath(self.root)
         self.stats = DeltaStats()
         self._bad: set[bytes] = set()

@@ -4,12 +4,14 @@ writing as many bytes as were damaged, not the size of the tree."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from cairnd_harness import Daemon, snapshot
@@ -465,3 +467,136 @@ def test_a_daemon_delta_of_an_intact_tree_changes_nothing_not_even_the_targets_t
     chosen = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "docs", timeout=120))
     assert chosen["written_by"] == "daemon" and chosen["metadata_fixed"] == 0, chosen
     assert os.lstat(target).st_mtime_ns == 2_000_000_000
+
+
+# ---- a tree nested deeper than PATH_MAX (4096 bytes) ----
+
+DEEP = [f"{i:02d}" + "n" * 198 for i in range(25)]  # 25 directories of 200-byte names: ~5 KB of path
+
+
+@contextlib.contextmanager
+def down(root: str, parts: list[str]) -> Iterator[int]:
+    """A descriptor of directory root/parts..., reached one name at a time (the path is too long
+    for a system call), never through a link."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def put(dfd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode, dir_fd=dfd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def make_deep_tree(root: str, rng: random.Random) -> None:
+    os.makedirs(root)
+    put_top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        put(put_top, "top.txt", b"top\n")
+    finally:
+        os.close(put_top)
+    for depth in range(len(DEEP)):
+        with down(root, DEEP[:depth]) as fd:
+            os.mkdir(DEEP[depth], dir_fd=fd)
+    with down(root, DEEP[:23]) as fd:
+        put(fd, "mid.txt", rng.randbytes(3000))
+    with down(root, DEEP) as fd:
+        put(fd, "big.bin", rng.randbytes(CHUNKY))  # several chunks
+        put(fd, "rewritten.bin", rng.randbytes(40_000))
+        put(fd, "mode.txt", b"a mode to mend\n")
+        put(fd, "gone.txt", b"deleted in the target\n")
+        os.symlink("mode.txt", "link", dir_fd=fd)
+
+
+def deep_snapshot(root: str) -> dict[str, tuple]:
+    """snapshot() of a tree of any depth: every entry reached through its directory's descriptor."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames, dfd in os.fwalk(root):
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(name, dir_fd=dfd))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+            else:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+                with os.fdopen(fd, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                out[rel] = ("file", mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, digest)
+    return out
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_a_tree_deeper_than_path_max_is_backed_up_restored_verified_and_mended(
+        start_daemon: Callable[..., Daemon], rundir: str, who: str, capsys: pytest.CaptureFixture) -> None:
+    """Every file of the tree lies more than 4096 bytes below the target: the backup stores it,
+    a plain restore writes it, and --delta (the daemon's, or the client's with --stream) and
+    --verify read and mend it through descriptors of its directories, as any shallow tree."""
+    from cairn.client import cli, restoring
+    from cairn.client.connection import Connection, resolve_endpoint
+
+    src = os.path.join(rundir, "src")
+    make_deep_tree(src, random.Random(25))
+    deep = os.path.join(*DEEP)
+    assert len(os.path.join(src, deep, "rewritten.bin")) > 5000
+    want = deep_snapshot(src)
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    s = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))
+    assert not s.get("extra", {}).get("errors"), s["extra"]["errors"]
+    assert s["stats"]["files"] == 6 and s["stats"]["dirs"] == 26, s["stats"]
+
+    target = os.path.join(rundir, "restored")
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", target, *WHO[who], timeout=120))
+    assert r["errors"] == [] and r["files"] == 6, r
+    assert deep_snapshot(target) == want
+    out = d.ok("restore", s["id"], "--target", target, "--delta", "--verify", *WHO[who], timeout=120)
+    assert "wrote 0 B" in out and "verified" in out, out
+
+    spans = chunk_spans(d, s["id"], f"{deep}/big.bin")
+    assert len(spans) > 1
+    with down(target, DEEP) as fd:
+        big = os.open("big.bin", os.O_WRONLY | os.O_NOFOLLOW, dir_fd=fd)
+        os.ftruncate(big, spans[-1][0] + 7)  # the last chunk cut short
+        os.close(big)
+        put(fd, "rewritten.bin", random.Random(1).randbytes(40_000))
+        os.chmod("mode.txt", 0o600, dir_fd=fd)
+        os.unlink("gone.txt", dir_fd=fd)
+        put(fd, "extra.txt", b"not in the set\n")
+    owed = spans[-1][1] + 40_000 + len(b"deleted in the target\n")
+
+    # --verify of the damaged tree names the damaged deep files (and nothing is written)
+    args = cli.build_parser().parse_args(["restore", s["id"], "--target", target, "--verify"])
+    capsys.readouterr()
+    with Connection(resolve_endpoint(socket=d.socket)) as conn:
+        assert restoring.verify_target(conn, args, lambda *_: None, cli.render, cli.to_record) == 1
+    err = capsys.readouterr().err
+    for name in ("big.bin", "rewritten.bin", "mode.txt", "gone.txt"):
+        assert f"{deep}/{name}" in err, (name, err[-2000:])
+
+    dry = json.loads(d.ok("--json", "restore", s["id"], "--target", target, "--delta", "--delete", "--dry-run",
+                          *WHO[who], timeout=120))
+    assert dry["bytes_to_write"] == owed and dry["extras"] == [f"{deep}/extra.txt"], dry
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", target, "--delta", *WHO[who], timeout=120))
+    assert r["errors"] == [] and r["written_by"] == who and r["bytes_written"] == owed, r
+    # mode.txt, and the deepest directory (its time changed as entries went and came)
+    assert r["files_written"] == 3 and r["metadata_fixed"] == 2 and r["extras_kept"] == 1, r
+    got = deep_snapshot(target)
+    assert got.pop(f"{deep}/extra.txt")[0] == "file"
+    assert got == want
+    r = json.loads(d.ok("--json", "restore", s["id"], "--target", target, "--delta", "--delete", *WHO[who],
+                        timeout=120))
+    assert r["errors"] == [] and r["deleted"] == 1 and r["bytes_written"] == 0, r
+    assert deep_snapshot(target) == want
+    out = d.ok("restore", s["id"], "--target", target, "--delta", "--verify", *WHO[who], timeout=120)
+    assert "wrote 0 B" in out and "verified" in out, out
