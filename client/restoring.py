@@ -170,13 +170,16 @@ def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     """--delta (and --delta --dry-run). Returns (exit code, set id). With `guard` (cmd_restore's:
     it holds the target's lock by now) a signal stops the writing at the next chunk or file,
     every temporary file is removed, and Interrupted is raised."""
-    from cairn.fsio.delta import mend, plan
+    from cairn.fsio.delta import count_sparse_writes, mend, plan
 
     set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
     set_id = set_info.id if set_info is not None else ""
     if args.dry_run:
         p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick, delete=args.delete,
                  id_key=id_key)
+        # a sparse file's zeros stay holes: what the delta would write of it is counted from its
+        # chunks' content (those of zeros known by their ids), not their sizes
+        count_sparse_writes(p, lambda ids: chunk_stream(conn, args, ids, received_ahead, guard), id_key)
         return _report_dry_run(p, args, out, render, set_id, problems + p.errors), set_id
     with guard.writing() if guard is not None else contextlib.nullcontext():
         p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead, guard),

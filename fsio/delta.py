@@ -7,7 +7,8 @@ of the wrong kind, file chunks whose content (blake3 of the bytes at the chunk's
 with `id_key` in an encrypted repository) is not the chunk's id, lengths, metadata (mode,
 times, owner when root, xattrs, link targets, device numbers) and, when asked, extra entries
 the set does not hold. Nothing is written while planning, so the same plan serves --dry-run
-and --verify. `DeltaWriter` then mends the tree: wrong entries are removed and made again,
+and --verify (a dry run then counts what a delta writes of sparse files from their chunks'
+content, `count_sparse_writes`). `DeltaWriter` then mends the tree: wrong entries are removed and made again,
 existing files are opened in place (never through a link) and only the chunks that differ
 are written (the caller fetches their content), a file made anew is written under a new
 temporary name and renamed into place once complete, zeros of a file the set holds sparse
@@ -77,9 +78,12 @@ class FilePlan:
     resize: bool = False
     fix_meta: bool = False
     old_size: int = 0  # the file's length in the target before the delta (0: made anew)
+    counted: int | None = None  # what a delta writes, when counted (a sparse file's holes: count_sparse_writes)
 
     @property
     def write_bytes(self) -> int:
+        if self.counted is not None:
+            return self.counted
         return sum(self.meta.chunk_sizes[i] for i, _ in self.writes)
 
 
@@ -848,23 +852,66 @@ def _punch(fd: int, off: int, length: int) -> bool:
                            ctypes.c_int64(length)) == 0
 
 
+def _blocks(data: bytes) -> Iterator[tuple[int, memoryview, bool]]:
+    """(offset, block, all zeros) of each _HOLE_BLOCK of chunk content `data`, from its start."""
+    view = memoryview(data)
+    for i in range(0, len(data), _HOLE_BLOCK):
+        block = view[i:i + _HOLE_BLOCK]
+        yield i, block, block.tobytes().count(0) == len(block)
+
+
 def _write_holes(fd: int, data: bytes, off: int, old_size: int) -> int:
     """Write `data` at `off` into a file the set holds sparse, keeping zeros as holes: an
     all-zero block beyond the file's old end is skipped (a hole once the length is set), one
     before it is punched (written as zeros where the file system cannot). Returns the bytes
-    written."""
+    written: those of its blocks that are not all zeros (`sparse_write_bytes`), and of the
+    blocks of zeros that could not be punched."""
     written = 0
-    view = memoryview(data)
-    for i in range(0, len(data), _HOLE_BLOCK):
-        block = view[i:i + _HOLE_BLOCK]
+    for i, block, zero in _blocks(data):
         at = off + i
-        if block.tobytes().count(0) != len(block):
-            _write_all(fd, block, at)
-            written += len(block)
-        elif at < old_size and not _punch(fd, at, len(block)):
+        if not zero or (at < old_size and not _punch(fd, at, len(block))):
             _write_all(fd, block, at)
             written += len(block)
     return written
+
+
+def sparse_write_bytes(data: bytes) -> int:
+    """The bytes a delta writes of chunk content `data` of a file the set holds sparse, where
+    holes can be punched (_write_holes): its blocks that are not all zeros."""
+    return sum(len(block) for _, block, zero in _blocks(data) if not zero)
+
+
+def count_sparse_writes(p: DeltaPlan, chunks: ChunkSource, id_key: bytes | None = None) -> None:
+    """Count what a delta would write of each file of plan `p` that the set holds sparse (its
+    zeros are left holes, not written: _write_holes), so that `p.write_bytes` is what the delta
+    writes, for a dry run. A chunk of zeros is known by its id (`id_key`: an encrypted
+    repository's), costing nothing; the others are fetched with `chunks` (as mend() takes
+    them) and their blocks of zeros left out. A chunk that cannot be fetched counts whole.
+    Where the file system cannot punch holes, a delta writes the zeros that replace data
+    inside a file's old length, which this does not count."""
+    files = [f for f in p.files if f.meta.sparse and f.writes]
+    zero_ids: dict[int, bytes] = {}
+    sizes: dict[bytes, int] = {}  # chunks to fetch -> their size
+    for f in files:
+        for i, _ in f.writes:
+            cid, size = f.meta.chunks[i], f.meta.chunk_sizes[i]
+            zero = zero_ids.get(size)
+            if zero is None:
+                zero = zero_ids[size] = chunk_id(bytes(size), id_key)
+            if cid != zero:
+                sizes[cid] = size
+    written: dict[bytes, int] = {}
+    if sizes:
+        source = chunks(list(sizes))
+        try:
+            for cid, data in source:
+                written[cid] = sizes[cid] if isinstance(data, CairnError) else sparse_write_bytes(data)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+    for f in files:
+        f.counted = sum(written.get(f.meta.chunks[i], sizes.get(f.meta.chunks[i], 0)) for i, _ in f.writes)
 
 
 def temp_name(rel: bytes) -> bytes:

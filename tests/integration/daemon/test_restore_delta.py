@@ -600,3 +600,53 @@ def test_a_tree_deeper_than_path_max_is_backed_up_restored_verified_and_mended(
     assert deep_snapshot(target) == want
     out = d.ok("restore", s["id"], "--target", target, "--delta", "--verify", *WHO[who], timeout=120)
     assert "wrote 0 B" in out and "verified" in out, out
+
+
+# ---- a sparse file: what --dry-run counts is what the delta writes ----
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_the_dry_run_of_a_sparse_file_counts_the_bytes_the_delta_writes(
+        start_daemon: Callable[..., Daemon], rundir: str, who: str) -> None:
+    """A 64 MiB file holding 1 MiB of data at two offsets, missing from the target and then
+    damaged in it: a delta leaves its zeros holes (written neither beyond the old end nor
+    inside it, where they are punched), and the dry run before it counts those holes out too,
+    not the chunks' sizes."""
+    src = os.path.join(rundir, "src")
+    os.makedirs(src)
+    rng = random.Random(64)
+    with open(os.path.join(src, "disk.img"), "wb") as f:
+        f.truncate(64 * MIB)
+        for at in (8 * MIB + 12345, 40 * MIB):
+            f.seek(at)
+            f.write(rng.randbytes(MIB))
+    with open(os.path.join(src, "small.txt"), "wb") as f:
+        f.write(b"not sparse\n")
+    assert os.stat(os.path.join(src, "disk.img")).st_blocks * 512 < 8 * MIB
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    set_id = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))["id"]
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target, timeout=120)
+    image = os.path.join(target, "disk.img")
+
+    def dry_then_real() -> int:
+        dry = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--dry-run", *WHO[who],
+                              timeout=120))
+        real = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", *WHO[who], timeout=120))
+        assert real["errors"] == [] and real["files_written"] == 1, real
+        assert dry["bytes_to_write"] == real["bytes_written"], (dry, real)
+        assert snapshot(target) == snapshot(src)
+        assert os.stat(image).st_blocks * 512 < 8 * MIB  # still sparse
+        return real["bytes_written"]
+
+    os.unlink(image)  # missing: made anew
+    written = dry_then_real()
+    assert 2 * MIB <= written < 4 * MIB, written  # the data (in 64 KiB blocks), not 64 MiB
+    with open(image, "r+b") as f:  # damaged: the second extent cut off, the first one changed
+        f.truncate(20 * MIB)
+        f.seek(8 * MIB + 12345 + 1000)
+        f.write(b"\xff" * 5000)
+    written = dry_then_real()
+    assert MIB <= written < 4 * MIB, written

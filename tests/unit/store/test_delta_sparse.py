@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import blake3
-from cairn.fsio.delta import mend
+from cairn.fsio.delta import count_sparse_writes, mend, plan
 from cairn.fsio.records import EntryMeta
 
 CHUNK = 1 << 20
@@ -77,3 +77,45 @@ def test_a_sparse_file_made_anew_keeps_the_zero_blocks_of_partly_zero_chunks_as_
     with open(path, "rb") as f:
         assert f.read() == content
     assert _allocated(path) < CHUNK + 4 * 64 * 1024 + 65536, _allocated(path)  # chunk 40: one 64 KiB block
+
+
+def test_the_dry_runs_count_is_what_the_delta_writes(tmp_path) -> None:
+    """count_sparse_writes (--delta --dry-run) counts the blocks a delta writes of a sparse file,
+    missing, cut short or damaged in a hole: chunks of zeros known by their ids are never
+    fetched, and the zero blocks of a chunk partly data are not counted (they stayed the size
+    of the chunks: 64 MiB for a missing file)."""
+    m, store, content = _image()
+    zero_id = blake3.blake3(bytes(CHUNK)).digest()
+    root = str(tmp_path / "t")
+    os.makedirs(root)
+    path = os.path.join(root, "disk.img")
+
+    def damages():
+        yield  # missing
+        with open(path, "wb") as f:
+            f.write(content[:CHUNK // 2])  # cut short in the first chunk
+        yield
+        with open(path, "r+b") as f:  # data where the set has zeros, and a changed byte of data
+            f.seek(20 * CHUNK)
+            f.write(os.urandom(3 * CHUNK))
+            f.seek(40 * CHUNK + 6000)
+            f.write(b"\xff")
+        yield
+
+    asked: list[bytes] = []
+
+    def fetch(ids: list[bytes]):
+        asked.extend(ids)
+        return ((c, store[c]) for c in ids)
+
+    for _ in damages():
+        p = plan(root, [m])
+        asked.clear()
+        count_sparse_writes(p, fetch)
+        assert asked and zero_id not in asked
+        dry = p.write_bytes
+        _, st = mend(root, [m], lambda ids: ((c, store[c]) for c in ids))
+        assert not st.errors and dry == st.bytes_written, (dry, st.bytes_written)
+        with open(path, "rb") as f:
+            assert f.read() == content
+    assert dry == 64 * 1024  # the last damage: one block of chunk 40 (chunks 20-22 punched)
