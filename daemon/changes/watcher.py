@@ -336,6 +336,25 @@ class _Group(InotifyWatchGroup):
                 dropped += [b"(deleted directory)"] * len(orphans)
         return dropped
 
+    def of_deleted_directory(self, event: InotifyEvent) -> bool:
+        """True when `event` (which has no path) is about a directory this group saw deleted:
+        watchdog detaches a directory's node when its parent reports the deletion and keeps the
+        watch until the kernel sends IN_IGNORED, which it does only once the last reference goes
+        (a process holding a file open inside, or its working directory there). Until then the
+        kernel reports that directory's own events (writes through the open file, its
+        IN_DELETE_SELF): they concern nothing in the tree, and the deletion itself was reported
+        through the parent. Placed by the same tree that places every other event."""
+        with self._lock:
+            node = self._nodes_by_wd.get(event.wd)
+            while node is not None and node is not self._root:
+                parent = node.parent
+                if parent is None:
+                    return False
+                if parent.children.get(node.name) is not node:
+                    return True  # detached by the deletion of this directory (or of one above)
+                node = parent
+            return False
+
     def watches_path(self, path: bytes) -> bool:
         """True when directory `path` has a watch of this group."""
         with self._lock:
@@ -719,6 +738,8 @@ class Watcher:
             self._barrier_event(event)
             return
         if path is None:
+            if group.of_deleted_directory(event):
+                return
             self.sink.rescan(info.source, None, f"an event the watcher could not place ({event!r})")
             return
         if event.mask & InotifyConstants.IN_UNMOUNT:

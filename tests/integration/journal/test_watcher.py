@@ -584,6 +584,32 @@ def test_a_directory_moved_out_or_deleted_but_held_open_stops_reporting_after_a_
         held.close()
 
 
+def test_writes_in_a_directory_deleted_while_held_open_do_not_make_the_source_walk(tracked):
+    """An application deletes a directory while it still holds a file open inside and goes on
+    writing it: the kernel keeps the watch and reports those writes, which no path of the source
+    holds any more. They concern nothing in the tree (the deletion was reported through the
+    parent), so the next set keeps the journal: it lists the deletion and nothing is walked
+    (they made every set walk the whole source while such a writer ran)."""
+    env, t = tracked
+    watches = t.status("app").watches
+    os.makedirs(env.p("sub", "held"))
+    with open(env.p("sub", "held", "log"), "ab") as held:
+        env.wait_until(lambda: t.status("app").watches == watches + 1, what="sub/held/ to be watched")
+        held.write(b"first\n")
+        held.flush()
+        _, token = t.prepare("app", "incremental", "F1", "full")
+        t.committed("app", "incremental", "I1", token)  # a set that holds sub/held/
+        shutil.rmtree(env.p("sub", "held"))  # gone, its inode pinned by the open file
+        for _ in range(3):
+            held.write(b"more\n")
+            held.flush()
+        write(env.p("a"), b"changed")
+        hint, _ = incremental(t, "I1")
+        assert hint is not None, _why(t)
+        assert hint.rescan == frozenset(), hint
+        assert {env.p("a"), env.p("sub"), env.p("sub", "held")} <= hint.paths, hint
+
+
 def test_aux_paths_outside_the_watched_paths_are_walked_by_every_set(env):
     """aux_paths are captured by every set (windows/capture.py) but not watched: an incremental
     walks a directory of them and re-checks a file, or their changes were never captured."""
