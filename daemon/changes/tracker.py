@@ -145,8 +145,11 @@ def _unescape(field: bytes) -> bytes:
     return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
-def mount_points(mountinfo: str = MOUNTINFO) -> list[str] | None:
-    """Every mount point this process sees (None when the mount table cannot be read)."""
+def mount_points(mountinfo: str = MOUNTINFO) -> list[tuple[str, str]] | None:
+    """Every mount this process sees, as (mount point, mount): the mount is its id and device
+    ("36 0:52"), so a file system mounted over another at the same point (a stack), or one
+    unmounted from such a stack, changes the table although the set of points stays the same
+    (None when the mount table cannot be read)."""
     try:
         with open(mountinfo, "rb") as f:
             lines = f.read().splitlines()
@@ -156,7 +159,7 @@ def mount_points(mountinfo: str = MOUNTINFO) -> list[str] | None:
     for line in lines:
         fields = line.split(b" ")
         if len(fields) > 4:
-            out.append(os.fsdecode(_unescape(fields[4])))
+            out.append((os.fsdecode(_unescape(fields[4])), f"{fields[0].decode()} {fields[2].decode()}"))
     return out
 
 
@@ -366,7 +369,8 @@ class ChangeTracker:
         self._watch_failed_at: dict[str, float] = {}     # source -> when its watch failed (until it works)
         self._watch_retry_at: dict[str, float] = {}      # source -> when to try watching it again (monotonic)
         self._excludes: dict[tuple[str, str], _Excludes] = {}       # (source, root) -> its excludes
-        self._mounts: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}  # (source, root) -> (real, mounts)
+        # (source, root) -> (real, {(mount point, mount)} below it)
+        self._mounts: dict[tuple[str, str], tuple[str, frozenset[tuple[str, str]]]] = {}
         self._links: dict[str, set[str]] = {}            # source -> files with several hard links
         self._links_full: dict[str, str] = {}            # source -> why its roots are walked instead
         self._links_held: dict[str, dict[str, tuple[int, ...] | None]] = {}  # source -> stat the last set saw
@@ -507,7 +511,7 @@ class ChangeTracker:
             with self._state_lock:
                 self._excludes[key] = excludes
                 if mounts is not None:
-                    self._mounts[key] = (real, frozenset(m for m in mounts if _under(m, real)))
+                    self._mounts[key] = (real, frozenset(m for m in mounts if _under(m[0], real)))
             try:
                 watcher.watch(src.name, root, excludes)
             except OSError as e:
@@ -565,19 +569,20 @@ class ChangeTracker:
                         return
                 self._check_mounts(src, mounts)
 
-    def _check_mounts(self, src: SourceLike, mounts: list[str]) -> None:
+    def _check_mounts(self, src: SourceLike, mounts: list[tuple[str, str]]) -> None:
         watcher = self._require_watcher()
         for root, real in watcher.roots(src.name):
             key = (src.name, root)
-            now = frozenset(m for m in mounts if _under(m, real))
+            now = frozenset(m for m in mounts if _under(m[0], real))
             with self._state_lock:
                 before_real, before = self._mounts.get(key, (real, now))
                 self._mounts[key] = (real, now)
                 excluded = self._excludes.get(key)
             if before_real != real or before == now:
                 continue
-            for m in sorted(before ^ now):
-                what = "mounted at" if m in now else "unmounted from"
+            added = {p for p, _ in now - before}
+            for m in sorted(added | {p for p, _ in before - now}):
+                what = "mounted at" if m in added else "unmounted from"
                 if m == real:
                     self._end_source(src.name)
                     self._begin_source(src, f"a file system was {what} source path '{root}'")
@@ -602,7 +607,7 @@ class ChangeTracker:
             if state is None:
                 continue
             real, mounts = state
-            for m in mounts:
+            for m in {p for p, _ in mounts}:
                 if m != real and os.path.isfile(m):
                     out.add(root.rstrip("/") + m[len(real.rstrip("/")):])
         return out

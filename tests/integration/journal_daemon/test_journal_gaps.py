@@ -152,6 +152,41 @@ def test_a_file_system_mounted_over_and_unmounted_from_a_subdirectory(jd):
     assert jd.status()["journal_state"] == "complete"
 
 
+def test_a_file_system_mounted_over_one_already_mounted_there_is_walked(jd):
+    """A second file system mounted on a directory that already is a mount point (a stack: a
+    remount script, a container runtime) leaves the set of mount points as it was, yet hides
+    the watched one: what is written on the new one raised no event and the incremental, trusting
+    the journal, held the old content. Unmounting the top one shows the old again, the same way."""
+    vol = os.path.join(jd.src, "vol")
+    os.makedirs(vol)
+    write(os.path.join(jd.src, "other"), b"x\n")
+    jd.start()
+    jd.backup("full")
+    mounted = 0
+    try:
+        mount_tmpfs(vol)
+        mounted += 1
+        write(os.path.join(vol, "lower"), b"on the first tmpfs\n")
+        s = jd.backup("incremental")
+        jd.restore_equals(s["id"], snapshot(jd.src), "after the first mount: ")
+        mount_tmpfs(vol)
+        mounted += 1
+        write(os.path.join(vol, "upper"), b"on the second tmpfs\n")
+        s = jd.backup("incremental")
+        jd.restore_equals(s["id"], snapshot(jd.src), "after the second mount: ")
+        write(os.path.join(vol, "upper2"), b"more\n")
+        s = jd.backup("incremental")
+        assert s["extra"]["changes"] == "journal", s  # the top one is watched now
+        jd.restore_equals(s["id"], snapshot(jd.src), "written on the second mount: ")
+        subprocess.run(["umount", vol], check=True)
+        mounted -= 1
+        s = jd.backup("incremental")
+        jd.restore_equals(s["id"], snapshot(jd.src), "after the top one was unmounted: ")
+    finally:
+        for _ in range(mounted):
+            subprocess.run(["umount", vol], check=True)
+
+
 def test_a_write_through_a_shared_mapping_is_caught_by_the_backstop_scan(jd):
     """A write through a shared mapping of a file kept open raises no inotify event (the
     documented limit); the backstop scan finds it by its mtime and the next set takes it."""
