@@ -185,11 +185,13 @@ class _Group(InotifyWatchGroup):
             if _is_dir(path):
                 owner.unwatched(info, path, f"watch limit of {owner.budget.cap} reached")
             return None
+        self.__dict__.pop("_displaced", None)
         try:
             super()._add_callback(path)
         except OSError:
             owner.budget.release()
             raise
+        displaced = self.__dict__.pop("_displaced", None)  # by this add's node (_insert_node)
         wd = self._wd_of(path)
         if wd is None or wd < 0:
             owner.budget.release()
@@ -197,6 +199,14 @@ class _Group(InotifyWatchGroup):
             # parent's events report its removal. Only one that exists unwatched is a gap.
             if _is_dir(path):
                 owner.unwatched(info, path, "could not add a watch")
+            return None
+        if wd in self._inodes() and displaced is not None and not self._reachable(displaced) \
+                and self._same_inode(path, wd):
+            # The same directory again, whose node watchdog had detached: a deletion read late at
+            # this path (a directory of this name made, removed and made again before the events
+            # were read: an application's temporary directories) was taken for this one's. It
+            # is placed here again; no watch was lost, nothing was renamed.
+            owner.budget.release()  # counted when it was first watched
             return None
         if wd in self._inodes():
             # inotify answered with a watch this group holds under another path: the directory
@@ -213,6 +223,28 @@ class _Group(InotifyWatchGroup):
         except OSError:
             pass
         return None
+
+    def _insert_node(self, path: bytes, wd: WatchDescriptor):  # type: ignore[no-untyped-def]
+        """watchdog's, noting the node that held `wd` before, if another (for _add_callback)."""
+        before = self._nodes_by_wd.get(wd)
+        node = super()._insert_node(path, wd)
+        self.__dict__["_displaced"] = before if before is not None and before is not node else None
+        return node
+
+    def _reachable(self, node) -> bool:  # type: ignore[no-untyped-def]
+        """Whether `node` is in the tree: each node on the way up is its parent's child."""
+        while node is not self._root:
+            parent = node.parent
+            if parent is None or parent.children.get(node.name) is not node:
+                return False
+            node = parent
+        return True
+
+    def _same_inode(self, path: bytes, wd: WatchDescriptor) -> bool:
+        try:
+            return os.stat(path).st_ino == self._inodes()[wd]
+        except OSError:
+            return False
 
     def _wd_of(self, path: bytes) -> WatchDescriptor | None:
         """The watch this group holds for `path` (a walk down its tree, not a scan of every watch)."""

@@ -308,3 +308,30 @@ def test_a_watch_dropped_while_its_directory_exists_is_a_reported_gap(env):
     t.committed("app", "incremental", "I1", token)
     write(env.p("a", "b", "later"))
     assert env.p("a", "b", "later") in hint_of(t, "I1").paths
+
+
+def test_a_directory_made_removed_and_made_again_before_its_events_are_read_keeps_the_journal(env):
+    """`mkdir T/a; rm -r T; mkdir T/a` read late (an application's temporary directories): the
+    first creation's handling watches the second T, then the deletion's detaches it, and the
+    second creation finds T's inode already watched. Not a rename: the journal stays trusted, T
+    is walked as a new directory, and what is written in it later is seen."""
+    os.makedirs(env.p("q"))
+    t = env.tracker()
+    env.trust(t)
+    assert watcher_hooks.pause(t.watcher)
+    try:
+        for _ in range(2):
+            os.makedirs(env.p("q", "tmp", "a"))
+            shutil.rmtree(env.p("q", "tmp"))
+        os.makedirs(env.p("q", "tmp", "a"))
+    finally:
+        watcher_hooks.resume(t.watcher)
+    hint = hint_of(t)
+    assert hint is not None, t.status("app").reasons  # not a whole-source walk
+    assert any(env.p("q", "tmp").startswith(r) for r in hint.rescan), hint
+    assert not any("renamed" in r or "watched anew" in r for r in t.status("app").reasons), t.status("app").reasons
+    _, token = t.prepare("app", "incremental", "F1", "full")
+    t.committed("app", "incremental", "I1", token)
+    write(env.p("q", "tmp", "a", "later"))
+    assert env.p("q", "tmp", "a", "later") in hint_of(t, "I1").paths
+    assert t.watcher.is_watched("app", env.p("q", "tmp", "a"))
