@@ -4,7 +4,9 @@ What always holds: the Unix socket is created with a restrictive umask and then 
 `socket_mode` (default 0660) and, if configured, the group `socket_group`, so only its owner
 and that group may call; an existing socket is replaced only if no daemon answers on it. The
 TCP endpoint exists only with a certificate, a key and a token file, and every call on it must
-carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED. An endpoint that cannot
+carry `authorization: Bearer <token>` or is refused with UNAUTHENTICATED; a call on it never
+makes the daemon write on its own host (a request's `local_claim` is refused with
+FAILED_PRECONDITION, whatever claim file exists there). An endpoint that cannot
 be bound (a socket path too long for sun_path, a directory that is read-only or takes no
 sockets, a port in use) is one FailedPreconditionError "unable to listen on 'WHERE': REASON",
 the reason found by binding a plain socket there first (gRPC names none). Both endpoints serve
@@ -27,7 +29,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -66,9 +68,12 @@ def _tolerant(cls: Any, method: str) -> Callable[[bytes], Any]:
     return parse
 
 
-def cairn_handler(servicer: CairnServicer, guard: StreamGuard | None = None) -> grpc.GenericRpcHandler:
+def cairn_handler(servicer: CairnServicer, guard: StreamGuard | None = None,
+                  remote: bool = False) -> grpc.GenericRpcHandler:
     """The method handlers of cairn.v1.Cairn, built from the service descriptor; with `guard`
-    every streaming call holds one of its slots and is watched for stalls."""
+    every streaming call holds one of its slots and is watched for stalls. With `remote` (the
+    TCP listener) a request that asks the daemon to write on its own host (`local_claim`) is
+    refused before it runs: only a client on this host, through the Unix socket, may ask that."""
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -81,6 +86,8 @@ def cairn_handler(servicer: CairnServicer, guard: StreamGuard | None = None) -> 
         reply_cls = getattr(pb, m.output_type.name)
         make = kinds[(m.client_streaming, m.server_streaming)]
         behaviour = getattr(servicer, m.name)
+        if remote and "local_claim" in request_cls.DESCRIPTOR.fields_by_name:
+            behaviour = _no_local_writes(behaviour, m.server_streaming)
         if guard is not None and m.server_streaming:
             behaviour = guard.replies(m.name, behaviour)
         elif guard is not None and m.client_streaming:
@@ -91,6 +98,33 @@ def cairn_handler(servicer: CairnServicer, guard: StreamGuard | None = None) -> 
             response_serializer=reply_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+
+
+def _no_local_writes(behaviour: Callable, streaming: bool) -> Callable:
+    """`behaviour`, refusing a request with a `local_claim` (a write by the daemon into a place on
+    its own host) with FAILED_PRECONDITION before it runs. A claim file only proves who made it
+    on this host, not that the caller is on it: a remote caller names paths of another machine."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> None:
+        claim = getattr(request, "local_claim", "")
+        if claim:
+            target = os.fsdecode(getattr(request, "target_path", b""))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"local write to '{target}' refused: the call came over TCP; the daemon writes only for a "
+                          "client on its own host, through its Unix socket")
+
+    if streaming:
+        def handle_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            refuse(request, context)
+            yield from behaviour(request, context)
+
+        return handle_stream
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        refuse(request, context)
+        return behaviour(request, context)
+
+    return handle
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
@@ -166,7 +200,7 @@ class RpcServer:
 
     # ---- endpoints ----
 
-    def _new_server(self, interceptors: tuple = ()) -> grpc.Server:
+    def _new_server(self, interceptors: tuple = (), remote: bool = False) -> grpc.Server:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rpc"),
             interceptors=interceptors,
@@ -179,7 +213,7 @@ class RpcServer:
         )
         guard = StreamGuard()
         self._guards.append(guard)
-        server.add_generic_rpc_handlers((cairn_handler(self._servicer, guard),))
+        server.add_generic_rpc_handlers((cairn_handler(self._servicer, guard, remote=remote),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (SERVICE.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(LimitedReflection(names, self._aux_slots), server)
@@ -227,7 +261,7 @@ class RpcServer:
         token = read_token(cfg.token_file)
         key, cert = _read_bytes(cfg.tls_key), _read_bytes(cfg.tls_cert)
         _probe_tcp(address)
-        server = self._new_server(interceptors=(TokenInterceptor(token),))
+        server = self._new_server(interceptors=(TokenInterceptor(token),), remote=True)
         try:
             port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         except RuntimeError:  # the probe bound, gRPC did not: it says no more than that

@@ -1,0 +1,100 @@
+"""A caller on the TCP listener never makes the daemon write on the daemon's own host.
+
+A local restore (the daemon writes the target itself) is asked for with a claim file in the
+target; the claim shows who made the file on this host, not that the caller is on it. Over TCP
+the request is refused before anything is read or written, even when a valid claim exists at
+the path it names; the same request through the Unix socket is served."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import grpc
+import pytest
+from cairn.fsio import claims
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairnd_harness import write_config
+
+NONCE = "0123456789abcdef0123456789abcdef"
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    d = str(tmp_path)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "2", "-subj", "/CN=cairn test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost", cwd=d)
+    with open(os.path.join(d, "san.ext"), "w", encoding="utf-8") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
+            "key": os.path.join(d, "server.key"), "token": str(token)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _claimed(directory, extra: bool = False) -> str:
+    directory.mkdir()
+    claims.make_claim(str(directory / (claims.CLAIM_PREFIX + NONCE)), NONCE)
+    if extra:
+        (directory / "precious").write_text("keep me\n")
+    return str(directory)
+
+
+def _contents(directory) -> dict[str, str]:
+    return {p.name: p.read_text() for p in directory.iterdir()}
+
+
+def test_a_tcp_caller_cannot_make_the_daemon_write_on_its_host(start_daemon, rundir, tmp_path, tls_files):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.txt").write_text("from the set\n")
+    port = _free_port()
+    sock = os.path.join(rundir, "tcp.sock")
+    config = write_config(
+        str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
+        listen=f"127.0.0.1:{port}", tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+        token_file=tls_files["token"],
+    )
+    daemon = start_daemon("--config", config, socket_path=sock)
+    daemon.ok("backup", "--level", "full")
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(open(tls_files["ca"], "rb").read()),
+        grpc.access_token_call_credentials("s3cret-token"))
+
+    plain = tmp_path / "plain"
+    delta = tmp_path / "delta"
+    requests = {
+        plain: pb.RestoreRequest(set="latest", local_claim=NONCE, target_path=os.fsencode(_claimed(plain))),
+        delta: pb.RestoreRequest(set="latest", local_claim=NONCE, delta=True, delete=True,
+                                 target_path=os.fsencode(_claimed(delta, extra=True))),
+    }
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+        stub = pb_grpc.CairnStub(channel)
+        for target, request in requests.items():
+            before = _contents(target)
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Restore(request, timeout=30))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+            assert "local write" in err.value.details() and "TCP" in err.value.details()
+            assert _contents(target) == before  # nothing written, nothing removed, the claim left alone
+
+    # The same claim through the Unix socket: the daemon writes (the refusal above was the listener's).
+    with grpc.insecure_channel("unix:" + sock) as channel:
+        replies = list(pb_grpc.CairnStub(channel).Restore(requests[plain], timeout=30))
+    assert replies and (plain / "hello.txt").read_text() == "from the set\n"
