@@ -1157,7 +1157,10 @@ def _read_key_file(path: str) -> bytes:
 
 def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
     """Copy sets (and the WAL they need) into another repository, made encrypted if missing."""
-    request = pb.CopyRequest(to=args.to, source=args.source or "", sets=args.sets or [], host=args.host or "")
+    to = args.to
+    if conn.endpoint.socket and to and not to.startswith("s3://"):
+        to = os.path.abspath(to)  # the daemon is on this host: a relative path is the caller's
+    request = pb.CopyRequest(to=to, source=args.source or "", sets=args.sets or [], host=args.host or "")
     if args.to_passphrase_file:
         request.passphrase = _read_passphrase(args.to_passphrase_file)
     else:
@@ -1167,7 +1170,7 @@ def cmd_copy(conn: Connection, args: argparse.Namespace) -> int:
         return fail("the daemon ended the copy without a result")
     if args.json:
         out(render.dumps({
-            "to": args.to, "copied": [{"set": p.source_set, "copy": p.copied_set} for p in result.copied],
+            "to": to, "copied": [{"set": p.source_set, "copy": p.copied_set} for p in result.copied],
             "present": [{"set": p.source_set, "copy": p.copied_set} for p in result.present],
             "wal_copied": result.wal_copied, "wal_present": result.wal_present, "bytes_read": result.bytes_read,
             "bytes_added": result.bytes_added, "warnings": list(result.warnings),

@@ -11,6 +11,7 @@ repository is on object storage too, else boto3's usual sources (environment, fi
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -60,6 +61,9 @@ def run_copy(repo: Repository, config: RepositoryConfig, to: str, secret: Secret
     """Copy the chosen sets of `repo` into the repository at `to` (see the module docstring)."""
     if not to:
         raise InvalidArgumentError("a copy needs a destination (--to)")
+    if not is_s3(to) and not os.path.isabs(to):  # relative to what? the daemon's cwd is no caller's
+        raise InvalidArgumentError(f"copy destination '{to}' is not an absolute path: name a directory on the "
+                                   "daemon's host by its absolute path, or an s3:// URL")
     repo.require_full_key("to copy (a copy reads every set's data)")  # before the destination is made
     sets = choose_sets(repo, refs, source, host, own_host)
     options = config.s3_options() if is_s3(to) and is_s3(config.path) else None

@@ -7,6 +7,7 @@ the path it names; the same request through the Unix socket is served."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from cairn.fsio import claims
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import write_config
+from cairnd_harness import CAIRN, env_for, write_config
 
 NONCE = "0123456789abcdef0123456789abcdef"
 
@@ -98,3 +99,40 @@ def test_a_tcp_caller_cannot_make_the_daemon_write_on_its_host(start_daemon, run
     with grpc.insecure_channel("unix:" + sock) as channel:
         replies = list(pb_grpc.CairnStub(channel).Restore(requests[plain], timeout=30))
     assert replies and (plain / "hello.txt").read_text() == "from the set\n"
+
+
+def test_copy_to_a_relative_path_is_the_callers_or_refused(start_daemon, rundir, tmp_path, tls_files):
+    """`cairn copy --to DIR` with a relative DIR: through the socket it is the caller's working
+    directory's DIR (the daemon is on the same host); over TCP the daemon refuses it (exit 2)
+    instead of making the copy relative to its own working directory."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.txt").write_text("copied\n")
+    daemon_cwd, client_cwd = tmp_path / "daemon-cwd", tmp_path / "client-cwd"
+    daemon_cwd.mkdir()
+    client_cwd.mkdir()
+    key = tmp_path / "copy.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    port = _free_port()
+    sock = os.path.join(rundir, "tcp.sock")
+    config = write_config(
+        str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
+        listen=f"127.0.0.1:{port}", tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+        token_file=tls_files["token"],
+    )
+    daemon = start_daemon("--config", config, socket_path=sock, prefix=("env", "-C", str(daemon_cwd)))
+    daemon.ok("backup", "--level", "full")
+
+    def cairn(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([CAIRN, *args], cwd=client_cwd, capture_output=True, text=True, timeout=120,
+                              env=env_for())
+
+    local = cairn("--socket", sock, "copy", "--to", "near", "--to-key-file", str(key))
+    assert local.returncode == 0, local.stderr
+    assert (client_cwd / "near" / "config").exists() and not (daemon_cwd / "near").exists()
+
+    remote = cairn("--address", f"127.0.0.1:{port}", "--tls-ca", tls_files["ca"], "--token-file",
+                   tls_files["token"], "copy", "--to", "far", "--to-key-file", str(key))
+    assert remote.returncode == 2, remote.stderr
+    assert "'far' is not an absolute path" in remote.stderr
+    assert list(daemon_cwd.iterdir()) == [] and not (client_cwd / "far").exists()
