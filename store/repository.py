@@ -1030,23 +1030,30 @@ class Repository:
     # -- browsing ------------------------------------------------------------------
     def list_tree(self, s: BackupSet, path: str = "", recursive: bool = False,
                   problems: list[str] | None = None) -> list[TreeEntry]:
-        """The entries at `path` of set `s` (all below it with `recursive`). With `problems` a
-        recursive listing goes on past a directory whose listing cannot be read and notes it
-        there ("unable to list 'a/b/': ..."); the listing asked for itself must be readable."""
+        """The entries at `path` of set `s` (all below it with `recursive`), as a list; see
+        `iter_tree`."""
+        return list(self.iter_tree(s, path, recursive, problems))
+
+    def iter_tree(self, s: BackupSet, path: str = "", recursive: bool = False,
+                  problems: list[str] | None = None) -> Iterator[TreeEntry]:
+        """The entries at `path` of set `s` (all below it with `recursive`), as they are read: a
+        listing of a million entries is never held whole (the daemon serves it in batches). The
+        path and its own listing are checked here, before the first entry is asked for. With
+        `problems` a recursive listing goes on past a directory whose listing cannot be read and
+        notes it there ("unable to list 'a/b/': ..."); the listing asked for itself must be
+        readable."""
         chain, entry = find_entry(self.load_tree, bytes.fromhex(s.tree), path)
         base = path.strip("/")
         if entry is not None and entry.kind != "dir":
-            return [_tree_entry(base, entry)]
+            return iter([_tree_entry(base, entry)])
         tree = bytes.fromhex(s.tree) if entry is None else entry.subtree
-        out: list[TreeEntry] = []
-        self._list(self.load_tree(tree) if tree else [], base, recursive, out, problems)
-        return out
+        return self._list(self.load_tree(tree) if tree else [], base, recursive, problems)
 
-    def _list(self, entries: list[Entry], prefix: str, recursive: bool, out: list[TreeEntry],
-              problems: list[str] | None) -> None:
+    def _list(self, entries: list[Entry], prefix: str, recursive: bool,
+              problems: list[str] | None) -> Iterator[TreeEntry]:
         for e in entries:
             path = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
-            out.append(_tree_entry(path, e))
+            yield _tree_entry(path, e)
             if recursive and e.kind == "dir" and e.subtree:
                 try:
                     below = self.load_tree(e.subtree)
@@ -1055,7 +1062,7 @@ class Repository:
                         raise
                     problems.append(f"unable to list '{shown(path)}/': {err.message}")
                     continue
-                self._list(below, path, recursive, out, problems)
+                yield from self._list(below, path, recursive, problems)
 
     def diff(self, a: BackupSet, b: BackupSet) -> SetDiff:
         added: list[str] = []

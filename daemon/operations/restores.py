@@ -35,11 +35,12 @@ class RestorePart(ServicePart):
         return dict(self.repo.unreadable_sets)
 
     def list_tree(self, ref: str, source: str, path: str, recursive: bool, host: str = "",
-                  problems: list[str] | None = None) -> tuple[BackupSet, list[TreeEntry]]:
-        """A set's entries at `path`; with `problems` a recursive listing goes on past damaged
-        directories and notes them there."""
+                  problems: list[str] | None = None) -> tuple[BackupSet, Iterator[TreeEntry]]:
+        """A set's entries at `path`, as they are read (the path is checked here); with
+        `problems` a recursive listing goes on past damaged directories and notes them there
+        (complete once the entries are all taken)."""
         s = self.resolve(ref, source, host)
-        return s, self.repo.list_tree(s, _rel(path), recursive=recursive, problems=problems)
+        return s, self.repo.iter_tree(s, _rel(path), recursive=recursive, problems=problems)
 
     def diff(self, a: str, b: str, source: str = "", host: str = "") -> tuple[BackupSet, BackupSet, SetDiff]:
         sa, sb = self.resolve(a, source, host), self.resolve(b, source, host)

@@ -204,16 +204,17 @@ class CairnServicer(pb_grpc.CairnServicer):
         problems: list[str] = []
         s, entries = self.service.list_tree(request.set, request.source, os.fsdecode(request.path), request.recursive,
                                             host=request.host, problems=problems)
-        first = True
-        starts = range(0, max(len(entries), 1), LIST_BATCH)
-        for start in starts:
-            reply = pb.ListTreeReply(entries=[tree_entry(e) for e in entries[start : start + LIST_BATCH]])
-            if first:
-                reply.set.CopyFrom(set_info(s))
-                first = False
-            if start == starts[-1]:
-                reply.problems.extend(texts(problems))
-            yield reply
+        # batches as the entries are read: a listing is never held whole (a directory of 200,000
+        # entries held whole grew the daemon by 300 MB, which it kept); the problems met come
+        # with the last batch, the set with the first
+        reply = pb.ListTreeReply(set=set_info(s))
+        for e in entries:
+            if len(reply.entries) >= LIST_BATCH:
+                yield reply
+                reply = pb.ListTreeReply()
+            reply.entries.append(tree_entry(e))
+        reply.problems.extend(texts(problems))
+        yield reply
 
     @rpc
     def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> Iterator[pb.DiffReply]:

@@ -151,3 +151,34 @@ def test_a_backup_call_follows_its_job_even_when_the_progress_estimate_cannot_be
 
     events = list(CairnServicer(Service()).Backup(pb.BackupRequest(source="app", level="full"), Context()))
     assert events[0].HasField("started") and events[-1].set.id == committed.id
+
+
+def test_a_listing_is_served_in_batches_as_it_is_read():
+    """ListTree sends each batch of LIST_BATCH entries as soon as it is read: a listing is never
+    held whole (a directory of 200,000 entries held whole grew the daemon by 300 MB, kept), the
+    set comes with the first batch and the problems met with the last."""
+    from cairn.daemon.rpc.servicer import LIST_BATCH, CairnServicer
+    from cairn.store.model import BackupSet, SetStats, TreeEntry
+
+    s = BackupSet(id="cd" * 32, source="app", level="full", requested_level="full", base=None, time_start=1.0,
+                  time_end=2.0, hostname="h", paths=("/src",), tree="00" * 32, stats=SetStats())
+    read = [0]
+
+    class Service:
+        def list_tree(self, ref, source, path, recursive, host="", problems=None):
+            def entries():
+                for i in range(2 * LIST_BATCH + 7):
+                    read[0] += 1
+                    yield TreeEntry(path=f"d/f{i}", name=f"f{i}", kind="file", mode=0o644, uid=0, gid=0,
+                                    mtime_ns=0, size=i, target="")
+                problems.append("unable to list 'd/x/': checksum mismatch")
+            return s, entries()
+
+    replies = CairnServicer(Service()).ListTree(pb.ListTreeRequest(set="latest", recursive=True), object())
+    first = next(replies)
+    assert first.set.id == s.id and len(first.entries) == LIST_BATCH
+    assert read[0] <= LIST_BATCH + 1  # sent before the rest was read
+    rest = list(replies)
+    assert [len(r.entries) for r in rest] == [LIST_BATCH, 7]
+    assert list(rest[-1].problems) == ["unable to list 'd/x/': checksum mismatch"]
+    assert not any(r.problems for r in [first, *rest[:-1]]) and not any(r.HasField("set") for r in rest)
