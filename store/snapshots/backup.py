@@ -56,6 +56,10 @@ TreeLoader = Callable[[bytes], list[Entry]]
 GROUP_FILES = 32  # small files of one directory read by one pool task ...
 GROUP_BYTES = 2 << 20  # ... up to this many bytes in all ...
 GROUP_FILE_MAX = 256 << 10  # ... each at most this large (a larger file is a task of its own)
+# Files of one directory whose reads are taken in while the walk lists it still, once this many
+# wait: a directory of 200,000 files otherwise held every read's result (and its future) until
+# its listing ended, and a backup of it peaked the daemon at 853 MB.
+PENDING_FILES = 4096
 FileRead = tuple[ReadResult | None, dict[bytes, bytes], str]
 
 
@@ -410,6 +414,8 @@ class Walker:
                     entries.append(e)
                 elif kind == "file":
                     pending.append(self._file(e, dfd, child, crel, old))
+                    if len(pending) >= PENDING_FILES:
+                        self._take_pending(pending, entries, dfd, path, rel)
                 else:
                     self._special(e, dfd, child, crel, old)
                     entries.append(e)
@@ -507,6 +513,21 @@ class Walker:
         except OSError as e:
             return None, {}, e.strerror or str(e)
         return res, res.xattrs or {}, ""
+
+    def _take_pending(self, pending: list[PendingFile], entries: list[Entry], dfd: int, path: bytes,
+                      rel: bytes) -> None:
+        """Finish the older half of a directory's pending files (in order; a tree sorts its
+        entries anyway), waiting for their reads: they were handed to the pool first. Only
+        files whose read was handed over already: the group being filled stays."""
+        taken = 0
+        for e, fut, old in pending[: len(pending) // 2]:
+            if isinstance(fut, _InGroup) and fut.future is None:
+                break
+            done = self._finish_file(e, fut, old, dfd, path + b"/" + e.name, rel)
+            if done is not None:
+                entries.append(done)
+            taken += 1
+        del pending[:taken]
 
     def _finish_file(self, e: Entry, fut: Future | _InGroup | None, old: Entry | None, dfd: int, child: bytes,
                      rel: bytes) -> Entry | None:

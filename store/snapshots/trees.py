@@ -90,8 +90,11 @@ def _entry_doc(e: Entry) -> dict:
 def encode_tree(entries: list[Entry]) -> bytes:
     """Serialise entries (sorted here by name bytes) into tree blob bytes."""
     entries = sorted(entries, key=lambda e: e.name)
-    doc = {"v": TREE_VERSION, "e": [_entry_doc(e) for e in entries]}
-    return json.dumps(doc, separators=(",", ":")).encode()
+    # the bytes of json.dumps({"v": .., "e": [..]}) with these separators, one entry's document
+    # at a time: a directory of 200,000 entries never holds 200,000 dicts at once
+    dump = json.JSONEncoder(separators=(",", ":")).encode
+    body = ",".join(dump(_entry_doc(e)) for e in entries)
+    return f'{{"v":{TREE_VERSION},"e":[{body}]}}'.encode()
 
 
 def _bytes_field(d: dict, key: str) -> bytes:
