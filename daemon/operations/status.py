@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeVar
 
 from cairn import __version__
 from cairn.daemon.databases.postgres import walarchive
@@ -103,6 +107,46 @@ def waiting_text(run: WaitingRun) -> str:
         return f"{head} was missed while the daemon was down; {then}"
     return f"{head} waits for {running}; it starts when that ends"
 
+T = TypeVar("T")
+STORE_WAIT = 10.0  # seconds `cairn status` waits for one read of the object store before showing without it
+_reads_lock = threading.Lock()
+_reads: dict[tuple[int, str], tuple[Future, float]] = {}  # the store reads of status still in flight, per part and what
+
+
+def bounded_read(owner: object, what: str, fn: Callable[[], T], wait: float | None = None) -> T:
+    """`fn()` (a read of the store), but BackendError once `wait` seconds pass without its answer.
+
+    A stalled store holds a read for as long as the S3 client's timeouts and retries allow (many
+    minutes): status must answer before that. The read goes on in a daemon thread; a status
+    asked meanwhile waits for that same read instead of starting another, so a stalled store
+    costs one thread per kind of read, however many times status is asked. While any read of
+    `owner` is already overdue, a read waits no more: one status waits `wait` once, not per read."""
+    key = (id(owner), what)
+    limit = STORE_WAIT if wait is None else wait
+    now = time.monotonic()
+    with _reads_lock:
+        entry = _reads.get(key)
+        if entry is None:
+            fut: Future = Future()
+            entry = _reads[key] = (fut, now)
+
+            def run() -> None:
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    fut.set_exception(exc)
+                finally:
+                    with _reads_lock:
+                        if _reads.get(key) is entry:
+                            del _reads[key]
+
+            threading.Thread(target=run, name=f"status-{what}", daemon=True).start()
+        overdue = any(o == id(owner) and now - began >= limit for (o, _), (_, began) in _reads.items())
+    try:
+        return entry[0].result(timeout=0.0 if overdue else limit)
+    except FutureTimeout:
+        raise BackendError(f"the repository's object store did not answer within {limit:g}s") from None
+
 
 def set_status(s: BackupSet) -> str:
     """The one-word status of a committed set: what it records, else 'fuzzy' or 'ok'."""
@@ -137,7 +181,7 @@ class StatusPart(ServicePart):
         )
         warnings: list[str] = []
         try:
-            sets = self.repo.list_sets()
+            sets = bounded_read(self, "sets", self.repo.list_sets)
         except BackendError as exc:  # the store is down: what the daemon knows itself is still shown
             sets = []
             warnings.append(f"{exc.message}: the repository's sets are not shown")
@@ -181,7 +225,7 @@ class StatusPart(ServicePart):
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""
         try:
-            entries = self.repo.wal_entries()
+            entries = bounded_read(self, "wal", self.repo.wal_entries)
         except BackendError:  # the store is down (status warns of it): this daemon's own view only
             entries = []
         snap = self.archive.snapshot([name for _, name in entries])
