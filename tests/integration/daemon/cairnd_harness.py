@@ -205,3 +205,13 @@ def random_tree(root: str, total_bytes: int, file_bytes: int, seed: int = 0) -> 
             f.write(os.urandom(file_bytes))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at this moment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def openssl(*args: str, cwd: str) -> None:
+    """Run the openssl command in `cwd` (test certificates)."""
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, env_for, write_config
+from cairnd_harness import CAIRN, env_for, free_port, openssl, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -97,41 +97,14 @@ def test_sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid(sta
     daemon.ok("backup", "--source", "two")
 
 
-def _openssl(*args: str, cwd: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
-
-@pytest.fixture
-def tls_files(tmp_path):
-    """A CA and a server certificate for 127.0.0.1 / localhost signed by it."""
-    d = str(tmp_path)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=cairn test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=d)
-    with open(os.path.join(d, "san.ext"), "w", encoding="utf-8") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
-            "key": os.path.join(d, "server.key"), "token": str(token)}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tcp_needs_tls_and_the_token(start_daemon, rundir, tmp_path, tls_files):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f.txt").write_text("remote\n")
-    port = _free_port()
+    port = free_port()
     sock = os.path.join(rundir, "tcp.sock")
     config = write_config(
         str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
@@ -180,7 +153,7 @@ def test_tcp_needs_tls_and_the_token(start_daemon, rundir, tmp_path, tls_files):
     # a CA that did not sign the daemon's certificate: the client's one line and hint, no library log
     other = tmp_path / "other-ca"
     other.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
              "-days", "2", "-subj", "/CN=another CA", cwd=str(other))
     r = subprocess.run([CAIRN, "--address", address, "--tls-ca", str(other / "ca.pem"), "--token-file",
                         tls_files["token"], "sets"], capture_output=True, text=True, timeout=30, env=env_for())
@@ -195,7 +168,7 @@ def test_metrics_endpoint_counts_sets_and_the_socket_gets_its_group(start_daemon
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("x")
-    port = _free_port()
+    port = free_port()
     sock = os.path.join(rundir, "metrics.sock")
     config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
                           schedules={"app": {"full": "0 3 * * 0", "incremental": "*/5 * * * *"}},

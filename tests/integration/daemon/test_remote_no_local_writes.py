@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 
 import grpc
@@ -17,36 +16,12 @@ import pytest
 from cairn.fsio import claims
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, env_for, write_config
+from cairnd_harness import CAIRN, env_for, free_port, write_config
 
 NONCE = "0123456789abcdef0123456789abcdef"
 
 
-def _openssl(*args: str, cwd: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
-
-@pytest.fixture
-def tls_files(tmp_path):
-    d = str(tmp_path)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=cairn test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=d)
-    with open(os.path.join(d, "san.ext"), "w", encoding="utf-8") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
-            "key": os.path.join(d, "server.key"), "token": str(token)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _claimed(directory, extra: bool = False) -> str:
@@ -65,7 +40,7 @@ def test_a_tcp_caller_cannot_make_the_daemon_write_on_its_host(start_daemon, run
     src = tmp_path / "src"
     src.mkdir()
     (src / "hello.txt").write_text("from the set\n")
-    port = _free_port()
+    port = free_port()
     sock = os.path.join(rundir, "tcp.sock")
     config = write_config(
         str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
@@ -113,7 +88,7 @@ def test_copy_to_a_relative_path_is_the_callers_or_refused(start_daemon, rundir,
     client_cwd.mkdir()
     key = tmp_path / "copy.key"
     key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    port = _free_port()
+    port = free_port()
     sock = os.path.join(rundir, "tcp.sock")
     config = write_config(
         str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
