@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -215,3 +216,15 @@ def free_port() -> int:
 def openssl(*args: str, cwd: str) -> None:
     """Run the openssl command in `cwd` (test certificates)."""
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+
+def tcp_config(rundir: str, tmp_path: Path, tls_files: dict[str, str], src: str) -> tuple[str, str, str]:
+    """A daemon configuration with source 'app' at `src` and a TCP listener on a free loopback
+    port with TLS and the token of `tls_files`: (config path, socket path, TCP address)."""
+    address = f"127.0.0.1:{free_port()}"
+    sock = os.path.join(rundir, "tcp.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": src},
+                          listen=address, tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+                          token_file=tls_files["token"])
+    return config, sock, address

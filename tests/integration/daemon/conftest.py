@@ -100,3 +100,4 @@ def tls_files(tmp_path) -> dict[str, str]:
     token.write_text("s3cret-token\n")
     return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
             "key": os.path.join(d, "server.key"), "token": str(token)}
+

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, env_for, free_port, openssl, write_config
+from cairnd_harness import CAIRN, env_for, free_port, openssl, tcp_config, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -104,17 +104,10 @@ def test_tcp_needs_tls_and_the_token(start_daemon, rundir, tmp_path, tls_files):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f.txt").write_text("remote\n")
-    port = free_port()
-    sock = os.path.join(rundir, "tcp.sock")
-    config = write_config(
-        str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
-        listen=f"127.0.0.1:{port}", tls_cert=tls_files["cert"], tls_key=tls_files["key"],
-        token_file=tls_files["token"],
-    )
+    config, sock, address = tcp_config(rundir, tmp_path, tls_files, str(src))
     daemon = start_daemon("--config", config, socket_path=sock)
     daemon.ok("backup", "--level", "full")
     ca = open(tls_files["ca"], "rb").read()
-    address = f"127.0.0.1:{port}"
 
     # TLS without the token, and with a wrong one: refused.
     for creds in (

@@ -16,7 +16,7 @@ import pytest
 from cairn.fsio import claims
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, env_for, free_port, write_config
+from cairnd_harness import CAIRN, env_for, tcp_config
 
 NONCE = "0123456789abcdef0123456789abcdef"
 
@@ -40,13 +40,7 @@ def test_a_tcp_caller_cannot_make_the_daemon_write_on_its_host(start_daemon, run
     src = tmp_path / "src"
     src.mkdir()
     (src / "hello.txt").write_text("from the set\n")
-    port = free_port()
-    sock = os.path.join(rundir, "tcp.sock")
-    config = write_config(
-        str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
-        listen=f"127.0.0.1:{port}", tls_cert=tls_files["cert"], tls_key=tls_files["key"],
-        token_file=tls_files["token"],
-    )
+    config, sock, address = tcp_config(rundir, tmp_path, tls_files, str(src))
     daemon = start_daemon("--config", config, socket_path=sock)
     daemon.ok("backup", "--level", "full")
     creds = grpc.composite_channel_credentials(
@@ -60,7 +54,7 @@ def test_a_tcp_caller_cannot_make_the_daemon_write_on_its_host(start_daemon, run
         delta: pb.RestoreRequest(set="latest", local_claim=NONCE, delta=True, delete=True,
                                  target_path=os.fsencode(_claimed(delta, extra=True))),
     }
-    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+    with grpc.secure_channel(address, creds) as channel:
         stub = pb_grpc.CairnStub(channel)
         for target, request in requests.items():
             before = _contents(target)
@@ -88,13 +82,7 @@ def test_copy_to_a_relative_path_is_the_callers_or_refused(start_daemon, rundir,
     client_cwd.mkdir()
     key = tmp_path / "copy.key"
     key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    port = free_port()
-    sock = os.path.join(rundir, "tcp.sock")
-    config = write_config(
-        str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)},
-        listen=f"127.0.0.1:{port}", tls_cert=tls_files["cert"], tls_key=tls_files["key"],
-        token_file=tls_files["token"],
-    )
+    config, sock, address = tcp_config(rundir, tmp_path, tls_files, str(src))
     daemon = start_daemon("--config", config, socket_path=sock, prefix=("env", "-C", str(daemon_cwd)))
     daemon.ok("backup", "--level", "full")
 
@@ -106,7 +94,7 @@ def test_copy_to_a_relative_path_is_the_callers_or_refused(start_daemon, rundir,
     assert local.returncode == 0, local.stderr
     assert (client_cwd / "near" / "config").exists() and not (daemon_cwd / "near").exists()
 
-    remote = cairn("--address", f"127.0.0.1:{port}", "--tls-ca", tls_files["ca"], "--token-file",
+    remote = cairn("--address", address, "--tls-ca", tls_files["ca"], "--token-file",
                    tls_files["token"], "copy", "--to", "far", "--to-key-file", str(key))
     assert remote.returncode == 2, remote.stderr
     assert "'far' is not an absolute path" in remote.stderr
