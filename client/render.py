@@ -319,6 +319,7 @@ def status_dict(reply: pb.StatusReply, now: float | None = None) -> dict[str, An
                 "running": job_dict(s.running) if s.HasField("running") else None,
                 "next_runs": {n.level: n.time for n in s.next_runs},
                 **health_dict(s, now),
+                **window_dict(s),
             }
             for s in reply.sources
         ],
@@ -345,6 +346,47 @@ def health_dict(s: pb.SourceStatus, now: float) -> dict[str, Any]:
         "last_failure": {"time": f.time, "level": f.level, "status": f.status, "message": f.message}
         if s.HasField("last_failure") else None,
     }
+
+
+def window_dict(s: pb.SourceStatus) -> dict[str, Any]:
+    """A source's quiesce window open now, and one this daemon thawed at start, for --json."""
+    w, r = s.window, s.recovered_window
+    return {
+        "window": {"mode": w.mode, "state": w.state, "opened": w.opened, "frozen": w.frozen or None,
+                   "deadline": w.deadline, "max_window": w.max_window, "levels": w.levels,
+                   "levels_started": w.levels_started, "job": w.job or None, "level": w.level or None}
+        if s.HasField("window") else None,
+        "recovered_window": {"mode": r.mode, "opened": r.opened or None, "thawed": r.thawed,
+                             "thaw_hooks": r.thaw_hooks, "message": r.message}
+        if s.HasField("recovered_window") else None,
+    }
+
+
+WINDOW_STATES = {"freezing": "FREEZING (freeze hooks running)", "frozen": "FROZEN",
+                 "thawing": "thawing (thaw hooks running)"}
+
+
+def window_lines(s: pb.SourceStatus, now: float) -> list[str]:
+    """The source's open quiesce window (what is frozen, since when, until when at the latest, for
+    which set), and the window a previous daemon left open that this one thawed at start."""
+    lines = []
+    if s.HasField("window"):
+        w = s.window
+        text = (f"  window: {w.mode}, {WINDOW_STATES.get(w.state, w.state)} since {fmt_time(w.opened)} "
+                f"({fmt_age(now - w.opened)} ago); thawed by {fmt_time(w.deadline)} at the latest "
+                f"(in {fmt_age(w.deadline - now)}, max_window {fmt_duration(w.max_window)})")
+        if w.levels > 1:
+            text += f"; {w.levels_started} of {w.levels} freeze levels begun"
+        if w.job:
+            text += f"; for the {w.level} set of job {w.job}"
+        lines.append(text)
+    if s.HasField("recovered_window"):
+        r = s.recovered_window
+        mode = f"{r.mode} window" if r.mode in ("cold", "hot") else "window"
+        since = f" (open since {fmt_time(r.opened)})" if r.opened else ""
+        lines.append(f"  window: thawed at start {fmt_time(r.thawed)} ({fmt_age(now - r.thawed)} ago): the previous "
+                     f"daemon left its {mode} open{since}; {plural(r.thaw_hooks, 'thaw hook')} ran")
+    return lines
 
 
 def health_lines(s: pb.SourceStatus, now: float) -> list[str]:
@@ -485,6 +527,7 @@ def status_lines(reply: pb.StatusReply, now: float) -> list[str]:
             if j.HasField("progress"):
                 text += f", {progress_text(j.progress)}"
             lines.append(text)
+        lines += window_lines(s, now)
         lines.append(f"  sets: {s.sets}")
         lines += health_lines(s, now)
         for ls in s.last:

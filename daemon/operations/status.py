@@ -1,4 +1,5 @@
-"""What `cairn status` shows: the daemon, and each source's sets, job, journal and schedule.
+"""What `cairn status` shows: the daemon, and each source's sets, job, journal, schedule and
+quiesce window (the one open now, and one a previous daemon left open that this start thawed).
 
 The shape is typed (`ServiceStatus`: `DaemonState`, `SourceState` with its `JournalView`, the
 archive's `ArchiveSnapshot`, `RetentionState`); the gRPC adapter maps it to the wire, field by
@@ -27,6 +28,7 @@ from cairn.daemon.runtime.config import SourceConfig
 from cairn.daemon.runtime.health import Failure
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.scheduling.scheduler import WaitingRun
+from cairn.daemon.windows.quiesce import OpenWindow, WindowRecovery, open_windows
 from cairn.store.errors import BackendError
 from cairn.store.model import BackupSet
 
@@ -71,6 +73,8 @@ class SourceState:
     rpo: float | None = None
     last_success: float = 0.0
     host: str = ""  # a source not configured here: the host whose sets these are
+    window: OpenWindow | None = None  # its quiesce window open now (daemon/windows/quiesce.py)
+    recovered: WindowRecovery | None = None  # a window a previous daemon left open, thawed at this start
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class StatusPart(ServicePart):
 
     # The scheduler's waiting and late runs ({source: WaitingRun}), set by the daemon when it schedules.
     waiting_runs: Callable[[], Mapping[str, WaitingRun]] | None = None
+    # The windows a previous daemon left open that this start thawed ({source: WindowRecovery}).
+    recovered_windows: Mapping[str, WindowRecovery] = {}
 
     def full_status(self) -> ServiceStatus:
         """What `cairn status` shows, in one typed record."""
@@ -194,6 +200,7 @@ class StatusPart(ServicePart):
         running = self.jobs.running()
         next_runs = self._collect_next_runs()
         configured = {s.name: s for s in config.sources}
+        windows = open_windows(config.daemon.state_dir)
         # a configured source is this host's (other hosts sharing the repository may use its
         # name); a source only known from sets is shown once per host that took them
         groups: list[tuple[str, str]] = [(s.name, self._hostname) for s in config.sources]
@@ -218,6 +225,8 @@ class StatusPart(ServicePart):
                     rpo=src.rpo if src else None,
                     last_success=max((s.time_end for s in own if set_status(s) != "failed"), default=0.0),
                     host="" if src else host,
+                    window=windows.get(name) if src else None,
+                    recovered=self.recovered_windows.get(name) if src else None,
                 )
             )
         return daemon, states

@@ -160,6 +160,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             if src.running is not None:
                 out.running.CopyFrom(job_info(src.running))
             _add_health(out, src)
+            _add_window(out, src)
         reply.archive.CopyFrom(archive_status(status.archive))
         gc = status.retention
         if gc is not None:
@@ -466,6 +467,21 @@ def _add_health(out: pb.SourceStatus, src: SourceState) -> None:
                                                    message=text_safe(failure.message), status=failure.status))
     out.rpo = src.rpo or 0.0
     out.last_success = src.last_success
+
+
+def _add_window(out: pb.SourceStatus, src: SourceState) -> None:
+    """The source's quiesce window open now, with the set it holds, and one this start thawed."""
+    w = src.window
+    if w is not None:
+        job = src.running
+        out.window.CopyFrom(pb.QuiesceWindow(
+            mode=w.mode, state=w.state, opened=w.opened, frozen=w.frozen, deadline=w.deadline,
+            max_window=w.max_window, levels=w.levels, levels_started=w.levels_started,
+            job=job.id if job is not None else "", level=job.level if job is not None else ""))
+    r = src.recovered
+    if r is not None:
+        out.recovered_window.CopyFrom(pb.RecoveredWindow(mode=r.mode, opened=r.started or 0.0, thawed=r.thawed,
+                                                         thaw_hooks=len(r.results), message=text_safe(r.summary())))
 
 
 @contextlib.contextmanager

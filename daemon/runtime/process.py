@@ -54,7 +54,7 @@ from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_int
 from cairn.daemon.runtime.signals import SignalInbox
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler, soonest_runs
-from cairn.daemon.windows.quiesce import recover_windows, thaw_open_windows
+from cairn.daemon.windows.quiesce import WindowRecovery, recover_windows, thaw_open_windows
 from cairn.errors import CairnError
 from cairn.store.repository import Repository
 
@@ -94,6 +94,7 @@ class Daemon:
         self._inbox = SignalInbox()
         self._last_status = ""
         self._locks: list[InstanceLock] = []
+        self.recovered_windows: dict[str, WindowRecovery] = {}  # windows left open by a previous run, thawed at start
 
     # ---- start ----
 
@@ -129,6 +130,7 @@ class Daemon:
             host, port = self.metrics.start_http(cfg.daemon.metrics)
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
+        self.service.recovered_windows = dict(self.recovered_windows)
         self.restore_metrics()
         health = self.service.health
         if health.interrupted:  # sets the previous daemon was taking when it stopped: status shows them
@@ -204,13 +206,15 @@ class Daemon:
 
         An unreadable record runs the thaw hooks its source's configuration names. A thaw that
         fails keeps its record (retried by the next set of the source and at the next start) and
-        is the source's last failure in `cairn status` until then (health.settle_thaws)."""
+        is the source's last failure in `cairn status` until then (health.settle_thaws); one that
+        thawed is shown by `cairn status` under its source for as long as this daemon runs."""
         cfg = self.config
         configured = {s.name: s.quiesce for s in cfg.sources if s.quiesce is not None}
         failed: dict[str, str] = {}
         for rec in recover_windows(cfg.daemon.state_dir, configured=configured):
             if rec.ok:
                 log.warning("source '%s': %s", rec.source, rec.summary())
+                self.recovered_windows[rec.source] = rec
             else:
                 log.error("source '%s': %s", rec.source, rec.summary())
                 failed[rec.source] = rec.error or "a thaw hook failed"

@@ -48,6 +48,10 @@
   or a window was left open whatever the cause): every window still open in this process is
   cancelled (`on_expire`: its database tools are killed) and thawed at once, without waiting
   for its body (thaw hooks are idempotent).
+- `open_windows(state_dir)` is what `cairn status` shows of the windows of this process open
+  now (`OpenWindow`: source, mode, freezing/frozen/thawing, when it opened and froze, the
+  deadline at which the watchdog thaws it); a `WindowRecovery` keeps when a leftover window
+  was thawed, so status can say that the daemon thawed an application a previous run left frozen.
 - `run_after(argvs, ...)` runs a window's on_success / on_failure hooks (optional: a failure
   is logged and returned, never raised), with an optional time budget for all of them.
 
@@ -368,6 +372,7 @@ class Window:
         self._thawed = False
         self._timer: threading.Timer | None = None
         self._wall_start = 0.0
+        self._wall_frozen = 0.0
         self._t: dict[str, float] = {}
 
     @classmethod
@@ -419,6 +424,7 @@ class Window:
             self._close()
             raise
         self._t["frozen"] = time.monotonic()
+        self._wall_frozen = time.time()
         if failure is not None or self.cancel.is_set():
             self._close()
             if failure is not None:
@@ -592,6 +598,20 @@ class Window:
     def thawed(self) -> bool:
         return self._thawed
 
+    def view(self) -> OpenWindow:
+        """What `cairn status` shows of this window now (see `open_windows`)."""
+        with self._state_lock:
+            started, closing = self.started_levels, self._closing or self.expired
+        if "thaw_start" in self._t or closing:
+            state = "thawing"
+        elif self._wall_frozen:
+            state = "frozen"
+        else:
+            state = "freezing"
+        return OpenWindow(source=self.source, mode=self.mode, state=state, opened=self._wall_start,
+                          frozen=self._wall_frozen, deadline=self._wall_start + self.max_window,
+                          max_window=self.max_window, levels=len(self.levels), levels_started=started)
+
     # -- report -----------------------------------------------------------------------------
 
     def record(self) -> dict[str, Any]:
@@ -619,6 +639,30 @@ class Window:
 
 
 @dataclass(frozen=True)
+class OpenWindow:
+    """A window of this process that is open now: its freeze hooks run or ran, its thaw has not
+    finished. Times are wall-clock seconds since the epoch."""
+
+    source: str
+    mode: str
+    state: str  # "freezing" (freeze hooks running), "frozen" (held for the capture), "thawing"
+    opened: float  # the first freeze hook began
+    frozen: float  # every freeze hook had finished; 0 while they run
+    deadline: float  # the watchdog thaws the window at this time whatever the capture does
+    max_window: float
+    levels: int
+    levels_started: int
+
+
+def open_windows(state_dir: str) -> dict[str, OpenWindow]:
+    """The windows of this process open now in `state_dir`, by source (for `cairn status`)."""
+    home = os.path.abspath(state_dir)
+    with _open_lock:
+        windows = [w for w in _open_windows if os.path.abspath(w.state_dir) == home]
+    return {w.source: w.view() for w in windows if not w.thawed}
+
+
+@dataclass(frozen=True)
 class WindowRecovery:
     """The thaw a daemon ran for a window a previous run left open (at start, or retried when
     a set of the source opens its window)."""
@@ -630,6 +674,7 @@ class WindowRecovery:
     error: str | None = None  # why the thaw failed or could not run; None: thawed
     unreadable: str | None = None  # the record could not be read: why (the thaw hooks came from the config)
     kept: bool = False  # the record stays, so the thaw is retried (next set of the source, next start)
+    thawed: float = 0.0  # wall-clock time the thaw finished; 0: it failed or nothing ran
 
     @property
     def ok(self) -> bool:
@@ -651,7 +696,8 @@ class WindowRecovery:
         return {"source": self.source, "mode": self.mode,
                 "started": _iso(self.started) if self.started else None,
                 "results": [r.to_dict() for r in self.results], "error": self.error,
-                "unreadable": self.unreadable, "kept": self.kept, "ok": self.ok}
+                "unreadable": self.unreadable, "kept": self.kept, "ok": self.ok,
+                "thawed": _iso(self.thawed) if self.thawed else None}
 
 
 def _record_source(path: str) -> str:
@@ -705,7 +751,8 @@ def _recover_one(state_dir: str, path: str, mode: str | None,
     results, error = _run_recovery_thaw(rec.thaw_order(), rec.source, rec.mode, env)
     if error is None:
         _remove_path(path)  # thaw ran: the record may go
-    return WindowRecovery(rec.source, rec.mode, rec.started, results, error=error, kept=error is not None)
+    return WindowRecovery(rec.source, rec.mode, rec.started, results, error=error, kept=error is not None,
+                          thawed=time.time() if error is None else 0.0)
 
 
 def _recover_unreadable(path: str, source: str, reason: str, mode: str | None,
@@ -728,7 +775,7 @@ def _recover_unreadable(path: str, source: str, reason: str, mode: str | None,
     if error is None:
         _set_aside(path, corrupt)
     return WindowRecovery(source, mode or "?", None, results, error=error, unreadable=reason,
-                          kept=error is not None)
+                          kept=error is not None, thawed=time.time() if error is None else 0.0)
 
 
 def _set_aside(path: str, corrupt: str) -> None:

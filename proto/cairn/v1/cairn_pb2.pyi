@@ -141,7 +141,7 @@ class NextRun(_message.Message):
     def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success", "host")
+    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success", "host", "window", "recovered_window")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,8 @@ class SourceStatus(_message.Message):
     RPO_FIELD_NUMBER: _ClassVar[int]
     LAST_SUCCESS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_WINDOW_FIELD_NUMBER: _ClassVar[int]
     name: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
     configured: bool
@@ -178,7 +180,47 @@ class SourceStatus(_message.Message):
     rpo: float
     last_success: float
     host: str
-    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ..., host: _Optional[str] = ...) -> None: ...
+    window: QuiesceWindow
+    recovered_window: RecoveredWindow
+    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ..., host: _Optional[str] = ..., window: _Optional[_Union[QuiesceWindow, _Mapping]] = ..., recovered_window: _Optional[_Union[RecoveredWindow, _Mapping]] = ...) -> None: ...
+
+class QuiesceWindow(_message.Message):
+    __slots__ = ("mode", "state", "opened", "frozen", "deadline", "max_window", "levels", "levels_started", "job", "level")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    state: str
+    opened: float
+    frozen: float
+    deadline: float
+    max_window: float
+    levels: int
+    levels_started: int
+    job: str
+    level: str
+    def __init__(self, mode: _Optional[str] = ..., state: _Optional[str] = ..., opened: _Optional[float] = ..., frozen: _Optional[float] = ..., deadline: _Optional[float] = ..., max_window: _Optional[float] = ..., levels: _Optional[int] = ..., levels_started: _Optional[int] = ..., job: _Optional[str] = ..., level: _Optional[str] = ...) -> None: ...
+
+class RecoveredWindow(_message.Message):
+    __slots__ = ("mode", "opened", "thawed", "thaw_hooks", "message")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    THAWED_FIELD_NUMBER: _ClassVar[int]
+    THAW_HOOKS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    opened: float
+    thawed: float
+    thaw_hooks: int
+    message: str
+    def __init__(self, mode: _Optional[str] = ..., opened: _Optional[float] = ..., thawed: _Optional[float] = ..., thaw_hooks: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SourceFailure(_message.Message):
     __slots__ = ("level", "time", "message", "status")
