@@ -5,6 +5,10 @@ indexed, every indexed pack exists, every WAL catalog entry verifies and names i
 chunks; a set object that does not verify is an error naming it. Read-data: every pack is
 read whole and verified against its name; in a damaged pack each blob is verified on its own
 so the report names exactly the blobs, and through them the sets and paths, that are hurt.
+A damaged pack is one finding, with the most specific reason: a pack shorter than its indexed
+blobs need is reported as truncated (found from the listing's sizes, with or without
+read-data), never also as a checksum mismatch; its blobs past the end are bad as truncated,
+and those still within it are verified one by one (the finding counts the ones that fail).
 A read-data subset (`n/m`, or a percentage) reads only some packs: `n/m` the packs
 whose id falls in group n of m (a pack's group is its id's first 32 bits modulo m, so running
 1/m to m/m over m days reads every pack once), `P%` a random P percent of the packs (at least one).
@@ -84,6 +88,8 @@ class Checker:
         self.missing = False  # blobs an index names in a lost pack, or that no index names
         self.unindexed_needed = False  # blobs sets or the WAL need that no index file names
         self._unindexed: list[str] = []  # packs no index names (warned after the walk, see _unindexed_warnings)
+        self._truncated: dict[str, int] = {}  # packs shorter than their indexed blobs need -> their finding in errors
+        self._cut: set[bytes] = set()  # the blobs that lie past the end of such a pack
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
@@ -101,6 +107,7 @@ class Checker:
                 self._read_all_packs(choose)
             else:
                 self._read_blobs_of(sets)
+            self._count_damage_in_truncated()
         self._check_references()
         self._walk_sets(sets)
         self._check_wal(read_data)
@@ -195,9 +202,11 @@ class Checker:
                 self.bad[bid] = f"pack '{short(loc.pack)}' is missing"
             elif end > sizes.get(loc.pack, end):
                 self.bad[bid] = f"pack '{short(loc.pack)}' is truncated"
+                self._cut.add(bid)
                 short_packs.add(loc.pack)
             needed[loc.pack] = max(needed[loc.pack], end)
         for pack in sorted(short_packs):
+            self._truncated[pack] = len(self.errors)
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is truncated: {sizes[pack]} bytes, its indexed "
                                             f"blobs need at least {needed[pack]}", object_id=pack))
             self.missing = True
@@ -260,6 +269,14 @@ class Checker:
             self.packs_checked += 1
             self.bytes_read += len(data)
             self.chunks_checked += len(by_pack[pack])
+            if pack in self._truncated:
+                # One finding per pack: it was reported as truncated (_packs_present), and its
+                # checksum cannot match, so saying that too would count one damage twice. Its
+                # blobs past the end stay bad as truncated; those still within it are verified
+                # one by one, so a damaged one is still found: the pack's one finding says how
+                # many, and each is named by the sets and paths it hurts, with its own reason.
+                self._find_bad_blobs(pack, data, by_pack[pack])
+                continue
             try:
                 parse_pack(pack, data, self.repo.key.open_trailer if getattr(self.repo, "key", None) else None)
             except CorruptionError as e:
@@ -267,8 +284,25 @@ class Checker:
                 self.corrupt = True
                 self._find_bad_blobs(pack, data, by_pack[pack])
 
+    def _count_damage_in_truncated(self) -> None:
+        """Read-data: the one finding of a truncated pack also counts the blobs still within it
+        that failed verification (each is named through the sets that need it)."""
+        damaged: dict[str, int] = defaultdict(int)
+        for bid in self.bad:
+            loc = self.repo.index.get(bid)
+            if loc is not None and loc.pack in self._truncated and bid not in self._cut:
+                damaged[loc.pack] += 1
+        for pack, n in sorted(damaged.items()):
+            at = self._truncated[pack]
+            self.errors[at] = CheckProblem(f"{self.errors[at].message}; {n} of the blobs still within it "
+                                           f"fail{'s' if n == 1 else ''} verification too", object_id=pack)
+
     def _find_bad_blobs(self, pack: str, data: bytes, ids: list[bytes]) -> None:
+        """Verify each blob of a damaged pack on its own; a blob already known bad (past the end
+        of a truncated pack) keeps that, more specific, reason."""
         for bid in ids:
+            if bid in self.bad:
+                continue
             loc = self.repo.index.get(bid)
             stored = data[loc.offset:loc.offset + loc.stored_len]
             try:
@@ -283,6 +317,7 @@ class Checker:
                 ok = False
             if not ok:
                 self.bad[bid] = f"unable to read pack '{short(pack)}': checksum mismatch in blob '{short(bid.hex())}'"
+                self.corrupt = True
 
     def _check_references(self) -> None:
         """A delta blob is only as good as its reference: missing or damaged reference -> bad."""
@@ -304,6 +339,8 @@ class Checker:
         for s in sets:
             for bid in (b for t in set_trees(s) for b in self._blobs_of_tree(bytes.fromhex(t), seen)):
                 self.chunks_checked += 1
+                if bid in self.bad:  # past the end of a truncated pack: that reason stands
+                    continue
                 try:
                     self.bytes_read += len(self.repo.reader.read(bid))
                 except CairnError as e:

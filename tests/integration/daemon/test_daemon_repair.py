@@ -256,3 +256,25 @@ def test_a_set_whose_listing_is_in_no_index_file_is_damaged_not_unknown(start_da
     d.ok("repair", "index")
     d.ok("restore", s["id"], "--target", str(tmp_path / "t"))
     assert _files(tmp_path / "t") == _files(daemon.src)
+
+
+def test_verify_read_data_reports_a_truncated_pack_once(daemon):
+    """A pack cut short is one error line of `cairn verify --read-data`, as truncated (not also as
+    a checksum mismatch), besides the lines naming the sets and paths it hurts; `repair index`
+    then drops what was cut, and the next backup stores it again."""
+    _backup(daemon)
+    pack = max((p for d in (daemon.repo / "packs").iterdir() for p in d.iterdir()), key=lambda p: p.stat().st_size)
+    os.truncate(pack, pack.stat().st_size // 2)
+    for args in (("verify", "--read-data"), ("verify",)):
+        r = daemon.cli(*args)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        errors = [line for line in r.stdout.splitlines() if line.startswith("error: ")]
+        own = [line for line in errors if "(set" not in line]
+        assert len(own) == 1 and own[0].startswith(f"error: pack '{pack.name[:8]}..' is truncated: "), r.stdout
+        assert errors[1:] and all(line.endswith(")") and f"pack '{pack.name[:8]}..' is truncated" in line
+                                  for line in errors[1:]), r.stdout
+        assert "checksum mismatch" not in r.stdout, r.stdout
+        assert f"repository has {len(errors)} errors" in r.stderr, r.stderr
+    daemon.ok("repair", "index")
+    _backup(daemon)
+    daemon.ok("verify", "--read-data")

@@ -139,6 +139,52 @@ def backup(repo: Repository, src: str, level: str = "full", source: str = "src",
     return repo.backup(BackupRequest(source=source, paths=(str(src),), level=level, **kw))
 
 
+def truncated_pack(repo: Repository, *, damage_blob: bool = False) -> tuple[str, bytes, bytes | None]:
+    """A pack of `repo` whose first and last blobs are file data, cut inside its last blob (its
+    trailer goes too) and, with `damage_blob`, one byte of its first blob flipped: (the pack, the
+    bytes to store in its place, the id of the flipped blob or None). The caller stores them. (A
+    small `pack_size` makes several such packs; a damaged tree would hide the files below it.)"""
+    from cairn.store.content.packs import TYPE_DATA
+
+    blobs: dict[str, list] = {}
+    for bid, loc in repo.index.items():
+        blobs.setdefault(loc.pack, []).append((loc.offset, loc.stored_len, bid, loc.type))
+    fit = sorted(p for p, bs in blobs.items() if len(bs) >= 3 and min(bs)[3] == max(bs)[3] == TYPE_DATA)
+    assert fit, "no pack of three blobs or more begins and ends with file data"
+    pack = fit[0]
+    ordered = sorted(blobs[pack])
+    data = bytearray(repo.backend.get("packs", pack))
+    off, length, _, _ = ordered[-1]
+    del data[off + length // 2:]
+    flipped = None
+    if damage_blob:
+        off, length, flipped, _ = ordered[0]
+        data[off + length // 2] ^= 0x01
+    return pack, bytes(data), flipped
+
+
+def assert_truncated_once(report, pack: str, flipped: bytes | None) -> None:
+    """The check report names the truncated `pack` in one finding, as truncated and never as a
+    checksum mismatch besides; a flipped blob still within it is counted there and found
+    through the sets that need it."""
+    from cairn.store.errors import short
+
+    about = [p for p in report.errors if p.object_id == pack or f"pack '{short(pack)}'" in p.message]
+    own = [p for p in about if p.object_id == pack]
+    assert len(own) == 1 and f"pack '{short(pack)}' is truncated: " in own[0].message, report.errors
+    assert not any("checksum mismatch" in p.message and flipped is None for p in about), report.errors
+    hurt = [p for p in about if p.object_id != pack]
+    assert hurt and all(p.sets for p in hurt), report.errors
+    if flipped is None:
+        assert all(p.message.endswith(f"pack '{short(pack)}' is truncated") for p in hurt), report.errors
+        assert "verification too" not in own[0].message
+    else:
+        assert own[0].message.endswith("; 1 of the blobs still within it fails verification too"), own[0]
+        damaged = [p for p in hurt if not p.message.endswith("is truncated")]  # checksum, or authentication
+        assert [p.object_id for p in damaged] == [flipped.hex()], report.errors
+        assert any(p.message.endswith(f"pack '{short(pack)}' is truncated") for p in hurt), report.errors
+
+
 def restore_and_compare(repo: Repository, s: BackupSet, src: str, target: str) -> None:
     stats = repo.restore(s, target)
     assert stats.errors == ()
