@@ -66,3 +66,30 @@ def test_no_retention_means_no_retention_field() -> None:
     reply = CairnServicer(_Service(ServiceStatus(daemon, [], ArchiveSnapshot(), None))).Status(pb.StatusRequest(),
                                                                                             None)
     assert not reply.HasField("retention")
+
+
+def test_the_open_window_and_the_one_thawed_at_start_reach_the_reply() -> None:
+    from cairn.daemon.scheduling.jobs import BackupJob
+    from cairn.daemon.windows.quiesce import HookResult, OpenWindow, WindowRecovery
+
+    # every field of the open window is on the wire, besides the set's job and level
+    assert names(OpenWindow) - {"source"} == set(pb.QuiesceWindow.DESCRIPTOR.fields_by_name) - {"job", "level"}
+    window = OpenWindow(source="app", mode="cold", state="frozen", opened=100.0, frozen=101.5, deadline=1000.0,
+                        max_window=900.0, levels=2, levels_started=2)
+    job = BackupJob("app", "differential", "schedule")
+    thaw = HookResult(("true",), 0, "", "", 0.1)
+    recovered = WindowRecovery("app", "hot", 50.0, (thaw, thaw), thawed=60.0)
+    journal = JournalView("")
+    source = SourceState(name="app", paths=(), configured=True, watch=False, journal=journal, last={},
+                         running=job, next_runs={}, sets=0, window=window, recovered=recovered)
+    daemon = DaemonState(version="1", pid=1, started=1.0, repository="/r", read_only=False, config_path="",
+                         hostname="h")
+    reply = CairnServicer(_Service(ServiceStatus(daemon, [source], ArchiveSnapshot(), None))).Status(
+        pb.StatusRequest(), None)
+    w = reply.sources[0].window
+    assert {k: getattr(w, k) for k in names(OpenWindow) - {"source"}} == \
+        {k: v for k, v in dataclasses.asdict(window).items() if k != "source"}
+    assert (w.job, w.level) == (job.id, "differential")
+    r = reply.sources[0].recovered_window
+    assert (r.mode, r.opened, r.thawed, r.thaw_hooks) == ("hot", 50.0, 60.0, 2)
+    assert r.message == recovered.summary() and r.message.startswith("thawed the hot window left open since ")
