@@ -54,7 +54,7 @@ from cairn.daemon.runtime.sdnotify import Notifier, WatchdogPinger, watchdog_int
 from cairn.daemon.runtime.signals import SignalInbox
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler, soonest_runs
-from cairn.daemon.windows.quiesce import WindowRecovery, recover_windows, thaw_open_windows
+from cairn.daemon.windows.quiesce import WindowRecovery, open_windows, recover_windows, thaw_open_windows
 from cairn.errors import CairnError
 from cairn.store.repository import Repository
 
@@ -227,16 +227,21 @@ class Daemon:
         return tracker_ok and all(t is None or t.healthy for t in threads)
 
     def status_text(self) -> str:
-        """systemd's STATUS line: the sources, each running backup, then the next scheduled run."""
+        """systemd's STATUS line: the sources, each running backup (and its quiesce window, open
+        now), then the next scheduled run."""
         cfg = self.config
         mode = "read-only, " if cfg.daemon.read_only else ""
         text = f"serving {mode}{len(cfg.sources)} source{'' if len(cfg.sources) == 1 else 's'}"
         if self.service is not None:
+            windows = open_windows(cfg.daemon.state_dir)
             for source, job in sorted(self.service.jobs.running().items()):
                 text += f"; {job.level} backup of '{source}' running {job.age():.0f}s"
                 p = job.progress
                 if p is not None:
                     text += f" ({p.phase}, {p.files_done} files)"
+                w = windows.get(source)
+                if w is not None:
+                    text += f", its {w.mode} window {w.state} for {max(0.0, time.time() - w.opened):.0f}s"
         soonest = soonest_runs(self.scheduler.next_runs()) if self.scheduler is not None else None
         if soonest is not None:
             when, levels = soonest

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -79,6 +80,9 @@ def test_status_shows_the_open_window_until_its_set_is_taken(start_daemon, rundi
         assert "at the latest (in 9m, max_window 10m)" in lines[0] or "at the latest (in 10m, max_window 10m)" \
             in lines[0], lines
         assert lines[0].endswith(f"; for the full set of job {job['id']}"), lines
+        # systemd's STATUS line (`systemctl status cairnd`) says it too
+        wait_for(lambda: any(re.search(r"; full backup of 'app' running \d+s( \([^)]*\))?, its cold window frozen "
+                                       r"for \d+s", m) for m in d.notify.messages), "the STATUS line")
     finally:
         files["go"].touch()
         out, err = backup.communicate(timeout=60)
@@ -95,12 +99,15 @@ def test_a_window_left_open_by_a_killed_daemon_is_thawed_at_start_and_shown(star
     d1 = start_daemon("--config", config, socket_path=sock)
     backup = subprocess.Popen([CAIRN, "--socket", sock, "backup", "--level", "full"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env_for())
-    wait_for(files["dumping"].exists, "the dump inside the window")
-    opened = wait_for(lambda: (_app(d1)["window"] or {}).get("opened"), "status to show the window")
-    d1.proc.kill()
-    d1.proc.wait(10)
-    backup.wait(30)
-    assert _hooks(files) == ["freeze"]  # the application is frozen: nobody thawed it
+    try:
+        wait_for(files["dumping"].exists, "the dump inside the window")
+        opened = wait_for(lambda: (_app(d1)["window"] or {}).get("opened"), "status to show the window")
+        d1.proc.kill()
+        d1.proc.wait(10)
+        backup.wait(30)
+        assert _hooks(files) == ["freeze"]  # the application is frozen: nobody thawed it
+    finally:
+        files["go"].touch()  # a dump command the daemon's death did not end (it should) ends now
 
     d2 = start_daemon("--config", config, socket_path=sock)
     assert _hooks(files) == ["freeze", "thaw"]  # thawed before the daemon served
