@@ -5,6 +5,12 @@ take from `cairn.protocol`: $XDG_RUNTIME_DIR/cairn/cairnd.sock, /run/cairn/cairn
 root, else cairnd.sock in the daemon's home ($CAIRN_HOME, systemd's $STATE_DIRECTORY,
 ~/.local/share/cairn). A remote daemon (--address HOST:PORT) is always
 reached over TLS; the token (--token, --token-file or $CAIRN_TOKEN) rides on every call.
+
+The channel sets no keepalive, on purpose: gRPC then gives the client no ping, SETTINGS or
+TCP_USER_TIMEOUT deadline of its own, so a `cairn` that was suspended (SIGSTOP, a laptop asleep)
+finds its call where it left it; how long a daemon waits on a suspended client is the daemon's
+choice (its stall timeout). The price: a daemon whose host vanishes without closing the
+connection leaves a call that has no deadline waiting until it is interrupted.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ and reflection are served by `health`: their long-lived streams share a few slot
 can take at most AUX_STREAMS of the WORKERS threads (see that module). Cairn's own streaming
 calls take slots of their listener's pools and are cancelled when they wait on a client that
 stopped reading (`streams`): no client can take the threads that WAL pushes and unary calls
-need.
+need. That stall watch is what gives up on a client that is there but takes nothing (a
+suspended `cairn`): neither gRPC nor the kernel drops a connection sooner than PEER_TIMEOUT,
+a minute past the stall timeout, on either endpoint (`transport_options`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import grpc
 from cairn import protocol
 from cairn.daemon.rpc.health import AUX_STREAMS, HealthService, LimitedReflection
 from cairn.daemon.rpc.servicer import CairnServicer, Malformed
-from cairn.daemon.rpc.streams import Slots, StreamGuard, workers
+from cairn.daemon.rpc.streams import STALL_TIMEOUT, Slots, StreamGuard, workers
 from cairn.daemon.runtime.config import DaemonConfig
 from cairn.fsio.sockets import check_socket_path
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
@@ -54,6 +56,31 @@ MAX_CONCURRENT_RPCS = 512  # calls running or queued; beyond, RESOURCE_EXHAUSTED
 SERVICE = pb.DESCRIPTOR.services_by_name["Cairn"]
 TOKEN_KEY = "authorization"
 UNIX_PATH_MAX = 107  # bytes of a Unix socket path: sun_path holds 108, the last its terminating NUL
+# Seconds the connection itself waits on a peer that takes nothing and acknowledges nothing before
+# it is dropped: a minute past the stall watch, so the watch is what gives up on a client that stops
+# reading. gRPC's own defaults dropped it much sooner (see `transport_options`).
+PEER_TIMEOUT = STALL_TIMEOUT + 60
+
+
+def transport_options(peer_timeout: float = PEER_TIMEOUT) -> list[tuple[str, int]]:
+    """The gRPC server arguments that decide when a connection's peer is given up on: all `peer_timeout`.
+
+    With gRPC's server defaults a suspended client (SIGSTOP, a laptop asleep) lost its call long
+    before the stall watch would have cancelled it: every accepted TCP connection gets
+    TCP_USER_TIMEOUT = the keepalive timeout (20 s), and Linux aborts a connection whose peer's
+    receive window stays shut that long even though the peer's kernel answers every probe (a
+    restore failed with "connection reset by peer"); a ping the daemon sends (flow-control probes
+    while a client streams requests) had to be answered within 1 minute (a WAL push failed with
+    "ping timeout"), a SETTINGS frame within max(2 x the keepalive timeout, 1 minute). A peer that
+    is really gone is still let go: a killed process's kernel closes the connection at once, the
+    stall watch frees the call's thread and slot, and the kernel drops a connection whose peer
+    acknowledges nothing for `peer_timeout`. Keepalive pings keep gRPC's server period (2 h)."""
+    ms = min(int(peer_timeout * 1000), 2**31 - 1)  # a channel argument is a C int
+    return [
+        ("grpc.keepalive_timeout_ms", ms),  # also TCP_USER_TIMEOUT of every accepted TCP connection
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.http2.settings_timeout", ms),
+    ]
 
 
 def _tolerant(cls: Any, method: str) -> Callable[[bytes], Any]:
@@ -209,6 +236,7 @@ class RpcServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *transport_options(),
             ],
         )
         guard = StreamGuard()

@@ -16,6 +16,9 @@ What always holds:
   does not take, or a request it does not send) is cancelled by the StallWatch: its thread and
   slot come free, and the client sees CANCELLED. Time the daemon itself spends between
   replies (reading a repository, hashing) never counts: only the wait on the client does.
+  Nothing gives up on such a client sooner: the connection's own timeouts (gRPC's pings and
+  SETTINGS, the kernel's TCP_USER_TIMEOUT) are set past STALL_TIMEOUT by `server`, so a client
+  suspended for less than it resumes its stream.
 - A slot is released exactly once, when the call's handler ends (also when it raises, or
   when gRPC closes the generator of a cancelled call).
 """

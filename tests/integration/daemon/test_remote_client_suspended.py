@@ -1,0 +1,249 @@
+"""Remote clients that are suspended keep their streams; one that is killed frees its stream.
+
+The real daemon with its TCP listener (TLS and a token) and client processes on it. A `cairn
+restore` is stopped with SIGSTOP at a moment its connection's receive window is shut (the
+daemon's socket holds bytes the client's kernel will not take: read from /proc/net/tcp*), which
+is where gRPC's default server settings had the kernel drop the connection 20 s later
+(TCP_USER_TIMEOUT); it is continued after more than that and must restore the whole tree. A
+client streaming a WAL push is stopped past gRPC's default ping timeout (1 minute, for the
+daemon's flow-control pings) and its segment must be archived whole. A client killed with
+SIGKILL while it holds a stream frees the stream's slot at once, long before the stall watch
+would.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cairn.daemon.rpc.streams import DATA_STREAMS
+from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairnd_harness import CAIRN, env_for, random_tree, snapshot, tcp_config
+
+OLD_PEER_TIMEOUT = 20.0  # gRPC's default TCP_USER_TIMEOUT of the daemon's connections (seconds)
+SUSPENDED = OLD_PEER_TIMEOUT + 12  # past it, with room for the kernel's probe timer
+TREE_BYTES = 192 << 20  # enough that the restore is still mid-flight when its window has shut
+OLD_PING_TIMEOUT = 60.0  # gRPC's default wait of the daemon for the answer to a ping it sent (seconds)
+SEGMENT = "000000010000000000000001"
+
+# A WAL push from another host: the segment (random bytes, also written to argv[4]) in pieces of
+# 64 KiB a few milliseconds apart; "pushing" once the daemon has some, the reply at the end.
+PUSHER = """
+import os, sys, time, grpc
+from cairn.proto.cairn.v1 import cairn_pb2 as pb, cairn_pb2_grpc as pbg
+address, ca, token, copy = sys.argv[1:5]
+creds = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(open(ca, "rb").read()),
+                                           grpc.access_token_call_credentials(token))
+pieces = [os.urandom(64 << 10) for _ in range(160)]
+open(copy, "wb").write(b"".join(pieces))
+def requests():
+    yield pb.WalPushRequest(name=sys.argv[5])
+    for i, piece in enumerate(pieces):
+        yield pb.WalPushRequest(data=piece)
+        if i == 40:
+            print("pushing", flush=True)
+        time.sleep(0.005)
+with grpc.secure_channel(address, creds) as channel:
+    try:
+        reply = pbg.CairnStub(channel).WalPush(requests(), timeout=600)
+    except grpc.RpcError as exc:
+        sys.exit(f"WalPush failed: {exc.code().name}: {exc.details()}")
+print("stored" if reply.stored else "already stored", flush=True)
+"""
+
+
+def _daemon_send_queue(port: int) -> int | None:
+    """Bytes the daemon's established connections on `port` hold unsent or unacknowledged; None
+    when it has none."""
+    total = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as f:
+            rows = f.read().splitlines()[1:]
+        for row in rows:
+            fields = row.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                total = (total or 0) + int(fields[4].split(":")[0], 16)
+    return total
+
+
+def _written(target: Path) -> int:
+    return sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if target.exists() else 0
+
+
+def _remote_restore(address: str, tls_files: dict[str, str], target: Path, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([CAIRN, "--address", address, "--tls-ca", tls_files["ca"], "--token-file",
+                                 tls_files["token"], "restore", "latest", "--target", str(target)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env_for())
+
+
+def _wait_written(client: subprocess.Popen, target: Path) -> None:
+    """Wait until the running restore has written its first MiB."""
+    deadline = time.monotonic() + 60
+    while _written(target) < 1 << 20:
+        assert client.poll() is None, f"the restore ended early: exit {client.returncode}"
+        assert time.monotonic() < deadline, "the restore wrote nothing"
+        time.sleep(0.02)
+
+
+def _stop_with_window_shut(client: subprocess.Popen, port: int, target: Path) -> bool:
+    """Stop `client` at a moment the daemon's socket holds bytes the client's kernel does not take
+    (its window is shut); False if the restore ended first. Whether the window shuts depends on
+    how far gRPC's flow control has grown it past the client's socket buffer, so the client is
+    stopped, watched for a moment and continued until it does."""
+    deadline = time.monotonic() + 60
+    _wait_written(client, target)
+    while client.poll() is None:
+        client.send_signal(signal.SIGSTOP)
+        settle = time.monotonic() + 1.5
+        while time.monotonic() < settle:
+            queued = _daemon_send_queue(port)
+            if queued:
+                time.sleep(0.3)
+                if _daemon_send_queue(port):  # still queued: the client's kernel takes no more
+                    return True
+            time.sleep(0.05)
+        client.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
+        assert time.monotonic() < deadline, "the client's window never shut"
+    return False
+
+
+@pytest.fixture
+def remote(start_daemon, rundir, tmp_path, tls_files):
+    """remote(total_bytes) -> (daemon, source, address): a daemon with a TCP listener and a full
+    set of `total_bytes` of incompressible files."""
+
+    def start(total_bytes: int):
+        src = str(tmp_path / "src")
+        random_tree(src, total_bytes, 4 << 20)
+        config, sock, address = tcp_config(rundir, tmp_path, tls_files, src)
+        daemon = start_daemon("--config", config, socket_path=sock)
+        daemon.ok("backup", "--level", "full", timeout=240)
+        return daemon, src, address
+
+    return start
+
+
+@pytest.mark.slow
+def test_a_remote_restore_suspended_past_the_old_peer_timeout_completes(remote, tmp_path, tls_files):
+    _daemon, src, address = remote(TREE_BYTES)
+    port = int(address.rsplit(":", 1)[1])
+    for attempt in range(3):
+        target = tmp_path / f"out{attempt}"
+        log = tmp_path / f"client{attempt}.log"
+        client = _remote_restore(address, tls_files, target, log)
+        try:
+            shut = _stop_with_window_shut(client, port, target)
+            if shut:
+                break
+            assert client.wait(60) == 0, log.read_text()
+        except BaseException:
+            client.kill()
+            client.wait(10)
+            raise
+    else:
+        pytest.fail("three restores ended before the client's receive window ever shut")
+    dropped_after = None
+    try:
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < SUSPENDED:
+            # the daemon holds on to the connection (gRPC's defaults had the kernel abort it after 20 s)
+            if _daemon_send_queue(port) is None:
+                dropped_after = time.monotonic() - stopped
+                break
+            time.sleep(0.5)
+        client.send_signal(signal.SIGCONT)
+        code = client.wait(120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    assert code == 0 and dropped_after is None, \
+        f"the daemon dropped the stopped client after {dropped_after or 0:.0f} s; the client said:\n{log.read_text()}"
+    assert snapshot(str(target)) == snapshot(src)
+
+
+def test_a_killed_remote_client_frees_its_stream_at_once(remote, tmp_path, tls_files):
+    daemon, _src, address = remote(64 << 20)
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(Path(tls_files["ca"]).read_bytes()),
+        grpc.access_token_call_credentials(Path(tls_files["token"]).read_text().strip()))
+    # every data slot of the TCP listener but one is held by a stream that reads no more
+    channels = [grpc.secure_channel(address, creds, options=[("grpc.http2.bdp_probe", 0)])
+                for _ in range(DATA_STREAMS)]
+    try:
+        held = []
+        for ch in channels[:-1]:
+            call = pb_grpc.CairnStub(ch).Restore(pb.RestoreRequest(set="latest"), timeout=120)
+            next(call)
+            held.append(call)
+        target = tmp_path / "killed"
+        client = _remote_restore(address, tls_files, target, tmp_path / "killed.log")
+        try:
+            _wait_written(client, target)
+            client.send_signal(signal.SIGSTOP)  # mid-flight: far more is left than any buffer holds
+            probe = pb_grpc.CairnStub(channels[-1]).Restore(pb.RestoreRequest(set="latest"), timeout=30)
+            with pytest.raises(grpc.RpcError) as refused:  # the stopped client holds the last slot
+                next(probe)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+        finally:
+            client.kill()
+            client.wait(10)
+        # its kernel closed the connection: the slot comes free at once, not after the stall timeout
+        deadline = time.monotonic() + 10
+        while True:
+            again = pb_grpc.CairnStub(channels[-1]).Restore(pb.RestoreRequest(set="latest"), timeout=30)
+            try:
+                next(again)
+                again.cancel()
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                assert time.monotonic() < deadline, "the killed client's stream still holds its slot"
+                time.sleep(0.2)
+        daemon.ok("status", timeout=10)
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+@pytest.mark.slow
+def test_a_remote_wal_push_suspended_past_the_old_ping_timeout_completes(start_daemon, rundir, tmp_path, tls_files):
+    src = tmp_path / "src"
+    src.mkdir()
+    config, sock, address = tcp_config(rundir, tmp_path, tls_files, str(src))
+    daemon = start_daemon("--config", config, socket_path=sock)
+    port = int(address.rsplit(":", 1)[1])
+    copy = tmp_path / "pushed"
+    token = Path(tls_files["token"]).read_text().strip()
+    client = subprocess.Popen([sys.executable, "-c", PUSHER, address, tls_files["ca"], token, str(copy), SEGMENT],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for())
+    dropped_after = None
+    try:
+        assert client.stdout.readline().strip() == "pushing", client.stderr.read()
+        client.send_signal(signal.SIGSTOP)  # mid-push: the daemon waits for the rest
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < OLD_PING_TIMEOUT + 8:
+            # the daemon holds on to the connection (gRPC's defaults closed it after a minute: "ping timeout")
+            if _daemon_send_queue(port) is None:
+                dropped_after = time.monotonic() - stopped
+                break
+            time.sleep(0.5)
+        client.send_signal(signal.SIGCONT)
+        out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    assert client.returncode == 0 and out.strip() == "stored" and dropped_after is None, \
+        f"the daemon dropped the stopped client after {dropped_after or 0:.0f} s; the client said:\n{out}{err}"
+    daemon.ok("wal-fetch", SEGMENT, str(tmp_path / "fetched"))
+    assert (tmp_path / "fetched").read_bytes() == copy.read_bytes()
