@@ -4,6 +4,8 @@
 - Where the daemon's socket is when its configuration names none (`default_socket`): the
   client finds the daemon by the same rule, so the two can never drift apart.
 - The trailing metadata key an error's hint travels under (`HINT_KEY`).
+- The start of the refusal of a streaming call beyond its pool's slots (`BUSY_PREFIX`, with
+  RESOURCE_EXHAUSTED): a client that may wait for a slot knows it by this.
 - The gRPC message size limits (`MAX_MESSAGE_BYTES` for the daemon, `CLIENT_MAX_MESSAGE_BYTES`
   for the client) and the size of the pieces a restore stream is cut into, which always fit.
 - The restore-db markers come from `cairn.walnames` (the owner of WAL names) and are named
@@ -24,7 +26,7 @@ from cairn.walnames import OWN_POINT, WAL_MARKER
 
 __all__ = ["LEVELS", "DEFAULT_LEVEL", "SOCKET_NAME", "ROOT_RUNTIME_DIR", "MAX_MESSAGE_BYTES",
            "CLIENT_MAX_MESSAGE_BYTES", "DATA_PIECE", "BATCH_BYTES", "BATCH_RECORDS", "HINT_KEY", "WAL_MARKER",
-           "OWN_POINT", "default_home", "default_socket"]
+           "OWN_POINT", "BUSY_PREFIX", "default_home", "default_socket"]
 
 LEVELS = ("full", "differential", "incremental")
 DEFAULT_LEVEL = "incremental"
@@ -37,6 +39,7 @@ CLIENT_MAX_MESSAGE_BYTES = 8 << 20  # the client's limit: what the daemon sends,
 DATA_PIECE = 1 << 20  # largest data record of a restore or WAL fetch
 BATCH_BYTES = 1 << 20  # a restore batch is flushed once it holds about this much
 BATCH_RECORDS = 2048
+BUSY_PREFIX = "too many open "  # RESOURCE_EXHAUSTED: every slot of a stream pool is taken
 
 HINT_KEY = "cairn-hint"  # the trailing metadata key of an error's hint for people
 

@@ -886,7 +886,9 @@ def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
         for start in range(WAL_PIECE, len(data), WAL_PIECE):
             yield pb.WalPushRequest(data=data[start : start + WAL_PIECE])
 
-    reply = conn.stub.WalPush(pieces())
+    from cairn.client.walslots import when_free
+
+    reply = when_free(lambda: conn.stub.WalPush(pieces()), f"wal-push of {name}")
     where = f" (system {reply.wal_namespace})" if reply.wal_namespace else ""
     if args.json:
         out(render.dumps({"name": name, "stored": reply.stored, "system_id": reply.wal_namespace}))
@@ -962,9 +964,11 @@ def _global_args(args: argparse.Namespace) -> list[str]:
 
 
 def _fetch_direct(conn: Connection, args: argparse.Namespace) -> int:
+    from cairn.client.walslots import when_free
+
     tmp = f"{args.dest}.cairn-tmp"
     try:
-        return _wal_fetch(conn, args, tmp)
+        return when_free(lambda: _wal_fetch(conn, args, tmp), f"wal-fetch of {args.name}")
     except grpc.RpcError as exc:
         if args.name.endswith(".history") and exc.code() == grpc.StatusCode.NOT_FOUND:
             return EXIT_NOT_FOUND  # PostgreSQL probes for timeline histories that need not exist: no error

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
+from cairn import protocol
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Slots:
         if not self._free.acquire(blocking=False):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many open {what} streams (at most {self.count} at a time); try again later",
+                f"{protocol.BUSY_PREFIX}{what} streams (at most {self.count} at a time); try again later",
             )
         released = threading.Event()
         once = threading.Lock()
