@@ -5,8 +5,13 @@ On disk, index files list the blobs of some packs:
     entries: id (32) | type u8 | codec u8 | pack_no u32 | offset u32 | stored_len u32 | raw_len u32 |
     blake3 of all preceding bytes (32)
 An index file is named by the blake3 of its content. Index files only ever add knowledge;
-the same blob listed twice (a crash between writing a pack and its index, a rewrite by prune)
-is harmless: the location added last is kept.
+the same blob listed twice (a crash between writing a pack and its index, a rewrite by prune,
+two sessions at once that both stored a new chunk) is harmless: the location added last is
+kept, except that a plain copy is never replaced by a delta-coded one (codec 2). A delta names
+its reference by id and a reference must never be a delta itself (blobs.reference_data): two
+sessions of one database at once may store a chunk plainly and as a delta, a later set then
+compresses against the plain copy, and an index that named the delta copy (learnt last, or
+loaded last: index files load in name order) made that later delta unreadable.
 
 In memory the index is compact, about 50 bytes per blob whatever its size (a dict of bytes
 keys cost about 140): blob ids are (keyed) blake3 hashes, so their first bits spread them
@@ -34,7 +39,7 @@ from typing import NamedTuple
 import blake3
 
 from ..errors import CorruptionError, short
-from .packs import PackEntry
+from .packs import CODEC_ZSTD_REF, PackEntry
 
 MAGIC = b"CAIRNIX1"
 IENTRY = struct.Struct("<32sBBIIII")
@@ -47,6 +52,12 @@ BUCKET_TARGET = 48  # average records per bucket before the table grows (4x)
 
 def _slot(bid: bytes, bits: int) -> int:
     return int.from_bytes(bid[:4], "big") >> (32 - bits) if bits else 0
+
+
+def _keeps(old: bytes | memoryview, new: bytes | memoryview) -> bool:
+    """True when record `old` stays over record `new` of the same blob (records of RSIZE bytes,
+    the last one type<<4|codec): a plain copy is kept over a delta-coded one."""
+    return new[RSIZE - 1] & 0xF == CODEC_ZSTD_REF and old[RSIZE - 1] & 0xF != CODEC_ZSTD_REF
 
 
 def _find(bucket: bytes, bid: bytes) -> int:
@@ -123,14 +134,18 @@ class Index:
                 g = groups.get(h)
                 if g is None:
                     g = groups[h] = {}
-                g[bid] = pack_rec(bid, n, offset, stored_len, raw_len, btype << 4 | codec)
+                rec = pack_rec(bid, n, offset, stored_len, raw_len, btype << 4 | codec)
+                if bid not in g or not _keeps(g[bid], rec):
+                    g[bid] = rec
             for h, recs in groups.items():
                 bucket = buckets[h]
                 if bucket:
                     known = [b for b in recs if bucket.find(b) >= 0 and _find(bucket, b) >= 0]
-                    for bid in known:  # the newer location replaces the one known
+                    for bid in known:  # the newer location replaces the one known (not a plain by a delta)
                         pos = _find(bucket, bid)
-                        bucket = bucket[:pos] + recs.pop(bid) + bucket[pos + RSIZE:]
+                        rec = recs.pop(bid)
+                        if not _keeps(bucket[pos:pos + RSIZE], rec):
+                            bucket = bucket[:pos] + rec + bucket[pos + RSIZE:]
                 self._count += len(recs)
                 buckets[h] = bucket + b"".join(recs.values()) if recs else bucket
             if self._count > BUCKET_TARGET << bits:
@@ -216,7 +231,8 @@ class IndexBuilder:
     much nor fragment the heap), and `finish` turns each buffer into a bucket and splits the
     table to the size `Index` keeps, dropping each old bucket as it goes: a load holds the
     records about once (plus the buffers' slack), and moves each about twice. The same blob
-    listed more than once keeps the location added last, as in `Index.add_pack`. Not
+    listed more than once keeps the location added last, as in `Index.add_pack` (and as there,
+    never a delta-coded copy over a plain one). Not
     thread-safe: one loader owns it until `finish`.
     """
 
@@ -277,8 +293,13 @@ class IndexBuilder:
             bucket = bytes(part)
             parts[h] = bytearray()
             ids = {bucket[o:o + IDLEN] for o in range(0, len(bucket), RSIZE)}
-            if len(ids) * RSIZE != len(bucket):  # a blob listed twice: keep the record added last
-                last = {bucket[o:o + IDLEN]: o for o in range(0, len(bucket), RSIZE)}
+            if len(ids) * RSIZE != len(bucket):  # a blob listed twice: the record added last, not a delta over a plain
+                last: dict[bytes, int] = {}
+                for o in range(0, len(bucket), RSIZE):
+                    bid = bucket[o:o + IDLEN]
+                    had = last.get(bid)
+                    if had is None or not _keeps(bucket[had:had + RSIZE], bucket[o:o + RSIZE]):
+                        last[bid] = o
                 bucket = b"".join(bucket[o:o + RSIZE] for o in sorted(last.values()))
             count += len(ids)
             buckets.append(bucket)

@@ -270,3 +270,57 @@ def test_one_prune_frees_a_reference_whose_only_delta_copy_it_deleted(repo, tmp_
     out = tmp_path / "out"
     assert repo.restore(repo.get_set(inc.id), str(out), attachment="db:main").errors == ()
     assert (out / "base" / "rel").read_bytes() == expect
+
+
+def test_a_delta_against_a_blob_also_stored_as_a_delta_stays_readable(repo, tmp_path, rng):
+    """Two sessions at once (two sources of one database cluster) may each store a changed chunk:
+    one as a delta, the other plainly. A later set compresses its chunk against the plain copy
+    and names that blob as its reference. However the index then learns of the delta copy again
+    (a session that commits it later, index files loaded in the other order), it keeps naming
+    the plain copy: a reference is never a delta, and the later set stays readable."""
+    from cairn.store.content.packs import PackEntry
+
+    files, db = setup_db(tmp_path, rng)
+    take(repo, files, db, "full")
+    touch_pages(db / "base" / "rel", rng, [3, 200, 300, 400])
+    inc = take(repo, files, db, "incremental")
+    deltas = sorted(delta_blobs(repo))
+    assert len(deltas) == 4
+    delta_copies = {}
+    for d in deltas:
+        loc = repo.index.get(d)
+        delta_copies.setdefault(loc.pack, []).append(
+            PackEntry(d, loc.type, loc.codec, loc.raw_len, loc.stored_len, loc.offset))
+    plain_copies(repo, deltas, rng)  # the other session's copies, learnt last: the index names them
+    assert all(repo.index.get(d).codec != CODEC_ZSTD_REF for d in deltas)
+    touch_pages(db / "base" / "rel", rng, [4, 201, 301, 401])
+    later = take(repo, files, db, "incremental")
+    assert later.base == inc.id
+    assert {repo.reader.reference_of(b) for b in set(delta_blobs(repo)) - set(deltas)} == set(deltas)
+    for pack, entries in delta_copies.items():  # the delta copies are learnt again
+        repo.index.add_pack(pack, entries)
+    expect = (db / "base" / "rel").read_bytes()
+    out = tmp_path / "out"
+    assert repo.restore(repo.get_set(later.id), str(out), attachment="db:main").errors == ()
+    assert (out / "base" / "rel").read_bytes() == expect
+    repo.load_index()  # and loaded from the index files, in whatever order their names give
+    assert all(repo.index.get(d).codec != CODEC_ZSTD_REF for d in deltas)
+    assert repo.check(read_data=True).ok
+
+
+@pytest.mark.parametrize("order", ["plain first", "delta first"])
+def test_the_index_names_a_plain_copy_over_a_delta_copy_in_either_order(order):
+    from cairn.store.content.index import Index, IndexBuilder
+    from cairn.store.content.packs import CODEC_ZSTD, TYPE_DATA, PackEntry
+
+    bid = bytes(range(32))
+    plain = ("p" * 64, [PackEntry(bid, TYPE_DATA, CODEC_ZSTD, 8192, 40, 8)])
+    delta = ("d" * 64, [PackEntry(bid, TYPE_DATA, CODEC_ZSTD_REF, 8192, 70, 8)])
+    adds = [plain, delta] if order == "plain first" else [delta, plain]
+    index, builder = Index(), IndexBuilder()
+    for pack, entries in adds:
+        index.add_pack(pack, entries)
+        builder.add_pack(pack, entries)
+    for got in (index, builder.finish()):
+        assert len(got) == 1
+        assert got.get(bid).pack == "p" * 64 and got.get(bid).codec == CODEC_ZSTD

@@ -1,6 +1,7 @@
 """IndexBuilder (store/content/index.py): an index built from many packs at once answers exactly
 as one built pack by pack with `Index.add_pack`, across the table's growth, with a blob listed
-more than once keeping the location added last, and stays usable for later `add_pack` calls.
+more than once keeping the location added last (but never a delta-coded copy over a plain one),
+and stays usable for later `add_pack` calls.
 Index files added straight from their bytes give the same index; packs asked to be deferred are
 handed back; a file that names a pack it does not list is refused whole."""
 
