@@ -213,16 +213,18 @@ def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
         set_id, _, why = line.partition(": ")
         print(f"cairn: warning: set '{render.short_id(set_id)}' cannot be read ({why}): it is not listed; 'cairn "
               "verify' names the damage, 'cairn repair sets' removes it", file=sys.stderr)
-    known = {s.id for s in reply.sets}  # every set listed: a base not here was pruned (a base is its host's)
+    # every set listed or unreadable: a base among neither was pruned (a base is its host's)
+    known = {s.id for s in reply.sets}
+    damaged = {line.partition(": ")[0] for line in reply.unreadable}
     sets = [s for s in reply.sets if not args.host or s.hostname == args.host]
     if args.json:
-        out(render.dumps([{**render.set_dict(s), "base_pruned": bool(s.base) and s.base not in known}
-                          for s in sets]))
+        out(render.dumps([{**render.set_dict(s), "base_pruned": bool(s.base) and s.base not in known | damaged,
+                           "base_damaged": s.base in damaged} for s in sets]))
         return EXIT_OK
     if not sets:
         out("no sets")
         return EXIT_OK
-    for line in render.table(render.SET_COLUMNS, (render.set_row(s, known) for s in sets)):
+    for line in render.table(render.SET_COLUMNS, (render.set_row(s, known, damaged) for s in sets)):
         out(line)
     return EXIT_OK
 

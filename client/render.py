@@ -191,11 +191,17 @@ def set_databases(s: pb.SetInfo) -> list[str]:
     return [str(r["name"]) for r in recs if isinstance(r, dict) and r.get("name")]
 
 
-def set_row(s: pb.SetInfo, known: set[str] | None = None) -> tuple[str, ...]:
-    """One row of `cairn sets`; a base not among `known` set ids is shown as pruned."""
+def set_row(s: pb.SetInfo, known: set[str] | None = None, damaged: frozenset[str] | set[str] = frozenset()
+            ) -> tuple[str, ...]:
+    """One row of `cairn sets`; a base among the `damaged` (unreadable) set ids is shown as damaged,
+    one not among `known` set ids otherwise as pruned."""
     base = "-"
     if s.base:
-        base = short_id(s.base) + (" (pruned)" if known is not None and s.base not in known else "")
+        base = short_id(s.base)
+        if s.base in damaged:
+            base += " (damaged)"
+        elif known is not None and s.base not in known:
+            base += " (pruned)"
     return (
         short_id(s.id),
         fmt_time(s.time_start),

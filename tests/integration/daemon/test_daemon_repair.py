@@ -278,3 +278,30 @@ def test_verify_read_data_reports_a_truncated_pack_once(daemon):
     daemon.ok("repair", "index")
     _backup(daemon)
     daemon.ok("verify", "--read-data")
+
+
+def test_a_base_whose_set_object_is_damaged_is_shown_damaged_not_pruned(start_daemon, daemon):
+    """`cairn sets` marks a base that is not listed; one that is not listed because its set object
+    cannot be read is damaged, and saying "pruned" would send the operator the wrong way."""
+    full = _backup(daemon)
+    (daemon.src / "new.txt").write_text("new\n")
+    inc = json.loads(daemon.ok("--json", "backup", "--level", "incremental"))
+    assert inc["base"] == full["id"]
+    path = daemon.repo / "sets" / full["id"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    assert daemon.terminate(timeout=20)[0] == 0  # a new daemon reads the damaged object
+    d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
+
+    r = d.cli("sets")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith(inc["id"][:12]))
+    assert f"{full['id'][:12]} (damaged)" in row and "(pruned)" not in row, r.stdout
+    listed = json.loads(d.ok("--json", "sets"))
+    assert [(s["id"], s["base_damaged"], s["base_pruned"]) for s in listed] == [(inc["id"], True, False)]
+
+    d.ok("repair", "sets")  # removed: from now on the base is gone, as if pruned
+    assert f"{full['id'][:12]} (pruned)" in d.ok("sets")
+    listed = json.loads(d.ok("--json", "sets"))
+    assert [(s["base_damaged"], s["base_pruned"]) for s in listed] == [(False, True)]
