@@ -21,7 +21,9 @@ held lock is refreshed by a thread; when refreshing fails REFRESH_TRIES times in
 lock was removed by someone else, the lock is lost: the holder is told (`on_lost`, and the
 handle's `lost` event) and must stop before its next write. A released lock whose object could
 not be deleted (the store was unreachable) is deleted by the same Locks object the next time it
-lists or takes locks, rather than left to go stale, which would hold up garbage collection.
+lists or takes locks, rather than left to go stale, which would hold up garbage collection;
+until then that Locks object does not count it as held (its own verify and prune neither say
+that a backup runs nor wait for one); to other processes it is live until it goes stale.
 No refresh writes a lock's object after its release has begun: one already on its way when the
 release gives up waiting for it deletes what it wrote.
 """
@@ -150,11 +152,14 @@ class Locks:
 
     def others_named(self, mine: str = "") -> dict[str, dict]:
         """Live locks held by others by name (a name is new for every hold); stale ones are
-        removed on the way."""
+        removed on the way. A lock this object released but could not delete yet (`leftover`)
+        is held by no one and is not listed."""
         self.remove_leftovers()
+        with self._leftover_mutex:
+            released = set(self.leftover)
         out: dict[str, dict] = {}
         for name in list(self.backend.list("locks")):
-            if name == mine:
+            if name == mine or name in released:
                 continue
             doc = self._read(name)
             if self.stale(doc):

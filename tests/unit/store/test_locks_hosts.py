@@ -1,6 +1,7 @@
 """Locks of several hosts on one store. A released lock whose object could not be deleted (the
 store was unreachable at that moment) is deleted by the same Locks object the next time it
-lists or takes locks: a garbage collector does not wait 30 minutes for it to go stale. A lock
+lists or takes locks: a garbage collector does not wait 30 minutes for it to go stale; while it
+still cannot be deleted its own process does not count it as held. A lock
 is judged by whether its pid is alive only in the pid space that wrote it."""
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ def test_a_leftover_that_still_cannot_be_deleted_is_tried_again():
     with locks.hold("backup of source 'data'"):  # taking a lock sweeps first
         assert len(list(inner.list("locks"))) == 1
     assert list(inner.list("locks")) == [] and locks.leftover == set()
+
+
+def test_a_leftover_that_cannot_be_deleted_is_not_held_by_anyone_in_its_own_process():
+    """The repository went read-only (or away) under a backup: its lock's release could not
+    delete the object, nor can the next listing. The daemon's own verify and prune must not say
+    that backup still runs, nor wait for it: the lock was released."""
+    inner = MemoryBackend()
+    faulty = FaultyBackend(inner, fail_at=1, mode="fail-from", kind="locks", ops=("delete",))
+    locks = Locks(faulty)
+    with locks.hold("backup of source 'data'"):
+        held = next(iter(inner.list("locks")))
+        assert locks.others(held) == [] and len(Locks(inner).others()) == 1
+    assert locks.leftover == {held} and list(inner.list("locks")) == [held]  # still there
+    assert locks.others() == [] and locks.others_named("") == {}
+    assert list(inner.list("locks")) == [held]  # not deleted (the store refuses), only not counted
+    assert len(Locks(inner).others()) == 1  # another process cannot tell it from a live one
 
 
 def test_a_dead_pid_counts_only_in_the_same_pid_space():
