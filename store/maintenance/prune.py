@@ -31,6 +31,10 @@ store/content/locks.py), is not forgotten, whatever the policy says: its data is
 backup deduplicates against or what that restore still has to read. A later run forgets it once
 the operation has ended.
 
+A full disk (ENOSPC, EDQUOT) stops only the rewrites: the dead packs and orphans are still marked
+and, without a grace period, collected; then the run marks once more, since the room they left
+may take the rewrites, and fails naming the full disk only if it still does not.
+
 Crash safety: every step only adds objects or deletes what the rest no longer needs, in an
 order where a crash before any write or delete leaves a consistent repository and the next
 run finishes the job: a marker without blockers is dropped by the next run (its packs are
@@ -44,6 +48,7 @@ deleted.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -59,7 +64,7 @@ from ..content.crypto import OVERHEAD
 from ..content.index import encode_index
 from ..content.locks import where
 from ..content.packs import CODEC_ZSTD_REF, ENTRY, FOOTER, HEADER, PackEntry
-from ..errors import CorruptionError, NotFoundError
+from ..errors import BackendError, CorruptionError, NotFoundError
 from ..model import BackupSet, PrunePolicy, PruneReport
 from ..snapshots import wal as walmod
 from ..snapshots.sets import resolve, set_trees
@@ -123,6 +128,18 @@ def read_markers(backend: Backend, unreadable: dict[str, str] | None = None) -> 
     return out
 
 
+def _no_space(exc: BaseException) -> bool:
+    """An ENOSPC or EDQUOT among the causes of `exc`: the repository's disk is full."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def choose(sets: list[BackupSet], policy: PrunePolicy) -> tuple[list[BackupSet], list[BackupSet]]:
     """Split sets into (keep, forget): per source and level, keep the newest N (None keeps all)."""
     limits = {"full": policy.keep_full, "differential": policy.keep_differential,
@@ -150,6 +167,7 @@ class Pruner:
         self.skip_wal: frozenset[str] = frozenset()  # WAL catalog objects taken as gone (a dry run's WAL retention)
         self.written = 0  # bytes of the packs this run's rewrites wrote
         self.dropped_deltas = False  # a collection deleted a delta-coded copy of a live blob
+        self.no_room: BackendError | None = None  # a rewrite found the repository's disk full
 
     def run(self, policy: PrunePolicy, *, dry_run: bool, source: str | None,
             grace: float = GRACE) -> PruneReport:
@@ -192,10 +210,17 @@ class Pruner:
             self.dropped_deltas = False
             d, f = self.collect(0)
             deleted, freed = deleted + d, freed + f
-            if self.dropped_deltas:  # a reference only those copies used is free now: mark and collect it too
+            if self.dropped_deltas or (self.no_room and d):
+                # a reference only those copies used is free now, or the dead packs deleted left
+                # room for the rewrites the full disk refused: mark and collect once more
+                self.no_room = None
                 rewritten += self.mark()
                 d, f = self.collect(0)
                 deleted, freed = deleted + d, freed + f
+        if self.no_room is not None:
+            raise BackendError(f"unable to rewrite the mostly dead packs, {self.no_room.message}; the dead "
+                               f"packs were freed ({deleted} deleted)",
+                               hint="make room on the repository's disk, then run prune again") from self.no_room
         waiting, size, holders = self.waiting(grace)
         return PruneReport(forgotten=tuple(s.id for s in forget), kept=tuple(s.id for s in keep),
                            packs_deleted=deleted, packs_rewritten=rewritten,
@@ -285,7 +310,16 @@ class Pruner:
         rewrite = sorted(p for p, es in by_pack.items()
                          if p not in dead and p not in marked and self._mostly_dead(es, live))
         rewrite += self._holding_copies(by_pack, live, stored - dead - marked - set(rewrite), sizes)
-        self._rewrite(rewrite, by_pack, live, copies, (dead | marked | set(rewrite), stored))
+        try:
+            self._rewrite(rewrite, by_pack, live, copies, (dead | marked | set(rewrite), stored))
+        except BackendError as e:
+            if not _no_space(e):
+                raise
+            # The disk is full: the dead packs are still marked (and freed), the packs whose live
+            # blobs could not be copied out stay as they are, unmarked (a new pack the rewrite
+            # finished before is unindexed: an orphan, marked by the next run).
+            self.no_room = e
+            rewrite = []
         packs = (dead | orphans | set(rewrite)) - marked
         if packs:
             m = Marker(os.urandom(16).hex(), time.time(), frozenset(packs))

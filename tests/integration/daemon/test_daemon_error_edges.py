@@ -5,13 +5,16 @@ characters) gets a short one-line error and a non-zero exit, never gRPC's "Strea
 (the daemon's error details travel as metadata, which a client caps at a few KiB); a full
 disk under the repository fails a backup with one line naming it and RESOURCE_EXHAUSTED, the
 daemon serves on, and once there is room the next backup succeeds and every set restores
-identical; an endpoint cairnd cannot bind (a read-only directory, a socket path too long for
-sun_path, a path under /proc, a TCP port in use) ends cairnd with one line "cairnd: error:
-unable to listen on ...", exit status 1, and no traceback."""
+identical; a prune on a full repository disk frees the dead packs before it needs room to
+rewrite, and says in one line when even then there is none; an endpoint cairnd cannot bind (a
+read-only directory, a socket path too long for sun_path, a path under /proc, a TCP port in
+use) ends cairnd with one line "cairnd: error: unable to listen on ...", exit status 1, and no
+traceback."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -133,6 +136,65 @@ def test_a_full_repository_disk_fails_a_backup_with_one_line_and_loses_nothing(r
         d.ok("restore", set_id[:12], "--target", target)
         assert snapshot(target) == want
     d.ok("verify")
+
+
+def _free(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_a_prune_on_a_full_repository_disk_frees_the_dead_packs_first(repofs, start_daemon, rundir, tmp_path):
+    """The disk is full and the operator prunes to make room: the dead packs are deleted, which
+    needs no room, and the rewrite of a mostly dead pack uses the room they left. When even then
+    there is none, the rewrite is refused in one line (RESOURCE_EXHAUSTED), after the dead packs
+    were freed; nothing a kept set needs is touched, and once there is room a prune finishes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sock = os.path.join(rundir, "full.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), os.path.join(repofs, "repo"), sock, {"app": str(src)})
+    d = start_daemon("--config", config, socket_path=sock)
+    (src / "gone.bin").write_bytes(os.urandom(1_200_000))
+    alone = backup_id(d.ok("backup", "--source", "app", "--level", "full"))  # its data in a pack of its own
+    (src / "gone.bin").unlink()
+    (src / "x.bin").write_bytes(os.urandom(700_000))
+    (src / "y.bin").write_bytes(os.urandom(700_000))
+    both = backup_id(d.ok("backup", "--source", "app", "--level", "full"))  # x and y in one pack
+    (src / "y.bin").unlink()
+    kept = backup_id(d.ok("backup", "--source", "app", "--level", "full"))  # x alone
+    kept_tree = snapshot(str(src))
+
+    filler = fill(os.path.join(repofs, "fill"))
+    os.truncate(filler, os.path.getsize(filler) - 16384)  # room for a lock, a marker, an index file
+    before = _free(repofs)
+    r = d.cli("--json", "prune", "--forget", alone, "--forget", both)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["packs_deleted"] >= 2 and report["packs_rewritten"] == 1, report
+    assert _free(repofs) > before + 1_000_000
+    assert [s["id"] for s in json.loads(d.ok("--json", "sets"))] == [kept]
+
+    # Full again, and this time nothing is dead but a small pack of listings: the rewrite is refused.
+    (src / "z.bin").write_bytes(os.urandom(600_000))
+    (src / "w.bin").write_bytes(os.urandom(600_000))
+    with_z = backup_id(d.ok("backup", "--source", "app", "--level", "full"))  # z and w in one pack
+    (src / "z.bin").unlink()
+    last = backup_id(d.ok("backup", "--source", "app", "--level", "full"))
+    last_tree = snapshot(str(src))
+    fill(filler)
+    os.truncate(filler, os.path.getsize(filler) - 16384)
+    r = d.cli("prune", "--forget", with_z)
+    assert r.returncode == 1, r.stdout
+    line = error_line(r.stderr)
+    assert "unable to rewrite the mostly dead packs" in line and "No space left on device" in line, line
+    assert "the dead packs were freed" in line, line
+    os.unlink(filler)
+    d.ok("verify", "--read-data")
+    assert "1 rewritten" in d.ok("prune")
+    d.ok("verify", "--read-data")
+    for set_id, want in ((kept, kept_tree), (last, last_tree)):
+        target = str(tmp_path / f"restore-{set_id[:8]}")
+        d.ok("restore", set_id, "--target", target)
+        assert snapshot(target) == want
 
 
 # ---- endpoints cairnd cannot bind ----
