@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -101,6 +102,7 @@ BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also com
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
 LIST_PACKS_FROM = 256  # more packs than this to check at commit: one listing, not a request each
+_SET_PREFIX = re.compile(r"^unable to read set '[0-9a-f]+(\.\.)?': ")
 BASE_WAIT = 120.0  # seconds a commit whose base is not listed waits for a running collector to put it back
 BASE_POLL = 0.25
 RESCUE_TRIES = 3  # rounds of copying blobs out of marked packs before a commit gives up
@@ -946,7 +948,7 @@ class Repository:
         if complete and unreadable:
             name = min(unreadable)
             raise FailedPreconditionError(
-                f"unable to read set '{name[:12]}..' ({unreadable[name]}): what it needs cannot be known, so "
+                f"unable to read set '{name[:12]}..' ({_why(unreadable[name])}): what it needs cannot be known, so "
                 f"nothing may be deleted" + (f"; {len(unreadable) - 1} more sets are unreadable"
                                              if len(unreadable) > 1 else ""),
                 hint="put back a good copy of the set object, or remove unreadable set objects with "
@@ -974,7 +976,7 @@ class Repository:
                 self.refuse_other_host(host, own_host)
             bad = sorted(n for n in self.unreadable_sets if ref != "latest" and n.startswith(ref.lower()))
             if len(ref) >= 4 and len(bad) == 1:  # its object is there but damaged: say so, not "unknown"
-                raise CorruptionError(f"unable to read set '{bad[0][:12]}': {self.unreadable_sets[bad[0]]}",
+                raise CorruptionError(f"unable to read set '{bad[0][:12]}': {_why(self.unreadable_sets[bad[0]])}",
                                       hint="'cairn verify' names the damage; 'cairn repair sets' removes damaged set "
                                            "objects") from None
             raise
@@ -1379,3 +1381,9 @@ class _CurrentIndex:
 def _tree_entry(path: str, e: Entry) -> TreeEntry:
     return TreeEntry(path=path, name=os.fsdecode(e.name), kind=e.kind, mode=e.mode, uid=e.uid, gid=e.gid,
                      mtime_ns=e.mtime_ns, size=e.size, target=os.fsdecode(e.target))
+
+
+def _why(message: str) -> str:
+    """Why a set object cannot be read, without the "unable to read set 'ab12..': " its own
+    message starts with (a message naming the set wraps it once, not twice)."""
+    return _SET_PREFIX.sub("", message, count=1)

@@ -179,8 +179,17 @@ def test_a_damaged_set_object_is_named_by_sets_and_by_restore(start_daemon, daem
     assert f"cairn: warning: set '{bad['id'][:12]}' cannot be read (" in r.stderr and "checksum mismatch" in r.stderr
     assert "'cairn repair sets' removes it" in r.stderr
     r = d.cli("restore", bad["id"][:12], "--target", str(tmp_path / "t"))
-    assert r.returncode == 1 and f"unable to read set '{bad['id'][:12]}': " in r.stderr, r.stderr
-    assert "unknown set" not in r.stderr and not (tmp_path / "t").exists()
+    assert r.returncode == 1 and "unknown set" not in r.stderr and not (tmp_path / "t").exists()
+    # one line that names the set once and says why: not "unable to read set ..: unable to read set .."
+    assert _error_line(r.stderr) == f"cairn: error: unable to read set '{bad['id'][:12]}': checksum mismatch"
+    r = d.cli("prune")
+    assert r.returncode == 1
+    assert _error_line(r.stderr) == (f"cairn: error: unable to read set '{bad['id'][:12]}..' (checksum mismatch): "
+                                     "what it needs cannot be known, so nothing may be deleted")
+
+
+def _error_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith("cairn: error: "))
 
 
 def _damage_listing(daemon, set_id: str, name: bytes) -> None:
