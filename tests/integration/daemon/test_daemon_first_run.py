@@ -271,6 +271,31 @@ def test_reload_refuses_what_a_start_refuses_in_one_line_and_keeps_the_running_c
     assert sources() == [*running, ("b", [str(there)])]
 
 
+def test_a_flipped_bit_in_the_configs_version_is_damage_not_a_newer_format(tmp_path, rundir):
+    """One bit turns an encrypted repository's "version": 2 into 3: cairnd must say the config
+    is damaged and how to put it back, not send the operator to upgrade Cairn."""
+    repo = tmp_path / "repo"
+    pw = tmp_path / "pw"
+    pw.write_text("flipped config passphrase\n")
+    assert run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw)).returncode == 0
+    config = repo / "config" / "config"
+    data = config.read_bytes()
+    at = data.index(b'"version": 2') + len(b'"version": ')
+    config.write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
+    before = tree(str(repo))
+    src = tmp_path / "src"
+    src.mkdir()
+    r = run_cairnd("--repo", str(repo), "--source", str(src), "--passphrase-file", str(pw),
+                   "--socket", os.path.join(rundir, "c.sock"))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == (f"cairnd: error: unable to read the config of repository '{repo}': checksum mismatch "
+                        "(format version 2 when written, 3 now)"), r.stderr
+    assert lines[1].startswith("hint: the config object (config/config) is damaged: put it back from a copy")
+    assert len(lines) == 2 and "newer than this Cairn" not in r.stderr, r.stderr
+    assert tree(str(repo)) == before
+
+
 def test_a_repository_that_lost_its_config_says_so_and_is_never_initialised_over(tmp_path, rundir):
     repo = tmp_path / "repo"
     pw = tmp_path / "pw"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import blake3
 import pytest
 from cairn.store.content.repoconfig import RepoConfig
-from cairn.store.errors import CairnError, CorruptionError, NotFoundError, short
+from cairn.store.errors import CairnError, CorruptionError, FormatVersionError, NotFoundError, short
 from cairn.store.model import PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.snapshots.sets import decode_set
@@ -121,10 +122,38 @@ def test_any_flipped_byte_of_the_config_is_a_clear_error(mem):
                 Repository.open(inner)
             except CairnError as e:
                 assert "\n" not in str(e)
+                # every one says how to put it back (none says to upgrade Cairn: nothing newer wrote it)
+                assert "config/config" in (e.hint or "") and "from a copy" in e.hint, (pos, bit, e.message, e.hint)
                 continue
             pytest.fail(f"config with byte {pos} flipped (^{bit:#x}) was accepted")
     inner.objects[("config", "config")] = data
     assert Repository.open(inner).check().ok
+
+
+def test_a_damaged_version_digit_is_damage_and_a_newer_format_is_not():
+    """An encrypted repository's config says version 2; one flipped bit makes it 3. That is a
+    damaged config (its checksum says so), not a repository of a newer Cairn."""
+    inner = MemoryBackend()
+    Repository.init(inner, RepoConfig.new())
+    data = inner.objects[("config", "config")]
+    doc = json.loads(data)
+    doc["version"] = 2
+    rest = {k: v for k, v in doc.items() if k != "checksum"}
+
+    def canonical(d: dict) -> bytes:
+        return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
+
+    good = canonical({**rest, "checksum": blake3.blake3(canonical(rest)).hexdigest()})
+    at = good.index(b'"version": 2') + len(b'"version": ')
+    flipped = good[:at] + b"3" + good[at + 1:]
+    with pytest.raises(CorruptionError) as e:
+        RepoConfig.decode(flipped, "repo")
+    assert e.value.message == ("unable to read the config of repository 'repo': checksum mismatch (format version 2 "
+                               "when written, 3 now)")
+    assert e.value.hint.startswith("the config object (config/config) is damaged: put it back from a copy")
+    newer = {**rest, "version": 3}  # a config a newer Cairn wrote, whole (or edited by hand: no damage)
+    with pytest.raises(FormatVersionError, match="has format version 3, newer than this Cairn supports"):
+        RepoConfig.decode(canonical({**newer, "checksum": blake3.blake3(canonical(newer)).hexdigest()}), "repo")
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 300, b'{"not": "ours"}'])
