@@ -13,7 +13,8 @@ What always holds: every file's chunks are durable before the tree naming them i
 trees before their parents, and the caller writes the set only after `finish` of the writer;
 a cancel or error leaves nothing referenced that is not stored. A base listing the index no
 longer names (dropped by `cairn repair index`) is never carried into the new set: that
-directory is read from the source as in a full, and the set notes it. One still indexed but
+directory is read from the source as in a full, and the set notes it; so is a file walked
+unchanged whose content the index does not name (an index file lost): it is read again. One still indexed but
 unreadable (damaged, its pack lost) fails the backup with the way out (repair, then again),
 because reading the directory again would reference the damaged copy of the same listing.
 """
@@ -461,8 +462,14 @@ class Walker:
         self.tally.bytes_total += e.size
         if (not self.full and old is not None and old.kind == "file" and old.same_meta(e)
                 and not self._recent(e) and not self._racy(old)):
-            e.chunks, e.xattrs = old.chunks, old.xattrs
-            return e, None, old
+            if all(self.writer.has(c) for c in old.chunks):
+                e.chunks, e.xattrs = old.chunks, old.xattrs
+                return e, None, old
+            # its content is in no index file (lost, or dropped by a repair): read it again, or
+            # the new set would name blobs nobody can find
+            if len(self.tally.notes) < MAX_LISTED:
+                self.tally.notes.append(f"the base set's content of '{shown(crel)}' is not in the index: read "
+                                        "from the source instead")
         if e.hardlink and e.hardlink in self._links:
             return e, self._links[e.hardlink], old
         if e.hardlink or (old is not None and old.hardlink):

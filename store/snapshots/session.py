@@ -13,7 +13,9 @@ object, which it refuses to write if a blob it deduplicated against (or its base
 removed meanwhile, or that a garbage collector not waiting for this session's lock may delete
 (its lock is what makes a collector keep the packs it uses): a set never references a blob it
 has not seen in a durable index or written itself. A session whose shared lock is lost (cannot
-be refreshed) stops like a cancelled one and commits nothing.
+be refreshed) stops like a cancelled one and commits nothing. While an index file cannot be
+read, a change hint is not used: every directory is walked, so that no unchanged file is carried
+over with content only that index file named (store/snapshots/backup.py reads such files again).
 """
 
 from __future__ import annotations
@@ -83,12 +85,20 @@ class BackupSession:
             req = replace(req, changes=None)  # a change hint is relative to the base it was made for
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):
             req = replace(req, changes=None)
+        unhinted = bool(self.repo.index_problems) and req.changes is not None
+        if unhinted:
+            # an index file cannot be read: a directory the hint leaves out would be carried over
+            # unread, with files whose content it may name; walked, each such file is read again
+            req = replace(req, changes=None)
         self.req = replace(req, level=self.level)
         self.requested_level = req.level
         self.progress = progress
         self.cancel = _Either(cancel, self._lock_lost)  # a lost lock stops the walk like a cancel
         self.started = time.time()
         self.tally = Tally()
+        if unhinted:
+            self.tally.notes.append("an index file cannot be read: every directory was walked, not only those "
+                                    "the change journal named")
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
         self._root_meta: dict[str, Any] | None = None  # a one-path source: its directory's metadata
@@ -156,7 +166,7 @@ class BackupSession:
 
     def set_changes(self, hint: ChangeHint | None) -> None:
         """Use `hint` for the walks from now on (a newer hint against the same base)."""
-        if self.base is not None and tuple(self.base.paths) != tuple(self.req.paths):
+        if self.base is not None and tuple(self.base.paths) != tuple(self.req.paths) or self.repo.index_problems:
             hint = None
         self.req = replace(self.req, changes=hint)
         self._walker.req = self.req

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from cairnd_harness import snapshot
@@ -314,3 +315,35 @@ def test_a_base_whose_set_object_is_damaged_is_shown_damaged_not_pruned(start_da
     assert f"{full['id'][:12]} (pruned)" in d.ok("sets")
     listed = json.loads(d.ok("--json", "sets"))
     assert [(s["base_damaged"], s["base_pruned"]) for s in listed] == [(False, True)]
+
+
+def test_an_incremental_reads_again_an_unchanged_file_whose_index_file_was_lost(start_daemon, daemon, tmp_path):
+    """The index file naming a file's content is lost (emptied by a crash of the disk), the
+    listings of the newest set are still indexed: an incremental finds the file unchanged and
+    would carry its content over by reference, committing a set that names blobs no index
+    file names (not restorable until a repair). It reads the file again instead, so the new
+    set restores whole at once, and it says so."""
+    past = time.time() - 3600  # older than the sets: not read again by the racy-timestamp rule
+    for d, _dirs, files in os.walk(daemon.src):
+        for f in files:
+            os.utime(os.path.join(d, f), (past, past))
+    first = _backup(daemon)
+    (first_index,) = os.listdir(daemon.repo / "index")
+    (daemon.src / "later.txt").write_text("later\n")
+    os.utime(daemon.src / "later.txt", (past, past))
+    json.loads(daemon.ok("--json", "backup", "--level", "incremental"))  # its listings in a new index file
+    assert daemon.terminate(timeout=20)[0] == 0
+    os.truncate(daemon.repo / "index" / first_index, 0)
+    d = start_daemon("--repo", str(daemon.repo), "--source", str(daemon.src))
+
+    s = json.loads(d.ok("--json", "backup", "--level", "incremental"))
+    assert s["level"] == "incremental", s
+    target = tmp_path / "restored"
+    d.ok("restore", s["id"], "--target", str(target))
+    assert snapshot(str(target)) == snapshot(str(daemon.src))
+    assert any("is not in the index: read from the source instead" in n for n in s["extra"].get("notes", [])), s
+    r = d.cli("verify")
+    assert r.returncode == 1 and s["id"][:12] not in r.stdout, r.stdout  # only the older sets are hurt
+    d.ok("repair", "index")
+    d.ok("verify", "--read-data")
+    d.ok("restore", first["id"], "--target", str(tmp_path / "first"))

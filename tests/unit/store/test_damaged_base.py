@@ -10,6 +10,7 @@ does not pass into it."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from cairn.store.errors import CorruptionError
@@ -67,3 +68,45 @@ def test_after_a_repair_dropped_data_the_next_incremental_is_a_full(small_repo, 
         assert backup(repo, src, "incremental").level == "incremental"  # only the sets before the repair
     finally:
         repo.close()
+
+
+@pytest.mark.parametrize("hinted", [False, True], ids=["walked", "journal"])
+def test_an_unchanged_file_whose_index_file_is_lost_is_read_again(small_repo, src, tmp_path, rng,  # noqa: F811
+                                                                   hinted):
+    """The index file naming a file's content is emptied (a crash of the disk), the base's
+    listings are in another one: an incremental must not carry the file over by reference (its
+    set would name blobs no index file names), also where the journal names other paths only."""
+    make_tree(str(src), rng, files=6, max_size=20_000)
+    os.makedirs(src / "b", exist_ok=True)
+    write_random(src / "b" / "x.bin", 50_000, rng)
+    write_random(src / "b" / "y.bin", 50_000, rng)
+    _age(src)  # older than the sets: not read again by the racy-timestamp rule
+    first = backup(small_repo, src)
+    lost = list(small_repo.backend.list("index"))
+    write_random(src / "b" / "x.bin", 50_000, rng)  # b/'s listing of the next set is in a new index file
+    _age(src)
+    backup(small_repo, src, "incremental")
+    for name in lost:
+        os.truncate(tmp_path / "repo" / "index" / name, 0)
+    write_random(src / "c" / "new.bin", 5000, rng)
+    changes = ChangeHint(paths=frozenset({str(src / "c" / "new.bin")})) if hinted else None
+    repo = Repository.open_local(str(tmp_path / "repo"))
+    try:
+        s = backup(repo, src, "incremental", changes=changes)
+        assert s.level == "incremental"
+        restore_and_compare(repo, s, str(src), str(tmp_path / "out"))
+        assert any("is not in the index: read from the source instead" in n for n in s.extra["notes"]), s.extra
+        repo.repair_index()
+        restore_and_compare(repo, repo.get_set(s.id), str(src), str(tmp_path / "again"))
+        assert repo.check().errors == () or all(s.id not in p.sets for p in repo.check().errors)
+        assert first.id in {x.id for x in repo.list_sets()}
+    finally:
+        repo.close()
+
+
+def _age(root) -> None:
+    """Set every file's times an hour back."""
+    past = time.time() - 3600
+    for d, _dirs, files in os.walk(root):
+        for f in files:
+            os.utime(os.path.join(d, f), (past, past))
