@@ -1,8 +1,9 @@
 """`cairnd`'s command line: its arguments, the configuration they describe, the exit codes.
 
 What always holds: a bad argument is one line on stderr and exit 2 (EXIT_USAGE), before any
-file is read; `build_config` returns the configuration file (or the `--repo` one) with the
-command line's overrides applied, or raises CairnError. Nothing here starts a part of the
+file is read (also an empty value, or a --socket that is not UTF-8); `build_config` returns the
+configuration file (or the `--repo` one) with the command line's overrides applied, or raises
+CairnError. Nothing here starts a part of the
 daemon, so `cairnd --init` and argument errors cost no more than this and the configuration.
 """
 
@@ -17,6 +18,7 @@ from typing import NoReturn
 from cairn import __version__
 from cairn.daemon.runtime.config import Config, config_from_args, load_config
 from cairn.daemon.runtime.repokeys import add_key_arguments, check_key_arguments, key_overrides
+from cairn.fsio.names import shown
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -43,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="give this group access to the socket (as [daemon] socket_group), e.g. postgres")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
+    for flag in ("--config", "--repo", "--passphrase-file", "--key-file", "--socket", "--socket-group"):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None and not value.strip():  # an empty value would read as the option left out
+            parser.error(f"{flag} needs a value, got an empty string")
+    if args.socket is not None and not _utf8(args.socket):  # gRPC names the socket as text
+        parser.error(f"--socket '{shown(os.fsencode(args.socket))}' is not valid UTF-8")
     if bool(args.config) == bool(args.repo):
         parser.error("give either --config FILE or --repo DIR")
     check_key_arguments(parser, args)
@@ -50,6 +58,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--source goes with --repo; a config file names its sources itself")
     _check_init_args(parser, args)
     return args
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # argparse gives bytes that are not UTF-8 as surrogates
+        return False
+    return True
 
 
 def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -229,7 +229,7 @@ def _tags(value: Any) -> dict[str, tuple[str, ...]]:
     # A list of tags for every scheduled set, or a table of lists per level.
     table = {level: value for level in LEVELS} if isinstance(value, list) else value
     if not isinstance(table, dict):
-        raise _fail(f"expected a table, got {show(value)}")
+        raise _fail(f"expected a list of tags or a table of lists per level, got {show(value)}")
     out: dict[str, tuple[str, ...]] = {}
     for level, items in table.items():
         where = "" if isinstance(value, list) else f".{level}"

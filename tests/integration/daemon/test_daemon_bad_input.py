@@ -10,7 +10,7 @@ import grpc
 import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, CAIRND, env_for, write_config
+from cairnd_harness import CAIRN, CAIRND, env_for, init_repo, write_config
 
 
 def run_cairnd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -42,12 +42,20 @@ def test_malformed_config_exits_1_with_one_line_naming_the_key(tmp_path, body, k
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("--config", "a.toml", "--repo", "r"), ("--bogus",), ("--config", "a.toml", "--source", "s")],
+    [(), ("--config", "a.toml", "--repo", "r"), ("--bogus",), ("--config", "a.toml", "--source", "s"),
+     # an empty value is not the option left out (the default socket, the key file of the config)
+     ("--repo", ""), ("--config", " "), ("--repo", "r", "--socket", ""), ("--repo", "r", "--key-file", ""),
+     ("--repo", "r", "--passphrase-file", ""), ("--repo", "r", "--socket-group", ""),
+     # gRPC names the socket as text: a byte that is not UTF-8 was a traceback
+     ("--repo", "r", "--socket", "/tmp/s\udcff.sock")],
 )
-def test_bad_arguments_exit_2_with_one_line(args):
+def test_bad_arguments_exit_2_with_one_line(args, tmp_path):
+    repo = init_repo(str(tmp_path / "r"))
+    args = tuple(repo if a == "r" else a for a in args)
     r = run_cairnd(*args)
-    assert r.returncode == 2
+    assert r.returncode == 2, (r.returncode, r.stderr)
     assert one_line(r.stderr).startswith("cairnd: error: ")
+    assert "Traceback" not in r.stderr
 
 
 def test_read_only_daemon_needs_an_existing_repository(tmp_path, rundir):

@@ -109,6 +109,8 @@ def test_every_wrong_value_of_every_key_names_that_key():
      "source[0].tags.weekly: unknown level: expected full, differential or incremental"),
     ("[[source]]\nname = 'a'\npaths = ['/a']\ntags = ['a b']",
      "source[0].tags[0]: a tag must not be empty or hold spaces, got 'a b'"),
+    ("[[source]]\nname = 'a'\npaths = ['/a']\ntags = 'x'",
+     "source[0].tags: expected a list of tags or a table of lists per level, got 'x'"),
     ("[[source]]\nname = 'a'\npaths = ['/a']\ntags = { full = [1] }",
      "source[0].tags.full[0]: expected a non-empty string, got 1"),
     ("[[source]]\nname = 'a'\npaths = ['/a']\nkeep = { lats = 3 }",
