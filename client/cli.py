@@ -3,7 +3,9 @@
 Exit status: 0 success, 1 failure, 2 usage error (also INVALID_ARGUMENT from the daemon),
 3 not found (unknown set, path or source). Errors go to stderr as one line
 "cairn: error: <message>", optionally followed by "hint: <hint>"; everything else goes to
-stdout. `--json` (before or after the command) prints data as JSON for scripts. A restore
+stdout. An option that names something (--source, --host, --set, --socket, ...) given an
+empty value is a usage error, never read as the option left out. `--json` (before or after the
+command) prints data as JSON for scripts. A restore
 is written here, by the client, from the records the daemon streams.
 
 grpc, the protobuf messages and the renderers are imported on first use: `cairn wal-fetch` runs
@@ -63,6 +65,7 @@ KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 WAL_MARKER = walnames.WAL_MARKER  # written by restore-db into pg_wal/: the WAL files it placed there
 NO_HISTORY = walnames.NO_HISTORY
 OWN_POINT = walnames.OWN_POINT  # beside WAL_MARKER: recovery stops inside the placed WAL
+MAX_TIMEOUT = 86400.0  # seconds: the longest --timeout taken (a day)
 SPOOL_WAIT = 10.0  # seconds wal-fetch waits for a segment the prefetcher is fetching right now
 RECEIVE_AHEAD = 8  # restore batches (about 1 MiB each) received while the previous ones are written
 _STATUS_EXIT = {"NOT_FOUND": EXIT_NOT_FOUND, "INVALID_ARGUMENT": EXIT_USAGE}
@@ -1241,7 +1244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("check-db", cmd_check_db, "check a database's connection and WAL archiving (like pgBackRest's check)")
     p.add_argument("name", metavar="NAME", help="a configured [[database]]")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="how long the forced WAL segment switch may take to arrive (default 60)")
 
     p = command("ls", cmd_ls, "browse a set's tree")
@@ -1405,6 +1408,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got '{text}'")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -1421,7 +1435,33 @@ def _count(text: str) -> int:
 # Arguments sent as protobuf strings (set references, names, tags, a copy's destination); paths
 # and patterns go as bytes and may hold any byte.
 _TEXT_ARGS = ("set", "set_a", "set_b", "sets", "source", "host", "database", "tag", "to", "level", "name", "id",
-              "target_dsn", "target_time", "target_lsn", "forget")
+              "target_dsn", "target_time", "target_lsn", "forget", "address", "tls_server_name", "token")
+
+# Options that name something, and what they need. Their value travels as a protobuf string or
+# picks a file, and an empty one would read as the option left out: `backup --source ""` would take
+# the only source, `verify --set ""` check every set, `--socket ""` reach the default daemon. So an
+# empty (or blank) value is a usage error, named by the option. (--target, --database, --tag,
+# --include/--exclude and the restore-db targets have their own checks.)
+_NAMED_OPTIONS = {
+    "socket": "a socket path", "address": "HOST:PORT", "tls_ca": "a file", "tls_server_name": "a name",
+    "token": "a token", "token_file": "a file", "source": "a source name", "host": "a host name",
+    "level": "a level: full, differential or incremental", "read_data_subset": "n/m or a percentage",
+    "keep_within": "a duration", "wal_keep": "a duration", "to": "a directory or s3://bucket/prefix",
+    "to_passphrase_file": "a file", "to_key_file": "a file", "passphrase_file": "a file",
+    "new_key_file": "a file", "system_id": "a number", "restore_command": "a command",
+}
+
+
+def _empty_option(args: argparse.Namespace) -> str | None:
+    """The usage error of the first option given an empty value, or None."""
+    named = dict(_NAMED_OPTIONS)
+    if args.command == "verify":  # elsewhere `set` is a positional: the daemon answers "no set given"
+        named["set"] = "a set id, a unique prefix or 'latest'"
+    for dest, what in named.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            return f"--{dest.replace('_', '-')} needs {what}"
+    return None
 
 
 def _utf8(value: str) -> bool:
@@ -1446,6 +1486,9 @@ def main(argv: list[str] | None = None) -> int:
         for value in values if isinstance(values, list) else [values]:
             if isinstance(value, str) and not _utf8(value):
                 parser.error(f"argument {name.replace('_', '-')}: '{shown(os.fsencode(value))}' is not valid UTF-8")
+    empty = _empty_option(args)
+    if empty:
+        return fail(empty, code=EXIT_USAGE)
     code = _run(args)
     if args.command == "wal-fetch" and code not in (EXIT_OK, EXIT_NOT_FOUND):
         # not "not in the archive": PostgreSQL would take it as the end of WAL and promote early;
@@ -1532,6 +1575,10 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
                     hint or f"{_MAYBE_DONE}; finish a restore with --delta, or run the command again")
     if code == grpc.StatusCode.UNAVAILABLE:
         tcp = endpoint is not None and endpoint.address
+        if endpoint is not None and endpoint.socket and "connect failed" in details:
+            from cairn.client.connection import socket_problem
+
+            details = socket_problem(endpoint.socket) or "nothing listens on it (connection refused)"
         return fail(
             f"unable to reach cairnd at {where}: {details}",
             hint or ("is cairnd listening there? check --address, and --tls-ca and --tls-server-name against its "

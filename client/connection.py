@@ -5,6 +5,8 @@ take from `cairn.protocol`: $XDG_RUNTIME_DIR/cairn/cairnd.sock, /run/cairn/cairn
 root, else cairnd.sock in the daemon's home ($CAIRN_HOME, systemd's $STATE_DIRECTORY,
 ~/.local/share/cairn). A remote daemon (--address HOST:PORT) is always
 reached over TLS; the token (--token, --token-file or $CAIRN_TOKEN) rides on every call.
+A socket path that is not UTF-8 (gRPC names it as text) and a port outside 1-65535 are refused
+as invalid arguments before any connection.
 
 The channel sets no keepalive, on purpose: gRPC then gives the client no ping, SETTINGS or
 TCP_USER_TIMEOUT deadline of its own, so a `cairn` that was suspended (SIGSTOP, a laptop asleep)
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import grpc
 from cairn import protocol
 from cairn.errors import InvalidArgumentError
+from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2_grpc
 
 MAX_MESSAGE_BYTES = protocol.CLIENT_MAX_MESSAGE_BYTES
@@ -63,6 +67,9 @@ def resolve_endpoint(
         if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]/\s]+):\d{1,5}", address):
             raise InvalidArgumentError(f"invalid --address '{address}': give HOST:PORT "
                                        "(an IPv6 address as [ADDR]:PORT)")
+        port = int(address.rsplit(":", 1)[1])
+        if not 1 <= port <= 65535:  # gRPC would take the port modulo 65536 and reach another one
+            raise InvalidArgumentError(f"invalid --address '{address}': port {port} is outside 1-65535")
         if token and token_file:
             raise InvalidArgumentError("--token and --token-file exclude each other")
         if token_file:
@@ -70,7 +77,23 @@ def resolve_endpoint(
         token = token or environ.get("CAIRN_TOKEN") or None
         return Endpoint(address=address, tls_ca=tls_ca, tls_server_name=tls_server_name, token=token)
     path = socket or environ.get("CAIRN_SOCKET") or default_socket(environ)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # gRPC names a socket as text: a byte that is not UTF-8 cannot be reached
+        raise InvalidArgumentError(f"socket path '{shown(os.fsencode(path))}' is not valid UTF-8") from None
     return Endpoint(socket=os.path.abspath(path))
+
+
+def socket_problem(path: str) -> str | None:
+    """Why nothing can answer on the socket path, in words (gRPC's own are a dump), or None when
+    a socket is there (and nothing listens on it, or something else went wrong)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISSOCK(mode):
+        return "it is not a socket"
+    return None
 
 
 def open_channel(endpoint: Endpoint) -> grpc.Channel:

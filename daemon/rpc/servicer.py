@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import mmap
 import os
 import tempfile
@@ -399,6 +400,8 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def CheckDb(self, request: pb.CheckDbRequest, context: grpc.ServicerContext) -> pb.CheckDbReply:
+        if not math.isfinite(request.timeout) or request.timeout < 0:  # a NaN or negative wait never ends well
+            raise InvalidArgumentError(f"invalid timeout {request.timeout!r}: expected a number of seconds above 0")
         result = self.service.check_db(request.database, request.timeout or None)
         return pb.CheckDbReply(ok=result.ok, segment=result.segment, seconds=result.seconds,
                                steps=[pb.CheckDbStep(name=s.name, ok=s.ok, detail=s.detail) for s in result.steps])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 
@@ -82,6 +83,35 @@ def test_unreachable_daemon_is_one_clear_line(rundir):
     assert not os.path.exists(os.path.join(pg_wal, "RECOVERYXLOG"))
 
 
+def run_cairn(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CAIRN, *args], capture_output=True, text=True, timeout=30, env=env_for(env))
+
+
+def test_sockets_and_addresses_that_cannot_be_used_are_one_line(rundir, tmp_path):
+    """What stands at the socket path is named, not gRPC's dump; a socket path that is not UTF-8
+    and a port outside 1-65535 are usage errors, not a traceback or another port."""
+    (tmp_path / "afile").write_text("not a socket")
+    listener = socket.socket(socket.AF_UNIX)  # a socket nobody accepts on
+    listener.bind(os.path.join(rundir, "dead.sock"))
+    listener.close()
+    cases = [
+        (("--socket", str(tmp_path / "afile"), "status"), None, 1, f"'{tmp_path / 'afile'}': it is not a socket"),
+        (("--socket", os.path.join(rundir, "dead.sock"), "status"), None, 1,
+         "nothing listens on it (connection refused)"),
+        (("--socket", os.path.join(rundir, "none.sock"), "status"), None, 1, "': No such file or directory"),
+        (("--socket", os.path.join(rundir, "s\udcff.sock"), "status"), None, 2, "is not valid UTF-8"),
+        (("status",), {"CAIRN_SOCKET": os.path.join(rundir, "s\udcff.sock")}, 2, "is not valid UTF-8"),
+        (("--address", "127.0.0.1:99999", "status"), None, 2, "port 99999 is outside 1-65535"),
+        (("--address", "\udcff:1", "status"), None, 2, "is not valid UTF-8"),
+        (("--address", "127.0.0.1:1", "--tls-server-name", "\udcff", "status"), None, 2, "is not valid UTF-8"),
+    ]
+    for args, env, code, text in cases:
+        r = run_cairn(*args, env=env)
+        assert r.returncode == code and "Traceback" not in r.stderr, (args, r.returncode, r.stderr)
+        first = r.stderr.splitlines()[0]
+        assert first.startswith("cairn: error: ") and text in first and "connect failed" not in first, (args, r.stderr)
+
+
 @pytest.fixture
 def served(start_daemon, rundir, tmp_path):
     """A daemon on a config with one source 'app' holding one full set."""
@@ -154,6 +184,42 @@ def test_targets_and_patterns_the_client_cannot_use_are_one_line(served, tmp_pat
         assert "Traceback" not in r.stderr and lines[0].startswith("cairn: error: ") and text in lines[0], \
             (args, r.stderr)
     assert not os.path.exists(tmp_path / "t4")
+
+
+def test_empty_values_are_usage_errors_not_the_option_left_out(served, tmp_path):
+    """protobuf sends "" as unset: `backup --source ""` took the only source, `verify --set ""`
+    checked every set, `--socket ""` reached the default daemon, `--to-passphrase-file ""` was a
+    traceback. Each is exit 2 and one line naming the option, and nothing runs."""
+    before = served.ok("--json", "sets")
+    cases = [
+        (("backup", "--source", ""), "--source needs a source name"),
+        (("backup", "--level", ""), "--level needs a level"),
+        (("sets", "--source", " "), "--source needs a source name"),
+        (("sets", "--host", ""), "--host needs a host name"),
+        (("ls", "latest", "--host", ""), "--host needs a host name"),
+        (("verify", "--set", ""), "--set needs a set id"),
+        (("verify", "--read-data-subset", ""), "--read-data-subset needs"),
+        (("prune", "--host", ""), "--host needs a host name"),
+        (("prune", "--keep-within", ""), "--keep-within needs a duration"),
+        (("prune", "--wal-keep", ""), "--wal-keep needs a duration"),
+        (("copy", "--to", str(tmp_path / "copy"), "--to-passphrase-file", ""), "--to-passphrase-file needs a file"),
+        (("key", "add", "--passphrase-file", ""), "--passphrase-file needs a file"),
+        (("--token", "", "status"), "--token needs a token"),
+        (("--socket", "", "status"), "--socket needs a socket path"),
+        (("check-db", "db", "--timeout", "nan"), "argument --timeout"),
+        (("check-db", "db", "--timeout", "-1"), "argument --timeout"),
+    ]
+    for args, text in cases:
+        r = served.cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.returncode, r.stdout, r.stderr)
+        assert r.stderr.startswith("cairn: error: ") and text in r.stderr.splitlines()[0], (args, r.stderr)
+    assert served.ok("--json", "sets") == before  # no set was taken, none forgotten
+    assert not os.path.exists(tmp_path / "copy")
+    # the daemon refuses a timeout the client would not send
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.CairnStub(served.channel()).CheckDb(pb.CheckDbRequest(database="db", timeout=float("nan")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    still_serves(served)
 
 
 def test_daemon_validates_what_the_client_does_not(served):
