@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -878,7 +879,10 @@ def wal_namespace(args: argparse.Namespace, path: str, data: bytes = b"") -> str
 def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     name = os.path.basename(args.path)
     try:
-        with open(args.path, "rb") as f:
+        # not blocking: a FIFO (or a device) would hold the open, then the read, forever
+        with os.fdopen(os.open(args.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise CairnError(f"unable to read WAL file '{args.path}': not a regular file")
             data = f.read()
     except FileNotFoundError as exc:  # exit 3, as for any path that is not there
         raise NotFoundError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc

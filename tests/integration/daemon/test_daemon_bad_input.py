@@ -222,6 +222,18 @@ def test_empty_values_are_usage_errors_not_the_option_left_out(served, tmp_path)
     still_serves(served)
 
 
+def test_wal_push_of_a_file_that_is_not_regular_is_one_line(served, tmp_path):
+    """A FIFO named like a segment held `wal-push` in its open (then its read) forever, and
+    PostgreSQL's archiver with it: it is refused at once, as a directory is."""
+    fifo = tmp_path / "000000010000000000000001"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        r = served.cli("wal-push", str(path), "--system-id", "1", timeout=20)
+        assert r.returncode == 1, (path, r.returncode, r.stderr)
+        assert one_line(r.stderr).startswith(f"cairn: error: unable to read WAL file '{path}': "), r.stderr
+    still_serves(served)
+
+
 def test_daemon_validates_what_the_client_does_not(served):
     stub = pb_grpc.CairnStub(served.channel())
     with pytest.raises(grpc.RpcError) as err:
