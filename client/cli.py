@@ -344,6 +344,8 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
         check_target(args.target, args.overwrite)
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
         raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
+    if args.delta and not args.dry_run:
+        restoring.check_writable_fs(args.target)
     places: dict[str, str] = {}
     mended: set[str] = set()  # databases whose place holds an earlier copy (--delta): mended, not laid down
     fetch = ""  # restore_command's wal-fetch prefix for a client on another host (restoring.fetch_with)

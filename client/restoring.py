@@ -12,6 +12,7 @@ the daemon refuses.
   metadata and, with --delete, removes what the set does not hold. Its cost is what differs
   plus reading the tree once; with --quick, files whose size and mtime match the set are not
   read (rsync's quick check).
+- A delta into a target on a read-only file system is refused before any call, in one line.
 - Whoever writes a delta holds the target's lock while it does (cairn.fsio.delta.target_lock):
   this client for its own delta (taken before the first call with --stream), else the daemon;
   a second delta into the target is refused. While this client writes a delta, SIGINT and
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -276,6 +278,20 @@ class Guard:
         from cairn.fsio.delta import target_lock
 
         self._held.enter_context(target_lock(target))
+
+
+def check_writable_fs(target: str) -> None:
+    """A delta into a target on a read-only file system is refused with one line (OSError, as
+    a plain restore's claim file is), not a warning for every entry it could not mend."""
+    place = os.path.abspath(target)
+    while not os.path.lexists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)  # a missing target is made on its nearest existing parent's
+    try:
+        read_only = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except OSError:
+        return  # the delta itself says why it cannot use the target
+    if read_only:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), target)
 
 
 def delta_by_daemon(conn: Any, args: argparse.Namespace, out: Any, render: Any) -> tuple[int, str] | None:

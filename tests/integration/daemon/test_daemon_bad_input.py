@@ -12,6 +12,7 @@ import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
 from cairnd_harness import CAIRN, CAIRND, env_for, init_repo, write_config
+from mounts import mount_tmpfs
 
 
 def run_cairnd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -231,6 +232,34 @@ def test_wal_push_of_a_file_that_is_not_regular_is_one_line(served, tmp_path):
         r = served.cli("wal-push", str(path), "--system-id", "1", timeout=20)
         assert r.returncode == 1, (path, r.returncode, r.stderr)
         assert one_line(r.stderr).startswith(f"cairn: error: unable to read WAL file '{path}': "), r.stderr
+    still_serves(served)
+
+
+@pytest.fixture
+def read_only_fs(tmp_path):
+    """A tmpfs holding an earlier restore target 'target', mounted read-only."""
+    mnt = tmp_path / "rofs"
+    mnt.mkdir()
+    mount_tmpfs(str(mnt))
+    (mnt / "target").mkdir()
+    (mnt / "target" / "old.txt").write_text("an earlier copy\n")
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True, timeout=30)
+    yield mnt
+    if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_delta_restore_onto_a_read_only_file_system_is_one_line(served, read_only_fs):
+    """A plain restore there failed in one line (its claim file), but a delta gave a warning for
+    every entry it could not mend, then a summary: it is refused in one line before any call."""
+    for target, extra in ((read_only_fs / "target", ()), (read_only_fs / "target", ("--stream",)),
+                          (read_only_fs / "new" / "sub", ())):
+        r = served.cli("restore", "latest", "--target", str(target), "--delta", *extra)
+        assert r.returncode == 1, (target, extra, r.returncode, r.stderr)
+        assert one_line(r.stderr) == f"cairn: error: unable to use '{target}': Read-only file system", r.stderr
+    assert os.listdir(read_only_fs / "target") == ["old.txt"]
+    r = served.cli("restore", "latest", "--target", str(read_only_fs / "target"), "--delta", "--dry-run")
+    assert r.returncode == 0 and "nothing written" in r.stdout, r.stderr  # a dry run writes nothing: it may look
     still_serves(served)
 
 
