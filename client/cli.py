@@ -343,7 +343,7 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
     if not args.delta:
         check_target(args.target, args.overwrite)
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
-        raise InvalidArgumentError(f"restore target '{args.target}' is not a directory")
+        raise InvalidArgumentError(f"restore target '{shown(args.target)}' is not a directory")
     if args.delta and not args.dry_run:
         restoring.check_writable_fs(args.target)
     places: dict[str, str] = {}
@@ -666,7 +666,7 @@ def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, 
     elif json_output:
         out(render.dumps(doc))
     else:
-        out(f"restored set {render.short_id(batch.set.id)} into {target}: {st.files} files, {st.dirs} dirs, "
+        out(f"restored set {render.short_id(batch.set.id)} into {shown(target)}: {st.files} files, {st.dirs} dirs, "
             f"{st.links} links, {render.human_bytes(st.bytes)} (written by the daemon on this host)")
     if st.errors:
         return fail(f"{len(st.errors)} entries could not be restored "
@@ -1018,10 +1018,10 @@ def check_target(target: str, overwrite: bool, delta_hint: bool = True, dump: bo
     if not os.path.lexists(target):
         return
     if not os.path.isdir(target):
-        raise InvalidArgumentError(f"restore target '{target}' is not a directory")
+        raise InvalidArgumentError(f"restore target '{shown(target)}' is not a directory")
     if not overwrite and os.listdir(target):
         raise FailedPreconditionError(
-            f"restore target '{target}' is not empty",
+            f"restore target '{shown(target)}' is not empty",
             hint="choose an empty directory, mend it with --delta (only what differs is written), or pass --overwrite"
             if delta_hint else "choose an empty directory" if dump else
             "choose an empty directory, or mend an earlier copy of this data directory with --delta (only what "
@@ -1128,7 +1128,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
             out(render.dumps(doc))
     else:
         out(
-            f"restored set {render.short_id(set_id)} into {target}: {stats.files} files, {stats.dirs} dirs, "
+            f"restored set {render.short_id(set_id)} into {shown(target)}: {stats.files} files, {stats.dirs} dirs, "
             f"{stats.links} links, {render.human_bytes(stats.bytes)}"
         )
     if stats.errors:

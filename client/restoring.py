@@ -53,6 +53,7 @@ from cairn.client.failures import error_text
 from cairn.errors import CorruptionError, FailedPreconditionError, InvalidArgumentError
 from cairn.fsio import claims
 from cairn.fsio.datadir import check_data_directory
+from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
 if TYPE_CHECKING:  # imported where used: a delta the daemon runs (the usual case) needs neither
@@ -344,7 +345,7 @@ def check_db_delta(conn: Any, target: str, stream: bool) -> None:
         raise InvalidArgumentError("--delta of a database is run by the daemon on its own host: run it there, "
                                    "over the daemon's socket (not with --stream)")
     if not os.path.isdir(target) or os.path.islink(target):
-        raise InvalidArgumentError(f"restore target '{target}' is not an existing directory: --delta mends an "
+        raise InvalidArgumentError(f"restore target '{shown(target)}' is not an existing directory: --delta mends an "
                                    "earlier copy of the data directory")
     check_data_directory(target)
 
@@ -401,7 +402,7 @@ def report_delta(r: DeltaReport, args: argparse.Namespace, out: Any, render: Any
                           "deleted": r.deleted, "extras_kept": r.extras_kept, "errors": r.errors,
                           "written_by": r.written_by}))
     else:
-        out(f"delta-restored set {render.short_id(set_id)} into {args.target}: checked {r.files_checked} files "
+        out(f"delta-restored set {render.short_id(set_id)} into {shown(args.target)}: checked {r.files_checked} files "
             f"({render.human_bytes(r.bytes_checked)}); wrote {render.human_bytes(r.bytes_written)} "
             f"in {r.files_written} files, made {r.entries_made} entries, fixed metadata of {r.metadata_fixed}, "
             f"deleted {r.deleted}" + (" (by the daemon on this host)" if r.written_by == "daemon" else ""))
@@ -420,7 +421,7 @@ def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: An
     else:
         for line in lines:
             out(f"would {line}")
-        out(f"dry run: {len(lines)} changes, {render.human_bytes(p.write_bytes)} to write into {args.target}; "
+        out(f"dry run: {len(lines)} changes, {render.human_bytes(p.write_bytes)} to write into {shown(args.target)}; "
             "nothing written")
         if p.extras and not args.delete:
             out(f"note: {len(p.extras)} entries the set does not hold would be kept (--delete removes them)")
@@ -442,7 +443,7 @@ def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, 
             out(f"would write {m.kind} {render.show_path(m.path) or '.'}{size}")
         files = sum(m.kind == "file" for m in entries)
         out(f"dry run: {len(entries)} entries ({files} files, {render.human_bytes(total)}) from set "
-            f"{render.short_id(set_id)} into {args.target}; nothing written")
+            f"{render.short_id(set_id)} into {shown(args.target)}; nothing written")
     return _problems(problems, args.json)
 
 
@@ -456,14 +457,14 @@ def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
     if diffs:
         for line in diffs:
             print(f"cairn: verify: {line.replace('write ', 'differs: ', 1)}", file=sys.stderr)
-        print(f"cairn: error: verify failed: {len(diffs)} entries of {args.target} differ from set "
+        print(f"cairn: error: verify failed: {len(diffs)} entries of {shown(args.target)} differ from set "
               f"{render.short_id(set_info.id if set_info else '')}", file=sys.stderr)
         return 1
     if args.json:
         out(render.dumps({"verified": True, "target": os.path.abspath(args.target), "files": p.checked_files,
                           "bytes": p.checked_bytes}))
     else:
-        out(f"verified {args.target}: {p.checked_files} files, {render.human_bytes(p.checked_bytes)} re-read, "
+        out(f"verified {shown(args.target)}: {p.checked_files} files, {render.human_bytes(p.checked_bytes)} re-read, "
             "content hashes and metadata match the set")
     return 0
 
@@ -611,7 +612,7 @@ def recovery_target(args: argparse.Namespace, rec: dict[str, Any] | None, timeli
     else:
         point = f" (LSN {rec['stop_lsn']})" if rec and rec.get("stop_lsn") else ""
         key, what = "immediate", f"the set's consistent point{point}"
-    return key, f"PostgreSQL started on {args.target} recovers to {what} on {on}, then promotes"
+    return key, f"PostgreSQL started on {shown(args.target)} recovers to {what} on {on}, then promotes"
 
 
 def _lsn(text: str) -> int:

@@ -263,6 +263,27 @@ def test_delta_restore_onto_a_read_only_file_system_is_one_line(served, read_onl
     still_serves(served)
 
 
+def test_a_target_that_is_not_utf8_is_shown_escaped(served, tmp_path):
+    """The target in restore's lines is shown as `ls -b` shows a name ('\\xff'), as every path
+    for people is: it was printed as the raw byte on stdout and as '\\udcff' on stderr."""
+    target = str(tmp_path / "t\udcff")  # the byte 0xff, as Python holds it
+    shown = str(tmp_path / "t\\xff")
+    for extra in ((), ("--stream",)):
+        where = os.path.join(target, "-".join(extra) or "local")
+        r = served.cli("restore", "latest", "--target", where, *extra)
+        assert r.returncode == 0, (extra, r.stderr)
+        last = r.stdout.splitlines()[-1]
+        assert last.startswith("restored set ") and f" into {shown}/{'-'.join(extra) or 'local'}: " in last, last
+    r = served.cli("restore", "latest", "--target", os.path.join(target, "local"), "--delta", "--dry-run")
+    assert r.returncode == 0 and f"to write into {shown}/local; nothing written" in r.stdout, (r.stdout, r.stderr)
+    for extra in ((), ("--delta",)):
+        r = served.cli("restore", "latest", "--target", os.path.join(target, "local", "big.bin"), *extra)
+        assert r.returncode == 2, (extra, r.returncode, r.stderr)
+        assert one_line(r.stderr) == f"cairn: error: restore target '{shown}/local/big.bin' is not a directory"
+    r = served.cli("restore", "latest", "--target", os.path.join(target, "local"))
+    assert r.returncode == 1 and r.stderr.startswith(f"cairn: error: restore target '{shown}/local' is not empty\n")
+
+
 def test_daemon_validates_what_the_client_does_not(served):
     stub = pb_grpc.CairnStub(served.channel())
     with pytest.raises(grpc.RpcError) as err:
