@@ -88,6 +88,10 @@ class _Parser(argparse.ArgumentParser):
     _positionals_now = False  # inside the second pass of parse_known_args
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("argument -") and message.endswith(": expected one argument"):
+            # argparse takes a value beginning with '-' (`--keep-within -5d`) for an option
+            flag = message[len("argument "):-len(": expected one argument")].split("/")[-1]
+            message += f" (a value beginning with '-' is given as {flag}=VALUE)"
         fail(message, f"see '{self.prog} --help'", EXIT_USAGE)
         raise SystemExit(EXIT_USAGE)
 

@@ -66,6 +66,11 @@ def test_commands_without_positionals_and_nested_commands_parse_as_before() -> N
     (("restore", "S"), "the following arguments are required: --target"),
     (("restore", "--target", "D"), "the following arguments are required: SET, PATH"),
     (("key", "add"), "one of the arguments --passphrase-file --new-key-file is required"),
+    # argparse reads a value beginning with '-' as an option: say how to give it
+    (("prune", "--keep-within", "-5d"),
+     "argument --keep-within: expected one argument (a value beginning with '-' is given as --keep-within=VALUE)"),
+    (("restore", "S", "--target", "-dir"),
+     "argument --target: expected one argument (a value beginning with '-' is given as --target=VALUE)"),
 ])
 def test_what_no_command_takes_is_a_usage_error(argv: tuple[str, ...], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
