@@ -5,7 +5,8 @@ What always holds: `check_start` only reads (stat, open for reading, a bind that
 once, a connect probe), and the first problem it finds is raised as one `CairnError` naming the
 key, path or address, so a failed start leaves nothing behind. A missing repository is never
 created here or anywhere in the daemon except by `init_repository`, which refuses an existing
-repository and a non-empty directory.
+repository and a non-empty directory. What may come after the daemon (a database, a hook's
+command) is only warned of (`warn_unreachable_databases`, `warn_missing_hooks`), never refused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import grp
 import logging
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -239,6 +241,35 @@ def warn_unreachable_databases(config: Config) -> list[str]:
         if problem:
             log.warning("%s (sets of this database fail until this is fixed; `cairn check-db %s` checks again)",
                         problem, db.name)
+            problems.append(problem)
+    return problems
+
+
+def warn_missing_hooks(config: Config) -> list[str]:
+    """Log one warning per quiesce hook command (freeze, thaw, on_success, on_failure) that is
+    not found: a name not on PATH, or an absolute path that is no executable file; return them.
+
+    Only a warning, as for a database: a tool may be installed after cairnd starts, and a set
+    that runs a missing hook fails then with one line naming it. A relative path with a '/' is
+    not checked: it names a file from the directory the hook runs in."""
+    if config.daemon.read_only:
+        return []
+    problems = []
+    for source in config.sources:
+        window = source.quiesce
+        if window is None:
+            continue
+        commands = [("freeze", argv) for level in window.levels() for argv in level.freeze]
+        commands += [("thaw", argv) for level in window.levels() for argv in level.thaw]
+        commands += [("on_success", argv) for argv in window.on_success]
+        commands += [("on_failure", argv) for argv in window.on_failure]
+        for what, argv in commands:
+            program = argv[0] if argv else ""
+            if not program or ("/" in program and not os.path.isabs(program)) or shutil.which(program):
+                continue
+            where = "is not an executable file" if "/" in program else "is not found on PATH"
+            problem = f"source '{source.name}': {what} hook '{program}' {where}"
+            log.warning("%s (sets of this source fail until it is there)", problem)
             problems.append(problem)
     return problems
 

@@ -108,6 +108,7 @@ class Daemon:
         # Then thaw every quiesce window a previous run died inside.
         self.thaw_leftover_windows()
         preflight.warn_unreachable_databases(cfg)
+        preflight.warn_missing_hooks(cfg)
         # The repository first: without it there is nothing to serve (never created here). It
         # is locked before it is read, so a second daemon on it is refused (a local one; on
         # object storage the repository's own locks are all there is).
@@ -296,6 +297,7 @@ class Daemon:
         for key in deferred:  # only once the file is taken: a refused one changes nothing
             log.warning("%s changed: takes effect at the next start", key)
         self.config = new
+        preflight.warn_missing_hooks(new)
         if self.repo is not None:
             self.repo.gc_grace = new.repository.gc_grace
             self.repo.uploads = new.repository.uploads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -111,6 +112,39 @@ def test_sockets_and_addresses_that_cannot_be_used_are_one_line(rundir, tmp_path
         assert r.returncode == code and "Traceback" not in r.stderr, (args, r.returncode, r.stderr)
         first = r.stderr.splitlines()[0]
         assert first.startswith("cairn: error: ") and text in first and "connect failed" not in first, (args, r.stderr)
+
+
+def test_hook_commands_that_are_not_there_are_named_at_start_and_reload(start_daemon, rundir, tmp_path):
+    """A freeze or thaw command that does not exist was first heard of when a set failed; the
+    start and every reload now warn of each one (only warn: a tool may come after cairnd)."""
+    (tmp_path / "src").mkdir()
+    sock = os.path.join(rundir, "hooks.sock")
+    config = write_config(str(tmp_path / "c.toml"), str(tmp_path / "repo"), sock, {"app": str(tmp_path / "src")})
+    good = open(config, encoding="utf-8").read()
+    missing = str(tmp_path / "no" / "freeze")
+    with open(config, "a", encoding="utf-8") as f:
+        f.write(f'quiesce = {{ mode = "cold", freeze = ["{missing}"], thaw = [["true"], ["no-such-thaw-cmd"]] }}\n')
+    daemon = start_daemon("--config", config, socket_path=sock)
+    log = daemon.log()
+    assert f"source 'app': freeze hook '{missing}' is not an executable file" in log, log
+    assert "source 'app': thaw hook 'no-such-thaw-cmd' is not found on PATH" in log, log
+    assert "hook 'true'" not in log
+    r = daemon.cli("backup")  # the set fails as before, in one line naming the hook
+    assert r.returncode == 1 and one_line(r.stderr).startswith(
+        f"cairn: error: freeze hook ({missing}) could not be started"), r.stderr
+
+    mark = len(daemon.log().splitlines())
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(good + 'quiesce = { mode = "cold", freeze = ["true"], on_failure = ["no-such-report-cmd"] }\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    end = time.monotonic() + 20
+    while not any("configuration reloaded" in line for line in daemon.log().splitlines()[mark:]):
+        assert time.monotonic() < end, daemon.log()
+        time.sleep(0.05)
+    lines = daemon.log().splitlines()[mark:]
+    assert [line for line in lines if "level=warning" in line and "hook" in line] == [
+        next(line for line in lines if "on_failure hook 'no-such-report-cmd' is not found on PATH" in line)], lines
+    assert "source app" in daemon.ok("status")
 
 
 @pytest.fixture
