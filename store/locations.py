@@ -1,8 +1,9 @@
 """Repository locations: a local directory or `s3://bucket/prefix`, turned into a Backend.
 
 What always holds: `s3://` locations give an `S3Backend` that has already probed its bucket
-(so a bad bucket, credentials or endpoint fails here, in one line); anything else is a local
-directory. The object-store options are accepted only for `s3://` locations.
+(so a bad bucket, credentials or endpoint, or a store that leaves the probe unanswered for
+`stall_timeout`, fails here, in one line); anything else is a local directory. The
+object-store options are accepted only for `s3://` locations.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class S3Options:
     region: str | None = None
     path_style: bool | None = None
     credentials_file: str | None = None
+    stall_timeout: float | None = None  # seconds an operation may wait unanswered (None: the default)
 
 
 def is_s3(location: str) -> bool:
@@ -66,11 +68,12 @@ def open_backend(location: str, options: S3Options | None = None, *, probe_condi
         path_style = opts.path_style
         if path_style is None and opts.endpoint is None and _endpoint_from_environment():
             path_style = True  # as for a configured endpoint: S3-compatible stores rarely do virtual hosts
+        stall = {} if opts.stall_timeout is None else {"stall_timeout": opts.stall_timeout}
         return S3Backend(bucket, prefix, endpoint=opts.endpoint, region=opts.region,
                          path_style=path_style, credentials_file=opts.credentials_file,
-                         probe_conditional=probe_conditional)
+                         probe_conditional=probe_conditional, **stall)
     if options is not None and options != S3Options():
-        raise InvalidArgumentError(f"endpoint, region, path_style and credentials_file need an s3:// "
+        raise InvalidArgumentError(f"endpoint, region, path_style, credentials_file and stall_timeout need an s3:// "
                                    f"repository, not '{location}'")
     return LocalBackend(location)
 

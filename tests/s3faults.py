@@ -10,12 +10,18 @@ passing the answer back (`drop_after_store`: stored, but the client never hears 
 conditional writes would. `seen` counts requests per method, `requests` lists (method, path)
 of each, and `peak` is the most requests of one method that were in flight at once.
 A fault with `path` set matches only requests whose path contains it.
+A stalled store is silence: `stall` takes the request's head, reads none of its body and
+answers nothing until `resume()` (or `close()`), when it closes the connection; `stall()` does
+that to every request from then on.
+`trickle` forwards the request and passes the answer's body back in `piece`-byte pieces,
+`delay` seconds apart: a slow link that keeps moving.
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +37,8 @@ class Fault:
     status: int = 503
     code: str = "SlowDown"
     path: str = ""  # only requests whose path contains this
+    delay: float = 0.0  # trickle: seconds between pieces of the body
+    piece: int = 4096  # trickle: bytes per piece
 
 
 class FaultProxy:
@@ -43,6 +51,8 @@ class FaultProxy:
         self.peak: Counter[str] = Counter()
         self._inflight: Counter[str] = Counter()
         self.strip_conditional = False
+        self._stall_all = False
+        self._resumed = threading.Event()
         self._lock = threading.Lock()
         proxy = self
 
@@ -64,10 +74,22 @@ class FaultProxy:
         self._thread.start()
 
     def add(self, method: str, action: str, times: int = 1, status: int = 503, code: str = "SlowDown",
-            path: str = "") -> None:
+            path: str = "", delay: float = 0.0, piece: int = 4096) -> None:
         with self._lock:
             for _ in range(times):
-                self.faults.append(Fault(method, action, status, code, path))
+                self.faults.append(Fault(method, action, status, code, path, delay, piece))
+
+    def stall(self) -> None:
+        """Answer no request from now on, until `resume()`."""
+        with self._lock:
+            self._stall_all = True
+            self._resumed.clear()
+
+    def resume(self) -> None:
+        """End the stall: held requests get their connection closed, new ones are served."""
+        with self._lock:
+            self._stall_all = False
+            self._resumed.set()
 
     def _take(self, method: str, path: str = "") -> Fault | None:
         with self._lock:
@@ -91,9 +113,15 @@ class FaultProxy:
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         method = h.command
+        fault = self._take(method, h.path)
+        with self._lock:
+            stalled = self._stall_all
+        if stalled or (fault is not None and fault.action == "stall"):
+            self._resumed.wait()  # without reading the body: a large one fills the sender's buffers
+            h.close_connection = True
+            return
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
-        fault = self._take(method, h.path)
         if fault is not None and fault.action == "status":
             payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
                        f"<Message>injected {fault.code}</Message></Error>").encode()
@@ -127,9 +155,17 @@ class FaultProxy:
                 h.send_header(k, v)
         h.send_header("Content-Length", str(len(data) if method != "HEAD" else resp.getheader("Content-Length", "0")))
         h.end_headers()
-        if method != "HEAD":
-            h.wfile.write(data)
+        if method == "HEAD":
+            return
+        if fault is not None and fault.action == "trickle":
+            for at in range(0, len(data), fault.piece):
+                h.wfile.write(data[at:at + fault.piece])
+                h.wfile.flush()
+                time.sleep(fault.delay)
+            return
+        h.wfile.write(data)
 
     def close(self) -> None:
+        self._resumed.set()
         self.server.shutdown()
         self.server.server_close()

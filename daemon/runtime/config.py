@@ -68,6 +68,7 @@ class RepositoryConfig:
     region: str | None = None
     path_style: bool | None = None
     credentials_file: str | None = None
+    stall_timeout: float | None = None  # seconds an object-store operation may wait unanswered (None: default)
     gc: str | None = None  # cron of scheduled retention + garbage collection
     wal_keep: float | None = None  # seconds of WAL kept for point-in-time recovery (None: all)
     gc_grace: float | None = None  # seconds a pack marked by garbage collection waits (None: store default)
@@ -78,7 +79,7 @@ class RepositoryConfig:
 
     def s3_options(self) -> S3Options | None:
         """The object-store options, None when none was given."""
-        options = S3Options(self.endpoint, self.region, self.path_style, self.credentials_file)
+        options = S3Options(self.endpoint, self.region, self.path_style, self.credentials_file, self.stall_timeout)
         return None if options == S3Options() else options
 
 
@@ -361,7 +362,8 @@ class _Loader:
             path = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
         return RepositoryConfig(
             path=path, endpoint=table.endpoint, region=table.region, path_style=table.path_style,
-            credentials_file=table.credentials_file, gc=table.gc, wal_keep=table.wal_keep,
+            credentials_file=table.credentials_file, stall_timeout=table.stall_timeout,
+            gc=table.gc, wal_keep=table.wal_keep,
             gc_grace=table.gc_grace, passphrase_file=table.passphrase_file, key_file=table.key_file,
             uploads=table.uploads, cache_size=table.cache_size,
         )

@@ -53,7 +53,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 QUIESCE_MODES = ("cold", "hot")
 DATABASE_KINDS = ("postgres", "pg_dump", "command")  # base backup + WAL; pg_dump over the network; any dump tool
-S3_KEYS = ("endpoint", "region", "path_style", "credentials_file")  # only with an s3:// path
+S3_KEYS = ("endpoint", "region", "path_style", "credentials_file", "stall_timeout")  # only with an s3:// path
 _LEVEL_TEXT = "unknown level: expected full, differential or incremental"
 _ERROR = "cairn_config"
 
@@ -313,6 +313,7 @@ class RepositoryTable(_Table):
     region: Text | None = None
     path_style: StrictBool | None = None
     credentials_file: Path | None = None
+    stall_timeout: PositiveDuration | None = None  # seconds an object-store operation may wait unanswered
     gc: Cron | None = None
     gc_grace: Duration | None = None
     wal_keep: Duration | None = None

@@ -11,6 +11,15 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
 - every operation is retried as a whole on transient failures (connection errors, timeouts,
   500/502/503/504, throttling), at most `attempts` times with capped exponential backoff and
   jitter, on top of botocore's own retries; the last failure is raised as BackendError;
+- a silent store is bounded: every request has socket timeouts (connect, and each send or
+  read: at most a quarter of `stall_timeout`), and once an operation (all its attempts,
+  botocore's and ours, and the backoff between them) has waited `stall_timeout` seconds
+  without any answer it stops retrying and raises UnavailableError "unable to <what> at
+  s3://b/p: the object store at <endpoint> did not answer within <N> s" (silence.py says what
+  counts); the probe at open likewise, so a daemon started against a stalled store exits with
+  that line instead of waiting. An answer of any kind resets the count, and a transfer that is
+  moving is never cut, however long it takes. Once one operation has failed so, each later
+  one ends at its first unanswered request until the store answers again;
 - `get` / `get_range` / `stat` / `delete` of a missing object raise NotFoundError;
 - `put_if_absent` creates an object only if none exists, with a conditional write
   (`If-None-Match: *`) when the store honours it. Whether it does is probed at open (a probe
@@ -46,7 +55,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import boto3
 import botocore.exceptions as bexc
@@ -55,6 +64,7 @@ from botocore.config import Config as BotoConfig
 
 from ..errors import BackendError, CairnError, NotFoundError, UnavailableError
 from .backend import KINDS, ObjectInfo, shown_id
+from .silence import Silence
 
 T = TypeVar("T")
 
@@ -63,6 +73,9 @@ DEFAULT_ATTEMPTS = 4  # whole-operation attempts (each with botocore's own retri
 SDK_ATTEMPTS = 3  # botocore's own attempts per request (its "standard" retry mode)
 DEFAULT_BACKOFF = 0.25  # seconds before the second attempt; doubles each time
 MAX_BACKOFF = 8.0
+DEFAULT_STALL = 120.0  # seconds an operation may wait unanswered (`[repository] stall_timeout`)
+CONNECT_TIMEOUT = 10.0  # socket timeouts of each request, at most a quarter of the stall bound
+READ_TIMEOUT = 60.0
 READ_BLOCK = 2 * 1024 * 1024  # small pack reads fetch the aligned block around them ...
 CACHED_BLOCKS = 16  # ... and keep this many blocks (32 MiB) for the reads that follow
 PROBE_DIR = "probe"  # under the prefix, beside the kinds; holds only short-lived probe objects
@@ -79,6 +92,12 @@ TRANSIENT_EXC = (
     bexc.ResponseStreamingError,
     urllib3.exceptions.HTTPError,  # a body read cut short
     OSError,
+)
+SILENCE_EXC = (  # a request that got no answer in time (the store is silent, not refusing)
+    bexc.ConnectTimeoutError,
+    bexc.ReadTimeoutError,
+    urllib3.exceptions.TimeoutError,
+    TimeoutError,
 )
 
 
@@ -99,6 +118,23 @@ def _is_transient(e: BaseException) -> bool:
         return True
     if isinstance(e, bexc.ClientError):
         return _status(e) in TRANSIENT_STATUS or _code(e) in TRANSIENT_CODES
+    return False
+
+
+def _is_silence(e: BaseException) -> bool:
+    """Whether `e` says a request got no answer in time: a timeout, also one botocore reports as
+    a closed connection (sending a body the store stopped reading timed out). A connection
+    refused is not silence (urllib3 makes its error a kind of connect timeout)."""
+    stack, looked = [e], 0
+    while stack and looked < 8:
+        x = stack.pop()
+        looked += 1
+        if isinstance(x, bexc.EndpointConnectionError | urllib3.exceptions.NewConnectionError):
+            return False
+        if isinstance(x, SILENCE_EXC):
+            return True
+        inner = getattr(x, "kwargs", {}).get("error") if isinstance(getattr(x, "kwargs", None), dict) else None
+        stack += [a for a in (inner, x.__cause__, *x.args) if isinstance(a, BaseException)]
     return False
 
 
@@ -160,19 +196,26 @@ class S3Backend:
     def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None,
                  region: str | None = None, path_style: bool | None = None,
                  credentials_file: str | None = None, attempts: int = DEFAULT_ATTEMPTS,
-                 backoff: float = DEFAULT_BACKOFF, sdk_attempts: int = SDK_ATTEMPTS, connect_timeout: float = 10.0,
-                 read_timeout: float = 60.0, max_connections: int = 16,
+                 backoff: float = DEFAULT_BACKOFF, sdk_attempts: int = SDK_ATTEMPTS,
+                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
+                 stall_timeout: float = DEFAULT_STALL, max_connections: int = 16,
                  probe_conditional: bool = True, read_block: int = READ_BLOCK,
                  cached_blocks: int = CACHED_BLOCKS, readahead: bool = True) -> None:
         if not bucket:
             raise BackendError("invalid S3 location: no bucket name")
         if attempts < 1:
             raise BackendError(f"invalid S3 retry attempts {attempts}: expected at least 1")
+        if not stall_timeout > 0:
+            raise BackendError(f"invalid S3 stall timeout {stall_timeout}: expected above zero")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint = endpoint or None
         self.attempts = attempts
         self.backoff = backoff
+        self.stall_timeout = stall_timeout
+        self.connect_timeout = min(connect_timeout, stall_timeout / 4)  # so a silence is asked again,
+        self.read_timeout = min(read_timeout, stall_timeout / 4)  # and a failure's later steps stay short
+        self._silence = Silence(stall_timeout)
         self._lock = threading.Lock()
         self.read_block = read_block
         self._blocks = _BlockCache(cached_blocks)
@@ -185,8 +228,8 @@ class S3Backend:
             session = boto3.session.Session(region_name=region or None)
             config = BotoConfig(
                 region_name=region or None,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
                 max_pool_connections=max_connections,
                 retries={"mode": "standard", "total_max_attempts": sdk_attempts},
                 s3={"addressing_style": "path" if path_style else "auto"},
@@ -196,6 +239,9 @@ class S3Backend:
         except (bexc.BotoCoreError, ValueError) as e:
             raise BackendError(f"unable to set up S3 client for {self.location()}: {_reason(e)}") from e
         self.where = self._s3.meta.endpoint_url  # as resolved: config, AWS_ENDPOINT_URL*, or AWS's
+        events = self._s3.meta.events  # botocore's own attempts count towards the silence too
+        events.register_first("before-send.s3", self._on_send)
+        events.register_first("needs-retry.s3", self._on_attempt)
         self._probe_bucket()
         self.conditional_writes: bool | None = None  # unknown until probed
         if probe_conditional:
@@ -226,7 +272,12 @@ class S3Backend:
         A 404 becomes NotFoundError(`missing`) when `missing` is given; other failures become
         BackendError naming `what`, the location and the reason."""
         attempts = attempts or self.attempts
+        with self._silence.operation():
+            return self._attempts(what, fn, missing, attempts)
+
+    def _attempts(self, what: str, fn: Callable[[], T], missing: str | None, attempts: int) -> T:
         for attempt in range(1, attempts + 1):
+            delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
             try:
                 return fn()
             except bexc.ClientError as e:
@@ -241,12 +292,39 @@ class S3Backend:
             except bexc.NoCredentialsError as e:
                 raise BackendError(self._no_credentials()) from e
             except (bexc.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as e:
+                if _is_silence(e):
+                    self._silence.timed_out(e, self._timeout_of(e))
+                    if self._silence.exhausted(ahead=delay if attempt < attempts else 0.0):
+                        raise UnavailableError(self._stalled(what)) from e
                 if not _is_transient(e) or attempt == attempts:
                     unanswered = _is_transient(e) or isinstance(e, bexc.EndpointConnectionError)
                     raise (UnavailableError if unanswered else BackendError)(self._failure(what, e, attempt)) from e
-            delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
-            time.sleep(delay * (0.5 + random.random() / 2))
+            time.sleep(delay)
         raise AssertionError("unreachable")
+
+    # -- silence -----------------------------------------------------------------------------
+
+    def _timeout_of(self, e: BaseException) -> float:
+        return self.connect_timeout if isinstance(e, bexc.ConnectTimeoutError) else self.read_timeout
+
+    def _on_send(self, **_: Any) -> None:
+        """botocore is sending a request (each of its attempts)."""
+        self._silence.attempt()
+
+    def _on_attempt(self, response: Any = None, caught_exception: BaseException | None = None, **_: Any) -> None:
+        """After each of botocore's attempts, before its retry handler: an answer resets the
+        silence; a timeout counts, and once the silence reaches the bound botocore's further
+        retries are cut by raising the timeout (the operation's caller reports it)."""
+        if response is not None:
+            self._silence.answered()
+        elif caught_exception is not None and _is_silence(caught_exception):
+            self._silence.timed_out(caught_exception, self._timeout_of(caught_exception))
+            if self._silence.exhausted():
+                raise caught_exception
+
+    def _stalled(self, what: str) -> str:
+        return (f"unable to {what} at {self.location()}: the object store at {self.where} "
+                f"did not answer within {self.stall_timeout:g} s")
 
     def _failure(self, what: str, e: BaseException, attempt: int) -> str:
         tries = f" (after {attempt} attempts)" if attempt > 1 else ""
@@ -265,30 +343,51 @@ class S3Backend:
 
     def _probe_bucket(self) -> None:
         """List one key under the prefix: proves the endpoint answers, the bucket exists and
-        the credentials are accepted. One line per failure, raised now rather than later."""
-        try:
-            self._s3.list_objects_v2(Bucket=self.bucket, Prefix=self._base("config"), MaxKeys=1)
-        except bexc.ClientError as e:
-            code, status = _code(e), _status(e)
-            if code == "NoSuchBucket" or (status == 404 and code in ("", "404", "NotFound")):
-                raise NotFoundError(self._no_bucket()) from None
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-                        "AuthorizationHeaderMalformed") or status == 401:
-                raise BackendError(
-                    f"S3 credentials were refused by {self.where} for bucket '{self.bucket}': {code or status}"
-                ) from None
-            if code == "AccessDenied" or status == 403:
-                raise BackendError(
-                    f"access denied to bucket '{self.bucket}' at endpoint {self.where}: "
-                    "the credentials lack permission to list it"
-                ) from None
-            raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
-        except bexc.NoCredentialsError:
+        the credentials are accepted. One line per failure, raised now rather than later; a
+        store that stays silent is retried until `stall_timeout` and then reported."""
+        with self._silence.operation():
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    self._s3.list_objects_v2(Bucket=self.bucket, Prefix=self._base("config"), MaxKeys=1)
+                    return
+                except (bexc.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as e:
+                    if not _is_silence(e):
+                        self._unopened(e)
+                    self._silence.timed_out(e, self._timeout_of(e))
+                    if self._silence.exhausted(ahead=self.backoff if attempt < self.attempts else 0.0):
+                        raise UnavailableError(self._stalled("open the repository")) from None
+                    if attempt == self.attempts:
+                        self._unopened(e)
+                    time.sleep(self.backoff)  # silent but not for long enough: ask again
+                except bexc.ClientError as e:
+                    self._refused(e)
+
+    def _unopened(self, e: BaseException) -> NoReturn:
+        """The probe's failure that is not silence: one line saying which."""
+        if isinstance(e, bexc.NoCredentialsError):
             raise BackendError(self._no_credentials()) from None
-        except bexc.EndpointConnectionError:
+        if isinstance(e, bexc.EndpointConnectionError):
             raise BackendError(f"S3 endpoint '{self.where}' is unreachable") from None
-        except bexc.BotoCoreError as e:
+        if isinstance(e, bexc.BotoCoreError):
             raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
+        raise e
+
+    def _refused(self, e: bexc.ClientError) -> NoReturn:
+        """The probe's answer, when it is a refusal: one line saying which."""
+        code, status = _code(e), _status(e)
+        if code == "NoSuchBucket" or (status == 404 and code in ("", "404", "NotFound")):
+            raise NotFoundError(self._no_bucket()) from None
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                    "AuthorizationHeaderMalformed") or status == 401:
+            raise BackendError(
+                f"S3 credentials were refused by {self.where} for bucket '{self.bucket}': {code or status}"
+            ) from None
+        if code == "AccessDenied" or status == 403:
+            raise BackendError(
+                f"access denied to bucket '{self.bucket}' at endpoint {self.where}: "
+                "the credentials lack permission to list it"
+            ) from None
+        raise BackendError(f"unable to open {self.location()} at {self.where}: {_reason(e)}") from None
 
     def first_object_outside(self, kinds: tuple[str, ...]) -> str | None:
         """The key of the first object under the prefix that is neither in one of `kinds` nor a
@@ -331,11 +430,13 @@ class S3Backend:
                 return False  # the header itself is refused: no conditional writes
             return not self._call("write a probe object", lambda: write(b"2"))
         finally:
-            try:
-                self._s3.delete_object(Bucket=self.bucket, Key=key)
-            except (bexc.ClientError, bexc.BotoCoreError):
-                pass  # denied (a write-only host's policy): an older probe is swept by the next host that may
-            self._sweep_probes(key)
+            with self._silence.operation():  # a silent store cuts botocore's retries at the bound
+                try:
+                    self._s3.delete_object(Bucket=self.bucket, Key=key)
+                except (bexc.ClientError, bexc.BotoCoreError):
+                    pass  # denied (a write-only host's policy): an older probe is swept by the next host that may
+            with self._silence.operation():
+                self._sweep_probes(key)
 
     def _sweep_probes(self, own: str) -> None:
         """Delete probe objects older than PROBE_MAX_AGE seconds (left where deletes are denied,
@@ -447,7 +548,7 @@ class S3Backend:
         key = self._key(kind, name)
         body = bytes(data)
         if not self.conditional_writes:
-            with self._lock:  # only atomic within this process; see the module docstring
+            with self._lock, self._silence.operation():  # only atomic within this process (module docstring)
                 try:
                     self.stat(kind, name)
                     return False
@@ -512,9 +613,10 @@ class S3Backend:
         key = self._key(kind, name)
         if kind == "packs":
             self._blocks.forget(name)
-        self.stat(kind, name)  # S3 deletes of missing keys succeed; the protocol says NotFoundError
-        self._call(f"delete {kind} object '{shown_id(name)}'",
-                   lambda: self._s3.delete_object(Bucket=self.bucket, Key=key))
+        with self._silence.operation():  # one operation: its two requests share the bound
+            self.stat(kind, name)  # S3 deletes of missing keys succeed; the protocol says NotFoundError
+            self._call(f"delete {kind} object '{shown_id(name)}'",
+                       lambda: self._s3.delete_object(Bucket=self.bucket, Key=key))
 
     def stat(self, kind: str, name: str) -> int:
         key = self._key(kind, name)

@@ -1,18 +1,27 @@
 """An object store that stops answering (its process stopped, its connections left open): the
 daemon's `cairn status` still answers, from what the daemon knows itself, with a warning, well
-before the S3 client's own timeouts and retries would end the store's reads."""
+before the S3 client's own timeouts and retries would end the store's reads; the calls that need
+the store (`sets`, `ls`, `key list`, a backup) fail with one line once `[repository]
+stall_timeout` has passed without an answer, a backup so failed leaves no set behind and the next
+one succeeds once the store is back; and a daemon started against the stalled store exits with
+one line, never having said READY."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 
-from s3daemons import Host, s3_repository
+from cairnd_harness import CAIRN
+from s3daemons import Host, clean_env, s3_repository
 from s3server import WeedServer
 
 DEADLINE = 30.0  # well under one read timeout of the S3 client (60 s), let alone its retries
+STALL = "8s"  # the stall_timeout the daemons below are given (each request then waits 2 s)
+STALLED = "did not answer within 8 s"
+CALL_DEADLINE = 50.0  # a call may take a few store operations in turn, each bounded by STALL
 
 
 def test_status_answers_while_the_store_is_stalled(tmp_path) -> None:
@@ -44,6 +53,130 @@ def test_status_answers_while_the_store_is_stalled(tmp_path) -> None:
             os.kill(weed.proc.pid, signal.SIGCONT)
             stopped = False
             assert "last full" in host.ok("status", timeout=DEADLINE)  # the store is back: its sets again
+        finally:
+            if stopped:
+                os.kill(weed.proc.pid, signal.SIGCONT)
+            host.stop()
+
+
+def _stalled_host(tmp_path, weed: WeedServer) -> Host:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "a").write_bytes(b"a" * 1000)
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("pw\n")
+    return Host(str(tmp_path / "run"), "h1", s3_repository(weed, weed.credentials_file(), "repo", str(passphrase),
+                                                          stall_timeout=STALL), {"data": str(src)})
+
+
+def _one_line_error(r: subprocess.CompletedProcess, took: float, what: str) -> None:
+    assert r.returncode != 0, f"{what}: {r.stdout}"
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines and STALLED in lines[0], f"{what}: {r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+    assert took < CALL_DEADLINE, f"{what} took {took:.0f}s"
+
+
+def test_calls_that_need_a_stalled_store_fail_with_one_line_within_the_bound(tmp_path) -> None:
+    with WeedServer(tmp_path / "weed") as weed:
+        host = _stalled_host(tmp_path, weed)
+        host.init()
+        host.start()
+        stopped = False
+        try:
+            host.ok("backup", "--source", "data")
+            assert weed.proc is not None
+            os.kill(weed.proc.pid, signal.SIGSTOP)
+            stopped = True
+            for args in (("sets",), ("ls", "latest"), ("key", "list"), ("backup", "--source", "data")):
+                started = time.monotonic()
+                try:
+                    r = host.cli(*args, timeout=CALL_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"cairn {' '.join(args)} still waited on the stalled store after "
+                                         f"{CALL_DEADLINE:.0f}s") from None
+                _one_line_error(r, time.monotonic() - started, f"cairn {' '.join(args)}")
+            os.kill(weed.proc.pid, signal.SIGCONT)
+            stopped = False
+            host.ok("backup", "--source", "data", timeout=120)  # the store is back: backups work again
+            sets = json.loads(host.ok("sets", "--json"))
+            assert len(sets) == 2, sets  # the failed backup left no set
+        finally:
+            if stopped:
+                os.kill(weed.proc.pid, signal.SIGCONT)
+            host.stop()
+
+
+def test_a_daemon_started_against_a_stalled_store_exits_with_one_line(tmp_path) -> None:
+    with WeedServer(tmp_path / "weed") as weed:
+        host = _stalled_host(tmp_path, weed)
+        host.init()
+        assert weed.proc is not None
+        os.kill(weed.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            host.spawn()
+            assert host.proc is not None and host.notify is not None
+            try:
+                code = host.proc.wait(CALL_DEADLINE)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"cairnd still waited on the stalled store after {CALL_DEADLINE:.0f}s") from None
+            took = time.monotonic() - started
+            err = open(host.log, errors="replace").read()
+            assert code == 1, err
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1, err
+            assert lines[0] == (f"cairnd: error: unable to open the repository at s3://{weed.bucket}/repo: the object "
+                                f"store at {weed.endpoint} {STALLED}"), err
+            assert not host.notify.wait_for("READY=1", 0), host.notify.messages
+            assert took < CALL_DEADLINE, took
+        finally:
+            os.kill(weed.proc.pid, signal.SIGCONT)
+            host.stop()
+
+
+def test_a_backup_whose_uploads_the_store_stops_reading_fails_within_the_bound(tmp_path) -> None:
+    """The store stops while packs are on their way (a PUT blocked in sending is silence too):
+    the backup fails with one line, leaves no set, and the next one succeeds."""
+    with WeedServer(tmp_path / "weed") as weed:
+        host = _stalled_host(tmp_path, weed)
+        host.init()
+        host.start()
+        stopped = False
+        try:
+            host.ok("backup", "--source", "data")
+            for i in range(12):  # 96 MiB: several 16 MiB packs, so some are still to go at the stop
+                (tmp_path / "src" / f"big{i}").write_bytes(os.urandom(8 * 2**20))
+            client = weed.client()
+            packs = "repo/packs/"
+            before = client.list_objects_v2(Bucket=weed.bucket, Prefix=packs).get("KeyCount", 0)
+            backup = subprocess.Popen([CAIRN, "--socket", host.socket, "backup", "--source", "data"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+            try:
+                end = time.monotonic() + 60
+                while client.list_objects_v2(Bucket=weed.bucket, Prefix=packs).get("KeyCount", 0) == before:
+                    assert backup.poll() is None and time.monotonic() < end, "no pack was uploaded"
+                    time.sleep(0.02)
+                assert weed.proc is not None
+                os.kill(weed.proc.pid, signal.SIGSTOP)
+                stopped = True
+                started = time.monotonic()
+                try:
+                    out, err = backup.communicate(timeout=CALL_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"the backup still waited on the stalled store after "
+                                         f"{CALL_DEADLINE:.0f}s") from None
+                took = time.monotonic() - started
+            finally:
+                if backup.poll() is None:
+                    backup.kill()
+                    backup.wait(10)
+            _one_line_error(subprocess.CompletedProcess(backup.args, backup.returncode, out, err), took, "the backup")
+            os.kill(weed.proc.pid, signal.SIGCONT)
+            stopped = False
+            host.ok("backup", "--source", "data", timeout=120)
+            sets = json.loads(host.ok("sets", "--json"))
+            assert len(sets) == 2, sets  # the failed backup left no set
         finally:
             if stopped:
                 os.kill(weed.proc.pid, signal.SIGCONT)

@@ -50,6 +50,9 @@ def test_s3_repository_without_options_uses_boto3_defaults(tmp_path):
     ('path = "s3:///prefix"\n', "repository.path", "no bucket name"),
     ('path = "s3://bkt/a/../b"\n', "repository.path", "dot path segment"),
     ('path = "s3://bkt"\nbucket = "x"\n', "", "unknown key 'repository.bucket'"),
+    ('path = "/srv/repo"\nstall_timeout = "1m"\n', "repository.stall_timeout", "needs an s3://"),
+    ('path = "s3://bkt"\nstall_timeout = "0s"\n', "repository.stall_timeout", "expected a duration above zero"),
+    ('path = "s3://bkt"\nstall_timeout = "soon"\n', "repository.stall_timeout", "expected a duration like '5m'"),
 ])
 def test_bad_repository_keys_name_the_key(tmp_path, repository, key, detail):
     with pytest.raises(ConfigError) as info:
@@ -103,3 +106,10 @@ def test_bad_uploads_and_cache_size_name_the_key(tmp_path, line, key):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, f'path = "s3://bkt/p"\n{line}\n')
     assert info.value.key == key
+
+
+def test_stall_timeout_reaches_the_store(tmp_path):
+    cfg = load(tmp_path, 'path = "s3://bkt/p"\nstall_timeout = "90s"\n')
+    assert cfg.repository.stall_timeout == 90.0
+    assert cfg.repository.s3_options() == S3Options(stall_timeout=90.0)
+    assert load(tmp_path, 'path = "s3://bkt/p"\n').repository.stall_timeout is None  # the store's default
