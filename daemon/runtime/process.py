@@ -45,6 +45,7 @@ from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.runtime import heap, preflight
 from cairn.daemon.runtime.arguments import EXIT_FAILURE, EXIT_OK, with_overrides
 from cairn.daemon.runtime.config import Config, load_config
+from cairn.daemon.runtime.config_schema import S3_KEYS
 from cairn.daemon.runtime.exitguard import ExitGuard
 from cairn.daemon.runtime.health import HealthRecord, restore_metrics
 from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
@@ -331,6 +332,8 @@ class Daemon:
         change the file asks for but that take effect only at the next start."""
         old = self.config
         changed = ["repository.path"] if new.repository.path != old.repository.path else []
+        changed += [f"repository.{key}" for key in S3_KEYS  # the object-store client is made at start
+                    if getattr(new.repository, key) != getattr(old.repository, key)]
         kept = {}
         for key in RESTART_KEYS:
             if getattr(new.daemon, key) != getattr(old.daemon, key):

@@ -135,6 +135,27 @@ def test_a_daemon_started_against_a_stalled_store_exits_with_one_line(tmp_path) 
             host.stop()
 
 
+def test_a_reload_says_a_changed_stall_timeout_takes_effect_at_the_next_start(tmp_path) -> None:
+    with WeedServer(tmp_path / "weed") as weed:
+        host = _stalled_host(tmp_path, weed)
+        host.init()
+        host.start()
+        try:
+            assert host.proc is not None and host.notify is not None
+            with open(host.config, encoding="utf-8") as f:
+                text = f.read()
+            with open(host.config, "w", encoding="utf-8") as f:
+                f.write(text.replace(f'stall_timeout = "{STALL}"', 'stall_timeout = "1m"'))
+            before = host.notify.count()
+            host.proc.send_signal(signal.SIGHUP)
+            assert host.notify.wait_for("READY=1", 30, after=before), open(host.log).read()
+            log = open(host.log, errors="replace").read()
+            assert "repository.stall_timeout changed: takes effect at the next start" in log, log
+            assert "reload failed" not in log, log
+        finally:
+            host.stop()
+
+
 def test_a_backup_whose_uploads_the_store_stops_reading_fails_within_the_bound(tmp_path) -> None:
     """The store stops while packs are on their way (a PUT blocked in sending is silence too):
     the backup fails with one line, leaves no set, and the next one succeeds."""
