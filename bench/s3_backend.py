@@ -1,6 +1,6 @@
 """Issue 10 groundwork: full backup and restore to S3 (SeaweedFS on loopback) vs a local repository.
 
-  python bench/s3_backend.py [--runs 3] [--big-mib 16] [--workdir DIR] [--no-restic] [--fresh-fs]
+  python bench/s3_backend.py [--runs 3] [--big-mib 16] [--workdir DIR] [--no-restic] [--fresh-fs] [--https]
 
 The corpus is the standard one (../shared/bench/build_corpus.py: the Python standard library,
 ~250 MB, plus a big mixed file, here 16 MiB by default) in `<workdir>/corpus`. One SeaweedFS
@@ -18,6 +18,10 @@ Cairn-on-S3/restic-on-S3. Both Cairn repositories are encrypted (format 2, creat
 `cairnd --init` and a passphrase file), as restic's always are; Cairn on S3 keeps its default
 of 4 pack uploads in flight. The load average is printed at the start and the end: the figures
 only compare within one invocation.
+
+With --https the contestants reach SeaweedFS's S3 over TLS, with a certificate signed by
+a CA made for the run: cairnd trusts it through AWS_CA_BUNDLE, restic through --cacert (as
+production stores are reached; Cairn then does not hash upload bodies for their signature).
 
 With --fresh-fs (root) every restore goes to a new ext4 file system made for the run
 (bench/common.py fresh_fs says why: on a file system without a journal, creating files soon
@@ -57,6 +61,7 @@ from bench.common import (  # noqa: E402
 )
 
 sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+from certificates import make_certificates  # noqa: E402
 from s3server import ACCESS_KEY, SECRET_KEY, WeedServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -139,18 +144,19 @@ def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict
 
 
 def bench_restic(work: Path, corpus: Path, repo: str, env: dict[str, str], run: int,
-                 targets: Path) -> tuple[float, float]:
+                 targets: Path, cacert: str | None = None) -> tuple[float, float]:
     logdir = work / "logs"
     help_text = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True).stdout
     extra = ["--insecure-no-password"] if "--insecure-no-password" in help_text else []
-    run_measured(["restic", "-r", repo, "init", *extra], env=env, logdir=logdir, name=f"restic-{run}-init").check()
+    restic = ["restic", "-r", repo, *(["--cacert", cacert] if cacert else [])]
+    run_measured([*restic, "init", *extra], env=env, logdir=logdir, name=f"restic-{run}-init").check()
     warm(corpus)
     settle()
-    b = run_measured(["restic", "-r", repo, "backup", "--quiet", str(corpus)], env=env, logdir=logdir,
+    b = run_measured([*restic, "backup", "--quiet", str(corpus)], env=env, logdir=logdir,
                      name=f"restic-{run}-backup").check()
     target = fresh_dir(targets / f"restore-restic-{run}")
     settle()
-    r = run_measured(["restic", "-r", repo, "restore", "latest", "--target", str(target)], env=env, logdir=logdir,
+    r = run_measured([*restic, "restore", "latest", "--target", str(target)], env=env, logdir=logdir,
                      name=f"restic-{run}-restore").check()
     return b.seconds, r.seconds
 
@@ -165,6 +171,7 @@ def main() -> int:
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--fresh-fs", action="store_true",
                     help="restore onto a new ext4 file system made for this run (root; see common.fresh_fs)")
+    ap.add_argument("--https", action="store_true", help="S3 over TLS with a CA made for the run")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -192,7 +199,12 @@ def main() -> int:
     verified: dict[str, list[bool | None]] = {}
     with contextlib.ExitStack() as stack:
         targets = stack.enter_context(fresh_fs(work, int(size * 1.3) * 3 * args.runs)) if args.fresh_fs else work
-        weed = stack.enter_context(WeedServer(weed_dir))
+        tls = None
+        if args.https:
+            (work / "tls").mkdir(exist_ok=True)
+            tls = make_certificates(str(work / "tls"))
+        weed = stack.enter_context(WeedServer(weed_dir, tls=tls))
+        ca_env = {"AWS_CA_BUNDLE": tls["ca"]} if tls else {}
         load = os.getloadavg()
         print(f"SeaweedFS at {weed.endpoint}; corpus {files} files, {size / MB:.0f} MB; load average at the "
               f"start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs", flush=True)
@@ -204,14 +216,14 @@ def main() -> int:
                 "cairn-s3": lambda run=run: bench_cairn(
                     work, "s3", corpus,
                     f'path = "s3://{weed.bucket}/cairn-{run}-{os.getpid()}"\nendpoint = "{weed.endpoint}"\n'
-                    f'region = "us-east-1"\ncredentials_file = "{creds}"\n', {}, run, not args.no_verify,
+                    f'region = "us-east-1"\ncredentials_file = "{creds}"\n', ca_env, run, not args.no_verify,
                     targets),
             }
             if restic:
                 contestants["restic-s3"] = lambda run=run: bench_restic(
                     work, corpus, f"s3:{weed.endpoint}/{weed.bucket}/restic-{run}-{os.getpid()}",
                     {**weed.env(), "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}, run,
-                    targets)
+                    targets, tls["ca"] if tls else None)
             order = list(contestants)
             order = order[run % len(order):] + order[:run % len(order)]
             for name in order:

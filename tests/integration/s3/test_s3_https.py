@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 
 import pytest
-from cairnd_harness import CAIRND, make_certificates  # tests/integration/daemon (see conftest.py)
+from cairnd_harness import CAIRND  # tests/integration/daemon (see conftest.py)
+from certificates import make_certificates
 from s3daemons import Host, clean_env, s3_repository
 from s3server import WeedServer
 from storekit import assert_same_tree, make_tree
