@@ -9,8 +9,14 @@ in the store takes one today.
 
 A lock is a small object under "locks/" naming host, pid, pid space, mode and time. A lock is
 stale when its process is gone (same host and pid space: same kernel boot and pid namespace, as
-machines and containers may share a host name) or it has not been refreshed for STALE_AFTER
-seconds (any host); stale locks are removed by whoever finds them. Adds take shared locks and
+machines and containers may share a host name) or its object has not been written for STALE_AFTER
+seconds (any host); stale locks are removed by whoever finds them. That age is told by the
+storage's clock, never by the hosts' own: the object's last-modified time against the storage's
+"now", which a process holding a lock reads off its own lock object (its last-modified time plus
+the time since this process wrote it, on the monotonic clock); only a process holding none falls
+back to its wall clock. A host whose clock is hours off thus neither has its live locks taken for
+stale by others (its "time" field is only shown) nor takes others' live locks for stale. A taker
+writes its lock before it looks for conflicts, so that it judges them with that reference. Adds take shared locks and
 never block each other (content addressing makes them idempotent); only prune excludes
 everything else.
 Taking a lock may wait for a conflicting one, retrying with bounded, jittered exponential backoff
@@ -123,6 +129,9 @@ class Locks:
         self._leftover_mutex = threading.Lock()
         # Set when the owner shuts down: a wait for a conflicting lock ends at once (AbortedError).
         self.stopping = threading.Event()
+        # lock objects this object wrote -> monotonic time when it last began writing each one:
+        # with the object's last-modified time, the storage's "now" (storage_now)
+        self._written: dict[str, float] = {}
 
     def _read(self, name: str) -> dict | None:
         try:
@@ -131,18 +140,37 @@ class Locks:
         except (NotFoundError, CorruptionError, ValueError):  # gone, or damaged (sealed: fails to open)
             return None
 
-    def stale(self, doc: dict | None) -> bool:
+    def stale(self, doc: dict | None, age: float | None = None) -> bool:
         """A lock is stale when unreadable, when its process is gone (same host), or when it
-        was not refreshed for `stale_after` seconds (any host)."""
+        was not refreshed for `stale_after` seconds (any host): `age` is how long ago its object
+        was written by the storage's clock (see `ages`); without it, the lock's own time field
+        against this host's clock."""
         if doc is None:
             return True
         try:
             if doc.get("host") == self.host and doc.get("pid_space", self.pid_space) == self.pid_space \
                     and not _alive(int(doc.get("pid", 0))):
                 return True  # (a lock without pid_space was written before it existed: host alone)
-            return time.time() - float(doc.get("time", 0)) > self.stale_after
+            if age is None:
+                age = time.time() - float(doc.get("time", 0))
+            return age > self.stale_after
         except (TypeError, ValueError):
             return True
+
+    def ages(self) -> dict[str, float]:
+        """Every lock object's name -> seconds since it was last written, by the storage's clock:
+        its last-modified time against `storage_now`."""
+        listed = {o.name: o.time for o in self.backend.list_info("locks")}
+        now = self.storage_now(listed)
+        return {name: now - written for name, written in listed.items()}
+
+    def storage_now(self, listed: dict[str, float]) -> float:
+        """Now by the storage's clock, from `listed` (lock name -> last-modified time): a lock
+        object this object wrote, plus the monotonic time since it began that write (never
+        ahead of the storage: the write ended after it began); without one, this host's clock."""
+        mono = time.monotonic()
+        guesses = [listed[name] + (mono - began) for name, began in list(self._written.items()) if name in listed]
+        return min(guesses) if guesses else time.time()
 
     _stale = stale
 
@@ -158,11 +186,11 @@ class Locks:
         with self._leftover_mutex:
             released = set(self.leftover)
         out: dict[str, dict] = {}
-        for name in list(self.backend.list("locks")):
+        for name, age in self.ages().items():
             if name == mine or name in released:
                 continue
             doc = self._read(name)
-            if self.stale(doc):
+            if self.stale(doc, age):
                 try:
                     self.backend.delete("locks", name)
                 except NotFoundError:
@@ -190,12 +218,12 @@ class Locks:
         own = {h.name for h in self.held}
         removed: list[dict] = []
         kept: list[dict] = []
-        for name in sorted(self.backend.list("locks")):
+        for name, age in sorted(self.ages().items()):
             if name in own:
                 continue
             doc = self._read(name)
             view = {**(doc or {"purpose": "an unreadable lock"}), "name": name}
-            if self.stale(doc) or everything or (host is not None and holder(doc or {}) == host):
+            if self.stale(doc, age) or everything or (host is not None and holder(doc or {}) == host):
                 try:
                     self.backend.delete("locks", name)
                 except NotFoundError:
@@ -244,15 +272,15 @@ class Locks:
         deadline = time.monotonic() + wait
         delay = BACKOFF_FIRST
         while True:
-            clash = self._conflict(exclusive, "", gc)
+            # written first: its last-modified time is the storage's clock the look at the
+            # others judges their age by (storage_now)
+            name = os.urandom(16).hex()
+            if not self._create(name, self._doc(purpose, exclusive, gc)):
+                continue  # a random name already taken: draw another
+            clash = self._conflict(exclusive, name, gc)
             if clash is None:
-                name = os.urandom(16).hex()
-                if not self._create(name, self._doc(purpose, exclusive, gc)):
-                    continue  # a random name already taken: draw another
-                clash = self._conflict(exclusive, name, gc)
-                if clash is None:
-                    return name
-                self._remove(name)
+                return name
+            self._remove(name)
             left = deadline - time.monotonic()
             if left <= 0:
                 self._raise_conflict(clash)
@@ -275,6 +303,7 @@ class Locks:
         return self.stopping.wait(seconds)
 
     def _write(self, name: str, doc: dict) -> None:
+        self._written[name] = time.monotonic()  # when the write began (storage_now)
         self.backend.put("locks", name, json.dumps({**doc, "time": time.time()}).encode())
 
     def confirm(self, handle: LockHandle) -> None:
@@ -290,7 +319,11 @@ class Locks:
 
     def _create(self, name: str, doc: dict) -> bool:
         """Write a new lock object; False if one of that name exists (it is someone else's)."""
-        return self.backend.put_if_absent("locks", name, json.dumps({**doc, "time": time.time()}).encode())
+        began = time.monotonic()
+        if not self.backend.put_if_absent("locks", name, json.dumps({**doc, "time": time.time()}).encode()):
+            return False
+        self._written[name] = began
+        return True
 
     def _refresh(self, handle: LockHandle, stop: threading.Event,
                  on_lost: Callable[[str], None] | None) -> None:
@@ -328,6 +361,7 @@ class Locks:
             on_lost(reason)
 
     def _remove(self, name: str) -> None:
+        self._written.pop(name, None)
         try:
             self.backend.delete("locks", name)
         except NotFoundError:

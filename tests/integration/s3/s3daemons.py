@@ -3,7 +3,8 @@
 `Host(rundir, name, repository)` writes one daemon's configuration (its own socket, state
 directory and `[daemon] host`), starts it with `start()` (returns once systemd's READY=1 arrived
 on a notify socket the test owns, like the other daemon tests) and runs the real client with
-`cli()` / `ok()`. Every started daemon is stopped by PID in `stop()`. AWS_* variables of the
+`cli()` / `ok()`. `command` is what runs the daemon (the installed cairnd; a test may put a
+wrapper there, such as skewed_cairnd.py). Every started daemon is stopped by PID in `stop()`. AWS_* variables of the
 test's environment are not passed on: each daemon gets its credentials from the configuration.
 """
 
@@ -43,7 +44,7 @@ class Host:
     def __init__(self, rundir: str, name: str, repository: list[str], sources: dict[str, str],
                  env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.env = dict(env or {})  # beside the cleaned environment (AWS_CA_BUNDLE, say)
+        self.env = dict(env or {})  # added to the daemon's cleaned environment (AWS_CA_BUNDLE, say)
         self.dir = os.path.join(rundir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.socket = os.path.join(self.dir, "s.sock")
@@ -58,6 +59,7 @@ class Host:
         self.proc: subprocess.Popen | None = None
         self.notify: NotifyListener | None = None
         self.log = os.path.join(self.dir, "cairnd.log")
+        self.command: list[str] = [CAIRND]
 
     def init(self) -> None:
         r = subprocess.run([CAIRND, "--config", self.config, "--init"], capture_output=True, text=True,
@@ -68,8 +70,8 @@ class Host:
         """Start the process; `ready()` waits for it."""
         self.notify = NotifyListener(os.path.join(self.dir, "notify"))
         with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen([CAIRND, "--config", self.config], stdout=subprocess.DEVNULL, stderr=err,
-                                         env=clean_env({**self.env, "NOTIFY_SOCKET": self.notify.path}))
+            self.proc = subprocess.Popen([*self.command, "--config", self.config], stdout=subprocess.DEVNULL,
+                                         stderr=err, env=clean_env({**self.env, "NOTIFY_SOCKET": self.notify.path}))
 
     def ready(self) -> None:
         assert self.proc is not None and self.notify is not None

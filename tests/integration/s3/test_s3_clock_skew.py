@@ -1,0 +1,98 @@
+"""Hosts whose clocks disagree, on one SeaweedFS bucket, through real daemons: one host backs up a
+tree of several packs while another prunes, and one of the two has a wall clock two hours off
+(skewed_cairnd.py): the backing-up host's behind (its lock says it was refreshed two hours ago,
+by its own clock), or the pruning host's ahead (every lock looks two hours old by its clock).
+The storage wrote the lock object a moment ago, and the pruning host must judge the lock by the
+storage's clock: it keeps the lock, and with it the packs the backup has uploaded so far (they
+are marked, not deleted, while the lock stands), the backup commits, `verify --read-data` is
+clean and the set restores identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+from cairnd_harness import snapshot
+from s3daemons import Host, s3_repository
+
+MIB = 1024 * 1024
+OFF = 2 * 3600.0
+SKEWED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "skewed_cairnd.py")
+
+
+@pytest.fixture
+def rundir():
+    path = tempfile.mkdtemp(prefix="cairn-skew-", dir="/tmp")  # short: socket paths are limited
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _until(cond, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not reached in time: {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("skewed_host, offset", [("backup", -OFF), ("prune", OFF)],
+                         ids=["backup-behind", "prune-ahead"])
+def test_a_clock_hours_off_does_not_make_a_running_backups_lock_stale(weed, creds, rundir, skewed_host, offset):
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("hosts share this passphrase\n")
+    prefix = f"skew-{uuid.uuid4().hex[:8]}"
+    repository = s3_repository(weed, creds, prefix, passphrase)
+    tree = os.path.join(rundir, "data")
+    os.makedirs(tree)
+    for i in range(3):  # three packs' worth: some are uploaded while the backup still runs
+        with open(os.path.join(tree, f"f{i}.bin"), "wb") as f:
+            f.write(os.urandom(16 * MIB))
+    skewed = Host(rundir, "skewed", repository, {"data": tree})
+    pruner = Host(rundir, "pruner", repository, {})
+    off = skewed if skewed_host == "backup" else pruner
+    off.command = [sys.executable, SKEWED]
+    off.env = {"CAIRN_TEST_CLOCK_OFFSET": str(offset)}
+    pruner.init()
+    raw = weed.backend(prefix)
+    try:
+        skewed.start()
+        pruner.start()
+        result: dict[str, subprocess.CompletedProcess] = {}
+        backup = threading.Thread(target=lambda: result.setdefault(
+            "r", skewed.cli("--json", "backup", "--level", "full", timeout=600)))
+        backup.start()
+        _until(lambda: list(raw.list("locks")) and list(raw.list("packs")) or "r" in result,
+               "the backup holds its lock and has uploaded a pack")
+        assert "r" not in result, "the backup ended before it could be caught running"
+        os.kill(skewed.proc.pid, signal.SIGSTOP)  # the backup stands still, its lock and packs in the bucket
+        try:
+            locks, packs = set(raw.list("locks")), set(raw.list("packs"))
+            report = json.loads(pruner.ok("--json", "prune", "--keep-last", "1"))
+            assert set(raw.list("locks")) >= locks, "the running backup's lock was taken for stale"
+            assert set(raw.list("packs")) >= packs, "packs of the running backup were deleted"
+            assert report["waiting"]["packs"] >= len(packs) and report["packs_deleted"] == 0, report
+        finally:
+            os.kill(skewed.proc.pid, signal.SIGCONT)
+        backup.join(600)
+        r = result["r"]
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        set_id = json.loads(r.stdout)["id"]
+        pruner.ok("--json", "prune", "--keep-last", "1")  # nothing holds the packs now: they stay, in use
+        pruner.ok("verify", "--read-data", timeout=600)
+        target = os.path.join(rundir, "restored")
+        pruner.ok("restore", set_id, "--target", target, timeout=600)
+        restored = os.path.join(target, tree.lstrip("/")) if not os.path.exists(os.path.join(target, "f0.bin")) \
+            else target
+        assert snapshot(restored) == snapshot(tree)
+    finally:
+        skewed.stop()
+        pruner.stop()
