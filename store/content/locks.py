@@ -164,6 +164,10 @@ class Locks:
         now = self.storage_now(listed)
         return {name: now - written for name, written in listed.items()}
 
+    def now(self) -> float:
+        """Now by the storage's clock (`storage_now` of the lock objects listed now)."""
+        return self.storage_now({o.name: o.time for o in self.backend.list_info("locks")})
+
     def storage_now(self, listed: dict[str, float]) -> float:
         """Now by the storage's clock, from `listed` (lock name -> last-modified time): a lock
         object this object wrote, plus the monotonic time since it began that write (never

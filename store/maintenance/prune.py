@@ -14,6 +14,9 @@ Garbage collection never deletes a pack in the run that finds it unreferenced:
   since the reference only that copy used may be free now): a marker is ripe when it has
   blockers listed, is older than the grace period (with none, at once: the marking run
   collects, whatever the wall clock did meanwhile), and none of its blockers is still held.
+  A marker's age is the storage's: its object's last-modified time against the storage's now
+  (store/content/locks.py), never the "time" its writer's clock put in it, so a marking host
+  whose clock is behind does not shorten the grace period another host's collection keeps.
   Then, reading sets, WAL and index files only now, a marked pack is deleted when every live
   blob in it has a copy in a pack that is not marked; the others are unmarked. One index file
   naming every blob of every pack that stays is written, the index files read are deleted, the
@@ -232,7 +235,7 @@ class Pruner:
         """What stays marked after this run: (packs, their bytes, the locks still held that were
         held when they were marked, described), so an operator sees why nothing more was freed
         (a dead host's lock stands until it is stale, or `cairn unlock` removes it)."""
-        markers = [m for m in read_markers(self.repo.backend) if m.blockers is not None]
+        markers = [m for m in self._markers() if m.blockers is not None]
         if not markers:
             return 0, 0, ()
         alive = self.repo.locks.others_named(self.lock_name)
@@ -337,7 +340,7 @@ class Pruner:
         deleted, bytes freed)."""
         repo = self.repo
         unreadable: dict[str, str] = {}
-        markers = read_markers(repo.backend, unreadable)
+        markers = self._markers(unreadable)
         for m in markers:  # left by a run that died before listing blockers: its packs get marked again
             if m.blockers is None:
                 self.check_lock()
@@ -382,6 +385,17 @@ class Pruner:
             self.check_lock()
             self._delete("gc", m.name)
         return count, freed
+
+    def _markers(self, unreadable: dict[str, str] | None = None) -> list[Marker]:
+        """`read_markers`, each marker's time being when the storage last wrote its object, on
+        this host's wall clock (its age by the storage's clock, subtracted from this host's now):
+        what the grace period is measured against. A marker the listing no longer shows
+        counts as written now."""
+        backend = self.repo.backend
+        written = {o.name: o.time for o in backend.list_info("gc")}
+        markers = read_markers(backend, unreadable)
+        storage_now, now = self.repo.locks.now(), time.time()
+        return [replace(m, time=now - max(0.0, storage_now - written.get(m.name, storage_now))) for m in markers]
 
     def _spare(self, candidates: set[str], holds: dict[str, list[bytes]], where: Copies) -> set[str]:
         """Of the marked packs, one for each live blob that only marked packs hold: the one

@@ -96,3 +96,40 @@ def test_a_clock_hours_off_does_not_make_a_running_backups_lock_stale(weed, cred
     finally:
         skewed.stop()
         pruner.stop()
+
+
+def test_a_marking_host_hours_behind_does_not_shorten_the_grace_period(weed, creds, rundir):
+    """Two hosts prune with `gc_grace = "1h"` (what docs/disaster-recovery.md advises while a
+    recovery daemon, which holds no lock, reads the bucket). The one whose clock is two hours
+    behind forgets a set and marks its packs; the other's prune a moment later must find the
+    marker a moment old, by the storage's clock, and leave the packs waiting for the hour."""
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("hosts share this passphrase\n")
+    prefix = f"skew-{uuid.uuid4().hex[:8]}"
+    repository = s3_repository(weed, creds, prefix, passphrase, gc_grace="1h")
+    tree = os.path.join(rundir, "data")
+    os.makedirs(tree)
+    with open(os.path.join(tree, "f.bin"), "wb") as f:
+        f.write(os.urandom(2 * MIB))
+    behind = Host(rundir, "behind", repository, {"data": tree})
+    behind.command = [sys.executable, SKEWED]
+    behind.env = {"CAIRN_TEST_CLOCK_OFFSET": str(-OFF)}
+    other = Host(rundir, "other", repository, {})
+    behind.init()
+    raw = weed.backend(prefix)
+    try:
+        behind.start()
+        other.start()
+        set_id = json.loads(behind.ok("--json", "backup", "--level", "full"))["id"]
+        packs = set(raw.list("packs"))
+        assert packs
+        marked = json.loads(behind.ok("--json", "prune", "--forget", set_id))
+        assert marked["forgotten"] == [set_id] and marked["packs_deleted"] == 0, marked
+        assert list(raw.list("gc")), "the forgotten set's packs were not marked"
+        report = json.loads(other.ok("--json", "prune"))
+        assert report["packs_deleted"] == 0 and set(raw.list("packs")) == packs, report
+        assert report["waiting"]["packs"] == len(packs), report
+    finally:
+        behind.stop()
+        other.stop()
