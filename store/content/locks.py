@@ -15,8 +15,10 @@ storage's clock, never by the hosts' own: the object's last-modified time agains
 "now", which a process holding a lock reads off its own lock object (its last-modified time plus
 the time since this process wrote it, on the monotonic clock); only a process holding none falls
 back to its wall clock. A host whose clock is hours off thus neither has its live locks taken for
-stale by others (its "time" field is only shown) nor takes others' live locks for stale. A taker
-writes its lock before it looks for conflicts, so that it judges them with that reference. Adds take shared locks and
+stale by others nor takes others' live locks for stale; the locks a process lists carry, as
+"time", when the storage last wrote them on that process's clock (what `describe` and `cairn
+unlock` show), not the "time" field their holder's clock wrote. A taker writes its lock before
+it looks for conflicts, so that it judges them with that reference. Adds take shared locks and
 never block each other (content addressing makes them idempotent); only prune excludes
 everything else.
 Taking a lock may wait for a conflicting one, retrying with bounded, jittered exponential backoff
@@ -185,7 +187,8 @@ class Locks:
     def others_named(self, mine: str = "") -> dict[str, dict]:
         """Live locks held by others by name (a name is new for every hold); stale ones are
         removed on the way. A lock this object released but could not delete yet (`leftover`)
-        is held by no one and is not listed."""
+        is held by no one and is not listed. Each document's "time" is when the storage last
+        wrote it, on this host's clock (`seen`), not what the holder's clock said."""
         self.remove_leftovers()
         with self._leftover_mutex:
             released = set(self.leftover)
@@ -202,8 +205,14 @@ class Locks:
                 except FailedPreconditionError:  # a write-only handle deletes none but its own
                     pass
                 continue
-            out[name] = doc
+            out[name] = self.seen(doc, age)
         return out
+
+    @staticmethod
+    def seen(doc: dict, age: float) -> dict:
+        """`doc` with its "time" replaced by when the storage last wrote it (`age` seconds ago)
+        on this host's clock: what `describe` and `cairn unlock` show as its last refresh."""
+        return {**doc, "time": time.time() - max(0.0, age)}
 
     def describe(self, doc: dict) -> str:
         """A lock for people: what holds it, where, and how long ago it was refreshed."""
@@ -226,7 +235,7 @@ class Locks:
             if name in own:
                 continue
             doc = self._read(name)
-            view = {**(doc or {"purpose": "an unreadable lock"}), "name": name}
+            view = {**(self.seen(doc, age) if doc else {"purpose": "an unreadable lock"}), "name": name}
             if self.stale(doc, age) or everything or (host is not None and holder(doc or {}) == host):
                 try:
                     self.backend.delete("locks", name)

@@ -398,3 +398,19 @@ def test_a_backup_whose_lock_was_removed_says_so_when_its_writes_fail(tmp_path, 
     with pytest.raises(LockedError, match="its repository lock was removed by another process"):
         sess.commit()
     assert not list(inner.list("sets"))
+
+
+def test_a_lock_written_by_a_clock_hours_behind_is_live_and_shown_as_just_refreshed(backend):
+    """Staleness and the age shown go by when the storage wrote the object, not by the time
+    field the holder's clock put in it."""
+    backend.put("locks", "e" * 32, json.dumps({"host": "beta", "pid": 4242, "pid_space": "elsewhere",
+                                               "exclusive": False, "purpose": "backup of source 'app'",
+                                               "time": time.time() - 2 * 3600}).encode())
+    locks = Locks(backend)
+    with locks.hold("prune", gc=True) as mine:
+        (doc,) = locks.others(mine.name)
+        assert "refreshed 0 s ago" in locks.describe(doc) or "refreshed 1 s ago" in locks.describe(doc)
+        removed, kept = locks.break_locks()
+        assert removed == [] and [x["name"] for x in kept] == ["e" * 32]
+        assert abs(kept[0]["time"] - time.time()) < 5
+    assert "e" * 32 in list(backend.list("locks"))
