@@ -18,6 +18,7 @@ in AWS_CA_BUNDLE, as boto3's users do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ACCESS_KEY = "cairntest"
@@ -184,6 +186,17 @@ class WeedServer:
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, SIGKILL after `grace` seconds; returns once the process is gone."""
         self._signal_and_wait(signal.SIGTERM, grace)
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """The store stops answering (SIGSTOP: its connections stay open, nothing comes back)
+        for the block, and answers again after it, whatever the block did (SIGCONT)."""
+        assert self.proc is not None, "the server is not running"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL and wait: the store dies mid-request, as on a power loss of its host."""

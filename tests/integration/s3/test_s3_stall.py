@@ -8,6 +8,7 @@ one line, never having said READY."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,27 +36,21 @@ def test_status_answers_while_the_store_is_stalled(tmp_path) -> None:
                     {"data": str(src)})
         host.init()
         host.start()
-        stopped = False
         try:
             host.ok("backup", "--source", "data")
-            assert weed.proc is not None
-            os.kill(weed.proc.pid, signal.SIGSTOP)
-            stopped = True
-            started = time.monotonic()
-            try:
-                replies = [host.cli("status", timeout=DEADLINE) for _ in range(2)]
-            except subprocess.TimeoutExpired:
-                raise AssertionError(f"cairn status did not answer within {DEADLINE:.0f}s of a stalled store") from None
-            assert time.monotonic() - started < DEADLINE
+            with weed.stalled():
+                started = time.monotonic()
+                try:
+                    replies = [host.cli("status", timeout=DEADLINE) for _ in range(2)]
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"cairn status did not answer within {DEADLINE:.0f}s of a stalled "
+                                         "store") from None
+                assert time.monotonic() - started < DEADLINE
             for r in replies:
                 assert r.returncode == 0, r.stderr
                 assert "did not answer" in r.stdout and "source data" in r.stdout, r.stdout
-            os.kill(weed.proc.pid, signal.SIGCONT)
-            stopped = False
             assert "last full" in host.ok("status", timeout=DEADLINE)  # the store is back: its sets again
         finally:
-            if stopped:
-                os.kill(weed.proc.pid, signal.SIGCONT)
             host.stop()
 
 
@@ -82,28 +77,21 @@ def test_calls_that_need_a_stalled_store_fail_with_one_line_within_the_bound(tmp
         host = _stalled_host(tmp_path, weed)
         host.init()
         host.start()
-        stopped = False
         try:
             host.ok("backup", "--source", "data")
-            assert weed.proc is not None
-            os.kill(weed.proc.pid, signal.SIGSTOP)
-            stopped = True
-            for args in (("sets",), ("ls", "latest"), ("key", "list"), ("backup", "--source", "data")):
-                started = time.monotonic()
-                try:
-                    r = host.cli(*args, timeout=CALL_DEADLINE)
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"cairn {' '.join(args)} still waited on the stalled store after "
-                                         f"{CALL_DEADLINE:.0f}s") from None
-                _one_line_error(r, time.monotonic() - started, f"cairn {' '.join(args)}")
-            os.kill(weed.proc.pid, signal.SIGCONT)
-            stopped = False
+            with weed.stalled():
+                for args in (("sets",), ("ls", "latest"), ("key", "list"), ("backup", "--source", "data")):
+                    started = time.monotonic()
+                    try:
+                        r = host.cli(*args, timeout=CALL_DEADLINE)
+                    except subprocess.TimeoutExpired:
+                        raise AssertionError(f"cairn {' '.join(args)} still waited on the stalled store after "
+                                             f"{CALL_DEADLINE:.0f}s") from None
+                    _one_line_error(r, time.monotonic() - started, f"cairn {' '.join(args)}")
             host.ok("backup", "--source", "data", timeout=120)  # the store is back: backups work again
             sets = json.loads(host.ok("sets", "--json"))
             assert len(sets) == 2, sets  # the failed backup left no set
         finally:
-            if stopped:
-                os.kill(weed.proc.pid, signal.SIGCONT)
             host.stop()
 
 
@@ -111,9 +99,8 @@ def test_a_daemon_started_against_a_stalled_store_exits_with_one_line(tmp_path) 
     with WeedServer(tmp_path / "weed") as weed:
         host = _stalled_host(tmp_path, weed)
         host.init()
-        assert weed.proc is not None
-        os.kill(weed.proc.pid, signal.SIGSTOP)
-        try:
+        with weed.stalled(), contextlib.ExitStack() as cleanup:
+            cleanup.callback(host.stop)
             started = time.monotonic()
             host.spawn()
             assert host.proc is not None and host.notify is not None
@@ -130,9 +117,6 @@ def test_a_daemon_started_against_a_stalled_store_exits_with_one_line(tmp_path) 
                                 f"store at {weed.endpoint} {STALLED}"), err
             assert not host.notify.wait_for("READY=1", 0), host.notify.messages
             assert took < CALL_DEADLINE, took
-        finally:
-            os.kill(weed.proc.pid, signal.SIGCONT)
-            host.stop()
 
 
 def test_a_reload_says_a_changed_stall_timeout_takes_effect_at_the_next_start(tmp_path) -> None:
@@ -163,7 +147,6 @@ def test_a_backup_whose_uploads_the_store_stops_reading_fails_within_the_bound(t
         host = _stalled_host(tmp_path, weed)
         host.init()
         host.start()
-        stopped = False
         try:
             host.ok("backup", "--source", "data")
             for i in range(12):  # 96 MiB: several 16 MiB packs, so some are still to go at the stop
@@ -178,27 +161,21 @@ def test_a_backup_whose_uploads_the_store_stops_reading_fails_within_the_bound(t
                 while client.list_objects_v2(Bucket=weed.bucket, Prefix=packs).get("KeyCount", 0) == before:
                     assert backup.poll() is None and time.monotonic() < end, "no pack was uploaded"
                     time.sleep(0.02)
-                assert weed.proc is not None
-                os.kill(weed.proc.pid, signal.SIGSTOP)
-                stopped = True
-                started = time.monotonic()
-                try:
-                    out, err = backup.communicate(timeout=CALL_DEADLINE)
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"the backup still waited on the stalled store after "
-                                         f"{CALL_DEADLINE:.0f}s") from None
-                took = time.monotonic() - started
+                with weed.stalled():
+                    started = time.monotonic()
+                    try:
+                        out, err = backup.communicate(timeout=CALL_DEADLINE)
+                    except subprocess.TimeoutExpired:
+                        raise AssertionError(f"the backup still waited on the stalled store after "
+                                             f"{CALL_DEADLINE:.0f}s") from None
+                    took = time.monotonic() - started
             finally:
                 if backup.poll() is None:
                     backup.kill()
                     backup.wait(10)
             _one_line_error(subprocess.CompletedProcess(backup.args, backup.returncode, out, err), took, "the backup")
-            os.kill(weed.proc.pid, signal.SIGCONT)
-            stopped = False
             host.ok("backup", "--source", "data", timeout=120)
             sets = json.loads(host.ok("sets", "--json"))
             assert len(sets) == 2, sets  # the failed backup left no set
         finally:
-            if stopped:
-                os.kill(weed.proc.pid, signal.SIGCONT)
             host.stop()
