@@ -223,3 +223,23 @@ def tcp_config(rundir: str, tmp_path: Path, tls_files: dict[str, str], src: str)
                           listen=address, tls_cert=tls_files["cert"], tls_key=tls_files["key"],
                           token_file=tls_files["token"])
     return config, sock, address
+
+
+def wait_for_restore_slot(channel: grpc.Channel, within: float, failure: str) -> None:
+    """Ask for a Restore on `channel` until one gets its first reply (a data stream slot came
+    free; it is cancelled then): RESOURCE_EXHAUSTED meanwhile, AssertionError(`failure`) after
+    `within` seconds, any other error raised."""
+    from cairn.proto.cairn.v1 import cairn_pb2 as pb
+    from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + within
+    while True:
+        call = pb_grpc.CairnStub(channel).Restore(pb.RestoreRequest(set="latest"), timeout=30)
+        try:
+            next(call)
+            call.cancel()
+            return
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+            assert time.monotonic() < deadline, failure
+            time.sleep(0.2)

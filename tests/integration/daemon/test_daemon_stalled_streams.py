@@ -17,6 +17,7 @@ import pytest
 from cairn.daemon.rpc.streams import DATA_STREAMS
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pbg
+from cairnd_harness import wait_for_restore_slot
 
 STALL = 10.0  # the daemon's stall timeout in this test (seconds): longer than opening the streams takes
 
@@ -66,17 +67,7 @@ def test_stalled_restore_streams_leave_status_and_wal_calls_served_and_are_cance
         assert missing.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED, missing.value
         assert time.monotonic() - started < 8
         # after the stall timeout the stalled streams are cancelled and their slots free again
-        deadline = time.monotonic() + STALL + 30
-        while True:
-            again = pbg.CairnStub(channels[DATA_STREAMS]).Restore(pb.RestoreRequest(set="latest"), timeout=30)
-            try:
-                next(again)
-                again.cancel()
-                break
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                assert time.monotonic() < deadline, "no stalled stream was cancelled"
-                time.sleep(0.2)
+        wait_for_restore_slot(channels[DATA_STREAMS], STALL + 30, "no stalled stream was cancelled")
         with pytest.raises(grpc.RpcError) as cancelled:
             for _ in stalled[0]:  # the client resumes reading: what was buffered, then the end
                 pass

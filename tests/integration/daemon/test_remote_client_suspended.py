@@ -24,7 +24,7 @@ import pytest
 from cairn.daemon.rpc.streams import DATA_STREAMS
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, env_for, random_tree, snapshot, tcp_config
+from cairnd_harness import CAIRN, env_for, random_tree, snapshot, tcp_config, wait_for_restore_slot
 
 OLD_PEER_TIMEOUT = 20.0  # gRPC's default TCP_USER_TIMEOUT of the daemon's connections (seconds)
 SUSPENDED = OLD_PEER_TIMEOUT + 12  # past it, with room for the kernel's probe timer
@@ -198,17 +198,7 @@ def test_a_killed_remote_client_frees_its_stream_at_once(remote, tmp_path, tls_f
             client.kill()
             client.wait(10)
         # its kernel closed the connection: the slot comes free at once, not after the stall timeout
-        deadline = time.monotonic() + 10
-        while True:
-            again = pb_grpc.CairnStub(channels[-1]).Restore(pb.RestoreRequest(set="latest"), timeout=30)
-            try:
-                next(again)
-                again.cancel()
-                break
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                assert time.monotonic() < deadline, "the killed client's stream still holds its slot"
-                time.sleep(0.2)
+        wait_for_restore_slot(channels[-1], 10, "the killed client's stream still holds its slot")
         daemon.ok("status", timeout=10)
     finally:
         for ch in channels:
