@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from cairnd_harness import CAIRND, env_for
@@ -271,22 +272,32 @@ def test_reload_refuses_what_a_start_refuses_in_one_line_and_keeps_the_running_c
     assert sources() == [*running, ("b", [str(there)])]
 
 
+def _encrypted_repository(tmp_path) -> tuple[Path, Path]:
+    """A repository made with `cairnd --init` under a passphrase file: (repository, passphrase file)."""
+    repo, pw = tmp_path / "repo", tmp_path / "pw"
+    pw.write_text("a first-run passphrase\n")
+    assert run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw)).returncode == 0
+    return repo, pw
+
+
+def _start_on(repo: Path, pw: Path, tmp_path, rundir: str) -> subprocess.CompletedProcess:
+    """cairnd started on `repo` with an empty source (it is expected to refuse)."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    return run_cairnd("--repo", str(repo), "--source", str(src), "--passphrase-file", str(pw),
+                      "--socket", os.path.join(rundir, "c.sock"))
+
+
 def test_a_flipped_bit_in_the_configs_version_is_damage_not_a_newer_format(tmp_path, rundir):
     """One bit turns an encrypted repository's "version": 2 into 3: cairnd must say the config
     is damaged and how to put it back, not send the operator to upgrade Cairn."""
-    repo = tmp_path / "repo"
-    pw = tmp_path / "pw"
-    pw.write_text("flipped config passphrase\n")
-    assert run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw)).returncode == 0
+    repo, pw = _encrypted_repository(tmp_path)
     config = repo / "config" / "config"
     data = config.read_bytes()
     at = data.index(b'"version": 2') + len(b'"version": ')
     config.write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:])
     before = tree(str(repo))
-    src = tmp_path / "src"
-    src.mkdir()
-    r = run_cairnd("--repo", str(repo), "--source", str(src), "--passphrase-file", str(pw),
-                   "--socket", os.path.join(rundir, "c.sock"))
+    r = _start_on(repo, pw, tmp_path, rundir)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert lines[0] == (f"cairnd: error: unable to read the config of repository '{repo}': checksum mismatch "
@@ -297,16 +308,10 @@ def test_a_flipped_bit_in_the_configs_version_is_damage_not_a_newer_format(tmp_p
 
 
 def test_a_repository_that_lost_its_config_says_so_and_is_never_initialised_over(tmp_path, rundir):
-    repo = tmp_path / "repo"
-    pw = tmp_path / "pw"
-    pw.write_text("lost config passphrase\n")
-    assert run_cairnd("--repo", str(repo), "--init", "--passphrase-file", str(pw)).returncode == 0
+    repo, pw = _encrypted_repository(tmp_path)
     (repo / "config" / "config").unlink()
     before = tree(str(repo))
-    src = tmp_path / "src"
-    src.mkdir()
-    r = run_cairnd("--repo", str(repo), "--source", str(src), "--passphrase-file", str(pw),
-                   "--socket", os.path.join(rundir, "c.sock"))
+    r = _start_on(repo, pw, tmp_path, rundir)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert lines[0] == (f"cairnd: error: '{repo}' holds Cairn objects but its config object is missing: the "
