@@ -101,6 +101,17 @@ def _daemon_send_queue(port: int) -> int | None:
     return total
 
 
+def _dropped_within(port: int, seconds: float) -> float | None:
+    """Watch the daemon's connections on `port` for `seconds`: how long until it had none left
+    (it dropped its client), None if it kept one all along."""
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        if _daemon_send_queue(port) is None:
+            return time.monotonic() - began
+        time.sleep(0.5)
+    return None
+
+
 def _written(target: Path) -> int:
     return sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if target.exists() else 0
 
@@ -154,13 +165,8 @@ def test_a_remote_restore_suspended_past_the_old_peer_timeout_completes(remote, 
         while not _daemon_send_queue(port):  # its kernel's buffer fills, then the daemon's socket holds bytes
             assert time.monotonic() < deadline, "the stopped client's receive window never shut"
             time.sleep(0.05)
-        stopped = time.monotonic()
-        while time.monotonic() - stopped < SUSPENDED:
-            # the daemon holds on to the connection (gRPC's defaults had the kernel abort it after 20 s)
-            if _daemon_send_queue(port) is None:
-                dropped_after = time.monotonic() - stopped
-                break
-            time.sleep(0.5)
+        # the daemon holds on to the connection (gRPC's defaults had the kernel abort it after 20 s)
+        dropped_after = _dropped_within(port, SUSPENDED)
         client.send_signal(signal.SIGCONT)
         out, _ = client.communicate(timeout=120)
     finally:
@@ -223,13 +229,8 @@ def test_a_remote_wal_push_suspended_past_the_old_ping_timeout_completes(start_d
     try:
         assert client.stdout.readline().strip() == "pushing", client.stderr.read()
         client.send_signal(signal.SIGSTOP)  # mid-push: the daemon waits for the rest
-        stopped = time.monotonic()
-        while time.monotonic() - stopped < OLD_PING_TIMEOUT + 8:
-            # the daemon holds on to the connection (gRPC's defaults closed it after a minute: "ping timeout")
-            if _daemon_send_queue(port) is None:
-                dropped_after = time.monotonic() - stopped
-                break
-            time.sleep(0.5)
+        # the daemon holds on to the connection (gRPC's defaults closed it after a minute: "ping timeout")
+        dropped_after = _dropped_within(port, OLD_PING_TIMEOUT + 8)
         client.send_signal(signal.SIGCONT)
         out, err = client.communicate(timeout=120)
     finally:
