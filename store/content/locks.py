@@ -13,9 +13,12 @@ machines and containers may share a host name) or its object has not been writte
 seconds (any host); stale locks are removed by whoever finds them. That age is told by the
 storage's clock, never by the hosts' own: the object's last-modified time against the storage's
 "now", which a process holding a lock reads off its own lock object (its last-modified time plus
-the time since this process wrote it, on the monotonic clock); only a process holding none falls
-back to its wall clock. A host whose clock is hours off thus neither has its live locks taken for
-stale by others nor takes others' live locks for stale; the locks a process lists carry, as
+the time since this process wrote it, on the monotonic clock). A process holding none tells ages
+by its wall clock only to show them: it removes no lock for its age (a verify, which holds none,
+would otherwise break a running backup's lock on a host whose clock is ahead), and `break_locks`
+(`cairn unlock`) holds a lock for the while to read the storage's clock. A host whose clock is
+hours off thus neither has its live locks taken for stale by others nor takes others' live locks
+for stale; the locks a process lists carry, as
 "time", when the storage last wrote them on that process's clock (what `describe` and `cairn
 unlock` show), not the "time" field their holder's clock wrote. A taker writes its lock before
 it looks for conflicts, so that it judges them with that reference. Adds take shared locks and
@@ -162,9 +165,18 @@ class Locks:
     def ages(self) -> dict[str, float]:
         """Every lock object's name -> seconds since it was last written, by the storage's clock:
         its last-modified time against `storage_now`."""
+        return self._ages()[0]
+
+    def _ages(self) -> tuple[dict[str, float], bool]:
+        """(`ages`, whether they were told by the storage's clock): False when this object holds
+        no lock object to read the storage's "now" off, and they were told by this host's clock."""
         listed = {o.name: o.time for o in self.backend.list_info("locks")}
         now = self.storage_now(listed)
-        return {name: now - written for name, written in listed.items()}
+        return {name: now - written for name, written in listed.items()}, self._reference(listed)
+
+    def _reference(self, listed: dict[str, float]) -> bool:
+        """Whether `listed` holds a lock object this object wrote (what `storage_now` reads)."""
+        return any(name in listed for name in list(self._written))
 
     def now(self) -> float:
         """Now by the storage's clock (`storage_now` of the lock objects listed now)."""
@@ -193,11 +205,12 @@ class Locks:
         with self._leftover_mutex:
             released = set(self.leftover)
         out: dict[str, dict] = {}
-        for name, age in self.ages().items():
+        ages, storage_clock = self._ages()
+        for name, age in ages.items():
             if name == mine or name in released:
                 continue
             doc = self._read(name)
-            if self.stale(doc, age):
+            if self.stale(doc, age) and (storage_clock or self.stale(doc, 0.0)):
                 try:
                     self.backend.delete("locks", name)
                 except NotFoundError:
@@ -228,10 +241,23 @@ class Locks:
         out at its next refresh and stops; prune and backups check what they rely on, so nothing
         is lost, but that operation fails. Returns (removed, kept), each lock's document with
         its "name"."""
-        own = {h.name for h in self.held}
+        ages, storage_clock = self._ages()
+        if not storage_clock:  # the ages need the storage's clock: write a lock object to read it off
+            reference = os.urandom(16).hex()
+            while not self._create(reference, self._doc("unlock", False, False)):
+                reference = os.urandom(16).hex()
+            try:
+                return self._break(self._ages()[0], {reference}, host, everything)
+            finally:
+                self._remove(reference)
+        return self._break(ages, set(), host, everything)
+
+    def _break(self, ages: dict[str, float], own: set[str], host: str | None,
+               everything: bool) -> tuple[list[dict], list[dict]]:
+        own = own | {h.name for h in self.held}
         removed: list[dict] = []
         kept: list[dict] = []
-        for name, age in sorted(self.ages().items()):
+        for name, age in sorted(ages.items()):
             if name in own:
                 continue
             doc = self._read(name)

@@ -1,7 +1,8 @@
 """Hosts whose clocks disagree, on one SeaweedFS bucket, through real daemons: one host backs up a
 tree of several packs while another prunes, and one of the two has a wall clock two hours off
 (skewed_cairnd.py): the backing-up host's behind (its lock says it was refreshed two hours ago,
-by its own clock), or the pruning host's ahead (every lock looks two hours old by its clock).
+by its own clock), or the pruning host's ahead (every lock looks two hours old by its clock; that
+host also runs a verify and an unlock first, which hold no lock of their own).
 The storage wrote the lock object a moment ago, and the pruning host must judge the lock by the
 storage's clock: it keeps the lock, and with it the packs the backup has uploaded so far (they
 are marked, not deleted, while the lock stands), the backup commits, `verify --read-data` is
@@ -76,6 +77,11 @@ def test_a_clock_hours_off_does_not_make_a_running_backups_lock_stale(weed, cred
         os.kill(skewed.proc.pid, signal.SIGSTOP)  # the backup stands still, its lock and packs in the bucket
         try:
             locks, packs = set(raw.list("locks")), set(raw.list("packs"))
+            if off is pruner:  # a verify and an unlock hold no lock to read the storage's clock off
+                pruner.cli("verify")  # (asks who writes when it finds packs not indexed yet)
+                assert set(raw.list("locks")) >= locks, "a verify took the running backup's lock for stale"
+                pruner.ok("unlock")
+                assert set(raw.list("locks")) == locks, "an unlock took the running backup's lock for stale"
             report = json.loads(pruner.ok("--json", "prune", "--keep-last", "1"))
             assert set(raw.list("locks")) >= locks, "the running backup's lock was taken for stale"
             assert set(raw.list("packs")) >= packs, "packs of the running backup were deleted"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 from cairn.store.content.locks import Locks
@@ -414,3 +415,23 @@ def test_a_lock_written_by_a_clock_hours_behind_is_live_and_shown_as_just_refres
         assert removed == [] and [x["name"] for x in kept] == ["e" * 32]
         assert abs(kept[0]["time"] - time.time()) < 5
     assert "e" * 32 in list(backend.list("locks"))
+
+
+def test_a_process_holding_no_lock_removes_none_for_its_age_when_its_clock_is_ahead(backend, monkeypatch):
+    """A verify holds no lock, so it has no storage clock to tell ages by: on a host whose clock
+    is two hours ahead, another host's backup lock written a moment ago looks two hours old. It
+    must stay (listed as held); `break_locks` holds a lock for the while and judges by the
+    storage's clock, and leaves no lock of its own behind."""
+    from cairn.store.content import locks as locks_module
+
+    _foreign(backend, "f" * 32, "beta")
+    _foreign(backend, "0" * 32, "gamma", age=2 * 3600)  # really not refreshed for two hours: stale
+    ahead = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    ahead.time = lambda: time.time() + 2 * 3600
+    monkeypatch.setattr(locks_module, "time", ahead)
+    locks = Locks(backend)
+    assert sorted(d["host"] for d in locks.others()) == ["beta", "gamma"]  # neither removed: no reference
+    assert sorted(backend.list("locks")) == ["0" * 32, "f" * 32]
+    removed, kept = locks.break_locks()
+    assert [x["name"] for x in removed] == ["0" * 32] and [x["name"] for x in kept] == ["f" * 32]
+    assert sorted(backend.list("locks")) == ["f" * 32]  # the backup's lock, and no unlock lock left
