@@ -1,7 +1,7 @@
 """The `cairn` command line: one subcommand per RPC of cairn.v1.Cairn.
 
 Exit status: 0 success, 1 failure, 2 usage error (also INVALID_ARGUMENT from the daemon),
-3 not found (unknown set, path or source). Errors go to stderr as one line
+3 not found (unknown set, path, source or host). Errors go to stderr as one line
 "cairn: error: <message>", optionally followed by "hint: <hint>"; everything else goes to
 stdout. An option that names something (--source, --host, --set, --socket, ...) given an
 empty value is a usage error, never read as the option left out. `--json` (before or after the

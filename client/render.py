@@ -440,6 +440,7 @@ def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
                 "lag_segments": d.lag_segments,
                 "system_id": d.system_id or None,
                 "namespace_segments": d.namespace_segments,
+                "nothing_archived": d.nothing_archived,
             }
             for d in a.databases
         ],
@@ -463,8 +464,14 @@ def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
             lines.append(f"  database {d.name}: unable to ask the server: {d.error}")
             continue
         when = f" ({fmt_age(now - d.last_archived_time)} ago)" if d.last_archived_time else ""
-        text = (f"  database {d.name}: writing {d.current_segment}, archived {d.last_archived or 'none'}{when}, "
-                f"lag {plural(d.lag_segments, 'segment')}, {plural(d.failed_count, 'failure')}")
+        if d.nothing_archived:  # no lag to tell but what the archiver failed on
+            lag = f", lag {plural(d.lag_segments, 'segment')}" if d.lag_segments else ""
+            # its name space holds segments: statistics reset by a crash, say, not a new server
+            since = " since the server's statistics began" if d.namespace_segments else " yet"
+            done = f"nothing archived{since}{lag}"
+        else:
+            done = f"archived {d.last_archived}{when}, lag {plural(d.lag_segments, 'segment')}"
+        text = f"  database {d.name}: writing {d.current_segment}, {done}, {plural(d.failed_count, 'failure')}"
         if d.last_failed:
             text += f" (last {d.last_failed}, {fmt_age(now - d.last_failed_time)} ago)"
         if d.system_id:

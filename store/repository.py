@@ -963,6 +963,13 @@ class Repository:
             raise crypto.WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository key is "
                                            "write-only (it sees only its own sets)")
 
+    def hosts(self) -> set[str]:
+        """The hosts the repository knows: every host that took a set now listed (readable), or
+        that holds a lock object (an operation running now, or the stale lock of a host that is
+        gone). A host whose sets were all forgotten and that holds no lock is not among them;
+        nor is the host of a set object that cannot be read (see `unreadable_sets`)."""
+        return {s.hostname for s in self.list_sets()} | self.locks.holders()
+
     def get_set(self, ref: str, source: str | None = None, host: str | None = None,
                 own_host: str | None = None) -> BackupSet:
         """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets)."""

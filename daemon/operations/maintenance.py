@@ -19,7 +19,7 @@ from cairn.daemon.databases.postgres import walarchive
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.scheduling import retention
 from cairn.store.content.crypto import Secret
-from cairn.store.errors import AbortedError, InvalidArgumentError, NotFoundError
+from cairn.store.errors import AbortedError, InvalidArgumentError
 from cairn.store.maintenance.repair import IndexRepairReport, SetRepairReport
 from cairn.store.maintenance.retention import keeps_nothing
 from cairn.store.model import CheckReport, PrunePolicy, PruneReport
@@ -54,6 +54,7 @@ class MaintenancePart(ServicePart):
                host: str = "", subset: str = "") -> CheckReport:
         """Check the repository (or one set; or with `subset`, "n/m" or "P%", read only those
         packs). A `progress` that raises AbortedError stops it."""
+        self._require_known_host(host)  # also without a set: a misspelt host must not check everything
         chosen = self.resolve(set_ref, source, host) if set_ref else None
         if self._metrics is not None:
             self._metrics.record_verify_start()
@@ -84,9 +85,7 @@ class MaintenancePart(ServicePart):
         if keeps_nothing(policy):
             raise InvalidArgumentError("every --keep rule given is 0: the policy would forget every set (restic "
                                        "reads it as no policy); forget sets by name with --forget ID")
-        if policy.host and policy.host not in {s.hostname for s in self.repo.list_sets()}:
-            raise NotFoundError(f"no set of host '{policy.host}' is in the repository: nothing to prune "
-                                f"(see the HOST column of 'cairn sets')")
+        self._require_known_host(policy.host)
         window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
                   else self._config.repository.wal_keep)
         return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)
@@ -121,6 +120,7 @@ class MaintenancePart(ServicePart):
         every lock but this daemon's own. Returns (removed, kept): each lock's document with its
         "name" and, for people, its "description"."""
         self._require_writable("removing locks")
+        self._require_known_host(host)
         removed, kept = self.repo.unlock(host=host or None, everything=everything)
         removed, kept = ([{**d, "description": self.repo.locks.describe(d)} for d in docs] for docs in (removed, kept))
         for doc in removed:
@@ -162,6 +162,7 @@ class MaintenancePart(ServicePart):
         """Copy sets (and the WAL they need) into the repository at `to` (daemon/operations/copying.py)."""
         from cairn.daemon.operations import copying
 
+        self._require_known_host(host)
         report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress,
                                   host=host, own_host=self._hostname)
         log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))

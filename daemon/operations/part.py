@@ -2,9 +2,13 @@
 
 `ServicePart` is the base of each part (status, backups, restores, databases, maintenance):
 it names the state `CairnService.__init__` sets up, so a part reads as what it needs, and
-holds the checks every part makes (writable, known source, a set named by the user) and
-the count of restored bytes for the metrics.
-What always holds: a read-only daemon refuses every write with FAILED_PRECONDITION.
+holds the checks every part makes (writable, known source, known host, a set named by the
+user) and the count of restored bytes for the metrics.
+What always holds: a read-only daemon refuses every write with FAILED_PRECONDITION; a `host`
+the user names (`--host H`) that the repository does not know is NOT_FOUND, with the hosts it
+does know, before anything is read or changed for it. Known hosts: this daemon's own, every
+host with a readable set in the repository, every host holding a lock object there
+(`Repository.hosts`); a host whose sets were all forgotten is known no more.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
 ProgressFn = Callable[[Progress], None]
+HOSTS_SHOWN = 10  # known hosts an unknown host's error names; the rest are counted
 NextRunsFn = Callable[[], Any]
 
 
@@ -62,6 +67,7 @@ class ServicePart:
             raise InvalidArgumentError("no set given: name a set id, a unique prefix or 'latest'")
         if source:
             self._require_known_source(source)
+        self._require_known_host(host)
         return self.repo.get_set(ref, source or None, host or None, own_host=self._hostname)
 
     def refuse_own_places(self, target: str, delete: bool = False) -> None:
@@ -97,6 +103,27 @@ class ServicePart:
             return
         raise NotFoundError(f"unknown source '{source}'")
 
+    def _require_known_host(self, host: str) -> None:
+        """Refuse a `host` the repository does not know (see the module doc), naming those it does:
+        a misspelt host would otherwise list no sets, prune nothing or remove no lock, and say
+        nothing. A write-only daemon sees only its own sets, so it refuses any other host as such."""
+        if not host or host == self._hostname:
+            return
+        self.repo.refuse_other_host(host, self._hostname)
+        known = self.repo.hosts() | {self._hostname}
+        if host in known:
+            return
+        names = sorted(known)
+        shown = ", ".join(shown_host(h, self._hostname) for h in names[:HOSTS_SHOWN])
+        more = f" and {len(names) - HOSTS_SHOWN} more" if len(names) > HOSTS_SHOWN else ""
+        unreadable = len(self.repo.unreadable_sets)
+        damaged = (f"; {unreadable} set object{'s' if unreadable != 1 else ''} cannot be read ('cairn verify')"
+                   if unreadable else "")
+        raise NotFoundError(f"unknown host '{host}': the repository holds no set or lock of it; known hosts: "
+                            f"{shown}{more}{damaged}",
+                            hint="a host is known while a set it took is in the repository: one whose sets were "
+                                 "all forgotten is not; the HOST column of 'cairn sets' names each set's host")
+
     def _counted(self, records: Iterator[Record]) -> Iterator[Record]:
         """Pass records through, counting the file bytes sent for the metrics."""
         sent = 0
@@ -116,3 +143,8 @@ class ServicePart:
 def _rel(path: str) -> str:
     """A set path from user input: '/'-separated, relative to the set root."""
     return path.strip("/")
+
+
+def shown_host(host: str, own: str) -> str:
+    """A host name in a list for people: this daemon's own is marked."""
+    return f"{host} (this daemon's)" if host == own else host

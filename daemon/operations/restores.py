@@ -25,6 +25,7 @@ class RestorePart(ServicePart):
 
     def list_sets(self, source: str = "", host: str = "") -> list[BackupSet]:
         self.repo.refuse_other_host(host, self._hostname)  # "no sets" of another host would be false
+        self._require_known_host(host)  # nor would "no sets" of a misspelt one be true
         sets = self.repo.list_sets(source or None)
         if source and not sets:
             self._require_known_source(source)

@@ -738,7 +738,8 @@ def archive_status(a: ArchiveSnapshot) -> pb.ArchiveStatus:
                           last_archived=d.last_archived, last_archived_time=d.last_archived_time,
                           failed_count=d.failed_count, last_failed=d.last_failed,
                           last_failed_time=d.last_failed_time, lag_segments=d.lag_segments,
-                          system_id=d.system_id, namespace_segments=d.namespace_segments)
+                          system_id=d.system_id, namespace_segments=d.namespace_segments,
+                          nothing_archived=d.nothing_archived)
     return msg
 
 

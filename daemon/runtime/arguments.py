@@ -3,7 +3,9 @@
 What always holds: a bad argument is one line on stderr and exit 2 (EXIT_USAGE), before any
 file is read (also an empty value, or a --socket that is not UTF-8); `build_config` returns the
 configuration file (or the `--repo` one) with the command line's overrides applied, or raises
-CairnError. Nothing here starts a part of the
+CairnError. A flag that stands for a configuration key (`--passphrase-file`, `--key-file`,
+`--socket`, `--socket-group`, `--stall-timeout`, ...) takes its values as the key does, checked
+the same way, and replaces the file's value. Nothing here starts a part of the
 daemon, so `cairnd --init` and argument errors cost no more than this and the configuration.
 """
 
@@ -17,8 +19,11 @@ from typing import NoReturn
 
 from cairn import __version__
 from cairn.daemon.runtime.config import Config, config_from_args, load_config
+from cairn.daemon.runtime.config_schema import duration_value
 from cairn.daemon.runtime.repokeys import add_key_arguments, check_key_arguments, key_overrides
 from cairn.fsio.names import shown
+from cairn.store.errors import InvalidArgumentError
+from cairn.store.locations import is_s3
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -40,12 +45,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--init", action="store_true",
                         help="create the repository (--repo, or the one --config names), then exit")
     add_key_arguments(parser)
+    parser.add_argument("--stall-timeout", metavar="DURATION",
+                        help="how long an operation may wait for an object store that does not answer, e.g. 5m "
+                             "(as [repository] stall_timeout; s3:// repositories only; default 2m)")
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--socket-group", metavar="GROUP",
                         help="give this group access to the socket (as [daemon] socket_group), e.g. postgres")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
-    for flag in ("--config", "--repo", "--passphrase-file", "--key-file", "--socket", "--socket-group"):
+    for flag in ("--config", "--repo", "--passphrase-file", "--key-file", "--socket", "--socket-group",
+                 "--stall-timeout"):
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None and not value.strip():  # an empty value would read as the option left out
             parser.error(f"{flag} needs a value, got an empty string")
@@ -54,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bool(args.config) == bool(args.repo):
         parser.error("give either --config FILE or --repo DIR")
     check_key_arguments(parser, args)
+    _check_stall_timeout(parser, args)
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
     _check_init_args(parser, args)
@@ -66,6 +76,19 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:  # argparse gives bytes that are not UTF-8 as surrogates
         return False
     return True
+
+
+def _check_stall_timeout(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--stall-timeout as [repository] stall_timeout: a duration above zero, for an s3:// repository
+    (with --config the file's path is checked once it is read, in `with_overrides`)."""
+    if args.stall_timeout is None:
+        return
+    try:
+        args.stall_timeout = duration_value(args.stall_timeout, positive=True)
+    except InvalidArgumentError as exc:
+        parser.error(f"--stall-timeout: {exc.message}")
+    if args.repo and not is_s3(args.repo):
+        parser.error(f"--stall-timeout needs an s3:// repository, got --repo '{args.repo}'")
 
 
 def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -89,6 +112,12 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def with_overrides(config: Config, args: argparse.Namespace) -> Config:
     config = key_overrides(config, args)
+    stall = getattr(args, "stall_timeout", None)
+    if stall is not None:
+        if not is_s3(config.repository.path):
+            raise InvalidArgumentError(f"--stall-timeout needs an s3:// repository; the configuration's "
+                                       f"repository.path is '{config.repository.path}'")
+        config = dataclasses.replace(config, repository=dataclasses.replace(config.repository, stall_timeout=stall))
     changes = {}
     if args.read_only:
         changes["read_only"] = True

@@ -116,15 +116,24 @@ class DecimalInt(int):
     """An integer the file wrote in decimal (no `0o` prefix) where a file mode is expected."""
 
 
+def duration_value(value: Any, positive: bool = False) -> float:
+    """A duration key's value in seconds, checked as the file's keys are (the command line's
+    duration flags use it too); InvalidArgumentError with the key's message otherwise."""
+    try:
+        seconds = parse_duration(value)
+    except InvalidArgumentError:
+        raise InvalidArgumentError(f"expected a duration like '5m', got {show(value)}") from None
+    if positive and seconds <= 0:
+        raise InvalidArgumentError(f"expected a duration above zero, got {show(value)}")
+    return seconds
+
+
 def _duration(positive: bool) -> BeforeValidator:
     def check(value: Any) -> float:
         try:
-            seconds = parse_duration(value)
-        except InvalidArgumentError:
-            raise _fail(f"expected a duration like '5m', got {show(value)}") from None
-        if positive and seconds <= 0:
-            raise _fail(f"expected a duration above zero, got {show(value)}")
-        return seconds
+            return duration_value(value, positive)
+        except InvalidArgumentError as exc:
+            raise _fail(exc.message) from None
     return BeforeValidator(check)
 
 

@@ -234,6 +234,11 @@ class Locks:
         return (f"{doc.get('purpose', '?')} on {where(doc)} (pid {doc.get('pid', '?')}, refreshed "
                 f"{when} ago)")
 
+    def holders(self) -> set[str]:
+        """The host of every lock object in the repository (`holder`), stale ones too; nothing is
+        removed (a host that is gone keeps its name here until its locks are broken)."""
+        return {holder(doc) for doc in (self._read(name) for name in self.backend.list("locks")) if doc}
+
     def break_locks(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
         """Remove the stale locks, and with `host` every lock that host holds, with `everything`
         every lock but this object's own: for a holder known to be gone (a host that died) whose

@@ -3,7 +3,9 @@
 - `ArchiveHealth` counts the daemon's WAL pushes (stored, refused or failed) and remembers the
   newest segment and the last failure; `snapshot(repo)` adds what the repository holds.
 - `server_archiver(conn)` reads pg_stat_archiver and the server's current segment (the lag
-  in segments between what the server writes and what reached the archive).
+  in segments between what the server writes and what reached the archive). A server that has
+  archived nothing yet says so (`nothing_archived`) rather than a lag it cannot know: its lag
+  counts only the segments its archiver tried and failed, from the failed one on.
 - `continuity_problems(repo, sets)` checks, for each set holding a database, that WAL is
   archived without gaps on the set's timeline from its first segment onward, and on each
   later timeline that branched off it (from its switch point, per the timeline's .history
@@ -84,6 +86,7 @@ class DatabaseArchive:
     lag_segments: int = 0  # finished segments not archived yet
     system_id: str = ""  # the server's WAL name space in the repository
     namespace_segments: int = 0  # WAL segments in that name space
+    nothing_archived: bool = False  # pg_stat_archiver names no archived segment (since its statistics began)
 
 
 class ArchiveHealth:
@@ -364,11 +367,16 @@ def server_archiver(conn: Any) -> dict[str, Any]:
     cur, arc = parse_segment(current), parse_segment(archived)
     if cur is not None and arc is not None and cur[0] == arc[0]:
         lag = max(0, cur[1] - arc[1] - 1)  # the current segment is still being written
-    elif cur is not None and arc is None:
-        lag = 1
+    elif cur is not None and not archived:
+        # Nothing archived: what waits is known only once the archiver tried a segment and failed
+        # (it takes them in order, so from that one up to the current one); until then there is
+        # no lag to tell, and `nothing_archived` says why.
+        tried = parse_segment(last_failed)
+        if tried is not None and tried[0] == cur[0]:
+            lag = max(0, cur[1] - tried[1])
     return {"current_segment": current, "last_archived": archived, "last_archived_time": float(archived_time),
             "failed_count": int(failed), "last_failed": last_failed, "last_failed_time": float(failed_time),
-            "lag_segments": lag}
+            "lag_segments": lag, "nothing_archived": not archived}
 
 
 def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int]]]:

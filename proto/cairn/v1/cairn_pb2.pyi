@@ -283,7 +283,7 @@ class ArchiveStatus(_message.Message):
     def __init__(self, last_segment: _Optional[str] = ..., last_time: _Optional[float] = ..., pushed: _Optional[int] = ..., failures: _Optional[int] = ..., last_failure: _Optional[str] = ..., last_failure_time: _Optional[float] = ..., segments: _Optional[int] = ..., databases: _Optional[_Iterable[_Union[DatabaseArchive, _Mapping]]] = ..., wal_namespaces: _Optional[int] = ...) -> None: ...
 
 class DatabaseArchive(_message.Message):
-    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments", "system_id", "namespace_segments")
+    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments", "system_id", "namespace_segments", "nothing_archived")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,7 @@ class DatabaseArchive(_message.Message):
     LAG_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOTHING_ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     name: str
     error: str
     current_segment: str
@@ -306,7 +307,8 @@ class DatabaseArchive(_message.Message):
     lag_segments: int
     system_id: str
     namespace_segments: int
-    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ..., system_id: _Optional[str] = ..., namespace_segments: _Optional[int] = ...) -> None: ...
+    nothing_archived: bool
+    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ..., system_id: _Optional[str] = ..., namespace_segments: _Optional[int] = ..., nothing_archived: _Optional[bool] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("source", "level", "tags")

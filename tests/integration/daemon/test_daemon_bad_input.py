@@ -61,6 +61,30 @@ def test_bad_arguments_exit_2_with_one_line(args, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "line"),
+    [(("--repo", "s3://b/p", "--stall-timeout", "soon"), 2,
+      "cairnd: error: --stall-timeout: expected a duration like '5m', got 'soon'"),
+     (("--repo", "s3://b/p", "--stall-timeout", "0s"), 2,
+      "cairnd: error: --stall-timeout: expected a duration above zero, got '0s'"),
+     (("--repo", "s3://b/p", "--stall-timeout", ""), 2,
+      "cairnd: error: --stall-timeout needs a value, got an empty string"),
+     (("--repo", "r", "--stall-timeout", "5m"), 2,
+      "cairnd: error: --stall-timeout needs an s3:// repository, got --repo 'r'"),
+     (("--config", "c", "--stall-timeout", "5m"), 1,
+      "cairnd: error: --stall-timeout needs an s3:// repository; the configuration's repository.path is 'r'")],
+)
+def test_a_bad_stall_timeout_flag_is_one_line(args, code, line, tmp_path):
+    """--stall-timeout is checked as [repository] stall_timeout is, before the store is asked."""
+    repo = str(tmp_path / "r")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[repository]\npath = "{repo}"\n')
+    args = tuple({"r": repo, "c": str(config)}.get(a, a) for a in args)
+    r = run_cairnd(*args)
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert one_line(r.stderr) == line.replace("'r'", f"'{repo}'")
+
+
 def test_read_only_daemon_needs_an_existing_repository(tmp_path, rundir):
     r = run_cairnd("--repo", str(tmp_path / "missing"), "--read-only", "--socket", os.path.join(rundir, "s"))
     assert r.returncode == 1

@@ -69,7 +69,7 @@ def test_names_far_too_long_get_one_short_line_and_the_daemon_serves_on(start_da
         (("ls", LONG), "unknown set"),
         (("sets", "--source", LONG), "unknown source"),
         (("backup", "--source", LONG), "unknown source"),
-        (("ls", "latest", "--host", LONG), "no set"),
+        (("ls", "latest", "--host", LONG), "unknown host"),
         (("ls", "latest", "/" + LONG), "is not in the set"),
         (("diff", LONG, LONG_WIDE), "unknown set"),
     ]

@@ -122,7 +122,9 @@ def test_sets_show_end_host_tags_and_pruned_bases(start_daemon, tmp_path):
     assert last[-1] == "nightly,v2" and re.fullmatch(r"\d\d:\d\d:\d\d", last[3])
     sets = json.loads(d.ok("--json", "sets"))
     assert [s["base_pruned"] for s in sets] == [False, False]
-    assert json.loads(d.ok("--json", "sets", "--host", "no-such-host")) == []
+    nohost = d.cli("--json", "sets", "--host", "no-such-host")
+    assert nohost.returncode == 3 and nohost.stdout == "", nohost.stdout
+    assert json.loads(nohost.stderr)["error"]["message"].startswith("unknown host 'no-such-host'")
     # Forget the full set the incremental was taken against: its base shows as pruned.
     d.ok("prune", "--keep-full", "0", "--keep-incremental", "1")
     left = json.loads(d.ok("--json", "sets"))

@@ -45,7 +45,9 @@ def test_prune_policies_per_host_with_reasons(start_daemon, rundir, tmp_path):
     assert sum(" alpha " in r for r in rows[1:]) == 3 and sum(" beta " in r for r in rows[1:]) == 3
     only_beta = json.loads(d.ok("--json", "sets", "--host", "beta"))
     assert [s["id"] for s in only_beta] == ids["beta"] and {s["hostname"] for s in only_beta} == {"beta"}
-    assert d.ok("sets", "--host", "nobody").strip() == "no sets"
+    nobody = d.cli("sets", "--host", "nobody")  # a host the repository does not know: an error, not "no sets"
+    assert nobody.returncode == 3 and "unknown host 'nobody'" in nobody.stderr, nobody.stderr
+    assert "known hosts: alpha (this daemon's), beta" in nobody.stderr, nobody.stderr
 
     # no policy: nothing is forgotten
     assert json.loads(d.ok("--json", "prune"))["forgotten"] == []
@@ -79,7 +81,7 @@ def test_prune_policies_per_host_with_reasons(start_daemon, rundir, tmp_path):
     assert zero.returncode == 2 and "every --keep rule given is 0" in zero.stderr, zero.stderr
     # a mistyped host is an error, not a retention that silently matches nothing
     nohost = d.cli("prune", "--dry-run", "--host", "bta", "--keep-last", "1")
-    assert nohost.returncode != 0 and "no set of host 'bta'" in nohost.stderr, nohost.stderr
+    assert nohost.returncode == 3 and "unknown host 'bta'" in nohost.stderr, nohost.stderr
     assert len(json.loads(d.ok("--json", "sets"))) == 3
     levels = d.cli("prune", "--dry-run", "--keep-full", "0", "--keep-differential", "0", "--keep-incremental", "0")
     assert levels.returncode == 2 and "every --keep rule given is 0" in levels.stderr, levels.stderr

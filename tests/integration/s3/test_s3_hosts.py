@@ -208,7 +208,9 @@ def test_three_hosts_back_up_to_one_bucket_beside_a_collector(weed, creds, rundi
         assert "HOST" in table[0].split()
         at = table[0].index(" HOST ") + 1  # the column starts where its heading does
         assert sorted(line[at:].split()[0] for line in table[1:]) == sorted(owner[i] for i in kept)
-        assert keeper.ok("sets", "--host", "omega").strip() == "no sets"
+        omega = keeper.cli("sets", "--host", "omega")  # no host of that name: one line naming those there are
+        assert omega.returncode == 3 and "unknown host 'omega'" in omega.stderr, omega.stderr
+        assert all(h in omega.stderr for h in HOSTS), omega.stderr
 
         # Every kept set restores as it was taken, through the host that took it and through another.
         for i, set_id in enumerate(sorted(kept)):

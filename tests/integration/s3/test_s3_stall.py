@@ -4,7 +4,9 @@ before the S3 client's own timeouts and retries would end the store's reads; the
 the store (`sets`, `ls`, `key list`, a backup) fail with one line once `[repository]
 stall_timeout` has passed without an answer, a backup so failed leaves no set behind and the next
 one succeeds once the store is back; and a daemon started against the stalled store exits with
-one line, never having said READY."""
+one line, never having said READY, within the bound its configuration or its command line
+(`cairnd --repo s3://... --read-only --stall-timeout D`, the disaster-recovery form, which has
+no configuration file) gives."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import signal
 import subprocess
 import time
 
-from cairnd_harness import CAIRN
+from cairnd_harness import CAIRN, CAIRND
 from s3daemons import Host, clean_env, s3_repository
 from s3server import WeedServer
 
@@ -117,6 +119,34 @@ def test_a_daemon_started_against_a_stalled_store_exits_with_one_line(tmp_path) 
                                 f"store at {weed.endpoint} {STALLED}"), err
             assert not host.notify.wait_for("READY=1", 0), host.notify.messages
             assert took < CALL_DEADLINE, took
+
+
+def test_stall_timeout_on_the_command_line_bounds_a_start_without_a_configuration(tmp_path) -> None:
+    """The runbook's daemon (no configuration file) takes --stall-timeout: against a stalled store
+    it exits with one line after that bound, not the default two minutes."""
+    with WeedServer(tmp_path / "weed") as weed:
+        host = _stalled_host(tmp_path, weed)
+        host.init()
+        env = clean_env({"AWS_ENDPOINT_URL_S3": weed.endpoint, "AWS_REGION": "us-east-1",
+                         "AWS_SHARED_CREDENTIALS_FILE": weed.credentials_file(),
+                         "CAIRN_HOME": str(tmp_path / "recovery")})
+        argv = [CAIRND, "--repo", f"s3://{weed.bucket}/repo", "--read-only", "--passphrase-file",
+                str(tmp_path / "pass"), "--socket", str(tmp_path / "recovery.sock"), "--stall-timeout", "3s"]
+        with weed.stalled():
+            started = time.monotonic()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                _, err = proc.communicate(timeout=CALL_DEADLINE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise AssertionError(f"cairnd still waited on the stalled store after {CALL_DEADLINE:.0f}s") from None
+            took = time.monotonic() - started
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1, err
+        assert lines[0] == (f"cairnd: error: unable to open the repository at s3://{weed.bucket}/repo: the object "
+                            f"store at {weed.endpoint} did not answer within 3 s"), err
+        assert took < 30, took  # the 3 s bound and the start, not the default of two minutes
 
 
 def test_a_reload_says_a_changed_stall_timeout_takes_effect_at_the_next_start(tmp_path) -> None:

@@ -98,3 +98,20 @@ def test_locks_name_hosts_as_sets_do_and_unlock_host_matches_that_name():
     old = {"host": "oldbox", "pid": 1, "purpose": "backup", "time": time.time()}  # written before daemon_host
     backend.put("locks", "0" * 32, json.dumps(old).encode())
     assert admin.break_locks(host="oldbox")[0][0]["host"] == "oldbox"
+
+
+def test_holders_names_every_lock_host_stale_ones_too_and_removes_none():
+    """What `cairn ... --host H` takes as a known host beside the sets' hosts (Repository.hosts):
+    the holder of every lock object, a stale one of a host that is gone included, each by the
+    name its sets carry; an unreadable lock object names nobody. Nothing is deleted."""
+    inner = MemoryBackend()
+    locks = Locks(inner)
+    locks.daemon_host = "alpha"
+    inner.put("locks", "a" * 32, json.dumps({"host": "betabox", "daemon_host": "beta", "pid": 1,
+                                             "pid_space": "elsewhere", "time": time.time() - 86400}).encode())
+    inner.times[("locks", "a" * 32)] = time.time() - 86400  # not refreshed for a day: stale
+    inner.put("locks", "b" * 32, json.dumps({"host": "gamma", "pid": 1, "time": time.time()}).encode())
+    inner.put("locks", "c" * 32, b"not json")
+    assert locks.holders() == {"beta", "gamma"} and len(list(inner.list("locks"))) == 3
+    with locks.hold("backup of source 'data'"):  # taking a lock removes the stale and unreadable ones
+        assert locks.holders() == {"alpha", "gamma"}
