@@ -5,14 +5,15 @@ The journal names one changed file; every other directory would be carried over 
 by the id of its stored tree, unread, and the daemon still serves those trees from its caches.
 The sets that follow must restore whole: what no index file names is walked and read from the
 source again (the set says so), or, when the base's own listing is gone, the base is not used
-at all. `verify` sends to `cairn repair index`, which brings the repository back to clean,
-after which every set restores.
+at all. `verify` names the pack whose index file is gone and sends to `cairn repair index`,
+which brings the repository back to clean, after which every set restores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 from cairnd_harness import snapshot
@@ -70,10 +71,17 @@ def _restores(d, s: dict, want: dict, target) -> None:
 
 
 def _verify_names_the_pack(d, repo) -> None:
-    """verify fails and sends to `cairn repair index`."""
+    """verify fails, names the pack whose index file is gone as such, and advises the repair
+    alone (nothing is lost: no backup is needed after it)."""
     r = d.cli("verify")
     assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "if its index file was lost, 'cairn repair index' indexes it" in r.stdout, r.stdout
+    named = [line for line in r.stdout.splitlines() if line.startswith("warning: pack ")]
+    assert named and all(re.search(r"holds \d+ blobs? that sets need and no index file names: its index file was "
+                                   r"deleted or lost; 'cairn repair index' indexes it again$", line)
+                         for line in named), r.stdout
+    assert {line.split("'")[1][:8] for line in named} <= {p.name[:8] for p in (repo / "packs").glob("*/*")}
+    assert r.stderr.splitlines()[-1] == ("hint: 'cairn repair index' indexes again the packs whose index file is "
+                                         "gone: what they hold is not lost, and no backup is needed for it"), r.stderr
 
 
 def _repair_and_check(d, sets: list[tuple[dict, dict]], tmp_path) -> None:

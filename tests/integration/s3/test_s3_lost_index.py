@@ -1,7 +1,7 @@
 """An index file lost from a bucket (real SeaweedFS, a real cairnd): the packs it named are
 unindexed but hold what every set needs, and the daemon's cache still serves the trees. `cairn
 prune` (with or without a policy, also --dry-run) refuses and deletes nothing; `cairn verify`
-says an index file may be lost and sends to `cairn repair index`; after it, prune runs and every
+says the packs' index file was deleted or lost and sends to `cairn repair index`; after it, prune runs and every
 set restores."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_prune_keeps_what_a_lost_index_file_named(weed, creds, rundir, rng):
         assert sorted(o["Key"] for o in left) == packs
         r = h.cli("verify")
         said = r.stdout + r.stderr
-        assert r.returncode == 1 and "if its index file was lost, 'cairn repair index' indexes it" in said
+        assert r.returncode == 1 and "its index file was deleted or lost; 'cairn repair index' indexes it again" in said
 
         h.ok("repair", "index")
         h.ok("prune", "--keep-last", "1")
