@@ -88,7 +88,8 @@ def _repair_and_check(d, sets: list[tuple[dict, dict]], tmp_path) -> None:
     """`repair index`, then verify --read-data is clean and every set restores as it was taken."""
     d.ok("repair", "index")
     verified = d.ok("verify", "--read-data")
-    assert verified.splitlines()[-1].startswith(f"repository ok: {len(sets)} sets"), verified
+    assert verified.splitlines()[-1].startswith(f"repository ok: {len(sets)} sets") and "warning" not in verified, \
+        verified
     for s, want in sets:
         _restores(d, s, want, tmp_path / f"again-{s['id'][:8]}")
 
