@@ -712,8 +712,8 @@ class Repository:
                     gone = bytes.fromhex(base.tree)
             if gone is not None:
                 raise FailedPreconditionError(
-                    f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on left the index while it "
-                    "ran (a prune, or an index file deleted?)",
+                    f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
+                    "index while it ran (a prune, or an index file deleted?)",
                     hint="run the backup again: it stores anew what no index file names ('cairn verify' names the "
                          "packs no index file names, and 'cairn repair index' indexes them again)")
             if self._lost_pack(writer):
