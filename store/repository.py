@@ -6,7 +6,9 @@ which check reports as warnings and prune removes. One Repository object may be 
 threads: reads run concurrently; each backup runs its own write session. The in-memory index
 is refreshed from the durable index files when a session starts and before it commits, and
 reloaded by check and after every prune (also a failed one); what sessions publish while a
-reload runs is kept, so a reload never hides blobs of a session in progress.
+reload runs is kept, so a reload never hides blobs of a session in progress. A reload that no
+longer names a pack that is still stored and not marked (its index file deleted) ends what the
+handle remembers as wholly indexed (`indexed_trees`), so backups look again at what they carry.
 
 
 A repository of format 2 is encrypted (store/content/crypto.py): it opens only with a Secret that
@@ -80,6 +82,7 @@ from .model import (
 from .segments import NameRule, PlainSegments, SegmentRules
 from .snapshots import wal as walmod
 from .snapshots import writeonly as wonly
+from .snapshots.indexed import IndexedTrees
 from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .snapshots.session import BackupSession, root_entry
 from .snapshots.sets import decode_set, resolve
@@ -158,6 +161,8 @@ class Repository:
         # When this handle's repair_index last dropped index entries: a set taken before then is
         # no base (its files carried over unread could name dropped blobs; choose_base takes a full)
         self.index_dropped_at: float | None = None
+        # stored trees found wholly indexed (what an incremental carries over unread)
+        self.indexed_trees = IndexedTrees(lambda bid: bid in self.index)
         self.load_index()
 
     # -- opening -----------------------------------------------------------------
@@ -490,13 +495,33 @@ class Repository:
                 for packs in self._recording:
                     for pack, entries in packs.items():
                         index.add_pack(pack, entries)
-                self.index = index
+                before, self.index = self.index, index
                 self.reader = BlobReader(self.backend, index, self.key)
                 self.index_problems = problems
                 self._index_files = loaded
         finally:
             with self._index_mutex:
                 self._recording = None
+        self._notice_lost(before.pack_names() - index.pack_names() - self.pending)
+
+    def _notice_lost(self, left: set[str]) -> None:
+        """Packs the index named before this reload and names no more, `left` (marked packs
+        taken out: a collector's work): one that is gone from storage was deleted by a
+        collection (or repair) after its blobs were copied or became unneeded; one that is
+        still stored lost its index file (deleted, or unreadable now), and what it holds is in
+        no index. Then no tree is trusted to be wholly indexed any more (IndexedTrees): the next
+        backup looks again at what it carries over from its base."""
+        if not left:
+            return
+        try:
+            if len(left) > LIST_PACKS_FROM:  # one listing, not a request each
+                stored = left & set(self.backend.list("packs"))
+            else:
+                stored = left - set(self._missing_packs(sorted(left)))
+        except BackendError:
+            stored = left  # not known: taken as lost
+        if stored:
+            self.indexed_trees.forget()
 
     def stored_index_files(self, names: list[str]) -> Iterator[tuple[str, dict[str, list[PackEntry]] | Exception]]:
         """Index files `names` decoded as the store holds them now (never a cached copy), read
@@ -688,7 +713,9 @@ class Repository:
             if gone is not None:
                 raise FailedPreconditionError(
                     f"unable to commit: blob '{gone.hex()[:8]}..' this backup relies on was removed from the "
-                    "repository while it ran (a prune?)", hint="run the backup again")
+                    "index while it ran (a prune, or an index file deleted?)",
+                    hint="run the backup again: it stores anew what no index file names ('cairn verify' names the "
+                         "packs no index file names, and 'cairn repair index' indexes them again)")
             if self._lost_pack(writer):
                 continue  # a collector moved or freed what the session used: look again
             risky, threat = self._at_risk(writer, lock)

@@ -200,6 +200,12 @@ class Index:
         pn, off, stored, raw, tc = VAL.unpack_from(bucket, pos + IDLEN)
         return Location((self._packs[pn], off, stored, raw, tc >> 4, tc & 0xF))
 
+    def pack_names(self) -> set[str]:
+        """Every pack an index file loaded (or a session published) named, also one whose blobs
+        are all located elsewhere now: as many as there are packs, not blobs, to look at."""
+        with self._lock:
+            return set(self._packs)
+
     def packs(self) -> set[str]:
         with self._lock:
             _, buckets = self._table

@@ -14,10 +14,14 @@ whose id falls in group n of m (a pack's group is its id's first 32 bits modulo 
 1/m to m/m over m days reads every pack once), `P%` a random P percent of the packs (at least one).
 Leftovers of interrupted writes (packs no index names, unreadable index files) are
 warnings: they hurt nothing by themselves, but a pack no index names may hold the only copy of
-live data (its index file was lost), so the warning points to `cairn repair index`. The report's
+live data (its index file was lost), so the warning points to `cairn repair index`; when the
+sets need blobs no index names, such a pack's trailer is read, and a pack holding some of them
+whole (each verified, reading at most LOOK_BYTES of such packs) is named as one whose index file
+was deleted or lost (a pack a repair left out holds the blob that failed there). The report's
 advice names the repair for what was found: blobs missing (lost packs, lost index files) or
 damaged (read-data) call for `cairn repair index` (with --read-data for damaged blobs) and then
-a backup, which stores the lost content again; damaged set objects for `cairn repair sets`.
+a backup, which stores the lost content again (unless every such blob is in a pack whose index
+file is gone: then the repair alone); damaged set objects for `cairn repair sets`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..content.blobs import decode_blob
-from ..content.packs import CODEC_ZSTD_REF, parse_pack
+from ..content.packs import CODEC_ZSTD_REF, FOOTER, HEADER, PackEntry, parse_footer, parse_pack, parse_trailer
 from ..errors import (
     BackendError,
     CairnError,
@@ -51,6 +55,9 @@ if TYPE_CHECKING:
     from .handle import MaintainedRepository
 
 MAX_PATHS = 20
+# Packs no index names that hold blobs sets need are read (to tell an index file gone from blobs
+# a repair left out as damaged) up to this many bytes in all, in a check without read-data
+LOOK_BYTES = 256 << 20
 
 
 def parse_subset(text: str) -> Callable[[list[str]], list[str]]:
@@ -87,6 +94,11 @@ class Checker:
         self._tree_problems: dict[bytes, list[tuple[str, bytes, str]]] = {}
         self.missing = False  # blobs an index names in a lost pack, or that no index names
         self.unindexed_needed = False  # blobs sets or the WAL need that no index file names
+        self._needed: set[bytes] = set()  # ... those blobs
+        self._sizes: dict[str, int] = {}  # every stored pack's size (one listing)
+        self._lost_for_good = False  # blobs an index names in a lost, truncated or unreadable pack
+        self._unrecovered = True  # needed blobs that no stored pack holds (or not looked for)
+        self._regained: list[str] = []  # packs no index names that hold blobs sets need: an index file gone
         self._unindexed: list[str] = []  # packs no index names (warned after the walk, see _unindexed_warnings)
         self._truncated: dict[str, int] = {}  # packs shorter than their indexed blobs need -> their finding in errors
         self._cut: set[bytes] = set()  # the blobs that lie past the end of such a pack
@@ -128,6 +140,10 @@ class Checker:
             steps.append("'cairn repair sets' removes the damaged set objects")
         if self.corrupt:
             steps.append("'cairn repair index --read-data' drops the damaged blobs from the index")
+        elif self.missing and self._regained and not self._lost_for_good and not self._unrecovered:
+            steps.append("'cairn repair index' indexes again the packs whose index file is gone: what they hold is "
+                         "not lost, and no backup is needed for it")
+            return "; ".join(steps)
         elif self.missing:
             steps.append("'cairn repair index' drops the lost blobs from the index")
         if self.corrupt or self.missing:
@@ -187,10 +203,11 @@ class Checker:
     def _packs_present(self) -> None:
         """Every indexed pack exists and is long enough for the blobs the index places in it
         (a truncated pack is found without reading it: one listing gives the sizes)."""
-        sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}
+        sizes = self._sizes = {o.name: o.size for o in self.repo.backend.list_info("packs")}
         stored = set(sizes)
         indexed = self.repo.index.packs()
         missing = indexed - stored
+        self._lost_for_good = bool(missing)
         for pack in sorted(missing):
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is indexed but missing", object_id=pack))
             self.missing = True
@@ -209,7 +226,7 @@ class Checker:
             self._truncated[pack] = len(self.errors)
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is truncated: {sizes[pack]} bytes, its indexed "
                                             f"blobs need at least {needed[pack]}", object_id=pack))
-            self.missing = True
+            self.missing = self._lost_for_good = True
         unindexed = sorted(stored - indexed)
         writing = [self.repo.locks.describe(d) for d in self.repo.locks.others() if not d.get("gc")] \
             if unindexed else []
@@ -226,8 +243,20 @@ class Checker:
         """Packs no index names, told apart by what the walk found (`whole`: every set walked):
         while sets or the WAL need blobs no index names, an index file was probably lost and
         repair indexes the pack (prune refuses to run meanwhile); when nothing needs such a blob
-        the pack is a leftover of an interrupted backup or prune, which prune removes."""
+        the pack is a leftover of an interrupted backup or prune, which prune removes. A pack
+        whose trailer lists blobs sets need lost its index file (deleted, or lost with a copy of
+        the repository): that is said as such."""
+        held = self._held_by_unindexed() if self.unindexed_needed and self._unindexed else {}
+        self._regained = sorted(held)
+        self._unrecovered = bool(self._needed - set().union(*held.values())) if held else True
         for pack in self._unindexed:
+            if pack in held:
+                n = len(held[pack])
+                self.warnings.append(CheckProblem(
+                    f"pack '{short(pack)}' holds {n} blob{'s' if n != 1 else ''} that sets need and no index file "
+                    "names: its index file was deleted or lost; 'cairn repair index' indexes it again",
+                    object_id=pack))
+                continue
             if self.unindexed_needed:
                 why = ("sets need blobs that no index names: if its index file was lost, 'cairn repair index' "
                        "indexes it; if a repair already left it out (a blob in it failed verification), those blobs "
@@ -240,6 +269,49 @@ class Checker:
                 why = ("left by an interrupted backup or prune (prune removes it) or its index file was lost "
                        "(then sets miss blobs, and 'cairn repair index' indexes it)")
             self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed: {why}", object_id=pack))
+
+    def _held_by_unindexed(self) -> dict[str, set[bytes]]:
+        """The packs no index names that hold whole blobs sets or the WAL need and no index
+        names, with those blobs: their trailer lists them, and each verifies against its id (a
+        pack a repair left out holds the blob that failed there; that one is not claimed). Such
+        packs are read whole, as a repair would, up to LOOK_BYTES in all; beyond that, and for a
+        pack whose trailer cannot be read, nothing is claimed."""
+        held: dict[str, set[bytes]] = {}
+        key = getattr(self.repo, "key", None)
+        budget = LOOK_BYTES
+        for pack in self._unindexed:
+            try:
+                size = self._sizes.get(pack) or self.repo.backend.stat("packs", pack)
+                off, count, digest = parse_footer(pack, self.repo.backend.get_range("packs", pack, size - FOOTER.size,
+                                                                                     FOOTER.size))
+                if not len(HEADER) <= off <= size - FOOTER.size:
+                    continue
+                trailer = self.repo.backend.get_range("packs", pack, off, size - FOOTER.size - off)
+                entries = parse_trailer(pack, trailer, count, digest, key.open_trailer if key is not None else None)
+                wanted = [e for e in entries if e.id in self._needed]
+                if not wanted or size > budget:
+                    continue
+                budget -= size
+                data = self.repo.backend.get("packs", pack)
+            except UnavailableError:
+                raise
+            except CairnError:
+                continue  # gone meanwhile, refused or damaged: its warning says what else it may be
+            self.bytes_read += len(data)
+            if all(self._whole_blob(pack, data, e) for e in wanted):
+                held[pack] = {e.id for e in wanted}
+        return held
+
+    def _whole_blob(self, pack: str, data: bytes, e: PackEntry) -> bool:
+        """Whether blob `e` of `pack` (its bytes `data`) opens and hashes to its id; a delta-coded
+        one is not verified alone (its reference may be in no index either): False."""
+        if e.codec == CODEC_ZSTD_REF or e.offset + e.stored_len > len(data):
+            return False
+        try:
+            stored = self.repo.reader.unseal(pack, e.id, data[e.offset:e.offset + e.stored_len])
+            return self.repo.reader.blob_id(decode_blob(stored, e.codec, e.raw_len)) == e.id
+        except Exception:  # noqa: BLE001 - any failure to open, decompress or hash is damage
+            return False
 
     def _emit(self, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -391,6 +463,7 @@ class Checker:
         elif tree not in self.repo.index:
             out.append(("", tree, f"tree '{short(tree.hex())}' is missing from the index"))
             self.missing = self.unindexed_needed = True
+            self._needed.add(tree)
         else:
             try:
                 data = self.repo.reader.read(tree)
@@ -401,7 +474,7 @@ class Checker:
                 entries = []
                 out.append(("", tree, f"tree is damaged: {e}"))
                 if isinstance(e, NotFoundError):
-                    self.missing = True
+                    self.missing = self._lost_for_good = True
                 elif isinstance(e, BackendError):
                     self.refused = True
                 else:
@@ -417,6 +490,7 @@ class Checker:
                     elif c not in self.repo.index:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
                         self.missing = self.unindexed_needed = True
+                        self._needed.add(c)
         self._tree_problems[tree] = out
         return out
 
@@ -440,6 +514,10 @@ class Checker:
                 if why is not None:
                     self.missing = True
                     self.unindexed_needed = self.unindexed_needed or c not in self.repo.index
+                    if c in self.repo.index:
+                        self._lost_for_good = True
+                    else:
+                        self._needed.add(c)
                     self.errors.append(CheckProblem(f"WAL file '{name}': {why}", object_id=c.hex()))
                     break
             else:

@@ -17,6 +17,10 @@ directory is read from the source as in a full, and the set notes it; so is a fi
 unchanged whose content the index does not name (an index file lost): it is read again. One still indexed but
 unreadable (damaged, its pack lost) fails the backup with the way out (repair, then again),
 because reading the directory again would reference the damaged copy of the same listing.
+A subtree is carried over unread only when it and every blob below it are named by an index
+file (snapshots/indexed.py: found once by walking the stored trees, then remembered until the
+index loses knowledge); otherwise it is walked, and so an index file deleted from the
+repository never passes into a new set through a directory the change journal left out.
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ from ..errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     UnindexedError,
+    short,
 )
 from ..model import BackupRequest, ChangeHint
 from .excludes import Excluder
 from .filereader import FileReader, ReadResult, read_xattrs
+from .indexed import IndexedTrees
 from .trees import Entry, encode_tree
 
 MAX_LISTED = 1000
@@ -209,7 +215,8 @@ class Walker:
                  pool: ThreadPoolExecutor, tally: Tally, progress: Callable[[], None],
                  cancel: threading.Event | None, strict_since_ns: int | None = None,
                  racy_since_ns: int | None = None, fixed_size: int | None = None,
-                 delta_base: Callable[[bytes], tuple[bytes, bytes] | None] | None = None) -> None:
+                 delta_base: Callable[[bytes], tuple[bytes, bytes] | None] | None = None,
+                 indexed: IndexedTrees | None = None) -> None:
         self.req = req
         self.strict_since_ns = strict_since_ns
         self.racy_since_ns = racy_since_ns
@@ -230,6 +237,8 @@ class Walker:
         self.presets: dict[bytes, bytes] = {}  # absolute dir -> subtree captured earlier (walk_sub)
         self._links: dict[str, Future] = {}
         self.linked_change = False  # a file with several names was read during a hinted walk
+        self.indexed = indexed  # trees known to be wholly indexed; None: carried over unasked
+        self.carried: list[bytes] = []  # base subtrees carried over unread (checked again at commit)
 
     def walk_root(self, root: str, base_tree: bytes | None) -> tuple[bytes, os.stat_result]:
         """Return (tree id, stat of the root directory)."""
@@ -250,7 +259,7 @@ class Walker:
         if base_tree is not None and not self.full and not plan.must_list(b"", False) \
                 and self._carried(base_tree, b""):
             return base_tree, st
-        before = copy.deepcopy(self.tally)
+        before, carried = copy.deepcopy(self.tally), len(self.carried)
         self.linked_change = False
         self._group, self._group_bytes = [], 0  # none left by a walk that failed
         tree = self._dir(broot, b"", base_tree if not self.full else None, plan, False)
@@ -258,6 +267,7 @@ class Walker:
             # A file with several names changed: its other names, which no hint mentions,
             # changed too. Walk the whole root and compare with the base instead.
             self.tally.__dict__.update(copy.deepcopy(before).__dict__)
+            del self.carried[carried:]
             self.tally.notes.append(f"'{root}': a file with several hard links changed; walked instead of the hint")
             tree = self._dir(broot, b"", base_tree, Plan(broot, None), False)
         return tree, st
@@ -299,10 +309,22 @@ class Walker:
 
     def _carried(self, tree_id: bytes, rel: bytes) -> bool:
         """Carry a subtree over from the base (counted as a full walk would count it); False
-        when a listing in it is no longer indexed (dropped by `cairn repair index`): the
-        caller then walks the directory instead, so the loss does not pass into the new set."""
+        when a listing in it is no longer indexed (dropped by `cairn repair index`), or a blob
+        below it is in no index file (an index file deleted or lost): the caller then walks the
+        directory instead, so the loss does not pass into the new set."""
         try:
+            shapes: dict[bytes, tuple[int, int, list[bytes]]] = {}
+            gone = self.indexed.missing(tree_id, self.load_tree, _shape_into(shapes)) \
+                if self.indexed is not None else None
+            _fold_totals(shapes)  # the walk loaded them: their totals need no second walk
+            if gone is not None:
+                if len(self.tally.notes) < MAX_LISTED:
+                    self.tally.notes.append(f"the base set's '{shown(rel) or '.'}' names blob '{short(gone.hex())}' "
+                                            "that no index file names: walked, and read from the source what is "
+                                            "not indexed")
+                return False
             self._carry(tree_id)
+            self.carried.append(tree_id)
             return True
         except UnindexedError as e:
             self._base_lost(rel, e)
@@ -595,6 +617,55 @@ class Walker:
                 self._count_deleted(rel + b"/" + sub.name, sub)
         else:
             self.tally.note("deleted", os.fsdecode(rel))
+
+
+def _shape_into(shapes: dict[bytes, tuple[int, int, list[bytes]]]) -> Callable[[bytes, list[Entry]], None]:
+    """A receiver of stored trees (IndexedTrees.missing's `seen`) that keeps, for each tree whose
+    totals are not known yet, its own files and bytes and its subtrees."""
+
+    def seen(tree: bytes, entries: list[Entry]) -> None:
+        if tree not in _TOTALS:
+            files = [e.size for e in entries if e.kind == "file"]
+            shapes[tree] = (len(files), sum(files), [e.subtree for e in entries if e.kind == "dir" and e.subtree])
+    return seen
+
+
+def _fold_totals(shapes: dict[bytes, tuple[int, int, list[bytes]]]) -> None:
+    """Put the (files, dirs, bytes) of the trees in `shapes` into the memo, each counted as
+    Walker._tree_totals counts it, children first; a tree with a subtree neither in `shapes` nor
+    in the memo is left to _tree_totals."""
+    known: dict[bytes, tuple[int, int, int]] = {}
+    failed: set[bytes] = set()  # a subtree below is neither in `shapes` nor in the memo
+
+    def total(t: bytes) -> tuple[int, int, int] | None:
+        return known.get(t) or _TOTALS.get(t)
+
+    for top in shapes:
+        stack = [top]  # trees are content-addressed: no tree is its own descendant
+        while stack:
+            t = stack[-1]
+            if t in failed or total(t) is not None:
+                stack.pop()
+                continue
+            files, size, subs = shapes[t]
+            todo = [c for c in subs if c in shapes and c not in failed and total(c) is None]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            parts = [total(c) for c in subs]
+            if any(p is None for p in parts):
+                failed.add(t)
+                continue
+            dirs = 1
+            for f, d, b in parts:  # type: ignore[misc]
+                files, dirs, size = files + f, dirs + d, size + b
+            known[t] = (files, dirs, size)
+    if known:
+        with _TOTALS_LOCK:
+            _TOTALS.update(known)
+            while len(_TOTALS) > _TOTALS_MAX:
+                _TOTALS.popitem(last=False)
 
 
 def _lexists_at(dfd: int, name: bytes) -> bool:

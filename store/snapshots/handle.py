@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from ..content.repoconfig import RepoConfig
     from ..model import BackupSet
     from ..storage.backend import Backend
+    from .indexed import IndexedTrees
     from .trees import Entry
 
 
 class RepositoryHandle(Protocol):
     """An open repository as seen from trees and sets: its objects (`backend`, small objects
-    sealed in format 2), its config, the current index and blob reader, its locks."""
+    sealed in format 2), its config, the current index and blob reader, its locks, and which
+    stored trees it found wholly indexed."""
 
     backend: Backend
     config: RepoConfig
@@ -32,6 +34,7 @@ class RepositoryHandle(Protocol):
     locks: Locks
     segment_rule: Callable[[str], bool]
     write_only: bool  # a write-only key: it lists only its own sets (from its host cache)
+    indexed_trees: IndexedTrees  # stored trees found wholly in the index (what a backup may carry over)
 
     def check_writable(self) -> None:
         """Raise FailedPreconditionError when the repository is open read-only."""

@@ -16,6 +16,10 @@ has not seen in a durable index or written itself. A session whose shared lock i
 be refreshed) stops like a cancelled one and commits nothing. While an index file cannot be
 read, a change hint is not used: every directory is walked, so that no unchanged file is carried
 over with content only that index file named (store/snapshots/backup.py reads such files again).
+A base whose listing the refreshed index no longer names (an index file deleted) is no base:
+the session chooses again and drops the hint made against it. A subtree carried over unread is
+wholly indexed when the walk carries it (store/snapshots/indexed.py), and looked at again
+before the set is written if the index lost knowledge meanwhile.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from cairn.fsio.records import EntryMeta
 
 from ..content.blobs import BlobWriter
 from ..content.packs import TYPE_TREE
-from ..errors import AbortedError, CairnError, InvalidArgumentError
+from ..errors import AbortedError, CairnError, FailedPreconditionError, InvalidArgumentError, short
 from ..model import BackupRequest, BackupSet, ChangeHint, Progress, SetStats
 from .backup import Tally, Walker, entry_from_stat, read_xattrs
 from .sets import decode_set, encode_set
@@ -79,6 +83,11 @@ class BackupSession:
         host = req.hostname or socket.gethostname()
         self.level, self.base, self.note = decision if decision is not None else \
             self.repo.choose_base(req.source, req.level, host)
+        if self.base is not None and bytes.fromhex(self.base.tree) not in self.repo.index:
+            # its listing left the index since it was chosen (an index file deleted or lost): it is
+            # no base (choose_base says why), and a hint made against it goes with it
+            self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host)
+            req = replace(req, changes=None)
         if self._declare_base(req.source):  # a prune forgot the base first: build on what is there now
             self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host)
             self._declare_base(req.source, recheck=False)
@@ -105,6 +114,7 @@ class BackupSession:
         self._attachments: dict[str, dict[str, Any]] = {}
         self.writer: BlobWriter = self.repo.writer()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup-read")
+        self._epoch = self.repo.indexed_trees.epoch  # what the walk finds whole holds until it changes
         self._walker = self._make_walker(self.req, self.tally)
 
     def _declare_base(self, source: str, recheck: bool = True) -> bool:
@@ -132,7 +142,8 @@ class BackupSession:
         return Walker(req, self.writer, self.repo.config.chunker, self.repo.load_tree, self.pool, tally, tick,
                       self.cancel, strict_since_ns=strict_since_ns, racy_since_ns=racy,
                       fixed_size=DELTA_CHUNK if delta else None,
-                      delta_base=self.repo.reader.delta_base if delta else None)
+                      delta_base=self.repo.reader.delta_base if delta else None,
+                      indexed=self.repo.indexed_trees)
 
     def _base_root(self, path: str) -> bytes | None:
         if self.base is None:
@@ -257,6 +268,7 @@ class BackupSession:
         try:
             self._lock.check()
             self.repo.confirm_deduped(self.writer, self.base, self._lock.name)
+            self._confirm_carried()
             self._lock.check()
             self.repo.backend.put("sets", set_id, data)
         finally:
@@ -266,6 +278,22 @@ class BackupSession:
         if self.progress is not None:
             self.progress(Progress("done", t.files, t.files, t.bytes_total, t.bytes_total))
         return decode_set(set_id, data)  # not re-listed: a concurrent prune may forget it at once
+
+    def _confirm_carried(self) -> None:
+        """When the index lost knowledge while this session ran (IndexedTrees' epoch moved on),
+        look again at the subtrees it carried over from its base: one with a blob that no index
+        file names now fails the commit (the next backup walks it and reads what is lost)."""
+        indexed = self.repo.indexed_trees
+        if indexed.epoch == self._epoch:
+            return
+        for tree in dict.fromkeys(self._walker.carried):
+            gone = indexed.missing(tree, self.repo.load_tree)
+            if gone is not None:
+                raise FailedPreconditionError(
+                    f"unable to commit: blob '{short(gone.hex())}' of what this backup carries over from its base "
+                    "set left the index while it ran (an index file deleted or replaced)",
+                    hint="run the backup again: it reads from the source what no index file names; 'cairn verify' "
+                         "names the packs no index file names, and 'cairn repair index' indexes them again")
 
     def abort(self) -> None:
         """Drop the session: nothing becomes visible."""

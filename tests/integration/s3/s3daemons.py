@@ -3,9 +3,10 @@
 `Host(rundir, name, repository)` writes one daemon's configuration (its own socket, state
 directory and `[daemon] host`), starts it with `start()` (returns once systemd's READY=1 arrived
 on a notify socket the test owns, like the other daemon tests) and runs the real client with
-`cli()` / `ok()`. `command` is what runs the daemon (the installed cairnd; a test may put a
-wrapper there, such as skewed_cairnd.py). Every started daemon is stopped by PID in `stop()`. AWS_* variables of the
-test's environment are not passed on: each daemon gets its credentials from the configuration.
+`cli()` / `ok()`; `watch=True` gives its sources the change journal. `command` is what runs
+the daemon (the installed cairnd; a test may put a wrapper there, such as skewed_cairnd.py).
+Every started daemon is stopped by PID in `stop()`. AWS_* variables of the test's environment
+are not passed on: each daemon gets its credentials from the configuration.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Host:
     """One cairnd with its own state directory and host name (see the module docstring)."""
 
     def __init__(self, rundir: str, name: str, repository: list[str], sources: dict[str, str],
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, watch: bool = False) -> None:
         self.name = name
         self.env = dict(env or {})  # added to the daemon's cleaned environment (AWS_CA_BUNDLE, say)
         self.dir = os.path.join(rundir, name)
@@ -53,7 +54,7 @@ class Host:
         lines = ["[repository]", *repository, "", "[daemon]", f'socket = "{self.socket}"',
                  f'state_dir = "{self.state}"', f'host = "{name}"']
         for source, path in sources.items():
-            lines += ["", "[[source]]", f'name = "{source}"', f'paths = ["{path}"]', "watch = false"]
+            lines += ["", "[[source]]", f'name = "{source}"', f'paths = ["{path}"]', f"watch = {str(watch).lower()}"]
         with open(self.config, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None

@@ -1,14 +1,17 @@
 """An index file lost from a bucket (real SeaweedFS, a real cairnd): the packs it named are
 unindexed but hold what every set needs, and the daemon's cache still serves the trees. `cairn
 prune` (with or without a policy, also --dry-run) refuses and deletes nothing; `cairn verify`
-says an index file may be lost and sends to `cairn repair index`; after it, prune runs and every
-set restores."""
+says the packs' index file was deleted or lost and sends to `cairn repair index`; after it,
+prune runs and every set restores. And one index file deleted while the daemon runs with the
+base's trees in its cache: the incremental the change journal drives still restores whole."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 from s3daemons import Host, s3_repository
@@ -54,7 +57,7 @@ def test_prune_keeps_what_a_lost_index_file_named(weed, creds, rundir, rng):
         assert sorted(o["Key"] for o in left) == packs
         r = h.cli("verify")
         said = r.stdout + r.stderr
-        assert r.returncode == 1 and "if its index file was lost, 'cairn repair index' indexes it" in said
+        assert r.returncode == 1 and "its index file was deleted or lost; 'cairn repair index' indexes it again" in said
 
         h.ok("repair", "index")
         h.ok("prune", "--keep-last", "1")
@@ -63,5 +66,71 @@ def test_prune_keeps_what_a_lost_index_file_named(weed, creds, rundir, rng):
             target = os.path.join(rundir, f"t-{set_id[:8]}")
             h.ok("restore", set_id, "--target", target)
             assert_same_tree(want, target)
+    finally:
+        h.stop()
+
+
+def _wait_journal(h: Host, what: str) -> None:
+    """Until the journal of the one source is complete and names a changed path."""
+    end = time.monotonic() + 15
+    while True:
+        j = json.loads(h.ok("--json", "status"))["sources"][0]
+        if j["journal_state"] == "complete" and j["pending_paths"] >= 1:
+            return
+        assert time.monotonic() < end, f"timed out waiting for the journal to name {what}"
+        time.sleep(0.1)
+
+
+def test_an_incremental_after_one_index_file_was_deleted_restores_whole(weed, creds, rundir, rng):
+    """One index object deleted from the bucket (the full's), while the daemon runs with every
+    tree of its base in its cache: the incremental the journal drives (it names c.txt only)
+    reads again what no index file names and restores whole; verify names the pack as one whose
+    index file is gone; `repair index` makes the repository clean and every set restores."""
+    src = os.path.join(rundir, "src")
+    make_tree(src, rng, files=12, max_size=128 * 1024, dirs=("a", "a/b", "c"))
+    past = time.time() - 3600  # older than the sets: not read again by the racy-timestamp rule
+    for d, _dirs, files in os.walk(src):
+        for f in files:
+            os.utime(os.path.join(d, f), (past, past))
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("one index gone\n")
+    prefix = f"gone-{os.path.basename(rundir)}"
+    h = Host(rundir, "alpha", s3_repository(weed, creds, prefix, passphrase), {"app": src}, watch=True)
+    h.init()
+    h.start()
+    client = weed.client()
+
+    def index_keys() -> set[str]:
+        listed = client.list_objects_v2(Bucket=weed.bucket, Prefix=f"{prefix}/index/").get("Contents", [])
+        return {o["Key"] for o in listed}
+
+    try:
+        full = json.loads(h.ok("--json", "backup", "--level", "full"))
+        as_full = os.path.join(rundir, "as-full")
+        shutil.copytree(src, as_full, symlinks=True)
+        (first,) = index_keys()
+        with open(os.path.join(src, "c", "late.txt"), "w") as f:
+            f.write("after the full\n")
+        _wait_journal(h, "c/late.txt")
+        inc = json.loads(h.ok("--json", "backup", "--level", "incremental"))
+        assert inc["extra"]["changes"] == "journal", inc["extra"]
+        client.delete_object(Bucket=weed.bucket, Key=first)
+        with open(os.path.join(src, "c", "later.txt"), "w") as f:
+            f.write("after the index file went\n")
+        _wait_journal(h, "c/later.txt")
+        s = json.loads(h.ok("--json", "backup", "--level", "incremental"))
+        assert s["level"] == "incremental" and s["extra"]["changes"] == "journal", s
+        h.ok("restore", s["id"], "--target", os.path.join(rundir, "out"))
+        assert_same_tree(src, os.path.join(rundir, "out"))
+
+        r = h.cli("verify")
+        assert r.returncode == 1 and "its index file was deleted or lost; 'cairn repair index' indexes it again" \
+            in r.stdout, (r.stdout, r.stderr)
+        h.ok("repair", "index")
+        assert "repository ok" in h.ok("verify", "--read-data")
+        target = os.path.join(rundir, "full-again")
+        h.ok("restore", full["id"], "--target", target)
+        assert_same_tree(as_full, target)
     finally:
         h.stop()
