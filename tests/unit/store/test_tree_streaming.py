@@ -1,15 +1,22 @@
 """A large tree is read one entry at a time (store/snapshots/trees.py): its entries come out as
-its bytes are scanned, read exactly as `json.loads` reads the whole document."""
+its bytes are scanned, read exactly as `json.loads` reads the whole document, and a listing, a
+restore or a verify of a directory of many entries holds its tree's bytes, not its entries."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import time
+import tracemalloc
+from dataclasses import asdict
 
 import pytest
+from cairn.store.content.packs import TYPE_TREE
 from cairn.store.errors import CorruptionError
+from cairn.store.model import SetStats
 from cairn.store.snapshots import trees
+from cairn.store.snapshots.sets import encode_set
 from cairn.store.snapshots.trees import Entry, StreamedTree, decode_tree, encode_tree, iter_tree_entries
 
 TID = bytes(range(32))
@@ -89,3 +96,78 @@ def test_a_large_tree_gives_its_first_entries_before_its_end_is_read():
     assert len(got) == 3000 and got[0] == b"file-000000"
     assert isinstance(trees.tree_entries(TID, good), StreamedTree)
     assert decode_tree(TID, good) == list(trees.tree_entries(TID, good))
+
+
+# -- through a repository ---------------------------------------------------------------
+
+
+def _set_with(repo, big: bytes, *, small: list[Entry] | None = None):
+    """A set whose root holds 'big' (tree bytes `big`, stored as given) and 'small' (a directory of
+    `small` entries, or none)."""
+    writer = repo.writer()
+    big_id = writer.put_data(TYPE_TREE, big)
+    root = [Entry(name=b"big", kind="dir", mode=0o40755, subtree=big_id)]
+    if small is not None:
+        root.append(Entry(name=b"small", kind="dir", mode=0o40755,
+                          subtree=writer.put_data(TYPE_TREE, encode_tree(small))))
+    root_id = writer.put_data(TYPE_TREE, encode_tree(root))
+    writer.finish()
+    now = time.time()
+    set_id, data = encode_set({
+        "source": "crafted", "level": "full", "requested_level": "full", "base": None, "time_start": now,
+        "time_end": now, "hostname": "h", "paths": ["/x"], "tree": root_id.hex(), "stats": asdict(SetStats()),
+        "tags": [], "note": "", "extra": {}})
+    repo.backend.put("sets", set_id, data)
+    return repo.get_set(set_id), big_id
+
+
+def test_listing_a_large_directory_holds_its_tree_bytes_not_its_entries(repo):
+    n = 30_000
+    s, big_id = _set_with(repo, _big_tree(n))
+    size = repo.index.get(big_id).raw_len
+    tracemalloc.start()
+    try:
+        listed = 0
+        for e in repo.iter_tree(s, "big"):
+            listed += 1
+            assert e.path == f"big/file-{listed - 1:06d}"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert listed == n
+    # read whole, its JSON document and its entries were held at once: about 8 times its bytes
+    assert peak < 3 * size, f"listing {n} entries peaked at {peak / 1e6:.1f} MB for a tree of {size / 1e6:.1f} MB"
+    assert big_id not in repo._trees  # never kept decoded either
+
+
+def test_a_large_tree_that_breaks_part_way_fails_its_listing_and_its_restore_before_its_entries(repo, tmp_path):
+    good = _big_tree(3000)
+    small = [Entry(name=b"kept", kind="file", mode=0o100644)]
+    s, _ = _set_with(repo, good[:-2] + b',{"n":"last"}]}', small=small)
+    listing = repo.iter_tree(s, "big")
+    assert next(listing).path == "big/file-000000"
+    with pytest.raises(CorruptionError, match="not a valid tree"):
+        list(listing)
+    problems: list[str] = []
+    everything = [e.path for e in repo.iter_tree(s, "", recursive=True, problems=problems)]
+    assert everything[-2:] == ["small", "small/kept"]
+    assert len(problems) == 1 and problems[0].startswith("unable to list 'big/': unable to read tree")
+
+    stats = repo.restore(s, str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out" / "big") == []  # none of it, although its first 3000 entries read well
+    assert (tmp_path / "out" / "small" / "kept").exists()
+    assert len(stats.errors) == 1 and "unable to restore the contents of 'big/'" in stats.errors[0]
+
+    report = repo.check()
+    assert any("tree is damaged" in p.message and "not a valid tree" in p.message for p in report.errors)
+
+
+def test_unsafe_names_in_a_large_tree_are_refused_before_any_file_of_it_is_open(repo, tmp_path):
+    entries = [Entry(name=f"f{i:05d}".encode(), kind="file", mode=0o100644) for i in range(4000)]
+    entries += [Entry(name=b"..", kind="file", mode=0o100644), Entry(name=b"zz/evil", kind="file", mode=0o100644)]
+    data = encode_tree(entries)
+    assert len(data) > trees.STREAM_FROM
+    s, _ = _set_with(repo, data)
+    stats = repo.restore(s, str(tmp_path / "out"))
+    assert len(os.listdir(tmp_path / "out" / "big")) == 4000  # the last file was not taken for a refused name
+    assert len(stats.errors) == 2 and all("refusing unsafe entry name" in e for e in stats.errors)
