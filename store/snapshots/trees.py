@@ -148,10 +148,10 @@ def _invalid(tree_id: bytes) -> CorruptionError:
 
 def decode_tree(tree_id: bytes, data: bytes) -> list[Entry]:
     """Parse tree blob bytes into a list; CorruptionError if they are not a tree. A large tree
-    is scanned entry by entry (`iter_tree_entries`), never held as one JSON document."""
-    if len(data) > STREAM_FROM and data.startswith(_HEAD):
-        return list(iter_tree_entries(tree_id, data))
+    is scanned entry by entry (as `iter_tree_entries` does), never held as one JSON document."""
     try:
+        if len(data) > STREAM_FROM and data.startswith(_HEAD):
+            return [_entry(d) for d in _entry_docs(data)]
         doc = json.loads(data)
         if doc.get("v") != TREE_VERSION:
             raise ValueError("version")

@@ -95,7 +95,9 @@ def test_a_large_tree_gives_its_first_entries_before_its_end_is_read():
             got.append(e.name)
     assert len(got) == 3000 and got[0] == b"file-000000"
     assert isinstance(trees.tree_entries(TID, good), StreamedTree)
-    assert decode_tree(TID, good) == list(trees.tree_entries(TID, good))
+    assert decode_tree(TID, good) == list(trees.tree_entries(TID, good)) == _whole(good)
+    with pytest.raises(CorruptionError, match="not a valid tree"):
+        decode_tree(TID, broken)
 
 
 # -- through a repository ---------------------------------------------------------------
