@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
@@ -86,7 +86,7 @@ from .snapshots.indexed import IndexedTrees
 from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .snapshots.session import BackupSession, root_entry
 from .snapshots.sets import decode_set, resolve
-from .snapshots.trees import Entry, decode_tree
+from .snapshots.trees import Entry, StreamedTree, tree_entries
 from .storage.backend import Backend, LocalBackend
 from .storage.cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
 from .storage.cache import ObjectCache
@@ -895,16 +895,27 @@ class Repository:
 
     # -- trees and sets ----------------------------------------------------------
     def load_tree(self, tree_id: bytes) -> list[Entry]:
+        """The entries of tree `tree_id`, as a list (see `tree_entries` to iterate a large one)."""
+        entries = self.tree_entries(tree_id)
+        return entries if isinstance(entries, list) else list(entries)
+
+    def tree_entries(self, tree_id: bytes) -> list[Entry] | StreamedTree:
+        """The entries of tree `tree_id` to iterate. A small tree comes decoded, and is kept in
+        this handle's cache of the last TREE_CACHE; a large one (trees.STREAM_FROM) is never
+        kept decoded: each pass over it decodes its plaintext anew, one entry at a time, so a
+        directory of 200,000 entries costs its plaintext, not 200,000 decoded entries. Reading
+        the blob raises here; a streamed tree that is not valid raises where iterating meets it."""
         with self._tree_lock:
             hit = None if self._stored_trees() else self._trees.get(tree_id)
             if hit is not None:
                 self._trees.move_to_end(tree_id)
                 return hit
-        entries = decode_tree(tree_id, self._own_tree(tree_id) if self.write_only else self._read_tree(tree_id))
-        with self._tree_lock:
-            self._trees[tree_id] = entries
-            if len(self._trees) > TREE_CACHE:
-                self._trees.popitem(last=False)
+        entries = tree_entries(tree_id, self._own_tree(tree_id) if self.write_only else self._read_tree(tree_id))
+        if isinstance(entries, list):
+            with self._tree_lock:
+                self._trees[tree_id] = entries
+                if len(self._trees) > TREE_CACHE:
+                    self._trees.popitem(last=False)
         return entries
 
     def _own_tree(self, tree_id: bytes) -> bytes:
@@ -1077,22 +1088,35 @@ class Repository:
         path and its own listing are checked here, before the first entry is asked for. With
         `problems` a recursive listing goes on past a directory whose listing cannot be read and
         notes it there ("unable to list 'a/b/': ..."); the listing asked for itself must be
-        readable."""
-        chain, entry = find_entry(self.load_tree, bytes.fromhex(s.tree), path)
+        readable (a large tree is decoded as it is listed: one that breaks part way raises
+        there, after the entries before it)."""
+        chain, entry = find_entry(self.tree_entries, bytes.fromhex(s.tree), path)
         base = path.strip("/")
         if entry is not None and entry.kind != "dir":
             return iter([_tree_entry(base, entry)])
         tree = bytes.fromhex(s.tree) if entry is None else entry.subtree
-        return self._list(self.load_tree(tree) if tree else [], base, recursive, problems)
+        return self._list(self.tree_entries(tree) if tree else [], base, recursive, problems, top=True)
 
-    def _list(self, entries: list[Entry], prefix: str, recursive: bool,
-              problems: list[str] | None) -> Iterator[TreeEntry]:
-        for e in entries:
+    def _list(self, entries: Iterable[Entry], prefix: str, recursive: bool,
+              problems: list[str] | None, top: bool = False) -> Iterator[TreeEntry]:
+        """The entries of one directory (and below it), each decoded as it is reached: a large
+        tree's entries are never held at once (Repository.tree_entries)."""
+        it = iter(entries)
+        while True:
+            try:
+                e = next(it)
+            except StopIteration:
+                return
+            except CairnError as err:  # a large tree turned out not to be one, part way through
+                if problems is None or top:
+                    raise
+                problems.append(f"unable to list '{shown(prefix)}/': {err.message}")
+                return
             path = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
             yield _tree_entry(path, e)
             if recursive and e.kind == "dir" and e.subtree:
                 try:
-                    below = self.load_tree(e.subtree)
+                    below = self.tree_entries(e.subtree)
                 except CairnError as err:
                     if problems is None:
                         raise
@@ -1129,7 +1153,7 @@ class Repository:
     def _collect(self, e: Entry, path: str, out: list) -> None:
         out.append(path + "/" if e.kind == "dir" else path)
         if e.kind == "dir" and e.subtree:
-            for sub in self.load_tree(e.subtree):
+            for sub in self.tree_entries(e.subtree):
                 self._collect(sub, f"{path}/{os.fsdecode(sub.name)}", out)
 
     # -- restore -------------------------------------------------------------------
@@ -1150,14 +1174,14 @@ class Repository:
         self._full_key("to restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():
-            find_entry(self.load_tree, root, p)
+            find_entry(self.tree_entries, root, p)
         with self.reading_set(s, "restore"):
             top = root_entry(s) if not paths and attachment is None else None
             if top is not None:
                 yield top  # the source directory's own metadata, applied to the target (last, as directories' are)
             pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
             try:
-                yield from StreamBuilder(self.load_tree, self.read_blob, pool, select=select,
+                yield from StreamBuilder(self.tree_entries, self.read_blob, pool, select=select,
                                          chunk_size=self._chunk_size if manifest else None,
                                          read_blobs=self.read_blobs).records(
                     root, paths, None if manifest else lanes)
@@ -1196,7 +1220,7 @@ class Repository:
         chunk that cannot be read comes as its CairnError instead of ending the stream."""
         self._full_key("to read file data")
         roots = [self.root_tree(s, a) for a in attachments] if attachments else [self.root_tree(s, attachment)]
-        allowed = set_chunks(self.load_tree, roots)
+        allowed = set_chunks(self.tree_entries, roots)
         with self.reading_set(s, "read"):
             pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
             try:
@@ -1209,7 +1233,7 @@ class Repository:
         self._full_key("to restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():  # unknown paths (or attachment) fail before the target is touched
-            find_entry(self.load_tree, root, p)
+            find_entry(self.tree_entries, root, p)
         writer = TreeWriter(target, overwrite=overwrite)
         # Progress against what is restored: an attachment's own totals; chosen paths: no total.
         files_total, total = s.stats.files, s.stats.bytes_total

@@ -48,7 +48,7 @@ from ..errors import (
 from ..model import BackupSet, CheckProblem, CheckReport, Progress
 from ..snapshots import wal as walmod
 from ..snapshots.sets import decode_set, set_trees
-from ..snapshots.trees import decode_tree
+from ..snapshots.trees import tree_entries
 from . import prune as prunemod
 
 if TYPE_CHECKING:
@@ -425,10 +425,14 @@ class Checker:
         seen.add(tree)
         yield tree
         try:
-            entries = self.repo.load_tree(tree)
+            entries = iter(self.repo.tree_entries(tree))
         except CairnError:
             return
-        for e in entries:
+        while True:
+            try:
+                e = next(entries)  # a large tree is decoded as it is walked
+            except (StopIteration, CairnError):  # the tree's own damage is the tree walk's to report
+                return
             if e.kind == "dir" and e.subtree:
                 yield from self._blobs_of_tree(e.subtree, seen)
             for c in e.chunks:
@@ -467,11 +471,11 @@ class Checker:
         else:
             try:
                 data = self.repo.reader.read(tree)
-                entries = decode_tree(tree, data)
+                entries = iter(tree_entries(tree, data))  # a large tree is decoded as it is walked
             except UnavailableError:
                 raise
             except CairnError as e:  # and the advice says which repair applies
-                entries = []
+                entries = iter(())
                 out.append(("", tree, f"tree is damaged: {e}"))
                 if isinstance(e, NotFoundError):
                     self.missing = self._lost_for_good = True
@@ -479,7 +483,15 @@ class Checker:
                     self.refused = True
                 else:
                     self.corrupt = True
-            for e in entries:
+            while True:
+                try:
+                    e = next(entries)
+                except StopIteration:
+                    break
+                except CorruptionError as err:  # not a tree after all, from some entry on
+                    out.append(("", tree, f"tree is damaged: {err}"))
+                    self.corrupt = True
+                    break
                 name = os.fsdecode(e.name)
                 if e.kind == "dir" and e.subtree:
                     for rel, obj, msg in self._tree(e.subtree):

@@ -5,7 +5,10 @@ thread pool (a bounded window of chunks, so memory stays bounded) and verified a
 a chunk that cannot be read turns into a `Failed` record for that file, naming the file and
 the pack, and the stream goes on with the next entry; so does a directory whose tree cannot be
 read, and an entry whose name could reach outside its directory ('..', '/' in it) is refused.
-Hardlinked files are sent once and then as links to the first path restored.
+Hardlinked files are sent once and then as links to the first path restored. A directory's
+entries are never held at once when its tree is large (trees.StreamedTree): it is decoded in
+one pass that finds its unsafe names and any damage before anything of it is sent, and again
+as its entries are sent.
 
 A `RestoreFilter` (gitignore-style --include / --exclude patterns, matched like the store's
 excludes against paths relative to the restore root) prunes the stream: an excluded directory
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cairn.fsio.names import shown
@@ -38,6 +41,9 @@ MAX_ENTRIES = 8192  # records waiting in the window
 LANE_FROM = 16 * 1024 * 1024  # files at least this large become lanes, for a consumer that takes them
 MAX_LANES = 2  # lanes open at once (a large file met while both are open goes inline)
 LANE_AHEAD = 16 * 1024 * 1024  # a lane's backlog below which more of it is fed
+# A tree's entries by its id (Repository.tree_entries): a list, or a large tree decoded anew as
+# each pass iterates it (trees.StreamedTree), so a directory's entries need not be held at once
+TreeLoader = Callable[[bytes], Iterable[Entry]]
 
 
 def entry_meta(path: bytes, e: Entry, chunk_size: Callable[[bytes], int] | None = None) -> EntryMeta:
@@ -106,7 +112,14 @@ def safe_name(name: bytes) -> bool:
     return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
 
 
-def find_entry(load_tree: Callable[[bytes], list[Entry]], root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
+def _unsafe(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries of a directory whose names could reach outside it. One pass over `entries`:
+    for a large tree (decoded as it is iterated) that pass also finds any error in it, so the
+    pass that restores the directory afterwards meets none part way."""
+    return [e for e in entries if not safe_name(e.name)]
+
+
+def find_entry(load_tree: TreeLoader, root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
     """Walk `path` from tree `root`: returns (ancestor dir entries, entry); entry None for the root."""
     parts = split_path(path)
     missing = f"path '{shown(os.fsencode(path))}' is not in the set"  # escaped: it is the caller's input
@@ -129,7 +142,7 @@ def find_entry(load_tree: Callable[[bytes], list[Entry]], root: bytes, path: str
 class StreamBuilder:
     """Produces the record stream of one restore."""
 
-    def __init__(self, load_tree: Callable[[bytes], list[Entry]], read_blob: Callable[[bytes], bytes],
+    def __init__(self, load_tree: TreeLoader, read_blob: Callable[[bytes], bytes],
                  pool: ThreadPoolExecutor, *, select: RestoreFilter | None = None,
                  chunk_size: Callable[[bytes], int] | None = None,
                  read_blobs: Callable[[list[bytes]], list[bytes | CairnError]] | None = None) -> None:
@@ -165,19 +178,18 @@ class StreamBuilder:
                 yield from self._entry(rel + b"/" + entry.name if rel else entry.name, entry)
 
     def _tree(self, tree: bytes, rel: bytes) -> Iterator[tuple]:
-        yield from self._children(self.load_tree(tree), rel)
+        entries = self.load_tree(tree)
+        yield from self._children(entries, _unsafe(entries), rel)
 
-    def _children(self, entries: list[Entry], rel: bytes) -> Iterator[tuple]:
-        """Entries of one directory. Unsafe names are refused first, while no file is open,
-        because a Failed record otherwise applies to the file being written."""
-        bad = [e for e in entries if not safe_name(e.name)]
+    def _children(self, entries: Iterable[Entry], bad: list[Entry], rel: bytes) -> Iterator[tuple]:
+        """Entries of one directory. Unsafe names (`bad`) are refused first, while no file is
+        open, because a Failed record otherwise applies to the file being written."""
         for e in bad:
             yield "meta", Failed(f"refusing unsafe entry name '{shown(e.name)}' in "
                                  f"'{shown(rel) or '.'}'")
         for e in entries:
             if safe_name(e.name):
                 yield from self._entry(rel + b"/" + e.name if rel else e.name, e)
-
 
     def _entry(self, path: bytes, e: Entry, selected: bool = False) -> Iterator[tuple]:
         """One entry and what it holds. `selected`: an ancestor matched an include pattern."""
@@ -221,11 +233,11 @@ class StreamBuilder:
             return
         try:
             entries = self.load_tree(e.subtree)
+            bad = _unsafe(entries)  # a whole pass: a large tree is decoded to its end before any of it is sent
         except CairnError as err:  # a damaged directory: report it, restore everything else
             yield from self._flush_pending()
             yield "meta", Failed(f"unable to restore the contents of '{shown(path)}/': {err.message}")
             return
-        bad = [x for x in entries if not safe_name(x.name)]
         if bad:
             yield from self._flush_pending()
         for x in bad:
@@ -401,7 +413,7 @@ def drain(fut: Future) -> None:
         pass
 
 
-def set_chunks(load_tree: Callable[[bytes], list[Entry]], roots: list[bytes]) -> set[bytes]:
+def set_chunks(load_tree: TreeLoader, roots: list[bytes]) -> set[bytes]:
     """Every chunk id the trees under `roots` reference (for read_chunks' membership check)."""
     out: set[bytes] = set()
     todo, seen = [r for r in roots if r], set()

@@ -17,8 +17,8 @@ def test_a_recursive_listing_reads_each_directory_when_it_reaches_it(repo, src, 
         (src / f"d{d:02}" / "f").write_bytes(b"x")
     s = backup(repo, str(src))
     loads = []
-    real = repo.load_tree
-    monkeypatch.setattr(repo, "load_tree", lambda t: (loads.append(t), real(t))[1])
+    real = repo.tree_entries
+    monkeypatch.setattr(repo, "tree_entries", lambda t: (loads.append(t), real(t))[1])
     entries = repo.iter_tree(s, "", recursive=True)
     first = next(entries)
     assert first.path == "d00" and len(loads) <= 2  # the root, and at most the first directory
