@@ -561,6 +561,9 @@ class Walker:
             self.tally.bytes_total += old.size
             return old
         fresh = entry_from_stat(e.name, res.st, "file")
+        if fresh.size != res.size:  # changed while it was read: the size of what was read, not of the file now
+            self.tally.bytes_total += res.size - e.size
+            fresh.size, fresh.sparse = res.size, res.st.st_blocks * 512 < res.size
         fresh.chunks, fresh.xattrs = res.chunks, xattrs
         self.tally.bytes_read += res.bytes_read
         if res.fuzzy:

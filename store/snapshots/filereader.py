@@ -5,9 +5,11 @@ What always holds: a read of a file takes at most the size the file had when tha
 the same; a file whose size or times change while it is read is read again up to `retries`
 times and, if it never holds still, stored as read and flagged fuzzy, with the stat data of the
 end of that read (its times then lie within the set, so the next set reads it again by the racy
-rule); a file that holds still is recorded with its stat data at open. A file larger than
-`reread_max` (REREAD_MAX) is not read again: it is stored as read and flagged fuzzy at once.
-Memory per reader thread is one reused segment buffer.
+rule) but the size of what was read, so that a restore of it never makes up bytes the read did
+not see (zeros after what it read, when the file grew meanwhile); a file that holds still is
+recorded with its stat data at open. A file larger than `reread_max` (REREAD_MAX) is not read
+again: it is stored as read and flagged fuzzy at once. Memory per reader thread is one reused
+segment buffer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ReadResult:
     bytes_read: int
     fuzzy: bool
     xattrs: dict[bytes, bytes] | None = None  # read from the very file, when asked
+    size: int = 0  # the length of `chunks`' content: st.st_size unless fuzzy (a file that moved meanwhile)
 
 
 def _chunker(params: ChunkerParams) -> Chunker:
@@ -116,11 +119,12 @@ class FileReader:
                 total += n
                 after = os.fstat(fd)
                 if _stamp(after) == _stamp(st) and n == st.st_size:
-                    return ReadResult(chunks, st, total, fuzzy=False, xattrs=read_xattrs(fd) if xattrs else None)
+                    return ReadResult(chunks, st, total, fuzzy=False, xattrs=read_xattrs(fd) if xattrs else None,
+                                      size=n)
                 if attempt == self.retries or max(st.st_size, after.st_size) > self.reread_max:
                     break
                 os.lseek(fd, 0, os.SEEK_SET)
-            return ReadResult(chunks, after, total, fuzzy=True, xattrs=read_xattrs(fd) if xattrs else None)
+            return ReadResult(chunks, after, total, fuzzy=True, xattrs=read_xattrs(fd) if xattrs else None, size=n)
         finally:
             os.close(fd)
 
