@@ -34,7 +34,9 @@ SEGMENT = 8 * 1024 * 1024
 # consistent copy and stored every attempt's new chunks (1.2 GiB for a 300 MB file rewritten in
 # place). Such a file is stored as read, flagged fuzzy; the next set reads it again.
 REREAD_MAX = 64 * 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: a file the walk listed may be a FIFO by the time it is opened (replaced meanwhile),
+# and opening a FIFO for reading waits for a writer, for ever; on a regular file it changes nothing.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _tls = threading.local()
 
 

@@ -140,3 +140,29 @@ def test_a_file_appended_faster_than_it_is_read_is_read_up_to_its_size_at_open(t
     assert res2.fuzzy and len(_content(w2, res2.chunks)) < path.stat().st_size
     assert _content(w2, res2.chunks) == path.read_bytes()[: len(_content(w2, res2.chunks))]
     assert w2.reads < 40  # each read ended at the size it began with, while the writer still went on
+
+
+def test_a_file_replaced_by_a_fifo_before_it_is_opened_is_refused_at_once(tmp_path: Path) -> None:
+    """The walk lists a regular file; by the time a reader opens it, it is a FIFO. Opening a FIFO
+    for reading waits for a writer: the backup hung there for ever, holding its lock."""
+    import threading
+
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)
+    outcome: list[Exception | None] = []
+
+    def read() -> None:
+        try:
+            FileReader(_Writer(fifo, 0), PARAMS, None).read(os.fsencode(fifo))
+            outcome.append(None)
+        except Exception as e:  # handed to the test thread
+            outcome.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # let the stuck open go (a writer comes), so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        raise AssertionError("the read of a FIFO waited for a writer")
+    assert isinstance(outcome[0], OSError) and "no longer a regular file" in str(outcome[0])
