@@ -76,3 +76,43 @@ def test_a_log_appended_through_the_backup_is_restored_as_a_prefix_and_then_whol
     restored = os.path.join(target, "logs", "app.log")
     assert open(restored, "rb").read() == final
     assert os.stat(restored).st_mtime_ns == os.stat(log).st_mtime_ns
+
+
+def test_a_file_written_through_a_mapping_after_the_set_read_it_is_read_again_once_closed(
+        start_daemon: Callable[..., Daemon], rundir: str) -> None:
+    """Writes through a shared mapping into pages already dirty change neither mtime nor ctime
+    (the kernel updates them when a write faults a clean page), so after the set read the file,
+    its stat data stays the set's while its content moves on. The journal hears the close
+    (IN_CLOSE_WRITE) and names the file to the next set, which must read it, not compare its
+    unchanged stat data and carry the old content over."""
+    import mmap
+
+    src = os.path.join(rundir, "src")
+    os.makedirs(os.path.join(src, "db"))
+    path = os.path.join(src, "db", "data.mdb")
+    with open(path, "wb") as f:
+        f.write(os.urandom(64 << 10))
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 64 << 10) as m:
+            m[:4096] = b"A" * 4096  # faults the page: mtime moves now, and not for later writes into it
+            hour_ago = time.time_ns() - 3600 * 10**9
+            os.utime(fd, ns=(hour_ago, hour_ago))  # not within the set's second: no racy read either
+            full = json.loads(d.ok("--json", "backup", "--level", "full"))
+            before = os.fstat(fd)
+            m[:4096] = b"B" * 4096
+            st = os.fstat(fd)
+            assert (st.st_mtime_ns, st.st_ctime_ns, st.st_size) == (before.st_mtime_ns, before.st_ctime_ns,
+                                                                    before.st_size)
+    finally:
+        os.close(fd)  # IN_CLOSE_WRITE
+    final = open(path, "rb").read()
+    assert final.startswith(b"B" * 4096)
+    inc = json.loads(d.ok("--json", "backup", "--level", "incremental"))  # its barrier takes in the close
+    assert inc["extra"]["changes"] == "journal"
+    for set_id, want in ((full["id"], b"A" * 4096), (inc["id"], b"B" * 4096)):
+        target = os.path.join(rundir, "t-" + set_id[:8])
+        d.ok("restore", set_id, "--target", target)
+        assert open(os.path.join(target, "db", "data.mdb"), "rb").read()[:4096] == want
+    assert open(os.path.join(rundir, "t-" + inc["id"][:8], "db", "data.mdb"), "rb").read() == final
