@@ -60,7 +60,7 @@ from cairn.errors import AbortedError, BusyError, CairnError, InvalidArgumentErr
 from .beneath import XATTR_LIST_MAX, Beneath, listxattr_at
 from .names import shown
 from .records import EntryMeta
-from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_meta_at
+from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_link_meta_at, set_meta_at
 
 HASH_WORKERS = 4
 TEMP_PREFIX = b".cairn-delta-"
@@ -275,8 +275,6 @@ def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, t: _Target, rel: b
         return False
     if owner and (st.st_uid, st.st_gid) != (m.uid, m.gid):
         return False
-    if m.kind == "symlink":
-        return True
     have = t.xattrs(rel)
     want = dict(m.xattrs)
     if not owner:  # only user.* can be set without privileges; compare what a restore can set
@@ -827,9 +825,7 @@ class DeltaWriter:
             if m.kind != "symlink":
                 set_meta_at(pfd, name, m, self.owner)
                 return
-            if self.owner:
-                os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
-            os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+            set_link_meta_at(pfd, name, m, self.owner, prune_xattrs=True)
 
     def _meta_dir(self, m: EntryMeta) -> None:
         apply_dir_meta(self.beneath, m.path, m, self.owner, prune_xattrs=True)

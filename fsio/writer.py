@@ -293,13 +293,34 @@ class TreeWriter:
         self.stats.xattrs_skipped += set_meta_at(pfd, name, m, self.owner)
 
     def _meta_link(self, pfd: int, name: bytes, m: EntryMeta) -> None:
-        if self.owner:
-            os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
-        os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        self.stats.xattrs_skipped += set_link_meta_at(pfd, name, m, self.owner)
         self.stats.links += 1
 
     def _meta_dir(self, rel: bytes, m: EntryMeta) -> None:
         self.stats.xattrs_skipped += apply_dir_meta(self.beneath, rel, m, self.owner)
+
+
+def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
+    """Owner (when `owner`), xattrs and mtime of the symlink `name` in directory `pfd`, never of
+    what it points to (a link has no mode of its own); with `prune_xattrs` (a delta) those it has
+    and the set does not are removed. How many xattrs it was not allowed to set."""
+    skipped = 0
+    if owner:
+        os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+    if m.xattrs or prune_xattrs:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:  # /proc/self/fd of an O_PATH descriptor of the link: the link itself, not its target
+            proc = b"/proc/self/fd/%d" % fd
+            if prune_xattrs:
+                for k in [os.fsencode(n) for n in os.listxattr(proc)]:
+                    if k not in m.xattrs and owner:
+                        os.removexattr(proc, k)
+            for k, v in m.xattrs.items():
+                skipped += not _setxattr(proc, k, v)
+        finally:
+            os.close(fd)
+    os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+    return skipped
 
 
 def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool) -> int:

@@ -31,10 +31,14 @@ class ChangeHint:
     `paths` are absolute paths that may have changed (created, written, deleted, moved, or
     metadata); `rescan` are absolute directories whose whole subtree must be walked and
     compared against the base tree. Everything else is carried over from the base unread.
+    `written` (among `paths`) are files the observer saw written themselves: each is read even
+    when its stat data equals the base's, since writes through a shared mapping into pages
+    already dirty change neither mtime nor ctime.
     """
 
     paths: frozenset[str] = frozenset()
     rescan: frozenset[str] = frozenset()
+    written: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

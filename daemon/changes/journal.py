@@ -6,7 +6,9 @@ committed batch survives a crash of the daemon; on power loss the newest batches
 which the restart rule below covers). Tables:
 
 - `entries(source, path, kind, seq, first_seen, reason)`, one row per (source, kind, path):
-  kind 'path' (the entry at `path` may have changed), 'tree' (the directory at `path` is new:
+  kind 'path' (the entry at `path` may have changed; reason 'written' once an event since the
+  set that last protected it was about the entry itself: written, closed after writing,
+  created or its metadata changed, not only named), 'tree' (the directory at `path` is new:
   walk all of it), 'rescan' (events under `path` were lost: walk all of it) and 'source'
   (`path` empty: the whole source must be walked). Recording the same (source, kind, path)
   again keeps one row: `seq` becomes the newest, `first_seen` stays the time it was first
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from cairn.errors import CairnError
 
 KINDS = ("path", "tree", "rescan", "source")
+WRITTEN = "written"  # the reason of a 'path' entry whose file itself was written (a later set reads it)
 FORMAT_VERSION = 1
 TRUST_KINDS = ("rescan", "source")
 
@@ -74,7 +77,9 @@ _UPSERT = """
 INSERT INTO entries (source, kind, path, seq, first_seen, reason) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (source, kind, path) DO UPDATE SET
     first_seen = CASE WHEN entries.seq <= ? THEN excluded.first_seen ELSE entries.first_seen END,
-    reason = CASE WHEN entries.seq <= ? THEN excluded.reason ELSE entries.reason END,
+    reason = CASE WHEN entries.seq <= ? THEN excluded.reason
+                  WHEN entries.kind = 'path' AND excluded.reason = 'written' THEN excluded.reason
+                  ELSE entries.reason END,
     seq = excluded.seq
 """
 
@@ -329,6 +334,8 @@ class Journal:
             path = _enc(c.path)
             first = rows.pop((c.source, c.kind, path), None)
             when, reason = (first[4], first[5]) if first is not None else (c.time, c.reason)
+            if c.kind == "path" and c.reason == WRITTEN:  # written at any time of the batch: read it
+                reason = WRITTEN
             rows[(c.source, c.kind, path)] = (c.source, c.kind, path, self._seq, when, reason, p, p)
             touched[c.source] = touched.get(c.source, 0) + 1
         if not rows:

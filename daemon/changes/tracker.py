@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cairn.daemon.changes.journal import Change, Journal, JournalError, Pending, describe, open_journal
+from cairn.daemon.changes.journal import WRITTEN, Change, Journal, JournalError, Pending, describe, open_journal
 from cairn.daemon.changes.watcher import Watcher
 from cairn.daemon.runtime.threads import ServiceThread
 from cairn.store.model import ChangeHint, check_level
@@ -716,7 +716,7 @@ class ChangeTracker:
             if key in self._batched:
                 return
             self._batched.add(key)
-            self._batch.append((Change(source, "path", path, time.time()), written))
+            self._batch.append((Change(source, "path", path, time.time(), WRITTEN if written else ""), written))
 
     def new_directory(self, source: str, path: str) -> None:
         self._add(Change(source, "tree", path, time.time(), "new directory"), False)
@@ -926,12 +926,15 @@ class ChangeTracker:
     def _hint(self, src: SourceLike, entries: list[Any]) -> ChangeHint | None:
         roots = [os.path.abspath(p) for p in src.paths]
         paths: set[str] = set()
+        written: set[str] = set()
         dirs: set[str] = set()
         for e in entries:
             if e.kind == "source":
                 return None
             if e.kind == "path":
                 paths.add(e.path)
+                if e.reason == WRITTEN:
+                    written.add(e.path)
             else:
                 dirs.add(e.path)
         with self._state_lock:
@@ -956,7 +959,7 @@ class ChangeTracker:
         roots += aux
         rescan = {d for d in _minimal_dirs(dirs) if any(_under(d, r) for r in roots)}
         keep = {p for p in paths if any(_under(p, r) for r in roots) and not has_ancestor_in(p, rescan)}
-        return ChangeHint(paths=frozenset(keep), rescan=frozenset(rescan))
+        return ChangeHint(paths=frozenset(keep), rescan=frozenset(rescan), written=frozenset(written & keep))
 
     def committed(self, source: str | SourceLike, level: str, set_id: str, token: ChangeToken) -> None:
         """Record that set `set_id` (taken at `level`) covering `token` is committed."""

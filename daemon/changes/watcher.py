@@ -393,6 +393,16 @@ class _Group(InotifyWatchGroup):
             node = self._find_node_by_path(path)
             return node is not None and node.wd in self._nodes_by_wd
 
+    def _add_all_callbacks(self, path: bytes) -> None:
+        """watchdog's, but never through a symlink below the root: a directory made in the source
+        and replaced by a link before its creation was read was watched at its path, through
+        the link, with every directory of the tree the link names (their writes then counted as
+        the source's, and a large tree used up the watch limit). A link is an entry of its
+        directory, whose watch reports it; the source root itself may be a link."""
+        if path != self.path and os.path.islink(path):
+            return
+        super()._add_all_callbacks(path)
+
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         # watchdog walks new directories to fake creation events for their content; the
         # journal instead marks a new directory for rescan, so this walk is not needed.

@@ -175,8 +175,13 @@ class Plan:
         self.hinted = hint is not None
         self.dirty: set[bytes] = set()
         self.rescan: set[bytes] = set()
+        self.written: set[bytes] = set()  # files to read even when their stat data equals the base's
         if hint is None:
             return
+        for p in hint.written:
+            rel = self._rel(root, os.fsencode(p))
+            if rel:
+                self.written.add(rel)
         for p in hint.paths:
             rel = self._rel(root, os.fsencode(p))
             if rel is not None:
@@ -239,6 +244,7 @@ class Walker:
         self.linked_change = False  # a file with several names was read during a hinted walk
         self.indexed = indexed  # trees known to be wholly indexed; None: carried over unasked
         self.carried: list[bytes] = []  # base subtrees carried over unread (checked again at commit)
+        self.written: set[bytes] = set()  # the hint's files written themselves (Plan.written): always read
 
     def walk_root(self, root: str, base_tree: bytes | None) -> tuple[bytes, os.stat_result]:
         """Return (tree id, stat of the root directory)."""
@@ -251,6 +257,7 @@ class Walker:
             raise FailedPreconditionError(f"source path '{root}' is not a directory")
         self.use_root_excludes(root)
         plan = Plan(broot, None if self.full or base_tree is None else self.req.changes)
+        self.written = plan.written
         for sub in self.presets:  # subtrees captured ahead must be put at their place
             rel = Plan._rel(broot, sub)
             if rel and plan.hinted:
@@ -299,6 +306,7 @@ class Walker:
             old = self._base_entries(base, rel).get(part) if base else None
             base = old.subtree if old is not None and old.kind == "dir" else None
         plan = Plan(broot, None if self.full or base is None else self.req.changes)
+        self.written = plan.written
         self.root_dev = os.stat(broot).st_dev
         if base is not None and not plan.must_list(rel, False) and self._carried(base, rel):
             tree = base
@@ -483,7 +491,7 @@ class Walker:
         self.tally.files_walked += 1
         self.tally.bytes_total += e.size
         if (not self.full and old is not None and old.kind == "file" and old.same_meta(e)
-                and not self._recent(e) and not self._racy(old)):
+                and not self._recent(e) and not self._racy(old) and crel not in self.written):
             if all(self.writer.has(c) for c in old.chunks):
                 e.chunks, e.xattrs = old.chunks, old.xattrs
                 return e, None, old
@@ -583,6 +591,9 @@ class Walker:
             self.tally.bytes_total += old.size
             return old
         fresh = entry_from_stat(e.name, res.st, "file")
+        if fresh.size != res.size:  # changed while it was read: the size of what was read, not of the file now
+            self.tally.bytes_total += res.size - e.size
+            fresh.size, fresh.sparse = res.size, res.st.st_blocks * 512 < res.size
         fresh.chunks, fresh.xattrs = res.chunks, xattrs
         self.tally.bytes_read += res.bytes_read
         if res.fuzzy:

@@ -1,11 +1,15 @@
 """Reading one file into chunks: open, cut (FastCDC), hash, hand new chunks to the writer.
 
-What always holds: a file whose size or times change while it is read is read again up to
-`retries` times and, if it never holds still, stored as read and flagged fuzzy, with the stat
-data of the end of that read (its times then lie within the set, so the next set reads it again
-by the racy rule); a file that holds still is recorded with its stat data at open. A file
-larger than `reread_max` (REREAD_MAX) is not read again: it is stored as read and flagged fuzzy
-at once. Memory per reader thread is one reused segment buffer.
+What always holds: a read of a file takes at most the size the file had when that read began
+(its stat data at open), so a file appended faster than it can be read is read to an end all
+the same; a file whose size or times change while it is read is read again up to `retries`
+times and, if it never holds still, stored as read and flagged fuzzy, with the stat data of the
+end of that read (its times then lie within the set, so the next set reads it again by the racy
+rule) but the size of what was read, so that a restore of it never makes up bytes the read did
+not see (zeros after what it read, when the file grew meanwhile); a file that holds still is
+recorded with its stat data at open. A file larger than `reread_max` (REREAD_MAX) is not read
+again: it is stored as read and flagged fuzzy at once. Memory per reader thread is one reused
+segment buffer.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ SEGMENT = 8 * 1024 * 1024
 # consistent copy and stored every attempt's new chunks (1.2 GiB for a 300 MB file rewritten in
 # place). Such a file is stored as read, flagged fuzzy; the next set reads it again.
 REREAD_MAX = 64 * 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: a file the walk listed may be a FIFO by the time it is opened (replaced meanwhile),
+# and opening a FIFO for reading waits for a writer, for ever; on a regular file it changes nothing.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _tls = threading.local()
 
 
@@ -43,6 +49,7 @@ class ReadResult:
     bytes_read: int
     fuzzy: bool
     xattrs: dict[bytes, bytes] | None = None  # read from the very file, when asked
+    size: int = 0  # the length of `chunks`' content: st.st_size unless fuzzy (a file that moved meanwhile)
 
 
 def _chunker(params: ChunkerParams) -> Chunker:
@@ -113,12 +120,13 @@ class FileReader:
                 chunks, n = self._read_fd(fd, st.st_size, base_chunks)
                 total += n
                 after = os.fstat(fd)
-                if _stamp(after) == _stamp(st):
-                    return ReadResult(chunks, st, total, fuzzy=False, xattrs=read_xattrs(fd) if xattrs else None)
+                if _stamp(after) == _stamp(st) and n == st.st_size:
+                    return ReadResult(chunks, st, total, fuzzy=False, xattrs=read_xattrs(fd) if xattrs else None,
+                                      size=n)
                 if attempt == self.retries or max(st.st_size, after.st_size) > self.reread_max:
                     break
                 os.lseek(fd, 0, os.SEEK_SET)
-            return ReadResult(chunks, after, total, fuzzy=True, xattrs=read_xattrs(fd) if xattrs else None)
+            return ReadResult(chunks, after, total, fuzzy=True, xattrs=read_xattrs(fd) if xattrs else None, size=n)
         finally:
             os.close(fd)
 
@@ -149,27 +157,28 @@ class FileReader:
         n, size = len(view), self.fixed_size
         return ((off, min(size, n - off)) for off in range(0, n, size))
 
-    def _read_fd(self, fd: int, size_hint: int, base_chunks: list[bytes] | None) -> tuple[list[bytes], int]:
-        single = self.fixed_size or self.params.min_size
-        want = min(size_hint, single) + 1
-        first = os.read(fd, want)
-        if len(first) <= single:
-            rest = os.read(fd, 1) if len(first) == want else b""  # a short read was the end
-            if not rest:
-                return ([self._store(memoryview(first), base_chunks)] if first else []), len(first)
-            first += rest
-        return self._read_large(fd, first, base_chunks)
+    def _read_fd(self, fd: int, size: int, base_chunks: list[bytes] | None) -> tuple[list[bytes], int]:
+        """Chunks of the file's first `size` bytes (its size at open), or of fewer when it ends
+        sooner: what was appended since is left for the next read (the stamps tell it changed)."""
+        if size <= (self.fixed_size or self.params.min_size):  # one chunk
+            first = os.read(fd, size) if size else b""
+            return ([self._store(memoryview(first), base_chunks)] if first else []), len(first)
+        return self._read_large(fd, b"", base_chunks, limit=size)
 
-    def _read_large(self, fd: int, head: bytes, base_chunks: list[bytes] | None) -> tuple[list[bytes], int]:
+    def _read_large(self, fd: int, head: bytes, base_chunks: list[bytes] | None,
+                    limit: int | None = None) -> tuple[list[bytes], int]:
+        """Chunks of `head` and what follows it in `fd`: up to its end, or until `limit` bytes
+        in all (head included) when given."""
         seg = max(SEGMENT, 2 * self.params.max_size, 2 * (self.fixed_size or 0))
         buf = _buffer(seg)  # a read never goes past seg; a segment always holds >= 1 whole chunk
         buf[: len(head)] = head
         filled, total, eof = len(head), len(head), False
         chunks: list[bytes] = []
-        while filled:
+        while filled or not eof:
             self._check_cancel()
             while not eof and filled < seg:
-                n = os.readv(fd, [memoryview(buf)[filled:]])
+                room = seg if limit is None else filled + min(seg - filled, limit - total)
+                n = os.readv(fd, [memoryview(buf)[filled:room]]) if room > filled else 0
                 if n == 0:
                     eof = True
                 filled += n
@@ -183,7 +192,8 @@ class FileReader:
                 piece = view[off:off + length]
                 pieces.append((self.writer.blob_id(piece), piece))
                 consumed = off + length
-            self.writer.put_many(TYPE_DATA, pieces, self._bases(base_chunks, len(chunks)))
+            if pieces:
+                self.writer.put_many(TYPE_DATA, pieces, self._bases(base_chunks, len(chunks)))
             chunks.extend(bid for bid, _ in pieces)
             del pieces
             rest = filled - consumed

@@ -97,6 +97,33 @@ def test_directories_that_vanish_before_their_watch_leave_the_journal_complete(j
     assert st["journal_state"] == "complete" and st["pending_paths"] == 0, st
 
 
+def test_a_new_directory_that_became_a_symlink_before_its_event_was_read_is_not_followed(jd):
+    """A directory made in the source and replaced by a symlink to a tree elsewhere before the
+    watcher read its creation: watching the new directory went through the link and walked the
+    tree it names, adding a watch for each of its directories (which then count as the
+    source's: here they ran into max_watches, and the journal gave up its trust)."""
+    outside = os.path.join(jd.base, "outside")
+    for i in range(20):
+        os.makedirs(os.path.join(outside, f"d{i}"))
+    write(os.path.join(jd.src, "f"), b"f\n")
+    jd.write_config(max_watches=5)
+    jd.start()
+    jd.backup("full")
+    assert jd.hook("pause") == "ok"
+    try:
+        os.mkdir(os.path.join(jd.src, "flip"))
+        os.rmdir(os.path.join(jd.src, "flip"))
+        os.symlink(outside, os.path.join(jd.src, "flip"))
+    finally:
+        jd.hook("resume")
+    assert jd.hook("hear") == "ok"  # every event so far handled
+    st = jd.status()
+    assert st["journal_state"] == "complete", st["journal_reasons"]
+    s = jd.backup("incremental")
+    assert s["extra"]["changes"] == "journal", s
+    jd.restore_equals(s["id"], snapshot(jd.src))
+
+
 def test_a_file_written_through_a_hard_link_outside_the_source(jd):
     outside = os.path.join(jd.base, "outside")
     os.makedirs(outside)

@@ -37,6 +37,20 @@ def test_upsert_keeps_first_seen_and_newest_seq(journal):
     assert rows[0].first_seen == 10.0 and rows[0].seq == journal.seq
 
 
+def test_a_path_written_stays_written_until_a_set_protects_it(journal):
+    """The set after a write reads the file even when its stat data did not move (a write
+    through a shared mapping): a later event that only names it, in the same batch or after,
+    does not take that back; once a set protected it, the next events say anew."""
+    journal.record([ch("/s/f", reason="written"), ch("/s/f"), ch("/s/g"), ch("/s/g", reason="written")])
+    journal.record([ch("/s/f"), ch("/s/h")])
+    journal.record([ch("/s/h", reason="written")])
+    assert {e.path: e.reason for e in journal.entries_after("app", 0)} == \
+        {"/s/f": "written", "/s/g": "written", "/s/h": "written"}
+    journal.commit("app", "incremental", "I1", journal.seq)
+    journal.record([ch("/s/f")])
+    assert [(e.path, e.reason) for e in journal.entries_after("app", journal.marks("app").set_seq)] == [("/s/f", "")]
+
+
 def test_same_path_of_other_kind_or_source_is_separate(journal):
     journal.record([ch("/s/d"), ch("/s/d", kind="tree"), ch("/s/d", source="other")])
     assert {(e.kind, e.path) for e in journal.entries_after("app", 0)} == {("path", "/s/d"), ("tree", "/s/d")}
