@@ -1,8 +1,11 @@
-"""An application whose PostgreSQL cluster keeps part of its data inside the application's own
-tree, end to end: a real PostgreSQL 15 server with a tablespace below the source's path,
-archiving through `cairn wal-push` into a real cairnd whose change journal watches that path,
-and cold sets taken with `cairn backup` while the server keeps writing its own files (what a
-checkpoint, the background writer or autovacuum do while the application is stopped)."""
+"""Applications whose tree holds what is not the application's own writing, end to end with a
+real PostgreSQL 15 server archiving through `cairn wal-push` into a real cairnd whose change
+journal watches the sources, and cold sets taken with `cairn backup`:
+
+- a tablespace of the application's cluster below the source's path, which the server keeps
+  writing while the application is stopped (a checkpoint, the background writer, autovacuum);
+- the daemon's own state directory and repository below a source's path (as the embedded
+  default has them: ~/.local/share/cairn inside a source of $HOME)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pgstack import Stack, make_pg_dir
 from pgserver import chown_postgres
+from pgstack import Stack, make_pg_dir
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,13 @@ def stack() -> Iterator[Stack]:
     space.mkdir()
     chown_postgres(space)
     st = Stack(root, {})
+    home = root / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes/a.txt").write_text("a note\n")
+    st.state = str(home / ".local/share/cairn")
+    st.repo = str(home / ".local/share/cairn/repo")
+    st.sources["home"] = {"paths": [str(home)], "watch": True,
+                          "quiesce": {"mode": "cold", "freeze": ["true"], "thaw": ["true"]}}
     psql = " ".join(shlex.quote(a) for a in (st.pg.bin("psql"), "-X", "-q", "-h", str(st.pg.sockdir), "-p",
                                               str(st.pg.port), "-U", "postgres", "-d", "postgres"))
     thawed, busy = root / "thawed", root / "busy.pid"
@@ -69,3 +79,19 @@ def test_the_servers_own_writes_to_a_tablespace_in_the_source_do_not_make_a_cold
     assert s["status"] == "ok", w.get("warning")
     assert "warning" not in w and w.get("changed_files", []) == []
     assert [t["location"] for t in s["extra"]["database"]["tablespaces"]] == [str(root / "app/pgspace")]
+
+
+def test_the_daemons_own_state_and_repository_inside_a_source_are_left_out(stack: Stack) -> None:
+    home = stack.root / "home"
+    sets = [json.loads(stack.ok("--json", "backup", "--source", "home", "--level", level, timeout=120))
+            for level in ("full", "incremental")]
+    (home / "notes/b.txt").write_text("another note\n")
+    sets.append(json.loads(stack.ok("--json", "backup", "--source", "home", "--level", "incremental")))
+    for s in sets:
+        w = s["extra"]["window"]
+        assert s["status"] == "ok" and "warning" not in w, w.get("warning")
+    listing = stack.ok("ls", sets[-1]["id"], ".local/share")
+    assert "cairn" not in listing  # neither the state directory nor the repository's packs
+    assert "b.txt" in stack.ok("ls", sets[-1]["id"], "notes")
+    # the change journal is not fed its own writes: the last set changed b.txt and its directory
+    assert sets[-1]["stats"]["added"] + sets[-1]["stats"]["modified"] <= 2, sets[-1]["stats"]
