@@ -28,7 +28,9 @@ removes OWN_POINT when recovery ends, so a later recovery of the same directory 
 from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced; errors are
-NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
+NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN) or
+FailedPreconditionError (WAL the set needs for its consistent point, or a target time, that the
+archive cannot give).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
 the client or the daemon, a full disk) never leaves a directory it would start on and recover
@@ -280,8 +282,10 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
         raise InvalidArgumentError("give at most one of --target-time, --target-lsn and --target-end")
     rec = database_of(s, database)
     checked = check_target(rec, target_time, target_lsn)
-    if checked and not command:  # a restore_command of the operator's own may read another archive
-        check_reachable(repo, rec, database, target_time)
+    if not command:  # a restore_command of the operator's own may read another archive
+        check_consistency_wal(repo, s, rec, database)
+        if checked:
+            check_reachable(repo, rec, database, target_time)
     target_time = checked
     typed = PhysicalRecord.from_dict(rec)
     spaces = list(typed.tablespaces)
@@ -335,6 +339,29 @@ def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
         files += int(att.get("files") or 0)
         size += int(att.get("bytes_total") or 0)
     return files, size
+
+
+def check_consistency_wal(repo: Repository, s: BackupSet, rec: dict[str, Any], database: str) -> None:
+    """Refuse (FailedPreconditionError) a set whose archive lacks a segment between its first WAL
+    file and the one holding its stop LSN: recovery could not reach the set's consistent point
+    on any target, and the server started on the directory would stop at that segment. A set
+    is committed only once every one of them is archived, so a missing one was lost or deleted
+    since (`cairn verify` names every gap)."""
+    wal = rec.get("wal") or {}
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    first = walnames.parse_segment(wal.get("first") or "", size)
+    last = walnames.parse_segment(wal.get("last") or "", size)
+    if first is None or last is None:
+        return
+    held = set(repo.list_wal(record_namespace(rec)))
+    for segno in range(first[1], last[1] + 1):
+        name = walnames.segment_name(first[0], segno, size)
+        if name not in held:
+            raise FailedPreconditionError(
+                f"WAL segment {name} of database '{database}' is not in the archive: set '{s.id[:8]}' needs every "
+                f"segment from {wal.get('first')} to {wal.get('last')} to reach its consistent point, and PostgreSQL "
+                "could not recover a directory restored from it, so none is written",
+                hint="cairn verify names every gap in the WAL archive; restore another set")
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:

@@ -5,11 +5,14 @@ journal watches the sources, and cold sets taken with `cairn backup`:
 - a tablespace of the application's cluster below the source's path, which the server keeps
   writing while the application is stopped (a checkpoint, the background writer, autovacuum);
 - the daemon's own state directory and repository below a source's path (as the embedded
-  default has them: ~/.local/share/cairn inside a source of $HOME)."""
+  default has them: ~/.local/share/cairn inside a source of $HOME);
+
+and a set whose WAL was lost from the archive since, which restore-db refuses to lay down."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -36,6 +39,9 @@ def stack() -> Iterator[Stack]:
     st.repo = str(home / ".local/share/cairn/repo")
     st.sources["home"] = {"paths": [str(home)], "watch": True,
                           "quiesce": {"mode": "cold", "freeze": ["true"], "thaw": ["true"]}}
+    (root / "plain").mkdir()
+    (root / "plain/a.txt").write_text("a\n")
+    st.sources["plain"] = {"paths": [str(root / "plain")], "database": "appdb"}
     psql = " ".join(shlex.quote(a) for a in (st.pg.bin("psql"), "-X", "-q", "-h", str(st.pg.sockdir), "-p",
                                               str(st.pg.port), "-U", "postgres", "-d", "postgres"))
     thawed, busy = root / "thawed", root / "busy.pid"
@@ -95,3 +101,20 @@ def test_the_daemons_own_state_and_repository_inside_a_source_are_left_out(stack
     assert "b.txt" in stack.ok("ls", sets[-1]["id"], "notes")
     # the change journal is not fed its own writes: the last set changed b.txt and its directory
     assert sets[-1]["stats"]["added"] + sets[-1]["stats"]["modified"] <= 2, sets[-1]["stats"]
+
+
+def test_a_set_whose_wal_was_lost_is_not_laid_down_as_a_directory_that_cannot_recover(stack: Stack) -> None:
+    # Runs last in this module: it removes a WAL segment from the repository.
+    s = stack.backup("plain", "full")
+    rec = s["extra"]["database"]
+    lost = rec["wal"]["last"]
+    os.unlink(os.path.join(stack.repo, "wal", f"{rec['system_identifier']}@{lost}"))
+    holder = make_pg_dir("cairn-appdbs-lost-")
+    stack.holders.append(holder)
+    r = stack.cli("restore-db", s["id"], "--database", "appdb", "--target", str(holder / "data"))
+    assert r.returncode == 1, r.stdout
+    assert f"WAL segment {lost} of database 'appdb' is not in the archive" in r.stderr
+    assert "Traceback" not in r.stderr and not (holder / "data").exists()
+    r = stack.cli("restore", s["id"], "--target", str(holder / "app"), "--databases", timeout=180)
+    assert r.returncode == 1 and f"WAL segment {lost} of database 'appdb'" in r.stderr
+    assert not os.path.exists(holder / "app-db-appdb" / "global" / "pg_control")
