@@ -65,7 +65,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
-from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, newest_archived, record_namespace
+from cairn.daemon.databases.postgres.walarchive import (
+    database_records,
+    fetch_wal,
+    missing_segments,
+    newest_archived,
+    record_namespace,
+)
 from cairn.fsio.claims import check_claim
 from cairn.fsio.pgcontrol import PG_CONTROL, ControlLast
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneEnd, LaneGauge, Record
@@ -348,20 +354,13 @@ def check_consistency_wal(repo: Repository, s: BackupSet, rec: dict[str, Any], d
     is committed only once every one of them is archived, so a missing one was lost or deleted
     since (`cairn verify` names every gap)."""
     wal = rec.get("wal") or {}
-    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
-    first = walnames.parse_segment(wal.get("first") or "", size)
-    last = walnames.parse_segment(wal.get("last") or "", size)
-    if first is None or last is None:
-        return
-    held = set(repo.list_wal(record_namespace(rec)))
-    for segno in range(first[1], last[1] + 1):
-        name = walnames.segment_name(first[0], segno, size)
-        if name not in held:
-            raise FailedPreconditionError(
-                f"WAL segment {name} of database '{database}' is not in the archive: set '{s.id[:8]}' needs every "
-                f"segment from {wal.get('first')} to {wal.get('last')} to reach its consistent point, and PostgreSQL "
-                "could not recover a directory restored from it, so none is written",
-                hint="cairn verify names every gap in the WAL archive; restore another set")
+    missing = missing_segments(set(repo.list_wal(record_namespace(rec))), [rec])
+    if missing:
+        raise FailedPreconditionError(
+            f"WAL segment {missing[0][1]} of database '{database}' is not in the archive: set '{s.id[:8]}' needs "
+            f"every segment from {wal.get('first')} to {wal.get('last')} to reach its consistent point, and "
+            "PostgreSQL could not recover a directory restored from it, so none is written",
+            hint="cairn verify names every gap in the WAL archive; restore another set")
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
