@@ -118,3 +118,33 @@ def test_a_set_whose_wal_was_lost_is_not_laid_down_as_a_directory_that_cannot_re
     r = stack.cli("restore", s["id"], "--target", str(holder / "app"), "--databases", timeout=180)
     assert r.returncode == 1 and f"WAL segment {lost} of database 'appdb'" in r.stderr
     assert not os.path.exists(holder / "app-db-appdb" / "global" / "pg_control")
+
+
+def test_a_target_past_a_lost_wal_segment_is_refused(stack: Stack) -> None:
+    # After the test above: this set's own WAL is whole; a segment after it is lost.
+    s = stack.backup("plain", "full")
+    space = str(s["extra"]["database"]["system_identifier"])
+    stack.psql("CREATE TABLE pitr (x int)")
+    lost = stack.wait_archived()
+    stack.psql("INSERT INTO pitr VALUES (1)")
+    lsn = stack.psql("SELECT pg_current_wal_lsn()")
+    later = stack.wait_archived()
+    stack.psql("INSERT INTO pitr VALUES (2)")
+    stack.wait_archived()  # the newest segment: a target time now is not past the archive
+    assert lost < later
+    wal = os.path.join(stack.repo, "wal")
+    os.unlink(os.path.join(wal, f"{space}@{lost}"))
+    stored_long_ago = time.time() - 600  # beyond the clock skew a store's time is allowed
+    os.utime(os.path.join(wal, f"{space}@{later}"), (stored_long_ago, stored_long_ago))
+    now = stack.psql("SELECT now()")
+    holder = make_pg_dir("cairn-appdbs-gap-")
+    stack.holders.append(holder)
+    for target in (["--target-lsn", lsn], ["--target-time", now]):
+        r = stack.cli("restore-db", s["id"], "--database", "appdb", "--target", str(holder / "data"), *target)
+        assert r.returncode == 1, r.stdout
+        assert f"WAL segment {lost} of database 'appdb' is not in the archive, and recovery to" in r.stderr
+        assert not (holder / "data").exists()
+    # a target before the gap still restores: the set's own point
+    srv = stack.restore_db(s["id"])
+    assert srv.psql("SELECT count(*) FROM pg_class WHERE relname = 'pitr'") == "0"
+    srv.stop()
