@@ -236,6 +236,9 @@ class _DumpBase:
     def stop(self, timeout: float) -> None:
         return None
 
+    def server_dirs(self) -> tuple[str, ...]:
+        return ()  # the server is reached over its connection: its directories are not known
+
     def cancel(self) -> None:
         self.cancelled.set()
         if self.run is not None:

@@ -12,6 +12,9 @@ capture code (daemon/windows/capture.py) drives every engine through the same st
   (`check()` raises once the window's deadline passed or the set was cancelled).
 - `stop(timeout)` — end the capture (pg_backup_stop and a restore point; nothing for dumps).
 - `describe()` — the typed, frozen record of what the set holds for this database.
+- `server_dirs()` — after `prepare()`: the directories the database server itself writes
+  while it runs (a data directory and its tablespaces; none for a dump). A cold window does
+  not count writes there as the application's: WAL replay repairs them.
 - `cancel()` — from another thread: stop whatever runs now (the window's deadline and a
   cancelled set — the daemon stopping — use it: a dump tool is killed, a statement cancelled).
 - `close()` — release connections and processes; always called.
@@ -223,6 +226,8 @@ class DatabaseEngine(Protocol):
     def stop(self, timeout: float) -> None: ...
 
     def describe(self) -> DatabaseRecord: ...
+
+    def server_dirs(self) -> tuple[str, ...]: ...
 
     def cancel(self) -> None: ...
 

@@ -123,6 +123,12 @@ class PhysicalEngine:
                               for t in self.info.tablespaces),
         )
 
+    def server_dirs(self) -> tuple[str, ...]:
+        """The data directory and every tablespace's location: the server writes there on its
+        own (checkpoints, the background writer, autovacuum) while the application is stopped."""
+        locations = tuple(t.location for t in self.info.tablespaces) if self.info is not None else ()
+        return (self.cfg.pgdata, *locations) if self.cfg.pgdata else locations
+
     def diagnose(self) -> str:
         """The server's own archiver view, for the error of a WAL wait that timed out."""
         from cairn.daemon.databases.postgres import walarchive

@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -159,6 +159,9 @@ class SourceConfig:
     databases: tuple[str, ...] = ()            # every database captured with the source, in order
     capture_first: tuple[str, ...] = ()        # sub-paths captured first, kept at their place
     tags: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # level -> strftime tags
+    # The daemon's own directories below one of `paths` (its state directory, a local
+    # repository): never watched, never captured (see keep_out_own_dirs).
+    own_dirs: tuple[str, ...] = ()
 
     def path_excludes(self) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
         """(patterns for every path, ((path, patterns anchored to that path), ...)).
@@ -174,12 +177,49 @@ class SourceConfig:
                 common.append(pattern)
             else:
                 anchored.setdefault(root, []).append(neg + body[len(root.rstrip("/")):])
+        for own in self.own_dirs:  # last, so that no pattern of the operator's brings them back
+            placed = _place_below(own, self.paths)
+            if placed is not None:
+                anchored.setdefault(placed[0], []).append("/" + _literal_pattern(placed[1]) + "/")
         return tuple(common), tuple((p, tuple(v)) for p, v in anchored.items())
 
     def scheduled_tags(self, level: str, when: float) -> tuple[str, ...]:
         """The tags of a set taken by the schedule at `level`, strftime fields filled in (local time)."""
         stamp = datetime.fromtimestamp(when)
         return tuple(stamp.strftime(t) for t in self.tags.get(level, ()))
+
+
+def _place_below(directory: str, paths: Sequence[str]) -> tuple[str, str] | None:
+    """(the path of `paths` that `directory` lies strictly below, the relative path from it), links
+    resolved on both sides; None when it lies below none."""
+    real = os.path.realpath(directory)
+    for path in sorted(paths, key=len, reverse=True):
+        base = os.path.realpath(path)
+        if real.startswith(base.rstrip("/") + "/"):
+            return path, os.path.relpath(real, base)
+    return None
+
+
+def _literal_pattern(relative: str) -> str:
+    """A gitignore pattern that matches `relative` literally (wildcards and spaces escaped)."""
+    return "".join("\\" + c if c in "\\*?[] " else c for c in relative)
+
+
+def keep_out_own_dirs(config: Config) -> Config:
+    """`config` with each source's `own_dirs`: the daemon's state directory and a local repository
+    when they lie below one of the source's paths (the embedded default's state directory
+    ~/.local/share/cairn is inside a source of $HOME). The daemon writes there all the time
+    (its journal, window records, dump work directories, packs), so watching them would feed
+    the change journal its own writes, make every cold window look written to, and every set
+    would hold the daemon's live state and the repository's packs again."""
+    own = [config.daemon.state_dir]
+    if not is_s3(config.repository.path):
+        own.append(config.repository.path)
+    sources = []
+    for src in config.sources:
+        inside = tuple(d for d in own if d and _place_below(d, src.paths) is not None)
+        sources.append(replace(src, own_dirs=inside) if inside != src.own_dirs else src)
+    return replace(config, sources=tuple(sources))
 
 
 def anchor_of(pattern: str, paths: Sequence[str]) -> str | None:
@@ -302,7 +342,8 @@ def config_from_args(repo: str, sources: Sequence[str], read_only: bool, home: s
     if not repo:
         raise ConfigError(None, "--repo", "expected a repository directory")
     repository = RepositoryConfig(path=repo if is_s3(repo) else os.path.abspath(os.path.expanduser(repo)))
-    return Config(repository=repository, daemon=daemon, sources=tuple(built), databases=(), path=None)
+    return keep_out_own_dirs(Config(repository=repository, daemon=daemon, sources=tuple(built), databases=(),
+                                    path=None))
 
 
 def default_home() -> str:
@@ -346,13 +387,13 @@ class _Loader:
             file = schema.validate(data, self.base_dir)
         except schema.SchemaError as exc:
             raise ConfigError(self.origin, exc.key, exc.detail) from None
-        return Config(
+        return keep_out_own_dirs(Config(
             repository=self.repository(file.repository),
             daemon=self.daemon(file.daemon),
             sources=tuple(self.source(table) for table in file.source),
             databases=tuple(self.database(table) for table in file.database),
             path=os.path.abspath(self.origin) if self.origin else None,
-        )
+        ))
 
     def repository(self, table: schema.RepositoryTable) -> RepositoryConfig:
         path = table.path

@@ -19,7 +19,9 @@ BackupSession:
   walk began, and capture_first paths keep their place in the tree;
 - cold, still frozen: what the change journal saw written into the source since the plan (a
   freeze hook that returned 0 but left a writer running) makes the set 'fuzzy', with a window
-  warning naming those paths (the planner's `changed_since_plan`; None where nothing can tell);
+  warning naming those paths (the planner's `changed_since_plan`; None where nothing can tell).
+  Writes below a directory a database server writes itself (`server_dirs()`: a data directory
+  or a tablespace inside a source path) are not the application's and do not count;
 - after the window: wait (bounded by each database's wal_timeout) until the repository holds
   every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks.
 
@@ -261,8 +263,13 @@ class _Capture:
                 self.extra["database"] = first.to_dict()
             for r in records:
                 sess.describe_attachment(r.attachment, "database", r.to_dict())
+        fuzzy = self._application_fuzzy(sess)
+        if sess.tally.fuzzy and not fuzzy:
+            # only database servers' own files changed while read: their copies in the set's
+            # attachments are made consistent by WAL replay
+            self.extra["status"] = "ok"
         if self.window is not None:
-            self.extra["window"] = self._window_record(sess)
+            self.extra["window"] = self._window_record(sess, fuzzy)
             if self.changed_in_window:
                 self.extra["status"] = "fuzzy"  # not the quiet capture a cold window stands for
         self.timings["capture_s"] = round(t_closed - t0, 3)
@@ -290,13 +297,13 @@ class _Capture:
         self._stop_backups()
         self._lap("stop_s", t)
         # Still frozen: did anything write into the source since the plan? (a freeze hook that
-        # returned 0 but left a writer running). Data directories inside a path do not count.
+        # returned 0 but left a writer running). What the database servers write themselves (a
+        # data directory or a tablespace inside a path: checkpoints, autovacuum) does not count.
         changed = getattr(self.planner, "changed_since_plan", lambda: None)()
         if changed:
-            dirs = [os.path.abspath(d.cfg.pgdata) for d in self.dbs if getattr(d.cfg, "pgdata", "")]
+            dirs = _server_dirs(self.dbs)
             parents = {os.path.dirname(p) for p in changed}  # a directory changes with what is made in it
-            self.changed_in_window = [shown(p) for p in changed if p not in parents
-                                      and not any(p == d or p.startswith(d + "/") for d in dirs)]
+            self.changed_in_window = [shown(p) for p in changed if p not in parents and not _below(p, dirs)]
 
     def _hot(self, sess: BackupSession) -> None:
         # Auxiliary paths and capture_first sub-paths, then every database, then the content.
@@ -363,15 +370,23 @@ class _Capture:
             return NO_WINDOW_STOP_TIMEOUT
         return max(MIN_STOP_TIMEOUT, self.window.remaining())
 
-    def _window_record(self, sess: BackupSession) -> dict[str, Any]:
+    def _application_fuzzy(self, sess: BackupSession) -> list[str]:
+        """The source's files that changed while they were read, but those below a database
+        server's own directory: the server's work, whose consistent copy is the database's
+        attachment (WAL replay repairs it), not the application's."""
+        dirs = _server_dirs(self.dbs)
+        t = sess.tally
+        return [rel for rel, at in zip(t.fuzzy, t.fuzzy_at, strict=True) if not _below(at, dirs)]
+
+    def _window_record(self, sess: BackupSession, every: list[str]) -> dict[str, Any]:
         assert self.window is not None
         record = self.window.record()
-        fuzzy = list(sess.tally.fuzzy[:100])
+        fuzzy = every[:100]
         changed = self.changed_in_window
         if self.mode == "cold" and (fuzzy or changed):
             what = []
             if fuzzy:
-                what.append(f"{len(sess.tally.fuzzy)} files changed while they were read")
+                what.append(f"{len(every)} files changed while they were read")
             if changed:
                 what.append(f"{len(changed)} paths were written after the freeze hooks returned "
                             f"(first: '{changed[0]}')")
@@ -425,6 +440,26 @@ def _on_cancel(cancel: threading.Event, fn: Callable[[], None]) -> Iterator[None
         yield
     finally:
         done.set()
+
+
+def _server_dirs(dbs: Sequence[DatabaseEngine]) -> list[str]:
+    """Every directory the databases' servers write themselves, as configured and with links
+    resolved (the change journal names paths below a source's path as configured)."""
+    out: list[str] = []
+    for d in dbs:
+        for where in d.server_dirs():
+            for form in (os.path.abspath(where), os.path.realpath(where)):
+                if form not in out:
+                    out.append(form)
+    return out
+
+
+def _below(path: str, dirs: Sequence[str]) -> bool:
+    """True when `path` (as named, or with links resolved) is one of `dirs` or lies below one."""
+    def inside(p: str) -> bool:
+        return any(p == d or p.startswith(d.rstrip("/") + "/") for d in dirs)
+
+    return bool(dirs) and (inside(path) or inside(os.path.realpath(path)))
 
 
 def decode_file(extra_db: dict[str, Any], key: str) -> bytes:

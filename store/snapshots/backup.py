@@ -104,6 +104,7 @@ class Tally:
     n_modified: int = 0
     n_deleted: int = 0
     fuzzy: list[str] = field(default_factory=list)
+    fuzzy_at: list[str] = field(default_factory=list)  # each fuzzy file's path on disk, in the same order
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -598,6 +599,7 @@ class Walker:
         self.tally.bytes_read += res.bytes_read
         if res.fuzzy:
             self.tally.fuzzy.append(crel)
+            self.tally.fuzzy_at.append(os.fsdecode(child))
         if old is None or old.kind != "file":
             self.tally.note("added", crel)
         elif not old.same_content_and_meta(fresh):

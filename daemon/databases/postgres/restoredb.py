@@ -28,7 +28,9 @@ removes OWN_POINT when recovery ends, so a later recovery of the same directory 
 from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced; errors are
-NotFoundError (no such database in the set) or InvalidArgumentError (bad time or LSN).
+NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN) or
+FailedPreconditionError (a segment the set needs for its consistent point, or its target
+needs on the set's timeline, missing from the archive; a target time past the archive).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
 the client or the daemon, a full disk) never leaves a directory it would start on and recover
@@ -63,7 +65,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
-from cairn.daemon.databases.postgres.walarchive import database_records, fetch_wal, newest_archived, record_namespace
+from cairn.daemon.databases.postgres.walarchive import (
+    database_records,
+    fetch_wal,
+    missing_segments,
+    newest_archived,
+    record_namespace,
+)
 from cairn.fsio.claims import check_claim
 from cairn.fsio.pgcontrol import PG_CONTROL, ControlLast
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneEnd, LaneGauge, Record
@@ -280,8 +288,12 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
         raise InvalidArgumentError("give at most one of --target-time, --target-lsn and --target-end")
     rec = database_of(s, database)
     checked = check_target(rec, target_time, target_lsn)
-    if checked and not command:  # a restore_command of the operator's own may read another archive
-        check_reachable(repo, rec, database, target_time)
+    if not command:  # a restore_command of the operator's own may read another archive
+        check_consistency_wal(repo, s, rec, database)
+        if checked:
+            check_reachable(repo, rec, database, target_time)
+        if target_timeline in ("", "current"):
+            check_no_gap_before(repo, rec, database, checked, target_lsn)
     target_time = checked
     typed = PhysicalRecord.from_dict(rec)
     spaces = list(typed.tablespaces)
@@ -335,6 +347,65 @@ def restore_db_totals(s: BackupSet, database: str) -> tuple[int, int]:
         files += int(att.get("files") or 0)
         size += int(att.get("bytes_total") or 0)
     return files, size
+
+
+def check_consistency_wal(repo: Repository, s: BackupSet, rec: dict[str, Any], database: str) -> None:
+    """Refuse (FailedPreconditionError) a set whose archive lacks a segment between its first WAL
+    file and the one holding its stop LSN: recovery could not reach the set's consistent point
+    on any target, and the server started on the directory would stop at that segment. A set
+    is committed only once every one of them is archived, so a missing one was lost or deleted
+    since (`cairn verify` names every gap)."""
+    wal = rec.get("wal") or {}
+    missing = missing_segments(set(repo.list_wal(record_namespace(rec))), [rec])
+    if missing:
+        raise FailedPreconditionError(
+            f"WAL segment {missing[0][1]} of database '{database}' is not in the archive: set '{s.id[:8]}' needs "
+            f"every segment from {wal.get('first')} to {wal.get('last')} to reach its consistent point, and "
+            "PostgreSQL could not recover a directory restored from it, so none is written",
+            hint="cairn verify names every gap in the WAL archive; restore another set")
+
+
+def check_no_gap_before(repo: Repository, rec: dict[str, Any], database: str, target_time: str,
+                        target_lsn: str) -> None:
+    """Refuse (FailedPreconditionError) a target time or LSN on the set's own timeline that
+    recovery cannot reach because the archive lacks a segment of that timeline between the set
+    and the target (lost or deleted since): PostgreSQL would stop at the gap ("recovery ended
+    before configured recovery target was reached") and not start. Only what is certain: an LSN
+    at or past the missing segment, or a time later than the store's time of a segment that
+    follows it (segments are written in order, so the missing one is older still)."""
+    if not (target_time or target_lsn):
+        return
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    last = walnames.parse_segment(str((rec.get("wal") or {}).get("last") or ""), size)
+    if last is None:
+        return
+    tli, namespace = last[0], record_namespace(rec)
+    stored: dict[int, float] = {}  # the cluster's own segments after the set's last -> when the store got them
+    held: set[int] = set()  # those a fetch finds (the flat name space of older archives too)
+    for info in repo.backend.list_info("wal"):
+        space, _, name = info.name.rpartition("@")
+        seg = walnames.parse_segment(name, size) if space in (namespace, "") else None
+        if seg is not None and seg[0] == tli and seg[1] > last[1]:
+            held.add(seg[1])
+            if space == namespace:
+                stored[seg[1]] = min(info.time, stored.get(seg[1], info.time))
+    gap = next((n for n in range(last[1] + 1, max(stored, default=last[1])) if n not in held), None)
+    if gap is None:
+        return
+    name = walnames.segment_name(tli, gap, size)
+    if target_lsn:
+        needed = lsn_to_int(target_lsn) // size >= gap
+        what = f"LSN {target_lsn}"
+    else:
+        when = parse_target_time(target_time).timestamp()
+        needed = any(t + CLOCK_SKEW < when for n, t in stored.items() if n > gap)
+        what = f"time '{target_time}'"
+    if needed:
+        raise FailedPreconditionError(
+            f"WAL segment {name} of database '{database}' is not in the archive, and recovery to {what} needs it "
+            f"(the archive holds later segments of timeline {tli}): PostgreSQL would stop there without reaching "
+            "the target; choose a target before it",
+            hint="cairn verify names every gap in the WAL archive")
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:

@@ -252,7 +252,8 @@ def test_dataclass_fields_match_the_known_keys():
 
     assert [f.name for f in dataclasses.fields(DaemonConfig)] == list(config_module.DAEMON_KEYS)
     assert [f.name for f in dataclasses.fields(QuiesceConfig)] == list(config_module.QUIESCE_KEYS)
-    derived = {"databases"}  # filled from the 'database' key (one name or a list)
+    # filled from the 'database' key (one name or a list); the daemon's own directories below a path
+    derived = {"databases", "own_dirs"}
     fields = [f.name for f in dataclasses.fields(config_module.SourceConfig) if f.name not in derived]
     assert fields == list(config_module.SOURCE_KEYS)
 
@@ -317,3 +318,20 @@ def test_gc_grace_is_a_duration(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, base=base.format("soon"))
     assert "repository.gc_grace" in caught.value.message
+
+
+def test_the_daemons_own_directories_below_a_source_are_excluded_from_it(clean_env, tmp_path):
+    home = tmp_path / "home"
+    state = home / ".local/share/my cairn[1]"  # wildcards and spaces are taken literally
+    cfg = config_from_args(str(state / "repo"), [str(home), str(tmp_path / "other")], read_only=False,
+                           home=str(state))
+    mine, other = cfg.sources
+    assert mine.own_dirs == (str(state), str(state / "repo")) and other.own_dirs == ()
+    common, anchored = mine.path_excludes()
+    assert common == () and anchored == ((str(home), ("/.local/share/my\\ cairn\\[1\\]/",
+                                                      "/.local/share/my\\ cairn\\[1\\]/repo/")),)
+    from cairn.store.snapshots.excludes import Excluder
+
+    rule = Excluder(anchored[0][1])
+    assert rule.excluded(".local/share/my cairn[1]", True)
+    assert not rule.excluded(".local/share/my cairn1", True) and not rule.excluded(".local/share", True)
