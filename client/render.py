@@ -665,16 +665,20 @@ def repair_sets_dict(r: pb.RepairSetsReply) -> dict[str, Any]:
         "kept": r.kept,
         "newer": list(r.newer),
         "refused": [{"set": x.set, "reason": x.reason} for x in r.refused],
+        "restored": [{"set": x.set, "reason": x.reason} for x in r.restored],
     }
 
 
 def repair_sets_lines(r: pb.RepairSetsReply) -> list[str]:
     verb = "would remove" if r.dry_run else "removed"
     lines = [f"{verb} set {x.set}: {x.reason}" for x in r.removed]
+    lines += [f"{'would put back' if r.dry_run else 'put back'} set {x.set} from the daemon's cache, where a good "
+              f"copy is kept: {x.reason}" for x in r.restored]
     lines += [f"kept set {n}: written by a newer version of cairn" for n in r.newer]
     lines += [f"kept set {x.set}: the store refuses to read it ({x.reason}); if that is damage, remove "
               f"sets/{x.set} from the repository by hand" for x in r.refused]
-    lines.append(f"{verb} {plural(len(r.removed), 'unreadable set')}, kept {plural(r.kept, 'readable set')}")
+    restored = f", {'would put back' if r.dry_run else 'put back'} {len(r.restored)}" if r.restored else ""
+    lines.append(f"{verb} {plural(len(r.removed), 'unreadable set')}{restored}, kept {plural(r.kept, 'readable set')}")
     return lines
 
 

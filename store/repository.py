@@ -594,6 +594,24 @@ class Repository:
             return value
         return decode(name, self.backend.get(kind, name))
 
+    def local_copy(self, kind: str, name: str) -> bytes | None:
+        """The plaintext of set object `name` (`kind` "sets") as this handle's local cache holds
+        it, when the copy verifies against its name (authenticated, hashed); None otherwise. A
+        verified copy is the object as it was written (names are content): `repair sets` puts it
+        back in place of a damaged one."""
+        if kind != "sets" or self.cache is None or self.write_only:
+            return None
+        stored = self.cache.get(kind, name)
+        if stored is None:
+            return None
+        try:
+            data = self._open_object(kind, name, stored)
+            decode_set(name, data)
+        except CorruptionError:
+            self.cache.drop(kind, name)
+            return None
+        return data
+
     def remember(self, kind: str, name: str, data: bytes) -> None:
         """Keep an object this handle just wrote (plaintext `data`, sealed here as stored) in
         the cache, so the next reader does not fetch it back."""
@@ -1268,8 +1286,9 @@ class Repository:
                 self.load_index()
 
     def repair_sets(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.SetRepairReport:
-        """Delete the set objects that cannot be read (damaged, empty, not a set); readable sets
-        are never touched. Holds the gc lock as prune does."""
+        """Delete the set objects that cannot be read (damaged, empty, not a set), or put back
+        the verified copy the local cache holds of one; readable sets are never touched. Holds
+        the gc lock as prune does."""
         self._full_key("to repair sets")
         if not dry_run:
             self._writable()

@@ -107,13 +107,16 @@ class MaintenancePart(ServicePart):
         return report
 
     def repair_sets(self, dry_run: bool) -> SetRepairReport:
-        """Remove the set objects that cannot be read; readable sets are never touched."""
+        """Remove the set objects that cannot be read (or put back the local cache's good copy);
+        readable sets are never touched."""
         if not dry_run:
             self._require_writable("repairing sets")
         report = self.repo.repair_sets(dry_run=dry_run)
         if not dry_run:
             for name, why in report.removed:
                 log.warning("removed unreadable set object %s: %s", name, why)
+            for name, why in report.restored:
+                log.warning("put back set object %s from the local cache: %s", name, why)
         return report
 
     def unlock(self, host: str = "", everything: bool = False) -> tuple[list[dict], list[dict]]:

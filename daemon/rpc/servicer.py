@@ -380,7 +380,8 @@ class CairnServicer(pb_grpc.CairnServicer):
         report = self.service.repair_sets(request.dry_run)
         return pb.RepairSetsReply(removed=[pb.RemovedSet(set=name, reason=why) for name, why in report.removed],
                                   kept=report.kept, newer=list(report.newer), dry_run=report.dry_run,
-                                  refused=[pb.RemovedSet(set=name, reason=why) for name, why in report.refused])
+                                  refused=[pb.RemovedSet(set=name, reason=why) for name, why in report.refused],
+                                  restored=[pb.RemovedSet(set=name, reason=why) for name, why in report.restored])
 
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon

@@ -125,7 +125,8 @@ class Checker:
             steps.append("the store refuses to read the objects named above (not a file, permissions): fix "
                          "those by hand first (a set object that is damage may simply be removed)")
         if self.damaged_sets:
-            steps.append("'cairn repair sets' removes the damaged set objects")
+            steps.append("'cairn repair sets' removes the damaged set objects (or puts back the good copies the "
+                         "local cache holds)")
         if self.corrupt:
             steps.append("'cairn repair index --read-data' drops the damaged blobs from the index")
         elif self.missing:
@@ -167,8 +168,12 @@ class Checker:
             except NotFoundError:
                 continue
             except CorruptionError as e:
-                self.errors.append(CheckProblem(f"set '{short(name)}' is damaged and is not listed: {e}",
-                                                object_id=name, sets=(name,)))
+                if self.repo.local_copy("sets", name) is not None:  # what this daemon lists and restores
+                    what = (f"set '{short(name)}' is damaged in the repository ({e}); the local cache holds a good "
+                            "copy, which 'cairn repair sets' puts back")
+                else:
+                    what = f"set '{short(name)}' is damaged and is not listed: {e}"
+                self.errors.append(CheckProblem(what, object_id=name, sets=(name,)))
                 self.damaged_sets = True
             except UnavailableError:
                 raise  # the store does not answer: verify stops rather than call everything unreadable

