@@ -627,6 +627,7 @@ def repair_index_dict(r: pb.RepairIndexReport) -> dict[str, Any]:
         "blobs_added": r.blobs_added,
         "unindexed_packs": list(r.unindexed_packs),
         "blobs_copied": r.blobs_copied,
+        "trees_restored": r.trees_restored,
         "blobs_indexed": r.blobs_indexed,
         "index_files_replaced": r.index_files_replaced,
         "damaged_index_files": list(r.damaged_index_files),
@@ -650,6 +651,9 @@ def repair_index_lines(r: pb.RepairIndexReport) -> list[str]:
     if r.blobs_copied:
         lines.append(f"{'would copy' if would else 'copied'} {plural(r.blobs_copied, 'good blob')} out of the "
                      "damaged packs, which leave the index (prune deletes them)")
+    if r.trees_restored:
+        lines.append(f"{'would store' if would else 'stored'} {plural(r.trees_restored, 'lost tree')} again from "
+                     "the daemon's cache, where good copies are kept")
     replaced = "would replace" if would else "replaced"
     lines.append(f"{replaced} {plural(r.index_files_replaced, 'index file')}; the index "
                  f"{'would name' if would else 'names'} {plural(r.blobs_indexed, 'blob')}")

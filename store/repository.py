@@ -612,6 +612,23 @@ class Repository:
             return None
         return data
 
+    def local_tree(self, tree_id: bytes) -> bytes | None:
+        """The plaintext of tree blob `tree_id` as this handle's local cache holds it, when that
+        copy verifies against its id (opened, decompressed, hashed); None otherwise. `repair
+        index` stores such a copy again when the repository lost the tree (its pack missing or
+        damaged)."""
+        cache = self.cache
+        if cache is None or self.write_only:
+            return None
+        kept = cache.get("trees", tree_id.hex())
+        if kept is None or len(kept) < 69:
+            return None
+        try:
+            return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii", "replace"), kept[0],
+                                             int.from_bytes(kept[1:5], "little"), kept[69:])
+        except (CorruptionError, NotFoundError):
+            return None  # damaged, or a pack sealed to the public key whose header is gone with it
+
     def remember(self, kind: str, name: str, data: bytes) -> None:
         """Keep an object this handle just wrote (plaintext `data`, sealed here as stored) in
         the cache, so the next reader does not fetch it back."""

@@ -686,6 +686,7 @@ def repair_index_report(r: IndexRepairReport) -> pb.RepairIndexReport:
         unindexed_packs=list(r.unindexed_packs), blobs_added=r.blobs_added, blobs_indexed=r.blobs_indexed,
         index_files_replaced=r.index_files_replaced, damaged_index_files=list(r.damaged_index_files),
         index_file=r.index_file, read_data=r.read_data, dry_run=r.dry_run, blobs_copied=r.blobs_copied,
+        trees_restored=r.trees_restored,
     )
 
 

@@ -37,3 +37,6 @@ class MaintainedRepository(RepositoryHandle, Protocol):
 
     def local_copy(self, kind: str, name: str) -> bytes | None:
         """The plaintext of set object `name` from the local cache when that copy verifies."""
+
+    def local_tree(self, tree_id: bytes) -> bytes | None:
+        """The plaintext of tree `tree_id` from the local cache when that copy verifies."""

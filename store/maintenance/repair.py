@@ -11,7 +11,10 @@ too. Blobs that fail are left out; a pack whose trailer cannot be read, or that 
 is read by the offsets the index gives for it (an unindexed one contributes nothing); and the
 good blobs of a damaged pack are copied into a new pack (as prune copies live
 blobs) so that the damaged pack leaves the index whole: it is then a leftover that verify
-warns about and garbage collection deletes.
+warns about and garbage collection deletes. A tree the index loses so (its pack missing or
+damaged) whose copy the local cache (a daemon's on an object store) holds and verifies is
+stored again in a new pack: a tree is named by its content, so the sets that need it can be
+walked, checked and pruned again once the data it lists is stored again.
 Once the index no longer names a lost or damaged blob, the next backup stores that content
 again (it no longer deduplicates against it), and since ids are content addresses the older
 sets that reference it restore again too.
@@ -43,7 +46,16 @@ import blake3
 
 from ..content.blobs import BlobReader
 from ..content.index import Index, IndexBuilder, decode_index, encode_index
-from ..content.packs import CODEC_ZSTD_REF, FOOTER, HEADER, PK_HEADER, PackEntry, parse_footer, parse_trailer
+from ..content.packs import (
+    CODEC_ZSTD_REF,
+    FOOTER,
+    HEADER,
+    PK_HEADER,
+    TYPE_TREE,
+    PackEntry,
+    parse_footer,
+    parse_trailer,
+)
 from ..errors import BackendError, CorruptionError, NotFoundError, short
 from ..model import Progress
 from ..snapshots.sets import MAGIC as SET_MAGIC
@@ -69,6 +81,7 @@ class IndexRepairReport:
     blobs_added: int = 0  # blobs added from those packs
     blobs_indexed: int = 0  # blobs the index names afterwards (the new file, and the copies' own)
     blobs_copied: int = 0  # good blobs of damaged packs copied into a new pack
+    trees_restored: int = 0  # lost trees stored again from the local cache's verified copies
     index_files_replaced: int = 0  # old index files deleted (would be, with dry_run)
     damaged_index_files: tuple[str, ...] = ()  # old index files that could not be read
     index_file: str = ""  # the new index file ("" when none was needed)
@@ -129,6 +142,7 @@ class IndexRepair:
                 hint="check that config/config and keys/ are this repository's; 'cairn repair index --dry-run' "
                      "lists them")
         copied = 0
+        rescue: dict[str, list[PackEntry]] = {}
         if damaged:  # a damaged pack leaves the index: its good blobs are copied into a new pack first
             out = sorted(p for p in damaged if p in found)
             elsewhere = {e.id for p, es in {**known, **found}.items() if p not in damaged for e in es}
@@ -159,11 +173,19 @@ class IndexRepair:
             if n:
                 added += n
                 contributed.append(pack)
+        # trees the index loses (a missing or damaged pack) whose verified copy the local cache holds
+        # are stored again, so the sets that need them can still be walked, checked and pruned
+        copies = {e.id for es in rescue.values() for e in es} if damaged else set()
+        lost = sorted({e.id for es in indexed.values() for e in es if e.type == TYPE_TREE} - seen - copies)
+        kept_trees = [(b, data) for b in lost if (data := self.repo.local_tree(b)) is not None]
+        if kept_trees and not dry_run:
+            self._store_trees(kept_trees)
+        copied += len(kept_trees)
         report = IndexRepairReport(
             packs_listed=len(stored), packs_read=packs_read, missing_packs=tuple(missing),
             entries_missing=entries_missing, damaged_packs=tuple(sorted(damaged)), entries_damaged=bad_blobs,
             unindexed_packs=tuple(contributed), blobs_added=added, blobs_indexed=len(seen) + copied,
-            blobs_copied=copied,
+            blobs_copied=copied - len(kept_trees), trees_restored=len(kept_trees),
             index_files_replaced=len(readable) + len(damaged_files),
             damaged_index_files=tuple(damaged_files) + tuple(n for n, _ in self.refused),
             read_data=read_data, dry_run=dry_run)
@@ -267,6 +289,20 @@ class IndexRepair:
                 for e in entries:
                     self.check_lock()
                     writer.put_forced(e.id, e.type, reader.read(e.id))
+            self.check_lock()
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _store_trees(self, trees: list[tuple[bytes, bytes]]) -> None:
+        """Store the trees `trees` ((id, plaintext), verified) in a new pack with its own index
+        file, durable before the new index is written."""
+        writer = self.repo.writer()
+        try:
+            for bid, data in trees:
+                self.check_lock()
+                writer.put_forced(bid, TYPE_TREE, data)
             self.check_lock()
             writer.finish()
         except BaseException:

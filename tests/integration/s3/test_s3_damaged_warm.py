@@ -7,9 +7,11 @@ store would: a tree the daemon had browsed (its pack's block was in the daemon's
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 from s3daemons import Host, s3_repository
@@ -121,3 +123,58 @@ def test_repair_sets_puts_back_a_set_the_cache_holds(weed, creds, rundir, rng):
         assert_same_tree(want, target)
     finally:
         h.stop()
+
+
+def wait_cached_tree(state: str, tree: str, within: float = 20.0) -> None:
+    """Until the daemon's cache holds tree `tree` (written by a background thread after a read)."""
+    deadline = time.monotonic() + within
+    while not glob.glob(os.path.join(state, "cache", "*", "trees", tree)):
+        assert time.monotonic() < deadline, f"tree {tree[:8]} never reached the daemon's cache"
+        time.sleep(0.05)
+
+
+def test_repair_index_stores_lost_trees_again_from_the_cache(weed, creds, rundir, rng):
+    """The pack holding the first set's trees and data is lost from the bucket after the daemon
+    browsed that set (its trees are in the daemon's cache), and the source has changed since, so
+    no backup will ever write the first set's root tree again. `repair index` stores the cached
+    trees again, a full backup stores the data again, and then prune runs, the repository
+    verifies and the first set restores what it captured (before: the root tree stayed lost,
+    prune refused to run, and verify reported the set damaged for good)."""
+    h = started(weed, creds, rundir, rng)
+    try:
+        first = h.ok("backup", "--level", "full").strip().splitlines()[-1]
+        want = os.path.join(rundir, "want")
+        h.ok("restore", first, "--target", want)
+        h.ok("ls", "-r", first)
+        loc = root_tree_location(weed, creds, h.prefix, first)
+        with open(os.path.join(h.src, "late.txt"), "w") as f:
+            f.write("after the first set\n")
+        h.ok("backup", "--level", "incremental")
+        tree = root_tree_id(weed, creds, h.prefix, first)
+        wait_cached_tree(h.state, tree)
+        weed.client().delete_object(Bucket=weed.bucket, Key=f"{h.prefix}/packs/{loc.pack[:2]}/{loc.pack}")
+
+        assert h.cli("verify").returncode == 1
+        repaired = h.ok("repair", "index")
+        assert "again from the daemon's cache" in repaired, repaired
+        h.ok("backup", "--level", "full")
+        h.ok("prune")
+        assert "repository ok" in h.ok("verify", "--read-data")
+        target = os.path.join(rundir, "restored")
+        h.ok("restore", first, "--target", target)
+        assert_same_tree(want, target)
+    finally:
+        h.stop()
+
+
+def root_tree_id(weed, creds: str, prefix: str, set_id: str) -> str:
+    from cairn.store.content import crypto
+    from cairn.store.repository import Repository
+    from cairn.store.storage.s3 import S3Backend
+
+    backend = S3Backend(weed.bucket, prefix, endpoint=weed.endpoint, region="us-east-1", credentials_file=creds)
+    repo = Repository.open(backend, secret=crypto.Secret("passphrase", PASSPHRASE.encode()))
+    try:
+        return repo.get_set(set_id).tree
+    finally:
+        repo.close()
