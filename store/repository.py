@@ -621,10 +621,10 @@ class Repository:
         if cache is None or self.write_only:
             return None
         kept = cache.get("trees", tree_id.hex())
-        if kept is None or len(kept) < 69:
+        if kept is None or not _cached_tree_form(kept):
             return None
         try:
-            return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii", "replace"), kept[0],
+            return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii"), kept[0],
                                              int.from_bytes(kept[1:5], "little"), kept[69:])
         except (CorruptionError, NotFoundError):
             return None  # damaged, or a pack sealed to the public key whose header is gone with it
@@ -932,9 +932,9 @@ class Repository:
             return self.read_blob(tree_id)
         name = tree_id.hex()
         kept = cache.get("trees", name)
-        if kept is not None and len(kept) >= 69:
+        if kept is not None and _cached_tree_form(kept):  # a damaged copy names no pack to ask the store about
             try:
-                return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii", "replace"), kept[0],
+                return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii"), kept[0],
                                                  int.from_bytes(kept[1:5], "little"), kept[69:])
             except (CorruptionError, NotFoundError):
                 pass  # damaged, or its pack (whose header opens a write-only host's blob) is gone: read anew
@@ -1415,6 +1415,13 @@ class _CurrentIndex:
             return bid in repo.index
         loc = repo.index.get(bid)  # type: ignore[arg-type]
         return loc is not None and loc.pack not in repo.pending  # marked packs: write the blob anew
+
+
+def _cached_tree_form(kept: bytes) -> bool:
+    """Whether a cached tree has the form the cache writes (codec u8, raw_len u32, its pack's
+    name as 64 lowercase hex digits, then the stored bytes): a copy damaged in the state
+    directory (zeroed, cut short) fails here, before its pack name reaches the store."""
+    return len(kept) > 69 and all(c in b"0123456789abcdef" for c in kept[5:69])
 
 
 def _tree_entry(path: str, e: Entry) -> TreeEntry:
