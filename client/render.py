@@ -686,6 +686,25 @@ def repair_sets_lines(r: pb.RepairSetsReply) -> list[str]:
     return lines
 
 
+def repair_wal_dict(r: pb.RepairWalReply) -> dict[str, Any]:
+    return {
+        "dry_run": r.dry_run,
+        "removed": [{"name": x.name, "reason": x.reason} for x in r.removed],
+        "kept": r.kept,
+        "refused": [{"name": x.name, "reason": x.reason} for x in r.refused],
+    }
+
+
+def repair_wal_lines(r: pb.RepairWalReply) -> list[str]:
+    verb = "would remove" if r.dry_run else "removed"
+    lines = [f"{verb} WAL catalog entry {x.name}: {x.reason}" for x in r.removed]
+    lines += [f"kept WAL catalog entry {x.name}: the store refuses to read it ({x.reason}); if that is damage, "
+              f"remove wal/{x.name} from the repository by hand" for x in r.refused]
+    lines.append(f"{verb} {plural(len(r.removed), 'unreadable WAL catalog entry', 'unreadable WAL catalog entries')}"
+                 f", kept {plural(r.kept, 'readable entry', 'readable entries')}")
+    return lines
+
+
 def decision_where(d: pb.RetentionDecision) -> str:
     """host/source, level and time of a retention decision, for people."""
     return f"{d.host or '-'}/{d.source} {d.level} {fmt_time(d.time)}"

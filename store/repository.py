@@ -1314,6 +1314,15 @@ class Repository:
         self.list_sets()  # forget the removed sets (and their cached copies)
         return report
 
+    def repair_wal(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.WalRepairReport:
+        """Delete the WAL catalog entries that cannot be read (damaged, not a catalog entry);
+        readable entries are never touched. Holds the gc lock as prune does."""
+        self._full_key("to repair the WAL catalog")
+        if not dry_run:
+            self._writable()
+        with self.locks.hold("repair-wal", gc=not dry_run, wait=lock_wait) as lock:
+            return repairmod.WalRepair(self, lock.check).run(dry_run=dry_run)
+
     def unlock(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
         """Remove stale locks, and with `host` every lock of that host, with `everything` every
         lock but this handle's own (store/content/locks.py break_locks): (removed, kept)."""

@@ -383,6 +383,13 @@ class CairnServicer(pb_grpc.CairnServicer):
                                   refused=[pb.RemovedSet(set=name, reason=why) for name, why in report.refused],
                                   restored=[pb.RemovedSet(set=name, reason=why) for name, why in report.restored])
 
+    @rpc
+    def RepairWal(self, request: pb.RepairWalRequest, context: grpc.ServicerContext) -> pb.RepairWalReply:
+        report = self.service.repair_wal(request.dry_run)
+        return pb.RepairWalReply(removed=[pb.RemovedWal(name=name, reason=why) for name, why in report.removed],
+                                 kept=report.kept, dry_run=report.dry_run,
+                                 refused=[pb.RemovedWal(name=name, reason=why) for name, why in report.refused])
+
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon
         try:

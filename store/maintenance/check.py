@@ -92,6 +92,7 @@ class Checker:
         self._cut: set[bytes] = set()  # the blobs that lie past the end of such a pack
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
+        self.damaged_wal = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
 
     def run(self, *, read_data: bool, set_ref: str | None, subset: str = "") -> CheckReport:
@@ -127,6 +128,9 @@ class Checker:
         if self.damaged_sets:
             steps.append("'cairn repair sets' removes the damaged set objects (or puts back the good copies the "
                          "local cache holds)")
+        if self.damaged_wal:
+            steps.append("'cairn repair wal' removes the WAL catalog entries that cannot be read (prune refuses to "
+                         "run while one is there)")
         if self.corrupt:
             steps.append("'cairn repair index --read-data' drops the damaged blobs from the index")
         elif self.missing:
@@ -438,6 +442,7 @@ class Checker:
                 continue
             except CorruptionError as e:
                 self.errors.append(CheckProblem(str(e), object_id=name))
+                self.damaged_wal = True
                 continue
             for c in (bytes.fromhex(h) for h in doc["chunks"]):
                 why = self.bad.get(c) or (None if c in self.repo.index else

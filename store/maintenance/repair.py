@@ -24,6 +24,11 @@ set) are listed and deleted, except one whose copy in the local cache (a daemon'
 store) verifies against its name: that copy is the set as it was written, and is put back in
 its place; a set that reads, or that a newer format wrote, is never touched.
 
+`WalRepair` owns `cairn repair wal`: WAL catalog entries that cannot be read (damaged, not a
+catalog entry) are listed and deleted. Such an entry's WAL file cannot be fetched, and while it
+is there prune cannot know which chunks it keeps alive, so nothing is ever freed; a readable
+entry is never touched.
+
 What always holds: the caller holds the garbage collector's lock (one collector or repairer at
 a time; backups keep running beside it); the index files are listed before the packs, so every
 pack a listed index file names is in the pack listing; the new index file is written durably
@@ -56,10 +61,11 @@ from ..content.packs import (
     parse_footer,
     parse_trailer,
 )
-from ..errors import BackendError, CorruptionError, NotFoundError, short
+from ..errors import BackendError, CorruptionError, NotFoundError, UnavailableError, short
 from ..model import Progress
 from ..snapshots.sets import MAGIC as SET_MAGIC
 from ..snapshots.sets import SET_VERSION, decode_set
+from ..snapshots.wal import decode_catalog
 
 if TYPE_CHECKING:
     from .handle import MaintainedRepository
@@ -443,6 +449,56 @@ class SetRepair:
                     pass
         return SetRepairReport(removed=tuple(removed), kept=kept, newer=tuple(newer), refused=tuple(refused),
                                restored=tuple(restored), dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class WalRepairReport:
+    """What `repair wal` removed (or, with dry_run, would remove): (catalog object, why) pairs."""
+
+    removed: tuple[tuple[str, str], ...] = ()
+    kept: int = 0  # readable catalog entries, untouched
+    refused: tuple[tuple[str, str], ...] = ()  # entries the store refused to read (storage error): kept
+    dry_run: bool = False
+
+
+class WalRepair:
+    """One run of `repair wal`. The caller holds the gc lock."""
+
+    def __init__(self, repo: MaintainedRepository, check_lock: Callable[[], None] | None = None) -> None:
+        self.repo = repo
+        self.check_lock = check_lock or (lambda: None)
+
+    def run(self, *, dry_run: bool) -> WalRepairReport:
+        backend = self.repo.backend
+        removed: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        kept = 0
+        for name in sorted(backend.list("wal")):
+            try:
+                decode_catalog(name, backend.get("wal", name))
+                kept += 1
+            except NotFoundError:
+                continue  # forgotten meanwhile (WAL retention)
+            except CorruptionError as e:  # a sealed entry that does not open, or not a catalog entry
+                removed.append((name, str(e)))
+            except UnavailableError:
+                raise  # the store does not answer: nothing is unreadable for that
+            except BackendError as e:  # the store refuses it (not a file, permissions): reported, kept
+                refused.append((name, e.message))
+        if len(removed) >= 2 and not kept and not dry_run:
+            raise CorruptionError(
+                f"refusing to remove WAL catalog entries: all {len(removed)} of them fail their check, which "
+                "points to a wrong config or key rather than damage; nothing was removed",
+                hint="check that config/config and keys/ are this repository's; 'cairn repair wal --dry-run' "
+                     "lists them")
+        if not dry_run:
+            for name, _why in removed:
+                self.check_lock()
+                try:
+                    backend.delete("wal", name)
+                except NotFoundError:
+                    pass
+        return WalRepairReport(removed=tuple(removed), kept=kept, refused=tuple(refused), dry_run=dry_run)
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

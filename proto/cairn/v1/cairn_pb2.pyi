@@ -874,6 +874,32 @@ class RepairSetsReply(_message.Message):
     restored: _containers.RepeatedCompositeFieldContainer[RemovedSet]
     def __init__(self, removed: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., kept: _Optional[int] = ..., newer: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ..., refused: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., restored: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ...) -> None: ...
 
+class RepairWalRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class RemovedWal(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RepairWalReply(_message.Message):
+    __slots__ = ("removed", "kept", "refused", "dry_run")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedCompositeFieldContainer[RemovedWal]
+    kept: int
+    refused: _containers.RepeatedCompositeFieldContainer[RemovedWal]
+    dry_run: bool
+    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedWal, _Mapping]]] = ..., kept: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[RemovedWal, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
 class WalPushRequest(_message.Message):
     __slots__ = ("name", "data", "wal_namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -178,3 +178,45 @@ def root_tree_id(weed, creds: str, prefix: str, set_id: str) -> str:
         return repo.get_set(set_id).tree
     finally:
         repo.close()
+
+
+def test_a_damaged_wal_catalog_entry_is_named_and_repair_wal_removes_it(weed, creds, rundir, rng):
+    """A WAL catalog entry damaged in the bucket (a flipped byte) and a garbage object under a
+    plausible WAL name: wal-fetch and verify name each whole, prune refuses with the way out,
+    `repair wal` removes exactly those two, and then prune runs, the repository verifies and
+    the other archived files fetch unchanged."""
+    h = started(weed, creds, rundir, rng)
+    try:
+        h.ok("backup", "--level", "full")
+        archived = {}
+        for n in (1, 2):
+            name = f"0000000100000000000000{n:02X}"
+            path = os.path.join(rundir, name)
+            archived[name] = os.urandom(200_000 * n)
+            with open(path, "wb") as f:
+                f.write(archived[name])
+            h.ok("wal-push", path)
+        damaged, garbage = "000000010000000000000001", "000000010000000000000009"
+        flip_byte(weed, f"{h.prefix}/wal/{damaged}", 60)
+        weed.client().put_object(Bucket=weed.bucket, Key=f"{h.prefix}/wal/{garbage}", Body=b"not an entry")
+
+        r = h.cli("wal-fetch", damaged, os.path.join(rundir, "fetched"))
+        assert r.returncode != 0 and f"unable to read wal object '{damaged}'" in r.stderr, r.stderr
+        r = h.cli("verify")
+        assert r.returncode == 1 and f"'{damaged}'" in r.stdout and f"'{garbage}'" in r.stdout, r.stdout
+        assert "'cairn repair wal' removes the WAL catalog entries that cannot be read" in r.stderr, r.stderr
+        r = h.cli("prune")
+        assert r.returncode == 1 and "'cairn repair wal'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+        dry = h.ok("repair", "wal", "--dry-run")
+        assert f"would remove WAL catalog entry {damaged}" in dry and f"would remove WAL catalog entry {garbage}" \
+            in dry and "kept 1 readable entry" in dry, dry
+        assert "removed 2 unreadable WAL catalog entries, kept 1 readable entry" in h.ok("repair", "wal")
+        h.ok("prune")
+        assert "repository ok" in h.ok("verify", "--read-data")
+        fetched = os.path.join(rundir, "fetched-2")
+        h.ok("wal-fetch", "000000010000000000000002", fetched)
+        with open(fetched, "rb") as f:
+            assert f.read() == archived["000000010000000000000002"]
+    finally:
+        h.stop()
