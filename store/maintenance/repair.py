@@ -345,7 +345,7 @@ class IndexRepair:
             entries = [e for e in indexed if len(HEADER) <= e.offset and e.offset + e.stored_len <= len(data)]
             bad = len(indexed) - len(entries)  # beyond the end: lost with what was cut off
         reader = self._reader(Index())
-        good, later = [], []
+        good, later, failed = [], [], set()
         for e in entries:
             if e.codec == CODEC_ZSTD_REF:
                 later.append(e)  # needs its reference's plaintext: verified once every pack was read
@@ -356,7 +356,12 @@ class IndexRepair:
             except BackendError:
                 raise  # the storage failed, not the blob
             except Exception:  # noqa: BLE001 - any failure to open, decompress or hash stored bytes is damage
-                bad += 1
+                failed.add(e.id)
+        if indexed:  # what the index says the pack holds and it does not hold whole is dropped: damage too
+            named = {e.id for e in indexed}  # (a pack replaced by another one's bytes verifies blob by blob)
+            bad = len(named - {e.id for e in good} - {e.id for e in later}) + len(failed - named)
+        else:
+            bad += len(failed)
         return good, bad, later, blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() == pack
 
     def _trailer_entries(self, pack: str, data: bytes) -> list[PackEntry]:
