@@ -778,7 +778,9 @@ class Repository:
             waited = True
 
     def _lost_pack(self, writer: BlobWriter) -> bool:
-        """Whether a pack the index names for a blob the session deduplicated against is gone.
+        """Whether a pack the index names for a blob the session deduplicated against, or for
+        the listing of a subtree it carried over from its base unread (the change journal said
+        nothing below it changed), is gone.
 
         A pack a collector deleted is no longer named once the index is read again (it writes
         the index that drops a pack before deleting it): then True, and the caller looks again.
@@ -786,7 +788,7 @@ class Repository:
         reference blobs nobody can read, so the commit is refused with CorruptionError, naming
         the way on. Many packs are checked against one listing of packs, a few one by one."""
         named: dict[str, bytes] = {}
-        for b in writer.deduped:
+        for b in writer.deduped | getattr(writer, "carried", set()):
             loc = self.index.get(b)
             if loc is not None:
                 named.setdefault(loc.pack, b)

@@ -303,6 +303,9 @@ class Walker:
         caller then walks the directory instead, so the loss does not pass into the new set."""
         try:
             self._carry(tree_id)
+            carried = getattr(self.writer, "carried", None)
+            if carried is not None:  # its listing's pack is checked before the set commits
+                carried.add(tree_id)
             return True
         except UnindexedError as e:
             self._base_lost(rel, e)

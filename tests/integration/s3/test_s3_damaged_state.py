@@ -68,3 +68,53 @@ def test_zeroed_cache_files_are_read_again_from_the_bucket(weed, creds, rundir, 
         assert not any(os.path.exists(p) and set(open(p, "rb").read()) == {0} for p in zeroed)
     finally:
         h.stop()
+
+
+def test_a_journal_driven_incremental_does_not_commit_over_a_lost_pack(weed, creds, rundir, rng):
+    """The pack holding a set's data and listings is lost from the bucket after the daemon browsed
+    the set (its listings are in the cache); the change journal says only one new file changed,
+    so the next incremental would carry every other directory over from that set unread. It
+    fails before it commits, naming the pack and `repair index` (before, it committed a set that
+    needs the lost pack); after the repair and a full backup every directory is stored again and
+    the repository verifies."""
+    src = os.path.join(rundir, "src")
+    make_tree(src, rng, files=12, max_size=128 * 1024)
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("journal over a lost pack\n")
+    prefix = f"journal-{os.path.basename(rundir)}"
+    h = Host(rundir, "alpha", s3_repository(weed, creds, prefix, passphrase), {"app": src})
+    with open(h.config) as f:
+        text = f.read()
+    with open(h.config, "w") as f:
+        f.write(text.replace("watch = false", "watch = true"))
+    h.init()
+    h.start()
+    try:
+        h.ok("backup", "--level", "full")
+        h.ok("ls", "-r", "latest")  # browsed: the listings are in the daemon's cache, read without the pack
+        deadline = time.monotonic() + 20
+        while len(cached(h.state, "trees")) < 4:
+            assert time.monotonic() < deadline, cached(h.state, "trees")
+            time.sleep(0.05)
+        client = weed.client()
+        packs = [o["Key"] for o in client.list_objects_v2(Bucket=weed.bucket, Prefix=f"{prefix}/packs/")["Contents"]]
+        assert len(packs) == 1, packs
+        client.delete_object(Bucket=weed.bucket, Key=packs[0])
+        with open(os.path.join(src, "late.txt"), "w") as f:
+            f.write("after the loss\n")
+
+        r = h.cli("backup", "--level", "incremental")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"unable to commit: pack '{packs[0].rsplit('/', 1)[1][:8]}..' holds blobs this backup relies on" \
+            in r.stderr and "cairn repair index" in r.stderr, r.stderr
+        assert len(h.ok("sets").strip().splitlines()) == 2  # the header and the full set: nothing committed
+
+        h.ok("repair", "index")
+        h.ok("backup", "--level", "full")
+        assert "repository ok" in h.ok("verify", "--read-data")
+        target = os.path.join(rundir, "restored")
+        h.ok("restore", "latest", "--target", target)
+        assert_same_tree(src, target)
+    finally:
+        h.stop()
