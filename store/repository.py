@@ -920,7 +920,13 @@ class Repository:
     def _own_tree(self, tree_id: bytes) -> bytes:
         """A write-only handle's tree: only the trees of its own sets, from its cache."""
         data = self.host_cache.get("trees", tree_id.hex())  # type: ignore[union-attr]
-        if data is None or self.key.blob_id(data) != tree_id:  # type: ignore[union-attr]
+        if data is not None and self.key.blob_id(data) != tree_id:  # type: ignore[union-attr]
+            # damaged in the state directory: dropped; a backup walks that directory again (the
+            # walker reads a listing it lost from the source), which caches the tree anew
+            self.host_cache.remove("trees", tree_id.hex())  # type: ignore[union-attr]
+            raise UnindexedError(f"unable to read tree '{tree_id.hex()[:8]}..': this host's cached copy is "
+                                 "damaged (removed)")
+        if data is None:
             raise crypto.WriteOnlyKeyError(f"unable to read tree '{tree_id.hex()[:8]}..': it is not one of this "
                                            "host's cached trees and the repository key is write-only")
         return data
