@@ -31,7 +31,7 @@ import blake3
 
 from ..content.chunker import Chunker
 from ..content.packs import TYPE_DATA
-from ..errors import AlreadyExistsError, CorruptionError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..errors import AlreadyExistsError, CorruptionError, InvalidArgumentError, NotFoundError
 from ..segments import PLAIN_NAME, plain_name  # noqa: F401  (the plain-name rule, re-exported)
 from .filereader import SEGMENT
 
@@ -225,7 +225,7 @@ def referenced_chunks(repo: RepositoryHandle, skip: Collection[str] = ()) -> set
         try:
             doc = _catalog(repo, name)
         except CorruptionError as e:  # its chunks cannot be known
-            raise FailedPreconditionError(
+            raise CorruptionError(
                 f"{e.message}: the chunks it names cannot be known, so nothing may be deleted",
                 hint="'cairn repair wal' removes the WAL catalog entries that cannot be read (the WAL files they "
                      "stood for cannot be fetched either way), or put back a good copy of the entry") from None
