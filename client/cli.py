@@ -785,7 +785,16 @@ def cmd_unlock(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_repair(conn: Connection, args: argparse.Namespace) -> int:
-    """Rebuild the index from the packs, or remove the set objects that cannot be read."""
+    """Rebuild the index from the packs, or remove the set objects or WAL catalog entries that
+    cannot be read."""
+    if args.repair_command == "wal":
+        wal = conn.stub.RepairWal(pb.RepairWalRequest(dry_run=args.dry_run))
+        if args.json:
+            out(render.dumps(render.repair_wal_dict(wal)))
+        else:
+            for line in render.repair_wal_lines(wal):
+                out(line)
+        return EXIT_OK
     if args.repair_command == "sets":
         reply = conn.stub.RepairSets(pb.RepairSetsRequest(dry_run=args.dry_run))
         if args.json:
@@ -1364,7 +1373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove every lock but the daemon's own (only when no other Cairn process runs)")
 
     p = command("repair", cmd_repair, "repair a damaged repository: rebuild the index from the packs, or remove "
-                                      "set objects that cannot be read")
+                                      "set objects or WAL catalog entries that cannot be read")
     repairs = p.add_subparsers(dest="repair_command", metavar="WHAT", required=True, parser_class=_Parser)
     r = repairs.add_parser("index", parents=[common],
                            help="rebuild the index from the packs that exist; then take a full backup, which "
@@ -1374,6 +1383,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
     r = repairs.add_parser("sets", parents=[common], help="remove the set objects that cannot be read "
                                                           "(readable sets are never touched)")
+    r.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    r = repairs.add_parser("wal", parents=[common], help="remove the WAL catalog entries that cannot be read "
+                                                         "(readable entries are never touched)")
     r.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     p = command("key", cmd_key, "list, add or remove keys of the encrypted repository")

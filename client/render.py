@@ -634,6 +634,7 @@ def repair_index_dict(r: pb.RepairIndexReport) -> dict[str, Any]:
         "blobs_added": r.blobs_added,
         "unindexed_packs": list(r.unindexed_packs),
         "blobs_copied": r.blobs_copied,
+        "trees_restored": r.trees_restored,
         "blobs_indexed": r.blobs_indexed,
         "index_files_replaced": r.index_files_replaced,
         "damaged_index_files": list(r.damaged_index_files),
@@ -657,6 +658,9 @@ def repair_index_lines(r: pb.RepairIndexReport) -> list[str]:
     if r.blobs_copied:
         lines.append(f"{'would copy' if would else 'copied'} {plural(r.blobs_copied, 'good blob')} out of the "
                      "damaged packs, which leave the index (prune deletes them)")
+    if r.trees_restored:
+        lines.append(f"{'would store' if would else 'stored'} {plural(r.trees_restored, 'lost tree')} again from "
+                     "the daemon's cache, where good copies are kept")
     replaced = "would replace" if would else "replaced"
     lines.append(f"{replaced} {plural(r.index_files_replaced, 'index file')}; the index "
                  f"{'would name' if would else 'names'} {plural(r.blobs_indexed, 'blob')}")
@@ -672,16 +676,39 @@ def repair_sets_dict(r: pb.RepairSetsReply) -> dict[str, Any]:
         "kept": r.kept,
         "newer": list(r.newer),
         "refused": [{"set": x.set, "reason": x.reason} for x in r.refused],
+        "restored": [{"set": x.set, "reason": x.reason} for x in r.restored],
     }
 
 
 def repair_sets_lines(r: pb.RepairSetsReply) -> list[str]:
     verb = "would remove" if r.dry_run else "removed"
     lines = [f"{verb} set {x.set}: {x.reason}" for x in r.removed]
+    lines += [f"{'would put back' if r.dry_run else 'put back'} set {x.set} from the daemon's cache, where a good "
+              f"copy is kept: {x.reason}" for x in r.restored]
     lines += [f"kept set {n}: written by a newer version of cairn" for n in r.newer]
     lines += [f"kept set {x.set}: the store refuses to read it ({x.reason}); if that is damage, remove "
               f"sets/{x.set} from the repository by hand" for x in r.refused]
-    lines.append(f"{verb} {plural(len(r.removed), 'unreadable set')}, kept {plural(r.kept, 'readable set')}")
+    restored = f", {'would put back' if r.dry_run else 'put back'} {len(r.restored)}" if r.restored else ""
+    lines.append(f"{verb} {plural(len(r.removed), 'unreadable set')}{restored}, kept {plural(r.kept, 'readable set')}")
+    return lines
+
+
+def repair_wal_dict(r: pb.RepairWalReply) -> dict[str, Any]:
+    return {
+        "dry_run": r.dry_run,
+        "removed": [{"name": x.name, "reason": x.reason} for x in r.removed],
+        "kept": r.kept,
+        "refused": [{"name": x.name, "reason": x.reason} for x in r.refused],
+    }
+
+
+def repair_wal_lines(r: pb.RepairWalReply) -> list[str]:
+    verb = "would remove" if r.dry_run else "removed"
+    lines = [f"{verb} WAL catalog entry {x.name}: {x.reason}" for x in r.removed]
+    lines += [f"kept WAL catalog entry {x.name}: the store refuses to read it ({x.reason}); if that is damage, "
+              f"remove wal/{x.name} from the repository by hand" for x in r.refused]
+    lines.append(f"{verb} {plural(len(r.removed), 'unreadable WAL catalog entry', 'unreadable WAL catalog entries')}"
+                 f", kept {plural(r.kept, 'readable entry', 'readable entries')}")
     return lines
 
 

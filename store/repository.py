@@ -619,6 +619,41 @@ class Repository:
             return value
         return decode(name, self.backend.get(kind, name))
 
+    def local_copy(self, kind: str, name: str) -> bytes | None:
+        """The plaintext of set object `name` (`kind` "sets") as this handle's local cache holds
+        it, when the copy verifies against its name (authenticated, hashed); None otherwise. A
+        verified copy is the object as it was written (names are content): `repair sets` puts it
+        back in place of a damaged one."""
+        if kind != "sets" or self.cache is None or self.write_only:
+            return None
+        stored = self.cache.get(kind, name)
+        if stored is None:
+            return None
+        try:
+            data = self._open_object(kind, name, stored)
+            decode_set(name, data)
+        except CorruptionError:
+            self.cache.drop(kind, name)
+            return None
+        return data
+
+    def local_tree(self, tree_id: bytes) -> bytes | None:
+        """The plaintext of tree blob `tree_id` as this handle's local cache holds it, when that
+        copy verifies against its id (opened, decompressed, hashed); None otherwise. `repair
+        index` stores such a copy again when the repository lost the tree (its pack missing or
+        damaged)."""
+        cache = self.cache
+        if cache is None or self.write_only:
+            return None
+        kept = cache.get("trees", tree_id.hex())
+        if kept is None or not _cached_tree_form(kept):
+            return None
+        try:
+            return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii"), kept[0],
+                                             int.from_bytes(kept[1:5], "little"), kept[69:])
+        except (CorruptionError, NotFoundError):
+            return None  # damaged, or a pack sealed to the public key whose header is gone with it
+
     def remember(self, kind: str, name: str, data: bytes) -> None:
         """Keep an object this handle just wrote (plaintext `data`, sealed here as stored) in
         the cache, so the next reader does not fetch it back."""
@@ -770,7 +805,9 @@ class Repository:
             waited = True
 
     def _lost_pack(self, writer: BlobWriter) -> bool:
-        """Whether a pack the index names for a blob the session deduplicated against is gone.
+        """Whether a pack the index names for a blob the session deduplicated against, or for
+        the listing of a subtree it carried over from its base unread (the change journal said
+        nothing below it changed), is gone.
 
         A pack a collector deleted is no longer named once the index is read again (it writes
         the index that drops a pack before deleting it): then True, and the caller looks again.
@@ -778,7 +815,7 @@ class Repository:
         reference blobs nobody can read, so the commit is refused with CorruptionError, naming
         the way on. Many packs are checked against one listing of packs, a few one by one."""
         named: dict[str, bytes] = {}
-        for b in writer.deduped:
+        for b in writer.deduped | getattr(writer, "carried", set()):
             loc = self.index.get(b)
             if loc is not None:
                 named.setdefault(loc.pack, b)
@@ -921,7 +958,13 @@ class Repository:
     def _own_tree(self, tree_id: bytes) -> bytes:
         """A write-only handle's tree: only the trees of its own sets, from its cache."""
         data = self.host_cache.get("trees", tree_id.hex())  # type: ignore[union-attr]
-        if data is None or self.key.blob_id(data) != tree_id:  # type: ignore[union-attr]
+        if data is not None and self.key.blob_id(data) != tree_id:  # type: ignore[union-attr]
+            # damaged in the state directory: dropped; a backup walks that directory again (the
+            # walker reads a listing it lost from the source), which caches the tree anew
+            self.host_cache.remove("trees", tree_id.hex())  # type: ignore[union-attr]
+            raise UnindexedError(f"unable to read tree '{tree_id.hex()[:8]}..': this host's cached copy is "
+                                 "damaged (removed)")
+        if data is None:
             raise crypto.WriteOnlyKeyError(f"unable to read tree '{tree_id.hex()[:8]}..': it is not one of this "
                                            "host's cached trees and the repository key is write-only")
         return data
@@ -935,9 +978,9 @@ class Repository:
             return self.read_blob(tree_id)
         name = tree_id.hex()
         kept = cache.get("trees", name)
-        if kept is not None and len(kept) >= 69:
+        if kept is not None and _cached_tree_form(kept):  # a damaged copy names no pack to ask the store about
             try:
-                return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii", "replace"), kept[0],
+                return self.reader.decode_stored(tree_id, kept[5:69].decode("ascii"), kept[0],
                                                  int.from_bytes(kept[1:5], "little"), kept[69:])
             except (CorruptionError, NotFoundError):
                 pass  # damaged, or its pack (whose header opens a write-only host's blob) is gone: read anew
@@ -1263,6 +1306,9 @@ class Repository:
         if subset:
             checkmod.parse_subset(subset)  # bad input: refused before anything is read
         with self.reading_stored():  # the store's objects, not local copies
+            forget_blocks = getattr(self.raw_backend, "forget_blocks", None)
+            if forget_blocks is not None:  # nor the pack blocks an object store's backend kept in memory
+                forget_blocks()
             self.load_index()
             return checkmod.Checker(self, progress).run(read_data=read_data, set_ref=set_ref, subset=subset)
 
@@ -1323,8 +1369,9 @@ class Repository:
                 self.load_index()
 
     def repair_sets(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.SetRepairReport:
-        """Delete the set objects that cannot be read (damaged, empty, not a set); readable sets
-        are never touched. Holds the gc lock as prune does."""
+        """Delete the set objects that cannot be read (damaged, empty, not a set), or put back
+        the verified copy the local cache holds of one; readable sets are never touched. Holds
+        the gc lock as prune does."""
         self._full_key("to repair sets")
         if not dry_run:
             self._writable()
@@ -1332,6 +1379,15 @@ class Repository:
             report = repairmod.SetRepair(self, lock.check).run(dry_run=dry_run)
         self.list_sets()  # forget the removed sets (and their cached copies)
         return report
+
+    def repair_wal(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.WalRepairReport:
+        """Delete the WAL catalog entries that cannot be read (damaged, not a catalog entry);
+        readable entries are never touched. Holds the gc lock as prune does."""
+        self._full_key("to repair the WAL catalog")
+        if not dry_run:
+            self._writable()
+        with self.locks.hold("repair-wal", gc=not dry_run, wait=lock_wait) as lock:
+            return repairmod.WalRepair(self, lock.check).run(dry_run=dry_run)
 
     def unlock(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
         """Remove stale locks, and with `host` every lock of that host, with `everything` every
@@ -1434,6 +1490,13 @@ class _CurrentIndex:
             return bid in repo.index
         loc = repo.index.get(bid)  # type: ignore[arg-type]
         return loc is not None and loc.pack not in repo.pending  # marked packs: write the blob anew
+
+
+def _cached_tree_form(kept: bytes) -> bool:
+    """Whether a cached tree has the form the cache writes (codec u8, raw_len u32, its pack's
+    name as 64 lowercase hex digits, then the stored bytes): a copy damaged in the state
+    directory (zeroed, cut short) fails here, before its pack name reaches the store."""
+    return len(kept) > 69 and all(c in b"0123456789abcdef" for c in kept[5:69])
 
 
 def _tree_entry(path: str, e: Entry) -> TreeEntry:

@@ -20,7 +20,7 @@ from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.scheduling import retention
 from cairn.store.content.crypto import Secret
 from cairn.store.errors import AbortedError, InvalidArgumentError
-from cairn.store.maintenance.repair import IndexRepairReport, SetRepairReport
+from cairn.store.maintenance.repair import IndexRepairReport, SetRepairReport, WalRepairReport
 from cairn.store.maintenance.retention import keeps_nothing
 from cairn.store.model import CheckReport, PrunePolicy, PruneReport
 
@@ -106,13 +106,26 @@ class MaintenancePart(ServicePart):
         return report
 
     def repair_sets(self, dry_run: bool) -> SetRepairReport:
-        """Remove the set objects that cannot be read; readable sets are never touched."""
+        """Remove the set objects that cannot be read (or put back the local cache's good copy);
+        readable sets are never touched."""
         if not dry_run:
             self._require_writable("repairing sets")
         report = self.repo.repair_sets(dry_run=dry_run)
         if not dry_run:
             for name, why in report.removed:
                 log.warning("removed unreadable set object %s: %s", name, why)
+            for name, why in report.restored:
+                log.warning("put back set object %s from the local cache: %s", name, why)
+        return report
+
+    def repair_wal(self, dry_run: bool) -> WalRepairReport:
+        """Remove the WAL catalog entries that cannot be read; readable entries are never touched."""
+        if not dry_run:
+            self._require_writable("repairing the WAL catalog")
+        report = self.repo.repair_wal(dry_run=dry_run)
+        if not dry_run:
+            for name, why in report.removed:
+                log.warning("removed unreadable WAL catalog entry %s: %s", name, why)
         return report
 
     def unlock(self, host: str = "", everything: bool = False) -> tuple[list[dict], list[dict]]:

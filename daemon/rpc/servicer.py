@@ -380,7 +380,15 @@ class CairnServicer(pb_grpc.CairnServicer):
         report = self.service.repair_sets(request.dry_run)
         return pb.RepairSetsReply(removed=[pb.RemovedSet(set=name, reason=why) for name, why in report.removed],
                                   kept=report.kept, newer=list(report.newer), dry_run=report.dry_run,
-                                  refused=[pb.RemovedSet(set=name, reason=why) for name, why in report.refused])
+                                  refused=[pb.RemovedSet(set=name, reason=why) for name, why in report.refused],
+                                  restored=[pb.RemovedSet(set=name, reason=why) for name, why in report.restored])
+
+    @rpc
+    def RepairWal(self, request: pb.RepairWalRequest, context: grpc.ServicerContext) -> pb.RepairWalReply:
+        report = self.service.repair_wal(request.dry_run)
+        return pb.RepairWalReply(removed=[pb.RemovedWal(name=name, reason=why) for name, why in report.removed],
+                                 kept=report.kept, dry_run=report.dry_run,
+                                 refused=[pb.RemovedWal(name=name, reason=why) for name, why in report.refused])
 
     def WalPush(self, request_iterator: Iterator[pb.WalPushRequest], context: grpc.ServicerContext) -> pb.WalPushReply:
         daemon = self.service.config.daemon
@@ -685,6 +693,7 @@ def repair_index_report(r: IndexRepairReport) -> pb.RepairIndexReport:
         unindexed_packs=list(r.unindexed_packs), blobs_added=r.blobs_added, blobs_indexed=r.blobs_indexed,
         index_files_replaced=r.index_files_replaced, damaged_index_files=list(r.damaged_index_files),
         index_file=r.index_file, read_data=r.read_data, dry_run=r.dry_run, blobs_copied=r.blobs_copied,
+        trees_restored=r.trees_restored,
     )
 
 

@@ -10,7 +10,8 @@ What always holds:
   written (then it is handed to `publish`, which adds it to whatever index is current), so
   dedup never points at data that a restart would not find; within one write session
   (`BlobWriter`) its own blobs dedup from the moment they are accepted; the blobs it dedups
-  against without writing them are remembered in `deduped`, for the check before commit;
+  against without writing them are remembered in `deduped`, and the subtrees a walk carried
+  over from its base unread in `carried`, for the check before commit;
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
 - at most `max_pending` packs are in memory waiting for upload (bounded memory), and at most
@@ -344,6 +345,7 @@ class BlobWriter:
         self.index = index
         self.publish = publish
         self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
+        self.carried: set[bytes] = set()  # subtrees carried over from the base unread: their packs must exist
         self.pack_size = pack_size
         self.level = level
         self.index_every = index_every

@@ -50,7 +50,7 @@ from ..errors import (
     WrongKeyError,
     short,
 )
-from ..storage.backend import Backend
+from ..storage.backend import Backend, shown_id
 
 CIPHER = "aes-256-gcm"
 NONCE = 12
@@ -324,7 +324,7 @@ class RepoKey(_BlobIds):
         if plain is None and sealed[:1] == PK_OBJECT:
             plain = self._unwrap_to_me(sealed[1:], ad)
         if plain is None:
-            raise CorruptionError(f"unable to read {kind} object '{short(name)}': authentication failed")
+            raise CorruptionError(f"unable to read {kind} object '{shown_id(name)}': authentication failed")
         return plain
 
 
@@ -392,7 +392,7 @@ class WriteOnlyKey(_BlobIds):
         ad = f"object:{kind}/{name}".encode()
         plain = _aead_open(self._index_aead, sealed, ad) if kind in CONTROL_KINDS else None
         if plain is None:
-            raise CorruptionError(f"unable to read {kind} object '{short(name)}': authentication failed"
+            raise CorruptionError(f"unable to read {kind} object '{shown_id(name)}': authentication failed"
                                   + ("" if kind in CONTROL_KINDS else " (the key is write-only)"))
         return plain
 

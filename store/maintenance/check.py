@@ -104,6 +104,7 @@ class Checker:
         self._cut: set[bytes] = set()  # the blobs that lie past the end of such a pack
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
+        self.damaged_wal = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
 
     def run(self, *, read_data: bool, set_ref: str | None, subset: str = "") -> CheckReport:
@@ -137,7 +138,11 @@ class Checker:
             steps.append("the store refuses to read the objects named above (not a file, permissions): fix "
                          "those by hand first (a set object that is damage may simply be removed)")
         if self.damaged_sets:
-            steps.append("'cairn repair sets' removes the damaged set objects")
+            steps.append("'cairn repair sets' removes the damaged set objects (or puts back the good copies the "
+                         "local cache holds)")
+        if self.damaged_wal:
+            steps.append("'cairn repair wal' removes the WAL catalog entries that cannot be read (prune refuses to "
+                         "run while one is there)")
         if self.corrupt:
             steps.append("'cairn repair index --read-data' drops the damaged blobs from the index")
         elif self.missing and self._regained and not self._lost_for_good and not self._unrecovered:
@@ -183,8 +188,12 @@ class Checker:
             except NotFoundError:
                 continue
             except CorruptionError as e:
-                self.errors.append(CheckProblem(f"set '{short(name)}' is damaged and is not listed: {e}",
-                                                object_id=name, sets=(name,)))
+                if self.repo.local_copy("sets", name) is not None:  # what this daemon lists and restores
+                    what = (f"set '{short(name)}' is damaged in the repository ({e}); the local cache holds a good "
+                            "copy, which 'cairn repair sets' puts back")
+                else:
+                    what = f"set '{short(name)}' is damaged and is not listed: {e}"
+                self.errors.append(CheckProblem(what, object_id=name, sets=(name,)))
                 self.damaged_sets = True
             except UnavailableError:
                 raise  # the store does not answer: verify stops rather than call everything unreadable
@@ -519,6 +528,7 @@ class Checker:
                 continue
             except CorruptionError as e:
                 self.errors.append(CheckProblem(str(e), object_id=name))
+                self.damaged_wal = True
                 continue
             for c in (bytes.fromhex(h) for h in doc["chunks"]):
                 why = self.bad.get(c) or (None if c in self.repo.index else

@@ -34,3 +34,9 @@ class MaintainedRepository(RepositoryHandle, Protocol):
 
     def list_keys(self) -> list[tuple[KeyInfo | None, str, str]]:
         """(info, key id, problem) of every key object (format 2)."""
+
+    def local_copy(self, kind: str, name: str) -> bytes | None:
+        """The plaintext of set object `name` from the local cache when that copy verifies."""
+
+    def local_tree(self, tree_id: bytes) -> bytes | None:
+        """The plaintext of tree `tree_id` from the local cache when that copy verifies."""

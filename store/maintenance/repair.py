@@ -11,13 +11,23 @@ too. Blobs that fail are left out; a pack whose trailer cannot be read, or that 
 is read by the offsets the index gives for it (an unindexed one contributes nothing); and the
 good blobs of a damaged pack are copied into a new pack (as prune copies live
 blobs) so that the damaged pack leaves the index whole: it is then a leftover that verify
-warns about and garbage collection deletes.
+warns about and garbage collection deletes. A tree the index loses so (its pack missing or
+damaged) whose copy the local cache (a daemon's on an object store) holds and verifies is
+stored again in a new pack: a tree is named by its content, so the sets that need it can be
+walked, checked and pruned again once the data it lists is stored again.
 Once the index no longer names a lost or damaged blob, the next backup stores that content
 again (it no longer deduplicates against it), and since ids are content addresses the older
 sets that reference it restore again too.
 
 `SetRepair` owns `cairn repair sets`: set objects that cannot be read (damaged, empty, not a
-set) are listed and deleted; a set that reads, or that a newer format wrote, is never touched.
+set) are listed and deleted, except one whose copy in the local cache (a daemon's on an object
+store) verifies against its name: that copy is the set as it was written, and is put back in
+its place; a set that reads, or that a newer format wrote, is never touched.
+
+`WalRepair` owns `cairn repair wal`: WAL catalog entries that cannot be read (damaged, not a
+catalog entry) are listed and deleted. Such an entry's WAL file cannot be fetched, and while it
+is there prune cannot know which chunks it keeps alive, so nothing is ever freed; a readable
+entry is never touched.
 
 What always holds: the caller holds the garbage collector's lock (one collector or repairer at
 a time; backups keep running beside it); the index files are listed before the packs, so every
@@ -41,11 +51,21 @@ import blake3
 
 from ..content.blobs import BlobReader
 from ..content.index import Index, IndexBuilder, decode_index, encode_index
-from ..content.packs import CODEC_ZSTD_REF, FOOTER, HEADER, PK_HEADER, PackEntry, parse_footer, parse_trailer
-from ..errors import BackendError, CorruptionError, NotFoundError, short
+from ..content.packs import (
+    CODEC_ZSTD_REF,
+    FOOTER,
+    HEADER,
+    PK_HEADER,
+    TYPE_TREE,
+    PackEntry,
+    parse_footer,
+    parse_trailer,
+)
+from ..errors import BackendError, CorruptionError, NotFoundError, UnavailableError, short
 from ..model import Progress
 from ..snapshots.sets import MAGIC as SET_MAGIC
 from ..snapshots.sets import SET_VERSION, decode_set
+from ..snapshots.wal import decode_catalog
 
 if TYPE_CHECKING:
     from .handle import MaintainedRepository
@@ -67,6 +87,7 @@ class IndexRepairReport:
     blobs_added: int = 0  # blobs added from those packs
     blobs_indexed: int = 0  # blobs the index names afterwards (the new file, and the copies' own)
     blobs_copied: int = 0  # good blobs of damaged packs copied into a new pack
+    trees_restored: int = 0  # lost trees stored again from the local cache's verified copies
     index_files_replaced: int = 0  # old index files deleted (would be, with dry_run)
     damaged_index_files: tuple[str, ...] = ()  # old index files that could not be read
     index_file: str = ""  # the new index file ("" when none was needed)
@@ -81,10 +102,11 @@ class IndexRepairReport:
 
 @dataclass(frozen=True)
 class SetRepairReport:
-    """What `repair sets` removed (or, with dry_run, would remove): (set name, why) pairs."""
+    """What `repair sets` removed or put back (or, with dry_run, would): (set name, why) pairs."""
 
     removed: tuple[tuple[str, str], ...] = ()
     kept: int = 0  # readable sets, untouched
+    restored: tuple[tuple[str, str], ...] = ()  # damaged in the store, put back from the local cache's good copy
     newer: tuple[str, ...] = ()  # sets of a newer format: not readable here, never removed
     refused: tuple[tuple[str, str], ...] = ()  # set objects the store refused to read: (name, why), kept
     dry_run: bool = False
@@ -126,6 +148,7 @@ class IndexRepair:
                 hint="check that config/config and keys/ are this repository's; 'cairn repair index --dry-run' "
                      "lists them")
         copied = 0
+        rescue: dict[str, list[PackEntry]] = {}
         if damaged:  # a damaged pack leaves the index: its good blobs are copied into a new pack first
             out = sorted(p for p in damaged if p in found)
             elsewhere = {e.id for p, es in {**known, **found}.items() if p not in damaged for e in es}
@@ -156,11 +179,19 @@ class IndexRepair:
             if n:
                 added += n
                 contributed.append(pack)
+        # trees the index loses (a missing or damaged pack) whose verified copy the local cache holds
+        # are stored again, so the sets that need them can still be walked, checked and pruned
+        copies = {e.id for es in rescue.values() for e in es} if damaged else set()
+        lost = sorted({e.id for es in indexed.values() for e in es if e.type == TYPE_TREE} - seen - copies)
+        kept_trees = [(b, data) for b in lost if (data := self.repo.local_tree(b)) is not None]
+        if kept_trees and not dry_run:
+            self._store_trees(kept_trees)
+        copied += len(kept_trees)
         report = IndexRepairReport(
             packs_listed=len(stored), packs_read=packs_read, missing_packs=tuple(missing),
             entries_missing=entries_missing, damaged_packs=tuple(sorted(damaged)), entries_damaged=bad_blobs,
             unindexed_packs=tuple(contributed), blobs_added=added, blobs_indexed=len(seen) + copied,
-            blobs_copied=copied,
+            blobs_copied=copied - len(kept_trees), trees_restored=len(kept_trees),
             index_files_replaced=len(readable) + len(damaged_files),
             damaged_index_files=tuple(damaged_files) + tuple(n for n, _ in self.refused),
             read_data=read_data, dry_run=dry_run)
@@ -270,6 +301,20 @@ class IndexRepair:
             writer.abort()
             raise
 
+    def _store_trees(self, trees: list[tuple[bytes, bytes]]) -> None:
+        """Store the trees `trees` ((id, plaintext), verified) in a new pack with its own index
+        file, durable before the new index is written."""
+        writer = self.repo.writer()
+        try:
+            for bid, data in trees:
+                self.check_lock()
+                writer.put_forced(bid, TYPE_TREE, data)
+            self.check_lock()
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
     def _emit(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(Progress("read packs", done, total, self.bytes_read))
@@ -300,7 +345,7 @@ class IndexRepair:
             entries = [e for e in indexed if len(HEADER) <= e.offset and e.offset + e.stored_len <= len(data)]
             bad = len(indexed) - len(entries)  # beyond the end: lost with what was cut off
         reader = self._reader(Index())
-        good, later = [], []
+        good, later, failed = [], [], set()
         for e in entries:
             if e.codec == CODEC_ZSTD_REF:
                 later.append(e)  # needs its reference's plaintext: verified once every pack was read
@@ -311,7 +356,12 @@ class IndexRepair:
             except BackendError:
                 raise  # the storage failed, not the blob
             except Exception:  # noqa: BLE001 - any failure to open, decompress or hash stored bytes is damage
-                bad += 1
+                failed.add(e.id)
+        if indexed:  # what the index says the pack holds and it does not hold whole is dropped: damage too
+            named = {e.id for e in indexed}  # (a pack replaced by another one's bytes verifies blob by blob)
+            bad = len(named - {e.id for e in good} - {e.id for e in later}) + len(failed - named)
+        else:
+            bad += len(failed)
         return good, bad, later, blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() == pack
 
     def _trailer_entries(self, pack: str, data: bytes) -> list[PackEntry]:
@@ -379,13 +429,23 @@ class SetRepair:
                 newer.append(name)
             else:
                 removed.append((name, why))
-        if len(removed) >= 2 and not kept and not newer and not dry_run:
+        copies = {}  # a damaged set whose verified copy the local cache holds is put back, not removed
+        for name, _why in removed:
+            data = self.repo.local_copy("sets", name)
+            if data is not None:
+                copies[name] = data
+        restored = [(name, why) for name, why in removed if name in copies]
+        removed = [(name, why) for name, why in removed if name not in copies]
+        if len(removed) >= 2 and not kept and not newer and not restored and not dry_run:
             raise CorruptionError(
                 f"refusing to remove set objects: all {len(removed)} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
                 hint="check that config/config and keys/ are this repository's; 'cairn repair sets --dry-run' "
                      "lists them")
         if not dry_run:
+            for name, data in copies.items():
+                self.check_lock()
+                backend.put("sets", name, data)  # the same plaintext under its name: the set as written
             for name, _why in removed:
                 self.check_lock()
                 try:
@@ -393,7 +453,57 @@ class SetRepair:
                 except NotFoundError:
                     pass
         return SetRepairReport(removed=tuple(removed), kept=kept, newer=tuple(newer), refused=tuple(refused),
-                               dry_run=dry_run)
+                               restored=tuple(restored), dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class WalRepairReport:
+    """What `repair wal` removed (or, with dry_run, would remove): (catalog object, why) pairs."""
+
+    removed: tuple[tuple[str, str], ...] = ()
+    kept: int = 0  # readable catalog entries, untouched
+    refused: tuple[tuple[str, str], ...] = ()  # entries the store refused to read (storage error): kept
+    dry_run: bool = False
+
+
+class WalRepair:
+    """One run of `repair wal`. The caller holds the gc lock."""
+
+    def __init__(self, repo: MaintainedRepository, check_lock: Callable[[], None] | None = None) -> None:
+        self.repo = repo
+        self.check_lock = check_lock or (lambda: None)
+
+    def run(self, *, dry_run: bool) -> WalRepairReport:
+        backend = self.repo.backend
+        removed: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        kept = 0
+        for name in sorted(backend.list("wal")):
+            try:
+                decode_catalog(name, backend.get("wal", name))
+                kept += 1
+            except NotFoundError:
+                continue  # forgotten meanwhile (WAL retention)
+            except CorruptionError as e:  # a sealed entry that does not open, or not a catalog entry
+                removed.append((name, str(e)))
+            except UnavailableError:
+                raise  # the store does not answer: nothing is unreadable for that
+            except BackendError as e:  # the store refuses it (not a file, permissions): reported, kept
+                refused.append((name, e.message))
+        if len(removed) >= 2 and not kept and not dry_run:
+            raise CorruptionError(
+                f"refusing to remove WAL catalog entries: all {len(removed)} of them fail their check, which "
+                "points to a wrong config or key rather than damage; nothing was removed",
+                hint="check that config/config and keys/ are this repository's; 'cairn repair wal --dry-run' "
+                     "lists them")
+        if not dry_run:
+            for name, _why in removed:
+                self.check_lock()
+                try:
+                    backend.delete("wal", name)
+                except NotFoundError:
+                    pass
+        return WalRepairReport(removed=tuple(removed), kept=kept, refused=tuple(refused), dry_run=dry_run)
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

@@ -334,6 +334,9 @@ class Walker:
                 return False
             self._carry(tree_id)
             self.carried.append(tree_id)
+            carried = getattr(self.writer, "carried", None)
+            if carried is not None:  # its listing's pack is checked before the set commits
+                carried.add(tree_id)
             return True
         except UnindexedError as e:
             self._base_lost(rel, e)

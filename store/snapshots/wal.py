@@ -222,7 +222,13 @@ def referenced_chunks(repo: RepositoryHandle, skip: Collection[str] = ()) -> set
     for name in list(repo.backend.list("wal")):
         if name in skip:
             continue
-        doc = _catalog(repo, name)  # a damaged entry raises: its chunks cannot be known
+        try:
+            doc = _catalog(repo, name)
+        except CorruptionError as e:  # its chunks cannot be known
+            raise CorruptionError(
+                f"{e.message}: the chunks it names cannot be known, so nothing may be deleted",
+                hint="'cairn repair wal' removes the WAL catalog entries that cannot be read (the WAL files they "
+                     "stood for cannot be fetched either way), or put back a good copy of the entry") from None
         if doc:
             out.update(bytes.fromhex(c) for c in doc["chunks"])
     return out

@@ -8,7 +8,9 @@ directory: directories 0700, files 0600, each written to a temp file, fsynced an
   trees reachable from the newest cached set of each source and its attachments are kept),
 - the WAL catalog entries it pushed (a retried push of the same content is a no-op).
 A cached record is written *before* the object it mirrors, so a crash leaves at most a record
-of an object that does not exist: listings intersect with the repository's own listing. One
+of an object that does not exist: listings intersect with the repository's own listing. A tree
+record damaged on disk (it does not decode, or not to its id) is dropped when met: a backup then
+reads that directory from the source again instead of failing on it for good. One
 process uses a cache at a time (the daemon holds its state directory's lock), so temp files
 found when it is opened are leftovers of a killed write and removed.
 
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..content.crypto import WriteOnlyKeyError, write_only_refusal
-from ..errors import short
+from ..errors import CorruptionError, short
 from ..storage.backend import Backend
 from .trees import decode_tree
 
@@ -63,7 +65,8 @@ class HostCache:
 
     def put(self, kind: str, name: str, data: bytes, *, durable: bool = True) -> None:
         """Store a record. Trees are content-addressed and checked when read, so they are
-        written without fsync (`durable=False`); one already there only has its time renewed."""
+        written without fsync (`durable=False`); one already there with the same bytes only has
+        its time renewed (one damaged on disk is written again)."""
         if self.path is None:
             with self._lock:
                 self._mem[kind][name] = bytes(data)
@@ -73,8 +76,11 @@ class HostCache:
         if not durable:
             try:
                 if os.stat(final).st_size == len(data):
-                    os.utime(final)
-                    return
+                    with open(final, "rb") as f:
+                        same = f.read() == data
+                    if same:
+                        os.utime(final)
+                        return
             except FileNotFoundError:
                 pass
         tmp = f"{final}.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -151,8 +157,13 @@ class HostCache:
             data = self.get("trees", tid)
             if data is None:
                 continue
+            try:
+                entries = decode_tree(bytes.fromhex(tid), data)
+            except CorruptionError:  # damaged in the state directory: dropped, never followed
+                self.remove("trees", tid)
+                continue
             keep.add(tid)
-            todo += [e.subtree.hex() for e in decode_tree(bytes.fromhex(tid), data) if e.subtree]
+            todo += [e.subtree.hex() for e in entries if e.subtree]
         gone = [n for n in self.names("trees") if n not in keep and self.age("trees", n) > grace]
         for n in gone:
             self.remove("trees", n)

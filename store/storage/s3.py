@@ -45,7 +45,8 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
   (packs never change once written), and starts fetching the next block in the background: a
   restore's thousands of chunk reads become a few GETs, overlapped with its work.
   A pack deleted by another host may still be served from those blocks for a short while;
-  garbage collection's grace period is what makes that harmless.
+  garbage collection's grace period is what makes that harmless. `forget_blocks()` drops them
+  all, so that a check reads every pack from the store, never from what was read before it.
 """
 
 from __future__ import annotations
@@ -637,6 +638,11 @@ class S3Backend:
                           lambda: self._s3.head_object(Bucket=self.bucket, Key=key),
                           missing=f"{kind} object '{shown_id(name)}' not found")
         return int(resp["ContentLength"])
+
+    def forget_blocks(self) -> None:
+        """Drop every pack block kept for reads: the reads that follow fetch from the store
+        (verify: what this process read before proves nothing about what the store holds now)."""
+        self._blocks.forget(None)
 
     def close(self) -> None:
         """Release the client's connection pool and the cached blocks."""

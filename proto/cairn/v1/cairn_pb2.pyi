@@ -803,7 +803,7 @@ class RepairIndexRequest(_message.Message):
     def __init__(self, read_data: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class RepairIndexReport(_message.Message):
-    __slots__ = ("packs_listed", "packs_read", "missing_packs", "entries_missing", "damaged_packs", "entries_damaged", "unindexed_packs", "blobs_added", "blobs_indexed", "index_files_replaced", "damaged_index_files", "index_file", "read_data", "dry_run", "blobs_copied")
+    __slots__ = ("packs_listed", "packs_read", "missing_packs", "entries_missing", "damaged_packs", "entries_damaged", "unindexed_packs", "blobs_added", "blobs_indexed", "index_files_replaced", "damaged_index_files", "index_file", "read_data", "dry_run", "blobs_copied", "trees_restored")
     PACKS_LISTED_FIELD_NUMBER: _ClassVar[int]
     PACKS_READ_FIELD_NUMBER: _ClassVar[int]
     MISSING_PACKS_FIELD_NUMBER: _ClassVar[int]
@@ -819,6 +819,7 @@ class RepairIndexReport(_message.Message):
     READ_DATA_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     BLOBS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    TREES_RESTORED_FIELD_NUMBER: _ClassVar[int]
     packs_listed: int
     packs_read: int
     missing_packs: _containers.RepeatedScalarFieldContainer[str]
@@ -834,7 +835,8 @@ class RepairIndexReport(_message.Message):
     read_data: bool
     dry_run: bool
     blobs_copied: int
-    def __init__(self, packs_listed: _Optional[int] = ..., packs_read: _Optional[int] = ..., missing_packs: _Optional[_Iterable[str]] = ..., entries_missing: _Optional[int] = ..., damaged_packs: _Optional[_Iterable[str]] = ..., entries_damaged: _Optional[int] = ..., unindexed_packs: _Optional[_Iterable[str]] = ..., blobs_added: _Optional[int] = ..., blobs_indexed: _Optional[int] = ..., index_files_replaced: _Optional[int] = ..., damaged_index_files: _Optional[_Iterable[str]] = ..., index_file: _Optional[str] = ..., read_data: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., blobs_copied: _Optional[int] = ...) -> None: ...
+    trees_restored: int
+    def __init__(self, packs_listed: _Optional[int] = ..., packs_read: _Optional[int] = ..., missing_packs: _Optional[_Iterable[str]] = ..., entries_missing: _Optional[int] = ..., damaged_packs: _Optional[_Iterable[str]] = ..., entries_damaged: _Optional[int] = ..., unindexed_packs: _Optional[_Iterable[str]] = ..., blobs_added: _Optional[int] = ..., blobs_indexed: _Optional[int] = ..., index_files_replaced: _Optional[int] = ..., damaged_index_files: _Optional[_Iterable[str]] = ..., index_file: _Optional[str] = ..., read_data: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., blobs_copied: _Optional[int] = ..., trees_restored: _Optional[int] = ...) -> None: ...
 
 class RepairIndexEvent(_message.Message):
     __slots__ = ("progress", "report")
@@ -859,18 +861,46 @@ class RemovedSet(_message.Message):
     def __init__(self, set: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RepairSetsReply(_message.Message):
-    __slots__ = ("removed", "kept", "newer", "dry_run", "refused")
+    __slots__ = ("removed", "kept", "newer", "dry_run", "refused", "restored")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
     NEWER_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
     removed: _containers.RepeatedCompositeFieldContainer[RemovedSet]
     kept: int
     newer: _containers.RepeatedScalarFieldContainer[str]
     dry_run: bool
     refused: _containers.RepeatedCompositeFieldContainer[RemovedSet]
-    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., kept: _Optional[int] = ..., newer: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ..., refused: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ...) -> None: ...
+    restored: _containers.RepeatedCompositeFieldContainer[RemovedSet]
+    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., kept: _Optional[int] = ..., newer: _Optional[_Iterable[str]] = ..., dry_run: _Optional[bool] = ..., refused: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ..., restored: _Optional[_Iterable[_Union[RemovedSet, _Mapping]]] = ...) -> None: ...
+
+class RepairWalRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class RemovedWal(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RepairWalReply(_message.Message):
+    __slots__ = ("removed", "kept", "refused", "dry_run")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedCompositeFieldContainer[RemovedWal]
+    kept: int
+    refused: _containers.RepeatedCompositeFieldContainer[RemovedWal]
+    dry_run: bool
+    def __init__(self, removed: _Optional[_Iterable[_Union[RemovedWal, _Mapping]]] = ..., kept: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[RemovedWal, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class WalPushRequest(_message.Message):
     __slots__ = ("name", "data", "wal_namespace")

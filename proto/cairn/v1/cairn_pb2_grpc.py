@@ -99,6 +99,11 @@ class CairnStub:
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsRequest.SerializeToString,
                 response_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsReply.FromString,
                 _registered_method=True)
+        self.RepairWal = channel.unary_unary(
+                '/cairn.v1.Cairn/RepairWal',
+                request_serializer=cairn_dot_v1_dot_cairn__pb2.RepairWalRequest.SerializeToString,
+                response_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairWalReply.FromString,
+                _registered_method=True)
         self.WalPush = channel.stream_unary(
                 '/cairn.v1.Cairn/WalPush',
                 request_serializer=cairn_dot_v1_dot_cairn__pb2.WalPushRequest.SerializeToString,
@@ -237,6 +242,13 @@ class CairnServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepairWal(self, request, context):
+        """Remove the WAL catalog entries that cannot be read (readable entries are never touched).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WalPush(self, request_iterator, context):
         """Archive one WAL segment: the first message names it, all messages carry data.
         """
@@ -360,6 +372,11 @@ def add_CairnServicer_to_server(servicer, server):
                     servicer.RepairSets,
                     request_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsRequest.FromString,
                     response_serializer=cairn_dot_v1_dot_cairn__pb2.RepairSetsReply.SerializeToString,
+            ),
+            'RepairWal': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepairWal,
+                    request_deserializer=cairn_dot_v1_dot_cairn__pb2.RepairWalRequest.FromString,
+                    response_serializer=cairn_dot_v1_dot_cairn__pb2.RepairWalReply.SerializeToString,
             ),
             'WalPush': grpc.stream_unary_rpc_method_handler(
                     servicer.WalPush,
@@ -753,6 +770,33 @@ class Cairn:
             '/cairn.v1.Cairn/RepairSets',
             cairn_dot_v1_dot_cairn__pb2.RepairSetsRequest.SerializeToString,
             cairn_dot_v1_dot_cairn__pb2.RepairSetsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairWal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cairn.v1.Cairn/RepairWal',
+            cairn_dot_v1_dot_cairn__pb2.RepairWalRequest.SerializeToString,
+            cairn_dot_v1_dot_cairn__pb2.RepairWalReply.FromString,
             options,
             channel_credentials,
             insecure,

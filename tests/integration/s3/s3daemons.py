@@ -5,7 +5,8 @@ directory and `[daemon] host`), starts it with `start()` (returns once systemd's
 on a notify socket the test owns, like the other daemon tests) and runs the real client with
 `cli()` / `ok()`; `watch=True` gives its sources the change journal. `command` is what runs
 the daemon (the installed cairnd; a test may put a wrapper there, such as skewed_cairnd.py).
-Every started daemon is stopped by PID in `stop()`. AWS_* variables of the test's environment
+Every started daemon is stopped by PID in `stop()`, which frees its notify socket for another
+`start()`. AWS_* variables of the test's environment
 are not passed on: each daemon gets its credentials from the configuration.
 """
 
@@ -98,6 +99,10 @@ class Host:
                 proc.wait(10)
         if self.notify is not None:
             self.notify.close()
+            try:
+                os.unlink(self.notify.path)  # so that start() may bind it again
+            except FileNotFoundError:
+                pass
             self.notify = None
 
     def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -369,3 +369,21 @@ def test_init_replaces_only_cairn_key_objects_left_by_a_killed_init():
         Repository.init(foreign, secret=secret, argon2=fast)
     assert foreign.get("keys", "4f3a9b0c1d2e") == b'{"kdf": "scrypt"}'
     assert not list(foreign.list("config"))
+
+
+def test_a_damaged_wal_entry_is_named_in_full(tmp_path):
+    """WAL file names share their first digits (timeline, log): the message names the whole
+    name of the entry that fails, never an 8-character prefix every segment has."""
+    backend = MemoryBackend()
+    repo = Repository.init(backend, secret=_secret(), argon2=FAST)
+    repo.put_wal(WAL_NAME, os.urandom(5000))
+    sealed = bytearray(backend.get("wal", WAL_NAME))
+    sealed[len(sealed) // 2] ^= 0x01
+    backend.put("wal", WAL_NAME, bytes(sealed))
+    repo.close()
+    repo = Repository.open(backend, secret=_secret())
+    with pytest.raises(CorruptionError) as e:
+        repo.get_wal(WAL_NAME)
+    assert f"unable to read wal object '{WAL_NAME}': authentication failed" in str(e.value)
+    assert any(WAL_NAME in p.message for p in repo.check().errors)
+    repo.close()

@@ -526,3 +526,25 @@ def test_another_repositorys_config_and_key_make_repairs_refuse_not_delete(tmp_p
     shutil.copy(os.path.join(plain, "config", "config"), os.path.join(b, "config", "config"))
     with pytest.raises(CorruptionError, match="says it is not encrypted, but it holds key objects"):
         Repository.open(LocalBackend(b))
+
+
+def test_a_pack_replaced_by_another_packs_bytes_counts_its_blobs_as_dropped(repo, repo_path, src, tmp_path, rng):
+    """A pack whose object holds another pack's bytes (a copy over the wrong name): every blob
+    in it verifies, but none is one the index says the pack holds. Those are dropped, and the
+    report counts them (before it said 0 damaged blobs while the index lost them, so neither
+    the hint to take a full backup nor the daemon's own full after a repair followed)."""
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    pack = _data_pack(repo, packs1)
+    other = next(p for p in sorted(repo.backend.list("packs")) if p != pack)
+    lost = [b for b, loc in repo.index.items() if loc.pack == pack]
+    with open(_pack_file(repo_path, other), "rb") as f:
+        data = f.read()
+    with open(_pack_file(repo_path, pack), "wb") as f:
+        f.write(data)
+    dry = repo.repair_index(read_data=True, dry_run=True)
+    assert dry.damaged_packs == (pack,) and dry.entries_damaged == len(lost) and dry.changed
+    r = repo.repair_index(read_data=True)
+    assert r.damaged_packs == (pack,) and r.entries_damaged == len(lost) and r.changed
+    assert not any(b in repo.index for b in lost)
+    backup(repo, src)  # the full backup the repair asks for stores them again
+    _all_restore(repo, tmp_path, before, src)
