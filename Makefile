@@ -35,7 +35,7 @@ setup: $(BIN)/cairnd
 # $(CAIRN_HOME)/repo (initialised here on the first run, encrypted under the key file
 # $(CAIRN_HOME)/repo.key made beside it), watching $(SOURCE).
 run: setup
-	@mkdir -p $(CAIRN_HOME)
+	@mkdir -p -m 0700 $(CAIRN_HOME)
 	@[ -e $(CAIRN_HOME)/repo.key ] || (umask 077 && head -c 32 /dev/urandom | base64 > $(CAIRN_HOME)/repo.key)
 	@[ -e $(CAIRN_HOME)/repo ] || CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --init --key-file $(CAIRN_HOME)/repo.key
 	CAIRN_HOME=$(CAIRN_HOME) $(BIN)/cairnd --repo $(CAIRN_HOME)/repo --source $(SOURCE) --key-file $(CAIRN_HOME)/repo.key

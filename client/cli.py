@@ -1168,12 +1168,18 @@ def _read_passphrase(path: str) -> bytes:
 def _read_key_file(path: str) -> bytes:
     import base64
     import binascii
+    import errno
+    import shlex
 
     try:
         with open(path, "rb") as f:
             text = f.read(4096).strip()
     except OSError as e:
-        raise InvalidArgumentError(f"unable to read key file '{path}': {e.strerror}") from None
+        hint = None
+        if e.errno == errno.ENOENT:  # a new destination's key is the caller's to make (cairn copy)
+            hint = (f"make one with: (umask 077; head -c 32 /dev/urandom | base64 > {shlex.quote(path)}), "
+                    "and keep a copy apart from the repository")
+        raise InvalidArgumentError(f"unable to read key file '{path}': {e.strerror}", hint=hint) from None
     try:
         value = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

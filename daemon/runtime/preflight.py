@@ -41,10 +41,15 @@ DB_CONNECT_TIMEOUT = 3
 
 
 def init_hint(config: Config) -> str:
-    """The command that creates the configured repository."""
-    if config.path:
-        return f"create it with: cairnd --config {config.path} --init"
-    return f"create it with: cairnd --repo {config.repository.path} --init"
+    """The command that creates the configured repository, with the secret that `--init` needs
+    (the one given, or a placeholder when none is), so that it runs as printed."""
+    repo = config.repository
+    command = f"cairnd --config {config.path} --init" if config.path else f"cairnd --repo {repo.path} --init"
+    if repo.passphrase_file:
+        return f"create it with: {command} --passphrase-file {repo.passphrase_file}"
+    if repo.key_file:
+        return f"create it with: {command} --key-file {repo.key_file}"
+    return f"create it with: {command} --passphrase-file F (or --key-file F)"
 
 
 def check_start(config: Config) -> None:

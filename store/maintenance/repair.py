@@ -198,7 +198,10 @@ class IndexRepair:
         healthy = not (missing or damaged or contributed or damaged_files or self.refused)
         if healthy:  # the index names exactly the blobs of the packs that exist: nothing to rewrite
             return replace(report, index_files_replaced=0)
-        if dry_run or (not new and not readable and not damaged_files):
+        if dry_run:  # an old file holding exactly the new index stays as the new file: not replaced
+            name = encode_index(new)[0]
+            return replace(report, index_files_replaced=sum(n != name for n in readable + damaged_files))
+        if not new and not readable and not damaged_files:
             return report
         return self._replace(report, new, readable + damaged_files)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -205,3 +206,20 @@ def test_copy_names_a_set_whose_data_is_lost_copies_the_rest_and_exits_1(daemon,
     assert [f["set"] for f in report["failed"]] == [second] and report["copied"] == []
     assert sorted(p["set"] for p in report["present"]) == sorted([first, third])
     assert json.loads(j.stderr)["error"]["message"].startswith("1 set could not be copied")
+
+
+def test_copy_to_a_key_file_not_made_yet_says_how_to_make_one(daemon, tmp_path):
+    """The README's `cairn copy --to DIR --to-key-file F` with no F yet: one line and the command
+    that makes F, which then works as printed; nothing is written before."""
+    daemon.ok("backup", "--level", "full")
+    key, dest = tmp_path / "keys dir" / "offsite.key", tmp_path / "offsite"
+    key.parent.mkdir()
+    r = daemon.cli("copy", "--to", str(dest), "--to-key-file", str(key))
+    assert r.returncode == 2 and not dest.exists()
+    error, hint = r.stderr.strip().splitlines()
+    assert error == f"cairn: error: unable to read key file '{key}': No such file or directory"
+    command = hint.removeprefix("hint: make one with: ").split(", and keep a copy")[0]
+    assert command != hint
+    subprocess.run(["sh", "-c", command], check=True)
+    assert oct(os.stat(key).st_mode & 0o777) == oct(0o600)
+    assert "copied 1 set" in daemon.ok("copy", "--to", str(dest), "--to-key-file", str(key), timeout=120)

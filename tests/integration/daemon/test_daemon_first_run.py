@@ -4,8 +4,10 @@ daemon creates anything (one line on stderr naming the key, path or address; exi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shlex
 import socket
 import subprocess
 from pathlib import Path
@@ -40,8 +42,23 @@ def test_missing_repository_is_refused_with_the_command_that_creates_it(tmp_path
     r = run_cairnd("--repo", str(repo), "--source", str(src), "--socket", os.path.join(rundir, "s", "c.sock"))
     assert r.returncode == 1
     assert one_line(r.stderr) == (f"cairnd: error: '{repo}' is not a Cairn repository: no such directory; "
-                                  f"create it with: cairnd --repo {repo} --init")
+                                  f"create it with: cairnd --repo {repo} --init --passphrase-file F (or --key-file F)")
     assert tree(str(tmp_path)) == before and not os.path.exists(os.path.join(rundir, "s"))
+
+
+def test_the_command_that_creates_a_missing_repository_runs_as_printed(tmp_path, rundir):
+    repo = tmp_path / "repo"
+    src = tmp_path / "src"
+    src.mkdir()
+    key = tmp_path / "repo.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    r = run_cairnd("--repo", str(repo), "--source", str(src), "--key-file", str(key),
+                   "--socket", os.path.join(rundir, "k.sock"))
+    assert r.returncode == 1
+    hint = one_line(r.stderr).split("create it with: ", 1)[1]
+    assert hint == f"cairnd --repo {repo} --init --key-file {key}"
+    r = run_cairnd(*shlex.split(hint)[1:])
+    assert r.returncode == 0 and r.stdout == f"created an encrypted repository at {repo}\n", r.stderr
 
 
 def test_init_creates_then_refuses_an_existing_repository(tmp_path, start_daemon):
@@ -74,7 +91,9 @@ def test_init_with_a_config_creates_the_repository_it_names(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[repository]\npath = "{tmp_path / "r"}"\n')
     r = run_cairnd("--config", str(config))
-    assert r.returncode == 1 and f"create it with: cairnd --config {config} --init" in one_line(r.stderr)
+    assert r.returncode == 1
+    assert one_line(r.stderr).endswith(
+        f"create it with: cairnd --config {config} --init --passphrase-file F (or --key-file F)")
     assert run_cairnd("--config", str(config), "--init", "--no-encryption").returncode == 0
     assert (tmp_path / "r").is_dir()
 

@@ -548,3 +548,25 @@ def test_a_pack_replaced_by_another_packs_bytes_counts_its_blobs_as_dropped(repo
     assert not any(b in repo.index for b in lost)
     backup(repo, src)  # the full backup the repair asks for stores them again
     _all_restore(repo, tmp_path, before, src)
+
+
+def test_a_dry_run_counts_the_index_files_the_repair_replaces(repo, repo_path, src, tmp_path, rng):
+    # the first set's pack is damaged; the second set's index file then holds exactly what the
+    # new index holds, so the repair keeps it as the new file: the dry run must not count it
+    write_random(str(src / "one.bin"), 40_000, rng)
+    backup(repo, src)
+    packs1 = set(repo.backend.list("packs"))
+    write_random(str(src / "two.bin"), 40_000, rng)
+    backup(repo, src, level="incremental")
+    loc = next(loc for _b, loc in sorted(repo.index.items()) if loc.pack in packs1 and loc.type == TYPE_DATA)
+    with open(_pack_file(repo_path, loc.pack), "r+b") as f:
+        f.seek(loc.offset + loc.stored_len // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    dry = repo.repair_index(read_data=True, dry_run=True)
+    real = repo.repair_index(read_data=True)
+    assert real.damaged_packs == (loc.pack,)
+    assert dry.index_files_replaced == real.index_files_replaced, (dry, real)
+    assert (dry.entries_damaged, dry.blobs_copied, dry.blobs_indexed) == (real.entries_damaged, real.blobs_copied,
+                                                                          real.blobs_indexed)
