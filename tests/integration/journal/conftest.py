@@ -23,6 +23,7 @@ class Src:
     paths: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     watch: bool = True
+    own_dirs: tuple[str, ...] = ()  # (SourceConfig's: the daemon's own directories below the paths)
 
     def path_excludes(self) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
         return SourceConfig.path_excludes(self)  # type: ignore[arg-type]  (the daemon's own split)
