@@ -25,11 +25,12 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import psycopg2
+from detached import launch
+from detached import stop as stop_detached
 
 SHARDS = 3
 SCHEMA = "CREATE TABLE IF NOT EXISTS files (path text PRIMARY KEY, sha256 text NOT NULL, n bigint NOT NULL)"
@@ -123,32 +124,11 @@ def _flush(root: str, conns: list, n: int) -> None:
 
 
 def start(root: str, pidfile: str, *dsns: str) -> int:
-    subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", root, pidfile, *dsns],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True)
-    end = time.monotonic() + 30
-    while not os.path.exists(pidfile):
-        if time.monotonic() > end:
-            print("application did not start", file=sys.stderr)
-            return 1
-        time.sleep(0.02)
-    return 0
+    return launch([sys.executable, os.path.abspath(__file__), "run", root, pidfile, *dsns], pidfile, "application")
 
 
 def stop(pidfile: str) -> int:
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read())
-    except FileNotFoundError:
-        return 0
-    os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + 30
-    while os.path.exists(pidfile):  # removed by the application after its flush
-        if time.monotonic() > end:
-            print(f"application {pid} did not stop", file=sys.stderr)
-            return 1
-        time.sleep(0.01)
-    return 0
+    return stop_detached(pidfile, "application")  # (removed by the application after its flush)
 
 
 def tree(root: str) -> dict[str, str]:

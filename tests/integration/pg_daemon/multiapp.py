@@ -26,6 +26,8 @@ import sys
 import time
 
 import psycopg2
+from detached import launch
+from detached import stop as stop_detached
 
 PG_TABLE = "CREATE TABLE IF NOT EXISTS files (n bigint PRIMARY KEY, path text NOT NULL, sha256 text NOT NULL)"
 MARIA_TABLE = ("CREATE TABLE IF NOT EXISTS files (n bigint PRIMARY KEY, path varchar(200) NOT NULL, "
@@ -94,32 +96,12 @@ def run(conf_path: str, pidfile: str) -> int:
 def start(conf_path: str, pidfile: str) -> int:
     if os.path.exists(pidfile):
         return 0
-    with open(pidfile + ".err", "ab") as err:
-        subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", conf_path, pidfile],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    end = time.monotonic() + 30
-    while not os.path.exists(pidfile):
-        if time.monotonic() > end:
-            print("the application did not start", file=sys.stderr)
-            return 1
-        time.sleep(0.02)
-    return 0
+    return launch([sys.executable, os.path.abspath(__file__), "run", conf_path, pidfile], pidfile,
+                  "the application", stderr=pidfile + ".err")
 
 
 def stop(pidfile: str) -> int:
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read())
-    except FileNotFoundError:
-        return 0
-    os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + 30
-    while os.path.exists(pidfile):  # removed by the application after its last commit
-        if time.monotonic() > end:
-            print(f"application {pid} did not stop", file=sys.stderr)
-            return 1
-        time.sleep(0.01)
-    return 0
+    return stop_detached(pidfile, "application")  # (removed by the application after its last commit)
 
 
 if __name__ == "__main__":

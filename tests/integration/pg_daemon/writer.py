@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import psycopg2
+from detached import launch
+from detached import stop as stop_detached
 
 
 def run(dsn: str, directory: str, table: str, pidfile: str) -> int:
@@ -55,32 +56,12 @@ def run(dsn: str, directory: str, table: str, pidfile: str) -> int:
 
 
 def start(dsn: str, directory: str, table: str, pidfile: str) -> int:
-    subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", dsn, directory, table, pidfile],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True)
-    end = time.monotonic() + 20
-    while not os.path.exists(pidfile):
-        if time.monotonic() > end:
-            print("writer did not start", file=sys.stderr)
-            return 1
-        time.sleep(0.02)
-    return 0
+    return launch([sys.executable, os.path.abspath(__file__), "run", dsn, directory, table, pidfile], pidfile,
+                  "writer", timeout=20)
 
 
 def stop(pidfile: str) -> int:
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read())
-    except FileNotFoundError:
-        return 0
-    os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + 20
-    while os.path.exists(pidfile):  # removed by the writer after its last row
-        if time.monotonic() > end:
-            print(f"writer {pid} did not stop", file=sys.stderr)
-            return 1
-        time.sleep(0.02)
-    return 0
+    return stop_detached(pidfile, "writer", timeout=20)  # (removed by the writer after its last row)
 
 
 if __name__ == "__main__":
