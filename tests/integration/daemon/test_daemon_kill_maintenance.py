@@ -282,3 +282,36 @@ def test_wal_push_killed(start_daemon, tmp_path):
     report = json.loads(d.cli("--json", "verify", "--read-data", timeout=120).stdout)
     assert report["ok"] and not report["errors"] and not report["warnings"], report
 
+
+def test_key_file_client_killed_while_the_daemon_adds_it(start_daemon, tmp_path):
+    """`cairn key add --new-key-file F` SIGKILLed while its request waits on the daemon (held
+    with SIGSTOP): F is already whole, so whether or not the daemon goes on to add the key, no
+    key is ever added whose secret exists nowhere, and F is never left empty. Before the fix F
+    was filled only after the daemon's answer: it stayed empty here."""
+    from cairn.store.content import crypto
+
+    (tmp_path / "old.pass").write_text("the old one\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    repo = _encrypted(start_daemon, tmp_path, ())
+    d = start_daemon("--repo", repo, "--source", str(src), "--passphrase-file", str(tmp_path / "old.pass"))
+    new = tmp_path / "new.key"
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        client = subprocess.Popen([CAIRN, "--socket", d.socket, "key", "add", "--new-key-file", str(new)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for())
+        deadline = time.monotonic() + 20
+        while not (new.exists() and new.stat().st_size > 0):
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the key file was not written while the daemon was held"
+            time.sleep(0.01)
+        client.kill()
+        client.communicate(timeout=30)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    crypto.decode_key_file(new.read_bytes(), str(new))  # whole: a key file that is read
+    assert _opens(repo, "--passphrase-file", str(tmp_path / "old.pass"))
+    ids = [k["id"] for k in json.loads(d.ok("key", "list", "--json"))]
+    assert len(ids) == 1 or _opens(repo, "--key-file", str(new)), "a key was added that no file holds"
+    d.ok("key", "add", "--new-key-file", str(tmp_path / "next.key"))
+    assert _opens(repo, "--key-file", str(tmp_path / "next.key"))
