@@ -100,6 +100,15 @@ def _backup(d: Daemon, src: str, expected: dict[str, dict], level: str = "full")
     return sid
 
 
+def _wait_unlocked(repo: str) -> None:
+    """Wait until the repository holds no lock (a cancelled operation ended)."""
+    locks = os.path.join(repo, "locks")
+    deadline = time.monotonic() + 60
+    while [n for n in os.listdir(locks) if not n.startswith(".")]:
+        assert time.monotonic() < deadline, f"a lock was never released: {os.listdir(locks)}"
+        time.sleep(0.02)
+
+
 def _index_files(repo: str) -> list[str]:
     return sorted(os.path.join(dp, n) for dp, _, ns in os.walk(os.path.join(repo, "index")) for n in ns
                   if not n.startswith("."))
@@ -120,8 +129,17 @@ def test_repair_index_and_sets_killed(start_daemon, tmp_path):
         for victim in _index_files(repo)[: rng.randint(1, 2)]:  # packs the index no longer names
             os.unlink(victim)
         argv = ["repair", "index", "--read-data"] if rng.random() < 0.5 else ["repair", "index"]
-        r = _kill_during(d, argv, rng.uniform(0.0, 0.25))
-        d = _restart(start_daemon, *args)
+        if trial % 2:  # the client killed: the daemon cancels the repair, or finishes it
+            client = subprocess.Popen([CAIRN, "--socket", d.socket, *argv], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=env_for())
+            time.sleep(rng.uniform(0.0, 0.25))
+            client.kill()
+            client.communicate(timeout=30)
+            r = subprocess.CompletedProcess(argv, client.returncode)
+            _wait_unlocked(repo)
+        else:
+            r = _kill_during(d, argv, rng.uniform(0.0, 0.25))
+            d = _restart(start_daemon, *args)
         _check(d, expected, tmp_path, f"ri{trial}", fixes=("index",))
         _backup(d, src, expected, "incremental")  # the next operation succeeds
         print(f"{tag}: client exit {r.returncode}")
