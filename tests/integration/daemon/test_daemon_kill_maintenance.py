@@ -1,6 +1,8 @@
 """SIGKILL of cairnd (and of the client) in the middle of the operations the backup and prune
 campaign does not reach: `repair index`, `repair sets`, `key add` / `key remove` (also a
-write-only key, which first reseals the index), `copy --to` another repository, and `wal-push`.
+write-only key, which first reseals the index), `copy --to` another repository, and
+`wal-push`; the client is killed too during repair index, copy and wal-push, and while the
+daemon adds a key file.
 
 After every kill the daemon is started again on the same repository and must come up with at
 most one line of explanation in its log; `verify --read-data` is clean, or names only what the
@@ -65,10 +67,7 @@ def _kill_during(d: Daemon, argv: list[str], delay: float, started: Callable[[],
 
 def _restart(start_daemon, *args: str) -> Daemon:
     """Start cairnd again after a kill: it comes up, saying at most one line about it."""
-    d = start_daemon(*args)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "ready" not in d.log().lower():
-        time.sleep(0.02)
+    d = start_daemon(*args)  # returns once READY=1 came: everything said at start is in the log
     noisy = [line for line in d.log().splitlines() if "warning" in line.lower() or "error" in line.lower()]
     assert len(noisy) <= 1 and "Traceback" not in d.log(), d.log()
     return d
@@ -247,7 +246,13 @@ def test_copy_killed_then_run_again(start_daemon, tmp_path):
     for trial in range(TRIALS):
         dest = str(tmp_path / f"dest{trial}")
         copy = ["copy", "--to", dest, "--to-passphrase-file", str(tmp_path / "dest.pass")]
-        for _ in range(2):  # two kills into the same destination, then a copy that finishes
+        client = subprocess.Popen([CAIRN, "--socket", d.socket, *copy], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env_for())
+        time.sleep(rng.uniform(0.0, 0.6))
+        client.kill()  # the client killed: the daemon cancels the copy
+        client.communicate(timeout=30)
+        _wait_unlocked(repo)
+        for _ in range(2):  # two kills of the daemon into the same destination, then a copy that finishes
             _kill_during(d, copy, rng.uniform(0.0, 0.6))
             d = _restart(start_daemon, *args)
         d.ok(*copy, timeout=120)
