@@ -1,6 +1,6 @@
 """SIGKILL of cairnd on an s3:// repository (SeaweedFS) in the middle of `key add` / `key
 remove`, `copy --to` another prefix of the bucket and `wal-push`; and of SeaweedFS itself in the
-middle of a wal-push.
+middle of a wal-push, a copy and a repair index.
 
 After each kill the daemon starts again on the bucket: the repository opens with the old
 secret every time (and with the new one when its addition was acknowledged), the killed copy run
@@ -229,5 +229,58 @@ def test_wal_push_killed_on_a_bucket(tmp_path):
                 with open(got, "rb") as f:
                     assert f.read() == want, f"trial {trial} ({victim}): fetched different"
             _clean(host)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.campaign
+def test_store_killed_during_copy_and_repair(tmp_path):
+    """SeaweedFS SIGKILLed during `copy --to` another prefix and during `repair index`: each
+    fails with one error line, the daemon stays up, and once the store is back the same
+    command succeeds, the repository verifies clean and the copies restore identical."""
+    rng = random.Random(SEED + 3)
+    server = WeedServer(tmp_path / "weed").start()  # its own: this test kills it
+    try:
+        with _host(server, rng) as (host, prefix, rundir):
+            src = os.path.join(rundir, "src")
+            expected: dict[str, dict] = {}
+            for i in range(2):
+                with open(os.path.join(src, f"more{i}"), "wb") as f:
+                    f.write(rng.randbytes(8 * MIB))
+                expected[json.loads(host.ok("--json", "backup", "--level", "incremental"))["id"]] = \
+                    _files(snapshot(src))
+            with open(os.path.join(rundir, "dest.pass"), "w") as f:
+                f.write("dest\n")
+            dest = f"{prefix}-copy"
+            copy = ["copy", "--to", f"s3://{server.bucket}/{dest}", "--to-passphrase-file",
+                    os.path.join(rundir, "dest.pass")]
+            for argv in (copy, ["repair", "index", "--read-data"]) * TRIALS:
+                client = subprocess.Popen([CAIRN, "--socket", host.socket, *argv], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, env=clean_env())
+                time.sleep(rng.uniform(0.1, 1.0) if argv is copy else rng.uniform(0.0, 0.2))
+                server.kill()
+                _, err = client.communicate(timeout=300)
+                assert "Traceback" not in err and len([ln for ln in err.splitlines()
+                                                       if ln.startswith("cairn: error:")]) <= 1, err
+                assert host.proc is not None and host.proc.poll() is None  # the daemon outlives its store
+                print(f"store killed during {argv[0]}: client exit {client.returncode} {err.strip()[:160]!r}")
+                server.start()  # the same data directory and ports
+                host.ok(*argv, timeout=300)
+            _clean(host)
+            other = Host(os.path.join(rundir, "o"), "o", s3_repository(server, server.credentials_file(), dest,
+                                                                      os.path.join(rundir, "dest.pass")), {})
+            other.start()
+            try:
+                copied = json.loads(other.ok("--json", "sets"))
+                assert len(copied) == len(expected), copied
+                report = json.loads(other.cli("--json", "verify", "--read-data").stdout)
+                assert report["ok"] and not report["errors"], report
+                for s in copied:
+                    target = os.path.join(rundir, f"r-{s['id'][:8]}")
+                    other.ok("restore", s["id"], "--target", target)
+                    assert _files(snapshot(target)) in expected.values(), f"copy {s['id'][:8]} restores different"
+            finally:
+                other.stop()
     finally:
         server.stop()
