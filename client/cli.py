@@ -859,15 +859,20 @@ def _key_add(conn: Connection, args: argparse.Namespace) -> int:
         import base64
 
         path = args.new_key_file
-        try:  # created first (never overwriting), filled only once the daemon has the key
+        try:  # created (never overwriting) and written durably before the daemon adds the key
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
             raise InvalidArgumentError(f"unable to create key file '{path}': {e.strerror}") from None
         value = os.urandom(KEYFILE_LEN)
         try:
+            try:
+                os.write(fd, base64.b64encode(value) + b"\n")
+                os.fsync(fd)
+            except OSError as e:
+                raise FailedPreconditionError(f"unable to write key file '{path}': {e.strerror}") from None
+            # A client killed from here on leaves a whole key file: the key it names was added, or
+            # it opens nothing. Never the other way round (a key added whose secret is nowhere).
             reply = conn.stub.KeyAdd(pb.KeyAddRequest(key_file=value, write_only=args.write_only))
-            os.write(fd, base64.b64encode(value) + b"\n")
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)

@@ -138,8 +138,10 @@ class Daemon:
         if health.interrupted:  # sets the previous daemon was taking when it stopped: status shows them
             host = cfg.daemon.host or socket.gethostname()
             for source in health.settle_interrupted([s for s in self.repo.list_sets() if s.hostname == host]):
-                log.warning("source '%s': the previous daemon stopped while it took a set; nothing of it was "
-                            "committed", source)
+                # One warning a source: a window thawed at this start already said the daemon died in it.
+                level = logging.INFO if source in self.recovered_windows else logging.WARNING
+                log.log(level, "source '%s': the previous daemon stopped while it took a set; nothing of it was "
+                        "committed", source)
         # The change journal watches before we serve, so the first set can already use it.
         if not read_only:
             self._start_journal(cfg)

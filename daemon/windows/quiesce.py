@@ -746,7 +746,8 @@ def _recover_one(state_dir: str, path: str, mode: str | None,
         rec = read_record(path)
     except CairnError as e:
         return _recover_unreadable(path, source, e.message, mode, levels, env)
-    log.warning("source '%s': quiesce window opened %s by pid %d was left open; running thaw",
+    # info: the daemon logs the outcome (thawed, or why not) as the one warning of this window
+    log.info("source '%s': quiesce window opened %s by pid %d was left open; running thaw",
                 rec.source, _iso(rec.started), rec.pid)
     results, error = _run_recovery_thaw(rec.thaw_order(), rec.source, rec.mode, env)
     if error is None:
