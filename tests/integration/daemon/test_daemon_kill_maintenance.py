@@ -13,7 +13,7 @@ with the new one once its addition was acknowledged. A killed wal-push never lea
 that is fetched short: the next push of the same file succeeds and it is fetched whole.
 
 The kill delays follow CAIRN_CRASH_SEED; CAIRN_CRASH_TRIALS sets how many kills each
-operation gets (3 by default, sized for the suite).
+operation gets (2 by default, sized for the suite).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 from cairnd_harness import CAIRN, Daemon, env_for, snapshot
 
 SEED = int(os.environ.get("CAIRN_CRASH_SEED", "4711"))
-TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "3"))
+TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "2"))
 MIB = 1024 * 1024
 
 
