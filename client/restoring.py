@@ -604,7 +604,8 @@ def recovery_target(args: argparse.Namespace, rec: dict[str, Any] | None, timeli
     on = {"current": "the set's own timeline", "latest": "the newest timeline in the archive"}.get(
         timeline, f"timeline {timeline}")
     if args.target_end:
-        key, what = "end", "the end of the WAL archive (every archived segment is replayed)"
+        key, what = "end", ("the end of the WAL archive (archived segments are replayed up to the first one missing, "
+                            "if any: 'cairn verify' names gaps)")
     elif args.target_time:
         key, what = f"time {args.target_time}", f"time '{args.target_time}' (every commit up to it)"
     elif args.target_lsn:
