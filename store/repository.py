@@ -1219,8 +1219,9 @@ class Repository:
         for p in paths or ():
             find_entry(self.tree_entries, root, p)
         with self.reading_set(s, "restore"):
-            top = root_entry(s) if not paths and attachment is None else None
-            if top is not None:
+            whole = not paths and attachment is None and not (select is not None and select.includes)
+            top = root_entry(s) if whole else None
+            if top is not None:  # (chosen paths or --include patterns leave the target's own metadata alone)
                 yield top  # the source directory's own metadata, applied to the target (last, as directories' are)
             pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-read")
             try:

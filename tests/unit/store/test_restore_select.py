@@ -41,6 +41,21 @@ def test_include_and_exclude_prune_the_stream(repo, src) -> None:
         RestoreFilter(["  "])
 
 
+def test_include_patterns_leave_the_targets_own_metadata_alone_as_chosen_paths_do(repo, src) -> None:
+    """A whole set gives the target the source directory's metadata (its root record, path b"");
+    chosen paths do not, and neither do --include patterns (they choose entries too); --exclude
+    alone still restores the whole set, root included."""
+    make(src)
+    s = backup(repo, str(src))
+
+    def root(**kw) -> list[EntryMeta]:
+        return [r for r in repo.restore_stream(s, **kw) if isinstance(r, EntryMeta) and r.path == b""]
+
+    assert len(root()) == 1 and len(root(select=RestoreFilter([], ["cache/"]))) == 1
+    assert root(paths=["a"]) == [] and root(select=RestoreFilter(["a/b/"])) == []
+    assert root(select=RestoreFilter(["a/b/"]), manifest=True) == []  # --delta: the same choice
+
+
 def test_manifest_lists_chunks_and_no_content(repo, src) -> None:
     make(src)
     s = backup(repo, str(src))
