@@ -12,6 +12,7 @@ are not passed on: each daemon gets its credentials from the configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,3 +114,19 @@ class Host:
         r = self.cli(*args, timeout=timeout)
         assert r.returncode == 0, f"cairn {' '.join(args)} on {self.name} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
         return r.stdout
+
+
+def restart_after_kill(host: Host) -> None:
+    """Start `host`'s daemon again after its SIGKILL, and assert it said at most one warning or
+    error line about it (and no traceback)."""
+    host.stop()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(host.dir, "notify"))
+    with open(host.log, "rb") as f:
+        before = len(f.read())
+    host.start()
+    with open(host.log, encoding="utf-8", errors="replace") as f:
+        f.seek(before)
+        said = f.read()
+    noisy = [line for line in said.splitlines() if "level=warning" in line or "level=error" in line]
+    assert len(noisy) <= 1 and "Traceback" not in said, said

@@ -14,7 +14,6 @@ sized for the suite: about 8 s a trial).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -26,7 +25,7 @@ import time
 
 import pytest
 from cairnd_harness import snapshot
-from s3daemons import CAIRN, Host, clean_env, s3_repository
+from s3daemons import CAIRN, Host, clean_env, restart_after_kill, s3_repository
 
 SEED = int(os.environ.get("CAIRN_CRASH_SEED", "5309"))
 TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "4"))
@@ -47,21 +46,6 @@ def _mutate(src: str, rng: random.Random) -> None:
         victims = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs)
         if victims:
             os.unlink(rng.choice(victims))
-
-
-def _restart(host: Host) -> None:
-    """Start the daemon again after its SIGKILL; it says at most one line about it."""
-    host.stop()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(host.dir, "notify"))
-    with open(host.log, "rb") as f:
-        before = len(f.read())
-    host.start()
-    with open(host.log, encoding="utf-8", errors="replace") as f:
-        f.seek(before)
-        said = f.read()
-    noisy = [line for line in said.splitlines() if "warning" in line.lower() or "error" in line.lower()]
-    assert len(noisy) <= 1 and "Traceback" not in said, said
 
 
 def _check(host: Host, expected: dict[str, dict], rundir: str, tag: str, restored: set[str]) -> None:
@@ -130,7 +114,7 @@ def test_daemon_on_a_bucket_killed_at_random_points(weed):
             host.proc.wait(10)
             out, err = client.communicate(timeout=60)
             assert "Traceback" not in err, f"{where}: {err}"
-            _restart(host)
+            restart_after_kill(host)
             listed = {s["id"] for s in json.loads(host.ok("--json", "sets"))}
             if op == "backup":
                 new = listed - before

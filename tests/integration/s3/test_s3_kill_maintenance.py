@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import pytest
 from cairnd_harness import snapshot
-from s3daemons import CAIRN, Host, clean_env, s3_repository
+from s3daemons import CAIRN, Host, clean_env, restart_after_kill, s3_repository
 from s3server import WeedServer
 
 SEED = int(os.environ.get("CAIRN_CRASH_SEED", "6151"))
@@ -77,21 +77,6 @@ def _kill_during(host: Host, argv: list[str], delay: float) -> subprocess.Comple
     return subprocess.CompletedProcess(argv, client.returncode, out, err)
 
 
-def _restart(host: Host) -> None:
-    """Start the daemon again after its SIGKILL; it says at most one line about it."""
-    host.stop()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(host.dir, "notify"))
-    with open(host.log, "rb") as f:
-        before = len(f.read())
-    host.start()
-    with open(host.log, encoding="utf-8", errors="replace") as f:
-        f.seek(before)
-        said = f.read()
-    noisy = [line for line in said.splitlines() if "level=warning" in line or "level=error" in line]
-    assert len(noisy) <= 1 and "Traceback" not in said, said
-
-
 def _opens(server: WeedServer, prefix: str, flag: str, path: str) -> bool:
     from cairn.errors import WrongKeyError
     from cairn.store.content import crypto
@@ -109,6 +94,25 @@ def _clean(host: Host) -> None:
     report = json.loads(host.cli("--json", "verify", "--read-data").stdout)
     odd = [w for w in report["warnings"] if not w["message"].endswith("prune removes it")]
     assert report["ok"] and not report["errors"] and not odd, report
+
+def _check_copy(server: WeedServer, rundir: str, prefix: str, expected: dict) -> None:
+    """The copy at `prefix` of `server`'s bucket (passphrase rundir/dest.pass) holds as many sets
+    as `expected` (set id -> files): verify --read-data is clean and each restores as captured."""
+    other = Host(os.path.join(rundir, "o"), "o", s3_repository(server, server.credentials_file(), prefix,
+                                                              os.path.join(rundir, "dest.pass")), {})
+    other.start()
+    try:
+        copied = json.loads(other.ok("--json", "sets"))
+        assert len(copied) == len(expected), copied
+        report = json.loads(other.cli("--json", "verify", "--read-data").stdout)
+        assert report["ok"] and not report["errors"], report
+        for s in copied:
+            target = os.path.join(rundir, f"r-{s['id'][:8]}")
+            other.ok("restore", s["id"], "--target", target)
+            assert _files(snapshot(target)) in expected.values(), f"copy {s['id'][:8]} restores different"
+    finally:
+        other.stop()
+
 
 
 @pytest.mark.slow
@@ -136,7 +140,7 @@ def test_key_operations_killed_on_a_bucket(weed):
                 assert _opens(weed, prefix, flag, new), f"trial {trial}: added, but the new secret does not open"
             if kind in ("keyfile", "write-only") and os.path.exists(new):
                 assert os.path.getsize(new) > 0, f"trial {trial}: an empty key file was left behind"
-            _restart(host)
+            restart_after_kill(host)
             _clean(host)
             host.ok("backup", "--level", "incremental")
             if kind == "remove":
@@ -163,22 +167,9 @@ def test_copy_to_a_bucket_killed_then_run_again(weed):
                 os.path.join(rundir, "dest.pass")]
         for _ in range(TRIALS):
             _kill_during(host, copy, rng.uniform(0.1, 2.0))
-            _restart(host)
+            restart_after_kill(host)
         host.ok(*copy)
-        other = Host(os.path.join(rundir, "o"), "o", s3_repository(weed, weed.credentials_file(), dest_prefix,
-                                                                  os.path.join(rundir, "dest.pass")), {})
-        other.start()
-        try:
-            copied = json.loads(other.ok("--json", "sets"))
-            assert len(copied) == len(expected), copied
-            report = json.loads(other.cli("--json", "verify", "--read-data").stdout)
-            assert report["ok"] and not report["errors"], report
-            for s in copied:
-                target = os.path.join(rundir, f"r-{s['id'][:8]}")
-                other.ok("restore", s["id"], "--target", target)
-                assert _files(snapshot(target)) in expected.values(), f"copy {s['id'][:8]} restores different"
-        finally:
-            other.stop()
+        _check_copy(weed, rundir, dest_prefix, expected)
         _clean(host)
 
 
@@ -200,7 +191,7 @@ def test_wal_push_killed_on_a_bucket(tmp_path):
                 delay = rng.uniform(0.05, 0.8)
                 if victim == "daemon":
                     _kill_during(host, argv, delay)
-                    _restart(host)
+                    restart_after_kill(host)
                 else:
                     client = subprocess.Popen([CAIRN, "--socket", host.socket, *argv], stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, env=clean_env())
@@ -268,19 +259,6 @@ def test_store_killed_during_copy_and_repair(tmp_path):
                 server.start()  # the same data directory and ports
                 host.ok(*argv, timeout=300)
             _clean(host)
-            other = Host(os.path.join(rundir, "o"), "o", s3_repository(server, server.credentials_file(), dest,
-                                                                      os.path.join(rundir, "dest.pass")), {})
-            other.start()
-            try:
-                copied = json.loads(other.ok("--json", "sets"))
-                assert len(copied) == len(expected), copied
-                report = json.loads(other.cli("--json", "verify", "--read-data").stdout)
-                assert report["ok"] and not report["errors"], report
-                for s in copied:
-                    target = os.path.join(rundir, f"r-{s['id'][:8]}")
-                    other.ok("restore", s["id"], "--target", target)
-                    assert _files(snapshot(target)) in expected.values(), f"copy {s['id'][:8]} restores different"
-            finally:
-                other.stop()
+            _check_copy(server, rundir, dest, expected)
     finally:
         server.stop()
