@@ -787,20 +787,17 @@ def cmd_unlock(conn: Connection, args: argparse.Namespace) -> int:
 def cmd_repair(conn: Connection, args: argparse.Namespace) -> int:
     """Rebuild the index from the packs, or remove the set objects or WAL catalog entries that
     cannot be read."""
-    if args.repair_command == "wal":
-        wal = conn.stub.RepairWal(pb.RepairWalRequest(dry_run=args.dry_run))
-        if args.json:
-            out(render.dumps(render.repair_wal_dict(wal)))
+    if args.repair_command in ("wal", "sets"):  # one reply, said as a document or as lines
+        if args.repair_command == "wal":
+            reply = conn.stub.RepairWal(pb.RepairWalRequest(dry_run=args.dry_run))
+            as_dict, as_lines = render.repair_wal_dict, render.repair_wal_lines
         else:
-            for line in render.repair_wal_lines(wal):
-                out(line)
-        return EXIT_OK
-    if args.repair_command == "sets":
-        reply = conn.stub.RepairSets(pb.RepairSetsRequest(dry_run=args.dry_run))
+            reply = conn.stub.RepairSets(pb.RepairSetsRequest(dry_run=args.dry_run))
+            as_dict, as_lines = render.repair_sets_dict, render.repair_sets_lines
         if args.json:
-            out(render.dumps(render.repair_sets_dict(reply)))
+            out(render.dumps(as_dict(reply)))
         else:
-            for line in render.repair_sets_lines(reply):
+            for line in as_lines(reply):
                 out(line)
         return EXIT_OK
     request = pb.RepairIndexRequest(read_data=args.read_data, dry_run=args.dry_run)
