@@ -345,7 +345,8 @@ class BlobWriter:
         self.index = index
         self.publish = publish
         self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
-        self.carried: set[bytes] = set()  # subtrees carried over from the base unread: their packs must exist
+        # subtrees carried over from the base unread: their packs must exist, the index name all below
+        self.carried: set[bytes] = set()
         self.pack_size = pack_size
         self.level = level
         self.index_every = index_every

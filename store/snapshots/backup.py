@@ -244,7 +244,6 @@ class Walker:
         self._links: dict[str, Future] = {}
         self.linked_change = False  # a file with several names was read during a hinted walk
         self.indexed = indexed  # trees known to be wholly indexed; None: carried over unasked
-        self.carried: list[bytes] = []  # base subtrees carried over unread (checked again at commit)
         self.written: set[bytes] = set()  # the hint's files written themselves (Plan.written): always read
 
     def walk_root(self, root: str, base_tree: bytes | None) -> tuple[bytes, os.stat_result]:
@@ -267,7 +266,7 @@ class Walker:
         if base_tree is not None and not self.full and not plan.must_list(b"", False) \
                 and self._carried(base_tree, b""):
             return base_tree, st
-        before, carried = copy.deepcopy(self.tally), len(self.carried)
+        before = copy.deepcopy(self.tally)
         self.linked_change = False
         self._group, self._group_bytes = [], 0  # none left by a walk that failed
         tree = self._dir(broot, b"", base_tree if not self.full else None, plan, False)
@@ -275,7 +274,6 @@ class Walker:
             # A file with several names changed: its other names, which no hint mentions,
             # changed too. Walk the whole root and compare with the base instead.
             self.tally.__dict__.update(copy.deepcopy(before).__dict__)
-            del self.carried[carried:]
             self.tally.notes.append(f"'{root}': a file with several hard links changed; walked instead of the hint")
             tree = self._dir(broot, b"", base_tree, Plan(broot, None), False)
         return tree, st
@@ -333,9 +331,8 @@ class Walker:
                                             "not indexed")
                 return False
             self._carry(tree_id)
-            self.carried.append(tree_id)
             carried = getattr(self.writer, "carried", None)
-            if carried is not None:  # its listing's pack is checked before the set commits
+            if carried is not None:  # checked again before the set commits (its pack, the index)
                 carried.add(tree_id)
             return True
         except UnindexedError as e:

@@ -286,7 +286,7 @@ class BackupSession:
         indexed = self.repo.indexed_trees
         if indexed.epoch == self._epoch:
             return
-        for tree in dict.fromkeys(self._walker.carried):
+        for tree in sorted(getattr(self.writer, "carried", ())):  # (every walker of the session adds to it)
             gone = indexed.missing(tree, self.repo.load_tree)
             if gone is not None:
                 raise FailedPreconditionError(
