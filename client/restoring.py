@@ -23,9 +23,11 @@ the daemon refuses.
 - --databases lays down each base-backup database of the set (its attachments 'db:NAME') as a
   data directory ready for recovery, beside the target by default: `<TARGET>-db-<NAME>`, or
   where `--db-target NAME=DIR` says; every place is checked (empty, or with --delta an earlier
-  copy that the daemon mends as `restore-db --delta` does; apart from the files target and from
-  each other) before anything is written. Dumps are not laid down: a note says how to
-  restore them (`restore-db --target-dsn`). The output then says what to start, in which order.
+  copy that the daemon mends as `restore-db --delta` does; writable; apart from the files target
+  and from each other), and the daemon runs every check of each database's restore
+  (check_databases: the WAL its consistent point needs is archived, ...), before anything is
+  written: one failing check exits 1 with nothing written. Dumps are not laid down: a note says
+  how to restore them (`restore-db --target-dsn`). The output then says what to start, in which order.
 - restore-db --target-timeline: 'current' (the set's own, the default), 'latest' or an id goes
   to the daemon, which writes it as recovery_target_timeline; an id is first checked against
   the timeline's history file as wal-fetch serves it (check_timeline_reaches), before anything
@@ -555,11 +557,52 @@ def database_targets(target: str, names: list[str], places: list[str] | None,
     _check_apart(base, chosen)
     for name, where in chosen.items():
         if delta and os.path.isdir(where) and not os.path.islink(where):
+            _check_writable(where, name)
             continue
         if os.path.lexists(where) and (not os.path.isdir(where) or os.listdir(where)):
             raise FailedPreconditionError(f"database target '{where}' for '{name}' is not an empty directory",
                                           hint="choose another place with --db-target NAME=DIR")
+        _check_writable(where, name)
     return chosen
+
+
+def _check_writable(where: str, name: str) -> None:
+    """Refuse (FailedPreconditionError) a database place this client cannot make or write: the
+    place itself when it exists, else the nearest directory above it that does (where it is
+    made); a read-only file system too."""
+    place = where
+    while not os.path.lexists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    why = ""
+    if not os.path.isdir(place):
+        why = f"'{place}' is not a directory"
+    else:
+        try:
+            if os.statvfs(place).f_flag & os.ST_RDONLY:
+                why = f"'{place}' is on a read-only file system"
+        except OSError as exc:
+            why = f"'{place}': {exc.strerror}"
+        if not why and not os.access(place, os.W_OK | os.X_OK):
+            why = f"'{place}' is not writable"
+    if why:
+        raise FailedPreconditionError(f"database target '{where}' for '{name}' cannot be written: {why}",
+                                      hint="choose another place with --db-target NAME=DIR")
+
+
+def check_databases(conn: Any, args: argparse.Namespace, places: dict[str, str], fetch: str) -> None:
+    """Ask the daemon to run every check a restore of each database in `places` makes before it
+    writes (RestoreDbRequest.check_only: the set holds it as a base backup; the WAL its consistent
+    point needs is archived; ...), all of them before anything of the restore is written: a
+    failing one raises the daemon's error, naming the database, and nothing is written."""
+    for name, where in places.items():
+        request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
+                                      target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch,
+                                      check_only=True)
+        call = conn.stub.RestoreDb(request)
+        try:
+            next(iter(call), None)  # one batch, the set: the checks passed
+        finally:
+            call.cancel()  # a daemon that does not know check_only would go on sending the directory
 
 
 def _check_apart(target: str, chosen: dict[str, str]) -> None:

@@ -58,6 +58,20 @@ class DatabasePart(ServicePart):
                                                target_end=target_end)
         return s, self._counted(records)
 
+    def check_restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
+                         target_path: str = "", restore_command: str = "", target_timeline: str = "current",
+                         host: str = "", fetch_with: str = "", target_end: bool = False) -> BackupSet:
+        """Every check restore_db (or restore_db_delta) of a base backup makes before it writes
+        (restoredb.check_restore_db), and nothing else: `restore --databases` asks for each
+        database before it writes anything. A dump is refused: it is not laid down here."""
+        s = self.resolve(ref, source, host)
+        if dump_of(s, database) is not None:
+            raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: only a base backup "
+                                       "(kind 'postgres') is laid down as a data directory")
+        restoredb.check_restore_db(self.repo, s, database, target_time, target_lsn, target_path, restore_command,
+                                   target_timeline, fetch_with, target_end)
+        return s
+
     def restore_db_delta(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                          target_path: str, nonce: str, restore_command: str = "", target_timeline: str = "current",
                          host: str = "", fetch_with: str = "", quick: bool = False,

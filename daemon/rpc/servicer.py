@@ -274,6 +274,14 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
+        if request.check_only:  # the checks alone: nothing is read from the data directory or written
+            s = self.service.check_restore_db(
+                request.set, request.source, request.database, request.target_time, request.target_lsn,
+                os.fsdecode(request.target_path), request.restore_command,
+                target_timeline=request.target_timeline or "current", host=request.host,
+                fetch_with=request.fetch_with, target_end=request.target_end)
+            yield pb.RestoreBatch(set=set_info(s))
+            return
         if request.local_claim:  # the daemon writes: never into its own places (a delta removes extras)
             self.service.refuse_own_places(os.fsdecode(request.target_path), delete=request.delta)
         if request.delta:

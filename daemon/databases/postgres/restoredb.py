@@ -27,9 +27,10 @@ the archive (a new timeline must not collide with one archived there). recovery_
 removes OWN_POINT when recovery ends, so a later recovery of the same directory (a standby made
 from it) fetches every segment again.
 
-What always holds: every check runs before the first record is produced; errors are
-NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN) or
-FailedPreconditionError (a segment the set needs for its consistent point, or its target
+What always holds: every check runs before the first record is produced (`check_restore_db`
+runs them alone, for `restore --databases` to check every database before it writes any);
+errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN)
+or FailedPreconditionError (a segment the set needs for its consistent point, or its target
 needs on the set's timeline, missing from the archive; a target time past the archive).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
@@ -265,20 +266,13 @@ def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target
             "recover everything archived")
 
 
-def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
-                       socket_path: str, target_path: str = "", command: str = "",
-                       lanes: LaneGauge | None = None, target_timeline: str = "current",
-                       fetch_with: str = "", manifest: bool = False, target_end: bool = False) -> Iterator[Record]:
-    """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
-    With `target_end` recovery goes to the end of the WAL archive (no time or LSN with it).
-    With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
-    recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
-    With `manifest` the set's files come as a manifest (chunk ids, no content: a delta restore,
-    deltadb.py) and the files recovery needs that the set does not hold as they are (the
-    recovery settings, backup_label, ...) with their content; the placed WAL is left out.
-
-    `command` replaces the default restore_command (a client the database's OS user can run);
-    `fetch_with` is the prefix the default one runs wal-fetch with (a client on another host)."""
+def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
+                     target_path: str = "", command: str = "", target_timeline: str = "current",
+                     fetch_with: str = "", target_end: bool = False) -> tuple[dict[str, Any], str]:
+    """Every check of a restore-db of `database` in `s` that needs nothing but the set and the
+    WAL catalog (module docstring; also what `restore --databases` asks for each database before
+    it writes anything). Returns (the set's record of the database, the target time as
+    recovery_target_time gets it)."""
     if fetch_with:
         check_fetch_with(fetch_with)  # before anything is read
     if command and ("%p" not in command or "\n" in command):
@@ -294,14 +288,33 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
             check_reachable(repo, rec, database, target_time)
         if target_timeline in ("", "current"):
             check_no_gap_before(repo, rec, database, checked, target_lsn)
+    if PhysicalRecord.from_dict(rec).tablespaces and (not target_path or not os.path.isabs(target_path)):
+        raise InvalidArgumentError(
+            f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
+    return rec, checked
+
+
+def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
+                       socket_path: str, target_path: str = "", command: str = "",
+                       lanes: LaneGauge | None = None, target_timeline: str = "current",
+                       fetch_with: str = "", manifest: bool = False, target_end: bool = False) -> Iterator[Record]:
+    """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
+    With `target_end` recovery goes to the end of the WAL archive (no time or LSN with it).
+    With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
+    recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
+    With `manifest` the set's files come as a manifest (chunk ids, no content: a delta restore,
+    deltadb.py) and the files recovery needs that the set does not hold as they are (the
+    recovery settings, backup_label, ...) with their content; the placed WAL is left out.
+
+    `command` replaces the default restore_command (a client the database's OS user can run);
+    `fetch_with` is the prefix the default one runs wal-fetch with (a client on another host)."""
+    rec, checked = check_restore_db(repo, s, database, target_time, target_lsn, target_path, command,
+                                    target_timeline, fetch_with, target_end)
     target_time = checked
     typed = PhysicalRecord.from_dict(rec)
     spaces = list(typed.tablespaces)
     remap: dict[int, str] = {}
     if spaces:
-        if not target_path or not os.path.isabs(target_path):
-            raise InvalidArgumentError(
-                f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
         remap = {t.oid: os.path.join(target_path, TABLESPACE_DIR, str(t.oid)) for t in spaces}
     wal = consistency_wal(repo, rec)
     own_point = not (target_time or target_lsn or target_end)

@@ -449,7 +449,7 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "fetch_with", "target_end", "restore_command", "local_claim", "delta", "quick", "host")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "fetch_with", "target_end", "restore_command", "local_claim", "delta", "quick", "host", "check_only")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +464,7 @@ class RestoreDbRequest(_message.Message):
     DELTA_FIELD_NUMBER: _ClassVar[int]
     QUICK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
     database: str
@@ -478,7 +479,8 @@ class RestoreDbRequest(_message.Message):
     delta: bool
     quick: bool
     host: str
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., fetch_with: _Optional[str] = ..., target_end: _Optional[bool] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
+    check_only: bool
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., fetch_with: _Optional[str] = ..., target_end: _Optional[bool] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., host: _Optional[str] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class RestoreDbToDsnRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_dsn", "host")
