@@ -477,6 +477,8 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
     if args.target_dsn:
         return restore_db_to_dsn(conn, args)
     timeline = restoring.check_timeline(args.target_timeline or "current")
+    if args.accept_wal_gap and not args.target_end:
+        raise InvalidArgumentError("--accept-wal-gap only goes with --target-end")
     if args.quick and not args.delta:
         raise InvalidArgumentError("--quick only goes with --delta")
     # pin the set ('latest' may move), learn the database's kind, check the target and the
@@ -509,6 +511,7 @@ def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:
         host=args.host or "",
         fetch_with=restoring.fetch_with(conn, args),
         target_end=args.target_end,
+        accept_wal_gap=args.accept_wal_gap,
     )
     doc: dict[str, Any] = {}  # --json: the report, with the recovery target added
     if args.delta:
@@ -590,9 +593,9 @@ def prime_prefetch(args: argparse.Namespace) -> None:
 
 def restore_db_to_dsn(conn: Connection, args: argparse.Namespace) -> int:
     """restore-db of a dump (kinds pg_dump, command): the daemon restores it into the DSN's database."""
-    if args.target_time or args.target_lsn or args.target_end:
-        return fail("--target-time, --target-lsn and --target-end need a base backup restored with --target DIR",
-                    code=EXIT_USAGE)
+    if args.target_time or args.target_lsn or args.target_end or args.accept_wal_gap:
+        return fail("--target-time, --target-lsn, --target-end and --accept-wal-gap need a base backup restored "
+                    "with --target DIR", code=EXIT_USAGE)
     if args.target_timeline:
         return fail("--target-timeline needs a base backup restored with --target DIR", code=EXIT_USAGE)
     request = pb.RestoreDbToDsnRequest(set=args.set, source=args.source or "", database=args.database,
@@ -1329,6 +1332,9 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--target-end", action="store_true",
                       help="recover to the end of the WAL archive: replay every archived segment, then promote "
                            "(default: the set's own consistent point)")
+    p.add_argument("--accept-wal-gap", action="store_true",
+                   help="with --target-end: when a segment after the set is missing from the archive and later "
+                        "ones are archived, recover up to the gap and promote there (refused otherwise)")
     p.add_argument("--target-timeline", metavar="TL",
                    help="the timeline recovery follows: current (default: the set's own), latest (the newest "
                         "in the archive) or a timeline id")

@@ -646,7 +646,12 @@ def recovery_target(args: argparse.Namespace, rec: dict[str, Any] | None, timeli
     or 'end'; the line that says it) for restore-db's options."""
     on = {"current": "the set's own timeline", "latest": "the newest timeline in the archive"}.get(
         timeline, f"timeline {timeline}")
-    if args.target_end:
+    if args.target_end and getattr(args, "accept_wal_gap", False):
+        key, what = "end", ("the end of the WAL archive, or the first segment missing from it (--accept-wal-gap: "
+                            "what was archived after a gap is not replayed)")
+    elif args.target_end and timeline == "current" and not args.restore_command:  # gaps were refused
+        key, what = "end", "the end of the WAL archive (every archived segment is replayed)"
+    elif args.target_end:
         key, what = "end", ("the end of the WAL archive (archived segments are replayed up to the first one missing, "
                             "if any: 'cairn verify' names gaps)")
     elif args.target_time:

@@ -40,10 +40,11 @@ class DatabasePart(ServicePart):
     def restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                    target_path: str = "", restore_command: str = "",
                    lanes: LaneGauge | None = None, target_timeline: str = "current", host: str = "",
-                   fetch_with: str = "", target_end: bool = False) -> tuple[BackupSet, Iterator[Record]]:
+                   fetch_with: str = "", target_end: bool = False,
+                   accept_wal_gap: bool = False) -> tuple[BackupSet, Iterator[Record]]:
         """A set's database as records of a data directory that recovers to the target (the end
-        of the WAL archive with `target_end`; on `target_timeline`), then promotes; a dump's files
-        as stored."""
+        of the WAL archive with `target_end`, or up to a gap in it with `accept_wal_gap`; on
+        `target_timeline`), then promotes; a dump's files as stored."""
         s = self.resolve(ref, source, host)
         dump = dump_of(s, database)
         if dump is not None:  # its files as stored: no tool, no configuration needed (disaster recovery)
@@ -55,12 +56,13 @@ class DatabasePart(ServicePart):
         records = restoredb.restore_db_records(self.repo, s, database, target_time, target_lsn,
                                                self._config.daemon.socket, target_path, restore_command,
                                                lanes=lanes, target_timeline=target_timeline, fetch_with=fetch_with,
-                                               target_end=target_end)
+                                               target_end=target_end, accept_wal_gap=accept_wal_gap)
         return s, self._counted(records)
 
     def check_restore_db(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                          target_path: str = "", restore_command: str = "", target_timeline: str = "current",
-                         host: str = "", fetch_with: str = "", target_end: bool = False) -> BackupSet:
+                         host: str = "", fetch_with: str = "", target_end: bool = False,
+                         accept_wal_gap: bool = False) -> BackupSet:
         """Every check restore_db (or restore_db_delta) of a base backup makes before it writes
         (restoredb.check_restore_db), and nothing else: `restore --databases` asks for each
         database before it writes anything. A dump is refused: it is not laid down here."""
@@ -69,14 +71,14 @@ class DatabasePart(ServicePart):
             raise InvalidArgumentError(f"database '{database}' of set '{s.id[:8]}' is a dump: only a base backup "
                                        "(kind 'postgres') is laid down as a data directory")
         restoredb.check_restore_db(self.repo, s, database, target_time, target_lsn, target_path, restore_command,
-                                   target_timeline, fetch_with, target_end)
+                                   target_timeline, fetch_with, target_end, accept_wal_gap)
         return s
 
     def restore_db_delta(self, ref: str, source: str, database: str, target_time: str, target_lsn: str,
                          target_path: str, nonce: str, restore_command: str = "", target_timeline: str = "current",
                          host: str = "", fetch_with: str = "", quick: bool = False,
-                         cancelled: Callable[[], bool] | None = None,
-                         target_end: bool = False) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
+                         cancelled: Callable[[], bool] | None = None, target_end: bool = False,
+                         accept_wal_gap: bool = False) -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
         """restore-db --delta: the client's claimed data directory on this host mended into the
         set's database, ready for recovery to the target (deltadb.py). Returns (set, plan, what
         changed, problems)."""
@@ -87,7 +89,7 @@ class DatabasePart(ServicePart):
         p, st, problems = deltadb.mend_data_directory(
             self.repo, s, database, target_time, target_lsn, self._config.daemon.socket, target_path, nonce,
             restore_command, target_timeline=target_timeline, fetch_with=fetch_with, quick=quick,
-            cancelled=cancelled, target_end=target_end)
+            cancelled=cancelled, target_end=target_end, accept_wal_gap=accept_wal_gap)
         return s, p, st, problems
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,

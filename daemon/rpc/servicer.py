@@ -279,7 +279,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 request.set, request.source, request.database, request.target_time, request.target_lsn,
                 os.fsdecode(request.target_path), request.restore_command,
                 target_timeline=request.target_timeline or "current", host=request.host,
-                fetch_with=request.fetch_with, target_end=request.target_end)
+                fetch_with=request.fetch_with, target_end=request.target_end, accept_wal_gap=request.accept_wal_gap)
             yield pb.RestoreBatch(set=set_info(s))
             return
         if request.local_claim:  # the daemon writes: never into its own places (a delta removes extras)
@@ -293,7 +293,7 @@ class CairnServicer(pb_grpc.CairnServicer):
                 os.fsdecode(request.target_path), request.local_claim, request.restore_command,
                 target_timeline=request.target_timeline or "current", host=request.host,
                 fetch_with=request.fetch_with, quick=request.quick, cancelled=lambda: not context.is_active(),
-                target_end=request.target_end)
+                target_end=request.target_end, accept_wal_gap=request.accept_wal_gap)
             yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
                 files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
                 bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
@@ -306,7 +306,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             request.set, request.source, request.database, request.target_time, request.target_lsn,
             os.fsdecode(request.target_path), request.restore_command, lanes=lanes,
             target_timeline=request.target_timeline or "current", host=request.host,
-            fetch_with=request.fetch_with, target_end=request.target_end,
+            fetch_with=request.fetch_with, target_end=request.target_end, accept_wal_gap=request.accept_wal_gap,
         )
         totals = self.service.restore_db_totals(s, request.database)
         if request.local_claim:

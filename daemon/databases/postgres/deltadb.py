@@ -134,8 +134,8 @@ def _only_one(target: str) -> contextlib.AbstractContextManager[None]:
 def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                         socket_path: str, target_path: str, nonce: str, command: str = "",
                         target_timeline: str = "current", fetch_with: str = "", quick: bool = False,
-                        cancelled: Callable[[], bool] | None = None,
-                        target_end: bool = False) -> tuple[DeltaPlan, DeltaStats, list[str]]:
+                        cancelled: Callable[[], bool] | None = None, target_end: bool = False,
+                        accept_wal_gap: bool = False) -> tuple[DeltaPlan, DeltaStats, list[str]]:
     """Mend the claimed data directory `target_path` into `database` of set `s`, recovering to
     the target (with `target_end`: the end of the WAL archive) as restore-db would (module
     docstring). Returns (plan, what changed, problems)."""
@@ -143,16 +143,17 @@ def mend_data_directory(repo: Repository, s: BackupSet, database: str, target_ti
     check_data_directory(target_path)
     with _only_one(target_path):
         return _mend(repo, s, database, target_time, target_lsn, socket_path, target_path, claim, command,
-                     target_timeline, fetch_with, quick, cancelled, target_end)
+                     target_timeline, fetch_with, quick, cancelled, target_end, accept_wal_gap)
 
 
 def _mend(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str, socket_path: str,
           target_path: str, claim: str, command: str, target_timeline: str, fetch_with: str, quick: bool,
-          cancelled: Callable[[], bool] | None, target_end: bool = False) -> tuple[DeltaPlan, DeltaStats, list[str]]:
+          cancelled: Callable[[], bool] | None, target_end: bool = False,
+          accept_wal_gap: bool = False) -> tuple[DeltaPlan, DeltaStats, list[str]]:
     rec = database_of(s, database)
     records = restore_db_records(repo, s, database, target_time, target_lsn, socket_path, target_path, command,
                                  target_timeline=target_timeline, fetch_with=fetch_with, manifest=True,
-                                 target_end=target_end)
+                                 target_end=target_end, accept_wal_gap=accept_wal_gap)
     key = repo.chunk_id_key
     entries, inline, problems = manifest_entries(records, key)
     control = [m for m in entries if m.path == PG_CONTROL]

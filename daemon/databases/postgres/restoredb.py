@@ -31,7 +31,9 @@ What always holds: every check runs before the first record is produced (`check_
 runs them alone, for `restore --databases` to check every database before it writes any);
 errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN)
 or FailedPreconditionError (a segment the set needs for its consistent point, or its target
-needs on the set's timeline, missing from the archive; a target time past the archive).
+needs on the set's timeline, missing from the archive; a target time past the archive; with
+`target_end`, a segment missing after the set on its timeline while later ones are archived,
+unless `accept_wal_gap` takes recovery up to that gap).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
 the client or the daemon, a full disk) never leaves a directory it would start on and recover
@@ -65,7 +67,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
-from cairn.daemon.databases.postgres.recovery import AUTO_CONF, lsn_to_int, recovery_stream
+from cairn.daemon.databases.postgres.recovery import AUTO_CONF, int_to_lsn, lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import (
     database_records,
     fetch_wal,
@@ -268,7 +270,8 @@ def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target
 
 def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                      target_path: str = "", command: str = "", target_timeline: str = "current",
-                     fetch_with: str = "", target_end: bool = False) -> tuple[dict[str, Any], str]:
+                     fetch_with: str = "", target_end: bool = False,
+                     accept_wal_gap: bool = False) -> tuple[dict[str, Any], str]:
     """Every check of a restore-db of `database` in `s` that needs nothing but the set and the
     WAL catalog (module docstring; also what `restore --databases` asks for each database before
     it writes anything). Returns (the set's record of the database, the target time as
@@ -280,6 +283,8 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
                                    "with %p (and the WAL file with %f), on one line")
     if target_end and (target_time or target_lsn):
         raise InvalidArgumentError("give at most one of --target-time, --target-lsn and --target-end")
+    if accept_wal_gap and not target_end:
+        raise InvalidArgumentError("--accept-wal-gap only goes with --target-end")
     rec = database_of(s, database)
     checked = check_target(rec, target_time, target_lsn)
     if not command:  # a restore_command of the operator's own may read another archive
@@ -288,6 +293,8 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
             check_reachable(repo, rec, database, target_time)
         if target_timeline in ("", "current"):
             check_no_gap_before(repo, rec, database, checked, target_lsn)
+            if target_end and not accept_wal_gap:
+                check_end_without_gap(repo, rec, database)
     if PhysicalRecord.from_dict(rec).tablespaces and (not target_path or not os.path.isabs(target_path)):
         raise InvalidArgumentError(
             f"set '{s.id[:8]}' has tablespaces: the client must send its absolute target directory")
@@ -297,9 +304,12 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
 def restore_db_records(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                        socket_path: str, target_path: str = "", command: str = "",
                        lanes: LaneGauge | None = None, target_timeline: str = "current",
-                       fetch_with: str = "", manifest: bool = False, target_end: bool = False) -> Iterator[Record]:
+                       fetch_with: str = "", manifest: bool = False, target_end: bool = False,
+                       accept_wal_gap: bool = False) -> Iterator[Record]:
     """The checked, recovery-ready record stream of `database` in set `s` (module docstring).
-    With `target_end` recovery goes to the end of the WAL archive (no time or LSN with it).
+    With `target_end` recovery goes to the end of the WAL archive (no time or LSN with it); a
+    gap after the set on its own timeline, with later segments archived, is refused unless
+    `accept_wal_gap` (recovery then stops at the gap and promotes there).
     With `lanes` (the daemon's own writer) the data directory's large files come as lanes;
     recovery follows `target_timeline` ('current': the set's own, 'latest', or an id).
     With `manifest` the set's files come as a manifest (chunk ids, no content: a delta restore,
@@ -309,7 +319,7 @@ def restore_db_records(repo: Repository, s: BackupSet, database: str, target_tim
     `command` replaces the default restore_command (a client the database's OS user can run);
     `fetch_with` is the prefix the default one runs wal-fetch with (a client on another host)."""
     rec, checked = check_restore_db(repo, s, database, target_time, target_lsn, target_path, command,
-                                    target_timeline, fetch_with, target_end)
+                                    target_timeline, fetch_with, target_end, accept_wal_gap)
     target_time = checked
     typed = PhysicalRecord.from_dict(rec)
     spaces = list(typed.tablespaces)
@@ -388,23 +398,10 @@ def check_no_gap_before(repo: Repository, rec: dict[str, Any], database: str, ta
     follows it (segments are written in order, so the missing one is older still)."""
     if not (target_time or target_lsn):
         return
-    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
-    last = walnames.parse_segment(str((rec.get("wal") or {}).get("last") or ""), size)
-    if last is None:
+    found = first_gap_after(repo, rec)
+    if found is None:
         return
-    tli, namespace = last[0], record_namespace(rec)
-    stored: dict[int, float] = {}  # the cluster's own segments after the set's last -> when the store got them
-    held: set[int] = set()  # those a fetch finds (the flat name space of older archives too)
-    for info in repo.backend.list_info("wal"):
-        space, _, name = info.name.rpartition("@")
-        seg = walnames.parse_segment(name, size) if space in (namespace, "") else None
-        if seg is not None and seg[0] == tli and seg[1] > last[1]:
-            held.add(seg[1])
-            if space == namespace:
-                stored[seg[1]] = min(info.time, stored.get(seg[1], info.time))
-    gap = next((n for n in range(last[1] + 1, max(stored, default=last[1])) if n not in held), None)
-    if gap is None:
-        return
+    gap, tli, size, stored = found
     name = walnames.segment_name(tli, gap, size)
     if target_lsn:
         needed = lsn_to_int(target_lsn) // size >= gap
@@ -419,6 +416,50 @@ def check_no_gap_before(repo: Repository, rec: dict[str, Any], database: str, ta
             f"(the archive holds later segments of timeline {tli}): PostgreSQL would stop there without reaching "
             "the target; choose a target before it",
             hint="cairn verify names every gap in the WAL archive")
+
+
+def first_gap_after(repo: Repository, rec: dict[str, Any]) -> tuple[int, int, int, dict[int, float]] | None:
+    """The first segment missing from the archive after the set's last WAL file on the set's
+    timeline, when a later segment of that timeline is archived (a gap, not the archive's end):
+    (its segment number, the timeline, the segment size, and the cluster's own segments after
+    the set's last -> the store's time of each); None when there is no such gap. A segment
+    counts as archived when a fetch finds it (the flat name space of older archives too)."""
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    last = walnames.parse_segment(str((rec.get("wal") or {}).get("last") or ""), size)
+    if last is None:
+        return None
+    tli, namespace = last[0], record_namespace(rec)
+    stored: dict[int, float] = {}  # the cluster's own segments after the set's last -> when the store got them
+    held: set[int] = set()  # those a fetch finds (the flat name space of older archives too)
+    for info in repo.backend.list_info("wal"):
+        space, _, name = info.name.rpartition("@")
+        seg = walnames.parse_segment(name, size) if space in (namespace, "") else None
+        if seg is not None and seg[0] == tli and seg[1] > last[1]:
+            held.add(seg[1])
+            if space == namespace:
+                stored[seg[1]] = min(info.time, stored.get(seg[1], info.time))
+    gap = next((n for n in range(last[1] + 1, max(stored, default=last[1])) if n not in held), None)
+    return None if gap is None else (gap, tli, size, stored)
+
+
+def check_end_without_gap(repo: Repository, rec: dict[str, Any], database: str) -> None:
+    """Refuse (FailedPreconditionError) recovery to the end of the archive (--target-end) on the
+    set's own timeline when the archive lacks a segment after the set and holds later ones (lost
+    or deleted since): PostgreSQL would stop at the gap and promote, silently without everything
+    archived after it. The message names the first missing segment and the point recovery
+    reaches (the start of that segment); --accept-wal-gap takes that point explicitly."""
+    found = first_gap_after(repo, rec)
+    if found is None:
+        return
+    gap, tli, size, _ = found
+    name = walnames.segment_name(tli, gap, size)
+    reach = int_to_lsn(gap * size)
+    raise FailedPreconditionError(
+        f"WAL segment {name} of database '{database}' is not in the archive, and the archive holds later "
+        f"segments of timeline {tli}: recovery to the end of the archive would stop at {reach} and promote "
+        "without them",
+        hint=f"to recover up to {reach} and promote there all the same, add --accept-wal-gap; cairn verify "
+             "names every gap in the WAL archive")
 
 
 def consistency_wal(repo: Repository, rec: dict[str, Any]) -> list[str]:
