@@ -379,7 +379,7 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
                 restoring.check_db_delta(conn, places[name], args.stream)
             dumps = [restoring.dump_note(render.short_id(args.set), n, k) for n, k in kinds.items()]
             fetch = restoring.fetch_with(conn, args) if places else ""  # refused before anything is written
-            restoring.check_databases(conn, args, places, fetch)  # every database, before anything is written
+            restoring.check_databases(conn, args, places, fetch, mended)  # every one, before anything is written
     # With --databases and --json the files part is one part of the one document printed at the end.
     whole_doc = args.json and args.databases
     captured: list[str] = []

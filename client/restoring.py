@@ -589,15 +589,19 @@ def _check_writable(where: str, name: str) -> None:
                                       hint="choose another place with --db-target NAME=DIR")
 
 
-def check_databases(conn: Any, args: argparse.Namespace, places: dict[str, str], fetch: str) -> None:
+def check_databases(conn: Any, args: argparse.Namespace, places: dict[str, str], fetch: str,
+                    mended: set[str]) -> None:
     """Ask the daemon to run every check a restore of each database in `places` makes before it
     writes (RestoreDbRequest.check_only: the set holds it as a base backup; the WAL its consistent
-    point needs is archived; ...), all of them before anything of the restore is written: a
-    failing one raises the daemon's error, naming the database, and nothing is written."""
+    point needs is archived; a place the daemon on this host will write is none of its own; ...),
+    all of them before anything of the restore is written: a failing one raises the daemon's
+    error, naming the database or its place, and nothing is written. `mended`: the places the
+    daemon mends (--delta)."""
+    local = bool(conn.endpoint.socket) and not args.stream  # the daemon is asked to write them
     for name, where in places.items():
         request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
                                       target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch,
-                                      check_only=True)
+                                      check_only=True, check_local=local or name in mended)
         call = conn.stub.RestoreDb(request)
         try:
             next(iter(call), None)  # one batch, the set: the checks passed

@@ -275,6 +275,8 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def RestoreDb(self, request: pb.RestoreDbRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         if request.check_only:  # the checks alone: nothing is read from the data directory or written
+            if request.check_local:  # the daemon will write there: never into its own places
+                self.service.refuse_own_places(os.fsdecode(request.target_path))
             s = self.service.check_restore_db(
                 request.set, request.source, request.database, request.target_time, request.target_lsn,
                 os.fsdecode(request.target_path), request.restore_command,

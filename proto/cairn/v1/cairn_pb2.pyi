@@ -449,7 +449,7 @@ class RestoreRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., manifest: _Optional[bool] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., local_claim: _Optional[str] = ..., target_path: _Optional[bytes] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., delete: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class RestoreDbRequest(_message.Message):
-    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "fetch_with", "target_end", "restore_command", "local_claim", "delta", "quick", "host", "check_only", "accept_wal_gap")
+    __slots__ = ("set", "source", "database", "target_time", "target_lsn", "target_path", "target_timeline", "fetch_with", "target_end", "restore_command", "local_claim", "delta", "quick", "host", "check_only", "check_local", "accept_wal_gap")
     SET_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DATABASE_FIELD_NUMBER: _ClassVar[int]
@@ -465,6 +465,7 @@ class RestoreDbRequest(_message.Message):
     QUICK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CHECK_LOCAL_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_WAL_GAP_FIELD_NUMBER: _ClassVar[int]
     set: str
     source: str
@@ -481,8 +482,9 @@ class RestoreDbRequest(_message.Message):
     quick: bool
     host: str
     check_only: bool
+    check_local: bool
     accept_wal_gap: bool
-    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., fetch_with: _Optional[str] = ..., target_end: _Optional[bool] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., host: _Optional[str] = ..., check_only: _Optional[bool] = ..., accept_wal_gap: _Optional[bool] = ...) -> None: ...
+    def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., database: _Optional[str] = ..., target_time: _Optional[str] = ..., target_lsn: _Optional[str] = ..., target_path: _Optional[bytes] = ..., target_timeline: _Optional[str] = ..., fetch_with: _Optional[str] = ..., target_end: _Optional[bool] = ..., restore_command: _Optional[str] = ..., local_claim: _Optional[str] = ..., delta: _Optional[bool] = ..., quick: _Optional[bool] = ..., host: _Optional[str] = ..., check_only: _Optional[bool] = ..., check_local: _Optional[bool] = ..., accept_wal_gap: _Optional[bool] = ...) -> None: ...
 
 class RestoreDbToDsnRequest(_message.Message):
     __slots__ = ("set", "source", "database", "target_dsn", "host")

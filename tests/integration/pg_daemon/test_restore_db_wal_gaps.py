@@ -5,8 +5,9 @@ loses them.
 
 - `cairn restore SET --target DIR --databases` checks every database of the set (the WAL its
   consistent point needs, its place) before it writes anything: a segment the second database
-  needs is missing, or its place is on a read-only file system, so it exits 1 naming that
-  database, and neither the files nor the first database are written.
+  needs is missing, its place is on a read-only file system or among the daemon's own
+  directories, so it exits 1 naming that database or place, and neither the files nor the
+  first database are written.
 - `cairn restore-db --target-end` over a gap after the set (later segments archived) exits 1
   naming the first missing segment and the point recovery would stop at, before anything is
   written; with `--accept-wal-gap` it restores, and PostgreSQL recovers up to the gap and
@@ -85,6 +86,17 @@ def test_restore_databases_refuses_a_place_it_cannot_write_before_writing_anythi
         assert sorted(os.listdir(h)) == ["ro"] and os.listdir(h / "ro") == []
     finally:
         subprocess.run(["umount", str(h / "ro")], check=False, capture_output=True)
+
+
+def test_restore_databases_refuses_a_place_among_the_daemons_own_before_writing_anything(stack: Stack) -> None:
+    s = stack.backup("app")
+    h = holder(stack, "cairn-walgaps-own-")
+    place = os.path.join(stack.state, "appdb-restored")  # the daemon on this host would write it
+    r = stack.cli("restore", s["id"], "--target", str(h / "app"), "--databases", "--db-target", f"appdb={place}",
+                  timeout=180)
+    assert r.returncode == 1, r.stdout
+    assert f"restore target '{place}' lies in the daemon's state directory" in r.stderr, r.stderr
+    assert os.listdir(h) == [] and not os.path.exists(place)
 
 
 def test_restore_databases_checks_every_database_before_writing_anything(stack: Stack) -> None:
