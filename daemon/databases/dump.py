@@ -71,11 +71,14 @@ def stream_file(database: str) -> str:
 
 
 def find_tool(name: str, database: str) -> str:
-    """The path of executable `name` (as given when it holds a '/', else from PATH)."""
+    """The path of executable `name` (as given when it holds a '/', else from PATH): a regular
+    file (or a link to one) that this process may execute."""
     path = name if "/" in name else shutil.which(name)
-    if not path or not os.access(path, os.X_OK):
+    if not path or not os.path.exists(path):
         raise FailedPreconditionError(f"database '{database}': the tool '{name}' is not installed (not found"
                                       f"{'' if '/' in name else ' on PATH'})")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise FailedPreconditionError(f"database '{database}': the tool '{name}' is not an executable file")
     return path
 
 
