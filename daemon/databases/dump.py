@@ -5,7 +5,9 @@
   chunks, deduplicated against every earlier set; never spooled to disk) as attachment
   'db:<name>' holding one file '<name>.dump'. An argument holding `{dir}` instead names an
   empty directory the tool fills (`mongodump --out {dir}`); that directory is stored as the
-  attachment's tree, then removed.
+  attachment's tree, then removed. prepare, before the window opens, finds the dump tool and
+  runs the database's optional `check = [...]` (`mariadb-admin ping`): a server that is down
+  fails the set before any freeze hook stops the application.
 - `PgDumpEngine` (kind 'pg_dump'): a PostgreSQL database reached only over the network.
   prepare connects (libpq, the dsn) and reads the server's version; inside the window
   `pg_dump --format=directory --compress=0 --jobs=N` writes a directory (uncompressed, so
@@ -47,7 +49,7 @@ from cairn.daemon.databases.engine import (
     attachment_name,
 )
 from cairn.daemon.runtime.config import DatabaseConfig
-from cairn.errors import DeadlineError, FailedPreconditionError
+from cairn.errors import AbortedError, CairnError, DeadlineError, FailedPreconditionError
 from cairn.store.snapshots.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
@@ -55,6 +57,7 @@ log = logging.getLogger("cairn.capture")
 DIR_PLACEHOLDER = "{dir}"
 TARGET_PLACEHOLDER = "{target}"
 STDERR_TAIL = 2000  # characters of a tool's stderr kept for its error message
+CHECK_TIMEOUT = 15.0  # bound of a command database's `check`, run before the window opens
 PARALLEL_DUMP_VERSION = 90200  # synchronized snapshots: pg_dump --jobs against 9.2 or later
 
 
@@ -263,7 +266,8 @@ class _DumpBase:
                           server_version=self.server_version, jobs=self.jobs)
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "CAIRN_DATABASE": self.name, "CAIRN_SOURCE": self.source}
+        # no source: `cairn check-db` running the check outside any set
+        return {**os.environ, "CAIRN_DATABASE": self.name, **({"CAIRN_SOURCE": self.source} if self.source else {})}
 
     def _fresh_dir(self) -> str:
         """This run's own new work directory (see the module docstring)."""
@@ -297,6 +301,28 @@ class CommandEngine(_DumpBase):
     def prepare(self) -> None:
         find_tool(self.cfg.dump[0], self.name)
         self.tool = os.path.basename(self.cfg.dump[0])
+        self.check()
+
+    def check(self) -> None:
+        """Run the database's `check` command, if it has one (`mariadb-admin ping`): it must exit
+        with status 0 within CHECK_TIMEOUT (or the dump's own timeout, if shorter), or this raises
+        DumpFailedError / DeadlineError with its stderr tail; AbortedError once cancel() ran."""
+        if not self.cfg.check:
+            return
+        find_tool(self.cfg.check[0], self.name)
+        if self.cancelled.is_set():
+            raise AbortedError("backup cancelled")
+        run = self.run = ToolRun(self.cfg.check, self.name, min(CHECK_TIMEOUT, self.cfg.timeout), env=self._env())
+        try:
+            run.start()
+            run.finish("check")
+        except CairnError:
+            if self.cancelled.is_set():
+                raise AbortedError("backup cancelled") from None
+            raise
+        finally:
+            run.close()
+            self.run = None
 
     def capture(self, sess: BackupSession, check: Callable[[], None]) -> None:
         work = self._fresh_dir()

@@ -4,9 +4,11 @@
 of a source that has databases and/or a `quiesce` window, step by step through a store
 BackupSession:
 
-- before the window (nothing frozen yet): connect to every database and check it (DSN,
-  rights, pgdata, archiving) and read its facts; in cold mode also pg_backup_start on each
-  (its checkpoint is the slow part of a base backup and needs no quiet application);
+- before the window (nothing frozen yet): prepare every database (`DatabaseEngine.prepare`:
+  connect and check it — DSN, rights, pgdata, archiving — and read its facts; a dump's tool is
+  found and a command database's `check` runs), so a database that cannot be captured fails
+  the set before any freeze hook stops the application; in cold mode also pg_backup_start on
+  each base backup (its checkpoint is the slow part and needs no quiet application);
 - inside the window, after every freeze hook finished: the planner decides the base and asks
   the change journal for its hint (`Planner.plan`), once — the session uses that decision, so
   files the application wrote while its freeze hook stopped it are in the hint;
@@ -178,16 +180,25 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
     planner = planner or BasePlanner(repo, src.name, request.level, request.hostname or None)
     with contextlib.ExitStack() as stack:
         # Step 1: preflight — a database that cannot be backed up fails the set before any freeze.
+        # A cancelled set stops the preparation under way too (a `check` command is killed).
         opened: list[DatabaseEngine] = []
-        for cfg in configs:
-            eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
-                engine_for(cfg, src.name, state_dir)
-            stack.callback(eng.close)
-            eng.prepare()
-            if isinstance(eng, PhysicalEngine) and eng.conn is not None:
-                # archiving that fails now would stall the set's WAL wait: fail fast instead
-                raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
-            opened.append(eng)
+        preparing: list[DatabaseEngine] = []
+
+        def cancel_preparing() -> None:
+            for e in preparing:
+                e.cancel()
+
+        with _on_cancel(cancel, cancel_preparing):
+            for cfg in configs:
+                eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
+                    engine_for(cfg, src.name, state_dir)
+                stack.callback(eng.close)
+                preparing.append(eng)
+                eng.prepare()
+                if isinstance(eng, PhysicalEngine) and eng.conn is not None:
+                    # archiving that fails now would stall the set's WAL wait: fail fast instead
+                    raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
+                opened.append(eng)
 
         def on_expire() -> None:
             for e in opened:
