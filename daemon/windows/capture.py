@@ -25,7 +25,8 @@ BackupSession:
   Writes below a directory a database server writes itself (`server_dirs()`: a data directory
   or a tablespace inside a source path) are not the application's and do not count;
 - after the window: wait (bounded by each database's wal_timeout) until the repository holds
-  every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks.
+  every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks
+  (on_failure also when the set fails before its window, in the preparation).
 
 Every database is captured by its engine (daemon/databases/: the physical 'postgres' engine
 above, or a dump engine — 'pg_dump', 'command' — whose dump runs inside the window at the
@@ -188,17 +189,21 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
             for e in preparing:
                 e.cancel()
 
-        with _on_cancel(cancel, cancel_preparing):
-            for cfg in configs:
-                eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
-                    engine_for(cfg, src.name, state_dir)
-                stack.callback(eng.close)
-                preparing.append(eng)
-                eng.prepare()
-                if isinstance(eng, PhysicalEngine) and eng.conn is not None:
-                    # archiving that fails now would stall the set's WAL wait: fail fast instead
-                    raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
-                opened.append(eng)
+        try:
+            with _on_cancel(cancel, cancel_preparing):
+                for cfg in configs:
+                    eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
+                        engine_for(cfg, src.name, state_dir)
+                    stack.callback(eng.close)
+                    preparing.append(eng)
+                    eng.prepare()
+                    if isinstance(eng, PhysicalEngine) and eng.conn is not None:
+                        # archiving that fails now would stall the set's WAL wait: fail fast instead
+                        raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
+                    opened.append(eng)
+        except BaseException as exc:
+            _after_hooks(src, "on_failure", exc, None, stopping=cancel.is_set())  # nothing was frozen
+            raise
 
         def on_expire() -> None:
             for e in opened:
@@ -413,21 +418,27 @@ class _Capture:
 
     def after(self, phase: str, exc: BaseException | None, s: BackupSet | None = None) -> None:
         """Run the source's on_success / on_failure hooks (optional; failures are logged)."""
-        q = self.src.quiesce
-        argvs = (q.on_success if phase == "on_success" else q.on_failure) if q is not None else ()
-        if not argvs:
-            return
-        env = dict(os.environ)
-        if s is not None:
-            env.update({"CAIRN_SET_ID": s.id, "CAIRN_SET_LEVEL": s.level})
-        if exc is not None:
-            env["CAIRN_ERROR"] = exc.message if isinstance(exc, CairnError) else str(exc)
-        # A set cancelled by the daemon's stop (not by its window's deadline) is reported within
-        # a few seconds: the stop waits for the set, and a slow hook would make it give the set
-        # up as abandoned after shutdown_timeout (exit 1) and then kill the hook anyway.
-        stopping = self.cancel.is_set() and not (self.window is not None and self.window.expired)
-        run_after(argvs, self.src.name, self.mode, phase, AFTER_HOOK_TIMEOUT, env,
-                  budget=AFTER_HOOK_CANCELLED if stopping else None)
+        _after_hooks(self.src, phase, exc, s,
+                     stopping=self.cancel.is_set() and not (self.window is not None and self.window.expired))
+
+
+def _after_hooks(src: SourceConfig, phase: str, exc: BaseException | None, s: BackupSet | None, *,
+                 stopping: bool) -> None:
+    """Run `src`'s on_success / on_failure hooks; `stopping`: the daemon's stop cancelled the set."""
+    q = src.quiesce
+    argvs = (q.on_success if phase == "on_success" else q.on_failure) if q is not None else ()
+    if not argvs:
+        return
+    env = dict(os.environ)
+    if s is not None:
+        env.update({"CAIRN_SET_ID": s.id, "CAIRN_SET_LEVEL": s.level})
+    if exc is not None:
+        env["CAIRN_ERROR"] = exc.message if isinstance(exc, CairnError) else str(exc)
+    # A set cancelled by the daemon's stop (not by its window's deadline) is reported within
+    # a few seconds: the stop waits for the set, and a slow hook would make it give the set
+    # up as abandoned after shutdown_timeout (exit 1) and then kill the hook anyway.
+    run_after(argvs, src.name, q.mode if q is not None else "hot", phase, AFTER_HOOK_TIMEOUT, env,
+              budget=AFTER_HOOK_CANCELLED if stopping else None)
 
 
 @contextlib.contextmanager

@@ -23,9 +23,11 @@ SOURCES = ("maria", "pg", "pgdump", "notool")
 
 
 def cold(root: Path, name: str) -> dict[str, object]:
-    """A cold window whose hooks leave `frozen` / `thawed` in the source's directory."""
+    """A cold window whose hooks leave `frozen` / `thawed` in the source's directory, and whose
+    on_failure hook writes the set's error to `failed` there."""
     return {"mode": "cold", "freeze": ["touch", str(root / name / "frozen")],
-            "thaw": ["touch", str(root / name / "thawed")]}
+            "thaw": ["touch", str(root / name / "thawed")],
+            "on_failure": [["sh", "-c", f'echo "$CAIRN_ERROR" > {root / name / "failed"}']]}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,9 @@ def assert_failed_unfrozen(stack: Stack, source: str, r: subprocess.CompletedPro
     assert len(lines) == 1, r.stderr
     for text in said:
         assert text in lines[0], r.stderr
+    # the failure is reported like any failed set's: the on_failure hooks get its message
+    reported = (stack.root / source / "failed").read_text().strip()
+    assert reported and reported in lines[0], reported
     assert stack.sets(source) == []
 
 

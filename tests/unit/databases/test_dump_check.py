@@ -119,7 +119,8 @@ def cold_source(tmp_path: Path) -> SourceConfig:
     (tmp_path / "data").mkdir()
     (tmp_path / "data/a.txt").write_text("a\n")
     q = QuiesceConfig("cold", freeze=(("touch", str(tmp_path / "frozen")),),
-                      thaw=(("touch", str(tmp_path / "thawed")),), timeout=10.0)
+                      thaw=(("touch", str(tmp_path / "thawed")),), timeout=10.0,
+                      on_failure=(("sh", "-c", f'echo "$CAIRN_ERROR" > {tmp_path / "failed"}'),))
     return SourceConfig("app", (str(tmp_path / "data"),), database="chat", databases=("chat",), quiesce=q)
 
 
@@ -131,11 +132,13 @@ def take(tmp_path: Path, db: DatabaseConfig, cancel: threading.Event) -> Reposit
     return repo
 
 
-def test_a_failing_check_fails_the_set_before_the_freeze(tmp_path):
+def test_a_failing_check_fails_the_set_before_the_freeze_and_tells_on_failure(tmp_path):
     db = command_db(("sh", "-c", "echo 'server down' >&2; exit 1"), dump=("echo", "rows"))
     with pytest.raises(DumpFailedError, match="check of database 'chat' failed: sh exited with status 1"):
         take(tmp_path, db, threading.Event())
     assert not (tmp_path / "frozen").exists() and not (tmp_path / "thawed").exists()
+    assert (tmp_path / "failed").read_text() == ("check of database 'chat' failed: sh exited with status 1: "
+                                                 "server down\n")
     assert Repository.open_local(str(tmp_path / "repo")).list_sets() == []
 
 
