@@ -2,10 +2,12 @@
 cairnd, a database that cannot be captured fails the set before any freeze hook runs (each
 freeze hook here leaves a marker file). A real MariaDB server dumped by kind 'command' with a
 `check` command (`mariadb-admin ping`), stopped and running; a real PostgreSQL 15 captured by
-kind 'postgres' and by kind 'pg_dump', stopped; a dump tool that is not installed."""
+kind 'postgres' and by kind 'pg_dump', stopped; a dump tool that is not installed. `cairn
+check-db` runs the same check."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -89,14 +91,22 @@ def test_mariadb_down_fails_the_set_before_the_freeze_with_the_checks_stderr(env
     maria.stop()
     try:
         r = stack.cli("backup", "--source", "maria", "--level", "full")
+        checked = stack.cli("--json", "check-db", "chat")
     finally:
         maria.start()
     failed = "check of database 'chat' failed: mariadb-admin exited with status 1"
     assert_failed_unfrozen(stack, "maria", r, failed, "Can't connect")
+    # `cairn check-db` runs the same check, and says the same
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    step = json.loads(checked.stdout)["steps"][-2]
+    assert step["name"] == "check" and not step["ok"] and failed in step["detail"], checked.stdout
 
 
 def test_mariadb_up_the_check_passes_and_the_set_restores(env) -> None:
     stack, maria = env
+    report = json.loads(stack.ok("--json", "check-db", "chat"))
+    assert [(x["name"], x["ok"]) for x in report["steps"]] == [("dump tool", True), ("restore tool", True),
+                                                               ("check", True), ("archiving", True)]
     s = stack.backup("maria")
     assert (stack.root / "maria/frozen").exists() and (stack.root / "maria/thawed").exists()
     (rec,) = s["extra"]["databases"]
