@@ -9,7 +9,8 @@
   runs the database's optional `check = [...]` (`mariadb-admin ping`): a server that is down
   fails the set before any freeze hook stops the application.
 - `PgDumpEngine` (kind 'pg_dump'): a PostgreSQL database reached only over the network.
-  prepare connects (libpq, the dsn) and reads the server's version; inside the window
+  prepare connects (libpq, the dsn), reads the server's version and checks that the role may
+  read what pg_dump reads (USAGE on each schema, SELECT on each table and sequence); inside the window
   `pg_dump --format=directory --compress=0 --jobs=N` writes a directory (uncompressed, so
   each table's data file dedups against the last set's; parallel jobs need a server of 9.2 or
   later and are 1 otherwise), stored as the attachment's tree. No archive_command, no data
@@ -40,6 +41,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cairn.daemon.databases import tools
 from cairn.daemon.databases.engine import (
@@ -370,6 +372,12 @@ class PgDumpEngine(_DumpBase):
                                require_archiving=False) as conn:
             version, num = conn.query_one("SELECT current_setting('server_version'), "
                                           "current_setting('server_version_num')::int")
+            role, missing = _missing_dump_rights(conn)
+        if missing:
+            more = f" (and {len(missing) - MISSING_SHOWN} more)" if len(missing) > MISSING_SHOWN else ""
+            raise FailedPreconditionError(
+                f"role '{role}' cannot dump database '{self.name}': it lacks "
+                f"{', '.join(missing[:MISSING_SHOWN])}{more} (grant them, or membership in pg_read_all_data)")
         self.server_version = str(version)
         self.jobs = self.cfg.jobs if int(num) >= PARALLEL_DUMP_VERSION else 1
 
@@ -380,6 +388,33 @@ class PgDumpEngine(_DumpBase):
         self._dump_dir(argv, out, sess, check)
         log.info("source '%s': pg_dump of database '%s' stored (%d bytes, %d jobs)", self.source, self.name,
                  self.size, self.jobs)
+
+
+# What pg_dump reads: the rows of every table (COPY, after LOCK TABLE ... IN ACCESS SHARE MODE,
+# partitioned tables locked too) and every sequence's state, each named through its schema.
+# System schemas and the members of extensions are not dumped. pg_read_all_data counts (the
+# privilege functions know it), as does superuser. ('%%': the statement is run with parameters.)
+_DUMP_RIGHTS = """
+SELECT current_user, coalesce(array_agg(what ORDER BY what), '{}') FROM (
+    SELECT DISTINCT CASE WHEN NOT has_schema_privilege(n.oid, 'USAGE')
+                         THEN format('USAGE on schema %%I', n.nspname)
+                         ELSE format('SELECT on %%s %%I.%%I', CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END,
+                                     n.nspname, c.relname) END AS what
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'S')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                                  AND d.deptype = 'e')
+      AND NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'))
+) missing
+"""
+MISSING_SHOWN = 3  # rights named in the error; the rest are counted
+
+
+def _missing_dump_rights(conn: Any) -> tuple[str, list[str]]:
+    """(the role, what it lacks to dump its database: 'USAGE on schema s', 'SELECT on table s.t')."""
+    role, missing = conn.query_one(_DUMP_RIGHTS)
+    return str(role), [str(m) for m in missing]
 
 
 def _dir_size(path: str) -> int:

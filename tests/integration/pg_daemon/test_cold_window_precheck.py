@@ -2,7 +2,8 @@
 cairnd, a database that cannot be captured fails the set before any freeze hook runs (each
 freeze hook here leaves a marker file). A real MariaDB server dumped by kind 'command' with a
 `check` command (`mariadb-admin ping`), stopped and running; a real PostgreSQL 15 captured by
-kind 'postgres' and by kind 'pg_dump', stopped; a dump tool that is not installed. `cairn
+kind 'postgres' and by kind 'pg_dump', stopped; a pg_dump role that may not read every table;
+a dump tool that is not installed. `cairn
 check-db` runs the same check."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mariadbserver import MariaDbServer, mariadb_available  # noqa: E402
 
 ROWS = 200
-SOURCES = ("maria", "pg", "pgdump", "notool")
+SOURCES = ("maria", "pg", "pgdump", "notool", "rights")
 
 
 def cold(root: Path, name: str) -> dict[str, object]:
@@ -48,6 +49,7 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
         "pg": {"paths": [str(root / "pg/files")], "database": "appdb", "quiesce": cold(root, "pg")},
         "pgdump": {"paths": [str(root / "pgdump/files")], "database": "shoppg", "quiesce": cold(root, "pgdump")},
         "notool": {"paths": [str(root / "notool/files")], "database": "gone", "quiesce": cold(root, "notool")},
+        "rights": {"paths": [str(root / "rights/files")], "database": "ledger", "quiesce": cold(root, "rights")},
     }
     mariadb_admin = shutil.which("mariadb-admin") or "mariadb-admin"
     stack.databases.update({
@@ -57,10 +59,18 @@ def env() -> Iterator[tuple[Stack, MariaDbServer]]:
                  "check": [mariadb_admin, *maria.client_args(), "--connect-timeout=5", "ping"]},
         "shoppg": {"kind": "pg_dump", "dsn": stack.pg.dsn_for(dbname="postgres", tcp=True)},
         "gone": {"kind": "command", "dump": ["cairn-test-no-such-dump-tool", "--all"], "restore": ["true"]},
+        "ledger": {"kind": "pg_dump", "dsn": stack.pg.dsn_for(user="dumper", dbname="ledger", tcp=True)},
     })
     stack.write_config()
     try:
         stack.start()
+        # a role that may read one table of database ledger, not its sequence nor another table
+        stack.psql("CREATE ROLE dumper LOGIN")
+        stack.psql("CREATE DATABASE ledger")
+        for sql in ("CREATE TABLE entries (id serial PRIMARY KEY, amount int NOT NULL)",
+                    "INSERT INTO entries (amount) SELECT i FROM generate_series(1, 50) i",
+                    "CREATE TABLE salaries (name text, amount int)", "GRANT SELECT ON entries TO dumper"):
+            stack.pg.psql(sql, dbname="ledger")
         maria.sql("CREATE DATABASE shop")
         maria.sql("CREATE TABLE items (id int PRIMARY KEY, name varchar(64) NOT NULL) ENGINE=InnoDB", "shop")
         maria.sql(f"INSERT INTO items SELECT seq, CONCAT('item ', seq) FROM seq_1_to_{ROWS}", "shop")
@@ -134,3 +144,22 @@ def test_a_dump_tool_that_is_not_installed_fails_the_set_before_the_freeze(env) 
     r = stack.cli("backup", "--source", "notool", "--level", "full")
     assert_failed_unfrozen(stack, "notool", r,
                            "database 'gone': the tool 'cairn-test-no-such-dump-tool' is not installed")
+
+
+def test_a_pg_dump_role_without_the_rights_to_read_fails_the_set_before_the_freeze(env) -> None:
+    stack, _ = env
+    r = stack.cli("backup", "--source", "rights", "--level", "full")
+    assert_failed_unfrozen(stack, "rights", r, "role 'dumper' cannot dump database 'ledger': it lacks "
+                           "SELECT on sequence public.entries_id_seq, SELECT on table public.salaries "
+                           "(grant them, or membership in pg_read_all_data)")
+    checked = stack.cli("--json", "check-db", "ledger")  # says the same
+    assert checked.returncode == 1 and "role 'dumper' cannot dump database 'ledger'" in checked.stdout, checked
+    # granted what pg_dump reads, the same role dumps the database
+    stack.pg.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO dumper", dbname="ledger")
+    r = stack.cli("backup", "--source", "rights", "--level", "full")  # pg_dump reads the sequence too
+    assert_failed_unfrozen(stack, "rights", r, "it lacks SELECT on sequence public.entries_id_seq (grant them")
+    stack.pg.psql("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO dumper", dbname="ledger")
+    s = stack.backup("rights")
+    assert (stack.root / "rights/frozen").exists() and (stack.root / "rights/thawed").exists()
+    (rec,) = s["extra"]["databases"]
+    assert rec["name"] == "ledger" and rec["kind"] == "pg_dump" and rec["bytes"] > 0
