@@ -195,7 +195,9 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
                     eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
                         engine_for(cfg, src.name, state_dir)
                     stack.callback(eng.close)
-                    preparing.append(eng)
+                    preparing.append(eng)  # then the cancel watcher reaches it, or this sees the cancel
+                    if cancel.is_set():
+                        raise AbortedError("backup cancelled")
                     eng.prepare()
                     if isinstance(eng, PhysicalEngine) and eng.conn is not None:
                         # archiving that fails now would stall the set's WAL wait: fail fast instead

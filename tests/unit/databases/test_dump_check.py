@@ -150,3 +150,14 @@ def test_a_set_cancelled_during_its_check_ends_at_once_without_a_freeze(tmp_path
         take(tmp_path, command_db(("sleep", "60"), dump=("echo", "rows")), cancel)
     assert time.monotonic() - started < 10  # not the check's own bound
     assert not (tmp_path / "frozen").exists()
+
+
+def test_a_set_cancelled_before_its_preparation_runs_no_check(tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    marker = tmp_path / "checked"
+    started = time.monotonic()
+    with pytest.raises(AbortedError, match="backup cancelled"):
+        take(tmp_path, command_db(("sh", "-c", f"touch {marker}; exec sleep 60"), dump=("echo", "rows")), cancel)
+    assert time.monotonic() - started < 10
+    assert not marker.exists() and not (tmp_path / "frozen").exists()
