@@ -7,7 +7,7 @@ as the `mysql` OS user (`--user=mysql`, the tests run as root), listens on the s
 socket without a password (`--auth-root-authentication-method=normal`).
 
 What always holds: `cleanup()` (also the context-manager exit) kills a running server and
-removes the directory.
+removes the directory; `stop()` shuts it down and keeps the directory, for `start()` again.
 
     with MariaDbServer() as db:
         db.sql("CREATE DATABASE shop")
@@ -86,6 +86,16 @@ class MariaDbServer:
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"mariadbd did not become ready in {timeout}s: {self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Shut the server down cleanly (SIGTERM) and wait for it to exit; `start()` starts it again."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"mariadbd did not stop in {timeout}s: {self.log_tail()}") from None
 
     def client_args(self) -> list[str]:
         """Connection options for the mariadb tools (the socket, as root)."""

@@ -5,9 +5,12 @@
   chunks, deduplicated against every earlier set; never spooled to disk) as attachment
   'db:<name>' holding one file '<name>.dump'. An argument holding `{dir}` instead names an
   empty directory the tool fills (`mongodump --out {dir}`); that directory is stored as the
-  attachment's tree, then removed.
+  attachment's tree, then removed. prepare, before the window opens, finds the dump tool and
+  runs the database's optional `check = [...]` (`mariadb-admin ping`): a server that is down
+  fails the set before any freeze hook stops the application.
 - `PgDumpEngine` (kind 'pg_dump'): a PostgreSQL database reached only over the network.
-  prepare connects (libpq, the dsn) and reads the server's version; inside the window
+  prepare connects (libpq, the dsn), reads the server's version and checks that the role may
+  read what pg_dump reads (USAGE on each schema, SELECT on each table and sequence); inside the window
   `pg_dump --format=directory --compress=0 --jobs=N` writes a directory (uncompressed, so
   each table's data file dedups against the last set's; parallel jobs need a server of 9.2 or
   later and are 1 otherwise), stored as the attachment's tree. No archive_command, no data
@@ -38,6 +41,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cairn.daemon.databases import tools
 from cairn.daemon.databases.engine import (
@@ -47,7 +51,7 @@ from cairn.daemon.databases.engine import (
     attachment_name,
 )
 from cairn.daemon.runtime.config import DatabaseConfig
-from cairn.errors import DeadlineError, FailedPreconditionError
+from cairn.errors import AbortedError, CairnError, DeadlineError, FailedPreconditionError
 from cairn.store.snapshots.session import BackupSession
 
 log = logging.getLogger("cairn.capture")
@@ -55,6 +59,7 @@ log = logging.getLogger("cairn.capture")
 DIR_PLACEHOLDER = "{dir}"
 TARGET_PLACEHOLDER = "{target}"
 STDERR_TAIL = 2000  # characters of a tool's stderr kept for its error message
+CHECK_TIMEOUT = 15.0  # bound of a command database's `check`, run before the window opens
 PARALLEL_DUMP_VERSION = 90200  # synchronized snapshots: pg_dump --jobs against 9.2 or later
 
 
@@ -71,11 +76,14 @@ def stream_file(database: str) -> str:
 
 
 def find_tool(name: str, database: str) -> str:
-    """The path of executable `name` (as given when it holds a '/', else from PATH)."""
+    """The path of executable `name` (as given when it holds a '/', else from PATH): a regular
+    file (or a link to one) that this process may execute."""
     path = name if "/" in name else shutil.which(name)
-    if not path or not os.access(path, os.X_OK):
+    if not path or not os.path.exists(path):
         raise FailedPreconditionError(f"database '{database}': the tool '{name}' is not installed (not found"
                                       f"{'' if '/' in name else ' on PATH'})")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise FailedPreconditionError(f"database '{database}': the tool '{name}' is not an executable file")
     return path
 
 
@@ -260,7 +268,8 @@ class _DumpBase:
                           server_version=self.server_version, jobs=self.jobs)
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "CAIRN_DATABASE": self.name, "CAIRN_SOURCE": self.source}
+        # no source: `cairn check-db` running the check outside any set
+        return {**os.environ, "CAIRN_DATABASE": self.name, **({"CAIRN_SOURCE": self.source} if self.source else {})}
 
     def _fresh_dir(self) -> str:
         """This run's own new work directory (see the module docstring)."""
@@ -294,6 +303,28 @@ class CommandEngine(_DumpBase):
     def prepare(self) -> None:
         find_tool(self.cfg.dump[0], self.name)
         self.tool = os.path.basename(self.cfg.dump[0])
+        self.check()
+
+    def check(self) -> None:
+        """Run the database's `check` command, if it has one (`mariadb-admin ping`): it must exit
+        with status 0 within CHECK_TIMEOUT (or the dump's own timeout, if shorter), or this raises
+        DumpFailedError / DeadlineError with its stderr tail; AbortedError once cancel() ran."""
+        if not self.cfg.check:
+            return
+        find_tool(self.cfg.check[0], self.name)
+        if self.cancelled.is_set():
+            raise AbortedError("backup cancelled")
+        run = self.run = ToolRun(self.cfg.check, self.name, min(CHECK_TIMEOUT, self.cfg.timeout), env=self._env())
+        try:
+            run.start()
+            run.finish("check")
+        except CairnError:
+            if self.cancelled.is_set():
+                raise AbortedError("backup cancelled") from None
+            raise
+        finally:
+            run.close()
+            self.run = None
 
     def capture(self, sess: BackupSession, check: Callable[[], None]) -> None:
         work = self._fresh_dir()
@@ -341,6 +372,12 @@ class PgDumpEngine(_DumpBase):
                                require_archiving=False) as conn:
             version, num = conn.query_one("SELECT current_setting('server_version'), "
                                           "current_setting('server_version_num')::int")
+            role, missing = _missing_dump_rights(conn)
+        if missing:
+            more = f" (and {len(missing) - MISSING_SHOWN} more)" if len(missing) > MISSING_SHOWN else ""
+            raise FailedPreconditionError(
+                f"role '{role}' cannot dump database '{self.name}': it lacks "
+                f"{', '.join(missing[:MISSING_SHOWN])}{more} (grant them, or membership in pg_read_all_data)")
         self.server_version = str(version)
         self.jobs = self.cfg.jobs if int(num) >= PARALLEL_DUMP_VERSION else 1
 
@@ -351,6 +388,33 @@ class PgDumpEngine(_DumpBase):
         self._dump_dir(argv, out, sess, check)
         log.info("source '%s': pg_dump of database '%s' stored (%d bytes, %d jobs)", self.source, self.name,
                  self.size, self.jobs)
+
+
+# What pg_dump reads: the rows of every table (COPY, after LOCK TABLE ... IN ACCESS SHARE MODE,
+# partitioned tables locked too) and every sequence's state, each named through its schema.
+# System schemas and the members of extensions are not dumped. pg_read_all_data counts (the
+# privilege functions know it), as does superuser. ('%%': the statement is run with parameters.)
+_DUMP_RIGHTS = """
+SELECT current_user, coalesce(array_agg(what ORDER BY what), '{}') FROM (
+    SELECT DISTINCT CASE WHEN NOT has_schema_privilege(n.oid, 'USAGE')
+                         THEN format('USAGE on schema %%I', n.nspname)
+                         ELSE format('SELECT on %%s %%I.%%I', CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END,
+                                     n.nspname, c.relname) END AS what
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'S')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                                  AND d.deptype = 'e')
+      AND NOT (has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT'))
+) missing
+"""
+MISSING_SHOWN = 3  # rights named in the error; the rest are counted
+
+
+def _missing_dump_rights(conn: Any) -> tuple[str, list[str]]:
+    """(the role, what it lacks to dump its database: 'USAGE on schema s', 'SELECT on table s.t')."""
+    role, missing = conn.query_one(_DUMP_RIGHTS)
+    return str(role), [str(m) for m in missing]
 
 
 def _dir_size(path: str) -> int:

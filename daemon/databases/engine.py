@@ -4,7 +4,8 @@ A `DatabaseEngine` captures one configured `[[database]]` into a set's write ses
 capture code (daemon/windows/capture.py) drives every engine through the same steps:
 
 - `prepare()` — before the window opens (nothing frozen yet): connect, check rights and tools,
-  read facts. A database that cannot be captured fails the set here, before any freeze.
+  run a command database's `check`, read facts. A database that cannot be captured fails the
+  set here, before any freeze; `cancel()` may be called meanwhile (the set was cancelled).
 - `start(label)` — begin the capture. An engine whose `starts_early` is true (the physical
   PostgreSQL engine: pg_backup_start's checkpoint needs no quiet application) is started
   before the freeze in cold mode; every other start runs inside the window.

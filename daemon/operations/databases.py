@@ -1,18 +1,19 @@
 """Databases and WAL: restore-db (to a data directory or into a live database), the WAL
 archive (push, fetch, health) and `cairn check-db`: a base-backup database (kind 'postgres')
 gets checkdb's connection and archiving checks, a dump (kinds 'pg_dump', 'command') what its
-sets need instead — its tools on PATH and, for pg_dump, a connection with its DSN — and WAL
-archiving is reported as not applying to it.
+sets need instead — its tools on PATH, a command database's `check` command and, for pg_dump,
+a connection with its DSN — and WAL archiving is reported as not applying to it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 from collections.abc import Callable, Iterator
 
 from cairn import walnames
-from cairn.daemon.databases.dump import PgDumpEngine, find_tool
+from cairn.daemon.databases.dump import CommandEngine, PgDumpEngine, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_POSTGRES
 from cairn.daemon.databases.postgres import checkdb, deltadb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, dump_files, dump_of, restore_dump
@@ -156,8 +157,9 @@ class DatabasePart(ServicePart):
 
 def check_dump(db: DatabaseConfig, state_dir: str) -> checkdb.CheckResult:
     """check-db of a dump-kind database: what its next set needs, as the set's own preparation
-    checks it (the engine's prepare: the tools are found, pg_dump connects with its DSN and reads
-    the server's version), and the restore tool. No dump runs; WAL archiving does not apply."""
+    checks it (the engine's prepare: the tools are found, a command database's `check` runs,
+    pg_dump connects with its DSN and reads the server's version), and the restore tool. No dump
+    runs; WAL archiving does not apply."""
     result = checkdb.CheckResult()
     step = checkdb.CheckStep
     if db.kind == KIND_COMMAND:
@@ -167,6 +169,12 @@ def check_dump(db: DatabaseConfig, state_dir: str) -> checkdb.CheckResult:
                 result.steps.append(step(what, True, find_tool(tool, db.name)))
             except CairnError as exc:
                 result.steps.append(step(what, False, exc.message))
+        if db.check:  # what a set runs before its window: the server answers
+            try:
+                CommandEngine(db, "", state_dir).check()
+                result.steps.append(step("check", True, f"{shlex.join(db.check)} exited with status 0"))
+            except CairnError as exc:
+                result.steps.append(step("check", False, exc.message))
     else:
         engine = PgDumpEngine(db, "", state_dir)
         try:

@@ -241,6 +241,7 @@ class DatabaseConfig:
     kind: str = "postgres"      # one of DATABASE_KINDS (the engine that captures it: daemon/databases/)
     dump: tuple[str, ...] = ()     # kind 'command': argv of the dump ({dir}: the dump is that directory)
     restore: tuple[str, ...] = ()  # kind 'command': argv of the restore ({target}: the --target-dsn text)
+    check: tuple[str, ...] = ()    # kind 'command': argv run before the window; failing, it fails the set
     timeout: float = 3600.0     # dump engines: bound of one dump (the window's max_window bounds it too)
     jobs: int = 2               # kind 'pg_dump': parallel jobs of pg_dump and pg_restore
 
@@ -449,6 +450,6 @@ class _Loader:
     def database(self, table: schema.DatabaseTable) -> DatabaseConfig:
         return DatabaseConfig(
             name=table.name, dsn=table.dsn or "", pgdata=table.pgdata or "", wal_timeout=table.wal_timeout,
-            kind=table.kind, dump=table.dump or (), restore=table.restore or (), timeout=table.timeout,
-            jobs=table.jobs,
+            kind=table.kind, dump=table.dump or (), restore=table.restore or (), check=table.check or (),
+            timeout=table.timeout, jobs=table.jobs,
         )

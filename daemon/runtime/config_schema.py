@@ -477,6 +477,7 @@ class DatabaseTable(_Table):
     kind: Literal[DATABASE_KINDS] = "postgres"  # type: ignore[valid-type]
     dump: Command | None = None
     restore: Command | None = None
+    check: Command | None = None
     timeout: PositiveDuration = 3600.0
     jobs: Count = 2
 
@@ -487,7 +488,7 @@ class DatabaseTable(_Table):
         if not isinstance(data, dict) or data.get("kind", "postgres") not in DATABASE_KINDS:
             return data
         kind = data.get("kind", "postgres")
-        only = {"postgres": ("pgdata", "wal_timeout"), "command": ("dump", "restore"), "pg_dump": ("jobs",)}
+        only = {"postgres": ("pgdata", "wal_timeout"), "command": ("dump", "restore", "check"), "pg_dump": ("jobs",)}
         for other, keys in only.items():
             for key in keys:
                 if other != kind and key in data:
@@ -508,6 +509,10 @@ class DatabaseTable(_Table):
         for key in ("dump", "restore"):
             if self.kind == "command" and getattr(self, key) is None:
                 raise _fail("required: a command as a list of strings", f".{key}")
+        for index, arg in enumerate(self.check or ()):
+            if "{dir}" in arg or "{target}" in arg:
+                raise _fail("{dir} and {target} have no value here: the check runs before the window, "
+                            "without a dump or a restore", f".check[{index}]")
         return self
 
 

@@ -4,9 +4,11 @@
 of a source that has databases and/or a `quiesce` window, step by step through a store
 BackupSession:
 
-- before the window (nothing frozen yet): connect to every database and check it (DSN,
-  rights, pgdata, archiving) and read its facts; in cold mode also pg_backup_start on each
-  (its checkpoint is the slow part of a base backup and needs no quiet application);
+- before the window (nothing frozen yet): prepare every database (`DatabaseEngine.prepare`:
+  connect and check it — DSN, rights, pgdata, archiving — and read its facts; a dump's tool is
+  found and a command database's `check` runs), so a database that cannot be captured fails
+  the set before any freeze hook stops the application; in cold mode also pg_backup_start on
+  each base backup (its checkpoint is the slow part and needs no quiet application);
 - inside the window, after every freeze hook finished: the planner decides the base and asks
   the change journal for its hint (`Planner.plan`), once — the session uses that decision, so
   files the application wrote while its freeze hook stopped it are in the hint;
@@ -23,7 +25,8 @@ BackupSession:
   Writes below a directory a database server writes itself (`server_dirs()`: a data directory
   or a tablespace inside a source path) are not the application's and do not count;
 - after the window: wait (bounded by each database's wal_timeout) until the repository holds
-  every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks.
+  every WAL segment up to each stop LSN, then commit; then the on_success / on_failure hooks
+  (on_failure also when the set fails before its window, in the preparation).
 
 Every database is captured by its engine (daemon/databases/: the physical 'postgres' engine
 above, or a dump engine — 'pg_dump', 'command' — whose dump runs inside the window at the
@@ -178,16 +181,31 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
     planner = planner or BasePlanner(repo, src.name, request.level, request.hostname or None)
     with contextlib.ExitStack() as stack:
         # Step 1: preflight — a database that cannot be backed up fails the set before any freeze.
+        # A cancelled set stops the preparation under way too (a `check` command is killed).
         opened: list[DatabaseEngine] = []
-        for cfg in configs:
-            eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
-                engine_for(cfg, src.name, state_dir)
-            stack.callback(eng.close)
-            eng.prepare()
-            if isinstance(eng, PhysicalEngine) and eng.conn is not None:
-                # archiving that fails now would stall the set's WAL wait: fail fast instead
-                raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
-            opened.append(eng)
+        preparing: list[DatabaseEngine] = []
+
+        def cancel_preparing() -> None:
+            for e in preparing:
+                e.cancel()
+
+        try:
+            with _on_cancel(cancel, cancel_preparing):
+                for cfg in configs:
+                    eng = PhysicalEngine(cfg, src.name, connect) if cfg.kind == "postgres" else \
+                        engine_for(cfg, src.name, state_dir)
+                    stack.callback(eng.close)
+                    preparing.append(eng)  # then the cancel watcher reaches it, or this sees the cancel
+                    if cancel.is_set():
+                        raise AbortedError("backup cancelled")
+                    eng.prepare()
+                    if isinstance(eng, PhysicalEngine) and eng.conn is not None:
+                        # archiving that fails now would stall the set's WAL wait: fail fast instead
+                        raise_if_archiver_failing(eng.conn, cfg.name, lambda ns: repo.list_wal(ns, flat=False))
+                    opened.append(eng)
+        except BaseException as exc:
+            _after_hooks(src, "on_failure", exc, None, stopping=cancel.is_set())  # nothing was frozen
+            raise
 
         def on_expire() -> None:
             for e in opened:
@@ -402,21 +420,27 @@ class _Capture:
 
     def after(self, phase: str, exc: BaseException | None, s: BackupSet | None = None) -> None:
         """Run the source's on_success / on_failure hooks (optional; failures are logged)."""
-        q = self.src.quiesce
-        argvs = (q.on_success if phase == "on_success" else q.on_failure) if q is not None else ()
-        if not argvs:
-            return
-        env = dict(os.environ)
-        if s is not None:
-            env.update({"CAIRN_SET_ID": s.id, "CAIRN_SET_LEVEL": s.level})
-        if exc is not None:
-            env["CAIRN_ERROR"] = exc.message if isinstance(exc, CairnError) else str(exc)
-        # A set cancelled by the daemon's stop (not by its window's deadline) is reported within
-        # a few seconds: the stop waits for the set, and a slow hook would make it give the set
-        # up as abandoned after shutdown_timeout (exit 1) and then kill the hook anyway.
-        stopping = self.cancel.is_set() and not (self.window is not None and self.window.expired)
-        run_after(argvs, self.src.name, self.mode, phase, AFTER_HOOK_TIMEOUT, env,
-                  budget=AFTER_HOOK_CANCELLED if stopping else None)
+        _after_hooks(self.src, phase, exc, s,
+                     stopping=self.cancel.is_set() and not (self.window is not None and self.window.expired))
+
+
+def _after_hooks(src: SourceConfig, phase: str, exc: BaseException | None, s: BackupSet | None, *,
+                 stopping: bool) -> None:
+    """Run `src`'s on_success / on_failure hooks; `stopping`: the daemon's stop cancelled the set."""
+    q = src.quiesce
+    argvs = (q.on_success if phase == "on_success" else q.on_failure) if q is not None else ()
+    if not argvs:
+        return
+    env = dict(os.environ)
+    if s is not None:
+        env.update({"CAIRN_SET_ID": s.id, "CAIRN_SET_LEVEL": s.level})
+    if exc is not None:
+        env["CAIRN_ERROR"] = exc.message if isinstance(exc, CairnError) else str(exc)
+    # A set cancelled by the daemon's stop (not by its window's deadline) is reported within
+    # a few seconds: the stop waits for the set, and a slow hook would make it give the set
+    # up as abandoned after shutdown_timeout (exit 1) and then kill the hook anyway.
+    run_after(argvs, src.name, q.mode if q is not None else "hot", phase, AFTER_HOOK_TIMEOUT, env,
+              budget=AFTER_HOOK_CANCELLED if stopping else None)
 
 
 @contextlib.contextmanager

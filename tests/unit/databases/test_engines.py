@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cairn.daemon.databases.dump import DumpFailedError, ToolRun
+from cairn.daemon.databases.dump import DumpFailedError, ToolRun, find_tool
 from cairn.daemon.databases.engine import (
     DumpRecord,
     PhysicalRecord,
@@ -24,7 +24,7 @@ from cairn.daemon.databases.engine import (
     records_of,
 )
 from cairn.daemon.runtime.config import ConfigError, load_config
-from cairn.errors import CorruptionError, DeadlineError
+from cairn.errors import CorruptionError, DeadlineError, FailedPreconditionError
 from cairn.fsio.records import Data
 from cairn.store.model import BackupRequest
 from cairn.store.repository import Repository
@@ -194,6 +194,18 @@ def test_kill_from_another_thread_ends_a_running_tool():
     threading.Timer(0.2, run.kill).start()
     with pytest.raises(DumpFailedError, match="sleep was killed by signal 9"):
         run.finish("dump")
+
+
+def test_a_directory_is_not_a_dump_tool(tmp_path):
+    with pytest.raises(FailedPreconditionError) as caught:
+        find_tool(str(tmp_path), "chat")
+    assert caught.value.message == f"database 'chat': the tool '{tmp_path}' is not an executable file"
+    script = tmp_path / "dump.sh"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(FailedPreconditionError, match="is not an executable file"):
+        find_tool(str(script), "chat")
+    script.chmod(0o755)
+    assert find_tool(str(script), "chat") == str(script)
 
 
 # -- a dump stream through a real repository ---------------------------------------------------
