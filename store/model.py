@@ -174,6 +174,7 @@ class RestoreStats:
     dirs: int = 0
     bytes: int = 0
     errors: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()  # about entries restored all the same (e.g. shorter than recorded)
 
 
 @dataclass(frozen=True)

@@ -1219,7 +1219,7 @@ class Repository:
             try:
                 yield from StreamBuilder(self.tree_entries, self.read_blob, pool, select=select,
                                          chunk_size=self._chunk_size if manifest else None,
-                                         read_blobs=self.read_blobs).records(
+                                         read_blobs=self.read_blobs, content_len=self._content_len).records(
                     root, paths, None if manifest else lanes)
                 why = select.nothing_included() if select is not None else None
                 if why:
@@ -1248,6 +1248,10 @@ class Repository:
         if loc is None:
             raise UnindexedError(f"blob '{bid.hex()[:8]}..' is not in the index")
         return loc.raw_len
+
+    def _content_len(self, bid: bytes) -> int | None:
+        loc = self.index.get(bid)
+        return loc.raw_len if loc is not None else None
 
     def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None, *,
                     errors: bool = False, attachments: tuple[str, ...] = ()) -> Iterator[bytes | CairnError]:
@@ -1288,7 +1292,8 @@ class Repository:
                 last = time.monotonic()
                 progress(Progress("restore", writer.stats.files, files_total, done, total))
         st = writer.finish()
-        return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors))
+        return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors),
+                            notices=tuple(st.notices))
 
     # -- maintenance -----------------------------------------------------------------
     def check(self, *, read_data: bool = False, set_ref: str | None = None,

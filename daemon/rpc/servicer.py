@@ -853,4 +853,5 @@ def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str
             continue
         st = item
         yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
-            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=texts(st.errors)))
+            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=texts(st.errors),
+            notices=texts(st.notices)))

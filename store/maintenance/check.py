@@ -21,7 +21,10 @@ was deleted or lost (a pack a repair left out holds the blob that failed there).
 advice names the repair for what was found: blobs missing (lost packs, lost index files) or
 damaged (read-data) call for `cairn repair index` (with --read-data for damaged blobs) and then
 a backup, which stores the lost content again (unless every such blob is in a pack whose index
-file is gone: then the repair alone); damaged set objects for `cairn repair sets`.
+file is gone: then the repair alone); damaged set objects for `cairn repair sets`. A file entry
+that records more bytes than its chunks hold (a set taken by older code while the file grew) is
+an error naming set and path: its content is short of what the set says it is (restore writes
+the bytes stored, never zeros), and the advice says what to do about it.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class Checker:
         self.damaged_sets = False
         self.damaged_wal = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
+        self.short_files = False  # files recorded larger than their chunks hold (older sets of growing files)
 
     def run(self, *, read_data: bool, set_ref: str | None, subset: str = "") -> CheckReport:
         choose = parse_subset(subset) if subset else None
@@ -148,7 +152,7 @@ class Checker:
         elif self.missing and self._regained and not self._lost_for_good and not self._unrecovered:
             steps.append("'cairn repair index' indexes again the packs whose index file is gone: what they hold is "
                          "not lost, and no backup is needed for it")
-            return "; ".join(steps)
+            return "; ".join(steps + self._short_files_advice())
         elif self.missing:
             steps.append("'cairn repair index' drops the lost blobs from the index")
         if self.corrupt or self.missing:
@@ -156,7 +160,14 @@ class Checker:
                          "them restore again once it has); a set whose lost data is not in its source any more "
                          "stays damaged, and 'cairn prune --forget SET' forgets it (prune refuses to run while a "
                          "set needs a blob that no index names)")
-        return "; ".join(steps)
+        return "; ".join(steps + self._short_files_advice())
+
+    def _short_files_advice(self) -> list[str]:
+        if not self.short_files:
+            return []
+        return ["a file recorded larger than its content was growing while an older Cairn read it: its set holds "
+                "only what was read, which restore writes (never padded with zeros); a full backup of its source "
+                "stores it whole, and 'cairn prune --forget SET' forgets a set not worth keeping with it"]
 
     # -- objects ---------------------------------------------------------------------
     def _check_keys(self) -> None:
@@ -505,13 +516,22 @@ class Checker:
                 if e.kind == "dir" and e.subtree:
                     for rel, obj, msg in self._tree(e.subtree):
                         out.append((f"{name}/{rel}" if rel else name, obj, msg))
+                held: int | None = 0  # the bytes its chunks hold (None: a chunk is not readable)
                 for c in e.chunks:
+                    loc = self.repo.index.get(c)
                     if c in self.bad:
                         out.append((name, c, self.bad[c]))
-                    elif c not in self.repo.index:
+                        held = None
+                    elif loc is None:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
                         self.missing = self.unindexed_needed = True
                         self._needed.add(c)
+                        held = None
+                    elif held is not None:
+                        held += loc.raw_len
+                if e.kind == "file" and held is not None and e.size > held:
+                    out.append((name, tree, short_file_problem(e.size, held)))
+                    self.short_files = True
         self._tree_problems[tree] = out
         return out
 
@@ -548,6 +568,13 @@ class Checker:
                         walmod.read_content(self.repo, name, doc)
                     except CairnError as e:
                         self.errors.append(CheckProblem(str(e), object_id=name))
+
+
+def short_file_problem(recorded: int, held: int) -> str:
+    """The finding of a file entry that records more bytes than its chunks hold (the same for
+    the same file in every set that shares it, so one finding names them all)."""
+    return (f"file records {recorded} bytes but its chunks hold {held}: it grew while it was read (a set taken by "
+            f"an older Cairn), and a restore writes only the {held} bytes stored")
 
 
 def _named_trees(s: BackupSet) -> list[tuple[str, str]]:

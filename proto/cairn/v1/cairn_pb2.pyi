@@ -561,16 +561,18 @@ class EntryMeta(_message.Message):
     def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ..., mtime_s: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ..., chunk_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RestoreRecord(_message.Message):
-    __slots__ = ("entry", "data", "hole", "failed")
+    __slots__ = ("entry", "data", "hole", "failed", "notice")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HOLE_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     entry: EntryMeta
     data: bytes
     hole: int
     failed: str
-    def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
+    notice: str
+    def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
     __slots__ = ("set", "records", "local", "delta", "files_total", "bytes_total", "progress", "chunk_id_key")
@@ -615,18 +617,20 @@ class DeltaWriteResult(_message.Message):
     def __init__(self, files_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., files_written: _Optional[int] = ..., bytes_written: _Optional[int] = ..., entries_made: _Optional[int] = ..., metadata_fixed: _Optional[int] = ..., deleted: _Optional[int] = ..., extras_kept: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LocalWriteResult(_message.Message):
-    __slots__ = ("files", "dirs", "links", "bytes", "errors")
+    __slots__ = ("files", "dirs", "links", "bytes", "errors", "notices")
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIRS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     files: int
     dirs: int
     links: int
     bytes: int
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    notices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., notices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckProblem(_message.Message):
     __slots__ = ("message", "object_id", "sets", "paths")
