@@ -719,6 +719,8 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(f"error: {render.problem_line(p)}")
     for p in report.warnings:
         out(f"warning: {render.problem_line(p)}")
+    for p in report.notes:  # neither damage nor a risk: never fails the check
+        out(f"note: {render.problem_line(p)}")
     counts = render.verify_counts(report)
     if args.read_data_subset:
         counts += f" (read-data subset {args.read_data_subset})"

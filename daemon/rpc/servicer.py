@@ -786,6 +786,7 @@ def check_report(r: CheckReport) -> pb.CheckReport:
         ok=r.ok,
         errors=[_problem(p) for p in r.errors],
         warnings=[_problem(p) for p in r.warnings],
+        notes=[_problem(p) for p in r.notes],
         sets_checked=r.sets_checked,
         packs_checked=r.packs_checked,
         chunks_checked=r.chunks_checked,

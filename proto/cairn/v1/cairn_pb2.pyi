@@ -645,7 +645,7 @@ class CheckProblem(_message.Message):
     def __init__(self, message: _Optional[str] = ..., object_id: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read", "advice")
+    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read", "advice", "notes")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
@@ -654,6 +654,7 @@ class CheckReport(_message.Message):
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     BYTES_READ_FIELD_NUMBER: _ClassVar[int]
     ADVICE_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     errors: _containers.RepeatedCompositeFieldContainer[CheckProblem]
     warnings: _containers.RepeatedCompositeFieldContainer[CheckProblem]
@@ -662,7 +663,8 @@ class CheckReport(_message.Message):
     chunks_checked: int
     bytes_read: int
     advice: str
-    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedCompositeFieldContainer[CheckProblem]
+    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("set", "source", "read_data", "read_data_subset", "host")
