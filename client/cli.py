@@ -667,8 +667,11 @@ def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, 
     st = batch.local
     for problem in [] if json_output else render.restore_problem_lines(list(st.errors)):  # --json: the report
         print(f"cairn: warning: {problem}", file=sys.stderr)
+    for notice in [] if json_output else st.notices:
+        print(f"cairn: warning: {notice}", file=sys.stderr)
     doc = {"set": batch.set.id or None, "target": os.path.abspath(target), "files": st.files, "dirs": st.dirs,
-           "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "written_by": "daemon"}
+           "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "notices": list(st.notices),
+           "written_by": "daemon"}
     if json_output and report is not None:
         report.update(doc)
     elif json_output:
@@ -720,6 +723,8 @@ def cmd_verify(conn: Connection, args: argparse.Namespace) -> int:
         out(f"error: {render.problem_line(p)}")
     for p in report.warnings:
         out(f"warning: {render.problem_line(p)}")
+    for p in report.notes:  # neither damage nor a risk: never fails the check
+        out(f"note: {render.problem_line(p)}")
     counts = render.verify_counts(report)
     if args.read_data_subset:
         counts += f" (read-data subset {args.read_data_subset})"
@@ -1126,6 +1131,8 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     stats = writer.finish()
     for problem in [] if json_output else render.restore_problem_lines(stats.errors):  # --json: the report
         print(f"cairn: warning: {problem}", file=sys.stderr)
+    for notice in [] if json_output else stats.notices:  # restored all the same: said, not an error
+        print(f"cairn: warning: {notice}", file=sys.stderr)
     if stats.xattrs_skipped:  # as tar does: said, not silently dropped
         print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} outside user.* "
               "could not be set (trusted., security.: restore as root to keep them)", file=sys.stderr)
@@ -1139,6 +1146,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
             "links": stats.links,
             "bytes": stats.bytes,
             "errors": list(stats.errors),
+            "notices": list(stats.notices),
             "xattrs_skipped": stats.xattrs_skipped,
         }
         if report is not None:

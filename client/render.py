@@ -585,6 +585,7 @@ def report_dict(r: pb.CheckReport) -> dict[str, Any]:
         "ok": r.ok,
         "errors": [problem(p) for p in r.errors],
         "warnings": [problem(p) for p in r.warnings],
+        "notes": [problem(p) for p in r.notes],
         "sets_checked": r.sets_checked,
         "packs_checked": r.packs_checked,
         "chunks_checked": r.chunks_checked,

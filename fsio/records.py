@@ -3,7 +3,9 @@
 A stream is a sequence of records: `EntryMeta` opens an entry; a regular file's content
 follows as `Data` (bytes appended at the current offset) and `Hole` (length skipped, left as a
 hole) records until the next `EntryMeta` or the end; a `Failed` record says the open file
-could not be restored (it is removed and reported; the restore goes on). Paths are bytes relative to the restore
+could not be restored (it is removed and reported; the restore goes on); a `Notice` says
+something the person restoring should know about an entry that is restored all the same (the
+writer records it, nothing is written). Paths are bytes relative to the restore
 root, '/'-separated, never absolute and never containing '..' (the writer refuses them).
 
 Lanes (in-process streams only, never sent over the wire): a file whose `EntryMeta` has `lane`
@@ -67,6 +69,15 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """Something to tell about an entry that is restored all the same (e.g. restored shorter than
+    its entry records, with the content its set holds); it comes before that entry's `EntryMeta`,
+    changes nothing on disk, and the writer records `message`."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class LaneData:
     """Content of lane file `path`, appended at that file's own offset."""
 
@@ -100,4 +111,4 @@ class LaneGauge:
         return self._held.get(path, 0)
 
 
-Record = EntryMeta | Data | Hole | Failed | LaneData | LaneEnd
+Record = EntryMeta | Data | Hole | Failed | Notice | LaneData | LaneEnd

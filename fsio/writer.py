@@ -27,7 +27,7 @@ from cairn.errors import FailedPreconditionError, InvalidArgumentError
 
 from .beneath import Beneath
 from .names import shown
-from .records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
+from .records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Notice, Record
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPARSE_BLOCK = 64 * 1024
@@ -44,6 +44,7 @@ class WriteStats:
     bytes: int = 0  # content of the files restored whole (a file that failed counts none)
     xattrs_skipped: int = 0  # extended attributes outside user.* this process may not set (not root)
     errors: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # about entries restored all the same (records.Notice)
 
 
 def prepare_target(target: str | bytes, overwrite: bool) -> bytes:
@@ -106,6 +107,8 @@ class TreeWriter:
             self._offset += rec.length
         elif isinstance(rec, Failed):
             self._fail(rec.message)
+        elif isinstance(rec, Notice):
+            self.stats.notices.append(rec.message)
         elif isinstance(rec, LaneData):
             if rec.path in self._open_lanes:
                 with self._lane(rec.path) as alive:
@@ -497,6 +500,8 @@ class ParallelTreeWriter(TreeWriter):
             lane = self._lanes.pop(rec.path, None)
             if lane is not None:
                 self._end(lane[0], rec.failed)
+        elif isinstance(rec, Notice):
+            self.stats.notices.append(rec.message)
         elif isinstance(rec, Failed):
             job = self._job
             if job is None:

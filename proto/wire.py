@@ -1,6 +1,6 @@
 """Restore records to and from the wire: the one mapping the daemon and the client share.
 
-`add_record(batch, rec)` appends a non-data fsio record (entry, hole, failure) to a
+`add_record(batch, rec)` appends a non-data fsio record (entry, hole, failure, notice) to a
 RestoreBatch and returns its approximate wire size, which the daemon uses to cut batches;
 `record_of(r)` turns one wire RestoreRecord back into the fsio record the writer takes.
 What always holds: `record_of` inverts `add_record` (and `data=` records) field for field;
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cairn.errors import InvalidArgumentError
 from cairn.fsio.names import text_safe
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Record
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, Notice, Record
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
 _NS = 1_000_000_000
@@ -61,6 +61,9 @@ def add_record(batch: pb.RestoreBatch, rec: Record) -> int:
     if isinstance(rec, Failed):
         batch.records.add(failed=text_safe(rec.message))
         return 16 + len(rec.message)
+    if isinstance(rec, Notice):
+        batch.records.add(notice=text_safe(rec.message))
+        return 16 + len(rec.message)
     raise TypeError(f"unknown restore record {type(rec).__name__}")
 
 
@@ -91,4 +94,6 @@ def record_of(r: pb.RestoreRecord) -> Record:
         return Hole(r.hole)
     if kind == "failed":
         return Failed(r.failed)
+    if kind == "notice":
+        return Notice(r.notice)
     raise InvalidArgumentError("the daemon sent an empty restore record")

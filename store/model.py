@@ -151,7 +151,8 @@ class CheckProblem:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """Result of a check: errors make it fail, warnings (e.g. leftovers of an interrupted write) do not."""
+    """Result of a check: errors make it fail, warnings (a risk worth a look) and notes (what is
+    neither damage nor a risk, e.g. packs an interrupted write left) do not."""
 
     errors: tuple[CheckProblem, ...]
     warnings: tuple[CheckProblem, ...]
@@ -160,6 +161,7 @@ class CheckReport:
     chunks_checked: int = 0
     bytes_read: int = 0
     advice: str = ""  # what to run about the errors found (the repair commands), "" when none applies
+    notes: tuple[CheckProblem, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -174,6 +176,7 @@ class RestoreStats:
     dirs: int = 0
     bytes: int = 0
     errors: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()  # about entries restored all the same (e.g. shorter than recorded)
 
 
 @dataclass(frozen=True)

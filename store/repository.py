@@ -7,8 +7,9 @@ threads: reads run concurrently; each backup runs its own write session. The in-
 is refreshed from the durable index files when a session starts and before it commits, and
 reloaded by check and after every prune (also a failed one); what sessions publish while a
 reload runs is kept, so a reload never hides blobs of a session in progress. A reload that no
-longer names a pack that is still stored and not marked (its index file deleted) ends what the
-handle remembers as wholly indexed (`indexed_trees`), so backups look again at what they carry.
+longer names a pack it named before (a collection's work, or an index file deleted, with or
+without its packs) ends what the handle remembers as wholly indexed (`indexed_trees`), so
+backups look again at what they carry.
 
 
 A repository of format 2 is encrypted (store/content/crypto.py): it opens only with a Secret that
@@ -502,25 +503,16 @@ class Repository:
         finally:
             with self._index_mutex:
                 self._recording = None
-        self._notice_lost(before.pack_names() - index.pack_names() - self.pending)
+        self._notice_lost(before.pack_names() - index.pack_names())
 
     def _notice_lost(self, left: set[str]) -> None:
-        """Packs the index named before this reload and names no more, `left` (marked packs
-        taken out: a collector's work): one that is gone from storage was deleted by a
-        collection (or repair) after its blobs were copied or became unneeded; one that is
-        still stored lost its index file (deleted, or unreadable now), and what it holds is in
-        no index. Then no tree is trusted to be wholly indexed any more (IndexedTrees): the next
-        backup looks again at what it carries over from its base."""
-        if not left:
-            return
-        try:
-            if len(left) > LIST_PACKS_FROM:  # one listing, not a request each
-                stored = left & set(self.backend.list("packs"))
-            else:
-                stored = left - set(self._missing_packs(sorted(left)))
-        except BackendError:
-            stored = left  # not known: taken as lost
-        if stored:
+        """Packs the index named before this reload and names no more, `left`, whatever took
+        them out: a collection (or repair) that deleted them or replaced their index entries,
+        an index file deleted with or without its packs (a lifecycle rule, a half-synced copy,
+        an operator's rm), an index file that cannot be read now. From storage alone these
+        cannot be told apart, so no tree is trusted to be wholly indexed any more
+        (IndexedTrees): the next backup looks again at what it carries over from its base."""
+        if left:
             self.indexed_trees.forget()
 
     def stored_index_files(self, names: list[str]) -> Iterator[tuple[str, dict[str, list[PackEntry]] | Exception]]:
@@ -1227,7 +1219,7 @@ class Repository:
             try:
                 yield from StreamBuilder(self.tree_entries, self.read_blob, pool, select=select,
                                          chunk_size=self._chunk_size if manifest else None,
-                                         read_blobs=self.read_blobs).records(
+                                         read_blobs=self.read_blobs, content_len=self._content_len).records(
                     root, paths, None if manifest else lanes)
                 why = select.nothing_included() if select is not None else None
                 if why:
@@ -1256,6 +1248,10 @@ class Repository:
         if loc is None:
             raise UnindexedError(f"blob '{bid.hex()[:8]}..' is not in the index")
         return loc.raw_len
+
+    def _content_len(self, bid: bytes) -> int | None:
+        loc = self.index.get(bid)
+        return loc.raw_len if loc is not None else None
 
     def read_chunks(self, s: BackupSet, ids: list[bytes], attachment: str | None = None, *,
                     errors: bool = False, attachments: tuple[str, ...] = ()) -> Iterator[bytes | CairnError]:
@@ -1296,7 +1292,8 @@ class Repository:
                 last = time.monotonic()
                 progress(Progress("restore", writer.stats.files, files_total, done, total))
         st = writer.finish()
-        return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors))
+        return RestoreStats(files=st.files, dirs=st.dirs, bytes=st.bytes, errors=tuple(st.errors),
+                            notices=tuple(st.notices))
 
     # -- maintenance -----------------------------------------------------------------
     def check(self, *, read_data: bool = False, set_ref: str | None = None,

@@ -796,6 +796,7 @@ def check_report(r: CheckReport) -> pb.CheckReport:
         ok=r.ok,
         errors=[_problem(p) for p in r.errors],
         warnings=[_problem(p) for p in r.warnings],
+        notes=[_problem(p) for p in r.notes],
         sets_checked=r.sets_checked,
         packs_checked=r.packs_checked,
         chunks_checked=r.chunks_checked,
@@ -863,4 +864,5 @@ def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str
             continue
         st = item
         yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
-            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=texts(st.errors)))
+            files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=texts(st.errors),
+            notices=texts(st.notices)))

@@ -12,12 +12,18 @@ and those still within it are verified one by one (the finding counts the ones t
 A read-data subset (`n/m`, or a percentage) reads only some packs: `n/m` the packs
 whose id falls in group n of m (a pack's group is its id's first 32 bits modulo m, so running
 1/m to m/m over m days reads every pack once), `P%` a random P percent of the packs (at least one).
-Leftovers of interrupted writes (packs no index names, unreadable index files) are
-warnings: they hurt nothing by themselves, but a pack no index names may hold the only copy of
-live data (its index file was lost), so the warning points to `cairn repair index`; when the
-sets need blobs no index names, such a pack's trailer is read, and a pack holding some of them
-whole (each verified, reading at most LOOK_BYTES of such packs) is named as one whose index file
-was deleted or lost (a pack a repair left out holds the blob that failed there). The report's
+A pack no index names is a leftover of an interrupted backup or prune when the whole walk
+found no set or WAL file needing a blob no index names, or when its trailer lists none of
+those blobs: that is a note (one for all such packs, "N packs not in any index, left by an
+interrupted write; prune removes them"), never a warning or an error. Otherwise it may hold the
+only copy of live data (its index file was lost): when the sets need blobs no index names,
+such a pack's trailer is read, and a pack holding some of them whole (each verified, reading
+at most LOOK_BYTES of such packs) is named as one whose index file was deleted or lost, with
+`cairn repair index` (a pack a repair left out holds the blob that failed there); the blobs
+the sets miss are errors. What cannot be told apart stays a warning naming both readings; so
+does an unreadable index file. A file entry that records more bytes than its chunks hold (a
+set taken by older code while the file grew) is an error naming set and path: its content is
+short of what the set says it is (restore writes the bytes stored, never zeros). The report's
 advice names the repair for what was found: blobs missing (lost packs, lost index files) or
 damaged (read-data) call for `cairn repair index` (with --read-data for damaged blobs) and then
 a backup, which stores the lost content again (unless every such blob is in a pack whose index
@@ -87,6 +93,7 @@ class Checker:
         self.progress = progress
         self.errors: list[CheckProblem] = []
         self.warnings: list[CheckProblem] = []
+        self.notes: list[CheckProblem] = []
         self.bad: dict[bytes, str] = {}
         self.packs_checked = 0
         self.chunks_checked = 0
@@ -100,12 +107,14 @@ class Checker:
         self._unrecovered = True  # needed blobs that no stored pack holds (or not looked for)
         self._regained: list[str] = []  # packs no index names that hold blobs sets need: an index file gone
         self._unindexed: list[str] = []  # packs no index names (warned after the walk, see _unindexed_warnings)
+        self._unneeded: set[str] = set()  # ... those whose trailer lists no blob that sets need
         self._truncated: dict[str, int] = {}  # packs shorter than their indexed blobs need -> their finding in errors
         self._cut: set[bytes] = set()  # the blobs that lie past the end of such a pack
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
         self.damaged_wal = False
         self.refused = False  # objects the store refuses to read: no repair command fixes those
+        self.short_files = False  # files recorded larger than their chunks hold (older sets of growing files)
 
     def run(self, *, read_data: bool, set_ref: str | None, subset: str = "") -> CheckReport:
         choose = parse_subset(subset) if subset else None
@@ -129,7 +138,7 @@ class Checker:
         self._check_markers()
         return CheckReport(errors=tuple(self.errors), warnings=tuple(self.warnings), sets_checked=len(sets),
                            packs_checked=self.packs_checked, chunks_checked=self.chunks_checked,
-                           bytes_read=self.bytes_read, advice=self._advice())
+                           bytes_read=self.bytes_read, advice=self._advice(), notes=tuple(self.notes))
 
     def _advice(self) -> str:
         """The repair commands for the errors found, in the order to run them."""
@@ -148,7 +157,7 @@ class Checker:
         elif self.missing and self._regained and not self._lost_for_good and not self._unrecovered:
             steps.append("'cairn repair index' indexes again the packs whose index file is gone: what they hold is "
                          "not lost, and no backup is needed for it")
-            return "; ".join(steps)
+            return "; ".join(steps + self._short_files_advice())
         elif self.missing:
             steps.append("'cairn repair index' drops the lost blobs from the index")
         if self.corrupt or self.missing:
@@ -156,7 +165,14 @@ class Checker:
                          "them restore again once it has); a set whose lost data is not in its source any more "
                          "stays damaged, and 'cairn prune --forget SET' forgets it (prune refuses to run while a "
                          "set needs a blob that no index names)")
-        return "; ".join(steps)
+        return "; ".join(steps + self._short_files_advice())
+
+    def _short_files_advice(self) -> list[str]:
+        if not self.short_files:
+            return []
+        return ["a file recorded larger than its content was growing while an older Cairn read it: its set holds "
+                "only what was read, which restore writes (never padded with zeros); a full backup of its source "
+                "stores it whole, and 'cairn prune --forget SET' forgets a set not worth keeping with it"]
 
     # -- objects ---------------------------------------------------------------------
     def _check_keys(self) -> None:
@@ -249,15 +265,18 @@ class Checker:
             self._unindexed.append(pack)
 
     def _unindexed_warnings(self, whole: bool) -> None:
-        """Packs no index names, told apart by what the walk found (`whole`: every set walked):
-        while sets or the WAL need blobs no index names, an index file was probably lost and
-        repair indexes the pack (prune refuses to run meanwhile); when nothing needs such a blob
-        the pack is a leftover of an interrupted backup or prune, which prune removes. A pack
-        whose trailer lists blobs sets need lost its index file (deleted, or lost with a copy of
-        the repository): that is said as such."""
+        """Packs no index names, told apart by what the walk found (`whole`: every set walked).
+        When no set and no WAL file needs a blob no index names, or when such a pack's trailer
+        lists none of the blobs they need, the pack is what an interrupted backup or prune left
+        (restic's unreferenced packs): no damage, one note for all of them, and prune removes
+        them. A pack whose trailer lists blobs sets need lost its index file (deleted, or lost
+        with a copy of the repository): a warning says so and names the repair (the blobs the
+        sets miss are errors). What cannot be told apart (one set checked, a trailer that
+        cannot be read, a pack a repair left out) keeps a warning naming both readings."""
         held = self._held_by_unindexed() if self.unindexed_needed and self._unindexed else {}
         self._regained = sorted(held)
         self._unrecovered = bool(self._needed - set().union(*held.values())) if held else True
+        leftovers = 0
         for pack in self._unindexed:
             if pack in held:
                 n = len(held[pack])
@@ -266,18 +285,24 @@ class Checker:
                     "names: its index file was deleted or lost; 'cairn repair index' indexes it again",
                     object_id=pack))
                 continue
+            if whole and (pack in self._unneeded or not self.unindexed_needed):
+                leftovers += 1
+                continue
             if self.unindexed_needed:
                 why = ("sets need blobs that no index names: if its index file was lost, 'cairn repair index' "
                        "indexes it; if a repair already left it out (a blob in it failed verification), those blobs "
                        "are lost: a full backup of every source stores again what the sources still hold, and "
                        "'cairn prune --forget SET' forgets a set that needs the rest (prune refuses to run until "
                        "no set needs a blob that no index names)")
-            elif whole:
-                why = "no set needs it (left by an interrupted backup or prune): prune removes it"
             else:
                 why = ("left by an interrupted backup or prune (prune removes it) or its index file was lost "
                        "(then sets miss blobs, and 'cairn repair index' indexes it)")
             self.warnings.append(CheckProblem(f"pack '{short(pack)}' is not indexed: {why}", object_id=pack))
+        if leftovers:
+            them = "them" if leftovers > 1 else "it"
+            self.notes.append(CheckProblem(
+                f"{leftovers} pack{'s' if leftovers > 1 else ''} not in any index, left by an interrupted write; "
+                f"prune removes {them}"))
 
     def _held_by_unindexed(self) -> dict[str, set[bytes]]:
         """The packs no index names that hold whole blobs sets or the WAL need and no index
@@ -298,7 +323,10 @@ class Checker:
                 trailer = self.repo.backend.get_range("packs", pack, off, size - FOOTER.size - off)
                 entries = parse_trailer(pack, trailer, count, digest, key.open_trailer if key is not None else None)
                 wanted = [e for e in entries if e.id in self._needed]
-                if not wanted or size > budget:
+                if not wanted:
+                    self._unneeded.add(pack)  # holds nothing a set needs: left by an interrupted write
+                    continue
+                if size > budget:
                     continue
                 budget -= size
                 data = self.repo.backend.get("packs", pack)
@@ -505,13 +533,22 @@ class Checker:
                 if e.kind == "dir" and e.subtree:
                     for rel, obj, msg in self._tree(e.subtree):
                         out.append((f"{name}/{rel}" if rel else name, obj, msg))
+                held: int | None = 0  # the bytes its chunks hold (None: a chunk is not readable)
                 for c in e.chunks:
+                    loc = self.repo.index.get(c)
                     if c in self.bad:
                         out.append((name, c, self.bad[c]))
-                    elif c not in self.repo.index:
+                        held = None
+                    elif loc is None:
                         out.append((name, c, f"chunk '{short(c.hex())}' is missing from the index"))
                         self.missing = self.unindexed_needed = True
                         self._needed.add(c)
+                        held = None
+                    elif held is not None:
+                        held += loc.raw_len
+                if e.kind == "file" and held is not None and e.size > held:
+                    out.append((name, tree, short_file_problem(e.size, held)))
+                    self.short_files = True
         self._tree_problems[tree] = out
         return out
 
@@ -548,6 +585,13 @@ class Checker:
                         walmod.read_content(self.repo, name, doc)
                     except CairnError as e:
                         self.errors.append(CheckProblem(str(e), object_id=name))
+
+
+def short_file_problem(recorded: int, held: int) -> str:
+    """The finding of a file entry that records more bytes than its chunks hold (the same for
+    the same file in every set that shares it, so one finding names them all)."""
+    return (f"file records {recorded} bytes but its chunks hold {held}: it grew while it was read (a set taken by "
+            f"an older Cairn), and a restore writes only the {held} bytes stored")
 
 
 def _named_trees(s: BackupSet) -> list[tuple[str, str]]:

@@ -17,6 +17,11 @@ is included, and always before its contents. In manifest mode no content is read
 `EntryMeta` carries its chunk ids and sizes instead, which is what a delta restore or a
 verification compares a tree on disk against; `read_chunks` then serves the chunks that differ,
 only from among those the set references.
+
+A file entry recorded larger than its chunks hold (sets taken by older code while the file
+grew: they recorded its size after the read, not what was read) is restored with the content
+its set holds, never padded with zeros to the recorded size: its record says the shorter size,
+a `Notice` before it says so, and a manifest lists that size too.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cairn.fsio.names import shown
-from cairn.fsio.records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Record
+from cairn.fsio.records import Data, EntryMeta, Failed, Hole, LaneData, LaneEnd, LaneGauge, Notice, Record
 
 from ..errors import CairnError, InvalidArgumentError, NotFoundError, UnavailableError
 from .excludes import Excluder
@@ -44,6 +49,13 @@ LANE_AHEAD = 16 * 1024 * 1024  # a lane's backlog below which more of it is fed
 # A tree's entries by its id (Repository.tree_entries): a list, or a large tree decoded anew as
 # each pass iterates it (trees.StreamedTree), so a directory's entries need not be held at once
 TreeLoader = Callable[[bytes], Iterable[Entry]]
+
+
+def short_file_notice(path: bytes, recorded: int, held: int) -> str:
+    """What a restore says of a file whose entry records more bytes than its chunks hold."""
+    return (f"'{shown(path)}' is restored with the {held} bytes its set holds, not the {recorded} its entry "
+            "records: it grew while it was read (a set taken by an older Cairn), and what it grew by was never "
+            "stored")
 
 
 def entry_meta(path: bytes, e: Entry, chunk_size: Callable[[bytes], int] | None = None) -> EntryMeta:
@@ -145,16 +157,20 @@ class StreamBuilder:
     def __init__(self, load_tree: TreeLoader, read_blob: Callable[[bytes], bytes],
                  pool: ThreadPoolExecutor, *, select: RestoreFilter | None = None,
                  chunk_size: Callable[[bytes], int] | None = None,
-                 read_blobs: Callable[[list[bytes]], list[bytes | CairnError]] | None = None) -> None:
+                 read_blobs: Callable[[list[bytes]], list[bytes | CairnError]] | None = None,
+                 content_len: Callable[[bytes], int | None] | None = None) -> None:
         """`select` prunes the stream; with `chunk_size` the stream is a manifest (no content).
         `read_blobs`, when given, reads a batch's chunks at once: each its content or its error,
-        an UnavailableError raised (as Repository.read_blobs); else `read_blob` reads each."""
+        an UnavailableError raised (as Repository.read_blobs); else `read_blob` reads each.
+        `content_len` gives a chunk's length as the index records it (None: not indexed); with
+        it a file recorded larger than its chunks hold is restored at their length."""
         self.load_tree = load_tree
         self.read_blob = read_blob
         self.read_blobs = read_blobs
         self.pool = pool
         self.select = select if select else None
         self.chunk_size = chunk_size
+        self.content_len = content_len
         self._links: dict[str, bytes] = {}
         self._pending: list[tuple[bytes, Entry]] = []  # directories not emitted yet (includes)
 
@@ -215,13 +231,32 @@ class StreamBuilder:
                 yield "meta", EntryMeta(path=path, kind="hardlink", link_to=first)
                 return
             self._links[e.hardlink] = path
-        yield "meta", entry_meta(path, e, self.chunk_size)
+        meta = entry_meta(path, e, self.chunk_size)
+        held = self._held(e)
+        if held is not None:
+            yield "meta", Notice(short_file_notice(path, e.size, held))
+            meta = dataclasses.replace(meta, size=held)
+        yield "meta", meta
         if is_dir:
             yield from self._subtree(path, e, selected)
         elif e.kind == "file" and self.chunk_size is None:
-            each = e.size // len(e.chunks) if e.chunks else 0
+            each = meta.size // len(e.chunks) if e.chunks else 0
             for c in e.chunks:
                 yield "chunk", c, e.sparse, path, each
+
+    def _held(self, e: Entry) -> int | None:
+        """The bytes file entry `e`'s chunks hold when that is less than its recorded size (a
+        file that grew while older code read it), else None (also when a chunk is not indexed:
+        reading it fails the file)."""
+        if e.kind != "file" or self.content_len is None or not e.size:
+            return None
+        total = 0
+        for c in e.chunks:
+            n = self.content_len(c)
+            if n is None:
+                return None
+            total += n
+        return total if total < e.size else None
 
     def _flush_pending(self) -> Iterator[tuple]:
         for p, d in self._pending:

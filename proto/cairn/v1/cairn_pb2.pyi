@@ -567,16 +567,18 @@ class EntryMeta(_message.Message):
     def __init__(self, path: _Optional[bytes] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., size: _Optional[int] = ..., xattrs: _Optional[_Iterable[_Union[Xattr, _Mapping]]] = ..., target: _Optional[bytes] = ..., link_to: _Optional[bytes] = ..., rdev: _Optional[int] = ..., sparse: _Optional[bool] = ..., mtime_s: _Optional[int] = ..., chunks: _Optional[_Iterable[bytes]] = ..., chunk_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RestoreRecord(_message.Message):
-    __slots__ = ("entry", "data", "hole", "failed")
+    __slots__ = ("entry", "data", "hole", "failed", "notice")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HOLE_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     entry: EntryMeta
     data: bytes
     hole: int
     failed: str
-    def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ...) -> None: ...
+    notice: str
+    def __init__(self, entry: _Optional[_Union[EntryMeta, _Mapping]] = ..., data: _Optional[bytes] = ..., hole: _Optional[int] = ..., failed: _Optional[str] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class RestoreBatch(_message.Message):
     __slots__ = ("set", "records", "local", "delta", "files_total", "bytes_total", "progress", "chunk_id_key")
@@ -621,18 +623,20 @@ class DeltaWriteResult(_message.Message):
     def __init__(self, files_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., files_written: _Optional[int] = ..., bytes_written: _Optional[int] = ..., entries_made: _Optional[int] = ..., metadata_fixed: _Optional[int] = ..., deleted: _Optional[int] = ..., extras_kept: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LocalWriteResult(_message.Message):
-    __slots__ = ("files", "dirs", "links", "bytes", "errors")
+    __slots__ = ("files", "dirs", "links", "bytes", "errors", "notices")
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIRS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     files: int
     dirs: int
     links: int
     bytes: int
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    notices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., notices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckProblem(_message.Message):
     __slots__ = ("message", "object_id", "sets", "paths")
@@ -647,7 +651,7 @@ class CheckProblem(_message.Message):
     def __init__(self, message: _Optional[str] = ..., object_id: _Optional[str] = ..., sets: _Optional[_Iterable[str]] = ..., paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read", "advice")
+    __slots__ = ("ok", "errors", "warnings", "sets_checked", "packs_checked", "chunks_checked", "bytes_read", "advice", "notes")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
@@ -656,6 +660,7 @@ class CheckReport(_message.Message):
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     BYTES_READ_FIELD_NUMBER: _ClassVar[int]
     ADVICE_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     errors: _containers.RepeatedCompositeFieldContainer[CheckProblem]
     warnings: _containers.RepeatedCompositeFieldContainer[CheckProblem]
@@ -664,7 +669,8 @@ class CheckReport(_message.Message):
     chunks_checked: int
     bytes_read: int
     advice: str
-    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedCompositeFieldContainer[CheckProblem]
+    def __init__(self, ok: _Optional[bool] = ..., errors: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ..., sets_checked: _Optional[int] = ..., packs_checked: _Optional[int] = ..., chunks_checked: _Optional[int] = ..., bytes_read: _Optional[int] = ..., advice: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[CheckProblem, _Mapping]]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("set", "source", "read_data", "read_data_subset", "host")

@@ -134,3 +134,66 @@ def test_an_incremental_after_one_index_file_was_deleted_restores_whole(weed, cr
         assert_same_tree(as_full, target)
     finally:
         h.stop()
+
+
+def test_a_data_pack_deleted_with_its_index_file_is_read_again(weed, creds, rundir):
+    """A pack of file data and the index file naming it both deleted from the bucket (a lifecycle
+    rule expiring both) while the daemon runs, after it found the untouched directory wholly
+    indexed: to it that looks like a collection's work. The incremental the journal drives must
+    still walk that directory and read the lost file from the source again, so it restores whole
+    (and so do the older sets, whose chunks it stores again)."""
+    from cairn.store.content import crypto
+    from cairn.store.content.index import decode_index
+    from cairn.store.content.packs import TYPE_DATA
+    from cairn.store.content.repoconfig import ChunkerParams, RepoConfig
+    from cairn.store.repository import Repository
+
+    src = os.path.join(rundir, "src")
+    os.makedirs(os.path.join(src, "a"))
+    with open(os.path.join(src, "a", "big.bin"), "wb") as f:
+        f.write(os.urandom(3 * 1024 * 1024))  # more than the 32 packs one index file names
+    with open(os.path.join(src, "c.txt"), "w") as f:
+        f.write("c\n")
+    past = time.time() - 3600  # older than the sets: not read again by the racy-timestamp rule
+    for path in (os.path.join(src, "a", "big.bin"), os.path.join(src, "c.txt")):
+        os.utime(path, (past, past))
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("data pack gone\n")
+    prefix = f"data-{os.path.basename(rundir)}"
+    secret = crypto.Secret.from_passphrase_file(passphrase)
+    config = RepoConfig.new(pack_size=64 * 1024,
+                            chunker=ChunkerParams(min_size=8 * 1024, avg_size=16 * 1024, max_size=64 * 1024))
+    Repository.init(weed.backend(prefix), config, secret=secret).close()
+    h = Host(rundir, "alpha", s3_repository(weed, creds, prefix, passphrase), {"app": src}, watch=True)
+    h.start()
+    client = weed.client()
+    try:
+        h.ok("backup", "--level", "full")
+        with open(os.path.join(src, "c.txt"), "w") as f:
+            f.write("changed\n")
+        _wait_journal(h, "c.txt")
+        inc = json.loads(h.ok("--json", "backup", "--level", "incremental"))  # a/ found whole, carried
+        assert inc["extra"]["changes"] == "journal", inc["extra"]
+
+        repo = Repository.open(weed.backend(prefix), read_only=True, secret=secret)
+        try:
+            files = {name: decode_index(name, repo.backend.get("index", name)) for name in repo.backend.list("index")}
+        finally:
+            repo.close()
+        name, packs = next((n, p) for n, p in sorted(files.items())
+                           if all(e.type == TYPE_DATA for entries in p.values() for e in entries))
+        client.delete_object(Bucket=weed.bucket, Key=f"{prefix}/index/{name}")
+        for pack in packs:
+            client.delete_object(Bucket=weed.bucket, Key=f"{prefix}/packs/{pack[:2]}/{pack}")
+        with open(os.path.join(src, "c.txt"), "w") as f:
+            f.write("changed again\n")
+        _wait_journal(h, "c.txt")
+        s = json.loads(h.ok("--json", "backup", "--level", "incremental"))
+        assert s["level"] == "incremental" and s["base"] == inc["id"] and s["extra"]["changes"] == "journal", s
+        assert s["stats"]["bytes_read"] >= 3 * 1024 * 1024, s["stats"]  # the lost file, read again
+        h.ok("restore", s["id"], "--target", os.path.join(rundir, "out"))
+        assert_same_tree(src, os.path.join(rundir, "out"))
+        assert "repository ok: 3 sets" in h.ok("verify", "--read-data")
+    finally:
+        h.stop()
