@@ -264,6 +264,12 @@ class Repository:
         """Refuse `what` (e.g. "to copy") up front when this handle's key is write-only."""
         self._full_key(what)
 
+    def hint_for_host(self, hint: str | None) -> str | None:
+        """`hint` (of an error this handle raised) as this host must read it: on a write-only
+        handle, the repair and inspection commands it names are asked of a host with a full key
+        (store/snapshots/writeonly.py full_key_hint)."""
+        return wonly.full_key_hint(hint) if self.write_only else hint
+
     @property
     def host_cache(self) -> wonly.HostCache | None:
         """A write-only handle's cache of its own sets and trees (store/snapshots/writeonly.py)."""

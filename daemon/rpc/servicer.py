@@ -78,11 +78,12 @@ def texts(messages: list[str]) -> list[str]:
     return [text_safe(m) for m in messages]
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str, service: Any = None) -> None:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("rpc %s failed", method, exc_info=exc)
-    hint = hint_for(exc)
+    repo = getattr(service, "repo", None)  # a write-only host asks a full-key host to run what a hint names
+    hint = hint_for(exc, repo.hint_for_host if repo is not None else None)
     if hint:
         context.set_trailing_metadata(((HINT_KEY, hint.encode("ascii", "backslashreplace").decode()),))
     context.abort(code, text_safe(message))
@@ -100,7 +101,7 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                     request.raise_error()
                 yield from fn(self, request, context)
             except Exception as exc:
-                _abort(context, exc, name)
+                _abort(context, exc, name, self.service)
 
         return streaming
 
@@ -111,7 +112,7 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                 request.raise_error()
             return fn(self, request, context)
         except Exception as exc:
-            _abort(context, exc, name)
+            _abort(context, exc, name, self.service)
 
     return unary
 

@@ -24,6 +24,7 @@ store the credentials of write-only hosts should be denied DeleteObject (docs/op
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,27 @@ KINDS = ("sets", "trees", "wal")
 TREE_GRACE = 24 * 3600.0  # cached trees younger than this stay (a backup running may need them)
 WAL_KEEP = 7 * 24 * 3600.0  # cached WAL entries (for retried pushes) are forgotten after this
 WAL_SWEEP_EVERY = 256  # pushes between two sweeps of old WAL records
+# The commands a hint may name that a write-only key cannot run: they read what other writers
+# sealed, delete, or manage keys.
+_FULL_KEY_COMMAND = re.compile(r"'cairn (?:repair|verify|prune|restore|restore-db|unlock|copy|key add|key remove)"
+                               r"(?: [^']*)?'")
+
+
+def full_key_hint(hint: str | None) -> str | None:
+    """`hint` as a write-only host must read it. The store's hints name the commands that inspect
+    or repair the repository ('cairn verify', 'cairn repair index'), which this host cannot run:
+    a hint that says to run one asks a host with a full key to run it, and any other hint naming
+    one is addressed to such a host. A hint naming none is returned unchanged."""
+    if not hint:
+        return hint
+    found = _FULL_KEY_COMMAND.search(hint)
+    if found is None:
+        return hint
+    ask = "ask a host with a full key (this host's key is write-only)"
+    if hint[:found.start()].endswith("run "):
+        head = hint[:found.start() - len("run ")]
+        return f"{head}{ask} to run {hint[found.start():]}"
+    return f"{ask}: {hint}"
 
 
 class HostCache:
