@@ -85,7 +85,7 @@ from .snapshots import writeonly as wonly
 from .snapshots.indexed import IndexedTrees
 from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .snapshots.session import BackupSession, root_entry
-from .snapshots.sets import decode_set, resolve
+from .snapshots.sets import decode_set, of_machine, resolve
 from .snapshots.trees import Entry, StreamedTree, tree_entries
 from .storage.backend import Backend, LocalBackend
 from .storage.cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
@@ -1058,10 +1058,11 @@ class Repository:
         return {s.hostname for s in self.list_sets()} | self.locks.holders()
 
     def get_set(self, ref: str, source: str | None = None, host: str | None = None,
-                own_host: str | None = None) -> BackupSet:
-        """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets)."""
+                own_host: str | None = None, own_machine: str = "") -> BackupSet:
+        """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets,
+        and `own_machine`'s among them where machines share that host name)."""
         try:
-            return resolve(self.list_sets(), ref, source, host, own_host)
+            return resolve(self.list_sets(), ref, source, host, own_host, own_machine)
         except NotFoundError:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
                 raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
@@ -1076,16 +1077,18 @@ class Repository:
             raise
 
     # -- backup --------------------------------------------------------------------
-    def choose_base(self, source: str, level: str, host: str | None = None) -> tuple[str, BackupSet | None, str]:
+    def choose_base(self, source: str, level: str, host: str | None = None,
+                    machine: str = "") -> tuple[str, BackupSet | None, str]:
         """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md. With
         `host`, only that host's sets are bases: hosts sharing a repository (and a source name)
-        each build on their own sets, never on a tree another machine took."""
+        each build on their own sets, never on a tree another machine took; of that host's sets,
+        only `machine`'s when it took any (a clone beside it: snapshots/sets.py of_machine)."""
         check_level(level)
         if level == "full":
             return "full", None, ""
         sets = self.list_sets(source)
         if host is not None:
-            sets = [s for s in sets if s.hostname == host]
+            sets = of_machine([s for s in sets if s.hostname == host], machine)
         if level == "differential":
             sets = [s for s in sets if s.level == "full"]
         candidates = len(sets)

@@ -2,11 +2,11 @@
 
 Hosts sharing a repository are told apart by the host name their sets record (`[daemon] host`,
 else the machine's name). Two machines under one name (a cloned VM, a configuration copied
-with its `host`) would mix their sets: each would take the other's set as the base of its
-incrementals, count it in its retention (so one machine's frequent sets can push the other's
-out of the policy), and see it as its 'latest'. Each set therefore records the machine it was
-taken on (`extra.machine`: systemd's machine id), and `host_shared_with` finds the other
-machines that took sets under this host name *since this machine started to*. A machine
+with its `host`) mix their sets. Each set therefore records the machine it was taken on
+(`extra.machine`: systemd's machine id), so that the store keeps them from taking each
+other's sets as the base of an incremental or as 'latest', and retention counts them apart
+(store/snapshots/sets.py); `host_shared_with` finds the other machines that took sets under
+this host name *since this machine started to*, for the warning in status and the log. A machine
 that takes over a lost host's name (docs/disaster-recovery.md) comes after that host's last
 set, so it is not flagged; one that keeps interleaving sets with another is.
 
@@ -16,7 +16,7 @@ nothing is ever flagged); sets without a machine (older ones) are ignored.
 
 from __future__ import annotations
 
-from cairn.store.model import BackupSet
+from cairn.store.model import BackupSet, set_machine
 
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
@@ -34,11 +34,6 @@ def machine_id() -> str:
     return ""
 
 
-def set_machine(s: BackupSet) -> str:
-    value = s.extra.get("machine") if isinstance(s.extra, dict) else None
-    return value if isinstance(value, str) else ""
-
-
 def host_shared_with(sets: list[BackupSet], host: str, machine: str) -> list[str]:
     """The other machines that took sets under `host` after this `machine`'s first one."""
     if not machine:
@@ -53,5 +48,6 @@ def host_shared_with(sets: list[BackupSet], host: str, machine: str) -> list[str
 
 def shared_host_warning(host: str, others: list[str]) -> str:
     shown = ", ".join(o[:12] for o in others[:3])
-    return (f"the host name '{host}' is also used by another machine (machine id {shown}): their sets mix "
-            "(incremental bases, retention, 'latest'); give each machine its own [daemon] host")
+    return (f"the host name '{host}' is also used by another machine (machine id {shown}): their sets mix in "
+            "listings and status (each machine builds on, keeps and restores as 'latest' its own); give each "
+            "machine its own [daemon] host")

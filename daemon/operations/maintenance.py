@@ -177,6 +177,6 @@ class MaintenancePart(ServicePart):
 
         self._require_known_host(host)
         report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress,
-                                  host=host, own_host=self._hostname)
+                                  host=host, own_host=self._hostname, own_machine=self._machine_id)
         log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))
         return report
