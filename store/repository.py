@@ -256,13 +256,14 @@ class Repository:
         """Opened with a write-only key: backs up, reads nothing others wrote, deletes nothing."""
         return bool(getattr(self.key, "write_only", False))
 
-    def _full_key(self, what: str) -> None:
+    def _full_key(self, what: str, command: str = "") -> None:
         if self.write_only:
-            raise crypto.write_only_refusal(what)
+            raise crypto.write_only_refusal(what, command)
 
-    def require_full_key(self, what: str) -> None:
-        """Refuse `what` (e.g. "to copy") up front when this handle's key is write-only."""
-        self._full_key(what)
+    def require_full_key(self, what: str, command: str = "") -> None:
+        """Refuse `what` (e.g. "to copy") up front when this handle's key is write-only; the hint
+        asks a host with a full key to run `command` (e.g. "cairn copy")."""
+        self._full_key(what, command)
 
     def hint_for_host(self, hint: str | None) -> str | None:
         """`hint` (of an error this handle raised) as this host must read it: on a write-only
@@ -322,7 +323,7 @@ class Repository:
         data key are sealed again under the index key (same name, same plaintext), so the new
         key reads the whole index and every marker."""
         self._encrypted_only()
-        self._full_key("to add a key")
+        self._full_key("to add a key", "cairn key add")
         self._writable()
         payload = None
         if write_only:
@@ -361,7 +362,7 @@ class Repository:
         """Remove one key object by id or unique prefix. Refused for the last usable key and
         for the key this handle was opened with (the next open would need another one)."""
         self._encrypted_only()
-        self._full_key("to remove a key")
+        self._full_key("to remove a key", "cairn key remove")
         self._writable()
         keys = [(key_id, doc) for key_id, _info, doc, _p in crypto.iter_keys(self.raw_backend)]
         hits = [k for k, _ in keys if ref and k.startswith(ref.lower())]
@@ -1223,7 +1224,7 @@ class Repository:
         """The records that restore `s` (or chosen paths of it, or an attachment), content verified;
         `select` filters by pattern; `manifest` lists files' chunks instead of their content; with
         `lanes` (a consumer that takes lanes: fsio.records) large files' content comes as lanes."""
-        self._full_key("to restore")
+        self._full_key("to restore", "cairn restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.tree_entries, root, p)
@@ -1271,7 +1272,7 @@ class Repository:
         """The content of chunks `ids` of set `s` (or its attachment, or any of `attachments`), in
         order; NotFoundError before anything is read if one is not part of it. With `errors` a
         chunk that cannot be read comes as its CairnError instead of ending the stream."""
-        self._full_key("to read file data")
+        self._full_key("to read file data", "cairn restore")
         roots = [self.root_tree(s, a) for a in attachments] if attachments else [self.root_tree(s, attachment)]
         allowed = set_chunks(self.tree_entries, roots)
         with self.reading_set(s, "read"):
@@ -1283,7 +1284,7 @@ class Repository:
 
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
                 progress: ProgressFn | None = None, attachment: str | None = None) -> RestoreStats:
-        self._full_key("to restore")
+        self._full_key("to restore", "cairn restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():  # unknown paths (or attachment) fail before the target is touched
             find_entry(self.tree_entries, root, p)
@@ -1312,7 +1313,7 @@ class Repository:
               progress: ProgressFn | None = None, subset: str = "") -> CheckReport:
         """Check the repository (maintenance/check.py); `subset` ("n/m" or "P%") reads only
         those packs (it implies read_data)."""
-        self._full_key("to verify (it reads every set and tree)")
+        self._full_key("to verify (it reads every set and tree)", "cairn verify")
         if subset:
             checkmod.parse_subset(subset)  # bad input: refused before anything is read
         with self.reading_stored():  # the store's objects, not local copies
@@ -1329,7 +1330,7 @@ class Repository:
         later run once `grace` seconds (default: `gc_grace`, else prune.GRACE) have passed and
         every lock held when they were marked is gone. Waits up to `lock_wait` seconds
         (retrying with backoff) for another prune to end."""
-        self._full_key("to prune")
+        self._full_key("to prune", "cairn prune")
         if not dry_run:
             self._writable()
         if grace is None:
@@ -1365,7 +1366,7 @@ class Repository:
         missing packs are dropped, unindexed packs added; with `read_data` every blob is verified
         and those that fail are dropped. Holds the gc lock (waits up to `lock_wait` seconds for
         another collector or repairer); backups keep running. The index is reloaded afterwards."""
-        self._full_key("to repair the index")
+        self._full_key("to repair the index", "cairn repair index")
         if not dry_run:
             self._writable()
         try:
@@ -1382,7 +1383,7 @@ class Repository:
         """Delete the set objects that cannot be read (damaged, empty, not a set), or put back
         the verified copy the local cache holds of one; readable sets are never touched. Holds
         the gc lock as prune does."""
-        self._full_key("to repair sets")
+        self._full_key("to repair sets", "cairn repair sets")
         if not dry_run:
             self._writable()
         with self.locks.hold("repair-sets", gc=not dry_run, wait=lock_wait) as lock:
@@ -1393,7 +1394,7 @@ class Repository:
     def repair_wal(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.WalRepairReport:
         """Delete the WAL catalog entries that cannot be read (damaged, not a catalog entry);
         readable entries are never touched. Holds the gc lock as prune does."""
-        self._full_key("to repair the WAL catalog")
+        self._full_key("to repair the WAL catalog", "cairn repair wal")
         if not dry_run:
             self._writable()
         with self.locks.hold("repair-wal", gc=not dry_run, wait=lock_wait) as lock:
@@ -1402,7 +1403,7 @@ class Repository:
     def unlock(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
         """Remove stale locks, and with `host` every lock of that host, with `everything` every
         lock but this handle's own (store/content/locks.py break_locks): (removed, kept)."""
-        self._full_key("to remove other processes' locks")
+        self._full_key("to remove other processes' locks", "cairn unlock")
         self._writable()
         return self.locks.break_locks(host=host, everything=everything)
 

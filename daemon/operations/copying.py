@@ -65,7 +65,7 @@ def run_copy(repo: Repository, config: RepositoryConfig, to: str, secret: Secret
     if not is_s3(to) and not os.path.isabs(to):  # relative to what? the daemon's cwd is no caller's
         raise InvalidArgumentError(f"copy destination '{to}' is not an absolute path: name a directory on the "
                                    "daemon's host by its absolute path, or an s3:// URL")
-    repo.require_full_key("to copy (a copy reads every set's data)")  # before the destination is made
+    repo.require_full_key("to copy (a copy reads every set's data)", "cairn copy")  # before the destination is made
     sets = choose_sets(repo, refs, source, host, own_host, own_machine)
     options = config.s3_options() if is_s3(to) and is_s3(config.path) else None
     dst = open_destination(to, secret, options)

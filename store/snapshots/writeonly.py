@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from ..content.crypto import WriteOnlyKeyError, write_only_refusal
+from ..content.crypto import ASK_FULL_KEY, WriteOnlyKeyError, write_only_refusal
 from ..errors import CorruptionError, short
 from ..storage.backend import Backend
 from .trees import decode_tree
@@ -48,13 +48,14 @@ def full_key_hint(hint: str | None) -> str | None:
     """`hint` as a write-only host must read it. The store's hints name the commands that inspect
     or repair the repository ('cairn verify', 'cairn repair index'), which this host cannot run:
     a hint that says to run one asks a host with a full key to run it, and any other hint naming
-    one is addressed to such a host. A hint naming none is returned unchanged."""
-    if not hint:
+    one is addressed to such a host. A hint naming none, or asking such a host already, is
+    returned unchanged."""
+    ask = f"{ASK_FULL_KEY} (this host's key is write-only)"
+    if not hint or ASK_FULL_KEY in hint:  # addressed to such a host already (a write-only refusal)
         return hint
     found = _FULL_KEY_COMMAND.search(hint)
     if found is None:
         return hint
-    ask = "ask a host with a full key (this host's key is write-only)"
     if hint[:found.start()].endswith("run "):
         head = hint[:found.start() - len("run ")]
         return f"{head}{ask} to run {hint[found.start():]}"

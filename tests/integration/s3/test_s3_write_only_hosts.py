@@ -6,8 +6,9 @@ A pack the write-only host's sets rely on is lost from the bucket. Its next back
 the hint must not tell it to run `cairn repair index` or `cairn verify` itself (its key cannot):
 it asks a host with a full key to, naming the command. That host runs it, and the write-only
 host's next full backup stores what was lost again and restores identical from the full host.
-On the way: `prune --host` of its own host (no sets yet) and of another host are refused with
-one line, and nothing in the bucket changes."""
+On the way: `prune --host` of its own host (no sets yet) and of another host, `unlock --host`
+and `verify --host` of another host are refused as what they are, the hint naming the command
+to ask of a host with a full key, and nothing in the bucket changes."""
 
 from __future__ import annotations
 
@@ -63,10 +64,16 @@ def test_a_write_only_host_asks_a_full_key_host_to_repair(weed, creds, rundir, r
         wonly.start()
 
         before = _objects(weed, prefix)
-        for host in ("wonly", "alpha"):  # its own host before it has a set, and another host
-            r = wonly.cli("prune", "--host", host, "--keep-last", "1")
-            assert r.returncode == 1 and "write-only" in r.stderr, (host, r.stderr)
-            assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # the error and its hint
+        asks = [(("prune", "--host", "wonly", "--keep-last", "1"), "to prune", "cairn prune"),  # no set yet
+                (("prune", "--host", "alpha", "--keep-last", "1"), "to prune", "cairn prune"),
+                (("unlock", "--host", "alpha"), "to remove other processes' locks", "cairn unlock"),
+                (("verify", "--host", "alpha"), "to verify", "cairn verify")]
+        for args, what, command in asks:  # refused as what it is, not as a question about the host
+            r = wonly.cli(*args)
+            assert r.returncode == 1, (args, r.stdout)
+            error, hint = r.stderr.strip().splitlines()
+            assert error.startswith(f"cairn: error: refusing {what}") and "write-only" in error, (args, error)
+            assert hint == f"hint: ask a host with a full key (passphrase or key file) to run '{command}'", hint
         assert _objects(weed, prefix) == before
 
         first = json.loads(wonly.ok("--json", "backup", "--level", "full"))["id"]

@@ -25,3 +25,11 @@ def test_other_hints_are_unchanged() -> None:
     for hint in (None, "", "run the backup again: it builds on the newest set there is",
                  "take it again with 'cairn backup --level full'"):
         assert full_key_hint(hint) == hint
+
+
+def test_a_hint_that_asks_a_full_key_host_already_is_unchanged() -> None:
+    from cairn.store.content.crypto import write_only_refusal
+
+    hint = write_only_refusal("to prune", "cairn prune").hint
+    assert hint == "ask a host with a full key (passphrase or key file) to run 'cairn prune'"
+    assert full_key_hint(hint) == hint
