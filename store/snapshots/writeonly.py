@@ -48,9 +48,8 @@ def full_key_hint(hint: str | None) -> str | None:
     """`hint` as a write-only host must read it. The store's hints name the commands that inspect
     or repair the repository ('cairn verify', 'cairn repair index'), which this host cannot run:
     a hint that says to run one asks a host with a full key to run it, and any other hint naming
-    one is addressed to such a host. A hint naming none, or asking such a host already, is
-    returned unchanged."""
-    ask = f"{ASK_FULL_KEY} (this host's key is write-only)"
+    some says to ask such a host to run them. A hint naming none, or asking such a host already,
+    is returned unchanged."""
     if not hint or ASK_FULL_KEY in hint:  # addressed to such a host already (a write-only refusal)
         return hint
     found = _FULL_KEY_COMMAND.search(hint)
@@ -58,8 +57,9 @@ def full_key_hint(hint: str | None) -> str | None:
         return hint
     if hint[:found.start()].endswith("run "):
         head = hint[:found.start() - len("run ")]
-        return f"{head}{ask} to run {hint[found.start():]}"
-    return f"{ask}: {hint}"
+        return f"{head}{ASK_FULL_KEY} (this host's key is write-only) to run {hint[found.start():]}"
+    named = list(dict.fromkeys(m.group(0) for m in _FULL_KEY_COMMAND.finditer(hint)))
+    return f"{hint} ({ASK_FULL_KEY} to run {' and '.join(named)}: this host's key is write-only)"
 
 
 class HostCache:

@@ -16,9 +16,13 @@ def test_a_hint_to_run_a_repair_asks_a_full_key_host_to_run_it() -> None:
         f"then {ASK} to run 'cairn repair index --read-data'"
 
 
-def test_a_hint_naming_full_key_commands_otherwise_is_addressed_to_such_a_host() -> None:
+def test_a_hint_naming_full_key_commands_otherwise_says_to_ask_such_a_host() -> None:
     hint = "'cairn verify' names the damage; 'cairn repair sets' removes damaged set objects"
-    assert full_key_hint(hint) == f"{ASK}: {hint}"
+    assert full_key_hint(hint) == f"{hint} (ask a host with a full key to run 'cairn verify' and 'cairn repair " \
+                                  "sets': this host's key is write-only)"
+    hint = "wait for it to finish, or 'cairn unlock --host H' removes a dead host's"
+    assert full_key_hint(hint) == f"{hint} (ask a host with a full key to run 'cairn unlock --host H': this " \
+                                  "host's key is write-only)"
 
 
 def test_other_hints_are_unchanged() -> None:
