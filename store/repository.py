@@ -1031,6 +1031,12 @@ class Repository:
                 except (CorruptionError, BackendError) as e:
                     self._sets.pop(name, None)  # read well before, damaged in the store now
                     unreadable[name] = e.message
+                    if self.write_only and isinstance(e, CorruptionError):
+                        # the damage is in this host's own record (its state directory), never in
+                        # the repository, which it cannot read: dropped like a damaged tree record
+                        self.host_cache.remove("sets", name)  # type: ignore[union-attr]
+                        unreadable[name] = (f"this host's record of it in its state directory is damaged and was "
+                                            f"dropped: {e.message}")
             self.unreadable_sets = unreadable
             sets = list(self._sets.values())
         if complete and unreadable:
@@ -1066,8 +1072,10 @@ class Repository:
             return resolve(self.list_sets(), ref, source, host, own_host, own_machine)
         except NotFoundError:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
-                raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
-                                               "host's repository key is write-only") from None
+                raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': this host's repository key is "
+                                               "write-only and this host holds no record of it (another host took "
+                                               "it, or this host's record of it was damaged)",
+                                               hint=f"{crypto.ASK_FULL_KEY} to run 'cairn ls {ref[:12]}'") from None
             if ref == "latest":
                 self.refuse_other_host(host, own_host)
             bad = sorted(n for n in self.unreadable_sets if ref != "latest" and n.startswith(ref.lower()))

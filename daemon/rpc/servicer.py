@@ -199,8 +199,9 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def ListSets(self, request: pb.ListSetsRequest, context: grpc.ServicerContext) -> pb.ListSetsReply:
         sets = self.service.list_sets(request.source, host=request.host)
-        return pb.ListSetsReply(sets=[set_info(s) for s in sets],
-                                unreadable=[f"{n}: {why}" for n, why in sorted(self.service.unreadable_sets().items())])
+        unreadable = sorted(self.service.unreadable_sets().items())
+        return pb.ListSetsReply(sets=[set_info(s) for s in sets], unreadable=[f"{n}: {why}" for n, why in unreadable],
+                                unreadable_advice=self.service.unreadable_advice() if unreadable else "")
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:

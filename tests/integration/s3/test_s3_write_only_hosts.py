@@ -104,3 +104,64 @@ def test_a_write_only_host_asks_a_full_key_host_to_repair(weed, creds, rundir, r
     finally:
         wonly.stop()
         alpha.stop()
+
+
+def test_a_write_only_hosts_damaged_set_record_is_its_own_not_the_repositorys(weed, creds, rundir, rng):
+    """The write-only host keeps the plaintext of its sets in its state directory. A damaged
+    record there is not damage in the repository: `cairn sets` says so once (the record is
+    dropped), without telling the host to run 'cairn verify' or 'cairn repair sets', which its
+    key refuses and which would find nothing; its next backup is taken as full, and the full-key
+    host lists and restores the set the record stood for."""
+    prefix = f"wo-rec-{uuid.uuid4().hex[:8]}"
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("full key of the shared bucket\n")
+    src = os.path.join(rundir, "w")
+    make_tree(src, rng, files=6, max_size=64 * 1024)
+    repository = s3_repository(weed, creds, prefix, passphrase)
+    alpha = Host(rundir, "alpha", repository, {})
+    alpha.init()
+    key = os.path.join(rundir, "wo.key")
+    write_only = [line for line in repository if not line.startswith("passphrase_file")] + [f'key_file = "{key}"']
+    wonly = Host(rundir, "wonly", write_only, {"data": src})
+    try:
+        alpha.start()
+        alpha.ok("key", "add", "--write-only", "--new-key-file", key)
+        wonly.start()
+        first = json.loads(wonly.ok("--json", "backup", "--level", "full"))["id"]
+        wonly.stop()
+        record = os.path.join(wonly.state, "write-only", "sets", first)
+        with open(record, "r+b") as f:
+            f.write(b"\0" * 16)
+        reference = os.path.join(rundir, "reference")
+        shutil.copytree(src, reference, symlinks=True)  # the tree as the first set holds it
+        wonly.start()
+
+        r = wonly.cli("sets")
+        assert r.returncode == 0 and "no sets" in r.stdout, r.stdout
+        (warning,) = r.stderr.strip().splitlines()
+        assert warning.startswith(f"cairn: warning: set '{first[:12]}' cannot be read (this host's record of it "
+                                  "in its state directory is damaged and was dropped"), warning
+        assert "repair sets" not in warning and "'cairn verify'" not in warning, warning
+        assert warning.endswith("the sets are intact in the repository: ask a host with a full key to run "
+                                "'cairn sets --host wonly'; this host's next set of their source is taken as full")
+        r = wonly.cli("sets")
+        assert r.returncode == 0 and not r.stderr, r.stderr  # said once: the record is gone
+        r = wonly.cli("ls", first[:12])
+        assert r.returncode == 1 and "holds no record of it" in r.stderr, r.stderr
+
+        with open(os.path.join(src, "later.txt"), "w") as f:
+            f.write("after the record was damaged\n")
+        second = json.loads(wonly.ok("--json", "backup", "--level", "incremental"))
+        assert second["level"] == "full" and second["base"] is None, second
+    finally:
+        wonly.stop()
+    try:
+        listed = {s["id"] for s in json.loads(alpha.ok("--json", "sets", "--host", "wonly"))}
+        assert listed == {first, second["id"]}
+        assert json.loads(alpha.ok("--json", "verify", "--read-data"))["ok"]
+        target = os.path.join(rundir, "restored")
+        alpha.ok("restore", first, "--target", target)
+        assert_same_tree(reference, target)
+    finally:
+        alpha.stop()
