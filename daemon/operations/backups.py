@@ -50,7 +50,8 @@ class BackupPart(ServicePart):
             root_excludes=anchored,
             one_file_system=src.one_file_system,
             tags=tuple(tags),
-            extra={"reason": reason, **({"machine": self._machine_id} if self._machine_id else {})},
+            extra={"reason": reason, **({"machine": self._machine_id} if self._machine_id else {}),
+                   **({"boot": self._boot_id} if self._boot_id else {})},
             hostname=self._hostname,
         )
 
@@ -72,9 +73,9 @@ class BackupPart(ServicePart):
                                   self._machine_id)
         s = self._capture(src, request, progress, cancel, planner)
         self._set_committed(src, s, planner.token)
-        others = hostname.host_shared_with(self.repo.list_sets(src.name), self._hostname, self._machine_id)
-        if others:  # status shows it too
-            log.warning("%s", hostname.shared_host_warning(self._hostname, others), extra={"source": src.name})
+        sets = self.repo.list_sets(src.name)
+        for warning in hostname.host_warnings(sets, self._hostname, self._machine_id, self._boot_id):
+            log.warning("%s", warning, extra={"source": src.name})  # status shows it too
         return s
 
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,

@@ -10,8 +10,15 @@ this host name *since this machine started to*, for the warning in status and th
 that takes over a lost host's name (docs/disaster-recovery.md) comes after that host's last
 set, so it is not flagged; one that keeps interleaving sets with another is.
 
-What always holds: reading the machine id never fails (an empty id when there is none, and then
-nothing is ever flagged); sets without a machine (older ones) are ignored.
+A VM cloned with its /etc/machine-id has this machine's id too, so the sets also record the
+boot they were taken in (`extra.boot`: the kernel's boot id). A machine never returns to an
+earlier boot, so once this machine took a set in its current boot, a set under this host name
+and machine id from another boot, taken later, comes from another machine with the same id
+(`cloned_machine`): nothing else can keep such clones apart, and the warning says how to.
+
+What always holds: reading the machine id or the boot id never fails (an empty id when there is
+none, and then nothing is ever flagged); sets without a machine or a boot (older ones) are
+ignored.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 from cairn.store.model import BackupSet, set_machine
 
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
 def machine_id() -> str:
@@ -32,6 +40,50 @@ def machine_id() -> str:
         if value:
             return value
     return ""
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot, or '' when it cannot be read."""
+    try:
+        with open(BOOT_ID_FILE, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def set_boot(s: BackupSet) -> str:
+    value = s.extra.get("boot") if isinstance(s.extra, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def cloned_machine(sets: list[BackupSet], host: str, machine: str, boot: str) -> bool:
+    """True when another machine with this `machine` id took a set under `host` after this
+    machine's first set in this `boot` (see the module doc)."""
+    if not machine or not boot:
+        return False
+    ours = [s for s in sets if s.hostname == host and set_machine(s) == machine]
+    now = [s.time_end for s in ours if set_boot(s) == boot]
+    if not now:
+        return False
+    since = min(now)
+    return any(set_boot(s) not in ("", boot) and s.time_end > since for s in ours)
+
+
+def cloned_machine_warning(host: str, machine: str) -> str:
+    return (f"the host name '{host}' is also used by another machine with this machine's id ({machine[:12]}), a "
+            "clone that kept /etc/machine-id: their sets mix (incremental bases, retention, 'latest'); give the "
+            "clone a new machine id (rm /etc/machine-id && systemd-machine-id-setup) and its own [daemon] host")
+
+
+def host_warnings(sets: list[BackupSet], host: str, machine: str, boot: str) -> list[str]:
+    """What status and the log say when other machines take sets under this `host` name."""
+    out = []
+    others = host_shared_with(sets, host, machine)
+    if others:
+        out.append(shared_host_warning(host, others))
+    if cloned_machine(sets, host, machine, boot):
+        out.append(cloned_machine_warning(host, machine))
+    return out
 
 
 def host_shared_with(sets: list[BackupSet], host: str, machine: str) -> list[str]:

@@ -48,6 +48,7 @@ class ServicePart:
     _started: float
     _machine: str
     _machine_id: str
+    _boot_id: str
     _lock: threading.Lock
 
     @property

@@ -111,3 +111,45 @@ def test_clones_under_one_host_name_keep_their_own_sets(weed, creds, rundir, rng
     finally:
         for d in (first, second, keeper):
             d.stop()
+
+
+def test_clones_that_kept_the_machine_id_are_told_how_to_part(weed, creds, rundir, rng):
+    """A clone that kept /etc/machine-id cannot be told apart by it; the boot each set records
+    can (a machine never returns to an earlier boot). Once the clones' sets interleave, each
+    daemon's status says so and how to give the clone its own id; before, nothing is said."""
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("one bucket, two clones\n")
+    repository = s3_repository(weed, creds, f"clone-{uuid.uuid4().hex[:8]}", passphrase)
+    clones = {}
+    for name, boot in (("first", "1" * 32), ("second", "2" * 32)):
+        tree = os.path.join(rundir, f"{name}-data")
+        _write(os.path.join(tree, "who"), name.encode())
+        clone = clones[name] = Host(os.path.join(rundir, name), "web", repository, {"data": tree},
+                                    env={"CAIRN_TEST_MACHINE_ID": "c3" * 16, "CAIRN_TEST_BOOT_ID": boot})
+        clone.command = [sys.executable, CLONED]
+    first, second = clones["first"], clones["second"]
+    first.init()
+
+    def warnings(clone: Host) -> list[str]:
+        return json.loads(clone.ok("--json", "status"))["daemon"]["warnings"]
+
+    try:
+        first.start()
+        first.ok("backup", "--level", "full")
+        first.stop()
+        first.start()  # a restart in the same boot is the same machine
+        first.ok("backup", "--level", "full")
+        assert warnings(first) == []
+        second.start()
+        second.ok("backup", "--level", "full")
+        first.ok("backup", "--level", "incremental")
+        for clone in (first, second):
+            (warning,) = warnings(clone)
+            assert warning.startswith("the host name 'web' is also used by another machine with this machine's id "
+                                      "(c3c3c3c3c3c3), a clone that kept /etc/machine-id"), warning
+            assert "systemd-machine-id-setup" in warning, warning
+        assert "warning: the host name 'web'" in first.ok("status")
+    finally:
+        for clone in clones.values():
+            clone.stop()
