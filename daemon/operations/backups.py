@@ -74,7 +74,7 @@ class BackupPart(ServicePart):
         s = self._capture(src, request, progress, cancel, planner)
         self._set_committed(src, s, planner.token)
         sets = self.repo.list_sets(src.name)
-        for warning in hostname.host_warnings(sets, self._hostname, self._machine_id, self._boot_id):
+        for warning in hostname.host_warnings(sets, self._hostname, self._machine_id, self._boot_id, time.time()):
             log.warning("%s", warning, extra={"source": src.name})  # status shows it too
         return s
 

@@ -75,9 +75,32 @@ def cloned_machine_warning(host: str, machine: str) -> str:
             "clone a new machine id (rm /etc/machine-id && systemd-machine-id-setup) and its own [daemon] host")
 
 
-def host_warnings(sets: list[BackupSet], host: str, machine: str, boot: str) -> list[str]:
-    """What status and the log say when other machines take sets under this `host` name."""
+FUTURE_TOLERANCE = 600.0  # a set dated this far ahead of this host's clock was taken by a clock ahead
+
+
+def future_sets_warning(sets: list[BackupSet], host: str, now: float) -> str | None:
+    """When sets of `host` are dated ahead of this host's clock `now` (taken while it was hours
+    ahead, and set right since): 'latest', retention and the base of the next set go by the
+    sets' times, so until then the newest of them counts as newer than any set taken now."""
+    ahead = [s for s in sets if s.hostname == host and s.time_end > now + FUTURE_TOLERANCE]
+    if not ahead:
+        return None
+    newest = max(ahead, key=lambda s: s.time_end)
+    hours = (newest.time_end - now) / 3600
+    return (f"{len(ahead)} set{'s' if len(ahead) != 1 else ''} of host '{host}' {'are' if len(ahead) != 1 else 'is'} "
+            f"dated ahead of this host's clock (set {newest.id[:12]} by {hours:.1f} h: taken while the clock was "
+            "ahead): until the clock passes their dates, 'latest', retention and the base of the next set take them "
+            "for newer than the sets taken now; name sets by id meanwhile")
+
+
+def host_warnings(sets: list[BackupSet], host: str, machine: str, boot: str, now: float | None = None) -> list[str]:
+    """What status and the log say when other machines take sets under this `host` name, or when
+    this host's sets are dated ahead of its clock (`now`)."""
     out = []
+    if now is not None:
+        ahead = future_sets_warning(sets, host, now)
+        if ahead:
+            out.append(ahead)
     others = host_shared_with(sets, host, machine)
     if others:
         out.append(shared_host_warning(host, others))
