@@ -82,8 +82,8 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str, servi
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("rpc %s failed", method, exc_info=exc)
-    repo = getattr(service, "repo", None)  # a write-only host asks a full-key host to run what a hint names
-    hint = hint_for(exc, repo.hint_for_host if repo is not None else None)
+    # a write-only host asks a host with a full key to run what a hint names (store/snapshots/writeonly.py)
+    hint = hint_for(exc, getattr(getattr(service, "repo", None), "hint_for_host", None))
     if hint:
         context.set_trailing_metadata(((HINT_KEY, hint.encode("ascii", "backslashreplace").decode()),))
     context.abort(code, text_safe(message))
