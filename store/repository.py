@@ -1055,7 +1055,9 @@ class Repository:
         (WriteOnlyKeyError), never answered "none"."""
         if self.write_only and host and host != own_host:
             raise crypto.WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository key is "
-                                           "write-only (it sees only its own sets)")
+                                           "write-only (it sees only its own sets)",
+                                           hint=f"{crypto.ASK_FULL_KEY} (passphrase or key file) to run 'cairn sets "
+                                                f"--host {host}'")
 
     def hosts(self) -> set[str]:
         """The hosts the repository knows: every host that took a set now listed (readable), or

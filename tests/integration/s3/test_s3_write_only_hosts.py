@@ -74,6 +74,13 @@ def test_a_write_only_host_asks_a_full_key_host_to_repair(weed, creds, rundir, r
             error, hint = r.stderr.strip().splitlines()
             assert error.startswith(f"cairn: error: refusing {what}") and "write-only" in error, (args, error)
             assert hint == f"hint: ask a host with a full key (passphrase or key file) to run '{command}'", hint
+        for args in (("sets", "--host", "alpha"), ("ls", "latest", "--host", "alpha")):
+            r = wonly.cli(*args)
+            assert r.returncode == 1, (args, r.stdout)
+            error, hint = r.stderr.strip().splitlines()
+            assert error == "cairn: error: unable to see the sets of host 'alpha': this host's repository key is " \
+                            "write-only (it sees only its own sets)", error
+            assert hint == "hint: ask a host with a full key (passphrase or key file) to run 'cairn sets --host alpha'"
         assert _objects(weed, prefix) == before
 
         first = json.loads(wonly.ok("--json", "backup", "--level", "full"))["id"]
