@@ -219,8 +219,9 @@ def cmd_sets(conn: Connection, args: argparse.Namespace) -> int:
     reply = conn.stub.ListSets(pb.ListSetsRequest(source=args.source or "", host=args.host or ""))
     for line in reply.unreadable:  # left out of the listing: say so, or a damaged set just vanishes
         set_id, _, why = line.partition(": ")
-        print(f"cairn: warning: set '{render.short_id(set_id)}' cannot be read ({why}): it is not listed; 'cairn "
-              "verify' names the damage, 'cairn repair sets' removes it", file=sys.stderr)
+        advice = reply.unreadable_advice or "'cairn verify' names the damage, 'cairn repair sets' removes it"
+        print(f"cairn: warning: set '{render.short_id(set_id)}' cannot be read ({why}): it is not listed; {advice}",
+              file=sys.stderr)
     # every set listed or unreadable: a base among neither was pruned (a base is its host's)
     known = {s.id for s in reply.sets}
     damaged = {line.partition(": ")[0] for line in reply.unreadable}

@@ -103,6 +103,13 @@ class BackupSet:
     attachments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def set_machine(s: BackupSet) -> str:
+    """The machine that took `s` (`extra.machine`: systemd's machine id), or '' when it records
+    none (sets taken before sets recorded it, or on a machine without an id)."""
+    value = s.extra.get("machine") if isinstance(s.extra, dict) else None
+    return value if isinstance(value, str) else ""
+
+
 @dataclass(frozen=True)
 class Progress:
     """A progress event of a long operation (backup, restore, check)."""

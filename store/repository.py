@@ -86,7 +86,7 @@ from .snapshots import writeonly as wonly
 from .snapshots.indexed import IndexedTrees
 from .snapshots.restore import RestoreFilter, StreamBuilder, find_entry, read_chunks, set_chunks
 from .snapshots.session import BackupSession, root_entry
-from .snapshots.sets import decode_set, resolve
+from .snapshots.sets import decode_set, of_machine, resolve
 from .snapshots.trees import Entry, StreamedTree, tree_entries
 from .storage.backend import Backend, LocalBackend
 from .storage.cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
@@ -257,13 +257,20 @@ class Repository:
         """Opened with a write-only key: backs up, reads nothing others wrote, deletes nothing."""
         return bool(getattr(self.key, "write_only", False))
 
-    def _full_key(self, what: str) -> None:
+    def _full_key(self, what: str, command: str = "") -> None:
         if self.write_only:
-            raise crypto.write_only_refusal(what)
+            raise crypto.write_only_refusal(what, command)
 
-    def require_full_key(self, what: str) -> None:
-        """Refuse `what` (e.g. "to copy") up front when this handle's key is write-only."""
-        self._full_key(what)
+    def require_full_key(self, what: str, command: str = "") -> None:
+        """Refuse `what` (e.g. "to copy") up front when this handle's key is write-only; the hint
+        asks a host with a full key to run `command` (e.g. "cairn copy")."""
+        self._full_key(what, command)
+
+    def hint_for_host(self, hint: str | None) -> str | None:
+        """`hint` (of an error this handle raised) as this host must read it: on a write-only
+        handle, the repair and inspection commands it names are asked of a host with a full key
+        (store/snapshots/writeonly.py full_key_hint)."""
+        return wonly.full_key_hint(hint) if self.write_only else hint
 
     @property
     def host_cache(self) -> wonly.HostCache | None:
@@ -317,7 +324,7 @@ class Repository:
         data key are sealed again under the index key (same name, same plaintext), so the new
         key reads the whole index and every marker."""
         self._encrypted_only()
-        self._full_key("to add a key")
+        self._full_key("to add a key", "cairn key add")
         self._writable()
         payload = None
         if write_only:
@@ -356,7 +363,7 @@ class Repository:
         """Remove one key object by id or unique prefix. Refused for the last usable key and
         for the key this handle was opened with (the next open would need another one)."""
         self._encrypted_only()
-        self._full_key("to remove a key")
+        self._full_key("to remove a key", "cairn key remove")
         self._writable()
         keys = [(key_id, doc) for key_id, _info, doc, _p in crypto.iter_keys(self.raw_backend)]
         hits = [k for k, _ in keys if ref and k.startswith(ref.lower())]
@@ -1016,6 +1023,12 @@ class Repository:
                 except (CorruptionError, BackendError) as e:
                     self._sets.pop(name, None)  # read well before, damaged in the store now
                     unreadable[name] = e.message
+                    if self.write_only and isinstance(e, CorruptionError):
+                        # the damage is in this host's own record (its state directory), never in
+                        # the repository, which it cannot read: dropped like a damaged tree record
+                        self.host_cache.remove("sets", name)  # type: ignore[union-attr]
+                        unreadable[name] = (f"this host's record of it in its state directory is damaged and was "
+                                            f"dropped: {e.message}")
             self.unreadable_sets = unreadable
             sets = list(self._sets.values())
         if complete and unreadable:
@@ -1034,7 +1047,9 @@ class Repository:
         (WriteOnlyKeyError), never answered "none"."""
         if self.write_only and host and host != own_host:
             raise crypto.WriteOnlyKeyError(f"unable to see the sets of host '{host}': this host's repository key is "
-                                           "write-only (it sees only its own sets)")
+                                           "write-only (it sees only its own sets)",
+                                           hint=f"{crypto.ASK_FULL_KEY} (passphrase or key file) to run 'cairn sets "
+                                                f"--host {host}'")
 
     def hosts(self) -> set[str]:
         """The hosts the repository knows: every host that took a set now listed (readable), or
@@ -1044,14 +1059,17 @@ class Repository:
         return {s.hostname for s in self.list_sets()} | self.locks.holders()
 
     def get_set(self, ref: str, source: str | None = None, host: str | None = None,
-                own_host: str | None = None) -> BackupSet:
-        """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets)."""
+                own_host: str | None = None, own_machine: str = "") -> BackupSet:
+        """The set `ref` names (snapshots/sets.py resolve: 'latest' prefers `own_host`'s sets,
+        and `own_machine`'s among them where machines share that host name)."""
         try:
-            return resolve(self.list_sets(), ref, source, host, own_host)
+            return resolve(self.list_sets(), ref, source, host, own_host, own_machine)
         except NotFoundError:
             if self.write_only and len(ref) >= 4 and any(n.startswith(ref.lower()) for n in self.backend.list("sets")):
-                raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': another host took it and this "
-                                               "host's repository key is write-only") from None
+                raise crypto.WriteOnlyKeyError(f"unable to read set '{ref[:12]}': this host's repository key is "
+                                               "write-only and this host holds no record of it (another host took "
+                                               "it, or this host's record of it was damaged)",
+                                               hint=f"{crypto.ASK_FULL_KEY} to run 'cairn ls {ref[:12]}'") from None
             if ref == "latest":
                 self.refuse_other_host(host, own_host)
             bad = sorted(n for n in self.unreadable_sets if ref != "latest" and n.startswith(ref.lower()))
@@ -1062,16 +1080,18 @@ class Repository:
             raise
 
     # -- backup --------------------------------------------------------------------
-    def choose_base(self, source: str, level: str, host: str | None = None) -> tuple[str, BackupSet | None, str]:
+    def choose_base(self, source: str, level: str, host: str | None = None,
+                    machine: str = "") -> tuple[str, BackupSet | None, str]:
         """Return (level actually taken, base set, note) by the rule of ARCHITECTURE.md. With
         `host`, only that host's sets are bases: hosts sharing a repository (and a source name)
-        each build on their own sets, never on a tree another machine took."""
+        each build on their own sets, never on a tree another machine took; of that host's sets,
+        only `machine`'s when it took any (a clone beside it: snapshots/sets.py of_machine)."""
         check_level(level)
         if level == "full":
             return "full", None, ""
         sets = self.list_sets(source)
         if host is not None:
-            sets = [s for s in sets if s.hostname == host]
+            sets = of_machine([s for s in sets if s.hostname == host], machine)
         if level == "differential":
             sets = [s for s in sets if s.level == "full"]
         candidates = len(sets)
@@ -1206,7 +1226,7 @@ class Repository:
         """The records that restore `s` (or chosen paths of it, or an attachment), content verified;
         `select` filters by pattern; `manifest` lists files' chunks instead of their content; with
         `lanes` (a consumer that takes lanes: fsio.records) large files' content comes as lanes."""
-        self._full_key("to restore")
+        self._full_key("to restore", "cairn restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():
             find_entry(self.tree_entries, root, p)
@@ -1258,7 +1278,7 @@ class Repository:
         """The content of chunks `ids` of set `s` (or its attachment, or any of `attachments`), in
         order; NotFoundError before anything is read if one is not part of it. With `errors` a
         chunk that cannot be read comes as its CairnError instead of ending the stream."""
-        self._full_key("to read file data")
+        self._full_key("to read file data", "cairn restore")
         roots = [self.root_tree(s, a) for a in attachments] if attachments else [self.root_tree(s, attachment)]
         allowed = set_chunks(self.tree_entries, roots)
         with self.reading_set(s, "read"):
@@ -1270,7 +1290,7 @@ class Repository:
 
     def restore(self, s: BackupSet, target: str, paths: list[str] | None = None, *, overwrite: bool = False,
                 progress: ProgressFn | None = None, attachment: str | None = None) -> RestoreStats:
-        self._full_key("to restore")
+        self._full_key("to restore", "cairn restore")
         root = self.root_tree(s, attachment)
         for p in paths or ():  # unknown paths (or attachment) fail before the target is touched
             find_entry(self.tree_entries, root, p)
@@ -1300,7 +1320,7 @@ class Repository:
               progress: ProgressFn | None = None, subset: str = "") -> CheckReport:
         """Check the repository (maintenance/check.py); `subset` ("n/m" or "P%") reads only
         those packs (it implies read_data)."""
-        self._full_key("to verify (it reads every set and tree)")
+        self._full_key("to verify (it reads every set and tree)", "cairn verify")
         if subset:
             checkmod.parse_subset(subset)  # bad input: refused before anything is read
         with self.reading_stored():  # the store's objects, not local copies
@@ -1317,7 +1337,7 @@ class Repository:
         later run once `grace` seconds (default: `gc_grace`, else prune.GRACE) have passed and
         every lock held when they were marked is gone. Waits up to `lock_wait` seconds
         (retrying with backoff) for another prune to end."""
-        self._full_key("to prune")
+        self._full_key("to prune", "cairn prune")
         if not dry_run:
             self._writable()
         if grace is None:
@@ -1353,7 +1373,7 @@ class Repository:
         missing packs are dropped, unindexed packs added; with `read_data` every blob is verified
         and those that fail are dropped. Holds the gc lock (waits up to `lock_wait` seconds for
         another collector or repairer); backups keep running. The index is reloaded afterwards."""
-        self._full_key("to repair the index")
+        self._full_key("to repair the index", "cairn repair index")
         if not dry_run:
             self._writable()
         try:
@@ -1370,7 +1390,7 @@ class Repository:
         """Delete the set objects that cannot be read (damaged, empty, not a set), or put back
         the verified copy the local cache holds of one; readable sets are never touched. Holds
         the gc lock as prune does."""
-        self._full_key("to repair sets")
+        self._full_key("to repair sets", "cairn repair sets")
         if not dry_run:
             self._writable()
         with self.locks.hold("repair-sets", gc=not dry_run, wait=lock_wait) as lock:
@@ -1381,7 +1401,7 @@ class Repository:
     def repair_wal(self, *, dry_run: bool = False, lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.WalRepairReport:
         """Delete the WAL catalog entries that cannot be read (damaged, not a catalog entry);
         readable entries are never touched. Holds the gc lock as prune does."""
-        self._full_key("to repair the WAL catalog")
+        self._full_key("to repair the WAL catalog", "cairn repair wal")
         if not dry_run:
             self._writable()
         with self.locks.hold("repair-wal", gc=not dry_run, wait=lock_wait) as lock:
@@ -1390,7 +1410,7 @@ class Repository:
     def unlock(self, *, host: str | None = None, everything: bool = False) -> tuple[list[dict], list[dict]]:
         """Remove stale locks, and with `host` every lock of that host, with `everything` every
         lock but this handle's own (store/content/locks.py break_locks): (removed, kept)."""
-        self._full_key("to remove other processes' locks")
+        self._full_key("to remove other processes' locks", "cairn unlock")
         self._writable()
         return self.locks.break_locks(host=host, everything=everything)
 

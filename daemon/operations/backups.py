@@ -50,7 +50,8 @@ class BackupPart(ServicePart):
             root_excludes=anchored,
             one_file_system=src.one_file_system,
             tags=tuple(tags),
-            extra={"reason": reason, **({"machine": self._machine_id} if self._machine_id else {})},
+            extra={"reason": reason, **({"machine": self._machine_id} if self._machine_id else {}),
+                   **({"boot": self._boot_id} if self._boot_id else {})},
             hostname=self._hostname,
         )
 
@@ -68,12 +69,13 @@ class BackupPart(ServicePart):
         """One set of a source: capture it (plain, or inside a quiesce window with its databases),
         then tell the journal. The base and the change hint are decided once, by the planner,
         at the moment the capture begins — inside the window, after every freeze hook."""
-        planner = _JournalPlanner(self.repo, self.tracker, src.name, request.level, request.hostname or None)
+        planner = _JournalPlanner(self.repo, self.tracker, src.name, request.level, request.hostname or None,
+                                  self._machine_id)
         s = self._capture(src, request, progress, cancel, planner)
         self._set_committed(src, s, planner.token)
-        others = hostname.host_shared_with(self.repo.list_sets(src.name), self._hostname, self._machine_id)
-        if others:  # status shows it too
-            log.warning("%s", hostname.shared_host_warning(self._hostname, others), extra={"source": src.name})
+        sets = self.repo.list_sets(src.name)
+        for warning in hostname.host_warnings(sets, self._hostname, self._machine_id, self._boot_id, time.time()):
+            log.warning("%s", warning, extra={"source": src.name})  # status shows it too
         return s
 
     def _capture(self, src: SourceConfig, request: BackupRequest, progress: ProgressFn,
@@ -178,13 +180,16 @@ class _JournalPlanner:
     so what arrived after it stays pending for the next set even if this set saw it too.
     """
 
-    def __init__(self, repo: Repository, tracker: Any, source: str, level: str, host: str | None = None) -> None:
+    def __init__(self, repo: Repository, tracker: Any, source: str, level: str, host: str | None = None,
+                 machine: str = "") -> None:
         self.repo, self.tracker, self.source, self.level, self.host = repo, tracker, source, level, host
+        self.machine = machine
         self.token: _JournalToken | None = None
         self._plan: capture.SetPlan | None = None
 
     def plan(self) -> capture.SetPlan:
-        level, base, note = self.repo.choose_base(self.source, self.level, self.host)  # this host's sets only
+        # this host's sets only (this machine's, where machines share the host name)
+        level, base, note = self.repo.choose_base(self.source, self.level, self.host, self.machine)
         hint = None
         if self.tracker is not None:
             hint, token = self.tracker.prepare(self.source, level, base.id if base else None,

@@ -41,12 +41,12 @@ def wal_needed(s: BackupSet) -> list[tuple[str, str]]:
 
 
 def choose_sets(repo: Repository, refs: list[str], source: str, host: str = "",
-                own_host: str | None = None) -> list[BackupSet]:
+                own_host: str | None = None, own_machine: str = "") -> list[BackupSet]:
     """The sets named by `refs` (ids, prefixes, 'latest' as Repository.get_set resolves it), or
     every set of `source` and `host` (every set when both are empty). Unknown sets and sources
     are NotFoundError."""
     if refs:
-        return [repo.get_set(ref, source or None, host or None, own_host) for ref in refs]
+        return [repo.get_set(ref, source or None, host or None, own_host, own_machine) for ref in refs]
     sets = [s for s in repo.list_sets(source or None) if not host or s.hostname == host]
     if (source or host) and not sets:
         where = " and".join(x for x in (f" of source '{source}'" if source else "",
@@ -57,15 +57,16 @@ def choose_sets(repo: Repository, refs: list[str], source: str, host: str = "",
 
 def run_copy(repo: Repository, config: RepositoryConfig, to: str, secret: Secret, refs: list[str], source: str,
              progress: Callable[[Progress], None] | None = None,
-             cancel: threading.Event | None = None, host: str = "", own_host: str | None = None) -> CopyReport:
+             cancel: threading.Event | None = None, host: str = "", own_host: str | None = None,
+             own_machine: str = "") -> CopyReport:
     """Copy the chosen sets of `repo` into the repository at `to` (see the module docstring)."""
     if not to:
         raise InvalidArgumentError("a copy needs a destination (--to)")
     if not is_s3(to) and not os.path.isabs(to):  # relative to what? the daemon's cwd is no caller's
         raise InvalidArgumentError(f"copy destination '{to}' is not an absolute path: name a directory on the "
                                    "daemon's host by its absolute path, or an s3:// URL")
-    repo.require_full_key("to copy (a copy reads every set's data)")  # before the destination is made
-    sets = choose_sets(repo, refs, source, host, own_host)
+    repo.require_full_key("to copy (a copy reads every set's data)", "cairn copy")  # before the destination is made
+    sets = choose_sets(repo, refs, source, host, own_host, own_machine)
     options = config.s3_options() if is_s3(to) and is_s3(config.path) else None
     dst = open_destination(to, secret, options)
     try:

@@ -54,6 +54,7 @@ class MaintenancePart(ServicePart):
                host: str = "", subset: str = "") -> CheckReport:
         """Check the repository (or one set; or with `subset`, "n/m" or "P%", read only those
         packs). A `progress` that raises AbortedError stops it."""
+        self.repo.require_full_key("to verify (it reads every set and tree)", "cairn verify")  # before any host
         self._require_known_host(host)  # also without a set: a misspelt host must not check everything
         chosen = self.resolve(set_ref, source, host) if set_ref else None
         if self._metrics is not None:
@@ -80,6 +81,7 @@ class MaintenancePart(ServicePart):
         `wal_keep` if given, else the configured [repository] wal_keep."""
         if not dry_run:
             self._require_writable("pruning")
+        self.repo.require_full_key("to prune", "cairn prune")  # before any host is looked at
         if source:
             self._require_known_source(source)
         if keeps_nothing(policy):
@@ -133,6 +135,7 @@ class MaintenancePart(ServicePart):
         every lock but this daemon's own. Returns (removed, kept): each lock's document with its
         "name" and, for people, its "description"."""
         self._require_writable("removing locks")
+        self.repo.require_full_key("to remove other processes' locks", "cairn unlock")  # before any host
         self._require_known_host(host)
         removed, kept = self.repo.unlock(host=host or None, everything=everything)
         removed, kept = ([{**d, "description": self.repo.locks.describe(d)} for d in docs] for docs in (removed, kept))
@@ -177,6 +180,6 @@ class MaintenancePart(ServicePart):
 
         self._require_known_host(host)
         report = copying.run_copy(self.repo, self._config.repository, to, secret, refs, source, progress,
-                                  host=host, own_host=self._hostname)
+                                  host=host, own_host=self._hostname, own_machine=self._machine_id)
         log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))
         return report

@@ -48,6 +48,7 @@ class ServicePart:
     _started: float
     _machine: str
     _machine_id: str
+    _boot_id: str
     _lock: threading.Lock
 
     @property
@@ -68,7 +69,8 @@ class ServicePart:
         if source:
             self._require_known_source(source)
         self._require_known_host(host)
-        return self.repo.get_set(ref, source or None, host or None, own_host=self._hostname)
+        return self.repo.get_set(ref, source or None, host or None, own_host=self._hostname,
+                                 own_machine=self._machine_id)
 
     def refuse_own_places(self, target: str, delete: bool = False) -> None:
         """Refuse a target the daemon would write (a local restore, a delta) that is, or lies in,

@@ -13,6 +13,7 @@ from cairn.daemon.operations.part import ServicePart, _rel
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend, target_lock
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
+from cairn.store.content.crypto import ASK_FULL_KEY
 from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError
 from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
@@ -34,6 +35,15 @@ class RestorePart(ServicePart):
     def unreadable_sets(self) -> dict[str, str]:
         """Set objects the last listing could not read: id -> why."""
         return dict(self.repo.unreadable_sets)
+
+    def unreadable_advice(self) -> str:
+        """What to do about `unreadable_sets` when it is not 'cairn verify' and 'cairn repair sets'
+        (empty): on a write-only host they are its own damaged records, dropped, of sets that are
+        intact in the repository, and it can run neither."""
+        if not self.repo.write_only:
+            return ""
+        return (f"the sets are intact in the repository: {ASK_FULL_KEY} to run 'cairn sets --host "
+                f"{self._hostname}'; this host's next set of their source is taken as full")
 
     def list_tree(self, ref: str, source: str, path: str, recursive: bool, host: str = "",
                   problems: list[str] | None = None) -> tuple[BackupSet, Iterator[TreeEntry]]:

@@ -51,6 +51,7 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
         self._started = time.time()
         self._machine = socket.gethostname()
         self._machine_id = hostname.machine_id()  # recorded in each set (daemon/operations/hostname.py)
+        self._boot_id = hostname.boot_id()  # so is the boot: clones that kept the machine id differ there
         self.retention: Any = None  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status

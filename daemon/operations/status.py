@@ -191,9 +191,7 @@ class StatusPart(ServicePart):
         except BackendError as exc:  # the store is down: what the daemon knows itself is still shown
             sets = []
             warnings.append(f"{exc.message}: the repository's sets are not shown")
-        others = hostname.host_shared_with(sets, self._hostname, self._machine_id)
-        if others:
-            warnings.append(hostname.shared_host_warning(self._hostname, others))
+        warnings += hostname.host_warnings(sets, self._hostname, self._machine_id, self._boot_id, time.time())
         warnings += self._waiting_texts()
         if warnings:
             daemon = replace(daemon, warnings=tuple(warnings))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 
 import grpc
 from cairn import protocol
@@ -56,9 +57,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return code, bounded(message, MAX_DETAIL_BYTES)
 
 
-def hint_for(exc: BaseException) -> str | None:
-    """The hint of a CairnError, if it has one (one line, at most MAX_HINT_CHARS)."""
+def hint_for(exc: BaseException, reword: Callable[[str], str | None] | None = None) -> str | None:
+    """The hint of a CairnError, if it has one (one line, at most MAX_HINT_CHARS), through
+    `reword` first when given (what this daemon's host must read: a write-only host asks another)."""
     hint = getattr(exc, "hint", None) if isinstance(exc, CairnError) else None
+    if hint and reword is not None:
+        hint = reword(hint)
     if not hint:
         return hint
     hint = _LINE_BREAKS.sub(" ", text_safe(hint))

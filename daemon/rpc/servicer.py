@@ -78,11 +78,12 @@ def texts(messages: list[str]) -> list[str]:
     return [text_safe(m) for m in messages]
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str, service: Any = None) -> None:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("rpc %s failed", method, exc_info=exc)
-    hint = hint_for(exc)
+    # a write-only host asks a host with a full key to run what a hint names (store/snapshots/writeonly.py)
+    hint = hint_for(exc, getattr(getattr(service, "repo", None), "hint_for_host", None))
     if hint:
         context.set_trailing_metadata(((HINT_KEY, hint.encode("ascii", "backslashreplace").decode()),))
     context.abort(code, text_safe(message))
@@ -100,7 +101,7 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                     request.raise_error()
                 yield from fn(self, request, context)
             except Exception as exc:
-                _abort(context, exc, name)
+                _abort(context, exc, name, self.service)
 
         return streaming
 
@@ -111,7 +112,7 @@ def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
                 request.raise_error()
             return fn(self, request, context)
         except Exception as exc:
-            _abort(context, exc, name)
+            _abort(context, exc, name, self.service)
 
     return unary
 
@@ -198,8 +199,9 @@ class CairnServicer(pb_grpc.CairnServicer):
     @rpc
     def ListSets(self, request: pb.ListSetsRequest, context: grpc.ServicerContext) -> pb.ListSetsReply:
         sets = self.service.list_sets(request.source, host=request.host)
-        return pb.ListSetsReply(sets=[set_info(s) for s in sets],
-                                unreadable=[f"{n}: {why}" for n, why in sorted(self.service.unreadable_sets().items())])
+        unreadable = sorted(self.service.unreadable_sets().items())
+        return pb.ListSetsReply(sets=[set_info(s) for s in sets], unreadable=[f"{n}: {why}" for n, why in unreadable],
+                                unreadable_advice=self.service.unreadable_advice() if unreadable else "")
 
     @rpc
     def ListTree(self, request: pb.ListTreeRequest, context: grpc.ServicerContext) -> Iterator[pb.ListTreeReply]:

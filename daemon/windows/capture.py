@@ -156,11 +156,13 @@ class Planner(Protocol):
 class BasePlanner:
     """A planner without a change journal: the latest usable base, no hint (walk and compare)."""
 
-    def __init__(self, repo: Repository, source: str, level: str, host: str | None = None) -> None:
-        self.repo, self.source, self.level, self.host = repo, source, level, host
+    def __init__(self, repo: Repository, source: str, level: str, host: str | None = None,
+                 machine: str = "") -> None:
+        self.repo, self.source, self.level, self.host, self.machine = repo, source, level, host, machine
 
     def plan(self) -> SetPlan:
-        level, base, note = self.repo.choose_base(self.source, self.level, self.host)  # this host's sets only
+        # this host's sets only (this machine's, where machines share the host name)
+        level, base, note = self.repo.choose_base(self.source, self.level, self.host, self.machine)
         return SetPlan(level, base, note, None)
 
     def refresh(self) -> ChangeHint | None:
@@ -178,7 +180,8 @@ def capture_set(repo: Repository, state_dir: str, src: SourceConfig,
     """Take one consistent set of `src` (see the module docstring); raises on any failure."""
     request = replace(request, paths=capture_paths(src))
     configs = [] if dbs is None else [dbs] if isinstance(dbs, DatabaseConfig) else list(dbs)
-    planner = planner or BasePlanner(repo, src.name, request.level, request.hostname or None)
+    planner = planner or BasePlanner(repo, src.name, request.level, request.hostname or None,
+                                     str(request.extra.get("machine") or ""))
     with contextlib.ExitStack() as stack:
         # Step 1: preflight — a database that cannot be backed up fails the set before any freeze.
         # A cancelled set stops the preparation under way too (a `check` command is killed).

@@ -87,9 +87,15 @@ class WriteOnlyKeyError(FailedPreconditionError):
     """What a write-only key cannot do (read others' data, restore, delete, manage keys)."""
 
 
-def write_only_refusal(what: str) -> WriteOnlyKeyError:
-    return WriteOnlyKeyError(f"refusing {what}: this host's repository key is write-only",
-                             hint="use a full key (passphrase or key file) on a host allowed to read")
+ASK_FULL_KEY = "ask a host with a full key"  # how a write-only host is told what only such a host can do
+
+
+def write_only_refusal(what: str, command: str = "") -> WriteOnlyKeyError:
+    """The refusal of `what` ("to prune") on a write-only handle; `command` ("cairn prune") is what
+    to ask of a host with a full key."""
+    hint = (f"{ASK_FULL_KEY} (passphrase or key file) to run '{command}'" if command
+            else "use a full key (passphrase or key file) on a host allowed to read")
+    return WriteOnlyKeyError(f"refusing {what}: this host's repository key is write-only", hint=hint)
 
 
 def _derive(context: str, master: bytes, length: int = 32) -> bytes:

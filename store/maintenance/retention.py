@@ -9,6 +9,12 @@ What always holds:
 - a policy applies to each (host, source) group apart: counts, calendar buckets and the
   keep-within window are taken among the sets of one host and one source, so one host's
   sets never displace another host's; sets outside `policy.host` are not decided at all;
+- two machines taking sets side by side under one host name (a cloned VM, a copied
+  configuration: each set records its machine, `extra.machine`) are kept apart as well: when
+  the spans of the machines' sets in a group overlap, each machine's sets (and the sets that
+  record none) are a group of their own, so one machine's frequent sets never push the other's
+  out of the policy. Machines that follow each other (a new machine that took over a lost
+  host's name) stay one group;
 - the rules are a union: a set is kept when at least one rule keeps it, and every kept set
   names the rules that keep it; a policy without rules keeps every set (prune then only frees
   unreferenced data); a policy of per-level counts only (--keep-full/-differential/
@@ -36,6 +42,7 @@ from datetime import datetime, tzinfo
 
 from ..model import LEVELS, BackupSet, PrunePolicy, RetentionDecision
 from ..segments import PlainSegments, SegmentRules
+from ..snapshots.sets import machine_groups
 
 CALENDAR: tuple[tuple[str, Callable[[datetime], str]], ...] = (
     ("hourly", lambda t: t.strftime("%Y-%m-%d %H:00")),
@@ -82,8 +89,10 @@ def decide(sets: Iterable[BackupSet], policy: PrunePolicy, tz: tzinfo | None = N
     for s in sets:
         if in_scope(s, policy):
             groups[(s.hostname, s.source)].append(s)
+    parts = [((host, source), part) for (host, source), members in sorted(groups.items())
+             for part in machine_groups(members)]
     out: list[RetentionDecision] = []
-    for (_host, source), members in sorted(groups.items()):
+    for (_host, source), members in parts:
         members.sort(key=lambda s: (s.time_start, s.id), reverse=True)
         rules = policy.sources.get(source) if policy.sources else policy
         if rules is None:

@@ -48,7 +48,8 @@ class RepositoryHandle(Protocol):
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
         """Before a commit: raise unless every blob `writer` relies on (and `base`) is still there."""
 
-    def choose_base(self, source: str, level: str, host: str | None = None) -> tuple[str, BackupSet | None, str]:
+    def choose_base(self, source: str, level: str, host: str | None = None,
+                    machine: str = "") -> tuple[str, BackupSet | None, str]:
         """(level taken, base set, note) for a new set of `source`."""
 
     def load_tree(self, tree_id: bytes) -> list[Entry]:

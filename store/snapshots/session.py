@@ -81,15 +81,16 @@ class BackupSession:
         # The caller may have decided the base already (the daemon does, once, inside the
         # window, so that its change hint and the base belong together): use it as given.
         host = req.hostname or socket.gethostname()
+        machine = str(req.extra.get("machine") or "")  # where machines share the host name: its own sets
         self.level, self.base, self.note = decision if decision is not None else \
-            self.repo.choose_base(req.source, req.level, host)
+            self.repo.choose_base(req.source, req.level, host, machine)
         if self.base is not None and bytes.fromhex(self.base.tree) not in self.repo.index:
             # its listing left the index since it was chosen (an index file deleted or lost): it is
             # no base (choose_base says why), and a hint made against it goes with it
-            self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host)
+            self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host, machine)
             req = replace(req, changes=None)
         if self._declare_base(req.source):  # a prune forgot the base first: build on what is there now
-            self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host)
+            self.level, self.base, self.note = self.repo.choose_base(req.source, req.level, host, machine)
             self._declare_base(req.source, recheck=False)
             req = replace(req, changes=None)  # a change hint is relative to the base it was made for
         if self.base is not None and tuple(self.base.paths) != tuple(req.paths):

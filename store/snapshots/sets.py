@@ -3,17 +3,23 @@
 A set object is written last, after every pack and index it depends on, so a set that can be
 listed is complete. Set objects are never modified; forgetting a set deletes its object.
 Unreadable set objects (an interrupted write on a non-atomic store) are skipped when listing.
+
+Two machines taking sets side by side under one host name (a cloned VM, a copied
+configuration) are told apart by the machine each set records: 'latest' and the base of a new
+set are the asking machine's own (`of_machine`), never the other machine's tree, and retention
+counts each machine's sets apart (`machine_groups`).
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import asdict
 
 import blake3
 
 from ..errors import CorruptionError, InvalidArgumentError, NotFoundError, short
-from ..model import BackupSet, SetStats
+from ..model import BackupSet, SetStats, set_machine
 
 MAGIC = "cairn-set"
 SET_VERSION = 1
@@ -48,21 +54,53 @@ def decode_set(name: str, data: bytes) -> BackupSet:
         raise CorruptionError(f"unable to read set '{short(name)}': not a valid set object") from None
 
 
+def machine_groups(sets: list[BackupSet]) -> list[list[BackupSet]]:
+    """One host's sets by the machines that took them: all in one list, unless machines took
+    them side by side (the spans of their sets, first start to last end, overlap): then one list
+    per machine, the sets that record no machine being one more. Machines that follow each other
+    (a new machine that took over a lost host's name after its last set) stay one list."""
+    spans: dict[str, tuple[float, float]] = {}
+    for s in sets:
+        machine = set_machine(s)
+        if machine:
+            first, last = spans.get(machine, (s.time_start, s.time_end))
+            spans[machine] = (min(first, s.time_start), max(last, s.time_end))
+    reach: float | None = None
+    for first, last in sorted(spans.values()):
+        if reach is not None and first < reach:
+            apart: dict[str, list[BackupSet]] = defaultdict(list)
+            for s in sets:
+                apart[set_machine(s)].append(s)
+            return [apart[m] for m in sorted(apart)]
+        reach = last if reach is None else max(reach, last)
+    return [sets]
+
+
+def of_machine(sets: list[BackupSet], machine: str) -> list[BackupSet]:
+    """Among one host's `sets`, those `machine` took, when it took any; else all of them. A
+    machine that took sets under a host name and still takes them builds on and restores its
+    own: any other machine's set there came from a clone beside it, or from the host it took
+    over, whose sets are all older than its own."""
+    mine = [s for s in sets if machine and set_machine(s) == machine]
+    return mine or sets
+
+
 def set_trees(s: BackupSet) -> list[str]:
     """Every root tree a set references: its main tree and its attachments' trees."""
     return [s.tree] + [a["tree"] for a in s.attachments.values()]
 
 
 def resolve(sets: list[BackupSet], ref: str, source: str | None = None, host: str | None = None,
-            own_host: str | None = None) -> BackupSet:
+            own_host: str | None = None, own_machine: str = "") -> BackupSet:
     """Find a set by full id, unique prefix or 'latest', among the sets of `source` and `host`
     when given.
 
     Hosts sharing a repository often share source names too, so 'latest' never silently means
     another machine's set: with no `host` it is the newest set of `own_host` (the asking
     daemon's host) when that host has one, else the newest set of the only host that has any;
-    sets of several other hosts make it ambiguous (name one with --host). An id or prefix names
-    one set whatever its host."""
+    sets of several other hosts make it ambiguous (name one with --host). Where machines take
+    sets under `own_host`, it is the newest set `own_machine` took, when it took any (`of_machine`).
+    An id or prefix names one set whatever its host."""
     pool = [s for s in sets if (source is None or s.source == source) and (not host or s.hostname == host)]
     if ref == "latest":
         where = (f" of source '{source}'" if source else "") + (f" of host '{host}'" if host else "")
@@ -72,7 +110,7 @@ def resolve(sets: list[BackupSet], ref: str, source: str | None = None, host: st
             mine = [s for s in pool if s.hostname == own_host]
             hosts = sorted({s.hostname for s in pool})
             if mine:
-                pool = mine
+                pool = of_machine(mine, own_machine)
             elif len(hosts) > 1:
                 raise InvalidArgumentError(
                     f"'latest' is ambiguous: the sets{where} come from hosts {', '.join(hosts)}, none from "

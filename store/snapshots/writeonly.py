@@ -24,11 +24,12 @@ store the credentials of write-only hosts should be denied DeleteObject (docs/op
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from ..content.crypto import WriteOnlyKeyError, write_only_refusal
+from ..content.crypto import ASK_FULL_KEY, WriteOnlyKeyError, write_only_refusal
 from ..errors import CorruptionError, short
 from ..storage.backend import Backend
 from .trees import decode_tree
@@ -37,6 +38,28 @@ KINDS = ("sets", "trees", "wal")
 TREE_GRACE = 24 * 3600.0  # cached trees younger than this stay (a backup running may need them)
 WAL_KEEP = 7 * 24 * 3600.0  # cached WAL entries (for retried pushes) are forgotten after this
 WAL_SWEEP_EVERY = 256  # pushes between two sweeps of old WAL records
+# The commands a hint may name that a write-only key cannot run: they read what other writers
+# sealed, delete, or manage keys.
+_FULL_KEY_COMMAND = re.compile(r"'cairn (?:repair|verify|prune|restore|restore-db|unlock|copy|key add|key remove)"
+                               r"(?: [^']*)?'")
+
+
+def full_key_hint(hint: str | None) -> str | None:
+    """`hint` as a write-only host must read it. The store's hints name the commands that inspect
+    or repair the repository ('cairn verify', 'cairn repair index'), which this host cannot run:
+    a hint that says to run one asks a host with a full key to run it, and any other hint naming
+    some says to ask such a host to run them. A hint naming none, or asking such a host already,
+    is returned unchanged."""
+    if not hint or ASK_FULL_KEY in hint:  # addressed to such a host already (a write-only refusal)
+        return hint
+    found = _FULL_KEY_COMMAND.search(hint)
+    if found is None:
+        return hint
+    if hint[:found.start()].endswith("run "):
+        head = hint[:found.start() - len("run ")]
+        return f"{head}{ASK_FULL_KEY} (this host's key is write-only) to run {hint[found.start():]}"
+    named = list(dict.fromkeys(m.group(0) for m in _FULL_KEY_COMMAND.finditer(hint)))
+    return f"{hint} ({ASK_FULL_KEY} to run {' and '.join(named)}: this host's key is write-only)"
 
 
 class HostCache:

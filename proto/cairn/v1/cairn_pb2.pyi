@@ -339,12 +339,14 @@ class ListSetsRequest(_message.Message):
     def __init__(self, source: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListSetsReply(_message.Message):
-    __slots__ = ("sets", "unreadable")
+    __slots__ = ("sets", "unreadable", "unreadable_advice")
     SETS_FIELD_NUMBER: _ClassVar[int]
     UNREADABLE_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_ADVICE_FIELD_NUMBER: _ClassVar[int]
     sets: _containers.RepeatedCompositeFieldContainer[SetInfo]
     unreadable: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sets: _Optional[_Iterable[_Union[SetInfo, _Mapping]]] = ..., unreadable: _Optional[_Iterable[str]] = ...) -> None: ...
+    unreadable_advice: str
+    def __init__(self, sets: _Optional[_Iterable[_Union[SetInfo, _Mapping]]] = ..., unreadable: _Optional[_Iterable[str]] = ..., unreadable_advice: _Optional[str] = ...) -> None: ...
 
 class TreeEntry(_message.Message):
     __slots__ = ("path", "name", "kind", "mode", "uid", "gid", "mtime_ns", "size", "target", "mtime_s")

@@ -22,7 +22,7 @@ import time
 import uuid
 
 import pytest
-from cairnd_harness import snapshot
+from cairnd_harness import CAIRND, snapshot
 from s3daemons import Host, s3_repository
 
 MIB = 1024 * 1024
@@ -139,3 +139,39 @@ def test_a_marking_host_hours_behind_does_not_shorten_the_grace_period(weed, cre
     finally:
         behind.stop()
         other.stop()
+
+
+def test_sets_taken_while_the_clock_was_ahead_are_named_once_it_is_right(weed, creds, rundir):
+    """A host whose clock was two hours ahead takes a set, then its clock is set right: that set
+    is dated after every set the host takes now, so 'latest' and retention take it for the
+    newest. Its status and log say so, naming the set; while the clock was ahead nothing was
+    wrong to say."""
+    passphrase = os.path.join(rundir, "pass")
+    with open(passphrase, "w") as f:
+        f.write("hosts share this passphrase\n")
+    tree = os.path.join(rundir, "tree")
+    os.makedirs(tree)
+    with open(os.path.join(tree, "f.txt"), "w") as f:
+        f.write("first\n")
+    host = Host(rundir, "ahead", s3_repository(weed, creds, f"ahead-{uuid.uuid4().hex[:8]}", passphrase),
+                {"data": tree})
+    host.command = [sys.executable, SKEWED]
+    host.env = {"CAIRN_TEST_CLOCK_OFFSET": str(OFF)}
+    host.init()
+    try:
+        host.start()
+        early = json.loads(host.ok("--json", "backup", "--level", "full"))["id"]
+        assert json.loads(host.ok("--json", "status"))["daemon"]["warnings"] == []
+        host.stop()
+        host.command, host.env = [CAIRND], {}  # the clock set right
+        host.start()
+        (warning,) = json.loads(host.ok("--json", "status"))["daemon"]["warnings"]
+        assert warning.startswith(f"1 set of host 'ahead' is dated ahead of this host's clock (set {early[:12]} by "
+                                  "2.0 h"), warning
+        with open(os.path.join(tree, "f.txt"), "w") as f:
+            f.write("second\n")
+        host.ok("backup", "--level", "incremental")
+        with open(host.log, encoding="utf-8", errors="replace") as f:
+            assert f"dated ahead of this host's clock (set {early[:12]}" in f.read()
+    finally:
+        host.stop()

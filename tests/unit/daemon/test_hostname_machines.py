@@ -38,3 +38,24 @@ def test_this_machine_has_an_id():
     if not any(os.path.exists(p) for p in MACHINE_ID_FILES):
         pytest.skip("this system has no machine id")
     assert len(machine_id()) >= 16
+
+
+def _booted(i: int, machine: str, boot: str, t: float) -> BackupSet:
+    s = _set(i, "web", machine, t)
+    return BackupSet(**{**s.__dict__, "extra": {**s.extra, "boot": boot}})
+
+
+def test_a_clone_that_kept_the_machine_id_is_told_by_its_boot():
+    from cairn.daemon.operations.hostname import cloned_machine, host_warnings
+
+    # this machine (boot b2) after a reboot (b1 before it): not a clone
+    rebooted = [_booted(1, "m", "b1", 10), _booted(2, "m", "b1", 20), _booted(3, "m", "b2", 30)]
+    assert not cloned_machine(rebooted, "web", "m", "b2")
+    # another boot of the same machine id after this boot's first set: a clone beside it
+    clones = [*rebooted, _booted(4, "m", "x9", 40)]
+    assert cloned_machine(clones, "web", "m", "b2") and not cloned_machine(clones, "web", "m", "x9")
+    assert cloned_machine([*clones, _booted(5, "m", "b2", 50)], "web", "m", "x9")  # and once this one goes on
+    assert not cloned_machine(clones, "web", "m", "b3")  # no set in this boot yet
+    assert not cloned_machine(clones, "web", "m", "")  # a boot id cannot be read: nothing is flagged
+    (warning,) = host_warnings(clones, "web", "m", "b2")
+    assert "another machine with this machine's id" in warning and "systemd-machine-id-setup" in warning

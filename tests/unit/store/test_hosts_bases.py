@@ -77,3 +77,22 @@ def test_latest_is_the_asking_hosts_newest_set():
         resolve(sets, sets[3].id[:4], host="alpha", own_host="alpha")
     with pytest.raises(NotFoundError, match=r"^unknown set 'ff'$"):
         resolve(sets, "ff", own_host="alpha")
+
+
+def test_latest_and_bases_are_the_asking_machines_own_where_the_host_name_is_shared():
+    """Clones under one host name: 'latest' and a base are the asking machine's newest set when
+    it took any, else the host's newest (a fresh machine that took over the name)."""
+    from cairn.store.model import BackupSet, SetStats
+    from cairn.store.snapshots.sets import of_machine, resolve
+
+    def mk(i: int, machine: str, t: float) -> BackupSet:
+        return BackupSet(id=f"{i:064x}", source="app", level="full", requested_level="full", base=None,
+                         time_start=t, time_end=t, hostname="web", paths=("/x",), tree="00" * 32,
+                         stats=SetStats(), extra={"machine": machine})
+
+    sets = [mk(1, "m-a", 10), mk(2, "m-b", 20), mk(3, "m-a", 30), mk(4, "m-b", 40)]
+    assert resolve(sets, "latest", own_host="web", own_machine="m-a").id == sets[2].id
+    assert resolve(sets, "latest", own_host="web", own_machine="m-b").id == sets[3].id
+    assert resolve(sets, "latest", own_host="web", own_machine="m-new").id == sets[3].id
+    assert resolve(sets, "latest", own_host="web").id == sets[3].id
+    assert of_machine(sets, "m-a") == [sets[0], sets[2]] and of_machine(sets, "") == sets

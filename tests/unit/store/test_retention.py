@@ -214,3 +214,19 @@ def test_keeps_nothing_is_exactly_a_policy_that_keeps_no_set(policy):
     sets = [mk(at(2026, 1, d), level=lv, tags=("t",) if d == 3 else ())
             for d, lv in ((1, "full"), (2, "incremental"), (3, "differential"), (4, "incremental"))]
     assert keeps_nothing(policy) == (not kept(sets, policy))
+
+
+def test_clones_under_one_host_name_are_counted_apart():
+    """Two machines taking sets side by side under one host name (a cloned VM): each machine's
+    sets are a group of their own, so the busier one never pushes the other's out."""
+    busy = [mk(t, extra={"machine": "m-busy"}) for t in (100, 300, 400, 500)]
+    quiet = [mk(200, extra={"machine": "m-quiet"})]
+    older = [mk(50)]  # taken before sets recorded their machine
+    assert kept(busy + quiet + older, PrunePolicy(keep_last=1)) == {busy[-1].id, quiet[0].id, older[0].id}
+
+
+def test_a_machine_that_took_over_a_host_name_stays_in_its_group():
+    """A new machine under a lost host's name, after that host's last set: one group, as before."""
+    lost = [mk(t, extra={"machine": "m-lost"}) for t in (100, 200)]
+    new = [mk(t, extra={"machine": "m-new"}) for t in (300, 400)]
+    assert kept(lost + new, PrunePolicy(keep_last=2)) == {s.id for s in new}
