@@ -332,7 +332,8 @@ def test_stream_restore_feeds_the_stored_dump_and_a_failing_restore_says_why(tmp
 @pytest.mark.parametrize("args,message", [
     ((), "give one of --target DIR (a PostgreSQL base backup) and --target-dsn DSN (a dump)"),
     (("--target", "/tmp/x", "--target-dsn", "db"), "give one of --target DIR"),
-    (("--target-dsn", "db", "--target-lsn", "0/1"), "--target-time, --target-lsn, --target-end and --accept-wal-gap need a base backup"),
+    (("--target-dsn", "db", "--target-lsn", "0/1"),
+     "--target-time, --target-lsn, --target-end and --accept-wal-gap need a base backup"),
 ])
 def test_restore_db_usage_errors_exit_2_before_any_call(tmp_path, args, message):
     import sys
