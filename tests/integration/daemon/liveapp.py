@@ -69,6 +69,42 @@ def valid_index(data: bytes) -> bool:
     return data[:cut] == new[:cut] and data[cut:] == old[cut:len(data)] and len(data) in (len(new), len(old))
 
 
+DB_PAGES = 1024
+
+
+def db_page(page: int, gen: int) -> bytes:
+    """One page of the database file: its number and the generation that wrote it, repeated."""
+    head = b"PAGE %06d GEN %09d " % (page, gen)
+    return (head * (PAGE // len(head) + 1))[:PAGE]
+
+
+def db_gens(data: bytes) -> list[int] | None:
+    """The generation of each page of a database file, None when a page is torn."""
+    gens = []
+    for page in range(len(data) // PAGE):
+        block = data[page * PAGE:(page + 1) * PAGE]
+        gen = int(block[16:25]) if block[:5] == b"PAGE " and block[5:11].isdigit() and block[16:25].isdigit() else -1
+        if gen < 0 or block != db_page(page, gen):
+            return None
+        gens.append(gen)
+    return gens if len(data) == DB_PAGES * PAGE else None
+
+
+def valid_db(data: bytes, writes: list[tuple[int, int]]) -> bool:
+    """True when `data` is the database file as it stood at one instant: with G the newest
+    generation in it, every page holds the last write to it up to G (`writes`: (page, gen) in
+    the order written)."""
+    gens = db_gens(data)
+    if gens is None:
+        return False
+    newest = max(gens)
+    want = [0] * DB_PAGES
+    for page, gen in writes:
+        if gen <= newest:
+            want[page] = gen
+    return gens == want
+
+
 def valid_part(data: bytes) -> bool:
     """A file as it stands while one write() is putting it down: a prefix of a whole one."""
     head, nl, body = data.partition(b"\n")
@@ -102,6 +138,7 @@ class Writer:
         self.seq = 0
         self.blobs: list[str] = []
         self.log_gen = 0
+        self.db_gen = 0
         self.index_gen = 1000  # its own generations (of one width): a torn index is one generation and the one before
         self.log_n = 0
         self.oplog = open(os.path.join(control, "oplog"), "a", buffering=1, encoding="utf-8", errors="surrogateescape")
@@ -125,6 +162,8 @@ class Writer:
             f.write(index_content(self.index_gen))
         with open(self.p("logs/app.log"), "wb"):
             pass
+        with open(self.p("db.dat"), "wb") as f:
+            f.write(b"".join(db_page(page, 0) for page in range(DB_PAGES)))
         with open(self.p("links/shared"), "wb") as f:
             f.write(content(0, b"shared"))
         if not os.path.exists(self.p("links/shared-2")):
@@ -166,6 +205,18 @@ class Writer:
                 f.write(data[off:off + PAGE])
             f.truncate(len(data))
         self.note("index", "index.dat")
+
+    def write_db(self) -> None:
+        """A database's own file: a few pages rewritten in place, each by one write."""
+        fd = os.open(self.p("db.dat"), os.O_WRONLY)
+        try:
+            for _ in range(self.rng.randrange(1, 5)):
+                self.db_gen += 1
+                page = self.rng.randrange(DB_PAGES)
+                os.pwrite(fd, db_page(page, self.db_gen), page * PAGE)
+                self.note("dbpage", f"{page}:{self.db_gen}")
+        finally:
+            os.close(fd)
 
     def append_log(self) -> None:
         with open(self.p("logs/app.log"), "ab") as f:
@@ -225,7 +276,7 @@ class Writer:
     def step(self) -> None:
         ops = [(self.put_blob, 10), (self.delete_blob, 3), (self.rewrite_index, 6), (self.append_log, 10),
                (self.rotate_log, 1), (self.rewrite_shared, 2), (self.write_sparse, 2), (self.set_xattr, 2),
-               (self.odd_name, 1), (self.deep_file, 1)]
+               (self.odd_name, 1), (self.deep_file, 1), (self.write_db, 12)]
         ops = [(f, w) for f, w in ops if f.__name__ not in self.skip]
         fn = self.rng.choices([f for f, _ in ops], [w for _, w in ops])[0]
         fn()

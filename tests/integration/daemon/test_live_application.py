@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from cairnd_harness import Daemon, init_repo
-from liveapp import differences, tree_state, valid_content, valid_index, valid_log, valid_part
+from liveapp import differences, tree_state, valid_content, valid_db, valid_index, valid_log, valid_part
 
 LIVEAPP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liveapp.py")
 
@@ -120,9 +120,10 @@ def backup(d: Daemon, level: str, source: str | None = None) -> dict:
     return json.loads(d.ok(*args, timeout=120))
 
 
-def restored(d: Daemon, rundir: str, set_id: str) -> str:
-    target = os.path.join(rundir, "restore-" + set_id[:12])
-    d.ok("restore", set_id, "--target", target, timeout=120)
+def restored(d: Daemon, rundir: str, set_id: str, *how: str) -> str:
+    """Restore a set into a new directory: written by the daemon, or by the client (--stream)."""
+    target = os.path.join(rundir, "restore-" + set_id[:12] + "".join(how))
+    d.ok("restore", set_id, "--target", target, *how, timeout=120)
     return target
 
 
@@ -150,6 +151,7 @@ def expected_diff(a: dict[str, tuple], b: dict[str, tuple]) -> dict[str, list[st
 def check_hot_set(target: str, s: dict, writes: list[tuple[float, str, str]], root: str) -> None:
     """Every file the set does not flag fuzzy is whole; every file it flags was written while it ran."""
     fuzzy = set(s["fuzzy_paths"])
+    pages = [tuple(map(int, p.split(":"))) for _t, op, p in writes if op == "dbpage"]
     torn = []
     for dirpath, _dirs, files in os.walk(target):
         for name in files:
@@ -163,9 +165,11 @@ def check_hot_set(target: str, s: dict, writes: list[tuple[float, str, str]], ro
                 ok = valid_log(data)
             elif rel == "sparse.img":
                 ok = all(data[i:i + 4096] in (b"\0" * 4096, b"S" * 4096) for i in range(0, len(data), 4096))
+            elif rel == "db.dat":
+                ok = valid_db(data, pages)
             elif rel == "index.dat":
                 ok = valid_index(data)
-            elif rel.startswith("tmp/"):
+            elif rel.startswith(("tmp/", "deep/", "odd/")):  # written after an O_TRUNC: empty, then in part
                 ok = valid_part(data)
             else:
                 ok = valid_content(data)
@@ -174,6 +178,7 @@ def check_hot_set(target: str, s: dict, writes: list[tuple[float, str, str]], ro
     assert not torn, f"set {s['id'][:12]} holds files in no state they ever had, not flagged fuzzy: {torn[:5]}"
     start, end = s["time_start"] - 1, s["time_end"] + 1
     written = {os.path.relpath(p, root) if os.path.isabs(p) else p for t, _op, p in writes if start <= t <= end}
+    written |= {"db.dat"} if any(start <= t <= end for t, op, _ in writes if op == "dbpage") else set()
     written |= {"links/shared-2", "deep/" + "/".join(["level"] * 60) + "/f0"}  # named by one op for several
     untrue = [p for p in fuzzy if p not in written and not p.startswith(("deep/", "odd/", "tmp/"))]
     assert not untrue, f"set {s['id'][:12]} flags files fuzzy that were not written while it ran: {untrue[:5]}"
@@ -337,9 +342,13 @@ def test_what_an_application_reshapes_between_sets_is_in_each_journal_driven_set
     sets.append(backup(d, "differential"))
     states.append(states[-1])
     for i, (s, state) in enumerate(zip(sets, states, strict=True)):
-        got = tree_state(restored(d, rundir, s["id"]))
-        assert not differences(state, got), f"set {i} ({s['level']}, {s['extra']['changes']}): " \
-                                            f"{differences(state, got)}"
+        for how in ((), ("--stream",)):
+            target = restored(d, rundir, s["id"], *how)
+            got = tree_state(target)
+            assert not differences(state, got), f"set {i} ({s['level']}, {s['extra']['changes']}) {how}: " \
+                                                f"{differences(state, got)}"
+            if "sparse" in state:  # 4 MiB with one block of data: its holes stay holes
+                assert os.stat(os.path.join(target, "sparse")).st_blocks * 512 <= 256 << 10
     for i in range(len(sets) - 1):
         got = json.loads(d.ok("--json", "diff", sets[i]["id"], sets[i + 1]["id"]))
         want = expected_diff(states[i], states[i + 1])
