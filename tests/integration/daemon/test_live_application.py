@@ -354,3 +354,7 @@ def test_what_an_application_reshapes_between_sets_is_in_each_journal_driven_set
         want = expected_diff(states[i], states[i + 1])
         for key in want:
             assert sorted(got[key]) == want[key], f"diff {i}->{i + 1} {key}: got {sorted(got[key])}, want {want[key]}"
+    for s in sets[1:]:  # what a set counts as changed against its base is what diff names
+        got = json.loads(d.ok("--json", "diff", s["base"], s["id"]))
+        counted = {key: s["stats"][key] for key in ("added", "modified", "deleted")}
+        assert counted == {key: len(got[key]) for key in counted}, (s["level"], counted, got)
