@@ -185,6 +185,7 @@ class Writer:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        self.note("upload", os.path.relpath(tmp, self.root))
         final = f"blobs/{h[:2]}/{h[2:4]}/{h}"
         os.makedirs(os.path.dirname(self.p(final)), exist_ok=True)
         os.rename(tmp, self.p(final))
@@ -240,11 +241,12 @@ class Writer:
             self.note("copytruncate", "logs/app.log")
 
     def rewrite_shared(self) -> None:
-        with open(self.p("links/shared" + self.rng.choice(("", "-2"))), "r+b") as f:
+        rel = "links/shared" + self.rng.choice(("", "-2"))
+        with open(self.p(rel), "r+b") as f:
             data = content(self.next_seq(), _body(self.rng, 500))
             f.write(data)
             f.truncate(len(data))
-        self.note("shared", "links/shared")
+        self.note("shared", rel)
 
     def write_sparse(self) -> None:
         with open(self.p("sparse.img"), "r+b") as f:
@@ -260,18 +262,16 @@ class Writer:
 
     def odd_name(self) -> None:
         name = self.rng.choice((b"new\nline", b"\xff\xfe-latin", b"tab\there", b"back\\slash"))
-        path = os.path.join(os.fsencode(self.p("odd")), name + b"-%d" % (self.seq % 4))
-        with open(path, "wb") as f:
+        rel = os.path.join(b"odd", name + b"-%d" % (self.seq % 4))
+        with open(os.path.join(os.fsencode(self.root), rel), "wb") as f:
             f.write(content(self.next_seq(), b"odd"))
-        self.note("odd", os.fsdecode(path))
+        self.note("odd", os.fsdecode(rel))
 
     def deep_file(self) -> None:
-        deep = self.p("deep")
-        for _ in range(60):
-            deep = os.path.join(deep, "level")
-        with open(os.path.join(deep, f"f{self.seq % 3}"), "wb") as f:
+        rel = os.path.join("deep", *["level"] * 60, f"f{self.seq % 3}")
+        with open(self.p(rel), "wb") as f:
             f.write(content(self.next_seq(), b"deep"))
-        self.note("deep", "deep/.../f")
+        self.note("deep", rel)
 
     def step(self) -> None:
         ops = [(self.put_blob, 10), (self.delete_blob, 3), (self.rewrite_index, 6), (self.append_log, 10),
