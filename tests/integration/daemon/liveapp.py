@@ -273,10 +273,48 @@ class Writer:
             f.write(content(self.next_seq(), b"deep"))
         self.note("deep", rel)
 
+    def put_bundle(self) -> None:
+        """A directory of files made under a temporary name and renamed into place whole."""
+        seq = self.next_seq()
+        tmp = self.p(f"tmp/bundle-{seq}")
+        os.makedirs(os.path.join(tmp, "parts"))
+        for i in range(3):
+            with open(os.path.join(tmp, "parts", f"p{i}"), "wb") as f:
+                f.write(content(seq, _body(self.rng, 1000)))
+        os.makedirs(self.p("bundles"), exist_ok=True)
+        os.rename(tmp, self.p(f"bundles/b{seq}"))
+        self.note("bundle", f"bundles/b{seq}")
+
+    def drop_bundle(self) -> None:
+        """A bundle moved aside and removed, or replaced by a file of its name, or the other way round."""
+        names = sorted(os.listdir(self.p("bundles"))) if os.path.isdir(self.p("bundles")) else []
+        if not names:
+            return
+        rel = f"bundles/{self.rng.choice(names)}"
+        if os.path.isdir(self.p(rel)):
+            os.rename(self.p(rel), self.p(f"tmp/trash-{self.next_seq()}"))
+            for dirpath, dirs, files in os.walk(self.p(f"tmp/trash-{self.seq}"), topdown=False):
+                for name in files:
+                    os.unlink(os.path.join(dirpath, name))
+                for name in dirs:
+                    os.rmdir(os.path.join(dirpath, name))
+            os.rmdir(self.p(f"tmp/trash-{self.seq}"))
+            if self.rng.random() < 0.5:
+                with open(self.p(rel), "wb") as f:
+                    f.write(content(self.next_seq(), b"a file where a directory was"))
+            self.note("drop", rel)
+        else:
+            os.unlink(self.p(rel))
+            os.makedirs(self.p(rel))
+            with open(self.p(rel + "/again"), "wb") as f:
+                f.write(content(self.next_seq(), b"a directory where a file was"))
+            self.note("redir", rel)
+
     def step(self) -> None:
         ops = [(self.put_blob, 10), (self.delete_blob, 3), (self.rewrite_index, 6), (self.append_log, 10),
                (self.rotate_log, 1), (self.rewrite_shared, 2), (self.write_sparse, 2), (self.set_xattr, 2),
-               (self.odd_name, 1), (self.deep_file, 1), (self.write_db, 12)]
+               (self.odd_name, 1), (self.deep_file, 1), (self.write_db, 12),
+               (self.put_bundle, 3), (self.drop_bundle, 2)]
         ops = [(f, w) for f, w in ops if f.__name__ not in self.skip]
         fn = self.rng.choices([f for f, _ in ops], [w for _, w in ops])[0]
         fn()
