@@ -236,6 +236,13 @@ def test_cold_sets_are_the_tree_at_freeze_and_diff_names_what_changed(start_daem
             assert s["extra"]["changes"] == "journal", s["extra"]
         got = tree_state(restored(d, rundir, s["id"]))
         assert not differences(state, got), f"set {s['id'][:12]} ({s['level']}): {differences(state, got)}"
+    # the first set's restore mended into each later one: --delta --delete, by the daemon and by the client
+    mended = restored(d, rundir, sets[0]["id"], "--stream")
+    for i, s in enumerate(sets[1:], 1):
+        how = ("--stream",) if i % 2 else ()
+        d.ok("restore", s["id"], "--target", mended, "--delta", "--delete", *how, timeout=120)
+        got = tree_state(mended)
+        assert not differences(frozen[i][2], got), f"--delta {how} to set {i}: {differences(frozen[i][2], got)}"
     for i in range(len(sets) - 1):
         got = json.loads(d.ok("--json", "diff", sets[i]["id"], sets[i + 1]["id"]))
         want = expected_diff(frozen[i][2], frozen[i + 1][2])
