@@ -119,10 +119,10 @@ def log_line(gen: int, n: int) -> bytes:
 
 
 def valid_log(data: bytes) -> bool:
-    """A log as the writer leaves it between two appends: whole lines, each with its checksum."""
-    if data and not data.endswith(b"\n"):
-        return False
-    for line in data.splitlines():
+    """A log as it stands at some moment: whole lines, each with its checksum, and at most the
+    start of one more (a line being written, or a copy of the log being written)."""
+    lines = data.split(b"\n")[:-1]  # what follows the last newline is a line not written whole yet
+    for line in lines:
         text, _, digest = line.rpartition(b" ")
         if hashlib.sha256(text + b" ").hexdigest()[:16].encode() != digest:
             return False
@@ -234,11 +234,13 @@ class Writer:
             os.replace(log, self.p("logs/app.log.1"))
             open(log, "wb").close()
             self.note("rotate", "logs/app.log")
+            self.note("rotate", "logs/app.log.1")
         else:  # copytruncate
             with open(log, "rb") as src, open(self.p("logs/app.log.2"), "wb") as dst:
                 dst.write(src.read())
             os.truncate(log, 0)
             self.note("copytruncate", "logs/app.log")
+            self.note("copytruncate", "logs/app.log.2")
 
     def rewrite_shared(self) -> None:
         rel = "links/shared" + self.rng.choice(("", "-2"))
@@ -281,6 +283,7 @@ class Writer:
         for i in range(3):
             with open(os.path.join(tmp, "parts", f"p{i}"), "wb") as f:
                 f.write(content(seq, _body(self.rng, 1000)))
+            self.note("part", f"tmp/bundle-{seq}/parts/p{i}")
         os.makedirs(self.p("bundles"), exist_ok=True)
         os.rename(tmp, self.p(f"bundles/b{seq}"))
         self.note("bundle", f"bundles/b{seq}")
@@ -308,7 +311,7 @@ class Writer:
             os.makedirs(self.p(rel))
             with open(self.p(rel + "/again"), "wb") as f:
                 f.write(content(self.next_seq(), b"a directory where a file was"))
-            self.note("redir", rel)
+            self.note("redir", rel + "/again")
 
     def step(self) -> None:
         ops = [(self.put_blob, 10), (self.delete_blob, 3), (self.rewrite_index, 6), (self.append_log, 10),
