@@ -164,6 +164,7 @@ def expected_diff(a: dict[str, tuple], b: dict[str, tuple]) -> dict[str, list[st
 def check_hot_set(target: str, s: dict, writes: list[tuple[float, str, str]]) -> None:
     """Every file the set does not flag fuzzy is whole; every file it flags was written while it ran."""
     fuzzy = set(s["fuzzy_paths"])
+    assert s["status"] == ("fuzzy" if fuzzy else "ok"), s
     pages = [tuple(map(int, p.split(":"))) for _t, op, p in writes if op == "dbpage"]
     torn = []
     for dirpath, _dirs, files in os.walk(target):
