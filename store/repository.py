@@ -1199,7 +1199,7 @@ class Repository:
                     if side is not None:
                         self._collect(side, path, lst)
             elif x.kind == "dir":
-                if x.mode != y.mode or x.uid != y.uid or x.gid != y.gid:
+                if x.mode != y.mode or x.uid != y.uid or x.gid != y.gid or x.xattrs != y.xattrs:
                     modified.append(path + "/")
                 self._diff(x.subtree, y.subtree, path + "/", added, modified, deleted)
             elif not x.same_content_and_meta(y):

@@ -410,6 +410,13 @@ class ChangeTracker:
             gap = "daemon restarted: changes while it was not running are unknown"
         else:
             gap = "daemon restarted after an unclean stop: changes while it was not running are unknown"
+            # Said in the log as well: the source's whole-source reason in `status` is replaced
+            # by the next one (a hard-linked file written, an overflow) before an operator looks.
+            watched = [s.name for s in self._sources.values() if s.watch]
+            if watched:
+                log.warning("the previous daemon did not stop cleanly: changes made while it was not running are "
+                            "unknown, so the next set of %s walks the whole source",
+                            ", ".join(f"source '{n}'" for n in watched))
         self._watcher = Watcher(self, os.path.join(self.state_dir, BARRIER_DIR), self.max_watches)
         self._watcher.start()
         self._census = _Census(self)

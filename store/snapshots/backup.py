@@ -476,6 +476,8 @@ class Walker:
             self.tally.note("added", os.fsdecode(crel) + "/")
             if old is not None:
                 self._count_deleted(crel, old)
+        elif (old.mode, old.uid, old.gid, old.xattrs) != (e.mode, e.uid, e.gid, e.xattrs):
+            self.tally.note("modified", os.fsdecode(crel) + "/")
         old_tree = old.subtree if old is not None and old.kind == "dir" else None
         if child in self.presets:
             e.subtree = self.presets[child]  # captured ahead of the rest (walk_sub)
@@ -583,7 +585,7 @@ class Walker:
             if not _lexists_at(dfd, e.name):
                 self.tally.notes.append(f"'{shown(child)}' vanished while it was read: left out")
                 if old is not None:
-                    self.tally.note("deleted", crel)
+                    self._count_deleted(rel + b"/" + e.name if rel else e.name, old)
                 return None
             self.tally.errors.append(f"unable to read '{shown(child)}': {err}")
             if old is None or old.kind != "file":
@@ -600,10 +602,7 @@ class Walker:
         if res.fuzzy:
             self.tally.fuzzy.append(crel)
             self.tally.fuzzy_at.append(os.fsdecode(child))
-        if old is None or old.kind != "file":
-            self.tally.note("added", crel)
-        elif not old.same_content_and_meta(fresh):
-            self.tally.note("modified", crel)
+        self._note_change(rel + b"/" + e.name if rel else e.name, old, fresh)
         self.progress()
         return fresh
 
@@ -617,11 +616,18 @@ class Walker:
             e.xattrs = old.xattrs
         else:
             e.xattrs = read_xattrs_at(dfd, e.name, child)
-        name = os.fsdecode(crel)
-        if old is None or old.kind != e.kind:
-            self.tally.note("added", name)
+        self._note_change(crel, old, e)
+
+    def _note_change(self, crel: bytes, old: Entry | None, e: Entry) -> None:
+        """Count entry `e` (not a directory) against the base's `old` as `Repository.diff` names
+        it: new, or in place of a directory (whose whole subtree is gone), is added; another
+        kind or content or metadata than the base's is modified."""
+        if old is None or old.kind == "dir":
+            self.tally.note("added", os.fsdecode(crel))
+            if old is not None:
+                self._count_deleted(crel, old)
         elif not old.same_content_and_meta(e):
-            self.tally.note("modified", name)
+            self.tally.note("modified", os.fsdecode(crel))
 
     def _count_deleted(self, rel: bytes, old: Entry) -> None:
         if old.kind == "dir":

@@ -294,3 +294,37 @@ def test_a_base_whose_tree_the_index_lost_is_named_as_such(repo, src, tmp_path, 
         assert again.check().ok  # the full stored the trees again: the old set is whole once more
     finally:
         again.close()
+
+
+def test_a_set_counts_its_changes_as_diff_names_them(repo, src, rng):
+    """A directory replaced by a file or a link of its name has its whole subtree deleted, a
+    file replaced by a link is modified, and a directory whose mode or xattrs changed is modified:
+    the set's counts and paths say what `diff` with its base says."""
+    for d in ("to-file/sub", "to-link", "chmod", "xattr"):
+        (src / d).mkdir(parents=True)
+    write_random(src / "to-file" / "sub" / "f", 100, rng)
+    write_random(src / "to-link" / "g", 100, rng)
+    write_random(src / "file-to-link", 100, rng)
+    write_random(src / "file-to-dir", 100, rng)
+    full = backup(repo, src, "full")
+    for tree in ("to-file", "to-link"):
+        for dirpath, _dirs, files in os.walk(src / tree, topdown=False):
+            for f in files:
+                os.unlink(os.path.join(dirpath, f))
+            os.rmdir(dirpath)
+    write_random(src / "to-file", 10, rng)
+    os.symlink("chmod", src / "to-link")
+    os.unlink(src / "file-to-link")
+    os.symlink("chmod", src / "file-to-link")
+    os.unlink(src / "file-to-dir")
+    (src / "file-to-dir").mkdir()
+    os.chmod(src / "chmod", 0o700)
+    os.setxattr(src / "xattr", "user.tag", b"x")
+    inc = backup(repo, src, "incremental")
+    d = repo.diff(full, inc)
+    assert set(d.deleted) == {"to-file/", "to-file/sub/", "to-file/sub/f", "to-link/", "to-link/g", "file-to-dir"}
+    assert set(d.added) == {"to-file", "to-link", "file-to-dir/"}
+    assert set(d.modified) == {"file-to-link", "chmod/", "xattr/"}
+    assert (set(inc.stats.deleted_paths), set(inc.stats.added_paths), set(inc.stats.modified_paths)) == (
+        set(d.deleted), set(d.added), set(d.modified))
+    assert (inc.stats.deleted, inc.stats.added, inc.stats.modified) == (6, 3, 3)
