@@ -473,7 +473,7 @@ def _captured_doc(captured: list[str]) -> dict[str, Any]:
     """The JSON document a restore step printed into `captured` (--databases --json merges it)."""
     import json
 
-    return dict(json.loads(captured[0])) if captured else {}
+    return dict(json.loads("\n".join(captured))) if captured else {}  # lines: it may come in pieces
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:

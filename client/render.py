@@ -271,6 +271,47 @@ class JsonArray:
         self.write("\n]\n" if self.count else "[]\n")
 
 
+class JsonObjectWithArray:
+    """A JSON object written in whole lines through `out` (one call per batch, no newline at its
+    end: `out` adds it, as the client's `out` does): the `head` keys, then `key` as an array
+    whose elements come in batches (`extend`), then the keys `close(tail)` is given. Together
+    the lines are the text `dumps` gives of the whole object; only the last element is held
+    (its comma depends on whether another comes)."""
+
+    _MARK = "\x00items\x00"
+
+    def __init__(self, out: Callable[[str], None], head: dict[str, Any], key: str) -> None:
+        self.out, self.head, self.key = out, head, key
+        self.count = 0
+        self._held: str | None = None
+
+    def _parts(self, tail: dict[str, Any]) -> tuple[str, str]:
+        """The text before the array's first element and after its last (no newline at either end)."""
+        text = dumps({**self.head, self.key: [self._MARK], **tail})
+        i = text.index(json.dumps(self._MARK))
+        return text[:i].rstrip(" ").removesuffix("\n"), text[i + len(json.dumps(self._MARK)):].removeprefix("\n")
+
+    def extend(self, items: Iterable[Any]) -> None:
+        lines = []
+        for item in items:
+            text = "\n".join("    " + line for line in dumps(item).split("\n"))  # JSON escapes newlines in strings
+            if self.count == 0:
+                lines.append(self._parts({})[0])
+            elif self._held is not None:
+                lines.append(self._held + ",")
+            self._held = text
+            self.count += 1
+        if lines:
+            self.out("\n".join(lines))
+
+    def close(self, tail: dict[str, Any]) -> None:
+        if self.count == 0:
+            self.out(dumps({**self.head, self.key: [], **tail}))
+            return
+        self.out(f"{self._held}\n{self._parts(tail)[1]}")
+        self._held = None
+
+
 def set_summary(s: pb.SetInfo) -> str:
     """One line about a finished set."""
     base = f", base {short_id(s.base)}" if s.base else ""

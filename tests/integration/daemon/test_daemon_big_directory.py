@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 
 import pytest
-from cairn.store.content.packs import TYPE_TREE
+from cairn.store.content.packs import TYPE_DATA, TYPE_TREE
 from cairn.store.model import SetStats
 from cairn.store.repository import Repository
 from cairn.store.snapshots.sets import encode_set
@@ -43,18 +43,20 @@ def _vm(pid: int, key: str) -> int:
     raise AssertionError(f"no {key} in /proc status")
 
 
-def _set_with_big_directory(repo_path: str, entries: int) -> tuple[str, int]:
+def _set_with_big_directory(repo_path: str, entries: int, stored_chunk: bool = False) -> tuple[str, int]:
     """A set of source 'app' whose root holds 'big', a directory of `entries` files (chunk ids
-    only: listing reads no file data); (set id, bytes of the big tree)."""
+    only: listing reads no file data; with `stored_chunk` each file is one chunk the repository
+    holds, the same for all, so a restore's manifest can be made); (set id, bytes of the big tree)."""
     repo = Repository.open_local(repo_path)
     try:
         now_ns = time.time_ns()
+        writer = repo.writer()
+        chunk = writer.put_data(TYPE_DATA, bytes(4096)) if stored_chunk else None
         files = [Entry(name=f"file-{i:07d}.dat".encode(), kind="file", mode=0o100644, uid=1000, gid=1000,
                        mtime_ns=now_ns + i, ctime_ns=now_ns + i, ino=10_000 + i, size=4096 + i,
-                       chunks=[os.urandom(32)]) for i in range(entries)]
+                       chunks=[chunk or os.urandom(32)]) for i in range(entries)]
         big = encode_tree(files)
         del files
-        writer = repo.writer()
         big_id = writer.put_data(TYPE_TREE, big)
         root = writer.put_data(TYPE_TREE, encode_tree([
             Entry(name=b"big", kind="dir", mode=0o40755, mtime_ns=now_ns, subtree=big_id),
@@ -138,7 +140,7 @@ def test_the_client_streams_a_recursive_listing(start_daemon, rundir, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     repo_path = init_repo(str(tmp_path / "repo"))
-    set_id, _ = _set_with_big_directory(repo_path, ENTRIES)
+    set_id, _ = _set_with_big_directory(repo_path, ENTRIES, stored_chunk=True)
     sock = os.path.join(rundir, "cairnd.sock")
     config = write_config(str(tmp_path / "cairn.toml"), repo_path, sock, {"app": str(src)})
     d = start_daemon("--config", config, socket_path=sock)
@@ -157,9 +159,22 @@ def test_the_client_streams_a_recursive_listing(start_daemon, rundir, tmp_path):
     listed = json.loads((tmp_path / "all.json").read_text())  # one JSON array, as before
     assert [e["path"] for e in listed[:2]] == ["big", "big/file-0000000.dat"] and listed[-1]["path"] == "small"
     assert len(listed) == ENTRIES + 2 and listed[1]["size"] == 4096
+    dry = _client_peak(d, ["restore", sid, "--target", str(tmp_path / "t"), "--dry-run"], tmp_path / "dry.txt")
+    dry_json = _client_peak(d, ["--json", "restore", sid, "--target", str(tmp_path / "t"), "--dry-run"],
+                            tmp_path / "dry.json")
+
+    lines = (tmp_path / "dry.txt").read_text().splitlines()
+    assert lines[-1].startswith(f"dry run: {ENTRIES + 2} entries ({ENTRIES + 1} files,"), lines[-1]
+    assert len(lines) == ENTRIES + 3 and lines[1] == "would write file big/file-0000000.dat (4.0 KiB)", lines[:3]
+    doc = json.loads((tmp_path / "dry.json").read_text())  # one JSON document, as before
+    assert len(doc["entries"]) == ENTRIES + 2 and doc["entries"][1] == {"path": "big/file-0000000.dat",
+                                                                        "kind": "file", "size": 4096}
+    assert doc["dry_run"] and doc["set"] == set_id and doc["errors"] == [] and doc["bytes"] > 4096 * ENTRIES
     print(f"{ENTRIES} entries: client peak {small / 1e6:.1f} MB for 2 entries, {text / 1e6:.1f} MB for ls -r, "
-          f"{as_json / 1e6:.1f} MB for --json ls -r")
-    for what, peak in (("ls -r", text), ("--json ls -r", as_json)):
+          f"{as_json / 1e6:.1f} MB for --json ls -r, {dry / 1e6:.1f} and {dry_json / 1e6:.1f} MB for restore "
+          "--dry-run and its --json")
+    for what, peak in (("ls -r", text), ("--json ls -r", as_json), ("restore --dry-run", dry),
+                       ("--json restore --dry-run", dry_json)):
         assert peak - small < CLIENT_GROWTH, (
             f"cairn {what} of {ENTRIES} entries raised the client's peak by {(peak - small) / 1e6:.0f} MB: "
             "it held the listing before printing it")
