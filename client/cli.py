@@ -6,7 +6,8 @@ Exit status: 0 success, 1 failure, 2 usage error (also INVALID_ARGUMENT from the
 stdout. An option that names something (--source, --host, --set, --socket, ...) given an
 empty value is a usage error, never read as the option left out. `--json` (before or after the
 command) prints data as JSON for scripts. A restore
-is written here, by the client, from the records the daemon streams.
+is written here, by the client, from the records the daemon streams. A listing (`ls`, also
+`-r` and `--json`) is printed as its batches arrive: the client never holds it whole.
 
 grpc, the protobuf messages and the renderers are imported on first use: `cairn wal-fetch` runs
 once per WAL file during recovery, and for a file restore-db placed in pg_wal/ it answers
@@ -147,6 +148,13 @@ def out(line: str = "") -> None:
     print(line, flush=True)
 
 
+def write(text: str) -> None:
+    """Print `text` as it is (no newline added), flushed: a piece of a streamed output."""
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def progress_view(json_output: bool, title: str, unit: str = "file") -> Any:
     """A ProgressView for a long command (imported here: short commands like wal-push skip it)."""
     from cairn.client.progress import ProgressView, choose_mode
@@ -254,24 +262,26 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
         set=args.set, source=args.source or "", path=os.fsencode(args.path or ""), recursive=args.recursive,
         host=args.host or "",
     )
-    entries: list[pb.TreeEntry] = []
-    problems: list[str] = []
+    # printed as the batches arrive (the daemon sends them as it reads the tree): a listing of
+    # millions of entries is never held here, and --json is the same array, written in pieces
     info = None
+    code = EXIT_OK
+    array = render.JsonArray(write) if args.json else None
+    columns = render.Columns(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"))
     for reply in conn.stub.ListTree(request):
         if reply.HasField("set"):
             info = reply.set
-        entries.extend(reply.entries)
-        problems.extend(reply.problems)
-    code = EXIT_OK
-    for line in problems:  # damaged directories: everything else is listed, and the exit status says so
-        print(f"cairn: error: {line}", file=sys.stderr)
-        code = EXIT_FAILURE
-    if args.json:
-        out(render.dumps([render.entry_dict(e) for e in entries]))
+        if array is not None:
+            array.extend(render.entry_dict(e) for e in reply.entries)
+        else:
+            write("".join(line + "\n" for line in
+                          columns.lines(render.entry_row(e, full_path=args.recursive) for e in reply.entries)))
+        for line in reply.problems:  # damaged directories: everything else is listed, and the exit status says so
+            print(f"cairn: error: {line}", file=sys.stderr)
+            code = EXIT_FAILURE
+    if array is not None:
+        array.close()
         return code
-    rows = [render.entry_row(e, full_path=args.recursive) for e in entries]
-    for line in render.table(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"), rows)[1:]:
-        out(line)
     if not (args.path or "").strip("/") and info is not None:
         from cairn.client import restoring
 
@@ -465,7 +475,7 @@ def _captured_doc(captured: list[str]) -> dict[str, Any]:
     """The JSON document a restore step printed into `captured` (--databases --json merges it)."""
     import json
 
-    return dict(json.loads(captured[0])) if captured else {}
+    return dict(json.loads("\n".join(captured))) if captured else {}  # lines: it may come in pieces
 
 
 def cmd_restore_db(conn: Connection, args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cairn.fsio.names import shown
@@ -228,6 +228,88 @@ def table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]
     for row in (header, *rows):
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return lines
+
+
+class Columns:
+    """Rows printed as they come, in left-aligned columns separated by two spaces, as `table`
+    without its header: each column is as wide as the widest cell seen so far (at least its
+    header), so a listing printed in batches is aligned as one table when its first batch holds
+    the widest cells, and a wider cell later only widens the lines after it. Holds no rows."""
+
+    def __init__(self, header: tuple[str, ...]) -> None:
+        self.widths = [len(h) for h in header]
+
+    def lines(self, rows: Iterable[tuple[str, ...]]) -> list[str]:
+        """The lines of one batch of rows (the widths grown to its widest cells first)."""
+        rows = list(rows)
+        for row in rows:
+            for i, cell in enumerate(row):
+                if len(cell) > self.widths[i]:
+                    self.widths[i] = len(cell)
+        return ["  ".join(cell.ljust(self.widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+class JsonArray:
+    """A JSON array written element by element through `write` (text, no newline added): the
+    same text `dumps` gives of the whole list, without holding it. `close()` ends it."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+        self.count = 0
+
+    def extend(self, items: Iterable[Any]) -> None:
+        """Write `items` (a batch: one write) after those before."""
+        pieces = []
+        for item in items:
+            text = "\n".join("  " + line for line in dumps(item).split("\n"))  # JSON escapes newlines in strings
+            pieces.append(("[\n" if self.count == 0 else ",\n") + text)
+            self.count += 1
+        if pieces:
+            self.write("".join(pieces))
+
+    def close(self) -> None:
+        self.write("\n]\n" if self.count else "[]\n")
+
+
+class JsonObjectWithArray:
+    """A JSON object written in whole lines through `out` (one call per batch, no newline at its
+    end: `out` adds it, as the client's `out` does): the `head` keys, then `key` as an array
+    whose elements come in batches (`extend`), then the keys `close(tail)` is given. Together
+    the lines are the text `dumps` gives of the whole object; only the last element is held
+    (its comma depends on whether another comes)."""
+
+    _MARK = "\x00items\x00"
+
+    def __init__(self, out: Callable[[str], None], head: dict[str, Any], key: str) -> None:
+        self.out, self.head, self.key = out, head, key
+        self.count = 0
+        self._held: str | None = None
+
+    def _parts(self, tail: dict[str, Any]) -> tuple[str, str]:
+        """The text before the array's first element and after its last (no newline at either end)."""
+        text = dumps({**self.head, self.key: [self._MARK], **tail})
+        i = text.index(json.dumps(self._MARK))
+        return text[:i].rstrip(" ").removesuffix("\n"), text[i + len(json.dumps(self._MARK)):].removeprefix("\n")
+
+    def extend(self, items: Iterable[Any]) -> None:
+        lines = []
+        for item in items:
+            text = "\n".join("    " + line for line in dumps(item).split("\n"))  # JSON escapes newlines in strings
+            if self.count == 0:
+                lines.append(self._parts({})[0])
+            elif self._held is not None:
+                lines.append(self._held + ",")
+            self._held = text
+            self.count += 1
+        if lines:
+            self.out("\n".join(lines))
+
+    def close(self, tail: dict[str, Any]) -> None:
+        if self.count == 0:
+            self.out(dumps({**self.head, self.key: [], **tail}))
+            return
+        self.out(f"{self._held}\n{self._parts(tail)[1]}")
+        self._held = None
 
 
 def set_summary(s: pb.SetInfo) -> str:

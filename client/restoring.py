@@ -5,8 +5,8 @@ client proves the target is its own with a claim file, and falls back to its own
 the daemon refuses.
 
 - A manifest (Restore with `manifest` set) lists the entries a restore would write, each file
-  with its chunk ids and sizes, and no content. --dry-run prints it (or, with --delta, the
-  differences from the target) and writes nothing.
+  with its chunk ids and sizes, and no content. --dry-run prints it as its batches arrive,
+  never holding it (or, with --delta, the differences from the target) and writes nothing.
 - --delta compares the target with the manifest (cairn.fsio.delta: each chunk's byte range is
   hashed), fetches only the chunks that differ (RestoreChunks), writes them in place, fixes
   metadata and, with --delete, removes what the set does not hold. Its cost is what differs
@@ -112,26 +112,40 @@ class Manifest(NamedTuple):
     id_key: bytes | None  # the chunk id key of an encrypted repository (its ids are keyed blake3)
 
 
-def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> Manifest:
-    """The manifest of the restore `args` describe."""
-    set_info = None
-    from cairn.fsio.records import EntryMeta, Failed
+class ManifestStream:
+    """The manifest of the restore `args` describe, as its batches arrive: iterating it yields
+    batches of entries (each batch once, none held here); `set_info`, `id_key` and the
+    `problems` met fill in as they come (the set with the first batch)."""
 
-    entries: list[EntryMeta] = []
-    problems: list[str] = []
-    id_key = None
-    for batch in conn.stub.Restore(restore_request(args, manifest=True)):
-        if batch.HasField("set"):
-            set_info = batch.set
-        if batch.chunk_id_key:
-            id_key = bytes(batch.chunk_id_key)
-        for r in batch.records:
-            rec = to_record(r)
-            if isinstance(rec, EntryMeta):
-                entries.append(rec)
-            elif isinstance(rec, Failed):
-                problems.append(rec.message)
-    return Manifest(set_info, entries, problems, id_key)
+    def __init__(self, conn: Any, args: argparse.Namespace, to_record: Any) -> None:
+        self.conn, self.args, self.to_record = conn, args, to_record
+        self.set_info: pb.SetInfo | None = None
+        self.id_key: bytes | None = None
+        self.problems: list[str] = []
+
+    def __iter__(self) -> Iterator[list[EntryMeta]]:
+        from cairn.fsio.records import EntryMeta, Failed
+
+        for batch in self.conn.stub.Restore(restore_request(self.args, manifest=True)):
+            if batch.HasField("set"):
+                self.set_info = batch.set
+            if batch.chunk_id_key:
+                self.id_key = bytes(batch.chunk_id_key)
+            entries = []
+            for r in batch.records:
+                rec = self.to_record(r)
+                if isinstance(rec, EntryMeta):
+                    entries.append(rec)
+                elif isinstance(rec, Failed):
+                    self.problems.append(rec.message)
+            yield entries
+
+
+def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> Manifest:
+    """The manifest of the restore `args` describe, whole (a delta compares the target with all of it)."""
+    stream = ManifestStream(conn, args, to_record)
+    entries = [m for batch in stream for m in batch]
+    return Manifest(stream.set_info, entries, stream.problems, stream.id_key)
 
 
 def extras_roots(args: argparse.Namespace) -> list[bytes] | None:
@@ -431,22 +445,35 @@ def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: An
 
 
 def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
-    """--dry-run without --delta: every entry a restore would write."""
-    set_info, entries, problems, _ = fetch_manifest(conn, args, to_record)
-    set_id = set_info.id if set_info is not None else ""
-    total = sum(m.size for m in entries if m.kind == "file")
+    """--dry-run without --delta: every entry a restore would write, printed as the manifest's
+    batches arrive (never held whole; --json is the same document, written in pieces)."""
+    stream = ManifestStream(conn, args, to_record)
+    doc = None
+    count = files = total = 0
+    for batch in stream:
+        count += len(batch)
+        files += sum(m.kind == "file" for m in batch)
+        total += sum(m.size for m in batch if m.kind == "file")
+        if args.json:
+            if doc is None:
+                doc = render.JsonObjectWithArray(out, _dry_run_head(stream, args), "entries")
+            doc.extend({"path": render.json_path(m.path) or ".", "kind": m.kind, "size": m.size} for m in batch)
+        elif batch:
+            out("\n".join(f"would write {m.kind} {render.show_path(m.path) or '.'}"
+                          + (f" ({render.human_bytes(m.size)})" if m.kind == "file" else "") for m in batch))
+    set_id = stream.set_info.id if stream.set_info is not None else ""
     if args.json:
-        out(render.dumps({"set": set_id or None, "target": os.path.abspath(args.target), "dry_run": True,
-                          "entries": [{"path": render.json_path(m.path) or ".", "kind": m.kind, "size": m.size}
-                                      for m in entries], "bytes": total, "errors": problems}))
+        doc = doc or render.JsonObjectWithArray(out, _dry_run_head(stream, args), "entries")
+        doc.close({"bytes": total, "errors": stream.problems})
     else:
-        for m in entries:
-            size = f" ({render.human_bytes(m.size)})" if m.kind == "file" else ""
-            out(f"would write {m.kind} {render.show_path(m.path) or '.'}{size}")
-        files = sum(m.kind == "file" for m in entries)
-        out(f"dry run: {len(entries)} entries ({files} files, {render.human_bytes(total)}) from set "
+        out(f"dry run: {count} entries ({files} files, {render.human_bytes(total)}) from set "
             f"{render.short_id(set_id)} into {shown(args.target)}; nothing written")
-    return _problems(problems, args.json)
+    return _problems(stream.problems, args.json)
+
+
+def _dry_run_head(stream: ManifestStream, args: argparse.Namespace) -> dict[str, Any]:
+    set_id = stream.set_info.id if stream.set_info is not None else ""
+    return {"set": set_id or None, "target": os.path.abspath(args.target), "dry_run": True}
 
 
 def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
