@@ -5,7 +5,9 @@ archiving through `cairn wal-push` into a real cairnd.
   retries), `cairn status` shows the server's failures, and once the daemon is back the backlog
   drains with every segment in the repository;
 - a segment pushed again: identical content succeeds, other content is refused and the archived
-  copy stays.
+  copy stays;
+- another cluster's archive_command carrying this cluster's `--system-id` (copied by mistake):
+  its segments and its history files are refused, so nothing of it lands in this cluster's WAL.
 """
 
 from __future__ import annotations
@@ -106,3 +108,27 @@ def test_an_archived_segment_pushed_again_with_identical_or_other_content(stack:
     assert fetch(stack, name, tmp_path / "again", sysid(stack)).returncode == 0
     assert (tmp_path / "again").read_bytes() == original
 
+
+def test_a_copied_system_id_files_nothing_of_another_cluster(stack: Stack) -> None:
+    ours = sysid(stack)
+    other = stack.archiving_server()  # initdb: a cluster of its own, never started
+    theirs = subprocess.run([str(Path(other.bin("pg_controldata"))), "-D", str(other.pgdata)], capture_output=True,
+                            text=True, check=True).stdout
+    assert ours not in theirs
+    # its segment: the header names the other server
+    segment = sorted(p for p in (other.pgdata / "pg_wal").iterdir() if len(p.name) == 24)[0]
+    r = push(stack, f"pg_wal/{segment.name}", "--system-id", ours, cwd=other.pgdata)
+    assert r.returncode == 2 and f"not {ours}: check the --system-id of this archive_command" in r.stderr, r
+    # its history file (as after a promotion): no header, but its data directory's pg_control tells
+    history = other.pgdata / "pg_wal" / "00000007.history"
+    history.write_text("6\t0/3000000\tno recovery target specified\n")
+    r = push(stack, "pg_wal/00000007.history", "--system-id", ours, cwd=other.pgdata)
+    assert r.returncode == 2, r
+    assert r.stderr.startswith("cairn: error: WAL file 00000007.history comes from the server with system "
+                               "identifier "), r.stderr
+    assert f"not {ours}: check the --system-id of this archive_command" in r.stderr
+    assert fetch(stack, "00000007.history", stack.root / "h", ours).returncode == 3
+    # the same file pushed with the right identifier (or none) goes to the other cluster's name space
+    r = push(stack, "pg_wal/00000007.history", cwd=other.pgdata)
+    assert r.returncode == 0, r
+    assert fetch(stack, "00000007.history", stack.root / "h", ours).returncode == 3
