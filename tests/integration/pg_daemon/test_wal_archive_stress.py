@@ -7,20 +7,26 @@ archiving through `cairn wal-push` into a real cairnd.
 - a segment pushed again: identical content succeeds, other content is refused and the archived
   copy stays;
 - another cluster's archive_command carrying this cluster's `--system-id` (copied by mistake):
-  its segments and its history files are refused, so nothing of it lands in this cluster's WAL.
+  its segments and its history files are refused, so nothing of it lands in this cluster's WAL;
+- a set taken under heavy writes recovers to its own point and to a time between two recorded
+  commits with exactly the rows committed before it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg2
 import pytest
 from cairnd_harness import CAIRN, env_for
-from pgstack import ArchivingServer, Stack, app_stack
+from pgstack import ArchivingServer, Stack, app_stack, make_pg_dir
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +138,79 @@ def test_a_copied_system_id_files_nothing_of_another_cluster(stack: Stack) -> No
     r = push(stack, "pg_wal/00000007.history", cwd=other.pgdata)
     assert r.returncode == 0, r
     assert fetch(stack, "00000007.history", stack.root / "h", ours).returncode == 3
+
+
+def restored(stack: Stack, set_id: str, *options: str) -> ArchivingServer:
+    """restore-db into a fresh directory and a server on it (not archiving) once it promoted."""
+    holder = make_pg_dir("cairn-walst-r-")
+    stack.holders.append(holder)
+    stack.ok("restore-db", set_id, "--database", "appdb", "--target", str(holder / "data"), *options)
+    srv = ArchivingServer(pgdata=holder / "data", settings={"archive_mode": "off"})
+    stack.restored.append(srv)
+    srv.start(timeout=120)
+    srv.wait_promoted()
+    return srv
+
+
+def test_a_set_taken_under_heavy_writes_recovers_exactly_to_its_point_and_to_a_time(stack: Stack) -> None:
+    stack.psql("CREATE TABLE acc (id int PRIMARY KEY, bal bigint, pad text); "
+               "INSERT INTO acc SELECT g, 0, repeat('x', 200) FROM generate_series(1, 20000) g; "
+               "CREATE TABLE marks (n int PRIMARY KEY)")
+    stop = threading.Event()
+    log: list[tuple[int, datetime, datetime]] = []  # (mark, before its INSERT, after its commit returned)
+
+    def churn(seed: int) -> None:  # pgbench-like: many small updates, bounded by `stop`
+        rnd = random.Random(seed)
+        conn = psycopg2.connect(stack.pg.dsn)  # not `with conn`: that would make one transaction of it all
+        conn.autocommit = True
+        cur = conn.cursor()
+        try:
+            while not stop.is_set():
+                k = rnd.randint(1, 19800)  # one row per statement: two writers never deadlock
+                cur.execute("UPDATE acc SET bal = bal + 1 WHERE id = %s", (k,))
+        finally:
+            conn.close()
+
+    def marks() -> None:  # one committed row at a time, a pause after every 25th
+        conn = psycopg2.connect(stack.pg.dsn)
+        conn.autocommit = True
+        cur = conn.cursor()
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                before = datetime.now(UTC)
+                cur.execute("INSERT INTO marks VALUES (%s)", (n,))
+                log.append((n, before, datetime.now(UTC)))
+                time.sleep(0.3 if n % 25 == 0 else 0.01)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(2)] + [threading.Thread(target=marks)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until("the load to run", lambda: len(log) > 30)
+        s = stack.backup("app")
+        stopped = datetime.fromtimestamp(s["extra"]["database"]["stopped"], UTC)
+        wait_until("writes after the set", lambda: log[-1][1] > stopped + timedelta(seconds=1.5))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    stack.psql("INSERT INTO marks VALUES (1000000)")  # a commit after every target below
+    stack.wait_archived()
+
+    srv = restored(stack, s["id"])
+    n, count = srv.psql("SELECT max(n), count(*) FROM marks WHERE n < 1000000").split("|")
+    assert int(n) == int(count) and 30 < int(n) < len(log)  # every mark up to the set's point, no hole
+    srv.stop()
+
+    # a target time inside a pause between two commits after the set: exactly the rows before it
+    k, after, before_next = next((log[i][0], log[i][2], log[i + 1][1]) for i in range(len(log) - 1)
+                                 if log[i][2] > stopped and (log[i + 1][1] - log[i][2]).total_seconds() > 0.2)
+    target = (after + (before_next - after) / 2).isoformat()
+    srv = restored(stack, s["id"], "--target-time", target)
+    assert srv.psql("SELECT max(n), count(*) FROM marks") == f"{k}|{k}"
+    assert srv.psql("SELECT count(*) FROM acc") == "20000"
+    srv.stop()
