@@ -9,13 +9,16 @@ archiving through `cairn wal-push` into a real cairnd.
 - another cluster's archive_command carrying this cluster's `--system-id` (copied by mistake):
   its segments and its history files are refused, so nothing of it lands in this cluster's WAL;
 - a set taken under heavy writes recovers to its own point and to a time between two recorded
-  commits with exactly the rows committed before it.
+  commits with exactly the rows committed before it;
+- a disaster recovery onto timeline 2 in the server's own data directory, a set on timeline 2,
+  point-in-time recovery on either timeline and along `latest`, and prune with both timelines.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import threading
 import time
@@ -214,3 +217,69 @@ def test_a_set_taken_under_heavy_writes_recovers_exactly_to_its_point_and_to_a_t
     assert srv.psql("SELECT max(n), count(*) FROM marks") == f"{k}|{k}"
     assert srv.psql("SELECT count(*) FROM acc") == "20000"
     srv.stop()
+
+
+@pytest.mark.slow
+def test_disaster_recovery_onto_timeline_2_then_pitr_on_either_timeline_and_prune(stack: Stack) -> None:
+    """Last in the module: the stack's own server is replaced by its point-in-time recovery."""
+    def rows(srv: ArchivingServer | Stack) -> str:
+        return srv.psql("SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM tl")
+
+    def insert(i: int) -> str:  # the server's time once row i is committed (the next commit is later)
+        stack.psql(f"INSERT INTO tl VALUES ({i})")
+        at = stack.psql("SELECT clock_timestamp()")
+        time.sleep(0.05)
+        return at
+
+    stack.psql("CREATE TABLE tl (i int)")
+    insert(1)
+    s1 = stack.backup("app")
+    at2 = insert(2)
+    at3 = insert(3)
+    insert(4)
+    stack.wait_archived()
+    ident = sysid(stack)
+
+    # the disaster: the server is lost; its point in time before row 4 goes back in its place
+    stack.pg.stop()
+    shutil.rmtree(stack.pg.pgdata)
+    stack.ok("restore-db", s1["id"], "--database", "appdb", "--target", str(stack.pg.pgdata), "--target-time", at3)
+    stack.pg.start(timeout=120)
+    stack.pg.wait_promoted()
+    assert rows(stack) == "1,2,3"
+    assert stack.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "2"
+    insert(30)
+    stack.wait_archived()
+    assert fetch(stack, "00000002.history", stack.root / "tl2.history", ident).returncode == 0
+    assert sysid(stack) == ident  # the same cluster: its timeline 2 in the same name space
+    s2 = stack.backup("app")
+    assert s2["extra"]["database"]["timeline"] == 2
+    at31 = insert(31)
+    insert(32)
+    stack.wait_archived()
+
+    assert rows(restored(stack, s2["id"])) == "1,2,3,30"
+    assert rows(restored(stack, s2["id"], "--target-time", at31)) == "1,2,3,30,31"
+    # timeline 1 before the fork, and after it (row 4 exists only there)
+    assert rows(restored(stack, s1["id"], "--target-time", at2)) == "1,2"
+    assert rows(restored(stack, s1["id"], "--target-end")) == "1,2,3,4"
+    # from the set of timeline 1 along the newest timeline, across the fork
+    assert rows(restored(stack, s1["id"], "--target-timeline", "latest", "--target-time", at31)) == "1,2,3,30,31"
+    assert rows(restored(stack, s1["id"], "--target-timeline", "latest", "--target-end")) == "1,2,3,30,31,32"
+    for srv in stack.restored:
+        srv.stop()
+    assert "repository ok: 2 sets checked" in stack.ok("verify")
+
+    # keeping both sets keeps every segment from the first one's; keeping the one of timeline 2
+    # lets timeline 1 go up to where the set of timeline 2 begins
+    first1 = s1["extra"]["database"]["wal"]["first"]
+    both = json.loads(stack.ok("--json", "prune", "--dry-run", "--keep-last", "2", "--wal-keep", "0s"))
+    assert all(n.partition("/")[2][8:24] < first1[8:] for n in both["wal_forgotten"]), both["wal_forgotten"]
+    done = json.loads(stack.ok("--json", "prune", "--keep-last", "1", "--wal-keep", "0s"))
+    first2 = s2["extra"]["database"]["wal"]["first"]
+    assert done["forgotten"] == [s1["id"]]
+    assert all(n.partition("/")[2][8:24] < first2[8:] for n in done["wal_forgotten"]), done["wal_forgotten"]
+    assert f"{ident}/00000002.history" not in done["wal_forgotten"]
+    assert rows(restored(stack, s2["id"], "--target-time", at31)) == "1,2,3,30,31"
+    assert rows(restored(stack, s2["id"], "--target-end")) == "1,2,3,30,31,32"
+    assert "repository ok: 1 set checked" in stack.ok("verify")
