@@ -271,7 +271,7 @@ def test_disaster_recovery_onto_timeline_2_then_pitr_on_either_timeline_and_prun
     assert rows(restored(stack, s1["id"], "--target-timeline", "latest", "--target-end")) == "1,2,3,30,31,32"
     for srv in stack.restored:
         srv.stop()
-    assert "repository ok: 2 sets checked" in stack.ok("verify")
+    assert f"repository ok: {len(stack.sets('app'))} sets checked" in stack.ok("verify")
 
     # keeping both sets keeps every segment from the first one's; keeping the one of timeline 2
     # lets timeline 1 go up to where the set of timeline 2 begins
@@ -280,7 +280,7 @@ def test_disaster_recovery_onto_timeline_2_then_pitr_on_either_timeline_and_prun
     assert all(n.partition("/")[2][8:24] < first1[8:] for n in both["wal_forgotten"]), both["wal_forgotten"]
     done = json.loads(stack.ok("--json", "prune", "--keep-last", "1", "--wal-keep", "0s"))
     first2 = s2["extra"]["database"]["wal"]["first"]
-    assert done["forgotten"] == [s1["id"]]
+    assert s1["id"] in done["forgotten"] and s2["id"] not in done["forgotten"]
     assert all(n.partition("/")[2][8:24] < first2[8:] for n in done["wal_forgotten"]), done["wal_forgotten"]
     assert f"{ident}/00000002.history" not in done["wal_forgotten"]
     assert rows(restored(stack, s2["id"], "--target-time", at31)) == "1,2,3,30,31"
