@@ -5,7 +5,8 @@ archiving through `cairn wal-push` into a real cairnd.
   retries), `cairn status` shows the server's failures, and once the daemon is back the backlog
   drains with every segment in the repository;
 - a segment pushed again: identical content succeeds, other content is refused (with a hint
-  saying what the server then does) and the archived copy stays;
+  saying what the server then does) and the archived copy stays; the server then retries that
+  file, archives nothing after it, and `cairn status` names it;
 - another cluster's archive_command carrying this cluster's `--system-id` (copied by mistake):
   its segments and its history files are refused, so nothing of it lands in this cluster's WAL;
 - a set taken under heavy writes recovers to its own point and to a time between two recorded
@@ -17,6 +18,7 @@ archiving through `cairn wal-push` into a real cairnd.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -119,6 +121,37 @@ def test_an_archived_segment_pushed_again_with_identical_or_other_content(stack:
     assert hint.startswith("hint: the archived copy is kept; PostgreSQL retries this file"), hint
     assert fetch(stack, name, tmp_path / "again", sysid(stack)).returncode == 0
     assert (tmp_path / "again").read_bytes() == original
+
+
+def test_a_segment_the_archive_holds_with_other_content_stops_the_servers_archiving_loudly() -> None:
+    """What PostgreSQL does with the refusal: it retries the file and archives nothing after it;
+    the daemon's status names the refused file and the server's growing lag (a stack of its own:
+    this one's archiving stays blocked)."""
+    with app_stack("cairn-walst-blk-", {"a.txt": "a\n"}) as st:
+        st.psql("CREATE TABLE b (i int); INSERT INTO b VALUES (1)")
+        archived = st.wait_archived()
+        st.psql("INSERT INTO b VALUES (2)")
+        current = st.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        assert current > archived
+        # another server of this identity archived that name first (here: an archived segment under its name)
+        impostor = st.root / current
+        assert fetch(st, archived, impostor, sysid(st)).returncode == 0
+        assert push(st, impostor).returncode == 0
+        failed = archiver(st)[2]
+        for i in range(3):
+            st.psql(f"INSERT INTO b VALUES ({i + 10}); SELECT pg_switch_wal()")
+        wait_until("the archiver to fail", lambda: archiver(st)[2] >= failed + 3)
+        count, last, _, last_failed = archiver(st)
+        assert last_failed == current and last < current  # retried in order: nothing after it archived
+        assert all((st.pg.pgdata / "pg_wal" / "archive_status" / f"{name}.ready").exists()
+                   for name in sorted(os.listdir(st.pg.pgdata / "pg_wal")) if len(name) == 24 and name > current
+                   and name < st.psql("SELECT pg_walfile_name(pg_current_wal_lsn())"))
+        status = json.loads(st.ok("--json", "status"))["archive"]
+        assert status["failures"] >= 1 and f"{current}' is already archived with different content" in \
+            status["last_failure"], status
+        assert status["databases"][0]["last_failed"] == current and status["databases"][0]["lag_segments"] >= 3
+        assert fetch(st, current, st.root / "kept", sysid(st)).returncode == 0
+        assert (st.root / "kept").read_bytes() == impostor.read_bytes()  # the archived copy stays
 
 
 def test_a_copied_system_id_files_nothing_of_another_cluster(stack: Stack) -> None:
