@@ -913,6 +913,22 @@ def wal_namespace(args: argparse.Namespace, path: str, data: bytes = b"") -> str
     return walnames.namespace_of(found)
 
 
+def check_pushed_cluster(args: argparse.Namespace, path: str, data: bytes, namespace: str) -> None:
+    """Refuse a header-less WAL file (a timeline history or backup file) pushed with a --system-id
+    that the pg_control of the data directory it comes from contradicts: copied into another
+    cluster's archive_command, the option would file that cluster's history under this one's name
+    space, where recovery takes it for its own. (A segment carries its identifier: the daemon
+    checks it.) Nothing is refused when pg_control cannot be read."""
+    if not args.system_id or not namespace or walnames.segment_system_identifier(data) is not None:
+        return
+    own = walnames.control_system_identifier(walnames.data_dir_of(path))
+    if own is not None and str(own) != namespace:
+        raise InvalidArgumentError(
+            f"WAL file {os.path.basename(path)} comes from the server with system identifier {own} "
+            f"(its data directory's global/pg_control), not {namespace}: check the --system-id of this "
+            "archive_command")
+
+
 def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     name = os.path.basename(args.path)
     try:
@@ -926,6 +942,7 @@ def cmd_wal_push(conn: Connection, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CairnError(f"unable to read WAL file '{args.path}': {exc.strerror}") from exc
     namespace = wal_namespace(args, args.path, data)
+    check_pushed_cluster(args, args.path, data, namespace)
 
     def pieces() -> Iterator[pb.WalPushRequest]:
         yield pb.WalPushRequest(name=name, data=data[:WAL_PIECE], wal_namespace=namespace)

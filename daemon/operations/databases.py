@@ -22,7 +22,7 @@ from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.fsio import claims
 from cairn.fsio.delta import DeltaPlan, DeltaStats
 from cairn.fsio.records import LaneGauge, Record
-from cairn.store.errors import CairnError, InvalidArgumentError
+from cairn.store.errors import AlreadyExistsError, CairnError, InvalidArgumentError
 from cairn.store.model import BackupSet
 
 
@@ -125,7 +125,11 @@ class DatabasePart(ServicePart):
         try:
             walarchive.check_complete_segment(name, data)
             namespace = walarchive.push_namespace(name, data, namespace)
-            stored = self.repo.put_wal(name, data, namespace)
+            try:
+                stored = self.repo.put_wal(name, data, namespace)
+            except AlreadyExistsError as exc:
+                exc.hint = exc.hint or walarchive.OTHER_CONTENT_HINT
+                raise
         except CairnError as exc:
             self.archive.failed(name, exc.message)
             if self._metrics is not None:

@@ -245,6 +245,13 @@ def newest_archived(repo: Any, namespace: str) -> tuple[str, float] | None:
     return newest
 
 
+# What a refused push of a WAL file archived with other content means for the server (the store's
+# message says what was refused): the archived copy stays, and the archiver does not move on.
+OTHER_CONTENT_HINT = ("the archived copy is kept; PostgreSQL retries this file, holding it and every later one in "
+                      "pg_wal, until it archives: two servers with one system identifier on one timeline (a data "
+                      "directory copied and started apart) must not archive into one repository")
+
+
 def push_namespace(name: str, data: bytes, namespace: str = "") -> str:
     """The name space a pushed WAL file goes to: the system identifier in a segment's page
     header (it must agree with `namespace` when both are given), else `namespace` (history and
