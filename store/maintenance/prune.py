@@ -508,12 +508,16 @@ class Pruner:
         if not lost:
             return
         named = ", ".join(needing[:5]) + (f" and {len(needing) - 5} more" if len(needing) > 5 else "")
+        hint = ("run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
+                "holds whole is lost (also after a repair already ran): a full backup of every source stores again "
+                "what the sources still hold, and 'cairn prune --forget SET' forgets a set that needs the rest")
+        if needing[:1] == ["the WAL archive"]:  # (the hint a client sees is bounded: this one says it first)
+            hint = ("run 'cairn repair index': it indexes the packs that hold them; what no pack holds is lost: then "
+                    "'cairn repair wal' removes the WAL catalog entries that need it, and 'cairn prune --forget SET' "
+                    "forgets a set that does")
         raise CorruptionError(
             f"unable to prune: {len(lost)} blobs that {named} need are in no index file; nothing may be deleted "
-            "while a pack that no index names may hold them",
-            hint="run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
-                 "holds whole is lost (also after a repair already ran): a full backup of every source stores again "
-                 "what the sources still hold, and 'cairn prune --forget SET' forgets a set that needs the rest")
+            "while a pack that no index names may hold them", hint=hint)
 
     def _references(self, live: set[bytes], copies: Copies) -> set[bytes]:
         """Reference blobs of live delta blobs: they stay live too. Of every delta-coded copy an

@@ -26,7 +26,10 @@ its place; a set that reads, or that a newer format wrote, is never touched.
 
 `WalRepair` owns `cairn repair wal`: WAL catalog entries that cannot be read (damaged, not a
 catalog entry) are listed and deleted. Such an entry's WAL file cannot be fetched, and while it
-is there prune cannot know which chunks it keeps alive, so nothing is ever freed; a readable
+is there prune cannot know which chunks it keeps alive, so nothing is ever freed. So are entries
+that read but name a chunk no index file names while every pack is indexed and every index file
+reads (after `repair index` dropped it: its pack was lost or damaged): that WAL file cannot be
+fetched either, and prune refuses to run while a needed chunk is in no index file. Any other
 entry is never touched.
 
 What always holds: the caller holds the garbage collector's lock (one collector or repairer at
@@ -459,9 +462,13 @@ class SetRepair:
                                restored=tuple(restored), dry_run=dry_run)
 
 
+LOST_DATA = "its data is lost"
+
+
 @dataclass(frozen=True)
 class WalRepairReport:
-    """What `repair wal` removed (or, with dry_run, would remove): (catalog object, why) pairs."""
+    """What `repair wal` removed (or, with dry_run, would remove): (catalog object, why) pairs;
+    the why of an entry that reads but whose data is lost ends with LOST_DATA."""
 
     removed: tuple[tuple[str, str], ...] = ()
     kept: int = 0  # readable catalog entries, untouched
@@ -480,11 +487,19 @@ class WalRepair:
         backend = self.repo.backend
         removed: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []
-        kept = 0
+        kept = lost_data = 0
+        lost_for_good = self._index_whole()
         for name in sorted(backend.list("wal")):
             try:
-                decode_catalog(name, backend.get("wal", name))
-                kept += 1
+                doc = decode_catalog(name, backend.get("wal", name))
+                lost = next((c for c in doc["chunks"] if bytes.fromhex(c) not in self.repo.index),
+                            None) if lost_for_good else None
+                if lost is None:
+                    kept += 1
+                else:
+                    lost_data += 1
+                    removed.append((name, f"WAL file '{name}': chunk '{short(lost)}' is in no index file and no "
+                                          f"pack holds it: {LOST_DATA}"))
             except NotFoundError:
                 continue  # forgotten meanwhile (WAL retention)
             except CorruptionError as e:  # a sealed entry that does not open, or not a catalog entry
@@ -493,9 +508,10 @@ class WalRepair:
                 raise  # the store does not answer: nothing is unreadable for that
             except BackendError as e:  # the store refuses it (not a file, permissions): reported, kept
                 refused.append((name, e.message))
-        if len(removed) >= 2 and not kept and not dry_run:
+        unreadable = len(removed) - lost_data
+        if unreadable >= 2 and not kept and not lost_data and not dry_run:
             raise CorruptionError(
-                f"refusing to remove WAL catalog entries: all {len(removed)} of them fail their check, which "
+                f"refusing to remove WAL catalog entries: all {unreadable} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
                 hint="check that config/config and keys/ are this repository's; 'cairn repair wal --dry-run' "
                      "lists them")
@@ -507,6 +523,15 @@ class WalRepair:
                 except NotFoundError:
                     pass
         return WalRepairReport(removed=tuple(removed), kept=kept, refused=tuple(refused), dry_run=dry_run)
+
+    def _index_whole(self) -> bool:
+        """Whether a chunk no index file names is lost for good: the index reloaded, every index
+        file read and every pack named by one. Otherwise a pack no index names may hold it, and
+        'cairn repair index' comes first."""
+        self.repo.load_index()
+        if self.repo.index_problems:
+            return False
+        return set(self.repo.backend.list("packs")) <= self.repo.index.pack_names()
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

@@ -347,3 +347,38 @@ def test_an_incremental_reads_again_an_unchanged_file_whose_index_file_was_lost(
     d.ok("repair", "index")
     d.ok("verify", "--read-data")
     d.ok("restore", first["id"], "--target", str(tmp_path / "first"))
+
+
+def test_a_wal_segment_whose_pack_is_lost_is_removed_by_repair_wal(daemon, tmp_path):
+    """A WAL catalog entry that reads but whose chunks are gone for good (their pack lost, then
+    `repair index` dropped them) kept verify failing and prune refusing for ever: no repair
+    removed it. Verify's hint names `repair wal` after `repair index`, which removes it."""
+    kept = _backup(daemon)
+    before = {p.name for p in (daemon.repo / "packs").rglob("*") if p.is_file()}
+    seg = tmp_path / "000000010000000000000001"
+    seg.write_bytes(os.urandom(1_200_000))
+    daemon.ok("wal-push", str(seg), "--system-id", "7")
+    for pack in (p for p in (daemon.repo / "packs").rglob("*") if p.is_file() and p.name not in before):
+        pack.unlink()
+
+    r = daemon.cli("verify")
+    assert r.returncode == 1 and "WAL file '7@000000010000000000000001'" in r.stdout, (r.stdout, r.stderr)
+    hint = r.stderr.splitlines()[-1]
+    assert hint.index("'cairn repair index'") < hint.index("'cairn repair wal'"), r.stderr
+    daemon.ok("repair", "index")
+    r = daemon.cli("prune")
+    assert r.returncode == 1 and "the WAL archive" in r.stderr and "'cairn repair wal'" in r.stderr, r.stderr
+
+    dry = daemon.ok("repair", "wal", "--dry-run")
+    assert dry.startswith("would remove WAL catalog entry 7@000000010000000000000001: ") and "data is lost" in dry
+    out = daemon.ok("repair", "wal")
+    assert out.splitlines()[-1] == "removed 1 WAL catalog entry that cannot be read or whose data is lost, " \
+                                   "kept 0 readable entries", out
+    assert not (daemon.repo / "wal" / "7@000000010000000000000001").exists()
+    daemon.ok("prune")
+    verified = daemon.ok("verify", "--read-data")
+    assert verified.splitlines()[-1].startswith("repository ok: 1 set") and "warning" not in verified, verified
+    daemon.ok("restore", kept["id"], "--target", str(tmp_path / "restored"))
+    assert snapshot(str(tmp_path / "restored")) == snapshot(str(daemon.src))
+    assert daemon.ok("wal-push", str(seg), "--system-id", "7").startswith("archived 000000010000000000000001")
+
