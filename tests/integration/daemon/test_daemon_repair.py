@@ -382,3 +382,47 @@ def test_a_wal_segment_whose_pack_is_lost_is_removed_by_repair_wal(daemon, tmp_p
     assert snapshot(str(tmp_path / "restored")) == snapshot(str(daemon.src))
     assert daemon.ok("wal-push", str(seg), "--system-id", "7").startswith("archived 000000010000000000000001")
 
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_an_incremental_relying_on_a_damaged_pack_is_refused_before_it_commits(daemon, tmp_path, damage):
+    """An incremental carried unchanged files over by reference without asking whether their
+    pack is there and whole: with that pack cut short (a torn copy, a full disk) or deleted it
+    committed a set that did not restore. It is refused, naming the pack and the repair, as a
+    full's deduplicated blobs are; after the repair a backup works."""
+    _backup(daemon)
+    (daemon.src / "d" / "more.bin").write_bytes(os.urandom(1000))
+    base = _backup(daemon)  # its listings lie in a pack of their own, f0.bin's data in the first set's
+    from cairn.store.repository import Repository
+
+    r = Repository.open_local(str(daemon.repo), read_only=True)
+    try:
+        tree = r.load_tree(bytes.fromhex(r.get_set(base["id"]).tree))
+        sub = r.load_tree(next(e for e in tree if e.name == b"d").subtree)
+        pack = r.index.get(next(e for e in sub if e.name == b"f0.bin").chunks[0]).pack
+        assert pack != r.index.get(bytes.fromhex(r.get_set(base["id"]).tree)).pack
+    finally:
+        r.close()
+    if damage == "truncated":
+        os.truncate(daemon.repo / "packs" / pack[:2] / pack, 0)
+    else:
+        os.unlink(daemon.repo / "packs" / pack[:2] / pack)
+    (daemon.src / "new.txt").write_text("new\n")
+
+    sets_before = json.loads(daemon.ok("--json", "sets"))
+    r = daemon.cli("--json", "backup", "--level", "incremental")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    refused = json.loads(r.stderr)["error"]
+    said = "is truncated: 0 bytes" if damage == "truncated" else "is missing from the repository"
+    assert f"pack '{pack[:8]}..' holds blobs this backup relies on and {said}" in refused["message"]
+    assert "'cairn repair index'" in refused["hint"]
+    assert json.loads(daemon.ok("--json", "sets")) == sets_before  # no set relies on what is lost
+
+    daemon.ok("repair", "index")
+    healed = _backup(daemon)
+    for ref in (healed["id"], base["id"]):  # the new set, and the base healed by it
+        target = tmp_path / f"restored-{ref[:8]}"
+        daemon.ok("restore", ref, "--target", str(target))
+        want = {k: v for k, v in snapshot(str(daemon.src)).items() if ref == healed["id"] or k != "new.txt"}
+        got = snapshot(str(target))
+        assert {k: v[-1] for k, v in got.items() if v[0] == "file"} == \
+               {k: v[-1] for k, v in want.items() if v[0] == "file"}
