@@ -442,7 +442,8 @@ class SetRepair:
                 copies[name] = data
         restored = [(name, why) for name, why in removed if name in copies]
         removed = [(name, why) for name, why in removed if name not in copies]
-        if len(removed) >= 2 and not kept and not newer and not restored and not dry_run:
+        if len(removed) >= 2 and not kept and not newer and not restored and not dry_run \
+                and not _key_proven(self.repo):
             raise CorruptionError(
                 f"refusing to remove set objects: all {len(removed)} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
@@ -509,7 +510,7 @@ class WalRepair:
             except BackendError as e:  # the store refuses it (not a file, permissions): reported, kept
                 refused.append((name, e.message))
         unreadable = len(removed) - lost_data
-        if unreadable >= 2 and not kept and not lost_data and not dry_run:
+        if unreadable >= 2 and not kept and not lost_data and not dry_run and not _key_proven(self.repo):
             raise CorruptionError(
                 f"refusing to remove WAL catalog entries: all {unreadable} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
@@ -532,6 +533,13 @@ class WalRepair:
         if self.repo.index_problems:
             return False
         return set(self.repo.backend.list("packs")) <= self.repo.index.pack_names()
+
+
+def _key_proven(repo: MaintainedRepository) -> bool:
+    """Whether the repository's own key opens what it sealed: an index file was read (sealed
+    under a key that derives from the same master key as sets and WAL entries). Then objects
+    that all fail their check are damage (two swapped names, say), not a wrong config or key."""
+    return len(repo.index) > 0
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

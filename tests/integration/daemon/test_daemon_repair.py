@@ -9,12 +9,14 @@ identical and verify --read-data is clean.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import subprocess
 import time
 
 import pytest
-from cairnd_harness import snapshot
+from cairnd_harness import CAIRND, env_for, snapshot
 
 
 @pytest.fixture
@@ -426,3 +428,47 @@ def test_an_incremental_relying_on_a_damaged_pack_is_refused_before_it_commits(d
         got = snapshot(str(target))
         assert {k: v[-1] for k, v in got.items() if v[0] == "file"} == \
                {k: v[-1] for k, v in want.items() if v[0] == "file"}
+
+
+@pytest.mark.parametrize("kind", ["sets", "wal"])
+def test_two_objects_whose_names_were_swapped_are_removed_by_their_repair(start_daemon, tmp_path, kind):
+    """The only two set objects (or WAL catalog entries) of an encrypted repository swapped
+    their names: each fails its check, and the repair verify names refused ("all 2 of them fail
+    their check, which points to a wrong config or key") although the repository's own key
+    opens its index. It removes them; a wrong config or key, which opens no index file, is still
+    refused (tests/unit/store/test_repair.py)."""
+    src, repo, key = tmp_path / "src", tmp_path / "repo", tmp_path / "key"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(300_000))
+    key.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    r = subprocess.run([CAIRND, "--repo", str(repo), "--init", "--key-file", str(key)], capture_output=True,
+                       text=True, timeout=60, env=env_for())
+    assert r.returncode == 0, r.stderr
+    args = ("--repo", str(repo), "--source", str(src), "--key-file", str(key))
+    daemon = start_daemon(*args)
+    first = _backup(daemon)
+    for n in (1, 2):
+        seg = tmp_path / f"00000001000000000000000{n}"
+        seg.write_bytes(os.urandom(2000 + n))
+        daemon.ok("wal-push", str(seg), "--system-id", "7")
+    second = _backup(daemon, "--tag", "second")
+    names = [first["id"], second["id"]] if kind == "sets" else \
+        [f"7@00000001000000000000000{n}" for n in (1, 2)]
+    a, b = (repo / kind / name for name in names)
+    data_a = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(data_a)
+    daemon.terminate(20)  # (the running daemon holds the sets it read)
+    d = start_daemon(*args)
+
+    r = d.cli("verify")
+    assert r.returncode == 1 and f"'cairn repair {kind}'" in r.stderr, (r.stdout, r.stderr)
+    out = d.ok("repair", kind)
+    assert all(any(line.startswith("removed ") and f" {name}: " in line for line in out.splitlines())
+               for name in names), out
+    for name in names:
+        assert not (repo / kind / name).exists()
+    d.ok("prune")
+    if kind == "wal":
+        verified = d.ok("verify", "--read-data")
+        assert verified.splitlines()[-1].startswith("repository ok: 2 sets"), verified
