@@ -27,10 +27,10 @@ its place; a set that reads, or that a newer format wrote, is never touched.
 `WalRepair` owns `cairn repair wal`: WAL catalog entries that cannot be read (damaged, not a
 catalog entry) are listed and deleted. Such an entry's WAL file cannot be fetched, and while it
 is there prune cannot know which chunks it keeps alive, so nothing is ever freed. So are entries
-that read but name a chunk no index file names while every pack is indexed and every index file
-reads (after `repair index` dropped it: its pack was lost or damaged): that WAL file cannot be
-fetched either, and prune refuses to run while a needed chunk is in no index file. Any other
-entry is never touched.
+that read but name a chunk that no index file names and no pack holds whole (the packs no index
+names are read to tell: after `repair index` dropped it, its pack lost, cut short or damaged):
+that WAL file cannot be fetched either, and prune refuses to run while a needed chunk is in no
+index file. Any other entry is never touched.
 
 What always holds: the caller holds the garbage collector's lock (one collector or repairer at
 a time; backups keep running beside it); the index files are listed before the packs, so every
@@ -489,12 +489,18 @@ class WalRepair:
         removed: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []
         kept = lost_data = 0
-        lost_for_good = self._index_whole()
+        self.repo.load_index()
+        held: set[bytes] | None = None  # chunks the packs no index names hold whole (read once needed)
         for name in sorted(backend.list("wal")):
             try:
                 doc = decode_catalog(name, backend.get("wal", name))
-                lost = next((c for c in doc["chunks"] if bytes.fromhex(c) not in self.repo.index),
-                            None) if lost_for_good else None
+                lost = None
+                for c in doc["chunks"]:
+                    if bytes.fromhex(c) not in self.repo.index:
+                        held = self._unindexed_chunks() if held is None else held
+                        if bytes.fromhex(c) not in held:
+                            lost = c
+                            break
                 if lost is None:
                     kept += 1
                 else:
@@ -525,14 +531,20 @@ class WalRepair:
                     pass
         return WalRepairReport(removed=tuple(removed), kept=kept, refused=tuple(refused), dry_run=dry_run)
 
-    def _index_whole(self) -> bool:
-        """Whether a chunk no index file names is lost for good: the index reloaded, every index
-        file read and every pack named by one. Otherwise a pack no index names may hold it, and
-        'cairn repair index' comes first."""
-        self.repo.load_index()
-        if self.repo.index_problems:
-            return False
-        return set(self.repo.backend.list("packs")) <= self.repo.index.pack_names()
+    def _unindexed_chunks(self) -> set[bytes]:
+        """The blobs that the packs no index file names hold whole, read as `repair index` reads
+        them: a chunk among them is not lost ('cairn repair index' indexes it again), one that is
+        not (its pack gone, cut short, damaged) is."""
+        reader = IndexRepair(self.repo, self.check_lock)
+        held: set[bytes] = set()
+        for pack in sorted(set(self.repo.backend.list("packs")) - self.repo.index.pack_names()):
+            try:
+                good, _bad, later, _intact = reader._read_whole(pack)
+            except (NotFoundError, CorruptionError):  # gone meanwhile, or nothing in it can be read
+                continue
+            held.update(e.id for e in good)
+            held.update(e.id for e in later)  # (delta blobs unverified here: counted as held, which keeps)
+        return held
 
 
 def _key_proven(repo: MaintainedRepository) -> bool:

@@ -351,17 +351,20 @@ def test_an_incremental_reads_again_an_unchanged_file_whose_index_file_was_lost(
     d.ok("restore", first["id"], "--target", str(tmp_path / "first"))
 
 
-def test_a_wal_segment_whose_pack_is_lost_is_removed_by_repair_wal(daemon, tmp_path):
-    """A WAL catalog entry that reads but whose chunks are gone for good (their pack lost, then
-    `repair index` dropped them) kept verify failing and prune refusing for ever: no repair
-    removed it. Verify's hint names `repair wal` after `repair index`, which removes it."""
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_wal_segment_whose_pack_is_lost_is_removed_by_repair_wal(daemon, tmp_path, damage):
+    """A WAL catalog entry that reads but whose chunks are gone for good (their pack lost or
+    cut short, then `repair index` dropped them) kept verify failing and prune refusing for
+    ever: no repair removed it. Verify's hint names `repair wal` after `repair index`, which
+    removes it, also while the pack cut short is still there (no index names it: prune, which
+    would delete it, cannot run yet)."""
     kept = _backup(daemon)
     before = {p.name for p in (daemon.repo / "packs").rglob("*") if p.is_file()}
     seg = tmp_path / "000000010000000000000001"
     seg.write_bytes(os.urandom(1_200_000))
     daemon.ok("wal-push", str(seg), "--system-id", "7")
-    for pack in (p for p in (daemon.repo / "packs").rglob("*") if p.is_file() and p.name not in before):
-        pack.unlink()
+    for pack in [p for p in (daemon.repo / "packs").rglob("*") if p.is_file() and p.name not in before]:
+        pack.unlink() if damage == "deleted" else os.truncate(pack, 0)
 
     r = daemon.cli("verify")
     assert r.returncode == 1 and "WAL file '7@000000010000000000000001'" in r.stdout, (r.stdout, r.stderr)
