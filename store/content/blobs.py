@@ -12,7 +12,7 @@ What always holds:
   (`BlobWriter`) its own blobs dedup from the moment they are accepted; the blobs it dedups
   against without writing them are remembered in `deduped`, the subtrees a walk carried
   over from its base unread in `carried`, and the packs of the files it carried over by
-  reference in `relied`, for the check before commit;
+  reference or whose one chunk it found stored (`rely`) in `relied`, for the check before commit;
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
 - at most `max_pending` packs are in memory waiting for upload (bounded memory), and at most
@@ -348,8 +348,9 @@ class BlobWriter:
         self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
         # subtrees carried over from the base unread: their packs must exist, the index name all below
         self.carried: set[bytes] = set()
-        # packs holding the chunks of files carried over by reference (unchanged, not read): pack ->
-        # (one such chunk, the end of the furthest one in it); per pack, not per chunk, to stay small
+        # packs holding the chunks of files carried over by reference (unchanged, not read), and of
+        # small files' chunks found stored: pack -> (one such chunk, the end of the furthest one in
+        # it); per pack, not per chunk, to stay small
         self.relied: dict[str, tuple[bytes, int]] = {}
         self.pack_size = pack_size
         self.level = level

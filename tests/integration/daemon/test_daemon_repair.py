@@ -475,3 +475,36 @@ def test_two_objects_whose_names_were_swapped_are_removed_by_their_repair(start_
     if kind == "wal":
         verified = d.ok("verify", "--read-data")
         assert verified.splitlines()[-1].startswith("repository ok: 2 sets"), verified
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_full_relying_on_a_damaged_pack_for_small_files_is_refused(start_daemon, tmp_path, damage):
+    """A full found the one chunk of each small file (up to the chunker's minimum size) stored
+    without noting where: with that pack deleted or cut short it committed a set that did not
+    restore. It is refused as the packs of larger files' chunks are; after the repair a full
+    stores them again."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(4):
+        (src / "d" / f"small-{i}.bin").write_bytes(os.urandom(100_000 + i))
+    repo = tmp_path / "repo"
+    d = start_daemon("--repo", str(repo), "--source", str(src))
+    _backup(d)
+    first = {p.name for p in (repo / "packs").rglob("*") if p.is_file()}
+    (src / "d" / "more.bin").write_bytes(os.urandom(1000))
+    _backup(d)  # its listings lie in a pack of their own; the small files' data in the first set's
+    (pack,) = first
+    if damage == "truncated":
+        os.truncate(repo / "packs" / pack[:2] / pack, 1000)
+    else:
+        os.unlink(repo / "packs" / pack[:2] / pack)
+
+    r = d.cli("--json", "backup", "--level", "full")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    said = "is truncated: 1000 bytes" if damage == "truncated" else "is missing from the repository"
+    message = json.loads(r.stderr)["error"]["message"]
+    assert f"pack '{pack[:8]}..' holds blobs this backup relies on and {said}" in message
+    d.ok("repair", "index")
+    healed = _backup(d)
+    d.ok("restore", healed["id"], "--target", str(tmp_path / "restored"))
+    assert snapshot(str(tmp_path / "restored")) == snapshot(str(src))
