@@ -25,12 +25,15 @@ and `verify --read-data` and the restores again. What must hold:
 - a backup the damage did not stop commits a set that restores exactly what the source holds,
   unless the damage is one only reading the data can find (a changed byte inside a pack that is
   there at its full size: docs/operations.md, "When verify reports damage");
-- after the repairs and the full backup, verify --read-data passes, or names only sets whose
-  restore failed before; every set that restored identical after the damage still does (prune
-  and the repairs lose nothing the damage did not touch).
+- after the repairs and the full backup, prune runs (after forgetting the sets its hint names,
+  which must be sets whose restore failed), verify --read-data passes or names only sets whose
+  restore failed before, and every set that restored identical after the damage still does
+  (prune and the repairs lose nothing the damage did not touch).
 
-A daemon may refuse to start on a damaged config or key (one line, exit 1); the trial then
-ends there. CAIRN_DAMAGE_SEED picks the trials (printed on failure: set it to replay a run),
+A set object deleted (or rolled back away) looks like a set forgotten, which no other object
+records: its restore must fail, and nothing else be amiss. A daemon may refuse to start on a
+damaged config or key (one line, exit 1); with the object put back it must start, verify
+--read-data pass and every set restore. CAIRN_DAMAGE_SEED picks the trials (printed on failure: set it to replay a run),
 CAIRN_DAMAGE_TRIALS how many: 5 by default, sized for the suite's time budget (about 10 s a
 trial, the history built once besides); 80 runs every class against every kind once. The kit
 is damagekit.py.
