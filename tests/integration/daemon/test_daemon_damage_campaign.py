@@ -33,10 +33,12 @@ and `verify --read-data` and the restores again. What must hold:
 A set object deleted (or rolled back away) looks like a set forgotten, which no other object
 records: its restore must fail, and nothing else be amiss. A daemon may refuse to start on a
 damaged config or key (one line, exit 1); with the object put back it must start, verify
---read-data pass and every set restore. CAIRN_DAMAGE_SEED picks the trials (printed on failure: set it to replay a run),
-CAIRN_DAMAGE_TRIALS how many: 5 by default, sized for the suite's time budget (about 10 s a
-trial, the history built once besides); 80 runs every class against every kind once. The kit
-is damagekit.py.
+--read-data pass and every set restore.
+
+CAIRN_DAMAGE_SEED picks the trials (printed on failure: set it to replay a run),
+CAIRN_DAMAGE_TRIALS how many: 8 by default, sized for the suite's time budget (about 5 s a
+trial on an idle machine, the history built once besides); 80 runs every class against every
+kind once. The kit is damagekit.py.
 """
 
 from __future__ import annotations
