@@ -1436,7 +1436,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(readable sets are never touched)")
     r.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     r = repairs.add_parser("wal", parents=[common], help="remove the WAL catalog entries that cannot be read "
-                                                         "(readable entries are never touched)")
+                                                         "or whose data is lost (after 'repair index')")
     r.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     p = command("key", cmd_key, "list, add or remove keys of the encrypted repository")

@@ -790,8 +790,12 @@ def repair_wal_lines(r: pb.RepairWalReply) -> list[str]:
     lines = [f"{verb} WAL catalog entry {x.name}: {x.reason}" for x in r.removed]
     lines += [f"kept WAL catalog entry {x.name}: the store refuses to read it ({x.reason}); if that is damage, "
               f"remove wal/{x.name} from the repository by hand" for x in r.refused]
-    lines.append(f"{verb} {plural(len(r.removed), 'unreadable WAL catalog entry', 'unreadable WAL catalog entries')}"
-                 f", kept {plural(r.kept, 'readable entry', 'readable entries')}")
+    if any(x.reason.endswith("its data is lost") for x in r.removed):  # readable, but its chunks are gone
+        removed = plural(len(r.removed), "WAL catalog entry that cannot be read or whose data is lost",
+                         "WAL catalog entries that cannot be read or whose data is lost")
+    else:
+        removed = plural(len(r.removed), "unreadable WAL catalog entry", "unreadable WAL catalog entries")
+    lines.append(f"{verb} {removed}, kept {plural(r.kept, 'readable entry', 'readable entries')}")
     return lines
 
 

@@ -44,7 +44,7 @@ from cairn.fsio.writer import TreeWriter
 
 from .content import crypto
 from .content.blobs import BlobReader, BlobWriter
-from .content.index import Index, IndexBuilder, decode_index, encode_index, read_index
+from .content.index import Index, IndexBuilder, Location, decode_index, encode_index, read_index
 from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
@@ -804,28 +804,45 @@ class Repository:
             waited = True
 
     def _lost_pack(self, writer: BlobWriter) -> bool:
-        """Whether a pack the index names for a blob the session deduplicated against, or for
-        the listing of a subtree it carried over from its base unread (the change journal said
-        nothing below it changed), is gone.
+        """Whether a pack the index names for a blob the session deduplicated against, for a
+        file it carried over by reference, or for the listing of a subtree it carried over from
+        its base unread (the change journal said nothing below it changed), is gone.
 
         A pack a collector deleted is no longer named once the index is read again (it writes
         the index that drops a pack before deleting it): then True, and the caller looks again.
         A pack that is still named is lost (deleted by hand, a broken disk): the set would
         reference blobs nobody can read, so the commit is refused with CorruptionError, naming
-        the way on. Many packs are checked against one listing of packs, a few one by one."""
+        the way on. So is a pack cut shorter than the blobs the session relies on need (packs are
+        immutable: nothing but damage shortens one). Many packs are checked against one listing
+        of packs, a few one by one."""
         named: dict[str, bytes] = {}
+        need: dict[str, int] = {}  # pack -> the end of the last blob of it the session relies on
         for b in writer.deduped | getattr(writer, "carried", set()):
             loc = self.index.get(b)
             if loc is not None:
                 named.setdefault(loc.pack, b)
+                need[loc.pack] = max(need.get(loc.pack, 0), loc.offset + loc.stored_len)
+        for pack, (b, end) in list(getattr(writer, "relied", {}).items()):  # files carried over by reference
+            loc = self.index.get(b)
+            if loc is not None:  # (a collector may have moved it meanwhile: then its new pack is checked)
+                named.setdefault(loc.pack, b)
+                need[loc.pack] = max(need.get(loc.pack, 0), end if loc.pack == pack else loc.offset + loc.stored_len)
         if not named:
             return False
         packs = sorted(named)
         if len(packs) > LIST_PACKS_FROM:
-            held = set(self.backend.list("packs"))
-            gone = [p for p in packs if p not in held]
+            held = {i.name: i.size for i in self.backend.list_info("packs")}
         else:
-            gone = self._missing_packs(packs)
+            held = self._pack_sizes(packs)
+        gone = [p for p in packs if p not in held]
+        for p in packs:
+            if p in held and held[p] < need[p]:
+                raise CorruptionError(
+                    f"unable to commit: pack '{p[:8]}..' holds blobs this backup relies on and is truncated: "
+                    f"{held[p]} bytes, its indexed blobs need at least {need[p]}",
+                    hint="run 'cairn repair index' (it keeps what is still whole in the pack and drops the rest, so "
+                         "the next full backup stores it again), then back up again; 'cairn verify' lists the sets "
+                         "that need it")
         if not gone:
             return False
         self.refresh_index()
@@ -838,6 +855,22 @@ class Repository:
                     hint="run 'cairn repair index' (it drops what the lost pack held, so the next full backup "
                          "stores it again), then back up again; 'cairn verify' lists the sets that need it")
         return True
+
+    def _pack_sizes(self, packs: list[str]) -> dict[str, int]:
+        """The size of each of `packs` the backend holds (one stat each)."""
+
+        def size(p: str) -> int | None:
+            try:
+                return self.backend.stat("packs", p)
+            except NotFoundError:
+                return None
+
+        if len(packs) <= 1:
+            sizes = [size(p) for p in packs]
+        else:
+            with ThreadPoolExecutor(min(STAT_WORKERS, len(packs)), thread_name_prefix="commit-stat") as pool:
+                sizes = list(pool.map(size, packs))
+        return {p: n for p, n in zip(packs, sizes, strict=True) if n is not None}
 
     def _missing_packs(self, packs: list[str]) -> list[str]:
         """Those of `packs` the backend no longer holds (in the given order)."""
@@ -1508,6 +1541,12 @@ class _CurrentIndex:
             return bid in repo.index
         loc = repo.index.get(bid)  # type: ignore[arg-type]
         return loc is not None and loc.pack not in repo.pending  # marked packs: write the blob anew
+
+    def get(self, bid: bytes) -> Location | None:
+        """Where the blob lies, if a session may dedup against it (as `in`)."""
+        repo = self._repo
+        loc = repo.index.get(bid)
+        return None if loc is None or (repo.pending and loc.pack in repo.pending) else loc
 
 
 def _cached_tree_form(kept: bytes) -> bool:

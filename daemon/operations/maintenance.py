@@ -121,13 +121,13 @@ class MaintenancePart(ServicePart):
         return report
 
     def repair_wal(self, dry_run: bool) -> WalRepairReport:
-        """Remove the WAL catalog entries that cannot be read; readable entries are never touched."""
+        """Remove the WAL catalog entries that cannot be read, and those whose data is lost for good."""
         if not dry_run:
             self._require_writable("repairing the WAL catalog")
         report = self.repo.repair_wal(dry_run=dry_run)
         if not dry_run:
             for name, why in report.removed:
-                log.warning("removed unreadable WAL catalog entry %s: %s", name, why)
+                log.warning("removed WAL catalog entry %s: %s", name, why)
         return report
 
     def unlock(self, host: str = "", everything: bool = False) -> tuple[list[dict], list[dict]]:

@@ -10,8 +10,9 @@ What always holds:
   written (then it is handed to `publish`, which adds it to whatever index is current), so
   dedup never points at data that a restart would not find; within one write session
   (`BlobWriter`) its own blobs dedup from the moment they are accepted; the blobs it dedups
-  against without writing them are remembered in `deduped`, and the subtrees a walk carried
-  over from its base unread in `carried`, for the check before commit;
+  against without writing them are remembered in `deduped`, the subtrees a walk carried
+  over from its base unread in `carried`, and the packs of the files it carried over by
+  reference or whose one chunk it found stored (`rely`) in `relied`, for the check before commit;
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
 - at most `max_pending` packs are in memory waiting for upload (bounded memory), and at most
@@ -347,6 +348,10 @@ class BlobWriter:
         self.deduped: set[bytes] = set()  # blobs this session uses but did not write: they must stay indexed
         # subtrees carried over from the base unread: their packs must exist, the index name all below
         self.carried: set[bytes] = set()
+        # packs holding the chunks of files carried over by reference (unchanged, not read), and of
+        # small files' chunks found stored: pack -> (one such chunk, the end of the furthest one in
+        # it); per pack, not per chunk, to stay small
+        self.relied: dict[str, tuple[bytes, int]] = {}
         self.pack_size = pack_size
         self.level = level
         self.index_every = index_every
@@ -375,6 +380,25 @@ class BlobWriter:
 
     def has(self, bid: bytes) -> bool:
         return bid in self.index or bid in self._inflight
+
+    def rely(self, chunks: list[bytes]) -> bool:
+        """Whether every one of `chunks` is known (indexed, or written by this session); if so
+        the packs the indexed ones lie in are noted in `relied`, for the check before commit."""
+        found: list[tuple[bytes, str, int]] = []
+        for c in chunks:
+            loc = self.index.get(c)
+            if loc is None:
+                with self._lock:
+                    if c not in self._inflight:
+                        return False
+                continue
+            found.append((c, loc.pack, loc.offset + loc.stored_len))
+        with self._lock:
+            for c, pack, end in found:
+                had = self.relied.get(pack)
+                if had is None or had[1] < end:
+                    self.relied[pack] = (c, end)
+        return True
 
     def put(self, bid: bytes, btype: int, data: bytes | memoryview) -> bool:
         """Store a blob unless known. Returns True if it was new."""

@@ -113,6 +113,7 @@ class Checker:
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
         self.damaged_wal = False
+        self.lost_wal = False  # a readable WAL catalog entry names a chunk that is missing or damaged
         self.refused = False  # objects the store refuses to read: no repair command fixes those
         self.short_files = False  # files recorded larger than their chunks hold (older sets of growing files)
 
@@ -160,6 +161,9 @@ class Checker:
             return "; ".join(steps + self._short_files_advice())
         elif self.missing:
             steps.append("'cairn repair index' drops the lost blobs from the index")
+        if self.lost_wal:
+            steps.append("then 'cairn repair wal' removes the WAL catalog entries whose data is lost (those WAL files "
+                         "cannot be fetched: take a new base backup of a database whose recovery needs them)")
         if self.corrupt or self.missing:
             steps.append("then a full backup of every source stores them again (older sets that reference "
                          "them restore again once it has); a set whose lost data is not in its source any more "
@@ -572,6 +576,7 @@ class Checker:
                                           f"chunk '{short(c.hex())}' is missing from the index")
                 if why is not None:
                     self.missing = True
+                    self.lost_wal = True
                     self.unindexed_needed = self.unindexed_needed or c not in self.repo.index
                     if c in self.repo.index:
                         self._lost_for_good = True

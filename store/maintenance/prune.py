@@ -469,6 +469,7 @@ class Pruner:
         live: set[bytes] = walmod.referenced_chunks(self.repo, skip=self.skip_wal)
         lost = {b for b in live if index.get(b) is None}
         needing: list[str] = ["the WAL archive"] if lost else []
+        unwalked: list[tuple[BackupSet, CorruptionError | NotFoundError]] = []
         for s in sets:
             stack = [bytes.fromhex(t) for t in set_trees(s)]
             before = len(lost)
@@ -483,12 +484,9 @@ class Pruner:
                 try:
                     entries = self.repo.load_tree(tree)
                 except (CorruptionError, NotFoundError) as e:
-                    raise CorruptionError(
-                        f"unable to read set '{s.id[:12]}..': {e.message}; nothing may be deleted while what it "
-                        "needs cannot be known",
-                        hint=f"run 'cairn verify' to see the damage ('cairn repair index' may bring the listing "
-                             f"back); if it is lost for good, 'cairn prune --forget {s.id[:12]}' forgets that set "
-                             "and lets prune run again") from e
+                    unwalked.append((s, e))  # the other sets are still walked: the error names them all
+                    before = len(lost)
+                    break
                 live.add(tree)
                 for e in entries:
                     if e.subtree:
@@ -500,20 +498,45 @@ class Pruner:
                     live.update(e.chunks)
             if len(lost) != before:
                 needing.append(f"set '{s.id[:12]}'")
+        if unwalked:
+            self._unwalkable(unwalked, needing)
         self._check_indexed(lost, needing)
         return live | self._references(live, copies or {})
+
+    @staticmethod
+    def _unwalkable(unwalked: list[tuple[BackupSet, CorruptionError | NotFoundError]], needing: list[str]) -> None:
+        """Refuse: what the sets whose listings cannot be read need cannot be known. The hint
+        names every set that stops prune (those sets, and the sets that need blobs no index file
+        names), so that forgetting the sets it names lets prune run: one at a time, each run
+        would stop on another."""
+        s, e = unwalked[0]
+        more = len(unwalked) - 1
+        stopping = [x.id[:12] for x, _ in unwalked] + [n[5:-1] for n in needing if n.startswith("set '")]
+        stopping = list(dict.fromkeys(stopping))
+        command = " ".join(f"--forget {i}" for i in stopping[:3]) + (" ..." if len(stopping) > 3 else "")
+        raise CorruptionError(
+            f"unable to read set '{s.id[:12]}..': {e.message}"
+            + (f" (and the listings of {more} more {'set' if more == 1 else 'sets'})" if more else "")
+            + "; nothing may be deleted while what it needs cannot be known",
+            hint=f"run 'cairn verify' to see the damage ('cairn repair index' may bring the listing back); if it is "
+                 f"lost for good, 'cairn prune {command}' forgets {'that set' if len(stopping) == 1 else 'them'} "
+                 "and lets prune run again") from e
 
     @staticmethod
     def _check_indexed(lost: set[bytes], needing: list[str]) -> None:
         if not lost:
             return
         named = ", ".join(needing[:5]) + (f" and {len(needing) - 5} more" if len(needing) > 5 else "")
+        hint = ("run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
+                "holds whole is lost (also after a repair already ran): a full backup of every source stores again "
+                "what the sources still hold, and 'cairn prune --forget SET' forgets a set that needs the rest")
+        if needing[:1] == ["the WAL archive"]:  # (the hint a client sees is bounded: this one says it first)
+            hint = ("run 'cairn repair index': it indexes the packs that hold them; what no pack holds is lost: then "
+                    "'cairn repair wal' removes the WAL catalog entries that need it, and 'cairn prune --forget SET' "
+                    "forgets a set that does")
         raise CorruptionError(
             f"unable to prune: {len(lost)} blobs that {named} need are in no index file; nothing may be deleted "
-            "while a pack that no index names may hold them",
-            hint="run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
-                 "holds whole is lost (also after a repair already ran): a full backup of every source stores again "
-                 "what the sources still hold, and 'cairn prune --forget SET' forgets a set that needs the rest")
+            "while a pack that no index names may hold them", hint=hint)
 
     def _references(self, live: set[bytes], copies: Copies) -> set[bytes]:
         """Reference blobs of live delta blobs: they stay live too. Of every delta-coded copy an

@@ -26,8 +26,11 @@ its place; a set that reads, or that a newer format wrote, is never touched.
 
 `WalRepair` owns `cairn repair wal`: WAL catalog entries that cannot be read (damaged, not a
 catalog entry) are listed and deleted. Such an entry's WAL file cannot be fetched, and while it
-is there prune cannot know which chunks it keeps alive, so nothing is ever freed; a readable
-entry is never touched.
+is there prune cannot know which chunks it keeps alive, so nothing is ever freed. So are entries
+that read but name a chunk that no index file names and no pack holds whole (the packs no index
+names are read to tell: after `repair index` dropped it, its pack lost, cut short or damaged):
+that WAL file cannot be fetched either, and prune refuses to run while a needed chunk is in no
+index file. Any other entry is never touched.
 
 What always holds: the caller holds the garbage collector's lock (one collector or repairer at
 a time; backups keep running beside it); the index files are listed before the packs, so every
@@ -439,7 +442,8 @@ class SetRepair:
                 copies[name] = data
         restored = [(name, why) for name, why in removed if name in copies]
         removed = [(name, why) for name, why in removed if name not in copies]
-        if len(removed) >= 2 and not kept and not newer and not restored and not dry_run:
+        if len(removed) >= 2 and not kept and not newer and not restored and not dry_run \
+                and not _key_proven(self.repo):
             raise CorruptionError(
                 f"refusing to remove set objects: all {len(removed)} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
@@ -459,9 +463,13 @@ class SetRepair:
                                restored=tuple(restored), dry_run=dry_run)
 
 
+LOST_DATA = "its data is lost"
+
+
 @dataclass(frozen=True)
 class WalRepairReport:
-    """What `repair wal` removed (or, with dry_run, would remove): (catalog object, why) pairs."""
+    """What `repair wal` removed (or, with dry_run, would remove): (catalog object, why) pairs;
+    the why of an entry that reads but whose data is lost ends with LOST_DATA."""
 
     removed: tuple[tuple[str, str], ...] = ()
     kept: int = 0  # readable catalog entries, untouched
@@ -480,11 +488,25 @@ class WalRepair:
         backend = self.repo.backend
         removed: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []
-        kept = 0
+        kept = lost_data = 0
+        self.repo.load_index()
+        held: set[bytes] | None = None  # chunks the packs no index names hold whole (read once needed)
         for name in sorted(backend.list("wal")):
             try:
-                decode_catalog(name, backend.get("wal", name))
-                kept += 1
+                doc = decode_catalog(name, backend.get("wal", name))
+                lost = None
+                for c in doc["chunks"]:
+                    if bytes.fromhex(c) not in self.repo.index:
+                        held = self._unindexed_chunks() if held is None else held
+                        if bytes.fromhex(c) not in held:
+                            lost = c
+                            break
+                if lost is None:
+                    kept += 1
+                else:
+                    lost_data += 1
+                    removed.append((name, f"WAL file '{name}': chunk '{short(lost)}' is in no index file and no "
+                                          f"pack holds it: {LOST_DATA}"))
             except NotFoundError:
                 continue  # forgotten meanwhile (WAL retention)
             except CorruptionError as e:  # a sealed entry that does not open, or not a catalog entry
@@ -493,9 +515,10 @@ class WalRepair:
                 raise  # the store does not answer: nothing is unreadable for that
             except BackendError as e:  # the store refuses it (not a file, permissions): reported, kept
                 refused.append((name, e.message))
-        if len(removed) >= 2 and not kept and not dry_run:
+        unreadable = len(removed) - lost_data
+        if unreadable >= 2 and not kept and not lost_data and not dry_run and not _key_proven(self.repo):
             raise CorruptionError(
-                f"refusing to remove WAL catalog entries: all {len(removed)} of them fail their check, which "
+                f"refusing to remove WAL catalog entries: all {unreadable} of them fail their check, which "
                 "points to a wrong config or key rather than damage; nothing was removed",
                 hint="check that config/config and keys/ are this repository's; 'cairn repair wal --dry-run' "
                      "lists them")
@@ -507,6 +530,28 @@ class WalRepair:
                 except NotFoundError:
                     pass
         return WalRepairReport(removed=tuple(removed), kept=kept, refused=tuple(refused), dry_run=dry_run)
+
+    def _unindexed_chunks(self) -> set[bytes]:
+        """The blobs that the packs no index file names hold whole, read as `repair index` reads
+        them: a chunk among them is not lost ('cairn repair index' indexes it again), one that is
+        not (its pack gone, cut short, damaged) is."""
+        reader = IndexRepair(self.repo, self.check_lock)
+        held: set[bytes] = set()
+        for pack in sorted(set(self.repo.backend.list("packs")) - self.repo.index.pack_names()):
+            try:
+                good, _bad, later, _intact = reader._read_whole(pack)
+            except (NotFoundError, CorruptionError):  # gone meanwhile, or nothing in it can be read
+                continue
+            held.update(e.id for e in good)
+            held.update(e.id for e in later)  # (delta blobs unverified here: counted as held, which keeps)
+        return held
+
+
+def _key_proven(repo: MaintainedRepository) -> bool:
+    """Whether the repository's own key opens what it sealed: an index file was read (sealed
+    under a key that derives from the same master key as sets and WAL entries). Then objects
+    that all fail their check are damage (two swapped names, say), not a wrong config or key."""
+    return len(repo.index) > 0
 
 
 def _unreadable(name: str, data: bytes) -> str | None:

@@ -495,7 +495,7 @@ class Walker:
         self.tally.bytes_total += e.size
         if (not self.full and old is not None and old.kind == "file" and old.same_meta(e)
                 and not self._recent(e) and not self._racy(old) and crel not in self.written):
-            if all(self.writer.has(c) for c in old.chunks):
+            if self.writer.rely(old.chunks):  # (notes their packs: the commit checks they are whole)
                 e.chunks, e.xattrs = old.chunks, old.xattrs
                 return e, None, old
             # its content is in no index file (lost, or dropped by a repair): read it again, or

@@ -136,7 +136,7 @@ class FileReader:
 
     def _store(self, view: memoryview, base_chunks: list[bytes] | None) -> bytes:
         bid = self.writer.blob_id(view)
-        if not self.writer.has(bid):
+        if not self.writer.rely([bid]):  # (stored: its pack is noted, the commit checks it is whole)
             self.writer.put_many(TYPE_DATA, [(bid, view)], self._bases(base_chunks, 0))
         return bid
 

@@ -9,12 +9,14 @@ identical and verify --read-data is clean.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import subprocess
 import time
 
 import pytest
-from cairnd_harness import snapshot
+from cairnd_harness import CAIRND, env_for, snapshot
 
 
 @pytest.fixture
@@ -347,3 +349,162 @@ def test_an_incremental_reads_again_an_unchanged_file_whose_index_file_was_lost(
     d.ok("repair", "index")
     d.ok("verify", "--read-data")
     d.ok("restore", first["id"], "--target", str(tmp_path / "first"))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_wal_segment_whose_pack_is_lost_is_removed_by_repair_wal(daemon, tmp_path, damage):
+    """A WAL catalog entry that reads but whose chunks are gone for good (their pack lost or
+    cut short, then `repair index` dropped them) kept verify failing and prune refusing for
+    ever: no repair removed it. Verify's hint names `repair wal` after `repair index`, which
+    removes it, also while the pack cut short is still there (no index names it: prune, which
+    would delete it, cannot run yet)."""
+    kept = _backup(daemon)
+    before = {p.name for p in (daemon.repo / "packs").rglob("*") if p.is_file()}
+    seg = tmp_path / "000000010000000000000001"
+    seg.write_bytes(os.urandom(1_200_000))
+    daemon.ok("wal-push", str(seg), "--system-id", "7")
+    for pack in [p for p in (daemon.repo / "packs").rglob("*") if p.is_file() and p.name not in before]:
+        pack.unlink() if damage == "deleted" else os.truncate(pack, 0)
+
+    r = daemon.cli("verify")
+    assert r.returncode == 1 and "WAL file '7@000000010000000000000001'" in r.stdout, (r.stdout, r.stderr)
+    hint = r.stderr.splitlines()[-1]
+    assert hint.index("'cairn repair index'") < hint.index("'cairn repair wal'"), r.stderr
+    daemon.ok("repair", "index")
+    r = daemon.cli("prune")
+    assert r.returncode == 1 and "the WAL archive" in r.stderr and "'cairn repair wal'" in r.stderr, r.stderr
+
+    dry = daemon.ok("repair", "wal", "--dry-run")
+    assert dry.startswith("would remove WAL catalog entry 7@000000010000000000000001: ") and "data is lost" in dry
+    out = daemon.ok("repair", "wal")
+    assert out.splitlines()[-1] == "removed 1 WAL catalog entry that cannot be read or whose data is lost, " \
+                                   "kept 0 readable entries", out
+    assert not (daemon.repo / "wal" / "7@000000010000000000000001").exists()
+    daemon.ok("prune")
+    verified = daemon.ok("verify", "--read-data")
+    assert verified.splitlines()[-1].startswith("repository ok: 1 set") and "warning" not in verified, verified
+    daemon.ok("restore", kept["id"], "--target", str(tmp_path / "restored"))
+    assert snapshot(str(tmp_path / "restored")) == snapshot(str(daemon.src))
+    assert daemon.ok("wal-push", str(seg), "--system-id", "7").startswith("archived 000000010000000000000001")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_an_incremental_relying_on_a_damaged_pack_is_refused_before_it_commits(daemon, tmp_path, damage):
+    """An incremental carried unchanged files over by reference without asking whether their
+    pack is there and whole: with that pack cut short (a torn copy, a full disk) or deleted it
+    committed a set that did not restore. It is refused, naming the pack and the repair, as a
+    full's deduplicated blobs are; after the repair a backup works."""
+    _backup(daemon)
+    (daemon.src / "d" / "more.bin").write_bytes(os.urandom(1000))
+    base = _backup(daemon)  # its listings lie in a pack of their own, f0.bin's data in the first set's
+    from cairn.store.repository import Repository
+
+    r = Repository.open_local(str(daemon.repo), read_only=True)
+    try:
+        tree = r.load_tree(bytes.fromhex(r.get_set(base["id"]).tree))
+        sub = r.load_tree(next(e for e in tree if e.name == b"d").subtree)
+        pack = r.index.get(next(e for e in sub if e.name == b"f0.bin").chunks[0]).pack
+        assert pack != r.index.get(bytes.fromhex(r.get_set(base["id"]).tree)).pack
+    finally:
+        r.close()
+    if damage == "truncated":
+        os.truncate(daemon.repo / "packs" / pack[:2] / pack, 0)
+    else:
+        os.unlink(daemon.repo / "packs" / pack[:2] / pack)
+    (daemon.src / "new.txt").write_text("new\n")
+
+    sets_before = json.loads(daemon.ok("--json", "sets"))
+    r = daemon.cli("--json", "backup", "--level", "incremental")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    refused = json.loads(r.stderr)["error"]
+    said = "is truncated: 0 bytes" if damage == "truncated" else "is missing from the repository"
+    assert f"pack '{pack[:8]}..' holds blobs this backup relies on and {said}" in refused["message"]
+    assert "'cairn repair index'" in refused["hint"]
+    assert json.loads(daemon.ok("--json", "sets")) == sets_before  # no set relies on what is lost
+
+    daemon.ok("repair", "index")
+    healed = _backup(daemon)
+    for ref in (healed["id"], base["id"]):  # the new set, and the base healed by it
+        target = tmp_path / f"restored-{ref[:8]}"
+        daemon.ok("restore", ref, "--target", str(target))
+        want = {k: v for k, v in snapshot(str(daemon.src)).items() if ref == healed["id"] or k != "new.txt"}
+        got = snapshot(str(target))
+        assert {k: v[-1] for k, v in got.items() if v[0] == "file"} == \
+               {k: v[-1] for k, v in want.items() if v[0] == "file"}
+
+
+@pytest.mark.parametrize("kind", ["sets", "wal"])
+def test_two_objects_whose_names_were_swapped_are_removed_by_their_repair(start_daemon, tmp_path, kind):
+    """The only two set objects (or WAL catalog entries) of an encrypted repository swapped
+    their names: each fails its check, and the repair verify names refused ("all 2 of them fail
+    their check, which points to a wrong config or key") although the repository's own key
+    opens its index. It removes them; a wrong config or key, which opens no index file, is still
+    refused (tests/unit/store/test_repair.py)."""
+    src, repo, key = tmp_path / "src", tmp_path / "repo", tmp_path / "key"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(300_000))
+    key.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    r = subprocess.run([CAIRND, "--repo", str(repo), "--init", "--key-file", str(key)], capture_output=True,
+                       text=True, timeout=60, env=env_for())
+    assert r.returncode == 0, r.stderr
+    args = ("--repo", str(repo), "--source", str(src), "--key-file", str(key))
+    daemon = start_daemon(*args)
+    first = _backup(daemon)
+    for n in (1, 2):
+        seg = tmp_path / f"00000001000000000000000{n}"
+        seg.write_bytes(os.urandom(2000 + n))
+        daemon.ok("wal-push", str(seg), "--system-id", "7")
+    second = _backup(daemon, "--tag", "second")
+    names = [first["id"], second["id"]] if kind == "sets" else \
+        [f"7@00000001000000000000000{n}" for n in (1, 2)]
+    a, b = (repo / kind / name for name in names)
+    data_a = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(data_a)
+    daemon.terminate(20)  # (the running daemon holds the sets it read)
+    d = start_daemon(*args)
+
+    r = d.cli("verify")
+    assert r.returncode == 1 and f"'cairn repair {kind}'" in r.stderr, (r.stdout, r.stderr)
+    out = d.ok("repair", kind)
+    assert all(any(line.startswith("removed ") and f" {name}: " in line for line in out.splitlines())
+               for name in names), out
+    for name in names:
+        assert not (repo / kind / name).exists()
+    d.ok("prune")
+    if kind == "wal":
+        verified = d.ok("verify", "--read-data")
+        assert verified.splitlines()[-1].startswith("repository ok: 2 sets"), verified
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_full_relying_on_a_damaged_pack_for_small_files_is_refused(start_daemon, tmp_path, damage):
+    """A full found the one chunk of each small file (up to the chunker's minimum size) stored
+    without noting where: with that pack deleted or cut short it committed a set that did not
+    restore. It is refused as the packs of larger files' chunks are; after the repair a full
+    stores them again."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(4):
+        (src / "d" / f"small-{i}.bin").write_bytes(os.urandom(100_000 + i))
+    repo = tmp_path / "repo"
+    d = start_daemon("--repo", str(repo), "--source", str(src))
+    _backup(d)
+    first = {p.name for p in (repo / "packs").rglob("*") if p.is_file()}
+    (src / "d" / "more.bin").write_bytes(os.urandom(1000))
+    _backup(d)  # its listings lie in a pack of their own; the small files' data in the first set's
+    (pack,) = first
+    if damage == "truncated":
+        os.truncate(repo / "packs" / pack[:2] / pack, 1000)
+    else:
+        os.unlink(repo / "packs" / pack[:2] / pack)
+
+    r = d.cli("--json", "backup", "--level", "full")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    said = "is truncated: 1000 bytes" if damage == "truncated" else "is missing from the repository"
+    message = json.loads(r.stderr)["error"]["message"]
+    assert f"pack '{pack[:8]}..' holds blobs this backup relies on and {said}" in message
+    d.ok("repair", "index")
+    healed = _backup(d)
+    d.ok("restore", healed["id"], "--target", str(tmp_path / "restored"))
+    assert snapshot(str(tmp_path / "restored")) == snapshot(str(src))

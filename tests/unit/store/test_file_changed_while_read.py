@@ -33,6 +33,9 @@ class _Writer:
     def has(self, bid: bytes) -> bool:
         return bid in self.blobs
 
+    def rely(self, chunks: list[bytes]) -> bool:
+        return all(c in self.blobs for c in chunks)
+
     def put_many(self, kind, pieces, bases=None) -> None:  # type: ignore[no-untyped-def]
         for bid, view in pieces:
             self.blobs[bid] = bytes(view)

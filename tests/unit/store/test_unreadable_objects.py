@@ -180,6 +180,39 @@ def test_read_data_check_reports_a_pack_it_cannot_read_and_reads_the_others(open
         repo.close()
 
 
+def test_prune_names_every_set_whose_listing_is_damaged_so_one_forget_lets_it_run(tmp_path, src, rng):
+    """Two sets whose root listings are damaged: prune named only the first, and forgetting it
+    by name stopped on the second (and forgetting the second, on the first), so the hint led
+    from one to the other. It names both, and forgetting both as it says lets prune run."""
+    import re
+
+    from test_corruption import flip_byte
+
+    root = str(tmp_path / "repo")
+    repo = Repository.init(LocalBackend(root))
+    try:
+        a, b, c = three_sets(repo, src, rng)
+        for s in (a, b):
+            flip_byte(root, repo, bytes.fromhex(s.tree))
+    finally:
+        repo.close()
+    repo = Repository.open_local(root)
+    try:
+        with pytest.raises(CorruptionError) as e:
+            repo.prune(PrunePolicy(), grace=0)
+        assert "(and the listings of 1 more set)" in e.value.message
+        command = re.search(r"'cairn prune ((?:--forget [0-9a-f]+ ?)+)'", e.value.hint)
+        assert command is not None, e.value.hint
+        named = command.group(1).split()[1::2]
+        assert sorted(named) == sorted([a.id[:12], b.id[:12]])
+        report = repo.prune(PrunePolicy(forget=tuple(named)), grace=0)
+        assert sorted(report.forgotten) == sorted([a.id, b.id])
+        assert [s.id for s in repo.list_sets()] == [c.id]
+        assert not repo.check(read_data=True).errors
+    finally:
+        repo.close()
+
+
 def test_prune_with_a_damaged_listing_of_a_kept_set_names_it_and_changes_nothing(tmp_path, src, rng):
     """Damage in a tree of a set the policy keeps: prune stops before it forgets or deletes
     anything, naming the set and `--forget`; forgetting that set by name lets it run."""
