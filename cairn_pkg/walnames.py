@@ -115,6 +115,31 @@ def segment_system_identifier(data: bytes) -> int | None:
     return sysid
 
 
+def segment_header_mismatch(name: str, data: bytes) -> str | None:
+    """Why the content `data` is not WAL segment `name` (or that segment's .partial file), read
+    from its long page header: the page's address must be the start of that segment, and its
+    timeline that of the name or an older one (the first segment of a new timeline begins with
+    the old timeline's pages). None when it is, and when nothing can be judged: `name` is no
+    segment, or `data` has no long header with a timeline (history and backup files, foreign
+    content). A catalog entry filed under another segment's name would otherwise be handed to
+    recovery, which takes the wrong page address for the end of WAL and stops there."""
+    base = name[:-len(".partial")] if name.endswith(".partial") else name
+    parsed = SEGMENT_RE.match(base)
+    if parsed is None or segment_system_identifier(data) is None:
+        return None
+    tli = int.from_bytes(data[4:8], "little")
+    pageaddr = int.from_bytes(data[8:16], "little")
+    seg_size = int.from_bytes(data[32:36], "little")
+    if not tli:
+        return None
+    want_tli, segno = parse_segment(base, seg_size) or (0, 0)
+    if pageaddr == segno * seg_size and tli <= want_tli:
+        return None
+    held = segment_name(tli, pageaddr // seg_size, seg_size)
+    return (f"its first page belongs to segment {held} (WAL position {pageaddr >> 32:X}/{pageaddr & 0xFFFFFFFF:X} "
+            f"on timeline {tli}), not to {base}")
+
+
 def control_system_identifier(data_dir: str) -> int | None:
     """The system identifier in `data_dir`/global/pg_control; None when it cannot be read."""
     try:

@@ -42,6 +42,11 @@ class SegmentRules(Protocol):
         it (one per database; the flat name space "" serves every database)."""
         ...
 
+    def content_problem(self, name: str, head: bytes) -> str | None:
+        """Why content starting with `head` cannot be the file `name` (another segment's filed
+        under this name), or None; None too when the rules cannot tell."""
+        ...
+
 
 class PlainSegments:
     """No engine's rules: plain names, no order (retention forgets nothing), no needs."""
@@ -54,6 +59,9 @@ class PlainSegments:
 
     def needs(self, s: BackupSet, namespace: str) -> list[int]:
         return []
+
+    def content_problem(self, name: str, head: bytes) -> str | None:
+        return None
 
 
 class NameRule(PlainSegments):

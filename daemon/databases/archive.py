@@ -4,7 +4,8 @@ knows no engine's segment names, the daemon tells it.
 `PostgresSegments` accepts the names the archiver hands over (cairn.walnames owns them),
 orders segments, their .partial and .backup files by the segment they name (timelines apart
 from the number: a segment's place is its number), keeps .history files out of the order
-(never forgotten), and reads from a set's physical database records where each one's WAL
+(never forgotten), tells a segment's content filed under another segment's name by its page
+header (`content_problem`), and reads from a set's physical database records where each one's WAL
 starts ("wal"."first"), in the name space of its system identifier (the flat name space ""
 serves every record). What always holds: a name `walnames.is_wal_file_name` refuses is never
 valid; records of dump engines need no WAL.
@@ -39,3 +40,6 @@ class PostgresSegments:
             if first is not None:
                 out.append(first)
         return out
+
+    def content_problem(self, name: str, head: bytes) -> str | None:
+        return walnames.segment_header_mismatch(name, head)

@@ -64,6 +64,7 @@ MAX_PATHS = 20
 # Packs no index names that hold blobs sets need are read (to tell an index file gone from blobs
 # a repair left out as damaged) up to this many bytes in all, in a check without read-data
 LOOK_BYTES = 256 << 20
+HEAD_BYTES = 8192  # of a WAL entry's content, for the engine's page-header check
 
 
 def parse_subset(text: str) -> Callable[[list[str]], list[str]]:
@@ -590,6 +591,26 @@ class Checker:
                         walmod.read_content(self.repo, name, doc)
                     except CairnError as e:
                         self.errors.append(CheckProblem(str(e), object_id=name))
+                        continue
+                if read_data:
+                    self._check_wal_content(name, doc)
+
+    def _check_wal_content(self, name: str, doc: dict) -> None:
+        """With read_data: the start of the entry's content is the file its name says (the
+        engine's rules read a segment's page header), so an entry filed under another's name
+        (swapped, or damaged where its name is not bound to it) is found before a recovery
+        is handed the wrong segment."""
+        rules = getattr(self.repo, "segment_rules", None)
+        if rules is None or not doc["chunks"] or not hasattr(rules, "content_problem"):
+            return
+        try:
+            head = self.repo.reader.read(bytes.fromhex(doc["chunks"][0]))
+        except CairnError:
+            return  # the chunk's own damage is reported with the packs
+        why = rules.content_problem(walmod.split_object(name)[1], bytes(head[:HEAD_BYTES]))
+        if why is not None:
+            self.damaged_wal = True
+            self.errors.append(CheckProblem(f"unable to read WAL file '{name}': {why}", object_id=name))
 
 
 def short_file_problem(recorded: int, held: int) -> str:

@@ -64,11 +64,11 @@ from ..content.packs import (
     parse_footer,
     parse_trailer,
 )
-from ..errors import BackendError, CorruptionError, NotFoundError, UnavailableError, short
+from ..errors import BackendError, CairnError, CorruptionError, NotFoundError, UnavailableError, short
 from ..model import Progress
 from ..snapshots.sets import MAGIC as SET_MAGIC
 from ..snapshots.sets import SET_VERSION, decode_set
-from ..snapshots.wal import decode_catalog
+from ..snapshots.wal import decode_catalog, split_object
 
 if TYPE_CHECKING:
     from .handle import MaintainedRepository
@@ -501,7 +501,10 @@ class WalRepair:
                         if bytes.fromhex(c) not in held:
                             lost = c
                             break
-                if lost is None:
+                misfiled = self._misfiled(name, doc) if lost is None else None
+                if misfiled is not None:
+                    removed.append((name, f"unable to read WAL file '{name}': {misfiled}"))
+                elif lost is None:
                     kept += 1
                 else:
                     lost_data += 1
@@ -530,6 +533,19 @@ class WalRepair:
                 except NotFoundError:
                     pass
         return WalRepairReport(removed=tuple(removed), kept=kept, refused=tuple(refused), dry_run=dry_run)
+
+    def _misfiled(self, name: str, doc: dict) -> str | None:
+        """Why the entry's content is another file than its name (the engine's rules read the
+        start of it: store/segments.py), or None. Such an entry is of no use to a recovery,
+        which would take it for the end of WAL; removed, it is a gap verify names."""
+        rules = getattr(self.repo, "segment_rules", None)
+        if rules is None or not doc["chunks"] or not hasattr(rules, "content_problem"):
+            return None
+        try:
+            head = self.repo.reader.read(bytes.fromhex(doc["chunks"][0]))
+        except CairnError:
+            return None  # the chunk's own damage: 'repair index' and the packs' checks
+        return rules.content_problem(split_object(name)[1], bytes(head[:8192]))
 
     def _unindexed_chunks(self) -> set[bytes]:
         """The blobs that the packs no index file names hold whole, read as `repair index` reads

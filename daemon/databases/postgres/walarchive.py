@@ -43,6 +43,7 @@ from cairn import walnames
 from cairn.store.errors import (
     AbortedError,
     CairnError,
+    CorruptionError,
     DeadlineError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -283,6 +284,9 @@ def check_complete_segment(name: str, data: bytes) -> None:
         raise InvalidArgumentError(
             f"WAL segment {name} holds {len(data)} bytes, but its header gives the segment size {size}: "
             "a truncated copy is not archived (push the complete segment)")
+    why = walnames.segment_header_mismatch(name, data)
+    if why is not None:
+        raise InvalidArgumentError(f"WAL segment {name} is not archived: {why} (push the file under its own name)")
 
 
 def fetch_wal(repo: Any, name: str, namespace: str = "") -> bytes:
@@ -291,6 +295,7 @@ def fetch_wal(repo: Any, name: str, namespace: str = "") -> bytes:
     found, data = repo.get_wal_entry(name, namespace)
     if namespace and not found and _is_segment_file(name):
         _refuse_foreign(name, namespace, data)
+    _refuse_misfiled(name, found, data)
     return data
 
 
@@ -305,19 +310,26 @@ def write_wal_into(repo: Any, name: str, namespace: str, fd: int) -> int:
     never holds part of a segment."""
     found, pieces = repo.stream_wal_entry(name, namespace)
     written = 0
+    foreign = bool(namespace and not found and _is_segment_file(name))
+
+    def judge(first: bytes) -> None:  # before its first byte is written
+        if foreign:
+            _refuse_foreign(name, namespace, first)
+        _refuse_misfiled(name, found, first)
+
     try:
         head = b""
-        checked = not (namespace and not found and _is_segment_file(name))
+        checked = not _is_segment_file(name)
         for piece in pieces:
-            if not checked:  # the first page header names the server (enough bytes of it first)
+            if not checked:  # the first page header names the server and the segment (enough bytes of it first)
                 head += piece
                 if len(head) < HEADER_BYTES:
                     continue
                 piece, head, checked = head, b"", True
-                _refuse_foreign(name, namespace, piece)
+                judge(piece)
             written += _write_at(fd, piece, written)
         if head:
-            _refuse_foreign(name, namespace, head)
+            judge(head)
             written += _write_at(fd, head, written)
         os.ftruncate(fd, written)  # a claim longer than the content leaves nothing behind
     except BaseException:
@@ -332,6 +344,17 @@ def _refuse_foreign(name: str, namespace: str, data: bytes) -> None:
     if owner is not None and str(owner) != namespace:
         raise NotFoundError(f"WAL file '{namespace}/{name}' is not in the archive (the flat entry of that "
                             f"name belongs to system {owner})")
+
+
+def _refuse_misfiled(name: str, found: str, data: bytes) -> None:
+    """A catalog entry whose content is another segment than its name (a damaged or swapped
+    entry in a repository whose entries are not bound to their names) is damage, refused
+    before recovery reads it: recovery would take the wrong page for the end of WAL."""
+    why = walnames.segment_header_mismatch(name, data) if _is_segment_file(name) else None
+    if why is not None:
+        where = f"{found}/{name}" if found else name
+        raise CorruptionError(f"unable to read WAL file '{where}': {why}",
+                              hint="run 'cairn verify --read-data' to find every such entry, then 'cairn repair wal'")
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> int:

@@ -148,3 +148,19 @@ def test_a_delta_claim_is_checked_on_the_directory_and_the_file(tmp_path: Path) 
         os.chown(target / f"{CLAIM_PREFIX}{nonce}", 65534, 65534)  # a client that is that user
         with pytest.raises(FailedPreconditionError):
             check_delta_claim(str(target), nonce, any_owner=True)
+
+
+def test_an_entry_holding_another_segment_is_refused_before_a_byte_is_written(repo: Repository,
+                                                                              tmp_path: Path) -> None:
+    """A catalog entry whose page header is another segment's (swapped names in a repository that
+    does not bind entries to their names) never reaches recovery: the claim file stays empty."""
+    seg_size = 16 << 20
+    other = 0x0A  # SEG is segment 9: its entry holds segment 10's first page
+    header = ((0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
+              + (other * seg_size).to_bytes(8, "little") + bytes(8) + (42).to_bytes(8, "little")
+              + seg_size.to_bytes(4, "little") + (8192).to_bytes(4, "little"))
+    repo.put_wal(SEG, header + os.urandom(3 << 20), "42")
+    path, nonce = claim(tmp_path)
+    with pytest.raises(CorruptionError, match="its first page belongs to segment 00000001000000000000000A"):
+        write(repo, path, nonce)
+    assert Path(path).stat().st_size == 0
