@@ -4,6 +4,9 @@ Run as `python clocked_cairnd.py [CAIRND] ARGS...`. `$CAIRN_TEST_CLOCK` names a 
 an offset in seconds added to the real time; the test writes a new offset and sends SIGHUP,
 and the retention thread and the scheduler recompute their next runs from the moved clock
 (the reload path any changed configuration takes). Everything else keeps the real time.
+`$CAIRN_TEST_MAX_SLEEP`, when set, is the longest the scheduler and the retention thread sleep
+before they look at the clock again (60 s in the daemon), for tests that move the clock without
+a reload, as a clock set back by hand or by NTP does.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 
 from cairn.daemon.runtime import main as cairnd
 from cairn.daemon.runtime import process
+from cairn.daemon.scheduling import retention, scheduler
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler
 
@@ -37,6 +41,9 @@ class ClockedScheduler(Scheduler):
     def __init__(self, sources, submit, clock_fn=clock, tz=None, **wiring) -> None:
         super().__init__(sources, submit, clock=clock_fn, tz=tz, **wiring)  # running, state_dir as the daemon wires
 
+
+if os.environ.get("CAIRN_TEST_MAX_SLEEP"):
+    scheduler.MAX_SLEEP = retention.MAX_SLEEP = float(os.environ["CAIRN_TEST_MAX_SLEEP"])
 
 process.RetentionRunner = ClockedRunner  # the names the running daemon wires
 process.Scheduler = ClockedScheduler
