@@ -96,6 +96,7 @@ class Daemon:
         self._last_status = ""
         self._locks: list[InstanceLock] = []
         self.recovered_windows: dict[str, WindowRecovery] = {}  # windows left open by a previous run, thawed at start
+        self.blocked_calls = 0  # at stop: calls whose threads are blocked in a send for good (see serve)
 
     # ---- start ----
 
@@ -380,6 +381,11 @@ class Daemon:
         idle = self.service.wait_idle(left()) if self.service else True
         if self.server is not None:
             stopped.wait(left())
+            self.blocked_calls = self.server.blocked_calls()
+            if self.blocked_calls:
+                log.warning("%d streaming call%s still blocked on a client that takes nothing (a suspended "
+                            "'cairn'); the exit does not wait for %s", self.blocked_calls,
+                            "" if self.blocked_calls == 1 else "s", "it" if self.blocked_calls == 1 else "them")
         if self.pinger is not None:
             self.pinger.stop(timeout=1.0)
         if self.metrics is not None:
@@ -446,7 +452,9 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     code = daemon.run()
     sys.stdout.flush()
     sys.stderr.flush()
-    if code != EXIT_OK:
-        os._exit(code)  # a job thread is stuck: do not wait for it
+    if code != EXIT_OK or daemon.blocked_calls:
+        # A job thread is stuck, or an RPC thread is blocked in a send to a client that takes
+        # nothing (gRPC's pool would join it at the interpreter's exit): do not wait for it.
+        os._exit(code)
     _exiting(code)
     return code
