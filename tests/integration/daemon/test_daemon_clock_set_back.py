@@ -1,7 +1,8 @@
 """A wall clock set back while the real daemon runs (an NTP correction after a boot with the
 clock a day ahead, a clock set by hand) keeps its schedules: the next scheduled set and the next
-`[repository] gc` run move back with the clock instead of waiting out the jump, without a reload.
-The daemon runs on a clock the test moves (clocked_cairnd.py), looking at it every second."""
+`[repository] gc` run move back with the clock instead of waiting out the jump, without a reload,
+and a source's `rpo` still protects changes the journal stamped before the jump. The daemon
+runs on a clock the test moves (clocked_cairnd.py), looking at it every second."""
 
 from __future__ import annotations
 
@@ -52,4 +53,29 @@ def test_a_clock_set_back_a_day_keeps_the_schedule_and_the_gc_cron(start_daemon,
     assert "the clock went back: next retention run moved to " in log, log
     following = json.loads(d.ok("--json", "status"))["sources"][0]["next_runs"]["incremental"]
     assert following <= time.time() + float(clock.read_text()) + 3600, following  # the next hour on the clock now
+    assert d.terminate(30)[0] == 0
+
+
+def test_changes_stamped_before_the_clock_was_set_back_are_still_protected_by_the_rpo(start_daemon, tmp_path,
+                                                                                       rundir, monkeypatch):
+    clock = tmp_path / "clock-offset"
+    clock.write_text(str(-DAY))  # the journal stamps real time: its changes lie a day after this clock
+    monkeypatch.setenv("CAIRN_TEST_CLOCK", str(clock))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("data\n")
+    sock = os.path.join(rundir, "cairnd.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"src": str(src)})
+    text = open(config, encoding="utf-8").read().replace("watch = false", 'watch = true\nrpo = "5s"')
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(text)
+    d = start_daemon("--config", config, socket_path=sock, prefix=LAUNCHER)
+
+    def rpo_sets() -> list[dict]:
+        return [s for s in json.loads(d.ok("--json", "sets")) if s["extra"].get("reason") == "rpo"]
+
+    wait_for(lambda: len(rpo_sets()) == 1, 20, "the rpo set of the source's first rescan", d)
+    (src / "new.txt").write_text("written after the jump\n")
+    wait_for(lambda: len(rpo_sets()) == 2, 20, "the rpo set of the new file", d)
+    assert "new.txt" in d.ok("ls", rpo_sets()[-1]["id"])
     assert d.terminate(30)[0] == 0
