@@ -5,7 +5,8 @@ Each source has at most one cron expression per level. The scheduler keeps, for 
 on to its next run after *now* and the source gets a run that stands for the latest due time
 of each due level (`due_runs`). A missed period (suspend, a long stall) therefore runs once on
 wake-up, never as a burst. A wall clock set back keeps the schedule: a next run later than
-the cron's first run after *now* moves back to it (`rewound`, logged once per jump).
+the cron's first run after *now* moves back to it (`rewound`, logged once per jump), and the
+record of handled runs forgets times later than *now*, so a stop after the jump is caught up.
 
 What always holds:
 - A source has at most one run waiting (`WaitingRun`): runs that fall due while one waits join
@@ -393,6 +394,9 @@ class Scheduler(ServiceThread):
             back = rewound(self._crons, self._next, now, self._tz)
             for source, levels in back.items():
                 self._next[source].update(levels)
+            if back:  # runs handled "later than now" would hide the next start's catch-up for as long as the jump
+                self._handled = {source: {level: min(when, now) for level, when in levels.items()}
+                                 for source, levels in self._handled.items()}
             due = due_runs(self._crons, self._next, now, self._tz)
             self._next = advance(self._crons, self._next, now, self._tz)
             for source, dues in due.items():
@@ -404,6 +408,7 @@ class Scheduler(ServiceThread):
                 self._waiting[source] = merge_waiting(run, source, dues, now)
             sources = sorted(source for source, run in self._waiting.items() if not run.started)
         if back:
+            self._save()
             log.warning("the clock went back: next scheduled runs moved to %s",
                         ", ".join(f"{level} of '{source}' at {_clock_text(when, self._tz)}"
                                   for source, levels in sorted(back.items()) for level, when in sorted(levels.items())))

@@ -55,6 +55,14 @@ def test_a_clock_set_back_a_day_keeps_the_schedule_and_the_gc_cron(start_daemon,
     assert following <= time.time() + float(clock.read_text()) + 3600, following  # the next hour on the clock now
     assert d.terminate(30)[0] == 0
 
+    # Stopped across the next hour: that run is caught up at the start (the record of handled
+    # runs no longer holds the times from before the jump).
+    clock.write_text(str(offset_to(-120) + 3600))  # two minutes past the hour after the next
+    d = start_daemon("--config", config, socket_path=sock, prefix=LAUNCHER)
+    wait_for(lambda: len(json.loads(d.ok("--json", "sets"))) == 2, 20, "the run missed while stopped", d)
+    assert "was missed while the daemon was down; it is caught up now" in d.log()
+    assert d.terminate(30)[0] == 0
+
 
 def test_changes_stamped_before_the_clock_was_set_back_are_still_protected_by_the_rpo(start_daemon, tmp_path,
                                                                                        rundir, monkeypatch):
