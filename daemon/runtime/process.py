@@ -8,10 +8,12 @@ reloads the configuration (an invalid file is logged and the running configurati
 SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs, running backups cancelled (their
 database tools killed, their quiesce windows thawed; the store abandons an unfinished set
 safely), and the process exits within daemon.shutdown_timeout whatever happens — a backup
-still running then has its tools killed and its window thawed before the exit. A stop that
-blocks past that and the time the thaw hooks may take (`thaw_allowance`), or an interpreter's
-exit that hangs after a clean stop, is ended EXIT_GRACE seconds later by an exit guard
-(exitguard.py), with every thread's stack on stderr.
+still running then has its tools killed and its window thawed before the exit. Streaming calls
+still blocked in a send after the server's grace (a suspended client) are named in one warning
+and their threads are not joined at the exit. A stop that blocks past that and the time the
+thaw hooks may take (`thaw_allowance`), or an interpreter's exit that hangs after a clean
+stop, is ended EXIT_GRACE seconds later by an exit guard (exitguard.py), with every thread's
+stack on stderr.
 
 This module and `main` are the only ones that wire the daemon's rooms together; only `main`
 imports this one, after the arguments and the configuration were found good.
