@@ -1,13 +1,16 @@
 """A wall clock set back while the real daemon runs (an NTP correction after a boot with the
 clock a day ahead, a clock set by hand) keeps its schedules: the next scheduled set and the next
 `[repository] gc` run move back with the clock instead of waiting out the jump, without a reload,
-and a source's `rpo` still protects changes the journal stamped before the jump. The daemon
-runs on a clock the test moves (clocked_cairnd.py), looking at it every second."""
+and a source's `rpo` still protects changes the journal stamped before the jump. A daemon
+suspended (SIGSTOP) while three hourly runs pass takes one late set when continued, no burst,
+then keeps its schedule. The daemon runs on a clock the test moves (clocked_cairnd.py),
+looking at it every second."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -86,4 +89,38 @@ def test_changes_stamped_before_the_clock_was_set_back_are_still_protected_by_th
     (src / "new.txt").write_text("written after the jump\n")
     wait_for(lambda: len(rpo_sets()) == 2, 20, "the rpo set of the new file", d)
     assert "new.txt" in d.ok("ls", rpo_sets()[-1]["id"])
+    assert d.terminate(30)[0] == 0
+
+
+def test_a_daemon_suspended_for_hours_takes_one_late_set_then_keeps_its_schedule(start_daemon, tmp_path, rundir,
+                                                                                 monkeypatch):
+    """SIGSTOP, three hourly runs pass (the clock moves on meanwhile), SIGCONT: one set, no burst."""
+    clock = tmp_path / "clock-offset"
+    clock.write_text(str(offset_to(1800)))
+    monkeypatch.setenv("CAIRN_TEST_CLOCK", str(clock))
+    monkeypatch.setenv("CAIRN_TEST_MAX_SLEEP", "1")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("data\n")
+    sock = os.path.join(rundir, "cairnd.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"src": str(src)},
+                          schedules={"src": {"incremental": "0 * * * *"}})
+    d = start_daemon("--config", config, socket_path=sock, prefix=LAUNCHER)
+
+    def scheduled() -> list[dict]:
+        return [s for s in json.loads(d.ok("--json", "sets")) if s["extra"].get("reason") == "schedule"]
+
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        clock.write_text(str(offset_to(1800) + 3 * 3600))  # three runs passed while it was suspended
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: len(scheduled()) >= 1, 20, "the late set", d)
+    now = time.time() + float(clock.read_text())
+    following = json.loads(d.ok("--json", "status"))["sources"][0]["next_runs"]["incremental"]
+    assert now < following <= now + 1800 + 5, (now, following)  # the next hour, not one of the missed ones
+    clock.write_text(str(offset_to(1) + 3 * 3600))  # a second before it
+    wait_for(lambda: len(scheduled()) >= 2, 20, "the next scheduled set", d)
+    assert len(scheduled()) == 2, scheduled()  # a burst of the missed runs would have come before it
+    assert d.log().count("scheduled incremental set due for source 'src'") == 2, d.log()
     assert d.terminate(30)[0] == 0
