@@ -359,6 +359,9 @@ class Daemon:
         Whatever blocks on the way, the process ends EXIT_GRACE seconds after that (exitguard)."""
         allowed = self.config.daemon.shutdown_timeout + thaw_allowance(self.config)  # thaws may follow the deadline
         guard = ExitGuard(allowed + EXIT_GRACE, EXIT_FAILURE, "the stop", last_steps=_last_steps)
+        # systemd's TimeoutStopSec must not kill the stop before it could thaw the windows: it is
+        # extended to the whole bound, the interpreter's exit after a clean stop included.
+        self.notifier.stopping("stopping", needs=allowed + 2 * EXIT_GRACE)
         try:
             return self._stop()
         finally:
@@ -370,7 +373,6 @@ class Daemon:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
         for thread in (self.rpo, self.backstop, self.retention):
