@@ -5,7 +5,7 @@ The daemon gives running calls their grace, then exits 0 within `daemon.shutdown
 one warning naming the blocked call; it does not wait for the thread gRPC leaves blocked in a
 send the client does not take (before, the interpreter's exit joined that thread until the exit
 guard ended it 3 s later, with an error line and every thread's stack in the journal). The
-client, continued, fails with one line saying the connection was lost."""
+client, continued, fails with one line saying the connection was lost or cairnd stopped."""
 
 from __future__ import annotations
 
@@ -41,9 +41,12 @@ def test_a_stop_does_not_wait_for_a_suspended_clients_stream(start_daemon, rundi
         assert code == 0, log
         assert "did not end within" not in log and "Thread 0x" not in log, log
         assert "1 streaming call still blocked on a client that takes nothing" in log, log
-        assert took < SHUTDOWN + 1.5, (took, log)
+        assert took < SHUTDOWN + 2.5, (took, log)  # the exit guard would add 3 s
     finally:
         client.send_signal(signal.SIGCONT)
         out, err = client.communicate(timeout=60)
     assert client.returncode == 1, (out, err)
-    assert "cairn: error: the connection to cairnd at unix socket" in err and "was lost during the call" in err, err
+    # one line: the connection was lost, or cairnd stopped while the call ran (which one: how far gRPC got)
+    first = err.strip().splitlines()[0]
+    assert first.startswith("cairn: error: ") and "cairnd at unix socket" in first, err
+    assert "was lost during the call" in first or "stopped while this call ran" in first, err
