@@ -95,6 +95,10 @@ from .storage.cache import ObjectCache
 ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 TREE_CACHE = 4096
+# The plaintext of the trees a handle keeps decoded, at most (decoded they take about three
+# times that). Without it the last TREE_CACHE trees of up to trees.STREAM_FROM each made a
+# long-running daemon's resident size climb with every set, towards gigabytes.
+TREE_CACHE_BYTES = 16 << 20
 # Threads reading (decrypting, decompressing, hashing) a restore's chunks: one per core. Each
 # extra thread only adds hand-overs of the interpreter's lock: with cores + 1 of them (and 4
 # writers), a daemon-written restore of the standard corpus (7,734 files) made 160,000 context
@@ -153,7 +157,8 @@ class Repository:
         self.uploads: int | None = None  # pack uploads in flight per write session (None: the backend's default)
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
-        self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self._trees: OrderedDict[bytes, tuple[list[Entry], int]] = OrderedDict()  # id -> (entries, plaintext size)
+        self._tree_bytes = 0  # the plaintext sizes in _trees, together
         self._tree_lock = threading.Lock()
         self._sets: dict[str, BackupSet] = {}
         self._sets_lock = threading.Lock()
@@ -675,6 +680,7 @@ class Repository:
     def close(self) -> None:
         with self._tree_lock:
             self._trees.clear()
+            self._tree_bytes = 0
         if self.cache is not None:
             self.cache.close()
         close = getattr(self.backend, "close", None)
@@ -970,22 +976,33 @@ class Repository:
 
     def tree_entries(self, tree_id: bytes) -> list[Entry] | StreamedTree:
         """The entries of tree `tree_id` to iterate. A small tree comes decoded, and is kept in
-        this handle's cache of the last TREE_CACHE; a large one (trees.STREAM_FROM) is never
-        kept decoded: each pass over it decodes its plaintext anew, one entry at a time, so a
-        directory of 200,000 entries costs its plaintext, not 200,000 decoded entries. Reading
+        this handle's cache of the last TREE_CACHE (and at most TREE_CACHE_BYTES of their
+        plaintext); a large one (trees.STREAM_FROM) is never kept decoded: each pass over it
+        decodes its plaintext anew, one entry at a time, so a directory of 200,000 entries costs
+        its plaintext, not 200,000 decoded entries. Reading
         the blob raises here; a streamed tree that is not valid raises where iterating meets it."""
         with self._tree_lock:
             hit = None if self._stored_trees() else self._trees.get(tree_id)
             if hit is not None:
                 self._trees.move_to_end(tree_id)
-                return hit
-        entries = tree_entries(tree_id, self._own_tree(tree_id) if self.write_only else self._read_tree(tree_id))
+                return hit[0]
+        data = self._own_tree(tree_id) if self.write_only else self._read_tree(tree_id)
+        entries = tree_entries(tree_id, data)
         if isinstance(entries, list):
             with self._tree_lock:
-                self._trees[tree_id] = entries
-                if len(self._trees) > TREE_CACHE:
-                    self._trees.popitem(last=False)
+                old = self._trees.pop(tree_id, None)
+                if old is not None:
+                    self._tree_bytes -= old[1]
+                self._trees[tree_id] = (entries, len(data))
+                self._tree_bytes += len(data)
+                while len(self._trees) > TREE_CACHE or (self._tree_bytes > TREE_CACHE_BYTES and len(self._trees) > 1):
+                    self._tree_bytes -= self._trees.popitem(last=False)[1][1]
         return entries
+
+    def cached_trees(self) -> tuple[int, int]:
+        """(trees kept decoded, their plaintext bytes together): what `tree_entries` holds."""
+        with self._tree_lock:
+            return len(self._trees), self._tree_bytes
 
     def _own_tree(self, tree_id: bytes) -> bytes:
         """A write-only handle's tree: only the trees of its own sets, from its cache."""

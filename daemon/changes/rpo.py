@@ -9,7 +9,8 @@ running. The decision is the pure function `rpo_decisions`, tested on its own.
 What always holds: a source is submitted only when it has an unprotected change at least `rpo`
 old and no backup of it runs; a source whose set did not protect that change (the set failed
 or was refused) is tried again after RETRY_AFTER, never in a burst; a busy source is looked at
-again after BUSY_RECHECK.
+again after BUSY_RECHECK. A change stamped later than the clock now (the wall clock was set
+back since it was journaled) is due at once, so a jump back never holds its protection back.
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def rpo_decisions(
         first = oldest.get(name)
         if first is None:
             continue
-        due = first + rpo
+        # A change stamped after `now` was seen before the wall clock was set back: how long it
+        # waited is unknown, and first + rpo would leave it unprotected for as long as the jump.
+        due = first + rpo if first <= now else now
         last = attempts.get(name)
         if last is not None and last.oldest == first:
-            due = max(due, last.at + retry_after(rpo))  # that set did not protect it: back off
+            due = max(due, min(last.at, now) + retry_after(rpo))  # that set did not protect it: back off
         if due > now:
             wake.append(due)
         elif name in running:

@@ -207,6 +207,11 @@ class RpcServer:
         for name in ("", SERVICE.full_name):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    def blocked_calls(self) -> int:
+        """Streaming calls whose handler has not ended; after the stop, those blocked for good in
+        a send their client does not take (their threads would hold up the interpreter's exit)."""
+        return sum(g.held() for g in self._guards)
+
     def stop(self, grace: float) -> threading.Event:
         """Stop accepting calls; running ones get `grace` seconds. Returns an Event set when done."""
         self._health.enter_graceful_shutdown()

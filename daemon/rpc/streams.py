@@ -20,7 +20,10 @@ What always holds:
   SETTINGS, the kernel's TCP_USER_TIMEOUT) are set past STALL_TIMEOUT by `server`, so a client
   suspended for less than it resumes its stream.
 - A slot is released exactly once, when the call's handler ends (also when it raises, or
-  when gRPC closes the generator of a cancelled call).
+  when gRPC closes the generator of a cancelled call). A handler blocked in a send to a client
+  that takes nothing is not woken when the server stops (gRPC cancels the call, the send
+  still waits): its slot stays taken, which is how the daemon's exit knows not to join its
+  thread (`held`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ class Slots:
     def __init__(self, count: int) -> None:
         self.count = count
         self._free = threading.BoundedSemaphore(count)
+        self._held = 0
+        self._held_lock = threading.Lock()
+
+    def held(self) -> int:
+        """How many slots are taken: calls whose handler has not ended."""
+        with self._held_lock:
+            return self._held
 
     def take(self, context: grpc.ServicerContext, what: str) -> Callable[[], None]:
         """A slot, or abort the call with RESOURCE_EXHAUSTED; returns its release (safe to call twice)."""
@@ -67,12 +77,16 @@ class Slots:
             )
         released = threading.Event()
         once = threading.Lock()
+        with self._held_lock:
+            self._held += 1
 
         def release() -> None:
             with once:
                 if released.is_set():
                     return
                 released.set()
+            with self._held_lock:
+                self._held -= 1
             self._free.release()
 
         return release
@@ -128,6 +142,10 @@ class StreamGuard:
         self.data = Slots(DATA_STREAMS)
         self.wal = Slots(WAL_STREAMS)
         self.watch = watch or StallWatch()
+
+    def held(self) -> int:
+        """Streaming calls whose handler has not ended (on a stopped server: blocked in a send)."""
+        return self.data.held() + self.wal.held()
 
     def replies(self, name: str, handler: Callable[[Any, grpc.ServicerContext], Iterable[Any]]) -> Callable:
         """A server-streaming handler that holds a slot and whose sends the stall watch times."""

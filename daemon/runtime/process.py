@@ -8,10 +8,12 @@ reloads the configuration (an invalid file is logged and the running configurati
 SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs, running backups cancelled (their
 database tools killed, their quiesce windows thawed; the store abandons an unfinished set
 safely), and the process exits within daemon.shutdown_timeout whatever happens — a backup
-still running then has its tools killed and its window thawed before the exit. A stop that
-blocks past that and the time the thaw hooks may take (`thaw_allowance`), or an interpreter's
-exit that hangs after a clean stop, is ended EXIT_GRACE seconds later by an exit guard
-(exitguard.py), with every thread's stack on stderr.
+still running then has its tools killed and its window thawed before the exit. Streaming calls
+still blocked in a send after the server's grace (a suspended client) are named in one warning
+and their threads are not joined at the exit. A stop that blocks past that and the time the
+thaw hooks may take (`thaw_allowance`), or an interpreter's exit that hangs after a clean
+stop, is ended EXIT_GRACE seconds later by an exit guard (exitguard.py), with every thread's
+stack on stderr.
 
 This module and `main` are the only ones that wire the daemon's rooms together; only `main`
 imports this one, after the arguments and the configuration were found good.
@@ -96,6 +98,7 @@ class Daemon:
         self._last_status = ""
         self._locks: list[InstanceLock] = []
         self.recovered_windows: dict[str, WindowRecovery] = {}  # windows left open by a previous run, thawed at start
+        self.blocked_calls = 0  # at stop: calls whose threads are blocked in a send for good (see serve)
 
     # ---- start ----
 
@@ -356,6 +359,9 @@ class Daemon:
         Whatever blocks on the way, the process ends EXIT_GRACE seconds after that (exitguard)."""
         allowed = self.config.daemon.shutdown_timeout + thaw_allowance(self.config)  # thaws may follow the deadline
         guard = ExitGuard(allowed + EXIT_GRACE, EXIT_FAILURE, "the stop", last_steps=_last_steps)
+        # systemd's TimeoutStopSec must not kill the stop before it could thaw the windows: it is
+        # extended to the whole bound, the interpreter's exit after a clean stop included.
+        self.notifier.stopping("stopping", needs=allowed + 2 * EXIT_GRACE)
         try:
             return self._stop()
         finally:
@@ -367,7 +373,6 @@ class Daemon:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        self.notifier.stopping("stopping")
         if self.scheduler is not None:
             self.scheduler.request_stop()
         for thread in (self.rpo, self.backstop, self.retention):
@@ -380,6 +385,11 @@ class Daemon:
         idle = self.service.wait_idle(left()) if self.service else True
         if self.server is not None:
             stopped.wait(left())
+            self.blocked_calls = self.server.blocked_calls()
+            if self.blocked_calls:
+                log.warning("%d streaming call%s still blocked on a client that takes nothing (a suspended "
+                            "'cairn'); the exit does not wait for %s", self.blocked_calls,
+                            "" if self.blocked_calls == 1 else "s", "it" if self.blocked_calls == 1 else "them")
         if self.pinger is not None:
             self.pinger.stop(timeout=1.0)
         if self.metrics is not None:
@@ -446,7 +456,9 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     code = daemon.run()
     sys.stdout.flush()
     sys.stderr.flush()
-    if code != EXIT_OK:
-        os._exit(code)  # a job thread is stuck: do not wait for it
+    if code != EXIT_OK or daemon.blocked_calls:
+        # A job thread is stuck, or an RPC thread is blocked in a send to a client that takes
+        # nothing (gRPC's pool would join it at the interpreter's exit): do not wait for it.
+        os._exit(code)
     _exiting(code)
     return code

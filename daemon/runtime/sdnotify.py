@@ -1,4 +1,5 @@
-"""The systemd notification protocol: READY, STATUS, RELOADING, STOPPING and watchdog pings.
+"""The systemd notification protocol: READY, STATUS, RELOADING, STOPPING (with the time the
+stop may need, EXTEND_TIMEOUT_USEC) and watchdog pings.
 
 Messages are datagrams sent to $NOTIFY_SOCKET (a path, or an abstract name written with a
 leading '@'). Without that variable every call is a no-op, so the daemon behaves the same
@@ -57,9 +58,11 @@ class Notifier:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", *_status(status))
 
-    def stopping(self, status: str | None = None) -> bool:
-        """Shutdown started."""
-        return self.notify("STOPPING=1", *_status(status))
+    def stopping(self, status: str | None = None, needs: float | None = None) -> bool:
+        """Shutdown started; with `needs`, it may take that many seconds from now, and systemd's
+        stop timeout (TimeoutStopSec) is extended to them should it end sooner."""
+        extend = () if needs is None else (f"EXTEND_TIMEOUT_USEC={max(1, int(needs * 1_000_000))}",)
+        return self.notify("STOPPING=1", *extend, *_status(status))
 
     def watchdog(self) -> bool:
         """Tell the watchdog we are alive."""

@@ -7,11 +7,11 @@
   `[repository] gc` cron falls due: `run()` is the service's `run_retention` (each source's
   policy, only this host's sets, then WAL retention and freeing unreferenced data).
 
-What always holds: a due run happens once, however long the daemon slept (as the scheduler's
-timed sets); a run that finds the repository locked by a backup waits and tries again until
-the lock is free or the next run is due; a failed run is logged, shown in status, and the
-thread goes on. The clock is injectable (`clock`), and `run_now()` runs at once (tests,
-operators).
+What always holds: a due run happens once, however long the daemon slept, and a wall clock
+set back moves the next run back with it (as the scheduler's timed sets); a run that finds
+the repository locked by a backup waits and tries again until the lock is free or the next
+run is due; a failed run is logged, shown in status, and the thread goes on. The clock is
+injectable (`clock`), and `run_now()` runs at once (tests, operators).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from cairn.daemon.runtime.durations import format_duration, parse_duration
@@ -138,10 +138,17 @@ class RetentionRunner(ServiceThread):
         while not self.stopping:
             now = self._clock()
             with self._lock:
+                fresh = epoch_next_run(self._expr, now, self._tz)
+                back = self._next > fresh  # the clock went back past the run it computed: follow it
+                if back:
+                    self._next = fresh
                 due = self._next <= now
                 if due:
                     self._next = epoch_next_run(self._expr, now, self._tz)
                 wakeup = self._next
+            if back:
+                log.warning("the clock went back: next retention run moved to %s",
+                            datetime.fromtimestamp(wakeup, self._tz).strftime("%Y-%m-%d %H:%M"))
             if due:
                 self._attempt(retry_until=wakeup)
                 continue

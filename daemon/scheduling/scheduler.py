@@ -4,7 +4,9 @@ Each source has at most one cron expression per level. The scheduler keeps, for 
 (source, level), the epoch of its next run; when the clock reaches it, every due entry moves
 on to its next run after *now* and the source gets a run that stands for the latest due time
 of each due level (`due_runs`). A missed period (suspend, a long stall) therefore runs once on
-wake-up, never as a burst.
+wake-up, never as a burst. A wall clock set back keeps the schedule: a next run later than
+the cron's first run after *now* moves back to it (`rewound`, logged once per jump), and the
+record of handled runs forgets times later than *now*, so a stop after the jump is caught up.
 
 What always holds:
 - A source has at most one run waiting (`WaitingRun`): runs that fall due while one waits join
@@ -169,6 +171,26 @@ def advance(
             for level, when in levels.items()
         }
     return result
+
+
+def rewound(
+    crons: Mapping[str, Mapping[str, CronExpr]],
+    next_runs: Mapping[str, Mapping[str, float]],
+    now: float,
+    tz: tzinfo | None = None,
+) -> dict[str, dict[str, float]]:
+    """{source: {level: epoch}} of the entries whose next run lies beyond the first run after
+    `now`, each moved to that run. A next run computed before `now` is either due or the first
+    run after `now`; one later than that was computed at a time after `now`: the wall clock went
+    back (an NTP correction, a clock set by hand), and without this it would wait out the jump."""
+    moved: dict[str, dict[str, float]] = {}
+    for source, levels in next_runs.items():
+        for level, when in levels.items():
+            if when > now:
+                fresh = epoch_next_run(crons[source][level], now, tz)
+                if fresh < when:
+                    moved.setdefault(source, {})[level] = fresh
+    return moved
 
 
 def next_wakeup(next_runs: Mapping[str, Mapping[str, float]]) -> float | None:
@@ -369,6 +391,12 @@ class Scheduler(ServiceThread):
             self._forget_ended()
         now = self._clock()
         with self._lock:
+            back = rewound(self._crons, self._next, now, self._tz)
+            for source, levels in back.items():
+                self._next[source].update(levels)
+            if back:  # runs handled "later than now" would hide the next start's catch-up for as long as the jump
+                self._handled = {source: {level: min(when, now) for level, when in levels.items()}
+                                 for source, levels in self._handled.items()}
             due = due_runs(self._crons, self._next, now, self._tz)
             self._next = advance(self._crons, self._next, now, self._tz)
             for source, dues in due.items():
@@ -379,6 +407,11 @@ class Scheduler(ServiceThread):
                     self._announced.pop(source, None)
                 self._waiting[source] = merge_waiting(run, source, dues, now)
             sources = sorted(source for source, run in self._waiting.items() if not run.started)
+        if back:
+            self._save()
+            log.warning("the clock went back: next scheduled runs moved to %s",
+                        ", ".join(f"{level} of '{source}' at {_clock_text(when, self._tz)}"
+                                  for source, levels in sorted(back.items()) for level, when in sorted(levels.items())))
         for source in sources:
             if self.stopping:
                 return

@@ -1,9 +1,15 @@
-"""The real cairnd whose retention thread and scheduler read a clock the test can move (tests only).
+"""The real cairnd whose retention thread, scheduler and RPO keeper read a clock the test can move
+(tests only).
 
 Run as `python clocked_cairnd.py [CAIRND] ARGS...`. `$CAIRN_TEST_CLOCK` names a file holding
 an offset in seconds added to the real time; the test writes a new offset and sends SIGHUP,
 and the retention thread and the scheduler recompute their next runs from the moved clock
-(the reload path any changed configuration takes). Everything else keeps the real time.
+(the reload path any changed configuration takes); the RPO keeper compares the moved clock
+with the times of changes in the journal. Everything else keeps the real time, the change
+journal's stamps too.
+`$CAIRN_TEST_MAX_SLEEP`, when set, is the longest the scheduler and the retention thread sleep
+before they look at the clock again (60 s in the daemon), for tests that move the clock without
+a reload, as a clock set back by hand or by NTP does.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import os
 import sys
 import time
 
+from cairn.daemon.changes.rpo import RpoKeeper
 from cairn.daemon.runtime import main as cairnd
 from cairn.daemon.runtime import process
+from cairn.daemon.scheduling import retention, scheduler
 from cairn.daemon.scheduling.retention import RetentionRunner
 from cairn.daemon.scheduling.scheduler import Scheduler
 
@@ -38,8 +46,17 @@ class ClockedScheduler(Scheduler):
         super().__init__(sources, submit, clock=clock_fn, tz=tz, **wiring)  # running, state_dir as the daemon wires
 
 
+if os.environ.get("CAIRN_TEST_MAX_SLEEP"):
+    scheduler.MAX_SLEEP = retention.MAX_SLEEP = float(os.environ["CAIRN_TEST_MAX_SLEEP"])
+
+class ClockedRpo(RpoKeeper):
+    def __init__(self, rpos, oldest, running, submit, clock_fn=clock) -> None:
+        super().__init__(rpos, oldest, running, submit, clock=clock_fn)
+
+
 process.RetentionRunner = ClockedRunner  # the names the running daemon wires
 process.Scheduler = ClockedScheduler
+process.RpoKeeper = ClockedRpo
 
 if __name__ == "__main__":
     args = sys.argv[1:]
