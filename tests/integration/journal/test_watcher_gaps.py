@@ -5,6 +5,7 @@ their watch was added, files with a hard link outside the source, mounts below a
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 
@@ -439,3 +440,69 @@ def test_a_directory_met_at_its_new_path_keeps_its_watches_when_its_move_is_read
     write(env.p("Y", "B", "sub", "late"))
     assert env.p("Y", "B", "sub", "late") in hint_of(t, "I1").paths
     assert t.status("app").state == "complete", t.status("app").reasons
+
+
+def _dirs(root: str) -> list[str]:
+    return [top for top, _, _ in os.walk(root)]
+
+
+def test_directory_trees_made_moved_and_removed_while_events_wait_keep_every_hint_whole(env):
+    """Drawn operations (directories made with content, renamed, into new directories too, moved
+    aside and removed, files written), some read late and some while they happen: every hint
+    holds every change since the set before, a directory without a watch is never hidden behind
+    a 'complete' journal, and few sets walk the whole source (most did, each rename of a watched
+    directory met at its new path tearing it)."""
+    walks = 0
+    for seed in range(6):
+        rng = random.Random(seed)
+        top = env.p(f"s{seed}")
+        os.makedirs(os.path.join(top, "d0", "d1"))
+        t = env.tracker([env.source(f"s{seed}", (top,))])
+        env.trust(t, f"s{seed}")
+        base, before, n = "F1", _snapshot(top), 0
+        for rnd in range(12):
+            paused = False
+            for _ in range(rng.randint(3, 12)):
+                if not paused and rng.random() < 0.4:
+                    assert watcher_hooks.pause(t.watcher)
+                    paused = True
+                ds, op, n = _dirs(top), rng.random(), n + 1
+                if op < 0.25:
+                    d = os.path.join(rng.choice(ds), f"n{n}")
+                    os.makedirs(os.path.join(d, "s"))
+                    write(os.path.join(d, "s", "f"))
+                elif op < 0.55 and len(ds) > 1:
+                    src = rng.choice(ds[1:])
+                    into = [x for x in ds if not (x + "/").startswith(src + "/")]
+                    if rng.random() < 0.5:
+                        made = os.path.join(rng.choice(into), f"m{n}")
+                        os.mkdir(made)
+                        into = [made]
+                    os.rename(src, os.path.join(rng.choice(into), f"r{n}"))
+                elif op < 0.7 and len(ds) > 2:
+                    aside = os.path.join(env.root, f"aside-{seed}-{n}")
+                    os.rename(rng.choice(ds[1:]), aside)
+                    shutil.rmtree(aside)
+                else:
+                    write(os.path.join(rng.choice(ds), f"w{n}"), b"%d" % n)
+                if paused and rng.random() < 0.3:
+                    watcher_hooks.resume(t.watcher)
+                    paused = False
+            if paused:
+                watcher_hooks.resume(t.watcher)
+            hint, token = t.prepare(f"s{seed}", "incremental", base, None)
+            now = _snapshot(top)
+            changed = {p for p in before.keys() | now.keys() if before.get(p) != now.get(p)}
+            if hint is None:
+                walks += 1
+            else:
+                missed = [p for p in changed if p not in hint.paths
+                          and not any(p == r or p.startswith(r + "/") for r in hint.rescan)
+                          and not (p not in now and any(p.startswith(q + "/") for q in hint.paths))]
+                assert not missed, (seed, rnd, missed)
+            t.committed(f"s{seed}", "incremental", f"I{rnd}", token)
+            base, before = f"I{rnd}", now
+            unwatched = [d for d in _dirs(top) if not t.watcher.is_watched(f"s{seed}", d)]
+            assert not unwatched or t.status(f"s{seed}").state != "complete", (seed, rnd, unwatched)
+        t.stop()
+    assert walks <= 12, f"{walks} of 72 sets walked the whole source"
