@@ -210,11 +210,19 @@ class _Group(InotifyWatchGroup):
             return None
         if wd in self._inodes():
             # inotify answered with a watch this group holds under another path: the directory
-            # was renamed and its move event is still queued. watchdog keeps one node per watch,
-            # and handling the move later can drop the watch (and those below it) for good; so
-            # the directory counts as unwatched (walked by every set) until a set finds it
-            # watched again.
-            owner.budget.release()
+            # was renamed and its move event is still queued (`mkdir Z; mv A Z/B` read late: the
+            # walk of Z reached B). The kernel's watch already follows it: its node (with those
+            # below it) is moved here now, as handling the move would, and the move, read later,
+            # finds it in place (_move_watches). Its new path is walked by the next set, as are
+            # its old path's and both parents' listings; no watch is dropped, nothing is torn.
+            owner.budget.release()  # counted when it was first watched
+            old_path = self._path_of(displaced) if displaced is not None else None
+            if displaced is not None and old_path is not None and self._same_inode(path, wd) \
+                    and self._relocate(displaced, path, wd):
+                owner.renamed_early(info, old_path, path)
+                return None
+            # not a plain rename of a node this tree holds: handling the move later may drop the
+            # watch (and those below it) for good, and not every such loss shows
             owner.unwatched(info, path, "renamed while its events were still queued")
             owner.torn(info)
             return None
@@ -230,6 +238,49 @@ class _Group(InotifyWatchGroup):
         node = super()._insert_node(path, wd)
         self.__dict__["_displaced"] = before if before is not None and before is not node else None
         return node
+
+    def _path_of(self, node) -> bytes | None:  # type: ignore[no-untyped-def]
+        """The path of `node` in the tree; None when it is detached (or the root)."""
+        if node is self._root or not self._reachable(node):
+            return None
+        return self._reconstruct_path_iterative(node)
+
+    def _relocate(self, node, path: bytes, wd: WatchDescriptor) -> bool:  # type: ignore[no-untyped-def]
+        """Put `node` (with the nodes below it) in place of the fresh node watchdog just made for
+        `wd` at `path`: the move of that directory to `path`, applied before its event is read.
+        False (nothing changed) when the fresh node is not a plain leaf or `path` lies below
+        `node` in the tree."""
+        fresh = self._nodes_by_wd.get(wd)
+        if fresh is None or fresh is node or fresh.children or fresh.parent is None:
+            return False
+        parent = fresh.parent
+        up = parent
+        while up is not None:
+            if up is node:
+                return False
+            up = up.parent
+        if parent.children.get(fresh.name) is not fresh:
+            return False
+        old_parent = node.parent
+        if old_parent is not None and old_parent.children.get(node.name) is node:
+            old_parent.children.pop(node.name, None)
+        fresh.parent = None
+        node.name = fresh.name
+        node.parent = parent
+        parent.children[fresh.name] = node
+        self._nodes_by_wd[wd] = node
+        return True
+
+    def _move_watches(self, move_src_path: bytes, move_dst_path: bytes) -> bool:
+        """watchdog's, but a move whose directory is already in place (moved here when a walk met
+        it at its new path, see _add_callback) is done: watchdog would take the node found at the
+        destination for another directory moved over it and drop its watches."""
+        if self._find_node_by_path(move_src_path) is None:
+            node = self._find_node_by_path(move_dst_path)
+            if node is not None and node is not self._root and self._nodes_by_wd.get(node.wd) is node \
+                    and node.wd in self._inodes() and self._same_inode(move_dst_path, node.wd):
+                return True
+        return super()._move_watches(move_src_path, move_dst_path)
 
     def _reachable(self, node) -> bool:  # type: ignore[no-untyped-def]
         """Whether `node` is in the tree: each node on the way up is its parent's child."""
@@ -321,8 +372,9 @@ class _Group(InotifyWatchGroup):
         overflow the queue again, and so on for ever: the journal never left rescan and the
         inotify thread rebuilt without end. A watch kept is still good (a watch follows its
         directory); one whose directory left its path is dropped after the next barrier
-        (drop_stale), and a directory renamed unseen is reported unwatched and torn (_add_callback);
-        the rescan the overflow reported covers what was lost."""
+        (drop_stale), and a directory renamed unseen keeps its watches, moved to its new path when
+        the walk meets it there (_add_callback); the rescan the overflow reported covers what was
+        lost."""
         with self._lock:
             if not self.is_active or not self.is_recursive:
                 return
@@ -758,6 +810,19 @@ class Watcher:
         if info is None:
             return
         self.sink.unwatched(info.source, info.report_path(path), reason)
+
+    def renamed_early(self, info: _Root | None, old_path: bytes, new_path: bytes) -> None:
+        """A watched directory met at its new path before its move was read (its watches moved
+        there): its new path is walked by the next set, its old name and both parents' listings
+        are looked at, as the move's own events will report them too."""
+        if info is None:
+            return
+        new, old = info.report_path(new_path), info.report_path(old_path)
+        self.sink.new_directory(info.source, new)
+        self.sink.changed(info.source, os.path.dirname(new), False)
+        if not info.excluded(old, True):
+            self.sink.changed(info.source, old, False)
+        self.sink.changed(info.source, os.path.dirname(old), False)
 
     def torn(self, info: _Root | None) -> None:
         """A watch of `info`'s source was lost in a rename read late: where one was, others may be

@@ -6,6 +6,7 @@ the last incremental set must restore the tree exactly as it is, and the journal
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 from cairnd_harness import snapshot
@@ -240,3 +241,42 @@ def test_a_write_through_a_shared_mapping_is_caught_by_the_backstop_scan(jd):
         m.close()
     finally:
         os.close(fd)
+
+
+def test_directories_staged_and_renamed_into_place_are_journaled_not_walked_whole(jd):
+    """A content repository's writer, read late: a directory staged as `tmp-N/` (files, a
+    subdirectory) and renamed into a new fan-out directory, an older one moved aside and removed.
+    The walk of the new fan-out directory meets the staged one at its final path before its move
+    is read; that made every such set watch the whole source anew and walk it. Each incremental
+    now goes by the journal and restores the tree exactly as it is."""
+    os.makedirs(os.path.join(jd.src, "objects"))
+    os.makedirs(os.path.join(jd.src, "static"))
+    write(os.path.join(jd.src, "static", "site.css"), b"body {}\n")
+    jd.start()
+    jd.backup("full")
+    walked = []
+    for i in range(5):
+        tmp = os.path.join(jd.src, f"tmp-{i:04x}")
+        os.makedirs(os.path.join(tmp, "sub"))
+        write(os.path.join(tmp, "a"), b"a%d\n" % i)
+        write(os.path.join(tmp, "sub", "b"), b"b%d\n" % i)
+        assert jd.hook("hear") == "ok"  # the staged directory is watched under its temporary name
+        assert jd.hook("pause") == "ok"
+        try:
+            os.mkdir(os.path.join(jd.src, "objects", f"{i:02x}"))
+            os.rename(tmp, os.path.join(jd.src, "objects", f"{i:02x}", "final"))
+            if i >= 2:
+                aside = os.path.join(jd.src, f"old-{i}")
+                os.rename(os.path.join(jd.src, "objects", f"{i - 2:02x}", "final"), aside)
+                shutil.rmtree(aside)
+        finally:
+            jd.hook("resume")
+        if i >= 1:  # below the directory the previous set saw renamed into place
+            write(os.path.join(jd.src, "objects", f"{i - 1:02x}", "final", "sub", f"late-{i}"), b"late\n")
+        s = jd.backup("incremental")
+        if s["extra"]["changes"] != "journal":
+            walked.append(i)
+        jd.restore_equals(s["id"], snapshot(jd.src), f"incremental {i}: ")
+    assert not walked, f"incrementals {walked} walked the whole source"
+    st = jd.status()
+    assert st["journal_state"] == "complete", st["journal_reasons"]
