@@ -310,8 +310,14 @@ def test_a_daemon_killed_while_the_writer_runs_loses_no_change(start_daemon, app
         assert s["extra"]["changes"] == "walk", s["extra"]
         app.moved_on()
         app.pause()
+        before = json.loads(d.ok("--json", "status"))["sources"][0]
         s = backup(d, "incremental")
-        assert s["extra"]["changes"] == "journal", s["extra"]
+        if s["extra"]["changes"] != "journal":
+            # the writer's moves read late, up to its pause, may still cost one walk (docs/journal.md:
+            # a rename that is not a plain move); with the writer paused, no more
+            assert any("rename" in r for r in before["journal_reasons"]), (before, s["extra"])
+            s = backup(d, "incremental")
+        assert s["extra"]["changes"] == "journal", json.dumps(s["extra"])
         got = tree_state(restored(d, rundir, s["id"]))
         assert not differences(tree_state(app.root), got), differences(tree_state(app.root), got)
         app.resume()
