@@ -49,6 +49,14 @@ def with_sysid(data: bytes, sysid: int) -> bytes:
     return data[:off] + sysid.to_bytes(8, "little") + data[off + 8:]
 
 
+def as_segment(data: bytes, name: str) -> bytes:
+    """`data` with its first page header moved to segment `name` (timeline and WAL position), so
+    that it passes for that segment (wal-push refuses a header of another segment)."""
+    seg_size = int.from_bytes(data[32:36], "little")
+    tli, segno = walnames.parse_segment(name, seg_size)
+    return data[:4] + tli.to_bytes(4, "little") + (segno * seg_size).to_bytes(8, "little") + data[16:]
+
+
 def test_header_and_pg_control_give_the_servers_system_identifier(stack: Stack) -> None:
     sysid = int(server_sysid(stack))
     seg, data = archived_segment(stack)
@@ -122,7 +130,7 @@ def test_flat_entries_of_an_older_archive_still_fetch(stack: Stack, tmp_path: Pa
         assert dest.read_bytes() == (plain / wanted).read_bytes()
     # a flat segment written by another server is not handed to this one
     foreign = "0000000900000000000000AB"
-    (plain / foreign).write_bytes(with_sysid(data, sysid ^ 0x77))
+    (plain / foreign).write_bytes(as_segment(with_sysid(data, sysid ^ 0x77), foreign))
     stack.ok("wal-push", "--system-id", str(sysid ^ 0x77), str(plain / foreign))
     os.rename(os.path.join(stack.repo, "wal", f"{sysid ^ 0x77}@{foreign}"), os.path.join(stack.repo, "wal", foreign))
     r = stack.cli("wal-fetch", "--prefetch", "0", "--system-id", str(sysid), foreign, str(tmp_path / "x"))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from cairn import walnames
 from cairnd_harness import CAIRN, env_for
 from pgstack import ArchivingServer, Stack, app_stack, make_pg_dir
 
@@ -136,6 +137,11 @@ def test_a_segment_the_archive_holds_with_other_content_stops_the_servers_archiv
         # another server of this identity archived that name first (here: an archived segment under its name)
         impostor = st.root / current
         assert fetch(st, archived, impostor, sysid(st)).returncode == 0
+        data = impostor.read_bytes()  # its first page header moved to `current`, as that server's would be
+        seg_size = int.from_bytes(data[32:36], "little")
+        tli, segno = walnames.parse_segment(current, seg_size)
+        impostor.write_bytes(data[:4] + tli.to_bytes(4, "little") + (segno * seg_size).to_bytes(8, "little")
+                             + data[16:])
         assert push(st, impostor).returncode == 0
         failed = archiver(st)[2]
         for i in range(3):
