@@ -25,7 +25,7 @@ from typing import Any
 from cairnd_harness import CAIRND, env_for, snapshot
 
 SEED = int(os.environ.get("CAIRN_DAMAGE_SEED", "5113"))
-TRIALS = int(os.environ.get("CAIRN_DAMAGE_TRIALS", "8"))
+TRIALS = int(os.environ.get("CAIRN_DAMAGE_TRIALS", "5"))
 
 CLASSES = ("config", "keys", "sets", "index", "tree-packs", "data-packs", "wal", "wal-packs", "locks", "state")
 KINDS = ("delete", "truncate-0", "truncate-half", "flip", "zero-block", "replace", "rollback", "swap")

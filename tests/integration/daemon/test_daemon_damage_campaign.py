@@ -36,7 +36,7 @@ damaged config or key (one line, exit 1); with the object put back it must start
 --read-data pass and every set restore.
 
 CAIRN_DAMAGE_SEED picks the trials (printed on failure: set it to replay a run),
-CAIRN_DAMAGE_TRIALS how many: 8 by default, sized for the suite's time budget (about 5 s a
+CAIRN_DAMAGE_TRIALS how many: 5 by default, sized for the suite's time budget (about 5 s a
 trial on an idle machine, the history built once besides); 80 runs every class against every
 kind once. The kit is damagekit.py.
 """
