@@ -1068,6 +1068,13 @@ class Repository:
                 except NotFoundError:  # forgotten since the listing
                     self._sets.pop(name, None)
                     continue
+                except crypto.WriteOnlyKeyError:
+                    if not self.write_only:
+                        raise
+                    # this host's record of it was dropped since the listing (found damaged by a
+                    # call that listed at the same time, which named it): as forgotten here
+                    self._sets.pop(name, None)
+                    continue
                 except UnavailableError:
                     raise  # the store does not answer: no set is unreadable for that
                 except (CorruptionError, BackendError) as e:

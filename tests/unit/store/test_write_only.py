@@ -384,3 +384,17 @@ def test_latest_of_another_host_says_the_key_is_write_only_not_that_there_is_no_
         repo.get_set("latest", host="fullhost", own_host="wohost")
     assert repo.get_set("latest", host="wohost", own_host="wohost").id == own.id
     repo.close()
+
+
+def test_a_record_dropped_while_another_call_lists_is_no_error(tmp_path):
+    """Two listings at once on a write-only host whose own set record is damaged: the first
+    drops the record; the other, which listed its name before that, must take the set as gone,
+    not fail (a backup failed so: "unable to read set ..: another host wrote it")."""
+    backend, shared = _setup(tmp_path)
+    repo = _wonly(backend, tmp_path / "cache")
+    s = _backup(repo, shared)
+    names = repo.host_cache.names
+    repo.host_cache.remove("sets", s.id)  # dropped by the other call, after this one's listing
+    repo.host_cache.names = lambda kind: [*names(kind), s.id] if kind == "sets" else names(kind)
+    repo._sets.clear()
+    assert [x.id for x in repo.list_sets("app")] == []
