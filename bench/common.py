@@ -79,6 +79,15 @@ def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str 
                     cpu=usage.ru_utime + usage.ru_stime)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far; 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def build_corpus(script: Path, out: Path, *, big_mib: int | None = None) -> None:
     """Build the corpus with the shared script (same Python, so the same stdlib copy)."""
     if not script.is_file():

@@ -14,7 +14,9 @@ order would always hand the same contestant the slowed-down slot):
 - restic on `s3:<endpoint>/bucket/<fresh prefix>` (if installed): `init`, `backup`,
   `restore latest`.
 Reported: medians of MB/s (MB = 10^6 bytes of corpus) and the ratios S3/local and
-Cairn-on-S3/restic-on-S3. Both Cairn repositories are encrypted (format 2, created with
+Cairn-on-S3/restic-on-S3, and per backup the CPU seconds of the contestant (cairnd, or restic)
+and of SeaweedFS: the object store runs on the same cores here, so its CPU is time the
+contestant could not have (a remote store's is not). Both Cairn repositories are encrypted (format 2, created with
 `cairnd --init` and a passphrase file), as restic's always are; Cairn on S3 keeps its default
 of 4 pack uploads in flight. The load average is printed at the start and the end: the figures
 only compare within one invocation.
@@ -55,6 +57,7 @@ from bench.common import (  # noqa: E402
     compare_trees,
     fresh_dir,
     fresh_fs,
+    process_cpu,
     run_measured,
     tree_bytes,
     warm,
@@ -123,14 +126,18 @@ def settle() -> None:
 
 
 def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict[str, str], run: int,
-                verify: bool, targets: Path) -> tuple[float, float, bool | None]:
+                verify: bool, targets: Path, store_pid: int) -> tuple[float, float, bool | None, float, float]:
+    """(backup s, restore s, restore verified, cairnd CPU s of the backup, store CPU s of it)."""
     d = Daemon(work, f"{label}-{run}", corpus, repository, env)
     d.init()
     d.start()
     try:
         warm(corpus)
         settle()
+        assert d.proc is not None
+        cpu0, store0 = process_cpu(d.proc.pid), process_cpu(store_pid)
         b = d.cli("--json", "backup", "--level", "full", name=f"{label}-{run}-backup")
+        cpu, store = process_cpu(d.proc.pid) - cpu0, process_cpu(store_pid) - store0
         target = fresh_dir(targets / f"restore-{label}-{run}")
         settle()
         r = d.cli("restore", "latest", "--target", str(target), name=f"{label}-{run}-restore")
@@ -138,13 +145,14 @@ def bench_cairn(work: Path, label: str, corpus: Path, repository: str, env: dict
         if verify:
             problems = compare_trees(corpus, target / corpus.name if (target / corpus.name).is_dir() else target)
             ok = not problems
-        return b.seconds, r.seconds, ok
+        return b.seconds, r.seconds, ok, cpu, store
     finally:
         d.stop()
 
 
 def bench_restic(work: Path, corpus: Path, repo: str, env: dict[str, str], run: int,
-                 targets: Path, cacert: str | None = None) -> tuple[float, float]:
+                 targets: Path, store_pid: int, cacert: str | None = None) -> tuple[float, float, None, float, float]:
+    """(backup s, restore s, None, restic's CPU s of the backup, the store's CPU s of it)."""
     logdir = work / "logs"
     help_text = subprocess.run(["restic", "init", "--help"], capture_output=True, text=True).stdout
     extra = ["--insecure-no-password"] if "--insecure-no-password" in help_text else []
@@ -152,13 +160,15 @@ def bench_restic(work: Path, corpus: Path, repo: str, env: dict[str, str], run: 
     run_measured([*restic, "init", *extra], env=env, logdir=logdir, name=f"restic-{run}-init").check()
     warm(corpus)
     settle()
+    store0 = process_cpu(store_pid)
     b = run_measured([*restic, "backup", "--quiet", str(corpus)], env=env, logdir=logdir,
                      name=f"restic-{run}-backup").check()
+    store = process_cpu(store_pid) - store0
     target = fresh_dir(targets / f"restore-restic-{run}")
     settle()
     r = run_measured([*restic, "restore", "latest", "--target", str(target)], env=env, logdir=logdir,
                      name=f"restic-{run}-restore").check()
-    return b.seconds, r.seconds
+    return b.seconds, r.seconds, None, b.cpu, store
 
 
 def main() -> int:
@@ -197,6 +207,7 @@ def main() -> int:
     creds.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
     times: dict[str, dict[str, list[float]]] = {}
     verified: dict[str, list[bool | None]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}  # per backup: (contestant's CPU s, the store's)
     with contextlib.ExitStack() as stack:
         targets = stack.enter_context(fresh_fs(work, int(size * 1.3) * 3 * args.runs)) if args.fresh_fs else work
         tls = None
@@ -212,18 +223,18 @@ def main() -> int:
             contestants = {
                 "cairn-local": lambda run=run: bench_cairn(
                     work, "local", corpus, f'path = "{fresh_dir(work / f"repo-local-{run}")}"\n', {}, run,
-                    not args.no_verify, targets),
+                    not args.no_verify, targets, weed.proc.pid),
                 "cairn-s3": lambda run=run: bench_cairn(
                     work, "s3", corpus,
                     f'path = "s3://{weed.bucket}/cairn-{run}-{os.getpid()}"\nendpoint = "{weed.endpoint}"\n'
                     f'region = "us-east-1"\ncredentials_file = "{creds}"\n', ca_env, run, not args.no_verify,
-                    targets),
+                    targets, weed.proc.pid),
             }
             if restic:
                 contestants["restic-s3"] = lambda run=run: bench_restic(
                     work, corpus, f"s3:{weed.endpoint}/{weed.bucket}/restic-{run}-{os.getpid()}",
                     {**weed.env(), "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}, run,
-                    targets, tls["ca"] if tls else None)
+                    targets, weed.proc.pid, tls["ca"] if tls else None)
             order = list(contestants)
             order = order[run % len(order):] + order[:run % len(order)]
             for name in order:
@@ -231,18 +242,21 @@ def main() -> int:
                 t = times.setdefault(name, {"backup": [], "restore": []})
                 t["backup"].append(out[0])
                 t["restore"].append(out[1])
-                if len(out) > 2:
+                if out[2] is not None:
                     verified.setdefault(name, []).append(out[2])
+                cpu.setdefault(name, []).append((out[3], out[4]))
                 print(f"run {run + 1}: {name:12} backup {size / out[0] / MB:7.1f} MB/s   "
-                      f"restore {size / out[1] / MB:7.1f} MB/s", flush=True)
+                      f"restore {size / out[1] / MB:7.1f} MB/s   backup CPU: own {out[3]:.2f} s, "
+                      f"object store {out[4]:.2f} s", flush=True)
     med = {n: {k: size / statistics.median(v) / MB for k, v in t.items()} for n, t in times.items()}
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
     print(f"medians of {args.runs} run(s), MB/s (corpus {size / MB:.0f} MB, {files} files"
           f"{'; restores onto a fresh file system' if args.fresh_fs else ''}):")
     for n, m in med.items():
-        print(f"  {n:12} backup {m['backup']:7.1f}   restore {m['restore']:7.1f}"
-              + (f"   restore verified: {verified[n]}" if n in verified else ""))
+        own, store = (statistics.median(c[i] for c in cpu[n]) for i in (0, 1))
+        print(f"  {n:12} backup {m['backup']:7.1f}   restore {m['restore']:7.1f}   backup CPU: own {own:.2f} s, "
+              f"object store {store:.2f} s" + (f"   restore verified: {verified[n]}" if n in verified else ""))
 
     def ratio(a: str, b: str, k: str) -> str:
         return f"{med[a][k] / med[b][k]:.2f}x" if a in med and b in med else "n/a"
@@ -252,7 +266,8 @@ def main() -> int:
     if "restic-s3" in med:
         print(f"cairn-s3 / restic-s3:   backup {ratio('cairn-s3', 'restic-s3', 'backup')}, "
               f"restore {ratio('cairn-s3', 'restic-s3', 'restore')}")
-    print(json.dumps({"corpus_mb": size / MB, "files": files, "medians_mbps": med, "seconds": times}))
+    print(json.dumps({"corpus_mb": size / MB, "files": files, "medians_mbps": med, "seconds": times,
+                      "backup_cpu_s": cpu}))
     return 0
 
 
