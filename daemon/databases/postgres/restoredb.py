@@ -31,7 +31,9 @@ What always holds: every check runs before the first record is produced (`check_
 runs them alone, for `restore --databases` to check every database before it writes any);
 errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN)
 or FailedPreconditionError (a segment the set needs for its consistent point, or its target
-needs on the set's timeline, missing from the archive; a target time past the archive; with
+needs on the set's timeline, missing from the archive; a target time or LSN past the end of the
+archived WAL, by the store's time of its newest segment or, on the set's own timeline, by the
+records in it (walend.py); with
 `target_end`, a segment missing after the set on its timeline while later ones are archived,
 unless `accept_wal_gap` takes recovery up to that gap).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
@@ -67,6 +69,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
+from cairn.daemon.databases.postgres import walend
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, int_to_lsn, lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import (
     database_records,
@@ -243,9 +246,12 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
     if isinstance(stopped, int | float) and when.timestamp() < stopped:
         raise InvalidArgumentError(
             f"target time '{target_time}' is before the set's consistent point "
-            f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='microseconds')}): "
-            "choose a set taken before the target")
+            f"({_local(stopped)}): choose a set taken before the target")
     return when.isoformat(sep=" ")
+
+
+def _local(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(sep=" ", timespec="microseconds")
 
 
 CLOCK_SKEW = 120.0  # seconds the database host's and the store's clocks may differ by
@@ -266,6 +272,52 @@ def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target
             f"target time '{target_time}' is later than the newest WAL archived for database '{database}' "
             f"({name}, stored {at}): recovery could not reach it; choose an earlier time, or --target-end to "
             "recover everything archived")
+
+
+XACT_TIME_SLACK = 1.0  # seconds a commit's recorded time may run ahead of the order of the WAL records
+
+
+def check_archive_reaches(repo: Repository, rec: dict[str, Any], database: str, target_time: str,
+                          target_lsn: str) -> None:
+    """Refuse (FailedPreconditionError) a target time or LSN on the set's own timeline past the
+    end of its archived WAL (walend.read_end), which PostgreSQL would only find out after
+    replaying all of it ("recovery ended before configured recovery target was reached"):
+    an LSN at or past the end of the newest archived segment, or past the start of the last
+    record pg_waldump reads in it (recovery stops after a record starting at or past the target
+    LSN); a time later than the newest commit or abort read (recovery stops only before one that
+    is later than the target time), by more than XACT_TIME_SLACK, or any time when none ended
+    after the set at all. The message names the end and the newest reachable target."""
+    end = walend.read_end(repo, rec)
+    if end is None:
+        return
+    wal_ends = (f"the archived WAL of timeline {end.timeline} ends at {int_to_lsn(end.end_lsn)} "
+                f"(segment {end.segment})")
+    hint = ("--target-end recovers everything archived; WAL the server has not archived yet holds later "
+            "records (SELECT pg_switch_wal() on it archives what it wrote)")
+    if target_lsn:
+        lsn = lsn_to_int(target_lsn)
+        if lsn >= end.end_lsn or (end.last_lsn is not None and lsn > end.last_lsn):
+            newest = (f"the last record archived starts at {int_to_lsn(end.last_lsn)}, the newest reachable target LSN"
+                      if end.last_lsn is not None else
+                      f"the newest reachable target LSN is before {int_to_lsn(end.end_lsn)}")
+            raise FailedPreconditionError(
+                f"unable to restore database '{database}' to LSN {target_lsn}: {wal_ends}; {newest}", hint=hint)
+        return
+    when = parse_target_time(target_time).timestamp()
+    if end.last_xact is not None:
+        at, lsn = end.last_xact
+        if when > at + XACT_TIME_SLACK:
+            raise FailedPreconditionError(
+                f"unable to restore database '{database}' to '{target_time}': {wal_ends}, and its last transaction "
+                f"ended at {_local(at)} (LSN {int_to_lsn(lsn)}): recovery to a time stops only at a later one, so "
+                f"the newest reachable target time is just before {_local(at)}",
+                hint=f"--target-lsn {int_to_lsn(lsn)} recovers up to and including that transaction; {hint}")
+    elif end.whole:
+        raise FailedPreconditionError(
+            f"unable to restore database '{database}' to '{target_time}': {wal_ends}, and no transaction ended "
+            "after the set's consistent point in it: recovery to a time stops only at a transaction that ends "
+            "after the target, so no target time after the set is reachable",
+            hint=f"restore to the set's own point (no target option); {hint}")
 
 
 def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
@@ -293,6 +345,8 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
             check_reachable(repo, rec, database, target_time)
         if target_timeline in ("", "current"):
             check_no_gap_before(repo, rec, database, checked, target_lsn)
+            if checked or target_lsn:
+                check_archive_reaches(repo, rec, database, target_time, target_lsn)
             if target_end and not accept_wal_gap:
                 check_end_without_gap(repo, rec, database)
     if PhysicalRecord.from_dict(rec).tablespaces and (not target_path or not os.path.isabs(target_path)):
