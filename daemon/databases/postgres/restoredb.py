@@ -29,13 +29,13 @@ from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced (`check_restore_db`
 runs them alone, for `restore --databases` to check every database before it writes any);
-errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN)
-or FailedPreconditionError (a segment the set needs for its consistent point, or its target
-needs on the set's timeline, missing from the archive; a target time or LSN past the end of the
+errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN;
+a target before the set's consistent point, the hint naming an earlier set that reaches it) or
+FailedPreconditionError (a segment the set needs for its consistent point, or its target needs
+on the set's timeline, missing from the archive; a target time or LSN past the end of the
 archived WAL, by the store's time of its newest segment or, on the set's own timeline, by the
-records in it (walend.py); with
-`target_end`, a segment missing after the set on its timeline while later ones are archived,
-unless `accept_wal_gap` takes recovery up to that gap).
+records in it (walend.py); with `target_end`, a segment missing after the set on its timeline
+while later ones are archived, unless `accept_wal_gap` takes recovery up to that gap).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
 the client or the daemon, a full disk) never leaves a directory it would start on and recover
@@ -228,8 +228,10 @@ def parse_target_time(text: str) -> datetime:
     return when if when.tzinfo is not None else when.astimezone()
 
 
-def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
-    """Refuse a malformed target, or one before the set's consistent point (never reachable).
+def check_target(rec: dict[str, Any], target_time: str, target_lsn: str,
+                 earlier: Callable[[float | None, int | None], str | None] | None = None) -> str:
+    """Refuse a malformed target, or one before the set's consistent point (never reachable;
+    `earlier(time, lsn)`, when given, names a set that reaches it, as the refusal's hint).
     Returns the target time as recovery_target_time gets it, with its zone's offset ('' for none):
     a time given without a zone is the daemon host's local time, not the restored server's."""
     if target_time and target_lsn:
@@ -238,7 +240,8 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
         if lsn_to_int(target_lsn) < lsn_to_int(rec["stop_lsn"]):
             raise InvalidArgumentError(
                 f"target LSN {target_lsn} is before the set's consistent point {rec['stop_lsn']}: "
-                "choose a set taken before the target")
+                "choose a set taken before the target",
+                hint=earlier(None, lsn_to_int(target_lsn)) if earlier is not None else None)
     if not target_time:
         return ""
     when = parse_target_time(target_time)
@@ -246,12 +249,42 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
     if isinstance(stopped, int | float) and when.timestamp() < stopped:
         raise InvalidArgumentError(
             f"target time '{target_time}' is before the set's consistent point "
-            f"({_local(stopped)}): choose a set taken before the target")
+            f"({_local(stopped)}): choose a set taken before the target",
+            hint=earlier(when.timestamp(), None) if earlier is not None else None)
     return when.isoformat(sep=" ")
 
 
 def _local(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat(sep=" ", timespec="microseconds")
+
+
+def earlier_set(repo: Repository, s: BackupSet, rec: dict[str, Any], database: str, when: float | None,
+                lsn: int | None) -> str | None:
+    """The hint for a target before set `s`'s consistent point: the newest set holding a base
+    backup of `database` of the same cluster whose consistent point is at or before the target
+    (a time `when` or an LSN `lsn`), or that there is none."""
+    namespace = record_namespace(rec)
+    best: tuple[float, BackupSet, dict[str, Any]] | None = None
+    for other in repo.list_sets():
+        if other.id == s.id:
+            continue
+        theirs = next((r for r in database_records(other.extra) if r.get("name") == database), None)
+        if theirs is None or record_namespace(theirs) != namespace or not theirs.get("stop_lsn"):
+            continue
+        stopped = theirs.get("stopped")
+        if when is not None and not (isinstance(stopped, int | float) and stopped <= when):
+            continue
+        if lsn is not None and lsn_to_int(str(theirs["stop_lsn"])) > lsn:
+            continue
+        key = float(stopped) if isinstance(stopped, int | float) else float(other.time_end)
+        if best is None or key > best[0]:
+            best = (key, other, theirs)
+    if best is None:
+        return f"no earlier set holds a base backup of database '{database}' that reaches the target"
+    _, other, theirs = best
+    point = _local(theirs["stopped"]) if when is not None else theirs["stop_lsn"]
+    return (f"set '{other.id[:8]}' (consistent at {point}) reaches it: cairn restore-db {other.id[:8]} "
+            f"--database {database} ...")
 
 
 CLOCK_SKEW = 120.0  # seconds the database host's and the store's clocks may differ by
@@ -338,7 +371,8 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
     if accept_wal_gap and not target_end:
         raise InvalidArgumentError("--accept-wal-gap only goes with --target-end")
     rec = database_of(s, database)
-    checked = check_target(rec, target_time, target_lsn)
+    checked = check_target(rec, target_time, target_lsn,
+                           lambda when, lsn: earlier_set(repo, s, rec, database, when, lsn))
     if not command:  # a restore_command of the operator's own may read another archive
         check_consistency_wal(repo, s, rec, database)
         if checked:

@@ -4,6 +4,8 @@ end against a real PostgreSQL 15 archiving through `cairn wal-push` into a real 
 - a target time after the last transaction archived, yet before the store's time of the newest
   segment (so the check by store time lets it through), is refused naming that transaction; the
   LSN the hint names restores every archived row;
+- a target time or LSN before the set's consistent point names the earlier set that reaches it,
+  or says that none does;
 - a target LSN past the last archived record, or past the end of the archived WAL, is refused;
 - a time after a set whose archived WAL holds no later transaction is refused.
 """
@@ -93,6 +95,20 @@ def test_a_time_after_the_last_archived_commit_is_refused_naming_it(stack: Stack
     srv = start_on(stack, h / "lsn")
     assert srv.psql("SELECT count(*), max(id) FROM t") == "200|200"
     srv.stop()
+
+
+def test_a_target_before_the_set_names_the_earlier_set_that_reaches_it(stack: Stack, sets: dict) -> None:
+    h = holder(stack, "cairn-pitrt-early-")
+    a, b = sets["a"], sets["b"]
+    ra, rb = a["extra"]["database"], b["extra"]["database"]
+    between = utc((ra["stopped"] + rb["stopped"]) / 2)
+    err = refused(stack, b["id"], h / "d", "--target-time", between, code=2)
+    assert "is before the set's consistent point" in err.splitlines()[0], err
+    assert f"hint: set '{a['id'][:8]}' (consistent at " in err and f"cairn restore-db {a['id'][:8]}" in err, err
+    err = refused(stack, b["id"], h / "d", "--target-lsn", ra["stop_lsn"], code=2)
+    assert f"hint: set '{a['id'][:8]}' (consistent at {ra['stop_lsn']}) reaches it" in err, err
+    err = refused(stack, a["id"], h / "d", "--target-time", utc(ra["stopped"] - 60), code=2)
+    assert "hint: no earlier set holds a base backup of database 'appdb' that reaches the target" in err, err
 
 
 def test_a_target_lsn_past_the_archived_wal_is_refused(stack: Stack, sets: dict) -> None:
