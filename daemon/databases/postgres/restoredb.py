@@ -30,12 +30,13 @@ from it) fetches every segment again.
 What always holds: every check runs before the first record is produced (`check_restore_db`
 runs them alone, for `restore --databases` to check every database before it writes any);
 errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN;
-a target before the set's consistent point, the hint naming an earlier set that reaches it) or
-FailedPreconditionError (a segment the set needs for its consistent point, or its target needs
-on the set's timeline, missing from the archive; a target time or LSN past the end of the
-archived WAL, by the store's time of its newest segment or, on the set's own timeline, by the
-records in it (walend.py); with `target_end`, a segment missing after the set on its timeline
-while later ones are archived, unless `accept_wal_gap` takes recovery up to that gap).
+a target before the set's consistent point, the hint naming an earlier set that reaches it; a
+later timeline id whose history file the archive lacks) or FailedPreconditionError (a segment
+the set needs for its consistent point, or its target needs on the set's timeline, missing from
+the archive; a target time or LSN past the end of the archived WAL, by the store's time of its
+newest segment or, on the set's own timeline, by the records in it (walend.py); with
+`target_end`, a segment missing after the set on its timeline while later ones are archived,
+unless `accept_wal_gap` takes recovery up to that gap).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
 tablespaces: PostgreSQL refuses to start without it, so a restore cut short anywhere (a kill of
 the client or the daemon, a full disk) never leaves a directory it would start on and recover
@@ -353,6 +354,23 @@ def check_archive_reaches(repo: Repository, rec: dict[str, Any], database: str, 
             hint=f"restore to the set's own point (no target option); {hint}")
 
 
+def check_timeline_held(repo: Repository, rec: dict[str, Any], database: str, target_timeline: str) -> None:
+    """Refuse (InvalidArgumentError) a timeline id later than the set's own whose history file the
+    archive does not hold: recovery could not follow it (PostgreSQL: "recovery target timeline
+    N does not exist"). The client checks more (the branch point) before it asks."""
+    if not target_timeline.isdigit():
+        return
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    own = walnames.parse_segment(str((rec.get("wal") or {}).get("first") or ""), size)
+    timeline = int(target_timeline)
+    if own is None or timeline <= own[0]:  # an older one: the client refuses it (no descendant)
+        return
+    history = walnames.history_name(timeline)
+    if history not in set(repo.list_wal(record_namespace(rec))):
+        raise InvalidArgumentError(f"timeline {timeline} of database '{database}' is not in the archive "
+                                   f"(no {history})", hint="give --target-timeline current or latest")
+
+
 def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
                      target_path: str = "", command: str = "", target_timeline: str = "current",
                      fetch_with: str = "", target_end: bool = False,
@@ -375,6 +393,7 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
                            lambda when, lsn: earlier_set(repo, s, rec, database, when, lsn))
     if not command:  # a restore_command of the operator's own may read another archive
         check_consistency_wal(repo, s, rec, database)
+        check_timeline_held(repo, rec, database, target_timeline)
         if checked:
             check_reachable(repo, rec, database, target_time)
         if target_timeline in ("", "current"):

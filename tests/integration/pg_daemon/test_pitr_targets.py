@@ -7,7 +7,8 @@ end against a real PostgreSQL 15 archiving through `cairn wal-push` into a real 
 - a target time or LSN before the set's consistent point names the earlier set that reaches it,
   or says that none does;
 - a target LSN past the last archived record, or past the end of the archived WAL, is refused;
-- a time after a set whose archived WAL holds no later transaction is refused.
+- a time after a set whose archived WAL holds no later transaction is refused;
+- a timeline id the archive holds no history file for is refused by the daemon itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pbg
@@ -132,6 +134,20 @@ def test_a_target_lsn_past_the_archived_wal_is_refused(stack: Stack, sets: dict)
         list(pbg.CairnStub(channel).RestoreDb(pb.RestoreDbRequest(
             set=sets["b"]["id"], database="appdb", target_lsn=m.group(1), check_only=True,
             target_path=str(h / "d").encode()), timeout=60))
+
+
+def test_a_timeline_without_history_is_refused_by_the_daemon(stack: Stack, sets: dict) -> None:
+    h = holder(stack, "cairn-pitrt-tli-")
+    assert stack.daemon is not None
+    with stack.daemon.channel() as channel:  # the client checks first: ask the daemon directly
+        with pytest.raises(grpc.RpcError) as caught:
+            list(pbg.CairnStub(channel).RestoreDb(pb.RestoreDbRequest(
+                set=sets["b"]["id"], database="appdb", target_timeline="7", check_only=True,
+                target_path=str(h / "d").encode()), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "timeline 7 of database 'appdb' is not in the archive (no 00000007.history)" in caught.value.details()
+    err = refused(stack, sets["b"]["id"], h / "d", "--target-timeline", "7", code=2)
+    assert "timeline 7 of database 'appdb' is not in the archive" in err, err
 
 
 def test_a_time_after_a_set_with_no_later_transaction_is_refused(stack: Stack, sets: dict) -> None:
