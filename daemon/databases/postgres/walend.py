@@ -100,6 +100,8 @@ def read_end(repo: Any, rec: dict[str, Any]) -> WalEnd | None:
         last_lsn, last_xact = _scan(waldump, repo, names, record_namespace(rec))
     except (OSError, CairnError, subprocess.SubprocessError):
         return end  # the segment bound still holds
+    if last_lsn is None:  # it read no record at all (not this WAL's format?): nothing learnt
+        return end
     return WalEnd(tli, segment, end.end_lsn, last_lsn, last_xact, whole=start == first)
 
 

@@ -130,3 +130,19 @@ def test_without_pg_waldump_only_the_end_of_the_newest_segment_bounds_a_target(
                                                       rf"{seg(7)}\); the newest reachable target LSN is before"):
         check_archive_reaches(repo, rec, "appdb", "", "0/8000000")
     check_archive_reaches(repo, rec, "appdb", "2999-01-01 00:00:00 UTC", "")  # a time: not known, not refused
+
+
+def test_a_pg_waldump_that_reads_no_record_teaches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cairn.daemon.databases.postgres import walend
+    from cairn.daemon.databases.postgres.restoredb import check_archive_reaches
+
+    class Repo(FakeWalRepo):
+        def get_wal_entry(self, name: str, namespace: str = "") -> tuple[str, bytes]:
+            return namespace, b"\0" * 8192
+
+    monkeypatch.setattr(walend, "find_waldump", lambda major: "/bin/true")  # runs, prints no record
+    rec = dict(a_set("a" * 64, 4, 5).extra["databases"][0], server_version_num=150000)
+    repo = Repo([seg(4), seg(5)])
+    end = walend.read_end(repo, rec)
+    assert end is not None and (end.last_lsn, end.last_xact, end.whole) == (None, None, False)
+    check_archive_reaches(repo, rec, "appdb", "2999-01-01 00:00:00 UTC", "")  # not taken for "no commit after"
