@@ -291,11 +291,14 @@ def earlier_set(repo: Repository, s: BackupSet, rec: dict[str, Any], database: s
 CLOCK_SKEW = 120.0  # seconds the database host's and the store's clocks may differ by
 
 
-def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target_time: str) -> None:
+def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target_time: str,
+                    own_timeline: bool = False) -> None:
     """Refuse a target time that recovery could not reach: later than the newest segment the
     archive holds for the database (every record archived is older than its segment's store
     time), beyond a margin for clock skew. PostgreSQL would otherwise replay the whole archive
-    and only then fail ("recovery ended before configured recovery target was reached")."""
+    and only then fail ("recovery ended before configured recovery target was reached").
+    On the set's own timeline (`own_timeline`) the hint names the newest reachable target
+    (newest_reachable), when the archived WAL tells it."""
     newest = newest_archived(repo, record_namespace(rec))
     if newest is None:
         return
@@ -305,7 +308,19 @@ def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target
         raise FailedPreconditionError(
             f"target time '{target_time}' is later than the newest WAL archived for database '{database}' "
             f"({name}, stored {at}): recovery could not reach it; choose an earlier time, or --target-end to "
-            "recover everything archived")
+            "recover everything archived", hint=newest_reachable(repo, rec) if own_timeline else None)
+
+
+def newest_reachable(repo: Repository, rec: dict[str, Any]) -> str | None:
+    """'the last transaction archived ended at T (LSN L): ...': the newest target on the set's own
+    timeline as walend.read_end finds it, or None when it finds no transaction end."""
+    end = walend.read_end(repo, rec)
+    if end is None or end.last_xact is None:
+        return None
+    at, lsn = end.last_xact
+    return (f"the last transaction archived on timeline {end.timeline} ended at {_local(at)} (LSN "
+            f"{int_to_lsn(lsn)}): a target time before it is reachable, and --target-lsn {int_to_lsn(lsn)} "
+            "recovers up to and including it")
 
 
 XACT_TIME_SLACK = 1.0  # seconds a commit's recorded time may run ahead of the order of the WAL records
@@ -395,7 +410,7 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
         check_consistency_wal(repo, s, rec, database)
         check_timeline_held(repo, rec, database, target_timeline)
         if checked:
-            check_reachable(repo, rec, database, target_time)
+            check_reachable(repo, rec, database, target_time, own_timeline=target_timeline in ("", "current"))
         if target_timeline in ("", "current"):
             check_no_gap_before(repo, rec, database, checked, target_lsn)
             if checked or target_lsn:

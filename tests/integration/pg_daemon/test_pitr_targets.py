@@ -91,6 +91,11 @@ def test_a_time_after_the_last_archived_commit_is_refused_naming_it(stack: Stack
     assert sets["b"]["extra"]["database"]["stopped"] < ended <= sets["last"], (first, sets["last"])
     assert f"--target-lsn {m.group(2)} recovers up to and including that transaction" in hint, hint
     assert "--target-end" in hint
+    # an hour from now: past the newest segment's store time too, and the hint names the same transaction
+    err = refused(stack, sets["b"]["id"], h / "d", "--target-time", utc(time.time() + 3600))
+    assert "is later than the newest WAL archived for database 'appdb'" in err.splitlines()[0], err
+    assert (f"hint: the last transaction archived on timeline 1 ended at {m.group(1)} (LSN {m.group(2)}): a target "
+            f"time before it is reachable, and --target-lsn {m.group(2)} recovers up to and including it") in err, err
     # the LSN named recovers every archived row
     stack.ok("restore-db", sets["b"]["id"], "--database", "appdb", "--target", str(h / "lsn"), "--target-lsn",
              m.group(2), timeout=120)
