@@ -259,18 +259,25 @@ def _local(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat(sep=" ", timespec="microseconds")
 
 
+def _timeline_of(rec: dict[str, Any]) -> str:
+    """The timeline of a database record (the first 8 hex digits of its first WAL file)."""
+    return str((rec.get("wal") or {}).get("first") or "")[:8]
+
+
 def earlier_set(repo: Repository, s: BackupSet, rec: dict[str, Any], database: str, when: float | None,
                 lsn: int | None) -> str | None:
     """The hint for a target before set `s`'s consistent point: the newest set holding a base
-    backup of `database` of the same cluster whose consistent point is at or before the target
-    (a time `when` or an LSN `lsn`), or that there is none."""
-    namespace = record_namespace(rec)
+    backup of `database` of the same cluster, on the same timeline (recovery follows its own by
+    default), whose consistent point is at or before the target (a time `when` or an LSN `lsn`),
+    or that there is none."""
+    namespace, timeline = record_namespace(rec), _timeline_of(rec)
     best: tuple[float, BackupSet, dict[str, Any]] | None = None
     for other in repo.list_sets():
         if other.id == s.id:
             continue
         theirs = next((r for r in database_records(other.extra) if r.get("name") == database), None)
-        if theirs is None or record_namespace(theirs) != namespace or not theirs.get("stop_lsn"):
+        if (theirs is None or record_namespace(theirs) != namespace or not theirs.get("stop_lsn")
+                or _timeline_of(theirs) != timeline):
             continue
         stopped = theirs.get("stopped")
         if when is not None and not (isinstance(stopped, int | float) and stopped <= when):

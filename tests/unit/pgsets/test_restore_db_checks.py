@@ -146,3 +146,20 @@ def test_a_pg_waldump_that_reads_no_record_teaches_nothing(monkeypatch: pytest.M
     end = walend.read_end(repo, rec)
     assert end is not None and (end.last_lsn, end.last_xact, end.whole) == (None, None, False)
     check_archive_reaches(repo, rec, "appdb", "2999-01-01 00:00:00 UTC", "")  # not taken for "no commit after"
+
+
+def test_the_earlier_set_named_for_a_target_is_on_the_sets_own_timeline() -> None:
+    from types import SimpleNamespace
+
+    from cairn.daemon.databases.postgres.restoredb import earlier_set
+
+    old = a_set("1" * 64, 2, 2, stopped=1000.0)
+    other = a_set("2" * 64, 3, 3, stopped=2000.0)  # newer, but a copy's timeline 2
+    other.extra["databases"][0]["wal"] = {"first": seg(3, tli=2), "last": seg(3, tli=2)}
+    late = a_set("3" * 64, 4, 5, stopped=3000.0)
+    repo = SimpleNamespace(list_sets=lambda: [old, other, late])
+    rec = late.extra["databases"][0]
+    assert earlier_set(repo, late, rec, "appdb", 2500.0, None).startswith(  # type: ignore[arg-type]
+        "set '11111111' (consistent at ")
+    assert earlier_set(repo, late, rec, "appdb", 500.0, None) == (  # type: ignore[arg-type]
+        "no earlier set holds a base backup of database 'appdb' that reaches the target")
