@@ -265,7 +265,7 @@ def _timeline_of(rec: dict[str, Any]) -> str:
 
 
 def earlier_set(repo: Repository, s: BackupSet, rec: dict[str, Any], database: str, when: float | None,
-                lsn: int | None) -> str | None:
+                lsn: int | None) -> str:
     """The hint for a target before set `s`'s consistent point: the newest set holding a base
     backup of `database` of the same cluster, on the same timeline (recovery follows its own by
     default), whose consistent point is at or before the target (a time `when` or an LSN `lsn`),
