@@ -29,9 +29,12 @@ from it) fetches every segment again.
 
 What always holds: every check runs before the first record is produced (`check_restore_db`
 runs them alone, for `restore --databases` to check every database before it writes any);
-errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN)
-or FailedPreconditionError (a segment the set needs for its consistent point, or its target
-needs on the set's timeline, missing from the archive; a target time past the archive; with
+errors are NotFoundError (no such database in the set), InvalidArgumentError (bad time or LSN;
+a target before the set's consistent point, the hint naming an earlier set that reaches it; a
+later timeline id whose history file the archive lacks) or FailedPreconditionError (a segment
+the set needs for its consistent point, or its target needs on the set's timeline, missing from
+the archive; a target time or LSN past the end of the archived WAL, by the store's time of its
+newest segment or, on the set's own timeline, by the records in it (walend.py); with
 `target_end`, a segment missing after the set on its timeline while later ones are archived,
 unless `accept_wal_gap` takes recovery up to that gap).
 global/pg_control (PG_CONTROL) is the stream's last file, after the placed WAL and the
@@ -67,6 +70,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cairn import walnames
 from cairn.daemon.databases.engine import KIND_POSTGRES, PhysicalRecord, TablespaceRecord, record_dicts, records_of
+from cairn.daemon.databases.postgres import walend
 from cairn.daemon.databases.postgres.recovery import AUTO_CONF, int_to_lsn, lsn_to_int, recovery_stream
 from cairn.daemon.databases.postgres.walarchive import (
     database_records,
@@ -225,8 +229,10 @@ def parse_target_time(text: str) -> datetime:
     return when if when.tzinfo is not None else when.astimezone()
 
 
-def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
-    """Refuse a malformed target, or one before the set's consistent point (never reachable).
+def check_target(rec: dict[str, Any], target_time: str, target_lsn: str,
+                 earlier: Callable[[float | None, int | None], str | None] | None = None) -> str:
+    """Refuse a malformed target, or one before the set's consistent point (never reachable;
+    `earlier(time, lsn)`, when given, names a set that reaches it, as the refusal's hint).
     Returns the target time as recovery_target_time gets it, with its zone's offset ('' for none):
     a time given without a zone is the daemon host's local time, not the restored server's."""
     if target_time and target_lsn:
@@ -235,7 +241,8 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
         if lsn_to_int(target_lsn) < lsn_to_int(rec["stop_lsn"]):
             raise InvalidArgumentError(
                 f"target LSN {target_lsn} is before the set's consistent point {rec['stop_lsn']}: "
-                "choose a set taken before the target")
+                "choose a set taken before the target",
+                hint=earlier(None, lsn_to_int(target_lsn)) if earlier is not None else None)
     if not target_time:
         return ""
     when = parse_target_time(target_time)
@@ -243,19 +250,62 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
     if isinstance(stopped, int | float) and when.timestamp() < stopped:
         raise InvalidArgumentError(
             f"target time '{target_time}' is before the set's consistent point "
-            f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='microseconds')}): "
-            "choose a set taken before the target")
+            f"({_local(stopped)}): choose a set taken before the target",
+            hint=earlier(when.timestamp(), None) if earlier is not None else None)
     return when.isoformat(sep=" ")
+
+
+def _local(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(sep=" ", timespec="microseconds")
+
+
+def _timeline_of(rec: dict[str, Any]) -> str:
+    """The timeline of a database record (the first 8 hex digits of its first WAL file)."""
+    return str((rec.get("wal") or {}).get("first") or "")[:8]
+
+
+def earlier_set(repo: Repository, s: BackupSet, rec: dict[str, Any], database: str, when: float | None,
+                lsn: int | None) -> str:
+    """The hint for a target before set `s`'s consistent point: the newest set holding a base
+    backup of `database` of the same cluster, on the same timeline (recovery follows its own by
+    default), whose consistent point is at or before the target (a time `when` or an LSN `lsn`),
+    or that there is none."""
+    namespace, timeline = record_namespace(rec), _timeline_of(rec)
+    best: tuple[float, BackupSet, dict[str, Any]] | None = None
+    for other in repo.list_sets():
+        if other.id == s.id:
+            continue
+        theirs = next((r for r in database_records(other.extra) if r.get("name") == database), None)
+        if (theirs is None or record_namespace(theirs) != namespace or not theirs.get("stop_lsn")
+                or _timeline_of(theirs) != timeline):
+            continue
+        stopped = theirs.get("stopped")
+        if when is not None and not (isinstance(stopped, int | float) and stopped <= when):
+            continue
+        if lsn is not None and lsn_to_int(str(theirs["stop_lsn"])) > lsn:
+            continue
+        key = float(stopped) if isinstance(stopped, int | float) else float(other.time_end)
+        if best is None or key > best[0]:
+            best = (key, other, theirs)
+    if best is None:
+        return f"no earlier set holds a base backup of database '{database}' that reaches the target"
+    _, other, theirs = best
+    point = _local(theirs["stopped"]) if when is not None else theirs["stop_lsn"]
+    return (f"set '{other.id[:8]}' (consistent at {point}) reaches it: cairn restore-db {other.id[:8]} "
+            f"--database {database} ...")
 
 
 CLOCK_SKEW = 120.0  # seconds the database host's and the store's clocks may differ by
 
 
-def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target_time: str) -> None:
+def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target_time: str,
+                    own_timeline: bool = False) -> None:
     """Refuse a target time that recovery could not reach: later than the newest segment the
     archive holds for the database (every record archived is older than its segment's store
     time), beyond a margin for clock skew. PostgreSQL would otherwise replay the whole archive
-    and only then fail ("recovery ended before configured recovery target was reached")."""
+    and only then fail ("recovery ended before configured recovery target was reached").
+    On the set's own timeline (`own_timeline`) the hint names the newest reachable target
+    (newest_reachable), when the archived WAL tells it."""
     newest = newest_archived(repo, record_namespace(rec))
     if newest is None:
         return
@@ -265,7 +315,82 @@ def check_reachable(repo: Repository, rec: dict[str, Any], database: str, target
         raise FailedPreconditionError(
             f"target time '{target_time}' is later than the newest WAL archived for database '{database}' "
             f"({name}, stored {at}): recovery could not reach it; choose an earlier time, or --target-end to "
-            "recover everything archived")
+            "recover everything archived", hint=newest_reachable(repo, rec) if own_timeline else None)
+
+
+def newest_reachable(repo: Repository, rec: dict[str, Any]) -> str | None:
+    """'the last transaction archived ended at T (LSN L): ...': the newest target on the set's own
+    timeline as walend.read_end finds it, or None when it finds no transaction end."""
+    end = walend.read_end(repo, rec)
+    if end is None or end.last_xact is None:
+        return None
+    at, lsn = end.last_xact
+    return (f"the last transaction archived on timeline {end.timeline} ended at {_local(at)} (LSN "
+            f"{int_to_lsn(lsn)}): a target time before it is reachable, and --target-lsn {int_to_lsn(lsn)} "
+            "recovers up to and including it")
+
+
+XACT_TIME_SLACK = 1.0  # seconds a commit's recorded time may run ahead of the order of the WAL records
+
+
+def check_archive_reaches(repo: Repository, rec: dict[str, Any], database: str, target_time: str,
+                          target_lsn: str) -> None:
+    """Refuse (FailedPreconditionError) a target time or LSN on the set's own timeline past the
+    end of its archived WAL (walend.read_end), which PostgreSQL would only find out after
+    replaying all of it ("recovery ended before configured recovery target was reached"):
+    an LSN at or past the end of the newest archived segment, or past the start of the last
+    record pg_waldump reads in it (recovery stops after a record starting at or past the target
+    LSN); a time later than the newest commit or abort read (recovery stops only before one that
+    is later than the target time), by more than XACT_TIME_SLACK, or any time when none ended
+    after the set at all. The message names the end and the newest reachable target."""
+    end = walend.read_end(repo, rec)
+    if end is None:
+        return
+    wal_ends = (f"the archived WAL of timeline {end.timeline} ends at {int_to_lsn(end.end_lsn)} "
+                f"(segment {end.segment})")
+    hint = ("--target-end recovers everything archived; WAL the server has not archived yet holds later "
+            "records (SELECT pg_switch_wal() on it archives what it wrote)")
+    if target_lsn:
+        lsn = lsn_to_int(target_lsn)
+        if lsn >= end.end_lsn or (end.last_lsn is not None and lsn > end.last_lsn):
+            newest = (f"the last record archived starts at {int_to_lsn(end.last_lsn)}, the newest reachable target LSN"
+                      if end.last_lsn is not None else
+                      f"the newest reachable target LSN is before {int_to_lsn(end.end_lsn)}")
+            raise FailedPreconditionError(
+                f"unable to restore database '{database}' to LSN {target_lsn}: {wal_ends}; {newest}", hint=hint)
+        return
+    when = parse_target_time(target_time).timestamp()
+    if end.last_xact is not None:
+        at, lsn = end.last_xact
+        if when > at + XACT_TIME_SLACK:
+            raise FailedPreconditionError(
+                f"unable to restore database '{database}' to '{target_time}': {wal_ends}, and its last transaction "
+                f"ended at {_local(at)} (LSN {int_to_lsn(lsn)}): recovery to a time stops only at a later one, so "
+                f"the newest reachable target time is just before {_local(at)}",
+                hint=f"--target-lsn {int_to_lsn(lsn)} recovers up to and including that transaction; {hint}")
+    elif end.whole:
+        raise FailedPreconditionError(
+            f"unable to restore database '{database}' to '{target_time}': {wal_ends}, and no transaction ended "
+            "after the set's consistent point in it: recovery to a time stops only at a transaction that ends "
+            "after the target, so no target time after the set is reachable",
+            hint=f"restore to the set's own point (no target option); {hint}")
+
+
+def check_timeline_held(repo: Repository, rec: dict[str, Any], database: str, target_timeline: str) -> None:
+    """Refuse (InvalidArgumentError) a timeline id later than the set's own whose history file the
+    archive does not hold: recovery could not follow it (PostgreSQL: "recovery target timeline
+    N does not exist"). The client checks more (the branch point) before it asks."""
+    if not target_timeline.isdigit():
+        return
+    size = int(rec.get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE)
+    own = walnames.parse_segment(str((rec.get("wal") or {}).get("first") or ""), size)
+    timeline = int(target_timeline)
+    if own is None or timeline <= own[0]:  # an older one: the client refuses it (no descendant)
+        return
+    history = walnames.history_name(timeline)
+    if history not in set(repo.list_wal(record_namespace(rec))):
+        raise InvalidArgumentError(f"timeline {timeline} of database '{database}' is not in the archive "
+                                   f"(no {history})", hint="give --target-timeline current or latest")
 
 
 def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time: str, target_lsn: str,
@@ -286,13 +411,17 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
     if accept_wal_gap and not target_end:
         raise InvalidArgumentError("--accept-wal-gap only goes with --target-end")
     rec = database_of(s, database)
-    checked = check_target(rec, target_time, target_lsn)
+    checked = check_target(rec, target_time, target_lsn,
+                           lambda when, lsn: earlier_set(repo, s, rec, database, when, lsn))
     if not command:  # a restore_command of the operator's own may read another archive
         check_consistency_wal(repo, s, rec, database)
+        check_timeline_held(repo, rec, database, target_timeline)
         if checked:
-            check_reachable(repo, rec, database, target_time)
+            check_reachable(repo, rec, database, target_time, own_timeline=target_timeline in ("", "current"))
         if target_timeline in ("", "current"):
             check_no_gap_before(repo, rec, database, checked, target_lsn)
+            if checked or target_lsn:
+                check_archive_reaches(repo, rec, database, target_time, target_lsn)
             if target_end and not accept_wal_gap:
                 check_end_without_gap(repo, rec, database)
     if PhysicalRecord.from_dict(rec).tablespaces and (not target_path or not os.path.isabs(target_path)):

@@ -159,7 +159,13 @@ def test_a_target_time_without_a_zone_is_local_time_and_checked(stack: Stack) ->
     r = stack.cli("restore-db", s["id"], "--database", "appdb", "--target", str(h / "early"), "--target-time", early)
     assert r.returncode == 2 and "before the set's consistent point" in r.stderr, r.stderr
     assert not (h / "early").exists()
-    late = datetime.fromtimestamp(int(stopped) + 1)  # after the set, before its archived WAL ends
+    late = datetime.fromtimestamp(int(stopped) + 1)  # after the set, before its archived WAL ends:
+    deadline = time.monotonic() + 10  # a transaction after `late`, archived, is what recovery stops at
+    while time.time() <= late.timestamp():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stack.psql("CREATE TEMP TABLE probe (x int)")  # a commit, flushed before it returns; gone with its session
+    stack.wait_archived()
     stack.ok("restore-db", s["id"], "--database", "appdb", "--target", str(h / "late"), "--target-time",
              late.strftime("%Y-%m-%d %H:%M:%S"), timeout=300)
     conf = (h / "late" / "postgresql.auto.conf").read_text()

@@ -109,3 +109,57 @@ def test_the_timeline_asked_for_is_checked_by_the_client(tmp_path) -> None:
     assert client_check("2") == "2"
     with pytest.raises(Exception, match="invalid --target-timeline 'x'"):
         client_check("x")
+
+
+def test_without_pg_waldump_only_the_end_of_the_newest_segment_bounds_a_target(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cairn.daemon.databases.postgres import walend
+    from cairn.daemon.databases.postgres.restoredb import check_archive_reaches
+    from cairn.store.errors import FailedPreconditionError
+
+    monkeypatch.setattr(walend, "find_waldump", lambda major: None)
+    rec = dict(a_set("a" * 64, 4, 5).extra["databases"][0], server_version_num=150000)
+    repo = FakeWalRepo([seg(4), seg(5), seg(6), seg(7), seg(9), seg(8, tli=2), seg(7) + ".partial"])
+    end = walend.read_end(repo, rec)
+    # the run from the set ends at 7 (8 is missing on timeline 1; 9 lies past the gap)
+    assert end is not None and (end.segment, end.end_lsn, end.last_lsn, end.last_xact) == (seg(7), 8 << 24,
+                                                                                          None, None)
+    check_archive_reaches(repo, rec, "appdb", "", "0/7FFFFFF")
+    with pytest.raises(FailedPreconditionError, match=r"unable to restore database 'appdb' to LSN 0/8000000: the "
+                                                      r"archived WAL of timeline 1 ends at 0/8000000 \(segment "
+                                                      rf"{seg(7)}\); the newest reachable target LSN is before"):
+        check_archive_reaches(repo, rec, "appdb", "", "0/8000000")
+    check_archive_reaches(repo, rec, "appdb", "2999-01-01 00:00:00 UTC", "")  # a time: not known, not refused
+
+
+def test_a_pg_waldump_that_reads_no_record_teaches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cairn.daemon.databases.postgres import walend
+    from cairn.daemon.databases.postgres.restoredb import check_archive_reaches
+
+    class Repo(FakeWalRepo):
+        def get_wal_entry(self, name: str, namespace: str = "") -> tuple[str, bytes]:
+            return namespace, b"\0" * 8192
+
+    monkeypatch.setattr(walend, "find_waldump", lambda major: "/bin/true")  # runs, prints no record
+    rec = dict(a_set("a" * 64, 4, 5).extra["databases"][0], server_version_num=150000)
+    repo = Repo([seg(4), seg(5)])
+    end = walend.read_end(repo, rec)
+    assert end is not None and (end.last_lsn, end.last_xact, end.whole) == (None, None, False)
+    check_archive_reaches(repo, rec, "appdb", "2999-01-01 00:00:00 UTC", "")  # not taken for "no commit after"
+
+
+def test_the_earlier_set_named_for_a_target_is_on_the_sets_own_timeline() -> None:
+    from types import SimpleNamespace
+
+    from cairn.daemon.databases.postgres.restoredb import earlier_set
+
+    old = a_set("1" * 64, 2, 2, stopped=1000.0)
+    other = a_set("2" * 64, 3, 3, stopped=2000.0)  # newer, but a copy's timeline 2
+    other.extra["databases"][0]["wal"] = {"first": seg(3, tli=2), "last": seg(3, tli=2)}
+    late = a_set("3" * 64, 4, 5, stopped=3000.0)
+    repo = SimpleNamespace(list_sets=lambda: [old, other, late])
+    rec = late.extra["databases"][0]
+    assert earlier_set(repo, late, rec, "appdb", 2500.0, None).startswith(  # type: ignore[arg-type]
+        "set '11111111' (consistent at ")
+    assert earlier_set(repo, late, rec, "appdb", 500.0, None) == (  # type: ignore[arg-type]
+        "no earlier set holds a base backup of database 'appdb' that reaches the target")
