@@ -57,6 +57,21 @@ class RestorePart(ServicePart):
         sa, sb = self.resolve(a, source, host), self.resolve(b, source, host)
         return sa, sb, self.repo.diff(sa, sb)
 
+    def diff_stream(self, a: str, b: str, source: str = "", host: str = "",
+                    grouped: bool = False) -> tuple[BackupSet, BackupSet, Iterator[tuple[str, str]]]:
+        """The sets (resolved here, so a bad name fails before anything is sent) and their changes
+        as they are found (Repository.iter_diff): in tree order, or with `grouped` every added
+        path, then every modified, then every deleted (one walk of the differing trees each)."""
+        sa, sb = self.resolve(a, source, host), self.resolve(b, source, host)
+        if not grouped:
+            return sa, sb, self.repo.iter_diff(sa, sb)
+
+        def in_groups() -> Iterator[tuple[str, str]]:
+            for change in ("added", "modified", "deleted"):
+                yield from self.repo.iter_diff(sa, sb, only=change)
+
+        return sa, sb, in_groups()
+
     def restore_stream(self, ref: str, source: str, paths: list[str], include: tuple[str, ...] = (),
                        exclude: tuple[str, ...] = (), manifest: bool = False,
                        lanes: LaneGauge | None = None, host: str = "") -> tuple[BackupSet, Iterator[Record]]:

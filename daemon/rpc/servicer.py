@@ -222,11 +222,20 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> Iterator[pb.DiffReply]:
-        sa, sb, diff = self.service.diff(request.a, request.b, request.source, host=request.host)
+        sa, sb, changes = self.service.diff_stream(request.a, request.b, request.source, host=request.host,
+                                                   grouped=request.grouped)
         yield pb.DiffReply(a=set_info(sa), b=set_info(sb))
-        for field, paths in (("added", diff.added), ("modified", diff.modified), ("deleted", diff.deleted)):
-            for start in range(0, len(paths), LIST_BATCH):
-                yield pb.DiffReply(**{field: [os.fsencode(p) for p in paths[start : start + LIST_BATCH]]})
+        # batches as the changes are found, never the whole diff; a batch holds changes of one
+        # kind, so the order of the changes is that of the batches
+        field, paths = "", []
+        for change, path in changes:
+            if paths and (change != field or len(paths) >= LIST_BATCH):
+                yield pb.DiffReply(**{field: paths})
+                paths = []
+            field = change
+            paths.append(os.fsencode(path))
+        if paths:
+            yield pb.DiffReply(**{field: paths})
 
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
