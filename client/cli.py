@@ -297,34 +297,28 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
 
 
 def cmd_diff(conn: Connection, args: argparse.Namespace) -> int:
-    a = b = None
-    added: list[bytes] = []
-    modified: list[bytes] = []
-    deleted: list[bytes] = []
+    # printed as the batches arrive (the daemon sends them as it walks the two trees): a diff of
+    # millions of paths is never held here. Text comes in tree order; --json asks the daemon for
+    # every added path first, then the modified, then the deleted, so its three arrays are
+    # written in pieces
+    marks = {"added": "+", "modified": "~", "deleted": "-"}
+    counts = dict.fromkeys(marks, 0)
+    doc = None
     for reply in conn.stub.Diff(pb.DiffRequest(a=args.set_a, b=args.set_b, source=args.source or "",
-                                                host=args.host or "")):
-        if reply.HasField("a"):
-            a, b = reply.a, reply.b
-        added += reply.added
-        modified += reply.modified
-        deleted += reply.deleted
+                                                host=args.host or "", grouped=bool(args.json))):
+        if reply.HasField("a") and args.json:
+            doc = render.JsonObjectWithArrays(out, {"a": reply.a.id or None, "b": reply.b.id or None}, marks)
+        for change, mark in marks.items():
+            paths = getattr(reply, change)
+            counts[change] += len(paths)
+            if doc is not None and paths:
+                doc.extend(change, (render.json_path(p) for p in paths))
+            elif paths:
+                out("\n".join(f"{mark} {render.show_path(p)}" for p in paths))
     if args.json:
-        out(
-            render.dumps(
-                {
-                    "a": a.id if a else None,
-                    "b": b.id if b else None,
-                    "added": [render.json_path(p) for p in added],
-                    "modified": [render.json_path(p) for p in modified],
-                    "deleted": [render.json_path(p) for p in deleted],
-                }
-            )
-        )
+        (doc or render.JsonObjectWithArrays(out, {"a": None, "b": None}, marks)).close()
         return EXIT_OK
-    marked = [("+", p) for p in added] + [("~", p) for p in modified] + [("-", p) for p in deleted]
-    for mark, path in sorted(marked, key=lambda mp: mp[1]):
-        out(f"{mark} {render.show_path(path)}")
-    out(f"{len(added)} added, {len(modified)} modified, {len(deleted)} deleted")
+    out(f"{counts['added']} added, {counts['modified']} modified, {counts['deleted']} deleted")
     return EXIT_OK
 
 

@@ -312,6 +312,59 @@ class JsonObjectWithArray:
         self._held = None
 
 
+class JsonObjectWithArrays:
+    """A JSON object written in whole lines through `out` (one call per batch, no newline at its
+    end: `out` adds it): the `head` keys, then each of `keys` as an array whose elements come
+    in batches (`extend(key, items)`, the keys in their order; a key never extended is an
+    empty array). Together the lines are the text `dumps` gives of the whole object; only the
+    last element is held (its comma depends on whether another comes)."""
+
+    def __init__(self, out: Callable[[str], None], head: dict[str, Any], keys: Iterable[str]) -> None:
+        self.out, self.head, self.keys = out, head, list(keys)
+        self._next = -1  # the first key not finished yet (-1: nothing written)
+        self._open = -1  # the key whose array is open ("[" written)
+        self._held: str | None = None
+
+    def _finish_to(self, i: int, lines: list[str]) -> None:
+        """Write what comes before key `i`'s array: the head, and the arrays of the keys before it."""
+        if self._next < 0:
+            head = dumps(self.head).split("\n")[:-1] if self.head else ["{"]
+            if self.head:
+                head[-1] += ","
+            lines += head
+            self._next = 0
+        for j in range(self._next, i):
+            comma = "," if j < len(self.keys) - 1 else ""
+            if j == self._open:
+                lines += [self._held or "", "  ]" + comma]
+                self._held = None
+            else:
+                lines.append(f"  {json.dumps(self.keys[j])}: []{comma}")
+        self._next = max(self._next, i)
+
+    def extend(self, key: str, items: Iterable[Any]) -> None:
+        i = self.keys.index(key)
+        lines: list[str] = []
+        for item in items:
+            if i < self._next:
+                raise ValueError(f"the array of '{key}' is written already")
+            text = "\n".join("    " + line for line in dumps(item).split("\n"))  # JSON escapes newlines in strings
+            if self._open != i:
+                self._finish_to(i, lines)
+                lines.append(f"  {json.dumps(key)}: [")
+                self._open = i
+            elif self._held is not None:
+                lines.append(self._held + ",")
+            self._held = text
+        if lines:
+            self.out("\n".join(lines))
+
+    def close(self) -> None:
+        lines: list[str] = []
+        self._finish_to(len(self.keys), lines)
+        self.out("\n".join([*lines, "}"]))
+
+
 def set_summary(s: pb.SetInfo) -> str:
     """One line about a finished set."""
     base = f", base {short_id(s.base)}" if s.base else ""

@@ -11,7 +11,9 @@ the daemon refuses.
   hashed), fetches only the chunks that differ (RestoreChunks), writes them in place, fixes
   metadata and, with --delete, removes what the set does not hold. Its cost is what differs
   plus reading the tree once; with --quick, files whose size and mtime match the set are not
-  read (rsync's quick check).
+  read (rsync's quick check). The manifest is taken as its batches arrive, a window at a time
+  (cairn.fsio.delta.DeltaStream), by the delta, its dry run and --verify alike: the client
+  never holds the whole manifest.
 - A delta into a target on a read-only file system is refused before any call, in one line.
 - Whoever writes a delta holds the target's lock while it does (cairn.fsio.delta.target_lock):
   this client for its own delta (taken before the first call with --stream), else the daemon;
@@ -48,7 +50,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cairn.client import render
 from cairn.client.failures import error_text
@@ -59,7 +61,6 @@ from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 
 if TYPE_CHECKING:  # imported where used: a delta the daemon runs (the usual case) needs neither
-    from cairn.fsio.delta import DeltaPlan
     from cairn.fsio.records import EntryMeta
 
 POSTGRES = "postgres"  # the kind of a base-backup database; the others are dumps
@@ -103,22 +104,17 @@ def restore_request(args: argparse.Namespace, manifest: bool = False) -> pb.Rest
                              host=args.host or "")
 
 
-class Manifest(NamedTuple):
-    """A restore's entries without content, and what comparing a tree with them needs."""
-
-    set_info: pb.SetInfo | None
-    entries: list[EntryMeta]
-    problems: list[str]
-    id_key: bytes | None  # the chunk id key of an encrypted repository (its ids are keyed blake3)
-
-
 class ManifestStream:
     """The manifest of the restore `args` describe, as its batches arrive: iterating it yields
     batches of entries (each batch once, none held here); `set_info`, `id_key` and the
     `problems` met fill in as they come (the set with the first batch)."""
 
-    def __init__(self, conn: Any, args: argparse.Namespace, to_record: Any) -> None:
-        self.conn, self.args, self.to_record = conn, args, to_record
+    def __init__(self, conn: Any, args: argparse.Namespace, to_record: Any, guard: Guard | None = None,
+                 tree_order: bool = False) -> None:
+        """`guard` cancels the call when a signal stops a delta; with `tree_order` the paths asked
+        are sorted so that each directory's entries come together (what a delta needs)."""
+        self.conn, self.args, self.to_record, self.guard = conn, args, to_record, guard
+        self.tree_order = tree_order
         self.set_info: pb.SetInfo | None = None
         self.id_key: bytes | None = None
         self.problems: list[str] = []
@@ -126,7 +122,15 @@ class ManifestStream:
     def __iter__(self) -> Iterator[list[EntryMeta]]:
         from cairn.fsio.records import EntryMeta, Failed
 
-        for batch in self.conn.stub.Restore(restore_request(self.args, manifest=True)):
+        request = restore_request(self.args, manifest=True)
+        if self.tree_order:
+            ordered = sorted(request.paths, key=lambda p: [x for x in p.split(b"/") if x and x != b"."])
+            del request.paths[:]
+            request.paths.extend(ordered)
+        call = self.conn.stub.Restore(request)
+        if self.guard is not None:
+            self.guard.watch(call)
+        for batch in call:
             if batch.HasField("set"):
                 self.set_info = batch.set
             if batch.chunk_id_key:
@@ -139,13 +143,6 @@ class ManifestStream:
                 elif isinstance(rec, Failed):
                     self.problems.append(rec.message)
             yield entries
-
-
-def fetch_manifest(conn: Any, args: argparse.Namespace, to_record: Any) -> Manifest:
-    """The manifest of the restore `args` describe, whole (a delta compares the target with all of it)."""
-    stream = ManifestStream(conn, args, to_record)
-    entries = [m for batch in stream for m in batch]
-    return Manifest(stream.set_info, entries, stream.problems, stream.id_key)
 
 
 def extras_roots(args: argparse.Namespace) -> list[bytes] | None:
@@ -186,28 +183,74 @@ def chunk_stream(conn: Any, args: argparse.Namespace, ids: list[bytes], received
 
 def delta_restore(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any,
                   received_ahead: Any, guard: Guard | None = None) -> tuple[int, str]:
-    """--delta (and --delta --dry-run). Returns (exit code, set id). With `guard` (cmd_restore's:
-    it holds the target's lock by now) a signal stops the writing at the next chunk or file,
-    every temporary file is removed, and Interrupted is raised."""
-    from cairn.fsio.delta import count_sparse_writes, mend, plan
+    """--delta (and --delta --dry-run), run as the manifest's batches arrive (cairn.fsio.delta.DeltaStream:
+    a window of it is held at a time, never the whole manifest). Returns (exit code, set id).
+    With `guard` (cmd_restore's: it holds the target's lock by now) a signal stops the writing
+    at the next chunk or file, every temporary file is removed, and Interrupted is raised."""
+    from cairn.fsio.delta import DeltaStream
 
-    set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
-    set_id = set_info.id if set_info is not None else ""
+    stream = ManifestStream(conn, args, to_record, guard, tree_order=True)
+
+    def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CorruptionError]]:
+        return chunk_stream(conn, args, ids, received_ahead, guard)
+
     if args.dry_run:
-        p = plan(args.target, entries, extras_under=extras_roots(args), quick=args.quick, delete=args.delete,
-                 id_key=id_key)
-        # a sparse file's zeros stay holes: what the delta would write of it is counted from its
-        # chunks' content (those of zeros known by their ids), not their sizes
-        count_sparse_writes(p, lambda ids: chunk_stream(conn, args, ids, received_ahead, guard), id_key)
-        return _report_dry_run(p, args, out, render, set_id, problems + p.errors), set_id
+        return _dry_run_delta(stream, chunks, args, out, render)
     with guard.writing() if guard is not None else contextlib.nullcontext():
-        p, st = mend(args.target, entries, lambda ids: chunk_stream(conn, args, ids, received_ahead, guard),
-                     quick=args.quick, delete=args.delete, extras_under=extras_roots(args), id_key=id_key,
-                     cancelled=guard.stopped if guard is not None else None)
-    kept = 0 if args.delete else len(p.extras)
-    report = DeltaReport(p.checked_files, p.checked_bytes, st.files_written, st.bytes_written, st.entries_made,
-                         st.meta_fixed, st.deleted, kept, problems + p.errors + st.errors)
+        ds = DeltaStream(args.target, chunks, quick=args.quick, delete=args.delete, extras_under=extras_roots(args),
+                         cancelled=guard.stopped if guard is not None else None, hold_dirs=bool(args.include))
+        for batch in stream:
+            ds.id_key = stream.id_key  # an encrypted repository's: it comes with the first batch
+            ds.feed(batch)
+        ds.finish()
+    set_id = stream.set_info.id if stream.set_info is not None else ""
+    st = ds.stats
+    report = DeltaReport(ds.checked_files, ds.checked_bytes, st.files_written, st.bytes_written, st.entries_made,
+                         st.meta_fixed, st.deleted, 0 if args.delete else ds.extras,
+                         stream.problems + ds.errors + st.errors)
     return report_delta(report, args, out, render, set_id), set_id
+
+
+def _dry_run_delta(stream: ManifestStream, chunks: Any, args: argparse.Namespace, out: Any,
+                   render: Any) -> tuple[int, str]:
+    """--delta --dry-run: the differences, printed as each window of the manifest is compared
+    (--json: the same document, its changes written in pieces; the extras' paths are held for
+    its end). Its bytes are what the delta writes."""
+    from cairn.fsio.delta import DeltaStream
+
+    doc = None
+    extras: list[str] = []
+    count = 0
+
+    def show(lines: list[str], found: list[bytes]) -> None:
+        nonlocal doc, count
+        lines = [x for x in lines if args.delete or not x.startswith("delete ")]
+        count += len(lines)
+        if args.json:
+            extras.extend(render.json_path(x) for x in found)
+            if doc is None:
+                doc = render.JsonObjectWithArray(out, _dry_run_head(stream, args), "changes")
+            doc.extend(lines)
+        elif lines:
+            out("\n".join(f"would {line}" for line in lines))
+
+    ds = DeltaStream(args.target, chunks, write=False, quick=args.quick, delete=args.delete,
+                     extras_under=extras_roots(args), hold_dirs=bool(args.include), show=show)
+    for batch in stream:
+        ds.id_key = stream.id_key
+        ds.feed(batch)
+    ds.finish()
+    set_id = stream.set_info.id if stream.set_info is not None else ""
+    problems = stream.problems + ds.errors
+    if args.json:
+        doc = doc or render.JsonObjectWithArray(out, _dry_run_head(stream, args), "changes")
+        doc.close({"bytes_to_write": ds.write_bytes, "extras": extras, "errors": problems})
+    else:
+        out(f"dry run: {count} changes, {render.human_bytes(ds.write_bytes)} to write into {shown(args.target)}; "
+            "nothing written")
+        if ds.extras and not args.delete:
+            out(f"note: {ds.extras} entries the set does not hold would be kept (--delete removes them)")
+    return _problems(problems, args.json), set_id
 
 
 class Interrupted(KeyboardInterrupt):
@@ -267,7 +310,9 @@ class Guard:
         return self.signum != 0
 
     def watch(self, call: Any) -> None:
-        """A call of the delta, cancelled when a signal arrives."""
+        """A call of the delta, cancelled when a signal arrives (those that ended are let go:
+        a delta makes one for each window that needs chunks)."""
+        self._calls = [c for c in self._calls if not (hasattr(c, "done") and c.done())]
         self._calls.append(call)
 
     @contextlib.contextmanager
@@ -427,23 +472,6 @@ def report_delta(r: DeltaReport, args: argparse.Namespace, out: Any, render: Any
     return _problems(r.errors, args.json)
 
 
-def _report_dry_run(p: DeltaPlan, args: argparse.Namespace, out: Any, render: Any, set_id: str,
-                    problems: list[str]) -> int:
-    lines = [x for x in p.changes() if args.delete or not x.startswith("delete ")]
-    if args.json:
-        out(render.dumps({"set": set_id or None, "target": os.path.abspath(args.target), "dry_run": True,
-                          "changes": lines, "bytes_to_write": p.write_bytes,
-                          "extras": [render.json_path(x) for x in p.extras], "errors": problems}))
-    else:
-        for line in lines:
-            out(f"would {line}")
-        out(f"dry run: {len(lines)} changes, {render.human_bytes(p.write_bytes)} to write into {shown(args.target)}; "
-            "nothing written")
-        if p.extras and not args.delete:
-            out(f"note: {len(p.extras)} entries the set does not hold would be kept (--delete removes them)")
-    return _problems(problems, args.json)
-
-
 def dry_run_listing(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
     """--dry-run without --delta: every entry a restore would write, printed as the manifest's
     batches arrive (never held whole; --json is the same document, written in pieces)."""
@@ -477,12 +505,21 @@ def _dry_run_head(stream: ManifestStream, args: argparse.Namespace) -> dict[str,
 
 
 def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to_record: Any) -> int:
-    """--verify: re-read the target and compare it with the set (content hashes and metadata)."""
-    from cairn.fsio.delta import plan
+    """--verify: re-read the target and compare it with the set (content hashes and metadata), as
+    the manifest's batches arrive (only the differences are held)."""
+    from cairn.fsio.delta import DeltaStream
 
-    set_info, entries, problems, id_key = fetch_manifest(conn, args, to_record)
-    p = plan(args.target, entries, extras_under=extras_roots(args) if args.delete else None, id_key=id_key)
-    diffs = p.changes() + problems + p.errors
+    stream = ManifestStream(conn, args, to_record, tree_order=True)
+    diffs: list[str] = []
+    ds = DeltaStream(args.target, lambda ids: iter(()), write=False, count=False,
+                     extras_under=extras_roots(args) if args.delete else None,
+                     show=lambda lines, _: diffs.extend(lines))
+    for batch in stream:
+        ds.id_key = stream.id_key
+        ds.feed(batch)
+    ds.finish()
+    diffs += stream.problems + ds.errors
+    set_info = stream.set_info
     if diffs:
         for line in diffs:
             print(f"cairn: verify: {line.replace('write ', 'differs: ', 1)}", file=sys.stderr)
@@ -490,11 +527,11 @@ def verify_target(conn: Any, args: argparse.Namespace, out: Any, render: Any, to
               f"{render.short_id(set_info.id if set_info else '')}", file=sys.stderr)
         return 1
     if args.json:
-        out(render.dumps({"verified": True, "target": os.path.abspath(args.target), "files": p.checked_files,
-                          "bytes": p.checked_bytes}))
+        out(render.dumps({"verified": True, "target": os.path.abspath(args.target), "files": ds.checked_files,
+                          "bytes": ds.checked_bytes}))
     else:
-        out(f"verified {shown(args.target)}: {p.checked_files} files, {render.human_bytes(p.checked_bytes)} re-read, "
-            "content hashes and metadata match the set")
+        out(f"verified {shown(args.target)}: {ds.checked_files} files, {render.human_bytes(ds.checked_bytes)} "
+            "re-read, content hashes and metadata match the set")
     return 0
 
 

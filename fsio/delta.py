@@ -31,6 +31,11 @@ with or without `delete`, since they are never anyone's data. Other extras are
 removed only when `delete` is set, and without it a directory holding entries is never removed
 to make room for a file (an error of the plan instead).
 
+`DeltaStream` runs a delta (or its dry run, or a verification) on a manifest that comes in
+batches, a window at a time, so that a tree of millions of entries is mended in bounded
+memory; `cairn restore --delta` runs it, in the client and in the daemon alike. `mend()` takes
+a whole manifest (restore-db --delta). Both keep everything above.
+
 One delta per target directory at a time (`target_lock`): whichever process writes the target
 (a client for its own delta, the daemon for the one it runs, restore-db --delta) holds an
 exclusive flock on the directory itself while it mends it, so a second one is refused
@@ -248,6 +253,17 @@ class _Target:
         finally:
             os.close(fd)
 
+    def names(self, rel: bytes) -> Iterator[bytes]:
+        """The names in directory `rel`, one at a time (a large directory's are never all held);
+        OSError when it is not a real directory of the target."""
+        fd = self.open_dir(rel)
+        try:
+            with os.scandir(fd) as found:
+                for e in found:
+                    yield e.name.encode(_FS_ENCODING, _FS_ERRORS)
+        finally:
+            os.close(fd)
+
 
 def _kind(st: os.stat_result) -> str:
     m = st.st_mode
@@ -355,17 +371,23 @@ def plan(target: str | bytes, manifest: Iterable[EntryMeta], *, owner: bool | No
 
 
 def _compare(t: _Target, entries: list[EntryMeta], *, extras_under: list[bytes] | None, workers: int, quick: bool,
-             cancelled: Callable[[], bool] | None, delete: bool | None, id_key: bytes | None) -> DeltaPlan:
-    """plan() of the target `t` reads."""
+             cancelled: Callable[[], bool] | None, delete: bool | None, id_key: bytes | None,
+             ctx: DeltaStream | None = None) -> DeltaPlan:
+    """plan() of the target `t` reads. With `ctx`, `entries` is one window of a manifest that
+    DeltaStream compares a window at a time: what links files of different windows (hard links,
+    paths left as they are) is kept there, and extras are looked for by it, not here."""
     own = t.owner
     out = DeltaPlan()
     known = {m.path for m in entries}
     hashing: list[tuple[EntryMeta, os.stat_result]] = []
-    blocked: set[bytes] = set()  # paths left as they are (a directory in the way, without delete)
+    blocked: set[bytes] = set() if ctx is None else ctx.blocked  # paths left as they are (a directory in the way)
+    doubt: set[bytes] = set()  # (ctx) files with more links than the set gave them so far
     links = {}
+    linking: dict[bytes, list[EntryMeta]] = {}  # the hardlinks to each path
     for m in entries:
         if m.kind == "hardlink":
             links[m.link_to] = links.get(m.link_to, 1) + 1
+            linking.setdefault(m.link_to, []).append(m)
     for m in entries:
         if m.path == b"" and m.kind == "dir":  # the set's root: the target itself (metadata only)
             out.dirs.append(m)
@@ -379,6 +401,9 @@ def _compare(t: _Target, entries: list[EntryMeta], *, extras_under: list[bytes] 
             out.errors.append(str(e))
             continue
         st = t.lstat(m.path)
+        if ctx is not None and m.kind != "dir" and st is not None and stat.S_ISDIR(st.st_mode) \
+                and ctx.seeks_extras(m.path):
+            out.extras += ctx.children(t, m.path)  # what a directory in a non-directory's place holds
         if delete is False and m.kind != "dir" and _holds_entries(t, m.path, st):
             out.errors.append(f"'{shown(m.path)}' is a directory holding entries the set does not: not "
                               f"replaced by the set's {m.kind} (restore with --delete to replace it)")
@@ -397,16 +422,27 @@ def _compare(t: _Target, entries: list[EntryMeta], *, extras_under: list[bytes] 
         if m.kind == "file":
             out.checked_files += 1
             out.checked_bytes += m.size
-            if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink > links.get(m.path, 1):
+            shared = st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > links.get(m.path, 1)
+            if shared and ctx is not None:
+                # the links the set gives it may come in later windows: one that differs is
+                # replaced (written anew), one that does not is decided once they are all known
+                doubt.add(m.path)
+                shared = False
+            if st is None or not stat.S_ISREG(st.st_mode) or shared:
                 out.files.append(FilePlan(m, fresh=True, writes=_all_chunks(m), resize=True, fix_meta=True))
             elif quick and st.st_size == m.size and st.st_mtime_ns == m.mtime_ns:
-                if not _meta_same(st, m, own, t, m.path):
-                    out.files.append(FilePlan(m, fresh=False, fix_meta=True))
+                if not _meta_same(st, m, own, t, m.path):  # (metadata is the inode's: other links share it)
+                    out.files.append(FilePlan(m, fresh=True, writes=_all_chunks(m), resize=True, fix_meta=True)
+                                     if m.path in doubt else FilePlan(m, fresh=False, fix_meta=True))
+                elif m.path in doubt:
+                    ctx.defer(m, st.st_nlink, linking.get(m.path, []))  # type: ignore[union-attr]
             else:
                 hashing.append((m, st))
             continue
         if m.kind == "hardlink":
-            if not _links_to(t, m, st):
+            if ctx is not None:
+                ctx.linked(m)
+            if not _links_to(t, m, st) or (ctx is not None and m.link_to in ctx.replaced):
                 out.remake.append(m)
             continue
         if m.kind == "socket":
@@ -430,10 +466,16 @@ def _compare(t: _Target, entries: list[EntryMeta], *, extras_under: list[bytes] 
             fp = FilePlan(m, fresh=False, writes=[(i, offsets[i]) for i in bad], resize=length != m.size,
                           old_size=length)
             fp.fix_meta = bool(fp.writes) or fp.resize or not _meta_same(st, m, own, t, m.path)
-            if fp.writes or fp.resize or fp.fix_meta:
+            if (fp.writes or fp.resize or fp.fix_meta) and m.path in doubt:
+                out.files.append(FilePlan(m, fresh=True, writes=_all_chunks(m), resize=True, fix_meta=True))
+            elif fp.writes or fp.resize or fp.fix_meta:
                 out.files.append(fp)
+            elif m.path in doubt:
+                ctx.defer(m, st.st_nlink, linking.get(m.path, []))  # type: ignore[union-attr]
     # hardlinks whose first path is being remade are remade too (the inode changes)
     fresh = {f.meta.path for f in out.files if f.fresh}
+    if ctx is not None:  # those of later windows too, when other paths may link to the inode it had
+        ctx.replaced.update(p for p in fresh if p in doubt)
     for m in entries:
         if m.kind == "hardlink" and m.link_to in fresh and m not in out.remake:
             out.remake.append(m)
@@ -981,7 +1023,17 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
     mended: every chunk written is the set's, and running the delta again finishes the work."""
     p = plan(target, entries, extras_under=extras_under, quick=quick, cancelled=cancelled, delete=delete,
              id_key=id_key)
-    writer = DeltaWriter(target, p, delete=delete)
+    return p, _write(target, p, chunks, delete=delete, cancelled=cancelled)
+
+
+def _write(target: str | bytes, p: DeltaPlan, chunks: ChunkSource, *, delete: bool,
+           cancelled: Callable[[], bool] | None, owner: bool | None = None,
+           bad: set[bytes] | None = None) -> DeltaStats:
+    """Apply plan `p` to `target` (DeltaWriter), the chunks that differ fetched with `chunks`.
+    `bad`: paths earlier windows could not restore (a hardlink to one is not made), added to."""
+    writer = DeltaWriter(target, p, delete=delete, owner=owner)
+    if bad is not None:
+        writer._bad = bad
     try:
         ids = writer.prepare()
         if ids:
@@ -998,7 +1050,289 @@ def mend(target: str | bytes, entries: list[EntryMeta], chunks: ChunkSource, *, 
                 close = getattr(source, "close", None)
                 if close is not None:
                     close()
-        return p, writer.finish()
+        return writer.finish()
     except BaseException:  # an error or an interruption (KeyboardInterrupt) at any point: no temporary stays
         writer.abandon()
         raise
+
+
+WINDOW_ENTRIES = 2048  # entries of a manifest a DeltaStream compares and mends at once
+
+
+def _parent(rel: bytes) -> bytes:
+    return rel.rpartition(b"/")[0]
+
+
+def _within(rel: bytes, top: bytes) -> bool:
+    """`rel` is `top` or below it (b"": the whole target)."""
+    return not top or rel == top or rel.startswith(top + b"/")
+
+
+@dataclass
+class _OpenDir:
+    """A directory of the manifest whose entries are still coming (DeltaStream)."""
+
+    meta: EntryMeta
+    names: set[bytes] = field(default_factory=set)  # the names the manifest gives it so far
+    made: bool = False  # made anew by the delta
+    fix: bool = False  # its metadata differed
+    since: int = 0  # changes made when it was opened
+    given: bool = True  # False: the target itself, when the manifest gives it no entry (no metadata)
+
+
+@dataclass
+class _Shared:
+    """A file of the target with more links than the set gave it so far, that needed nothing:
+    if the set gives it fewer than it has, it is replaced once the manifest has ended."""
+
+    meta: EntryMeta
+    nlink: int
+    links: list[EntryMeta]  # the set's hardlinks to it, so far
+    dirs: dict[bytes, EntryMeta]  # the directories holding it and its links (their metadata is set again)
+
+
+class DeltaStream:
+    """A delta restore (or with `write` False its dry run, or a verification) of a manifest that
+    comes in batches, holding a window of it at a time, never the whole manifest.
+
+    Feed it the manifest's entries as they come (`feed`), then call `finish`. Every
+    WINDOW_ENTRIES entries the window is compared with the target (plan) and, when writing,
+    mended at once: the chunks it needs are fetched with `chunks` (each window's once) and
+    written, its files finished and renamed into place, its links and special files made. A
+    directory is closed once the manifest has left it (a directory's entries come together,
+    pre-order): then, below `extras_under`, the entries the set does not give it are extras
+    (removed with `delete`; a killed delta's temporaries always), and its metadata is set,
+    after everything inside it. So the guarantees of `mend` hold, with what links windows
+    kept here: the directories open (the path down to the entry at hand, with their names),
+    the paths that could not be restored, and the files with more hard links in the target
+    than the set gave them so far. Such a file that differs from the set is replaced (written
+    anew, as a file of the wrong kind is: no other path may change) rather than mended in
+    place; one that does not differ is kept until the manifest ends, and replaced then if the
+    set gives it fewer links than it has (its links are then made again, and its directories'
+    metadata set again).
+
+    With `hold_dirs` (a restore with --include patterns, whose stream fails at its end when no
+    pattern matched, after the directories of the paths asked) nothing is compared or written
+    while only directories have come.
+
+    The counts (`checked_files`, `checked_bytes`, `write_bytes` of a dry run), `errors` of the
+    plan and `stats` of what was written add up as it goes; `show(lines, extras)` (a dry run)
+    is called with each window's changes, as `DeltaPlan.changes()` words them, and the extras
+    found. What a dry run counts is what the delta writes (count_sparse_writes per window;
+    with `count` False, a verification, a sparse file's chunks are not fetched to count it)."""
+
+    def __init__(self, target: str | bytes, chunks: ChunkSource, *, write: bool = True, count: bool = True,
+                 quick: bool = False,
+                 delete: bool = False, extras_under: list[bytes] | None = None,
+                 cancelled: Callable[[], bool] | None = None, id_key: bytes | None = None,
+                 owner: bool | None = None, workers: int = HASH_WORKERS, hold_dirs: bool = False,
+                 show: Callable[[list[str], list[bytes]], None] | None = None) -> None:
+        self.root = os.path.abspath(os.fsencode(target))
+        self.chunks, self.write, self.count, self.quick, self.delete = chunks, write, count, quick, delete
+        self.extras_under, self.cancelled, self.id_key, self.workers = extras_under, cancelled, id_key, workers
+        self.owner = os.geteuid() == 0 if owner is None else owner
+        self.show = show
+        self.checked_files = self.checked_bytes = self.write_bytes = 0
+        self.changes = 0  # lines of a dry run's changes
+        self.extras = 0  # extras found (kept unless `delete`)
+        self.errors: list[str] = []
+        self.stats = DeltaStats()
+        self.blocked: set[bytes] = set()  # paths left as they are: a hardlink to one is an error
+        self.replaced: set[bytes] = set()  # files with other links replaced: a hardlink to one is made again
+        self._bad: set[bytes] = set()  # paths the writing could not restore
+        self._shared: dict[bytes, _Shared] = {}
+        # the target itself is open from the start: its extras are looked for even when the
+        # manifest gives it no entry (a restore of chosen paths)
+        self._open: list[_OpenDir] = [_OpenDir(EntryMeta(path=b"", kind="dir"), given=False)]
+        self._window: list[EntryMeta] = []
+        self._parents: dict[bytes, EntryMeta] = {}  # the window's entries -> their directory, when open
+        self._done = 0  # changes made so far (a directory opened before one is set again)
+        self._holding = hold_dirs
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def feed(self, entries: Iterable[EntryMeta]) -> None:
+        entries = list(entries)
+        self._window.extend(entries)
+        if self._holding:  # only directories so far: a manifest that fails at its end has written nothing
+            if all(m.kind == "dir" for m in entries):
+                return
+            self._holding = False
+        if len(self._window) >= WINDOW_ENTRIES:
+            self._run(self._window)
+            self._window = []
+
+    def finish(self) -> None:
+        """The manifest has ended: the last window, the files kept for their links, and the
+        directories still open (the target's own last)."""
+        if self._window:
+            self._run(self._window)
+            self._window = []
+        self._shared_links()
+        closing, self._open = self._open[::-1], []
+        self._close(closing)
+
+    # -- the callbacks of _compare -----------------------------------------------------------
+
+    def seeks_extras(self, rel: bytes) -> bool:
+        return self.extras_under is not None and any(_within(rel, top) for top in self.extras_under)
+
+    def children(self, t: _Target, rel: bytes) -> list[bytes]:
+        try:
+            return [rel + b"/" + name if rel else name for name in sorted(t.listdir(rel))]
+        except OSError:
+            return []
+
+    def defer(self, m: EntryMeta, nlink: int, links: list[EntryMeta]) -> None:
+        dirs = {d.path: d for d in (self._parents.get(x.path) for x in (m, *links)) if d is not None}
+        if len(links) + 1 < nlink:
+            self._shared[m.path] = _Shared(m, nlink, list(links), dirs)
+
+    def linked(self, m: EntryMeta) -> None:
+        """A hardlink of the set (a later window's than its file's)."""
+        held = self._shared.get(m.link_to)
+        if held is None:
+            return
+        held.links.append(m)
+        d = self._parents.get(m.path)
+        if d is not None:
+            held.dirs[d.path] = d
+        if len(held.links) + 1 >= held.nlink:
+            del self._shared[m.link_to]  # the set gives it as many links as it has
+
+    # -- a window ----------------------------------------------------------------------------
+
+    def _run(self, entries: list[EntryMeta]) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise AbortedError("restore --delta cancelled while reading the target")
+        closing = self._walk(entries)
+        t = _Target(self.root, self.owner)
+        try:
+            p = _compare(t, entries, extras_under=None, workers=self.workers, quick=self.quick,
+                         cancelled=self.cancelled, delete=self.delete, id_key=self.id_key, ctx=self)
+            found, p.extras = p.extras, []
+            for rel in found:
+                (p.leftovers if _leftover(t, rel) else p.extras).append(rel)
+        finally:
+            t.close()
+        self._parents = {}
+        made = {m.path for m in p.remake if m.kind == "dir"}
+        fix = set(p.dir_meta)
+        for d in self._open + closing:
+            if d.meta.path in made or d.meta.path in fix:
+                d.made, d.fix = d.made or d.meta.path in made, d.fix or d.meta.path in fix
+        self.checked_files += p.checked_files
+        self.checked_bytes += p.checked_bytes
+        self.errors += p.errors
+        self._apply(p)
+        self._close(closing)
+
+    def _walk(self, entries: list[EntryMeta]) -> list[_OpenDir]:
+        """Follow the window's entries down and up the tree: the directories it leaves (deepest
+        first, to close once it is written), and those it opens."""
+        closing: list[_OpenDir] = []
+        for m in entries:
+            while self._open and not _within(m.path, self._open[-1].meta.path):
+                closing.append(self._open.pop())
+            top = self._open[-1] if self._open else None
+            if top is not None and m.path and _parent(m.path) == top.meta.path:
+                if self.seeks_extras(top.meta.path):  # (its extras are the names it is not given)
+                    top.names.add(m.path.rpartition(b"/")[2])
+                if top.given:
+                    self._parents[m.path] = top.meta
+            if m.kind == "dir" and not m.path and top is not None and not top.given:
+                top.meta, top.given = m, True  # the set's root: the target's metadata
+            elif m.kind == "dir" and m.path:
+                self._open.append(_OpenDir(m, since=self._done))
+        return closing
+
+    def _apply(self, p: DeltaPlan) -> None:
+        """Write a window's plan (or count what it would write), directories' metadata aside."""
+        p.dirs, dir_meta, p.dir_meta = [], p.dir_meta, []
+        if not self.write:
+            if self.count:
+                count_sparse_writes(p, self.chunks, self.id_key)
+            self.write_bytes += p.write_bytes
+            p.dir_meta = dir_meta
+            self._tell(p.changes(), p.extras)
+            self.extras += len(p.extras)
+            return
+        st = _write(self.root, p, self.chunks, delete=self.delete, cancelled=self.cancelled, owner=self.owner,
+                    bad=self._bad)
+        self._add(st)
+        self._done += len(p.files) + len(p.remake) + len(p.fix_meta) + len(dir_meta) + st.deleted
+        if not self.delete:
+            self.extras += len(p.extras)
+
+    def _add(self, st: DeltaStats) -> None:
+        for name in ("files_written", "bytes_written", "entries_made", "meta_fixed", "deleted"):
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(st, name))
+        self.stats.errors += st.errors
+
+    def _tell(self, lines: list[str], extras: list[bytes]) -> None:
+        self.changes += len(lines)
+        if self.show is not None and (lines or extras):
+            self.show(lines, extras)
+
+    # -- closing directories -------------------------------------------------------------------
+
+    def _close(self, closing: list[_OpenDir]) -> None:
+        """Directories the manifest has left (deepest first): their extras, then their metadata."""
+        if not closing:
+            return
+        t = _Target(self.root, self.owner)
+        writer = DeltaWriter(self.root, DeltaPlan(), delete=self.delete, owner=self.owner) if self.write else None
+        try:
+            for d in closing:
+                rel = d.meta.path
+                extras: list[bytes] = []
+                leftovers: list[bytes] = []
+                if self.seeks_extras(rel) and t.dir_fd(rel) is not None:
+                    with contextlib.suppress(OSError):
+                        for name in sorted(n for n in t.names(rel) if n not in d.names):
+                            x = rel + b"/" + name if rel else name
+                            (leftovers if _leftover(t, x) else extras).append(x)
+                    d.names = set()
+                if writer is None:
+                    lines = [f"remove {shown(x)} (left by an interrupted delta)" for x in leftovers]
+                    self._tell(lines + [f"delete {shown(x)}" for x in extras], extras)
+                    self.extras += len(extras)
+                    continue
+                deleted = 0
+                for x in leftovers + (extras if self.delete else []):
+                    deleted += writer._guard(x, writer._remove, x)
+                if not self.delete:
+                    self.extras += len(extras)
+                self.stats.deleted += deleted
+                self._done += deleted
+                if d.given and (d.made or d.fix or self._done != d.since) and \
+                        writer._guard(rel, writer._meta_dir, d.meta):
+                    self.stats.meta_fixed += d.fix and not d.made
+        finally:
+            t.close()
+            if writer is not None:
+                self.stats.errors += writer.stats.errors
+                writer.beneath.close()
+
+    def _shared_links(self) -> None:
+        """Files kept for their links whose links the set gives fewer than the target has:
+        replaced, their links made again, their directories' metadata set again."""
+        if not self._shared:
+            return
+        p = DeltaPlan()
+        dirs: dict[bytes, EntryMeta] = {}
+        for held in self._shared.values():
+            p.files.append(FilePlan(held.meta, fresh=True, writes=_all_chunks(held.meta), resize=True,
+                                    fix_meta=True))
+            p.remake += held.links
+            dirs.update(held.dirs)
+        self._shared = {}
+        if not self.write:
+            if self.count:
+                count_sparse_writes(p, self.chunks, self.id_key)
+            self.write_bytes += p.write_bytes
+            self._tell(p.changes(), [])
+            return
+        p.dirs = sorted(dirs.values(), key=lambda d: d.path.count(b"/"), reverse=True)
+        self._add(_write(self.root, p, self.chunks, delete=self.delete, cancelled=self.cancelled,
+                         owner=self.owner, bad=self._bad))

@@ -1237,13 +1237,19 @@ class Repository:
                 yield from self._list(below, path, recursive, problems)
 
     def diff(self, a: BackupSet, b: BackupSet) -> SetDiff:
-        added: list[str] = []
-        modified: list[str] = []
-        deleted: list[str] = []
-        self._diff(bytes.fromhex(a.tree), bytes.fromhex(b.tree), "", added, modified, deleted)
-        return SetDiff(tuple(added), tuple(modified), tuple(deleted))
+        changes: dict[str, list[str]] = {"added": [], "modified": [], "deleted": []}
+        for change, path in self.iter_diff(a, b):
+            changes[change].append(path)
+        return SetDiff(tuple(changes["added"]), tuple(changes["modified"]), tuple(changes["deleted"]))
 
-    def _diff(self, ta: bytes, tb: bytes, prefix: str, added: list, modified: list, deleted: list) -> None:
+    def iter_diff(self, a: BackupSet, b: BackupSet, only: str | None = None) -> Iterator[tuple[str, str]]:
+        """The changes going from set A to set B as they are found, never collected: (change, path),
+        change 'added', 'modified' or 'deleted', in tree order (a directory's names sorted, what
+        is below one right after it). With `only` just changes of that kind. Holds the entries of
+        the directories on the way down, one level of each side at a time."""
+        return self._diff(bytes.fromhex(a.tree), bytes.fromhex(b.tree), "", only)
+
+    def _diff(self, ta: bytes, tb: bytes, prefix: str, only: str | None) -> Iterator[tuple[str, str]]:
         if ta == tb:
             return
         ea = {e.name: e for e in self.load_tree(ta)} if ta else {}
@@ -1252,21 +1258,22 @@ class Repository:
             path = f"{prefix}{os.fsdecode(name)}"
             x, y = ea.get(name), eb.get(name)
             if x is None or y is None or (x.kind == "dir") != (y.kind == "dir"):
-                for side, lst in ((x, deleted), (y, added)):
-                    if side is not None:
-                        self._collect(side, path, lst)
+                for side, change in ((x, "deleted"), (y, "added")):
+                    if side is not None and only in (None, change):
+                        yield from self._collect(side, path, change)
             elif x.kind == "dir":
-                if x.mode != y.mode or x.uid != y.uid or x.gid != y.gid or x.xattrs != y.xattrs:
-                    modified.append(path + "/")
-                self._diff(x.subtree, y.subtree, path + "/", added, modified, deleted)
-            elif not x.same_content_and_meta(y):
-                modified.append(path)
+                if only in (None, "modified") and (x.mode != y.mode or x.uid != y.uid or x.gid != y.gid
+                                                   or x.xattrs != y.xattrs):
+                    yield "modified", path + "/"
+                yield from self._diff(x.subtree, y.subtree, path + "/", only)
+            elif only in (None, "modified") and not x.same_content_and_meta(y):
+                yield "modified", path
 
-    def _collect(self, e: Entry, path: str, out: list) -> None:
-        out.append(path + "/" if e.kind == "dir" else path)
+    def _collect(self, e: Entry, path: str, change: str) -> Iterator[tuple[str, str]]:
+        yield change, path + "/" if e.kind == "dir" else path
         if e.kind == "dir" and e.subtree:
             for sub in self.tree_entries(e.subtree):
-                self._collect(sub, f"{path}/{os.fsdecode(sub.name)}", out)
+                yield from self._collect(sub, f"{path}/{os.fsdecode(sub.name)}", change)
 
     # -- restore -------------------------------------------------------------------
     def root_tree(self, s: BackupSet, attachment: str | None = None) -> bytes:

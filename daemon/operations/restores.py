@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from cairn.daemon.operations.part import ServicePart, _rel
 from cairn.fsio import claims
-from cairn.fsio.delta import DeltaPlan, DeltaStats, extras_roots, mend, target_lock
+from cairn.fsio.delta import DeltaStream, extras_roots, target_lock
 from cairn.fsio.records import EntryMeta, Failed, LaneGauge, Record
 from cairn.store.content.crypto import ASK_FULL_KEY
 from cairn.store.errors import AbortedError, CairnError, FailedPreconditionError
@@ -19,6 +19,12 @@ from cairn.store.model import BackupSet, SetDiff, TreeEntry
 from cairn.store.snapshots.restore import RestoreFilter
 
 log = logging.getLogger(__name__)
+DELTA_BATCH = 512  # manifest entries handed to a delta at once
+
+
+def _parts(path: str) -> list[str]:
+    """A restore path's components: sorted by them, paths below one directory come together."""
+    return [x for x in path.split("/") if x and x != "."]
 
 
 class RestorePart(ServicePart):
@@ -56,6 +62,21 @@ class RestorePart(ServicePart):
     def diff(self, a: str, b: str, source: str = "", host: str = "") -> tuple[BackupSet, BackupSet, SetDiff]:
         sa, sb = self.resolve(a, source, host), self.resolve(b, source, host)
         return sa, sb, self.repo.diff(sa, sb)
+
+    def diff_stream(self, a: str, b: str, source: str = "", host: str = "",
+                    grouped: bool = False) -> tuple[BackupSet, BackupSet, Iterator[tuple[str, str]]]:
+        """The sets (resolved here, so a bad name fails before anything is sent) and their changes
+        as they are found (Repository.iter_diff): in tree order, or with `grouped` every added
+        path, then every modified, then every deleted (one walk of the differing trees each)."""
+        sa, sb = self.resolve(a, source, host), self.resolve(b, source, host)
+        if not grouped:
+            return sa, sb, self.repo.iter_diff(sa, sb)
+
+        def in_groups() -> Iterator[tuple[str, str]]:
+            for change in ("added", "modified", "deleted"):
+                yield from self.repo.iter_diff(sa, sb, only=change)
+
+        return sa, sb, in_groups()
 
     def restore_stream(self, ref: str, source: str, paths: list[str], include: tuple[str, ...] = (),
                        exclude: tuple[str, ...] = (), manifest: bool = False,
@@ -97,50 +118,57 @@ class RestorePart(ServicePart):
     def delta_local(self, ref: str, source: str, paths: list[str], include: tuple[str, ...], exclude: tuple[str, ...],
                     target: str, nonce: str, quick: bool = False, delete: bool = False,
                     cancelled: Callable[[], bool] | None = None,
-                    host: str = "") -> tuple[BackupSet, DeltaPlan, DeltaStats, list[str]]:
+                    host: str = "") -> tuple[BackupSet, DeltaStream, list[str]]:
         """A delta restore into the client's claimed target on this host (cairn.fsio.claims.check_delta_claim):
-        the set's manifest is compared with the target and what differs is written from the
-        repository directly (cairn.fsio.delta.mend), until `cancelled` says the client went away.
-        The daemon holds the target's delta lock meanwhile (cairn.fsio.delta.target_lock): a second
-        delta into it, this daemon's or a client's, is refused (BusyError).
-        Returns (set, plan, what changed, problems of the manifest)."""
+        the set's manifest is compared with the target as it is read, a window at a time, and
+        what differs is written from the repository directly (cairn.fsio.delta.DeltaStream),
+        until `cancelled` says the client went away. The daemon holds the target's delta lock
+        meanwhile (cairn.fsio.delta.target_lock): a second delta into it, this daemon's or a
+        client's, is refused (BusyError). Returns (set, the delta with its counts, problems of
+        the manifest)."""
         # any owner when client and daemon are both root: a whole-set restore gives the target the
         # source directory's owner (an application's), and the next delta must still be the daemon's
         claim = claims.check_delta_claim(target, nonce, any_owner=True)
         with target_lock(target):  # the daemon writes, so it holds the target: one delta at a time
-            s, records = self.restore_stream(ref, source, paths, include, exclude, manifest=True, host=host)
-            entries: list[EntryMeta] = []
-            problems: list[str] = []
+            # the paths in tree order: each directory's entries then come together (DeltaStream)
+            s, records = self.restore_stream(ref, source, sorted(paths, key=_parts), include, exclude, manifest=True,
+                                             host=host)
             try:
-                for rec in records:
-                    if isinstance(rec, EntryMeta):
-                        entries.append(rec)
-                    elif isinstance(rec, Failed):
-                        problems.append(rec.message)
+                try:
+                    claims.drop_claim(claim)  # not an extra of the target; a daemon that may not write there stops here
+                except OSError as exc:
+                    raise FailedPreconditionError(
+                        f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
+
+                def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
+                    data = self.repo.read_chunks(s, ids, errors=True)  # a damaged chunk fails its files only
+                    try:
+                        yield from zip(ids, data, strict=True)
+                    finally:
+                        data.close()  # type: ignore[attr-defined] - read-ahead stops when the delta does
+
+                extras = None if include or exclude else extras_roots([os.fsencode(x) for x in paths])
+                ds = DeltaStream(target, chunks, quick=quick, delete=delete, cancelled=cancelled, extras_under=extras,
+                                 id_key=self.repo.chunk_id_key, hold_dirs=bool(include))
+                problems: list[str] = []
+                batch: list[EntryMeta] = []
+                try:
+                    for rec in records:
+                        if isinstance(rec, EntryMeta):
+                            batch.append(rec)
+                            if len(batch) >= DELTA_BATCH:
+                                ds.feed(batch)
+                                batch = []
+                        elif isinstance(rec, Failed):
+                            problems.append(rec.message)
+                    ds.feed(batch)
+                    ds.finish()
+                except AbortedError:
+                    log.warning("restore --delta of set %s into '%s' stopped: its client went away", s.id, target)
+                    raise
             finally:
                 records.close()  # type: ignore[attr-defined]
-            try:
-                claims.drop_claim(claim)  # not an extra of the target; a daemon that may not write there stops here
-            except OSError as exc:
-                raise FailedPreconditionError(
-                    f"local write to '{target}' refused: the daemon cannot write there: {exc.strerror}") from None
-
-            def chunks(ids: list[bytes]) -> Iterator[tuple[bytes, bytes | CairnError]]:
-                data = self.repo.read_chunks(s, ids, errors=True)  # a damaged chunk fails its files only
-                try:
-                    yield from zip(ids, data, strict=True)
-                finally:
-                    data.close()  # type: ignore[attr-defined] - read-ahead stops when the delta does
-
-            try:
-                p, st = mend(target, entries, chunks, quick=quick, delete=delete,
-                             extras_under=None if include or exclude else extras_roots([os.fsencode(x) for x in paths]),
-                             cancelled=cancelled,
-                             id_key=self.repo.chunk_id_key)
-            except AbortedError:
-                log.warning("restore --delta of set %s into '%s' stopped: its client went away", s.id, target)
-                raise
-            return s, p, st, problems
+            return s, ds, problems
 
     def restore_chunks(self, ref: str, source: str, ids: list[bytes], host: str = "") -> Iterator[bytes | CairnError]:
         """The content of chunks of a set's files, in the order asked (delta restores); a chunk

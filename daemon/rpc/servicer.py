@@ -222,26 +222,36 @@ class CairnServicer(pb_grpc.CairnServicer):
 
     @rpc
     def Diff(self, request: pb.DiffRequest, context: grpc.ServicerContext) -> Iterator[pb.DiffReply]:
-        sa, sb, diff = self.service.diff(request.a, request.b, request.source, host=request.host)
+        sa, sb, changes = self.service.diff_stream(request.a, request.b, request.source, host=request.host,
+                                                   grouped=request.grouped)
         yield pb.DiffReply(a=set_info(sa), b=set_info(sb))
-        for field, paths in (("added", diff.added), ("modified", diff.modified), ("deleted", diff.deleted)):
-            for start in range(0, len(paths), LIST_BATCH):
-                yield pb.DiffReply(**{field: [os.fsencode(p) for p in paths[start : start + LIST_BATCH]]})
+        # batches as the changes are found, never the whole diff; a batch holds changes of one
+        # kind, so the order of the changes is that of the batches
+        field, paths = "", []
+        for change, path in changes:
+            if paths and (change != field or len(paths) >= LIST_BATCH):
+                yield pb.DiffReply(**{field: paths})
+                paths = []
+            field = change
+            paths.append(os.fsencode(path))
+        if paths:
+            yield pb.DiffReply(**{field: paths})
 
     @rpc
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> Iterator[pb.RestoreBatch]:
         if request.local_claim and not request.manifest:  # the daemon writes: never into its own places
             self.service.refuse_own_places(os.fsdecode(request.target_path), delete=request.delta and request.delete)
         if request.local_claim and request.delta and not request.manifest:
-            s, p, st, problems = self.service.delta_local(
+            s, ds, problems = self.service.delta_local(
                 request.set, request.source, [os.fsdecode(x) for x in request.paths], tuple(request.include),
                 tuple(request.exclude), os.fsdecode(request.target_path), request.local_claim, request.quick,
                 request.delete, cancelled=lambda: not context.is_active(), host=request.host)
+            st = ds.stats
             yield pb.RestoreBatch(set=set_info(s), delta=pb.DeltaWriteResult(
-                files_checked=p.checked_files, bytes_checked=p.checked_bytes, files_written=st.files_written,
+                files_checked=ds.checked_files, bytes_checked=ds.checked_bytes, files_written=st.files_written,
                 bytes_written=st.bytes_written, entries_made=st.entries_made, metadata_fixed=st.meta_fixed,
-                deleted=st.deleted, extras_kept=0 if request.delete else len(p.extras),
-                errors=texts(problems + p.errors + st.errors)))
+                deleted=st.deleted, extras_kept=0 if request.delete else ds.extras,
+                errors=texts(problems + ds.errors + st.errors)))
             return
         local = bool(request.local_claim) and not request.manifest
         if local:  # refused before the set is read: the client then streams

@@ -397,16 +397,18 @@ class ListTreeReply(_message.Message):
     def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
-    __slots__ = ("a", "b", "source", "host")
+    __slots__ = ("a", "b", "source", "host", "grouped")
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    GROUPED_FIELD_NUMBER: _ClassVar[int]
     a: str
     b: str
     source: str
     host: str
-    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., source: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
+    grouped: bool
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., source: _Optional[str] = ..., host: _Optional[str] = ..., grouped: _Optional[bool] = ...) -> None: ...
 
 class DiffReply(_message.Message):
     __slots__ = ("a", "b", "added", "modified", "deleted")

@@ -650,3 +650,61 @@ def test_the_dry_run_of_a_sparse_file_counts_the_bytes_the_delta_writes(
         f.write(b"\xff" * 5000)
     written = dry_then_real()
     assert MIB <= written < 4 * MIB, written
+
+
+def _links(root: str) -> set[frozenset[str]]:
+    """The groups of paths of `root` that share an inode."""
+    groups: dict[int, set[str]] = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                groups.setdefault(st.st_ino, set()).add(os.path.relpath(full, root))
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_a_client_delta_spanning_many_windows_makes_the_tree_the_set_again(start_daemon: Callable[..., Daemon],
+                                                                           rundir: str) -> None:
+    """The client's own delta (--stream) of a tree of several thousand entries, taken a window
+    of the manifest at a time: after damage in many directories (and a hard link whose two
+    paths are windows apart, one of them sharing its inode with an extra) --delta --delete
+    makes the tree equal to the set, writes what its dry run said, and --verify agrees."""
+    rng = random.Random(99)
+    src = os.path.join(rundir, "src")
+    make_tree(src, rng)
+    for i in range(5000):  # a few windows of entries, in 40 directories
+        d = os.path.join(src, "many", f"d{i % 40:02d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:04d}"), "wb") as f:
+            f.write(rng.randbytes(rng.randrange(0, 300)))
+    os.link(os.path.join(src, "docs", "n01.txt"), os.path.join(src, "zz-link"))  # after 'many' in tree order
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    set_id = json.loads(d.ok("--json", "backup", "--level", "full", timeout=180))["id"]
+    want, links = snapshot(src), _links(src)
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target, "--stream", timeout=180)
+    assert snapshot(target) == want and _links(target) == links
+
+    owed, extras = damage(target, d, set_id, rng)
+    shutil.rmtree(os.path.join(target, "many", "d07"))
+    for i in range(0, 5000, 97):
+        p = os.path.join(target, "many", f"d{i % 40:02d}", f"f{i:04d}")
+        if os.path.exists(p):
+            with open(p, "ab") as f:
+                f.write(b"longer")
+    with open(os.path.join(target, "many", "d31", "extra"), "wb") as f:
+        f.write(b"not in the set")
+    os.link(os.path.join(target, "zz-link"), os.path.join(target, "many", "d02", "outside"))
+
+    dry = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete", "--dry-run",
+                          timeout=180))
+    assert set(dry["extras"]) == extras | {"many/d31/extra", "many/d02/outside"}, dry["extras"]
+    assert "make hardlink zz-link" in dry["changes"] and "write docs/n01.txt (new file; " in " ".join(dry["changes"])
+    r = json.loads(d.ok("--json", "restore", set_id, "--target", target, "--delta", "--delete", "--stream",
+                        timeout=180))
+    assert r["written_by"] == "client" and r["errors"] == [], r
+    assert r["bytes_written"] == dry["bytes_to_write"] >= owed and r["deleted"] == len(dry["extras"])
+    assert snapshot(target) == want and _links(target) == links
+    out = d.ok("restore", set_id, "--target", target, "--delta", "--delete", "--verify", "--stream", timeout=180)
+    assert "wrote 0 B" in out and "deleted 0" in out and "verified" in out
