@@ -7,8 +7,9 @@ endpoints, then READY=1 and watchdog pings. The main thread only waits for signa
 reloads the configuration (an invalid file is logged and the running configuration kept),
 SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs, running backups cancelled (their
 database tools killed, their quiesce windows thawed; the store abandons an unfinished set
-safely), and the process exits within daemon.shutdown_timeout whatever happens — a backup
-still running then has its tools killed and its window thawed before the exit. Streaming calls
+safely), a retention run stopped before its next step (logged as interrupted, not as failed),
+and the process exits within daemon.shutdown_timeout whatever happens — a backup still running
+then has its tools killed and its window thawed before the exit. Streaming calls
 still blocked in a send after the server's grace (a suspended client) are named in one warning
 and their threads are not joined at the exit. A stop that blocks past that and the time the
 thaw hooks may take (`thaw_allowance`), or an interpreter's exit that hangs after a clean
@@ -158,7 +159,9 @@ class Daemon:
             self.service.set_next_runs(self.scheduler.next_runs)
             self.service.waiting_runs = self.scheduler.waiting
             if cfg.repository.gc and not self.repo.write_only:  # a write-only key deletes nothing
-                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
+                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention,
+                                                 health=self.service.health)
+                self.retention.settle()  # a run the previous daemon did not finish: logged, shown in status
                 self.service.retention = self.retention
         # Serve, then tell systemd we are ready.
         self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
@@ -325,7 +328,7 @@ class Daemon:
         if new.repository.gc and self.retention is not None:
             self.retention.reload(new.repository.gc)
         elif new.repository.gc:
-            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention)
+            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention, health=self.service.health)
             self.service.retention = self.retention
             self.retention.start()
         elif self.retention is not None:
@@ -383,6 +386,11 @@ class Daemon:
             self.service.shutdown()
         stopped = self.server.stop(grace=min(5.0, left())) if self.server else threading.Event()
         idle = self.service.wait_idle(left()) if self.service else True
+        # A retention run stops before its next step (the store's prune sees the stop): wait for
+        # it, so its lock is released and its end recorded; one still inside a step at the
+        # deadline is cut by the exit, which garbage collection's crash safety covers.
+        if self.retention is not None and not self.retention.stop(left()):
+            self.retention.cut()
         if self.server is not None:
             stopped.wait(left())
             self.blocked_calls = self.server.blocked_calls()
