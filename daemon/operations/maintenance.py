@@ -97,6 +97,7 @@ class MaintenancePart(ServicePart):
         repository reloads its index afterwards, so the next backup stores what was dropped."""
         if not dry_run:
             self._require_writable("repairing the index")
+            self._require_state_room("repair the index")  # the time it dropped entries is kept there
         report = self.repo.repair_index(read_data=read_data, dry_run=dry_run, progress=progress)
         if not dry_run and self.repo.index_dropped_at is not None:
             _save_repair_mark(self.repo.index_dropped_at, self._config.daemon.state_dir)

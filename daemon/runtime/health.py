@@ -21,6 +21,13 @@ shows it after a restart, and the run in progress (`gc_begin` .. `gc_end`): a ru
 daemon never ended (killed, the host went down, or cut by the exit of a stop that could not
 wait for it) becomes, at the next start, the last run, "interrupted" (`settle_gc`).
 
+Whether the state directory can take writes at all is the other half of the operator's view
+(`StateRoom`): a full file system under it is one health problem, named the same way
+everywhere (`state directory '/var/lib/cairn' is full: no space left on device`), found by
+writing a small probe file there (at most once a second), so it clears by itself once there is
+room. What needs to write state refuses with that line while it holds (`StateRoom.require`);
+reads, status and restores go on.
+
 The record lives in `<state_dir>/health.json`, replaced atomically on every change, so a
 kill -9 leaves the previous or the new record, never a torn one; an unreadable record is
 logged and started afresh (it only feeds status and metrics, never a decision about data).
@@ -32,6 +39,7 @@ sets, so alerts on the age of the last success neither fire falsely nor go blind
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -43,6 +51,7 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cairn.errors import FailedPreconditionError
 from cairn.fsio.durable import write_atomic
 from cairn.store.model import BackupSet
 
@@ -341,6 +350,68 @@ class HealthRecord:
                 return
             self.wal_segment, self.wal_time = name, time.time() if when is None else when
             self._save()
+
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+PROBE = ".room-probe"  # written and removed again by StateRoom
+PROBE_EVERY = 1.0  # seconds a probe's answer is reused
+ROOM_HINT = "free room on its file system: cairnd goes on by itself once there is some, no restart needed"
+
+
+def no_room(exc: BaseException) -> bool:
+    """True when `exc` is a full file system or an exhausted quota (also as SQLite reports one)."""
+    if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+        return True
+    text = str(exc)
+    return "No space left" in text or "database or disk is full" in text or "Disk quota exceeded" in text
+
+
+class StateRoom:
+    """Whether the state directory can take a write now (see the module doc)."""
+
+    def __init__(self, state_dir: str, clock: Any = time.monotonic) -> None:
+        self.state_dir = state_dir
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked = -math.inf
+        self._problem: str | None = None
+
+    def problem(self, fresh: bool = False) -> str | None:
+        """None when a small file can be written there (and synced); else the one-line problem.
+        Answers from the last probe when it is less than PROBE_EVERY old (unless `fresh`)."""
+        with self._lock:
+            now = self._clock()
+            if fresh or now - self._checked >= PROBE_EVERY:
+                self._problem = self._probe()
+                self._checked = now
+            return self._problem
+
+    def _probe(self) -> str | None:
+        path = os.path.join(self.state_dir, PROBE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, b"\0" * 4096)  # a page: what a journal batch or a record needs at least
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in NO_ROOM:
+                return f"state directory '{self.state_dir}' is full: {os.strerror(exc.errno).lower()}"
+            return None  # not a question of room (gone, refused): those who write say what it is
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return None
+
+    def require(self, what: str) -> None:
+        """Raise FailedPreconditionError("unable to <what>: state directory '...' is full: no
+        space left on device") while the state directory has no room."""
+        problem = self.problem(fresh=True)  # room freed a moment ago is room
+        if problem is not None:
+            raise FailedPreconditionError(f"unable to {what}: {problem}", hint=ROOM_HINT)
 
 
 _live: weakref.WeakSet[HealthRecord] = weakref.WeakSet()  # the records this process keeps (of a state dir)
