@@ -70,7 +70,9 @@ class MaintenancePart(ServicePart):
             return report
         except AbortedError as exc:
             outcome = "cancelled"
-            log.info("verify stopped: %s", exc.message)
+            after = "; it changes nothing (it only reads): run it again once cairnd runs" \
+                if self.repo.locks.stopping.is_set() else ""  # the daemon's stop ended it
+            log.info("verify stopped: %s%s", exc.message, after)
             raise
         finally:
             if self._metrics is not None:

@@ -82,5 +82,9 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
         self.jobs.shutdown()
         self.repo.locks.stopping.set()
 
+    def stopping(self) -> bool:
+        """True once `shutdown` began (the daemon stops)."""
+        return self.repo.locks.stopping.is_set()
+
     def wait_idle(self, timeout: float) -> bool:
         return self.jobs.wait_idle(timeout)

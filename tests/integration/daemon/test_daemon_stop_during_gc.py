@@ -1,5 +1,5 @@
-"""`systemctl stop` (SIGTERM) while a scheduled retention and garbage collection run is in
-progress, against the real daemon: the run stops before its next step, the log says it was
+"""`systemctl stop` (SIGTERM) while a scheduled retention and garbage collection run (or a long
+verify) is in progress, against the real daemon: the run stops before its next step, the log says it was
 interrupted by the stop and that the repository is consistent (not that retention failed), the
 stop is clean (exit 0, the gc lock released), and the next start says the same once, in its log
 and in `cairn status`, reports it as no source's failure, and the next run finishes the job."""
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
 
-from cairnd_harness import init_repo
+from cairnd_harness import CAIRN, env_for, init_repo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,3 +99,31 @@ def test_a_stop_during_scheduled_gc_is_reported_as_an_interruption(start_daemon,
     d2.ok("prune")
     assert "repository ok: 1 set, 1 pack" in d2.ok("verify", "--read-data")
     assert d2.terminate(30)[0] == 0, d2.log()
+
+
+def test_a_stop_during_a_long_verify_says_the_stop_ended_it(start_daemon, rundir, tmp_path, monkeypatch):
+    """`cairn verify` (a timer's, there is no scheduled verify in the daemon) still running past
+    the stop's grace for calls is cut: the log says the daemon's stop ended it and that it
+    changed nothing, not that its client went away; the client fails with one line."""
+    repo, src, gate = str(tmp_path / "repo"), tmp_path / "src", tmp_path / "gate"
+    src.mkdir()
+    gate.mkdir()
+    (src / "f").write_bytes(os.urandom(100_000))
+    monkeypatch.setenv("CAIRN_TEST_VERIFY_GATE", str(gate))
+    sock = os.path.join(rundir, "v.sock")
+    cfg = _config(os.path.join(rundir, "v.toml"), repo, sock, str(src))
+    d = start_daemon("--config", cfg, socket_path=sock,
+                     prefix=(sys.executable, os.path.join(HERE, "verify_gate_cairnd.py")))
+    d.ok("backup")
+    client = subprocess.Popen([CAIRN, "--socket", sock, "verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env_for())
+    _wait(lambda: (gate / "reached").exists(), 30, "the verify to begin")
+    code, _ = d.terminate(30)
+    out, err = client.communicate(timeout=30)
+    log = d.log()
+    assert code == 0, log
+    assert "the daemon's stop ends a running verify" in log, log
+    stopped = [line for line in log.splitlines() if "verify stopped:" in line]  # (unless the exit came first)
+    assert all("verify stopped: verify interrupted by the daemon's stop; it changes nothing" in x for x in stopped), log
+    assert "went away" not in log and "level=error" not in log, log
+    assert client.returncode != 0 and len([x for x in err.splitlines() if x.startswith("cairn: error:")]) == 1, err
