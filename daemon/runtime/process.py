@@ -433,10 +433,13 @@ class Daemon:
             if thread is not None:
                 thread.request_stop()
         # Cancel the backups first, so their clients still get an answer before the server closes.
+        running = list(self.service.jobs.running().values()) if self.service is not None else []
         if self.service is not None:
             self.service.shutdown()
         stopped = self.server.stop(grace=min(5.0, left())) if self.server else threading.Event()
         idle = self.service.wait_idle(left()) if self.service else True
+        if self.scheduler is not None:  # a scheduled set the stop cut is caught up by the next start
+            self.scheduler.interrupted(lambda job: any(job is r for r in running) and job.result is None)
         # A retention run stops before its next step (the store's prune sees the stop): wait for
         # it, so its lock is released and its end recorded; one still inside a step at the
         # deadline is cut by the exit, which garbage collection's crash safety covers.
