@@ -49,6 +49,7 @@ from .content.locks import Locks
 from .content.packs import CODEC_ZSTD_REF, TYPE_DATA, PackEntry
 from .content.repoconfig import ENCRYPTED_VERSION, PLAINTEXT_VERSION, RepoConfig
 from .errors import (
+    AbortedError,
     AlreadyExistsError,
     BackendError,
     CairnError,
@@ -1413,8 +1414,9 @@ class Repository:
                 if not dry_run:
                     self.sweep_temp()
                 before = self.list_sets(complete=True)
-                report = prunemod.Pruner(self, lock.check, lock.name).run(policy, dry_run=dry_run, source=source,
-                                                                          grace=grace)
+                check = self._prune_check(lock.check)
+                report = prunemod.Pruner(self, check, lock.name).run(policy, dry_run=dry_run, source=source,
+                                                                     grace=grace)
                 decisions = retention.decide([s for s in before if source is None or s.source == source], policy)
                 named = set(report.forgotten)  # a set forgotten by name is not "kept by" a rule
                 in_use = dict(report.in_use)
@@ -1424,12 +1426,26 @@ class Repository:
                 if policy.wal_keep is not None:
                     if not dry_run:
                         self.load_index()
-                    report = self._wal_retention(policy.wal_keep, before, report, dry_run, lock.check, lock.name,
+                    report = self._wal_retention(policy.wal_keep, before, report, dry_run, check, lock.name,
                                                  grace)
                 return report
         finally:
             if not dry_run:  # also after a failure: no later backup may dedup against deleted blobs
                 self.load_index()
+
+    def _prune_check(self, lock_check: Callable[[], None]) -> Callable[[], None]:
+        """What a prune calls before each step that writes or deletes: `lock_check` (the gc lock was
+        lost: LockedError), and once the owner of this handle sets `locks.stopping` (it shuts
+        down), AbortedError. Stopping there is stopping between steps, which the collector's
+        crash safety covers (store/maintenance/prune.py), with the lock released as usual."""
+
+        def check() -> None:
+            lock_check()
+            if self.locks.stopping.is_set():
+                raise AbortedError("prune stopped before its next step: its process is shutting down",
+                                   hint="the repository is consistent; the next prune does the rest")
+
+        return check
 
     def repair_index(self, *, read_data: bool = False, dry_run: bool = False, progress: ProgressFn | None = None,
                      lock_wait: float = PRUNE_LOCK_WAIT) -> repairmod.IndexRepairReport:

@@ -575,6 +575,19 @@ class _FD(InotifyFD):
             log.warning("this watchdog version queues inotify events differently: the backlog of "
                         "events not yet handled is not bounded")
 
+    def _add_callback(self, path: bytes, mask: Mask, callback, id_) -> WatchDescriptor:  # type: ignore[no-untyped-def]
+        """watchdog's, without its warning when a group adds a watch it already holds: the kernel
+        answers a watch added at a directory's new path with the watch the directory has (a rename
+        still queued, met by a walk), which the group then places (_Group._add_callback), and its
+        callback is the group itself, the one already registered: nothing is overwritten.
+        watchdog warned (a RuntimeWarning in the daemon's log) for every such directory. Another
+        callback under the same id is still left to watchdog, and its warning."""
+        watch = self._get_or_create_watch(path, mask)
+        if watch.callbacks.get(id_, callback) is not callback:
+            return super()._add_callback(path, mask, callback, id_)
+        watch.callbacks[id_] = callback
+        return watch.wd
+
     def handle_event(self, event: InotifyEvent) -> None:
         if event.is_queue_overflow:
             self._owner.overflowed()

@@ -14,10 +14,11 @@ from typing import Any
 
 from cairn import protocol
 from cairn.daemon.changes import skip
+from cairn.daemon.databases.dump import DIR_PLACEHOLDER
 from cairn.daemon.operations import hostname
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.operations.status import set_status
-from cairn.daemon.runtime.config import Config, SourceConfig
+from cairn.daemon.runtime.config import Config, DatabaseConfig, SourceConfig
 from cairn.daemon.scheduling.jobs import BackupJob
 from cairn.daemon.windows import capture
 from cairn.store.errors import BusyError, CairnError, FailedPreconditionError, InvalidArgumentError
@@ -38,6 +39,11 @@ class BackupPart(ServicePart):
         self._require_writable("a backup")
         level = check_level(level or DEFAULT_LEVEL)
         src = config.source(source) if source else self._only_source(config)
+        if src.quiesce is not None:  # its window's record must be durable before anything freezes
+            self._require_state_room(f"open the quiesce window of source '{src.name}'")
+        dumps = [n for n in src.databases if _dumps_to_a_directory(config.database(n))]
+        if dumps:  # it writes the dump into a work directory there (daemon/databases/dump.py)
+            self._require_state_room(f"dump database '{dumps[0]}' of source '{src.name}'")
         for tag in tags:
             if not tag or any(c.isspace() for c in tag):
                 raise InvalidArgumentError(f"invalid tag '{tag}': tags are non-empty and without spaces")
@@ -160,6 +166,12 @@ class BackupPart(ServicePart):
             status, added, level = ("aborted" if job.cancel.is_set() else "failed"), 0, job.level
         finished = job.result.time_end if job.result is not None else None  # as restored at start
         self._metrics.record_set(job.source, level, status, added, job.age(), finished_at=finished)
+
+
+def _dumps_to_a_directory(db: DatabaseConfig) -> bool:
+    """Whether a set's dump of `db` is written as a directory in the state directory first
+    (pg_dump's directory format, a command dump given `{dir}`), not streamed into the set."""
+    return db.kind == "pg_dump" or (db.kind == "command" and any(DIR_PLACEHOLDER in arg for arg in db.dump))
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,9 @@ class MaintenancePart(ServicePart):
             return report
         except AbortedError as exc:
             outcome = "cancelled"
-            log.info("verify stopped: %s", exc.message)
+            after = "; it changes nothing (it only reads): run it again once cairnd runs" \
+                if self.repo.locks.stopping.is_set() else ""  # the daemon's stop ended it
+            log.info("verify stopped: %s%s", exc.message, after)
             raise
         finally:
             if self._metrics is not None:
@@ -97,6 +99,7 @@ class MaintenancePart(ServicePart):
         repository reloads its index afterwards, so the next backup stores what was dropped."""
         if not dry_run:
             self._require_writable("repairing the index")
+            self._require_state_room("repair the index")  # the time it dropped entries is kept there
         report = self.repo.repair_index(read_data=read_data, dry_run=dry_run, progress=progress)
         if not dry_run and self.repo.index_dropped_at is not None:
             _save_repair_mark(self.repo.index_dropped_at, self._config.daemon.state_dir)

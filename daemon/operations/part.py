@@ -20,7 +20,7 @@ from typing import Any
 
 from cairn.daemon.databases.postgres import walarchive
 from cairn.daemon.runtime.config import Config
-from cairn.daemon.runtime.health import HealthRecord
+from cairn.daemon.runtime.health import HealthRecord, StateRoom
 from cairn.daemon.scheduling.jobs import JobManager
 from cairn.fsio.records import Data, LaneData, Record
 from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -43,6 +43,8 @@ class ServicePart:
     archive: walarchive.ArchiveHealth
     tracker: Any  # the daemon's ChangeTracker (cairn.daemon.changes.tracker) when it watches
     retention: Any  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
+    state_room: StateRoom | None = None  # whether the state directory takes writes (None: not checked)
+    journal_waiting: str | None = None  # why the change journal is not started yet, else None
     _metrics: Any  # a cairn.daemon.runtime.metrics.Metrics, or None
     _next_runs: NextRunsFn | None
     _started: float
@@ -97,6 +99,12 @@ class ServicePart:
                 f"the daemon serves the repository read-only: {what} is not possible",
                 hint="restart cairnd without --read-only",
             )
+
+    def _require_state_room(self, what: str) -> None:
+        """Refuse what must write the state directory while its file system is full: one line
+        naming the directory and "no space left" (daemon/runtime/health.py, StateRoom)."""
+        if self.state_room is not None:
+            self.state_room.require(what)
 
     def _require_known_source(self, source: str) -> None:
         if any(s.name == source for s in self._config.sources):

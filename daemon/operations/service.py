@@ -27,7 +27,7 @@ from cairn.daemon.operations.part import NextRunsFn
 from cairn.daemon.operations.restores import RestorePart
 from cairn.daemon.operations.status import StatusPart
 from cairn.daemon.runtime.config import Config
-from cairn.daemon.runtime.health import HealthRecord
+from cairn.daemon.runtime.health import HealthRecord, StateRoom
 from cairn.daemon.scheduling.jobs import JobManager
 from cairn.store.repository import Repository
 
@@ -56,6 +56,8 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
         self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes.tracker) when it watches
+        self.state_room: StateRoom | None = None  # whether the state directory takes writes (set by the daemon)
+        self.journal_waiting: str | None = None  # why the change journal is not started yet (a full state directory)
         self.health = HealthRecord(None if config.daemon.read_only else config.daemon.state_dir)
 
     # ---- configuration ----
@@ -79,6 +81,10 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
         repository lock stops waiting."""
         self.jobs.shutdown()
         self.repo.locks.stopping.set()
+
+    def stopping(self) -> bool:
+        """True once `shutdown` began (the daemon stops)."""
+        return self.repo.locks.stopping.is_set()
 
     def wait_idle(self, timeout: float) -> bool:
         return self.jobs.wait_idle(timeout)

@@ -193,6 +193,10 @@ class StatusPart(ServicePart):
             warnings.append(f"{exc.message}: the repository's sets are not shown")
         warnings += hostname.host_warnings(sets, self._hostname, self._machine_id, self._boot_id, time.time())
         warnings += self._waiting_texts()
+        problem = self.state_room.problem() if self.state_room is not None else None
+        if problem is not None:
+            warnings.append(f"{problem}: the change journal, quiesce windows, dumps into a directory and "
+                            "index repairs wait until there is room; sets walk their sources, restores and reads work")
         if warnings:
             daemon = replace(daemon, warnings=tuple(warnings))
         running = self.jobs.running()
@@ -261,6 +265,9 @@ class StatusPart(ServicePart):
         """The change journal's state of a configured source."""
         if src is None:
             return JournalView("")
+        if self.tracker is None and src.watch and self.journal_waiting is not None:
+            why = f"change journal not started: {self.journal_waiting}"
+            return JournalView(f"rescan pending ({why}): sets walk and compare with the base", "rescan", (why,))
         if self.tracker is None or not src.watch:
             why = "read-only daemon" if self._config.daemon.read_only else "watch = false"
             return JournalView(f"not tracked ({why}): sets walk and compare with the base")

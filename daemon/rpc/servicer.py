@@ -354,7 +354,7 @@ class CairnServicer(pb_grpc.CairnServicer):
             return self.service.verify(request.set, request.source, request.read_data, progress,
                                        host=request.host, subset=request.read_data_subset)
 
-        for item in run_with_progress(check, context, what="verify"):
+        for item in run_with_progress(check, context, what="verify", stopping=self.service.stopping):
             if isinstance(item, Progress):
                 yield pb.VerifyEvent(progress=progress_msg(item))
             else:
@@ -572,12 +572,13 @@ def _mapped(f: BinaryIO, size: int) -> Iterator[Any]:
 
 
 def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: grpc.ServicerContext,
-                      what: str = "call") -> Iterator[Any]:
+                      what: str = "call", stopping: Callable[[], bool] = lambda: False) -> Iterator[Any]:
     """Run fn(progress) in a thread; yield its latest Progress while it runs, then its result.
 
     When the call ends first (the client went away, cancelled, or its deadline passed), the
     next progress report raises AbortedError inside fn, so the work stops at its next
-    progress point instead of running on for nobody.
+    progress point instead of running on for nobody. A call the daemon's stop ends
+    (`stopping()` true) is said to be interrupted by the stop, not left by its client.
     """
     cond = threading.Condition()
     state: dict[str, Any] = {"progress": None, "version": 0, "done": False, "result": None, "error": None}
@@ -589,10 +590,15 @@ def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: 
                 return
             gone.set()
             cond.notify_all()
-        log.info("the client of a running %s went away: stopping it", what)
+        if stopping():
+            log.info("the daemon's stop ends a running %s", what)
+        else:
+            log.info("the client of a running %s went away: stopping it", what)
 
     def publish(p: Progress) -> None:
         if gone.is_set():
+            if stopping():
+                raise AbortedError(f"{what} interrupted by the daemon's stop")
             raise AbortedError(f"{what} cancelled: its client went away")
         with cond:
             state["progress"] = p

@@ -15,6 +15,19 @@ it opens and tells the records this process keeps for its state directory (`left
 still failing, the report is renewed; thawed, or no window left over, it is dropped. A later
 start that finds the window thawed drops it too (`settle_thaws`).
 
+Scheduled retention and garbage collection (daemon/scheduling/retention.py) keeps its last run
+here too (`gc_last`: when it started, the result line, whether it was interrupted), so status
+shows it after a restart, and the run in progress (`gc_begin` .. `gc_end`): a run the previous
+daemon never ended (killed, the host went down, or cut by the exit of a stop that could not
+wait for it) becomes, at the next start, the last run, "interrupted" (`settle_gc`).
+
+Whether the state directory can take writes at all is the other half of the operator's view
+(`StateRoom`): a full file system under it is one health problem, named the same way
+everywhere (`state directory '/var/lib/cairn' is full: no space left on device`), found by
+writing a small probe file there (at most once a second), so it clears by itself once there is
+room. What needs to write state refuses with that line while it holds (`StateRoom.require`);
+reads, status and restores go on.
+
 The record lives in `<state_dir>/health.json`, replaced atomically on every change, so a
 kill -9 leaves the previous or the new record, never a torn one; an unreadable record is
 logged and started afresh (it only feeds status and metrics, never a decision about data).
@@ -26,6 +39,7 @@ sets, so alerts on the age of the last success neither fire falsely nor go blind
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -37,6 +51,7 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cairn.errors import FailedPreconditionError
 from cairn.fsio.durable import write_atomic
 from cairn.store.model import BackupSet
 
@@ -58,6 +73,19 @@ class Failure:
     message: str
     status: str = "failed"
     pending_thaw: bool = False  # a window left open by a previous daemon did not thaw at start
+
+
+@dataclass(frozen=True)
+class GcRun:
+    """A run of scheduled retention and garbage collection: when it started and its result line."""
+
+    time: float
+    result: str
+    interrupted: bool = False  # cut short by a stop (or a crash): the next run does it again
+
+
+GC_CUT = ("interrupted: the daemon stopped while it ran (killed, or the host went down); the repository is "
+          "consistent (garbage collection is crash-safe: what it did stays done) and the next run does the rest")
 
 
 class _Bad(ValueError):
@@ -97,6 +125,22 @@ def _failure(v: Any) -> Failure:
                    status=_text(v.get("status", "failed"), "status"), pending_thaw=pending)
 
 
+def _gc(v: Any) -> tuple[GcRun | None, float | None]:
+    """The retention table: (its last run, the start of a run that never ended)."""
+    if not isinstance(v, dict):
+        raise _Bad("not an object")
+    last, running = v.get("last"), v.get("running")
+    run = None
+    if last is not None:
+        if not isinstance(last, dict):
+            raise _Bad("last is not an object")
+        interrupted = last.get("interrupted", False)
+        if not isinstance(interrupted, bool):
+            raise _Bad(f"interrupted is not a boolean: {interrupted!r:.40}")
+        run = GcRun(_time(last.get("time"), "time"), _text(last.get("result"), "result")[:MAX_MESSAGE], interrupted)
+    return run, None if running is None else _time(running, "running")
+
+
 def _running(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise _Bad("not an object")
@@ -114,7 +158,11 @@ class HealthRecord:
         self.wal_time = 0.0
         self.running: dict[str, dict[str, Any]] = {}  # source -> {"level", "time"} of the set being taken
         self.interrupted: dict[str, dict[str, Any]] = {}  # sets a previous daemon was taking when it stopped
+        self.gc_last: GcRun | None = None  # the last retention run, of this daemon or an earlier one
+        self.gc_running: float | None = None  # start of the retention run in progress
+        self.gc_cut: float | None = None  # start of a retention run a previous daemon never ended (settle_gc)
         self._load()
+        self.gc_cut, self.gc_running = self.gc_running, None
         if self.running:
             self.interrupted, self.running = self.running, {}
         self._home = os.path.abspath(state_dir) if state_dir else None
@@ -136,6 +184,11 @@ class HealthRecord:
             return
         self.failures = self._entries(data, "failures", _failure)
         self.running = self._entries(data, "running", _running)
+        if "gc" in data:
+            try:
+                self.gc_last, self.gc_running = _gc(data["gc"])
+            except _Bad as exc:
+                log.warning("'%s': dropped the last retention run: %s", self._path, exc)
         try:
             wal = _table(data, "wal")
             segment = _text(wal.get("segment", ""), "wal segment")
@@ -168,6 +221,9 @@ class HealthRecord:
         data = {"failures": {name: asdict(f) for name, f in self.failures.items()},
                 "wal": {"segment": self.wal_segment, "time": self.wal_time},
                 "running": {**self.interrupted, **self.running}}
+        gc_running = self.gc_running if self.gc_running is not None else self.gc_cut  # reported until settled
+        if self.gc_last is not None or gc_running is not None:
+            data["gc"] = {"last": asdict(self.gc_last) if self.gc_last is not None else None, "running": gc_running}
         try:
             write_atomic(self._path, json.dumps(data, indent=1).encode())
         except OSError as exc:
@@ -237,6 +293,30 @@ class HealthRecord:
             self._save()
         return out
 
+    def gc_begin(self, started: float) -> None:
+        """A retention run began: if the daemon stops before `gc_end`, the next start says so."""
+        with self._lock:
+            self.gc_running = started
+            self._save()
+
+    def gc_end(self, run: GcRun) -> None:
+        """The retention run ended (done, failed, or interrupted by the stop): it is the last run."""
+        with self._lock:
+            self.gc_last, self.gc_running = run, None
+            self._save()
+
+    def settle_gc(self) -> GcRun | None:
+        """At start: a retention run the previous daemon never ended becomes the last run,
+        interrupted (GC_CUT), unless a later one is recorded. Returns it (None: there was none)."""
+        with self._lock:
+            cut, self.gc_cut = self.gc_cut, None
+            if cut is None:
+                return None
+            if self.gc_last is None or self.gc_last.time < cut:
+                self.gc_last = GcRun(cut, GC_CUT, interrupted=True)
+            self._save()
+            return self.gc_last
+
     def settle_thaws(self, failed: dict[str, str]) -> None:
         """At start, after the thaw of the windows a previous daemon left open: `failed` maps each
         source whose thaw failed to the error. Each becomes the source's last failure ("thaw
@@ -270,6 +350,68 @@ class HealthRecord:
                 return
             self.wal_segment, self.wal_time = name, time.time() if when is None else when
             self._save()
+
+
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+PROBE = ".room-probe"  # written and removed again by StateRoom
+PROBE_EVERY = 1.0  # seconds a probe's answer is reused
+ROOM_HINT = "free room on its file system: cairnd goes on by itself once there is some, no restart needed"
+
+
+def no_room(exc: BaseException) -> bool:
+    """True when `exc` is a full file system or an exhausted quota (also as SQLite reports one)."""
+    if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+        return True
+    text = str(exc)
+    return "No space left" in text or "database or disk is full" in text or "Disk quota exceeded" in text
+
+
+class StateRoom:
+    """Whether the state directory can take a write now (see the module doc)."""
+
+    def __init__(self, state_dir: str, clock: Any = time.monotonic) -> None:
+        self.state_dir = state_dir
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked = -math.inf
+        self._problem: str | None = None
+
+    def problem(self, fresh: bool = False) -> str | None:
+        """None when a small file can be written there (and synced); else the one-line problem.
+        Answers from the last probe when it is less than PROBE_EVERY old (unless `fresh`)."""
+        with self._lock:
+            now = self._clock()
+            if fresh or now - self._checked >= PROBE_EVERY:
+                self._problem = self._probe()
+                self._checked = now
+            return self._problem
+
+    def _probe(self) -> str | None:
+        path = os.path.join(self.state_dir, PROBE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, b"\0" * 4096)  # a page: what a journal batch or a record needs at least
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in NO_ROOM:
+                return f"state directory '{self.state_dir}' is full: {os.strerror(exc.errno).lower()}"
+            return None  # not a question of room (gone, refused): those who write say what it is
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return None
+
+    def require(self, what: str) -> None:
+        """Raise FailedPreconditionError("unable to <what>: state directory '...' is full: no
+        space left on device") while the state directory has no room."""
+        problem = self.problem(fresh=True)  # room freed a moment ago is room
+        if problem is not None:
+            raise FailedPreconditionError(f"unable to {what}: {problem}", hint=ROOM_HINT)
 
 
 _live: weakref.WeakSet[HealthRecord] = weakref.WeakSet()  # the records this process keeps (of a state dir)

@@ -7,8 +7,9 @@ endpoints, then READY=1 and watchdog pings. The main thread only waits for signa
 reloads the configuration (an invalid file is logged and the running configuration kept),
 SIGTERM/SIGINT stop: STOPPING=1, no new calls or jobs, running backups cancelled (their
 database tools killed, their quiesce windows thawed; the store abandons an unfinished set
-safely), and the process exits within daemon.shutdown_timeout whatever happens — a backup
-still running then has its tools killed and its window thawed before the exit. Streaming calls
+safely), a retention run stopped before its next step (logged as interrupted, not as failed),
+and the process exits within daemon.shutdown_timeout whatever happens — a backup still running
+then has its tools killed and its window thawed before the exit. Streaming calls
 still blocked in a send after the server's grace (a suspended client) are named in one warning
 and their threads are not joined at the exit. A stop that blocks past that and the time the
 thaw hooks may take (`thaw_allowance`), or an interpreter's exit that hangs after a clean
@@ -49,7 +50,7 @@ from cairn.daemon.runtime.arguments import EXIT_FAILURE, EXIT_OK, with_overrides
 from cairn.daemon.runtime.config import Config, load_config
 from cairn.daemon.runtime.config_schema import S3_KEYS
 from cairn.daemon.runtime.exitguard import ExitGuard
-from cairn.daemon.runtime.health import HealthRecord, restore_metrics
+from cairn.daemon.runtime.health import HealthRecord, StateRoom, no_room, restore_metrics
 from cairn.daemon.runtime.instance import InstanceLock, lock_local_repository, lock_state_dir
 from cairn.daemon.runtime.logs import setup_logging
 from cairn.daemon.runtime.repokeys import attach_write_only_cache, open_repository
@@ -99,6 +100,8 @@ class Daemon:
         self._locks: list[InstanceLock] = []
         self.recovered_windows: dict[str, WindowRecovery] = {}  # windows left open by a previous run, thawed at start
         self.blocked_calls = 0  # at stop: calls whose threads are blocked in a send for good (see serve)
+        self.room = StateRoom(config.daemon.state_dir)  # whether the state directory takes writes
+        self.journal_waits: str | None = None  # the change journal waits for room in the state directory
 
     # ---- start ----
 
@@ -136,6 +139,8 @@ class Daemon:
             log.info("metrics on http://%s:%d/metrics", host, port)
         self.service = CairnService(cfg, self.repo, metrics=self.metrics)
         self.service.recovered_windows = dict(self.recovered_windows)
+        if not read_only:  # a read-only daemon writes no state: nothing to refuse
+            self.service.state_room = self.room
         self.restore_metrics()
         health = self.service.health
         if health.interrupted:  # sets the previous daemon was taking when it stopped: status shows them
@@ -145,9 +150,10 @@ class Daemon:
                 level = logging.INFO if source in self.recovered_windows else logging.WARNING
                 log.log(level, "source '%s': the previous daemon stopped while it took a set; nothing of it was "
                         "committed", source)
-        # The change journal watches before we serve, so the first set can already use it.
+        # The change journal watches before we serve, so the first set can already use it; on a
+        # full state directory it waits for room (run() starts it then), and the daemon serves.
         if not read_only:
-            self._start_journal(cfg)
+            self._start_journal_or_wait(cfg)
         # Timed backups only where something may be written; they start once we serve.
         if not read_only:
             # A run due while its source is busy waits for it; runs missed while stopped are caught up.
@@ -158,7 +164,9 @@ class Daemon:
             self.service.set_next_runs(self.scheduler.next_runs)
             self.service.waiting_runs = self.scheduler.waiting
             if cfg.repository.gc and not self.repo.write_only:  # a write-only key deletes nothing
-                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention)
+                self.retention = RetentionRunner(cfg.repository.gc, self.service.run_retention,
+                                                 health=self.service.health)
+                self.retention.settle()  # a run the previous daemon did not finish: logged, shown in status
                 self.service.retention = self.retention
         # Serve, then tell systemd we are ready.
         self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
@@ -201,6 +209,50 @@ class Daemon:
         self.backstop = Backstop(self.repo, self.tracker, lambda: service.config.sources,
                                  lambda: service.config.daemon.backstop_interval, self._running_sources,
                                  self.metrics, host=lambda: service.config.daemon.host or socket.gethostname())
+
+    def _start_journal_or_wait(self, cfg: Config) -> None:
+        """The change journal, unless the state directory is full: then the daemon starts without
+        it (status, restores and reads work, sets walk their sources; quiesce windows, dumps into
+        a directory and index repairs are refused, each with one line) and `run()` starts it once
+        there is room again."""
+        problem = self.room.problem(fresh=True)
+        if problem is None:
+            try:
+                self._start_journal(cfg)
+                return
+            except CairnError as exc:  # the probe had room, the journal (its -shm file) did not
+                if not no_room(exc):
+                    raise
+                problem = self.room.problem(fresh=True) or exc.message
+        if self.tracker is not None:
+            self.tracker.stop()
+        self.tracker = self.rpo = self.backstop = self.service.tracker = None
+        self.journal_waits = self.service.journal_waiting = problem
+        log.error("%s: cairnd runs without its change journal (sets walk their sources) and refuses quiesce windows, "
+                  "dumps into a directory and index repairs until there is room, which it notices by itself (no "
+                  "restart needed); status, restores and reads work", problem)
+
+    def _journal_once_room(self) -> None:
+        """Start the change journal (with RPO protection and the backstop scan) that waited for
+        room in the state directory, if there is some now."""
+        if self.journal_waits is None or self.room.problem(fresh=True) is not None:
+            return
+        try:
+            self._start_journal(self.config)
+        except CairnError as exc:
+            if self.tracker is not None:
+                self.tracker.stop()
+            self.tracker = self.rpo = self.backstop = self.service.tracker = None
+            if exc.message != self.journal_waits:
+                log.error("the change journal still cannot start: %s", exc.message)
+            self.journal_waits = self.service.journal_waiting = exc.message
+            return
+        self.journal_waits = self.service.journal_waiting = None
+        for thread in (self.rpo, self.backstop):
+            if thread is not None:
+                thread.start()
+        log.info("state directory '%s' has room again: the change journal started (the next set of each watched "
+                 "source walks it)", self.config.daemon.state_dir)
 
     def _oldest_unprotected(self, source: str) -> float | None:
         return self.tracker.oldest_unprotected(source) if self.tracker is not None else None
@@ -267,6 +319,8 @@ class Daemon:
         """Wait for signals; return the exit status once stopped."""
         while True:
             self._signals.extend(self._inbox.wait(STATUS_INTERVAL))
+            if self.journal_waits is not None and not self._signals:
+                self._journal_once_room()
             while self._signals:
                 signum = self._signals.popleft()
                 if signum == signal.SIGHUP:
@@ -325,7 +379,7 @@ class Daemon:
         if new.repository.gc and self.retention is not None:
             self.retention.reload(new.repository.gc)
         elif new.repository.gc:
-            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention)
+            self.retention = RetentionRunner(new.repository.gc, self.service.run_retention, health=self.service.health)
             self.service.retention = self.retention
             self.retention.start()
         elif self.retention is not None:
@@ -379,10 +433,18 @@ class Daemon:
             if thread is not None:
                 thread.request_stop()
         # Cancel the backups first, so their clients still get an answer before the server closes.
+        running = list(self.service.jobs.running().values()) if self.service is not None else []
         if self.service is not None:
             self.service.shutdown()
         stopped = self.server.stop(grace=min(5.0, left())) if self.server else threading.Event()
         idle = self.service.wait_idle(left()) if self.service else True
+        if self.scheduler is not None:  # a scheduled set the stop cut is caught up by the next start
+            self.scheduler.interrupted(lambda job: any(job is r for r in running) and job.result is None)
+        # A retention run stops before its next step (the store's prune sees the stop): wait for
+        # it, so its lock is released and its end recorded; one still inside a step at the
+        # deadline is cut by the exit, which garbage collection's crash safety covers.
+        if self.retention is not None and not self.retention.stop(left()):
+            self.retention.cut()
         if self.server is not None:
             stopped.wait(left())
             self.blocked_calls = self.server.blocked_calls()

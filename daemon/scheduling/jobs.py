@@ -152,7 +152,12 @@ class JobManager:
             if isinstance(exc, AbortedError) and self._closed:  # cancelled by shutdown(): say so
                 error = AbortedError(f"{exc.message}: the daemon is stopping",
                                      hint="nothing of this set was committed; take it again once cairnd runs")
-            log.error("backup of source '%s' failed: %s", job.source, error.message)
+                # a stop is no failure of the backup: what it left is what any abandoned set leaves
+                log.warning("%s backup of source '%s' (%s) interrupted by the daemon's stop: nothing of it was "
+                            "committed; the repository is consistent (its new data is freed by the next prune)",
+                            job.level, job.source, job.reason)
+            else:
+                log.error("backup of source '%s' failed: %s", job.source, error.message)
         except BaseException as exc:  # a job thread must never die silently
             error = exc
             log.exception("backup of source '%s' failed unexpectedly", job.source)

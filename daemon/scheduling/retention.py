@@ -10,8 +10,13 @@
 What always holds: a due run happens once, however long the daemon slept, and a wall clock
 set back moves the next run back with it (as the scheduler's timed sets); a run that finds
 the repository locked by a backup waits and tries again until the lock is free or the next
-run is due; a failed run is logged, shown in status, and the thread goes on. The clock is
-injectable (`clock`), and `run_now()` runs at once (tests, operators).
+run is due; a failed run is logged, shown in status, and the thread goes on. A run the daemon's
+stop ends (the store's prune stops before its next step once the daemon stops, or the stop's
+deadline cuts it) is not a failure: it is logged as interrupted by the stop, with the state of
+the repository (consistent: garbage collection is crash-safe) and when the next run does the
+rest. The last run (time, result) is kept in the health record (`health`), so status shows it
+after a restart, and so is the run in progress, so the next start reports one that never ended
+(`settle`). The clock is injectable (`clock`), and `run_now()` runs at once (tests, operators).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from cairn.daemon.runtime.durations import format_duration, parse_duration
+from cairn.daemon.runtime.health import GcRun, HealthRecord
 from cairn.daemon.runtime.threads import ServiceThread
 from cairn.daemon.scheduling.cron import CronExpr
 from cairn.daemon.scheduling.scheduler import MAX_SLEEP, epoch_next_run
@@ -36,6 +42,9 @@ log = logging.getLogger(__name__)
 KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly", "full", "differential", "incremental")
 KEEP_KEYS = (*KEEP_COUNTS, "within", "tags")
 LOCK_RETRY = 30.0  # seconds between attempts while a backup holds the repository
+# What an interrupted run left: said in the log and in status.
+CONSISTENT = ("the repository is consistent (garbage collection is crash-safe: what the run did stays done) "
+              "and the next run does the rest")
 
 
 def parse_option_duration(option: str, text: str) -> float:
@@ -94,20 +103,42 @@ class RetentionRunner(ServiceThread):
     """Thread that calls `run()` whenever the gc cron falls due (see the module docstring)."""
 
     def __init__(self, cron: str, run: Callable[[], PruneReport], clock: Callable[[], float] = time.time,
-                 tz: tzinfo | None = None) -> None:
+                 tz: tzinfo | None = None, health: HealthRecord | None = None) -> None:
         super().__init__(name="retention")
         self._run = run
         self._clock = clock
         self._tz = tz
+        self._health = health
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._now = threading.Event()
         self._busy = threading.Lock()
         self._expr = CronExpr.parse(cron)
         self._next = epoch_next_run(self._expr, clock(), tz)
-        self.last_run = 0.0
-        self.last_result = ""
+        last = health.gc_last if health is not None else None
+        self.last_run = last.time if last is not None else 0.0
+        self.last_result = last.result if last is not None else ""
         self.runs = 0
+        self._run_started = 0.0  # the start of the run in progress (while _busy is held)
+        self._cut = False  # the stop recorded the run in progress as cut short (cut)
+
+    def settle(self) -> None:
+        """At start: a last run that did not finish (interrupted by the previous daemon's stop, or
+        never ended: killed, the host went down) is logged once, and is what status shows."""
+        if self._health is None:
+            return
+        self._health.settle_gc()
+        last = self._health.gc_last
+        if last is None or not last.interrupted:
+            return
+        with self._lock:
+            self.last_run, self.last_result = last.time, last.result
+        when = datetime.fromtimestamp(last.time, self._tz).strftime("%Y-%m-%d %H:%M:%S")
+        log.warning("the last retention and garbage collection run, started %s, did not finish: %s; next run at %s",
+                    when, last.result, self._next_text())
+
+    def _next_text(self) -> str:
+        return datetime.fromtimestamp(self.next_run(), self._tz).strftime("%Y-%m-%d %H:%M")
 
     @property
     def schedule(self) -> str:
@@ -158,34 +189,63 @@ class RetentionRunner(ServiceThread):
     def _attempt(self, retry_until: float | None) -> None:
         """One run; while a backup holds the repository, retry until `retry_until` (None: once)."""
         with self._busy:
-            while True:
-                started = self._clock()
-                try:
-                    report = self._run()
-                except LockedError as exc:
-                    if retry_until is not None and self._clock() + LOCK_RETRY < retry_until and \
-                            not self.wait(LOCK_RETRY):
-                        log.info("retention waits for the repository: %s", exc.message)
-                        continue
-                    self._record(started, f"failed: {exc.message}")
-                    log.error("scheduled retention failed: %s", exc.message)
-                    return
-                except CairnError as exc:
-                    self._record(started, f"failed: {exc.message}")
-                    log.error("scheduled retention failed: %s", exc.message)
-                    return
-                except Exception as exc:  # the thread must outlive one bad run
-                    self._record(started, f"failed: {exc}")
-                    log.exception("scheduled retention failed")
-                    return
-                line = describe(report)
-                self._record(started, line)
-                log.info("retention and garbage collection done in %s: %s",
-                         format_duration(max(0.0, self._clock() - started)), line)
-                return
+            started = self._run_started = self._clock()
+            if self._health is not None:
+                self._health.gc_begin(started)
+            result, interrupted = self._until_done(started, retry_until)
+            self._record(started, result, interrupted)
 
-    def _record(self, started: float, result: str) -> None:
+    def _until_done(self, started: float, retry_until: float | None) -> tuple[str, bool]:
+        """(the run's result line, whether the daemon's stop interrupted it)."""
+        while True:
+            try:
+                report = self._run()
+            except Exception as exc:  # the thread must outlive one bad run
+                message = exc.message if isinstance(exc, CairnError) else str(exc)
+                if self.stopping:  # the stop ended it (the prune stopped, or the repository closed under it)
+                    return self._interrupted(started, "interrupted by the daemon's stop"), True
+                if isinstance(exc, LockedError) and retry_until is not None and \
+                        self._clock() + LOCK_RETRY < retry_until:
+                    log.info("retention waits for the repository: %s", message)
+                    if not self.wait(LOCK_RETRY):
+                        continue
+                    return self._interrupted(started, "interrupted by the daemon's stop"), True
+                if isinstance(exc, CairnError):
+                    log.error("scheduled retention failed: %s", message)
+                else:
+                    log.exception("scheduled retention failed")
+                return f"failed: {message}", False
+            line = describe(report)
+            log.info("retention and garbage collection done in %s: %s",
+                     format_duration(max(0.0, self._clock() - started)), line)
+            return line, False
+
+    def _interrupted(self, started: float, how: str) -> str:
+        """The result line of a run the stop ended, logged as a warning (not as a failure)."""
+        line = f"{how} after {format_duration(max(0.0, self._clock() - started))}: {CONSISTENT}"
+        log.warning("scheduled retention and garbage collection %s; next run at %s", line, self._next_text())
+        return line
+
+    def cut(self) -> None:
+        """The stop could not wait for the run in progress (its deadline passed in the middle of a
+        step, which the exit ends): record it as interrupted, as its own thread would have."""
+        started = self.last_run_started
+        if started is None:
+            return
+        self._record(started, self._interrupted(started, "cut short by the daemon's stop at its deadline"), True)
+        self._cut = True
+
+    @property
+    def last_run_started(self) -> float | None:
+        """The start of the run in progress (None: none runs)."""
+        return self._run_started if self._busy.locked() else None
+
+    def _record(self, started: float, result: str, interrupted: bool = False) -> None:
         with self._lock:
+            if self._cut:  # already recorded by the stop, which did not wait for this run
+                return
             self.last_run = started
             self.last_result = result
             self.runs += 1
+        if self._health is not None:
+            self._health.gc_end(GcRun(started, result, interrupted))

@@ -22,7 +22,9 @@ What always holds:
   once: only the latest missed run per (source, level), and only for levels the record knew
   (`missed_runs`); a source or level never seen before is recorded from now and has nothing
   to catch up. An unreadable record is logged and started afresh. A run still waiting when the
-  daemon stops (or refused because it stops) is not recorded, so the next start catches it up.
+  daemon stops (or refused because it stops) is not recorded, so the next start catches it up;
+  nor is one whose backup the stop cancelled (`interrupted`: its record goes back to what it
+  was before that run started).
 - A late run (one that waited, or a catch-up) stays visible as "being taken late" until the
   backup it started ends.
 
@@ -307,6 +309,8 @@ class Scheduler(ServiceThread):
         self._next = compute_next_runs(self._crons, now, tz)
         self._waiting: dict[str, WaitingRun] = {}
         self._jobs: dict[str, RunningJob] = {}  # source -> the backup a late run started
+        # source -> (the backup its last scheduled run started, the handled times that run replaced)
+        self._taken: dict[str, tuple[RunningJob, dict[str, float | None]]] = {}
         self._announced: dict[str, str] = {}  # source -> the level whose wait was logged
         handled = self._load()
         for source, dues in sorted(missed_runs(self._crons, handled, now, tz).items()):
@@ -456,10 +460,37 @@ class Scheduler(ServiceThread):
                     self._waiting[source] = replace(run, started=True)
                     self._jobs[source] = job
                 handled = self._handled.setdefault(source, {})
+                before = {level: handled.get(level) for level, _ in run.covers if level in self._crons.get(source, {})}
                 for level, when in run.covers:
                     if level in self._crons.get(source, {}):
                         handled[level] = max(when, handled.get(level, when))
+                if job is not None:
+                    self._taken[source] = (job, before)
             self._save()
+
+    def interrupted(self, cancelled: Callable[[RunningJob], bool]) -> list[str]:
+        """At stop, once the backups have ended: the scheduled runs whose backup the stop
+        cancelled (`cancelled(job)`) are recorded as not handled again, so the next start
+        catches them up (`missed_runs`). Returns their sources."""
+        out = []
+        with self._lock:
+            taken, self._taken = self._taken, {}
+            for source, (job, before) in sorted(taken.items()):
+                if not cancelled(job):
+                    continue
+                handled = self._handled.setdefault(source, {})
+                for level, when in before.items():
+                    if when is None:
+                        handled.pop(level, None)
+                    else:
+                        handled[level] = when
+                out.append(source)
+        if out:
+            self._save()
+        for source in out:
+            log.info("scheduled %s set of source '%s' was interrupted by the daemon's stop: the next start catches "
+                     "it up", taken[source][0].level, source, extra={"source": source})
+        return out
 
     def _blocked(self, run: WaitingRun, job: RunningJob) -> None:
         """`run` found its source busy with `job`: it waits (logged once per level it takes)."""

@@ -44,9 +44,11 @@ run finishes the job: a marker without blockers is dropped by the next run (its 
 marked again); a crash after the new index file leaves duplicates; after deleting packs, a
 marker naming packs that are gone (deleting them again is a no-op). What to delete is
 decided from the durable index, sets and WAL read after the blockers were seen gone, never
-from a list made before. An unreadable set object or WAL catalog entry stops the run (what
-it needs cannot be known); an unreadable index file stays for check, and its packs are never
-deleted.
+from a list made before. A run told to stop (its owner shuts down: `check_lock` raises
+AbortedError, see Repository.prune) stops at the start of a phase or before its next write or
+delete: the same as a crash there, with its lock released. An unreadable set object or WAL
+catalog entry stops the run (what it needs cannot be known); an unreadable index file stays for
+check, and its packs are never deleted.
 """
 
 from __future__ import annotations
@@ -297,6 +299,7 @@ class Pruner:
     def mark(self) -> int:
         """Mark what no set, WAL entry or index needs (after copying the live blobs out of
         mostly dead packs); returns how many packs were rewritten."""
+        self.check_lock()  # each phase begins with a check: a run told to stop stops between phases
         repo = self.repo
         sets = repo.list_sets(complete=True)  # before the index: a listed set's index files are durable before it
         repo.load_index()
@@ -338,6 +341,7 @@ class Pruner:
     def collect(self, grace: float) -> tuple[int, int]:
         """Delete the marked packs of ripe markers that are still unneeded; returns (packs
         deleted, bytes freed)."""
+        self.check_lock()
         repo = self.repo
         unreadable: dict[str, str] = {}
         markers = self._markers(unreadable)

@@ -37,8 +37,8 @@ def clock() -> float:
 
 
 class ClockedRunner(RetentionRunner):
-    def __init__(self, cron, run, clock_fn=clock, tz=None) -> None:
-        super().__init__(cron, run, clock=clock_fn, tz=tz)
+    def __init__(self, cron, run, clock_fn=clock, tz=None, **wiring) -> None:
+        super().__init__(cron, run, clock=clock_fn, tz=tz, **wiring)  # health, as the daemon wires
 
 
 class ClockedScheduler(Scheduler):

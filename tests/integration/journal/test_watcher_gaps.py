@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import warnings
 
 import pytest
 import watcher_hooks
@@ -289,6 +290,30 @@ def test_a_watched_tree_renamed_into_a_new_directory_while_events_wait_stays_wat
     hint = hint_of(t, "I1")
     assert env.p("Z", "B", "sub", "deep", "late.txt") in hint.paths or \
         any(env.p("Z", "B", "sub", "deep").startswith(r) for r in hint.rescan), hint
+
+
+def test_a_watched_tree_met_at_its_new_path_adds_no_callback_twice(env):
+    """The kernel answers a watch added at a renamed directory's new path with the watch it has,
+    whose callback is this watcher's already: watchdog warned (RuntimeWarning: "Callback with id
+    ... already exists ... it will be overwritten") once per directory met so. Nothing warns, and
+    each directory is watched once."""
+    os.makedirs(env.p("A", "sub", "deep"))
+    t = env.tracker()
+    env.trust(t)
+    watched_before = t.status("app").watches
+    with warnings.catch_warnings(record=True) as caught:  # (on the inotify thread too: filters are global)
+        warnings.simplefilter("always")
+        assert watcher_hooks.pause(t.watcher)
+        try:
+            os.makedirs(env.p("Z", "Y"))
+            os.rename(env.p("A"), env.p("Z", "Y", "B"))
+        finally:
+            watcher_hooks.resume(t.watcher)
+        assert t.watcher.barrier()
+    assert not [str(w.message) for w in caught], [str(w.message) for w in caught]
+    assert t.status("app").watches == watched_before + 2  # Z and Z/Y; B and below as before
+    for d in ("Z/Y/B", "Z/Y/B/sub", "Z/Y/B/sub/deep"):
+        assert t.watcher.is_watched("app", env.p(*d.split("/"))), f"{d} lost its watch"
 
 
 def test_a_watch_dropped_while_its_directory_exists_is_a_reported_gap(env):

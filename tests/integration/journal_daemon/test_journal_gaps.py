@@ -280,3 +280,31 @@ def test_directories_staged_and_renamed_into_place_are_journaled_not_walked_whol
     assert not walked, f"incrementals {walked} walked the whole source"
     st = jd.status()
     assert st["journal_state"] == "complete", st["journal_reasons"]
+
+
+def test_directories_renamed_into_place_while_their_moves_wait_log_no_warning(jd):
+    """A watched tree renamed into a new directory, read late: the walk of the new directory
+    adds a watch at each renamed directory's new path and the kernel answers with the watch it
+    already has. watchdog took that for a callback being overwritten and logged a RuntimeWarning
+    (`logger=py.warnings`) per directory; the watches are placed, the log says nothing."""
+    os.makedirs(os.path.join(jd.src, "objects"))
+    jd.start()
+    jd.backup("full")
+    for i in range(3):
+        tmp = os.path.join(jd.src, f"tmp-{i}")
+        os.makedirs(os.path.join(tmp, "sub", "deep"))
+        write(os.path.join(tmp, "sub", "deep", "f"), b"%d\n" % i)
+        assert jd.hook("hear") == "ok"  # watched under its temporary name
+        assert jd.hook("pause") == "ok"
+        try:
+            os.mkdir(os.path.join(jd.src, "objects", f"{i:02x}"))
+            os.rename(tmp, os.path.join(jd.src, "objects", f"{i:02x}", "final"))
+        finally:
+            jd.hook("resume")
+    assert jd.hook("hear") == "ok"  # every move read and handled
+    s = jd.backup("incremental")
+    assert s["extra"]["changes"] == "journal", s["extra"]
+    jd.restore_equals(s["id"], snapshot(jd.src))
+    log = jd.daemon.log()
+    assert "py.warnings" not in log and "RuntimeWarning" not in log, log
+    assert jd.status()["journal_state"] == "complete", jd.status()["journal_reasons"]

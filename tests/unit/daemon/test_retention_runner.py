@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 from cairn.daemon.runtime.config import ConfigError, load_config
+from cairn.daemon.runtime.health import GC_CUT, HealthRecord
 from cairn.daemon.scheduling import retention as runner_mod
 from cairn.daemon.scheduling.retention import RetentionRunner, keep_policy, parse_option_duration
-from cairn.store.errors import InvalidArgumentError, LockedError
+from cairn.store.errors import AbortedError, InvalidArgumentError, LockedError
 from cairn.store.model import PrunePolicy, PruneReport
 
 BASE = """
@@ -149,3 +150,53 @@ def test_runner_waits_for_a_locked_repository_and_survives_failures(monkeypatch)
         assert r.run_now().startswith("failed: boom") and r.healthy
     finally:
         r.stop(5)
+
+
+def test_a_run_the_stop_ends_is_interrupted_not_failed_and_kept_across_restarts(tmp_path, caplog):
+    """The stop ends a run (the store's prune raises once the daemon stops): logged as a warning
+    that says the repository is consistent, recorded as the last run in the health record, so
+    the next start's status shows it and its log says it once; no 'failed'."""
+    clock = FakeClock(ts(2026, 3, 1, 4, 0, 30))
+    running = threading.Event()
+    r: RetentionRunner | None = None
+
+    def run() -> PruneReport:
+        running.set()
+        assert r is not None and r.wait(10)  # until the stop
+        raise AbortedError("prune stopped before its next step: its process is shutting down")
+
+    health = HealthRecord(str(tmp_path))
+    r = RetentionRunner("0 4 * * *", run, clock=clock, tz=UTC, health=health)
+    r._next = clock.now
+    r.start()
+    assert running.wait(10)
+    assert r.stop(10)
+    assert r.last_result.startswith("interrupted by the daemon's stop after ") and r.last_run == clock.now
+    assert "the repository is consistent (garbage collection is crash-safe" in r.last_result
+    assert "scheduled retention and garbage collection interrupted by the daemon's stop" in caplog.text
+    assert "failed" not in caplog.text and not [x for x in caplog.records if x.levelname == "ERROR"]
+
+    caplog.clear()
+    again = RetentionRunner("0 4 * * *", run, clock=clock, tz=UTC, health=HealthRecord(str(tmp_path)))
+    again.settle()
+    assert again.last_run == clock.now and again.last_result == r.last_result
+    assert caplog.text.count("did not finish: interrupted by the daemon's stop after ") == 1, caplog.text
+
+
+def test_a_run_the_previous_daemon_never_ended_is_the_last_run_interrupted(tmp_path, caplog):
+    """kill -9 (or a stop's deadline) in the middle of a run: the record says it began and never
+    ended; the next start makes it the last run, interrupted, and says so once."""
+    clock = FakeClock(ts(2026, 3, 1, 4, 0, 30))
+    HealthRecord(str(tmp_path)).gc_begin(clock.now)  # ... and the process died
+    r = RetentionRunner("0 4 * * *", lambda: PruneReport(forgotten=(), kept=()), clock=clock, tz=UTC,
+                        health=HealthRecord(str(tmp_path)))
+    r.settle()
+    assert r.last_run == clock.now and r.last_result == GC_CUT
+    assert "the daemon stopped while it ran (killed, or the host went down)" in caplog.text
+    # a run that ends is the last run from then on, and nothing is reported at the next start
+    r.run_now()
+    caplog.clear()
+    later = RetentionRunner("0 4 * * *", lambda: PruneReport(forgotten=(), kept=()), clock=clock, tz=UTC,
+                            health=HealthRecord(str(tmp_path)))
+    later.settle()
+    assert later.last_result.startswith("forgot 0 sets") and "did not finish" not in caplog.text

@@ -309,3 +309,44 @@ def test_a_stop_that_comes_while_due_runs_start_starts_no_further_run(tmp_path):
         assert service.calls == [("a", "incremental", "schedule")]
     finally:
         assert scheduler.stop(2)
+
+
+def test_a_scheduled_set_the_stop_cancels_is_caught_up_at_the_next_start(tmp_path, caplog):
+    """A scheduled set whose backup the daemon's stop cancelled was recorded as handled when it
+    started, so the next start did not take it again (a nightly full cut by a reboot waited a
+    week). The stop now gives its record back: the next start catches it up, once; a run whose
+    backup ended otherwise (a set committed) stays handled."""
+    service = FakeService()
+    schedule = {"bulk": {"full": "26 2 * * *"}}
+
+    def scheduler_at(clock: FakeClock) -> Scheduler:
+        return Scheduler(schedule, service.submit, clock=clock, tz=UTC, running=service.running,
+                         state_dir=str(tmp_path))
+
+    clock = FakeClock(ts(2024, 6, 1, 2, 20))
+    first = scheduler_at(clock)
+    first.start()
+    try:
+        clock.now = ts(2024, 6, 1, 2, 26, 5)
+        first.poke()
+        wait_until(lambda: service.calls, "the scheduled full")
+    finally:
+        assert first.stop(2)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert first.interrupted(lambda job: job is service.jobs["bulk"]) == ["bulk"]
+    assert "scheduled full set of source 'bulk' was interrupted by the daemon's stop: the next start catches it " \
+           "up" in caplog.text
+    service.finish("bulk")
+    second = scheduler_at(FakeClock(ts(2024, 6, 1, 2, 40)))
+    run = second.waiting()["bulk"]
+    assert (run.level, run.due, run.missed) == ("full", ts(2024, 6, 1, 2, 26), True)
+    second.start()
+    try:
+        wait_until(lambda: len(service.calls) == 2, "the catch-up")
+    finally:
+        assert second.stop(2)
+    assert second.interrupted(lambda job: False) == []  # its set was taken: handled for good
+    service.finish("bulk")
+    third = scheduler_at(FakeClock(ts(2024, 6, 1, 2, 50)))
+    assert third.waiting() == {}
+    assert third.stop(0.1)

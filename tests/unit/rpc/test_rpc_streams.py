@@ -109,7 +109,9 @@ def test_shutdown_cancels_running_jobs_and_refuses_new_ones():
         jobs.start_backup("app", "full", "test", until_cancelled)
 
 
-def test_a_backup_cancelled_by_shutdown_says_the_daemon_is_stopping():
+def test_a_backup_cancelled_by_shutdown_says_the_daemon_is_stopping(caplog):
+    """Status keeps it as the source's last failure, "aborted", saying why; the log says the stop
+    interrupted it (a warning), not that the backup failed (an error)."""
     from cairn.store.errors import AbortedError
 
     jobs = JobManager()
@@ -123,6 +125,9 @@ def test_a_backup_cancelled_by_shutdown_says_the_daemon_is_stopping():
     assert jobs.wait_idle(5) and isinstance(job.error, AbortedError)
     assert job.error.message == "backup cancelled: the daemon is stopping"
     assert "nothing of this set was committed" in job.error.hint
+    assert "full backup of source 'app' (test) interrupted by the daemon's stop: nothing of it was committed; " \
+        "the repository is consistent" in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 def test_a_backup_call_follows_its_job_even_when_the_progress_estimate_cannot_be_made():
