@@ -1652,6 +1652,9 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
             from cairn.client.connection import socket_problem
 
             details = socket_problem(endpoint.socket) or "nothing listens on it (connection refused)"
+            if details.startswith("Permission denied") and not hint:
+                hint = ("run cairn as a user the socket admits: a member of its group (cairnd's [daemon] "
+                        "socket_group or --socket-group), or its owner")
         return fail(
             f"unable to reach cairnd at {where}: {details}",
             hint or ("is cairnd listening there? check --address, and --tls-ca and --tls-server-name against its "
