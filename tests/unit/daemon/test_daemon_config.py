@@ -208,6 +208,46 @@ def test_file_level_errors(tmp_path, text, message):
     assert message in caught.value.message
 
 
+def _two_sources(first: str, second: str, exclude: str = "") -> str:
+    return (MINIMAL + f"[[source]]\nname = 'a'\npaths = ['{first}']\n{exclude}\n"
+            f"[[source]]\nname = 'b'\npaths = ['/elsewhere', '{second}']\n")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (_two_sources("/srv/app", "/srv/app/"),
+         "source[1].paths[1]: '/srv/app' is also a path of source 'a' (source[0])"),
+        (_two_sources("/srv/app", "/srv/app/data"),
+         "source[1].paths[1]: '/srv/app/data' lies inside path '/srv/app' of source 'a' (source[0]): its files would "
+         "be in both sources' sets; exclude it there ('/srv/app/data/') or drop it here"),
+        (_two_sources("/srv/app/data", "/srv"),
+         "source[1].paths[1]: '/srv' holds path '/srv/app/data' of source 'a' (source[0])"),
+        # an exclude that leaves out only part of the inner path is no separation
+        (_two_sources("/srv/app", "/srv/app/data", "exclude = ['/srv/app/data/tmp/']"), "lies inside path '/srv/app'"),
+    ],
+)
+def test_overlapping_sources_are_refused_naming_both(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in caught.value.message and caught.value.message.count("\n") == 0
+
+
+@pytest.mark.parametrize("exclude", ["exclude = ['/srv/app/data/']", "exclude = ['data/']",
+                                     "exclude = ['/srv/app/*/']"])
+def test_a_source_inside_another_that_excludes_it_is_taken(tmp_path, exclude):
+    config = load_config(write(tmp_path, _two_sources("/srv/app", "/srv/app/data", exclude)))
+    assert [s.paths for s in config.sources] == [("/srv/app",), ("/elsewhere", "/srv/app/data")]
+
+
+def test_nested_source_directories_on_the_command_line_are_refused(clean_env, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ConfigError) as caught:
+        config_from_args(str(tmp_path / "repo"), [str(tmp_path / "a" / "b"), str(tmp_path / "a")], False)
+    assert caught.value.key == "--source"
+    assert f"'{tmp_path / 'a' / 'b'}' lies inside '{tmp_path / 'a'}', also given" in caught.value.message
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "absent.toml"
     with pytest.raises(ConfigError, match="unable to read file") as caught:
