@@ -250,7 +250,8 @@ def overlapping_paths(sources: Sequence[SourceConfig]) -> tuple[str, str] | None
 
 
 def _under(path: str, root: str) -> bool:
-    return path.startswith(root.rstrip("/") + "/")
+    """`path` lies strictly below directory `root` (both normalised)."""
+    return path != root and path.startswith(root.rstrip("/") + "/")
 
 
 def _excludes(source: SourceConfig, root: str, rel: str) -> bool:
