@@ -21,7 +21,7 @@ import ssl
 import stat
 
 from cairn.daemon.runtime.config import Config, split_address
-from cairn.daemon.runtime.repokeys import secret_of
+from cairn.daemon.runtime.repokeys import open_repository, secret_of
 from cairn.fsio.sockets import check_socket_path
 from cairn.store.errors import (
     AlreadyExistsError,
@@ -72,6 +72,46 @@ def check_start(config: Config) -> None:
     if daemon.metrics:
         check_port_free("daemon.metrics", daemon.metrics)
     check_sources(config)
+
+
+def check_config(config: Config) -> tuple[str, list[str]]:
+    """`cairnd --check-config`: what a start checks, as far as a daemon already running on the
+    same configuration does not stand in its way, then the repository opened read-only with the
+    configured secret. Returns (a line saying what holds, the warnings a start would log); the
+    first problem raises, as at start. Not checked: that the `listen` and `metrics` addresses
+    and the socket are free (a running daemon holds them; a file that is not a socket in the
+    socket's place is refused)."""
+    daemon = config.daemon
+    if os.path.lexists(daemon.socket) and not stat.S_ISSOCK(os.lstat(daemon.socket).st_mode):
+        check_socket_path(daemon.socket)  # raises: a file that is not a socket is in the way
+    check_repository(config)
+    if os.path.exists(daemon.state_dir) and not os.path.isdir(daemon.state_dir):
+        raise InvalidArgumentError(f"state directory '{daemon.state_dir}' is not a directory")
+    if daemon.socket_group:
+        try:
+            grp.getgrnam(daemon.socket_group)
+        except KeyError:
+            raise InvalidArgumentError(f"daemon.socket_group: no group is named '{daemon.socket_group}'",
+                                       hint="create it (groupadd --system NAME) or remove the key") from None
+    if daemon.listen:
+        check_readable("daemon.token_file", daemon.token_file, nonempty=True)
+        check_readable("daemon.tls_cert", daemon.tls_cert)
+        check_readable("daemon.tls_key", daemon.tls_key)
+        check_tls(daemon.tls_cert, daemon.tls_key)
+    check_sources(config)
+    repo = open_repository(config.repository, read_only=True)
+    try:
+        key = " with a write-only key" if repo.write_only else ""
+    finally:
+        repo.close()
+    logging.disable(logging.WARNING)  # the warnings are returned, to be printed as the check's own lines
+    try:
+        warnings = warn_unreachable_databases(config) + warn_missing_hooks(config)
+    finally:
+        logging.disable(logging.NOTSET)
+    sources = len(config.sources)
+    what = f"{sources} source{'' if sources == 1 else 's'}, {len(config.databases)} databases"
+    return f"repository '{config.repository.path}' opens{key}; {what}", warnings
 
 
 def check_sources(config: Config) -> None:
