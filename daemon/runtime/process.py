@@ -148,6 +148,8 @@ class Daemon:
         # The change journal watches before we serve, so the first set can already use it.
         if not read_only:
             self._start_journal(cfg)
+            if self.metrics is not None:
+                self.metrics.watch_unprotected(self._unprotected_since)
         # Timed backups only where something may be written; they start once we serve.
         if not read_only:
             # A run due while its source is busy waits for it; runs missed while stopped are caught up.
@@ -204,6 +206,19 @@ class Daemon:
 
     def _oldest_unprotected(self, source: str) -> float | None:
         return self.tracker.oldest_unprotected(source) if self.tracker is not None else None
+
+    def _unprotected_since(self) -> dict[str, float]:
+        """For the metrics: per watched source with an RPO, when its oldest change no set holds
+        was seen (sources with nothing waiting left out), as the RPO keeper sees it."""
+        if self.tracker is None or self.service is None:
+            return {}
+        out = {}
+        for source in self.service.config.sources:
+            if source.rpo and source.watch:
+                since = self._oldest_unprotected(source.name)
+                if since is not None:
+                    out[source.name] = since
+        return out
 
     def _running_sources(self) -> set[str]:
         return set(self.service.jobs.running()) if self.service is not None else set()

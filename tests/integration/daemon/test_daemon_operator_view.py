@@ -155,3 +155,39 @@ def test_wal_fetch_is_quiet_for_a_missing_timeline_history(start_daemon, tmp_pat
     # A missing segment is still an error PostgreSQL's log shows.
     r = d.cli("wal-fetch", "000000010000000000000009", str(tmp_path / "s"))
     assert r.returncode == 3 and r.stderr.startswith("cairn: error: ")
+
+
+def test_rpo_is_measured_against_what_waits_in_status_and_metrics(start_daemon, tmp_path, rundir):
+    """A quiet source whose last set is older than its RPO is within it (nothing to lose); a change
+    that waits past the RPO because its sets fail is reported in status, --json and the metrics,
+    and clears once a set holds it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    flag = tmp_path / "refuse"  # while it exists, the freeze hook fails and so does every set
+    sock = os.path.join(rundir, "rpo.sock")
+    config = write_config(str(tmp_path / "c.toml"), str(tmp_path / "repo"), sock, str(src), rpo='"2s"',
+                          quiesce=f'{{ mode = "cold", freeze = ["sh", "-c", "test ! -e {flag}"], thaw = ["true"] }}')
+    d = start_daemon("--config", config, socket_path=sock)
+    since = "cairn_source_unprotected_since_timestamp_seconds"
+    d.ok("backup", "--level", "full")
+    # quiet, and its last set older than the RPO
+    st = wait_for(lambda: (s := app_status(d))["pending_paths"] == 0 and s["last_success_age"] > 2.5 and s,
+                  what="a quiet source past its RPO since the last set")
+    assert st["rpo_exceeded"] is False and st["unprotected_since"] is None, st
+    assert "within RPO 2s" in d.ok("status")
+    assert sample(metrics_text(d), since, source="app") is None
+
+    flag.write_text("")
+    (src / "a.txt").write_text("changed\n")
+    st = wait_for(lambda: (s := app_status(d))["rpo_exceeded"] and s["last_failure"] and s,
+                  what="the change waiting past the RPO")
+    assert st["unprotected_since"] is not None and time.time() - st["unprotected_since"] > 2, st
+    assert "; RPO 2s EXCEEDED: a change no set holds has waited " in d.ok("status")
+    assert sample(metrics_text(d), since, source="app") == st["unprotected_since"]
+
+    flag.unlink()  # the RPO keeper tries again, the set holds the change: healthy again
+    st = wait_for(lambda: (s := app_status(d))["rpo_exceeded"] is False and s, what="the RPO met again")
+    assert st["unprotected_since"] is None and st["last_success"] > st["last_failure"]["time"], st
+    assert "within RPO 2s" in d.ok("status")
+    assert sample(metrics_text(d), since, source="app") is None
