@@ -8,8 +8,8 @@ turns the result into its frozen dataclasses. What always holds after `validate(
   choices one of their literals, paths absolute (relative ones are taken from the config
   file's directory, passed in the validation context as `base_dir`);
 - the rules between keys hold: per table in that model's validators, between tables (a
-  source's databases exist, names are unique, one cluster is named once per source) in
-  `File`'s;
+  source's databases exist, names are unique, one cluster is named once per source, a source's
+  `keep` has a `[repository] gc` schedule to be applied on) in `File`'s;
 - any violation is one `SchemaError` naming the key's path (`source[0].quiesce.thaw[1]`) and
   what was expected, the same one-line messages the hand-written loader gave.
 
@@ -530,6 +530,11 @@ class File(_Table):
                 if table.name in seen:
                     raise _fail(f"duplicate {kind} name '{table.name}'", f"{kind}[{index}].name")
                 seen.add(table.name)
+        for index, source in enumerate(self.source):
+            if source.keep is not None and self.repository.gc is None:
+                raise _fail("never applied: the daemon applies each source's keep on the [repository] gc "
+                            "schedule, which is not set (add gc = \"0 4 * * *\", or prune by hand with "
+                            "'cairn prune --keep-...')", f"source[{index}].keep")
         databases = {database.name: database for database in self.database}
         for index, source in enumerate(self.source):
             where = f"source[{index}].database"
