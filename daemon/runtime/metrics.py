@@ -60,6 +60,10 @@ class Metrics:
             "cairn_last_success_timestamp_seconds",
             "Unix time the last successful set of a source and level finished.", per_set, registry=registry,
         )
+        self.last_failure = Gauge(
+            "cairn_last_failure_timestamp_seconds",
+            "Unix time the last set of a source and level that did not succeed ended.", per_set, registry=registry,
+        )
         self.restore_bytes = Counter("cairn_restore_bytes", "File bytes sent to restores.", registry=registry)
         self.backstop_found = Counter(
             "cairn_journal_backstop_found",
@@ -107,6 +111,7 @@ class Metrics:
             self.last_success.labels(source, level).set(time.time() if finished_at is None else finished_at)
         else:
             self.set_failures.labels(source, level).inc()
+            self.last_failure.labels(source, level).set(time.time())
 
     def set_rpos(self, rpos: dict[str, float]) -> None:
         """The configured RPO per source, replacing the previous set (after a reload)."""

@@ -85,7 +85,10 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     line = [x for x in text.splitlines() if x.startswith("  last failure:")][0]
     assert " ago, after the last success), incremental failed: " in line and str(src) in line
     last = "cairn_last_success_timestamp_seconds"
+    failed = "cairn_last_failure_timestamp_seconds"  # newer than the last success: CairnSetFailed fires
     assert sample(metrics_text(d), last, source="app", level="full") == full["time_end"]
+    failed_at = sample(metrics_text(d), failed, source="app", level="incremental")
+    assert failed_at is not None and abs(failed_at - failure["time"]) < 5 and failed_at > full["time_end"]
 
     # Restarted: the failure is still shown, and the metrics name the last success again.
     code, _ = d.terminate(30)
@@ -96,11 +99,16 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     assert st2["last_failure"] == failure and st2["last_success"] == full["time_end"]
     assert sample(metrics_text(d2), last, source="app", level="full") == full["time_end"]
     assert sample(metrics_text(d2), last, source="app", level="incremental") is None  # it failed
+    assert sample(metrics_text(d2), failed, source="app", level="incremental") == failure["time"]
 
     # A later success is shown as the newer event; the failure stays for reference.
     d2.ok("backup", "--level", "incremental", "--tag", "after-fix")
     st3 = app_status(d2)
     assert st3["last_success"] > failure["time"]
+    # the alert clears: the last success is newer than the last failure
+    text = metrics_text(d2)
+    assert sample(text, last, source="app", level="incremental") > sample(text, failed, source="app",
+                                                                          level="incremental")
     assert "after the last success" not in d2.ok("status")
     assert full_id
 
