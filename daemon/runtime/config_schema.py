@@ -165,6 +165,18 @@ def _path(value: str, info: ValidationInfo) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
+MIN_WAL_SIZE = 1 << 20  # PostgreSQL's smallest WAL segment (wal_segment_size: 1 MiB to 1 GiB)
+
+
+def _wal_size(value: int) -> int:
+    # Below the smallest segment every push would be refused: PostgreSQL's archiving would fail
+    # from the first segment on, and pg_wal fill up.
+    if value < MIN_WAL_SIZE:
+        raise _fail(f"expected at least {MIN_WAL_SIZE} bytes (1 MiB, PostgreSQL's smallest WAL segment; "
+                    f"the value is in bytes), got {value}")
+    return value
+
+
 def _cron(value: str) -> str:
     try:
         CronExpr.parse(value)
@@ -368,7 +380,7 @@ class DaemonTable(_Table):
     backstop_interval: Duration = 86400.0
     max_watches: Count | None = None
     log_level: Literal[LOG_LEVELS] = "info"  # type: ignore[valid-type]
-    max_wal_size: Count = 1 << 30
+    max_wal_size: Annotated[Count, AfterValidator(_wal_size)] = 1 << 30
     host: Text | None = None
     skip_unchanged: StrictBool = True
 

@@ -127,6 +127,8 @@ def test_every_wrong_value_of_every_key_names_that_key():
      "database[0].jobs: expected a positive integer, got true"),
     ("[[database]]\nname = 'd'\nkind = 5", "database[0].kind: expected one of 'postgres', 'pg_dump', 'command', got 5"),
     ("[daemon]\nmax_wal_size = 2.5", "daemon.max_wal_size: expected a positive integer, got 2.5"),
+    # a size in MiB where bytes are meant: every WAL push would be refused from the first one on
+    ("[daemon]\nmax_wal_size = 16", "daemon.max_wal_size: expected at least 1048576 bytes (1 MiB"),
     ("[daemon]\nhost = 'a b'", "daemon.host: expected a host name without spaces, got 'a b'"),
     ("[daemon]\nmetrics = 'nowhere'", "daemon.metrics: expected an address like '127.0.0.1:7443', got 'nowhere'"),
     ("daemon = 5", "daemon: expected a table, got 5"),
