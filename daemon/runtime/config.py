@@ -6,7 +6,8 @@ are float seconds, cron expressions parse, source names are unique, no directory
 sources (a source inside another one's path is taken when that one excludes it), a source's database
 names a [[database]], a TCP listener has TLS and a token, and the metrics endpoint is on a
 loopback address. Relative paths are taken relative to the config file's directory and all
-paths are made absolute. Errors are `ConfigError` with one line naming the key.
+paths are made absolute. Errors are `ConfigError` with one line naming the key, and the line of
+the file it is written on where that can be told (daemon/runtime/config_lines.py).
 
 What a valid file is (tables, keys, types, defaults, rules) is declared once, as a schema, in
 daemon/runtime/config_schema.py; this module reads the file, has it validated there, and builds the
@@ -26,6 +27,7 @@ from typing import Any
 import tomlkit
 from cairn import protocol
 from cairn.daemon.runtime import config_schema as schema
+from cairn.daemon.runtime.config_lines import line_of
 from cairn.daemon.runtime.config_schema import (  # noqa: F401  (the names other modules import from here)
     DAEMON_KEYS,
     DATABASE_KEYS,
@@ -56,11 +58,13 @@ class ConfigError(InvalidArgumentError):
 
     code = "invalid_config"
 
-    def __init__(self, origin: str | None, key: str, detail: str) -> None:
+    def __init__(self, origin: str | None, key: str, detail: str, line: int | None = None) -> None:
         where = f"invalid config '{origin}'" if origin else "invalid configuration"
-        super().__init__(f"{where}: {key}: {detail}" if key else f"{where}: {detail}")
+        at = f" (line {line})" if line else ""
+        super().__init__(f"{where}: {key}: {detail}{at}" if key else f"{where}: {detail}{at}")
         self.key = key
         self.detail = detail
+        self.line = line
 
 
 @dataclass(frozen=True)
@@ -336,7 +340,15 @@ def parse_config(raw: bytes, origin: str | None, base_dir: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(origin, "", f"not valid TOML: {exc}") from exc
     _mark_decimal_mode(data, raw)
-    return _Loader(origin, base_dir).config(data)
+    try:
+        return _Loader(origin, base_dir).config(data)
+    except ConfigError as exc:
+        # the line the key is written on, when the file writes it in a form config_lines follows
+        unknown = re.fullmatch(r"unknown key '(.+)'", exc.detail) if not exc.key else None
+        line = line_of(raw.decode("utf-8"), exc.key or (unknown.group(1) if unknown else ""))
+        if line is None or exc.line is not None:
+            raise
+        raise ConfigError(origin, exc.key, exc.detail, line) from None
 
 
 def _mark_decimal_mode(data: dict[str, Any], raw: bytes) -> None:

@@ -175,7 +175,7 @@ def test_a_misspelt_key_is_reported_before_other_problems_of_its_table(tmp_path)
     path.write_text("[repository]\npath = '/r'\n[daemon]\nread_only = 'yes'\nsockt = 'x'\n")
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
-    assert caught.value.message.endswith("unknown key 'daemon.sockt'")
+    assert caught.value.message.endswith("unknown key 'daemon.sockt' (line 5)")
 
 
 def test_the_key_lists_are_the_schemas_fields():

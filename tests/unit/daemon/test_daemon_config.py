@@ -147,8 +147,54 @@ def test_error_message_format(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, SOURCE + "rpo = 'soon'\n")
     path = tmp_path / "cairn.toml"
-    assert caught.value.message == f"invalid config '{path}': source[0].rpo: expected a duration like '5m', got 'soon'"
-    assert caught.value.key == "source[0].rpo"
+    line = path.read_text().splitlines().index("rpo = 'soon'") + 1
+    assert caught.value.message == (f"invalid config '{path}': source[0].rpo: expected a duration like '5m', "
+                                    f"got 'soon' (line {line})")
+    assert caught.value.key == "source[0].rpo" and caught.value.line == line
+
+
+# the example configuration, every table form it uses: the key's line, or the line of the nearest
+# part written (an element of an inline array: its key's line)
+EXAMPLE_LINES = [
+    ("repository.gc", 'gc = "0 4 * * *"'),
+    ("daemon.host", 'host = "app1"'),
+    ("source[0].keep", "keep = { last = 7"),
+    ("source[1].paths[0]", 'paths = ["/srv/portal/content"]'),
+    ("source[1].tags.full[0]", "tags = { full = ["),
+    ("source[0].quiesce.timeout", 'quiesce = { mode = "cold"'),
+    ("source[1].quiesce.hooks[1].required", 'quiesce = { mode = "hot"'),
+    ("source[1].quiesce.on_failure", "  ], on_success = "),
+    ("database[4].check", 'check = ["mariadb-admin", "ping"]'),
+    ("daemon", "[daemon]"),
+]
+
+
+@pytest.mark.parametrize("key, text", EXAMPLE_LINES)
+def test_the_line_a_key_is_written_on(key, text):
+    from cairn.daemon.runtime.config_lines import line_of
+
+    lines = EXAMPLE.read_text().splitlines()
+    line = line_of("\n".join(lines), key)
+    assert line is not None and lines[line - 1].startswith(text), (key, line)
+
+
+@pytest.mark.parametrize("key", ["database[9].name", "source[7]", "nope.x", "", "source[0].a b"])
+def test_a_key_the_file_does_not_write_has_no_line(key):
+    from cairn.daemon.runtime.config_lines import line_of
+
+    assert line_of(EXAMPLE.read_text(), key) is None
+
+
+def test_a_key_in_a_sub_table_and_an_array_of_tables(tmp_path):
+    path = write(tmp_path, MINIMAL + SOURCE + "[source.quiesce]\nmode = 'cold'\ntimeout = 'x'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.line == Path(path).read_text().splitlines().index("timeout = 'x'") + 1
+    second = MINIMAL + SOURCE + "[[source]]\nname = 'b'\npaths = ['/b']\nwatch = 2\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, second))
+    assert caught.value.message.startswith(f"invalid config '{tmp_path / 'cairn.toml'}': source[1].watch: ")
+    assert caught.value.line == second.splitlines().index("watch = 2") + 1
 
 
 @pytest.mark.parametrize(
