@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s\"'-]+?)\s*\]\]?\s*(#.*)?$")
+# A table header of bare keys ([daemon], [[source]], [source.quiesce]); an array's element on a
+# line of its own (["sync"]) is not one.
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s-]+?)\s*\]\]?\s*(#.*)?$")
 _PART = re.compile(r"([A-Za-z0-9_-]+)(?:\[(\d+)\])?")
 
 
@@ -42,7 +44,7 @@ def _headers(lines: list[str]) -> list[tuple[int, tuple[str, ...], bool]]:
     for index, line in enumerate(lines):
         match = _HEADER.match(line)
         if match:
-            path = tuple(p.strip().strip("\"'") for p in match.group(2).split("."))
+            path = tuple(p.strip() for p in match.group(2).split("."))
             found.append((index, path, match.group(1) == "[["))
     return found
 

@@ -421,3 +421,11 @@ def test_the_daemons_own_directories_below_a_source_are_excluded_from_it(clean_e
     rule = Excluder(anchored[0][1])
     assert rule.excluded(".local/share/my cairn[1]", True)
     assert not rule.excluded(".local/share/my cairn1", True) and not rule.excluded(".local/share", True)
+
+
+def test_an_array_element_on_its_own_line_is_not_a_table_header():
+    from cairn.daemon.runtime.config_lines import line_of
+
+    text = ('[repository]\npath = "/r"\n[[source]]\nname = "a"\npaths = ["/a"]\n'
+            'quiesce = { mode = "cold", freeze = [\n  ["sync"]\n], timeout = "x" }\nrpo = 5\n')
+    assert line_of(text, "source[0].rpo") == 9 and line_of(text, "source[0].quiesce.timeout") == 8
