@@ -449,6 +449,8 @@ def health_dict(s: pb.SourceStatus, now: float) -> dict[str, Any]:
         "unprotected_since": s.unprotected_since if s.HasField("unprotected_since") else None,
         "last_failure": {"time": f.time, "level": f.level, "status": f.status, "message": f.message}
         if s.HasField("last_failure") else None,
+        # the last failure is the source's latest word (kept for reference once a set succeeds)
+        "failing": s.HasField("last_failure") and f.time > s.last_success,
     }
 
 

@@ -65,7 +65,7 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     config = write_config(str(tmp_path / "c.toml"), str(tmp_path / "repo"), sock, str(src), rpo='"1h"')
     d = start_daemon("--config", config, socket_path=sock)
     before = app_status(d)
-    assert before["last_failure"] is None and before["last_success"] is None
+    assert before["last_failure"] is None and before["last_success"] is None and before["failing"] is False
     assert before["rpo"] == 3600 and before["rpo_exceeded"] is True
     assert "last success: none; RPO 1h EXCEEDED" in d.ok("status")
 
@@ -79,7 +79,7 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     failure = st["last_failure"]
     assert failure["level"] == "incremental" and failure["status"] == "failed"
     assert str(src) in failure["message"] and failure["time"] >= full["time_end"]
-    assert st["last_success"] == full["time_end"] and st["rpo_exceeded"] is False
+    assert st["last_success"] == full["time_end"] and st["rpo_exceeded"] is False and st["failing"] is True
     text = d.ok("status")
     assert "within RPO 1h" in text
     line = [x for x in text.splitlines() if x.startswith("  last failure:")][0]
@@ -104,7 +104,7 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     # A later success is shown as the newer event; the failure stays for reference.
     d2.ok("backup", "--level", "incremental", "--tag", "after-fix")
     st3 = app_status(d2)
-    assert st3["last_success"] > failure["time"]
+    assert st3["last_success"] > failure["time"] and st3["failing"] is False
     # the alert clears: the last success is newer than the last failure
     text = metrics_text(d2)
     assert sample(text, last, source="app", level="incremental") > sample(text, failed, source="app",
