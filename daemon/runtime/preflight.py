@@ -21,6 +21,7 @@ import ssl
 import stat
 
 from cairn.daemon.runtime.config import Config, split_address
+from cairn.daemon.runtime.config_lines import line_of
 from cairn.daemon.runtime.repokeys import open_repository, secret_of
 from cairn.fsio.sockets import check_socket_path
 from cairn.store.errors import (
@@ -119,9 +120,27 @@ def check_sources(config: Config) -> None:
     refuses the whole file on the first problem (the running configuration stays)."""
     if config.daemon.read_only:
         return
-    for source in config.sources:
-        for path in (*source.paths, *source.aux_paths):
-            check_source_path(source.name, path)
+    for index, source in enumerate(config.sources):
+        keys = [f"source[{index}].paths[{i}]" for i in range(len(source.paths))]
+        keys += [f"source[{index}].aux_paths[{i}]" for i in range(len(source.aux_paths))]
+        for key, path in zip(keys, (*source.paths, *source.aux_paths), strict=True):
+            try:
+                check_source_path(source.name, path)
+            except CairnError as exc:
+                raise type(exc)(exc.message + _written_at(config, key), hint=exc.hint) from None
+
+
+def _written_at(config: Config, key: str) -> str:
+    """' (KEY in 'FILE', line N)': where a configuration file names what a check refused; '' for a
+    configuration of command-line flags."""
+    if config.path is None:
+        return ""
+    try:
+        with open(config.path, encoding="utf-8") as handle:
+            line = line_of(handle.read(), key)
+    except (OSError, UnicodeDecodeError):
+        line = None
+    return f" ({key} in '{config.path}'{f', line {line}' if line else ''})"
 
 
 LOST_CONFIG_KINDS = ("keys", "sets", "index", "packs")
