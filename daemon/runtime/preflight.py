@@ -19,6 +19,8 @@ import shutil
 import socket
 import ssl
 import stat
+import tomllib
+from collections.abc import Callable
 
 from cairn.daemon.runtime.config import Config, split_address
 from cairn.daemon.runtime.config_lines import line_of
@@ -100,7 +102,7 @@ def check_config(config: Config) -> tuple[str, list[str]]:
         check_readable("daemon.tls_key", daemon.tls_key)
         check_tls(daemon.tls_cert, daemon.tls_key)
     check_sources(config)
-    repo = open_repository(config.repository, read_only=True)
+    repo = open_repository(config.repository, read_only=True, where=secret_named_at(config))
     try:
         key = " with a write-only key" if repo.write_only else ""
     finally:
@@ -128,6 +130,26 @@ def check_sources(config: Config) -> None:
                 check_source_path(source.name, path)
             except CairnError as exc:
                 raise type(exc)(exc.message + _written_at(config, key), hint=exc.hint) from None
+
+
+def secret_named_at(config: Config) -> Callable[[str], str]:
+    """For open_repository: where a secret file key ('passphrase_file', 'key_file') is named, as
+    `_written_at` says it for the configuration file's key, or the command-line flag that
+    replaced it (' (--passphrase-file)')."""
+    def where(key: str) -> str:
+        path = getattr(config.repository, key)
+        written = None
+        if config.path is not None:
+            try:
+                with open(config.path, "rb") as handle:
+                    written = tomllib.load(handle).get("repository", {}).get(key)
+            except (OSError, tomllib.TOMLDecodeError, AttributeError):
+                written = None
+        base = os.path.dirname(config.path) if config.path else ""
+        if isinstance(written, str) and os.path.normpath(os.path.join(base, os.path.expanduser(written))) == path:
+            return _written_at(config, f"repository.{key}")
+        return f" (--{key.replace('_', '-')})"
+    return where
 
 
 def _written_at(config: Config, key: str) -> str:

@@ -120,7 +120,8 @@ class Daemon:
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only,
-                                    cache_dir=os.path.join(cfg.daemon.state_dir, "cache"))
+                                    cache_dir=os.path.join(cfg.daemon.state_dir, "cache"),
+                                    where=preflight.secret_named_at(cfg))
         attach_write_only_cache(self.repo, cfg.daemon.state_dir, cfg.repository.gc)  # a write-only key's own sets
         self.repo.locks.daemon_host = cfg.daemon.host or socket.gethostname()  # locks name hosts as sets do
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)

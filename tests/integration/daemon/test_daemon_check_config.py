@@ -42,7 +42,8 @@ def test_check_config_refuses_what_a_start_refuses_and_passes_a_good_file(tmp_pa
         (dict(good, extra=f'\n[[source]]\nname = "data"\npaths = ["{src / "data"}"]\n'),
          "source[1].paths[0]: "),
         (dict(good, passphrase_file=str(tmp_path / "missing.pass")),
-         f"unable to read passphrase file '{tmp_path / 'missing.pass'}': No such file or directory"),
+         f"unable to read passphrase file '{tmp_path / 'missing.pass'}': No such file or directory "
+         f"(repository.passphrase_file in '{tmp_path / 'cairnd.toml'}', line 3)"),
         (dict(good, passphrase_file=str(wrong)), "unable to open repository: wrong passphrase or key file"),
         (dict(good, src=str(tmp_path / "gone")), f"source 'app': path '{tmp_path / 'gone'}' does not exist"),
     ]
@@ -66,5 +67,8 @@ def test_check_config_refuses_what_a_start_refuses_and_passes_a_good_file(tmp_pa
     start_daemon("--config", config, socket_path=os.path.join(rundir, "cairnd.sock"))
     r = run_cairnd("--config", config, "--check-config")
     assert r.returncode == 0 and "is valid" in r.stdout, r.stderr
+    # a flag that replaces the file's key is named as the flag
+    r = run_cairnd("--config", config, "--check-config", "--passphrase-file", str(tmp_path / "gone.pass"))
+    assert r.returncode == 1 and r.stderr.rstrip().endswith("No such file or directory (--passphrase-file)"), r.stderr
     r = run_cairnd("--config", config, "--check-config", "--init")
     assert r.returncode == 2 and "--check-config does not go with it" in r.stderr, r.stderr
