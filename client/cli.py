@@ -1589,7 +1589,7 @@ def _run(args: argparse.Namespace) -> int:
         with Connection(endpoint) as conn:
             return args.func(conn, args)
     except grpc.RpcError as exc:
-        return _rpc_failure(exc, endpoint)
+        return _rpc_failure(exc, endpoint, args.command)
     except CairnError as exc:
         return fail(exc.message, exc.hint, _ERROR_EXIT.get(exc.code, EXIT_FAILURE))
     except KeyboardInterrupt as exc:  # SIGINT; during a restore also SIGTERM (restoring.Interrupted)
@@ -1626,7 +1626,7 @@ _MAYBE_DONE = ("the call may have finished before its answer was lost: 'cairn se
                "was committed (a set is there whole or not at all)")
 
 
-def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
+def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None, command: str = "") -> int:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or code.name.lower()
     hint = None
@@ -1646,6 +1646,9 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
             from cairn.client.connection import socket_problem
 
             details = socket_problem(endpoint.socket) or "nothing listens on it (connection refused)"
+            if details.startswith("Permission denied") and not hint:
+                hint = ("run cairn as a user the socket admits: a member of its group (cairnd's [daemon] "
+                        "socket_group or --socket-group), or its owner")
         return fail(
             f"unable to reach cairnd at {where}: {details}",
             hint or ("is cairnd listening there? check --address, and --tls-ca and --tls-server-name against its "
@@ -1656,7 +1659,31 @@ def _rpc_failure(exc: grpc.RpcError, endpoint: Endpoint | None) -> int:
                     hint if hint or "--token" in details else "pass --token or --token-file")
     if code == grpc.StatusCode.CANCELLED:
         return fail("the call was cancelled", hint)
+    if code == grpc.StatusCode.UNIMPLEMENTED and details.startswith(_UNKNOWN_METHOD) and endpoint is not None:
+        # gRPC's own answer for a method the server does not have: a daemon of another version
+        other = _daemon_version(endpoint)
+        return fail(f"cairnd at {where}{f' ({other})' if other else ''} does not serve the call "
+                    f"'cairn {command}' makes: it runs another version of Cairn than this client "
+                    f"(cairn {__version__})",
+                    hint or "use the cairn client installed with the daemon ('cairnd --version' names its version)")
     return fail(details, hint, _STATUS_EXIT.get(getattr(code, "name", ""), EXIT_FAILURE))
+
+
+# gRPC's details of UNIMPLEMENTED when the server has no such method (or a stub of it): a daemon of
+# another version; the daemon's own UNIMPLEMENTED errors say what is not available instead
+_UNKNOWN_METHOD = ("Method not found", "Method not implemented")
+
+
+def _daemon_version(endpoint: Endpoint) -> str | None:
+    """'cairnd VERSION' as the daemon at `endpoint` reports it, None when it does not say."""
+    from cairn.client.connection import Connection
+
+    try:
+        with Connection(endpoint) as conn:
+            version = conn.stub.Status(pb.StatusRequest(), timeout=10).daemon.version
+    except grpc.RpcError:
+        return None
+    return f"cairnd {version}" if version else None
 
 
 def run() -> NoReturn:

@@ -17,8 +17,11 @@ connection leaves a call that has no deadline waiting until it is interrupted.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
+import socket
 import stat
 from dataclasses import dataclass
 
@@ -86,14 +89,41 @@ def resolve_endpoint(
 
 def socket_problem(path: str) -> str | None:
     """Why nothing can answer on the socket path, in words (gRPC's own are a dump), or None when
-    a socket is there (and nothing listens on it, or something else went wrong)."""
+    a socket is there and this process may connect to it (something else went wrong). A socket
+    this user may not connect to (its mode and group leave the user out) says so, with its
+    owner, group and mode: it is not "nothing listens"."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except OSError as exc:
         return exc.strerror or str(exc)
-    if not stat.S_ISSOCK(mode):
+    if not stat.S_ISSOCK(st.st_mode):
         return "it is not a socket"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except PermissionError:
+        return (f"Permission denied (the socket is {_owner_text(st)}, mode {stat.S_IMODE(st.st_mode):04o}; "
+                f"this user is {_user_text(os.geteuid())})")
+    except OSError:
+        return None
+    finally:
+        probe.close()
     return None
+
+
+def _owner_text(st: os.stat_result) -> str:
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"owner {_user_text(st.st_uid)}, group {group}"
+
+
+def _user_text(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def open_channel(endpoint: Endpoint) -> grpc.Channel:

@@ -475,6 +475,21 @@ def status_dict(reply: pb.StatusReply, now: float | None = None) -> dict[str, An
     }
 
 
+def rpo_exceeded(s: pb.SourceStatus, now: float) -> bool | None:
+    """Whether the source's RPO is not met now (None: it has no RPO). With no successful set it
+    is not. Where the daemon follows the source's changes (`unprotected_tracked`) it is not met
+    while a change no set holds has waited longer than the RPO: a quiet source whose last set is
+    old loses nothing. Otherwise (no journal, an older daemon) the last success must be younger
+    than the RPO."""
+    if not s.rpo:
+        return None
+    if not s.last_success:
+        return True
+    if s.unprotected_tracked:
+        return s.HasField("unprotected_since") and now - s.unprotected_since > s.rpo
+    return now - s.last_success > s.rpo
+
+
 def health_dict(s: pb.SourceStatus, now: float) -> dict[str, Any]:
     """A source's last success and failure and its RPO, for --json."""
     f = s.last_failure
@@ -483,9 +498,12 @@ def health_dict(s: pb.SourceStatus, now: float) -> dict[str, Any]:
         "last_success": s.last_success or None,
         "last_success_age": age,
         "rpo": s.rpo or None,
-        "rpo_exceeded": (age is None or age > s.rpo) if s.rpo else None,
+        "rpo_exceeded": rpo_exceeded(s, now),
+        "unprotected_since": s.unprotected_since if s.HasField("unprotected_since") else None,
         "last_failure": {"time": f.time, "level": f.level, "status": f.status, "message": f.message}
         if s.HasField("last_failure") else None,
+        # the last failure is the source's latest word (kept for reference once a set succeeds)
+        "failing": s.HasField("last_failure") and f.time > s.last_success,
     }
 
 
@@ -536,12 +554,11 @@ def health_lines(s: pb.SourceStatus, now: float) -> list[str]:
         text = f"  last success: {fmt_time(s.last_success)} ({fmt_age(now - s.last_success)} ago)"
     else:
         text = "  last success: none"
-    if s.rpo:
-        age = now - s.last_success if s.last_success else None
-        if age is None or age > s.rpo:
-            text += f"; RPO {fmt_duration(s.rpo)} EXCEEDED"
-        else:
-            text += f"; within RPO {fmt_duration(s.rpo)}"
+    exceeded = rpo_exceeded(s, now)
+    if exceeded is not None:
+        waited = (f": a change no set holds has waited {fmt_age(now - s.unprotected_since)}"
+                  if s.unprotected_tracked and s.HasField("unprotected_since") and s.last_success else "")
+        text += f"; RPO {fmt_duration(s.rpo)} EXCEEDED{waited}" if exceeded else f"; within RPO {fmt_duration(s.rpo)}"
     lines = [text]
     if s.HasField("last_failure"):
         f = s.last_failure

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cairn import __version__
 from cairn.daemon.databases.postgres import walarchive
@@ -75,6 +75,10 @@ class SourceState:
     host: str = ""  # a source not configured here: the host whose sets these are
     window: OpenWindow | None = None  # its quiesce window open now (daemon/windows/quiesce.py)
     recovered: WindowRecovery | None = None  # a window a previous daemon left open, thawed at this start
+    # The RPO against what waits: tracked when the journal follows a source with an rpo; then
+    # when the oldest change no committed set holds was seen (None: nothing waits).
+    unprotected_tracked: bool = False
+    unprotected_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -229,9 +233,23 @@ class StatusPart(ServicePart):
                     host="" if src else host,
                     window=windows.get(name) if src else None,
                     recovered=self.recovered_windows.get(name) if src else None,
+                    **self._unprotected(src),
                 )
             )
         return daemon, states
+
+    def _unprotected(self, src: SourceConfig | None) -> dict[str, Any]:
+        """What the RPO of a configured source is measured against: the change journal's oldest
+        change that no committed set holds (the one the RPO keeper takes sets for), when the
+        journal follows the source; nothing otherwise (status then measures the last success)."""
+        if src is None or not src.rpo or not src.watch or self.tracker is None:
+            return {}
+        try:
+            since = self.tracker.oldest_unprotected(src.name)
+        except Exception:
+            log.exception("unable to read the change journal state of source '%s'", src.name)
+            return {}
+        return {"unprotected_tracked": True, "unprotected_since": since}
 
     def archive_status(self) -> walarchive.ArchiveSnapshot:
         """WAL archiving health: this daemon's pushes, the repository, and each server's archiver."""

@@ -500,6 +500,9 @@ def _add_health(out: pb.SourceStatus, src: SourceState) -> None:
                                                    message=text_safe(failure.message), status=failure.status))
     out.rpo = src.rpo or 0.0
     out.last_success = src.last_success
+    out.unprotected_tracked = src.unprotected_tracked
+    if src.unprotected_since is not None:
+        out.unprotected_since = src.unprotected_since
 
 
 def _add_window(out: pb.SourceStatus, src: SourceState) -> None:

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--read-only", action="store_true", help="serve browsing and restores only")
     parser.add_argument("--init", action="store_true",
                         help="create the repository (--repo, or the one --config names), then exit")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the configuration as a start does (and open the repository), then exit")
     add_key_arguments(parser)
     parser.add_argument("--stall-timeout", metavar="DURATION",
                         help="how long an operation may wait for an object store that does not answer, e.g. 5m "
@@ -95,6 +97,8 @@ def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     """--init creates a repository and exits: it takes nothing that only a running daemon uses."""
     if not args.init:
         return
+    if args.check_config and args.init:
+        parser.error("--init creates the repository and exits; --check-config does not go with it")
     for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket),
                         ("--socket-group", args.socket_group)):
         if given:

@@ -2,10 +2,12 @@
 
 Everything is validated when loaded, so the rest of the daemon can trust a `Config`: every
 key is known ("unknown key 'daemon.sockt'" otherwise), types and ranges are right, durations
-are float seconds, cron expressions parse, source names are unique, a source's database
+are float seconds, cron expressions parse, source names are unique, no directory is in two
+sources (a source inside another one's path is taken when that one excludes it), a source's database
 names a [[database]], a TCP listener has TLS and a token, and the metrics endpoint is on a
 loopback address. Relative paths are taken relative to the config file's directory and all
-paths are made absolute. Errors are `ConfigError` with one line naming the key.
+paths are made absolute. Errors are `ConfigError` with one line naming the key, and the line of
+the file it is written on where that can be told (daemon/runtime/config_lines.py).
 
 What a valid file is (tables, keys, types, defaults, rules) is declared once, as a schema, in
 daemon/runtime/config_schema.py; this module reads the file, has it validated there, and builds the
@@ -25,6 +27,7 @@ from typing import Any
 import tomlkit
 from cairn import protocol
 from cairn.daemon.runtime import config_schema as schema
+from cairn.daemon.runtime.config_lines import line_of
 from cairn.daemon.runtime.config_schema import (  # noqa: F401  (the names other modules import from here)
     DAEMON_KEYS,
     DATABASE_KEYS,
@@ -44,6 +47,7 @@ from cairn.daemon.runtime.config_schema import (  # noqa: F401  (the names other
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.locations import S3Options, is_s3
 from cairn.store.model import PrunePolicy
+from cairn.store.snapshots.excludes import Excluder
 
 DEFAULT_SOCKET_NAME = protocol.SOCKET_NAME
 ROOT_RUNTIME_DIR = protocol.ROOT_RUNTIME_DIR
@@ -54,11 +58,13 @@ class ConfigError(InvalidArgumentError):
 
     code = "invalid_config"
 
-    def __init__(self, origin: str | None, key: str, detail: str) -> None:
+    def __init__(self, origin: str | None, key: str, detail: str, line: int | None = None) -> None:
         where = f"invalid config '{origin}'" if origin else "invalid configuration"
-        super().__init__(f"{where}: {key}: {detail}" if key else f"{where}: {detail}")
+        at = f" (line {line})" if line else ""
+        super().__init__(f"{where}: {key}: {detail}{at}" if key else f"{where}: {detail}{at}")
         self.key = key
         self.detail = detail
+        self.line = line
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,43 @@ def keep_out_own_dirs(config: Config) -> Config:
     return replace(config, sources=tuple(sources))
 
 
+def overlapping_paths(sources: Sequence[SourceConfig]) -> tuple[str, str] | None:
+    """(key, detail) of the first path of a source that is a path of an earlier source, or lies
+    inside one (or holds one) that the outer source does not exclude: its files would be captured,
+    watched and restored by both sources. None when the sources keep apart."""
+    for later, source in enumerate(sources):
+        for position, path in enumerate(source.paths):
+            key = f"source[{later}].paths[{position}]"
+            mine = os.path.realpath(path)
+            for earlier, other in enumerate(sources[:later]):
+                for their in other.paths:
+                    theirs = os.path.realpath(their)
+                    name = f"source '{other.name}' (source[{earlier}])"
+                    if mine == theirs:
+                        return key, (f"'{path}' is also a path of {name}: its files would be in both sources' "
+                                     "sets; give each directory to one source")
+                    if _under(mine, theirs) and not _excludes(other, their, os.path.relpath(mine, theirs)):
+                        return key, (f"'{path}' lies inside path '{their}' of {name}: its files would be in "
+                                     f"both sources' sets; exclude it there ('{path.rstrip('/')}/') or drop it "
+                                     "here")
+                    if _under(theirs, mine) and not _excludes(source, path, os.path.relpath(theirs, mine)):
+                        return key, (f"'{path}' holds path '{their}' of {name}: its files would be in both "
+                                     f"sources' sets; exclude it here ('{their.rstrip('/')}/') or drop it there")
+    return None
+
+
+def _under(path: str, root: str) -> bool:
+    """`path` lies strictly below directory `root` (both normalised)."""
+    return path != root and path.startswith(root.rstrip("/") + "/")
+
+
+def _excludes(source: SourceConfig, root: str, rel: str) -> bool:
+    """`source` leaves out directory `rel` (or a directory above it) under its path `root`."""
+    common, anchored = source.path_excludes()
+    own = next((patterns for path, patterns in anchored if path == root), ())
+    return Excluder((*common, *own)).excluded(rel, is_dir=True)
+
+
 def anchor_of(pattern: str, paths: Sequence[str]) -> str | None:
     """The source path an exclude pattern is anchored to, or None for an unanchored pattern."""
     if not pattern.startswith("/"):
@@ -297,7 +340,15 @@ def parse_config(raw: bytes, origin: str | None, base_dir: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(origin, "", f"not valid TOML: {exc}") from exc
     _mark_decimal_mode(data, raw)
-    return _Loader(origin, base_dir).config(data)
+    try:
+        return _Loader(origin, base_dir).config(data)
+    except ConfigError as exc:
+        # the line the key is written on, when the file writes it in a form config_lines follows
+        unknown = re.fullmatch(r"unknown key '(.+)'", exc.detail) if not exc.key else None
+        line = line_of(raw.decode("utf-8"), exc.key or (unknown.group(1) if unknown else ""))
+        if line is None or exc.line is not None:
+            raise
+        raise ConfigError(origin, exc.key, exc.detail, line) from None
 
 
 def _mark_decimal_mode(data: dict[str, Any], raw: bytes) -> None:
@@ -342,6 +393,11 @@ def config_from_args(repo: str, sources: Sequence[str], read_only: bool, home: s
         built.append(SourceConfig(name=name, paths=(path,)))
     if not repo:
         raise ConfigError(None, "--repo", "expected a repository directory")
+    for source in built:
+        for other in built:
+            if _under(os.path.realpath(source.paths[0]), os.path.realpath(other.paths[0])):
+                raise ConfigError(None, "--source", f"'{source.paths[0]}' lies inside '{other.paths[0]}', also given: "
+                                  "its files would be in both sources' sets; give only one of them")
     repository = RepositoryConfig(path=repo if is_s3(repo) else os.path.abspath(os.path.expanduser(repo)))
     return keep_out_own_dirs(Config(repository=repository, daemon=daemon, sources=tuple(built), databases=(),
                                     path=None))
@@ -388,10 +444,14 @@ class _Loader:
             file = schema.validate(data, self.base_dir)
         except schema.SchemaError as exc:
             raise ConfigError(self.origin, exc.key, exc.detail) from None
+        sources = tuple(self.source(table) for table in file.source)
+        overlap = overlapping_paths(sources)
+        if overlap is not None:
+            raise ConfigError(self.origin, *overlap)
         return keep_out_own_dirs(Config(
             repository=self.repository(file.repository),
             daemon=self.daemon(file.daemon),
-            sources=tuple(self.source(table) for table in file.source),
+            sources=sources,
             databases=tuple(self.database(table) for table in file.database),
             path=os.path.abspath(self.origin) if self.origin else None,
         ))

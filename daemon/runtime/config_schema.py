@@ -8,8 +8,8 @@ turns the result into its frozen dataclasses. What always holds after `validate(
   choices one of their literals, paths absolute (relative ones are taken from the config
   file's directory, passed in the validation context as `base_dir`);
 - the rules between keys hold: per table in that model's validators, between tables (a
-  source's databases exist, names are unique, one cluster is named once per source) in
-  `File`'s;
+  source's databases exist, names are unique, one cluster is named once per source, a source's
+  `keep` has a `[repository] gc` schedule to be applied on) in `File`'s;
 - any violation is one `SchemaError` naming the key's path (`source[0].quiesce.thaw[1]`) and
   what was expected, the same one-line messages the hand-written loader gave.
 
@@ -163,6 +163,18 @@ def _path(value: str, info: ValidationInfo) -> str:
         raise _fail("path contains a NUL byte")
     base = (info.context or {}).get("base_dir", os.getcwd())
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+MIN_WAL_SIZE = 1 << 20  # PostgreSQL's smallest WAL segment (wal_segment_size: 1 MiB to 1 GiB)
+
+
+def _wal_size(value: int) -> int:
+    # Below the smallest segment every push would be refused: PostgreSQL's archiving would fail
+    # from the first segment on, and pg_wal fill up.
+    if value < MIN_WAL_SIZE:
+        raise _fail(f"expected at least {MIN_WAL_SIZE} bytes (1 MiB, PostgreSQL's smallest WAL segment; "
+                    f"the value is in bytes), got {value}")
+    return value
 
 
 def _cron(value: str) -> str:
@@ -368,7 +380,7 @@ class DaemonTable(_Table):
     backstop_interval: Duration = 86400.0
     max_watches: Count | None = None
     log_level: Literal[LOG_LEVELS] = "info"  # type: ignore[valid-type]
-    max_wal_size: Count = 1 << 30
+    max_wal_size: Annotated[Count, AfterValidator(_wal_size)] = 1 << 30
     host: Text | None = None
     skip_unchanged: StrictBool = True
 
@@ -530,6 +542,11 @@ class File(_Table):
                 if table.name in seen:
                     raise _fail(f"duplicate {kind} name '{table.name}'", f"{kind}[{index}].name")
                 seen.add(table.name)
+        for index, source in enumerate(self.source):
+            if source.keep is not None and self.repository.gc is None:
+                raise _fail("never applied: the daemon applies each source's keep on the [repository] gc "
+                            "schedule, which is not set (add gc = \"0 4 * * *\", or prune by hand with "
+                            "'cairn prune --keep-...')", f"source[{index}].keep")
         databases = {database.name: database for database in self.database}
         for index, source in enumerate(self.source):
             where = f"source[{index}].database"

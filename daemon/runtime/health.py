@@ -341,6 +341,11 @@ class HealthRecord:
         with self._lock:
             return self.failures.get(source)
 
+    def all_failures(self) -> dict[str, Failure]:
+        """Each source's last set that did not succeed."""
+        with self._lock:
+            return dict(self.failures)
+
     def wal_stored(self, name: str, when: float | None = None) -> None:
         """Remember the newest WAL segment archived (history and other files are ignored)."""
         if len(name) != 24:
@@ -443,8 +448,12 @@ def last_successes(sets: list[BackupSet]) -> dict[tuple[str, str], float]:
 
 
 def restore_metrics(metrics: Any, sets: list[BackupSet], health: HealthRecord) -> None:
-    """Set the gauges a restart would otherwise reset: last success per source and level, last WAL."""
+    """Set the gauges a restart would otherwise reset: last success per source and level, each
+    source's last failure (the record keeps one per source), last WAL."""
     for (source, level), when in last_successes(sets).items():
         metrics.last_success.labels(source, level).set(when)
+    for source, failure in health.all_failures().items():
+        if failure.status != THAW_FAILED:  # as counted live: a set whose thaw failed was committed
+            metrics.last_failure.labels(source, failure.level).set(failure.time)
     if health.wal_time:
         metrics.wal_last_archived.set(health.wal_time)

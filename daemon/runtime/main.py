@@ -1,5 +1,6 @@
 """`cairnd`: the entry point. It reads the arguments and the configuration, creates a repository
-(`--init`) or hands both to the running daemon (daemon/runtime/process.py) until SIGTERM.
+(`--init`), checks them (`--check-config`) or hands both to the running daemon
+(daemon/runtime/process.py) until SIGTERM.
 
 What always holds: bad arguments exit 2 and a bad configuration or repository exits 1, with one
 line on stderr either way, before anything is created or changed. The daemon's parts (gRPC,
@@ -29,6 +30,23 @@ def init_repository(config: Config, plaintext: bool = False) -> int:
     return EXIT_OK
 
 
+def check_config(config: Config) -> int:
+    """`cairnd --check-config`: the start's checks (daemon/runtime/preflight.py), then exit: 0 with
+    a line saying what holds (and a line per warning a start would log), 1 with the first problem."""
+    try:
+        summary, warnings = preflight.check_config(config)
+    except CairnError as exc:
+        print(f"cairnd: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_FAILURE
+    for warning in warnings:
+        print(f"cairnd: warning: {warning}", file=sys.stderr)
+    where = f"configuration '{config.path}'" if config.path else "configuration"
+    print(f"{where} is valid: {summary}")
+    return EXIT_OK
+
+
 RECURSION_LIMIT = 20_000  # a directory chain as deep as PATH_MAX allows (2,048 levels) walks in recursion
 
 
@@ -44,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     if args.init:
         return init_repository(config, plaintext=args.no_encryption)
+    if args.check_config:
+        return check_config(config)
     from cairn.daemon.runtime.process import serve  # the daemon's parts: only for a daemon that runs
 
     return serve(config, args)

@@ -2,7 +2,9 @@
 
 All metrics live in a private CollectorRegistry (never the process-global one), so several
 daemons or tests in one process do not collide. The `record_*` helpers are the only way the
-rest of the daemon touches them, which keeps names and labels in this one file. The registry also
+rest of the daemon touches them, which keeps names and labels in this one file; the one gauge read
+when it is scraped (the age of the oldest change no set holds, which grows with no event) gets
+its source through `watch_unprotected`. The registry also
 carries prometheus_client's collector of Python's garbage collections (python_gc_*: collections,
 objects collected and uncollectable, per generation), the figure that shows the collector
 settings of daemon/runtime/heap.py at work.
@@ -10,15 +12,23 @@ settings of daemon/runtime/heap.py at work.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 from cairn.daemon.runtime.config import is_loopback, split_address
 from cairn.store.errors import InvalidArgumentError
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
+log = logging.getLogger(__name__)
+
 SUCCESS = "success"
+UNPROTECTED = "cairn_source_unprotected_since_timestamp_seconds"
+UNPROTECTED_HELP = ("Unix time the oldest change no committed set holds was seen, per source with an RPO "
+                    "(absent: nothing waits).")
 # Backup sets run from seconds (a quiet incremental) to hours (a first full).
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, float("inf"))
 
@@ -50,6 +60,10 @@ class Metrics:
             "cairn_last_success_timestamp_seconds",
             "Unix time the last successful set of a source and level finished.", per_set, registry=registry,
         )
+        self.last_failure = Gauge(
+            "cairn_last_failure_timestamp_seconds",
+            "Unix time the last set of a source and level that did not succeed ended.", per_set, registry=registry,
+        )
         self.restore_bytes = Counter("cairn_restore_bytes", "File bytes sent to restores.", registry=registry)
         self.backstop_found = Counter(
             "cairn_journal_backstop_found",
@@ -78,6 +92,8 @@ class Metrics:
             "cairn_source_rpo_seconds", "The configured RPO of a source (sources without one are absent).",
             ("source",), registry=registry,
         )
+        self._unprotected: Callable[[], dict[str, float]] = dict
+        registry.register(_Unprotected(lambda: self._unprotected()))
         self._server = None
         self._server_thread: threading.Thread | None = None
 
@@ -95,12 +111,19 @@ class Metrics:
             self.last_success.labels(source, level).set(time.time() if finished_at is None else finished_at)
         else:
             self.set_failures.labels(source, level).inc()
+            self.last_failure.labels(source, level).set(time.time())
 
     def set_rpos(self, rpos: dict[str, float]) -> None:
         """The configured RPO per source, replacing the previous set (after a reload)."""
         self.rpo.clear()
         for source, seconds in rpos.items():
             self.rpo.labels(source).set(seconds)
+
+    def watch_unprotected(self, since: Callable[[], dict[str, float]]) -> None:
+        """Where the RPO gauge comes from: `since()` gives, per source with an RPO whose changes
+        the journal follows, when its oldest change no committed set holds was seen (a source
+        with nothing waiting is left out). Asked at every scrape."""
+        self._unprotected = since
 
     def record_restore(self, nbytes: int) -> None:
         """Count bytes of file data sent to a restore."""
@@ -160,3 +183,25 @@ class Metrics:
         if self._server_thread is not None:
             self._server_thread.join(5)
             self._server_thread = None
+
+
+class _Unprotected:
+    """The UNPROTECTED gauge, read from the change journal when it is scraped (a change's age
+    grows without an event to record it)."""
+
+    def __init__(self, since: Callable[[], dict[str, float]]) -> None:
+        self._since = since
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(UNPROTECTED, UNPROTECTED_HELP, labels=("source",))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(UNPROTECTED, UNPROTECTED_HELP, labels=("source",))
+        try:
+            values = self._since()
+        except Exception:  # a scrape shows the rest; the journal's own errors are logged where they arise
+            log.exception("unable to read the oldest unprotected changes for the metrics")
+            values = {}
+        for source, when in sorted(values.items()):
+            family.add_metric((source,), when)
+        yield family

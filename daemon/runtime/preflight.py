@@ -19,9 +19,12 @@ import shutil
 import socket
 import ssl
 import stat
+import tomllib
+from collections.abc import Callable
 
 from cairn.daemon.runtime.config import Config, split_address
-from cairn.daemon.runtime.repokeys import secret_of
+from cairn.daemon.runtime.config_lines import line_of
+from cairn.daemon.runtime.repokeys import open_repository, secret_of
 from cairn.fsio.sockets import check_socket_path
 from cairn.store.errors import (
     AlreadyExistsError,
@@ -74,14 +77,92 @@ def check_start(config: Config) -> None:
     check_sources(config)
 
 
+def check_config(config: Config) -> tuple[str, list[str]]:
+    """`cairnd --check-config`: what a start checks, as far as a daemon already running on the
+    same configuration does not stand in its way, then the repository opened read-only with the
+    configured secret. Returns (a line saying what holds, the warnings a start would log); the
+    first problem raises, as at start. Not checked: that the `listen` and `metrics` addresses
+    and the socket are free (a running daemon holds them; a file that is not a socket in the
+    socket's place is refused)."""
+    daemon = config.daemon
+    if os.path.lexists(daemon.socket) and not stat.S_ISSOCK(os.lstat(daemon.socket).st_mode):
+        check_socket_path(daemon.socket)  # raises: a file that is not a socket is in the way
+    check_repository(config)
+    if os.path.exists(daemon.state_dir) and not os.path.isdir(daemon.state_dir):
+        raise InvalidArgumentError(f"state directory '{daemon.state_dir}' is not a directory")
+    if daemon.socket_group:
+        try:
+            grp.getgrnam(daemon.socket_group)
+        except KeyError:
+            raise InvalidArgumentError(f"daemon.socket_group: no group is named '{daemon.socket_group}'",
+                                       hint="create it (groupadd --system NAME) or remove the key") from None
+    if daemon.listen:
+        check_readable("daemon.token_file", daemon.token_file, nonempty=True)
+        check_readable("daemon.tls_cert", daemon.tls_cert)
+        check_readable("daemon.tls_key", daemon.tls_key)
+        check_tls(daemon.tls_cert, daemon.tls_key)
+    check_sources(config)
+    repo = open_repository(config.repository, read_only=True, where=secret_named_at(config))
+    try:
+        key = " with a write-only key" if repo.write_only else ""
+    finally:
+        repo.close()
+    logging.disable(logging.WARNING)  # the warnings are returned, to be printed as the check's own lines
+    try:
+        warnings = warn_unreachable_databases(config) + warn_missing_hooks(config)
+    finally:
+        logging.disable(logging.NOTSET)
+    sources = len(config.sources)
+    what = f"{sources} source{'' if sources == 1 else 's'}, {len(config.databases)} databases"
+    return f"repository '{config.repository.path}' opens{key}; {what}", warnings
+
+
 def check_sources(config: Config) -> None:
     """Every source path (and aux path) is a directory: checked at start and by a reload, which
     refuses the whole file on the first problem (the running configuration stays)."""
     if config.daemon.read_only:
         return
-    for source in config.sources:
-        for path in (*source.paths, *source.aux_paths):
-            check_source_path(source.name, path)
+    for index, source in enumerate(config.sources):
+        keys = [f"source[{index}].paths[{i}]" for i in range(len(source.paths))]
+        keys += [f"source[{index}].aux_paths[{i}]" for i in range(len(source.aux_paths))]
+        for key, path in zip(keys, (*source.paths, *source.aux_paths), strict=True):
+            try:
+                check_source_path(source.name, path)
+            except CairnError as exc:
+                raise type(exc)(exc.message + _written_at(config, key), hint=exc.hint) from None
+
+
+def secret_named_at(config: Config) -> Callable[[str], str]:
+    """For open_repository: where a secret file key ('passphrase_file', 'key_file') is named, as
+    `_written_at` says it for the configuration file's key, or the command-line flag that
+    replaced it (' (--passphrase-file)')."""
+    def where(key: str) -> str:
+        path = getattr(config.repository, key)
+        written = None
+        if config.path is not None:
+            try:
+                with open(config.path, "rb") as handle:
+                    written = tomllib.load(handle).get("repository", {}).get(key)
+            except (OSError, tomllib.TOMLDecodeError, AttributeError):
+                written = None
+        base = os.path.dirname(config.path) if config.path else ""
+        if isinstance(written, str) and os.path.normpath(os.path.join(base, os.path.expanduser(written))) == path:
+            return _written_at(config, f"repository.{key}")
+        return f" (--{key.replace('_', '-')})"
+    return where
+
+
+def _written_at(config: Config, key: str) -> str:
+    """' (KEY in 'FILE', line N)': where a configuration file names what a check refused; '' for a
+    configuration of command-line flags."""
+    if config.path is None:
+        return ""
+    try:
+        with open(config.path, encoding="utf-8") as handle:
+            line = line_of(handle.read(), key)
+    except (OSError, UnicodeDecodeError):
+        line = None
+    return f" ({key} in '{config.path}'{f', line {line}' if line else ''})"
 
 
 LOST_CONFIG_KINDS = ("keys", "sets", "index", "packs")

@@ -123,7 +123,8 @@ class Daemon:
         if os.path.isdir(path):
             self._locks.append(lock_local_repository(path, shared=read_only))
         self.repo = open_repository(cfg.repository, read_only=read_only,
-                                    cache_dir=os.path.join(cfg.daemon.state_dir, "cache"))
+                                    cache_dir=os.path.join(cfg.daemon.state_dir, "cache"),
+                                    where=preflight.secret_named_at(cfg))
         attach_write_only_cache(self.repo, cfg.daemon.state_dir, cfg.repository.gc)  # a write-only key's own sets
         self.repo.locks.daemon_host = cfg.daemon.host or socket.gethostname()  # locks name hosts as sets do
         self.repo.gc_grace = cfg.repository.gc_grace  # garbage collection's margin (store/maintenance/prune.py)
@@ -154,6 +155,8 @@ class Daemon:
         # full state directory it waits for room (run() starts it then), and the daemon serves.
         if not read_only:
             self._start_journal_or_wait(cfg)
+            if self.metrics is not None:
+                self.metrics.watch_unprotected(self._unprotected_since)
         # Timed backups only where something may be written; they start once we serve.
         if not read_only:
             # A run due while its source is busy waits for it; runs missed while stopped are caught up.
@@ -256,6 +259,19 @@ class Daemon:
 
     def _oldest_unprotected(self, source: str) -> float | None:
         return self.tracker.oldest_unprotected(source) if self.tracker is not None else None
+
+    def _unprotected_since(self) -> dict[str, float]:
+        """For the metrics: per watched source with an RPO, when its oldest change no set holds
+        was seen (sources with nothing waiting left out), as the RPO keeper sees it."""
+        if self.tracker is None or self.service is None:
+            return {}
+        out = {}
+        for source in self.service.config.sources:
+            if source.rpo and source.watch:
+                since = self._oldest_unprotected(source.name)
+                if since is not None:
+                    out[source.name] = since
+        return out
 
     def _running_sources(self) -> set[str]:
         return set(self.service.jobs.running()) if self.service is not None else set()

@@ -4,7 +4,8 @@
 What always holds: an encrypted (format 2) repository opens only with a passphrase or key
 file that unwraps one of its keys; anything else is one WrongKeyError line ("unable to open
 repository: wrong passphrase or key file") and the daemon exits 1. A config may name both,
-tried passphrase first; files are read only when needed. `cairnd --init` (daemon/runtime/preflight.py)
+tried passphrase first; files are read only when needed, and one that cannot be read is an
+error that says where it is named (the file's key and line, or the flag). `cairnd --init` (daemon/runtime/preflight.py)
 creates an encrypted repository under the first secret named, and a plaintext one only when
 `--no-encryption` asks for it. Plaintext (format 1) repositories open as before; a secret
 given for one is ignored. A secret that opens a write-only key gives a write-only handle: it
@@ -23,7 +24,7 @@ from typing import Any
 
 from cairn.daemon.runtime.config import Config, RepositoryConfig
 from cairn.store.content.crypto import Secret
-from cairn.store.errors import WrongKeyError
+from cairn.store.errors import InvalidArgumentError, WrongKeyError
 from cairn.store.locations import is_s3
 from cairn.store.locations import open_repository as open_repository_at
 from cairn.store.repository import Repository
@@ -60,14 +61,26 @@ def key_overrides(config: Config, args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, repository=repo)
 
 
-def _loaders(repo: RepositoryConfig) -> list[Callable[[], Secret]]:
+def _loaders(repo: RepositoryConfig, where: Callable[[str], str] | None = None) -> list[Callable[[], Secret]]:
     """Readers of the secrets the configuration names, in the order they are tried. Files
-    are read only when needed: a plaintext repository opens even if they are missing."""
+    are read only when needed: a plaintext repository opens even if they are missing. A file
+    that cannot be read (or holds no secret) is an error that ends with `where(key)`, where the
+    configuration names it (' (repository.passphrase_file in 'F', line 3)')."""
+    def reader(key: str, read: Callable[[str], Secret], path: str) -> Callable[[], Secret]:
+        def load() -> Secret:
+            try:
+                return read(path)
+            except InvalidArgumentError as exc:
+                if where is None:
+                    raise
+                raise InvalidArgumentError(exc.message + where(key), hint=exc.hint) from None
+        return load
+
     out: list[Callable[[], Secret]] = []
     if repo.passphrase_file:
-        out.append(lambda: Secret.from_passphrase_file(repo.passphrase_file))
+        out.append(reader("passphrase_file", Secret.from_passphrase_file, repo.passphrase_file))
     if repo.key_file:
-        out.append(lambda: Secret.from_key_file(repo.key_file))
+        out.append(reader("key_file", Secret.from_key_file, repo.key_file))
     return out
 
 
@@ -77,11 +90,13 @@ def secret_of(repo: RepositoryConfig) -> Secret | None:
     return loaders[0]() if loaders else None
 
 
-def open_repository(repo: RepositoryConfig, *, read_only: bool, cache_dir: str | None = None) -> Repository:
+def open_repository(repo: RepositoryConfig, *, read_only: bool, cache_dir: str | None = None,
+                    where: Callable[[str], str] | None = None) -> Repository:
     """Open the configured repository (never create it: that is `cairnd --init`); an
-    object-store one caches small objects under `cache_dir` (`[repository] cache_size`)."""
+    object-store one caches small objects under `cache_dir` (`[repository] cache_size`).
+    `where(key)` says where a secret file that cannot be read is named (see `_loaders`)."""
     path = repo.path
-    loaders = _loaders(repo)
+    loaders = _loaders(repo, where)
 
     def attempt(secret: Any = None) -> Repository:
         if is_s3(path):  # the object store is connected to (and probed) once per attempt

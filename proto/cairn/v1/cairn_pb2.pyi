@@ -141,7 +141,7 @@ class NextRun(_message.Message):
     def __init__(self, level: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class SourceStatus(_message.Message):
-    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success", "host", "window", "recovered_window")
+    __slots__ = ("name", "paths", "configured", "watch", "journal", "last", "running", "next_runs", "sets", "journal_state", "journal_reasons", "oldest_unprotected_age", "pending_paths", "watches", "last_failure", "rpo", "last_success", "host", "window", "recovered_window", "unprotected_tracked", "unprotected_since")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,8 @@ class SourceStatus(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     RECOVERED_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    UNPROTECTED_TRACKED_FIELD_NUMBER: _ClassVar[int]
+    UNPROTECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     paths: _containers.RepeatedScalarFieldContainer[bytes]
     configured: bool
@@ -182,7 +184,9 @@ class SourceStatus(_message.Message):
     host: str
     window: QuiesceWindow
     recovered_window: RecoveredWindow
-    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ..., host: _Optional[str] = ..., window: _Optional[_Union[QuiesceWindow, _Mapping]] = ..., recovered_window: _Optional[_Union[RecoveredWindow, _Mapping]] = ...) -> None: ...
+    unprotected_tracked: bool
+    unprotected_since: float
+    def __init__(self, name: _Optional[str] = ..., paths: _Optional[_Iterable[bytes]] = ..., configured: _Optional[bool] = ..., watch: _Optional[bool] = ..., journal: _Optional[str] = ..., last: _Optional[_Iterable[_Union[LevelSet, _Mapping]]] = ..., running: _Optional[_Union[JobInfo, _Mapping]] = ..., next_runs: _Optional[_Iterable[_Union[NextRun, _Mapping]]] = ..., sets: _Optional[int] = ..., journal_state: _Optional[str] = ..., journal_reasons: _Optional[_Iterable[str]] = ..., oldest_unprotected_age: _Optional[float] = ..., pending_paths: _Optional[int] = ..., watches: _Optional[int] = ..., last_failure: _Optional[_Union[SourceFailure, _Mapping]] = ..., rpo: _Optional[float] = ..., last_success: _Optional[float] = ..., host: _Optional[str] = ..., window: _Optional[_Union[QuiesceWindow, _Mapping]] = ..., recovered_window: _Optional[_Union[RecoveredWindow, _Mapping]] = ..., unprotected_tracked: _Optional[bool] = ..., unprotected_since: _Optional[float] = ...) -> None: ...
 
 class QuiesceWindow(_message.Message):
     __slots__ = ("mode", "state", "opened", "frozen", "deadline", "max_window", "levels", "levels_started", "job", "level")

@@ -170,6 +170,7 @@ def test_config_file_names_the_secret(start_daemon, rundir, tmp_path):
     pw.write_text("changed meanwhile\n")  # the passphrase fails, then the key file is tried: it is missing
     r = _run_cairnd("--config", str(config), "--read-only")
     assert r.returncode == 1 and one_line_error(r.stderr).startswith("cairnd: error: unable to read key file")
+    assert one_line_error(r.stderr).endswith(f"(repository.key_file in '{config}', line 4)"), r.stderr
     kf.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")  # there, but not a key of this repository
     r = _run_cairnd("--config", str(config), "--read-only")
     assert r.returncode == 1

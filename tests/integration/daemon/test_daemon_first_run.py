@@ -218,7 +218,11 @@ def test_missing_source_path_is_one_error_naming_it(tmp_path):
     gone = tmp_path / "srv" / "app"
     r, created = start_with(tmp_path, [], source=str(gone))
     assert r.returncode == 1 and created == set()
-    assert one_line(r.stderr) == f"cairnd: error: source 'app': path '{gone}' does not exist"
+    line = one_line(r.stderr)
+    assert line.startswith(f"cairnd: error: source 'app': path '{gone}' does not exist (source[0].paths[0] in '")
+    config = line.split(" in '", 1)[1].split("'", 1)[0]
+    written = open(config, encoding="utf-8").read().splitlines().index(f'paths = ["{gone}"]') + 1
+    assert line.endswith(f"', line {written})"), line
 
 
 def test_exclude_that_does_not_parse_is_named(tmp_path):

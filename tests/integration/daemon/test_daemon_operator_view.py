@@ -65,7 +65,7 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     config = write_config(str(tmp_path / "c.toml"), str(tmp_path / "repo"), sock, str(src), rpo='"1h"')
     d = start_daemon("--config", config, socket_path=sock)
     before = app_status(d)
-    assert before["last_failure"] is None and before["last_success"] is None
+    assert before["last_failure"] is None and before["last_success"] is None and before["failing"] is False
     assert before["rpo"] == 3600 and before["rpo_exceeded"] is True
     assert "last success: none; RPO 1h EXCEEDED" in d.ok("status")
 
@@ -79,13 +79,16 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     failure = st["last_failure"]
     assert failure["level"] == "incremental" and failure["status"] == "failed"
     assert str(src) in failure["message"] and failure["time"] >= full["time_end"]
-    assert st["last_success"] == full["time_end"] and st["rpo_exceeded"] is False
+    assert st["last_success"] == full["time_end"] and st["rpo_exceeded"] is False and st["failing"] is True
     text = d.ok("status")
     assert "within RPO 1h" in text
     line = [x for x in text.splitlines() if x.startswith("  last failure:")][0]
     assert " ago, after the last success), incremental failed: " in line and str(src) in line
     last = "cairn_last_success_timestamp_seconds"
+    failed = "cairn_last_failure_timestamp_seconds"  # newer than the last success: CairnSetFailed fires
     assert sample(metrics_text(d), last, source="app", level="full") == full["time_end"]
+    failed_at = sample(metrics_text(d), failed, source="app", level="incremental")
+    assert failed_at is not None and abs(failed_at - failure["time"]) < 5 and failed_at > full["time_end"]
 
     # Restarted: the failure is still shown, and the metrics name the last success again.
     code, _ = d.terminate(30)
@@ -96,11 +99,16 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     assert st2["last_failure"] == failure and st2["last_success"] == full["time_end"]
     assert sample(metrics_text(d2), last, source="app", level="full") == full["time_end"]
     assert sample(metrics_text(d2), last, source="app", level="incremental") is None  # it failed
+    assert sample(metrics_text(d2), failed, source="app", level="incremental") == failure["time"]
 
     # A later success is shown as the newer event; the failure stays for reference.
     d2.ok("backup", "--level", "incremental", "--tag", "after-fix")
     st3 = app_status(d2)
-    assert st3["last_success"] > failure["time"]
+    assert st3["last_success"] > failure["time"] and st3["failing"] is False
+    # the alert clears: the last success is newer than the last failure
+    text = metrics_text(d2)
+    assert sample(text, last, source="app", level="incremental") > sample(text, failed, source="app",
+                                                                          level="incremental")
     assert "after the last success" not in d2.ok("status")
     assert full_id
 
@@ -155,3 +163,39 @@ def test_wal_fetch_is_quiet_for_a_missing_timeline_history(start_daemon, tmp_pat
     # A missing segment is still an error PostgreSQL's log shows.
     r = d.cli("wal-fetch", "000000010000000000000009", str(tmp_path / "s"))
     assert r.returncode == 3 and r.stderr.startswith("cairn: error: ")
+
+
+def test_rpo_is_measured_against_what_waits_in_status_and_metrics(start_daemon, tmp_path, rundir):
+    """A quiet source whose last set is older than its RPO is within it (nothing to lose); a change
+    that waits past the RPO because its sets fail is reported in status, --json and the metrics,
+    and clears once a set holds it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    flag = tmp_path / "refuse"  # while it exists, the freeze hook fails and so does every set
+    sock = os.path.join(rundir, "rpo.sock")
+    config = write_config(str(tmp_path / "c.toml"), str(tmp_path / "repo"), sock, str(src), rpo='"2s"',
+                          quiesce=f'{{ mode = "cold", freeze = ["sh", "-c", "test ! -e {flag}"], thaw = ["true"] }}')
+    d = start_daemon("--config", config, socket_path=sock)
+    since = "cairn_source_unprotected_since_timestamp_seconds"
+    d.ok("backup", "--level", "full")
+    # quiet, and its last set older than the RPO
+    st = wait_for(lambda: (s := app_status(d))["pending_paths"] == 0 and s["last_success_age"] > 2.5 and s,
+                  what="a quiet source past its RPO since the last set")
+    assert st["rpo_exceeded"] is False and st["unprotected_since"] is None, st
+    assert "within RPO 2s" in d.ok("status")
+    assert sample(metrics_text(d), since, source="app") is None
+
+    flag.write_text("")
+    (src / "a.txt").write_text("changed\n")
+    st = wait_for(lambda: (s := app_status(d))["rpo_exceeded"] and s["last_failure"] and s,
+                  what="the change waiting past the RPO")
+    assert st["unprotected_since"] is not None and time.time() - st["unprotected_since"] > 2, st
+    assert "; RPO 2s EXCEEDED: a change no set holds has waited " in d.ok("status")
+    assert sample(metrics_text(d), since, source="app") == st["unprotected_since"]
+
+    flag.unlink()  # the RPO keeper tries again, the set holds the change: healthy again
+    st = wait_for(lambda: (s := app_status(d))["rpo_exceeded"] is False and s, what="the RPO met again")
+    assert st["unprotected_since"] is None and st["last_success"] > st["last_failure"]["time"], st
+    assert "within RPO 2s" in d.ok("status")
+    assert sample(metrics_text(d), since, source="app") is None

@@ -127,6 +127,8 @@ def test_every_wrong_value_of_every_key_names_that_key():
      "database[0].jobs: expected a positive integer, got true"),
     ("[[database]]\nname = 'd'\nkind = 5", "database[0].kind: expected one of 'postgres', 'pg_dump', 'command', got 5"),
     ("[daemon]\nmax_wal_size = 2.5", "daemon.max_wal_size: expected a positive integer, got 2.5"),
+    # a size in MiB where bytes are meant: every WAL push would be refused from the first one on
+    ("[daemon]\nmax_wal_size = 16", "daemon.max_wal_size: expected at least 1048576 bytes (1 MiB"),
     ("[daemon]\nhost = 'a b'", "daemon.host: expected a host name without spaces, got 'a b'"),
     ("[daemon]\nmetrics = 'nowhere'", "daemon.metrics: expected an address like '127.0.0.1:7443', got 'nowhere'"),
     ("daemon = 5", "daemon: expected a table, got 5"),
@@ -173,7 +175,7 @@ def test_a_misspelt_key_is_reported_before_other_problems_of_its_table(tmp_path)
     path.write_text("[repository]\npath = '/r'\n[daemon]\nread_only = 'yes'\nsockt = 'x'\n")
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
-    assert caught.value.message.endswith("unknown key 'daemon.sockt'")
+    assert caught.value.message.endswith("unknown key 'daemon.sockt' (line 5)")
 
 
 def test_the_key_lists_are_the_schemas_fields():

@@ -147,8 +147,54 @@ def test_error_message_format(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, SOURCE + "rpo = 'soon'\n")
     path = tmp_path / "cairn.toml"
-    assert caught.value.message == f"invalid config '{path}': source[0].rpo: expected a duration like '5m', got 'soon'"
-    assert caught.value.key == "source[0].rpo"
+    line = path.read_text().splitlines().index("rpo = 'soon'") + 1
+    assert caught.value.message == (f"invalid config '{path}': source[0].rpo: expected a duration like '5m', "
+                                    f"got 'soon' (line {line})")
+    assert caught.value.key == "source[0].rpo" and caught.value.line == line
+
+
+# the example configuration, every table form it uses: the key's line, or the line of the nearest
+# part written (an element of an inline array: its key's line)
+EXAMPLE_LINES = [
+    ("repository.gc", 'gc = "0 4 * * *"'),
+    ("daemon.host", 'host = "app1"'),
+    ("source[0].keep", "keep = { last = 7"),
+    ("source[1].paths[0]", 'paths = ["/srv/portal/content"]'),
+    ("source[1].tags.full[0]", "tags = { full = ["),
+    ("source[0].quiesce.timeout", 'quiesce = { mode = "cold"'),
+    ("source[1].quiesce.hooks[1].required", 'quiesce = { mode = "hot"'),
+    ("source[1].quiesce.on_failure", "  ], on_success = "),
+    ("database[4].check", 'check = ["mariadb-admin", "ping"]'),
+    ("daemon", "[daemon]"),
+]
+
+
+@pytest.mark.parametrize("key, text", EXAMPLE_LINES)
+def test_the_line_a_key_is_written_on(key, text):
+    from cairn.daemon.runtime.config_lines import line_of
+
+    lines = EXAMPLE.read_text().splitlines()
+    line = line_of("\n".join(lines), key)
+    assert line is not None and lines[line - 1].startswith(text), (key, line)
+
+
+@pytest.mark.parametrize("key", ["database[9].name", "source[7]", "nope.x", "", "source[0].a b"])
+def test_a_key_the_file_does_not_write_has_no_line(key):
+    from cairn.daemon.runtime.config_lines import line_of
+
+    assert line_of(EXAMPLE.read_text(), key) is None
+
+
+def test_a_key_in_a_sub_table_and_an_array_of_tables(tmp_path):
+    path = write(tmp_path, MINIMAL + SOURCE + "[source.quiesce]\nmode = 'cold'\ntimeout = 'x'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.line == Path(path).read_text().splitlines().index("timeout = 'x'") + 1
+    second = MINIMAL + SOURCE + "[[source]]\nname = 'b'\npaths = ['/b']\nwatch = 2\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, second))
+    assert caught.value.message.startswith(f"invalid config '{tmp_path / 'cairn.toml'}': source[1].watch: ")
+    assert caught.value.line == second.splitlines().index("watch = 2") + 1
 
 
 @pytest.mark.parametrize(
@@ -206,6 +252,46 @@ def test_file_level_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert message in caught.value.message
+
+
+def _two_sources(first: str, second: str, exclude: str = "") -> str:
+    return (MINIMAL + f"[[source]]\nname = 'a'\npaths = ['{first}']\n{exclude}\n"
+            f"[[source]]\nname = 'b'\npaths = ['/elsewhere', '{second}']\n")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (_two_sources("/srv/app", "/srv/app/"),
+         "source[1].paths[1]: '/srv/app' is also a path of source 'a' (source[0])"),
+        (_two_sources("/srv/app", "/srv/app/data"),
+         "source[1].paths[1]: '/srv/app/data' lies inside path '/srv/app' of source 'a' (source[0]): its files would "
+         "be in both sources' sets; exclude it there ('/srv/app/data/') or drop it here"),
+        (_two_sources("/srv/app/data", "/srv"),
+         "source[1].paths[1]: '/srv' holds path '/srv/app/data' of source 'a' (source[0])"),
+        # an exclude that leaves out only part of the inner path is no separation
+        (_two_sources("/srv/app", "/srv/app/data", "exclude = ['/srv/app/data/tmp/']"), "lies inside path '/srv/app'"),
+    ],
+)
+def test_overlapping_sources_are_refused_naming_both(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in caught.value.message and caught.value.message.count("\n") == 0
+
+
+@pytest.mark.parametrize("exclude", ["exclude = ['/srv/app/data/']", "exclude = ['data/']",
+                                     "exclude = ['/srv/app/*/']"])
+def test_a_source_inside_another_that_excludes_it_is_taken(tmp_path, exclude):
+    config = load_config(write(tmp_path, _two_sources("/srv/app", "/srv/app/data", exclude)))
+    assert [s.paths for s in config.sources] == [("/srv/app",), ("/elsewhere", "/srv/app/data")]
+
+
+def test_nested_source_directories_on_the_command_line_are_refused(clean_env, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ConfigError) as caught:
+        config_from_args(str(tmp_path / "repo"), [str(tmp_path / "a" / "b"), str(tmp_path / "a")], False)
+    assert caught.value.key == "--source"
+    assert f"'{tmp_path / 'a' / 'b'}' lies inside '{tmp_path / 'a'}', also given" in caught.value.message
 
 
 def test_missing_file(tmp_path):
@@ -335,3 +421,11 @@ def test_the_daemons_own_directories_below_a_source_are_excluded_from_it(clean_e
     rule = Excluder(anchored[0][1])
     assert rule.excluded(".local/share/my cairn[1]", True)
     assert not rule.excluded(".local/share/my cairn1", True) and not rule.excluded(".local/share", True)
+
+
+def test_an_array_element_on_its_own_line_is_not_a_table_header():
+    from cairn.daemon.runtime.config_lines import line_of
+
+    text = ('[repository]\npath = "/r"\n[[source]]\nname = "a"\npaths = ["/a"]\n'
+            'quiesce = { mode = "cold", freeze = [\n  ["sync"]\n], timeout = "x" }\nrpo = 5\n')
+    assert line_of(text, "source[0].rpo") == 9 and line_of(text, "source[0].quiesce.timeout") == 8

@@ -58,6 +58,8 @@ def test_config_keys(tmp_path):
     ("", "", 'keep = { within = "soon" }', "source[0].keep"),
     ("", "", "keep = {}", "source[0].keep"),
     ("", "", 'keep = "7"', "source[0].keep"),
+    # a policy with no gc schedule would never be applied: the repository would only grow
+    ("", "", "keep = { last = 3 }", "source[0].keep: never applied"),
 ])
 def test_bad_config_names_the_key(tmp_path, repo, daemon, source, key):
     with pytest.raises(ConfigError) as err:
