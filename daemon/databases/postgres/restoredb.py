@@ -79,7 +79,7 @@ from cairn.fsio.claims import check_claim
 from cairn.fsio.pgcontrol import PG_CONTROL, ControlLast
 from cairn.fsio.records import Data, EntryMeta, LaneData, LaneEnd, LaneGauge, Record
 from cairn.fsio.writer import ParallelTreeWriter, WriteStats
-from cairn.store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from cairn.store.errors import CairnError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet, Progress
 from cairn.store.repository import Repository
 
@@ -225,17 +225,19 @@ def parse_target_time(text: str) -> datetime:
     return when if when.tzinfo is not None else when.astimezone()
 
 
-def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
-    """Refuse a malformed target, or one before the set's consistent point (never reachable).
-    Returns the target time as recovery_target_time gets it, with its zone's offset ('' for none):
-    a time given without a zone is the daemon host's local time, not the restored server's."""
+def check_target(rec: dict[str, Any], target_time: str, target_lsn: str,
+                 earlier: Callable[[float | None, int | None], str] | None = None) -> str:
+    """Refuse a malformed target, or one before the set's consistent point (never reachable;
+    `earlier(time, lsn)` then names the set to take instead, for the message). Returns the
+    target time as recovery_target_time gets it, with its zone's offset ('' for none): a time
+    given without a zone is the daemon host's local time, not the restored server's."""
     if target_time and target_lsn:
         raise InvalidArgumentError("give at most one of --target-time and --target-lsn")
     if target_lsn:
         if lsn_to_int(target_lsn) < lsn_to_int(rec["stop_lsn"]):
             raise InvalidArgumentError(
                 f"target LSN {target_lsn} is before the set's consistent point {rec['stop_lsn']}: "
-                "choose a set taken before the target")
+                "choose a set taken before the target" + (earlier(None, lsn_to_int(target_lsn)) if earlier else ""))
     if not target_time:
         return ""
     when = parse_target_time(target_time)
@@ -244,8 +246,43 @@ def check_target(rec: dict[str, Any], target_time: str, target_lsn: str) -> str:
         raise InvalidArgumentError(
             f"target time '{target_time}' is before the set's consistent point "
             f"({datetime.fromtimestamp(stopped).astimezone().isoformat(sep=' ', timespec='microseconds')}): "
-            "choose a set taken before the target")
+            "choose a set taken before the target" + (earlier(when.timestamp(), None) if earlier else ""))
     return when.isoformat(sep=" ")
+
+
+def earlier_set(repo: Repository, s: BackupSet, database: str) -> Callable[[float | None, int | None], str]:
+    """For check_target's message: the newest set of `s`'s host and source whose copy of
+    `database` is consistent before a target time or LSN (" (set 'ab12..', consistent at T, is
+    the newest that is)"), or that there is none. Reads the set list only when a target was
+    refused; '' when it cannot be read (the refusal stands without the name)."""
+
+    def name(when: float | None, lsn: int | None) -> str:
+        best: tuple[float, BackupSet] | None = None
+        try:
+            sets = repo.list_sets()
+        except CairnError:
+            return ""
+        for other in sets:
+            if other.hostname != s.hostname or other.source != s.source:
+                continue
+            rec = next((r for r in database_records(other.extra) if r.get("name") == database), None)
+            stopped = rec.get("stopped") if rec else None
+            if rec is None or rec.get("attachment") not in other.attachments or \
+                    not isinstance(stopped, int | float):
+                continue
+            if when is not None and stopped > when:
+                continue
+            if lsn is not None and (not rec.get("stop_lsn") or lsn_to_int(str(rec["stop_lsn"])) > lsn):
+                continue
+            if best is None or stopped > best[0]:
+                best = (stopped, other)
+        if best is None:
+            return f"; no set of source '{s.source}' on host '{s.hostname}' holds database '{database}' consistent " \
+                   "before it"
+        shown = datetime.fromtimestamp(best[0]).astimezone().isoformat(sep=" ", timespec="seconds")
+        return f" (set '{best[1].id[:12]}', consistent at {shown}, is the newest that is)"
+
+    return name
 
 
 CLOCK_SKEW = 120.0  # seconds the database host's and the store's clocks may differ by
@@ -286,7 +323,7 @@ def check_restore_db(repo: Repository, s: BackupSet, database: str, target_time:
     if accept_wal_gap and not target_end:
         raise InvalidArgumentError("--accept-wal-gap only goes with --target-end")
     rec = database_of(s, database)
-    checked = check_target(rec, target_time, target_lsn)
+    checked = check_target(rec, target_time, target_lsn, earlier_set(repo, s, database))
     if not command:  # a restore_command of the operator's own may read another archive
         check_consistency_wal(repo, s, rec, database)
         if checked:

@@ -356,6 +356,11 @@ def test_drill_lost_application_host_restored_and_taken_over(weed, creds, transp
         laid.stop()
 
         before_mark = next(i for i in bounds if i != newest and i != full)
+        # the runbook's $SET is the newest set, taken after the moment: refused, naming the set to take
+        refused = cli_b("restore-db", set_id, "--database", "appdb", "--target", str(work / "pitr"), "--target-time",
+                        at, check=False)
+        assert refused.returncode == 2 and f"(set '{before_mark[:12]}', consistent at " in refused.stderr, refused
+        assert not (work / "pitr").exists()
         cli_b("restore-db", before_mark, "--database", "appdb", "--target", str(work / "pitr"), "--target-time", at)
         pitr = ArchivingServer(pgdata=work / "pitr")
         servers.append(pitr)
