@@ -59,7 +59,9 @@ from pgstack import CAIRN, CAIRND, ArchivingServer, make_pg_dir, pg_available  #
 HOST, SOURCE = "drillA", "app"
 PASSPHRASE = "drill passphrase kept off the host\n"
 # host B is another machine: its own machine and boot id (cloned_cairnd.py runs the real cairnd so)
-ON_B = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cloned_cairnd.py")]
+# and its own host name (a UTS namespace), so A's locks are another machine's to it
+ON_B = ["unshare", "--uts", "sh", "-c", 'hostname drill-machine-b && exec "$0" "$@"', sys.executable,
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "cloned_cairnd.py")]
 MACHINE_B = {"CAIRN_TEST_MACHINE_ID": "b2" * 16, "CAIRN_TEST_BOOT_ID": str(uuid.uuid4())}
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -413,6 +415,11 @@ def test_drill_lost_application_host_restored_and_taken_over(weed, creds, transp
             assert r.returncode == 0, f"cairn {' '.join(args)} -> {r.returncode}: {r.stdout}{r.stderr}"
             return r.stdout
 
+        # the set A was taking when it died left its lock; B, under A's name, removes it at once
+        left = {k for k in objects(weed, prefix) if k.split("/")[1] == "locks"}
+        assert left, "the killed set left no lock"
+        assert "removed 0 " not in cli_h("unlock", "--host", HOST)
+        assert not left & set(objects(weed, prefix))
         laid.psql("INSERT INTO orders VALUES (100000, 'written on host B')", dbname="app")
         (work / "app" / "on-b.txt").write_text("written on host B\n")
         taken = json.loads(cli_h("--json", "backup", "--source", SOURCE, "--level", "full"))
