@@ -422,11 +422,17 @@ def test_drill_lost_application_host_restored_and_taken_over(weed, creds, transp
         assert not left & set(objects(weed, prefix))
         laid.psql("INSERT INTO orders VALUES (100000, 'written on host B')", dbname="app")
         (work / "app" / "on-b.txt").write_text("written on host B\n")
+        # a scheduled incremental may come before the full the runbook asks for: it builds on A's
+        # newest set, taken of another path, and restores as B's tree is
+        early = json.loads(cli_h("--json", "backup", "--source", SOURCE, "--level", "incremental"))
+        assert early["base"] == newest, early
+        cli_h("restore", early["id"], "--target", str(work / "early"))
+        assert snapshot(str(work / "early")) == snapshot(str(work / "app"))
         taken = json.loads(cli_h("--json", "backup", "--source", SOURCE, "--level", "full"))
         assert taken["hostname"] == HOST
         again = json.loads(cli_h("--json", "backup", "--source", SOURCE, "--level", "incremental"))
         ids = [s["id"] for s in json.loads(cli_h("--json", "sets", "--host", HOST, "--source", SOURCE))]
-        assert ids == [*bounds, taken["id"], again["id"]], ids
+        assert ids == [*bounds, early["id"], taken["id"], again["id"]], ids
         # B has a restore command for shop: A's dump goes straight into a database
         assert "--database shop --target-dsn DSN" in cli_h("ls", newest)
         maria_b.sql("CREATE DATABASE shop_again")
