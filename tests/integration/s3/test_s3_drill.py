@@ -64,7 +64,8 @@ ON_B = ["unshare", "--uts", "sh", "-c", 'hostname drill-machine-b && exec "$0" "
         os.path.join(os.path.dirname(os.path.abspath(__file__)), "cloned_cairnd.py")]
 MACHINE_B = {"CAIRN_TEST_MACHINE_ID": "b2" * 16, "CAIRN_TEST_BOOT_ID": str(uuid.uuid4())}
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# two variants of 40 to 80 s each (by the machine's load): marked as the campaigns are
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.campaign]
 if pg_available():
     pytestmark.append(pytest.mark.skip(reason=pg_available()))
 elif mariadb_available():
