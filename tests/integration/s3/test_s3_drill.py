@@ -29,7 +29,8 @@ Last, B takes over A's name (docs/operations.md and step 5 of the runbook): a da
 configuration naming host `drillA`, its restored tree, the restored PostgreSQL (archiving into
 the same repository) and a new MariaDB, takes a full set into the same repository; `cairn sets
 --host drillA` lists A's sets and B's, and A's sets still restore (files, PostgreSQL to the same
-point in time, and the MariaDB dump straight into a database through B's restore command)."""
+point in time and to the end of A's WAL with B's new timeline beside it in the archive, and the
+MariaDB dump straight into a database through B's restore command)."""
 
 from __future__ import annotations
 
@@ -450,6 +451,16 @@ def test_drill_lost_application_host_restored_and_taken_over(weed, creds, transp
         pitr2.start(timeout=120)
         pitr2.wait_promoted()
         assert check_rows(pitr2.psql("SELECT count(*), min(id), max(id) FROM orders", dbname="app"), mark, mark)
+        pitr2.stop()
+        # to the end of A's WAL (the runbook's usual choice) with B's new timeline in the archive:
+        # every row A archived after its newest set, none written on B
+        cli_h("restore-db", newest, "--database", "appdb", "--target", str(work / "end"), "--target-end")
+        to_end = ArchivingServer(pgdata=work / "end")
+        servers.append(to_end)
+        to_end.start(timeout=120)
+        to_end.wait_promoted()
+        check_rows(to_end.psql("SELECT count(*), min(id), max(id) FROM orders", dbname="app"),
+                   bounds[newest][0], writer.done)
     finally:
         if writer is not None:
             writer.stop_now.set()
