@@ -268,9 +268,11 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
     code = EXIT_OK
     array = render.JsonArray(write) if args.json else None
     columns = render.Columns(("MODE", "UID", "GID", "SIZE", "MTIME", "NAME"))
+    here: list[str] | None = None  # the set's dumps the daemon can restore with --target-dsn (None: not said)
     for reply in conn.stub.ListTree(request):
         if reply.HasField("set"):
             info = reply.set
+            here = list(reply.dsn_restorable) if reply.dumps_known else None
         if array is not None:
             array.extend(render.entry_dict(e) for e in reply.entries)
         else:
@@ -290,6 +292,9 @@ def cmd_ls(conn: Connection, args: argparse.Namespace) -> int:
             name, kind = rec["name"], rec.get("kind", restoring.POSTGRES)
             if kind == restoring.POSTGRES:
                 out(f"database {name}  (db:{name}: cairn restore-db {sid} --database {name} --target DIR)")
+            elif here is not None and name not in here:
+                out(f"database {name}  (db:{name}, a dump of kind {kind}: cairn restore-db {sid} --database {name} "
+                    "--target DIR for its files, then its own restore tool; this daemon has no restore command for it)")
             else:
                 out(f"database {name}  (db:{name}, a dump of kind {kind}: cairn restore-db {sid} --database {name} "
                     "--target-dsn DSN, or --target DIR for its files)")
@@ -382,7 +387,9 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
             mended = {n for n, w in places.items() if args.delta and os.path.isdir(w) and os.listdir(w)}
             for name in sorted(mended):  # an earlier copy: the daemon mends it (refused here if it cannot)
                 restoring.check_db_delta(conn, places[name], args.stream)
-            dumps = [restoring.dump_note(render.short_id(args.set), n, k) for n, k in kinds.items()]
+            here = list(first.dsn_restorable) if first.dumps_known else None
+            dumps = [restoring.dump_note(render.short_id(args.set), n, k, here is None or n in here)
+                     for n, k in kinds.items()]
             fetch = restoring.fetch_with(conn, args) if places else ""  # refused before anything is written
             restoring.check_databases(conn, args, places, fetch, mended)  # every one, before anything is written
     # With --databases and --json the files part is one part of the one document printed at the end.
@@ -406,8 +413,12 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
                 continue
             out(f"would lay down database '{name}' in {where} (ready for recovery)")
         for d in dumps:
-            out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}); restore it into a "
-                f"database with {d['restore']}")
+            if d["restore"] == d["files"]:  # this daemon cannot restore it into a database
+                out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}) this daemon has no "
+                    f"restore command for; write its files with {d['files']} and load them with its own tool")
+            else:
+                out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}); restore it into a "
+                    f"database with {d['restore']}")
         return code
     if args.delta:
         done = restoring.delta_by_daemon(conn, args, files_out, render) if daemon_delta else None
@@ -452,14 +463,20 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
                               + [f"dump {d['name']}" for d in dumps] + ["application"])))
     else:
         for d in dumps:
-            out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down; restore it "
-                f"into a database with {d['restore']}, or write its files with {d['files']}")
+            if d["restore"] == d["files"]:  # this daemon cannot restore it into a database
+                out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down, and this "
+                    f"daemon has no restore command for it; write its files with {d['files']} and load them with "
+                    "the database's own restore tool")
+            else:
+                out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down; restore it "
+                    f"into a database with {d['restore']}, or write its files with {d['files']}")
         out("start in this order:")
         for i, (name, where) in enumerate(places.items(), 1):
             out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
                 "start); it replays WAL from the archive through cairn wal-fetch, then promotes")
         for i, d in enumerate(dumps, len(places) + 1):
-            out(f"  {i}. database '{d['name']}' (a dump): {d['restore']}")
+            then = ", then load the file it names with the database's own tool" if d["restore"] == d["files"] else ""
+            out(f"  {i}. database '{d['name']}' (a dump): {d['restore']}{then}")
         out(f"  {len(places) + len(dumps) + 1}. the application, on {args.target}, once the databases accept "
             "connections")
     return EXIT_OK

@@ -581,12 +581,15 @@ def databases_of(set_info: pb.SetInfo) -> list[str]:
     return [r["name"] for r in database_records(set_info)]
 
 
-def dump_note(set_id: str, name: str, kind: str) -> dict[str, str]:
+def dump_note(set_id: str, name: str, kind: str, restorable: bool = True) -> dict[str, str]:
     """What --databases says of a dump it leaves alone: a dump is restored into a running
-    database, not laid down as a directory."""
+    database, not laid down as a directory. `restorable`: the daemon can restore it into a
+    database (--target-dsn); when it cannot (a command dump whose database it has no restore
+    command for, as on a recovery daemon), `restore` is the command that writes its files."""
+    files = f"cairn restore-db {set_id} --database {name} --target DIR"
     return {"name": name, "kind": kind,
-            "restore": f"cairn restore-db {set_id} --database {name} --target-dsn DSN",
-            "files": f"cairn restore-db {set_id} --database {name} --target DIR"}
+            "restore": f"cairn restore-db {set_id} --database {name} --target-dsn DSN" if restorable else files,
+            "files": files}
 
 
 def database_targets(target: str, names: list[str], places: list[str] | None,

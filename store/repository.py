@@ -158,6 +158,7 @@ class Repository:
         self.uploads: int | None = None  # pack uploads in flight per write session (None: the backend's default)
         self.reader = BlobReader(backend, self.index, key)
         self.locks = Locks(backend)
+        self.locks.read_only = read_only
         self._trees: OrderedDict[bytes, tuple[list[Entry], int]] = OrderedDict()  # id -> (entries, plaintext size)
         self._tree_bytes = 0  # the plaintext sizes in _trees, together
         self._tree_lock = threading.Lock()

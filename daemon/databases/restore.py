@@ -73,6 +73,23 @@ def dump_record(s: BackupSet, database: str) -> DumpRecord:
     return rec
 
 
+def restorable_dumps(config: Config, s: BackupSet) -> list[str]:
+    """The set's dumps that `restore_dump` can restore here: every pg_dump dump (pg_restore needs
+    no configuration), and a command dump whose database this configuration gives a restore
+    command (a fresh host's recovery daemon has none: its files are written with --target DIR)."""
+    out = []
+    for rec in records_of(s):
+        if not isinstance(rec, DumpRecord):
+            continue
+        if rec.kind == KIND_PG_DUMP:
+            out.append(rec.name)
+            continue
+        cfg = next((d for d in config.databases if d.name == rec.name), None)
+        if cfg is not None and cfg.kind == KIND_COMMAND and cfg.restore:
+            out.append(rec.name)
+    return out
+
+
 def dump_of(s: BackupSet, database: str) -> DumpRecord | None:
     """The set's dump record of `database`, or None when the set holds no dump of that name."""
     return next((r for r in records_of(s) if r.name == database and isinstance(r, DumpRecord)), None)
@@ -113,7 +130,9 @@ def restore_dump(repo: Repository, config: Config, s: BackupSet, database: str, 
         except NotFoundError:
             raise FailedPreconditionError(
                 f"database '{database}' is not configured here: its restore command comes from the "
-                "[[database]] table of the daemon's configuration") from None
+                "[[database]] table of the daemon's configuration",
+                hint=f"write its files with cairn restore-db {s.id[:12]} --database {database} --target DIR "
+                     "and load them with the database's own restore tool") from None
         if cfg.kind != KIND_COMMAND or not cfg.restore:
             raise FailedPreconditionError(f"database '{database}' has no restore command configured "
                                           "(kind = 'command', restore = [...])")

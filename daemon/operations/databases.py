@@ -16,7 +16,7 @@ from cairn import walnames
 from cairn.daemon.databases.dump import CommandEngine, PgDumpEngine, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_POSTGRES
 from cairn.daemon.databases.postgres import checkdb, deltadb, restoredb, walarchive
-from cairn.daemon.databases.restore import DumpRestoreResult, dump_files, dump_of, restore_dump
+from cairn.daemon.databases.restore import DumpRestoreResult, dump_files, dump_of, restorable_dumps, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.runtime.config import DatabaseConfig
 from cairn.fsio import claims
@@ -92,6 +92,10 @@ class DatabasePart(ServicePart):
             restore_command, target_timeline=target_timeline, fetch_with=fetch_with, quick=quick,
             cancelled=cancelled, target_end=target_end, accept_wal_gap=accept_wal_gap)
         return s, p, st, problems
+
+    def dsn_restorable(self, s: BackupSet) -> list[str]:
+        """The set's dumps this daemon can restore into a database (restore-db --target-dsn)."""
+        return restorable_dumps(self._config, s)
 
     def restore_db_to_dsn(self, ref: str, source: str, database: str, target_dsn: str,
                           progress: ProgressFn | None = None, cancel: threading.Event | None = None,

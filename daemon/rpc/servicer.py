@@ -211,7 +211,7 @@ class CairnServicer(pb_grpc.CairnServicer):
         # batches as the entries are read: a listing is never held whole (a directory of 200,000
         # entries held whole grew the daemon by 300 MB, which it kept); the problems met come
         # with the last batch, the set with the first
-        reply = pb.ListTreeReply(set=set_info(s))
+        reply = pb.ListTreeReply(set=set_info(s), dsn_restorable=self.service.dsn_restorable(s), dumps_known=True)
         for e in entries:
             if len(reply.entries) >= LIST_BATCH:
                 yield reply

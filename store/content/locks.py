@@ -10,7 +10,8 @@ in the store takes one today.
 A lock is a small object under "locks/" naming host, pid, pid space, mode and time. A lock is
 stale when its process is gone (same host and pid space: same kernel boot and pid namespace, as
 machines and containers may share a host name) or its object has not been written for STALE_AFTER
-seconds (any host); stale locks are removed by whoever finds them. That age is told by the
+seconds (any host); stale locks are removed by whoever finds them (a read-only handle only
+leaves them out: it writes nothing to the store). That age is told by the
 storage's clock, never by the hosts' own: the object's last-modified time against the storage's
 "now", which a process holding a lock reads off its own lock object (its last-modified time plus
 the time since this process wrote it, on the monotonic clock). A process holding none tells ages
@@ -127,6 +128,9 @@ class Locks:
         self.refresh_every = refresh_every
         self.stale_after = stale_after
         self.held: list[LockHandle] = []  # locks this object holds now
+        # A read-only repository handle writes nothing to the store, deletes included: the
+        # stale locks it meets are left out of what it lists, not removed.
+        self.read_only = False
         # Released locks whose object could not be deleted (the store was unreachable): deleted
         # before this object next lists or takes locks, so that a garbage collector does not
         # wait for them to go stale (they were refreshed until their release).
@@ -198,9 +202,10 @@ class Locks:
 
     def others_named(self, mine: str = "") -> dict[str, dict]:
         """Live locks held by others by name (a name is new for every hold); stale ones are
-        removed on the way. A lock this object released but could not delete yet (`leftover`)
-        is held by no one and is not listed. Each document's "time" is when the storage last
-        wrote it, on this host's clock (`seen`), not what the holder's clock said."""
+        removed on the way (a `read_only` object only leaves them out). A lock this object
+        released but could not delete yet (`leftover`) is held by no one and is not listed. Each
+        document's "time" is when the storage last wrote it, on this host's clock (`seen`), not
+        what the holder's clock said."""
         self.remove_leftovers()
         with self._leftover_mutex:
             released = set(self.leftover)
@@ -211,6 +216,8 @@ class Locks:
                 continue
             doc = self._read(name)
             if self.stale(doc, age) and (storage_clock or self.stale(doc, 0.0)):
+                if self.read_only:
+                    continue
                 try:
                     self.backend.delete("locks", name)
                 except NotFoundError:

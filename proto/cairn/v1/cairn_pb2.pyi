@@ -391,14 +391,18 @@ class ListTreeRequest(_message.Message):
     def __init__(self, set: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[bytes] = ..., recursive: _Optional[bool] = ..., host: _Optional[str] = ...) -> None: ...
 
 class ListTreeReply(_message.Message):
-    __slots__ = ("set", "entries", "problems")
+    __slots__ = ("set", "entries", "problems", "dsn_restorable", "dumps_known")
     SET_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    DSN_RESTORABLE_FIELD_NUMBER: _ClassVar[int]
+    DUMPS_KNOWN_FIELD_NUMBER: _ClassVar[int]
     set: SetInfo
     entries: _containers.RepeatedCompositeFieldContainer[TreeEntry]
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    dsn_restorable: _containers.RepeatedScalarFieldContainer[str]
+    dumps_known: bool
+    def __init__(self, set: _Optional[_Union[SetInfo, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., dsn_restorable: _Optional[_Iterable[str]] = ..., dumps_known: _Optional[bool] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
     __slots__ = ("a", "b", "source", "host", "grouped")

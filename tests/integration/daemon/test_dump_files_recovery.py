@@ -2,7 +2,8 @@
 `restore-db SET --database NAME --target DIR` on a read-only daemon started with nothing but
 the repository writes the dump's file as stored, byte for byte, and says what to feed it to;
 `--target-dsn` there still refuses, since its restore command would come from a configuration
-this daemon does not have."""
+this daemon does not have, and what the daemon says to run for it (`ls`, the refusal's hint) is the
+`--target DIR` route."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def test_read_only_daemon_without_configuration_writes_a_dump_as_stored(start_da
     fresh = start_daemon("--repo", repo, "--read-only")  # a fresh host: no [[database]] table
     listing = fresh.ok("ls", "latest")
     assert (f"database notes  (db:notes, a dump of kind command: cairn restore-db {s['id'][:12]} --database notes "
-            "--target-dsn DSN, or --target DIR for its files)") in listing
+            "--target DIR for its files, then its own restore tool; this daemon has no restore command for it)"
+            ) in listing  # not --target-dsn, which this daemon refuses (below)
+    dry = fresh.ok("restore", "latest", "--target", str(tmp_path / "all"), "--databases", "--dry-run")
+    assert (f"would leave database 'notes' alone: it is a dump (kind command) this daemon has no restore command "
+            f"for; write its files with cairn restore-db {s['id'][:12]} --database notes --target DIR") in dry, dry
     target = tmp_path / "recovered"
     out = fresh.ok("restore-db", "latest", "--database", "notes", "--target", str(target))
     written = [os.path.join(d, f) for d, _, files in os.walk(target) for f in files]
@@ -46,5 +51,6 @@ def test_read_only_daemon_without_configuration_writes_a_dump_as_stored(start_da
 
     r = fresh.cli("restore-db", s["id"], "--database", "notes", "--target-dsn", "notes_restored")
     assert r.returncode == 1 and "is not configured here" in r.stderr
+    assert f"hint: write its files with cairn restore-db {s['id'][:12]} --database notes --target DIR" in r.stderr
     r = fresh.cli("restore-db", s["id"], "--database", "nosuch", "--target", str(tmp_path / "none"))
     assert r.returncode == 3 and "holds no database 'nosuch'" in r.stderr

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 from cairn.daemon.databases.postgres.recovery import check_timeline, recovery_settings
-from cairn.daemon.databases.postgres.restoredb import check_target, database_of
+from cairn.daemon.databases.postgres.restoredb import check_target, database_of, earlier_set
 from cairn.daemon.databases.postgres.walarchive import continuity_problems, segment_name
 from cairn.store.errors import InvalidArgumentError, NotFoundError
 from cairn.store.model import BackupSet, SetStats
@@ -65,6 +65,41 @@ def test_a_target_time_without_a_zone_is_local_time_and_checked() -> None:
     assert datetime.fromisoformat(written).tzinfo is not None
     assert abs(datetime.fromisoformat(written).timestamp() - int(after.timestamp())) < 1
     assert check_target(rec, "", "") == ""
+
+
+def test_a_target_before_the_set_names_the_newest_set_consistent_before_it() -> None:
+    """At 3 a.m. the operator takes the newest set and a time before it: the refusal's hint names
+    the set to take instead, the newest of the same cluster consistent before the target (by time
+    or by LSN), never another cluster's or one after it; or says there is none."""
+    import dataclasses
+
+    t0 = 1_700_000_000.0
+    first, second, newest = (a_set(c * 64, n, n + 1, stopped=t0 + 100 * n) for c, n in (("a", 4), ("b", 6), ("c", 8)))
+    other = a_set("d" * 64, 7, 7, stopped=t0 + 700)
+    other_rec = dict(other.extra["databases"][0], system_identifier="7000000000000000001")
+    other_cluster = dataclasses.replace(other, extra={"databases": [other_rec]})
+
+    class Sets:
+        def list_sets(self) -> list[BackupSet]:
+            return [newest, other_cluster, first, second]
+
+    rec = newest.extra["databases"][0]
+
+    def earlier(when: float | None, lsn: int | None) -> str:
+        return earlier_set(Sets(), newest, rec, "appdb", when, lsn)  # type: ignore[arg-type]
+
+    between = datetime.fromtimestamp(t0 + 750).astimezone().isoformat(sep=" ")
+    with pytest.raises(InvalidArgumentError) as refused:
+        check_target(rec, between, "", earlier)
+    assert "choose a set taken before the target" in refused.value.message
+    assert refused.value.hint.startswith("set 'bbbbbbbb' (consistent at ")
+    with pytest.raises(InvalidArgumentError) as refused:
+        check_target(rec, "", "0/5000100", earlier)  # first's stop LSN: 0/5000100
+    assert refused.value.hint.startswith("set 'aaaaaaaa' (consistent at 0/5000100)")
+    too_early = datetime.fromtimestamp(t0).astimezone().isoformat(sep=" ")
+    with pytest.raises(InvalidArgumentError) as refused:
+        check_target(rec, too_early, "", earlier)
+    assert refused.value.hint == "no earlier set holds a base backup of database 'appdb' that reaches the target"
 
 
 def test_an_unknown_database_names_every_database_with_its_kind() -> None:

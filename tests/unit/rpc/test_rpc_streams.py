@@ -179,6 +179,9 @@ def test_a_listing_is_served_in_batches_as_it_is_read():
                 problems.append("unable to list 'd/x/': checksum mismatch")
             return s, entries()
 
+        def dsn_restorable(self, s):
+            return []
+
     replies = CairnServicer(Service()).ListTree(pb.ListTreeRequest(set="latest", recursive=True), object())
     first = next(replies)
     assert first.set.id == s.id and len(first.entries) == LIST_BATCH

@@ -99,3 +99,29 @@ def test_an_unindexed_pack_beside_a_running_backup_is_not_sent_to_repair(many_pa
     (w,) = [p for p in busy.warnings if p.object_id == "9" * 64]
     assert "is not indexed yet: it may belong to what is running now (backup of source 'app' on host beta" \
            in w.message
+
+
+def test_a_read_only_verify_beside_a_dead_hosts_lock_leaves_the_lock_in_the_store(many_packs):
+    """A host killed in the middle of a backup leaves a pack it never indexed and its lock. The
+    read-only recovery daemon's verify looks at the locks (to tell whether the pack may still be
+    being written) and must leave them as they are: it writes nothing to the store, not even the
+    removal of a stale lock (this host's, whose process is gone, so stale at once)."""
+    import json
+    import subprocess
+    import time
+
+    from cairn.store.content.locks import Locks, pid_space
+
+    inner, _ = many_packs
+    inner.put("packs", "9" * 64, b"a pack the killed backup never indexed")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    inner.put("locks", "d" * 32, json.dumps({"host": Locks(inner).host, "pid": gone.pid, "pid_space": pid_space(),
+                                             "exclusive": False, "purpose": "backup of source 'app'",
+                                             "time": time.time()}).encode())
+    before = dict(inner.objects)
+    report = Repository.open(inner, read_only=True).check()
+    assert [n.message for n in report.notes] == [
+        "1 pack not in any index, left by an interrupted write; prune removes it"]
+    assert dict(inner.objects) == before
+    assert Repository.open(inner).locks.others() == [] and ("locks", "d" * 32) not in inner.objects  # writable: removed
