@@ -2,8 +2,7 @@
 
 Everything is validated when loaded, so the rest of the daemon can trust a `Config`: every
 key is known ("unknown key 'daemon.sockt'" otherwise), types and ranges are right, durations
-are float seconds, cron expressions parse, source names are unique, no directory is in two
-sources (a source inside another one's path is taken when that one excludes it), a source's database
+are float seconds, cron expressions parse, source names are unique, a source's database
 names a [[database]], a TCP listener has TLS and a token, and the metrics endpoint is on a
 loopback address. Relative paths are taken relative to the config file's directory and all
 paths are made absolute. Errors are `ConfigError` with one line naming the key, and the line of
@@ -228,10 +227,13 @@ def keep_out_own_dirs(config: Config) -> Config:
     return replace(config, sources=tuple(sources))
 
 
-def overlapping_paths(sources: Sequence[SourceConfig]) -> tuple[str, str] | None:
-    """(key, detail) of the first path of a source that is a path of an earlier source, or lies
-    inside one (or holds one) that the outer source does not exclude: its files would be captured,
-    watched and restored by both sources. None when the sources keep apart."""
+def overlapping_paths(sources: Sequence[SourceConfig]) -> list[tuple[str, str]]:
+    """(key, detail) of each path of a source that is a path of an earlier source, or lies inside
+    one (or holds one) that the outer source does not exclude: its files are captured, watched and
+    restored by both sources. Allowed (a cold nightly source and a hot hourly one over the same
+    tree are a reason to), and warned of at start (preflight.warn_overlapping_sources), since
+    it is more often a mistake."""
+    found: list[tuple[str, str]] = []
     for later, source in enumerate(sources):
         for position, path in enumerate(source.paths):
             key = f"source[{later}].paths[{position}]"
@@ -241,16 +243,18 @@ def overlapping_paths(sources: Sequence[SourceConfig]) -> tuple[str, str] | None
                     theirs = os.path.realpath(their)
                     name = f"source '{other.name}' (source[{earlier}])"
                     if mine == theirs:
-                        return key, (f"'{path}' is also a path of {name}: its files would be in both sources' "
-                                     "sets; give each directory to one source")
-                    if _under(mine, theirs) and not _excludes(other, their, os.path.relpath(mine, theirs)):
-                        return key, (f"'{path}' lies inside path '{their}' of {name}: its files would be in "
-                                     f"both sources' sets; exclude it there ('{path.rstrip('/')}/') or drop it "
-                                     "here")
-                    if _under(theirs, mine) and not _excludes(source, path, os.path.relpath(theirs, mine)):
-                        return key, (f"'{path}' holds path '{their}' of {name}: its files would be in both "
-                                     f"sources' sets; exclude it here ('{their.rstrip('/')}/') or drop it there")
-    return None
+                        found.append((key, f"'{path}' is also a path of {name}: its files are in both sources' "
+                                           "sets (meant for, say, a cold and a hot source of one tree; else "
+                                           "give each directory to one source)"))
+                    elif _under(mine, theirs) and not _excludes(other, their, os.path.relpath(mine, theirs)):
+                        found.append((key, f"'{path}' lies inside path '{their}' of {name}: its files are in "
+                                           f"both sources' sets (unless meant, exclude it there "
+                                           f"('{path.rstrip('/')}/') or drop it here)"))
+                    elif _under(theirs, mine) and not _excludes(source, path, os.path.relpath(theirs, mine)):
+                        found.append((key, f"'{path}' holds path '{their}' of {name}: its files are in both "
+                                           f"sources' sets (unless meant, exclude it here ('{their.rstrip('/')}/') "
+                                           "or drop it there)"))
+    return found
 
 
 def _under(path: str, root: str) -> bool:
@@ -445,9 +449,6 @@ class _Loader:
         except schema.SchemaError as exc:
             raise ConfigError(self.origin, exc.key, exc.detail) from None
         sources = tuple(self.source(table) for table in file.source)
-        overlap = overlapping_paths(sources)
-        if overlap is not None:
-            raise ConfigError(self.origin, *overlap)
         return keep_out_own_dirs(Config(
             repository=self.repository(file.repository),
             daemon=self.daemon(file.daemon),

@@ -6,7 +6,8 @@ once, a connect probe), and the first problem it finds is raised as one `CairnEr
 key, path or address, so a failed start leaves nothing behind. A missing repository is never
 created here or anywhere in the daemon except by `init_repository`, which refuses an existing
 repository and a non-empty directory. What may come after the daemon (a database, a hook's
-command) is only warned of (`warn_unreachable_databases`, `warn_missing_hooks`), never refused.
+command), and sources over one tree, are only warned of (`warn_unreachable_databases`,
+`warn_missing_hooks`, `warn_overlapping_sources`), never refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import stat
 import tomllib
 from collections.abc import Callable
 
-from cairn.daemon.runtime.config import Config, split_address
+from cairn.daemon.runtime.config import Config, overlapping_paths, split_address
 from cairn.daemon.runtime.config_lines import line_of
 from cairn.daemon.runtime.repokeys import open_repository, secret_of
 from cairn.fsio.sockets import check_socket_path
@@ -109,7 +110,8 @@ def check_config(config: Config) -> tuple[str, list[str]]:
         repo.close()
     logging.disable(logging.WARNING)  # the warnings are returned, to be printed as the check's own lines
     try:
-        warnings = warn_unreachable_databases(config) + warn_missing_hooks(config)
+        warnings = (warn_unreachable_databases(config) + warn_missing_hooks(config)
+                    + warn_overlapping_sources(config))
     finally:
         logging.disable(logging.NOTSET)
     sources = len(config.sources)
@@ -328,6 +330,16 @@ def warn_unreachable_databases(config: Config) -> list[str]:
             log.warning("%s (sets of this database fail until this is fixed; `cairn check-db %s` checks again)",
                         problem, db.name)
             problems.append(problem)
+    return problems
+
+
+def warn_overlapping_sources(config: Config) -> list[str]:
+    """Log one warning per source path that is (or lies inside, or holds) another source's path
+    that source does not exclude; return them. Only a warning: two sources over one tree (a cold
+    nightly full and a hot hourly incremental) are a use, not only a mistake."""
+    problems = [f"{key}: {detail}" for key, detail in overlapping_paths(config.sources)]
+    for problem in problems:
+        log.warning("%s", problem)
     return problems
 
 

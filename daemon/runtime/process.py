@@ -116,6 +116,7 @@ class Daemon:
         self.thaw_leftover_windows()
         preflight.warn_unreachable_databases(cfg)
         preflight.warn_missing_hooks(cfg)
+        preflight.warn_overlapping_sources(cfg)
         # The repository first: without it there is nothing to serve (never created here). It
         # is locked before it is read, so a second daemon on it is refused (a local one; on
         # object storage the repository's own locks are all there is).

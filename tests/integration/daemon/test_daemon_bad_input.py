@@ -32,8 +32,6 @@ def one_line(stderr: str) -> str:
         ('[[source]]\nname = "app"\npaths = ["/srv"]\nrpo = "soon"\n', "source[0].rpo"),
         ('[daemon]\nsockt = "/x"\n', "daemon.sockt"),
         ('[[source]]\nname = "app"\npaths = ["/srv"]\nschedule = { weekly = "0 3 * * 0" }\n', "source[0].schedule"),
-        ('[[source]]\nname = "app"\npaths = ["/srv"]\n[[source]]\nname = "data"\npaths = ["/srv/data"]\n',
-         "source[1].paths[0]"),
         ('[[source]]\nname = "app"\npaths = ["/srv"]\nkeep = { last = 3 }\n', "source[0].keep: never applied"),
     ],
 )

@@ -39,8 +39,6 @@ def test_check_config_refuses_what_a_start_refuses_and_passes_a_good_file(tmp_pa
         (dict(good, extra='keep = { last = 0 }\n'), "source[0].keep: every rule is 0"),
         (dict(good, extra='schedule = { full = "0 0 31 2 *" }\n'), "source[0].schedule.full: invalid cron "
                                                                     "expression '0 0 31 2 *': it never matches"),
-        (dict(good, extra=f'\n[[source]]\nname = "data"\npaths = ["{src / "data"}"]\n'),
-         "source[1].paths[0]: "),
         (dict(good, passphrase_file=str(tmp_path / "missing.pass")),
          f"unable to read passphrase file '{tmp_path / 'missing.pass'}': No such file or directory "
          f"(repository.passphrase_file in '{tmp_path / 'cairnd.toml'}', line 3)"),
@@ -62,6 +60,15 @@ def test_check_config_refuses_what_a_start_refuses_and_passes_a_good_file(tmp_pa
     assert r.stdout == (f"configuration '{config}' is valid: repository '{tmp_path / 'repo'}' opens; "
                         "1 source, 0 databases\n")
     assert not (tmp_path / "state").exists()
+
+    # a directory in two sources is taken (a cold and a hot source of one tree), and warned of
+    inner = f'\n[[source]]\nname = "data"\npaths = ["{src / "data"}"]\n'
+    overlap = _config(tmp_path, rundir, **dict(good, extra=inner))
+    r = run_cairnd("--config", overlap, "--check-config")
+    assert r.returncode == 0 and "is valid" in r.stdout, r.stderr
+    assert r.stderr.startswith("cairnd: warning: source[1].paths[0]: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "state").exists()
+    config = _config(tmp_path, rundir, **good)
 
     # with the daemon serving on it (the socket is taken, the repository and state directory locked)
     start_daemon("--config", config, socket_path=os.path.join(rundir, "cairnd.sock"))

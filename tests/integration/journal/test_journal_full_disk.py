@@ -242,7 +242,7 @@ def test_a_dead_flush_thread_makes_the_tracker_and_the_daemon_unhealthy(env):
     from cairn.daemon.runtime.process import Daemon
 
     t = env.tracker()
-    daemon = Daemon(SimpleNamespace(), SimpleNamespace())
+    daemon = Daemon(SimpleNamespace(daemon=SimpleNamespace(state_dir=env.state)), SimpleNamespace())
     daemon.tracker = t
     assert t.healthy and daemon.healthy()
 

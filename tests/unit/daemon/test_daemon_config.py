@@ -265,25 +265,37 @@ def _two_sources(first: str, second: str, exclude: str = "") -> str:
         (_two_sources("/srv/app", "/srv/app/"),
          "source[1].paths[1]: '/srv/app' is also a path of source 'a' (source[0])"),
         (_two_sources("/srv/app", "/srv/app/data"),
-         "source[1].paths[1]: '/srv/app/data' lies inside path '/srv/app' of source 'a' (source[0]): its files would "
-         "be in both sources' sets; exclude it there ('/srv/app/data/') or drop it here"),
+         "source[1].paths[1]: '/srv/app/data' lies inside path '/srv/app' of source 'a' (source[0]): its files are "
+         "in both sources' sets (unless meant, exclude it there ('/srv/app/data/') or drop it here)"),
         (_two_sources("/srv/app/data", "/srv"),
          "source[1].paths[1]: '/srv' holds path '/srv/app/data' of source 'a' (source[0])"),
         # an exclude that leaves out only part of the inner path is no separation
         (_two_sources("/srv/app", "/srv/app/data", "exclude = ['/srv/app/data/tmp/']"), "lies inside path '/srv/app'"),
     ],
 )
-def test_overlapping_sources_are_refused_naming_both(tmp_path, text, message):
-    with pytest.raises(ConfigError) as caught:
-        load_config(write(tmp_path, text))
-    assert message in caught.value.message and caught.value.message.count("\n") == 0
+def test_overlapping_sources_are_taken_and_warned_of_naming_both(tmp_path, caplog, text, message):
+    """Two sources over one tree (a cold nightly full, a hot hourly incremental) are a use:
+    taken, and warned of at start in one line naming both, since it is more often a mistake."""
+    import logging
+
+    from cairn.daemon.runtime.preflight import warn_overlapping_sources
+
+    config = load_config(write(tmp_path, text))
+    assert len(config.sources) == 2
+    with caplog.at_level(logging.WARNING):
+        warnings = warn_overlapping_sources(config)
+    assert len(warnings) == 1 and message in warnings[0] and "\n" not in warnings[0]
+    assert message in caplog.text
 
 
 @pytest.mark.parametrize("exclude", ["exclude = ['/srv/app/data/']", "exclude = ['data/']",
                                      "exclude = ['/srv/app/*/']"])
-def test_a_source_inside_another_that_excludes_it_is_taken(tmp_path, exclude):
+def test_a_source_inside_another_that_excludes_it_is_not_warned_of(tmp_path, exclude):
+    from cairn.daemon.runtime.preflight import warn_overlapping_sources
+
     config = load_config(write(tmp_path, _two_sources("/srv/app", "/srv/app/data", exclude)))
     assert [s.paths for s in config.sources] == [("/srv/app",), ("/elsewhere", "/srv/app/data")]
+    assert warn_overlapping_sources(config) == []
 
 
 def test_nested_source_directories_on_the_command_line_are_refused(clean_env, tmp_path):

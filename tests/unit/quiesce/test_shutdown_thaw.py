@@ -61,6 +61,13 @@ def words(tmp_path: Path) -> list[str]:
     return (tmp_path / "hooks.log").read_text().split()
 
 
+class NoJobs:
+    """The service's job table as a stop reads it: no job of a source is running."""
+
+    def running(self) -> dict:
+        return {}
+
+
 def test_open_windows_are_thawed_at_once_without_their_body_exactly_once(tmp_path):
     expired = threading.Event()
     w, release, t = open_stuck_window(tmp_path, expired)
@@ -78,6 +85,8 @@ def test_open_windows_are_thawed_at_once_without_their_body_exactly_once(tmp_pat
 def test_stop_kills_the_tools_and_thaws_when_a_backup_does_not_stop_in_time(tmp_path):
     class StuckService:
         """A service whose backup never returns (a capture stuck past its cancel)."""
+
+        jobs = NoJobs()
 
         def shutdown(self) -> None:
             pass
@@ -104,6 +113,8 @@ def test_stop_kills_the_tools_and_thaws_when_a_backup_does_not_stop_in_time(tmp_
 def test_a_clean_stop_thaws_a_window_still_open_before_the_tracker_stops(tmp_path):
     class IdleService:
         """Every set returned; a window is open all the same (left open by whatever cause)."""
+
+        jobs = NoJobs()
 
         def shutdown(self) -> None:
             pass
@@ -166,6 +177,9 @@ cfg = load_config(str(cfg_path))
 assert thaw_allowance(cfg) == 30.0, thaw_allowance(cfg)
 
 class StuckService:
+    class jobs:
+        @staticmethod
+        def running(): return {}
     def shutdown(self): pass
     def wait_idle(self, timeout):
         time.sleep(min(timeout, 0.2))
