@@ -36,7 +36,9 @@ What always holds: the caller holds the garbage collector's lock (one collector 
 a time; backups keep running beside it); the index files are listed before the packs, so every
 pack a listed index file names is in the pack listing; the new index file is written durably
 before any old one is deleted, and only the index files this run read are deleted (never one a
-running backup wrote meanwhile), so a crash at any point leaves every blob of an existing pack
+running backup wrote meanwhile, nor one this run wrote itself: the pack that takes the good
+blobs of a damaged pack, and so its index file, can be the very bytes of one read, e.g. a pack
+of one blob cut short after it), so a crash at any point leaves every blob of an existing pack
 indexed (duplicates are harmless) and the next run finishes the job; a dry run writes and
 deletes nothing; a storage error (not damage) stops the run, and is never taken for damage. An
 object the store refuses to read (a directory in its place, permissions) is reported and never
@@ -125,6 +127,7 @@ class IndexRepair:
         self.progress = progress
         self.bytes_read = 0
         self.refused: list[tuple[str, str]] = []  # index files the store refused to read: kept, their packs read
+        self.written: set[str] = set()  # index files this run wrote (rescued blobs, trees): never deleted
 
     def run(self, *, read_data: bool, dry_run: bool) -> IndexRepairReport:
         old = list(self.repo.backend.list("index"))  # before the packs: what a listed file names is listed below
@@ -276,8 +279,8 @@ class IndexRepair:
         self.repo.backend.put("index", name, data)
         replaced = 0
         for n in old:
-            if n == name:
-                continue  # the same content as the new file: it is the new file
+            if n == name or n in self.written:
+                continue  # the same content as a file this run wrote: it is that file
             self.check_lock()
             try:
                 self.repo.backend.delete("index", n)
@@ -306,6 +309,7 @@ class IndexRepair:
         except BaseException:
             writer.abort()
             raise
+        self.written.update(getattr(writer, "own_files", ()))
 
     def _store_trees(self, trees: list[tuple[bytes, bytes]]) -> None:
         """Store the trees `trees` ((id, plaintext), verified) in a new pack with its own index
@@ -320,6 +324,7 @@ class IndexRepair:
         except BaseException:
             writer.abort()
             raise
+        self.written.update(getattr(writer, "own_files", ()))
 
     def _emit(self, done: int, total: int) -> None:
         if self.progress is not None:

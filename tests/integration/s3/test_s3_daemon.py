@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
-import pytest
 from s3server import ACCESS_KEY, free_ports
 from storekit import assert_same_tree, make_tree
 
 BIN = os.path.dirname(sys.executable)
 CAIRND, CAIRN = os.path.join(BIN, "cairnd"), os.path.join(BIN, "cairn")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-s3-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def config(rundir: str, repository: str, source: str, state: str = "state", read_only: bool = False) -> str:

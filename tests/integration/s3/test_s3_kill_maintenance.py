@@ -29,15 +29,12 @@ from collections.abc import Iterator
 import pytest
 from cairnd_harness import snapshot
 from s3daemons import CAIRN, Host, clean_env, restart_after_kill, s3_repository
+from s3kit import file_facts
 from s3server import WeedServer
 
 SEED = int(os.environ.get("CAIRN_CRASH_SEED", "6151"))
 TRIALS = int(os.environ.get("CAIRN_CRASH_TRIALS", "1"))
 MIB = 1024 * 1024
-
-
-def _files(tree: dict[str, tuple]) -> dict[str, tuple]:
-    return {p: (v[0], v[1], v[5], v[6]) if v[0] == "file" else v[:1] for p, v in tree.items()}
 
 
 @contextlib.contextmanager
@@ -109,7 +106,7 @@ def _check_copy(server: WeedServer, rundir: str, prefix: str, expected: dict) ->
         for s in copied:
             target = os.path.join(rundir, f"r-{s['id'][:8]}")
             other.ok("restore", s["id"], "--target", target)
-            assert _files(snapshot(target)) in expected.values(), f"copy {s['id'][:8]} restores different"
+            assert file_facts(snapshot(target)) in expected.values(), f"copy {s['id'][:8]} restores different"
     finally:
         other.stop()
 
@@ -159,7 +156,8 @@ def test_copy_to_a_bucket_killed_then_run_again(weed):
         for i in range(3):
             with open(os.path.join(src, f"more{i}"), "wb") as f:
                 f.write(rng.randbytes(4 * MIB))
-            expected[json.loads(host.ok("--json", "backup", "--level", "incremental"))["id"]] = _files(snapshot(src))
+            set_id = json.loads(host.ok("--json", "backup", "--level", "incremental"))["id"]
+            expected[set_id] = file_facts(snapshot(src))
         with open(os.path.join(rundir, "dest.pass"), "w") as f:
             f.write("dest\n")
         dest_prefix = f"{prefix}-copy"
@@ -240,7 +238,7 @@ def test_store_killed_during_copy_and_repair(tmp_path):
                 with open(os.path.join(src, f"more{i}"), "wb") as f:
                     f.write(rng.randbytes(8 * MIB))
                 expected[json.loads(host.ok("--json", "backup", "--level", "incremental"))["id"]] = \
-                    _files(snapshot(src))
+                    file_facts(snapshot(src))
             with open(os.path.join(rundir, "dest.pass"), "w") as f:
                 f.write("dest\n")
             dest = f"{prefix}-copy"

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import uuid
 
-import pytest
 from s3daemons import Host, s3_repository
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-latest-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _found(target: str) -> bytes:

@@ -10,19 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 
-import pytest
 from s3daemons import Host, s3_repository
 from storekit import assert_same_tree, make_tree
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-lost-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_prune_keeps_what_a_lost_index_file_named(weed, creds, rundir, rng):

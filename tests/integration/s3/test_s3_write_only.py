@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
-import pytest
+from s3kit import bucket_etags
 from storekit import assert_same_tree, make_tree
 
 BIN = os.path.dirname(sys.executable)
 CAIRND, CAIRN = os.path.join(BIN, "cairnd"), os.path.join(BIN, "cairn")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-wo-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _env() -> dict[str, str]:
@@ -65,16 +56,6 @@ def _stop(proc: subprocess.Popen) -> None:
     assert proc.wait(60) == 0
 
 
-def _objects(weed, prefix: str) -> dict[str, str]:
-    """Every object under the prefix but the locks, with its ETag."""
-    out, client = {}, weed.client()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=weed.bucket, Prefix=prefix + "/"):
-        for o in page.get("Contents", []):
-            if "/locks/" not in o["Key"]:
-                out[o["Key"]] = o["ETag"]
-    return out
-
-
 def test_write_only_host_on_a_bucket(weed, creds, rundir, rng):
     prefix = f"wo-{uuid.uuid4().hex[:8]}"
     repository = (f'path = "s3://{weed.bucket}/{prefix}"\nendpoint = "{weed.endpoint}"\nregion = "us-east-1"\n'
@@ -111,11 +92,11 @@ def test_write_only_host_on_a_bucket(weed, creds, rundir, rng):
         sets = {s["id"]: s for s in json.loads(_cli(rundir, "--json", "sets").stdout)}
         assert len(sets) == 2 and sets[second]["level"] == "incremental"
         assert sets[second]["stats"]["bytes_added"] < 150_000
-        before = _objects(weed, prefix)
+        before = bucket_etags(weed, prefix)
         for args in (("prune", "--keep-last", "1"), ("restore", second, "--target", os.path.join(rundir, "x"))):
             r = _cli(rundir, *args)
             assert r.returncode == 1 and "write-only" in r.stderr, (args, r.stderr)
-        assert _objects(weed, prefix) == before
+        assert bucket_etags(weed, prefix) == before
     finally:
         _stop(proc)
 

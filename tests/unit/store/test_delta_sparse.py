@@ -5,6 +5,7 @@ it are punched, not written. (An interrupted 512 MiB image once came back fully 
 from __future__ import annotations
 
 import os
+import random
 
 import blake3
 from cairn.fsio.delta import count_sparse_writes, mend, plan
@@ -15,10 +16,12 @@ SIZE = 64 * CHUNK
 
 
 def _image() -> tuple[EntryMeta, dict[bytes, bytes], bytes]:
-    """A 64 MiB file of 1 MiB chunks: data in chunks 0 and 40, zeros everywhere else."""
+    """A 64 MiB file of 1 MiB chunks: data in chunks 0 and 40, zeros everywhere else (the same
+    data every run: what a test changes in it is always a change)."""
+    rng = random.Random(64)
     content = bytearray(SIZE)
-    content[:CHUNK] = os.urandom(CHUNK)
-    content[40 * CHUNK + 5000:40 * CHUNK + 9000] = os.urandom(4000)  # a chunk partly data, mostly zeros
+    content[:CHUNK] = rng.randbytes(CHUNK)
+    content[40 * CHUNK + 5000:40 * CHUNK + 9000] = rng.randbytes(4000)  # a chunk partly data, mostly zeros
     chunks, ids, store = [], [], {}
     for i in range(0, SIZE, CHUNK):
         piece = bytes(content[i:i + CHUNK])
@@ -98,8 +101,8 @@ def test_the_dry_runs_count_is_what_the_delta_writes(tmp_path) -> None:
         with open(path, "r+b") as f:  # data where the set has zeros, and a changed byte of data
             f.seek(20 * CHUNK)
             f.write(os.urandom(3 * CHUNK))
-            f.seek(40 * CHUNK + 6000)
-            f.write(b"\xff")
+            f.seek(40 * CHUNK + 6000)  # a byte other than the set's (0xff was the set's one run in 256)
+            f.write(bytes([content[40 * CHUNK + 6000] ^ 0xFF]))
         yield
 
     asked: list[bytes] = []

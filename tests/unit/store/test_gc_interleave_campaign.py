@@ -205,7 +205,7 @@ def test_prune_and_backup_interleaved_at_a_drawn_call(tmp_path, round_):
     policy = rng.choice(POLICIES)
     level, host = rng.choice(LEVELS), "wo" if mode == "write-only host" else rng.choice(("h1", "h2"))
     paused_op = rng.choice(("prune", "backup", "restore", "wal") + (("copy",) if mode != "plaintext" else ()))
-    reading = rng.choice(sorted(captured))  # the set the restore reads
+    reading = rng.choice(list(captured))  # the set the restore reads, by the order taken (ids hold times)
     targets = itertools.count()
     # a WAL file holding what a file of an older set held: its chunks are those of that file,
     # which the prune may be freeing (the policy drops the set)

@@ -570,3 +570,31 @@ def test_a_dry_run_counts_the_index_files_the_repair_replaces(repo, repo_path, s
     assert dry.index_files_replaced == real.index_files_replaced, (dry, real)
     assert (dry.entries_damaged, dry.blobs_copied, dry.blobs_indexed) == (real.entries_damaged, real.blobs_copied,
                                                                           real.blobs_indexed)
+
+
+def test_a_damaged_pack_copied_to_the_same_bytes_keeps_its_index_file(repo, repo_path, kind, rng):
+    """A pack that was the only one of its write session (its index file names it alone), with a
+    damaged footer and every blob intact: the copy of its good blobs is the same pack again
+    (plaintext: byte for byte), with an index file of the same name as the one read. The repair
+    must not delete that file as an old one: the blobs would be in no index file (a campaign
+    drew it: a set's tree went missing from the index)."""
+    writer = repo.writer()
+    blobs = [writer.put_data(TYPE_DATA, rng.randbytes(3000)) for _ in range(3)]
+    writer.finish()
+    pack = repo.index.get(blobs[0]).pack
+    assert {repo.index.get(b).pack for b in blobs} == {pack}
+    size = os.path.getsize(_pack_file(repo_path, pack))
+    with open(_pack_file(repo_path, pack), "r+b") as f:  # the footer's magic
+        f.seek(size - 2)
+        f.write(b"XX")
+    r = repo.repair_index(read_data=True)
+    assert r.damaged_packs == (pack,) and r.entries_damaged == 0 and r.blobs_copied == len(blobs)
+    assert all(b in repo.index for b in blobs)
+    again = _open(repo_path, kind)  # what the files say, not what this handle remembers
+    try:
+        assert all(b in again.index for b in blobs), "a copied blob is in no index file"
+        assert [again.read_blob(b) for b in blobs] == [repo.read_blob(b) for b in blobs]
+        after = again.check(read_data=True)
+        assert after.ok, after.errors
+    finally:
+        again.close()
