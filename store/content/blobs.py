@@ -16,11 +16,7 @@ What always holds:
 - a session that fails leaves packs (and perhaps index files) that nothing references, never
   a reference to a missing pack;
 - at most `max_pending` packs are in memory waiting for upload (bounded memory), and at most
-  `uploads` packs are being uploaded at once (several PUTs in flight for object stores); with
-  several uploads, `finish` cuts the last pack at blob boundaries into up to `uploads` packs of
-  about SPLIT_PIECE_MIN bytes or more (a quarter of the pack size when smaller), so the
-  session's final upload runs in parallel (a pack never depends on its size: each is
-  self-describing, indexed like any other);
+  `uploads` packs are being uploaded at once (several PUTs in flight for object stores);
 - an index file names only packs whose upload the backend acknowledged (put returned and the
   size was checked), and `finish` returns only after every upload of the session was
   acknowledged; the first failed upload fails the session (every later `put` and `finish`
@@ -70,12 +66,6 @@ RUN_GAP = 64 << 10  # ... when at most this many bytes of other blobs lie betwee
 # faults of a fresh buffer took, a quarter of a restore stream's locked time (py-spy --gil), and
 # a stream of the bench corpus ran 15-25% faster without it.
 MULTI_FRAME_MAX = 256 << 10
-# The last pack of a session is split into up to `uploads` packs of at least this size (a quarter
-# of the pack size when that is smaller), uploaded
-# at once: nothing else overlaps its upload, and an object store takes one PUT's bytes at one
-# stream's speed (SeaweedFS on loopback about 6.8 ms of its CPU per MiB, a remote store its link's
-# per-stream rate), so a 16 MiB final PUT was most of a backup's tail.
-SPLIT_PIECE_MIN = 4 << 20
 
 
 def blob_id(data: bytes | memoryview) -> bytes:
@@ -585,8 +575,8 @@ class BlobWriter:
         with self._lock:
             last, self._builder = self._builder, PackBuilder(seal=self._trailer_seal, header=self._header)
         try:
-            for piece in self._split_last(last):
-                self._enqueue(piece)
+            if last.entries:
+                self._enqueue(last)
             for _ in self._uploaders:
                 self._enqueue(None)  # one end mark per uploader, after every pack
         except BaseException:
@@ -596,33 +586,6 @@ class BlobWriter:
             t.join()  # every upload of the session has been answered (or failed) now
         self._raise_if_failed()
         self._write_index()
-
-    def _split_last(self, last: PackBuilder) -> list[PackBuilder]:
-        """The last pack as up to `uploads` packs of about SPLIT_PIECE_MIN bytes or more, cut
-        at blob boundaries (no blob is split); [last] itself when one upload is in flight or it
-        is too small to gain; [] when it is empty."""
-        if not last.entries:
-            return []
-        body = len(last) - last.entries[0].offset
-        pieces = min(self.uploads, body // min(SPLIT_PIECE_MIN, max(1, self.pack_size // 4)), len(last.entries))
-        if pieces < 2:
-            return [last]
-        share = body / pieces
-        out: list[PackBuilder] = []
-        view = memoryview(last.buf)
-        try:
-            cur = PackBuilder(seal=self._trailer_seal, header=self._header)
-            done = 0
-            for e in last.entries:
-                if len(out) < pieces - 1 and cur.entries and done + e.stored_len / 2 > share * (len(out) + 1):
-                    out.append(cur)
-                    cur = PackBuilder(seal=self._trailer_seal, header=self._header)
-                cur.add(e.id, e.type, e.codec, e.raw_len, view[e.offset:e.offset + e.stored_len])
-                done += e.stored_len
-            out.append(cur)
-        finally:
-            view.release()
-        return out
 
     def abort(self) -> None:
         """Stop uploading; blobs not yet durable are dropped (they were never indexed)."""

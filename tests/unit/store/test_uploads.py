@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from cairn.store.content.blobs import BlobReader, BlobWriter, blob_id
+from cairn.store.content.blobs import BlobWriter, blob_id
 from cairn.store.content.index import Index, decode_index
 from cairn.store.content.packs import TYPE_DATA
 from cairn.store.errors import BackendError
@@ -121,46 +121,3 @@ def test_upload_slots_from_config_or_backend():
     repo.uploads = 2
     assert repo.upload_slots() == 2
     assert repo.writer().uploads == 2
-
-
-def small_blobs(writer: BlobWriter, total: int, size: int = 2000) -> list[bytes]:
-    ids = []
-    for _ in range(total // size):
-        data = os.urandom(size)
-        ids.append(blob_id(data))
-        writer.put(ids[-1], TYPE_DATA, data)
-    return ids
-
-
-@pytest.mark.parametrize("uploads", [1, 2, 4])
-def test_the_last_pack_is_cut_across_the_uploads_and_every_blob_stays_readable(uploads):
-    backend = SlowPuts(delay=0.1)
-    index = Index()
-    w = BlobWriter(backend, index, pack_size=PACK, level=1, uploads=uploads)
-    ids = small_blobs(w, PACK - 4096)  # one pack's worth, never full: all of it is the last pack
-    w.finish()
-    packs = [n for k, n in backend.objects if k == "packs"]
-    cut = min(uploads, 3)  # pieces of a quarter of the pack size or more: at most 3 of a last pack
-    assert len(packs) == cut
-    assert backend.peak == cut  # uploaded at once, not one after the other
-    sizes = sorted(len(backend.objects[("packs", n)]) for n in packs)
-    assert sizes[0] >= PACK // 4 - 4096
-    reader = BlobReader(backend, index)
-    located = {index.get(b).pack for b in ids}
-    assert located == set(packs)  # every blob in exactly one of them, none split
-    assert all(reader.read(b) for b in ids)
-    assert all(backend.index_seen_acked)
-
-
-def test_a_last_pack_too_small_or_of_one_blob_is_not_cut():
-    backend = SlowPuts(delay=0.0)
-    w = BlobWriter(backend, Index(), pack_size=PACK, level=1, uploads=4)
-    small_blobs(w, PACK // 4)  # below two pieces' worth
-    w.finish()
-    assert sum(k == "packs" for k, _ in backend.objects) == 1
-    backend = SlowPuts(delay=0.0)
-    w = BlobWriter(backend, Index(), pack_size=PACK, level=1, uploads=4)
-    data = os.urandom(PACK - 4096)  # one blob is never cut
-    w.put(blob_id(data), TYPE_DATA, data)
-    w.finish()
-    assert sum(k == "packs" for k, _ in backend.objects) == 1
