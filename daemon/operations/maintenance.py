@@ -21,7 +21,7 @@ from cairn.daemon.scheduling import retention
 from cairn.store.content.crypto import Secret
 from cairn.store.errors import AbortedError, InvalidArgumentError
 from cairn.store.maintenance.repair import IndexRepairReport, SetRepairReport, WalRepairReport
-from cairn.store.maintenance.retention import keeps_nothing
+from cairn.store.maintenance.retention import keeps_nothing, untagged_groups
 from cairn.store.model import CheckReport, PrunePolicy, PruneReport
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class MaintenancePart(ServicePart):
             raise InvalidArgumentError("every --keep rule given is 0: the policy would forget every set (restic "
                                        "reads it as no policy); forget sets by name with --forget ID")
         self._require_known_host(policy.host)
+        if policy.keep_tags or any(p.keep_tags for p in (policy.sources or {}).values()):
+            missed = untagged_groups([s for s in self.repo.list_sets() if not source or s.source == source], policy)
+            if missed:
+                raise _untagged_refusal(policy, missed)
         window = (retention.parse_option_duration("--wal-keep", wal_keep) if wal_keep
                   else self._config.repository.wal_keep)
         return self.repo.prune(replace(policy, wal_keep=window), dry_run=dry_run, source=source or None)
@@ -186,3 +190,20 @@ class MaintenancePart(ServicePart):
                                   host=host, own_host=self._hostname, own_machine=self._machine_id)
         log.info("copied %d sets to %s (%d there already)", len(report.copied), to, len(report.present))
         return report
+
+
+def _untagged_refusal(policy: PrunePolicy, missed: list[tuple[str, str, int]]) -> InvalidArgumentError:
+    """The one-line refusal of a policy whose only rule, keeping tags, keeps no set of the
+    groups `missed` ((host, source, sets) from retention.untagged_groups): a mistyped tag would
+    otherwise forget every set there."""
+    tags = " or ".join(repr(t) for t in sorted({t for p in (policy, *(policy.sources or {}).values())
+                                                 for t in p.keep_tags}))
+    host, name, count = missed[0]
+    which = (f"the set of source '{name}' on host '{host}'" if count == 1
+             else f"any of the {count} sets of source '{name}' on host '{host}'")
+    more = len(missed) - 1
+    also = f" (nor in {more} more group{'' if more == 1 else 's'})" if more else ""
+    return InvalidArgumentError(
+        f"tag {tags}, the policy's only rule there, is not on {which}{also}: it would forget them all",
+        hint="check the tag (cairn sets --json lists each set's tags), add a count such as --keep-last 1, "
+             "or forget sets by name with --forget ID")

@@ -15,6 +15,8 @@ What always holds:
   record none) are a group of their own, so one machine's frequent sets never push the other's
   out of the policy. Machines that follow each other (a new machine that took over a lost
   host's name) stay one group;
+- a policy whose only rule is keeping tags that no set of a group carries would forget every
+  set of that group; `untagged_groups` names such groups, and prune refuses them;
 - the rules are a union: a set is kept when at least one rule keeps it, and every kept set
   names the rules that keep it; a policy without rules keeps every set (prune then only frees
   unreferenced data); a policy of per-level counts only (--keep-full/-differential/
@@ -76,6 +78,32 @@ def keeps_nothing(policy: PrunePolicy) -> bool:
     if policy.keep_last is None:  # per-level counts alone (a calendar 0 is no rule): unnamed levels stay whole
         return all(n is not None for n in levels)
     return True
+
+
+def _tags_only(policy: PrunePolicy) -> bool:
+    """True when tags are the policy's only rule that can keep a set (every count unset or 0,
+    no window)."""
+    counts = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly, policy.keep_monthly,
+              policy.keep_yearly, policy.keep_full, policy.keep_differential, policy.keep_incremental)
+    return bool(policy.keep_tags) and policy.keep_within is None and not any(counts)
+
+
+def untagged_groups(sets: Iterable[BackupSet], policy: PrunePolicy) -> list[tuple[str, str, int]]:
+    """The groups, as (host, source, number of sets), whose policy's only rule is keeping
+    tags, none of which any of their sets carries: the policy would forget every set there,
+    most likely for a mistyped tag (restic forgets them all; Cairn's prune refuses)."""
+    groups: dict[tuple[str, str], list[BackupSet]] = defaultdict(list)
+    for s in sets:
+        if in_scope(s, policy):
+            groups[(s.hostname, s.source)].append(s)
+    out = []
+    for (host, source), members in sorted(groups.items()):
+        rules = policy.sources.get(source) if policy.sources else policy
+        if rules is None or not _tags_only(rules):
+            continue
+        if not any(t in s.tags for s in members for t in rules.keep_tags):
+            out.append((host, source, len(members)))
+    return out
 
 
 def in_scope(s: BackupSet, policy: PrunePolicy) -> bool:

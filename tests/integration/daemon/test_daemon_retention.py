@@ -85,6 +85,19 @@ def test_prune_policies_per_host_with_reasons(start_daemon, rundir, tmp_path):
     assert len(json.loads(d.ok("--json", "sets"))) == 3
     levels = d.cli("prune", "--dry-run", "--keep-full", "0", "--keep-differential", "0", "--keep-incremental", "0")
     assert levels.returncode == 2 and "every --keep rule given is 0" in levels.stderr, levels.stderr
+    # a tag no set carries, as the only rule: it would forget every set of the group (a typo), refused
+    for dry in ((), ("--dry-run",)):
+        typo = d.cli("prune", *dry, "--keep-tag", "kepme")
+        assert typo.returncode == 2, typo.stderr
+        assert typo.stderr.startswith("cairn: error: tag 'kepme', the policy's only rule there, is not on any of the 2 "
+                                      "sets of source 'app' on host 'alpha' (nor in 1 more group): it would forget "
+                                      "them all"), typo.stderr
+        assert len(typo.stderr.strip().splitlines()) == 2 and "hint: check the tag" in typo.stderr, typo.stderr
+    # beta's group has no 'keepme' set, alpha's has: beta's is named; with a count beside it, it is taken
+    only = d.cli("prune", "--dry-run", "--host", "beta", "--keep-tag", "keepme")
+    assert only.returncode == 2 and "is not on the set of source 'app' on host 'beta':" in only.stderr, only.stderr
+    assert d.cli("prune", "--dry-run", "--keep-tag", "keepme", "--keep-last", "1").returncode == 0
+    assert len(json.loads(d.ok("--json", "sets"))) == 3
 
 
 def _config(path: str, repo: str, sock: str, src: str, host: str, extra_repo: str = "", keep: str = "") -> str:

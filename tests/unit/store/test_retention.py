@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from cairn.daemon.databases.archive import PostgresSegments
-from cairn.store.maintenance.retention import decide, keeps_nothing, split
+from cairn.store.maintenance.retention import decide, keeps_nothing, split, untagged_groups
 from cairn.store.maintenance.retention import wal_forget as store_wal_forget
 from cairn.store.model import BackupSet, PrunePolicy, SetStats
 
@@ -230,3 +230,21 @@ def test_a_machine_that_took_over_a_host_name_stays_in_its_group():
     lost = [mk(t, extra={"machine": "m-lost"}) for t in (100, 200)]
     new = [mk(t, extra={"machine": "m-new"}) for t in (300, 400)]
     assert kept(lost + new, PrunePolicy(keep_last=2)) == {s.id for s in new}
+
+
+def test_a_tag_no_set_of_a_group_carries_as_the_only_rule_names_that_group():
+    sets = [mk(100, tags=("release",)), mk(200), mk(300, host="h2"), mk(400, host="h2"), mk(500, source="db")]
+    # h1/app has the tag; h2/app and h1/db do not: those two would lose every set
+    assert untagged_groups(sets, PrunePolicy(keep_tags=("release",))) == [("h1", "db", 1), ("h2", "app", 2)]
+    assert untagged_groups(sets, PrunePolicy(keep_tags=("release",), host="h1")) == [("h1", "db", 1)]
+    # any other rule beside the tag keeps sets of its own: nothing to name
+    assert untagged_groups(sets, PrunePolicy(keep_tags=("release",), keep_last=1)) == []
+    assert untagged_groups(sets, PrunePolicy(keep_tags=("release",), keep_within=60.0)) == []
+    # a zero count is no rule: the tag stays the only one
+    assert untagged_groups(sets, PrunePolicy(keep_tags=("rel",), keep_daily=0)) == [
+        ("h1", "app", 2), ("h1", "db", 1), ("h2", "app", 2)]
+    # per-source policies: only the source whose policy is tags alone
+    per_source = PrunePolicy(sources={"app": PrunePolicy(keep_tags=("release",)), "db": PrunePolicy(keep_last=2)})
+    assert untagged_groups(sets, per_source) == [("h2", "app", 2)]
+    # and that is what the policy would do
+    assert not {s.id for s in sets if s.hostname == "h2"} & kept(sets, per_source)
