@@ -23,7 +23,7 @@ import stat
 import tomllib
 from collections.abc import Callable
 
-from cairn.daemon.runtime.config import Config, overlapping_paths, split_address
+from cairn.daemon.runtime.config import Config, DaemonConfig, overlapping_paths, split_address
 from cairn.daemon.runtime.config_lines import line_of
 from cairn.daemon.runtime.repokeys import open_repository, secret_of
 from cairn.fsio.sockets import check_socket_path
@@ -61,6 +61,17 @@ def check_start(config: Config) -> None:
     daemon = config.daemon
     check_socket_path(daemon.socket)  # nothing but a stale socket in the way, no daemon serving it
     check_repository(config)
+    check_access(daemon)
+    if daemon.listen:
+        check_port_free("daemon.listen", daemon.listen)
+    if daemon.metrics:
+        check_port_free("daemon.metrics", daemon.metrics)
+    check_sources(config)
+
+
+def check_access(daemon: DaemonConfig) -> None:
+    """What clients reach the daemon with: the socket's group exists; a TCP listener's token,
+    certificate and key are readable and the certificate and key are a pair."""
     if daemon.socket_group:
         try:
             grp.getgrnam(daemon.socket_group)
@@ -72,10 +83,6 @@ def check_start(config: Config) -> None:
         check_readable("daemon.tls_cert", daemon.tls_cert)
         check_readable("daemon.tls_key", daemon.tls_key)
         check_tls(daemon.tls_cert, daemon.tls_key)
-        check_port_free("daemon.listen", daemon.listen)
-    if daemon.metrics:
-        check_port_free("daemon.metrics", daemon.metrics)
-    check_sources(config)
 
 
 def check_config(config: Config) -> tuple[str, list[str]]:
@@ -91,17 +98,7 @@ def check_config(config: Config) -> tuple[str, list[str]]:
     check_repository(config)
     if os.path.exists(daemon.state_dir) and not os.path.isdir(daemon.state_dir):
         raise InvalidArgumentError(f"state directory '{daemon.state_dir}' is not a directory")
-    if daemon.socket_group:
-        try:
-            grp.getgrnam(daemon.socket_group)
-        except KeyError:
-            raise InvalidArgumentError(f"daemon.socket_group: no group is named '{daemon.socket_group}'",
-                                       hint="create it (groupadd --system NAME) or remove the key") from None
-    if daemon.listen:
-        check_readable("daemon.token_file", daemon.token_file, nonempty=True)
-        check_readable("daemon.tls_cert", daemon.tls_cert)
-        check_readable("daemon.tls_key", daemon.tls_key)
-        check_tls(daemon.tls_cert, daemon.tls_key)
+    check_access(daemon)
     check_sources(config)
     repo = open_repository(config.repository, read_only=True, where=secret_named_at(config))
     try:
