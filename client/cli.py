@@ -699,8 +699,9 @@ def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, 
     elif json_output:
         out(render.dumps(doc))
     else:
-        out(f"restored set {render.short_id(batch.set.id)} into {shown(target)}: {st.files} files, {st.dirs} dirs, "
-            f"{st.links} links, {render.human_bytes(st.bytes)} (written by the daemon on this host)")
+        out(f"restored set {render.short_id(batch.set.id)} into {shown(target)}: {render.plural(st.files, 'file')}, "
+            f"{render.plural(st.dirs, 'dir')}, {render.plural(st.links, 'link')}, {render.human_bytes(st.bytes)} "
+            "(written by the daemon on this host)")
     if st.errors:
         return fail(f"{len(st.errors)} entries could not be restored "
                     f"({'the report lists them' if json_output else 'see the warnings above'})",
@@ -1194,8 +1195,9 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
             out(render.dumps(doc))
     else:
         out(
-            f"restored set {render.short_id(set_id)} into {shown(target)}: {stats.files} files, {stats.dirs} dirs, "
-            f"{stats.links} links, {render.human_bytes(stats.bytes)}"
+            f"restored set {render.short_id(set_id)} into {shown(target)}: {render.plural(stats.files, 'file')}, "
+            f"{render.plural(stats.dirs, 'dir')}, {render.plural(stats.links, 'link')}, "
+            f"{render.human_bytes(stats.bytes)}"
         )
     if stats.errors:
         return fail(f"{len(stats.errors)} entries could not be restored "

@@ -255,7 +255,7 @@ def test_options_after_paths_and_dash_named_paths_after_double_dash(start_daemon
 
     target = os.path.join(rundir, "t")
     out = d.ok("restore", s["id"], "--target", target, "--", "-dash-named")
-    assert "1 files" in out, out
+    assert ": 1 file, 0 dirs, 0 links, " in out, out
     assert sorted(os.listdir(target)) == ["-dash-named"]
     with open(os.path.join(target, "-dash-named"), "rb") as f:
         assert f.read() == b"dash\n"
