@@ -158,6 +158,8 @@ class BackupPart(ServicePart):
                 self.health.set_failed(job.source, job.result.level,
                                        f"set {job.result.id[:12]} was committed, but its {thaw[0]}: the "
                                        "application may still be stopped", status="thaw failed")
+                if self._metrics is not None:
+                    self._metrics.record_thaw_failure(job.source)
         if self._metrics is None:
             return
         if job.result is not None:

@@ -449,11 +449,14 @@ def last_successes(sets: list[BackupSet]) -> dict[tuple[str, str], float]:
 
 def restore_metrics(metrics: Any, sets: list[BackupSet], health: HealthRecord) -> None:
     """Set the gauges a restart would otherwise reset: last success per source and level, each
-    source's last failure (the record keeps one per source), last WAL."""
+    source's last failure (the record keeps one per source; a thaw that failed, also one left
+    pending by a window a previous daemon did not thaw, sets the thaw failure's), last WAL."""
     for (source, level), when in last_successes(sets).items():
         metrics.last_success.labels(source, level).set(when)
     for source, failure in health.all_failures().items():
         if failure.status != THAW_FAILED:  # as counted live: a set whose thaw failed was committed
             metrics.last_failure.labels(source, failure.level).set(failure.time)
+        else:
+            metrics.record_thaw_failure(source, failure.time)
     if health.wal_time:
         metrics.wal_last_archived.set(health.wal_time)

@@ -64,6 +64,11 @@ class Metrics:
             "cairn_last_failure_timestamp_seconds",
             "Unix time the last set of a source and level that did not succeed ended.", per_set, registry=registry,
         )
+        self.last_thaw_failure = Gauge(
+            "cairn_last_thaw_failure_timestamp_seconds",
+            "Unix time a quiesce window of a source last failed to thaw (the application may still be "
+            "stopped); a set that succeeds after it thawed again.", ("source",), registry=registry,
+        )
         self.restore_bytes = Counter("cairn_restore_bytes", "File bytes sent to restores.", registry=registry)
         self.backstop_found = Counter(
             "cairn_journal_backstop_found",
@@ -112,6 +117,10 @@ class Metrics:
         else:
             self.set_failures.labels(source, level).inc()
             self.last_failure.labels(source, level).set(time.time())
+
+    def record_thaw_failure(self, source: str, when: float | None = None) -> None:
+        """A window of `source` did not thaw (its set may have committed all the same)."""
+        self.last_thaw_failure.labels(source).set(time.time() if when is None else when)
 
     def set_rpos(self, rpos: dict[str, float]) -> None:
         """The configured RPO per source, replacing the previous set (after a reload)."""

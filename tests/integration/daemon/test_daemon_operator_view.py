@@ -113,6 +113,42 @@ def test_failure_beside_success_and_rpo_survive_a_restart(start_daemon, tmp_path
     assert full_id
 
 
+def test_a_window_that_did_not_thaw_is_a_metric_until_a_set_thaws_again_also_across_a_restart(
+        start_daemon, tmp_path, rundir):
+    """A thaw hook that fails leaves the application stopped while its set commits (a success):
+    the thaw failure has its own gauge, newer than the last success (CairnThawFailed fires), kept
+    by a restart, and older than the next set whose window thawed (the alert clears)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    sock = os.path.join(rundir, "thaw.sock")
+    flag = tmp_path / "app-down"
+    thaw = json.dumps(["sh", "-c", f"test ! -e {flag} || {{ echo cannot start the app >&2; exit 4; }}"])
+    config = write_config(str(tmp_path / "c.toml"), str(tmp_path / "repo"), sock, str(src),
+                          quiesce=f'{{ mode = "cold", freeze = ["true"], thaw = {thaw}, timeout = "60s" }}')
+    d = start_daemon("--config", config, socket_path=sock)
+    thawed, last = "cairn_last_thaw_failure_timestamp_seconds", "cairn_last_success_timestamp_seconds"
+    d.ok("backup", "--level", "full")
+    assert sample(metrics_text(d), thawed, source="app") is None  # thawed: nothing to alert on
+    flag.write_text("")
+    r = d.cli("backup", "--level", "incremental")
+    assert r.returncode == 0 and "cannot start the app" in r.stderr, r.stderr  # committed, warned
+    text = metrics_text(d)
+    failed_at = sample(text, thawed, source="app")
+    assert failed_at is not None and failed_at >= sample(text, last, source="app", level="incremental")
+    code, _ = d.terminate(30)
+    assert code == 0
+    d2 = start_daemon("--config", config, socket_path=sock)
+    text = metrics_text(d2)
+    assert sample(text, thawed, source="app") == app_status(d2)["last_failure"]["time"]
+    assert abs(sample(text, thawed, source="app") - failed_at) < 5
+    assert sample(text, thawed, source="app") >= sample(text, last, source="app", level="incremental")
+    flag.unlink()  # the application starts again: the next set's window thaws
+    d2.ok("backup", "--level", "incremental")
+    text = metrics_text(d2)
+    assert sample(text, last, source="app", level="incremental") > sample(text, thawed, source="app")
+
+
 def test_sets_show_end_host_tags_and_pruned_bases(start_daemon, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
