@@ -61,6 +61,7 @@ FILE_NAME = "health.json"
 MAX_MESSAGE = 500
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: a later time in the record is not a time
 THAW_FAILED = "thaw failed"
+UNSAVED_REPEAT = 600  # seconds between two lines about the record's writes failing for one reason
 STILL_STOPPED = "the application may still be stopped"
 SEGMENT = re.compile(r"[0-9A-Fa-f]{24}")
 NOT_THAWED = f"; the quiesce window a previous daemon left open has not thawed yet: {STILL_STOPPED}"
@@ -152,6 +153,8 @@ class HealthRecord:
 
     def __init__(self, state_dir: str | None) -> None:
         self._path = os.path.join(state_dir, FILE_NAME) if state_dir else None
+        # failing writes: (reason, when last said, failures since, failures in all)
+        self._unsaved: tuple[str, float, int, int] | None = None
         self._lock = threading.Lock()
         self.failures: dict[str, Failure] = {}
         self.wal_segment = ""
@@ -227,7 +230,25 @@ class HealthRecord:
         try:
             write_atomic(self._path, json.dumps(data, indent=1).encode())
         except OSError as exc:
-            log.warning("unable to write '%s': %s", self._path, exc.strerror or exc)
+            self._unwritten(str(exc.strerror or exc))
+            return
+        if self._unsaved is not None:
+            log.info("'%s' written again (%d writes had failed)", self._path, self._unsaved[3])
+            self._unsaved = None
+
+    def _unwritten(self, reason: str) -> None:
+        """Log a failed write of the record once, then again only when the reason changes or
+        every UNSAVED_REPEAT seconds with the count since: on a full state directory every set
+        and WAL segment saves the record, and a line for each buries the log."""
+        now = time.monotonic()
+        total = self._unsaved[3] + 1 if self._unsaved is not None else 1
+        if self._unsaved is not None and self._unsaved[0] == reason and now - self._unsaved[1] < UNSAVED_REPEAT:
+            self._unsaved = (reason, self._unsaved[1], self._unsaved[2] + 1, total)
+            return
+        again = f" ({self._unsaved[2]} more failed writes since the last line)" if self._unsaved else ""
+        log.warning("unable to write '%s': %s%s; said again in %d minutes or when the reason changes",
+                    self._path, reason, again, UNSAVED_REPEAT // 60)
+        self._unsaved = (reason, now, 0, total)
 
     def set_failed(self, source: str, level: str, message: str, status: str = "failed",
                    when: float | None = None) -> None:

@@ -84,3 +84,34 @@ def test_restored_metrics_name_the_newest_success_per_source_and_level(tmp_path)
     assert 'cairn_last_success_timestamp_seconds{level="full",source="app"} 30.0' in text
     assert 'cairn_last_success_timestamp_seconds{level="incremental",source="app"} 20.0' in text
     assert "cairn_wal_last_archived_timestamp_seconds 60.0" in text
+
+
+def test_failing_writes_of_the_record_are_one_line_until_the_reason_changes_or_they_succeed(tmp_path, caplog,
+                                                                                           monkeypatch):
+    """On a full state directory every set and WAL segment saves the record: a line each would
+    bury the log. One line, then one when the reason changes (or after UNSAVED_REPEAT seconds,
+    with the count), and one when a write succeeds again."""
+    from cairn.daemon.runtime import health as health_module
+
+    record = HealthRecord(str(tmp_path))
+    blocker = tmp_path / "health.json"
+    blocker.mkdir()
+    (blocker / "x").write_text("")  # the record's place is a non-empty directory: every write fails
+    with caplog.at_level(logging.INFO, logger="cairn.daemon.runtime.health"):
+        for i in range(50):
+            record.wal_stored(f"{i:024X}", 1_700_000_000.0 + i)
+        failed = [r for r in caplog.records if "unable to write" in r.getMessage()]
+        assert len(failed) == 1, [r.getMessage() for r in failed]
+        assert failed[0].levelno == logging.WARNING and "said again in 10 minutes" in failed[0].getMessage()
+        now = [health_module.time.monotonic()]
+        monkeypatch.setattr(health_module.time, "monotonic", lambda: now[0])
+        now[0] += health_module.UNSAVED_REPEAT + 1
+        record.wal_stored(f"{100:024X}", 1_700_000_100.0)
+        failed = [r.getMessage() for r in caplog.records if "unable to write" in r.getMessage()]
+        assert len(failed) == 2 and "(49 more failed writes since the last line)" in failed[1], failed
+        (blocker / "x").unlink()
+        blocker.rmdir()
+        record.wal_stored(f"{200:024X}", 1_700_000_200.0)
+    again = [r.getMessage() for r in caplog.records if "written again" in r.getMessage()]
+    assert again == [f"'{blocker}' written again (51 writes had failed)"], again
+    assert json.loads(blocker.read_text())["wal"]["segment"] == f"{200:024X}"
