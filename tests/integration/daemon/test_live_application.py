@@ -281,6 +281,22 @@ STARTED = "backup of source 'app' started"
 
 
 @pytest.mark.campaign
+def settled_status(d, quiet: float = 1.0, timeout: float = 30.0) -> dict:
+    """The source's status once its journal state and reasons have not changed for `quiet`
+    seconds: a paused writer's last events (moves read late among them) have been taken in."""
+    end = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while True:
+        st = json.loads(d.ok("--json", "status"))["sources"][0]
+        key = (st["journal_state"], tuple(st["journal_reasons"]))
+        if key != last:
+            last, since = key, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return st
+        assert time.monotonic() < end, f"the journal did not settle: {st}"
+        time.sleep(0.05)
+
+
 def test_a_daemon_killed_while_the_writer_runs_loses_no_change(start_daemon, apps, rundir) -> None:
     app = apps("app", seed=seed(31), skip=("rewrite_shared",))
     cfg = config(rundir, {"app": app.root})
@@ -310,7 +326,7 @@ def test_a_daemon_killed_while_the_writer_runs_loses_no_change(start_daemon, app
         assert s["extra"]["changes"] == "walk", s["extra"]
         app.moved_on()
         app.pause()
-        before = json.loads(d.ok("--json", "status"))["sources"][0]
+        before = settled_status(d)  # the writer's last events read: what the next set plans from
         s = backup(d, "incremental")
         if s["extra"]["changes"] != "journal":
             # the writer's moves read late, up to its pause, may still cost one walk (docs/journal.md:
