@@ -19,13 +19,14 @@ from typing import NoReturn
 
 from cairn import __version__
 from cairn.daemon.runtime.config import Config, config_from_args, load_config
-from cairn.daemon.runtime.config_schema import duration_value
+from cairn.daemon.runtime.config_schema import duration_value, split_address
 from cairn.daemon.runtime.repokeys import add_key_arguments, check_key_arguments, key_overrides
 from cairn.fsio.names import shown
 from cairn.store.errors import InvalidArgumentError
 from cairn.store.locations import is_s3
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_TCP_FLAGS = ("--listen", "--tls-cert", "--tls-key", "--token-file")  # [daemon] listen, tls_cert, tls_key, token_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,23 +54,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket", metavar="PATH", help="listen on this Unix socket instead of the configured one")
     parser.add_argument("--socket-group", metavar="GROUP",
                         help="give this group access to the socket (as [daemon] socket_group), e.g. postgres")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="also serve gRPC over TCP with TLS (as [daemon] listen; needs --tls-cert, --tls-key and "
+                             "--token-file, or the configuration's), e.g. for remote restores from a recovery host")
+    parser.add_argument("--tls-cert", metavar="FILE", help="the TCP listener's certificate (as [daemon] tls_cert)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the TCP listener's private key (as [daemon] tls_key)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="the token remote clients must present (as [daemon] token_file)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override daemon.log_level")
     args = parser.parse_args(argv)
     for flag in ("--config", "--repo", "--passphrase-file", "--key-file", "--socket", "--socket-group",
-                 "--stall-timeout"):
+                 "--stall-timeout", *_TCP_FLAGS):
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None and not value.strip():  # an empty value would read as the option left out
             parser.error(f"{flag} needs a value, got an empty string")
     if args.socket is not None and not _utf8(args.socket):  # gRPC names the socket as text
         parser.error(f"--socket '{shown(os.fsencode(args.socket))}' is not valid UTF-8")
+    if args.listen is not None:
+        try:
+            split_address(args.listen)
+        except InvalidArgumentError as exc:
+            parser.error(f"--listen: {exc.message}")
     if bool(args.config) == bool(args.repo):
         parser.error("give either --config FILE or --repo DIR")
+    if args.repo:  # no configuration to complete them: the TCP flags go together (with --config, once it is read)
+        _check_tcp_flags(parser, args)
     check_key_arguments(parser, args)
     _check_stall_timeout(parser, args)
     if args.config and args.source:
         parser.error("--source goes with --repo; a config file names its sources itself")
     _check_init_args(parser, args)
     return args
+
+
+def _check_tcp_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    given = {f: getattr(args, f[2:].replace("-", "_")) for f in _TCP_FLAGS}
+    if given["--listen"]:
+        missing = [f for f in _TCP_FLAGS[1:] if not given[f]]
+        if missing:
+            parser.error(f"--listen needs {', '.join(missing)}: TCP is served only with TLS and a token")
+    elif any(given.values()):
+        parser.error("--tls-cert, --tls-key and --token-file go with --listen HOST:PORT")
 
 
 def _utf8(text: str) -> bool:
@@ -100,7 +125,8 @@ def _check_init_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.check_config and args.init:
         parser.error("--init creates the repository and exits; --check-config does not go with it")
     for flag, given in (("--read-only", args.read_only), ("--source", args.source), ("--socket", args.socket),
-                        ("--socket-group", args.socket_group)):
+                        ("--socket-group", args.socket_group),
+                        *((f, getattr(args, f[2:].replace("-", "_"))) for f in _TCP_FLAGS)):
         if given:
             parser.error(f"--init creates the repository and exits; {flag} does not go with it")
 
@@ -131,6 +157,20 @@ def with_overrides(config: Config, args: argparse.Namespace) -> Config:
         changes["socket_group"] = args.socket_group
     if args.log_level:
         changes["log_level"] = args.log_level
+    for flag in _TCP_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value:
+            changes[flag[2:].replace("-", "_")] = value if flag == "--listen" else os.path.abspath(value)
     if not changes:
         return config
-    return dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, **changes))
+    daemon = dataclasses.replace(config.daemon, **changes)
+    if daemon.listen:  # as the configuration's rule: a TCP listener needs TLS and a token
+        missing = [f for f in _TCP_FLAGS[1:] if not getattr(daemon, f[2:].replace("-", "_"))]
+        if missing:
+            keys = ", ".join("daemon." + f[2:].replace("-", "_") for f in missing)
+            raise InvalidArgumentError(f"a TCP listener needs {', '.join(missing)} (or {keys} in the configuration): "
+                                       "TCP is served only with TLS and a token")
+    elif any(getattr(args, f[2:].replace("-", "_"), None) for f in _TCP_FLAGS[1:]):
+        raise InvalidArgumentError("--tls-cert, --tls-key and --token-file go with a TCP listener: give --listen "
+                                   "HOST:PORT (or daemon.listen in the configuration)")
+    return dataclasses.replace(config, daemon=daemon)

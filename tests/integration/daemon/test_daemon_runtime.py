@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
-from cairnd_harness import CAIRN, env_for, free_port, openssl, tcp_config, write_config
+from cairnd_harness import CAIRN, CAIRND, env_for, free_port, openssl, tcp_config, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -98,6 +98,53 @@ def test_sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_invalid(sta
 
 
 
+
+
+def test_a_recovery_daemon_listens_on_tcp_from_its_command_line(start_daemon, tmp_path, tls_files):
+    """`cairnd --repo R --read-only --listen ... --tls-cert ... --tls-key ... --token-file ...`: the
+    disaster-recovery daemon serves remote clients with no configuration file to write."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("from the lost host\n")
+    repo = str(tmp_path / "repo")
+    writer = start_daemon("--repo", repo, "--source", str(src))
+    writer.ok("backup", "--level", "full")
+    writer.terminate(30)
+
+    address = f"127.0.0.1:{free_port()}"
+    tcp = ["--listen", address, "--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"],
+           "--token-file", tls_files["token"]]
+    start_daemon("--repo", repo, "--read-only", *tcp)
+    remote = [CAIRN, "--address", address, "--tls-ca", tls_files["ca"], "--token-file", tls_files["token"]]
+    r = subprocess.run([*remote, "restore", "latest", "--target", str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=60, env=env_for())
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "f.txt").read_text() == "from the lost host\n"
+    r = subprocess.run([CAIRN, "--address", address, "--tls-ca", tls_files["ca"], "sets"], capture_output=True,
+                       text=True, timeout=30, env=env_for())
+    assert r.returncode == 1 and "refused the call" in r.stderr  # the token is required, as with daemon.listen
+
+    # The flags go together: one line, exit 2, before anything starts.
+    for args, expected in (
+        (["--read-only", *tcp[:6]],
+         "cairnd: error: --listen needs --token-file: TCP is served only with TLS and a token"),
+        (["--read-only", *tcp[2:]], "cairnd: error: --tls-cert, --tls-key and --token-file go with --listen HOST:PORT"),
+        (["--read-only", "--listen", "nowhere", *tcp[2:]], "cairnd: error: --listen: "),
+        (["--init", *tcp], "cairnd: error: --init creates the repository and exits; --listen does not go with it"),
+    ):
+        r = subprocess.run([CAIRND, "--repo", repo, *args], capture_output=True, text=True,
+                           timeout=30, env=env_for())
+        assert r.returncode == 2 and r.stderr.startswith(expected) and r.stderr.count("\n") == 1, (args, r.stderr)
+    # With a configuration, the flags complete or replace its keys; a listener still needs all three.
+    config = tmp_path / "cairnd.toml"
+    config.write_text(f'[repository]\npath = "{repo}"\n[daemon]\nread_only = true\n'
+                      f'socket = "{tmp_path / "s.sock"}"\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'tls_cert = "{tls_files["cert"]}"\n')
+    r = subprocess.run([CAIRND, "--config", str(config), "--listen", address, "--check-config"],
+                       capture_output=True, text=True, timeout=60, env=env_for())
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "cairnd: error: a TCP listener needs --tls-key, --token-file (or daemon.tls_key, daemon.token_file in the "
+        "configuration): TCP is served only with TLS and a token"), r.stderr
 
 
 def test_tcp_needs_tls_and_the_token(start_daemon, rundir, tmp_path, tls_files):
