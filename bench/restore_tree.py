@@ -40,7 +40,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
-from bench.common import DEFAULT_CORPUS_SCRIPT, DEFAULT_WORKDIR, build_corpus, compare_trees, fresh_fs  # noqa: E402
+from bench.common import DEFAULT_CORPUS_SCRIPT, DEFAULT_WORKDIR, build_corpus, compare_trees, fresh_fs, process_cpu  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CAIRN, CAIRND = str(BIN / "cairn"), str(BIN / "cairnd")
@@ -84,6 +84,11 @@ class Daemon:
         self.proc.wait(60)
         self.log.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _children_cpu() -> float:
+    r = os.times()
+    return r.children_user + r.children_system
 
 
 def make_tree(root: Path, total: int, rng: random.Random) -> list[Path]:
@@ -194,20 +199,26 @@ def run(args: argparse.Namespace, work: Path, dest: Path) -> int:
         d = Daemon(work / "b", corpus)
         try:
             s = json.loads(d.ok("--json", "backup", "--level", "full"))
-            cps, cairns = [], []
+            cps, cairns, cp_cpu, cairnd_cpu = [], [], [], []
             for r in range(args.rounds):
                 subprocess.run(["sync"], check=True)
-                t0 = time.perf_counter()
+                c0, t0 = _children_cpu(), time.perf_counter()
                 subprocess.run(["cp", "-a", str(corpus), str(dest / f"cp-{r}")], check=True)
                 cps.append(time.perf_counter() - t0)
+                cp_cpu.append(_children_cpu() - c0)
+                c0 = process_cpu(d.proc.pid)
                 cairns.append(d.timed("restore", s["id"], "--target", str(dest / f"cairn-{r}"))[0])
-                print(f"corpus round {r + 1}: cp -a {cps[-1]:.2f} s, cairn restore {cairns[-1]:.2f} s "
-                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                cairnd_cpu.append(process_cpu(d.proc.pid) - c0)
+                print(f"corpus round {r + 1}: cp -a {cps[-1]:.2f} s (CPU {cp_cpu[-1]:.2f} s), cairn restore "
+                      f"{cairns[-1]:.2f} s (cairnd CPU {cairnd_cpu[-1]:.2f} s) (load {os.getloadavg()[0]:.1f})",
+                      flush=True)
             problems = compare_trees(corpus, dest / "cairn-0")
             size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file() and not f.is_symlink())
             cp_s, cairn_s = statistics.median(cps), statistics.median(cairns)
             fig["corpus"] = {"bytes": size, "cp_a_s": cps, "cairn_restore_s": cairns, "cp_a_median_s": cp_s,
                              "cairn_restore_median_s": cairn_s, "fraction_of_cp": cp_s / cairn_s,
+                             "cp_a_cpu_median_s": statistics.median(cp_cpu),
+                             "cairnd_cpu_median_s": statistics.median(cairnd_cpu),
                              "tree_equal": not problems, "loadavg": os.getloadavg()}
             print("corpus:", json.dumps(fig["corpus"]), flush=True)
         finally:
