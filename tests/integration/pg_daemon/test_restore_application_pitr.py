@@ -8,6 +8,8 @@ PostgreSQL 15 clusters archiving through `cairn wal-push` into a real cairnd:
 - a target the archive cannot reach is refused with exit 1 naming the database and the last
   reachable transaction, and nothing is written, neither files nor database; with two
   PostgreSQL databases, a time one archive reaches and the other does not is refused too;
+- `--target-end --stream` recovers every archived commit, and `--delta --target-time` mends the
+  same places back to the time (the files to the set);
 - --target-lsn is refused for a set of two PostgreSQL databases (an LSN is one cluster's), and
   every point-in-time option without --databases, before anything is written.
 """
@@ -175,3 +177,27 @@ def test_two_postgresql_databases_one_unreachable_target_and_target_lsn_are_refu
         r = stack.cli("restore", two["id"], "--target", str(target), *options)
         assert r.returncode == 2 and f"{options[0]} only goes with --databases" in r.stderr, r.stderr
     assert os.listdir(h) == []
+
+
+def test_to_the_end_streamed_then_mended_back_to_a_time_with_delta(stack: Stack, app_set: dict[str, Any]) -> None:
+    s, between = app_set["set"], app_set["between"]
+    h = holder(stack, "cairn-apppitr-end-")
+    target, dbdir = h / "app", h / "app-db-appdb"
+    out = stack.ok("restore", s["id"], "--target", str(target), "--databases", "--target-end", "--stream",
+                   timeout=120)
+    assert "written by the daemon" not in out and "to the end of the WAL archive" in out, out
+    srv = ArchivingServer(pgdata=dbdir, settings={"archive_mode": "off"})
+    stack.restored.append(srv)
+    srv.start(timeout=60)
+    srv.wait_promoted()
+    assert srv.psql("SELECT count(*), max(id) FROM orders") == "30|30"  # every archived commit
+    srv.stop()
+    # the same places mended back to the time between the two commits
+    doc = json.loads(stack.ok("--json", "restore", s["id"], "--target", str(target), "--databases", "--delta",
+                              "--target-time", between, timeout=120))
+    assert doc["databases"][0]["recovery_target"] == f"time {between}", doc
+    srv.start(timeout=60)
+    srv.wait_promoted()
+    assert srv.psql("SELECT count(*), max(id) FROM orders") == "20|20"
+    srv.stop()
+    assert tree(target) == app_set["files"]
