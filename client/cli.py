@@ -354,6 +354,14 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
         raise InvalidArgumentError("--dry-run writes nothing, so there is nothing to --verify")
     if args.db_target and not args.databases:
         raise InvalidArgumentError("--db-target only goes with --databases")
+    moving = restoring.target_flags(args)  # point-in-time options: the set's PostgreSQL databases only
+    if moving and not args.databases:
+        raise InvalidArgumentError(f"{moving[0]} only goes with --databases: it moves the set's PostgreSQL "
+                                   "databases in time (the files are the set's)")
+    check_target_options(args)
+    timeline = restoring.check_timeline(args.target_timeline or "current")
+    if args.accept_wal_gap and not args.target_end:
+        raise InvalidArgumentError("--accept-wal-gap only goes with --target-end")
     if not args.delta:
         check_target(args.target, args.overwrite)
     elif os.path.lexists(args.target) and not os.path.isdir(args.target):
@@ -361,6 +369,7 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
     if args.delta and not args.dry_run:
         restoring.check_writable_fs(args.target)
     places: dict[str, str] = {}
+    records: dict[str, dict[str, Any]] = {}  # the set's record of each database in `places`
     mended: set[str] = set()  # databases whose place holds an earlier copy (--delta): mended, not laid down
     fetch = ""  # restore_command's wal-fetch prefix for a client on another host (restoring.fetch_with)
     dumps: list[dict[str, str]] = []  # databases --databases leaves alone: dumps, restored with --target-dsn
@@ -383,6 +392,8 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
                 return fail(f"set '{render.short_id(args.set)}' holds no database", code=EXIT_NOT_FOUND)
             kinds = {r["name"]: r["kind"] for r in held if r["kind"] != restoring.POSTGRES}
             names = [r["name"] for r in held if r["kind"] == restoring.POSTGRES]
+            records = {r["name"]: r for r in held if r["kind"] == restoring.POSTGRES}
+            restoring.check_recovery_target(conn, args, render.short_id(args.set), held, timeline)
             places = restoring.database_targets(args.target, names, args.db_target, kinds, delta=args.delta)
             mended = {n for n, w in places.items() if args.delta and os.path.isdir(w) and os.listdir(w)}
             for name in sorted(mended):  # an earlier copy: the daemon mends it (refused here if it cannot)
@@ -390,8 +401,12 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
             here = list(first.dsn_restorable) if first.dumps_known else None
             dumps = [restoring.dump_note(render.short_id(args.set), n, k, here is None or n in here)
                      for n, k in kinds.items()]
+            if moving:  # a dump cannot be moved in time: say so, per dump
+                dumps = [dict(d, recovery_target="set", note=DUMP_AT_SET_POINT) for d in dumps]
             fetch = restoring.fetch_with(conn, args) if places else ""  # refused before anything is written
-            restoring.check_databases(conn, args, places, fetch, mended)  # every one, before anything is written
+            # every one, its recovery target too, before anything is written
+            restoring.check_databases(conn, args, places, fetch, mended, timeline)
+    recovers = {n: restoring.recovery_point(args, records.get(n), timeline) for n in places}
     # With --databases and --json the files part is one part of the one document printed at the end.
     whole_doc = args.json and args.databases
     captured: list[str] = []
@@ -402,23 +417,27 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
         else:
             code = restoring.dry_run_listing(conn, args, files_out, render, to_record)
         if whole_doc:
-            doc = dict(_captured_doc(captured), databases=[{"name": n, "target": w} for n, w in places.items()],
-                       dumps=dumps)
-            out(render.dumps(doc))
+            dbs = [{"name": n, "target": w} for n, w in places.items()]
+            if moving:
+                dbs = [dict(d, recovery_target=recovers[d["name"]][0], recovery_target_timeline=timeline)
+                       for d in dbs]
+            out(render.dumps(dict(_captured_doc(captured), databases=dbs, dumps=dumps)))
             return code
         for name, where in places.items():
+            ready = f"ready for recovery to {recovers[name][1]}" if moving else "ready for recovery"
             if name in mended:
                 out(f"would mend database '{name}' in {where} (--delta: the daemon writes what differs from the "
-                    "set and removes what it does not hold; ready for recovery)")
+                    f"set and removes what it does not hold; {ready})")
                 continue
-            out(f"would lay down database '{name}' in {where} (ready for recovery)")
+            out(f"would lay down database '{name}' in {where} ({ready})")
         for d in dumps:
             if d["restore"] == d["files"]:  # this daemon cannot restore it into a database
                 out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}) this daemon has no "
-                    f"restore command for; write its files with {d['files']} and load them with its own tool")
+                    f"restore command for; write its files with {d['files']} and load them with its own tool"
+                    + (f"; {DUMP_AT_SET_POINT}" if moving else ""))
             else:
                 out(f"would leave database '{d['name']}' alone: it is a dump (kind {d['kind']}); restore it into a "
-                    f"database with {d['restore']}")
+                    f"database with {d['restore']}" + (f"; {DUMP_AT_SET_POINT}" if moving else ""))
         return code
     if args.delta:
         done = restoring.delta_by_daemon(conn, args, files_out, render) if daemon_delta else None
@@ -441,8 +460,7 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
         return code
     dbs = []
     for name, where in places.items():
-        request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
-                                      target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch)
+        request = restoring.db_request(args, name, where, fetch, timeline)
         doc: dict[str, Any] = {}
         if name in mended:
             captured_db: list[str] = []
@@ -456,30 +474,44 @@ def _restore(conn: Connection, args: argparse.Namespace, guard: Guard) -> int:
         if code != EXIT_OK:
             return fail(f"database '{name}' could not be laid down in {where}")
         own_data_directory(where)
+        if moving:
+            doc.update(recovery_target=recovers[name][0], recovery_target_timeline=timeline)
+            if args.target_time or args.target_lsn or args.target_end:  # recovery reads the archive past the set
+                prime_prefetch(argparse.Namespace(**dict(vars(args), target=where)))
         dbs.append(dict(doc, name=name, start=f"pg_ctl -D {where} start"))
     if args.json:
         out(render.dumps(dict(files_report, databases=dbs, dumps=dumps,
                               start_order=[f"database {d['name']}" for d in dbs]
                               + [f"dump {d['name']}" for d in dumps] + ["application"])))
     else:
+        at_set = f"; {DUMP_AT_SET_POINT}" if moving else ""
         for d in dumps:
             if d["restore"] == d["files"]:  # this daemon cannot restore it into a database
                 out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down, and this "
                     f"daemon has no restore command for it; write its files with {d['files']} and load them with "
-                    "the database's own restore tool")
+                    f"the database's own restore tool{at_set}")
             else:
                 out(f"note: database '{d['name']}' is a dump (kind {d['kind']}): it was not laid down; restore it "
-                    f"into a database with {d['restore']}, or write its files with {d['files']}")
+                    f"into a database with {d['restore']}, or write its files with {d['files']}{at_set}")
+        if moving:
+            out(f"note: the files in {args.target} are the set's, as of its point; only its PostgreSQL databases "
+                "recover to the target")
         out("start in this order:")
         for i, (name, where) in enumerate(places.items(), 1):
+            to = f" to {recovers[name][1]}" if moving else ""
             out(f"  {i}. PostgreSQL for '{name}' on {where} (as the owner of that directory: pg_ctl -D {where} "
-                "start); it replays WAL from the archive through cairn wal-fetch, then promotes")
+                f"start); it replays WAL from the archive through cairn wal-fetch{to}, then promotes")
         for i, d in enumerate(dumps, len(places) + 1):
             then = ", then load the file it names with the database's own tool" if d["restore"] == d["files"] else ""
-            out(f"  {i}. database '{d['name']}' (a dump): {d['restore']}{then}")
+            out(f"  {i}. database '{d['name']}' (a dump, at the set's point): {d['restore']}{then}" if moving else
+                f"  {i}. database '{d['name']}' (a dump): {d['restore']}{then}")
         out(f"  {len(places) + len(dumps) + 1}. the application, on {args.target}, once the databases accept "
             "connections")
     return EXIT_OK
+
+
+# what `restore --databases` says of each dump when a point-in-time option moves the PostgreSQL databases
+DUMP_AT_SET_POINT = "it holds the set's point, not the recovery target: a dump cannot be moved in time"
 
 
 def _captured_doc(captured: list[str]) -> dict[str, Any]:
@@ -1367,6 +1399,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "target); dumps are left alone, with a note on how to restore them")
     p.add_argument("--db-target", action="append", metavar="NAME=DIR",
                    help="with --databases: put database NAME in DIR (default <TARGET>-db-<NAME>)")
+    when = p.add_mutually_exclusive_group()  # none: the set's own consistent point
+    when.add_argument("--target-time", metavar="T",
+                      help="with --databases: every PostgreSQL database of the set recovers every transaction "
+                           "committed up to this time (dumps and files stay at the set's point)")
+    when.add_argument("--target-lsn", metavar="L",
+                      help="with --databases, when the set holds one PostgreSQL database: recover up to and "
+                           "including this WAL position")
+    when.add_argument("--target-end", action="store_true",
+                      help="with --databases: every PostgreSQL database of the set recovers to the end of its WAL "
+                           "archive")
+    p.add_argument("--accept-wal-gap", action="store_true",
+                   help="with --target-end: recover up to a segment missing from the archive (refused otherwise)")
+    p.add_argument("--target-timeline", metavar="TL",
+                   help="with --databases: the timeline recovery follows: current (default: the set's own), latest "
+                        "or a timeline id")
 
     p = command("restore-db", cmd_restore_db,
                 "prepare a PostgreSQL data directory from a set, or restore a dump into a database")

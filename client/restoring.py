@@ -30,6 +30,12 @@ the daemon refuses.
   (check_databases: the WAL its consistent point needs is archived, ...), before anything is
   written: one failing check exits 1 with nothing written. Dumps are not laid down: a note says
   how to restore them (`restore-db --target-dsn`). The output then says what to start, in which order.
+- --databases with --target-time, --target-end [--accept-wal-gap] or --target-timeline recovers
+  every PostgreSQL database of the set to that target, --target-lsn only the one of a set holding
+  exactly one (check_recovery_target); the daemon checks each database's target (reachable in
+  its archive, not before the set) with the rest of check_databases, so one unreachable target
+  refuses the whole restore before anything is written. Files and dumps stay at the set's point,
+  and the output says so for each dump.
 - restore-db --target-timeline: 'current' (the set's own, the default), 'latest' or an id goes
   to the daemon, which writes it as recovery_target_timeline; an id is first checked against
   the timeline's history file as wal-fetch serves it (check_timeline_reaches), before anything
@@ -59,6 +65,7 @@ from cairn.fsio import claims
 from cairn.fsio.datadir import check_data_directory
 from cairn.fsio.names import shown
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
+from cairn.protocol import HINT_KEY
 
 if TYPE_CHECKING:  # imported where used: a delta the daemon runs (the usual case) needs neither
     from cairn.fsio.records import EntryMeta
@@ -656,22 +663,78 @@ def _check_writable(where: str, name: str) -> None:
                                       hint="choose another place with --db-target NAME=DIR")
 
 
+TARGET_FLAGS = ("target_time", "target_lsn", "target_end", "accept_wal_gap", "target_timeline")
+
+
+def target_flags(args: argparse.Namespace) -> list[str]:
+    """The point-in-time options given to `restore` (`--target-time`, ...), in TARGET_FLAGS' order."""
+    return ["--" + f.replace("_", "-") for f in TARGET_FLAGS if getattr(args, f, None) not in (None, False)]
+
+
+def db_request(args: argparse.Namespace, name: str, where: str, fetch: str, timeline: str,
+               **more: Any) -> pb.RestoreDbRequest:
+    """The RestoreDbRequest of `restore --databases` for database `name` in `where`, with the
+    recovery target the options give (the same for every PostgreSQL database of the set)."""
+    return pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
+                               target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch,
+                               target_time=getattr(args, "target_time", None) or "",
+                               target_lsn=getattr(args, "target_lsn", None) or "",
+                               target_end=bool(getattr(args, "target_end", False)),
+                               accept_wal_gap=bool(getattr(args, "accept_wal_gap", False)),
+                               target_timeline=timeline, **more)
+
+
+def check_recovery_target(conn: Any, args: argparse.Namespace, set_id: str, held: list[dict[str, Any]],
+                          timeline: str) -> None:
+    """Refuse (InvalidArgumentError) a point-in-time option of `restore --databases` that cannot
+    apply to the set's databases `held`, before anything is written: a target for a set without a
+    PostgreSQL base backup; --target-lsn unless the set holds exactly one (an LSN is a position in
+    one cluster's WAL); a --target-timeline id that one of them cannot follow
+    (check_timeline_reaches)."""
+    flags = target_flags(args)
+    if not flags:
+        return
+    names = [r["name"] for r in held if r["kind"] == POSTGRES]
+    if not names:
+        raise InvalidArgumentError(f"{flags[0]} moves PostgreSQL base backups in time, and set '{set_id}' holds "
+                                   "none (its dumps stay at the set's point)")
+    if args.target_lsn and len(names) != 1:
+        raise InvalidArgumentError(f"--target-lsn is a position in one cluster's WAL, and set '{set_id}' holds "
+                                   f"{len(names)} PostgreSQL databases ({', '.join(names)})",
+                                   hint="give --target-time or --target-end, or restore one database with "
+                                        "cairn restore-db SET --database NAME --target-lsn L")
+    if timeline not in TIMELINE_CHOICES:
+        for rec in held:
+            if rec["kind"] == POSTGRES:
+                check_timeline_reaches(conn, rec, int(timeline))
+
+
 def check_databases(conn: Any, args: argparse.Namespace, places: dict[str, str], fetch: str,
-                    mended: set[str]) -> None:
+                    mended: set[str], timeline: str = "current") -> None:
     """Ask the daemon to run every check a restore of each database in `places` makes before it
     writes (RestoreDbRequest.check_only: the set holds it as a base backup; the WAL its consistent
-    point needs is archived; a place the daemon on this host will write is none of its own; ...),
+    point needs is archived; the recovery target, if any, is after the set's consistent point and
+    reachable in the archive; a place the daemon on this host will write is none of its own; ...),
     all of them before anything of the restore is written: a failing one raises the daemon's
-    error, naming the database or its place, and nothing is written. `mended`: the places the
-    daemon mends (--delta)."""
+    error, naming the database (added in front when the daemon's words do not) or its place, and
+    nothing is written. `mended`: the places the daemon mends (--delta)."""
+    import grpc
+
     local = bool(conn.endpoint.socket) and not args.stream  # the daemon is asked to write them
     for name, where in places.items():
-        request = pb.RestoreDbRequest(set=args.set, source=args.source or "", database=name,
-                                      target_path=os.fsencode(where), host=args.host or "", fetch_with=fetch,
-                                      check_only=True, check_local=local or name in mended)
+        request = db_request(args, name, where, fetch, timeline, check_only=True,
+                             check_local=local or name in mended)
         call = conn.stub.RestoreDb(request)
         try:
             next(iter(call), None)  # one batch, the set: the checks passed
+        except grpc.RpcError as exc:
+            details = exc.details() or ""
+            kind = {grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+                    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError}.get(exc.code())
+            if kind is None or f"'{name}'" in details:
+                raise
+            hint = next((v for k, v in exc.trailing_metadata() or () if k == HINT_KEY), None)
+            raise kind(f"database '{name}': {details}", hint=hint) from None
         finally:
             call.cancel()  # a daemon that does not know check_only would go on sending the directory
 
@@ -715,12 +778,19 @@ def check_timeline(value: str) -> str:
 def recovery_target(args: argparse.Namespace, rec: dict[str, Any] | None, timeline: str) -> tuple[str, str]:
     """(what a restored data directory recovers to, for --json: 'immediate', 'time T', 'lsn L'
     or 'end'; the line that says it) for restore-db's options."""
+    key, what = recovery_point(args, rec, timeline)
+    return key, f"PostgreSQL started on {shown(args.target)} recovers to {what}, then promotes"
+
+
+def recovery_point(args: argparse.Namespace, rec: dict[str, Any] | None, timeline: str) -> tuple[str, str]:
+    """(the --json key of recovery_target; its words, e.g. "time 'T' (every commit up to it) on the
+    set's own timeline") for the options of restore-db or `restore --databases`."""
     on = {"current": "the set's own timeline", "latest": "the newest timeline in the archive"}.get(
         timeline, f"timeline {timeline}")
     if args.target_end and getattr(args, "accept_wal_gap", False):
         key, what = "end", ("the end of the WAL archive, or the first segment missing from it (--accept-wal-gap: "
                             "what was archived after a gap is not replayed)")
-    elif args.target_end and timeline == "current" and not args.restore_command:  # gaps were refused
+    elif args.target_end and timeline == "current" and not getattr(args, "restore_command", None):  # gaps refused
         key, what = "end", "the end of the WAL archive (every archived segment is replayed)"
     elif args.target_end:
         key, what = "end", ("the end of the WAL archive (archived segments are replayed up to the first one missing, "
@@ -732,7 +802,7 @@ def recovery_target(args: argparse.Namespace, rec: dict[str, Any] | None, timeli
     else:
         point = f" (LSN {rec['stop_lsn']})" if rec and rec.get("stop_lsn") else ""
         key, what = "immediate", f"the set's consistent point{point}"
-    return key, f"PostgreSQL started on {shown(args.target)} recovers to {what} on {on}, then promotes"
+    return key, f"{what} on {on}"
 
 
 def _lsn(text: str) -> int:
