@@ -386,9 +386,13 @@ def check_wal_owner(repo: Any, rec: dict[str, Any]) -> None:
 
 
 def server_archiver(conn: Any) -> dict[str, Any]:
-    """pg_stat_archiver of a server and its current segment; `conn` is a PgConnection."""
+    """pg_stat_archiver of a server and its current segment; `conn` is a PgConnection. The
+    current segment is the one the server's next record goes to: right after a switch, the next
+    segment. pg_walfile_name() of a position on a segment boundary names the segment before it
+    (the one the switch finished), so it is asked one byte further; else an idle server's
+    unarchived last segment would not count as waiting."""
     row = conn.query_one(
-        "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, ''), "
+        "SELECT pg_walfile_name(pg_current_wal_lsn() + 1), coalesce(last_archived_wal, ''), "
         "coalesce(extract(epoch FROM last_archived_time), 0)::float8, failed_count, "
         "coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time), 0)::float8 "
         "FROM pg_stat_archiver")
