@@ -38,7 +38,7 @@ def _archive(stack: Stack, sock: str | None = None) -> tuple[dict, str]:
     text = subprocess.run([*run, "status"], capture_output=True, text=True, check=True, env=env_for(),
                           timeout=60).stdout
     (db,) = [d for d in out["archive"]["databases"] if d["name"] == "appdb"]
-    (line,) = [x for x in text.splitlines() if x.startswith("  database appdb:")]
+    line = [x for x in text.splitlines() if x.startswith("  database appdb:")][0]  # what waits follows it
     return db, line
 
 
