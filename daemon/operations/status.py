@@ -282,7 +282,8 @@ class StatusPart(ServicePart):
         def in_repository(namespace: str, name: str) -> bool:
             if entries is not None:
                 return (namespace, name) in entries
-            return name in bounded_read(self, f"wal-{namespace}", lambda: self.repo.list_wal(namespace, flat=False))
+            return self.archiver_clocks.found(namespace, name, lambda: name in bounded_read(
+                self, f"wal-{namespace}", lambda: self.repo.list_wal(namespace, flat=False)))
 
         info = replace(info, archive_foreign=not archwatch.calls_cairn(info, in_repository))
         return self.archiver_clocks.observe(info)

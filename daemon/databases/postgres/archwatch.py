@@ -10,7 +10,8 @@ archive_command reaches this repository.
 
 - `calls_cairn(view, in_repository)`: archive_command archives into this repository: it names
   `wal-push`, or (a wrapper script) the server's last archived file is in the repository, in
-  its cluster's name space (looked up only for a command that does not name `wal-push`). An
+  its cluster's name space (looked up only for a command that does not name `wal-push`, once
+  per last archived file; a repository that cannot be read gives no verdict against it). An
   archive_library archives instead of archive_command: never Cairn's.
 - `PendingClocks` tells, per database, since when the oldest segment still waiting for the
   archive has been seen finished: each observation that the server writes a later segment is
@@ -57,9 +58,9 @@ def calls_cairn(view: DatabaseArchive, in_repository: Callable[[str, str], bool]
         return False
     try:
         return in_repository(view.system_id, view.last_archived)
-    except Exception:  # noqa: BLE001 - unable to look: the command's text decided
+    except Exception:  # noqa: BLE001 - unable to look (a store that does not answer): no false alarm
         log.debug("unable to look for %s in the repository", view.last_archived, exc_info=True)
-        return False
+        return True
 
 
 class PendingClock:
@@ -88,13 +89,32 @@ class PendingClock:
         return when if first > oldest else now
 
 
+FOUND_KEPT = 64  # answers of `PendingClocks.found` remembered
+
+
 class PendingClocks:
-    """One PendingClock per database (thread-safe)."""
+    """One PendingClock per database, and whether the repository holds the last file each server
+    archived (thread-safe)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._clocks: dict[str, PendingClock] = {}
         self._clock = clock
+        self._found: dict[tuple[str, str], bool] = {}
+
+    def found(self, namespace: str, name: str, look: Callable[[], bool]) -> bool:
+        """Whether the repository holds WAL file `name` of `namespace`: `look()` once per file (a
+        server's last archived file changes only when it archives again); errors are not kept."""
+        key = (namespace, name)
+        with self._lock:
+            if key in self._found:
+                return self._found[key]
+        answer = look()
+        with self._lock:
+            if len(self._found) >= FOUND_KEPT:
+                self._found.clear()
+            self._found[key] = answer
+        return answer
 
     def observe(self, view: DatabaseArchive) -> DatabaseArchive:
         """`view` with its `pending_since` (a view that could not be read is returned as it is)."""

@@ -63,6 +63,22 @@ def test_calls_cairn_by_the_command_or_by_the_archive() -> None:
     library = DatabaseArchive(name="a", archive_command="cairn wal-push %p", archive_library="basic_archive")
     assert not calls_cairn(library, here)
 
+    def stalled(namespace: str, name: str) -> bool:
+        raise OSError("the store did not answer")
+
+    assert calls_cairn(foreign, stalled)  # unable to look is no verdict against the command
+
+
+def test_the_repository_is_looked_at_once_per_last_archived_file() -> None:
+    clocks, looks = PendingClocks(), []
+
+    def look(answer: bool) -> bool:
+        looks.append(answer)
+        return answer
+
+    assert clocks.found("42", seg(3), lambda: look(True)) and clocks.found("42", seg(3), lambda: look(False))
+    assert not clocks.found("42", seg(4), lambda: look(False)) and looks == [True, False]
+
 
 def test_the_sampler_logs_a_server_it_cannot_ask_once(caplog) -> None:
     answers = [DatabaseArchive(name="db", error="unable to connect to database 'db': refused")] * 3 + [
