@@ -593,6 +593,12 @@ def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
                 "system_id": d.system_id or None,
                 "namespace_segments": d.namespace_segments,
                 "nothing_archived": d.nothing_archived,
+                "in_recovery": d.in_recovery,
+                "archive_mode": d.archive_mode or None,
+                "archive_command": d.archive_command if d.archive_mode else None,
+                "archive_library": d.archive_library or None,
+                "archive_foreign": d.archive_foreign,
+                "pending_since": d.pending_since or None,
             }
             for d in a.databases
         ],
@@ -623,13 +629,37 @@ def archive_lines(a: pb.ArchiveStatus, now: float) -> list[str]:
             done = f"nothing archived{since}{lag}"
         else:
             done = f"archived {d.last_archived}{when}, lag {plural(d.lag_segments, 'segment')}"
-        text = f"  database {d.name}: writing {d.current_segment}, {done}, {plural(d.failed_count, 'failure')}"
+        writing = f"writing {d.current_segment}" if not d.in_recovery else "in recovery (no WAL of its own)"
+        text = f"  database {d.name}: {writing}, {done}, {plural(d.failed_count, 'failure')}"
         if d.last_failed:
             text += f" (last {d.last_failed}, {fmt_age(now - d.last_failed_time)} ago)"
         if d.system_id:
             text += f"; system {d.system_id}: {plural(d.namespace_segments, 'segment')} archived"
         lines.append(text)
+        lines += [f"  database {d.name}: {problem}" for problem in archiver_problems(d, now)]
     return lines
+
+
+STUCK_AFTER = 900  # seconds a finished segment may wait before status calls archiving stuck (the alert's bound)
+
+
+def archiver_problems(d: pb.DatabaseArchive, now: float) -> list[str]:
+    """What an operator must hear of one server's archiving, one line each: archive_mode off,
+    an archive_command that does not reach this repository, segments waiting for the archive."""
+    out = []
+    if d.archive_mode and d.archive_mode not in ("on", "always"):
+        out.append(f"archive_mode is {d.archive_mode}: the server archives no WAL (set archive_mode = on "
+                   "and restart it)")
+    elif d.archive_foreign:
+        how = (f"archive_library '{d.archive_library}' archives instead of archive_command" if d.archive_library
+               else f"archive_command '{d.archive_command}' does not call 'cairn wal-push'")
+        out.append(f"{how}: its WAL does not reach this repository")
+    if d.pending_since and not d.in_recovery:
+        waited = now - d.pending_since
+        stuck = "; archiving is STUCK" if waited >= STUCK_AFTER else ""
+        out.append(f"{plural(d.lag_segments, 'finished segment')} waiting for the archive, the oldest since "
+                   f"{fmt_time(d.pending_since)} ({fmt_age(waited)}){stuck}")
+    return out
 
 
 def job_dict(j: pb.JobInfo) -> dict[str, Any]:

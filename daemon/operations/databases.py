@@ -112,7 +112,8 @@ class DatabasePart(ServicePart):
         if db.kind != KIND_POSTGRES:
             return check_dump(db, self._config.daemon.state_dir)
         return checkdb.check_database(db, lambda ns: self.repo.list_wal(ns, flat=False),
-                                      lambda: self.archive.snapshot([]).last_failure, timeout)
+                                      lambda: self.archive.snapshot([]).last_failure, timeout,
+                                      observe=self.archiver_clocks.observe)
 
     def require_wal_writable(self) -> None:
         """Raise unless WAL pushes are accepted (checked before a push is received)."""

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.databases.postgres import archwatch, walarchive
 from cairn.daemon.runtime.config import Config
 from cairn.daemon.runtime.health import HealthRecord, StateRoom
 from cairn.daemon.scheduling.jobs import JobManager
@@ -41,6 +41,7 @@ class ServicePart:
     jobs: JobManager
     health: HealthRecord
     archive: walarchive.ArchiveHealth
+    archiver_clocks: archwatch.PendingClocks  # since when each server's WAL waits (status, check-db, metrics)
     tracker: Any  # the daemon's ChangeTracker (cairn.daemon.changes.tracker) when it watches
     retention: Any  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
     state_room: StateRoom | None = None  # whether the state directory takes writes (None: not checked)

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.databases.postgres import archwatch, walarchive
 from cairn.daemon.operations import hostname
 from cairn.daemon.operations.backups import BackupPart
 from cairn.daemon.operations.databases import DatabasePart
@@ -55,6 +55,7 @@ class CairnService(StatusPart, BackupPart, RestorePart, DatabasePart, Maintenanc
         self.retention: Any = None  # the RetentionRunner (cairn.daemon.scheduling.retention) when gc is scheduled
         self._lock = threading.Lock()
         self.archive = walarchive.ArchiveHealth()  # WAL pushes seen by this daemon, for status
+        self.archiver_clocks = archwatch.PendingClocks()  # since when each server's WAL waits (status, metrics)
         self.tracker: Any = None  # the daemon's ChangeTracker (cairn.daemon.changes.tracker) when it watches
         self.state_room: StateRoom | None = None  # whether the state directory takes writes (set by the daemon)
         self.journal_waiting: str | None = None  # why the change journal is not started yet (a full state directory)

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from cairn import __version__
-from cairn.daemon.databases.postgres import walarchive
+from cairn.daemon.databases.postgres import archwatch, walarchive
 from cairn.daemon.operations import hostname
 from cairn.daemon.operations.part import ServicePart
 from cairn.daemon.runtime.config import SourceConfig
@@ -264,12 +264,29 @@ class StatusPart(ServicePart):
         for db in self._config.databases:
             if db.kind != "postgres":
                 continue  # dump engines archive no WAL
-            info = walarchive.database_archiver(db)
+            info = self.archiver_view(db, set(entries))
             if info.system_id:
                 info.namespace_segments = sum(1 for ns, n in entries
                                               if ns == info.system_id and walarchive.SEGMENT_RE.match(n))
             snap.databases.append(info)
         return snap
+
+    def archiver_view(self, db: Any, entries: set[tuple[str, str]] | None = None) -> walarchive.DatabaseArchive:
+        """A PostgreSQL database's archiver as its server sees it (walarchive.database_archiver), whether
+        its archive_command reaches this repository, and since when its oldest finished segment
+        waits (archwatch.py); `entries` are the repository's WAL files when already listed."""
+        info = walarchive.database_archiver(db)
+        if info.error:
+            return info
+
+        def in_repository(namespace: str, name: str) -> bool:
+            if entries is not None:
+                return (namespace, name) in entries
+            return self.archiver_clocks.found(namespace, name, lambda: name in bounded_read(
+                self, f"wal-{namespace}", lambda: self.repo.list_wal(namespace, flat=False)))
+
+        info = replace(info, archive_foreign=not archwatch.calls_cairn(info, in_repository))
+        return self.archiver_clocks.observe(info)
 
     def retention_status(self) -> RetentionState | None:
         """The gc schedule, its next and last run, for status (None when not scheduled)."""

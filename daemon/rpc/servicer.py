@@ -779,7 +779,10 @@ def archive_status(a: ArchiveSnapshot) -> pb.ArchiveStatus:
                           failed_count=d.failed_count, last_failed=d.last_failed,
                           last_failed_time=d.last_failed_time, lag_segments=d.lag_segments,
                           system_id=d.system_id, namespace_segments=d.namespace_segments,
-                          nothing_archived=d.nothing_archived)
+                          nothing_archived=d.nothing_archived, in_recovery=d.in_recovery,
+                          archive_mode=d.archive_mode, archive_command=d.archive_command,
+                          archive_library=d.archive_library, archive_foreign=d.archive_foreign,
+                          pending_since=d.pending_since)
     return msg
 
 

@@ -102,6 +102,7 @@ class DaemonConfig:
     read_only: bool = False
     shutdown_timeout: float = 30.0
     backstop_interval: float = 86400.0
+    archiver_interval: float = 60.0  # how often each PostgreSQL server's archiver is sampled (0: never)
     max_watches: int | None = None
     log_level: str = "info"
     max_wal_size: int = 1 << 30  # largest WAL file a push may carry (PostgreSQL's largest segment)

@@ -378,6 +378,7 @@ class DaemonTable(_Table):
     read_only: StrictBool = False
     shutdown_timeout: Duration = 30.0
     backstop_interval: Duration = 86400.0
+    archiver_interval: Duration = 60.0
     max_watches: Count | None = None
     log_level: Literal[LOG_LEVELS] = "info"  # type: ignore[valid-type]
     max_wal_size: Annotated[Count, AfterValidator(_wal_size)] = 1 << 30

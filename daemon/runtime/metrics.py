@@ -4,7 +4,8 @@ All metrics live in a private CollectorRegistry (never the process-global one), 
 daemons or tests in one process do not collide. The `record_*` helpers are the only way the
 rest of the daemon touches them, which keeps names and labels in this one file; the one gauge read
 when it is scraped (the age of the oldest change no set holds, which grows with no event) gets
-its source through `watch_unprotected`. The registry also
+its source through `watch_unprotected`, and each PostgreSQL server's archiver as the daemon last
+sampled it (daemon/databases/postgres/archwatch.py) through `watch_archivers`. The registry also
 carries prometheus_client's collector of Python's garbage collections (python_gc_*: collections,
 objects collected and uncollectable, per generation), the figure that shows the collector
 settings of daemon/runtime/heap.py at work.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 from cairn.daemon.runtime.config import is_loopback, split_address
 from cairn.store.errors import InvalidArgumentError
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Metrics:
         )
         self._unprotected: Callable[[], dict[str, float]] = dict
         registry.register(_Unprotected(lambda: self._unprotected()))
+        self._archivers: Callable[[], dict[str, dict[str, float]]] = dict
+        registry.register(_Archivers(lambda: self._archivers()))
         self._server = None
         self._server_thread: threading.Thread | None = None
 
@@ -133,6 +136,11 @@ class Metrics:
         the journal follows, when its oldest change no committed set holds was seen (a source
         with nothing waiting is left out). Asked at every scrape."""
         self._unprotected = since
+
+    def watch_archivers(self, figures: Callable[[], dict[str, dict[str, float]]]) -> None:
+        """Where the archiver metrics come from: `figures()` gives, per PostgreSQL database, its
+        server's archiver as last sampled (archwatch.ArchiverSampler.figures). Asked at every scrape."""
+        self._archivers = figures
 
     def record_restore(self, nbytes: int) -> None:
         """Count bytes of file data sent to a restore."""
@@ -214,3 +222,53 @@ class _Unprotected:
         for source, when in sorted(values.items()):
             family.add_metric((source,), when)
         yield family
+
+
+# name, help, the figure (archwatch.ArchiverSampler.figures) of each archiver metric; gauges but the counter
+ARCHIVER_UP = ("cairn_wal_archiver_up", "1 when the daemon's last sample of a PostgreSQL database's archiver "
+               "reached its server, 0 when it could not (the other cairn_wal_archiver metrics are then absent).", "up")
+ARCHIVER_GAUGES = (
+    ("cairn_wal_segments_pending", "Finished WAL segments the server has not archived yet (0 on a standby).",
+     "pending"),
+    ("cairn_wal_pending_since_timestamp_seconds", "Unix time the oldest WAL segment waiting for the archive was "
+     "seen finished (absent: none waits).", "pending_since"),
+    ("cairn_wal_archive_mode_on", "1 when the server's archive_mode is on or always, 0 when it archives nothing.",
+     "archive_mode_on"),
+    ("cairn_wal_archive_command_cairn", "1 when the server's archive_command archives into this repository "
+     "('cairn wal-push', or its last archived file is here), 0 when it does not.", "command_cairn"),
+)
+ARCHIVER_FAILED = ("cairn_wal_archiver_failed", "Failed archive attempts the server counts (pg_stat_archiver."
+                   "failed_count; reset with the server's statistics).", "failed_count")
+
+
+class _Archivers:
+    """The archiver metrics of each PostgreSQL database, from the daemon's last sample of its server."""
+
+    def __init__(self, figures: Callable[[], dict[str, dict[str, float]]]) -> None:
+        self._figures = figures
+
+    def _families(self) -> list[tuple[GaugeMetricFamily | CounterMetricFamily, str]]:
+        gauges = [(GaugeMetricFamily(name, text, labels=("database",)), key)
+                  for name, text, key in (ARCHIVER_UP, *ARCHIVER_GAUGES)]
+        name, text, key = ARCHIVER_FAILED
+        return [*gauges, (CounterMetricFamily(name, text, labels=("database",)), key)]
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        for family, _ in self._families():
+            yield family
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            figures = self._figures()
+        except Exception:  # a scrape shows the rest
+            log.exception("unable to read the sampled WAL archivers for the metrics")
+            figures = {}
+        families = self._families()
+        for database, values in sorted(figures.items()):
+            for family, key in families:
+                value = values.get(key)
+                if value is None or (key == "pending_since" and not value):
+                    continue
+                family.add_metric((database,), value)
+        for family, _ in families:
+            yield family

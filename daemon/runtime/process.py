@@ -40,6 +40,7 @@ from cairn.daemon.changes.backstop import Backstop
 from cairn.daemon.changes.rpo import RpoKeeper
 from cairn.daemon.changes.tracker import ChangeTracker
 from cairn.daemon.databases.archive import PostgresSegments
+from cairn.daemon.databases.postgres.archwatch import ArchiverSampler
 from cairn.daemon.databases.tools import kill_running
 from cairn.daemon.operations.maintenance import restore_repair_mark
 from cairn.daemon.operations.service import CairnService
@@ -94,6 +95,7 @@ class Daemon:
         self.rpo: RpoKeeper | None = None
         self.backstop: Backstop | None = None
         self.retention: RetentionRunner | None = None
+        self.archivers: ArchiverSampler | None = None
         self._signals: collections.deque[int] = collections.deque()
         self._inbox = SignalInbox()
         self._last_status = ""
@@ -172,12 +174,13 @@ class Daemon:
                                                  health=self.service.health)
                 self.retention.settle()  # a run the previous daemon did not finish: logged, shown in status
                 self.service.retention = self.retention
+        self._start_archiver_sampler()
         # Serve, then tell systemd we are ready.
         self.server = RpcServer(CairnServicer(self.service), cfg.daemon)
         self.server.start()
         if self.scheduler is not None:
             self.scheduler.start()
-        for thread in (self.rpo, self.backstop, self.retention):
+        for thread in (self.rpo, self.backstop, self.retention, self.archivers):
             if thread is not None:
                 thread.start()
         interval = watchdog_interval()
@@ -191,6 +194,17 @@ class Daemon:
         )
         log.info("garbage collector: thresholds %s, %d start-up objects frozen", gc.get_threshold(),
                  heap.freeze_startup())
+
+    def _start_archiver_sampler(self) -> None:
+        """The thread that samples each PostgreSQL server's archiver every [daemon] archiver_interval
+        (databases and interval as the configuration says now; archwatch.py), for the metrics
+        and for since when WAL waits in status."""
+        service = self.service
+        self.archivers = ArchiverSampler(
+            lambda: [db for db in service.config.databases if db.kind == "postgres"],
+            service.archiver_view, lambda: service.config.daemon.archiver_interval)
+        if self.metrics is not None:
+            self.metrics.watch_archivers(self.archivers.figures)
 
     def restore_metrics(self) -> None:
         """Gauges a restart would reset, from the repository's sets and the health record."""
@@ -298,7 +312,7 @@ class Daemon:
             HealthRecord(cfg.daemon.state_dir).settle_thaws(failed)
 
     def healthy(self) -> bool:
-        threads = (self.scheduler, self.rpo, self.backstop, self.retention)
+        threads = (self.scheduler, self.rpo, self.backstop, self.retention, self.archivers)
         tracker_ok = self.tracker is None or self.tracker.healthy
         return tracker_ok and all(t is None or t.healthy for t in threads)
 
@@ -385,6 +399,8 @@ class Daemon:
             self.tracker.reload(new.sources)
         if self.rpo is not None:
             self.rpo.poke()
+        if self.archivers is not None:
+            self.archivers.poke()  # a changed archiver_interval or set of databases, at once
         setup_logging(new.daemon.log_level)
         log.info("configuration reloaded from %s: %d sources", new.path, len(new.sources))
         self.notifier.ready(self.status_text())
@@ -446,7 +462,7 @@ class Daemon:
 
         if self.scheduler is not None:
             self.scheduler.request_stop()
-        for thread in (self.rpo, self.backstop, self.retention):
+        for thread in (self.rpo, self.backstop, self.retention, self.archivers):
             if thread is not None:
                 thread.request_stop()
         # Cancel the backups first, so their clients still get an answer before the server closes.

@@ -5,7 +5,11 @@
 - `server_archiver(conn)` reads pg_stat_archiver and the server's current segment (the lag
   in segments between what the server writes and what reached the archive). A server that has
   archived nothing yet says so (`nothing_archived`) rather than a lag it cannot know: its lag
-  counts only the segments its archiver tried and failed, from the failed one on.
+  counts only the segments its archiver tried and failed, from the failed one on. A server in
+  recovery (a standby) writes no WAL of its own: no current segment, lag 0.
+- `database_archiver(db)` adds the server's archive settings (archive_mode, archive_command,
+  archive_library) for status and the daemon's archiver sampler (archwatch.py), bounded by a
+  connect and a statement timeout.
 - `continuity_problems(repo, sets)` checks, for each set holding a database, that WAL is
   archived without gaps on the set's timeline from its first segment onward, and on each
   later timeline that branched off it (from its switch point, per the timeline's .history
@@ -88,6 +92,17 @@ class DatabaseArchive:
     system_id: str = ""  # the server's WAL name space in the repository
     namespace_segments: int = 0  # WAL segments in that name space
     nothing_archived: bool = False  # pg_stat_archiver names no archived segment (since its statistics began)
+    in_recovery: bool = False  # a standby: it writes no WAL of its own, nothing of its own waits
+    archive_mode: str = ""  # the server's archive_mode (off, on, always); "" when not read
+    archive_command: str = ""
+    archive_library: str = ""  # set, it archives through a module, not archive_command
+    archive_foreign: bool = False  # archive_command does not archive into this repository (archwatch.calls_cairn)
+    pending_since: float = 0.0  # when the oldest segment waiting for the archive was seen finished (0: none)
+
+    @property
+    def archiving_on(self) -> bool:
+        """archive_mode lets the server archive (on, or always)."""
+        return self.archive_mode in ("on", "always")
 
 
 class ArchiveHealth:
@@ -129,14 +144,20 @@ class ArchiveHealth:
                                    last_failure_time=self._last_failure_time, segments=len(segs))
 
 
+STATEMENT_TIMEOUT_MS = 5000  # a server that takes a connection but does not answer holds status this long
+
+
 def database_archiver(db: Any, connect_timeout: int = 2) -> DatabaseArchive:
-    """server_archiver() of a configured database, or its `error` when it cannot be asked."""
+    """server_archiver() and the archive settings of a configured database, or its `error` when
+    it cannot be asked."""
     from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
 
     try:
         with PgConnection.open(db.dsn, name=db.name, connect_timeout=connect_timeout, check_rights=False,
                                require_archiving=False) as conn:
+            conn.query(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             out = server_archiver(conn)
+            out.update(archive_settings(conn))
             try:
                 out["system_id"] = walnames.namespace_of(
                     conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
@@ -385,14 +406,29 @@ def check_wal_owner(repo: Any, rec: dict[str, Any]) -> None:
                 f"database '{rec.get('name', '?')}' is {want}); the set is not committed")
 
 
+def archive_settings(conn: Any) -> dict[str, str]:
+    """The server's archive_mode, archive_command and archive_library (PostgreSQL 15 on; "" before)."""
+    mode, command, library = conn.query_one(
+        "SELECT current_setting('archive_mode'), current_setting('archive_command'), "
+        "coalesce(current_setting('archive_library', true), '')")
+    return {"archive_mode": str(mode), "archive_command": str(command), "archive_library": str(library)}
+
+
 def server_archiver(conn: Any) -> dict[str, Any]:
-    """pg_stat_archiver of a server and its current segment; `conn` is a PgConnection."""
+    """pg_stat_archiver of a server and its current segment; `conn` is a PgConnection. A server
+    in recovery has no current segment of its own (pg_current_wal_lsn() is refused there): its
+    lag is 0 and `in_recovery` says why. The current segment is the one the next record goes
+    to: right after a switch, the next segment. pg_walfile_name() of a position on a segment
+    boundary names the segment before it (the one the switch finished), so it is asked one byte
+    further; else an idle server's unarchived last segment would not count as waiting."""
     row = conn.query_one(
-        "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, ''), "
+        "SELECT CASE WHEN pg_is_in_recovery() THEN '' "
+        "ELSE pg_walfile_name(pg_current_wal_lsn() + 1) END, "
+        "coalesce(last_archived_wal, ''), "
         "coalesce(extract(epoch FROM last_archived_time), 0)::float8, failed_count, "
-        "coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time), 0)::float8 "
-        "FROM pg_stat_archiver")
-    current, archived, archived_time, failed, last_failed, failed_time = row
+        "coalesce(last_failed_wal, ''), coalesce(extract(epoch FROM last_failed_time), 0)::float8, "
+        "pg_is_in_recovery() FROM pg_stat_archiver")
+    current, archived, archived_time, failed, last_failed, failed_time, in_recovery = row
     lag = 0
     cur, arc = parse_segment(current), parse_segment(archived)
     if cur is not None and arc is not None and cur[0] == arc[0]:
@@ -406,7 +442,7 @@ def server_archiver(conn: Any) -> dict[str, Any]:
             lag = max(0, cur[1] - tried[1])
     return {"current_segment": current, "last_archived": archived, "last_archived_time": float(archived_time),
             "failed_count": int(failed), "last_failed": last_failed, "last_failed_time": float(failed_time),
-            "lag_segments": lag, "nothing_archived": not archived}
+            "lag_segments": lag, "nothing_archived": not archived, "in_recovery": bool(in_recovery)}
 
 
 def _switch_points(histories: dict[int, bytes]) -> dict[int, list[tuple[int, int]]]:

@@ -96,6 +96,7 @@ class Stack:
         })
         self.config = str(root / "cairnd.toml")
         self.sources = sources
+        self.daemon_keys: dict[str, Any] = {}  # more [daemon] keys (metrics, intervals); set before start()
         self.databases = {"appdb": {"dsn": self.pg.dsn, "pgdata": str(self.pg.pgdata)}, **(databases or {})}
         self.write_config()
         self.daemon: Daemon | None = None
@@ -113,6 +114,7 @@ class Stack:
         lines += ["", "[daemon]",
                  f"socket = {json.dumps(self.sock)}", f"state_dir = {json.dumps(self.state)}",
                  'socket_group = "postgres"']
+        lines += [f"{k} = {toml_value(v)}" for k, v in self.daemon_keys.items()]
         for name, db in self.databases.items():
             lines += ["", "[[database]]", f"name = {json.dumps(name)}"]
             lines += [f"{k} = {toml_value(v)}" for k, v in db.items()]

@@ -38,7 +38,7 @@ def _archive(stack: Stack, sock: str | None = None) -> tuple[dict, str]:
     text = subprocess.run([*run, "status"], capture_output=True, text=True, check=True, env=env_for(),
                           timeout=60).stdout
     (db,) = [d for d in out["archive"]["databases"] if d["name"] == "appdb"]
-    (line,) = [x for x in text.splitlines() if x.startswith("  database appdb:")]
+    line = [x for x in text.splitlines() if x.startswith("  database appdb:")][0]  # what waits follows it
     return db, line
 
 
@@ -69,3 +69,24 @@ def test_a_cluster_that_archived_nothing_has_no_lag(stack: Stack) -> None:
     db, line = _archive(stack)
     assert db["nothing_archived"] is False and db["last_archived"] >= archived and db["lag_segments"] == 0, db
     assert f"archived {db['last_archived']} (" in line and "lag 0 segments" in line, line
+
+
+def test_the_segment_a_switch_finished_waits_while_the_server_writes_nothing(stack: Stack) -> None:
+    # After pg_switch_wal() on a server that then writes nothing, its position lies on the next
+    # segment's boundary; pg_walfile_name() of it names the finished segment, so a segment that
+    # failed to archive counted as lag 0 until the server wrote again.
+    stack.wait_archived()
+    moved = stack.sock + ".moved"
+    os.rename(stack.sock, moved)
+    try:
+        stack.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        finished = stack.psql("SELECT pg_walfile_name(pg_switch_wal())")  # a statement of its own: nothing after
+        end = time.monotonic() + 30
+        while int(stack.psql("SELECT failed_count FROM pg_stat_archiver")) < 1:
+            assert time.monotonic() < end, f"the archiver did not fail: {stack.pg.log_tail()}"
+            time.sleep(0.1)
+        db, line = _archive(stack, moved)
+        assert db["last_failed"] == finished and db["current_segment"] > finished, db
+        assert db["lag_segments"] == 1 and "lag 1 segment," in line, (db, line)
+    finally:
+        os.rename(moved, stack.sock)

@@ -1,0 +1,105 @@
+"""The archiver watch (daemon/databases/postgres/archwatch.py): since when WAL waits, whether an
+archive_command is Cairn's, and a sampler that logs a server it cannot ask once, not per sample."""
+
+from __future__ import annotations
+
+import logging
+
+from cairn.daemon.databases.postgres.archwatch import ArchiverSampler, PendingClock, PendingClocks, calls_cairn
+from cairn.daemon.databases.postgres.walarchive import DatabaseArchive
+from cairn.daemon.runtime.config import DatabaseConfig
+
+
+def seg(n: int, tli: int = 1) -> str:
+    return f"{tli:08X}{0:08X}{n:08X}"
+
+
+def test_a_busy_server_whose_archiver_keeps_up_shows_no_long_wait() -> None:
+    clock = PendingClock()
+    # each observation finds one finished segment in flight, a new one each time: the one before
+    # the segment being written, which the previous observation saw being written
+    for t, n in enumerate(range(10, 20)):
+        assert clock.observe(seg(n), 1, 100.0 + t) == 100.0 + t
+
+
+def test_a_stuck_archiver_keeps_the_time_its_oldest_segment_was_seen_finished() -> None:
+    clock = PendingClock()
+    assert clock.observe(seg(5), 0, 10.0) == 0.0
+    assert clock.observe(seg(6), 1, 20.0) == 20.0  # 5 waits, first seen finished now
+    assert clock.observe(seg(8), 3, 30.0) == 20.0  # still 5 waits
+    assert clock.observe(seg(9), 4, 40.0) == 20.0
+    assert clock.observe(seg(9), 2, 50.0) == 30.0  # 5 and 6 archived: 7 was first seen finished at 30
+    assert clock.observe(seg(9), 0, 60.0) == 0.0
+    assert clock.observe(seg(1, tli=2), 0, 70.0) == 0.0  # a new timeline starts afresh
+    assert clock.observe(seg(3, tli=2), 2, 80.0) == 80.0
+
+
+def test_clocks_leave_a_standby_and_an_unreadable_server_alone() -> None:
+    clocks = PendingClocks(clock=lambda: 5.0)
+    standby = DatabaseArchive(name="a", in_recovery=True, lag_segments=0)
+    assert clocks.observe(standby).pending_since == 0.0
+    broken = DatabaseArchive(name="b", error="unable to connect")
+    assert clocks.observe(broken) is broken
+    waiting = DatabaseArchive(name="c", current_segment=seg(4), last_archived=seg(1), lag_segments=2)
+    assert clocks.observe(waiting).pending_since == 5.0
+
+
+def test_calls_cairn_by_the_command_or_by_the_archive() -> None:
+    asked: list[tuple[str, str]] = []
+
+    def here(namespace: str, name: str) -> bool:
+        asked.append((namespace, name))
+        return name == seg(3)
+
+    ours = DatabaseArchive(name="a", archive_command="/usr/bin/cairn --socket /run/c.sock wal-push %p",
+                           last_archived=seg(7), system_id="42")
+    assert calls_cairn(ours, here) and asked == []  # the command says so: the repository is not listed
+    wrapper = DatabaseArchive(name="a", archive_command="/usr/local/bin/archive %p", last_archived=seg(3),
+                              system_id="42")
+    assert calls_cairn(wrapper, here) and asked == [("42", seg(3))]
+    foreign = DatabaseArchive(name="a", archive_command="cp %p /mnt/wal/%f", last_archived=seg(4), system_id="42")
+    assert not calls_cairn(foreign, here)
+    assert not calls_cairn(DatabaseArchive(name="a", archive_command="true"), here)  # nothing archived to tell
+    library = DatabaseArchive(name="a", archive_command="cairn wal-push %p", archive_library="basic_archive")
+    assert not calls_cairn(library, here)
+
+    def stalled(namespace: str, name: str) -> bool:
+        raise OSError("the store did not answer")
+
+    assert calls_cairn(foreign, stalled)  # unable to look is no verdict against the command
+
+
+def test_the_repository_is_looked_at_once_per_last_archived_file() -> None:
+    clocks, looks = PendingClocks(), []
+
+    def look(answer: bool) -> bool:
+        looks.append(answer)
+        return answer
+
+    assert clocks.found("42", seg(3), lambda: look(True)) and clocks.found("42", seg(3), lambda: look(False))
+    assert not clocks.found("42", seg(4), lambda: look(False)) and looks == [True, False]
+
+
+def test_the_sampler_logs_a_server_it_cannot_ask_once(caplog) -> None:
+    answers = [DatabaseArchive(name="db", error="unable to connect to database 'db': refused")] * 3 + [
+        DatabaseArchive(name="db", current_segment=seg(9), last_archived=seg(8), archive_mode="on",
+                        archive_command="cairn wal-push %p")]
+    sampler = ArchiverSampler(lambda: [DatabaseConfig(name="db")], lambda db: answers.pop(0), lambda: 60.0)
+    with caplog.at_level(logging.INFO, logger="cairn.daemon.databases.postgres.archwatch"):
+        for _ in range(3):
+            sampler.sample_all()
+        assert sampler.figures() == {"db": {"up": 0.0}}
+        sampler.sample_all()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and "refused" in messages[0] and "can be read again" in messages[1], messages
+    assert sampler.figures() == {"db": {"up": 1.0, "pending": 0.0, "pending_since": 0.0, "failed_count": 0.0,
+                                        "archive_mode_on": 1.0, "command_cairn": 1.0}}
+
+
+def test_the_sampler_survives_a_sample_that_raises() -> None:
+    def boom(db: DatabaseConfig) -> DatabaseArchive:
+        raise RuntimeError("no")
+
+    sampler = ArchiverSampler(lambda: [DatabaseConfig(name="db")], boom, lambda: 60.0)
+    sampler.sample_all()
+    assert sampler.figures() == {"db": {"up": 0.0}} and sampler.samples == 1
