@@ -1,6 +1,7 @@
 """A small file system mounted for a test (tests only): `mount_tmpfs(path)` mounts a 4 MiB tmpfs
 at `path`, or skips the test when that is not possible (not root, no mount permission);
-`fill(path)` takes every free byte of the file system that will hold the file `path`."""
+`fill(path)` takes every free byte of the file system that will hold the file `path`;
+`bind_read_only(path)` makes a directory read-only where it is."""
 
 from __future__ import annotations
 
@@ -33,3 +34,24 @@ def fill(path: str) -> str:
     finally:
         os.close(fd)
     return path
+
+
+def bind_read_only(path: str) -> None:
+    """Make the directory `path` a read-only bind mount of itself (EROFS for every write under
+    it; `writable(path)` makes it writable again, `unmount(path)` ends it), or skip the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    r = subprocess.run(["mount", "--bind", path, path], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"unable to bind-mount a directory: {r.stderr.decode().strip()}")
+    subprocess.run(["mount", "-o", "remount,ro,bind", path], check=True, capture_output=True)
+
+
+def writable(path: str) -> None:
+    subprocess.run(["mount", "-o", "remount,rw,bind", path], check=True, capture_output=True)
+
+
+def unmount(path: str) -> None:
+    """Unmount `path` (lazily when it is still busy)."""
+    if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", path], capture_output=True)

@@ -1,0 +1,151 @@
+"""The real cairnd where it must create its files for the first time and cannot: a state
+directory on a full file system, or on a read-only one, and a repository on a read-only one.
+
+What must hold: each is one line naming the path and the reason (never a traceback, never an
+OSError's "[Errno N]"), and nothing is lost:
+- a new state directory on a full file system: cairnd starts and serves (its lock is held
+  without the pid the lock file would hold), the scheduler's failed saves of its record are
+  one line, and a later start with room writes the pid;
+- a state directory on a read-only file system, new or used: cairnd exits 1 with one line
+  naming its lock file and "Read-only file system", and a used one keeps every file;
+- a repository on a read-only file system: cairnd serves its sets, a backup fails with one
+  line naming the lock it could not write, and once the file system is writable again the
+  next backup succeeds and every set restores identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+from cairnd_harness import snapshot, write_config
+from mounts import bind_read_only, fill, mount_tmpfs, unmount, writable
+
+
+def backup_id(out: str) -> str:
+    set_id = out.strip().splitlines()[-1]
+    assert len(set_id) == 64, out
+    return set_id
+
+
+def one_error(stderr: str, program: str) -> str:
+    """The only line of an error on stderr (log lines aside), without traceback or errno."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(("ts=", "hint: "))]
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), stderr
+    assert "Traceback" not in stderr and "Errno" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def mnt(rundir: str) -> Iterator[str]:
+    """A directory for a test's mount (unmounted at the end, after the daemons are gone)."""
+    path = os.path.join(rundir, "mnt")
+    os.makedirs(path)
+    yield path
+    unmount(path)
+
+
+def state_config(tmp_path, rundir: str, state: str, schedule: bool = False) -> tuple[str, str, str]:
+    """A config with source 'app' and `state` as the state directory: (config, socket, source)."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "a.txt").write_text("alpha\n")
+    sock = os.path.join(rundir, "d.sock")
+    schedules = {"app": {"incremental": "0 3 * * *"}} if schedule else None
+    config = write_config(str(tmp_path / "cairn.toml"), str(tmp_path / "repo"), sock, {"app": str(src)}, schedules)
+    with open(config, encoding="utf-8") as f:
+        text = f.read()
+    default = f'state_dir = "{os.path.join(rundir, "state")}"'
+    assert default in text
+    with open(config, "w", encoding="utf-8") as f:
+        f.write(text.replace(default, f'state_dir = "{state}"'))
+    return config, sock, str(src)
+
+
+def test_a_new_state_dir_on_a_full_file_system_starts_and_serves(mnt, start_daemon, rundir, tmp_path):
+    mount_tmpfs(mnt)
+    state = os.path.join(mnt, "state")
+    os.makedirs(state)                                   # as packaging or an earlier mkdir left it: empty
+    config, sock, src = state_config(tmp_path, rundir, state, schedule=True)
+    filler = fill(os.path.join(mnt, "fill"))
+    d = start_daemon("--config", config, socket_path=sock)   # READY=1 (asserted)
+    problem = f"state directory '{state}' is full: no space left on device"
+    status = json.loads(d.ok("--json", "status"))
+    assert any(w.startswith(problem) for w in status["daemon"]["warnings"]), status["daemon"]
+    first = backup_id(d.ok("backup", "--source", "app"))
+    # the lock is held, pid or not: a second daemon on this state directory is refused
+    other = str(tmp_path / "other.toml")
+    with open(config, encoding="utf-8") as f, open(other, "w", encoding="utf-8") as g:
+        g.write(f.read().replace(sock, os.path.join(rundir, "other.sock")))
+    second = start_daemon("--config", other, socket_path=os.path.join(rundir, "other.sock"), wait_ready=False)
+    assert second.proc.wait(20) == 1
+    assert f"state directory '{state}' is in use by another cairnd" in one_error(second.log(), "cairnd")
+    log = d.log()
+    assert "Traceback" not in log and "Errno" not in log, log
+    saves = [ln for ln in log.splitlines() if "unable to save the schedule state" in ln]
+    assert len(saves) == 1 and f"'{state}': no space left on device" in saves[0], log
+
+    code, _ = d.terminate(20)
+    assert code == 0, d.log()
+    os.unlink(filler)
+    d = start_daemon("--config", config, socket_path=sock)
+    with open(os.path.join(state, "cairnd.lock"), encoding="ascii") as f:
+        assert f.read() == f"{d.proc.pid}\n"
+    target = str(tmp_path / "restored")
+    d.ok("restore", first, "--target", target)
+    assert snapshot(target) == snapshot(src)
+
+
+@pytest.mark.parametrize("used", [False, True], ids=["new", "used"])
+def test_a_state_dir_on_a_read_only_file_system_is_one_line_and_keeps_its_files(used, mnt, start_daemon, rundir,
+                                                                                 tmp_path):
+    state = os.path.join(mnt, "state")
+    os.makedirs(state)
+    config, sock, _ = state_config(tmp_path, rundir, state)
+    if used:
+        d = start_daemon("--config", config, socket_path=sock)
+        backup_id(d.ok("backup", "--source", "app"))
+        assert d.terminate(20)[0] == 0
+    before = {name: os.path.getsize(os.path.join(state, name)) for name in os.listdir(state)}
+    bind_read_only(mnt)
+    d = start_daemon("--config", config, socket_path=sock, wait_ready=False)
+    assert d.proc.wait(20) == 1
+    line = one_error(d.log(), "cairnd")
+    assert line == (f"cairnd: error: unable to open '{os.path.join(state, 'cairnd.lock')}' to lock it: "
+                    "Read-only file system"), line
+    assert {name: os.path.getsize(os.path.join(state, name)) for name in os.listdir(state)} == before
+    writable(mnt)
+    d = start_daemon("--config", config, socket_path=sock)
+    assert len(json.loads(d.ok("--json", "sets"))) == (1 if used else 0)
+
+
+def test_a_repository_on_a_read_only_file_system_fails_a_backup_in_one_line(mnt, start_daemon, rundir, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(200_000))
+    sock = os.path.join(rundir, "d.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), os.path.join(mnt, "repo"), sock, {"app": str(src)})
+    d = start_daemon("--config", config, socket_path=sock)
+    first = backup_id(d.ok("backup", "--source", "app"))
+    first_tree = snapshot(str(src))
+    assert d.terminate(20)[0] == 0
+    bind_read_only(mnt)
+    (src / "b.bin").write_bytes(os.urandom(200_000))
+    d = start_daemon("--config", config, socket_path=sock)
+    r = d.cli("backup", "--source", "app")
+    assert r.returncode == 1, r.stdout
+    line = one_error(r.stderr, "cairn")
+    assert line.startswith(f"cairn: error: unable to write '{os.path.join(mnt, 'repo', 'locks')}/"), line
+    assert line.endswith("': Read-only file system"), line
+    assert [s["id"] for s in json.loads(d.ok("--json", "sets"))] == [first]
+    assert d.alive and "Traceback" not in d.log()
+
+    writable(mnt)
+    second = backup_id(d.ok("backup", "--source", "app"))
+    d.ok("verify", "--read-data")
+    for set_id, want in ((first, first_tree), (second, snapshot(str(src)))):
+        target = str(tmp_path / f"restore-{set_id[:8]}")
+        d.ok("restore", set_id, "--target", target)
+        assert snapshot(target) == want
