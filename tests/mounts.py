@@ -1,5 +1,5 @@
 """A small file system mounted for a test (tests only): `mount_tmpfs(path)` mounts a 4 MiB tmpfs
-at `path`, or skips the test when that is not possible (not root, no mount permission);
+(or `size`) at `path`, or skips the test when that is not possible (not root, no mount permission);
 `fill(path)` takes every free byte of the file system that will hold the file `path`;
 `bind_read_only(path)` makes a directory read-only where it is."""
 
@@ -12,10 +12,10 @@ import subprocess
 import pytest
 
 
-def mount_tmpfs(path: str) -> None:
+def mount_tmpfs(path: str, size: str = "4m") -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"unable to mount a tmpfs: {r.stderr.decode().strip()}")
 
