@@ -10,9 +10,11 @@ directory: directories 0700, files 0600, each written to a temp file, fsynced an
 A cached record is written *before* the object it mirrors, so a crash leaves at most a record
 of an object that does not exist: listings intersect with the repository's own listing. A tree
 record damaged on disk (it does not decode, or not to its id) is dropped when met: a backup then
-reads that directory from the source again instead of failing on it for good. One
-process uses a cache at a time (the daemon holds its state directory's lock), so temp files
-found when it is opened are leftovers of a killed write and removed.
+reads that directory from the source again instead of failing on it for good. A record
+that cannot be written (a full state directory) or a cache directory that cannot be made is
+one BackendError naming it and the reason (its OSError kept as the cause), and leaves no temp
+file. One process uses a cache at a time (the daemon holds its state directory's lock), so
+temp files found when it is opened are leftovers of a killed write and removed.
 
 `GuardedBackend` wraps the handle's (sealed) backend: it reads sets and WAL entries from the
 cache, refuses to read another writer's (WriteOnlyKeyError) and refuses every delete except of
@@ -23,6 +25,7 @@ store the credentials of write-only hosts should be denied DeleteObject (docs/op
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..content.crypto import ASK_FULL_KEY, WriteOnlyKeyError, write_only_refusal
-from ..errors import CorruptionError, short
+from ..errors import BackendError, CorruptionError, short
 from ..storage.backend import Backend
 from .trees import decode_tree
 
@@ -72,13 +75,18 @@ class HostCache:
         self._mem_time: dict[tuple[str, str], float] = {}  # in-memory trees: when last stored
         self._lock = threading.Lock()
         if path is not None:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chmod(path, 0o700)
-            for kind in KINDS:
-                os.makedirs(os.path.join(path, kind), mode=0o700, exist_ok=True)
-                for leftover in os.listdir(os.path.join(path, kind)):  # of a write killed midway
-                    if ".tmp-" in leftover:
-                        os.unlink(os.path.join(path, kind, leftover))
+            try:
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                os.chmod(path, 0o700)
+                for kind in KINDS:
+                    os.makedirs(os.path.join(path, kind), mode=0o700, exist_ok=True)
+                    for leftover in os.listdir(os.path.join(path, kind)):  # of a write killed midway
+                        if ".tmp-" in leftover:
+                            os.unlink(os.path.join(path, kind, leftover))
+            except OSError as exc:
+                where = os.fsdecode(exc.filename) if exc.filename is not None else path
+                raise BackendError(f"unable to prepare the write-only host's records in '{where}': "
+                                   f"{exc.strerror or exc}") from exc
 
     def _file(self, kind: str, name: str) -> str:
         assert self.path is not None
@@ -107,22 +115,27 @@ class HostCache:
             except FileNotFoundError:
                 pass
         tmp = f"{final}.tmp-{os.getpid()}-{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-        if durable:
-            dfd = os.open(os.path.dirname(final), os.O_RDONLY)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.fsync(dfd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if durable:
+                    os.fsync(fd)
             finally:
-                os.close(dfd)
+                os.close(fd)
+            os.rename(tmp, final)
+            if durable:
+                dfd = os.open(os.path.dirname(final), os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:  # a full state directory: one line naming the record, no temp file left
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise BackendError(f"unable to write '{final}': {exc.strerror or exc}") from exc
 
     def age(self, kind: str, name: str) -> float:
         """Seconds since a record was last stored (0 when unknown)."""

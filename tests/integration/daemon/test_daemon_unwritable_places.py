@@ -10,17 +10,20 @@ OSError's "[Errno N]"), and nothing is lost:
   naming its lock file and "Read-only file system", and a used one keeps every file;
 - a repository on a read-only file system: cairnd serves its sets, a backup fails with one
   line naming the lock it could not write, and once the file system is writable again the
-  next backup succeeds and every set restores identical.
+  next backup succeeds and every set restores identical;
+- a host whose key is write-only, with its state directory full: a backup is refused in one
+  line before it reads anything (its own sets and trees are recorded there first).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
-from cairnd_harness import snapshot, write_config
+from cairnd_harness import CAIRND, env_for, snapshot, write_config
 from mounts import bind_read_only, fill, mount_tmpfs, unmount, writable
 
 
@@ -149,3 +152,51 @@ def test_a_repository_on_a_read_only_file_system_fails_a_backup_in_one_line(mnt,
         target = str(tmp_path / f"restore-{set_id[:8]}")
         d.ok("restore", set_id, "--target", target)
         assert snapshot(target) == want
+
+
+def test_a_write_only_host_with_a_full_state_dir_refuses_a_backup_in_one_line(mnt, start_daemon, rundir, tmp_path):
+    """A host whose key is write-only keeps its own sets and trees in its state directory, each
+    record before the object it mirrors: with that directory full its backup is refused before
+    it reads anything, in one line, and the next backup once there is room is an incremental on
+    the set it took before."""
+    repo = str(tmp_path / "repo")
+    full_pw, wo_pw = tmp_path / "full.pass", tmp_path / "wo.pass"
+    full_pw.write_text("the full passphrase\n")
+    wo_pw.write_text("the write-only passphrase\n")
+    r = subprocess.run([CAIRND, "--repo", repo, "--init", "--passphrase-file", str(full_pw)],
+                       capture_output=True, text=True, timeout=60, env=env_for())
+    assert r.returncode == 0, r.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(100_000))
+    full_cfg = tmp_path / "full.toml"
+    full_sock = os.path.join(rundir, "full.sock")
+    full_cfg.write_text(f'[repository]\npath = "{repo}"\npassphrase_file = "{full_pw}"\n\n'
+                        f'[daemon]\nsocket = "{full_sock}"\nstate_dir = "{tmp_path / "full-state"}"\n')
+    d = start_daemon("--config", str(full_cfg), socket_path=full_sock)
+    d.ok("key", "add", "--write-only", "--passphrase-file", str(wo_pw))
+    assert d.terminate(20)[0] == 0
+
+    mount_tmpfs(mnt)
+    state = os.path.join(mnt, "state")
+    sock = os.path.join(rundir, "wo.sock")
+    config = tmp_path / "wo.toml"
+    config.write_text(f'[repository]\npath = "{repo}"\npassphrase_file = "{wo_pw}"\n\n'
+                      f'[daemon]\nsocket = "{sock}"\nstate_dir = "{state}"\nhost = "wo-host"\n\n'
+                      f'[[source]]\nname = "app"\npaths = ["{src}"]\nwatch = false\n')
+    d = start_daemon("--config", str(config), socket_path=sock)
+    first = backup_id(d.ok("backup"))
+    filler = fill(os.path.join(mnt, "fill"))
+    (src / "b.bin").write_bytes(os.urandom(100_000))
+    r = d.cli("backup")
+    assert r.returncode == 1, r.stdout
+    line = one_error(r.stderr, "cairn")
+    assert line == (f"cairn: error: unable to back up source 'app' with a write-only key: state directory "
+                    f"'{state}' is full: no space left on device"), line
+    log = d.log()
+    assert "Traceback" not in log and "failed unexpectedly" not in log, log
+    assert [s["id"] for s in json.loads(d.ok("--json", "sets"))] == [first]
+
+    os.unlink(filler)
+    second = json.loads(d.ok("--json", "backup", "--level", "incremental"))
+    assert second["level"] == "incremental" and second["base"] == first, second

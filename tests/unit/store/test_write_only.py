@@ -12,7 +12,7 @@ import stat
 import pytest
 from cairn.store.content import crypto
 from cairn.store.content.packs import PK_HEADER
-from cairn.store.errors import AlreadyExistsError, CorruptionError, WrongKeyError
+from cairn.store.errors import AlreadyExistsError, BackendError, CorruptionError, WrongKeyError
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.snapshots import writeonly as wonly
@@ -398,3 +398,35 @@ def test_a_record_dropped_while_another_call_lists_is_no_error(tmp_path):
     repo.host_cache.names = lambda kind: [*names(kind), s.id] if kind == "sets" else names(kind)
     repo._sets.clear()
     assert [x.id for x in repo.list_sets("app")] == []
+
+
+def test_the_host_cache_on_a_full_file_system_fails_in_one_line_and_leaves_no_temp_file(tmp_path):
+    """A record that does not fit (a full state directory) is a BackendError naming the record
+    and the reason, RESOURCE_EXHAUSTED's cause kept; no temp file is left and the records
+    already there stay readable. A cache directory that cannot be made is one line too."""
+    from mounts import fill, mount_tmpfs, unmount
+
+    state = tmp_path / "state"
+    state.mkdir()
+    mount_tmpfs(str(state))
+    try:
+        cache = wonly.HostCache(str(state / "write-only"))
+        cache.put("sets", "a" * 64, b"the first set's record")
+        filler = fill(str(state / "fill"))
+        with pytest.raises(BackendError) as failed:
+            cache.put("sets", "b" * 64, os.urandom(10_000))
+        assert str(failed.value) == f"unable to write '{state / 'write-only' / 'sets' / ('b' * 64)}': " \
+                                    "No space left on device", failed.value
+        assert isinstance(failed.value.__cause__, OSError)
+        assert sorted(os.listdir(state / "write-only" / "sets")) == ["a" * 64]
+        assert cache.get("sets", "a" * 64) == b"the first set's record"
+        os.unlink(filler)
+        cache.put("sets", "b" * 64, b"room again")
+        assert cache.get("sets", "b" * 64) == b"room again"
+    finally:
+        unmount(str(state))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BackendError) as failed:
+        wonly.HostCache(str(tmp_path / "file" / "write-only"))
+    assert str(failed.value) == (f"unable to prepare the write-only host's records in "
+                                 f"'{tmp_path / 'file' / 'write-only'}': Not a directory"), failed.value
