@@ -12,7 +12,9 @@ OSError's "[Errno N]"), and nothing is lost:
   line naming the lock it could not write, and once the file system is writable again the
   next backup succeeds and every set restores identical;
 - a host whose key is write-only, with its state directory full: a backup is refused in one
-  line before it reads anything (its own sets and trees are recorded there first).
+  line before it reads anything (its own sets and trees are recorded there first);
+- WAL pushes with the state directory full, or filling while one is spooled: archived (the
+  push held in memory), every segment fetched identical.
 """
 
 from __future__ import annotations
@@ -200,3 +202,41 @@ def test_a_write_only_host_with_a_full_state_dir_refuses_a_backup_in_one_line(mn
     os.unlink(filler)
     second = json.loads(d.ok("--json", "backup", "--level", "incremental"))
     assert second["level"] == "incremental" and second["base"] == first, second
+
+
+def test_wal_pushes_go_on_while_the_state_dir_is_full(mnt, start_daemon, rundir, tmp_path):
+    """A WAL push is spooled in the state directory before it is stored. With that directory
+    full (from the start, or filling while a segment is spooled) the push is held in memory
+    instead and archived: PostgreSQL's archiver must not stop because /var is full. One line
+    says so, one more once pushes are spooled there again; every segment fetches identical."""
+    mount_tmpfs(mnt)
+    state = os.path.join(mnt, "state")
+    os.makedirs(state)
+    config, sock, _ = state_config(tmp_path, rundir, state)
+    d = start_daemon("--config", config, socket_path=sock)
+    segments = {}
+    for i in range(1, 5):
+        segments[f"00000001000000000000000{i}"] = os.urandom(1 << 20)
+
+    def push(name: str) -> None:
+        path = tmp_path / name
+        path.write_bytes(segments[name])
+        assert d.ok("wal-push", str(path), "--system-id", "7").strip() == f"archived {name} (system 7)"
+
+    names = sorted(segments)
+    push(names[0])                                         # room: spooled there
+    filler = fill(os.path.join(mnt, "fill"))
+    push(names[1])                                         # full from the start of the push
+    os.truncate(filler, os.path.getsize(filler) - 256 * 1024)
+    push(names[2])                                         # fills while the segment is spooled
+    os.unlink(filler)
+    push(names[3])                                         # room again
+    for name, data in segments.items():
+        target = tmp_path / f"fetched-{name}"
+        d.ok("wal-fetch", name, str(target), "--system-id", "7")
+        assert target.read_bytes() == data, name
+    log = d.log()
+    assert "Traceback" not in log, log
+    held = [ln for ln in log.splitlines() if "to spool WAL pushes: they are held in memory" in ln]
+    assert len(held) == 1 and f"no room in '{state}'" in held[0], log
+    assert sum(f"WAL pushes are spooled in '{state}' again" in ln for ln in log.splitlines()) == 1, log
