@@ -14,7 +14,9 @@ OSError's "[Errno N]"), and nothing is lost:
 - a host whose key is write-only, with its state directory full: a backup is refused in one
   line before it reads anything (its own sets and trees are recorded there first);
 - WAL pushes with the state directory full, or filling while one is spooled: archived (the
-  push held in memory), every segment fetched identical.
+  push held in memory), every segment fetched identical;
+- restore-db of a dump taken as a directory, with the state directory (its scratch) full: one
+  line naming the scratch directory, a hint to write the files elsewhere, nothing left there.
 """
 
 from __future__ import annotations
@@ -240,3 +242,38 @@ def test_wal_pushes_go_on_while_the_state_dir_is_full(mnt, start_daemon, rundir,
     held = [ln for ln in log.splitlines() if "to spool WAL pushes: they are held in memory" in ln]
     assert len(held) == 1 and f"no room in '{state}'" in held[0], log
     assert sum(f"WAL pushes are spooled in '{state}' again" in ln for ln in log.splitlines()) == 1, log
+
+
+def test_a_directory_dump_restored_with_the_state_dir_full_is_one_line_naming_it(mnt, start_daemon, rundir,
+                                                                                 tmp_path):
+    """restore-db --target-dsn of a dump taken as a directory restores it into a scratch
+    directory in the state directory first: with that full, one line naming the directory and
+    the reason, a hint to write the files elsewhere (which works meanwhile), no scratch left;
+    once there is room the restore runs."""
+    mount_tmpfs(mnt)
+    state = os.path.join(mnt, "state")
+    os.makedirs(state)
+    config, sock, _ = state_config(tmp_path, rundir, state)
+    loaded = tmp_path / "loaded"
+    dump = json.dumps(["sh", "-c", "head -c 3000000 /dev/urandom > {dir}/rows"])
+    load = json.dumps(["sh", "-c", f"cp {{dir}}/rows {loaded}"])
+    with open(config, "a", encoding="utf-8") as f:
+        f.write(f'database = "notes"\n\n[[database]]\nname = "notes"\nkind = "command"\ndump = {dump}\n'
+                f'restore = {load}\n')
+    d = start_daemon("--config", config, socket_path=sock)
+    set_id = backup_id(d.ok("backup"))
+    filler = fill(os.path.join(mnt, "fill"))
+    r = d.cli("restore-db", set_id, "--database", "notes", "--target-dsn", "notes")
+    assert r.returncode == 1, r.stdout
+    line = one_error(r.stderr, "cairn")
+    restores = os.path.join(state, "restores")
+    assert line.startswith(f"cairn: error: unable to restore the dump of database 'notes' in '{restores}': "), line
+    assert line.endswith("No space left on device"), line
+    assert "--database notes --target DIR" in r.stderr, r.stderr
+    assert os.listdir(restores) == [] and not loaded.exists()
+    files = tmp_path / "files"
+    d.ok("restore-db", set_id, "--database", "notes", "--target", str(files))
+    os.unlink(filler)
+    d.ok("restore-db", set_id, "--database", "notes", "--target-dsn", "notes")
+    assert loaded.read_bytes() == (files / "rows").read_bytes()
+    assert os.listdir(restores) == []
