@@ -6,8 +6,9 @@ OSError's "[Errno N]"), and nothing is lost:
 - a new state directory on a full file system: cairnd starts and serves (its lock is held
   without the pid the lock file would hold), the scheduler's failed saves of its record are
   one line, and a later start with room writes the pid;
-- a state directory on a read-only file system, new or used: cairnd exits 1 with one line
-  naming its lock file and "Read-only file system", and a used one keeps every file;
+- a state directory on a read-only file system, missing, new or used: cairnd exits 1 with one
+  line naming the directory or its lock file and "Read-only file system", and a used one keeps
+  every file;
 - a repository on a read-only file system: cairnd serves its sets, a backup fails with one
   line naming the lock it could not write, and once the file system is writable again the
   next backup succeeds and every set restores identical;
@@ -105,27 +106,32 @@ def test_a_new_state_dir_on_a_full_file_system_starts_and_serves(mnt, start_daem
     assert snapshot(target) == snapshot(src)
 
 
-@pytest.mark.parametrize("used", [False, True], ids=["new", "used"])
-def test_a_state_dir_on_a_read_only_file_system_is_one_line_and_keeps_its_files(used, mnt, start_daemon, rundir,
+@pytest.mark.parametrize("kind", ["missing", "new", "used"])
+def test_a_state_dir_on_a_read_only_file_system_is_one_line_and_keeps_its_files(kind, mnt, start_daemon, rundir,
                                                                                  tmp_path):
     state = os.path.join(mnt, "state")
-    os.makedirs(state)
     config, sock, _ = state_config(tmp_path, rundir, state)
-    if used:
+    if kind != "missing":
+        os.makedirs(state)
+    if kind == "used":
         d = start_daemon("--config", config, socket_path=sock)
         backup_id(d.ok("backup", "--source", "app"))
         assert d.terminate(20)[0] == 0
-    before = {name: os.path.getsize(os.path.join(state, name)) for name in os.listdir(state)}
+    kept = mnt if kind == "missing" else state
+    before = {name: os.path.getsize(os.path.join(kept, name)) for name in os.listdir(kept)}
     bind_read_only(mnt)
     d = start_daemon("--config", config, socket_path=sock, wait_ready=False)
     assert d.proc.wait(20) == 1
     line = one_error(d.log(), "cairnd")
-    assert line == (f"cairnd: error: unable to open '{os.path.join(state, 'cairnd.lock')}' to lock it: "
-                    "Read-only file system"), line
-    assert {name: os.path.getsize(os.path.join(state, name)) for name in os.listdir(state)} == before
+    if kind == "missing":
+        assert line == f"cairnd: error: unable to create state directory '{state}': Read-only file system", line
+    else:
+        assert line == (f"cairnd: error: unable to open '{os.path.join(state, 'cairnd.lock')}' to lock it: "
+                        "Read-only file system"), line
+    assert {name: os.path.getsize(os.path.join(kept, name)) for name in os.listdir(kept)} == before
     writable(mnt)
     d = start_daemon("--config", config, socket_path=sock)
-    assert len(json.loads(d.ok("--json", "sets"))) == (1 if used else 0)
+    assert len(json.loads(d.ok("--json", "sets"))) == (1 if kind == "used" else 0)
 
 
 def test_a_repository_on_a_read_only_file_system_fails_a_backup_in_one_line(mnt, start_daemon, rundir, tmp_path):
