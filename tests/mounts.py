@@ -1,7 +1,8 @@
 """A small file system mounted for a test (tests only): `mount_tmpfs(path)` mounts a 4 MiB tmpfs
-(or `size`) at `path`, or skips the test when that is not possible (not root, no mount permission);
-`fill(path)` takes every free byte of the file system that will hold the file `path`;
-`bind_read_only(path)` makes a directory read-only where it is."""
+(or `size`, and at most `inodes` files) at `path`, or skips the test when that is not possible
+(not root, no mount permission); `fill(path)` takes every free byte of the file system that
+will hold the file `path`, `fill_inodes(dir)` every free inode; `bind_read_only(path)` makes a
+directory read-only where it is."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import subprocess
 import pytest
 
 
-def mount_tmpfs(path: str, size: str = "4m") -> None:
+def mount_tmpfs(path: str, size: str = "4m", inodes: int | None = None) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"unable to mount a tmpfs: {r.stderr.decode().strip()}")
 
@@ -34,6 +36,20 @@ def fill(path: str) -> str:
     finally:
         os.close(fd)
     return path
+
+
+def fill_inodes(directory: str) -> list[str]:
+    """Create empty files in `directory` until its file system has no inode left (ENOSPC on a
+    mkdir or a create, however much room there is); return them (unlink one to free one)."""
+    made: list[str] = []
+    while True:
+        path = os.path.join(directory, f"inode-{len(made)}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            return made
+        made.append(path)
 
 
 def bind_read_only(path: str) -> None:

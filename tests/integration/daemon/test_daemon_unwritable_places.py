@@ -13,7 +13,8 @@ OSError's "[Errno N]"), and nothing is lost:
   line naming the lock it could not write, and once the file system is writable again the
   next backup succeeds and every set restores identical;
 - a host whose key is write-only, with its state directory full: a backup is refused in one
-  line before it reads anything (its own sets and trees are recorded there first);
+  line before it reads anything (its own sets and trees are recorded there first), also when
+  the directory for those records cannot be made yet (cairnd starts all the same);
 - WAL pushes with the state directory full, or filling while one is spooled: archived (the
   push held in memory), every segment fetched identical;
 - restore-db of a dump taken as a directory, with the state directory (its scratch) full: one
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 
 import pytest
 from cairnd_harness import CAIRND, env_for, snapshot, write_config
-from mounts import bind_read_only, fill, mount_tmpfs, unmount, writable
+from mounts import bind_read_only, fill, fill_inodes, mount_tmpfs, unmount, writable
 
 
 def backup_id(out: str) -> str:
@@ -283,3 +284,46 @@ def test_a_directory_dump_restored_with_the_state_dir_full_is_one_line_naming_it
     d.ok("restore-db", set_id, "--database", "notes", "--target-dsn", "notes")
     assert loaded.read_bytes() == (files / "rows").read_bytes()
     assert os.listdir(restores) == []
+
+
+def test_a_write_only_host_starts_where_its_records_cannot_be_made_yet(mnt, start_daemon, rundir, tmp_path):
+    """A host that had a full key gets a write-only one while its state directory's file system
+    has no inode left: the directory for its own records cannot be made. cairnd starts and
+    serves all the same, refuses its backups in one line, and once there is room the next
+    backup makes the records and succeeds."""
+    repo = str(tmp_path / "repo")
+    full_pw, wo_pw = tmp_path / "full.pass", tmp_path / "wo.pass"
+    full_pw.write_text("the full passphrase\n")
+    wo_pw.write_text("the write-only passphrase\n")
+    r = subprocess.run([CAIRND, "--repo", repo, "--init", "--passphrase-file", str(full_pw)],
+                       capture_output=True, text=True, timeout=60, env=env_for())
+    assert r.returncode == 0, r.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(100_000))
+    mount_tmpfs(mnt, inodes=64)
+    state = os.path.join(mnt, "state")
+    sock = os.path.join(rundir, "wo.sock")
+    config = tmp_path / "host.toml"
+    text = (f'[repository]\npath = "{repo}"\npassphrase_file = "{full_pw}"\n\n'
+            f'[daemon]\nsocket = "{sock}"\nstate_dir = "{state}"\nhost = "the-host"\n\n'
+            f'[[source]]\nname = "app"\npaths = ["{src}"]\nwatch = false\n')
+    config.write_text(text)
+    d = start_daemon("--config", str(config), socket_path=sock)
+    d.ok("key", "add", "--write-only", "--passphrase-file", str(wo_pw))
+    assert d.terminate(20)[0] == 0
+    config.write_text(text.replace(str(full_pw), str(wo_pw)))
+    made = fill_inodes(mnt)
+    d = start_daemon("--config", str(config), socket_path=sock)   # READY=1 (asserted)
+    problem = f"state directory '{state}' is full: no space left on device"
+    assert problem in d.ok("status")
+    r = d.cli("backup")
+    assert r.returncode == 1, r.stdout
+    assert one_error(r.stderr, "cairn") == (f"cairn: error: unable to back up source 'app' with a write-only key: "
+                                            f"{problem}"), r.stderr
+    assert "Traceback" not in d.log(), d.log()
+    for path in made:
+        os.unlink(path)
+    first = json.loads(d.ok("--json", "backup"))
+    assert first["level"] == "full", first
+    assert os.listdir(os.path.join(state, "write-only", "sets")) != []

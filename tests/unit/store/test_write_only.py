@@ -430,3 +430,30 @@ def test_the_host_cache_on_a_full_file_system_fails_in_one_line_and_leaves_no_te
         wonly.HostCache(str(tmp_path / "file" / "write-only"))
     assert str(failed.value) == (f"unable to prepare the write-only host's records in "
                                  f"'{tmp_path / 'file' / 'write-only'}': Not a directory"), failed.value
+
+
+def test_the_host_cache_opened_where_no_directory_can_be_made_holds_nothing_until_it_can(tmp_path):
+    """Opened on a file system with no inode left (a full state directory), the cache does not
+    fail: it holds no record, a put fails in one line, and once there is room the first put
+    makes its directories."""
+    from mounts import fill_inodes, mount_tmpfs, unmount
+
+    state = tmp_path / "state"
+    state.mkdir()
+    mount_tmpfs(str(state), inodes=16)
+    try:
+        made = fill_inodes(str(state))
+        cache = wonly.HostCache(str(state / "write-only"))
+        assert cache.names("sets") == [] and cache.get("sets", "a" * 64) is None
+        assert cache.keep_trees_of([]) == 0 and cache.expire("wal", 0) == 0
+        with pytest.raises(BackendError) as failed:
+            cache.put("sets", "a" * 64, b"a set's record")
+        assert str(failed.value) == (f"unable to prepare the write-only host's records in "
+                                     f"'{state / 'write-only'}': No space left on device"), failed.value
+        for path in made:
+            os.unlink(path)
+        cache.put("sets", "a" * 64, b"a set's record")
+        assert cache.names("sets") == ["a" * 64] and cache.get("sets", "a" * 64) == b"a set's record"
+        assert stat.S_IMODE(os.stat(state / "write-only" / "sets").st_mode) == 0o700
+    finally:
+        unmount(str(state))
