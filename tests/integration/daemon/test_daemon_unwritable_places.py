@@ -18,7 +18,9 @@ OSError's "[Errno N]"), and nothing is lost:
 - WAL pushes with the state directory full, or filling while one is spooled: archived (the
   push held in memory), every segment fetched identical;
 - restore-db of a dump taken as a directory, with the state directory (its scratch) full: one
-  line naming the scratch directory, a hint to write the files elsewhere, nothing left there.
+  line naming the scratch directory, a hint to write the files elsewhere, nothing left there;
+- a local restore into a directory on a full or read-only file system: one line naming the
+  target (not the claim file the client makes there first), and no claim file left in it.
 """
 
 from __future__ import annotations
@@ -327,3 +329,28 @@ def test_a_write_only_host_starts_where_its_records_cannot_be_made_yet(mnt, star
     first = json.loads(d.ok("--json", "backup"))
     assert first["level"] == "full", first
     assert os.listdir(os.path.join(state, "write-only", "sets")) != []
+
+
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_a_local_restore_into_a_directory_that_cannot_take_a_file_is_one_line_and_leaves_nothing(
+        how, mnt, start_daemon, rundir, tmp_path):
+    """A local restore proves the target is the client's own with a small claim file in it
+    before the daemon writes there. A target on a full or a read-only file system: one line
+    naming the target and the reason, and nothing left in it (no claim file)."""
+    config, sock, src = state_config(tmp_path, rundir, os.path.join(rundir, "state"))
+    d = start_daemon("--config", config, socket_path=sock)
+    backup_id(d.ok("backup"))
+    target = os.path.join(mnt, "target")
+    if how == "full":
+        mount_tmpfs(mnt)
+        os.makedirs(target)
+        fill(os.path.join(mnt, "fill"))
+        reason = "No space left on device"
+    else:
+        os.makedirs(target)
+        bind_read_only(mnt)
+        reason = "Read-only file system"
+    r = d.cli("restore", "latest", "--target", target)
+    assert r.returncode == 1, r.stdout
+    assert one_error(r.stderr, "cairn") == f"cairn: error: unable to use '{target}': {reason}", r.stderr
+    assert os.listdir(target) == []
