@@ -18,6 +18,7 @@ content, `open_claimed_file` for one file). What always holds:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -31,13 +32,25 @@ _NONCE = re.compile(r"^[0-9a-f]{32,128}$")
 
 def make_claim(path: str, nonce: str) -> None:
     """Client side: create the claim file `path` (it must not exist) holding `nonce`. The
-    directory's times are put back: a claim is no change of the user's (`drop_claim` alike)."""
-    with _times_kept(os.path.dirname(path)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    directory's times are put back: a claim is no change of the user's (`drop_claim` alike).
+    A directory that cannot take it (full, read-only) raises OSError naming the directory, not
+    the claim, and no part of a claim is left there."""
+    directory = os.path.dirname(path)
+    with _times_kept(directory):
         try:
-            os.write(fd, nonce.encode())
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, directory) from exc
+        try:
+            try:
+                if os.write(fd, nonce.encode()) != len(nonce):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise OSError(exc.errno, exc.strerror, directory) from exc
 
 
 def drop_claim(path: str) -> None:

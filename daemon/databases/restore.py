@@ -12,6 +12,10 @@ the repository); `cairn restore-db SET --database NAME --target-dsn DSN` asks fo
   straight from the repository (chunks verified as they are read; nothing spooled); a
   directory dump is restored into a scratch directory first, named by `{dir}`.
 
+A dump that cannot be restored into its scratch directory (a full state directory) is one line
+naming the directory and the first file's reason, with the hint to free room or to write the
+files elsewhere with `--target DIR`; the scratch directory is removed all the same.
+
 `restore-db SET --database NAME --target DIR` of a dump (dump_files) writes the dump's files as
 stored (the pg_dump directory, or the command's stream file) and runs nothing: no configuration
 is needed, so a fresh host restores a dump with nothing but the repository.
@@ -148,13 +152,19 @@ def restore_dump(repo: Repository, config: Config, s: BackupSet, database: str, 
         argv_of = lambda d: [a.replace(DIR_PLACEHOLDER, d) for a in base]  # noqa: E731
     else:
         raise InvalidArgumentError(f"database '{database}' has a dump of unknown kind '{rec.kind}'")
-    os.makedirs(scratch_root, mode=0o700, exist_ok=True)
-    _remove_stale(scratch_root)
-    scratch = tempfile.mkdtemp(prefix=f"{database}.{os.getpid()}.", dir=scratch_root)
+    unable = f"unable to restore the dump of database '{database}' in '{scratch_root}'"
+    elsewhere = (f"free room there, or write its files elsewhere with cairn restore-db {s.id[:12]} "
+                 f"--database {database} --target DIR and load them from there")
+    try:
+        os.makedirs(scratch_root, mode=0o700, exist_ok=True)
+        _remove_stale(scratch_root)
+        scratch = tempfile.mkdtemp(prefix=f"{database}.{os.getpid()}.", dir=scratch_root)
+    except OSError as exc:
+        raise FailedPreconditionError(f"{unable}: {exc.strerror or exc}", hint=elsewhere) from exc
     try:
         stats = repo.restore(s, os.path.join(scratch, "dump"), attachment=rec.attachment, progress=progress)
         if stats.errors:
-            raise FailedPreconditionError(f"unable to restore the dump of database '{database}': {stats.errors[0]}")
+            raise FailedPreconditionError(f"{unable}: {stats.errors[0]}", hint=elsewhere)
         run = ToolRun(argv_of(os.path.join(scratch, "dump")), database, None, env=env)
         run.start()
         watcher = _killer(run, cancel)

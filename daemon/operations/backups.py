@@ -41,6 +41,8 @@ class BackupPart(ServicePart):
         src = config.source(source) if source else self._only_source(config)
         if src.quiesce is not None:  # its window's record must be durable before anything freezes
             self._require_state_room(f"open the quiesce window of source '{src.name}'")
+        if self.repo.write_only:  # the host records its own sets and trees there before storing them
+            self._require_state_room(f"back up source '{src.name}' with a write-only key")
         dumps = [n for n in src.databases if _dumps_to_a_directory(config.database(n))]
         if dumps:  # it writes the dump into a work directory there (daemon/databases/dump.py)
             self._require_state_room(f"dump database '{dumps[0]}' of source '{src.name}'")

@@ -5,12 +5,14 @@ domain result back. Every failure leaves through `errors.status_for`, so status 
 decided in one place. Paths cross the wire as bytes (os.fsencode/os.fsdecode), so names that
 are not UTF-8 survive. Streams are batched: a restore batch carries at most about 1 MiB of
 file data, and no data record is larger than 1 MiB. A WalPush is spooled to disk, never held
-in memory, and refused once it passes daemon.max_wal_size.
+in the heap (in a memory file only while the state directory has no room: `WalSpool`), and
+refused once it passes daemon.max_wal_size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import json
@@ -520,19 +522,100 @@ def _add_window(out: pb.SourceStatus, src: SourceState) -> None:
                                                          thaw_hooks=len(r.results), message=text_safe(r.summary())))
 
 
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+_spool_moved = threading.Event()  # the last push that had to move found no room in the state directory
+
+
+class WalSpool:
+    """The bytes of one WalPush: in an unnamed file in the state directory, moved into an
+    anonymous memory file (memfd) when that directory's file system has no room for them (a
+    full /var must not stop WAL archiving: PostgreSQL's own disk fills next). Either is mapped
+    read-only for the store; the memory goes with the push."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.size = 0
+        self._file: BinaryIO
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory, prefix="walpush-", buffering=0)
+            self.in_memory = False
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                raise
+            self._file = _memory_file()
+            self.in_memory = True
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = self._file.write(view)  # unbuffered: one write(2), `n` bytes of it are in
+            except OSError as exc:
+                if exc.errno not in NO_ROOM or self.in_memory:
+                    raise
+                self._to_memory()
+                continue
+            view = view[n:]
+            self.size += n
+
+    def _to_memory(self) -> None:
+        mem = _memory_file()
+        try:
+            self._file.seek(0)
+            left = self.size
+            while left:
+                chunk = self._file.read(min(left, 1 << 20))
+                if not chunk:
+                    raise OSError(errno.EIO, "the spooled bytes could not be read back")
+                view = memoryview(chunk)
+                while view:
+                    view = view[mem.write(view):]
+                left -= len(chunk)
+        except BaseException:
+            mem.close()
+            raise
+        self._file.close()
+        self._file, self.in_memory = mem, True
+        if not _spool_moved.is_set():
+            _spool_moved.set()
+            log.warning("no room in '%s' to spool WAL pushes: they are held in memory until there is",
+                        self.directory)
+
+    def flush(self) -> None:
+        """Every byte is in already (unbuffered); a push spooled wholly in the state directory
+        after one that was not says so once."""
+        if not self.in_memory and _spool_moved.is_set():
+            _spool_moved.clear()
+            log.info("WAL pushes are spooled in '%s' again", self.directory)
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _memory_file() -> BinaryIO:
+    fd = os.memfd_create("walpush", os.MFD_CLOEXEC)
+    return os.fdopen(fd, "w+b", buffering=0)
+
+
 @contextlib.contextmanager
-def _spool_file(directory: str) -> Iterator[BinaryIO]:
-    """An unnamed temporary file in `directory`; an OSError while spooling is one clear error."""
+def _spool_file(directory: str) -> Iterator[WalSpool]:
+    """A WalSpool in `directory`; an OSError while spooling is one clear error."""
     try:
-        with tempfile.TemporaryFile(dir=directory, prefix="walpush-") as spool:
+        spool = WalSpool(directory)
+        try:
             yield spool
+        finally:
+            spool.close()
     except OSError as exc:
         raise FailedPreconditionError(
             f"unable to spool a WAL push in '{directory}': {exc.strerror or exc}"
         ) from exc
 
 
-def spool_wal(requests: Iterator[Any], spool: BinaryIO, limit: int,
+def spool_wal(requests: Iterator[Any], spool: WalSpool, limit: int,
               meta: dict[str, str] | None = None) -> tuple[str, int]:
     """Write the data of a WalPush stream to `spool`; return the name (from the first message)
     and the size. More than `limit` bytes is refused as soon as the stream passes it. `meta`
@@ -559,7 +642,7 @@ def spool_wal(requests: Iterator[Any], spool: BinaryIO, limit: int,
 
 
 @contextlib.contextmanager
-def _mapped(f: BinaryIO, size: int) -> Iterator[Any]:
+def _mapped(f: WalSpool, size: int) -> Iterator[Any]:
     """The first `size` bytes of `f` as a read-only buffer (a file mapping; b"" when empty)."""
     if size == 0:
         yield b""

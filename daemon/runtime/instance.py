@@ -2,7 +2,9 @@
 
 What always holds while a daemon runs:
 - It holds an exclusive flock on `<state_dir>/cairnd.lock` (mode 0600, holding its pid, for
-  the message a second daemon prints). The state directory is created 0700.
+  the message a second daemon prints; on a file system with no room for the pid the lock is
+  held without it, so a full state directory never stops a start). The state directory is
+  created 0700.
 - It holds a flock on its local repository's directory: exclusive for a writing daemon,
   shared for a read-only one, so two writers, or a writer and a reader (whose index a
   writer's prune would make stale), never share a repository; read-only daemons may.
@@ -16,6 +18,7 @@ needs that backend's own way to exclude a second daemon.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -63,8 +66,7 @@ def lock_state_dir(path: str) -> InstanceLock:
             who = f" (pid {holder})" if holder else ""
             raise LockedError(f"state directory '{path}' is in use by another cairnd{who}; {STOP_IT}")
         os.fchmod(fd, 0o600)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_pid(fd, lock_path)
     except BaseException:
         os.close(fd)
         raise
@@ -98,6 +100,23 @@ def _try_flock(fd: int, path: str, *, exclusive: bool) -> bool:
             return False
         raise FailedPreconditionError(f"unable to lock '{path}': {exc.strerror or exc}") from exc
     return True
+
+
+def _write_pid(fd: int, path: str) -> None:
+    """Put this process's pid in the held lock file, over the old one and then cut to its length,
+    so a restart on a full file system rewrites the block it has. With no room at all (a fresh
+    state directory on a full disk) the lock is held without it: the pid only names the holder
+    in a second daemon's message."""
+    data = f"{os.getpid()}\n".encode()
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no half pid for a second daemon to read
+            return
+        raise FailedPreconditionError(f"unable to write '{path}': {exc.strerror or exc}") from exc
 
 
 def _read_pid(fd: int) -> int | None:

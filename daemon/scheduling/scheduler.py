@@ -21,7 +21,10 @@ What always holds:
   atomically). At start, a run whose minute passed while the daemon was stopped is caught up
   once: only the latest missed run per (source, level), and only for levels the record knew
   (`missed_runs`); a source or level never seen before is recorded from now and has nothing
-  to catch up. An unreadable record is logged and started afresh. A run still waiting when the
+  to catch up. An unreadable record is logged and started afresh. A record that cannot be
+  saved (a full state directory) is one warning naming the directory and the reason, again
+  only when the reason changes or after UNSAVED_REPEAT seconds, and one line once a save works
+  again; the schedule runs on meanwhile. A run still waiting when the
   daemon stops (or refused because it stops) is not recorded, so the next start catches it up;
   nor is one whose backup the stop cancelled (`interrupted`: its record goes back to what it
   was before that run started).
@@ -45,6 +48,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Protocol
 
+from cairn.daemon.runtime.health import UNSAVED_REPEAT
 from cairn.daemon.runtime.threads import ServiceThread
 from cairn.daemon.scheduling.cron import CronExpr, next_run, previous_run
 from cairn.fsio.durable import write_atomic
@@ -282,6 +286,16 @@ def _no_job(source: str) -> RunningJob | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Unsaved:
+    """Saves of the record failing since the last one that worked (for one line, not one each)."""
+
+    reason: str  # why the last line said they fail: "no space left on device"
+    said: float  # monotonic time of that line
+    since: int  # failures since that line
+    total: int  # failures since the last save that worked
+
+
 class Scheduler(ServiceThread):
     """Thread that calls submit(source, level, "schedule") whenever a source's cron falls due,
     once the source is free (`running(source)`: its running backup, or None)."""
@@ -312,6 +326,8 @@ class Scheduler(ServiceThread):
         # source -> (the backup its last scheduled run started, the handled times that run replaced)
         self._taken: dict[str, tuple[RunningJob, dict[str, float | None]]] = {}
         self._announced: dict[str, str] = {}  # source -> the level whose wait was logged
+        self._saving = threading.Lock()  # one save of the record at a time, with its log lines
+        self._failed: _Unsaved | None = None  # the saves failing since the last one that worked
         handled = self._load()
         for source, dues in sorted(missed_runs(self._crons, handled, now, tz).items()):
             run = merge_waiting(None, source, dues, now, missed=True)
@@ -552,12 +568,36 @@ class Scheduler(ServiceThread):
                     "was down are not caught up this time)", self._path, why)
 
     def _save(self) -> None:
-        """Write the record atomically (a failure is logged: the schedule goes on without it)."""
+        """Write the record atomically. A failure is logged (`_unsaved`) and the schedule goes on
+        without it: a later save writes all of it, and until then a restart may catch up a run
+        that was already taken."""
         if self._path is None:
             return
-        with self._lock:
-            data = json.dumps({"handled": self._handled}, sort_keys=True, indent=1) + "\n"
-        try:
-            write_atomic(self._path, data.encode("utf-8"))
-        except OSError as exc:
-            log.error("unable to write the schedule record '%s': %s", self._path, exc)
+        with self._saving:
+            with self._lock:
+                data = json.dumps({"handled": self._handled}, sort_keys=True, indent=1) + "\n"
+            try:
+                write_atomic(self._path, data.encode("utf-8"))
+            except OSError as exc:
+                self._unsaved(os.strerror(exc.errno).lower() if exc.errno else str(exc))
+                return
+            if self._failed is not None:
+                log.info("the schedule state in '%s' is saved again (%d saves had failed)",
+                         os.path.dirname(self._path), self._failed.total)
+                self._failed = None
+
+    def _unsaved(self, reason: str) -> None:
+        """Log a failed save once, then again only when the reason changes or every
+        UNSAVED_REPEAT seconds with the count since: with the state directory full every run
+        handled fails to save, and a line for each buries the log."""
+        now = time.monotonic()
+        failed = self._failed
+        if failed is not None and failed.reason == reason and now - failed.said < UNSAVED_REPEAT:
+            self._failed = replace(failed, since=failed.since + 1, total=failed.total + 1)
+            return
+        again = ""
+        if failed is not None and failed.since:
+            again = f" ({failed.since} more failed saves since the last line)"
+        log.warning("unable to save the schedule state in '%s': %s%s; said again in %d minutes or when the reason "
+                    "changes", os.path.dirname(self._path or ""), reason, again, UNSAVED_REPEAT // 60)
+        self._failed = _Unsaved(reason, now, 0, failed.total + 1 if failed is not None else 1)

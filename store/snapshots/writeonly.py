@@ -10,9 +10,13 @@ directory: directories 0700, files 0600, each written to a temp file, fsynced an
 A cached record is written *before* the object it mirrors, so a crash leaves at most a record
 of an object that does not exist: listings intersect with the repository's own listing. A tree
 record damaged on disk (it does not decode, or not to its id) is dropped when met: a backup then
-reads that directory from the source again instead of failing on it for good. One
-process uses a cache at a time (the daemon holds its state directory's lock), so temp files
-found when it is opened are leftovers of a killed write and removed.
+reads that directory from the source again instead of failing on it for good. A record
+that cannot be written (a full state directory) or a cache directory that cannot be made is
+one BackendError naming it and the reason (its OSError kept as the cause), and leaves no temp
+file; directories a full file system does not let it make when it is opened are made by the
+first record written, and hold no record until then. One process uses a cache at a time (the
+daemon holds its state directory's lock), so temp files found when it is opened are leftovers
+of a killed write and removed.
 
 `GuardedBackend` wraps the handle's (sealed) backend: it reads sets and WAL entries from the
 cache, refuses to read another writer's (WriteOnlyKeyError) and refuses every delete except of
@@ -23,6 +27,8 @@ store the credentials of write-only hosts should be denied DeleteObject (docs/op
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import threading
@@ -30,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..content.crypto import ASK_FULL_KEY, WriteOnlyKeyError, write_only_refusal
-from ..errors import CorruptionError, short
+from ..errors import BackendError, CorruptionError, short
 from ..storage.backend import Backend
 from .trees import decode_tree
 
@@ -38,6 +44,7 @@ KINDS = ("sets", "trees", "wal")
 TREE_GRACE = 24 * 3600.0  # cached trees younger than this stay (a backup running may need them)
 WAL_KEEP = 7 * 24 * 3600.0  # cached WAL entries (for retried pushes) are forgotten after this
 WAL_SWEEP_EVERY = 256  # pushes between two sweeps of old WAL records
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 # The commands a hint may name that a write-only key cannot run: they read what other writers
 # sealed, delete, or manage keys.
 _FULL_KEY_COMMAND = re.compile(r"'cairn (?:repair|verify|prune|restore|restore-db|unlock|copy|key add|key remove)"
@@ -71,14 +78,32 @@ class HostCache:
         self._mem: dict[str, dict[str, bytes]] = {k: {} for k in KINDS}
         self._mem_time: dict[tuple[str, str], float] = {}  # in-memory trees: when last stored
         self._lock = threading.Lock()
+        self._made = path is None
         if path is not None:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chmod(path, 0o700)
+            try:
+                self._make()
+            except BackendError as exc:
+                if not isinstance(exc.__cause__, OSError) or exc.__cause__.errno not in NO_ROOM:
+                    raise
+                # a full state directory: the records are read as none, and the first put makes
+                # the directories (the daemon refuses this host's backups until there is room)
+
+    def _make(self) -> None:
+        """Make the directories (0700) and remove the temp files of writes killed midway."""
+        assert self.path is not None
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
             for kind in KINDS:
-                os.makedirs(os.path.join(path, kind), mode=0o700, exist_ok=True)
-                for leftover in os.listdir(os.path.join(path, kind)):  # of a write killed midway
+                os.makedirs(os.path.join(self.path, kind), mode=0o700, exist_ok=True)
+                for leftover in os.listdir(os.path.join(self.path, kind)):
                     if ".tmp-" in leftover:
-                        os.unlink(os.path.join(path, kind, leftover))
+                        os.unlink(os.path.join(self.path, kind, leftover))
+        except OSError as exc:
+            where = os.fsdecode(exc.filename) if exc.filename is not None else self.path
+            raise BackendError(f"unable to prepare the write-only host's records in '{where}': "
+                               f"{exc.strerror or exc}") from exc
+        self._made = True
 
     def _file(self, kind: str, name: str) -> str:
         assert self.path is not None
@@ -95,6 +120,8 @@ class HostCache:
                 self._mem[kind][name] = bytes(data)
                 self._mem_time[(kind, name)] = time.time()
             return
+        if not self._made:
+            self._make()
         final = self._file(kind, name)
         if not durable:
             try:
@@ -107,22 +134,27 @@ class HostCache:
             except FileNotFoundError:
                 pass
         tmp = f"{final}.tmp-{os.getpid()}-{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-        if durable:
-            dfd = os.open(os.path.dirname(final), os.O_RDONLY)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.fsync(dfd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if durable:
+                    os.fsync(fd)
             finally:
-                os.close(dfd)
+                os.close(fd)
+            os.rename(tmp, final)
+            if durable:
+                dfd = os.open(os.path.dirname(final), os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:  # a full state directory: one line naming the record, no temp file left
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise BackendError(f"unable to write '{final}': {exc.strerror or exc}") from exc
 
     def age(self, kind: str, name: str) -> float:
         """Seconds since a record was last stored (0 when unknown)."""
@@ -147,7 +179,12 @@ class HostCache:
         if self.path is None:
             with self._lock:
                 return list(self._mem[kind])
-        return [n for n in os.listdir(os.path.join(self.path, kind)) if ".tmp-" not in n]
+        try:
+            return [n for n in os.listdir(os.path.join(self.path, kind)) if ".tmp-" not in n]
+        except FileNotFoundError:
+            if self._made:
+                raise
+            return []  # not made yet (a full state directory at start): no record
 
     def remove(self, kind: str, name: str) -> None:
         if self.path is None:

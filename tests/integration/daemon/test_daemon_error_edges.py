@@ -5,19 +5,23 @@ characters) gets a short one-line error and a non-zero exit, never gRPC's "Strea
 (the daemon's error details travel as metadata, which a client caps at a few KiB); a full
 disk under the repository fails a backup with one line naming it and RESOURCE_EXHAUSTED, the
 daemon serves on, and once there is room the next backup succeeds and every set restores
-identical; a prune on a full repository disk frees the dead packs before it needs room to
-rewrite, and says in one line when even then there is none; an endpoint cairnd cannot bind (a
-read-only directory, a socket path too long for sun_path, a path under /proc, a TCP port in
-use) ends cairnd with one line "cairnd: error: unable to listen on ...", exit status 1, and no
-traceback."""
+identical; a disk that fills while a backup writes its packs (the backup failing, or the
+daemon killed -9 then) leaves no set and no temp file, verify finds the repository whole, and
+the next backup once there is room succeeds; a prune on a full repository disk frees the dead
+packs before it needs room to rewrite, and says in one line when even then there is none; an
+endpoint cairnd cannot bind (a read-only directory, a socket path too long for sun_path, a
+path under /proc, a TCP port in use) ends cairnd with one line "cairnd: error: unable to
+listen on ...", exit status 1, and no traceback."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -27,12 +31,16 @@ from cairn.daemon.rpc.servicer import CairnServicer
 from cairn.daemon.runtime.config import DaemonConfig
 from cairn.proto.cairn.v1 import cairn_pb2 as pb
 from cairn.proto.cairn.v1 import cairn_pb2_grpc as pb_grpc
+from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.errors import FailedPreconditionError
-from cairnd_harness import init_repo, snapshot, write_config
+from cairn.store.repository import Repository
+from cairn.store.storage.backend import LocalBackend
+from cairnd_harness import CAIRN, env_for, init_repo, snapshot, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mounts import fill, mount_tmpfs
 
 LONG = "x" * 20_000
+MIB = 1024 * 1024
 LONG_WIDE = "é" * 20_000  # two bytes each in UTF-8, six once percent-encoded on the wire
 
 
@@ -192,6 +200,89 @@ def test_a_prune_on_a_full_repository_disk_frees_the_dead_packs_first(repofs, st
     assert "1 rewritten" in d.ok("prune")
     d.ok("verify", "--read-data")
     for set_id, want in ((kept, kept_tree), (last, last_tree)):
+        target = str(tmp_path / f"restore-{set_id[:8]}")
+        d.ok("restore", set_id, "--target", target)
+        assert snapshot(target) == want
+
+
+@pytest.fixture
+def wide_repofs(rundir: str) -> Iterator[str]:
+    """A 16 MiB tmpfs for the repository (unmounted after the daemon is gone)."""
+    mnt = os.path.join(rundir, "repofs")
+    os.makedirs(mnt)
+    mount_tmpfs(mnt, "16m")
+    yield mnt
+    if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+def _temp_files(repo: str) -> list[str]:
+    """Temp files of writes in the repository (a pack or an index being written)."""
+    return [os.path.join(d, n) for d, _, names in os.walk(repo) for n in names if n.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["fails", "killed"])
+def test_a_repository_disk_that_fills_during_a_backup_keeps_the_repository_whole(killed, wide_repofs, start_daemon,
+                                                                                 rundir, tmp_path):
+    """The disk fills while a backup writes its packs (1 MiB each here, so several are in before
+    the one that does not fit): the backup fails with one line naming the file and the reason,
+    or the daemon is killed -9 once the disk has no room for the next pack (the backup still
+    running: before that pack's write, or during it). Either way the repository shows no trace
+    of the set (no set, no temp file once a daemon opened it again), verify finds it whole, and once
+    there is room the next backup succeeds and every set restores identical; prune removes the
+    packs the failed set left."""
+    repo = os.path.join(wide_repofs, "repo")
+    os.makedirs(repo, mode=0o700)
+    Repository.init(LocalBackend(repo), RepoConfig.new(pack_size=MIB)).close()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "first.bin").write_bytes(os.urandom(MIB))
+    sock = os.path.join(rundir, "full.sock")
+    config = write_config(str(tmp_path / "cairn.toml"), repo, sock, {"app": str(src)})
+    d = start_daemon("--config", config, socket_path=sock)
+    first = backup_id(d.ok("backup", "--source", "app"))
+    first_tree = snapshot(str(src))
+
+    for i in range(8):
+        (src / f"new{i}.bin").write_bytes(os.urandom(MIB))
+    filler = fill(os.path.join(wide_repofs, "fill"))
+    os.truncate(filler, os.path.getsize(filler) - 3 * MIB)  # three of the eight packs fit
+    if not killed:
+        r = d.cli("backup", "--source", "app")
+        assert r.returncode == 1, r.stdout
+        line = error_line(r.stderr)
+        assert line.startswith(f"cairn: error: unable to write '{repo}/"), line
+        assert line.endswith(": No space left on device"), line
+        assert d.alive and "Traceback" not in d.log()
+    else:
+        client = subprocess.Popen([CAIRN, "--socket", sock, "backup", "--source", "app"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env=env_for())
+        try:
+            end = time.monotonic() + 30
+            # kill -9 once the next pack does not fit (or at once should the backup have failed
+            # between two looks: then right after the failure)
+            while _free(wide_repofs) >= MIB and client.poll() is None:
+                assert time.monotonic() < end, "the disk did not fill"
+                time.sleep(0.001)
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait(10)
+        finally:
+            client.wait(30)
+        d = start_daemon("--config", config, socket_path=sock)
+    assert [s["id"] for s in json.loads(d.ok("--json", "sets"))] == [first]
+    r = d.cli("verify", "--read-data")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "repository ok: 1 set," in r.stdout and "damage" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert _temp_files(repo) == [], _temp_files(repo)
+
+    os.unlink(filler)
+    second = backup_id(d.ok("backup", "--source", "app"))
+    assert _temp_files(repo) == [], _temp_files(repo)
+    d.ok("prune")
+    r = d.cli("verify", "--read-data")
+    assert r.returncode == 0 and "repository ok: 2 sets," in r.stdout, r.stdout + r.stderr
+    assert "not in any index" not in r.stdout + r.stderr, r.stdout + r.stderr
+    for set_id, want in ((first, first_tree), (second, snapshot(str(src)))):
         target = str(tmp_path / f"restore-{set_id[:8]}")
         d.ok("restore", set_id, "--target", target)
         assert snapshot(target) == want

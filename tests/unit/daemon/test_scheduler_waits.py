@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import pytest
 from cairn.daemon.operations.status import waiting_text
 from cairn.daemon.scheduling.cron import CronExpr, previous_run
 from cairn.daemon.scheduling.scheduler import (
@@ -21,6 +26,7 @@ from cairn.daemon.scheduling.scheduler import (
     parse_schedules,
     soonest_runs,
 )
+from mounts import fill, mount_tmpfs
 
 LOGGER = "cairn.daemon.scheduling.scheduler"
 
@@ -350,3 +356,63 @@ def test_a_scheduled_set_the_stop_cancels_is_caught_up_at_the_next_start(tmp_pat
     third = scheduler_at(FakeClock(ts(2024, 6, 1, 2, 50)))
     assert third.waiting() == {}
     assert third.stop(0.1)
+
+
+@pytest.fixture
+def full_state_dir(tmp_path) -> Iterator[str]:
+    """A state directory on a small file system with no room left (the filler is `<dir>/fill`)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    mount_tmpfs(str(state))
+    try:
+        fill(str(state / "fill"))
+        yield str(state)
+    finally:
+        if subprocess.run(["umount", str(state)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(state)], capture_output=True)
+
+
+def test_saves_failing_on_a_full_state_dir_are_one_line_until_the_reason_changes_or_they_work(
+        full_state_dir, caplog, monkeypatch):
+    """Every run taken saves the schedule record: with the state directory full, one clear line
+    (not the OSError's text, once per run), again after UNSAVED_REPEAT seconds with the count,
+    and one line once a save works again."""
+    from cairn.daemon.scheduling import scheduler as scheduler_module
+
+    clock = FakeClock(ts(2024, 6, 1, 10, 0, 30))
+    service = FakeService()
+    problem = f"unable to save the schedule state in '{full_state_dir}': no space left on device"
+
+    def take_runs(n: int) -> None:
+        for _ in range(n):
+            taken = len(service.calls)
+            clock.now += 60
+            scheduler.poke()
+            wait_until(lambda: len(service.calls) > taken, "the next run")  # noqa: B023
+            service.finish("app")
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        scheduler = Scheduler({"app": {"incremental": "* * * * *"}}, service.submit, clock=clock, tz=UTC,
+                              running=service.running, state_dir=full_state_dir)
+        scheduler.start()
+        try:
+            take_runs(20)
+            lines = [r for r in caplog.records if "unable to" in r.getMessage()]
+            assert [r.getMessage().split(";")[0] for r in lines] == [problem], caplog.text
+            assert lines[0].levelno == logging.WARNING and "said again in 10 minutes" in lines[0].getMessage()
+            real = time.monotonic
+            monkeypatch.setattr(scheduler_module.time, "monotonic",
+                                lambda: real() + scheduler_module.UNSAVED_REPEAT + 1)
+            take_runs(1)
+            lines = [r.getMessage() for r in caplog.records if "unable to" in r.getMessage()]
+            assert len(lines) == 2 and f"{problem} (20 more failed saves since the last line)" in lines[1], lines
+            os.unlink(os.path.join(full_state_dir, "fill"))
+            take_runs(1)
+            take_runs(1)
+        finally:
+            assert scheduler.stop(2)
+    again = [r.getMessage() for r in caplog.records if "saved again" in r.getMessage()]
+    assert again == [f"the schedule state in '{full_state_dir}' is saved again (22 saves had failed)"], again
+    assert "Errno" not in caplog.text
+    record = json.loads(open(os.path.join(full_state_dir, STATE_FILE)).read())
+    assert record["handled"]["app"]["incremental"] == clock.now - 30

@@ -12,7 +12,7 @@ import stat
 import pytest
 from cairn.store.content import crypto
 from cairn.store.content.packs import PK_HEADER
-from cairn.store.errors import AlreadyExistsError, CorruptionError, WrongKeyError
+from cairn.store.errors import AlreadyExistsError, BackendError, CorruptionError, WrongKeyError
 from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.snapshots import writeonly as wonly
@@ -398,3 +398,62 @@ def test_a_record_dropped_while_another_call_lists_is_no_error(tmp_path):
     repo.host_cache.names = lambda kind: [*names(kind), s.id] if kind == "sets" else names(kind)
     repo._sets.clear()
     assert [x.id for x in repo.list_sets("app")] == []
+
+
+def test_the_host_cache_on_a_full_file_system_fails_in_one_line_and_leaves_no_temp_file(tmp_path):
+    """A record that does not fit (a full state directory) is a BackendError naming the record
+    and the reason, RESOURCE_EXHAUSTED's cause kept; no temp file is left and the records
+    already there stay readable. A cache directory that cannot be made is one line too."""
+    from mounts import fill, mount_tmpfs, unmount
+
+    state = tmp_path / "state"
+    state.mkdir()
+    mount_tmpfs(str(state))
+    try:
+        cache = wonly.HostCache(str(state / "write-only"))
+        cache.put("sets", "a" * 64, b"the first set's record")
+        filler = fill(str(state / "fill"))
+        with pytest.raises(BackendError) as failed:
+            cache.put("sets", "b" * 64, os.urandom(10_000))
+        assert str(failed.value) == f"unable to write '{state / 'write-only' / 'sets' / ('b' * 64)}': " \
+                                    "No space left on device", failed.value
+        assert isinstance(failed.value.__cause__, OSError)
+        assert sorted(os.listdir(state / "write-only" / "sets")) == ["a" * 64]
+        assert cache.get("sets", "a" * 64) == b"the first set's record"
+        os.unlink(filler)
+        cache.put("sets", "b" * 64, b"room again")
+        assert cache.get("sets", "b" * 64) == b"room again"
+    finally:
+        unmount(str(state))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BackendError) as failed:
+        wonly.HostCache(str(tmp_path / "file" / "write-only"))
+    assert str(failed.value) == (f"unable to prepare the write-only host's records in "
+                                 f"'{tmp_path / 'file' / 'write-only'}': Not a directory"), failed.value
+
+
+def test_the_host_cache_opened_where_no_directory_can_be_made_holds_nothing_until_it_can(tmp_path):
+    """Opened on a file system with no inode left (a full state directory), the cache does not
+    fail: it holds no record, a put fails in one line, and once there is room the first put
+    makes its directories."""
+    from mounts import fill_inodes, mount_tmpfs, unmount
+
+    state = tmp_path / "state"
+    state.mkdir()
+    mount_tmpfs(str(state), inodes=16)
+    try:
+        made = fill_inodes(str(state))
+        cache = wonly.HostCache(str(state / "write-only"))
+        assert cache.names("sets") == [] and cache.get("sets", "a" * 64) is None
+        assert cache.keep_trees_of([]) == 0 and cache.expire("wal", 0) == 0
+        with pytest.raises(BackendError) as failed:
+            cache.put("sets", "a" * 64, b"a set's record")
+        assert str(failed.value) == (f"unable to prepare the write-only host's records in "
+                                     f"'{state / 'write-only'}': No space left on device"), failed.value
+        for path in made:
+            os.unlink(path)
+        cache.put("sets", "a" * 64, b"a set's record")
+        assert cache.names("sets") == ["a" * 64] and cache.get("sets", "a" * 64) == b"a set's record"
+        assert stat.S_IMODE(os.stat(state / "write-only" / "sets").st_mode) == 0o700
+    finally:
+        unmount(str(state))
