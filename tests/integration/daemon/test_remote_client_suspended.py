@@ -8,7 +8,7 @@ shut (the daemon's socket holds bytes the client's kernel will not take: read fr
 connection 20 s later (TCP_USER_TIMEOUT); a client streaming a WAL push is stopped mid-push,
 where gRPC's default ping timeout (1 minute, for the daemon's flow-control pings) closed the
 connection. The daemon sets both to its peer timeout (eleven minutes by default:
-tests/unit/rpc/test_transport_options.py); here it runs with 6 s (peer_timeout_cairnd.py), so
+tests/unit/rpc/test_transport_options.py); here it runs with 8 s (peer_timeout_cairnd.py), so
 that the test sees those very timeouts act within seconds: clients suspended for half of it are
 continued and receive every byte of the set / have their segment archived whole, and clients
 left suspended are dropped after the peer timeout, not sooner and not at gRPC's defaults. The
@@ -38,7 +38,7 @@ OLD_PING_TIMEOUT = 60.0  # gRPC's default wait of the daemon for the answer to a
 # The daemon's peer timeout in these tests (its default is 660 s). Short, so that the test waits
 # seconds, and well under OLD_PEER_TIMEOUT, so that a connection dropped by gRPC's defaults
 # instead of the daemon's is told apart.
-PEER_TIMEOUT = 6.0
+PEER_TIMEOUT = 8.0
 SUSPENDED = PEER_TIMEOUT / 2  # clients stopped for this long must complete
 LAUNCHER = (sys.executable, str(Path(__file__).with_name("peer_timeout_cairnd.py")))
 TREE_BYTES = 192 << 20  # enough that the restore is still mid-flight when its window has shut
@@ -70,7 +70,8 @@ print(f"received {received} of {total}", flush=True)
 """
 
 # A WAL push from another host: the segment (random bytes, also written to argv[4]) in pieces of
-# 64 KiB a few milliseconds apart; "pushing" once the daemon has some, the reply at the end.
+# 64 KiB a few milliseconds apart; "ready" once it can start, which it does at a line on stdin,
+# "pushing" once the daemon has some, the reply at the end.
 PUSHER = """
 import os, sys, time, grpc
 from cairn.proto.cairn.v1 import cairn_pb2 as pb, cairn_pb2_grpc as pbg
@@ -79,6 +80,8 @@ creds = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(open(ca,
                                            grpc.access_token_call_credentials(token))
 pieces = [os.urandom(64 << 10) for _ in range(160)]
 open(copy, "wb").write(b"".join(pieces))
+print("ready", flush=True)
+sys.stdin.readline()
 def requests():
     yield pb.WalPushRequest(name=sys.argv[5])
     for i, piece in enumerate(pieces):
@@ -183,8 +186,16 @@ def _suspend_a_restore_and_a_push(port: int, address: str, ca: str, token: str, 
     """Start a restore and a WAL push of `segment` (its bytes also written to `copy`) from other
     hosts and stop both mid-stream: the restore once the daemon's socket holds bytes its kernel
     will not take, the push once the daemon has some of the segment. Both are added to
-    `clients`; returns each one's connection and when it was stopped, for _dropped_within."""
+    `clients`; returns each one's connection and when it was stopped, for _dropped_within. The
+    push's client is started first and waits, so that the two stops are close together (its
+    start under load took seconds, which the stopped restore had to wait as well)."""
     before = set(_daemon_connections(port))
+    pusher = subprocess.Popen([sys.executable, "-c", PUSHER, address, ca, token, str(copy), segment],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env_for())
+    clients.append(pusher)
+    assert pusher.stdin is not None and pusher.stdout is not None and pusher.stderr is not None
+    assert pusher.stdout.readline().strip() == "ready", pusher.stderr.read()
     restorer = subprocess.Popen([sys.executable, "-c", RESTORER, address, ca, token],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_for())
     clients.append(restorer)
@@ -197,10 +208,8 @@ def _suspend_a_restore_and_a_push(port: int, address: str, ca: str, token: str, 
         assert time.monotonic() < deadline, "the stopped client's receive window never shut"
         time.sleep(0.05)
     restore_stopped = time.monotonic()
-    pusher = subprocess.Popen([sys.executable, "-c", PUSHER, address, ca, token, str(copy), segment],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for())
-    clients.append(pusher)
-    assert pusher.stdout is not None and pusher.stderr is not None
+    pusher.stdin.write("go\n")
+    pusher.stdin.flush()
     assert pusher.stdout.readline().strip() == "pushing", pusher.stderr.read()
     pushing = _new_connection(port, before | {restoring})
     pusher.send_signal(signal.SIGSTOP)  # mid-push: the daemon waits for the rest
@@ -221,7 +230,7 @@ def test_remote_clients_suspended_keep_their_streams_until_the_peer_timeout(remo
     clients: list[subprocess.Popen] = []
     try:
         peers = _suspend_a_restore_and_a_push(port, address, tls_files["ca"], token, copies[0], SEGMENTS[0], clients)
-        restorer, pusher = clients
+        pusher, restorer = clients
         held = _dropped_within(port, peers, SUSPENDED)
         for client in clients:
             client.send_signal(signal.SIGCONT)
