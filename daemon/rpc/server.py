@@ -62,8 +62,9 @@ UNIX_PATH_MAX = 107  # bytes of a Unix socket path: sun_path holds 108, the last
 PEER_TIMEOUT = STALL_TIMEOUT + 60
 
 
-def transport_options(peer_timeout: float = PEER_TIMEOUT) -> list[tuple[str, int]]:
-    """The gRPC server arguments that decide when a connection's peer is given up on: all `peer_timeout`.
+def transport_options(peer_timeout: float | None = None) -> list[tuple[str, int]]:
+    """The gRPC server arguments that decide when a connection's peer is given up on: all
+    `peer_timeout` (None: PEER_TIMEOUT, read when called).
 
     With gRPC's server defaults a suspended client (SIGSTOP, a laptop asleep) lost its call long
     before the stall watch would have cancelled it: every accepted TCP connection gets
@@ -75,6 +76,8 @@ def transport_options(peer_timeout: float = PEER_TIMEOUT) -> list[tuple[str, int
     is really gone is still let go: a killed process's kernel closes the connection at once, the
     stall watch frees the call's thread and slot, and the kernel drops a connection whose peer
     acknowledges nothing for `peer_timeout`. Keepalive pings keep gRPC's server period (2 h)."""
+    if peer_timeout is None:
+        peer_timeout = PEER_TIMEOUT
     ms = min(int(peer_timeout * 1000), 2**31 - 1)  # a channel argument is a C int
     return [
         ("grpc.keepalive_timeout_ms", ms),  # also TCP_USER_TIMEOUT of every accepted TCP connection

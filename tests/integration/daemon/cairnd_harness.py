@@ -3,6 +3,7 @@ running cairnd process, config files, and tree snapshots that say what a restore
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +245,51 @@ def wait_for_restore_slot(channel: grpc.Channel, within: float, failure: str) ->
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
             assert time.monotonic() < deadline, failure
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def daemon_starter(rundir: str) -> Iterator[Callable[..., Daemon]]:
+    """start(*args, ...) -> Daemon for real cairnd processes with work directories in `rundir`: the
+    `start_daemon` fixture's, and that of fixtures of a wider scope (a daemon a module's tests
+    share). Every daemon it started is killed at the exit."""
+    started: list[Daemon] = []
+    counter = iter(range(1000))
+
+    def start(*args: str, socket_path: str | None = None, wait_ready: bool = True, prefix: tuple[str, ...] = (),
+              watchdog_usec: int = 2_000_000, home: str | None = None) -> Daemon:
+        n = next(counter)
+        workdir = os.path.join(rundir, f"d{n}")
+        os.makedirs(workdir)
+        os.chmod(workdir, 0o777)
+        sock = socket_path or os.path.join(workdir, "cairnd.sock")
+        notify = NotifyListener(os.path.join(workdir, "notify"))
+        stderr_path = os.path.join(workdir, "stderr.log")
+        env = env_for({
+            "NOTIFY_SOCKET": notify.path,
+            "WATCHDOG_USEC": str(watchdog_usec),
+            "CAIRN_HOME": home or os.path.join(workdir, "home"),
+        })
+        if "--repo" in args and "--read-only" not in args:
+            init_repo(args[args.index("--repo") + 1])  # a missing repository is an error now
+        argv = [*prefix, CAIRND, *args]
+        if socket_path is None:
+            argv += ["--socket", sock]
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        daemon = Daemon(proc, sock, notify, workdir, stderr_path)
+        started.append(daemon)
+        if wait_ready:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not notify.wait_for("READY=1", 0.2):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"cairnd did not become ready (exit {proc.poll()}):\n{daemon.log()}")
+        return daemon
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+            d.notify.close()

@@ -11,10 +11,11 @@ import os
 import random
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
-from cairnd_harness import Daemon, snapshot
+from cairnd_harness import Daemon, daemon_starter, snapshot
 
 CHUNKY = 3 << 20  # big files: several content-defined chunks each
 
@@ -104,11 +105,12 @@ def damage(root: str, d: Daemon, set_id: str, rng: random.Random) -> tuple[int, 
     return owed, {"docs/extra.txt", "junk"}
 
 
-@pytest.fixture(params=["plaintext", "encrypted"])
-def daemon_with_set(request: pytest.FixtureRequest, start_daemon: Callable[..., Daemon],
-                    rundir: str) -> tuple[Daemon, str, str, dict]:
-    """A daemon and a full set of make_tree's tree, in a plaintext and in an encrypted repository
-    (whose chunk ids are keyed: the delta and --verify must compare with that key)."""
+REPOSITORIES = ["plaintext", "encrypted"]
+
+
+def set_up(kind: str, start_daemon: Callable[..., Daemon], rundir: str) -> tuple[Daemon, str, str, dict]:
+    """A daemon and a full set of make_tree's tree in `rundir`, in a plaintext or an encrypted
+    repository (whose chunk ids are keyed: the delta and --verify must compare with that key)."""
     import subprocess
 
     from cairnd_harness import CAIRND, env_for
@@ -116,7 +118,7 @@ def daemon_with_set(request: pytest.FixtureRequest, start_daemon: Callable[..., 
     src = os.path.join(rundir, "src")
     make_tree(src, random.Random(1234))
     repo, secret = os.path.join(rundir, "repo"), ()
-    if request.param == "encrypted":
+    if kind == "encrypted":
         with open(os.path.join(rundir, "repo.pass"), "w") as f:
             f.write("delta passphrase\n")
         secret = ("--passphrase-file", os.path.join(rundir, "repo.pass"))
@@ -126,6 +128,27 @@ def daemon_with_set(request: pytest.FixtureRequest, start_daemon: Callable[..., 
     d = start_daemon("--repo", repo, "--source", src, *secret)
     s = json.loads(d.ok("--json", "backup", "--level", "full", timeout=120))
     return d, s["id"], src, snapshot(src)
+
+
+@pytest.fixture(scope="module", params=REPOSITORIES)
+def daemon_with_set(request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, str, str, dict]]:
+    """set_up's daemon and set, one of each kind for the module: the tests that take it only read
+    the repository and write below their own `rundir` (making the set took most of each one's
+    time). A test that changes the repository or the daemon's directories takes `own_daemon_with_set`."""
+    home = tempfile.mkdtemp(prefix="cairn-", dir="/tmp")
+    os.chmod(home, 0o755)
+    try:
+        with daemon_starter(home) as start:
+            yield set_up(request.param, start, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(params=REPOSITORIES)
+def own_daemon_with_set(request: pytest.FixtureRequest, start_daemon: Callable[..., Daemon],
+                        rundir: str) -> tuple[Daemon, str, str, dict]:
+    """set_up's daemon and set in this test's `rundir`, for this test alone."""
+    return set_up(request.param, start_daemon, rundir)
 
 
 WHO = {"daemon": (), "client": ("--stream",)}  # who runs a delta: the daemon on this host, or the client
@@ -391,14 +414,14 @@ def test_a_daemon_delta_stops_when_its_client_goes_away(start_daemon: Callable[.
 
 
 @pytest.mark.parametrize("who", WHO)
-def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rundir: str, who: str) -> None:
+def test_a_damaged_chunk_fails_only_the_files_that_need_it(own_daemon_with_set, rundir: str, who: str) -> None:
     """One chunk of the set is damaged in the repository: the delta (the daemon's, or the
     client's fed by RestoreChunks) mends every other damaged file, names the one it cannot
     mend, and exits 1 (as a plain restore does)."""
     from cairn.store.content.crypto import Secret
     from cairn.store.repository import Repository
 
-    d, set_id, src, want = daemon_with_set
+    d, set_id, src, want = own_daemon_with_set
     target = os.path.join(rundir, "restored")
     d.ok("restore", set_id, "--target", target)
     pw = os.path.join(rundir, "repo.pass")
@@ -430,11 +453,11 @@ def test_a_damaged_chunk_fails_only_the_files_that_need_it(daemon_with_set, rund
                                                                        if k != "docs/n05.txt"}
 
 
-def test_the_daemon_never_restores_into_its_own_directories(daemon_with_set, rundir: str) -> None:
+def test_the_daemon_never_restores_into_its_own_directories(own_daemon_with_set, rundir: str) -> None:
     """A delta with --delete into the daemon's state directory removed its journal and lock; a
     target that is, lies in or (with --delete) holds the repository or the state directory (or,
     with --delete, the socket) is refused, and nothing there changes."""
-    d, set_id, src, want = daemon_with_set
+    d, set_id, src, want = own_daemon_with_set
     state = os.path.join(d.workdir, "home")  # $CAIRN_HOME: the state directory of a daemon without a config
     repo = os.path.join(rundir, "repo")
     def names(root: str) -> set[str]:  # what is there (the daemon may rewrite its own files meanwhile)
