@@ -270,14 +270,16 @@ def test_drill_lost_application_host_restored_and_taken_over(weed, creds, transp
         assert writer.error is None, writer.error
         # the loss comes in the middle of one more set, once it has stored its first pack (a big new
         # file fills several: the set is far from its end then) and while it holds its lock
+        # (128 MiB: after its first pack the set has 100 MiB or more to go, so the listing that saw the
+        # pack and the set's lock cannot be outrun by the set's end on a loaded machine)
         with open(files / "big.bin", "wb") as f:
-            f.write(random.Random(3).randbytes(64 << 20))
+            f.write(random.Random(3).randbytes(128 << 20))
         stored = set(objects(weed, prefix))
         cut = subprocess.Popen([CAIRN, "--socket", sock, "backup", "--source", SOURCE, "--level", "incremental"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         procs.append(cut)
         end = time.monotonic() + 60
-        while not any(k.split("/")[1] == "packs" for k in set(objects(weed, prefix)) - stored):
+        while not {"packs", "locks"} <= {k.split("/")[1] for k in set(objects(weed, prefix)) - stored}:
             assert cut.poll() is None and time.monotonic() < end, f"the last backup stored no pack ({cut.poll()})"
             time.sleep(0.02)
 
