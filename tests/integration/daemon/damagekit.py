@@ -30,7 +30,7 @@ TRIALS = int(os.environ.get("CAIRN_DAMAGE_TRIALS", "5"))
 ONLY = [tuple(p.split("/", 1)) for p in os.environ.get("CAIRN_DAMAGE_PAIRS", "").split(",") if p]
 PLAINTEXT = os.environ.get("CAIRN_DAMAGE_PLAINTEXT", "") not in ("", "0")
 
-CLASSES = ("config", "keys", "sets", "index", "tree-packs", "data-packs", "wal", "wal-packs", "locks", "state",
+CLASSES = ("config", "keys", "sets", "index", "tree-packs", "data-packs", "wal", "wal-packs", "locks", "gc", "state",
            "repo")
 KINDS = ("delete", "truncate-0", "truncate-half", "flip", "zero-block", "replace", "rollback", "swap", "zero-tail",
          "half-synced")
@@ -136,6 +136,7 @@ class Template:
         driver.mirror(self.repo)
         self._lock_elsewhere()
         self._classify()
+        self._marker(rng)
 
     def _backup(self, d, level: str) -> None:
         out = json.loads(d.ok("--json", "backup", "--level", level))
@@ -159,6 +160,22 @@ class Template:
             doc = {"host": "elsewhere", "daemon_host": "elsewhere", "pid": 4242, "pid_space": "x",
                    "exclusive": False, "purpose": "backup"}
             assert repo.locks._create(os.urandom(16).hex(), doc)
+        finally:
+            repo.close()
+
+    def _marker(self, rng: random.Random) -> None:
+        """A garbage-collection marker not yet ripe: a set of a scratch source taken and
+        forgotten by a prune whose grace period keeps its packs (marked) for a day."""
+        from cairn.store.model import BackupRequest, PrunePolicy
+
+        scratch = self.root / "scratch"
+        scratch.mkdir()
+        (scratch / "only-here.bin").write_bytes(rng.randbytes(300_000))
+        repo = self._open(read_only=False)
+        try:
+            s = repo.backup(BackupRequest(source="scratch", paths=(str(scratch),)))
+            repo.prune(PrunePolicy(forget=(s.id,)), grace=86400)
+            assert list(repo.backend.list("gc")), "prune left no marker"
         finally:
             repo.close()
 
@@ -222,7 +239,10 @@ def _damage(t: Template, base: str, cls: str, kind: str, rng: random.Random) -> 
         older, mine = (t.older_home, os.path.join(base, "home")) if cls == "state" else \
             (os.path.join(t.older_repo, cls), os.path.join(base, "repo", cls))
         shutil.rmtree(mine, ignore_errors=True)
-        shutil.copytree(older, mine, symlinks=True)
+        if os.path.isdir(older):
+            shutil.copytree(older, mine, symlinks=True)
+        else:  # the class had no object then (gc markers)
+            os.mkdir(mine)
         return f"{cls} rolled back to before the last backup"
     if not objs:
         return None

@@ -2,13 +2,13 @@
 operator runs, through the real daemon and client.
 
 One encrypted repository is built once (three sets, two archived WAL files, a second key, a lock
-of a backup running elsewhere) with a copy of it, and of the daemon's state directory, taken
-before its last backup. Each trial copies it, damages one object (or one class) and starts
-cairnd on the copy:
+of a backup running elsewhere, a garbage-collection marker a day from ripe) with a copy of it,
+and of the daemon's state directory, taken before its last backup. Each trial copies it,
+damages one object (or one class) and starts cairnd on the copy:
 
 - classes: the config, key objects, set objects, index files, packs holding trees, packs
-  holding file data, WAL catalog entries, packs holding WAL segments, locks, and the daemon's
-  state directory (caches, journal, its notes);
+  holding file data, WAL catalog entries, packs holding WAL segments, locks, gc markers, and
+  the daemon's state directory (caches, journal, its notes);
 - kinds: delete, truncate to 0, truncate to half, flip one byte, zero a 4 KiB block, zero the
   tail from a random point (the size kept: what a crash leaves of a file's last blocks),
   replace with another object of the class, roll the class back to its version from before
@@ -46,7 +46,7 @@ back it must start, verify --read-data pass and every set restore.
 
 CAIRN_DAMAGE_SEED picks the trials (printed on failure: set it to replay a run),
 CAIRN_DAMAGE_TRIALS how many: 5 by default, sized for the suite's time budget (about 5 s a
-trial on an idle machine, the history built once besides); 92 runs every class against every
+trial on an idle machine, the history built once besides); 101 runs every class against every
 kind once. CAIRN_DAMAGE_PAIRS=class/kind,... runs only those pairs (a failure's, replayed with
 its seed); CAIRN_DAMAGE_PLAINTEXT=1 runs the campaign on a plaintext (format 1) repository,
 whose objects are bound to their names by their hashes alone. The kit is damagekit.py.
