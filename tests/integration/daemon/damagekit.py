@@ -479,6 +479,10 @@ def _run_trial(t: Template, trial: Trial, cls: str, kind: str, rng: random.Rando
     if hurt:
         assert deep.returncode != 0, f"{what}: sets {sorted(h[:8] for h in hurt)} do not restore, " \
                                      f"verify --read-data passed\n{deep.stdout}"
+    for s in sorted(hurt):  # the check of one set finds what its restore met
+        one = trial.cli("verify", "--set", s, "--read-data", timeout=300)
+        assert one.returncode != 0, f"{what}: set {s[:8]} does not restore, verify --set passed\n{one.stdout}"
+    trial.cli("verify", "--read-data-subset", "1/2", timeout=300)  # a failure is one line, like any
     # backups after the damage: what they commit restores as the source is
     _mutate(trial.src, rng, "after")
     for level in ("incremental", "full"):

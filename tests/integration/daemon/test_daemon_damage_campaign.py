@@ -27,7 +27,8 @@ and `verify --read-data`, the restores and the fetches again. What must hold:
   with a non-zero exit status;
 - a restore either gives exactly the set's content or fails, naming every file it could not
   give right (never silently different content);
-- verify --read-data fails whenever a restore failed;
+- verify --read-data fails whenever a restore failed, and so does `verify --set SET
+  --read-data` of that set (`verify --read-data-subset 1/2` runs too);
 - a WAL file is fetched exactly as archived or not at all (a non-zero exit status);
 - every set the copy copied restores from the copy exactly as taken, and a set it did not copy
   is one whose restore failed;
