@@ -20,7 +20,9 @@ What always holds:
   destination set that is still listed when the copy commits, so no copied set relies on a
   tree whose blobs a collector may have freed;
 - a set whose data cannot be read (damaged or lost in the source) is not copied and is named
-  in the report's `failed`, with why; the copy goes on with the next set;
+  in the report's `failed`, with why; the copy goes on with the next set. Damage only to what
+  a set would be matched against (its base's set object, a listing only that base has) stops
+  nothing: the set is read whole;
 - nothing in the source is written but a shared lock while it is read (so its garbage
   collector keeps the packs the copy reads), and nothing existing in the destination is
   rewritten.
@@ -247,12 +249,13 @@ class Copier:
         return d, sess, wal_new, wal_old, warnings
 
     def _dst_id(self, src_id: str | None, have: dict[str, BackupSet]) -> str | None:
-        """The destination id of the copy of source set `src_id` (its base), if there is one."""
+        """The destination id of the copy of source set `src_id` (its base), if there is one
+        (none when that set is gone or its object cannot be read: the copy is whole without it)."""
         if not src_id:
             return None
         try:
             base = self.src.get_set(src_id)
-        except NotFoundError:
+        except (NotFoundError, CorruptionError):
             return None
         d = have.get(origin(base, self.src.config.id)["set"])
         return d.id if d is not None else None
@@ -260,12 +263,13 @@ class Copier:
     # -- matching what is there --------------------------------------------------------------
     def _match_anchor(self, s: BackupSet, have: dict[str, BackupSet]) -> None:
         """Learn the destination ids of what `s` shares with a set already copied: its base's
-        copy, else the newest copy of a set of the same source and host (trees only are read)."""
+        copy, else the newest copy of a set of the same source and host (trees only are read). A
+        base or a tree that cannot be read (damaged) only teaches nothing: `s` is read whole."""
         candidates = []
         if s.base:
             try:
                 candidates.append(self.src.get_set(s.base))
-            except NotFoundError:
+            except (NotFoundError, CorruptionError):
                 pass
         same = [x for x in self.src.list_sets(s.source) if x.hostname == s.hostname and x.time_end <= s.time_end]
         candidates += sorted(same, key=lambda x: (x.time_end, x.id), reverse=True)
@@ -288,7 +292,10 @@ class Copier:
         False (and nothing learnt for this tree) if they do not have the same shape."""
         if st in self.carried:
             return True
-        se, de = self.src.load_tree(st), self.dst.load_tree(dt)
+        try:
+            se, de = self.src.load_tree(st), self.dst.load_tree(dt)
+        except (CorruptionError, NotFoundError):
+            return False
         if [(e.name, e.kind, len(e.chunks)) for e in se] != [(e.name, e.kind, len(e.chunks)) for e in de]:
             return False
         ok = True

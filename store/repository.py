@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
@@ -110,6 +110,7 @@ READ_AHEAD = 8  # index files or set objects read at once when a handle loads ma
 BACKUP_WORKERS = max(2, os.cpu_count() or 2)  # file readers; big files also compress on blobs' pool
 PRUNE_LOCK_WAIT = 120.0  # seconds prune waits for another prune
 LOAD_TRIES = 5  # listings of the index files while files vanish during a load
+CONTESTED_STATS = 64  # packs a full load stats one by one for blobs other packs hold too; more: one listing
 LIST_PACKS_FROM = 256  # more packs than this to check at commit: one listing, not a request each
 _SET_PREFIX = re.compile(r"^unable to read set '[0-9a-f]+(\.\.)?': ")
 BASE_WAIT = 120.0  # seconds a commit whose base is not listed waits for a running collector to put it back
@@ -469,43 +470,76 @@ class Repository:
         self.markers = markers
         self.pending = frozenset().union(*(m.packs for m in markers))
 
-    def _add_pack(self, index: Index, pack: str, entries: list[PackEntry]) -> None:
+    def _add_pack(self, index: Index, pack: str, entries: list[PackEntry], gone: Container[str] = ()) -> None:
         """Index `entries`; a blob keeps a location in an unmarked pack over one in a marked
-        pack (prune copied it out of there), so sessions deduplicate against the copy."""
-        if pack in self.pending:
+        pack (prune copied it out of there), so sessions deduplicate against the copy. Nor does
+        a pack storage lacks (`gone`, or found so here when it would replace a location of a
+        blob in another pack) take a blob from a pack that is there: an index file of an older
+        state put back (an old copy of the disk) names packs a prune deleted since, beside the
+        copies that prune made."""
+        if pack in self.pending or pack in gone:
+            entries = [e for e in entries if e.id not in index]
+        elif any((loc := index.get(e.id)) is not None and loc.pack != pack for e in entries) and self._lacks(pack):
             entries = [e for e in entries if e.id not in index]
         index.add_pack(pack, entries)
+
+    def _lacking(self, packs: set[str]) -> set[str]:
+        """Those of `packs` storage lacks: a stat each, or one listing of the packs when there
+        are many (sessions of several hosts that stored the same chunks leave many such)."""
+        if len(packs) <= CONTESTED_STATS:
+            return {p for p in sorted(packs) if self._lacks(p)}
+        try:
+            return packs - set(self.backend.list("packs"))
+        except BackendError:
+            return set()
+
+    def _lacks(self, pack: str) -> bool:
+        """Whether storage lacks `pack` (False when it cannot say)."""
+        try:
+            self.backend.stat("packs", pack)
+        except NotFoundError:
+            return True
+        except BackendError:
+            return False
+        return False
 
     def _load_all(self) -> None:
         self._read_markers()
         with self._index_mutex:
             self._recording = []
         try:
-            for _attempt in range(LOAD_TRIES):
-                builder, problems, loaded = IndexBuilder(), [], set()
-                marked: list[tuple[str, list[PackEntry]]] = []  # added last, where nothing else has them
-                vanished = False
-                listed = list(self.backend.list("index"))
-                if self.cache is not None:
-                    self.cache.keep_only("index", set(listed))  # what prune deleted is never served
-                for name, got in self._read_ahead("index", listed):
-                    try:
-                        if isinstance(got, Exception):
-                            raise got
-                        marked.extend(builder.add_file(got, defer=self.pending).items())
-                        loaded.add(name)
-                    except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
-                        vanished = True    # was written first, but maybe after our listing
-                    except CorruptionError as e:
-                        problems.append(str(e))
-                        loaded.add(name)
-                    except BackendError as e:  # refused (permissions) or unreachable: its blobs look
-                        problems.append(str(e))  # absent (stored again), and gc keeps its packs
-                if not vanished:
+            gone: set[str] = set()  # packs storage lacks that held the location kept for a blob
+            for _round in range(2):  # (the second round defers them: see _add_pack)
+                defer = self.pending | gone
+                for _attempt in range(LOAD_TRIES):
+                    builder, problems, loaded = IndexBuilder(), [], set()
+                    marked: list[tuple[str, list[PackEntry]]] = []  # added last, where nothing else has them
+                    vanished = False
+                    listed = list(self.backend.list("index"))
+                    if self.cache is not None:
+                        self.cache.keep_only("index", set(listed))  # what prune deleted is never served
+                    for name, got in self._read_ahead("index", listed):
+                        try:
+                            if isinstance(got, Exception):
+                                raise got
+                            marked.extend(builder.add_file(got, defer=defer).items())
+                            loaded.add(name)
+                        except NotFoundError:  # replaced meanwhile (prune, a writer's rescue): its successor
+                            vanished = True    # was written first, but maybe after our listing
+                        except CorruptionError as e:
+                            problems.append(str(e))
+                            loaded.add(name)
+                        except BackendError as e:  # refused (permissions) or unreachable: its blobs look
+                            problems.append(str(e))  # absent (stored again), and gc keeps its packs
+                    if not vanished:
+                        break
+                index = builder.finish()
+                lacking = self._lacking(builder.contested - defer)
+                if not lacking:
                     break
-            index = builder.finish()
+                gone |= lacking
             for pack, entries in marked:
-                self._add_pack(index, pack, entries)
+                self._add_pack(index, pack, entries, gone)
             with self._index_mutex:
                 for packs in self._recording:
                     for pack, entries in packs.items():

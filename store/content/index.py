@@ -7,7 +7,9 @@ On disk, index files list the blobs of some packs:
 An index file is named by the blake3 of its content. Index files only ever add knowledge;
 the same blob listed twice (a crash between writing a pack and its index, a rewrite by prune,
 two sessions at once that both stored a new chunk) is harmless: the location added last is
-kept, except that a plain copy is never replaced by a delta-coded one (codec 2). A delta names
+kept, except that a plain copy is never replaced by a delta-coded one (codec 2) and (the
+loader's part: Repository._load_all, _add_pack) a location in a pack storage lacks never
+replaces one in a pack it has (an index file of an older state put back). A delta names
 its reference by id and a reference must never be a delta itself (blobs.reference_data): two
 sessions of one database at once may store a chunk plainly and as a delta, a later set then
 compresses against the plain copy, and an index that named the delta copy (learnt last, or
@@ -238,7 +240,8 @@ class IndexBuilder:
     table to the size `Index` keeps, dropping each old bucket as it goes: a load holds the
     records about once (plus the buffers' slack), and moves each about twice. The same blob
     listed more than once keeps the location added last, as in `Index.add_pack` (and as there,
-    never a delta-coded copy over a plain one). Not
+    never a delta-coded copy over a plain one); `finish` leaves in `contested` the packs whose
+    location of such a blob was kept over another pack's, which the loader may check exist. Not
     thread-safe: one loader owns it until `finish`.
     """
 
@@ -248,6 +251,7 @@ class IndexBuilder:
         self._parts: list[bytearray] = [bytearray() for _ in range(1 << self.PART_BITS)]
         self._packs: list[str] = []
         self._pack_no: dict[str, int] = {}
+        self.contested: set[str] = set()
 
     def add_pack(self, pack: str, entries: Iterable[PackEntry]) -> None:
         n = self._pack_no.get(pack)
@@ -295,17 +299,23 @@ class IndexBuilder:
         buckets: list[bytes] = []
         count = 0
         parts = self._parts
+        contested: set[int] = set()  # pack numbers kept for a blob that another pack holds too
         for h, part in enumerate(parts):
             bucket = bytes(part)
             parts[h] = bytearray()
             ids = {bucket[o:o + IDLEN] for o in range(0, len(bucket), RSIZE)}
             if len(ids) * RSIZE != len(bucket):  # a blob listed twice: the record added last, not a delta over a plain
                 last: dict[bytes, int] = {}
+                twice: set[bytes] = set()
                 for o in range(0, len(bucket), RSIZE):
                     bid = bucket[o:o + IDLEN]
                     had = last.get(bid)
+                    if had is not None and bucket[had + IDLEN:had + IDLEN + 4] != bucket[o + IDLEN:o + IDLEN + 4]:
+                        twice.add(bid)
                     if had is None or not _keeps(bucket[had:had + RSIZE], bucket[o:o + RSIZE]):
                         last[bid] = o
+                contested.update(int.from_bytes(bucket[last[b] + IDLEN:last[b] + IDLEN + 4], "little")
+                                 for b in twice)
                 bucket = b"".join(bucket[o:o + RSIZE] for o in sorted(last.values()))
             count += len(ids)
             buckets.append(bucket)
@@ -319,7 +329,9 @@ class IndexBuilder:
         else:
             index = Index._built(self.PART_BITS, buckets, count, self._packs)
             index._split(bits, consume=True)
+        packs = self._packs
         self.__init__()
+        self.contested = {packs[n] for n in contested}
         return index
 
 

@@ -528,16 +528,21 @@ class Pruner:
 
     @staticmethod
     def _check_indexed(lost: set[bytes], needing: list[str]) -> None:
+        """Refuse: blobs that `needing` (the WAL archive, sets) need are in no index file. The
+        hint names the sets in the command that forgets them, as `_unwalkable` does (a client
+        sees at most 256 characters of a hint: the command comes before the end)."""
         if not lost:
             return
         named = ", ".join(needing[:5]) + (f" and {len(needing) - 5} more" if len(needing) > 5 else "")
-        hint = ("run 'cairn repair index': it indexes the packs that hold them (then 'cairn verify'); what no pack "
-                "holds whole is lost (also after a repair already ran): a full backup of every source stores again "
-                "what the sources still hold, and 'cairn prune --forget SET' forgets a set that needs the rest")
-        if needing[:1] == ["the WAL archive"]:  # (the hint a client sees is bounded: this one says it first)
-            hint = ("run 'cairn repair index': it indexes the packs that hold them; what no pack holds is lost: then "
-                    "'cairn repair wal' removes the WAL catalog entries that need it, and 'cairn prune --forget SET' "
-                    "forgets a set that does")
+        sets = [n[5:-1] for n in needing if n.startswith("set '")]
+        command = " ".join(f"--forget {i}" for i in sets[:3]) + (" ..." if len(sets) > 3 else "")
+        forget = f"'cairn prune {command}' forgets {'that set' if len(sets) == 1 else 'them'}" if sets else ""
+        hint = ("'cairn repair index' indexes the packs holding them; what no pack holds whole is lost: a full "
+                "backup stores again what the sources hold, then "
+                + (forget or "'cairn prune --forget SET' forgets a set that needs the rest"))
+        if needing[:1] == ["the WAL archive"]:
+            hint = ("'cairn repair index' indexes the packs holding them; what no pack holds is lost: 'cairn repair "
+                    "wal' removes the WAL entries that need it" + (f", and {forget}" if forget else ""))
         raise CorruptionError(
             f"unable to prune: {len(lost)} blobs that {named} need are in no index file; nothing may be deleted "
             "while a pack that no index names may hold them", hint=hint)

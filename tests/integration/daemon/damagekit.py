@@ -26,12 +26,36 @@ from cairnd_harness import CAIRND, env_for, snapshot
 
 SEED = int(os.environ.get("CAIRN_DAMAGE_SEED", "5113"))
 TRIALS = int(os.environ.get("CAIRN_DAMAGE_TRIALS", "5"))
+# "class/kind,...": only these pairs, in this order (a failure's pair, replayed with its seed)
+ONLY = [tuple(p.split("/", 1)) for p in os.environ.get("CAIRN_DAMAGE_PAIRS", "").split(",") if p]
+PLAINTEXT = os.environ.get("CAIRN_DAMAGE_PLAINTEXT", "") not in ("", "0")
 
-CLASSES = ("config", "keys", "sets", "index", "tree-packs", "data-packs", "wal", "wal-packs", "locks", "state")
-KINDS = ("delete", "truncate-0", "truncate-half", "flip", "zero-block", "replace", "rollback", "swap")
+CLASSES = ("config", "keys", "sets", "index", "tree-packs", "data-packs", "wal", "wal-packs", "locks", "gc", "state",
+           "repo")
+KINDS = ("delete", "truncate-0", "truncate-half", "flip", "zero-block", "replace", "rollback", "swap", "zero-tail",
+         "half-synced")
+# the kinds that apply to a class, where not all do: the whole repository is rolled back (put
+# back from an older copy of its directory while the state directory is newer) or half-synced
+# (a copy made file by file in the order of their paths that stopped partway, after keys/: the
+# file it was writing cut short, those after it not there), and only it
+APPLIES = {c: {k for k in KINDS if k != "half-synced"} for c in CLASSES}
+APPLIES["repo"] = {"rollback", "half-synced"}
 # damage that only reading a pack's bytes finds: a backup may still deduplicate against it
-READ_ONLY_FINDS = {"flip", "zero-block", "swap", "replace"}
+READ_ONLY_FINDS = {"flip", "zero-block", "swap", "replace", "zero-tail"}
 SEGMENT = "00000001000000000000000{}"
+SYSTEM_ID = 7
+WAL_SEGMENT_SIZE = 1 << 20
+
+
+def _segment(name: str, rng: random.Random) -> bytes:
+    """A whole WAL segment `name` of system SYSTEM_ID: its long page header (which says what
+    segment it is: a catalog entry holding another segment's content can be told), then random
+    bytes."""
+    pageaddr = int(name[16:24], 16) * WAL_SEGMENT_SIZE + int(name[8:16], 16) * 0x100000000
+    header = ((0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + int(name[:8], 16).to_bytes(4, "little")
+              + pageaddr.to_bytes(8, "little") + bytes(8) + SYSTEM_ID.to_bytes(8, "little")
+              + WAL_SEGMENT_SIZE.to_bytes(4, "little") + (8192).to_bytes(4, "little"))
+    return header + rng.randbytes(WAL_SEGMENT_SIZE - len(header))
 
 
 def _files(tree: dict[str, tuple]) -> dict[str, tuple]:
@@ -98,7 +122,8 @@ class Template:
         self._wal(d, 1, rng)
         _mutate(self.src, rng, "second")
         self._backup(d, "incremental")
-        d.ok("key", "add", "--new-key-file", str(root / "key2"))
+        if driver.secret() is not None:
+            d.ok("key", "add", "--new-key-file", str(root / "key2"))
         _mutate(self.src, rng, "third")
         driver.stop(d)
         self.older_repo, self.older_home = str(root / "older-repo"), str(root / "older-home")
@@ -111,6 +136,7 @@ class Template:
         driver.mirror(self.repo)
         self._lock_elsewhere()
         self._classify()
+        self._marker(rng)
 
     def _backup(self, d, level: str) -> None:
         out = json.loads(d.ok("--json", "backup", "--level", level))
@@ -118,8 +144,8 @@ class Template:
 
     def _wal(self, d, n: int, rng: random.Random) -> None:
         seg = self.root / SEGMENT.format(n)
-        seg.write_bytes(rng.randbytes(1_200_000))
-        d.ok("wal-push", str(seg), "--system-id", "7")
+        seg.write_bytes(_segment(SEGMENT.format(n), rng))
+        d.ok("wal-push", str(seg), "--system-id", str(SYSTEM_ID))
         self.wal = {**getattr(self, "wal", {}), SEGMENT.format(n): seg.read_bytes()}
 
     def _open(self, read_only: bool = True):
@@ -134,6 +160,22 @@ class Template:
             doc = {"host": "elsewhere", "daemon_host": "elsewhere", "pid": 4242, "pid_space": "x",
                    "exclusive": False, "purpose": "backup"}
             assert repo.locks._create(os.urandom(16).hex(), doc)
+        finally:
+            repo.close()
+
+    def _marker(self, rng: random.Random) -> None:
+        """A garbage-collection marker not yet ripe: a set of a scratch source taken and
+        forgotten by a prune whose grace period keeps its packs (marked) for a day."""
+        from cairn.store.model import BackupRequest, PrunePolicy
+
+        scratch = self.root / "scratch"
+        scratch.mkdir()
+        (scratch / "only-here.bin").write_bytes(rng.randbytes(300_000))
+        repo = self._open(read_only=False)
+        try:
+            s = repo.backup(BackupRequest(source="scratch", paths=(str(scratch),)))
+            repo.prune(PrunePolicy(forget=(s.id,)), grace=86400)
+            assert list(repo.backend.list("gc")), "prune left no marker"
         finally:
             repo.close()
 
@@ -167,6 +209,19 @@ class Template:
 def _damage(t: Template, base: str, cls: str, kind: str, rng: random.Random) -> str | None:
     """Damage one object of `cls` under `base`; what was done, or None when it does not apply."""
     objs = t.objects(base, cls)
+    if cls == "repo" and kind == "half-synced":
+        repo = os.path.join(base, "repo")
+        files = sorted(os.path.relpath(os.path.join(d, f), repo) for d, _, fs in os.walk(repo) for f in fs)
+        after = [f for f in files if f > "keys/~"]
+        cut = rng.randrange(len(after))
+        os.truncate(os.path.join(repo, after[cut]), rng.randrange(os.path.getsize(os.path.join(repo, after[cut])) + 1))
+        for f in after[cut + 1:]:
+            os.unlink(os.path.join(repo, f))
+        return f"the repository half-synced: {after[cut]} cut short, the {len(after) - cut - 1} files after it gone"
+    if cls == "repo":  # the repository's directory put back from a copy taken before the last backup
+        shutil.rmtree(os.path.join(base, "repo"))
+        shutil.copytree(t.older_repo, os.path.join(base, "repo"), symlinks=True)
+        return "the whole repository rolled back to before the last backup, the state directory not"
     if kind == "rollback":
         if cls in ("config", "tree-packs", "data-packs", "wal-packs"):
             older_root = t.root / "older"
@@ -184,7 +239,10 @@ def _damage(t: Template, base: str, cls: str, kind: str, rng: random.Random) -> 
         older, mine = (t.older_home, os.path.join(base, "home")) if cls == "state" else \
             (os.path.join(t.older_repo, cls), os.path.join(base, "repo", cls))
         shutil.rmtree(mine, ignore_errors=True)
-        shutil.copytree(older, mine, symlinks=True)
+        if os.path.isdir(older):
+            shutil.copytree(older, mine, symlinks=True)
+        else:  # the class had no object then (gc markers)
+            os.mkdir(mine)
         return f"{cls} rolled back to before the last backup"
     if not objs:
         return None
@@ -197,6 +255,14 @@ def _damage(t: Template, base: str, cls: str, kind: str, rng: random.Random) -> 
         os.truncate(victim, 0)
     elif kind == "truncate-half":
         os.truncate(victim, size // 2)
+    elif kind == "zero-tail":  # a tail the file system lost in a crash reads back as zeros
+        if size == 0:
+            return None
+        at = rng.randrange(size)
+        with open(victim, "r+b") as f:
+            f.seek(at)
+            f.write(bytes(size - at))
+        rel += f" from {at}"
     elif kind in ("flip", "zero-block"):
         if size == 0:
             return None
@@ -239,8 +305,10 @@ def _damage(t: Template, base: str, cls: str, kind: str, rng: random.Random) -> 
 
 def pairs(rng: random.Random, count: int) -> list[tuple[str, str]]:
     """Every (class, kind) pair in an order of the seed; the first `count` (repeating when more)."""
-    every = [(c, k) for c in CLASSES for k in KINDS]
+    every = [(c, k) for c in CLASSES for k in KINDS if k in APPLIES[c]]
     rng.shuffle(every)
+    if ONLY:
+        return [ONLY[i % len(ONLY)] for i in range(count)]
     return [every[i % len(every)] for i in range(count)]
 
 
@@ -277,21 +345,65 @@ class Trial:
 
     def restore(self, set_id: str, expected: dict) -> bool:
         """Restore a set; True when it is identical, False when the restore failed naming every
-        file it did not give right."""
+        file it did not give right. In turn: with --verify, plainly (the daemon writes), streamed
+        to the client, and as a delta over a tree whose every file differs from the set's in every
+        byte (each chunk is fetched: none is taken from the tree as it is). A delta that failed
+        as a whole (one error, no file named: the set or its listing cannot be read) may leave
+        files as they were, and so may one naming a directory above them it could not read; one
+        that names files must have mended every other."""
         self.n += 1
         target = str(self.base / f"restored-{self.n}")
-        r = self.cli("restore", set_id, "--target", target, "--verify")
+        mode = RESTORE_MODES[self.n % len(RESTORE_MODES)]
+        if mode == "--delta":
+            shutil.copytree(self.src, target, symlinks=True)
+            for d, _, fs in os.walk(target):
+                for f in fs:
+                    path = os.path.join(d, f)
+                    if not os.path.islink(path):
+                        size = os.path.getsize(path)
+                        with open(path, "wb") as out:
+                            out.write(_bytes_of(self.src, target, path, size).translate(INVERTED))
+        before = _files(snapshot(target)) if mode == "--delta" else {}
+        r = self.cli("restore", set_id, "--target", target, *(["--delta", "--delete"] if mode == "--delta" else
+                                                                 [mode] if mode else []))
         got = _files(snapshot(target)) if os.path.isdir(target) else {}
         if r.returncode == 0:
             assert got == expected, f"{self.what}: set {set_id[:8]} restored different content, exit 0\n" \
                                     f"{_differ(got, expected)}\n{r.stdout}"
             return True
         text = r.stdout + r.stderr
+        whole = "unable to restore '" not in text
         for path in _differ(got, expected):
+            parents = [path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)]
+            if path in before and got.get(path) == before[path] and \
+                    (whole or any(f"'{p}'" in text for p in parents)):
+                continue  # not written: the delta stopped before it, or its directory cannot be read
             if got.get(path, ("",))[0] == "file" and path not in text:
                 raise AssertionError(f"{self.what}: set {set_id[:8]}: '{path}' restored different and "
                                      f"not named\n{text}")
         return False
+
+    def fetch(self, name: str, data: bytes) -> bool:
+        """wal-fetch a WAL file; True when it gave exactly `data`, False when it failed (a
+        non-zero exit status: recovery never takes another file for it)."""
+        self.n += 1
+        target = self.base / f"fetched-{self.n}"
+        r = self.cli("wal-fetch", "--system-id", str(SYSTEM_ID), name, str(target))
+        if r.returncode == 0:
+            got = target.read_bytes() if target.exists() else b""
+            assert got == data, f"{self.what}: wal-fetch {name} gave different content, exit 0"
+            return True
+        return False
+
+
+RESTORE_MODES = ("--verify", "", "--stream", "--delta")
+INVERTED = bytes(255 - i for i in range(256))  # every bit of every byte flipped
+
+
+def _bytes_of(src: str, target: str, path: str, size: int) -> bytes:
+    """The source's bytes of the file copied to `path`, `size` of them."""
+    with open(os.path.join(src, os.path.relpath(path, target)), "rb") as f:
+        return f.read(size)
 
 
 def _differ(got: dict, expected: dict) -> list[str]:
@@ -314,6 +426,35 @@ def _put_back(t: Template, trial: Trial, cls: str) -> str:
     return "refused to start; the object put back, all is well"
 
 
+def _copy(t: Template, trial: Trial, restored: dict[str, bool]) -> int:
+    """`cairn copy` of the damaged repository into a new one: every set it copied restores
+    there exactly as taken (damage is never carried into a copy), and a set it did not copy is
+    one whose restore failed here. Returns how many sets it copied."""
+    from cairn.store.content.crypto import Secret
+    from cairn.store.repository import Repository
+
+    key, dest = LocalDriver.make_key(trial.base / "copy-key"), str(trial.base / "copy")
+    r = trial.cli("--json", "copy", "--to", dest, "--to-key-file", key, timeout=300)
+    if not r.stdout.strip():  # failed as a whole (no set listed, say): one line, checked by cli
+        return 0
+    out = json.loads(r.stdout)
+    for f in out["failed"]:
+        original = next(s for s in restored if s.startswith(f["set"]))
+        assert not restored[original], f"{trial.what}: set {original[:8]} restored whole, not copied: {f['error']}"
+    copy = Repository.open_local(dest, read_only=True, secret=Secret.from_key_file(key))
+    try:
+        sets = {s.id: s for s in copy.list_sets()}
+        for c in out["copied"]:
+            original = next(s for s in t.expected if s.startswith(c["set"]))
+            target = str(trial.base / f"copied-{original[:8]}")
+            copy.restore(sets[next(i for i in sets if i.startswith(c["copy"]))], target)
+            assert _files(snapshot(target)) == t.expected[original], \
+                f"{trial.what}: the copy of set {original[:8]} restores different content"
+    finally:
+        copy.close()
+    return len(out["copied"])
+
+
 def _listed(trial: Trial) -> set[str]:
     r = trial.cli("--json", "sets")
     return {s["id"] for s in json.loads(r.stdout)} if r.returncode == 0 else set()
@@ -329,12 +470,19 @@ def _run_trial(t: Template, trial: Trial, cls: str, kind: str, rng: random.Rando
     restored = {s: trial.restore(s, exp) for s, exp in t.expected.items()}
     # a set object deleted (or rolled back away) looks like a set forgotten: no other object
     # names a set; its restore fails as an unknown set, and nothing else may be amiss
-    gone = {s for s in restored if s not in listed} if cls == "sets" and kind in ("delete", "rollback") else set()
+    gone = {s for s in restored if s not in listed} \
+        if cls == "repo" or cls == "sets" and kind in ("delete", "rollback") else set()
     assert all(not restored[s] for s in gone), what
     hurt = {s for s, ok in restored.items() if not ok and s not in gone}
+    fetched = {name: trial.fetch(name, data) for name, data in t.wal.items()}
+    copied = _copy(t, trial, restored)
     if hurt:
         assert deep.returncode != 0, f"{what}: sets {sorted(h[:8] for h in hurt)} do not restore, " \
                                      f"verify --read-data passed\n{deep.stdout}"
+    for s in sorted(hurt):  # the check of one set finds what its restore met
+        one = trial.cli("verify", "--set", s, "--read-data", timeout=300)
+        assert one.returncode != 0, f"{what}: set {s[:8]} does not restore, verify --set passed\n{one.stdout}"
+    trial.cli("verify", "--read-data-subset", "1/2", timeout=300)  # a failure is one line, like any
     # backups after the damage: what they commit restores as the source is
     _mutate(trial.src, rng, "after")
     for level in ("incremental", "full"):
@@ -389,19 +537,23 @@ def _run_trial(t: Template, trial: Trial, cls: str, kind: str, rng: random.Rando
     for s, ok in restored.items():
         if ok:
             assert trial.restore(s, t.expected[s]), f"{what}: set {s[:8]} no longer restores after prune/repair"
+    for name, ok in fetched.items():
+        if ok:
+            assert trial.fetch(name, t.wal[name]), f"{what}: WAL file {name} no longer fetches after prune/repair"
     for s, exp in getattr(trial, "extra", {}).items():
         if final.returncode == 0:
             assert trial.restore(s, exp), f"{what}: new set {s[:8]} does not restore after the repairs"
-    return f"verify {verify.returncode}, read-data {deep.returncode}, hurt {len(hurt)}, " \
+    return f"verify {verify.returncode}, read-data {deep.returncode}, hurt {len(hurt)}, copied {copied}, " \
            f"repairs {len(repaired)}, final {final.returncode}"
 
 
 class LocalDriver:
-    """The repository in a local directory, encrypted under a key file; daemons started by the
-    daemon tests' `start_daemon` fixture."""
+    """The repository in a local directory, encrypted under a key file (plaintext when
+    `plaintext`: CAIRN_DAMAGE_PLAINTEXT=1); daemons started by the daemon tests' `start_daemon`
+    fixture."""
 
-    def __init__(self, start_daemon: Any) -> None:
-        self.start_daemon = start_daemon
+    def __init__(self, start_daemon: Any, plaintext: bool = False) -> None:
+        self.start_daemon, self.plaintext = start_daemon, plaintext
 
     @staticmethod
     def make_key(path: Path) -> str:
@@ -412,25 +564,29 @@ class LocalDriver:
         """Create the repository; the daemon's state directory."""
         self.key, self.src = self.make_key(root / "key"), src
         self.live, self.home = str(root / "live-repo"), str(root / "home")
-        r = subprocess.run([CAIRND, "--repo", self.live, "--init", "--key-file", self.key],
+        r = subprocess.run([CAIRND, "--repo", self.live, "--init", *self._keyed()],
                            capture_output=True, text=True, timeout=60, env=env_for())
         assert r.returncode == 0, r.stderr
         return self.home
 
+    def _keyed(self) -> list[str]:
+        return ["--no-encryption"] if self.plaintext else ["--key-file", self.key]
+
     def secret(self) -> Any:
         from cairn.store.content.crypto import Secret
 
-        return Secret.from_key_file(self.key)
+        return None if self.plaintext else Secret.from_key_file(self.key)
 
     def template_daemon(self) -> Any:
-        return self.start_daemon("--repo", self.live, "--source", self.src, "--key-file", self.key, home=self.home)
+        args = self._keyed() if not self.plaintext else []
+        return self.start_daemon("--repo", self.live, "--source", self.src, *args, home=self.home)
 
     def mirror(self, dest: str) -> None:
         shutil.copytree(self.live, dest, symlinks=True)
 
     def trial_daemon(self, trial: Trial) -> Any:
-        return self.start_daemon("--repo", trial.repo, "--source", trial.src, "--key-file", self.key,
-                                 home=trial.home)
+        args = self._keyed() if not self.plaintext else []
+        return self.start_daemon("--repo", trial.repo, "--source", trial.src, *args, home=trial.home)
 
     @staticmethod
     def stop(d: Any) -> None:

@@ -289,3 +289,32 @@ def test_a_set_whose_data_is_lost_is_named_and_the_sets_after_it_are_still_copie
     for s, (_, d) in zip((sets[0], sets[2]), report.copied, strict=True):
         _same_restore(src_repo, s, dst, dst.get_set(d), tmp_path, s.source)
     assert dst.check(read_data=True).ok
+
+
+@pytest.mark.parametrize("damage", ["base set object", "base tree"])
+def test_a_set_whose_base_cannot_be_read_is_still_copied_whole(tmp_path, rng, damage):
+    """The base of an incremental is damaged (its set object, or the root listing only it has)
+    while the incremental itself is whole: the copy copies it, reading it whole, instead of
+    failing it over what it would only have learnt from its base."""
+    src_repo, dst = _enc(), _enc(secret=crypto.Secret("keyfile", os.urandom(32)))
+    src = tmp_path / "src"
+    make_tree(str(src), rng, files=8, max_size=100_000)
+    full = backup(src_repo, str(src))
+    copy_sets(src_repo, dst, [full])  # so the incremental has a copied base to match against
+    write_random(str(src / "a" / "new.bin"), 50_000, rng)
+    inc = backup(src_repo, str(src), level="incremental")
+    raw = src_repo.raw_backend  # the stored bytes, sealed
+    if damage == "base set object":
+        kind, name, at = "sets", full.id, len(raw.get("sets", full.id)) // 2
+    else:
+        loc = src_repo.index.get(bytes.fromhex(full.tree))
+        kind, name, at = "packs", loc.pack, loc.offset + loc.stored_len // 2
+    data = bytearray(raw.get(kind, name))
+    data[at] ^= 1
+    raw.put(kind, name, bytes(data))
+    src_repo = Repository.open(raw, secret=KEY)  # nothing of the full in memory
+
+    report = copy_sets(src_repo, dst, [inc])
+    assert report.failed == () and [a for a, _ in report.copied] == [inc.id], report
+    _same_restore(src_repo, inc, dst, dst.get_set(report.copied[0][1]), tmp_path, damage.replace(" ", "-"))
+    assert dst.check(read_data=True).ok

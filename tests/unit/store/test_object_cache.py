@@ -241,3 +241,37 @@ def test_prune_refuses_while_a_set_needs_blobs_that_no_index_file_names(setup, l
     out = src.parent / f"out-{lost}-{handle}"
     repo.restore(second, str(out))
     assert_same_tree(str(src), str(out))
+
+
+def test_prune_names_in_its_hint_the_sets_whose_lost_blobs_no_repair_brings_back(setup):
+    """A pack of file data lost for good (gone from the store, the file changed in the source
+    since): `repair index` drops its blobs, the sets' trees still walk from the cache, and prune
+    refuses. Its hint names the command that forgets those sets, whole within the 256 characters
+    a client is shown of a hint (it said 'cairn prune --forget SET' and was cut before naming
+    them); run as it says, prune runs, and the set left restores."""
+    from cairn.store.errors import CorruptionError
+    from storekit import assert_same_tree
+
+    backend, src, _cache_dir, open_repo = setup
+    repo = open_repo()
+    sets = [repo.backup(BackupRequest(source="s", paths=(str(src),)))]
+    (src / "d1" / "f0").write_bytes(os.urandom(5000))
+    sets.append(repo.backup(BackupRequest(source="s", paths=(str(src),))))
+    browse(repo)
+    d0 = next(e.subtree for e in repo.load_tree(bytes.fromhex(sets[0].tree)) if e.name == b"d0")
+    chunk = next(e.chunks[0] for e in repo.load_tree(d0) if e.name == b"f0")
+    del backend.objects[("packs", repo.index.get(chunk).pack)]  # the data of both sets' d0/f0
+    (src / "d0" / "f0").write_bytes(os.urandom(3000))  # its old content is nowhere now
+    repo.repair_index()
+    with pytest.raises(CorruptionError, match="in no index file; nothing may be deleted") as e:
+        repo.prune(PrunePolicy(), grace=0)
+    hint = e.value.hint or ""
+    command = f"'cairn prune --forget {sets[0].id[:12]} --forget {sets[1].id[:12]}' forgets them"
+    assert command in hint and len(hint) <= 256, hint
+    third = repo.backup(BackupRequest(source="s", paths=(str(src),), level="full"))
+    repo.prune(PrunePolicy(forget=(sets[0].id[:12], sets[1].id[:12])), grace=0)
+    assert [s.id for s in repo.list_sets()] == [third.id]
+    assert repo.check(read_data=True).ok
+    out = src.parent / "out"
+    repo.restore(third, str(out))
+    assert_same_tree(str(src), str(out))
