@@ -2,15 +2,18 @@
 daemons (own state directories and `[daemon] host`; one of them with a write-only key) back up
 partly identical trees to one SeaweedFS bucket at the same time, while a fourth daemon, the
 collector, runs retention and garbage collection (`cairn prune` with keep policies, for one host
-or for every host) beside them. In some rounds one daemon is killed (SIGKILL) at a random moment
-and started again; one of the four runs with its wall clock a few minutes off (skewed_cairnd.py).
+or for every host) beside them; alpha also runs its own retention on a schedule (every minute:
+only runs longer than the default's half minute are sure to meet one). In some rounds one of
+the four daemons is killed (SIGKILL) at a random moment and started again; one of the four runs
+with its wall clock a few minutes off (skewed_cairnd.py).
 
 Each round changes the trees (files added, changed, deleted; shared files on some hosts and not
 others), runs one backup on every host and one prune at once, then checks through the collector:
-`verify --read-data` is clean; `cairn sets --host H` lists exactly the sets host H took and no
-prune forgot; every prune forgot only sets of the hosts its policy named, and never one of the
-newest its `--keep-last` kept; each new set restores identical to the tree it captured; each
-incremental builds on a set of its own host. At the end every kept set restores identical once
+`verify --read-data` is clean; `cairn sets --host H` (through the collector, and through H's
+own daemon) lists exactly the sets host H took and no prune forgot; every prune forgot only sets
+of the hosts its policy named, and never one of the newest its `--keep-last` kept; the schedule
+forgot only alpha's sets, never its newest two; each new set restores identical to the tree it
+captured; each incremental builds on a set of its own host. At the end every kept set restores identical once
 more, every blob the kept sets reference is stored once, and the packs hold about one copy of the
 live data (within the rewrite threshold), though hosts sent the shared part several times.
 
@@ -47,6 +50,8 @@ pytestmark = pytest.mark.skipif(weed_binary() is None, reason="needs the 'weed' 
 SEED = int(os.environ.get("CAIRN_HOSTS_SEED", "4242"))
 ROUNDS = int(os.environ.get("CAIRN_HOSTS_ROUNDS", "4"))
 HOSTS = ("alpha", "beta", "gamma")  # gamma's key is write-only
+SCHEDULED = "alpha"  # runs its own retention on a schedule: `keep = { last = SCHEDULED_KEEP }`, every minute
+SCHEDULED_KEEP = 2
 KIB = 1024
 SKEWED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "skewed_cairnd.py")
 
@@ -100,6 +105,7 @@ class Campaign:
         self.owner: dict[str, str] = {}
         self.order: dict[str, list[str]] = {h: [] for h in HOSTS}  # each host's sets, oldest first
         self.restored: set[str] = set()
+        self.scheduled = 0  # sets the scheduled retention forgot
 
     def add(self, host: str, set_id: str, facts: dict) -> None:
         assert set_id not in self.captured, f"{self.tag}: set {set_id[:12]} reported twice"
@@ -110,6 +116,20 @@ class Campaign:
         host = self.owner.pop(set_id)
         self.order[host].remove(set_id)
         del self.captured[set_id]
+
+
+def _settle(c: Campaign, listed: list[dict], where: str, host: str | None = None) -> None:
+    """Sets taken that a listing lacks: only the scheduled retention of SCHEDULED forgets sets
+    nobody asked about, and only SCHEDULED's own, never one of its newest SCHEDULED_KEEP (a run
+    keeps the newest it saw; sets taken after it are newer still)."""
+    there = {s["id"] for s in listed}
+    for set_id in [i for i in c.owner if i not in there and host in (None, c.owner[i])]:
+        host = c.owner[set_id]
+        assert host == SCHEDULED, f"{where}: set {set_id[:12]} of {host} vanished (no prune forgot it)"
+        assert set_id not in c.order[host][-SCHEDULED_KEEP:], \
+            f"{where}: {host}'s scheduled retention forgot {set_id[:12]}, one of its {SCHEDULED_KEEP} newest"
+        c.forget(set_id)
+        c.scheduled += 1
 
 
 def _prune_argv(rng: random.Random) -> tuple[list[str], tuple[str, ...], int]:
@@ -154,26 +174,36 @@ def _verify(keeper: Host, where: str) -> None:
 def _check_sets(c: Campaign, keeper: Host, hosts: dict[str, Host], where: str) -> None:
     """`cairn sets --host H` lists exactly the sets of H that were taken and not forgotten."""
     everything = json.loads(keeper.ok("--json", "sets"))
-    listed = {s["id"]: s for s in everything}
-    assert set(listed) == set(c.owner), (f"{where}: the repository lists {sorted(x[:12] for x in listed)}, "
-                                         f"expected {sorted(x[:12] for x in c.owner)}")
+    _settle(c, everything, where)
+    listed = {s["id"] for s in everything}
+    assert listed == set(c.owner), (f"{where}: the repository lists {sorted(x[:12] for x in listed)}, "
+                                    f"expected {sorted(x[:12] for x in c.owner)}")
     for h in HOSTS:
         mine = {s["id"] for s in everything if s["hostname"] == h}
         assert mine == set(c.order[h]), f"{where}: sets of {h} are {sorted(mine)}, expected {c.order[h]}"
-        if c.order[h]:
-            r = keeper.ok("--json", "sets", "--host", h)
-            assert {s["id"] for s in json.loads(r)} == mine, f"{where}: sets --host {h}: {r}"
+        views = [(keeper, ("sets", "--host", h))] if c.order[h] else []
         if h != "gamma":
-            own = {s["id"] for s in json.loads(hosts[h].ok("--json", "sets", "--host", h))} if mine else set()
-            assert own == mine, f"{where}: {h}'s own daemon lists {sorted(own)}, expected {sorted(mine)}"
-    # the write-only host sees its own sets (from its records): those no prune forgot
-    seen = {s["id"] for s in json.loads(hosts["gamma"].ok("--json", "sets"))}
-    assert seen == set(c.order["gamma"]), f"{where}: gamma lists {sorted(seen)}, expected {c.order['gamma']}"
+            views.append((hosts[h], ("sets", "--host", h)))
+        else:  # the write-only host sees its own sets (from its records): those no prune forgot
+            views.append((hosts[h], ("sets",)))
+        for via, args in views:
+            seen = json.loads(via.ok("--json", *args))
+            if set(c.order[h]) - {s["id"] for s in seen}:  # forgotten meanwhile, or missing from this view?
+                _settle(c, json.loads(keeper.ok("--json", "sets", "--host", h)), where, h)
+            assert {s["id"] for s in seen} == set(c.order[h]), \
+                f"{where}: 'cairn {' '.join(args)}' on {via.name} lists {sorted(s['id'] for s in seen)}, " \
+                f"expected {c.order[h]}"
 
 
-def _restore(c: Campaign, via: Host, set_id: str, rundir: str, where: str) -> None:
+def _restore(c: Campaign, keeper: Host, via: Host, set_id: str, rundir: str, where: str) -> None:
     target = os.path.join(rundir, f"r-{set_id[:12]}")
-    via.ok("restore", set_id, "--target", target, timeout=600)
+    r = via.cli("restore", set_id, "--target", target, timeout=600)
+    if r.returncode != 0 and c.owner[set_id] == SCHEDULED:  # its scheduled retention may have forgotten it
+        _settle(c, json.loads(keeper.ok("--json", "sets")), where, SCHEDULED)
+        if set_id not in c.owner:
+            shutil.rmtree(target, ignore_errors=True)
+            return
+    assert r.returncode == 0, f"{where}: restore {set_id[:12]} on {via.name}:\n{r.stdout}\n{r.stderr}"
     got = file_facts(snapshot(target))
     shutil.rmtree(target)
     want = c.captured[set_id]
@@ -232,8 +262,10 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
         stats["sets"] += 1
     listed = json.loads(keeper.ok("--json", "sets"))
     if victim == "keeper" and prune.returncode != 0:  # what the killed prune forgot, it forgot wholly
-        report = {"forgotten": [i for i in c.owner if i not in {s["id"] for s in listed}], "decisions": [],
-                  "packs_deleted": 0}
+        there = {s["id"] for s in listed}
+        report = {"forgotten": [i for i in c.owner if i not in there and (c.owner[i] in scope or
+                                                                           c.owner[i] != SCHEDULED)],
+                  "decisions": [], "packs_deleted": 0}
     elif prune.returncode == 3 and len(scope) == 1 and not before[scope[0]]:
         # a host that has no set yet is known by its running backup's lock, not before it took it
         assert f"unknown host '{scope[0]}'" in prune.stdout, f"{where}: {prune.stdout}"
@@ -252,6 +284,7 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
         for set_id in new:
             c.add(victim, set_id, expected[victim])
             stats["sets"] += 1
+    _settle(c, listed, where)
     for h in HOSTS:  # an incremental or differential builds on a set of its own host
         if results[h].returncode == 0:
             s = json.loads(results[h].stdout)
@@ -261,9 +294,9 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
     _verify(keeper, where)
     _check_sets(c, keeper, hosts, where)
     for set_id in list(c.owner):
-        if set_id not in c.restored:
+        if set_id in c.owner and set_id not in c.restored:
             via = hosts[c.owner[set_id]] if c.owner[set_id] != "gamma" and rng.random() < 0.5 else keeper
-            _restore(c, via, set_id, rundir, where)
+            _restore(c, keeper, via, set_id, rundir, where)
             c.restored.add(set_id)
 
 
@@ -324,7 +357,10 @@ def test_hosts_back_up_beside_a_collector_killed_and_skewed(weed, creds):
     repository = s3_repository(weed, creds, prefix, passphrase)
     key = os.path.join(rundir, "wo.key")
     write_only = [line for line in repository if not line.startswith("passphrase_file")] + [f'key_file = "{key}"']
-    hosts = {h: Host(rundir, h, write_only if h == "gamma" else repository, {"data": trees.roots[h]}) for h in HOSTS}
+    hosts = {h: Host(rundir, h, write_only if h == "gamma" else repository + ['gc = "* * * * *"'] * (h == SCHEDULED),
+                     {"data": trees.roots[h]}) for h in HOSTS}
+    with open(hosts[SCHEDULED].config, "a", encoding="utf-8") as f:  # its only source's section is the last
+        f.write(f"keep = {{ last = {SCHEDULED_KEEP} }}\n")
     keeper = Host(rundir, "keeper", repository + ['gc_grace = "0s"'], {})
     skewed = rng.choice([*HOSTS, "keeper"])
     offset = rng.choice([-1, 1]) * rng.uniform(120, 300)
@@ -355,12 +391,14 @@ def test_hosts_back_up_beside_a_collector_killed_and_skewed(weed, creds):
         _verify(keeper, f"{tag}, at the end")
         _check_sets(c, keeper, hosts, f"{tag}, at the end")
         for set_id in sorted(c.owner):
-            _restore(c, keeper, set_id, rundir, f"{tag}, at the end")
+            if set_id in c.owner:
+                _restore(c, keeper, keeper, set_id, rundir, f"{tag}, at the end")
     finally:
         for d in everyone:
             d.stop()
     try:
         figures = _stored_once(weed, prefix, passphrase, tag)
-        print(f"\n{tag}: {ROUNDS} rounds in {time.monotonic() - started:.0f} s, {stats}; {figures}")
+        print(f"\n{tag}: {ROUNDS} rounds in {time.monotonic() - started:.0f} s, {stats}, "
+              f"{c.scheduled} sets forgotten by {SCHEDULED}'s schedule; {figures}")
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
