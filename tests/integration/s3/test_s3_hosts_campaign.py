@@ -4,7 +4,8 @@ partly identical trees to one SeaweedFS bucket at the same time, while a fourth 
 collector, runs retention and garbage collection (`cairn prune` with keep policies, for one host
 or for every host) beside them; alpha also runs its own retention on a schedule (every minute:
 only runs longer than the default's half minute are sure to meet one). In some rounds one of
-the four daemons is killed (SIGKILL) at a random moment and started again; one of the four runs
+the four daemons is killed (SIGKILL) or restarted (SIGTERM) at a random moment and started
+again; in some, a full-key host restores an older set beside the prune; one of the four runs
 with its wall clock a few minutes off (skewed_cairnd.py).
 
 Each round changes the trees (files added, changed, deleted; shared files on some hosts and not
@@ -13,7 +14,8 @@ others), runs one backup on every host and one prune at once, then checks throug
 own daemon) lists exactly the sets host H took and no prune forgot; every prune forgot only sets
 of the hosts its policy named, and never one of the newest its `--keep-last` kept; the schedule
 forgot only alpha's sets, never its newest two; each new set restores identical to the tree it
-captured; each incremental builds on a set of its own host. At the end every kept set restores identical once
+captured (and so does a set restored beside a prune, unless the prune forgot it before the
+restore began); each incremental builds on a set of its own host. At the end every kept set restores identical once
 more, every blob the kept sets reference is stored once, and the packs hold about one copy of the
 live data (within the rewrite threshold), though hosts sent the shared part several times.
 
@@ -219,6 +221,7 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
     before = {h: list(c.order[h]) for h in HOSTS}
     victim = rng.choice([*HOSTS, "keeper"]) if rng.random() < 0.5 else None
     kill_after = rng.uniform(0.05, 1.5)
+    graceful = rng.random() < 0.3  # a restart (SIGTERM, as systemctl restart does) rather than a kill
     argv, scope, keep_last = _prune_argv(rng)
     levels = {h: rng.choice(["full", "incremental", "incremental", "differential"]) for h in HOSTS}
     results: dict[str, subprocess.CompletedProcess] = {}
@@ -227,6 +230,13 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
                for h in HOSTS}
     prune_delay = rng.uniform(0.0, 1.0)
     pruned: dict[str, subprocess.CompletedProcess] = {}
+    reading = None  # a restore of an older set, through a full-key host, beside the prune
+    if c.owner and rng.random() < 0.5:
+        read_id = rng.choice(sorted(c.owner))
+        read_facts, read_via = c.captured[read_id], hosts[rng.choice(["alpha", "beta"])]
+        read_target = os.path.join(rundir, f"read-{read_id[:12]}")
+        reading = subprocess.Popen([CAIRN, "--socket", read_via.socket, "restore", read_id, "--target", read_target],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
 
     def collect() -> None:
         time.sleep(prune_delay)  # a random moment of the backups (not a wait for a condition)
@@ -237,11 +247,15 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
     killed = keeper if victim == "keeper" else hosts[victim] if victim else None
     if killed is not None:
         time.sleep(kill_after)  # the random moment of the kill
-        proc = killed.proc
-        assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        stats["kills"] += 1
+        if graceful:
+            killed.stop()
+            stats["restarts"] += 1
+        else:
+            proc = killed.proc
+            assert proc is not None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            stats["kills"] += 1
     for h, client in clients.items():
         out, err = client.communicate(timeout=600)
         results[h] = subprocess.CompletedProcess(client.args, client.returncode, out, err)
@@ -250,7 +264,10 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
     prune = pruned["r"]
     assert "Traceback" not in prune.stderr, f"{where}: {prune.stderr}"
     if killed is not None:
-        restart_after_kill(killed)
+        if graceful:
+            killed.start()
+        else:
+            restart_after_kill(killed)
     for h in HOSTS:
         r = results[h]
         if h == victim and r.returncode != 0:
@@ -285,6 +302,17 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
             c.add(victim, set_id, expected[victim])
             stats["sets"] += 1
     _settle(c, listed, where)
+    if reading is not None:
+        out, err = reading.communicate(timeout=600)
+        assert "Traceback" not in err, f"{where}: {err}"
+        if reading.returncode == 0:  # the set the restore read was kept while it read
+            got = file_facts(snapshot(read_target))
+            assert got == read_facts, f"{where}: set {read_id[:12]} restored beside a prune differs"
+            stats["reads"] += 1
+        else:  # only when it was forgotten before the restore took its lock, or its daemon stopped
+            assert read_id not in c.owner or read_via.name == victim, \
+                f"{where}: restore of {read_id[:12]} on {read_via.name} failed:\n{out}\n{err}"
+        shutil.rmtree(read_target, ignore_errors=True)
     for h in HOSTS:  # an incremental or differential builds on a set of its own host
         if results[h].returncode == 0:
             s = json.loads(results[h].stdout)
@@ -370,7 +398,7 @@ def test_hosts_back_up_beside_a_collector_killed_and_skewed(weed, creds):
     by_name[skewed].env = {"CAIRN_TEST_CLOCK_OFFSET": str(offset)}
     tag += f", {skewed}'s clock {offset:+.0f} s"
     c = Campaign(tag)
-    stats = {"kills": 0, "sets": 0, "forgotten": 0, "packs_deleted": 0}
+    stats = {"kills": 0, "restarts": 0, "sets": 0, "forgotten": 0, "packs_deleted": 0, "reads": 0}
     started = time.monotonic()
     try:
         keeper.init()
