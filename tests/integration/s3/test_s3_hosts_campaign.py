@@ -286,7 +286,7 @@ def _round(c: Campaign, rng: random.Random, trees: Trees, hosts: dict[str, Host]
                   "decisions": [], "packs_deleted": 0}
     elif prune.returncode == 3 and len(scope) == 1 and not before[scope[0]]:
         # a host that has no set yet is known by its running backup's lock, not before it took it
-        assert f"unknown host '{scope[0]}'" in prune.stdout, f"{where}: {prune.stdout}"
+        assert f"unknown host '{scope[0]}'" in prune.stderr, f"{where}: {prune.stdout}\n{prune.stderr}"
         report = {"forgotten": [], "decisions": [], "packs_deleted": 0}
     else:
         assert prune.returncode == 0, f"{where}: {' '.join(argv)}: {prune.stdout}\n{prune.stderr}"
