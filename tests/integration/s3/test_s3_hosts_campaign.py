@@ -13,12 +13,13 @@ others), runs one backup on every host and one prune at once, then checks throug
 `verify --read-data` is clean; `cairn sets --host H` (through the collector, and through H's own
 daemon) lists exactly the sets host H took and no prune forgot; every prune forgot only sets of
 the hosts its policy named, and never one of the newest its `--keep-last` kept; the schedule
-forgot only alpha's sets, never its newest two; each new set restores identical to the tree it
-captured (and so does a set restored beside a prune, unless the prune forgot it before the
-restore began); each incremental builds on a set of its own host. At the end every kept set
-restores identical once more, every blob the kept sets reference is stored and indexed (a few
-twice, where a second copy shares a mostly live pack), and the packs hold about one copy of the
-live data (within the rewrite threshold), though hosts sent the shared part several times.
+forgot only alpha's sets, never one of the two newest it saw; each new set restores identical to
+the tree it captured (and so does a set restored beside a prune, unless the prune forgot it
+before the restore began); each incremental builds on a set of its own host. At the end every
+kept set restores identical once more, every blob the kept sets reference is stored and indexed
+(a few twice, where a second copy shares a mostly live pack), and the packs hold about one copy
+of the live data (within the rewrite threshold), though hosts sent the shared part several
+times.
 
 CAIRN_HOSTS_SEED picks the draws, CAIRN_HOSTS_ROUNDS how many rounds (4 by default, sized for the
 suite: about 30 s in all).
@@ -107,6 +108,7 @@ class Campaign:
         self.captured: dict[str, dict] = {}  # set id -> file facts of the tree it captured
         self.owner: dict[str, str] = {}
         self.order: dict[str, list[str]] = {h: [] for h in HOSTS}  # each host's sets, oldest first
+        self.taken: dict[str, list[str]] = {h: [] for h in HOSTS}  # the same, forgotten ones too
         self.restored: set[str] = set()
         self.scheduled = 0  # sets the scheduled retention forgot
 
@@ -114,6 +116,7 @@ class Campaign:
         assert set_id not in self.captured, f"{self.tag}: set {set_id[:12]} reported twice"
         self.captured[set_id], self.owner[set_id] = facts, host
         self.order[host].append(set_id)
+        self.taken[host].append(set_id)
 
     def forget(self, set_id: str) -> None:
         host = self.owner.pop(set_id)
@@ -123,14 +126,16 @@ class Campaign:
 
 def _settle(c: Campaign, listed: list[dict], where: str, host: str | None = None) -> None:
     """Sets taken that a listing lacks: only the scheduled retention of SCHEDULED forgets sets
-    nobody asked about, and only SCHEDULED's own, never one of its newest SCHEDULED_KEEP (a run
-    keeps the newest it saw; sets taken after it are newer still)."""
+    nobody asked about, and only SCHEDULED's own, each with at least SCHEDULED_KEEP newer sets of
+    that host taken (a run keeps the newest it saw; a collector's prune beside it may have
+    forgotten those since, so they are counted whether they are still there or not)."""
     there = {s["id"] for s in listed}
     for set_id in [i for i in c.owner if i not in there and host in (None, c.owner[i])]:
-        host = c.owner[set_id]
-        assert host == SCHEDULED, f"{where}: set {set_id[:12]} of {host} vanished (no prune forgot it)"
-        assert set_id not in c.order[host][-SCHEDULED_KEEP:], \
-            f"{where}: {host}'s scheduled retention forgot {set_id[:12]}, one of its {SCHEDULED_KEEP} newest"
+        who = c.owner[set_id]
+        assert who == SCHEDULED, f"{where}: set {set_id[:12]} of {who} vanished (no prune forgot it)"
+        newer = c.taken[who][c.taken[who].index(set_id) + 1:]
+        assert len(newer) >= SCHEDULED_KEEP, \
+            f"{where}: {who}'s scheduled retention forgot {set_id[:12]}, one of its {SCHEDULED_KEEP} newest"
         c.forget(set_id)
         c.scheduled += 1
 
