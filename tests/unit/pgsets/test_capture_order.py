@@ -71,9 +71,9 @@ class FakeConn:
         pass
 
     def query_one(self, sql: str, *args: object) -> tuple:
-        # pg_stat_archiver of a server whose archiver has never failed
+        # pg_stat_archiver of a primary whose archiver has never failed
         assert "pg_stat_archiver" in sql
-        return ("000000010000000000000002", "", 0.0, 0, "", 0.0)
+        return ("000000010000000000000002", "", 0.0, 0, "", 0.0, False)
 
 
 class Planner:
