@@ -716,7 +716,8 @@ def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: 
             return
         if progress is not None:
             yield progress
-            threading.Event().wait(PROGRESS_INTERVAL)
+            with cond:  # throttles progress; returns at once when the work ends (its result is not held back)
+                cond.wait_for(functools.partial(_ended, state, gone), timeout=PROGRESS_INTERVAL)
     if state["error"] is not None:
         raise state["error"]
     yield state["result"]
@@ -724,6 +725,10 @@ def run_with_progress(fn: Callable[[Callable[[Progress], None]], Any], context: 
 
 def _changed(state: dict[str, Any], seen: int, gone: threading.Event) -> bool:
     return state["version"] != seen or gone.is_set()
+
+
+def _ended(state: dict[str, Any], gone: threading.Event) -> bool:
+    return state["done"] or gone.is_set()
 
 
 # ---- domain -> wire ----
