@@ -45,8 +45,8 @@ def test_a_clock_hours_off_does_not_make_a_running_backups_lock_stale(weed, cred
     repository = s3_repository(weed, creds, prefix, passphrase)
     tree = os.path.join(rundir, "data")
     os.makedirs(tree)
-    for i in range(3):  # three packs' worth: some are uploaded while the backup still runs
-        with open(os.path.join(tree, f"f{i}.bin"), "wb") as f:
+    for i in range(8):  # eight packs' worth: once the first is listed the backup has far to go, even on a
+        with open(os.path.join(tree, f"f{i}.bin"), "wb") as f:  # loaded machine where listings are slow
             f.write(os.urandom(16 * MIB))
     skewed = Host(rundir, "skewed", repository, {"data": tree})
     pruner = Host(rundir, "pruner", repository, {})
@@ -67,6 +67,7 @@ def test_a_clock_hours_off_does_not_make_a_running_backups_lock_stale(weed, cred
         assert "r" not in result, "the backup ended before it could be caught running"
         os.kill(skewed.proc.pid, signal.SIGSTOP)  # the backup stands still, its lock and packs in the bucket
         try:
+            assert not list(raw.list("sets")), "the backup committed its set before it could be stopped"
             locks, packs = set(raw.list("locks")), set(raw.list("packs"))
             if off is pruner:  # a verify and an unlock hold no lock to read the storage's clock off
                 pruner.cli("verify")  # (asks who writes when it finds packs not indexed yet)
