@@ -92,8 +92,10 @@ class BackupPart(ServicePart):
         databases inside the source's quiesce window (daemon/windows/capture.py)."""
         if not capture.needs_capture(src):
             plan = planner.plan()
-            req = replace(request, changes=plan.hint,
-                          extra={**request.extra, "changes": "journal" if plan.hint is not None else "walk"})
+            extra = {**request.extra, "changes": "journal" if plan.hint is not None else "walk"}
+            if plan.why:
+                extra["walk_reasons"] = list(plan.why)
+            req = replace(request, changes=plan.hint, extra=extra)
             with self.repo.session(req, progress, cancel, decision=plan.decision) as sess:
                 sess.walk_all()
                 return sess.commit()
@@ -211,7 +213,11 @@ class _JournalPlanner:
             hint, token = self.tracker.prepare(self.source, level, base.id if base else None,
                                                base.level if base else None)
             self.token = _JournalToken(token, base.id if base else None, hint is not None)
-        self._plan = capture.SetPlan(level, base, note, hint)
+        why: tuple[str, ...] = ()
+        if self.tracker is not None and hint is None and level != "full":  # said in the set: why it walks
+            why = tuple(self.tracker.status(self.source).summary) or (
+                "the change journal holds no record of the source's changes since the set's base",)
+        self._plan = capture.SetPlan(level, base, note, hint, why)
         return self._plan
 
     def refresh(self) -> ChangeHint | None:

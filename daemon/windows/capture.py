@@ -132,6 +132,7 @@ class SetPlan:
     base: BackupSet | None
     note: str
     hint: ChangeHint | None
+    why: tuple[str, ...] = ()  # without a hint past a full: why the set walks (the change journal's reasons)
 
     @property
     def decision(self) -> tuple[str, BackupSet | None, str]:
@@ -262,6 +263,8 @@ class _Capture:
             sess = self.stack.enter_context(self.repo.session(
                 replace(self.request, changes=plan.hint), self.progress, self.cancel, decision=plan.decision))
             self.extra["changes"] = "journal" if plan.hint is not None else "walk"
+            if plan.why:
+                self.extra["walk_reasons"] = list(plan.why)
             if self.mode == "cold":
                 self._cold(sess)
             else:

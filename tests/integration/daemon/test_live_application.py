@@ -234,7 +234,9 @@ def test_cold_sets_are_the_tree_at_freeze_and_diff_names_what_changed(start_daem
         since = frozen[0 if s["level"] == "differential" else max(i - 1, 0)][0]
         linked = any(op == "shared" and since <= t <= frozen[i][0] for t, op, _ in writes)
         if s["level"] != "full" and not linked:  # a write to a file of several names makes the set walk
-            assert s["extra"]["changes"] == "journal", s["extra"]
+            # as does a directory whose watch was lost in renames read late (docs/journal.md): the set says so
+            assert s["extra"]["changes"] == "journal" or any(
+                "rename" in r for r in s["extra"].get("walk_reasons", ())), s["extra"]
         got = tree_state(restored(d, rundir, s["id"]))
         assert not differences(state, got), f"set {s['id'][:12]} ({s['level']}): {differences(state, got)}"
     # the first set's restore mended into each later one: --delta --delete, by the daemon and by the client
@@ -331,7 +333,9 @@ def test_a_daemon_killed_while_the_writer_runs_loses_no_change(start_daemon, app
         if s["extra"]["changes"] != "journal":
             # the writer's moves read late, up to its pause, may still cost one walk (docs/journal.md:
             # a rename that is not a plain move); with the writer paused, no more
-            assert any("rename" in r for r in before["journal_reasons"]), (before, s["extra"])
+            # (the set records why it walked; the status read before it may not have seen the last moves yet)
+            why = [*before["journal_reasons"], *s["extra"].get("walk_reasons", ())]
+            assert any("rename" in r for r in why), (before, s["extra"])
             s = backup(d, "incremental")
         assert s["extra"]["changes"] == "journal", json.dumps(s["extra"])
         got = tree_state(restored(d, rundir, s["id"]))

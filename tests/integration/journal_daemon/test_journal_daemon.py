@@ -84,7 +84,10 @@ def test_status_shows_the_journal_state(jd):
     assert any("overflow" in r for r in st["journal_reasons"]), st
     s = jd.backup("incremental")
     assert s["extra"]["changes"] == "walk"
+    assert any("overflow" in r for r in s["extra"]["walk_reasons"]), s["extra"]  # the set says why it walked
     assert jd.status()["journal_state"] == "complete"
+    s = jd.backup("incremental")
+    assert s["extra"]["changes"] == "journal" and "walk_reasons" not in s["extra"], s["extra"]
     jd.stop()
     jd.start()
     st = jd.status()
