@@ -148,6 +148,20 @@ def init_repo(path: str) -> str:
     return path
 
 
+def init_encrypted_repo(tmp_path: Path) -> tuple[str, Path, Path]:
+    """An encrypted repository at `tmp_path/repo` made by `cairnd --init` itself, and two passphrase
+    files beside it: (repository, the full key's file, a second file for a write-only key that a
+    test adds with `cairn key add --write-only`)."""
+    repo = str(tmp_path / "repo")
+    full_pw, wo_pw = tmp_path / "full.pass", tmp_path / "wo.pass"
+    full_pw.write_text("the full passphrase\n")
+    wo_pw.write_text("the write-only passphrase\n")
+    r = subprocess.run([CAIRND, "--repo", repo, "--init", "--passphrase-file", str(full_pw)],
+                       capture_output=True, text=True, timeout=60, env=env_for())
+    assert r.returncode == 0, r.stderr
+    return repo, full_pw, wo_pw
+
+
 def write_config(path: str, repo: str, socket_path: str, sources: dict[str, str],
                  schedules: dict[str, dict[str, str]] | None = None, **daemon: object) -> str:
     """A TOML config with one [[source]] per name -> directory and extra [daemon] keys; the

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-from cairnd_harness import CAIRND, env_for, snapshot, write_config
+from cairnd_harness import init_encrypted_repo, snapshot, write_config
 from mounts import bind_read_only, fill, fill_inodes, mount_tmpfs, unmount, writable
 
 
@@ -172,13 +171,7 @@ def test_a_write_only_host_with_a_full_state_dir_refuses_a_backup_in_one_line(mn
     record before the object it mirrors: with that directory full its backup is refused before
     it reads anything, in one line, and the next backup once there is room is an incremental on
     the set it took before."""
-    repo = str(tmp_path / "repo")
-    full_pw, wo_pw = tmp_path / "full.pass", tmp_path / "wo.pass"
-    full_pw.write_text("the full passphrase\n")
-    wo_pw.write_text("the write-only passphrase\n")
-    r = subprocess.run([CAIRND, "--repo", repo, "--init", "--passphrase-file", str(full_pw)],
-                       capture_output=True, text=True, timeout=60, env=env_for())
-    assert r.returncode == 0, r.stderr
+    repo, full_pw, wo_pw = init_encrypted_repo(tmp_path)
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(100_000))
@@ -293,13 +286,7 @@ def test_a_write_only_host_starts_where_its_records_cannot_be_made_yet(mnt, star
     has no inode left: the directory for its own records cannot be made. cairnd starts and
     serves all the same, refuses its backups in one line, and once there is room the next
     backup makes the records and succeeds."""
-    repo = str(tmp_path / "repo")
-    full_pw, wo_pw = tmp_path / "full.pass", tmp_path / "wo.pass"
-    full_pw.write_text("the full passphrase\n")
-    wo_pw.write_text("the write-only passphrase\n")
-    r = subprocess.run([CAIRND, "--repo", repo, "--init", "--passphrase-file", str(full_pw)],
-                       capture_output=True, text=True, timeout=60, env=env_for())
-    assert r.returncode == 0, r.stderr
+    repo, full_pw, wo_pw = init_encrypted_repo(tmp_path)
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(100_000))

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import time
 
-from cairnd_harness import CAIRND, env_for, snapshot
+from cairnd_harness import init_encrypted_repo, snapshot
 
 MARK = "wqzkmarker"
 
@@ -63,13 +62,7 @@ def _one_line(stderr: str) -> str:
 
 
 def test_write_only_daemon_backs_up_and_refuses_reads_and_deletes(start_daemon, tmp_path):
-    repo = str(tmp_path / "repo")
-    full_pw, wo_pw = tmp_path / "full.pass", tmp_path / "wo.pass"
-    full_pw.write_text("the full passphrase\n")
-    wo_pw.write_text("the write-only passphrase\n")
-    r = subprocess.run([CAIRND, "--repo", repo, "--init", "--passphrase-file", str(full_pw)],
-                       capture_output=True, text=True, timeout=60, env=env_for())
-    assert r.returncode == 0, r.stderr
+    repo, full_pw, wo_pw = init_encrypted_repo(tmp_path)
 
     # a full-key host backs up its own data and provisions a write-only key
     src_a = str(tmp_path / "src-a")

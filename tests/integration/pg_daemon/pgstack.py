@@ -238,6 +238,17 @@ class Stack:
         return srv
 
 
+def file_tree(root: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file below `root`: its path relative to `root` -> its content."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
 @contextlib.contextmanager
 def app_stack(prefix: str, files: dict[str, str | bytes] | None = None, *, source: str = "app",
               tree: str = "files", **options: Any) -> Iterator[Stack]:

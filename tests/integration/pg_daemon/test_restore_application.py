@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from pgstack import ArchivingServer, Stack, app_stack, make_pg_dir
+from pgstack import ArchivingServer, Stack, app_stack, file_tree, make_pg_dir
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +18,6 @@ def stack() -> Iterator[Stack]:
     with app_stack("cairn-app-", tree="app/files") as st:
         (st.root / "app/files/blobs").mkdir()
         yield st
-
-
-def tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = f.read()
-    return out
 
 
 def test_restore_files_and_database_with_one_command(stack: Stack) -> None:
@@ -44,7 +34,7 @@ def test_restore_files_and_database_with_one_command(stack: Stack) -> None:
     assert int(stack.psql("SELECT pg_relation_size('bulk')")) >= 17 << 20
     bulk = "SELECT count(*) || ':' || md5(string_agg(pad, ',' ORDER BY id)) FROM bulk"
     captured_bulk = stack.psql(bulk)
-    captured_files = tree(str(files))
+    captured_files = file_tree(str(files))
     s = stack.backup("app")
     # changes after the set must not come back
     stack.psql("INSERT INTO docs VALUES (100, 'blobs/later.bin', 'x')")
@@ -62,7 +52,7 @@ def test_restore_files_and_database_with_one_command(stack: Stack) -> None:
     order = lines.index("start in this order:")
     assert f"PostgreSQL for 'appdb' on {dbdir}" in lines[order + 1] and "the application" in lines[order + 2]
     assert "verified" in out
-    assert tree(str(target)) == captured_files
+    assert file_tree(str(target)) == captured_files
 
     # recovery stops at the set's own point: a segment after the placed WAL is answered at once
     placed = (dbdir / "pg_wal" / "cairn-restore-db.wal").read_text().split()
@@ -121,7 +111,7 @@ def test_restore_db_written_by_the_daemon_equals_the_streamed_one(stack: Stack) 
     assert "written by the daemon" in out
     out = stack.ok("restore-db", s["id"], "--database", "appdb", "--target", str(streamed), "--stream", timeout=300)
     assert "written by the daemon" not in out
-    a, b = tree(str(local)), tree(str(streamed))
+    a, b = file_tree(str(local)), file_tree(str(streamed))
     assert set(a) == set(b) and all(a[k] == b[k] for k in a)
     assert oct(os.stat(local).st_mode & 0o777) == oct(os.stat(streamed).st_mode & 0o777) == "0o700"
     assert os.stat(local / "PG_VERSION").st_uid == os.stat(streamed / "PG_VERSION").st_uid

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgstack import ArchivingServer, Stack, make_pg_dir
+from pgstack import ArchivingServer, Stack, file_tree, make_pg_dir
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +59,6 @@ def utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + " UTC"
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = f.read()
-    return out
-
-
 def wait_past(t: float, timeout: float = 10.0) -> None:
     """Wait until this host's clock (the database's too) is past `t`."""
     deadline = time.monotonic() + timeout
@@ -90,7 +80,7 @@ def app_set(stack: Stack) -> dict[str, Any]:
     files = stack.root / "app/files"
     stack.psql("CREATE TABLE orders (id int PRIMARY KEY)")
     stack.psql("INSERT INTO orders SELECT generate_series(1, 10)")
-    captured = tree(files)
+    captured = file_tree(files)
     s = stack.backup("app")
     (files / "later.txt").write_text("written after the set\n")
     stack.psql("INSERT INTO orders SELECT generate_series(11, 20)")  # before the target
@@ -120,7 +110,7 @@ def test_restore_databases_to_a_time_between_two_commits(stack: Stack, app_set: 
             "with ") in out
     assert "it holds the set's point, not the recovery target: a dump cannot be moved in time" in out, out
     assert f"through cairn wal-fetch to time '{between}' (every commit up to it) on the set's own timeline" in out
-    assert tree(target) == app_set["files"]  # the files are the set's: later.txt is not there
+    assert file_tree(target) == app_set["files"]  # the files are the set's: later.txt is not there
 
     srv = ArchivingServer(pgdata=dbdir, settings={"archive_mode": "off"})
     stack.restored.append(srv)
@@ -200,4 +190,4 @@ def test_to_the_end_streamed_then_mended_back_to_a_time_with_delta(stack: Stack,
     srv.wait_promoted()
     assert srv.psql("SELECT count(*), max(id) FROM orders") == "20|20"
     srv.stop()
-    assert tree(target) == app_set["files"]
+    assert file_tree(target) == app_set["files"]
