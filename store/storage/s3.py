@@ -41,6 +41,9 @@ two hex digits (`<prefix>/packs/ab/ab12...`). What always holds:
   transit); over HTTPS it does not (`UNSIGNED-PAYLOAD`, S3's `payload_signing_enabled` off, as
   botocore itself does for streaming uploads): TLS protects the body in transit, and hashing it
   cost about 11 ms of CPU per 16 MiB pack here, more than half of what a PUT costs the client;
+- an upload's body is sent from the caller's buffer, never copied, in pieces of at most 64 KiB:
+  each send must finish within the socket timeout, so a link that moves 64 KiB per timeout
+  (2 KiB/s at the default bound) never cuts an upload (the HTTP layer's own piece is 16 KiB);
 - a small read of a pack fetches the aligned 2 MiB block around it and keeps the last 16 blocks
   (packs never change once written), and starts fetching the next block in the background: a
   restore's thousands of chunk reads become a few GETs, overlapped with its work.
@@ -81,6 +84,7 @@ MAX_BACKOFF = 8.0
 DEFAULT_STALL = 120.0  # seconds an operation may wait unanswered (`[repository] stall_timeout`)
 CONNECT_TIMEOUT = 10.0  # socket timeouts of each request, at most a quarter of the stall bound
 READ_TIMEOUT = 60.0
+SEND_BLOCK = 64 * 1024  # most bytes of an upload's body handed to one send (module docstring)
 READ_BLOCK = 2 * 1024 * 1024  # small pack reads fetch the aligned block around them ...
 CACHED_BLOCKS = 16  # ... and keep this many blocks (32 MiB) for the reads that follow
 PROBE_DIR = "probe"  # under the prefix, beside the kinds; holds only short-lived probe objects
@@ -546,12 +550,11 @@ class S3Backend:
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         key = self._key(kind, name)
-        body = bytes(data)
         if kind == "packs":
             self._blocks.forget(name)
 
         def op() -> None:
-            resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+            resp = self._s3.put_object(Bucket=self.bucket, Key=key, Body=_Body(data))
             self._require_success(resp)
 
         self._call(f"write {kind} object '{shown_id(name)}'", op)
@@ -655,6 +658,40 @@ class S3Backend:
             self._s3.close()
         except (AttributeError, bexc.BotoCoreError):
             pass
+
+
+class _Body:
+    """A request body read straight from the caller's buffer (module docstring): no copy of it is
+    made, and each read hands out a view of at most max(asked, SEND_BLOCK) bytes, the piece the
+    HTTP layer then sends in one call. Seekable, so botocore can hash it and rewind it for a
+    retry. The buffer must not change until the PUT has returned (a pack's does not)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int | None = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else self._pos + max(size, SEND_BLOCK)
+        piece = self._view[self._pos:end]
+        self._pos += len(piece)
+        return piece
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: len(self._view)}[whence]
+        self._pos = min(max(0, base + offset), len(self._view))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
 
 
 class _Loading:
