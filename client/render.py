@@ -599,6 +599,8 @@ def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
                 "archive_library": d.archive_library or None,
                 "archive_foreign": d.archive_foreign,
                 "pending_since": d.pending_since or None,
+                "ready_since": d.ready_since or None,
+                "ready_unlisted": d.ready_unlisted or None,
             }
             for d in a.databases
         ],
@@ -659,6 +661,9 @@ def archiver_problems(d: pb.DatabaseArchive, now: float) -> list[str]:
         stuck = "; archiving is STUCK" if waited >= STUCK_AFTER else ""
         out.append(f"{plural(d.lag_segments, 'finished segment')} waiting for the archive, the oldest since "
                    f"{fmt_time(d.pending_since)} ({fmt_age(waited)}){stuck}")
+        if d.ready_unlisted:  # the server did not say when its backlog began
+            out.append(f"the wait is counted from this daemon's first look at the backlog, which may have begun "
+                       f"earlier: {d.ready_unlisted}")
     return out
 
 

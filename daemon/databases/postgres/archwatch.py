@@ -17,8 +17,11 @@ archive_command reaches this repository.
   archive has been seen finished: each observation that the server writes a later segment is
   remembered with its time, and the oldest segment waiting was finished by the first
   observation of a later one. A busy server whose archiver keeps up shows no wait however
-  many observations find a segment in flight; a daemon that starts with a backlog counts from
-  its first observation.
+  many observations find a segment in flight. The server's own word is earlier when it has one:
+  the oldest `.ready` file of its archive_status directory (walarchive.oldest_ready) is when
+  that file began to wait, so a backlog from before this daemon started keeps its start (the
+  clock remembers it). Where the server does not let that directory be listed, a daemon that
+  starts with a backlog counts from its first observation, and `problems` says so.
 - `ArchiverSampler` is the daemon's thread that asks each configured PostgreSQL database every
   `[daemon] archiver_interval` (0: never) through a given function (status's own view), keeps
   the latest view per database for the metrics (`figures()`), and logs a server it cannot ask
@@ -70,9 +73,10 @@ class PendingClock:
         self._timeline = -1
         self._seen: list[tuple[int, float]] = []  # (segment written, first seen), segment rising
 
-    def observe(self, current_segment: str, pending: int, now: float) -> float:
+    def observe(self, current_segment: str, pending: int, now: float, ready_since: float = 0.0) -> float:
         """The time the oldest of the `pending` finished segments before `current_segment` was
-        first seen finished; 0.0 when nothing waits."""
+        first seen finished, or `ready_since` (when the server's oldest `.ready` file was made;
+        0.0: not known) when that is earlier; 0.0 when nothing waits."""
         cur = walnames.parse_segment(current_segment) if current_segment else None
         if cur is None or pending <= 0:
             self._seen.clear()
@@ -86,7 +90,13 @@ class PendingClock:
         while len(self._seen) > 1 and self._seen[0][0] <= oldest:
             self._seen.pop(0)  # seen before the oldest one waiting was finished: no evidence for it
         first, when = self._seen[0]
-        return when if first > oldest else now
+        since = when if first > oldest else now
+        if 0.0 < ready_since < since:
+            # the oldest segment waiting was finished before this daemon saw it (a backlog from before
+            # it started): remember that the segment after it was being written then
+            self._seen = [(oldest + 1, ready_since), *(seen for seen in self._seen if seen[0] > oldest + 1)]
+            since = ready_since
+        return since
 
 
 FOUND_KEPT = 64  # answers of `PendingClocks.found` remembered
@@ -123,7 +133,7 @@ class PendingClocks:
         pending = 0 if view.in_recovery else view.lag_segments
         with self._lock:
             clock = self._clocks.setdefault(view.name, PendingClock())
-            since = clock.observe(view.current_segment, pending, self._clock())
+            since = clock.observe(view.current_segment, pending, self._clock(), view.ready_since)
         return replace(view, pending_since=since)
 
     def forget(self, keep: Sequence[str]) -> None:
@@ -145,6 +155,7 @@ class ArchiverSampler(ServiceThread):
         self._lock = threading.Lock()
         self._latest: dict[str, DatabaseArchive] = {}
         self._errors: dict[str, str] = {}  # the error each database's sampling last logged
+        self._unlisted: dict[str, str] = {}  # why each database's archive_status could not be listed, as logged
         self._wake = threading.Event()
         self.samples = 0  # sampling rounds done (tests wait on it)
 
@@ -185,7 +196,13 @@ class ArchiverSampler(ServiceThread):
             self.samples += 1
 
     def _note(self, view: DatabaseArchive) -> None:
-        """Log a database that cannot be asked once per error, and once when it answers again."""
+        """Log a database that cannot be asked once per error, and once when it answers again; and
+        once that its backlog is timed from this daemon's looks (its archive_status is not listed)."""
+        if not view.error and view.ready_unlisted != self._unlisted.get(view.name, ""):
+            if view.ready_unlisted:
+                log.warning("a WAL backlog of database '%s' is timed from this daemon's first look at it: %s",
+                            view.name, view.ready_unlisted)
+            self._unlisted[view.name] = view.ready_unlisted
         before = self._errors.get(view.name, "")
         if view.error and view.error != before:
             log.warning("unable to read the WAL archiver of database '%s' (retried every %s): %s", view.name,
@@ -237,7 +254,13 @@ def problems(view: DatabaseArchive, now: float) -> list[str]:
         what = f"{view.lag_segments} finished segment{'' if view.lag_segments == 1 else 's'}"
         long = " (too long: archiving is stuck)" if waited >= LONG_WAIT else ""
         out.append(f"{what} waiting for the archive, the oldest for {_minutes(waited)}{long}")
+        if view.ready_unlisted:
+            out.append(f"{UNLISTED}: {view.ready_unlisted}")
     return out
+
+
+# the line under a backlog whose start the server's archive_status did not give
+UNLISTED = "the wait is counted from this daemon's first look at the backlog, which may have begun earlier"
 
 
 def _minutes(seconds: float) -> str:

@@ -22,7 +22,12 @@ from typing import Any
 
 from cairn import walnames
 from cairn.daemon.databases.postgres import archwatch
-from cairn.daemon.databases.postgres.walarchive import DatabaseArchive, archive_settings, server_archiver
+from cairn.daemon.databases.postgres.walarchive import (
+    DatabaseArchive,
+    archive_settings,
+    oldest_ready,
+    server_archiver,
+)
 from cairn.store.errors import CairnError, FailedPreconditionError
 
 DEFAULT_TIMEOUT = 60.0
@@ -88,7 +93,7 @@ def _why_not_archived(conn: Any, name: str, wal_names: Callable[[str], list[str]
     """The server's own view after a failed archiver step, for its line: archive_command not
     Cairn's, finished segments waiting and for how long (archwatch.problems); "" when unreadable."""
     try:
-        view = DatabaseArchive(name=name, **server_archiver(conn), **archive_settings(conn))
+        view = DatabaseArchive(name=name, **server_archiver(conn), **archive_settings(conn), **oldest_ready(conn))
         view.system_id = walnames.namespace_of(conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
     except CairnError:
         return ""

@@ -34,6 +34,17 @@ def test_a_stuck_archiver_keeps_the_time_its_oldest_segment_was_seen_finished() 
     assert clock.observe(seg(3, tli=2), 2, 80.0) == 80.0
 
 
+def test_the_servers_ready_file_dates_a_backlog_older_than_the_first_look() -> None:
+    clock = PendingClock()
+    # a daemon started with segments 5 and 6 waiting; the server made 5's .ready file at 3.0
+    assert clock.observe(seg(7), 2, 100.0, ready_since=3.0) == 3.0
+    assert clock.observe(seg(8), 3, 110.0) == 3.0  # remembered when the next look cannot list it
+    assert clock.observe(seg(8), 2, 120.0) == 100.0  # 5 archived: 6 was waiting at the first look
+    assert clock.observe(seg(8), 2, 125.0, ready_since=50.0) == 50.0  # and was finished at 50
+    assert clock.observe(seg(8), 2, 130.0, ready_since=150.0) == 50.0  # a later (skewed) time changes nothing
+    assert clock.observe(seg(8), 0, 140.0, ready_since=4.0) == 0.0  # nothing waits
+
+
 def test_clocks_leave_a_standby_and_an_unreadable_server_alone() -> None:
     clocks = PendingClocks(clock=lambda: 5.0)
     standby = DatabaseArchive(name="a", in_recovery=True, lag_segments=0)
@@ -94,6 +105,19 @@ def test_the_sampler_logs_a_server_it_cannot_ask_once(caplog) -> None:
     assert len(messages) == 2 and "refused" in messages[0] and "can be read again" in messages[1], messages
     assert sampler.figures() == {"db": {"up": 1.0, "pending": 0.0, "pending_since": 0.0, "failed_count": 0.0,
                                         "archive_mode_on": 1.0, "command_cairn": 1.0}}
+
+
+def test_the_sampler_says_once_that_a_backlog_is_timed_from_its_first_look(caplog) -> None:
+    why = "role 'cairn' may not run pg_ls_archive_statusdir() (GRANT pg_monitor TO cairn)"
+    unlisted = DatabaseArchive(name="db", current_segment=seg(9), last_archived=seg(8), ready_unlisted=why)
+    answers = [unlisted] * 3 + [DatabaseArchive(name="db", current_segment=seg(9), last_archived=seg(8))] + \
+        [unlisted] * 2
+    sampler = ArchiverSampler(lambda: [DatabaseConfig(name="db")], lambda db: answers.pop(0), lambda: 60.0)
+    with caplog.at_level(logging.INFO, logger="cairn.daemon.databases.postgres.archwatch"):
+        for _ in range(6):
+            sampler.sample_all()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"a WAL backlog of database 'db' is timed from this daemon's first look at it: {why}"] * 2
 
 
 def test_the_sampler_survives_a_sample_that_raises() -> None:
