@@ -236,7 +236,7 @@ ARCHIVER_GAUGES = (
     ("cairn_wal_archive_mode_on", "1 when the server's archive_mode is on or always, 0 when it archives nothing.",
      "archive_mode_on"),
     ("cairn_wal_archive_command_cairn", "1 when the server's archive_command archives into this repository "
-     "('cairn wal-push', or its last archived file is here), 0 when it does not.", "command_cairn"),
+     "('cairn wal-push' to this daemon, or its last archived file is here), 0 when it does not.", "command_cairn"),
 )
 ARCHIVER_FAILED = ("cairn_wal_archiver_failed", "Failed archive attempts the server counts (pg_stat_archiver."
                    "failed_count; reset with the server's statistics).", "failed_count")

@@ -102,6 +102,7 @@ class DatabaseArchive:
     archive_command: str = ""
     archive_library: str = ""  # set, it archives through a module, not archive_command
     archive_foreign: bool = False  # archive_command does not archive into this repository (archwatch.calls_cairn)
+    archive_elsewhere: str = ""  # the other daemon archive_command's wal-push reaches (archwatch.elsewhere); "" if none
     pending_since: float = 0.0  # when the oldest segment waiting for the archive was seen finished (0: none)
     ready_since: float = 0.0  # when the oldest file in the server's archive_status became ready (0: none, or unlisted)
     ready_unlisted: str = ""  # why the server's archive_status could not be listed (oldest_ready); "" when it could

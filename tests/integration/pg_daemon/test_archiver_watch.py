@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cairnd_harness import CAIRN, env_for
+from cairnd_harness import CAIRN, daemon_starter, env_for
 from pgstack import Stack, make_pg_dir
 
 RULES = Path(__file__).resolve().parents[3] / "monitoring" / "cairn.rules.yml"
@@ -199,6 +199,36 @@ def test_archiving_off_or_foreign_is_said(stack: Stack) -> None:
     out = json.loads(stack.ok("--json", "status"))
     (db,) = [d for d in out["archive"]["databases"] if d["name"] == DB]
     assert db["archive_foreign"] is True and db["archive_mode"] == "on" and db["archive_command"] == "/bin/true", db
+
+
+def test_a_wal_push_to_another_daemon_is_not_cairns(stack: Stack) -> None:
+    # Another cairnd with a repository of its own, on a socket the server's OS user reaches: the
+    # server archives there without a failure, and none of its WAL reaches this repository.
+    url = metrics_url(stack)
+    stack.wait_archived()
+    others = stack.root / "others"
+    others.mkdir(mode=0o755)
+    with daemon_starter(str(others)) as start:
+        other = start("--repo", str(others / "repo"), "--socket-group", "postgres")
+        command = f"{CAIRN} --socket {other.socket} wal-push %p"
+        stack.pg.settings["archive_command"] = command
+        stack.pg.restart()
+        segment = switch(stack)
+        end = time.monotonic() + 20
+        while stack.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+            assert time.monotonic() < end, stack.pg.log_tail()
+            time.sleep(0.1)
+        samples = wait_samples(url, lambda s: s.get("cairn_wal_archive_command_cairn") == 0,
+                               "an archive_command for another daemon")
+        assert samples["cairn_wal_archiver_failed_total"] == 0 and stale_rule_fires(samples, time.time()), samples
+        line = (f"  database {DB}: archive_command '{command}' pushes to another daemon, at unix socket "
+                f"'{other.socket}': its WAL does not reach this repository")
+        assert line in status_lines(stack.sock), status_lines(stack.sock)
+        status, report = check_db(stack.sock)
+        (archiver,) = [x for x in report if x.startswith("FAIL archiver:")]
+        assert status == 1 and line.split(": ", 1)[1] in archiver, report
+        db = db_status(stack)
+        assert db["archive_foreign"] is True and db["archive_elsewhere"] == f"unix socket '{other.socket}'", db
 
 
 def db_status(stack: Stack) -> dict:
