@@ -6,7 +6,9 @@ An idle server archives nothing for hours; that is no alarm. What is: finished s
 for the archive (the archive_command fails, or is not called: archive_mode off), or a server
 whose archive_command does not reach Cairn. The metrics say which, monitoring/cairn.rules.yml's
 CairnWalArchiveStale is evaluated on them (its expression's terms, here), and `cairn status` and
-`cairn check-db` say it in one line.
+`cairn check-db` say it in one line. A backlog keeps its start across a restart of cairnd (the
+server's .ready files say when it began; a role without pg_monitor is told it may not), and an
+archive_command whose wal-push goes to another daemon's socket is not Cairn's.
 """
 
 from __future__ import annotations
