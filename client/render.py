@@ -598,7 +598,10 @@ def archive_dict(a: pb.ArchiveStatus) -> dict[str, Any]:
                 "archive_command": d.archive_command if d.archive_mode else None,
                 "archive_library": d.archive_library or None,
                 "archive_foreign": d.archive_foreign,
+                "archive_elsewhere": d.archive_elsewhere or None,
                 "pending_since": d.pending_since or None,
+                "ready_since": d.ready_since or None,
+                "ready_unlisted": d.ready_unlisted or None,
             }
             for d in a.databases
         ],
@@ -651,14 +654,21 @@ def archiver_problems(d: pb.DatabaseArchive, now: float) -> list[str]:
         out.append(f"archive_mode is {d.archive_mode}: the server archives no WAL (set archive_mode = on "
                    "and restart it)")
     elif d.archive_foreign:
-        how = (f"archive_library '{d.archive_library}' archives instead of archive_command" if d.archive_library
-               else f"archive_command '{d.archive_command}' does not call 'cairn wal-push'")
+        if d.archive_library:
+            how = f"archive_library '{d.archive_library}' archives instead of archive_command"
+        elif d.archive_elsewhere:  # it calls wal-push, with another daemon's socket or address
+            how = f"archive_command '{d.archive_command}' pushes to another daemon, at {d.archive_elsewhere}"
+        else:
+            how = f"archive_command '{d.archive_command}' does not call 'cairn wal-push'"
         out.append(f"{how}: its WAL does not reach this repository")
     if d.pending_since and not d.in_recovery:
         waited = now - d.pending_since
         stuck = "; archiving is STUCK" if waited >= STUCK_AFTER else ""
         out.append(f"{plural(d.lag_segments, 'finished segment')} waiting for the archive, the oldest since "
                    f"{fmt_time(d.pending_since)} ({fmt_age(waited)}){stuck}")
+        if d.ready_unlisted:  # the server did not say when its backlog began
+            out.append(f"the wait is counted from this daemon's first look at the backlog, which may have begun "
+                       f"earlier: {d.ready_unlisted}")
     return out
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from cairn import walnames
 from cairn.daemon.databases.dump import CommandEngine, PgDumpEngine, find_tool
 from cairn.daemon.databases.engine import KIND_COMMAND, KIND_POSTGRES
-from cairn.daemon.databases.postgres import checkdb, deltadb, restoredb, walarchive
+from cairn.daemon.databases.postgres import archwatch, checkdb, deltadb, restoredb, walarchive
 from cairn.daemon.databases.restore import DumpRestoreResult, dump_files, dump_of, restorable_dumps, restore_dump
 from cairn.daemon.operations.part import ProgressFn, ServicePart
 from cairn.daemon.runtime.config import DatabaseConfig
@@ -113,7 +113,8 @@ class DatabasePart(ServicePart):
             return check_dump(db, self._config.daemon.state_dir)
         return checkdb.check_database(db, lambda ns: self.repo.list_wal(ns, flat=False),
                                       lambda: self.archive.snapshot([]).last_failure, timeout,
-                                      observe=self.archiver_clocks.observe)
+                                      observe=self.archiver_clocks.observe,
+                                      here=archwatch.Listening.of(self._config.daemon))
 
     def require_wal_writable(self) -> None:
         """Raise unless WAL pushes are accepted (checked before a push is received)."""

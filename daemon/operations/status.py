@@ -285,7 +285,7 @@ class StatusPart(ServicePart):
             return self.archiver_clocks.found(namespace, name, lambda: name in bounded_read(
                 self, f"wal-{namespace}", lambda: self.repo.list_wal(namespace, flat=False)))
 
-        info = replace(info, archive_foreign=not archwatch.calls_cairn(info, in_repository))
+        info = archwatch.judge(info, in_repository, archwatch.Listening.of(self._config.daemon))
         return self.archiver_clocks.observe(info)
 
     def retention_status(self) -> RetentionState | None:

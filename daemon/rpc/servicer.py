@@ -870,7 +870,8 @@ def archive_status(a: ArchiveSnapshot) -> pb.ArchiveStatus:
                           nothing_archived=d.nothing_archived, in_recovery=d.in_recovery,
                           archive_mode=d.archive_mode, archive_command=d.archive_command,
                           archive_library=d.archive_library, archive_foreign=d.archive_foreign,
-                          pending_since=d.pending_since)
+                          pending_since=d.pending_since, ready_since=d.ready_since,
+                          ready_unlisted=d.ready_unlisted, archive_elsewhere=d.archive_elsewhere)
     return msg
 
 

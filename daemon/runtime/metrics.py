@@ -230,12 +230,13 @@ ARCHIVER_UP = ("cairn_wal_archiver_up", "1 when the daemon's last sample of a Po
 ARCHIVER_GAUGES = (
     ("cairn_wal_segments_pending", "Finished WAL segments the server has not archived yet (0 on a standby).",
      "pending"),
-    ("cairn_wal_pending_since_timestamp_seconds", "Unix time the oldest WAL segment waiting for the archive was "
-     "seen finished (absent: none waits).", "pending_since"),
+    ("cairn_wal_pending_since_timestamp_seconds", "Unix time the oldest WAL segment waiting for the archive began "
+     "to wait (its .ready file on the server; without pg_monitor, when first seen finished; absent: none waits).",
+     "pending_since"),
     ("cairn_wal_archive_mode_on", "1 when the server's archive_mode is on or always, 0 when it archives nothing.",
      "archive_mode_on"),
     ("cairn_wal_archive_command_cairn", "1 when the server's archive_command archives into this repository "
-     "('cairn wal-push', or its last archived file is here), 0 when it does not.", "command_cairn"),
+     "('cairn wal-push' to this daemon, or its last archived file is here), 0 when it does not.", "command_cairn"),
 )
 ARCHIVER_FAILED = ("cairn_wal_archiver_failed", "Failed archive attempts the server counts (pg_stat_archiver."
                    "failed_count; reset with the server's statistics).", "failed_count")

@@ -8,17 +8,28 @@ waiting for the archive (the segment of pg_current_wal_lsn() past the last archi
 same timeline; 0 on a standby), pg_stat_archiver's failure count, archive_mode, and whether
 archive_command reaches this repository.
 
-- `calls_cairn(view, in_repository)`: archive_command archives into this repository: it names
-  `wal-push`, or (a wrapper script) the server's last archived file is in the repository, in
-  its cluster's name space (looked up only for a command that does not name `wal-push`, once
-  per last archived file; a repository that cannot be read gives no verdict against it). An
-  archive_library archives instead of archive_command: never Cairn's.
+- `calls_cairn(view, in_repository, here)`: archive_command archives into this repository: it
+  names `wal-push` pushing to this daemon, or (a wrapper script) the server's last archived
+  file is in the repository, in its cluster's name space (looked up only for a command that
+  does not name `wal-push`, once per last archived file; a repository that cannot be read gives
+  no verdict against it). An archive_library archives instead of archive_command: never
+  Cairn's. `judge` sets a view's `archive_foreign` and `archive_elsewhere` by it.
+- `push_target(command)` is the daemon a command's `cairn wal-push` reaches, found as the client
+  finds it (client/connection.py): `--address`, else `--socket`, else `CAIRN_SOCKET=` set on
+  the command line. `elsewhere(command, here)` names it when it is not this daemon (`here`: its
+  socket, compared after resolving symbolic links, and the port of its TCP listener). A command
+  that names no daemon reaches the one the server's environment gives (unknown here), and one
+  that names it through the shell ($VAR, ~, a relative path) cannot be told: both are taken as
+  this daemon's.
 - `PendingClocks` tells, per database, since when the oldest segment still waiting for the
   archive has been seen finished: each observation that the server writes a later segment is
   remembered with its time, and the oldest segment waiting was finished by the first
   observation of a later one. A busy server whose archiver keeps up shows no wait however
-  many observations find a segment in flight; a daemon that starts with a backlog counts from
-  its first observation.
+  many observations find a segment in flight. The server's own word is earlier when it has one:
+  the oldest `.ready` file of its archive_status directory (walarchive.oldest_ready) is when
+  that file began to wait, so a backlog from before this daemon started keeps its start (the
+  clock remembers it). Where the server does not let that directory be listed, a daemon that
+  starts with a backlog counts from its first observation, and `problems` says so.
 - `ArchiverSampler` is the daemon's thread that asks each configured PostgreSQL database every
   `[daemon] archiver_interval` (0: never) through a given function (status's own view), keeps
   the latest view per database for the metrics (`figures()`), and logs a server it cannot ask
@@ -31,10 +42,12 @@ in its own thread, so nothing else waits for a slow server; the views never chan
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cairn import walnames
@@ -47,13 +60,92 @@ IDLE_RECHECK = 60.0  # seconds between looks at the configuration while sampling
 LONG_WAIT = 900.0  # a segment waiting this long is a stuck archiver (status says so; the alert's bound)
 
 
-def calls_cairn(view: DatabaseArchive, in_repository: Callable[[str, str], bool]) -> bool:
+@dataclass(frozen=True)
+class Listening:
+    """Where this daemon takes calls: its Unix socket ([daemon] socket) and TCP address
+    ([daemon] listen; None: none)."""
+
+    socket: str
+    listen: str | None = None
+
+    @classmethod
+    def of(cls, daemon: Any) -> Listening:
+        """From a DaemonConfig."""
+        return cls(str(daemon.socket), daemon.listen or None)
+
+
+SOCKET_VARIABLE = "CAIRN_SOCKET="
+_OPERATORS = set("();<>|&")
+
+
+def push_target(command: str) -> tuple[str, str] | None:
+    """("address", HOST:PORT) or ("socket", PATH): the daemon the `cairn wal-push` of
+    archive_command reaches; None when it names none, names it through the shell, or the command
+    cannot be split (module docstring)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:  # an unbalanced quote: the shell would refuse it too
+        return None
+    if "wal-push" not in words:
+        return None
+    at = words.index("wal-push")
+    start = max((i + 1 for i, w in enumerate(words[:at]) if set(w) <= _OPERATORS), default=0)
+    end = next((i for i in range(at, len(words)) if set(words[i]) <= _OPERATORS), len(words))
+    found: dict[str, str] = {}
+    for i, word in enumerate(words[:at]):  # `export CAIRN_SOCKET=...` before it, or on its own command
+        if word.startswith(SOCKET_VARIABLE) and (i >= start or (i and words[i - 1] == "export")):
+            found["variable"] = word[len(SOCKET_VARIABLE):]
+    own = words[start:end]
+    for i, word in enumerate(own):
+        for option in ("socket", "address"):
+            flag = f"--{option}"
+            if word == flag and i + 1 < len(own):
+                found[option] = own[i + 1]
+            elif word.startswith(flag + "="):
+                found[option] = word[len(flag) + 1:]
+    for kind, key in (("address", "address"), ("socket", "socket"), ("socket", "variable")):
+        value = found.get(key, "")
+        if value:  # an empty one counts as not given, as in the client
+            shell = value.startswith("~") or any(c in value for c in "$`")
+            if shell or (kind == "socket" and not os.path.isabs(value)):
+                return None
+            return kind, value
+    return None
+
+
+def elsewhere(command: str, here: Listening) -> str:
+    """The daemon archive_command's `cairn wal-push` reaches ("unix socket 'PATH'" or "address
+    'HOST:PORT'") when it is not this one; "" when it is this one or cannot be told."""
+    target = push_target(command)
+    if target is None:
+        return ""
+    kind, value = target
+    if kind == "socket":
+        if os.path.realpath(value) == os.path.realpath(here.socket):
+            return ""
+        return f"unix socket '{value}'"
+    port = _port(value)
+    if here.listen and (port is None or _port(here.listen) in (port, 0, None)):
+        return ""  # the host is not judged: the server may reach this daemon by any of its names
+    return f"address '{value}'"
+
+
+def _port(address: str) -> int | None:
+    tail = address.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def calls_cairn(view: DatabaseArchive, in_repository: Callable[[str, str], bool],
+                here: Listening | None = None) -> bool:
     """archive_command archives into this repository (see the module docstring);
-    `in_repository(namespace, name)` tells whether the repository holds that WAL file."""
+    `in_repository(namespace, name)` tells whether the repository holds that WAL file; `here`
+    (None: not judged) is where this daemon listens."""
     if view.archive_library:
         return False
     if "wal-push" in view.archive_command:
-        return True
+        return here is None or not elsewhere(view.archive_command, here)
     if not (view.last_archived and view.system_id):
         return False
     try:
@@ -63,6 +155,14 @@ def calls_cairn(view: DatabaseArchive, in_repository: Callable[[str, str], bool]
         return True
 
 
+def judge(view: DatabaseArchive, in_repository: Callable[[str, str], bool],
+          here: Listening | None = None) -> DatabaseArchive:
+    """`view` with `archive_foreign` (not calls_cairn) and `archive_elsewhere` (the other daemon
+    its wal-push reaches, or "")."""
+    other = elsewhere(view.archive_command, here) if here is not None and not view.archive_library else ""
+    return replace(view, archive_elsewhere=other, archive_foreign=bool(other) or not calls_cairn(view, in_repository))
+
+
 class PendingClock:
     """Since when the oldest segment waiting for the archive of one server has been finished."""
 
@@ -70,9 +170,10 @@ class PendingClock:
         self._timeline = -1
         self._seen: list[tuple[int, float]] = []  # (segment written, first seen), segment rising
 
-    def observe(self, current_segment: str, pending: int, now: float) -> float:
+    def observe(self, current_segment: str, pending: int, now: float, ready_since: float = 0.0) -> float:
         """The time the oldest of the `pending` finished segments before `current_segment` was
-        first seen finished; 0.0 when nothing waits."""
+        first seen finished, or `ready_since` (when the server's oldest `.ready` file was made;
+        0.0: not known) when that is earlier; 0.0 when nothing waits."""
         cur = walnames.parse_segment(current_segment) if current_segment else None
         if cur is None or pending <= 0:
             self._seen.clear()
@@ -86,7 +187,13 @@ class PendingClock:
         while len(self._seen) > 1 and self._seen[0][0] <= oldest:
             self._seen.pop(0)  # seen before the oldest one waiting was finished: no evidence for it
         first, when = self._seen[0]
-        return when if first > oldest else now
+        since = when if first > oldest else now
+        if 0.0 < ready_since < since:
+            # the oldest segment waiting was finished before this daemon saw it (a backlog from before
+            # it started): remember that the segment after it was being written then
+            self._seen = [(oldest + 1, ready_since), *(seen for seen in self._seen if seen[0] > oldest + 1)]
+            since = ready_since
+        return since
 
 
 FOUND_KEPT = 64  # answers of `PendingClocks.found` remembered
@@ -123,7 +230,7 @@ class PendingClocks:
         pending = 0 if view.in_recovery else view.lag_segments
         with self._lock:
             clock = self._clocks.setdefault(view.name, PendingClock())
-            since = clock.observe(view.current_segment, pending, self._clock())
+            since = clock.observe(view.current_segment, pending, self._clock(), view.ready_since)
         return replace(view, pending_since=since)
 
     def forget(self, keep: Sequence[str]) -> None:
@@ -145,6 +252,7 @@ class ArchiverSampler(ServiceThread):
         self._lock = threading.Lock()
         self._latest: dict[str, DatabaseArchive] = {}
         self._errors: dict[str, str] = {}  # the error each database's sampling last logged
+        self._unlisted: dict[str, str] = {}  # why each database's archive_status could not be listed, as logged
         self._wake = threading.Event()
         self.samples = 0  # sampling rounds done (tests wait on it)
 
@@ -185,7 +293,13 @@ class ArchiverSampler(ServiceThread):
             self.samples += 1
 
     def _note(self, view: DatabaseArchive) -> None:
-        """Log a database that cannot be asked once per error, and once when it answers again."""
+        """Log a database that cannot be asked once per error, and once when it answers again; and
+        once that its backlog is timed from this daemon's looks (its archive_status is not listed)."""
+        if not view.error and view.ready_unlisted != self._unlisted.get(view.name, ""):
+            if view.ready_unlisted:
+                log.warning("a WAL backlog of database '%s' is timed from this daemon's first look at it: %s",
+                            view.name, view.ready_unlisted)
+            self._unlisted[view.name] = view.ready_unlisted
         before = self._errors.get(view.name, "")
         if view.error and view.error != before:
             log.warning("unable to read the WAL archiver of database '%s' (retried every %s): %s", view.name,
@@ -229,15 +343,25 @@ def problems(view: DatabaseArchive, now: float) -> list[str]:
         out.append(f"archive_mode is {view.archive_mode}: the server archives no WAL, so no set of it can be "
                    "restored past its own end (set archive_mode = on and restart the server)")
     elif view.archive_foreign:
-        how = (f"archive_library '{view.archive_library}' archives instead of archive_command"
-               if view.archive_library else f"archive_command '{view.archive_command}' does not call 'cairn wal-push'")
+        if view.archive_library:
+            how = f"archive_library '{view.archive_library}' archives instead of archive_command"
+        elif view.archive_elsewhere:
+            how = f"archive_command '{view.archive_command}' pushes to another daemon, at {view.archive_elsewhere}"
+        else:
+            how = f"archive_command '{view.archive_command}' does not call 'cairn wal-push'"
         out.append(f"{how}: its WAL does not reach this repository")
     if view.pending_since and not view.in_recovery:
         waited = max(0.0, now - view.pending_since)
         what = f"{view.lag_segments} finished segment{'' if view.lag_segments == 1 else 's'}"
         long = " (too long: archiving is stuck)" if waited >= LONG_WAIT else ""
         out.append(f"{what} waiting for the archive, the oldest for {_minutes(waited)}{long}")
+        if view.ready_unlisted:
+            out.append(f"{UNLISTED}: {view.ready_unlisted}")
     return out
+
+
+# the line under a backlog whose start the server's archive_status did not give
+UNLISTED = "the wait is counted from this daemon's first look at the backlog, which may have begun earlier"
 
 
 def _minutes(seconds: float) -> str:

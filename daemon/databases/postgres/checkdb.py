@@ -22,7 +22,12 @@ from typing import Any
 
 from cairn import walnames
 from cairn.daemon.databases.postgres import archwatch
-from cairn.daemon.databases.postgres.walarchive import DatabaseArchive, archive_settings, server_archiver
+from cairn.daemon.databases.postgres.walarchive import (
+    DatabaseArchive,
+    archive_settings,
+    oldest_ready,
+    server_archiver,
+)
 from cairn.store.errors import CairnError, FailedPreconditionError
 
 DEFAULT_TIMEOUT = 60.0
@@ -51,12 +56,13 @@ class CheckResult:
 
 def check_database(db: Any, wal_names: Callable[[str], list[str]], last_push_failure: Callable[[], str],
                    timeout: float | None = None,
-                   observe: Callable[[DatabaseArchive], DatabaseArchive] | None = None) -> CheckResult:
+                   observe: Callable[[DatabaseArchive], DatabaseArchive] | None = None,
+                   here: archwatch.Listening | None = None) -> CheckResult:
     """Run the steps against database config `db`; `wal_names(namespace)` lists the WAL files the
     repository holds in a cluster's own name space (its system identifier; store/snapshots/wal.py).
     When the archiver step fails, its line also says whether archive_command reaches this
-    repository at all and how long finished segments have waited (`observe`: the daemon's
-    archwatch.PendingClocks)."""
+    repository at all (`here`: where this daemon listens, archwatch.judge) and how long finished
+    segments have waited (`observe`: the daemon's archwatch.PendingClocks)."""
     from cairn.daemon.databases.postgres.connection import PgConnection  # psycopg2 only when a database is configured
 
     bound = timeout if timeout and timeout > 0 else DEFAULT_TIMEOUT
@@ -78,21 +84,22 @@ def check_database(db: Any, wal_names: Callable[[str], list[str]], last_push_fai
         result.steps.append(CheckStep("archive_command", True, command))
         step = _archiver(conn, wal_names, last_push_failure, bound, result)
         if not step.ok:
-            step = CheckStep(step.name, False, step.detail + _why_not_archived(conn, db.name, wal_names, observe))
+            step = CheckStep(step.name, False, step.detail + _why_not_archived(conn, db.name, wal_names, observe, here))
         result.steps.append(step)
     return result
 
 
 def _why_not_archived(conn: Any, name: str, wal_names: Callable[[str], list[str]],
-                      observe: Callable[[DatabaseArchive], DatabaseArchive] | None) -> str:
+                      observe: Callable[[DatabaseArchive], DatabaseArchive] | None,
+                      here: archwatch.Listening | None = None) -> str:
     """The server's own view after a failed archiver step, for its line: archive_command not
     Cairn's, finished segments waiting and for how long (archwatch.problems); "" when unreadable."""
     try:
-        view = DatabaseArchive(name=name, **server_archiver(conn), **archive_settings(conn))
+        view = DatabaseArchive(name=name, **server_archiver(conn), **archive_settings(conn), **oldest_ready(conn))
         view.system_id = walnames.namespace_of(conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
     except CairnError:
         return ""
-    view.archive_foreign = not archwatch.calls_cairn(view, lambda ns, n: n in wal_names(ns))
+    view = archwatch.judge(view, lambda ns, n: n in wal_names(ns), here)
     if observe is not None:
         view = observe(view)
     found = archwatch.problems(view, time.time())

@@ -8,8 +8,13 @@
   counts only the segments its archiver tried and failed, from the failed one on. A server in
   recovery (a standby) writes no WAL of its own: no current segment, lag 0.
 - `database_archiver(db)` adds the server's archive settings (archive_mode, archive_command,
-  archive_library) for status and the daemon's archiver sampler (archwatch.py), bounded by a
-  connect and a statement timeout.
+  archive_library) and when the oldest WAL file waiting in its archive_status directory became
+  ready (`oldest_ready`) for status and the daemon's archiver sampler (archwatch.py), bounded by
+  a connect and a statement timeout.
+- `oldest_ready(conn)` reads that time with pg_ls_archive_statusdir() (PostgreSQL 12 on,
+  superuser or pg_monitor), as the file's age on the server's clock, so the hosts' clocks need
+  not agree; where the function is absent or not permitted it says why instead, and the
+  backlog is then timed by the daemon's own looks (archwatch.PendingClock).
 - `continuity_problems(repo, sets)` checks, for each set holding a database, that WAL is
   archived without gaps on the set's timeline from its first segment onward, and on each
   later timeline that branched off it (from its switch point, per the timeline's .history
@@ -97,7 +102,10 @@ class DatabaseArchive:
     archive_command: str = ""
     archive_library: str = ""  # set, it archives through a module, not archive_command
     archive_foreign: bool = False  # archive_command does not archive into this repository (archwatch.calls_cairn)
+    archive_elsewhere: str = ""  # the other daemon archive_command's wal-push reaches (archwatch.elsewhere); "" if none
     pending_since: float = 0.0  # when the oldest segment waiting for the archive was seen finished (0: none)
+    ready_since: float = 0.0  # when the oldest file in the server's archive_status became ready (0: none, or unlisted)
+    ready_unlisted: str = ""  # why the server's archive_status could not be listed (oldest_ready); "" when it could
 
     @property
     def archiving_on(self) -> bool:
@@ -158,6 +166,7 @@ def database_archiver(db: Any, connect_timeout: int = 2) -> DatabaseArchive:
             conn.query(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             out = server_archiver(conn)
             out.update(archive_settings(conn))
+            out.update(oldest_ready(conn))
             try:
                 out["system_id"] = walnames.namespace_of(
                     conn.query_one("SELECT system_identifier FROM pg_control_system()")[0])
@@ -412,6 +421,33 @@ def archive_settings(conn: Any) -> dict[str, str]:
         "SELECT current_setting('archive_mode'), current_setting('archive_command'), "
         "coalesce(current_setting('archive_library', true), '')")
     return {"archive_mode": str(mode), "archive_command": str(command), "archive_library": str(library)}
+
+
+STATUS_DIR_FUNCTION = "pg_catalog.pg_ls_archive_statusdir()"
+
+
+def oldest_ready(conn: Any) -> dict[str, Any]:
+    """When the oldest WAL file waiting for the archive became ready, from the server's own
+    archive_status directory: `ready_since` (this host's clock; 0.0 when nothing is ready), or
+    `ready_unlisted`, why the directory cannot be listed (see the module docstring). A `.ready`
+    file is made when its segment is finished and renamed to `.done` once it is archived, so
+    its modification time is when the segment began to wait, whenever the daemon first looked."""
+    try:
+        usable, role, ident = conn.query_one(
+            f"SELECT CASE WHEN to_regprocedure('{STATUS_DIR_FUNCTION}') IS NULL THEN NULL "
+            f"ELSE has_function_privilege('{STATUS_DIR_FUNCTION}', 'EXECUTE') END, "
+            "current_user, quote_ident(current_user)")
+        if usable is None:
+            return {"ready_unlisted": "the server has no pg_ls_archive_statusdir() (it came with PostgreSQL 12)"}
+        if not usable:
+            return {"ready_unlisted": f"role '{role}' may not run pg_ls_archive_statusdir() "
+                                      f"(GRANT pg_monitor TO {ident})"}
+        (age,) = conn.query_one(
+            "SELECT extract(epoch FROM now() - min(modification))::float8 "
+            f"FROM {STATUS_DIR_FUNCTION} WHERE right(name, 6) = '.ready'")
+    except CairnError as exc:
+        return {"ready_unlisted": f"unable to list the server's archive_status directory: {exc.message}"}
+    return {"ready_since": 0.0 if age is None else time.time() - max(0.0, float(age))}
 
 
 def server_archiver(conn: Any) -> dict[str, Any]:

@@ -287,7 +287,7 @@ class ArchiveStatus(_message.Message):
     def __init__(self, last_segment: _Optional[str] = ..., last_time: _Optional[float] = ..., pushed: _Optional[int] = ..., failures: _Optional[int] = ..., last_failure: _Optional[str] = ..., last_failure_time: _Optional[float] = ..., segments: _Optional[int] = ..., databases: _Optional[_Iterable[_Union[DatabaseArchive, _Mapping]]] = ..., wal_namespaces: _Optional[int] = ...) -> None: ...
 
 class DatabaseArchive(_message.Message):
-    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments", "system_id", "namespace_segments", "nothing_archived", "in_recovery", "archive_mode", "archive_command", "archive_library", "archive_foreign", "pending_since")
+    __slots__ = ("name", "error", "current_segment", "last_archived", "last_archived_time", "failed_count", "last_failed", "last_failed_time", "lag_segments", "system_id", "namespace_segments", "nothing_archived", "in_recovery", "archive_mode", "archive_command", "archive_library", "archive_foreign", "pending_since", "ready_since", "archive_elsewhere", "ready_unlisted")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +306,9 @@ class DatabaseArchive(_message.Message):
     ARCHIVE_LIBRARY_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_FOREIGN_FIELD_NUMBER: _ClassVar[int]
     PENDING_SINCE_FIELD_NUMBER: _ClassVar[int]
+    READY_SINCE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
+    READY_UNLISTED_FIELD_NUMBER: _ClassVar[int]
     name: str
     error: str
     current_segment: str
@@ -324,7 +327,10 @@ class DatabaseArchive(_message.Message):
     archive_library: str
     archive_foreign: bool
     pending_since: float
-    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ..., system_id: _Optional[str] = ..., namespace_segments: _Optional[int] = ..., nothing_archived: _Optional[bool] = ..., in_recovery: _Optional[bool] = ..., archive_mode: _Optional[str] = ..., archive_command: _Optional[str] = ..., archive_library: _Optional[str] = ..., archive_foreign: _Optional[bool] = ..., pending_since: _Optional[float] = ...) -> None: ...
+    ready_since: float
+    archive_elsewhere: str
+    ready_unlisted: str
+    def __init__(self, name: _Optional[str] = ..., error: _Optional[str] = ..., current_segment: _Optional[str] = ..., last_archived: _Optional[str] = ..., last_archived_time: _Optional[float] = ..., failed_count: _Optional[int] = ..., last_failed: _Optional[str] = ..., last_failed_time: _Optional[float] = ..., lag_segments: _Optional[int] = ..., system_id: _Optional[str] = ..., namespace_segments: _Optional[int] = ..., nothing_archived: _Optional[bool] = ..., in_recovery: _Optional[bool] = ..., archive_mode: _Optional[str] = ..., archive_command: _Optional[str] = ..., archive_library: _Optional[str] = ..., archive_foreign: _Optional[bool] = ..., pending_since: _Optional[float] = ..., ready_since: _Optional[float] = ..., archive_elsewhere: _Optional[str] = ..., ready_unlisted: _Optional[str] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("source", "level", "tags")

@@ -6,7 +6,9 @@ An idle server archives nothing for hours; that is no alarm. What is: finished s
 for the archive (the archive_command fails, or is not called: archive_mode off), or a server
 whose archive_command does not reach Cairn. The metrics say which, monitoring/cairn.rules.yml's
 CairnWalArchiveStale is evaluated on them (its expression's terms, here), and `cairn status` and
-`cairn check-db` say it in one line.
+`cairn check-db` say it in one line. A backlog keeps its start across a restart of cairnd (the
+server's .ready files say when it began; a role without pg_monitor is told it may not), and an
+archive_command whose wal-push goes to another daemon's socket is not Cairn's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cairnd_harness import CAIRN, env_for
+from cairnd_harness import CAIRN, daemon_starter, env_for
 from pgstack import Stack, make_pg_dir
 
 RULES = Path(__file__).resolve().parents[3] / "monitoring" / "cairn.rules.yml"
@@ -199,6 +201,132 @@ def test_archiving_off_or_foreign_is_said(stack: Stack) -> None:
     out = json.loads(stack.ok("--json", "status"))
     (db,) = [d for d in out["archive"]["databases"] if d["name"] == DB]
     assert db["archive_foreign"] is True and db["archive_mode"] == "on" and db["archive_command"] == "/bin/true", db
+
+
+def test_a_wal_push_to_another_daemon_is_not_cairns(stack: Stack) -> None:
+    # Another cairnd with a repository of its own, on a socket the server's OS user reaches: the
+    # server archives there without a failure, and none of its WAL reaches this repository.
+    url = metrics_url(stack)
+    stack.wait_archived()
+    others = stack.root / "others"
+    others.mkdir(mode=0o755)
+    with daemon_starter(str(others)) as start:
+        other = start("--repo", str(others / "repo"), "--socket-group", "postgres")
+        command = f"{CAIRN} --socket {other.socket} wal-push %p"
+        stack.pg.settings["archive_command"] = command
+        stack.pg.restart()
+        segment = switch(stack)
+        end = time.monotonic() + 20
+        while stack.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < segment:
+            assert time.monotonic() < end, stack.pg.log_tail()
+            time.sleep(0.1)
+        samples = wait_samples(url, lambda s: s.get("cairn_wal_archive_command_cairn") == 0,
+                               "an archive_command for another daemon")
+        assert samples["cairn_wal_archiver_failed_total"] == 0 and stale_rule_fires(samples, time.time()), samples
+        line = (f"  database {DB}: archive_command '{command}' pushes to another daemon, at unix socket "
+                f"'{other.socket}': its WAL does not reach this repository")
+        assert line in status_lines(stack.sock), status_lines(stack.sock)
+        status, report = check_db(stack.sock)
+        (archiver,) = [x for x in report if x.startswith("FAIL archiver:")]
+        assert status == 1 and line.split(": ", 1)[1] in archiver, report
+        db = db_status(stack)
+        assert db["archive_foreign"] is True and db["archive_elsewhere"] == f"unix socket '{other.socket}'", db
+
+
+def db_status(stack: Stack) -> dict:
+    out = json.loads(stack.ok("--json", "status"))
+    (db,) = [d for d in out["archive"]["databases"] if d["name"] == DB]
+    return db
+
+
+def wait_status(stack: Stack, ok: Callable[[dict], bool], what: str, timeout: float = 20.0) -> dict:
+    end = time.monotonic() + timeout
+    while True:
+        db = db_status(stack)
+        if ok(db):
+            return db
+        assert time.monotonic() < end, f"status never showed {what}: {db}"
+        time.sleep(0.2)
+
+
+def restart_unreachable(stack: Stack) -> None:
+    """Restart cairnd with a socket the server's OS user may not open: every wal-push fails."""
+    assert stack.daemon is not None
+    code, _ = stack.daemon.terminate(30)
+    assert code == 0, stack.daemon.log()
+    stack.daemon_keys["socket_mode"] = "0600"
+    stack.write_config()
+    stack.start_daemon()
+
+
+def make_backlog(stack: Stack) -> str:
+    """Finish a segment that the failing archive_command cannot archive; return it."""
+    segment = switch(stack)
+    end = time.monotonic() + 20
+    while stack.psql("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver") != segment:
+        assert time.monotonic() < end, stack.pg.log_tail()
+        time.sleep(0.1)
+    return segment
+
+
+def test_a_backlog_keeps_its_start_across_a_daemon_restart(stack: Stack) -> None:
+    stack.wait_archived()
+    restart_unreachable(stack)
+    make_backlog(stack)
+    before = wait_status(stack, lambda d: d["pending_since"], "a backlog")
+    assert before["ready_unlisted"] is None and before["pending_since"] == before["ready_since"], before
+    since = before["pending_since"]
+
+    restarted = time.time()
+    stack.daemon.terminate(30)
+    stack.start_daemon()
+    # The server's archive_status says when the segment began to wait: the restarted daemon's
+    # first look does not move the backlog's start (nor its metric) to the restart.
+    after = wait_status(stack, lambda d: d["pending_since"], "the backlog after the restart")
+    assert abs(after["pending_since"] - since) < 1.0 and after["pending_since"] < restarted, (since, restarted, after)
+    samples = wait_samples(metrics_url(stack), lambda s: "cairn_wal_pending_since_timestamp_seconds" in s,
+                           "a pending segment")
+    assert abs(samples["cairn_wal_pending_since_timestamp_seconds"] - since) < 1.0, (since, samples)
+
+    # A backlog that began 20 minutes before the restart is STUCK at once, and the alert fires,
+    # not a quarter of an hour after the restart.
+    long_ago = time.time() - 20 * 60
+    for ready in (stack.pg.pgdata / "pg_wal" / "archive_status").glob("*.ready"):
+        os.utime(ready, (long_ago, long_ago))
+    lines = status_lines(stack.sock)
+    assert len(lines) == 2 and lines[1].endswith("(20m); archiving is STUCK"), lines
+    samples = wait_samples(metrics_url(stack), lambda s: s.get("cairn_wal_pending_since_timestamp_seconds", 1e12)
+                           < restarted - 60, "the backlog's start from the server")
+    assert stale_rule_fires(samples, time.time()), samples
+
+
+def test_without_pg_monitor_the_backlog_is_timed_from_the_first_look(stack: Stack) -> None:
+    # A role with the documented rights for sets, but not pg_monitor: pg_ls_archive_statusdir()
+    # is not permitted, so the backlog counts from the daemon's first look, and status says so.
+    stack.wait_archived()
+    stack.psql("CREATE ROLE watcher LOGIN; GRANT pg_read_all_settings TO watcher; "
+               "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean), "
+               "pg_switch_wal(), pg_create_restore_point(text) TO watcher")
+    stack.databases[DB]["dsn"] = stack.pg.dsn_for(user="watcher")
+    restart_unreachable(stack)
+    make_backlog(stack)
+    unlisted = "role 'watcher' may not run pg_ls_archive_statusdir() (GRANT pg_monitor TO watcher)"
+    db = wait_status(stack, lambda d: d["pending_since"], "a backlog")
+    assert db["ready_unlisted"] == unlisted and db["ready_since"] is None, db
+    lines = status_lines(stack.sock)
+    assert lines[1:] == [lines[1], f"  database {DB}: the wait is counted from this daemon's first look at the "
+                                   f"backlog, which may have begun earlier: {unlisted}"], lines
+    status, report = check_db(stack.sock)
+    (archiver,) = [line for line in report if line.startswith("FAIL archiver:")]
+    assert status == 1 and archiver.endswith(f"which may have begun earlier: {unlisted}"), report
+    # logged once, not at every sample (one a second, since the restart)
+    assert stack.daemon.log().count(f"is timed from this daemon's first look at it: {unlisted}") == 1, \
+        stack.daemon.log()
+
+    stack.psql("GRANT pg_monitor TO watcher")
+    db = wait_status(stack, lambda d: d["ready_since"], "the server's own start of the backlog")
+    assert db["ready_unlisted"] is None and db["pending_since"] == db["ready_since"], db
+    assert len(status_lines(stack.sock)) == 2
 
 
 def test_a_standby_has_nothing_pending() -> None:

@@ -36,7 +36,9 @@ def test_every_status_value_reaches_the_reply() -> None:
                          last_failed="000000010000000000000006", last_failed_time=10.25, lag_segments=1,
                          system_id="7301234567890123456", namespace_segments=42, nothing_archived=True,
                          in_recovery=True, archive_mode="always", archive_command="cairn wal-push %p",
-                         archive_library="basic_archive", archive_foreign=True, pending_since=8.5)
+                         archive_library="basic_archive", archive_foreign=True, pending_since=8.5,
+                         archive_elsewhere="unix socket '/o.sock'",
+                         ready_since=7.5, ready_unlisted="role 'cairn' may not run pg_ls_archive_statusdir()")
     archive = ArchiveSnapshot(last_segment="000000010000000000000007", last_time=12.0, pushed=5, failures=1,
                               last_failure="boom", last_failure_time=9.0, segments=40, databases=[db], namespaces=1)
     journal = JournalView("rescan pending: overflow", "rescan", ("overflow",), 33.0, 4, 7)
