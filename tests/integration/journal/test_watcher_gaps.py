@@ -292,6 +292,46 @@ def test_a_watched_tree_renamed_into_a_new_directory_while_events_wait_stays_wat
         any(env.p("Z", "B", "sub", "deep").startswith(r) for r in hint.rescan), hint
 
 
+def test_a_directory_renamed_the_instant_its_watch_was_added_keeps_its_watch(env):
+    """`mkdir -p A/s; mkdir -p Z/s; mv A Z/B`, the rename landing right after the watcher added A's
+    watch while handling A's creation, before it looked at A again (a loaded machine: the campaign
+    test below, seed 5, round 2). The walk of the new Z meets B under A's watch. The watch stays
+    with the directory through the move and the next barrier's tidying (it was dropped there with
+    the node left at A's old path, while the journal said 'complete'), and later writes in it are
+    seen."""
+    t = env.tracker()
+    env.trust(t)
+    a = os.fsencode(os.path.realpath(env.p("A")))
+    dest = env.p("Z", "B")
+
+    def rename_a(path: bytes) -> None:  # on the inotify thread, right after a watch was added
+        if path == a and os.path.isdir(a):
+            os.rename(a, dest)
+
+    assert watcher_hooks.pause(t.watcher)
+    try:
+        os.makedirs(env.p("A", "s"))
+        write(env.p("A", "s", "f"))
+        os.makedirs(env.p("Z", "s"))
+        watcher_hooks.after_add(t.watcher, rename_a)
+    finally:
+        watcher_hooks.resume(t.watcher)
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    watcher_hooks.after_add(t.watcher, None)
+    assert os.path.isdir(dest), "the rename did not happen"
+    assert hint is not None, t.status("app").reasons
+    assert any(dest.startswith(r + "/") or dest == r for r in hint.rescan), hint
+    assert env.p("A") in hint.paths or env.p("A") in hint.rescan, hint
+    t.committed("app", "incremental", "I1", token)
+    for d in ("Z", "Z/s", "Z/B", "Z/B/s"):
+        assert t.watcher.is_watched("app", env.p(*d.split("/"))), f"{d} lost its watch"
+    assert t.status("app").state == "complete", t.status("app").reasons
+    write(env.p("Z", "B", "late"))
+    write(env.p("Z", "B", "s", "later"))
+    hint = hint_of(t, "I1")
+    assert {env.p("Z", "B", "late"), env.p("Z", "B", "s", "later")} <= hint.paths, hint
+
+
 def test_a_watched_tree_met_at_its_new_path_adds_no_callback_twice(env):
     """The kernel answers a watch added at a renamed directory's new path with the watch it has,
     whose callback is this watcher's already: watchdog warned (RuntimeWarning: "Callback with id
