@@ -204,6 +204,18 @@ class _Group(InotifyWatchGroup):
             if _is_dir(path):
                 owner.unwatched(info, path, "could not add a watch")
             return None
+        if displaced is not None and wd not in self._inodes():
+            # inotify answered with a watch another node holds, whose directory was never known (not
+            # at its path when its watch was added, before nor after). The answer says which it is:
+            # the directory at `path`. Left unknown, the two nodes shared the watch, and dropping
+            # the other one (drop_stale, once its path was gone) dropped this one's watch unseen.
+            inode = _inode(path)
+            if inode is None:  # gone again: which directory the watch follows cannot be told
+                owner.budget.release()  # counted when it was first watched
+                owner.unwatched(info, path, "renamed while its events were still queued")
+                owner.torn(info)
+                return None
+            self._inodes()[wd] = inode
         if wd in self._inodes() and displaced is not None and not self._reachable(displaced) \
                 and self._same_inode(path, wd):
             # The same directory again, whose node watchdog had detached: a deletion read late at
