@@ -1,8 +1,10 @@
 """Test hooks for the change watcher, installed by the tests (tests only; nothing here ships).
 
 `install()` makes every Watcher started afterwards read inotify through `HookedFD`, which can
-hold its reader before the next read (`pause` / `resume`: events queue up in the kernel) and
-make it see a queue overflow at this point of the stream (`simulate_overflow`). The journal
+hold its reader before the next read (`pause` / `resume`: events queue up in the kernel),
+make it see a queue overflow at this point of the stream (`simulate_overflow`), and run a
+function on the inotify thread right after a watch is added, before the watcher looks at the
+directory again (`after_add`: a writer's rename landing in that instant). The journal
 tests install it in their conftest, and the daemon the journal-daemon tests run
 (hooked_cairnd.py) installs it before it starts; a shipped daemon reads inotify through the
 plain descriptor of cairn.daemon.changes.watcher.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from cairn.daemon.changes import watcher as watcher_mod
 
@@ -32,6 +35,13 @@ class HookedFD(watcher_mod._FD):
         self.gate = threading.Event()
         self.gate.set()
         self.at_gate = threading.Event()
+        self.after_add: Callable[[bytes], None] | None = None
+
+    def _add_callback(self, path: bytes, mask, callback, id_):  # type: ignore[no-untyped-def]
+        wd = super()._add_callback(path, mask, callback, id_)
+        if self.after_add is not None:
+            self.after_add(path)
+        return wd
 
     def _read_event_buffer(self, event_buffer_size: int, timeout_ms: int | None = None) -> bytes:
         if timeout_ms is None and not self.gate.is_set():
@@ -60,6 +70,11 @@ def simulate_overflow(w: watcher_mod.Watcher) -> None:
     """Make the inotify thread see a queue overflow at this point of the stream."""
     _fd(w).inject_overflow = True
     _poke(w)
+
+
+def after_add(w: watcher_mod.Watcher, fn: Callable[[bytes], None] | None) -> None:
+    """Call `fn(path)` on the inotify thread right after each watch is added (None: no more)."""
+    _fd(w).after_add = fn
 
 
 def pause(w: watcher_mod.Watcher, timeout: float = 5.0) -> bool:

@@ -186,6 +186,10 @@ class _Group(InotifyWatchGroup):
                 owner.unwatched(info, path, f"watch limit of {owner.budget.cap} reached")
             return None
         self.__dict__.pop("_displaced", None)
+        # The directory's inode, also from before the add: a directory renamed the instant its watch
+        # was added (a loaded machine) is gone from `path` when it is looked at afterwards, and a
+        # watch whose inode is unknown cannot be recognised when a walk meets it at its new path.
+        inode_before = _inode(path)
         try:
             super()._add_callback(path)
         except OSError:
@@ -200,6 +204,18 @@ class _Group(InotifyWatchGroup):
             if _is_dir(path):
                 owner.unwatched(info, path, "could not add a watch")
             return None
+        if displaced is not None and wd not in self._inodes():
+            # inotify answered with a watch another node holds, whose directory was never known (not
+            # at its path when its watch was added, before nor after). The answer says which it is:
+            # the directory at `path`. Left unknown, the two nodes shared the watch, and dropping
+            # the other one (drop_stale, once its path was gone) dropped this one's watch unseen.
+            inode = _inode(path)
+            if inode is None:  # gone again: which directory the watch follows cannot be told
+                owner.budget.release()  # counted when it was first watched
+                owner.unwatched(info, path, "renamed while its events were still queued")
+                owner.torn(info)
+                return None
+            self._inodes()[wd] = inode
         if wd in self._inodes() and displaced is not None and not self._reachable(displaced) \
                 and self._same_inode(path, wd):
             # The same directory again, whose node watchdog had detached: a deletion read late at
@@ -226,10 +242,17 @@ class _Group(InotifyWatchGroup):
             owner.unwatched(info, path, "renamed while its events were still queued")
             owner.torn(info)
             return None
-        try:
-            self._inodes()[wd] = os.stat(path).st_ino
-        except OSError:
-            pass
+        inode = _inode(path)
+        if inode is None:
+            # Renamed (or removed) right after its watch was added, before this look: the watch is
+            # on the directory that was here just before (the kernel answered the add with a watch,
+            # so one was there). Without its inode, a walk meeting it at its new path (the same watch)
+            # left a second node on that watch at the old path, and the next barrier's tidying
+            # (drop_stale) dropped the watch with that node, silently, while the journal said
+            # 'complete'.
+            inode = inode_before
+        if inode is not None:
+            self._inodes()[wd] = inode
         return None
 
     def _insert_node(self, path: bytes, wd: WatchDescriptor):  # type: ignore[no-untyped-def]
@@ -490,6 +513,15 @@ class _Group(InotifyWatchGroup):
             dst = self._build_event_source_path(event) if self.is_active else None
             if dst is not None and os.path.isdir(dst):
                 self._add_all_callbacks(dst)
+
+
+def _inode(path: bytes) -> int | None:
+    """The inode of what `path` names, symlinks followed as the watches' bookkeeping does (None:
+    nothing there)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _is_dir(path: bytes) -> bool:

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import watcher_hooks
 from cairn.daemon.changes import tracker as tracker_mod
+from cairn.daemon.changes import watcher as watcher_mod
 from cairn.daemon.changes.tracker import ChangeTracker
 from mounts import mount_tmpfs
 
@@ -290,6 +291,88 @@ def test_a_watched_tree_renamed_into_a_new_directory_while_events_wait_stays_wat
     hint = hint_of(t, "I1")
     assert env.p("Z", "B", "sub", "deep", "late.txt") in hint.paths or \
         any(env.p("Z", "B", "sub", "deep").startswith(r) for r in hint.rescan), hint
+
+
+def test_a_directory_renamed_the_instant_its_watch_was_added_keeps_its_watch(env):
+    """`mkdir -p A/s; mkdir -p Z/s; mv A Z/B`, the rename landing right after the watcher added A's
+    watch while handling A's creation, before it looked at A again (a loaded machine: the campaign
+    test below, seed 5, round 2). The walk of the new Z meets B under A's watch. The watch stays
+    with the directory through the move and the next barrier's tidying (it was dropped there with
+    the node left at A's old path, while the journal said 'complete'), and later writes in it are
+    seen."""
+    t = env.tracker()
+    env.trust(t)
+    a = os.fsencode(os.path.realpath(env.p("A")))
+    dest = env.p("Z", "B")
+
+    def rename_a(path: bytes) -> None:  # on the inotify thread, right after a watch was added
+        if path == a and os.path.isdir(a):
+            os.rename(a, dest)
+
+    assert watcher_hooks.pause(t.watcher)
+    try:
+        os.makedirs(env.p("A", "s"))
+        write(env.p("A", "s", "f"))
+        os.makedirs(env.p("Z", "s"))
+        watcher_hooks.after_add(t.watcher, rename_a)
+    finally:
+        watcher_hooks.resume(t.watcher)
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    watcher_hooks.after_add(t.watcher, None)
+    assert os.path.isdir(dest), "the rename did not happen"
+    assert hint is not None, t.status("app").reasons
+    assert any(dest.startswith(r + "/") or dest == r for r in hint.rescan), hint
+    assert env.p("A") in hint.paths or env.p("A") in hint.rescan, hint
+    t.committed("app", "incremental", "I1", token)
+    for d in ("Z", "Z/s", "Z/B", "Z/B/s"):
+        assert t.watcher.is_watched("app", env.p(*d.split("/"))), f"{d} lost its watch"
+    assert t.status("app").state == "complete", t.status("app").reasons
+    write(env.p("Z", "B", "late"))
+    write(env.p("Z", "B", "s", "later"))
+    hint = hint_of(t, "I1")
+    assert {env.p("Z", "B", "late"), env.p("Z", "B", "s", "later")} <= hint.paths, hint
+
+
+@pytest.mark.parametrize("known_at_new_path", [True, False])
+def test_a_watch_whose_directory_was_never_known_is_not_dropped_unseen(env, monkeypatch, known_at_new_path):
+    """As above, but A's inode could be read neither just before its watch was added nor just after
+    (as if it were renamed in and out around the add). The walk of Z meets B under that watch: the
+    kernel's answer says the watch is B's, which is then known, and the watch stays. If B is gone
+    again by then, which directory the watch follows cannot be told: the next set watches the
+    source anew and walks it. Either way no watch is dropped while the journal says 'complete'."""
+    a = os.fsencode(os.path.realpath(env.p("A")))
+    dest = env.p("Z", "B")
+    unknown = {a} if known_at_new_path else {a, os.fsencode(os.path.realpath(dest))}
+    real_inode = watcher_mod._inode
+    monkeypatch.setattr(watcher_mod, "_inode", lambda path: None if path in unknown else real_inode(path))
+    t = env.tracker()
+    env.trust(t)
+
+    def rename_a(path: bytes) -> None:
+        if path == a and os.path.isdir(a):
+            os.rename(a, dest)
+
+    assert watcher_hooks.pause(t.watcher)
+    try:
+        os.makedirs(env.p("A", "s"))
+        os.makedirs(env.p("Z", "s"))
+        watcher_hooks.after_add(t.watcher, rename_a)
+    finally:
+        watcher_hooks.resume(t.watcher)
+    hint, token = t.prepare("app", "incremental", "F1", "full")
+    watcher_hooks.after_add(t.watcher, None)
+    assert os.path.isdir(dest), "the rename did not happen"
+    if known_at_new_path:
+        assert hint is not None, t.status("app").reasons
+        assert any(dest == r or dest.startswith(r + "/") for r in hint.rescan), hint
+    else:
+        assert hint is None, hint  # watched anew, and walked
+    t.committed("app", "incremental", "I1", token)
+    for d in ("Z", "Z/s", "Z/B", "Z/B/s"):
+        assert t.watcher.is_watched("app", env.p(*d.split("/"))), f"{d} lost its watch"
+    assert t.status("app").state == "complete", t.status("app").reasons
+    write(env.p("Z", "B", "s", "later"))
+    assert env.p("Z", "B", "s", "later") in hint_of(t, "I1").paths
 
 
 def test_a_watched_tree_met_at_its_new_path_adds_no_callback_twice(env):
