@@ -18,7 +18,7 @@ from cairn.store.content.chunker import ChunkerParams
 from cairn.store.content.packs import TYPE_DATA, TYPE_TREE
 from cairn.store.content.repoconfig import RepoConfig
 from cairn.store.errors import BackendError, CorruptionError, LockedError
-from cairn.store.model import PrunePolicy
+from cairn.store.model import BackupRequest, PrunePolicy
 from cairn.store.repository import Repository
 from cairn.store.storage.backend import LocalBackend
 from cairn.store.storage.faults import FaultyBackend
@@ -132,26 +132,47 @@ def test_a_lost_pack_is_stored_again_by_the_next_backup_and_every_set_restores(r
     assert {s1.id, s2.id, s3.id} <= {s.id for s in repo.list_sets()}
 
 
+def test_a_backup_after_a_pack_was_lost_stores_it_again(repo, repo_path, src, tmp_path, rng):
+    """A pack deleted by hand is still named by the index: the next backup (no repair run)
+    does not deduplicate against it, stores what it needs of it again and commits a set that
+    restores; the older sets, whose blobs it held, restore again too (the same ids, stored
+    anew), and verify is clean without a repair."""
+    s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
+    lost = _data_pack(repo, packs1)
+    os.unlink(_pack_file(repo_path, lost))
+    report = repo.check()
+    assert not report.ok and any(e.object_id == lost for e in report.errors), report.errors
+
+    s3 = backup(repo, src, level="incremental")
+    assert any(f"pack '{lost[:8]}..' the index names is missing" in n for n in s3.extra["notes"]), s3.extra
+    assert s3.stats.chunks_added > 0
+    _all_restore(repo, tmp_path, before, src)
+    after = repo.check(read_data=True)
+    assert after.ok and not after.warnings, (after.errors, after.warnings)
+    assert {s1.id, s2.id, s3.id} == {s.id for s in repo.list_sets()}
+
+
 @pytest.mark.parametrize("listing", [False, True], ids=["stat", "listing"])
-def test_a_backup_that_would_rely_on_a_lost_pack_commits_nothing(repo, repo_path, src, tmp_path, rng, monkeypatch,
-                                                                  listing):
-    """A pack deleted by hand is still named by the index: a full backup that deduplicates
-    against it fails with the way on, and no set that cannot be restored is committed."""
+def test_a_pack_lost_while_a_backup_runs_fails_its_commit(repo, repo_path, src, tmp_path, rng, monkeypatch, listing):
+    """A pack deleted by hand while a backup that deduplicated against it runs: its commit is
+    refused (no set may reference a pack that is gone), and the next backup stores again what
+    it held, without a repair."""
     import cairn.store.repository as repository
     if listing:  # many packs to check: one listing of the packs instead of a request each
         monkeypatch.setattr(repository, "LIST_PACKS_FROM", 0)
     s1, s2, packs1, before = _two_sets(repo, src, tmp_path, rng)
     lost = _data_pack(repo, packs1)
-    os.unlink(_pack_file(repo_path, lost))
     sets_before = {s.id for s in repo.list_sets()}
 
-    with pytest.raises(CorruptionError) as e:
-        backup(repo, src, level="full")
+    with repo.session(BackupRequest(source="src", paths=(str(src),), level="full")) as sess:
+        sess.walk_all()
+        os.unlink(_pack_file(repo_path, lost))
+        with pytest.raises(CorruptionError) as e:
+            sess.commit()
     assert f"pack '{lost[:8]}..'" in str(e.value) and "missing" in str(e.value)
-    assert "'cairn repair index'" in e.value.hint
+    assert "run the backup again" in e.value.hint and "'cairn repair index'" in e.value.hint
     assert {s.id for s in repo.list_sets()} == sets_before
 
-    repo.repair_index()
     backup(repo, src, level="full")
     _all_restore(repo, tmp_path, before, src)
     assert repo.check(read_data=True).ok
