@@ -2,9 +2,13 @@
 it, a versioned bucket rolled back): it names a pack that prune deleted, and no set needs what
 that pack held. Real SeaweedFS, a real cairnd, the real client.
 
-A backup of the file that pack held, back in the source, commits (before, it deduplicated
-against the stale entries and its commit was refused: every backup of that file failed until a
-repair) and restores; after `cairn repair index` verify is clean.
+verify said "pack indexed but missing" and failed. Nothing is lost (the collection deleted the
+pack because no set needed it) and a backup never deduplicates against a pack it finds missing
+(it stores anew what it needs of it), so what is left is stale index entries: verify warns, says
+that no set needs the pack and names `cairn repair index`, and exits 0. A backup of the file
+that pack held, back in the source, commits (before, it deduplicated against the stale entries
+and its commit was refused: every backup of that file failed until a repair) and restores; after
+`cairn repair index` verify is clean.
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ def test_an_older_index_file_naming_a_pack_prune_deleted_fails_nothing(weed, cre
         assert deleted, "prune deleted no pack of the forgotten set"
         for key, data in old_index.items():  # the older state's index files, back
             client.put_object(Bucket=weed.bucket, Key=key, Body=data)
+
+        r = h.cli("verify")
+        assert r.returncode == 0, r.stdout + r.stderr  # before: 1, "error: pack '..' is indexed but missing"
+        stale = [line for line in r.stdout.splitlines() if "is indexed but missing" in line]
+        assert stale and all(line.startswith("warning: ") and "no set or WAL file needs" in line
+                             and "'cairn repair index'" in line for line in stale), r.stdout
+        assert {line.split("'")[1][:8] for line in stale} <= {k.rsplit("/", 1)[1][:8] for k in deleted}, r.stdout
 
         with open(os.path.join(src, "gone.bin"), "wb") as f:
             f.write(gone)  # the file that pack held, back in the source
