@@ -622,13 +622,13 @@ def test_a_damaged_pack_copied_to_the_same_bytes_keeps_its_index_file(repo, repo
         again.close()
 
 
-def _pruned_with_an_older_index_file_put_back(root, kind: str, rng) -> tuple[str, object, object]:
+def _pruned_with_an_older_index_file_put_back(root, kind: str, rng) -> tuple[str, object, object, bytes]:
     """A full of two files, a full without the bigger one, and a prune that forgets the first
     set: it copies the kept file's blobs out of the mostly dead pack into a new one, deletes
     that pack and replaces the index file naming it. That index file is then put back, as an
     old copy of the disk has it. Made again until the old file loads last (index files load in
     name order, and the location loaded last was kept) and the prune both rewrote and deleted
-    a pack: (repository path, kept set, source)."""
+    a pack: (repository path, kept set, source, the bigger file's content)."""
     for attempt in range(32):
         path, src = str(root / f"repo-{attempt}"), root / f"src-{attempt}"
         secret = SECRET if kind == "encrypted" else None
@@ -640,6 +640,7 @@ def _pruned_with_an_older_index_file_put_back(root, kind: str, rng) -> tuple[str
         repo = _open(path, kind)
         first = backup(repo, str(src))
         old = {f: open(os.path.join(path, "index", f), "rb").read() for f in os.listdir(f"{path}/index")}
+        gone = (src / "gone.bin").read_bytes()
         os.unlink(src / "gone.bin")
         second = backup(repo, str(src))
         report = repo.prune(PrunePolicy(forget=(first.id,)), grace=0)
@@ -648,7 +649,7 @@ def _pruned_with_an_older_index_file_put_back(root, kind: str, rng) -> tuple[str
             for name, data in old.items():
                 with open(os.path.join(path, "index", name), "wb") as f:
                     f.write(data)
-            return path, second, src
+            return path, second, src, gone
     raise AssertionError("no prune rewrote a pack with the old index file sorting last")
 
 
@@ -660,11 +661,13 @@ def test_an_index_file_of_an_older_state_put_back_loses_nothing(tmp_path, kind, 
     there. The index keeps the copy that is there (it kept the location loaded last, the pack
     that is gone: verify named the kept set as damaged and its restore failed). verify warns of
     the lost pack, says that no set needs it and names the repair (nothing is lost: it does not
-    fail); the kept set restores; a backup commits a set that restores; and `repair index`, or
-    the next prune, leaves a repository that verifies with every set whole and no warning."""
+    fail); the kept set restores; a backup of the forgotten file again, which the stale entries
+    still name (before, it deduplicated against them and its commit was refused), stores it anew and
+    commits a set that restores; and `repair index`, or the next prune, leaves a repository that
+    verifies with every set whole and no warning."""
     from cairn.store import repository
 
-    path, second, src = _pruned_with_an_older_index_file_put_back(tmp_path, kind, rng)
+    path, second, src, gone = _pruned_with_an_older_index_file_put_back(tmp_path, kind, rng)
     if told_by == "listing":  # as when many packs are to be checked
         monkeypatch.setattr(repository, "CONTESTED_STATS", 0)
     repo = _open(path, kind)
@@ -675,6 +678,7 @@ def test_an_index_file_of_an_older_state_put_back_loses_nothing(tmp_path, kind, 
     repo.restore(second, str(tmp_path / "out"))
     assert_same_tree(str(src), str(tmp_path / "out"))
     write_random(str(src / "more.bin"), 20_000, rng)
+    (src / "gone.bin").write_bytes(gone)  # back: its blobs are named in a pack that is gone
     third = backup(repo, str(src), level="incremental")
     if then == "repair":
         repo.repair_index()
@@ -686,3 +690,38 @@ def test_an_index_file_of_an_older_state_put_back_loses_nothing(tmp_path, kind, 
     repo.restore(third, str(tmp_path / "third"))
     assert_same_tree(str(src), str(tmp_path / "third"))
     repo.close()
+
+
+def test_prune_keeps_the_copy_a_backup_stored_again_over_a_pack_that_is_gone(tmp_path, kind, rng):
+    """An index file of an older state put back names a pack prune deleted; a backup of the
+    file that pack held stores it again (it does not deduplicate against a pack found missing).
+    The garbage collection after it writes one index file keeping the first copy of a blob it
+    reads: it kept the one in the pack that is gone when the old file was read first (the new
+    packs were then unindexed, and the next run would have deleted them). Made until an old
+    file naming a pack that is gone, all of whose blobs the backup stored again, sorts before
+    the backup's; then prune, and the set restores and verifies clean."""
+    for attempt in range(16):
+        path, _second, src, gone = _pruned_with_an_older_index_file_put_back(tmp_path / f"try-{attempt}", kind, rng)
+        stale = set(os.listdir(os.path.join(path, "index")))
+        repo = _open(path, kind)
+        (src / "gone.bin").write_bytes(gone)
+        third = backup(repo, str(src), level="incremental")
+        new = set(os.listdir(os.path.join(path, "index"))) - stale
+        # a pack that is gone whose every blob the backup stored again (plaintext packs of the
+        # same blobs are the same bytes: then it is simply back), named by a file read first
+        superseded = repo.index.pack_names() - set(repo.backend.list("packs")) - repo.index.packs()
+        naming = [n for n, got in repo.stored_index_files(sorted(stale)) if superseded & set(got)]
+        if naming and min(naming) < min(new):
+            break
+        repo.close()
+    else:
+        raise AssertionError("the backup's index file always sorted first")
+    try:
+        repo.prune(PrunePolicy(), grace=0)
+        repo.prune(PrunePolicy(), grace=0)  # (what the first left unindexed, the second deletes)
+        _restored(repo, third, str(tmp_path / "out"))
+        assert_same_tree(str(src), str(tmp_path / "out"))
+        report = repo.check(read_data=True)
+        assert report.ok and not report.warnings, (report.errors, report.warnings)
+    finally:
+        repo.close()
