@@ -118,6 +118,7 @@ class Checker:
         self._missing_at: dict[str, int] = {}  # packs indexed but missing -> their finding in errors
         self._needing: dict[str, set[str]] = defaultdict(set)  # ... -> the sets that need a blob of it
         self._wal_needs: set[str] = set()  # ... those a WAL catalog entry needs a blob of
+        self._via_reference: dict[bytes, str] = {}  # delta blob -> the missing pack holding its reference
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
         self.damaged_wal = False
@@ -491,6 +492,9 @@ class Checker:
                 why = "is damaged" if ref in self.bad else "is missing"
                 self.bad[bid] = (f"reference blob '{short(ref.hex())}' of blob '{short(bid.hex())}' in pack "
                                  f"'{short(loc.pack)}' {why}")
+                held = self.repo.index.get(ref)
+                if held is not None and held.pack in self._missing_at:  # a set needing the delta needs that pack
+                    self._via_reference[bid] = held.pack
 
     def _read_blobs_of(self, sets: list[BackupSet]) -> None:
         seen: set[bytes] = set()
@@ -536,6 +540,8 @@ class Checker:
                 loc = self.repo.index.get(obj) if self._missing_at else None
                 if loc is not None and loc.pack in self._missing_at:
                     self._needing[loc.pack].add(s.id)
+                elif obj in self._via_reference:
+                    self._needing[self._via_reference[obj]].add(s.id)
                 key = msg
                 entry = grouped.setdefault(key, (obj.hex(), [], []))
                 if s.id not in entry[1]:
