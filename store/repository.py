@@ -17,7 +17,9 @@ unwraps one of its key objects; then `backend` is a SealedBackend (small objects
 blobs are sealed by the writer, ids are keyed and `config.chunker.seed` is the secret seed
 (in memory only). Version 1 repositories open and work as before, with no secret.
 With the index, the garbage collector's markers are read: a write session never
-deduplicates against a blob whose pack is marked for deletion, and refuses to commit a set
+deduplicates against a blob whose pack is marked for deletion, nor against one whose pack the
+index names but storage lacked when the session started (`unstored`, one listing of the packs
+per backup: what the set needs of such a pack is read from the source and stored again), and refuses to commit a set
 that relies on a pack that a collector may delete (see store/maintenance/prune.py and docs/format.md for
 the argument).
 """
@@ -154,6 +156,10 @@ class Repository:
         self._recording: list[dict[str, list[PackEntry]]] | None = None  # published during a load
         self.markers: list[prunemod.Marker] = []  # gc markers as read with the index
         self.pending: frozenset[str] = frozenset()  # packs they mark: never deduplicated against
+        # packs the index names that storage was found to lack when a backup started (deleted by
+        # hand, lost by the store, named by an older index file put back): never deduplicated
+        # against, nor relied on, nor read for a base's listing; see find_unstored
+        self.unstored: frozenset[str] = frozenset()
         self.gc_grace: float | None = None  # prune's grace period (None: prune.GRACE)
         self.pack_sizes: dict[str, int] = {}  # sizes prune has seen; a pack's name fixes its content
         self.uploads: int | None = None  # pack uploads in flight per write session (None: the backend's default)
@@ -171,7 +177,7 @@ class Repository:
         # no base (its files carried over unread could name dropped blobs; choose_base takes a full)
         self.index_dropped_at: float | None = None
         # stored trees found wholly indexed (what an incremental carries over unread)
-        self.indexed_trees = IndexedTrees(lambda bid: bid in self.index)
+        self.indexed_trees = IndexedTrees(self._stored_blob)
         self.load_index()
 
     # -- opening -----------------------------------------------------------------
@@ -502,6 +508,41 @@ class Repository:
         except BackendError:
             return False
         return False
+
+    def find_unstored(self) -> frozenset[str]:
+        """The packs the index names that storage lacks, from one listing of the packs taken
+        after the index was loaded (a pack is named only once it is stored, so one missing from
+        a later listing was deleted: by hand, by the store, or by a collection that rewrote the
+        index since, which the refresh here tells apart). Kept in `unstored`: a write session
+        never deduplicates against a blob located there, nor carries over a file or a subtree
+        whose content lies there, so what it needs of such a pack is read from the source and
+        stored again, and the set restores whole. Called when a backup starts; a listing the
+        store refuses leaves `unstored` as it was."""
+        named = self.index.pack_names()
+        if not named:
+            self.unstored = frozenset()
+            return self.unstored
+        try:
+            held = set(self.backend.list("packs"))
+        except UnavailableError:
+            raise
+        except BackendError:
+            return self.unstored
+        gone = named - held
+        if gone:
+            self.refresh_index()  # a collector that rewrote the index meanwhile no longer names them
+            gone &= self.index.pack_names()
+        if gone - self.unstored:  # what was found wholly stored may lie there
+            self.indexed_trees.forget()
+        self.unstored = frozenset(gone)
+        return self.unstored
+
+    def _stored_blob(self, bid: bytes) -> bool:
+        """Whether the index names `bid` in a pack not found missing (`unstored`)."""
+        if not self.unstored:
+            return bid in self.index
+        loc = self.index.get(bid)
+        return loc is not None and loc.pack not in self.unstored
 
     def _load_all(self) -> None:
         self._read_markers()
@@ -892,10 +933,11 @@ class Repository:
             loc = self.index.get(named[p])
             if loc is not None and loc.pack == p:
                 raise CorruptionError(
-                    f"unable to commit: pack '{p[:8]}..' holds blobs this backup relies on and is missing from the "
-                    "repository (not deleted by garbage collection: the index still names it)",
-                    hint="run 'cairn repair index' (it drops what the lost pack held, so the next full backup "
-                         "stores it again), then back up again; 'cairn verify' lists the sets that need it")
+                    f"unable to commit: pack '{p[:8]}..' holds blobs this backup relies on and went missing from "
+                    "the repository while it ran (not deleted by garbage collection: the index still names it)",
+                    hint="run the backup again: it finds the pack missing when it starts and stores anew what it "
+                         "needs of it; 'cairn verify' lists the older sets that need it, and 'cairn repair index' "
+                         "drops its entries from the index")
         return True
 
     def _pack_sizes(self, packs: list[str]) -> dict[str, int]:
@@ -1060,6 +1102,7 @@ class Repository:
         the public key is opened with its header), then the compressed and sealed bytes)."""
         cache = self.cache
         if cache is None or self._stored_trees():
+            self._refuse_unstored_tree(tree_id)
             return self.read_blob(tree_id)
         name = tree_id.hex()
         kept = cache.get("trees", name)
@@ -1071,6 +1114,7 @@ class Repository:
                 pass  # damaged, or its pack (whose header opens a write-only host's blob) is gone: read anew
         if kept is not None:
             cache.drop("trees", name)
+        self._refuse_unstored_tree(tree_id)
         try:
             loc, stored = self.reader.read_stored(tree_id)
             data = self.reader.decode_stored(tree_id, loc.pack, loc.codec, loc.raw_len, stored)
@@ -1080,6 +1124,17 @@ class Repository:
             cache.put_later("trees", name, bytes([loc.codec]) + loc.raw_len.to_bytes(4, "little")
                             + loc.pack.encode("ascii") + bytes(stored))
         return data
+
+    def _refuse_unstored_tree(self, tree_id: bytes) -> None:
+        """A tree whose pack a backup found missing (`unstored`) is not in the repository: the
+        walker then reads that directory from the source (UnindexedError), as for a listing
+        no index file names, instead of failing on a pack it already knows is gone."""
+        if not self.unstored:
+            return
+        loc = self.index.get(tree_id)
+        if loc is not None and loc.pack in self.unstored:
+            raise UnindexedError(f"unable to read tree '{short(tree_id.hex())}': pack '{short(loc.pack)}' is "
+                                 "missing from the repository")
 
     def list_sets(self, source: str | None = None, *, complete: bool = False) -> list[BackupSet]:
         """The sets (of `source`), oldest first. A set object that cannot be read (damaged, or
@@ -1619,16 +1674,27 @@ class _CurrentIndex:
 
     def __contains__(self, bid: object) -> bool:
         repo = self._repo
-        if not repo.pending:
+        if not repo.pending and not repo.unstored:
             return bid in repo.index
         loc = repo.index.get(bid)  # type: ignore[arg-type]
-        return loc is not None and loc.pack not in repo.pending  # marked packs: write the blob anew
+        # marked packs, and packs found missing: write the blob anew
+        return loc is not None and loc.pack not in repo.pending and loc.pack not in repo.unstored
 
     def get(self, bid: bytes) -> Location | None:
         """Where the blob lies, if a session may dedup against it (as `in`)."""
         repo = self._repo
         loc = repo.index.get(bid)
-        return None if loc is None or (repo.pending and loc.pack in repo.pending) else loc
+        if loc is None or (repo.pending and loc.pack in repo.pending) or (repo.unstored and loc.pack in repo.unstored):
+            return None
+        return loc
+
+    def unstored_pack(self, bid: bytes) -> str | None:
+        """The pack the index places `bid` in when storage was found to lack it, else None."""
+        repo = self._repo
+        if not repo.unstored:
+            return None
+        loc = repo.index.get(bid)
+        return loc.pack if loc is not None and loc.pack in repo.unstored else None
 
 
 def _cached_tree_form(kept: bytes) -> bool:

@@ -1,10 +1,13 @@
 """Repository check: structure, and with read_data every byte of every pack.
 
 Structure: every set parses, every tree is indexed and parses, every chunk a file names is
-indexed, every indexed pack exists, every WAL catalog entry verifies and names indexed
-chunks; a set object that does not verify is an error naming it. Read-data: every pack is
-read whole and verified against its name; in a damaged pack each blob is verified on its own
-so the report names exactly the blobs, and through them the sets and paths, that are hurt.
+indexed, every indexed pack exists (one that does not is an error naming the sets that need
+blobs it held, or, when every set was walked and neither a set nor the WAL needs one, a warning
+naming `cairn repair index`: nothing is lost, and backups do not deduplicate against it),
+every WAL catalog entry verifies and names indexed chunks; a set object that does not verify
+is an error naming it. Read-data: every pack is read whole and verified against its name; in
+a damaged pack each blob is verified on its own so the report names exactly the blobs, and
+through them the sets and paths, that are hurt.
 A damaged pack is one finding, with the most specific reason: a pack shorter than its indexed
 blobs need is reported as truncated (found from the listing's sizes, with or without
 read-data), never also as a checksum mismatch; its blobs past the end are bad as truncated,
@@ -105,12 +108,17 @@ class Checker:
         self._needed: set[bytes] = set()  # ... those blobs
         self._sizes: dict[str, int] = {}  # every stored pack's size (one listing)
         self._lost_for_good = False  # blobs an index names in a lost, truncated or unreadable pack
+        self._lost_otherwise = False  # ... other than in missing packs (those may turn out unneeded)
         self._unrecovered = True  # needed blobs that no stored pack holds (or not looked for)
         self._regained: list[str] = []  # packs no index names that hold blobs sets need: an index file gone
         self._unindexed: list[str] = []  # packs no index names (warned after the walk, see _unindexed_warnings)
         self._unneeded: set[str] = set()  # ... those whose trailer lists no blob that sets need
         self._truncated: dict[str, int] = {}  # packs shorter than their indexed blobs need -> their finding in errors
         self._cut: set[bytes] = set()  # the blobs that lie past the end of such a pack
+        self._missing_at: dict[str, int] = {}  # packs indexed but missing -> their finding in errors
+        self._needing: dict[str, set[str]] = defaultdict(set)  # ... -> the sets that need a blob of it
+        self._wal_needs: set[str] = set()  # ... those a WAL catalog entry needs a blob of
+        self._via_reference: dict[bytes, str] = {}  # delta blob -> the missing pack holding its reference
         self.corrupt = False  # blobs that failed verification (read-data)
         self.damaged_sets = False
         self.damaged_wal = False
@@ -135,6 +143,7 @@ class Checker:
         self._check_references()
         self._walk_sets(sets)
         self._check_wal(read_data)
+        self._missing_pack_findings(whole=set_ref is None)
         self._unindexed_warnings(whole=set_ref is None)
         self._check_keys()
         self._check_markers()
@@ -237,8 +246,9 @@ class Checker:
         stored = set(sizes)
         indexed = self.repo.index.packs()
         missing = indexed - stored
-        self._lost_for_good = bool(missing)
+        self._lost_for_good = bool(missing)  # (not for a pack nothing needs: _missing_pack_findings)
         for pack in sorted(missing):
+            self._missing_at[pack] = len(self.errors)  # told apart once the walk knows who needs it
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is indexed but missing", object_id=pack))
             self.missing = True
         needed: dict[str, int] = defaultdict(int)
@@ -256,7 +266,7 @@ class Checker:
             self._truncated[pack] = len(self.errors)
             self.errors.append(CheckProblem(f"pack '{short(pack)}' is truncated: {sizes[pack]} bytes, its indexed "
                                             f"blobs need at least {needed[pack]}", object_id=pack))
-            self.missing = self._lost_for_good = True
+            self.missing = self._lost_for_good = self._lost_otherwise = True
         unindexed = sorted(stored - indexed)
         writing = [self.repo.locks.describe(d) for d in self.repo.locks.others() if not d.get("gc")] \
             if unindexed else []
@@ -268,6 +278,41 @@ class Checker:
                     "'cairn repair index' indexes it", object_id=pack))
                 continue
             self._unindexed.append(pack)
+
+    def _missing_pack_findings(self, whole: bool) -> None:
+        """Say of each pack the index names and storage lacks whether anything needs it. One
+        that sets need stays an error naming them (each blob they miss is a finding of its own,
+        with the paths it hurts). One that no set and no WAL file needs, when every set was
+        walked, is a warning: nothing restorable is lost (an index file naming a pack prune
+        deleted put back, or a pack lost after the sets that needed it were forgotten), and a
+        backup never deduplicates against it (it stores anew what it needs of a pack found
+        missing), so only the stale entries are left, which `cairn repair index` drops.
+        A check of one set cannot tell whether another set needs it: an error, as before."""
+        if not self._missing_at:
+            return
+        unneeded: set[int] = set()
+        for pack, at in sorted(self._missing_at.items()):
+            sets = sorted(self._needing.get(pack, ()))
+            if sets:
+                n = len(sets)
+                self.errors[at] = CheckProblem(
+                    f"pack '{short(pack)}' is indexed but missing: {n} set{'s' if n != 1 else ''} "
+                    f"need{'s' if n == 1 else ''} blobs it held (named below with the paths they hurt)",
+                    object_id=pack, sets=tuple(sets))
+            elif pack in self._wal_needs or not whole:
+                continue
+            else:
+                unneeded.add(at)
+                self.warnings.append(CheckProblem(
+                    f"pack '{short(pack)}' is indexed but missing, and no set or WAL file needs a blob the index "
+                    "places in it: nothing is lost, and backups store anew what they need of it; 'cairn repair "
+                    "index' drops its entries from the index", object_id=pack))
+        if unneeded:
+            self.errors = [e for i, e in enumerate(self.errors) if i not in unneeded]
+            self._truncated = {}  # (indices into errors, used up by now)
+            if len(unneeded) == len(self._missing_at) and not self._lost_otherwise:
+                self._lost_for_good = False
+                self.missing = self.unindexed_needed
 
     def _unindexed_warnings(self, whole: bool) -> None:
         """Packs no index names, told apart by what the walk found (`whole`: every set walked).
@@ -447,6 +492,9 @@ class Checker:
                 why = "is damaged" if ref in self.bad else "is missing"
                 self.bad[bid] = (f"reference blob '{short(ref.hex())}' of blob '{short(bid.hex())}' in pack "
                                  f"'{short(loc.pack)}' {why}")
+                held = self.repo.index.get(ref)
+                if held is not None and held.pack in self._missing_at:  # a set needing the delta needs that pack
+                    self._via_reference[bid] = held.pack
 
     def _read_blobs_of(self, sets: list[BackupSet]) -> None:
         seen: set[bytes] = set()
@@ -489,6 +537,11 @@ class Checker:
             problems = [(f"{name}:{rel}" if name else rel, obj, msg) for name, t in _named_trees(s)
                         for rel, obj, msg in self._tree(bytes.fromhex(t))]
             for rel, obj, msg in problems:
+                loc = self.repo.index.get(obj) if self._missing_at else None
+                if loc is not None and loc.pack in self._missing_at:
+                    self._needing[loc.pack].add(s.id)
+                elif obj in self._via_reference:
+                    self._needing[self._via_reference[obj]].add(s.id)
                 key = msg
                 entry = grouped.setdefault(key, (obj.hex(), [], []))
                 if s.id not in entry[1]:
@@ -520,7 +573,7 @@ class Checker:
                 entries = iter(())
                 out.append(("", tree, f"tree is damaged: {e}"))
                 if isinstance(e, NotFoundError):
-                    self.missing = self._lost_for_good = True
+                    self.missing = self._lost_for_good = self._lost_otherwise = True
                 elif isinstance(e, BackendError):
                     self.refused = True
                 else:
@@ -580,7 +633,8 @@ class Checker:
                     self.lost_wal = True
                     self.unindexed_needed = self.unindexed_needed or c not in self.repo.index
                     if c in self.repo.index:
-                        self._lost_for_good = True
+                        self._lost_for_good = self._lost_otherwise = True
+                        self._wal_needs.add(self.repo.index.get(c).pack)
                     else:
                         self._needed.add(c)
                     self.errors.append(CheckProblem(f"WAL file '{name}': {why}", object_id=c.hex()))

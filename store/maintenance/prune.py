@@ -305,13 +305,17 @@ class Pruner:
         repo.load_index()
         markers = read_markers(repo.backend)
         marked = set().union(*(m.packs for m in markers if m.blockers is not None))
-        copies = self._named(with_blobs=True)[2]
+        named, _complete, copies = self._named(with_blobs=True)
         live = self._live(sets, copies)
         by_pack = self._by_pack()
         sizes = {o.name: o.size for o in repo.backend.list_info("packs")}  # one listing gives the sizes too
         stored = set(sizes)
         dead = {p for p, es in by_pack.items() if not any(e.id in live for e in es)}
-        dead |= set(by_pack) - stored  # named by an index but gone (a rescue's writer died): unnamed on collect
+        # Named by an index file but gone (a rescue's writer died, a pack lost, an older index file
+        # put back): unnamed on collect. Also one whose every blob the loaded index places in a
+        # pack that is there: the index collection writes keeps the first copy it reads of a
+        # blob, and must not keep one in a pack that is gone over the one a backup stored again.
+        dead |= (set(by_pack) | named) - stored
         orphans = stored - set(by_pack)  # unindexed, or every blob in it indexed elsewhere
         rewrite = sorted(p for p, es in by_pack.items()
                          if p not in dead and p not in marked and self._mostly_dead(es, live))

@@ -15,8 +15,10 @@ a cancel or error leaves nothing referenced that is not stored. A base listing t
 longer names (dropped by `cairn repair index`) is never carried into the new set: that
 directory is read from the source as in a full, and the set notes it; so is a file walked
 unchanged whose content the index does not name (an index file lost): it is read again. One still indexed but
-unreadable (damaged, its pack lost) fails the backup with the way out (repair, then again),
-because reading the directory again would reference the damaged copy of the same listing.
+unreadable (damaged) fails the backup with the way out (repair, then again), because reading
+the directory again would reference the damaged copy of the same listing; one whose pack the
+session found missing when it started is not indexed as far as the walk is concerned (the
+listing is read from the source and stored again).
 A subtree is carried over unread only when it and every blob below it are named by an index
 file (snapshots/indexed.py: found once by walking the stored trees, then remembered until the
 index loses knowledge); otherwise it is walked, and so an index file deleted from the
@@ -326,9 +328,12 @@ class Walker:
             _fold_totals(shapes)  # the walk loaded them: their totals need no second walk
             if gone is not None:
                 if len(self.tally.notes) < MAX_LISTED:
+                    lost = getattr(self.writer.index, "unstored_pack", None)
+                    pack = lost(gone) if lost is not None else None
+                    why = (f"that lies in pack '{short(pack)}', missing from the repository" if pack is not None
+                           else "that no index file names")
                     self.tally.notes.append(f"the base set's '{shown(rel) or '.'}' names blob '{short(gone.hex())}' "
-                                            "that no index file names: walked, and read from the source what is "
-                                            "not indexed")
+                                            f"{why}: walked, and read from the source what is not stored")
                 return False
             self._carry(tree_id)
             carried = getattr(self.writer, "carried", None)

@@ -45,6 +45,9 @@ class RepositoryHandle(Protocol):
     def refresh_index(self) -> None:
         """Bring the in-memory index (and gc markers) up to the durable one."""
 
+    def find_unstored(self) -> frozenset[str]:
+        """The packs the index names that storage lacks (never deduplicated against from now on)."""
+
     def confirm_deduped(self, writer: BlobWriter, base: BackupSet | None = None, lock: str | None = None) -> None:
         """Before a commit: raise unless every blob `writer` relies on (and `base`) is still there."""
 

@@ -8,8 +8,10 @@ pg_backup_start and pg_backup_stop, walk the remaining roots, then commit.
 What always holds: nothing is visible until `commit`, which finishes the write session
 (packs, then index) before it writes the set object; `abort` (or leaving the `with` block by
 an exception) leaves only unreferenced data behind. A session refreshes the repository's
-index after taking its lock and before choosing its base, and again before it writes the set
-object, which it refuses to write if a blob it deduplicated against (or its base set) was
+index after taking its lock and before choosing its base (and lists the packs: one the index
+names that storage lacks is never deduplicated against nor carried over from, so what the set
+needs of it is read from the source and stored again, and the set notes it), and again before
+it writes the set object, which it refuses to write if a blob it deduplicated against (or its base set) was
 removed meanwhile, or that a garbage collector not waiting for this session's lock may delete
 (its lock is what makes a collector keep the packs it uses): a set never references a blob it
 has not seen in a durable index or written itself. A session whose shared lock is lost (cannot
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[Progress], None]
 DELTA_CHUNK = 1024 * 1024  # fixed chunk size of delta-compressed attachments (page aligned)
+MAX_NOTED_PACKS = 20  # missing packs a set's notes name
 
 
 class BackupSession:
@@ -78,6 +81,8 @@ class BackupSession:
     def _start(self, req: BackupRequest, progress: ProgressFn | None, cancel: threading.Event | None,
                workers: int, decision: tuple[str, BackupSet | None, str] | None = None) -> None:
         self.repo.refresh_index()  # dedup only against what is durable now (a prune may have run)
+        # ... and is still stored: what a pack the index names but storage lacks held is read again
+        unstored = self.repo.find_unstored()
         # The caller may have decided the base already (the daemon does, once, inside the
         # window, so that its change hint and the base belong together): use it as given.
         host = req.hostname or socket.gethostname()
@@ -109,6 +114,10 @@ class BackupSession:
         if unhinted:
             self.tally.notes.append("an index file cannot be read: every directory was walked, not only those "
                                     "the change journal named")
+        for pack in sorted(unstored)[:MAX_NOTED_PACKS]:
+            self.tally.notes.append(f"pack '{short(pack)}' the index names is missing from the repository: nothing "
+                                    "was deduplicated against it, and what this set needs of it was read from the "
+                                    "source and stored again")
         self._roots: dict[str, Entry] = {}
         self._single: bytes | None = None
         self._root_meta: dict[str, Any] | None = None  # a one-path source: its directory's metadata

@@ -1,10 +1,11 @@
 """`cairn repair index` and `cairn repair sets` through the real daemon, after real damage.
 
-A lost pack and a damaged set object: verify fails and names the repairs, a backup taken
-before the repair exits 0 but stores nothing (it deduplicates against the lost blobs), the
-repairs report what they drop, and the next backup stores the data again, after which every
-set, also the ones taken before the damage and the one taken before the repair, restores
-identical and verify --read-data is clean.
+A lost pack and a damaged set object: verify fails and names the repairs, the repairs report
+what they drop, and the next backup stores the data again, after which every set, also the ones
+taken before the damage, restores identical and verify --read-data is clean. (A backup taken
+before the repair stores again what a lost pack held itself: test_daemon_missing_pack.py.) A
+backup that relies on a pack cut short is refused before it commits, naming the repair; one
+whose pack was deleted stores what it held again.
 """
 
 from __future__ import annotations
@@ -62,14 +63,6 @@ def test_repair_index_and_sets_after_a_lost_pack_and_a_damaged_set(daemon, tmp_p
     assert hurt and all(s1["id"][:12] in line for line in hurt), r.stdout  # which sets the loss hurts
     hint = r.stderr.splitlines()[-1]
     assert hint.startswith("hint: ") and "'cairn repair sets'" in hint and "'cairn repair index'" in hint, r.stderr
-
-    # a backup before the repair would deduplicate against the lost pack and store nothing: it is
-    # refused before it commits, with the repair as the way on
-    r = daemon.cli("--json", "backup", "--level", "full", "--tag", "before-repair")
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    refused = json.loads(r.stderr)["error"]
-    assert f"pack '{lost.name[:8]}..' holds blobs this backup relies on and is missing" in refused["message"]
-    assert "'cairn repair index'" in refused["hint"]
 
     before = _files(daemon.repo)
     dry = json.loads(daemon.ok("--json", "repair", "index", "--dry-run"))
@@ -392,8 +385,10 @@ def test_a_wal_segment_whose_pack_is_lost_is_removed_by_repair_wal(daemon, tmp_p
 def test_an_incremental_relying_on_a_damaged_pack_is_refused_before_it_commits(daemon, tmp_path, damage):
     """An incremental carried unchanged files over by reference without asking whether their
     pack is there and whole: with that pack cut short (a torn copy, a full disk) or deleted it
-    committed a set that did not restore. It is refused, naming the pack and the repair, as a
-    full's deduplicated blobs are; after the repair a backup works."""
+    committed a set that did not restore. With the pack cut short it is refused, naming the
+    pack and the repair, as a full's deduplicated blobs are; after the repair a backup works.
+    With the pack deleted (found missing when the backup starts) the files are read again and
+    the set commits; it restores, and so does its base, whose lost chunks it stored again."""
     _backup(daemon)
     (daemon.src / "d" / "more.bin").write_bytes(os.urandom(1000))
     base = _backup(daemon)  # its listings lie in a pack of their own, f0.bin's data in the first set's
@@ -415,15 +410,19 @@ def test_an_incremental_relying_on_a_damaged_pack_is_refused_before_it_commits(d
 
     sets_before = json.loads(daemon.ok("--json", "sets"))
     r = daemon.cli("--json", "backup", "--level", "incremental")
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    refused = json.loads(r.stderr)["error"]
-    said = "is truncated: 0 bytes" if damage == "truncated" else "is missing from the repository"
-    assert f"pack '{pack[:8]}..' holds blobs this backup relies on and {said}" in refused["message"]
-    assert "'cairn repair index'" in refused["hint"]
-    assert json.loads(daemon.ok("--json", "sets")) == sets_before  # no set relies on what is lost
-
-    daemon.ok("repair", "index")
-    healed = _backup(daemon)
+    if damage == "truncated":
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        refused = json.loads(r.stderr)["error"]
+        assert f"pack '{pack[:8]}..' holds blobs this backup relies on and is truncated: 0 bytes" \
+            in refused["message"]
+        assert "'cairn repair index'" in refused["hint"]
+        assert json.loads(daemon.ok("--json", "sets")) == sets_before  # no set relies on what is lost
+        daemon.ok("repair", "index")
+        healed = _backup(daemon)
+    else:
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        healed = json.loads(r.stdout)
+        assert any(f"pack '{pack[:8]}..' the index names is missing" in n for n in healed["extra"]["notes"]), healed
     for ref in (healed["id"], base["id"]):  # the new set, and the base healed by it
         target = tmp_path / f"restored-{ref[:8]}"
         daemon.ok("restore", ref, "--target", str(target))
@@ -481,8 +480,9 @@ def test_two_objects_whose_names_were_swapped_are_removed_by_their_repair(start_
 def test_a_full_relying_on_a_damaged_pack_for_small_files_is_refused(start_daemon, tmp_path, damage):
     """A full found the one chunk of each small file (up to the chunker's minimum size) stored
     without noting where: with that pack deleted or cut short it committed a set that did not
-    restore. It is refused as the packs of larger files' chunks are; after the repair a full
-    stores them again."""
+    restore. With the pack cut short it is refused as the packs of larger files' chunks are,
+    and after the repair a full stores them again; with the pack deleted (found missing when
+    the backup starts) the full stores them again itself."""
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     for i in range(4):
@@ -500,11 +500,14 @@ def test_a_full_relying_on_a_damaged_pack_for_small_files_is_refused(start_daemo
         os.unlink(repo / "packs" / pack[:2] / pack)
 
     r = d.cli("--json", "backup", "--level", "full")
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    said = "is truncated: 1000 bytes" if damage == "truncated" else "is missing from the repository"
-    message = json.loads(r.stderr)["error"]["message"]
-    assert f"pack '{pack[:8]}..' holds blobs this backup relies on and {said}" in message
-    d.ok("repair", "index")
-    healed = _backup(d)
+    if damage == "truncated":
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        message = json.loads(r.stderr)["error"]["message"]
+        assert f"pack '{pack[:8]}..' holds blobs this backup relies on and is truncated: 1000 bytes" in message
+        d.ok("repair", "index")
+        healed = _backup(d)
+    else:
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        healed = json.loads(r.stdout)
     d.ok("restore", healed["id"], "--target", str(tmp_path / "restored"))
     assert snapshot(str(tmp_path / "restored")) == snapshot(str(src))

@@ -2,11 +2,13 @@
 client): the daemon's cache of index files, set objects and trees is never trusted over the
 repository. Copies zeroed on disk (a torn write, a bad disk) are dropped and read again from
 the bucket; browsing, restores, backups and prune work as with an empty cache. Listings the
-cache serves do not let a change-journal incremental commit over a pack lost from the bucket."""
+cache serves do not let a change-journal incremental reference a pack lost from the bucket: it
+reads again what the pack held."""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
 
@@ -62,13 +64,15 @@ def test_zeroed_cache_files_are_read_again_from_the_bucket(weed, creds, rundir, 
         h.stop()
 
 
-def test_a_journal_driven_incremental_does_not_commit_over_a_lost_pack(weed, creds, rundir, rng):
+def test_a_journal_driven_incremental_over_a_lost_pack_stores_it_again(weed, creds, rundir, rng):
     """The pack holding a set's data and listings is lost from the bucket after the daemon browsed
     the set (its listings are in the cache); the change journal says only one new file changed,
     so the next incremental would carry every other directory over from that set unread. It
-    fails before it commits, naming the pack and `repair index` (before, it committed a set that
-    needs the lost pack); after the repair and a full backup every directory is stored again and
-    the repository verifies."""
+    finds the pack missing when it starts, walks and reads the source again and commits a set
+    that restores (before, it committed a set that needs the lost pack, and then it failed
+    before committing, every time, until `repair index` and a full). verify names the full set,
+    whose root listing only the daemon's cache still holds (the new set is whole), and `repair
+    index` stores that listing again: the full set restores and the repository verifies."""
     src = os.path.join(rundir, "src")
     make_tree(src, rng, files=12, max_size=128 * 1024)
     passphrase = os.path.join(rundir, "pass")
@@ -96,18 +100,26 @@ def test_a_journal_driven_incremental_does_not_commit_over_a_lost_pack(weed, cre
         with open(os.path.join(src, "late.txt"), "w") as f:
             f.write("after the loss\n")
 
-        r = h.cli("backup", "--level", "incremental")
-        assert r.returncode == 1, r.stdout + r.stderr
-        assert f"unable to commit: pack '{packs[0].rsplit('/', 1)[1][:8]}..' holds blobs this backup relies on" \
-            in r.stderr and "cairn repair index" in r.stderr, r.stderr
-        assert len(h.ok("sets").strip().splitlines()) == 2  # the header and the full set: nothing committed
-
-        h.ok("repair", "index")
-        h.ok("backup", "--level", "full")
-        assert "repository ok" in h.ok("verify", "--read-data")
+        (full,) = [s["id"] for s in json.loads(h.ok("--json", "sets"))]
+        r = h.cli("--json", "backup", "--level", "incremental")
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = json.loads(r.stdout)
+        lost = packs[0].rsplit("/", 1)[1]
+        assert s["level"] == "incremental" and s["extra"]["changes"] == "journal", s
+        assert any(f"pack '{lost[:8]}..' the index names is missing" in n for n in s["extra"]["notes"]), s
         target = os.path.join(rundir, "restored")
-        h.ok("restore", "latest", "--target", target)
+        h.ok("restore", s["id"], "--target", target)
         assert_same_tree(src, target)
+        r = h.cli("verify")
+        errors = [line for line in r.stdout.splitlines() if line.startswith("error: ")]
+        assert r.returncode == 1 and errors and all(f"(set {full[:12]}" in line for line in errors), r.stdout
+        assert errors[0].startswith(f"error: pack '{lost[:8]}..' is indexed but missing: 1 set needs"), r.stdout
+        h.ok("repair", "index")
+        os.unlink(os.path.join(src, "late.txt"))
+        h.ok("restore", full, "--target", os.path.join(rundir, "full"))
+        assert_same_tree(src, os.path.join(rundir, "full"))
+        verified = h.ok("verify", "--read-data")
+        assert "repository ok: 2 sets" in verified and "warning" not in verified, verified
     finally:
         h.stop()
 

@@ -324,3 +324,36 @@ def test_the_index_names_a_plain_copy_over_a_delta_copy_in_either_order(order):
     for got in (index, builder.finish()):
         assert len(got) == 1
         assert got.get(bid).pack == "p" * 64 and got.get(bid).codec == CODEC_ZSTD
+
+
+def test_a_missing_pack_only_a_delta_needs_is_an_error_naming_its_set(tmp_path, rng):
+    """A pack holding only the reference of a later set's delta blob goes missing after the set
+    that stored it plainly was forgotten: the later set needs it through the delta, so verify
+    reports the pack as an error naming that set (it took such a pack for one no set needs, a
+    warning, while the set's own finding failed the check)."""
+    from cairn.store.content.repoconfig import RepoConfig
+    from cairn.store.repository import Repository
+    from cairn.store.storage.backend import LocalBackend
+
+    path = str(tmp_path / "repo")
+    Repository.init(LocalBackend(path), RepoConfig.new(pack_size=1024)).close()  # a pack per blob
+    repo = Repository.open(LocalBackend(path))
+    try:
+        files, db = setup_db(tmp_path, rng)
+        full = take(repo, files, db, "full")
+        touch_pages(db / "base" / "rel", rng, [10])
+        inc = take(repo, files, db, "incremental")
+        repo.prune(PrunePolicy(forget=(full.id,)), grace=0)
+        (delta,) = delta_blobs(repo)
+        pack = repo.index.get(repo.reader.reference_of(delta)).pack
+        assert all(loc.pack != pack for bid, loc in repo.index.items() if bid != repo.reader.reference_of(delta))
+        os.unlink(os.path.join(path, "packs", pack[:2], pack))
+
+        report = repo.check()
+        assert not report.ok
+        assert not any(pack[:8] in w.message for w in report.warnings), report.warnings
+        (finding,) = [e for e in report.errors if e.object_id == pack]
+        assert finding.message.startswith(f"pack '{pack[:8]}..' is indexed but missing: 1 set needs") \
+            and finding.sets == (inc.id,), finding
+    finally:
+        repo.close()
