@@ -865,7 +865,7 @@ class DeltaWriter:
     def _meta_path(self, m: EntryMeta) -> None:
         with self.beneath.parent(m.path) as (pfd, name):
             if m.kind != "symlink":
-                set_meta_at(pfd, name, m, self.owner)
+                set_meta_at(pfd, name, m, self.owner, prune_xattrs=True)
                 return
             set_link_meta_at(pfd, name, m, self.owner, prune_xattrs=True)
 

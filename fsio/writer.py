@@ -326,16 +326,22 @@ def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xat
     return skipped
 
 
-def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool) -> int:
+def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
     """Owner (when `owner`), xattrs, mode and mtime of the special file (fifo, device) `name` in
-    directory `pfd`, never through a link; how many xattrs it was not allowed to set."""
+    directory `pfd`, never through a link; with `prune_xattrs` (a delta) those it has and the set
+    does not are removed (only user.* when not `owner`). How many xattrs it was not allowed to set."""
     skipped = 0
     if owner:
         os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
     try:
-        for k, v in m.xattrs.items():  # through /proc: the very inode just made, not a path again
-            skipped += not _setxattr(b"/proc/self/fd/%d" % fd, k, v)
+        proc = b"/proc/self/fd/%d" % fd  # through /proc: the very inode just made, not a path again
+        if prune_xattrs:
+            for k in [os.fsencode(n) for n in os.listxattr(proc)]:
+                if k not in m.xattrs and (owner or k.startswith(b"user.")):
+                    os.removexattr(proc, k)
+        for k, v in m.xattrs.items():
+            skipped += not _setxattr(proc, k, v)
     finally:
         os.close(fd)
     os.chmod(name, stat.S_IMODE(m.mode), dir_fd=pfd, follow_symlinks=False)
