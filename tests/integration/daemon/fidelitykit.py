@@ -230,6 +230,11 @@ class Builder:
         os.utime(name, ns=(self._time(), self._time()), dir_fd=pfd, follow_symlinks=False)
 
     def _time(self) -> int:
+        r = self.rng.random()
+        if r < 0.05:
+            return self.rng.randrange(-2_000_000_000 * 10**9, 0)  # before 1970
+        if r < 0.08:
+            return self.rng.choice((0, 1, 999_999_999, 4_102_444_800 * 10**9 + 1))  # the epoch, 2100
         return self.rng.randrange(10**18, 1_800_000_000 * 10**9)  # nanoseconds that are not zero
 
     def _content(self) -> bytes:
