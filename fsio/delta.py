@@ -68,7 +68,7 @@ from cairn.errors import AbortedError, BusyError, CairnError, InvalidArgumentErr
 from .beneath import XATTR_LIST_MAX, Beneath, listxattr_at
 from .names import shown
 from .records import EntryMeta
-from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_link_meta_at, set_meta_at
+from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_link_meta_at, set_meta_at, xattr_order
 
 HASH_WORKERS = 4
 TEMP_PREFIX = b".cairn-delta-"
@@ -890,7 +890,7 @@ class DeltaWriter:
             for k in have:
                 if k not in m.xattrs and (self.owner or k.startswith(b"user.")):
                     os.removexattr(fd, k)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 if have.get(k) != v:
                     _setxattr(fd, k, v)
             os.fchmod(fd, stat.S_IMODE(m.mode))

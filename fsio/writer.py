@@ -280,7 +280,7 @@ class TreeWriter:
                 os.ftruncate(fd, m.size)
             if self.owner:
                 os.fchown(fd, m.uid, m.gid)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 self.stats.xattrs_skipped += not _setxattr(fd, k, v)
             os.fchmod(fd, stat.S_IMODE(m.mode))
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
@@ -318,7 +318,7 @@ def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xat
                 for k in [os.fsencode(n) for n in os.listxattr(proc)]:
                     if k not in m.xattrs and owner:
                         os.removexattr(proc, k)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 skipped += not _setxattr(proc, k, v)
         finally:
             os.close(fd)
@@ -340,7 +340,7 @@ def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: 
             for k in [os.fsencode(n) for n in os.listxattr(proc)]:
                 if k not in m.xattrs and (owner or k.startswith(b"user.")):
                     os.removexattr(proc, k)
-        for k, v in m.xattrs.items():
+        for k, v in xattr_order(m.xattrs):
             skipped += not _setxattr(proc, k, v)
     finally:
         os.close(fd)
@@ -367,7 +367,7 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
                 for k in [os.fsencode(n) for n in os.listxattr(proc)]:
                     if k not in m.xattrs and (owner or k.startswith(b"user.")):
                         os.removexattr(proc, k)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 skipped += not _setxattr(proc, k, v)
         finally:
             os.close(fd)
@@ -396,6 +396,14 @@ def _write_sparse(fd: int, data: bytes, off: int) -> None:
             start = i
     if start is not None:
         _write_all(fd, memoryview(data)[start:], off + start)
+
+
+def xattr_order(xattrs: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """`xattrs` in the order a restore sets them: the POSIX ACLs (system.posix_acl_*) last. An
+    access ACL sets the owner's bits of the mode, and one that gives the owner no write
+    permission would make every attribute set after it refused to an owner that is not root
+    (setting user.* needs write access to the file), failing the entry."""
+    return sorted(xattrs.items(), key=lambda kv: kv[0].startswith(b"system.posix_acl_"))
 
 
 def _setxattr(target: int | bytes, name: bytes, value: bytes) -> bool:
@@ -683,7 +691,7 @@ class ParallelTreeWriter(TreeWriter):
                         os.ftruncate(job.fd, m.size)  # for a truncate even to the same size)
                     if self.owner:
                         os.fchown(job.fd, m.uid, m.gid)
-                    for k, v in m.xattrs.items():
+                    for k, v in xattr_order(m.xattrs):
                         skipped += not _setxattr(job.fd, k, v)
                     os.fchmod(job.fd, stat.S_IMODE(m.mode))
                     os.utime(job.fd, ns=(m.mtime_ns, m.mtime_ns))
