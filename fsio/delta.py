@@ -68,7 +68,16 @@ from cairn.errors import AbortedError, BusyError, CairnError, InvalidArgumentErr
 from .beneath import XATTR_LIST_MAX, Beneath, listxattr_at
 from .names import shown
 from .records import EntryMeta
-from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_link_meta_at, set_meta_at, xattr_order
+from .writer import (
+    _setxattr,
+    _write_all,
+    apply_dir_meta,
+    check_rel,
+    set_link_meta_at,
+    set_meta_at,
+    settable_xattr,
+    xattr_order,
+)
 
 HASH_WORKERS = 4
 TEMP_PREFIX = b".cairn-delta-"
@@ -296,9 +305,9 @@ def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, t: _Target, rel: b
         return False
     have = t.xattrs(rel)
     want = dict(m.xattrs)
-    if not owner:  # only user.* can be set without privileges; compare what a restore can set
-        have = {k: v for k, v in have.items() if k.startswith(b"user.")}
-        want = {k: v for k, v in want.items() if k.startswith(b"user.")}
+    if not owner:  # only user.* and ACLs can be set without privileges; compare what a restore can set
+        have = {k: v for k, v in have.items() if settable_xattr(k, owner)}
+        want = {k: v for k, v in want.items() if settable_xattr(k, owner)}
     return have == want
 
 
@@ -888,7 +897,7 @@ class DeltaWriter:
                 os.fchown(fd, m.uid, m.gid)
             have = _xattrs(fd)
             for k in have:
-                if k not in m.xattrs and (self.owner or k.startswith(b"user.")):
+                if k not in m.xattrs and settable_xattr(k, self.owner):
                     os.removexattr(fd, k)
             for k, v in xattr_order(m.xattrs):
                 if have.get(k) != v:

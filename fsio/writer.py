@@ -329,7 +329,7 @@ def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xat
 def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
     """Owner (when `owner`), xattrs, mode and mtime of the special file (fifo, device) `name` in
     directory `pfd`, never through a link; with `prune_xattrs` (a delta) those it has and the set
-    does not are removed (only user.* when not `owner`). How many xattrs it was not allowed to set."""
+    does not are removed (only those settable_xattr names). How many xattrs it was not allowed to set."""
     skipped = 0
     if owner:
         os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
@@ -338,7 +338,7 @@ def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: 
         proc = b"/proc/self/fd/%d" % fd  # through /proc: the very inode just made, not a path again
         if prune_xattrs:
             for k in [os.fsencode(n) for n in os.listxattr(proc)]:
-                if k not in m.xattrs and (owner or k.startswith(b"user.")):
+                if k not in m.xattrs and settable_xattr(k, owner):
                     os.removexattr(proc, k)
         for k, v in xattr_order(m.xattrs):
             skipped += not _setxattr(proc, k, v)
@@ -355,7 +355,7 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
     after its entries). The directory is not opened for reading (one that is 0300 or 0100 is
     set all the same); its xattrs go through /proc on an O_PATH descriptor of it. With
     `prune_xattrs` (a delta) the xattrs it has and the set does not are removed (only user.*
-    when not `owner`). Returns how many extended attributes it was not allowed to set."""
+    and ACLs when not `owner`: settable_xattr). Returns how many extended attributes it was not allowed to set."""
     skipped = 0
     with beneath.parent(rel) if rel else contextlib.nullcontext((beneath.fd, b".")) as (pfd, name):
         if owner:
@@ -365,7 +365,7 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
             proc = b"/proc/self/fd/%d" % fd  # this very directory, whatever its path now
             if prune_xattrs:
                 for k in [os.fsencode(n) for n in os.listxattr(proc)]:
-                    if k not in m.xattrs and (owner or k.startswith(b"user.")):
+                    if k not in m.xattrs and settable_xattr(k, owner):
                         os.removexattr(proc, k)
             for k, v in xattr_order(m.xattrs):
                 skipped += not _setxattr(proc, k, v)
@@ -396,6 +396,13 @@ def _write_sparse(fd: int, data: bytes, off: int) -> None:
             start = i
     if start is not None:
         _write_all(fd, memoryview(data)[start:], off + start)
+
+
+def settable_xattr(name: bytes, owner: bool) -> bool:
+    """Whether a restore can set (and so compares and removes) extended attribute `name`: any
+    as root (`owner`); otherwise user.* and the POSIX ACLs (system.posix_acl_*), which the
+    owner of a file may set, as the restore's own files are."""
+    return owner or name.startswith((b"user.", b"system.posix_acl_"))
 
 
 def xattr_order(xattrs: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:

@@ -4,7 +4,10 @@ ACLs, as `cp -a` and tar do. Through the real daemon and client:
 
 - an access ACL that gives the owner no write permission is set after the file's other xattrs
   (it sets the owner's bits of the mode, and setting user.* needs write access: the file was
-  refused, "Permission denied", when the ACL came first)."""
+  refused, "Permission denied", when the ACL came first);
+- a `--delta` by a client that is not root compares ACLs and mends them: one the set does not
+  give is removed (a grant to another user the set does not make), one it gives is put back
+  (both were left as they were: only user.* was compared)."""
 
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ def _as_nobody(d: Daemon, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the client as another user")
-def test_acls_come_back_also_to_a_client_that_is_not_root(start_daemon: Callable[..., Daemon],
-                                                            rundir: str) -> None:
+def test_acls_come_back_and_a_delta_that_is_not_root_mends_them(start_daemon: Callable[..., Daemon],
+                                                                rundir: str) -> None:
     src = os.path.join(rundir, "src")
     os.makedirs(os.path.join(src, "shared"))
     for name, acl in (("read-only", _acl(4, 6, 4, 0)), ("plain", None), ("shared/doc", _acl(6, 6, 4, 4))):
@@ -65,3 +68,10 @@ def test_acls_come_back_also_to_a_client_that_is_not_root(start_daemon: Callable
     assert {p: _xattrs(os.path.join(target, p)) for p in want} == want
     assert {p: os.stat(os.path.join(target, p)).st_mode for p in want} == modes
 
+    os.setxattr(os.path.join(target, "plain"), ACCESS, _acl(6, 7, 4, 4))  # a grant the set does not make
+    os.removexattr(os.path.join(target, "shared", "doc"), ACCESS)
+    os.removexattr(os.path.join(target, "shared"), DEFAULT)
+    r = _as_nobody(d, "restore", set_id, "--target", target, "--stream", "--delta", "--verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {p: _xattrs(os.path.join(target, p)) for p in want} == want
+    assert {p: os.stat(os.path.join(target, p)).st_mode for p in want} == modes
