@@ -340,9 +340,11 @@ class Builder:
                 name = b"%02d" % i + b"d" * 238
                 os.mkdir(name, dir_fd=fd)
             deep += b"/" + name
-        with opendir(self.root, deep) as fd:
+        with opendir(self.root, deep) as fd, opendir(self.root, b"e2") as e2, opendir(self.root, b".") as top:
             self.file(fd, b"bottom")
             self.symlink(fd, b"link")
+            os.link(b"bottom", b"from-deep", src_dir_fd=fd, dst_dir_fd=e2)  # a link whose first path is deep
+            os.link(b"e1", b"to-root", src_dir_fd=top, dst_dir_fd=fd)
         self.settle_dirs()
 
     def link_across(self, count: int) -> None:
@@ -427,6 +429,44 @@ def _rmtree(pfd: int, name: bytes) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=pfd)
+
+
+def chown_tree(root: str | bytes, uid: int, gid: int) -> None:
+    """Every entry below `root`, and `root`, given to uid:gid (links themselves, not what they name)."""
+    root = os.fsencode(root)
+
+    def walk(dfd: int) -> None:
+        for name in [os.fsencode(n) for n in os.listdir(dfd)]:
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(os.lstat(name, dir_fd=dfd).st_mode):
+                cfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+                try:
+                    walk(cfd)
+                finally:
+                    os.close(cfd)
+
+    with opendir(root, b".") as fd:
+        os.chown(fd, uid, gid)
+        walk(fd)
+
+
+def as_restored_by(snap: dict[bytes, dict], uid: int, gid: int) -> dict[bytes, dict]:
+    """What a restore by a client that is not root (uid:gid) gives of `snap`: its own owner on
+    every entry, the xattrs it may set (user.* and the POSIX ACLs; docs/restore.md), and no
+    device nodes (mknod needs privilege: each is an error of the restore)."""
+    out = {}
+    for p, e in snap.items():
+        if e["kind"] in ("chardev", "blockdev"):
+            continue
+        xattrs = {k: v for k, v in e["xattrs"].items() if k.startswith(("user.", "system.posix_acl_"))}
+        out[p] = dict(e, uid=uid, gid=gid, xattrs=xattrs)
+    return out
+
+
+def visible_to_users(snap: dict[bytes, dict]) -> dict[bytes, dict]:
+    """`snap` without the trusted.* xattrs, which a process that is not root neither sees nor removes."""
+    return {p: dict(e, xattrs={k: v for k, v in e["xattrs"].items() if not k.startswith("trusted.")})
+            for p, e in snap.items()}
 
 
 def damage(root: str | bytes, rng: random.Random) -> None:

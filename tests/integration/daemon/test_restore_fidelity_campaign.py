@@ -25,7 +25,11 @@ sparseness), as `cp -a` keeps a tree:
   then a `--delta --dry-run` that finds nothing left to do;
 - `--delta --delete --verify` of the incremental set onto a damaged copy of itself: kinds
   swapped, content changed at the same length and mtime, owners, modes and xattrs changed, a
-  hard link broken into a copy, a sparse file filled, extras added.
+  hard link broken into a copy, a sparse file filled, extras added;
+- a client that is not root (nobody) restores the full set, mends it into the incremental one
+  with `--delta --delete`, then mends a damaged copy: every entry its own, the xattrs such a
+  client may set (user.* and the POSIX ACLs: docs/restore.md), each device node an error and
+  exit 1, the rest as above.
 
 CAIRN_FIDELITY_SEED picks the trees (printed on failure: set it to replay a run),
 CAIRN_FIDELITY_ROUNDS how many rounds run, each with the next seed (1 by default, 6-12 s on an
@@ -40,12 +44,25 @@ import json
 import os
 import random
 import shutil
+import subprocess
 
 import pytest
-from fidelitykit import Builder, damage, differences, snapshot, subset
+from cairnd_harness import CAIRN, env_for
+from fidelitykit import (
+    Builder,
+    as_restored_by,
+    chown_tree,
+    damage,
+    differences,
+    snapshot,
+    subset,
+    visible_to_users,
+)
 
 SEED = int(os.environ.get("CAIRN_FIDELITY_SEED", "4111"))
 ROUNDS = int(os.environ.get("CAIRN_FIDELITY_ROUNDS", "1"))
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+NOBODY_ID = 65534
 
 
 def _check(want: dict, target: str | dict, what: str, tag: str) -> None:
@@ -103,5 +120,22 @@ def test_restores_give_back_every_kind_of_entry_and_its_metadata(start_daemon, r
             _check(snaps[1], target, f"--delta {' '.join(route)} of set 1 onto its damaged copy "
                    f"(exit {r.returncode}: {r.stderr.strip()}), which differed so:\n{damaged}\nand after it", tag)
             assert r.returncode == 0 and "verified" in r.stdout, r.stdout + r.stderr
+        # a client that is not root: its own owner everywhere, the xattrs it may set, no devices;
+        # set 0 plainly, set 1 by --delta onto it, then onto a damaged copy
+        os.chmod(d.socket, 0o666)
+        target = os.path.join(work, "nobody")
+        os.mkdir(target)
+        os.chown(target, NOBODY_ID, NOBODY_ID)
+        for i, route, hurt in ((0, (), False), (1, ("--delta", "--delete"), False), (1, ("--delta", "--delete"), True)):
+            if hurt:
+                damage(target, rng)
+                chown_tree(target, NOBODY_ID, NOBODY_ID)
+            r = subprocess.run([*NOBODY, CAIRN, "--socket", d.socket, "restore", sets[i], "--target", target,
+                                "--stream", *route], capture_output=True, text=True, env=env_for(), timeout=120)
+            devices = [p for p, e in snaps[i].items() if e["kind"] in ("chardev", "blockdev")]
+            what = f"restore {' '.join(route)} of set {i}{' onto a damaged copy' if hurt else ''} by a client " \
+                   "that is not root"
+            assert r.returncode == (1 if devices else 0), f"{what} ({tag}):\n{r.stdout}{r.stderr}"
+            _check(as_restored_by(snaps[i], NOBODY_ID, NOBODY_ID), visible_to_users(snapshot(target)), what, tag)
         d.terminate(30)
         shutil.rmtree(work)
