@@ -10,7 +10,10 @@ What always holds:
   first, so a write never goes through a link;
 - directory metadata (mode, owner, times, xattrs) is applied last, deepest first, so a
   read-only directory does not block its own contents;
-- owners are restored only when running as root; holes are restored as holes.
+- owners are restored only when running as root; holes are restored as holes;
+- an entry gets the set's xattrs and no others: where it may inherit an ACL from a default
+  ACL of the directory it is made in (the target has one, or --overwrite writes into existing
+  directories), the ACLs the set does not give it are removed again.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class TreeWriter:
     def __init__(self, target: str | bytes, *, overwrite: bool = False, restore_owner: bool | None = None) -> None:
         self.root = prepare_target(target, overwrite)
         self.overwrite = overwrite
+        # entries made here may inherit ACLs the set does not give them (a default ACL of the
+        # target, or of an existing directory written into): each one's xattrs are pruned
+        self.inherit = overwrite or _has_default_acl(self.root)
         self.owner = os.geteuid() == 0 if restore_owner is None else restore_owner
         self.stats = WriteStats()
         self.beneath = Beneath(self.root)
@@ -280,6 +286,8 @@ class TreeWriter:
                 os.ftruncate(fd, m.size)
             if self.owner:
                 os.fchown(fd, m.uid, m.gid)
+            if self.inherit:
+                _drop_inherited(fd, m)
             for k, v in xattr_order(m.xattrs):
                 self.stats.xattrs_skipped += not _setxattr(fd, k, v)
             os.fchmod(fd, stat.S_IMODE(m.mode))
@@ -293,14 +301,14 @@ class TreeWriter:
 
     # -- metadata --------------------------------------------------------------
     def _meta_path(self, pfd: int, name: bytes, m: EntryMeta) -> None:
-        self.stats.xattrs_skipped += set_meta_at(pfd, name, m, self.owner)
+        self.stats.xattrs_skipped += set_meta_at(pfd, name, m, self.owner, prune_xattrs=self.inherit)
 
     def _meta_link(self, pfd: int, name: bytes, m: EntryMeta) -> None:
         self.stats.xattrs_skipped += set_link_meta_at(pfd, name, m, self.owner)
         self.stats.links += 1
 
     def _meta_dir(self, rel: bytes, m: EntryMeta) -> None:
-        self.stats.xattrs_skipped += apply_dir_meta(self.beneath, rel, m, self.owner)
+        self.stats.xattrs_skipped += apply_dir_meta(self.beneath, rel, m, self.owner, prune_xattrs=self.inherit)
 
 
 def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
@@ -403,6 +411,26 @@ def settable_xattr(name: bytes, owner: bool) -> bool:
     as root (`owner`); otherwise user.* and the POSIX ACLs (system.posix_acl_*), which the
     owner of a file may set, as the restore's own files are."""
     return owner or name.startswith((b"user.", b"system.posix_acl_"))
+
+
+_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def _has_default_acl(path: bytes) -> bool:
+    """Whether directory `path` has a default ACL, which entries made in it inherit."""
+    try:
+        os.getxattr(path, _ACLS[1])
+        return True
+    except OSError:
+        return False
+
+
+def _drop_inherited(fd: int, m: EntryMeta) -> None:
+    """Remove from the file open as `fd` the ACLs it inherited and the set does not give it."""
+    for name in _ACLS:
+        if name not in m.xattrs:
+            with contextlib.suppress(OSError):  # none there (ENODATA), or not this process's to remove
+                os.removexattr(fd, name)
 
 
 def xattr_order(xattrs: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
@@ -698,6 +726,8 @@ class ParallelTreeWriter(TreeWriter):
                         os.ftruncate(job.fd, m.size)  # for a truncate even to the same size)
                     if self.owner:
                         os.fchown(job.fd, m.uid, m.gid)
+                    if self.inherit:
+                        _drop_inherited(job.fd, m)
                     for k, v in xattr_order(m.xattrs):
                         skipped += not _setxattr(job.fd, k, v)
                     os.fchmod(job.fd, stat.S_IMODE(m.mode))
