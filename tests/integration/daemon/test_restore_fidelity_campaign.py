@@ -9,7 +9,8 @@ setuid/setgid/sticky modes, owners and groups without a name on the host, mtimes
 nanoseconds on every kind (directories and symlinks included), names that are not UTF-8, hold
 a newline or are 255 bytes long, a path of 4,800 bytes, a setuid file of 17 MiB with a
 capability and a second link (the daemon writes it as a lane), and the source directory's own
-mode, owner, xattrs and default ACL. A full set is taken, the tree
+mode, owner, xattrs and default ACL. The targets lie in a directory with a default ACL, which
+nothing the restores make may inherit. A full set is taken, the tree
 mutated (content, metadata, a file made a directory and back, symlinks made files, links
 added and removed), an incremental set, mutated again, a differential set. Each set is then
 restored and compared with the tree as it was when the set was taken (content, kind, mode,
@@ -50,6 +51,7 @@ import pytest
 from cairnd_harness import CAIRN, env_for
 from fidelitykit import (
     Builder,
+    acl,
     as_restored_by,
     chown_tree,
     damage,
@@ -90,14 +92,18 @@ def test_restores_give_back_every_kind_of_entry_and_its_metadata(start_daemon, r
                 b.mutate()
             snaps.append(snapshot(src))
             sets.append(json.loads(d.ok("--json", "backup", "--level", level))["id"])
+        # the targets lie in a directory with a default ACL: what the restore makes must not inherit it
+        shared = os.path.join(work, "shared")
+        os.mkdir(shared)
+        os.setxattr(shared, "system.posix_acl_default", acl(0o770, 4242, 123456))
         for i, set_id in enumerate(sets):
             for route in ((), ("--stream",)):
-                target = os.path.join(work, f"t{i}{'s' if route else ''}")
+                target = os.path.join(shared, f"t{i}{'s' if route else ''}")
                 d.ok("restore", set_id, "--target", target, *route)
                 _check(snaps[i], target, f"restore {' '.join(route)} of set {i}", tag)
         # one directory of the set, as a path and as a pattern: links to files outside it are files
         for i, how in ((1, ("b",)), (2, ("--include", "/c/"))):
-            target = os.path.join(work, f"part{i}")
+            target = os.path.join(shared, f"part{i}")
             d.ok("restore", sets[i], "--target", target, *how)
             got = snapshot(target)
             got.pop(b".")
@@ -105,14 +111,14 @@ def test_restores_give_back_every_kind_of_entry_and_its_metadata(start_daemon, r
             _check(subset(snaps[i], top), got, f"restore {' '.join(how)} of set {i}", tag)
         # trees left from another set, mended by the daemon and by the client; then nothing is left to do
         for i, onto, route in ((2, "t0", ()), (0, "t2s", ("--stream",))):
-            target = os.path.join(work, onto)
+            target = os.path.join(shared, onto)
             d.ok("restore", sets[i], "--target", target, "--delta", "--delete", *route)
             _check(snaps[i], target, f"--delta {' '.join(route)} of set {i} onto {onto}", tag)
             again = d.ok("restore", sets[i], "--target", target, "--delta", "--delete", "--dry-run")
             assert "dry run: 0 changes" in again, f"{tag}: a second delta of set {i} onto {onto}:\n{again}"
         # a damaged copy, mended by each
         for route in ((), ("--stream",)):
-            target = os.path.join(work, f"t1{'s' if route else ''}")
+            target = os.path.join(shared, f"t1{'s' if route else ''}")
             damage(target, rng)
             before = snapshot(target)
             r = d.cli("restore", sets[1], "--target", target, "--delta", "--delete", "--verify", *route)
