@@ -218,7 +218,7 @@ class Builder:
         os.chmod(name, mode, dir_fd=pfd, follow_symlinks=False)
         with _path_fd(pfd, name) as p:
             if kind in ("file", "dir") and rng.random() < 0.4:  # user.* only on files and directories
-                os.setxattr(p, b"user.k%d" % rng.randrange(3), rng.randbytes(rng.choice((0, 1, 40, 300))))
+                os.setxattr(p, b"user.k%d" % rng.randrange(3), rng.randbytes(rng.choice((0, 1, 40, 300, 3000))))
             if kind in ("file", "dir") and rng.random() < 0.25:
                 os.setxattr(p, "system.posix_acl_access", acl(mode, rng.choice(OWNERS[1:]), rng.choice(OWNERS[1:])))
             if kind == "dir" and rng.random() < 0.2:
@@ -276,7 +276,7 @@ class Builder:
 
     def symlink(self, pfd: int, name: bytes) -> None:
         target = self.rng.choice((b"../e1", b"/etc/passwd", b"nowhere/at/all", b".", b"..", b"t\xff\xfe",
-                                  b"e2/../e3", b"/" + b"x" * 300))
+                                  b"e2/../e3", b"/" + b"x" * 300, b"y/" * 2047))  # the longest: 4,094 bytes
         os.symlink(target, name, dir_fd=pfd)
         self._meta(pfd, name, "symlink")
 

@@ -99,7 +99,8 @@ def test_restores_give_back_every_kind_of_entry_and_its_metadata(start_daemon, r
         for i, set_id in enumerate(sets):
             for route in ((), ("--stream",)):
                 target = os.path.join(shared, f"t{i}{'s' if route else ''}")
-                d.ok("restore", set_id, "--target", target, *route)
+                out = d.ok("restore", set_id, "--target", target, "--verify", *route)
+                assert "verified" in out, f"{tag}: {out}"
                 _check(snaps[i], target, f"restore {' '.join(route)} of set {i}", tag)
         # one directory of the set, as a path and as a pattern: links to files outside it are files
         for i, how in ((1, ("b",)), (2, ("--include", "/c/"))):
