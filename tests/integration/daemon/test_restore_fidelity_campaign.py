@@ -46,9 +46,10 @@ import os
 import random
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import pytest
-from cairnd_harness import CAIRN, env_for
+from cairnd_harness import CAIRN, Daemon, env_for
 from fidelitykit import (
     Builder,
     acl,
@@ -79,70 +80,81 @@ def test_restores_give_back_every_kind_of_entry_and_its_metadata(start_daemon, r
     for round_ in range(ROUNDS):
         seed = SEED + round_
         tag = f"seed {seed}: CAIRN_FIDELITY_SEED={seed} replays it"
-        rng = random.Random(seed)
         work = os.path.join(rundir, f"r{round_}")
-        src = os.path.join(work, "src")
-        os.makedirs(src)
-        b = Builder(src, rng)
-        b.build()
-        d = start_daemon("--repo", os.path.join(work, "repo"), "--source", src)
-        sets, snaps = [], []
-        for level in ("full", "incremental", "differential"):
-            if level != "full":
-                b.mutate()
-            snaps.append(snapshot(src))
-            sets.append(json.loads(d.ok("--json", "backup", "--level", level))["id"])
-        # the targets lie in a directory with a default ACL: what the restore makes must not inherit it
-        shared = os.path.join(work, "shared")
-        os.mkdir(shared)
-        os.setxattr(shared, "system.posix_acl_default", acl(0o770, 4242, 123456))
-        for i, set_id in enumerate(sets):
-            for route in ((), ("--stream",)):
-                target = os.path.join(shared, f"t{i}{'s' if route else ''}")
-                out = d.ok("restore", set_id, "--target", target, "--verify", *route)
-                assert "verified" in out, f"{tag}: {out}"
-                _check(snaps[i], target, f"restore {' '.join(route)} of set {i}", tag)
-        # one directory of the set, as a path and as a pattern: links to files outside it are files
-        for i, how in ((1, ("b",)), (2, ("--include", "/c/"))):
-            target = os.path.join(shared, f"part{i}")
-            d.ok("restore", sets[i], "--target", target, *how)
-            got = snapshot(target)
-            got.pop(b".")
-            top = how[-1].strip("/").encode()
-            _check(subset(snaps[i], top), got, f"restore {' '.join(how)} of set {i}", tag)
-        # trees left from another set, mended by the daemon and by the client; then nothing is left to do
-        for i, onto, route in ((2, "t0", ()), (0, "t2s", ("--stream",))):
-            target = os.path.join(shared, onto)
-            d.ok("restore", sets[i], "--target", target, "--delta", "--delete", *route)
-            _check(snaps[i], target, f"--delta {' '.join(route)} of set {i} onto {onto}", tag)
-            again = d.ok("restore", sets[i], "--target", target, "--delta", "--delete", "--dry-run")
-            assert "dry run: 0 changes" in again, f"{tag}: a second delta of set {i} onto {onto}:\n{again}"
-        # a damaged copy, mended by each
-        for route in ((), ("--stream",)):
-            target = os.path.join(shared, f"t1{'s' if route else ''}")
-            damage(target, rng)
-            before = snapshot(target)
-            r = d.cli("restore", sets[1], "--target", target, "--delta", "--delete", "--verify", *route)
-            damaged = "\n".join(differences(snaps[1], before, 60))
-            _check(snaps[1], target, f"--delta {' '.join(route)} of set 1 onto its damaged copy "
-                   f"(exit {r.returncode}: {r.stderr.strip()}), which differed so:\n{damaged}\nand after it", tag)
-            assert r.returncode == 0 and "verified" in r.stdout, r.stdout + r.stderr
-        # a client that is not root: its own owner everywhere, the xattrs it may set, no devices;
-        # set 0 plainly, set 1 by --delta onto it, then onto a damaged copy
-        os.chmod(d.socket, 0o666)
-        target = os.path.join(work, "nobody")
-        os.mkdir(target)
-        os.chown(target, NOBODY_ID, NOBODY_ID)
-        for i, route, hurt in ((0, (), False), (1, ("--delta", "--delete"), False), (1, ("--delta", "--delete"), True)):
-            if hurt:
-                damage(target, rng)
-                chown_tree(target, NOBODY_ID, NOBODY_ID)
-            r = subprocess.run([*NOBODY, CAIRN, "--socket", d.socket, "restore", sets[i], "--target", target,
-                                "--stream", *route], capture_output=True, text=True, env=env_for(), timeout=120)
-            devices = [p for p, e in snaps[i].items() if e["kind"] in ("chardev", "blockdev")]
-            what = f"restore {' '.join(route)} of set {i}{' onto a damaged copy' if hurt else ''} by a client " \
-                   "that is not root"
-            assert r.returncode == (1 if devices else 0), f"{what} ({tag}):\n{r.stdout}{r.stderr}"
-            _check(as_restored_by(snaps[i], NOBODY_ID, NOBODY_ID), visible_to_users(snapshot(target)), what, tag)
-        d.terminate(30)
+        daemons: list[Daemon] = []
+        try:
+            _round(start_daemon, work, seed, tag, daemons)
+        except AssertionError as e:  # any step's failure (a backup's too) names the seed, and what the daemon logged
+            log = daemons[0].log()[-4000:] if daemons else ""
+            raise AssertionError(f"{tag}\n{e}\ncairnd's log ends:\n{log}") from None
+        daemons[0].terminate(30)
         shutil.rmtree(work)
+
+
+def _round(start_daemon: Callable[..., Daemon], work: str, seed: int, tag: str, daemons: list[Daemon]) -> None:
+    """One round: the tree of `seed` in `work`, its three sets, every restore compared."""
+    rng = random.Random(seed)
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    b = Builder(src, rng)
+    b.build()
+    d = start_daemon("--repo", os.path.join(work, "repo"), "--source", src)
+    daemons.append(d)
+    sets, snaps = [], []
+    for level in ("full", "incremental", "differential"):
+        if level != "full":
+            b.mutate()
+        snaps.append(snapshot(src))
+        sets.append(json.loads(d.ok("--json", "backup", "--level", level))["id"])
+    # the targets lie in a directory with a default ACL: what the restore makes must not inherit it
+    shared = os.path.join(work, "shared")
+    os.mkdir(shared)
+    os.setxattr(shared, "system.posix_acl_default", acl(0o770, 4242, 123456))
+    for i, set_id in enumerate(sets):
+        for route in ((), ("--stream",)):
+            target = os.path.join(shared, f"t{i}{'s' if route else ''}")
+            out = d.ok("restore", set_id, "--target", target, "--verify", *route)
+            assert "verified" in out, f"{tag}: {out}"
+            _check(snaps[i], target, f"restore {' '.join(route)} of set {i}", tag)
+    # one directory of the set, as a path and as a pattern: links to files outside it are files
+    for i, how in ((1, ("b",)), (2, ("--include", "/c/"))):
+        target = os.path.join(shared, f"part{i}")
+        d.ok("restore", sets[i], "--target", target, *how)
+        got = snapshot(target)
+        got.pop(b".")
+        top = how[-1].strip("/").encode()
+        _check(subset(snaps[i], top), got, f"restore {' '.join(how)} of set {i}", tag)
+    # trees left from another set, mended by the daemon and by the client; then nothing is left to do
+    for i, onto, route in ((2, "t0", ()), (0, "t2s", ("--stream",))):
+        target = os.path.join(shared, onto)
+        d.ok("restore", sets[i], "--target", target, "--delta", "--delete", *route)
+        _check(snaps[i], target, f"--delta {' '.join(route)} of set {i} onto {onto}", tag)
+        again = d.ok("restore", sets[i], "--target", target, "--delta", "--delete", "--dry-run")
+        assert "dry run: 0 changes" in again, f"{tag}: a second delta of set {i} onto {onto}:\n{again}"
+    # a damaged copy, mended by each
+    for route in ((), ("--stream",)):
+        target = os.path.join(shared, f"t1{'s' if route else ''}")
+        damage(target, rng)
+        before = snapshot(target)
+        r = d.cli("restore", sets[1], "--target", target, "--delta", "--delete", "--verify", *route)
+        damaged = "\n".join(differences(snaps[1], before, 60))
+        _check(snaps[1], target, f"--delta {' '.join(route)} of set 1 onto its damaged copy "
+               f"(exit {r.returncode}: {r.stderr.strip()}), which differed so:\n{damaged}\nand after it", tag)
+        assert r.returncode == 0 and "verified" in r.stdout, r.stdout + r.stderr
+    # a client that is not root: its own owner everywhere, the xattrs it may set, no devices;
+    # set 0 plainly, set 1 by --delta onto it, then onto a damaged copy
+    os.chmod(d.socket, 0o666)
+    target = os.path.join(work, "nobody")
+    os.mkdir(target)
+    os.chown(target, NOBODY_ID, NOBODY_ID)
+    for i, route, hurt in ((0, (), False), (1, ("--delta", "--delete"), False), (1, ("--delta", "--delete"), True)):
+        if hurt:
+            damage(target, rng)
+            chown_tree(target, NOBODY_ID, NOBODY_ID)
+        r = subprocess.run([*NOBODY, CAIRN, "--socket", d.socket, "restore", sets[i], "--target", target,
+                            "--stream", *route], capture_output=True, text=True, env=env_for(), timeout=120)
+        devices = [p for p, e in snaps[i].items() if e["kind"] in ("chardev", "blockdev")]
+        what = f"restore {' '.join(route)} of set {i}{' onto a damaged copy' if hurt else ''} by a client " \
+               "that is not root"
+        assert r.returncode == (1 if devices else 0), f"{what} ({tag}):\n{r.stdout}{r.stderr}"
+        _check(as_restored_by(snaps[i], NOBODY_ID, NOBODY_ID), visible_to_users(snapshot(target)), what, tag)
