@@ -19,8 +19,8 @@ sparseness), as `cp -a` keeps a tree:
 
 - a plain restore into an empty directory (written by the daemon on this host), and `--stream`
   (written by the client);
-- one directory of a set, named as a path and as an `--include` pattern (a hard link to a file
-  outside it comes back as a file);
+- one directory of a set, named as a path and as an `--include` pattern, and all but one with
+  `--exclude` (a hard link to a file outside what is restored comes back as a file);
 - `--delta --delete` of the differential set onto the tree of the full set, and of the full set
   onto the differential's (tree left from another set), by the daemon and with `--stream`, and
   then a `--delta --dry-run` that finds nothing left to do;
@@ -124,6 +124,15 @@ def _round(start_daemon: Callable[..., Daemon], work: str, seed: int, tag: str, 
         got.pop(b".")
         top = how[-1].strip("/").encode()
         _check(subset(snaps[i], top), got, f"restore {' '.join(how)} of set {i}", tag)
+    # all but one directory: the rest whole, the target the set's root, links into it files
+    for i, route in ((0, ()), (1, ("--stream",))):
+        target = os.path.join(shared, f"but-a{i}")
+        d.ok("restore", sets[i], "--target", target, "--exclude", "/a/", *route)
+        want = {p: e for p, e in snaps[i].items() if p != b"a" and not p.startswith(b"a/")}
+        for p, e in want.items():
+            links = tuple(q for q in e.get("links", ()) if q in want)
+            want[p] = {k: v for k, v in e.items() if k != "links"} | ({"links": links} if len(links) > 1 else {})
+        _check(want, target, f"restore --exclude /a/ {' '.join(route)} of set {i}", tag)
     # trees left from another set, mended by the daemon and by the client; then nothing is left to do
     for i, onto, route in ((2, "t0", ()), (0, "t2s", ("--stream",))):
         target = os.path.join(shared, onto)
