@@ -217,8 +217,8 @@ class Builder:
             mode = rng.choice((0o644, 0o600, 0o4755, 0o2711, 0o6755, 0o400, 0o000, 0o1644, 0o777))
         os.chmod(name, mode, dir_fd=pfd, follow_symlinks=False)
         with _path_fd(pfd, name) as p:
-            if kind in ("file", "dir") and rng.random() < 0.4:  # user.* only on files and directories
-                os.setxattr(p, b"user.k%d" % rng.randrange(3), rng.randbytes(rng.choice((0, 1, 40, 300, 3000))))
+            if kind in ("file", "dir") and rng.random() < 0.4:  # user.* on files and dirs; ext4: 4 KiB
+                os.setxattr(p, b"user.k%d" % rng.randrange(3), rng.randbytes(rng.choice((0, 1, 40, 300, 1000))))
             if kind in ("file", "dir") and rng.random() < 0.25:
                 os.setxattr(p, "system.posix_acl_access", acl(mode, rng.choice(OWNERS[1:]), rng.choice(OWNERS[1:])))
             if kind == "dir" and rng.random() < 0.2:
