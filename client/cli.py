@@ -1206,8 +1206,9 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
     for notice in [] if json_output else stats.notices:  # restored all the same: said, not an error
         print(f"cairn: warning: {notice}", file=sys.stderr)
     if stats.xattrs_skipped:  # as tar does: said, not silently dropped
-        print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} outside user.* "
-              "could not be set (trusted., security.: restore as root to keep them)", file=sys.stderr)
+        print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} could not be set "
+              "(outside user.*: restore as root to keep them; any: the target's file system holds none)",
+              file=sys.stderr)
     set_id = set_info.id if set_info is not None else ""
     if json_output:
         doc = {

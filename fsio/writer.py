@@ -19,6 +19,7 @@ What always holds:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -45,7 +46,7 @@ class WriteStats:
     dirs: int = 0
     links: int = 0
     bytes: int = 0  # content of the files restored whole (a file that failed counts none)
-    xattrs_skipped: int = 0  # extended attributes outside user.* this process may not set (not root)
+    xattrs_skipped: int = 0  # extended attributes not set: outside user.* when not root, or none held here
     errors: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # about entries restored all the same (records.Notice)
 
@@ -442,13 +443,15 @@ def xattr_order(xattrs: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
 
 
 def _setxattr(target: int | bytes, name: bytes, value: bytes) -> bool:
-    """Set one extended attribute; False when this process may not set it (a trusted., security.
-    or system. attribute without the privilege, or a file system without them): the caller
-    counts those for the restore's report. Any other failure raises."""
+    """Set one extended attribute; False when it cannot be set here (a trusted., security. or
+    system. attribute without the privilege, or a file system that holds no extended attributes,
+    or none of that namespace, as vfat, exFAT, ramfs and some network ones): the caller counts
+    those for the restore's report, and the entry is restored without it, as tar and cp -a do
+    (its content is never given up for an attribute). Any other failure raises."""
     try:
         os.setxattr(target, name, value)
     except OSError as e:
-        if not name.startswith(b"user.") and e.errno in (1, 95):  # EPERM, EOPNOTSUPP on system namespaces
+        if e.errno == errno.EOPNOTSUPP or (e.errno == errno.EPERM and not name.startswith(b"user.")):
             return False
         raise
     return True
