@@ -673,7 +673,6 @@ class DeltaWriter:
                     os.close(fd)
         self._lifted = {}
 
-
     def prepare(self) -> list[bytes]:
         """Fix structure (directories, links, special files, new or replaced files); return the
         ids of the chunks to fetch, each once, in the order they are first needed."""
