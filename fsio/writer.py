@@ -337,8 +337,9 @@ def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xat
 
 def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
     """Owner (when `owner`), xattrs, mode and mtime of the special file (fifo, device) `name` in
-    directory `pfd`, never through a link; with `prune_xattrs` (a delta) those it has and the set
-    does not are removed (only those settable_xattr names). How many xattrs it was not allowed to set."""
+    directory `pfd`, never through a link; with `prune_xattrs` (a delta, or a restore whose entries
+    may inherit ACLs) those it has and the set does not are removed (only the names settable_xattr
+    allows). How many xattrs it was not allowed to set."""
     skipped = 0
     if owner:
         os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
@@ -363,8 +364,9 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
     target itself), reached without following a link (a directory's metadata is applied last,
     after its entries). The directory is not opened for reading (one that is 0300 or 0100 is
     set all the same); its xattrs go through /proc on an O_PATH descriptor of it. With
-    `prune_xattrs` (a delta) the xattrs it has and the set does not are removed (only user.*
-    and ACLs when not `owner`: settable_xattr). Returns how many extended attributes it was not allowed to set."""
+    `prune_xattrs` (a delta, or a restore whose entries may inherit ACLs) the xattrs it has and
+    the set does not are removed (only user.* and ACLs when not `owner`: settable_xattr).
+    Returns how many extended attributes it was not allowed to set."""
     skipped = 0
     with beneath.parent(rel) if rel else contextlib.nullcontext((beneath.fd, b".")) as (pfd, name):
         if owner:
