@@ -717,15 +717,24 @@ def restore_into(conn: Connection, method: Any, request: Any, target: str, json_
                          control_last=title == "restore-db")
 
 
+def _xattrs_warning(skipped: int) -> None:
+    """Extended attributes a restore could not set: said, as tar does, not silently dropped."""
+    if skipped:
+        print(f"cairn: warning: {render.plural(skipped, 'extended attribute')} could not be set "
+              "(outside user.*: restore as root to keep them; any: the target's file system holds none)",
+              file=sys.stderr)
+
+
 def _local_report(batch: Any, target: str, json_output: bool, report: dict[str, Any] | None) -> int:
     st = batch.local
     for problem in [] if json_output else render.restore_problem_lines(list(st.errors)):  # --json: the report
         print(f"cairn: warning: {problem}", file=sys.stderr)
     for notice in [] if json_output else st.notices:
         print(f"cairn: warning: {notice}", file=sys.stderr)
+    _xattrs_warning(st.xattrs_skipped)
     doc = {"set": batch.set.id or None, "target": os.path.abspath(target), "files": st.files, "dirs": st.dirs,
            "links": st.links, "bytes": st.bytes, "errors": list(st.errors), "notices": list(st.notices),
-           "written_by": "daemon"}
+           "xattrs_skipped": st.xattrs_skipped, "written_by": "daemon"}
     if json_output and report is not None:
         report.update(doc)
     elif json_output:
@@ -1205,9 +1214,7 @@ def _write_stream(call: Any, target: str, overwrite: bool, json_output: bool, wh
         print(f"cairn: warning: {problem}", file=sys.stderr)
     for notice in [] if json_output else stats.notices:  # restored all the same: said, not an error
         print(f"cairn: warning: {notice}", file=sys.stderr)
-    if stats.xattrs_skipped:  # as tar does: said, not silently dropped
-        print(f"cairn: warning: {render.plural(stats.xattrs_skipped, 'extended attribute')} outside user.* "
-              "could not be set (trusted., security.: restore as root to keep them)", file=sys.stderr)
+    _xattrs_warning(stats.xattrs_skipped)
     set_id = set_info.id if set_info is not None else ""
     if json_output:
         doc = {

@@ -27,7 +27,10 @@ its temporary name never takes over an entry already there, and a delta that sto
 (an error, a cancellation, KeyboardInterrupt) removes every temporary file it made. One that is
 killed (SIGKILL, a crash, the power) cannot: the next delta into the target finds what it left
 (regular files named TEMP_PREFIX and 24 hex digits, names only a delta makes) and removes them,
-with or without `delete`, since they are never anyone's data. Other extras are
+with or without `delete`, since they are never anyone's data. A file or directory this
+process owns but may not write is given its owner's write permission while it is mended (a
+client that is not root and a tree with read-only directories), and the set's mode after.
+Other extras are
 removed only when `delete` is set, and without it a directory holding entries is never removed
 to make room for a file (an error of the plan instead).
 
@@ -65,7 +68,16 @@ from cairn.errors import AbortedError, BusyError, CairnError, InvalidArgumentErr
 from .beneath import XATTR_LIST_MAX, Beneath, listxattr_at
 from .names import shown
 from .records import EntryMeta
-from .writer import _setxattr, _write_all, apply_dir_meta, check_rel, set_link_meta_at, set_meta_at
+from .writer import (
+    _setxattr,
+    _write_all,
+    apply_dir_meta,
+    check_rel,
+    set_link_meta_at,
+    set_meta_at,
+    settable_xattr,
+    xattr_order,
+)
 
 HASH_WORKERS = 4
 TEMP_PREFIX = b".cairn-delta-"
@@ -293,9 +305,9 @@ def _meta_same(st: os.stat_result, m: EntryMeta, owner: bool, t: _Target, rel: b
         return False
     have = t.xattrs(rel)
     want = dict(m.xattrs)
-    if not owner:  # only user.* can be set without privileges; compare what a restore can set
-        have = {k: v for k, v in have.items() if k.startswith(b"user.")}
-        want = {k: v for k, v in want.items() if k.startswith(b"user.")}
+    if not owner:  # only user.* and ACLs can be set without privileges; compare what a restore can set
+        have = {k: v for k, v in have.items() if settable_xattr(k, owner)}
+        want = {k: v for k, v in want.items() if settable_xattr(k, owner)}
     return have == want
 
 
@@ -608,16 +620,58 @@ class DeltaWriter:
         self._made: set[bytes] = set()  # fresh files whose temporary file exists
         # chunk id -> [(path, offset)] still to write
         self.needed: dict[bytes, list[tuple[bytes, int]]] = {}
+        self._lifted: dict[bytes, int] = {}  # directories given their owner's write permission -> their mode
 
     def _guard(self, path: bytes, fn: Callable[..., object], *args: object) -> bool:
         try:
             fn(*args)
             return True
+        except PermissionError as e:
+            if self._lift(path):
+                return self._guard(path, fn, *args)
+            err: OSError | InvalidArgumentError = e
         except (OSError, InvalidArgumentError) as e:
-            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            self.stats.errors.append(f"unable to restore '{shown(path) or '.'}': {msg}")
-            self._bad.add(path)
+            err = e
+        msg = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        self.stats.errors.append(f"unable to restore '{shown(path) or '.'}': {msg}")
+        self._bad.add(path)
+        return False
+
+    def _lift(self, rel: bytes) -> bool:
+        """Give the directory holding `rel` its owner's write (and search) permission when this
+        process owns it and it lacks them (a read-only directory of an earlier restore, 0555),
+        so an entry can be made, replaced or removed in it, as root could; True when it did.
+        `_unlift()` puts its mode back, unless its metadata was set meanwhile (`_meta_dir`)."""
+        head = _parent(rel)
+        if head in self._lifted:
             return False
+        try:
+            fd = self.beneath.open_dir(head)
+        except (OSError, InvalidArgumentError):
+            return False
+        try:
+            st = os.fstat(fd)
+            mode = stat.S_IMODE(st.st_mode)
+            if st.st_uid != os.geteuid() or mode & (stat.S_IWUSR | stat.S_IXUSR) == stat.S_IWUSR | stat.S_IXUSR:
+                return False
+            os.chmod(b"/proc/self/fd/%d" % fd, mode | stat.S_IWUSR | stat.S_IXUSR)  # an O_PATH descriptor
+            self._lifted[head] = mode
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _unlift(self) -> None:
+        """The directories `_lift` changed get their mode back."""
+        for head, mode in self._lifted.items():
+            with contextlib.suppress(OSError, InvalidArgumentError):
+                fd = self.beneath.open_dir(head)
+                try:
+                    os.chmod(b"/proc/self/fd/%d" % fd, mode)
+                finally:
+                    os.close(fd)
+        self._lifted = {}
 
     def prepare(self) -> list[bytes]:
         """Fix structure (directories, links, special files, new or replaced files); return the
@@ -698,6 +752,7 @@ class DeltaWriter:
             for rel in sorted(p.extras, key=lambda r: r.count(b"/"), reverse=True):
                 if self._guard(rel, self._remove, rel):
                     self.stats.deleted += 1
+        self._unlift()
         # directory times change when entries are made or removed in them: set them all again
         # whenever anything changed (deepest first), counting those that differed before
         made = {r.path for r in p.remake}
@@ -771,6 +826,7 @@ class DeltaWriter:
         complete stays in place)."""
         for rel in list(self._temp):
             self._drop_temp(rel)
+        self._unlift()
         self.beneath.close()
 
     def _complete(self, f: FilePlan) -> None:
@@ -840,9 +896,9 @@ class DeltaWriter:
                 os.fchown(fd, m.uid, m.gid)
             have = _xattrs(fd)
             for k in have:
-                if k not in m.xattrs and (self.owner or k.startswith(b"user.")):
+                if k not in m.xattrs and settable_xattr(k, self.owner):
                     os.removexattr(fd, k)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 if have.get(k) != v:
                     _setxattr(fd, k, v)
             os.fchmod(fd, stat.S_IMODE(m.mode))
@@ -865,11 +921,12 @@ class DeltaWriter:
     def _meta_path(self, m: EntryMeta) -> None:
         with self.beneath.parent(m.path) as (pfd, name):
             if m.kind != "symlink":
-                set_meta_at(pfd, name, m, self.owner)
+                set_meta_at(pfd, name, m, self.owner, prune_xattrs=True)
                 return
             set_link_meta_at(pfd, name, m, self.owner, prune_xattrs=True)
 
     def _meta_dir(self, m: EntryMeta) -> None:
+        self._lifted.pop(m.path, None)  # its mode is the set's now
         apply_dir_meta(self.beneath, m.path, m, self.owner, prune_xattrs=True)
 
 
@@ -1311,6 +1368,7 @@ class DeltaStream:
         finally:
             t.close()
             if writer is not None:
+                writer._unlift()
                 self.stats.errors += writer.stats.errors
                 writer.beneath.close()
 

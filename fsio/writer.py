@@ -10,12 +10,16 @@ What always holds:
   first, so a write never goes through a link;
 - directory metadata (mode, owner, times, xattrs) is applied last, deepest first, so a
   read-only directory does not block its own contents;
-- owners are restored only when running as root; holes are restored as holes.
+- owners are restored only when running as root; holes are restored as holes;
+- an entry gets the set's xattrs and no others: where it may inherit an ACL from a default
+  ACL of the directory it is made in (the target has one, or --overwrite writes into existing
+  directories), the ACLs the set does not give it are removed again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -42,7 +46,7 @@ class WriteStats:
     dirs: int = 0
     links: int = 0
     bytes: int = 0  # content of the files restored whole (a file that failed counts none)
-    xattrs_skipped: int = 0  # extended attributes outside user.* this process may not set (not root)
+    xattrs_skipped: int = 0  # extended attributes not set: outside user.* when not root, or none held here
     errors: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # about entries restored all the same (records.Notice)
 
@@ -80,6 +84,9 @@ class TreeWriter:
     def __init__(self, target: str | bytes, *, overwrite: bool = False, restore_owner: bool | None = None) -> None:
         self.root = prepare_target(target, overwrite)
         self.overwrite = overwrite
+        # entries made here may inherit ACLs the set does not give them (a default ACL of the
+        # target, or of an existing directory written into): each one's xattrs are pruned
+        self.inherit = overwrite or _has_default_acl(self.root)
         self.owner = os.geteuid() == 0 if restore_owner is None else restore_owner
         self.stats = WriteStats()
         self.beneath = Beneath(self.root)
@@ -280,7 +287,9 @@ class TreeWriter:
                 os.ftruncate(fd, m.size)
             if self.owner:
                 os.fchown(fd, m.uid, m.gid)
-            for k, v in m.xattrs.items():
+            if self.inherit:
+                _drop_inherited(fd, m)
+            for k, v in xattr_order(m.xattrs):
                 self.stats.xattrs_skipped += not _setxattr(fd, k, v)
             os.fchmod(fd, stat.S_IMODE(m.mode))
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
@@ -293,14 +302,14 @@ class TreeWriter:
 
     # -- metadata --------------------------------------------------------------
     def _meta_path(self, pfd: int, name: bytes, m: EntryMeta) -> None:
-        self.stats.xattrs_skipped += set_meta_at(pfd, name, m, self.owner)
+        self.stats.xattrs_skipped += set_meta_at(pfd, name, m, self.owner, prune_xattrs=self.inherit)
 
     def _meta_link(self, pfd: int, name: bytes, m: EntryMeta) -> None:
         self.stats.xattrs_skipped += set_link_meta_at(pfd, name, m, self.owner)
         self.stats.links += 1
 
     def _meta_dir(self, rel: bytes, m: EntryMeta) -> None:
-        self.stats.xattrs_skipped += apply_dir_meta(self.beneath, rel, m, self.owner)
+        self.stats.xattrs_skipped += apply_dir_meta(self.beneath, rel, m, self.owner, prune_xattrs=self.inherit)
 
 
 def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
@@ -318,7 +327,7 @@ def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xat
                 for k in [os.fsencode(n) for n in os.listxattr(proc)]:
                     if k not in m.xattrs and owner:
                         os.removexattr(proc, k)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 skipped += not _setxattr(proc, k, v)
         finally:
             os.close(fd)
@@ -326,16 +335,23 @@ def set_link_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xat
     return skipped
 
 
-def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool) -> int:
+def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: bool = False) -> int:
     """Owner (when `owner`), xattrs, mode and mtime of the special file (fifo, device) `name` in
-    directory `pfd`, never through a link; how many xattrs it was not allowed to set."""
+    directory `pfd`, never through a link; with `prune_xattrs` (a delta, or a restore whose entries
+    may inherit ACLs) those it has and the set does not are removed (only the names settable_xattr
+    allows). How many xattrs it was not allowed to set."""
     skipped = 0
     if owner:
         os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
     try:
-        for k, v in m.xattrs.items():  # through /proc: the very inode just made, not a path again
-            skipped += not _setxattr(b"/proc/self/fd/%d" % fd, k, v)
+        proc = b"/proc/self/fd/%d" % fd  # through /proc: the very inode just made, not a path again
+        if prune_xattrs:
+            for k in [os.fsencode(n) for n in os.listxattr(proc)]:
+                if k not in m.xattrs and settable_xattr(k, owner):
+                    os.removexattr(proc, k)
+        for k, v in xattr_order(m.xattrs):
+            skipped += not _setxattr(proc, k, v)
     finally:
         os.close(fd)
     os.chmod(name, stat.S_IMODE(m.mode), dir_fd=pfd, follow_symlinks=False)
@@ -348,8 +364,9 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
     target itself), reached without following a link (a directory's metadata is applied last,
     after its entries). The directory is not opened for reading (one that is 0300 or 0100 is
     set all the same); its xattrs go through /proc on an O_PATH descriptor of it. With
-    `prune_xattrs` (a delta) the xattrs it has and the set does not are removed (only user.*
-    when not `owner`). Returns how many extended attributes it was not allowed to set."""
+    `prune_xattrs` (a delta, or a restore whose entries may inherit ACLs) the xattrs it has and
+    the set does not are removed (only user.* and ACLs when not `owner`: settable_xattr).
+    Returns how many extended attributes it was not allowed to set."""
     skipped = 0
     with beneath.parent(rel) if rel else contextlib.nullcontext((beneath.fd, b".")) as (pfd, name):
         if owner:
@@ -359,9 +376,9 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
             proc = b"/proc/self/fd/%d" % fd  # this very directory, whatever its path now
             if prune_xattrs:
                 for k in [os.fsencode(n) for n in os.listxattr(proc)]:
-                    if k not in m.xattrs and (owner or k.startswith(b"user.")):
+                    if k not in m.xattrs and settable_xattr(k, owner):
                         os.removexattr(proc, k)
-            for k, v in m.xattrs.items():
+            for k, v in xattr_order(m.xattrs):
                 skipped += not _setxattr(proc, k, v)
         finally:
             os.close(fd)
@@ -392,14 +409,51 @@ def _write_sparse(fd: int, data: bytes, off: int) -> None:
         _write_all(fd, memoryview(data)[start:], off + start)
 
 
+def settable_xattr(name: bytes, owner: bool) -> bool:
+    """Whether a restore can set (and so compares and removes) extended attribute `name`: any
+    as root (`owner`); otherwise user.* and the POSIX ACLs (system.posix_acl_*), which the
+    owner of a file may set, as the restore's own files are."""
+    return owner or name.startswith((b"user.", b"system.posix_acl_"))
+
+
+_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def _has_default_acl(path: bytes) -> bool:
+    """Whether directory `path` has a default ACL, which entries made in it inherit."""
+    try:
+        os.getxattr(path, _ACLS[1])
+        return True
+    except OSError:
+        return False
+
+
+def _drop_inherited(fd: int, m: EntryMeta) -> None:
+    """Remove from the file open as `fd` the ACLs it inherited and the set does not give it."""
+    for name in _ACLS:
+        if name not in m.xattrs:
+            with contextlib.suppress(OSError):  # none there (ENODATA), or not this process's to remove
+                os.removexattr(fd, name)
+
+
+def xattr_order(xattrs: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """`xattrs` in the order a restore sets them: the POSIX ACLs (system.posix_acl_*) last. An
+    access ACL sets the owner's bits of the mode, and one that gives the owner no write
+    permission would make every attribute set after it refused to an owner that is not root
+    (setting user.* needs write access to the file), failing the entry."""
+    return sorted(xattrs.items(), key=lambda kv: kv[0].startswith(b"system.posix_acl_"))
+
+
 def _setxattr(target: int | bytes, name: bytes, value: bytes) -> bool:
-    """Set one extended attribute; False when this process may not set it (a trusted., security.
-    or system. attribute without the privilege, or a file system without them): the caller
-    counts those for the restore's report. Any other failure raises."""
+    """Set one extended attribute; False when it cannot be set here (a trusted., security. or
+    system. attribute without the privilege, or a file system that holds no extended attributes,
+    or none of that namespace, as vfat, exFAT, ramfs and some network ones): the caller counts
+    those for the restore's report, and the entry is restored without it, as tar and cp -a do
+    (its content is never given up for an attribute). Any other failure raises."""
     try:
         os.setxattr(target, name, value)
     except OSError as e:
-        if not name.startswith(b"user.") and e.errno in (1, 95):  # EPERM, EOPNOTSUPP on system namespaces
+        if e.errno == errno.EOPNOTSUPP or (e.errno == errno.EPERM and not name.startswith(b"user.")):
             return False
         raise
     return True
@@ -677,7 +731,9 @@ class ParallelTreeWriter(TreeWriter):
                         os.ftruncate(job.fd, m.size)  # for a truncate even to the same size)
                     if self.owner:
                         os.fchown(job.fd, m.uid, m.gid)
-                    for k, v in m.xattrs.items():
+                    if self.inherit:
+                        _drop_inherited(job.fd, m)
+                    for k, v in xattr_order(m.xattrs):
                         skipped += not _setxattr(job.fd, k, v)
                     os.fchmod(job.fd, stat.S_IMODE(m.mode))
                     os.utime(job.fd, ns=(m.mtime_ns, m.mtime_ns))

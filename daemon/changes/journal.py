@@ -51,6 +51,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cairn.errors import CairnError
+from cairn.fsio.names import text_safe
 
 KINDS = ("path", "tree", "rescan", "source")
 WRITTEN = "written"  # the reason of a 'path' entry whose file itself was written (a later set reads it)
@@ -336,6 +337,9 @@ class Journal:
             when, reason = (first[4], first[5]) if first is not None else (c.time, c.reason)
             if c.kind == "path" and c.reason == WRITTEN:  # written at any time of the batch: read it
                 reason = WRITTEN
+            # a reason is text for people, kept as TEXT (valid UTF-8): a name in it that is not
+            # UTF-8 (a lone surrogate) would fail the whole batch, and the journal's thread with it
+            reason = text_safe(reason)
             rows[(c.source, c.kind, path)] = (c.source, c.kind, path, self._seq, when, reason, p, p)
             touched[c.source] = touched.get(c.source, 0) + 1
         if not rows:

@@ -71,6 +71,7 @@ from typing import Any, Protocol
 from cairn.daemon.changes.journal import WRITTEN, Change, Journal, JournalError, Pending, describe, open_journal
 from cairn.daemon.changes.watcher import Watcher
 from cairn.daemon.runtime.threads import ServiceThread
+from cairn.fsio.names import shown
 from cairn.store.model import ChangeHint, check_level
 from cairn.store.snapshots.excludes import Excluder
 
@@ -303,7 +304,7 @@ class JournalStatus:
 
 def unwatched_text(cause: str, path: str) -> str:
     """The reason of one directory that is not watched."""
-    return f"{cause}: '{path}' is not watched"
+    return f"{cause}: '{shown(path)}' is not watched"
 
 
 class _Reasons:
@@ -603,7 +604,7 @@ class ChangeTracker:
                     continue
                 log.info("a file system was %s '%s' (source '%s'): it is walked", what, path, src.name)
                 watcher.rewatch(src.name, path)
-                self.rescan(src.name, path, f"a file system was {what} '{path}'")
+                self.rescan(src.name, path, f"a file system was {what} '{shown(path)}'")
 
     def _file_mounts(self, src: SourceLike) -> set[str]:
         """The source's paths at which a single file (not a directory) is mounted."""
@@ -820,7 +821,7 @@ class ChangeTracker:
                 with self._state_lock:
                     self._note_link_locked(c.source, c.path)
                 if written:
-                    why = f"file with {st.st_nlink} hard links changed: '{c.path}' (other names unknown)"
+                    why = f"file with {st.st_nlink} hard links changed: '{shown(c.path)}' (other names unknown)"
                     out.append(Change(c.source, "source", "", c.time, why))
         return out
 

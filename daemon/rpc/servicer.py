@@ -978,4 +978,4 @@ def local_batches(s: Any, records: Iterator[Any], target_path: bytes, claim: str
         st = item
         yield pb.RestoreBatch(set=set_info(s), local=pb.LocalWriteResult(
             files=st.files, dirs=st.dirs, links=st.links, bytes=st.bytes, errors=texts(st.errors),
-            notices=texts(st.notices)))
+            notices=texts(st.notices), xattrs_skipped=st.xattrs_skipped))

@@ -653,20 +653,22 @@ class DeltaWriteResult(_message.Message):
     def __init__(self, files_checked: _Optional[int] = ..., bytes_checked: _Optional[int] = ..., files_written: _Optional[int] = ..., bytes_written: _Optional[int] = ..., entries_made: _Optional[int] = ..., metadata_fixed: _Optional[int] = ..., deleted: _Optional[int] = ..., extras_kept: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LocalWriteResult(_message.Message):
-    __slots__ = ("files", "dirs", "links", "bytes", "errors", "notices")
+    __slots__ = ("files", "dirs", "links", "bytes", "errors", "notices", "xattrs_skipped")
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIRS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     NOTICES_FIELD_NUMBER: _ClassVar[int]
+    XATTRS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     files: int
     dirs: int
     links: int
     bytes: int
     errors: _containers.RepeatedScalarFieldContainer[str]
     notices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., notices: _Optional[_Iterable[str]] = ...) -> None: ...
+    xattrs_skipped: int
+    def __init__(self, files: _Optional[int] = ..., dirs: _Optional[int] = ..., links: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., notices: _Optional[_Iterable[str]] = ..., xattrs_skipped: _Optional[int] = ...) -> None: ...
 
 class CheckProblem(_message.Message):
     __slots__ = ("message", "object_id", "sets", "paths")

@@ -56,3 +56,28 @@ def test_a_directory_chain_deeper_than_pythons_default_recursion_limit(start_dae
         while path != top:
             os.rmdir(path)
             path = os.path.dirname(path)
+
+
+def test_a_file_with_two_names_not_utf8_written_between_sets(start_daemon: Callable[..., Daemon], rundir: str) -> None:
+    """A write to a file with several names, one of them not UTF-8: the watcher distrusts the
+    source and records why, naming the file. That reason (with the name's undecodable bytes)
+    once failed the journal's whole batch ('surrogates not allowed'), the journal's thread died,
+    the daemon stopped its watchdog pings and every later backup failed with an internal error."""
+    src = os.path.join(rundir, "src")
+    os.makedirs(os.path.join(src, "sub"))
+    first, second = os.path.join(os.fsencode(src), b"bad\xff\xfe"), os.path.join(os.fsencode(src), b"sub", b"other")
+    with open(first, "wb") as f:
+        f.write(b"before\n")
+    os.link(first, second)
+    d = start_daemon("--repo", os.path.join(rundir, "repo"), "--source", src)
+    d.ok("backup", "--level", "full")
+    with open(first, "r+b") as f:  # through the name that is not UTF-8
+        f.write(b"after!\n")
+    set_id = json.loads(d.ok("--json", "backup", "--level", "incremental"))["id"]
+    target = os.path.join(rundir, "restored")
+    d.ok("restore", set_id, "--target", target)
+    for name in (b"bad\xff\xfe", b"sub/other"):
+        with open(os.path.join(os.fsencode(target), name), "rb") as f:
+            assert f.read() == b"after!\n"
+    assert os.stat(os.path.join(os.fsencode(target), b"bad\xff\xfe")).st_nlink == 2
+    assert "thread change-journal failed" not in d.log() and "unhealthy" not in d.log()
