@@ -5,7 +5,9 @@ error. `JobManager.start_backup` refuses a second backup of a source that is bus
 `BusyError` naming when the running one started, and refuses everything once shutdown has
 begun. Readers (restores, listings) are not jobs: they run alongside in the RPC threads.
 Watchers follow a job through `BackupJob.wait_update`, which coalesces progress events, so a
-slow client never slows a backup down.
+slow client never slows a backup down. A job is done for its watchers only after the manager's
+completion hook ran: a client told that its backup ended finds the source's health and metrics
+already saying so.
 """
 
 from __future__ import annotations
@@ -165,11 +167,16 @@ class JobManager:
             with self._lock:
                 if self._running.get(job.source) is job:
                     del self._running[job.source]
+            job.result, job.error = result, error  # what the hook reads; the job ends after it
+        try:
+            if result is not None:
+                log.info("backup of source '%s' done: set %s (%s)", job.source, result.id[:12], result.level)
+            if self._on_done is not None:
+                try:
+                    self._on_done(job)
+                except Exception:
+                    log.exception("job completion hook failed")
+        finally:
+            # Only now do waiters (a client's call) learn that the job ended: what the hook
+            # records (the source's health, its metrics) is there before anyone is told.
             job.finish(result, error)
-        if result is not None:
-            log.info("backup of source '%s' done: set %s (%s)", job.source, result.id[:12], result.level)
-        if self._on_done is not None:
-            try:
-                self._on_done(job)
-            except Exception:
-                log.exception("job completion hook failed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 from cairn.daemon.rpc.server import _tolerant
@@ -90,6 +91,24 @@ def test_one_backup_per_source_and_the_busy_message_says_since_when():
     assert job.wait(5) and job.error is None
     again = jobs.start_backup("app", "full", "test", lambda p, c: None)  # free again once done
     assert again.wait(5)
+
+
+def test_a_job_ends_for_its_watchers_only_after_the_completion_hook_ran():
+    """What the hook records (the source's health, its metrics) is there when a client's call
+    learns that its backup ended: a client reading metrics right after never sees the old ones."""
+    recorded: list[tuple[str, object]] = []
+
+    def hook(job) -> None:
+        time.sleep(0.3)  # a slow save of the health record
+        recorded.append((job.source, job.error))
+
+    jobs = JobManager(on_done=hook)
+    ok = jobs.start_backup("app", "full", "test", lambda p, c: None)
+    assert ok.wait(5) and recorded == [("app", None)]
+    failed = jobs.start_backup("db", "full", "test", lambda p, c: (_ for _ in ()).throw(InvalidArgumentError("no")))
+    assert failed.wait(5) and len(recorded) == 2 and isinstance(recorded[1][1], InvalidArgumentError)
+    snap = failed.wait_update(0, timeout=5)
+    assert snap.done
 
 
 def test_shutdown_cancels_running_jobs_and_refuses_new_ones():
