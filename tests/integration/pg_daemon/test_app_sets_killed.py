@@ -14,6 +14,15 @@ one to one. And one set restored with `--target-time T` between two of the appli
 transactions brings both clusters to T together: the rows of both are exactly the application's
 PostgreSQL rows up to one point of its sequence.
 
+Hot sets of the same application (source `live`, no window: the application never stops) are
+killed the same way, the application writing while the daemon is down; the next sets (mostly
+incremental) must hold, for every row of every database, the file it names with its content.
+
+And a database server killed (SIGKILL) inside the window, then started again: either
+PostgreSQL cluster while the application is frozen, or MariaDB during its dump. The set fails
+with one line or, when the kill came after its copy of that server, is `ok`; the application
+runs again after the set, and the next set is `ok` and restores one to one.
+
 CAIRN_DBSETS_SEED picks the levels, kill points and delays (printed on failure),
 CAIRN_DBSETS_ROUNDS how many kills (3 by default).
 """
@@ -24,10 +33,12 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -117,9 +128,16 @@ def app() -> Iterator[App]:
     conf.write_text(json.dumps({"root": str(root / "app"), "maria": {"args": margs, "dbs": [DUMP]},
                                 "pg": [st.pg.dsn_for(dbname="shop"), ledger.dsn_for(dbname="ledger")]}))
     pid = str(root / "app.pid")
+    # the application starts once its servers answer (a server killed inside the window is back)
+    ready = " && ".join(f"until {st.pg.bin('pg_isready')} -q -h {srv.sockdir} -p {srv.port}; do sleep 0.1; done"
+                        for srv in (st.pg, ledger))
+    ready += f" && until mariadb-admin {' '.join(margs)} ping >/dev/null 2>&1; do sleep 0.1; done"
+    thaw = ["sh", "-c", f'{ready} && exec "$0" "$@"', PY, APP, "start", str(conf), pid]
     st.sources["app"] = {"paths": [str(root / "app")], "database": [*CLUSTERS, DUMP], "watch": True,
-                         "quiesce": {"mode": "cold", "freeze": [PY, APP, "stop", pid],
-                                     "thaw": [PY, APP, "start", str(conf), pid], "timeout": "30s"}}
+                         "quiesce": {"mode": "cold", "freeze": [PY, APP, "stop", pid], "thaw": thaw,
+                                     "timeout": "30s"}}
+    st.sources["live"] = {"paths": [str(root / "app")], "database": [*CLUSTERS, DUMP], "watch": True,
+                          "quiesce": {"mode": "hot"}}
     st.write_config()
     try:
         maria.start()
@@ -142,8 +160,9 @@ def app() -> Iterator[App]:
             subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def kill_at(app: App, point: str, client: subprocess.Popen[str], rng: random.Random) -> bool:
-    """Wait for `point` of the running set, then SIGKILL the daemon; False if the set ended first."""
+def kill_at(app: App, point: str, client: subprocess.Popen[str], rng: random.Random, term: bool = False) -> bool:
+    """Wait for `point` of the running set, then SIGKILL (`term`: SIGTERM, and wait for the daemon
+    to exit) the daemon; False if the set ended first."""
     conds: dict[str, Callable[[], bool]] = {
         "session": lambda: app.cairn_sessions() > 0,
         "frozen": lambda: not app.running(),
@@ -167,7 +186,12 @@ def kill_at(app: App, point: str, client: subprocess.Popen[str], rng: random.Ran
         time.sleep(rng.uniform(0, 0.15))
     if client.poll() is not None:
         return False
-    app.stack.kill_daemon()
+    if term:
+        assert app.stack.daemon is not None
+        status, _ = app.stack.daemon.terminate(60)
+        assert status == 0, app.stack.daemon.log()[-3000:]
+    else:
+        app.stack.kill_daemon()
     return True
 
 
@@ -188,7 +212,7 @@ def restored(app: App, set_id: str, *extra: str) -> tuple[Path, dict[str, list[t
         rows[db] = [tuple(line.split(" ")) for line in text.splitlines() if line]  # type: ignore[misc]
         srv.stop()
     if not extra:
-        name = f"{DUMP}_{set_id[:8]}"
+        name = f"{DUMP}_{holder.name.replace('-', '_')}"
         app.maria.sql(f"CREATE DATABASE {name}")
         stack.ok("restore-db", set_id, "--database", DUMP, "--target-dsn", name)
         text = app.maria.sql("SELECT n, path, sha256 FROM files ORDER BY n", name)
@@ -221,11 +245,12 @@ def test_cold_sets_of_several_databases_killed_at_random_points(app: App) -> Non
     assert good[0]["status"] == "ok", (SEED, good[0]["extra"]["window"])
     for trial in range(ROUNDS):
         point, level = rng.choice(POINTS), rng.choice(["full", "differential", "incremental"])
-        what = f"trial {trial} (kill at {point}, {level}; CAIRN_DBSETS_SEED={SEED})"
+        term = rng.random() < 0.3
+        what = f"trial {trial} ({'SIGTERM' if term else 'SIGKILL'} at {point}, {level}; CAIRN_DBSETS_SEED={SEED})"
         app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 20)
         client = subprocess.Popen([CAIRN, "--socket", stack.sock, "--json", "backup", "--source", "app",
                                    "--level", level], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        killed = kill_at(app, point, client, rng)
+        killed = kill_at(app, point, client, rng, term)
         print(what, "killed" if killed else "ended before the kill")
         out, err = client.communicate(timeout=120)
         assert "Traceback" not in err, (what, err)
@@ -233,6 +258,10 @@ def test_cold_sets_of_several_databases_killed_at_random_points(app: App) -> Non
             assert client.returncode == 0, (what, err)
             good.append(json.loads(out))
             continue
+        if term:  # a daemon that stops thaws what it froze and ends its dumps and backups itself
+            assert app.running(), (what, stack.daemon.log()[-3000:] if stack.daemon else "")
+            assert not app.dump_tools(), what
+            assert app.cairn_sessions() == 0, what
         stack.start_daemon()
         # the restarted daemon thawed the window before it served: the application runs again
         assert app.running(), (what, stack.daemon.log() if stack.daemon else "")
@@ -253,8 +282,21 @@ def test_cold_sets_of_several_databases_killed_at_random_points(app: App) -> Non
         assert all(rows.values()), (SEED, s["id"], {db: len(r) for db, r in rows.items()})
         assert one_to_one(files, rows) == [], (SEED, s["id"], s["level"])
 
-    # a point in time between two transactions of the application, after the last set
+    # a point in time inside the last set's window, after every copy: the application was
+    # stopped, so every commit up to it is exactly what the set holds at its own point
     last = good[-1]
+    window = last["extra"]["window"]
+    thaw_start = datetime.fromisoformat(window["started"]).timestamp() + window["freeze_s"] + window["held_s"]
+    stopped = max(d["stopped"] for d in last["extra"]["databases"] if d["name"] in CLUSTERS)
+    inside = datetime.fromtimestamp((stopped + thaw_start) / 2, UTC).isoformat()
+    app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 10)
+    app.archived()
+    _, own = restored(app, last["id"])
+    _, at = restored(app, last["id"], "--target-time", inside)
+    assert at == {db: own[db] for db in at}, (SEED, inside, stopped, thaw_start, {db: len(r) for db, r in at.items()},
+                                              {db: len(r) for db, r in own.items()})
+
+    # a point in time between two transactions of the application, after the last set
     app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 20)
     t = stack.pg.psql("SELECT clock_timestamp()")
     app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 20)
@@ -267,3 +309,106 @@ def test_cold_sets_of_several_databases_killed_at_random_points(app: App) -> Non
     assert ns == want, (SEED, t, sorted(set(want) - set(ns))[:10], sorted(set(ns) - set(want))[:10])
     after = int(stack.pg.psql(f"SELECT count(*) FROM files WHERE n <= {upto}", dbname="shop"))
     assert after == len([n for n in want if n % 3 == 0]), (SEED, t)  # nothing of the cluster was left out
+
+
+def kill_server(app: App, which: str) -> None:
+    if which == "maria":
+        proc = app.maria._proc  # noqa: SLF001 (the test owns the server)
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        app.maria.start()
+    else:
+        srv = app.servers()[which]
+        srv.kill()
+        end = time.monotonic() + 60
+        while True:  # a backend the kill missed holds the shared memory until it sees its postmaster gone
+            try:
+                srv.start(timeout=120)
+                return
+            except RuntimeError:
+                assert time.monotonic() < end, f"{which} did not start again (CAIRN_DBSETS_SEED={SEED})"
+                time.sleep(0.2)
+
+
+@pytest.mark.campaign
+def test_a_database_server_killed_inside_the_window(app: App) -> None:
+    rng = random.Random(SEED + 1)
+    print(f"CAIRN_DBSETS_SEED={SEED}")
+    stack = app.stack
+    app.rows(30)
+    for trial, which in enumerate(rng.sample(["appdb", "ledgerdb", "maria"], 3)):
+        what = f"server trial {trial} (kill {which}; CAIRN_DBSETS_SEED={SEED})"
+        app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 20)
+        client = subprocess.Popen([CAIRN, "--socket", stack.sock, "--json", "backup", "--source", "app",
+                                   "--level", rng.choice(["full", "incremental"])],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        def point(which: str = which, client: subprocess.Popen[str] = client) -> bool:
+            reached = bool(app.dump_tools()) if which == "maria" else not app.running()
+            return reached or client.poll() is not None
+
+        wait_until(f"the point to kill {which}", point)
+        killed = client.poll() is None
+        if killed:
+            time.sleep(rng.uniform(0, 0.1))
+            kill_server(app, which)
+        out, err = client.communicate(timeout=180)
+        print(what, "killed" if killed else "ended before the kill", client.returncode, err.strip())
+        assert "Traceback" not in err, (what, err)
+        if client.returncode != 0:
+            assert len(err.strip().splitlines()) == 1, (what, err)
+        else:
+            assert json.loads(out)["status"] == "ok", (what, out)
+        assert app.running(), (what, stack.daemon.log() if stack.daemon else "")
+        wait_until("no dump tool", lambda: not app.dump_tools(), 30)
+        s = stack.backup("app", rng.choice(["full", "differential", "incremental"]))
+        assert s["status"] == "ok", (what, s["extra"]["window"])
+        files, rows = restored(app, s["id"])
+        assert all(rows.values()), (what, {db: len(r) for db, r in rows.items()})
+        assert one_to_one(files, rows) == [], (what, s["id"])
+
+
+def rows_without_their_file(files: Path, rows: dict[str, list[tuple[str, str, str]]]) -> list[str]:
+    bad = []
+    for db, triples in rows.items():
+        for _, path, digest in triples:
+            f = files / path
+            if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+                bad.append(f"{db}: row names {path}, not in the set as named")
+    return bad
+
+
+@pytest.mark.campaign
+def test_hot_sets_of_several_databases_killed_at_random_points(app: App) -> None:
+    rng = random.Random(SEED + 2)
+    print(f"CAIRN_DBSETS_SEED={SEED}")
+    stack = app.stack
+    app.rows(30)
+    good = [stack.backup("live", "full")]
+    after_kill = []
+    for trial in range(ROUNDS):
+        point = rng.choice(["session", "dumping", "delay"])
+        what = f"hot trial {trial} (kill at {point}; CAIRN_DBSETS_SEED={SEED})"
+        app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 20)
+        client = subprocess.Popen([CAIRN, "--socket", stack.sock, "--json", "backup", "--source", "live",
+                                   "--level", rng.choice(["full", "incremental", "incremental"])],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = kill_at(app, point, client, rng)
+        out, err = client.communicate(timeout=120)
+        print(what, "killed" if killed else "ended before the kill")
+        assert "Traceback" not in err, (what, err)
+        if not killed:
+            assert client.returncode == 0, (what, err)
+            good.append(json.loads(out))
+            continue
+        app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 10)  # written while down
+        stack.start_daemon()
+        wait_until("the killed daemon's dump tool to be gone", lambda: not app.dump_tools(), 30)
+        s = stack.backup("live", rng.choice(["incremental", "incremental", "differential"]))
+        assert s["status"] == "ok", (what, s["extra"]["window"])
+        good.append(s)
+        after_kill.append(s)
+    for s in after_kill[-2:] or good[-1:]:
+        files, rows = restored(app, s["id"])
+        assert all(rows.values()), (SEED, s["id"], {db: len(r) for db, r in rows.items()})
+        assert rows_without_their_file(files, rows) == [], (SEED, s["id"], s["level"])
