@@ -23,6 +23,9 @@ PostgreSQL cluster while the application is frozen, or MariaDB during its dump. 
 with one line or, when the kill came after its copy of that server, is `ok`; the application
 runs again after the set, and the next set is `ok` and restores one to one.
 
+A scheduled full of the cold source killed inside its window (the daemon's clock moved to the
+schedule's time) is caught up by the next start, and restores one to one.
+
 CAIRN_DBSETS_SEED picks the levels, kill points and delays (printed on failure),
 CAIRN_DBSETS_ROUNDS how many kills (3 by default).
 """
@@ -38,17 +41,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from mariadbserver import MariaDbServer, mariadb_available
-from pgstack import CAIRN, ArchivingServer, PgServer, Stack, make_pg_dir
+from pgstack import CAIRN, CAIRND, ArchivingServer, PgServer, Stack, make_pg_dir
 
 SEED = int(os.environ.get("CAIRN_DBSETS_SEED", str(random.SystemRandom().randrange(1 << 30))))
 ROUNDS = int(os.environ.get("CAIRN_DBSETS_ROUNDS", "3"))
 PY = sys.executable
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiapp.py")
+CLOCKED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon", "clocked_cairnd.py")
 CLUSTERS = {"appdb": "shop", "ledgerdb": "ledger"}  # [[database]] -> the database the application writes
 DUMP = "chat"
 POINTS = ("session", "frozen", "dumping", "thawed", "delay")
@@ -412,3 +416,52 @@ def test_hot_sets_of_several_databases_killed_at_random_points(app: App) -> None
         files, rows = restored(app, s["id"])
         assert all(rows.values()), (SEED, s["id"], {db: len(r) for db, r in rows.items()})
         assert rows_without_their_file(files, rows) == [], (SEED, s["id"], s["level"])
+
+
+def next_local(hour: int, now: float) -> float:
+    t = datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0, hour=hour)
+    while t.timestamp() <= now:
+        t += timedelta(days=1)
+    return t.timestamp()
+
+
+@pytest.mark.campaign
+def test_a_scheduled_set_killed_inside_its_window_is_caught_up(app: App) -> None:
+    """The daemon (with a clock the test moves) takes the source's scheduled full; it is killed
+    inside the window; the next start thaws the application and takes the full again, which
+    restores one to one."""
+    rng = random.Random(SEED + 3)
+    print(f"CAIRN_DBSETS_SEED={SEED}")
+    stack = app.stack
+    assert stack.daemon is not None
+    before = {s["id"] for s in stack.sets("app")}
+    assert stack.daemon.terminate(60)[0] == 0, stack.daemon.log()[-3000:]
+    clock = stack.root / "clock-offset"
+    clock.write_text("0")
+    stack.sources["app"]["schedule"] = {"full": "0 4 * * *"}
+    stack.write_config()
+    stack.launcher = (PY, CLOCKED, CAIRND)
+    stack.daemon_env = {"CAIRN_TEST_CLOCK": str(clock)}
+    d = stack.start_daemon()
+    app.rows(int(stack.pg.psql("SELECT count(*) FROM files", dbname="shop")) + 20)
+    clock.write_text(str(next_local(4, time.time()) - 1 - time.time()))
+    d.proc.send_signal(signal.SIGHUP)  # the scheduler reads the moved clock
+    point = rng.choice(["frozen", "dumping"])
+    wait_until(f"the scheduled full at {point}",
+               lambda: not app.running() if point == "frozen" else bool(app.dump_tools()))
+    time.sleep(rng.uniform(0, 0.1))
+    stack.kill_daemon()
+    d2 = stack.start_daemon()
+    assert app.running(), (point, SEED, d2.log()[-3000:])
+
+    def caught_up() -> list[dict]:
+        return [s for s in stack.sets("app") if s["id"] not in before]
+
+    sets = []
+    wait_until("the scheduled full to be caught up", lambda: sets.extend(caught_up()) or bool(sets), 120)
+    s = sets[0]
+    assert s["level"] == "full" and s["status"] == "ok", (point, SEED, s)
+    assert "caught up now" in d2.log(), d2.log()[-3000:]
+    files, rows = restored(app, s["id"])
+    assert all(rows.values()), (SEED, {db: len(r) for db, r in rows.items()})
+    assert one_to_one(files, rows) == [], (SEED, s["id"])
