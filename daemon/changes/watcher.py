@@ -50,7 +50,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import Protocol
+from typing import Any, Protocol
 
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers.api import BaseObserver, ObservedWatch
@@ -626,10 +626,39 @@ class _FD(InotifyFD):
         super().handle_event(event)
 
 
+class _RootWatch(ObservedWatch):
+    """The watch of one source's root. Its source is part of its identity, so two sources over
+    one directory get a group each: watchdog would otherwise hand the second source the first
+    one's watch (equal by path), whose group reports to the first source only. The kernel's
+    watches are shared all the same (one descriptor: a group adds its own callback to a watch
+    another group holds, and a watch goes when its last callback does)."""
+
+    def __init__(self, path: str, source: str) -> None:
+        super().__init__(path, recursive=True)
+        self.source = source
+
+    @property
+    def key(self) -> tuple[Any, ...]:  # type: ignore[override]
+        return (*super().key, self.source)
+
+
 class _Observer(BaseObserver):
     def __init__(self, fd: _FD, owner: Watcher) -> None:
         super().__init__(_Emitter, inotify_fd=fd, owner=owner)
         self._fd = fd
+
+    def schedule_root(self, handler: FileSystemEventHandler, watch: _RootWatch) -> _RootWatch:
+        """watchdog's `schedule` for a watch made by the caller (a `_RootWatch`, one per source)."""
+        with self._lock:
+            if watch not in self._emitter_for_watch:
+                emitter = self._emitter_class(self.event_queue, watch, timeout=self.timeout, event_filter=None,
+                                              **self._emitter_kwargs)
+                if self.is_alive():
+                    emitter.start()
+                self._add_emitter(emitter)
+            self._add_handler_for_watch(handler, watch)
+            self._watches.add(watch)
+        return watch
 
     def on_thread_stop(self) -> None:
         super().on_thread_stop()
@@ -698,12 +727,12 @@ class Watcher:
         if not os.path.isdir(info.real):  # the caller names the root: the error only says what is wrong
             what = "not a directory" if os.path.lexists(info.real) else "no such directory"
             raise FileNotFoundError(errno.ENOENT, what, root)
-        watch = ObservedWatch(info.real, recursive=True)
+        watch = _RootWatch(info.real, source)
         with self._lock:
             self._roots[(source, root)] = info
             self._by_watch[watch] = info
         try:
-            info.watch = self._observer.schedule(self._handler, info.real, recursive=True)
+            info.watch = self._observer.schedule_root(self._handler, watch)
         except Exception:
             with self._lock:
                 self._roots.pop((source, root), None)

@@ -27,7 +27,12 @@ What always holds:
   again; the schedule runs on meanwhile. A run still waiting when the
   daemon stops (or refused because it stops) is not recorded, so the next start catches it up;
   nor is one whose backup the stop cancelled (`interrupted`: its record goes back to what it
-  was before that run started).
+  was before that run started). A run's backup that has not ended is in the record too
+  (`taken`: what the record held before that run), until the thread sees it end (it looks every
+  WAIT_POLL seconds while one runs): a daemon killed meanwhile (SIGKILL, a crash, power loss)
+  leaves it there, and the next start puts those values back, so the run is caught up like one
+  the stop cancelled (a set that ended in the instant before the kill may so be taken twice,
+  never not at all).
 - A late run (one that waited, or a catch-up) stays visible as "being taken late" until the
   backup it started ends.
 
@@ -71,6 +76,7 @@ REASON = "schedule"
 STATE_FILE = "schedule.json"
 
 Handled = dict[str, dict[str, float]]
+Before = dict[str, float | None]  # level -> what the record held before a run (None: nothing)
 
 
 class RunningJob(Protocol):
@@ -296,6 +302,10 @@ class _Unsaved:
     total: int  # failures since the last save that worked
 
 
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class Scheduler(ServiceThread):
     """Thread that calls submit(source, level, "schedule") whenever a source's cron falls due,
     once the source is free (`running(source)`: its running backup, or None)."""
@@ -324,11 +334,21 @@ class Scheduler(ServiceThread):
         self._waiting: dict[str, WaitingRun] = {}
         self._jobs: dict[str, RunningJob] = {}  # source -> the backup a late run started
         # source -> (the backup its last scheduled run started, the handled times that run replaced)
-        self._taken: dict[str, tuple[RunningJob, dict[str, float | None]]] = {}
+        self._taken: dict[str, tuple[RunningJob, Before]] = {}
+        self._unsaved_end = False  # a taken run ended since the record was last written
         self._announced: dict[str, str] = {}  # source -> the level whose wait was logged
         self._saving = threading.Lock()  # one save of the record at a time, with its log lines
         self._failed: _Unsaved | None = None  # the saves failing since the last one that worked
-        handled = self._load()
+        handled, taken = self._load()
+        for source, before in sorted(taken.items()):  # runs whose backup a dead daemon was taking
+            levels = handled.setdefault(source, {})
+            for level, when in before.items():
+                if when is None:
+                    levels.pop(level, None)
+                else:
+                    levels[level] = when
+            log.info("scheduled set of source '%s' was being taken when the previous daemon died: it counts as "
+                     "missed", source, extra={"source": source})
         for source, dues in sorted(missed_runs(self._crons, handled, now, tz).items()):
             run = merge_waiting(None, source, dues, now, missed=True)
             self._waiting[source] = run
@@ -400,8 +420,9 @@ class Scheduler(ServiceThread):
             with self._lock:
                 wakeup = next_wakeup(self._next)
                 waits = any(not run.started for run in self._waiting.values())
+                taking = bool(self._taken)
             delay = MAX_SLEEP if wakeup is None else min(MAX_SLEEP, max(0.0, wakeup - self._clock()))
-            if waits:  # a busy source is looked at again soon
+            if waits or taking:  # a busy source is looked at again soon, a scheduled set's end noticed
                 delay = min(delay, WAIT_POLL)
             self._wake.wait(delay)
             self._wake.clear()
@@ -436,6 +457,10 @@ class Scheduler(ServiceThread):
             if self.stopping:
                 return
             self._start(source)
+        with self._lock:
+            unsaved = self._unsaved_end
+        if unsaved:  # a scheduled set ended and no run since wrote the record
+            self._save()
 
     def _start(self, source: str) -> None:
         """Submit the waiting run of `source` unless the source is busy; record it as handled."""
@@ -487,7 +512,8 @@ class Scheduler(ServiceThread):
     def interrupted(self, cancelled: Callable[[RunningJob], bool]) -> list[str]:
         """At stop, once the backups have ended: the scheduled runs whose backup the stop
         cancelled (`cancelled(job)`) are recorded as not handled again, so the next start
-        catches them up (`missed_runs`). Returns their sources."""
+        catches them up (`missed_runs`); the others stay handled. Either way the record no longer
+        holds them as being taken. Returns the sources of the cancelled ones."""
         out = []
         with self._lock:
             taken, self._taken = self._taken, {}
@@ -501,7 +527,7 @@ class Scheduler(ServiceThread):
                     else:
                         handled[level] = when
                 out.append(source)
-        if out:
+        if taken:  # the record forgets them all: done, or handled again when the stop cut them
             self._save()
         for source in out:
             log.info("scheduled %s set of source '%s' was interrupted by the daemon's stop: the next start catches "
@@ -525,9 +551,20 @@ class Scheduler(ServiceThread):
                     extra={"source": run.source, "level": run.level})
 
     def _forget_ended(self) -> None:
-        """Drop the late runs whose backup has ended (a run changed meanwhile is left alone)."""
+        """Drop the late runs whose backup has ended (a run changed meanwhile is left alone), and
+        the record's note of every scheduled backup that ended (not while the daemon stops:
+        `interrupted` then decides what a cancelled one leaves)."""
         with self._lock:
             started = {source: self._jobs.get(source) for source, run in self._waiting.items() if run.started}
+            taken = {source: job for source, (job, _) in self._taken.items()}
+        over = [source for source, job in taken.items() if self._running(source) is not job]
+        if over:
+            with self._lock:
+                gone = [source for source in over if not self.stopping and source in self._taken
+                        and self._taken[source][0] is taken[source]]
+                for source in gone:
+                    del self._taken[source]
+                self._unsaved_end = self._unsaved_end or bool(gone)
         ended = [source for source, job in started.items() if job is None or self._running(source) is not job]
         if not ended:
             return
@@ -540,28 +577,38 @@ class Scheduler(ServiceThread):
 
     # ---- the record of handled runs ----
 
-    def _load(self) -> Handled:
-        """The handled runs `<state_dir>/schedule.json` records ({} when there is none or it is unreadable)."""
+    def _load(self) -> tuple[Handled, dict[str, Before]]:
+        """The handled runs `<state_dir>/schedule.json` records, and the runs whose backup had
+        not ended when it was last written (`taken`); ({}, {}) when there is none or it is
+        unreadable (a `taken` that is not one is left out alone)."""
         if self._path is None:
-            return {}
+            return {}, {}
         try:
             with open(self._path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (OSError, ValueError) as exc:
             self._unreadable(str(exc))
-            return {}
+            return {}, {}
         handled = data.get("handled") if isinstance(data, dict) else None
         if not isinstance(handled, dict) or not all(
-            isinstance(levels, dict)
-            and all(isinstance(when, int | float) and not isinstance(when, bool) and math.isfinite(when)
-                    for when in levels.values())
+            isinstance(levels, dict) and all(_is_time(when) for when in levels.values())
             for levels in handled.values()
         ):
             self._unreadable("not a record of handled runs")
-            return {}
-        return {source: {level: float(when) for level, when in levels.items()} for source, levels in handled.items()}
+            return {}, {}
+        taken = data.get("taken") or {}
+        if not isinstance(taken, dict) or not all(
+            isinstance(levels, dict) and all(when is None or _is_time(when) for when in levels.values())
+            for levels in taken.values()
+        ):
+            log.warning("the schedule record '%s' holds no readable list of the scheduled sets being taken; a set a "
+                        "killed daemon was taking is not caught up this time", self._path)
+            taken = {}
+        return ({source: {level: float(when) for level, when in levels.items()} for source, levels in handled.items()},
+                {source: {level: None if when is None else float(when) for level, when in levels.items()}
+                 for source, levels in taken.items()})
 
     def _unreadable(self, why: str) -> None:
         log.warning("unable to read the schedule record '%s': %s; it starts afresh (runs missed while the daemon "
@@ -575,7 +622,9 @@ class Scheduler(ServiceThread):
             return
         with self._saving:
             with self._lock:
-                data = json.dumps({"handled": self._handled}, sort_keys=True, indent=1) + "\n"
+                taken = {source: before for source, (_, before) in self._taken.items()}
+                self._unsaved_end = False
+                data = json.dumps({"handled": self._handled, "taken": taken}, sort_keys=True, indent=1) + "\n"
             try:
                 write_atomic(self._path, data.encode("utf-8"))
             except OSError as exc:

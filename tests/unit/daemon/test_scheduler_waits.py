@@ -231,6 +231,7 @@ def test_a_run_missed_while_the_daemon_was_down_is_caught_up_once(tmp_path, capl
     finally:
         assert second.stop(2)
     service.finish("bulk")
+    assert second.interrupted(lambda job: False) == []  # the daemon's stop: the set ended, not cut
     third = scheduler_at(ts(2024, 6, 1, 2, 28))  # restarted again: it was caught up, nothing more
     assert third.waiting() == {}
     assert third.stop(0.1)
@@ -239,6 +240,60 @@ def test_a_run_missed_while_the_daemon_was_down_is_caught_up_once(tmp_path, capl
     assert {s: (r.level, r.due) for s, r in fourth.waiting().items()} == {
         "bulk": ("full", ts(2024, 6, 22, 2, 26)), "idle": ("full", ts(2024, 6, 22, 4, 0))}
     assert fourth.stop(0.1)
+
+
+def test_a_run_whose_backup_a_killed_daemon_was_taking_is_caught_up(tmp_path, caplog):
+    service = FakeService()
+    schedule = {"bulk": {"full": "26 2 * * *"}}
+    record = os.path.join(str(tmp_path), STATE_FILE)
+
+    def scheduler_at(now: float | FakeClock) -> Scheduler:
+        clock = now if isinstance(now, FakeClock) else FakeClock(now)
+        return Scheduler(schedule, service.submit, clock=clock, tz=UTC, running=service.running,
+                         state_dir=str(tmp_path))
+
+    clock = FakeClock(ts(2024, 6, 1, 2, 25))
+    first = scheduler_at(clock)
+    clock.now = ts(2024, 6, 1, 2, 26)
+    first.start()
+    try:
+        first.poke()
+        wait_until(lambda: service.calls, "the 02:26 full")
+        wait_until(lambda: "bulk" in json.loads(open(record).read())["taken"], "the record of the running set")
+    finally:
+        assert first.stop(2)  # the daemon dies here: nobody says whether its set ended
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        second = scheduler_at(ts(2024, 6, 1, 2, 27))
+    run = second.waiting()["bulk"]
+    assert (run.level, run.due, run.missed) == ("full", ts(2024, 6, 1, 2, 26), True)
+    assert "was being taken when the previous daemon died" in caplog.text
+    assert json.loads(open(record).read())["taken"] == {}
+    assert second.stop(0.1)
+
+    # a set that ended before the kill is forgotten by the record and not taken again
+    service.jobs.clear()
+    service.calls.clear()
+    second = scheduler_at(ts(2024, 6, 1, 2, 27))
+    second.start()
+    try:
+        second.poke()
+        wait_until(lambda: "bulk" in json.loads(open(record).read())["taken"], "the record of the catch-up")
+        service.finish("bulk")
+        wait_until(lambda: json.loads(open(record).read())["taken"] == {}, "the record to forget the ended set")
+    finally:
+        assert second.stop(2)
+    assert scheduler_at(ts(2024, 6, 1, 2, 28)).waiting() == {}
+
+    # a record whose list of sets being taken is unreadable keeps its handled runs
+    data = json.loads(open(record).read())
+    data["taken"] = {"bulk": {"full": "soon"}}
+    with open(record, "w") as f:
+        json.dump(data, f)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        third = scheduler_at(ts(2024, 6, 1, 2, 29))
+    assert third.waiting() == {}
+    assert "holds no readable list of the scheduled sets being taken" in caplog.text
 
 
 def test_a_catch_up_waits_for_a_busy_source_and_an_unreadable_record_starts_afresh(tmp_path, caplog):
