@@ -340,18 +340,12 @@ def set_meta_at(pfd: int, name: bytes, m: EntryMeta, owner: bool, prune_xattrs: 
     directory `pfd`, never through a link; with `prune_xattrs` (a delta, or a restore whose entries
     may inherit ACLs) those it has and the set does not are removed (only the names settable_xattr
     allows). How many xattrs it was not allowed to set."""
-    skipped = 0
     if owner:
         os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
     try:
-        proc = b"/proc/self/fd/%d" % fd  # through /proc: the very inode just made, not a path again
-        if prune_xattrs:
-            for k in [os.fsencode(n) for n in os.listxattr(proc)]:
-                if k not in m.xattrs and settable_xattr(k, owner):
-                    os.removexattr(proc, k)
-        for k, v in xattr_order(m.xattrs):
-            skipped += not _setxattr(proc, k, v)
+        # through /proc: the very inode just made, not a path again
+        skipped = _set_xattrs(b"/proc/self/fd/%d" % fd, m, owner, prune_xattrs)
     finally:
         os.close(fd)
     os.chmod(name, stat.S_IMODE(m.mode), dir_fd=pfd, follow_symlinks=False)
@@ -367,24 +361,29 @@ def apply_dir_meta(beneath: Beneath, rel: bytes, m: EntryMeta, owner: bool, prun
     `prune_xattrs` (a delta, or a restore whose entries may inherit ACLs) the xattrs it has and
     the set does not are removed (only user.* and ACLs when not `owner`: settable_xattr).
     Returns how many extended attributes it was not allowed to set."""
-    skipped = 0
     with beneath.parent(rel) if rel else contextlib.nullcontext((beneath.fd, b".")) as (pfd, name):
         if owner:
             os.chown(name, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
-            proc = b"/proc/self/fd/%d" % fd  # this very directory, whatever its path now
-            if prune_xattrs:
-                for k in [os.fsencode(n) for n in os.listxattr(proc)]:
-                    if k not in m.xattrs and settable_xattr(k, owner):
-                        os.removexattr(proc, k)
-            for k, v in xattr_order(m.xattrs):
-                skipped += not _setxattr(proc, k, v)
+            # this very directory, whatever its path now
+            skipped = _set_xattrs(b"/proc/self/fd/%d" % fd, m, owner, prune_xattrs)
         finally:
             os.close(fd)
         os.chmod(name, stat.S_IMODE(m.mode), dir_fd=pfd, follow_symlinks=False)
         os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
     return skipped
+
+
+def _set_xattrs(proc: bytes, m: EntryMeta, owner: bool, prune: bool) -> int:
+    """Give the inode behind `proc` (a /proc/self/fd path) the xattrs of `m`, first removing
+    those it has and `m` has not when `prune` (only the names settable_xattr allows). Returns
+    how many it was not allowed to set."""
+    if prune:
+        for k in [os.fsencode(n) for n in os.listxattr(proc)]:
+            if k not in m.xattrs and settable_xattr(k, owner):
+                os.removexattr(proc, k)
+    return sum(not _setxattr(proc, k, v) for k, v in xattr_order(m.xattrs))
 
 
 def _write_all(fd: int, view: memoryview, off: int) -> None:

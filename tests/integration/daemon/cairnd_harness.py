@@ -4,6 +4,7 @@ running cairnd process, config files, and tree snapshots that say what a restore
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -15,7 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from certificates import make_certificates, openssl  # noqa: F401 - tests/ (the daemon tests take them from here)
@@ -221,6 +224,41 @@ def random_tree(root: str, total_bytes: int, file_bytes: int, seed: int = 0) -> 
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, f"f{i:04d}.bin"), "wb") as f:
             f.write(os.urandom(file_bytes))
+
+
+def next_local(hour: int, now: float) -> float:
+    """The next time after `now` at which this host's local clock reads `hour`:00."""
+    t = datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0, hour=hour)
+    while t.timestamp() <= now:
+        t += timedelta(days=1)
+    return t.timestamp()
+
+
+def wait_until(predicate: Callable[[], Any], seconds: float, what: str) -> Any:
+    """The first true value of `predicate()`, asked every 0.1 s; AssertionError naming `what`
+    after `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@functools.cache
+def nobody() -> tuple[str, ...]:
+    """The command prefix that runs a client as the user nobody, with no groups: a client that is
+    not root. Where nobody cannot run the client as installed (a virtual environment below a
+    directory only root may enter: a fresh clone in a private temporary directory, or under
+    /root), it is given CAP_DAC_READ_SEARCH, as pgstack.py does for the postgres user: it then
+    reads and searches what its permissions would not let it, and still writes only what they
+    allow (what these tests are about)."""
+    plain = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    r = subprocess.run([*plain, CAIRN, "--version"], capture_output=True, cwd="/", env=env_for(), timeout=60)
+    if r.returncode == 0:
+        return plain
+    return (*plain, "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
 
 
 def free_port() -> int:

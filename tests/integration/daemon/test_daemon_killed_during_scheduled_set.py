@@ -9,28 +9,10 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timedelta
 
-from cairnd_harness import init_repo
+from cairnd_harness import init_repo, next_local, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _next_local(hour: int, now: float) -> float:
-    t = datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0, hour=hour)
-    while t.timestamp() <= now:
-        t += timedelta(days=1)
-    return t.timestamp()
-
-
-def _wait(predicate, seconds: float, what: str):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_scheduled_set_cut_by_a_kill_is_caught_up(start_daemon, rundir, tmp_path, monkeypatch) -> None:
@@ -59,23 +41,23 @@ def test_a_scheduled_set_cut_by_a_kill_is_caught_up(start_daemon, rundir, tmp_pa
 
     launcher = (sys.executable, os.path.join(HERE, "clocked_cairnd.py"))
     d = start_daemon("--config", cfg, socket_path=sock, prefix=launcher)
-    clock.write_text(str(_next_local(4, time.time()) - 2 - time.time()))
+    clock.write_text(str(next_local(4, time.time()) - 2 - time.time()))
     d.proc.send_signal(1)  # SIGHUP: the scheduler recomputes its next runs from the moved clock
-    _wait(lambda: said() == ["freeze"], 40, "the scheduled full to freeze")
+    wait_until(lambda: said() == ["freeze"], 40, "the scheduled full to freeze")
     d.proc.kill()
     d.proc.wait(10)
     hold.unlink()
 
     d2 = start_daemon("--config", cfg, socket_path=sock, prefix=launcher)
     assert said()[:2] == ["freeze", "thaw"]  # thawed before it served
-    sets = _wait(lambda: json.loads(d2.ok("--json", "sets")), 40, "the scheduled full to be caught up")
+    sets = wait_until(lambda: json.loads(d2.ok("--json", "sets")), 40, "the scheduled full to be caught up")
     assert [s["level"] for s in sets] == ["full"], (sets, d2.log())
     assert "missed while the daemon was down; it is caught up now" in d2.log(), d2.log()
     assert said() == ["freeze", "thaw", "freeze", "thaw"]
 
     # a scheduled set that ended is not taken again after a kill
     record = os.path.join(rundir, "state", "schedule.json")
-    _wait(lambda: not json.loads(open(record, encoding="utf-8").read()).get("taken"), 10,
+    wait_until(lambda: not json.loads(open(record, encoding="utf-8").read()).get("taken"), 10,
           "the schedule record to forget the ended set")  # the scheduler looks every second while one runs
     d2.proc.kill()
     d2.proc.wait(10)

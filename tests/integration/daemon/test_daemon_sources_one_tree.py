@@ -8,19 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
-from cairnd_harness import write_config
-
-
-def _wait(predicate, seconds: float, what: str):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from cairnd_harness import wait_until, write_config
 
 
 def _config(path: str, repo: str, sock: str, src: str, names: tuple[str, ...]) -> str:
@@ -60,7 +49,7 @@ def test_each_source_over_one_tree_sees_every_change(start_daemon, rundir, tmp_p
     # the other source goes (reload): the remaining one still sees what is written
     _config(cfg, str(tmp_path / "repo"), sock, str(src), ("hourly",))
     d.proc.send_signal(signal.SIGHUP)
-    _wait(lambda: [x["name"] for x in json.loads(d.ok("--json", "status"))["sources"] if x["configured"]]
+    wait_until(lambda: [x["name"] for x in json.loads(d.ok("--json", "status"))["sources"] if x["configured"]]
           == ["hourly"], 30, "the reload to drop source 'nightly'")
     (src / "sub" / "c.txt").write_text("c\n")
     s = backup("hourly", "incremental")

@@ -9,28 +9,10 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timedelta
 
-from cairnd_harness import init_repo
+from cairnd_harness import init_repo, next_local, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _next_local(hour: int, now: float) -> float:
-    t = datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0, hour=hour)
-    while t.timestamp() <= now:
-        t += timedelta(days=1)
-    return t.timestamp()
-
-
-def _wait(predicate, seconds: float, what: str):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_scheduled_set_cut_by_the_stop_is_reported_and_caught_up(start_daemon, rundir, tmp_path, monkeypatch):
@@ -53,9 +35,9 @@ def test_a_scheduled_set_cut_by_the_stop_is_reported_and_caught_up(start_daemon,
                 f'quiesce = {{ mode = "cold", freeze = {freeze}, thaw = ["true"], timeout = "60s" }}\n')
     launcher = (sys.executable, os.path.join(HERE, "clocked_cairnd.py"))
     d = start_daemon("--config", cfg, socket_path=sock, prefix=launcher)
-    clock.write_text(str(_next_local(4, time.time()) - 2 - time.time()))
+    clock.write_text(str(next_local(4, time.time()) - 2 - time.time()))
     d.proc.send_signal(1)  # SIGHUP: the scheduler recomputes its next runs from the moved clock
-    _wait(reached.exists, 40, "the scheduled full to freeze")
+    wait_until(reached.exists, 40, "the scheduled full to freeze")
     code, _ = d.terminate(30)
     log = d.log()
     assert code == 0, log
@@ -70,7 +52,7 @@ def test_a_scheduled_set_cut_by_the_stop_is_reported_and_caught_up(start_daemon,
     status = json.loads(d2.ok("--json", "status"))
     failure = status["sources"][0]["last_failure"]
     assert failure and failure["status"] == "aborted" and "the daemon is stopping" in failure["message"], failure
-    sets = _wait(lambda: json.loads(d2.ok("--json", "sets")), 40, "the scheduled full to be caught up")
+    sets = wait_until(lambda: json.loads(d2.ok("--json", "sets")), 40, "the scheduled full to be caught up")
     assert [s["level"] for s in sets] == ["full"], sets
     assert "missed while the daemon was down; it is caught up now" in d2.log(), d2.log()
     assert d2.terminate(30)[0] == 0, d2.log()

@@ -11,9 +11,8 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
 
-from cairnd_harness import CAIRN, env_for, init_repo
+from cairnd_harness import CAIRN, env_for, init_repo, next_local, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,23 +25,6 @@ def _config(path: str, repo: str, sock: str, src: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
-
-
-def _next_local(hour: int, now: float) -> float:
-    t = datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0, hour=hour)
-    while t.timestamp() <= now:
-        t += timedelta(days=1)
-    return t.timestamp()
-
-
-def _wait(predicate, seconds: float, what: str):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_stop_during_scheduled_gc_is_reported_as_an_interruption(start_daemon, rundir, tmp_path, monkeypatch):
@@ -65,9 +47,9 @@ def test_a_stop_during_scheduled_gc_is_reported_as_an_interruption(start_daemon,
         sets.append(d.ok("backup", "--level", "full").strip().splitlines()[-1])
 
     # the daemon's clock two seconds before 04:00: the scheduled run starts and holds in its marking phase
-    clock.write_text(str(_next_local(4, time.time()) - 2 - time.time()))
+    clock.write_text(str(next_local(4, time.time()) - 2 - time.time()))
     d.proc.send_signal(1)  # SIGHUP: the retention thread recomputes its next run from the moved clock
-    _wait(lambda: (gate / "reached").exists(), 40, "the scheduled gc run to reach its marking phase")
+    wait_until(lambda: (gate / "reached").exists(), 40, "the scheduled gc run to reach its marking phase")
     code, took = d.terminate(30)
     log = d.log()
     assert code == 0, log
@@ -117,7 +99,7 @@ def test_a_stop_during_a_long_verify_says_the_stop_ended_it(start_daemon, rundir
     d.ok("backup")
     client = subprocess.Popen([CAIRN, "--socket", sock, "verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env_for())
-    _wait(lambda: (gate / "reached").exists(), 30, "the verify to begin")
+    wait_until(lambda: (gate / "reached").exists(), 30, "the verify to begin")
     code, _ = d.terminate(30)
     out, err = client.communicate(timeout=30)
     log = d.log()

@@ -18,9 +18,8 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from cairnd_harness import CAIRN, Daemon, env_for
+from cairnd_harness import CAIRN, Daemon, env_for, nobody
 
-NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 ACCESS, DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
 
 
@@ -36,7 +35,7 @@ def _xattrs(path: str) -> dict[str, bytes]:
 
 
 def _as_nobody(d: Daemon, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*NOBODY, CAIRN, "--socket", d.socket, *args], capture_output=True, text=True,
+    return subprocess.run([*nobody(), CAIRN, "--socket", d.socket, *args], capture_output=True, text=True,
                           env=env_for(), timeout=60)
 
 

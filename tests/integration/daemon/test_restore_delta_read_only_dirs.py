@@ -13,13 +13,11 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from cairnd_harness import CAIRN, Daemon, env_for, snapshot
-
-NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+from cairnd_harness import CAIRN, Daemon, env_for, nobody, snapshot
 
 
 def _as_nobody(d: Daemon, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*NOBODY, CAIRN, "--socket", d.socket, *args], capture_output=True, text=True,
+    return subprocess.run([*nobody(), CAIRN, "--socket", d.socket, *args], capture_output=True, text=True,
                           env=env_for(), timeout=60)
 
 

@@ -49,7 +49,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from cairnd_harness import CAIRN, Daemon, env_for
+from cairnd_harness import CAIRN, Daemon, env_for, nobody
 from fidelitykit import (
     Builder,
     acl,
@@ -64,7 +64,6 @@ from fidelitykit import (
 
 SEED = int(os.environ.get("CAIRN_FIDELITY_SEED", "4111"))
 ROUNDS = int(os.environ.get("CAIRN_FIDELITY_ROUNDS", "1"))
-NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 NOBODY_ID = 65534
 
 
@@ -160,7 +159,7 @@ def _round(start_daemon: Callable[..., Daemon], work: str, seed: int, tag: str, 
         if hurt:
             damage(target, rng)
             chown_tree(target, NOBODY_ID, NOBODY_ID)
-        r = subprocess.run([*NOBODY, CAIRN, "--socket", d.socket, "restore", sets[i], "--target", target,
+        r = subprocess.run([*nobody(), CAIRN, "--socket", d.socket, "restore", sets[i], "--target", target,
                             "--stream", *route], capture_output=True, text=True, env=env_for(), timeout=120)
         devices = [p for p, e in snaps[i].items() if e["kind"] in ("chardev", "blockdev")]
         what = f"restore {' '.join(route)} of set {i}{' onto a damaged copy' if hurt else ''} by a client " \
