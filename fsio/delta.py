@@ -29,7 +29,8 @@ killed (SIGKILL, a crash, the power) cannot: the next delta into the target find
 (regular files named TEMP_PREFIX and 24 hex digits, names only a delta makes) and removes them,
 with or without `delete`, since they are never anyone's data. A file or directory this
 process owns but may not write is given its owner's write permission while it is mended (a
-client that is not root and a tree with read-only directories), and the set's mode after.
+client that is not root and a tree with read-only directories), and the set's mode after; a
+tree it removes has the directories it owns opened up first (`remove_tree`).
 Other extras are
 removed only when `delete` is set, and without it a directory holding entries is never removed
 to make room for a file (an error of the plan instead).
@@ -777,7 +778,7 @@ class DeltaWriter:
                 except FileNotFoundError:
                     return
                 if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(name, dir_fd=pfd)
+                    remove_tree(pfd, name)
                 else:
                     os.unlink(name, dir_fd=pfd)
         except (InvalidArgumentError, FileNotFoundError, NotADirectoryError):
@@ -913,7 +914,7 @@ class DeltaWriter:
                 except FileNotFoundError:
                     st = None
                 if st is not None and stat.S_ISDIR(st.st_mode):  # the plan replaces a directory only
-                    shutil.rmtree(name, dir_fd=pfd)  # when it may (--delete, or empty)
+                    remove_tree(pfd, name)  # when it may (--delete, or empty)
                 os.rename(tmp.rpartition(b"/")[2], name, src_dir_fd=pfd, dst_dir_fd=pfd)
             # forgotten only once it is in place: until then a failure or an interruption removes it
             del self._temp[m.path]
@@ -928,6 +929,68 @@ class DeltaWriter:
     def _meta_dir(self, m: EntryMeta) -> None:
         self._lifted.pop(m.path, None)  # its mode is the set's now
         apply_dir_meta(self.beneath, m.path, m, self.owner, prune_xattrs=True)
+
+
+def remove_tree(pfd: int, name: bytes) -> None:
+    """Remove directory `name` of directory `pfd` and all below it, never following a link. A
+    process that is not root may be refused inside it (a subdirectory without its owner's write
+    permission, as a restore of read-only directories leaves them): every directory below that
+    this process owns is then given its owner's read, write and search permission, and the
+    removal tried again. What it does not own stays refused (PermissionError)."""
+    try:
+        shutil.rmtree(name, dir_fd=pfd)
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+        _open_owned(pfd, name)
+        shutil.rmtree(name, dir_fd=pfd)
+
+
+def _open_owned(pfd: int, name: bytes) -> None:
+    """Give each directory at and below `name` (of `pfd`) that this process owns its owner's
+    rwx, depth first (one descriptor open per level), never following a link."""
+    uid = os.geteuid()
+    top = _opened_dir(pfd, name, uid)
+    if top is None:
+        return
+    stack = [(top, _subdirs(top))]
+    try:
+        while stack:
+            fd, rest = stack[-1]
+            if not rest:
+                os.close(fd)
+                stack.pop()
+                continue
+            child = _opened_dir(fd, rest.pop(), uid)
+            if child is not None:
+                stack.append((child, _subdirs(child)))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _opened_dir(parent: int, entry: bytes | str, uid: int) -> int | None:
+    """A readable descriptor of directory `entry` of `parent`, given its owner's rwx first when
+    `uid` owns it and it lacks them; None for a link, a non-directory, or one it may not read."""
+    try:
+        path_fd = os.open(entry, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(path_fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid == uid and mode & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(b"/proc/self/fd/%d" % path_fd, mode | stat.S_IRWXU)  # an O_PATH descriptor
+        return os.open(b"/proc/self/fd/%d" % path_fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(path_fd)
+
+
+def _subdirs(fd: int) -> list[str]:
+    with os.scandir(fd) as it:
+        return [e.name for e in it if e.is_dir(follow_symlinks=False)]
 
 
 ChunkSource = Callable[[list[bytes]], Iterable[tuple[bytes, bytes | CairnError]]]

@@ -56,10 +56,19 @@ def test_a_delta_that_is_not_root_writes_in_read_only_directories(start_daemon: 
     os.mkdir(os.path.join(target, "ro", "h"))
     with open(os.path.join(target, "ro", "inner", "extra"), "w") as f:
         f.write("not the set's\n")
+    # an extra tree whose directories are read-only too: --delete removes it all
+    xtra = os.path.join(target, "ro", "xtra")
+    os.makedirs(os.path.join(xtra, "deep", "er"))
+    for rel in ("x", "deep/y", "deep/er/z"):
+        with open(os.path.join(xtra, rel), "w") as f:
+            f.write("not the set's either\n")
     _chmod_tree(target, lambda p: 0o555 if p != target else 0o755)
     for p in (os.path.join(target, "ro"), os.path.join(target, "ro", "h"), os.path.join(target, "ro", "inner")):
         os.chown(p, 65534, 65534)
     os.chown(os.path.join(target, "ro", "inner", "extra"), 65534, 65534)
+    for top, dirs, files in os.walk(xtra):
+        for name in [*dirs, *files, ""]:
+            os.chown(os.path.join(top, name) if name else top, 65534, 65534)
 
     r = _as_nobody(d, "restore", set_id, "--target", target, "--delta", "--delete", "--stream", "--verify")
     assert r.returncode == 0, r.stdout + r.stderr
